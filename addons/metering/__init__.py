@@ -1,0 +1,1 @@
+"""Pure parts of the meter (no mitmproxy ``ctx``): parsers, registries, spool."""

@@ -1,0 +1,54 @@
+"""One token model for every provider.
+
+Token types are disjoint and add up to what the provider bills:
+
+- ``input``: input tokens not read from a cache and not written to one
+- ``cached_input``: input tokens read from the provider's prompt cache
+- ``cache_write``: input tokens written to the provider's prompt cache
+- ``output``: all output tokens, reasoning included
+
+``reasoning`` is the share of ``output`` spent on reasoning; it is kept as its own
+figure and never added to the total. Each provider's fields are mapped to this model
+in exactly one place: its extractor in :mod:`addons.metering.extract`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(slots=True)
+class Usage:
+    input: int = 0
+    cached_input: int = 0
+    cache_write: int = 0
+    output: int = 0
+    reasoning: int = 0
+    model: str | None = None
+    response_id: str | None = None
+    estimated: bool = False
+
+    @property
+    def total(self) -> int:
+        return self.input + self.cached_input + self.cache_write + self.output
+
+
+class UsageExtractor(Protocol):
+    """Reads one response body, fed incrementally as decoded (not content-encoded) bytes.
+
+    ``feed`` never raises: a garbled body is recorded in ``problems`` and the bytes
+    keep flowing to the client untouched.
+    """
+
+    problems: list[str]
+
+    def feed(self, data: bytes) -> None: ...
+
+    def finish(self) -> Usage | None:
+        """The usage seen, or ``None`` when the body reported none."""
+        ...
+
+    def output_text(self) -> str:
+        """Generated text seen so far, for a tiktoken estimate when usage is missing."""
+        ...

@@ -1,0 +1,161 @@
+"""Where usage events live: a DuckDB file by default, or a DuckLake on a PostgreSQL catalog.
+
+The ``usage_events`` schema and every query against it are plain DuckDB SQL, so the
+same statements run on an embedded file and on a shared DuckLake.
+
+DuckDB lets one process at a time open a file (even a reader is refused while a
+writer holds it). Meterline never holds the file open: the proxy's writer opens it
+for one batch and closes it, billing opens it for one command. :func:`connect`
+waits out the other side's lock with a short backoff instead of failing.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+DEFAULT_DB = "meterline.duckdb"
+DEFAULT_CATALOG = "catalog.yaml"
+LAKE_PREFIX = "ducklake:"
+
+
+@dataclass(frozen=True)
+class Migration:
+    name: str
+    sql: str
+
+
+EVENT_MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        "0001_usage_events",
+        """
+        CREATE TABLE IF NOT EXISTS usage_events (
+            event_id            VARCHAR NOT NULL,  -- '<provider>:<response id>' or 'ml:<uuid>'
+            ts                  TIMESTAMP NOT NULL,  -- UTC, when the response completed
+            ingested_at         TIMESTAMP NOT NULL,  -- UTC, when the batch reached the store
+            consumer            VARCHAR,             -- NULL: key not in the catalog
+            key_fingerprint     VARCHAR,             -- sha256:<hex> of the key; never the key
+            provider            VARCHAR NOT NULL,
+            flavor              VARCHAR NOT NULL,    -- openai | anthropic | gemini
+            model               VARCHAR,             -- as the provider reported it
+            input_tokens        BIGINT NOT NULL,     -- uncached input
+            cached_input_tokens BIGINT NOT NULL,     -- input read from the provider's cache
+            cache_write_tokens  BIGINT NOT NULL,     -- input written to the provider's cache
+            output_tokens       BIGINT NOT NULL,     -- all output, reasoning included
+            reasoning_tokens    BIGINT NOT NULL,     -- share of output_tokens, not added to it
+            estimated           BOOLEAN NOT NULL,    -- tokens counted by tiktoken, not reported
+            response_id         VARCHAR,             -- provider's id: chatcmpl-..., msg_...
+            request_id          VARCHAR,             -- provider's request id header
+            method              VARCHAR NOT NULL,
+            host                VARCHAR NOT NULL,
+            path                VARCHAR NOT NULL,
+            status              INTEGER,             -- NULL: no response (stream cut, error)
+            streamed            BOOLEAN NOT NULL,
+            latency_ms          DOUBLE,              -- request sent -> response complete
+            ttft_ms             DOUBLE,              -- request sent -> first body byte
+            proxy_id            VARCHAR              -- which proxy recorded it
+        )
+        """,
+    ),
+)
+
+EVENT_COLUMNS: tuple[str, ...] = (
+    "event_id", "ts", "ingested_at", "consumer", "key_fingerprint", "provider", "flavor",
+    "model", "input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens",
+    "reasoning_tokens", "estimated", "response_id", "request_id", "method", "host", "path",
+    "status", "streamed", "latency_ms", "ttft_ms", "proxy_id",
+)  # fmt: skip
+
+
+class StoreError(RuntimeError):
+    """The store cannot be opened or used; the message says which and why."""
+
+
+def _is_lock_error(err: Exception) -> bool:
+    text = str(err)
+    return "lock" in text.lower() and ("Conflicting" in text or "Could not set lock" in text)
+
+
+def _attach_lake(con: duckdb.DuckDBPyConnection, locator: str) -> None:
+    """``ducklake:postgres:dbname=... host=...``, data files under ``METERLINE_LAKE_DATA``.
+
+    The ducklake and postgres extensions come from the ``duckdb-ext-*`` wheels
+    (``pip install 'meterline[ducklake]'``), so attaching works offline.
+    """
+    try:
+        import duckdb_ext  # the wheels' namespace package: duckdb_ext/extensions/<ver>/<platform>
+    except ImportError as e:
+        raise StoreError("DuckLake needs: pip install 'meterline[ducklake]'") from e
+    ext_dir = Path(next(iter(duckdb_ext.__path__))) / "extensions"
+    con.execute("SET extension_directory = ?", [str(ext_dir)])
+    con.execute("LOAD ducklake")
+    con.execute("LOAD postgres")
+    data_path = os.environ.get("METERLINE_LAKE_DATA", "meterline-lake")
+    quoted = locator.replace("'", "''")
+    con.execute(f"ATTACH '{quoted}' AS lake (DATA_PATH '{data_path.replace("'", "''")}')")
+    con.execute("USE lake")
+
+
+def open_store(
+    locator: str | Path = DEFAULT_DB, *, read_only: bool = False, wait_s: float = 30.0
+) -> duckdb.DuckDBPyConnection:
+    """Open the store, waiting up to ``wait_s`` for another process's lock on the file."""
+    loc = str(locator)
+    deadline = time.monotonic() + wait_s
+    delay = 0.005
+    while True:
+        try:
+            if loc.startswith(LAKE_PREFIX):
+                con = duckdb.connect()
+                _attach_lake(con, loc)
+                return con
+            if read_only and not Path(loc).exists():
+                raise StoreError(f"{loc}: no such database (nothing metered yet?)")
+            return duckdb.connect(loc, read_only=read_only)
+        except duckdb.IOException as e:
+            if not _is_lock_error(e) or time.monotonic() >= deadline:
+                raise StoreError(f"{loc}: cannot open: {e}") from e
+            time.sleep(delay * (1 + random.random()))
+            delay = min(delay * 2, 0.2)
+
+
+@contextmanager
+def store(
+    locator: str | Path = DEFAULT_DB, *, read_only: bool = False, wait_s: float = 30.0
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Open, yield, close: hold the file no longer than one unit of work."""
+    con = open_store(locator, read_only=read_only, wait_s=wait_s)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+def migrate(con: duckdb.DuckDBPyConnection, migrations: Sequence[Migration]) -> list[str]:
+    """Apply the named migrations not yet applied, in order; returns the names applied."""
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        " name VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL)"
+    )
+    done = {r[0] for r in con.execute("SELECT name FROM schema_migrations").fetchall()}
+    applied = []
+    for m in migrations:
+        if m.name in done:
+            continue
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute(m.sql)
+            con.execute("INSERT INTO schema_migrations VALUES (?, now()::TIMESTAMP)", [m.name])
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+        applied.append(m.name)
+    return applied
