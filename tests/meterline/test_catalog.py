@@ -1,0 +1,175 @@
+"""Catalog validation: one clear line per problem, naming file, path and problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from meterline.catalog import CatalogError, load_catalog, parse_catalog
+
+REPO = Path(__file__).resolve().parents[2]
+FP = "sha256:" + "ab" * 32
+
+BASE = """
+features:
+  - key: f-in
+    name: In
+    meter: {provider: openai, model: "gpt-4o*", token_types: [input]}
+plans:
+  - key: p
+    name: P
+    currency: USD
+    rate_cards:
+      - key: fee
+        name: Fee
+        price: {type: flat, amount: "10"}
+      - key: in
+        name: In
+        feature: f-in
+        price: {type: unit, amount: "2.50", per: 1000000}
+"""
+
+
+def test_shipped_catalog_is_valid() -> None:
+    catalog = load_catalog(REPO / "catalog.yaml")
+    assert {c.key for c in catalog.customers} >= {"acme"}
+    assert "acme-corp" in {c.name for c in catalog.consumers}
+
+
+def test_decimal_prices_are_exact() -> None:
+    catalog = parse_catalog(BASE)
+    price = catalog.plans[0].rate_cards[1].price
+    assert str(price.amount) == "2.50"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            BASE.replace('amount: "2.50"', 'amount: "-1"'),
+            "cat.yaml: plans[0].rate_cards[1].price.amount: Input should be greater than or "
+            "equal to 0",
+        ),
+        (
+            BASE.replace('price: {type: unit, amount: "2.50", per: 1000000}', "price: {type: x}"),
+            "cat.yaml: plans[0].rate_cards[1].price: Input tag 'x' found using 'type' does not "
+            "match any of the expected tags: 'flat', 'unit', 'tiered', 'package'",
+        ),
+        (
+            BASE.replace("feature: f-in", "feature: nope"),
+            "cat.yaml: plans[0].rate_cards[1].feature: unknown feature 'nope'",
+        ),
+        (
+            BASE.replace("currency: USD", "currency: usd"),
+            "cat.yaml: plans[0].currency: String should match pattern '^[A-Z]{3}$'",
+        ),
+        (
+            BASE.replace("    name: P\n", "    name: P\n    colour: red\n"),
+            "cat.yaml: plans[0].colour: unknown field",
+        ),
+        (
+            BASE.replace(
+                "        price: {type: flat", "        feature: f-in\n        price: {type: flat"
+            ),
+            "cat.yaml: plans[0].rate_cards[0]: a flat fee has no feature",
+        ),
+        ("plans: [\n", "cat.yaml: line 2, column 1: invalid YAML: expected the node content"),
+        ("- a\n- b\n", "cat.yaml: (top level): expected a mapping, got list"),
+    ],
+)
+def test_errors_name_file_path_and_problem(text: str, message: str) -> None:
+    with pytest.raises(CatalogError) as err:
+        parse_catalog(text, "cat.yaml")
+    assert str(err.value).startswith(message)
+
+
+def test_tier_errors_point_at_the_tier_list() -> None:
+    text = BASE.replace(
+        'price: {type: unit, amount: "2.50", per: 1000000}',
+        "price: {type: tiered, mode: graduated, tiers: "
+        '[{up_to: 10, unit_amount: "1"}, {up_to: 5, unit_amount: "1"}, {unit_amount: "1"}]}',
+    )
+    with pytest.raises(CatalogError) as err:
+        parse_catalog(text, "cat.yaml")
+    assert str(err.value) == (
+        "cat.yaml: plans[0].rate_cards[1].price.tiers: tier bounds (up_to) must strictly increase"
+    )
+
+
+def test_bad_tier_field_names_the_tier() -> None:
+    text = BASE.replace(
+        'price: {type: unit, amount: "2.50", per: 1000000}',
+        "price: {type: tiered, mode: volume, tiers: "
+        '[{up_to: 10, unit_amount: "1"}, {up_to: 20, unit_amount: "1"}, {unit_amount: "-3"}]}',
+    )
+    with pytest.raises(CatalogError) as err:
+        parse_catalog(text, "cat.yaml")
+    assert str(err.value) == (
+        "cat.yaml: plans[0].rate_cards[1].price.tiers[2].unit_amount: "
+        "Input should be greater than or equal to 0"
+    )
+
+
+def test_several_problems_each_on_its_own_line() -> None:
+    text = f"""
+consumers:
+  - name: a
+    keys: [{{fingerprint: "{FP}"}}]
+  - name: b
+    keys: [{{fingerprint: "{FP}"}}]
+customers:
+  - key: c
+    name: C
+    currency: EUR
+    consumers: [a, ghost]
+    subscriptions: [{{plan: missing, start: "2026-01-01T00:00:00Z"}}]
+"""
+    with pytest.raises(CatalogError) as err:
+        parse_catalog(text, "cat.yaml")
+    assert str(err.value).splitlines() == [
+        "cat.yaml: consumers[1].keys[0].fingerprint: key belongs to 'a'",
+        "cat.yaml: customers[0].consumers[1]: unknown consumer 'ghost'",
+        "cat.yaml: customers[0].subscriptions[0].plan: unknown plan 'missing'",
+    ]
+
+
+def test_subscription_needs_timezone_and_no_overlap() -> None:
+    def customer(subs: str) -> str:
+        return (
+            BASE
+            + f"""
+customers:
+  - key: c
+    name: C
+    currency: USD
+    subscriptions: {subs}
+"""
+        )
+
+    with pytest.raises(CatalogError) as err:
+        parse_catalog(customer('[{plan: p, start: "2026-01-01T00:00:00"}]'), "cat.yaml")
+    assert "customers[0].subscriptions[0].start: give a timezone" in str(err.value)
+    with pytest.raises(CatalogError) as err:
+        parse_catalog(
+            customer(
+                '[{plan: p, start: "2026-01-01T00:00:00Z"},'
+                ' {plan: p, start: "2026-02-01T00:00:00Z"}]'
+            ),
+            "cat.yaml",
+        )
+    assert "customers[0].subscriptions: subscriptions overlap" in str(err.value)
+    # a plan change: one ends where the next starts
+    ok = parse_catalog(
+        customer(
+            '[{plan: p, start: "2026-01-01T00:00:00Z", end: "2026-02-01T00:00:00Z"},'
+            ' {plan: p, start: "2026-02-01T00:00:00Z"}]'
+        )
+    )
+    assert len(ok.customers[0].subscriptions) == 2
+
+
+def test_missing_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(CatalogError) as err:
+        load_catalog(tmp_path / "nope.yaml")
+    assert str(err.value) == f"{tmp_path / 'nope.yaml'}: file not found"

@@ -1,0 +1,46 @@
+"""The same event schema and SQL on a shared DuckLake with a real PostgreSQL catalog."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from meterline.store import EVENT_MIGRATIONS, migrate, store
+from tests.support.postgres import postgres_server
+
+
+@pytest.fixture(scope="module")
+def lake() -> Iterator[str]:
+    with postgres_server() as conninfo:
+        yield f"ducklake:postgres:{conninfo}"
+
+
+def test_two_writers_share_one_lake(
+    lake: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("METERLINE_LAKE_DATA", str(tmp_path / "lake-data"))
+    insert = """
+        INSERT INTO usage_events
+        SELECT * FROM (VALUES (?, TIMESTAMP '2026-03-01 10:00:00', now()::TIMESTAMP, 'acme',
+            'sha256:00', 'openai', 'openai', 'gpt-4o', 10, 2, 0, 5, 1, false, 'chatcmpl-1',
+            'req-1', 'POST', 'api.openai.com', '/v1/chat/completions', 200, false, 12.5, 3.0,
+            ?)) AS b
+        WHERE b.col0 NOT IN (SELECT event_id FROM usage_events)
+    """
+    with store(lake) as con:
+        assert migrate(con, EVENT_MIGRATIONS) == ["0001_usage_events"]
+        con.execute(insert, ["openai:chatcmpl-1", "proxy-a"])
+    # a second proxy (another process in real life: the catalog is in PostgreSQL)
+    with store(lake) as con:
+        assert migrate(con, EVENT_MIGRATIONS) == []
+        con.execute(insert, ["openai:chatcmpl-1", "proxy-b"])  # a replay: deduplicated
+        con.execute(insert, ["openai:chatcmpl-2", "proxy-b"])
+    with store(lake) as con:
+        rows = con.execute(
+            "SELECT event_id, proxy_id, input_tokens + cached_input_tokens + output_tokens "
+            "FROM usage_events ORDER BY event_id"
+        ).fetchall()
+    assert rows == [("openai:chatcmpl-1", "proxy-a", 17), ("openai:chatcmpl-2", "proxy-b", 17)]
+    assert list((tmp_path / "lake-data").rglob("*.parquet"))  # data files really are in the lake

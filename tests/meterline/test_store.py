@@ -1,0 +1,83 @@
+"""The event store: migrations, and waiting out another process's lock on the file."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from meterline.store import EVENT_COLUMNS, EVENT_MIGRATIONS, StoreError, migrate, open_store, store
+
+
+def test_migrations_apply_once(tmp_path: Path) -> None:
+    db = tmp_path / "m.duckdb"
+    with store(db) as con:
+        assert migrate(con, EVENT_MIGRATIONS) == ["0001_usage_events"]
+        assert migrate(con, EVENT_MIGRATIONS) == []
+        cols = [r[0] for r in con.execute("DESCRIBE usage_events").fetchall()]
+    assert tuple(cols) == EVENT_COLUMNS
+
+
+def test_reader_waits_for_the_writer_to_let_go(tmp_path: Path) -> None:
+    db = tmp_path / "m.duckdb"
+    with store(db) as con:
+        migrate(con, EVENT_MIGRATIONS)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(
+                f"""
+                import duckdb, sys, time
+                con = duckdb.connect({str(db)!r})
+                print("locked", flush=True)
+                time.sleep(1.0)
+                con.close()
+                """
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None
+    assert holder.stdout.readline().strip() == "locked"
+    started = time.monotonic()
+    with store(db, read_only=True, wait_s=20) as con:
+        waited = time.monotonic() - started
+        assert con.execute("SELECT count(*) FROM usage_events").fetchone() == (0,)
+    holder.wait(timeout=10)
+    holder.stdout.close()
+    assert waited > 0.5  # it really was locked, and we waited instead of failing
+
+
+def test_lock_held_too_long_is_a_clear_error(tmp_path: Path) -> None:
+    db = tmp_path / "m.duckdb"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import duckdb, time; c = duckdb.connect({str(db)!r}); print('x', flush=True); "
+            "time.sleep(5)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        holder.stdout.readline()
+        with pytest.raises(StoreError, match=r"m\.duckdb: cannot open: .*[Ll]ock"):
+            open_store(db, wait_s=0.3)
+    finally:
+        holder.kill()
+        holder.wait()
+        assert holder.stdout is not None
+        holder.stdout.close()
+
+
+def test_reading_a_missing_database_says_so(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match=r"no such database"):
+        open_store(tmp_path / "none.duckdb", read_only=True)
