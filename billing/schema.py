@@ -40,4 +40,23 @@ BILLING_MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        "0102_invoice_windows",
+        """
+        -- What each invoice swept: one row per (usage window, ingested range). The next
+        -- invoice of the customer bills events of an already-swept window that were
+        -- ingested after max(ingested_until) as late usage, so no event is billed twice.
+        CREATE TABLE IF NOT EXISTS invoice_windows (
+            invoice_number VARCHAR NOT NULL,
+            customer_key   VARCHAR NOT NULL,
+            plan_key       VARCHAR NOT NULL,
+            consumers      VARCHAR[] NOT NULL, -- the customer's consumers when it was built
+            kind           VARCHAR NOT NULL,   -- 'period' (its own) | 'late' (an earlier one)
+            usage_start    TIMESTAMP NOT NULL, -- UTC, inclusive
+            usage_end      TIMESTAMP NOT NULL, -- UTC, exclusive
+            ingested_after TIMESTAMP,          -- exclusive; NULL: from the beginning
+            ingested_until TIMESTAMP NOT NULL  -- inclusive: the invoice's watermark
+        );
+        """,
+    ),
 )

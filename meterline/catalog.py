@@ -332,11 +332,11 @@ class Catalog(_Model):
                     bad(where, f"consumer {name!r} already billed to {owner!r}")
             for j, sub in enumerate(customer.subscriptions):
                 where = f"customers[{i}].subscriptions[{j}].plan"
-                plan = plans.get(sub.plan)
-                if plan is None:
+                sub_plan = plans.get(sub.plan)
+                if sub_plan is None:
                     bad(where, f"unknown plan {sub.plan!r}")
-                elif plan.currency != customer.currency:
-                    bad(where, f"plan is in {plan.currency}, customer pays in {customer.currency}")
+                elif sub_plan.currency != customer.currency:
+                    bad(where, f"plan is in {sub_plan.currency}, customer pays in {customer.currency}")
         if problems:
             raise CatalogProblems(problems)
         return self
@@ -380,7 +380,7 @@ def _render_loc(loc: tuple[int | str, ...]) -> str:
 
 
 def render_validation_error(path: Path | str, error: ValidationError) -> str:
-    lines = []
+    lines: list[str] = []
     for err in error.errors():
         ctx_error = (err.get("ctx") or {}).get("error")
         if isinstance(ctx_error, CatalogProblems):

@@ -28,6 +28,10 @@ class Usage:
     model: str | None = None
     response_id: str | None = None
     estimated: bool = False
+    #: The stream ended before the provider's final usage report (e.g. Anthropic's
+    #: ``message_start`` came but its ``message_delta`` did not): the input figures are the
+    #: provider's, ``output`` is only what was reported so far and may be too low.
+    partial: bool = False
 
     @property
     def total(self) -> int:

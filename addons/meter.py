@@ -1,0 +1,522 @@
+"""Meterline's mitmproxy addon: meter LLM provider traffic, pass everything through.
+
+    mitmdump -s addons/meter.py --set meter_catalog=catalog.yaml --set meter_db=meterline.duckdb
+
+Per flow, in hook order:
+
+- ``requestheaders``: one memoised dict lookup decides whether the host is a provider.
+  Anything else (and any provider path that does not bill) is left alone from here on.
+- ``request``: attribute the API key to a consumer; reject unknown keys (policy
+  ``reject``), inject the provider key (``inject:``), add ``stream_options.include_usage``.
+- ``responseheaders``: set ``flow.response.stream`` to a :class:`_MeteredStream`. Every
+  chunk goes straight back to mitmproxy (and on to the client); decoding and usage
+  extraction are queued and run right after, on the same event loop, off the forwarding
+  path. JSON bodies are streamed too: nothing is buffered twice.
+- ``response`` / ``error``: queue the finish: usage (or an estimate) -> one event
+  line in the spool. A background thread moves the spool into DuckDB.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mitmproxy import ctx, exceptions, http
+
+from addons.metering import errors, events, keys, providers
+from addons.metering.decoding import IncrementalDecoder
+from addons.metering.estimate import count_tokens, estimate_request_input
+from addons.metering.extract import new_extractor
+from addons.metering.spool import Spool, SpoolError
+from addons.metering.streamopts import UsageChunkDropper, add_include_usage
+from addons.metering.usage import Usage, UsageExtractor
+from addons.metering.writer import SpoolWriter
+from meterline.catalog import Catalog, CatalogError, load_catalog
+from meterline.store import DEFAULT_CATALOG, DEFAULT_DB
+
+log = logging.getLogger("meterline.proxy")
+
+# Cheap test for a top-level ``"stream": true`` without parsing the request JSON.
+_STREAM_TRUE = re.compile(rb'"stream"\s*:\s*true')
+_INCLUDE_USAGE_PATH = re.compile(r"/(?:chat/)?completions/?$")
+
+
+class _MeteredStream:
+    """State of one metered flow; mitmproxy calls it with each response body chunk."""
+
+    __slots__ = (
+        "meter",
+        "flow_id",
+        "provider",
+        "exchange",
+        "request_body",
+        "streaming_requested",
+        "reject",
+        "inject_env",
+        "drop_usage",
+        "dropper",
+        "decoder",
+        "decode_failed",
+        "extractor",
+    )
+
+    def __init__(
+        self,
+        meter: Meter,
+        flow_id: str,
+        provider: providers.Provider,
+        exchange: events.Exchange,
+    ) -> None:
+        self.meter = meter
+        self.flow_id = flow_id
+        self.provider = provider
+        self.exchange = exchange
+        self.request_body = b""
+        self.streaming_requested = False
+        self.reject = False
+        self.inject_env: str | None = None
+        self.drop_usage = False
+        self.dropper: UsageChunkDropper | None = None
+        self.decoder: IncrementalDecoder | None = None
+        self.decode_failed: str | None = None
+        self.extractor: UsageExtractor | None = None
+
+    def __call__(self, chunk: bytes) -> bytes | list[bytes]:
+        """The hot path: return the chunk at once; queue the metering work."""
+        if chunk:
+            if self.exchange.t_first_byte is None:
+                self.exchange.t_first_byte = time.time()
+            self.meter._defer(self.consume, chunk)
+            if self.dropper is None:
+                return chunk
+            out = self.dropper.feed(chunk)
+        elif self.dropper is None:
+            return chunk
+        else:
+            out = self.dropper.flush()
+        # An empty chunk would end an HTTP/1.1 chunked body early: send nothing instead.
+        return out if out else []
+
+    def consume(self, chunk: bytes) -> None:
+        if self.decode_failed is not None or self.extractor is None:
+            return
+        if self.decoder is not None:
+            try:
+                chunk = self.decoder.decode(chunk)
+            except ValueError as e:
+                self.decode_failed = str(e)
+                return
+        self.extractor.feed(chunk)
+
+    def drain_decoder(self) -> None:
+        if self.decoder is None or self.decode_failed is not None or self.extractor is None:
+            return
+        try:
+            rest = self.decoder.flush()
+        except ValueError as e:
+            self.decode_failed = str(e)
+            return
+        if rest:
+            self.extractor.feed(rest)
+
+
+class Meter:
+    def __init__(self) -> None:
+        self.catalog: Catalog | None = None
+        self.registry = providers.ProviderRegistry.from_catalog(None)
+        self.keybook = keys.KeyBook(None)
+        self.spool: Spool | None = None
+        self.writer: SpoolWriter | None = None
+        self._active: dict[str, _MeteredStream] = {}
+        self._pending: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
+        self._drain_scheduled = False
+        self._running = False
+        self.flush_interval = 1.0
+
+    # ------------------------------------------------------------------ options
+
+    def load(self, loader: Any) -> None:
+        loader.add_option(
+            "meter_db",
+            str,
+            os.environ.get("METERLINE_DB", DEFAULT_DB),
+            "Usage event store: a DuckDB file, or a 'ducklake:...' locator "
+            "(default: $METERLINE_DB or meterline.duckdb).",
+        )
+        loader.add_option(
+            "meter_catalog",
+            str,
+            os.environ.get("METERLINE_CATALOG", DEFAULT_CATALOG),
+            "Catalog YAML with providers and consumers (default: $METERLINE_CATALOG "
+            "or catalog.yaml). Re-read whenever this option is set.",
+        )
+        loader.add_option(
+            "meter_spool",
+            str,
+            "meterline-spool",
+            "Directory of the local event spool (one per proxy); leftovers are replayed "
+            "into the store on start.",
+        )
+        loader.add_option(
+            "meter_unknown_keys",
+            str,
+            "record",
+            "What to do with a request whose API key is not in the catalog: 'record' "
+            "(forward, meter with no consumer) or 'reject' (answer 401, never forwarded).",
+            choices=("record", "reject"),
+        )
+        loader.add_option(
+            "meter_include_usage",
+            bool,
+            True,
+            "Add stream_options.include_usage to OpenAI streaming requests that lack it "
+            "(and hide the extra usage chunk from the client).",
+        )
+        loader.add_option(
+            "meter_flush_interval",
+            str,  # mitmproxy cannot parse float options from --set
+            "1.0",
+            "Seconds between writes of spooled events to the store (e.g. 1.0).",
+        )
+        loader.add_option(
+            "meter_log_payloads",
+            bool,
+            False,
+            "Include request/response excerpts in warnings about unreadable bodies.",
+        )
+        loader.add_option(
+            "meter_proxy_id",
+            str,
+            socket.gethostname(),
+            "Name of this proxy, stored with each event (default: the host name).",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if "meter_catalog" in updated:
+            try:
+                catalog = load_catalog(ctx.options.meter_catalog)
+                registry = providers.ProviderRegistry.from_catalog(catalog)
+            except (CatalogError, ValueError) as e:
+                raise exceptions.OptionsError(f"meter_catalog: {e}") from None
+            self.catalog, self.registry, self.keybook = catalog, registry, keys.KeyBook(catalog)
+        if "meter_flush_interval" in updated:
+            self.flush_interval = _parse_interval(ctx.options.meter_flush_interval)
+        if self._running and "meter_spool" in updated:
+            self._open_spool()
+        if self.writer is not None:
+            self.writer.locator = ctx.options.meter_db
+            self.writer.interval = self.flush_interval
+
+    def _open_spool(self) -> None:
+        """(Re)open the spool named by the options and start its writer (replaying leftovers)."""
+        directory = Path(ctx.options.meter_spool).resolve()
+        if self.spool is not None and self.spool.directory.resolve() == directory:
+            return
+        try:
+            spool = Spool(directory)
+        except SpoolError as e:
+            raise exceptions.OptionsError(f"meter_spool: {e}") from None
+        self._close_writer()
+        self.spool = spool
+        self.writer = SpoolWriter(spool, ctx.options.meter_db, interval=self.flush_interval)
+        self.writer.start()
+
+    def running(self) -> None:
+        """The proxy is up: open the spool (not before, so loading the addon writes nothing)."""
+        self._running = True
+        self._open_spool()
+        log.info(
+            "meterline: metering %d provider(s), %d consumer(s); events -> %s via spool %s",
+            len(self.registry.providers),
+            len(self.catalog.consumers) if self.catalog else 0,
+            ctx.options.meter_db,
+            self.spool.directory if self.spool else "?",
+        )
+
+    def done(self) -> None:
+        """Finish every queued and in-flight flow, then drain the spool into the store."""
+        self._drain()
+        for flow_id in list(self._active):
+            self._finish(flow_id, self._active.pop(flow_id), cut=True)
+        self._close_writer()
+
+    def _close_writer(self) -> None:
+        if self.writer is not None and not self.writer.stop():
+            log.warning("meterline: events left in spool %s for the next start", self.spool)
+        if self.spool is not None:
+            self.spool.close()
+        self.writer, self.spool = None, None
+
+    # ------------------------------------------------------------------ deferral
+
+    def _defer(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run ``fn(*args)`` after the current event-loop step (in order), or now if no loop."""
+        self._pending.append((fn, args))
+        if self._drain_scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._drain()
+            return
+        self._drain_scheduled = True
+        loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        self._drain_scheduled = False
+        pending = self._pending
+        while pending:
+            fn, args = pending.popleft()
+            try:
+                fn(*args)
+            except Exception:  # metering must never take the proxy down
+                log.exception("meterline: metering failed (traffic unaffected)")
+
+    # ------------------------------------------------------------------ hooks
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        req = flow.request
+        provider = self.registry.lookup(req.host, req.port)
+        if provider is None:
+            return
+        if req.method != "POST" or not providers.is_billed_path(provider.flavor, req.path):
+            return
+        path = req.path
+        identity = self.keybook.identify(keys.presented_keys(req.headers, path.partition("?")[2]))
+        consumer = identity.consumer
+        st = _MeteredStream(
+            self,
+            flow.id,
+            provider,
+            events.Exchange(
+                provider=provider.name,
+                flavor=provider.flavor,
+                method=req.method,
+                host=req.pretty_host,
+                path=path,
+                consumer=consumer.name if consumer else None,
+                key_fingerprint=identity.fingerprint,
+            ),
+        )
+        st.reject = consumer is None and ctx.options.meter_unknown_keys == "reject"
+        st.inject_env = keys.injection_env_var(consumer, provider)
+        self._active[flow.id] = st
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        st = self._active.get(flow.id)
+        if st is None:
+            return
+        req = flow.request
+        if st.reject:
+            del self._active[flow.id]
+            fp = st.exchange.key_fingerprint or "no key"
+            log.warning(
+                "meterline: %s: rejected %s %s%s: unknown key (%s)",
+                flow.id,
+                st.provider.name,
+                req.pretty_host,
+                st.exchange.path.split("?", 1)[0],
+                fp,
+            )
+            self._error_response(
+                flow, st, "unknown_key", "Invalid API key: not known to the proxy."
+            )
+            return
+        if st.inject_env is not None:
+            path, _, query = req.path.partition("?")
+            try:
+                query = keys.inject_key(req.headers, query, st.provider, st.inject_env)
+            except keys.InjectionError as e:
+                del self._active[flow.id]
+                log.error("meterline: %s: %s", flow.id, e)
+                self._error_response(flow, st, "injection_failed", f"Meterline proxy: {e}")
+                return
+            req.path = f"{path}?{query}" if query else path
+        try:
+            body = req.content or b""
+        except ValueError:  # unknown content-encoding on the request
+            body = req.raw_content or b""
+        st.request_body = body
+        if st.provider.flavor == "gemini":
+            st.streaming_requested = ":streamGenerateContent" in st.exchange.path
+        else:
+            st.streaming_requested = _STREAM_TRUE.search(body) is not None
+        if (
+            st.streaming_requested
+            and st.provider.flavor == "openai"
+            and ctx.options.meter_include_usage
+            and _INCLUDE_USAGE_PATH.search(st.exchange.path.split("?", 1)[0])
+        ):
+            new_body = add_include_usage(body)
+            if new_body is not None:
+                req.content = new_body
+                st.request_body = new_body
+                # The dropper edits the stream the client gets: it needs plain bytes.
+                req.headers["accept-encoding"] = "identity"
+                st.drop_usage = True
+        st.exchange.t_request = time.time()
+
+    def _error_response(
+        self, flow: http.HTTPFlow, st: _MeteredStream, kind: errors.ErrorKind, message: str
+    ) -> None:
+        status, body = errors.error_body(st.provider.flavor, kind, message)
+        flow.response = http.Response.make(
+            status, body, {"content-type": "application/json", "x-meterline": kind}
+        )
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        st = self._active.get(flow.id)
+        if st is None or flow.response is None:
+            return
+        resp = flow.response
+        content_type = resp.headers.get("content-type", "")
+        ex = st.exchange
+        ex.status = resp.status_code
+        ex.request_id = events.request_id_from(resp.headers)
+        ex.streamed = st.streaming_requested or "event-stream" in content_type
+        st.extractor = new_extractor(
+            st.provider.flavor,
+            path=ex.path,
+            content_type=content_type,
+            streaming_requested=st.streaming_requested,
+        )
+        encoding = resp.headers.get("content-encoding", "")
+        if encoding:
+            try:
+                st.decoder = IncrementalDecoder(encoding)
+            except ValueError as e:
+                st.decode_failed = str(e)
+        if st.drop_usage and not encoding and resp.status_code < 400:
+            st.dropper = UsageChunkDropper()
+        resp.stream = st
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        st = self._active.pop(flow.id, None)
+        if st is not None:
+            ex = st.exchange
+            ex.t_done = time.time()
+            self._defer(self._finish, flow.id, st, False)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        st = self._active.pop(flow.id, None)
+        if st is not None:
+            st.exchange.t_done = time.time()
+            self._defer(self._finish, flow.id, st, True)
+
+    # ------------------------------------------------------------------ finishing
+
+    def _finish(self, flow_id: str, st: _MeteredStream, cut: bool) -> None:
+        ex = st.exchange
+        if st.extractor is None:  # no response headers ever came: the provider did no work
+            log.info("meterline: %s: no response from %s, nothing metered", flow_id, ex.host)
+            return
+        st.drain_decoder()
+        usage = st.extractor.finish()
+        problems = list(st.extractor.problems)
+        if st.decode_failed:
+            problems.insert(0, f"cannot decode body: {st.decode_failed}")
+        if cut:
+            ex.status = None  # no complete response
+            log.warning(
+                "meterline: %s: response from %s cut short (client or provider went away); "
+                "usage estimated where not reported",
+                flow_id,
+                _where(st),
+            )
+        elif problems and (ex.status or 0) < 400:
+            self._warn_problems(flow_id, st, problems)
+        elif problems:
+            log.debug("meterline: %s: %s answered %s: %s", flow_id, _where(st), ex.status, problems)
+        status = ex.status
+        if usage is None and status is not None and status >= 400:
+            usage = Usage()  # an error response bills nothing unless the provider says so
+        elif usage is None or cut:
+            usage = self._estimate(st, usage)
+        event = events.build_event(ex, usage, ctx.options.meter_proxy_id)
+        self._record(event)
+
+    def _estimate(self, st: _MeteredStream, partial: Usage | None) -> Usage:
+        """Tokens counted with tiktoken when the provider reported none (or not all)."""
+        model = (partial.model if partial else None) or _request_model(st)
+        text = st.extractor.output_text() if st.extractor else ""
+        output = count_tokens(text, model or "") if text else 0
+        if partial is not None:
+            if output <= partial.output:
+                return partial
+            partial.output = output
+            partial.estimated = True
+            return partial
+        return Usage(
+            input=estimate_request_input(st.provider.flavor, st.request_body),
+            output=output,
+            model=model,
+            estimated=True,
+        )
+
+    def _record(self, event: dict[str, Any]) -> None:
+        if self.spool is None or self.writer is None:
+            self._open_spool()
+        assert self.spool is not None and self.writer is not None
+        self.writer.notify(self.spool.append(event))
+
+    def _warn_problems(self, flow_id: str, st: _MeteredStream, problems: list[str]) -> None:
+        where = _where(st)
+        if ctx.options.meter_log_payloads:
+            detail = "; ".join(problems)
+            excerpt = st.request_body[:500].decode("utf-8", "replace")
+            log.warning(
+                "meterline: %s: unreadable response from %s: %s (request: %s)",
+                flow_id,
+                where,
+                detail,
+                excerpt,
+            )
+        else:
+            log.warning(
+                "meterline: %s: unreadable response from %s: %d problem(s), first: %s",
+                flow_id,
+                where,
+                len(problems),
+                problems[0][:200],
+            )
+
+
+def _where(st: _MeteredStream) -> str:
+    """``provider host/path`` for log lines: never the query string (it may hold a key)."""
+    return f"{st.provider.name} {st.exchange.host}{st.exchange.path.split('?', 1)[0]}"
+
+
+def _parse_interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise exceptions.OptionsError(
+            f"meter_flush_interval: expected seconds greater than 0, got {text!r}"
+        )
+    return value
+
+
+def _request_model(st: _MeteredStream) -> str | None:
+    if st.provider.flavor == "gemini":
+        m = re.search(r"/models/([^/:]+):", st.exchange.path)
+        return m.group(1) if m else None
+    try:
+        data = json.loads(st.request_body)
+    except ValueError:
+        return None
+    model = data.get("model") if isinstance(data, dict) else None
+    return model if isinstance(model, str) else None
+
+
+addons = [Meter()]

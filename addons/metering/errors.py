@@ -1,0 +1,35 @@
+"""Error bodies shaped like each provider's own, so SDKs raise their usual exceptions.
+
+An OpenAI SDK that gets a 401 from the proxy raises ``openai.AuthenticationError`` with
+our message, exactly as if the provider had refused the key.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+ErrorKind = Literal["unknown_key", "injection_failed"]
+
+_OPENAI = {
+    "unknown_key": ("invalid_request_error", "invalid_api_key"),
+    "injection_failed": ("server_error", "proxy_key_injection_failed"),
+}
+_ANTHROPIC = {"unknown_key": "authentication_error", "injection_failed": "api_error"}
+_GEMINI = {"unknown_key": "UNAUTHENTICATED", "injection_failed": "UNAVAILABLE"}
+
+STATUS: dict[ErrorKind, int] = {"unknown_key": 401, "injection_failed": 502}
+
+
+def error_body(flavor: str, kind: ErrorKind, message: str) -> tuple[int, bytes]:
+    """(HTTP status, JSON body) for ``kind`` in the shape ``flavor`` clients expect."""
+    status = STATUS[kind]
+    body: dict[str, object]
+    if flavor == "anthropic":
+        body = {"type": "error", "error": {"type": _ANTHROPIC[kind], "message": message}}
+    elif flavor == "gemini":
+        body = {"error": {"code": status, "message": message, "status": _GEMINI[kind]}}
+    else:
+        err_type, code = _OPENAI[kind]
+        body = {"error": {"message": message, "type": err_type, "param": None, "code": code}}
+    return status, json.dumps(body).encode()

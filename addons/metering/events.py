@@ -1,0 +1,85 @@
+"""One metered exchange -> one ``usage_events`` row (see :data:`meterline.store.EVENT_COLUMNS`).
+
+The row is a JSON-safe dict (``ts`` is an ISO string, naive UTC) because it goes to
+the spool first. Its ``event_id`` is fixed here, before the spool, so a replayed
+segment can never insert an event twice: ``<provider>:<response id>`` when the
+provider named its response, else ``ml:<uuid4>``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from addons.metering.usage import Usage
+
+REQUEST_ID_HEADERS: tuple[str, ...] = ("x-request-id", "request-id", "apim-request-id")
+
+
+@dataclass(slots=True)
+class Exchange:
+    """What the addon knows about one metered request/response, independent of mitmproxy."""
+
+    provider: str
+    flavor: str
+    method: str
+    host: str
+    path: str
+    consumer: str | None
+    key_fingerprint: str | None
+    status: int | None = None
+    streamed: bool = False
+    request_id: str | None = None
+    t_request: float | None = None
+    """Epoch seconds when the proxy had the whole request (and sent it on)."""
+    t_first_byte: float | None = None
+    t_done: float | None = None
+
+
+def request_id_from(headers: Mapping[str, str]) -> str | None:
+    for name in REQUEST_ID_HEADERS:
+        value = headers.get(name)
+        if value:
+            return value
+    return None
+
+
+def _ms(start: float | None, end: float | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return round(max(0.0, end - start) * 1000.0, 3)
+
+
+def build_event(ex: Exchange, usage: Usage, proxy_id: str | None) -> dict[str, Any]:
+    done = ex.t_done if ex.t_done is not None else datetime.now(UTC).timestamp()
+    ts = datetime.fromtimestamp(done, UTC).replace(tzinfo=None)
+    event_id = f"{ex.provider}:{usage.response_id}" if usage.response_id else f"ml:{uuid.uuid4()}"
+    return {
+        "event_id": event_id,
+        "ts": ts.isoformat(),
+        "consumer": ex.consumer,
+        "key_fingerprint": ex.key_fingerprint,
+        "provider": ex.provider,
+        "flavor": ex.flavor,
+        "model": usage.model,
+        "input_tokens": usage.input,
+        "cached_input_tokens": usage.cached_input,
+        "cache_write_tokens": usage.cache_write,
+        "output_tokens": usage.output,
+        "reasoning_tokens": usage.reasoning,
+        "estimated": usage.estimated,
+        "response_id": usage.response_id,
+        "request_id": ex.request_id,
+        "method": ex.method,
+        "host": ex.host,
+        # Never the query string: Gemini clients may put the API key in ?key=.
+        "path": ex.path.split("?", 1)[0],
+        "status": ex.status,
+        "streamed": ex.streamed,
+        "latency_ms": _ms(ex.t_request, done),
+        "ttft_ms": _ms(ex.t_request, ex.t_first_byte),
+        "proxy_id": proxy_id,
+    }

@@ -1,0 +1,66 @@
+"""Usage extractors, one reader per API flavor, chosen from a registry.
+
+``new_extractor("openai" | "anthropic" | "gemini", ...)`` returns an object following
+:class:`~addons.metering.usage.UsageExtractor`. The body's framing is chosen from the
+response content type:
+
+- ``text/event-stream``: SSE, parsed incrementally;
+- JSON (``application/json``, ``*+json``, NDJSON): buffered and parsed once; this also
+  covers Gemini's ``:streamGenerateContent`` without ``alt=sse``, a JSON array whose
+  complete elements are read even when the stream was cut;
+- anything else or no content type: the first non-blank byte decides.
+
+Azure OpenAI, Mistral, Groq, DeepSeek, OpenRouter, vLLM and Ollama use the ``openai``
+flavor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+from addons.metering.extract import anthropic, gemini, openai
+from addons.metering.extract.framing import (
+    JsonBodyExtractor,
+    Reader,
+    SniffingExtractor,
+    SseExtractor,
+)
+from addons.metering.usage import UsageExtractor
+
+#: API flavor -> reader factory ``(problems, *, path) -> Reader``.
+READERS: dict[str, Callable[..., Reader]] = {
+    "openai": openai.new_reader,
+    "anthropic": anthropic.new_reader,
+    "gemini": gemini.new_reader,
+}
+
+_JSON_TYPES = frozenset({"application/json", "application/x-ndjson", "application/jsonl"})
+
+
+def new_extractor(
+    flavor: str, *, path: str, content_type: str | None, streaming_requested: bool
+) -> UsageExtractor:
+    """An extractor for one response body.
+
+    ``path`` is the request path with query (Gemini names the model there).
+    ``streaming_requested`` is a hint only: when the content type is missing or unusual,
+    the body's first byte decides between JSON and SSE. Raises ``ValueError`` for an
+    unknown flavor.
+    """
+    try:
+        make_reader = READERS[flavor]
+    except KeyError:
+        known = ", ".join(sorted(READERS))
+        raise ValueError(f"unknown API flavor {flavor!r} (known: {known})") from None
+    new_reader = partial(make_reader, path=path)
+    del streaming_requested
+    media = (content_type or "").partition(";")[0].strip().lower()
+    if media == "text/event-stream":
+        return SseExtractor(new_reader)
+    if media in _JSON_TYPES or media.endswith("+json"):
+        return JsonBodyExtractor(new_reader)
+    return SniffingExtractor(new_reader)
+
+
+__all__ = ["READERS", "new_extractor"]

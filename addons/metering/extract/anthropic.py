@@ -1,0 +1,142 @@
+"""Anthropic Messages API (JSON and SSE).
+
+Token mapping (see docs/token-model.md): Anthropic's ``input_tokens`` already excludes
+cached tokens, so ``input = input_tokens``, ``cached_input = cache_read_input_tokens``,
+``cache_write = cache_creation_input_tokens`` (or the sum of the ``cache_creation``
+breakdown when only that is present), ``output = output_tokens``. Anthropic reports no
+separate thinking-token count, so ``reasoning`` stays 0 (thinking is inside ``output``).
+
+Streams: ``message_start`` carries ``message.usage`` (input and cache figures, a
+placeholder output count) and ``message_delta`` carries the cumulative ``output_tokens``
+and, in newer API versions, repeats the input/cache figures. Each field takes the latest
+non-null value, so nothing is ever added twice. Only ``message_start``,
+``message_delta`` and ``content_block_delta`` (kept raw, for estimates) are looked at.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from addons.metering.extract.framing import LazyText, as_dict, as_int, as_list, loads, note
+from addons.metering.sse import SSEEvent
+from addons.metering.usage import Usage
+
+_FIELDS = (
+    "input_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
+    "output_tokens",
+)
+
+
+def _delta_text(obj: Any) -> str:
+    delta = as_dict(as_dict(obj).get("delta"))
+    for key in ("text", "thinking", "partial_json"):
+        value = delta.get(key)
+        if isinstance(value, str):
+            return value
+    return ""
+
+
+def _content_text(message: dict[str, Any]) -> str:
+    out: list[str] = []
+    for block in as_list(message.get("content")):
+        block = as_dict(block)
+        for key in ("text", "thinking"):
+            if isinstance(block.get(key), str):
+                out.append(block[key])
+        if block.get("type") == "tool_use" and "input" in block:
+            out.append(json.dumps(block["input"], ensure_ascii=False))
+    return "".join(out)
+
+
+class AnthropicReader:
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        self._fields: dict[str, int] = {}
+        self._model: str | None = None
+        self._id: str | None = None
+        self._streamed = False
+        self._final = False  # a message_delta (or a whole JSON message) was seen
+        self._text = LazyText(_delta_text, problems, "content_block_delta")
+        self._body_text = ""
+
+    def _take_usage(self, raw: Any) -> None:
+        raw = as_dict(raw)
+        for field in _FIELDS:
+            value = as_int(raw.get(field))
+            if value is not None:
+                self._fields[field] = value
+        if "cache_creation_input_tokens" not in self._fields:
+            breakdown = as_dict(raw.get("cache_creation"))
+            parts = [as_int(v) for v in breakdown.values()]
+            if any(p is not None for p in parts):
+                self._fields["cache_creation_input_tokens"] = sum(p or 0 for p in parts)
+
+    def _take_message(self, message: dict[str, Any]) -> None:
+        if isinstance(message.get("model"), str) and message["model"]:
+            self._model = message["model"]
+        if isinstance(message.get("id"), str) and message["id"]:
+            self._id = message["id"]
+        if "usage" in message:
+            self._take_usage(message["usage"])
+
+    def on_object(self, obj: Any) -> None:
+        obj = as_dict(obj)
+        kind = obj.get("type")
+        if kind in ("message_start", "message_delta", "content_block_delta", "error"):
+            self._on_typed(kind, obj)  # a stream event delivered as JSON (NDJSON relays)
+            return
+        self._take_message(obj)
+        if "usage" in obj:
+            self._final = True
+        self._body_text += _content_text(obj)
+
+    def on_event(self, event: SSEEvent) -> None:
+        kind = event.event
+        if kind == "content_block_delta":
+            self._text.add_raw(event.data)
+        elif kind in ("message_start", "message_delta", "error"):
+            obj = loads(event.data, self.problems, kind)
+            if obj is not None:
+                self._on_typed(kind, as_dict(obj))
+        elif kind == "message" and '"type"' in event.data:  # relays without "event:" lines
+            obj = as_dict(loads(event.data, self.problems, "stream event"))
+            kind = obj.get("type")
+            if kind in ("message_start", "message_delta", "content_block_delta", "error"):
+                self._on_typed(kind, obj)
+
+    def _on_typed(self, kind: str, obj: dict[str, Any]) -> None:
+        self._streamed = True
+        if kind == "message_start":
+            self._take_message(as_dict(obj.get("message")))
+        elif kind == "message_delta":
+            self._take_usage(obj.get("usage"))
+            self._final = True
+        elif kind == "content_block_delta":
+            self._text.add_obj(obj)
+        else:
+            note(self.problems, f"provider error event: {json.dumps(obj)[:120]}")
+
+    def usage(self) -> Usage | None:
+        if not self._fields:
+            return None
+        f = self._fields
+        return Usage(
+            input=f.get("input_tokens", 0),
+            cached_input=f.get("cache_read_input_tokens", 0),
+            cache_write=f.get("cache_creation_input_tokens", 0),
+            output=f.get("output_tokens", 0),
+            model=self._model,
+            response_id=self._id,
+            partial=self._streamed and not self._final,
+        )
+
+    def text(self) -> str:
+        return self._body_text + self._text.text()
+
+
+def new_reader(problems: list[str], *, path: str) -> AnthropicReader:
+    del path  # the model is always in the body
+    return AnthropicReader(problems)

@@ -1,0 +1,317 @@
+"""How a response body is framed (one JSON value, a JSON array/sequence, or SSE), kept
+apart from what a provider's JSON means (a :class:`Reader` per API flavor).
+
+Every extractor here honours the :class:`~addons.metering.usage.UsageExtractor` contract:
+``feed`` never raises, problems are short strings in ``problems``.
+
+Cost: a JSON body is buffered (it cannot be read before it is complete) and parsed once.
+An SSE body is parsed incrementally; readers parse only the events that carry figures
+and keep text-bearing events as raw strings (:class:`LazyText`) that are decoded only if
+:meth:`output_text` is asked for (an estimate is needed only when usage is missing).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+from addons.metering.sse import SSEEvent, SSEParser
+from addons.metering.usage import Usage
+
+#: A JSON body larger than this is not metered (the bytes still reach the client).
+MAX_JSON_BODY = 64 * 1024 * 1024
+#: Raw text-bearing SSE data kept for a possible estimate before it is decoded to text.
+LAZY_TEXT_COMPACT_AT = 1024 * 1024
+#: At most this many problems are kept per flow (a garbage stream must not grow memory).
+MAX_PROBLEMS = 20
+
+_decoder = json.JSONDecoder()
+_WS = " \t\r\n"
+
+
+class Reader(Protocol):
+    """What one API flavor's JSON means. Methods may raise; the framing catches it."""
+
+    problems: list[str]
+
+    def on_object(self, obj: Any) -> None:
+        """A JSON body, or one element of a streamed JSON array / JSON sequence."""
+
+    def on_event(self, event: SSEEvent) -> None:
+        """One SSE event."""
+
+    def usage(self) -> Usage | None: ...
+
+    def text(self) -> str: ...
+
+
+#: Makes a fresh reader that records its problems in the given list.
+NewReader = Callable[[list[str]], Reader]
+
+
+def note(problems: list[str], message: str) -> None:
+    """Record a problem, keeping the list bounded."""
+    if len(problems) < MAX_PROBLEMS:
+        problems.append(message[:200])
+    elif len(problems) == MAX_PROBLEMS:
+        problems.append("further problems not recorded")
+
+
+def as_int(value: Any) -> int | None:
+    """A token count as int; ``None`` for missing/null/non-numeric values."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def as_dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def has_value(data: str, key: str) -> bool:
+    """Cheap pre-check before ``json.loads``: does ``"key"`` occur with a non-null value?
+
+    False positives (the key inside nested objects) only cost a parse; a quoted key cannot
+    appear unescaped inside a JSON string, so there are no false negatives for well-formed
+    JSON that spells the key plainly.
+    """
+    i = data.find(key)
+    while i >= 0:
+        rest = data[i + len(key) : i + len(key) + 16].lstrip(_WS)
+        if rest.startswith(":") and not rest[1:].lstrip(_WS).startswith("null"):
+            return True
+        i = data.find(key, i + 1)
+    return False
+
+
+def iter_json_values(text: str, problems: list[str]) -> Iterator[Any]:
+    """Values of a body that is one JSON value, a JSON array streamed element by element
+    (Gemini without ``alt=sse``), or whitespace-separated values (NDJSON, Ollama).
+
+    A cut array yields its complete elements, then records a problem.
+    """
+    pos = _skip_ws(text, 0)
+    in_array = text.startswith("[", pos)
+    if in_array:
+        pos = _skip_ws(text, pos + 1)
+    while pos < len(text):
+        if in_array and text[pos] == "]":
+            pos = _skip_ws(text, pos + 1)
+            if pos < len(text):
+                note(problems, "bytes after the end of the JSON array")
+            return
+        try:
+            value, pos = _decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            note(problems, f"invalid or truncated JSON at char {exc.pos}: {exc.msg}")
+            return
+        yield value
+        pos = _skip_ws(text, pos)
+        if in_array and text.startswith(",", pos):
+            pos = _skip_ws(text, pos + 1)
+    if in_array:
+        note(problems, "truncated JSON array (no closing bracket)")
+
+
+def _skip_ws(text: str, pos: int) -> int:
+    n = len(text)
+    while pos < n and text[pos] in _WS:
+        pos += 1
+    return pos
+
+
+def loads(data: str, problems: list[str], what: str) -> Any:
+    """``json.loads`` that records a problem and returns ``None`` instead of raising."""
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        note(problems, f"invalid JSON in {what}: {exc}")
+        return None
+
+
+class LazyText:
+    """Generated text kept cheaply: raw JSON of text-bearing events, decoded on demand.
+
+    ``extract`` turns one decoded event into its text. Once the raw strings exceed
+    :data:`LAZY_TEXT_COMPACT_AT` they are decoded into text, bounding memory per flow.
+    """
+
+    __slots__ = ("_extract", "_problems", "_items", "_size", "_what")
+
+    def __init__(self, extract: Callable[[Any], str], problems: list[str], what: str) -> None:
+        self._extract = extract
+        self._problems = problems
+        self._what = what
+        self._items: list[str | Any] = []  # raw JSON strings, or decoded text pieces (_Text)
+        self._size = 0
+
+    def add_raw(self, data: str) -> None:
+        self._items.append(data)
+        self._size += len(data)
+        if self._size > LAZY_TEXT_COMPACT_AT:
+            self._items = [_Text(self.text())]
+            self._size = 0
+
+    def add_obj(self, obj: Any) -> None:
+        """An already decoded event (its text is taken now)."""
+        text = self._extract(obj)
+        if text:
+            self._items.append(_Text(text))
+
+    def text(self) -> str:
+        out: list[str] = []
+        for item in self._items:
+            if isinstance(item, _Text):
+                out.append(item)
+                continue
+            obj = loads(item, self._problems, self._what)
+            if obj is not None:
+                try:
+                    out.append(self._extract(obj))
+                except Exception as exc:  # a provider's odd shape must not break estimates
+                    note(self._problems, f"unreadable {self._what}: {exc!r}")
+        return "".join(out)
+
+
+class _Text(str):
+    """Marks already extracted text in :class:`LazyText` (raw JSON items are plain str)."""
+
+    __slots__ = ()
+
+
+class JsonBodyExtractor:
+    """A JSON response body: buffered, parsed once when usage or text is asked for."""
+
+    def __init__(
+        self,
+        new_reader: NewReader,
+        problems: list[str] | None = None,
+        max_bytes: int = MAX_JSON_BODY,
+    ) -> None:
+        self.problems: list[str] = [] if problems is None else problems
+        self._new_reader = new_reader
+        self._max_bytes = max_bytes
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._parsed: Reader | None = None
+        self._too_big = False
+
+    def feed(self, data: bytes) -> None:
+        if self._too_big or not data:
+            return
+        self._size += len(data)
+        if self._size > self._max_bytes:
+            self._too_big = True
+            self._chunks = []
+            note(self.problems, f"JSON body over {self._max_bytes} bytes: not metered")
+            return
+        self._chunks.append(data)
+        self._parsed = None
+
+    def _reader(self) -> Reader | None:
+        if self._too_big:
+            return None
+        if self._parsed is None:
+            reader = self._new_reader(self.problems)
+            text = b"".join(self._chunks).decode("utf-8", "replace")
+            try:
+                for value in iter_json_values(text, self.problems):
+                    reader.on_object(value)
+            except Exception as exc:
+                note(self.problems, f"unreadable JSON body: {exc!r}")
+            self._parsed = reader
+        return self._parsed
+
+    def finish(self) -> Usage | None:
+        reader = self._reader()
+        if reader is None:
+            return None
+        try:
+            return reader.usage()
+        except Exception as exc:
+            note(self.problems, f"unreadable usage: {exc!r}")
+            return None
+
+    def output_text(self) -> str:
+        reader = self._reader()
+        if reader is None:
+            return ""
+        try:
+            return reader.text()
+        except Exception as exc:
+            note(self.problems, f"unreadable output text: {exc!r}")
+            return ""
+
+
+class SseExtractor:
+    """A ``text/event-stream`` body: events are handed to the reader as they complete."""
+
+    def __init__(self, new_reader: NewReader, problems: list[str] | None = None) -> None:
+        self.problems: list[str] = [] if problems is None else problems
+        self._reader = new_reader(self.problems)
+        self._parser = SSEParser()
+        self._finished = False
+        self._broken = False
+
+    def feed(self, data: bytes) -> None:
+        if self._broken:
+            return
+        try:
+            for event in self._parser.feed(data):
+                self._reader.on_event(event)
+        except Exception as exc:  # never raise into the proxy
+            self._broken = True
+            note(self.problems, f"stream not metered after internal error: {exc!r}")
+
+    def finish(self) -> Usage | None:
+        try:
+            if not self._finished and not self._broken:
+                self._finished = True
+                for event in self._parser.finish():
+                    self._reader.on_event(event)
+            return self._reader.usage()
+        except Exception as exc:
+            note(self.problems, f"unreadable usage: {exc!r}")
+            return None
+
+    def output_text(self) -> str:
+        try:
+            return self._reader.text()
+        except Exception as exc:
+            note(self.problems, f"unreadable output text: {exc!r}")
+            return ""
+
+
+class SniffingExtractor:
+    """For a body whose content type says nothing useful: the first non-blank byte
+    decides (``{`` or ``[`` means JSON, anything else SSE)."""
+
+    def __init__(self, new_reader: NewReader) -> None:
+        self.problems: list[str] = []
+        self._new_reader = new_reader
+        self._inner: JsonBodyExtractor | SseExtractor | None = None
+
+    def feed(self, data: bytes) -> None:
+        if self._inner is None:
+            head = data.lstrip(b" \t\r\n\xef\xbb\xbf")
+            if not head:
+                return
+            kind = JsonBodyExtractor if head[:1] in b"{[" else SseExtractor
+            self._inner = kind(self._new_reader, self.problems)
+            data = head
+        self._inner.feed(data)
+
+    def finish(self) -> Usage | None:
+        return None if self._inner is None else self._inner.finish()
+
+    def output_text(self) -> str:
+        return "" if self._inner is None else self._inner.output_text()

@@ -1,0 +1,258 @@
+"""OpenAI-style APIs: Chat Completions, legacy Completions, Embeddings, Responses.
+
+Also serves the OpenAI-compatible providers (Azure OpenAI, Mistral, Groq, DeepSeek,
+OpenRouter, vLLM, Ollama), tolerating their extra and missing fields.
+
+Token mapping (see docs/token-model.md):
+
+- Chat/Completions/Embeddings ``usage``: ``input = prompt_tokens - cached``, where
+  ``cached = prompt_tokens_details.cached_tokens``, or DeepSeek's
+  ``prompt_cache_hit_tokens`` when the details are absent; ``cache_write`` from
+  OpenRouter's ``prompt_tokens_details.cache_write_tokens`` (also subtracted from input);
+  ``output = completion_tokens`` (reasoning included);
+  ``reasoning = completion_tokens_details.reasoning_tokens``.
+- Responses ``usage``: the same with ``input_tokens``, ``input_tokens_details``,
+  ``output_tokens``, ``output_tokens_details``.
+- Ollama's native API (``prompt_eval_count``, ``eval_count``) when there is no ``usage``.
+
+Streams: the latest non-null ``usage`` wins (the final ``choices: []`` chunk with
+``stream_options.include_usage``; Groq's ``x_groq.usage``; vLLM's cumulative
+per-chunk usage). Responses streams: ``response.completed``, ``response.incomplete`` or
+``response.failed``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from addons.metering.extract.framing import (
+    LazyText,
+    as_dict,
+    as_int,
+    as_list,
+    has_value,
+    loads,
+    note,
+)
+from addons.metering.sse import SSEEvent
+from addons.metering.usage import Usage
+
+#: Responses API stream events that carry the final usage.
+_RESPONSE_FINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
+#: Responses API stream events that carry generated text (kept for estimates).
+_RESPONSE_TEXT = frozenset(
+    {
+        "response.output_text.delta",
+        "response.refusal.delta",
+        "response.function_call_arguments.delta",
+        "response.reasoning_text.delta",
+        "response.reasoning_summary_text.delta",
+    }
+)
+_RESPONSE_START = frozenset({"response.created", "response.in_progress"})
+
+
+def map_usage(raw: dict[str, Any]) -> Usage | None:
+    """One OpenAI-style ``usage`` object (chat, completions, embeddings or responses)."""
+    if "input_tokens" in raw or "output_tokens" in raw:  # Responses API
+        prompt = as_int(raw.get("input_tokens")) or 0
+        in_details = as_dict(raw.get("input_tokens_details"))
+        out_details = as_dict(raw.get("output_tokens_details"))
+        completion = as_int(raw.get("output_tokens")) or 0
+    elif "prompt_tokens" in raw or "completion_tokens" in raw:
+        prompt = as_int(raw.get("prompt_tokens")) or 0
+        in_details = as_dict(raw.get("prompt_tokens_details"))
+        out_details = as_dict(raw.get("completion_tokens_details"))
+        completion = as_int(raw.get("completion_tokens")) or 0
+    elif "prompt_eval_count" in raw or "eval_count" in raw:  # Ollama native
+        return Usage(
+            input=as_int(raw.get("prompt_eval_count")) or 0,
+            output=as_int(raw.get("eval_count")) or 0,
+        )
+    else:
+        return None
+    cached = as_int(in_details.get("cached_tokens"))
+    if cached is None:
+        cached = as_int(raw.get("prompt_cache_hit_tokens"))  # DeepSeek
+    cached = cached or 0
+    cache_write = as_int(in_details.get("cache_write_tokens")) or 0  # OpenRouter
+    return Usage(
+        input=max(prompt - cached - cache_write, 0),
+        cached_input=cached,
+        cache_write=cache_write,
+        output=completion,
+        reasoning=as_int(out_details.get("reasoning_tokens")) or 0,
+    )
+
+
+def _message_text(message: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+    for key in ("reasoning_content", "reasoning", "content", "refusal"):
+        value = message.get(key)
+        if isinstance(value, str):
+            out.append(value)
+        elif isinstance(value, list):  # content parts
+            out.extend(p["text"] for p in value if isinstance(p, dict) and "text" in p)
+    for call in as_list(message.get("tool_calls")):
+        fn = as_dict(as_dict(call).get("function"))
+        for key in ("name", "arguments"):
+            if isinstance(fn.get(key), str):
+                out.append(fn[key])
+    fn = as_dict(message.get("function_call"))
+    if isinstance(fn.get("arguments"), str):
+        out.append(fn["arguments"])
+    return out
+
+
+def _response_output_text(response: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+    for item in as_list(response.get("output")):
+        item = as_dict(item)
+        if isinstance(item.get("arguments"), str):
+            out.append(item["arguments"])
+        for part in as_list(item.get("content")) + as_list(item.get("summary")):
+            part = as_dict(part)
+            for key in ("text", "refusal"):
+                if isinstance(part.get(key), str):
+                    out.append(part[key])
+    return out
+
+
+def chunk_text(obj: Any) -> str:
+    """Generated text in a chat/completions body or stream chunk, or an Ollama message."""
+    obj = as_dict(obj)
+    out: list[str] = []
+    for choice in as_list(obj.get("choices")):
+        choice = as_dict(choice)
+        if isinstance(choice.get("text"), str):  # legacy completions
+            out.append(choice["text"])
+        for key in ("message", "delta"):
+            if isinstance(choice.get(key), dict):
+                out.extend(_message_text(choice[key]))
+    if obj.get("object") == "response":
+        out.extend(_response_output_text(obj))
+    if isinstance(obj.get("message"), dict):  # Ollama native chat
+        out.extend(_message_text(obj["message"]))
+    if isinstance(obj.get("response"), str):  # Ollama native generate
+        out.append(obj["response"])
+    return "".join(out)
+
+
+def _response_event_text(obj: Any) -> str:
+    delta = as_dict(obj).get("delta")
+    return delta if isinstance(delta, str) else ""
+
+
+class OpenAIReader:
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        self._usage: Usage | None = None
+        self._model: str | None = None
+        self._id: str | None = None
+        self._text = LazyText(chunk_text, problems, "stream chunk")
+        self._response_text = LazyText(_response_event_text, problems, "Responses event")
+        self._response_final_text: str | None = None
+        self._seen_first = False
+
+    # --- JSON bodies and parsed chunks -------------------------------------------------
+
+    def on_object(self, obj: Any) -> None:
+        if not isinstance(obj, dict):
+            note(self.problems, f"expected a JSON object, got {type(obj).__name__}")
+            return
+        if obj.get("object") == "response" or isinstance(obj.get("response"), dict):
+            self._on_response(as_dict(obj.get("response")) if "response" in obj else obj)
+            return
+        self._take_ids(obj)
+        self._take_usage(obj)
+        self._text.add_obj(obj)
+
+    def _take_ids(self, obj: dict[str, Any]) -> None:
+        if isinstance(obj.get("model"), str) and obj["model"]:
+            self._model = obj["model"]
+        if isinstance(obj.get("id"), str) and obj["id"]:
+            self._id = obj["id"]
+
+    def _take_usage(self, obj: dict[str, Any]) -> None:
+        raw = obj.get("usage")
+        if not isinstance(raw, dict):
+            raw = as_dict(obj.get("x_groq")).get("usage")  # Groq stream chunks
+        if not isinstance(raw, dict) and ("eval_count" in obj or "prompt_eval_count" in obj):
+            raw = obj  # Ollama native: counts at the top level of the last chunk
+        if isinstance(raw, dict):
+            usage = map_usage(raw)
+            if usage is not None:
+                self._usage = usage
+            else:
+                note(self.problems, "usage object without known token fields")
+
+    def _on_response(self, response: dict[str, Any]) -> None:
+        self._take_ids(response)
+        if isinstance(response.get("usage"), dict):
+            self._take_usage(response)
+        text = "".join(_response_output_text(response))
+        if text:
+            self._response_final_text = text
+
+    # --- SSE ---------------------------------------------------------------------------
+
+    def on_event(self, event: SSEEvent) -> None:
+        data = event.data
+        kind = event.event
+        if kind == "message":
+            if data.startswith("[DONE]"):
+                return
+            if data.startswith('{"type"'):  # Responses events sent without "event:" lines
+                obj = loads(data, self.problems, "stream event")
+                kind = as_dict(obj).get("type") if obj is not None else None
+                if isinstance(kind, str) and kind.startswith("response."):
+                    self._on_response_event(kind, data, obj)
+                    return
+            self._on_chunk(data)
+        elif kind.startswith("response."):
+            self._on_response_event(kind, data, None)
+        elif kind == "error":
+            note(self.problems, f"provider error event: {data[:120]}")
+
+    def _on_chunk(self, data: str) -> None:
+        if self._seen_first and not has_value(data, '"usage"') and '"x_groq"' not in data:
+            self._text.add_raw(data)  # plain content chunk: decoded only if text is needed
+            return
+        obj = loads(data, self.problems, "stream chunk")
+        if obj is None:
+            return
+        self._seen_first = True
+        self.on_object(obj)
+
+    def _on_response_event(self, kind: str, data: str, obj: Any) -> None:
+        if kind in _RESPONSE_TEXT:
+            self._response_text.add_raw(data)
+        elif kind in _RESPONSE_FINAL or kind in _RESPONSE_START:
+            if obj is None:
+                obj = loads(data, self.problems, kind)
+            response = as_dict(as_dict(obj).get("response"))
+            if response:
+                self._on_response(response)
+            elif obj is not None:
+                note(self.problems, f"{kind} without a response object")
+        elif kind == "response.error" or kind == "error":
+            note(self.problems, f"provider error event: {data[:120]}")
+
+    # --- results -----------------------------------------------------------------------
+
+    def usage(self) -> Usage | None:
+        if self._usage is None:
+            return None
+        return replace(self._usage, model=self._model, response_id=self._id)
+
+    def text(self) -> str:
+        streamed = self._text.text() + self._response_text.text()
+        if streamed:
+            return streamed
+        return self._response_final_text or ""
+
+
+def new_reader(problems: list[str], *, path: str) -> OpenAIReader:
+    del path  # the model is always in the body for OpenAI-style APIs
+    return OpenAIReader(problems)

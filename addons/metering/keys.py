@@ -1,0 +1,111 @@
+"""Find the API key a request presents, attribute it to a consumer, inject provider keys.
+
+The raw key lives only in the request headers while the hook runs: what leaves this
+module is its fingerprint (``sha256:<hex>``), never the key itself.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import parse_qsl, urlencode
+
+from addons.metering.providers import Provider
+from meterline.catalog import Catalog, Consumer
+from meterline.fingerprint import fingerprint
+
+KEY_HEADERS: tuple[str, ...] = ("authorization", "x-api-key", "api-key", "x-goog-api-key", "apikey")
+"""Headers that may carry a key, in the order they are tried. ``apikey``: Kong key-auth."""
+
+UnknownKeyPolicy = Literal["record", "reject"]
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who sent a request: ``consumer`` is None when the key is not in the catalog."""
+
+    fingerprint: str | None
+    consumer: Consumer | None
+
+
+def presented_keys(headers: Mapping[str, str], query: str = "") -> list[str]:
+    """Every API key the request carries (usually one), in :data:`KEY_HEADERS` order.
+
+    ``query`` is the raw query string; Gemini accepts ``?key=``.
+    """
+    keys: list[str] = []
+    for name in KEY_HEADERS:
+        value = headers.get(name)
+        if not value:
+            continue
+        if name == "authorization":
+            scheme, _, token = value.strip().partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                continue
+            value = token
+        value = value.strip()
+        if value:
+            keys.append(value)
+    if "key=" in query:
+        keys.extend(v.strip() for k, v in parse_qsl(query) if k == "key" and v.strip())
+    return keys
+
+
+class KeyBook:
+    """Fingerprint -> consumer, built once per catalog load."""
+
+    def __init__(self, catalog: Catalog | None) -> None:
+        self._by_fp = catalog.consumer_by_fingerprint() if catalog else {}
+
+    def identify(self, keys: list[str]) -> Identity:
+        """The first presented key that belongs to a consumer wins; else the first key."""
+        fps = [fingerprint(k) for k in keys]
+        for fp in fps:
+            consumer = self._by_fp.get(fp)
+            if consumer is not None:
+                return Identity(fp, consumer)
+        return Identity(fps[0] if fps else None, None)
+
+
+class InjectionError(RuntimeError):
+    """The consumer's provider key cannot be injected; the message says why (no secrets)."""
+
+
+def injection_env_var(consumer: Consumer | None, provider: Provider) -> str | None:
+    if consumer is None:
+        return None
+    return consumer.inject.get(provider.name)
+
+
+def inject_key(
+    headers: MutableMapping[str, str],
+    query: str,
+    provider: Provider,
+    env_var: str,
+    environ: Mapping[str, str] = os.environ,
+) -> str:
+    """Replace every presented key by the provider key from ``environ[env_var]``.
+
+    Mutates ``headers``; returns the query string with any ``key=`` removed.
+    Raises :class:`InjectionError` when the variable is unset or empty.
+    """
+    secret = environ.get(env_var, "").strip()
+    if not secret:
+        raise InjectionError(
+            f"key injection for provider {provider.name!r}: environment variable "
+            f"{env_var} is not set on the proxy"
+        )
+    for name in KEY_HEADERS:
+        if name in headers:
+            del headers[name]
+    if "key=" in query:
+        query = urlencode(
+            [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k != "key"]
+        )
+    if provider.auth == "bearer":
+        headers["authorization"] = f"Bearer {secret}"
+    else:
+        headers[provider.auth] = secret
+    return query

@@ -1,0 +1,150 @@
+"""Which hosts are LLM providers, which API flavor they speak, and which paths bill.
+
+The proxy sees every request of every agent; almost all of it is not LLM traffic.
+:meth:`ProviderRegistry.lookup` is therefore memoised per ``(host, port)``: after the
+first request to a host, recognising (or dismissing) it is one dict lookup.
+
+Host patterns: ``api.example.com`` (any port), ``api.example.com:8443`` (that port only)
+or ``*.example.com`` (any subdomain, any depth, not the bare domain).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+from meterline.catalog import Catalog, Flavor
+
+AuthStyle = Literal["bearer", "x-api-key", "api-key", "x-goog-api-key"]
+
+DEFAULT_AUTH: dict[str, AuthStyle] = {
+    "openai": "bearer",
+    "anthropic": "x-api-key",
+    "gemini": "x-goog-api-key",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Provider:
+    name: str
+    flavor: Flavor
+    auth: AuthStyle
+    """The header that carries the provider's own key (used by key injection)."""
+
+
+def _builtin(name: str, flavor: Flavor, hosts: tuple[str, ...], auth: AuthStyle | None = None):
+    return Provider(name, flavor, auth or DEFAULT_AUTH[flavor]), hosts
+
+
+BUILTIN_PROVIDERS: tuple[tuple[Provider, tuple[str, ...]], ...] = (
+    _builtin("openai", "openai", ("api.openai.com",)),
+    _builtin(
+        "azure-openai",
+        "openai",
+        ("*.openai.azure.com", "*.cognitiveservices.azure.com"),
+        auth="api-key",
+    ),
+    _builtin("mistral", "openai", ("api.mistral.ai",)),
+    _builtin("groq", "openai", ("api.groq.com",)),
+    _builtin("deepseek", "openai", ("api.deepseek.com",)),
+    _builtin("together", "openai", ("api.together.xyz",)),
+    _builtin("openrouter", "openai", ("openrouter.ai",)),
+    _builtin("fireworks", "openai", ("api.fireworks.ai",)),
+    _builtin("xai", "openai", ("api.x.ai",)),
+    _builtin("anthropic", "anthropic", ("api.anthropic.com",)),
+    _builtin("gemini", "gemini", ("generativelanguage.googleapis.com",)),
+)
+
+# Paths that bill tokens, per flavor, matched on the path without its query string.
+# OpenAI-compatible APIs hang the same endpoints under different prefixes
+# (/v1, /openai/v1, /api/v1, /inference/v1, Azure's /openai/deployments/<name>).
+_BILLED_PATHS: dict[str, re.Pattern[str]] = {
+    "openai": re.compile(r"/(?:chat/completions|completions|embeddings|responses)/?$"),
+    "anthropic": re.compile(r"/v1/messages/?$"),
+    "gemini": re.compile(r"/models/[^/:]+:(?:generateContent|streamGenerateContent)$"),
+}
+
+_MEMO_LIMIT = 4096
+
+
+def parse_host_pattern(pattern: str) -> tuple[str, int | None, bool]:
+    """``host[:port]`` or ``*.suffix[:port]`` -> (host or suffix, port, is_wildcard).
+
+    Raises ValueError on an empty host or a non-numeric port.
+    """
+    text = pattern.strip().lower()
+    host, sep, port_text = text.rpartition(":")
+    if not sep or "]" in port_text:
+        host, port_text = text, ""
+    port: int | None = None
+    if port_text:
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ValueError(f"{pattern!r}: port must be a number from 1 to 65535")
+        port = int(port_text)
+    wildcard = host.startswith("*.")
+    if wildcard:
+        host = host[2:]
+    if not host or "*" in host or "/" in host:
+        raise ValueError(f"{pattern!r}: expected host, host:port or *.domain")
+    return host, port, wildcard
+
+
+class ProviderRegistry:
+    """Maps ``(host, port)`` to a :class:`Provider`; catalog entries win over built-ins."""
+
+    def __init__(self, entries: Iterable[tuple[Provider, Iterable[str]]]) -> None:
+        self._exact: dict[tuple[str, int | None], Provider] = {}
+        self._suffix: dict[tuple[str, int | None], Provider] = {}
+        self._memo: dict[tuple[str, int], Provider | None] = {}
+        for provider, patterns in entries:
+            for pattern in patterns:
+                host, port, wildcard = parse_host_pattern(pattern)
+                table = self._suffix if wildcard else self._exact
+                table.setdefault((host, port), provider)
+
+    @classmethod
+    def from_catalog(cls, catalog: Catalog | None) -> ProviderRegistry:
+        extra = [
+            (Provider(p.name, p.flavor, DEFAULT_AUTH[p.flavor]), p.hosts)
+            for p in (catalog.providers if catalog else [])
+        ]
+        return cls([*extra, *BUILTIN_PROVIDERS])
+
+    def lookup(self, host: str, port: int) -> Provider | None:
+        """The provider serving ``host:port``, or None. One dict lookup once memoised."""
+        key = (host, port)
+        try:
+            return self._memo[key]
+        except KeyError:
+            pass
+        found = self._resolve(host.lower().rstrip("."), port)
+        if len(self._memo) >= _MEMO_LIMIT:
+            self._memo.clear()
+        self._memo[key] = found
+        return found
+
+    def _resolve(self, host: str, port: int) -> Provider | None:
+        exact = self._exact.get((host, port)) or self._exact.get((host, None))
+        if exact is not None or not self._suffix:
+            return exact
+        parent = host
+        while "." in parent:
+            parent = parent.split(".", 1)[1]
+            found = self._suffix.get((parent, port)) or self._suffix.get((parent, None))
+            if found is not None:
+                return found
+        return None
+
+    @property
+    def providers(self) -> list[Provider]:
+        seen: dict[str, Provider] = {}
+        for p in [*self._exact.values(), *self._suffix.values()]:
+            seen.setdefault(p.name, p)
+        return list(seen.values())
+
+
+def is_billed_path(flavor: str, path: str) -> bool:
+    """True when ``path`` (query string allowed) is an endpoint that bills tokens."""
+    return _BILLED_PATHS[flavor].search(path.split("?", 1)[0]) is not None

@@ -1,0 +1,120 @@
+"""Make OpenAI-style streams report usage, invisibly to the client.
+
+A streamed Chat Completions (or legacy Completions) response carries token usage only
+when the request set ``stream_options: {"include_usage": true}``. The proxy adds that
+option (:func:`add_include_usage`) and removes the extra usage-only chunk from what the
+client receives (:class:`UsageChunkDropper`), so a client that did not ask for it sees
+the stream it expected (except that, per OpenAI's docs, its other chunks then carry
+``"usage": null``, a field the SDKs already model).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from addons.metering.extract.framing import has_value
+from addons.metering.sse import SSEParser
+
+_INSERT = b',"stream_options":{"include_usage":true}'
+
+
+def add_include_usage(body: bytes) -> bytes | None:
+    """The request body with ``stream_options.include_usage`` set, or ``None`` when not
+    applicable: not JSON, not a JSON object, not ``"stream": true``, not a chat
+    (``messages``) or legacy completions (``prompt``) request, or already set.
+
+    An explicit ``"include_usage": false`` is overridden too (the dropper then hides the
+    chunk from the client). When ``stream_options`` is absent the option is inserted
+    before the closing brace, leaving every other byte of the client's body as it was;
+    otherwise the body is re-serialised.
+    """
+    try:
+        obj: Any = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(obj, dict) or obj.get("stream") is not True:
+        return None
+    if "messages" not in obj and "prompt" not in obj:
+        return None
+    options = obj.get("stream_options")
+    if isinstance(options, dict) and options.get("include_usage") is True:
+        return None
+    if "stream_options" not in obj:
+        end = body.rstrip().rfind(b"}")
+        if end > 0:
+            return body[:end] + _INSERT + body[end:]
+    kept = options if isinstance(options, dict) else {}
+    obj["stream_options"] = {**kept, "include_usage": True}
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def is_usage_only_chunk(data: str) -> bool:
+    """An SSE data payload that is the extra chunk: ``usage`` set and no ``choices``."""
+    if not has_value(data, '"usage"'):
+        return False
+    try:
+        obj = json.loads(data)
+    except ValueError:
+        return False
+    return isinstance(obj, dict) and isinstance(obj.get("usage"), dict) and not obj.get("choices")
+
+
+class UsageChunkDropper:
+    """Removes usage-only chunks from a decoded SSE stream; every other byte passes
+    unchanged. Only an incomplete trailing event is held back until its blank line
+    arrives (a complete event is never held). ``feed`` never raises: on an internal
+    error it stops filtering and passes everything through."""
+
+    def __init__(self) -> None:
+        self._parser = SSEParser()
+        self._held = bytearray()  # bytes from offset self._base on, not yet forwarded
+        self._base = 0
+        self._broken = False
+        # The last dropped event ended in "\r" right at the held boundary: a "\n" that
+        # starts the next chunk is the rest of its "\r\n" and is dropped with it.
+        self._drop_next_lf = False
+        self.dropped = 0
+
+    def feed(self, data: bytes) -> bytes:
+        if self._broken:
+            return data
+        try:
+            return self._feed(data)
+        except Exception:
+            self._broken = True
+            out = bytes(self._held) + data
+            self._held.clear()
+            return out
+
+    def _feed(self, data: bytes) -> bytes:
+        parser = self._parser
+        events = [e for e in parser.feed(data) if is_usage_only_chunk(e.data)]
+        boundary = parser.boundary
+        skip_lf = self._drop_next_lf and data[:1] == b"\n"
+        if data:
+            self._drop_next_lf = False
+        if not events and not self._held and not skip_lf and boundary == parser.offset:
+            self._base = boundary  # fast path: chunk ends on an event boundary, nothing to drop
+            return data
+        held = self._held
+        held += data
+        base = self._base
+        out: list[bytes] = []
+        pos = base + 1 if skip_lf else base
+        for event in events:
+            out.append(held[pos - base : event.start - base])
+            pos = event.end
+            self.dropped += 1
+        out.append(held[pos - base : boundary - base])
+        if events and pos == boundary and held[pos - base - 1] == 0x0D:
+            self._drop_next_lf = True
+        del held[: boundary - base]
+        self._base = boundary
+        return b"".join(out)
+
+    def flush(self) -> bytes:
+        """End of stream: the held, incomplete trailing bytes, unchanged."""
+        out = bytes(self._held)
+        self._held.clear()
+        return out

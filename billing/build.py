@@ -1,0 +1,345 @@
+"""Build invoices (unsaved) for billing periods: usage from one SQL pass, prices in Python.
+
+An invoice for a billing period ``[start, end)`` of a customer holds, in this order:
+
+1. for each rate card of the period's plan, in catalog order:
+   - a flat fee billed *in arrears*: the fee for this period (prorated if partial);
+   - a flat fee billed *in advance*: the fee for this period, only when no earlier period
+     of the customer ends where this one starts (the first period of a run: there was no
+     earlier invoice to carry it); otherwise the previous invoice already billed it;
+   - a usage price: the tokens its feature selects from events of the customer's
+     consumers with ``start <= ts < end`` and ``ingested_at <= watermark``;
+2. the in-advance fees of the *next* period (the one starting at ``end``, if a
+   subscription covers it, possibly under another plan), billed now, at its start;
+3. ``late_usage`` lines: events of periods already invoiced that were ingested after the
+   last invoice that swept them (``billed_until < ingested_at <= watermark``), one line per
+   (period, rate card), priced with that period's stored rate card snapshot and
+   incrementally: ``price(billed + late) - already billed amount``, so tiers, included
+   units and minimums continue where the earlier invoices stopped and the amounts over
+   all invoices of the period add up to what one invoice with all events would charge.
+
+Usage for every window of every invoice is aggregated by :func:`billing.usage.aggregate_windows`
+in a single query; matching (provider, model, token type) rows to features is done here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import duckdb
+
+from billing.ledger import BilledCard, billed_cards, swept_windows
+from billing.model import Invoice, InvoiceLine
+from billing.money import decimal_text
+from billing.pricing import PricedLine, price_rate_card
+from billing.schedule import BillingPeriod, continues_earlier, next_period
+from billing.usage import MeterFilter, UsageWindow, WindowUsage, aggregate_windows
+from meterline.catalog import Catalog, FlatPrice, Meter, Plan, RateCard
+
+
+def catalog_digest(catalog: Catalog) -> str:
+    """sha256 of the catalog's canonical JSON: comments and formatting do not change it."""
+    text = json.dumps(catalog.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def iso(value: datetime | None) -> str | None:
+    return None if value is None else value.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _span(start: datetime, end: datetime) -> str:
+    return f"{start:%Y-%m-%d} – {end:%Y-%m-%d}"
+
+
+@dataclass(frozen=True)
+class UsageCard:
+    """A usage rate card with the meter that feeds it (from the catalog or a snapshot)."""
+
+    card: RateCard
+    plan_key: str
+    feature_key: str
+    meter: MeterFilter
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "rate_card": self.card.model_dump(mode="json"),
+            "meter": {
+                "feature": self.feature_key,
+                "provider": self.meter.provider,
+                "model": self.meter.model,
+                "token_types": list(self.meter.token_types),
+            },
+        }
+
+    @classmethod
+    def from_snapshot(cls, plan_key: str, detail: dict[str, Any]) -> UsageCard:
+        m = detail["meter"]
+        return cls(
+            card=RateCard.model_validate(detail["rate_card"]),
+            plan_key=plan_key,
+            feature_key=m["feature"],
+            meter=MeterFilter(m["provider"], m["model"], tuple(m["token_types"])),
+        )
+
+
+def usage_cards(catalog: Catalog, plan: Plan) -> list[UsageCard]:
+    out = []
+    for card in plan.rate_cards:
+        if card.feature is None:
+            continue
+        meter: Meter = catalog.feature(card.feature).meter
+        flt = MeterFilter(meter.provider, meter.model, tuple(meter.token_types))
+        out.append(UsageCard(card, plan.key, card.feature, flt))
+    return out
+
+
+@dataclass
+class _Job:
+    """One usage window to aggregate and the cards to price on it."""
+
+    invoice: int
+    window: UsageWindow
+    plan_key: str
+    cards: list[UsageCard]
+    late: bool
+    prior: dict[str, BilledCard] = field(default_factory=dict)
+    """Late jobs: what earlier invoices billed per rate card key for this window."""
+
+
+def _window_detail(w: UsageWindow) -> dict[str, Any]:
+    return {
+        "start": iso(w.start),
+        "end": iso(w.end),
+        "ingested_after": iso(w.ingested_after),
+        "ingested_until": iso(w.ingested_until),
+    }
+
+
+class _Matcher:
+    """Which (provider, model, token type) rows a card counts; memoised, models are few."""
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[MeterFilter, str, str], bool] = {}
+
+    def __call__(self, meter: MeterFilter, provider: str, model: str) -> bool:
+        key = (meter, provider, model)
+        hit = self._cache.get(key)
+        if hit is None:
+            hit = self._cache[key] = meter.matches(provider, model)
+        return hit
+
+
+def _flat_line(card: RateCard, price: FlatPrice, bp: BillingPeriod, currency: str) -> InvoiceLine:
+    share = bp.share
+    priced = price_rate_card(card, 1, currency=currency, proration=share)
+    return InvoiceLine(
+        kind="flat",
+        rate_card_key=card.key,
+        feature_key=None,
+        plan_key=bp.plan.key,
+        description=f"{card.name} ({_span(bp.start, bp.end)})",
+        usage_start=bp.start,
+        usage_end=bp.end,
+        quantity=Decimal(1),
+        unit_price=price.amount if priced.proration == 1 else None,
+        amount=priced.amount,
+        detail={
+            "rate_card": card.model_dump(mode="json"),
+            "plan": bp.plan.key,
+            "payment_term": price.payment_term,
+            "covers": {"start": iso(bp.start), "end": iso(bp.end)},
+            "full_period": {"start": iso(bp.full.start), "end": iso(bp.full.end)},
+            "pricing": priced.to_detail(),
+        },
+    )
+
+
+def _tokens_for(meter: MeterFilter, rows: Sequence[WindowUsage], match: _Matcher):
+    quantity = 0
+    events = 0
+    breakdown = []
+    for row in rows:
+        if not match(meter, row.provider, row.model):
+            continue
+        counted = False
+        for tt in meter.token_types:
+            n = row.tokens[tt]
+            if n:
+                breakdown.append(
+                    {"provider": row.provider, "model": row.model, "token_type": tt, "tokens": n}
+                )
+                quantity += n
+                counted = True
+        if counted:
+            events += row.events
+    return quantity, events, breakdown
+
+
+def _usage_line(
+    job: _Job, uc: UsageCard, rows: Sequence[WindowUsage], currency: str, match: _Matcher
+) -> InvoiceLine | None:
+    quantity, events, breakdown = _tokens_for(uc.meter, rows, match)
+    w = job.window
+    detail: dict[str, Any] = {
+        **uc.snapshot(),
+        "plan": uc.plan_key,
+        "consumers": list(w.consumers),
+        "windows": [_window_detail(w)],
+        "breakdown": breakdown,
+        "events": events,
+    }
+    if not job.late:
+        priced = price_rate_card(uc.card, quantity, currency=currency)
+        detail["pricing"] = priced.to_detail()
+        return InvoiceLine(
+            kind="usage",
+            rate_card_key=uc.card.key,
+            feature_key=uc.feature_key,
+            plan_key=uc.plan_key,
+            description=uc.card.name,
+            usage_start=w.start,
+            usage_end=w.end,
+            quantity=Decimal(quantity),
+            unit_price=priced.unit_price,
+            amount=priced.amount,
+            detail=detail,
+        )
+    if quantity == 0:
+        return None
+    prior = job.prior.get(uc.card.key, BilledCard(Decimal(0), Decimal(0)))
+    total = prior.quantity + quantity
+    priced_total: PricedLine = price_rate_card(uc.card, total, currency=currency)
+    detail["pricing"] = priced_total.to_detail()
+    detail["late"] = {
+        "period": {"start": iso(w.start), "end": iso(w.end)},
+        "billed_quantity": decimal_text(prior.quantity),
+        "billed_amount": decimal_text(prior.amount),
+        "total_quantity": decimal_text(prior.quantity + quantity),
+        "total_amount": decimal_text(priced_total.amount),
+    }
+    return InvoiceLine(
+        kind="late_usage",
+        rate_card_key=uc.card.key,
+        feature_key=uc.feature_key,
+        plan_key=uc.plan_key,
+        description=f"{uc.card.name} — late usage for {_span(w.start, w.end)}",
+        usage_start=w.start,
+        usage_end=w.end,
+        quantity=Decimal(quantity),
+        unit_price=priced_total.unit_price,
+        amount=priced_total.amount - prior.amount,
+        detail=detail,
+    )
+
+
+# Where lines go on an invoice: this period's fees, its usage, next period's fees, late usage.
+_FEES, _USAGE, _NEXT_FEES, _LATE = range(4)
+
+
+def build_invoices(
+    con: duckdb.DuckDBPyConnection,
+    catalog: Catalog,
+    periods: Sequence[BillingPeriod],
+    *,
+    watermark: datetime,
+    usage_until: datetime | None = None,
+    progress: Callable[[list[_Job]], Iterable[_Job]] | None = None,
+) -> tuple[list[Invoice], list[list[tuple[UsageWindow, str]]]]:
+    """Unsaved invoices for ``periods`` (in that order) and, per invoice, the windows swept
+    (with the plan they were priced under).
+
+    ``watermark``: events ingested after it are left for a later invoice. ``usage_until``
+    (preview) cuts the period's own window short: usage so far.
+    The first invoice of each customer in ``periods`` also sweeps the customer's earlier,
+    already invoiced periods for late events.
+    """
+    digest = catalog_digest(catalog)
+    customers = sorted({bp.customer.key for bp in periods})
+    swept = swept_windows(con, customers)
+    billed = billed_cards(con, customers)
+    cards_of: dict[str, list[UsageCard]] = {}
+    invoices: list[Invoice] = []
+    jobs: list[_Job] = []
+    placed: list[list[tuple[int, int, InvoiceLine]]] = []
+    sweeping: set[str] = set()
+
+    def window(
+        consumers: tuple[str, ...], start: datetime, end: datetime, after: datetime | None = None
+    ) -> UsageWindow:
+        return UsageWindow(len(jobs), consumers, start, end, watermark, after)
+
+    for idx, bp in enumerate(periods):
+        c = bp.customer
+        invoices.append(Invoice(c.key, c.name, c.currency, bp.start, bp.end, watermark, digest))
+        lines: list[tuple[int, int, InvoiceLine]] = []
+        first_of_run = not continues_earlier(bp)
+        for card in bp.plan.rate_cards:
+            price = card.price
+            if not isinstance(price, FlatPrice):
+                continue
+            if price.payment_term == "in_arrears" or first_of_run:
+                lines.append((_FEES, len(lines), _flat_line(card, price, bp, c.currency)))
+        nxt = next_period(catalog, bp)
+        for card in nxt.plan.rate_cards if nxt is not None else ():
+            price = card.price
+            if isinstance(price, FlatPrice) and price.payment_term == "in_advance":
+                assert nxt is not None
+                lines.append((_NEXT_FEES, len(lines), _flat_line(card, price, nxt, c.currency)))
+        placed.append(lines)
+
+        own_end = bp.end if usage_until is None else max(bp.start, min(bp.end, usage_until))
+        cards = cards_of.setdefault(bp.plan.key, usage_cards(catalog, bp.plan))
+        jobs.append(
+            _Job(idx, window(tuple(c.consumers), bp.start, own_end), bp.plan.key, cards, late=False)
+        )
+        if c.key in sweeping:
+            continue  # one invoice per customer and run sweeps late usage
+        sweeping.add(c.key)
+        for sw in swept.get(c.key, []):
+            if sw.billed_until >= watermark or (sw.start, sw.end) == (bp.start, bp.end):
+                continue
+            prior = billed.get((c.key, sw.start, sw.end), {})
+            snapshots = [
+                UsageCard.from_snapshot(sw.plan_key, b.snapshot)
+                for b in prior.values()
+                if b.snapshot is not None
+            ]
+            jobs.append(
+                _Job(
+                    idx,
+                    window(sw.consumers, sw.start, sw.end, sw.billed_until),
+                    sw.plan_key,
+                    snapshots,
+                    late=True,
+                    prior=prior,
+                )
+            )
+
+    by_window: dict[int, list[WindowUsage]] = defaultdict(list)
+    for row in aggregate_windows(con, [j.window for j in jobs]):
+        by_window[row.window_id].append(row)
+
+    match = _Matcher()
+    for job in jobs if progress is None else progress(jobs):
+        rows = by_window.get(job.window.window_id, [])
+        inv = invoices[job.invoice]
+        for uc in job.cards:
+            line = _usage_line(job, uc, rows, inv.currency, match)
+            if line is not None:
+                where = _LATE if job.late else _USAGE
+                placed[job.invoice].append((where, len(placed[job.invoice]), line))
+    for inv, lines in zip(invoices, placed, strict=True):
+        inv.lines = [line for _, _, line in sorted(lines, key=lambda t: (t[0], t[1]))]
+        for n, line in enumerate(inv.lines, start=1):
+            line.line_no = n
+    windows: list[list[tuple[UsageWindow, str]]] = [[] for _ in invoices]
+    for job in jobs:
+        windows[job.invoice].append((job.window, job.plan_key))
+    return invoices, windows

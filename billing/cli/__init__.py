@@ -1,0 +1,55 @@
+"""The ``billing`` command line: one module per command group, logic in the package.
+
+Global options ``--db`` and ``--catalog`` (env ``METERLINE_DB``, ``METERLINE_CATALOG``).
+Exit codes: 0 ok, 1 a user error (one ``Error: ...`` line), 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import click
+
+from billing.cli.catalog import catalog_group
+from billing.cli.common import BillingGroup, Settings
+from billing.cli.consumers import consumers_group
+from billing.cli.invoice import invoice_group
+from billing.cli.margin import margin_cmd
+from billing.cli.stripe import stripe_group
+from billing.cli.usage import usage_cmd
+from meterline.store import DEFAULT_CATALOG, DEFAULT_DB
+
+
+@click.group(cls=BillingGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--db",
+    envvar="METERLINE_DB",
+    default=DEFAULT_DB,
+    show_default=True,
+    help="The store: a DuckDB file (or ducklake:...). Env: METERLINE_DB.",
+)
+@click.option(
+    "--catalog",
+    "catalog_path",
+    envvar="METERLINE_CATALOG",
+    default=DEFAULT_CATALOG,
+    show_default=True,
+    help="The catalog file. Env: METERLINE_CATALOG.",
+)
+@click.pass_context
+def main(ctx: click.Context, db: str, catalog_path: str) -> None:
+    """Meterline billing: usage, invoices and margins from the metered events.
+
+    \b
+    Example usage:
+      billing catalog check
+      billing usage --group-by model
+      billing invoice generate --period 2026-03
+    """
+    ctx.obj = Settings(db=db, catalog=catalog_path)
+
+
+main.add_command(catalog_group, "catalog")
+main.add_command(consumers_group, "consumers")
+main.add_command(usage_cmd, "usage")
+main.add_command(invoice_group, "invoice")
+main.add_command(margin_cmd, "margin")
+main.add_command(stripe_group, "stripe")

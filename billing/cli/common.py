@@ -1,0 +1,129 @@
+"""What every command shares: settings from the global options, option types, errors.
+
+Commands stay thin: parse options, open the catalog and the store, call one function of
+the ``billing`` package, render its result. Errors a user can fix (a bad catalog, an
+unknown customer, a missing database) become ``click.ClickException``: one
+``Error: ...`` line and exit code 1; malformed options are usage errors (exit code 2).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import click
+import duckdb
+
+from billing.invoices import BillingError
+from billing.periods import calendar_month
+from billing.render import FORMATS
+from billing.schedule import ScheduleError
+from billing.store import billing_store
+from billing.usage import UsageError
+from meterline.catalog import Catalog, CatalogError, load_catalog
+from meterline.store import StoreError
+
+USER_ERRORS: tuple[type[Exception], ...] = (
+    BillingError,
+    CatalogError,
+    ScheduleError,
+    StoreError,
+    UsageError,
+)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The root's options; ``billing stripe`` reads ``db`` and ``catalog`` from it too."""
+
+    db: str
+    catalog: str
+    """Path of the catalog file."""
+
+    def load_catalog(self) -> Catalog:
+        return load_catalog(self.catalog)
+
+    def store(self) -> AbstractContextManager[duckdb.DuckDBPyConnection]:
+        return billing_store(self.db)
+
+
+pass_settings = click.make_pass_decorator(Settings)
+
+
+class BillingGroup(click.Group):
+    """A group that turns the package's user errors into ``Error: ...`` and exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except USER_ERRORS as e:
+            raise click.ClickException(str(e)) from None
+
+
+class Month(click.ParamType):
+    """``YYYY-MM``; passed on as the text (the library parses it again)."""
+
+    name = "YYYY-MM"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        try:
+            calendar_month(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+        return str(value)
+
+
+class UtcDateTime(click.ParamType):
+    """``2026-03-01``, ``2026-03-01T12:00:00Z`` or with an offset; no zone means UTC."""
+
+    name = "DATETIME"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        try:
+            parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        except ValueError:
+            self.fail(
+                f"{value!r} is not a date or time such as 2026-03-01 or 2026-03-01T12:00:00Z",
+                param,
+                ctx,
+            )
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return parsed.astimezone(UTC)
+
+
+MONTH = Month()
+DATETIME = UtcDateTime()
+
+
+def format_option(choices: tuple[str, ...] = FORMATS) -> Callable[[T], T]:
+    return click.option(  # type: ignore[return-value]
+        "--format",
+        "fmt",
+        type=click.Choice(choices),
+        default="table",
+        show_default=True,
+        help="Output format.",
+    )
+
+
+def progress(label: str) -> Callable[[list[Any]], Iterable[Any]] | None:
+    """A progress bar over a list of work items, only when stdout is a terminal."""
+    if not sys.stdout.isatty():
+        return None
+
+    def wrap(items: list[Any]) -> Iterator[Any]:
+        with click.progressbar(items, label=label, file=sys.stderr) as bar:
+            yield from bar
+
+    return wrap

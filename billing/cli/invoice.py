@@ -1,0 +1,205 @@
+"""``billing invoice ...``: preview, generate, list, show, explain."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import click
+
+from billing import render
+from billing.cli.common import (
+    DATETIME,
+    MONTH,
+    Settings,
+    format_option,
+    pass_settings,
+    progress,
+)
+from billing.invoices import (
+    Explanation,
+    Generated,
+    explain_line,
+    generate_invoices,
+    get_invoice,
+    list_invoices,
+    preview_invoice,
+)
+from billing.render import SHOW_FORMATS
+
+
+@click.group("invoice")
+def invoice_group() -> None:
+    """Invoices: preview live, generate (finalize) per month, list, show, explain."""
+
+
+@invoice_group.command("preview")
+@click.option("--customer", required=True, help="Customer key from the catalog.")
+@click.option("--at", type=DATETIME, help="Instant inside the period to preview (default: now).")
+@format_option(SHOW_FORMATS)
+@pass_settings
+def preview(settings: Settings, customer: str, at: datetime | None, fmt: str) -> None:
+    """The invoice of the customer's current period from usage so far; stores nothing.
+
+    \b
+    Example usage:
+      billing invoice preview --customer acme
+      billing invoice preview --customer acme --at 2026-03-15 --format json
+    """
+    catalog = settings.load_catalog()
+    with settings.store() as con:
+        inv = preview_invoice(con, catalog, customer, at=at)
+    click.echo(render.invoice(inv, fmt))
+
+
+def generated_output(result: Generated, month: str, fmt: str) -> str:
+    rows = [render.invoice_summary(i) for i in result.invoices]
+    created = set(result.created)
+    for r in rows:
+        r["created"] = r["number"] in created
+    if fmt == "json":
+        return render.to_json(
+            {
+                "period": month,
+                "created": result.created,
+                "invoices": [render.invoice_json(i) for i in result.invoices],
+                "pending": [
+                    {"customer": p.customer.key, "period_start": p.start, "period_end": p.end}
+                    for p in result.pending
+                ],
+            }
+        )
+    columns = ("number", "customer", "period_start", "period_end", "currency", "total", "created")
+    if fmt == "csv":
+        return render.to_csv(rows, columns)
+    existing = len(result.invoices) - len(created)
+    notes = [f"{len(created)} created, {existing} already existed."]
+    if result.pending:
+        notes.append(f"{len(result.pending)} period(s) ending in {month} have not closed yet.")
+    return render.table(rows, columns) + "\n" + " ".join(notes)
+
+
+@invoice_group.command("generate")
+@click.option("--period", "month", type=MONTH, required=True, help="Month: YYYY-MM.")
+@click.option("--customer", help="Only this customer.")
+@format_option()
+@pass_settings
+def generate(settings: Settings, month: str, customer: str | None, fmt: str) -> None:
+    """Finalize the invoices of every billing period that ended in the month.
+
+    A period ends in the month when its last instant does (month start < end <= month
+    end) and it has closed (end <= now). Invoices are numbered INV-000001, ... and
+    stored with their lines and prices. Idempotent: periods already invoiced are shown,
+    not invoiced again. Events arriving later go on the customer's next invoice.
+
+    \b
+    Example usage:
+      billing invoice generate --period 2026-03
+      billing invoice generate --period 2026-03 --customer acme --format json
+    """
+    catalog = settings.load_catalog()
+    with settings.store() as con:
+        result = generate_invoices(
+            con, catalog, month, customer=customer, progress=progress("Pricing")
+        )
+    click.echo(generated_output(result, month, fmt))
+
+
+@invoice_group.command("list")
+@click.option("--customer", help="Only this customer's invoices.")
+@format_option()
+@pass_settings
+def list_cmd(settings: Settings, customer: str | None, fmt: str) -> None:
+    """List finalized invoices with their Stripe status (empty until synced).
+
+    \b
+    Example usage:
+      billing invoice list
+      billing invoice list --customer acme --format csv
+    """
+    catalog = settings.load_catalog()
+    with settings.store() as con:
+        invoices = list_invoices(con, catalog, customer=customer)
+    rows = [render.invoice_summary(i) for i in invoices]
+    columns = render.SUMMARY_COLUMNS if fmt == "table" else None
+    click.echo(render.rows(rows, fmt, columns))
+
+
+@invoice_group.command("show")
+@click.argument("number")
+@format_option(SHOW_FORMATS)
+@pass_settings
+def show(settings: Settings, number: str, fmt: str) -> None:
+    """Show one invoice: lines, tiers used, total; --format html for a printable page.
+
+    \b
+    Example usage:
+      billing invoice show INV-000001
+      billing invoice show INV-000001 --format html > INV-000001.html
+    """
+    catalog = settings.load_catalog()
+    with settings.store() as con:
+        inv = get_invoice(con, number, catalog)
+    click.echo(render.invoice(inv, fmt))
+
+
+EXPLAIN_COLUMNS = (
+    "event_id",
+    "ts",
+    "ingested_at",
+    "consumer",
+    "provider",
+    "model",
+    "response_id",
+    "request_id",
+    "input_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "output_tokens",
+    "quantity",
+)
+
+
+def explanation_output(ex: Explanation, fmt: str) -> str:
+    if fmt == "json":
+        return render.to_json(
+            {
+                "invoice": ex.invoice.number,
+                "line": render.line_row(ex.line),
+                "filter": ex.line.detail["meter"],
+                "consumers": ex.line.detail["consumers"],
+                "windows": ex.line.detail["windows"],
+                "quantity": ex.quantity,
+                "events": ex.events,
+            }
+        )
+    if fmt == "csv":
+        return render.to_csv(ex.events, EXPLAIN_COLUMNS)
+    m = ex.line.detail["meter"]
+    head = (
+        f"{ex.invoice.number} line {ex.line.line_no}: {ex.line.description}\n"
+        f"feature {m['feature']}: provider {m['provider'] or '*'}, model {m['model']}, "
+        f"token types {', '.join(m['token_types'])}\n"
+    )
+    foot = f"\n{len(ex.events)} events, quantity {ex.quantity} = line quantity {ex.line.quantity}"
+    return head + render.table(ex.events, EXPLAIN_COLUMNS) + foot
+
+
+@invoice_group.command("explain")
+@click.argument("number")
+@click.argument("line", type=click.IntRange(min=1))
+@format_option()
+@pass_settings
+def explain(settings: Settings, number: str, line: int, fmt: str) -> None:
+    """The events behind one usage line: ids, provider response/request ids, tokens.
+
+    Recomputed from the line's stored filter and windows; exits 1 if they no longer add
+    up to the line's quantity.
+
+    \b
+    Example usage:
+      billing invoice explain INV-000001 2
+      billing invoice explain INV-000001 2 --format csv > line2.csv
+    """
+    with settings.store() as con:
+        ex = explain_line(con, number, line)
+    click.echo(explanation_output(ex, fmt))

@@ -1,0 +1,28 @@
+"""``billing margin``: revenue vs list-price cost per customer and model."""
+
+from __future__ import annotations
+
+import click
+
+from billing import render
+from billing.cli.common import MONTH, Settings, format_option, pass_settings
+from billing.margin import MARGIN_COLUMNS, margin_report
+
+
+@click.command("margin")
+@click.option("--period", "month", type=MONTH, required=True, help="Month: YYYY-MM.")
+@format_option()
+@pass_settings
+def margin_cmd(settings: Settings, month: str, fmt: str) -> None:
+    """Revenue of the month's invoices vs the providers' list-price cost (USD).
+
+    Uses the invoices `billing invoice generate --period` finalized for the month.
+
+    \b
+    Example usage:
+      billing margin --period 2026-03
+      billing margin --period 2026-03 --format json
+    """
+    with settings.store() as con:
+        rows = margin_report(con, month)
+    click.echo(render.rows(rows, fmt, MARGIN_COLUMNS))

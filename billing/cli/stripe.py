@@ -1,0 +1,181 @@
+"""``billing stripe ...``: push finalized invoices to Stripe and pull their status back.
+
+Registered on the root CLI as ``billing stripe``. The store and catalog come from the
+root's ``--db``/``--catalog`` when it passes them on in ``ctx.obj``, else from this
+group's own options (or ``METERLINE_DB`` / ``METERLINE_CATALOG``).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import click
+
+from billing.stripe.client import (
+    API_BASE_ENV,
+    DEFAULT_NETWORK_RETRIES,
+    StripeFailure,
+    StripeGateway,
+    api_key_from_env,
+)
+from billing.stripe.ledger import Ledger
+from billing.stripe.status import pull_statuses
+from billing.stripe.sync import Syncer, SyncError, dry_run_plan, sync_all
+from meterline.catalog import Catalog, CatalogError, load_catalog
+from meterline.store import DEFAULT_CATALOG, DEFAULT_DB, StoreError
+
+_PERIOD_RE = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+
+
+def _period(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not _PERIOD_RE.match(value):
+        raise click.BadParameter(f"{value!r} is not a month as YYYY-MM, e.g. 2026-10")
+    return value
+
+
+def _api_base(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value and not re.match(r"^https?://[^/\s]+", value):
+        raise click.BadParameter(f"{value!r} is not a URL such as http://127.0.0.1:12111")
+    return value
+
+
+def _from_root(ctx: click.Context, name: str) -> Any:
+    obj = ctx.find_root().obj
+    if isinstance(obj, dict):
+        return obj.get(name)
+    return getattr(obj, name, None)
+
+
+class _Env:
+    """Where this command reads from: the store, the catalog, the Stripe endpoint."""
+
+    def __init__(self, ctx: click.Context) -> None:
+        own = ctx.obj if isinstance(ctx.obj, dict) else {}
+        self.db = str(own.get("stripe_db") or _from_root(ctx, "db") or DEFAULT_DB)
+        self.catalog_path = str(
+            own.get("stripe_catalog") or _from_root(ctx, "catalog") or DEFAULT_CATALOG
+        )
+
+    def catalog(self) -> Catalog:
+        try:
+            return load_catalog(self.catalog_path)
+        except CatalogError as e:
+            raise click.ClickException(str(e).splitlines()[0]) from None
+
+    def ledger(self) -> Ledger:
+        if not Path(self.db).exists() and not self.db.startswith("ducklake:"):
+            raise click.ClickException(f"{self.db}: no such database (nothing invoiced yet?)")
+        return Ledger(self.db)
+
+
+def _gateway(api_base: str | None, retries: int) -> StripeGateway:
+    try:
+        key = api_key_from_env()
+    except StripeFailure as e:
+        raise click.ClickException(str(e)) from None
+    return StripeGateway(key, api_base, max_network_retries=retries)
+
+
+def _stripe_options(fn: Any) -> Any:
+    fn = click.option(
+        "--max-network-retries",
+        type=click.IntRange(0, 10),
+        default=DEFAULT_NETWORK_RETRIES,
+        show_default=True,
+        help="Retries of a call that got no answer (same idempotency key).",
+    )(fn)
+    return click.option(
+        "--api-base",
+        envvar=API_BASE_ENV,
+        callback=_api_base,
+        help=f"Stripe API base URL (env {API_BASE_ENV}); default https://api.stripe.com.",
+    )(fn)
+
+
+@click.group("stripe")
+@click.option("--db", envvar="METERLINE_DB", help="The store (default: the root's --db).")
+@click.option(
+    "--catalog", envvar="METERLINE_CATALOG", help="catalog.yaml (default: the root's --catalog)."
+)
+@click.pass_context
+def stripe_group(ctx: click.Context, db: str | None, catalog: str | None) -> None:
+    """Sync finalized invoices to Stripe (exactly once) and pull their status."""
+    # The root's obj stays where it is (read through ctx.find_root()); ours is a fresh dict.
+    ctx.obj = {"stripe_db": db, "stripe_catalog": catalog}
+
+
+@stripe_group.command("sync")
+@click.option("--period", callback=_period, help="Only invoices of this month (YYYY-MM).")
+@click.option("--customer", help="Only invoices of this customer key.")
+@click.option("--dry-run", is_flag=True, help="Print what would be sent; send nothing.")
+@_stripe_options
+@click.pass_context
+def sync_cmd(
+    ctx: click.Context,
+    period: str | None,
+    customer: str | None,
+    dry_run: bool,
+    api_base: str | None,
+    max_network_retries: int,
+) -> None:
+    """Send every finalized invoice not yet in Stripe: customer, items, invoice, finalize."""
+    env = _Env(ctx)
+    gateway = None if dry_run else _gateway(api_base, max_network_retries)
+    catalog = env.catalog()
+    ledger = env.ledger()
+    try:
+        invoices = ledger.unsynced(period, customer)
+        if not invoices:
+            click.echo("nothing to sync: every finalized invoice is in Stripe")
+            return
+        if gateway is None:
+            for invoice in invoices:
+                for line in dry_run_plan(invoice, catalog, ledger):
+                    click.echo(line)
+            click.echo(f"dry run: {len(invoices)} invoice(s), nothing sent")
+            return
+        done, flagged = sync_all(invoices, Syncer(catalog, ledger, gateway), click.echo)
+    except (SyncError, StoreError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"synced {len(done)} invoice(s), flagged {len(flagged)}")
+    if flagged:
+        numbers = ", ".join(o.number for o in flagged)
+        raise click.ClickException(
+            f"{len(flagged)} invoice(s) flagged, not finalized: {numbers}; "
+            "see `billing stripe status`"
+        )
+
+
+@stripe_group.command("status")
+@click.option("--period", callback=_period, help="Only invoices of this month (YYYY-MM).")
+@click.option("--customer", help="Only invoices of this customer key.")
+@_stripe_options
+@click.pass_context
+def status_cmd(
+    ctx: click.Context,
+    period: str | None,
+    customer: str | None,
+    api_base: str | None,
+    max_network_retries: int,
+) -> None:
+    """Pull each synced invoice's Stripe status into stripe_invoices.stripe_status."""
+    env = _Env(ctx)
+    gateway = _gateway(api_base, max_network_retries)
+    ledger = env.ledger()
+    try:
+        changes = pull_statuses(ledger, gateway, period, customer)
+    except (StripeFailure, StoreError) as e:
+        raise click.ClickException(str(e)) from None
+    if not changes:
+        click.echo("no invoice in Stripe yet: run `billing stripe sync`")
+        return
+    for change in changes:
+        click.echo(change.line())
+
+
+main = stripe_group
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""``billing usage``: token usage by consumer, model, token type, day; or what is unbilled."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import click
+
+from billing import render
+from billing.cli.common import DATETIME, Settings, format_option, pass_settings
+from billing.usage import UsageError, UsageQuery, parse_group_by, usage_report
+
+
+@click.command("usage")
+@click.option("--customer", help="Only this customer's consumers.")
+@click.option("--consumer", help="Only this consumer.")
+@click.option("--from", "start", type=DATETIME, help="From this time (inclusive, UTC).")
+@click.option("--to", "end", type=DATETIME, help="Until this time (exclusive, UTC).")
+@click.option("--group-by", "group_by", help="Any of: model,type,day (comma separated).")
+@click.option("--unbilled", is_flag=True, help="Only usage no subscription covers, with why.")
+@format_option()
+@pass_settings
+def usage_cmd(
+    settings: Settings,
+    customer: str | None,
+    consumer: str | None,
+    start: datetime | None,
+    end: datetime | None,
+    group_by: str | None,
+    unbilled: bool,
+    fmt: str,
+) -> None:
+    """Token usage per consumer, optionally per model, token type and day.
+
+    --unbilled shows usage that no subscription covers: unknown keys (no consumer),
+    consumers no customer lists, and usage outside every subscription of the customer.
+
+    \b
+    Example usage:
+      billing usage --from 2026-03-01 --to 2026-04-01 --group-by model,type
+      billing usage --customer acme --group-by day --format csv
+      billing usage --unbilled --group-by model
+    """
+    if customer and consumer:
+        raise click.UsageError("give --customer or --consumer, not both")
+    try:
+        dims = parse_group_by(group_by)
+    except UsageError as e:
+        raise click.UsageError(str(e)) from None
+    query = UsageQuery(customer, consumer, start, end, dims, unbilled)
+    catalog = settings.load_catalog()
+    with settings.store() as con:
+        rows = usage_report(con, catalog, query)
+    click.echo(render.rows(rows, fmt))

@@ -1,0 +1,218 @@
+"""Invoice lifecycle: preview (live, stored nowhere), generate (finalize, number, store),
+list, show, explain.
+
+``generate --period YYYY-MM`` finalizes the billing periods that *end in that month and
+have closed*: ``month start < period end <= month end`` and ``period end <= now``. A
+period ``[2026-03-01, 2026-04-01)`` ends in March; a subscription started 2026-03-31 has
+``[03-31, 04-30)`` as first period, ending in April. Each new invoice gets the next
+number and ``watermark = issued_at = now``. Periods that already have an invoice are
+returned as stored: running it again creates nothing and returns the same numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import duckdb
+
+from billing.build import build_invoices
+from billing.ledger import existing_invoices, invoiced_periods, load_invoices, save_invoices
+from billing.model import Invoice, InvoiceLine
+from billing.periods import Period, calendar_month
+from billing.schedule import BillingPeriod, ScheduleError, period_at, periods_ending_in
+from billing.usage import MeterFilter, UsageWindow, events_behind
+from meterline.catalog import Catalog, Customer
+
+
+class BillingError(ValueError):
+    """A request billing cannot fulfil; the message is shown as ``Error: ...``."""
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def find_customer(catalog: Catalog, key: str) -> Customer:
+    try:
+        return catalog.customer(key)
+    except KeyError:
+        raise BillingError(f"unknown customer {key!r}") from None
+
+
+def parse_month(text: str) -> Period:
+    try:
+        return calendar_month(text)
+    except ValueError as e:
+        raise BillingError(str(e)) from None
+
+
+# --------------------------------------------------------------------------- preview
+
+
+def preview_invoice(
+    con: duckdb.DuckDBPyConnection,
+    catalog: Catalog,
+    customer_key: str,
+    *,
+    at: datetime | None = None,
+    now: datetime | None = None,
+) -> Invoice:
+    """The invoice of the period containing ``at`` (default now), from usage so far.
+
+    Events with ``ts < at`` ingested up to now count; late usage of invoiced periods
+    ingested since their last invoice is shown as it would be billed. Nothing is stored.
+    """
+    now = now or utc_now()
+    at = at or now
+    customer = find_customer(catalog, customer_key)
+    try:
+        bp = period_at(catalog, customer, at)
+    except ScheduleError as e:
+        raise BillingError(str(e)) from None
+    invoices, _ = build_invoices(con, catalog, [bp], watermark=max(now, at), usage_until=at)
+    return invoices[0]
+
+
+# --------------------------------------------------------------------------- generate
+
+
+@dataclass
+class Generated:
+    invoices: list[Invoice]
+    """Every invoice of the month's closed periods, in number order."""
+    created: list[str]
+    """Numbers created by this run (empty when everything already existed)."""
+    pending: list[BillingPeriod]
+    """Periods ending in the month that have not closed yet (not invoiced)."""
+
+
+def _check_no_overlap(con: duckdb.DuckDBPyConnection, bp: BillingPeriod) -> None:
+    """A period must not overlap another invoiced period of the customer (catalog edited?)."""
+    for start, end, number in invoiced_periods(con, bp.customer.key):
+        if start < bp.end and bp.start < end and (start, end) != (bp.start, bp.end):
+            raise BillingError(
+                f"customer {bp.customer.key!r}: period {bp.start:%Y-%m-%dT%H:%M:%SZ} .. "
+                f"{bp.end:%Y-%m-%dT%H:%M:%SZ} overlaps {number} "
+                f"({start:%Y-%m-%dT%H:%M:%SZ} .. {end:%Y-%m-%dT%H:%M:%SZ}); "
+                "were the subscriptions changed after invoicing?"
+            )
+
+
+def generate_invoices(
+    con: duckdb.DuckDBPyConnection,
+    catalog: Catalog,
+    month: str,
+    *,
+    customer: str | None = None,
+    now: datetime | None = None,
+    progress: Callable[[list[Any]], Iterable[Any]] | None = None,
+) -> Generated:
+    """Finalize and store the invoices of the closed periods ending in ``month``."""
+    now = now or utc_now()
+    period = parse_month(month)
+    if period.start > now:
+        raise BillingError(f"{month} has not started yet")
+    customers = [find_customer(catalog, customer)] if customer else list(catalog.customers)
+    closing = periods_ending_in(catalog, period, period.end, customers)
+    due = [bp for bp in closing if bp.end <= now]
+    pending = [bp for bp in closing if bp.end > now]
+    have = existing_invoices(con)
+    todo = [bp for bp in due if bp.key not in have]
+    for bp in todo:
+        _check_no_overlap(con, bp)
+    drafts, windows = build_invoices(con, catalog, todo, watermark=now, progress=progress)
+    save_invoices(con, drafts, windows, issued_at=now)
+    numbers = [have.get(bp.key) or "" for bp in due]
+    created = [d.number or "" for d in drafts]
+    wanted = sorted({*filter(None, numbers), *created})
+    names = {c.key: c.name for c in catalog.customers}
+    return Generated(load_invoices(con, numbers=wanted, names=names), created, pending)
+
+
+# --------------------------------------------------------------------------- read
+
+
+def list_invoices(
+    con: duckdb.DuckDBPyConnection, catalog: Catalog | None = None, *, customer: str | None = None
+) -> list[Invoice]:
+    names = {c.key: c.name for c in catalog.customers} if catalog else None
+    return load_invoices(con, customer=customer, with_lines=False, names=names)
+
+
+def get_invoice(
+    con: duckdb.DuckDBPyConnection, number: str, catalog: Catalog | None = None
+) -> Invoice:
+    names = {c.key: c.name for c in catalog.customers} if catalog else None
+    found = load_invoices(con, numbers=[number], names=names)
+    if not found:
+        raise BillingError(f"no invoice {number!r}")
+    return found[0]
+
+
+# --------------------------------------------------------------------------- explain
+
+
+@dataclass
+class Explanation:
+    invoice: Invoice
+    line: InvoiceLine
+    events: list[dict[str, object]]
+
+    @property
+    def quantity(self) -> int:
+        return sum(int(e["quantity"]) for e in self.events)  # type: ignore[call-overload]
+
+
+def line_windows(line: InvoiceLine) -> list[UsageWindow]:
+    """The windows a stored usage line billed, from its detail JSON."""
+    consumers = tuple(line.detail["consumers"])
+    out = []
+    for n, w in enumerate(line.detail["windows"]):
+        out.append(
+            UsageWindow(
+                window_id=n,
+                consumers=consumers,
+                start=_parse(w["start"]),
+                end=_parse(w["end"]),
+                ingested_until=_parse(w["ingested_until"]),
+                ingested_after=_parse(w["ingested_after"]) if w["ingested_after"] else None,
+            )
+        )
+    return out
+
+
+def _parse(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+
+
+def line_meter(line: InvoiceLine) -> MeterFilter:
+    m = line.detail["meter"]
+    return MeterFilter(m["provider"], m["model"], tuple(m["token_types"]))
+
+
+def explain_line(con: duckdb.DuckDBPyConnection, number: str, line_no: int) -> Explanation:
+    """The events behind a usage line, recomputed from its stored filter and windows.
+
+    Raises BillingError when the line is a fee or when the events no longer add up to
+    the line's quantity (the store was changed after invoicing).
+    """
+    invoice = get_invoice(con, number)
+    try:
+        line = invoice.line(line_no)
+    except KeyError:
+        raise BillingError(
+            f"{number} has no line {line_no} (it has {len(invoice.lines)} lines)"
+        ) from None
+    if line.kind == "flat":
+        raise BillingError(f"{number} line {line_no} is a flat fee: no usage events behind it")
+    events = events_behind(con, line_windows(line), line_meter(line))
+    result = Explanation(invoice, line, events)
+    if result.quantity != line.quantity:
+        raise BillingError(
+            f"{number} line {line_no}: events add up to {result.quantity}, "
+            f"the line bills {line.quantity}"
+        )
+    return result

@@ -1,0 +1,314 @@
+"""Finalized invoices in the store: numbering, saving (all or nothing), reading back.
+
+Numbers are ``INV-`` + a six-digit sequence, given in one transaction as
+``max(seq) + 1, + 2, ...`` so they are gapless and never reused. An invoice is
+written once and never updated: corrections (late events) go on later invoices.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from billing.model import Invoice, InvoiceLine
+from billing.money import round_money
+from billing.usage import UsageWindow, from_db, to_db
+
+NUMBER_PREFIX = "INV-"
+_DEC = pa.decimal128(38, 12)
+_TS = pa.timestamp("us")
+_SCALE = Decimal("1e-12")
+
+
+def invoice_number(seq: int) -> str:
+    return f"{NUMBER_PREFIX}{seq:06d}"
+
+
+@dataclass(frozen=True)
+class SweptWindow:
+    """A usage window some invoice billed; events ingested after ``billed_until`` are late."""
+
+    start: datetime
+    end: datetime
+    plan_key: str
+    consumers: tuple[str, ...]
+    billed_until: datetime
+
+
+@dataclass(frozen=True)
+class BilledCard:
+    """What invoices billed so far for one rate card in one window."""
+
+    quantity: Decimal
+    amount: Decimal
+    snapshot: dict[str, Any] | None = None
+    """The rate card and meter as the period's own invoice priced them."""
+
+
+def swept_windows(
+    con: duckdb.DuckDBPyConnection, customers: Sequence[str]
+) -> dict[str, list[SweptWindow]]:
+    rows = con.execute(
+        """
+        SELECT customer_key, usage_start, usage_end, arg_max(plan_key, ingested_until),
+               arg_max(consumers, ingested_until), max(ingested_until)
+        FROM invoice_windows WHERE list_contains(?, customer_key)
+        GROUP BY customer_key, usage_start, usage_end ORDER BY customer_key, usage_start
+        """,
+        [list(customers)],
+    ).fetchall()
+    out: dict[str, list[SweptWindow]] = defaultdict(list)
+    for ck, start, end, plan, consumers, until in rows:
+        out[ck].append(
+            SweptWindow(from_db(start), from_db(end), plan, tuple(consumers), from_db(until))
+        )
+    return out
+
+
+def billed_cards(
+    con: duckdb.DuckDBPyConnection, customers: Sequence[str]
+) -> dict[tuple[str, datetime, datetime], dict[str, BilledCard]]:
+    """Per (customer, window): quantity and amount billed per rate card, and its snapshot."""
+    rows = con.execute(
+        """
+        SELECT i.customer_key, l.usage_start, l.usage_end, l.rate_card_key,
+               sum(l.quantity), sum(l.amount),
+               arg_min(l.detail, i.seq) FILTER (WHERE l.kind = 'usage')
+        FROM invoice_lines AS l JOIN invoices AS i ON i.number = l.invoice_number
+        WHERE l.kind IN ('usage', 'late_usage') AND list_contains(?, i.customer_key)
+        GROUP BY ALL
+        """,
+        [list(customers)],
+    ).fetchall()
+    out: dict[tuple[str, datetime, datetime], dict[str, BilledCard]] = defaultdict(dict)
+    for ck, start, end, card, qty, amount, snap in rows:
+        out[(ck, from_db(start), from_db(end))][card] = BilledCard(
+            _trim(qty), _trim(amount), None if snap is None else json.loads(snap)
+        )
+    return out
+
+
+def existing_invoices(
+    con: duckdb.DuckDBPyConnection,
+) -> dict[tuple[str, datetime, datetime], str]:
+    """(customer, period start, period end) -> number, for every stored invoice."""
+    rows = con.execute(
+        "SELECT customer_key, period_start, period_end, number FROM invoices"
+    ).fetchall()
+    return {(ck, from_db(s), from_db(e)): n for ck, s, e, n in rows}
+
+
+def invoiced_periods(
+    con: duckdb.DuckDBPyConnection, customer: str
+) -> list[tuple[datetime, datetime, str]]:
+    rows = con.execute(
+        "SELECT period_start, period_end, number FROM invoices WHERE customer_key = ?"
+        " ORDER BY period_start",
+        [customer],
+    ).fetchall()
+    return [(from_db(s), from_db(e), n) for s, e, n in rows]
+
+
+def _dec(value: Decimal | None) -> Decimal | None:
+    """Storage scale is 12 decimals; exact values with more live in the line's detail JSON."""
+    return None if value is None else value.quantize(_SCALE)
+
+
+def save_invoices(
+    con: duckdb.DuckDBPyConnection,
+    invoices: Sequence[Invoice],
+    windows: Sequence[Sequence[tuple[UsageWindow, str]]],
+    *,
+    issued_at: datetime,
+) -> None:
+    """Number and store ``invoices`` with their lines and swept windows, in one transaction."""
+    if not invoices:
+        return
+    con.execute("BEGIN TRANSACTION")
+    try:
+        (last,) = con.execute("SELECT coalesce(max(seq), 0) FROM invoices").fetchone() or (0,)
+        for n, inv in enumerate(invoices, start=int(last) + 1):
+            inv.seq, inv.number = n, invoice_number(n)
+            inv.status, inv.issued_at = "finalized", issued_at
+        _insert(con, "invoices", _invoice_rows(invoices))
+        _insert(con, "invoice_lines", _line_rows(invoices))
+        _insert(con, "invoice_windows", _window_rows(invoices, windows))
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        for inv in invoices:
+            inv.seq = inv.number = inv.issued_at = None
+            inv.status = "preview"
+        raise
+
+
+def _insert(con: duckdb.DuckDBPyConnection, table: str, data: pa.Table) -> None:
+    con.register("bill_insert_src", data)
+    try:
+        cols = ", ".join(data.column_names)
+        con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM bill_insert_src")
+    finally:
+        con.unregister("bill_insert_src")
+
+
+def _invoice_rows(invoices: Sequence[Invoice]) -> pa.Table:
+    def col(f, typ):  # type: ignore[no-untyped-def]
+        return pa.array([f(i) for i in invoices], typ)
+
+    return pa.table(
+        {
+            "number": col(lambda i: i.number, pa.string()),
+            "seq": col(lambda i: i.seq, pa.int64()),
+            "customer_key": col(lambda i: i.customer_key, pa.string()),
+            "currency": col(lambda i: i.currency, pa.string()),
+            "period_start": col(lambda i: to_db(i.period_start), _TS),
+            "period_end": col(lambda i: to_db(i.period_end), _TS),
+            "watermark": col(lambda i: to_db(i.watermark), _TS),
+            "issued_at": col(lambda i: to_db(i.issued_at), _TS),
+            "status": col(lambda i: i.status, pa.string()),
+            "total": col(lambda i: _dec(i.total), _DEC),
+            "catalog_digest": col(lambda i: i.catalog_digest, pa.string()),
+        }
+    )
+
+
+def _line_rows(invoices: Sequence[Invoice]) -> pa.Table:
+    pairs = [(inv, line) for inv in invoices for line in inv.lines]
+
+    def col(f, typ):  # type: ignore[no-untyped-def]
+        return pa.array([f(i, ln) for i, ln in pairs], typ)
+
+    return pa.table(
+        {
+            "invoice_number": col(lambda i, ln: i.number, pa.string()),
+            "line_no": col(lambda i, ln: ln.line_no, pa.int32()),
+            "kind": col(lambda i, ln: ln.kind, pa.string()),
+            "rate_card_key": col(lambda i, ln: ln.rate_card_key, pa.string()),
+            "feature_key": col(lambda i, ln: ln.feature_key, pa.string()),
+            "plan_key": col(lambda i, ln: ln.plan_key, pa.string()),
+            "description": col(lambda i, ln: ln.description, pa.string()),
+            "usage_start": col(lambda i, ln: to_db(ln.usage_start), _TS),
+            "usage_end": col(lambda i, ln: to_db(ln.usage_end), _TS),
+            "quantity": col(lambda i, ln: _dec(ln.quantity), _DEC),
+            "unit_price": col(lambda i, ln: _dec(ln.unit_price), _DEC),
+            "amount": col(lambda i, ln: _dec(ln.amount), _DEC),
+            "detail": col(lambda i, ln: json.dumps(ln.detail, sort_keys=True), pa.string()),
+        }
+    )
+
+
+def _window_rows(
+    invoices: Sequence[Invoice], windows: Sequence[Sequence[tuple[UsageWindow, str]]]
+) -> pa.Table:
+    rows = []
+    for inv, ws in zip(invoices, windows, strict=True):
+        for w, plan in ws:
+            own = (w.start, w.end) == (inv.period_start, inv.period_end)
+            rows.append((inv, w, "period" if own else "late", plan))
+    return pa.table(
+        {
+            "invoice_number": pa.array([i.number for i, _, _, _ in rows], pa.string()),
+            "customer_key": pa.array([i.customer_key for i, _, _, _ in rows], pa.string()),
+            "plan_key": pa.array([p for _, _, _, p in rows], pa.string()),
+            "consumers": pa.array(
+                [list(w.consumers) for _, w, _, _ in rows], pa.list_(pa.string())
+            ),
+            "kind": pa.array([k for _, _, k, _ in rows], pa.string()),
+            "usage_start": pa.array([to_db(w.start) for _, w, _, _ in rows], _TS),
+            "usage_end": pa.array([to_db(w.end) for _, w, _, _ in rows], _TS),
+            "ingested_after": pa.array(
+                [to_db(w.ingested_after) if w.ingested_after else None for _, w, _, _ in rows], _TS
+            ),
+            "ingested_until": pa.array([to_db(w.ingested_until) for _, w, _, _ in rows], _TS),
+        }
+    )
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _trim(value: Decimal) -> Decimal:
+    """``12.000000000000`` -> ``12``; ``0.000003000000`` -> ``0.000003`` (no exponent)."""
+    if value == value.to_integral_value():
+        return value.quantize(Decimal(1))
+    return Decimal(format(value.normalize(), "f"))
+
+
+INVOICE_SQL = """
+    SELECT i.number, i.seq, i.customer_key, i.currency, i.period_start, i.period_end,
+           i.watermark, i.issued_at, i.status, i.total, i.catalog_digest, s.stripe_status
+    FROM invoices AS i LEFT JOIN stripe_invoices AS s ON s.invoice_number = i.number
+"""
+
+
+def load_invoices(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    numbers: Sequence[str] | None = None,
+    customer: str | None = None,
+    with_lines: bool = True,
+    names: dict[str, str] | None = None,
+) -> list[Invoice]:
+    """Stored invoices in number order, optionally only ``numbers`` / one customer's."""
+    where, params = [], []
+    if numbers is not None:
+        where.append("list_contains(?, i.number)")
+        params.append(list(numbers))
+    if customer is not None:
+        where.append("i.customer_key = ?")
+        params.append(customer)
+    sql = INVOICE_SQL + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY i.seq"
+    invoices: dict[str, Invoice] = {}
+    for r in con.execute(sql, params).fetchall():
+        number, seq, ck, cur, ps, pe, wm, issued, status, total, digest, stripe_status = r
+        inv = Invoice(
+            customer_key=ck,
+            customer_name=(names or {}).get(ck, ck),
+            currency=cur,
+            period_start=from_db(ps),
+            period_end=from_db(pe),
+            watermark=from_db(wm),
+            catalog_digest=digest,
+            status=status,
+            number=number,
+            seq=seq,
+            issued_at=from_db(issued),
+            stripe_status=stripe_status,
+        )
+        inv.stored_total = round_money(total, cur)
+        invoices[number] = inv
+    if with_lines and invoices:
+        rows = con.execute(
+            "SELECT invoice_number, line_no, kind, rate_card_key, feature_key, plan_key,"
+            " description, usage_start, usage_end, quantity, unit_price, amount, detail"
+            " FROM invoice_lines WHERE list_contains(?, invoice_number)"
+            " ORDER BY invoice_number, line_no",
+            [list(invoices)],
+        ).fetchall()
+        for num, no, kind, card, feat, plan, desc, us, ue, qty, unit, amount, detail in rows:
+            inv = invoices[num]
+            inv.lines.append(
+                InvoiceLine(
+                    kind=kind,
+                    rate_card_key=card,
+                    feature_key=feat,
+                    plan_key=plan,
+                    description=desc,
+                    usage_start=from_db(us),
+                    usage_end=from_db(ue),
+                    quantity=_trim(qty),
+                    unit_price=None if unit is None else _trim(unit),
+                    amount=round_money(amount, inv.currency),
+                    detail=json.loads(detail),
+                    line_no=no,
+                )
+            )
+    return list(invoices.values())

@@ -1,0 +1,119 @@
+"""What metered tokens cost at the providers' list prices, offline, via ``genai-prices``.
+
+``billing margin`` compares what we charge with what the provider charges. The prices come
+from the price table bundled in the installed ``genai-prices`` package: this module builds
+its own snapshot of that table, so it never uses the package's auto-updater (which fetches
+prices over HTTP) nor a snapshot someone else installed globally. Results are Decimal
+(genai-prices computes in Decimal), in USD, exact and unrounded.
+
+Token mapping. Our events split input into three disjoint counts (``input`` = uncached,
+``cached_input`` = read from the provider's cache, ``cache_write`` = written to it);
+genai-prices' ``input_tokens`` is the *total* input, with ``cache_read_tokens`` and
+``cache_write_tokens`` as parts of it that it prices separately. So::
+
+    input_tokens       = input + cached_input + cache_write
+    cache_read_tokens  = cached_input
+    cache_write_tokens = cache_write
+    output_tokens      = output          (reasoning is already inside output)
+
+One call prices one request's worth of usage, as genai-prices does: models whose price
+depends on the request's context length (e.g. Claude Sonnet 4.5 above 200k input tokens,
+Gemini 2.5 Pro) pick the tier from the input tokens passed in, and per-request fees are
+charged once. Summing per-event costs is exact; pricing a period's total in one call
+overstates such models. :func:`has_context_tiers` tells which models are affected.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from functools import cache
+
+from genai_prices import data as _bundled
+from genai_prices.data_snapshot import DataSnapshot
+from genai_prices.types import ModelInfo, Provider, TieredPrices, Usage
+
+from billing.money import money_context
+
+LIST_PRICE_CURRENCY = "USD"
+"""genai-prices lists every price in US dollars."""
+
+
+@cache
+def _snapshot() -> DataSnapshot:
+    """The bundled price table only: never the auto-updated or a globally set snapshot."""
+    return DataSnapshot(providers=_bundled.providers, from_auto_update=False)
+
+
+def _utc(at: datetime) -> datetime:
+    if at.tzinfo is None:
+        raise ValueError(f"at {at.isoformat()} has no timezone; give one, e.g. Z")
+    return at.astimezone(UTC)
+
+
+def find_model(provider: str, model: str | None) -> tuple[Provider, ModelInfo] | None:
+    """genai-prices' provider and model for our provider name and model id, or None.
+
+    Provider names are matched the way genai-prices does (``gemini`` -> google,
+    ``xai`` -> x-ai, ``azure-openai`` -> openai); a provider it does not know (a local vLLM)
+    gives None rather than a guess from the model name, and so does a missing model.
+    """
+    if not model:
+        return None
+    try:
+        return _snapshot().find_provider_model(model, None, provider, None)
+    except LookupError:
+        return None
+
+
+def has_context_tiers(provider: str, model: str | None, *, at: datetime) -> bool:
+    """Whether the model's list price at ``at`` depends on the request's input size."""
+    found = find_model(provider, model)
+    if found is None:
+        return False
+    prices = found[1].get_prices(_utc(at))
+    return any(isinstance(v, TieredPrices) for v in vars(prices).values())
+
+
+def list_cost(
+    provider: str,
+    model: str | None,
+    *,
+    input: int,
+    cached_input: int,
+    cache_write: int,
+    output: int,
+    at: datetime,
+) -> Decimal | None:
+    """List-price cost in USD of one request's tokens at time ``at``; None for unknown models.
+
+    ``input`` is uncached input, as in our events (see the module docstring for the mapping).
+    """
+    counts = {
+        "input": input,
+        "cached_input": cached_input,
+        "cache_write": cache_write,
+        "output": output,
+    }
+    for name, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int token count, not {type(value).__name__}")
+        if value < 0:
+            raise ValueError(f"{name} must not be negative, got {value}")
+    when = _utc(at)
+    found = find_model(provider, model)
+    if found is None:
+        return None
+    found_provider, found_model = found
+    usage = Usage(
+        input_tokens=input + cached_input + cache_write,
+        cache_read_tokens=cached_input,
+        cache_write_tokens=cache_write,
+        output_tokens=output,
+    )
+    with money_context():
+        calc = found_model.calc_price(usage, found_provider, genai_request_timestamp=when)
+        total = calc.total_price
+    if not isinstance(total, Decimal):  # defensive: the package promises Decimal
+        raise TypeError(f"genai-prices returned {type(total).__name__}, expected Decimal")
+    return total

@@ -1,0 +1,178 @@
+"""Revenue vs list-price cost per customer and model, for one month's stored invoices.
+
+Revenue: the amounts of the invoices whose period ends in the month (the ones
+``billing invoice generate --period`` finalizes). A usage line's amount is split over the
+(provider, model) rows of its stored breakdown in proportion to tokens, in whole minor
+units by largest remainder, so the split adds up to the line exactly. Flat fees are
+shown as model ``(fees)``; a minimum charged on zero usage as ``(minimums)``.
+
+Cost: every event those invoices billed (their windows, including late usage), priced
+at the provider's list price on the event's day (``billing.listprice``, USD). Models whose
+list price depends on the request (context-size tiers, per-request fees) are priced event
+by event; others in one call per day. Unknown models have no cost (``null``). Costs are
+kept to 6 decimal places; margin is only computed for invoices in USD.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import UTC, date, datetime
+from decimal import ROUND_DOWN, Decimal
+from typing import Any
+
+import duckdb
+
+from billing.invoices import BillingError, parse_month
+from billing.ledger import load_invoices
+from billing.listprice import LIST_PRICE_CURRENCY, find_model, has_context_tiers, list_cost
+from billing.model import Invoice
+from billing.money import minor_unit
+from billing.usage import invoiced_events, invoiced_usage
+from meterline.catalog import TOKEN_TYPES
+
+FEES = "(fees)"
+MINIMUMS = "(minimums)"
+COST_PLACES = Decimal("0.000001")
+MARGIN_COLUMNS = (
+    "customer",
+    "provider",
+    "model",
+    "currency",
+    "tokens",
+    "revenue",
+    "cost",
+    "margin",
+    "margin_pct",
+)
+
+Key = tuple[str, str, str]
+
+
+def split_amount(amount: Decimal, weights: list[int], currency: str) -> list[Decimal]:
+    """``amount`` split in proportion to ``weights`` in whole minor units (largest remainder)."""
+    unit = minor_unit(currency)
+    units = int(amount / unit)
+    total = sum(weights)
+    if total == 0:
+        return [Decimal(0)] * len(weights)
+    exact = [Decimal(units) * w / total for w in weights]
+    floors = [int(x.to_integral_value(rounding=ROUND_DOWN)) for x in exact]
+    left = units - sum(floors)
+    order = sorted(range(len(weights)), key=lambda i: (-(exact[i] - floors[i]), i))
+    for i in order[:left]:
+        floors[i] += 1
+    return [unit * f for f in floors]
+
+
+def month_invoices(con: duckdb.DuckDBPyConnection, month: str) -> list[Invoice]:
+    period = parse_month(month)
+    numbers = [
+        i.number
+        for i in load_invoices(con, with_lines=False)
+        if period.start < i.period_end <= period.end and i.number
+    ]
+    if not numbers:
+        raise BillingError(
+            f"no invoices for {month}: run `billing invoice generate --period {month}` first"
+        )
+    return load_invoices(con, numbers=numbers)
+
+
+def revenue_by_model(invoices: list[Invoice]) -> dict[Key, Decimal]:
+    out: dict[Key, Decimal] = defaultdict(Decimal)
+    for inv in invoices:
+        for line in inv.lines:
+            if line.kind == "flat":
+                out[(inv.customer_key, "", FEES)] += line.amount
+                continue
+            parts: dict[tuple[str, str], int] = defaultdict(int)
+            for b in line.detail.get("breakdown", []):
+                parts[(b["provider"], b["model"])] += int(b["tokens"])
+            if not parts:
+                if line.amount:
+                    out[(inv.customer_key, "", MINIMUMS)] += line.amount
+                continue
+            keys = sorted(parts)
+            shares = split_amount(line.amount, [parts[k] for k in keys], inv.currency)
+            for (provider, model), share in zip(keys, shares, strict=True):
+                out[(inv.customer_key, provider, model)] += share
+    return out
+
+
+def _priced_per_request(provider: str, model: str, at: datetime) -> bool:
+    found = find_model(provider, model)
+    if found is None:
+        return False
+    prices = found[1].get_prices(at)
+    return has_context_tiers(provider, model, at=at) or bool(
+        getattr(prices, "requests_kcount", None)
+    )
+
+
+def _day_start(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+def cost_by_model(
+    con: duckdb.DuckDBPyConnection, numbers: list[str]
+) -> tuple[dict[Key, Decimal | None], dict[Key, int]]:
+    """List-price cost (None if unknown) and tokens per (customer, provider, model)."""
+    cost: dict[Key, Decimal | None] = {}
+    tokens: dict[Key, int] = defaultdict(int)
+    per_event: set[Key] = set()
+    for r in invoiced_usage(con, numbers):
+        key: Key = (str(r["customer_key"]), str(r["provider"]), str(r["model"]))
+        counts = {t: int(r[t]) for t in TOKEN_TYPES}  # type: ignore[call-overload]
+        tokens[key] += sum(counts.values())
+        at = _day_start(r["day"])  # type: ignore[arg-type]
+        if key in per_event or _priced_per_request(key[1], key[2], at):
+            per_event.add(key)
+            continue
+        _add(cost, key, list_cost(key[1], key[2], at=at, **counts))
+    for key in per_event:
+        for e in invoiced_events(con, numbers, *key):
+            ts = e.pop("ts").replace(tzinfo=UTC)  # type: ignore[attr-defined]
+            counts = {k: int(v) for k, v in e.items()}  # type: ignore[call-overload]
+            _add(cost, key, list_cost(key[1], key[2], at=ts, **counts))
+    return cost, tokens
+
+
+def _add(cost: dict[Key, Decimal | None], key: Key, value: Decimal | None) -> None:
+    """Accumulate; one unknown price makes the whole key unknown (None)."""
+    if value is None:
+        cost[key] = None
+    elif key not in cost:
+        cost[key] = value
+    elif (so_far := cost[key]) is not None:
+        cost[key] = so_far + value
+
+
+def margin_report(con: duckdb.DuckDBPyConnection, month: str) -> list[dict[str, Any]]:
+    invoices = month_invoices(con, month)
+    currency = {i.customer_key: i.currency for i in invoices}
+    revenue = revenue_by_model(invoices)
+    cost, tokens = cost_by_model(con, [i.number for i in invoices if i.number])
+    rows = []
+    for key in sorted(set(revenue) | set(cost)):
+        customer, provider, model = key
+        rev = revenue.get(key, Decimal(0))
+        raw = Decimal(0) if model in (FEES, MINIMUMS) else cost.get(key)
+        c = None if raw is None else raw.quantize(COST_PLACES)
+        margin = None
+        if c is not None and currency[customer] == LIST_PRICE_CURRENCY:
+            margin = rev - c
+        pct = None if margin is None or not rev else (margin * 100 / rev).quantize(Decimal("0.1"))
+        rows.append(
+            {
+                "customer": customer,
+                "provider": provider or None,
+                "model": model,
+                "currency": currency[customer],
+                "tokens": tokens.get(key, 0),
+                "revenue": rev,
+                "cost": c,
+                "margin": margin,
+                "margin_pct": pct,
+            }
+        )
+    return rows

@@ -1,0 +1,98 @@
+"""Exact money: currency minor units (ISO 4217), half-up rounding, display.
+
+Amounts are :class:`~decimal.Decimal` in the currency's major unit (``Decimal("2.50")`` is
+2.50 USD). Floats are refused rather than converted: a float has already lost the cent.
+
+All arithmetic in billing runs inside :func:`money_context` (50 significant digits,
+``ROUND_HALF_UP``, invalid operations trapped). It is a *local* context, so the
+process-wide decimal context that other code may rely on is never changed.
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import AbstractContextManager
+from decimal import (
+    ROUND_HALF_UP,
+    Context,
+    Decimal,
+    DivisionByZero,
+    InvalidOperation,
+    Overflow,
+    localcontext,
+)
+from functools import cache
+
+from iso4217 import Currency
+
+MONEY_PRECISION = 50
+"""Significant digits for intermediate results: far beyond any invoice, so only the
+final rounding to the minor unit ever loses anything."""
+
+_CONTEXT = Context(
+    prec=MONEY_PRECISION,
+    rounding=ROUND_HALF_UP,
+    traps=[InvalidOperation, DivisionByZero, Overflow],
+)
+_CODE_RE = re.compile(r"^[A-Z]{3}$")
+
+
+def money_context() -> AbstractContextManager[Context]:
+    """``with money_context(): ...``: 50-digit arithmetic; the global context is not touched."""
+    return localcontext(_CONTEXT)
+
+
+@cache
+def minor_unit_exponent(currency: str) -> int:
+    """Digits after the decimal point in ``currency`` per ISO 4217: USD 2, JPY 0, KWD 3.
+
+    Raises ValueError for an unknown code and for codes without a minor unit (XAU, XDR...),
+    which cannot be invoiced.
+    """
+    if not isinstance(currency, str) or not _CODE_RE.match(currency):
+        raise ValueError(f"currency {currency!r}: expected an ISO 4217 code such as USD")
+    try:
+        exponent = Currency(currency).exponent
+    except ValueError:
+        raise ValueError(f"currency {currency!r}: unknown ISO 4217 code") from None
+    if exponent is None:
+        raise ValueError(f"currency {currency!r}: has no minor unit, cannot bill in it")
+    return exponent
+
+
+def minor_unit(currency: str) -> Decimal:
+    """The smallest amount of ``currency``: ``Decimal("0.01")`` for USD, ``1`` for JPY."""
+    return Decimal(1).scaleb(-minor_unit_exponent(currency))
+
+
+def check_decimal(value: object, what: str) -> Decimal:
+    """``value`` as a finite Decimal; ints are fine, floats and bools are refused."""
+    if isinstance(value, bool) or not isinstance(value, int | Decimal):
+        raise TypeError(f"{what} must be a Decimal or an int, not {type(value).__name__}")
+    result = Decimal(value)
+    if not result.is_finite():
+        raise ValueError(f"{what} must be finite, got {result}")
+    return result
+
+
+def round_money(amount: Decimal, currency: str) -> Decimal:
+    """Round ``amount`` half-up to the minor unit of ``currency``, quantized (``1.5`` -> ``1.50``).
+
+    Half-up is symmetric (half away from zero): ``0.005 -> 0.01`` and ``-0.005 -> -0.01``.
+    A negative zero comes back as plain zero.
+    """
+    value = check_decimal(amount, "amount")
+    with money_context():
+        rounded = value.quantize(minor_unit(currency), rounding=ROUND_HALF_UP)
+    return rounded.copy_abs() if rounded.is_zero() else rounded
+
+
+def format_money(amount: Decimal, currency: str) -> str:
+    """``"1,234.50 USD"``: rounded half-up to the minor unit, thousands separated by commas."""
+    rounded = round_money(amount, currency)
+    return f"{rounded:,f} {currency}"
+
+
+def decimal_text(value: Decimal) -> str:
+    """Plain positional notation for JSON/detail output: ``3E-6`` becomes ``"0.000003"``."""
+    return format(value, "f")

@@ -1,0 +1,211 @@
+"""Price one rate card for one period: the pure money core of an invoice line.
+
+:func:`price_rate_card` takes a catalog :class:`~meterline.catalog.RateCard`, the units
+metered in the period and the share of the period being billed, and returns a
+:class:`PricedLine`: every intermediate amount exact, the final amount rounded once.
+
+Order of operations (docs/pricing.md walks through each with numbers):
+
+1. ``billable = max(0, quantity - included)``; the allowance is per period, not prorated.
+2. ``subtotal`` from the charge model on the billable units:
+   unit ``billable * amount / per``; graduated tiers, each tier's units at its own price
+   plus the flat amount of every tier reached; volume tiers, all units at the price of the
+   tier the total falls in plus that tier's flat amount; package
+   ``ceil(billable / package_size) * amount``; flat ``amount * quantity * proration``.
+3. ``discount = subtotal * discount_percent / 100`` is taken off.
+4. The result is clamped to ``[min_amount, max_amount]``, both scaled by ``proration``.
+5. Rounded half-up to the currency's minor unit, once, at the end of the line.
+
+Nothing here reads the clock, the store or the network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import ROUND_CEILING, Decimal
+
+from billing.money import check_decimal, decimal_text, money_context, round_money
+from meterline.catalog import FlatPrice, PackagePrice, RateCard, TieredPrice, UnitPrice
+
+_ZERO = Decimal(0)
+_ONE = Decimal(1)
+_HUNDRED = Decimal(100)
+
+
+@dataclass(frozen=True)
+class TierUse:
+    """One tier's share of a tiered charge."""
+
+    tier: int
+    """0-based index into the price's ``tiers``."""
+    quantity: Decimal
+    """Units billed in this tier."""
+    unit_amount: Decimal
+    """Price per ``per`` units, as in the catalog."""
+    flat_amount: Decimal
+    amount: Decimal
+    """``quantity * unit_amount / per + flat_amount``, exact, unrounded."""
+
+    def to_detail(self) -> dict[str, object]:
+        return {
+            "tier": self.tier,
+            "quantity": decimal_text(self.quantity),
+            "unit_amount": decimal_text(self.unit_amount),
+            "flat_amount": decimal_text(self.flat_amount),
+            "amount": decimal_text(self.amount),
+        }
+
+
+@dataclass(frozen=True)
+class PricedLine:
+    """A rate card priced for one period; only ``amount`` is rounded."""
+
+    quantity: Decimal
+    """Units metered (or the number of flat fees, normally 1)."""
+    billable_quantity: Decimal
+    """After the included allowance."""
+    unit_price: Decimal | None
+    """Per single unit (``amount / per``) for unit prices; None for tiered, package and flat."""
+    subtotal: Decimal
+    """Exact, before discount and min/max."""
+    discount: Decimal
+    """Exact amount taken off."""
+    amount: Decimal
+    """Final, rounded half-up to the currency's minor unit."""
+    tiers: tuple[TierUse, ...]
+    notes: tuple[str, ...]
+    # Extensions beyond the agreed fields; defaults keep the original constructor valid.
+    price_type: str = ""
+    """``unit``, ``tiered``, ``package`` or ``flat``."""
+    proration: Decimal = _ONE
+    """Factor applied to a flat amount and to the min/max clamps."""
+    payment_term: str | None = None
+    """Flat fees only: ``in_advance`` or ``in_arrears`` (timing is the caller's concern)."""
+
+    def to_detail(self) -> dict[str, object]:
+        """JSON-able: decimals as plain strings, never floats, never exponent notation."""
+        detail: dict[str, object] = {
+            "price_type": self.price_type,
+            "quantity": decimal_text(self.quantity),
+            "billable_quantity": decimal_text(self.billable_quantity),
+            "unit_price": None if self.unit_price is None else decimal_text(self.unit_price),
+            "subtotal": decimal_text(self.subtotal),
+            "discount": decimal_text(self.discount),
+            "proration": decimal_text(self.proration),
+            "amount": decimal_text(self.amount),
+            "tiers": [t.to_detail() for t in self.tiers],
+            "notes": list(self.notes),
+        }
+        if self.payment_term is not None:
+            detail["payment_term"] = self.payment_term
+        return detail
+
+
+def price_rate_card(
+    card: RateCard,
+    quantity: int | Decimal,
+    *,
+    currency: str,
+    proration: Decimal = _ONE,
+    proration_label: str | None = None,
+) -> PricedLine:
+    """Price ``quantity`` units of ``card`` for one period in ``currency``.
+
+    ``proration`` (0..1) is the billed share of the period: it scales a flat fee (unless the
+    fee has ``prorate: false``) and the min/max clamps; usage itself is never prorated.
+    ``proration_label`` (e.g. ``"15/30 days"``) only words the note.
+    Raises ValueError for a negative quantity or a proration outside 0..1, TypeError for floats.
+    """
+    qty = check_decimal(quantity, "quantity")
+    if qty < 0:
+        raise ValueError(f"rate card {card.key!r}: quantity must not be negative, got {qty}")
+    factor = check_decimal(proration, "proration")
+    if not _ZERO <= factor <= _ONE:
+        raise ValueError(f"rate card {card.key!r}: proration must be within 0..1, got {factor}")
+    price = card.price
+    notes: list[str] = []
+    payment_term: str | None = None
+    tiers: tuple[TierUse, ...] = ()
+    unit_price: Decimal | None = None
+
+    with money_context():
+        billable = max(_ZERO, qty - card.included)
+        if card.included:
+            notes.append(f"{card.included} units included")
+        if isinstance(price, FlatPrice):
+            payment_term = price.payment_term
+            notes.append(f"flat fee billed {price.payment_term.replace('_', ' ')}")
+            if not price.prorate:
+                factor = _ONE
+            subtotal = price.amount * billable * factor
+        elif isinstance(price, UnitPrice):
+            unit_price = price.amount / price.per
+            subtotal = billable * price.amount / price.per
+        elif isinstance(price, PackagePrice):
+            packages = (billable / price.package_size).to_integral_value(rounding=ROUND_CEILING)
+            subtotal = packages * price.amount
+            if packages:
+                notes.append(f"{packages} package(s) of {price.package_size} units")
+        else:
+            tiers = _tiered(price, billable)
+            # One division for the whole line, not one per tier: exact whenever the true
+            # subtotal has a finite decimal expansion (per=3 tiers would otherwise leave
+            # a 1E-48 residue that the per-tier thirds no longer cancel).
+            subtotal = sum((t.quantity * t.unit_amount for t in tiers), _ZERO) / price.per + sum(
+                (t.flat_amount for t in tiers), _ZERO
+            )
+
+        if factor != _ONE:
+            label = proration_label or f"factor {decimal_text(factor)}"
+            notes.append(f"prorated {label}")
+        discount = subtotal * card.discount_percent / _HUNDRED
+        if discount:
+            notes.append(f"discount {decimal_text(card.discount_percent)}%")
+        net = subtotal - discount
+        if card.min_amount is not None and net < card.min_amount * factor:
+            net = card.min_amount * factor
+            notes.append("minimum spend applied")
+        if card.max_amount is not None and net > card.max_amount * factor:
+            net = card.max_amount * factor
+            notes.append("maximum spend applied")
+
+    return PricedLine(
+        quantity=qty,
+        billable_quantity=billable,
+        unit_price=unit_price,
+        subtotal=subtotal,
+        discount=discount,
+        amount=round_money(net, currency),
+        tiers=tiers,
+        notes=tuple(notes),
+        price_type=price.type,
+        proration=factor,
+        payment_term=payment_term,
+    )
+
+
+def _tiered(price: TieredPrice, billable: Decimal) -> tuple[TierUse, ...]:
+    """The tiers a tiered price uses for ``billable`` units; empty for zero units.
+
+    Bounds are inclusive unit counts: with ``up_to: 1000`` unit 1000 is in the first tier
+    and unit 1001 in the second. Runs inside the caller's money context.
+    """
+    if billable == 0:
+        return ()
+    if price.mode == "volume":
+        for index, tier in enumerate(price.tiers):
+            if tier.up_to is None or billable <= tier.up_to:
+                amount = billable * tier.unit_amount / price.per + tier.flat_amount
+                return (TierUse(index, billable, tier.unit_amount, tier.flat_amount, amount),)
+        raise AssertionError("the catalog guarantees an open last tier")
+    uses: list[TierUse] = []
+    lower = _ZERO
+    for index, tier in enumerate(price.tiers):
+        if billable <= lower:
+            break
+        upper = billable if tier.up_to is None else min(billable, Decimal(tier.up_to))
+        units = upper - lower
+        amount = units * tier.unit_amount / price.per + tier.flat_amount
+        uses.append(TierUse(index, units, tier.unit_amount, tier.flat_amount, amount))
+        lower = upper
+    return tuple(uses)

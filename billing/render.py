@@ -1,0 +1,281 @@
+"""Output: rows as an aligned table, JSON or CSV; an invoice as text, JSON, CSV or HTML.
+
+JSON is for machines: amounts and prices are decimal *strings* (``"19.00"``, never a
+float), timestamps ISO 8601 UTC with ``Z``, missing values ``null``. Tables are for
+people: the same values, aligned, numbers to the right.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+from collections.abc import Sequence
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+from billing.model import Invoice, InvoiceLine
+from billing.money import decimal_text, format_money
+
+FORMATS = ("table", "json", "csv")
+SHOW_FORMATS = (*FORMATS, "html")
+
+Row = dict[str, Any]
+
+
+def scalar(value: Any) -> Any:
+    """A JSON-safe value: Decimal -> plain string, datetime -> ISO Z, date -> ISO."""
+    if isinstance(value, Decimal):
+        return decimal_text(value)
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, list | tuple):
+        return [scalar(v) for v in value]
+    if isinstance(value, dict):
+        return {k: scalar(v) for k, v in value.items()}
+    return value
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    v = scalar(value)
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, list):
+        return ", ".join(str(x) for x in v)
+    return str(v)
+
+
+def _numeric(value: Any) -> bool:
+    return isinstance(value, int | Decimal) and not isinstance(value, bool)
+
+
+def table(rows: Sequence[Row], columns: Sequence[str] | None = None) -> str:
+    """Aligned plain-text table; numbers right-aligned. ``(none)`` for no rows."""
+    if not rows:
+        return "(none)"
+    cols = list(columns or rows[0].keys())
+    cells = [[_cell(r.get(c)) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    right = [any(_numeric(r.get(c)) for r in rows) for c in cols]
+
+    def fmt(values: Sequence[str]) -> str:
+        parts = [
+            v.rjust(w) if r else v.ljust(w) for v, w, r in zip(values, widths, right, strict=True)
+        ]
+        return "  ".join(parts).rstrip()
+
+    out = [fmt([c.upper() for c in cols]), fmt(["-" * w for w in widths])]
+    out += [fmt(row) for row in cells]
+    return "\n".join(out)
+
+
+def to_json(data: Any) -> str:
+    return json.dumps(scalar(data), indent=2, ensure_ascii=False)
+
+
+def to_csv(rows: Sequence[Row], columns: Sequence[str] | None = None) -> str:
+    buf = io.StringIO()
+    cols = list(columns or (rows[0].keys() if rows else []))
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(cols)
+    for r in rows:
+        writer.writerow([_cell(r.get(c)) for c in cols])
+    return buf.getvalue().rstrip("\n")
+
+
+def rows(data: Sequence[Row], fmt: str, columns: Sequence[str] | None = None) -> str:
+    """Any listing in ``table``, ``json`` (an array of objects) or ``csv``."""
+    if fmt == "json":
+        return to_json([{c: r.get(c) for c in (columns or r.keys())} for r in data])
+    if fmt == "csv":
+        return to_csv(data, columns)
+    return table(data, columns)
+
+
+# --------------------------------------------------------------------------- invoices
+
+SUMMARY_COLUMNS = (
+    "number",
+    "customer",
+    "period_start",
+    "period_end",
+    "currency",
+    "total",
+    "status",
+    "issued_at",
+    "stripe_status",
+)
+LINE_COLUMNS = (
+    "line_no",
+    "kind",
+    "description",
+    "usage_start",
+    "usage_end",
+    "quantity",
+    "unit_price",
+    "amount",
+)
+
+
+def invoice_summary(inv: Invoice) -> Row:
+    return {
+        "number": inv.number,
+        "customer": inv.customer_key,
+        "customer_name": inv.customer_name,
+        "period_start": inv.period_start,
+        "period_end": inv.period_end,
+        "currency": inv.currency,
+        "total": inv.total,
+        "status": inv.status,
+        "issued_at": inv.issued_at,
+        "watermark": inv.watermark,
+        "catalog_digest": inv.catalog_digest,
+        "stripe_status": inv.stripe_status,
+    }
+
+
+def line_row(line: InvoiceLine) -> Row:
+    return {
+        "line_no": line.line_no,
+        "kind": line.kind,
+        "rate_card": line.rate_card_key,
+        "feature": line.feature_key,
+        "plan": line.plan_key,
+        "description": line.description,
+        "usage_start": line.usage_start,
+        "usage_end": line.usage_end,
+        "quantity": line.quantity,
+        "unit_price": line.unit_price,
+        "amount": line.amount,
+    }
+
+
+def invoice_json(inv: Invoice) -> Row:
+    lines = [{**line_row(ln), "detail": ln.detail} for ln in inv.lines]
+    return {**invoice_summary(inv), "lines": lines}
+
+
+def _tier_rows(line: InvoiceLine) -> list[str]:
+    tiers = (line.detail.get("pricing") or {}).get("tiers") or []
+    return [
+        f"      tier {t['tier'] + 1}: {t['quantity']} units x {t['unit_amount']}"
+        + (f" + flat {t['flat_amount']}" if Decimal(t["flat_amount"]) else "")
+        + f" = {t['amount']}"
+        for t in tiers
+    ]
+
+
+def invoice_text(inv: Invoice) -> str:
+    """``billing invoice show``: header, lines (tiers under tiered lines), total."""
+    title = inv.number or "PREVIEW (not finalized)"
+    head = [
+        f"Invoice  {title}",
+        f"Customer {inv.customer_name} ({inv.customer_key})",
+        f"Period   {scalar(inv.period_start)} .. {scalar(inv.period_end)}",
+        f"Status   {inv.status}"
+        + (f", issued {scalar(inv.issued_at)}" if inv.issued_at else "")
+        + (f", stripe {inv.stripe_status}" if inv.stripe_status else ""),
+        f"Usage    ingested up to {scalar(inv.watermark)}",
+        "",
+    ]
+    body = table([line_row(ln) for ln in inv.lines], LINE_COLUMNS).splitlines()
+    out = head + body[:2]
+    for ln, text in zip(inv.lines, body[2:], strict=True):
+        out.append(text)
+        out.extend(_tier_rows(ln))
+    out += ["", f"Total    {format_money(inv.total, inv.currency)}"]
+    return "\n".join(out)
+
+
+def invoice_csv(inv: Invoice) -> str:
+    data = [{"number": inv.number, "currency": inv.currency, **line_row(ln)} for ln in inv.lines]
+    return to_csv(data, ("number", "currency", *LINE_COLUMNS, "rate_card", "feature", "plan"))
+
+
+def invoice(inv: Invoice, fmt: str) -> str:
+    if fmt == "json":
+        return to_json(invoice_json(inv))
+    if fmt == "csv":
+        return invoice_csv(inv)
+    if fmt == "html":
+        return invoice_html(inv)
+    return invoice_text(inv)
+
+
+_CSS = """
+body { font: 14px/1.45 -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; color: #222;
+       max-width: 60rem; margin: 2rem auto; padding: 0 1rem; }
+h1 { font-size: 1.6rem; margin: 0 0 .25rem; } .muted { color: #666; }
+header { display: flex; justify-content: space-between; border-bottom: 2px solid #222;
+         padding-bottom: 1rem; margin-bottom: 1.5rem; }
+table { width: 100%; border-collapse: collapse; }
+th, td { text-align: left; padding: .45rem .5rem; border-bottom: 1px solid #ddd;
+         vertical-align: top; }
+th { font-size: .8rem; text-transform: uppercase; letter-spacing: .04em; color: #555; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+tr.tier td { border-bottom: none; color: #555; font-size: .85rem; padding-top: 0; }
+tr.total td { border-top: 2px solid #222; border-bottom: none; font-weight: 600;
+              font-size: 1.1rem; }
+.kind { font-size: .75rem; color: #666; }
+@media print { body { margin: 0; max-width: none; } }
+"""
+
+
+def invoice_html(inv: Invoice) -> str:
+    """A printable invoice: one self-contained HTML page (inline CSS, no scripts, no assets)."""
+    e = html.escape
+    title = inv.number or "Preview"
+    rows_html = []
+    for ln in inv.lines:
+        unit = "" if ln.unit_price is None else decimal_text(ln.unit_price)
+        span = f"{ln.usage_start:%Y-%m-%d} – {ln.usage_end:%Y-%m-%d}"
+        rows_html.append(
+            f"<tr><td>{ln.line_no}</td><td>{e(ln.description)}"
+            f'<div class="kind">{e(ln.kind)} · {e(span)}</div></td>'
+            f'<td class="num">{e(decimal_text(ln.quantity))}</td>'
+            f'<td class="num">{e(unit)}</td>'
+            f'<td class="num">{e(format_money(ln.amount, inv.currency))}</td></tr>'
+        )
+        for t in (ln.detail.get("pricing") or {}).get("tiers") or []:
+            rows_html.append(
+                f'<tr class="tier"><td></td><td>tier {t["tier"] + 1}</td>'
+                f'<td class="num">{e(t["quantity"])}</td>'
+                f'<td class="num">{e(t["unit_amount"])}</td>'
+                f'<td class="num">{e(t["amount"])}</td></tr>'
+            )
+    issued = f"Issued {scalar(inv.issued_at)}" if inv.issued_at else "Not finalized"
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>Invoice {e(title)}</title>
+<style>{_CSS}</style>
+</head>
+<body>
+<header>
+  <div><h1>Invoice {e(title)}</h1>
+    <div class="muted">{e(issued)} · {e(inv.status)}</div></div>
+  <div style="text-align:right"><strong>{e(inv.customer_name)}</strong>
+    <div class="muted">{e(inv.customer_key)}</div>
+    <div class="muted">Period {inv.period_start:%Y-%m-%d} – {inv.period_end:%Y-%m-%d}</div></div>
+</header>
+<table>
+<thead><tr><th>#</th><th>Description</th><th class="num">Quantity</th>
+<th class="num">Unit price</th><th class="num">Amount</th></tr></thead>
+<tbody>
+{chr(10).join(rows_html)}
+<tr class="total"><td></td><td>Total</td><td></td><td></td>
+<td class="num">{e(format_money(inv.total, inv.currency))}</td></tr>
+</tbody>
+</table>
+<p class="muted">Usage ingested up to {e(scalar(inv.watermark))}.
+Catalog {e(inv.catalog_digest)}.</p>
+</body>
+</html>
+"""

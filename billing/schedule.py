@@ -1,0 +1,114 @@
+"""Which billing periods a customer has: subscriptions cut into periods, clipped.
+
+Periods anchor at each subscription's start (``billing.periods``). A period is billed
+only for the part inside its subscription: a subscription that ends mid-period (a plan
+change, a cancellation) has a short last period ``[period start, subscription end)``,
+and its invoice closes when the subscription ends. The next subscription's periods
+anchor at its own start.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from billing.periods import Period, period_containing, periods_between, proration
+from meterline.catalog import Catalog, Customer, Plan, Subscription
+
+
+class ScheduleError(ValueError):
+    """No subscription where one is needed; the message names customer and instant."""
+
+
+@dataclass(frozen=True)
+class BillingPeriod:
+    """``[start, end)``: the part of the plan period ``full`` inside the subscription."""
+
+    customer: Customer
+    plan: Plan
+    subscription: Subscription
+    full: Period
+    start: datetime
+    end: datetime
+
+    @property
+    def share(self) -> Decimal:
+        """Share of the full period billed (1 unless the subscription cuts it)."""
+        if (self.start, self.end) == (self.full.start, self.full.end):
+            return Decimal(1)
+        return proration(self.full, self.start, self.end)
+
+    @property
+    def key(self) -> tuple[str, datetime, datetime]:
+        return (self.customer.key, self.start, self.end)
+
+
+def _clipped(catalog: Catalog, customer: Customer, sub: Subscription, p: Period) -> BillingPeriod:
+    start = max(p.start, sub.start)
+    end = p.end if sub.end is None else min(p.end, sub.end)
+    return BillingPeriod(customer, catalog.plan(sub.plan), sub, p, start, end)
+
+
+def customer_periods(catalog: Catalog, customer: Customer, until: datetime) -> list[BillingPeriod]:
+    """Every billing period of ``customer`` that starts before ``until``, in time order."""
+    out: list[BillingPeriod] = []
+    for sub in sorted(customer.subscriptions, key=lambda s: s.start):
+        stop = until if sub.end is None else min(sub.end, until)
+        cadence = catalog.plan(sub.plan).billing_cadence
+        for p in periods_between(sub.start, cadence, sub.start, stop):
+            out.append(_clipped(catalog, customer, sub, p))
+    return out
+
+
+def subscription_at(customer: Customer, at: datetime) -> Subscription | None:
+    for sub in customer.subscriptions:
+        if sub.start <= at and (sub.end is None or at < sub.end):
+            return sub
+    return None
+
+
+def period_at(catalog: Catalog, customer: Customer, at: datetime) -> BillingPeriod:
+    """The billing period of ``customer`` that contains ``at``."""
+    sub = subscription_at(customer, at)
+    if sub is None:
+        raise ScheduleError(
+            f"customer {customer.key!r} has no subscription at {at:%Y-%m-%dT%H:%M:%SZ}"
+        )
+    cadence = catalog.plan(sub.plan).billing_cadence
+    return _clipped(catalog, customer, sub, period_containing(sub.start, cadence, at))
+
+
+def next_period(catalog: Catalog, bp: BillingPeriod) -> BillingPeriod | None:
+    """The period that starts where ``bp`` ends, if a subscription covers that instant."""
+    try:
+        return period_at(catalog, bp.customer, bp.end)
+    except ScheduleError:
+        return None
+
+
+def continues_earlier(bp: BillingPeriod) -> bool:
+    """True when a period of the same customer ends exactly where ``bp`` starts."""
+    return any(
+        s.start < bp.start and (s.end is None or s.end >= bp.start)
+        for s in bp.customer.subscriptions
+    )
+
+
+def periods_ending_in(
+    catalog: Catalog, month: Period, now: datetime, customers: list[Customer]
+) -> list[BillingPeriod]:
+    """Periods that end in ``month`` and have closed: ``month.start < end <= month.end``
+    and ``end <= now``.
+
+    The end is exclusive, so ``[03-01, 04-01)`` ends in March: its last instant is in March.
+
+    Sorted by (end, customer, start): the order invoice numbers are given in.
+    """
+    out = [
+        bp
+        for c in customers
+        for bp in customer_periods(catalog, c, month.end)
+        if month.start < bp.end <= month.end and bp.end <= now
+    ]
+    return sorted(out, key=lambda bp: (bp.end, bp.customer.key, bp.start))

@@ -1,0 +1,49 @@
+"""Open the store for one billing command: wait out the proxy's lock, migrate, close.
+
+The proxy opens the same DuckDB file about once a second for one batch. Billing does
+the same: :func:`billing_store` opens the file (``meterline.store`` retries while the
+proxy holds the lock), applies every migration billing reads or writes (events,
+invoices, Stripe state), yields, and closes, so the proxy is never locked out for
+longer than one command's unit of work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+
+from billing.schema import BILLING_MIGRATIONS
+from billing.stripe.schema import STRIPE_MIGRATIONS
+from meterline.store import EVENT_MIGRATIONS, LAKE_PREFIX, Migration, StoreError, migrate, store
+
+ALL_MIGRATIONS: tuple[Migration, ...] = (
+    *EVENT_MIGRATIONS,
+    *BILLING_MIGRATIONS,
+    *STRIPE_MIGRATIONS,
+)
+
+
+def apply_migrations(
+    con: duckdb.DuckDBPyConnection, migrations: Sequence[Migration] = ALL_MIGRATIONS
+) -> list[str]:
+    return migrate(con, migrations)
+
+
+@contextmanager
+def billing_store(
+    locator: str | Path, *, create: bool = False, wait_s: float = 30.0
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """The store, migrated, for one unit of work; closed on exit.
+
+    ``create=False`` refuses a file that does not exist (a typo in ``--db`` should not
+    silently create an empty database and report "no usage").
+    """
+    loc = str(locator)
+    if not create and not loc.startswith(LAKE_PREFIX) and not Path(loc).exists():
+        raise StoreError(f"{loc}: no such database (nothing metered yet?)")
+    with store(loc, wait_s=wait_s) as con:
+        apply_migrations(con)
+        yield con

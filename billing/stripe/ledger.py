@@ -1,0 +1,235 @@
+"""Reads our finalized invoices and records, step by step, what exists in Stripe.
+
+Each write opens the store, writes one fact and closes it (the proxy appends to the
+same DuckDB file and must not wait for a whole sync). A fact is written right after
+Stripe returns the id it records, so a crash loses at most the id of the one call
+in flight, and that call is replayed by its idempotency key on the next run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+
+from billing.store import billing_store
+
+
+@dataclass(frozen=True)
+class Line:
+    line_no: int
+    description: str
+    quantity: Decimal
+    unit_price: Decimal | None
+    amount: Decimal
+    usage_start: datetime
+    usage_end: datetime
+
+
+@dataclass(frozen=True)
+class OurInvoice:
+    number: str
+    customer_key: str
+    currency: str
+    period_start: datetime
+    period_end: datetime
+    total: Decimal
+    lines: tuple[Line, ...]
+
+
+@dataclass(frozen=True)
+class SyncRow:
+    invoice_number: str
+    customer_key: str
+    stripe_customer_id: str | None
+    stripe_invoice_id: str | None
+    state: str
+    stripe_status: str | None
+    our_total_minor: int | None
+    stripe_total_minor: int | None
+    flagged_reason: str | None
+    last_error: str | None
+    synced_at: datetime | None
+
+
+_ROW_COLUMNS = (
+    "invoice_number, customer_key, stripe_customer_id, stripe_invoice_id, state, stripe_status,"
+    " our_total_minor, stripe_total_minor, flagged_reason, last_error, synced_at"
+)
+_NOW = "now()::TIMESTAMP"
+
+
+def _period_clause(period: str | None, customer: str | None, alias: str) -> tuple[str, list[str]]:
+    where, args = [], []
+    if period is not None:
+        where.append(f"strftime({alias}.period_start, '%Y-%m') = ?")
+        args.append(period)
+    if customer is not None:
+        where.append(f"{alias}.customer_key = ?")
+        args.append(customer)
+    return "".join(f" AND {w}" for w in where), args
+
+
+class Ledger:
+    """Sync state of one store (``stripe_customers``, ``stripe_invoices``, ``stripe_items``)."""
+
+    def __init__(self, db: str | Path) -> None:
+        self.db = str(db)
+
+    # -------------------------------------------------------------- our invoices
+
+    def unsynced(self, period: str | None = None, customer: str | None = None) -> list[OurInvoice]:
+        """Finalized invoices not yet finalized in Stripe, oldest number first."""
+        clause, args = _period_clause(period, customer, "i")
+        with billing_store(self.db) as con:
+            heads = con.execute(
+                "SELECT i.number, i.customer_key, i.currency, i.period_start, i.period_end,"
+                " i.total FROM invoices i LEFT JOIN stripe_invoices s"
+                " ON s.invoice_number = i.number"
+                " WHERE i.status = 'finalized' AND (s.state IS NULL OR s.state <> 'finalized')"
+                f"{clause} ORDER BY i.seq",
+                args,
+            ).fetchall()
+            lines = con.execute(
+                "SELECT l.invoice_number, l.line_no, l.description, l.quantity, l.unit_price,"
+                " l.amount, l.usage_start, l.usage_end FROM invoice_lines l"
+                " JOIN invoices i ON i.number = l.invoice_number"
+                " LEFT JOIN stripe_invoices s ON s.invoice_number = i.number"
+                " WHERE i.status = 'finalized' AND (s.state IS NULL OR s.state <> 'finalized')"
+                f"{clause} ORDER BY l.invoice_number, l.line_no",
+                args,
+            ).fetchall()
+        by_invoice: dict[str, list[Line]] = {}
+        for number, *rest in lines:
+            by_invoice.setdefault(number, []).append(Line(*rest))
+        return [
+            OurInvoice(n, c, cur, ps, pe, total, tuple(by_invoice.get(n, [])))
+            for n, c, cur, ps, pe, total in heads
+        ]
+
+    def rows(self, period: str | None = None, customer: str | None = None) -> list[SyncRow]:
+        """Every invoice the sync has touched (a Stripe invoice id or not), by number."""
+        clause, args = _period_clause(period, customer, "i")
+        with billing_store(self.db) as con:
+            found = con.execute(
+                f"SELECT {', '.join('s.' + c.strip() for c in _ROW_COLUMNS.split(','))}"
+                " FROM stripe_invoices s JOIN invoices i ON i.number = s.invoice_number"
+                f" WHERE TRUE{clause} ORDER BY i.seq",
+                args,
+            ).fetchall()
+        return [SyncRow(*r) for r in found]
+
+    # -------------------------------------------------------------- reading state
+
+    def row(self, number: str) -> SyncRow | None:
+        with billing_store(self.db) as con:
+            found = con.execute(
+                f"SELECT {_ROW_COLUMNS} FROM stripe_invoices WHERE invoice_number = ?", [number]
+            ).fetchone()
+        return SyncRow(*found) if found else None
+
+    def customer_id(self, customer_key: str) -> str | None:
+        with billing_store(self.db) as con:
+            found = con.execute(
+                "SELECT stripe_customer_id FROM stripe_customers WHERE customer_key = ?",
+                [customer_key],
+            ).fetchone()
+        return found[0] if found else None
+
+    def items(self, number: str) -> dict[int, str]:
+        with billing_store(self.db) as con:
+            found = con.execute(
+                "SELECT line_no, stripe_item_id FROM stripe_items WHERE invoice_number = ?",
+                [number],
+            ).fetchall()
+        return dict(found)
+
+    # -------------------------------------------------------------- recording steps
+
+    def link_customer(self, customer_key: str, stripe_customer_id: str) -> None:
+        with billing_store(self.db) as con:
+            con.execute(
+                "INSERT INTO stripe_customers VALUES (?, ?, now()::TIMESTAMP)"
+                " ON CONFLICT (customer_key) DO UPDATE SET"
+                " stripe_customer_id = excluded.stripe_customer_id, linked_at = excluded.linked_at",
+                [customer_key, stripe_customer_id],
+            )
+
+    def start(
+        self, number: str, customer_key: str, stripe_customer_id: str, our_total_minor: int
+    ) -> None:
+        """The invoice's row, at step ``customer`` unless it is already further on."""
+        with billing_store(self.db) as con:
+            con.execute(
+                "INSERT INTO stripe_invoices (invoice_number, customer_key, stripe_customer_id,"
+                " state, our_total_minor, started_at, updated_at)"
+                f" VALUES (?, ?, ?, 'customer', ?, {_NOW}, {_NOW})"
+                " ON CONFLICT (invoice_number) DO UPDATE SET"
+                " state = CASE WHEN stripe_invoices.state = 'new' THEN 'customer'"
+                " ELSE stripe_invoices.state END,"
+                " stripe_customer_id = excluded.stripe_customer_id,"
+                " our_total_minor = excluded.our_total_minor, updated_at = excluded.updated_at",
+                [number, customer_key, stripe_customer_id, our_total_minor],
+            )
+
+    def _update(self, number: str, assignments: str, args: list[object]) -> None:
+        with billing_store(self.db) as con:
+            con.execute(
+                f"UPDATE stripe_invoices SET {assignments}, updated_at = {_NOW}"
+                " WHERE invoice_number = ?",
+                [*args, number],
+            )
+
+    def set_invoice(self, number: str, stripe_invoice_id: str, stripe_status: str) -> None:
+        self._update(
+            number,
+            "stripe_invoice_id = ?, stripe_status = ?,"
+            " state = CASE WHEN state IN ('new', 'customer') THEN 'invoice' ELSE state END",
+            [stripe_invoice_id, stripe_status],
+        )
+
+    def add_item(self, number: str, line_no: int, stripe_item_id: str, amount_minor: int) -> None:
+        with billing_store(self.db) as con:
+            con.execute(
+                f"INSERT INTO stripe_items VALUES (?, ?, ?, ?, {_NOW})"
+                " ON CONFLICT (invoice_number, line_no) DO NOTHING",
+                [number, line_no, stripe_item_id, amount_minor],
+            )
+
+    def items_done(self, number: str) -> None:
+        self._update(
+            number,
+            "state = CASE WHEN state IN ('new', 'customer', 'invoice') THEN 'items' ELSE state END",
+            [],
+        )
+
+    def flag(self, number: str, stripe_total_minor: int, stripe_status: str, reason: str) -> None:
+        self._update(
+            number,
+            "state = 'flagged', stripe_total_minor = ?, stripe_status = ?, flagged_reason = ?,"
+            " last_error = NULL",
+            [stripe_total_minor, stripe_status, reason],
+        )
+
+    def finalized(self, number: str, stripe_total_minor: int, stripe_status: str) -> None:
+        self._update(
+            number,
+            "state = 'finalized', stripe_total_minor = ?, stripe_status = ?,"
+            f" flagged_reason = NULL, last_error = NULL, synced_at = {_NOW}",
+            [stripe_total_minor, stripe_status],
+        )
+
+    def record_error(self, number: str, customer_key: str, message: str) -> None:
+        """Keep the failure beside the invoice (the row exists from the first step on)."""
+        with billing_store(self.db) as con:
+            con.execute(
+                "INSERT INTO stripe_invoices (invoice_number, customer_key, state, last_error,"
+                f" started_at, updated_at) VALUES (?, ?, 'new', ?, {_NOW}, {_NOW})"
+                " ON CONFLICT (invoice_number) DO UPDATE SET last_error = excluded.last_error,"
+                " updated_at = excluded.updated_at",
+                [number, customer_key, message],
+            )
+
+    def set_status(self, number: str, stripe_status: str) -> None:
+        self._update(number, f"stripe_status = ?, status_checked_at = {_NOW}", [stripe_status])

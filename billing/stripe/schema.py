@@ -1,0 +1,57 @@
+"""Stripe sync state, beside ``invoices`` in the billing store, as named migrations.
+
+Every Stripe id is written the moment Stripe returns it, so a sync that dies at any
+point leaves a record of exactly what exists in Stripe; the next run resumes from it.
+
+``stripe_invoices.state`` is the last step completed for one of our invoices:
+
+=================  =================================================================
+``new``            nothing known in Stripe yet (a first attempt failed: ``last_error``)
+``customer``       the Stripe customer is known (``stripe_customer_id``)
+``invoice``        the draft Stripe invoice exists (``stripe_invoice_id``)
+``items``          every non-zero line has its invoice item (rows in ``stripe_items``)
+``flagged``        Stripe's total differs from ours: not finalized (``flagged_reason``)
+``finalized``      finalized in Stripe; ``synced_at`` set
+=================  =================================================================
+"""
+
+from meterline.store import Migration
+
+STRIPE_STATES: tuple[str, ...] = ("new", "customer", "invoice", "items", "flagged", "finalized")
+
+STRIPE_MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        "0201_stripe_sync",
+        """
+        CREATE TABLE IF NOT EXISTS stripe_customers (
+            customer_key       VARCHAR NOT NULL PRIMARY KEY,
+            stripe_customer_id VARCHAR NOT NULL,  -- cus_...
+            linked_at          TIMESTAMP NOT NULL -- UTC, when we created or found it
+        );
+        CREATE TABLE IF NOT EXISTS stripe_invoices (
+            invoice_number     VARCHAR NOT NULL PRIMARY KEY, -- invoices.number
+            customer_key       VARCHAR NOT NULL,
+            stripe_customer_id VARCHAR,           -- cus_...
+            stripe_invoice_id  VARCHAR,           -- in_...
+            state              VARCHAR NOT NULL,  -- last step done, see billing/stripe/schema.py
+            stripe_status      VARCHAR,           -- draft | open | paid | void | uncollectible
+            our_total_minor    BIGINT,            -- our total in the currency's minor unit
+            stripe_total_minor BIGINT,            -- Stripe's invoice total, same unit
+            flagged_reason     VARCHAR,           -- why it was not finalized
+            last_error         VARCHAR,           -- last failure of a sync of this invoice
+            started_at         TIMESTAMP NOT NULL,
+            updated_at         TIMESTAMP NOT NULL,
+            synced_at          TIMESTAMP,         -- UTC, when finalized in Stripe
+            status_checked_at  TIMESTAMP          -- UTC, last `billing stripe status`
+        );
+        CREATE TABLE IF NOT EXISTS stripe_items (
+            invoice_number VARCHAR NOT NULL,
+            line_no        INTEGER NOT NULL,      -- invoice_lines.line_no
+            stripe_item_id VARCHAR NOT NULL,      -- ii_...
+            amount_minor   BIGINT NOT NULL,
+            created_at     TIMESTAMP NOT NULL,
+            PRIMARY KEY (invoice_number, line_no)
+        );
+        """,
+    ),
+)

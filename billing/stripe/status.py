@@ -1,0 +1,55 @@
+"""Pull each synced invoice's Stripe status (draft, open, paid, void, uncollectible) home.
+
+Stripe moves an invoice on by itself (a customer pays, someone voids it in the
+dashboard); ``stripe_invoices.stripe_status`` is our copy, refreshed by this pull.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from billing.stripe.client import StripeGateway
+from billing.stripe.ledger import Ledger
+
+
+@dataclass(frozen=True)
+class StatusChange:
+    number: str
+    customer_key: str
+    stripe_invoice_id: str
+    before: str | None
+    after: str
+    flagged_reason: str | None
+
+    def line(self) -> str:
+        moved = self.after if self.before == self.after else f"{self.before} -> {self.after}"
+        text = f"{self.number}  {self.customer_key}  {self.stripe_invoice_id}  {moved}"
+        if self.flagged_reason:
+            text += f"  FLAGGED: {self.flagged_reason}"
+        return text
+
+
+def pull_statuses(
+    ledger: Ledger,
+    gateway: StripeGateway,
+    period: str | None = None,
+    customer: str | None = None,
+) -> list[StatusChange]:
+    """Refresh ``stripe_status`` of every invoice that has a Stripe invoice id."""
+    changes = []
+    for row in ledger.rows(period, customer):
+        if not row.stripe_invoice_id:
+            continue
+        found = gateway.retrieve_invoice(row.stripe_invoice_id)
+        ledger.set_status(row.invoice_number, found.status)
+        changes.append(
+            StatusChange(
+                row.invoice_number,
+                row.customer_key,
+                row.stripe_invoice_id,
+                row.stripe_status,
+                found.status,
+                row.flagged_reason if row.state == "flagged" else None,
+            )
+        )
+    return changes

@@ -1,0 +1,416 @@
+"""Usage aggregations: every scan of ``usage_events`` billing makes is here, as DuckDB SQL.
+
+The invoice build needs one figure per (customer, window, provider, model, token type).
+:func:`aggregate_windows` computes all of them in one pass over the events for every
+customer at once: the windows (a customer's consumers, a ``[start, end)`` range of event
+time ``ts``, a ``(after, until]`` range of ``ingested_at``) go into a small temporary
+table, events join it on the consumer and the two ranges, and ``GROUP BY`` sums the four
+token columns. Mapping those few rows to features (globs, token types) happens in Python.
+
+Timestamps in the store are naive ``TIMESTAMP`` in UTC; this module takes and returns
+aware UTC datetimes and converts at the boundary (:func:`to_db`, :func:`from_db`).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import duckdb
+import pyarrow as pa
+
+from meterline.catalog import TOKEN_TYPES, Catalog
+
+TOKEN_COLUMNS: dict[str, str] = {
+    "input": "input_tokens",
+    "cached_input": "cached_input_tokens",
+    "cache_write": "cache_write_tokens",
+    "output": "output_tokens",
+}
+GROUP_DIMENSIONS = ("model", "type", "day")
+
+
+class UsageError(ValueError):
+    """A usage query that cannot be answered (unknown customer, bad range)."""
+
+
+def to_db(value: datetime) -> datetime:
+    """Aware datetime -> the naive UTC value the store holds."""
+    if value.tzinfo is None:
+        raise ValueError("datetimes passed to the store must be timezone-aware")
+    return value.astimezone(UTC).replace(tzinfo=None)
+
+
+def from_db(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC)
+
+
+# --------------------------------------------------------------------------- windows
+
+
+@dataclass(frozen=True)
+class UsageWindow:
+    """Events of ``consumers`` with ``start <= ts < end`` and ``after < ingested_at <= until``."""
+
+    window_id: int
+    consumers: tuple[str, ...]
+    start: datetime
+    end: datetime
+    ingested_until: datetime
+    ingested_after: datetime | None = None
+
+
+@dataclass(frozen=True)
+class WindowUsage:
+    """Token sums of one window for one (provider, model); model ``""`` when unreported."""
+
+    window_id: int
+    provider: str
+    model: str
+    tokens: dict[str, int]
+    events: int
+
+
+def _windows_table(windows: Sequence[UsageWindow]) -> pa.Table:
+    rows = [(w, c) for w in windows for c in w.consumers]
+    return pa.table(
+        {
+            "window_id": pa.array([w.window_id for w, _ in rows], pa.int64()),
+            "consumer": pa.array([c for _, c in rows], pa.string()),
+            "w_start": pa.array([to_db(w.start) for w, _ in rows], pa.timestamp("us")),
+            "w_end": pa.array([to_db(w.end) for w, _ in rows], pa.timestamp("us")),
+            "ing_after": pa.array(
+                [to_db(w.ingested_after) if w.ingested_after else None for w, _ in rows],
+                pa.timestamp("us"),
+            ),
+            "ing_until": pa.array([to_db(w.ingested_until) for w, _ in rows], pa.timestamp("us")),
+        }
+    )
+
+
+def load_windows(con: duckdb.DuckDBPyConnection, windows: Sequence[UsageWindow]) -> None:
+    """(Re)create the temporary ``bill_windows`` table: one row per (window, consumer)."""
+    table = _windows_table(windows)
+    con.register("bill_windows_src", table)
+    try:
+        con.execute("CREATE OR REPLACE TEMP TABLE bill_windows AS SELECT * FROM bill_windows_src")
+    finally:
+        con.unregister("bill_windows_src")
+
+
+_SUMS = ", ".join(f"SUM(e.{col})::BIGINT AS {tt}" for tt, col in TOKEN_COLUMNS.items())
+
+AGGREGATE_SQL = f"""
+    SELECT w.window_id, e.provider, coalesce(e.model, '') AS model, {_SUMS},
+           COUNT(*) AS events
+    FROM usage_events AS e
+    JOIN bill_windows AS w
+      ON e.consumer = w.consumer
+     AND e.ts >= w.w_start AND e.ts < w.w_end
+     AND e.ingested_at <= w.ing_until
+     AND (w.ing_after IS NULL OR e.ingested_at > w.ing_after)
+    WHERE e.ts >= ? AND e.ts < ?
+    GROUP BY ALL
+"""
+
+
+def aggregate_windows(
+    con: duckdb.DuckDBPyConnection, windows: Sequence[UsageWindow]
+) -> list[WindowUsage]:
+    """One pass over the events: token sums per (window, provider, model)."""
+    if not windows:
+        return []
+    load_windows(con, windows)
+    lo = to_db(min(w.start for w in windows))
+    hi = to_db(max(w.end for w in windows))
+    rows = con.execute(AGGREGATE_SQL, [lo, hi]).fetchall()
+    return [
+        WindowUsage(
+            window_id=r[0],
+            provider=r[1],
+            model=r[2],
+            tokens=dict(zip(TOKEN_TYPES, (int(v) for v in r[3:7]), strict=True)),
+            events=int(r[7]),
+        )
+        for r in rows
+    ]
+
+
+# --------------------------------------------------------------------------- one line's events
+
+
+@dataclass(frozen=True)
+class MeterFilter:
+    """The events a usage line counts: provider, case-insensitive model glob, token types."""
+
+    provider: str | None
+    model: str
+    token_types: tuple[str, ...]
+
+    def model_matches(self, model: str) -> bool:
+        return fnmatch.fnmatchcase(model.lower(), self.model.lower())
+
+    def matches(self, provider: str, model: str) -> bool:
+        return (self.provider is None or self.provider == provider) and self.model_matches(model)
+
+
+EVENT_FIELDS = (
+    "event_id",
+    "ts",
+    "ingested_at",
+    "consumer",
+    "provider",
+    "model",
+    "response_id",
+    "request_id",
+    *TOKEN_COLUMNS.values(),
+)
+
+
+def events_behind(
+    con: duckdb.DuckDBPyConnection, windows: Sequence[UsageWindow], meter: MeterFilter
+) -> list[dict[str, object]]:
+    """The events a line counted, each with ``quantity`` = its tokens of the meter's types.
+
+    Model globs are matched in Python with the same rule as the catalog (``fnmatch`` on
+    lowercased names): the distinct models in the windows are few, the events many.
+    """
+    if not windows:
+        return []
+    load_windows(con, windows)
+    provider_sql = "AND e.provider = ?" if meter.provider is not None else ""
+    params: list[object] = [meter.provider] if meter.provider is not None else []
+    base = f"""
+        FROM usage_events AS e
+        JOIN bill_windows AS w
+          ON e.consumer = w.consumer
+         AND e.ts >= w.w_start AND e.ts < w.w_end
+         AND e.ingested_at <= w.ing_until
+         AND (w.ing_after IS NULL OR e.ingested_at > w.ing_after)
+        WHERE TRUE {provider_sql}
+    """
+    models = [
+        m
+        for (m,) in con.execute(f"SELECT DISTINCT coalesce(e.model, '') {base}", params).fetchall()
+        if meter.model_matches(m)
+    ]
+    if not models:
+        return []
+    quantity = " + ".join(f"e.{TOKEN_COLUMNS[t]}" for t in meter.token_types)
+    cols = ", ".join(f"e.{c}" for c in EVENT_FIELDS)
+    rows = con.execute(
+        f"SELECT {cols}, ({quantity})::BIGINT AS quantity {base} "
+        "AND list_contains(?, coalesce(e.model, '')) ORDER BY e.ts, e.event_id",
+        [*params, models],
+    ).fetchall()
+    out = []
+    for r in rows:
+        event = dict(zip((*EVENT_FIELDS, "quantity"), r, strict=True))
+        event["ts"] = from_db(event["ts"])  # type: ignore[arg-type]
+        event["ingested_at"] = from_db(event["ingested_at"])  # type: ignore[arg-type]
+        out.append(event)
+    return out
+
+
+# --------------------------------------------------------------------------- usage report
+
+
+@dataclass(frozen=True)
+class UsageQuery:
+    customer: str | None = None
+    consumer: str | None = None
+    start: datetime | None = None
+    end: datetime | None = None
+    group_by: tuple[str, ...] = ()
+    unbilled: bool = False
+
+
+def parse_group_by(text: str | None) -> tuple[str, ...]:
+    if not text:
+        return ()
+    dims = tuple(d.strip() for d in text.split(",") if d.strip())
+    bad = [d for d in dims if d not in GROUP_DIMENSIONS]
+    if bad:
+        raise UsageError(
+            f"--group-by: unknown dimension {bad[0]!r} (choose from {', '.join(GROUP_DIMENSIONS)})"
+        )
+    return tuple(d for d in GROUP_DIMENSIONS if d in dims)
+
+
+def _consumer_customers(catalog: Catalog) -> pa.Table:
+    pairs = [(name, c.key) for c in catalog.customers for name in c.consumers]
+    return pa.table(
+        {
+            "consumer": pa.array([p[0] for p in pairs], pa.string()),
+            "customer_key": pa.array([p[1] for p in pairs], pa.string()),
+        }
+    )
+
+
+def _subscriptions(catalog: Catalog) -> pa.Table:
+    subs = [(c.key, s) for c in catalog.customers for s in c.subscriptions]
+    return pa.table(
+        {
+            "customer_key": pa.array([k for k, _ in subs], pa.string()),
+            "s_start": pa.array([to_db(s.start) for _, s in subs], pa.timestamp("us")),
+            "s_end": pa.array(
+                [to_db(s.end) if s.end else None for _, s in subs], pa.timestamp("us")
+            ),
+        }
+    )
+
+
+UNBILLED_REASON = """
+    CASE WHEN e.consumer IS NULL THEN 'unknown key'
+         WHEN m.customer_key IS NULL THEN 'consumer not linked to a customer'
+         ELSE 'outside subscriptions' END
+"""
+
+
+def usage_report(
+    con: duckdb.DuckDBPyConnection, catalog: Catalog, query: UsageQuery
+) -> list[dict[str, object]]:
+    """Token usage per consumer (and model, token type, day as asked), largest first.
+
+    With ``unbilled``: only events no subscription covers, with the reason: a key not in
+    the catalog (consumer NULL; its fingerprint is shown), a consumer no customer
+    lists, or a time outside every subscription of its customer.
+    """
+    where: list[str] = []
+    params: list[object] = []
+    if query.customer is not None:
+        try:
+            customer = catalog.customer(query.customer)
+        except KeyError:
+            raise UsageError(f"unknown customer {query.customer!r}") from None
+        where.append("list_contains(?, e.consumer)")
+        params.append(list(customer.consumers))
+    if query.consumer is not None:
+        if query.consumer not in {c.name for c in catalog.consumers}:
+            raise UsageError(f"unknown consumer {query.consumer!r}")
+        where.append("e.consumer = ?")
+        params.append(query.consumer)
+    if query.start is not None:
+        where.append("e.ts >= ?")
+        params.append(to_db(query.start))
+    if query.end is not None:
+        where.append("e.ts < ?")
+        params.append(to_db(query.end))
+    if query.start is not None and query.end is not None and query.end <= query.start:
+        raise UsageError("--to must be after --from")
+
+    con.register("bill_consumer_map", _consumer_customers(catalog))
+    con.register("bill_subscriptions", _subscriptions(catalog))
+    try:
+        dims = ["e.consumer", "m.customer_key AS customer"]
+        if query.unbilled:
+            dims = [
+                f"{UNBILLED_REASON} AS reason",
+                "e.consumer",
+                "CASE WHEN e.consumer IS NULL THEN e.key_fingerprint END AS key_fingerprint",
+                "m.customer_key AS customer",
+            ]
+            where.append(
+                "(e.consumer IS NULL OR m.customer_key IS NULL OR NOT EXISTS ("
+                " SELECT 1 FROM bill_subscriptions AS s WHERE s.customer_key = m.customer_key"
+                " AND e.ts >= s.s_start AND (s.s_end IS NULL OR e.ts < s.s_end)))"
+            )
+        if "model" in query.group_by:
+            dims += ["e.provider", "coalesce(e.model, '') AS model"]
+        if "day" in query.group_by:
+            dims.append("CAST(e.ts AS DATE) AS day")
+        sums = ", ".join(f"SUM(e.{col})::BIGINT AS {tt}" for tt, col in TOKEN_COLUMNS.items())
+        sql = (
+            f"SELECT {', '.join(dims)}, {sums}, COUNT(*) AS events "
+            "FROM usage_events AS e LEFT JOIN bill_consumer_map AS m ON e.consumer = m.consumer "
+            f"WHERE {' AND '.join(where) or 'TRUE'} GROUP BY ALL"
+        )
+        cur = con.execute(sql, params)
+        names = [d[0] for d in cur.description]
+        rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+    finally:
+        con.unregister("bill_consumer_map")
+        con.unregister("bill_subscriptions")
+    return _shape(rows, query.group_by)
+
+
+def _shape(rows: list[dict[str, object]], group_by: tuple[str, ...]) -> list[dict[str, object]]:
+    """Add totals, unpivot token types when grouped by type, and order deterministically."""
+    out: list[dict[str, object]] = []
+    for row in rows:
+        if "day" in row and row["day"] is not None:
+            row["day"] = row["day"].isoformat()  # type: ignore[attr-defined]
+        tokens = {tt: int(row.pop(tt)) for tt in TOKEN_COLUMNS}  # type: ignore[call-overload]
+        events = row.pop("events")
+        if "type" in group_by:
+            for tt, n in tokens.items():
+                if n:
+                    out.append({**row, "token_type": tt, "tokens": n, "events": events})
+        else:
+            out.append({**row, **tokens, "total": sum(tokens.values()), "events": events})
+
+    def key(r: dict[str, object]) -> tuple[str, ...]:
+        return tuple("" if v is None else str(v) for k, v in r.items() if isinstance(v, str | None))
+
+    return sorted(out, key=key)
+
+
+def total_tokens(rows: Iterable[dict[str, object]]) -> int:
+    return sum(int(r.get("tokens", r.get("total", 0))) for r in rows)  # type: ignore[call-overload]
+
+
+# --------------------------------------------------------------------------- invoiced usage
+
+INVOICED_USAGE_SQL = f"""
+    WITH win AS (
+        SELECT customer_key, unnest(consumers) AS consumer, usage_start, usage_end,
+               ingested_after, ingested_until
+        FROM invoice_windows WHERE list_contains(?, invoice_number)
+    )
+    SELECT win.customer_key, e.provider, coalesce(e.model, '') AS model,
+           CAST(e.ts AS DATE) AS day, {_SUMS}, COUNT(*) AS events
+    FROM usage_events AS e
+    JOIN win ON e.consumer = win.consumer
+     AND e.ts >= win.usage_start AND e.ts < win.usage_end
+     AND e.ingested_at <= win.ingested_until
+     AND (win.ingested_after IS NULL OR e.ingested_at > win.ingested_after)
+    GROUP BY ALL
+"""
+
+
+def invoiced_usage(
+    con: duckdb.DuckDBPyConnection, invoice_numbers: Sequence[str]
+) -> list[dict[str, object]]:
+    """Tokens per (customer, provider, model, day) of every event those invoices billed."""
+    cur = con.execute(INVOICED_USAGE_SQL, [list(invoice_numbers)])
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+
+def invoiced_events(
+    con: duckdb.DuckDBPyConnection,
+    invoice_numbers: Sequence[str],
+    customer: str,
+    provider: str,
+    model: str,
+) -> list[dict[str, object]]:
+    """Per-event tokens of one (customer, provider, model) those invoices billed."""
+    sql = f"""
+        WITH win AS (
+            SELECT customer_key, unnest(consumers) AS consumer, usage_start, usage_end,
+                   ingested_after, ingested_until
+            FROM invoice_windows WHERE list_contains(?, invoice_number) AND customer_key = ?
+        )
+        SELECT e.ts, {", ".join(f"e.{c} AS {t}" for t, c in TOKEN_COLUMNS.items())}
+        FROM usage_events AS e
+        JOIN win ON e.consumer = win.consumer
+         AND e.ts >= win.usage_start AND e.ts < win.usage_end
+         AND e.ingested_at <= win.ingested_until
+         AND (win.ingested_after IS NULL OR e.ingested_at > win.ingested_after)
+        WHERE e.provider = ? AND coalesce(e.model, '') = ?
+    """
+    cur = con.execute(sql, [list(invoice_numbers), customer, provider, model])
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]

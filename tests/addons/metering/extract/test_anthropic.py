@@ -1,0 +1,155 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from addons.metering.extract import new_extractor
+from addons.metering.usage import Usage
+from tests.addons.metering.extract.cases import ANTHROPIC_STREAM, sse
+
+MSG = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x", "content": []}
+
+
+def stream(*events: object, content_type: str = "text/event-stream"):
+    ext = new_extractor(
+        "anthropic", path="/v1/messages", content_type=content_type, streaming_requested=True
+    )
+    ext.feed(sse(*events))
+    return ext.finish(), ext.output_text(), ext.problems
+
+
+def start(**usage: object) -> tuple[str, dict]:
+    return ("message_start", {"type": "message_start", "message": {**MSG, "usage": usage}})
+
+
+def delta(**usage: object) -> tuple[str, dict]:
+    return (
+        "message_delta",
+        {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": usage},
+    )
+
+
+def block(kind: str, key: str, value: str) -> tuple[str, dict]:
+    return (
+        "content_block_delta",
+        {"type": "content_block_delta", "index": 0, "delta": {"type": kind, key: value}},
+    )
+
+
+def test_cut_after_message_start_is_partial() -> None:
+    usage, text, problems = stream(
+        start(input_tokens=25, cache_read_input_tokens=100, output_tokens=1),
+        block("text_delta", "text", "Hel"),
+    )
+    assert usage == Usage(
+        input=25, cached_input=100, output=1, model="claude-x", response_id="msg_1", partial=True
+    )
+    assert text == "Hel"
+    assert problems == []
+
+
+@pytest.mark.parametrize(
+    ("start_usage", "delta_usage", "expected"),
+    [
+        pytest.param(
+            {"input_tokens": 10, "cache_creation_input_tokens": 300, "output_tokens": 1},
+            {"output_tokens": 50},
+            (10, 0, 300, 50),
+            id="delta-without-input-fields-keeps-start-values",
+        ),
+        pytest.param(
+            {"input_tokens": 10, "cache_creation_input_tokens": 300, "output_tokens": 1},
+            {"input_tokens": 10, "cache_creation_input_tokens": 300, "output_tokens": 50},
+            (10, 0, 300, 50),
+            id="repeated-fields-are-not-added-twice",
+        ),
+        pytest.param(
+            {"input_tokens": 10, "cache_read_input_tokens": 7, "output_tokens": 1},
+            {"input_tokens": None, "cache_read_input_tokens": None, "output_tokens": 50},
+            (10, 7, 0, 50),
+            id="null-in-delta-does-not-erase",
+        ),
+        pytest.param(
+            {"input_tokens": 10, "output_tokens": 1},
+            {"input_tokens": 12, "output_tokens": 50},
+            (12, 0, 0, 50),
+            id="latest-non-null-wins",
+        ),
+        pytest.param(
+            {
+                "input_tokens": 3,
+                "cache_creation": {"ephemeral_5m_input_tokens": 40, "ephemeral_1h_input_tokens": 2},
+                "output_tokens": 1,
+            },
+            {"output_tokens": 9},
+            (3, 0, 42, 9),
+            id="cache-creation-breakdown-only",
+        ),
+    ],
+)
+def test_stream_usage_fields(start_usage: dict, delta_usage: dict, expected: tuple) -> None:
+    usage, _, problems = stream(start(**start_usage), delta(**delta_usage))
+    assert usage is not None
+    assert (usage.input, usage.cached_input, usage.cache_write, usage.output) == expected
+    assert not usage.partial
+    assert problems == []
+
+
+def test_thinking_and_tool_input_deltas_are_text() -> None:
+    _, text, _ = stream(
+        start(input_tokens=1),
+        block("thinking_delta", "thinking", "Hmm. "),
+        block("signature_delta", "signature", "EqQB"),
+        block("input_json_delta", "partial_json", '{"city": '),
+        block("input_json_delta", "partial_json", '"Paris"}'),
+        delta(output_tokens=5),
+    )
+    assert text == 'Hmm. {"city": "Paris"}'
+
+
+def test_error_event_is_recorded() -> None:
+    error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    usage, _, problems = stream(start(input_tokens=4, output_tokens=1), ("error", error))
+    assert usage is not None and usage.partial
+    assert len(problems) == 1 and "overloaded_error" in problems[0]
+
+
+def test_events_without_event_lines_are_read_from_type() -> None:
+    events = [e[1] if isinstance(e, tuple) else e for e in (start(input_tokens=4), delta(output_tokens=6))]
+    usage, _, _ = stream(*events)
+    assert usage is not None and (usage.input, usage.output) == (4, 6)
+
+
+def test_uninteresting_events_are_not_decoded() -> None:
+    # A garbled ping or content_block_start must not even be looked at.
+    body = sse(
+        start(input_tokens=4),
+        ("ping", "{garbled"),
+        ("content_block_start", "{garbled"),
+        delta(output_tokens=6),
+    )
+    ext = new_extractor("anthropic", path="/v1/messages", content_type="text/event-stream", streaming_requested=True)
+    ext.feed(body)
+    assert ext.finish() is not None
+    assert ext.problems == []
+
+
+def test_garbled_message_delta_leaves_partial_usage() -> None:
+    usage, _, problems = stream(start(input_tokens=4, output_tokens=1), ("message_delta", "{bad"))
+    assert usage is not None and usage.partial and usage.output == 1
+    assert len(problems) == 1
+
+
+def test_json_error_body_is_a_problem_without_usage() -> None:
+    ext = new_extractor("anthropic", path="/v1/messages", content_type="application/json", streaming_requested=False)
+    ext.feed(json.dumps({"type": "error", "error": {"type": "invalid_request_error"}}).encode())
+    assert ext.finish() is None
+    assert len(ext.problems) == 1
+
+
+def test_crlf_stream_gives_the_same_usage() -> None:
+    ext = new_extractor("anthropic", path="/v1/messages", content_type="text/event-stream", streaming_requested=True)
+    ext.feed(ANTHROPIC_STREAM.body.replace(b"\n", b"\r\n"))
+    usage = ext.finish()
+    assert usage is not None and (usage.input, usage.output) == (25, 15)

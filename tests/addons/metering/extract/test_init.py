@@ -1,0 +1,192 @@
+"""The extractor registry and the documented payload table, across every framing."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from addons.metering.extract import READERS, new_extractor
+from addons.metering.extract.framing import JsonBodyExtractor, SniffingExtractor, SseExtractor
+from addons.metering.usage import Usage
+from tests.addons.metering.extract.cases import CASES, STREAM_CASES, Case
+
+DOC = Path(__file__).resolve().parents[4] / "docs" / "token-model.md"
+
+
+def run(case: Case, chunks: list[bytes] | None = None, content_type: str | None = "same"):
+    ext = new_extractor(
+        case.flavor,
+        path=case.path,
+        content_type=case.content_type if content_type == "same" else content_type,
+        streaming_requested=case.streaming,
+    )
+    for chunk in chunks if chunks is not None else [case.body]:
+        ext.feed(chunk)
+    return ext, ext.finish()
+
+
+def fields(usage: Usage | None) -> dict | None:
+    if usage is None:
+        return None
+    d = dataclasses.asdict(usage)
+    return {k: d[k] for k in CASES[0].expected}
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_documented_payload_maps_to_token_model(case: Case) -> None:
+    ext, usage = run(case)
+    assert ext.problems == []
+    assert fields(usage) == case.expected
+    assert usage is not None and not usage.estimated and not usage.partial
+    assert ext.output_text() == case.text
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_byte_by_byte_feeding_gives_the_same_result(case: Case) -> None:
+    ext, usage = run(case, [case.body[i : i + 1] for i in range(len(case.body))])
+    assert ext.problems == []
+    assert fields(usage) == case.expected
+    assert ext.output_text() == case.text
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_missing_content_type_is_sniffed(case: Case) -> None:
+    ext, usage = run(case, content_type=None)
+    assert isinstance(ext, SniffingExtractor)
+    assert fields(usage) == case.expected
+    assert ext.output_text() == case.text
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=st.sampled_from(CASES), data=st.data())
+def test_random_chunk_boundaries_give_the_same_usage(case: Case, data: st.DataObject) -> None:
+    n = len(case.body)
+    cuts = sorted(data.draw(st.sets(st.integers(1, n - 1), max_size=40)))
+    bounds = [0, *cuts, n]
+    chunks = [case.body[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    ext, usage = run(case, chunks)
+    assert ext.problems == []
+    assert fields(usage) == case.expected
+    assert ext.output_text() == case.text
+
+
+@pytest.mark.parametrize(
+    ("content_type", "kind"),
+    [
+        ("text/event-stream", SseExtractor),
+        ("text/event-stream; charset=utf-8", SseExtractor),
+        ("TEXT/EVENT-STREAM", SseExtractor),
+        ("application/json", JsonBodyExtractor),
+        ("application/json; charset=UTF-8", JsonBodyExtractor),
+        ("application/x-ndjson", JsonBodyExtractor),
+        ("application/problem+json", JsonBodyExtractor),
+        ("text/plain", SniffingExtractor),
+        (None, SniffingExtractor),
+        ("", SniffingExtractor),
+    ],
+)
+def test_framing_follows_content_type(content_type: str | None, kind: type) -> None:
+    for flavor in READERS:
+        ext = new_extractor(
+            flavor, path="/v1/x", content_type=content_type, streaming_requested=False
+        )
+        assert isinstance(ext, kind)
+        for member in ("feed", "finish", "output_text", "problems"):
+            assert hasattr(ext, member), member
+
+
+def test_unknown_flavor_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="unknown API flavor 'cohere'"):
+        new_extractor("cohere", path="/", content_type=None, streaming_requested=False)
+
+
+def test_registry_has_the_three_flavors() -> None:
+    assert set(READERS) == {"openai", "anthropic", "gemini"}
+
+
+def test_docs_table_lists_every_case() -> None:
+    rows = {
+        m.group(1).strip()
+        for m in re.finditer(r"^\|\s*([^|]+?)\s*\|", DOC.read_text(), re.MULTILINE)
+    }
+    missing = [c.id for c in CASES if c.id not in rows]
+    assert missing == []
+
+
+# --- cut streams, missing usage, garbage ----------------------------------------------
+
+
+@pytest.mark.parametrize("case", STREAM_CASES, ids=lambda c: c.id)
+def test_cut_stream_never_raises_and_keeps_text_seen(case: Case) -> None:
+    for cut in range(0, len(case.body), max(1, len(case.body) // 25)):
+        ext, usage = run(case, [case.body[:cut]])
+        text = ext.output_text()
+        assert case.text.startswith(text) or text == ""
+        if usage is not None:
+            assert usage.input + usage.cached_input + usage.cache_write <= (
+                case.expected["input"]
+                + case.expected["cached_input"]
+                + case.expected["cache_write"]
+            )
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"\x00\xff\xfe garbage \x80",
+        b"data: {not json}\n\n",
+        b'data: {"choices": [}\n\ndata: [DONE]\n\n',
+        b"event: message_start\ndata: [1,2\n\n",
+        b'event: message_delta\ndata: "a string"\n\n',
+        b'[{"usageMetadata": 5}, 7, null]',
+        b'{"usage": {"prompt_tokens": "many"}}',
+        b'{"usage": [1]}',
+        b"\n\n\n",
+        b"",
+        'data: {"choices":[{"delta":{"content":"\\ud800"}}]}\n\n'.encode(),
+        b"data: " + b"{" * 5000 + b"\n\n",
+    ],
+)
+@pytest.mark.parametrize("flavor", sorted(READERS))
+@pytest.mark.parametrize("content_type", ["text/event-stream", "application/json", None])
+def test_garbage_never_raises(garbage: bytes, flavor: str, content_type: str | None) -> None:
+    ext = new_extractor(flavor, path="/v1/x", content_type=content_type, streaming_requested=True)
+    for i in range(0, len(garbage), 3):
+        ext.feed(garbage[i : i + 3])
+    usage = ext.finish()
+    assert usage is None or isinstance(usage, Usage)
+    assert isinstance(ext.output_text(), str)
+    assert all(isinstance(p, str) and len(p) <= 200 for p in ext.problems)
+
+
+def test_invalid_json_body_is_a_problem_not_an_exception() -> None:
+    ext = new_extractor(
+        "openai",
+        path="/v1/chat/completions",
+        content_type="application/json",
+        streaming_requested=False,
+    )
+    ext.feed(b'{"usage": {"prompt_tokens": 3,')
+    assert ext.finish() is None
+    assert len(ext.problems) == 1 and "JSON" in ext.problems[0]
+
+
+def test_problem_list_is_bounded() -> None:
+    ext = new_extractor(
+        "openai",
+        path="/v1/chat/completions",
+        content_type="text/event-stream",
+        streaming_requested=True,
+    )
+    ext.feed(b'data: {"usage": {"x": 1}}\n\n' + b"data: {bad\n\n" * 500)
+    assert ext.finish() is None
+    assert ext.problems == ["usage object without known token fields"]
+    # Content chunks are decoded only when text is needed; their garbage shows up then.
+    assert ext.output_text() == ""
+    assert len(ext.problems) == 21
+    assert ext.problems[-1] == "further problems not recorded"

@@ -1,0 +1,251 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from addons.metering.extract import new_extractor
+from addons.metering.extract.openai import map_usage
+from addons.metering.usage import Usage
+from tests.addons.metering.extract.cases import sse
+
+
+def chat_stream(*events: object) -> tuple[Usage | None, str, list[str]]:
+    ext = new_extractor(
+        "openai",
+        path="/v1/chat/completions",
+        content_type="text/event-stream",
+        streaming_requested=True,
+    )
+    ext.feed(sse(*events))
+    return ext.finish(), ext.output_text(), ext.problems
+
+
+def chunk(content: str | None = None, **extra: object) -> dict:
+    delta = {} if content is None else {"content": content}
+    return {
+        "id": "chatcmpl-1",
+        "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "delta": delta}],
+        **extra,
+    }
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        pytest.param(
+            {"prompt_tokens": 100, "completion_tokens": 20},
+            Usage(input=100, output=20),
+            id="chat-plain",
+        ),
+        pytest.param(
+            {
+                "prompt_tokens": 100,
+                "completion_tokens": 20,
+                "prompt_tokens_details": {"cached_tokens": 60},
+                "completion_tokens_details": {"reasoning_tokens": 12},
+            },
+            Usage(input=40, cached_input=60, output=20, reasoning=12),
+            id="chat-cached-reasoning",
+        ),
+        pytest.param(
+            {"prompt_tokens": 100, "completion_tokens": 20, "prompt_cache_hit_tokens": 70},
+            Usage(input=30, cached_input=70, output=20),
+            id="deepseek-hit-without-details",
+        ),
+        pytest.param(
+            {
+                "prompt_tokens": 100,
+                "completion_tokens": 20,
+                "prompt_cache_hit_tokens": 70,
+                "prompt_tokens_details": {"cached_tokens": 70},
+            },
+            Usage(input=30, cached_input=70, output=20),
+            id="deepseek-hit-and-details-not-subtracted-twice",
+        ),
+        pytest.param(
+            {"prompt_tokens": 10, "completion_tokens": 0, "prompt_tokens_details": None},
+            Usage(input=10),
+            id="vllm-null-details",
+        ),
+        pytest.param(
+            {"prompt_tokens": 5, "prompt_tokens_details": {"cached_tokens": 9}},
+            Usage(input=0, cached_input=9),
+            id="inconsistent-cached-over-prompt-clamps",
+        ),
+        pytest.param(
+            {
+                "prompt_tokens": 194,
+                "completion_tokens": 2,
+                "prompt_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 100},
+            },
+            Usage(input=94, cache_write=100, output=2),
+            id="openrouter-cache-write",
+        ),
+        pytest.param(
+            {"prompt_tokens": 8, "total_tokens": 8},
+            Usage(input=8),
+            id="embeddings",
+        ),
+        pytest.param(
+            {
+                "input_tokens": 36,
+                "input_tokens_details": {"cached_tokens": 6},
+                "output_tokens": 87,
+                "output_tokens_details": {"reasoning_tokens": 50},
+            },
+            Usage(input=30, cached_input=6, output=87, reasoning=50),
+            id="responses",
+        ),
+        pytest.param(
+            {"prompt_eval_count": 26, "eval_count": 282},
+            Usage(input=26, output=282),
+            id="ollama-native",
+        ),
+        pytest.param({"prompt_tokens": 3.0, "completion_tokens": 1}, Usage(input=3, output=1)),
+        pytest.param({"total_tokens": 8}, None, id="no-known-fields"),
+    ],
+)
+def test_map_usage(raw: dict, expected: Usage | None) -> None:
+    assert map_usage(raw) == expected
+
+
+def test_stream_without_usage_returns_none_and_keeps_text() -> None:
+    usage, text, problems = chat_stream(chunk("Hel"), chunk("lo"), chunk(None), "[DONE]")
+    assert usage is None
+    assert text == "Hello"
+    assert problems == []
+
+
+def test_stream_with_cumulative_usage_in_every_chunk_takes_the_latest() -> None:
+    usage, text, _ = chat_stream(
+        chunk("a", usage={"prompt_tokens": 9, "completion_tokens": 1}),
+        chunk("b", usage={"prompt_tokens": 9, "completion_tokens": 2}),
+        chunk("c", usage={"prompt_tokens": 9, "completion_tokens": 3}),
+    )
+    assert usage is not None and (usage.input, usage.output) == (9, 3)
+    assert text == "abc"
+
+
+def test_stream_tool_calls_and_several_choices_count_as_text() -> None:
+    tool = {"index": 0, "function": {"name": "get", "arguments": '{"q":'}}
+    more = {"index": 0, "function": {"arguments": '"x"}'}}
+    usage, text, _ = chat_stream(
+        {"id": "c", "model": "m", "choices": [{"index": 0, "delta": {"tool_calls": [tool]}}]},
+        {"id": "c", "model": "m", "choices": [{"index": 0, "delta": {"tool_calls": [more]}}]},
+        {
+            "id": "c",
+            "model": "m",
+            "choices": [
+                {"index": 0, "delta": {"content": "A"}},
+                {"index": 1, "delta": {"content": "B"}},
+            ],
+        },
+    )
+    assert usage is None
+    assert text == 'get{"q":"x"}AB'
+
+
+def test_garbled_first_chunk_is_a_problem_and_later_chunks_still_count() -> None:
+    usage, text, problems = chat_stream(
+        "{garbled",
+        chunk("ok"),
+        {"id": "c", "model": "m", "choices": [], "usage": {"prompt_tokens": 2, "completion_tokens": 1}},
+    )
+    assert usage is not None and (usage.input, usage.output, usage.model) == (2, 1, "m")
+    assert text == "ok"
+    assert len(problems) == 1 and "invalid JSON" in problems[0]
+
+
+def test_garbled_usage_chunk_is_a_problem() -> None:
+    usage, _, problems = chat_stream(chunk("x"), '{"choices":[],"usage":{"prompt_tokens":')
+    assert usage is None
+    assert len(problems) == 1 and "invalid JSON" in problems[0]
+
+
+def test_error_event_is_recorded() -> None:
+    ext = new_extractor("openai", path="/v1/responses", content_type="text/event-stream", streaming_requested=True)
+    ext.feed(sse(("error", {"type": "error", "code": "server_error", "message": "boom"})))
+    assert ext.finish() is None
+    assert len(ext.problems) == 1 and "provider error event" in ext.problems[0]
+
+
+def test_responses_events_without_event_lines() -> None:
+    done = {
+        "type": "response.completed",
+        "response": {
+            "id": "resp_1",
+            "object": "response",
+            "model": "gpt-5",
+            "output": [],
+            "usage": {"input_tokens": 3, "output_tokens": 4},
+        },
+    }
+    delta = {"type": "response.output_text.delta", "delta": "Yo"}
+    usage, text, problems = chat_stream(delta, done)
+    assert usage == Usage(input=3, output=4, model="gpt-5", response_id="resp_1")
+    assert text == "Yo"
+    assert problems == []
+
+
+@pytest.mark.parametrize(
+    ("final", "expected"),
+    [
+        ("response.failed", Usage(input=3, output=0, model="gpt-5", response_id="resp_1")),
+        ("response.incomplete", Usage(input=3, output=0, model="gpt-5", response_id="resp_1")),
+    ],
+)
+def test_responses_failed_or_incomplete_with_usage(final: str, expected: Usage) -> None:
+    response = {
+        "id": "resp_1",
+        "object": "response",
+        "model": "gpt-5",
+        "status": final.split(".")[1],
+        "usage": {"input_tokens": 3, "output_tokens": 0},
+    }
+    usage, _, _ = chat_stream((final, {"type": final, "response": response}))
+    assert usage == expected
+
+
+def test_responses_failed_without_usage_is_none() -> None:
+    response = {"id": "resp_1", "object": "response", "model": "gpt-5", "usage": None}
+    usage, _, problems = chat_stream(
+        ("response.created", {"type": "response.created", "response": response}),
+        ("response.failed", {"type": "response.failed", "response": response}),
+    )
+    assert usage is None
+    assert problems == []
+
+
+def test_responses_json_text_falls_back_to_final_output() -> None:
+    ext = new_extractor("openai", path="/v1/responses", content_type="application/json", streaming_requested=False)
+    body = {
+        "id": "resp_2",
+        "object": "response",
+        "model": "o4-mini",
+        "output": [
+            {"type": "reasoning", "summary": [{"type": "summary_text", "text": "Thought. "}]},
+            {"type": "function_call", "name": "f", "arguments": '{"a":1}'},
+            {"type": "message", "content": [{"type": "output_text", "text": "Done."}]},
+        ],
+        "usage": {"input_tokens": 1, "output_tokens": 2},
+    }
+    ext.feed(json.dumps(body).encode())
+    assert ext.finish() == Usage(input=1, output=2, model="o4-mini", response_id="resp_2")
+    assert ext.output_text() == 'Thought. {"a":1}Done.'
+
+
+def test_json_body_that_is_not_an_object_is_a_problem() -> None:
+    ext = new_extractor("openai", path="/v1/x", content_type="application/json", streaming_requested=False)
+    ext.feed(b'"just a string"')
+    assert ext.finish() is None
+    assert ext.problems == ["expected a JSON object, got str"]
+
+
+def test_long_stream_text_survives_compaction() -> None:
+    pieces = [f"tok{i} " for i in range(6000)]
+    usage, text, problems = chat_stream(*(chunk(p, pad="x" * 200) for p in pieces))
+    assert usage is None
+    assert text == "".join(pieces)
+    assert problems == []

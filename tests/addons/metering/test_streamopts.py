@@ -1,0 +1,170 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from addons.metering.sse import SSEParser
+from addons.metering.streamopts import UsageChunkDropper, add_include_usage, is_usage_only_chunk
+from tests.addons.metering.extract.cases import MISTRAL_CHAT_STREAM, OPENAI_CHAT_STREAM, sse
+
+# --- add_include_usage ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
+        {"model": "gpt-3.5-turbo-instruct", "stream": True, "prompt": "Say hi"},
+        {"model": "m", "stream": True, "messages": [], "stream_options": {}},
+        {"model": "m", "stream": True, "messages": [], "stream_options": None},
+        {"model": "m", "stream": True, "messages": [], "stream_options": {"include_usage": False}},
+        {
+            "model": "m",
+            "stream": True,
+            "messages": [],
+            "stream_options": {"include_obfuscation": False},
+        },
+    ],
+)
+@pytest.mark.parametrize("indent", [None, 2])
+def test_include_usage_is_added(body: dict, indent: int | None) -> None:
+    raw = (json.dumps(body, indent=indent) + "\n").encode()
+    out = add_include_usage(raw)
+    assert out is not None
+    parsed = json.loads(out)
+    assert parsed["stream_options"]["include_usage"] is True
+    rest = {k: v for k, v in parsed.items() if k != "stream_options"}
+    assert rest == {k: v for k, v in body.items() if k != "stream_options"}
+    for key, value in (body.get("stream_options") or {}).items():
+        if key != "include_usage":
+            assert parsed["stream_options"][key] == value
+
+
+def test_client_bytes_are_kept_when_stream_options_is_absent() -> None:
+    raw = b'{ "model" : "gpt-4o",\n  "stream": true, "messages": [], "temperature": 1.0e0 }\n'
+    out = add_include_usage(raw)
+    assert out == raw[: raw.rindex(b"}")] + b',"stream_options":{"include_usage":true}}\n'
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"model": "m", "stream": false, "messages": []}',
+        b'{"model": "m", "messages": []}',
+        b'{"model": "m", "stream": "true", "messages": []}',
+        b'{"model": "m", "stream": true, "messages": [], "stream_options": {"include_usage": true}}',
+        b'{"model": "gpt-5", "stream": true, "input": "hi"}',  # Responses API: always has usage
+        b'{"model": "text-embedding-3-small", "input": "hi"}',
+        b"[1, 2]",
+        b"not json",
+        b"",
+        b"\xff\xfe",
+    ],
+)
+def test_not_applicable(raw: bytes) -> None:
+    assert add_include_usage(raw) is None
+
+
+# --- UsageChunkDropper ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ('{"choices":[],"usage":{"prompt_tokens":1}}', True),
+        ('{"usage":{"prompt_tokens":1}}', True),
+        ('{"choices":null,"usage":{"prompt_tokens":1}}', True),
+        ('{"choices":[{"delta":{}}],"usage":{"prompt_tokens":1}}', False),  # Mistral style
+        ('{"choices":[{"delta":{"content":"x"}}],"usage":null}', False),
+        ('{"choices":[],"usage":null}', False),
+        ("[DONE]", False),
+        ('{"usage": {broken', False),
+    ],
+)
+def test_is_usage_only_chunk(data: str, expected: bool) -> None:
+    assert is_usage_only_chunk(data) is expected
+
+
+def without_usage_chunk(stream: bytes) -> bytes:
+    """The reference: the stream minus the byte span of each usage-only event."""
+    parser = SSEParser()
+    events = parser.feed(stream) + parser.finish()
+    out, pos = b"", 0
+    for event in events:
+        if is_usage_only_chunk(event.data):
+            out += stream[pos : event.start]
+            pos = event.end
+    return out + stream[pos:]
+
+
+def run(dropper: UsageChunkDropper, chunks: list[bytes]) -> list[bytes]:
+    return [dropper.feed(c) for c in chunks] + [dropper.flush()]
+
+
+def test_drops_only_the_usage_chunk() -> None:
+    stream = OPENAI_CHAT_STREAM.body
+    dropper = UsageChunkDropper()
+    out = b"".join(run(dropper, [stream]))
+    assert dropper.dropped == 1
+    assert b'"usage": {' not in out and b'"choices": []' not in out
+    assert out.endswith(b"data: [DONE]\n\n")
+    assert out == without_usage_chunk(stream)
+    assert len(stream) - len(out) == len(sse(json.loads(stream.split(b"\n\n")[4][6:])))
+
+
+def test_usage_inside_a_content_chunk_is_kept() -> None:
+    dropper = UsageChunkDropper()
+    stream = MISTRAL_CHAT_STREAM.body
+    assert b"".join(run(dropper, [stream])) == stream
+    assert dropper.dropped == 0
+
+
+@pytest.mark.parametrize("crlf", [False, True])
+def test_comments_and_other_events_pass_unchanged(crlf: bool) -> None:
+    usage = {"choices": [], "usage": {"prompt_tokens": 1}}
+    body = sse({"choices": [{"delta": {"content": "a"}}]}, usage, "[DONE]", crlf=crlf)
+    stream = b": OPENROUTER PROCESSING\n\n" + body + b"data: after\n\n"
+    out = b"".join(run(UsageChunkDropper(), [stream]))
+    assert out == without_usage_chunk(stream)
+    assert out.startswith(b": OPENROUTER PROCESSING\n\n")
+    assert b"prompt_tokens" not in out
+
+
+def test_complete_events_are_never_held() -> None:
+    dropper = UsageChunkDropper()
+    first = b'data: {"choices":[{"delta":{"content":"a"}}]}\n\n'
+    assert dropper.feed(first) == first  # fast path, no copy needed
+    assert dropper.feed(b'data: {"choices":[{"delta":') == b""  # incomplete: held
+    assert dropper.feed(b'{"content":"b"}}]}\n\ndata: par') == (
+        b'data: {"choices":[{"delta":{"content":"b"}}]}\n\n'
+    )
+    assert dropper.flush() == b"data: par"
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    stream=st.sampled_from(
+        [
+            OPENAI_CHAT_STREAM.body,
+            OPENAI_CHAT_STREAM.body.replace(b"\n", b"\r\n"),
+            OPENAI_CHAT_STREAM.body.replace(b"\n", b"\r"),
+            MISTRAL_CHAT_STREAM.body,
+        ]
+    ),
+    data=st.data(),
+)
+def test_any_chunking_forwards_the_same_bytes(stream: bytes, data: st.DataObject) -> None:
+    cuts = sorted(data.draw(st.sets(st.integers(0, len(stream)), max_size=30)))
+    bounds = [0, *cuts, len(stream)]
+    chunks = [stream[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    dropper = UsageChunkDropper()
+    pieces = run(dropper, chunks)
+    out = b"".join(pieces)
+    assert out == without_usage_chunk(stream)
+    parser = SSEParser()
+    client_events = [e.data for e in parser.feed(out) + parser.finish()]
+    reference = [e.data for e in SSEParser().feed(stream) if not is_usage_only_chunk(e.data)]
+    assert client_events == reference

@@ -1,0 +1,373 @@
+"""``billing stripe sync`` against the stateful fake Stripe, through the real SDK.
+
+Expected values come from the invoices ``generate_invoices`` stored (our lines, in
+minor units), never typed in; Stripe's state is read back with the SDK.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import stripe
+
+from billing.money import minor_unit_exponent
+from billing.store import billing_store
+from tests.billing.stripe.conftest import Billed, CliFn, client_for
+from tests.fakestripe import DEFAULT_API_KEY, FakeStripe
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def minor(amount: Decimal, currency: str) -> int:
+    return int(amount.scaleb(minor_unit_exponent(currency)))
+
+
+def our_invoices(db: Path) -> dict[str, dict]:
+    """number -> {customer, currency, total (minor), lines {line_no: minor amount}}."""
+    with billing_store(db) as con:
+        heads = con.execute("SELECT number, customer_key, currency, total FROM invoices").fetchall()
+        lines = con.execute("SELECT invoice_number, line_no, amount FROM invoice_lines").fetchall()
+    out = {
+        n: {"customer": c, "currency": cur, "total": minor(t, cur), "lines": {}}
+        for n, c, cur, t in heads
+    }
+    for n, line_no, amount in lines:
+        out[n]["lines"][line_no] = minor(amount, out[n]["currency"])
+    return out
+
+
+def sync_rows(db: Path) -> dict[str, tuple]:
+    with billing_store(db) as con:
+        rows = con.execute(
+            "SELECT invoice_number, state, stripe_status, stripe_invoice_id, our_total_minor,"
+            " stripe_total_minor, flagged_reason, last_error FROM stripe_invoices"
+        ).fetchall()
+    return {r[0]: r[1:] for r in rows}
+
+
+def assert_stripe_matches_ours(fake: FakeStripe, billed: Billed) -> None:
+    """One customer per our customer, one finalized invoice per ours, items = non-zero lines."""
+    client = client_for(fake)
+    ours = our_invoices(billed.db)
+    customers = list(client.v1.customers.list({"limit": 100}).auto_paging_iter())
+    keys = Counter(c.metadata["meterline_customer"] for c in customers)
+    assert keys == Counter({inv["customer"]: 1 for inv in ours.values()})
+    invoices = list(client.v1.invoices.list({"limit": 100}).auto_paging_iter())
+    by_number = {i.metadata["meterline_invoice"]: i for i in invoices}
+    assert len(invoices) == len(ours) == len(by_number)
+    items = list(client.v1.invoice_items.list({"limit": 100}).auto_paging_iter())
+    assert len(items) == sum(1 for inv in ours.values() for a in inv["lines"].values() if a)
+    for number, inv in ours.items():
+        stripe_invoice = by_number[number]
+        assert stripe_invoice.status == "open"
+        assert stripe_invoice.total == inv["total"]
+        assert stripe_invoice.currency == inv["currency"].lower()
+        on_invoice = {
+            int(line.metadata["meterline_line"]): line.amount for line in stripe_invoice.lines.data
+        }
+        assert on_invoice == {n: a for n, a in inv["lines"].items() if a}
+    rows = sync_rows(billed.db)
+    assert {n: (r[0], r[1]) for n, r in rows.items()} == {n: ("finalized", "open") for n in ours}
+    assert all(r[3] == r[4] for r in rows.values())
+
+
+def test_sync_sends_customers_items_and_invoices_that_match_ours(
+    cli: CliFn, fake: FakeStripe, billed: Billed
+) -> None:
+    result = cli("sync")
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-1] == "synced 3 invoice(s), flagged 0"
+    assert_stripe_matches_ours(fake, billed)
+
+    client = client_for(fake)
+    acme = client.v1.customers.search({"query": "metadata['meterline_customer']:'acme'"}).data[0]
+    assert (acme.name, acme.email) == ("Acme Corp", "billing@acme.test")
+    by_number = {i.metadata["meterline_invoice"]: i for i in client.v1.invoices.list().data}
+    send, charge = by_number["INV-000001"], by_number["INV-000002"]
+    assert (send.collection_method, send.days_until_due) == ("send_invoice", 14)
+    assert (charge.collection_method, charge.days_until_due) == ("charge_automatically", None)
+    assert send.auto_advance is False
+    descriptions = [line.description for line in send.lines.data]
+    assert descriptions[1] == "Input tokens (1234567 × 0.0000025 USD)"
+    # Every create carried the key derived from our ids.
+    keys = sorted(r.idempotency_key for r in fake.log if r.method == "POST")
+    assert "meterline-customer-acme" in keys
+    assert "meterline-invoice-INV-000003" in keys
+    assert "meterline-item-INV-000001-3" in keys
+    assert "meterline-finalize-INV-000002" in keys
+    assert "meterline-item-INV-000002-2" not in keys  # a zero line gets no item
+
+
+def test_rerun_sends_nothing(cli: CliFn, fake: FakeStripe) -> None:
+    assert cli("sync").exit_code == 0
+    before = len(fake.log)
+    result = cli("sync")
+    assert result.exit_code == 0
+    assert result.output == "nothing to sync: every finalized invoice is in Stripe\n"
+    assert len(fake.log) == before
+
+
+def test_existing_stripe_customer_is_found_by_metadata_not_duplicated(
+    cli: CliFn, fake: FakeStripe, billed: Billed
+) -> None:
+    client = client_for(fake)
+    existing = client.v1.customers.create(
+        {"name": "Acme (made by hand)", "metadata": {"meterline_customer": "acme"}}
+    )
+    assert cli("sync").exit_code == 0
+    assert_stripe_matches_ours(fake, billed)
+    acme_invoice = next(
+        i for i in client.v1.invoices.list().data if i.metadata["meterline_invoice"] == "INV-000001"
+    )
+    assert acme_invoice.customer == existing.id
+
+
+def test_filters_by_customer_and_period(cli: CliFn, fake: FakeStripe, billed: Billed) -> None:
+    assert cli("sync", "--period", "2026-09").output == (
+        "nothing to sync: every finalized invoice is in Stripe\n"
+    )
+    result = cli("sync", "--customer", "globex", "--period", "2026-10")
+    assert result.exit_code == 0
+    assert set(sync_rows(billed.db)) == {"INV-000002"}
+    assert result.output.splitlines()[-1] == "synced 1 invoice(s), flagged 0"
+
+
+def test_dry_run_prints_the_requests_and_sends_nothing(
+    cli: CliFn, fake: FakeStripe, billed: Billed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("STRIPE_API_KEY")  # a dry run needs no key: it sends nothing
+    result = cli("sync", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert fake.log == []
+    assert sync_rows(billed.db) == {}
+    out = result.output
+    assert "POST /v1/customers  Idempotency-Key: meterline-customer-acme" in out
+    assert "POST /v1/invoiceitems  Idempotency-Key: meterline-item-INV-000001-2" in out
+    assert '"amount": 309, "currency": "usd"' in out
+    assert "meterline-item-INV-000002-2" not in out
+    assert out.splitlines()[-1] == "dry run: 3 invoice(s), nothing sent"
+
+
+# --------------------------------------------------------------------------- crashes
+
+
+CRASH_POINTS = [
+    # (fault, method, path regex, nth matching request)
+    ("drop_after", "POST", r"^/v1/customers$", 1),
+    ("drop_after", "POST", r"^/v1/invoices$", 2),
+    ("drop_after", "POST", r"^/v1/invoiceitems$", 2),
+    ("drop_after", "POST", r"/finalize$", 1),
+    ("drop_before", "POST", r"^/v1/invoiceitems$", 3),
+    ("error_before", "POST", r"^/v1/invoices$", 1),
+    ("drop_after", "GET", r"^/v1/invoices/in_", 1),
+]
+
+
+@pytest.mark.parametrize(("kind", "method", "path", "nth"), CRASH_POINTS)
+def test_sync_cut_off_mid_way_then_rerun_completes_without_duplicates(
+    cli: CliFn, fake: FakeStripe, billed: Billed, kind: str, method: str, path: str, nth: int
+) -> None:
+    fault = fake.inject(kind, nth=nth, method=method, path=path)
+    first = cli("sync")
+    assert fault.fired.is_set()
+    assert first.exit_code == 1
+    assert first.output.splitlines()[-1].startswith("Error: INV-00000")
+    second = cli("sync")
+    assert second.exit_code == 0, second.output
+    assert_stripe_matches_ours(fake, billed)
+    assert all(r[6] is None for r in sync_rows(billed.db).values())  # errors cleared
+
+
+@pytest.mark.parametrize(
+    ("path", "nth"),
+    [(r"^/v1/customers$", 2), (r"^/v1/invoices$", 1), (r"^/v1/invoiceitems$", 4)],
+)
+def test_lost_answer_after_the_idempotency_window_is_found_not_recreated(
+    cli: CliFn, fake: FakeStripe, billed: Billed, path: str, nth: int
+) -> None:
+    """Stripe forgets keys after 24 hours; the rerun must look before it creates."""
+    fake.inject("drop_after", nth=nth, method="POST", path=path)
+    assert cli("sync").exit_code == 1
+    fake.expire_idempotency_keys()
+    assert cli("sync").exit_code == 0
+    assert_stripe_matches_ours(fake, billed)
+    assert not any(r.replayed for r in fake.log)
+
+
+def test_lost_answer_is_retried_by_the_sdk_with_the_same_key(
+    cli: CliFn, fake: FakeStripe, billed: Billed
+) -> None:
+    fake.inject("drop_after", nth=2, method="POST", path=r"^/v1/invoiceitems$")
+    result = cli("sync", retries=2)
+    assert result.exit_code == 0, result.output
+    replayed = [r for r in fake.log if r.replayed]
+    assert [r.idempotency_key for r in replayed] == ["meterline-item-INV-000001-2"]
+    assert_stripe_matches_ours(fake, billed)
+
+
+def test_sync_killed_with_sigkill_mid_request_resumes_without_duplicates(
+    cli: CliFn, fake: FakeStripe, billed: Billed, tmp_path: Path
+) -> None:
+    fault = fake.inject("hang_after", nth=4, method="POST", path=r"^/v1/invoiceitems$")
+    env = {
+        **os.environ,
+        "STRIPE_API_KEY": DEFAULT_API_KEY,
+        "STRIPE_API_BASE": fake.url,
+        "PYTHONPATH": str(REPO),
+    }
+    log = (tmp_path / "killed-sync.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "billing.cli.stripe", "--db", str(billed.db),
+         "--catalog", str(billed.catalog), "sync"],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        assert fault.fired.wait(timeout=60), "the sync never reached the 4th invoice item"
+        time.sleep(0.1)  # the item now exists in Stripe; its answer never arrives
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        fake.release()
+        log.close()
+    assert proc.returncode == -signal.SIGKILL
+    assert len(fake.creates("/v1/invoiceitems")) == 4
+    rows = sync_rows(billed.db)
+    assert rows["INV-000001"][0] == "finalized"
+    assert rows["INV-000002"][0] == "invoice"  # killed while its only item was in flight
+    result = cli("sync")
+    assert result.exit_code == 0, result.output
+    assert_stripe_matches_ours(fake, billed)
+
+
+# --------------------------------------------------------------------------- flags, errors
+
+
+def test_totals_mismatch_flags_the_invoice_and_leaves_it_a_draft(
+    cli: CliFn, fake: FakeStripe, billed: Billed
+) -> None:
+    # The first run dies after acme's draft exists; meanwhile someone adds an item to it.
+    fake.inject("drop_before", nth=1, method="POST", path=r"^/v1/invoiceitems$")
+    assert cli("sync").exit_code == 1
+    client = client_for(fake)
+    draft = client.v1.invoices.list().data[0]
+    client.v1.invoice_items.create(
+        {"customer": draft.customer, "invoice": draft.id, "amount": 1, "currency": "usd"}
+    )
+    result = cli("sync")
+    assert result.exit_code == 1
+    reason = f"Stripe total 55.43 USD != our total 55.42 USD on {draft.id}"
+    lines = result.output.splitlines()
+    assert f"INV-000001  acme  FLAGGED, not finalized: {reason}" in lines
+    assert lines[-1] == (
+        "Error: 1 invoice(s) flagged, not finalized: INV-000001; see `billing stripe status`"
+    )
+    assert client.v1.invoices.retrieve(draft.id).status == "draft"
+    assert not [r for r in fake.log if r.path == f"/v1/invoices/{draft.id}/finalize"]
+    rows = sync_rows(billed.db)
+    assert rows["INV-000001"][0] == "flagged"
+    assert rows["INV-000001"][3:6] == (5542, 5543, reason)
+    assert {rows[n][0] for n in ("INV-000002", "INV-000003")} == {"finalized"}
+    status = cli("status")
+    assert f"INV-000001  acme  {draft.id}  draft  FLAGGED: {reason}" in status.output.splitlines()
+
+
+def test_currency_mismatch_is_one_clear_error_and_recorded(
+    cli: CliFn, fake: FakeStripe, billed: Billed
+) -> None:
+    client = client_for(fake)
+    euro = client.v1.customers.create({"name": "Acme EU", "metadata": {"meterline_customer": "acme"}})
+    client.v1.invoice_items.create({"customer": euro.id, "amount": 100, "currency": "eur"})
+    result = cli("sync")
+    message = (
+        f"INV-000001: currency mismatch: Stripe customer {euro.id} for 'acme' already bills "
+        "in EUR, this invoice is in USD"
+    )
+    assert result.exit_code == 1
+    assert result.output == f"Error: {message}\n"
+    assert client.v1.invoices.list().data == []
+    assert sync_rows(billed.db)["INV-000001"][0] == "new"
+    assert sync_rows(billed.db)["INV-000001"][6] == message
+
+
+def test_missing_api_key(cli: CliFn, fake: FakeStripe, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("STRIPE_API_KEY")
+    result = cli("sync")
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: STRIPE_API_KEY is not set: export your Stripe secret key "
+        "(sk_test_... or sk_live_...) and run again\n"
+    )
+    assert fake.log == []
+
+
+def test_stripe_error_shows_status_code_and_request_id(
+    cli: CliFn, fake: FakeStripe, billed: Billed
+) -> None:
+    fake.inject("error_before", nth=1, method="POST", path=r"^/v1/invoices$")
+    result = cli("sync")
+    failed = next(r for r in fake.log if r.status == 500)
+    message = (
+        "INV-000001: Stripe create invoice failed: HTTP 500 api_error: An unknown error "
+        f"occurred (request {failed.request_id})"
+    )
+    assert result.exit_code == 1
+    assert result.output == f"Error: {message}\n"
+    assert sync_rows(billed.db)["INV-000001"][0] == "customer"
+    assert sync_rows(billed.db)["INV-000001"][6] == message
+
+
+def test_wrong_api_key_is_reported_with_stripes_message(
+    cli: CliFn, fake: FakeStripe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STRIPE_API_KEY", "sk_test_wrongkey1234")
+    result = cli("sync")
+    req = fake.log[0].request_id
+    assert result.output == (
+        "Error: INV-000001: Stripe search customers failed: HTTP 401 invalid_request_error: "
+        f"Invalid API Key provided: sk_test_************1234 (request {req})\n"
+    )
+
+
+def test_unreachable_api_base(cli: CliFn, fake: FakeStripe) -> None:
+    url = fake.url
+    fake.stop()
+    result = cli("sync")
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: INV-000001: Stripe search customers failed: no answer from {url} "
+        "(connection error); run the sync again, it resumes where it stopped\n"
+    )
+
+
+def test_api_base_from_the_environment(
+    cli: CliFn, fake: FakeStripe, billed: Billed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STRIPE_API_BASE", fake.url)
+    result = cli("sync", api_base=False)
+    assert result.exit_code == 0, result.output
+    assert_stripe_matches_ours(fake, billed)
+
+
+def test_bad_options_are_refused(cli: CliFn) -> None:
+    bad_period = cli("sync", "--period", "2026-13")
+    assert bad_period.exit_code == 2
+    assert "Invalid value for '--period': '2026-13' is not a month as YYYY-MM" in bad_period.output
+    bad_base = cli("sync", "--api-base", "localhost:1", api_base=False)
+    assert bad_base.exit_code == 2
+    assert "'localhost:1' is not a URL such as http://127.0.0.1:12111" in bad_base.output
+
+
+def test_sdk_rejects_nothing_we_send(fake: FakeStripe, cli: CliFn) -> None:
+    """Every parameter the sync sends is one the SDK's typed params define (else 400)."""
+    assert cli("sync").exit_code == 0
+    assert [r for r in fake.log if r.status == 400] == []

@@ -1,0 +1,354 @@
+"""Invoices from real DuckDB files: periods, proration, plan changes, late events, numbering.
+
+Expected amounts are computed by hand from tests/billing/events.py's CATALOG (prices per
+1,000 tokens): the arithmetic is in the comments next to each figure.
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from billing.invoices import (
+    BillingError,
+    Generated,
+    explain_line,
+    generate_invoices,
+    get_invoice,
+    list_invoices,
+    preview_invoice,
+)
+from billing.model import Invoice
+from billing.render import invoice_json
+from billing.store import billing_store
+from tests.billing.events import CATALOG, Event, Setup, add_events, setup, sql, utc, write
+
+
+def generate(s: Setup, month: str, now: str, customer: str | None = None) -> Generated:
+    with billing_store(s.db) as con:
+        return generate_invoices(con, s.catalog, month, customer=customer, now=utc(now))
+
+
+def amounts(inv: Invoice) -> dict[str, Decimal]:
+    return {f"{ln.kind}:{ln.rate_card_key}:{ln.usage_start:%m-%d}": ln.amount for ln in inv.lines}
+
+
+def alpha_january() -> list[Event]:
+    return [
+        Event(utc("2026-01-05"), input=1000, cached_input=500, output=4000),
+        Event(utc("2026-01-20"), model="GPT-4o-mini", input=2000, output=8000),
+        # outside: before the subscription, at the period's (exclusive) end, unpriced model
+        Event(utc("2025-12-31T23:59:59"), input=100_000),
+        Event(utc("2026-02-01"), output=1000),
+        Event(utc("2026-01-07"), provider="anthropic", model="claude-sonnet-4", input=9999),
+        # someone else's usage
+        Event(utc("2026-01-06"), consumer="agent-b", input=7000),
+        Event(utc("2026-01-06"), consumer=None, input=7000),
+    ]
+
+
+def test_one_invoice_per_customer_period_with_hand_computed_lines(tmp_path: Path) -> None:
+    s = setup(tmp_path)
+    add_events(s.db, *alpha_january())
+    result = generate(s, "2026-01", "2026-02-01T00:00:05Z")
+
+    assert [i.number for i in result.invoices] == ["INV-000001"]
+    inv = result.invoices[0]
+    assert (inv.customer_key, inv.period_start, inv.period_end) == (
+        "alpha",
+        utc("2026-01-01"),
+        utc("2026-02-01"),
+    )
+    assert amounts(inv) == {
+        "flat:fee:01-01": Decimal("30.00"),  # first period: its in-advance fee is billed here
+        "usage:gpt-in:01-01": Decimal("7.00"),  # (1000 + 500 + 2000) * 2.00 / 1000
+        "usage:gpt-out:01-01": Decimal("110.00"),  # 10000 * 10/1000 + 2000 * 5/1000
+        "flat:fee:02-01": Decimal("30.00"),  # February's fee, in advance at its start
+    }
+    assert inv.total == Decimal("177.00")
+    out = inv.line(3)
+    assert out.quantity == 12000  # 4000 + 8000: model glob is case-insensitive
+    assert [t["quantity"] for t in out.detail["pricing"]["tiers"]] == ["10000", "2000"]
+    assert out.detail["rate_card"]["price"]["tiers"][0]["unit_amount"] == "10.00"
+    assert inv.watermark == inv.issued_at == utc("2026-02-01T00:00:05Z")
+    (stored_total,) = sql(s.db, "SELECT total FROM invoices WHERE number = 'INV-000001'")[0]
+    assert stored_total == Decimal("177.00")
+
+
+def test_generate_is_idempotent_and_a_finalized_invoice_never_changes(tmp_path: Path) -> None:
+    s = setup(tmp_path)
+    add_events(s.db, *alpha_january())
+    first = generate(s, "2026-01", "2026-02-01T00:00:05Z")
+    before = json.dumps(invoice_json(first.invoices[0]), default=str, sort_keys=True)
+    counts = sql(
+        s.db,
+        "SELECT (SELECT count(*) FROM invoices), (SELECT count(*) FROM invoice_lines),"
+        " (SELECT count(*) FROM invoice_windows)",
+    )
+    # more January usage arrives, then the same month is generated again
+    add_events(s.db, Event(utc("2026-01-30"), output=1000, ingested_at=utc("2026-02-03")))
+    again = generate(s, "2026-01", "2026-02-05T00:00:00Z")
+
+    assert again.created == []
+    assert [i.number for i in again.invoices] == ["INV-000001"]
+    assert (
+        sql(
+            s.db,
+            "SELECT (SELECT count(*) FROM invoices), (SELECT count(*) FROM invoice_lines),"
+            " (SELECT count(*) FROM invoice_windows)",
+        )
+        == counts
+    )
+    with billing_store(s.db) as con:
+        stored = get_invoice(con, "INV-000001", s.catalog)
+    assert json.dumps(invoice_json(stored), default=str, sort_keys=True) == before
+
+
+def test_numbers_are_sequential_in_period_end_order(tmp_path: Path) -> None:
+    s = setup(tmp_path)
+    generate(s, "2026-01", "2026-03-02T00:00:00Z")
+    feb = generate(s, "2026-02", "2026-03-02T00:00:00Z")
+    # beta [01-10, 02-10) and [02-10, 02-15), gamma [01-31, 02-28), alpha [02-01, 03-01)
+    assert [(i.number, i.customer_key, f"{i.period_end:%m-%d}") for i in feb.invoices] == [
+        ("INV-000002", "beta", "02-10"),
+        ("INV-000003", "beta", "02-15"),
+        ("INV-000004", "gamma", "02-28"),
+        ("INV-000005", "alpha", "03-01"),
+    ]
+    with billing_store(s.db) as con:
+        assert [i.number for i in list_invoices(con)] == [f"INV-00000{n}" for n in range(1, 6)]
+
+
+def test_plan_change_mid_period_prorates_and_starts_new_periods(tmp_path: Path) -> None:
+    s = setup(tmp_path)
+    add_events(
+        s.db,
+        Event(utc("2026-01-09T23:59:59"), consumer="agent-b", input=50_000),  # before start
+        Event(utc("2026-01-10"), consumer="agent-b", input=1000),
+        Event(utc("2026-02-12"), consumer="agent-b", output=1000),
+        Event(
+            utc("2026-02-16"),
+            consumer="agent-b",
+            provider="anthropic",
+            model="claude-x",
+            input=2000,
+            output=1500,
+        ),  # fmt: skip
+    )
+    feb = generate(s, "2026-02", "2026-03-01T00:00:00Z", customer="beta")
+    first, cut = feb.invoices
+    assert amounts(first) == {
+        "flat:fee:01-10": Decimal("30.00"),
+        "usage:gpt-in:01-10": Decimal("2.00"),  # 1000 * 2/1000
+        "usage:gpt-out:01-10": Decimal("0.00"),
+        # the next period is cut by the plan change: [02-10, 02-15) of [02-10, 03-10)
+        "flat:fee:02-10": Decimal("5.36"),  # 30 * 5 days / 28 days = 5.357142...
+    }
+    assert (cut.period_start, cut.period_end) == (utc("2026-02-10"), utc("2026-02-15"))
+    # no fee: February's (cut) fee was billed in advance on the previous invoice, and
+    # the new plan bills its fee in arrears
+    assert amounts(cut) == {
+        "usage:gpt-in:02-10": Decimal("0.00"),
+        "usage:gpt-out:02-10": Decimal("10.00"),  # 1000 * 10/1000
+    }
+    march = generate(s, "2026-03", "2026-04-01T00:00:00Z", customer="beta")
+    plus = march.invoices[0]
+    assert (plus.period_start, plus.period_end) == (utc("2026-02-15"), utc("2026-03-15"))
+    assert amounts(plus) == {
+        "flat:fee:02-15".replace("fee", "support"): Decimal("31.00"),
+        "usage:claude-all:02-15": Decimal("10.00"),  # (2000 + 1500 - 1000 included) * 4/1000
+    }
+
+
+def test_month_end_anchor_and_prorated_last_period(tmp_path: Path) -> None:
+    s = setup(tmp_path)
+    now = "2026-07-01T00:00:00Z"
+    periods = []
+    for month in ("2026-01", "2026-02", "2026-03", "2026-04", "2026-05", "2026-06"):
+        invoices = generate(s, month, now, "gamma").invoices
+        periods.append([(f"{i.period_start:%m-%d}", f"{i.period_end:%m-%d}") for i in invoices])
+    # anchored on Jan 31: Feb 28, Mar 31, Apr 30, May 31; the subscription ends Jun 1, so
+    # the last period is the single day May 31, whose last instant is in May
+    assert periods == [
+        [],
+        [("01-31", "02-28")],
+        [("02-28", "03-31")],
+        [("03-31", "04-30")],
+        [("04-30", "05-31"), ("05-31", "06-01")],
+        [],
+    ]
+    with billing_store(s.db) as con:
+        last = list_invoices(con, customer="gamma")[-1]
+        last = get_invoice(con, last.number or "")
+    # support in arrears for 1 day of [05-31, 06-30): 31.00 / 30 = 1.0333...
+    assert amounts(last) == {
+        "flat:support:05-31": Decimal("1.03"),
+        "usage:claude-all:05-31": Decimal("0.00"),
+    }
+
+
+def test_only_closed_periods_are_generated(tmp_path: Path) -> None:
+    s = setup(tmp_path)
+    result = generate(s, "2026-02", "2026-02-20T00:00:00Z")
+    assert [(i.customer_key, f"{i.period_end:%m-%d}") for i in result.invoices] == [
+        ("beta", "02-10"),
+        ("beta", "02-15"),
+    ]
+    assert [(p.customer.key, f"{p.end:%m-%d}") for p in result.pending] == [
+        ("gamma", "02-28"),
+        ("alpha", "03-01"),
+    ]
+    with pytest.raises(BillingError, match=r"^2026-03 has not started yet$"):
+        generate(s, "2026-03", "2026-02-20T00:00:00Z")
+
+
+def test_unknown_customer_and_bad_month(tmp_path: Path) -> None:
+    s = setup(tmp_path)
+    with pytest.raises(BillingError, match=r"^unknown customer 'zeta'$"):
+        generate(s, "2026-01", "2026-02-02T00:00:00Z", customer="zeta")
+    with pytest.raises(BillingError, match=r"expected a month as YYYY-MM"):
+        generate(s, "2026-13", "2026-02-02T00:00:00Z")
+
+
+def test_late_events_go_on_the_next_invoice_priced_incrementally(tmp_path: Path) -> None:
+    s = setup(tmp_path)
+    add_events(s.db, *alpha_january())
+    jan = generate(s, "2026-01", "2026-02-01T00:00:05Z").invoices[0]
+    late = Event(utc("2026-01-25"), output=3000, ingested_at=utc("2026-02-02"))
+    add_events(s.db, late, Event(utc("2026-02-10"), input=1000, output=500))
+    feb = generate(s, "2026-02", "2026-03-01T00:00:05Z", customer="alpha").invoices[0]
+
+    assert amounts(feb) == {
+        "usage:gpt-in:02-01": Decimal("2.00"),  # 1000 * 2/1000
+        "usage:gpt-out:02-01": Decimal("15.00"),  # (1000 at 02-01T00:00 + 500) * 10/1000
+        "flat:fee:03-01": Decimal("30.00"),
+        # January's output went from 12000 to 15000 tokens: price(15000) - price(12000)
+        # = (100.00 + 5000 * 5/1000) - 110.00 = 15.00, all in the second tier
+        "late_usage:gpt-out:01-01": Decimal("15.00"),
+    }
+    late_line = feb.lines[-1]
+    assert late_line.description == "GPT output — late usage for 2026-01-01 – 2026-02-01"
+    assert late_line.quantity == 3000
+    assert late_line.detail["late"]["billed_quantity"] == "12000"
+    assert late_line.detail["late"]["total_amount"] == "125.00"
+    with billing_store(s.db) as con:
+        ex = explain_line(con, feb.number or "", late_line.line_no)
+    assert [e["event_id"] for e in ex.events] == [late.event_id]
+
+    # Over all invoices January costs what one invoice with every event would have cost.
+    whole = setup(tmp_path / "whole")
+    add_events(whole.db, *alpha_january(), Event(utc("2026-01-25"), output=3000))
+    one = generate(whole, "2026-01", "2026-02-01T00:00:05Z").invoices[0]
+    billed_jan = [
+        ln.amount
+        for i in (jan, feb)
+        for ln in i.lines
+        if ln.usage_start == utc("2026-01-01") and ln.kind != "flat"
+    ]
+    assert sum(billed_jan) == sum(ln.amount for ln in one.lines if ln.kind == "usage")
+
+
+def test_no_event_is_billed_twice_or_dropped(tmp_path: Path) -> None:
+    s = setup(tmp_path)
+    january = alpha_january()
+    add_events(s.db, *january)
+    generate(s, "2026-01", "2026-02-01T00:00:05Z")
+    # late for January, twice (after each invoice), and current usage in Feb and March
+    wave1 = [
+        Event(utc("2026-01-28"), input=10, ingested_at=utc("2026-02-10")),
+        Event(utc("2026-02-03"), output=20),
+        Event(utc("2026-02-27"), input=30, ingested_at=utc("2026-03-01T00:00:04Z")),
+    ]
+    add_events(s.db, *wave1)
+    generate(s, "2026-02", "2026-03-01T00:00:05Z", customer="alpha")
+    wave2 = [
+        Event(utc("2026-01-29"), input=40, ingested_at=utc("2026-03-05")),
+        Event(utc("2026-02-28"), output=50, ingested_at=utc("2026-03-06")),
+        Event(utc("2026-03-15"), input=60),
+    ]
+    add_events(s.db, *wave2)
+    generate(s, "2026-03", "2026-04-01T00:00:05Z", customer="alpha")
+
+    # every (rate card, event, tokens) billed, over all invoices of the customer
+    billed: list[tuple[str, str, object]] = []
+    with billing_store(s.db) as con:
+        for inv in list_invoices(con, customer="alpha"):
+            for ln in get_invoice(con, inv.number or "").lines:
+                if ln.kind == "flat":
+                    continue
+                events = explain_line(con, inv.number or "", ln.line_no).events
+                billed += [(ln.rate_card_key, str(e["event_id"]), e["quantity"]) for e in events]
+    billable = [*january[:2], january[3], *wave1, *wave2]  # [3]: ts 02-01T00:00
+    expected = [("gpt-in", e.event_id, e.input + e.cached_input) for e in billable]
+    expected += [("gpt-out", e.event_id, e.output) for e in billable]
+    assert sorted(b for b in billed if b[2]) == sorted(x for x in expected if x[2])
+
+
+def test_events_ingested_after_the_watermark_wait_for_the_next_invoice(tmp_path: Path) -> None:
+    s = setup(tmp_path)
+    # ts in January but ingested after the moment of generation (a proxy batch in flight)
+    in_flight = Event(
+        utc("2026-01-31T23:59:59"), input=1000, ingested_at=utc("2026-02-01T00:00:06Z")
+    )
+    add_events(s.db, in_flight)
+    jan = generate(s, "2026-01", "2026-02-01T00:00:05Z").invoices[0]
+    assert amounts(jan)["usage:gpt-in:01-01"] == Decimal("0.00")
+    feb = generate(s, "2026-02", "2026-03-01T00:00:05Z", customer="alpha").invoices[0]
+    assert amounts(feb)["late_usage:gpt-in:01-01"] == Decimal("2.00")
+
+
+def test_preview_shows_usage_so_far_and_stores_nothing(tmp_path: Path) -> None:
+    s = setup(tmp_path)
+    add_events(s.db, *alpha_january())
+    with billing_store(s.db) as con:
+        inv = preview_invoice(con, s.catalog, "alpha", at=utc("2026-01-10"), now=utc("2026-03-01"))
+    assert inv.number is None and inv.status == "preview"
+    assert amounts(inv)["usage:gpt-in:01-01"] == Decimal("3.00")  # only e1 before 01-10
+    assert amounts(inv)["usage:gpt-out:01-01"] == Decimal("40.00")  # 4000 * 10/1000
+    assert sql(s.db, "SELECT count(*) FROM invoices") == [(0,)]
+    with billing_store(s.db) as con, pytest.raises(BillingError) as err:
+        preview_invoice(con, s.catalog, "beta", at=utc("2026-01-05"))
+    assert str(err.value) == "customer 'beta' has no subscription at 2026-01-05T00:00:00Z"
+
+
+def test_explain_recomputes_the_line_and_detects_a_changed_store(tmp_path: Path) -> None:
+    s = setup(tmp_path)
+    events = alpha_january()
+    add_events(s.db, *events)
+    jan = generate(s, "2026-01", "2026-02-01T00:00:05Z").invoices[0]
+    with billing_store(s.db) as con:
+        ex = explain_line(con, "INV-000001", 3)
+        assert ex.quantity == jan.line(3).quantity == 12000
+        assert [(e["event_id"], e["response_id"], e["request_id"]) for e in ex.events] == [
+            (e.event_id, f"resp-{e.event_id}", f"req-{e.event_id}") for e in events[:2]
+        ]
+        with pytest.raises(BillingError) as err:
+            explain_line(con, "INV-000001", 1)
+        assert str(err.value) == "INV-000001 line 1 is a flat fee: no usage events behind it"
+        with pytest.raises(BillingError) as err:
+            explain_line(con, "INV-000001", 9)
+        assert str(err.value) == "INV-000001 has no line 9 (it has 4 lines)"
+        with pytest.raises(BillingError) as err:
+            explain_line(con, "INV-000404", 1)
+        assert str(err.value) == "no invoice 'INV-000404'"
+    sql(s.db, "DELETE FROM usage_events WHERE event_id = ?", [events[0].event_id])
+    with billing_store(s.db) as con, pytest.raises(BillingError) as err:
+        explain_line(con, "INV-000001", 3)
+    assert str(err.value) == "INV-000001 line 3: events add up to 8000, the line bills 12000"
+
+
+def test_changed_subscriptions_that_overlap_an_invoice_are_refused(tmp_path: Path) -> None:
+    s = setup(tmp_path)
+    generate(s, "2026-01", "2026-02-01T00:00:05Z", customer="alpha")
+    moved = CATALOG.replace('start: "2026-01-01T00:00:00Z"', 'start: "2026-01-15T00:00:00Z"')
+    write(s.catalog_path, moved)
+    with pytest.raises(BillingError) as err:
+        generate(s, "2026-02", "2026-03-01T00:00:05Z", customer="alpha")
+    assert str(err.value) == (
+        "customer 'alpha': period 2026-01-15T00:00:00Z .. 2026-02-15T00:00:00Z overlaps "
+        "INV-000001 (2026-01-01T00:00:00Z .. 2026-02-01T00:00:00Z); "
+        "were the subscriptions changed after invoicing?"
+    )

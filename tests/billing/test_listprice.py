@@ -1,0 +1,136 @@
+"""List-price cost from the bundled genai-prices table: token mapping, Decimal, offline."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from genai_prices.types import TieredPrices
+
+from billing.listprice import find_model, has_context_tiers, list_cost
+
+AT = datetime(2026, 3, 1, tzinfo=UTC)
+MTOK = Decimal(1_000_000)
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def base(price: Decimal | TieredPrices | None) -> Decimal:
+    assert price is not None
+    return price.base if isinstance(price, TieredPrices) else price
+
+
+def listed(provider: str, model: str) -> dict[str, Decimal | TieredPrices | None]:
+    found = find_model(provider, model)
+    assert found is not None
+    prices = found[1].get_prices(AT)
+    return {
+        k: getattr(prices, k)
+        for k in ("input_mtok", "cache_read_mtok", "cache_write_mtok", "output_mtok")
+    }
+
+
+def test_openai_cached_input_is_priced_apart_and_cache_writes_as_input() -> None:
+    """OpenAI lists no cache-write price: written tokens cost what plain input costs."""
+    p = listed("openai", "gpt-4o")
+    assert p["cache_write_mtok"] is None
+    tokens = {"input": 1_200_000, "cached_input": 300_000, "cache_write": 50_000, "output": 400_000}
+    expected = (
+        (1_200_000 + 50_000) * base(p["input_mtok"])
+        + 300_000 * base(p["cache_read_mtok"])
+        + 400_000 * base(p["output_mtok"])
+    ) / MTOK
+    cost = list_cost("openai", "gpt-4o-2024-08-06", **tokens, at=AT)
+    assert isinstance(cost, Decimal)
+    assert cost == expected
+
+
+def test_anthropic_maps_each_token_type_to_its_own_price() -> None:
+    """Below the 200k context tier: input uncached, cache reads and writes, output."""
+    p = listed("anthropic", "claude-sonnet-4-5")
+    tokens = {"input": 20_000, "cached_input": 100_000, "cache_write": 30_000, "output": 5_000}
+    expected = (
+        20_000 * base(p["input_mtok"])
+        + 100_000 * base(p["cache_read_mtok"])
+        + 30_000 * base(p["cache_write_mtok"])
+        + 5_000 * base(p["output_mtok"])
+    ) / MTOK
+    assert list_cost("anthropic", "claude-sonnet-4-5-20250929", **tokens, at=AT) == expected
+
+
+def test_context_tier_is_chosen_from_total_input_including_cache() -> None:
+    """150k uncached + 100k cached is a 250k-token request: the long-context tier applies."""
+    assert has_context_tiers("anthropic", "claude-sonnet-4-5", at=AT)
+    assert not has_context_tiers("openai", "gpt-4o", at=AT)
+    p = listed("anthropic", "claude-sonnet-4-5")
+    input_price = p["input_mtok"]
+    assert isinstance(input_price, TieredPrices)
+    long_context = input_price.tiers[-1]
+    assert long_context.start < 250_000
+    cost = list_cost("anthropic", "claude-sonnet-4-5", input=150_000, cached_input=100_000,
+                     cache_write=0, output=0, at=AT)  # fmt: skip
+    cheap = (150_000 * input_price.base + 100_000 * base(p["cache_read_mtok"])) / MTOK
+    assert cost is not None and cost > cheap
+    assert cost >= 150_000 * long_context.price / MTOK
+
+
+@pytest.mark.parametrize(
+    ("provider", "model"),
+    [
+        ("openai", "no-such-model"),
+        ("vllm-local", "llama-3.1-8b"),
+        ("ollama", "gpt-4o"),
+        ("openai", None),
+        ("openai", ""),
+    ],
+)
+def test_unknown_models_and_providers_give_none(provider: str, model: str | None) -> None:
+    assert (
+        list_cost(provider, model, input=1, cached_input=0, cache_write=0, output=1, at=AT) is None
+    )
+
+
+def test_provider_names_are_matched_like_genai_prices_does() -> None:
+    gemini = find_model("gemini", "gemini-2.5-flash")
+    assert gemini is not None and gemini[0].id == "google"
+
+
+def test_bad_counts_and_naive_time_are_rejected() -> None:
+    with pytest.raises(ValueError, match="negative"):
+        list_cost("openai", "gpt-4o", input=-1, cached_input=0, cache_write=0, output=0, at=AT)
+    with pytest.raises(TypeError, match="int"):
+        list_cost("openai", "gpt-4o", input=1.0, cached_input=0, cache_write=0, output=0, at=AT)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="timezone"):
+        list_cost("openai", "gpt-4o", input=1, cached_input=0, cache_write=0, output=0,
+                  at=datetime(2026, 3, 1))  # fmt: skip
+
+
+def test_no_network_is_touched() -> None:
+    """In a fresh interpreter an audit hook fails any socket use while we price tokens."""
+    script = textwrap.dedent(
+        """
+        import sys
+        def deny(event, args):
+            if event.startswith("socket."):  # __new__, getaddrinfo, connect, ...
+                raise RuntimeError(f"network use: {event} {args}")
+        from datetime import UTC, datetime
+        import billing.listprice as lp
+        sys.addaudithook(deny)
+        cost = lp.list_cost("openai", "gpt-4o", input=1000, cached_input=10, cache_write=0,
+                            output=20, at=datetime(2026, 3, 1, tzinfo=UTC))
+        lp.list_cost("anthropic", "claude-sonnet-4-5", input=1, cached_input=1, cache_write=1,
+                     output=1, at=datetime(2026, 3, 1, tzinfo=UTC))
+        print(type(cost).__name__, cost)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    kind, value = done.stdout.split()
+    assert kind == "Decimal"
+    assert Decimal(value) > 0

@@ -1,0 +1,82 @@
+"""Gemini's REST API with a raw HTTP client, over HTTP/2 to the proxy.
+
+mitmproxy mirrors the upstream's ALPN when it connects upstream first; the fake provider
+(aiohttp) has no HTTP/2, so this module's proxy connects lazily and speaks HTTP/2 to the
+client and HTTP/1.1 to the upstream, as it would to a real provider without h2.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import KEYS, new_proxy
+from tests.support.clients import Clients
+from tests.support.proxy import MeterProxy, row_usage
+from tests.support.upstream import FakeProvider
+
+
+
+@pytest.fixture(scope="module")
+def h2_proxy(
+    tmp_path_factory: pytest.TempPathFactory, mitm_confdir: Path, test_catalog: Path
+) -> Iterator[MeterProxy]:
+    proxy = new_proxy(
+        tmp_path_factory.mktemp("h2-proxy"),
+        mitm_confdir,
+        test_catalog,
+        options={"connection_strategy": "lazy"},
+    ).start()
+    yield proxy
+    proxy.stop()
+
+
+BODY = {"contents": [{"role": "user", "parts": [{"text": "Explain tokens briefly."}]}]}
+
+
+def _url(upstream: FakeProvider, method: str, query: str = "") -> str:
+    base = upstream.base_url("gemini", tls=True)
+    return f"{base}/v1beta/models/gemini-2.5-flash:{method}{query}"
+
+
+def test_generate_content_http2(
+    clients: Clients, h2_proxy: MeterProxy, fake_provider: FakeProvider
+) -> None:
+    with clients.for_proxy(h2_proxy).raw(http2=True).stream(
+        "POST",
+        _url(fake_provider, "generateContent"),
+        json=BODY,
+        headers={"x-goog-api-key": KEYS["alice"]},
+    ) as resp:
+        received = b"".join(resp.iter_raw())
+        assert resp.http_version == "HTTP/2"
+    ex = fake_provider.last()
+    assert received == bytes(ex.sent)
+    [row] = h2_proxy.wait_for_events([ex.request_id])
+    assert ex.usage is not None and row_usage(row) == ex.usage
+    assert row["event_id"] == f"fake-gemini:{ex.response_id}"
+    assert (row["consumer"], row["model"], row["streamed"]) == ("alice", "gemini-2.5-flash", False)
+
+
+@pytest.mark.parametrize("alt_sse", [False, True], ids=["json-array", "alt-sse"])
+def test_stream_generate_content(
+    clients: Clients, h2_proxy: MeterProxy, fake_provider: FakeProvider, alt_sse: bool
+) -> None:
+    # The key in ?key= must reach the provider, and must not be stored.
+    query = f"?alt=sse&key={KEYS['alice']}" if alt_sse else f"?key={KEYS['alice']}"
+    with clients.for_proxy(h2_proxy).raw(http2=True).stream(
+        "POST", _url(fake_provider, "streamGenerateContent", query), json=BODY
+    ) as resp:
+        received = b"".join(resp.iter_raw())
+        assert resp.http_version == "HTTP/2"
+    ex = fake_provider.last()
+    assert received == bytes(ex.sent)
+    if not alt_sse:
+        assert len(json.loads(received)) == len(ex.parts) - 1
+    [row] = h2_proxy.wait_for_events([ex.request_id])
+    assert ex.usage is not None and row_usage(row) == ex.usage
+    assert row["consumer"] == "alice" and row["streamed"]
+    assert row["path"] == "/v1beta/models/gemini-2.5-flash:streamGenerateContent"

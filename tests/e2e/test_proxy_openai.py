@@ -1,0 +1,146 @@
+"""The official OpenAI SDK through the real proxy: bytes unchanged, usage in DuckDB exact."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import KEYS, ProxyFactory
+from tests.support.clients import Clients
+from tests.support.proxy import MeterProxy, row_usage
+from tests.support.upstream import FakeProvider
+
+MESSAGES = [{"role": "user", "content": "Say something about metering."}]
+
+
+@pytest.mark.parametrize("tls", [True, False], ids=["https", "http"])
+def test_chat_json(
+    clients: Clients, meter_proxy: MeterProxy, fake_provider: FakeProvider, tls: bool
+) -> None:
+    client = clients.openai(KEYS["alice"], tls=tls)
+    raw = client.chat.completions.with_raw_response.create(model="gpt-4o", messages=MESSAGES)
+    completion = raw.parse()
+    ex = fake_provider.last()
+
+    assert raw.http_response.content == bytes(ex.sent)
+    assert completion.id == ex.response_id
+    assert completion.choices[0].message.content == ex.text
+    [row] = meter_proxy.wait_for_events([ex.request_id])
+    assert ex.usage is not None and row_usage(row) == ex.usage
+    assert row["event_id"] == f"fake-openai:{ex.response_id}"
+    assert row["consumer"] == "alice"
+    assert row["key_fingerprint"].startswith("sha256:")
+    assert KEYS["alice"] not in str(row)
+    assert (row["model"], row["status"], row["streamed"], row["estimated"]) == (
+        "gpt-4o",
+        200,
+        False,
+        False,
+    )
+    assert row["latency_ms"] >= row["ttft_ms"] >= 0
+    assert row["proxy_id"] == "test-proxy"
+
+
+def test_chat_stream_include_usage_added_and_hidden(
+    clients: Clients, meter_proxy: MeterProxy, fake_provider: FakeProvider
+) -> None:
+    """The client did not ask for usage: the proxy asks, meters it, and drops the chunk."""
+    client = clients.openai(KEYS["alice"], tls=False)
+    with client.chat.completions.with_streaming_response.create(
+        model="gpt-4o-mini", messages=MESSAGES, stream=True
+    ) as resp:
+        received = b"".join(resp.iter_bytes())
+    ex = fake_provider.last()
+
+    assert ex.json["stream_options"] == {"include_usage": True}
+    assert ex.headers["accept-encoding"] == "identity"
+    assert ex.usage_part is not None
+    expected = b"".join(p for i, p in enumerate(ex.parts) if i != ex.usage_part)
+    assert received == expected
+    assert b'"usage": {' not in received
+    [row] = meter_proxy.wait_for_events([ex.request_id])
+    assert ex.usage is not None and row_usage(row) == ex.usage
+    assert row["streamed"] and not row["estimated"]
+
+
+def test_chat_stream_sdk_sees_text(
+    clients: Clients, meter_proxy: MeterProxy, fake_provider: FakeProvider
+) -> None:
+    client = clients.openai(KEYS["alice"])
+    chunks = list(client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True))
+    ex = fake_provider.last()
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == ex.text
+    assert all(c.usage is None for c in chunks)  # the injected usage chunk never arrives
+    [row] = meter_proxy.wait_for_events([ex.request_id])
+    assert ex.usage is not None and row_usage(row) == ex.usage
+
+
+def test_chat_stream_client_asked_for_usage(
+    clients: Clients, meter_proxy: MeterProxy, fake_provider: FakeProvider
+) -> None:
+    """A client that asked for usage gets the usage chunk, byte for byte."""
+    client = clients.openai(KEYS["alice"])
+    with client.chat.completions.with_streaming_response.create(
+        model="gpt-4o",
+        messages=MESSAGES,
+        stream=True,
+        stream_options={"include_usage": True},
+    ) as resp:
+        received = b"".join(resp.iter_bytes())
+    ex = fake_provider.last()
+    assert received == bytes(ex.plain)
+    assert ex.usage_part is not None
+    assert "accept-encoding" not in ex.headers or ex.headers["accept-encoding"] != "identity"
+    [row] = meter_proxy.wait_for_events([ex.request_id])
+    assert ex.usage is not None and row_usage(row) == ex.usage
+
+
+def test_include_usage_off_estimates(
+    clients: Clients, start_proxy: ProxyFactory, fake_provider: FakeProvider
+) -> None:
+    """With meter_include_usage=false the stream reports no usage: tiktoken estimates it."""
+    proxy = start_proxy(options={"meter_include_usage": False})
+    client = clients.for_proxy(proxy).openai(KEYS["alice"])
+    with client.chat.completions.with_streaming_response.create(
+        model="gpt-4o", messages=MESSAGES, stream=True
+    ) as resp:
+        received = b"".join(resp.iter_bytes())
+    ex = fake_provider.last()
+    assert "stream_options" not in ex.json
+    assert received == bytes(ex.plain)
+    [row] = proxy.wait_for_events([ex.request_id])
+    assert row["estimated"]
+    assert row["input_tokens"] > 0 and row["output_tokens"] > 0
+    assert row["event_id"].startswith("ml:")
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+def test_responses_api(
+    clients: Clients, meter_proxy: MeterProxy, fake_provider: FakeProvider, stream: bool
+) -> None:
+    client = clients.openai(KEYS["alice"])
+    if stream:
+        with client.responses.with_streaming_response.create(
+            model="o4-mini", input="Hello", stream=True
+        ) as resp:
+            received = b"".join(resp.iter_bytes())
+    else:
+        raw = client.responses.with_raw_response.create(model="o4-mini", input="Hello")
+        received = raw.http_response.content
+        assert raw.parse().output_text == fake_provider.last().text
+    ex = fake_provider.last()
+    assert received == bytes(ex.plain)
+    [row] = meter_proxy.wait_for_events([ex.request_id])
+    assert ex.usage is not None and row_usage(row) == ex.usage
+    assert row["event_id"] == f"fake-openai:{ex.response_id}"
+    assert row["streamed"] is stream
+
+
+def test_embeddings(clients: Clients, meter_proxy: MeterProxy, fake_provider: FakeProvider) -> None:
+    client = clients.openai(KEYS["alice"])
+    result = client.embeddings.create(model="text-embedding-3-small", input=["a", "b"])
+    ex = fake_provider.last()
+    assert len(result.data) == 2
+    [row] = meter_proxy.wait_for_events([ex.request_id])
+    assert ex.usage is not None and row_usage(row) == ex.usage
+    assert row["event_id"].startswith("ml:")  # embeddings carry no response id

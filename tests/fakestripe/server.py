@@ -1,0 +1,400 @@
+"""A small stateful fake of the Stripe API on 127.0.0.1, for tests that use the real SDK.
+
+What it does like Stripe:
+
+* form-encoded parameters, checked against the installed SDK's ``stripe.params``
+  TypedDicts (:mod:`tests.fakestripe.params`): an unknown parameter is a 400
+  ``parameter_unknown``, exactly as the real API answers;
+* bearer-key authentication (401 otherwise), a ``Request-Id`` header on every answer,
+  errors in Stripe's JSON shape;
+* idempotency: a POST with an ``Idempotency-Key`` seen before and the same parameters
+  replays the first answer (``Idempotent-Replayed: true``), with other parameters it
+  is a 400 ``idempotency_error``; a request refused by parameter validation is not
+  remembered (Stripe does not save those either);
+* list (newest first, ``limit``/``starting_after``) and search (``metadata['k']:'v'``).
+
+Faults for crash tests, injected with :meth:`FakeStripe.inject` and fired once by the
+Nth matching request: ``error_before`` (500 without doing anything), ``drop_before``
+(connection closed, nothing done), ``drop_after`` (the request takes effect, then the
+connection is closed without an answer: a lost response) and ``hang_after`` (takes
+effect, then holds the connection until :meth:`FakeStripe.release`, so a test can kill
+the client mid-request).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from stripe import params as sp
+
+from tests.fakestripe.params import ParamError, check, decode_form
+from tests.fakestripe.state import (
+    JSON,
+    ApiError,
+    FakeState,
+    matches,
+    new_id,
+    parse_search_query,
+    public,
+)
+
+DEFAULT_API_KEY = "sk_test_meterline"
+FAULT_KINDS = ("error_before", "drop_before", "drop_after", "hang_after")
+
+Handler = Callable[[FakeState, re.Match[str], JSON], Any]
+
+
+@dataclass
+class Route:
+    method: str
+    pattern: re.Pattern[str]
+    params: type
+    handler: Handler
+
+
+@dataclass
+class LoggedRequest:
+    method: str
+    path: str
+    params: JSON
+    idempotency_key: str | None
+    request_id: str = ""
+    status: int = 0
+    replayed: bool = False
+    fault: str | None = None
+
+
+@dataclass
+class Fault:
+    kind: str
+    nth: int
+    method: str | None
+    path: re.Pattern[str] | None
+    seen: int = 0
+    fired: threading.Event = field(default_factory=threading.Event)
+
+    def hit(self, method: str, path: str) -> bool:
+        if self.fired.is_set():
+            return False
+        if self.method and self.method != method:
+            return False
+        if self.path and not self.path.search(path):
+            return False
+        self.seen += 1
+        return self.seen == self.nth
+
+
+@dataclass
+class _Stored:
+    fingerprint: tuple[str, str, tuple[tuple[str, str], ...]]
+    status: int
+    body: bytes
+
+
+def _page(objects: list[JSON], p: JSON, url: str) -> JSON:
+    ordered = sorted(objects, key=lambda o: o.get("created", o.get("date", 0)), reverse=True)
+    limit = int(p.get("limit", 10))
+    if not 1 <= limit <= 100:
+        raise ApiError(400, "Invalid limit: must be between 1 and 100", param="limit")
+    if "starting_after" in p:
+        ids = [o["id"] for o in ordered]
+        if p["starting_after"] not in ids:
+            raise ApiError(404, f"No such object: '{p['starting_after']}'",
+                           code="resource_missing", param="starting_after")  # fmt: skip
+        ordered = ordered[ids.index(p["starting_after"]) + 1 :]
+    data = [public(o) for o in ordered[:limit]]
+    return {"object": "list", "data": data, "has_more": len(ordered) > limit, "url": url}
+
+
+def _search(objects: list[JSON], p: JSON, url: str, fields: frozenset[str]) -> JSON:
+    clauses = parse_search_query(p["query"], fields)
+    found = [o for o in objects if not o.get("deleted") and matches(o, clauses)]
+    found.sort(key=lambda o: o["created"], reverse=True)
+    offset = int(p.get("page") or 0)
+    limit = int(p.get("limit", 10))
+    chunk = found[offset : offset + limit]
+    more = offset + limit < len(found)
+    return {
+        "object": "search_result",
+        "data": [public(o) for o in chunk],
+        "has_more": more,
+        "next_page": str(offset + limit) if more else None,
+        "url": url,
+    }
+
+
+def _routes() -> list[Route]:
+    def r(method: str, path: str, params: type, handler: Handler) -> Route:
+        return Route(method, re.compile(f"^{path}$"), params, handler)
+
+    cid = r"/v1/customers/(?P<id>cus_\w+)"
+    iid = r"/v1/invoices/(?P<id>in_\w+)"
+    return [
+        r("POST", "/v1/customers", sp.CustomerCreateParams,
+          lambda s, m, p: public(s.create_customer(p))),
+        r("GET", "/v1/customers", sp.CustomerListParams,
+          lambda s, m, p: _page(
+              [c for c in s.customers.values() if not c.get("deleted")
+               and ("email" not in p or c["email"] == p["email"])], p, "/v1/customers")),
+        r("GET", "/v1/customers/search", sp.CustomerSearchParams,
+          lambda s, m, p: _search(list(s.customers.values()), p, "/v1/customers/search",
+                                  frozenset({"email", "name", "phone"}))),
+        r("GET", cid, sp.CustomerRetrieveParams, lambda s, m, p: public(s.customer(m["id"]))),
+        r("POST", cid, sp.CustomerUpdateParams,
+          lambda s, m, p: public(s.update_customer(m["id"], p))),
+        r("DELETE", cid, sp.CustomerDeleteParams,
+          lambda s, m, p: public(s.delete_customer(m["id"]))),
+        r("POST", "/v1/invoiceitems", sp.InvoiceItemCreateParams,
+          lambda s, m, p: public(s.create_item(p))),
+        r("GET", "/v1/invoiceitems", sp.InvoiceItemListParams,
+          lambda s, m, p: _page(s.list_items(p), p, "/v1/invoiceitems")),
+        r("GET", r"/v1/invoiceitems/(?P<id>ii_\w+)", sp.InvoiceItemRetrieveParams,
+          lambda s, m, p: public(s.item(m["id"]))),
+        r("POST", "/v1/invoices", sp.InvoiceCreateParams,
+          lambda s, m, p: public(s.create_invoice(p))),
+        r("GET", "/v1/invoices", sp.InvoiceListParams,
+          lambda s, m, p: _page(s.list_invoices(p), p, "/v1/invoices")),
+        r("GET", "/v1/invoices/search", sp.InvoiceSearchParams,
+          lambda s, m, p: _search(list(s.invoices.values()), p, "/v1/invoices/search",
+                                  frozenset({"customer", "status", "number", "currency"}))),
+        r("GET", iid, sp.InvoiceRetrieveParams, lambda s, m, p: public(s.invoice(m["id"]))),
+        r("POST", iid + "/finalize", sp.InvoiceFinalizeInvoiceParams,
+          lambda s, m, p: public(s.finalize(m["id"], p))),
+        r("POST", iid + "/pay", sp.InvoicePayParams, lambda s, m, p: public(s.pay(m["id"]))),
+        r("POST", iid + "/void", sp.InvoiceVoidInvoiceParams,
+          lambda s, m, p: public(s.void(m["id"]))),
+        r("POST", iid + "/mark_uncollectible", sp.InvoiceMarkUncollectibleParams,
+          lambda s, m, p: public(s.mark_uncollectible(m["id"]))),
+    ]  # fmt: skip
+
+
+class FakeStripe:
+    """The fake server: ``with FakeStripe() as fake: fake.url`` is its API base."""
+
+    def __init__(self, api_keys: frozenset[str] = frozenset({DEFAULT_API_KEY})) -> None:
+        self.api_keys = api_keys
+        self.state = FakeState()
+        self.routes = _routes()
+        self.log: list[LoggedRequest] = []
+        self.faults: list[Fault] = []
+        self._idempotent: dict[str, _Stored] = {}
+        self._in_flight: set[str] = set()
+        self._release = threading.Event()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -------------------------------------------------------------- lifecycle
+
+    def start(self, port: int = 0) -> FakeStripe:
+        fake = self
+
+        class _Handler(_RequestHandler):
+            server_fake = fake
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), _Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._release.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def __enter__(self) -> FakeStripe:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None, "start() first"
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    # -------------------------------------------------------------- test controls
+
+    def inject(
+        self, kind: str, *, nth: int = 1, method: str | None = None, path: str | None = None
+    ) -> Fault:
+        """Fire ``kind`` once, on the ``nth`` request from now matching method/path regex."""
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault {kind!r}; one of {', '.join(FAULT_KINDS)}")
+        fault = Fault(kind, nth, method, re.compile(path) if path else None)
+        with self.state.lock:
+            self.faults.append(fault)
+        return fault
+
+    def expire_idempotency_keys(self) -> None:
+        """Forget every key, as Stripe does after 24 hours: a retry now creates again."""
+        with self.state.lock:
+            self._idempotent.clear()
+
+    def release(self) -> None:
+        """Let ``hang_after`` connections go (they close without an answer)."""
+        self._release.set()
+
+    def creates(self, path: str) -> list[LoggedRequest]:
+        """Successful, non-replayed POSTs to ``path``: what really created something."""
+        return [
+            r
+            for r in self.log
+            if r.method == "POST" and r.path == path and r.status == 200 and not r.replayed
+        ]
+
+    # -------------------------------------------------------------- request handling
+
+    def handle(
+        self, method: str, raw_path: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, bytes, dict[str, str], str | None]:
+        """Answer one request: (status, body, headers, fault to apply after)."""
+        split = urlsplit(raw_path)
+        path = split.path
+        pairs = parse_qsl(split.query, keep_blank_values=True)
+        if method in ("POST", "DELETE") and body:
+            pairs += parse_qsl(body.decode("utf-8"), keep_blank_values=True)
+        key = headers.get("idempotency-key") if method == "POST" else None
+        entry = LoggedRequest(method, path, dict(pairs), key, new_id("req_")[:18])
+        with self.state.lock:
+            self.log.append(entry)
+            fault = next((f for f in self.faults if f.hit(method, path)), None)
+            if fault is not None:
+                fault.fired.set()
+                entry.fault = fault.kind
+        if fault is not None and fault.kind in ("error_before", "drop_before"):
+            if fault.kind == "drop_before":
+                return 0, b"", {}, "drop"
+            err = ApiError(500, "An unknown error occurred", type_="api_error")
+            entry.status = 500
+            return 500, json.dumps(err.body()).encode(), {"Request-Id": entry.request_id}, None
+        status, payload, extra = self._dispatch(method, path, pairs, headers, key, entry)
+        entry.status = status
+        extra = {"Request-Id": entry.request_id, **extra}
+        after = None
+        if fault is not None:
+            after = "drop" if fault.kind == "drop_after" else "hang"
+        return status, payload, extra, after
+
+    def _dispatch(
+        self,
+        method: str,
+        path: str,
+        pairs: list[tuple[str, str]],
+        headers: dict[str, str],
+        key: str | None,
+        entry: LoggedRequest,
+    ) -> tuple[int, bytes, dict[str, str]]:
+        api_key = _bearer(headers.get("authorization", ""))
+        if api_key not in self.api_keys:
+            shown = f"{api_key[:8]}{'*' * 12}{api_key[-4:]}" if api_key else "(none)"
+            err = ApiError(401, f"Invalid API Key provided: {shown}")
+            return 401, json.dumps(err.body()).encode(), {}
+        route, match = self._route(method, path)
+        if route is None or match is None:
+            err = ApiError(
+                404,
+                f"Unrecognized request URL ({method}: {path}). Please see https://stripe.com/docs "
+                "or we can help at https://support.stripe.com/.",
+            )
+            return 404, json.dumps(err.body()).encode(), {}
+        fingerprint = (method, path, tuple(sorted(pairs)))
+        with self.state.lock:
+            if key is not None:
+                stored = self._idempotent.get(key)
+                if stored is not None:
+                    if stored.fingerprint != fingerprint:
+                        err = ApiError(
+                            400,
+                            "Keys for idempotent requests can only be used with the same "
+                            "parameters they were first used with. Try using a key other than "
+                            f"'{key}' if you meant to execute a different request.",
+                            type_="idempotency_error",
+                        )
+                        return 400, json.dumps(err.body()).encode(), {}
+                    entry.replayed = True
+                    return stored.status, stored.body, {"Idempotent-Replayed": "true"}
+                if key in self._in_flight:
+                    err = ApiError(
+                        409,
+                        "There is currently another in-progress request using this "
+                        f"Idempotent Key (that probably means you submitted twice, and the "
+                        f"other request is still going through): {key}. Please try again later.",
+                        code="idempotency_key_in_use",
+                    )
+                    return 409, json.dumps(err.body()).encode(), {}
+            try:
+                params = check(decode_form(pairs), route.params)
+            except ParamError as e:
+                err = ApiError(400, e.message, code=e.code, param=e.param)
+                return 400, json.dumps(err.body()).encode(), {}
+            try:
+                status, payload = 200, json.dumps(route.handler(self.state, match, params))
+            except ApiError as e:
+                status, payload = e.status, json.dumps(e.body())
+            body = payload.encode()
+            if key is not None:
+                self._idempotent[key] = _Stored(fingerprint, status, body)
+            return status, body, {}
+
+    def _route(self, method: str, path: str) -> tuple[Route | None, re.Match[str] | None]:
+        for route in self.routes:
+            if route.method == method:
+                m = route.pattern.match(path)
+                if m:
+                    return route, m
+        return None, None
+
+    def wait_release(self, timeout: float) -> None:
+        self._release.wait(timeout)
+
+
+def _bearer(header: str) -> str:
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+class _RequestHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # one small answer per request: no 40 ms delayed-ACK stall
+    server_fake: FakeStripe
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        pass
+
+    def _serve(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        status, payload, extra, after = self.server_fake.handle(
+            self.command, self.path, headers, body
+        )
+        if after == "hang":
+            self.server_fake.wait_release(timeout=60)
+        if after in ("drop", "hang"):
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        for name, value in extra.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(payload)
+
+    do_GET = _serve
+    do_POST = _serve
+    do_DELETE = _serve

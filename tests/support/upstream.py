@@ -1,0 +1,766 @@
+"""A fake LLM provider on 127.0.0.1 that answers in each provider's documented format.
+
+One server speaks every flavor; the path picks the API:
+
+=============================================  ==========================================
+``POST .../chat/completions``                   OpenAI chat (JSON, or SSE when ``stream``;
+                                                the usage chunk only with
+                                                ``stream_options.include_usage``)
+``POST .../responses``                          OpenAI Responses (JSON or SSE)
+``POST .../embeddings``                         OpenAI embeddings
+``POST /v1/messages``                           Anthropic messages (JSON or SSE)
+``POST /v1beta/models/M:generateContent``       Gemini (JSON)
+``POST /v1beta/models/M:streamGenerateContent`` Gemini stream: a JSON array, or SSE with
+                                                ``?alt=sse``
+``GET /plain``                                  not an LLM API: ``ok``
+=============================================  ==========================================
+
+Behaviours are switched per request with the ``x-fake`` header (comma separated):
+``gzip`` / ``br`` / ``zstd`` / ``deflate`` (encode the body), ``cut`` (drop the connection
+halfway through the body), ``malformed`` (garbled JSON / SSE, no usage), ``no-usage``,
+``delay=SECONDS`` (between SSE events), ``status=CODE`` (a provider-shaped error).
+
+Every exchange is recorded (:class:`Exchange`): the request as received and the exact
+response bytes written, so a test can assert that the client got exactly those, plus
+the usage reported in Meterline's token model (:attr:`Exchange.usage`).
+
+Each flavor gets its own pair of ports (plain HTTP and TLS with a self-signed certificate
+for 127.0.0.1), because the proxy tells providers apart by host and port:
+:meth:`FakeProvider.base_url` and :meth:`FakeProvider.catalog_providers`. The server
+runs its own event loop in a daemon thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import gzip
+import ipaddress
+import json
+import random
+import ssl
+import threading
+import time
+import uuid
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import brotli
+from aiohttp import web
+
+try:  # Python 3.14+
+    from compression import zstd  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover
+    from backports import zstd  # type: ignore[no-redef]
+
+TOKEN_FIELDS = ("input", "cached_input", "cache_write", "output", "reasoning")
+FLAVORS = ("openai", "anthropic", "gemini")
+
+
+@dataclass
+class Exchange:
+    """One request the fake provider answered, and exactly what it sent back."""
+
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    """Request headers, names lower-cased."""
+    body: bytes
+    flavor: str = ""
+    api: str = ""
+    streamed: bool = False
+    status: int = 200
+    response_headers: dict[str, str] = field(default_factory=dict)
+    sent: bytearray = field(default_factory=bytearray)
+    """Body bytes as written on the wire (content-encoded when asked)."""
+    plain: bytearray = field(default_factory=bytearray)
+    """Body bytes before content-encoding."""
+    parts: list[bytes] = field(default_factory=list)
+    """The body's pieces as generated (SSE events, array elements), before encoding."""
+    usage_part: int | None = None
+    """Index in :attr:`parts` of OpenAI's separate usage chunk, if one was sent."""
+    usage: dict[str, int] | None = None
+    """Reported usage in Meterline's model (input/cached_input/cache_write/output/reasoning)."""
+    model: str | None = None
+    response_id: str | None = None
+    text: str = ""
+    complete: bool = False
+    """False when the body was cut (behaviour ``cut``)."""
+
+    @property
+    def request_id(self) -> str | None:
+        """The ``x-request-id`` the fake sent; the proxy stores it as ``request_id``."""
+        return self.response_headers.get("x-request-id")
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body) if self.body else None
+
+
+@dataclass
+class _Behaviour:
+    encoding: str = ""
+    cut: bool = False
+    malformed: bool = False
+    no_usage: bool = False
+    delay: float = 0.0
+    status: int = 0
+
+    @classmethod
+    def parse(cls, header: str) -> _Behaviour:
+        b = cls()
+        for token in (t.strip() for t in header.split(",") if t.strip()):
+            name, _, value = token.partition("=")
+            if name in ("gzip", "br", "zstd", "deflate"):
+                b.encoding = name
+            elif name == "cut":
+                b.cut = True
+            elif name == "malformed":
+                b.malformed = True
+            elif name == "no-usage":
+                b.no_usage = True
+            elif name == "delay":
+                b.delay = float(value)
+            elif name == "status":
+                b.status = int(value)
+            else:
+                raise ValueError(f"x-fake: unknown behaviour {token!r}")
+        return b
+
+
+class _Encoder:
+    """Content-encodes a body piece by piece, flushing so each piece can be decoded at once."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        if name == "gzip":
+            self._z = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+        elif name == "deflate":
+            self._z = zlib.compressobj(6, zlib.DEFLATED, zlib.MAX_WBITS)
+        elif name == "br":
+            self._br = brotli.Compressor()
+        elif name == "zstd":
+            self._zs = zstd.ZstdCompressor()
+
+    def piece(self, data: bytes) -> bytes:
+        if self.name in ("gzip", "deflate"):
+            return self._z.compress(data) + self._z.flush(zlib.Z_SYNC_FLUSH)
+        if self.name == "br":
+            return self._br.process(data) + self._br.flush()
+        if self.name == "zstd":
+            return self._zs.compress(data, zstd.ZstdCompressor.FLUSH_BLOCK)
+        return data
+
+    def end(self) -> bytes:
+        if self.name in ("gzip", "deflate"):
+            return self._z.flush(zlib.Z_FINISH)
+        if self.name == "br":
+            return self._br.finish()
+        if self.name == "zstd":
+            return self._zs.flush(zstd.ZstdCompressor.FLUSH_FRAME)
+        return b""
+
+
+def encode_body(name: str, data: bytes) -> bytes:
+    """Whole-body encoding (what a JSON response uses)."""
+    if name == "gzip":
+        return gzip.compress(data)
+    if name == "deflate":
+        return zlib.compress(data)
+    if name == "br":
+        return brotli.compress(data)
+    if name == "zstd":
+        return zstd.compress(data)
+    return data
+
+
+def _sse(data: Any, event: str | None = None) -> bytes:
+    head = f"event: {event}\n" if event else ""
+    payload = data if isinstance(data, str) else json.dumps(data)
+    return f"{head}data: {payload}\n\n".encode()
+
+
+def make_self_signed(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1/localhost; returns (cert.pem, key.pem)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fake-provider")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=7))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "upstream-cert.pem", directory / "upstream-key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+class FakeProvider:
+    """Start with :meth:`start` (or as a context manager); inspect :attr:`exchanges`."""
+
+    def __init__(self, workdir: Path, *, seed: int | None = None) -> None:
+        self.workdir = Path(workdir)
+        self.exchanges: list[Exchange] = []
+        self.ports: dict[str, int] = {}
+        self.tls_ports: dict[str, int] = {}
+        self._rng = random.Random(seed)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._runner: web.AppRunner | None = None
+        self._lock = threading.Lock()
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> FakeProvider:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        return self
+
+    async def _start(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        cert, key = make_self_signed(self.workdir)
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(cert, key)
+        for flavor in FLAVORS:
+            for tls in (False, True):
+                site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=ctx if tls else None)
+                await site.start()
+                port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+                (self.tls_ports if tls else self.ports)[flavor] = port
+
+    def stop(self) -> None:
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()
+
+    def __enter__(self) -> FakeProvider:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def base_url(self, flavor: str, *, tls: bool = False) -> str:
+        """Where to send ``flavor`` requests; each flavor has its own ports (plain and TLS)."""
+        if tls:
+            return f"https://127.0.0.1:{self.tls_ports[flavor]}"
+        return f"http://127.0.0.1:{self.ports[flavor]}"
+
+    def catalog_providers(self) -> list[dict[str, Any]]:
+        """Catalog ``providers`` entries that make the proxy meter this server."""
+        return [
+            {
+                "name": f"fake-{flavor}",
+                "flavor": flavor,
+                "hosts": [f"127.0.0.1:{self.ports[flavor]}", f"127.0.0.1:{self.tls_ports[flavor]}"],
+            }
+            for flavor in FLAVORS
+        ]
+
+    def reset(self) -> None:
+        with self._lock:
+            self.exchanges.clear()
+
+    def last(self) -> Exchange:
+        return self.exchanges[-1]
+
+    def wait_for(self, count: int, timeout: float = 5.0) -> list[Exchange]:
+        """Wait until ``count`` exchanges are complete (written or cut), return them."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                done = [x for x in self.exchanges if x.complete or x.sent or x.status >= 400]
+            if len(done) >= count:
+                return done
+            time.sleep(0.01)
+        raise TimeoutError(f"expected {count} exchanges, have {len(self.exchanges)}")
+
+    # -- dispatch ------------------------------------------------------------------------
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        ex = Exchange(
+            method=request.method,
+            path=request.path,
+            query=request.query_string,
+            headers={k.lower(): v for k, v in request.headers.items()},
+            body=body,
+        )
+        with self._lock:
+            self.exchanges.append(ex)
+        if request.method == "GET" and request.path == "/plain":
+            ex.plain += b"ok"
+            ex.sent += b"ok"
+            ex.complete = True
+            return web.Response(body=b"ok", content_type="text/plain")
+        behaviour = _Behaviour.parse(request.headers.get("x-fake", ""))
+        path = request.path
+        try:
+            data = json.loads(body) if body else {}
+        except ValueError:
+            data = {}
+        if path.endswith("/chat/completions"):
+            ex.flavor, ex.api = "openai", "chat"
+        elif path.endswith("/responses"):
+            ex.flavor, ex.api = "openai", "responses"
+        elif path.endswith("/embeddings"):
+            ex.flavor, ex.api = "openai", "embeddings"
+        elif path.endswith("/v1/messages"):
+            ex.flavor, ex.api = "anthropic", "messages"
+        elif path.endswith(":generateContent") or path.endswith(":streamGenerateContent"):
+            ex.flavor, ex.api = "gemini", "generate"
+        else:
+            ex.status = 404
+            return web.json_response({"error": {"message": "no such API"}}, status=404)
+        ex.model = (
+            path.rsplit("/", 1)[-1].split(":")[0]
+            if ex.flavor == "gemini"
+            else str(data.get("model", "fake-model"))
+        )
+        if behaviour.status:
+            return await self._error(request, ex, behaviour)
+        words = [f"Fake {ex.flavor} answer", " number", f" {len(self.exchanges)}", " to", " you."]
+        ex.text = "".join(words)
+        if ex.api == "embeddings":
+            words = []
+            ex.text = ""
+        build = getattr(self, f"_{ex.flavor}_{ex.api}")
+        if ex.flavor == "gemini":
+            ex.streamed = path.endswith(":streamGenerateContent")
+        else:
+            ex.streamed = bool(data.get("stream"))
+        parts, content_type = build(ex, data, words, behaviour, request)
+        return await self._send(request, ex, parts, content_type, behaviour)
+
+    async def _error(self, request: web.Request, ex: Exchange, b: _Behaviour) -> web.Response:
+        ex.status = b.status
+        if ex.flavor == "anthropic":
+            err: dict[str, Any] = {
+                "type": "error",
+                "error": {"type": "rate_limit_error", "message": "fake error"},
+            }
+        elif ex.flavor == "gemini":
+            err = {"error": {"code": b.status, "message": "fake error", "status": "UNAVAILABLE"}}
+        else:
+            err = {"error": {"message": "fake error", "type": "server_error", "code": None}}
+        raw = json.dumps(err).encode()
+        ex.parts = [raw]
+        ex.plain += raw
+        ex.sent += raw
+        ex.complete = True
+        ex.response_headers = {
+            "content-type": "application/json",
+            "x-request-id": f"req_{uuid.uuid4().hex[:16]}",
+        }
+        return web.Response(status=b.status, body=raw, headers=ex.response_headers)
+
+    async def _send(
+        self,
+        request: web.Request,
+        ex: Exchange,
+        parts: list[bytes],
+        content_type: str,
+        b: _Behaviour,
+    ) -> web.StreamResponse:
+        ex.parts = parts
+        headers = {"content-type": content_type, "x-request-id": f"req_{uuid.uuid4().hex[:16]}"}
+        if b.encoding:
+            headers["content-encoding"] = b.encoding
+        ex.response_headers = headers
+        if b.cut:
+            if len(parts) == 1:
+                parts = [parts[0][: len(parts[0]) // 2]]
+            else:
+                parts = parts[: len(parts) // 2]
+        if not ex.streamed and not b.cut:
+            plain = b"".join(parts)
+            raw = encode_body(b.encoding, plain)
+            ex.plain += plain
+            ex.sent += raw
+            ex.complete = True
+            return web.Response(status=ex.status, body=raw, headers=headers)
+        resp = web.StreamResponse(status=ex.status, headers=headers)
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        encoder = _Encoder(b.encoding)
+        for i, part in enumerate(parts):
+            if i and b.delay:
+                await asyncio.sleep(b.delay)
+            raw = encoder.piece(part)
+            ex.plain += part
+            ex.sent += raw
+            await resp.write(raw)
+        if b.cut:
+            await asyncio.sleep(0.05)  # let the written bytes leave before the reset
+            assert request.transport is not None
+            request.transport.abort()
+            return resp
+        tail = encoder.end()
+        if tail:
+            ex.sent += tail
+            await resp.write(tail)
+        await resp.write_eof()
+        ex.complete = True
+        return resp
+
+    # -- usage -------------------------------------------------------------------------
+
+    def _figures(self, ex: Exchange, b: _Behaviour) -> dict[str, int]:
+        r = self._rng
+        prompt = r.randint(20, 900)
+        output = r.randint(5, 300) if ex.api != "embeddings" else 0
+        figures = {
+            "prompt": prompt,
+            "cached": r.randint(0, prompt // 2),
+            "cache_write": r.randint(0, 200) if ex.flavor == "anthropic" else 0,
+            "output": output,
+            "reasoning": r.randint(0, output // 2),
+        }
+        if ex.api == "embeddings":
+            figures["cached"] = figures["reasoning"] = 0
+        if not b.no_usage and not b.malformed:
+            ex.usage = self._unified(ex.flavor, figures)
+        return figures
+
+    @staticmethod
+    def _unified(flavor: str, f: dict[str, int]) -> dict[str, int]:
+        """The provider's figures in Meterline's token model (see addons/metering/usage.py)."""
+        if flavor == "anthropic":  # input_tokens excludes cache reads and writes
+            return {
+                "input": f["prompt"],
+                "cached_input": f["cached"],
+                "cache_write": f["cache_write"],
+                "output": f["output"],
+                "reasoning": 0,
+            }
+        if flavor == "gemini":  # candidatesTokenCount excludes thoughtsTokenCount
+            return {
+                "input": f["prompt"] - f["cached"],
+                "cached_input": f["cached"],
+                "cache_write": 0,
+                "output": f["output"] + f["reasoning"],
+                "reasoning": f["reasoning"],
+            }
+        return {  # OpenAI: prompt includes cached, completion includes reasoning
+            "input": f["prompt"] - f["cached"],
+            "cached_input": f["cached"],
+            "cache_write": 0,
+            "output": f["output"],
+            "reasoning": f["reasoning"],
+        }
+
+    # -- OpenAI --------------------------------------------------------------------------
+
+    def _openai_chat(self, ex, data, words, b, request):  # type: ignore[no-untyped-def]
+        f = self._figures(ex, b)
+        ex.response_id = f"chatcmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+        usage = {
+            "prompt_tokens": f["prompt"],
+            "completion_tokens": f["output"],
+            "total_tokens": f["prompt"] + f["output"],
+            "prompt_tokens_details": {"cached_tokens": f["cached"], "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": f["reasoning"], "audio_tokens": 0},
+        }
+        base = {"id": ex.response_id, "created": created, "model": ex.model}
+        if not ex.streamed:
+            body: dict[str, Any] = {
+                **base,
+                "object": "chat.completion",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": ex.text, "refusal": None},
+                        "logprobs": None,
+                        "finish_reason": "stop",
+                    }
+                ],
+                "system_fingerprint": "fp_fake",
+            }
+            if not b.no_usage:
+                body["usage"] = usage
+            raw = json.dumps(body).encode()
+            if b.malformed:
+                raw = raw[: len(raw) // 2] + b"<<garbage>>"
+            return [raw], "application/json"
+        include = bool((data.get("stream_options") or {}).get("include_usage"))
+        chunk = {**base, "object": "chat.completion.chunk", "system_fingerprint": "fp_fake"}
+        if include:
+            chunk["usage"] = None
+        parts = [
+            _sse(
+                {
+                    **chunk,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "delta": {"role": "assistant", "content": ""},
+                            "finish_reason": None,
+                        }
+                    ],
+                }
+            )
+        ]
+        for w in words:
+            parts.append(
+                _sse(
+                    {
+                        **chunk,
+                        "choices": [{"index": 0, "delta": {"content": w}, "finish_reason": None}],
+                    }
+                )
+            )
+        parts.append(
+            _sse({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        )
+        if include and not b.no_usage:
+            ex.usage_part = len(parts)
+            parts.append(_sse({**chunk, "choices": [], "usage": usage}))
+        elif not b.malformed:
+            ex.usage = None  # not asked for: OpenAI does not report it
+        if b.malformed:
+            parts.insert(2, b"data: {not json at all\n\n")
+            ex.usage = None
+            if ex.usage_part is not None:
+                parts[ex.usage_part + 1] = b'data: {"usage": garbled}\n\n'
+                ex.usage_part = None
+        parts.append(b"data: [DONE]\n\n")
+        return parts, "text/event-stream; charset=utf-8"
+
+    def _openai_responses(self, ex, data, words, b, request):  # type: ignore[no-untyped-def]
+        f = self._figures(ex, b)
+        ex.response_id = f"resp_{uuid.uuid4().hex}"
+        usage = {
+            "input_tokens": f["prompt"],
+            "input_tokens_details": {"cached_tokens": f["cached"]},
+            "output_tokens": f["output"],
+            "output_tokens_details": {"reasoning_tokens": f["reasoning"]},
+            "total_tokens": f["prompt"] + f["output"],
+        }
+        msg_id = f"msg_{uuid.uuid4().hex}"
+        message = {
+            "id": msg_id,
+            "type": "message",
+            "status": "completed",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": ex.text, "annotations": []}],
+        }
+        response: dict[str, Any] = {
+            "id": ex.response_id,
+            "object": "response",
+            "created_at": int(time.time()),
+            "status": "completed",
+            "model": ex.model,
+            "output": [message],
+            "usage": None if b.no_usage else usage,
+        }
+        if not ex.streamed:
+            raw = json.dumps(response).encode()
+            if b.malformed:
+                raw = raw[: len(raw) // 2] + b"<<garbage>>"
+            return [raw], "application/json"
+        seq = iter(range(10_000))
+        pending = {**response, "status": "in_progress", "output": [], "usage": None}
+        parts = [
+            _sse(
+                {"type": "response.created", "sequence_number": next(seq), "response": pending},
+                "response.created",
+            )
+        ]
+        for w in words:
+            parts.append(
+                _sse(
+                    {
+                        "type": "response.output_text.delta",
+                        "sequence_number": next(seq),
+                        "item_id": msg_id,
+                        "output_index": 0,
+                        "content_index": 0,
+                        "delta": w,
+                    },
+                    "response.output_text.delta",
+                )
+            )
+        if b.malformed:
+            parts.insert(1, b"event: response.output_text.delta\ndata: {broken\n\n")
+            response["usage"] = None
+        parts.append(
+            _sse(
+                {"type": "response.completed", "sequence_number": next(seq), "response": response},
+                "response.completed",
+            )
+        )
+        return parts, "text/event-stream; charset=utf-8"
+
+    def _openai_embeddings(self, ex, data, words, b, request):  # type: ignore[no-untyped-def]
+        f = self._figures(ex, b)
+        inputs = data.get("input")
+        count = len(inputs) if isinstance(inputs, list) else 1
+        body: dict[str, Any] = {
+            "object": "list",
+            "data": [
+                {"object": "embedding", "index": i, "embedding": [0.01 * i, -0.5, 0.25]}
+                for i in range(count)
+            ],
+            "model": ex.model,
+        }
+        if not b.no_usage:
+            body["usage"] = {"prompt_tokens": f["prompt"], "total_tokens": f["prompt"]}
+        raw = json.dumps(body).encode()
+        if b.malformed:
+            raw = raw[: len(raw) // 2] + b"<<garbage>>"
+        return [raw], "application/json"
+
+    # -- Anthropic -----------------------------------------------------------------------
+
+    def _anthropic_messages(self, ex, data, words, b, request):  # type: ignore[no-untyped-def]
+        f = self._figures(ex, b)
+        ex.response_id = f"msg_{uuid.uuid4().hex[:24]}"
+        usage = {
+            "input_tokens": f["prompt"],
+            "cache_creation_input_tokens": f["cache_write"],
+            "cache_read_input_tokens": f["cached"],
+            "output_tokens": f["output"],
+        }
+        message: dict[str, Any] = {
+            "id": ex.response_id,
+            "type": "message",
+            "role": "assistant",
+            "model": ex.model,
+            "content": [{"type": "text", "text": ex.text}],
+            "stop_reason": "end_turn",
+            "stop_sequence": None,
+            "usage": usage,
+        }
+        if not ex.streamed:
+            if b.no_usage:
+                del message["usage"]
+            raw = json.dumps(message).encode()
+            if b.malformed:
+                raw = raw[: len(raw) // 2] + b"<<garbage>>"
+            return [raw], "application/json"
+        start = {**message, "content": [], "stop_reason": None, "usage": {**usage}}
+        start["usage"]["output_tokens"] = 1
+        if b.no_usage:
+            del start["usage"]
+        parts = [
+            _sse({"type": "message_start", "message": start}, "message_start"),
+            _sse(
+                {
+                    "type": "content_block_start",
+                    "index": 0,
+                    "content_block": {"type": "text", "text": ""},
+                },
+                "content_block_start",
+            ),
+            _sse({"type": "ping"}, "ping"),
+        ]
+        for w in words:
+            parts.append(
+                _sse(
+                    {
+                        "type": "content_block_delta",
+                        "index": 0,
+                        "delta": {"type": "text_delta", "text": w},
+                    },
+                    "content_block_delta",
+                )
+            )
+        parts.append(_sse({"type": "content_block_stop", "index": 0}, "content_block_stop"))
+        delta: dict[str, Any] = {
+            "type": "message_delta",
+            "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+        }
+        if not b.no_usage:
+            delta["usage"] = {"output_tokens": f["output"]}
+        parts.append(_sse(delta, "message_delta"))
+        parts.append(_sse({"type": "message_stop"}, "message_stop"))
+        if b.malformed:
+            parts[0] = b"event: message_start\ndata: {garbled json\n\n"
+            parts[-2] = b"event: message_delta\ndata: not json either\n\n"
+        return parts, "text/event-stream; charset=utf-8"
+
+    # -- Gemini --------------------------------------------------------------------------
+
+    def _gemini_generate(self, ex, data, words, b, request):  # type: ignore[no-untyped-def]
+        f = self._figures(ex, b)
+        ex.response_id = uuid.uuid4().hex[:22]
+
+        def usage_meta(candidates: int, thoughts: int) -> dict[str, int]:
+            meta = {
+                "promptTokenCount": f["prompt"],
+                "candidatesTokenCount": candidates,
+                "totalTokenCount": f["prompt"] + candidates + thoughts,
+            }
+            if f["cached"]:
+                meta["cachedContentTokenCount"] = f["cached"]
+            if thoughts:
+                meta["thoughtsTokenCount"] = thoughts
+            return meta
+
+        def chunk(text: str, final: bool, candidates: int, thoughts: int) -> dict[str, Any]:
+            cand: dict[str, Any] = {"content": {"parts": [{"text": text}], "role": "model"}}
+            if final:
+                cand["finishReason"] = "STOP"
+            obj: dict[str, Any] = {"candidates": [cand]}
+            if not b.no_usage:
+                obj["usageMetadata"] = usage_meta(candidates, thoughts)
+            obj["modelVersion"] = ex.model
+            obj["responseId"] = ex.response_id
+            return obj
+
+        if not ex.streamed:
+            raw = json.dumps(chunk(ex.text, True, f["output"], f["reasoning"]), indent=2).encode()
+            if b.malformed:
+                raw = raw[: len(raw) // 2] + b"<<garbage>>"
+            return [raw], "application/json; charset=UTF-8"
+        objs = [
+            chunk(w, i == len(words) - 1, f["output"] if i == len(words) - 1 else i + 1, 0)
+            for i, w in enumerate(words)
+        ]
+        # Reasoning is reported with the final chunk.
+        if not b.no_usage:
+            objs[-1]["usageMetadata"] = usage_meta(f["output"], f["reasoning"])
+        if request.query.get("alt") == "sse":
+            parts = [f"data: {json.dumps(o)}\r\n\r\n".encode() for o in objs]
+            if b.malformed:
+                parts.insert(1, b"data: {oops\r\n\r\n")
+                parts[-1] = b'data: {"usageMetadata": broken}\r\n\r\n'
+            return parts, "text/event-stream"
+        rendered = [json.dumps(o, indent=2) for o in objs]
+        parts = [("[" + rendered[0]).encode()]
+        parts += [(",\r\n" + r).encode() for r in rendered[1:]]
+        parts.append(b"]")
+        if b.malformed:
+            parts.insert(1, b",\r\n{not: valid json")
+        return parts, "application/json; charset=UTF-8"
