@@ -47,23 +47,32 @@ log = logging.getLogger("meterline.proxy")
 
 # Cheap test for a top-level ``"stream": true`` without parsing the request JSON.
 _STREAM_TRUE = re.compile(rb'"stream"\s*:\s*true')
+UNKNOWN_KEY_POLICIES = ("record", "reject")
 _INCLUDE_USAGE_PATH = re.compile(r"/(?:chat/)?completions/?$")
 
 
 class _MeteredStream:
-    """State of one metered flow; mitmproxy calls it with each response body chunk."""
+    """State of one metered flow; mitmproxy calls it with each response body chunk.
+
+    Only what must happen before bytes move is done in the hooks (provider lookup, key
+    policy, request rewrite); the extractor and decoder are created on the first queued
+    chunk, and everything about the event (host, status, ids, estimate) is read in
+    :meth:`Meter._finish`, after the client has its bytes.
+    """
 
     __slots__ = (
         "meter",
-        "flow_id",
+        "flow",
         "provider",
-        "exchange",
-        "request_body",
-        "streaming_requested",
+        "identity",
         "reject",
         "inject_env",
         "drop_usage",
         "dropper",
+        "t_request",
+        "t_first_byte",
+        "t_done",
+        "started",
         "decoder",
         "decode_failed",
         "extractor",
@@ -72,20 +81,22 @@ class _MeteredStream:
     def __init__(
         self,
         meter: Meter,
-        flow_id: str,
+        flow: http.HTTPFlow,
         provider: providers.Provider,
-        exchange: events.Exchange,
+        identity: keys.Identity,
     ) -> None:
         self.meter = meter
-        self.flow_id = flow_id
+        self.flow = flow
         self.provider = provider
-        self.exchange = exchange
-        self.request_body = b""
-        self.streaming_requested = False
+        self.identity = identity
         self.reject = False
         self.inject_env: str | None = None
         self.drop_usage = False
         self.dropper: UsageChunkDropper | None = None
+        self.t_request: float | None = None
+        self.t_first_byte: float | None = None
+        self.t_done: float | None = None
+        self.started = False
         self.decoder: IncrementalDecoder | None = None
         self.decode_failed: str | None = None
         self.extractor: UsageExtractor | None = None
@@ -93,8 +104,8 @@ class _MeteredStream:
     def __call__(self, chunk: bytes) -> bytes | list[bytes]:
         """The hot path: return the chunk at once; queue the metering work."""
         if chunk:
-            if self.exchange.t_first_byte is None:
-                self.exchange.t_first_byte = time.time()
+            if self.t_first_byte is None:
+                self.t_first_byte = time.time()
             self.meter._defer(self.consume, chunk)
             if self.dropper is None:
                 return chunk
@@ -106,7 +117,46 @@ class _MeteredStream:
         # An empty chunk would end an HTTP/1.1 chunked body early: send nothing instead.
         return out if out else []
 
+    # -- off the forwarding path ------------------------------------------------------
+
+    @property
+    def path(self) -> str:
+        return self.flow.request.path
+
+    def request_body(self) -> bytes:
+        try:
+            return self.flow.request.content or b""
+        except ValueError:  # unknown content-encoding on the request
+            return self.flow.request.raw_content or b""
+
+    def streaming_requested(self) -> bool:
+        if self.provider.flavor == "gemini":
+            return ":streamGenerateContent" in self.path
+        return _STREAM_TRUE.search(self.request_body()) is not None
+
+    def start(self) -> None:
+        """Create the extractor (and decoder) from the response headers, once."""
+        self.started = True
+        resp = self.flow.response
+        if resp is None:
+            return
+        headers = resp.headers
+        self.extractor = new_extractor(
+            self.provider.flavor,
+            path=self.path,
+            content_type=headers.get("content-type", ""),
+            streaming_requested=self.streaming_requested(),
+        )
+        encoding = headers.get("content-encoding", "")
+        if encoding:
+            try:
+                self.decoder = IncrementalDecoder(encoding)
+            except ValueError as e:
+                self.decode_failed = str(e)
+
     def consume(self, chunk: bytes) -> None:
+        if not self.started:
+            self.start()
         if self.decode_failed is not None or self.extractor is None:
             return
         if self.decoder is not None:
@@ -141,6 +191,10 @@ class Meter:
         self._drain_scheduled = False
         self._running = False
         self.flush_interval = 1.0
+        self.reject_unknown = False
+        self.include_usage = True
+        self.log_payloads = False
+        self.proxy_id: str | None = None
 
     # ------------------------------------------------------------------ options
 
@@ -172,7 +226,7 @@ class Meter:
             "record",
             "What to do with a request whose API key is not in the catalog: 'record' "
             "(forward, meter with no consumer) or 'reject' (answer 401, never forwarded).",
-            choices=("record", "reject"),
+            choices=UNKNOWN_KEY_POLICIES,
         )
         loader.add_option(
             "meter_include_usage",
@@ -201,15 +255,25 @@ class Meter:
         )
 
     def configure(self, updated: set[str]) -> None:
-        if "meter_catalog" in updated:
+        if "meter_catalog" in updated or self.catalog is None:
             try:
                 catalog = load_catalog(ctx.options.meter_catalog)
                 registry = providers.ProviderRegistry.from_catalog(catalog)
             except (CatalogError, ValueError) as e:
                 raise exceptions.OptionsError(f"meter_catalog: {e}") from None
             self.catalog, self.registry, self.keybook = catalog, registry, keys.KeyBook(catalog)
+        if ctx.options.meter_unknown_keys not in UNKNOWN_KEY_POLICIES:
+            raise exceptions.OptionsError(
+                f"meter_unknown_keys: expected one of {', '.join(UNKNOWN_KEY_POLICIES)}, "
+                f"got {ctx.options.meter_unknown_keys!r}"
+            )
         if "meter_flush_interval" in updated:
             self.flush_interval = _parse_interval(ctx.options.meter_flush_interval)
+        # Read per flow: plain attributes, not ctx.options (which type-checks and copies).
+        self.reject_unknown = ctx.options.meter_unknown_keys == "reject"
+        self.include_usage = ctx.options.meter_include_usage
+        self.log_payloads = ctx.options.meter_log_payloads
+        self.proxy_id = ctx.options.meter_proxy_id or None
         if self._running and "meter_spool" in updated:
             self._open_spool()
         if self.writer is not None:
@@ -246,7 +310,7 @@ class Meter:
         """Finish every queued and in-flight flow, then drain the spool into the store."""
         self._drain()
         for flow_id in list(self._active):
-            self._finish(flow_id, self._active.pop(flow_id), cut=True)
+            self._finish(self._active.pop(flow_id), cut=True)
         self._close_writer()
 
     def _close_writer(self) -> None:
@@ -290,47 +354,27 @@ class Meter:
             return
         if req.method != "POST" or not providers.is_billed_path(provider.flavor, req.path):
             return
-        path = req.path
-        identity = self.keybook.identify(keys.presented_keys(req.headers, path.partition("?")[2]))
-        consumer = identity.consumer
-        st = _MeteredStream(
-            self,
-            flow.id,
-            provider,
-            events.Exchange(
-                provider=provider.name,
-                flavor=provider.flavor,
-                method=req.method,
-                host=req.pretty_host,
-                path=path,
-                consumer=consumer.name if consumer else None,
-                key_fingerprint=identity.fingerprint,
-            ),
-        )
-        st.reject = consumer is None and ctx.options.meter_unknown_keys == "reject"
-        st.inject_env = keys.injection_env_var(consumer, provider)
+        identity = self.keybook.identify(keys.presented_keys(req.headers, req.path))
+        st = _MeteredStream(self, flow, provider, identity)
+        st.reject = identity.consumer is None and self.reject_unknown
+        st.inject_env = keys.injection_env_var(identity.consumer, provider)
         self._active[flow.id] = st
 
     def request(self, flow: http.HTTPFlow) -> None:
         st = self._active.get(flow.id)
         if st is None:
             return
-        req = flow.request
         if st.reject:
             del self._active[flow.id]
-            fp = st.exchange.key_fingerprint or "no key"
             log.warning(
-                "meterline: %s: rejected %s %s%s: unknown key (%s)",
+                "meterline: %s: rejected %s: unknown key (%s)",
                 flow.id,
-                st.provider.name,
-                req.pretty_host,
-                st.exchange.path.split("?", 1)[0],
-                fp,
+                _where(st),
+                st.identity.fingerprint or "no key",
             )
-            self._error_response(
-                flow, st, "unknown_key", "Invalid API key: not known to the proxy."
-            )
+            self._error_response(flow, st, "unknown_key", "Invalid API key: not known to the proxy.")
             return
+        req = flow.request
         if st.inject_env is not None:
             path, _, query = req.path.partition("?")
             try:
@@ -341,29 +385,23 @@ class Meter:
                 self._error_response(flow, st, "injection_failed", f"Meterline proxy: {e}")
                 return
             req.path = f"{path}?{query}" if query else path
-        try:
-            body = req.content or b""
-        except ValueError:  # unknown content-encoding on the request
-            body = req.raw_content or b""
-        st.request_body = body
-        if st.provider.flavor == "gemini":
-            st.streaming_requested = ":streamGenerateContent" in st.exchange.path
-        else:
-            st.streaming_requested = _STREAM_TRUE.search(body) is not None
-        if (
-            st.streaming_requested
-            and st.provider.flavor == "openai"
-            and ctx.options.meter_include_usage
-            and _INCLUDE_USAGE_PATH.search(st.exchange.path.split("?", 1)[0])
-        ):
-            new_body = add_include_usage(body)
-            if new_body is not None:
-                req.content = new_body
-                st.request_body = new_body
-                # The dropper edits the stream the client gets: it needs plain bytes.
-                req.headers["accept-encoding"] = "identity"
-                st.drop_usage = True
-        st.exchange.t_request = time.time()
+        if self.include_usage and st.provider.flavor == "openai":
+            self._add_include_usage(st)
+        st.t_request = time.time()
+
+    def _add_include_usage(self, st: _MeteredStream) -> None:
+        req = st.flow.request
+        body = req.raw_content
+        if not body or b'"stream"' not in body or "content-encoding" in req.headers:
+            return
+        if not _INCLUDE_USAGE_PATH.search(req.path.partition("?")[0]):
+            return
+        new_body = add_include_usage(body)
+        if new_body is not None:
+            req.content = new_body
+            # The dropper edits the stream the client gets: it needs plain bytes.
+            req.headers["accept-encoding"] = "identity"
+            st.drop_usage = True
 
     def _error_response(
         self, flow: http.HTTPFlow, st: _MeteredStream, kind: errors.ErrorKind, message: str
@@ -375,74 +413,77 @@ class Meter:
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         st = self._active.get(flow.id)
-        if st is None or flow.response is None:
+        if st is None:
             return
         resp = flow.response
-        content_type = resp.headers.get("content-type", "")
-        ex = st.exchange
-        ex.status = resp.status_code
-        ex.request_id = events.request_id_from(resp.headers)
-        ex.streamed = st.streaming_requested or "event-stream" in content_type
-        st.extractor = new_extractor(
-            st.provider.flavor,
-            path=ex.path,
-            content_type=content_type,
-            streaming_requested=st.streaming_requested,
-        )
-        encoding = resp.headers.get("content-encoding", "")
-        if encoding:
-            try:
-                st.decoder = IncrementalDecoder(encoding)
-            except ValueError as e:
-                st.decode_failed = str(e)
-        if st.drop_usage and not encoding and resp.status_code < 400:
+        assert resp is not None
+        if st.drop_usage and resp.status_code < 400 and "content-encoding" not in resp.headers:
             st.dropper = UsageChunkDropper()
         resp.stream = st
 
     def response(self, flow: http.HTTPFlow) -> None:
         st = self._active.pop(flow.id, None)
         if st is not None:
-            ex = st.exchange
-            ex.t_done = time.time()
-            self._defer(self._finish, flow.id, st, False)
+            st.t_done = time.time()
+            self._defer(self._finish, st, False)
 
     def error(self, flow: http.HTTPFlow) -> None:
         st = self._active.pop(flow.id, None)
         if st is not None:
-            st.exchange.t_done = time.time()
-            self._defer(self._finish, flow.id, st, True)
+            st.t_done = time.time()
+            self._defer(self._finish, st, True)
 
     # ------------------------------------------------------------------ finishing
 
-    def _finish(self, flow_id: str, st: _MeteredStream, cut: bool) -> None:
-        ex = st.exchange
-        if st.extractor is None:  # no response headers ever came: the provider did no work
-            log.info("meterline: %s: no response from %s, nothing metered", flow_id, ex.host)
+    def _finish(self, st: _MeteredStream, cut: bool) -> None:
+        flow = st.flow
+        resp = flow.response
+        if resp is None:  # no response headers ever came: the provider did no work
+            log.info("meterline: %s: no response from %s, nothing metered", flow.id, _where(st))
             return
+        if not st.started:
+            st.start()
+        assert st.extractor is not None
         st.drain_decoder()
         usage = st.extractor.finish()
         problems = list(st.extractor.problems)
         if st.decode_failed:
             problems.insert(0, f"cannot decode body: {st.decode_failed}")
+        status: int | None = resp.status_code
         if cut:
-            ex.status = None  # no complete response
+            status = None  # no complete response
             log.warning(
                 "meterline: %s: response from %s cut short (client or provider went away); "
                 "usage estimated where not reported",
-                flow_id,
+                flow.id,
                 _where(st),
             )
-        elif problems and (ex.status or 0) < 400:
-            self._warn_problems(flow_id, st, problems)
+        elif problems and resp.status_code < 400:
+            self._warn_problems(flow.id, st, problems)
         elif problems:
-            log.debug("meterline: %s: %s answered %s: %s", flow_id, _where(st), ex.status, problems)
-        status = ex.status
+            log.debug("meterline: %s: %s answered %s: %s", flow.id, _where(st), status, problems)
         if usage is None and status is not None and status >= 400:
             usage = Usage()  # an error response bills nothing unless the provider says so
         elif usage is None or cut:
             usage = self._estimate(st, usage)
-        event = events.build_event(ex, usage, ctx.options.meter_proxy_id)
-        self._record(event)
+        consumer = st.identity.consumer
+        exchange = events.Exchange(
+            provider=st.provider.name,
+            flavor=st.provider.flavor,
+            method=flow.request.method,
+            host=flow.request.pretty_host,
+            path=flow.request.path,
+            consumer=consumer.name if consumer else None,
+            key_fingerprint=st.identity.fingerprint,
+            status=status,
+            streamed=st.streaming_requested()
+            or "event-stream" in resp.headers.get("content-type", ""),
+            request_id=events.request_id_from(resp.headers),
+            t_request=st.t_request,
+            t_first_byte=st.t_first_byte,
+            t_done=st.t_done,
+        )
+        self._record(events.build_event(exchange, usage, self.proxy_id))
 
     def _estimate(self, st: _MeteredStream, partial: Usage | None) -> Usage:
         """Tokens counted with tiktoken when the provider reported none (or not all)."""
@@ -456,7 +497,7 @@ class Meter:
             partial.estimated = True
             return partial
         return Usage(
-            input=estimate_request_input(st.provider.flavor, st.request_body),
+            input=estimate_request_input(st.provider.flavor, st.request_body(), model=model),
             output=output,
             model=model,
             estimated=True,
@@ -469,22 +510,20 @@ class Meter:
         self.writer.notify(self.spool.append(event))
 
     def _warn_problems(self, flow_id: str, st: _MeteredStream, problems: list[str]) -> None:
-        where = _where(st)
-        if ctx.options.meter_log_payloads:
-            detail = "; ".join(problems)
-            excerpt = st.request_body[:500].decode("utf-8", "replace")
+        if self.log_payloads:
+            excerpt = st.request_body()[:500].decode("utf-8", "replace")
             log.warning(
                 "meterline: %s: unreadable response from %s: %s (request: %s)",
                 flow_id,
-                where,
-                detail,
+                _where(st),
+                "; ".join(problems),
                 excerpt,
             )
         else:
             log.warning(
                 "meterline: %s: unreadable response from %s: %d problem(s), first: %s",
                 flow_id,
-                where,
+                _where(st),
                 len(problems),
                 problems[0][:200],
             )
@@ -492,7 +531,7 @@ class Meter:
 
 def _where(st: _MeteredStream) -> str:
     """``provider host/path`` for log lines: never the query string (it may hold a key)."""
-    return f"{st.provider.name} {st.exchange.host}{st.exchange.path.split('?', 1)[0]}"
+    return f"{st.provider.name} {st.flow.request.pretty_host}{st.path.partition('?')[0]}"
 
 
 def _parse_interval(text: str) -> float:
@@ -509,10 +548,10 @@ def _parse_interval(text: str) -> float:
 
 def _request_model(st: _MeteredStream) -> str | None:
     if st.provider.flavor == "gemini":
-        m = re.search(r"/models/([^/:]+):", st.exchange.path)
+        m = re.search(r"/models/([^/:]+):", st.path)
         return m.group(1) if m else None
     try:
-        data = json.loads(st.request_body)
+        data = json.loads(st.request_body())
     except ValueError:
         return None
     model = data.get("model") if isinstance(data, dict) else None

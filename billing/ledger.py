@@ -242,6 +242,12 @@ def _trim(value: Decimal) -> Decimal:
     return Decimal(format(value.normalize(), "f"))
 
 
+def _unit_price(kind: str, value: Decimal, currency: str) -> Decimal:
+    """A fee's unit price is money (``30.00``); a token's is a tiny exact figure."""
+    money = round_money(value, currency)
+    return money if kind == "flat" and money == value else _trim(value)
+
+
 INVOICE_SQL = """
     SELECT i.number, i.seq, i.customer_key, i.currency, i.period_start, i.period_end,
            i.watermark, i.issued_at, i.status, i.total, i.catalog_digest, s.stripe_status
@@ -305,7 +311,7 @@ def load_invoices(
                     usage_start=from_db(us),
                     usage_end=from_db(ue),
                     quantity=_trim(qty),
-                    unit_price=None if unit is None else _trim(unit),
+                    unit_price=None if unit is None else _unit_price(kind, unit, inv.currency),
                     amount=round_money(amount, inv.currency),
                     detail=json.loads(detail),
                     line_no=no,

@@ -12,7 +12,7 @@ import html
 import io
 import json
 from collections.abc import Sequence
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -30,7 +30,7 @@ def scalar(value: Any) -> Any:
     if isinstance(value, Decimal):
         return decimal_text(value)
     if isinstance(value, datetime):
-        return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
     if isinstance(value, date):
         return value.isoformat()
     if isinstance(value, list | tuple):
@@ -43,6 +43,8 @@ def scalar(value: Any) -> Any:
 def _cell(value: Any) -> str:
     if value is None:
         return ""
+    if isinstance(value, datetime):  # tables and CSV: to the second
+        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     v = scalar(value)
     if isinstance(v, bool):
         return "yes" if v else "no"
@@ -163,8 +165,10 @@ def invoice_json(inv: Invoice) -> Row:
 
 def _tier_rows(line: InvoiceLine) -> list[str]:
     tiers = (line.detail.get("pricing") or {}).get("tiers") or []
+    per = ((line.detail.get("rate_card") or {}).get("price") or {}).get("per", 1)
+    unit = "" if per == 1 else f" per {per}"
     return [
-        f"      tier {t['tier'] + 1}: {t['quantity']} units x {t['unit_amount']}"
+        f"      tier {t['tier'] + 1}: {t['quantity']} units at {t['unit_amount']}{unit}"
         + (f" + flat {t['flat_amount']}" if Decimal(t["flat_amount"]) else "")
         + f" = {t['amount']}"
         for t in tiers
@@ -177,11 +181,11 @@ def invoice_text(inv: Invoice) -> str:
     head = [
         f"Invoice  {title}",
         f"Customer {inv.customer_name} ({inv.customer_key})",
-        f"Period   {scalar(inv.period_start)} .. {scalar(inv.period_end)}",
+        f"Period   {_cell(inv.period_start)} .. {_cell(inv.period_end)}",
         f"Status   {inv.status}"
-        + (f", issued {scalar(inv.issued_at)}" if inv.issued_at else "")
+        + (f", issued {_cell(inv.issued_at)}" if inv.issued_at else "")
         + (f", stripe {inv.stripe_status}" if inv.stripe_status else ""),
-        f"Usage    ingested up to {scalar(inv.watermark)}",
+        f"Usage    ingested up to {_cell(inv.watermark)}",
         "",
     ]
     body = table([line_row(ln) for ln in inv.lines], LINE_COLUMNS).splitlines()
@@ -249,7 +253,7 @@ def invoice_html(inv: Invoice) -> str:
                 f'<td class="num">{e(t["unit_amount"])}</td>'
                 f'<td class="num">{e(t["amount"])}</td></tr>'
             )
-    issued = f"Issued {scalar(inv.issued_at)}" if inv.issued_at else "Not finalized"
+    issued = f"Issued {_cell(inv.issued_at)}" if inv.issued_at else "Not finalized"
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -274,7 +278,7 @@ def invoice_html(inv: Invoice) -> str:
 <td class="num">{e(format_money(inv.total, inv.currency))}</td></tr>
 </tbody>
 </table>
-<p class="muted">Usage ingested up to {e(scalar(inv.watermark))}.
+<p class="muted">Usage ingested up to {e(_cell(inv.watermark))}.
 Catalog {e(inv.catalog_digest)}.</p>
 </body>
 </html>

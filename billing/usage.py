@@ -337,9 +337,13 @@ def usage_report(
 
 
 def _shape(rows: list[dict[str, object]], group_by: tuple[str, ...]) -> list[dict[str, object]]:
-    """Add totals, unpivot token types when grouped by type, and order deterministically."""
+    """Order by the dimensions, add totals; with ``type``, one row per non-zero token type."""
+
+    def key(r: dict[str, object]) -> tuple[str, ...]:
+        return tuple("" if v is None else str(v) for k, v in r.items() if k not in TOKEN_COLUMNS)
+
     out: list[dict[str, object]] = []
-    for row in rows:
+    for row in sorted(rows, key=lambda r: key({k: v for k, v in r.items() if k != "events"})):
         if "day" in row and row["day"] is not None:
             row["day"] = row["day"].isoformat()  # type: ignore[attr-defined]
         tokens = {tt: int(row.pop(tt)) for tt in TOKEN_COLUMNS}  # type: ignore[call-overload]
@@ -350,11 +354,7 @@ def _shape(rows: list[dict[str, object]], group_by: tuple[str, ...]) -> list[dic
                     out.append({**row, "token_type": tt, "tokens": n, "events": events})
         else:
             out.append({**row, **tokens, "total": sum(tokens.values()), "events": events})
-
-    def key(r: dict[str, object]) -> tuple[str, ...]:
-        return tuple("" if v is None else str(v) for k, v in r.items() if isinstance(v, str | None))
-
-    return sorted(out, key=key)
+    return out
 
 
 def total_tokens(rows: Iterable[dict[str, object]]) -> int:

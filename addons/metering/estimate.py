@@ -42,6 +42,7 @@ def _tiktoken_cache_file(url: str) -> str | None:
     return os.path.join(cache_dir, hashlib.sha1(url.encode()).hexdigest())
 
 
+@lru_cache(maxsize=1)
 def o200k_available_offline() -> bool:
     """``o200k_base`` can be loaded without any download: an offline plugin registers it,
     or tiktoken's cache holds the file with the expected hash (else tiktoken would

@@ -107,13 +107,22 @@ class SSEParser:
         tail = pieces.pop()
         end = base
         partial = self._partial
+        data = self._data
         for piece in pieces:
             end += len(piece) + 1
             if partial:
                 partial.append(piece)
                 piece = b"".join(partial)
                 partial.clear()
-            self._line(piece, end, events)
+            # Fast paths for the two lines every LLM stream is made of.
+            if self._first_line:
+                self._line(piece, end, events)
+            elif piece.startswith(b"data: "):
+                data.append(piece[6:])
+            elif not piece:
+                self._dispatch(end, events)
+            else:
+                self._line(piece, end, events)
         if tail:
             partial.append(tail)
         return events
@@ -145,6 +154,24 @@ class SSEParser:
             self._line(b"", self._offset, events)
         return events
 
+    def _dispatch(self, end: int, events: list[SSEEvent]) -> None:
+        """A blank line: dispatch the event if it had data, start a new block."""
+        data = self._data
+        if data:
+            events.append(
+                SSEEvent(
+                    self._event.decode("utf-8", "replace") if self._event else "message",
+                    (data[0] if len(data) == 1 else b"\n".join(data)).decode("utf-8", "replace"),
+                    self._last_id,
+                    self._retry,
+                    self._block_start,
+                    end,
+                )
+            )
+            data.clear()
+        self._event = b""
+        self._block_start = self._boundary = end
+
     def _line(self, line: bytes, end: int, events: list[SSEEvent]) -> None:
         """Interpret one complete line; ``end`` is the absolute offset just after its EOL."""
         if self._first_line:
@@ -152,20 +179,7 @@ class SSEParser:
             if line.startswith(_BOM):
                 line = line[3:]
         if not line:
-            if self._data:
-                events.append(
-                    SSEEvent(
-                        self._event.decode("utf-8", "replace") if self._event else "message",
-                        b"\n".join(self._data).decode("utf-8", "replace"),
-                        self._last_id,
-                        self._retry,
-                        self._block_start,
-                        end,
-                    )
-                )
-                self._data = []
-            self._event = b""
-            self._block_start = self._boundary = end
+            self._dispatch(end, events)
             return
         if line[0] == 0x3A:  # ":" comment
             return

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from addons.metering.extract.framing import has_value
+from addons.metering.extract.framing import MAX_SSE_EVENT, has_value
 from addons.metering.sse import SSEParser
 
 _INSERT = b',"stream_options":{"include_usage":true}'
@@ -64,7 +64,8 @@ class UsageChunkDropper:
     """Removes usage-only chunks from a decoded SSE stream; every other byte passes
     unchanged. Only an incomplete trailing event is held back until its blank line
     arrives (a complete event is never held). ``feed`` never raises: on an internal
-    error it stops filtering and passes everything through."""
+    error, or an event over :data:`MAX_SSE_EVENT` bytes, it stops filtering and passes
+    everything through."""
 
     def __init__(self) -> None:
         self._parser = SSEParser()
@@ -100,7 +101,7 @@ class UsageChunkDropper:
         held = self._held
         held += data
         base = self._base
-        out: list[bytes] = []
+        out: list[bytes | bytearray] = []
         pos = base + 1 if skip_lf else base
         for event in events:
             out.append(held[pos - base : event.start - base])
@@ -111,6 +112,10 @@ class UsageChunkDropper:
             self._drop_next_lf = True
         del held[: boundary - base]
         self._base = boundary
+        if len(held) > MAX_SSE_EVENT:  # not SSE as we know it: stop holding bytes back
+            self._broken = True
+            out.append(held)
+            self._held = bytearray()
         return b"".join(out)
 
     def flush(self) -> bytes:

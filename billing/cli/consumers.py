@@ -25,7 +25,7 @@ def consumer_rows(cat: Catalog) -> list[dict[str, object]]:
             "customer": billed_to.get(c.name),
             "keys": len(c.keys),
             "fingerprints": [k.fingerprint for k in c.keys],
-            "labels": [k.label or "" for k in c.keys],
+            "labels": [k.label for k in c.keys if k.label],
             "inject": sorted(c.inject),
         }
         for c in cat.consumers

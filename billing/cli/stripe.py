@@ -1,18 +1,19 @@
 """``billing stripe ...``: push finalized invoices to Stripe and pull their status back.
 
-Registered on the root CLI as ``billing stripe``. The store and catalog come from the
-root's ``--db``/``--catalog`` when it passes them on in ``ctx.obj``, else from this
-group's own options (or ``METERLINE_DB`` / ``METERLINE_CATALOG``).
+Registered on the root CLI as ``billing stripe``; the store and the catalog are the
+root's ``--db`` and ``--catalog``. Stripe settings: ``STRIPE_API_KEY`` (required to
+send), ``--api-base`` / ``STRIPE_API_BASE`` (another server, e.g. a local fake).
 """
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 import click
 
+from billing.cli.common import Settings
+from billing.stripe.amounts import AmountError
 from billing.stripe.client import (
     API_BASE_ENV,
     DEFAULT_NETWORK_RETRIES,
@@ -41,32 +42,21 @@ def _api_base(_ctx: click.Context, _param: click.Parameter, value: str | None) -
     return value
 
 
-def _from_root(ctx: click.Context, name: str) -> Any:
-    obj = ctx.find_root().obj
-    if isinstance(obj, dict):
-        return obj.get(name)
-    return getattr(obj, name, None)
-
-
 class _Env:
-    """Where this command reads from: the store, the catalog, the Stripe endpoint."""
+    """Where a command reads from: the root's ``--db`` and ``--catalog`` (``Settings``)."""
 
     def __init__(self, ctx: click.Context) -> None:
-        own = ctx.obj if isinstance(ctx.obj, dict) else {}
-        self.db = str(own.get("stripe_db") or _from_root(ctx, "db") or DEFAULT_DB)
-        self.catalog_path = str(
-            own.get("stripe_catalog") or _from_root(ctx, "catalog") or DEFAULT_CATALOG
-        )
+        settings = ctx.find_object(Settings)
+        self.db = settings.db if settings else DEFAULT_DB
+        self.catalog_path = settings.catalog if settings else DEFAULT_CATALOG
 
     def catalog(self) -> Catalog:
         try:
             return load_catalog(self.catalog_path)
         except CatalogError as e:
-            raise click.ClickException(str(e).splitlines()[0]) from None
+            raise click.ClickException(str(e)) from None
 
     def ledger(self) -> Ledger:
-        if not Path(self.db).exists() and not self.db.startswith("ducklake:"):
-            raise click.ClickException(f"{self.db}: no such database (nothing invoiced yet?)")
         return Ledger(self.db)
 
 
@@ -95,15 +85,16 @@ def _stripe_options(fn: Any) -> Any:
 
 
 @click.group("stripe")
-@click.option("--db", envvar="METERLINE_DB", help="The store (default: the root's --db).")
-@click.option(
-    "--catalog", envvar="METERLINE_CATALOG", help="catalog.yaml (default: the root's --catalog)."
-)
-@click.pass_context
-def stripe_group(ctx: click.Context, db: str | None, catalog: str | None) -> None:
-    """Sync finalized invoices to Stripe (exactly once) and pull their status."""
-    # The root's obj stays where it is (read through ctx.find_root()); ours is a fresh dict.
-    ctx.obj = {"stripe_db": db, "stripe_catalog": catalog}
+def stripe_group() -> None:
+    """Sync finalized invoices to Stripe (exactly once) and pull their status.
+
+    \b
+    Example usage:
+      export STRIPE_API_KEY=sk_test_...
+      billing stripe sync --period 2026-10 --dry-run
+      billing stripe sync --period 2026-10
+      billing stripe status
+    """
 
 
 @stripe_group.command("sync")
@@ -137,7 +128,7 @@ def sync_cmd(
             click.echo(f"dry run: {len(invoices)} invoice(s), nothing sent")
             return
         done, flagged = sync_all(invoices, Syncer(catalog, ledger, gateway), click.echo)
-    except (SyncError, StoreError) as e:
+    except (SyncError, AmountError, StoreError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"synced {len(done)} invoice(s), flagged {len(flagged)}")
     if flagged:
@@ -173,9 +164,3 @@ def status_cmd(
         return
     for change in changes:
         click.echo(change.line())
-
-
-main = stripe_group
-
-if __name__ == "__main__":
-    main()

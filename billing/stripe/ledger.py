@@ -181,7 +181,7 @@ class Ledger:
                 [*args, number],
             )
 
-    def set_invoice(self, number: str, stripe_invoice_id: str, stripe_status: str) -> None:
+    def set_invoice(self, number: str, stripe_invoice_id: str, stripe_status: str | None) -> None:
         self._update(
             number,
             "stripe_invoice_id = ?, stripe_status = ?,"
@@ -231,5 +231,5 @@ class Ledger:
                 [number, customer_key, message],
             )
 
-    def set_status(self, number: str, stripe_status: str) -> None:
+    def set_status(self, number: str, stripe_status: str | None) -> None:
         self._update(number, f"stripe_status = ?, status_checked_at = {_NOW}", [stripe_status])

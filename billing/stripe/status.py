@@ -18,7 +18,7 @@ class StatusChange:
     customer_key: str
     stripe_invoice_id: str
     before: str | None
-    after: str
+    after: str | None
     flagged_reason: str | None
 
     def line(self) -> str:

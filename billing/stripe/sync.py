@@ -30,6 +30,7 @@ from decimal import Decimal
 from typing import Any
 
 from billing.money import minor_unit_exponent
+from billing.stripe.amounts import AmountError, show_minor, to_minor
 from billing.stripe.client import (
     META_CUSTOMER,
     META_INVOICE,
@@ -64,19 +65,6 @@ def finalize_idem(number: str) -> str:
 
 
 # --------------------------------------------------------------------------- amounts
-
-
-def to_minor(amount: Decimal, currency: str) -> int:
-    """``Decimal("12.34")`` USD -> ``1234``; refuses an amount finer than the minor unit."""
-    scaled = amount.scaleb(minor_unit_exponent(currency))
-    if scaled != scaled.to_integral_value():
-        raise SyncError(f"{amount} {currency} is not a whole number of minor units")
-    return int(scaled)
-
-
-def show_minor(amount_minor: int, currency: str) -> str:
-    exponent = minor_unit_exponent(currency)
-    return f"{Decimal(amount_minor).scaleb(-exponent):f} {currency}"
 
 
 def _plain(value: Decimal) -> str:
@@ -204,7 +192,7 @@ class Syncer:
         """Take ``invoice`` as far as it can go; failures are recorded, then raised."""
         try:
             return self._sync(invoice)
-        except (StripeFailure, SyncError) as err:
+        except (StripeFailure, SyncError, AmountError) as err:
             message = str(err)
             if not message.startswith(invoice.number):
                 message = f"{invoice.number}: {message}"

@@ -19,7 +19,6 @@ from tests.support.proxy import MeterProxy, row_usage
 from tests.support.upstream import FakeProvider
 
 
-
 @pytest.fixture(scope="module")
 def h2_proxy(
     tmp_path_factory: pytest.TempPathFactory, mitm_confdir: Path, test_catalog: Path
@@ -45,12 +44,16 @@ def _url(upstream: FakeProvider, method: str, query: str = "") -> str:
 def test_generate_content_http2(
     clients: Clients, h2_proxy: MeterProxy, fake_provider: FakeProvider
 ) -> None:
-    with clients.for_proxy(h2_proxy).raw(http2=True).stream(
-        "POST",
-        _url(fake_provider, "generateContent"),
-        json=BODY,
-        headers={"x-goog-api-key": KEYS["alice"]},
-    ) as resp:
+    with (
+        clients.for_proxy(h2_proxy)
+        .raw(http2=True)
+        .stream(
+            "POST",
+            _url(fake_provider, "generateContent"),
+            json=BODY,
+            headers={"x-goog-api-key": KEYS["alice"]},
+        ) as resp
+    ):
         received = b"".join(resp.iter_raw())
         assert resp.http_version == "HTTP/2"
     ex = fake_provider.last()
@@ -67,9 +70,11 @@ def test_stream_generate_content(
 ) -> None:
     # The key in ?key= must reach the provider, and must not be stored.
     query = f"?alt=sse&key={KEYS['alice']}" if alt_sse else f"?key={KEYS['alice']}"
-    with clients.for_proxy(h2_proxy).raw(http2=True).stream(
-        "POST", _url(fake_provider, "streamGenerateContent", query), json=BODY
-    ) as resp:
+    with (
+        clients.for_proxy(h2_proxy)
+        .raw(http2=True)
+        .stream("POST", _url(fake_provider, "streamGenerateContent", query), json=BODY) as resp
+    ):
         received = b"".join(resp.iter_raw())
         assert resp.http_version == "HTTP/2"
     ex = fake_provider.last()

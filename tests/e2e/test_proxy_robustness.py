@@ -32,15 +32,22 @@ def _request(
         body: dict[str, Any] = dict(CHAT)
         if stream:
             body |= {"stream": True, "stream_options": {"include_usage": True}}
-        return base + "/v1/chat/completions", body, headers | {
-            "authorization": f"Bearer {KEYS['alice']}"
-        }
+        return (
+            base + "/v1/chat/completions",
+            body,
+            headers | {"authorization": f"Bearer {KEYS['alice']}"},
+        )
     if flavor == "anthropic":
         body = dict(MESSAGES) | ({"stream": True} if stream else {})
-        return base + "/v1/messages", body, headers | {
-            "x-api-key": KEYS["bob"],
-            "anthropic-version": "2023-06-01",
-        }
+        return (
+            base + "/v1/messages",
+            body,
+            headers
+            | {
+                "x-api-key": KEYS["bob"],
+                "anthropic-version": "2023-06-01",
+            },
+        )
     method = "streamGenerateContent?alt=sse" if stream else "generateContent"
     return (
         f"{base}/v1beta/models/gemini-2.5-pro:{method}",
@@ -62,7 +69,9 @@ def _send(client: httpx2.Client, url: str, body: Any, headers: dict[str, str]) -
 
 
 @pytest.mark.parametrize("encoding", ["gzip", "br", "zstd", "deflate"])
-@pytest.mark.parametrize("flavor,stream", [("openai", True), ("anthropic", False), ("gemini", True)])
+@pytest.mark.parametrize(
+    "flavor,stream", [("openai", True), ("anthropic", False), ("gemini", True)]
+)
 def test_compressed_bodies(
     clients: Clients,
     meter_proxy: MeterProxy,

@@ -45,9 +45,7 @@ def anthropic_client(
 
 def raw_client(proxy: MeterProxy, *, http2: bool = False) -> httpx2.Client:
     """A plain HTTP client through the proxy (``http2=True``: HTTP/2 to the proxy over TLS)."""
-    return httpx2.Client(
-        proxy=proxy.url, verify=ca_context(proxy), http2=http2, timeout=10
-    )
+    return httpx2.Client(proxy=proxy.url, verify=ca_context(proxy), http2=http2, timeout=10)
 
 
 class Clients:

@@ -79,7 +79,9 @@ class MeterProxy:
         options: dict[str, Any] | None = None,
         env: dict[str, str] | None = None,
         mitm_args: tuple[str, ...] = (),
+        addon: bool = True,
     ) -> None:
+        """``addon=False`` runs plain mitmdump with the same settings: a benchmark baseline."""
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.catalog = catalog
@@ -97,15 +99,20 @@ class MeterProxy:
         }
         self.env = env or {}
         self.mitm_args = mitm_args
+        self.addon = addon
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
 
     # -- lifecycle --------------------------------------------------------------------
 
     def command(self) -> list[str]:
-        cmd = [str(MITMDUMP), "-s", str(ADDON), "--listen-host", "127.0.0.1", "-p", "0"]
+        cmd = [str(MITMDUMP), "--listen-host", "127.0.0.1", "-p", "0"]
         cmd += ["--set", f"confdir={self.confdir}", "--set", "flow_detail=0"]
+        if self.addon:
+            cmd[1:1] = ["-s", str(ADDON)]
         for name, value in self.options.items():
+            if not self.addon and name.startswith("meter_"):
+                continue
             text = str(value).lower() if isinstance(value, bool) else str(value)
             cmd += ["--set", f"{name}={text}"]
         return cmd + list(self.mitm_args)
@@ -125,7 +132,7 @@ class MeterProxy:
         while time.monotonic() < deadline:
             text = self.log_text()
             m = _LISTENING.search(text)
-            if m and _READY in text:
+            if m and (_READY in text or not self.addon):
                 self.port = int(m.group(1))
                 return self
             if self.process.poll() is not None:

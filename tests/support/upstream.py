@@ -397,11 +397,9 @@ class FakeProvider:
         if b.encoding:
             headers["content-encoding"] = b.encoding
         ex.response_headers = headers
-        if b.cut:
-            if len(parts) == 1:
-                parts = [parts[0][: len(parts[0]) // 2]]
-            else:
-                parts = parts[: len(parts) // 2]
+        if b.cut:  # half the events, or half of a single JSON body
+            half = [parts[0][: len(parts[0]) // 2]] if len(parts) == 1 else None
+            parts = half or parts[: len(parts) // 2]
         if not ex.streamed and not b.cut:
             plain = b"".join(parts)
             raw = encode_body(b.encoding, plain)

@@ -3,8 +3,9 @@
 Token mapping (see docs/token-model.md): Anthropic's ``input_tokens`` already excludes
 cached tokens, so ``input = input_tokens``, ``cached_input = cache_read_input_tokens``,
 ``cache_write = cache_creation_input_tokens`` (or the sum of the ``cache_creation``
-breakdown when only that is present), ``output = output_tokens``. Anthropic reports no
-separate thinking-token count, so ``reasoning`` stays 0 (thinking is inside ``output``).
+breakdown when only that is present), ``output = output_tokens`` (thinking included),
+``reasoning = output_tokens_details.thinking_tokens`` where the API reports it (newer
+versions), else 0.
 
 Streams: ``message_start`` carries ``message.usage`` (input and cache figures, a
 placeholder output count) and ``message_delta`` carries the cumulative ``output_tokens``
@@ -68,6 +69,9 @@ class AnthropicReader:
             value = as_int(raw.get(field))
             if value is not None:
                 self._fields[field] = value
+        thinking = as_int(as_dict(raw.get("output_tokens_details")).get("thinking_tokens"))
+        if thinking is not None:
+            self._fields["thinking_tokens"] = thinking
         if "cache_creation_input_tokens" not in self._fields:
             breakdown = as_dict(raw.get("cache_creation"))
             parts = [as_int(v) for v in breakdown.values()]
@@ -103,9 +107,9 @@ class AnthropicReader:
                 self._on_typed(kind, as_dict(obj))
         elif kind == "message" and '"type"' in event.data:  # relays without "event:" lines
             obj = as_dict(loads(event.data, self.problems, "stream event"))
-            kind = obj.get("type")
-            if kind in ("message_start", "message_delta", "content_block_delta", "error"):
-                self._on_typed(kind, obj)
+            typed = obj.get("type")
+            if typed in ("message_start", "message_delta", "content_block_delta", "error"):
+                self._on_typed(typed, obj)
 
     def _on_typed(self, kind: str, obj: dict[str, Any]) -> None:
         self._streamed = True
@@ -128,6 +132,7 @@ class AnthropicReader:
             cached_input=f.get("cache_read_input_tokens", 0),
             cache_write=f.get("cache_creation_input_tokens", 0),
             output=f.get("output_tokens", 0),
+            reasoning=f.get("thinking_tokens", 0),
             model=self._model,
             response_id=self._id,
             partial=self._streamed and not self._final,

@@ -23,6 +23,8 @@ from addons.metering.usage import Usage
 MAX_JSON_BODY = 64 * 1024 * 1024
 #: Raw text-bearing SSE data kept for a possible estimate before it is decoded to text.
 LAZY_TEXT_COMPACT_AT = 1024 * 1024
+#: An SSE event (or line) growing past this stops metering the flow: memory stays bounded.
+MAX_SSE_EVENT = 16 * 1024 * 1024
 #: At most this many problems are kept per flow (a garbage stream must not grow memory).
 MAX_PROBLEMS = 20
 
@@ -266,8 +268,13 @@ class SseExtractor:
         if self._broken:
             return
         try:
-            for event in self._parser.feed(data):
+            parser = self._parser
+            for event in parser.feed(data):
                 self._reader.on_event(event)
+            if parser.offset - parser.boundary > MAX_SSE_EVENT:
+                self._broken = True
+                self._parser = SSEParser()  # drop the held bytes
+                note(self.problems, f"SSE event over {MAX_SSE_EVENT} bytes: stream not metered")
         except Exception as exc:  # never raise into the proxy
             self._broken = True
             note(self.problems, f"stream not metered after internal error: {exc!r}")

@@ -144,6 +144,11 @@ def _response_event_text(obj: Any) -> str:
     return delta if isinstance(delta, str) else ""
 
 
+#: Stream chunks decoded up front to learn the model and id (Azure's first chunk carries
+#: only prompt filter results, with an empty model).
+_PROBES = 3
+
+
 class OpenAIReader:
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
@@ -153,7 +158,7 @@ class OpenAIReader:
         self._text = LazyText(chunk_text, problems, "stream chunk")
         self._response_text = LazyText(_response_event_text, problems, "Responses event")
         self._response_final_text: str | None = None
-        self._seen_first = False
+        self._probes = _PROBES
 
     # --- JSON bodies and parsed chunks -------------------------------------------------
 
@@ -205,9 +210,9 @@ class OpenAIReader:
                 return
             if data.startswith('{"type"'):  # Responses events sent without "event:" lines
                 obj = loads(data, self.problems, "stream event")
-                kind = as_dict(obj).get("type") if obj is not None else None
-                if isinstance(kind, str) and kind.startswith("response."):
-                    self._on_response_event(kind, data, obj)
+                typed = as_dict(obj).get("type")
+                if isinstance(typed, str) and typed.startswith("response."):
+                    self._on_response_event(typed, data, obj)
                     return
             self._on_chunk(data)
         elif kind.startswith("response."):
@@ -216,14 +221,15 @@ class OpenAIReader:
             note(self.problems, f"provider error event: {data[:120]}")
 
     def _on_chunk(self, data: str) -> None:
-        if self._seen_first and not has_value(data, '"usage"') and '"x_groq"' not in data:
+        probing = self._model is None and self._probes > 0
+        if not probing and not has_value(data, '"usage"') and '"x_groq"' not in data:
             self._text.add_raw(data)  # plain content chunk: decoded only if text is needed
             return
+        if probing:
+            self._probes -= 1
         obj = loads(data, self.problems, "stream chunk")
-        if obj is None:
-            return
-        self._seen_first = True
-        self.on_object(obj)
+        if obj is not None:
+            self.on_object(obj)
 
     def _on_response_event(self, kind: str, data: str, obj: Any) -> None:
         if kind in _RESPONSE_TEXT:

@@ -25,8 +25,10 @@ def cl(text: str) -> int:
 @pytest.fixture(autouse=True)
 def _fresh_caches():
     encoding_name_for.cache_clear()
+    estimate.o200k_available_offline.cache_clear()
     yield
     encoding_name_for.cache_clear()
+    estimate.o200k_available_offline.cache_clear()
 
 
 @pytest.mark.parametrize(
@@ -97,7 +99,10 @@ def test_tool_definitions_add_tokens() -> None:
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
-        ({"model": "gpt-3.5-turbo-instruct", "prompt": "Say this is a test"}, cl("Say this is a test")),
+        (
+            {"model": "gpt-3.5-turbo-instruct", "prompt": "Say this is a test"},
+            cl("Say this is a test"),
+        ),
         ({"model": "text-embedding-3-small", "input": ["a b", "c"]}, cl("a b\nc")),
         ({"model": "text-embedding-3-small", "input": [1, 2, 3]}, 3),
         ({"model": "text-embedding-3-small", "input": [[1, 2], [3]]}, 3),
@@ -141,7 +146,9 @@ def test_anthropic_request() -> None:
 def test_gemini_request() -> None:
     body = {
         "systemInstruction": {"parts": [{"text": "Answer in French."}]},
-        "contents": [{"role": "user", "parts": [{"text": "Hello"}, {"inlineData": {"data": "AA"}}]}],
+        "contents": [
+            {"role": "user", "parts": [{"text": "Hello"}, {"inlineData": {"data": "AA"}}]}
+        ],
     }
     expected = cl("Hello\nAnswer in French.") + overhead(1)
     assert estimate_request_input("gemini", json.dumps(body).encode()) == expected

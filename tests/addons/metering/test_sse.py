@@ -33,7 +33,10 @@ def simple(events: list[SSEEvent]) -> list[tuple[str, str, str | None, int | Non
         (b"event: only\n\n", []),  # no data field: nothing dispatched
         (b"data\n\n", [("message", "", None, None)]),  # empty data field still dispatches
         (b"data:\n\n", [("message", "", None, None)]),
-        (b"id: 7\ndata: x\n\ndata: y\n\n", [("message", "x", "7", None), ("message", "y", "7", None)]),
+        (
+            b"id: 7\ndata: x\n\ndata: y\n\n",
+            [("message", "x", "7", None), ("message", "y", "7", None)],
+        ),
         (b"id: a\0b\ndata: x\n\n", [("message", "x", None, None)]),
         (b"retry: 3000\ndata: x\n\n", [("message", "x", None, 3000)]),
         (b"retry: 3s\ndata: x\n\n", [("message", "x", None, None)]),

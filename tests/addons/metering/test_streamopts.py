@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import json
 
+import httpx2
+import openai
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -55,7 +57,8 @@ def test_client_bytes_are_kept_when_stream_options_is_absent() -> None:
         b'{"model": "m", "stream": false, "messages": []}',
         b'{"model": "m", "messages": []}',
         b'{"model": "m", "stream": "true", "messages": []}',
-        b'{"model": "m", "stream": true, "messages": [], "stream_options": {"include_usage": true}}',
+        b'{"model": "m", "stream": true, "messages": [],'
+        b' "stream_options": {"include_usage": true}}',
         b'{"model": "gpt-5", "stream": true, "input": "hi"}',  # Responses API: always has usage
         b'{"model": "text-embedding-3-small", "input": "hi"}',
         b"[1, 2]",
@@ -168,3 +171,54 @@ def test_any_chunking_forwards_the_same_bytes(stream: bytes, data: st.DataObject
     client_events = [e.data for e in parser.feed(out) + parser.finish()]
     reference = [e.data for e in SSEParser().feed(stream) if not is_usage_only_chunk(e.data)]
     assert client_events == reference
+
+
+# --- with the official SDK on the client side -----------------------------------------------
+
+
+def sdk_stream(dropper: UsageChunkDropper | None) -> tuple[dict, list]:
+    """The openai SDK streams a chat completion from a transport that serves the documented
+    stream (with its usage chunk), optionally filtered by the dropper in small chunks."""
+    sent: dict = {}
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        sent["body"] = request.content
+        body = OPENAI_CHAT_STREAM.body
+        if dropper is not None:
+            body = b"".join(run(dropper, [body[i : i + 13] for i in range(0, len(body), 13)]))
+        return httpx2.Response(200, headers={"content-type": "text/event-stream"}, content=body)
+
+    client = openai.OpenAI(
+        api_key="sk-test",
+        base_url="http://upstream.test/v1",
+        http_client=openai.DefaultHttpxClient(transport=httpx2.MockTransport(handler)),
+        max_retries=0,
+    )
+    stream = client.chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+    return sent, list(stream)
+
+
+def test_sdk_request_gets_include_usage_and_sdk_client_never_sees_the_usage_chunk() -> None:
+    sent, unfiltered = sdk_stream(None)
+    assert any(c.usage is not None and c.choices == [] for c in unfiltered)  # the extra chunk
+
+    patched = add_include_usage(sent["body"])
+    assert patched is not None
+    assert json.loads(patched)["stream_options"] == {"include_usage": True}
+
+    _, chunks = sdk_stream(UsageChunkDropper())
+    assert len(chunks) == len(unfiltered) - 1
+    assert all(c.choices for c in chunks)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == OPENAI_CHAT_STREAM.text
+
+
+def test_giant_event_stops_filtering_and_passes_everything() -> None:
+    dropper = UsageChunkDropper()
+    usage_only = b'data: {"choices":[],"usage":{"prompt_tokens":1}}\n\n'
+    assert dropper.feed(usage_only) == b""
+    big = b"data: " + b"x" * (16 * 1024 * 1024 + 1)
+    assert dropper.feed(big) == big  # not held back beyond the limit
+    assert dropper.feed(b"\n\n" + usage_only) == b"\n\n" + usage_only  # filtering stopped
+    assert dropper.flush() == b""

@@ -8,7 +8,8 @@
     INV-000001 acme (USD, send_invoice, 3 lines), INV-000002 globex (USD,
     charge_automatically, 2 zero lines), INV-000003 umbrella (JPY).
 ``cli`` (function scope)
-    ``cli("sync", "--period", "2026-10")`` runs ``billing stripe ...`` in-process on
+    ``cli("sync", "--period", "2026-10")`` runs ``billing --db .. --catalog .. stripe sync
+    --period 2026-10`` (the real root CLI) in-process on
     ``billed`` with ``STRIPE_API_KEY`` set and ``--api-base`` pointing at ``fake``.
 ``localstripe`` (session scope)
     A real ``localstripe`` server process on a free port.
@@ -30,7 +31,7 @@ import pytest
 import stripe
 from click.testing import CliRunner, Result
 
-from billing.cli.stripe import stripe_group
+from billing.cli import main as billing_cli
 from billing.invoices import generate_invoices
 from billing.store import billing_store
 from meterline.catalog import load_catalog
@@ -129,6 +130,7 @@ def _insert_event(con: object, n: int, consumer: str, inp: int, out: int, day: i
 
 
 def make_billed(tmp_path: Path, catalog_text: str = CATALOG) -> Billed:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     catalog_path = tmp_path / "catalog.yaml"
     catalog_path.write_text(catalog_text, encoding="utf-8")
     db = tmp_path / "meterline.duckdb"
@@ -162,8 +164,8 @@ def cli(billed: Billed, fake: FakeStripe, monkeypatch: pytest.MonkeyPatch) -> Cl
         extra = ["--api-base", fake.url] if api_base and args[0] in ("sync", "status") else []
         if retries is not None and args[0] in ("sync", "status"):
             extra += ["--max-network-retries", str(retries)]
-        base = ["--db", str(billed.db), "--catalog", str(billed.catalog)]
-        return CliRunner().invoke(stripe_group, [*base, *args, *extra], catch_exceptions=False)
+        base = ["--db", str(billed.db), "--catalog", str(billed.catalog), "stripe"]
+        return CliRunner().invoke(billing_cli, [*base, *args, *extra], catch_exceptions=False)
 
     return run
 

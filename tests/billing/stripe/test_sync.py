@@ -16,7 +16,6 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-import stripe
 
 from billing.money import minor_unit_exponent
 from billing.store import billing_store
@@ -225,8 +224,8 @@ def test_sync_killed_with_sigkill_mid_request_resumes_without_duplicates(
     }
     log = (tmp_path / "killed-sync.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "billing.cli.stripe", "--db", str(billed.db),
-         "--catalog", str(billed.catalog), "sync"],
+        [Path(sys.executable).with_name("billing"), "--db", str(billed.db),
+         "--catalog", str(billed.catalog), "stripe", "sync"],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
@@ -285,7 +284,9 @@ def test_currency_mismatch_is_one_clear_error_and_recorded(
     cli: CliFn, fake: FakeStripe, billed: Billed
 ) -> None:
     client = client_for(fake)
-    euro = client.v1.customers.create({"name": "Acme EU", "metadata": {"meterline_customer": "acme"}})
+    euro = client.v1.customers.create(
+        {"name": "Acme EU", "metadata": {"meterline_customer": "acme"}}
+    )
     client.v1.invoice_items.create({"customer": euro.id, "amount": 100, "currency": "eur"})
     result = cli("sync")
     message = (

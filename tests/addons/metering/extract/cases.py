@@ -775,6 +775,7 @@ ANTHROPIC_JSON = Case(
                     "ephemeral_1h_input_tokens": 0,
                 },
                 "output_tokens": 503,
+                "output_tokens_details": {"thinking_tokens": 120},
                 "service_tier": "standard",
             },
         }
@@ -784,7 +785,7 @@ ANTHROPIC_JSON = Case(
         cached_input=1800,
         cache_write=2051,
         output=503,
-        reasoning=0,
+        reasoning=120,
         model="claude-sonnet-4-20250514",
         response_id="msg_013Zva2CMHLNnXjNJJKqJ2EF",
     ),
@@ -812,7 +813,11 @@ def _anthropic_stream(start_usage: dict, delta_usage: dict) -> bytes:
         ),
         (
             "content_block_start",
-            {"type": "content_block_start", "index": 0, "content_block": {"type": "text"}},
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            },
         ),
         ("ping", {"type": "ping"}),
         (

@@ -2,11 +2,18 @@ from __future__ import annotations
 
 import json
 
+import anthropic
+import httpx2
 import pytest
 
 from addons.metering.extract import new_extractor
 from addons.metering.usage import Usage
-from tests.addons.metering.extract.cases import ANTHROPIC_STREAM, sse
+from tests.addons.metering.extract.cases import (
+    ANTHROPIC_STREAM,
+    ANTHROPIC_STREAM_CACHE,
+    Case,
+    sse,
+)
 
 MSG = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x", "content": []}
 
@@ -116,7 +123,9 @@ def test_error_event_is_recorded() -> None:
 
 
 def test_events_without_event_lines_are_read_from_type() -> None:
-    events = [e[1] if isinstance(e, tuple) else e for e in (start(input_tokens=4), delta(output_tokens=6))]
+    events = [
+        e[1] if isinstance(e, tuple) else e for e in (start(input_tokens=4), delta(output_tokens=6))
+    ]
     usage, _, _ = stream(*events)
     assert usage is not None and (usage.input, usage.output) == (4, 6)
 
@@ -129,7 +138,9 @@ def test_uninteresting_events_are_not_decoded() -> None:
         ("content_block_start", "{garbled"),
         delta(output_tokens=6),
     )
-    ext = new_extractor("anthropic", path="/v1/messages", content_type="text/event-stream", streaming_requested=True)
+    ext = new_extractor(
+        "anthropic", path="/v1/messages", content_type="text/event-stream", streaming_requested=True
+    )
     ext.feed(body)
     assert ext.finish() is not None
     assert ext.problems == []
@@ -142,14 +153,65 @@ def test_garbled_message_delta_leaves_partial_usage() -> None:
 
 
 def test_json_error_body_is_a_problem_without_usage() -> None:
-    ext = new_extractor("anthropic", path="/v1/messages", content_type="application/json", streaming_requested=False)
+    ext = new_extractor(
+        "anthropic", path="/v1/messages", content_type="application/json", streaming_requested=False
+    )
     ext.feed(json.dumps({"type": "error", "error": {"type": "invalid_request_error"}}).encode())
     assert ext.finish() is None
     assert len(ext.problems) == 1
 
 
 def test_crlf_stream_gives_the_same_usage() -> None:
-    ext = new_extractor("anthropic", path="/v1/messages", content_type="text/event-stream", streaming_requested=True)
+    ext = new_extractor(
+        "anthropic", path="/v1/messages", content_type="text/event-stream", streaming_requested=True
+    )
     ext.feed(ANTHROPIC_STREAM.body.replace(b"\n", b"\r\n"))
     usage = ext.finish()
     assert usage is not None and (usage.input, usage.output) == (25, 15)
+
+
+def test_thinking_tokens_in_message_delta_are_reasoning() -> None:
+    details = {"thinking_tokens": 30}
+    usage, _, _ = stream(
+        start(input_tokens=4, output_tokens=1),
+        delta(output_tokens=50, output_tokens_details=details),
+    )
+    assert usage is not None and (usage.output, usage.reasoning) == (50, 30)
+
+
+@pytest.mark.parametrize("case", [ANTHROPIC_STREAM, ANTHROPIC_STREAM_CACHE], ids=lambda c: c.id)
+def test_official_sdk_accumulates_the_same_usage(case: Case) -> None:
+    """The anthropic SDK's own stream accumulation reads our documented payloads the same
+    way (latest non-null value per field, output cumulative)."""
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(
+            200, headers={"content-type": "text/event-stream"}, content=case.body
+        )
+
+    client = anthropic.Anthropic(
+        api_key="sk-ant-test",
+        base_url="http://upstream.test",
+        http_client=anthropic.DefaultHttpxClient(transport=httpx2.MockTransport(handler)),
+        max_retries=0,
+    )
+    with client.messages.stream(
+        model="claude-x", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+    ) as sdk_stream:
+        sdk = sdk_stream.get_final_message()
+    ours, text, _ = stream_raw(case.body)
+    assert ours is not None
+    assert ours.input == sdk.usage.input_tokens
+    assert ours.cached_input == (sdk.usage.cache_read_input_tokens or 0)
+    assert ours.cache_write == (sdk.usage.cache_creation_input_tokens or 0)
+    assert ours.output == sdk.usage.output_tokens
+    assert (ours.model, ours.response_id) == (sdk.model, sdk.id)
+    assert text == "".join(b.text for b in sdk.content if b.type == "text")
+
+
+def stream_raw(body: bytes):
+    ext = new_extractor(
+        "anthropic", path="/v1/messages", content_type="text/event-stream", streaming_requested=True
+    )
+    ext.feed(body)
+    return ext.finish(), ext.output_text(), ext.problems

@@ -102,7 +102,9 @@ def test_garbled_last_usage_chunk_falls_back_to_previous() -> None:
 def test_cut_json_array_uses_complete_elements() -> None:
     body = GEMINI_JSON_ARRAY.body
     cut = body.rindex(b'"usageMetadata"')  # inside the last element
-    usage, text, problems = run(body[:cut], path=GEMINI_JSON_ARRAY.path, content_type="application/json")
+    usage, text, problems = run(
+        body[:cut], path=GEMINI_JSON_ARRAY.path, content_type="application/json"
+    )
     assert usage is not None and usage.partial
     assert (usage.input, usage.cached_input, usage.output) == (250, 1000, 212)
     assert text == "AI learns patterns "

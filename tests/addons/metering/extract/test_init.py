@@ -148,7 +148,7 @@ def test_cut_stream_never_raises_and_keeps_text_seen(case: Case) -> None:
         b'{"usage": [1]}',
         b"\n\n\n",
         b"",
-        'data: {"choices":[{"delta":{"content":"\\ud800"}}]}\n\n'.encode(),
+        b'data: {"choices":[{"delta":{"content":"\\ud800"}}]}\n\n',
         b"data: " + b"{" * 5000 + b"\n\n",
     ],
 )
@@ -185,8 +185,23 @@ def test_problem_list_is_bounded() -> None:
     )
     ext.feed(b'data: {"usage": {"x": 1}}\n\n' + b"data: {bad\n\n" * 500)
     assert ext.finish() is None
-    assert ext.problems == ["usage object without known token fields"]
+    # The first chunks are decoded to find the model; the rest only when text is needed.
+    assert ext.problems[0] == "usage object without known token fields"
+    assert len(ext.problems) == 3
     # Content chunks are decoded only when text is needed; their garbage shows up then.
     assert ext.output_text() == ""
     assert len(ext.problems) == 21
     assert ext.problems[-1] == "further problems not recorded"
+
+
+def test_endless_sse_line_stops_metering_with_a_problem() -> None:
+    ext = new_extractor(
+        "openai",
+        path="/v1/chat/completions",
+        content_type="text/event-stream",
+        streaming_requested=True,
+    )
+    ext.feed(b"data: " + b"x" * (16 * 1024 * 1024 + 1))
+    ext.feed(b'\n\ndata: {"choices":[],"usage":{"prompt_tokens":1}}\n\n')
+    assert ext.finish() is None
+    assert ext.problems == ["SSE event over 16777216 bytes: stream not metered"]

@@ -3,11 +3,27 @@ from __future__ import annotations
 import json
 
 import pytest
+from openai.types import Completion, CreateEmbeddingResponse
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from addons.metering.extract import new_extractor
 from addons.metering.extract.openai import map_usage
 from addons.metering.usage import Usage
-from tests.addons.metering.extract.cases import sse
+from tests.addons.metering.extract.cases import (
+    AZURE_CHAT_JSON,
+    DEEPSEEK_CHAT_JSON,
+    GROQ_CHAT_STREAM,
+    MISTRAL_CHAT_STREAM,
+    OLLAMA_OPENAI_JSON,
+    OPENAI_CHAT_JSON,
+    OPENAI_CHAT_STREAM,
+    OPENAI_COMPLETIONS_JSON,
+    OPENAI_EMBEDDINGS,
+    OPENROUTER_CHAT_JSON,
+    VLLM_CHAT_STREAM,
+    Case,
+    sse,
+)
 
 
 def chat_stream(*events: object) -> tuple[Usage | None, str, list[str]]:
@@ -151,7 +167,12 @@ def test_garbled_first_chunk_is_a_problem_and_later_chunks_still_count() -> None
     usage, text, problems = chat_stream(
         "{garbled",
         chunk("ok"),
-        {"id": "c", "model": "m", "choices": [], "usage": {"prompt_tokens": 2, "completion_tokens": 1}},
+        {
+            "id": "c",
+            "model": "m",
+            "choices": [],
+            "usage": {"prompt_tokens": 2, "completion_tokens": 1},
+        },
     )
     assert usage is not None and (usage.input, usage.output, usage.model) == (2, 1, "m")
     assert text == "ok"
@@ -165,7 +186,9 @@ def test_garbled_usage_chunk_is_a_problem() -> None:
 
 
 def test_error_event_is_recorded() -> None:
-    ext = new_extractor("openai", path="/v1/responses", content_type="text/event-stream", streaming_requested=True)
+    ext = new_extractor(
+        "openai", path="/v1/responses", content_type="text/event-stream", streaming_requested=True
+    )
     ext.feed(sse(("error", {"type": "error", "code": "server_error", "message": "boom"})))
     assert ext.finish() is None
     assert len(ext.problems) == 1 and "provider error event" in ext.problems[0]
@@ -219,7 +242,9 @@ def test_responses_failed_without_usage_is_none() -> None:
 
 
 def test_responses_json_text_falls_back_to_final_output() -> None:
-    ext = new_extractor("openai", path="/v1/responses", content_type="application/json", streaming_requested=False)
+    ext = new_extractor(
+        "openai", path="/v1/responses", content_type="application/json", streaming_requested=False
+    )
     body = {
         "id": "resp_2",
         "object": "response",
@@ -237,7 +262,9 @@ def test_responses_json_text_falls_back_to_final_output() -> None:
 
 
 def test_json_body_that_is_not_an_object_is_a_problem() -> None:
-    ext = new_extractor("openai", path="/v1/x", content_type="application/json", streaming_requested=False)
+    ext = new_extractor(
+        "openai", path="/v1/x", content_type="application/json", streaming_requested=False
+    )
     ext.feed(b'"just a string"')
     assert ext.finish() is None
     assert ext.problems == ["expected a JSON object, got str"]
@@ -249,3 +276,52 @@ def test_long_stream_text_survives_compaction() -> None:
     assert usage is None
     assert text == "".join(pieces)
     assert problems == []
+
+
+def test_azure_first_chunk_without_model_does_not_hide_the_model() -> None:
+    filters = {
+        "choices": [],
+        "created": 0,
+        "id": "",
+        "model": "",
+        "object": "",
+        "prompt_filter_results": [],
+    }
+    usage, text, _ = chat_stream(
+        filters,
+        chunk("x"),
+        {"id": "chatcmpl-1", "model": "gpt-4o-mini", "choices": [], "usage": {"prompt_tokens": 1}},
+    )
+    assert usage is not None and usage.model == "gpt-4o-mini"
+    assert text == "x"
+
+
+JSON_SHAPES = [
+    (OPENAI_CHAT_JSON, ChatCompletion),
+    (AZURE_CHAT_JSON, ChatCompletion),
+    (DEEPSEEK_CHAT_JSON, ChatCompletion),
+    (OPENROUTER_CHAT_JSON, ChatCompletion),
+    (OLLAMA_OPENAI_JSON, ChatCompletion),
+    (OPENAI_COMPLETIONS_JSON, Completion),
+    (OPENAI_EMBEDDINGS, CreateEmbeddingResponse),
+]
+
+
+@pytest.mark.parametrize(("case", "model"), JSON_SHAPES, ids=lambda v: getattr(v, "id", ""))
+def test_documented_json_payloads_are_valid_for_the_official_sdk(case: Case, model: type) -> None:
+    parsed = model.model_validate_json(case.body)  # raises if our table drifted from the API
+    assert parsed.usage is not None
+    assert parsed.usage.prompt_tokens == case.expected["input"] + (
+        case.expected["cached_input"] + case.expected["cache_write"]
+    )
+
+
+@pytest.mark.parametrize(
+    "case",
+    [OPENAI_CHAT_STREAM, MISTRAL_CHAT_STREAM, GROQ_CHAT_STREAM, VLLM_CHAT_STREAM],
+    ids=lambda c: c.id,
+)
+def test_documented_stream_chunks_are_valid_for_the_official_sdk(case: Case) -> None:
+    for block in case.body.split(b"\n\n"):
+        if block and block != b"data: [DONE]":
+            ChatCompletionChunk.model_validate_json(block.removeprefix(b"data: "))

@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import pytest
+
+from addons.metering.providers import ProviderRegistry, is_billed_path, parse_host_pattern
+from meterline.catalog import parse_catalog
+
+
+@pytest.fixture
+def registry() -> ProviderRegistry:
+    catalog = parse_catalog(
+        """
+providers:
+  - {name: vllm, flavor: openai, hosts: ["127.0.0.1:8000", "llm.internal"]}
+  - {name: gateway, flavor: anthropic, hosts: ["*.gw.example.com"]}
+  - {name: my-openai, flavor: openai, hosts: ["api.openai.com:8443"]}
+"""
+    )
+    return ProviderRegistry.from_catalog(catalog)
+
+
+@pytest.mark.parametrize(
+    "host,port,name,flavor,auth",
+    [
+        ("api.openai.com", 443, "openai", "openai", "bearer"),
+        ("API.OpenAI.com", 443, "openai", "openai", "bearer"),
+        ("myres.openai.azure.com", 443, "azure-openai", "openai", "api-key"),
+        ("a.b.cognitiveservices.azure.com", 443, "azure-openai", "openai", "api-key"),
+        ("api.mistral.ai", 443, "mistral", "openai", "bearer"),
+        ("api.groq.com", 443, "groq", "openai", "bearer"),
+        ("api.deepseek.com", 443, "deepseek", "openai", "bearer"),
+        ("api.together.xyz", 443, "together", "openai", "bearer"),
+        ("openrouter.ai", 443, "openrouter", "openai", "bearer"),
+        ("api.fireworks.ai", 443, "fireworks", "openai", "bearer"),
+        ("api.x.ai", 443, "xai", "openai", "bearer"),
+        ("api.anthropic.com", 443, "anthropic", "anthropic", "x-api-key"),
+        ("generativelanguage.googleapis.com", 443, "gemini", "gemini", "x-goog-api-key"),
+        ("127.0.0.1", 8000, "vllm", "openai", "bearer"),
+        ("llm.internal", 80, "vllm", "openai", "bearer"),
+        ("eu.gw.example.com", 443, "gateway", "anthropic", "x-api-key"),
+        ("api.openai.com", 8443, "my-openai", "openai", "bearer"),  # catalog wins on its port
+    ],
+)
+def test_known_hosts(
+    registry: ProviderRegistry, host: str, port: int, name: str, flavor: str, auth: str
+) -> None:
+    p = registry.lookup(host, port)
+    assert p is not None and (p.name, p.flavor, p.auth) == (name, flavor, auth)
+
+
+@pytest.mark.parametrize(
+    "host,port",
+    [
+        ("example.com", 443),
+        ("127.0.0.1", 8001),
+        ("openai.azure.com", 443),  # *.suffix needs a subdomain
+        ("gw.example.com", 443),
+        ("evil-api.openai.com.example.org", 443),
+    ],
+)
+def test_other_hosts(registry: ProviderRegistry, host: str, port: int) -> None:
+    assert registry.lookup(host, port) is None
+    assert registry.lookup(host, port) is None  # memoised negative
+
+
+def test_lookup_is_memoised(registry: ProviderRegistry) -> None:
+    first = registry.lookup("api.openai.com", 443)
+    assert registry._memo[("api.openai.com", 443)] is first
+
+
+@pytest.mark.parametrize(
+    "flavor,path,billed",
+    [
+        ("openai", "/v1/chat/completions", True),
+        ("openai", "/v1/completions", True),
+        ("openai", "/v1/embeddings", True),
+        ("openai", "/v1/responses", True),
+        ("openai", "/openai/deployments/gpt4o/chat/completions?api-version=2024-10-21", True),
+        ("openai", "/api/v1/chat/completions", True),
+        ("openai", "/v1/models", False),
+        ("openai", "/v1/responses/resp_123", False),
+        ("openai", "/v1/files", False),
+        ("anthropic", "/v1/messages", True),
+        ("anthropic", "/v1/messages/count_tokens", False),
+        ("anthropic", "/v1/messages/batches", False),
+        ("gemini", "/v1beta/models/gemini-2.5-pro:generateContent", True),
+        ("gemini", "/v1beta/models/gemini-2.5-pro:streamGenerateContent?alt=sse", True),
+        ("gemini", "/v1beta/models/gemini-2.5-pro:countTokens", False),
+        ("gemini", "/v1beta/models", False),
+    ],
+)
+def test_billed_paths(flavor: str, path: str, billed: bool) -> None:
+    assert is_billed_path(flavor, path) is billed
+
+
+@pytest.mark.parametrize(
+    "pattern,expected",
+    [
+        ("api.example.com", ("api.example.com", None, False)),
+        ("API.example.com:8443", ("api.example.com", 8443, False)),
+        ("*.example.com", ("example.com", None, True)),
+    ],
+)
+def test_parse_host_pattern(pattern: str, expected: tuple[str, int | None, bool]) -> None:
+    assert parse_host_pattern(pattern) == expected
+
+
+@pytest.mark.parametrize("pattern", ["", "*.", "host:abc", "host:70000", "a*b.com", "x/y"])
+def test_bad_host_pattern(pattern: str) -> None:
+    with pytest.raises(ValueError):
+        parse_host_pattern(pattern)

@@ -1,0 +1,135 @@
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from addons.metering.spool import Spool
+from addons.metering.writer import SpoolWriter
+from meterline.store import store
+
+
+def _event(event_id: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "event_id": event_id,
+        "ts": "2026-03-01T12:00:00.123456",
+        "consumer": "alice",
+        "key_fingerprint": "sha256:" + "0" * 64,
+        "provider": "openai",
+        "flavor": "openai",
+        "model": "gpt-4o",
+        "input_tokens": 10,
+        "cached_input_tokens": 2,
+        "cache_write_tokens": 0,
+        "output_tokens": 5,
+        "reasoning_tokens": 1,
+        "estimated": False,
+        "response_id": None,
+        "request_id": "req-1",
+        "method": "POST",
+        "host": "api.openai.com",
+        "path": "/v1/chat/completions",
+        "status": 200,
+        "streamed": True,
+        "latency_ms": 12.5,
+        "ttft_ms": 3.25,
+        "proxy_id": "p1",
+        **extra,
+    }
+
+
+def _rows(db: Path) -> list[tuple[Any, ...]]:
+    with store(db, read_only=True) as con:
+        return con.execute(
+            "SELECT event_id, ts, input_tokens, ingested_at >= ts FROM usage_events ORDER BY 1"
+        ).fetchall()
+
+
+def test_flush_inserts_once_and_deletes_segments(tmp_path: Path) -> None:
+    db = tmp_path / "e.duckdb"
+    spool = Spool(tmp_path / "spool")
+    writer = SpoolWriter(spool, str(db))
+    spool.append(_event("a"))
+    spool.append(_event("b"))
+    spool.append(_event("a"))  # the same event twice in one batch
+    assert writer.flush()
+    assert spool.sealed() == []
+    rows = _rows(db)
+    assert [r[0] for r in rows] == ["a", "b"]
+    assert str(rows[0][1]) == "2026-03-01 12:00:00.123456" and rows[0][2] == 10 and rows[0][3]
+    # A replayed segment (crash between commit and delete) adds nothing.
+    spool.append(_event("a"))
+    spool.append(_event("c"))
+    assert writer.flush()
+    assert [r[0] for r in _rows(db)] == ["a", "b", "c"]
+    assert writer.inserted == 3
+    spool.close()
+
+
+def test_db_not_held_open_between_flushes(tmp_path: Path) -> None:
+    db = tmp_path / "e.duckdb"
+    spool = Spool(tmp_path / "spool")
+    writer = SpoolWriter(spool, str(db), interval=0.05)
+    writer.start()
+    spool.append(_event("a"))
+    # A read-write open from elsewhere succeeds while the writer runs (the file is free).
+    for _ in range(20):
+        with store(db, wait_s=5) as con:
+            con.execute("SELECT 1")
+    assert writer.stop()
+    assert [r[0] for r in _rows(db)] == ["a"]
+    spool.close()
+
+
+def test_store_failure_keeps_the_spool(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    writer = SpoolWriter(spool, str(blocker / "e.duckdb"), lock_wait_s=0.1)
+    spool.append(_event("a"))
+    assert not writer.flush()
+    assert len(spool.sealed()) == 1 and writer.failures == 1
+    writer.locator = str(tmp_path / "e.duckdb")
+    assert writer.flush()
+    assert [r[0] for r in _rows(tmp_path / "e.duckdb")] == ["a"]
+    spool.close()
+
+
+def test_waits_out_a_readers_lock(tmp_path: Path) -> None:
+    db = tmp_path / "e.duckdb"
+    spool = Spool(tmp_path / "spool")
+    writer = SpoolWriter(spool, str(db))
+    spool.append(_event("a"))
+    assert writer.flush()
+    spool.append(_event("b"))
+    reader_has_it = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        import subprocess
+        import sys
+
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import duckdb,sys,time; c=duckdb.connect(sys.argv[1], read_only=True);"
+                "print('open', flush=True); time.sleep(0.5)",
+                str(db),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "open"
+        reader_has_it.set()
+        release.wait(5)
+        proc.communicate()
+
+    t = threading.Thread(target=hold)
+    t.start()
+    assert reader_has_it.wait(10)
+    assert writer.flush()  # blocks until the other process lets go, then writes
+    release.set()
+    t.join()
+    assert [r[0] for r in _rows(db)] == ["a", "b"]
+    spool.close()

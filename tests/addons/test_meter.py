@@ -1,0 +1,327 @@
+"""The addon's hooks, driven in-process with mitmproxy's taddons/tflow (no sockets)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mitmproxy import exceptions, http
+
+with warnings.catch_warnings():
+    # mitmproxy.addons imports ldap3, which trips a pyasn1 DeprecationWarning on import.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from mitmproxy.test import taddons, tflow
+
+from addons.meter import Meter
+from meterline.fingerprint import fingerprint
+from meterline.store import store
+from tests.support.proxy import write_catalog
+
+KEY = "sk-unit-alice"
+GATEWAY_KEY = "gw-unit-carol"
+OPENAI_URL = "https://api.openai.com/v1/chat/completions"
+
+
+@pytest.fixture
+def meter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Meter, Any]]:
+    catalog = write_catalog(
+        tmp_path / "catalog.yaml",
+        [{"name": "local-llm", "flavor": "anthropic", "hosts": ["127.0.0.1:9999"]}],
+        consumers={"alice": [KEY], "carol": [GATEWAY_KEY]},
+        inject={"carol": {"openai": "UNIT_OPENAI_KEY", "anthropic": "UNIT_UNSET_KEY"}},
+    )
+    monkeypatch.setenv("UNIT_OPENAI_KEY", "sk-real-provider")
+    monkeypatch.delenv("UNIT_UNSET_KEY", raising=False)
+    m = Meter()
+    with taddons.context(m) as tctx:
+        tctx.configure(
+            m,
+            meter_catalog=str(catalog),
+            meter_db=str(tmp_path / "events.duckdb"),
+            meter_spool=str(tmp_path / "spool"),
+            meter_flush_interval="3600",
+        )
+        yield m, tctx
+        m.done()
+
+
+def _rows(tmp_path: Path) -> list[dict[str, Any]]:
+    with store(tmp_path / "events.duckdb", read_only=True) as con:
+        cur = con.execute("SELECT * FROM usage_events ORDER BY ts")
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+
+def _flow(url: str = OPENAI_URL, body: Any = None, **headers: str) -> http.HTTPFlow:
+    f = tflow.tflow()
+    raw = json.dumps(body if body is not None else {"model": "gpt-4o", "messages": []}).encode()
+    f.request = http.Request.make("POST", url, raw, {"content-type": "application/json", **headers})
+    f.response = None
+    return f
+
+
+def _respond(
+    m: Meter, f: http.HTTPFlow, chunks: list[bytes], status: int = 200, **headers: str
+) -> bytes:
+    """Run the response side as mitmproxy does for a streamed body; returns what the client got."""
+    f.response = http.Response.make(status, b"", headers or {"content-type": "application/json"})
+    m.responseheaders(f)
+    out = b""
+    if callable(f.response.stream):
+        for chunk in chunks:
+            result = f.response.stream(chunk)
+            parts = [result] if isinstance(result, bytes) else list(result)
+            assert all(parts), "an empty chunk would end an HTTP/1.1 chunked body"
+            out += b"".join(parts)
+        end = f.response.stream(b"")  # mitmproxy drops a b"" returned here
+        out += end if isinstance(end, bytes) else b"".join(end)
+    m.response(f)
+    return out
+
+
+CHAT_JSON = json.dumps(
+    {
+        "id": "chatcmpl-unit1",
+        "model": "gpt-4o-2024-08-06",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}}],
+        "usage": {
+            "prompt_tokens": 50,
+            "completion_tokens": 7,
+            "prompt_tokens_details": {"cached_tokens": 20},
+            "completion_tokens_details": {"reasoning_tokens": 3},
+        },
+    }
+).encode()
+
+
+def test_non_provider_flow_is_left_alone(meter: tuple[Meter, Any]) -> None:
+    m, _ = meter
+    f = _flow("https://example.com/v1/chat/completions", authorization=f"Bearer {KEY}")
+    m.requestheaders(f)
+    m.request(f)
+    assert m._active == {}
+    f.response = http.Response.make(200, b"{}")
+    m.responseheaders(f)
+    assert f.response.stream is False
+
+
+def test_provider_path_that_does_not_bill_is_left_alone(meter: tuple[Meter, Any]) -> None:
+    m, _ = meter
+    f = _flow("https://api.openai.com/v1/files")
+    m.requestheaders(f)
+    get = _flow(OPENAI_URL)
+    get.request.method = "GET"
+    m.requestheaders(get)
+    assert m._active == {}
+
+
+def test_json_response_streamed_through_and_metered(
+    meter: tuple[Meter, Any], tmp_path: Path
+) -> None:
+    m, _ = meter
+    f = _flow(authorization=f"Bearer {KEY}")
+    m.requestheaders(f)
+    m.request(f)
+    pieces = [CHAT_JSON[:10], CHAT_JSON[10:100], CHAT_JSON[100:]]
+    assert _respond(m, f, pieces, **{"content-type": "application/json", "x-request-id": "r1"}) == (
+        CHAT_JSON
+    )
+    m.done()
+    [row] = _rows(tmp_path)
+    assert row["event_id"] == "openai:chatcmpl-unit1"
+    assert (row["consumer"], row["key_fingerprint"]) == ("alice", fingerprint(KEY))
+    assert (row["input_tokens"], row["cached_input_tokens"], row["output_tokens"]) == (30, 20, 7)
+    assert (row["reasoning_tokens"], row["estimated"], row["request_id"]) == (3, False, "r1")
+    assert (row["provider"], row["host"], row["path"]) == (
+        "openai",
+        "api.openai.com",
+        "/v1/chat/completions",
+    )
+
+
+def _sse(obj: Any) -> bytes:
+    return b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+
+def test_include_usage_added_and_its_chunk_dropped(
+    meter: tuple[Meter, Any], tmp_path: Path
+) -> None:
+    m, _ = meter
+    f = _flow(
+        body={"model": "gpt-4o", "messages": [], "stream": True},
+        authorization=f"Bearer {KEY}",
+        **{"accept-encoding": "gzip, br"},
+    )
+    m.requestheaders(f)
+    m.request(f)
+    assert json.loads(f.request.content or b"")["stream_options"] == {"include_usage": True}
+    assert f.request.headers["accept-encoding"] == "identity"
+    base = {"id": "chatcmpl-unit2", "model": "gpt-4o", "object": "chat.completion.chunk"}
+    text = _sse({**base, "choices": [{"index": 0, "delta": {"content": "Hello"}}], "usage": None})
+    usage = _sse({**base, "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 2}})
+    done = b"data: [DONE]\n\n"
+    body = text + usage + done
+    # Split inside the usage chunk: the dropper must hold it back, never emit b"".
+    cut = len(text) + 15
+    got = _respond(m, f, [body[:cut], body[cut:]], **{"content-type": "text/event-stream"})
+    assert got == text + done
+    m.done()
+    [row] = _rows(tmp_path)
+    assert (row["input_tokens"], row["output_tokens"], row["streamed"]) == (9, 2, True)
+
+
+def test_include_usage_off(meter: tuple[Meter, Any]) -> None:
+    m, tctx = meter
+    tctx.configure(m, meter_include_usage=False)
+    body = {"model": "gpt-4o", "messages": [], "stream": True}
+    f = _flow(body=body)
+    m.requestheaders(f)
+    m.request(f)
+    assert json.loads(f.request.content or b"") == body
+
+
+@pytest.mark.parametrize(
+    "url,expected",
+    [
+        (OPENAI_URL, {"error": {"code": "invalid_api_key", "type": "invalid_request_error"}}),
+        ("https://api.anthropic.com/v1/messages", {"type": "error"}),
+        (
+            "https://generativelanguage.googleapis.com/v1beta/models/g:generateContent",
+            {"error": {"code": 401, "status": "UNAUTHENTICATED"}},
+        ),
+    ],
+)
+def test_reject_unknown_key(meter: tuple[Meter, Any], url: str, expected: dict[str, Any]) -> None:
+    m, tctx = meter
+    tctx.configure(m, meter_unknown_keys="reject")
+    f = _flow(url, authorization="Bearer sk-stranger", **{"x-api-key": "sk-stranger"})
+    m.requestheaders(f)
+    m.request(f)
+    assert f.response is not None and f.response.status_code == 401
+    body = json.loads(f.response.content or b"")
+    for key, value in expected.items():
+        if isinstance(value, dict):
+            assert value.items() <= body[key].items()
+        else:
+            assert body[key] == value
+    assert m._active == {}
+    known = _flow(url, authorization=f"Bearer {KEY}")
+    m.requestheaders(known)
+    m.request(known)
+    assert known.response is None
+
+
+def test_reject_policy_is_validated(meter: tuple[Meter, Any]) -> None:
+    m, tctx = meter
+    with pytest.raises(exceptions.OptionsError):
+        tctx.configure(m, meter_unknown_keys="maybe")
+
+
+def test_key_injection(meter: tuple[Meter, Any]) -> None:
+    m, _ = meter
+    f = _flow(authorization=f"Bearer {GATEWAY_KEY}", apikey=GATEWAY_KEY)
+    m.requestheaders(f)
+    m.request(f)
+    assert f.response is None
+    assert f.request.headers["authorization"] == "Bearer sk-real-provider"
+    assert "apikey" not in f.request.headers
+    assert m._active[f.id].exchange.consumer == "carol"
+
+
+def test_key_injection_missing_env_var_is_502(meter: tuple[Meter, Any]) -> None:
+    m, _ = meter
+    f = _flow("https://api.anthropic.com/v1/messages", **{"x-api-key": GATEWAY_KEY})
+    m.requestheaders(f)
+    m.request(f)
+    assert f.response is not None and f.response.status_code == 502
+    body = json.loads(f.response.content or b"")
+    assert body["error"]["type"] == "api_error"
+    assert "UNIT_UNSET_KEY is not set" in body["error"]["message"]
+
+
+def test_aborted_stream_is_estimated(meter: tuple[Meter, Any], tmp_path: Path) -> None:
+    m, _ = meter
+    f = _flow(
+        "http://127.0.0.1:9999/v1/messages",
+        body={"model": "claude-x", "messages": [{"role": "user", "content": "count me"}]},
+        **{"x-api-key": KEY},
+    )
+    m.requestheaders(f)
+    m.request(f)
+    f.response = http.Response.make(200, b"", {"content-type": "text/event-stream"})
+    m.responseheaders(f)
+    assert callable(f.response.stream)
+    delta = {"type": "content_block_delta", "index": 0}
+    f.response.stream(
+        b"event: content_block_delta\ndata: "
+        + json.dumps({**delta, "delta": {"type": "text_delta", "text": "partial answer"}}).encode()
+        + b"\n\n"
+    )
+    f.error = None
+    m.error(f)  # the stream was cut: no b"" call, no response hook
+    m.done()
+    [row] = _rows(tmp_path)
+    assert row["provider"] == "local-llm" and row["estimated"]
+    assert row["status"] is None and row["event_id"].startswith("ml:")
+    assert row["input_tokens"] > 0 and row["output_tokens"] > 0
+
+
+def test_metering_is_deferred_after_forwarding(meter: tuple[Meter, Any]) -> None:
+    """On the event loop, the chunk is returned first; parsing runs on the next loop step."""
+    m, _ = meter
+    f = _flow(authorization=f"Bearer {KEY}")
+    m.requestheaders(f)
+    m.request(f)
+    f.response = http.Response.make(200, b"", {"content-type": "application/json"})
+    m.responseheaders(f)
+    st = m._active[f.id]
+    stream = f.response.stream
+    assert callable(stream)
+
+    async def run() -> tuple[int, int]:
+        assert stream(CHAT_JSON) == CHAT_JSON
+        queued = len(m._pending)
+        await asyncio.sleep(0)
+        return queued, len(m._pending)
+
+    assert asyncio.run(run()) == (1, 0)
+    assert st.extractor is not None and st.extractor.problems == []
+
+
+def test_bad_catalog_is_an_options_error(meter: tuple[Meter, Any], tmp_path: Path) -> None:
+    m, tctx = meter
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("consumers: [{name: Not Valid}]\n")
+    with pytest.raises(exceptions.OptionsError, match="bad.yaml"):
+        tctx.configure(m, meter_catalog=str(bad))
+    with pytest.raises(exceptions.OptionsError, match="file not found"):
+        tctx.configure(m, meter_catalog=str(tmp_path / "missing.yaml"))
+
+
+def test_bad_flush_interval_and_spool(meter: tuple[Meter, Any], tmp_path: Path) -> None:
+    m, tctx = meter
+    with pytest.raises(exceptions.OptionsError, match="meter_flush_interval"):
+        tctx.configure(m, meter_flush_interval="soon")
+    with pytest.raises(exceptions.OptionsError, match="meter_flush_interval"):
+        tctx.configure(m, meter_flush_interval="0")
+    m.running()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(exceptions.OptionsError, match="meter_spool"):
+        tctx.configure(m, meter_spool=str(blocker / "spool"))
+
+
+def test_defaults_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("METERLINE_DB", "ducklake:postgres:dbname=meter")
+    monkeypatch.setenv("METERLINE_CATALOG", "/etc/meterline/catalog.yaml")
+    m = Meter()
+    with taddons.context(m) as tctx:
+        assert tctx.options.meter_db == "ducklake:postgres:dbname=meter"
+        assert tctx.options.meter_catalog == "/etc/meterline/catalog.yaml"
+        assert tctx.options.meter_unknown_keys == "record"
+        assert tctx.options.meter_include_usage is True

@@ -1,0 +1,283 @@
+"""``billing invoice preview|generate|list|show|explain`` through the real CLI."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from decimal import Decimal
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from tests.billing.cli.runner import run
+from tests.billing.events import Event, Setup, add_events, setup, sql, utc
+
+
+@pytest.fixture
+def s(tmp_path: Path) -> Setup:
+    s = setup(tmp_path)
+    add_events(
+        s.db,
+        Event(utc("2026-01-05"), input=1000, cached_input=500, output=4000, event_id="ev-a"),
+        Event(utc("2026-01-20"), model="GPT-4o-mini", input=2000, output=8000, event_id="ev-b"),
+    )
+    return s
+
+
+def generated(s: Setup) -> Setup:
+    result = run(s, "invoice", "generate", "--period", "2026-01")
+    assert result.exit_code == 0, result.output
+    return s
+
+
+def test_generate_table_then_idempotent_rerun(s: Setup) -> None:
+    first = run(s, "invoice", "generate", "--period", "2026-01")
+    assert first.exit_code == 0
+    lines = first.stdout.splitlines()
+    assert lines[2].split() == [
+        "INV-000001",
+        "alpha",
+        "2026-01-01T00:00:00Z",
+        "2026-02-01T00:00:00Z",
+        "USD",
+        "177.00",
+        "yes",
+    ]
+    assert lines[-1] == "1 created, 0 already existed."
+    again = run(s, "invoice", "generate", "--period", "2026-01")
+    assert again.stdout.splitlines()[2].split()[-1] == "no"
+    assert again.stdout.splitlines()[-1] == "0 created, 1 already existed."
+    assert sql(s.db, "SELECT count(*) FROM invoices") == [(1,)]
+
+
+def test_generate_json_shape(s: Setup) -> None:
+    data = json.loads(
+        run(s, "invoice", "generate", "--period", "2026-02", "--format", "json").stdout
+    )
+    assert data["period"] == "2026-02"
+    assert data["created"] == ["INV-000001", "INV-000002", "INV-000003", "INV-000004"]
+    assert data["pending"] == []
+    first = data["invoices"][0]
+    assert {k: first[k] for k in ("number", "customer", "currency", "total", "status")} == {
+        "number": "INV-000001",
+        "customer": "beta",
+        "currency": "USD",
+        "total": "35.36",  # 30.00 for 01-10..02-10 + 30.00 * 5/28 for 02-10..02-15
+        "status": "finalized",
+    }
+    assert [ln["amount"] for ln in first["lines"]] == ["30.00", "0.00", "0.00", "5.36"]
+    assert all(isinstance(ln["quantity"], str) for ln in first["lines"])
+
+
+def test_generate_csv_for_one_customer(s: Setup) -> None:
+    out = run(
+        s, "invoice", "generate", "--period", "2026-02", "--customer", "gamma", "--format", "csv"
+    )
+    rows = list(csv.DictReader(io.StringIO(out.stdout)))
+    assert [(r["number"], r["customer"], r["total"], r["created"]) for r in rows] == [
+        ("INV-000001", "gamma", "31.00", "yes")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["--period", "2026-13"], 2, "Error: Invalid value for '--period': "
+         "period '2026-13': expected a month as YYYY-MM, e.g. 2026-03"),
+        (["--period", "2099-01"], 1, "Error: 2099-01 has not started yet"),
+        (["--period", "2026-01", "--customer", "zeta"], 1, "Error: unknown customer 'zeta'"),
+        ([], 2, "Error: Missing option '--period'."),
+    ],
+)  # fmt: skip
+def test_generate_errors(s: Setup, args: list[str], code: int, message: str) -> None:
+    result = run(s, "invoice", "generate", *args)
+    assert (result.exit_code, result.stderr.splitlines()[-1], result.stdout) == (code, message, "")
+
+
+def test_list_shows_stripe_status_once_synced(s: Setup) -> None:
+    generated(s)
+    table = run(s, "invoice", "list")
+    assert table.stdout.splitlines()[0].split() == [
+        "NUMBER",
+        "CUSTOMER",
+        "PERIOD_START",
+        "PERIOD_END",
+        "CURRENCY",
+        "TOTAL",
+        "STATUS",
+        "ISSUED_AT",
+        "STRIPE_STATUS",
+    ]
+    assert (
+        json.loads(run(s, "invoice", "list", "--format", "json").stdout)[0]["stripe_status"] is None
+    )
+    sql(
+        s.db,
+        "INSERT INTO stripe_invoices (invoice_number, customer_key, stripe_invoice_id, state,"
+        " stripe_status, started_at, updated_at) VALUES"
+        " ('INV-000001', 'alpha', 'in_1', 'finalized', 'open', now(), now())",
+    )
+    rows = list(csv.DictReader(io.StringIO(run(s, "invoice", "list", "--format", "csv").stdout)))
+    assert [(r["number"], r["total"], r["stripe_status"]) for r in rows] == [
+        ("INV-000001", "177.00", "open")
+    ]
+    assert table.exit_code == 0
+    assert run(s, "invoice", "list", "--customer", "beta").stdout == "(none)\n"
+
+
+def test_show_text_lists_tiers(s: Setup) -> None:
+    out = run(generated(s), "invoice", "show", "INV-000001").stdout
+    assert "Invoice  INV-000001" in out
+    assert "Customer Alpha Ltd (alpha)" in out
+    assert "      tier 1: 10000 units at 10.00 per 1000 = 100.00" in out
+    assert "      tier 2: 2000 units at 5.00 per 1000 = 10.00" in out
+    assert out.rstrip().endswith("Total    177.00 USD")
+
+
+def test_show_json_and_csv(s: Setup) -> None:
+    generated(s)
+    data = json.loads(run(s, "invoice", "show", "INV-000001", "--format", "json").stdout)
+    assert data["total"] == "177.00"
+    assert [
+        (ln["kind"], ln["quantity"], ln["unit_price"], ln["amount"]) for ln in data["lines"]
+    ] == [
+        ("flat", "1", "30.00", "30.00"),
+        ("usage", "3500", "0.002", "7.00"),
+        ("usage", "12000", None, "110.00"),
+        ("flat", "1", "30.00", "30.00"),
+    ]
+    tiers = data["lines"][2]["detail"]["pricing"]["tiers"]
+    assert [(t["quantity"], t["amount"]) for t in tiers] == [("10000", "100.00"), ("2000", "10.00")]
+    rows = list(
+        csv.DictReader(
+            io.StringIO(run(s, "invoice", "show", "INV-000001", "--format", "csv").stdout)
+        )
+    )
+    assert sum(Decimal(r["amount"]) for r in rows) == Decimal("177.00")
+
+
+class _Parser(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        assert not any(k in ("src", "href") for k, _ in attrs), "self-contained: no assets"
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data.strip())
+
+
+def test_show_html_is_a_self_contained_page(s: Setup) -> None:
+    page = run(generated(s), "invoice", "show", "INV-000001", "--format", "html").stdout
+    parser = _Parser()
+    parser.feed(page)
+    assert "style" in parser.tags and "script" not in parser.tags and "link" not in parser.tags
+    assert "Invoice INV-000001" in parser.text
+    assert "177.00 USD" in parser.text
+    assert "tier 2" in parser.text
+
+
+def test_show_errors(s: Setup) -> None:
+    result = run(s, "invoice", "show", "INV-000009")
+    assert (result.exit_code, result.stderr) == (1, "Error: no invoice 'INV-000009'\n")
+    result = run(s, "invoice", "show", "INV-000009", "--format", "pdf")
+    assert result.exit_code == 2
+
+
+def test_explain_table_json_csv(s: Setup) -> None:
+    generated(s)
+    table = run(s, "invoice", "explain", "INV-000001", "3")
+    assert table.exit_code == 0
+    lines = table.stdout.splitlines()
+    assert lines[0] == "INV-000001 line 3: GPT output"
+    assert lines[1] == "feature gpt-out: provider openai, model GPT-4O*, token types output"
+    assert lines[-1] == "2 events, quantity 12000 = line quantity 12000"
+    data = json.loads(run(s, "invoice", "explain", "INV-000001", "2", "--format", "json").stdout)
+    assert data["quantity"] == 3500 and data["line"]["quantity"] == "3500"
+    assert [
+        (e["event_id"], e["response_id"], e["request_id"], e["quantity"]) for e in data["events"]
+    ] == [
+        ("ev-a", "resp-ev-a", "req-ev-a", 1500),
+        ("ev-b", "resp-ev-b", "req-ev-b", 2000),
+    ]
+    assert data["windows"][0]["start"] == "2026-01-01T00:00:00Z"
+    rows = list(
+        csv.DictReader(
+            io.StringIO(run(s, "invoice", "explain", "INV-000001", "3", "--format", "csv").stdout)
+        )
+    )
+    assert [(r["event_id"], r["output_tokens"], r["quantity"]) for r in rows] == [
+        ("ev-a", "4000", "4000"),
+        ("ev-b", "8000", "8000"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["INV-000001", "1"], 1,
+         "Error: INV-000001 line 1 is a flat fee: no usage events behind it"),
+        (["INV-000001", "7"], 1, "Error: INV-000001 has no line 7 (it has 4 lines)"),
+        (["INV-000404", "1"], 1, "Error: no invoice 'INV-000404'"),
+        (["INV-000001", "0"], 2, "Error: Invalid value for 'LINE': 0 is not in the range x>=1."),
+        (["INV-000001"], 2, "Error: Missing argument 'LINE'."),
+    ],
+)  # fmt: skip
+def test_explain_errors(s: Setup, args: list[str], code: int, message: str) -> None:
+    result = run(generated(s), "invoice", "explain", *args)
+    assert (result.exit_code, result.stderr.splitlines()[-1]) == (code, message)
+
+
+def test_explain_when_the_events_changed(s: Setup) -> None:
+    generated(s)
+    sql(s.db, "UPDATE usage_events SET output_tokens = 1 WHERE event_id = 'ev-b'")
+    result = run(s, "invoice", "explain", "INV-000001", "3")
+    assert (result.exit_code, result.stderr) == (
+        1,
+        "Error: INV-000001 line 3: events add up to 4001, the line bills 12000\n",
+    )
+
+
+def test_preview(s: Setup) -> None:
+    result = run(
+        s, "invoice", "preview", "--customer", "alpha", "--at", "2026-01-10", "--format", "json"
+    )
+    data = json.loads(result.stdout)
+    assert (data["number"], data["status"], data["period_start"]) == (
+        None,
+        "preview",
+        "2026-01-01T00:00:00Z",
+    )
+    assert [ln["amount"] for ln in data["lines"]] == ["30.00", "3.00", "40.00", "30.00"]
+    assert data["total"] == "103.00"
+    assert sql(s.db, "SELECT count(*) FROM invoices") == [(0,)]
+    text = run(
+        s, "invoice", "preview", "--customer", "alpha", "--at", "2026-01-10T12:00:00Z"
+    ).stdout
+    assert text.startswith("Invoice  PREVIEW (not finalized)\n")
+    page = run(
+        s, "invoice", "preview", "--customer", "alpha", "--at", "2026-01-10", "--format", "html"
+    )
+    assert "<title>Invoice Preview</title>" in page.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["--customer", "zeta"], 1, "Error: unknown customer 'zeta'"),
+        (["--customer", "beta", "--at", "2026-01-01"], 1,
+         "Error: customer 'beta' has no subscription at 2026-01-01T00:00:00Z"),
+        (["--customer", "beta", "--at", "soon"], 2,
+         "Error: Invalid value for '--at': 'soon' is not a date or time such as "
+         "2026-03-01 or 2026-03-01T12:00:00Z"),
+        ([], 2, "Error: Missing option '--customer'."),
+    ],
+)  # fmt: skip
+def test_preview_errors(s: Setup, args: list[str], code: int, message: str) -> None:
+    result = run(s, "invoice", "preview", *args)
+    assert (result.exit_code, result.stderr.splitlines()[-1]) == (code, message)

@@ -1,0 +1,109 @@
+"""The root ``billing`` command: global options, environment, help, exit codes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from billing.cli import main
+from tests.billing.cli.runner import run
+from tests.billing.events import Event, add_events, setup, utc
+
+BILLING = Path(sys.executable).parent / "billing"
+
+
+def _commands(
+    group: click.Group, prefix: tuple[str, ...] = ()
+) -> list[tuple[tuple[str, ...], click.Command]]:
+    out = []
+    for name, cmd in group.commands.items():
+        if name == "stripe":  # the stripe engineer's group, tested with it
+            continue
+        if isinstance(cmd, click.Group):
+            out += _commands(cmd, (*prefix, name))
+        else:
+            out.append(((*prefix, name), cmd))
+    return out
+
+
+COMMANDS = _commands(main)
+
+
+def test_every_command_is_there() -> None:
+    assert sorted(" ".join(p) for p, _ in COMMANDS) == [
+        "catalog check",
+        "consumers fingerprint",
+        "consumers list",
+        "invoice explain",
+        "invoice generate",
+        "invoice list",
+        "invoice preview",
+        "invoice show",
+        "margin",
+        "usage",
+    ]
+    assert "stripe" in main.commands
+
+
+@pytest.mark.parametrize(("path", "cmd"), COMMANDS, ids=[" ".join(p) for p, _ in COMMANDS])
+def test_every_command_documents_an_example(path: tuple[str, ...], cmd: click.Command) -> None:
+    result = run(None, *path, "--help")
+    assert result.exit_code == 0
+    assert result.stdout.startswith(f"Usage: billing {' '.join(path)} ")
+    example = result.stdout.split("Example usage:")[1]
+    assert f"billing {' '.join(path)}" in example
+
+
+def test_unknown_command_is_a_usage_error() -> None:
+    result = run(None, "invoices")
+    assert result.exit_code == 2
+    assert result.stderr.splitlines()[-1] == (
+        "Error: No such command 'invoices'. Did you mean 'invoice'?"
+    )
+
+
+def test_db_and_catalog_from_the_environment(tmp_path: Path) -> None:
+    s = setup(tmp_path)
+    add_events(s.db, Event(utc("2026-01-05"), input=7))
+    env = {"METERLINE_DB": str(s.db), "METERLINE_CATALOG": str(s.catalog_path)}
+    result = CliRunner(env=env).invoke(main, ["usage", "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[1].startswith("agent-a,alpha,7,")
+
+
+def test_defaults_are_the_files_in_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = setup(tmp_path)
+    assert (s.db.name, s.catalog_path.name) == ("meterline.duckdb", "catalog.yaml")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("METERLINE_DB", raising=False)
+    monkeypatch.delenv("METERLINE_CATALOG", raising=False)
+    result = CliRunner().invoke(main, ["catalog", "check"])
+    assert result.stdout.startswith("catalog.yaml: OK (")
+
+
+def test_the_console_script_exits_1_with_one_error_line(tmp_path: Path) -> None:
+    s = setup(tmp_path)
+    env = {**os.environ, "METERLINE_DB": str(s.db), "METERLINE_CATALOG": str(tmp_path / "no.yaml")}
+    proc = subprocess.run(
+        [str(BILLING), "invoice", "list"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert (proc.returncode, proc.stdout, proc.stderr) == (
+        1,
+        "",
+        f"Error: {tmp_path / 'no.yaml'}: file not found\n",
+    )
+
+
+def test_no_progress_bar_when_stdout_is_not_a_terminal(tmp_path: Path) -> None:
+    s = setup(tmp_path)
+    result = run(s, "invoice", "generate", "--period", "2026-01")
+    assert result.exit_code == 0
+    assert result.stderr == ""

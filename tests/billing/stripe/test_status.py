@@ -1,0 +1,69 @@
+"""``billing stripe status`` pulls each synced invoice's Stripe status home."""
+
+from __future__ import annotations
+
+import pytest
+
+from billing.store import billing_store
+from tests.billing.stripe.conftest import Billed, CliFn, client_for
+from tests.fakestripe import FakeStripe
+
+
+def stored_statuses(billed: Billed) -> dict[str, str]:
+    with billing_store(billed.db) as con:
+        rows = con.execute(
+            "SELECT invoice_number, stripe_status FROM stripe_invoices"
+            " WHERE status_checked_at IS NOT NULL"
+        ).fetchall()
+    return dict(rows)
+
+
+def test_status_pulls_paid_void_and_uncollectible(
+    cli: CliFn, fake: FakeStripe, billed: Billed
+) -> None:
+    assert cli("sync").exit_code == 0
+    client = client_for(fake)
+    ids = {i.metadata["meterline_invoice"]: i.id for i in client.v1.invoices.list().data}
+    client.v1.invoices.pay(ids["INV-000001"])
+    client.v1.invoices.void_invoice(ids["INV-000002"])
+    client.v1.invoices.mark_uncollectible(ids["INV-000003"])
+
+    result = cli("status")
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        f"INV-000001  acme  {ids['INV-000001']}  open -> paid",
+        f"INV-000002  globex  {ids['INV-000002']}  open -> void",
+        f"INV-000003  umbrella  {ids['INV-000003']}  open -> uncollectible",
+    ]
+    assert stored_statuses(billed) == {
+        "INV-000001": "paid",
+        "INV-000002": "void",
+        "INV-000003": "uncollectible",
+    }
+    again = cli("status")
+    assert again.output.splitlines()[0] == f"INV-000001  acme  {ids['INV-000001']}  paid"
+    assert [r.method for r in fake.log[-3:]] == ["GET", "GET", "GET"]
+
+
+def test_status_filters_by_customer(cli: CliFn, fake: FakeStripe, billed: Billed) -> None:
+    assert cli("sync").exit_code == 0
+    result = cli("status", "--customer", "globex")
+    assert len(result.output.splitlines()) == 1
+    assert result.output.startswith("INV-000002  globex  in_")
+    assert set(stored_statuses(billed)) == {"INV-000002"}
+
+
+def test_status_before_any_sync(cli: CliFn, fake: FakeStripe) -> None:
+    result = cli("status")
+    assert result.exit_code == 0
+    assert result.output == "no invoice in Stripe yet: run `billing stripe sync`\n"
+    assert fake.log == []
+
+
+def test_status_needs_the_api_key(
+    cli: CliFn, fake: FakeStripe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("STRIPE_API_KEY")
+    result = cli("status")
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: STRIPE_API_KEY is not set")
