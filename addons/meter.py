@@ -76,6 +76,8 @@ class _MeteredStream:
         "decoder",
         "decode_failed",
         "extractor",
+        "response_headers",
+        "_body",
     )
 
     def __init__(
@@ -100,6 +102,8 @@ class _MeteredStream:
         self.decoder: IncrementalDecoder | None = None
         self.decode_failed: str | None = None
         self.extractor: UsageExtractor | None = None
+        self.response_headers: dict[str, str] = {}
+        self._body: bytes | None = None
 
     def __call__(self, chunk: bytes) -> bytes | list[bytes]:
         """The hot path: return the chunk at once; queue the metering work."""
@@ -124,10 +128,12 @@ class _MeteredStream:
         return self.flow.request.path
 
     def request_body(self) -> bytes:
-        try:
-            return self.flow.request.content or b""
-        except ValueError:  # unknown content-encoding on the request
-            return self.flow.request.raw_content or b""
+        if self._body is None:
+            try:
+                self._body = self.flow.request.content or b""
+            except ValueError:  # unknown content-encoding on the request
+                self._body = self.flow.request.raw_content or b""
+        return self._body
 
     def streaming_requested(self) -> bool:
         if self.provider.flavor == "gemini":
@@ -140,7 +146,7 @@ class _MeteredStream:
         resp = self.flow.response
         if resp is None:
             return
-        headers = resp.headers
+        headers = self.response_headers = _pick_headers(resp.headers)
         self.extractor = new_extractor(
             self.provider.flavor,
             path=self.path,
@@ -352,9 +358,11 @@ class Meter:
         provider = self.registry.lookup(req.host, req.port)
         if provider is None:
             return
-        if req.method != "POST" or not providers.is_billed_path(provider.flavor, req.path):
+        path = req.path
+        if req.method != "POST" or not providers.is_billed_path(provider.flavor, path):
             return
-        identity = self.keybook.identify(keys.presented_keys(req.headers, req.path))
+        query = path.partition("?")[2] if "?" in path else ""
+        identity = self.keybook.identify(keys.presented_keys(req.headers, query))
         st = _MeteredStream(self, flow, provider, identity)
         st.reject = identity.consumer is None and self.reject_unknown
         st.inject_env = keys.injection_env_var(identity.consumer, provider)
@@ -477,8 +485,8 @@ class Meter:
             key_fingerprint=st.identity.fingerprint,
             status=status,
             streamed=st.streaming_requested()
-            or "event-stream" in resp.headers.get("content-type", ""),
-            request_id=events.request_id_from(resp.headers),
+            or "event-stream" in st.response_headers.get("content-type", ""),
+            request_id=events.request_id_from(st.response_headers),
             t_request=st.t_request,
             t_first_byte=st.t_first_byte,
             t_done=st.t_done,
@@ -527,6 +535,21 @@ class Meter:
                 len(problems),
                 problems[0][:200],
             )
+
+
+_WANTED_HEADERS = frozenset(
+    n.encode() for n in ("content-type", "content-encoding", *events.REQUEST_ID_HEADERS)
+)
+
+
+def _pick_headers(headers: http.Headers) -> dict[str, str]:
+    """The few response headers metering needs, in one pass (``Headers.get`` is slow)."""
+    picked: dict[str, str] = {}
+    for name, value in headers.fields:
+        lower = name.lower()
+        if lower in _WANTED_HEADERS:
+            picked.setdefault(lower.decode(), value.decode("utf-8", "surrogateescape"))
+    return picked
 
 
 def _where(st: _MeteredStream) -> str:

@@ -29,8 +29,9 @@ import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 import duckdb
@@ -50,15 +51,17 @@ def catalog_digest(catalog: Catalog) -> str:
     return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+@lru_cache(maxsize=4096)
 def iso(value: datetime | None) -> str | None:
-    return None if value is None else value.strftime("%Y-%m-%dT%H:%M:%SZ")
+    """Exact ISO 8601 in UTC with ``Z`` (microseconds kept when there are any)."""
+    return None if value is None else value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _span(start: datetime, end: datetime) -> str:
     return f"{start:%Y-%m-%d} – {end:%Y-%m-%d}"
 
 
-@dataclass(frozen=True)
+@dataclass
 class UsageCard:
     """A usage rate card with the meter that feeds it (from the catalog or a snapshot)."""
 
@@ -66,8 +69,15 @@ class UsageCard:
     plan_key: str
     feature_key: str
     meter: MeterFilter
+    _snapshot: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     def snapshot(self) -> dict[str, Any]:
+        """The price and meter as JSON, stored on every line (computed once per card)."""
+        if self._snapshot is None:
+            self._snapshot = self._dump()
+        return self._snapshot
+
+    def _dump(self) -> dict[str, Any]:
         return {
             "rate_card": self.card.model_dump(mode="json"),
             "meter": {
@@ -113,6 +123,7 @@ class _Job:
     """Late jobs: what earlier invoices billed per rate card key for this window."""
 
 
+@lru_cache(maxsize=4096)
 def _window_detail(w: UsageWindow) -> dict[str, Any]:
     return {
         "start": iso(w.start),
@@ -295,7 +306,9 @@ def build_invoices(
         placed.append(lines)
 
         own_end = bp.end if usage_until is None else max(bp.start, min(bp.end, usage_until))
-        cards = cards_of.setdefault(bp.plan.key, usage_cards(catalog, bp.plan))
+        if bp.plan.key not in cards_of:
+            cards_of[bp.plan.key] = usage_cards(catalog, bp.plan)
+        cards = cards_of[bp.plan.key]
         jobs.append(
             _Job(idx, window(tuple(c.consumers), bp.start, own_end), bp.plan.key, cards, late=False)
         )

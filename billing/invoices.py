@@ -11,6 +11,7 @@ returned as stored: running it again creates nothing and returns the same number
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,7 +20,7 @@ from typing import Any
 import duckdb
 
 from billing.build import build_invoices
-from billing.ledger import existing_invoices, invoiced_periods, load_invoices, save_invoices
+from billing.ledger import existing_invoices, load_invoices, save_invoices
 from billing.model import Invoice, InvoiceLine
 from billing.periods import Period, calendar_month
 from billing.schedule import BillingPeriod, ScheduleError, period_at, periods_ending_in
@@ -89,9 +90,11 @@ class Generated:
     """Periods ending in the month that have not closed yet (not invoiced)."""
 
 
-def _check_no_overlap(con: duckdb.DuckDBPyConnection, bp: BillingPeriod) -> None:
+def _check_no_overlap(
+    bp: BillingPeriod, invoiced: dict[str, list[tuple[datetime, datetime, str]]]
+) -> None:
     """A period must not overlap another invoiced period of the customer (catalog edited?)."""
-    for start, end, number in invoiced_periods(con, bp.customer.key):
+    for start, end, number in invoiced.get(bp.customer.key, []):
         if start < bp.end and bp.start < end and (start, end) != (bp.start, bp.end):
             raise BillingError(
                 f"customer {bp.customer.key!r}: period {bp.start:%Y-%m-%dT%H:%M:%SZ} .. "
@@ -121,15 +124,18 @@ def generate_invoices(
     pending = [bp for bp in closing if bp.end > now]
     have = existing_invoices(con)
     todo = [bp for bp in due if bp.key not in have]
+    invoiced: dict[str, list[tuple[datetime, datetime, str]]] = defaultdict(list)
+    for (ck, start, end), number in have.items():
+        invoiced[ck].append((start, end, number))
     for bp in todo:
-        _check_no_overlap(con, bp)
+        _check_no_overlap(bp, invoiced)
     drafts, windows = build_invoices(con, catalog, todo, watermark=now, progress=progress)
     save_invoices(con, drafts, windows, issued_at=now)
-    numbers = [have.get(bp.key) or "" for bp in due]
-    created = [d.number or "" for d in drafts]
-    wanted = sorted({*filter(None, numbers), *created})
     names = {c.key: c.name for c in catalog.customers}
-    return Generated(load_invoices(con, numbers=wanted, names=names), created, pending)
+    stored = [n for n in (have.get(bp.key) for bp in due) if n]
+    invoices = load_invoices(con, numbers=stored, names=names) + drafts if stored else drafts
+    invoices.sort(key=lambda i: i.seq or 0)
+    return Generated(invoices, [d.number or "" for d in drafts], pending)
 
 
 # --------------------------------------------------------------------------- read

@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from billing.model import Invoice, InvoiceLine
 from billing.money import round_money
-from billing.usage import UsageWindow, from_db, to_db
+from billing.usage import UsageWindow, from_db, to_db, value_set
 
 NUMBER_PREFIX = "INV-"
 _DEC = pa.decimal128(38, 12)
@@ -56,15 +56,15 @@ class BilledCard:
 def swept_windows(
     con: duckdb.DuckDBPyConnection, customers: Sequence[str]
 ) -> dict[str, list[SweptWindow]]:
-    rows = con.execute(
-        """
-        SELECT customer_key, usage_start, usage_end, arg_max(plan_key, ingested_until),
-               arg_max(consumers, ingested_until), max(ingested_until)
-        FROM invoice_windows WHERE list_contains(?, customer_key)
-        GROUP BY customer_key, usage_start, usage_end ORDER BY customer_key, usage_start
-        """,
-        [list(customers)],
-    ).fetchall()
+    with value_set(con, "bill_customers", customers):
+        rows = con.execute(
+            """
+            SELECT customer_key, usage_start, usage_end, arg_max(plan_key, ingested_until),
+                   arg_max(consumers, ingested_until), max(ingested_until)
+            FROM invoice_windows WHERE customer_key IN (SELECT value FROM bill_customers)
+            GROUP BY customer_key, usage_start, usage_end ORDER BY customer_key, usage_start
+            """
+        ).fetchall()
     out: dict[str, list[SweptWindow]] = defaultdict(list)
     for ck, start, end, plan, consumers, until in rows:
         out[ck].append(
@@ -77,17 +77,18 @@ def billed_cards(
     con: duckdb.DuckDBPyConnection, customers: Sequence[str]
 ) -> dict[tuple[str, datetime, datetime], dict[str, BilledCard]]:
     """Per (customer, window): quantity and amount billed per rate card, and its snapshot."""
-    rows = con.execute(
-        """
-        SELECT i.customer_key, l.usage_start, l.usage_end, l.rate_card_key,
-               sum(l.quantity), sum(l.amount),
-               arg_min(l.detail, i.seq) FILTER (WHERE l.kind = 'usage')
-        FROM invoice_lines AS l JOIN invoices AS i ON i.number = l.invoice_number
-        WHERE l.kind IN ('usage', 'late_usage') AND list_contains(?, i.customer_key)
-        GROUP BY ALL
-        """,
-        [list(customers)],
-    ).fetchall()
+    with value_set(con, "bill_customers", customers):
+        rows = con.execute(
+            """
+            SELECT i.customer_key, l.usage_start, l.usage_end, l.rate_card_key,
+                   sum(l.quantity), sum(l.amount),
+                   arg_min(l.detail, i.seq) FILTER (WHERE l.kind = 'usage')
+            FROM invoice_lines AS l JOIN invoices AS i ON i.number = l.invoice_number
+            WHERE l.kind IN ('usage', 'late_usage')
+              AND i.customer_key IN (SELECT value FROM bill_customers)
+            GROUP BY ALL
+            """
+        ).fetchall()
     out: dict[tuple[str, datetime, datetime], dict[str, BilledCard]] = defaultdict(dict)
     for ck, start, end, card, qty, amount, snap in rows:
         out[(ck, from_db(start), from_db(end))][card] = BilledCard(
@@ -104,17 +105,6 @@ def existing_invoices(
         "SELECT customer_key, period_start, period_end, number FROM invoices"
     ).fetchall()
     return {(ck, from_db(s), from_db(e)): n for ck, s, e, n in rows}
-
-
-def invoiced_periods(
-    con: duckdb.DuckDBPyConnection, customer: str
-) -> list[tuple[datetime, datetime, str]]:
-    rows = con.execute(
-        "SELECT period_start, period_end, number FROM invoices WHERE customer_key = ?"
-        " ORDER BY period_start",
-        [customer],
-    ).fetchall()
-    return [(from_db(s), from_db(e), n) for s, e, n in rows]
 
 
 def _dec(value: Decimal | None) -> Decimal | None:
@@ -181,28 +171,40 @@ def _invoice_rows(invoices: Sequence[Invoice]) -> pa.Table:
 
 
 def _line_rows(invoices: Sequence[Invoice]) -> pa.Table:
-    pairs = [(inv, line) for inv in invoices for line in inv.lines]
+    cols: dict[str, list[Any]] = {name: [] for name in _LINE_TYPES}
+    for inv in invoices:
+        for ln in inv.lines:
+            cols["invoice_number"].append(inv.number)
+            cols["line_no"].append(ln.line_no)
+            cols["kind"].append(ln.kind)
+            cols["rate_card_key"].append(ln.rate_card_key)
+            cols["feature_key"].append(ln.feature_key)
+            cols["plan_key"].append(ln.plan_key)
+            cols["description"].append(ln.description)
+            cols["usage_start"].append(to_db(ln.usage_start))
+            cols["usage_end"].append(to_db(ln.usage_end))
+            cols["quantity"].append(_dec(ln.quantity))
+            cols["unit_price"].append(_dec(ln.unit_price))
+            cols["amount"].append(_dec(ln.amount))
+            cols["detail"].append(json.dumps(ln.detail, sort_keys=True))
+    return pa.table({name: pa.array(cols[name], typ) for name, typ in _LINE_TYPES.items()})
 
-    def col(f, typ):  # type: ignore[no-untyped-def]
-        return pa.array([f(i, ln) for i, ln in pairs], typ)
 
-    return pa.table(
-        {
-            "invoice_number": col(lambda i, ln: i.number, pa.string()),
-            "line_no": col(lambda i, ln: ln.line_no, pa.int32()),
-            "kind": col(lambda i, ln: ln.kind, pa.string()),
-            "rate_card_key": col(lambda i, ln: ln.rate_card_key, pa.string()),
-            "feature_key": col(lambda i, ln: ln.feature_key, pa.string()),
-            "plan_key": col(lambda i, ln: ln.plan_key, pa.string()),
-            "description": col(lambda i, ln: ln.description, pa.string()),
-            "usage_start": col(lambda i, ln: to_db(ln.usage_start), _TS),
-            "usage_end": col(lambda i, ln: to_db(ln.usage_end), _TS),
-            "quantity": col(lambda i, ln: _dec(ln.quantity), _DEC),
-            "unit_price": col(lambda i, ln: _dec(ln.unit_price), _DEC),
-            "amount": col(lambda i, ln: _dec(ln.amount), _DEC),
-            "detail": col(lambda i, ln: json.dumps(ln.detail, sort_keys=True), pa.string()),
-        }
-    )
+_LINE_TYPES: dict[str, pa.DataType] = {
+    "invoice_number": pa.string(),
+    "line_no": pa.int32(),
+    "kind": pa.string(),
+    "rate_card_key": pa.string(),
+    "feature_key": pa.string(),
+    "plan_key": pa.string(),
+    "description": pa.string(),
+    "usage_start": _TS,
+    "usage_end": _TS,
+    "quantity": _DEC,
+    "unit_price": _DEC,
+    "amount": _DEC,
+    "detail": pa.string(),
+}
 
 
 def _window_rows(
@@ -266,14 +268,15 @@ def load_invoices(
     """Stored invoices in number order, optionally only ``numbers`` / one customer's."""
     where, params = [], []
     if numbers is not None:
-        where.append("list_contains(?, i.number)")
-        params.append(list(numbers))
+        where.append("i.number IN (SELECT value FROM bill_numbers)")
     if customer is not None:
         where.append("i.customer_key = ?")
         params.append(customer)
     sql = INVOICE_SQL + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY i.seq"
     invoices: dict[str, Invoice] = {}
-    for r in con.execute(sql, params).fetchall():
+    with value_set(con, "bill_numbers", numbers or []):
+        found = con.execute(sql, params).fetchall()
+    for r in found:
         number, seq, ck, cur, ps, pe, wm, issued, status, total, digest, stripe_status = r
         inv = Invoice(
             customer_key=ck,
@@ -292,13 +295,13 @@ def load_invoices(
         inv.stored_total = round_money(total, cur)
         invoices[number] = inv
     if with_lines and invoices:
-        rows = con.execute(
-            "SELECT invoice_number, line_no, kind, rate_card_key, feature_key, plan_key,"
-            " description, usage_start, usage_end, quantity, unit_price, amount, detail"
-            " FROM invoice_lines WHERE list_contains(?, invoice_number)"
-            " ORDER BY invoice_number, line_no",
-            [list(invoices)],
-        ).fetchall()
+        with value_set(con, "bill_numbers", invoices):
+            rows = con.execute(
+                "SELECT invoice_number, line_no, kind, rate_card_key, feature_key, plan_key,"
+                " description, usage_start, usage_end, quantity, unit_price, amount, detail"
+                " FROM invoice_lines WHERE invoice_number IN (SELECT value FROM bill_numbers)"
+                " ORDER BY invoice_number, line_no"
+            ).fetchall()
         for num, no, kind, card, feat, plan, desc, us, ue, qty, unit, amount, detail in rows:
             inv = invoices[num]
             inv.lines.append(

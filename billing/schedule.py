@@ -12,9 +12,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from functools import lru_cache
 
-from billing.periods import Period, period_containing, periods_between, proration
+from billing.periods import Period, proration
+from billing.periods import period_containing as _period_containing
+from billing.periods import periods_between as _periods_between
 from meterline.catalog import Catalog, Customer, Plan, Subscription
+
+# Customers share anchors and cadences (every plan starting on the 1st...): computing a
+# period is date arithmetic on relativedelta, so remember the answers.
+periods_between = lru_cache(maxsize=65536)(_periods_between)
+period_containing = lru_cache(maxsize=65536)(_period_containing)
 
 
 class ScheduleError(ValueError):
@@ -56,6 +64,8 @@ def customer_periods(catalog: Catalog, customer: Customer, until: datetime) -> l
     for sub in sorted(customer.subscriptions, key=lambda s: s.start):
         stop = until if sub.end is None else min(sub.end, until)
         cadence = catalog.plan(sub.plan).billing_cadence
+        if stop <= sub.start:
+            continue
         for p in periods_between(sub.start, cadence, sub.start, stop):
             out.append(_clipped(catalog, customer, sub, p))
     return out

@@ -14,7 +14,8 @@ aware UTC datetimes and converts at the boundary (:func:`to_db`, :func:`from_db`
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -34,6 +35,20 @@ GROUP_DIMENSIONS = ("model", "type", "day")
 
 class UsageError(ValueError):
     """A usage query that cannot be answered (unknown customer, bad range)."""
+
+
+@contextmanager
+def value_set(con: duckdb.DuckDBPyConnection, name: str, values: Iterable[str]) -> Iterator[str]:
+    """A one-column (``value``) relation of strings registered as ``name`` for ``IN (...)``.
+
+    Passing a long Python list as a query parameter converts it element by element
+    (slow for thousands); an Arrow table is handed over in one piece.
+    """
+    con.register(name, pa.table({"value": pa.array(list(values), pa.string())}))
+    try:
+        yield name
+    finally:
+        con.unregister(name)
 
 
 def to_db(value: datetime) -> datetime:
@@ -367,7 +382,7 @@ INVOICED_USAGE_SQL = f"""
     WITH win AS (
         SELECT customer_key, unnest(consumers) AS consumer, usage_start, usage_end,
                ingested_after, ingested_until
-        FROM invoice_windows WHERE list_contains(?, invoice_number)
+        FROM invoice_windows WHERE invoice_number IN (SELECT value FROM bill_numbers)
     )
     SELECT win.customer_key, e.provider, coalesce(e.model, '') AS model,
            CAST(e.ts AS DATE) AS day, {_SUMS}, COUNT(*) AS events
@@ -384,9 +399,10 @@ def invoiced_usage(
     con: duckdb.DuckDBPyConnection, invoice_numbers: Sequence[str]
 ) -> list[dict[str, object]]:
     """Tokens per (customer, provider, model, day) of every event those invoices billed."""
-    cur = con.execute(INVOICED_USAGE_SQL, [list(invoice_numbers)])
-    names = [d[0] for d in cur.description]
-    return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+    with value_set(con, "bill_numbers", invoice_numbers):
+        cur = con.execute(INVOICED_USAGE_SQL)
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
 
 
 def invoiced_events(
@@ -401,7 +417,8 @@ def invoiced_events(
         WITH win AS (
             SELECT customer_key, unnest(consumers) AS consumer, usage_start, usage_end,
                    ingested_after, ingested_until
-            FROM invoice_windows WHERE list_contains(?, invoice_number) AND customer_key = ?
+            FROM invoice_windows
+            WHERE invoice_number IN (SELECT value FROM bill_numbers) AND customer_key = ?
         )
         SELECT e.ts, {", ".join(f"e.{c} AS {t}" for t, c in TOKEN_COLUMNS.items())}
         FROM usage_events AS e
@@ -411,6 +428,7 @@ def invoiced_events(
          AND (win.ingested_after IS NULL OR e.ingested_at > win.ingested_after)
         WHERE e.provider = ? AND coalesce(e.model, '') = ?
     """
-    cur = con.execute(sql, [list(invoice_numbers), customer, provider, model])
-    names = [d[0] for d in cur.description]
-    return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+    with value_set(con, "bill_numbers", invoice_numbers):
+        cur = con.execute(sql, [customer, provider, model])
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]

@@ -15,10 +15,12 @@ from __future__ import annotations
 import logging
 import threading
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.json as pa_json
 
 from addons.metering.spool import Spool
 from meterline.store import EVENT_COLUMNS, EVENT_MIGRATIONS, migrate, store
@@ -74,9 +76,27 @@ def to_arrow(events: list[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=ARROW_SCHEMA)
 
 
-def insert_events(con: duckdb.DuckDBPyConnection, events: list[dict[str, Any]]) -> int:
+_PARSE = pa_json.ParseOptions(explicit_schema=ARROW_SCHEMA, unexpected_field_behavior="ignore")
+
+
+def read_segment(path: Path) -> pa.Table:
+    """A sealed spool segment as an Arrow table.
+
+    Arrow's JSON reader parses in C++ without the GIL, so a big batch does not stall the
+    proxy's event loop. A segment with a torn line (a crash mid-write) is read line by
+    line instead, skipping what cannot be parsed.
+    """
+    try:
+        return pa_json.read_json(path, parse_options=_PARSE)
+    except pa.ArrowInvalid:
+        return to_arrow(Spool.read(path))
+
+
+def insert_events(
+    con: duckdb.DuckDBPyConnection, events: list[dict[str, Any]] | pa.Table
+) -> int:
     """Insert ``events`` in one transaction, skipping ids already stored; returns rows added."""
-    batch = to_arrow(events)
+    batch = events if isinstance(events, pa.Table) else to_arrow(events)
     ingested_at = datetime.now(UTC).replace(tzinfo=None)
     con.execute("BEGIN TRANSACTION")
     try:
@@ -140,17 +160,20 @@ class SpoolWriter:
             segments = self.spool.sealed()
             if not segments:
                 return True
-            events = [e for path in segments for e in Spool.read(path)]
+            tables = [read_segment(path) for path in segments]
+            events = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
             try:
-                if events:
+                if events.num_rows:
                     with store(self.locator, wait_s=self.lock_wait_s) as con:
+                        # One batch needs no parallelism; leave the cores to the proxy.
+                        con.execute("SET threads = 1")
                         migrate(con, EVENT_MIGRATIONS)
                         self.inserted += insert_events(con, events)
             except Exception as e:  # keep the segments; the next flush retries them
                 self.failures += 1
                 log.warning(
                     "meterline: cannot write %d event(s) to %s (kept in spool %s): %s",
-                    len(events),
+                    events.num_rows,
                     self.locator,
                     self.spool.directory,
                     e,

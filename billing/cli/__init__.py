@@ -13,7 +13,6 @@ from billing.cli.common import BillingGroup, Settings
 from billing.cli.consumers import consumers_group
 from billing.cli.invoice import invoice_group
 from billing.cli.margin import margin_cmd
-from billing.cli.stripe import stripe_group
 from billing.cli.usage import usage_cmd
 from meterline.store import DEFAULT_CATALOG, DEFAULT_DB
 
@@ -52,4 +51,5 @@ main.add_command(consumers_group, "consumers")
 main.add_command(usage_cmd, "usage")
 main.add_command(invoice_group, "invoice")
 main.add_command(margin_cmd, "margin")
-main.add_command(stripe_group, "stripe")
+# billing/cli/stripe.py's group, imported when `billing stripe ...` runs (see BillingGroup)
+main.add_lazy_command("billing.cli.stripe:stripe_group", "stripe")

@@ -6,7 +6,6 @@ import click
 
 from billing import render
 from billing.cli.common import MONTH, Settings, format_option, pass_settings
-from billing.margin import MARGIN_COLUMNS, margin_report
 
 
 @click.command("margin")
@@ -23,6 +22,8 @@ def margin_cmd(settings: Settings, month: str, fmt: str) -> None:
       billing margin --period 2026-03
       billing margin --period 2026-03 --format json
     """
+    from billing.margin import MARGIN_COLUMNS, margin_report  # genai-prices: load on use
+
     with settings.store() as con:
         rows = margin_report(con, month)
     click.echo(render.rows(rows, fmt, MARGIN_COLUMNS))

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from billing.cli.common import Settings
+from billing.cli.common import MONTH, Settings
 from billing.stripe.amounts import AmountError
 from billing.stripe.client import (
     API_BASE_ENV,
@@ -26,14 +26,6 @@ from billing.stripe.status import pull_statuses
 from billing.stripe.sync import Syncer, SyncError, dry_run_plan, sync_all
 from meterline.catalog import Catalog, CatalogError, load_catalog
 from meterline.store import DEFAULT_CATALOG, DEFAULT_DB, StoreError
-
-_PERIOD_RE = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
-
-
-def _period(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
-    if value is not None and not _PERIOD_RE.match(value):
-        raise click.BadParameter(f"{value!r} is not a month as YYYY-MM, e.g. 2026-10")
-    return value
 
 
 def _api_base(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
@@ -98,7 +90,11 @@ def stripe_group() -> None:
 
 
 @stripe_group.command("sync")
-@click.option("--period", callback=_period, help="Only invoices of this month (YYYY-MM).")
+@click.option(
+    "--period",
+    type=MONTH,
+    help="Only the invoices `billing invoice generate --period` made for this month.",
+)
 @click.option("--customer", help="Only invoices of this customer key.")
 @click.option("--dry-run", is_flag=True, help="Print what would be sent; send nothing.")
 @_stripe_options
@@ -140,7 +136,11 @@ def sync_cmd(
 
 
 @stripe_group.command("status")
-@click.option("--period", callback=_period, help="Only invoices of this month (YYYY-MM).")
+@click.option(
+    "--period",
+    type=MONTH,
+    help="Only the invoices `billing invoice generate --period` made for this month.",
+)
 @click.option("--customer", help="Only invoices of this customer key.")
 @_stripe_options
 @click.pass_context

@@ -9,10 +9,11 @@ in flight, and that call is replayed by its idempotency key on the next run.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
+from billing.periods import calendar_month
 from billing.store import billing_store
 
 
@@ -60,15 +61,26 @@ _ROW_COLUMNS = (
 _NOW = "now()::TIMESTAMP"
 
 
-def _period_clause(period: str | None, customer: str | None, alias: str) -> tuple[str, list[str]]:
-    where, args = [], []
+def _filter_clause(
+    period: str | None, customer: str | None, alias: str
+) -> tuple[str, list[object]]:
+    """``--period`` means what it means for ``billing invoice generate``: the invoices of
+    billing periods that *end* in that month (``month start < period_end <= month end``)."""
+    where: list[str] = []
+    args: list[object] = []
     if period is not None:
-        where.append(f"strftime({alias}.period_start, '%Y-%m') = ?")
-        args.append(period)
+        month = calendar_month(period)
+        where.append(f"{alias}.period_end > ? AND {alias}.period_end <= ?")
+        args += [_naive_utc(month.start), _naive_utc(month.end)]
     if customer is not None:
         where.append(f"{alias}.customer_key = ?")
         args.append(customer)
     return "".join(f" AND {w}" for w in where), args
+
+
+def _naive_utc(value: datetime) -> datetime:
+    """The store keeps UTC as naive TIMESTAMPs."""
+    return value.astimezone(UTC).replace(tzinfo=None)
 
 
 class Ledger:
@@ -80,8 +92,8 @@ class Ledger:
     # -------------------------------------------------------------- our invoices
 
     def unsynced(self, period: str | None = None, customer: str | None = None) -> list[OurInvoice]:
-        """Finalized invoices not yet finalized in Stripe, oldest number first."""
-        clause, args = _period_clause(period, customer, "i")
+        """Finalized invoices not yet finalized in Stripe, in number order."""
+        clause, args = _filter_clause(period, customer, "i")
         with billing_store(self.db) as con:
             heads = con.execute(
                 "SELECT i.number, i.customer_key, i.currency, i.period_start, i.period_end,"
@@ -110,7 +122,7 @@ class Ledger:
 
     def rows(self, period: str | None = None, customer: str | None = None) -> list[SyncRow]:
         """Every invoice the sync has touched (a Stripe invoice id or not), by number."""
-        clause, args = _period_clause(period, customer, "i")
+        clause, args = _filter_clause(period, customer, "i")
         with billing_store(self.db) as con:
             found = con.execute(
                 f"SELECT {', '.join('s.' + c.strip() for c in _ROW_COLUMNS.split(','))}"

@@ -64,7 +64,7 @@ def finalize_idem(number: str) -> str:
     return f"meterline-finalize-{number}"
 
 
-# --------------------------------------------------------------------------- amounts
+# --------------------------------------------------------------------------- descriptions
 
 
 def _plain(value: Decimal) -> str:
@@ -243,7 +243,7 @@ class Syncer:
             if field(found, "deleted"):
                 raise SyncError(
                     f"customer {customer.key!r}: its Stripe customer {stored} was deleted in "
-                    "Stripe; restore it or remove the link from stripe_customers"
+                    "Stripe; delete its row from stripe_customers to link or create another"
                 )
         else:
             matches = self.gw.find_customers(customer.key)

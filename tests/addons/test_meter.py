@@ -230,7 +230,8 @@ def test_key_injection(meter: tuple[Meter, Any]) -> None:
     assert f.response is None
     assert f.request.headers["authorization"] == "Bearer sk-real-provider"
     assert "apikey" not in f.request.headers
-    assert m._active[f.id].exchange.consumer == "carol"
+    consumer = m._active[f.id].identity.consumer
+    assert consumer is not None and consumer.name == "carol"
 
 
 def test_key_injection_missing_env_var_is_502(meter: tuple[Meter, Any]) -> None:

@@ -111,7 +111,7 @@ def shape_of(td: type) -> Shape:
         if key in REQUEST_OPTION_KEYS and _is_request_options_child(td):
             continue
         fields[key] = _resolve(_strip_required(_resolve(ann, namespace)), namespace)
-    required = frozenset(k for k in td.__required_keys__ if k in fields)
+    required = frozenset(k for k in getattr(td, "__required_keys__", ()) if k in fields)
     return Shape(td.__name__, fields, required)
 
 

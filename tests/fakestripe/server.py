@@ -23,6 +23,7 @@ the client mid-request).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import re
@@ -81,6 +82,9 @@ class Fault:
     path: re.Pattern[str] | None
     seen: int = 0
     fired: threading.Event = field(default_factory=threading.Event)
+    """Set when the matching request arrives."""
+    done: threading.Event = field(default_factory=threading.Event)
+    """Set once that request has taken effect (``*_after`` kinds) or been refused."""
 
     def hit(self, method: str, path: str) -> bool:
         if self.fired.is_set():
@@ -101,7 +105,7 @@ class _Stored:
 
 
 def _page(objects: list[JSON], p: JSON, url: str) -> JSON:
-    ordered = sorted(objects, key=lambda o: o.get("created", o.get("date", 0)), reverse=True)
+    ordered = sorted(objects, key=lambda o: int(o.get("created") or o["date"]), reverse=True)
     limit = int(p.get("limit", 10))
     if not 1 <= limit <= 100:
         raise ApiError(400, "Invalid limit: must be between 1 and 100", param="limit")
@@ -223,8 +227,7 @@ class FakeStripe:
     @property
     def url(self) -> str:
         assert self._server is not None, "start() first"
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
 
     # -------------------------------------------------------------- test controls
 
@@ -276,6 +279,7 @@ class FakeStripe:
                 fault.fired.set()
                 entry.fault = fault.kind
         if fault is not None and fault.kind in ("error_before", "drop_before"):
+            fault.done.set()
             if fault.kind == "drop_before":
                 return 0, b"", {}, "drop"
             err = ApiError(500, "An unknown error occurred", type_="api_error")
@@ -287,6 +291,7 @@ class FakeStripe:
         after = None
         if fault is not None:
             after = "drop" if fault.kind == "drop_after" else "hang"
+            fault.done.set()
         return status, payload, extra, after
 
     def _dispatch(
@@ -363,8 +368,16 @@ class FakeStripe:
 
 
 def _bearer(header: str) -> str:
+    """The API key from ``Bearer <key>`` (the SDK) or ``Basic`` ``<key>:`` (``curl -u key:``)."""
     scheme, _, token = header.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else ""
+    if scheme.lower() == "bearer":
+        return token.strip()
+    if scheme.lower() == "basic":
+        try:
+            return base64.b64decode(token.strip()).decode().partition(":")[0]
+        except (ValueError, UnicodeDecodeError):
+            return ""
+    return ""
 
 
 class _RequestHandler(BaseHTTPRequestHandler):

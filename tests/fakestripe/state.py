@@ -16,7 +16,10 @@ import secrets
 import string
 import threading
 import time
+from functools import cache
 from typing import Any
+
+import stripe
 
 JSON = dict[str, Any]
 
@@ -257,7 +260,7 @@ class FakeState:
             "customer": cus["id"],
             "customer_email": cus.get("email"),
             "customer_name": cus.get("name"),
-            "days_until_due": p.get("days_until_due"),
+            "_days_until_due": p.get("days_until_due"),
             "description": p.get("description"),
             "due_date": p.get("due_date"),
             "footer": p.get("footer"),
@@ -337,8 +340,8 @@ class FakeState:
         cus = self.customers[invoice["customer"]]
         invoice["number"] = f"{cus.get('invoice_prefix', 'FAKE')}-{self._invoice_seq:04d}"
         invoice["status_transitions"]["finalized_at"] = now
-        if invoice["days_until_due"] is not None:
-            invoice["due_date"] = now + 86400 * int(invoice["days_until_due"])
+        if invoice["_days_until_due"] is not None:
+            invoice["due_date"] = now + 86400 * int(invoice["_days_until_due"])
         if invoice["amount_due"] == 0:
             invoice["status"] = "paid"
             invoice["status_transitions"]["paid_at"] = now
@@ -398,9 +401,38 @@ def _merge_metadata(obj: JSON, metadata: Any) -> None:
             obj["metadata"][key] = value
 
 
+_RESOURCES: dict[str, type] = {
+    "customer": stripe.Customer,
+    "invoice": stripe.Invoice,
+    "invoiceitem": stripe.InvoiceItem,
+    "line_item": stripe.InvoiceLineItem,
+}
+
+
+@cache
+def declared_fields(object_name: str) -> frozenset[str]:
+    """The fields the installed SDK declares on a resource (``stripe.Invoice`` ...)."""
+    cls = _RESOURCES[object_name]
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        names.update(getattr(klass, "__annotations__", {}))
+    return frozenset(n for n in names if not n.startswith("_") and n != "OBJECT_NAME")
+
+
 def public(obj: JSON) -> JSON:
-    """The object as the API shows it: private bookkeeping (``_items``) left out."""
-    return {k: v for k, v in obj.items() if not k.startswith("_")}
+    """The object as the API shows it: private bookkeeping (``_items``) left out.
+
+    Every field must be one the SDK declares for that resource, so the fake's objects
+    cannot grow fields the real API does not have (or lost, like ``days_until_due`` on
+    invoices, which is a create parameter only).
+    """
+    shown = {k: v for k, v in obj.items() if not k.startswith("_")}
+    unknown = set(shown) - declared_fields(shown["object"])
+    if unknown:
+        raise AssertionError(f"fake {shown['object']} has undeclared fields: {sorted(unknown)}")
+    for line in (shown.get("lines") or {}).get("data", []):
+        public(line)
+    return shown
 
 
 # --------------------------------------------------------------------------- search

@@ -133,3 +133,17 @@ def test_waits_out_a_readers_lock(tmp_path: Path) -> None:
     t.join()
     assert [r[0] for r in _rows(db)] == ["a", "b"]
     spool.close()
+
+
+def test_torn_segment_of_a_crash_is_read_line_by_line(tmp_path: Path) -> None:
+    import json
+
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    lines = [json.dumps(_event("a")), json.dumps(_event("b")), '{"event_id": "c", "ts": "20']
+    (spool_dir / "00000000000000000001-7-000001.open").write_text("\n".join(lines))
+    spool = Spool(spool_dir)  # seals the leftover
+    writer = SpoolWriter(spool, str(tmp_path / "e.duckdb"))
+    assert writer.flush()
+    assert [r[0] for r in _rows(tmp_path / "e.duckdb")] == ["a", "b"]
+    spool.close()

@@ -141,3 +141,31 @@ def test_errors_have_stripes_shape(fake: FakeStripe) -> None:
             "message": "No such invoice: 'in_missing'",
         }
     }
+
+
+def test_lists_page_newest_first(fake: FakeStripe) -> None:
+    client = client_for(fake)
+    made = [client.v1.customers.create({"name": f"c{n}"}).id for n in range(5)]
+    first = client.v1.customers.list({"limit": 2})
+    assert [c.id for c in first.data] == made[::-1][:2]
+    assert first.has_more
+    every = [c.id for c in client.v1.customers.list({"limit": 2}).auto_paging_iter()]
+    assert every == made[::-1]
+
+
+def test_objects_carry_only_fields_the_sdk_declares(fake: FakeStripe) -> None:
+    client = client_for(fake)
+    cus = client.v1.customers.create({"name": "A"})
+    inv = client.v1.invoices.create({"customer": cus.id, "collection_method": "send_invoice",
+                                     "days_until_due": 7})  # fmt: skip
+    client.v1.invoice_items.create(
+        {"customer": cus.id, "invoice": inv.id, "amount": 5, "currency": "usd"}
+    )
+    for obj, resource in (
+        (client.v1.customers.retrieve(cus.id), stripe.Customer),
+        (client.v1.invoices.retrieve(inv.id), stripe.Invoice),
+        (client.v1.invoice_items.list().data[0], stripe.InvoiceItem),
+    ):
+        declared = set().union(*(getattr(k, "__annotations__", {}) for k in resource.__mro__))
+        assert set(obj.to_dict()) <= declared
+    assert "days_until_due" not in client.v1.invoices.retrieve(inv.id).to_dict()

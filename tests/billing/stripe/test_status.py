@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
+import json
 
+import pytest
+from click.testing import CliRunner
+
+from billing.cli import main as billing_cli
 from billing.store import billing_store
 from tests.billing.stripe.conftest import Billed, CliFn, client_for
 from tests.fakestripe import FakeStripe
@@ -67,3 +71,22 @@ def test_status_needs_the_api_key(
     result = cli("status")
     assert result.exit_code == 1
     assert result.output.startswith("Error: STRIPE_API_KEY is not set")
+
+
+def test_invoice_list_shows_the_pulled_stripe_status(
+    cli: CliFn, fake: FakeStripe, billed: Billed
+) -> None:
+    """The contract with ``billing invoice list``: it LEFT JOINs stripe_invoices."""
+    assert cli("sync").exit_code == 0
+    client = client_for(fake)
+    paid = next(i for i in client.v1.invoices.list().data if i.total == 4900)
+    client.v1.invoices.pay(paid.id)
+    assert cli("status").exit_code == 0
+    listed = CliRunner().invoke(
+        billing_cli,
+        ["--db", str(billed.db), "--catalog", str(billed.catalog), "invoice", "list",
+         "--format", "json"],
+    )  # fmt: skip
+    assert listed.exit_code == 0, listed.output
+    statuses = {row["number"]: row["stripe_status"] for row in json.loads(listed.output)}
+    assert statuses == {"INV-000001": "open", "INV-000002": "paid", "INV-000003": "open"}

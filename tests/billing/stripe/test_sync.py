@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from decimal import Decimal
 from pathlib import Path
@@ -91,8 +90,9 @@ def test_sync_sends_customers_items_and_invoices_that_match_ours(
     assert (acme.name, acme.email) == ("Acme Corp", "billing@acme.test")
     by_number = {i.metadata["meterline_invoice"]: i for i in client.v1.invoices.list().data}
     send, charge = by_number["INV-000001"], by_number["INV-000002"]
-    assert (send.collection_method, send.days_until_due) == ("send_invoice", 14)
-    assert (charge.collection_method, charge.days_until_due) == ("charge_automatically", None)
+    finalized_at = send.status_transitions.finalized_at
+    assert (send.collection_method, send.due_date) == ("send_invoice", finalized_at + 14 * 86400)
+    assert (charge.collection_method, charge.due_date) == ("charge_automatically", None)
     assert send.auto_advance is False
     descriptions = [line.description for line in send.lines.data]
     assert descriptions[1] == "Input tokens (1234567 × 0.0000025 USD)"
@@ -130,9 +130,11 @@ def test_existing_stripe_customer_is_found_by_metadata_not_duplicated(
 
 
 def test_filters_by_customer_and_period(cli: CliFn, fake: FakeStripe, billed: Billed) -> None:
-    assert cli("sync", "--period", "2026-09").output == (
-        "nothing to sync: every finalized invoice is in Stripe\n"
-    )
+    # --period means what it means to `billing invoice generate`: periods ending in it.
+    for month in ("2026-09", "2026-11"):
+        assert cli("sync", "--period", month).output == (
+            "nothing to sync: every finalized invoice is in Stripe\n"
+        )
     result = cli("sync", "--customer", "globex", "--period", "2026-10")
     assert result.exit_code == 0
     assert set(sync_rows(billed.db)) == {"INV-000002"}
@@ -229,8 +231,8 @@ def test_sync_killed_with_sigkill_mid_request_resumes_without_duplicates(
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
-        assert fault.fired.wait(timeout=60), "the sync never reached the 4th invoice item"
-        time.sleep(0.1)  # the item now exists in Stripe; its answer never arrives
+        assert fault.done.wait(timeout=60), "the sync never reached the 4th invoice item"
+        # The item now exists in Stripe; its answer never arrives: kill the client.
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
     finally:
@@ -362,7 +364,7 @@ def test_api_base_from_the_environment(
 def test_bad_options_are_refused(cli: CliFn) -> None:
     bad_period = cli("sync", "--period", "2026-13")
     assert bad_period.exit_code == 2
-    assert "Invalid value for '--period': '2026-13' is not a month as YYYY-MM" in bad_period.output
+    assert "Invalid value for '--period': period '2026-13': expected a month" in bad_period.output
     bad_base = cli("sync", "--api-base", "localhost:1", api_base=False)
     assert bad_base.exit_code == 2
     assert "'localhost:1' is not a URL such as http://127.0.0.1:12111" in bad_base.output
@@ -372,3 +374,19 @@ def test_sdk_rejects_nothing_we_send(fake: FakeStripe, cli: CliFn) -> None:
     """Every parameter the sync sends is one the SDK's typed params define (else 400)."""
     assert cli("sync").exit_code == 0
     assert [r for r in fake.log if r.status == 400] == []
+
+
+def test_linked_customer_deleted_in_stripe_is_reported(
+    cli: CliFn, fake: FakeStripe, billed: Billed
+) -> None:
+    fake.inject("drop_before", nth=1, method="POST", path=r"^/v1/invoices$")
+    assert cli("sync").exit_code == 1
+    client = client_for(fake)
+    acme = client.v1.customers.list().data[0]
+    client.v1.customers.delete(acme.id)
+    result = cli("sync")
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: INV-000001: customer 'acme': its Stripe customer {acme.id} was deleted in "
+        "Stripe; delete its row from stripe_customers to link or create another\n"
+    )

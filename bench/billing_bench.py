@@ -1,0 +1,256 @@
+"""Benchmark: one month of invoices for 10M events, 1,000 customers, 3 tiered plans.
+
+Side by side, in one run, over the same DuckDB file:
+
+1. floor: a hand-written ``GROUP BY customer, feature`` over the month's events (the least
+   any invoice build must do: scan, attribute, sum);
+2. build: the in-process invoice build (``billing.build.build_invoices``: the one-pass
+   window aggregation, feature mapping and Decimal pricing for all customers), without
+   storing; and build + store (numbering, lines, windows);
+3. process: the whole ``billing invoice generate --period`` command in a subprocess (Python
+   start-up, catalog load, store open + migrations, build, store), wall time.
+
+Events are generated with DuckDB SQL (``range()``), not Python loops. Stored invoices are
+deleted between repetitions so every run does the full work.
+
+Usage::
+
+    .venv/bin/python bench/billing_bench.py              # 10M events, 1,000 customers
+    .venv/bin/python bench/billing_bench.py --events 1000000 --repeat 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from billing.build import build_invoices  # noqa: E402
+from billing.invoices import generate_invoices  # noqa: E402
+from billing.periods import calendar_month  # noqa: E402
+from billing.schedule import periods_ending_in  # noqa: E402
+from billing.store import billing_store  # noqa: E402
+from meterline.catalog import load_catalog  # noqa: E402
+
+MONTH = "2026-03"
+NOW = datetime(2026, 4, 1, 0, 0, 5, tzinfo=UTC)
+
+FEATURES = """
+features:
+  - {key: gpt-in, name: GPT-4o input, meter: {provider: openai, model: "gpt-4o*", token_types: [input]}}
+  - {key: gpt-cached, name: GPT-4o cached, meter: {provider: openai, model: "gpt-4o*", token_types: [cached_input]}}
+  - {key: gpt-out, name: GPT-4o output, meter: {provider: openai, model: "gpt-4o*", token_types: [output]}}
+  - {key: claude-in, name: Claude input, meter: {provider: anthropic, model: "claude-*", token_types: [input, cache_write]}}
+  - {key: claude-cached, name: Claude cached, meter: {provider: anthropic, model: "claude-*", token_types: [cached_input]}}
+  - {key: claude-out, name: Claude output, meter: {provider: anthropic, model: "claude-*", token_types: [output]}}
+"""  # noqa: E501
+
+
+def _plan(key: str, fee: str, mode: str, scale: int) -> str:
+    cards = [f"      - {{key: fee, name: Platform fee, price: {{type: flat, amount: '{fee}'}}}}"]
+    for i, feature in enumerate(
+        ("gpt-in", "gpt-cached", "gpt-out", "claude-in", "claude-cached", "claude-out")
+    ):
+        base = 1 + i
+        cards.append(
+            f"      - key: {feature}\n        name: {feature}\n        feature: {feature}\n"
+            f"        included: {1000 * scale}\n"
+            f"        price:\n          type: tiered\n          mode: {mode}\n"
+            f"          per: 1000000\n          tiers:\n"
+            f"            - {{up_to: {200_000 * scale}, unit_amount: '{base}.50'}}\n"
+            f"            - {{up_to: {2_000_000 * scale}, unit_amount: '{base}.25', "
+            f"flat_amount: '1.00'}}\n"
+            f"            - {{unit_amount: '{base}.00'}}"
+        )
+    return (
+        f"  - key: {key}\n    name: {key}\n    currency: USD\n    billing_cadence: P1M\n"
+        "    rate_cards:\n" + "\n".join(cards)
+    )
+
+
+def write_catalog(path: Path, customers: int) -> None:
+    lines = ["version: 1", "consumers:"]
+    lines += [f"  - name: agent-{i:04d}" for i in range(customers)]
+    lines.append(FEATURES.strip())
+    lines.append("plans:")
+    lines += [
+        _plan("small", "19.00", "graduated", 1),
+        _plan("medium", "99.00", "graduated", 5),
+        _plan("large", "499.00", "volume", 20),
+    ]
+    lines.append("customers:")
+    for i in range(customers):
+        plan = ("small", "medium", "large")[i % 3]
+        lines.append(
+            f"  - {{key: cust-{i:04d}, name: Customer {i}, currency: USD, "
+            f"consumers: [agent-{i:04d}], "
+            f"subscriptions: [{{plan: {plan}, start: '2026-01-01T00:00:00Z'}}]}}"
+        )
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+EVENTS_SQL = """
+INSERT INTO usage_events
+WITH g AS (
+    SELECT i, hash(i) AS h,
+           TIMESTAMP '2026-03-01'
+             + to_microseconds(CAST(hash(i * 7) % 2678400000000 AS BIGINT)) AS ts
+    FROM range(?) AS r(i)
+)
+SELECT 'ev-' || i, ts, ts + INTERVAL 1 SECOND,
+       'agent-' || lpad(CAST(h % ? AS VARCHAR), 4, '0'),
+       NULL,
+       CASE WHEN (h >> 20) % 3 = 2 THEN 'anthropic' ELSE 'openai' END,
+       CASE WHEN (h >> 20) % 3 = 2 THEN 'anthropic' ELSE 'openai' END,
+       CASE (h >> 20) % 3 WHEN 0 THEN 'gpt-4o-2024-08-06' WHEN 1 THEN 'GPT-4o-mini'
+            ELSE 'claude-sonnet-4-5' END,
+       (h >> 24) % 2000, (h >> 32) % 500, (h >> 40) % 50, (h >> 44) % 800, 0, false,
+       'resp-' || i, 'req-' || i, 'POST', 'api.example', '/v1/chat/completions', 200,
+       false, 100.0, 10.0, 'bench'
+FROM g
+"""
+
+FLOOR_SQL = """
+SELECT m.customer, f.feature, SUM(
+         CASE f.token_type WHEN 'input' THEN e.input_tokens
+                           WHEN 'cached_input' THEN e.cached_input_tokens
+                           WHEN 'cache_write' THEN e.cache_write_tokens
+                           ELSE e.output_tokens END) AS quantity
+FROM usage_events AS e
+JOIN bench_customers AS m ON e.consumer = m.consumer
+JOIN bench_features AS f ON e.provider = f.provider AND lower(e.model) LIKE f.pattern
+WHERE e.ts >= TIMESTAMP '2026-03-01' AND e.ts < TIMESTAMP '2026-04-01'
+GROUP BY ALL
+"""
+
+FEATURE_ROWS = [
+    ("gpt-in", "openai", "gpt-4o%", "input"),
+    ("gpt-cached", "openai", "gpt-4o%", "cached_input"),
+    ("gpt-out", "openai", "gpt-4o%", "output"),
+    ("claude-in", "anthropic", "claude-%", "input"),
+    ("claude-in", "anthropic", "claude-%", "cache_write"),
+    ("claude-cached", "anthropic", "claude-%", "cached_input"),
+    ("claude-out", "anthropic", "claude-%", "output"),
+]
+
+
+def prepare(workdir: Path, events: int, customers: int, reuse: bool) -> tuple[Path, Path]:
+    db, catalog = workdir / "bench.duckdb", workdir / "catalog.yaml"
+    write_catalog(catalog, customers)
+    if reuse and db.exists():
+        with billing_store(db) as con:
+            (have,) = con.execute("SELECT count(*) FROM usage_events").fetchone() or (0,)
+        if have == events:
+            print(f"reusing {events:,} events in {db}")
+            return db, catalog
+    if db.exists():
+        db.unlink()
+    started = time.perf_counter()
+    with billing_store(db, create=True) as con:
+        con.execute(EVENTS_SQL, [events, customers])
+        con.execute("CHECKPOINT")
+    print(f"generated {events:,} events in {time.perf_counter() - started:.1f} s -> {db}")
+    return db, catalog
+
+
+def timed(fn: Callable[[], object], repeat: int) -> list[float]:
+    out = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - started)
+    return out
+
+
+def clear_invoices(db: Path) -> None:
+    with billing_store(db) as con:
+        con.execute("DELETE FROM invoice_windows; DELETE FROM invoice_lines; DELETE FROM invoices")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--events", type=int, default=10_000_000)
+    ap.add_argument("--customers", type=int, default=1000)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--dir", type=Path, help="work directory (default: a temporary one)")
+    ap.add_argument("--reuse", action="store_true", help="keep the events in --dir if complete")
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="billing-bench-") as tmp:
+        workdir = args.dir or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        db, catalog_path = prepare(workdir, args.events, args.customers, args.reuse)
+        catalog = load_catalog(catalog_path)
+        month = calendar_month(MONTH)
+
+        with billing_store(db) as con:
+            con.execute(
+                "CREATE TEMP TABLE bench_customers AS SELECT * FROM (VALUES "
+                + ", ".join(f"('{n}', '{c.key}')" for c in catalog.customers for n in c.consumers)
+                + ") AS t(consumer, customer)"
+            )
+            con.execute(
+                "CREATE TEMP TABLE bench_features AS SELECT * FROM (VALUES "
+                + ", ".join(f"('{a}', '{b}', '{c}', '{d}')" for a, b, c, d in FEATURE_ROWS)
+                + ") AS t(feature, provider, pattern, token_type)"
+            )
+            floor_rows = con.execute(FLOOR_SQL).fetchall()
+            floor = timed(lambda: con.execute(FLOOR_SQL).fetchall(), args.repeat)
+
+            def build() -> None:
+                periods = periods_ending_in(catalog, month, NOW, list(catalog.customers))
+                invoices, _ = build_invoices(con, catalog, periods, watermark=NOW)
+                assert len(invoices) == args.customers
+
+            build_s = timed(build, args.repeat)
+
+            def build_and_store() -> None:
+                generate_invoices(con, catalog, MONTH, now=NOW)
+                con.execute(
+                    "DELETE FROM invoice_windows; DELETE FROM invoice_lines; DELETE FROM invoices"
+                )
+
+            store_s = timed(build_and_store, args.repeat)
+            # same quantities as the floor: sum of usage line quantities per customer
+            periods = periods_ending_in(catalog, month, NOW, list(catalog.customers))
+            invoices, _ = build_invoices(con, catalog, periods, watermark=NOW)
+            built = sum(ln.quantity for i in invoices for ln in i.lines if ln.kind == "usage")
+            assert built == sum(r[2] for r in floor_rows), "build and floor disagree"
+
+        billing = Path(sys.executable).parent / "billing"
+        cmd = [str(billing), "--db", str(db), "--catalog", str(catalog_path)]
+        cmd += ["invoice", "generate", "--period", MONTH, "--format", "csv"]
+        process = []
+        for _ in range(args.repeat):
+            clear_invoices(db)
+            started = time.perf_counter()
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+            process.append(time.perf_counter() - started)
+
+    f, b, s, p = (statistics.median(x) for x in (floor, build_s, store_s, process))
+    report = [
+        ("floor   GROUP BY customer, feature", f, min(floor)),
+        ("build   invoices in process", b, min(build_s)),
+        ("build + store (generate in process)", s, min(store_s)),
+        ("process `billing invoice generate`", p, min(process)),
+    ]
+    print(f"\n{args.events:,} events, {args.customers:,} customers, 3 tiered plans, {MONTH}")
+    print(f"median of {args.repeat} runs [best]; ratio to the floor's median")
+    for label, median, best in report:
+        print(f"  {label:<38} {median:7.3f} s  [{best:.3f}]  {median / f:5.1f}x")
+    ok_build = "ok" if b <= 3 * f else "MISSED"
+    ok_process = "ok" if p <= 2 else "MISSED"
+    print(f"targets: build <= 3x floor: {ok_build}; process <= 2 s: {ok_process}")
+
+
+if __name__ == "__main__":
+    main()
