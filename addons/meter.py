@@ -380,7 +380,9 @@ class Meter:
                 _where(st),
                 st.identity.fingerprint or "no key",
             )
-            self._error_response(flow, st, "unknown_key", "Invalid API key: not known to the proxy.")
+            self._error_response(
+                flow, st, "unknown_key", "Invalid API key: not known to the proxy."
+            )
             return
         req = flow.request
         if st.inject_env is not None:
@@ -433,6 +435,10 @@ class Meter:
         st = self._active.pop(flow.id, None)
         if st is not None:
             st.t_done = time.time()
+            if st.t_first_byte is None and flow.response and flow.response.raw_content:
+                # Not streamed through us (another addon answered, or buffered): read it now.
+                st.t_first_byte = st.t_done
+                self._defer(st.consume, flow.response.raw_content)
             self._defer(self._finish, st, False)
 
     def error(self, flow: http.HTTPFlow) -> None:

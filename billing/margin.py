@@ -122,7 +122,7 @@ def cost_by_model(
     per_event: set[Key] = set()
     for r in invoiced_usage(con, numbers):
         key: Key = (str(r["customer_key"]), str(r["provider"]), str(r["model"]))
-        counts = {t: int(r[t]) for t in TOKEN_TYPES}  # type: ignore[call-overload]
+        counts: dict[str, int] = {t: int(r[t]) for t in TOKEN_TYPES}  # type: ignore[call-overload]
         tokens[key] += sum(counts.values())
         at = _day_start(r["day"])  # type: ignore[arg-type]
         if key in per_event or _priced_per_request(key[1], key[2], at):
@@ -132,7 +132,7 @@ def cost_by_model(
     for key in per_event:
         for e in invoiced_events(con, numbers, *key):
             ts = e.pop("ts").replace(tzinfo=UTC)  # type: ignore[attr-defined]
-            counts = {k: int(v) for k, v in e.items()}  # type: ignore[call-overload]
+            counts = {str(k): int(v) for k, v in e.items()}  # type: ignore[call-overload]
             _add(cost, key, list_cost(key[1], key[2], at=ts, **counts))
     return cost, tokens
 

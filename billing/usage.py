@@ -372,10 +372,6 @@ def _shape(rows: list[dict[str, object]], group_by: tuple[str, ...]) -> list[dic
     return out
 
 
-def total_tokens(rows: Iterable[dict[str, object]]) -> int:
-    return sum(int(r.get("tokens", r.get("total", 0))) for r in rows)  # type: ignore[call-overload]
-
-
 # --------------------------------------------------------------------------- invoiced usage
 
 INVOICED_USAGE_SQL = f"""

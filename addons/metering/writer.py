@@ -92,9 +92,7 @@ def read_segment(path: Path) -> pa.Table:
         return to_arrow(Spool.read(path))
 
 
-def insert_events(
-    con: duckdb.DuckDBPyConnection, events: list[dict[str, Any]] | pa.Table
-) -> int:
+def insert_events(con: duckdb.DuckDBPyConnection, events: list[dict[str, Any]] | pa.Table) -> int:
     """Insert ``events`` in one transaction, skipping ids already stored; returns rows added."""
     batch = events if isinstance(events, pa.Table) else to_arrow(events)
     ingested_at = datetime.now(UTC).replace(tzinfo=None)

@@ -326,3 +326,22 @@ def test_defaults_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
         assert tctx.options.meter_catalog == "/etc/meterline/catalog.yaml"
         assert tctx.options.meter_unknown_keys == "record"
         assert tctx.options.meter_include_usage is True
+
+
+def test_response_not_streamed_through_us_is_read_whole(
+    meter: tuple[Meter, Any], tmp_path: Path
+) -> None:
+    """E.g. another addon answered the request: the body is read in the response hook."""
+    m, _ = meter
+    f = _flow(authorization=f"Bearer {KEY}")
+    m.requestheaders(f)
+    m.request(f)
+    f.response = http.Response.make(200, CHAT_JSON, {"content-type": "application/json"})
+    m.response(f)
+    m.done()
+    [row] = _rows(tmp_path)
+    assert (row["event_id"], row["output_tokens"], row["estimated"]) == (
+        "openai:chatcmpl-unit1",
+        7,
+        False,
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import httpx2
@@ -184,3 +185,24 @@ def test_non_llm_traffic_is_not_metered(
     [row] = meter_proxy.wait_for_events([fake_provider.last().request_id])
     # Events are written in order: anything from the first two requests would be there now.
     assert meter_proxy.events("path IN ('/plain', '/v1/models')") == []
+
+
+@pytest.mark.parametrize("flavor", ["openai", "anthropic", "gemini"])
+def test_stream_is_passed_through_as_it_comes(
+    clients: Clients, meter_proxy: MeterProxy, fake_provider: FakeProvider, flavor: str
+) -> None:
+    """Each SSE event reaches the client when the provider sends it, not at the end."""
+    url, body, headers = _request(fake_provider, flavor, stream=True, behaviour="delay=0.06")
+    arrivals: list[float] = []
+    t0 = time.monotonic()
+    with clients.raw().stream("POST", url, json=body, headers=headers) as resp:
+        for _ in resp.iter_raw():
+            arrivals.append(time.monotonic() - t0)
+    ex = fake_provider.last()
+    gaps = 0.06 * (len(ex.parts) - 1)
+    assert arrivals[-1] >= gaps
+    assert arrivals[0] < arrivals[-1] - gaps / 2  # the first event did not wait for the rest
+    assert len(arrivals) >= len(ex.parts) // 2
+    [row] = meter_proxy.wait_for_events([ex.request_id])
+    assert ex.usage is not None and row_usage(row) == ex.usage
+    assert row["latency_ms"] - row["ttft_ms"] >= gaps * 1000 * 0.8

@@ -72,7 +72,7 @@ def measure(flows: int, chunks: list[bytes], content_type: str) -> tuple[float, 
         meter._open_spool()
         assert meter.writer is not None
         meter.writer.batch_events = 10**9
-        headers = {"content-type": "application/json", "authorization": "Bearer sk-bench"}
+        headers = http.Headers(content_type="application/json", authorization="Bearer sk-bench")
         pairs = []
         for _ in range(flows):
             f = tflow.tflow()
