@@ -172,10 +172,13 @@ def _flat_line(card: RateCard, price: FlatPrice, bp: BillingPeriod, currency: st
     )
 
 
-def _tokens_for(meter: MeterFilter, rows: Sequence[WindowUsage], match: _Matcher):
+def _tokens_for(
+    meter: MeterFilter, rows: Sequence[WindowUsage], match: _Matcher
+) -> tuple[int, int, list[dict[str, Any]]]:
+    """Tokens the meter selects from a window's rows, the events behind them, the breakdown."""
     quantity = 0
     events = 0
-    breakdown = []
+    breakdown: list[dict[str, Any]] = []
     for row in rows:
         if not match(meter, row.provider, row.model):
             continue
@@ -298,11 +301,12 @@ def build_invoices(
             if price.payment_term == "in_arrears" or first_of_run:
                 lines.append((_FEES, len(lines), _flat_line(card, price, bp, c.currency)))
         nxt = next_period(catalog, bp)
-        for card in nxt.plan.rate_cards if nxt is not None else ():
-            price = card.price
-            if isinstance(price, FlatPrice) and price.payment_term == "in_advance":
-                assert nxt is not None
-                lines.append((_NEXT_FEES, len(lines), _flat_line(card, price, nxt, c.currency)))
+        if nxt is not None:
+            for card in nxt.plan.rate_cards:
+                price = card.price
+                if isinstance(price, FlatPrice) and price.payment_term == "in_advance":
+                    fee = _flat_line(card, price, nxt, c.currency)
+                    lines.append((_NEXT_FEES, len(lines), fee))
         placed.append(lines)
 
         own_end = bp.end if usage_until is None else max(bp.start, min(bp.end, usage_until))

@@ -19,7 +19,7 @@ import duckdb
 import pyarrow as pa
 
 from billing.model import Invoice, InvoiceLine
-from billing.money import round_money
+from billing.money import money_context, round_money
 from billing.usage import UsageWindow, from_db, to_db, value_set
 
 NUMBER_PREFIX = "INV-"
@@ -107,9 +107,14 @@ def existing_invoices(
     return {(ck, from_db(s), from_db(e)): n for ck, s, e, n in rows}
 
 
-def _dec(value: Decimal | None) -> Decimal | None:
+def _stored(value: Decimal) -> Decimal:
     """Storage scale is 12 decimals; exact values with more live in the line's detail JSON."""
-    return None if value is None else value.quantize(_SCALE)
+    with money_context():  # 50 digits: DECIMAL(38, 12) values exceed the default 28
+        return value.quantize(_SCALE)
+
+
+def _dec(value: Decimal | None) -> Decimal | None:
+    return None if value is None else _stored(value)
 
 
 def save_invoices(
@@ -132,6 +137,11 @@ def save_invoices(
         _insert(con, "invoice_lines", _line_rows(invoices))
         _insert(con, "invoice_windows", _window_rows(invoices, windows))
         con.execute("COMMIT")
+        for inv in invoices:  # the values as stored, so they read back identical
+            for ln in inv.lines:
+                ln.quantity = _trim(_stored(ln.quantity))
+                if ln.unit_price is not None:
+                    ln.unit_price = _unit_price(ln.kind, _stored(ln.unit_price), inv.currency)
     except BaseException:
         con.execute("ROLLBACK")
         for inv in invoices:
@@ -239,9 +249,10 @@ def _window_rows(
 
 def _trim(value: Decimal) -> Decimal:
     """``12.000000000000`` -> ``12``; ``0.000003000000`` -> ``0.000003`` (no exponent)."""
-    if value == value.to_integral_value():
-        return value.quantize(Decimal(1))
-    return Decimal(format(value.normalize(), "f"))
+    with money_context():
+        if value == value.to_integral_value():
+            return value.quantize(Decimal(1))
+        return Decimal(format(value.normalize(), "f"))
 
 
 def _unit_price(kind: str, value: Decimal, currency: str) -> Decimal:

@@ -26,7 +26,7 @@ from billing.invoices import BillingError, parse_month
 from billing.ledger import load_invoices
 from billing.listprice import LIST_PRICE_CURRENCY, find_model, has_context_tiers, list_cost
 from billing.model import Invoice
-from billing.money import minor_unit
+from billing.money import minor_unit, money_context
 from billing.usage import invoiced_events, invoiced_usage
 from meterline.catalog import TOKEN_TYPES
 
@@ -51,12 +51,13 @@ Key = tuple[str, str, str]
 def split_amount(amount: Decimal, weights: list[int], currency: str) -> list[Decimal]:
     """``amount`` split in proportion to ``weights`` in whole minor units (largest remainder)."""
     unit = minor_unit(currency)
-    units = int(amount / unit)
     total = sum(weights)
     if total == 0:
         return [Decimal(0)] * len(weights)
-    exact = [Decimal(units) * w / total for w in weights]
-    floors = [int(x.to_integral_value(rounding=ROUND_DOWN)) for x in exact]
+    with money_context():
+        units = int(amount / unit)
+        exact = [Decimal(units) * w / total for w in weights]
+        floors = [int(x.to_integral_value(rounding=ROUND_DOWN)) for x in exact]
     left = units - sum(floors)
     order = sorted(range(len(weights)), key=lambda i: (-(exact[i] - floors[i]), i))
     for i in order[:left]:

@@ -7,10 +7,14 @@ Expected amounts are computed by hand from tests/billing/events.py's CATALOG (pr
 from __future__ import annotations
 
 import json
+import tempfile
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from billing.invoices import (
     BillingError,
@@ -352,3 +356,138 @@ def test_changed_subscriptions_that_overlap_an_invoice_are_refused(tmp_path: Pat
         "INV-000001 (2026-01-01T00:00:00Z .. 2026-02-01T00:00:00Z); "
         "were the subscriptions changed after invoicing?"
     )
+
+
+W1, W2, W3 = utc("2026-02-01T00:00:05"), utc("2026-03-01T00:00:05"), utc("2026-04-01T00:00:05")
+
+
+def billed_per_period(s: Setup) -> dict[tuple[str, str], tuple[Decimal, Decimal]]:
+    """(period start, rate card) -> (quantity, amount) over every usage/late line."""
+    out: dict[tuple[str, str], tuple[Decimal, Decimal]] = {}
+    with billing_store(s.db) as con:
+        for summary in list_invoices(con, customer="alpha"):
+            for ln in get_invoice(con, summary.number or "").lines:
+                if ln.kind == "flat":
+                    continue
+                key = (f"{ln.usage_start:%m-%d}", ln.rate_card_key)
+                q, a = out.get(key, (Decimal(0), Decimal(0)))
+                out[key] = (q + ln.quantity, a + ln.amount)
+    return out
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(min_value=0, max_value=59 * 86400 - 1),  # ts: seconds into Jan + Feb
+            st.sampled_from([None, W1, W2]),  # arrives on time, after Jan's or Feb's invoice
+            st.integers(min_value=0, max_value=6000),
+            st.integers(min_value=0, max_value=6000),
+        ),
+        min_size=1,
+        max_size=10,
+    )
+)
+def test_late_arrivals_add_up_to_what_one_invoice_per_period_charges(
+    spec: list[tuple[int, datetime | None, int, int]],
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        late, on_time = setup(Path(tmp) / "late"), setup(Path(tmp) / "on-time")
+        for n, (offset, after, inp, out) in enumerate(spec):
+            ts = utc("2026-01-01") + timedelta(seconds=offset)
+            arrives = max(ts, after) + timedelta(hours=1) if after else ts + timedelta(seconds=1)
+            event = Event(ts, input=inp, output=out, ingested_at=arrives, event_id=f"e{n}")
+            add_events(late.db, event)
+            add_events(on_time.db, Event(ts, input=inp, output=out, event_id=f"e{n}"))
+        for month, now in (("2026-01", W1), ("2026-02", W2), ("2026-03", W3)):
+            generate(late, month, now.isoformat(), customer="alpha")
+            generate(on_time, month, now.isoformat(), customer="alpha")
+        assert billed_per_period(late) == billed_per_period(on_time)
+
+
+WEEKLY = CATALOG.replace(
+    "customers:\n",
+    """  - key: weekly
+    name: Weekly
+    currency: USD
+    billing_cadence: P1W
+    rate_cards:
+      - key: gpt-in
+        name: GPT input
+        feature: gpt-in
+        price: {type: unit, amount: "1.00", per: 1000}
+customers:
+  - key: delta
+    name: Delta
+    currency: USD
+    consumers: [stray]
+    subscriptions:
+      - {plan: weekly, start: "2026-03-02T00:00:00Z"}
+""",
+)
+
+
+def test_weekly_periods_give_several_invoices_a_month_and_sweep_late_usage_once(
+    tmp_path: Path,
+) -> None:
+    s = setup(tmp_path, WEEKLY)
+    add_events(
+        s.db,
+        Event(utc("2026-03-03"), consumer="stray", input=1000),
+        Event(utc("2026-03-10"), consumer="stray", input=2000),
+        Event(utc("2026-03-29"), consumer="stray", input=4000),
+    )
+    march = generate(s, "2026-03", "2026-04-01T00:00:00Z", customer="delta")
+    assert [(f"{i.period_start:%m-%d}", i.total) for i in march.invoices] == [
+        ("03-02", Decimal("1.00")),
+        ("03-09", Decimal("2.00")),
+        ("03-16", Decimal("0.00")),
+        ("03-23", Decimal("4.00")),  # [03-23, 03-30) ends in March
+    ]
+    # two late events for early March; April has four weeks ending in it
+    add_events(
+        s.db,
+        Event(utc("2026-03-04"), consumer="stray", input=8000, ingested_at=utc("2026-04-02")),
+        Event(utc("2026-03-11"), consumer="stray", input=16000, ingested_at=utc("2026-04-02")),
+    )
+    april = generate(s, "2026-04", "2026-05-01T00:00:00Z", customer="delta")
+    late = [
+        (i.number, ln.description, ln.amount)
+        for i in april.invoices
+        for ln in i.lines
+        if ln.kind == "late_usage"
+    ]
+    assert late == [
+        ("INV-000005", "GPT input — late usage for 2026-03-02 – 2026-03-09", Decimal("8.00")),
+        ("INV-000005", "GPT input — late usage for 2026-03-09 – 2026-03-16", Decimal("16.00")),
+    ]
+    assert [f"{i.period_start:%m-%d}" for i in april.invoices] == [
+        "03-30",
+        "04-06",
+        "04-13",
+        "04-20",
+    ]
+
+
+def test_late_usage_under_volume_pricing_can_be_a_credit(tmp_path: Path) -> None:
+    """Volume tiers price all units at the tier the total reaches: late usage that lifts the
+    total into a cheaper tier lowers the period's charge, so the late line is negative."""
+    s = setup(tmp_path, CATALOG.replace("mode: graduated", "mode: volume"))
+    add_events(s.db, Event(utc("2026-01-10"), output=9000))
+    jan = generate(s, "2026-01", W1.isoformat(), customer="alpha").invoices[0]
+    assert amounts(jan)["usage:gpt-out:01-01"] == Decimal("90.00")  # 9000 * 10/1000
+    add_events(s.db, Event(utc("2026-01-11"), output=2000, ingested_at=utc("2026-02-03")))
+    feb = generate(s, "2026-02", W2.isoformat(), customer="alpha").invoices[0]
+    # 11000 tokens, all at 5/1000 = 55.00; 90.00 already billed
+    assert amounts(feb)["late_usage:gpt-out:01-01"] == Decimal("-35.00")
+
+
+def test_preview_shows_late_usage_the_next_invoice_will_bill(tmp_path: Path) -> None:
+    s = setup(tmp_path)
+    add_events(s.db, *alpha_january())
+    generate(s, "2026-01", W1.isoformat())
+    add_events(s.db, Event(utc("2026-01-25"), input=500, ingested_at=utc("2026-02-02")))
+    with billing_store(s.db) as con:
+        inv = preview_invoice(con, s.catalog, "alpha", at=utc("2026-02-10"), now=utc("2026-02-10"))
+    assert amounts(inv)["late_usage:gpt-in:01-01"] == Decimal("1.00")  # 500 * 2/1000
+    assert sql(s.db, "SELECT count(*) FROM invoices") == [(1,)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from datetime import UTC, datetime
 from decimal import Decimal
 from html.parser import HTMLParser
 from pathlib import Path
@@ -281,3 +282,43 @@ def test_preview(s: Setup) -> None:
 def test_preview_errors(s: Setup, args: list[str], code: int, message: str) -> None:
     result = run(s, "invoice", "preview", *args)
     assert (result.exit_code, result.stderr.splitlines()[-1]) == (code, message)
+
+
+def test_generate_reports_periods_not_closed_yet(s: Setup) -> None:
+    month = f"{datetime.now(UTC):%Y-%m}"  # alpha's period ending on the 1st of next month
+    result = run(s, "invoice", "generate", "--period", month, "--customer", "alpha")
+    assert result.exit_code == 0
+    assert result.stdout.splitlines()[-1] == (
+        f"0 created, 0 already existed. 1 period(s) ending in {month} have not closed yet."
+    )
+    data = json.loads(
+        run(
+            s, "invoice", "generate", "--period", month, "--customer", "alpha", "--format", "json"
+        ).stdout
+    )
+    assert [p["customer"] for p in data["pending"]] == ["alpha"]
+
+
+def test_generate_refuses_periods_overlapping_an_invoice(s: Setup) -> None:
+    generated(s)
+    s.catalog_path.write_text(
+        s.catalog_path.read_text().replace(
+            'start: "2026-01-01T00:00:00Z"', 'start: "2026-01-15T00:00:00Z"'
+        )
+    )
+    result = run(s, "invoice", "generate", "--period", "2026-02", "--customer", "alpha")
+    assert (result.exit_code, result.stderr) == (
+        1,
+        "Error: customer 'alpha': period 2026-01-15T00:00:00Z .. 2026-02-15T00:00:00Z overlaps "
+        "INV-000001 (2026-01-01T00:00:00Z .. 2026-02-01T00:00:00Z); "
+        "were the subscriptions changed after invoicing?\n",
+    )
+
+
+def test_list_on_a_missing_database(s: Setup, tmp_path: Path) -> None:
+    missing = tmp_path / "nope.duckdb"
+    result = run(Setup(missing, s.catalog_path), "invoice", "list")
+    assert (result.exit_code, result.stderr) == (
+        1,
+        f"Error: {missing}: no such database (nothing metered yet?)\n",
+    )

@@ -50,9 +50,10 @@ def test_every_command_is_there() -> None:
         "usage",
     ]
     with click.Context(main) as ctx:
-        assert main.get_command(ctx, "stripe") is importlib.import_module(
-            "billing.cli.stripe"
-        ).stripe_group
+        assert (
+            main.get_command(ctx, "stripe")
+            is importlib.import_module("billing.cli.stripe").stripe_group
+        )
 
 
 @pytest.mark.parametrize(("path", "cmd"), COMMANDS, ids=[" ".join(p) for p, _ in COMMANDS])
