@@ -21,6 +21,7 @@ from decimal import (
     Overflow,
     localcontext,
 )
+from fractions import Fraction
 from functools import cache
 
 from iso4217 import Currency
@@ -85,6 +86,28 @@ def round_money(amount: Decimal, currency: str) -> Decimal:
     with money_context():
         rounded = value.quantize(minor_unit(currency), rounding=ROUND_HALF_UP)
     return rounded.copy_abs() if rounded.is_zero() else rounded
+
+
+def round_exact(value: Fraction, currency: str) -> Decimal:
+    """Round an exact rational amount half-up (away from zero) to the minor unit of ``currency``.
+
+    Pricing keeps every line exact as a :class:`~fractions.Fraction` until this one rounding,
+    so a true half (``1 * 0.875 / 7 = 0.125``) rounds up even where a 50-digit decimal
+    intermediate (``0.1428...`` times ``0.875``) would land just below it.
+    """
+    exponent = minor_unit_exponent(currency)
+    scaled = abs(value) * 10**exponent
+    whole, rest = divmod(scaled.numerator, scaled.denominator)
+    if 2 * rest >= scaled.denominator:
+        whole += 1
+    rounded = Decimal(whole if value >= 0 else -whole).scaleb(-exponent)
+    return rounded.quantize(minor_unit(currency))
+
+
+def exact_to_decimal(value: Fraction) -> Decimal:
+    """An exact amount as a Decimal for display and storage (50 significant digits)."""
+    with money_context():
+        return Decimal(value.numerator) / Decimal(value.denominator)
 
 
 def format_money(amount: Decimal, currency: str) -> str:

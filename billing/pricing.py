@@ -23,8 +23,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
+from fractions import Fraction
 
-from billing.money import check_decimal, decimal_text, money_context, round_money
+from billing.money import (
+    check_decimal,
+    decimal_text,
+    exact_to_decimal,
+    money_context,
+    round_exact,
+)
 from meterline.catalog import FlatPrice, PackagePrice, RateCard, TieredPrice, UnitPrice
 
 _ZERO = Decimal(0)
@@ -132,50 +139,48 @@ def price_rate_card(
         billable = max(_ZERO, qty - card.included)
         if card.included:
             notes.append(f"{card.included} units included")
+        # Exact rationals until the one rounding at the end (see billing.money.round_exact).
         if isinstance(price, FlatPrice):
             payment_term = price.payment_term
             notes.append(f"flat fee billed {price.payment_term.replace('_', ' ')}")
             if not price.prorate:
                 factor = _ONE
-            subtotal = price.amount * billable * factor
+            subtotal = Fraction(price.amount) * Fraction(billable) * Fraction(factor)
         elif isinstance(price, UnitPrice):
             unit_price = price.amount / price.per
-            subtotal = billable * price.amount / price.per
+            subtotal = Fraction(billable) * Fraction(price.amount) / price.per
         elif isinstance(price, PackagePrice):
             packages = (billable / price.package_size).to_integral_value(rounding=ROUND_CEILING)
-            subtotal = packages * price.amount
+            subtotal = Fraction(packages * price.amount)
             if packages:
                 notes.append(f"{packages} package(s) of {price.package_size} units")
         else:
             tiers = _tiered(price, billable)
-            # One division for the whole line, not one per tier: exact whenever the true
-            # subtotal has a finite decimal expansion (per=3 tiers would otherwise leave
-            # a 1E-48 residue that the per-tier thirds no longer cancel).
-            subtotal = sum((t.quantity * t.unit_amount for t in tiers), _ZERO) / price.per + sum(
-                (t.flat_amount for t in tiers), _ZERO
-            )
+            subtotal = sum(
+                (Fraction(t.quantity) * Fraction(t.unit_amount) for t in tiers), Fraction(0)
+            ) / price.per + sum((Fraction(t.flat_amount) for t in tiers), Fraction(0))
 
         if factor != _ONE:
             label = proration_label or f"factor {decimal_text(factor)}"
             notes.append(f"prorated {label}")
-        discount = subtotal * card.discount_percent / _HUNDRED
+        discount = subtotal * Fraction(card.discount_percent) / 100
         if discount:
             notes.append(f"discount {decimal_text(card.discount_percent)}%")
         net = subtotal - discount
-        if card.min_amount is not None and net < card.min_amount * factor:
-            net = card.min_amount * factor
+        if card.min_amount is not None and net < Fraction(card.min_amount) * Fraction(factor):
+            net = Fraction(card.min_amount) * Fraction(factor)
             notes.append("minimum spend applied")
-        if card.max_amount is not None and net > card.max_amount * factor:
-            net = card.max_amount * factor
+        if card.max_amount is not None and net > Fraction(card.max_amount) * Fraction(factor):
+            net = Fraction(card.max_amount) * Fraction(factor)
             notes.append("maximum spend applied")
 
     return PricedLine(
         quantity=qty,
         billable_quantity=billable,
         unit_price=unit_price,
-        subtotal=subtotal,
-        discount=discount,
-        amount=round_money(net, currency),
+        subtotal=exact_to_decimal(subtotal),
+        discount=exact_to_decimal(discount),
+        amount=round_exact(net, currency),
         tiers=tiers,
         notes=tuple(notes),
         price_type=price.type,

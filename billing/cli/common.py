@@ -19,14 +19,13 @@ from typing import Any, TypeVar
 import click
 import duckdb
 
-from billing.catalogfile import load_catalog
 from billing.invoices import BillingError
 from billing.periods import calendar_month
 from billing.render import FORMATS
 from billing.schedule import ScheduleError
 from billing.store import billing_store
 from billing.usage import UsageError
-from meterline.catalog import Catalog, CatalogError
+from meterline.catalog import Catalog, CatalogError, load_catalog
 from meterline.store import StoreError
 
 USER_ERRORS: tuple[type[Exception], ...] = (

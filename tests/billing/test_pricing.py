@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from billing.periods import Period, proration
 from billing.pricing import PricedLine, price_rate_card
 from meterline.catalog import RateCard
-from tests.billing.reference import price_reference, round_half_up
+from tests.billing.reference import price_reference, round_half_up, subtotal_reference
 
 D = Decimal
 MAX_QTY = 5_000
@@ -269,7 +269,7 @@ def test_discount_then_clamp_then_round(price: dict, qty: int, extra: dict) -> N
     """The documented order: discount on the subtotal, then min/max, then one rounding."""
     c = card(price, **extra)
     line = price_rate_card(c, qty, currency="USD")
-    subtotal = Fraction(line.subtotal)
+    subtotal = subtotal_reference(c, qty)  # exact: line.subtotal is a 50-digit Decimal
     discount = subtotal * Fraction(c.discount_percent) / 100
     assert abs(Fraction(line.discount) - discount) <= Fraction(1, 10**40) * max(
         Fraction(1), subtotal
@@ -523,3 +523,10 @@ def test_split_fee_examples_from_the_docs(amount: str, days: int, split: int, pa
         for a, b in ((full.start, cut), (cut, full.end))
     ]
     assert got == [D(p) for p in parts]
+
+
+def test_a_true_half_rounds_up_even_through_a_repeating_division() -> None:
+    """1 unit at 1 per 7, 12.5% off: exactly 0.125, so 0.13. A 50-digit Decimal subtotal
+    (0.142857...) times 0.875 would land just below the half and round to 0.12."""
+    c = card({"type": "unit", "amount": "1", "per": 7}, discount_percent="12.5")
+    assert price_rate_card(c, 1, currency="USD").amount == Decimal("0.13")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from meterline.catalog import CatalogError, load_catalog, parse_catalog
+from meterline.catalog import Catalog, CatalogError, load_catalog, parse_catalog
 
 REPO = Path(__file__).resolve().parents[2]
 FP = "sha256:" + "ab" * 32
@@ -173,3 +173,11 @@ def test_missing_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(CatalogError) as err:
         load_catalog(tmp_path / "nope.yaml")
     assert str(err.value) == f"{tmp_path / 'nope.yaml'}: file not found"
+
+
+def test_libyaml_and_pure_loader_give_the_same_catalog() -> None:
+    import yaml
+
+    text = (REPO / "catalog.yaml").read_text()
+    assert getattr(yaml, "CSafeLoader", None) is not None  # the fast path is really taken
+    assert parse_catalog(text) == Catalog.model_validate(yaml.safe_load(text))
