@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import duckdb
@@ -111,9 +111,19 @@ def generate_invoices(
     *,
     customer: str | None = None,
     now: datetime | None = None,
+    settle: timedelta = timedelta(0),
     progress: Callable[[list[Any]], Iterable[Any]] | None = None,
 ) -> Generated:
-    """Finalize and store the invoices of the closed periods ending in ``month``."""
+    """Finalize and store the invoices of the closed periods ending in ``month``.
+
+    ``settle``: only events ingested at least this long before ``now`` are billed now;
+    later ones go on the next invoice as late usage. On one DuckDB file 0 is exact (the
+    proxy's writer stamps ``ingested_at`` while it holds the file, so no batch can commit
+    behind the watermark); on a DuckLake with several proxies committing at once, it must
+    exceed the longest writer transaction.
+    """
+    if settle < timedelta(0):
+        raise BillingError("settle must not be negative")
     now = now or utc_now()
     period = parse_month(month)
     if period.start > now:
@@ -129,7 +139,7 @@ def generate_invoices(
         invoiced[ck].append((start, end, number))
     for bp in todo:
         _check_no_overlap(bp, invoiced)
-    drafts, windows = build_invoices(con, catalog, todo, watermark=now, progress=progress)
+    drafts, windows = build_invoices(con, catalog, todo, watermark=now - settle, progress=progress)
     save_invoices(con, drafts, windows, issued_at=now)
     names = {c.key: c.name for c in catalog.customers}
     stored = [n for n in (have.get(bp.key) for bp in due) if n]

@@ -26,7 +26,7 @@ from billing.schedule import ScheduleError
 from billing.store import billing_store
 from billing.usage import UsageError
 from meterline.catalog import Catalog, CatalogError, load_catalog
-from meterline.store import StoreError
+from meterline.store import LAKE_PREFIX, StoreError
 
 USER_ERRORS: tuple[type[Exception], ...] = (
     BillingError,
@@ -49,6 +49,11 @@ class Settings:
 
     def load_catalog(self) -> Catalog:
         return load_catalog(self.catalog)
+
+    @property
+    def default_settle(self) -> int:
+        """Seconds ``invoice generate`` leaves in-flight batches to settle (see --settle)."""
+        return 300 if self.db.startswith(LAKE_PREFIX) else 0
 
     def store(self) -> AbstractContextManager[duckdb.DuckDBPyConnection]:
         return billing_store(self.db)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import click
 
@@ -81,9 +81,18 @@ def generated_output(result: Generated, month: str, fmt: str) -> str:
 @invoice_group.command("generate")
 @click.option("--period", "month", type=MONTH, required=True, help="Month: YYYY-MM.")
 @click.option("--customer", help="Only this customer.")
+@click.option(
+    "--settle",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Bill only usage ingested at least this many seconds ago; the rest goes on the "
+    "next invoice. Default: 0 on a DuckDB file, 300 on a DuckLake (concurrent writers).",
+)
 @format_option()
 @pass_settings
-def generate(settings: Settings, month: str, customer: str | None, fmt: str) -> None:
+def generate(
+    settings: Settings, month: str, customer: str | None, settle: int | None, fmt: str
+) -> None:
     """Finalize the invoices of every billing period that ended in the month.
 
     A period ends in the month when its last instant does (month start < end <= month
@@ -99,7 +108,12 @@ def generate(settings: Settings, month: str, customer: str | None, fmt: str) -> 
     catalog = settings.load_catalog()
     with settings.store() as con:
         result = generate_invoices(
-            con, catalog, month, customer=customer, progress=progress("Pricing")
+            con,
+            catalog,
+            month,
+            customer=customer,
+            settle=timedelta(seconds=settle if settle is not None else settings.default_settle),
+            progress=progress("Pricing"),
         )
     click.echo(generated_output(result, month, fmt))
 

@@ -491,3 +491,26 @@ def test_preview_shows_late_usage_the_next_invoice_will_bill(tmp_path: Path) -> 
         inv = preview_invoice(con, s.catalog, "alpha", at=utc("2026-02-10"), now=utc("2026-02-10"))
     assert amounts(inv)["late_usage:gpt-in:01-01"] == Decimal("1.00")  # 500 * 2/1000
     assert sql(s.db, "SELECT count(*) FROM invoices") == [(1,)]
+
+
+def test_settle_leaves_the_freshest_batches_to_the_next_invoice(tmp_path: Path) -> None:
+    """With several writers (DuckLake) a batch stamped just before the watermark may commit
+    just after it; ``settle`` moves the watermark back so such a batch is billed later,
+    never lost."""
+    s = setup(tmp_path)
+    fresh = Event(utc("2026-01-31T23:00:00"), output=1000, ingested_at=utc("2026-02-01T00:03:00"))
+    add_events(s.db, *alpha_january(), fresh)
+    with billing_store(s.db) as con:
+        jan = generate_invoices(
+            con,
+            s.catalog,
+            "2026-01",
+            customer="alpha",
+            now=utc("2026-02-01T00:05:00"),
+            settle=timedelta(minutes=5),
+        ).invoices[0]
+    assert jan.watermark == utc("2026-02-01T00:00:00")
+    assert amounts(jan)["usage:gpt-out:01-01"] == Decimal("110.00")  # 12000 tokens, not 13000
+    feb = generate(s, "2026-02", "2026-03-01T00:00:05Z", customer="alpha").invoices[0]
+    late = [ln for ln in feb.lines if ln.kind == "late_usage"]
+    assert [(ln.rate_card_key, ln.quantity) for ln in late] == [("gpt-out", 1000)]
