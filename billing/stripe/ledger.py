@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
+import duckdb
+
 from billing.periods import calendar_month
 from billing.store import billing_store
 
@@ -161,11 +163,15 @@ class Ledger:
 
     def link_customer(self, customer_key: str, stripe_customer_id: str) -> None:
         with billing_store(self.db) as con:
-            con.execute(
-                "INSERT INTO stripe_customers VALUES (?, ?, now()::TIMESTAMP)"
-                " ON CONFLICT (customer_key) DO UPDATE SET"
-                " stripe_customer_id = excluded.stripe_customer_id, linked_at = excluded.linked_at",
-                [customer_key, stripe_customer_id],
+            _upsert(
+                con,
+                update="UPDATE stripe_customers SET stripe_customer_id = ?,"
+                f" linked_at = {_NOW} WHERE customer_key = ?",
+                update_args=[stripe_customer_id, customer_key],
+                insert=f"INSERT INTO stripe_customers SELECT ?, ?, {_NOW}",
+                insert_args=[customer_key, stripe_customer_id],
+                exists="SELECT 1 FROM stripe_customers WHERE customer_key = ?",
+                key=[customer_key],
             )
 
     def start(
@@ -173,16 +179,19 @@ class Ledger:
     ) -> None:
         """The invoice's row, at step ``customer`` unless it is already further on."""
         with billing_store(self.db) as con:
-            con.execute(
-                "INSERT INTO stripe_invoices (invoice_number, customer_key, stripe_customer_id,"
-                " state, our_total_minor, started_at, updated_at)"
-                f" VALUES (?, ?, ?, 'customer', ?, {_NOW}, {_NOW})"
-                " ON CONFLICT (invoice_number) DO UPDATE SET"
-                " state = CASE WHEN stripe_invoices.state = 'new' THEN 'customer'"
-                " ELSE stripe_invoices.state END,"
-                " stripe_customer_id = excluded.stripe_customer_id,"
-                " our_total_minor = excluded.our_total_minor, updated_at = excluded.updated_at",
-                [number, customer_key, stripe_customer_id, our_total_minor],
+            _upsert(
+                con,
+                update="UPDATE stripe_invoices SET"
+                " state = CASE WHEN state = 'new' THEN 'customer' ELSE state END,"
+                f" stripe_customer_id = ?, our_total_minor = ?, updated_at = {_NOW}"
+                " WHERE invoice_number = ?",
+                update_args=[stripe_customer_id, our_total_minor, number],
+                insert="INSERT INTO stripe_invoices (invoice_number, customer_key,"
+                " stripe_customer_id, state, our_total_minor, started_at, updated_at)"
+                f" SELECT ?, ?, ?, 'customer', ?, {_NOW}, {_NOW}",
+                insert_args=[number, customer_key, stripe_customer_id, our_total_minor],
+                exists="SELECT 1 FROM stripe_invoices WHERE invoice_number = ?",
+                key=[number],
             )
 
     def _update(self, number: str, assignments: str, args: list[object]) -> None:
@@ -203,10 +212,14 @@ class Ledger:
 
     def add_item(self, number: str, line_no: int, stripe_item_id: str, amount_minor: int) -> None:
         with billing_store(self.db) as con:
-            con.execute(
-                f"INSERT INTO stripe_items VALUES (?, ?, ?, ?, {_NOW})"
-                " ON CONFLICT (invoice_number, line_no) DO NOTHING",
-                [number, line_no, stripe_item_id, amount_minor],
+            _upsert(
+                con,
+                update=None,
+                update_args=[],
+                insert=f"INSERT INTO stripe_items SELECT ?, ?, ?, ?, {_NOW}",
+                insert_args=[number, line_no, stripe_item_id, amount_minor],
+                exists="SELECT 1 FROM stripe_items WHERE invoice_number = ? AND line_no = ?",
+                key=[number, line_no],
             )
 
     def items_done(self, number: str) -> None:
@@ -235,13 +248,43 @@ class Ledger:
     def record_error(self, number: str, customer_key: str, message: str) -> None:
         """Keep the failure beside the invoice (the row exists from the first step on)."""
         with billing_store(self.db) as con:
-            con.execute(
-                "INSERT INTO stripe_invoices (invoice_number, customer_key, state, last_error,"
-                f" started_at, updated_at) VALUES (?, ?, 'new', ?, {_NOW}, {_NOW})"
-                " ON CONFLICT (invoice_number) DO UPDATE SET last_error = excluded.last_error,"
-                " updated_at = excluded.updated_at",
-                [number, customer_key, message],
+            _upsert(
+                con,
+                update=f"UPDATE stripe_invoices SET last_error = ?, updated_at = {_NOW}"
+                " WHERE invoice_number = ?",
+                update_args=[message, number],
+                insert="INSERT INTO stripe_invoices (invoice_number, customer_key, state,"
+                f" last_error, started_at, updated_at) SELECT ?, ?, 'new', ?, {_NOW}, {_NOW}",
+                insert_args=[number, customer_key, message],
+                exists="SELECT 1 FROM stripe_invoices WHERE invoice_number = ?",
+                key=[number],
             )
 
     def set_status(self, number: str, stripe_status: str | None) -> None:
         self._update(number, f"stripe_status = ?, status_checked_at = {_NOW}", [stripe_status])
+
+
+def _upsert(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    update: str | None,
+    update_args: list[object],
+    insert: str,
+    insert_args: list[object],
+    exists: str,
+    key: list[object],
+) -> None:
+    """Update the row if it exists, else insert it, in one transaction.
+
+    Plain UPDATE + INSERT ... WHERE NOT EXISTS rather than ``ON CONFLICT``: DuckLake has no
+    primary keys, and the billing store must run on a DuckLake as on a DuckDB file.
+    """
+    con.execute("BEGIN TRANSACTION")
+    try:
+        if update is not None:
+            con.execute(update, update_args)
+        con.execute(f"{insert} WHERE NOT EXISTS ({exists})", [*insert_args, *key])
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise

@@ -1,5 +1,8 @@
 """Stripe sync state, beside ``invoices`` in the billing store, as named migrations.
 
+No primary keys: the store may be a DuckLake, which has none; the ledger keeps rows
+unique itself (update, else insert, in one transaction).
+
 Every Stripe id is written the moment Stripe returns it, so a sync that dies at any
 point leaves a record of exactly what exists in Stripe; the next run resumes from it.
 
@@ -24,12 +27,12 @@ STRIPE_MIGRATIONS: tuple[Migration, ...] = (
         "0201_stripe_sync",
         """
         CREATE TABLE IF NOT EXISTS stripe_customers (
-            customer_key       VARCHAR NOT NULL PRIMARY KEY,
+            customer_key       VARCHAR NOT NULL,  -- one row per customer
             stripe_customer_id VARCHAR NOT NULL,  -- cus_...
             linked_at          TIMESTAMP NOT NULL -- UTC, when we created or found it
         );
         CREATE TABLE IF NOT EXISTS stripe_invoices (
-            invoice_number     VARCHAR NOT NULL PRIMARY KEY, -- invoices.number
+            invoice_number     VARCHAR NOT NULL,  -- invoices.number; one row each
             customer_key       VARCHAR NOT NULL,
             stripe_customer_id VARCHAR,           -- cus_...
             stripe_invoice_id  VARCHAR,           -- in_...
@@ -49,8 +52,7 @@ STRIPE_MIGRATIONS: tuple[Migration, ...] = (
             line_no        INTEGER NOT NULL,      -- invoice_lines.line_no
             stripe_item_id VARCHAR NOT NULL,      -- ii_...
             amount_minor   BIGINT NOT NULL,
-            created_at     TIMESTAMP NOT NULL,
-            PRIMARY KEY (invoice_number, line_no)
+            created_at     TIMESTAMP NOT NULL     -- one row per (invoice_number, line_no)
         );
         """,
     ),
