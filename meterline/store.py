@@ -113,17 +113,37 @@ def open_store(
     while True:
         try:
             if loc.startswith(LAKE_PREFIX):
-                con = duckdb.connect()
-                _attach_lake(con, loc)
-                return con
+                return _open_lake(loc)
             if read_only and not Path(loc).exists():
                 raise StoreError(f"{loc}: no such database (nothing metered yet?)")
             return duckdb.connect(loc, read_only=read_only)
-        except duckdb.IOException as e:
-            if not _is_lock_error(e) or time.monotonic() >= deadline:
+        except duckdb.Error as e:
+            if not _is_transient(e) or time.monotonic() >= deadline:
                 raise StoreError(f"{loc}: cannot open: {e}") from e
             time.sleep(delay * (1 + random.random()))
             delay = min(delay * 2, 0.2)
+
+
+def _open_lake(locator: str) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect()
+    try:
+        _attach_lake(con, locator)
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def _is_transient(err: duckdb.Error) -> bool:
+    """Worth another try: another process's file lock, or a fleet racing to create a lake."""
+    text = str(err)
+    if isinstance(err, duckdb.IOException) and _is_lock_error(err):
+        return True
+    # Two proxies attaching a new DuckLake at once both try to create its metadata tables
+    # in PostgreSQL; the loser sees them appear mid-way and succeeds on the next attach.
+    return "Failed to initialize DuckLake" in text and (
+        "already exists" in text or "duplicate key" in text
+    )
 
 
 @contextmanager

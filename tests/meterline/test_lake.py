@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from meterline.store import EVENT_MIGRATIONS, migrate, store
-from tests.support.postgres import postgres_server
+from tests.support.postgres import create_database, postgres_server
 
 
 @pytest.fixture(scope="module")
@@ -44,3 +44,33 @@ def test_two_writers_share_one_lake(
         ).fetchall()
     assert rows == [("openai:chatcmpl-1", "proxy-a", 17), ("openai:chatcmpl-2", "proxy-b", 17)]
     assert list((tmp_path / "lake-data").rglob("*.parquet"))  # data files really are in the lake
+
+
+def test_a_fleet_racing_to_create_a_new_lake_all_get_in(
+    lake: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Proxies started together all attach a lake nobody created yet; none may fail."""
+    import threading
+
+    monkeypatch.setenv("METERLINE_LAKE_DATA", str(tmp_path / "race-data"))
+    conninfo = create_database(lake.removeprefix("ducklake:postgres:"), "race")
+    fresh = f"ducklake:postgres:{conninfo}"
+    barrier = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def attach() -> None:
+        barrier.wait()
+        try:
+            with store(fresh, wait_s=30) as con:
+                migrate(con, EVENT_MIGRATIONS)
+        except BaseException as e:  # collected and asserted below
+            errors.append(e)
+
+    threads = [threading.Thread(target=attach) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with store(fresh) as con:
+        assert con.execute("SELECT count(*) FROM usage_events").fetchone() == (0,)

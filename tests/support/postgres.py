@@ -99,3 +99,13 @@ def postgres_server() -> Iterator[str]:
             proc.kill()
             proc.wait()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def create_database(conninfo: str, name: str) -> str:
+    """Create database ``name`` on the server of ``conninfo``; returns its conninfo."""
+    subprocess.run(
+        [str(_bin_dir() / "psql"), conninfo, "-q", "-c", f'CREATE DATABASE "{name}"'],
+        check=True,
+        capture_output=True,
+    )
+    return conninfo.replace("dbname=postgres", f"dbname={name}")
