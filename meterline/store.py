@@ -159,7 +159,22 @@ def store(
 
 
 def migrate(con: duckdb.DuckDBPyConnection, migrations: Sequence[Migration]) -> list[str]:
-    """Apply the named migrations not yet applied, in order; returns the names applied."""
+    """Apply the named migrations not yet applied, in order; returns the names applied.
+
+    On a DuckLake, proxies of a fleet may migrate at the same moment: the one whose commit
+    conflicts reads what the other applied and carries on.
+    """
+    for attempt in range(20):
+        try:
+            return _migrate_once(con, migrations)
+        except duckdb.TransactionException:
+            if attempt == 19:
+                raise
+            time.sleep(0.01 * (attempt + 1) * (1 + random.random()))
+    raise AssertionError("unreachable")
+
+
+def _migrate_once(con: duckdb.DuckDBPyConnection, migrations: Sequence[Migration]) -> list[str]:
     con.execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations ("
         " name VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL)"

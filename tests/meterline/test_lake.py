@@ -55,7 +55,7 @@ def test_a_fleet_racing_to_create_a_new_lake_all_get_in(
     monkeypatch.setenv("METERLINE_LAKE_DATA", str(tmp_path / "race-data"))
     conninfo = create_database(lake.removeprefix("ducklake:postgres:"), "race")
     fresh = f"ducklake:postgres:{conninfo}"
-    barrier = threading.Barrier(4)
+    barrier = threading.Barrier(6)
     errors: list[BaseException] = []
 
     def attach() -> None:
@@ -66,7 +66,7 @@ def test_a_fleet_racing_to_create_a_new_lake_all_get_in(
         except BaseException as e:  # collected and asserted below
             errors.append(e)
 
-    threads = [threading.Thread(target=attach) for _ in range(4)]
+    threads = [threading.Thread(target=attach) for _ in range(6)]
     for t in threads:
         t.start()
     for t in threads:
