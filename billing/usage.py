@@ -115,17 +115,23 @@ def load_windows(con: duckdb.DuckDBPyConnection, windows: Sequence[UsageWindow])
         con.unregister("bill_windows_src")
 
 
-_SUMS = ", ".join(f"SUM(e.{col})::BIGINT AS {tt}" for tt, col in TOKEN_COLUMNS.items())
-
-AGGREGATE_SQL = f"""
-    SELECT w.window_id, e.provider, coalesce(e.model, '') AS model, {_SUMS},
-           COUNT(*) AS events
+WINDOWED_EVENTS = """
     FROM usage_events AS e
     JOIN bill_windows AS w
       ON e.consumer = w.consumer
      AND e.ts >= w.w_start AND e.ts < w.w_end
      AND e.ingested_at <= w.ing_until
      AND (w.ing_after IS NULL OR e.ingested_at > w.ing_after)
+"""
+"""The events each billing window counts: its consumers, its time range, and the slice of
+ingestion time it sweeps (``bill_windows`` is registered by :func:`load_windows`)."""
+
+_SUMS = ", ".join(f"SUM(e.{col})::BIGINT AS {tt}" for tt, col in TOKEN_COLUMNS.items())
+
+AGGREGATE_SQL = f"""
+    SELECT w.window_id, e.provider, coalesce(e.model, '') AS model, {_SUMS},
+           COUNT(*) AS events
+    {WINDOWED_EVENTS}
     WHERE e.ts >= ? AND e.ts < ?
     GROUP BY ALL
 """
@@ -197,15 +203,7 @@ def events_behind(
     load_windows(con, windows)
     provider_sql = "AND e.provider = ?" if meter.provider is not None else ""
     params: list[object] = [meter.provider] if meter.provider is not None else []
-    base = f"""
-        FROM usage_events AS e
-        JOIN bill_windows AS w
-          ON e.consumer = w.consumer
-         AND e.ts >= w.w_start AND e.ts < w.w_end
-         AND e.ingested_at <= w.ing_until
-         AND (w.ing_after IS NULL OR e.ingested_at > w.ing_after)
-        WHERE TRUE {provider_sql}
-    """
+    base = f"{WINDOWED_EVENTS} WHERE TRUE {provider_sql}"
     models = [
         m
         for (m,) in con.execute(f"SELECT DISTINCT coalesce(e.model, '') {base}", params).fetchall()

@@ -25,6 +25,7 @@ from billing.invoices import (
     preview_invoice,
 )
 from billing.render import SHOW_FORMATS
+from billing.usage import EVENT_FIELDS
 
 
 @click.group("invoice")
@@ -156,21 +157,7 @@ def show(settings: Settings, number: str, fmt: str) -> None:
     click.echo(render.invoice(inv, fmt))
 
 
-EXPLAIN_COLUMNS = (
-    "event_id",
-    "ts",
-    "ingested_at",
-    "consumer",
-    "provider",
-    "model",
-    "response_id",
-    "request_id",
-    "input_tokens",
-    "cached_input_tokens",
-    "cache_write_tokens",
-    "output_tokens",
-    "quantity",
-)
+EXPLAIN_COLUMNS = (*EVENT_FIELDS, "quantity")
 
 
 def explanation_output(ex: Explanation, fmt: str) -> str:
