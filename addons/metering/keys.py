@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
 from urllib.parse import parse_qsl, urlencode
 
@@ -29,6 +30,10 @@ class Identity:
     fingerprint: str | None
     consumer: Consumer | None
 
+
+# A pure function of the key string, and agents send the same few keys over and over:
+# hash each distinct key once. Bounded, so a flood of random keys cannot grow the proxy.
+_fingerprint = lru_cache(maxsize=1024)(fingerprint)
 
 _RANK = {name: i for i, name in enumerate(KEY_HEADERS)}
 _RANK_BYTES = {name.encode(): i for i, name in enumerate(KEY_HEADERS)}
@@ -75,7 +80,7 @@ class KeyBook:
 
     def identify(self, keys: list[str]) -> Identity:
         """The first presented key that belongs to a consumer wins; else the first key."""
-        fps = [fingerprint(k) for k in keys]
+        fps = [_fingerprint(k) for k in keys]
         for fp in fps:
             consumer = self._by_fp.get(fp)
             if consumer is not None:

@@ -28,6 +28,9 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+#: One encoder for every line (``json.dumps`` with options builds a new one per call).
+_encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
+
 OPEN_SUFFIX = ".open"
 SEALED_SUFFIX = ".jsonl"
 
@@ -61,7 +64,7 @@ class Spool:
 
     def append(self, event: dict[str, Any]) -> int:
         """Append one event; returns how many events the open segment now holds."""
-        line = (json.dumps(event, separators=(",", ":"), default=str) + "\n").encode()
+        line = (_encode(event) + "\n").encode()
         with self._mutex:
             if self._fd is None:
                 self._open_segment()

@@ -25,6 +25,7 @@ from tests.support.proxy import write_catalog
 KEY = "sk-unit-alice"
 GATEWAY_KEY = "gw-unit-carol"
 OPENAI_URL = "https://api.openai.com/v1/chat/completions"
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -345,3 +346,41 @@ def test_response_not_streamed_through_us_is_read_whole(
         7,
         False,
     )
+
+
+def test_streaming_notice_hidden_for_metered_hosts_only(meter: tuple[Meter, Any]) -> None:
+    """mitmproxy's per-flow "Streaming response from <host>." line is dropped for metered
+    flows (plain mitmdump prints nothing for a buffered response); other hosts keep it."""
+    import logging
+
+    m, _ = meter
+    f = _flow(authorization=f"Bearer {KEY}")
+    m.requestheaders(f)
+    m.request(f)
+    _respond(m, f, [CHAT_JSON])
+    server_log = logging.getLogger("mitmproxy.proxy.server")
+
+    def shown(message: str) -> bool:
+        record = server_log.makeRecord(
+            server_log.name, logging.INFO, __file__, 0, message, (), None
+        )
+        return server_log.filter(record) is not False
+
+    assert not shown("Streaming response from api.openai.com.")
+    assert shown("Streaming response from example.com.")
+    assert shown("client connect")
+
+
+def test_heavy_libraries_not_loaded_with_the_addon() -> None:
+    """tiktoken (~50 MiB) loads on the first estimate only; pyarrow is not used at all."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, addons.meter; "
+        "print(sorted(m for m in ('tiktoken', 'pyarrow') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO_ROOT
+    )
+    assert out.stdout.strip() == "[]"

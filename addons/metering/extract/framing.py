@@ -124,6 +124,20 @@ def iter_json_values(text: str, problems: list[str]) -> Iterator[Any]:
         note(problems, "truncated JSON array (no closing bracket)")
 
 
+def _json_values(body: bytes, problems: list[str]) -> Iterator[Any]:
+    """:func:`iter_json_values` of a raw body, with one ``json.loads`` for the usual case
+    of a single valid JSON value (a top-level array yields its elements)."""
+    try:
+        value = json.loads(body)
+    except ValueError:  # NDJSON, a cut array, bad UTF-8, garbage: the careful way
+        yield from iter_json_values(body.decode("utf-8", "replace"), problems)
+        return
+    if isinstance(value, list):
+        yield from value
+    else:
+        yield value
+
+
 def _skip_ws(text: str, pos: int) -> int:
     n = len(text)
     while pos < n and text[pos] in _WS:
@@ -224,9 +238,9 @@ class JsonBodyExtractor:
             return None
         if self._parsed is None:
             reader = self._new_reader(self.problems)
-            text = b"".join(self._chunks).decode("utf-8", "replace")
+            body = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
             try:
-                for value in iter_json_values(text, self.problems):
+                for value in _json_values(body, self.problems):
                     reader.on_object(value)
             except Exception as exc:
                 note(self.problems, f"unreadable JSON body: {exc!r}")

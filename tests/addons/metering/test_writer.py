@@ -147,3 +147,17 @@ def test_torn_segment_of_a_crash_is_read_line_by_line(tmp_path: Path) -> None:
     assert writer.flush()
     assert [r[0] for r in _rows(tmp_path / "e.duckdb")] == ["a", "b"]
     spool.close()
+
+
+def test_line_of_the_wrong_shape_does_not_block_the_batch(tmp_path: Path) -> None:
+    """A parsable line missing a NOT NULL figure is skipped; the rest of the batch goes in."""
+    spool = Spool(tmp_path / "spool")
+    writer = SpoolWriter(spool, str(tmp_path / "e.duckdb"))
+    spool.append(_event("a"))
+    spool.append(_event("bad", input_tokens="many"))
+    spool.append({"event_id": "partial"})
+    spool.append(_event("b"))
+    assert writer.flush()
+    assert [r[0] for r in _rows(tmp_path / "e.duckdb")] == ["a", "b"]
+    assert spool.sealed() == []
+    spool.close()

@@ -1,0 +1,47 @@
+"""Edits to catalog.yaml reach a running proxy (real mitmdump), bad edits do not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.conftest import KEYS, ProxyFactory
+from tests.support.clients import Clients
+from tests.support.proxy import MeterProxy, write_catalog
+from tests.support.upstream import FakeProvider
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+NEW_KEY = "sk-test-erin-added-while-running"
+
+
+def _consumer_of_next_call(made: Clients, proxy: MeterProxy, upstream: FakeProvider) -> str | None:
+    made.openai(NEW_KEY).chat.completions.create(model="gpt-4o", messages=MESSAGES)
+    [row] = proxy.wait_for_events([upstream.last().request_id])
+    return row["consumer"]
+
+
+def test_catalog_edits_are_picked_up_while_running(
+    clients: Clients, start_proxy: ProxyFactory, fake_provider: FakeProvider, tmp_path: Path
+) -> None:
+    providers = fake_provider.catalog_providers()
+    catalog = write_catalog(tmp_path / "catalog.yaml", providers, {"alice": [KEYS["alice"]]})
+    proxy = start_proxy(catalog=catalog)
+    made = clients.for_proxy(proxy)
+    assert _consumer_of_next_call(made, proxy, fake_provider) is None
+
+    mark = proxy.log_mark()
+    write_catalog(catalog, providers, {"alice": [KEYS["alice"]], "erin": [NEW_KEY]})
+    proxy.wait_for_log(r"catalog \S+ reloaded: \d+ provider\(s\), 2 consumer\(s\)", since=mark)
+    assert _consumer_of_next_call(made, proxy, fake_provider) == "erin"
+
+    # A broken edit is reported and the catalog in use stays in force.
+    mark = proxy.log_mark()
+    catalog.write_text("consumers: [{name: Not Valid}]\n")
+    proxy.wait_for_log(r"catalog \S+ not reloaded, keeping the one in use: .+", since=mark)
+    assert _consumer_of_next_call(made, proxy, fake_provider) == "erin"
+    assert proxy.process is not None and proxy.process.poll() is None
+
+    # Fixed again: picked up as well.
+    mark = proxy.log_mark()
+    write_catalog(catalog, providers, {"alice": [KEYS["alice"]]})
+    proxy.wait_for_log(r"catalog \S+ reloaded: \d+ provider\(s\), 1 consumer\(s\)", since=mark)
+    assert _consumer_of_next_call(made, proxy, fake_provider) is None
