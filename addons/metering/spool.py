@@ -3,7 +3,7 @@
 A metered response becomes one JSON line appended to the open segment with a single
 ``os.write`` on an ``O_APPEND`` descriptor: the line is in the kernel's page cache
 when the hook returns, so a killed proxy (``kill -9``) loses nothing. No fsync per
-event: see docs/proxy.md (a power loss can cost the last flush interval at most).
+event: see README.md, "Durability" (a power loss can cost the last flush interval at most).
 
 Segments go through two states, visible in their names:
 

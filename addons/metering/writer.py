@@ -1,11 +1,11 @@
 """Background writer: spool segments -> the DuckDB (or DuckLake) ``usage_events`` table.
 
-Every ``interval`` seconds (or sooner when the spool holds ``batch_events`` events) the
-writer seals the open segment and, in one transaction, inserts every sealed segment
-straight from its file (DuckDB's ``read_json`` with explicit columns, parsed in C++
-without the GIL), skipping event ids the store already has. Only after the commit are
-the segments deleted, so a crash at any point either replays a segment (the dedup drops
-what was already committed) or loses nothing.
+Every ``interval`` seconds (sooner when the spool holds ``batch_events`` events; later
+under load, see :func:`next_wait`) the writer seals the open segment and, in one
+transaction, inserts every sealed segment straight from its file (DuckDB's ``read_json``
+with explicit columns, parsed in C++ without the GIL), skipping event ids the store
+already has. Only after the commit are the segments deleted, so a crash at any point
+either replays a segment (the dedup drops what was already committed) or loses nothing.
 
 The store is opened for each batch and closed right after (:func:`meterline.store.store`
 waits out a reader's lock), so ``billing`` can read the file between flushes. A flush
@@ -19,6 +19,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -79,15 +80,27 @@ _READ_OPTIONS = (
     "ignore_errors = true, maximum_object_size = 16777216"
 )
 _VALID = " AND ".join(f"{c} IS NOT NULL" for c in REQUIRED_COLUMNS)
-_COUNT_INVALID = f"SELECT count(*) FILTER (WHERE NOT ({_VALID})) FROM spool_batch"
+#: Unreadable lines, and the earliest ``ts`` of the readable ones (bounds the dedup below).
+_SURVEY = (
+    f"SELECT count(*) FILTER (WHERE NOT ({_VALID})), min(ts) FILTER (WHERE {_VALID}) "
+    "FROM spool_batch"
+)
+#: How far back a batch's event ids are compared with stored ones. A replayed segment
+#: keeps its events' original ``ts``, so its ids are always inside the window; a provider
+#: response id seen again more than this after it was stored counts as a new event.
+DEDUP_WINDOW = "INTERVAL 1 DAY"
 _COLS = ", ".join(EVENT_COLUMNS)
 _SELECT = ", ".join("$ingested_at" if c == "ingested_at" else c for c in EVENT_COLUMNS)
+# The dedup compares with stored events from ``$since`` on only (a constant, so DuckDB's
+# zonemaps on ``ts`` skip older row groups): the cost of a flush does not grow with the
+# table. Plain SQL (no index, no ON CONFLICT), so it also runs on a DuckLake.
 INSERT_SQL = f"""
     INSERT INTO usage_events ({_COLS})
     SELECT {_SELECT}
     FROM (SELECT * FROM spool_batch WHERE {_VALID}
           QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY ts) = 1)
-    WHERE event_id NOT IN (SELECT event_id FROM usage_events)
+    WHERE event_id NOT IN (
+        SELECT event_id FROM usage_events WHERE ts >= $since - {DEDUP_WINDOW})
 """
 
 
@@ -108,16 +121,21 @@ def insert_segments(con: duckdb.DuckDBPyConnection, segments: list[Path]) -> tup
             f"CREATE OR REPLACE TEMP TABLE spool_batch AS "
             f"SELECT * FROM read_json({files}, {_READ_OPTIONS})"
         )
-        skipped_row = con.execute(_COUNT_INVALID).fetchone()
-        inserted = con.execute(
-            INSERT_SQL.replace("$ingested_at", f"TIMESTAMP {_sql_string(ingested_at)}")
-        ).fetchone()
+        survey = con.execute(_SURVEY).fetchone()
+        skipped, since = (int(survey[0]), survey[1]) if survey else (0, None)
+        inserted = None
+        if since is not None:  # else no readable line: nothing to insert
+            inserted = con.execute(
+                INSERT_SQL.replace("$ingested_at", f"TIMESTAMP {_sql_string(ingested_at)}").replace(
+                    "$since", f"TIMESTAMP {_sql_string(since.isoformat(' '))}"
+                )
+            ).fetchone()
         con.execute("DROP TABLE spool_batch")
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
         raise
-    return (int(inserted[0]) if inserted else 0), (int(skipped_row[0]) if skipped_row else 0)
+    return (int(inserted[0]) if inserted else 0), skipped
 
 
 #: Nice value added to the writer thread: under load the event loop (and the agents)
@@ -132,6 +150,22 @@ def _lower_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WRITER_NICENESS)
 
 
+#: Under load a flush takes longer on the wall clock (the thread runs at nice +10); the
+#: writer then waits at least this many times as long as its last flush took before the
+#: next one, so it gets to fewer, larger batches: the fixed cost of a flush (opening the
+#: store, committing, checkpointing on close: ~25 ms of CPU) is shared by more events.
+FLUSH_DUTY_FACTOR = 10
+#: The wait is stretched to at most this many flush intervals.
+MAX_INTERVAL_STRETCH = 5
+
+
+def next_wait(interval: float, flush_seconds: float, failed: bool) -> float:
+    """Seconds until the next flush: ``interval``, stretched when flushes are slow."""
+    if failed:  # back off (store locked for long, disk full) instead of spinning
+        return interval * MAX_INTERVAL_STRETCH
+    return min(max(interval, flush_seconds * FLUSH_DUTY_FACTOR), interval * MAX_INTERVAL_STRETCH)
+
+
 class SpoolWriter:
     """Drains a :class:`Spool` into the store from a daemon thread."""
 
@@ -141,7 +175,7 @@ class SpoolWriter:
         locator: str,
         *,
         interval: float = 1.0,
-        batch_events: int = 1000,
+        batch_events: int = 5000,
         lock_wait_s: float = 30.0,
     ) -> None:
         self.spool = spool
@@ -173,9 +207,9 @@ class SpoolWriter:
     def _run(self) -> None:
         _lower_priority()
         while not self._stop.is_set():
+            started = time.monotonic()
             failed = not self.flush()
-            # Back off after a failure (store locked for long, disk full) instead of spinning.
-            self._wake.wait(self.interval * (5 if failed else 1))
+            self._wake.wait(next_wait(self.interval, time.monotonic() - started, failed))
             self._wake.clear()
 
     def flush(self) -> bool:

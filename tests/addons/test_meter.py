@@ -67,13 +67,26 @@ def _flow(url: str = OPENAI_URL, body: Any = None, **headers: str) -> http.HTTPF
 
 
 def _respond(
-    m: Meter, f: http.HTTPFlow, chunks: list[bytes], status: int = 200, **headers: str
+    m: Meter,
+    f: http.HTTPFlow,
+    chunks: list[bytes],
+    status: int = 200,
+    chunked: bool = False,
+    **headers: str,
 ) -> bytes:
-    """Run the response side as mitmproxy does for a streamed body; returns what the client got."""
+    """Run the response side as mitmproxy does (streamed if the addon asked for it, else
+    buffered); returns what the client got. ``chunked``: no Content-Length (unknown size)."""
     f.response = http.Response.make(status, b"", headers or {"content-type": "application/json"})
+    if chunked:
+        del f.response.headers["content-length"]
+        f.response.headers["transfer-encoding"] = "chunked"
+    else:
+        f.response.headers["content-length"] = str(sum(map(len, chunks)))
     m.responseheaders(f)
     out = b""
-    if callable(f.response.stream):
+    if not callable(f.response.stream):  # mitmproxy reads the whole body, then `response`
+        f.response.raw_content = out = b"".join(chunks)
+    else:
         for chunk in chunks:
             result = f.response.stream(chunk)
             parts = [result] if isinstance(result, bytes) else list(result)
@@ -121,9 +134,11 @@ def test_provider_path_that_does_not_bill_is_left_alone(meter: tuple[Meter, Any]
     assert m._active == {}
 
 
-def test_json_response_streamed_through_and_metered(
+def test_json_response_of_known_length_is_buffered_and_metered(
     meter: tuple[Meter, Any], tmp_path: Path
 ) -> None:
+    """A small JSON body with Content-Length is left to mitmproxy to buffer (as plain
+    mitmdump does) and metered once from the whole body in the response hook."""
     m, _ = meter
     f = _flow(authorization=f"Bearer {KEY}")
     m.requestheaders(f)
@@ -132,9 +147,11 @@ def test_json_response_streamed_through_and_metered(
     assert _respond(m, f, pieces, **{"content-type": "application/json", "x-request-id": "r1"}) == (
         CHAT_JSON
     )
+    assert f.response is not None and f.response.stream is False
     m.done()
     [row] = _rows(tmp_path)
     assert row["event_id"] == "openai:chatcmpl-unit1"
+    assert row["streamed"] is False and row["ttft_ms"] is not None
     assert (row["consumer"], row["key_fingerprint"]) == ("alice", fingerprint(KEY))
     assert (row["input_tokens"], row["cached_input_tokens"], row["output_tokens"]) == (30, 20, 7)
     assert (row["reasoning_tokens"], row["estimated"], row["request_id"]) == (3, False, "r1")
@@ -246,6 +263,58 @@ def test_key_injection_missing_env_var_is_502(meter: tuple[Meter, Any]) -> None:
     assert "UNIT_UNSET_KEY is not set" in body["error"]["message"]
 
 
+@pytest.mark.parametrize(
+    "chunked,length,ctype",
+    [(True, None, "application/json"), (False, 2 * 1024 * 1024, "application/json"),
+     (False, None, "text/event-stream")],
+)  # fmt: skip
+def test_json_of_unknown_or_large_size_and_sse_are_streamed(
+    meter: tuple[Meter, Any], chunked: bool, length: int | None, ctype: str
+) -> None:
+    """Chunked (unknown length) or large JSON bodies, and SSE, go through the stream
+    callable: a cut body still reaches the client as far as it came, nothing big is held."""
+    m, _ = meter
+    f = _flow(authorization=f"Bearer {KEY}")
+    m.requestheaders(f)
+    m.request(f)
+    f.response = http.Response.make(200, b"", {"content-type": ctype})
+    if chunked:
+        del f.response.headers["content-length"]
+    elif length is not None:
+        f.response.headers["content-length"] = str(length)
+    m.responseheaders(f)
+    assert callable(f.response.stream)
+
+
+def test_buffered_json_cut_short_is_estimated(meter: tuple[Meter, Any], tmp_path: Path) -> None:
+    """A buffered body that never completed: mitmproxy calls ``error`` (no ``response``);
+    the event is estimated from the request, with no status."""
+    m, _ = meter
+    f = _flow(authorization=f"Bearer {KEY}", body={"model": "gpt-4o", "messages": [
+        {"role": "user", "content": "please count these words"}]})  # fmt: skip
+    m.requestheaders(f)
+    m.request(f)
+    f.response = http.Response.make(200, b"", {"content-type": "application/json"})
+    f.response.headers["content-length"] = "5000"
+    m.responseheaders(f)
+    assert f.response.stream is False
+    f.response.data.content = None  # the body never arrived whole
+    m.error(f)
+    m.done()
+    [row] = _rows(tmp_path)
+    assert row["estimated"] and row["status"] is None and row["input_tokens"] > 0
+    assert row["output_tokens"] == 0 and row["event_id"].startswith("ml:")
+
+
+def test_requested_stream_answered_with_json_is_streamed(meter: tuple[Meter, Any]) -> None:
+    m, _ = meter
+    f = _flow(authorization=f"Bearer {KEY}", body={"model": "m", "messages": [], "stream": True})
+    m.requestheaders(f)
+    m.request(f)
+    got = _respond(m, f, [CHAT_JSON], **{"content-type": "application/json"})
+    assert got == CHAT_JSON
+
+
 def test_aborted_stream_is_estimated(meter: tuple[Meter, Any], tmp_path: Path) -> None:
     m, _ = meter
     f = _flow(
@@ -280,6 +349,7 @@ def test_metering_is_deferred_after_forwarding(meter: tuple[Meter, Any]) -> None
     m.requestheaders(f)
     m.request(f)
     f.response = http.Response.make(200, b"", {"content-type": "application/json"})
+    del f.response.headers["content-length"]  # unknown length: streamed
     m.responseheaders(f)
     st = m._active[f.id]
     stream = f.response.stream
@@ -357,7 +427,7 @@ def test_streaming_notice_hidden_for_metered_hosts_only(meter: tuple[Meter, Any]
     f = _flow(authorization=f"Bearer {KEY}")
     m.requestheaders(f)
     m.request(f)
-    _respond(m, f, [CHAT_JSON])
+    _respond(m, f, [CHAT_JSON], chunked=True)  # unknown length: streamed
     server_log = logging.getLogger("mitmproxy.proxy.server")
 
     def shown(message: str) -> bool:

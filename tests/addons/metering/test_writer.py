@@ -1,12 +1,22 @@
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from addons.metering.spool import Spool
-from addons.metering.writer import SpoolWriter
+from addons.metering.writer import (
+    FLUSH_DUTY_FACTOR,
+    MAX_INTERVAL_STRETCH,
+    SpoolWriter,
+    next_wait,
+)
 from meterline.store import store
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 def _event(event_id: str, **extra: Any) -> dict[str, Any]:
@@ -72,12 +82,25 @@ def test_db_not_held_open_between_flushes(tmp_path: Path) -> None:
     writer = SpoolWriter(spool, str(db), interval=0.05)
     writer.start()
     spool.append(_event("a"))
-    # A read-write open from elsewhere succeeds while the writer runs (the file is free).
-    for _ in range(20):
-        with store(db, wait_s=5) as con:
-            con.execute("SELECT 1")
+    # Read-write opens from another process (as billing does) succeed while the writer
+    # runs: the file is free between flushes, and a flush in progress is waited out.
+    code = (
+        "import sys; from meterline.store import store\n"
+        "for _ in range(20):\n"
+        "    with store(sys.argv[1], wait_s=5) as con:\n"
+        "        con.execute('SELECT 1')\n"
+        "print('ok')"
+    )
+    other = subprocess.Popen(
+        [sys.executable, "-c", code, str(db)], stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT
+    )
+    for i in range(20):
+        spool.append(_event(f"b{i}"))
+        time.sleep(0.02)
+    out, _ = other.communicate(timeout=60)
+    assert other.returncode == 0 and out.strip() == "ok"
     assert writer.stop()
-    assert [r[0] for r in _rows(db)] == ["a"]
+    assert [r[0] for r in _rows(db)] == ["a", *sorted(f"b{i}" for i in range(20))]
     spool.close()
 
 
@@ -161,3 +184,59 @@ def test_line_of_the_wrong_shape_does_not_block_the_batch(tmp_path: Path) -> Non
     assert [r[0] for r in _rows(tmp_path / "e.duckdb")] == ["a", "b"]
     assert spool.sealed() == []
     spool.close()
+
+
+def test_replay_is_deduplicated_within_the_window_only(tmp_path: Path) -> None:
+    """The dedup compares with stored events from (earliest ts of the batch) - 1 day on.
+
+    A replayed segment keeps its original ts, so it is always caught, even when it shares a
+    batch with much later events; an id stored more than a day before a batch's earliest
+    event is outside the window and counts as a new event.
+    """
+    db = tmp_path / "e.duckdb"
+    spool = Spool(tmp_path / "spool")
+    writer = SpoolWriter(spool, str(db))
+    day0 = "2026-03-01T12:00:00"
+    spool.append(_event("openai:a", ts=day0))
+    spool.append(_event("openai:b", ts="2026-03-01T13:00:00"))
+    assert writer.flush()
+    # Replay of both, in one batch with an event three days later: nothing added twice.
+    spool.append(_event("openai:a", ts=day0))
+    spool.append(_event("openai:b", ts="2026-03-01T13:00:00"))
+    spool.append(_event("openai:c", ts="2026-03-04T12:00:00"))
+    assert writer.flush()
+    assert [r[0] for r in _rows(db)] == ["openai:a", "openai:b", "openai:c"]
+    # Just inside the window (23h59m after "a", the batch's earliest ts): still a duplicate.
+    spool.append(_event("openai:a", ts="2026-03-02T11:59:00"))
+    assert writer.flush()
+    # Exactly one day after "b": the window's lower bound is inclusive, still a duplicate.
+    spool.append(_event("openai:b", ts="2026-03-02T13:00:00"))
+    assert writer.flush()
+    assert [r[0] for r in _rows(db)] == ["openai:a", "openai:b", "openai:c"]
+    # More than a day after "a" (and the batch starts there): a new event with that id.
+    spool.append(_event("openai:a", ts="2026-03-02T12:00:01"))
+    assert writer.flush()
+    assert [(r[0], str(r[1])) for r in _rows(db) if r[0] == "openai:a"] == [
+        ("openai:a", "2026-03-01 12:00:00"),
+        ("openai:a", "2026-03-02 12:00:01"),
+    ]
+    assert writer.inserted == 4
+    spool.close()
+
+
+def test_batch_of_unreadable_lines_only_inserts_nothing(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    writer = SpoolWriter(spool, str(tmp_path / "e.duckdb"))
+    spool.append({"event_id": "partial"})
+    assert writer.flush()
+    assert _rows(tmp_path / "e.duckdb") == [] and spool.sealed() == []
+    spool.close()
+
+
+def test_flushes_are_spread_out_when_they_are_slow() -> None:
+    """A quick flush keeps the interval; a slow one (a loaded machine) stretches the wait to
+    FLUSH_DUTY_FACTOR times its duration, at most MAX_INTERVAL_STRETCH intervals."""
+    assert next_wait(1.0, 0.03, failed=False) == 1.0
+    assert next_wait(1.0, 0.25, failed=False) == 0.25 * FLUSH_DUTY_FACTOR
+    assert next_wait(1.0, 30.0, failed=False) == MAX_INTERVAL_STRETCH
+    assert next_wait(0.1, 0.001, failed=True) == 0.1 * MAX_INTERVAL_STRETCH

@@ -1,6 +1,9 @@
 """CPU cost of the addon per flow, in-process (no sockets): what metering adds to mitmproxy.
 
-    .venv/bin/python -m tests.support.hookbench [FLOWS]
+    .venv/bin/python bench/proxy_hooks.py [FLOWS]
+
+A JSON body of known length is buffered by mitmproxy, not streamed, and is metered from
+the response hook; SSE is streamed through the stream callable.
 
 Splits the cost into the forwarding path (the hooks mitmproxy waits for, and the
 stream callable) and the deferred part (parsing, event, spool write) that runs on the
@@ -20,8 +23,10 @@ from typing import Any
 
 from mitmproxy import http
 
-from addons.meter import Meter
-from tests.support.proxy import write_catalog
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from addons.meter import Meter  # noqa: E402
+from tests.support.proxy import write_catalog  # noqa: E402
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -54,7 +59,9 @@ SSE_CHUNKS = [
 ]
 
 
-def measure(flows: int, chunks: list[bytes], content_type: str) -> tuple[float, float]:
+def measure(
+    flows: int, chunks: list[bytes], content_type: str, buffered: bool
+) -> tuple[float, float]:
     """(forwarding-path µs, deferred µs) per metered flow."""
     work = Path(tempfile.mkdtemp())
     catalog = write_catalog(work / "catalog.yaml", [], {"alice": ["sk-bench"]})
@@ -79,7 +86,12 @@ def measure(flows: int, chunks: list[bytes], content_type: str) -> tuple[float, 
             f.request = http.Request.make("POST", "https://api.openai.com/v1/chat/completions",
                                           REQUEST, headers)  # fmt: skip
             f.response = None
-            pairs.append((f, http.Response.make(200, b"", {"content-type": content_type})))
+            resp = http.Response.make(200, b"", {"content-type": content_type})
+            if buffered:  # what mitmproxy has when it read a body of known length whole
+                resp.headers["content-length"] = str(sum(map(len, chunks)))
+            else:
+                del resp.headers["content-length"]
+            pairs.append((f, resp))
         on_path = deferred = 0.0
         warmup = flows // 5
         for n, (f, resp) in enumerate(pairs):
@@ -89,10 +101,14 @@ def measure(flows: int, chunks: list[bytes], content_type: str) -> tuple[float, 
             f.response = resp
             meter.responseheaders(f)
             stream = resp.stream
-            assert callable(stream)
-            for chunk in chunks:
-                stream(chunk)
-            stream(b"")
+            if buffered:
+                assert stream is False
+                resp.raw_content = b"".join(chunks)
+            else:
+                assert callable(stream)
+                for chunk in chunks:
+                    stream(chunk)
+                stream(b"")
             meter.response(f)
             t1 = time.perf_counter()
             for fn, args in queue:
@@ -109,11 +125,12 @@ def measure(flows: int, chunks: list[bytes], content_type: str) -> tuple[float, 
 
 def main() -> None:
     flows = int(sys.argv[1]) if len(sys.argv) > 1 else 3000
-    for name, chunks, ctype in (
-        ("JSON body, 1 chunk", [JSON_BODY], "application/json"),
-        ("SSE, 8 chunks", SSE_CHUNKS, "text/event-stream"),
+    for name, chunks, ctype, buffered in (
+        ("JSON body, buffered", [JSON_BODY], "application/json", True),
+        ("JSON chunked, 1 chunk", [JSON_BODY], "application/json", False),
+        ("SSE, 8 chunks", SSE_CHUNKS, "text/event-stream", False),
     ):
-        on_path, deferred = measure(flows, chunks, ctype)
+        on_path, deferred = measure(flows, chunks, ctype, buffered)
         print(
             f"{name:20} forwarding path {on_path:6.1f} µs/flow   deferred {deferred:6.1f} µs/flow"
         )
