@@ -392,7 +392,7 @@ def test_tier_bounds_are_inclusive() -> None:
 
 
 def test_graduated_worked_example() -> None:
-    """docs/pricing.md: 7,500 units per 1,000: 1000*2/1000+1 + 4000*1/1000+5 + 2500*0.5/1000."""
+    """README, Pricing: 7,500 units per 1,000: 1000*2/1000+1 + 4000*1/1000+5 + 2500*0.5/1000."""
     line = priced({"type": "tiered", "mode": "graduated", "per": 1000, "tiers": TIERS}, 7_500)
     assert [(t.tier, t.quantity, t.amount) for t in line.tiers] == [
         (0, 1000, D("3.00")),
@@ -404,14 +404,14 @@ def test_graduated_worked_example() -> None:
 
 
 def test_volume_worked_example() -> None:
-    """docs/pricing.md: 4,200 units fall in tier 1: 4200 * 1.00 / 1000 + 5.00."""
+    """README, Pricing: 4,200 units fall in tier 1: 4200 * 1.00 / 1000 + 5.00."""
     line = priced({"type": "tiered", "mode": "volume", "per": 1000, "tiers": TIERS}, 4_200)
     assert [(t.tier, t.quantity, t.amount) for t in line.tiers] == [(1, 4200, D("9.20"))]
     assert line.amount == D("9.20")
 
 
 def test_unit_worked_example() -> None:
-    """docs/pricing.md: 1,234,567 tokens, 100,000 included, 3.00 per million, 10% off."""
+    """README, Pricing: 1,234,567 tokens, 100,000 included, 3.00 per million, 10% off."""
     line = priced(
         {"type": "unit", "amount": "3.00", "per": 1_000_000},
         1_234_567,
@@ -426,14 +426,14 @@ def test_unit_worked_example() -> None:
 
 
 def test_package_worked_example() -> None:
-    """docs/pricing.md: 2,500,001 tokens in packages of 1,000,000 at 2.00: 3 packages."""
+    """README, Pricing: 2,500,001 tokens in packages of 1,000,000 at 2.00: 3 packages."""
     line = priced({"type": "package", "amount": "2.00", "package_size": 1_000_000}, 2_500_001)
     assert line.subtotal == D("6.00")
     assert line.amount == D("6.00")
 
 
 def test_flat_worked_example() -> None:
-    """docs/pricing.md: 19.00 a month, subscription starts on day 16 of 30: 15/30 of it."""
+    """README, Pricing: 19.00 a month, subscription starts on day 16 of 30: 15/30 of it."""
     line = price_rate_card(
         card({"type": "flat", "amount": "19.00", "payment_term": "in_arrears"}),
         1,
@@ -510,7 +510,7 @@ def test_detail_is_json_with_decimal_strings() -> None:
     [("19.00", 30, 10, ["6.33", "12.67"]), ("0.01", 30, 15, ["0.01", "0.01"])],
 )
 def test_split_fee_examples_from_the_docs(amount: str, days: int, split: int, parts: list) -> None:
-    """docs/pricing.md: thirds add up to the fee; halves of one cent each round up."""
+    """README, Pricing: thirds add up to the fee; halves of one cent each round up."""
     full = Period(START, START + timedelta(days=days))
     cut = START + timedelta(days=split)
     got = [
