@@ -236,6 +236,7 @@ class Meter:
         self.writer: SpoolWriter | None = None
         self._active: dict[str, _MeteredStream] = {}
         self._pending: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
+        self._after_reply: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
         self._drain_scheduled = False
         self._running = False
         self.flush_interval = 1.0
@@ -412,6 +413,8 @@ class Meter:
         if self._catalog_timer is not None:
             self._catalog_timer.cancel()
             self._catalog_timer = None
+        self._pending.extend(self._after_reply)
+        self._after_reply.clear()
         self._drain()
         for flow_id in list(self._active):
             self._finish(self._active.pop(flow_id), cut=True)
@@ -439,6 +442,27 @@ class Meter:
             return
         self._drain_scheduled = True
         loop.call_soon(self._drain)
+
+    def _defer_after_reply(self, fn: Callable[..., None], *args: Any) -> None:
+        """Like :meth:`_defer`, a few event-loop steps later: after the reply has gone out.
+
+        mitmproxy sends a buffered body some loop steps after the ``response`` hook
+        returns; metering it on the next step would hold the client's bytes back by the
+        cost of the metering (measured: ~0.1 ms of the JSON median). Items wait in
+        ``_after_reply`` (FIFO), so ``done`` still finishes every one of them.
+        """
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._defer(fn, *args)
+            return
+        self._after_reply.append((fn, args))
+        loop.call_soon(loop.call_soon, loop.call_soon, self._release_after_reply)
+
+    def _release_after_reply(self) -> None:
+        if self._after_reply:
+            fn, args = self._after_reply.popleft()
+            self._defer(fn, *args)
 
     def _drain(self) -> None:
         self._drain_scheduled = False
@@ -543,7 +567,7 @@ class Meter:
         if st.t_first_byte is None and resp is not None and resp.raw_content:
             # Buffered (a small JSON body), or another addon answered: read it whole, once.
             st.t_first_byte = min(resp.timestamp_start or st.t_done, st.t_done)
-            self._defer(self._finish_whole, st, resp.raw_content)
+            self._defer_after_reply(self._finish_whole, st, resp.raw_content)
         else:
             self._defer(self._finish, st, False)
 

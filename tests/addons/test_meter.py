@@ -454,3 +454,40 @@ def test_heavy_libraries_not_loaded_with_the_addon() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO_ROOT
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_buffered_body_is_metered_after_the_reply_and_never_lost(
+    meter: tuple[Meter, Any], tmp_path: Path
+) -> None:
+    """A buffered body is metered a few loop steps after `response`, once mitmproxy has
+    sent it; `done` still finishes one whose turn has not come."""
+    m, _ = meter
+    flows = []
+    for n in (1, 2):
+        f = _flow(authorization=f"Bearer {KEY}")
+        m.requestheaders(f)
+        m.request(f)
+        body = CHAT_JSON.replace(b"chatcmpl-unit1", f"chatcmpl-unit{n}".encode())
+        f.response = http.Response.make(200, body, {"content-type": "application/json"})
+        m.responseheaders(f)
+        assert f.response.stream is False
+        flows.append(f)
+
+    async def run() -> list[tuple[int, int]]:
+        m.response(flows[0])
+        seen = [(len(m._after_reply), len(m._pending))]
+        for _ in range(4):
+            await asyncio.sleep(0)
+            seen.append((len(m._after_reply), len(m._pending)))
+        m.response(flows[1])  # its turn never comes before the shutdown
+        m.done()
+        return seen
+
+    seen = asyncio.run(run())
+    assert seen[0] == (1, 0)  # nothing metered on the step that sends the reply
+    assert seen[-1] == (0, 0)  # metered a few steps later
+    assert len(m._after_reply) == 0
+    assert sorted(r["event_id"] for r in _rows(tmp_path)) == [
+        "openai:chatcmpl-unit1",
+        "openai:chatcmpl-unit2",
+    ]
