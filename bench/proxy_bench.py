@@ -31,7 +31,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -187,6 +188,44 @@ def best_of(runs: int, fn: Callable[[], float]) -> float:
     return max(fn() for _ in range(runs))
 
 
+@contextmanager
+def bench_setup() -> Iterator[tuple[dict[str, Any], list[Proxy], Path]]:
+    """The fake provider in its own process and three mitmdumps with the same flags:
+    plain, streaming every response, and metered. Yields (ports, proxies, workdir)."""
+    upstream = subprocess.Popen(
+        [sys.executable, str(REPO / "bench" / "upstream_server.py")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert upstream.stdout is not None and upstream.stdin is not None
+    proxies: list[Proxy] = []
+    try:
+        ports: dict[str, Any] = json.loads(upstream.stdout.readline())
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp)
+            confdir = work / "confdir"
+            catalog = write_catalog(work / "catalog.yaml", ports["providers"], {"bench": [API_KEY]})
+            assert fingerprint(API_KEY) in catalog.read_text()
+            try:
+                proxies.append(start_proxy("plain", work, confdir, []))
+                stream = ["-s", str(REPO / "bench" / "stream_passthrough.py")]
+                proxies.append(start_proxy("streaming", work, confdir, stream))
+                meter = ["-s", str(REPO / "addons" / "meter.py"),
+                         "--set", f"meter_catalog={catalog}",
+                         "--set", f"meter_db={work / 'meterline.duckdb'}",
+                         "--set", f"meter_spool={work / 'spool'}"]  # fmt: skip
+                proxies.append(start_proxy("meter", work, confdir, meter))
+                yield ports, proxies, work
+            finally:
+                for p in proxies:
+                    if p.process.poll() is None:
+                        p.stop()
+    finally:
+        upstream.stdin.close()
+        upstream.wait(10)
+        upstream.stdout.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small counts: a smoke run")
@@ -196,33 +235,10 @@ def main() -> None:
         (200, 30, 10, 100, 1.0) if opts.quick else (2000, 200, 60, 2000, 4.0)
     )
 
-    upstream = subprocess.Popen(
-        [sys.executable, str(REPO / "bench" / "upstream_server.py")],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
-    assert upstream.stdout is not None and upstream.stdin is not None
-    ports: dict[str, Any] = json.loads(upstream.stdout.readline())
-    base = f"http://127.0.0.1:{ports['plain']['openai']}"
-    tls_base = f"https://127.0.0.1:{ports['tls']['openai']}"
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        confdir = work / "confdir"
-        catalog = write_catalog(work / "catalog.yaml", ports["providers"], {"bench": [API_KEY]})
-        assert fingerprint(API_KEY) in catalog.read_text()
-        plain = start_proxy("plain", work, confdir, [])
-        streaming = start_proxy(
-            "streaming", work, confdir, ["-s", str(REPO / "bench" / "stream_passthrough.py")]
-        )
-        meter = start_proxy(
-            "meter",
-            work,
-            confdir,
-            ["-s", str(REPO / "addons" / "meter.py"), "--set", f"meter_catalog={catalog}",
-             "--set", f"meter_db={work / 'meterline.duckdb'}",
-             "--set", f"meter_spool={work / 'spool'}"],
-        )  # fmt: skip
-        proxies = [plain, streaming, meter]
+    with bench_setup() as (ports, proxies, work):
+        plain, streaming, meter = proxies
+        base = f"http://127.0.0.1:{ports['plain']['openai']}"
+        tls_base = f"https://127.0.0.1:{ports['tls']['openai']}"
         results: dict[str, Any] = {"machine": f"{os.cpu_count()} cores", "counts": {}}
         try:
             print(f"JSON latency: {n_json} sequential requests per proxy, interleaved ...")
@@ -273,9 +289,6 @@ def main() -> None:
         finally:
             for p in proxies:
                 p.stop()
-            upstream.stdin.close()
-            upstream.wait(10)
-            upstream.stdout.close()
         import duckdb
 
         with duckdb.connect(str(work / "meterline.duckdb"), read_only=True) as con:

@@ -13,12 +13,9 @@ Linux only. Proxies: plain mitmdump, mitmdump streaming every response
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,9 +23,7 @@ import httpx2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from proxy_bench import API_KEY, CHAT, HEADERS, REPO, Proxy, start_proxy  # noqa: E402
-
-from tests.support.proxy import write_catalog  # noqa: E402
+from proxy_bench import CHAT, HEADERS, Proxy, bench_setup  # noqa: E402
 
 
 def cpu_by_nice(pid: int) -> dict[int, int]:
@@ -62,40 +57,15 @@ def cpu_per_request(proxy: Proxy, url: str, n: int) -> dict[int, float]:
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 3000
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
-    upstream = subprocess.Popen(
-        [sys.executable, str(REPO / "bench" / "upstream_server.py")],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
-    assert upstream.stdout is not None and upstream.stdin is not None
-    ports = json.loads(upstream.stdout.readline())
-    url = f"http://127.0.0.1:{ports['plain']['openai']}/v1/chat/completions"
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        confdir = work / "confdir"
-        catalog = write_catalog(work / "catalog.yaml", ports["providers"], {"bench": [API_KEY]})
-        proxies: list[Proxy] = []
-        try:
-            proxies.append(start_proxy("plain", work, confdir, []))
-            stream = ["-s", str(REPO / "bench" / "stream_passthrough.py")]
-            proxies.append(start_proxy("streaming", work, confdir, stream))
-            meter = ["-s", str(REPO / "addons" / "meter.py"), "--set", f"meter_catalog={catalog}",
-                     "--set", f"meter_db={work / 'meterline.duckdb'}",
-                     "--set", f"meter_spool={work / 'spool'}"]  # fmt: skip
-            proxies.append(start_proxy("meter", work, confdir, meter))
-            loop: dict[str, list[float]] = {p.name: [] for p in proxies}
-            background: dict[str, list[float]] = {p.name: [] for p in proxies}
-            for _ in range(rounds):
-                for p in proxies:
-                    used = cpu_per_request(p, url, n)
-                    loop[p.name].append(used.get(0, 0.0))
-                    background[p.name].append(sum(v for k, v in used.items() if k != 0))
-        finally:
+    with bench_setup() as (ports, proxies, _work):
+        url = f"http://127.0.0.1:{ports['plain']['openai']}/v1/chat/completions"
+        loop: dict[str, list[float]] = {p.name: [] for p in proxies}
+        background: dict[str, list[float]] = {p.name: [] for p in proxies}
+        for _ in range(rounds):
             for p in proxies:
-                p.stop()
-            upstream.stdin.close()
-            upstream.wait(10)
-            upstream.stdout.close()
+                used = cpu_per_request(p, url, n)
+                loop[p.name].append(used.get(0, 0.0))
+                background[p.name].append(sum(v for k, v in used.items() if k != 0))
     print(f"CPU µs per request, median of {rounds} rounds x {n} sequential JSON requests")
     print(f"{'':10}{'nice 0':>10}{'nice 10':>10}{'total':>10}{'vs plain':>10}")
     base = statistics.median(loop["plain"]) + statistics.median(background["plain"])
