@@ -34,7 +34,7 @@ from typing import Any
 
 from mitmproxy import ctx, exceptions, http
 
-from addons.metering import errors, events, keys, providers
+from addons.metering import errors, events, governance, keys, providers
 from addons.metering.decoding import IncrementalDecoder
 from addons.metering.estimate import count_tokens, estimate_request_input
 from addons.metering.extract import new_extractor
@@ -249,6 +249,7 @@ class Meter:
         self._catalog_stamp: tuple[int, int, int] | None = None
         """(mtime_ns, size, inode) of the catalog file as last read (or last found bad)."""
         self._catalog_timer: asyncio.TimerHandle | None = None
+        self.governance = governance.Governance()
 
     # ------------------------------------------------------------------ options
 
@@ -309,6 +310,7 @@ class Meter:
             socket.gethostname(),
             "Name of this proxy, stored with each event (default: the host name).",
         )
+        governance.add_options(loader)
 
     def configure(self, updated: set[str]) -> None:
         if "meter_catalog" in updated or self.catalog is None:
@@ -331,6 +333,10 @@ class Meter:
         self.include_usage = ctx.options.meter_include_usage
         self.log_payloads = ctx.options.meter_log_payloads
         self.proxy_id = ctx.options.meter_proxy_id or None
+        o = ctx.options
+        self.governance.configure(
+            o.meter_governance_refresh, o.meter_governance_failure, o.meter_db
+        )
         if self._running and "meter_spool" in updated:
             self._open_spool()
         if self.writer is not None:
@@ -342,6 +348,7 @@ class Meter:
         catalog = load_catalog(path)
         registry = providers.ProviderRegistry.from_catalog(catalog)
         self.catalog, self.registry, self.keybook = catalog, registry, keys.KeyBook(catalog)
+        self.governance.use_catalog(catalog)
 
     def _watch_catalog(self) -> None:
         """Re-read the catalog when its file changed; runs every CATALOG_CHECK_INTERVAL.
@@ -398,6 +405,8 @@ class Meter:
         """The proxy is up: open the spool (not before, so loading the addon writes nothing)."""
         self._running = True
         self._open_spool()
+        if self.writer is not None:
+            self.governance.start(self.writer.flush)
         if self._catalog_timer is None:
             self._schedule_catalog_watch()
         log.info(
@@ -413,6 +422,7 @@ class Meter:
         if self._catalog_timer is not None:
             self._catalog_timer.cancel()
             self._catalog_timer = None
+        self.governance.stop()
         self._pending.extend(self._after_reply)
         self._after_reply.clear()
         self._drain()
@@ -507,6 +517,16 @@ class Meter:
                 flow, st, "unknown_key", "Invalid API key: not known to the proxy."
             )
             return
+        consumer = st.identity.consumer
+        verdict = self.governance.check(
+            consumer.name if consumer else None, st.provider.flavor, st.provider.name, flow
+        )
+        if verdict is not None and verdict is not True:  # refused: never forwarded
+            del self._active[flow.id]
+            who = (consumer.name if consumer else None, st.identity.fingerprint)
+            provider = (st.provider.name, st.provider.flavor)
+            self._record(self.governance.refuse(flow, provider, who, verdict, self.proxy_id))
+            return
         req = flow.request
         if st.inject_env is not None:
             path, _, query = req.path.partition("?")
@@ -514,6 +534,7 @@ class Meter:
                 query = keys.inject_key(req.headers, query, st.provider, st.inject_env)
             except keys.InjectionError as e:
                 del self._active[flow.id]
+                self.governance.finish(flow.id, None)
                 log.error("meterline: %s: %s", flow.id, e)
                 self._error_response(flow, st, "injection_failed", f"Meterline proxy: {e}")
                 return
@@ -589,6 +610,7 @@ class Meter:
         resp = flow.response
         if resp is None:  # no response headers ever came: the provider did no work
             log.info("meterline: %s: no response from %s, nothing metered", flow.id, _where(st))
+            self.governance.finish(flow.id, None)
             return
         if not st.started:
             st.start()
@@ -632,7 +654,9 @@ class Meter:
             t_first_byte=st.t_first_byte,
             t_done=st.t_done,
         )
-        self._record(events.build_event(exchange, usage, self.proxy_id))
+        event = events.build_event(exchange, usage, self.proxy_id)
+        self.governance.finish(flow.id, event)
+        self._record(event)
 
     def _estimate(self, st: _MeteredStream, partial: Usage | None) -> Usage:
         """Tokens counted with tiktoken when the provider reported none (or not all)."""

@@ -82,4 +82,5 @@ def build_event(ex: Exchange, usage: Usage, proxy_id: str | None) -> dict[str, A
         "latency_ms": _ms(ex.t_request, done),
         "ttft_ms": _ms(ex.t_request, ex.t_first_byte),
         "proxy_id": proxy_id,
+        "reason": None,
     }
