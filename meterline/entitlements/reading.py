@@ -132,8 +132,11 @@ def read_snapshot(
     """Everything the counters take from the store, in one read transaction."""
     con.execute("BEGIN TRANSACTION")
     try:
-        stored = policy_usage(con, policy, at)
-        seen = seen_event_ids(con, pending_ids, None) if pending_ids else set()
+        if _has_table(con, "usage_events"):
+            stored = policy_usage(con, policy, at)
+            seen = seen_event_ids(con, pending_ids, None) if pending_ids else set()
+        else:  # a new store: nothing metered yet
+            stored, seen = {}, set()
         balances = credit_balances(con, at)
     finally:
         con.execute("ROLLBACK")

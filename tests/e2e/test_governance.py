@@ -1,0 +1,185 @@
+"""Entitlements enforced by the real proxy, seen through the official SDKs."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import anthropic
+import openai
+import pytest
+
+from tests.conftest import KEYS, ProxyFactory
+from tests.support.clients import anthropic_client, ca_context, openai_client
+from tests.support.governance import governed_catalog
+from tests.support.proxy import MeterProxy
+from tests.support.upstream import FakeProvider
+
+MESSAGES = [{"role": "user", "content": "Count to three."}]
+ALICE = {"alice": KEYS["alice"], "bob": KEYS["bob"]}
+
+
+def chat(
+    client: openai.OpenAI, output: int, *, max_tokens: int | None = None, model: str = "gpt-4o"
+) -> None:
+    client.chat.completions.create(
+        model=model,
+        messages=MESSAGES,
+        max_tokens=max_tokens or output,
+        extra_headers={"x-fake": f"output={output}"},
+    )
+
+
+def rows_where(proxy: MeterProxy, where: str, count: int, timeout: float = 10.0) -> list[dict]:
+    """The events matching ``where`` once there are ``count`` of them (fails after timeout)."""
+    deadline = time.monotonic() + timeout
+    rows: list[dict] = []
+    while time.monotonic() < deadline:
+        rows = proxy.events(where)
+        if len(rows) >= count:
+            assert len(rows) == count, f"{len(rows)} events where {where}, expected {count}"
+            return rows
+        time.sleep(0.05)
+    raise AssertionError(f"{len(rows)} events where {where}, expected {count}")
+
+
+def refused(proxy: MeterProxy, count: int) -> list[dict]:
+    return rows_where(proxy, "reason IS NOT NULL", count)
+
+
+def test_hard_limit_refuses_with_the_providers_own_errors(
+    tmp_path: Path, fake_provider: FakeProvider, start_proxy: ProxyFactory
+) -> None:
+    """Limit 100 output tokens, 40 per call: 40, 80, 120 (the call that crosses the limit
+    is the last one allowed), then OpenAI's and Anthropic's own 429 exceptions."""
+    catalog = governed_catalog(
+        tmp_path / "catalog.yaml",
+        fake_provider,
+        ALICE,
+        entitlements=[
+            {"feature": "gpt-out", "limit": 100},
+            {"feature": "claude-out", "limit": 80},
+        ],
+    )
+    proxy = start_proxy(catalog=catalog)
+    with openai_client(proxy, fake_provider, KEYS["alice"]) as client:
+        for _ in range(3):
+            chat(client, 40)
+        with pytest.raises(openai.RateLimitError) as err:
+            chat(client, 40)
+    assert err.value.status_code == 429
+    assert err.value.code == "insufficient_quota"
+    assert "limit of 100 gpt-out units" in err.value.message
+    assert "resets at 20" in err.value.message
+    assert int(err.value.response.headers["retry-after"]) > 0
+
+    with anthropic_client(proxy, fake_provider, KEYS["bob"]) as claude:
+        for _ in range(2):  # 40, 80: reaches the limit exactly
+            claude.messages.create(
+                model="claude-sonnet-4-5",
+                max_tokens=40,
+                messages=MESSAGES,
+                extra_headers={"x-fake": "output=40"},
+            )
+        with pytest.raises(anthropic.RateLimitError) as aerr:
+            claude.messages.create(model="claude-sonnet-4-5", max_tokens=40, messages=MESSAGES)
+    assert aerr.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
+
+    rows = refused(proxy, 2)
+    assert sorted(r["reason"] for r in rows) == ["limit:claude-out", "limit:gpt-out"]
+    for row in rows:
+        assert row["status"] == 429 and row["consumer"] in ("alice", "bob")
+        assert row["input_tokens"] == row["output_tokens"] == 0
+    alice = rows_where(proxy, "consumer = 'alice'", 4)
+    assert [r["reason"] for r in alice] == [None, None, None, "limit:gpt-out"]
+
+
+def test_model_not_granted_is_403(
+    tmp_path: Path, fake_provider: FakeProvider, start_proxy: ProxyFactory
+) -> None:
+    catalog = governed_catalog(
+        tmp_path / "catalog.yaml",
+        fake_provider,
+        ALICE,
+        entitlements=[
+            {"feature": "gpt-out", "type": "boolean"},
+            {"feature": "claude-out", "limit": "unlimited"},
+        ],
+    )
+    proxy = start_proxy(catalog=catalog)
+    with openai_client(proxy, fake_provider, KEYS["alice"]) as client:
+        chat(client, 5)  # granted
+        with pytest.raises(openai.PermissionDeniedError) as err:
+            chat(client, 5, model="o3-mini")
+    assert "does not include model 'o3-mini'" in err.value.message
+    [row] = refused(proxy, 1)
+    assert (row["reason"], row["status"], row["model"]) == ("not_granted", 403, "o3-mini")
+
+
+def test_burst_of_100_concurrent_calls_at_a_hard_limit(
+    tmp_path: Path, fake_provider: FakeProvider, start_proxy: ProxyFactory
+) -> None:
+    """Each call reserves max_tokens=60 and uses 50: the overshoot stays within one
+    reservation however the 100 calls interleave."""
+    limit, reserve, used_per_call = 1000, 60, 50
+    catalog = governed_catalog(
+        tmp_path / "catalog.yaml",
+        fake_provider,
+        ALICE,
+        entitlements=[{"feature": "gpt-out", "limit": limit}],
+    )
+    proxy = start_proxy(catalog=catalog)
+
+    async def burst() -> list[int]:
+        client = openai.AsyncOpenAI(
+            api_key=KEYS["alice"],
+            base_url=fake_provider.base_url("openai", tls=True) + "/v1",
+            max_retries=0,
+            http_client=openai.DefaultAsyncHttpxClient(
+                proxy=proxy.url,
+                verify=ca_context(proxy),
+                timeout=60,
+            ),
+        )
+
+        async def one() -> int:
+            try:
+                await client.chat.completions.create(
+                    model="gpt-4o",
+                    messages=MESSAGES,
+                    max_tokens=reserve,
+                    stream=True,
+                    extra_headers={"x-fake": f"output={used_per_call},delay=0.02"},
+                )
+                return 200
+            except openai.RateLimitError:
+                return 429
+
+        try:
+            return await asyncio.gather(*(one() for _ in range(100)))
+        finally:
+            await client.close()
+
+    statuses = asyncio.run(burst())
+    allowed = statuses.count(200)
+    rows = rows_where(proxy, "reason IS NULL", allowed)
+    used = sum(r["output_tokens"] for r in rows)
+    overshoot = used - limit
+    print(
+        f"burst: {allowed} allowed, {statuses.count(429)} refused, used {used}, "
+        f"overshoot {overshoot} (bound {reserve})"
+    )
+    assert statuses.count(429) == 100 - allowed > 0
+    assert used == allowed * used_per_call
+    assert overshoot <= reserve
+    refused(proxy, 100 - allowed)
+    # Settled, the reservations gave way to the metered 50s: calls one by one fill the
+    # limit up to the call that reaches it, and the next is refused.
+    with openai_client(proxy, fake_provider, KEYS["alice"]) as client:
+        for _ in range((limit - used) // used_per_call):
+            chat(client, used_per_call, max_tokens=reserve)
+        with pytest.raises(openai.RateLimitError):
+            chat(client, used_per_call, max_tokens=reserve)
+    rows = rows_where(proxy, "reason IS NULL", allowed + (limit - used) // used_per_call)
+    assert sum(r["output_tokens"] for r in rows) == limit
