@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anthropic
@@ -183,3 +184,90 @@ def test_burst_of_100_concurrent_calls_at_a_hard_limit(
             chat(client, used_per_call, max_tokens=reserve)
     rows = rows_where(proxy, "reason IS NULL", allowed + (limit - used) // used_per_call)
     assert sum(r["output_tokens"] for r in rows) == limit
+
+
+def test_restart_mid_period_rebuilds_from_store_and_spool(
+    tmp_path: Path, fake_provider: FakeProvider, start_proxy: ProxyFactory
+) -> None:
+    """Killed (-9) with events still in its spool, a restarted proxy counts each once."""
+    catalog = governed_catalog(
+        tmp_path / "catalog.yaml",
+        fake_provider,
+        ALICE,
+        entitlements=[{"feature": "gpt-out", "limit": 120}],
+    )
+    # Flushing every 30 s: the events are still in the spool when the proxy is killed.
+    first = start_proxy(catalog=catalog, options={"meter_flush_interval": 30})
+    with openai_client(first, fake_provider, KEYS["alice"]) as client:
+        chat(client, 40)
+        chat(client, 40)
+    time.sleep(0.3)  # the events reach the spool (written after the reply)
+    first.kill()
+    assert first.events() == []
+    again = MeterProxy(
+        first.workdir,
+        catalog=catalog,
+        confdir=first.confdir,
+        options={**first.options, "meter_flush_interval": 0.1},
+        env=first.env,
+    ).start()
+    try:
+        with openai_client(again, fake_provider, KEYS["alice"]) as client:
+            chat(client, 40)  # 80 -> 120: reaches the limit, allowed
+            with pytest.raises(openai.RateLimitError):
+                chat(client, 40)
+        rows = rows_where(again, "reason IS NULL", 3)
+        assert sum(r["output_tokens"] for r in rows) == 120
+    finally:
+        again.stop()
+
+
+def test_catalog_edit_changes_a_limit_live(
+    tmp_path: Path, fake_provider: FakeProvider, start_proxy: ProxyFactory
+) -> None:
+    path = tmp_path / "catalog.yaml"
+    governed_catalog(path, fake_provider, ALICE, entitlements=[{"feature": "gpt-out", "limit": 40}])
+    proxy = start_proxy(catalog=path)
+    with openai_client(proxy, fake_provider, KEYS["alice"]) as client:
+        chat(client, 40)
+        with pytest.raises(openai.RateLimitError):
+            chat(client, 40)
+        mark = proxy.log_mark()
+        governed_catalog(
+            path,
+            fake_provider,
+            ALICE,
+            entitlements=[{"feature": "gpt-out", "limit": 40}],
+            overrides=[{"feature": "gpt-out", "limit": 80}],  # acme's own, higher limit
+        )
+        proxy.wait_for_log("catalog .* reloaded", since=mark)
+        chat(client, 40)
+        with pytest.raises(openai.RateLimitError) as err:
+            chat(client, 40)
+    assert "customer acme limit of 80" in err.value.message
+
+
+def test_period_rollover_resets_the_counters(
+    tmp_path: Path, fake_provider: FakeProvider, start_proxy: ProxyFactory
+) -> None:
+    """A daily usage period that ends a few seconds into the test."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    start = now - timedelta(days=1) + timedelta(seconds=4)
+    catalog = governed_catalog(
+        tmp_path / "catalog.yaml",
+        fake_provider,
+        ALICE,
+        entitlements=[{"feature": "gpt-out", "limit": 40, "period": "P1D"}],
+        start=start - timedelta(days=3),
+    )
+    proxy = start_proxy(catalog=catalog)
+    with openai_client(proxy, fake_provider, KEYS["alice"]) as client:
+        chat(client, 40)
+        with pytest.raises(openai.RateLimitError) as err:
+            chat(client, 40)
+        assert f"resets at {start + timedelta(days=1):%Y-%m-%dT%H:%M:%SZ}" in err.value.message
+        while datetime.now(UTC) < start + timedelta(days=1, seconds=0.2):
+            time.sleep(0.1)
+        chat(client, 40)  # a new period
+        with pytest.raises(openai.RateLimitError):
+            chat(client, 40)
