@@ -406,7 +406,7 @@ class Meter:
         self._running = True
         self._open_spool()
         if self.writer is not None:
-            self.governance.start(self.writer.flush)
+            self.governance.start(self.writer.flush, self.spool.directory if self.spool else None)
         if self._catalog_timer is None:
             self._schedule_catalog_watch()
         log.info(

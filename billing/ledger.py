@@ -18,6 +18,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from billing.credits import consumption_rows
 from billing.model import Invoice, InvoiceLine
 from billing.money import money_context, round_money
 from billing.usage import UsageWindow, from_db, to_db, value_set
@@ -136,6 +137,9 @@ def save_invoices(
         _insert(con, "invoices", _invoice_rows(invoices))
         _insert(con, "invoice_lines", _line_rows(invoices))
         _insert(con, "invoice_windows", _window_rows(invoices, windows))
+        consumed = [(*r, issued_at) for inv in invoices for r in consumption_rows(inv)]
+        if consumed:  # what credit lines took from grants, with the invoice or not at all
+            con.executemany("INSERT INTO credit_consumptions VALUES (?, ?, ?, ?, ?)", consumed)
         con.execute("COMMIT")
         for inv in invoices:  # the values as stored, so they read back identical
             for ln in inv.lines:

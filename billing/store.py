@@ -17,12 +17,14 @@ import duckdb
 
 from billing.schema import BILLING_MIGRATIONS
 from billing.stripe.schema import STRIPE_MIGRATIONS
+from meterline.entitlements.schema import GOVERNANCE_MIGRATIONS
 from meterline.store import EVENT_MIGRATIONS, LAKE_PREFIX, Migration, StoreError, migrate, store
 
 ALL_MIGRATIONS: tuple[Migration, ...] = (
     *EVENT_MIGRATIONS,
     *BILLING_MIGRATIONS,
     *STRIPE_MIGRATIONS,
+    *GOVERNANCE_MIGRATIONS,
 )
 
 

@@ -22,10 +22,13 @@ governed calls unchecked until a read succeeds, ``deny`` refuses them (503).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from mitmproxy import exceptions, http
@@ -43,6 +46,7 @@ from meterline.entitlements import (
     build_policy,
     read_snapshot,
 )
+from meterline.entitlements.policy import counter_id
 from meterline.store import store
 
 log = logging.getLogger("meterline.governance")
@@ -74,6 +78,14 @@ def add_options(loader: Any) -> None:
     )
 
 
+def _dump(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(data, f)
+    os.replace(tmp, path)
+
+
 def parse_refresh(text: str) -> float:
     try:
         value = float(text)
@@ -101,6 +113,8 @@ class Governance:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self.state_path: Path | None = None
+        """``governance.json``: reservations in flight, for ``billing entitlements``."""
 
     # ------------------------------------------------------------------ setup
 
@@ -117,8 +131,9 @@ class Governance:
         self.policy = build_policy(catalog, datetime.now(UTC))
         self._wake.set()
 
-    def start(self, flush: Callable[[], bool]) -> None:
+    def start(self, flush: Callable[[], bool], state_dir: Path | None = None) -> None:
         """Build the counters from the store (the spool flushed into it first), then refresh."""
+        self.state_path = state_dir / "governance.json" if state_dir else None
         try:
             self._loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -249,6 +264,19 @@ class Governance:
             log.warning("meterline: cannot read usage for limits from %s: %s", locator, e)
             return None
 
+    def _write_state(self) -> None:
+        if self.state_path is None:
+            return
+        reserved = dict(self.counters.reserved)  # a copy taken in C: no lock needed
+        state = {
+            "written_at": datetime.now(UTC).isoformat(),
+            "reserved": {counter_id(k): v for k, v in reserved.items()},
+        }
+        try:
+            _dump(self.state_path, state)
+        except OSError as e:
+            log.debug("meterline: cannot write %s: %s", self.state_path, e)
+
     def _apply(self, snap: Snapshot) -> None:
         self.counters.apply(snap)
         if not self.ready:
@@ -264,6 +292,7 @@ class Governance:
             if self._stop.is_set() or not self.policy.by_consumer:
                 continue
             snap = self._read()
+            self._write_state()
             if snap is None:
                 continue
             loop = self._loop

@@ -11,6 +11,8 @@ import click
 from billing.cli.catalog import catalog_group
 from billing.cli.common import BillingGroup, Settings
 from billing.cli.consumers import consumers_group
+from billing.cli.credits import credits_group
+from billing.cli.entitlements import entitlements_cmd
 from billing.cli.invoice import invoice_group
 from billing.cli.margin import margin_cmd
 from billing.cli.usage import usage_cmd
@@ -51,5 +53,7 @@ main.add_command(consumers_group, "consumers")
 main.add_command(usage_cmd, "usage")
 main.add_command(invoice_group, "invoice")
 main.add_command(margin_cmd, "margin")
+main.add_command(credits_group, "credits")
+main.add_command(entitlements_cmd, "entitlements")
 # billing/cli/stripe.py's group, imported when `billing stripe ...` runs (see BillingGroup)
 main.add_lazy_command("billing.cli.stripe:stripe_group", "stripe")

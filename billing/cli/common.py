@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import click
 import duckdb
 
+from billing.credits import CreditError
 from billing.invoices import BillingError
 from billing.periods import calendar_month
 from billing.render import FORMATS
@@ -31,6 +32,7 @@ from meterline.store import LAKE_PREFIX, StoreError
 USER_ERRORS: tuple[type[Exception], ...] = (
     BillingError,
     CatalogError,
+    CreditError,
     ScheduleError,
     StoreError,
     UsageError,

@@ -22,6 +22,12 @@ Key = tuple[str, str, str, datetime, datetime]
 """(customer, feature, cadence, anchor, period start): one counter."""
 
 
+def counter_id(key: Key) -> str:
+    """``customer/feature/cadence/period start``: a counter named in state files and reports."""
+    customer, feature, cadence, _anchor, start = key
+    return f"{customer}/{feature}/{cadence}/{start:%Y-%m-%dT%H:%M:%SZ}"
+
+
 @dataclass(frozen=True, slots=True)
 class Account:
     """Usage of one feature by one customer, per usage period (``cadence`` from ``anchor``)."""
