@@ -18,6 +18,7 @@ from typing import Any
 
 import duckdb
 
+from billing.money import minor_unit_exponent, round_money
 from meterline.catalog import Catalog
 from meterline.entitlements import build_policy, credit_balances, policy_usage
 from meterline.entitlements.cost import card_cost_bound, to_decimal
@@ -59,7 +60,7 @@ def entitlement_rows(
     for pol in policy.by_customer.values():
         if customer and pol.customer != customer:
             continue
-        balance = balances.get(pol.customer, Decimal(0))
+        balance = round_money(balances.get(pol.customer, Decimal(0)), pol.currency)
         for lim in pol.limits:
             period = lim.account.period(now)
             key = lim.account.key(period)
@@ -107,7 +108,8 @@ def entitlement_rows(
                 period = cc.account.period(now)
                 end = period.end
                 cost += card_cost_bound(cc.card, used.get(cc.account.key(period), 0))
-            spent = to_decimal(cost, 2)
+            # The bound rounded up to the currency's unit: what the proxy holds against the balance.
+            spent = to_decimal(cost, minor_unit_exponent(pol.currency))
             rows.append(
                 {
                     "customer": pol.customer,
@@ -118,7 +120,7 @@ def entitlement_rows(
                     "limit": balance,
                     "used": spent,
                     "reserved": None,
-                    "remaining": max(Decimal(0), balance - spent),
+                    "remaining": max(round_money(Decimal(0), pol.currency), balance - spent),
                     "credit_balance": balance,
                     "period_start": None,
                     "resets_at": _iso(end) if end else None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -10,7 +11,9 @@ from pathlib import Path
 import anthropic
 import openai
 import pytest
+from click.testing import CliRunner
 
+from billing.cli import main as billing_cli
 from tests.conftest import KEYS, ProxyFactory
 from tests.support.clients import anthropic_client, ca_context, openai_client
 from tests.support.governance import governed_catalog
@@ -271,3 +274,57 @@ def test_period_rollover_resets_the_counters(
         chat(client, 40)  # a new period
         with pytest.raises(openai.RateLimitError):
             chat(client, 40)
+
+
+def billing(proxy: MeterProxy, catalog: Path, *args: str) -> str:
+    result = CliRunner().invoke(
+        billing_cli, ["--db", str(proxy.db), "--catalog", str(catalog), *args]
+    )
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_prepaid_plan_blocks_at_zero_balance_until_credits_are_granted(
+    tmp_path: Path, fake_provider: FakeProvider, start_proxy: ProxyFactory
+) -> None:
+    """1.00 USD per 100 output tokens, 1.00 USD of credit: 40 + 40 + 40 (the call that
+    uses the balance up is the last one allowed), refused, then a grant lets calls in."""
+    catalog = governed_catalog(
+        tmp_path / "catalog.yaml",
+        fake_provider,
+        ALICE,
+        entitlements=[{"feature": "gpt-out", "limit": "unlimited"}],
+        prepaid=True,
+        rate_cards=[
+            {
+                "key": "out",
+                "name": "GPT output",
+                "feature": "gpt-out",
+                "price": {"type": "unit", "amount": "1.00", "per": 100},
+            }
+        ],
+    )
+    proxy = start_proxy(catalog=catalog, options={"meter_governance_refresh": "0.2"})
+    with openai_client(proxy, fake_provider, KEYS["alice"]) as client:
+        with pytest.raises(openai.RateLimitError) as err:  # no credit at all yet
+            chat(client, 40)
+        assert "prepaid credit of customer 'acme' is used up" in err.value.message
+        billing(proxy, catalog, "credits", "grant", "--customer", "acme", "--amount", "1.00")
+        deadline = time.monotonic() + 10
+        while True:  # the proxy re-reads balances within its refresh interval
+            try:
+                chat(client, 40)
+                break
+            except openai.RateLimitError:
+                assert time.monotonic() < deadline, "the grant never reached the proxy"
+                time.sleep(0.1)
+        chat(client, 40)
+        chat(client, 40)  # 0.80 spent: allowed, and it spends 1.20
+        with pytest.raises(openai.RateLimitError):
+            chat(client, 40)
+    rows_where(proxy, "reason IS NULL", 3)
+    report = json.loads(billing(proxy, catalog, "entitlements", "--format", "json"))
+    credit = next(r for r in report if r["type"] == "credit")
+    assert (credit["limit"], credit["used"], credit["remaining"]) == ("1.00", "1.20", "0.00")
+    metered = next(r for r in report if r["type"] == "metered")
+    assert (metered["used"], metered["limit"], metered["feature"]) == (120, "unlimited", "gpt-out")
