@@ -15,6 +15,7 @@ from pathlib import Path
 
 import duckdb
 
+from billing.alerts.schema import ALERT_MIGRATIONS
 from billing.schema import BILLING_MIGRATIONS
 from billing.stripe.schema import STRIPE_MIGRATIONS
 from meterline.entitlements.schema import GOVERNANCE_MIGRATIONS
@@ -25,6 +26,7 @@ ALL_MIGRATIONS: tuple[Migration, ...] = (
     *BILLING_MIGRATIONS,
     *STRIPE_MIGRATIONS,
     *GOVERNANCE_MIGRATIONS,
+    *ALERT_MIGRATIONS,
 )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import click
 
+from billing.cli.alerts import alerts_group
 from billing.cli.catalog import catalog_group
 from billing.cli.common import BillingGroup, Settings
 from billing.cli.consumers import consumers_group
@@ -54,6 +55,7 @@ main.add_command(usage_cmd, "usage")
 main.add_command(invoice_group, "invoice")
 main.add_command(margin_cmd, "margin")
 main.add_command(credits_group, "credits")
+main.add_command(alerts_group, "alerts")
 main.add_command(entitlements_cmd, "entitlements")
 # billing/cli/stripe.py's group, imported when `billing stripe ...` runs (see BillingGroup)
 main.add_lazy_command("billing.cli.stripe:stripe_group", "stripe")

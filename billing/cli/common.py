@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import click
 import duckdb
 
+from billing.alerts.outbox import AlertError
 from billing.credits import CreditError
 from billing.invoices import BillingError
 from billing.periods import calendar_month
@@ -30,6 +31,7 @@ from meterline.catalog import Catalog, CatalogError, load_catalog
 from meterline.store import LAKE_PREFIX, StoreError
 
 USER_ERRORS: tuple[type[Exception], ...] = (
+    AlertError,
     BillingError,
     CatalogError,
     CreditError,
