@@ -38,9 +38,10 @@ from addons.metering import errors, events, keys, providers
 from addons.metering.decoding import IncrementalDecoder
 from addons.metering.estimate import count_tokens, estimate_request_input
 from addons.metering.extract import new_extractor
+from addons.metering.settle import OnceLog, Settled, settle
 from addons.metering.spool import Spool, SpoolError
 from addons.metering.streamopts import UsageChunkDropper, add_include_usage
-from addons.metering.usage import Usage, UsageExtractor
+from addons.metering.usage import UsageExtractor
 from addons.metering.writer import SpoolWriter
 from meterline.catalog import Catalog, CatalogError, load_catalog
 from meterline.store import DEFAULT_CATALOG, DEFAULT_DB
@@ -245,6 +246,7 @@ class Meter:
         self.log_payloads = False
         self.proxy_id: str | None = None
         self._notice_filter = _HideStreamingNotice()
+        self._once = OnceLog()
         self._catalog_path: Path | None = None
         self._catalog_stamp: tuple[int, int, int] | None = None
         """(mtime_ns, size, inode) of the catalog file as last read (or last found bad)."""
@@ -598,23 +600,24 @@ class Meter:
         problems = list(st.extractor.problems)
         if st.decode_failed:
             problems.insert(0, f"cannot decode body: {st.decode_failed}")
-        status: int | None = resp.status_code
-        if cut:
-            status = None  # no complete response
-            log.warning(
-                "meterline: %s: response from %s cut short (client or provider went away); "
-                "usage estimated where not reported",
-                flow.id,
-                _where(st),
-            )
-        elif problems and resp.status_code < 400:
+        settled = settle(
+            st.provider.flavor,
+            usage,
+            st.extractor.seen(),
+            status_code=resp.status_code,
+            cut=cut,
+            request_model=lambda: _request_model(st),
+            estimate_input=lambda model: estimate_request_input(
+                st.provider.flavor, st.request_body(), model=model
+            ),
+            count_output=lambda model: _count_output(st, model),
+        )
+        usage, status = settled.usage, settled.status
+        self._note_settled(flow.id, st, settled, cut)
+        if problems and resp.status_code < 400 and not settled.invalid:
             self._warn_problems(flow.id, st, problems)
         elif problems:
             log.debug("meterline: %s: %s answered %s: %s", flow.id, _where(st), status, problems)
-        if usage is None and status is not None and status >= 400:
-            usage = Usage()  # an error response bills nothing unless the provider says so
-        elif usage is None or cut:
-            usage = self._estimate(st, usage)
         consumer = st.identity.consumer
         exchange = events.Exchange(
             provider=st.provider.name,
@@ -632,25 +635,34 @@ class Meter:
             t_first_byte=st.t_first_byte,
             t_done=st.t_done,
         )
-        self._record(events.build_event(exchange, usage, self.proxy_id))
+        for event in events.build_events(exchange, usage, self.proxy_id):
+            self._record(event)
 
-    def _estimate(self, st: _MeteredStream, partial: Usage | None) -> Usage:
-        """Tokens counted with tiktoken when the provider reported none (or not all)."""
-        model = (partial.model if partial else None) or _request_model(st)
-        text = st.extractor.output_text() if st.extractor else ""
-        output = count_tokens(text, model or "") if text else 0
-        if partial is not None:
-            if output <= partial.output:
-                return partial
-            partial.output = output
-            partial.estimated = True
-            return partial
-        return Usage(
-            input=estimate_request_input(st.provider.flavor, st.request_body(), model=model),
-            output=output,
-            model=model,
-            estimated=True,
-        )
+    def _note_settled(self, flow_id: str, st: _MeteredStream, settled: Settled, cut: bool) -> None:
+        """Say why a call is not metered from the provider's final report, if it is not.
+
+        Unusable counts are logged once per provider and kind of problem (a provider
+        that always sends them would otherwise flood the log).
+        """
+        if settled.invalid and self._once.first(st.provider.name, settled.invalid):
+            log.warning(
+                "meterline: %s: %s reported unusable usage (%s): estimated and flagged; "
+                "further reports like it are not logged",
+                flow_id,
+                _where(st),
+                settled.invalid,
+            )
+        if cut and settled.status is None:
+            log.warning(
+                "meterline: %s: response from %s cut short (client or provider went away); "
+                "usage estimated where not reported",
+                flow_id,
+                _where(st),
+            )
+        elif cut:
+            log.debug("meterline: %s: connection ended after the final usage report", flow_id)
+        elif settled.why_estimated:
+            log.debug("meterline: %s: %s: %s", flow_id, _where(st), settled.why_estimated)
 
     def _record(self, event: dict[str, Any]) -> None:
         if self.spool is None or self.writer is None:
@@ -736,6 +748,12 @@ def _parse_interval(text: str) -> float:
             f"meter_flush_interval: expected seconds greater than 0, got {text!r}"
         )
     return value
+
+
+def _count_output(st: _MeteredStream, model: str | None) -> int:
+    """Tokens of the output text seen (tiktoken), for an estimate."""
+    text = st.extractor.output_text() if st.extractor else ""
+    return count_tokens(text, model or "") if text else 0
 
 
 def _request_model(st: _MeteredStream) -> str | None:
