@@ -11,6 +11,7 @@ waits out the other side's lock with a short backoff instead of failing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import time
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+
+from meterline.privatefiles import make_private, private_files
 
 DEFAULT_DB = "meterline.duckdb"
 DEFAULT_CATALOG = "catalog.yaml"
@@ -122,7 +125,12 @@ def open_store(
                 return _open_lake(loc)
             if read_only and not Path(loc).exists():
                 raise StoreError(f"{loc}: no such database (nothing metered yet?)")
-            return duckdb.connect(loc, read_only=read_only)
+            if read_only:
+                return duckdb.connect(loc, read_only=True)
+            with private_files():
+                con = duckdb.connect(loc)
+            make_private(loc)
+            return con
         except duckdb.Error as e:
             if not _is_transient(e) or time.monotonic() >= deadline:
                 raise StoreError(f"{loc}: cannot open: {e}") from e
@@ -156,12 +164,17 @@ def _is_transient(err: duckdb.Error) -> bool:
 def store(
     locator: str | Path = DEFAULT_DB, *, read_only: bool = False, wait_s: float = 30.0
 ) -> Iterator[duckdb.DuckDBPyConnection]:
-    """Open, yield, close: hold the file no longer than one unit of work."""
-    con = open_store(locator, read_only=read_only, wait_s=wait_s)
-    try:
-        yield con
-    finally:
-        con.close()
+    """Open, yield, close: hold the file no longer than one unit of work.
+
+    A writable store is used under :func:`private_files`: the ``.wal`` DuckDB creates
+    during the work is 0600 like the database file.
+    """
+    with contextlib.nullcontext() if read_only else private_files():
+        con = open_store(locator, read_only=read_only, wait_s=wait_s)
+        try:
+            yield con
+        finally:
+            con.close()
 
 
 def migrate(con: duckdb.DuckDBPyConnection, migrations: Sequence[Migration]) -> list[str]:

@@ -235,21 +235,21 @@ class Governance:
 
     # ------------------------------------------------------------------ settling
 
-    def finish(self, flow_id: str, event: dict[str, Any] | None) -> None:
-        """Release the call's reservation; count its metered tokens (``event``) if any."""
+    def finish(self, flow_id: str, rows: list[dict[str, Any]] | None) -> None:
+        """Release the call's reservation; count its metered events (``rows``) if any."""
         held = self._reservations.pop(flow_id, None)
         if held is not None:
             self.counters.release(held[1])
-        if event is None or event.get("consumer") is None:
-            return
-        pol = self.policy.by_consumer.get(event["consumer"])
-        if pol is None:
-            return
-        by_type = {t: int(event[col] or 0) for t, col in _TOKEN_FIELDS.items()}
-        at = datetime.fromisoformat(event["ts"]).replace(tzinfo=UTC)
-        self.counters.record(
-            pol, event["event_id"], event["provider"], event["model"] or "", by_type, at
-        )
+        for event in rows or ():
+            consumer = event.get("consumer")
+            pol = self.policy.by_consumer.get(consumer) if consumer else None
+            if pol is None:
+                continue
+            by_type = {t: int(event[col] or 0) for t, col in _TOKEN_FIELDS.items()}
+            at = datetime.fromisoformat(event["ts"]).replace(tzinfo=UTC)
+            self.counters.record(
+                pol, event["event_id"], event["provider"], event["model"] or "", by_type, at
+            )
 
     # ------------------------------------------------------------------ refreshing
 

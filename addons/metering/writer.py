@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from addons.metering import oserrors
 from addons.metering.spool import Spool
 from meterline.store import EVENT_COLUMNS, EVENT_MIGRATIONS, migrate, store
 
@@ -134,7 +135,10 @@ def insert_segments(con: duckdb.DuckDBPyConnection, segments: list[Path]) -> tup
         con.execute("DROP TABLE spool_batch")
         con.execute("COMMIT")
     except BaseException:
-        con.execute("ROLLBACK")
+        # A failed COMMIT (disk full) has already ended the transaction: a ROLLBACK error
+        # ("no transaction is active") must not replace the real cause.
+        with contextlib.suppress(Exception):
+            con.execute("ROLLBACK")
         raise
     return (int(inserted[0]) if inserted else 0), skipped
 
@@ -192,6 +196,7 @@ class SpoolWriter:
         """The locator whose schema this process has brought up to date."""
         self.inserted = 0
         self.failures = 0
+        self._last_error: str | None = None
 
     def start(self) -> None:
         """Start the thread; its first flush replays segments a previous run left behind."""
@@ -209,7 +214,11 @@ class SpoolWriter:
         _lower_priority()
         while not self._stop.is_set():
             started = time.monotonic()
-            failed = not self.flush()
+            try:
+                failed = not self.flush()
+            except Exception:  # the thread must outlive any fault; the next flush retries
+                log.exception("meterline: writer flush failed; retrying")
+                failed = True
             self._wake.wait(next_wait(self.interval, time.monotonic() - started, failed))
             self._wake.clear()
 
@@ -232,14 +241,21 @@ class SpoolWriter:
             except Exception as e:  # keep the segments; the next flush retries them
                 self.failures += 1
                 self._migrated = None  # the store may have been replaced: check it again
-                log.warning(
-                    "meterline: cannot write %d spool segment(s) to %s (kept in spool %s): %s",
-                    len(segments),
-                    locator,
-                    self.spool.directory,
-                    e,
-                )
+                cause = oserrors.describe(e)
+                if cause != self._last_error:  # logged once per condition, not per retry
+                    self._last_error = cause
+                    log.warning(
+                        "meterline: cannot write %d spool segment(s) to %s (kept in spool %s, "
+                        "retrying): %s",
+                        len(segments),
+                        locator,
+                        self.spool.directory,
+                        cause,
+                    )
                 return False
+            if self._last_error is not None:
+                log.warning("meterline: store %s writable again", locator)
+                self._last_error = None
             self.inserted += inserted
             if skipped:
                 log.warning(

@@ -253,27 +253,33 @@ def test_catalog_edit_changes_a_limit_live(
 def test_period_rollover_resets_the_counters(
     tmp_path: Path, fake_provider: FakeProvider, start_proxy: ProxyFactory
 ) -> None:
-    """A daily usage period that ends a few seconds into the test."""
-    now = datetime.now(UTC).replace(microsecond=0)
-    start = now - timedelta(days=1) + timedelta(seconds=4)
-    catalog = governed_catalog(
-        tmp_path / "catalog.yaml",
+    """A daily usage period that ends a few seconds into the test (set by a live edit, so
+    the proxy's start-up time does not eat into them)."""
+    path = tmp_path / "catalog.yaml"
+    governed_catalog(path, fake_provider, ALICE, entitlements=[])
+    proxy = start_proxy(catalog=path)
+    mark = proxy.log_mark()
+    boundary = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=8)
+    governed_catalog(
+        path,
         fake_provider,
         ALICE,
         entitlements=[{"feature": "gpt-out", "limit": 40, "period": "P1D"}],
-        start=start - timedelta(days=3),
+        start=boundary - timedelta(days=4),
     )
-    proxy = start_proxy(catalog=catalog)
+    proxy.wait_for_log("catalog .* reloaded", since=mark)
     with openai_client(proxy, fake_provider, KEYS["alice"]) as client:
         chat(client, 40)
         with pytest.raises(openai.RateLimitError) as err:
             chat(client, 40)
-        assert f"resets at {start + timedelta(days=1):%Y-%m-%dT%H:%M:%SZ}" in err.value.message
-        while datetime.now(UTC) < start + timedelta(days=1, seconds=0.2):
+        assert f"resets at {boundary:%Y-%m-%dT%H:%M:%SZ}" in err.value.message
+        assert datetime.now(UTC) < boundary, "too slow to test before the boundary"
+        while datetime.now(UTC) < boundary + timedelta(seconds=0.2):
             time.sleep(0.1)
         chat(client, 40)  # a new period
-        with pytest.raises(openai.RateLimitError):
+        with pytest.raises(openai.RateLimitError) as err:
             chat(client, 40)
+        assert f"resets at {boundary + timedelta(days=1):%Y-%m-%dT%H:%M:%SZ}" in err.value.message
 
 
 def billing(proxy: MeterProxy, catalog: Path, *args: str) -> str:
