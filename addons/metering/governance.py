@@ -15,13 +15,15 @@ The :class:`Meter` addon calls four methods:
 A daemon thread re-reads the store every ``meter_governance_refresh`` seconds (every
 proxy's events of the current periods, this proxy's pending events found there, credit
 balances) and hands the snapshot to the event loop (:mod:`meterline.entitlements`).
-If the first read fails, ``meter_governance_failure`` decides: ``allow`` forwards
-governed calls unchecked until a read succeeds, ``deny`` refuses them (503).
+If the first read fails, ``meter_governance_failure`` decides: ``allow`` counts from
+zero (only this proxy's own calls since start) until a read succeeds, ``deny`` refuses
+governed calls (503) until then.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -31,6 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import duckdb
 from mitmproxy import exceptions, http
 
 from addons.metering import errors, events
@@ -47,7 +50,7 @@ from meterline.entitlements import (
     read_snapshot,
 )
 from meterline.entitlements.policy import counter_id
-from meterline.store import store
+from meterline.store import LAKE_PREFIX, open_store, store
 
 log = logging.getLogger("meterline.governance")
 
@@ -72,8 +75,9 @@ def add_options(loader: Any) -> None:
         "meter_governance_failure",
         str,
         "allow",
-        "When usage cannot be read from the store at start: 'allow' (forward governed calls "
-        "unchecked until it can) or 'deny' (refuse them with 503).",
+        "When usage cannot be read from the store at start: 'allow' (enforce limits on this "
+        "proxy's own calls only, counted from zero, until it can) or 'deny' (refuse governed "
+        "calls with 503 until it can).",
         choices=FAILURE_POLICIES,
     )
 
@@ -114,6 +118,7 @@ class Governance:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self.state_path: Path | None = None
+        self._lake: tuple[str, duckdb.DuckDBPyConnection] | None = None
         """``governance.json``: reservations in flight, for ``billing entitlements``."""
 
     # ------------------------------------------------------------------ setup
@@ -173,9 +178,7 @@ class Governance:
             pol = self.policy.by_consumer.get(consumer)
             if pol is None:
                 return None
-        if not self.ready:
-            if not self.deny_when_blind:
-                return None
+        if not self.ready and self.deny_when_blind:
             return Refusal(
                 "unavailable",
                 "Meterline: usage limits cannot be checked (the store is unreachable); "
@@ -258,18 +261,36 @@ class Governance:
         if locator is None:
             return None
         try:
+            if locator.startswith(LAKE_PREFIX):
+                # Attaching a DuckLake costs a catalog round trip or more: keep it attached
+                # (each read is its own transaction, so it sees the lake's latest snapshot).
+                if self._lake is None or self._lake[0] != locator:
+                    self._close_lake()
+                    self._lake = (locator, open_store(locator, wait_s=5))
+                return read_snapshot(
+                    self._lake[1], policy, datetime.now(UTC), self.counters.pending_ids()
+                )
             with store(locator, wait_s=5) as con:
                 return read_snapshot(con, policy, datetime.now(UTC), self.counters.pending_ids())
         except Exception as e:  # the store may be down; counters keep their last figures
+            self._close_lake()
             log.warning("meterline: cannot read usage for limits from %s: %s", locator, e)
             return None
 
-    def _write_state(self) -> None:
+    def _close_lake(self) -> None:
+        if self._lake is not None:
+            with contextlib.suppress(Exception):
+                self._lake[1].close()
+            self._lake = None
+
+    def _write_state(self, snapshot_at: datetime | None) -> None:
+        """Reservations in flight and the time of the last store read (handed to the loop)."""
         if self.state_path is None:
             return
         reserved = dict(self.counters.reserved)  # a copy taken in C: no lock needed
         state = {
             "written_at": datetime.now(UTC).isoformat(),
+            "snapshot_at": snapshot_at.isoformat() if snapshot_at else None,
             "reserved": {counter_id(k): v for k, v in reserved.items()},
         }
         try:
@@ -292,13 +313,11 @@ class Governance:
             if self._stop.is_set() or not self.policy.by_consumer:
                 continue
             snap = self._read()
-            self._write_state()
-            if snap is None:
-                continue
             loop = self._loop
-            if loop is None or loop.is_closed():
-                continue
-            try:
-                loop.call_soon_threadsafe(self._apply, snap)
-            except RuntimeError:  # the loop closed meanwhile
-                return
+            if snap is not None and loop is not None and not loop.is_closed():
+                try:
+                    loop.call_soon_threadsafe(self._apply, snap)
+                except RuntimeError:  # the loop closed meanwhile
+                    break
+            self._write_state(snap.taken_at if snap is not None else None)
+        self._close_lake()
