@@ -21,7 +21,7 @@ import duckdb
 from billing.money import minor_unit_exponent, round_money
 from meterline.catalog import Catalog
 from meterline.entitlements import build_policy, credit_balances, policy_usage
-from meterline.entitlements.cost import card_cost_bound, to_decimal
+from meterline.entitlements.cost import to_decimal
 from meterline.entitlements.policy import counter_id
 
 
@@ -107,7 +107,7 @@ def entitlement_rows(
             for cc in pol.cost_cards:
                 period = cc.account.period(now)
                 end = period.end
-                cost += card_cost_bound(cc.card, used.get(cc.account.key(period), 0))
+                cost += cc.bound.cost(used.get(cc.account.key(period), 0))
             # The bound rounded up to the currency's unit: what the proxy holds against the balance.
             spent = to_decimal(cost, minor_unit_exponent(pol.currency))
             rows.append(

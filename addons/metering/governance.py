@@ -187,7 +187,9 @@ class Governance:
                 30,
             )
         req = flow.request
-        est = estimate_request(flavor, req.path, req.raw_content or b"")
+        est = estimate_request(
+            flavor, req.path if flavor == "gemini" else "", req.raw_content or b""
+        )
         decision = self.counters.admit(pol, provider, est.model, est.input, est.output, now)
         if isinstance(decision, Reservation):
             if decision.parts:

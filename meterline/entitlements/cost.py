@@ -11,36 +11,68 @@ are not counted.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from decimal import Decimal
 from fractions import Fraction
 
 from meterline.catalog import PackagePrice, RateCard, TieredPrice, UnitPrice
 
 
-def card_cost_bound(card: RateCard, quantity: int) -> Fraction:
-    """Upper bound of what ``card`` charges for ``quantity`` units, exact (a Fraction)."""
-    billable = max(0, quantity - card.included)
-    price = card.price
-    cost: Fraction
-    if isinstance(price, UnitPrice):
-        cost = Fraction(price.amount) * billable / price.per
-    elif isinstance(price, TieredPrice):
-        top = max(Fraction(t.unit_amount) for t in price.tiers)
-        flats = sum((Fraction(t.flat_amount) for t in price.tiers), Fraction(0))
-        cost = top * billable / price.per + (flats if billable else Fraction(0))
-    elif isinstance(price, PackagePrice):
-        packages = -(-billable // price.package_size)
-        cost = Fraction(price.amount) * packages
-    else:  # flat fees are not usage
-        return Fraction(0)
-    if card.min_amount is not None:
-        cost = max(cost, Fraction(card.min_amount))
-    if card.max_amount is not None:
-        cost = min(cost, Fraction(card.max_amount))
-    return cost
-
-
 def to_decimal(value: Fraction, places: int = 12) -> Decimal:
     """For display: rounded up (a bound stays a bound) to ``places`` decimals."""
     scaled = -(-value.numerator * 10**places // value.denominator)
     return Decimal(scaled).scaleb(-places)
+
+
+@dataclass(frozen=True, slots=True)
+class CostBound:
+    """The bound of one rate card, its figures converted once (the proxy asks per call).
+
+    ``cost(q) = clamp(floor_cost + rate * billable(q))`` where a package price is
+    ``amount * ceil(billable / size)``.
+    """
+
+    included: int
+    rate: Fraction
+    """Per unit; for a package price, per package."""
+    package: int
+    """Package size, or 0."""
+    flats: Fraction
+    minimum: Fraction | None
+    maximum: Fraction | None
+
+    @classmethod
+    def of(cls, card: RateCard) -> CostBound:
+        price = card.price
+        rate, package, flats = Fraction(0), 0, Fraction(0)
+        if isinstance(price, UnitPrice):
+            rate = Fraction(price.amount) / price.per
+        elif isinstance(price, TieredPrice):
+            rate = max(Fraction(t.unit_amount) for t in price.tiers) / price.per
+            flats = sum((Fraction(t.flat_amount) for t in price.tiers), Fraction(0))
+        elif isinstance(price, PackagePrice):
+            rate, package = Fraction(price.amount), price.package_size
+        else:
+            return cls(0, Fraction(0), 0, Fraction(0), None, None)
+        return cls(
+            card.included,
+            rate,
+            package,
+            flats,
+            None if card.min_amount is None else Fraction(card.min_amount),
+            None if card.max_amount is None else Fraction(card.max_amount),
+        )
+
+    def cost(self, quantity: int) -> Fraction:
+        billable = quantity - self.included
+        if billable <= 0:
+            cost = Fraction(0)
+        elif self.package:
+            cost = self.rate * (-(-billable // self.package))
+        else:
+            cost = self.rate * billable + self.flats
+        if self.minimum is not None and cost < self.minimum:
+            cost = self.minimum
+        if self.maximum is not None and cost > self.maximum:
+            cost = self.maximum
+        return cost

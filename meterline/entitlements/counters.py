@@ -27,7 +27,6 @@ from datetime import datetime
 from decimal import Decimal
 from fractions import Fraction
 
-from meterline.entitlements.cost import card_cost_bound
 from meterline.entitlements.policy import Account, CustomerPolicy, Key, Matched
 from meterline.periods import Period
 
@@ -71,14 +70,10 @@ class Counters:
     reserved: dict[Key, int] = field(default_factory=dict)
     balances: dict[str, Decimal] = field(default_factory=dict)
     snapshot_at: datetime | None = None
-    _periods: dict[Account, Period] = field(default_factory=dict)
+    _balances: dict[str, Fraction] = field(default_factory=dict)
 
     def period(self, acct: Account, at: datetime) -> Period:
-        """The account's period containing ``at``; computed once per period (it is slow)."""
-        p = self._periods.get(acct)
-        if p is None or not (p.start <= at < p.end):
-            p = self._periods[acct] = acct.period(at)
-        return p
+        return acct.current(at)[0]
 
     # ------------------------------------------------------------------ reading
 
@@ -86,14 +81,14 @@ class Counters:
         return self.stored.get(key, 0) + self.pending_sum.get(key, 0)
 
     def committed(self, key: Key) -> int:
-        return self.used(key) + self.reserved.get(key, 0)
+        return self.stored.get(key, 0) + self.pending_sum.get(key, 0) + self.reserved.get(key, 0)
 
     def cost_bound(self, pol: CustomerPolicy, at: datetime, *, with_reserved: bool) -> Fraction:
         total = Fraction(0)
         for cc in pol.cost_cards:
-            key = cc.account.key(self.period(cc.account, at))
+            key = cc.account.current(at)[1]
             units = self.committed(key) if with_reserved else self.used(key)
-            total += card_cost_bound(cc.card, units)
+            total += cc.bound.cost(units)
         return total
 
     # ------------------------------------------------------------------ deciding
@@ -116,13 +111,12 @@ class Counters:
                 f"model {model or '(unknown)'!r} of {provider}.",
                 "not_granted",
             )
-        periods = {}
         for lim in matched.limits:
-            acct = lim.account
-            period = periods[acct] = self.period(acct, now)
             if not lim.hard or lim.limit is None:
                 continue
-            used = self.committed(acct.key(period))
+            acct = lim.account
+            period, key = acct.current(now)
+            used = self.committed(key)
             if used >= lim.limit:
                 retry = max(1, int((period.end - now).total_seconds()) + 1)
                 return Refusal(
@@ -136,8 +130,8 @@ class Counters:
         if pol.prepaid:
             balance = self.balances.get(pol.customer, Decimal(0))
             cost = self.cost_bound(pol, now, with_reserved=True)
-            if Fraction(balance) - cost <= 0:
-                end = self.period(pol.cost_cards[0].account, now).end if pol.cost_cards else None
+            if self._balances.get(pol.customer, 0) <= cost:
+                end = pol.cost_cards[0].account.current(now)[0].end if pol.cost_cards else None
                 return Refusal(
                     "credits",
                     f"Meterline: prepaid credit of customer {pol.customer!r} is used up "
@@ -147,14 +141,15 @@ class Counters:
                     max(1, int((end - now).total_seconds()) + 1) if end else None,
                 )
         parts: list[tuple[Key, int]] = []
-        for acct in matched.accounts:
-            units = (input_bound if acct.counts_input else 0) + (
-                output_bound if acct.counts_output else 0
+        reserved = self.reserved
+        for acct, types in matched.counted:
+            # One input bound for input, cached input and cache writes together.
+            units = (output_bound if "output" in types else 0) + (
+                input_bound if len(types) > ("output" in types) else 0
             )
             if units:
-                period = periods.get(acct) or self.period(acct, now)
-                key = acct.key(period)
-                self.reserved[key] = self.reserved.get(key, 0) + units
+                key = acct.current(now)[1]
+                reserved[key] = reserved.get(key, 0) + units
                 parts.append((key, units))
         return Reservation(pol.customer, parts)
 
@@ -178,10 +173,10 @@ class Counters:
     ) -> None:
         """Count one of this proxy's own events (pending until a snapshot holds it)."""
         contributions = []
-        for acct in pol.matching(provider, model).accounts:
-            units = acct.tokens(provider, model, by_type)
+        for acct, types in pol.matching(provider, model).counted:
+            units = sum(by_type.get(t, 0) for t in types)
             if units:
-                key = acct.key(self.period(acct, at))
+                key = acct.current(at)[1]
                 contributions.append((key, units))
                 self.pending_sum[key] = self.pending_sum.get(key, 0) + units
         if contributions:
@@ -200,6 +195,7 @@ class Counters:
                     self.pending_sum.pop(key, None)
         self.stored = snap.stored
         self.balances = snap.balances
+        self._balances = {k: Fraction(v) for k, v in snap.balances.items()}
         self.snapshot_at = snap.taken_at
 
     def pending_ids(self) -> list[str]:

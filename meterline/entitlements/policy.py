@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from meterline.catalog import Catalog, Customer, Entitlement, Meter, Plan, RateCard, Subscription
+from meterline.entitlements.cost import CostBound
 from meterline.periods import Period, period_containing
 
 INPUT_TYPES = frozenset({"input", "cached_input", "cache_write"})
@@ -37,6 +38,22 @@ class Account:
     cadence: str
     anchor: datetime
     meter: Meter = field(compare=False, hash=False)
+    _current: list[tuple[Period, Key]] = field(
+        default_factory=list, compare=False, hash=False, repr=False
+    )
+    """The last period computed and its counter key (period math is slow; asked per call)."""
+
+    def current(self, at: datetime) -> tuple[Period, Key]:
+        """The period containing ``at`` and its counter key, cached until it ends."""
+        cur = self._current
+        if cur:
+            found = cur[0]
+            if found[0].start <= at < found[0].end:
+                return found
+        period = self.period(at)
+        found = (period, self.key(period))
+        cur[:] = [found]
+        return found
 
     @property
     def counts_input(self) -> bool:
@@ -78,6 +95,7 @@ class CostCard:
 
     card: RateCard
     account: Account
+    bound: CostBound
 
 
 @dataclass(slots=True)
@@ -88,6 +106,8 @@ class Matched:
     limits: list[Limit]
     accounts: list[Account]
     """Every account the call adds to (limits' and cost cards')."""
+    counted: list[tuple[Account, tuple[str, ...]]]
+    """Each account with the token types it counts for this model (globs matched once)."""
 
 
 @dataclass(slots=True)
@@ -114,10 +134,20 @@ class CustomerPolicy:
             allowed = self.allowed is None or any(
                 any(m.matches(provider, model, t) for t in m.token_types) for m in self.allowed
             )
+            accounts = [a for a in self.accounts if a.matches_model(provider, model)]
             found = self._matched[(provider, model)] = Matched(
                 allowed,
                 [lim for lim in self.limits if lim.account.matches_model(provider, model)],
-                [a for a in self.accounts if a.matches_model(provider, model)],
+                accounts,
+                [
+                    (
+                        a,
+                        tuple(
+                            t for t in a.meter.token_types if a.meter.matches(provider, model, t)
+                        ),
+                    )
+                    for a in accounts
+                ],
             )
         return found
 
@@ -134,6 +164,10 @@ class Policy:
     @property
     def accounts(self) -> list[Account]:
         return [a for p in self.by_customer.values() for a in p.accounts]
+
+
+def _types(acct: Account, provider: str, model: str) -> tuple[str, ...]:
+    return tuple(t for t in acct.meter.token_types if acct.meter.matches(provider, model, t))
 
 
 def active_subscription(customer: Customer, at: datetime) -> Subscription | None:
@@ -209,7 +243,7 @@ def customer_policy(catalog: Catalog, customer: Customer, at: datetime) -> Custo
             if card.feature is not None:
                 meter = catalog.feature(card.feature).meter
                 acct = Account(customer.key, card.feature, plan.billing_cadence, sub.start, meter)
-                cost_cards.append(CostCard(card, acct))
+                cost_cards.append(CostCard(card, acct, CostBound.of(card)))
     accounts: list[Account] = []
     for acct in [lim.account for lim in limits] + [c.account for c in cost_cards]:
         if acct not in accounts:
