@@ -30,7 +30,7 @@ TOKEN_COLUMNS: dict[str, str] = {
     "cache_write": "cache_write_tokens",
     "output": "output_tokens",
 }
-GROUP_DIMENSIONS = ("model", "type", "day")
+GROUP_DIMENSIONS = ("model", "type", "day", "refused")
 
 
 class UsageError(ValueError):
@@ -334,6 +334,8 @@ def usage_report(
             dims += ["e.provider", "coalesce(e.model, '') AS model"]
         if "day" in query.group_by:
             dims.append("CAST(e.ts AS DATE) AS day")
+        if "refused" in query.group_by:  # calls the proxy refused itself, by reason
+            dims.append("e.reason AS refused")
         sums = ", ".join(f"SUM(e.{col})::BIGINT AS {tt}" for tt, col in TOKEN_COLUMNS.items())
         sql = (
             f"SELECT {', '.join(dims)}, {sums}, COUNT(*) AS events "

@@ -35,7 +35,7 @@ def chat(
     )
 
 
-def rows_where(proxy: MeterProxy, where: str, count: int, timeout: float = 10.0) -> list[dict]:
+def rows_where(proxy: MeterProxy, where: str, count: int, timeout: float = 30.0) -> list[dict]:
     """The events matching ``where`` once there are ``count`` of them (fails after timeout)."""
     deadline = time.monotonic() + timeout
     rows: list[dict] = []
@@ -332,5 +332,12 @@ def test_prepaid_plan_blocks_at_zero_balance_until_credits_are_granted(
     report = json.loads(billing(proxy, catalog, "entitlements", "--format", "json"))
     credit = next(r for r in report if r["type"] == "credit")
     assert (credit["limit"], credit["used"], credit["remaining"]) == ("1.00", "1.20", "0.00")
+    usage = json.loads(
+        billing(proxy, catalog, "usage", "--group-by", "refused", "--format", "json")
+    )
+    by_reason = {u["refused"]: (u["output"], u["events"]) for u in usage}
+    assert set(by_reason) == {None, "credits"} and by_reason[None] == (120, 3)
+    # Refused before the grant reached the proxy (once or more), and after it was used up.
+    assert by_reason["credits"][0] == 0 and by_reason["credits"][1] >= 2
     metered = next(r for r in report if r["type"] == "metered")
     assert (metered["used"], metered["limit"], metered["feature"]) == (120, "unlimited", "gpt-out")
