@@ -341,3 +341,66 @@ def test_prepaid_plan_blocks_at_zero_balance_until_credits_are_granted(
     assert by_reason["credits"][0] == 0 and by_reason["credits"][1] >= 2
     metered = next(r for r in report if r["type"] == "metered")
     assert (metered["used"], metered["limit"], metered["feature"]) == (120, "unlimited", "gpt-out")
+
+
+@pytest.mark.parametrize("policy", ["allow", "deny"])
+def test_failure_policy_when_the_store_is_unreachable(
+    tmp_path: Path, fake_provider: FakeProvider, start_proxy: ProxyFactory, policy: str
+) -> None:
+    """A lake whose PostgreSQL is down: 'deny' refuses governed calls (503), 'allow'
+    enforces the limit on this proxy's own calls, counted from zero."""
+    catalog = governed_catalog(
+        tmp_path / "catalog.yaml",
+        fake_provider,
+        ALICE,
+        entitlements=[{"feature": "gpt-out", "limit": 40}],
+    )
+    proxy = start_proxy(
+        catalog=catalog,
+        options={
+            "meter_db": "ducklake:postgres:host=127.0.0.1 port=1 dbname=down user=nobody",
+            "meter_governance_failure": policy,
+        },
+        env={"METERLINE_LAKE_DATA": str(tmp_path / "lake-data")},
+    )
+    with openai_client(proxy, fake_provider, KEYS["alice"]) as client:
+        if policy == "deny":
+            with pytest.raises(openai.InternalServerError) as err:
+                chat(client, 40)
+            assert err.value.status_code == 503
+            assert "cannot be checked" in err.value.message
+        else:
+            chat(client, 40)
+            with pytest.raises(openai.RateLimitError):
+                chat(client, 40)
+    assert "cannot read usage for limits" in proxy.log_text()
+
+
+def test_a_stream_that_crosses_the_limit_finishes_and_counts_fully(
+    tmp_path: Path, fake_provider: FakeProvider, start_proxy: ProxyFactory
+) -> None:
+    catalog = governed_catalog(
+        tmp_path / "catalog.yaml",
+        fake_provider,
+        ALICE,
+        entitlements=[{"feature": "gpt-out", "limit": 50}],
+    )
+    proxy = start_proxy(catalog=catalog)
+    with openai_client(proxy, fake_provider, KEYS["alice"]) as client:
+        chat(client, 30)
+        chunks = list(
+            client.chat.completions.create(
+                model="gpt-4o",
+                messages=MESSAGES,
+                max_tokens=80,
+                stream=True,
+                extra_headers={"x-fake": "output=80,delay=0.01"},
+            )
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text == fake_provider.last().text  # the client got all of it
+        with pytest.raises(openai.RateLimitError) as err:
+            chat(client, 1)
+    assert "(110 used or in flight)" in err.value.message
+    rows = rows_where(proxy, "reason IS NULL", 2)
+    assert [r["output_tokens"] for r in rows] == [30, 80]
