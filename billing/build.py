@@ -190,21 +190,24 @@ def _tokens_for(
     """Tokens the meter selects from a window's rows, the events behind them, the breakdown."""
     quantity = 0
     events = 0
-    breakdown: list[dict[str, Any]] = []
+    parts: dict[tuple[str, str, str], int] = {}
     for row in rows:
         if not match(meter, row.provider, row.model):
             continue
-        counted = False
+        if row.nonzero.isdisjoint(meter.token_types):
+            continue  # these events have none of the line's token types
+        events += row.events
         for tt in meter.token_types:
             n = row.tokens[tt]
             if n:
-                breakdown.append(
-                    {"provider": row.provider, "model": row.model, "token_type": tt, "tokens": n}
-                )
+                key = (row.provider, row.model, tt)
+                parts[key] = parts.get(key, 0) + n
                 quantity += n
-                counted = True
-        if counted:
-            events += row.events
+    order = {tt: i for i, tt in enumerate(meter.token_types)}
+    breakdown = [  # sorted: SQL groups come in no particular order
+        {"provider": p, "model": m, "token_type": tt, "tokens": parts[(p, m, tt)]}
+        for p, m, tt in sorted(parts, key=lambda k: (k[0], k[1], order[k[2]]))
+    ]
     return quantity, events, breakdown
 
 

@@ -219,8 +219,10 @@ def _tiered(price: TieredPrice, billable: Fraction) -> tuple[TierUse, ...]:
 
 
 def _tier_use(price: TieredPrice, index: int, units: Fraction) -> TierUse:
+    """One tier's use; its ``amount`` is for display (``100.00``, the catalog's scale): the
+    line's subtotal is computed exactly from the quantities and prices, not from it."""
     tier = price.tiers[index]
-    amount = units * Fraction(tier.unit_amount) / price.per + Fraction(tier.flat_amount)
-    return TierUse(
-        index, exact_to_decimal(units), tier.unit_amount, tier.flat_amount, exact_to_decimal(amount)
-    )
+    quantity = exact_to_decimal(units)
+    with money_context():
+        amount = quantity * tier.unit_amount / price.per + tier.flat_amount
+    return TierUse(index, quantity, tier.unit_amount, tier.flat_amount, amount)

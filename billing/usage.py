@@ -79,13 +79,19 @@ class UsageWindow:
 
 @dataclass(frozen=True)
 class WindowUsage:
-    """Token sums of one window for one (provider, model); model ``""`` when unreported."""
+    """Token sums of one window for one (provider, model) and one set of token types the
+    events have (``nonzero``); model ``""`` when unreported.
+
+    Grouping by ``nonzero`` too lets a line count exactly the events it bills: those with
+    tokens of one of its token types (``invoice explain`` lists the same events).
+    """
 
     window_id: int
     provider: str
     model: str
     tokens: dict[str, int]
     events: int
+    nonzero: frozenset[str] = frozenset(TOKEN_TYPES)
 
 
 def _windows_table(windows: Sequence[UsageWindow]) -> pa.Table:
@@ -128,9 +134,13 @@ ingestion time it sweeps (``bill_windows`` is registered by :func:`load_windows`
 
 _SUMS = ", ".join(f"SUM(e.{col})::BIGINT AS {tt}" for tt, col in TOKEN_COLUMNS.items())
 
+_NONZERO = " + ".join(
+    f"(e.{col} > 0)::INTEGER * {1 << bit}" for bit, col in enumerate(TOKEN_COLUMNS.values())
+)
+
 AGGREGATE_SQL = f"""
     SELECT w.window_id, e.provider, coalesce(e.model, '') AS model, {_SUMS},
-           COUNT(*) AS events
+           COUNT(*) AS events, {_NONZERO} AS nonzero
     {WINDOWED_EVENTS}
     WHERE e.ts >= ? AND e.ts < ?
     GROUP BY ALL
@@ -154,9 +164,16 @@ def aggregate_windows(
             model=r[2],
             tokens=dict(zip(TOKEN_TYPES, (int(v) for v in r[3:7]), strict=True)),
             events=int(r[7]),
+            nonzero=_NONZERO_SETS[r[8]],
         )
         for r in rows
     ]
+
+
+_NONZERO_SETS = [
+    frozenset(tt for bit, tt in enumerate(TOKEN_COLUMNS) if mask >> bit & 1)
+    for mask in range(1 << len(TOKEN_COLUMNS))
+]
 
 
 # --------------------------------------------------------------------------- one line's events
@@ -195,6 +212,9 @@ def events_behind(
 ) -> list[dict[str, object]]:
     """The events a line counted, each with ``quantity`` = its tokens of the meter's types.
 
+    Only events with a quantity above zero: an event of a matching model that has none of
+    the meter's token types (an input-only call under an output meter) is not behind it.
+
     Model globs are matched in Python with the same rule as the catalog (``fnmatch`` on
     lowercased names): the distinct models in the windows are few, the events many.
     """
@@ -215,7 +235,8 @@ def events_behind(
     cols = ", ".join(f"e.{c}" for c in EVENT_FIELDS)
     rows = con.execute(
         f"SELECT {cols}, ({quantity})::BIGINT AS quantity {base} "
-        "AND list_contains(?, coalesce(e.model, '')) ORDER BY e.ts, e.event_id",
+        f"AND list_contains(?, coalesce(e.model, '')) AND ({quantity}) > 0 "
+        "ORDER BY e.ts, e.event_id",
         [*params, models],
     ).fetchall()
     out = []

@@ -543,3 +543,14 @@ def test_a_prorated_half_cent_rounds_up() -> None:
 def test_floats_are_refused_as_proration() -> None:
     with pytest.raises(TypeError, match="proration"):
         price_rate_card(card({"type": "flat", "amount": "1"}), 1, currency="USD", proration=0.5)  # type: ignore[arg-type]
+
+
+def test_a_prorated_maximum_is_exact_and_a_half_rounds_up() -> None:
+    """README, Rounding: max 0.09 over 5/30 of a period is 0.015 exactly -> 0.02; a 10/30
+    period with max 30.00 caps at 10.00."""
+    c = card({"type": "unit", "amount": "1.00"}, max_amount="0.09")
+    assert price_rate_card(c, 1_000, currency="USD", proration=Fraction(5, 30)).amount == D("0.02")
+    c = card({"type": "unit", "amount": "1.00"}, max_amount="30.00")
+    line = price_rate_card(c, 1_000, currency="USD", proration=Fraction(10, 30))
+    assert line.amount == D("10.00")
+    assert "maximum spend applied" in line.notes

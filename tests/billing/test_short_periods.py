@@ -286,3 +286,38 @@ def test_late_usage_of_a_short_period_keeps_its_prorated_maximum(tmp_path: Path)
         "total_quantity": "13000",
         "total_amount": "10.00",
     }
+
+
+PLAN_Q = """
+  - key: q
+    name: Q
+    currency: USD
+    rate_cards:
+      - key: q-fee
+        name: Q fee
+        price: {type: flat, amount: "12.00", payment_term: in_advance}
+customers:"""
+
+
+def test_a_plan_changes_first_in_advance_fee_lands_on_the_old_plans_last_invoice(
+    tmp_path: Path,
+) -> None:
+    """README, "Billing periods": the new plan's first in-advance fee is billed at its
+    start, i.e. on the invoice of the old plan's last (short) period, not on its own."""
+    text = catalog(end="2026-04-11T00:00:00Z").replace("customers:", PLAN_Q, 1) + (
+        '      - {plan: q, start: "2026-04-11T00:00:00Z"}\n'
+    )
+    s = setup(tmp_path, text)
+    with billing_store(s.db) as con:
+        (last_p,) = generate_invoices(con, s.catalog, "2026-04", now=utc("2026-05-20")).invoices
+        (first_q,) = generate_invoices(con, s.catalog, "2026-05", now=utc("2026-05-20")).invoices
+    assert [(ln.plan_key, ln.rate_card_key, f"{ln.usage_start:%m-%d}") for ln in last_p.lines] == [
+        ("p", "fee", "04-01"),  # in arrears, 10/30 of 19.05 = 6.35
+        ("p", "out", "04-01"),
+        ("q", "q-fee", "04-11"),  # Q's first period [04-11, 05-11), billed at its start
+    ]
+    assert last_p.lines[-1].amount == Decimal("12.00")
+    assert (first_q.period_start, first_q.period_end) == (utc("2026-04-11"), utc("2026-05-11"))
+    assert [(ln.rate_card_key, f"{ln.usage_start:%m-%d}") for ln in first_q.lines] == [
+        ("q-fee", "05-11"),  # only the next period's fee, in advance
+    ]
