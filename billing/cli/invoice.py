@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from decimal import Decimal
 
 import click
 
@@ -169,8 +170,8 @@ def explanation_output(ex: Explanation, fmt: str) -> str:
                 "filter": ex.line.detail["meter"],
                 "consumers": ex.line.detail["consumers"],
                 "windows": ex.line.detail["windows"],
-                "quantity": ex.quantity,
-                "events": ex.events,
+                "quantity": Decimal(ex.quantity),  # a decimal string, as every quantity
+                "events": [{**e, "quantity": Decimal(str(e["quantity"]))} for e in ex.events],
             }
         )
     if fmt == "csv":
