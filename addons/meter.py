@@ -33,8 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from mitmproxy import ctx, exceptions, http
+from mitmproxy.proxy.mode_specs import ReverseMode
 
-from addons.metering import errors, events, keys, providers
+from addons.metering import errors, events, hints, keys, providers, routes
 from addons.metering.decoding import IncrementalDecoder
 from addons.metering.estimate import count_tokens, estimate_request_input
 from addons.metering.extract import new_extractor
@@ -74,6 +75,7 @@ class _MeteredStream:
         "identity",
         "reject",
         "inject_env",
+        "pinned_model",
         "drop_usage",
         "dropper",
         "t_request",
@@ -101,6 +103,7 @@ class _MeteredStream:
         self.identity = identity
         self.reject = False
         self.inject_env: str | None = None
+        self.pinned_model: str | None = None
         self.drop_usage = False
         self.dropper: UsageChunkDropper | None = None
         self.t_request: float | None = None
@@ -232,6 +235,7 @@ class Meter:
         self.catalog: Catalog | None = None
         self.registry = providers.ProviderRegistry.from_catalog(None)
         self.keybook = keys.KeyBook(None)
+        self.routes = routes.RouteTable()
         self.spool: Spool | None = None
         self.writer: SpoolWriter | None = None
         self._active: dict[str, _MeteredStream] = {}
@@ -341,7 +345,9 @@ class Meter:
         """Read and validate ``path``, then swap it in (flows already under way keep theirs)."""
         catalog = load_catalog(path)
         registry = providers.ProviderRegistry.from_catalog(catalog)
+        table = routes.RouteTable.from_catalog(catalog, registry)
         self.catalog, self.registry, self.keybook = catalog, registry, keys.KeyBook(catalog)
+        self.routes = table
 
     def _watch_catalog(self) -> None:
         """Re-read the catalog when its file changed; runs every CATALOG_CHECK_INTERVAL.
@@ -407,6 +413,17 @@ class Meter:
             ctx.options.meter_db,
             self.spool.directory if self.spool else "?",
         )
+        for route in self.routes:
+            log.info(
+                "meterline: gateway route POST %s -> %s %s%s",
+                route.path,
+                route.provider.name,
+                route.upstream_path,
+                f" (model pinned to {route.model})" if route.model else "",
+            )
+        plain_http = hints.plain_http_warning(self.catalog)
+        if plain_http:
+            log.warning(plain_http)
 
     def done(self) -> None:
         """Finish every queued and in-flight flow, then drain the spool into the store."""
@@ -478,7 +495,14 @@ class Meter:
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         req = flow.request
-        provider = self.registry.lookup(req.host, req.port)
+        route = None
+        if self.routes and isinstance(flow.client_conn.proxy_mode, ReverseMode):
+            route = self.routes.match(req.path)  # a gateway path such as /chat
+        if route is not None and req.method == "POST":
+            req.path = route.upstream(req.path)
+            provider: providers.Provider | None = route.provider
+        else:
+            route, provider = None, self.registry.lookup(req.host, req.port)
         if provider is None:
             return
         path = req.path
@@ -489,6 +513,8 @@ class Meter:
         st = _MeteredStream(self, flow, provider, identity)
         st.reject = identity.consumer is None and self.reject_unknown
         st.inject_env = keys.injection_env_var(identity.consumer, provider)
+        if route is not None and route.pins_body_model:
+            st.pinned_model = route.model
         self._active[flow.id] = st
 
     def request(self, flow: http.HTTPFlow) -> None:
@@ -518,6 +544,10 @@ class Meter:
                 self._error_response(flow, st, "injection_failed", f"Meterline proxy: {e}")
                 return
             req.path = f"{path}?{query}" if query else path
+        if st.pinned_model is not None and "content-encoding" not in req.headers:
+            pinned = routes.pin_model(req.raw_content or b"", st.pinned_model)
+            if pinned is not None:
+                req.content = pinned
         if self.include_usage and st.provider.flavor == "openai":
             self._add_include_usage(st)
         st.t_request = time.time()
