@@ -14,6 +14,7 @@ from datetime import datetime
 from decimal import Decimal
 from functools import lru_cache
 
+from billing.errors import UserError
 from billing.periods import Period, proration
 from billing.periods import period_containing as _period_containing
 from billing.periods import periods_between as _periods_between
@@ -25,7 +26,7 @@ periods_between = lru_cache(maxsize=65536)(_periods_between)
 period_containing = lru_cache(maxsize=65536)(_period_containing)
 
 
-class ScheduleError(ValueError):
+class ScheduleError(UserError, ValueError):
     """No subscription where one is needed; the message names customer and instant."""
 
 
