@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
-from mitmproxy import http
+from mitmproxy import exceptions, http
 from mitmproxy.proxy.mode_specs import ProxyMode
 
 with warnings.catch_warnings():
@@ -97,3 +97,13 @@ def test_other_flows_are_not_routed(meter: Meter, mode: str, url: str, method: s
     meter.request(f)
     assert f.request.path == path
     assert meter._active == {}
+
+
+def test_a_route_to_an_unknown_provider_stops_the_catalog_loading(
+    meter: Meter, tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nroutes: [{path: /chat, provider: nosuch}]\n")
+    with taddons.context(meter) as tctx, pytest.raises(exceptions.OptionsError) as e:
+        tctx.configure(meter, meter_catalog=str(bad))
+    assert "routes[0] (/chat): unknown provider 'nosuch'" in str(e.value)
