@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from mitmproxy import ctx, exceptions, http
+from mitmproxy.proxy.mode_specs import ReverseMode
 
 from addons.metering import (
     attribution,
@@ -40,9 +41,11 @@ from addons.metering import (
     catalogwatch,
     errors,
     events,
+    hints,
     keys,
     providers,
     redact,
+    routes,
 )
 from addons.metering.bounded import count_tokens, estimate_request_input
 from addons.metering.decoding import IncrementalDecoder, OutputLimitExceeded
@@ -83,6 +86,7 @@ class _MeteredStream:
         "identity",
         "reject",
         "inject_env",
+        "pinned_model",
         "drop_usage",
         "dropper",
         "t_request",
@@ -115,6 +119,7 @@ class _MeteredStream:
         self.identity = identity
         self.reject = False
         self.inject_env: str | None = None
+        self.pinned_model: str | None = None
         self.drop_usage = False
         self.dropper: UsageChunkDropper | None = None
         self.t_request: float | None = None
@@ -279,6 +284,7 @@ class Meter:
         self.catalog: Catalog | None = None
         self.registry = providers.ProviderRegistry.from_catalog(None)
         self.keybook = keys.KeyBook(None)
+        self.routes = routes.RouteTable()
         self.spool: Spool | None = None
         self.writer: SpoolWriter | None = None
         self._active: dict[str, _MeteredStream] = {}
@@ -396,7 +402,9 @@ class Meter:
     def _use_catalog(self, catalog: Catalog) -> None:
         """Swap in a validated catalog (flows already under way keep theirs)."""
         registry = providers.ProviderRegistry.from_catalog(catalog)
+        table = routes.RouteTable.from_catalog(catalog, registry)
         self.catalog, self.registry, self.keybook = catalog, registry, keys.KeyBook(catalog)
+        self.routes = table
 
     def _watch_catalog(self) -> None:
         """Re-read the catalog when its file changed; runs every CATALOG_CHECK_INTERVAL.
@@ -428,15 +436,22 @@ class Meter:
                         why,
                     )
                 else:
-                    self._use_catalog(catalog)
-                    log.info(
-                        "meterline: catalog %s reloaded: %d provider(s), %d consumer(s)",
-                        path,
-                        len(self.registry.providers),
-                        len(self.catalog.consumers) if self.catalog else 0,
-                    )
+                    self._reload(watch.path, catalog)
         finally:
             self._schedule_catalog_watch()
+
+    def _reload(self, path: Path, catalog: Catalog) -> None:
+        try:
+            self._use_catalog(catalog)
+        except ValueError as e:  # a route the registry cannot serve
+            log.error("meterline: catalog %s not reloaded, keeping the one in use: %s", path, e)
+            return
+        log.info(
+            "meterline: catalog %s reloaded: %d provider(s), %d consumer(s)",
+            path,
+            len(self.registry.providers),
+            len(self.catalog.consumers) if self.catalog else 0,
+        )
 
     def _schedule_catalog_watch(self) -> None:
         try:
@@ -474,6 +489,17 @@ class Meter:
             ctx.options.meter_db,
             self.spool.directory if self.spool else "?",
         )
+        for route in self.routes:
+            log.info(
+                "meterline: gateway route POST %s -> %s %s%s",
+                route.path,
+                route.provider.name,
+                route.upstream_path,
+                f" (model pinned to {route.model})" if route.model else "",
+            )
+        plain_http = hints.plain_http_warning(self.catalog)
+        if plain_http:
+            log.warning(plain_http)
 
     def done(self) -> None:
         """Finish every queued and in-flight flow, then drain the spool into the store."""
@@ -545,7 +571,14 @@ class Meter:
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         req = flow.request
-        provider = self.registry.lookup(req.host, req.port)
+        route = None
+        if self.routes and isinstance(flow.client_conn.proxy_mode, ReverseMode):
+            route = self.routes.match(req.path)  # a gateway path such as /chat
+        if route is not None and req.method == "POST":
+            req.path = route.upstream(req.path)
+            provider: providers.Provider | None = route.provider
+        else:
+            route, provider = None, self.registry.lookup(req.host, req.port)
         if provider is None:
             provider = providers.lookup_named(
                 self.registry, req.port, req.host_header, flow.client_conn.sni
@@ -562,6 +595,8 @@ class Meter:
         st.keys_presented = keyset.distinct
         st.reject = self.reject_unknown and (identity.consumer is None or keyset.ambiguous)
         st.inject_env = keys.injection_env_var(identity.consumer, provider)
+        if route is not None and route.pins_body_model:
+            st.pinned_model = route.model
         self._active[flow.id] = st
 
     def request(self, flow: http.HTTPFlow) -> None:
@@ -590,6 +625,10 @@ class Meter:
                 self._error_response(flow, st, "injection_failed", f"Meterline proxy: {e}")
                 return
             req.path = f"{path}?{query}" if query else path
+        if st.pinned_model is not None and "content-encoding" not in req.headers:
+            pinned = routes.pin_model(req.raw_content or b"", st.pinned_model)
+            if pinned is not None:
+                req.content = pinned
         if self.include_usage and st.provider.flavor == "openai":
             self._add_include_usage(st)
         st.t_request = time.time()

@@ -102,6 +102,26 @@ class Consumer(_Model):
     """
 
 
+RouteType = Literal["llm/v1/chat", "llm/v1/completions", "llm/v1/embeddings"]
+
+
+class Route(_Model):
+    """A gateway path (the proxy in reverse mode) mapped to a provider endpoint.
+
+    ``POST <path>`` is sent to the provider's endpoint for ``type`` (or ``upstream_path``)
+    and metered as that provider's traffic. With ``model`` set, the request's own
+    ``model`` is overridden (Kong's AI Proxy with a pinned model): clients may omit it.
+    """
+
+    path: str = Field(pattern=r"^/[^?#\s]*$")
+    type: RouteType = "llm/v1/chat"
+    provider: str = Field(pattern=KEY_RE)
+    """A built-in provider (``openai``, ``anthropic``, ...) or one of ``providers``."""
+    model: str | None = Field(default=None, min_length=1)
+    upstream_path: str | None = Field(default=None, pattern=r"^/\S*$")
+    """The provider path to call instead of the one ``type`` implies (e.g. Azure's)."""
+
+
 # --------------------------------------------------------------------------- products
 
 
@@ -308,9 +328,19 @@ class Catalog(_Model):
     version: Literal[1] = 1
     providers: list[Provider] = Field(default_factory=list)
     consumers: list[Consumer] = Field(default_factory=list)
+    routes: list[Route] = Field(default_factory=list)
     features: list[Feature] = Field(default_factory=list)
     plans: list[Plan] = Field(default_factory=list)
     customers: list[Customer] = Field(default_factory=list)
+
+    @field_validator("routes")
+    @classmethod
+    def _unique_route_paths(cls, routes: list[Route]) -> list[Route]:
+        paths = [r.path.rstrip("/") or "/" for r in routes]
+        dupes = sorted({p for p in paths if paths.count(p) > 1})
+        if dupes:
+            raise ValueError(f"duplicate route path(s): {', '.join(dupes)}")
+        return routes
 
     @model_validator(mode="after")
     def _references(self) -> Catalog:
