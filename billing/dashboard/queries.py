@@ -233,8 +233,8 @@ def health(con: duckdb.DuckDBPyConnection, catalog: Catalog, scope: Scope, rng: 
             }
         )
     series = con.execute(
-        f"SELECT date_trunc('{rng.bucket}', e.ts)::TIMESTAMP AS bucket, e.provider, COUNT(*) AS calls,"
-        " COUNT(*) FILTER (WHERE e.status IS NULL OR e.status >= 400) AS errors"
+        f"SELECT date_trunc('{rng.bucket}', e.ts)::TIMESTAMP AS bucket, e.provider,"
+        " COUNT(*) AS calls, COUNT(*) FILTER (WHERE e.status IS NULL OR e.status >= 400) AS errors"
         f" FROM usage_events AS e WHERE {cond} GROUP BY ALL ORDER BY ALL",
         [*rp, *params],
     ).fetchall()
