@@ -48,7 +48,12 @@ def stacked_bars(
                 "type": "temporal",
                 "timeUnit": TIME_UNITS[bucket],
                 "title": None,
-                "axis": {"format": TIME_FORMATS[bucket], "labelAngle": 0},
+                "axis": {
+                    "format": TIME_FORMATS[bucket],
+                    "labelAngle": 0,
+                    "labelOverlap": True,
+                    "labelSeparation": 6,
+                },
             },
             "y": {"field": y, "type": "quantitative", "stack": "zero", "title": y_title},
             "color": {"field": color, "type": "nominal", "title": color.replace("_", " ")},

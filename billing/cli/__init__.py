@@ -11,7 +11,7 @@ import click
 from billing.cli.catalog import catalog_group
 from billing.cli.common import BillingGroup, Settings
 from billing.cli.consumers import consumers_group
-from billing.cli.dashboard import dashboard_cmd, health_cmd, timeline_cmd
+from billing.cli.dashboard import dashboard_cmd, health_cmd, timeline_cmd, unbilled_cmd
 from billing.cli.invoice import invoice_group
 from billing.cli.margin import margin_cmd
 from billing.cli.statement import statement_cmd
@@ -56,6 +56,7 @@ main.add_command(margin_cmd, "margin")
 main.add_command(statement_cmd, "statement")
 main.add_command(timeline_cmd, "timeline")
 main.add_command(health_cmd, "health")
+main.add_command(unbilled_cmd, "unbilled")
 main.add_command(dashboard_cmd, "dashboard")
 # billing/cli/stripe.py's group, imported when `billing stripe ...` runs (see BillingGroup)
 main.add_lazy_command("billing.cli.stripe:stripe_group", "stripe")

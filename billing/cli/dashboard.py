@@ -1,5 +1,6 @@
 """``billing dashboard`` (the local web app) and the CLI twins of its charts:
-``billing timeline`` (usage over time) and ``billing health`` (proxy health)."""
+``billing timeline`` (usage over time), ``billing health`` (proxy health) and
+``billing unbilled`` (usage nobody pays for)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,14 @@ import click
 from billing import render
 from billing.charts import vega_bundle
 from billing.cli.common import DATETIME, Settings, pass_settings
-from billing.dashboard.queries import BUCKETS, Scope, health, resolve_range, timeline
+from billing.dashboard.queries import (
+    BUCKETS,
+    Scope,
+    health,
+    resolve_range,
+    timeline,
+    unbilled,
+)
 from billing.store import billing_store
 
 T = TypeVar("T")
@@ -94,6 +102,26 @@ def health_cmd(
     rng = resolve_range(start, end, bucket, datetime.now(UTC))
     with settings.store() as con:
         data = health(con, catalog, Scope(customer, consumer, key), rng)
+    click.echo(render.to_json(data))
+
+
+@click.command("unbilled")
+@click.option("--from", "start", type=DATETIME, help="From (inclusive, UTC).")
+@click.option("--to", "end", type=DATETIME, help="Until (exclusive, UTC).")
+@pass_settings
+def unbilled_cmd(settings: Settings, start: datetime | None, end: datetime | None) -> None:
+    """Usage nobody pays for, as JSON (the dashboard's Unbilled page): usage no
+    subscription covers (unknown keys, unlinked consumers, outside subscriptions) and
+    covered usage no rate card of the plan prices. Default range: the last 30 days.
+
+    \b
+    Example usage:
+      billing unbilled --from 2026-03-01 --to 2026-04-01
+    """
+    catalog = settings.load_catalog()
+    rng = resolve_range(start, end, "day", datetime.now(UTC))
+    with settings.store() as con:
+        data = unbilled(con, catalog, rng)
     click.echo(render.to_json(data))
 
 

@@ -343,18 +343,33 @@ def customer_page(data: Data, catalog: Catalog, json_url: str) -> str:
     return layout(c["name"], "\n".join(body), active="/customers", json_url=json_url)
 
 
+def _usage_link(r: Data) -> str:
+    if r.get("consumer"):
+        return f'<a href="{e(link("/usage", consumer=r["consumer"]))}">{e(r["consumer"])}</a>'
+    return "—"
+
+
+def _key_link(r: Data) -> str:
+    key = r.get("key_fingerprint")
+    if not key:
+        return ""
+    return f'<a href="{e(link("/usage", key=key))}" title="{e(key)}">{e(key[:19])}…</a>'
+
+
 def unbilled_page(data: Data, catalog: Catalog, json_url: str) -> str:
     rng = data["range"]
     body = [
         filters("/unbilled", rng, catalog, buckets=False),
-        '<p class="muted">Usage no subscription covers: keys not in the catalog, consumers '
-        "no customer lists, time outside every subscription. Money being lost.</p>",
+        '<p class="muted">Usage nobody pays for: keys not in the catalog, consumers no '
+        "customer lists, time outside every subscription, and covered usage no rate card "
+        "of the plan prices. Money being lost.</p>",
         '<div class="stats">',
         *(
             stat(r["reason"], f"{num(r['total'])} tokens", f"reason-{i}")
             for i, r in enumerate(data["reasons"])
         ),
         "</div>",
+        "<h2>Not covered by a subscription</h2>",
         table(
             data["rows"],
             [
@@ -369,7 +384,26 @@ def unbilled_page(data: Data, catalog: Catalog, json_url: str) -> str:
             ],
             css_id="unbilled",
             numeric=["total", "events"],
-            cells={"key_fingerprint": lambda r: e((r["key_fingerprint"] or "")[:19])},
+            cells={"consumer": _usage_link, "key_fingerprint": _key_link},
+        ),  # fmt: skip
+        "<h2>Covered, but no price in the plan</h2>",
+        table(
+            data["unpriced"],
+            [
+                ("customer", "Customer"),
+                ("plan", "Plan"),
+                ("provider", "Provider"),
+                ("model", "Model"),
+                ("token_type", "Token type"),
+                ("tokens", "Tokens"),
+            ],
+            css_id="unpriced",
+            numeric=["tokens"],
+            cells={
+                "customer": lambda r: (
+                    f'<a href="/customers/{e(r["customer"])}">{e(r["customer"])}</a>'
+                )
+            },
         ),  # fmt: skip
     ]
     return layout("Unbilled usage", "\n".join(body), active="/unbilled", json_url=json_url)

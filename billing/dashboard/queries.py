@@ -19,6 +19,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 
 from billing.usage import TOKEN_COLUMNS, UsageError, UsageQuery, from_db, to_db, usage_report
 from meterline.catalog import FINGERPRINT_RE, TOKEN_TYPES, Catalog
@@ -253,22 +254,76 @@ def health(con: duckdb.DuckDBPyConnection, catalog: Catalog, scope: Scope, rng: 
 
 
 def unbilled(con: duckdb.DuckDBPyConnection, catalog: Catalog, rng: TimeRange) -> Data:
-    """Usage no subscription covers, per reason, consumer/key and model: money being lost.
+    """Usage nobody pays for: money being lost.
 
-    ``rows`` is exactly ``billing usage --unbilled --group-by model --from --to``'s JSON.
+    ``rows``: usage no subscription covers, per reason, consumer/key and model; exactly
+    ``billing usage --unbilled --group-by model --from --to``'s JSON. ``unpriced``: usage
+    a subscription covers but no usage rate card of its plan prices (no feature meters
+    that provider, model and token type), per customer, plan, model and token type.
     """
     rows = usage_report(
         con,
         catalog,
         UsageQuery(start=rng.start, end=rng.end, group_by=("model",), unbilled=True),
     )
+    unpriced = unpriced_usage(con, catalog, rng)
     reasons: dict[str, dict[str, int]] = {}
     for r in rows:
         agg = reasons.setdefault(str(r["reason"]), {"total": 0, "events": 0})
         agg["total"] += int(r["total"])  # type: ignore[call-overload]
         agg["events"] += int(r["events"])  # type: ignore[call-overload]
-    return {
-        "range": rng.to_data(),
-        "reasons": [{"reason": k, **v} for k, v in sorted(reasons.items())],
-        "rows": rows,
+    listed = [{"reason": k, **v} for k, v in sorted(reasons.items())]
+    if unpriced:
+        listed.append(
+            {
+                "reason": "no price in the plan",
+                "total": sum(int(u["tokens"]) for u in unpriced),
+                "events": None,
+            }
+        )
+    return {"range": rng.to_data(), "reasons": listed, "rows": rows, "unpriced": unpriced}
+
+
+def _subscription_table(catalog: Catalog) -> pa.Table:
+    subs = [
+        (c.key, name, s) for c in catalog.customers for s in c.subscriptions for name in c.consumers
+    ]
+    return pa.table(
+        {
+            "consumer": pa.array([n for _, n, _ in subs], pa.string()),
+            "customer_key": pa.array([k for k, _, _ in subs], pa.string()),
+            "plan": pa.array([s.plan for _, _, s in subs], pa.string()),
+            "s_start": pa.array([to_db(s.start) for _, _, s in subs], pa.timestamp("us")),
+            "s_end": pa.array(
+                [to_db(s.end) if s.end else None for _, _, s in subs], pa.timestamp("us")
+            ),
+        }
+    )
+
+
+def unpriced_usage(con: duckdb.DuckDBPyConnection, catalog: Catalog, rng: TimeRange) -> list[Data]:
+    """Covered usage whose (provider, model, token type) no usage card of the plan meters."""
+    con.register("dash_subscriptions", _subscription_table(catalog))
+    try:
+        found = con.execute(
+            f"SELECT s.customer_key, s.plan, e.provider, coalesce(e.model, '') AS model, {_SUMS}"
+            " FROM usage_events AS e JOIN dash_subscriptions AS s ON e.consumer = s.consumer"
+            " AND e.ts >= s.s_start AND (s.s_end IS NULL OR e.ts < s.s_end)"
+            " WHERE e.ts >= ? AND e.ts < ? GROUP BY ALL ORDER BY ALL",
+            [to_db(rng.start), to_db(rng.end)],
+        ).fetchall()
+    finally:
+        con.unregister("dash_subscriptions")
+    meters = {
+        p.key: [catalog.feature(c.feature).meter for c in p.rate_cards if c.feature]
+        for p in catalog.plans
     }
+    out: list[Data] = []
+    for customer, plan, provider, model, *counts in found:
+        for tt, n in zip(TOKEN_TYPES, counts, strict=True):
+            if n and not any(m.matches(provider, model, tt) for m in meters[plan]):
+                out.append(
+                    {"customer": customer, "plan": plan, "provider": provider, "model": model,
+                     "token_type": tt, "tokens": int(n)}
+                )  # fmt: skip
+    return out

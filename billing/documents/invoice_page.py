@@ -238,6 +238,7 @@ def page(title: str, body: str, css: str = CSS) -> str:
 <html lang="en">
 <head>
 <meta charset="utf-8">
+<link rel="icon" href="data:,">
 <title>{e(title)}</title>
 <style>{css}</style>
 </head>

@@ -115,16 +115,33 @@ def test_health_from_the_events(dashboard: Server, store: Setup) -> None:
 # --------------------------------------------------------------------------- unbilled
 
 
-def test_unbilled_rows_are_the_cli_rows(dashboard: Server, store: Setup) -> None:
+def test_unbilled_is_the_cli_json(dashboard: Server, store: Setup) -> None:
     page = dashboard.json(f"/unbilled.json?{JAN}")
+    assert page == cli_json(store, "unbilled", "--from", "2026-01-01", "--to", "2026-02-01")
     assert page["rows"] == cli_json(
         store, "usage", "--unbilled", "--group-by", "model", "--from", "2026-01-01T00:00:00Z",
         "--to", "2026-02-01T00:00:00Z", "--format", "json",
     )  # fmt: skip
-    reasons = {r["reason"] for r in page["reasons"]}
+    reasons = {r["reason"]: r["total"] for r in page["reasons"]}
     # beta starts on the 15th: its earlier usage is outside subscriptions
-    assert reasons == {"unknown key", "consumer not linked to a customer", "outside subscriptions"}
-    assert sum(r["total"] for r in page["reasons"]) == sum(r["total"] for r in page["rows"])
+    assert set(reasons) == {
+        "unknown key",
+        "consumer not linked to a customer",
+        "outside subscriptions",
+        "no price in the plan",
+    }
+    assert sum(r["total"] for r in page["rows"]) == sum(
+        v for k, v in reasons.items() if k != "no price in the plan"
+    )
+    # o3-mini is the one model no plan prices: all of alpha's o3-mini usage is unpriced
+    alpha = dashboard.json(f"/usage.json?{JAN}&customer=alpha")
+    o3 = next(m for m in alpha["models"] if m["model"] == "o3-mini")
+    unpriced = [u for u in page["unpriced"] if u["customer"] == "alpha"]
+    assert {u["model"] for u in page["unpriced"]} == {"o3-mini"}
+    assert {u["token_type"]: u["tokens"] for u in unpriced} == {
+        tt: o3[tt] for tt in ("input", "cached_input", "cache_write", "output") if o3[tt]
+    }
+    assert reasons["no price in the plan"] == sum(u["tokens"] for u in page["unpriced"])
 
 
 # --------------------------------------------------------------------------- customers
