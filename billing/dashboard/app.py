@@ -132,6 +132,8 @@ class Dashboard:
     def handle(self, path: str, params: dict[str, str]) -> Response:
         if path in ("", "/"):
             return Response(302, "text/plain", b"", {"Location": "/usage"})
+        if path == "/favicon.ico":
+            return Response(204, "image/x-icon", b"", CACHE)
         if path.startswith("/assets/"):
             return self.asset(path.removeprefix("/assets/"))
         fmt = "html"

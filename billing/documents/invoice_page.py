@@ -238,7 +238,6 @@ def page(title: str, body: str, css: str = CSS) -> str:
 <html lang="en">
 <head>
 <meta charset="utf-8">
-<link rel="icon" href="data:,">
 <title>{e(title)}</title>
 <style>{css}</style>
 </head>
@@ -250,4 +249,4 @@ def page(title: str, body: str, css: str = CSS) -> str:
 
 
 def invoice_html(inv: Invoice, catalog: Catalog | None = None) -> str:
-    return page(f"Invoice {inv.number or 'preview'}", invoice_body(inv, catalog))
+    return page(f"Invoice {inv.number or 'Preview'}", invoice_body(inv, catalog))
