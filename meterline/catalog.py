@@ -321,6 +321,17 @@ class Customer(_Model):
         return subs
 
 
+class Seller(_Model):
+    """Who issues the invoices: printed on invoice pages and statements."""
+
+    name: str
+    address: list[str] = Field(default_factory=list)
+    """Address lines, as printed."""
+    email: str | None = None
+    tax_id: str | None = None
+    website: str | None = None
+
+
 # --------------------------------------------------------------------------- the catalog
 
 
@@ -332,6 +343,11 @@ class Catalog(_Model):
     features: list[Feature] = Field(default_factory=list)
     plans: list[Plan] = Field(default_factory=list)
     customers: list[Customer] = Field(default_factory=list)
+    seller: Seller | None = None
+    payment_terms: str | None = None
+    """Printed under an invoice's total, e.g. "Bank transfer to IBAN DE00 ... within 30 days".
+
+    The due date is the issue date plus the customer's ``invoicing.days_until_due``."""
 
     @field_validator("routes")
     @classmethod
