@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from mitmproxy import ctx, exceptions, http
+from mitmproxy.proxy.mode_specs import ReverseMode
 
 from addons.metering import (
     attribution,
@@ -40,17 +41,20 @@ from addons.metering import (
     catalogwatch,
     errors,
     events,
+    hints,
     keys,
     providers,
     redact,
+    routes,
 )
 from addons.metering.bounded import count_tokens, estimate_request_input
 from addons.metering.decoding import IncrementalDecoder, OutputLimitExceeded
 from addons.metering.extract import new_extractor
 from addons.metering.replyend import EndWatch
+from addons.metering.settle import OnceLog, Settled, settle
 from addons.metering.spool import Spool, SpoolError
 from addons.metering.streamopts import UsageChunkDropper, add_include_usage
-from addons.metering.usage import Usage, UsageExtractor
+from addons.metering.usage import UsageExtractor
 from addons.metering.writer import SpoolWriter
 from meterline.catalog import Catalog, CatalogError, load_catalog
 from meterline.store import DEFAULT_CATALOG, DEFAULT_DB
@@ -83,6 +87,7 @@ class _MeteredStream:
         "identity",
         "reject",
         "inject_env",
+        "pinned_model",
         "drop_usage",
         "dropper",
         "t_request",
@@ -116,6 +121,7 @@ class _MeteredStream:
         self.identity = identity
         self.reject = False
         self.inject_env: str | None = None
+        self.pinned_model: str | None = None
         self.drop_usage = False
         self.dropper: UsageChunkDropper | None = None
         self.t_request: float | None = None
@@ -284,6 +290,7 @@ class Meter:
         self.catalog: Catalog | None = None
         self.registry = providers.ProviderRegistry.from_catalog(None)
         self.keybook = keys.KeyBook(None)
+        self.routes = routes.RouteTable()
         self.spool: Spool | None = None
         self.writer: SpoolWriter | None = None
         self._active: dict[str, _MeteredStream] = {}
@@ -298,6 +305,7 @@ class Meter:
         self.durable = True
         self.proxy_id: str | None = None
         self._notice_filter = _HideStreamingNotice()
+        self._once = OnceLog()
         self._catalog_watch: catalogwatch.CatalogWatch | None = None
         self._catalog_timer: asyncio.TimerHandle | None = None
 
@@ -400,7 +408,9 @@ class Meter:
     def _use_catalog(self, catalog: Catalog) -> None:
         """Swap in a validated catalog (flows already under way keep theirs)."""
         registry = providers.ProviderRegistry.from_catalog(catalog)
+        table = routes.RouteTable.from_catalog(catalog, registry)
         self.catalog, self.registry, self.keybook = catalog, registry, keys.KeyBook(catalog)
+        self.routes = table
 
     def _watch_catalog(self) -> None:
         """Re-read the catalog when its file changed; runs every CATALOG_CHECK_INTERVAL.
@@ -432,15 +442,22 @@ class Meter:
                         why,
                     )
                 else:
-                    self._use_catalog(catalog)
-                    log.info(
-                        "meterline: catalog %s reloaded: %d provider(s), %d consumer(s)",
-                        path,
-                        len(self.registry.providers),
-                        len(self.catalog.consumers) if self.catalog else 0,
-                    )
+                    self._reload(watch.path, catalog)
         finally:
             self._schedule_catalog_watch()
+
+    def _reload(self, path: Path, catalog: Catalog) -> None:
+        try:
+            self._use_catalog(catalog)
+        except ValueError as e:  # a route the registry cannot serve
+            log.error("meterline: catalog %s not reloaded, keeping the one in use: %s", path, e)
+            return
+        log.info(
+            "meterline: catalog %s reloaded: %d provider(s), %d consumer(s)",
+            path,
+            len(self.registry.providers),
+            len(self.catalog.consumers) if self.catalog else 0,
+        )
 
     def _schedule_catalog_watch(self) -> None:
         try:
@@ -478,6 +495,17 @@ class Meter:
             ctx.options.meter_db,
             self.spool.directory if self.spool else "?",
         )
+        for route in self.routes:
+            log.info(
+                "meterline: gateway route POST %s -> %s %s%s",
+                route.path,
+                route.provider.name,
+                route.upstream_path,
+                f" (model pinned to {route.model})" if route.model else "",
+            )
+        plain_http = hints.plain_http_warning(self.catalog)
+        if plain_http:
+            log.warning(plain_http)
 
     def done(self) -> None:
         """Finish every queued and in-flight flow, then drain the spool into the store."""
@@ -549,7 +577,14 @@ class Meter:
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         req = flow.request
-        provider = self.registry.lookup(req.host, req.port)
+        route = None
+        if self.routes and isinstance(flow.client_conn.proxy_mode, ReverseMode):
+            route = self.routes.match(req.path)  # a gateway path such as /chat
+        if route is not None and req.method == "POST":
+            req.path = route.upstream(req.path)
+            provider: providers.Provider | None = route.provider
+        else:
+            route, provider = None, self.registry.lookup(req.host, req.port)
         if provider is None:
             provider = providers.lookup_named(
                 self.registry, req.port, req.host_header, flow.client_conn.sni
@@ -566,6 +601,8 @@ class Meter:
         st.keys_presented = keyset.distinct
         st.reject = self.reject_unknown and (identity.consumer is None or keyset.ambiguous)
         st.inject_env = keys.injection_env_var(identity.consumer, provider)
+        if route is not None and route.pins_body_model:
+            st.pinned_model = route.model
         self._active[flow.id] = st
 
     def request(self, flow: http.HTTPFlow) -> None:
@@ -594,6 +631,10 @@ class Meter:
                 self._error_response(flow, st, "injection_failed", f"Meterline proxy: {e}")
                 return
             req.path = f"{path}?{query}" if query else path
+        if st.pinned_model is not None and "content-encoding" not in req.headers:
+            pinned = routes.pin_model(req.raw_content or b"", st.pinned_model)
+            if pinned is not None:
+                req.content = pinned
         if self.include_usage and st.provider.flavor == "openai":
             self._add_include_usage(st)
         st.t_request = time.time()
@@ -703,23 +744,24 @@ class Meter:
         problems = list(st.extractor.problems)
         if st.decode_failed:
             problems.insert(0, f"cannot decode body: {st.decode_failed}")
-        status: int | None = resp.status_code
-        if cut:
-            status = None  # no complete response
-            log.warning(
-                "meterline: %s: response from %s cut short (client or provider went away); "
-                "usage estimated where not reported",
-                flow.id,
-                _where(st),
-            )
-        elif problems and resp.status_code < 400:
+        settled = settle(
+            st.provider.flavor,
+            usage,
+            st.extractor.seen(),
+            status_code=resp.status_code,
+            cut=cut,
+            request_model=lambda: _request_model(st),
+            estimate_input=lambda model: estimate_request_input(
+                st.provider.flavor, st.request_body(), model=model
+            ),
+            count_output=lambda model: _count_output(st, model),
+        )
+        usage, status = settled.usage, settled.status
+        self._note_settled(flow.id, st, settled, cut)
+        if problems and resp.status_code < 400 and not settled.invalid:
             self._warn_problems(flow.id, st, problems)
         elif problems:
             log.debug("meterline: %s: %s answered %s: %s", flow.id, _where(st), status, problems)
-        if usage is None and status is not None and status >= 400:
-            usage = Usage()  # an error response bills nothing unless the provider says so
-        elif usage is None or cut:
-            usage = self._estimate(st, usage)
         consumer = st.identity.consumer
         exchange = events.Exchange(
             provider=st.provider.name,
@@ -737,25 +779,34 @@ class Meter:
             t_first_byte=st.t_first_byte,
             t_done=st.t_done,
         )
-        self._record(events.build_event(exchange, usage, self.proxy_id))
+        for event in events.build_events(exchange, usage, self.proxy_id):
+            self._record(event)
 
-    def _estimate(self, st: _MeteredStream, partial: Usage | None) -> Usage:
-        """Tokens counted with tiktoken when the provider reported none (or not all)."""
-        model = (partial.model if partial else None) or _request_model(st)
-        text = st.extractor.output_text() if st.extractor else ""
-        output = count_tokens(text, model or "") if text else 0
-        if partial is not None:
-            if output <= partial.output:
-                return partial
-            partial.output = output
-            partial.estimated = True
-            return partial
-        return Usage(
-            input=estimate_request_input(st.provider.flavor, st.request_body(), model=model),
-            output=output,
-            model=model,
-            estimated=True,
-        )
+    def _note_settled(self, flow_id: str, st: _MeteredStream, settled: Settled, cut: bool) -> None:
+        """Say why a call is not metered from the provider's final report, if it is not.
+
+        Unusable counts are logged once per provider and kind of problem (a provider
+        that always sends them would otherwise flood the log).
+        """
+        if settled.invalid and self._once.first(st.provider.name, settled.invalid):
+            log.warning(
+                "meterline: %s: %s reported unusable usage (%s): estimated and flagged; "
+                "further reports like it are not logged",
+                flow_id,
+                _where(st),
+                settled.invalid,
+            )
+        if cut and settled.status is None:
+            log.warning(
+                "meterline: %s: response from %s cut short (client or provider went away); "
+                "usage estimated where not reported",
+                flow_id,
+                _where(st),
+            )
+        elif cut:
+            log.debug("meterline: %s: connection ended after the final usage report", flow_id)
+        elif settled.why_estimated:
+            log.debug("meterline: %s: %s: %s", flow_id, _where(st), settled.why_estimated)
 
     def _record(self, event: dict[str, Any]) -> None:
         if self.spool is None or self.writer is None:
@@ -832,6 +883,12 @@ def _parse_interval(text: str) -> float:
             f"meter_flush_interval: expected seconds greater than 0, got {text!r}"
         )
     return value
+
+
+def _count_output(st: _MeteredStream, model: str | None) -> int:
+    """Tokens of the output text seen (tiktoken), for an estimate."""
+    text = st.extractor.output_text() if st.extractor else ""
+    return count_tokens(text, model or "") if text else 0
 
 
 def _request_model(st: _MeteredStream) -> str | None:

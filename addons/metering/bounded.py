@@ -22,7 +22,7 @@ is bounded is what the meter reads of them:
 from __future__ import annotations
 
 from addons.metering import estimate
-from addons.metering.usage import Usage, UsageExtractor
+from addons.metering.usage import Seen, Usage, UsageExtractor
 
 MiB = 1024 * 1024
 MAX_METERED_BODY = 16 * MiB
@@ -60,7 +60,8 @@ class OverLimit:
 
     def __init__(self, previous: UsageExtractor, reason: str, *, keep_text: bool) -> None:
         self.problems = [*previous.problems, reason]
-        self._previous = previous if keep_text else None
+        self._previous = previous
+        self._keep_text = keep_text
 
     def feed(self, data: bytes) -> None:
         del data
@@ -69,4 +70,7 @@ class OverLimit:
         return None
 
     def output_text(self) -> str:
-        return self._previous.output_text() if self._previous is not None else ""
+        return self._previous.output_text() if self._keep_text else ""
+
+    def seen(self) -> Seen:
+        return self._previous.seen()
