@@ -26,7 +26,8 @@ class EndWatch:
 
     def __init__(self, content_length: str | None, *, done_event: bool) -> None:
         known = content_length is not None and content_length.isdigit()
-        self.remaining = int(content_length) if known and content_length else None
+        # "0" promises no body at all: no data chunk can complete it.
+        self.remaining = int(content_length) or None if known and content_length else None
         self.done_event = done_event
         """Watch for OpenAI's ``data: [DONE]``."""
 
