@@ -53,3 +53,4 @@ main.add_command(invoice_group, "invoice")
 main.add_command(margin_cmd, "margin")
 # billing/cli/stripe.py's group, imported when `billing stripe ...` runs (see BillingGroup)
 main.add_lazy_command("billing.cli.stripe:stripe_group", "stripe")
+main.add_lazy_command("billing.cli.lake:lake_group", "lake")  # DuckLake upkeep
