@@ -4,7 +4,9 @@ Every writer commit is one snapshot, and (past the inlining limit) one Parquet f
 proxies flushing every second leave 26M of each a month, and every query then pays ~0.1 ms
 per file. One maintenance pass, in order:
 
-1. ``ducklake_flush_inlined_data``: rows inlined in the catalog become Parquet files;
+1. only with ``flush_inlined=True`` (all proxies stopped): ``ducklake_flush_inlined_data``,
+   rows inlined in the catalog become Parquet files. Never while proxies write: in DuckLake
+   0.3 that duplicated rows committed meanwhile (see ``meterline/lakeconfig.py``);
 2. ``ducklake_merge_adjacent_files`` (at most ``max_compacted_files`` files per merge,
    repeated up to ``max_rounds`` times, so one pass has a bounded memory and duration);
 3. ``ducklake_expire_snapshots`` older than ``keep``;
@@ -71,7 +73,11 @@ def _count(con: duckdb.DuckDBPyConnection, sql: str) -> int:
 
 def lake_counts(con: duckdb.DuckDBPyConnection, catalog: str = "lake") -> tuple[int, int]:
     """(live data files of ``usage_events``, snapshots) of the attached lake."""
-    files = _count(con, f"SELECT count(*) FROM ducklake_list_files('{catalog}', 'usage_events')")
+    files = _count(
+        con,
+        f"SELECT coalesce(sum(file_count), 0) FROM ducklake_table_info('{catalog}') "
+        "WHERE table_name = 'usage_events'",
+    )
     snapshots = _count(con, f"SELECT count(*) FROM ducklake_snapshots('{catalog}')")
     return files, snapshots
 
@@ -130,12 +136,14 @@ def maintain(
     max_compacted_files: int = 500,
     max_rounds: int = 20,
     memory_limit: str = "1GB",
+    flush_inlined: bool = False,
 ) -> MaintenanceReport:
     """One maintenance pass on the attached lake ``catalog`` (see the module docstring)."""
     started = time.monotonic()
     con.execute(f"SET memory_limit = '{memory_limit}'")
     files_before, snapshots_before = lake_counts(con, catalog)
-    con.execute(f"SELECT count(*) FROM ducklake_flush_inlined_data('{catalog}')").fetchall()
+    if flush_inlined:
+        con.execute(f"SELECT count(*) FROM ducklake_flush_inlined_data('{catalog}')").fetchall()
     tables = [
         (schema, table)
         for schema, table in con.execute(

@@ -28,9 +28,15 @@ def lake_group() -> None:
     show_default=True,
     help="Seconds of snapshots (and of freed files) kept for readers still running.",
 )
+@click.option(
+    "--flush-inlined",
+    is_flag=True,
+    help="Also move rows inlined in the catalog to Parquet files. Only with every proxy "
+    "stopped: DuckLake 0.3 duplicates rows committed meanwhile.",
+)
 @format_option()
 @pass_settings
-def maintain_cmd(settings: Settings, keep: int, fmt: str) -> None:
+def maintain_cmd(settings: Settings, keep: int, flush_inlined: bool, fmt: str) -> None:
     """Compact the lake's files, expire old snapshots, delete the files they freed.
 
     Takes the lake's maintenance lease first, so it never runs twice at once (a proxy's
@@ -49,7 +55,7 @@ def maintain_cmd(settings: Settings, keep: int, fmt: str) -> None:
         if not take_lease(con, holder):
             raise StoreError("another maintenance pass holds the lake's lease; try later")
         try:
-            report = maintain(con, keep=timedelta(seconds=keep))
+            report = maintain(con, keep=timedelta(seconds=keep), flush_inlined=flush_inlined)
         finally:
             release_lease(con, holder)
     click.echo(render.rows([asdict(report)], fmt))

@@ -190,3 +190,24 @@ def test_proxy_writer_runs_maintenance_itself(
     with store(lake) as con:
         assert con.execute("SELECT count(*) FROM usage_events").fetchone() == (20,)
         assert lake_counts(con)[0] < 20
+
+
+def test_billing_lake_maintain_command(server: str, tmp_path: Path, monkeypatch: Any) -> None:
+    from click.testing import CliRunner
+
+    from billing.cli import main
+
+    monkeypatch.setenv("METERLINE_LAKE_DATA", str(tmp_path / "data"))
+    lake = _lake(server, "clilake")
+    with store(lake) as con:
+        assert take_lease(con, "someone-else")
+    runner = CliRunner()
+    held = runner.invoke(main, ["--db", lake, "lake", "maintain"])
+    assert held.exit_code == 1 and "holds the lake's lease" in held.output
+    with store(lake) as con:
+        release_lease(con, "someone-else")
+    ok = runner.invoke(main, ["--db", lake, "lake", "maintain", "--format", "json"])
+    assert ok.exit_code == 0, ok.output
+    assert '"files_after"' in ok.output
+    not_lake = runner.invoke(main, ["--db", str(tmp_path / "m.duckdb"), "lake", "maintain"])
+    assert not_lake.exit_code == 1 and "not a DuckLake" in not_lake.output
