@@ -397,7 +397,12 @@ class Meter:
     def running(self) -> None:
         """The proxy is up: open the spool (not before, so loading the addon writes nothing)."""
         self._running = True
-        self._open_spool()
+        try:
+            self._open_spool()
+        except exceptions.OptionsError as e:  # e.g. a second proxy on the same spool
+            log.error("meterline: %s; each proxy needs its own: --set meter_spool=DIR", e)
+            ctx.master.shutdown()  # not a traceback, and no proxy running unmetered
+            return
         if self._catalog_timer is None:
             self._schedule_catalog_watch()
         log.info(
