@@ -20,7 +20,8 @@ import click
 import duckdb
 
 from billing.invoices import BillingError
-from billing.periods import calendar_month
+from billing.ledger import AmountTooLarge
+from billing.periods import PeriodRangeError, calendar_month
 from billing.render import FORMATS
 from billing.schedule import ScheduleError
 from billing.store import billing_store
@@ -29,7 +30,9 @@ from meterline.catalog import Catalog, CatalogError, load_catalog
 from meterline.store import LAKE_PREFIX, StoreError
 
 USER_ERRORS: tuple[type[Exception], ...] = (
+    AmountTooLarge,
     BillingError,
+    PeriodRangeError,
     CatalogError,
     ScheduleError,
     StoreError,
