@@ -20,16 +20,13 @@ from typing import Any
 import duckdb
 
 from billing.build import build_invoices
+from billing.errors import BillingError, UnknownCustomer
 from billing.ledger import existing_invoices, load_invoices, save_invoices
 from billing.model import Invoice, InvoiceLine
 from billing.periods import Period, calendar_month
 from billing.schedule import BillingPeriod, ScheduleError, period_at, periods_ending_in
 from billing.usage import MeterFilter, UsageWindow, events_behind
 from meterline.catalog import Catalog, Customer
-
-
-class BillingError(ValueError):
-    """A request billing cannot fulfil; the message is shown as ``Error: ...``."""
 
 
 def utc_now() -> datetime:
@@ -40,7 +37,7 @@ def find_customer(catalog: Catalog, key: str) -> Customer:
     try:
         return catalog.customer(key)
     except KeyError:
-        raise BillingError(f"unknown customer {key!r}") from None
+        raise UnknownCustomer(catalog, key) from None
 
 
 def parse_month(text: str) -> Period:
@@ -155,7 +152,10 @@ def list_invoices(
     con: duckdb.DuckDBPyConnection, catalog: Catalog | None = None, *, customer: str | None = None
 ) -> list[Invoice]:
     names = {c.key: c.name for c in catalog.customers} if catalog else None
-    return load_invoices(con, customer=customer, with_lines=False, names=names)
+    found = load_invoices(con, customer=customer, with_lines=False, names=names)
+    if not found and customer is not None and catalog is not None:
+        find_customer(catalog, customer)  # a typo is an error, not an empty list
+    return found
 
 
 def get_invoice(

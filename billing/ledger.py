@@ -18,6 +18,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from billing.errors import UserError
 from billing.model import Invoice, InvoiceLine
 from billing.money import decimal_text, money_context, round_money
 from billing.usage import UsageWindow, from_db, to_db, value_set
@@ -107,7 +108,7 @@ def existing_invoices(
     return {(ck, from_db(s), from_db(e)): n for ck, s, e, n in rows}
 
 
-class AmountTooLarge(ValueError):
+class AmountTooLarge(UserError, ValueError):
     """An amount or quantity the store's ``DECIMAL(38, 12)`` columns cannot hold."""
 
 

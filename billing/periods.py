@@ -20,6 +20,7 @@ from fractions import Fraction
 
 from dateutil.relativedelta import relativedelta
 
+from billing.errors import UserError
 from meterline.catalog import ISO_DURATION_RE
 
 # Gregorian averages in whole seconds, only to guess the period index before checking it.
@@ -82,7 +83,7 @@ def _utc(value: datetime, what: str) -> datetime:
     return value.astimezone(UTC)
 
 
-class PeriodRangeError(ValueError):
+class PeriodRangeError(UserError, ValueError):
     """A period boundary outside the datetimes Python has (years 1 to 9999)."""
 
 

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from fractions import Fraction
 from functools import lru_cache
 
+from billing.errors import UserError
 from billing.periods import Period, proration
 from billing.periods import period_containing as _period_containing
 from billing.periods import periods_between as _periods_between
@@ -28,7 +29,7 @@ period_containing = lru_cache(maxsize=65536)(_period_containing)
 _DAY = timedelta(days=1)
 
 
-class ScheduleError(ValueError):
+class ScheduleError(UserError, ValueError):
     """No subscription where one is needed; the message names customer and instant."""
 
 

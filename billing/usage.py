@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 import duckdb
 import pyarrow as pa
 
+from billing.errors import UserError, unknown_customer_message
 from meterline.catalog import TOKEN_TYPES, Catalog
 
 TOKEN_COLUMNS: dict[str, str] = {
@@ -33,7 +34,7 @@ TOKEN_COLUMNS: dict[str, str] = {
 GROUP_DIMENSIONS = ("model", "type", "day")
 
 
-class UsageError(ValueError):
+class UsageError(UserError, ValueError):
     """A usage query that cannot be answered (unknown customer, bad range)."""
 
 
@@ -268,7 +269,7 @@ def parse_group_by(text: str | None) -> tuple[str, ...]:
     bad = [d for d in dims if d not in GROUP_DIMENSIONS]
     if bad:
         raise UsageError(
-            f"--group-by: unknown dimension {bad[0]!r} (choose from {', '.join(GROUP_DIMENSIONS)})"
+            f"unknown dimension {bad[0]!r} (choose from {', '.join(GROUP_DIMENSIONS)})"
         )
     return tuple(d for d in GROUP_DIMENSIONS if d in dims)
 
@@ -324,7 +325,7 @@ def _filters(catalog: Catalog, query: UsageQuery) -> tuple[list[str], list[objec
         try:
             customer = catalog.customer(query.customer)
         except KeyError:
-            raise UsageError(f"unknown customer {query.customer!r}") from None
+            raise UsageError(unknown_customer_message(catalog, query.customer)) from None
         where.append("list_contains(?, e.consumer)")
         params.append(list(customer.consumers))
     if query.consumer is not None:
@@ -339,7 +340,7 @@ def _filters(catalog: Catalog, query: UsageQuery) -> tuple[list[str], list[objec
         where.append("e.ts < ?")
         params.append(to_db(query.end))
     if query.start is not None and query.end is not None and query.end <= query.start:
-        raise UsageError("--to must be after --from")
+        raise UsageError("the time range ends before it starts")
     return where, params
 
 

@@ -103,6 +103,26 @@ class Consumer(_Model):
     """
 
 
+RouteType = Literal["llm/v1/chat", "llm/v1/completions", "llm/v1/embeddings"]
+
+
+class Route(_Model):
+    """A gateway path (the proxy in reverse mode) mapped to a provider endpoint.
+
+    ``POST <path>`` is sent to the provider's endpoint for ``type`` (or ``upstream_path``)
+    and metered as that provider's traffic. With ``model`` set, the request's own
+    ``model`` is overridden (Kong's AI Proxy with a pinned model): clients may omit it.
+    """
+
+    path: str = Field(pattern=r"^/[^?#\s]*$")
+    type: RouteType = "llm/v1/chat"
+    provider: str = Field(pattern=KEY_RE)
+    """A built-in provider (``openai``, ``anthropic``, ...) or one of ``providers``."""
+    model: str | None = Field(default=None, min_length=1)
+    upstream_path: str | None = Field(default=None, pattern=r"^/\S*$")
+    """The provider path to call instead of the one ``type`` implies (e.g. Azure's)."""
+
+
 # --------------------------------------------------------------------------- products
 
 
@@ -302,6 +322,17 @@ class Customer(_Model):
         return subs
 
 
+class Seller(_Model):
+    """Who issues the invoices: printed on invoice pages and statements."""
+
+    name: str
+    address: list[str] = Field(default_factory=list)
+    """Address lines, as printed."""
+    email: str | None = None
+    tax_id: str | None = None
+    website: str | None = None
+
+
 # --------------------------------------------------------------------------- the catalog
 
 
@@ -309,9 +340,24 @@ class Catalog(_Model):
     version: Literal[1] = 1
     providers: list[Provider] = Field(default_factory=list)
     consumers: list[Consumer] = Field(default_factory=list)
+    routes: list[Route] = Field(default_factory=list)
     features: list[Feature] = Field(default_factory=list)
     plans: list[Plan] = Field(default_factory=list)
     customers: list[Customer] = Field(default_factory=list)
+    seller: Seller | None = None
+    payment_terms: str | None = None
+    """Printed under an invoice's total, e.g. "Bank transfer to IBAN DE00 ... within 30 days".
+
+    The due date is the issue date plus the customer's ``invoicing.days_until_due``."""
+
+    @field_validator("routes")
+    @classmethod
+    def _unique_route_paths(cls, routes: list[Route]) -> list[Route]:
+        paths = [r.path.rstrip("/") or "/" for r in routes]
+        dupes = sorted({p for p in paths if paths.count(p) > 1})
+        if dupes:
+            raise ValueError(f"duplicate route path(s): {', '.join(dupes)}")
+        return routes
 
     @model_validator(mode="after")
     def _references(self) -> Catalog:

@@ -10,10 +10,14 @@ or ``*.example.com`` (any subdomain, any depth, not the bare domain).
 
 from __future__ import annotations
 
+import ipaddress
+import posixpath
 import re
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import unquote
 
 from meterline.catalog import Catalog, Flavor
 from meterline.providers import BUILTIN_PROVIDERS as BUILTIN_TABLE
@@ -88,6 +92,8 @@ class ProviderRegistry:
         for provider, patterns in entries:
             for pattern in patterns:
                 host, port, wildcard = parse_host_pattern(pattern)
+                if not wildcard:
+                    host = canonical_host(host)
                 table = self._suffix if wildcard else self._exact
                 table.setdefault((host, port), provider)
 
@@ -106,7 +112,7 @@ class ProviderRegistry:
             return self._memo[key]
         except KeyError:
             pass
-        found = self._resolve(host.lower().rstrip("."), port)
+        found = self._resolve(canonical_host(host), port)
         if len(self._memo) >= _MEMO_LIMIT:
             self._memo.clear()
         self._memo[key] = found
@@ -133,5 +139,72 @@ class ProviderRegistry:
 
 
 def is_billed_path(flavor: str, path: str) -> bool:
-    """True when ``path`` (query string allowed) is an endpoint that bills tokens."""
-    return _BILLED_PATHS[flavor].search(path.split("?", 1)[0]) is not None
+    """True when ``path`` (query string allowed) is an endpoint that bills tokens.
+
+    The path is normalised first (:func:`normalise_path`): spelling it differently
+    (``complet%69ons``, ``/v1//chat/./completions``) reaches the same upstream endpoint
+    and is metered the same.
+    """
+    return _BILLED_PATHS[flavor].search(normalise_path(path)) is not None
+
+
+def normalise_path(path: str) -> str:
+    """The path (query string dropped) as an upstream server resolves it: %-escapes
+    decoded once, empty and ``.`` segments dropped, ``..`` applied. Free for the usual
+    path, which has none of those."""
+    path = path.split("?", 1)[0]
+    if "%" in path:
+        path = unquote(path, errors="surrogateescape")
+    if "//" in path or "/." in path:
+        trailing = "/" if path.endswith("/") and len(path) > 1 else ""
+        path = posixpath.normpath("/" + path.lstrip("/"))
+        path = "/" + path.lstrip("/") + (trailing if path != "/" else "")
+    return path
+
+
+#: Other spellings of IPv4 addresses that resolvers accept: ``127.1``, ``0x7f.1``, ``2130706433``.
+_LEGACY_IPV4 = re.compile(r"[0-9][0-9a-fx.]*")
+_LOOPBACK = "127.0.0.1"
+
+
+def canonical_host(host: str) -> str:
+    """One spelling per address: lower case, no trailing dot, IP literals canonical
+    (``127.1``, ``[::ffff:127.0.0.1]`` -> ``127.0.0.1``); ``localhost`` (and
+    ``*.localhost``) and ``::1`` -> ``127.0.0.1``, the loopback address they name."""
+    h = host.lower().rstrip(".")
+    if h.startswith("[") and h.endswith("]"):
+        h = h[1:-1]
+    if h == "localhost" or h.endswith(".localhost"):
+        return _LOOPBACK
+    if ":" in h:
+        try:
+            ip6 = ipaddress.IPv6Address(h)
+        except ValueError:
+            return h
+        if ip6.ipv4_mapped is not None:
+            return str(ip6.ipv4_mapped)
+        return _LOOPBACK if ip6.is_loopback else str(ip6)
+    if _LEGACY_IPV4.fullmatch(h):
+        try:
+            return socket.inet_ntoa(socket.inet_aton(h))
+        except OSError:
+            return h
+    return h
+
+
+def lookup_named(
+    registry: ProviderRegistry, port: int, host_header: str | None, sni: str | None
+) -> Provider | None:
+    """The provider a request names, when its destination is not one: the ``Host``
+    header, then the TLS SNI. A CONNECT to an IP literal of a provider (the SNI and Host
+    still name it) is metered as that provider. Each lookup is memoised."""
+    if host_header:
+        name, _, port_text = host_header.rpartition(":")
+        if not name or "]" in port_text or not port_text.isdigit():
+            name = host_header
+        provider = registry.lookup(name, port)
+        if provider is not None:
+            return provider
+    if sni:
+        return registry.lookup(sni, port)
+    return None

@@ -44,10 +44,12 @@ def usage_cmd(
     """
     if customer and consumer:
         raise click.UsageError("give --customer or --consumer, not both")
+    if start is not None and end is not None and end <= start:
+        raise click.ClickException("--to must be after --from")
     try:
         dims = parse_group_by(group_by)
     except UsageError as e:
-        raise click.UsageError(str(e)) from None
+        raise click.UsageError(f"--group-by: {e}") from None
     query = UsageQuery(customer, consumer, start, end, dims, unbilled)
     catalog = settings.load_catalog()
     with settings.store() as con:

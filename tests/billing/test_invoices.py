@@ -211,7 +211,9 @@ def test_only_closed_periods_are_generated(tmp_path: Path) -> None:
 
 def test_unknown_customer_and_bad_month(tmp_path: Path) -> None:
     s = setup(tmp_path)
-    with pytest.raises(BillingError, match=r"^unknown customer 'zeta'$"):
+    with pytest.raises(
+        BillingError, match=r"^unknown customer 'zeta' \(known customers: alpha, beta, gamma\)$"
+    ):
         generate(s, "2026-01", "2026-02-02T00:00:00Z", customer="zeta")
     with pytest.raises(BillingError, match=r"expected a month as YYYY-MM"):
         generate(s, "2026-13", "2026-02-02T00:00:00Z")

@@ -222,9 +222,15 @@ def test_unbilled_lists_only_the_token_types_no_rate_card_prices(tmp_path: Path)
 @pytest.mark.parametrize(
     ("query", "message"),
     [
-        (UsageQuery(customer="zeta"), "unknown customer 'zeta'"),
+        (
+            UsageQuery(customer="zeta"),
+            "unknown customer 'zeta' (known customers: alpha, beta, gamma)",
+        ),
         (UsageQuery(consumer="nobody"), "unknown consumer 'nobody'"),
-        (UsageQuery(start=utc("2026-03-02"), end=utc("2026-03-01")), "--to must be after --from"),
+        (
+            UsageQuery(start=utc("2026-03-02"), end=utc("2026-03-01")),
+            "the time range ends before it starts",
+        ),
     ],
 )
 def test_usage_errors(tmp_path: Path, query: UsageQuery, message: str) -> None:
@@ -237,4 +243,4 @@ def test_group_by_parsing() -> None:
     assert parse_group_by("day, model") == ("model", "day")
     with pytest.raises(UsageError) as err:
         parse_group_by("model,week")
-    assert str(err.value) == "--group-by: unknown dimension 'week' (choose from model, type, day)"
+    assert str(err.value) == "unknown dimension 'week' (choose from model, type, day)"

@@ -43,6 +43,11 @@ def test_two_writers_share_one_lake(
             "FROM usage_events ORDER BY event_id"
         ).fetchall()
     assert rows == [("openai:chatcmpl-1", "proxy-a", 17), ("openai:chatcmpl-2", "proxy-b", 17)]
+    # Small commits are inlined into the catalog (METERLINE_LAKE_INLINE_ROWS): no tiny files.
+    assert not list((tmp_path / "lake-data").rglob("*.parquet"))
+    monkeypatch.setenv("METERLINE_LAKE_INLINE_ROWS", "0")
+    with store(lake) as con:
+        con.execute(insert, ["openai:chatcmpl-3", "proxy-b"])
     assert list((tmp_path / "lake-data").rglob("*.parquet"))  # data files really are in the lake
 
 

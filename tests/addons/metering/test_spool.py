@@ -33,7 +33,7 @@ def test_one_proxy_per_spool(tmp_path: Path) -> None:
 
 
 def test_leftovers_of_a_killed_proxy_are_sealed_and_torn_lines_skipped(tmp_path: Path) -> None:
-    (tmp_path / "00000000000000000001-42-000001.open").write_bytes(
+    (tmp_path / "meterline-00000000000000000001-42-000001.open").write_bytes(
         b'{"event_id":"x"}\n{"event_id":"y"}\n{"event_id":"tor'
     )
     spool = Spool(tmp_path)

@@ -91,7 +91,11 @@ def test_unbilled(s: Setup) -> None:
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
-        (["--customer", "zeta"], 1, "Error: unknown customer 'zeta'"),
+        (
+            ["--customer", "zeta"],
+            1,
+            "Error: unknown customer 'zeta' (known customers: alpha, beta, gamma)",
+        ),
         (["--consumer", "nobody"], 1, "Error: unknown consumer 'nobody'"),
         (["--from", "2026-03-02", "--to", "2026-03-01"], 1, "Error: --to must be after --from"),
         (
