@@ -16,11 +16,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from fractions import Fraction
 
 from dateutil.relativedelta import relativedelta
 
-from billing.money import money_context
 from meterline.catalog import ISO_DURATION_RE
 
 # Gregorian averages in whole seconds, only to guess the period index before checking it.
@@ -128,8 +127,12 @@ def periods_between(anchor: datetime, cadence: str, start: datetime, end: dateti
     return periods
 
 
-def proration(full: Period, part_start: datetime, part_end: datetime) -> Decimal:
-    """Share of ``full`` covered by ``[part_start, part_end)``: an exact ratio of microseconds.
+def proration(full: Period, part_start: datetime, part_end: datetime) -> Fraction:
+    """Share of ``full`` covered by ``[part_start, part_end)``: the exact ratio of microseconds.
+
+    A :class:`~fractions.Fraction`, never a decimal: 7 days of 30 is ``7/30`` exactly, so
+    ``19.05 * 7/30 = 4.445`` is a true half cent and rounds up (a 50-digit ``0.2333...``
+    would land just below it).
 
     Raises ValueError unless ``full.start <= part_start <= part_end <= full.end``.
     """
@@ -140,8 +143,7 @@ def proration(full: Period, part_start: datetime, part_end: datetime) -> Decimal
             f"{full.start.isoformat()} .. {full.end.isoformat()}"
         )
     tick = timedelta(microseconds=1)
-    with money_context():
-        return Decimal((hi - lo) // tick) / Decimal(full.duration // tick)
+    return Fraction((hi - lo) // tick, full.duration // tick)
 
 
 def calendar_month(yyyy_mm: str) -> Period:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from decimal import Decimal
+from fractions import Fraction
 from functools import lru_cache
 
 from billing.errors import UserError
@@ -24,6 +24,9 @@ from meterline.catalog import Catalog, Customer, Plan, Subscription
 # period is date arithmetic on relativedelta, so remember the answers.
 periods_between = lru_cache(maxsize=65536)(_periods_between)
 period_containing = lru_cache(maxsize=65536)(_period_containing)
+
+
+_DAY = timedelta(days=1)
 
 
 class ScheduleError(UserError, ValueError):
@@ -42,11 +45,19 @@ class BillingPeriod:
     end: datetime
 
     @property
-    def share(self) -> Decimal:
-        """Share of the full period billed (1 unless the subscription cuts it)."""
+    def share(self) -> Fraction:
+        """Share of the full period billed (1 unless the subscription cuts it), exact."""
         if (self.start, self.end) == (self.full.start, self.full.end):
-            return Decimal(1)
+            return Fraction(1)
         return proration(self.full, self.start, self.end)
+
+    @property
+    def share_label(self) -> str:
+        """``"10/30 days"`` when both spans are whole days, else the ratio (``"1/3"``)."""
+        part, whole = self.end - self.start, self.full.duration
+        if part % _DAY == timedelta(0) and whole % _DAY == timedelta(0):
+            return f"{part // _DAY}/{whole // _DAY} days"
+        return str(self.share)
 
     @property
     def key(self) -> tuple[str, datetime, datetime]:

@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
+from iso4217 import Currency
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -29,15 +31,36 @@ from pydantic import (
     model_validator,
 )
 
+from meterline.providers import BUILTIN_NAMES, Flavor, unknown_provider
+
 TokenType = Literal["input", "cached_input", "cache_write", "output"]
 TOKEN_TYPES: tuple[TokenType, ...] = ("input", "cached_input", "cache_write", "output")
-Flavor = Literal["openai", "anthropic", "gemini"]
 
 FINGERPRINT_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 KEY_RE = r"^[a-z0-9][a-z0-9_.-]*$"
 
 Money = Annotated[Decimal, Field(ge=0, decimal_places=12)]
 """A non-negative amount in the major unit of a currency (``"2.50"`` = 2.50 USD)."""
+
+
+def _iso_currency(value: str) -> str:
+    """An ISO 4217 code with a minor unit (what an invoice can be rounded to)."""
+    try:
+        exponent = Currency(value).exponent
+    except ValueError:
+        upper = value.strip().upper()
+        hint = f"; did you mean {upper!r}?" if upper in Currency.__members__ else ""
+        raise ValueError(
+            f"{value!r} is not an ISO 4217 currency code{hint or ' (e.g. USD, EUR, JPY)'}"
+        ) from None
+    if exponent is None:
+        raise ValueError(f"{value!r} has no minor unit in ISO 4217: invoices cannot be in it")
+    return value
+
+
+CurrencyCode = Annotated[str, AfterValidator(_iso_currency)]
+"""An ISO 4217 code such as ``USD``; unknown codes and codes without a minor unit
+(``XAU``, ``XXX``) are refused, so ``invoice preview`` never meets one."""
 
 
 class CatalogError(ValueError):
@@ -223,7 +246,7 @@ ISO_DURATION_RE = re.compile(
 class Plan(_Model):
     key: str = Field(pattern=KEY_RE)
     name: str
-    currency: str = Field(pattern=r"^[A-Z]{3}$")
+    currency: CurrencyCode
     billing_cadence: str = "P1M"
     """ISO-8601 duration: ``P1M``, ``P1W``, ``P1Y``, ``P3M``, ``P14D``."""
     rate_cards: list[RateCard] = Field(default_factory=list)
@@ -280,7 +303,7 @@ class Customer(_Model):
     key: str = Field(pattern=KEY_RE)
     name: str
     email: str | None = None
-    currency: str = Field(pattern=r"^[A-Z]{3}$")
+    currency: CurrencyCode
     consumers: list[str] = Field(default_factory=list)
     subscriptions: list[Subscription] = Field(default_factory=list)
     invoicing: InvoiceSettings = InvoiceSettings()
@@ -298,6 +321,17 @@ class Customer(_Model):
         return subs
 
 
+class Seller(_Model):
+    """Who issues the invoices: printed on invoice pages and statements."""
+
+    name: str
+    address: list[str] = Field(default_factory=list)
+    """Address lines, as printed."""
+    email: str | None = None
+    tax_id: str | None = None
+    website: str | None = None
+
+
 # --------------------------------------------------------------------------- the catalog
 
 
@@ -309,6 +343,11 @@ class Catalog(_Model):
     features: list[Feature] = Field(default_factory=list)
     plans: list[Plan] = Field(default_factory=list)
     customers: list[Customer] = Field(default_factory=list)
+    seller: Seller | None = None
+    payment_terms: str | None = None
+    """Printed under an invoice's total, e.g. "Bank transfer to IBAN DE00 ... within 30 days".
+
+    The due date is the issue date plus the customer's ``invoicing.days_until_due``."""
 
     @field_validator("routes")
     @classmethod
@@ -341,6 +380,15 @@ class Catalog(_Model):
                 owner = key_owner.setdefault(key.fingerprint, consumer.name)
                 if owner != consumer.name:
                     bad(f"consumers[{i}].keys[{j}].fingerprint", f"key belongs to {owner!r}")
+        providers = BUILTIN_NAMES | {p.name for p in self.providers}
+        for i, consumer in enumerate(self.consumers):
+            for name in consumer.inject:
+                if name not in providers:
+                    bad(f"consumers[{i}].inject.{name}", unknown_provider(name, providers))
+        for i, feature in enumerate(self.features):
+            wanted = feature.meter.provider
+            if wanted is not None and wanted not in providers:
+                bad(f"features[{i}].meter.provider", unknown_provider(wanted, providers))
         features = {f.key for f in self.features}
         for i, plan in enumerate(self.plans):
             for j, card in enumerate(plan.rate_cards):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
 
 import click
 
@@ -15,6 +17,7 @@ from billing.cli.common import (
     pass_settings,
     progress,
 )
+from billing.cli.documents import emit, output_option
 from billing.invoices import (
     Explanation,
     Generated,
@@ -28,6 +31,8 @@ from billing.invoices import (
 from billing.render import SHOW_FORMATS
 from billing.usage import EVENT_FIELDS
 
+DOCUMENT_FORMATS = (*SHOW_FORMATS, "pdf")
+
 
 @click.group("invoice")
 def invoice_group() -> None:
@@ -37,9 +42,12 @@ def invoice_group() -> None:
 @invoice_group.command("preview")
 @click.option("--customer", required=True, help="Customer key from the catalog.")
 @click.option("--at", type=DATETIME, help="Instant inside the period to preview (default: now).")
-@format_option(SHOW_FORMATS)
+@format_option(DOCUMENT_FORMATS)
+@output_option()
 @pass_settings
-def preview(settings: Settings, customer: str, at: datetime | None, fmt: str) -> None:
+def preview(
+    settings: Settings, customer: str, at: datetime | None, fmt: str, output: Path | None
+) -> None:
     """The invoice of the customer's current period from usage so far; stores nothing.
 
     \b
@@ -50,7 +58,7 @@ def preview(settings: Settings, customer: str, at: datetime | None, fmt: str) ->
     catalog = settings.load_catalog()
     with settings.store() as con:
         inv = preview_invoice(con, catalog, customer, at=at)
-    click.echo(render.invoice(inv, fmt))
+    emit(render.invoice(inv, "html" if fmt == "pdf" else fmt, catalog), fmt, output)
 
 
 def generated_output(result: Generated, month: str, fmt: str) -> str:
@@ -166,20 +174,23 @@ def list_cmd(settings: Settings, customer: str | None, fmt: str) -> None:
 
 @invoice_group.command("show")
 @click.argument("number")
-@format_option(SHOW_FORMATS)
+@format_option(DOCUMENT_FORMATS)
+@output_option()
 @pass_settings
-def show(settings: Settings, number: str, fmt: str) -> None:
-    """Show one invoice: lines, tiers used, total; --format html for a printable page.
+def show(settings: Settings, number: str, fmt: str, output: Path | None) -> None:
+    """Show one invoice: lines, tiers used, total; --format html or pdf for a printable page
+    (seller and due date from the catalog).
 
     \b
     Example usage:
       billing invoice show INV-000001
       billing invoice show INV-000001 --format html > INV-000001.html
+      billing invoice show INV-000001 --format pdf -o INV-000001.pdf
     """
     catalog = settings.load_catalog()
     with settings.store() as con:
         inv = get_invoice(con, number, catalog)
-    click.echo(render.invoice(inv, fmt))
+    emit(render.invoice(inv, "html" if fmt == "pdf" else fmt, catalog), fmt, output)
 
 
 EXPLAIN_COLUMNS = (*EVENT_FIELDS, "quantity")
@@ -194,8 +205,8 @@ def explanation_output(ex: Explanation, fmt: str) -> str:
                 "filter": ex.line.detail["meter"],
                 "consumers": ex.line.detail["consumers"],
                 "windows": ex.line.detail["windows"],
-                "quantity": ex.quantity,
-                "events": ex.events,
+                "quantity": Decimal(ex.quantity),  # a decimal string, as every quantity
+                "events": [{**e, "quantity": Decimal(str(e["quantity"]))} for e in ex.events],
             }
         )
     if fmt == "csv":

@@ -62,7 +62,8 @@ def test_decimal_prices_are_exact() -> None:
         ),
         (
             BASE.replace("currency: USD", "currency: usd"),
-            "cat.yaml: plans[0].currency: String should match pattern '^[A-Z]{3}$'",
+            "cat.yaml: plans[0].currency: 'usd' is not an ISO 4217 currency code; "
+            "did you mean 'USD'?",
         ),
         (
             BASE.replace("    name: P\n", "    name: P\n    colour: red\n"),

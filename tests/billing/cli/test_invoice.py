@@ -187,13 +187,15 @@ def test_show_html_is_a_self_contained_page(s: Setup) -> None:
     assert "style" in parser.tags and "script" not in parser.tags and "link" not in parser.tags
     assert "Invoice INV-000001" in parser.text
     assert "177.00 USD" in parser.text
-    assert "tier 2" in parser.text
+    assert any(t.startswith("Tier 2: above 10,000 tokens") for t in parser.text)
 
 
 def test_show_errors(s: Setup) -> None:
     result = run(s, "invoice", "show", "INV-000009")
     assert (result.exit_code, result.stderr) == (1, "Error: no invoice 'INV-000009'\n")
     result = run(s, "invoice", "show", "INV-000009", "--format", "pdf")
+    assert (result.exit_code, result.stderr) == (1, "Error: no invoice 'INV-000009'\n")
+    result = run(s, "invoice", "show", "INV-000009", "--format", "xml")
     assert result.exit_code == 2
 
 
@@ -206,13 +208,14 @@ def test_explain_table_json_csv(s: Setup) -> None:
     assert lines[1] == "feature gpt-out: provider openai, model GPT-4O*, token types output"
     assert lines[-1] == "2 events, quantity 12000 = line quantity 12000"
     data = json.loads(run(s, "invoice", "explain", "INV-000001", "2", "--format", "json").stdout)
-    assert data["quantity"] == 3500 and data["line"]["quantity"] == "3500"
+    assert data["quantity"] == "3500" and data["line"]["quantity"] == "3500"  # decimal strings
     assert [
         (e["event_id"], e["response_id"], e["request_id"], e["quantity"]) for e in data["events"]
     ] == [
-        ("ev-a", "resp-ev-a", "req-ev-a", 1500),
-        ("ev-b", "resp-ev-b", "req-ev-b", 2000),
+        ("ev-a", "resp-ev-a", "req-ev-a", "1500"),
+        ("ev-b", "resp-ev-b", "req-ev-b", "2000"),
     ]
+    assert data["events"][0]["input_tokens"] == 1000  # raw token counts stay JSON integers
     assert data["windows"][0]["start"] == "2026-01-01T00:00:00Z"
     rows = list(
         csv.DictReader(
@@ -223,6 +226,19 @@ def test_explain_table_json_csv(s: Setup) -> None:
         ("ev-a", "4000", "4000"),
         ("ev-b", "8000", "8000"),
     ]
+
+
+def test_explain_lists_only_events_with_tokens_the_line_counts(s: Setup) -> None:
+    """An input-only call matches the output line's model but adds nothing to it: it is
+    neither behind that line (explain) nor counted in its ``detail.events``."""
+    add_events(s.db, Event(utc("2026-01-07"), input=700, event_id="ev-c"))
+    generated(s)
+    out = json.loads(run(s, "invoice", "explain", "INV-000001", "3", "--format", "json").stdout)
+    assert [e["event_id"] for e in out["events"]] == ["ev-a", "ev-b"]
+    inp = json.loads(run(s, "invoice", "explain", "INV-000001", "2", "--format", "json").stdout)
+    assert [e["event_id"] for e in inp["events"]] == ["ev-a", "ev-c", "ev-b"]
+    shown = json.loads(run(s, "invoice", "show", "INV-000001", "--format", "json").stdout)
+    assert [ln["detail"].get("events") for ln in shown["lines"]] == [None, 3, 2, None]
 
 
 @pytest.mark.parametrize(

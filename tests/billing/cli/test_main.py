@@ -41,12 +41,17 @@ def test_every_command_is_there() -> None:
         "catalog check",
         "consumers fingerprint",
         "consumers list",
+        "dashboard",
+        "health",
         "invoice explain",
         "invoice generate",
         "invoice list",
         "invoice preview",
         "invoice show",
         "margin",
+        "statement",
+        "timeline",
+        "unbilled",
         "usage",
     ]
     with click.Context(main) as ctx:

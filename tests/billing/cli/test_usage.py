@@ -82,6 +82,7 @@ def test_unbilled(s: Setup) -> None:
     result = run(s, "usage", "--unbilled", "--format", "json")
     rows = json.loads(result.stdout)
     assert [(r["reason"], r["consumer"], r["key_fingerprint"], r["total"]) for r in rows] == [
+        ("no rate card of plan 'plus' prices it", "agent-b", None, 30),
         ("outside subscriptions", "agent-b", None, 40),
         ("unknown key", None, "sha256:" + "cd" * 32, 60),
     ]
