@@ -21,7 +21,8 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from billing.usage import TOKEN_COLUMNS, UsageError, UsageQuery, from_db, to_db, usage_report
+from billing.storevalues import from_db, to_db
+from billing.usage import TOKEN_COLUMNS, UsageError, UsageQuery, usage_report
 from meterline.catalog import FINGERPRINT_RE, TOKEN_TYPES, Catalog
 
 BUCKETS: dict[str, timedelta] = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
