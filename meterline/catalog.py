@@ -380,6 +380,9 @@ class Catalog(_Model):
             for name in consumer.inject:
                 if name not in providers:
                     bad(f"consumers[{i}].inject.{name}", unknown_provider(name, providers))
+        for i, route in enumerate(self.routes):
+            if route.provider not in providers:
+                bad(f"routes[{i}].provider", unknown_provider(route.provider, providers))
         for i, feature in enumerate(self.features):
             wanted = feature.meter.provider
             if wanted is not None and wanted not in providers:
