@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from mitmproxy import ctx, exceptions, http
+from mitmproxy.proxy.mode_specs import ReverseMode
 
 from addons.metering import (
     attribution,
@@ -41,13 +42,16 @@ from addons.metering import (
     errors,
     events,
     governance,
+    hints,
     keys,
     providers,
     redact,
+    routes,
 )
 from addons.metering.bounded import count_tokens, estimate_request_input
 from addons.metering.decoding import IncrementalDecoder, OutputLimitExceeded
 from addons.metering.extract import new_extractor
+from addons.metering.replyend import EndWatch
 from addons.metering.settle import OnceLog, Settled, settle
 from addons.metering.spool import Spool, SpoolError
 from addons.metering.streamopts import UsageChunkDropper, add_include_usage
@@ -84,6 +88,7 @@ class _MeteredStream:
         "identity",
         "reject",
         "inject_env",
+        "pinned_model",
         "drop_usage",
         "dropper",
         "t_request",
@@ -99,6 +104,7 @@ class _MeteredStream:
         "raw_bytes",
         "fed_bytes",
         "keys_presented",
+        "end",
         "_body",
         "_streaming",
     )
@@ -116,6 +122,7 @@ class _MeteredStream:
         self.identity = identity
         self.reject = False
         self.inject_env: str | None = None
+        self.pinned_model: str | None = None
         self.drop_usage = False
         self.dropper: UsageChunkDropper | None = None
         self.t_request: float | None = None
@@ -131,6 +138,7 @@ class _MeteredStream:
         self.raw_bytes = 0
         self.fed_bytes = 0
         self.keys_presented = 0
+        self.end: EndWatch | None = None
         self._body: bytes | None = None
         self._streaming: bool | None = None
 
@@ -139,7 +147,10 @@ class _MeteredStream:
         if chunk:
             if self.t_first_byte is None:
                 self.t_first_byte = time.time()
-            self.meter._defer(self.consume, chunk)
+            if self.end is not None and self.end.completes(chunk):
+                self.meter._finish_early(self, chunk)
+            else:
+                self.meter._defer(self.consume, chunk)
             if self.dropper is None:
                 return chunk
             out = self.dropper.feed(chunk)
@@ -280,6 +291,7 @@ class Meter:
         self.catalog: Catalog | None = None
         self.registry = providers.ProviderRegistry.from_catalog(None)
         self.keybook = keys.KeyBook(None)
+        self.routes = routes.RouteTable()
         self.spool: Spool | None = None
         self.writer: SpoolWriter | None = None
         self._active: dict[str, _MeteredStream] = {}
@@ -403,8 +415,10 @@ class Meter:
     def _use_catalog(self, catalog: Catalog) -> None:
         """Swap in a validated catalog (flows already under way keep theirs)."""
         registry = providers.ProviderRegistry.from_catalog(catalog)
+        table = routes.RouteTable.from_catalog(catalog, registry)
         self.catalog, self.registry, self.keybook = catalog, registry, keys.KeyBook(catalog)
         self.governance.use_catalog(catalog)
+        self.routes = table
 
     def _watch_catalog(self) -> None:
         """Re-read the catalog when its file changed; runs every CATALOG_CHECK_INTERVAL.
@@ -436,15 +450,22 @@ class Meter:
                         why,
                     )
                 else:
-                    self._use_catalog(catalog)
-                    log.info(
-                        "meterline: catalog %s reloaded: %d provider(s), %d consumer(s)",
-                        path,
-                        len(self.registry.providers),
-                        len(self.catalog.consumers) if self.catalog else 0,
-                    )
+                    self._reload(watch.path, catalog)
         finally:
             self._schedule_catalog_watch()
+
+    def _reload(self, path: Path, catalog: Catalog) -> None:
+        try:
+            self._use_catalog(catalog)
+        except ValueError as e:  # a route the registry cannot serve
+            log.error("meterline: catalog %s not reloaded, keeping the one in use: %s", path, e)
+            return
+        log.info(
+            "meterline: catalog %s reloaded: %d provider(s), %d consumer(s)",
+            path,
+            len(self.registry.providers),
+            len(self.catalog.consumers) if self.catalog else 0,
+        )
 
     def _schedule_catalog_watch(self) -> None:
         try:
@@ -470,7 +491,12 @@ class Meter:
     def running(self) -> None:
         """The proxy is up: open the spool (not before, so loading the addon writes nothing)."""
         self._running = True
-        self._open_spool()
+        try:
+            self._open_spool()
+        except exceptions.OptionsError as e:  # e.g. a second proxy on the same spool
+            log.error("meterline: %s; each proxy needs its own: --set meter_spool=DIR", e)
+            ctx.master.shutdown()  # not a traceback, and no proxy running unmetered
+            return
         if self.writer is not None:
             self.governance.start(self.writer.flush, self.spool.directory if self.spool else None)
         if not redact.install(ctx.master.addons.get("dumper")):
@@ -484,6 +510,17 @@ class Meter:
             ctx.options.meter_db,
             self.spool.directory if self.spool else "?",
         )
+        for route in self.routes:
+            log.info(
+                "meterline: gateway route POST %s -> %s %s%s",
+                route.path,
+                route.provider.name,
+                route.upstream_path,
+                f" (model pinned to {route.model})" if route.model else "",
+            )
+        plain_http = hints.plain_http_warning(self.catalog)
+        if plain_http:
+            log.warning(plain_http)
 
     def done(self) -> None:
         """Finish every queued and in-flight flow, then drain the spool into the store."""
@@ -556,7 +593,14 @@ class Meter:
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         req = flow.request
-        provider = self.registry.lookup(req.host, req.port)
+        route = None
+        if self.routes and isinstance(flow.client_conn.proxy_mode, ReverseMode):
+            route = self.routes.match(req.path)  # a gateway path such as /chat
+        if route is not None and req.method == "POST":
+            req.path = route.upstream(req.path)
+            provider: providers.Provider | None = route.provider
+        else:
+            route, provider = None, self.registry.lookup(req.host, req.port)
         if provider is None:
             provider = providers.lookup_named(
                 self.registry, req.port, req.host_header, flow.client_conn.sni
@@ -573,6 +617,8 @@ class Meter:
         st.keys_presented = keyset.distinct
         st.reject = self.reject_unknown and (identity.consumer is None or keyset.ambiguous)
         st.inject_env = keys.injection_env_var(identity.consumer, provider)
+        if route is not None and route.pins_body_model:
+            st.pinned_model = route.model
         self._active[flow.id] = st
 
     def request(self, flow: http.HTTPFlow) -> None:
@@ -612,6 +658,10 @@ class Meter:
                 self._error_response(flow, st, "injection_failed", f"Meterline proxy: {e}")
                 return
             req.path = f"{path}?{query}" if query else path
+        if st.pinned_model is not None and "content-encoding" not in req.headers:
+            pinned = routes.pin_model(req.raw_content or b"", st.pinned_model)
+            if pinned is not None:
+                req.content = pinned
         if self.include_usage and st.provider.flavor == "openai":
             self._add_include_usage(st)
         st.t_request = time.time()
@@ -649,6 +699,12 @@ class Meter:
             return  # mitmproxy buffers it, as plain mitmdump does; metered in `response`
         if st.drop_usage and resp.status_code < 400 and "content-encoding" not in headers:
             st.dropper = UsageChunkDropper()
+        if self.durable:
+            st.end = EndWatch(
+                headers.get("content-length"),
+                done_event=st.provider.flavor == "openai"
+                and "event-stream" in headers.get("content-type", ""),
+            )
         resp.stream = st
         self._notice_filter.add(flow.request.host)
 
@@ -675,6 +731,17 @@ class Meter:
             self._pending.append((self._finish_whole, (st, body)))
         else:
             self._pending.append((self._finish, (st, False)))
+        self._drain()
+
+    def _finish_early(self, st: _MeteredStream, chunk: bytes) -> None:
+        """``chunk`` completes the client's answer (:mod:`addons.metering.replyend`):
+        meter the flow and spool its event before the chunk is handed on."""
+        st.end = None
+        self._active.pop(st.flow.id, None)  # `response` and `error` find nothing more to do
+        st.t_done = time.time()
+        self._drain()
+        self._pending.append((st.consume, (chunk,)))
+        self._pending.append((self._finish, (st, False)))
         self._drain()
 
     def error(self, flow: http.HTTPFlow) -> None:

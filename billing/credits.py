@@ -22,12 +22,13 @@ from typing import Any
 
 import duckdb
 
+from billing.errors import UnknownCustomer, UserError
 from billing.model import Invoice, InvoiceLine
 from billing.money import round_money
 from meterline.catalog import Catalog
 
 
-class CreditError(ValueError):
+class CreditError(UserError, ValueError):
     """A grant that cannot be made (unknown customer, bad amount); shown as ``Error: ...``."""
 
 
@@ -72,7 +73,7 @@ def grant_credits(
     try:
         customer = catalog.customer(customer_key)
     except KeyError:
-        raise CreditError(f"unknown customer {customer_key!r}") from None
+        raise UnknownCustomer(catalog, customer_key) from None
     if amount <= 0:
         raise CreditError(f"a grant must be positive, got {amount}")
     if round_money(amount, customer.currency) != amount:

@@ -20,6 +20,7 @@ from typing import Literal
 from urllib.parse import unquote
 
 from meterline.catalog import Catalog, Flavor
+from meterline.providers import BUILTIN_PROVIDERS as BUILTIN_TABLE
 
 AuthStyle = Literal["bearer", "x-api-key", "api-key", "x-goog-api-key"]
 
@@ -38,27 +39,13 @@ class Provider:
     """The header that carries the provider's own key (used by key injection)."""
 
 
-def _builtin(name: str, flavor: Flavor, hosts: tuple[str, ...], auth: AuthStyle | None = None):
-    return Provider(name, flavor, auth or DEFAULT_AUTH[flavor]), hosts
+# Which header carries the provider's own key, where it differs from its flavor's.
+_AUTH_OVERRIDES: dict[str, AuthStyle] = {"azure-openai": "api-key"}
 
-
-BUILTIN_PROVIDERS: tuple[tuple[Provider, tuple[str, ...]], ...] = (
-    _builtin("openai", "openai", ("api.openai.com",)),
-    _builtin(
-        "azure-openai",
-        "openai",
-        ("*.openai.azure.com", "*.cognitiveservices.azure.com"),
-        auth="api-key",
-    ),
-    _builtin("mistral", "openai", ("api.mistral.ai",)),
-    _builtin("groq", "openai", ("api.groq.com",)),
-    _builtin("deepseek", "openai", ("api.deepseek.com",)),
-    _builtin("together", "openai", ("api.together.xyz",)),
-    _builtin("openrouter", "openai", ("openrouter.ai",)),
-    _builtin("fireworks", "openai", ("api.fireworks.ai",)),
-    _builtin("xai", "openai", ("api.x.ai",)),
-    _builtin("anthropic", "anthropic", ("api.anthropic.com",)),
-    _builtin("gemini", "gemini", ("generativelanguage.googleapis.com",)),
+# The built-in providers are one table in meterline/ (the catalog checks names against it).
+BUILTIN_PROVIDERS: tuple[tuple[Provider, tuple[str, ...]], ...] = tuple(
+    (Provider(p.name, p.flavor, _AUTH_OVERRIDES.get(p.name, DEFAULT_AUTH[p.flavor])), p.hosts)
+    for p in BUILTIN_TABLE
 )
 
 # Paths that bill tokens, per flavor, matched on the path without its query string.

@@ -19,12 +19,13 @@ import duckdb
 
 from billing.alerts.evaluate import AlertEvent
 from billing.alerts.webhook import post
+from billing.errors import UserError
 from meterline.catalog import Catalog, Webhook
 
 MAX_BACKOFF = timedelta(hours=1)
 
 
-class AlertError(ValueError):
+class AlertError(UserError, ValueError):
     """An alert command that cannot run (a missing secret, an unknown event)."""
 
 

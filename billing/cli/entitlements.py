@@ -9,6 +9,7 @@ import click
 from billing import render
 from billing.cli.common import Settings, format_option, pass_settings
 from billing.entitlements import entitlement_rows, read_reserved
+from billing.errors import UnknownCustomer
 
 
 @click.command("entitlements")
@@ -36,7 +37,7 @@ def entitlements_cmd(
     """
     catalog = settings.load_catalog()
     if customer and all(c.key != customer for c in catalog.customers):
-        raise click.ClickException(f"unknown customer {customer!r}")
+        raise UnknownCustomer(catalog, customer)
     with settings.store() as con:
         rows = entitlement_rows(con, catalog, customer=customer, reserved=read_reserved(states))
     click.echo(render.rows(rows, fmt))
