@@ -219,6 +219,14 @@ class Entitlement(_Model):
     period: str | None = None
     """ISO-8601 duration of the usage period, anchored at the subscription start."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_type(cls, data: object) -> object:
+        """No ``type``: metered when a limit is given, else boolean (access, no limit)."""
+        if isinstance(data, dict) and "type" not in data:
+            return {**data, "type": "boolean" if data.get("limit") is None else "metered"}
+        return data
+
     @field_validator("period")
     @classmethod
     def _period(cls, value: str | None) -> str | None:

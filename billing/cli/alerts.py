@@ -63,7 +63,12 @@ def deliver_cmd(settings: Settings, min_backoff: float, watch: float | None) -> 
 @format_option()
 @pass_settings
 def list_cmd(settings: Settings, fmt: str) -> None:
-    """Every alert in the outbox with its delivery state."""
+    """Every alert in the outbox with its delivery state.
+
+    \b
+    Example usage:
+      billing alerts list --format json
+    """
     with settings.store() as con:
         click.echo(render.rows(list_alerts(con), fmt))
 
@@ -72,7 +77,12 @@ def list_cmd(settings: Settings, fmt: str) -> None:
 @click.argument("event_id")
 @pass_settings
 def replay_cmd(settings: Settings, event_id: str) -> None:
-    """Deliver an alert again (the same id and body; receivers deduplicate on the id)."""
+    """Deliver an alert again (the same id and body; receivers deduplicate on the id).
+
+    \b
+    Example usage:
+      billing alerts replay evt_5c0e8a1f2b3d4c5e6f708192
+    """
     with settings.store() as con:
         n = replay(con, event_id, utc_now())
     click.echo(f"{event_id}: queued again for {n} webhook(s); run `billing alerts deliver`")

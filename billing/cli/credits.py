@@ -61,7 +61,12 @@ def grant_cmd(
 @format_option()
 @pass_settings
 def list_cmd(settings: Settings, customer: str | None, fmt: str) -> None:
-    """List grants with what invoices left of them, and each customer's balance."""
+    """List grants with what invoices left of them, and each customer's balance.
+
+    \b
+    Example usage:
+      billing credits list --customer acme
+    """
     with settings.store() as con:
         grants = list_grants(con, customer)
     now = utc_now()

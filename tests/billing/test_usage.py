@@ -244,4 +244,4 @@ def test_group_by_parsing() -> None:
     assert parse_group_by("day, model") == ("model", "day")
     with pytest.raises(UsageError) as err:
         parse_group_by("model,week")
-    assert str(err.value) == "unknown dimension 'week' (choose from model, type, day)"
+    assert str(err.value) == "unknown dimension 'week' (choose from model, type, day, refused)"
