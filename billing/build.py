@@ -194,9 +194,7 @@ def _tokens_for(
     for row in rows:
         if not match(meter, row.provider, row.model):
             continue
-        if row.nonzero.isdisjoint(meter.token_types):
-            continue  # these events have none of the line's token types
-        events += row.events
+        events += row.events_with(meter.token_types)  # only events with the line's tokens
         for tt in meter.token_types:
             n = row.tokens[tt]
             if n:
@@ -360,7 +358,8 @@ def build_invoices(
             )
 
     by_window: dict[int, list[WindowUsage]] = defaultdict(list)
-    for row in aggregate_windows(con, [j.window for j in jobs]):
+    token_sets = {uc.meter.token_types for j in jobs for uc in j.cards}
+    for row in aggregate_windows(con, [j.window for j in jobs], sorted(token_sets)):
         by_window[row.window_id].append(row)
 
     match = _Matcher()
