@@ -21,7 +21,8 @@ import pyarrow as pa
 from billing.errors import UserError
 from billing.model import Invoice, InvoiceLine
 from billing.money import decimal_text, money_context, round_money
-from billing.usage import UsageWindow, from_db, to_db, value_set
+from billing.storevalues import from_db, to_db, value_set
+from billing.usage import UsageWindow
 
 NUMBER_PREFIX = "INV-"
 _DEC = pa.decimal128(38, 12)

@@ -21,13 +21,12 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from billing.storevalues import from_db, to_db
 from billing.usage import (
     TOKEN_COLUMNS,
     UsageError,
     UsageQuery,
-    from_db,
     is_unpriced,
-    to_db,
     usage_report,
 )
 from meterline.catalog import FINGERPRINT_RE, TOKEN_TYPES, Catalog
