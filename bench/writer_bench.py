@@ -124,6 +124,22 @@ def run(events: int, flushes: int, locator: str, work: Path, label: str) -> dict
     return results
 
 
+def idle_cpu(work: Path, seconds: float) -> dict[str, float]:
+    """CPU of an idle writer thread (nothing spooled) over ``seconds``, interval 1 s."""
+    spool = Spool(work / "spool-idle")
+    writer = SpoolWriter(spool, str(work / "idle.duckdb"), interval=1.0)
+    writer.start()
+    time.sleep(0.2)
+    assert writer._thread is not None and writer._thread.ident is not None
+    clock = time.pthread_getcpuclockid(writer._thread.ident)
+    c0 = time.clock_gettime(clock)
+    time.sleep(seconds)
+    used = time.clock_gettime(clock) - c0
+    writer.stop()
+    spool.close()
+    return {"idle_writer_cpu_ms_per_s": round(used / seconds * 1000, 3)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=50, help="events per flush")
@@ -132,7 +148,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="meterline-writer-bench-") as tmp:
         work = Path(tmp)
-        results = run(args.events, args.flushes, str(work / "e.duckdb"), work, "file")
+        results: dict[str, object] = {"idle": idle_cpu(work, 10.0)}
+        results |= run(args.events, args.flushes, str(work / "e.duckdb"), work, "file")
         if args.lake:
             from tests.support.postgres import postgres_server
 
