@@ -23,15 +23,13 @@ import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+import duckdb
 
 from addons.metering.lakejob import LakeMaintainer, maintain_every_s
 from addons.metering.spool import Spool
 from addons.metering.storelink import StoreLink
 from meterline.store import EVENT_COLUMNS
-
-if TYPE_CHECKING:
-    import duckdb
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +140,9 @@ def insert_segments(con: duckdb.DuckDBPyConnection, segments: list[Path]) -> tup
         con.execute("DROP TABLE spool_batch")
         con.execute("COMMIT")
     except BaseException:
-        con.execute("ROLLBACK")
+        # A failed COMMIT has already ended the transaction: keep its error, not ROLLBACK's.
+        with contextlib.suppress(duckdb.Error):
+            con.execute("ROLLBACK")
         raise
     return (int(inserted[0]) if inserted else 0), skipped
 
