@@ -252,7 +252,7 @@ def main() -> None:
             floor = timed(lambda: con.execute(FLOOR_SQL).fetchall(), args.repeat)
 
             def build() -> None:
-                periods = periods_ending_in(catalog, month, NOW, list(catalog.customers))
+                periods = periods_ending_in(catalog, month, list(catalog.customers))
                 invoices, _ = build_invoices(con, catalog, periods, watermark=NOW)
                 assert len(invoices) == args.customers
 
@@ -265,7 +265,7 @@ def main() -> None:
 
             store_s = timed(build_and_store, args.repeat)
             # same quantities as the floor: sum of usage line quantities per customer
-            periods = periods_ending_in(catalog, month, NOW, list(catalog.customers))
+            periods = periods_ending_in(catalog, month, list(catalog.customers))
             invoices, _ = build_invoices(con, catalog, periods, watermark=NOW)
             built = sum(ln.quantity for i in invoices for ln in i.lines if ln.kind == "usage")
             assert built == floor_quantity(floor_rows), "build and floor disagree"

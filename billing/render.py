@@ -8,7 +8,6 @@ people: the same values, aligned, numbers to the right.
 from __future__ import annotations
 
 import csv
-import html
 import io
 import json
 from collections.abc import Sequence
@@ -18,6 +17,7 @@ from typing import Any
 
 from billing.model import Invoice, InvoiceLine
 from billing.money import decimal_text, format_money
+from meterline.catalog import Catalog
 
 FORMATS = ("table", "json", "csv")
 SHOW_FORMATS = (*FORMATS, "html")
@@ -202,84 +202,19 @@ def invoice_csv(inv: Invoice) -> str:
     return to_csv(data, ("number", "currency", *LINE_COLUMNS, "rate_card", "feature", "plan"))
 
 
-def invoice(inv: Invoice, fmt: str) -> str:
+def invoice(inv: Invoice, fmt: str, catalog: Catalog | None = None) -> str:
+    """``catalog`` gives the HTML page its seller block and due date."""
     if fmt == "json":
         return to_json(invoice_json(inv))
     if fmt == "csv":
         return invoice_csv(inv)
     if fmt == "html":
-        return invoice_html(inv)
+        return invoice_html(inv, catalog)
     return invoice_text(inv)
 
 
-_CSS = """
-body { font: 14px/1.45 -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; color: #222;
-       max-width: 60rem; margin: 2rem auto; padding: 0 1rem; }
-h1 { font-size: 1.6rem; margin: 0 0 .25rem; } .muted { color: #666; }
-header { display: flex; justify-content: space-between; border-bottom: 2px solid #222;
-         padding-bottom: 1rem; margin-bottom: 1.5rem; }
-table { width: 100%; border-collapse: collapse; }
-th, td { text-align: left; padding: .45rem .5rem; border-bottom: 1px solid #ddd;
-         vertical-align: top; }
-th { font-size: .8rem; text-transform: uppercase; letter-spacing: .04em; color: #555; }
-td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-tr.tier td { border-bottom: none; color: #555; font-size: .85rem; padding-top: 0; }
-tr.total td { border-top: 2px solid #222; border-bottom: none; font-weight: 600;
-              font-size: 1.1rem; }
-.kind { font-size: .75rem; color: #666; }
-@media print { body { margin: 0; max-width: none; } }
-"""
+def invoice_html(inv: Invoice, catalog: Catalog | None = None) -> str:
+    """A printable invoice page (see :mod:`billing.documents.invoice_page`)."""
+    from billing.documents.invoice_page import invoice_html as page
 
-
-def invoice_html(inv: Invoice) -> str:
-    """A printable invoice: one self-contained HTML page (inline CSS, no scripts, no assets)."""
-    e = html.escape
-    title = inv.number or "Preview"
-    rows_html = []
-    for ln in inv.lines:
-        unit = "" if ln.unit_price is None else decimal_text(ln.unit_price)
-        span = f"{ln.usage_start:%Y-%m-%d} – {ln.usage_end:%Y-%m-%d}"
-        rows_html.append(
-            f"<tr><td>{ln.line_no}</td><td>{e(ln.description)}"
-            f'<div class="kind">{e(ln.kind)} · {e(span)}</div></td>'
-            f'<td class="num">{e(decimal_text(ln.quantity))}</td>'
-            f'<td class="num">{e(unit)}</td>'
-            f'<td class="num">{e(format_money(ln.amount, inv.currency))}</td></tr>'
-        )
-        for t in (ln.detail.get("pricing") or {}).get("tiers") or []:
-            rows_html.append(
-                f'<tr class="tier"><td></td><td>tier {t["tier"] + 1}</td>'
-                f'<td class="num">{e(t["quantity"])}</td>'
-                f'<td class="num">{e(t["unit_amount"])}</td>'
-                f'<td class="num">{e(t["amount"])}</td></tr>'
-            )
-    issued = f"Issued {_cell(inv.issued_at)}" if inv.issued_at else "Not finalized"
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>Invoice {e(title)}</title>
-<style>{_CSS}</style>
-</head>
-<body>
-<header>
-  <div><h1>Invoice {e(title)}</h1>
-    <div class="muted">{e(issued)} · {e(inv.status)}</div></div>
-  <div style="text-align:right"><strong>{e(inv.customer_name)}</strong>
-    <div class="muted">{e(inv.customer_key)}</div>
-    <div class="muted">Period {inv.period_start:%Y-%m-%d} – {inv.period_end:%Y-%m-%d}</div></div>
-</header>
-<table>
-<thead><tr><th>#</th><th>Description</th><th class="num">Quantity</th>
-<th class="num">Unit price</th><th class="num">Amount</th></tr></thead>
-<tbody>
-{chr(10).join(rows_html)}
-<tr class="total"><td></td><td>Total</td><td></td><td></td>
-<td class="num">{e(format_money(inv.total, inv.currency))}</td></tr>
-</tbody>
-</table>
-<p class="muted">Usage ingested up to {e(_cell(inv.watermark))}.
-Catalog {e(inv.catalog_digest)}.</p>
-</body>
-</html>
-"""
+    return page(inv, catalog)

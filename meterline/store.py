@@ -24,6 +24,7 @@ from pathlib import Path
 import duckdb
 
 from meterline.lakeconfig import LakeConfigError, lake_settings
+from meterline.privatefiles import make_private, private_files
 
 DEFAULT_DB = "meterline.duckdb"
 DEFAULT_CATALOG = "catalog.yaml"
@@ -182,14 +183,26 @@ def open_store(
         return _retrying(loc, wait_s, lambda: _open_lake(loc))
     if read_only and not Path(loc).exists():
         raise StoreError(f"{loc}: no such database (nothing metered yet?)")
-    return _retrying(loc, wait_s, lambda: duckdb.connect(loc, read_only=read_only))
+    if read_only:
+        return _retrying(loc, wait_s, lambda: duckdb.connect(loc, read_only=True))
+    return _retrying(loc, wait_s, lambda: _connect_private(loc))
+
+
+def _connect_private(path: str) -> duckdb.DuckDBPyConnection:
+    """Open (or create) a writable DuckDB file, private to this user (0600)."""
+    with private_files():
+        con = duckdb.connect(path)
+    make_private(path)
+    return con
 
 
 def attach_file(con: duckdb.DuckDBPyConnection, path: str, alias: str, wait_s: float) -> None:
     """``ATTACH`` the DuckDB file ``path`` to ``con`` as ``alias``, waiting out a reader."""
-    _retrying(
-        path, wait_s, lambda: con.execute(f"ATTACH {_sql_string(path)} AS {alias}"), ask=False
-    )
+    with private_files():
+        _retrying(
+            path, wait_s, lambda: con.execute(f"ATTACH {_sql_string(path)} AS {alias}"), ask=False
+        )
+    make_private(path)
 
 
 def attach_lake(con: duckdb.DuckDBPyConnection, locator: str, wait_s: float) -> None:
@@ -223,12 +236,17 @@ def _is_transient(err: duckdb.Error) -> bool:
 def store(
     locator: str | Path = DEFAULT_DB, *, read_only: bool = False, wait_s: float = 30.0
 ) -> Iterator[duckdb.DuckDBPyConnection]:
-    """Open, yield, close: hold the file no longer than one unit of work."""
-    con = open_store(locator, read_only=read_only, wait_s=wait_s)
-    try:
-        yield con
-    finally:
-        con.close()
+    """Open, yield, close: hold the file no longer than one unit of work.
+
+    A writable store is used under :func:`private_files`: the ``.wal`` DuckDB creates
+    during the work is 0600 like the database file.
+    """
+    with contextlib.nullcontext() if read_only else private_files():
+        con = open_store(locator, read_only=read_only, wait_s=wait_s)
+        try:
+            yield con
+        finally:
+            con.close()
 
 
 def migrate(con: duckdb.DuckDBPyConnection, migrations: Sequence[Migration]) -> list[str]:

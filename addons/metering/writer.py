@@ -26,9 +26,11 @@ from pathlib import Path
 
 import duckdb
 
+from addons.metering import oserrors
 from addons.metering.lakejob import LakeMaintainer, maintain_every_s
 from addons.metering.spool import Spool
 from addons.metering.storelink import StoreLink
+from meterline.privatefiles import private_files
 from meterline.store import EVENT_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -140,8 +142,9 @@ def insert_segments(con: duckdb.DuckDBPyConnection, segments: list[Path]) -> tup
         con.execute("DROP TABLE spool_batch")
         con.execute("COMMIT")
     except BaseException:
-        # A failed COMMIT has already ended the transaction: keep its error, not ROLLBACK's.
-        with contextlib.suppress(duckdb.Error):
+        # A failed COMMIT (disk full) has already ended the transaction: a ROLLBACK error
+        # ("no transaction is active") must not replace the real cause.
+        with contextlib.suppress(Exception):
             con.execute("ROLLBACK")
         raise
     return (int(inserted[0]) if inserted else 0), skipped
@@ -202,6 +205,7 @@ class SpoolWriter:
         """On a lake: the thread that compacts it now and then (under the fleet's lease)."""
         self.inserted = 0
         self.failures = 0
+        self._last_error: str | None = None
         self.batches = 0
         """Flushes that wrote to the store."""
 
@@ -244,7 +248,11 @@ class SpoolWriter:
         _lower_priority()
         while not self._stop.is_set():
             started = time.monotonic()
-            failed = not self.flush(hold=True)
+            try:
+                failed = not self.flush(hold=True)
+            except Exception:  # the thread must outlive any fault; the next flush retries
+                log.exception("meterline: writer flush failed; retrying")
+                failed = True
             self._pause(next_wait(self.interval, time.monotonic() - started, failed))
             self._wake.clear()
 
@@ -277,18 +285,26 @@ class SpoolWriter:
                 return True
             locator = self.locator
             try:
-                inserted, skipped = insert_segments(self.link.connection(), segments)
+                with private_files():  # the file and its WAL hold events: 0600
+                    inserted, skipped = insert_segments(self.link.connection(), segments)
             except Exception as e:  # keep the segments; the next flush retries them
                 self.failures += 1
                 self.link.reset()  # the store may have been replaced: attach it afresh
-                log.warning(
-                    "meterline: cannot write %d spool segment(s) to %s (kept in spool %s): %s",
-                    len(segments),
-                    locator,
-                    self.spool.directory,
-                    e,
-                )
+                cause = oserrors.describe(e)
+                if cause != self._last_error:  # logged once per condition, not per retry
+                    self._last_error = cause
+                    log.warning(
+                        "meterline: cannot write %d spool segment(s) to %s (kept in spool %s, "
+                        "retrying): %s",
+                        len(segments),
+                        locator,
+                        self.spool.directory,
+                        cause,
+                    )
                 return False
+            if self._last_error is not None:
+                log.warning("meterline: store %s writable again", locator)
+                self._last_error = None
             self.inserted += inserted
             self.batches += 1
             if skipped:

@@ -11,8 +11,10 @@ import click
 from billing.cli.catalog import catalog_group
 from billing.cli.common import BillingGroup, Settings
 from billing.cli.consumers import consumers_group
+from billing.cli.dashboard import dashboard_cmd, health_cmd, timeline_cmd, unbilled_cmd
 from billing.cli.invoice import invoice_group
 from billing.cli.margin import margin_cmd
+from billing.cli.statement import statement_cmd
 from billing.cli.usage import usage_cmd
 from meterline.store import DEFAULT_CATALOG, DEFAULT_DB
 
@@ -51,6 +53,11 @@ main.add_command(consumers_group, "consumers")
 main.add_command(usage_cmd, "usage")
 main.add_command(invoice_group, "invoice")
 main.add_command(margin_cmd, "margin")
+main.add_command(statement_cmd, "statement")
+main.add_command(timeline_cmd, "timeline")
+main.add_command(health_cmd, "health")
+main.add_command(unbilled_cmd, "unbilled")
+main.add_command(dashboard_cmd, "dashboard")
 # billing/cli/stripe.py's group, imported when `billing stripe ...` runs (see BillingGroup)
 main.add_lazy_command("billing.cli.stripe:stripe_group", "stripe")
 main.add_lazy_command("billing.cli.lake:lake_group", "lake")  # DuckLake upkeep

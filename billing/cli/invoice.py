@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
 
 import click
 
@@ -15,9 +17,11 @@ from billing.cli.common import (
     pass_settings,
     progress,
 )
+from billing.cli.documents import emit, output_option
 from billing.invoices import (
     Explanation,
     Generated,
+    NoUsage,
     explain_line,
     generate_invoices,
     get_invoice,
@@ -26,6 +30,8 @@ from billing.invoices import (
 )
 from billing.render import SHOW_FORMATS
 from billing.usage import EVENT_FIELDS
+
+DOCUMENT_FORMATS = (*SHOW_FORMATS, "pdf")
 
 
 @click.group("invoice")
@@ -36,9 +42,12 @@ def invoice_group() -> None:
 @invoice_group.command("preview")
 @click.option("--customer", required=True, help="Customer key from the catalog.")
 @click.option("--at", type=DATETIME, help="Instant inside the period to preview (default: now).")
-@format_option(SHOW_FORMATS)
+@format_option(DOCUMENT_FORMATS)
+@output_option()
 @pass_settings
-def preview(settings: Settings, customer: str, at: datetime | None, fmt: str) -> None:
+def preview(
+    settings: Settings, customer: str, at: datetime | None, fmt: str, output: Path | None
+) -> None:
     """The invoice of the customer's current period from usage so far; stores nothing.
 
     \b
@@ -49,7 +58,7 @@ def preview(settings: Settings, customer: str, at: datetime | None, fmt: str) ->
     catalog = settings.load_catalog()
     with settings.store() as con:
         inv = preview_invoice(con, catalog, customer, at=at)
-    click.echo(render.invoice(inv, fmt))
+    emit(render.invoice(inv, "html" if fmt == "pdf" else fmt, catalog), fmt, output)
 
 
 def generated_output(result: Generated, month: str, fmt: str) -> str:
@@ -89,10 +98,20 @@ def generated_output(result: Generated, month: str, fmt: str) -> str:
     help="Bill only usage ingested at least this many seconds ago; the rest goes on the "
     "next invoice. Default: 0 on a DuckDB file, 300 on a DuckLake (concurrent writers).",
 )
+@click.option(
+    "--allow-empty",
+    is_flag=True,
+    help="Generate even when the store holds no usage events at all (invoices are final).",
+)
 @format_option()
 @pass_settings
 def generate(
-    settings: Settings, month: str, customer: str | None, settle: int | None, fmt: str
+    settings: Settings,
+    month: str,
+    customer: str | None,
+    settle: int | None,
+    allow_empty: bool,
+    fmt: str,
 ) -> None:
     """Finalize the invoices of every billing period that ended in the month.
 
@@ -100,6 +119,8 @@ def generate(
     end) and it has closed (end <= now). Invoices are numbered INV-000001, ... and
     stored with their lines and prices. Idempotent: periods already invoiced are shown,
     not invoiced again. Events arriving later go on the customer's next invoice.
+    Refuses to create invoices from a store with no usage events unless --allow-empty;
+    names the earlier months whose closed periods were never invoiced.
 
     \b
     Example usage:
@@ -107,16 +128,28 @@ def generate(
       billing invoice generate --period 2026-03 --customer acme --format json
     """
     catalog = settings.load_catalog()
-    with settings.store() as con:
-        result = generate_invoices(
-            con,
-            catalog,
-            month,
-            customer=customer,
-            settle=timedelta(seconds=settle if settle is not None else settings.default_settle),
-            progress=progress("Pricing"),
-        )
+    try:
+        with settings.store() as con:
+            result = generate_invoices(
+                con,
+                catalog,
+                month,
+                customer=customer,
+                settle=timedelta(seconds=settle if settle is not None else settings.default_settle),
+                progress=progress("Pricing"),
+                require_usage=not allow_empty,
+            )
+    except NoUsage as e:
+        raise click.ClickException(f"{e}; pass --allow-empty to generate them anyway") from None
     click.echo(generated_output(result, month, fmt))
+    missed = result.missed_months
+    if missed:
+        months = "; ".join(f"{m} ({', '.join(keys)})" for m, keys in missed.items())
+        click.echo(
+            f"Note: earlier months with closed periods never invoiced: {months}. "
+            f"Run `billing invoice generate --period {next(iter(missed))}` (and the others).",
+            err=True,
+        )
 
 
 @invoice_group.command("list")
@@ -141,20 +174,23 @@ def list_cmd(settings: Settings, customer: str | None, fmt: str) -> None:
 
 @invoice_group.command("show")
 @click.argument("number")
-@format_option(SHOW_FORMATS)
+@format_option(DOCUMENT_FORMATS)
+@output_option()
 @pass_settings
-def show(settings: Settings, number: str, fmt: str) -> None:
-    """Show one invoice: lines, tiers used, total; --format html for a printable page.
+def show(settings: Settings, number: str, fmt: str, output: Path | None) -> None:
+    """Show one invoice: lines, tiers used, total; --format html or pdf for a printable page
+    (seller and due date from the catalog).
 
     \b
     Example usage:
       billing invoice show INV-000001
       billing invoice show INV-000001 --format html > INV-000001.html
+      billing invoice show INV-000001 --format pdf -o INV-000001.pdf
     """
     catalog = settings.load_catalog()
     with settings.store() as con:
         inv = get_invoice(con, number, catalog)
-    click.echo(render.invoice(inv, fmt))
+    emit(render.invoice(inv, "html" if fmt == "pdf" else fmt, catalog), fmt, output)
 
 
 EXPLAIN_COLUMNS = (*EVENT_FIELDS, "quantity")
@@ -169,8 +205,8 @@ def explanation_output(ex: Explanation, fmt: str) -> str:
                 "filter": ex.line.detail["meter"],
                 "consumers": ex.line.detail["consumers"],
                 "windows": ex.line.detail["windows"],
-                "quantity": ex.quantity,
-                "events": ex.events,
+                "quantity": Decimal(ex.quantity),  # a decimal string, as every quantity
+                "events": [{**e, "quantity": Decimal(str(e["quantity"]))} for e in ex.events],
             }
         )
     if fmt == "csv":

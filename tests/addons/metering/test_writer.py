@@ -164,7 +164,7 @@ def test_torn_segment_of_a_crash_is_read_line_by_line(tmp_path: Path) -> None:
     spool_dir = tmp_path / "spool"
     spool_dir.mkdir()
     lines = [json.dumps(_event("a")), json.dumps(_event("b")), '{"event_id": "c", "ts": "20']
-    (spool_dir / "00000000000000000001-7-000001.open").write_text("\n".join(lines))
+    (spool_dir / "meterline-00000000000000000001-7-000001.open").write_text("\n".join(lines))
     spool = Spool(spool_dir)  # seals the leftover
     writer = SpoolWriter(spool, str(tmp_path / "e.duckdb"))
     assert writer.flush()

@@ -1,0 +1,1 @@
+"""``billing dashboard``: a read-only local web app over the store and the catalog."""

@@ -1,0 +1,246 @@
+"""The dashboard's routes: URL -> query -> HTML page, or its ``.json`` (or ``.pdf``) twin.
+
+Like Datasette, every page has a JSON twin: ``/usage?customer=acme`` and
+``/usage.json?customer=acme`` come from one call into :mod:`billing.dashboard.queries`
+(the JSON is exactly what the matching CLI command prints with ``--format json``).
+
+The store is opened read-only for each request and closed after it, the way every
+billing command does, so proxies writing to the same DuckDB file are kept waiting for
+no longer than one query. The catalog is read again when its file changes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from billing import render
+from billing.charts import vega_bundle
+from billing.dashboard import pages
+from billing.dashboard.customers import customer_page, customers_list
+from billing.dashboard.queries import Scope, health, resolve_range, timeline, unbilled
+from billing.documents.pdf import PdfError, html_to_pdf
+from billing.invoices import BillingError, get_invoice
+from billing.schedule import ScheduleError
+from billing.usage import UsageError
+from meterline.catalog import Catalog, CatalogError, load_catalog
+from meterline.store import StoreError, store
+
+USER_ERRORS = (BillingError, CatalogError, ScheduleError, StoreError, UsageError, PdfError)
+
+
+@dataclass
+class Response:
+    status: int
+    content_type: str
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class NotFound(LookupError):
+    pass
+
+
+def parse_instant(text: str | None, name: str) -> datetime | None:
+    """``2026-03-01``, ``2026-03-01T12:00:00Z`` or with an offset; no zone means UTC."""
+    if not text:
+        return None
+    try:
+        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"{name}: {text!r} is not a date or time such as 2026-03-01") from None
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
+
+
+@dataclass
+class Request:
+    path: str
+    params: dict[str, str]
+    fmt: str
+    """``html``, ``json`` or ``pdf`` (from the path's suffix)."""
+    args: dict[str, str]
+    """Named parts of the route's pattern."""
+
+    def get(self, name: str) -> str | None:
+        return self.params.get(name) or None
+
+    def time(self, name: str) -> datetime | None:
+        return parse_instant(self.get(name), name)
+
+    def scope(self) -> Scope:
+        return Scope(self.get("customer"), self.get("consumer"), self.get("key"))
+
+    @property
+    def json_url(self) -> str:
+        return pages.link(self.path + ".json", **self.params)
+
+
+Page = tuple[str, Any, Callable[[Any, Catalog, str], str]]
+"""(title, data, html renderer) for the pages made of data."""
+
+
+def _asset(name: str) -> bytes:
+    return (resources.files("billing.dashboard") / "assets" / name).read_bytes()
+
+
+ASSET_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8"}
+
+
+class Dashboard:
+    """The application, independent of the HTTP server (tests may call :meth:`handle`)."""
+
+    def __init__(
+        self, db: str, catalog_path: str, *, now: Callable[[], datetime] | None = None
+    ) -> None:
+        self.db = db
+        self.catalog_path = catalog_path
+        self.now = now or (lambda: datetime.now(UTC))
+        self._catalog: tuple[int, Catalog] | None = None
+        self.routes: list[tuple[re.Pattern[str], Callable[..., Any]]] = [
+            (re.compile(p), h)
+            for p, h in (
+                (r"/usage", self.usage),
+                (r"/customers", self.customers),
+                (r"/customers/(?P<key>[^/]+)", self.customer),
+                (r"/unbilled", self.unbilled),
+                (r"/health", self.health),
+                (r"/invoices/(?P<number>[^/]+)", self.invoice),
+                (r"/statements/(?P<key>[^/]+)/(?P<month>\d{4}-\d{2})", self.statement),
+            )
+        ]
+
+    # ------------------------------------------------------------------ plumbing
+
+    def catalog(self) -> Catalog:
+        """The catalog, read again when the file's modification time changes."""
+        try:
+            mtime = Path(self.catalog_path).stat().st_mtime_ns
+        except OSError:
+            mtime = -1
+        if self._catalog is None or self._catalog[0] != mtime:
+            self._catalog = (mtime, load_catalog(self.catalog_path))
+        return self._catalog[1]
+
+    def connect(self) -> Any:
+        return store(self.db, read_only=True)
+
+    def handle(self, path: str, params: dict[str, str]) -> Response:
+        if path in ("", "/"):
+            return Response(302, "text/plain", b"", {"Location": "/usage"})
+        if path == "/favicon.ico":
+            return Response(204, "image/x-icon", b"", CACHE)
+        if path.startswith("/assets/"):
+            return self.asset(path.removeprefix("/assets/"))
+        fmt = "html"
+        for suffix in ("json", "pdf"):
+            if path.endswith("." + suffix):
+                path, fmt = path.removesuffix("." + suffix), suffix
+        try:
+            for pattern, handler in self.routes:
+                m = pattern.fullmatch(path)
+                if m:
+                    return handler(Request(path, params, fmt, m.groupdict()))
+            raise NotFound(path)
+        except NotFound as e:
+            return self.error(404, f"no page {e.args[0]!r}", fmt)
+        except USER_ERRORS as e:
+            return self.error(400, str(e), fmt)
+
+    def error(self, status: int, message: str, fmt: str) -> Response:
+        if fmt == "json":
+            return Response(status, "application/json", render.to_json({"error": message}).encode())
+        return Response(
+            status, "text/html; charset=utf-8", pages.error_page(status, message).encode()
+        )
+
+    def asset(self, name: str) -> Response:
+        if name == "vega.js":
+            return Response(200, ASSET_TYPES[".js"], vega_bundle().encode(), CACHE)
+        suffix = Path(name).suffix
+        if "/" in name or suffix not in ASSET_TYPES:
+            return self.error(404, f"no asset {name!r}", "html")
+        try:
+            return Response(200, ASSET_TYPES[suffix], _asset(name), CACHE)
+        except FileNotFoundError:
+            return self.error(404, f"no asset {name!r}", "html")
+
+    def respond(self, req: Request, page: Page) -> Response:
+        title, data, html = page
+        if req.fmt == "json":
+            return Response(200, "application/json", render.to_json(data).encode())
+        if req.fmt == "pdf":
+            raise NotFound(req.path + ".pdf")
+        body = html(data, self.catalog(), req.json_url)
+        return Response(200, "text/html; charset=utf-8", body.encode())
+
+    # ------------------------------------------------------------------ pages
+
+    def usage(self, req: Request) -> Response:
+        catalog = self.catalog()
+        rng = resolve_range(
+            req.time("from"), req.time("to"), req.get("bucket") or "day", self.now()
+        )
+        with self.connect() as con:
+            data = timeline(con, catalog, req.scope(), rng)
+        return self.respond(req, ("Usage", data, pages.usage_page))
+
+    def customers(self, req: Request) -> Response:
+        data = customers_list(self.catalog(), req.time("at") or self.now())
+        return self.respond(req, ("Customers", data, pages.customers_page))
+
+    def customer(self, req: Request) -> Response:
+        catalog = self.catalog()
+        now = self.now()
+        with self.connect() as con:
+            data = customer_page(con, catalog, req.args["key"], req.time("at") or now, now)
+        return self.respond(req, ("Customer", data, pages.customer_page))
+
+    def unbilled(self, req: Request) -> Response:
+        catalog = self.catalog()
+        rng = resolve_range(req.time("from"), req.time("to"), "day", self.now())
+        with self.connect() as con:
+            data = unbilled(con, catalog, rng)
+        return self.respond(req, ("Unbilled", data, pages.unbilled_page))
+
+    def health(self, req: Request) -> Response:
+        catalog = self.catalog()
+        rng = resolve_range(
+            req.time("from"), req.time("to"), req.get("bucket") or "hour", self.now()
+        )
+        with self.connect() as con:
+            data = health(con, catalog, req.scope(), rng)
+        return self.respond(req, ("Proxy health", data, pages.health_page))
+
+    def invoice(self, req: Request) -> Response:
+        catalog = self.catalog()
+        with self.connect() as con:
+            inv = get_invoice(con, req.args["number"], catalog)
+        if req.fmt == "json":
+            return Response(
+                200, "application/json", render.to_json(render.invoice_json(inv)).encode()
+            )
+        page = render.invoice_html(inv, catalog)
+        if req.fmt == "pdf":
+            return Response(200, "application/pdf", html_to_pdf(page))
+        return Response(200, "text/html; charset=utf-8", page.encode())
+
+    def statement(self, req: Request) -> Response:
+        from billing.documents.statement import build_statement, statement_html, statement_json
+
+        catalog = self.catalog()
+        with self.connect() as con:
+            st = build_statement(con, catalog, req.args["key"], req.args["month"])
+        if req.fmt == "json":
+            return Response(200, "application/json", render.to_json(statement_json(st)).encode())
+        page = statement_html(st, catalog)
+        if req.fmt == "pdf":
+            return Response(200, "application/pdf", html_to_pdf(page))
+        return Response(200, "text/html; charset=utf-8", page.encode())
+
+
+CACHE = {"Cache-Control": "max-age=3600"}

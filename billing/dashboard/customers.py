@@ -1,0 +1,107 @@
+"""Customers for the dashboard: the list, and one customer's page data.
+
+A customer's page is made of what the CLI already answers: the current period so far
+(``billing invoice preview --customer C --at T``) and its usage by day (``billing
+timeline --customer C --from START --to END``), the last invoices (``billing invoice
+list --customer C``), the margin of the latest invoiced month (``billing margin --period
+M``, this customer's rows) and the registered extra panels (:mod:`billing.dashboard.panels`).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import duckdb
+
+from billing import render
+from billing.dashboard.panels import load_panels
+from billing.dashboard.queries import Scope, TimeRange, floor_to, timeline
+from billing.invoices import BillingError, list_invoices, preview_invoice
+from billing.schedule import subscription_at
+from meterline.catalog import Catalog
+
+Data = dict[str, Any]
+LAST_INVOICES = 12
+
+
+def customers_list(catalog: Catalog, at: datetime) -> Data:
+    rows = []
+    for c in catalog.customers:
+        sub = subscription_at(c, at)
+        rows.append(
+            {
+                "customer": c.key,
+                "name": c.name,
+                "currency": c.currency,
+                "plan": sub.plan if sub else None,
+                "consumers": list(c.consumers),
+            }
+        )
+    return {"at": at, "customers": rows}
+
+
+def invoice_month(period_end: datetime) -> str:
+    """The month ``billing invoice generate --period`` / ``billing margin`` file it under."""
+    return f"{period_end - timedelta(microseconds=1):%Y-%m}"
+
+
+def customer_margin(con: duckdb.DuckDBPyConnection, customer: str, month: str) -> list[Data]:
+    from billing.margin import margin_report  # genai-prices: load on use
+
+    return [r for r in margin_report(con, month) if r["customer"] == customer]
+
+
+def chart_end(start: datetime, end: datetime, at: datetime) -> datetime:
+    """The period's usage chart stops where the preview does: the day ``at`` falls in."""
+    day = floor_to(at, "day") + timedelta(days=1)
+    return max(start + timedelta(days=1), min(end, day))
+
+
+def customer_page(
+    con: duckdb.DuckDBPyConnection, catalog: Catalog, key: str, at: datetime, now: datetime
+) -> Data:
+    """Everything on a customer's page; ``at`` picks the period previewed."""
+    try:
+        customer = catalog.customer(key)
+    except KeyError:
+        raise BillingError(f"unknown customer {key!r}") from None
+    sub = subscription_at(customer, at)
+    preview: Data | None = None
+    usage: Data | None = None
+    note = None
+    try:
+        inv = preview_invoice(con, catalog, key, at=at, now=now)
+    except BillingError as e:
+        note = str(e)
+    else:
+        preview = render.invoice_json(inv)
+        period = TimeRange(inv.period_start, chart_end(inv.period_start, inv.period_end, at), "day")
+        usage = timeline(con, catalog, Scope(customer=key), period)
+    invoices = list_invoices(con, catalog, customer=key)
+    recent = [render.invoice_summary(i) for i in reversed(invoices[-LAST_INVOICES:])]
+    margin: Data | None = None
+    if invoices:
+        month = invoice_month(invoices[-1].period_end)
+        margin = {"period": month, "rows": customer_margin(con, key, month)}
+    panels = {}
+    for panel in load_panels().values():
+        data = panel.data(con, catalog, key, at)
+        if data is not None:
+            panels[panel.name] = data
+    return {
+        "customer": {
+            "customer": customer.key,
+            "name": customer.name,
+            "currency": customer.currency,
+            "plan": sub.plan if sub else None,
+            "consumers": list(customer.consumers),
+        },
+        "at": at,
+        "period_so_far": preview,
+        "period_note": note,
+        "usage": usage,
+        "invoices": recent,
+        "margin": margin,
+        "panels": panels,
+    }

@@ -1,0 +1,473 @@
+"""HTML for the dashboard's pages, from the query layer's data (never from the store).
+
+Each function takes exactly the data the page's ``.json`` twin returns, so what a page
+shows and what a script reads cannot differ. Charts are Vega-Lite specs in a
+``<script type="application/json">`` beside their ``<div data-spec>``; ``dashboard.js``
+draws them with vega-embed and keeps each view in ``window.meterlineCharts``.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Iterable, Sequence
+from decimal import Decimal
+from typing import Any
+from urllib.parse import urlencode
+
+from billing import render
+from billing.charts import stacked_bars
+from billing.dashboard.panels import load_panels
+from billing.documents.words import human_date, human_span
+from billing.money import format_money
+from meterline.catalog import TOKEN_TYPES, Catalog
+
+e = html.escape
+Data = dict[str, Any]
+
+NAV = (("/usage", "Usage"), ("/customers", "Customers"), ("/unbilled", "Unbilled"),
+       ("/health", "Proxy health"))  # fmt: skip
+
+
+def layout(title: str, body: str, *, active: str, json_url: str) -> str:
+    nav = "".join(
+        f'<a href="{href}"{" class=active" if href == active else ""}>{e(label)}</a>'
+        for href, label in NAV
+    )
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{e(title)} · Meterline</title>
+<link rel="icon" href="data:,">
+<link rel="stylesheet" href="/assets/dashboard.css">
+<script src="/assets/vega.js" defer></script>
+<script src="/assets/dashboard.js" defer></script>
+</head>
+<body>
+<nav><span class="brand">Meterline</span>{nav}
+<a class="json" href="{e(json_url)}">JSON</a></nav>
+<main>
+<h1>{e(title)}</h1>
+{body}
+</main>
+</body>
+</html>
+"""
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def num(value: Any) -> str:
+    """An integer with thousands separators; Decimals as they are; None as a dash."""
+    if value is None:
+        return "—"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(render.scalar(value))
+
+
+def table(
+    rows: Sequence[Data],
+    columns: Sequence[tuple[str, str]],
+    *,
+    css_id: str,
+    numeric: Iterable[str] = (),
+    cells: dict[str, Any] | None = None,
+) -> str:
+    """``columns``: (field, heading). ``cells[field](row)`` overrides a cell's HTML."""
+    if not rows:
+        return f'<p class="empty" id="{css_id}">Nothing in this range.</p>'
+    right = set(numeric)
+    head = "".join(f"<th{' class=num' if f in right else ''}>{e(h)}</th>" for f, h in columns)
+    body = []
+    for r in rows:
+        tds = []
+        for f, _ in columns:
+            inner = (cells or {}).get(f)
+            text = inner(r) if inner else e(num(r.get(f)))
+            cls = ' class="num"' if f in right else ""
+            tds.append(f'<td data-field="{f}"{cls}>{text}</td>')
+        body.append(f"<tr>{''.join(tds)}</tr>")
+    return (
+        f'<table id="{css_id}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+    )
+
+
+def chart(css_id: str, spec: Data) -> str:
+    text = json.dumps(spec, separators=(",", ":")).replace("</", "<\\/")
+    return (
+        f'<div class="chart" id="{css_id}" data-spec="{css_id}-spec"></div>'
+        f'<script type="application/json" id="{css_id}-spec">{text}</script>'
+    )
+
+
+def stat(label: str, value: str, css_id: str) -> str:
+    return (
+        f'<div class="stat"><div class="label">{e(label)}</div>'
+        f'<div id="{css_id}">{e(value)}</div></div>'
+    )
+
+
+def _options(values: Iterable[str], selected: str | None, blank: str) -> str:
+    out = [f'<option value="">{e(blank)}</option>']
+    for v in values:
+        sel = " selected" if v == selected else ""
+        out.append(f'<option value="{e(v)}"{sel}>{e(v)}</option>')
+    return "".join(out)
+
+
+def _when(value: Any) -> str:
+    return "" if value is None else str(render.scalar(value))
+
+
+def filters(
+    action: str, rng: Data, catalog: Catalog, scope: Data | None = None, buckets: bool = True
+) -> str:
+    parts = [
+        f'<label>From <input name="from" value="{e(_when(rng["from"]))}" size="20"></label>',
+        f'<label>To <input name="to" value="{e(_when(rng["to"]))}" size="20"></label>',
+    ]
+    if buckets:
+        opts = "".join(
+            f'<option value="{b}"{" selected" if rng["bucket"] == b else ""}>{b}</option>'
+            for b in ("hour", "day")
+        )
+        parts.append(f'<label>By <select name="bucket">{opts}</select></label>')
+    if scope is not None:
+        customers = [c.key for c in catalog.customers]
+        consumers = [c.name for c in catalog.consumers]
+        parts += [
+            '<label>Customer <select name="customer">'
+            f"{_options(customers, scope['customer'], 'all')}</select></label>",
+            '<label>Consumer <select name="consumer">'
+            f"{_options(consumers, scope['consumer'], 'all')}</select></label>",
+            f'<label>Key <input name="key" value="{e(scope["key"] or "")}" size="14" '
+            'placeholder="sha256:…"></label>',
+        ]
+    return (
+        f'<form class="filters" method="get" action="{action}">{"".join(parts)}'
+        '<button type="submit">Show</button></form>'
+    )
+
+
+def link(path: str, **params: Any) -> str:
+    q = {k: _when(v) for k, v in params.items() if v not in (None, "")}
+    return path + ("?" + urlencode(q) if q else "")
+
+
+# --------------------------------------------------------------------------- pages
+
+
+TOKEN_COLS = [(tt, tt.replace("_", " ")) for tt in TOKEN_TYPES]
+
+
+def usage_page(data: Data, catalog: Catalog, json_url: str) -> str:
+    rng, scope = data["range"], data["scope"]
+    who = scope["customer"] or scope["consumer"] or scope["key"] or "all customers"
+    bucket = rng["bucket"]
+    totals = data["totals"]
+    body = [
+        filters("/usage", rng, catalog, scope),
+        '<div class="stats">',
+        stat("Tokens", num(totals["total"]), "total-tokens"),
+        stat("Events", num(totals["events"]), "total-events"),
+        stat("Output tokens", num(totals["output"]), "total-output"),
+        "</div>",
+        chart(
+            "chart-by-model",
+            stacked_bars(
+                data["by_model"],
+                x="bucket",
+                y="tokens",
+                color="model",
+                bucket=bucket,
+                title=f"Tokens per {bucket} by model · {who}",
+            ),
+        ),  # fmt: skip
+        chart(
+            "chart-by-type",
+            stacked_bars(
+                data["by_type"],
+                x="bucket",
+                y="tokens",
+                color="token_type",
+                bucket=bucket,
+                title=f"Tokens per {bucket} by token type · {who}",
+            ),
+        ),  # fmt: skip
+        "<h2>By model</h2>",
+        table(
+            data["models"],
+            [
+                ("provider", "Provider"),
+                ("model", "Model"),
+                *TOKEN_COLS,
+                ("total", "Total"),
+                ("events", "Events"),
+            ],
+            css_id="models",
+            numeric=[*TOKEN_TYPES, "total", "events"],
+        ),  # fmt: skip
+    ]
+    return layout(f"Usage · {who}", "\n".join(body), active="/usage", json_url=json_url)
+
+
+def customers_page(data: Data, catalog: Catalog, json_url: str) -> str:
+    def name(r: Data) -> str:
+        return f'<a href="/customers/{e(r["customer"])}">{e(r["name"])}</a>'
+
+    def consumers(r: Data) -> str:
+        return ", ".join(
+            f'<a href="{e(link("/usage", consumer=c))}">{e(c)}</a>' for c in r["consumers"]
+        )
+
+    body = table(
+        data["customers"],
+        [("name", "Customer"), ("customer", "Key"), ("plan", "Plan now"),
+         ("currency", "Currency"), ("consumers", "Consumers")],
+        css_id="customers",
+        cells={"name": name, "consumers": consumers},
+    )  # fmt: skip
+    return layout("Customers", body, active="/customers", json_url=json_url)
+
+
+def _money(amount: Any, currency: str) -> str:
+    return "—" if amount is None else format_money(Decimal(str(amount)), currency)
+
+
+def _lines_table(inv: Data) -> str:
+    currency = inv["currency"]
+    rows = [ln for ln in inv["lines"]]
+    return table(
+        rows,
+        [("line_no", "#"), ("description", "Line"), ("quantity", "Quantity"),
+         ("amount", "Amount")],
+        css_id="preview-lines",
+        numeric=["quantity", "amount"],
+        cells={
+            "quantity": lambda r: e(f"{Decimal(str(render.scalar(r['quantity']))):,f}"),
+            "amount": lambda r: e(_money(r["amount"], currency)),
+        },
+    )  # fmt: skip
+
+
+def customer_page(data: Data, catalog: Catalog, json_url: str) -> str:
+    c = data["customer"]
+    currency = c["currency"]
+    body = [f'<p class="muted">{e(c["customer"])} · plan {e(c["plan"] or "none")} · '
+            f'consumers {e(", ".join(c["consumers"]) or "none")}</p>']  # fmt: skip
+    inv = data["period_so_far"]
+    body.append('<section class="panel" id="period"><h2>Current period so far</h2>')
+    if inv is None:
+        body.append(f'<p class="empty">{e(data["period_note"] or "No subscription.")}</p>')
+    else:
+        body.append('<div class="stats">')
+        body.append(stat("Total so far", _money(inv["total"], currency), "period-total"))
+        body.append(
+            stat("Period", human_span(inv["period_start"], inv["period_end"]), "period-span")
+        )
+        body.append("</div>")
+        body.append(_lines_table(inv))
+    body.append("</section>")
+    usage = data.get("usage")
+    if usage is not None:
+        body.append(
+            chart(
+                "chart-customer-usage",
+                stacked_bars(
+                    usage["by_model"],
+                    x="bucket",
+                    y="tokens",
+                    color="model",
+                    bucket="day",
+                    title="Tokens per day by model, this period",
+                ),
+            )  # fmt: skip
+        )
+    for name, panel_data in data["panels"].items():
+        panel = load_panels().get(name)
+        if panel is not None:
+            body.append(f'<section class="panel" id="panel-{e(name)}"><h2>{e(panel.title)}</h2>')
+            body.append(panel.html(panel_data))
+            body.append("</section>")
+    body.append('<section class="panel"><h2>Last invoices</h2>')
+    body.append(
+        table(
+            data["invoices"],
+            [
+                ("number", "Invoice"),
+                ("period", "Period"),
+                ("total", "Total"),
+                ("issued_at", "Issued"),
+                ("stripe_status", "Stripe"),
+            ],
+            css_id="invoices",
+            numeric=["total"],
+            cells={
+                "number": lambda r: f'<a href="/invoices/{e(r["number"])}">{e(r["number"])}</a>',
+                "period": lambda r: e(human_span(r["period_start"], r["period_end"])),
+                "total": lambda r: e(_money(r["total"], r["currency"])),
+                "issued_at": lambda r: e(human_date(r["issued_at"])),
+            },
+        )  # fmt: skip
+    )
+    body.append("</section>")
+    margin = data["margin"]
+    if margin is not None:
+        body.append(
+            f'<section class="panel"><h2>Margin against list price, {e(margin["period"])}</h2>'
+        )
+        body.append(
+            table(
+                margin["rows"],
+                [
+                    ("provider", "Provider"),
+                    ("model", "Model"),
+                    ("tokens", "Tokens"),
+                    ("revenue", "Revenue"),
+                    ("cost", "List-price cost (USD)"),
+                    ("margin", "Margin"),
+                    ("margin_pct", "Margin %"),
+                ],
+                css_id="margin",
+                numeric=["tokens", "revenue", "cost", "margin", "margin_pct"],
+            )  # fmt: skip
+        )
+        body.append(
+            f'<p><a href="{e(link("/statements/" + c["customer"] + "/" + margin["period"]))}">'
+            f"Statement for {e(margin['period'])}</a></p></section>"
+        )
+    return layout(c["name"], "\n".join(body), active="/customers", json_url=json_url)
+
+
+def _usage_link(r: Data) -> str:
+    if r.get("consumer"):
+        return f'<a href="{e(link("/usage", consumer=r["consumer"]))}">{e(r["consumer"])}</a>'
+    return "—"
+
+
+def _key_link(r: Data) -> str:
+    key = r.get("key_fingerprint")
+    if not key:
+        return ""
+    return f'<a href="{e(link("/usage", key=key))}" title="{e(key)}">{e(key[:19])}…</a>'
+
+
+def unbilled_page(data: Data, catalog: Catalog, json_url: str) -> str:
+    rng = data["range"]
+    body = [
+        filters("/unbilled", rng, catalog, buckets=False),
+        '<p class="muted">Usage nobody pays for: keys not in the catalog, consumers no '
+        "customer lists, time outside every subscription, and covered usage no rate card "
+        "of the plan prices. Money being lost.</p>",
+        '<div class="stats">',
+        *(
+            stat(r["reason"], f"{num(r['total'])} tokens", f"reason-{i}")
+            for i, r in enumerate(data["reasons"])
+        ),
+        "</div>",
+        "<h2>Not covered by a subscription</h2>",
+        table(
+            data["rows"],
+            [
+                ("reason", "Reason"),
+                ("consumer", "Consumer"),
+                ("key_fingerprint", "Key"),
+                ("customer", "Customer"),
+                ("provider", "Provider"),
+                ("model", "Model"),
+                ("total", "Tokens"),
+                ("events", "Events"),
+            ],
+            css_id="unbilled",
+            numeric=["total", "events"],
+            cells={"consumer": _usage_link, "key_fingerprint": _key_link},
+        ),  # fmt: skip
+        "<h2>Covered, but no price in the plan</h2>",
+        table(
+            data["unpriced"],
+            [
+                ("customer", "Customer"),
+                ("plan", "Plan"),
+                ("provider", "Provider"),
+                ("model", "Model"),
+                ("token_type", "Token type"),
+                ("tokens", "Tokens"),
+            ],
+            css_id="unpriced",
+            numeric=["tokens"],
+            cells={
+                "customer": lambda r: (
+                    f'<a href="/customers/{e(r["customer"])}">{e(r["customer"])}</a>'
+                )
+            },
+        ),  # fmt: skip
+    ]
+    return layout("Unbilled usage", "\n".join(body), active="/unbilled", json_url=json_url)
+
+
+def health_page(data: Data, catalog: Catalog, json_url: str) -> str:
+    rng = data["range"]
+    body = [
+        filters("/health", rng, catalog),
+        table(
+            data["providers"],
+            [
+                ("provider", "Provider"),
+                ("calls", "Calls"),
+                ("calls_per_min", "Calls/min"),
+                ("errors", "Errors"),
+                ("error_pct", "Error %"),
+                ("estimated_pct", "Estimated %"),
+                ("ttft_p50_ms", "TTFT p50 ms"),
+                ("ttft_p95_ms", "TTFT p95 ms"),
+                ("ttft_p99_ms", "TTFT p99 ms"),
+                ("latency_p50_ms", "Latency p50 ms"),
+            ],
+            css_id="providers",
+            numeric=[
+                "calls",
+                "calls_per_min",
+                "errors",
+                "error_pct",
+                "estimated_pct",
+                "ttft_p50_ms",
+                "ttft_p95_ms",
+                "ttft_p99_ms",
+                "latency_p50_ms",
+            ],
+        ),  # fmt: skip
+        chart(
+            "chart-calls",
+            stacked_bars(
+                data["series"],
+                x="bucket",
+                y="calls",
+                color="provider",
+                bucket=rng["bucket"],
+                title=f"Calls per {rng['bucket']} by provider",
+                y_title="calls",
+            ),
+        ),  # fmt: skip
+        chart(
+            "chart-errors",
+            stacked_bars(
+                [r for r in data["series"] if r["errors"]],
+                x="bucket",
+                y="errors",
+                color="provider",
+                bucket=rng["bucket"],
+                title=f"Errors per {rng['bucket']} by provider",
+                y_title="errors",
+            ),
+        ),  # fmt: skip
+    ]
+    return layout("Proxy health", "\n".join(body), active="/health", json_url=json_url)
+
+
+def error_page(status: int, message: str) -> str:
+    return layout(f"Error {status}", f'<p class="error">{e(message)}</p>', active="",
+                  json_url="#")  # fmt: skip

@@ -1,0 +1,339 @@
+"""The dashboard's query layer: one function per page, shared with the CLI.
+
+Every function takes an open store, the catalog and a typed query, and returns plain
+data (dicts, lists, ``Decimal``, aware ``datetime``). The dashboard renders it as HTML
+or, for the page's ``.json`` twin, with :func:`billing.render.to_json`; the CLI
+commands (``billing timeline``, ``billing health``, ``billing usage --unbilled``,
+``billing invoice preview``, ...) print the same data with the same function, so a
+number on a page is the number the CLI prints for the same query.
+
+Nothing here writes: the dashboard opens the store read-only.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from billing.storevalues import from_db, to_db
+from billing.usage import (
+    TOKEN_COLUMNS,
+    UsageError,
+    UsageQuery,
+    is_unpriced,
+    usage_report,
+)
+from meterline.catalog import FINGERPRINT_RE, TOKEN_TYPES, Catalog
+
+BUCKETS: dict[str, timedelta] = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
+DEFAULT_SPAN: dict[str, timedelta] = {"hour": timedelta(hours=48), "day": timedelta(days=30)}
+"""Without ``--from``: the last 48 hours by hour, the last 30 days by day."""
+
+Data = dict[str, Any]
+
+
+# --------------------------------------------------------------------------- range and scope
+
+
+@dataclass(frozen=True)
+class TimeRange:
+    """``[start, end)`` in UTC, cut into ``bucket``-sized steps (``hour`` or ``day``)."""
+
+    start: datetime
+    end: datetime
+    bucket: str
+
+    @property
+    def minutes(self) -> Decimal:
+        return Decimal(int((self.end - self.start).total_seconds())) / 60
+
+    def to_data(self) -> Data:
+        return {"from": self.start, "to": self.end, "bucket": self.bucket}
+
+
+def floor_to(value: datetime, bucket: str) -> datetime:
+    value = value.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    return value.replace(hour=0) if bucket == "day" else value
+
+
+def resolve_range(
+    start: datetime | None, end: datetime | None, bucket: str, now: datetime
+) -> TimeRange:
+    """Fill in a missing end (the bucket after ``now``) and start (:data:`DEFAULT_SPAN`)."""
+    if bucket not in BUCKETS:
+        raise UsageError(f"unknown bucket {bucket!r} (choose from {', '.join(BUCKETS)})")
+    if end is None:
+        end = floor_to(now, bucket) + BUCKETS[bucket]
+    if start is None:
+        start = end - DEFAULT_SPAN[bucket]
+    if end <= start:
+        raise UsageError("--to must be after --from")
+    return TimeRange(start.astimezone(UTC), end.astimezone(UTC), bucket)
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Whose events: everyone's, one customer's, one consumer's or one key's (fingerprint)."""
+
+    customer: str | None = None
+    consumer: str | None = None
+    key: str | None = None
+
+    def to_data(self) -> Data:
+        return {"customer": self.customer, "consumer": self.consumer, "key": self.key}
+
+
+def scope_filter(catalog: Catalog, scope: Scope) -> tuple[list[str], list[object]]:
+    """SQL conditions on ``usage_events AS e`` and their parameters; unknown names refused."""
+    where: list[str] = []
+    params: list[object] = []
+    if scope.customer is not None:
+        try:
+            customer = catalog.customer(scope.customer)
+        except KeyError:
+            raise UsageError(f"unknown customer {scope.customer!r}") from None
+        where.append("list_contains(?, e.consumer)")
+        params.append(list(customer.consumers))
+    if scope.consumer is not None:
+        if scope.consumer not in {c.name for c in catalog.consumers}:
+            raise UsageError(f"unknown consumer {scope.consumer!r}")
+        where.append("e.consumer = ?")
+        params.append(scope.consumer)
+    if scope.key is not None:
+        if not FINGERPRINT_RE.match(scope.key):
+            raise UsageError(f"key {scope.key!r} is not a fingerprint (sha256:<64 hex digits>)")
+        where.append("e.key_fingerprint = ?")
+        params.append(scope.key)
+    return where, params
+
+
+def _range_filter(rng: TimeRange) -> tuple[list[str], list[object]]:
+    return ["e.ts >= ?", "e.ts < ?"], [to_db(rng.start), to_db(rng.end)]
+
+
+# --------------------------------------------------------------------------- usage over time
+
+_SUMS = ", ".join(f"SUM(e.{col})::BIGINT AS {tt}" for tt, col in TOKEN_COLUMNS.items())
+
+
+def timeline(
+    con: duckdb.DuckDBPyConnection, catalog: Catalog, scope: Scope, rng: TimeRange
+) -> Data:
+    """Tokens per time bucket, stacked two ways: by model and by token type.
+
+    ``by_model`` rows are ``{bucket, model, tokens}`` (all token types added up),
+    ``by_type`` rows ``{bucket, token_type, tokens}``; only non-zero rows. ``models``
+    totals each (provider, model) over the range. Model ``""`` when none was reported.
+    """
+    where, params = scope_filter(catalog, scope)
+    rw, rp = _range_filter(rng)
+    sql = (
+        f"SELECT date_trunc('{rng.bucket}', e.ts)::TIMESTAMP AS bucket, e.provider,"
+        f" coalesce(e.model, '') AS model, {_SUMS}, COUNT(*) AS events"
+        f" FROM usage_events AS e WHERE {' AND '.join([*rw, *where])}"
+        " GROUP BY ALL ORDER BY ALL"
+    )
+    rows = con.execute(sql, [*rp, *params]).fetchall()
+    by_model: dict[tuple[datetime, str], int] = defaultdict(int)
+    by_type: dict[tuple[datetime, str], int] = defaultdict(int)
+    models: dict[tuple[str, str], dict[str, int]] = {}
+    for bucket, provider, model, *counts in rows:
+        at = from_db(bucket)
+        tokens = dict(zip(TOKEN_TYPES, (int(n) for n in counts[:4]), strict=True))
+        total = sum(tokens.values())
+        if total:
+            by_model[(at, model)] += total
+        for tt, n in tokens.items():
+            if n:
+                by_type[(at, tt)] += n
+        m = models.setdefault((provider, model), {**dict.fromkeys(TOKEN_TYPES, 0), "events": 0})
+        for tt, n in tokens.items():
+            m[tt] += n
+        m["events"] += int(counts[4])
+    totals = {tt: sum(v[tt] for v in models.values()) for tt in TOKEN_TYPES}
+    events = sum(v["events"] for v in models.values())
+    model_rows = [
+        {"provider": p, "model": m, **v, "total": sum(v[tt] for tt in TOKEN_TYPES)}
+        for (p, m), v in sorted(models.items())
+    ]
+    type_rows = sorted(by_type.items(), key=lambda kv: (kv[0][0], _type_order(kv[0][1])))
+    model_series = sorted(by_model.items())
+    return {
+        "range": rng.to_data(),
+        "scope": scope.to_data(),
+        "by_model": [{"bucket": b, "model": m, "tokens": n} for (b, m), n in model_series],
+        "by_type": [{"bucket": b, "token_type": t, "tokens": n} for (b, t), n in type_rows],
+        "models": model_rows,
+        "totals": {
+            **totals,
+            "total": sum(totals.values()),
+            "events": events,
+        },
+    }
+
+
+def _type_order(token_type: str) -> int:
+    return TOKEN_TYPES.index(token_type)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- proxy health
+
+PERCENT = Decimal("0.01")
+MS = Decimal("0.1")
+
+
+def _percent(part: int, whole: int) -> Decimal:
+    return (Decimal(part) * 100 / whole).quantize(PERCENT, ROUND_HALF_UP) if whole else Decimal(0)
+
+
+def _ms(value: float | None) -> Decimal | None:
+    """A latency as the store holds it (a double), to a tenth of a millisecond."""
+    return None if value is None else Decimal(repr(value)).quantize(MS, ROUND_HALF_UP)
+
+
+HEALTH_SQL = """
+    SELECT e.provider,
+           COUNT(*) AS calls,
+           COUNT(*) FILTER (WHERE e.status IS NULL OR e.status >= 400) AS errors,
+           COUNT(*) FILTER (WHERE e.estimated) AS estimated,
+           quantile_disc(e.ttft_ms, 0.5) AS ttft_p50,
+           quantile_disc(e.ttft_ms, 0.95) AS ttft_p95,
+           quantile_disc(e.ttft_ms, 0.99) AS ttft_p99,
+           quantile_disc(e.latency_ms, 0.5) AS latency_p50
+"""
+
+
+def health(con: duckdb.DuckDBPyConnection, catalog: Catalog, scope: Scope, rng: TimeRange) -> Data:
+    """Per provider over the range: calls and calls per minute, errors (status >= 400 or no
+    response) and their share, the share of estimated (tiktoken-counted) events, time to
+    first byte percentiles (``quantile_disc``: values that occurred) and median latency.
+    ``series`` counts calls and errors per bucket and provider.
+    """
+    where, params = scope_filter(catalog, scope)
+    rw, rp = _range_filter(rng)
+    cond = " AND ".join([*rw, *where])
+    rows = con.execute(
+        f"{HEALTH_SQL} FROM usage_events AS e WHERE {cond} GROUP BY ALL ORDER BY ALL",
+        [*rp, *params],
+    ).fetchall()
+    minutes = rng.minutes
+    providers = []
+    for provider, calls, errors, estimated, p50, p95, p99, lat50 in rows:
+        providers.append(
+            {
+                "provider": provider,
+                "calls": int(calls),
+                "calls_per_min": (Decimal(calls) / minutes).quantize(PERCENT, ROUND_HALF_UP),
+                "errors": int(errors),
+                "error_pct": _percent(errors, calls),
+                "estimated": int(estimated),
+                "estimated_pct": _percent(estimated, calls),
+                "ttft_p50_ms": _ms(p50),
+                "ttft_p95_ms": _ms(p95),
+                "ttft_p99_ms": _ms(p99),
+                "latency_p50_ms": _ms(lat50),
+            }
+        )
+    series = con.execute(
+        f"SELECT date_trunc('{rng.bucket}', e.ts)::TIMESTAMP AS bucket, e.provider,"
+        " COUNT(*) AS calls, COUNT(*) FILTER (WHERE e.status IS NULL OR e.status >= 400) AS errors"
+        f" FROM usage_events AS e WHERE {cond} GROUP BY ALL ORDER BY ALL",
+        [*rp, *params],
+    ).fetchall()
+    return {
+        "range": rng.to_data(),
+        "scope": scope.to_data(),
+        "providers": providers,
+        "series": [
+            {"bucket": from_db(b), "provider": p, "calls": int(c), "errors": int(e)}
+            for b, p, c, e in series
+        ],
+    }
+
+
+# --------------------------------------------------------------------------- unbilled
+
+
+def unbilled(con: duckdb.DuckDBPyConnection, catalog: Catalog, rng: TimeRange) -> Data:
+    """Usage nobody pays for: money being lost.
+
+    ``rows``: usage no subscription covers, per reason, consumer/key and model; exactly
+    ``billing usage --unbilled --group-by model --from --to``'s JSON without its
+    ``no rate card of plan 'P' prices it`` rows. ``unpriced``: usage
+    a subscription covers but no usage rate card of its plan prices (no feature meters
+    that provider, model and token type), per customer, plan, model and token type.
+    """
+    every = usage_report(
+        con,
+        catalog,
+        UsageQuery(start=rng.start, end=rng.end, group_by=("model",), unbilled=True),
+    )
+    # The CLI also lists covered-but-unpriced usage; here it is the ``unpriced`` table.
+    rows = [r for r in every if not is_unpriced(r["reason"])]
+    unpriced = unpriced_usage(con, catalog, rng)
+    reasons: dict[str, dict[str, int]] = {}
+    for r in rows:
+        agg = reasons.setdefault(str(r["reason"]), {"total": 0, "events": 0})
+        agg["total"] += int(r["total"])  # type: ignore[call-overload]
+        agg["events"] += int(r["events"])  # type: ignore[call-overload]
+    listed = [{"reason": k, **v} for k, v in sorted(reasons.items())]
+    if unpriced:
+        listed.append(
+            {
+                "reason": "no price in the plan",
+                "total": sum(int(u["tokens"]) for u in unpriced),
+                "events": None,
+            }
+        )
+    return {"range": rng.to_data(), "reasons": listed, "rows": rows, "unpriced": unpriced}
+
+
+def _subscription_table(catalog: Catalog) -> pa.Table:
+    subs = [
+        (c.key, name, s) for c in catalog.customers for s in c.subscriptions for name in c.consumers
+    ]
+    return pa.table(
+        {
+            "consumer": pa.array([n for _, n, _ in subs], pa.string()),
+            "customer_key": pa.array([k for k, _, _ in subs], pa.string()),
+            "plan": pa.array([s.plan for _, _, s in subs], pa.string()),
+            "s_start": pa.array([to_db(s.start) for _, _, s in subs], pa.timestamp("us")),
+            "s_end": pa.array(
+                [to_db(s.end) if s.end else None for _, _, s in subs], pa.timestamp("us")
+            ),
+        }
+    )
+
+
+def unpriced_usage(con: duckdb.DuckDBPyConnection, catalog: Catalog, rng: TimeRange) -> list[Data]:
+    """Covered usage whose (provider, model, token type) no usage card of the plan meters."""
+    con.register("dash_subscriptions", _subscription_table(catalog))
+    try:
+        found = con.execute(
+            f"SELECT s.customer_key, s.plan, e.provider, coalesce(e.model, '') AS model, {_SUMS}"
+            " FROM usage_events AS e JOIN dash_subscriptions AS s ON e.consumer = s.consumer"
+            " AND e.ts >= s.s_start AND (s.s_end IS NULL OR e.ts < s.s_end)"
+            " WHERE e.ts >= ? AND e.ts < ? GROUP BY ALL ORDER BY ALL",
+            [to_db(rng.start), to_db(rng.end)],
+        ).fetchall()
+    finally:
+        con.unregister("dash_subscriptions")
+    meters = {
+        p.key: [catalog.feature(c.feature).meter for c in p.rate_cards if c.feature]
+        for p in catalog.plans
+    }
+    out: list[Data] = []
+    for customer, plan, provider, model, *counts in found:
+        for tt, n in zip(TOKEN_TYPES, counts, strict=True):
+            if n and not any(m.matches(provider, model, tt) for m in meters[plan]):
+                out.append(
+                    {"customer": customer, "plan": plan, "provider": provider, "model": model,
+                     "token_type": tt, "tokens": int(n)}
+                )  # fmt: skip
+    return out

@@ -1,0 +1,117 @@
+"""HTTP for the dashboard: the standard library's threading server, and the access rule.
+
+Bound to a loopback address (the default, 127.0.0.1) it answers anyone on this machine,
+like Datasette. Bound anywhere else it requires a token (``--token`` or
+``METERLINE_DASHBOARD_TOKEN``): sent as ``Authorization: Bearer <token>``, or once as
+``?token=<token>``, which sets an HttpOnly cookie and redirects to the page without it.
+Requests without it get 401. Only GET (and HEAD) are served: the dashboard never writes.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import socket
+import sys
+from http import HTTPStatus
+from http.cookies import SimpleCookie
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+from billing.dashboard.app import Dashboard, Response
+
+COOKIE = "meterline_token"
+
+
+class DashboardError(ValueError):
+    """A dashboard that must not start as asked (e.g. exposed without a token)."""
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_binding(host: str, token: str | None) -> None:
+    if not is_loopback(host) and not token:
+        raise DashboardError(
+            f"--host {host} makes billing data reachable from other machines: "
+            "give --token (or METERLINE_DASHBOARD_TOKEN) so only holders of it can read"
+        )
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: DashboardServer
+    server_version = "meterline-dashboard"
+
+    def do_HEAD(self) -> None:
+        self._serve(head=True)
+
+    def do_GET(self) -> None:
+        self._serve(head=False)
+
+    def _serve(self, *, head: bool) -> None:
+        url = urlsplit(self.path)
+        params = dict(parse_qsl(url.query))
+        token = self.server.token
+        if token is not None:
+            given = params.pop("token", None)
+            if given is not None and hmac.compare_digest(given.encode(), token.encode()):
+                location = url.path + ("?" + urlencode(params) if params else "")
+                cookie = f"{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/"
+                self._send(
+                    Response(302, "text/plain", b"", {"Location": location, "Set-Cookie": cookie}),
+                    head,
+                )
+                return
+            if not self._authorized(token):
+                self._send(Response(401, "text/plain; charset=utf-8", b"token required\n",
+                                    {"WWW-Authenticate": "Bearer"}), head)  # fmt: skip
+                return
+        try:
+            response = self.server.app.handle(url.path, params)
+        except Exception as e:  # a bug: log it, answer 500, keep serving
+            self.log_error("%s: %r", self.path, e)
+            response = Response(500, "text/plain; charset=utf-8", b"internal error\n")
+        self._send(response, head)
+
+    def _authorized(self, token: str) -> bool:
+        auth = self.headers.get("Authorization", "")
+        if auth.startswith("Bearer ") and hmac.compare_digest(auth[7:].encode(), token.encode()):
+            return True
+        cookie = SimpleCookie(self.headers.get("Cookie", ""))
+        morsel = cookie.get(COOKIE)
+        return morsel is not None and hmac.compare_digest(morsel.value.encode(), token.encode())
+
+    def _send(self, response: Response, head: bool) -> None:
+        self.send_response(response.status, HTTPStatus(response.status).phrase)
+        self.send_header("Content-Type", response.content_type)
+        self.send_header("Content-Length", str(len(response.body)))
+        self.send_header("X-Content-Type-Options", "nosniff")
+        for k, v in response.headers.items():
+            self.send_header(k, v)
+        self.end_headers()
+        if not head:
+            self.wfile.write(response.body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        if self.server.verbose:
+            sys.stderr.write(f"{self.address_string()} {format % args}\n")
+
+
+class DashboardServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(
+        self, address: tuple[str, int], app: Dashboard, *, token: str | None, verbose: bool
+    ) -> None:
+        self.app = app
+        self.token = token
+        self.verbose = verbose
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, Handler)

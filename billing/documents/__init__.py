@@ -1,0 +1,1 @@
+"""Documents for people: the printable invoice, the customer statement, their PDFs."""

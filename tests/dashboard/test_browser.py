@@ -1,0 +1,159 @@
+"""The dashboard in a real Chromium (the system's, driven by Playwright).
+
+Each page loads with no console error or warning, its charts draw the series of the
+page's JSON twin (read back from the live Vega views and the SVG legend), the numbers
+shown are the JSON's, and the filter form changes what is shown. Every page leaves a
+full-page screenshot under the test's tmp dir.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.dashboard.conftest import Server
+
+JAN = "from=2026-01-01T00:00:00Z&to=2026-02-01T00:00:00Z"
+DAY1 = "from=2026-01-01T00:00:00Z&to=2026-01-02T00:00:00Z"
+
+# page -> (path, {chart id: (series field, the JSON twin's rows for it)})
+PAGES: dict[str, tuple[str, dict[str, tuple[str, str]]]] = {
+    "usage": (
+        f"/usage?{JAN}",
+        {"chart-by-model": ("model", "by_model"), "chart-by-type": ("token_type", "by_type")},
+    ),
+    "usage-hourly-alpha": (
+        f"/usage?{DAY1}&bucket=hour&customer=alpha",
+        {"chart-by-model": ("model", "by_model"), "chart-by-type": ("token_type", "by_type")},
+    ),
+    "customers": ("/customers?at=2026-01-20", {}),
+    "customer": ("/customers/alpha?at=2026-02-10", {"chart-customer-usage": ("model", "usage")}),
+    "unbilled": (f"/unbilled?{JAN}", {}),
+    "health": (
+        f"/health?{DAY1}",
+        {"chart-calls": ("provider", "series"), "chart-errors": ("provider", "series")},
+    ),
+    "invoice": ("/invoices/INV-000003", {}),
+    "statement": ("/statements/alpha/2026-01", {}),
+}
+
+
+def record(pg: Any, message: Any) -> None:
+    if message.type in ("error", "warning"):
+        pg.problems.append(f"{message.type}: {message.text}")
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    pg = context.new_page()
+    pg.problems = []
+    pg.on("console", lambda m: record(pg, m))
+    pg.on("pageerror", lambda err: pg.problems.append(f"pageerror: {err}"))
+    yield pg
+    context.close()
+
+
+def load(pg: Any, dashboard: Server, path: str, shots: Path, name: str) -> None:
+    response = pg.goto(dashboard.url + path)
+    assert response.status == 200, path
+    pg.evaluate("() => window.meterlineReady || null")
+    pg.screenshot(path=str(shots / f"{name}.png"), full_page=True)
+
+
+def twin_rows(dashboard: Server, path: str, key: str) -> list[dict[str, Any]]:
+    base, _, query = path.partition("?")
+    data = dashboard.json(f"{base}.json?{query}")
+    rows = data[key]
+    return rows["by_model"] if key == "usage" else rows
+
+
+@pytest.mark.parametrize("name", list(PAGES))
+def test_page_loads_and_draws_its_series(
+    page: Any, dashboard: Server, shots: Path, name: str
+) -> None:
+    path, charts = PAGES[name]
+    load(page, dashboard, path, shots, name)
+    assert page.problems == []
+    drawn = page.evaluate("() => Object.keys(window.meterlineCharts || {}).sort()")
+    assert drawn == sorted(charts)
+    for chart_id, (field, key) in charts.items():
+        rows = twin_rows(dashboard, path, key)
+        if chart_id == "chart-errors":
+            rows = [r for r in rows if r["errors"]]
+        data = page.evaluate("id => window.meterlineCharts[id].data('table')", chart_id)
+        assert {r[field] for r in data} == {r[field] for r in rows}
+        measure = "errors" if chart_id == "chart-errors" else (
+            "calls" if chart_id == "chart-calls" else "tokens"
+        )  # fmt: skip
+        assert sum(r[measure] for r in data) == sum(r[measure] for r in rows)
+        legend = page.locator(f"#{chart_id} g.role-legend-label text").all_text_contents()
+        assert sorted(legend) == sorted({str(r[field]) for r in rows})
+        assert page.locator(f"#{chart_id} g.mark-rect path").count() == len(rows)
+
+
+def test_numbers_on_the_page_are_the_json(page: Any, dashboard: Server, shots: Path) -> None:
+    load(page, dashboard, f"/health?{DAY1}", shots, "health-numbers")
+    data = dashboard.json(f"/health.json?{DAY1}")
+    rows = page.locator("#providers tbody tr")
+    assert rows.count() == len(data["providers"])
+    for i, p in enumerate(data["providers"]):
+        cells = rows.nth(i)
+        for field in ("calls", "errors", "error_pct", "ttft_p50_ms", "ttft_p99_ms"):
+            text = cells.locator(f'td[data-field="{field}"]').inner_text()
+            value = p[field]
+            assert text == (f"{value:,}" if isinstance(value, int) else value)
+
+    load(page, dashboard, "/customers/alpha?at=2026-02-10", shots, "customer-numbers")
+    customer = dashboard.json("/customers/alpha.json?at=2026-02-10")
+    assert page.locator("#period-total").inner_text() == f"{customer['period_so_far']['total']} USD"
+    links = page.locator("#invoices a").all_text_contents()
+    assert links == [i["number"] for i in customer["invoices"]]
+
+
+def test_filters_change_what_is_shown(page: Any, dashboard: Server, shots: Path) -> None:
+    load(page, dashboard, f"/usage?{JAN}", shots, "filter-before")
+    everyone = dashboard.json(f"/usage.json?{JAN}")
+    assert page.locator("#total-tokens").inner_text() == f"{everyone['totals']['total']:,}"
+
+    page.select_option("select[name=customer]", "alpha")
+    page.select_option("select[name=bucket]", "hour")
+    page.fill("input[name=to]", "2026-01-03")
+    with page.expect_navigation():
+        page.click("form.filters button")
+    page.evaluate("() => window.meterlineReady")
+    page.screenshot(path=str(shots / "filter-after.png"), full_page=True)
+    assert "customer=alpha" in page.url and "bucket=hour" in page.url
+    alpha = dashboard.json(
+        "/usage.json?from=2026-01-01T00:00:00Z&to=2026-01-03&bucket=hour&customer=alpha"
+    )
+    shown = page.locator("#total-tokens").inner_text()
+    assert shown == f"{alpha['totals']['total']:,}" != f"{everyone['totals']['total']:,}"
+    data = page.evaluate("() => window.meterlineCharts['chart-by-model'].data('table')")
+    assert len(data) == len(alpha["by_model"])
+    assert len({r["bucket"] for r in data}) == 48  # two days by the hour
+    assert page.problems == []
+
+
+def test_invoice_page_reads_like_an_invoice(page: Any, dashboard: Server, shots: Path) -> None:
+    load(page, dashboard, "/invoices/INV-000001", shots, "invoice-1")
+    text = page.locator("body").inner_text()
+    for expected in (
+        "Invoice INV-000001",
+        "Meterline Demo GmbH",
+        "Tax ID DE123456789",
+        "Alpha Ltd",
+        "1 – 31 January 2026",
+        "2.50 USD / 1M tokens",
+        "first 100,000 tokens included",
+        "Tier 1: 0 – 1,000,000 tokens",
+        "Minimum spend top-up",
+        "Bank transfer to IBAN",
+        "126.87 USD",
+    ):
+        assert expected in text, expected
+    assert "0.0000025" not in text
+    assert page.problems == []

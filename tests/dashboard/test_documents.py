@@ -1,0 +1,147 @@
+"""Invoice pages, statements and their PDFs through the real CLI; the words on them."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from pypdf import PdfReader
+
+from billing.documents.words import human_date, human_span, money, per_label, unit_price_text
+from tests.billing.cli.runner import error, run
+from tests.billing.events import Setup
+from tests.dashboard.seed import seeded
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Setup:
+    return seeded(tmp_path_factory.mktemp("documents"))
+
+
+def pdf_text(path: Path) -> str:
+    return "\n".join(page.extract_text() for page in PdfReader(path).pages)
+
+
+def test_invoice_pdf_has_the_invoice_text(store: Setup, tmp_path: Path) -> None:
+    out = tmp_path / "INV-000001.pdf"
+    result = run(store, "invoice", "show", "INV-000001", "--format", "pdf", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes().startswith(b"%PDF-")
+    text = " ".join(pdf_text(out).split())
+    issued = json.loads(run(store, "invoice", "show", "INV-000001", "--format", "json").stdout)
+    due = datetime.fromisoformat(issued["issued_at"].replace("Z", "+00:00")) + timedelta(days=14)
+    for expected in (
+        "Invoice INV-000001",
+        "Meterline Demo GmbH",
+        "BILL TO",  # CSS uppercases the labels
+        "Alpha Ltd",
+        "1 – 31 January 2026",
+        "DUE",
+        human_date(due),
+        "2.50 USD / 1M tokens",
+        "Tier 1: 0 – 1,000,000 tokens",
+        "Minimum spend top-up",
+        "Total due",
+        f"{issued['total']} USD",
+        "Bank transfer to IBAN",
+    ):
+        assert expected in text, expected
+
+
+def test_pdf_is_not_written_to_a_terminal_and_html_goes_to_stdout(store: Setup) -> None:
+    page = run(store, "invoice", "show", "INV-000003", "--format", "html").stdout
+    assert page.startswith("<!DOCTYPE html>") and "<script" not in page
+    assert "1 – 28 February 2026" in page and "3.00 USD / 1M tokens" in page
+    preview = run(store, "invoice", "preview", "--customer", "beta", "--at", "2026-02-20",
+                  "--format", "html").stdout  # fmt: skip
+    assert "Invoice Preview" in preview and "not finalized" in preview
+
+
+def test_statement_charts_add_up_to_the_invoice_lines(store: Setup, tmp_path: Path) -> None:
+    result = run(store, "statement", "--customer", "alpha", "--period", "2026-02", "--format",
+                 "json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    st = json.loads(result.stdout)
+    assert [i["number"] for i in st["invoices"]] == ["INV-000003"]
+    lines = [ln for ln in st["invoices"][0]["lines"] if ln["kind"] != "flat"]
+    assert [f["feature"] for f in st["features"]] == [ln["feature"] for ln in lines]
+    for f, ln in zip(st["features"], lines, strict=True):
+        assert f["tokens"] == sum(d["tokens"] for d in f["days"]) == int(Decimal(ln["quantity"]))
+        assert {d["day"] for d in f["days"]} <= {f"2026-02-{n:02d}" for n in range(1, 29)}
+    assert st["total"] == st["invoices"][0]["total"]
+
+    html = tmp_path / "statement.html"
+    run(store, "statement", "--customer", "alpha", "--period", "2026-02", "-o", str(html))
+    page = html.read_text()
+    assert page.count('<img class="chart"') == len(st["features"])
+    assert "data:image/svg+xml;base64," in page and "Statement · February 2026" in page
+
+    pdf = tmp_path / "statement.pdf"
+    result = run(store, "statement", "--customer", "alpha", "--period", "2026-02", "--format",
+                 "pdf", "-o", str(pdf))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    text = " ".join(pdf_text(pdf).split())
+    expected_texts = [
+        "Statement · February 2026",
+        "GPT-4o input",
+        "Claude tokens",
+        "Invoice INV-000003",
+        f"{st['total']} USD",
+        "Meterline Demo GmbH",
+    ]
+    for expected in expected_texts:
+        assert expected in text, expected
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--customer", "alpha", "--period", "2026-05"],
+         "Error: no invoice for 'alpha' in 2026-05: "
+         "run `billing invoice generate --period 2026-05`"),
+        (["--customer", "zeta", "--period", "2026-01"],
+         "Error: unknown customer 'zeta' (known customers: alpha, beta)"),
+    ],
+)  # fmt: skip
+def test_statement_errors_are_one_line(store: Setup, args: list[str], message: str) -> None:
+    result = run(store, "statement", *args)
+    assert result.exit_code == 1
+    assert error(result) == message
+
+
+def utc(*parts: int) -> datetime:
+    return datetime(*parts, tzinfo=UTC)  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "text"),
+    [
+        (utc(2026, 3, 1), utc(2026, 4, 1), "1 – 31 March 2026"),
+        (utc(2026, 1, 15), utc(2026, 2, 15), "15 January – 14 February 2026"),
+        (utc(2025, 12, 15), utc(2026, 1, 15), "15 December 2025 – 14 January 2026"),
+        (utc(2026, 3, 5), utc(2026, 3, 6), "5 March 2026"),
+        (utc(2026, 3, 5, 12), utc(2026, 3, 6), "5 March 2026, 12:00 UTC – 6 March 2026, 00:00 UTC"),
+    ],
+)
+def test_human_spans(start: datetime, end: datetime, text: str) -> None:
+    assert human_span(start, end) == text
+
+
+def test_prices_as_the_rate_card_writes_them() -> None:
+    assert per_label(1_000_000) == "1M tokens" and per_label(1000) == "1K tokens"
+    assert per_label(500) == "500 tokens"
+    assert unit_price_text({"type": "unit", "amount": "1.25", "per": 1_000_000}, "USD") == (
+        "1.25 USD / 1M tokens"
+    )
+    assert unit_price_text({"type": "unit", "amount": "0.0004", "per": 1}, "USD") == (
+        "0.0004 USD / token"
+    )
+    assert unit_price_text({"type": "package", "amount": "5", "package_size": 10000}, "EUR") == (
+        "5.00 EUR / 10,000 tokens"
+    )
+    assert money(Decimal("1234.5"), "USD") == "1,234.50 USD"
+    assert money(Decimal("0.000275"), "USD", exact=True) == "0.000275 USD"
+    assert money(Decimal("504"), "JPY", exact=True) == "504 JPY"

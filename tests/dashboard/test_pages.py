@@ -1,0 +1,292 @@
+"""The dashboard over HTTP: every page's JSON twin equals the CLI's JSON for the same query,
+figures checked against the seed's formula, errors, read-only access, the token rule."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from billing.store import billing_store
+from billing.usage import is_unpriced
+from tests.billing.cli.runner import error, run
+from tests.billing.events import Setup
+from tests.dashboard.conftest import Server, start_dashboard, stop
+
+JAN = "from=2026-01-01T00:00:00Z&to=2026-02-01T00:00:00Z"
+DAY1 = "from=2026-01-01T00:00:00Z&to=2026-01-02T00:00:00Z"
+
+
+def cli_json(s: Setup, *args: str) -> Any:
+    result = run(s, *args)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+# --------------------------------------------------------------------------- usage
+
+
+JAN_ARGS = ["--from", "2026-01-01", "--to", "2026-02-01"]
+
+
+@pytest.mark.parametrize(
+    ("query", "args"),
+    [
+        (f"{JAN}&bucket=day", JAN_ARGS),
+        (
+            f"{DAY1}&bucket=hour&customer=alpha",
+            ["--from", "2026-01-01", "--to", "2026-01-02", "--bucket", "hour", "--customer=alpha"],
+        ),
+        (f"{JAN}&consumer=stray", [*JAN_ARGS, "--consumer", "stray"]),
+        (f"{JAN}&key=sha256:{'ff' * 32}", [*JAN_ARGS, "--key", "sha256:" + "ff" * 32]),
+    ],
+)
+def test_usage_json_is_the_cli_json(
+    dashboard: Server, store: Setup, query: str, args: list[str]
+) -> None:
+    page = dashboard.json(f"/usage.json?{query}")
+    assert page == cli_json(store, "timeline", *args)
+    assert page["totals"]["events"] > 0
+
+
+def test_timeline_adds_up_to_usage_report(dashboard: Server, store: Setup) -> None:
+    """Two queries written apart (timeline vs ``billing usage``) agree on every model."""
+    page = dashboard.json(f"/usage.json?{JAN}")
+    report = cli_json(
+        store, "usage", "--from", "2026-01-01", "--to", "2026-02-01", "--group-by", "model",
+        "--format", "json",
+    )  # fmt: skip
+    by_model: dict[str, int] = {}
+    for r in report:
+        by_model[r["model"]] = by_model.get(r["model"], 0) + r["total"]
+    assert {m["model"]: m["total"] for m in page["models"]} == by_model
+    assert sum(r["tokens"] for r in page["by_model"]) == page["totals"]["total"]
+    assert sum(r["tokens"] for r in page["by_type"]) == page["totals"]["total"]
+    # one event every 7 minutes: 31 days of January
+    assert page["totals"]["events"] == math.ceil(31 * 24 * 60 / 7)
+
+
+def test_usage_html_shows_the_json_numbers(dashboard: Server) -> None:
+    status, body = dashboard.get(f"/usage?{JAN}&customer=alpha")
+    assert status == 200
+    page = body.decode()
+    data = dashboard.json(f"/usage.json?{JAN}&customer=alpha")
+    assert f'<div id="total-tokens">{data["totals"]["total"]:,}</div>' in page
+    for m in data["models"]:
+        assert f'<td data-field="total" class="num">{m["total"]:,}</td>' in page
+    assert 'href="/usage.json?from=2026-01-01T00%3A00%3A00Z' in page
+
+
+# --------------------------------------------------------------------------- health
+
+
+def _quantile(values: list[float], q: float) -> Decimal:
+    v = sorted(values)
+    return Decimal(str(v[math.floor((len(v) - 1) * q)])).quantize(Decimal("0.1"))
+
+
+def test_health_from_the_events(dashboard: Server, store: Setup) -> None:
+    page = dashboard.json(f"/health.json?{DAY1}&bucket=hour")
+    assert page == cli_json(store, "health", "--from", "2026-01-01", "--to", "2026-01-02")
+    events = [i for i in range(12137) if i * 7 < 24 * 60]  # the seed's formula
+    for row in page["providers"]:
+        mine = [i for i in events if (i % 4 == 3) == (row["provider"] == "anthropic")]
+        errors = [i for i in mine if i % 29 == 0 or i % 31 == 0]
+        ttft = [50.0 + (i % 20) * 5 + (100 if i % 4 == 3 else 0) for i in mine]
+        assert row["calls"] == len(mine)
+        assert Decimal(row["calls_per_min"]) == (Decimal(len(mine)) / 1440).quantize(
+            Decimal("0.01")
+        )
+        assert row["errors"] == len(errors)
+        assert Decimal(row["error_pct"]) == (Decimal(len(errors) * 100) / len(mine)).quantize(
+            Decimal("0.01")
+        )
+        assert row["estimated"] == len([i for i in mine if i % 17 == 0])
+        assert Decimal(row["ttft_p50_ms"]) == _quantile(ttft, 0.5)
+        assert Decimal(row["ttft_p95_ms"]) == _quantile(ttft, 0.95)
+        assert Decimal(row["ttft_p99_ms"]) == _quantile(ttft, 0.99)
+    assert sum(r["calls"] for r in page["series"]) == len(events)
+    assert len({r["bucket"] for r in page["series"]}) == 24
+
+
+# --------------------------------------------------------------------------- unbilled
+
+
+def test_unbilled_is_the_cli_json(dashboard: Server, store: Setup) -> None:
+    page = dashboard.json(f"/unbilled.json?{JAN}")
+    assert page == cli_json(store, "unbilled", "--from", "2026-01-01", "--to", "2026-02-01")
+    cli_rows = cli_json(
+        store, "usage", "--unbilled", "--group-by", "model", "--from", "2026-01-01T00:00:00Z",
+        "--to", "2026-02-01T00:00:00Z", "--format", "json",
+    )  # fmt: skip
+    # the CLI's covered-but-unpriced rows are the page's "unpriced" table, in other words
+    assert page["rows"] == [r for r in cli_rows if not is_unpriced(r["reason"])]
+    cli_unpriced = [r for r in cli_rows if is_unpriced(r["reason"])]
+    assert {r["reason"] for r in cli_unpriced} == {"no rate card of plan 'pro' prices it"}
+    assert sum(r["total"] for r in cli_unpriced) == sum(u["tokens"] for u in page["unpriced"])
+    reasons = {r["reason"]: r["total"] for r in page["reasons"]}
+    # beta starts on the 15th: its earlier usage is outside subscriptions
+    assert set(reasons) == {
+        "unknown key",
+        "consumer not linked to a customer",
+        "outside subscriptions",
+        "no price in the plan",
+    }
+    assert sum(r["total"] for r in page["rows"]) == sum(
+        v for k, v in reasons.items() if k != "no price in the plan"
+    )
+    # o3-mini is the one model no plan prices: all of alpha's o3-mini usage is unpriced
+    alpha = dashboard.json(f"/usage.json?{JAN}&customer=alpha")
+    o3 = next(m for m in alpha["models"] if m["model"] == "o3-mini")
+    unpriced = [u for u in page["unpriced"] if u["customer"] == "alpha"]
+    assert {u["model"] for u in page["unpriced"]} == {"o3-mini"}
+    assert {u["token_type"]: u["tokens"] for u in unpriced} == {
+        tt: o3[tt] for tt in ("input", "cached_input", "cache_write", "output") if o3[tt]
+    }
+    assert reasons["no price in the plan"] == sum(u["tokens"] for u in page["unpriced"])
+
+
+# --------------------------------------------------------------------------- customers
+
+
+def test_customer_page_is_made_of_the_cli_answers(dashboard: Server, store: Setup) -> None:
+    page = dashboard.json("/customers/alpha.json?at=2026-02-10")
+    preview = cli_json(
+        store, "invoice", "preview", "--customer", "alpha", "--at", "2026-02-10", "--format", "json"
+    )
+    # the preview is live: only its watermark (now) differs between two calls
+    for inv in (page["period_so_far"], preview):
+        inv.pop("watermark")
+        for line in inv["lines"]:
+            for w in line["detail"].get("windows", []):
+                w.pop("ingested_until")
+    assert page["period_so_far"] == preview
+    listed = cli_json(store, "invoice", "list", "--customer", "alpha", "--format", "json")
+    assert page["invoices"] == list(reversed(listed))
+    margin = cli_json(store, "margin", "--period", "2026-02", "--format", "json")
+    assert page["margin"] == {
+        "period": "2026-02",
+        "rows": [r for r in margin if r["customer"] == "alpha"],
+    }
+    usage = cli_json(
+        store, "timeline", "--customer", "alpha", "--from", "2026-02-01", "--to", "2026-02-11"
+    )
+    assert page["usage"] == usage
+    assert page["panels"] == {}  # no entitlements module yet: nothing shown
+
+
+def test_customers_list_and_errors(dashboard: Server) -> None:
+    listed = dashboard.json("/customers.json?at=2026-01-20")
+    assert [(c["customer"], c["plan"]) for c in listed["customers"]] == [
+        ("alpha", "pro"),
+        ("beta", "pro"),
+    ]
+    status, body = dashboard.get("/customers/nobody.json")
+    assert (status, json.loads(body)) == (400, {"error": "unknown customer 'nobody'"})
+    status, body = dashboard.get("/usage?bucket=week")
+    assert status == 400 and b"unknown bucket &#x27;week&#x27;" in body
+    status, body = dashboard.get("/usage.json?key=abc")
+    assert status == 400 and b"not a fingerprint" in body
+    status, body = dashboard.get("/usage.json?from=yesterday")
+    assert status == 400 and b"is not a date or time" in body
+    assert dashboard.get("/nothing-here")[0] == 404
+    assert dashboard.get("/assets/../../etc/passwd")[0] == 404
+    assert dashboard.get("/")[0] == 200  # redirected to /usage
+
+
+# --------------------------------------------------------------------------- documents
+
+
+def test_invoice_and_statement_twins(dashboard: Server, store: Setup) -> None:
+    assert dashboard.json("/invoices/INV-000001.json") == cli_json(
+        store, "invoice", "show", "INV-000001", "--format", "json"
+    )
+    assert dashboard.json("/statements/alpha/2026-01.json") == cli_json(
+        store, "statement", "--customer", "alpha", "--period", "2026-01", "--format", "json"
+    )
+    status, body = dashboard.get("/invoices/INV-000001.pdf")
+    assert status == 200 and body.startswith(b"%PDF-")
+    status, body = dashboard.get("/invoices/INV-999999.json")
+    assert (status, json.loads(body)) == (400, {"error": "no invoice 'INV-999999'"})
+
+
+# --------------------------------------------------------------------------- access
+
+
+def test_read_only_while_a_writer_appends(store: Setup, tmp_path_factory: Any) -> None:
+    """Pages keep answering while another connection keeps appending to the same file,
+    and each answer counts whole batches (DuckDB's file lock: one side at a time)."""
+    server = start_dashboard(store)
+    errors: list[str] = []
+    batches = 20
+
+    def writer() -> None:
+        for n in range(batches):
+            with billing_store(store.db) as con:
+                con.execute(
+                    "INSERT INTO usage_events SELECT * REPLACE ('live-' || ? || '-' || event_id"
+                    " AS event_id, TIMESTAMP '2026-06-01' AS ts) FROM usage_events"
+                    " WHERE event_id IN ('ev-1', 'ev-2')",
+                    [n],
+                )
+
+    t = threading.Thread(target=writer)
+    try:
+        t.start()
+        seen = []
+        while t.is_alive() or not seen:
+            status, body = server.get("/usage.json?from=2026-06-01&to=2026-06-02")
+            if status != 200:
+                errors.append(body.decode())
+                break
+            seen.append(json.loads(body)["totals"]["events"])
+        t.join()
+        final = server.json("/usage.json?from=2026-06-01&to=2026-06-02")["totals"]["events"]
+    finally:
+        stop(server)
+        with billing_store(store.db) as con:
+            con.execute("DELETE FROM usage_events WHERE event_id LIKE 'live-%'")
+    assert errors == []
+    assert all(n % 2 == 0 for n in seen) and seen == sorted(seen)
+    assert final == 2 * batches
+
+
+def test_binding_beyond_loopback_needs_a_token(store: Setup) -> None:
+    result = run(store, "dashboard", "--host", "0.0.0.0", "--port", "0")
+    assert result.exit_code == 1
+    assert error(result) == (
+        "Error: --host 0.0.0.0 makes billing data reachable from other machines: give --token "
+        "(or METERLINE_DASHBOARD_TOKEN) so only holders of it can read"
+    )
+
+
+def test_token_protects_every_page(store: Setup) -> None:
+    server = start_dashboard(store, env={"METERLINE_DASHBOARD_TOKEN": "s3cret-token"})
+    try:
+        assert server.get("/usage.json")[0] == 401
+        assert server.get("/assets/dashboard.js")[0] == 401
+        bad = {"Authorization": "Bearer wrong"}
+        assert server.get("/usage.json", bad)[0] == 401
+        ok = {"Authorization": "Bearer s3cret-token"}
+        assert server.get("/customers.json", ok)[0] == 200
+        import http.client
+
+        conn = http.client.HTTPConnection(server.url.removeprefix("http://"), timeout=30)
+        conn.request("GET", "/customers?token=s3cret-token&at=2026-01-20")
+        resp = conn.getresponse()
+        resp.read()
+        assert resp.status == 302
+        assert resp.getheader("Location") == "/customers?at=2026-01-20"
+        cookie = resp.getheader("Set-Cookie") or ""
+        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+        conn.request("GET", "/customers.json", headers={"Cookie": cookie.split(";")[0]})
+        resp = conn.getresponse()
+        resp.read()
+        assert resp.status == 200
+        conn.close()
+    finally:
+        stop(server)
