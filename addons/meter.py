@@ -484,7 +484,12 @@ class Meter:
     def running(self) -> None:
         """The proxy is up: open the spool (not before, so loading the addon writes nothing)."""
         self._running = True
-        self._open_spool()
+        try:
+            self._open_spool()
+        except exceptions.OptionsError as e:  # e.g. a second proxy on the same spool
+            log.error("meterline: %s; each proxy needs its own: --set meter_spool=DIR", e)
+            ctx.master.shutdown()  # not a traceback, and no proxy running unmetered
+            return
         if not redact.install(ctx.master.addons.get("dumper")):
             log.debug("meterline: no dumper addon: nothing to redact")
         if self._catalog_timer is None:

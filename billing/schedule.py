@@ -118,10 +118,10 @@ def continues_earlier(bp: BillingPeriod) -> bool:
 
 
 def periods_ending_in(
-    catalog: Catalog, month: Period, now: datetime, customers: list[Customer]
+    catalog: Catalog, month: Period, customers: list[Customer]
 ) -> list[BillingPeriod]:
-    """Periods that end in ``month`` and have closed: ``month.start < end <= month.end``
-    and ``end <= now``.
+    """Periods that end in ``month``: ``month.start < end <= month.end`` (closed or not:
+    the caller compares ``end`` with its clock).
 
     The end is exclusive, so ``[03-01, 04-01)`` ends in March: its last instant is in March.
 
@@ -131,6 +131,21 @@ def periods_ending_in(
         bp
         for c in customers
         for bp in customer_periods(catalog, c, month.end)
-        if month.start < bp.end <= month.end and bp.end <= now
+        if month.start < bp.end <= month.end
     ]
     return sorted(out, key=lambda bp: (bp.end, bp.customer.key, bp.start))
+
+
+def periods_ended_before(
+    catalog: Catalog, instant: datetime, customers: list[Customer]
+) -> list[BillingPeriod]:
+    """Every period of ``customers`` that ended at or before ``instant``, in time order."""
+    out = [
+        bp for c in customers for bp in customer_periods(catalog, c, instant) if bp.end <= instant
+    ]
+    return sorted(out, key=lambda bp: (bp.end, bp.customer.key, bp.start))
+
+
+def invoice_month(bp: BillingPeriod) -> str:
+    """``YYYY-MM`` of the month ``bp`` ends in (the ``--period`` that invoices it)."""
+    return f"{bp.end - timedelta(microseconds=1):%Y-%m}"

@@ -8,21 +8,21 @@ table, events join it on the consumer and the two ranges, and ``GROUP BY`` sums 
 token columns. Mapping those few rows to features (globs, token types) happens in Python.
 
 Timestamps in the store are naive ``TIMESTAMP`` in UTC; this module takes and returns
-aware UTC datetimes and converts at the boundary (:func:`to_db`, :func:`from_db`).
+aware UTC datetimes and converts at the boundary (``billing.storevalues``).
 """
 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 import duckdb
 import pyarrow as pa
 
 from billing.errors import UserError, unknown_customer_message
+from billing.storevalues import from_db, to_db, value_set
 from meterline.catalog import TOKEN_TYPES, Catalog
 
 TOKEN_COLUMNS: dict[str, str] = {
@@ -36,31 +36,6 @@ GROUP_DIMENSIONS = ("model", "type", "day")
 
 class UsageError(UserError, ValueError):
     """A usage query that cannot be answered (unknown customer, bad range)."""
-
-
-@contextmanager
-def value_set(con: duckdb.DuckDBPyConnection, name: str, values: Iterable[str]) -> Iterator[str]:
-    """A one-column (``value``) relation of strings registered as ``name`` for ``IN (...)``.
-
-    Passing a long Python list as a query parameter converts it element by element
-    (slow for thousands); an Arrow table is handed over in one piece.
-    """
-    con.register(name, pa.table({"value": pa.array(list(values), pa.string())}))
-    try:
-        yield name
-    finally:
-        con.unregister(name)
-
-
-def to_db(value: datetime) -> datetime:
-    """Aware datetime -> the naive UTC value the store holds."""
-    if value.tzinfo is None:
-        raise ValueError("datetimes passed to the store must be timezone-aware")
-    return value.astimezone(UTC).replace(tzinfo=None)
-
-
-def from_db(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC)
 
 
 # --------------------------------------------------------------------------- windows
@@ -122,16 +97,26 @@ def load_windows(con: duckdb.DuckDBPyConnection, windows: Sequence[UsageWindow])
         con.unregister("bill_windows_src")
 
 
-WINDOWED_EVENTS = """
+def windowed_events(windows: str = "bill_windows") -> str:
+    """``FROM usage_events AS e JOIN <windows> AS w ...``: the events each window counts.
+
+    The one statement of that rule: a window's consumers, its ``[w_start, w_end)`` range
+    of ``ts`` and the ``(ing_after, ing_until]`` slice of ingestion time it sweeps.
+    ``windows`` is any relation with those columns (and ``consumer``): ``bill_windows``
+    (:func:`load_windows`) or a CTE over the stored ``invoice_windows``.
+    """
+    return f"""
     FROM usage_events AS e
-    JOIN bill_windows AS w
+    JOIN {windows} AS w
       ON e.consumer = w.consumer
      AND e.ts >= w.w_start AND e.ts < w.w_end
      AND e.ingested_at <= w.ing_until
      AND (w.ing_after IS NULL OR e.ingested_at > w.ing_after)
 """
-"""The events each billing window counts: its consumers, its time range, and the slice of
-ingestion time it sweeps (``bill_windows`` is registered by :func:`load_windows`)."""
+
+
+WINDOWED_EVENTS = windowed_events()
+"""The events of the windows in ``bill_windows`` (registered by :func:`load_windows`)."""
 
 _SUMS = ", ".join(f"SUM(e.{col})::BIGINT AS {tt}" for tt, col in TOKEN_COLUMNS.items())
 
@@ -304,6 +289,15 @@ UNBILLED_REASON = """
          ELSE 'outside subscriptions' END
 """
 UNPRICED_REASON = "'no rate card of plan ''' || s.plan_key || ''' prices it'"
+
+UNPRICED_PREFIX = "no rate card of plan "
+"""How the reason of usage a subscription covers but its plan does not price begins."""
+
+
+def is_unpriced(reason: object) -> bool:
+    """True for the ``no rate card of plan 'P' prices it`` reason of ``--unbilled`` rows."""
+    return str(reason).startswith(UNPRICED_PREFIX)
+
 
 _EVENTS_FROM = "FROM usage_events AS e LEFT JOIN bill_consumer_map AS m ON e.consumer = m.consumer"
 _COVERING_SUB = (
@@ -504,19 +498,18 @@ def _shape(rows: list[dict[str, object]], group_by: tuple[str, ...]) -> list[dic
 
 # --------------------------------------------------------------------------- invoiced usage
 
+_INVOICED_WINDOWS = """
+    SELECT customer_key, unnest(consumers) AS consumer, usage_start AS w_start,
+           usage_end AS w_end, ingested_after AS ing_after, ingested_until AS ing_until
+    FROM invoice_windows WHERE invoice_number IN (SELECT value FROM bill_numbers)
+"""
+"""The stored windows of the invoices in ``bill_numbers``, shaped for :func:`windowed_events`."""
+
 INVOICED_USAGE_SQL = f"""
-    WITH win AS (
-        SELECT customer_key, unnest(consumers) AS consumer, usage_start, usage_end,
-               ingested_after, ingested_until
-        FROM invoice_windows WHERE invoice_number IN (SELECT value FROM bill_numbers)
-    )
-    SELECT win.customer_key, e.provider, coalesce(e.model, '') AS model,
+    WITH win AS ({_INVOICED_WINDOWS})
+    SELECT w.customer_key, e.provider, coalesce(e.model, '') AS model,
            CAST(e.ts AS DATE) AS day, {_SUMS}, COUNT(*) AS events
-    FROM usage_events AS e
-    JOIN win ON e.consumer = win.consumer
-     AND e.ts >= win.usage_start AND e.ts < win.usage_end
-     AND e.ingested_at <= win.ingested_until
-     AND (win.ingested_after IS NULL OR e.ingested_at > win.ingested_after)
+    {windowed_events("win")}
     GROUP BY ALL
 """
 
@@ -540,18 +533,9 @@ def invoiced_events(
 ) -> list[dict[str, object]]:
     """Per-event tokens of one (customer, provider, model) those invoices billed."""
     sql = f"""
-        WITH win AS (
-            SELECT customer_key, unnest(consumers) AS consumer, usage_start, usage_end,
-                   ingested_after, ingested_until
-            FROM invoice_windows
-            WHERE invoice_number IN (SELECT value FROM bill_numbers) AND customer_key = ?
-        )
+        WITH win AS ({_INVOICED_WINDOWS} AND customer_key = ?)
         SELECT e.ts, {", ".join(f"e.{c} AS {t}" for t, c in TOKEN_COLUMNS.items())}
-        FROM usage_events AS e
-        JOIN win ON e.consumer = win.consumer
-         AND e.ts >= win.usage_start AND e.ts < win.usage_end
-         AND e.ingested_at <= win.ingested_until
-         AND (win.ingested_after IS NULL OR e.ingested_at > win.ingested_after)
+        {windowed_events("win")}
         WHERE e.provider = ? AND coalesce(e.model, '') = ?
     """
     with value_set(con, "bill_numbers", invoice_numbers):

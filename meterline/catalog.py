@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Literal
@@ -32,6 +32,7 @@ from pydantic import (
 )
 
 from meterline.providers import BUILTIN_NAMES, Flavor, unknown_provider
+from meterline.utc import as_utc
 
 TokenType = Literal["input", "cached_input", "cache_write", "output"]
 TOKEN_TYPES: tuple[TokenType, ...] = ("input", "cached_input", "cache_write", "output")
@@ -39,8 +40,9 @@ TOKEN_TYPES: tuple[TokenType, ...] = ("input", "cached_input", "cache_write", "o
 FINGERPRINT_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 KEY_RE = r"^[a-z0-9][a-z0-9_.-]*$"
 
-Money = Annotated[Decimal, Field(ge=0, decimal_places=12)]
-"""A non-negative amount in the major unit of a currency (``"2.50"`` = 2.50 USD)."""
+Money = Annotated[Decimal, Field(ge=0, lt=10**15, decimal_places=12)]
+"""A non-negative amount in the major unit of a currency (``"2.50"`` = 2.50 USD), below
+10^15 (a typo such as ``1e400`` is an error here, not an overflow in an invoice)."""
 
 
 def _iso_currency(value: str) -> str:
@@ -270,12 +272,6 @@ class Plan(_Model):
         return cards
 
 
-def _utc(value: datetime) -> datetime:
-    if value.tzinfo is None:
-        raise ValueError("give a timezone, e.g. 2026-01-01T00:00:00Z")
-    return value.astimezone(UTC)
-
-
 class Subscription(_Model):
     plan: str
     start: datetime
@@ -285,7 +281,7 @@ class Subscription(_Model):
     @field_validator("start", "end")
     @classmethod
     def _in_utc(cls, value: datetime | None) -> datetime | None:
-        return None if value is None else _utc(value)
+        return None if value is None else as_utc(value)
 
     @model_validator(mode="after")
     def _ordered(self) -> Subscription:
@@ -385,6 +381,9 @@ class Catalog(_Model):
             for name in consumer.inject:
                 if name not in providers:
                     bad(f"consumers[{i}].inject.{name}", unknown_provider(name, providers))
+        for i, route in enumerate(self.routes):
+            if route.provider not in providers:
+                bad(f"routes[{i}].provider", unknown_provider(route.provider, providers))
         for i, feature in enumerate(self.features):
             wanted = feature.meter.provider
             if wanted is not None and wanted not in providers:

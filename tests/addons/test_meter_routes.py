@@ -106,4 +106,4 @@ def test_a_route_to_an_unknown_provider_stops_the_catalog_loading(
     bad.write_text("version: 1\nroutes: [{path: /chat, provider: nosuch}]\n")
     with taddons.context(meter) as tctx, pytest.raises(exceptions.OptionsError) as e:
         tctx.configure(meter, meter_catalog=str(bad))
-    assert "routes[0] (/chat): unknown provider 'nosuch'" in str(e.value)
+    assert "routes[0].provider: unknown provider 'nosuch'" in str(e.value)

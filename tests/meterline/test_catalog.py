@@ -150,7 +150,7 @@ customers:
 
     with pytest.raises(CatalogError) as err:
         parse_catalog(customer('[{plan: p, start: "2026-01-01T00:00:00"}]'), "cat.yaml")
-    assert "customers[0].subscriptions[0].start: give a timezone" in str(err.value)
+    assert "customers[0].subscriptions[0].start: time 2026" in str(err.value)
     with pytest.raises(CatalogError) as err:
         parse_catalog(
             customer(

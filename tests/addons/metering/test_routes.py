@@ -77,7 +77,6 @@ def test_catalog_provider_can_be_routed() -> None:
 @pytest.mark.parametrize(
     "routes,message",
     [
-        ("  - {path: /chat, provider: nosuch}", "routes[0] (/chat): unknown provider 'nosuch'"),
         ("  - {path: /e, type: llm/v1/embeddings, provider: anthropic}",
          "routes[0] (/e): the anthropic API has no llm/v1/embeddings endpoint"),
         ("  - {path: /g, provider: gemini}",
@@ -100,6 +99,8 @@ def test_bad_routes_name_the_route(routes: str, message: str) -> None:
         ("  - {path: /chat, provider: openai}\n  - {path: /chat/, provider: openai}",
          "routes: Value error, duplicate route path(s): /chat"),
         ("  - {path: /chat, provider: openai, model: ''}", "routes[0].model: String should have"),
+        ("  - {path: /chat, provider: opnai}",
+         "routes[0].provider: unknown provider 'opnai'; did you mean 'openai'?"),
     ],
 )  # fmt: skip
 def test_route_validation_in_the_catalog(routes: str, message: str) -> None:

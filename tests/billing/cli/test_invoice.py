@@ -345,3 +345,30 @@ def test_list_on_a_missing_database(s: Setup, tmp_path: Path) -> None:
         1,
         f"Error: {missing}: no such database (nothing metered yet?)\n",
     )
+
+
+def test_generate_on_a_store_without_events_refuses_unless_allowed(tmp_path: Path) -> None:
+    empty = setup(tmp_path)
+    refused = run(empty, "invoice", "generate", "--period", "2026-01")
+    assert refused.exit_code == 1
+    assert refused.stderr == (
+        "Error: the store holds no usage events: the 1 invoice(s) for 2026-01 would bill no "
+        "usage and could never be changed; pass --allow-empty to generate them anyway\n"
+    )
+    assert sql(empty.db, "SELECT count(*) FROM invoices") == [(0,)]
+    allowed = run(empty, "invoice", "generate", "--period", "2026-01", "--allow-empty")
+    assert allowed.exit_code == 0
+    assert allowed.stdout.splitlines()[-1] == "1 created, 0 already existed."
+
+
+def test_generate_names_the_earlier_months_never_generated(s: Setup) -> None:
+    result = run(s, "invoice", "generate", "--period", "2026-03")
+    assert result.exit_code == 0
+    assert result.stderr == (
+        "Note: earlier months with closed periods never invoiced: 2026-01 (alpha); "
+        "2026-02 (beta, gamma, alpha). Run `billing invoice generate --period 2026-01` "
+        "(and the others).\n"
+    )
+    generated(s)
+    run(s, "invoice", "generate", "--period", "2026-02")
+    assert run(s, "invoice", "generate", "--period", "2026-03").stderr == ""
