@@ -7,7 +7,7 @@ from tests.faults.load import CALLS, Load, tally, wait_until
 from tests.support.upstream import FakeProvider
 
 KILLS = 5
-CALLS_PER_ROUND = 40
+CALLS_PER_ROUND = 25
 
 
 def test_kill_9_loop_loses_and_doubles_nothing(
