@@ -23,6 +23,7 @@ def test_kill_9_loop_loses_and_doubles_nothing(
             wait_until(lambda t=target: len(load.answered_ids) >= t, 60, "answered calls")
             if round_ < KILLS:
                 proxy.kill()  # SIGKILL: no hook runs, the spool is all there is
+                proxy.port = 0  # its port is free for anyone now: clients wait for the new one
                 proxy.start()  # replays the spool
     finally:
         load.stop()
