@@ -122,7 +122,7 @@ class Load:
                 if not port or self.proxy.process is None:
                     time.sleep(0.05)
                     continue
-                client = httpx2.Client(proxy=f"http://127.0.0.1:{port}", timeout=10)
+                client = httpx2.Client(proxy=f"http://127.0.0.1:{port}", timeout=30)
             t0 = time.perf_counter()
             try:
                 request_id = CALLS[kind](client, self.upstream)
