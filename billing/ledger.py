@@ -18,6 +18,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from billing import extensions
 from billing.model import Invoice, InvoiceLine
 from billing.money import money_context, round_money
 from billing.storevalues import from_db, to_db, value_set
@@ -264,8 +265,8 @@ def _unit_price(kind: str, value: Decimal, currency: str) -> Decimal:
 
 INVOICE_SQL = """
     SELECT i.number, i.seq, i.customer_key, i.currency, i.period_start, i.period_end,
-           i.watermark, i.issued_at, i.status, i.total, i.catalog_digest, s.stripe_status
-    FROM invoices AS i LEFT JOIN stripe_invoices AS s ON s.invoice_number = i.number
+           i.watermark, i.issued_at, i.status, i.total, i.catalog_digest
+    FROM invoices AS i
 """
 
 
@@ -289,7 +290,7 @@ def load_invoices(
     with value_set(con, "bill_numbers", numbers or []):
         found = con.execute(sql, params).fetchall()
     for r in found:
-        number, seq, ck, cur, ps, pe, wm, issued, status, total, digest, stripe_status = r
+        number, seq, ck, cur, ps, pe, wm, issued, status, total, digest = r
         inv = Invoice(
             customer_key=ck,
             customer_name=(names or {}).get(ck, ck),
@@ -302,7 +303,6 @@ def load_invoices(
             number=number,
             seq=seq,
             issued_at=from_db(issued),
-            stripe_status=stripe_status,
         )
         inv.stored_total = round_money(total, cur)
         invoices[number] = inv
@@ -332,4 +332,6 @@ def load_invoices(
                     line_no=no,
                 )
             )
-    return list(invoices.values())
+    found_invoices = list(invoices.values())
+    extensions.annotate(con, found_invoices)
+    return found_invoices

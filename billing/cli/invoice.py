@@ -168,7 +168,7 @@ def list_cmd(settings: Settings, customer: str | None, fmt: str) -> None:
     with settings.store() as con:
         invoices = list_invoices(con, catalog, customer=customer)
     rows = [render.invoice_summary(i) for i in invoices]
-    columns = render.SUMMARY_COLUMNS if fmt == "table" else None
+    columns = render.summary_columns() if fmt == "table" else None
     click.echo(render.rows(rows, fmt, columns))
 
 
