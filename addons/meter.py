@@ -50,6 +50,7 @@ from addons.metering import (
 from addons.metering.bounded import count_tokens, estimate_request_input
 from addons.metering.decoding import IncrementalDecoder, OutputLimitExceeded
 from addons.metering.extract import new_extractor
+from addons.metering.replyend import EndWatch
 from addons.metering.settle import OnceLog, Settled, settle
 from addons.metering.spool import Spool, SpoolError
 from addons.metering.streamopts import UsageChunkDropper, add_include_usage
@@ -102,6 +103,7 @@ class _MeteredStream:
         "raw_bytes",
         "fed_bytes",
         "keys_presented",
+        "end",
         "_body",
         "_streaming",
     )
@@ -135,6 +137,7 @@ class _MeteredStream:
         self.raw_bytes = 0
         self.fed_bytes = 0
         self.keys_presented = 0
+        self.end: EndWatch | None = None
         self._body: bytes | None = None
         self._streaming: bool | None = None
 
@@ -143,7 +146,10 @@ class _MeteredStream:
         if chunk:
             if self.t_first_byte is None:
                 self.t_first_byte = time.time()
-            self.meter._defer(self.consume, chunk)
+            if self.end is not None and self.end.completes(chunk):
+                self.meter._finish_early(self, chunk)
+            else:
+                self.meter._defer(self.consume, chunk)
             if self.dropper is None:
                 return chunk
             out = self.dropper.feed(chunk)
@@ -477,7 +483,12 @@ class Meter:
     def running(self) -> None:
         """The proxy is up: open the spool (not before, so loading the addon writes nothing)."""
         self._running = True
-        self._open_spool()
+        try:
+            self._open_spool()
+        except exceptions.OptionsError as e:  # e.g. a second proxy on the same spool
+            log.error("meterline: %s; each proxy needs its own: --set meter_spool=DIR", e)
+            ctx.master.shutdown()  # not a traceback, and no proxy running unmetered
+            return
         if not redact.install(ctx.master.addons.get("dumper")):
             log.debug("meterline: no dumper addon: nothing to redact")
         if self._catalog_timer is None:
@@ -666,6 +677,12 @@ class Meter:
             return  # mitmproxy buffers it, as plain mitmdump does; metered in `response`
         if st.drop_usage and resp.status_code < 400 and "content-encoding" not in headers:
             st.dropper = UsageChunkDropper()
+        if self.durable:
+            st.end = EndWatch(
+                headers.get("content-length"),
+                done_event=st.provider.flavor == "openai"
+                and "event-stream" in headers.get("content-type", ""),
+            )
         resp.stream = st
         self._notice_filter.add(flow.request.host)
 
@@ -692,6 +709,17 @@ class Meter:
             self._pending.append((self._finish_whole, (st, body)))
         else:
             self._pending.append((self._finish, (st, False)))
+        self._drain()
+
+    def _finish_early(self, st: _MeteredStream, chunk: bytes) -> None:
+        """``chunk`` completes the client's answer (:mod:`addons.metering.replyend`):
+        meter the flow and spool its event before the chunk is handed on."""
+        st.end = None
+        self._active.pop(st.flow.id, None)  # `response` and `error` find nothing more to do
+        st.t_done = time.time()
+        self._drain()
+        self._pending.append((st.consume, (chunk,)))
+        self._pending.append((self._finish, (st, False)))
         self._drain()
 
     def error(self, flow: http.HTTPFlow) -> None:

@@ -24,7 +24,8 @@ from typing import Any
 
 import duckdb
 
-from billing.invoices import BillingError, parse_month
+from billing.errors import BillingError
+from billing.invoices import parse_month
 from billing.ledger import load_invoices
 from billing.listprice import LIST_PRICE_CURRENCY, find_model, has_context_tiers, list_cost
 from billing.model import Invoice

@@ -20,6 +20,7 @@ from fractions import Fraction
 
 from dateutil.relativedelta import relativedelta
 
+from billing.errors import UserError
 from meterline.catalog import ISO_DURATION_RE
 from meterline.utc import as_utc
 
@@ -75,8 +76,18 @@ def parse_cadence(cadence: str) -> relativedelta:
     return step
 
 
+class PeriodRangeError(UserError, ValueError):
+    """A period boundary outside the datetimes Python has (years 1 to 9999)."""
+
+
 def _boundary(anchor: datetime, step: relativedelta, k: int) -> datetime:
-    return anchor + step * k
+    try:
+        return anchor + step * k
+    except (OverflowError, ValueError):
+        raise PeriodRangeError(
+            f"a billing period of the subscription starting {anchor:%Y-%m-%dT%H:%M:%SZ} "
+            "would end after the year 9999 (or start before the year 1)"
+        ) from None
 
 
 def _index_containing(anchor: datetime, step: relativedelta, at: datetime) -> int:

@@ -290,6 +290,15 @@ UNBILLED_REASON = """
 """
 UNPRICED_REASON = "'no rate card of plan ''' || s.plan_key || ''' prices it'"
 
+UNPRICED_PREFIX = "no rate card of plan "
+"""How the reason of usage a subscription covers but its plan does not price begins."""
+
+
+def is_unpriced(reason: object) -> bool:
+    """True for the ``no rate card of plan 'P' prices it`` reason of ``--unbilled`` rows."""
+    return str(reason).startswith(UNPRICED_PREFIX)
+
+
 _EVENTS_FROM = "FROM usage_events AS e LEFT JOIN bill_consumer_map AS m ON e.consumer = m.consumer"
 _COVERING_SUB = (
     "JOIN bill_subscriptions AS s ON s.customer_key = m.customer_key"

@@ -40,8 +40,9 @@ TOKEN_TYPES: tuple[TokenType, ...] = ("input", "cached_input", "cache_write", "o
 FINGERPRINT_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 KEY_RE = r"^[a-z0-9][a-z0-9_.-]*$"
 
-Money = Annotated[Decimal, Field(ge=0, decimal_places=12)]
-"""A non-negative amount in the major unit of a currency (``"2.50"`` = 2.50 USD)."""
+Money = Annotated[Decimal, Field(ge=0, lt=10**15, decimal_places=12)]
+"""A non-negative amount in the major unit of a currency (``"2.50"`` = 2.50 USD), below
+10^15 (a typo such as ``1e400`` is an error here, not an overflow in an invoice)."""
 
 
 def _iso_currency(value: str) -> str:

@@ -12,8 +12,8 @@ different calls must never share an id. The id is fixed before the spool:
 - ``ml:<uuid4>`` otherwise: no response id, or one known not to identify a call and no
   request id to pair it with.
 
-Anthropic's ``usage.iterations`` billed beside a call's own figures get the call's id
-plus ``#<index of the iteration>``.
+Usage billed beside a call's own figures (Anthropic's ``usage.iterations`` other than
+``message``) gets the call's id plus ``#<n>``, ``n`` counting those usages from 0.
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from addons.metering import oserrors
+from addons.metering.lakejob import LakeMaintainer, maintain_every_s
 from addons.metering.spool import Spool
 from addons.metering.storelink import StoreLink
 from meterline.privatefiles import private_files
@@ -202,6 +203,8 @@ class SpoolWriter:
         self._flush_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self.link = StoreLink(locator, lock_wait_s=lock_wait_s)
+        self.maintainer: LakeMaintainer | None = None
+        """On a lake: the thread that compacts it now and then (under the fleet's lease)."""
         self.inserted = 0
         self.failures = 0
         self._last_error: str | None = None
@@ -219,6 +222,8 @@ class SpoolWriter:
             if locator != self.link.locator:
                 self.link.close()
                 self.link = StoreLink(locator, lock_wait_s=self.lock_wait_s)
+                if self._thread is not None:
+                    self._start_maintainer()
 
     def start(self) -> None:
         """Start the thread; its first flush replays segments a previous run left behind."""
@@ -226,6 +231,15 @@ class SpoolWriter:
             return
         self._thread = threading.Thread(target=self._run, name="meterline-writer", daemon=True)
         self._thread.start()
+        self._start_maintainer()
+
+    def _start_maintainer(self) -> None:
+        if self.maintainer is not None:
+            self.maintainer.stop()
+            self.maintainer = None
+        if self.link.is_lake:
+            self.maintainer = LakeMaintainer(self.locator, every_s=maintain_every_s())
+            self.maintainer.start()
 
     def notify(self, pending: int) -> None:
         """Called after each append with the open segment's size: wake early when full."""
@@ -311,6 +325,9 @@ class SpoolWriter:
         """Stop the thread and drain everything; False if events had to stay in the spool."""
         self._stop.set()
         self._wake.set()
+        if self.maintainer is not None:
+            self.maintainer.stop()
+            self.maintainer = None
         if self._thread is not None:
             self._thread.join()
             self._thread = None

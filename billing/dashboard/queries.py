@@ -22,7 +22,13 @@ import duckdb
 import pyarrow as pa
 
 from billing.storevalues import from_db, to_db
-from billing.usage import TOKEN_COLUMNS, UsageError, UsageQuery, usage_report
+from billing.usage import (
+    TOKEN_COLUMNS,
+    UsageError,
+    UsageQuery,
+    is_unpriced,
+    usage_report,
+)
 from meterline.catalog import FINGERPRINT_RE, TOKEN_TYPES, Catalog
 
 BUCKETS: dict[str, timedelta] = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
@@ -258,15 +264,18 @@ def unbilled(con: duckdb.DuckDBPyConnection, catalog: Catalog, rng: TimeRange) -
     """Usage nobody pays for: money being lost.
 
     ``rows``: usage no subscription covers, per reason, consumer/key and model; exactly
-    ``billing usage --unbilled --group-by model --from --to``'s JSON. ``unpriced``: usage
+    ``billing usage --unbilled --group-by model --from --to``'s JSON without its
+    ``no rate card of plan 'P' prices it`` rows. ``unpriced``: usage
     a subscription covers but no usage rate card of its plan prices (no feature meters
     that provider, model and token type), per customer, plan, model and token type.
     """
-    rows = usage_report(
+    every = usage_report(
         con,
         catalog,
         UsageQuery(start=rng.start, end=rng.end, group_by=("model",), unbilled=True),
     )
+    # The CLI also lists covered-but-unpriced usage; here it is the ``unpriced`` table.
+    rows = [r for r in every if not is_unpriced(r["reason"])]
     unpriced = unpriced_usage(con, catalog, rng)
     reasons: dict[str, dict[str, int]] = {}
     for r in rows:

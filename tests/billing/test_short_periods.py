@@ -18,6 +18,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from billing.documents.invoice_page import invoice_html, minimum_topup
 from billing.invoices import generate_invoices
 from billing.model import Invoice
 from billing.store import billing_store
@@ -321,3 +322,13 @@ def test_a_plan_changes_first_in_advance_fee_lands_on_the_old_plans_last_invoice
     assert [(ln.rate_card_key, f"{ln.usage_start:%m-%d}") for ln in first_q.lines] == [
         ("q-fee", "05-11"),  # only the next period's fee, in advance
     ]
+
+
+def test_the_invoice_page_shows_the_prorated_minimum_exactly(tmp_path: Path) -> None:
+    """The top-up row of a 10/30 period with min 30.00 and 2.00 of usage: the minimum is
+    10.00 exactly (from the stored ratio 1/3), the top-up 8.00."""
+    inv = invoice_of(
+        tmp_path, catalog(min_amount="30.00"), [Event(utc("2026-04-05"), output=2_000)]
+    )
+    assert minimum_topup(inv.lines[1]) == (Decimal("10"), Decimal("2"), Decimal("8"))
+    assert "the minimum is 10.00 USD" in invoice_html(inv)

@@ -21,6 +21,7 @@ def test_two_writers_share_one_lake(
     lake: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("METERLINE_LAKE_DATA", str(tmp_path / "lake-data"))
+    monkeypatch.setenv("METERLINE_LAKE_INLINE_ROWS", "1000")
     insert = """
         INSERT INTO usage_events
         SELECT * FROM (VALUES (?, TIMESTAMP '2026-03-01 10:00:00', now()::TIMESTAMP, 'acme',

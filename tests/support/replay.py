@@ -12,6 +12,7 @@ incrementally as it would a live stream. Each answer carries a fresh
 
 ``x-replay-linger: SECONDS`` keeps a chunked body open that long after its last piece
 before ending it: a provider that is slow to close the stream after ``data: [DONE]``.
+``x-replay-no-request-id: 1`` leaves the ``x-request-id`` header out (as Gemini does).
 """
 
 from __future__ import annotations
@@ -102,6 +103,8 @@ class ReplayUpstream:
         spec = rec.meta["response"]
         body = rec.body
         headers = {"content-type": spec["content_type"], "x-request-id": request_id}
+        if request.headers.get("x-replay-no-request-id"):
+            del headers["x-request-id"]
         if spec.get("content_encoding"):
             headers["content-encoding"] = spec["content_encoding"]
         if spec["transfer"] == "content-length":
@@ -110,12 +113,15 @@ class ReplayUpstream:
         resp.enable_chunked_encoding()
         await resp.prepare(request)
         sse = spec["content_type"].startswith("text/event-stream")
-        for piece in _pieces(body, sse=sse and not spec.get("content_encoding")):
-            await resp.write(piece)
         linger = float(request.headers.get("x-replay-linger", "0") or 0)
-        if linger > 0:
-            await asyncio.sleep(min(linger, 5.0))
-        await resp.write_eof()
+        try:
+            for piece in _pieces(body, sse=sse and not spec.get("content_encoding")):
+                await resp.write(piece)
+            if linger > 0:
+                await asyncio.sleep(min(linger, 5.0))
+            await resp.write_eof()
+        except ConnectionResetError:  # the proxy gave up on the body (its client left)
+            pass
         return resp
 
 
