@@ -32,7 +32,7 @@ from billing.schedule import (
     periods_ended_before,
     periods_ending_in,
 )
-from billing.usage import MeterFilter, UsageWindow, events_behind
+from billing.usage import TokenFilter, UsageWindow, events_behind
 from meterline.catalog import Catalog, Customer
 
 
@@ -244,9 +244,9 @@ def _parse(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
 
 
-def line_meter(line: InvoiceLine) -> MeterFilter:
+def line_meter(line: InvoiceLine) -> TokenFilter:
     m = line.detail["meter"]
-    return MeterFilter(m["provider"], m["model"], tuple(m["token_types"]))
+    return TokenFilter(m["provider"], m["model"], tuple(m["token_types"]))
 
 
 def explain_line(con: duckdb.DuckDBPyConnection, number: str, line_no: int) -> Explanation:
