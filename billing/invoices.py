@@ -20,7 +20,7 @@ from typing import Any
 import duckdb
 
 from billing.build import build_invoices
-from billing.errors import BillingError, UnknownCustomer
+from billing.errors import BillingError, NoUsage, UnknownCustomer
 from billing.ledger import existing_invoices, load_invoices, save_invoices
 from billing.model import Invoice, InvoiceLine
 from billing.periods import Period, calendar_month
@@ -105,10 +105,6 @@ class Generated:
             if bp.customer.key not in keys:
                 keys.append(bp.customer.key)
         return out
-
-
-class NoUsage(BillingError):
-    """Invoices would be finalized from a store that holds no usage events at all."""
 
 
 def _check_no_overlap(

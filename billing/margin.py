@@ -24,7 +24,7 @@ from typing import Any
 
 import duckdb
 
-from billing.errors import BillingError
+from billing.errors import NotGenerated
 from billing.invoices import parse_month
 from billing.ledger import load_invoices
 from billing.listprice import LIST_PRICE_CURRENCY, find_model, has_context_tiers, list_cost
@@ -75,9 +75,7 @@ def month_invoices(con: duckdb.DuckDBPyConnection, month: str) -> list[Invoice]:
         if period.start < i.period_end <= period.end and i.number
     ]
     if not numbers:
-        raise BillingError(
-            f"no invoices for {month}: run `billing invoice generate --period {month}` first"
-        )
+        raise NotGenerated(month)
     return load_invoices(con, numbers=numbers)
 
 
