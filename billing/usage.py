@@ -173,8 +173,12 @@ def aggregate_windows(
 
 
 @dataclass(frozen=True)
-class MeterFilter:
-    """The events a usage line counts: provider, case-insensitive model glob, token types."""
+class TokenFilter:
+    """The tokens a usage line counts: provider, case-insensitive model glob, token types.
+
+    A hashable copy of a feature's ``meter`` (``meterline.catalog.FeatureMeter``) as the
+    line was priced: built from the catalog, or from the snapshot stored on the line.
+    """
 
     provider: str | None
     model: str
@@ -201,7 +205,7 @@ EVENT_FIELDS = (
 
 
 def events_behind(
-    con: duckdb.DuckDBPyConnection, windows: Sequence[UsageWindow], meter: MeterFilter
+    con: duckdb.DuckDBPyConnection, windows: Sequence[UsageWindow], meter: TokenFilter
 ) -> list[dict[str, object]]:
     """The events a line counted, each with ``quantity`` = its tokens of the meter's types.
 
@@ -405,11 +409,11 @@ def usage_report(
     return _shape(rows, query.group_by)
 
 
-def _priced_types(catalog: Catalog) -> dict[str, list[MeterFilter]]:
+def _priced_types(catalog: Catalog) -> dict[str, list[TokenFilter]]:
     """Per plan, the meters of its usage rate cards."""
     return {
         plan.key: [
-            MeterFilter(m.provider, m.model, tuple(m.token_types))
+            TokenFilter(m.provider, m.model, tuple(m.token_types))
             for m in (catalog.feature(c.feature).meter for c in plan.rate_cards if c.feature)
         ]
         for plan in catalog.plans

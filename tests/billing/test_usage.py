@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from billing.store import billing_store
 from billing.usage import (
-    MeterFilter,
+    TokenFilter,
     UsageError,
     UsageQuery,
     UsageWindow,
@@ -140,7 +140,7 @@ def test_events_behind_matches_globs_case_insensitively(tmp_path: Path) -> None:
         events = events_behind(
             con,
             [UsageWindow(0, ("agent-a",), START, END, FAR)],
-            MeterFilter("openai", "gpt-4o*", ("input", "cached_input")),
+            TokenFilter("openai", "gpt-4o*", ("input", "cached_input")),
         )
     assert [(e["event_id"], e["quantity"]) for e in events] == [(a.event_id, 11)]
 
