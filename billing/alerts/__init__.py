@@ -6,4 +6,12 @@
 - :mod:`billing.alerts.outbox` keeps them in ``alert_outbox`` (one row per event and
   webhook) until a webhook acknowledges them (2xx); failures are retried with backoff.
 - :mod:`billing.alerts.webhook` signs (HMAC-SHA256 over ``<timestamp>.<body>``) and posts.
+
+Importing the package registers the outbox table with the billing store
+(``billing.extensions``); the billing core does not know alerts.
 """
+
+from billing import extensions
+from billing.alerts.schema import ALERT_MIGRATIONS
+
+extensions.register_migrations(ALERT_MIGRATIONS)

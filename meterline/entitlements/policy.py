@@ -13,7 +13,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from meterline.catalog import Catalog, Customer, Entitlement, Meter, Plan, RateCard, Subscription
+from meterline.catalog import (
+    Catalog,
+    Customer,
+    Entitlement,
+    FeatureMeter,
+    Plan,
+    RateCard,
+    Subscription,
+)
 from meterline.entitlements.cost import CostBound
 from meterline.periods import Period, period_containing
 
@@ -37,7 +45,7 @@ class Account:
     feature: str
     cadence: str
     anchor: datetime
-    meter: Meter = field(compare=False, hash=False)
+    meter: FeatureMeter = field(compare=False, hash=False)
     _current: list[tuple[Period, Key]] = field(
         default_factory=list, compare=False, hash=False, repr=False
     )
@@ -119,7 +127,7 @@ class CustomerPolicy:
     plan: str
     subscription: Subscription
     limits: list[Limit]
-    allowed: list[Meter] | None
+    allowed: list[FeatureMeter] | None
     """Models the plan grants (boolean entitlements); None: every model."""
     prepaid: bool
     cost_cards: list[CostCard]
