@@ -149,13 +149,15 @@ def test_burst_of_100_concurrent_calls_at_a_hard_limit(
 
         async def one() -> int:
             try:
-                await client.chat.completions.create(
+                stream = await client.chat.completions.create(
                     model="gpt-4o",
                     messages=MESSAGES,
                     max_tokens=reserve,
                     stream=True,
                     extra_headers={"x-fake": f"output={used_per_call},delay=0.02"},
                 )
+                async for _ in stream:  # read to the end: a stream left unread is cut
+                    pass
                 return 200
             except openai.RateLimitError:
                 return 429
