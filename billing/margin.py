@@ -65,16 +65,19 @@ def split_amount(amount: Decimal, weights: list[int], currency: str) -> list[Dec
     return [unit * f for f in floors]
 
 
-def month_invoices(con: duckdb.DuckDBPyConnection, month: str) -> list[Invoice]:
+def month_invoices(
+    con: duckdb.DuckDBPyConnection, month: str, customer: str | None = None
+) -> list[Invoice]:
     period = parse_month(month)
     numbers = [
         i.number
-        for i in load_invoices(con, with_lines=False)
+        for i in load_invoices(con, customer=customer, with_lines=False)
         if period.start < i.period_end <= period.end and i.number
     ]
     if not numbers:
+        whose = f" of {customer!r}" if customer else ""
         raise BillingError(
-            f"no invoices for {month}: run `billing invoice generate --period {month}` first"
+            f"no invoices{whose} for {month}: run `billing invoice generate --period {month}` first"
         )
     return load_invoices(con, numbers=numbers)
 
@@ -148,8 +151,11 @@ def _add(cost: dict[Key, Decimal | None], key: Key, value: Decimal | None) -> No
         cost[key] = so_far + value
 
 
-def margin_report(con: duckdb.DuckDBPyConnection, month: str) -> list[dict[str, Any]]:
-    invoices = month_invoices(con, month)
+def margin_report(
+    con: duckdb.DuckDBPyConnection, month: str, customer: str | None = None
+) -> list[dict[str, Any]]:
+    """The month's rows, or one customer's (only that customer's events are priced)."""
+    invoices = month_invoices(con, month, customer)
     currency = {i.customer_key: i.currency for i in invoices}
     revenue = revenue_by_model(invoices)
     cost, tokens = cost_by_model(con, [i.number for i in invoices if i.number])

@@ -4,7 +4,7 @@ A customer's page is made of what the CLI already answers: the current period so
 (``billing invoice preview --customer C --at T``) and its usage by day (``billing
 timeline --customer C --from START --to END``), the last invoices (``billing invoice
 list --customer C``), the margin of the latest invoiced month (``billing margin --period
-M``, this customer's rows) and the registered extra panels (:mod:`billing.dashboard.panels`).
+M --customer C``) and the registered extra panels (:mod:`billing.dashboard.panels`).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def invoice_month(period_end: datetime) -> str:
 def customer_margin(con: duckdb.DuckDBPyConnection, customer: str, month: str) -> list[Data]:
     from billing.margin import margin_report  # genai-prices: load on use
 
-    return [r for r in margin_report(con, month) if r["customer"] == customer]
+    return margin_report(con, month, customer)
 
 
 def chart_end(start: datetime, end: datetime, at: datetime) -> datetime:
