@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -32,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+import duckdb  # noqa: E402
 from billing_bench import write_catalog  # noqa: E402
 
 from billing.store import billing_store  # noqa: E402
@@ -58,7 +60,16 @@ SELECT 'ev-' || i, ts, ts + INTERVAL 1 SECOND,
        CASE WHEN (h >> 52) % 41 = 0 THEN 500 WHEN (h >> 52) % 43 = 0 THEN NULL ELSE 200 END,
        (h >> 54) % 2 = 0, 100.0 + (h >> 30) % 900, 20.0 + (h >> 36) % 400, 'bench'
 FROM g
+ORDER BY ts  -- proxies append in time order, so DuckDB's zone maps can skip by time
 """
+
+FLOOR_SQL = """
+SELECT date_trunc('day', ts) AS day, provider, model, SUM(input_tokens), SUM(cached_input_tokens),
+       SUM(cache_write_tokens), SUM(output_tokens), COUNT(*)
+FROM usage_events WHERE ts >= TIMESTAMP '2026-03-01' AND ts < TIMESTAMP '2026-04-01'
+GROUP BY ALL
+"""
+"""The floor for the usage page: its GROUP BY alone, in process (no HTTP, no Python)."""
 
 PAGES = (
     "/usage?from=2026-03-01&to=2026-04-01",
@@ -175,6 +186,15 @@ def main() -> None:
                     f"{path:58} {row['html_median_s']:>9.3f} {row['html_max_s']:>7.3f}"
                     f" {row['json_median_s']:>9.3f} {row['json_max_s']:>7.3f}"
                 )
+            con = duckdb.connect(str(db), read_only=True)  # readers share the file
+            con.execute(FLOOR_SQL).fetchall()
+            floor = []
+            for _ in range(args.repeat):
+                started = time.perf_counter()
+                con.execute(FLOOR_SQL).fetchall()
+                floor.append(time.perf_counter() - started)
+            con.close()
+            print(f"floor (the usage page's GROUP BY in process): {statistics.median(floor):.3f} s")
             loads = browser_load(base + PAGES[0], args.repeat)
             if loads:
                 print(
@@ -186,6 +206,7 @@ def main() -> None:
             proc.wait(timeout=30)
             if proc.stdout is not None:
                 proc.stdout.close()
+    print(f"load average (1 min): {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(
@@ -193,6 +214,8 @@ def main() -> None:
                 "events": args.events,
                 "customers": args.customers,
                 "repeat": args.repeat,
+                "load_average_1m": round(os.getloadavg()[0], 1),
+                "floor_usage_group_by_s": round(statistics.median(floor), 4),
                 "pages": results,
                 "browser_usage_page_s": [round(t, 4) for t in loads],
             },
