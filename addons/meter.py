@@ -33,14 +33,28 @@ from pathlib import Path
 from typing import Any
 
 from mitmproxy import ctx, exceptions, http
+from mitmproxy.proxy.mode_specs import ReverseMode
 
-from addons.metering import errors, events, keys, providers
-from addons.metering.decoding import IncrementalDecoder
-from addons.metering.estimate import count_tokens, estimate_request_input
+from addons.metering import (
+    attribution,
+    bounded,
+    catalogwatch,
+    errors,
+    events,
+    hints,
+    keys,
+    providers,
+    redact,
+    routes,
+)
+from addons.metering.bounded import count_tokens, estimate_request_input
+from addons.metering.decoding import IncrementalDecoder, OutputLimitExceeded
 from addons.metering.extract import new_extractor
+from addons.metering.replyend import EndWatch
+from addons.metering.settle import OnceLog, Settled, settle
 from addons.metering.spool import Spool, SpoolError
 from addons.metering.streamopts import UsageChunkDropper, add_include_usage
-from addons.metering.usage import Usage, UsageExtractor
+from addons.metering.usage import UsageExtractor
 from addons.metering.writer import SpoolWriter
 from meterline.catalog import Catalog, CatalogError, load_catalog
 from meterline.store import DEFAULT_CATALOG, DEFAULT_DB
@@ -53,8 +67,7 @@ _STREAMING_NOTICE = "Streaming response from "
 # Cheap test for a top-level ``"stream": true`` without parsing the request JSON.
 _STREAM_TRUE = re.compile(rb'"stream"\s*:\s*true')
 UNKNOWN_KEY_POLICIES = ("record", "reject")
-#: Seconds between checks of the catalog file for edits (one ``stat``, off the hot path).
-CATALOG_CHECK_INTERVAL = 1.0
+_MODEL_FIELD = re.compile(rb'"model"\s*:\s*"([^"\\]{1,200})"')
 _INCLUDE_USAGE_PATH = re.compile(r"/(?:chat/)?completions/?$")
 
 
@@ -74,6 +87,7 @@ class _MeteredStream:
         "identity",
         "reject",
         "inject_env",
+        "pinned_model",
         "drop_usage",
         "dropper",
         "t_request",
@@ -84,6 +98,12 @@ class _MeteredStream:
         "decode_failed",
         "extractor",
         "response_headers",
+        "billed_path",
+        "sse",
+        "raw_bytes",
+        "fed_bytes",
+        "keys_presented",
+        "end",
         "_body",
         "_streaming",
     )
@@ -101,6 +121,7 @@ class _MeteredStream:
         self.identity = identity
         self.reject = False
         self.inject_env: str | None = None
+        self.pinned_model: str | None = None
         self.drop_usage = False
         self.dropper: UsageChunkDropper | None = None
         self.t_request: float | None = None
@@ -111,6 +132,12 @@ class _MeteredStream:
         self.decode_failed: str | None = None
         self.extractor: UsageExtractor | None = None
         self.response_headers: dict[str, str] = {}
+        self.billed_path = providers.normalise_path(flow.request.path)
+        self.sse = False
+        self.raw_bytes = 0
+        self.fed_bytes = 0
+        self.keys_presented = 0
+        self.end: EndWatch | None = None
         self._body: bytes | None = None
         self._streaming: bool | None = None
 
@@ -119,7 +146,10 @@ class _MeteredStream:
         if chunk:
             if self.t_first_byte is None:
                 self.t_first_byte = time.time()
-            self.meter._defer(self.consume, chunk)
+            if self.end is not None and self.end.completes(chunk):
+                self.meter._finish_early(self, chunk)
+            else:
+                self.meter._defer(self.consume, chunk)
             if self.dropper is None:
                 return chunk
             out = self.dropper.feed(chunk)
@@ -137,17 +167,26 @@ class _MeteredStream:
         return self.flow.request.path
 
     def request_body(self) -> bytes:
+        """The request body, decoded with bounded output (a request may be a bomb too)."""
         if self._body is None:
-            try:
-                self._body = self.flow.request.content or b""
-            except ValueError:  # unknown content-encoding on the request
-                self._body = self.flow.request.raw_content or b""
+            req = self.flow.request
+            raw = req.raw_content or b""
+            encoding = req.headers.get("content-encoding", "")
+            self._body = raw
+            if encoding and raw:
+                try:
+                    decoder = IncrementalDecoder(encoding, max_output=bounded.MAX_METERED_BODY)
+                    self._body = decoder.decode(raw) + decoder.flush()
+                except OutputLimitExceeded:
+                    self._body = b""
+                except ValueError:  # unknown or corrupt content-encoding: as sent
+                    pass
         return self._body
 
     def streaming_requested(self) -> bool:
         if self._streaming is None:
             if self.provider.flavor == "gemini":
-                self._streaming = ":streamGenerateContent" in self.path
+                self._streaming = ":streamGenerateContent" in self.billed_path
             else:
                 self._streaming = _STREAM_TRUE.search(self.request_body()) is not None
         return self._streaming
@@ -167,10 +206,11 @@ class _MeteredStream:
             content_type=headers.get("content-type", ""),
             streaming_requested=self.streaming_requested(),
         )
+        self.sse = "event-stream" in headers.get("content-type", "")
         encoding = headers.get("content-encoding", "")
         if encoding:
             try:
-                self.decoder = IncrementalDecoder(encoding)
+                self.decoder = IncrementalDecoder(encoding, bounded.decode_budget(self.sse, 0))
             except ValueError as e:
                 self.decode_failed = str(e)
 
@@ -180,12 +220,30 @@ class _MeteredStream:
         if self.decode_failed is not None or self.extractor is None:
             return
         if self.decoder is not None:
+            self.raw_bytes += len(chunk)
+            self.decoder.max_output = bounded.decode_budget(self.sse, self.raw_bytes)
             try:
                 chunk = self.decoder.decode(chunk)
+            except OutputLimitExceeded as e:
+                self.over_limit(str(e))
+                return
             except ValueError as e:
                 self.decode_failed = str(e)
                 return
+        if not self.sse:
+            self.fed_bytes += len(chunk)
+            if self.fed_bytes > bounded.MAX_METERED_BODY:
+                self.over_limit(f"body over {bounded.MAX_METERED_BODY} bytes: not read further")
+                return
         self.extractor.feed(chunk)
+
+    def over_limit(self, reason: str) -> None:
+        """Stop reading the body (bounded work); the flow is metered as an estimate."""
+        assert self.extractor is not None
+        self.extractor = bounded.OverLimit(
+            self.extractor, f"{reason}; usage estimated", keep_text=self.sse
+        )
+        self.decoder = None
 
     def drain_decoder(self) -> None:
         if self.decoder is None or self.decode_failed is not None or self.extractor is None:
@@ -232,6 +290,7 @@ class Meter:
         self.catalog: Catalog | None = None
         self.registry = providers.ProviderRegistry.from_catalog(None)
         self.keybook = keys.KeyBook(None)
+        self.routes = routes.RouteTable()
         self.spool: Spool | None = None
         self.writer: SpoolWriter | None = None
         self._active: dict[str, _MeteredStream] = {}
@@ -243,11 +302,11 @@ class Meter:
         self.reject_unknown = False
         self.include_usage = True
         self.log_payloads = False
+        self.durable = True
         self.proxy_id: str | None = None
         self._notice_filter = _HideStreamingNotice()
-        self._catalog_path: Path | None = None
-        self._catalog_stamp: tuple[int, int, int] | None = None
-        """(mtime_ns, size, inode) of the catalog file as last read (or last found bad)."""
+        self._once = OnceLog()
+        self._catalog_watch: catalogwatch.CatalogWatch | None = None
         self._catalog_timer: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------------ options
@@ -304,6 +363,14 @@ class Meter:
             "Include request/response excerpts in warnings about unreadable bodies.",
         )
         loader.add_option(
+            "meter_durable",
+            bool,
+            True,
+            "Spool each API call's event before the end of its response reaches the client, "
+            "so a crash never loses an answered call. False: meter right after the reply "
+            "(a little less latency; a kill -9 can lose the last calls' events).",
+        )
+        loader.add_option(
             "meter_proxy_id",
             str,
             socket.gethostname(),
@@ -313,12 +380,12 @@ class Meter:
     def configure(self, updated: set[str]) -> None:
         if "meter_catalog" in updated or self.catalog is None:
             path = Path(ctx.options.meter_catalog)
-            stamp = _file_stamp(path)
+            stamp = catalogwatch.file_stamp(path)
             try:
-                self._use_catalog(path)
+                self._use_catalog(load_catalog(path))
             except (CatalogError, ValueError) as e:
                 raise exceptions.OptionsError(f"meter_catalog: {e}") from None
-            self._catalog_path, self._catalog_stamp = path, stamp
+            self._catalog_watch = catalogwatch.CatalogWatch(path, stamp)
         if ctx.options.meter_unknown_keys not in UNKNOWN_KEY_POLICIES:
             raise exceptions.OptionsError(
                 f"meter_unknown_keys: expected one of {', '.join(UNKNOWN_KEY_POLICIES)}, "
@@ -330,6 +397,7 @@ class Meter:
         self.reject_unknown = ctx.options.meter_unknown_keys == "reject"
         self.include_usage = ctx.options.meter_include_usage
         self.log_payloads = ctx.options.meter_log_payloads
+        self.durable = ctx.options.meter_durable
         self.proxy_id = ctx.options.meter_proxy_id or None
         if self._running and "meter_spool" in updated:
             self._open_spool()
@@ -337,48 +405,66 @@ class Meter:
             self.writer.locator = ctx.options.meter_db
             self.writer.interval = self.flush_interval
 
-    def _use_catalog(self, path: Path) -> None:
-        """Read and validate ``path``, then swap it in (flows already under way keep theirs)."""
-        catalog = load_catalog(path)
+    def _use_catalog(self, catalog: Catalog) -> None:
+        """Swap in a validated catalog (flows already under way keep theirs)."""
         registry = providers.ProviderRegistry.from_catalog(catalog)
+        table = routes.RouteTable.from_catalog(catalog, registry)
         self.catalog, self.registry, self.keybook = catalog, registry, keys.KeyBook(catalog)
+        self.routes = table
 
     def _watch_catalog(self) -> None:
         """Re-read the catalog when its file changed; runs every CATALOG_CHECK_INTERVAL.
 
-        One ``stat`` per interval on the event loop, never per flow. An edit that does not
-        validate is logged once and the catalog in use is kept.
+        One ``stat`` per interval on the event loop, never per flow. A change is read once
+        the file is stable (:mod:`addons.metering.catalogwatch`); an edit that does not
+        validate, or would drop every consumer or provider, is logged once and the
+        catalog in use is kept.
         """
         try:
-            path = self._catalog_path
-            stamp = _file_stamp(path) if path is not None else None
-            if path is not None and stamp is None and self._catalog_stamp is not None:
-                self._catalog_stamp = None
+            watch = self._catalog_watch
+            poll = watch.poll() if watch is not None else catalogwatch.Poll.UNCHANGED
+            path = watch.path if watch is not None else None
+            if poll is catalogwatch.Poll.GONE:
                 log.error("meterline: catalog %s is gone, keeping the one in use", path)
-            elif path is not None and stamp is not None and stamp != self._catalog_stamp:
-                self._catalog_stamp = stamp
+            elif poll is catalogwatch.Poll.READY and watch is not None:
                 try:
-                    self._use_catalog(path)
+                    catalog = load_catalog(watch.path)
                 except (CatalogError, ValueError) as e:
+                    catalog, why = None, str(e)
+                if not watch.settled():
+                    return  # written to while being read: read it again once it is stable
+                if catalog is not None:
+                    why = catalogwatch.refusal(self.catalog, catalog) or ""
+                if catalog is None or why:
                     log.error(
-                        "meterline: catalog %s not reloaded, keeping the one in use: %s", path, e
+                        "meterline: catalog %s not reloaded, keeping the one in use: %s",
+                        path,
+                        why,
                     )
                 else:
-                    log.info(
-                        "meterline: catalog %s reloaded: %d provider(s), %d consumer(s)",
-                        path,
-                        len(self.registry.providers),
-                        len(self.catalog.consumers) if self.catalog else 0,
-                    )
+                    self._reload(watch.path, catalog)
         finally:
             self._schedule_catalog_watch()
+
+    def _reload(self, path: Path, catalog: Catalog) -> None:
+        try:
+            self._use_catalog(catalog)
+        except ValueError as e:  # a route the registry cannot serve
+            log.error("meterline: catalog %s not reloaded, keeping the one in use: %s", path, e)
+            return
+        log.info(
+            "meterline: catalog %s reloaded: %d provider(s), %d consumer(s)",
+            path,
+            len(self.registry.providers),
+            len(self.catalog.consumers) if self.catalog else 0,
+        )
 
     def _schedule_catalog_watch(self) -> None:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no event loop (hooks driven directly): nothing to watch with
             return
-        self._catalog_timer = loop.call_later(CATALOG_CHECK_INTERVAL, self._watch_catalog)
+        self._catalog_timer = loop.call_later(catalogwatch.CHECK_INTERVAL, self._watch_catalog)
 
     def _open_spool(self) -> None:
         """(Re)open the spool named by the options and start its writer (replaying leftovers)."""
@@ -397,7 +483,14 @@ class Meter:
     def running(self) -> None:
         """The proxy is up: open the spool (not before, so loading the addon writes nothing)."""
         self._running = True
-        self._open_spool()
+        try:
+            self._open_spool()
+        except exceptions.OptionsError as e:  # e.g. a second proxy on the same spool
+            log.error("meterline: %s; each proxy needs its own: --set meter_spool=DIR", e)
+            ctx.master.shutdown()  # not a traceback, and no proxy running unmetered
+            return
+        if not redact.install(ctx.master.addons.get("dumper")):
+            log.debug("meterline: no dumper addon: nothing to redact")
         if self._catalog_timer is None:
             self._schedule_catalog_watch()
         log.info(
@@ -407,6 +500,17 @@ class Meter:
             ctx.options.meter_db,
             self.spool.directory if self.spool else "?",
         )
+        for route in self.routes:
+            log.info(
+                "meterline: gateway route POST %s -> %s %s%s",
+                route.path,
+                route.provider.name,
+                route.upstream_path,
+                f" (model pinned to {route.model})" if route.model else "",
+            )
+        plain_http = hints.plain_http_warning(self.catalog)
+        if plain_http:
+            log.warning(plain_http)
 
     def done(self) -> None:
         """Finish every queued and in-flight flow, then drain the spool into the store."""
@@ -478,17 +582,32 @@ class Meter:
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         req = flow.request
-        provider = self.registry.lookup(req.host, req.port)
+        route = None
+        if self.routes and isinstance(flow.client_conn.proxy_mode, ReverseMode):
+            route = self.routes.match(req.path)  # a gateway path such as /chat
+        if route is not None and req.method == "POST":
+            req.path = route.upstream(req.path)
+            provider: providers.Provider | None = route.provider
+        else:
+            route, provider = None, self.registry.lookup(req.host, req.port)
         if provider is None:
-            return
+            provider = providers.lookup_named(
+                self.registry, req.port, req.host_header, flow.client_conn.sni
+            )
+            if provider is None:
+                return
         path = req.path
         if req.method != "POST" or not providers.is_billed_path(provider.flavor, path):
             return
         query = path.partition("?")[2] if "?" in path else ""
-        identity = self.keybook.identify(keys.presented_keys(req.headers, query))
+        keyset = attribution.presented(req.headers, query, provider)
+        identity = self.keybook.identify_key(keyset.billed)
         st = _MeteredStream(self, flow, provider, identity)
-        st.reject = identity.consumer is None and self.reject_unknown
+        st.keys_presented = keyset.distinct
+        st.reject = self.reject_unknown and (identity.consumer is None or keyset.ambiguous)
         st.inject_env = keys.injection_env_var(identity.consumer, provider)
+        if route is not None and route.pins_body_model:
+            st.pinned_model = route.model
         self._active[flow.id] = st
 
     def request(self, flow: http.HTTPFlow) -> None:
@@ -497,15 +616,14 @@ class Meter:
             return
         if st.reject:
             del self._active[flow.id]
-            log.warning(
-                "meterline: %s: rejected %s: unknown key (%s)",
-                flow.id,
-                _where(st),
-                st.identity.fingerprint or "no key",
-            )
-            self._error_response(
-                flow, st, "unknown_key", "Invalid API key: not known to the proxy."
-            )
+            if st.keys_presented > 1:
+                why = f"{st.keys_presented} different keys"
+                message = "Ambiguous API key: the request carries more than one key."
+            else:
+                why = f"unknown key ({st.identity.fingerprint or 'no key'})"
+                message = "Invalid API key: not known to the proxy."
+            log.warning("meterline: %s: rejected %s: %s", flow.id, _where(st), why)
+            self._error_response(flow, st, "unknown_key", message)
             return
         req = flow.request
         if st.inject_env is not None:
@@ -518,6 +636,10 @@ class Meter:
                 self._error_response(flow, st, "injection_failed", f"Meterline proxy: {e}")
                 return
             req.path = f"{path}?{query}" if query else path
+        if st.pinned_model is not None and "content-encoding" not in req.headers:
+            pinned = routes.pin_model(req.raw_content or b"", st.pinned_model)
+            if pinned is not None:
+                req.content = pinned
         if self.include_usage and st.provider.flavor == "openai":
             self._add_include_usage(st)
         st.t_request = time.time()
@@ -527,7 +649,7 @@ class Meter:
         body = req.raw_content
         if not body or b'"stream"' not in body or "content-encoding" in req.headers:
             return
-        if not _INCLUDE_USAGE_PATH.search(req.path.partition("?")[0]):
+        if not _INCLUDE_USAGE_PATH.search(st.billed_path):
             return
         new_body = add_include_usage(body)
         if new_body is not None:
@@ -555,6 +677,12 @@ class Meter:
             return  # mitmproxy buffers it, as plain mitmdump does; metered in `response`
         if st.drop_usage and resp.status_code < 400 and "content-encoding" not in headers:
             st.dropper = UsageChunkDropper()
+        if self.durable:
+            st.end = EndWatch(
+                headers.get("content-length"),
+                done_event=st.provider.flavor == "openai"
+                and "event-stream" in headers.get("content-type", ""),
+            )
         resp.stream = st
         self._notice_filter.add(flow.request.host)
 
@@ -564,12 +692,35 @@ class Meter:
             return
         st.t_done = time.time()
         resp = flow.response
-        if st.t_first_byte is None and resp is not None and resp.raw_content:
+        body = resp.raw_content if st.t_first_byte is None and resp is not None else None
+        if body and resp is not None:
             # Buffered (a small JSON body), or another addon answered: read it whole, once.
             st.t_first_byte = min(resp.timestamp_start or st.t_done, st.t_done)
-            self._defer_after_reply(self._finish_whole, st, resp.raw_content)
+        if not self.durable:
+            if body:
+                self._defer_after_reply(self._finish_whole, st, body)
+            else:
+                self._defer(self._finish, st, False)
+            return
+        # Durable: the event is in the spool before mitmproxy sends the buffered body, or
+        # the end of a streamed one, to the client (bounded work, see metering.bounded).
+        self._drain()  # this flow's queued chunks first
+        if body:
+            self._pending.append((self._finish_whole, (st, body)))
         else:
-            self._defer(self._finish, st, False)
+            self._pending.append((self._finish, (st, False)))
+        self._drain()
+
+    def _finish_early(self, st: _MeteredStream, chunk: bytes) -> None:
+        """``chunk`` completes the client's answer (:mod:`addons.metering.replyend`):
+        meter the flow and spool its event before the chunk is handed on."""
+        st.end = None
+        self._active.pop(st.flow.id, None)  # `response` and `error` find nothing more to do
+        st.t_done = time.time()
+        self._drain()
+        self._pending.append((st.consume, (chunk,)))
+        self._pending.append((self._finish, (st, False)))
+        self._drain()
 
     def error(self, flow: http.HTTPFlow) -> None:
         st = self._active.pop(flow.id, None)
@@ -598,23 +749,24 @@ class Meter:
         problems = list(st.extractor.problems)
         if st.decode_failed:
             problems.insert(0, f"cannot decode body: {st.decode_failed}")
-        status: int | None = resp.status_code
-        if cut:
-            status = None  # no complete response
-            log.warning(
-                "meterline: %s: response from %s cut short (client or provider went away); "
-                "usage estimated where not reported",
-                flow.id,
-                _where(st),
-            )
-        elif problems and resp.status_code < 400:
+        settled = settle(
+            st.provider.flavor,
+            usage,
+            st.extractor.seen(),
+            status_code=resp.status_code,
+            cut=cut,
+            request_model=lambda: _request_model(st),
+            estimate_input=lambda model: estimate_request_input(
+                st.provider.flavor, st.request_body(), model=model
+            ),
+            count_output=lambda model: _count_output(st, model),
+        )
+        usage, status = settled.usage, settled.status
+        self._note_settled(flow.id, st, settled, cut)
+        if problems and resp.status_code < 400 and not settled.invalid:
             self._warn_problems(flow.id, st, problems)
         elif problems:
             log.debug("meterline: %s: %s answered %s: %s", flow.id, _where(st), status, problems)
-        if usage is None and status is not None and status >= 400:
-            usage = Usage()  # an error response bills nothing unless the provider says so
-        elif usage is None or cut:
-            usage = self._estimate(st, usage)
         consumer = st.identity.consumer
         exchange = events.Exchange(
             provider=st.provider.name,
@@ -632,25 +784,34 @@ class Meter:
             t_first_byte=st.t_first_byte,
             t_done=st.t_done,
         )
-        self._record(events.build_event(exchange, usage, self.proxy_id))
+        for event in events.build_events(exchange, usage, self.proxy_id):
+            self._record(event)
 
-    def _estimate(self, st: _MeteredStream, partial: Usage | None) -> Usage:
-        """Tokens counted with tiktoken when the provider reported none (or not all)."""
-        model = (partial.model if partial else None) or _request_model(st)
-        text = st.extractor.output_text() if st.extractor else ""
-        output = count_tokens(text, model or "") if text else 0
-        if partial is not None:
-            if output <= partial.output:
-                return partial
-            partial.output = output
-            partial.estimated = True
-            return partial
-        return Usage(
-            input=estimate_request_input(st.provider.flavor, st.request_body(), model=model),
-            output=output,
-            model=model,
-            estimated=True,
-        )
+    def _note_settled(self, flow_id: str, st: _MeteredStream, settled: Settled, cut: bool) -> None:
+        """Say why a call is not metered from the provider's final report, if it is not.
+
+        Unusable counts are logged once per provider and kind of problem (a provider
+        that always sends them would otherwise flood the log).
+        """
+        if settled.invalid and self._once.first(st.provider.name, settled.invalid):
+            log.warning(
+                "meterline: %s: %s reported unusable usage (%s): estimated and flagged; "
+                "further reports like it are not logged",
+                flow_id,
+                _where(st),
+                settled.invalid,
+            )
+        if cut and settled.status is None:
+            log.warning(
+                "meterline: %s: response from %s cut short (client or provider went away); "
+                "usage estimated where not reported",
+                flow_id,
+                _where(st),
+            )
+        elif cut:
+            log.debug("meterline: %s: connection ended after the final usage report", flow_id)
+        elif settled.why_estimated:
+            log.debug("meterline: %s: %s: %s", flow_id, _where(st), settled.why_estimated)
 
     def _record(self, event: dict[str, Any]) -> None:
         if self.spool is None or self.writer is None:
@@ -717,15 +878,6 @@ def _where(st: _MeteredStream) -> str:
     return f"{st.provider.name} {st.flow.request.pretty_host}{st.path.partition('?')[0]}"
 
 
-def _file_stamp(path: Path) -> tuple[int, int, int] | None:
-    """What tells an edited file apart: mtime, size and inode (an editor may replace it)."""
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_mtime_ns, st.st_size, st.st_ino
-
-
 def _parse_interval(text: str) -> float:
     try:
         value = float(text)
@@ -738,12 +890,22 @@ def _parse_interval(text: str) -> float:
     return value
 
 
+def _count_output(st: _MeteredStream, model: str | None) -> int:
+    """Tokens of the output text seen (tiktoken), for an estimate."""
+    text = st.extractor.output_text() if st.extractor else ""
+    return count_tokens(text, model or "") if text else 0
+
+
 def _request_model(st: _MeteredStream) -> str | None:
     if st.provider.flavor == "gemini":
         m = re.search(r"/models/([^/:]+):", st.path)
         return m.group(1) if m else None
+    body = st.request_body()
+    if len(body) > bounded.MAX_PARSED_REQUEST:  # bounded work: no parse of a huge body
+        found = _MODEL_FIELD.search(body, 0, bounded.MAX_PARSED_REQUEST)
+        return found.group(1).decode("utf-8", "replace") if found else None
     try:
-        data = json.loads(st.request_body())
+        data = json.loads(body)
     except ValueError:
         return None
     model = data.get("model") if isinstance(data, dict) else None

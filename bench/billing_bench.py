@@ -17,11 +17,14 @@ Usage::
 
     .venv/bin/python bench/billing_bench.py              # 10M events, 1,000 customers
     .venv/bin/python bench/billing_bench.py --events 1000000 --repeat 5
+    .venv/bin/python bench/billing_bench.py --events 10000000 --store lake  # DuckLake on PostgreSQL
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import statistics
 import subprocess
 import sys
@@ -148,15 +151,32 @@ def floor_quantity(rows: list[tuple[Any, ...]]) -> int:
     return total
 
 
-def prepare(workdir: Path, events: int, customers: int, reuse: bool) -> tuple[Path, Path]:
-    db, catalog = workdir / "bench.duckdb", workdir / "catalog.yaml"
+def prepare(
+    workdir: Path, events: int, customers: int, reuse: bool, lake: str | None = None
+) -> tuple[str, Path]:
+    """The events in a DuckDB file under ``workdir``, or in the DuckLake ``lake``."""
+    catalog = workdir / "catalog.yaml"
     write_catalog(catalog, customers)
+    if lake is not None:
+        started = time.perf_counter()
+        with billing_store(lake, create=True) as con:
+            con.execute("SET preserve_insertion_order = false")
+            step = 10_000_000  # bounded memory: one Parquet file per 10M events
+            for offset in range(0, events, step):
+                n = min(step, events - offset)
+                con.execute(
+                    EVENTS_SQL.replace("FROM range(?)", f"FROM range({offset}, {offset + n})"),
+                    [customers],
+                )
+        print(f"generated {events:,} events in {time.perf_counter() - started:.1f} s -> lake")
+        return lake, catalog
+    db = workdir / "bench.duckdb"
     if reuse and db.exists():
         with billing_store(db) as con:
             (have,) = con.execute("SELECT count(*) FROM usage_events").fetchone() or (0,)
         if have == events:
             print(f"reusing {events:,} events in {db}")
-            return db, catalog
+            return str(db), catalog
     if db.exists():
         db.unlink()
     started = time.perf_counter()
@@ -164,7 +184,14 @@ def prepare(workdir: Path, events: int, customers: int, reuse: bool) -> tuple[Pa
         con.execute(EVENTS_SQL, [events, customers])
         con.execute("CHECKPOINT")
     print(f"generated {events:,} events in {time.perf_counter() - started:.1f} s -> {db}")
-    return db, catalog
+    return str(db), catalog
+
+
+def _peak_rss_mb(children: bool = False) -> float:
+    import resource
+
+    who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
+    return resource.getrusage(who).ru_maxrss / 1024
 
 
 def timed(fn: Callable[[], object], repeat: int) -> list[float]:
@@ -180,7 +207,7 @@ def clear(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("DELETE FROM invoice_windows; DELETE FROM invoice_lines; DELETE FROM invoices")
 
 
-def clear_invoices(db: Path) -> None:
+def clear_invoices(db: str) -> None:
     with billing_store(db) as con:
         clear(con)
 
@@ -192,12 +219,25 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--dir", type=Path, help="work directory (default: a temporary one)")
     ap.add_argument("--reuse", action="store_true", help="keep the events in --dir if complete")
+    ap.add_argument(
+        "--store",
+        choices=("file", "lake"),
+        default="file",
+        help="a DuckDB file, or a DuckLake on a throwaway PostgreSQL (tests/support/postgres.py)",
+    )
     args = ap.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="billing-bench-") as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="billing-bench-"))
         workdir = args.dir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        db, catalog_path = prepare(workdir, args.events, args.customers, args.reuse)
+        lake = None
+        if args.store == "lake":
+            from tests.support.postgres import postgres_server
+
+            os.environ["METERLINE_LAKE_DATA"] = str(workdir.resolve() / "lake-data")
+            lake = "ducklake:postgres:" + stack.enter_context(postgres_server())
+        db, catalog_path = prepare(workdir, args.events, args.customers, args.reuse, lake)
         catalog = load_catalog(catalog_path)
         month = calendar_month(MONTH)
 
@@ -212,7 +252,7 @@ def main() -> None:
             floor = timed(lambda: con.execute(FLOOR_SQL).fetchall(), args.repeat)
 
             def build() -> None:
-                periods = periods_ending_in(catalog, month, NOW, list(catalog.customers))
+                periods = periods_ending_in(catalog, month, list(catalog.customers))
                 invoices, _ = build_invoices(con, catalog, periods, watermark=NOW)
                 assert len(invoices) == args.customers
 
@@ -225,13 +265,13 @@ def main() -> None:
 
             store_s = timed(build_and_store, args.repeat)
             # same quantities as the floor: sum of usage line quantities per customer
-            periods = periods_ending_in(catalog, month, NOW, list(catalog.customers))
+            periods = periods_ending_in(catalog, month, list(catalog.customers))
             invoices, _ = build_invoices(con, catalog, periods, watermark=NOW)
             built = sum(ln.quantity for i in invoices for ln in i.lines if ln.kind == "usage")
             assert built == floor_quantity(floor_rows), "build and floor disagree"
 
         billing = Path(sys.executable).parent / "billing"
-        cmd = [str(billing), "--db", str(db), "--catalog", str(catalog_path)]
+        cmd = [str(billing), "--db", db, "--catalog", str(catalog_path)]
         cmd += ["invoice", "generate", "--period", MONTH, "--format", "csv"]
         process = []
         for _ in range(args.repeat):
@@ -247,7 +287,11 @@ def main() -> None:
         ("build + store (generate in process)", s, min(store_s)),
         ("process `billing invoice generate`", p, min(process)),
     ]
-    print(f"\n{args.events:,} events, {args.customers:,} customers, 3 tiered plans, {MONTH}")
+    print(
+        f"\n{args.events:,} events ({args.store}), {args.customers:,} customers, "
+        f"3 tiered plans, {MONTH}; peak RSS {_peak_rss_mb():.0f} MB in process, "
+        f"{_peak_rss_mb(children=True):.0f} MB for `billing invoice generate`"
+    )
     print(f"median of {args.repeat} runs [best]; ratio to the floor's median")
     for label, median, best in report:
         print(f"  {label:<38} {median:7.3f} s  [{best:.3f}]  {median / f:5.1f}x")

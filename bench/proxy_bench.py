@@ -6,7 +6,10 @@ Two mitmdump processes run at once with the same flags against the same fake pro
 load hits both alike. Reported:
 
 - JSON chat completions, sequential on a keep-alive connection: median and p99 latency,
-  and what the meter adds (absolute and as a ratio);
+  and what the meter adds (absolute and as a ratio); a fourth mitmdump, metered with
+  ``meter_durable=false`` (events spooled after the reply), shows what the guarantee
+  "every answered call is spooled before its answer completes" costs (also in the
+  keep-alive requests/s);
 - requests per second with concurrent keep-alive clients, and with a new TLS connection
   (CONNECT + handshake with the proxy's CA) per request;
 - SSE streams with a pause between events: time to first byte and the gaps between
@@ -50,6 +53,8 @@ API_KEY = "sk-bench-key"
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hi"}]}
 STREAM = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
 HEADERS = {"authorization": f"Bearer {API_KEY}"}
+#: A metered proxy with ``meter_durable=false``: what the durability guarantee costs.
+AFTER_REPLY = "meter-after-reply"
 
 
 @dataclass
@@ -189,7 +194,7 @@ def best_of(runs: int, fn: Callable[[], float]) -> float:
 
 
 @contextmanager
-def bench_setup() -> Iterator[tuple[dict[str, Any], list[Proxy], Path]]:
+def bench_setup(*, after_reply: bool = False) -> Iterator[tuple[dict[str, Any], list[Proxy], Path]]:
     """The fake provider in its own process and three mitmdumps with the same flags:
     plain, streaming every response, and metered. Yields (ports, proxies, workdir)."""
     upstream = subprocess.Popen(
@@ -215,6 +220,11 @@ def bench_setup() -> Iterator[tuple[dict[str, Any], list[Proxy], Path]]:
                          "--set", f"meter_db={work / 'meterline.duckdb'}",
                          "--set", f"meter_spool={work / 'spool'}"]  # fmt: skip
                 proxies.append(start_proxy("meter", work, confdir, meter))
+                if after_reply:  # the same, without the durability guarantee: its cost
+                    lazy = [*meter[:-4], "--set", f"meter_db={work / 'lazy.duckdb'}",
+                            "--set", f"meter_spool={work / 'lazy-spool'}",
+                            "--set", "meter_durable=false"]  # fmt: skip
+                    proxies.append(start_proxy(AFTER_REPLY, work, confdir, lazy))
                 yield ports, proxies, work
             finally:
                 for p in proxies:
@@ -235,8 +245,8 @@ def main() -> None:
         (200, 30, 10, 100, 1.0) if opts.quick else (2000, 200, 60, 2000, 4.0)
     )
 
-    with bench_setup() as (ports, proxies, work):
-        plain, streaming, meter = proxies
+    with bench_setup(after_reply=True) as (ports, proxies, work):
+        plain, streaming, meter, after_reply = proxies
         base = f"http://127.0.0.1:{ports['plain']['openai']}"
         tls_base = f"https://127.0.0.1:{ports['tls']['openai']}"
         results: dict[str, Any] = {"machine": f"{os.cpu_count()} cores", "counts": {}}
@@ -255,6 +265,7 @@ def main() -> None:
             results["keepalive_rps"] = rps
 
             print(f"Requests/s: new TLS connection per request, {n_tls} sequential ...")
+            proxies = [plain, streaming, meter]  # the rest compares these three
             tls_rps = {p.name: 0.0 for p in proxies}
             for _ in range(2):
                 for p in proxies:
@@ -287,7 +298,7 @@ def main() -> None:
                 p.name: {"before": before[p.name], "after": p.rss_mib()} for p in proxies
             }
         finally:
-            for p in proxies:
+            for p in (*proxies, after_reply):
                 p.stop()
         import duckdb
 
@@ -312,11 +323,19 @@ def report(r: dict[str, Any]) -> None:
         f"({j['meter']['median'] / j['plain']['median']:.3f}x plain), "
         f"{j['meter']['p99'] - j['plain']['p99']:+.3f} ms at p99"
     )
+    lazy = j[AFTER_REPLY]
+    print(
+        f"{AFTER_REPLY} (meter_durable=false) {lazy['median']:.3f} ms median "
+        f"({lazy['median'] / j['plain']['median']:.3f}x plain): the guarantee that an answered "
+        f"call is spooled costs {j['meter']['median'] - lazy['median']:+.3f} ms at the median, "
+        f"{j['meter']['p99'] - lazy['p99']:+.3f} ms at p99"
+    )
     for key, label in (("keepalive_rps", "keep-alive, 3 clients"), ("new_tls_rps", "new TLS/req")):
         v = r[key]
         print(
             f"\n== requests/s, {label}: plain {v['plain']:.0f}, streaming {v['streaming']:.0f}, "
             f"meter {v['meter']:.0f} ({v['meter'] / v['plain']:.3f}x plain)"
+            + (f", {AFTER_REPLY} {v[AFTER_REPLY]:.0f}" if AFTER_REPLY in v else "")
         )
     s = r["sse_ms"]
     print("\n== SSE, 20 ms between events (ms); 'plain' mitmdump buffers, 'streaming' does not")

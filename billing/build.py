@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
+from fractions import Fraction
 from functools import lru_cache
 from typing import Any
 
@@ -38,7 +39,7 @@ import duckdb
 
 from billing.ledger import BilledCard, billed_cards, swept_windows
 from billing.model import Invoice, InvoiceLine
-from billing.money import decimal_text
+from billing.money import decimal_text, round_money
 from billing.pricing import PricedLine, price_rate_card
 from billing.schedule import BillingPeriod, continues_earlier, next_period
 from billing.usage import MeterFilter, UsageWindow, WindowUsage, aggregate_windows
@@ -69,6 +70,8 @@ class UsageCard:
     plan_key: str
     feature_key: str
     meter: MeterFilter
+    proration: Fraction | None = None
+    """Late usage: the share its period's own invoice priced with (from the snapshot)."""
     _snapshot: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     def snapshot(self) -> dict[str, Any]:
@@ -91,11 +94,16 @@ class UsageCard:
     @classmethod
     def from_snapshot(cls, plan_key: str, detail: dict[str, Any]) -> UsageCard:
         m = detail["meter"]
+        pricing = detail.get("pricing") or {}
+        ratio = pricing.get("proration_ratio")
+        # Lines stored before proration_ratio existed were priced unprorated ("1").
+        share = Fraction(ratio) if ratio else Fraction(Decimal(pricing.get("proration", "1")))
         return cls(
             card=RateCard.model_validate(detail["rate_card"]),
             plan_key=plan_key,
             feature_key=m["feature"],
             meter=MeterFilter(m["provider"], m["model"], tuple(m["token_types"])),
+            proration=share,
         )
 
 
@@ -119,6 +127,9 @@ class _Job:
     plan_key: str
     cards: list[UsageCard]
     late: bool
+    share: Fraction = Fraction(1)
+    """The billed share of the period: scales min/max of its usage lines."""
+    share_label: str | None = None
     prior: dict[str, BilledCard] = field(default_factory=dict)
     """Late jobs: what earlier invoices billed per rate card key for this window."""
 
@@ -148,8 +159,9 @@ class _Matcher:
 
 
 def _flat_line(card: RateCard, price: FlatPrice, bp: BillingPeriod, currency: str) -> InvoiceLine:
-    share = bp.share
-    priced = price_rate_card(card, 1, currency=currency, proration=share)
+    priced = price_rate_card(
+        card, 1, currency=currency, proration=bp.share, proration_label=bp.share_label
+    )
     return InvoiceLine(
         kind="flat",
         rate_card_key=card.key,
@@ -178,21 +190,24 @@ def _tokens_for(
     """Tokens the meter selects from a window's rows, the events behind them, the breakdown."""
     quantity = 0
     events = 0
-    breakdown: list[dict[str, Any]] = []
+    parts: dict[tuple[str, str, str], int] = {}
     for row in rows:
         if not match(meter, row.provider, row.model):
             continue
-        counted = False
+        if row.nonzero.isdisjoint(meter.token_types):
+            continue  # these events have none of the line's token types
+        events += row.events
         for tt in meter.token_types:
             n = row.tokens[tt]
             if n:
-                breakdown.append(
-                    {"provider": row.provider, "model": row.model, "token_type": tt, "tokens": n}
-                )
+                key = (row.provider, row.model, tt)
+                parts[key] = parts.get(key, 0) + n
                 quantity += n
-                counted = True
-        if counted:
-            events += row.events
+    order = {tt: i for i, tt in enumerate(meter.token_types)}
+    breakdown = [  # sorted: SQL groups come in no particular order
+        {"provider": p, "model": m, "token_type": tt, "tokens": parts[(p, m, tt)]}
+        for p, m, tt in sorted(parts, key=lambda k: (k[0], k[1], order[k[2]]))
+    ]
     return quantity, events, breakdown
 
 
@@ -209,8 +224,12 @@ def _usage_line(
         "breakdown": breakdown,
         "events": events,
     }
+    share = job.share if uc.proration is None else uc.proration
+    label = job.share_label if uc.proration is None else str(uc.proration)
     if not job.late:
-        priced = price_rate_card(uc.card, quantity, currency=currency)
+        priced = price_rate_card(
+            uc.card, quantity, currency=currency, proration=share, proration_label=label
+        )
         detail["pricing"] = priced.to_detail()
         return InvoiceLine(
             kind="usage",
@@ -229,12 +248,14 @@ def _usage_line(
         return None
     prior = job.prior.get(uc.card.key, BilledCard(Decimal(0), Decimal(0)))
     total = prior.quantity + quantity
-    priced_total: PricedLine = price_rate_card(uc.card, total, currency=currency)
+    priced_total: PricedLine = price_rate_card(
+        uc.card, total, currency=currency, proration=share, proration_label=label
+    )
     detail["pricing"] = priced_total.to_detail()
     detail["late"] = {
         "period": {"start": iso(w.start), "end": iso(w.end)},
         "billed_quantity": decimal_text(prior.quantity),
-        "billed_amount": decimal_text(prior.amount),
+        "billed_amount": decimal_text(round_money(prior.amount, currency)),
         "total_quantity": decimal_text(prior.quantity + quantity),
         "total_amount": decimal_text(priced_total.amount),
     }
@@ -313,9 +334,8 @@ def build_invoices(
         if bp.plan.key not in cards_of:
             cards_of[bp.plan.key] = usage_cards(catalog, bp.plan)
         cards = cards_of[bp.plan.key]
-        jobs.append(
-            _Job(idx, window(tuple(c.consumers), bp.start, own_end), bp.plan.key, cards, late=False)
-        )
+        own = window(tuple(c.consumers), bp.start, own_end)
+        jobs.append(_Job(idx, own, bp.plan.key, cards, False, bp.share, bp.share_label))
         if c.key in sweeping:
             continue  # one invoice per customer and run sweeps late usage
         sweeping.add(c.key)

@@ -13,23 +13,27 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import duckdb
 
 from billing.build import build_invoices
+from billing.errors import BillingError, UnknownCustomer
 from billing.ledger import existing_invoices, load_invoices, save_invoices
 from billing.model import Invoice, InvoiceLine
 from billing.periods import Period, calendar_month
-from billing.schedule import BillingPeriod, ScheduleError, period_at, periods_ending_in
+from billing.schedule import (
+    BillingPeriod,
+    ScheduleError,
+    invoice_month,
+    period_at,
+    periods_ended_before,
+    periods_ending_in,
+)
 from billing.usage import MeterFilter, UsageWindow, events_behind
 from meterline.catalog import Catalog, Customer
-
-
-class BillingError(ValueError):
-    """A request billing cannot fulfil; the message is shown as ``Error: ...``."""
 
 
 def utc_now() -> datetime:
@@ -40,7 +44,7 @@ def find_customer(catalog: Catalog, key: str) -> Customer:
     try:
         return catalog.customer(key)
     except KeyError:
-        raise BillingError(f"unknown customer {key!r}") from None
+        raise UnknownCustomer(catalog, key) from None
 
 
 def parse_month(text: str) -> Period:
@@ -88,6 +92,23 @@ class Generated:
     """Numbers created by this run (empty when everything already existed)."""
     pending: list[BillingPeriod]
     """Periods ending in the month that have not closed yet (not invoiced)."""
+    never_generated: list[BillingPeriod] = field(default_factory=list)
+    """Closed periods of earlier months that have no invoice: their month was never
+    generated (or was generated before the subscription was added to the catalog)."""
+
+    @property
+    def missed_months(self) -> dict[str, list[str]]:
+        """``YYYY-MM`` -> customer keys, for :attr:`never_generated`."""
+        out: dict[str, list[str]] = {}
+        for bp in self.never_generated:
+            keys = out.setdefault(invoice_month(bp), [])
+            if bp.customer.key not in keys:
+                keys.append(bp.customer.key)
+        return out
+
+
+class NoUsage(BillingError):
+    """Invoices would be finalized from a store that holds no usage events at all."""
 
 
 def _check_no_overlap(
@@ -113,8 +134,13 @@ def generate_invoices(
     now: datetime | None = None,
     settle: timedelta = timedelta(0),
     progress: Callable[[list[Any]], Iterable[Any]] | None = None,
+    require_usage: bool = False,
 ) -> Generated:
     """Finalize and store the invoices of the closed periods ending in ``month``.
+
+    ``require_usage``: refuse (:class:`NoUsage`) to create invoices while the store holds
+    no usage events at all, which is almost always the wrong store or a proxy that never
+    wrote: invoices are final and could not be corrected later.
 
     ``settle``: only events ingested at least this long before ``now`` are billed now;
     later ones go on the next invoice as late usage. On one DuckDB file 0 is exact (the
@@ -129,11 +155,16 @@ def generate_invoices(
     if period.start > now:
         raise BillingError(f"{month} has not started yet")
     customers = [find_customer(catalog, customer)] if customer else list(catalog.customers)
-    closing = periods_ending_in(catalog, period, period.end, customers)
+    closing = periods_ending_in(catalog, period, customers)
     due = [bp for bp in closing if bp.end <= now]
     pending = [bp for bp in closing if bp.end > now]
     have = existing_invoices(con)
     todo = [bp for bp in due if bp.key not in have]
+    if require_usage and todo and not _has_events(con):
+        raise NoUsage(
+            f"the store holds no usage events: the {len(todo)} invoice(s) for {month} would "
+            "bill no usage and could never be changed"
+        )
     invoiced: dict[str, list[tuple[datetime, datetime, str]]] = defaultdict(list)
     for (ck, start, end), number in have.items():
         invoiced[ck].append((start, end, number))
@@ -145,7 +176,13 @@ def generate_invoices(
     stored = [n for n in (have.get(bp.key) for bp in due) if n]
     invoices = load_invoices(con, numbers=stored, names=names) + drafts if stored else drafts
     invoices.sort(key=lambda i: i.seq or 0)
-    return Generated(invoices, [d.number or "" for d in drafts], pending)
+    earlier = periods_ended_before(catalog, period.start, customers)
+    missed = [bp for bp in earlier if bp.key not in have]
+    return Generated(invoices, [d.number or "" for d in drafts], pending, missed)
+
+
+def _has_events(con: duckdb.DuckDBPyConnection) -> bool:
+    return con.execute("SELECT 1 FROM usage_events LIMIT 1").fetchone() is not None
 
 
 # --------------------------------------------------------------------------- read
@@ -155,7 +192,10 @@ def list_invoices(
     con: duckdb.DuckDBPyConnection, catalog: Catalog | None = None, *, customer: str | None = None
 ) -> list[Invoice]:
     names = {c.key: c.name for c in catalog.customers} if catalog else None
-    return load_invoices(con, customer=customer, with_lines=False, names=names)
+    found = load_invoices(con, customer=customer, with_lines=False, names=names)
+    if not found and customer is not None and catalog is not None:
+        find_customer(catalog, customer)  # a typo is an error, not an empty list
+    return found
 
 
 def get_invoice(

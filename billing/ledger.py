@@ -18,9 +18,11 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from billing.errors import UserError
 from billing.model import Invoice, InvoiceLine
-from billing.money import money_context, round_money
-from billing.usage import UsageWindow, from_db, to_db, value_set
+from billing.money import decimal_text, money_context, round_money
+from billing.storevalues import from_db, to_db, value_set
+from billing.usage import UsageWindow
 
 NUMBER_PREFIX = "INV-"
 _DEC = pa.decimal128(38, 12)
@@ -107,8 +109,20 @@ def existing_invoices(
     return {(ck, from_db(s), from_db(e)): n for ck, s, e, n in rows}
 
 
+class AmountTooLarge(UserError, ValueError):
+    """An amount or quantity the store's ``DECIMAL(38, 12)`` columns cannot hold."""
+
+
+_STORABLE = Decimal(10) ** 26
+
+
 def _stored(value: Decimal) -> Decimal:
     """Storage scale is 12 decimals; exact values with more live in the line's detail JSON."""
+    if abs(value) >= _STORABLE:
+        raise AmountTooLarge(
+            f"{decimal_text(value)} does not fit the store (at most 26 digits before the point); "
+            "check the catalog's prices"
+        )
     with money_context():  # 50 digits: DECIMAL(38, 12) values exceed the default 28
         return value.quantize(_SCALE)
 

@@ -25,7 +25,7 @@ overstates such models. :func:`has_context_tiers` tells which models are affecte
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from functools import cache
 
@@ -34,6 +34,7 @@ from genai_prices.data_snapshot import DataSnapshot
 from genai_prices.types import ModelInfo, Provider, TieredPrices, Usage
 
 from billing.money import money_context
+from meterline.utc import as_utc
 
 LIST_PRICE_CURRENCY = "USD"
 """genai-prices lists every price in US dollars."""
@@ -43,12 +44,6 @@ LIST_PRICE_CURRENCY = "USD"
 def _snapshot() -> DataSnapshot:
     """The bundled price table only: never the auto-updated or a globally set snapshot."""
     return DataSnapshot(providers=_bundled.providers, from_auto_update=False)
-
-
-def _utc(at: datetime) -> datetime:
-    if at.tzinfo is None:
-        raise ValueError(f"at {at.isoformat()} has no timezone; give one, e.g. Z")
-    return at.astimezone(UTC)
 
 
 def find_model(provider: str, model: str | None) -> tuple[Provider, ModelInfo] | None:
@@ -71,7 +66,7 @@ def has_context_tiers(provider: str, model: str | None, *, at: datetime) -> bool
     found = find_model(provider, model)
     if found is None:
         return False
-    prices = found[1].get_prices(_utc(at))
+    prices = found[1].get_prices(as_utc(at, "at"))
     return any(isinstance(v, TieredPrices) for v in vars(prices).values())
 
 
@@ -100,7 +95,7 @@ def list_cost(
             raise TypeError(f"{name} must be an int token count, not {type(value).__name__}")
         if value < 0:
             raise ValueError(f"{name} must not be negative, got {value}")
-    when = _utc(at)
+    when = as_utc(at, "at")
     found = find_model(provider, model)
     if found is None:
         return None

@@ -9,15 +9,17 @@ shown as model ``(fees)``; a minimum charged on zero usage as ``(minimums)``.
 Cost: every event those invoices billed (their windows, including late usage), priced
 at the provider's list price on the event's day (``billing.listprice``, USD). Models whose
 list price depends on the request (context-size tiers, per-request fees) are priced event
-by event; others in one call per day. Unknown models have no cost (``null``). Costs are
-kept to 6 decimal places; margin is only computed for invoices in USD.
+by event; others in one call per day. Unknown models have no cost (``null``). Costs and
+margins are summed exactly and shown rounded once (half-up) to the currency's minor unit,
+like every amount of money; the margin % comes from the exact figures. Margin is only
+computed for invoices in USD (the list prices' currency).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from datetime import UTC, date, datetime
-from decimal import ROUND_DOWN, Decimal
+from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
 from typing import Any
 
 import duckdb
@@ -26,13 +28,12 @@ from billing.invoices import BillingError, parse_month
 from billing.ledger import load_invoices
 from billing.listprice import LIST_PRICE_CURRENCY, find_model, has_context_tiers, list_cost
 from billing.model import Invoice
-from billing.money import minor_unit, money_context
+from billing.money import minor_unit, money_context, round_money
 from billing.usage import invoiced_events, invoiced_usage
 from meterline.catalog import TOKEN_TYPES
 
 FEES = "(fees)"
 MINIMUMS = "(minimums)"
-COST_PLACES = Decimal("0.000001")
 MARGIN_COLUMNS = (
     "customer",
     "provider",
@@ -164,11 +165,16 @@ def margin_report(
         customer, provider, model = key
         rev = revenue.get(key, Decimal(0))
         raw = Decimal(0) if model in (FEES, MINIMUMS) else cost.get(key)
-        c = None if raw is None else raw.quantize(COST_PLACES)
-        margin = None
-        if c is not None and currency[customer] == LIST_PRICE_CURRENCY:
-            margin = rev - c
-        pct = None if margin is None or not rev else (margin * 100 / rev).quantize(Decimal("0.1"))
+        c = None if raw is None else round_money(raw, LIST_PRICE_CURRENCY)
+        exact = None
+        if raw is not None and currency[customer] == LIST_PRICE_CURRENCY:
+            with money_context():
+                exact = rev - raw
+        margin = None if exact is None else round_money(exact, LIST_PRICE_CURRENCY)
+        pct = None
+        if exact is not None and rev:
+            with money_context():
+                pct = (exact * 100 / rev).quantize(Decimal("0.1"), rounding=ROUND_HALF_UP)
         rows.append(
             {
                 "customer": customer,

@@ -3,9 +3,12 @@
 Amounts are :class:`~decimal.Decimal` in the currency's major unit (``Decimal("2.50")`` is
 2.50 USD). Floats are refused rather than converted: a float has already lost the cent.
 
-All arithmetic in billing runs inside :func:`money_context` (50 significant digits,
-``ROUND_HALF_UP``, invalid operations trapped). It is a *local* context, so the
-process-wide decimal context that other code may rely on is never changed.
+Amounts are computed as exact rationals (:class:`~fractions.Fraction`) and rounded once,
+by :func:`round_exact`; no intermediate is ever cut to a number of digits. Decimal
+arithmetic that only *shows* a value (a unit price ``amount / per``, an unrounded subtotal
+with a repeating expansion) runs inside :func:`money_context` (50 significant digits,
+``ROUND_HALF_UP``, invalid operations trapped), a *local* context, so the process-wide
+decimal context that other code may rely on is never changed.
 """
 
 from __future__ import annotations
@@ -100,12 +103,29 @@ def round_exact(value: Fraction, currency: str) -> Decimal:
     whole, rest = divmod(scaled.numerator, scaled.denominator)
     if 2 * rest >= scaled.denominator:
         whole += 1
-    rounded = Decimal(whole if value >= 0 else -whole).scaleb(-exponent)
-    return rounded.quantize(minor_unit(currency))
+    return Decimal(f"{whole if value >= 0 else -whole}E-{exponent}")  # exact, from text
 
 
 def exact_to_decimal(value: Fraction) -> Decimal:
-    """An exact amount as a Decimal for display and storage (50 significant digits)."""
+    """An exact amount as a Decimal for display and storage.
+
+    Exact whenever the value has a finite decimal expansion (its denominator has no prime
+    factors but 2 and 5: ``4.445``, ``1/1024``); otherwise (``7/30``) the first 50
+    significant digits. Only ever used to *show* a value: amounts are computed and rounded
+    from the Fraction itself (:func:`round_exact`).
+    """
+    den = value.denominator
+    twos = fives = 0
+    while den % 2 == 0:
+        den //= 2
+        twos += 1
+    while den % 5 == 0:
+        den //= 5
+        fives += 1
+    if den == 1:
+        digits = max(twos, fives)
+        scaled = value.numerator * 10**digits // value.denominator
+        return Decimal(f"{scaled}E-{digits}")  # from text: exact, whatever the context
     with money_context():
         return Decimal(value.numerator) / Decimal(value.denominator)
 

@@ -16,12 +16,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from fractions import Fraction
 
 from dateutil.relativedelta import relativedelta
 
-from billing.money import money_context
+from billing.errors import UserError
 from meterline.catalog import ISO_DURATION_RE
+from meterline.utc import as_utc
 
 # Gregorian averages in whole seconds, only to guess the period index before checking it.
 _AVG_YEAR_S = 31_556_952
@@ -52,7 +53,7 @@ class Period:
 
     def clip(self, start: datetime, end: datetime) -> Period | None:
         """The part of this period inside ``[start, end)``, or None if they do not overlap."""
-        lo, hi = max(self.start, _utc(start, "start")), min(self.end, _utc(end, "end"))
+        lo, hi = max(self.start, as_utc(start, "start")), min(self.end, as_utc(end, "end"))
         return Period(lo, hi) if lo < hi else None
 
 
@@ -75,16 +76,18 @@ def parse_cadence(cadence: str) -> relativedelta:
     return step
 
 
-def _utc(value: datetime, what: str) -> datetime:
-    if not isinstance(value, datetime):
-        raise TypeError(f"{what} must be a datetime, not {type(value).__name__}")
-    if value.tzinfo is None:
-        raise ValueError(f"{what} {value.isoformat()} has no timezone; give one, e.g. Z")
-    return value.astimezone(UTC)
+class PeriodRangeError(UserError, ValueError):
+    """A period boundary outside the datetimes Python has (years 1 to 9999)."""
 
 
 def _boundary(anchor: datetime, step: relativedelta, k: int) -> datetime:
-    return anchor + step * k
+    try:
+        return anchor + step * k
+    except (OverflowError, ValueError):
+        raise PeriodRangeError(
+            f"a billing period of the subscription starting {anchor:%Y-%m-%dT%H:%M:%SZ} "
+            "would end after the year 9999 (or start before the year 1)"
+        ) from None
 
 
 def _index_containing(anchor: datetime, step: relativedelta, at: datetime) -> int:
@@ -105,7 +108,7 @@ def period_containing(anchor: datetime, cadence: str, at: datetime) -> Period:
     An instant on a boundary belongs to the period that starts there. Instants before the
     anchor fall in periods counted backwards from it.
     """
-    anchor, at = _utc(anchor, "anchor"), _utc(at, "at")
+    anchor, at = as_utc(anchor, "anchor"), as_utc(at, "at")
     step = parse_cadence(cadence)
     k = _index_containing(anchor, step, at)
     return Period(_boundary(anchor, step, k), _boundary(anchor, step, k + 1))
@@ -116,7 +119,7 @@ def periods_between(anchor: datetime, cadence: str, start: datetime, end: dateti
 
     Use :meth:`Period.clip` for the billed part and :func:`proration` for its share.
     """
-    anchor, start, end = _utc(anchor, "anchor"), _utc(start, "start"), _utc(end, "end")
+    anchor, start, end = as_utc(anchor, "anchor"), as_utc(start, "start"), as_utc(end, "end")
     step = parse_cadence(cadence)
     if end <= start:
         return []
@@ -128,20 +131,23 @@ def periods_between(anchor: datetime, cadence: str, start: datetime, end: dateti
     return periods
 
 
-def proration(full: Period, part_start: datetime, part_end: datetime) -> Decimal:
-    """Share of ``full`` covered by ``[part_start, part_end)``: an exact ratio of microseconds.
+def proration(full: Period, part_start: datetime, part_end: datetime) -> Fraction:
+    """Share of ``full`` covered by ``[part_start, part_end)``: the exact ratio of microseconds.
+
+    A :class:`~fractions.Fraction`, never a decimal: 7 days of 30 is ``7/30`` exactly, so
+    ``19.05 * 7/30 = 4.445`` is a true half cent and rounds up (a 50-digit ``0.2333...``
+    would land just below it).
 
     Raises ValueError unless ``full.start <= part_start <= part_end <= full.end``.
     """
-    lo, hi = _utc(part_start, "part_start"), _utc(part_end, "part_end")
+    lo, hi = as_utc(part_start, "part_start"), as_utc(part_end, "part_end")
     if not full.start <= lo <= hi <= full.end:
         raise ValueError(
             f"part {lo.isoformat()} .. {hi.isoformat()} is not inside the period "
             f"{full.start.isoformat()} .. {full.end.isoformat()}"
         )
     tick = timedelta(microseconds=1)
-    with money_context():
-        return Decimal((hi - lo) // tick) / Decimal(full.duration // tick)
+    return Fraction((hi - lo) // tick, full.duration // tick)
 
 
 def calendar_month(yyyy_mm: str) -> Period:

@@ -22,7 +22,7 @@ Nothing here reads the clock, the store or the network.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import ROUND_CEILING, Decimal
+from decimal import Decimal
 from fractions import Fraction
 
 from billing.money import (
@@ -33,10 +33,6 @@ from billing.money import (
     round_exact,
 )
 from meterline.catalog import FlatPrice, PackagePrice, RateCard, TieredPrice, UnitPrice
-
-_ZERO = Decimal(0)
-_ONE = Decimal(1)
-_HUNDRED = Decimal(100)
 
 
 @dataclass(frozen=True)
@@ -84,8 +80,8 @@ class PricedLine:
     # Extensions beyond the agreed fields; defaults keep the original constructor valid.
     price_type: str = ""
     """``unit``, ``tiered``, ``package`` or ``flat``."""
-    proration: Decimal = _ONE
-    """Factor applied to a flat amount and to the min/max clamps."""
+    proration: Fraction = Fraction(1)
+    """Factor applied to a flat amount and to the min/max clamps, exact."""
     payment_term: str | None = None
     """Flat fees only: ``in_advance`` or ``in_arrears`` (timing is the caller's concern)."""
 
@@ -98,7 +94,8 @@ class PricedLine:
             "unit_price": None if self.unit_price is None else decimal_text(self.unit_price),
             "subtotal": decimal_text(self.subtotal),
             "discount": decimal_text(self.discount),
-            "proration": decimal_text(self.proration),
+            "proration": decimal_text(exact_to_decimal(self.proration)),
+            "proration_ratio": str(self.proration),
             "amount": decimal_text(self.amount),
             "tiers": [t.to_detail() for t in self.tiers],
             "notes": list(self.notes),
@@ -113,21 +110,22 @@ def price_rate_card(
     quantity: int | Decimal,
     *,
     currency: str,
-    proration: Decimal = _ONE,
+    proration: Fraction | Decimal | int = 1,
     proration_label: str | None = None,
 ) -> PricedLine:
     """Price ``quantity`` units of ``card`` for one period in ``currency``.
 
-    ``proration`` (0..1) is the billed share of the period: it scales a flat fee (unless the
-    fee has ``prorate: false``) and the min/max clamps; usage itself is never prorated.
-    ``proration_label`` (e.g. ``"15/30 days"``) only words the note.
+    ``proration`` (0..1) is the billed share of the period, best given as an exact
+    :class:`~fractions.Fraction` (``billing.periods.proration`` returns one): it scales a
+    flat fee (unless the fee has ``prorate: false``) and the min/max clamps; usage itself
+    is never prorated. ``proration_label`` (e.g. ``"15/30 days"``) only words the note.
     Raises ValueError for a negative quantity or a proration outside 0..1, TypeError for floats.
     """
     qty = check_decimal(quantity, "quantity")
     if qty < 0:
         raise ValueError(f"rate card {card.key!r}: quantity must not be negative, got {qty}")
-    factor = check_decimal(proration, "proration")
-    if not _ZERO <= factor <= _ONE:
+    factor = _share(proration)
+    if not 0 <= factor <= 1:
         raise ValueError(f"rate card {card.key!r}: proration must be within 0..1, got {factor}")
     price = card.price
     notes: list[str] = []
@@ -135,48 +133,48 @@ def price_rate_card(
     tiers: tuple[TierUse, ...] = ()
     unit_price: Decimal | None = None
 
-    with money_context():
-        billable = max(_ZERO, qty - card.included)
-        if card.included:
-            notes.append(f"{card.included} units included")
-        # Exact rationals until the one rounding at the end (see billing.money.round_exact).
-        if isinstance(price, FlatPrice):
-            payment_term = price.payment_term
-            notes.append(f"flat fee billed {price.payment_term.replace('_', ' ')}")
-            if not price.prorate:
-                factor = _ONE
-            subtotal = Fraction(price.amount) * Fraction(billable) * Fraction(factor)
-        elif isinstance(price, UnitPrice):
-            unit_price = price.amount / price.per
-            subtotal = Fraction(billable) * Fraction(price.amount) / price.per
-        elif isinstance(price, PackagePrice):
-            packages = (billable / price.package_size).to_integral_value(rounding=ROUND_CEILING)
-            subtotal = Fraction(packages * price.amount)
-            if packages:
-                notes.append(f"{packages} package(s) of {price.package_size} units")
-        else:
-            tiers = _tiered(price, billable)
-            subtotal = sum(
-                (Fraction(t.quantity) * Fraction(t.unit_amount) for t in tiers), Fraction(0)
-            ) / price.per + sum((Fraction(t.flat_amount) for t in tiers), Fraction(0))
+    # Exact rationals from here to the one rounding (billing.money.round_exact): no
+    # intermediate is ever cut to a number of digits.
+    billable = max(Fraction(0), Fraction(qty) - card.included)
+    if card.included:
+        notes.append(f"{card.included} units included")
+    if isinstance(price, FlatPrice):
+        payment_term = price.payment_term
+        notes.append(f"flat fee billed {price.payment_term.replace('_', ' ')}")
+        if not price.prorate:
+            factor = Fraction(1)
+        subtotal = Fraction(price.amount) * billable * factor
+    elif isinstance(price, UnitPrice):
+        with money_context():
+            unit_price = price.amount / price.per  # display only
+        subtotal = billable * Fraction(price.amount) / price.per
+    elif isinstance(price, PackagePrice):
+        packages = -(-billable // price.package_size)  # ceil, on exact integers
+        subtotal = packages * Fraction(price.amount)
+        if packages:
+            notes.append(f"{packages} package(s) of {price.package_size} units")
+    else:
+        tiers = _tiered(price, billable)
+        subtotal = sum(
+            (Fraction(t.quantity) * Fraction(t.unit_amount) for t in tiers), Fraction(0)
+        ) / price.per + sum((Fraction(t.flat_amount) for t in tiers), Fraction(0))
 
-        if factor != _ONE:
-            label = proration_label or f"factor {decimal_text(factor)}"
-            notes.append(f"prorated {label}")
-        discount = subtotal * Fraction(card.discount_percent) / 100
-        if discount:
-            notes.append(f"discount {decimal_text(card.discount_percent)}%")
-        net = subtotal - discount
-        if card.min_amount is not None and net < Fraction(card.min_amount) * Fraction(factor):
-            net = Fraction(card.min_amount) * Fraction(factor)
-            notes.append("minimum spend applied")
-        if card.max_amount is not None and net > Fraction(card.max_amount) * Fraction(factor):
-            net = Fraction(card.max_amount) * Fraction(factor)
-            notes.append("maximum spend applied")
+    if factor != 1:
+        notes.append(f"prorated {proration_label or f'factor {factor}'}")
+    discount = subtotal * Fraction(card.discount_percent) / 100
+    if discount:
+        notes.append(f"discount {decimal_text(card.discount_percent)}%")
+    net = subtotal - discount
+    if card.min_amount is not None and net < Fraction(card.min_amount) * factor:
+        net = Fraction(card.min_amount) * factor
+        notes.append("minimum spend applied")
+    if card.max_amount is not None and net > Fraction(card.max_amount) * factor:
+        net = Fraction(card.max_amount) * factor
+        notes.append("maximum spend applied")
 
     return PricedLine(
         quantity=qty,
-        billable_quantity=billable,
+        billable_quantity=exact_to_decimal(billable),
         unit_price=unit_price,
         subtotal=exact_to_decimal(subtotal),
         discount=exact_to_decimal(discount),
@@ -189,28 +187,42 @@ def price_rate_card(
     )
 
 
-def _tiered(price: TieredPrice, billable: Decimal) -> tuple[TierUse, ...]:
+def _share(value: object) -> Fraction:
+    """A proration as an exact Fraction; floats and bools are refused (they are not exact)."""
+    if isinstance(value, Fraction):
+        return value
+    return Fraction(check_decimal(value, "proration"))
+
+
+def _tiered(price: TieredPrice, billable: Fraction) -> tuple[TierUse, ...]:
     """The tiers a tiered price uses for ``billable`` units; empty for zero units.
 
     Bounds are inclusive unit counts: with ``up_to: 1000`` unit 1000 is in the first tier
-    and unit 1001 in the second. Runs inside the caller's money context.
+    and unit 1001 in the second.
     """
     if billable == 0:
         return ()
     if price.mode == "volume":
         for index, tier in enumerate(price.tiers):
             if tier.up_to is None or billable <= tier.up_to:
-                amount = billable * tier.unit_amount / price.per + tier.flat_amount
-                return (TierUse(index, billable, tier.unit_amount, tier.flat_amount, amount),)
+                return (_tier_use(price, index, billable),)
         raise AssertionError("the catalog guarantees an open last tier")
     uses: list[TierUse] = []
-    lower = _ZERO
+    lower = Fraction(0)
     for index, tier in enumerate(price.tiers):
         if billable <= lower:
             break
-        upper = billable if tier.up_to is None else min(billable, Decimal(tier.up_to))
-        units = upper - lower
-        amount = units * tier.unit_amount / price.per + tier.flat_amount
-        uses.append(TierUse(index, units, tier.unit_amount, tier.flat_amount, amount))
+        upper = billable if tier.up_to is None else min(billable, Fraction(tier.up_to))
+        uses.append(_tier_use(price, index, upper - lower))
         lower = upper
     return tuple(uses)
+
+
+def _tier_use(price: TieredPrice, index: int, units: Fraction) -> TierUse:
+    """One tier's use; its ``amount`` is for display (``100.00``, the catalog's scale): the
+    line's subtotal is computed exactly from the quantities and prices, not from it."""
+    tier = price.tiers[index]
+    quantity = exact_to_decimal(units)
+    with money_context():
+        amount = quantity * tier.unit_amount / price.per + tier.flat_amount
+    return TierUse(index, quantity, tier.unit_amount, tier.flat_amount, amount)

@@ -10,10 +10,11 @@ anchor at its own start.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
-from decimal import Decimal
+from datetime import datetime, timedelta
+from fractions import Fraction
 from functools import lru_cache
 
+from billing.errors import UserError
 from billing.periods import Period, proration
 from billing.periods import period_containing as _period_containing
 from billing.periods import periods_between as _periods_between
@@ -25,7 +26,10 @@ periods_between = lru_cache(maxsize=65536)(_periods_between)
 period_containing = lru_cache(maxsize=65536)(_period_containing)
 
 
-class ScheduleError(ValueError):
+_DAY = timedelta(days=1)
+
+
+class ScheduleError(UserError, ValueError):
     """No subscription where one is needed; the message names customer and instant."""
 
 
@@ -41,11 +45,19 @@ class BillingPeriod:
     end: datetime
 
     @property
-    def share(self) -> Decimal:
-        """Share of the full period billed (1 unless the subscription cuts it)."""
+    def share(self) -> Fraction:
+        """Share of the full period billed (1 unless the subscription cuts it), exact."""
         if (self.start, self.end) == (self.full.start, self.full.end):
-            return Decimal(1)
+            return Fraction(1)
         return proration(self.full, self.start, self.end)
+
+    @property
+    def share_label(self) -> str:
+        """``"10/30 days"`` when both spans are whole days, else the ratio (``"1/3"``)."""
+        part, whole = self.end - self.start, self.full.duration
+        if part % _DAY == timedelta(0) and whole % _DAY == timedelta(0):
+            return f"{part // _DAY}/{whole // _DAY} days"
+        return str(self.share)
 
     @property
     def key(self) -> tuple[str, datetime, datetime]:
@@ -106,10 +118,10 @@ def continues_earlier(bp: BillingPeriod) -> bool:
 
 
 def periods_ending_in(
-    catalog: Catalog, month: Period, now: datetime, customers: list[Customer]
+    catalog: Catalog, month: Period, customers: list[Customer]
 ) -> list[BillingPeriod]:
-    """Periods that end in ``month`` and have closed: ``month.start < end <= month.end``
-    and ``end <= now``.
+    """Periods that end in ``month``: ``month.start < end <= month.end`` (closed or not:
+    the caller compares ``end`` with its clock).
 
     The end is exclusive, so ``[03-01, 04-01)`` ends in March: its last instant is in March.
 
@@ -119,6 +131,21 @@ def periods_ending_in(
         bp
         for c in customers
         for bp in customer_periods(catalog, c, month.end)
-        if month.start < bp.end <= month.end and bp.end <= now
+        if month.start < bp.end <= month.end
     ]
     return sorted(out, key=lambda bp: (bp.end, bp.customer.key, bp.start))
+
+
+def periods_ended_before(
+    catalog: Catalog, instant: datetime, customers: list[Customer]
+) -> list[BillingPeriod]:
+    """Every period of ``customers`` that ended at or before ``instant``, in time order."""
+    out = [
+        bp for c in customers for bp in customer_periods(catalog, c, instant) if bp.end <= instant
+    ]
+    return sorted(out, key=lambda bp: (bp.end, bp.customer.key, bp.start))
+
+
+def invoice_month(bp: BillingPeriod) -> str:
+    """``YYYY-MM`` of the month ``bp`` ends in (the ``--period`` that invoices it)."""
+    return f"{bp.end - timedelta(microseconds=1):%Y-%m}"

@@ -8,20 +8,21 @@ table, events join it on the consumer and the two ranges, and ``GROUP BY`` sums 
 token columns. Mapping those few rows to features (globs, token types) happens in Python.
 
 Timestamps in the store are naive ``TIMESTAMP`` in UTC; this module takes and returns
-aware UTC datetimes and converts at the boundary (:func:`to_db`, :func:`from_db`).
+aware UTC datetimes and converts at the boundary (``billing.storevalues``).
 """
 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 import duckdb
 import pyarrow as pa
 
+from billing.errors import UserError, unknown_customer_message
+from billing.storevalues import from_db, to_db, value_set
 from meterline.catalog import TOKEN_TYPES, Catalog
 
 TOKEN_COLUMNS: dict[str, str] = {
@@ -33,33 +34,8 @@ TOKEN_COLUMNS: dict[str, str] = {
 GROUP_DIMENSIONS = ("model", "type", "day")
 
 
-class UsageError(ValueError):
+class UsageError(UserError, ValueError):
     """A usage query that cannot be answered (unknown customer, bad range)."""
-
-
-@contextmanager
-def value_set(con: duckdb.DuckDBPyConnection, name: str, values: Iterable[str]) -> Iterator[str]:
-    """A one-column (``value``) relation of strings registered as ``name`` for ``IN (...)``.
-
-    Passing a long Python list as a query parameter converts it element by element
-    (slow for thousands); an Arrow table is handed over in one piece.
-    """
-    con.register(name, pa.table({"value": pa.array(list(values), pa.string())}))
-    try:
-        yield name
-    finally:
-        con.unregister(name)
-
-
-def to_db(value: datetime) -> datetime:
-    """Aware datetime -> the naive UTC value the store holds."""
-    if value.tzinfo is None:
-        raise ValueError("datetimes passed to the store must be timezone-aware")
-    return value.astimezone(UTC).replace(tzinfo=None)
-
-
-def from_db(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC)
 
 
 # --------------------------------------------------------------------------- windows
@@ -79,13 +55,19 @@ class UsageWindow:
 
 @dataclass(frozen=True)
 class WindowUsage:
-    """Token sums of one window for one (provider, model); model ``""`` when unreported."""
+    """Token sums of one window for one (provider, model) and one set of token types the
+    events have (``nonzero``); model ``""`` when unreported.
+
+    Grouping by ``nonzero`` too lets a line count exactly the events it bills: those with
+    tokens of one of its token types (``invoice explain`` lists the same events).
+    """
 
     window_id: int
     provider: str
     model: str
     tokens: dict[str, int]
     events: int
+    nonzero: frozenset[str] = frozenset(TOKEN_TYPES)
 
 
 def _windows_table(windows: Sequence[UsageWindow]) -> pa.Table:
@@ -115,22 +97,36 @@ def load_windows(con: duckdb.DuckDBPyConnection, windows: Sequence[UsageWindow])
         con.unregister("bill_windows_src")
 
 
-WINDOWED_EVENTS = """
+def windowed_events(windows: str = "bill_windows") -> str:
+    """``FROM usage_events AS e JOIN <windows> AS w ...``: the events each window counts.
+
+    The one statement of that rule: a window's consumers, its ``[w_start, w_end)`` range
+    of ``ts`` and the ``(ing_after, ing_until]`` slice of ingestion time it sweeps.
+    ``windows`` is any relation with those columns (and ``consumer``): ``bill_windows``
+    (:func:`load_windows`) or a CTE over the stored ``invoice_windows``.
+    """
+    return f"""
     FROM usage_events AS e
-    JOIN bill_windows AS w
+    JOIN {windows} AS w
       ON e.consumer = w.consumer
      AND e.ts >= w.w_start AND e.ts < w.w_end
      AND e.ingested_at <= w.ing_until
      AND (w.ing_after IS NULL OR e.ingested_at > w.ing_after)
 """
-"""The events each billing window counts: its consumers, its time range, and the slice of
-ingestion time it sweeps (``bill_windows`` is registered by :func:`load_windows`)."""
+
+
+WINDOWED_EVENTS = windowed_events()
+"""The events of the windows in ``bill_windows`` (registered by :func:`load_windows`)."""
 
 _SUMS = ", ".join(f"SUM(e.{col})::BIGINT AS {tt}" for tt, col in TOKEN_COLUMNS.items())
 
+_NONZERO = " + ".join(
+    f"(e.{col} > 0)::INTEGER * {1 << bit}" for bit, col in enumerate(TOKEN_COLUMNS.values())
+)
+
 AGGREGATE_SQL = f"""
     SELECT w.window_id, e.provider, coalesce(e.model, '') AS model, {_SUMS},
-           COUNT(*) AS events
+           COUNT(*) AS events, {_NONZERO} AS nonzero
     {WINDOWED_EVENTS}
     WHERE e.ts >= ? AND e.ts < ?
     GROUP BY ALL
@@ -154,9 +150,16 @@ def aggregate_windows(
             model=r[2],
             tokens=dict(zip(TOKEN_TYPES, (int(v) for v in r[3:7]), strict=True)),
             events=int(r[7]),
+            nonzero=_NONZERO_SETS[r[8]],
         )
         for r in rows
     ]
+
+
+_NONZERO_SETS = [
+    frozenset(tt for bit, tt in enumerate(TOKEN_COLUMNS) if mask >> bit & 1)
+    for mask in range(1 << len(TOKEN_COLUMNS))
+]
 
 
 # --------------------------------------------------------------------------- one line's events
@@ -195,6 +198,9 @@ def events_behind(
 ) -> list[dict[str, object]]:
     """The events a line counted, each with ``quantity`` = its tokens of the meter's types.
 
+    Only events with a quantity above zero: an event of a matching model that has none of
+    the meter's token types (an input-only call under an output meter) is not behind it.
+
     Model globs are matched in Python with the same rule as the catalog (``fnmatch`` on
     lowercased names): the distinct models in the windows are few, the events many.
     """
@@ -215,7 +221,8 @@ def events_behind(
     cols = ", ".join(f"e.{c}" for c in EVENT_FIELDS)
     rows = con.execute(
         f"SELECT {cols}, ({quantity})::BIGINT AS quantity {base} "
-        "AND list_contains(?, coalesce(e.model, '')) ORDER BY e.ts, e.event_id",
+        f"AND list_contains(?, coalesce(e.model, '')) AND ({quantity}) > 0 "
+        "ORDER BY e.ts, e.event_id",
         [*params, models],
     ).fetchall()
     out = []
@@ -247,7 +254,7 @@ def parse_group_by(text: str | None) -> tuple[str, ...]:
     bad = [d for d in dims if d not in GROUP_DIMENSIONS]
     if bad:
         raise UsageError(
-            f"--group-by: unknown dimension {bad[0]!r} (choose from {', '.join(GROUP_DIMENSIONS)})"
+            f"unknown dimension {bad[0]!r} (choose from {', '.join(GROUP_DIMENSIONS)})"
         )
     return tuple(d for d in GROUP_DIMENSIONS if d in dims)
 
@@ -267,6 +274,7 @@ def _subscriptions(catalog: Catalog) -> pa.Table:
     return pa.table(
         {
             "customer_key": pa.array([k for k, _ in subs], pa.string()),
+            "plan_key": pa.array([s.plan for _, s in subs], pa.string()),
             "s_start": pa.array([to_db(s.start) for _, s in subs], pa.timestamp("us")),
             "s_end": pa.array(
                 [to_db(s.end) if s.end else None for _, s in subs], pa.timestamp("us")
@@ -280,24 +288,38 @@ UNBILLED_REASON = """
          WHEN m.customer_key IS NULL THEN 'consumer not linked to a customer'
          ELSE 'outside subscriptions' END
 """
+UNPRICED_REASON = "'no rate card of plan ''' || s.plan_key || ''' prices it'"
+
+UNPRICED_PREFIX = "no rate card of plan "
+"""How the reason of usage a subscription covers but its plan does not price begins."""
 
 
-def usage_report(
-    con: duckdb.DuckDBPyConnection, catalog: Catalog, query: UsageQuery
-) -> list[dict[str, object]]:
-    """Token usage per consumer (and model, token type, day as asked), largest first.
+def is_unpriced(reason: object) -> bool:
+    """True for the ``no rate card of plan 'P' prices it`` reason of ``--unbilled`` rows."""
+    return str(reason).startswith(UNPRICED_PREFIX)
 
-    With ``unbilled``: only events no subscription covers, with the reason: a key not in
-    the catalog (consumer NULL; its fingerprint is shown), a consumer no customer
-    lists, or a time outside every subscription of its customer.
-    """
+
+_EVENTS_FROM = "FROM usage_events AS e LEFT JOIN bill_consumer_map AS m ON e.consumer = m.consumer"
+_COVERING_SUB = (
+    "JOIN bill_subscriptions AS s ON s.customer_key = m.customer_key"
+    " AND e.ts >= s.s_start AND (s.s_end IS NULL OR e.ts < s.s_end)"
+)
+_UNCOVERED = (
+    "(e.consumer IS NULL OR m.customer_key IS NULL OR NOT EXISTS ("
+    " SELECT 1 FROM bill_subscriptions AS s WHERE s.customer_key = m.customer_key"
+    " AND e.ts >= s.s_start AND (s.s_end IS NULL OR e.ts < s.s_end)))"
+)
+
+
+def _filters(catalog: Catalog, query: UsageQuery) -> tuple[list[str], list[object]]:
+    """WHERE conditions and parameters for the customer, consumer and time options."""
     where: list[str] = []
     params: list[object] = []
     if query.customer is not None:
         try:
             customer = catalog.customer(query.customer)
         except KeyError:
-            raise UsageError(f"unknown customer {query.customer!r}") from None
+            raise UsageError(unknown_customer_message(catalog, query.customer)) from None
         where.append("list_contains(?, e.consumer)")
         params.append(list(customer.consumers))
     if query.consumer is not None:
@@ -312,41 +334,145 @@ def usage_report(
         where.append("e.ts < ?")
         params.append(to_db(query.end))
     if query.start is not None and query.end is not None and query.end <= query.start:
-        raise UsageError("--to must be after --from")
+        raise UsageError("the time range ends before it starts")
+    return where, params
 
+
+def _group_dims(group_by: tuple[str, ...]) -> list[str]:
+    dims = []
+    if "model" in group_by:
+        dims += ["e.provider", "coalesce(e.model, '') AS model"]
+    if "day" in group_by:
+        dims.append("CAST(e.ts AS DATE) AS day")
+    return dims
+
+
+def _fetch(
+    con: duckdb.DuckDBPyConnection, sql: str, params: list[object]
+) -> list[dict[str, object]]:
+    cur = con.execute(sql, params)
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+
+_SUM_TOKENS = ", ".join(f"SUM(e.{col})::BIGINT AS {tt}" for tt, col in TOKEN_COLUMNS.items())
+
+
+def usage_report(
+    con: duckdb.DuckDBPyConnection, catalog: Catalog, query: UsageQuery
+) -> list[dict[str, object]]:
+    """Token usage per consumer (and model, token type, day as asked), largest first.
+
+    With ``unbilled``: only usage no invoice line will bill, with the reason: a key not in
+    the catalog (consumer NULL; its fingerprint is shown), a consumer no customer lists,
+    a time outside every subscription of its customer, or tokens a subscription covers
+    that no usage rate card of its plan prices (only those token types are counted).
+    """
+    where, params = _filters(catalog, query)
     con.register("bill_consumer_map", _consumer_customers(catalog))
     con.register("bill_subscriptions", _subscriptions(catalog))
     try:
-        dims = ["e.consumer", "m.customer_key AS customer"]
-        if query.unbilled:
+        if not query.unbilled:
+            dims = ["e.consumer", "m.customer_key AS customer", *_group_dims(query.group_by)]
+            cond = " AND ".join(where) or "TRUE"
+        else:
             dims = [
                 f"{UNBILLED_REASON} AS reason",
                 "e.consumer",
                 "CASE WHEN e.consumer IS NULL THEN e.key_fingerprint END AS key_fingerprint",
                 "m.customer_key AS customer",
+                *_group_dims(query.group_by),
             ]
-            where.append(
-                "(e.consumer IS NULL OR m.customer_key IS NULL OR NOT EXISTS ("
-                " SELECT 1 FROM bill_subscriptions AS s WHERE s.customer_key = m.customer_key"
-                " AND e.ts >= s.s_start AND (s.s_end IS NULL OR e.ts < s.s_end)))"
-            )
-        if "model" in query.group_by:
-            dims += ["e.provider", "coalesce(e.model, '') AS model"]
-        if "day" in query.group_by:
-            dims.append("CAST(e.ts AS DATE) AS day")
-        sums = ", ".join(f"SUM(e.{col})::BIGINT AS {tt}" for tt, col in TOKEN_COLUMNS.items())
-        sql = (
-            f"SELECT {', '.join(dims)}, {sums}, COUNT(*) AS events "
-            "FROM usage_events AS e LEFT JOIN bill_consumer_map AS m ON e.consumer = m.consumer "
-            f"WHERE {' AND '.join(where) or 'TRUE'} GROUP BY ALL"
+            cond = " AND ".join([*where, _UNCOVERED])
+        rows = _fetch(
+            con,
+            f"SELECT {', '.join(dims)}, {_SUM_TOKENS}, COUNT(*) AS events {_EVENTS_FROM} "
+            f"WHERE {cond} GROUP BY ALL",
+            params,
         )
-        cur = con.execute(sql, params)
-        names = [d[0] for d in cur.description]
-        rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+        if query.unbilled:
+            rows += _unpriced(con, catalog, query.group_by, where, params)
     finally:
         con.unregister("bill_consumer_map")
         con.unregister("bill_subscriptions")
     return _shape(rows, query.group_by)
+
+
+def _priced_types(catalog: Catalog) -> dict[str, list[MeterFilter]]:
+    """Per plan, the meters of its usage rate cards."""
+    return {
+        plan.key: [
+            MeterFilter(m.provider, m.model, tuple(m.token_types))
+            for m in (catalog.feature(c.feature).meter for c in plan.rate_cards if c.feature)
+        ]
+        for plan in catalog.plans
+    }
+
+
+def _unpriced(
+    con: duckdb.DuckDBPyConnection,
+    catalog: Catalog,
+    group_by: tuple[str, ...],
+    where: list[str],
+    params: list[object],
+) -> list[dict[str, object]]:
+    """Tokens a subscription covers that no usage rate card of its plan selects.
+
+    The distinct (plan, provider, model) of covered events are few: which of their token
+    types some card's meter selects is decided in Python (globs, as the invoice builder
+    does), then one query sums only the unpriced token types, counting an event only
+    when it has some.
+    """
+    cond = " AND ".join(where) or "TRUE"
+    combos = con.execute(
+        f"SELECT DISTINCT s.plan_key, e.provider, coalesce(e.model, '') "
+        f"{_EVENTS_FROM} {_COVERING_SUB} WHERE {cond}",
+        params,
+    ).fetchall()
+    meters = _priced_types(catalog)
+    table: list[tuple[str, str, str, list[bool]]] = []
+    for plan_key, provider, model in combos:
+        priced = {
+            tt
+            for mf in meters.get(plan_key, [])
+            if mf.matches(provider, model)
+            for tt in mf.token_types
+        }
+        if len(priced) < len(TOKEN_COLUMNS):
+            table.append((plan_key, provider, model, [tt not in priced for tt in TOKEN_COLUMNS]))
+    if not table:
+        return []
+    columns: dict[str, pa.Array] = {
+        "plan_key": pa.array([t[0] for t in table], pa.string()),
+        "provider": pa.array([t[1] for t in table], pa.string()),
+        "model": pa.array([t[2] for t in table], pa.string()),
+    }
+    for i, tt in enumerate(TOKEN_COLUMNS):
+        columns[f"u_{tt}"] = pa.array([t[3][i] for t in table], pa.bool_())
+    tokens = {
+        tt: f"CASE WHEN u.u_{tt} THEN e.{col} ELSE 0 END" for tt, col in TOKEN_COLUMNS.items()
+    }
+    dims = [
+        f"{UNPRICED_REASON} AS reason",
+        "e.consumer",
+        "NULL::VARCHAR AS key_fingerprint",
+        "m.customer_key AS customer",
+        *_group_dims(group_by),
+    ]
+    sums = ", ".join(f"SUM({expr})::BIGINT AS {tt}" for tt, expr in tokens.items())
+    con.register("bill_unpriced", pa.table(columns))
+    try:
+        return _fetch(
+            con,
+            f"SELECT {', '.join(dims)}, {sums}, COUNT(*) AS events "
+            f"{_EVENTS_FROM} {_COVERING_SUB} "
+            "JOIN bill_unpriced AS u ON u.plan_key = s.plan_key AND u.provider = e.provider"
+            " AND u.model = coalesce(e.model, '') "
+            f"WHERE {cond} AND ({' + '.join(tokens.values())}) > 0 GROUP BY ALL",
+            params,
+        )
+    finally:
+        con.unregister("bill_unpriced")
 
 
 def _shape(rows: list[dict[str, object]], group_by: tuple[str, ...]) -> list[dict[str, object]]:
@@ -372,19 +498,18 @@ def _shape(rows: list[dict[str, object]], group_by: tuple[str, ...]) -> list[dic
 
 # --------------------------------------------------------------------------- invoiced usage
 
+_INVOICED_WINDOWS = """
+    SELECT customer_key, unnest(consumers) AS consumer, usage_start AS w_start,
+           usage_end AS w_end, ingested_after AS ing_after, ingested_until AS ing_until
+    FROM invoice_windows WHERE invoice_number IN (SELECT value FROM bill_numbers)
+"""
+"""The stored windows of the invoices in ``bill_numbers``, shaped for :func:`windowed_events`."""
+
 INVOICED_USAGE_SQL = f"""
-    WITH win AS (
-        SELECT customer_key, unnest(consumers) AS consumer, usage_start, usage_end,
-               ingested_after, ingested_until
-        FROM invoice_windows WHERE invoice_number IN (SELECT value FROM bill_numbers)
-    )
-    SELECT win.customer_key, e.provider, coalesce(e.model, '') AS model,
+    WITH win AS ({_INVOICED_WINDOWS})
+    SELECT w.customer_key, e.provider, coalesce(e.model, '') AS model,
            CAST(e.ts AS DATE) AS day, {_SUMS}, COUNT(*) AS events
-    FROM usage_events AS e
-    JOIN win ON e.consumer = win.consumer
-     AND e.ts >= win.usage_start AND e.ts < win.usage_end
-     AND e.ingested_at <= win.ingested_until
-     AND (win.ingested_after IS NULL OR e.ingested_at > win.ingested_after)
+    {windowed_events("win")}
     GROUP BY ALL
 """
 
@@ -408,18 +533,9 @@ def invoiced_events(
 ) -> list[dict[str, object]]:
     """Per-event tokens of one (customer, provider, model) those invoices billed."""
     sql = f"""
-        WITH win AS (
-            SELECT customer_key, unnest(consumers) AS consumer, usage_start, usage_end,
-                   ingested_after, ingested_until
-            FROM invoice_windows
-            WHERE invoice_number IN (SELECT value FROM bill_numbers) AND customer_key = ?
-        )
+        WITH win AS ({_INVOICED_WINDOWS} AND customer_key = ?)
         SELECT e.ts, {", ".join(f"e.{c} AS {t}" for t, c in TOKEN_COLUMNS.items())}
-        FROM usage_events AS e
-        JOIN win ON e.consumer = win.consumer
-         AND e.ts >= win.usage_start AND e.ts < win.usage_end
-         AND e.ingested_at <= win.ingested_until
-         AND (win.ingested_after IS NULL OR e.ingested_at > win.ingested_after)
+        {windowed_events("win")}
         WHERE e.provider = ? AND coalesce(e.model, '') = ?
     """
     with value_set(con, "bill_numbers", invoice_numbers):

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
+from iso4217 import Currency
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -29,15 +31,38 @@ from pydantic import (
     model_validator,
 )
 
+from meterline.providers import BUILTIN_NAMES, Flavor, unknown_provider
+from meterline.utc import as_utc
+
 TokenType = Literal["input", "cached_input", "cache_write", "output"]
 TOKEN_TYPES: tuple[TokenType, ...] = ("input", "cached_input", "cache_write", "output")
-Flavor = Literal["openai", "anthropic", "gemini"]
 
 FINGERPRINT_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 KEY_RE = r"^[a-z0-9][a-z0-9_.-]*$"
 
-Money = Annotated[Decimal, Field(ge=0, decimal_places=12)]
-"""A non-negative amount in the major unit of a currency (``"2.50"`` = 2.50 USD)."""
+Money = Annotated[Decimal, Field(ge=0, lt=10**15, decimal_places=12)]
+"""A non-negative amount in the major unit of a currency (``"2.50"`` = 2.50 USD), below
+10^15 (a typo such as ``1e400`` is an error here, not an overflow in an invoice)."""
+
+
+def _iso_currency(value: str) -> str:
+    """An ISO 4217 code with a minor unit (what an invoice can be rounded to)."""
+    try:
+        exponent = Currency(value).exponent
+    except ValueError:
+        upper = value.strip().upper()
+        hint = f"; did you mean {upper!r}?" if upper in Currency.__members__ else ""
+        raise ValueError(
+            f"{value!r} is not an ISO 4217 currency code{hint or ' (e.g. USD, EUR, JPY)'}"
+        ) from None
+    if exponent is None:
+        raise ValueError(f"{value!r} has no minor unit in ISO 4217: invoices cannot be in it")
+    return value
+
+
+CurrencyCode = Annotated[str, AfterValidator(_iso_currency)]
+"""An ISO 4217 code such as ``USD``; unknown codes and codes without a minor unit
+(``XAU``, ``XXX``) are refused, so ``invoice preview`` never meets one."""
 
 
 class CatalogError(ValueError):
@@ -77,6 +102,26 @@ class Consumer(_Model):
     When set, the key the consumer presents is a gateway key: the proxy strips it and
     sends the provider key from that variable instead, so agents never hold it.
     """
+
+
+RouteType = Literal["llm/v1/chat", "llm/v1/completions", "llm/v1/embeddings"]
+
+
+class Route(_Model):
+    """A gateway path (the proxy in reverse mode) mapped to a provider endpoint.
+
+    ``POST <path>`` is sent to the provider's endpoint for ``type`` (or ``upstream_path``)
+    and metered as that provider's traffic. With ``model`` set, the request's own
+    ``model`` is overridden (Kong's AI Proxy with a pinned model): clients may omit it.
+    """
+
+    path: str = Field(pattern=r"^/[^?#\s]*$")
+    type: RouteType = "llm/v1/chat"
+    provider: str = Field(pattern=KEY_RE)
+    """A built-in provider (``openai``, ``anthropic``, ...) or one of ``providers``."""
+    model: str | None = Field(default=None, min_length=1)
+    upstream_path: str | None = Field(default=None, pattern=r"^/\S*$")
+    """The provider path to call instead of the one ``type`` implies (e.g. Azure's)."""
 
 
 # --------------------------------------------------------------------------- products
@@ -203,7 +248,7 @@ ISO_DURATION_RE = re.compile(
 class Plan(_Model):
     key: str = Field(pattern=KEY_RE)
     name: str
-    currency: str = Field(pattern=r"^[A-Z]{3}$")
+    currency: CurrencyCode
     billing_cadence: str = "P1M"
     """ISO-8601 duration: ``P1M``, ``P1W``, ``P1Y``, ``P3M``, ``P14D``."""
     rate_cards: list[RateCard] = Field(default_factory=list)
@@ -227,12 +272,6 @@ class Plan(_Model):
         return cards
 
 
-def _utc(value: datetime) -> datetime:
-    if value.tzinfo is None:
-        raise ValueError("give a timezone, e.g. 2026-01-01T00:00:00Z")
-    return value.astimezone(UTC)
-
-
 class Subscription(_Model):
     plan: str
     start: datetime
@@ -242,7 +281,7 @@ class Subscription(_Model):
     @field_validator("start", "end")
     @classmethod
     def _in_utc(cls, value: datetime | None) -> datetime | None:
-        return None if value is None else _utc(value)
+        return None if value is None else as_utc(value)
 
     @model_validator(mode="after")
     def _ordered(self) -> Subscription:
@@ -260,7 +299,7 @@ class Customer(_Model):
     key: str = Field(pattern=KEY_RE)
     name: str
     email: str | None = None
-    currency: str = Field(pattern=r"^[A-Z]{3}$")
+    currency: CurrencyCode
     consumers: list[str] = Field(default_factory=list)
     subscriptions: list[Subscription] = Field(default_factory=list)
     invoicing: InvoiceSettings = InvoiceSettings()
@@ -296,6 +335,7 @@ class Catalog(_Model):
     version: Literal[1] = 1
     providers: list[Provider] = Field(default_factory=list)
     consumers: list[Consumer] = Field(default_factory=list)
+    routes: list[Route] = Field(default_factory=list)
     features: list[Feature] = Field(default_factory=list)
     plans: list[Plan] = Field(default_factory=list)
     customers: list[Customer] = Field(default_factory=list)
@@ -304,6 +344,15 @@ class Catalog(_Model):
     """Printed under an invoice's total, e.g. "Bank transfer to IBAN DE00 ... within 30 days".
 
     The due date is the issue date plus the customer's ``invoicing.days_until_due``."""
+
+    @field_validator("routes")
+    @classmethod
+    def _unique_route_paths(cls, routes: list[Route]) -> list[Route]:
+        paths = [r.path.rstrip("/") or "/" for r in routes]
+        dupes = sorted({p for p in paths if paths.count(p) > 1})
+        if dupes:
+            raise ValueError(f"duplicate route path(s): {', '.join(dupes)}")
+        return routes
 
     @model_validator(mode="after")
     def _references(self) -> Catalog:
@@ -327,6 +376,18 @@ class Catalog(_Model):
                 owner = key_owner.setdefault(key.fingerprint, consumer.name)
                 if owner != consumer.name:
                     bad(f"consumers[{i}].keys[{j}].fingerprint", f"key belongs to {owner!r}")
+        providers = BUILTIN_NAMES | {p.name for p in self.providers}
+        for i, consumer in enumerate(self.consumers):
+            for name in consumer.inject:
+                if name not in providers:
+                    bad(f"consumers[{i}].inject.{name}", unknown_provider(name, providers))
+        for i, route in enumerate(self.routes):
+            if route.provider not in providers:
+                bad(f"routes[{i}].provider", unknown_provider(route.provider, providers))
+        for i, feature in enumerate(self.features):
+            wanted = feature.meter.provider
+            if wanted is not None and wanted not in providers:
+                bad(f"features[{i}].meter.provider", unknown_provider(wanted, providers))
         features = {f.key for f in self.features}
         for i, plan in enumerate(self.plans):
             for j, card in enumerate(plan.rate_cards):

@@ -4,22 +4,27 @@ The ``usage_events`` schema and every query against it are plain DuckDB SQL, so 
 same statements run on an embedded file and on a shared DuckLake.
 
 DuckDB lets one process at a time open a file (even a reader is refused while a
-writer holds it). Meterline never holds the file open: the proxy's writer opens it
-for one batch and closes it, billing opens it for one command. :func:`connect`
+writer holds it). The proxy's writer keeps the file attached only while events keep
+coming and lets go as soon as its traffic pauses or another process asks (the
+``<file>.reader-waiting`` marker); billing opens it for one command. :func:`open_store`
 waits out the other side's lock with a short backoff instead of failing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+
+from meterline.lakeconfig import LakeConfigError, lake_settings
+from meterline.privatefiles import make_private, private_files
 
 DEFAULT_DB = "meterline.duckdb"
 DEFAULT_CATALOG = "catalog.yaml"
@@ -83,24 +88,74 @@ def _is_lock_error(err: Exception) -> bool:
     return "lock" in text.lower() and ("Conflicting" in text or "Could not set lock" in text)
 
 
-def _attach_lake(con: duckdb.DuckDBPyConnection, locator: str) -> None:
-    """``ducklake:postgres:dbname=... host=...``, data files under ``METERLINE_LAKE_DATA``.
-
-    The ducklake and postgres extensions come from the ``duckdb-ext-*`` wheels
-    (``pip install 'meterline[ducklake]'``), so attaching works offline.
-    """
+def _load_extensions(con: duckdb.DuckDBPyConnection, *names: str) -> None:
+    """Load extensions from the ``duckdb-ext-*`` wheels (offline: nothing is downloaded)."""
     try:
         import duckdb_ext  # the wheels' namespace package: duckdb_ext/extensions/<ver>/<platform>
     except ImportError as e:
         raise StoreError("DuckLake needs: pip install 'meterline[ducklake]'") from e
     ext_dir = Path(next(iter(duckdb_ext.__path__))) / "extensions"
-    con.execute("SET extension_directory = ?", [str(ext_dir)])
-    con.execute("LOAD ducklake")
-    con.execute("LOAD postgres")
-    data_path = os.environ.get("METERLINE_LAKE_DATA", "meterline-lake")
-    quoted = locator.replace("'", "''")
-    con.execute(f"ATTACH '{quoted}' AS lake (DATA_PATH '{data_path.replace("'", "''")}')")
+    con.execute(f"SET extension_directory = {_sql_string(str(ext_dir))}")
+    for name in names:
+        con.execute(f"LOAD {name}")
+
+
+def _attach_lake(con: duckdb.DuckDBPyConnection, locator: str) -> None:
+    """``ducklake:postgres:dbname=... host=...``, data files under ``METERLINE_LAKE_DATA``.
+
+    The ducklake, postgres and httpfs extensions come from the ``duckdb-ext-*`` wheels
+    (``pip install 'meterline[ducklake]'``), so attaching works offline. Object storage
+    (``s3://...``) is configured from the environment: see :mod:`meterline.lakeconfig`.
+    """
+    try:
+        settings = lake_settings()
+    except LakeConfigError as e:
+        raise StoreError(str(e)) from None
+    _load_extensions(con, "ducklake", "postgres", *(("httpfs",) if settings.remote else ()))
+    for statement in settings.setup_sql():
+        con.execute(statement)
+    con.execute(f"ATTACH {_sql_string(locator)} AS lake ({settings.attach_options()})")
     con.execute("USE lake")
+
+
+def _sql_string(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+#: A process that finds the DuckDB file locked creates ``<file>.reader-waiting``: the
+#: proxy's writer, which keeps the file attached between flushes while events keep coming,
+#: lets go within ~50 ms of seeing it (see ``addons/metering/storelink.py``).
+READER_WAITING_SUFFIX = ".reader-waiting"
+
+
+def reader_waiting_path(db: str | Path) -> Path:
+    return Path(f"{db}{READER_WAITING_SUFFIX}")
+
+
+def signal_reader_waiting(db: str | Path) -> None:
+    """Ask the proxy holding ``db`` to let go (best effort: an empty 0600 marker file)."""
+    # A read-only directory: no marker, but the writer still lets go when traffic pauses.
+    with contextlib.suppress(OSError):
+        os.close(os.open(reader_waiting_path(db), os.O_WRONLY | os.O_CREAT, 0o600))
+
+
+def _retrying[T](loc: str, wait_s: float, attempt: Callable[[], T], *, ask: bool = True) -> T:
+    """``attempt()`` until it succeeds, fails for good, or ``wait_s`` has passed.
+
+    ``ask``: on a locked file, ask the proxy's writer to let go (not when we are it).
+    """
+    deadline = time.monotonic() + wait_s
+    delay = 0.005
+    while True:
+        try:
+            return attempt()
+        except duckdb.Error as e:
+            if not _is_transient(e) or time.monotonic() >= deadline:
+                raise StoreError(f"{loc}: cannot open: {e}") from e
+            if ask and not loc.startswith(LAKE_PREFIX):
+                signal_reader_waiting(loc)
+            time.sleep(delay * (1 + random.random()))
+            delay = min(delay * 2, 0.2)
 
 
 def open_store(
@@ -108,20 +163,35 @@ def open_store(
 ) -> duckdb.DuckDBPyConnection:
     """Open the store, waiting up to ``wait_s`` for another process's lock on the file."""
     loc = str(locator)
-    deadline = time.monotonic() + wait_s
-    delay = 0.005
-    while True:
-        try:
-            if loc.startswith(LAKE_PREFIX):
-                return _open_lake(loc)
-            if read_only and not Path(loc).exists():
-                raise StoreError(f"{loc}: no such database (nothing metered yet?)")
-            return duckdb.connect(loc, read_only=read_only)
-        except duckdb.Error as e:
-            if not _is_transient(e) or time.monotonic() >= deadline:
-                raise StoreError(f"{loc}: cannot open: {e}") from e
-            time.sleep(delay * (1 + random.random()))
-            delay = min(delay * 2, 0.2)
+    if loc.startswith(LAKE_PREFIX):
+        return _retrying(loc, wait_s, lambda: _open_lake(loc))
+    if read_only and not Path(loc).exists():
+        raise StoreError(f"{loc}: no such database (nothing metered yet?)")
+    if read_only:
+        return _retrying(loc, wait_s, lambda: duckdb.connect(loc, read_only=True))
+    return _retrying(loc, wait_s, lambda: _connect_private(loc))
+
+
+def _connect_private(path: str) -> duckdb.DuckDBPyConnection:
+    """Open (or create) a writable DuckDB file, private to this user (0600)."""
+    with private_files():
+        con = duckdb.connect(path)
+    make_private(path)
+    return con
+
+
+def attach_file(con: duckdb.DuckDBPyConnection, path: str, alias: str, wait_s: float) -> None:
+    """``ATTACH`` the DuckDB file ``path`` to ``con`` as ``alias``, waiting out a reader."""
+    with private_files():
+        _retrying(
+            path, wait_s, lambda: con.execute(f"ATTACH {_sql_string(path)} AS {alias}"), ask=False
+        )
+    make_private(path)
+
+
+def attach_lake(con: duckdb.DuckDBPyConnection, locator: str, wait_s: float) -> None:
+    """Attach the DuckLake ``locator`` to ``con`` as ``lake`` and make it the default."""
+    _retrying(locator, wait_s, lambda: _attach_lake(con, locator))
 
 
 def _open_lake(locator: str) -> duckdb.DuckDBPyConnection:
@@ -150,12 +220,17 @@ def _is_transient(err: duckdb.Error) -> bool:
 def store(
     locator: str | Path = DEFAULT_DB, *, read_only: bool = False, wait_s: float = 30.0
 ) -> Iterator[duckdb.DuckDBPyConnection]:
-    """Open, yield, close: hold the file no longer than one unit of work."""
-    con = open_store(locator, read_only=read_only, wait_s=wait_s)
-    try:
-        yield con
-    finally:
-        con.close()
+    """Open, yield, close: hold the file no longer than one unit of work.
+
+    A writable store is used under :func:`private_files`: the ``.wal`` DuckDB creates
+    during the work is 0600 like the database file.
+    """
+    with contextlib.nullcontext() if read_only else private_files():
+        con = open_store(locator, read_only=read_only, wait_s=wait_s)
+        try:
+            yield con
+        finally:
+            con.close()
 
 
 def migrate(con: duckdb.DuckDBPyConnection, migrations: Sequence[Migration]) -> list[str]:

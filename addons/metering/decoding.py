@@ -24,7 +24,9 @@ except ImportError:  # pragma: no cover - depends on the interpreter
 
 
 class _Step(Protocol):
-    def decode(self, chunk: bytes) -> bytes: ...
+    def decode(self, chunk: bytes, limit: int) -> bytes:
+        """Decoded bytes of ``chunk``: at most about ``limit`` of them (more is not read)."""
+        ...
 
     def flush(self) -> bytes: ...
 
@@ -35,13 +37,15 @@ class _Gzip:
     def __init__(self) -> None:
         self._d = zlib.decompressobj(16 + zlib.MAX_WBITS)
 
-    def decode(self, chunk: bytes) -> bytes:
+    def decode(self, chunk: bytes, limit: int) -> bytes:
         out = []
-        while chunk:
+        while chunk and limit > 0:
             try:
-                out.append(self._d.decompress(chunk))
+                piece = self._d.decompress(chunk, limit)
             except zlib.error as exc:
                 raise ValueError(f"corrupt gzip data: {exc}") from None
+            out.append(piece)
+            limit -= len(piece)
             if not self._d.eof:
                 break
             chunk = self._d.unused_data
@@ -60,7 +64,7 @@ class _Deflate:
         self._d: zlib._Decompress | None = None
         self._head = b""
 
-    def decode(self, chunk: bytes) -> bytes:
+    def decode(self, chunk: bytes, limit: int) -> bytes:
         if self._d is None:
             self._head += chunk
             if len(self._head) < 2:
@@ -70,7 +74,7 @@ class _Deflate:
             self._d = zlib.decompressobj(zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS)
             chunk, self._head = self._head, b""
         try:
-            return self._d.decompress(chunk)
+            return self._d.decompress(chunk, max(limit, 1))
         except zlib.error as exc:
             raise ValueError(f"corrupt deflate data: {exc}") from None
 
@@ -86,13 +90,13 @@ class _Brotli:
     def __init__(self) -> None:
         self._d = brotli.Decompressor()
 
-    def decode(self, chunk: bytes) -> bytes:
+    def decode(self, chunk: bytes, limit: int) -> bytes:
         if not chunk:
             return b""
         if self._d.is_finished():
             raise ValueError("corrupt br data: bytes after the end of the stream")
         try:
-            return self._d.process(chunk)
+            return self._d.process(chunk, output_buffer_limit=max(limit, 1))
         except brotli.error as exc:
             raise ValueError(f"corrupt br data: {exc}") from None
 
@@ -106,13 +110,15 @@ class _Zstd:
     def __init__(self) -> None:
         self._d = zstd.ZstdDecompressor()
 
-    def decode(self, chunk: bytes) -> bytes:
+    def decode(self, chunk: bytes, limit: int) -> bytes:
         out = []
-        while chunk:
+        while chunk and limit > 0:
             try:
-                out.append(self._d.decompress(chunk))
+                piece = self._d.decompress(chunk, limit)
             except zstd.ZstdError as exc:
                 raise ValueError(f"corrupt zstd data: {exc}") from None
+            out.append(piece)
+            limit -= len(piece)
             if not self._d.eof:
                 break
             chunk = self._d.unused_data
@@ -139,9 +145,13 @@ class IncrementalDecoder:
     ``identity`` (or an empty header) passes bytes through. A truncated body is not an
     error here: :meth:`flush` returns what could be decoded; the extractor then sees a
     cut stream.
+
+    ``max_output`` bounds the decoded bytes (a decompression bomb): each codec is asked
+    for no more than what is left, so memory and CPU stay bounded, and going past it
+    raises :class:`OutputLimitExceeded`. It may be raised later (:attr:`max_output`).
     """
 
-    def __init__(self, content_encoding: str) -> None:
+    def __init__(self, content_encoding: str, max_output: int | None = None) -> None:
         names = [n.strip().lower() for n in content_encoding.split(",")]
         names = [n for n in names if n and n != "identity"]
         unknown = [n for n in names if n not in _CODECS]
@@ -150,16 +160,39 @@ class IncrementalDecoder:
                 f"unsupported Content-Encoding {', '.join(unknown)!s} in {content_encoding!r}"
             )
         self._steps: list[_Step] = [_CODECS[n]() for n in reversed(names)]
+        self.max_output = max_output
+        self.produced = 0
+
+    def _limit(self) -> int:
+        """Bytes a step may still produce: one more than allowed, to notice going past."""
+        if self.max_output is None:
+            return _UNBOUNDED
+        return self.max_output - self.produced + 1
+
+    def _count(self, out: bytes) -> bytes:
+        self.produced += len(out)
+        if self.max_output is not None and self.produced > self.max_output:
+            raise OutputLimitExceeded(
+                f"decoded body over {self.max_output} bytes (compressed far beyond real text)"
+            )
+        return out
 
     def decode(self, chunk: bytes) -> bytes:
         for step in self._steps:
             if not chunk:
                 break
-            chunk = step.decode(chunk)
-        return chunk
+            chunk = step.decode(chunk, self._limit())
+        return self._count(chunk)
 
     def flush(self) -> bytes:
         data = b""
         for step in self._steps:
-            data = (step.decode(data) if data else b"") + step.flush()
-        return data
+            data = (step.decode(data, self._limit()) if data else b"") + step.flush()
+        return self._count(data)
+
+
+class OutputLimitExceeded(ValueError):
+    """The decoded body went past ``max_output``: stop reading it (not corrupt data)."""
+
+
+_UNBOUNDED = 1 << 62

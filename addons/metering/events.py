@@ -2,18 +2,18 @@
 
 The row is a JSON-safe dict (``ts`` is an ISO string, naive UTC) because it goes to
 the spool first. Its ``event_id`` is fixed here, before the spool, so a replayed
-segment can never insert an event twice: ``<provider>:<response id>`` when the
-provider named its response, else ``ml:<uuid4>``.
+segment can never insert an event twice; how it names exactly one call is
+:mod:`addons.metering.eventid`.
 """
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from addons.metering import eventid
 from addons.metering.usage import Usage
 
 REQUEST_ID_HEADERS: tuple[str, ...] = ("x-request-id", "request-id", "apim-request-id")
@@ -53,10 +53,23 @@ def _ms(start: float | None, end: float | None) -> float | None:
     return round(max(0.0, end - start) * 1000.0, 3)
 
 
-def build_event(ex: Exchange, usage: Usage, proxy_id: str | None) -> dict[str, Any]:
+def build_events(ex: Exchange, usage: Usage, proxy_id: str | None) -> list[dict[str, Any]]:
+    """The call's event, then one per usage billed beside it (:attr:`Usage.extra`)."""
+    main = build_event(ex, usage, proxy_id)
+    rows = [main]
+    for i, extra in enumerate(usage.extra):
+        extra.response_id = usage.response_id
+        rows.append(build_event(ex, extra, proxy_id, eventid.beside_id(main["event_id"], i)))
+    return rows
+
+
+def build_event(
+    ex: Exchange, usage: Usage, proxy_id: str | None, event_id: str | None = None
+) -> dict[str, Any]:
     done = ex.t_done if ex.t_done is not None else datetime.now(UTC).timestamp()
     ts = datetime.fromtimestamp(done, UTC).replace(tzinfo=None)
-    event_id = f"{ex.provider}:{usage.response_id}" if usage.response_id else f"ml:{uuid.uuid4()}"
+    if event_id is None:
+        event_id = eventid.event_id(ex.provider, usage.response_id, ex.request_id)
     return {
         "event_id": event_id,
         "ts": ts.isoformat(),

@@ -78,6 +78,13 @@ class KeyBook:
     def __init__(self, catalog: Catalog | None) -> None:
         self._by_fp = catalog.consumer_by_fingerprint() if catalog else {}
 
+    def identify_key(self, key: str | None) -> Identity:
+        """The consumer of one key (the billed one, see :mod:`addons.metering.attribution`)."""
+        if key is None:
+            return Identity(None, None)
+        fp = _fingerprint(key)
+        return Identity(fp, self._by_fp.get(fp))
+
     def identify(self, keys: list[str]) -> Identity:
         """The first presented key that belongs to a consumer wins; else the first key."""
         fps = [_fingerprint(k) for k in keys]

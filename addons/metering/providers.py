@@ -10,12 +10,17 @@ or ``*.example.com`` (any subdomain, any depth, not the bare domain).
 
 from __future__ import annotations
 
+import ipaddress
+import posixpath
 import re
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import unquote
 
 from meterline.catalog import Catalog, Flavor
+from meterline.providers import BUILTIN_PROVIDERS as BUILTIN_TABLE
 
 AuthStyle = Literal["bearer", "x-api-key", "api-key", "x-goog-api-key"]
 
@@ -34,27 +39,13 @@ class Provider:
     """The header that carries the provider's own key (used by key injection)."""
 
 
-def _builtin(name: str, flavor: Flavor, hosts: tuple[str, ...], auth: AuthStyle | None = None):
-    return Provider(name, flavor, auth or DEFAULT_AUTH[flavor]), hosts
+# Which header carries the provider's own key, where it differs from its flavor's.
+_AUTH_OVERRIDES: dict[str, AuthStyle] = {"azure-openai": "api-key"}
 
-
-BUILTIN_PROVIDERS: tuple[tuple[Provider, tuple[str, ...]], ...] = (
-    _builtin("openai", "openai", ("api.openai.com",)),
-    _builtin(
-        "azure-openai",
-        "openai",
-        ("*.openai.azure.com", "*.cognitiveservices.azure.com"),
-        auth="api-key",
-    ),
-    _builtin("mistral", "openai", ("api.mistral.ai",)),
-    _builtin("groq", "openai", ("api.groq.com",)),
-    _builtin("deepseek", "openai", ("api.deepseek.com",)),
-    _builtin("together", "openai", ("api.together.xyz",)),
-    _builtin("openrouter", "openai", ("openrouter.ai",)),
-    _builtin("fireworks", "openai", ("api.fireworks.ai",)),
-    _builtin("xai", "openai", ("api.x.ai",)),
-    _builtin("anthropic", "anthropic", ("api.anthropic.com",)),
-    _builtin("gemini", "gemini", ("generativelanguage.googleapis.com",)),
+# The built-in providers are one table in meterline/ (the catalog checks names against it).
+BUILTIN_PROVIDERS: tuple[tuple[Provider, tuple[str, ...]], ...] = tuple(
+    (Provider(p.name, p.flavor, _AUTH_OVERRIDES.get(p.name, DEFAULT_AUTH[p.flavor])), p.hosts)
+    for p in BUILTIN_TABLE
 )
 
 # Paths that bill tokens, per flavor, matched on the path without its query string.
@@ -101,6 +92,8 @@ class ProviderRegistry:
         for provider, patterns in entries:
             for pattern in patterns:
                 host, port, wildcard = parse_host_pattern(pattern)
+                if not wildcard:
+                    host = canonical_host(host)
                 table = self._suffix if wildcard else self._exact
                 table.setdefault((host, port), provider)
 
@@ -119,7 +112,7 @@ class ProviderRegistry:
             return self._memo[key]
         except KeyError:
             pass
-        found = self._resolve(host.lower().rstrip("."), port)
+        found = self._resolve(canonical_host(host), port)
         if len(self._memo) >= _MEMO_LIMIT:
             self._memo.clear()
         self._memo[key] = found
@@ -146,5 +139,72 @@ class ProviderRegistry:
 
 
 def is_billed_path(flavor: str, path: str) -> bool:
-    """True when ``path`` (query string allowed) is an endpoint that bills tokens."""
-    return _BILLED_PATHS[flavor].search(path.split("?", 1)[0]) is not None
+    """True when ``path`` (query string allowed) is an endpoint that bills tokens.
+
+    The path is normalised first (:func:`normalise_path`): spelling it differently
+    (``complet%69ons``, ``/v1//chat/./completions``) reaches the same upstream endpoint
+    and is metered the same.
+    """
+    return _BILLED_PATHS[flavor].search(normalise_path(path)) is not None
+
+
+def normalise_path(path: str) -> str:
+    """The path (query string dropped) as an upstream server resolves it: %-escapes
+    decoded once, empty and ``.`` segments dropped, ``..`` applied. Free for the usual
+    path, which has none of those."""
+    path = path.split("?", 1)[0]
+    if "%" in path:
+        path = unquote(path, errors="surrogateescape")
+    if "//" in path or "/." in path:
+        trailing = "/" if path.endswith("/") and len(path) > 1 else ""
+        path = posixpath.normpath("/" + path.lstrip("/"))
+        path = "/" + path.lstrip("/") + (trailing if path != "/" else "")
+    return path
+
+
+#: Other spellings of IPv4 addresses that resolvers accept: ``127.1``, ``0x7f.1``, ``2130706433``.
+_LEGACY_IPV4 = re.compile(r"[0-9][0-9a-fx.]*")
+_LOOPBACK = "127.0.0.1"
+
+
+def canonical_host(host: str) -> str:
+    """One spelling per address: lower case, no trailing dot, IP literals canonical
+    (``127.1``, ``[::ffff:127.0.0.1]`` -> ``127.0.0.1``); ``localhost`` (and
+    ``*.localhost``) and ``::1`` -> ``127.0.0.1``, the loopback address they name."""
+    h = host.lower().rstrip(".")
+    if h.startswith("[") and h.endswith("]"):
+        h = h[1:-1]
+    if h == "localhost" or h.endswith(".localhost"):
+        return _LOOPBACK
+    if ":" in h:
+        try:
+            ip6 = ipaddress.IPv6Address(h)
+        except ValueError:
+            return h
+        if ip6.ipv4_mapped is not None:
+            return str(ip6.ipv4_mapped)
+        return _LOOPBACK if ip6.is_loopback else str(ip6)
+    if _LEGACY_IPV4.fullmatch(h):
+        try:
+            return socket.inet_ntoa(socket.inet_aton(h))
+        except OSError:
+            return h
+    return h
+
+
+def lookup_named(
+    registry: ProviderRegistry, port: int, host_header: str | None, sni: str | None
+) -> Provider | None:
+    """The provider a request names, when its destination is not one: the ``Host``
+    header, then the TLS SNI. A CONNECT to an IP literal of a provider (the SNI and Host
+    still name it) is metered as that provider. Each lookup is memoised."""
+    if host_header:
+        name, _, port_text = host_header.rpartition(":")
+        if not name or "]" in port_text or not port_text.isdigit():
+            name = host_header
+        provider = registry.lookup(name, port)
+        if provider is not None:
+            return provider
+    if sni:
+        return registry.lookup(sni, port)
+    return None

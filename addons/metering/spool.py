@@ -1,38 +1,55 @@
 """The proxy's local, append-only event spool: JSON lines in segment files.
 
-A metered response becomes one JSON line appended to the open segment with a single
-``os.write`` on an ``O_APPEND`` descriptor: the line is in the kernel's page cache
-when the hook returns, so a killed proxy (``kill -9``) loses nothing. No fsync per
-event: see README.md, "Durability" (a power loss can cost the last flush interval at most).
+A metered response becomes one JSON line appended to the open segment on an
+``O_APPEND`` descriptor (``os.write`` repeated until every byte is written): the line
+is in the kernel's page cache when :meth:`Spool.append` returns, so a killed proxy
+(``kill -9``) loses nothing. No fsync per event: see README.md, "Durability".
 
 Segments go through two states, visible in their names:
 
-- ``<ns>-<pid>-<seq>.open``: being appended to; exactly one per running proxy.
-- ``<ns>-<pid>-<seq>.jsonl``: sealed; the writer inserts it into the store and then
-  deletes it. Names sort by creation time, so replay keeps order.
+- ``meterline-<ns>-<pid>-<seq>.open``: being appended to; one per running proxy.
+- ``meterline-<ns>-<pid>-<seq>.jsonl``: sealed; the writer inserts it into the store and
+  then deletes it. Names sort by creation time, so replay keeps order.
 
-A lock file (``flock``) keeps two proxies from sharing one spool directory; on
-start, every segment left behind (sealed or still ``.open``) is sealed for replay.
+The spool touches only files named ``meterline-*`` (segments and the ``flock`` file
+``meterline-spool.lock`` that keeps two proxies from sharing one directory): pointed at a
+directory that holds other files, it leaves them alone.
+
+Faults never escape :meth:`append` or :meth:`seal` (the proxy keeps passing traffic): a
+failed write or open (disk full, read-only or immutable directory) is logged once with
+its cause, and the events are held in memory, up to :data:`MAX_HELD_EVENTS` (past that,
+new events are counted and dropped), then written at the next append or seal that
+succeeds. A write cut short leaves a torn line at the end of its segment; that segment
+is closed, so the next event starts a new one, and the torn event itself is written
+again (the store's event-id dedup drops a second copy).
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
 import os
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
+
+from addons.metering import oserrors
 
 log = logging.getLogger(__name__)
 
 #: One encoder for every line (``json.dumps`` with options builds a new one per call).
 _encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
 
+PREFIX = "meterline-"
 OPEN_SUFFIX = ".open"
 SEALED_SUFFIX = ".jsonl"
+LOCK_NAME = PREFIX + "spool.lock"
+#: Events held in memory while the spool cannot be written; past this, new ones are dropped.
+MAX_HELD_EVENTS = 10_000
 
 
 class SpoolError(RuntimeError):
@@ -40,11 +57,11 @@ class SpoolError(RuntimeError):
 
 
 class Spool:
-    def __init__(self, directory: str | Path) -> None:
+    def __init__(self, directory: str | Path, *, max_held: int = MAX_HELD_EVENTS) -> None:
         self.directory = Path(directory)
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            self._lock_fd = os.open(self.directory / "spool.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._lock_fd = os.open(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as e:
             raise SpoolError(f"{self.directory}: cannot use as spool: {e.strerror}") from None
         try:
@@ -54,43 +71,160 @@ class Spool:
             raise SpoolError(
                 f"{self.directory}: spool already in use by another proxy (one spool per proxy)"
             ) from None
+        self.max_held = max_held
         self._mutex = threading.Lock()
         self._fd: int | None = None
         self._path: Path | None = None
         self._count = 0
         self._seq = 0
-        for leftover in sorted(self.directory.glob("*" + OPEN_SUFFIX)):
-            leftover.rename(leftover.with_suffix(SEALED_SUFFIX))
+        self._held: deque[bytes] = deque()
+        self.dropped = 0
+        """Events lost because the spool could not be written and memory was full."""
+        self._fault: str | None = None
+        """The condition last logged (e.g. ``write: ENOSPC (...)``); None when healthy."""
+        self._unsealed: list[Path] = []
+        """Closed ``.open`` segments whose rename failed; retried at each seal."""
+        for leftover in sorted(self.directory.glob(PREFIX + "*" + OPEN_SUFFIX)):
+            self._rename_sealed(leftover)
+
+    # ------------------------------------------------------------------ appending
 
     def append(self, event: dict[str, Any]) -> int:
-        """Append one event; returns how many events the open segment now holds."""
-        line = (_encode(event) + "\n").encode()
+        """Append one event; returns how many events wait in the spool (open + held)."""
+        line = (_encode(event) + "\n").encode("utf-8", "surrogateescape")
         with self._mutex:
-            if self._fd is None:
+            if self._held:
+                self._write_held()
+            if self._held or not self._write(line):
+                self._hold(line)
+            return self._count + len(self._held)
+
+    def _write(self, line: bytes) -> bool:
+        """Write one whole line to the open segment; False (logged once) if it failed."""
+        if self._fd is None:
+            try:
                 self._open_segment()
-            assert self._fd is not None
-            os.write(self._fd, line)
-            self._count += 1
-            return self._count
+            except OSError as e:
+                self._failed("cannot open a spool segment", e)
+                return False
+        fd = self._fd
+        assert fd is not None
+        view = memoryview(line)
+        written = 0
+        while written < len(line):
+            try:
+                n = os.write(fd, view[written:])
+            except OSError as e:
+                if written:  # a torn line: no later event may be glued to it
+                    self._close_segment()
+                self._failed("cannot write to the spool", e)
+                return False
+            if n <= 0:  # pragma: no cover - os.write raises rather than return 0
+                self._close_segment()
+                self._failed("cannot write to the spool", OSError(errno.EIO, "short write"))
+                return False
+            written += n
+        self._count += 1
+        if self._fault is not None:
+            self._recovered()
+        return True
+
+    def _hold(self, line: bytes) -> None:
+        if len(self._held) < self.max_held:
+            self._held.append(line)
+            return
+        if not self.dropped:
+            log.error(
+                "meterline: spool %s: %d events held in memory, the limit; dropping new "
+                "events until the spool can be written (%s)",
+                self.directory,
+                len(self._held),
+                self._fault,
+            )
+        self.dropped += 1
+
+    def _write_held(self) -> None:
+        while self._held and self._write(self._held[0]):
+            self._held.popleft()
 
     def _open_segment(self) -> None:
         self._seq += 1
-        name = f"{time.time_ns():020d}-{os.getpid()}-{self._seq:06d}{OPEN_SUFFIX}"
-        self._path = self.directory / name
-        self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        name = f"{PREFIX}{time.time_ns():020d}-{os.getpid()}-{self._seq:06d}{OPEN_SUFFIX}"
+        path = self.directory / name
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o600)
+        self._path = path
         self._count = 0
 
+    # ------------------------------------------------------------------ sealing
+
     def seal(self) -> None:
-        """Close the open segment (if any) so the writer may take it."""
+        """Close the open segment (if any) so the writer may take it; never raises.
+
+        Also the retry point while the spool is faulty: held events are written first,
+        and segments whose rename failed are renamed again.
+        """
         with self._mutex:
-            if self._fd is None or self._path is None:
-                return
-            os.close(self._fd)
-            self._path.rename(self._path.with_suffix(SEALED_SUFFIX))
-            self._fd, self._path, self._count = None, None, 0
+            if self._held:
+                self._write_held()
+            for path in self._unsealed[:]:
+                self._unsealed.remove(path)
+                self._rename_sealed(path)
+            self._close_segment()
+
+    def _close_segment(self) -> None:
+        """Give up the open descriptor (it is forgotten before anything can fail), seal."""
+        fd, path = self._fd, self._path
+        self._fd, self._path, self._count = None, None, 0
+        if fd is None or path is None:
+            return
+        try:
+            os.close(fd)
+        except OSError as e:  # the descriptor is released even so (Linux, close(2))
+            self._failed("cannot close a spool segment", e)
+        self._rename_sealed(path)
+
+    def _rename_sealed(self, path: Path) -> None:
+        try:
+            path.rename(path.with_suffix(SEALED_SUFFIX))
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            self._unsealed.append(path)
+            self._failed(f"cannot seal {path.name}", e)
+
+    # ------------------------------------------------------------------ faults
+
+    def _failed(self, what: str, e: BaseException) -> None:
+        fault = f"{what}: {oserrors.describe(e)}"
+        if fault != self._fault:
+            self._fault = fault
+            log.error(
+                "meterline: spool %s: %s; holding events in memory (up to %d) and retrying",
+                self.directory,
+                fault,
+                self.max_held,
+            )
+
+    def _recovered(self) -> None:
+        log.warning(
+            "meterline: spool %s writable again (was: %s); %d held event(s) to write, %d dropped",
+            self.directory,
+            self._fault,
+            len(self._held),
+            self.dropped,
+        )
+        self._fault = None
+        self.dropped = 0
+
+    @property
+    def held(self) -> int:
+        """Events waiting in memory for the spool to become writable."""
+        return len(self._held)
+
+    # ------------------------------------------------------------------ the writer's side
 
     def sealed(self) -> list[Path]:
-        return sorted(self.directory.glob("*" + SEALED_SUFFIX))
+        return sorted(self.directory.glob(PREFIX + "*" + SEALED_SUFFIX))
 
     @staticmethod
     def read(path: Path) -> list[dict[str, Any]]:
@@ -113,4 +247,12 @@ class Spool:
 
     def close(self) -> None:
         self.seal()
+        if self._held:
+            log.error(
+                "meterline: spool %s: %d held event(s) could not be written and are lost (%s)",
+                self.directory,
+                len(self._held),
+                self._fault,
+            )
+            self._held.clear()
         os.close(self._lock_fd)

@@ -13,10 +13,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from addons.metering import jsonspan
 from addons.metering.extract.framing import MAX_SSE_EVENT, has_value
 from addons.metering.sse import SSEParser
 
-_INSERT = b',"stream_options":{"include_usage":true}'
+_MEMBER = b'"stream_options":{"include_usage":true}'
 
 
 def add_include_usage(body: bytes) -> bytes | None:
@@ -25,9 +26,9 @@ def add_include_usage(body: bytes) -> bytes | None:
     (``messages``) or legacy completions (``prompt``) request, or already set.
 
     An explicit ``"include_usage": false`` is overridden too (the dropper then hides the
-    chunk from the client). When ``stream_options`` is absent the option is inserted
-    before the closing brace, leaving every other byte of the client's body as it was;
-    otherwise the body is re-serialised.
+    chunk from the client). The body is edited in place, never re-serialised: every byte
+    but the inserted or replaced member stays as the client sent it (a lone surrogate
+    escape, ``1e400``, key order, spacing). ``None`` when the edit cannot be placed.
     """
     try:
         obj: Any = json.loads(body)
@@ -40,13 +41,20 @@ def add_include_usage(body: bytes) -> bytes | None:
     options = obj.get("stream_options")
     if isinstance(options, dict) and options.get("include_usage") is True:
         return None
-    if "stream_options" not in obj:
-        end = body.rstrip().rfind(b"}")
-        if end > 0:
-            return body[:end] + _INSERT + body[end:]
-    kept = options if isinstance(options, dict) else {}
-    obj["stream_options"] = {**kept, "include_usage": True}
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+    try:
+        members = jsonspan.object_members(body, jsonspan.skip_ws(body, 0))
+        if "stream_options" not in obj:
+            return jsonspan.insert_member(body, members, _MEMBER)
+        start, end = members.last_value("stream_options")
+        if not isinstance(options, dict):
+            return body[:start] + b'{"include_usage":true}' + body[end:]
+        inner = jsonspan.object_members(body, start)
+        if "include_usage" in options:
+            u_start, u_end = inner.last_value("include_usage")
+            return body[:u_start] + b"true" + body[u_end:]
+        return jsonspan.insert_member(body, inner, b'"include_usage":true')
+    except ValueError:
+        return None
 
 
 def is_usage_only_chunk(data: str) -> bool:

@@ -14,8 +14,8 @@ in exactly one place: its extractor in :mod:`addons.metering.extract`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import NamedTuple, Protocol
 
 
 @dataclass(slots=True)
@@ -28,14 +28,29 @@ class Usage:
     model: str | None = None
     response_id: str | None = None
     estimated: bool = False
-    #: The stream ended before the provider's final usage report (e.g. Anthropic's
-    #: ``message_start`` came but its ``message_delta`` did not): the input figures are the
+    #: Not the provider's final usage report: the stream ended (cut, or normally) before
+    #: it (Anthropic's ``message_start`` came but its ``message_delta`` did not; an OpenAI
+    #: stream's cumulative usage without ``[DONE]``): the input figures are the
     #: provider's, ``output`` is only what was reported so far and may be too low.
     partial: bool = False
+    #: Why the reported figures cannot be used (a negative, fractional, non-numeric or
+    #: huge count, or figures that contradict each other); ``None`` when they are sound.
+    invalid: str | None = None
+    #: Usage billed beside this one in the same call, each for its own model: Anthropic's
+    #: ``usage.iterations`` other than ``message`` (an advisor model's turn, a compaction
+    #: step), which the top-level figures do not include.
+    extra: list[Usage] = field(default_factory=list)
 
     @property
     def total(self) -> int:
         return self.input + self.cached_input + self.cache_write + self.output
+
+
+class Seen(NamedTuple):
+    """The provider's model and response id as seen in the body so far (usage or not)."""
+
+    model: str | None = None
+    response_id: str | None = None
 
 
 class UsageExtractor(Protocol):
@@ -55,4 +70,8 @@ class UsageExtractor(Protocol):
 
     def output_text(self) -> str:
         """Generated text seen so far, for a tiktoken estimate when usage is missing."""
+        ...
+
+    def seen(self) -> Seen:
+        """Model and response id seen so far, kept for an event whose usage is missing."""
         ...

@@ -60,3 +60,4 @@ main.add_command(unbilled_cmd, "unbilled")
 main.add_command(dashboard_cmd, "dashboard")
 # billing/cli/stripe.py's group, imported when `billing stripe ...` runs (see BillingGroup)
 main.add_lazy_command("billing.cli.stripe:stripe_group", "stripe")
+main.add_lazy_command("billing.cli.lake:lake_group", "lake")  # DuckLake upkeep

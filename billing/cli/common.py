@@ -19,22 +19,16 @@ from typing import Any, TypeVar
 import click
 import duckdb
 
-from billing.invoices import BillingError
+from billing.errors import UserError
 from billing.periods import calendar_month
 from billing.render import FORMATS
-from billing.schedule import ScheduleError
 from billing.store import billing_store
-from billing.usage import UsageError
 from meterline.catalog import Catalog, CatalogError, load_catalog
 from meterline.store import LAKE_PREFIX, StoreError
 
-USER_ERRORS: tuple[type[Exception], ...] = (
-    BillingError,
-    CatalogError,
-    ScheduleError,
-    StoreError,
-    UsageError,
-)
+USER_ERRORS: tuple[type[Exception], ...] = (UserError, CatalogError, StoreError)
+"""Mapped once, here, to ``Error: ...`` and exit 1: billing's own base and the two
+user errors of the shared core (a bad catalog, a store that cannot be opened)."""
 
 T = TypeVar("T")
 

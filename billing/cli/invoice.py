@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import click
@@ -20,6 +21,7 @@ from billing.cli.documents import emit, output_option
 from billing.invoices import (
     Explanation,
     Generated,
+    NoUsage,
     explain_line,
     generate_invoices,
     get_invoice,
@@ -96,10 +98,20 @@ def generated_output(result: Generated, month: str, fmt: str) -> str:
     help="Bill only usage ingested at least this many seconds ago; the rest goes on the "
     "next invoice. Default: 0 on a DuckDB file, 300 on a DuckLake (concurrent writers).",
 )
+@click.option(
+    "--allow-empty",
+    is_flag=True,
+    help="Generate even when the store holds no usage events at all (invoices are final).",
+)
 @format_option()
 @pass_settings
 def generate(
-    settings: Settings, month: str, customer: str | None, settle: int | None, fmt: str
+    settings: Settings,
+    month: str,
+    customer: str | None,
+    settle: int | None,
+    allow_empty: bool,
+    fmt: str,
 ) -> None:
     """Finalize the invoices of every billing period that ended in the month.
 
@@ -107,6 +119,8 @@ def generate(
     end) and it has closed (end <= now). Invoices are numbered INV-000001, ... and
     stored with their lines and prices. Idempotent: periods already invoiced are shown,
     not invoiced again. Events arriving later go on the customer's next invoice.
+    Refuses to create invoices from a store with no usage events unless --allow-empty;
+    names the earlier months whose closed periods were never invoiced.
 
     \b
     Example usage:
@@ -114,16 +128,28 @@ def generate(
       billing invoice generate --period 2026-03 --customer acme --format json
     """
     catalog = settings.load_catalog()
-    with settings.store() as con:
-        result = generate_invoices(
-            con,
-            catalog,
-            month,
-            customer=customer,
-            settle=timedelta(seconds=settle if settle is not None else settings.default_settle),
-            progress=progress("Pricing"),
-        )
+    try:
+        with settings.store() as con:
+            result = generate_invoices(
+                con,
+                catalog,
+                month,
+                customer=customer,
+                settle=timedelta(seconds=settle if settle is not None else settings.default_settle),
+                progress=progress("Pricing"),
+                require_usage=not allow_empty,
+            )
+    except NoUsage as e:
+        raise click.ClickException(f"{e}; pass --allow-empty to generate them anyway") from None
     click.echo(generated_output(result, month, fmt))
+    missed = result.missed_months
+    if missed:
+        months = "; ".join(f"{m} ({', '.join(keys)})" for m, keys in missed.items())
+        click.echo(
+            f"Note: earlier months with closed periods never invoiced: {months}. "
+            f"Run `billing invoice generate --period {next(iter(missed))}` (and the others).",
+            err=True,
+        )
 
 
 @invoice_group.command("list")
@@ -179,8 +205,8 @@ def explanation_output(ex: Explanation, fmt: str) -> str:
                 "filter": ex.line.detail["meter"],
                 "consumers": ex.line.detail["consumers"],
                 "windows": ex.line.detail["windows"],
-                "quantity": ex.quantity,
-                "events": ex.events,
+                "quantity": Decimal(ex.quantity),  # a decimal string, as every quantity
+                "events": [{**e, "quantity": Decimal(str(e["quantity"]))} for e in ex.events],
             }
         )
     if fmt == "csv":

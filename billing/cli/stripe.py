@@ -12,20 +12,17 @@ from typing import Any
 
 import click
 
-from billing.cli.common import MONTH, Settings
-from billing.stripe.amounts import AmountError
+from billing.cli.common import MONTH, Settings, pass_settings
+from billing.invoices import find_customer
 from billing.stripe.client import (
     API_BASE_ENV,
     DEFAULT_NETWORK_RETRIES,
-    StripeFailure,
     StripeGateway,
     api_key_from_env,
 )
 from billing.stripe.ledger import Ledger
 from billing.stripe.status import pull_statuses
-from billing.stripe.sync import Syncer, SyncError, dry_run_plan, sync_all
-from meterline.catalog import Catalog, CatalogError, load_catalog
-from meterline.store import DEFAULT_CATALOG, DEFAULT_DB, StoreError
+from billing.stripe.sync import Syncer, dry_run_plan, sync_all
 
 
 def _api_base(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
@@ -34,30 +31,8 @@ def _api_base(_ctx: click.Context, _param: click.Parameter, value: str | None) -
     return value
 
 
-class _Env:
-    """Where a command reads from: the root's ``--db`` and ``--catalog`` (``Settings``)."""
-
-    def __init__(self, ctx: click.Context) -> None:
-        settings = ctx.find_object(Settings)
-        self.db = settings.db if settings else DEFAULT_DB
-        self.catalog_path = settings.catalog if settings else DEFAULT_CATALOG
-
-    def catalog(self) -> Catalog:
-        try:
-            return load_catalog(self.catalog_path)
-        except CatalogError as e:
-            raise click.ClickException(str(e)) from None
-
-    def ledger(self) -> Ledger:
-        return Ledger(self.db)
-
-
 def _gateway(api_base: str | None, retries: int) -> StripeGateway:
-    try:
-        key = api_key_from_env()
-    except StripeFailure as e:
-        raise click.ClickException(str(e)) from None
-    return StripeGateway(key, api_base, max_network_retries=retries)
+    return StripeGateway(api_key_from_env(), api_base, max_network_retries=retries)
 
 
 def _stripe_options(fn: Any) -> Any:
@@ -98,9 +73,9 @@ def stripe_group() -> None:
 @click.option("--customer", help="Only invoices of this customer key.")
 @click.option("--dry-run", is_flag=True, help="Print what would be sent; send nothing.")
 @_stripe_options
-@click.pass_context
+@pass_settings
 def sync_cmd(
-    ctx: click.Context,
+    settings: Settings,
     period: str | None,
     customer: str | None,
     dry_run: bool,
@@ -108,24 +83,22 @@ def sync_cmd(
     max_network_retries: int,
 ) -> None:
     """Send every finalized invoice not yet in Stripe: customer, items, invoice, finalize."""
-    env = _Env(ctx)
     gateway = None if dry_run else _gateway(api_base, max_network_retries)
-    catalog = env.catalog()
-    ledger = env.ledger()
-    try:
-        invoices = ledger.unsynced(period, customer)
-        if not invoices:
-            click.echo("nothing to sync: every finalized invoice is in Stripe")
-            return
-        if gateway is None:
-            for invoice in invoices:
-                for line in dry_run_plan(invoice, catalog, ledger):
-                    click.echo(line)
-            click.echo(f"dry run: {len(invoices)} invoice(s), nothing sent")
-            return
-        done, flagged = sync_all(invoices, Syncer(catalog, ledger, gateway), click.echo)
-    except (SyncError, AmountError, StoreError) as e:
-        raise click.ClickException(str(e)) from None
+    catalog = settings.load_catalog()
+    if customer is not None:
+        find_customer(catalog, customer)
+    ledger = Ledger(settings.db)
+    invoices = ledger.unsynced(period, customer)
+    if not invoices:
+        click.echo("nothing to sync: every finalized invoice is in Stripe")
+        return
+    if gateway is None:
+        for invoice in invoices:
+            for line in dry_run_plan(invoice, catalog, ledger):
+                click.echo(line)
+        click.echo(f"dry run: {len(invoices)} invoice(s), nothing sent")
+        return
+    done, flagged = sync_all(invoices, Syncer(catalog, ledger, gateway), click.echo)
     click.echo(f"synced {len(done)} invoice(s), flagged {len(flagged)}")
     if flagged:
         numbers = ", ".join(o.number for o in flagged)
@@ -143,22 +116,19 @@ def sync_cmd(
 )
 @click.option("--customer", help="Only invoices of this customer key.")
 @_stripe_options
-@click.pass_context
+@pass_settings
 def status_cmd(
-    ctx: click.Context,
+    settings: Settings,
     period: str | None,
     customer: str | None,
     api_base: str | None,
     max_network_retries: int,
 ) -> None:
     """Pull each synced invoice's Stripe status into stripe_invoices.stripe_status."""
-    env = _Env(ctx)
     gateway = _gateway(api_base, max_network_retries)
-    ledger = env.ledger()
-    try:
-        changes = pull_statuses(ledger, gateway, period, customer)
-    except (StripeFailure, StoreError) as e:
-        raise click.ClickException(str(e)) from None
+    if customer is not None:
+        find_customer(settings.load_catalog(), customer)
+    changes = pull_statuses(Ledger(settings.db), gateway, period, customer)
     if not changes:
         click.echo("no invoice in Stripe yet: run `billing stripe sync`")
         return

@@ -17,7 +17,7 @@ from billing.usage import UsageError, UsageQuery, parse_group_by, usage_report
 @click.option("--from", "start", type=DATETIME, help="From this time (inclusive, UTC).")
 @click.option("--to", "end", type=DATETIME, help="Until this time (exclusive, UTC).")
 @click.option("--group-by", "group_by", help="Any of: model,type,day (comma separated).")
-@click.option("--unbilled", is_flag=True, help="Only usage no subscription covers, with why.")
+@click.option("--unbilled", is_flag=True, help="Only usage no invoice line bills, with why.")
 @format_option()
 @pass_settings
 def usage_cmd(
@@ -32,8 +32,9 @@ def usage_cmd(
 ) -> None:
     """Token usage per consumer, optionally per model, token type and day.
 
-    --unbilled shows usage that no subscription covers: unknown keys (no consumer),
-    consumers no customer lists, and usage outside every subscription of the customer.
+    --unbilled shows usage no invoice line bills: unknown keys (no consumer), consumers
+    no customer lists, usage outside every subscription of the customer, and tokens a
+    subscription covers that no usage rate card of its plan prices.
 
     \b
     Example usage:
@@ -43,10 +44,12 @@ def usage_cmd(
     """
     if customer and consumer:
         raise click.UsageError("give --customer or --consumer, not both")
+    if start is not None and end is not None and end <= start:
+        raise click.ClickException("--to must be after --from")
     try:
         dims = parse_group_by(group_by)
     except UsageError as e:
-        raise click.UsageError(str(e)) from None
+        raise click.UsageError(f"--group-by: {e}") from None
     query = UsageQuery(customer, consumer, start, end, dims, unbilled)
     catalog = settings.load_catalog()
     with settings.store() as con:

@@ -21,7 +21,8 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from billing.usage import TOKEN_COLUMNS, UsageError, from_db, to_db
+from billing.storevalues import from_db, to_db
+from billing.usage import TOKEN_COLUMNS, UsageError
 from meterline.catalog import FINGERPRINT_RE, TOKEN_TYPES, Catalog
 
 BUCKETS: dict[str, timedelta] = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
@@ -256,11 +257,11 @@ def unbilled(con: duckdb.DuckDBPyConnection, catalog: Catalog, rng: TimeRange) -
     """Usage nobody pays for: money being lost, from one pass over the range's events.
 
     ``rows``: usage no subscription covers, per reason, consumer (key fingerprint when the
-    key is unknown), customer and model: the same rows as ``billing usage --unbilled
-    --group-by model --from --to`` (computed apart, in one join instead of a subquery).
-    ``unpriced``: usage a subscription covers but no usage rate card of its plan prices
-    (no feature meters that provider, model and token type), per customer, plan, model
-    and token type.
+    key is unknown), customer and model: ``billing usage --unbilled --group-by model
+    --from --to``'s rows without its ``no rate card of plan 'P' prices it`` ones (computed
+    apart, in one join instead of a subquery). ``unpriced``: usage a subscription covers
+    but no usage rate card of its plan prices (no feature meters that provider, model and
+    token type), per customer, plan, model and token type: those rows, by token type.
     """
     con.register("dash_subscriptions", _subscription_table(catalog))
     try:

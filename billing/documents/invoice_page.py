@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 from datetime import datetime, timedelta
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 from billing.documents.words import (
@@ -23,6 +24,7 @@ from billing.documents.words import (
     unit_price_text,
 )
 from billing.model import Invoice, InvoiceLine
+from billing.money import exact_to_decimal
 from meterline.catalog import Catalog, Customer, Seller
 
 e = html.escape
@@ -123,7 +125,9 @@ def minimum_topup(line: InvoiceLine) -> tuple[Decimal, Decimal, Decimal] | None:
     if "minimum spend applied" not in (pricing.get("notes") or []):
         return None
     card = line.detail.get("rate_card") or {}
-    minimum = Decimal(card["min_amount"]) * Decimal(pricing.get("proration", "1"))
+    # the exact share (proration_ratio, "1/3"): a 50-digit "0.333..." would show 9.999...
+    share = Fraction(pricing.get("proration_ratio") or Decimal(pricing.get("proration", "1")))
+    minimum = exact_to_decimal(Fraction(Decimal(card["min_amount"])) * share)
     usage = Decimal(pricing["subtotal"]) - Decimal(pricing["discount"])
     return minimum, usage, minimum - usage
 

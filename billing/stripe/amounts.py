@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from billing.errors import UserError
 from billing.money import minor_unit_exponent
 
 
-class AmountError(ValueError):
+class AmountError(UserError, ValueError):
     """An amount that has no exact integer form in Stripe's unit."""
 
 

@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 
 import stripe
 
+from billing.errors import UserError
+
 API_KEY_ENV = "STRIPE_API_KEY"
 API_BASE_ENV = "STRIPE_API_BASE"
 DEFAULT_NETWORK_RETRIES = 2
@@ -36,7 +38,7 @@ def metadata(obj: Any) -> dict[str, str]:
     return dict(found.to_dict()) if found else {}
 
 
-class StripeFailure(Exception):
+class StripeFailure(UserError):
     """A Stripe call that failed; ``str()`` is the one-line message for the user."""
 
 

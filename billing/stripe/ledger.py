@@ -9,7 +9,7 @@ in flight, and that call is replayed by its idempotency key on the next run.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -17,6 +17,7 @@ import duckdb
 
 from billing.periods import calendar_month
 from billing.store import billing_store
+from billing.storevalues import to_db
 
 
 @dataclass(frozen=True)
@@ -73,16 +74,11 @@ def _filter_clause(
     if period is not None:
         month = calendar_month(period)
         where.append(f"{alias}.period_end > ? AND {alias}.period_end <= ?")
-        args += [_naive_utc(month.start), _naive_utc(month.end)]
+        args += [to_db(month.start), to_db(month.end)]
     if customer is not None:
         where.append(f"{alias}.customer_key = ?")
         args.append(customer)
     return "".join(f" AND {w}" for w in where), args
-
-
-def _naive_utc(value: datetime) -> datetime:
-    """The store keeps UTC as naive TIMESTAMPs."""
-    return value.astimezone(UTC).replace(tzinfo=None)
 
 
 class Ledger:

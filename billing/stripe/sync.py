@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from billing.errors import UserError
 from billing.money import minor_unit_exponent
 from billing.stripe.amounts import AmountError, show_minor, to_minor
 from billing.stripe.client import (
@@ -44,7 +45,7 @@ from billing.stripe.ledger import Ledger, Line, OurInvoice, SyncRow
 from meterline.catalog import Catalog, Customer
 
 
-class SyncError(Exception):
+class SyncError(UserError):
     """A problem the user must resolve before this invoice can be synced; one line."""
 
 

@@ -459,9 +459,11 @@ def test_heavy_libraries_not_loaded_with_the_addon() -> None:
 def test_buffered_body_is_metered_after_the_reply_and_never_lost(
     meter: tuple[Meter, Any], tmp_path: Path
 ) -> None:
-    """A buffered body is metered a few loop steps after `response`, once mitmproxy has
-    sent it; `done` still finishes one whose turn has not come."""
-    m, _ = meter
+    """With meter_durable off, a buffered body is metered a few loop steps after
+    `response`, once mitmproxy has sent it; `done` still finishes one whose turn has not
+    come."""
+    m, tctx = meter
+    tctx.configure(m, meter_durable=False)
     flows = []
     for n in (1, 2):
         f = _flow(authorization=f"Bearer {KEY}")
@@ -491,3 +493,24 @@ def test_buffered_body_is_metered_after_the_reply_and_never_lost(
         "openai:chatcmpl-unit1",
         "openai:chatcmpl-unit2",
     ]
+
+
+def test_durable_buffered_body_is_spooled_before_the_reply(
+    meter: tuple[Meter, Any], tmp_path: Path
+) -> None:
+    """meter_durable (the default): when `response` returns, before mitmproxy sends the
+    body, the event is already in the spool (a kill -9 then cannot lose it)."""
+    m, _ = meter
+    f = _flow(authorization=f"Bearer {KEY}")
+    m.requestheaders(f)
+    m.request(f)
+    f.response = http.Response.make(200, CHAT_JSON, {"content-type": "application/json"})
+    m.responseheaders(f)
+
+    async def run() -> int:
+        m.response(f)
+        assert m.spool is not None
+        return sum(p.read_bytes().count(b"\n") for p in m.spool.directory.glob("*.open"))
+
+    assert asyncio.run(run()) == 1
+    assert not m._after_reply and not m._pending

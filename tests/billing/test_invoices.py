@@ -211,7 +211,9 @@ def test_only_closed_periods_are_generated(tmp_path: Path) -> None:
 
 def test_unknown_customer_and_bad_month(tmp_path: Path) -> None:
     s = setup(tmp_path)
-    with pytest.raises(BillingError, match=r"^unknown customer 'zeta'$"):
+    with pytest.raises(
+        BillingError, match=r"^unknown customer 'zeta' \(known customers: alpha, beta, gamma\)$"
+    ):
         generate(s, "2026-01", "2026-02-02T00:00:00Z", customer="zeta")
     with pytest.raises(BillingError, match=r"expected a month as YYYY-MM"):
         generate(s, "2026-13", "2026-02-02T00:00:00Z")
@@ -238,6 +240,7 @@ def test_late_events_go_on_the_next_invoice_priced_incrementally(tmp_path: Path)
     assert late_line.quantity == 3000
     assert late_line.detail["late"]["billed_quantity"] == "12000"
     assert late_line.detail["late"]["total_amount"] == "125.00"
+    assert late_line.detail["late"]["billed_amount"] == "110.00"  # the currency's decimals
     with billing_store(s.db) as con:
         ex = explain_line(con, feb.number or "", late_line.line_no)
     assert [e["event_id"] for e in ex.events] == [late.event_id]

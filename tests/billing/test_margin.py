@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from billing.invoices import generate_invoices
 from billing.listprice import list_cost
 from billing.margin import margin_report, split_amount
+from billing.money import round_money
 from billing.store import billing_store
 from tests.billing.events import Event, add_events, setup, utc
 
@@ -56,8 +57,9 @@ def test_margin_per_customer_and_model(tmp_path: Path) -> None:
             "openai", model, input=1000, cached_input=0, cache_write=0, output=2000, at=day
         )
         assert cost is not None
-        assert rows[model]["cost"] == cost.quantize(Decimal("0.000001"))
-        assert rows[model]["margin"] == Decimal("22.00") - rows[model]["cost"]
+        assert rows[model]["cost"] == round_money(cost, "USD")
+        assert rows[model]["margin"] == round_money(Decimal("22.00") - cost, "USD")
+        assert rows[model]["margin"].as_tuple().exponent == -2
     assert rows["gpt-4o-unknown-xyz"]["cost"] is None
     assert rows["gpt-4o-unknown-xyz"]["margin"] is None
     assert gen.invoices[0].total == Decimal("105.00")  # 60.00 fees + 5.00 + 40.00

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal, localcontext
+from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
@@ -102,18 +102,13 @@ def terminating(value: Fraction) -> bool:
     return d == 1
 
 
-def as_decimal(value: Fraction) -> Decimal:
-    """A share such as 1/3 to 60 digits: more than the 50 billing computes with."""
-    with localcontext(prec=60):
-        return D(value.numerator) / D(value.denominator)
-
-
 def assert_matches_reference(
     c: RateCard, qty: int, currency: str, proration: Fraction = Fraction(1)
 ) -> None:
-    line = price_rate_card(c, qty, currency=currency, proration=as_decimal(proration))
+    line = price_rate_card(c, qty, currency=currency, proration=proration)
     ref = price_reference(c, qty, currency, proration)
     assert Fraction(line.amount) == ref.amount
+    assert line.proration == (1 if getattr(c.price, "prorate", True) is False else proration)
     for got, want in ((line.subtotal, ref.subtotal), (line.discount, ref.discount)):
         if terminating(want):
             assert Fraction(got) == want  # exact when the true value has a finite expansion
@@ -303,7 +298,7 @@ def test_clamps_are_prorated_with_the_line(
         min_amount=str(lo),
         max_amount=str(hi),
     )
-    line = price_rate_card(c, 1_000, currency="USD", proration=as_decimal(share))
+    line = price_rate_card(c, 1_000, currency="USD", proration=share)
     assert line.subtotal == amount  # usage itself is not prorated
     expected = min(max(Fraction(amount), Fraction(lo) * share), Fraction(hi) * share)
     assert Fraction(line.amount) == round_half_up(expected, "USD")
@@ -530,3 +525,32 @@ def test_a_true_half_rounds_up_even_through_a_repeating_division() -> None:
     (0.142857...) times 0.875 would land just below the half and round to 0.12."""
     c = card({"type": "unit", "amount": "1", "per": 7}, discount_percent="12.5")
     assert price_rate_card(c, 1, currency="USD").amount == Decimal("0.13")
+
+
+def test_a_prorated_half_cent_rounds_up() -> None:
+    """19.05 x 7/30 = 4.445 exactly: 4.45. The share is the exact Fraction 7/30, so no
+    50-digit ``0.2333...`` ever lands the product just below the half (4.44)."""
+    full = Period(START, START + timedelta(days=30))
+    share = proration(full, START, START + timedelta(days=7))
+    assert share == Fraction(7, 30)
+    line = price_rate_card(
+        card({"type": "flat", "amount": "19.05"}), 1, currency="USD", proration=share
+    )
+    assert line.amount == D("4.45")
+    assert line.to_detail()["proration_ratio"] == "7/30"
+
+
+def test_floats_are_refused_as_proration() -> None:
+    with pytest.raises(TypeError, match="proration"):
+        price_rate_card(card({"type": "flat", "amount": "1"}), 1, currency="USD", proration=0.5)  # type: ignore[arg-type]
+
+
+def test_a_prorated_maximum_is_exact_and_a_half_rounds_up() -> None:
+    """README, Rounding: max 0.09 over 5/30 of a period is 0.015 exactly -> 0.02; a 10/30
+    period with max 30.00 caps at 10.00."""
+    c = card({"type": "unit", "amount": "1.00"}, max_amount="0.09")
+    assert price_rate_card(c, 1_000, currency="USD", proration=Fraction(5, 30)).amount == D("0.02")
+    c = card({"type": "unit", "amount": "1.00"}, max_amount="30.00")
+    line = price_rate_card(c, 1_000, currency="USD", proration=Fraction(10, 30))
+    assert line.amount == D("10.00")
+    assert "maximum spend applied" in line.notes

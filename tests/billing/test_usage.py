@@ -184,17 +184,53 @@ def test_unbilled_usage_names_the_reason(tmp_path: Path) -> None:
     rows = report(tmp_path, UsageQuery(unbilled=True))
     assert [(r["reason"], r["consumer"], r["key_fingerprint"], r["total"]) for r in rows] == [
         ("consumer not linked to a customer", "stray", None, 50),
+        ("no rate card of plan 'plus' prices it", "agent-b", None, 30),  # gpt-4o on plus
         ("outside subscriptions", "agent-b", None, 40),
         ("unknown key", None, "sha256:" + "cd" * 32, 60),
+    ]
+
+
+def test_unbilled_lists_only_the_token_types_no_rate_card_prices(tmp_path: Path) -> None:
+    """Plan basic prices gpt-4o* input, cached input and output, nothing of claude; an
+    event's cache_write tokens and another model's tokens are unbilled, the rest is not.
+    Events count only when they have unpriced tokens."""
+    s = setup(tmp_path)
+    add_events(
+        s.db,
+        Event(utc("2026-03-02"), input=10, cache_write=7, output=1),
+        Event(utc("2026-03-03"), input=10, output=2),  # all priced: not listed
+        Event(utc("2026-03-04"), model="o3", input=5, output=6),  # no card's glob
+        Event(utc("2026-03-05"), provider="anthropic", model="claude-x", input=3),
+        Event(utc("2026-03-05"), model=None, output=4),  # no model reported
+        Event(utc("2026-03-06"), consumer="agent-c", provider="anthropic", model="claude-x"),
+    )
+    with billing_store(s.db) as con:
+        rows = usage_report(con, s.catalog, UsageQuery(unbilled=True, group_by=("model",)))
+    got = [
+        (r["reason"], r["customer"], r["provider"], r["model"], r["cache_write"], r["total"])
+        + (r["events"],)
+        for r in rows
+    ]
+    assert got == [
+        ("no rate card of plan 'basic' prices it", "alpha", "anthropic", "claude-x", 0, 3, 1),
+        ("no rate card of plan 'basic' prices it", "alpha", "openai", "", 0, 4, 1),
+        ("no rate card of plan 'basic' prices it", "alpha", "openai", "gpt-4o", 7, 7, 1),
+        ("no rate card of plan 'basic' prices it", "alpha", "openai", "o3", 0, 11, 1),
     ]
 
 
 @pytest.mark.parametrize(
     ("query", "message"),
     [
-        (UsageQuery(customer="zeta"), "unknown customer 'zeta'"),
+        (
+            UsageQuery(customer="zeta"),
+            "unknown customer 'zeta' (known customers: alpha, beta, gamma)",
+        ),
         (UsageQuery(consumer="nobody"), "unknown consumer 'nobody'"),
-        (UsageQuery(start=utc("2026-03-02"), end=utc("2026-03-01")), "--to must be after --from"),
+        (
+            UsageQuery(start=utc("2026-03-02"), end=utc("2026-03-01")),
+            "the time range ends before it starts",
+        ),
     ],
 )
 def test_usage_errors(tmp_path: Path, query: UsageQuery, message: str) -> None:
@@ -207,4 +243,4 @@ def test_group_by_parsing() -> None:
     assert parse_group_by("day, model") == ("model", "day")
     with pytest.raises(UsageError) as err:
         parse_group_by("model,week")
-    assert str(err.value) == "--group-by: unknown dimension 'week' (choose from model, type, day)"
+    assert str(err.value) == "unknown dimension 'week' (choose from model, type, day)"

@@ -102,7 +102,8 @@ def test_statement_charts_add_up_to_the_invoice_lines(store: Setup, tmp_path: Pa
         (["--customer", "alpha", "--period", "2026-05"],
          "Error: no invoice for 'alpha' in 2026-05: "
          "run `billing invoice generate --period 2026-05`"),
-        (["--customer", "zeta", "--period", "2026-01"], "Error: unknown customer 'zeta'"),
+        (["--customer", "zeta", "--period", "2026-01"],
+         "Error: unknown customer 'zeta' (known customers: alpha, beta)"),
     ],
 )  # fmt: skip
 def test_statement_errors_are_one_line(store: Setup, args: list[str], message: str) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from billing.store import billing_store
+from billing.usage import is_unpriced
 from tests.billing.cli.runner import error, run
 from tests.billing.events import Setup
 from tests.dashboard.conftest import Server, start_dashboard, stop
@@ -118,10 +119,15 @@ def test_health_from_the_events(dashboard: Server, store: Setup) -> None:
 def test_unbilled_is_the_cli_json(dashboard: Server, store: Setup) -> None:
     page = dashboard.json(f"/unbilled.json?{JAN}")
     assert page == cli_json(store, "unbilled", "--from", "2026-01-01", "--to", "2026-02-01")
-    assert page["rows"] == cli_json(
+    cli_rows = cli_json(
         store, "usage", "--unbilled", "--group-by", "model", "--from", "2026-01-01T00:00:00Z",
         "--to", "2026-02-01T00:00:00Z", "--format", "json",
     )  # fmt: skip
+    # the CLI's covered-but-unpriced rows are the page's "unpriced" table, in other words
+    assert page["rows"] == [r for r in cli_rows if not is_unpriced(r["reason"])]
+    cli_unpriced = [r for r in cli_rows if is_unpriced(r["reason"])]
+    assert {r["reason"] for r in cli_unpriced} == {"no rate card of plan 'pro' prices it"}
+    assert sum(r["total"] for r in cli_unpriced) == sum(u["tokens"] for u in page["unpriced"])
     reasons = {r["reason"]: r["total"] for r in page["reasons"]}
     # beta starts on the 15th: its earlier usage is outside subscriptions
     assert set(reasons) == {

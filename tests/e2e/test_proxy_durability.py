@@ -63,7 +63,7 @@ def test_kill_9_recovery_without_doubles(
     # A crash after the commit but before the segment was deleted: replaying it again
     # must not double anything.
     proxy.stop()
-    (proxy.spool / "00000000000000000001-1-000001.jsonl").write_bytes(saved)
+    (proxy.spool / "meterline-00000000000000000001-1-000001.jsonl").write_bytes(saved)
     proxy.start()
     _wait(lambda: not list(proxy.spool.glob("*.jsonl")))
     assert len(proxy.events()) == 4

@@ -21,6 +21,7 @@ def test_two_writers_share_one_lake(
     lake: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("METERLINE_LAKE_DATA", str(tmp_path / "lake-data"))
+    monkeypatch.setenv("METERLINE_LAKE_INLINE_ROWS", "1000")
     insert = """
         INSERT INTO usage_events
         SELECT * FROM (VALUES (?, TIMESTAMP '2026-03-01 10:00:00', now()::TIMESTAMP, 'acme',
@@ -43,6 +44,11 @@ def test_two_writers_share_one_lake(
             "FROM usage_events ORDER BY event_id"
         ).fetchall()
     assert rows == [("openai:chatcmpl-1", "proxy-a", 17), ("openai:chatcmpl-2", "proxy-b", 17)]
+    # Small commits are inlined into the catalog (METERLINE_LAKE_INLINE_ROWS): no tiny files.
+    assert not list((tmp_path / "lake-data").rglob("*.parquet"))
+    monkeypatch.setenv("METERLINE_LAKE_INLINE_ROWS", "0")
+    with store(lake) as con:
+        con.execute(insert, ["openai:chatcmpl-3", "proxy-b"])
     assert list((tmp_path / "lake-data").rglob("*.parquet"))  # data files really are in the lake
 
 

@@ -107,7 +107,9 @@ class MeterProxy:
 
     def command(self) -> list[str]:
         cmd = [str(MITMDUMP), "--listen-host", "127.0.0.1", "-p", "0"]
-        cmd += ["--set", f"confdir={self.confdir}", "--set", "flow_detail=0"]
+        cmd += ["--set", f"confdir={self.confdir}"]
+        if "flow_detail" not in self.options:
+            cmd += ["--set", "flow_detail=0"]
         if self.addon:
             cmd[1:1] = ["-s", str(ADDON)]
         for name, value in self.options.items():

@@ -9,9 +9,16 @@ versions), else 0.
 
 Streams: ``message_start`` carries ``message.usage`` (input and cache figures, a
 placeholder output count) and ``message_delta`` carries the cumulative ``output_tokens``
-and, in newer API versions, repeats the input/cache figures. Each field takes the latest
-non-null value, so nothing is ever added twice. Only ``message_start``,
-``message_delta`` and ``content_block_delta`` (kept raw, for estimates) are looked at.
+and, in newer API versions, repeats or revises the input/cache figures. Each field takes
+the latest non-null value, so nothing is ever added twice and ``message_delta``'s
+revision wins. Only ``message_start``, ``message_delta`` and ``content_block_delta``
+(kept raw, for estimates) are looked at. Usage from ``message_start`` alone is
+``partial``.
+
+``usage.iterations`` (advisor tool, compaction): the top-level figures are the sum of
+the ``message`` iterations; every other iteration (``advisor_message`` with its own
+``model``, ``compaction``) is billed beside them and becomes an extra usage
+(:attr:`Usage.extra`) with that iteration's figures, mapped by the same rules.
 """
 
 from __future__ import annotations
@@ -19,9 +26,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from addons.metering.extract.framing import LazyText, as_dict, as_int, as_list, loads, note
+from addons.metering.counts import CountReader, check_consistency
+from addons.metering.extract.framing import LazyText, as_dict, as_list, loads, note
 from addons.metering.sse import SSEEvent
-from addons.metering.usage import Usage
+from addons.metering.usage import Seen, Usage
 
 _FIELDS = (
     "input_tokens",
@@ -52,10 +60,39 @@ def _content_text(message: dict[str, Any]) -> str:
     return "".join(out)
 
 
+def _read_fields(raw: dict[str, Any], counts: CountReader, into: dict[str, int]) -> None:
+    """The non-null token fields of one usage object (or iteration), latest wins."""
+    for name in _FIELDS:
+        value = counts.get(raw, name, main=name == "output_tokens")
+        if value is not None:
+            into[name] = value
+    thinking = counts.get(as_dict(raw.get("output_tokens_details")), "thinking_tokens")
+    if thinking is not None:
+        into["thinking_tokens"] = thinking
+    if "cache_creation_input_tokens" not in into:
+        breakdown = as_dict(raw.get("cache_creation"))
+        parts = [counts.get(breakdown, key) for key in breakdown]
+        if any(p is not None for p in parts):
+            into["cache_creation_input_tokens"] = sum(p or 0 for p in parts)
+
+
+def _usage_of(fields: dict[str, int]) -> Usage:
+    return Usage(
+        input=fields.get("input_tokens", 0),
+        cached_input=fields.get("cache_read_input_tokens", 0),
+        cache_write=fields.get("cache_creation_input_tokens", 0),
+        output=fields.get("output_tokens", 0),
+        reasoning=fields.get("thinking_tokens", 0),
+    )
+
+
 class AnthropicReader:
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         self._fields: dict[str, int] = {}
+        self._counts = CountReader()
+        #: Iterations billed beside the top-level figures: (model or None, fields).
+        self._beside: list[tuple[str | None, dict[str, int]]] = []
         self._model: str | None = None
         self._id: str | None = None
         self._streamed = False
@@ -65,18 +102,18 @@ class AnthropicReader:
 
     def _take_usage(self, raw: Any) -> None:
         raw = as_dict(raw)
-        for field in _FIELDS:
-            value = as_int(raw.get(field))
-            if value is not None:
-                self._fields[field] = value
-        thinking = as_int(as_dict(raw.get("output_tokens_details")).get("thinking_tokens"))
-        if thinking is not None:
-            self._fields["thinking_tokens"] = thinking
-        if "cache_creation_input_tokens" not in self._fields:
-            breakdown = as_dict(raw.get("cache_creation"))
-            parts = [as_int(v) for v in breakdown.values()]
-            if any(p is not None for p in parts):
-                self._fields["cache_creation_input_tokens"] = sum(p or 0 for p in parts)
+        _read_fields(raw, self._counts, self._fields)
+        iterations = raw.get("iterations")
+        if isinstance(iterations, list):  # repeated in each report: the latest wins
+            self._beside = []
+            for item in iterations:
+                item = as_dict(item)
+                if item.get("type") == "message":
+                    continue  # already in the top-level figures
+                fields: dict[str, int] = {}
+                _read_fields(item, self._counts, fields)
+                model = item.get("model")
+                self._beside.append((model if isinstance(model, str) and model else None, fields))
 
     def _take_message(self, message: dict[str, Any]) -> None:
         if isinstance(message.get("model"), str) and message["model"]:
@@ -126,17 +163,20 @@ class AnthropicReader:
     def usage(self) -> Usage | None:
         if not self._fields:
             return None
-        f = self._fields
-        return Usage(
-            input=f.get("input_tokens", 0),
-            cached_input=f.get("cache_read_input_tokens", 0),
-            cache_write=f.get("cache_creation_input_tokens", 0),
-            output=f.get("output_tokens", 0),
-            reasoning=f.get("thinking_tokens", 0),
-            model=self._model,
-            response_id=self._id,
-            partial=self._streamed and not self._final,
-        )
+        usage = _usage_of(self._fields)
+        usage.model = self._model
+        usage.response_id = self._id
+        usage.partial = self._streamed and not self._final
+        usage.invalid = self._counts.problem() or check_consistency(usage)
+        for model, fields in self._beside:
+            extra = _usage_of(fields)
+            extra.model = model or self._model
+            usage.invalid = usage.invalid or check_consistency(extra)
+            usage.extra.append(extra)
+        return usage
+
+    def seen(self) -> Seen:
+        return Seen(self._model, self._id)
 
     def text(self) -> str:
         return self._body_text + self._text.text()

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from addons.metering.sse import SSEEvent, SSEParser
-from addons.metering.usage import Usage
+from addons.metering.usage import Seen, Usage
 
 #: A JSON body larger than this is not metered (the bytes still reach the client).
 MAX_JSON_BODY = 64 * 1024 * 1024
@@ -46,6 +46,8 @@ class Reader(Protocol):
     def usage(self) -> Usage | None: ...
 
     def text(self) -> str: ...
+
+    def seen(self) -> Seen: ...
 
 
 #: Makes a fresh reader that records its problems in the given list.
@@ -267,6 +269,10 @@ class JsonBodyExtractor:
             note(self.problems, f"unreadable output text: {exc!r}")
             return ""
 
+    def seen(self) -> Seen:
+        reader = self._reader()
+        return Seen() if reader is None else _seen(reader, self.problems)
+
 
 class SseExtractor:
     """A ``text/event-stream`` body: events are handed to the reader as they complete."""
@@ -311,6 +317,9 @@ class SseExtractor:
             note(self.problems, f"unreadable output text: {exc!r}")
             return ""
 
+    def seen(self) -> Seen:
+        return _seen(self._reader, self.problems)
+
 
 class SniffingExtractor:
     """For a body whose content type says nothing useful: the first non-blank byte
@@ -336,3 +345,17 @@ class SniffingExtractor:
 
     def output_text(self) -> str:
         return "" if self._inner is None else self._inner.output_text()
+
+    def seen(self) -> Seen:
+        return Seen() if self._inner is None else self._inner.seen()
+
+
+def _seen(reader: Reader, problems: list[str]) -> Seen:
+    try:
+        seen = reader.seen()
+    except Exception as exc:
+        note(problems, f"unreadable model or id: {exc!r}")
+        return Seen()
+    model = seen.model if isinstance(seen.model, str) and seen.model else None
+    rid = seen.response_id if isinstance(seen.response_id, str) and seen.response_id else None
+    return Seen(model, rid)

@@ -17,17 +17,17 @@ import json
 import re
 from typing import Any
 
+from addons.metering.counts import CountReader, check_consistency
 from addons.metering.extract.framing import (
     LazyText,
     as_dict,
-    as_int,
     as_list,
     has_value,
     loads,
     note,
 )
 from addons.metering.sse import SSEEvent
-from addons.metering.usage import Usage
+from addons.metering.usage import Seen, Usage
 
 _MODEL_IN_PATH = re.compile(r"/(?:models|tunedModels)/([^/:?#]+)")
 
@@ -39,17 +39,29 @@ def model_from_path(path: str) -> str | None:
 
 
 def map_usage(meta: dict[str, Any]) -> Usage:
-    prompt = as_int(meta.get("promptTokenCount")) or 0
-    cached = as_int(meta.get("cachedContentTokenCount")) or 0
-    tool_prompt = as_int(meta.get("toolUsePromptTokenCount")) or 0
-    candidates = as_int(meta.get("candidatesTokenCount")) or 0
-    thoughts = as_int(meta.get("thoughtsTokenCount")) or 0
-    return Usage(
+    """One ``usageMetadata``; unusable counts set :attr:`Usage.invalid`.
+
+    Gemini leaves out a count that is zero (a prompt-only answer has no
+    ``candidatesTokenCount``), so every field may be missing; ``null`` is unusable.
+    """
+    c = CountReader()
+    prompt = c.get(meta, "promptTokenCount", main=True) or 0
+    cached = c.get(meta, "cachedContentTokenCount", main=True) or 0
+    tool_prompt = c.get(meta, "toolUsePromptTokenCount", main=True) or 0
+    candidates = c.get(meta, "candidatesTokenCount", main=True) or 0
+    thoughts = c.get(meta, "thoughtsTokenCount", main=True) or 0
+    usage = Usage(
         input=max(prompt - cached, 0) + tool_prompt,
         cached_input=cached,
         output=candidates + thoughts,
         reasoning=thoughts,
     )
+    usage.invalid = c.problem()
+    if usage.invalid is None and cached > prompt:
+        usage.invalid = f"cachedContentTokenCount {cached} > promptTokenCount {prompt}"
+    if usage.invalid is None:
+        usage.invalid = check_consistency(usage)
+    return usage
 
 
 def chunk_text(obj: Any) -> str:
@@ -141,6 +153,11 @@ class GeminiReader:
 
     def text(self) -> str:
         return self._text.text()
+
+    def seen(self) -> Seen:
+        self._settle()
+        model = self._model if isinstance(self._model, str) else self._path_model
+        return Seen(model, self._id if isinstance(self._id, str) else None)
 
 
 def new_reader(problems: list[str], *, path: str) -> GeminiReader:

@@ -8,8 +8,9 @@ Token mapping (see README.md, "Token model"):
 - Chat/Completions/Embeddings ``usage``: ``input = prompt_tokens - cached``, where
   ``cached = prompt_tokens_details.cached_tokens``, or DeepSeek's
   ``prompt_cache_hit_tokens`` when the details are absent; ``cache_write`` from
-  OpenRouter's ``prompt_tokens_details.cache_write_tokens`` (also subtracted from input);
-  ``output = completion_tokens`` (reasoning included);
+  ``prompt_tokens_details.cache_write_tokens`` (OpenAI, OpenRouter; also subtracted from
+  input); ``output = completion_tokens`` (reasoning included), plus reasoning where the
+  provider counts it apart (xAI, see :func:`map_usage`);
   ``reasoning = completion_tokens_details.reasoning_tokens``.
 - Responses ``usage``: the same with ``input_tokens``, ``input_tokens_details``,
   ``output_tokens``, ``output_tokens_details``.
@@ -18,13 +19,16 @@ Token mapping (see README.md, "Token model"):
 Streams: the latest non-null ``usage`` wins (the final ``choices: []`` chunk with
 ``stream_options.include_usage``; Groq's ``x_groq.usage``; vLLM's cumulative
 per-chunk usage). Responses streams: ``response.completed``, ``response.incomplete`` or
-``response.failed``.
+``response.failed``. A stream's usage is the provider's final report when it rides on a
+chunk that ends the answer (``choices: []`` or a ``finish_reason``), on a final
+Responses event, or when ``[DONE]`` followed it; otherwise it is ``partial``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from addons.metering.counts import CountReader, check_consistency
 from addons.metering.extract.framing import (
     LazyText,
     as_dict,
@@ -35,7 +39,7 @@ from addons.metering.extract.framing import (
     note,
 )
 from addons.metering.sse import SSEEvent
-from addons.metering.usage import Usage
+from addons.metering.usage import Seen, Usage
 
 #: Responses API stream events that carry the final usage.
 _RESPONSE_FINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
@@ -53,36 +57,59 @@ _RESPONSE_START = frozenset({"response.created", "response.in_progress"})
 
 
 def map_usage(raw: dict[str, Any]) -> Usage | None:
-    """One OpenAI-style ``usage`` object (chat, completions, embeddings or responses)."""
+    """One OpenAI-style ``usage`` object (chat, completions, embeddings or responses).
+
+    Reasoning: OpenAI counts it inside ``completion_tokens``; xAI's chat API does not
+    (its ``total_tokens = prompt + completion + reasoning``). The two are told apart by
+    the report itself: when ``total_tokens`` equals prompt + completion + reasoning, or
+    reasoning exceeds completion (impossible if it were included), output is completion
+    + reasoning. Unusable counts set :attr:`Usage.invalid` (see :mod:`..counts`).
+    """
+    c = CountReader()
     if "input_tokens" in raw or "output_tokens" in raw:  # Responses API
-        prompt = as_int(raw.get("input_tokens")) or 0
+        prompt = c.get(raw, "input_tokens", main=True)
         in_details = as_dict(raw.get("input_tokens_details"))
         out_details = as_dict(raw.get("output_tokens_details"))
-        completion = as_int(raw.get("output_tokens")) or 0
+        completion = c.get(raw, "output_tokens", main=True)
     elif "prompt_tokens" in raw or "completion_tokens" in raw:
-        prompt = as_int(raw.get("prompt_tokens")) or 0
+        prompt = c.get(raw, "prompt_tokens", main=True)
         in_details = as_dict(raw.get("prompt_tokens_details"))
         out_details = as_dict(raw.get("completion_tokens_details"))
-        completion = as_int(raw.get("completion_tokens")) or 0
+        completion = c.get(raw, "completion_tokens", main=True)
     elif "prompt_eval_count" in raw or "eval_count" in raw:  # Ollama native
-        return Usage(
-            input=as_int(raw.get("prompt_eval_count")) or 0,
-            output=as_int(raw.get("eval_count")) or 0,
+        usage = Usage(
+            input=c.get(raw, "prompt_eval_count", main=True) or 0,
+            output=c.get(raw, "eval_count", main=True) or 0,
         )
+        usage.invalid = c.problem()
+        return usage
     else:
         return None
-    cached = as_int(in_details.get("cached_tokens"))
+    cached = c.get(in_details, "cached_tokens")
     if cached is None:
-        cached = as_int(raw.get("prompt_cache_hit_tokens"))  # DeepSeek
+        cached = c.get(raw, "prompt_cache_hit_tokens")  # DeepSeek
     cached = cached or 0
-    cache_write = as_int(in_details.get("cache_write_tokens")) or 0  # OpenRouter
-    return Usage(
+    cache_write = c.get(in_details, "cache_write_tokens") or 0  # OpenAI, OpenRouter
+    reasoning = c.get(out_details, "reasoning_tokens") or 0
+    prompt, completion = prompt or 0, completion or 0
+    output = completion
+    if reasoning and (
+        reasoning > completion or as_int(raw.get("total_tokens")) == prompt + completion + reasoning
+    ):
+        output = completion + reasoning  # xAI: completion_tokens excludes reasoning
+    usage = Usage(
         input=max(prompt - cached - cache_write, 0),
         cached_input=cached,
         cache_write=cache_write,
-        output=completion,
-        reasoning=as_int(out_details.get("reasoning_tokens")) or 0,
+        output=output,
+        reasoning=reasoning,
     )
+    usage.invalid = c.problem()
+    if usage.invalid is None and cached + cache_write > prompt:
+        usage.invalid = f"cached {cached} + cache writes {cache_write} > prompt {prompt}"
+    if usage.invalid is None:
+        usage.invalid = check_consistency(usage)
+    return usage
 
 
 def _message_text(message: dict[str, Any]) -> list[str]:
@@ -138,6 +165,15 @@ def chunk_text(obj: Any) -> str:
     return "".join(out)
 
 
+def _ends_answer(chunk: dict[str, Any]) -> bool:
+    """A chat chunk that closes the answer: the usage-only ``choices: []`` chunk, or one
+    whose choice has a ``finish_reason`` (Groq's ``x_groq.usage``, Mistral)."""
+    choices = chunk.get("choices")
+    if isinstance(choices, list) and not choices:
+        return True
+    return any(as_dict(c).get("finish_reason") for c in as_list(choices))
+
+
 def _response_event_text(obj: Any) -> str:
     delta = as_dict(obj).get("delta")
     return delta if isinstance(delta, str) else ""
@@ -158,6 +194,9 @@ class OpenAIReader:
         self._response_text = LazyText(_response_event_text, problems, "Responses event")
         self._response_final_text: str | None = None
         self._probes = _PROBES
+        self._streamed = False  # SSE events were read
+        self._ended = False  # [DONE] or a final Responses event was seen
+        self._usage_final = False  # the usage kept came with the end of the answer
 
     # --- JSON bodies and parsed chunks -------------------------------------------------
 
@@ -169,7 +208,8 @@ class OpenAIReader:
             self._on_response(as_dict(obj.get("response")) if "response" in obj else obj)
             return
         self._take_ids(obj)
-        self._take_usage(obj)
+        if self._take_usage(obj):
+            self._usage_final = not self._streamed or _ends_answer(obj)
         self._text.add_obj(obj)
 
     def _take_ids(self, obj: dict[str, Any]) -> None:
@@ -178,7 +218,8 @@ class OpenAIReader:
         if isinstance(obj.get("id"), str) and obj["id"]:
             self._id = obj["id"]
 
-    def _take_usage(self, obj: dict[str, Any]) -> None:
+    def _take_usage(self, obj: dict[str, Any]) -> bool:
+        """Keep the usage ``obj`` carries (the latest wins); whether it carried one."""
         raw = obj.get("usage")
         if not isinstance(raw, dict):
             raw = as_dict(obj.get("x_groq")).get("usage")  # Groq stream chunks
@@ -188,13 +229,14 @@ class OpenAIReader:
             usage = map_usage(raw)
             if usage is not None:
                 self._usage = usage
-            else:
-                note(self.problems, "usage object without known token fields")
+                return True
+            note(self.problems, "usage object without known token fields")
+        return False
 
-    def _on_response(self, response: dict[str, Any]) -> None:
+    def _on_response(self, response: dict[str, Any], final: bool = True) -> None:
         self._take_ids(response)
-        if isinstance(response.get("usage"), dict):
-            self._take_usage(response)
+        if isinstance(response.get("usage"), dict) and self._take_usage(response):
+            self._usage_final = final
         text = "".join(_response_output_text(response))
         if text:
             self._response_final_text = text
@@ -202,10 +244,12 @@ class OpenAIReader:
     # --- SSE ---------------------------------------------------------------------------
 
     def on_event(self, event: SSEEvent) -> None:
+        self._streamed = True
         data = event.data
         kind = event.event
         if kind == "message":
             if data.startswith("[DONE]"):
+                self._ended = True
                 return
             if data.startswith('{"type"'):  # Responses events sent without "event:" lines
                 obj = loads(data, self.problems, "stream event")
@@ -237,8 +281,10 @@ class OpenAIReader:
             if obj is None:
                 obj = loads(data, self.problems, kind)
             response = as_dict(as_dict(obj).get("response"))
+            final = kind in _RESPONSE_FINAL
+            self._ended = self._ended or final
             if response:
-                self._on_response(response)
+                self._on_response(response, final)
             elif obj is not None:
                 note(self.problems, f"{kind} without a response object")
         elif kind == "response.error" or kind == "error":
@@ -259,8 +305,12 @@ class OpenAIReader:
             model=self._model,
             response_id=self._id,
             estimated=u.estimated,
-            partial=u.partial,
+            partial=self._streamed and not (self._ended or self._usage_final),
+            invalid=u.invalid,
         )
+
+    def seen(self) -> Seen:
+        return Seen(self._model, self._id)
 
     def text(self) -> str:
         streamed = self._text.text() + self._response_text.text()

@@ -109,3 +109,55 @@ def test_parse_host_pattern(pattern: str, expected: tuple[str, int | None, bool]
 def test_bad_host_pattern(pattern: str) -> None:
     with pytest.raises(ValueError):
         parse_host_pattern(pattern)
+
+
+@pytest.mark.parametrize(
+    "host,canonical",
+    [
+        ("127.1", "127.0.0.1"),
+        ("2130706433", "127.0.0.1"),
+        ("0x7f.1", "127.0.0.1"),
+        ("LOCALHOST", "127.0.0.1"),
+        ("api.localhost", "127.0.0.1"),
+        ("[::1]", "127.0.0.1"),
+        ("::ffff:127.0.0.1", "127.0.0.1"),
+        ("API.OpenAI.com.", "api.openai.com"),
+        ("[2001:DB8::1]", "2001:db8::1"),
+        ("999.1.1.1", "999.1.1.1"),
+    ],
+)
+def test_canonical_host(host: str, canonical: str) -> None:
+    from addons.metering.providers import canonical_host
+
+    assert canonical_host(host) == canonical
+
+
+@pytest.mark.parametrize(
+    "path,normal",
+    [
+        ("/v1/chat/complet%69ons", "/v1/chat/completions"),
+        ("/v1//chat/./completions/", "/v1/chat/completions/"),
+        ("/v1/x/../chat/completions?key=1", "/v1/chat/completions"),
+        ("/v1beta/models/g%3AgenerateContent", "/v1beta/models/g:generateContent"),
+        ("/v1/chat/completions", "/v1/chat/completions"),
+    ],
+)
+def test_spellings_of_a_billed_path(path: str, normal: str) -> None:
+    from addons.metering.providers import is_billed_path, normalise_path
+
+    assert normalise_path(path) == normal
+    flavor = "gemini" if "models" in path else "openai"
+    assert is_billed_path(flavor, path)
+
+
+def test_other_spellings_of_a_catalog_host() -> None:
+    from addons.metering.providers import Provider, lookup_named
+
+    reg = ProviderRegistry([(Provider("vllm", "openai", "bearer"), ["localhost:8000"])])
+    assert reg.lookup("127.1", 8000) is not None
+    assert reg.lookup("[::1]", 8000) is not None
+    assert reg.lookup("127.0.0.1", 8001) is None
+    named = ProviderRegistry([(Provider("o", "openai", "bearer"), ["api.openai.com"])])
+    assert lookup_named(named, 443, "api.openai.com:443", None) is not None
+    assert lookup_named(named, 443, None, "api.openai.com") is not None
+    assert lookup_named(named, 443, "example.com", "example.com") is None

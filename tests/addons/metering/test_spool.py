@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import errno
+import logging
+import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from addons.metering.spool import Spool, SpoolError
+from addons.metering.spool import OPEN_SUFFIX, Spool, SpoolError
 
 
 def test_append_seal_read_remove(tmp_path: Path) -> None:
@@ -33,7 +37,7 @@ def test_one_proxy_per_spool(tmp_path: Path) -> None:
 
 
 def test_leftovers_of_a_killed_proxy_are_sealed_and_torn_lines_skipped(tmp_path: Path) -> None:
-    (tmp_path / "00000000000000000001-42-000001.open").write_bytes(
+    (tmp_path / "meterline-00000000000000000001-42-000001.open").write_bytes(
         b'{"event_id":"x"}\n{"event_id":"y"}\n{"event_id":"tor'
     )
     spool = Spool(tmp_path)
@@ -47,3 +51,150 @@ def test_unusable_directory(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(SpoolError, match="cannot use as spool"):
         Spool(blocker / "spool")
+
+
+# -- faults, injected at the OS boundary (the e2e versions are in tests/faults/) -------
+
+
+class _Disk:
+    """Stands in for ``os.write``/``os.open`` of the spool module: fails on demand."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import addons.metering.spool as spool_module
+
+        self.real_write, self.real_open = os.write, os.open
+        self.write_error: int | None = None
+        self.short = 0  # bytes the next write writes before failing (torn line)
+        self.open_error: int | None = None
+        monkeypatch.setattr(spool_module.os, "write", self.write)
+        monkeypatch.setattr(spool_module.os, "open", self.open)
+
+    def write(self, fd: int, data: bytes | memoryview) -> int:
+        if self.short:
+            n, self.short = self.short, 0
+            return self.real_write(fd, bytes(data[:n]))
+        if self.write_error is not None:
+            raise OSError(self.write_error, os.strerror(self.write_error))
+        return self.real_write(fd, data)
+
+    def open(self, path: Any, flags: int, mode: int = 0o777) -> int:
+        if self.open_error is not None and str(path).endswith(OPEN_SUFFIX):
+            raise OSError(self.open_error, os.strerror(self.open_error))
+        return self.real_open(path, flags, mode)
+
+
+def _stored(spool: Spool) -> list[str]:
+    return [e["event_id"] for p in spool.sealed() for e in Spool.read(p)]
+
+
+def test_full_disk_holds_events_logs_once_and_writes_them_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    disk = _Disk(monkeypatch)
+    spool = Spool(tmp_path, max_held=3)
+    spool.append({"event_id": "a"})
+    disk.write_error = errno.ENOSPC
+    for name in "bcde":
+        spool.append({"event_id": name})  # never raises
+    assert (spool.held, spool.dropped) == (3, 1)
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 2  # the condition once, the first drop once
+    assert "ENOSPC (No space left on device)" in errors[0]
+    spool.seal()  # still full: nothing lost, nothing raised
+    disk.write_error = None
+    spool.seal()  # space is back: the held events are written, in order
+    assert _stored(spool) == ["a", "b", "c", "d"]
+    assert spool.held == 0
+    spool.close()
+
+
+def test_a_torn_line_loses_nothing_and_glues_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    disk = _Disk(monkeypatch)
+    spool = Spool(tmp_path)
+    spool.append({"event_id": "a"})
+    disk.short, disk.write_error = 7, errno.ENOSPC  # part of "b", then the disk is full
+    spool.append({"event_id": "b"})
+    disk.write_error = None
+    spool.append({"event_id": "c"})
+    spool.seal()
+    first, second = (p.read_bytes() for p in spool.sealed())
+    assert first == b'{"event_id":"a"}\n{"event'  # the torn segment was closed
+    assert second == b'{"event_id":"b"}\n{"event_id":"c"}\n'  # b again, whole; c apart
+    assert _stored(spool) == ["a", "b", "c"]
+    spool.close()
+
+
+def test_a_short_write_is_completed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    disk = _Disk(monkeypatch)
+    spool = Spool(tmp_path)
+    disk.short = 3  # the kernel wrote 3 bytes; the rest follows in the next write
+    spool.append({"event_id": "a"})
+    spool.append({"event_id": "b"})
+    spool.seal()
+    assert _stored(spool) == ["a", "b"]
+    spool.close()
+
+
+def test_failed_seal_forgets_its_descriptor_and_retries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The descriptor is released before the rename: a failed rename cannot leave the
+    spool writing into a number the process reuses (a client socket)."""
+    spool = Spool(tmp_path)
+    spool.append({"event_id": "a"})
+    real_rename = Path.rename
+
+    def refuse(self: Path, target: Any) -> Path:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(Path, "rename", refuse)
+    spool.seal()
+    assert spool._fd is None
+    reused = os.open(os.devnull, os.O_WRONLY)  # likely the number the segment had
+    try:
+        spool.append({"event_id": "b"})  # a new segment: never the reused number
+        assert spool._fd != reused
+    finally:
+        os.close(reused)
+    monkeypatch.setattr(Path, "rename", real_rename)
+    spool.seal()
+    assert sorted(_stored(spool)) == ["a", "b"]
+    spool.close()
+
+
+def test_open_fails_then_recovers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    disk = _Disk(monkeypatch)
+    spool = Spool(tmp_path)
+    disk.open_error = errno.EROFS
+    spool.append({"event_id": "a"})
+    assert spool.held == 1
+    disk.open_error = None
+    spool.seal()
+    assert _stored(spool) == ["a"]
+    spool.close()
+
+
+def test_touches_only_its_own_files(tmp_path: Path) -> None:
+    foreign = {"notes.txt": "x", "data.jsonl": '{"event_id":"x"}\n', "a.open": "y"}
+    for name, text in foreign.items():
+        (tmp_path / name).write_text(text)
+    spool = Spool(tmp_path)
+    spool.append({"event_id": "a"})
+    spool.seal()
+    [segment] = spool.sealed()
+    assert segment.name.startswith("meterline-")
+    Spool.remove(segment)
+    spool.close()
+    assert {p.name: p.read_text() for p in tmp_path.iterdir() if p.name in foreign} == foreign
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*foreign, "meterline-spool.lock"])
+
+
+def test_segments_are_private(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "new")
+    spool.append({"event_id": "a"})
+    [segment] = (tmp_path / "new").glob("*.open")
+    assert segment.stat().st_mode & 0o077 == 0
+    assert (tmp_path / "new").stat().st_mode & 0o077 == 0
+    spool.close()

@@ -164,7 +164,7 @@ def test_torn_segment_of_a_crash_is_read_line_by_line(tmp_path: Path) -> None:
     spool_dir = tmp_path / "spool"
     spool_dir.mkdir()
     lines = [json.dumps(_event("a")), json.dumps(_event("b")), '{"event_id": "c", "ts": "20']
-    (spool_dir / "00000000000000000001-7-000001.open").write_text("\n".join(lines))
+    (spool_dir / "meterline-00000000000000000001-7-000001.open").write_text("\n".join(lines))
     spool = Spool(spool_dir)  # seals the leftover
     writer = SpoolWriter(spool, str(tmp_path / "e.duckdb"))
     assert writer.flush()
@@ -187,38 +187,38 @@ def test_line_of_the_wrong_shape_does_not_block_the_batch(tmp_path: Path) -> Non
 
 
 def test_replay_is_deduplicated_within_the_window_only(tmp_path: Path) -> None:
-    """The dedup compares with stored events from (earliest ts of the batch) - 1 day on.
+    """The dedup compares with stored events from (earliest ts of the batch) - 5 minutes on.
 
     A replayed segment keeps its original ts, so it is always caught, even when it shares a
-    batch with much later events; an id stored more than a day before a batch's earliest
+    batch with much later events; an id stored more than 5 minutes before a batch's earliest
     event is outside the window and counts as a new event.
     """
     db = tmp_path / "e.duckdb"
     spool = Spool(tmp_path / "spool")
     writer = SpoolWriter(spool, str(db))
-    day0 = "2026-03-01T12:00:00"
-    spool.append(_event("openai:a", ts=day0))
-    spool.append(_event("openai:b", ts="2026-03-01T13:00:00"))
+    t0 = "2026-03-01T12:00:00"
+    spool.append(_event("openai:a", ts=t0))
+    spool.append(_event("openai:b", ts="2026-03-01T12:01:00"))
     assert writer.flush()
     # Replay of both, in one batch with an event three days later: nothing added twice.
-    spool.append(_event("openai:a", ts=day0))
-    spool.append(_event("openai:b", ts="2026-03-01T13:00:00"))
+    spool.append(_event("openai:a", ts=t0))
+    spool.append(_event("openai:b", ts="2026-03-01T12:01:00"))
     spool.append(_event("openai:c", ts="2026-03-04T12:00:00"))
     assert writer.flush()
     assert [r[0] for r in _rows(db)] == ["openai:a", "openai:b", "openai:c"]
-    # Just inside the window (23h59m after "a", the batch's earliest ts): still a duplicate.
-    spool.append(_event("openai:a", ts="2026-03-02T11:59:00"))
+    # Just inside the window (4m59s after "a", the batch's earliest ts): still a duplicate.
+    spool.append(_event("openai:a", ts="2026-03-01T12:04:59"))
     assert writer.flush()
-    # Exactly one day after "b": the window's lower bound is inclusive, still a duplicate.
-    spool.append(_event("openai:b", ts="2026-03-02T13:00:00"))
+    # Exactly 5 minutes after "b": the window's lower bound is inclusive, still a duplicate.
+    spool.append(_event("openai:b", ts="2026-03-01T12:06:00"))
     assert writer.flush()
     assert [r[0] for r in _rows(db)] == ["openai:a", "openai:b", "openai:c"]
-    # More than a day after "a" (and the batch starts there): a new event with that id.
-    spool.append(_event("openai:a", ts="2026-03-02T12:00:01"))
+    # More than 5 minutes after "a" (and the batch starts there): a new event with that id.
+    spool.append(_event("openai:a", ts="2026-03-01T12:05:01"))
     assert writer.flush()
     assert [(r[0], str(r[1])) for r in _rows(db) if r[0] == "openai:a"] == [
         ("openai:a", "2026-03-01 12:00:00"),
-        ("openai:a", "2026-03-02 12:00:01"),
+        ("openai:a", "2026-03-01 12:05:01"),
     ]
     assert writer.inserted == 4
     spool.close()
@@ -240,3 +240,29 @@ def test_flushes_are_spread_out_when_they_are_slow() -> None:
     assert next_wait(1.0, 0.25, failed=False) == 0.25 * FLUSH_DUTY_FACTOR
     assert next_wait(1.0, 30.0, failed=False) == MAX_INTERVAL_STRETCH
     assert next_wait(0.1, 0.001, failed=True) == 0.1 * MAX_INTERVAL_STRETCH
+
+
+def test_file_stays_attached_under_traffic_and_is_freed_when_idle(tmp_path: Path) -> None:
+    """Steady traffic: one attach for many flushes. Idle: the file is free, no waiting."""
+    db = tmp_path / "e.duckdb"
+    spool = Spool(tmp_path / "spool")
+    writer = SpoolWriter(spool, str(db), interval=0.05)
+    writer.start()
+    for i in range(40):
+        spool.append(_event(f"e{i:02d}"))
+        time.sleep(0.02)
+    deadline = time.monotonic() + 20
+    while writer.link.holds_file and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not writer.link.holds_file  # idle: let go without anyone asking
+    assert writer.batches >= 4 and writer.link.attaches < writer.batches
+    probe = subprocess.run(  # no wait allowed: the file must be free right now
+        [sys.executable, "-c", "import duckdb,sys; duckdb.connect(sys.argv[1]).close()", str(db)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert probe.returncode == 0, probe.stderr
+    assert writer.stop()
+    assert len(_rows(db)) == 40
+    spool.close()

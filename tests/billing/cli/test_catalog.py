@@ -99,11 +99,61 @@ MALFORMED = [
               - {key: fee, name: Fee, price: {type: flat, amount: "-1"}}
         """,
         [
-            "{path}: plans[0].currency: String should match pattern '^[A-Z]{{3}}$'",
+            "{path}: plans[0].currency: 'usd' is not an ISO 4217 currency code; "
+            "did you mean 'USD'?",
             "{path}: plans[0].billing_cadence: "
             "'monthly' is not an ISO-8601 duration such as P1M, P1W or P1Y",
             "{path}: plans[0].rate_cards[0].price.amount: "
             "Input should be greater than or equal to 0",
+        ],
+    ),
+    (
+        "currencies that are not ISO 4217 or have no minor unit",
+        """
+        version: 1
+        plans:
+          - {key: p, name: P, currency: XYZ}
+          - {key: q, name: Q, currency: XAU}
+        customers:
+          - {key: c, name: C, currency: EUR}
+        """,
+        [
+            "{path}: plans[0].currency: 'XYZ' is not an ISO 4217 currency code "
+            "(e.g. USD, EUR, JPY)",
+            "{path}: plans[1].currency: 'XAU' has no minor unit in ISO 4217: "
+            "invoices cannot be in it",
+        ],
+    ),
+    (
+        "typos in provider names",
+        """
+        version: 1
+        providers: [{name: my-vllm, flavor: openai, hosts: ["vllm.internal:8000"]}]
+        consumers: [{name: a, inject: {antropic: KEY}}]
+        features:
+          - {key: f1, name: F1, meter: {provider: OpenAI}}
+          - {key: f2, name: F2, meter: {provider: my-vlm}}
+          - {key: f3, name: F3, meter: {provider: selfhosted}}
+          - {key: f4, name: F4, meter: {provider: my-vllm}}
+          - {key: f5, name: F5, meter: {provider: azure-openai}}
+        """,
+        [
+            "{path}: consumers[0].inject.antropic: unknown provider 'antropic'; "
+            "did you mean 'anthropic'?",
+            "{path}: features[0].meter.provider: unknown provider 'OpenAI'; did you mean 'openai'?",
+            "{path}: features[1].meter.provider: unknown provider 'my-vlm'; "
+            "did you mean 'my-vllm'?",
+            "{path}: features[2].meter.provider: unknown provider 'selfhosted'; known "
+            "providers: anthropic, azure-openai, deepseek, fireworks, gemini, groq, mistral, "
+            "my-vllm, openai, openrouter, together, xai (declare others under providers:)",
+        ],
+    ),
+    (
+        "a customer's currency",
+        "version: 1\ncustomers: [{key: c, name: C, currency: usd}]\n",
+        [
+            "{path}: customers[0].currency: 'usd' is not an ISO 4217 currency code; "
+            "did you mean 'USD'?"
         ],
     ),
     (
@@ -134,3 +184,23 @@ def test_missing_catalog_file(tmp_path: Path) -> None:
         1,
         f"Error: {tmp_path / 'nope.yaml'}: file not found\n",
     )
+
+
+def test_a_bad_currency_is_one_line_for_every_command(tmp_path: Path) -> None:
+    """invoice preview used to print a traceback for ``currency: XYZ``."""
+    s = setup(tmp_path)
+    text = s.catalog_path.read_text(encoding="utf-8").replace("currency: USD", "currency: XYZ")
+    write(s.catalog_path, text)
+    for args in (
+        ("invoice", "preview", "--customer", "alpha"),
+        ("invoice", "generate", "--period", "2026-01"),
+        ("usage",),
+    ):
+        result = run(s, *args)
+        assert result.exit_code == 1
+        assert "Traceback" not in result.stderr + result.stdout
+        first = result.stderr.splitlines()[0]
+        assert first == (
+            f"Error: {s.catalog_path}: plans[0].currency: "
+            "'XYZ' is not an ISO 4217 currency code (e.g. USD, EUR, JPY)"
+        )

@@ -15,6 +15,8 @@ import pytest
 from tests.billing.cli.runner import run
 from tests.billing.events import Event, Setup, add_events, setup, sql, utc
 
+UNKNOWN_ZETA = "Error: unknown customer 'zeta' (known customers: alpha, beta, gamma)"
+
 
 @pytest.fixture
 def s(tmp_path: Path) -> Setup:
@@ -88,7 +90,7 @@ def test_generate_csv_for_one_customer(s: Setup) -> None:
         (["--period", "2026-13"], 2, "Error: Invalid value for '--period': "
          "period '2026-13': expected a month as YYYY-MM, e.g. 2026-03"),
         (["--period", "2099-01"], 1, "Error: 2099-01 has not started yet"),
-        (["--period", "2026-01", "--customer", "zeta"], 1, "Error: unknown customer 'zeta'"),
+        (["--period", "2026-01", "--customer", "zeta"], 1, UNKNOWN_ZETA),
         ([], 2, "Error: Missing option '--period'."),
     ],
 )  # fmt: skip
@@ -126,6 +128,11 @@ def test_list_shows_stripe_status_once_synced(s: Setup) -> None:
     ]
     assert table.exit_code == 0
     assert run(s, "invoice", "list", "--customer", "beta").stdout == "(none)\n"
+
+
+def test_list_of_an_unknown_customer_is_an_error(s: Setup) -> None:
+    result = run(s, "invoice", "list", "--customer", "zeta")
+    assert (result.exit_code, result.output) == (1, UNKNOWN_ZETA + "\n")
 
 
 def test_show_text_lists_tiers(s: Setup) -> None:
@@ -201,13 +208,14 @@ def test_explain_table_json_csv(s: Setup) -> None:
     assert lines[1] == "feature gpt-out: provider openai, model GPT-4O*, token types output"
     assert lines[-1] == "2 events, quantity 12000 = line quantity 12000"
     data = json.loads(run(s, "invoice", "explain", "INV-000001", "2", "--format", "json").stdout)
-    assert data["quantity"] == 3500 and data["line"]["quantity"] == "3500"
+    assert data["quantity"] == "3500" and data["line"]["quantity"] == "3500"  # decimal strings
     assert [
         (e["event_id"], e["response_id"], e["request_id"], e["quantity"]) for e in data["events"]
     ] == [
-        ("ev-a", "resp-ev-a", "req-ev-a", 1500),
-        ("ev-b", "resp-ev-b", "req-ev-b", 2000),
+        ("ev-a", "resp-ev-a", "req-ev-a", "1500"),
+        ("ev-b", "resp-ev-b", "req-ev-b", "2000"),
     ]
+    assert data["events"][0]["input_tokens"] == 1000  # raw token counts stay JSON integers
     assert data["windows"][0]["start"] == "2026-01-01T00:00:00Z"
     rows = list(
         csv.DictReader(
@@ -218,6 +226,19 @@ def test_explain_table_json_csv(s: Setup) -> None:
         ("ev-a", "4000", "4000"),
         ("ev-b", "8000", "8000"),
     ]
+
+
+def test_explain_lists_only_events_with_tokens_the_line_counts(s: Setup) -> None:
+    """An input-only call matches the output line's model but adds nothing to it: it is
+    neither behind that line (explain) nor counted in its ``detail.events``."""
+    add_events(s.db, Event(utc("2026-01-07"), input=700, event_id="ev-c"))
+    generated(s)
+    out = json.loads(run(s, "invoice", "explain", "INV-000001", "3", "--format", "json").stdout)
+    assert [e["event_id"] for e in out["events"]] == ["ev-a", "ev-b"]
+    inp = json.loads(run(s, "invoice", "explain", "INV-000001", "2", "--format", "json").stdout)
+    assert [e["event_id"] for e in inp["events"]] == ["ev-a", "ev-c", "ev-b"]
+    shown = json.loads(run(s, "invoice", "show", "INV-000001", "--format", "json").stdout)
+    assert [ln["detail"].get("events") for ln in shown["lines"]] == [None, 3, 2, None]
 
 
 @pytest.mark.parametrize(
@@ -272,7 +293,7 @@ def test_preview(s: Setup) -> None:
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
-        (["--customer", "zeta"], 1, "Error: unknown customer 'zeta'"),
+        (["--customer", "zeta"], 1, UNKNOWN_ZETA),
         (["--customer", "beta", "--at", "2026-01-01"], 1,
          "Error: customer 'beta' has no subscription at 2026-01-01T00:00:00Z"),
         (["--customer", "beta", "--at", "soon"], 2,
@@ -324,3 +345,30 @@ def test_list_on_a_missing_database(s: Setup, tmp_path: Path) -> None:
         1,
         f"Error: {missing}: no such database (nothing metered yet?)\n",
     )
+
+
+def test_generate_on_a_store_without_events_refuses_unless_allowed(tmp_path: Path) -> None:
+    empty = setup(tmp_path)
+    refused = run(empty, "invoice", "generate", "--period", "2026-01")
+    assert refused.exit_code == 1
+    assert refused.stderr == (
+        "Error: the store holds no usage events: the 1 invoice(s) for 2026-01 would bill no "
+        "usage and could never be changed; pass --allow-empty to generate them anyway\n"
+    )
+    assert sql(empty.db, "SELECT count(*) FROM invoices") == [(0,)]
+    allowed = run(empty, "invoice", "generate", "--period", "2026-01", "--allow-empty")
+    assert allowed.exit_code == 0
+    assert allowed.stdout.splitlines()[-1] == "1 created, 0 already existed."
+
+
+def test_generate_names_the_earlier_months_never_generated(s: Setup) -> None:
+    result = run(s, "invoice", "generate", "--period", "2026-03")
+    assert result.exit_code == 0
+    assert result.stderr == (
+        "Note: earlier months with closed periods never invoiced: 2026-01 (alpha); "
+        "2026-02 (beta, gamma, alpha). Run `billing invoice generate --period 2026-01` "
+        "(and the others).\n"
+    )
+    generated(s)
+    run(s, "invoice", "generate", "--period", "2026-02")
+    assert run(s, "invoice", "generate", "--period", "2026-03").stderr == ""

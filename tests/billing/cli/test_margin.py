@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 from billing.listprice import list_cost
+from billing.money import round_money
 from tests.billing.cli.runner import run
 from tests.billing.events import Event, add_events, setup, utc
 
@@ -34,8 +35,8 @@ def test_margin_json(tmp_path: Path) -> None:
             "currency": "USD",
             "tokens": 0,
             "revenue": "60.00",
-            "cost": "0.000000",
-            "margin": "60.000000",
+            "cost": "0.00",
+            "margin": "60.00",
             "margin_pct": "100.0",
         },
         {
@@ -45,12 +46,12 @@ def test_margin_json(tmp_path: Path) -> None:
             "currency": "USD",
             "tokens": 5500,
             "revenue": "43.00",  # 1500 * 2/1000 + 4000 * 10/1000
-            "cost": str(cost.quantize(Decimal("0.000001"))),
-            "margin": str(Decimal("43.00") - cost.quantize(Decimal("0.000001"))),
+            "cost": str(round_money(cost, "USD")),  # money: the currency's decimals
+            "margin": str(round_money(Decimal("43.00") - cost, "USD")),
             "margin_pct": str(
-                (
-                    (Decimal("43.00") - cost.quantize(Decimal("0.000001"))) * 100 / Decimal("43.00")
-                ).quantize(Decimal("0.1"))
+                ((Decimal("43.00") - cost) * 100 / Decimal("43.00")).quantize(
+                    Decimal("0.1"), rounding=ROUND_HALF_UP
+                )
             ),
         },
     ]

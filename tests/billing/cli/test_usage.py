@@ -82,6 +82,7 @@ def test_unbilled(s: Setup) -> None:
     result = run(s, "usage", "--unbilled", "--format", "json")
     rows = json.loads(result.stdout)
     assert [(r["reason"], r["consumer"], r["key_fingerprint"], r["total"]) for r in rows] == [
+        ("no rate card of plan 'plus' prices it", "agent-b", None, 30),
         ("outside subscriptions", "agent-b", None, 40),
         ("unknown key", None, "sha256:" + "cd" * 32, 60),
     ]
@@ -90,7 +91,11 @@ def test_unbilled(s: Setup) -> None:
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
-        (["--customer", "zeta"], 1, "Error: unknown customer 'zeta'"),
+        (
+            ["--customer", "zeta"],
+            1,
+            "Error: unknown customer 'zeta' (known customers: alpha, beta, gamma)",
+        ),
         (["--consumer", "nobody"], 1, "Error: unknown consumer 'nobody'"),
         (["--from", "2026-03-02", "--to", "2026-03-01"], 1, "Error: --to must be after --from"),
         (

@@ -313,6 +313,25 @@ def test_missing_api_key(cli: CliFn, fake: FakeStripe, monkeypatch: pytest.Monke
     assert fake.log == []
 
 
+@pytest.mark.parametrize("command", ["sync", "status"])
+def test_unknown_customer_is_one_line(cli: CliFn, fake: FakeStripe, command: str) -> None:
+    result = cli(command, "--customer", "nosuch")
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: unknown customer 'nosuch' (known customers: acme, globex, umbrella)\n"
+    )
+    assert fake.log == []
+
+
+def test_a_consumer_named_as_customer_is_explained(cli: CliFn, fake: FakeStripe) -> None:
+    result = cli("sync", "--customer", "agent-a", "--dry-run")
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: unknown customer 'agent-a': 'agent-a' is a consumer, billed to customer "
+        "'acme' (known customers: acme, globex, umbrella)\n"
+    )
+
+
 def test_stripe_error_shows_status_code_and_request_id(
     cli: CliFn, fake: FakeStripe, billed: Billed
 ) -> None:

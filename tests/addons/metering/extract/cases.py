@@ -367,7 +367,15 @@ OPENAI_RESPONSES_INCOMPLETE = Case(
             {
                 "type": "response.incomplete",
                 "response": {
-                    **_response("incomplete", {**_RESP_USAGE, "output_tokens": 16}),
+                    **_response(
+                        "incomplete",
+                        {
+                            **_RESP_USAGE,
+                            "output_tokens": 16,
+                            "output_tokens_details": {"reasoning_tokens": 12},
+                            "total_tokens": 52,
+                        },
+                    ),
                     "incomplete_details": {"reason": "max_output_tokens"},
                 },
             },
@@ -378,7 +386,7 @@ OPENAI_RESPONSES_INCOMPLETE = Case(
         cached_input=10,
         cache_write=0,
         output=16,
-        reasoning=30,
+        reasoning=12,
         model="gpt-4.1-2025-04-14",
         response_id=_RESP_ID,
     ),

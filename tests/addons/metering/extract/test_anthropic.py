@@ -215,3 +215,80 @@ def stream_raw(body: bytes):
     )
     ext.feed(body)
     return ext.finish(), ext.output_text(), ext.problems
+
+
+def test_iterations_other_than_message_are_billed_beside() -> None:
+    """Advisor tool: the top level sums the executor's turns; the advisor's turn is extra."""
+    iterations = [
+        {"type": "message", "input_tokens": 1128, "output_tokens": 135},
+        {
+            "type": "advisor_message",
+            "model": "claude-opus-4-8",
+            "input_tokens": 2543,
+            "output_tokens": 18,
+            "cache_read_input_tokens": 0,
+            "cache_creation_input_tokens": 0,
+        },
+        {
+            "type": "compaction",
+            "input_tokens": 100,
+            "cache_read_input_tokens": 55096,
+            "output_tokens": 83,
+        },
+        {"type": "message", "input_tokens": 1283, "output_tokens": 10},
+    ]
+    usage, _, problems = stream(
+        start(input_tokens=1128, output_tokens=2),
+        delta(input_tokens=2411, output_tokens=145, iterations=iterations),
+    )
+    assert problems == [] and usage is not None and not usage.partial
+    assert (usage.input, usage.output) == (2411, 145)
+    assert usage.extra == [
+        Usage(input=2543, output=18, model="claude-opus-4-8"),
+        Usage(input=100, cached_input=55096, output=83, model="claude-x"),
+    ]
+
+
+def test_message_delta_revises_cache_figures() -> None:
+    """Compaction: message_start carries the compaction step's cache read; message_delta
+    revises the top-level figures to the message's own (the latest non-null wins)."""
+    usage, _, _ = stream(
+        start(input_tokens=100, cache_read_input_tokens=55096, output_tokens=7),
+        delta(input_tokens=181, cache_read_input_tokens=0, output_tokens=8),
+    )
+    assert usage is not None and (usage.input, usage.cached_input, usage.output) == (181, 0, 8)
+
+
+def test_null_input_in_message_delta_is_not_reported() -> None:
+    usage, _, _ = stream(
+        start(input_tokens=25, output_tokens=1),
+        delta(input_tokens=None, cache_read_input_tokens=None, output_tokens=40),
+    )
+    assert usage is not None and usage.invalid is None
+    assert (usage.input, usage.output) == (25, 40)
+
+
+@pytest.mark.parametrize(
+    ("delta_usage", "bad"),
+    [
+        ({"output_tokens": -70}, "output_tokens=-70"),
+        ({"output_tokens": None}, "output_tokens=None"),
+        ({"output_tokens": 5, "cache_read_input_tokens": "9"}, "cache_read_input_tokens='9'"),
+        ({"output_tokens": 2**63}, "output_tokens="),
+        (
+            {"output_tokens": 5, "output_tokens_details": {"thinking_tokens": 9}},
+            "reasoning 9 > output 5",
+        ),
+    ],
+)
+def test_unusable_counts_are_invalid(delta_usage: dict, bad: str) -> None:
+    usage, _, _ = stream(start(input_tokens=25, output_tokens=1), delta(**delta_usage))
+    assert usage is not None and usage.invalid is not None and bad in usage.invalid
+
+
+def test_cut_stream_keeps_the_id_and_model_seen() -> None:
+    ext = new_extractor(
+        "anthropic", path="/v1/messages", content_type="text/event-stream", streaming_requested=True
+    )
+    ext.feed(sse(start(input_tokens=25, output_tokens=1)))
+    assert ext.seen() == ("claude-x", "msg_1")

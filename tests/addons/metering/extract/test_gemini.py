@@ -159,3 +159,26 @@ def test_thought_parts_and_function_calls_are_text() -> None:
 def test_lf_and_crlf_sse_agree() -> None:
     lf = GEMINI_SSE.body.replace(b"\r\n", b"\n")
     assert run(lf, path=GEMINI_SSE.path) == run(GEMINI_SSE.body, path=GEMINI_SSE.path)
+
+
+@pytest.mark.parametrize(
+    ("meta", "bad"),
+    [
+        ({"promptTokenCount": -5, "candidatesTokenCount": 3}, "promptTokenCount=-5"),
+        ({"promptTokenCount": 5, "candidatesTokenCount": None}, "candidatesTokenCount=None"),
+        ({"promptTokenCount": 5, "cachedContentTokenCount": 9}, "cachedContentTokenCount 9 >"),
+        ({"promptTokenCount": 5, "thoughtsTokenCount": 1.5}, "thoughtsTokenCount=1.5"),
+    ],
+)
+def test_unusable_counts_are_invalid(meta: dict, bad: str) -> None:
+    usage = map_usage(meta)
+    assert usage.invalid is not None and bad in usage.invalid
+
+
+def test_seen_has_the_model_from_the_path_without_usage() -> None:
+    ext = new_extractor(
+        "gemini", path=SSE_PATH, content_type="text/event-stream", streaming_requested=True
+    )
+    ext.feed(sse({"candidates": [{"content": {"parts": [{"text": "Hi"}]}}], "responseId": "r-1"}))
+    assert ext.finish() is None
+    assert ext.seen() == ("gemini-2.5-pro", "r-1")

@@ -87,8 +87,67 @@ def chunk(content: str | None = None, **extra: object) -> dict:
         ),
         pytest.param(
             {"prompt_tokens": 5, "prompt_tokens_details": {"cached_tokens": 9}},
-            Usage(input=0, cached_input=9),
-            id="inconsistent-cached-over-prompt-clamps",
+            Usage(input=0, cached_input=9, invalid="cached 9 + cache writes 0 > prompt 5"),
+            id="inconsistent-cached-over-prompt-is-invalid",
+        ),
+        pytest.param(
+            {
+                "prompt_tokens": 12,
+                "completion_tokens": 2,
+                "total_tokens": 354,
+                "prompt_tokens_details": {"cached_tokens": 11},
+                "completion_tokens_details": {"reasoning_tokens": 340},
+            },
+            Usage(input=1, cached_input=11, output=342, reasoning=340),
+            id="xai-completion-excludes-reasoning",
+        ),
+        pytest.param(
+            {
+                "prompt_tokens": 291,
+                "completion_tokens": 26,
+                "total_tokens": 506,
+                "completion_tokens_details": {"reasoning_tokens": 189},
+            },
+            Usage(input=291, output=215, reasoning=189),
+            id="xai-told-by-total",
+        ),
+        pytest.param(
+            {
+                "prompt_tokens": 100,
+                "completion_tokens": 30,
+                "completion_tokens_details": {"reasoning_tokens": 10},
+                "total_tokens": 140,
+            },
+            Usage(input=100, output=40, reasoning=10),
+            id="xai-reasoning-below-completion-told-by-total",
+        ),
+        pytest.param(
+            {
+                "prompt_tokens": 687,
+                "completion_tokens": 240,
+                "completion_tokens_details": {"reasoning_tokens": 165},
+                "total_tokens": 927,
+            },
+            Usage(input=687, output=240, reasoning=165),
+            id="openai-completion-includes-reasoning",
+        ),
+        pytest.param(
+            {
+                "prompt_tokens": 20,
+                "completion_tokens": 3,
+                "prompt_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 12},
+            },
+            Usage(input=8, cache_write=12, output=3),
+            id="openai-cache-write",
+        ),
+        pytest.param(
+            {
+                "input_tokens": 4020,
+                "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 4012},
+                "output_tokens": 5,
+            },
+            Usage(input=8, cache_write=4012, output=5),
+            id="responses-cache-write",
         ),
         pytest.param(
             {
@@ -325,3 +384,97 @@ def test_documented_stream_chunks_are_valid_for_the_official_sdk(case: Case) -> 
     for block in case.body.split(b"\n\n"):
         if block and block != b"data: [DONE]":
             ChatCompletionChunk.model_validate_json(block.removeprefix(b"data: "))
+
+
+@pytest.mark.parametrize(
+    ("raw", "bad"),
+    [
+        pytest.param(
+            {"prompt_tokens": 10, "completion_tokens": -70}, "completion_tokens=-70", id="negative"
+        ),
+        pytest.param(
+            {
+                "prompt_tokens": 10,
+                "completion_tokens": 1,
+                "prompt_tokens_details": {"cached_tokens": -1000},
+            },
+            "cached_tokens=-1000",
+            id="negative-cached",
+        ),
+        pytest.param({"prompt_tokens": 2**63, "completion_tokens": 1}, "prompt_tokens=", id="huge"),
+        pytest.param(
+            {"prompt_tokens": 10**9 + 1, "completion_tokens": 1},
+            "prompt_tokens=",
+            id="over-a-billion",
+        ),
+        pytest.param(
+            {"prompt_tokens": None, "completion_tokens": 5}, "prompt_tokens=None", id="null-main"
+        ),
+        pytest.param(
+            {"prompt_tokens": "12", "completion_tokens": 5}, "prompt_tokens='12'", id="string"
+        ),
+        pytest.param(
+            {"prompt_tokens": 12.5, "completion_tokens": 5}, "prompt_tokens=12.5", id="fraction"
+        ),
+        pytest.param(
+            {"prompt_tokens": True, "completion_tokens": 5}, "prompt_tokens=True", id="bool"
+        ),
+        pytest.param({"input_tokens": 10, "output_tokens": [3]}, "output_tokens=[3]", id="list"),
+        pytest.param(
+            {"prompt_eval_count": -1, "eval_count": 3}, "prompt_eval_count=-1", id="ollama"
+        ),
+    ],
+)
+def test_unusable_counts_make_the_usage_invalid(raw: dict, bad: str) -> None:
+    usage = map_usage(raw)
+    assert usage is not None and usage.invalid is not None
+    assert bad in usage.invalid
+
+
+def test_null_details_are_not_reported_not_invalid() -> None:
+    usage = map_usage(
+        {
+            "prompt_tokens": 10,
+            "completion_tokens": 2,
+            "prompt_tokens_details": {"cached_tokens": None},
+            "completion_tokens_details": {"reasoning_tokens": None},
+        }
+    )
+    assert usage == Usage(input=10, output=2)
+
+
+def test_cut_stream_keeps_the_id_and_model_seen() -> None:
+    ext = new_extractor(
+        "openai",
+        path="/v1/chat/completions",
+        content_type="text/event-stream",
+        streaming_requested=True,
+    )
+    ext.feed(sse(chunk("Hel"), chunk("lo")))
+    assert ext.finish() is None
+    assert ext.seen() == ("gpt-4o-mini", "chatcmpl-1")
+
+
+@pytest.mark.parametrize(
+    ("events", "partial"),
+    [
+        pytest.param(
+            [chunk("Hi"), chunk(choices=[], usage={"prompt_tokens": 3, "completion_tokens": 1})],
+            False,
+            id="usage-chunk-ends-the-answer",
+        ),
+        pytest.param(
+            [chunk("Hi", usage={"prompt_tokens": 3, "completion_tokens": 1})],
+            True,
+            id="cumulative-usage-then-cut",
+        ),
+        pytest.param(
+            [chunk("Hi", usage={"prompt_tokens": 3, "completion_tokens": 1}), "[DONE]"],
+            False,
+            id="cumulative-usage-then-done",
+        ),
+    ],
+)
+def test_stream_usage_is_partial_until_the_answer_ends(events: list, partial: bool) -> None:
+    usage, _, _ = chat_stream(*events)
+    assert usage is not None and usage.partial is partial

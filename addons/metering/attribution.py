@@ -1,0 +1,109 @@
+"""Which key pays for a call: the one the provider will authenticate, by its own rules.
+
+A request may carry several keys (an SDK default plus a header an agent adds, a key in
+the URL and one in a header). Billing "the first key found in the catalog" would let a
+caller present a stranger's known key next to their own: the provider authenticates
+theirs, the stranger pays. So the billed key is the one in the first place the flavor's
+provider reads:
+
+========================  ===============================================================
+flavor (auth)             places read, in order
+========================  ===============================================================
+openai                    ``Authorization: Bearer``
+openai (``api-key``)      ``api-key``, then ``Authorization: Bearer`` (Azure)
+anthropic                 ``x-api-key``, then ``Authorization: Bearer``
+gemini                    ``x-goog-api-key``, ``?key=``, then ``Authorization: Bearer``
+                          (an OAuth token)
+any (gateway key)         ``apikey`` (Kong key-auth: for the proxy, when nothing above is
+                          present; consumers with key injection present their key there)
+========================  ===============================================================
+
+A place given twice with different keys (two ``Authorization`` headers) bills no one:
+which one the provider reads is not defined. A request that carries more than one
+distinct key anywhere (places above and every other key header) is *ambiguous*: with
+``meter_unknown_keys=reject`` the proxy refuses it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import parse_qsl
+
+from addons.metering.keys import KEY_HEADERS
+from addons.metering.providers import Provider
+
+QUERY_KEY = "?key"
+GATEWAY_HEADER = "apikey"
+
+
+@dataclass(frozen=True, slots=True)
+class Presented:
+    """The keys of one request: ``billed`` is the provider's (None: none, or undefined)."""
+
+    billed: str | None
+    distinct: int
+    """How many different keys the request carries, in any key header or ``?key=``."""
+
+    @property
+    def ambiguous(self) -> bool:
+        return self.distinct > 1
+
+
+def places(provider: Provider) -> tuple[str, ...]:
+    """The key places ``provider`` reads, in the order it reads them."""
+    if provider.flavor == "anthropic":
+        return ("x-api-key", "authorization")
+    if provider.flavor == "gemini":
+        return ("x-goog-api-key", QUERY_KEY, "authorization")
+    if provider.auth != "bearer":
+        return (provider.auth, "authorization")
+    return ("authorization",)
+
+
+_KEY_HEADER_BYTES = {name.encode(): name for name in KEY_HEADERS}
+
+
+def _values(headers: Mapping[str, str], query: str) -> dict[str, list[str]]:
+    """Every key value by place (header name, or ``?key``); empty values left out."""
+    found: dict[str, list[str]] = {}
+    fields = getattr(headers, "fields", None)
+    pairs = (
+        (
+            (_KEY_HEADER_BYTES.get(raw.lower()), value.decode("utf-8", "surrogateescape"))
+            for raw, value in fields
+        )
+        if fields is not None
+        else ((n.lower() if n.lower() in KEY_HEADERS else None, v) for n, v in headers.items())
+    )
+    for name, value in pairs:
+        if name is None:
+            continue
+        if name == "authorization":
+            scheme, _, token = value.strip().partition(" ")
+            if scheme.lower() != "bearer":
+                continue
+            value = token
+        value = value.strip()
+        if value:
+            found.setdefault(name, []).append(value)
+    if "key=" in query:
+        keys = [v.strip() for k, v in parse_qsl(query) if k == "key" and v.strip()]
+        if keys:
+            found[QUERY_KEY] = keys
+    return found
+
+
+def presented(headers: Mapping[str, str], query: str, provider: Provider) -> Presented:
+    """The key ``provider`` will authenticate (billed), and whether there are others."""
+    found = _values(headers, query)
+    if not found:
+        return Presented(None, 0)
+    distinct = len({v for values in found.values() for v in values})
+    billed: str | None = None
+    for place in (*places(provider), GATEWAY_HEADER):
+        values = found.get(place)
+        if values:
+            billed = values[0] if len(set(values)) == 1 else None
+            break
+    return Presented(billed, distinct)

@@ -1,0 +1,40 @@
+"""Start-up hints for the proxy log: set-ups that silently meter nothing.
+
+Agents usually set only ``HTTPS_PROXY``. Most HTTP clients then send ``http://`` URLs
+(a local vLLM or Ollama) straight to the server, past the proxy, and nothing is
+metered, without any error. The catalog gives hosts without a scheme, so the proxy
+cannot know which are plain HTTP; a host with an explicit port other than 443 almost
+always is (``localhost:8000``, ``127.0.0.1:11434``), and for those it says so once.
+"""
+
+from __future__ import annotations
+
+from addons.metering.providers import parse_host_pattern
+from meterline.catalog import Catalog
+
+
+def plain_http_providers(catalog: Catalog | None) -> list[tuple[str, str]]:
+    """``(provider, host pattern)`` of catalog providers probably served over plain HTTP."""
+    found = []
+    for provider in catalog.providers if catalog else []:
+        for pattern in provider.hosts:
+            try:
+                _host, port, _wildcard = parse_host_pattern(pattern)
+            except ValueError:
+                continue  # reported when the registry is built
+            if port is not None and port != 443:
+                found.append((provider.name, pattern))
+    return found
+
+
+def plain_http_warning(catalog: Catalog | None) -> str | None:
+    """One log line naming those hosts, or None."""
+    found = plain_http_providers(catalog)
+    if not found:
+        return None
+    hosts = ", ".join(f"{name} {pattern}" for name, pattern in found)
+    return (
+        f"meterline: catalog provider(s) on a port other than 443, likely plain http:// "
+        f"({hosts}): agents must set HTTP_PROXY as well as HTTPS_PROXY, or their requests "
+        "to those hosts bypass the proxy and are not metered"
+    )

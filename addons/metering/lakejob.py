@@ -1,0 +1,79 @@
+"""The proxy's share of lake upkeep: one maintenance pass now and then, one proxy at a time.
+
+Each proxy writing to a DuckLake runs a :class:`LakeMaintainer` thread. Every
+``METERLINE_LAKE_MAINTAIN_EVERY`` seconds (default 600; 0 turns it off, e.g. when a cron
+job runs ``billing lake maintain`` instead) it tries to take the lake's maintenance lease
+(:func:`meterline.lakemaint.take_lease`); the proxy that gets it runs one bounded pass
+(:func:`meterline.lakemaint.maintain`) on its own connection, so the writer keeps
+flushing meanwhile, and gives the lease back. A proxy killed mid-pass leaves a lease that
+lapses after its ttl (30 minutes); what the pass had committed stays valid.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import threading
+
+from meterline.lakemaint import MaintenanceReport, maintain, release_lease, take_lease
+from meterline.store import store
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EVERY_S = 600.0
+
+
+def maintain_every_s(env: dict[str, str] | None = None) -> float:
+    """``METERLINE_LAKE_MAINTAIN_EVERY`` in seconds (0: never); a bad value: the default."""
+    text = (os.environ if env is None else env).get("METERLINE_LAKE_MAINTAIN_EVERY", "")
+    try:
+        return max(0.0, float(text)) if text else DEFAULT_EVERY_S
+    except ValueError:
+        log.warning("meterline: METERLINE_LAKE_MAINTAIN_EVERY=%r is not seconds", text)
+        return DEFAULT_EVERY_S
+
+
+class LakeMaintainer:
+    def __init__(self, locator: str, *, every_s: float, holder: str | None = None) -> None:
+        self.locator = locator
+        self.every_s = every_s
+        self.holder = holder or f"proxy:{socket.gethostname()}:{os.getpid()}"
+        self.passes = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self.every_s <= 0 or self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="meterline-lake", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        # Start at a random point of the period: a fleet started together spreads out.
+        while not self._stop.wait(self.every_s * (0.5 + random.random())):
+            try:
+                self.run_once()
+            except Exception as e:  # the lake is down or locked: try at the next period
+                log.warning("meterline: lake maintenance of %s failed: %s", self.locator, e)
+
+    def run_once(self) -> MaintenanceReport | None:
+        """One pass if this proxy gets the lease; None if another holds it."""
+        with store(self.locator) as con:
+            con.execute("SET threads = 1")  # the proxy's cores are for its traffic
+            if not take_lease(con, self.holder):
+                return None
+            try:
+                report = maintain(con)
+            finally:
+                release_lease(con, self.holder)
+        self.passes += 1
+        log.info("meterline: lake maintenance: %s", report)
+        return report
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)  # mid-pass: left to finish (daemon); lease lapses
+            self._thread = None

@@ -1,0 +1,40 @@
+"""Which chunk of a streamed response completes the client's answer.
+
+With ``meter_durable`` the event must be in the spool before the client has its whole
+answer. mitmproxy runs the ``response`` hook before it sends the end of a streamed
+message (the last chunk of a chunked body, HTTP/2's END_STREAM), which covers clients
+that read to the end. Two kinds of client are done earlier, on a data chunk:
+
+- a body of known length (``Content-Length``) is complete with its last byte;
+- OpenAI's SDKs stop reading at the ``data: [DONE]`` event and close the response.
+
+:meth:`EndWatch.completes` spots that chunk, so the proxy meters the flow before the
+chunk is handed on. Cost on the forwarding path: a subtraction, and a substring test
+for OpenAI streams.
+"""
+
+from __future__ import annotations
+
+import re
+
+# "[DONE]" at the start of a line: inside a JSON data line a newline is always escaped.
+_DONE_EVENT = re.compile(rb"(?:^|\n)data: ?\[DONE\]")
+
+
+class EndWatch:
+    __slots__ = ("remaining", "done_event")
+
+    def __init__(self, content_length: str | None, *, done_event: bool) -> None:
+        known = content_length is not None and content_length.isdigit()
+        # "0" promises no body at all: no data chunk can complete it.
+        self.remaining = int(content_length) or None if known and content_length else None
+        self.done_event = done_event
+        """Watch for OpenAI's ``data: [DONE]``."""
+
+    def completes(self, chunk: bytes) -> bool:
+        """Whether ``chunk`` (raw, as forwarded) completes what the client reads."""
+        if self.remaining is not None:
+            self.remaining -= len(chunk)
+            if self.remaining <= 0:
+                return True
+        return self.done_event and b"[DONE]" in chunk and _DONE_EVENT.search(chunk) is not None

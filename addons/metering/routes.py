@@ -1,0 +1,133 @@
+"""Gateway routes: a path on the proxy in reverse mode -> a provider endpoint, model pinned.
+
+Run as a gateway (``mitmdump --mode reverse:https://api.openai.com -s addons/meter.py``),
+the proxy is the agents' endpoint. A catalog route such as
+
+    routes:
+      - {path: /chat, type: llm/v1/chat, provider: openai, model: gpt-4o}
+
+sends ``POST /chat`` to the provider's chat endpoint (``/v1/chat/completions``) and meters
+it as ``openai`` traffic, whatever host the reverse mode forwards to. With ``model`` set,
+the request's own ``model`` is overridden, as Kong's AI Proxy does with a pinned model,
+so clients may leave it out. Bodies are passed on in the provider's own format (no
+translation between APIs).
+
+Routes apply only to flows that arrived on a reverse-mode listener (the caller checks):
+a forward proxy's ``https://example.com/chat`` is never rewritten.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from addons.metering.providers import Provider, ProviderRegistry, is_billed_path
+from meterline.catalog import Catalog, RouteType
+
+_ENDPOINTS: dict[tuple[str, RouteType], str] = {
+    ("openai", "llm/v1/chat"): "/v1/chat/completions",
+    ("openai", "llm/v1/completions"): "/v1/completions",
+    ("openai", "llm/v1/embeddings"): "/v1/embeddings",
+    ("anthropic", "llm/v1/chat"): "/v1/messages",
+    ("gemini", "llm/v1/chat"): "/v1beta/models/{model}:generateContent",
+}
+"""The provider endpoint a route type calls, per API flavor."""
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayRoute:
+    path: str
+    provider: Provider
+    upstream_path: str
+    """Path (and query) to call on the provider."""
+    model: str | None
+    """Pinned model: replaces the request body's ``model`` (Gemini: in the path already)."""
+
+    def upstream(self, path: str) -> str:
+        """The upstream path for a request to ``path``; the client's query string is kept."""
+        query = path.partition("?")[2]
+        if not query:
+            return self.upstream_path
+        return f"{self.upstream_path}{'&' if '?' in self.upstream_path else '?'}{query}"
+
+    @property
+    def pins_body_model(self) -> bool:
+        return self.model is not None and self.provider.flavor != "gemini"
+
+
+def endpoint(flavor: str, route_type: RouteType, model: str | None) -> str:
+    """The provider path for ``route_type``; raises ValueError when the flavor has none."""
+    template = _ENDPOINTS.get((flavor, route_type))
+    if template is None:
+        raise ValueError(f"the {flavor} API has no {route_type} endpoint")
+    if "{model}" in template:
+        if model is None:
+            raise ValueError(f"a route to the {flavor} API needs a model (it is part of the path)")
+        return template.format(model=model)
+    return template
+
+
+class RouteTable:
+    """Gateway path -> :class:`GatewayRoute`; empty unless the catalog has ``routes``."""
+
+    def __init__(self, routes: Iterable[GatewayRoute] = ()) -> None:
+        self._by_path = {_normal(r.path): r for r in routes}
+
+    @classmethod
+    def from_catalog(cls, catalog: Catalog | None, registry: ProviderRegistry) -> RouteTable:
+        """Resolve each route's provider and endpoint; ValueError names the bad route."""
+        if catalog is None or not catalog.routes:
+            return cls()
+        named = {p.name: p for p in registry.providers}
+        out = []
+        for i, route in enumerate(catalog.routes):
+            where = f"routes[{i}] ({route.path})"
+            provider = named.get(route.provider)
+            if provider is None:
+                known = ", ".join(sorted(named))
+                raise ValueError(f"{where}: unknown provider {route.provider!r} (known: {known})")
+            try:
+                upstream = route.upstream_path or endpoint(provider.flavor, route.type, route.model)
+            except ValueError as e:
+                raise ValueError(f"{where}: {e}") from None
+            if not is_billed_path(provider.flavor, upstream):
+                raise ValueError(
+                    f"{where}: {upstream} is not an endpoint Meterline meters "
+                    f"on the {provider.flavor} API"
+                )
+            out.append(GatewayRoute(route.path, provider, upstream, route.model))
+        return cls(out)
+
+    def __bool__(self) -> bool:
+        return bool(self._by_path)
+
+    def __iter__(self) -> Iterator[GatewayRoute]:
+        return iter(self._by_path.values())
+
+    def match(self, path: str) -> GatewayRoute | None:
+        """The route for a request path (query string and a trailing ``/`` ignored)."""
+        return self._by_path.get(_normal(path.partition("?")[0]))
+
+
+def _normal(path: str) -> str:
+    return path.rstrip("/") or "/"
+
+
+def pin_model(body: bytes, model: str) -> bytes | None:
+    """The JSON request body with ``model`` set to ``model``; None to leave it as it is.
+
+    None when the body already names that model, or is not a JSON object: such a body
+    is passed on unchanged and the provider answers it with its own error, as it would
+    without the gateway.
+    """
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    if data.get("model") == model:
+        return None
+    data["model"] = model
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()

@@ -1,0 +1,61 @@
+"""``billing lake maintain``: one maintenance pass on a DuckLake (for cron, or by hand)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import asdict
+from datetime import timedelta
+
+import click
+
+from billing import render
+from billing.cli.common import Settings, format_option, pass_settings
+from meterline.lakemaint import DEFAULT_KEEP, maintain, release_lease, take_lease
+from meterline.store import LAKE_PREFIX, StoreError, store
+
+
+@click.group("lake")
+def lake_group() -> None:
+    """Upkeep of a DuckLake store (a fleet of proxies)."""
+
+
+@lake_group.command("maintain")
+@click.option(
+    "--keep",
+    type=click.IntRange(min=1),
+    default=int(DEFAULT_KEEP.total_seconds()),
+    show_default=True,
+    help="Seconds of snapshots (and of freed files) kept for readers still running.",
+)
+@click.option(
+    "--flush-inlined",
+    is_flag=True,
+    help="Also move rows inlined in the catalog to Parquet files. Only with every proxy "
+    "stopped: DuckLake 0.3 duplicates rows committed meanwhile.",
+)
+@format_option()
+@pass_settings
+def maintain_cmd(settings: Settings, keep: int, flush_inlined: bool, fmt: str) -> None:
+    """Compact the lake's files, expire old snapshots, delete the files they freed.
+
+    Takes the lake's maintenance lease first, so it never runs twice at once (a proxy's
+    own pass included); exits with an error when another holder has it. Invoices are
+    unchanged by it: rows move between files, none is changed.
+
+    \b
+    Example usage:
+      billing --db "$LAKE" lake maintain
+      */10 * * * *  billing --db "$LAKE" lake maintain --format json
+    """
+    if not settings.db.startswith(LAKE_PREFIX):
+        raise StoreError(f"{settings.db}: not a DuckLake (lake maintain is for ducklake:...)")
+    holder = f"billing:{socket.gethostname()}:{os.getpid()}"
+    with store(settings.db) as con:
+        if not take_lease(con, holder):
+            raise StoreError("another maintenance pass holds the lake's lease; try later")
+        try:
+            report = maintain(con, keep=timedelta(seconds=keep), flush_inlined=flush_inlined)
+        finally:
+            release_lease(con, holder)
+    click.echo(render.rows([asdict(report)], fmt))

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import pytest
+from mitmproxy.http import Headers
+
+from addons.metering.attribution import Presented, presented
+from addons.metering.providers import Provider
+
+OPENAI = Provider("openai", "openai", "bearer")
+AZURE = Provider("azure-openai", "openai", "api-key")
+ANTHROPIC = Provider("anthropic", "anthropic", "x-api-key")
+AUTH_A = ("authorization", "Bearer a")
+GEMINI = Provider("gemini", "gemini", "x-goog-api-key")
+
+
+def _headers(*fields: tuple[str, str]) -> Headers:
+    return Headers([(k.encode(), v.encode()) for k, v in fields])
+
+
+@pytest.mark.parametrize(
+    "provider,fields,query,expected",
+    [
+        (OPENAI, [("Authorization", "Bearer a")], "", Presented("a", 1)),
+        (OPENAI, [("authorization", "Bearer a"), ("x-api-key", "b")], "", Presented("a", 2)),
+        (OPENAI, [("x-api-key", "b")], "", Presented(None, 1)),  # OpenAI reads no x-api-key
+        (OPENAI, [AUTH_A, ("authorization", "Bearer b")], "", Presented(None, 2)),
+        (OPENAI, [AUTH_A, AUTH_A], "", Presented("a", 1)),
+        (OPENAI, [("authorization", "Basic a")], "", Presented(None, 0)),
+        (AZURE, [("api-key", "z"), ("authorization", "Bearer a")], "", Presented("z", 2)),
+        (ANTHROPIC, [("authorization", "Bearer a"), ("x-api-key", "b")], "", Presented("b", 2)),
+        (GEMINI, [("x-goog-api-key", "g")], "key=q", Presented("g", 2)),
+        (GEMINI, [], "alt=sse&key=q", Presented("q", 1)),
+        (GEMINI, [("x-api-key", "b")], "", Presented(None, 1)),
+        (OPENAI, [("apikey", "gw")], "", Presented("gw", 1)),  # a gateway key (injection)
+        (OPENAI, [("authorization", "Bearer gw"), ("apikey", "gw")], "", Presented("gw", 1)),
+        (OPENAI, [], "", Presented(None, 0)),
+    ],
+)
+def test_billed_key_follows_the_provider(
+    provider: Provider, fields: list[tuple[str, str]], query: str, expected: Presented
+) -> None:
+    got = presented(_headers(*fields), query, provider)
+    assert got == expected
+    assert got.ambiguous == (expected.distinct > 1)
+
+
+def test_plain_mapping_headers() -> None:
+    assert presented({"X-Api-Key": "b"}, "", ANTHROPIC) == Presented("b", 1)

@@ -1,0 +1,124 @@
+"""Gateway routes: catalog route -> provider endpoint, path matching, model pinning."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from addons.metering.providers import ProviderRegistry
+from addons.metering.routes import RouteTable, endpoint, pin_model
+from meterline.catalog import CatalogError, parse_catalog
+
+
+def _table(routes: str, providers: str = "") -> RouteTable:
+    catalog = parse_catalog(f"version: 1\n{providers}\nroutes:\n{routes}")
+    return RouteTable.from_catalog(catalog, ProviderRegistry.from_catalog(catalog))
+
+
+def test_chat_route_to_openai_with_pinned_model() -> None:
+    table = _table("  - {path: /chat, type: llm/v1/chat, provider: openai, model: gpt-4o}")
+    route = table.match("/chat")
+    assert route is not None
+    assert (route.provider.name, route.upstream_path, route.model) == (
+        "openai",
+        "/v1/chat/completions",
+        "gpt-4o",
+    )
+    assert route.pins_body_model
+    assert table.match("/chat/") is route and table.match("/chat?x=1") is route
+    assert route.upstream("/chat?x=1") == "/v1/chat/completions?x=1"
+    assert table.match("/chat/completions") is None and table.match("/other") is None
+
+
+@pytest.mark.parametrize(
+    "flavor,route_type,model,expected",
+    [
+        ("openai", "llm/v1/chat", None, "/v1/chat/completions"),
+        ("openai", "llm/v1/completions", None, "/v1/completions"),
+        ("openai", "llm/v1/embeddings", None, "/v1/embeddings"),
+        ("anthropic", "llm/v1/chat", "claude-sonnet-4-5", "/v1/messages"),
+        ("gemini", "llm/v1/chat", "gemini-2.5-flash",
+         "/v1beta/models/gemini-2.5-flash:generateContent"),
+    ],
+)  # fmt: skip
+def test_endpoints(flavor: str, route_type: str, model: str | None, expected: str) -> None:
+    assert endpoint(flavor, route_type, model) == expected  # type: ignore[arg-type]
+
+
+def test_gemini_model_is_in_the_path_not_the_body() -> None:
+    table = _table("  - {path: /g, provider: gemini, model: gemini-2.5-flash}")
+    route = table.match("/g")
+    assert route is not None and not route.pins_body_model
+
+
+def test_upstream_path_override_keeps_its_query() -> None:
+    table = _table(
+        "  - {path: /chat, provider: azure-openai, "
+        "upstream_path: '/openai/deployments/gpt4o/chat/completions?api-version=2024-10-21'}"
+    )
+    route = table.match("/chat")
+    assert route is not None and route.model is None
+    assert route.upstream("/chat?a=b") == (
+        "/openai/deployments/gpt4o/chat/completions?api-version=2024-10-21&a=b"
+    )
+
+
+def test_catalog_provider_can_be_routed() -> None:
+    table = _table(
+        "  - {path: /local, provider: vllm}",
+        "providers:\n  - {name: vllm, flavor: openai, hosts: ['localhost:8000']}",
+    )
+    route = table.match("/local")
+    assert route is not None and route.provider.name == "vllm"
+
+
+@pytest.mark.parametrize(
+    "routes,message",
+    [
+        ("  - {path: /e, type: llm/v1/embeddings, provider: anthropic}",
+         "routes[0] (/e): the anthropic API has no llm/v1/embeddings endpoint"),
+        ("  - {path: /g, provider: gemini}",
+         "routes[0] (/g): a route to the gemini API needs a model"),
+        ("  - {path: /x, provider: openai, upstream_path: /v1/files}",
+         "routes[0] (/x): /v1/files is not an endpoint Meterline meters"),
+    ],
+)  # fmt: skip
+def test_bad_routes_name_the_route(routes: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        _table(routes)
+
+
+@pytest.mark.parametrize(
+    "routes,message",
+    [
+        ("  - {path: chat, provider: openai}", "routes[0].path: String should match pattern"),
+        ("  - {path: /chat, provider: openai, type: llm/v1/images}",
+         "routes[0].type: Input should be"),
+        ("  - {path: /chat, provider: openai}\n  - {path: /chat/, provider: openai}",
+         "routes: Value error, duplicate route path(s): /chat"),
+        ("  - {path: /chat, provider: openai, model: ''}", "routes[0].model: String should have"),
+        ("  - {path: /chat, provider: opnai}",
+         "routes[0].provider: unknown provider 'opnai'; did you mean 'openai'?"),
+    ],
+)  # fmt: skip
+def test_route_validation_in_the_catalog(routes: str, message: str) -> None:
+    with pytest.raises(CatalogError) as e:
+        parse_catalog(f"version: 1\nroutes:\n{routes}")
+    assert message.replace("Value error, ", "") in str(e.value)
+
+
+def test_pin_model_overrides_or_adds_it() -> None:
+    body = b'{"messages": [{"role": "user", "content": "h\\u00e9"}]}'
+    pinned = pin_model(body, "gpt-4o")
+    assert pinned is not None
+    expected = {"messages": [{"role": "user", "content": "hé"}], "model": "gpt-4o"}
+    assert json.loads(pinned) == expected
+    other = pin_model(b'{"model": "gpt-3.5-turbo", "stream": true}', "gpt-4o")
+    assert other is not None and json.loads(other) == {"model": "gpt-4o", "stream": True}
+
+
+@pytest.mark.parametrize("body", [b'{"model": "gpt-4o"}', b"not json", b"[1, 2]", b""])
+def test_pin_model_leaves_alone(body: bytes) -> None:
+    assert pin_model(body, "gpt-4o") is None

@@ -1,0 +1,114 @@
+"""Full and immutable disks under a running proxy: traffic passes, events wait, nothing
+leaks, and everything is stored once the disk is usable again."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import httpx2
+
+from tests.conftest import ProxyFactory
+from tests.faults.disks import fill, immutable, tmpfs
+from tests.faults.load import CALLS, tally, wait_until
+from tests.support.proxy import MeterProxy
+from tests.support.upstream import FakeProvider
+
+_SPOOL_ENOSPC = r"spool \S+: cannot write to the spool: ENOSPC"
+KINDS = ("openai-json", "openai-sse", "anthropic-json", "anthropic-sse")
+
+
+def _calls(proxy: MeterProxy, upstream: FakeProvider, n: int) -> list[str]:
+    """``n`` calls through the proxy, every one of which must be answered."""
+    ids = []
+    with httpx2.Client(proxy=proxy.url, timeout=10) as client:
+        for i in range(n):
+            ids.append(CALLS[KINDS[i % len(KINDS)]](client, upstream))
+    return ids
+
+
+def _lines(proxy: MeterProxy, pattern: str) -> int:
+    return len(re.findall(pattern, proxy.log_text()))
+
+
+def test_full_spool_disk_holds_events_and_writes_them_later(
+    start_proxy: ProxyFactory, fake_provider: FakeProvider, tmp_path: Path
+) -> None:
+    with tmpfs(tmp_path / "disk", "1m") as disk:
+        proxy = start_proxy(options={"meter_spool": str(disk / "spool")})
+        filler = fill(disk)
+        answered = _calls(proxy, fake_provider, 100)
+        wait_until(lambda: _lines(proxy, _SPOOL_ENOSPC) >= 1, 10, "the ENOSPC line")
+        assert proxy.events("list_contains(?, request_id)", [answered]) == []
+        filler.unlink()  # space is back: the held events are written within a flush
+        proxy.wait_for_events(answered, timeout=20)
+        result = tally(proxy, answered)
+        log = proxy.log_text()
+        print(result.line("full spool disk", enospc_lines=_lines(proxy, _SPOOL_ENOSPC)))
+        assert result.lost == [] and result.doubled == []
+        assert _lines(proxy, _SPOOL_ENOSPC) == 1  # logged once, with its cause
+        assert "Traceback" not in log
+        assert re.search(r"spool \S+ writable again .*0 dropped", log)
+        proxy.stop()
+
+
+def test_full_store_disk_names_enospc_and_recovers(
+    start_proxy: ProxyFactory, fake_provider: FakeProvider, tmp_path: Path
+) -> None:
+    with tmpfs(tmp_path / "disk", "8m") as disk:
+        proxy = start_proxy(options={"meter_db": str(disk / "events.duckdb")})
+        proxy.db = disk / "events.duckdb"
+        first = _calls(proxy, fake_provider, 4)
+        proxy.wait_for_events(first)
+        filler = fill(disk)
+        answered = _calls(proxy, fake_provider, 40)
+        wait_until(lambda: _lines(proxy, r"cannot write .*ENOSPC") >= 1, 15, "the ENOSPC line")
+        log = proxy.log_text()
+        assert "no transaction is active" not in log
+        filler.unlink()
+        proxy.wait_for_events(answered, timeout=30)
+        result = tally(proxy, first + answered)
+        print(result.line("full store disk", store_errors=_lines(proxy, r"cannot write")))
+        assert result.lost == [] and result.doubled == []
+        assert _lines(proxy, r"cannot write \d+ spool segment") == 1  # once, not per retry
+        assert "store " in proxy.log_text() and "writable again" in proxy.log_text()
+        proxy.stop()
+
+
+def test_immutable_spool_directory_leaks_nothing_and_recovers(
+    start_proxy: ProxyFactory, fake_provider: FakeProvider, tmp_path: Path
+) -> None:
+    """Sealing fails (EPERM), then opening a segment fails: no descriptor is reused, no
+    event JSON reaches a client, the writer keeps going once the directory is usable."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    foreign = {"notes.txt": b"mine", "old.jsonl": b'{"event_id":"not yours"}\n', "x.open": b"x"}
+    for name, data in foreign.items():
+        (spool / name).write_bytes(data)
+    proxy = start_proxy(options={"meter_spool": str(spool), "meter_flush_interval": 0.5})
+    before = _calls(proxy, fake_provider, 4)
+    proxy.wait_for_events(before)
+    before += _calls(proxy, fake_provider, 1)  # most likely a segment is open: its seal fails
+    leaked = 0
+    with immutable(spool):
+        answered = []
+        with httpx2.Client(proxy=proxy.url, timeout=10) as client:
+            for i in range(40):
+                r = client.post(
+                    fake_provider.base_url("openai") + "/v1/chat/completions",
+                    json={"model": "gpt-4o", "messages": [{"role": "user", "content": str(i)}]},
+                    headers={"authorization": "Bearer sk-test-alice-0000000000000001"},
+                )
+                leaked += b"event_id" in r.content or b"key_fingerprint" in r.content
+                answered.append(r.headers["x-request-id"])
+        wait_until(lambda: _lines(proxy, r"spool \S+: .*EPERM") >= 1, 10, "the EPERM line")
+    after = _calls(proxy, fake_provider, 4)
+    proxy.wait_for_events(answered + after, timeout=20)
+    result = tally(proxy, before + answered + after)
+    errors = _lines(proxy, r"spool \S+: .*EPERM.*holding")
+    print(result.line("immutable spool dir", leaked=leaked, eperm_errors=errors))
+    assert result.lost == [] and result.doubled == [] and leaked == 0
+    assert "Traceback" not in proxy.log_text()
+    for name, data in foreign.items():  # the spool touches only its own files
+        assert (spool / name).read_bytes() == data
+    proxy.stop()

@@ -1,0 +1,188 @@
+"""Crafted requests: several keys, odd spellings of host and path, keys in the URL,
+bodies the include_usage rewrite must not change. A real mitmdump each time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+
+from tests.conftest import KEYS, UNKNOWN_KEY, ProxyFactory
+from tests.support.clients import ca_context
+from tests.support.proxy import MeterProxy, write_catalog
+from tests.support.upstream import FakeProvider
+
+CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+GEMINI = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
+NAMED_HOST = "api.fake-llm.test"
+ANTHROPIC = {"anthropic-version": "2023-06-01"}
+
+
+def _catalog(tmp_path: Path, upstream: FakeProvider) -> Path:
+    """The fake providers, except that OpenAI's TLS port is known by name only, so a
+    CONNECT to its IP literal is recognised by the Host header alone."""
+    providers = upstream.catalog_providers()
+    openai = next(p for p in providers if p["flavor"] == "openai")
+    openai["hosts"] = [
+        f"127.0.0.1:{upstream.ports['openai']}",
+        f"{NAMED_HOST}:{upstream.tls_ports['openai']}",
+    ]
+    return write_catalog(
+        tmp_path / "catalog.yaml", providers, {n: [k] for n, k in KEYS.items() if n != "carol"}
+    )
+
+
+def _post(
+    client: httpx2.Client,
+    url: str,
+    headers: list[tuple[str, str]],
+    body: Any,
+) -> httpx2.Response:
+    return client.post(url, json=body, headers=headers)
+
+
+def _cases(up: FakeProvider) -> dict[str, tuple[str, list[tuple[str, str]], Any]]:
+    """name -> (url, headers, body): each carries a known key the provider will NOT use,
+    or an unknown key in a spelling the meter must still see."""
+    openai = up.base_url("openai") + "/v1/chat/completions"
+    gemini = up.base_url("gemini") + "/v1beta/models/gemini-2.5-pro:generateContent"
+    messages = up.base_url("anthropic") + "/v1/messages"
+    alice, bob = KEYS["alice"], KEYS["bob"]
+    body_a = {"model": "claude-sonnet-4-6", "max_tokens": 5, "messages": CHAT["messages"]}
+    port = up.ports["openai"]
+    return {
+        "unknown bearer + known x-api-key": (
+            openai,
+            [("authorization", f"Bearer {UNKNOWN_KEY}"), ("x-api-key", alice)],
+            CHAT,
+        ),
+        "known ?key= + unknown x-goog-api-key": (
+            f"{gemini}?key={alice}",
+            [("x-goog-api-key", UNKNOWN_KEY)],
+            GEMINI,
+        ),
+        "two authorization headers": (
+            openai,
+            [("authorization", f"Bearer {alice}"), ("authorization", f"Bearer {bob}")],
+            CHAT,
+        ),
+        "anthropic header on a gemini host": (gemini, [("x-api-key", bob)], GEMINI),
+        "x-api-key + bearer on anthropic": (
+            messages,
+            [("x-api-key", bob), ("authorization", f"Bearer {alice}"), *ANTHROPIC.items()],
+            body_a,
+        ),
+        "%-encoded path": (
+            openai.replace("completions", "complet%69ons"),
+            [("authorization", f"Bearer {UNKNOWN_KEY}")],
+            CHAT,
+        ),
+        "dot segments": (
+            openai.replace("/chat/", "/x/../chat/./"),
+            [("authorization", f"Bearer {UNKNOWN_KEY}")],
+            CHAT,
+        ),
+        "host 127.1": (
+            openai.replace("127.0.0.1", "127.1"),
+            [("authorization", f"Bearer {UNKNOWN_KEY}")],
+            CHAT,
+        ),
+        "host localhost": (
+            f"http://localhost:{port}/v1/chat/completions",
+            [("authorization", f"Bearer {UNKNOWN_KEY}")],
+            CHAT,
+        ),
+    }
+
+
+def test_reject_mode_refuses_every_bypass(
+    start_proxy: ProxyFactory, fake_provider: FakeProvider, tmp_path: Path
+) -> None:
+    proxy = start_proxy(
+        catalog=_catalog(tmp_path, fake_provider), options={"meter_unknown_keys": "reject"}
+    )
+    fake_provider.reset()
+    statuses = {}
+    with httpx2.Client(proxy=proxy.url, timeout=10, verify=ca_context(proxy)) as client:
+        for name, (url, headers, body) in _cases(fake_provider).items():
+            statuses[name] = _post(client, url, headers, body).status_code
+        # A CONNECT to the provider's IP literal; only the Host header names it.
+        url = f"https://127.0.0.1:{fake_provider.tls_ports['openai']}/v1/chat/completions"
+        host = f"{NAMED_HOST}:{fake_provider.tls_ports['openai']}"
+        headers = [("host", host), ("authorization", f"Bearer {UNKNOWN_KEY}")]
+        statuses["IP-literal CONNECT"] = _post(client, url, headers, CHAT).status_code
+        # The control: a request with one known key goes through.
+        ok = _post(
+            client,
+            fake_provider.base_url("openai") + "/v1/chat/completions",
+            [("authorization", f"Bearer {KEYS['alice']}")],
+            CHAT,
+        )
+    forwarded = len(fake_provider.exchanges) - 1
+    print(f"FAULT crafted requests (reject): {len(statuses)} sent, forwarded={forwarded}")
+    assert statuses == dict.fromkeys(statuses, 401)
+    assert ok.status_code == 200 and forwarded == 0
+
+
+def test_record_mode_bills_the_key_the_provider_uses(
+    start_proxy: ProxyFactory, fake_provider: FakeProvider, tmp_path: Path
+) -> None:
+    proxy = start_proxy(catalog=_catalog(tmp_path, fake_provider), options={"flow_detail": 2})
+    fake_provider.reset()
+    request_ids = {}
+    with httpx2.Client(proxy=proxy.url, timeout=10) as client:
+        for name, (url, headers, body) in _cases(fake_provider).items():
+            r = _post(client, url, headers, body)
+            assert r.status_code == 200, (name, r.text)
+            request_ids[name] = r.headers["x-request-id"]
+    rows = proxy.wait_for_events(list(request_ids.values()))
+    consumers = {name: row["consumer"] for name, row in zip(request_ids, rows, strict=True)}
+    # The billed key is the one the provider authenticates: Anthropic reads x-api-key
+    # (bob's) first; in every other case that key is no consumer's, or it is undefined
+    # which of two the provider reads.
+    assert consumers == dict.fromkeys(request_ids) | {"x-api-key + bearer on anthropic": "bob"}
+    print(f"FAULT crafted requests (record): {len(rows)} metered, 0 billed to a bystander")
+    # flow_detail=2 printed every URL and header: no raw key may be in the log.
+    log = proxy.log_text()
+    assert "[redacted]" in log
+    assert [k for k in [*KEYS.values(), UNKNOWN_KEY] if k in log] == []
+
+
+@pytest.mark.parametrize(
+    "body,sent",
+    [
+        pytest.param(
+            b'{"model":"gpt-4o","messages":[{"role":"user","content":"\\ud800 x"}],'
+            b'"stream":true,"temperature":1e400}',
+            b'{"model":"gpt-4o","messages":[{"role":"user","content":"\\ud800 x"}],'
+            b'"stream":true,"temperature":1e400,"stream_options":{"include_usage":true}}',
+            id="lone surrogate and 1e400",
+        ),
+        pytest.param(
+            b'{ "stream" : true , "stream_options" : { "include_usage" : false } ,'
+            b' "messages" : [ ] , "n" : 1E400 }\n',
+            b'{ "stream" : true , "stream_options" : { "include_usage" : true } ,'
+            b' "messages" : [ ] , "n" : 1E400 }\n',
+            id="explicit false, odd spacing",
+        ),
+    ],
+)
+def test_include_usage_rewrite_changes_only_what_it_means_to(
+    meter_proxy: MeterProxy, fake_provider: FakeProvider, body: bytes, sent: bytes
+) -> None:
+    fake_provider.reset()
+    with httpx2.Client(proxy=meter_proxy.url, timeout=10) as client:
+        r = client.post(
+            fake_provider.base_url("openai") + "/v1/chat/completions",
+            content=body,
+            headers={
+                "authorization": f"Bearer {KEYS['alice']}",
+                "content-type": "application/json",
+            },
+        )
+    assert r.status_code == 200
+    assert fake_provider.last().body == sent
+    assert b'"usage":{' not in r.content  # the extra usage chunk stays hidden
+    meter_proxy.wait_for_events([fake_provider.last().request_id])

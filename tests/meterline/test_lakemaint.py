@@ -1,0 +1,213 @@
+"""Lake upkeep on a real PostgreSQL catalog: the lease, compaction that changes no invoice,
+and maintenance running while writers flush."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from addons.metering.lakejob import LakeMaintainer
+from addons.metering.spool import Spool
+from addons.metering.writer import SpoolWriter
+from bench.billing_bench import write_catalog
+from billing.build import build_invoices
+from billing.periods import calendar_month
+from billing.schedule import periods_ending_in
+from billing.store import billing_store
+from meterline.catalog import load_catalog
+from meterline.lakemaint import lake_counts, maintain, release_lease, take_lease
+from meterline.store import store
+from tests.support.postgres import create_database, postgres_server
+
+NOW = datetime(2026, 4, 1, 0, 0, 5, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    with postgres_server() as conninfo:
+        yield conninfo
+
+
+def _lake(server: str, name: str) -> str:
+    return f"ducklake:postgres:{create_database(server, name)}"
+
+
+def event(n: int, consumer: str, proxy: str) -> dict[str, Any]:
+    return {
+        "event_id": f"openai:{proxy}-{n}", "ts": f"2026-03-{1 + n % 28:02d}T12:00:00",
+        "consumer": consumer, "key_fingerprint": None, "provider": "openai",
+        "flavor": "openai", "model": "gpt-4o-2024-08-06", "input_tokens": 1000 + n,
+        "cached_input_tokens": n % 7, "cache_write_tokens": 0, "output_tokens": 300 + n,
+        "reasoning_tokens": 0, "estimated": False, "response_id": None, "request_id": None,
+        "method": "POST", "host": "api.openai.com", "path": "/v1/chat/completions",
+        "status": 200, "streamed": False, "latency_ms": 1.0, "ttft_ms": 1.0, "proxy_id": proxy,
+    }  # fmt: skip
+
+
+def test_one_lease_holder_at_a_time(server: str, tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.setenv("METERLINE_LAKE_DATA", str(tmp_path / "data"))
+    lake = _lake(server, "lease")
+    with store(lake) as a, store(lake) as b:
+        assert take_lease(a, "a")
+        assert not take_lease(b, "b")  # held
+        assert take_lease(a, "a")  # renewed by its holder
+        release_lease(a, "a")
+        assert take_lease(b, "b")
+        later = datetime.now(UTC) + timedelta(hours=1)  # b's lease has lapsed by then
+        assert take_lease(a, "a", now=later)
+    # six takers at once: exactly one gets it
+    barrier = threading.Barrier(6)
+    won: list[str] = []
+    lapsed = datetime.now(UTC) + timedelta(hours=3)
+
+    def take(name: str) -> None:
+        with store(lake) as con:
+            barrier.wait()
+            if take_lease(con, name, now=lapsed):
+                won.append(name)
+
+    threads = [threading.Thread(target=take, args=(f"t{i}",)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(won) == 1, won
+
+
+def _invoices(lake: str, catalog_path: Path) -> list[Any]:
+    catalog = load_catalog(catalog_path)
+    with billing_store(lake) as con:
+        periods = periods_ending_in(
+            catalog, calendar_month("2026-03"), NOW, list(catalog.customers)
+        )
+        invoices, _ = build_invoices(con, catalog, periods, watermark=NOW)
+    return sorted(repr(i) for i in invoices)
+
+
+def test_compaction_while_writers_flush_changes_no_invoice(
+    server: str, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """Three writers commit small batches (one Parquet file each: inlining off) while
+    maintenance passes run: no flush fails, every event is there once, files and snapshots
+    shrink, and the invoices built before and after are identical."""
+    monkeypatch.setenv("METERLINE_LAKE_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("METERLINE_LAKE_INLINE_ROWS", "0")
+    monkeypatch.setenv("METERLINE_LAKE_MAINTAIN_EVERY", "0")  # passes run by hand below
+    lake = _lake(server, "compact")
+    catalog_path = tmp_path / "catalog.yaml"
+    write_catalog(catalog_path, 3)
+    writers = []
+    for p in range(3):
+        spool = Spool(tmp_path / f"spool-{p}")
+        writers.append((spool, SpoolWriter(spool, lake)))
+    maintainer = LakeMaintainer(lake, every_s=0, holder="test")
+    stop = threading.Event()
+    passes: list[Any] = []
+    errors: list[Exception] = []
+
+    def maintain_loop() -> None:
+        while not stop.is_set():
+            try:
+                report = maintainer.run_once()
+            except Exception as e:
+                errors.append(e)
+                continue
+            if report is not None:
+                passes.append(report)
+
+    written = [0, 0, 0]
+
+    def write(p: int) -> None:
+        """12 batches, then more until a pass has run meanwhile (at most 200)."""
+        spool, writer = writers[p]
+        for batch in range(200):
+            if batch >= 12 and passes:
+                break
+            for k in range(5):
+                spool.append(event(batch * 5 + k, f"agent-{(batch + k) % 3:04d}", f"p{p}"))
+                written[p] += 1
+            assert writer.flush()
+
+    before_threads = [threading.Thread(target=write, args=(p,)) for p in range(3)]
+    loop = threading.Thread(target=maintain_loop)
+    for t in before_threads:
+        t.start()
+    loop.start()
+    for t in before_threads:
+        t.join()
+    stop.set()
+    loop.join()
+    assert all(w.failures == 0 for _, w in writers)
+    assert passes, errors[:3]  # at least one pass ran during the writes
+    before = _invoices(lake, catalog_path)
+    with store(lake) as con:
+        rows_before = con.execute("SELECT * FROM usage_events ORDER BY event_id").fetchall()
+        files, snapshots = lake_counts(con)
+        report = maintain(con, keep=timedelta(0))
+    assert len(rows_before) == sum(written) == len({r[0] for r in rows_before})
+    flushes = sum(written) // 5  # one Parquet file and one snapshot each
+    assert files < flushes and report.files_after <= 3
+    assert snapshots > report.snapshots_after and report.snapshots_after < 5
+    with store(lake) as con:
+        assert con.execute("SELECT * FROM usage_events ORDER BY event_id").fetchall() == rows_before
+    assert _invoices(lake, catalog_path) == before
+    assert any("Customer" in i for i in before)  # real invoices were compared
+    for spool, writer in writers:
+        writer.stop()
+        spool.close()
+
+
+def test_proxy_writer_runs_maintenance_itself(
+    server: str, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """A writer on a lake starts its maintainer; with a short period it compacts by itself."""
+    monkeypatch.setenv("METERLINE_LAKE_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("METERLINE_LAKE_INLINE_ROWS", "0")
+    monkeypatch.setenv("METERLINE_LAKE_MAINTAIN_EVERY", "0.2")
+    lake = _lake(server, "selfmaint")
+    spool = Spool(tmp_path / "spool")
+    writer = SpoolWriter(spool, lake, interval=0.05)
+    writer.start()
+    try:
+        for n in range(20):
+            spool.append(event(n, "agent-0000", f"x{uuid.uuid4().hex[:4]}"))
+            assert writer.flush()
+        assert writer.maintainer is not None
+        for _ in range(300):
+            if writer.maintainer.passes >= 2:
+                break
+            threading.Event().wait(0.1)
+        assert writer.maintainer.passes >= 2
+    finally:
+        writer.stop()
+        spool.close()
+    with store(lake) as con:
+        assert con.execute("SELECT count(*) FROM usage_events").fetchone() == (20,)
+        assert lake_counts(con)[0] < 20
+
+
+def test_billing_lake_maintain_command(server: str, tmp_path: Path, monkeypatch: Any) -> None:
+    from click.testing import CliRunner
+
+    from billing.cli import main
+
+    monkeypatch.setenv("METERLINE_LAKE_DATA", str(tmp_path / "data"))
+    lake = _lake(server, "clilake")
+    with store(lake) as con:
+        assert take_lease(con, "someone-else")
+    runner = CliRunner()
+    held = runner.invoke(main, ["--db", lake, "lake", "maintain"])
+    assert held.exit_code == 1 and "holds the lake's lease" in held.output
+    with store(lake) as con:
+        release_lease(con, "someone-else")
+    ok = runner.invoke(main, ["--db", lake, "lake", "maintain", "--format", "json"])
+    assert ok.exit_code == 0, ok.output
+    assert '"files_after"' in ok.output
+    not_lake = runner.invoke(main, ["--db", str(tmp_path / "m.duckdb"), "lake", "maintain"])
+    assert not_lake.exit_code == 1 and "not a DuckLake" in not_lake.output
