@@ -77,6 +77,7 @@ PAGES = (
     "/usage?from=2026-03-01&to=2026-04-01&customer=cust-0001",
     "/customers",
     "/customers/cust-0001?at=2026-03-20",
+    "/customers/cust-0001/margin?period=2026-03",
     "/unbilled?from=2026-03-01&to=2026-04-01",
     "/health?from=2026-03-14&to=2026-03-15",
     "/health?from=2026-03-01&to=2026-04-01&bucket=day",
