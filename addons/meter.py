@@ -413,7 +413,7 @@ class Meter:
         self.routes = table
 
     def _watch_catalog(self) -> None:
-        """Re-read the catalog when its file changed; runs every CATALOG_CHECK_INTERVAL.
+        """Re-read the catalog when its file changed; runs every catalogwatch.CHECK_INTERVAL.
 
         One ``stat`` per interval on the event loop, never per flow. A change is read once
         the file is stable (:mod:`addons.metering.catalogwatch`); an edit that does not
@@ -427,14 +427,15 @@ class Meter:
             if poll is catalogwatch.Poll.GONE:
                 log.error("meterline: catalog %s is gone, keeping the one in use", path)
             elif poll is catalogwatch.Poll.READY and watch is not None:
+                catalog: Catalog | None = None
                 try:
                     catalog = load_catalog(watch.path)
                 except (CatalogError, ValueError) as e:
-                    catalog, why = None, str(e)
+                    why: str | None = str(e)
                 if not watch.settled():
                     return  # written to while being read: read it again once it is stable
                 if catalog is not None:
-                    why = catalogwatch.refusal(self.catalog, catalog) or ""
+                    why = catalogwatch.refusal(self.catalog, catalog)
                 if catalog is None or why:
                     log.error(
                         "meterline: catalog %s not reloaded, keeping the one in use: %s",

@@ -51,9 +51,13 @@ def _event(i: int) -> dict[str, object]:
 
 
 def _postgres_cpu_s() -> float:
-    """CPU seconds of every ``postgres`` process on the machine (utime + stime)."""
-    total = 0
+    """CPU seconds of the PostgreSQL servers this process started (``postgres_server``).
+
+    The postmaster's own time plus its reaped backends' (cutime, cstime), plus the time of
+    its live backends; other PostgreSQL servers on the machine are not counted.
+    """
     tick = os.sysconf("SC_CLK_TCK")
+    procs: dict[int, tuple[int, str, list[int]]] = {}
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
@@ -62,9 +66,25 @@ def _postgres_cpu_s() -> float:
         except OSError:
             continue
         name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        if name.startswith("postgres"):
-            fields = stat[stat.rindex(")") + 2 :].split()
-            total += int(fields[11]) + int(fields[12])
+        fields = stat[stat.rindex(")") + 2 :].split()
+        procs[int(pid)] = (int(fields[1]), name, [int(x) for x in fields[11:15]])
+
+    def mine(pid: int) -> bool:
+        for _ in range(10):  # postgres <- runuser <- this process
+            parent = procs.get(pid, (0, "", []))[0]
+            if parent == os.getpid():
+                return True
+            if parent <= 1:
+                return False
+            pid = parent
+        return False
+
+    total = 0
+    for pid, (ppid, name, times) in procs.items():
+        if not name.startswith("postgres") or not mine(pid):
+            continue
+        is_postmaster = not procs.get(ppid, (0, "", []))[1].startswith("postgres")
+        total += sum(times) if is_postmaster else times[0] + times[1]
     return total / tick
 
 
@@ -124,6 +144,22 @@ def run(events: int, flushes: int, locator: str, work: Path, label: str) -> dict
     return results
 
 
+def idle_cpu(work: Path, seconds: float) -> dict[str, float]:
+    """CPU of an idle writer thread (nothing spooled) over ``seconds``, interval 1 s."""
+    spool = Spool(work / "spool-idle")
+    writer = SpoolWriter(spool, str(work / "idle.duckdb"), interval=1.0)
+    writer.start()
+    time.sleep(0.2)
+    assert writer._thread is not None and writer._thread.ident is not None
+    clock = time.pthread_getcpuclockid(writer._thread.ident)
+    c0 = time.clock_gettime(clock)
+    time.sleep(seconds)
+    used = time.clock_gettime(clock) - c0
+    writer.stop()
+    spool.close()
+    return {"idle_writer_cpu_ms_per_s": round(used / seconds * 1000, 3)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=50, help="events per flush")
@@ -132,7 +168,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="meterline-writer-bench-") as tmp:
         work = Path(tmp)
-        results = run(args.events, args.flushes, str(work / "e.duckdb"), work, "file")
+        results: dict[str, object] = {"idle": idle_cpu(work, 10.0)}
+        results |= run(args.events, args.flushes, str(work / "e.duckdb"), work, "file")
         if args.lake:
             from tests.support.postgres import postgres_server
 

@@ -20,7 +20,7 @@ from typing import Any
 import duckdb
 
 from billing.build import build_invoices
-from billing.errors import BillingError, UnknownCustomer
+from billing.errors import BillingError, NoUsage, UnknownCustomer
 from billing.ledger import existing_invoices, load_invoices, save_invoices
 from billing.model import Invoice, InvoiceLine
 from billing.periods import Period, calendar_month
@@ -32,7 +32,7 @@ from billing.schedule import (
     periods_ended_before,
     periods_ending_in,
 )
-from billing.usage import MeterFilter, UsageWindow, events_behind
+from billing.usage import TokenFilter, UsageWindow, events_behind
 from meterline.catalog import Catalog, Customer
 
 
@@ -105,10 +105,6 @@ class Generated:
             if bp.customer.key not in keys:
                 keys.append(bp.customer.key)
         return out
-
-
-class NoUsage(BillingError):
-    """Invoices would be finalized from a store that holds no usage events at all."""
 
 
 def _check_no_overlap(
@@ -244,9 +240,9 @@ def _parse(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
 
 
-def line_meter(line: InvoiceLine) -> MeterFilter:
+def line_meter(line: InvoiceLine) -> TokenFilter:
     m = line.detail["meter"]
-    return MeterFilter(m["provider"], m["model"], tuple(m["token_types"]))
+    return TokenFilter(m["provider"], m["model"], tuple(m["token_types"]))
 
 
 def explain_line(con: duckdb.DuckDBPyConnection, number: str, line_no: int) -> Explanation:

@@ -24,7 +24,8 @@ from typing import Any
 
 import duckdb
 
-from billing.invoices import BillingError, parse_month
+from billing.errors import BillingError, NotGenerated
+from billing.invoices import parse_month
 from billing.ledger import load_invoices
 from billing.listprice import LIST_PRICE_CURRENCY, find_model, has_context_tiers, list_cost
 from billing.model import Invoice
@@ -76,10 +77,9 @@ def month_invoices(
         if period.start < i.period_end <= period.end and i.number
     ]
     if not numbers:
-        whose = f" of {customer!r}" if customer else ""
-        raise BillingError(
-            f"no invoices{whose} for {month}: run `billing invoice generate --period {month}` first"
-        )
+        if customer:
+            raise BillingError(f"no invoices of {customer!r} for {month}")
+        raise NotGenerated(month)
     return load_invoices(con, numbers=numbers)
 
 

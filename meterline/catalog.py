@@ -127,7 +127,7 @@ class Route(_Model):
 # --------------------------------------------------------------------------- products
 
 
-class Meter(_Model):
+class FeatureMeter(_Model):
     """A slice of the token meter. ``model`` is a glob (``gpt-4o*``), matched case-insensitively."""
 
     provider: str | None = None
@@ -145,7 +145,7 @@ class Meter(_Model):
 class Feature(_Model):
     key: str = Field(pattern=KEY_RE)
     name: str
-    meter: Meter
+    meter: FeatureMeter
 
 
 class Tier(_Model):

@@ -146,16 +146,32 @@ def _retrying[T](loc: str, wait_s: float, attempt: Callable[[], T], *, ask: bool
     """
     deadline = time.monotonic() + wait_s
     delay = 0.005
+    asked = False
     while True:
         try:
-            return attempt()
+            result = attempt()
         except duckdb.Error as e:
             if not _is_transient(e) or time.monotonic() >= deadline:
-                raise StoreError(f"{loc}: cannot open: {e}") from e
+                raise StoreError(f"{loc}: cannot open: {e}{_hint(loc, e)}") from e
             if ask and not loc.startswith(LAKE_PREFIX):
                 signal_reader_waiting(loc)
+                asked = True
             time.sleep(delay * (1 + random.random()))
             delay = min(delay * 2, 0.2)
+            continue
+        if asked:  # we have the file: the writer need not let go again for us
+            with contextlib.suppress(OSError):
+                reader_waiting_path(loc).unlink(missing_ok=True)
+        return result
+
+
+def _hint(loc: str, err: duckdb.Error) -> str:
+    if loc.startswith(LAKE_PREFIX) and "permission denied" in str(err).lower():
+        return (
+            " (the lake's PostgreSQL role must own the database, or have CREATE on schema "
+            "public: CREATE DATABASE meterline OWNER meterline)"
+        )
+    return ""
 
 
 def open_store(

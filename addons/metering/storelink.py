@@ -35,6 +35,7 @@ from meterline.store import (
 #: are the proxy's) and a bounded buffer pool (a batch is at most a few thousand rows).
 _INSTANCE_SETTINGS = ("SET threads = 1", "SET memory_limit = '512MB'")
 _FILE_ALIAS = "store"
+LAKE_COMMIT_RETRIES = 100
 
 
 class StoreLink:
@@ -65,6 +66,9 @@ class StoreLink:
         if not self._attached:
             if self.is_lake:
                 attach_lake(con, self.locator, self.lock_wait_s)
+                # Ten proxies and a maintenance pass commit at once: DuckLake retries a
+                # commit that raced another; give it more tries than the default 10.
+                con.execute(f"SET ducklake_max_retry_count = {LAKE_COMMIT_RETRIES}")
             else:
                 attach_file(con, self.locator, _FILE_ALIAS, self.lock_wait_s)
                 con.execute(f"USE {_FILE_ALIAS}")

@@ -23,7 +23,8 @@ import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+import duckdb
 
 from addons.metering import oserrors
 from addons.metering.lakejob import LakeMaintainer, maintain_every_s
@@ -31,9 +32,6 @@ from addons.metering.spool import Spool
 from addons.metering.storelink import StoreLink
 from meterline.privatefiles import private_files
 from meterline.store import EVENT_COLUMNS
-
-if TYPE_CHECKING:
-    import duckdb
 
 log = logging.getLogger(__name__)
 

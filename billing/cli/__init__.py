@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import click
 
+import billing.stripe  # noqa: F401 - registers the Stripe tables and listing column
 from billing.cli.catalog import catalog_group
 from billing.cli.common import BillingGroup, Settings
 from billing.cli.consumers import consumers_group

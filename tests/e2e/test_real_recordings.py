@@ -27,6 +27,7 @@ import pytest
 
 from addons.metering.models import normalise_model
 from tests.conftest import KEYS, new_proxy
+from tests.support import recordings
 from tests.support.clients import ca_context
 from tests.support.proxy import MeterProxy, write_catalog
 from tests.support.recordings import (
@@ -58,6 +59,13 @@ def test_corpus_is_present() -> None:
         pytest.skip(reason)
     assert sorted({r.provider for r in RECORDINGS}) == sorted(PROVIDERS), CORPUS
     assert len(RECORDINGS) >= 80
+
+
+def test_missing_corpus_fails_under_ci(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(recordings, "CORPUS", tmp_path / "absent")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI must run the conformance corpus"):
+        test_corpus_is_present()
 
 
 def _auth_headers(flavor: str) -> dict[str, str]:

@@ -80,3 +80,25 @@ def test_a_fleet_racing_to_create_a_new_lake_all_get_in(
     assert errors == []
     with store(fresh) as con:
         assert con.execute("SELECT count(*) FROM usage_events").fetchone() == (0,)
+
+
+def test_a_role_that_cannot_create_tables_gets_the_fix_in_one_line(
+    lake: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL 15 lets only the owner create in ``public``: the error says what to do."""
+    import subprocess
+
+    from meterline.store import StoreError
+    from tests.support.postgres import _bin_dir
+
+    monkeypatch.setenv("METERLINE_LAKE_DATA", str(tmp_path / "data"))
+    admin = lake.removeprefix("ducklake:postgres:")
+    conninfo = create_database(admin, "notmine")
+    subprocess.run(
+        [str(_bin_dir() / "psql"), admin, "-q", "-c", "CREATE ROLE visitor LOGIN"],
+        check=True,
+        capture_output=True,
+    )
+    visitor = f"ducklake:postgres:{conninfo.replace('user=postgres', 'user=visitor')}"
+    with pytest.raises(StoreError, match=r"must own the database.*OWNER meterline"):
+        store(visitor, wait_s=0).__enter__()

@@ -83,9 +83,7 @@ def test_one_lease_holder_at_a_time(server: str, tmp_path: Path, monkeypatch: An
 def _invoices(lake: str, catalog_path: Path) -> list[Any]:
     catalog = load_catalog(catalog_path)
     with billing_store(lake) as con:
-        periods = periods_ending_in(
-            catalog, calendar_month("2026-03"), NOW, list(catalog.customers)
-        )
+        periods = periods_ending_in(catalog, calendar_month("2026-03"), list(catalog.customers))
         invoices, _ = build_invoices(con, catalog, periods, watermark=NOW)
     return sorted(repr(i) for i in invoices)
 

@@ -242,27 +242,67 @@ def test_flushes_are_spread_out_when_they_are_slow() -> None:
     assert next_wait(0.1, 0.001, failed=True) == 0.1 * MAX_INTERVAL_STRETCH
 
 
-def test_file_stays_attached_under_traffic_and_is_freed_when_idle(tmp_path: Path) -> None:
-    """Steady traffic: one attach for many flushes. Idle: the file is free, no waiting."""
+def test_file_held_across_flushes_and_freed_when_idle(tmp_path: Path) -> None:
+    """Flushes of the writer's loop keep the file attached; an empty one lets it go."""
     db = tmp_path / "e.duckdb"
     spool = Spool(tmp_path / "spool")
-    writer = SpoolWriter(spool, str(db), interval=0.05)
-    writer.start()
-    for i in range(40):
-        spool.append(_event(f"e{i:02d}"))
-        time.sleep(0.02)
-    deadline = time.monotonic() + 20
-    while writer.link.holds_file and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert not writer.link.holds_file  # idle: let go without anyone asking
-    assert writer.batches >= 4 and writer.link.attaches < writer.batches
-    probe = subprocess.run(  # no wait allowed: the file must be free right now
+    writer = SpoolWriter(spool, str(db))
+    for i in range(5):
+        spool.append(_event(f"e{i}"))
+        assert writer.flush(hold=True)
+    assert writer.link.attaches == 1 and writer.link.holds_file
+    assert writer.flush(hold=True)  # nothing to write: idle
+    assert not writer.link.holds_file
+    probe = subprocess.run(  # no waiting allowed: the file must be free right now
         [sys.executable, "-c", "import duckdb,sys; duckdb.connect(sys.argv[1]).close()", str(db)],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert probe.returncode == 0, probe.stderr
+    assert len(_rows(db)) == 5
+    spool.close()
+
+
+def test_busy_writer_lets_go_when_a_reader_asks(tmp_path: Path) -> None:
+    """Traffic never pauses, so only the reader-waiting marker can free the file."""
+    db = tmp_path / "e.duckdb"
+    spool = Spool(tmp_path / "spool")
+    writer = SpoolWriter(spool, str(db), interval=0.1)
+    stop = threading.Event()
+
+    def traffic() -> None:
+        n = 0
+        while not stop.is_set():
+            spool.append(_event(f"t{n:05d}"))
+            n += 1
+            time.sleep(0.005)
+
+    feeder = threading.Thread(target=traffic)
+    feeder.start()
+    writer.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not writer.link.holds_file and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert writer.link.holds_file
+        code = (
+            "import sys; from meterline.store import store\n"
+            "with store(sys.argv[1], read_only=True, wait_s=60) as con:\n"
+            "    print(con.execute('SELECT count(*) FROM usage_events').fetchone()[0])"
+        )
+        reader = subprocess.run(
+            [sys.executable, "-c", code, str(db)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=REPO_ROOT,
+        )
+        assert reader.returncode == 0, reader.stderr
+        assert int(reader.stdout) > 0
+    finally:
+        stop.set()
+        feeder.join()
     assert writer.stop()
-    assert len(_rows(db)) == 40
+    assert not (tmp_path / "e.duckdb.reader-waiting").exists()
     spool.close()
