@@ -20,6 +20,7 @@ from typing import Any
 import duckdb
 
 from billing.build import build_invoices
+from billing.credits import apply_credits
 from billing.errors import BillingError, NoUsage, UnknownCustomer
 from billing.ledger import existing_invoices, load_invoices, save_invoices
 from billing.model import Invoice, InvoiceLine
@@ -78,6 +79,7 @@ def preview_invoice(
     except ScheduleError as e:
         raise BillingError(str(e)) from None
     invoices, _ = build_invoices(con, catalog, [bp], watermark=max(now, at), usage_until=at)
+    apply_credits(con, invoices, now)
     return invoices[0]
 
 
@@ -167,6 +169,7 @@ def generate_invoices(
     for bp in todo:
         _check_no_overlap(bp, invoiced)
     drafts, windows = build_invoices(con, catalog, todo, watermark=now - settle, progress=progress)
+    apply_credits(con, drafts, now)
     save_invoices(con, drafts, windows, issued_at=now)
     names = {c.key: c.name for c in catalog.customers}
     stored = [n for n in (have.get(bp.key) for bp in due) if n]
@@ -258,8 +261,9 @@ def explain_line(con: duckdb.DuckDBPyConnection, number: str, line_no: int) -> E
         raise BillingError(
             f"{number} has no line {line_no} (it has {len(invoice.lines)} lines)"
         ) from None
-    if line.kind == "flat":
-        raise BillingError(f"{number} line {line_no} is a flat fee: no usage events behind it")
+    if line.kind in ("flat", "credit"):
+        what = "a flat fee" if line.kind == "flat" else "a credit"
+        raise BillingError(f"{number} line {line_no} is {what}: no usage events behind it")
     events = events_behind(con, line_windows(line), line_meter(line))
     result = Explanation(invoice, line, events)
     if result.quantity != line.quantity:

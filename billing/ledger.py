@@ -19,6 +19,7 @@ import duckdb
 import pyarrow as pa
 
 from billing import extensions
+from billing.credits import consumption_rows
 from billing.errors import UserError
 from billing.model import Invoice, InvoiceLine
 from billing.money import decimal_text, money_context, round_money
@@ -151,6 +152,9 @@ def save_invoices(
         _insert(con, "invoices", _invoice_rows(invoices))
         _insert(con, "invoice_lines", _line_rows(invoices))
         _insert(con, "invoice_windows", _window_rows(invoices, windows))
+        consumed = [(*r, issued_at) for inv in invoices for r in consumption_rows(inv)]
+        if consumed:  # what credit lines took from grants, with the invoice or not at all
+            con.executemany("INSERT INTO credit_consumptions VALUES (?, ?, ?, ?, ?)", consumed)
         con.execute("COMMIT")
         for inv in invoices:  # the values as stored, so they read back identical
             for ln in inv.lines:

@@ -7,7 +7,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-LINE_KINDS = ("flat", "usage", "late_usage")
+LINE_KINDS = ("flat", "usage", "late_usage", "credit")
 
 
 @dataclass

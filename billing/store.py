@@ -18,9 +18,15 @@ import duckdb
 
 from billing import extensions
 from billing.schema import BILLING_MIGRATIONS
+from meterline.entitlements.schema import GOVERNANCE_MIGRATIONS
 from meterline.store import EVENT_MIGRATIONS, LAKE_PREFIX, Migration, StoreError, migrate, store
 
-CORE_MIGRATIONS: tuple[Migration, ...] = (*EVENT_MIGRATIONS, *BILLING_MIGRATIONS)
+# Credit grants and what invoices consume of them: the core writes both (credit lines).
+CORE_MIGRATIONS: tuple[Migration, ...] = (
+    *EVENT_MIGRATIONS,
+    *BILLING_MIGRATIONS,
+    *GOVERNANCE_MIGRATIONS,
+)
 
 
 def all_migrations() -> tuple[Migration, ...]:

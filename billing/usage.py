@@ -31,7 +31,7 @@ TOKEN_COLUMNS: dict[str, str] = {
     "cache_write": "cache_write_tokens",
     "output": "output_tokens",
 }
-GROUP_DIMENSIONS = ("model", "type", "day")
+GROUP_DIMENSIONS = ("model", "type", "day", "refused")
 
 
 class UsageError(UserError, ValueError):
@@ -355,6 +355,8 @@ def _group_dims(group_by: tuple[str, ...]) -> list[str]:
         dims += ["e.provider", "coalesce(e.model, '') AS model"]
     if "day" in group_by:
         dims.append("CAST(e.ts AS DATE) AS day")
+    if "refused" in group_by:  # calls the proxy refused itself, by reason
+        dims.append("e.reason AS refused")
     return dims
 
 

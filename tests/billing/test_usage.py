@@ -22,6 +22,7 @@ from billing.usage import (
     usage_report,
 )
 from meterline.catalog import TOKEN_TYPES
+from meterline.store import EVENT_COLUMNS
 from tests.billing.events import Event, add_events, setup, utc
 
 START = utc("2026-03-01")
@@ -35,8 +36,8 @@ def events_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     s = setup(tmp_path_factory.mktemp("usage"))
     with billing_store(s.db) as con:
         con.execute(
-            """
-            INSERT INTO usage_events
+            f"""
+            INSERT INTO usage_events ({", ".join(EVENT_COLUMNS[:24])})
             WITH t AS (SELECT i, (i * 535919) % 2678400000000 AS us FROM range(5000) AS r(i))
             SELECT 'ev-' || i, TIMESTAMP '2026-03-01' + to_microseconds(us),
                    TIMESTAMP '2026-03-01' + to_microseconds(us + i * 1000),
@@ -243,7 +244,7 @@ def test_group_by_parsing() -> None:
     assert parse_group_by("day, model") == ("model", "day")
     with pytest.raises(UsageError) as err:
         parse_group_by("model,week")
-    assert str(err.value) == "unknown dimension 'week' (choose from model, type, day)"
+    assert str(err.value) == "unknown dimension 'week' (choose from model, type, day, refused)"
 
 
 def test_events_are_counted_per_token_type_set(tmp_path: Path) -> None:
