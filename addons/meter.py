@@ -41,6 +41,7 @@ from addons.metering import (
     catalogwatch,
     errors,
     events,
+    governance,
     hints,
     keys,
     providers,
@@ -308,6 +309,7 @@ class Meter:
         self._once = OnceLog()
         self._catalog_watch: catalogwatch.CatalogWatch | None = None
         self._catalog_timer: asyncio.TimerHandle | None = None
+        self.governance = governance.Governance()
 
     # ------------------------------------------------------------------ options
 
@@ -376,6 +378,7 @@ class Meter:
             socket.gethostname(),
             "Name of this proxy, stored with each event (default: the host name).",
         )
+        governance.add_options(loader)
 
     def configure(self, updated: set[str]) -> None:
         if "meter_catalog" in updated or self.catalog is None:
@@ -399,6 +402,10 @@ class Meter:
         self.log_payloads = ctx.options.meter_log_payloads
         self.durable = ctx.options.meter_durable
         self.proxy_id = ctx.options.meter_proxy_id or None
+        o = ctx.options
+        self.governance.configure(
+            o.meter_governance_refresh, o.meter_governance_failure, o.meter_db
+        )
         if self._running and "meter_spool" in updated:
             self._open_spool()
         if self.writer is not None:
@@ -410,10 +417,11 @@ class Meter:
         registry = providers.ProviderRegistry.from_catalog(catalog)
         table = routes.RouteTable.from_catalog(catalog, registry)
         self.catalog, self.registry, self.keybook = catalog, registry, keys.KeyBook(catalog)
+        self.governance.use_catalog(catalog)
         self.routes = table
 
     def _watch_catalog(self) -> None:
-        """Re-read the catalog when its file changed; runs every CATALOG_CHECK_INTERVAL.
+        """Re-read the catalog when its file changed; runs every catalogwatch.CHECK_INTERVAL.
 
         One ``stat`` per interval on the event loop, never per flow. A change is read once
         the file is stable (:mod:`addons.metering.catalogwatch`); an edit that does not
@@ -427,14 +435,15 @@ class Meter:
             if poll is catalogwatch.Poll.GONE:
                 log.error("meterline: catalog %s is gone, keeping the one in use", path)
             elif poll is catalogwatch.Poll.READY and watch is not None:
+                catalog: Catalog | None = None
                 try:
                     catalog = load_catalog(watch.path)
                 except (CatalogError, ValueError) as e:
-                    catalog, why = None, str(e)
+                    why: str | None = str(e)
                 if not watch.settled():
                     return  # written to while being read: read it again once it is stable
                 if catalog is not None:
-                    why = catalogwatch.refusal(self.catalog, catalog) or ""
+                    why = catalogwatch.refusal(self.catalog, catalog)
                 if catalog is None or why:
                     log.error(
                         "meterline: catalog %s not reloaded, keeping the one in use: %s",
@@ -489,6 +498,8 @@ class Meter:
             log.error("meterline: %s; each proxy needs its own: --set meter_spool=DIR", e)
             ctx.master.shutdown()  # not a traceback, and no proxy running unmetered
             return
+        if self.writer is not None:
+            self.governance.start(self.writer.flush, self.spool.directory if self.spool else None)
         if not redact.install(ctx.master.addons.get("dumper")):
             log.debug("meterline: no dumper addon: nothing to redact")
         if self._catalog_timer is None:
@@ -517,6 +528,7 @@ class Meter:
         if self._catalog_timer is not None:
             self._catalog_timer.cancel()
             self._catalog_timer = None
+        self.governance.stop()
         self._pending.extend(self._after_reply)
         self._after_reply.clear()
         self._drain()
@@ -625,6 +637,16 @@ class Meter:
             log.warning("meterline: %s: rejected %s: %s", flow.id, _where(st), why)
             self._error_response(flow, st, "unknown_key", message)
             return
+        consumer = st.identity.consumer
+        verdict = self.governance.check(
+            consumer.name if consumer else None, st.provider.flavor, st.provider.name, flow
+        )
+        if verdict is not None and verdict is not True:  # refused: never forwarded
+            del self._active[flow.id]
+            who = (consumer.name if consumer else None, st.identity.fingerprint)
+            provider = (st.provider.name, st.provider.flavor)
+            self._record(self.governance.refuse(flow, provider, who, verdict, self.proxy_id))
+            return
         req = flow.request
         if st.inject_env is not None:
             path, _, query = req.path.partition("?")
@@ -632,6 +654,7 @@ class Meter:
                 query = keys.inject_key(req.headers, query, st.provider, st.inject_env)
             except keys.InjectionError as e:
                 del self._active[flow.id]
+                self.governance.finish(flow.id, None)
                 log.error("meterline: %s: %s", flow.id, e)
                 self._error_response(flow, st, "injection_failed", f"Meterline proxy: {e}")
                 return
@@ -740,6 +763,7 @@ class Meter:
         resp = flow.response
         if resp is None:  # no response headers ever came: the provider did no work
             log.info("meterline: %s: no response from %s, nothing metered", flow.id, _where(st))
+            self.governance.finish(flow.id, None)
             return
         if not st.started:
             st.start()
@@ -784,7 +808,9 @@ class Meter:
             t_first_byte=st.t_first_byte,
             t_done=st.t_done,
         )
-        for event in events.build_events(exchange, usage, self.proxy_id):
+        rows = events.build_events(exchange, usage, self.proxy_id)
+        self.governance.finish(flow.id, rows)
+        for event in rows:
             self._record(event)
 
     def _note_settled(self, flow_id: str, st: _MeteredStream, settled: Settled, cut: bool) -> None:

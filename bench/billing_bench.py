@@ -46,6 +46,7 @@ from billing.periods import calendar_month  # noqa: E402
 from billing.schedule import periods_ending_in  # noqa: E402
 from billing.store import billing_store  # noqa: E402
 from meterline.catalog import load_catalog  # noqa: E402
+from meterline.store import EVENT_COLUMNS  # noqa: E402
 
 MONTH = "2026-03"
 NOW = datetime(2026, 4, 1, 0, 0, 5, tzinfo=UTC)
@@ -104,8 +105,8 @@ def write_catalog(path: Path, customers: int) -> None:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-EVENTS_SQL = """
-INSERT INTO usage_events
+EVENTS_SQL = f"""
+INSERT INTO usage_events ({", ".join(EVENT_COLUMNS[:24])})
 WITH g AS (
     SELECT i, hash(i) AS h,
            TIMESTAMP '2026-03-01'

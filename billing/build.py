@@ -42,8 +42,8 @@ from billing.model import Invoice, InvoiceLine
 from billing.money import decimal_text, round_money
 from billing.pricing import PricedLine, price_rate_card
 from billing.schedule import BillingPeriod, continues_earlier, next_period
-from billing.usage import MeterFilter, UsageWindow, WindowUsage, aggregate_windows
-from meterline.catalog import Catalog, FlatPrice, Meter, Plan, RateCard
+from billing.usage import TokenFilter, UsageWindow, WindowUsage, aggregate_windows
+from meterline.catalog import Catalog, FeatureMeter, FlatPrice, Plan, RateCard
 
 
 def catalog_digest(catalog: Catalog) -> str:
@@ -69,7 +69,7 @@ class UsageCard:
     card: RateCard
     plan_key: str
     feature_key: str
-    meter: MeterFilter
+    meter: TokenFilter
     proration: Fraction | None = None
     """Late usage: the share its period's own invoice priced with (from the snapshot)."""
     _snapshot: dict[str, Any] | None = field(default=None, repr=False, compare=False)
@@ -102,7 +102,7 @@ class UsageCard:
             card=RateCard.model_validate(detail["rate_card"]),
             plan_key=plan_key,
             feature_key=m["feature"],
-            meter=MeterFilter(m["provider"], m["model"], tuple(m["token_types"])),
+            meter=TokenFilter(m["provider"], m["model"], tuple(m["token_types"])),
             proration=share,
         )
 
@@ -112,8 +112,8 @@ def usage_cards(catalog: Catalog, plan: Plan) -> list[UsageCard]:
     for card in plan.rate_cards:
         if card.feature is None:
             continue
-        meter: Meter = catalog.feature(card.feature).meter
-        flt = MeterFilter(meter.provider, meter.model, tuple(meter.token_types))
+        meter: FeatureMeter = catalog.feature(card.feature).meter
+        flt = TokenFilter(meter.provider, meter.model, tuple(meter.token_types))
         out.append(UsageCard(card, plan.key, card.feature, flt))
     return out
 
@@ -148,9 +148,9 @@ class _Matcher:
     """Which (provider, model, token type) rows a card counts; memoised, models are few."""
 
     def __init__(self) -> None:
-        self._cache: dict[tuple[MeterFilter, str, str], bool] = {}
+        self._cache: dict[tuple[TokenFilter, str, str], bool] = {}
 
-    def __call__(self, meter: MeterFilter, provider: str, model: str) -> bool:
+    def __call__(self, meter: TokenFilter, provider: str, model: str) -> bool:
         key = (meter, provider, model)
         hit = self._cache.get(key)
         if hit is None:
@@ -185,7 +185,7 @@ def _flat_line(card: RateCard, price: FlatPrice, bp: BillingPeriod, currency: st
 
 
 def _tokens_for(
-    meter: MeterFilter, rows: Sequence[WindowUsage], match: _Matcher
+    meter: TokenFilter, rows: Sequence[WindowUsage], match: _Matcher
 ) -> tuple[int, int, list[dict[str, Any]]]:
     """Tokens the meter selects from a window's rows, the events behind them, the breakdown."""
     quantity = 0
@@ -194,9 +194,7 @@ def _tokens_for(
     for row in rows:
         if not match(meter, row.provider, row.model):
             continue
-        if row.nonzero.isdisjoint(meter.token_types):
-            continue  # these events have none of the line's token types
-        events += row.events
+        events += row.events_with(meter.token_types)  # only events with the line's tokens
         for tt in meter.token_types:
             n = row.tokens[tt]
             if n:
@@ -360,7 +358,8 @@ def build_invoices(
             )
 
     by_window: dict[int, list[WindowUsage]] = defaultdict(list)
-    for row in aggregate_windows(con, [j.window for j in jobs]):
+    token_sets = {uc.meter.token_types for j in jobs for uc in j.cards}
+    for row in aggregate_windows(con, [j.window for j in jobs], sorted(token_sets)):
         by_window[row.window_id].append(row)
 
     match = _Matcher()

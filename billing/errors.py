@@ -21,6 +21,18 @@ class BillingError(UserError, ValueError):
     """A request billing cannot fulfil (unknown customer or invoice, bad period)."""
 
 
+class NoUsage(BillingError):
+    """Invoices would be finalized from a store that holds no usage events at all."""
+
+
+class NotGenerated(BillingError):
+    """A month whose invoices were never generated."""
+
+    def __init__(self, month: str) -> None:
+        super().__init__(f"no invoices for {month}: that month was never generated")
+        self.month = month
+
+
 class UnknownCustomer(BillingError):
     """A customer key that is not in the catalog; the message lists the known ones."""
 

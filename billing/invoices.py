@@ -20,7 +20,8 @@ from typing import Any
 import duckdb
 
 from billing.build import build_invoices
-from billing.errors import BillingError, UnknownCustomer
+from billing.credits import apply_credits
+from billing.errors import BillingError, NoUsage, UnknownCustomer
 from billing.ledger import existing_invoices, load_invoices, save_invoices
 from billing.model import Invoice, InvoiceLine
 from billing.periods import Period, calendar_month
@@ -32,7 +33,7 @@ from billing.schedule import (
     periods_ended_before,
     periods_ending_in,
 )
-from billing.usage import MeterFilter, UsageWindow, events_behind
+from billing.usage import TokenFilter, UsageWindow, events_behind
 from meterline.catalog import Catalog, Customer
 
 
@@ -78,6 +79,7 @@ def preview_invoice(
     except ScheduleError as e:
         raise BillingError(str(e)) from None
     invoices, _ = build_invoices(con, catalog, [bp], watermark=max(now, at), usage_until=at)
+    apply_credits(con, invoices, now)
     return invoices[0]
 
 
@@ -105,10 +107,6 @@ class Generated:
             if bp.customer.key not in keys:
                 keys.append(bp.customer.key)
         return out
-
-
-class NoUsage(BillingError):
-    """Invoices would be finalized from a store that holds no usage events at all."""
 
 
 def _check_no_overlap(
@@ -171,6 +169,7 @@ def generate_invoices(
     for bp in todo:
         _check_no_overlap(bp, invoiced)
     drafts, windows = build_invoices(con, catalog, todo, watermark=now - settle, progress=progress)
+    apply_credits(con, drafts, now)
     save_invoices(con, drafts, windows, issued_at=now)
     names = {c.key: c.name for c in catalog.customers}
     stored = [n for n in (have.get(bp.key) for bp in due) if n]
@@ -244,9 +243,9 @@ def _parse(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
 
 
-def line_meter(line: InvoiceLine) -> MeterFilter:
+def line_meter(line: InvoiceLine) -> TokenFilter:
     m = line.detail["meter"]
-    return MeterFilter(m["provider"], m["model"], tuple(m["token_types"]))
+    return TokenFilter(m["provider"], m["model"], tuple(m["token_types"]))
 
 
 def explain_line(con: duckdb.DuckDBPyConnection, number: str, line_no: int) -> Explanation:
@@ -262,8 +261,9 @@ def explain_line(con: duckdb.DuckDBPyConnection, number: str, line_no: int) -> E
         raise BillingError(
             f"{number} has no line {line_no} (it has {len(invoice.lines)} lines)"
         ) from None
-    if line.kind == "flat":
-        raise BillingError(f"{number} line {line_no} is a flat fee: no usage events behind it")
+    if line.kind in ("flat", "credit"):
+        what = "a flat fee" if line.kind == "flat" else "a credit"
+        raise BillingError(f"{number} line {line_no} is {what}: no usage events behind it")
     events = events_behind(con, line_windows(line), line_meter(line))
     result = Explanation(invoice, line, events)
     if result.quantity != line.quantity:

@@ -18,6 +18,8 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from billing import extensions
+from billing.credits import consumption_rows
 from billing.errors import UserError
 from billing.model import Invoice, InvoiceLine
 from billing.money import decimal_text, money_context, round_money
@@ -150,6 +152,9 @@ def save_invoices(
         _insert(con, "invoices", _invoice_rows(invoices))
         _insert(con, "invoice_lines", _line_rows(invoices))
         _insert(con, "invoice_windows", _window_rows(invoices, windows))
+        consumed = [(*r, issued_at) for inv in invoices for r in consumption_rows(inv)]
+        if consumed:  # what credit lines took from grants, with the invoice or not at all
+            con.executemany("INSERT INTO credit_consumptions VALUES (?, ?, ?, ?, ?)", consumed)
         con.execute("COMMIT")
         for inv in invoices:  # the values as stored, so they read back identical
             for ln in inv.lines:
@@ -277,8 +282,8 @@ def _unit_price(kind: str, value: Decimal, currency: str) -> Decimal:
 
 INVOICE_SQL = """
     SELECT i.number, i.seq, i.customer_key, i.currency, i.period_start, i.period_end,
-           i.watermark, i.issued_at, i.status, i.total, i.catalog_digest, s.stripe_status
-    FROM invoices AS i LEFT JOIN stripe_invoices AS s ON s.invoice_number = i.number
+           i.watermark, i.issued_at, i.status, i.total, i.catalog_digest
+    FROM invoices AS i
 """
 
 
@@ -302,7 +307,7 @@ def load_invoices(
     with value_set(con, "bill_numbers", numbers or []):
         found = con.execute(sql, params).fetchall()
     for r in found:
-        number, seq, ck, cur, ps, pe, wm, issued, status, total, digest, stripe_status = r
+        number, seq, ck, cur, ps, pe, wm, issued, status, total, digest = r
         inv = Invoice(
             customer_key=ck,
             customer_name=(names or {}).get(ck, ck),
@@ -315,7 +320,6 @@ def load_invoices(
             number=number,
             seq=seq,
             issued_at=from_db(issued),
-            stripe_status=stripe_status,
         )
         inv.stored_total = round_money(total, cur)
         invoices[number] = inv
@@ -345,4 +349,6 @@ def load_invoices(
                     line_no=no,
                 )
             )
-    return list(invoices.values())
+    found_invoices = list(invoices.values())
+    extensions.annotate(con, found_invoices)
+    return found_invoices

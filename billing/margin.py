@@ -24,7 +24,8 @@ from typing import Any
 
 import duckdb
 
-from billing.invoices import BillingError, parse_month
+from billing.errors import NotGenerated
+from billing.invoices import parse_month
 from billing.ledger import load_invoices
 from billing.listprice import LIST_PRICE_CURRENCY, find_model, has_context_tiers, list_cost
 from billing.model import Invoice
@@ -74,9 +75,7 @@ def month_invoices(con: duckdb.DuckDBPyConnection, month: str) -> list[Invoice]:
         if period.start < i.period_end <= period.end and i.number
     ]
     if not numbers:
-        raise BillingError(
-            f"no invoices for {month}: run `billing invoice generate --period {month}` first"
-        )
+        raise NotGenerated(month)
     return load_invoices(con, numbers=numbers)
 
 

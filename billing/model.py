@@ -7,7 +7,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-LINE_KINDS = ("flat", "usage", "late_usage")
+LINE_KINDS = ("flat", "usage", "late_usage", "credit")
 
 
 @dataclass
@@ -44,9 +44,11 @@ class Invoice:
     number: str | None = None
     seq: int | None = None
     issued_at: datetime | None = None
-    stripe_status: str | None = None
     stored_total: Decimal | None = None
     """The total column as stored (read back without lines)."""
+    extra: dict[str, object] = field(default_factory=dict)
+    """Columns other packages add to stored invoices (``billing.extensions``), such as
+    the Stripe sync's ``stripe_status``."""
 
     @property
     def total(self) -> Decimal:

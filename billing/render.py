@@ -15,6 +15,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
+from billing import extensions
 from billing.model import Invoice, InvoiceLine
 from billing.money import decimal_text, format_money
 from meterline.catalog import Catalog
@@ -111,8 +112,8 @@ SUMMARY_COLUMNS = (
     "total",
     "status",
     "issued_at",
-    "stripe_status",
 )
+"""The core's listing columns; :func:`summary_columns` adds the registered packages'."""
 LINE_COLUMNS = (
     "line_no",
     "kind",
@@ -138,8 +139,13 @@ def invoice_summary(inv: Invoice) -> Row:
         "issued_at": inv.issued_at,
         "watermark": inv.watermark,
         "catalog_digest": inv.catalog_digest,
-        "stripe_status": inv.stripe_status,
+        **{c.name: inv.extra.get(c.name) for c in extensions.invoice_columns()},
     }
+
+
+def summary_columns() -> tuple[str, ...]:
+    """``invoice list``'s table columns: the core's, then each registered package's."""
+    return (*SUMMARY_COLUMNS, *(c.name for c in extensions.invoice_columns()))
 
 
 def line_row(line: InvoiceLine) -> Row:
@@ -184,7 +190,11 @@ def invoice_text(inv: Invoice) -> str:
         f"Period   {_cell(inv.period_start)} .. {_cell(inv.period_end)}",
         f"Status   {inv.status}"
         + (f", issued {_cell(inv.issued_at)}" if inv.issued_at else "")
-        + (f", stripe {inv.stripe_status}" if inv.stripe_status else ""),
+        + "".join(
+            f", {c.label} {inv.extra[c.name]}"
+            for c in extensions.invoice_columns()
+            if inv.extra.get(c.name)
+        ),
         f"Usage    ingested up to {_cell(inv.watermark)}",
         "",
     ]

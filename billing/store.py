@@ -3,8 +3,9 @@
 The proxy opens the same DuckDB file about once a second for one batch. Billing does
 the same: :func:`billing_store` opens the file (``meterline.store`` retries while the
 proxy holds the lock), applies every migration billing reads or writes (events,
-invoices, Stripe state), yields, and closes, so the proxy is never locked out for
-longer than one command's unit of work.
+invoices, and the tables of the packages registered in ``billing.extensions``, such as
+the Stripe sync's), yields, and closes, so the proxy is never locked out for longer
+than one command's unit of work.
 """
 
 from __future__ import annotations
@@ -15,21 +16,28 @@ from pathlib import Path
 
 import duckdb
 
+from billing import extensions
 from billing.schema import BILLING_MIGRATIONS
-from billing.stripe.schema import STRIPE_MIGRATIONS
+from meterline.entitlements.schema import GOVERNANCE_MIGRATIONS
 from meterline.store import EVENT_MIGRATIONS, LAKE_PREFIX, Migration, StoreError, migrate, store
 
-ALL_MIGRATIONS: tuple[Migration, ...] = (
+# Credit grants and what invoices consume of them: the core writes both (credit lines).
+CORE_MIGRATIONS: tuple[Migration, ...] = (
     *EVENT_MIGRATIONS,
     *BILLING_MIGRATIONS,
-    *STRIPE_MIGRATIONS,
+    *GOVERNANCE_MIGRATIONS,
 )
 
 
+def all_migrations() -> tuple[Migration, ...]:
+    """The core's migrations, then those of the registered packages."""
+    return (*CORE_MIGRATIONS, *extensions.registered_migrations())
+
+
 def apply_migrations(
-    con: duckdb.DuckDBPyConnection, migrations: Sequence[Migration] = ALL_MIGRATIONS
+    con: duckdb.DuckDBPyConnection, migrations: Sequence[Migration] | None = None
 ) -> list[str]:
-    return migrate(con, migrations)
+    return migrate(con, all_migrations() if migrations is None else migrations)
 
 
 @contextmanager

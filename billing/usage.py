@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import duckdb
@@ -31,7 +31,7 @@ TOKEN_COLUMNS: dict[str, str] = {
     "cache_write": "cache_write_tokens",
     "output": "output_tokens",
 }
-GROUP_DIMENSIONS = ("model", "type", "day")
+GROUP_DIMENSIONS = ("model", "type", "day", "refused")
 
 
 class UsageError(UserError, ValueError):
@@ -55,11 +55,11 @@ class UsageWindow:
 
 @dataclass(frozen=True)
 class WindowUsage:
-    """Token sums of one window for one (provider, model) and one set of token types the
-    events have (``nonzero``); model ``""`` when unreported.
+    """Token sums of one window for one (provider, model); model ``""`` when unreported.
 
-    Grouping by ``nonzero`` too lets a line count exactly the events it bills: those with
-    tokens of one of its token types (``invoice explain`` lists the same events).
+    ``counted`` holds, per set of token types asked for (a usage card's meter), how many
+    of the events have tokens of one of them: the events that line bills, the same ones
+    ``invoice explain`` lists (an input-only call is not behind an output line).
     """
 
     window_id: int
@@ -67,7 +67,11 @@ class WindowUsage:
     model: str
     tokens: dict[str, int]
     events: int
-    nonzero: frozenset[str] = frozenset(TOKEN_TYPES)
+    counted: dict[tuple[str, ...], int] = field(default_factory=dict)
+
+    def events_with(self, token_types: tuple[str, ...]) -> int:
+        """Events with tokens of ``token_types`` (all events when that set was not asked)."""
+        return self.counted.get(token_types, self.events)
 
 
 def _windows_table(windows: Sequence[UsageWindow]) -> pa.Table:
@@ -120,29 +124,38 @@ WINDOWED_EVENTS = windowed_events()
 
 _SUMS = ", ".join(f"SUM(e.{col})::BIGINT AS {tt}" for tt, col in TOKEN_COLUMNS.items())
 
-_NONZERO = " + ".join(
-    f"(e.{col} > 0)::INTEGER * {1 << bit}" for bit, col in enumerate(TOKEN_COLUMNS.values())
-)
-
 AGGREGATE_SQL = f"""
     SELECT w.window_id, e.provider, coalesce(e.model, '') AS model, {_SUMS},
-           COUNT(*) AS events, {_NONZERO} AS nonzero
+           COUNT(*) AS events{{counted}}
     {WINDOWED_EVENTS}
     WHERE e.ts >= ? AND e.ts < ?
     GROUP BY ALL
 """
 
 
+def _count_with(token_types: tuple[str, ...], n: int) -> str:
+    cols = " + ".join(f"e.{TOKEN_COLUMNS[tt]}" for tt in token_types)
+    return f", COUNT(*) FILTER (WHERE {cols} > 0) AS counted_{n}"
+
+
 def aggregate_windows(
-    con: duckdb.DuckDBPyConnection, windows: Sequence[UsageWindow]
+    con: duckdb.DuckDBPyConnection,
+    windows: Sequence[UsageWindow],
+    token_sets: Sequence[tuple[str, ...]] = (),
 ) -> list[WindowUsage]:
-    """One pass over the events: token sums per (window, provider, model)."""
+    """One pass over the events: token sums per (window, provider, model), and for each
+    set in ``token_sets`` the number of events with tokens of one of its types."""
     if not windows:
         return []
+    sets = list(dict.fromkeys(tuple(s) for s in token_sets))
+    bad = [tt for s in sets for tt in s if tt not in TOKEN_COLUMNS]
+    if bad:
+        raise ValueError(f"unknown token type {bad[0]!r}")
     load_windows(con, windows)
     lo = to_db(min(w.start for w in windows))
     hi = to_db(max(w.end for w in windows))
-    rows = con.execute(AGGREGATE_SQL, [lo, hi]).fetchall()
+    counted = "".join(_count_with(s, n) for n, s in enumerate(sets))
+    rows = con.execute(AGGREGATE_SQL.format(counted=counted), [lo, hi]).fetchall()
     return [
         WindowUsage(
             window_id=r[0],
@@ -150,24 +163,22 @@ def aggregate_windows(
             model=r[2],
             tokens=dict(zip(TOKEN_TYPES, (int(v) for v in r[3:7]), strict=True)),
             events=int(r[7]),
-            nonzero=_NONZERO_SETS[r[8]],
+            counted={s: int(v) for s, v in zip(sets, r[8:], strict=True)},
         )
         for r in rows
     ]
-
-
-_NONZERO_SETS = [
-    frozenset(tt for bit, tt in enumerate(TOKEN_COLUMNS) if mask >> bit & 1)
-    for mask in range(1 << len(TOKEN_COLUMNS))
-]
 
 
 # --------------------------------------------------------------------------- one line's events
 
 
 @dataclass(frozen=True)
-class MeterFilter:
-    """The events a usage line counts: provider, case-insensitive model glob, token types."""
+class TokenFilter:
+    """The tokens a usage line counts: provider, case-insensitive model glob, token types.
+
+    A hashable copy of a feature's ``meter`` (``meterline.catalog.FeatureMeter``) as the
+    line was priced: built from the catalog, or from the snapshot stored on the line.
+    """
 
     provider: str | None
     model: str
@@ -194,7 +205,7 @@ EVENT_FIELDS = (
 
 
 def events_behind(
-    con: duckdb.DuckDBPyConnection, windows: Sequence[UsageWindow], meter: MeterFilter
+    con: duckdb.DuckDBPyConnection, windows: Sequence[UsageWindow], meter: TokenFilter
 ) -> list[dict[str, object]]:
     """The events a line counted, each with ``quantity`` = its tokens of the meter's types.
 
@@ -344,6 +355,8 @@ def _group_dims(group_by: tuple[str, ...]) -> list[str]:
         dims += ["e.provider", "coalesce(e.model, '') AS model"]
     if "day" in group_by:
         dims.append("CAST(e.ts AS DATE) AS day")
+    if "refused" in group_by:  # calls the proxy refused itself, by reason
+        dims.append("e.reason AS refused")
     return dims
 
 
@@ -398,11 +411,11 @@ def usage_report(
     return _shape(rows, query.group_by)
 
 
-def _priced_types(catalog: Catalog) -> dict[str, list[MeterFilter]]:
+def _priced_types(catalog: Catalog) -> dict[str, list[TokenFilter]]:
     """Per plan, the meters of its usage rate cards."""
     return {
         plan.key: [
-            MeterFilter(m.provider, m.model, tuple(m.token_types))
+            TokenFilter(m.provider, m.model, tuple(m.token_types))
             for m in (catalog.feature(c.feature).meter for c in plan.rate_cards if c.feature)
         ]
         for plan in catalog.plans

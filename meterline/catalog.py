@@ -127,7 +127,7 @@ class Route(_Model):
 # --------------------------------------------------------------------------- products
 
 
-class Meter(_Model):
+class FeatureMeter(_Model):
     """A slice of the token meter. ``model`` is a glob (``gpt-4o*``), matched case-insensitively."""
 
     provider: str | None = None
@@ -145,7 +145,7 @@ class Meter(_Model):
 class Feature(_Model):
     key: str = Field(pattern=KEY_RE)
     name: str
-    meter: Meter
+    meter: FeatureMeter
 
 
 class Tier(_Model):
@@ -203,11 +203,56 @@ Price = Annotated[FlatPrice | UnitPrice | TieredPrice | PackagePrice, Field(disc
 
 
 class Entitlement(_Model):
-    """Room for limits (enforcement comes later); stored and shown, not enforced yet."""
+    """What a plan entitles to; enforced by the proxy (see ``meterline/entitlements``).
+
+    ``metered``: at most ``limit`` units of the feature per usage period (the billing
+    period unless ``period`` is given); ``hard`` refuses calls once it is reached,
+    ``soft`` lets them through (and alerts). ``boolean``: access to the feature's
+    models; once a plan lists one, calls to models no entitlement names are refused.
+    """
 
     feature: str
-    limit: int | None = Field(default=None, ge=0)
+    type: Literal["metered", "boolean"] = "metered"
+    limit: Annotated[int, Field(ge=0)] | Literal["unlimited"] | None = None
+    """Units per usage period, or ``unlimited``; required for ``metered``."""
+    enforcement: Literal["hard", "soft"] = "hard"
     period: str | None = None
+    """ISO-8601 duration of the usage period, anchored at the subscription start."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_type(cls, data: object) -> object:
+        """No ``type``: metered when a limit is given, else boolean (access, no limit)."""
+        if isinstance(data, dict) and "type" not in data:
+            return {**data, "type": "boolean" if data.get("limit") is None else "metered"}
+        return data
+
+    @field_validator("period")
+    @classmethod
+    def _period(cls, value: str | None) -> str | None:
+        return None if value is None else _iso_duration(value)
+
+    @model_validator(mode="after")
+    def _shape(self) -> Entitlement:
+        if self.type == "metered" and self.limit is None:
+            raise ValueError("a metered entitlement needs a limit (a number or unlimited)")
+        if self.type == "boolean" and self.limit is not None:
+            raise ValueError("a boolean entitlement has no limit")
+        return self
+
+
+class EntitlementOverride(_Model):
+    """A customer's own limit for a feature, superseding the plan's from ``start`` on."""
+
+    feature: str
+    limit: Annotated[int, Field(ge=0)] | Literal["unlimited"]
+    enforcement: Literal["hard", "soft"] | None = None
+    start: datetime | None = None
+
+    @field_validator("start")
+    @classmethod
+    def _in_utc(cls, value: datetime | None) -> datetime | None:
+        return None if value is None else as_utc(value)
 
 
 class RateCard(_Model):
@@ -245,6 +290,13 @@ ISO_DURATION_RE = re.compile(
 )
 
 
+def _iso_duration(value: str) -> str:
+    m = ISO_DURATION_RE.match(value)
+    if not m or not any(m.groupdict().values()) or value == "P":
+        raise ValueError(f"{value!r} is not an ISO-8601 duration such as P1M, P1W or P1Y")
+    return value
+
+
 class Plan(_Model):
     key: str = Field(pattern=KEY_RE)
     name: str
@@ -253,14 +305,13 @@ class Plan(_Model):
     """ISO-8601 duration: ``P1M``, ``P1W``, ``P1Y``, ``P3M``, ``P14D``."""
     rate_cards: list[RateCard] = Field(default_factory=list)
     entitlements: list[Entitlement] = Field(default_factory=list)
+    prepaid: bool = False
+    """Calls are refused once the credit balance minus the period's running cost is zero."""
 
     @field_validator("billing_cadence")
     @classmethod
     def _cadence(cls, value: str) -> str:
-        m = ISO_DURATION_RE.match(value)
-        if not m or not any(m.groupdict().values()) or value == "P":
-            raise ValueError(f"{value!r} is not an ISO-8601 duration such as P1M, P1W or P1Y")
-        return value
+        return _iso_duration(value)
 
     @field_validator("rate_cards")
     @classmethod
@@ -303,6 +354,8 @@ class Customer(_Model):
     consumers: list[str] = Field(default_factory=list)
     subscriptions: list[Subscription] = Field(default_factory=list)
     invoicing: InvoiceSettings = InvoiceSettings()
+    entitlements: list[EntitlementOverride] = Field(default_factory=list)
+    """Per-customer limits superseding the plan's (see :class:`EntitlementOverride`)."""
 
     @field_validator("subscriptions")
     @classmethod
@@ -315,6 +368,26 @@ class Customer(_Model):
                     f"and {b.plan} from {b.start:%Y-%m-%dT%H:%M:%SZ}"
                 )
         return subs
+
+
+class Webhook(_Model):
+    url: str = Field(pattern=r"^https?://")
+    secret_env: str
+    """Environment variable holding the HMAC-SHA256 signing secret (never in the file)."""
+
+
+class Alerts(_Model):
+    """Thresholds that fire once per period each, delivered to ``webhooks``."""
+
+    webhooks: list[Webhook] = Field(default_factory=list)
+    entitlement_percent: list[Annotated[int, Field(gt=0, le=1000)]] = Field(
+        default_factory=lambda: [50, 80, 100]
+    )
+    """Percent of each metered entitlement's limit used in its usage period."""
+    credit_balance_below: list[Money] = Field(default_factory=list)
+    """Remaining credit balance (plan currency) below these amounts."""
+    period_spend_above: list[Money] = Field(default_factory=list)
+    """Running usage cost of the billing period (plan currency) above these amounts."""
 
 
 class Seller(_Model):
@@ -339,6 +412,7 @@ class Catalog(_Model):
     features: list[Feature] = Field(default_factory=list)
     plans: list[Plan] = Field(default_factory=list)
     customers: list[Customer] = Field(default_factory=list)
+    alerts: Alerts = Alerts()
     seller: Seller | None = None
     payment_terms: str | None = None
     """Printed under an invoice's total, e.g. "Bank transfer to IBAN DE00 ... within 30 days".
@@ -396,6 +470,13 @@ class Catalog(_Model):
             for j, ent in enumerate(plan.entitlements):
                 if ent.feature not in features:
                     bad(f"plans[{i}].entitlements[{j}].feature", f"unknown feature {ent.feature!r}")
+        for i, customer in enumerate(self.customers):
+            for j, ovr in enumerate(customer.entitlements):
+                if ovr.feature not in features:
+                    bad(
+                        f"customers[{i}].entitlements[{j}].feature",
+                        f"unknown feature {ovr.feature!r}",
+                    )
         plans = {p.key: p for p in self.plans}
         consumers = {c.name for c in self.consumers}
         billed_to: dict[str, str] = {}

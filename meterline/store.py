@@ -69,13 +69,19 @@ EVENT_MIGRATIONS: tuple[Migration, ...] = (
         )
         """,
     ),
+    Migration(
+        "0010_event_reason",
+        # Why the proxy refused a call itself (limit:<feature>, credits, not_granted,
+        # unavailable): such events have zero tokens. NULL for forwarded calls.
+        "ALTER TABLE usage_events ADD COLUMN IF NOT EXISTS reason VARCHAR",
+    ),
 )
 
 EVENT_COLUMNS: tuple[str, ...] = (
     "event_id", "ts", "ingested_at", "consumer", "key_fingerprint", "provider", "flavor",
     "model", "input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens",
     "reasoning_tokens", "estimated", "response_id", "request_id", "method", "host", "path",
-    "status", "streamed", "latency_ms", "ttft_ms", "proxy_id",
+    "status", "streamed", "latency_ms", "ttft_ms", "proxy_id", "reason",
 )  # fmt: skip
 
 

@@ -9,16 +9,44 @@ from __future__ import annotations
 import json
 from typing import Literal
 
-ErrorKind = Literal["unknown_key", "injection_failed"]
+ErrorKind = Literal[
+    "unknown_key", "injection_failed", "limit", "credits", "not_granted", "unavailable"
+]
 
 _OPENAI = {
     "unknown_key": ("invalid_request_error", "invalid_api_key"),
     "injection_failed": ("server_error", "proxy_key_injection_failed"),
+    # What OpenAI answers when an account's quota or credit is used up.
+    "limit": ("insufficient_quota", "insufficient_quota"),
+    "credits": ("insufficient_quota", "insufficient_quota"),
+    "not_granted": ("invalid_request_error", "model_not_allowed"),
+    "unavailable": ("server_error", "governance_unavailable"),
 }
-_ANTHROPIC = {"unknown_key": "authentication_error", "injection_failed": "api_error"}
-_GEMINI = {"unknown_key": "UNAUTHENTICATED", "injection_failed": "UNAVAILABLE"}
+_ANTHROPIC = {
+    "unknown_key": "authentication_error",
+    "injection_failed": "api_error",
+    "limit": "rate_limit_error",
+    "credits": "rate_limit_error",
+    "not_granted": "permission_error",
+    "unavailable": "api_error",
+}
+_GEMINI = {
+    "unknown_key": "UNAUTHENTICATED",
+    "injection_failed": "UNAVAILABLE",
+    "limit": "RESOURCE_EXHAUSTED",
+    "credits": "RESOURCE_EXHAUSTED",
+    "not_granted": "PERMISSION_DENIED",
+    "unavailable": "UNAVAILABLE",
+}
 
-STATUS: dict[ErrorKind, int] = {"unknown_key": 401, "injection_failed": 502}
+STATUS: dict[ErrorKind, int] = {
+    "unknown_key": 401,
+    "injection_failed": 502,
+    "limit": 429,
+    "credits": 429,
+    "not_granted": 403,
+    "unavailable": 503,
+}
 
 
 def error_body(flavor: str, kind: ErrorKind, message: str) -> tuple[int, bytes]:

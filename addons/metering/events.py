@@ -95,4 +95,5 @@ def build_event(
         "latency_ms": _ms(ex.t_request, done),
         "ttft_ms": _ms(ex.t_request, ex.t_first_byte),
         "proxy_id": proxy_id,
+        "reason": None,
     }

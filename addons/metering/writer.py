@@ -60,6 +60,7 @@ SPOOL_COLUMNS: dict[str, str] = {
     "latency_ms": "DOUBLE",
     "ttft_ms": "DOUBLE",
     "proxy_id": "VARCHAR",
+    "reason": "VARCHAR",
 }
 assert list(SPOOL_COLUMNS) == [c for c in EVENT_COLUMNS if c != "ingested_at"]
 

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import click
 
+import billing.stripe  # noqa: F401 - registers the Stripe tables and listing column
+from billing.cli.alerts import alerts_group
 from billing.cli.catalog import catalog_group
 from billing.cli.common import BillingGroup, Settings
 from billing.cli.consumers import consumers_group
+from billing.cli.credits import credits_group
 from billing.cli.dashboard import dashboard_cmd, health_cmd, timeline_cmd, unbilled_cmd
+from billing.cli.entitlements import entitlements_cmd
 from billing.cli.invoice import invoice_group
 from billing.cli.margin import margin_cmd
 from billing.cli.statement import statement_cmd
@@ -53,6 +57,9 @@ main.add_command(consumers_group, "consumers")
 main.add_command(usage_cmd, "usage")
 main.add_command(invoice_group, "invoice")
 main.add_command(margin_cmd, "margin")
+main.add_command(credits_group, "credits")
+main.add_command(alerts_group, "alerts")
+main.add_command(entitlements_cmd, "entitlements")
 main.add_command(statement_cmd, "statement")
 main.add_command(timeline_cmd, "timeline")
 main.add_command(health_cmd, "health")

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import click
 import duckdb
 
-from billing.errors import UserError
+from billing.errors import NotGenerated, NoUsage, UserError
 from billing.periods import calendar_month
 from billing.render import FORMATS
 from billing.store import billing_store
@@ -84,7 +84,17 @@ class BillingGroup(click.Group):
         try:
             return super().invoke(ctx)
         except USER_ERRORS as e:
-            raise click.ClickException(str(e)) from None
+            hint = cli_hint(e)
+            raise click.ClickException(f"{e}; {hint}" if hint else str(e)) from None
+
+
+def cli_hint(error: Exception) -> str | None:
+    """The command that fixes a domain error (domain messages never name CLI flags)."""
+    if isinstance(error, NoUsage):
+        return "pass --allow-empty to generate them anyway"
+    if isinstance(error, NotGenerated):
+        return f"run `billing invoice generate --period {error.month}` first"
+    return None
 
 
 class Month(click.ParamType):

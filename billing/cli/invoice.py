@@ -21,7 +21,6 @@ from billing.cli.documents import emit, output_option
 from billing.invoices import (
     Explanation,
     Generated,
-    NoUsage,
     explain_line,
     generate_invoices,
     get_invoice,
@@ -128,19 +127,16 @@ def generate(
       billing invoice generate --period 2026-03 --customer acme --format json
     """
     catalog = settings.load_catalog()
-    try:
-        with settings.store() as con:
-            result = generate_invoices(
-                con,
-                catalog,
-                month,
-                customer=customer,
-                settle=timedelta(seconds=settle if settle is not None else settings.default_settle),
-                progress=progress("Pricing"),
-                require_usage=not allow_empty,
-            )
-    except NoUsage as e:
-        raise click.ClickException(f"{e}; pass --allow-empty to generate them anyway") from None
+    with settings.store() as con:
+        result = generate_invoices(
+            con,
+            catalog,
+            month,
+            customer=customer,
+            settle=timedelta(seconds=settle if settle is not None else settings.default_settle),
+            progress=progress("Pricing"),
+            require_usage=not allow_empty,
+        )
     click.echo(generated_output(result, month, fmt))
     missed = result.missed_months
     if missed:
@@ -168,7 +164,7 @@ def list_cmd(settings: Settings, customer: str | None, fmt: str) -> None:
     with settings.store() as con:
         invoices = list_invoices(con, catalog, customer=customer)
     rows = [render.invoice_summary(i) for i in invoices]
-    columns = render.SUMMARY_COLUMNS if fmt == "table" else None
+    columns = render.summary_columns() if fmt == "table" else None
     click.echo(render.rows(rows, fmt, columns))
 
 

@@ -20,9 +20,9 @@ from billing.stripe.client import (
     StripeGateway,
     api_key_from_env,
 )
-from billing.stripe.ledger import Ledger
 from billing.stripe.status import pull_statuses
 from billing.stripe.sync import Syncer, dry_run_plan, sync_all
+from billing.stripe.syncstate import SyncState
 
 
 def _api_base(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
@@ -87,18 +87,18 @@ def sync_cmd(
     catalog = settings.load_catalog()
     if customer is not None:
         find_customer(catalog, customer)
-    ledger = Ledger(settings.db)
-    invoices = ledger.unsynced(period, customer)
+    sync_state = SyncState(settings.db)
+    invoices = sync_state.unsynced(period, customer)
     if not invoices:
         click.echo("nothing to sync: every finalized invoice is in Stripe")
         return
     if gateway is None:
         for invoice in invoices:
-            for line in dry_run_plan(invoice, catalog, ledger):
+            for line in dry_run_plan(invoice, catalog, sync_state):
                 click.echo(line)
         click.echo(f"dry run: {len(invoices)} invoice(s), nothing sent")
         return
-    done, flagged = sync_all(invoices, Syncer(catalog, ledger, gateway), click.echo)
+    done, flagged = sync_all(invoices, Syncer(catalog, sync_state, gateway), click.echo)
     click.echo(f"synced {len(done)} invoice(s), flagged {len(flagged)}")
     if flagged:
         numbers = ", ".join(o.number for o in flagged)
@@ -128,7 +128,7 @@ def status_cmd(
     gateway = _gateway(api_base, max_network_retries)
     if customer is not None:
         find_customer(settings.load_catalog(), customer)
-    changes = pull_statuses(Ledger(settings.db), gateway, period, customer)
+    changes = pull_statuses(SyncState(settings.db), gateway, period, customer)
     if not changes:
         click.echo("no invoice in Stripe yet: run `billing stripe sync`")
         return

@@ -16,7 +16,11 @@ from billing.usage import UsageError, UsageQuery, parse_group_by, usage_report
 @click.option("--consumer", help="Only this consumer.")
 @click.option("--from", "start", type=DATETIME, help="From this time (inclusive, UTC).")
 @click.option("--to", "end", type=DATETIME, help="Until this time (exclusive, UTC).")
-@click.option("--group-by", "group_by", help="Any of: model,type,day (comma separated).")
+@click.option(
+    "--group-by",
+    "group_by",
+    help="Any of: model,type,day,refused (comma separated; refused: by the proxy's reason).",
+)
 @click.option("--unbilled", is_flag=True, help="Only usage no invoice line bills, with why.")
 @format_option()
 @pass_settings

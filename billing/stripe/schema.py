@@ -1,6 +1,6 @@
 """Stripe sync state, beside ``invoices`` in the billing store, as named migrations.
 
-No primary keys: the store may be a DuckLake, which has none; the ledger keeps rows
+No primary keys: the store may be a DuckLake, which has none; ``SyncState`` keeps rows
 unique itself (update, else insert, in one transaction).
 
 Every Stripe id is written the moment Stripe returns it, so a sync that dies at any

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from billing.stripe.client import StripeGateway
-from billing.stripe.ledger import Ledger
+from billing.stripe.syncstate import SyncState
 
 
 @dataclass(frozen=True)
@@ -30,18 +30,18 @@ class StatusChange:
 
 
 def pull_statuses(
-    ledger: Ledger,
+    sync_state: SyncState,
     gateway: StripeGateway,
     period: str | None = None,
     customer: str | None = None,
 ) -> list[StatusChange]:
     """Refresh ``stripe_status`` of every invoice that has a Stripe invoice id."""
     changes = []
-    for row in ledger.rows(period, customer):
+    for row in sync_state.rows(period, customer):
         if not row.stripe_invoice_id:
             continue
         found = gateway.retrieve_invoice(row.stripe_invoice_id)
-        ledger.set_status(row.invoice_number, found.status)
+        sync_state.set_status(row.invoice_number, found.status)
         changes.append(
             StatusChange(
                 row.invoice_number,

@@ -1,6 +1,6 @@
 """Push finalized invoices to Stripe exactly once: resumable steps, idempotent creates.
 
-For one of our invoices the sync walks these steps, each recorded in the ledger the
+For one of our invoices the sync walks these steps, each recorded in the sync state the
 moment Stripe answers (see :mod:`billing.stripe.schema`):
 
 1. customer — the stored Stripe id, else a customer whose metadata
@@ -41,7 +41,7 @@ from billing.stripe.client import (
     field,
     metadata,
 )
-from billing.stripe.ledger import Ledger, Line, OurInvoice, SyncRow
+from billing.stripe.syncstate import Line, OurInvoice, SyncRow, SyncState
 from meterline.catalog import Catalog, Customer
 
 
@@ -182,11 +182,11 @@ class Outcome:
 
 
 class Syncer:
-    """Runs the steps for one invoice at a time against one gateway and one ledger."""
+    """Runs the steps for one invoice at a time against one gateway and one sync_state."""
 
-    def __init__(self, catalog: Catalog, ledger: Ledger, gateway: StripeGateway) -> None:
+    def __init__(self, catalog: Catalog, sync_state: SyncState, gateway: StripeGateway) -> None:
         self.catalog = catalog
-        self.ledger = ledger
+        self.sync_state = sync_state
         self.gw = gateway
 
     def sync(self, invoice: OurInvoice) -> Outcome:
@@ -197,15 +197,15 @@ class Syncer:
             message = str(err)
             if not message.startswith(invoice.number):
                 message = f"{invoice.number}: {message}"
-            self.ledger.record_error(invoice.number, invoice.customer_key, message)
+            self.sync_state.record_error(invoice.number, invoice.customer_key, message)
             raise SyncError(message) from err
 
     def _sync(self, invoice: OurInvoice) -> Outcome:
         customer = catalog_customer(self.catalog, invoice)
         total = our_total_minor(invoice)
         cus_id = self.ensure_customer(customer, invoice.currency)
-        self.ledger.start(invoice.number, invoice.customer_key, cus_id, total)
-        row = self.ledger.row(invoice.number)
+        self.sync_state.start(invoice.number, invoice.customer_key, cus_id, total)
+        row = self.sync_state.row(invoice.number)
         assert row is not None
         stripe_invoice = self.ensure_invoice(invoice, customer, cus_id, row)
         if stripe_invoice.status == "draft":
@@ -217,7 +217,9 @@ class Syncer:
                 f"Stripe total {show_minor(stripe_invoice.total, invoice.currency)} "
                 f"!= our total {shown} on {stripe_invoice.id}"
             )
-            self.ledger.flag(invoice.number, stripe_invoice.total, stripe_invoice.status, reason)
+            self.sync_state.flag(
+                invoice.number, stripe_invoice.total, stripe_invoice.status, reason
+            )
             return Outcome(
                 invoice.number,
                 invoice.customer_key,
@@ -230,7 +232,7 @@ class Syncer:
             stripe_invoice = self.gw.finalize_invoice(
                 stripe_invoice.id, finalize_idem(invoice.number)
             )
-        self.ledger.finalized(invoice.number, stripe_invoice.total, stripe_invoice.status)
+        self.sync_state.finalized(invoice.number, stripe_invoice.total, stripe_invoice.status)
         return Outcome(
             invoice.number, invoice.customer_key, stripe_invoice.id, stripe_invoice.status, shown
         )
@@ -238,7 +240,7 @@ class Syncer:
     # -------------------------------------------------------------- step 1
 
     def ensure_customer(self, customer: Customer, currency: str) -> str:
-        stored = self.ledger.customer_id(customer.key)
+        stored = self.sync_state.customer_id(customer.key)
         if stored is not None:
             found = self.gw.retrieve_customer(stored)
             if field(found, "deleted"):
@@ -262,7 +264,7 @@ class Syncer:
                     customer_params(customer), customer_key_idem(customer.key)
                 )
             )
-            self.ledger.link_customer(customer.key, found.id)
+            self.sync_state.link_customer(customer.key, found.id)
         stripe_currency = field(found, "currency")
         if stripe_currency and stripe_currency.upper() != currency.upper():
             raise SyncError(
@@ -297,13 +299,13 @@ class Syncer:
                     invoice_params(invoice, customer, cus_id), invoice_idem(invoice.number)
                 )
             )
-        self.ledger.set_invoice(invoice.number, found.id, found.status)
+        self.sync_state.set_invoice(invoice.number, found.id, found.status)
         return found
 
     # -------------------------------------------------------------- step 3
 
     def ensure_items(self, invoice: OurInvoice, cus_id: str, stripe_invoice_id: str) -> None:
-        stored = self.ledger.items(invoice.number)
+        stored = self.sync_state.items(invoice.number)
         on_invoice: dict[int, str] | None = None
         for line in billable_lines(invoice):
             if line.line_no in stored:
@@ -323,16 +325,16 @@ class Syncer:
                     f"line {line.line_no}",
                 )
                 item_id = item.id
-            self.ledger.add_item(
+            self.sync_state.add_item(
                 invoice.number, line.line_no, item_id, to_minor(line.amount, invoice.currency)
             )
-        self.ledger.items_done(invoice.number)
+        self.sync_state.items_done(invoice.number)
 
 
 # --------------------------------------------------------------------------- dry run
 
 
-def dry_run_plan(invoice: OurInvoice, catalog: Catalog, ledger: Ledger) -> list[str]:
+def dry_run_plan(invoice: OurInvoice, catalog: Catalog, sync_state: SyncState) -> list[str]:
     """What a sync would send for ``invoice``, from local state only (no request made)."""
     customer = catalog_customer(catalog, invoice)
     total = our_total_minor(invoice)
@@ -340,8 +342,8 @@ def dry_run_plan(invoice: OurInvoice, catalog: Catalog, ledger: Ledger) -> list[
         f"{invoice.number}  {invoice.customer_key}  {show_minor(total, invoice.currency)}"
         f"  ({len(billable_lines(invoice))} item(s))"
     ]
-    row = ledger.row(invoice.number)
-    cus_id = ledger.customer_id(invoice.customer_key)
+    row = sync_state.row(invoice.number)
+    cus_id = sync_state.customer_id(invoice.customer_key)
 
     def post(path: str, key: str, params: dict[str, Any]) -> None:
         out.append(f"  POST {path}  Idempotency-Key: {key}")
@@ -362,7 +364,7 @@ def dry_run_plan(invoice: OurInvoice, catalog: Catalog, ledger: Ledger) -> list[
             "/v1/invoices", invoice_idem(invoice.number), invoice_params(invoice, customer, cus_ref)
         )
         in_ref = f"<invoice {invoice.number}>"
-    stored = ledger.items(invoice.number)
+    stored = sync_state.items(invoice.number)
     for line in billable_lines(invoice):
         if line.line_no in stored:
             out.append(f"  item line {line.line_no}: {stored[line.line_no]} (exists)")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from billing.store import billing_store
 from meterline.catalog import Catalog, load_catalog
+from meterline.store import EVENT_COLUMNS
 
 _ids = itertools.count(1)
 
@@ -74,7 +75,8 @@ def add_events(db: Path | str, *events: Event) -> None:
     """Append rows to the store's usage_events (creating and migrating the file if new)."""
     with billing_store(db, create=True) as con:
         con.executemany(
-            f"INSERT INTO usage_events VALUES ({', '.join(['?'] * 24)})",
+            f"INSERT INTO usage_events ({', '.join(EVENT_COLUMNS[:24])}) "
+            f"VALUES ({', '.join(['?'] * 24)})",
             [e.row() for e in events],
         )
 

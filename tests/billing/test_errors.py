@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from billing.errors import BillingError, UnknownCustomer, UserError, unknown_customer_message
+from billing.cli.common import cli_hint
+from billing.errors import (
+    BillingError,
+    NotGenerated,
+    NoUsage,
+    UnknownCustomer,
+    UserError,
+    unknown_customer_message,
+)
 from billing.schedule import ScheduleError
 from billing.stripe.amounts import AmountError
 from billing.stripe.client import StripeFailure
@@ -52,3 +60,12 @@ def test_no_customers_at_all() -> None:
 )  # fmt: skip
 def test_every_domain_error_is_a_user_error(error: type[Exception]) -> None:
     assert issubclass(error, UserError)
+
+
+def test_domain_messages_name_no_flag_the_cli_adds_the_hint() -> None:
+    missing = NotGenerated("2026-01")
+    assert str(missing) == "no invoices for 2026-01: that month was never generated"
+    assert cli_hint(missing) == "run `billing invoice generate --period 2026-01` first"
+    assert "--" not in str(NoUsage("the store holds no usage events"))
+    assert cli_hint(NoUsage("x")) == "pass --allow-empty to generate them anyway"
+    assert cli_hint(UnknownCustomer(CATALOG, "zeta")) is None

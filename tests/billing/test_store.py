@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from billing.store import ALL_MIGRATIONS, billing_store
+import billing.stripe  # noqa: F401 - registers the Stripe tables, as the CLI does
+from billing.store import all_migrations, billing_store
 from meterline.store import StoreError
 
 TABLES = {
@@ -40,10 +41,10 @@ def test_create_applies_every_migration_once(tmp_path: Path) -> None:
         tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
         applied = [r[0] for r in con.execute("SELECT name FROM schema_migrations").fetchall()]
     assert tables >= TABLES
-    assert applied == [m.name for m in ALL_MIGRATIONS]
+    assert applied == [m.name for m in all_migrations()]
     with billing_store(path) as con:
         (count,) = con.execute("SELECT count(*) FROM schema_migrations").fetchone() or (0,)
-    assert count == len(ALL_MIGRATIONS)
+    assert count == len(all_migrations())
 
 
 HOLD = """

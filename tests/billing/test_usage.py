@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from billing.store import billing_store
 from billing.usage import (
-    MeterFilter,
+    TokenFilter,
     UsageError,
     UsageQuery,
     UsageWindow,
@@ -22,6 +22,7 @@ from billing.usage import (
     usage_report,
 )
 from meterline.catalog import TOKEN_TYPES
+from meterline.store import EVENT_COLUMNS
 from tests.billing.events import Event, add_events, setup, utc
 
 START = utc("2026-03-01")
@@ -35,8 +36,8 @@ def events_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     s = setup(tmp_path_factory.mktemp("usage"))
     with billing_store(s.db) as con:
         con.execute(
-            """
-            INSERT INTO usage_events
+            f"""
+            INSERT INTO usage_events ({", ".join(EVENT_COLUMNS[:24])})
             WITH t AS (SELECT i, (i * 535919) % 2678400000000 AS us FROM range(5000) AS r(i))
             SELECT 'ev-' || i, TIMESTAMP '2026-03-01' + to_microseconds(us),
                    TIMESTAMP '2026-03-01' + to_microseconds(us + i * 1000),
@@ -140,7 +141,7 @@ def test_events_behind_matches_globs_case_insensitively(tmp_path: Path) -> None:
         events = events_behind(
             con,
             [UsageWindow(0, ("agent-a",), START, END, FAR)],
-            MeterFilter("openai", "gpt-4o*", ("input", "cached_input")),
+            TokenFilter("openai", "gpt-4o*", ("input", "cached_input")),
         )
     assert [(e["event_id"], e["quantity"]) for e in events] == [(a.event_id, 11)]
 
@@ -243,4 +244,22 @@ def test_group_by_parsing() -> None:
     assert parse_group_by("day, model") == ("model", "day")
     with pytest.raises(UsageError) as err:
         parse_group_by("model,week")
-    assert str(err.value) == "unknown dimension 'week' (choose from model, type, day)"
+    assert str(err.value) == "unknown dimension 'week' (choose from model, type, day, refused)"
+
+
+def test_events_are_counted_per_token_type_set(tmp_path: Path) -> None:
+    s = setup(tmp_path)
+    add_events(
+        s.db,
+        Event(utc("2026-03-02"), input=5, output=1),
+        Event(utc("2026-03-03"), input=7),
+        Event(utc("2026-03-04"), cached_input=3),
+    )
+    sets = [("output",), ("input", "cached_input"), ("cache_write",)]
+    with billing_store(s.db) as con:
+        (row,) = aggregate_windows(con, [UsageWindow(0, ("agent-a",), START, END, FAR)], sets)
+    assert row.events == 3
+    assert [row.events_with(t) for t in sets] == [1, 3, 0]
+    assert row.events_with(("input",)) == 3  # a set not asked for: every event
+    with billing_store(s.db) as con, pytest.raises(ValueError, match="unknown token type"):
+        aggregate_windows(con, [UsageWindow(0, ("agent-a",), START, END, FAR)], [("x",)])

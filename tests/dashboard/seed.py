@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from billing.store import billing_store
+from meterline.store import EVENT_COLUMNS
 from tests.billing.cli.runner import run
 from tests.billing.events import Setup, write_catalog
 
@@ -89,7 +90,7 @@ KEY_UNKNOWN = "sha256:" + "ff" * 32
 # One event every 7 minutes from 2026-01-01 to 2026-03-01 (12,137 events); who, what and
 # how it went are functions of the event number i, so every figure is reproducible.
 EVENTS_SQL = f"""
-INSERT INTO usage_events
+INSERT INTO usage_events ({", ".join(EVENT_COLUMNS[:24])})
 SELECT
     'ev-' || i AS event_id,
     TIMESTAMP '2026-01-01' + to_minutes(i * 7) AS ts,

@@ -120,9 +120,9 @@ class Load:
             if client is None:
                 port = self.proxy.port
                 if not port or self.proxy.process is None:
-                    time.sleep(0.01)
+                    time.sleep(0.05)
                     continue
-                client = httpx2.Client(proxy=f"http://127.0.0.1:{port}", timeout=10)
+                client = httpx2.Client(proxy=f"http://127.0.0.1:{port}", timeout=30)
             t0 = time.perf_counter()
             try:
                 request_id = CALLS[kind](client, self.upstream)
@@ -131,7 +131,7 @@ class Load:
                     self.failed += 1
                 client.close()
                 client = None
-                time.sleep(0.005)
+                time.sleep(0.05)  # the proxy is down: leave the CPU to its restart
                 continue
             elapsed = time.perf_counter() - t0
             with self._lock:

@@ -21,7 +21,7 @@ KINDS = ("openai-json", "openai-sse", "anthropic-json", "anthropic-sse")
 def _calls(proxy: MeterProxy, upstream: FakeProvider, n: int) -> list[str]:
     """``n`` calls through the proxy, every one of which must be answered."""
     ids = []
-    with httpx2.Client(proxy=proxy.url, timeout=10) as client:
+    with httpx2.Client(proxy=proxy.url, timeout=30) as client:
         for i in range(n):
             ids.append(CALLS[KINDS[i % len(KINDS)]](client, upstream))
     return ids
@@ -38,10 +38,10 @@ def test_full_spool_disk_holds_events_and_writes_them_later(
         proxy = start_proxy(options={"meter_spool": str(disk / "spool")})
         filler = fill(disk)
         answered = _calls(proxy, fake_provider, 100)
-        wait_until(lambda: _lines(proxy, _SPOOL_ENOSPC) >= 1, 10, "the ENOSPC line")
+        wait_until(lambda: _lines(proxy, _SPOOL_ENOSPC) >= 1, 30, "the ENOSPC line")
         assert proxy.events("list_contains(?, request_id)", [answered]) == []
         filler.unlink()  # space is back: the held events are written within a flush
-        proxy.wait_for_events(answered, timeout=20)
+        proxy.wait_for_events(answered, timeout=60)
         result = tally(proxy, answered)
         log = proxy.log_text()
         print(result.line("full spool disk", enospc_lines=_lines(proxy, _SPOOL_ENOSPC)))
@@ -62,7 +62,7 @@ def test_full_store_disk_names_enospc_and_recovers(
         proxy.wait_for_events(first)
         filler = fill(disk)
         answered = _calls(proxy, fake_provider, 40)
-        wait_until(lambda: _lines(proxy, r"cannot write .*ENOSPC") >= 1, 15, "the ENOSPC line")
+        wait_until(lambda: _lines(proxy, r"cannot write .*ENOSPC") >= 1, 60, "the ENOSPC line")
         log = proxy.log_text()
         assert "no transaction is active" not in log
         filler.unlink()
@@ -92,7 +92,7 @@ def test_immutable_spool_directory_leaks_nothing_and_recovers(
     leaked = 0
     with immutable(spool):
         answered = []
-        with httpx2.Client(proxy=proxy.url, timeout=10) as client:
+        with httpx2.Client(proxy=proxy.url, timeout=30) as client:
             for i in range(40):
                 r = client.post(
                     fake_provider.base_url("openai") + "/v1/chat/completions",
@@ -101,9 +101,9 @@ def test_immutable_spool_directory_leaks_nothing_and_recovers(
                 )
                 leaked += b"event_id" in r.content or b"key_fingerprint" in r.content
                 answered.append(r.headers["x-request-id"])
-        wait_until(lambda: _lines(proxy, r"spool \S+: .*EPERM") >= 1, 10, "the EPERM line")
+        wait_until(lambda: _lines(proxy, r"spool \S+: .*EPERM") >= 1, 30, "the EPERM line")
     after = _calls(proxy, fake_provider, 4)
-    proxy.wait_for_events(answered + after, timeout=20)
+    proxy.wait_for_events(answered + after, timeout=60)
     result = tally(proxy, before + answered + after)
     errors = _lines(proxy, r"spool \S+: .*EPERM.*holding")
     print(result.line("immutable spool dir", leaked=leaked, eperm_errors=errors))

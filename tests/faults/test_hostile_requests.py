@@ -105,7 +105,7 @@ def test_reject_mode_refuses_every_bypass(
     )
     fake_provider.reset()
     statuses = {}
-    with httpx2.Client(proxy=proxy.url, timeout=10, verify=ca_context(proxy)) as client:
+    with httpx2.Client(proxy=proxy.url, timeout=30, verify=ca_context(proxy)) as client:
         for name, (url, headers, body) in _cases(fake_provider).items():
             statuses[name] = _post(client, url, headers, body).status_code
         # A CONNECT to the provider's IP literal; only the Host header names it.
@@ -132,7 +132,7 @@ def test_record_mode_bills_the_key_the_provider_uses(
     proxy = start_proxy(catalog=_catalog(tmp_path, fake_provider), options={"flow_detail": 2})
     fake_provider.reset()
     request_ids = {}
-    with httpx2.Client(proxy=proxy.url, timeout=10) as client:
+    with httpx2.Client(proxy=proxy.url, timeout=30) as client:
         for name, (url, headers, body) in _cases(fake_provider).items():
             r = _post(client, url, headers, body)
             assert r.status_code == 200, (name, r.text)
@@ -173,7 +173,7 @@ def test_include_usage_rewrite_changes_only_what_it_means_to(
     meter_proxy: MeterProxy, fake_provider: FakeProvider, body: bytes, sent: bytes
 ) -> None:
     fake_provider.reset()
-    with httpx2.Client(proxy=meter_proxy.url, timeout=10) as client:
+    with httpx2.Client(proxy=meter_proxy.url, timeout=30) as client:
         r = client.post(
             fake_provider.base_url("openai") + "/v1/chat/completions",
             content=body,

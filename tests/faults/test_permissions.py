@@ -20,7 +20,7 @@ def test_store_and_spool_files_are_0600(
         proxy = start_proxy(options={"meter_flush_interval": 3600})
     finally:
         os.umask(old)
-    with httpx2.Client(proxy=proxy.url, timeout=10) as client:
+    with httpx2.Client(proxy=proxy.url, timeout=30) as client:
         ids = [CALLS["openai-json"](client, fake_provider) for _ in range(3)]
     segments = list(proxy.spool.glob("meterline-*.open"))
     assert segments

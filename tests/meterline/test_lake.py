@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from meterline.store import EVENT_MIGRATIONS, migrate, store
+from meterline.store import EVENT_COLUMNS, EVENT_MIGRATIONS, migrate, store
 from tests.support.postgres import create_database, postgres_server
 
 
@@ -22,8 +22,8 @@ def test_two_writers_share_one_lake(
 ) -> None:
     monkeypatch.setenv("METERLINE_LAKE_DATA", str(tmp_path / "lake-data"))
     monkeypatch.setenv("METERLINE_LAKE_INLINE_ROWS", "1000")
-    insert = """
-        INSERT INTO usage_events
+    insert = f"""
+        INSERT INTO usage_events ({", ".join(EVENT_COLUMNS[:24])})
         SELECT * FROM (VALUES (?, TIMESTAMP '2026-03-01 10:00:00', now()::TIMESTAMP, 'acme',
             'sha256:00', 'openai', 'openai', 'gpt-4o', 10, 2, 0, 5, 1, false, 'chatcmpl-1',
             'req-1', 'POST', 'api.openai.com', '/v1/chat/completions', 200, false, 12.5, 3.0,
@@ -31,7 +31,7 @@ def test_two_writers_share_one_lake(
         WHERE b.col0 NOT IN (SELECT event_id FROM usage_events)
     """
     with store(lake) as con:
-        assert migrate(con, EVENT_MIGRATIONS) == ["0001_usage_events"]
+        assert migrate(con, EVENT_MIGRATIONS) == [m.name for m in EVENT_MIGRATIONS]
         con.execute(insert, ["openai:chatcmpl-1", "proxy-a"])
     # a second proxy (another process in real life: the catalog is in PostgreSQL)
     with store(lake) as con:

@@ -16,7 +16,7 @@ from meterline.store import EVENT_COLUMNS, EVENT_MIGRATIONS, StoreError, migrate
 def test_migrations_apply_once(tmp_path: Path) -> None:
     db = tmp_path / "m.duckdb"
     with store(db) as con:
-        assert migrate(con, EVENT_MIGRATIONS) == ["0001_usage_events"]
+        assert migrate(con, EVENT_MIGRATIONS) == [m.name for m in EVENT_MIGRATIONS]
         assert migrate(con, EVENT_MIGRATIONS) == []
         cols = [r[0] for r in con.execute("DESCRIBE usage_events").fetchall()]
     assert tuple(cols) == EVENT_COLUMNS

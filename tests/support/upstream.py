@@ -18,7 +18,9 @@ One server speaks every flavor; the path picks the API:
 Behaviours are switched per request with the ``x-fake`` header (comma separated):
 ``gzip`` / ``br`` / ``zstd`` / ``deflate`` (encode the body), ``cut`` (drop the connection
 halfway through the body), ``malformed`` (garbled JSON / SSE, no usage), ``no-usage``,
-``delay=SECONDS`` (between SSE events), ``status=CODE`` (a provider-shaped error).
+``delay=SECONDS`` (between SSE events), ``status=CODE`` (a provider-shaped error),
+``prompt=N`` / ``output=N`` (fixed token figures). Output never exceeds the request's
+``max_tokens`` (or ``max_completion_tokens``, ``max_output_tokens``, ``maxOutputTokens``).
 
 Every exchange is recorded (:class:`Exchange`): the request as received and the exact
 response bytes written, so a test can assert that the client got exactly those, plus
@@ -108,6 +110,8 @@ class _Behaviour:
     no_usage: bool = False
     delay: float = 0.0
     status: int = 0
+    prompt: int | None = None
+    output: int | None = None
 
     @classmethod
     def parse(cls, header: str) -> _Behaviour:
@@ -126,6 +130,8 @@ class _Behaviour:
                 b.delay = float(value)
             elif name == "status":
                 b.status = int(value)
+            elif name in ("prompt", "output"):  # fixed token figures
+                setattr(b, name, int(value))
             else:
                 raise ValueError(f"x-fake: unknown behaviour {token!r}")
         return b
@@ -446,6 +452,26 @@ class FakeProvider:
         }
         if ex.api == "embeddings":
             figures["cached"] = figures["reasoning"] = 0
+        if b.prompt is not None:
+            figures.update(prompt=b.prompt, cached=0, cache_write=0)
+        if b.output is not None:
+            figures.update(output=b.output, reasoning=0)
+        # Like the real providers, never more output than the request allows.
+        try:
+            data = ex.json if ex.body and ex.api != "embeddings" else None
+        except ValueError:  # an encoded or broken request body
+            data = None
+        if isinstance(data, dict):
+            config = data.get("generationConfig") or {}
+            for cap in (
+                data.get("max_tokens"),
+                data.get("max_completion_tokens"),
+                data.get("max_output_tokens"),
+                config.get("maxOutputTokens") if isinstance(config, dict) else None,
+            ):
+                if isinstance(cap, int) and cap < figures["output"]:
+                    figures["output"] = cap
+                    figures["reasoning"] = min(figures["reasoning"], cap)
         if not b.no_usage and not b.malformed:
             ex.usage = self._unified(ex.flavor, figures)
         return figures

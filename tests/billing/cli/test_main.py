@@ -38,10 +38,16 @@ COMMANDS = _commands(main)
 
 def test_every_command_is_there() -> None:
     assert sorted(" ".join(p) for p, _ in COMMANDS) == [
+        "alerts deliver",
+        "alerts list",
+        "alerts replay",
         "catalog check",
         "consumers fingerprint",
         "consumers list",
+        "credits grant",
+        "credits list",
         "dashboard",
+        "entitlements",
         "health",
         "invoice explain",
         "invoice generate",

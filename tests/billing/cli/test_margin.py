@@ -62,6 +62,7 @@ def test_margin_needs_generated_invoices(tmp_path: Path) -> None:
     result = run(s, "margin", "--period", "2026-01")
     assert (result.exit_code, result.stderr) == (
         1,
-        "Error: no invoices for 2026-01: run `billing invoice generate --period 2026-01` first\n",
+        "Error: no invoices for 2026-01: that month was never generated; "
+        "run `billing invoice generate --period 2026-01` first\n",
     )
     assert run(s, "margin", "--period", "January").exit_code == 2

@@ -106,7 +106,7 @@ def test_unbilled(s: Setup) -> None:
         (
             ["--group-by", "week"],
             2,
-            "Error: --group-by: unknown dimension 'week' (choose from model, type, day)",
+            "Error: --group-by: unknown dimension 'week' (choose from model, type, day, refused)",
         ),
         (
             ["--from", "March"],

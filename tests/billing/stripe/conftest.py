@@ -126,7 +126,7 @@ def _insert_event(con: object, n: int, consumer: str, inp: int, out: int, day: i
         "ttft_ms": None, "proxy_id": "test",
     }  # fmt: skip
     marks = ", ".join("?" for _ in EVENT_COLUMNS)
-    con.execute(f"INSERT INTO usage_events VALUES ({marks})", [row[c] for c in EVENT_COLUMNS])  # type: ignore[attr-defined]
+    con.execute(f"INSERT INTO usage_events VALUES ({marks})", [row.get(c) for c in EVENT_COLUMNS])  # type: ignore[attr-defined]
 
 
 def make_billed(tmp_path: Path, catalog_text: str = CATALOG) -> Billed:

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from billing.stripe.client import StripeFailure, StripeGateway, metadata
-from billing.stripe.ledger import Ledger
 from billing.stripe.sync import Syncer, item_params, our_total_minor, to_minor
+from billing.stripe.syncstate import SyncState
 from meterline.catalog import load_catalog
 from tests.billing.stripe.conftest import CATALOG, make_billed
 
@@ -32,12 +32,16 @@ def test_customer_found_or_created_once_on_localstripe(localstripe: str, tmp_pat
     before = {c.id for c in gateway.find_customers(key)}
     assert before == set()
 
-    made = Syncer(catalog, Ledger(first.db), gateway).ensure_customer(catalog.customer(key), "EUR")
-    again = Syncer(catalog, Ledger(first.db), gateway).ensure_customer(catalog.customer(key), "EUR")
+    made = Syncer(catalog, SyncState(first.db), gateway).ensure_customer(
+        catalog.customer(key), "EUR"
+    )
+    again = Syncer(catalog, SyncState(first.db), gateway).ensure_customer(
+        catalog.customer(key), "EUR"
+    )
     assert again == made  # the stored link
     # A second store that never saw it finds it by metadata (localstripe: by listing).
     second = make_billed(tmp_path / "second", EURO_CATALOG)
-    found = Syncer(catalog, Ledger(second.db), gateway).ensure_customer(
+    found = Syncer(catalog, SyncState(second.db), gateway).ensure_customer(
         catalog.customer(key), "EUR"
     )
     assert found == made
@@ -54,8 +58,8 @@ def test_invoice_items_on_localstripe_carry_our_amounts(localstripe: str, tmp_pa
     gateway = StripeGateway(LOCALSTRIPE_KEY, localstripe, max_network_retries=0)
     billed = make_billed(tmp_path, EURO_CATALOG)
     catalog = load_catalog(billed.catalog)
-    invoice = next(i for i in Ledger(billed.db).unsynced() if i.customer_key == "umbrella")
-    cus_id = Syncer(catalog, Ledger(billed.db), gateway).ensure_customer(
+    invoice = next(i for i in SyncState(billed.db).unsynced() if i.customer_key == "umbrella")
+    cus_id = Syncer(catalog, SyncState(billed.db), gateway).ensure_customer(
         catalog.customer("umbrella"), invoice.currency
     )
     for line in invoice.lines:

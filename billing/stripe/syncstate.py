@@ -81,7 +81,7 @@ def _filter_clause(
     return "".join(f" AND {w}" for w in where), args
 
 
-class Ledger:
+class SyncState:
     """Sync state of one store (``stripe_customers``, ``stripe_invoices``, ``stripe_items``)."""
 
     def __init__(self, db: str | Path) -> None:

@@ -1,0 +1,325 @@
+"""Entitlement enforcement in the proxy: admit, reserve, settle; refresh from the store.
+
+The :class:`Meter` addon calls four methods:
+
+- :meth:`Governance.check` in the ``request`` hook, before the request is forwarded:
+  dictionary lookups and integer sums on in-memory counters (no I/O, no lock). It
+  returns a refusal in the provider's own error shape, or reserves the call's estimate
+  (:mod:`addons.metering.reserve`) on every account the call adds to;
+- :meth:`Governance.finish` when the call's event is recorded: the reservation is
+  released and the metered tokens counted (a stream that crossed a limit mid-way was
+  let finish: all of it counts); a call with no response only releases;
+- :meth:`Governance.use_catalog` on every catalog (re)load;
+- :meth:`Governance.start` / :meth:`Governance.stop` with the proxy.
+
+A daemon thread re-reads the store every ``meter_governance_refresh`` seconds (every
+proxy's events of the current periods, this proxy's pending events found there, credit
+balances) and hands the snapshot to the event loop (:mod:`meterline.entitlements`).
+If the first read fails, ``meter_governance_failure`` decides: ``allow`` counts from
+zero (only this proxy's own calls since start) until a read succeeds, ``deny`` refuses
+governed calls (503) until then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+from mitmproxy import exceptions, http
+
+from addons.metering import errors, events
+from addons.metering.reserve import estimate_request
+from addons.metering.usage import Usage
+from meterline.catalog import Catalog
+from meterline.entitlements import (
+    Counters,
+    CustomerPolicy,
+    Refusal,
+    Reservation,
+    Snapshot,
+    build_policy,
+    read_snapshot,
+)
+from meterline.entitlements.policy import counter_id
+from meterline.store import LAKE_PREFIX, open_store, store
+
+log = logging.getLogger("meterline.governance")
+
+FAILURE_POLICIES = ("allow", "deny")
+_TOKEN_FIELDS = {
+    "input": "input_tokens",
+    "cached_input": "cached_input_tokens",
+    "cache_write": "cache_write_tokens",
+    "output": "output_tokens",
+}
+
+
+def add_options(loader: Any) -> None:
+    loader.add_option(
+        "meter_governance_refresh",
+        str,  # mitmproxy cannot parse float options from --set
+        "2.0",
+        "Seconds between re-reads of entitlement usage and credit balances from the store "
+        "(the fleet's overshoot bound grows with it).",
+    )
+    loader.add_option(
+        "meter_governance_failure",
+        str,
+        "allow",
+        "When usage cannot be read from the store at start: 'allow' (enforce limits on this "
+        "proxy's own calls only, counted from zero, until it can) or 'deny' (refuse governed "
+        "calls with 503 until it can).",
+        choices=FAILURE_POLICIES,
+    )
+
+
+def _dump(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(data, f)
+    os.replace(tmp, path)
+
+
+def parse_refresh(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value <= 3600:
+        raise exceptions.OptionsError(
+            f"meter_governance_refresh: expected seconds between 0 and 3600, got {text!r}"
+        )
+    return value
+
+
+class Governance:
+    def __init__(self) -> None:
+        self.catalog: Catalog | None = None
+        self.policy = build_policy(None, datetime.now(UTC))
+        self.counters = Counters()
+        self.refresh_s = 2.0
+        self.deny_when_blind = False
+        self.ready = False
+        """A snapshot of the store has been applied since start."""
+        self.locator: str | None = None
+        self._reservations: dict[str, tuple[CustomerPolicy, Reservation]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self.state_path: Path | None = None
+        self._lake: tuple[str, duckdb.DuckDBPyConnection] | None = None
+        """``governance.json``: reservations in flight, for ``billing entitlements``."""
+
+    # ------------------------------------------------------------------ setup
+
+    def configure(self, refresh: str, failure: str, locator: str) -> None:
+        self.refresh_s = parse_refresh(refresh)
+        self.deny_when_blind = failure == "deny"
+        if self.locator is not None and locator != self.locator:
+            self._wake.set()
+        self.locator = locator
+
+    def use_catalog(self, catalog: Catalog | None) -> None:
+        """New limits apply at once; a store read (new accounts) follows within a moment."""
+        self.catalog = catalog
+        self.policy = build_policy(catalog, datetime.now(UTC))
+        self._wake.set()
+
+    def start(self, flush: Callable[[], bool], state_dir: Path | None = None) -> None:
+        """Build the counters from the store (the spool flushed into it first), then refresh."""
+        self.state_path = state_dir / "governance.json" if state_dir else None
+        try:
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None
+        if self.policy.by_consumer:
+            flush()  # leftovers of an earlier run go to the store, where they are counted
+            snap = self._read()
+            if snap is not None:
+                self._apply(snap)
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(
+                target=self._run, name="meterline-governance", daemon=True
+            )
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    # ------------------------------------------------------------------ request path
+
+    def check(self, consumer: str | None, flavor: str, provider: str, flow: http.HTTPFlow) -> Any:
+        """None (not governed), a :class:`Refusal`, or True (admitted, estimate reserved)."""
+        if consumer is None:
+            return None
+        pol = self.policy.by_consumer.get(consumer)
+        if pol is None:
+            return None
+        now = datetime.now(UTC)
+        until = self.policy.valid_until
+        if until is not None and now >= until:
+            self.policy = build_policy(self.catalog, now)
+            pol = self.policy.by_consumer.get(consumer)
+            if pol is None:
+                return None
+        if not self.ready and self.deny_when_blind:
+            return Refusal(
+                "unavailable",
+                "Meterline: usage limits cannot be checked (the store is unreachable); "
+                "calls are refused until it is back.",
+                "unavailable",
+                30,
+            )
+        req = flow.request
+        est = estimate_request(
+            flavor, req.path if flavor == "gemini" else "", req.raw_content or b""
+        )
+        decision = self.counters.admit(pol, provider, est.model, est.input, est.output, now)
+        if isinstance(decision, Reservation):
+            if decision.parts:
+                self._reservations[flow.id] = (pol, decision)
+            return True
+        return decision
+
+    def refuse(
+        self,
+        flow: http.HTTPFlow,
+        provider: tuple[str, str],
+        who: tuple[str | None, str | None],
+        refusal: Refusal,
+        proxy_id: str | None,
+    ) -> dict[str, Any]:
+        """Answer ``flow`` with the provider-shaped error; returns the event to record.
+
+        ``provider``: (name, flavor); ``who``: (consumer, key fingerprint).
+        """
+        name, flavor = provider
+        now = datetime.now(UTC).timestamp()
+        exchange = events.Exchange(
+            provider=name,
+            flavor=flavor,
+            method=flow.request.method,
+            host=flow.request.pretty_host,
+            path=flow.request.path,
+            consumer=who[0],
+            key_fingerprint=who[1],
+            t_request=now,
+            t_done=now,
+        )
+        status, body = errors.error_body(flavor, refusal.kind, refusal.message)  # type: ignore[arg-type]
+        headers = {
+            "content-type": "application/json",
+            "x-meterline": refusal.reason,
+            # Waiting a few seconds would not help: SDKs that honour it do not retry.
+            "x-should-retry": "false",
+        }
+        if refusal.retry_after is not None:
+            headers["retry-after"] = str(refusal.retry_after)
+        flow.response = http.Response.make(status, body, headers)
+        exchange.status = status
+        model = estimate_request(flavor, flow.request.path, flow.request.raw_content or b"").model
+        event = events.build_event(exchange, Usage(model=model or None), proxy_id)
+        event["reason"] = refusal.reason
+        return event
+
+    # ------------------------------------------------------------------ settling
+
+    def finish(self, flow_id: str, rows: list[dict[str, Any]] | None) -> None:
+        """Release the call's reservation; count its metered events (``rows``) if any."""
+        held = self._reservations.pop(flow_id, None)
+        if held is not None:
+            self.counters.release(held[1])
+        for event in rows or ():
+            consumer = event.get("consumer")
+            pol = self.policy.by_consumer.get(consumer) if consumer else None
+            if pol is None:
+                continue
+            by_type = {t: int(event[col] or 0) for t, col in _TOKEN_FIELDS.items()}
+            at = datetime.fromisoformat(event["ts"]).replace(tzinfo=UTC)
+            self.counters.record(
+                pol, event["event_id"], event["provider"], event["model"] or "", by_type, at
+            )
+
+    # ------------------------------------------------------------------ refreshing
+
+    def _read(self) -> Snapshot | None:
+        policy, locator = self.policy, self.locator
+        if locator is None:
+            return None
+        try:
+            if locator.startswith(LAKE_PREFIX):
+                # Attaching a DuckLake costs a catalog round trip or more: keep it attached
+                # (each read is its own transaction, so it sees the lake's latest snapshot).
+                if self._lake is None or self._lake[0] != locator:
+                    self._close_lake()
+                    self._lake = (locator, open_store(locator, wait_s=5))
+                return read_snapshot(
+                    self._lake[1], policy, datetime.now(UTC), self.counters.pending_ids()
+                )
+            with store(locator, wait_s=5) as con:
+                return read_snapshot(con, policy, datetime.now(UTC), self.counters.pending_ids())
+        except Exception as e:  # the store may be down; counters keep their last figures
+            self._close_lake()
+            log.warning("meterline: cannot read usage for limits from %s: %s", locator, e)
+            return None
+
+    def _close_lake(self) -> None:
+        if self._lake is not None:
+            with contextlib.suppress(Exception):
+                self._lake[1].close()
+            self._lake = None
+
+    def _write_state(self, snapshot_at: datetime | None) -> None:
+        """Reservations in flight and the time of the last store read (handed to the loop)."""
+        if self.state_path is None:
+            return
+        reserved = dict(self.counters.reserved)  # a copy taken in C: no lock needed
+        state = {
+            "written_at": datetime.now(UTC).isoformat(),
+            "snapshot_at": snapshot_at.isoformat() if snapshot_at else None,
+            "reserved": {counter_id(k): v for k, v in reserved.items()},
+        }
+        try:
+            _dump(self.state_path, state)
+        except OSError as e:
+            log.debug("meterline: cannot write %s: %s", self.state_path, e)
+
+    def _apply(self, snap: Snapshot) -> None:
+        self.counters.apply(snap)
+        if not self.ready:
+            log.info(
+                "meterline: usage limits enforced from the store (%d counters)", len(snap.stored)
+            )
+        self.ready = True
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.refresh_s)
+            self._wake.clear()
+            if self._stop.is_set() or not self.policy.by_consumer:
+                continue
+            snap = self._read()
+            loop = self._loop
+            if snap is not None and loop is not None and not loop.is_closed():
+                try:
+                    loop.call_soon_threadsafe(self._apply, snap)
+                except RuntimeError:  # the loop closed meanwhile
+                    break
+            self._write_state(snap.taken_at if snap is not None else None)
+        self._close_lake()

@@ -1,0 +1,106 @@
+"""Which thresholds are crossed now: alert events with ids stable within a period.
+
+Rules come from the catalog's ``alerts`` section: percentages of every metered
+entitlement with a limit (``entitlement_percent``), a prepaid customer's remaining
+credit below an amount (``credit_balance_below``), the running invoice total of the
+billing period above an amount (``period_spend_above``). The figures are those of
+``billing entitlements`` and ``billing invoice preview``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import duckdb
+
+from billing.entitlements import entitlement_rows
+from billing.invoices import preview_invoice
+from billing.schedule import ScheduleError
+from meterline.catalog import Catalog
+
+
+@dataclass(frozen=True)
+class AlertEvent:
+    event_id: str
+    customer_key: str
+    kind: str
+    period_start: datetime
+    data: dict[str, Any]
+
+
+def event_id(*parts: str) -> str:
+    """``evt_`` + 24 hex digits of sha256 over the parts: the same crossing, the same id."""
+    return "evt_" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
+
+
+def _parse(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+
+
+def evaluate(
+    con: duckdb.DuckDBPyConnection, catalog: Catalog, now: datetime | None = None
+) -> list[AlertEvent]:
+    now = now or datetime.now(UTC)
+    rules = catalog.alerts
+    out: list[AlertEvent] = []
+    for row in entitlement_rows(con, catalog, now=now):
+        customer = row["customer"]
+        if row["type"] == "metered" and isinstance(row["limit"], int) and row["limit"] > 0:
+            used, limit = int(row["used"]), int(row["limit"])
+            for pct in sorted(rules.entitlement_percent):
+                if used * 100 >= limit * pct:
+                    start = row["period_start"]
+                    out.append(
+                        AlertEvent(
+                            event_id(customer, "entitlement", row["feature"], str(pct), start),
+                            customer,
+                            "entitlement.threshold",
+                            _parse(start),
+                            {
+                                "feature": row["feature"],
+                                "percent": pct,
+                                "limit": limit,
+                                "used": used,
+                                "enforcement": row["enforcement"],
+                                "resets_at": row["resets_at"],
+                            },
+                        )
+                    )
+        elif row["type"] == "credit":
+            remaining = Decimal(row["remaining"])
+            for amount in sorted(rules.credit_balance_below):
+                if remaining < amount:
+                    start = row["resets_at"] or ""
+                    out.append(
+                        AlertEvent(
+                            event_id(customer, "credit", str(amount), start),
+                            customer,
+                            "credit.balance_below",
+                            now if not start else _parse(start),
+                            {"below": str(amount), "remaining": str(remaining)},
+                        )
+                    )
+    if rules.period_spend_above:
+        for customer in catalog.customers:
+            try:
+                inv = preview_invoice(con, catalog, customer.key, now=now)
+            except (ScheduleError, ValueError):
+                continue  # no subscription now
+            spent = sum((ln.amount for ln in inv.lines if ln.kind != "credit"), Decimal(0))
+            for amount in sorted(rules.period_spend_above):
+                if spent > amount:
+                    start = inv.period_start.strftime("%Y-%m-%dT%H:%M:%SZ")
+                    out.append(
+                        AlertEvent(
+                            event_id(customer.key, "spend", str(amount), start),
+                            customer.key,
+                            "spend.above",
+                            inv.period_start,
+                            {"above": str(amount), "spent": str(spent), "currency": inv.currency},
+                        )
+                    )
+    return out

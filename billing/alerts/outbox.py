@@ -1,0 +1,149 @@
+"""The durable outbox: alert events stay in ``alert_outbox`` until a webhook says 2xx.
+
+:func:`enqueue` inserts each (event, webhook) once: an event id already there is left
+alone, so re-evaluating never fires a threshold twice in a period. :func:`deliver`
+posts every row that is due, oldest first; a failure is recorded and the row retried
+at ``now + backoff`` (``min_backoff * 2**attempts``, at most an hour).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import duckdb
+
+from billing.alerts.evaluate import AlertEvent
+from billing.alerts.webhook import post
+from billing.errors import UserError
+from meterline.catalog import Catalog, Webhook
+
+MAX_BACKOFF = timedelta(hours=1)
+
+
+class AlertError(UserError, ValueError):
+    """An alert command that cannot run (a missing secret, an unknown event)."""
+
+
+def _db(value: datetime) -> datetime:
+    return value.astimezone(UTC).replace(tzinfo=None)
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def payload(ev: AlertEvent, created: datetime) -> str:
+    return json.dumps(
+        {
+            "id": ev.event_id,
+            "type": ev.kind,
+            "created": _iso(created),
+            "customer": ev.customer_key,
+            "period_start": _iso(ev.period_start),
+            "data": ev.data,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+
+
+def enqueue(
+    con: duckdb.DuckDBPyConnection,
+    events: Sequence[AlertEvent],
+    webhooks: Sequence[Webhook],
+    now: datetime,
+) -> int:
+    """Add the events not yet in the outbox; returns how many rows were added."""
+    have = {
+        (r[0], r[1])
+        for r in con.execute("SELECT event_id, webhook_url FROM alert_outbox").fetchall()
+    }
+    rows = [
+        (ev.event_id, hook.url, ev.customer_key, ev.kind, _db(ev.period_start),
+         payload(ev, now), _db(now), 0, _db(now), None, None)
+        for ev in events
+        for hook in webhooks
+        if (ev.event_id, hook.url) not in have
+    ]  # fmt: skip
+    if rows:
+        con.executemany("INSERT INTO alert_outbox VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    return len(rows)
+
+
+def _secret(catalog: Catalog, url: str) -> bytes:
+    for hook in catalog.alerts.webhooks:
+        if hook.url == url:
+            value = os.environ.get(hook.secret_env)
+            if not value:
+                raise AlertError(
+                    f"webhook {url}: environment variable {hook.secret_env} is not set"
+                )
+            return value.encode()
+    raise AlertError(f"webhook {url} is no longer in the catalog")
+
+
+@dataclass
+class Delivery:
+    delivered: int = 0
+    failed: int = 0
+
+
+def deliver(
+    con: duckdb.DuckDBPyConnection,
+    catalog: Catalog,
+    now: datetime,
+    *,
+    min_backoff: timedelta = timedelta(seconds=10),
+) -> Delivery:
+    due = con.execute(
+        "SELECT event_id, webhook_url, payload, attempts FROM alert_outbox "
+        "WHERE delivered_at IS NULL AND next_attempt_at <= ? ORDER BY created_at, event_id",
+        [_db(now)],
+    ).fetchall()
+    result = Delivery()
+    for event_id, url, body, attempts in due:
+        error = post(url, body.encode(), event_id, _secret(catalog, url), int(now.timestamp()))
+        if error is None:
+            con.execute(
+                "UPDATE alert_outbox SET delivered_at = ?, attempts = attempts + 1, "
+                "last_error = NULL WHERE event_id = ? AND webhook_url = ?",
+                [_db(now), event_id, url],
+            )
+            result.delivered += 1
+        else:
+            wait = min(min_backoff * (2**attempts), MAX_BACKOFF)
+            con.execute(
+                "UPDATE alert_outbox SET attempts = attempts + 1, next_attempt_at = ?, "
+                "last_error = ? WHERE event_id = ? AND webhook_url = ?",
+                [_db(now + wait), error, event_id, url],
+            )
+            result.failed += 1
+    return result
+
+
+def list_alerts(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    cur = con.execute(
+        "SELECT event_id, customer_key, kind, period_start, webhook_url, attempts, "
+        "delivered_at, next_attempt_at, last_error FROM alert_outbox ORDER BY created_at, event_id"
+    )
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+
+def replay(con: duckdb.DuckDBPyConnection, event_id: str, now: datetime) -> int:
+    """Queue a delivered (or failing) event again, at once; returns the rows queued."""
+    found = con.execute(
+        "SELECT count(*) FROM alert_outbox WHERE event_id = ?", [event_id]
+    ).fetchone()
+    if not found or not found[0]:
+        raise AlertError(f"no alert {event_id!r}")
+    con.execute(
+        "UPDATE alert_outbox SET delivered_at = NULL, next_attempt_at = ? WHERE event_id = ?",
+        [_db(now), event_id],
+    )
+    return int(found[0])

@@ -1,0 +1,88 @@
+"""``billing alerts ...``: evaluate thresholds, deliver signed webhooks, list, replay."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import click
+
+from billing import render
+from billing.alerts.evaluate import evaluate
+from billing.alerts.outbox import deliver, enqueue, list_alerts, replay
+from billing.cli.common import Settings, format_option, pass_settings
+from billing.invoices import utc_now
+
+
+@click.group("alerts")
+def alerts_group() -> None:
+    """Threshold alerts delivered as signed webhooks from a durable outbox."""
+
+
+def _round(settings: Settings, min_backoff: float) -> tuple[int, int, int]:
+    catalog = settings.load_catalog()
+    now = utc_now()
+    with settings.store() as con:
+        added = enqueue(con, evaluate(con, catalog, now), catalog.alerts.webhooks, now)
+        done = deliver(con, catalog, now, min_backoff=timedelta(seconds=min_backoff))
+    return added, done.delivered, done.failed
+
+
+@alerts_group.command("deliver")
+@click.option(
+    "--min-backoff",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="Seconds before the first retry of a failed delivery (doubling, at most 1 hour).",
+)
+@click.option(
+    "--watch",
+    type=click.FloatRange(min=0.1),
+    default=None,
+    help="Keep running: evaluate and deliver every this many seconds.",
+)
+@pass_settings
+def deliver_cmd(settings: Settings, min_backoff: float, watch: float | None) -> None:
+    """Evaluate the thresholds, queue new alerts, post every alert that is due.
+
+    \b
+    Example usage:
+      billing alerts deliver
+      billing alerts deliver --watch 30
+    """
+    while True:
+        added, delivered, failed = _round(settings, min_backoff)
+        click.echo(f"queued {added}, delivered {delivered}, failed {failed}")
+        if watch is None:
+            return
+        time.sleep(watch)
+
+
+@alerts_group.command("list")
+@format_option()
+@pass_settings
+def list_cmd(settings: Settings, fmt: str) -> None:
+    """Every alert in the outbox with its delivery state.
+
+    \b
+    Example usage:
+      billing alerts list --format json
+    """
+    with settings.store() as con:
+        click.echo(render.rows(list_alerts(con), fmt))
+
+
+@alerts_group.command("replay")
+@click.argument("event_id")
+@pass_settings
+def replay_cmd(settings: Settings, event_id: str) -> None:
+    """Deliver an alert again (the same id and body; receivers deduplicate on the id).
+
+    \b
+    Example usage:
+      billing alerts replay evt_5c0e8a1f2b3d4c5e6f708192
+    """
+    with settings.store() as con:
+        n = replay(con, event_id, utc_now())
+    click.echo(f"{event_id}: queued again for {n} webhook(s); run `billing alerts deliver`")

@@ -1,0 +1,199 @@
+"""Prepaid credits: grants (audited), balances, and the credit line invoices carry.
+
+A grant is an amount in the customer's currency, stored in ``credit_grants`` with who
+granted it, when and why; it is never edited. Invoices consume grants in order of
+``priority`` (lower first), then expiry (soonest first, never-expiring last), then age:
+:func:`apply_credits` adds one ``credit`` line per invoice whose amount is minus what was
+taken (at most the invoice's total: a total never goes below zero), and the line's
+detail names each grant and amount; :mod:`billing.ledger` stores the consumptions in
+the invoice's own transaction. Stripe gets the credit line as a negative item, like any
+other line. The balance the proxy enforces for ``prepaid`` plans is read by
+``meterline.entitlements.credit_balances`` from the same tables.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import duckdb
+
+from billing.errors import UnknownCustomer, UserError
+from billing.model import Invoice, InvoiceLine
+from billing.money import round_money
+from meterline.catalog import Catalog
+
+
+class CreditError(UserError, ValueError):
+    """A grant that cannot be made (unknown customer, bad amount); shown as ``Error: ...``."""
+
+
+@dataclass
+class Grant:
+    grant_id: str
+    customer_key: str
+    currency: str
+    amount: Decimal
+    priority: int
+    expires_at: datetime | None
+    granted_at: datetime
+    granted_by: str
+    reason: str
+    remaining: Decimal
+
+    def usable_at(self, at: datetime) -> bool:
+        return self.remaining > 0 and (self.expires_at is None or at < self.expires_at)
+
+    def order(self) -> tuple[int, int, datetime, str]:
+        expires = self.expires_at or datetime.max.replace(tzinfo=UTC)
+        return (self.priority, self.expires_at is None, expires, self.grant_id)
+
+
+def _db(value: datetime) -> datetime:
+    return value.astimezone(UTC).replace(tzinfo=None)
+
+
+def grant_credits(
+    con: duckdb.DuckDBPyConnection,
+    catalog: Catalog,
+    customer_key: str,
+    amount: Decimal,
+    *,
+    granted_by: str,
+    reason: str,
+    priority: int = 10,
+    expires_at: datetime | None = None,
+    now: datetime | None = None,
+) -> Grant:
+    now = now or datetime.now(UTC)
+    try:
+        customer = catalog.customer(customer_key)
+    except KeyError:
+        raise UnknownCustomer(catalog, customer_key) from None
+    if amount <= 0:
+        raise CreditError(f"a grant must be positive, got {amount}")
+    if round_money(amount, customer.currency) != amount:
+        raise CreditError(f"{amount} {customer.currency} has more decimals than the currency")
+    if expires_at is not None and expires_at <= now:
+        raise CreditError("the grant would already be expired")
+    con.execute("BEGIN TRANSACTION")
+    try:
+        row = con.execute("SELECT coalesce(max(seq), 0) FROM credit_grants").fetchone()
+        seq = int(row[0] if row else 0) + 1
+        grant_id = f"grant-{seq:06d}"
+        con.execute(
+            "INSERT INTO credit_grants VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                grant_id,
+                seq,
+                customer.key,
+                customer.currency,
+                amount,
+                priority,
+                _db(expires_at) if expires_at else None,
+                _db(now),
+                granted_by,
+                reason,
+            ],
+        )
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return Grant(
+        grant_id, customer.key, customer.currency, amount, priority, expires_at, now,
+        granted_by, reason, amount,
+    )  # fmt: skip
+
+
+def list_grants(con: duckdb.DuckDBPyConnection, customer: str | None = None) -> list[Grant]:
+    consumed: dict[str, Decimal] = defaultdict(Decimal)
+    for grant_id, total in con.execute(
+        "SELECT grant_id, SUM(amount) FROM credit_consumptions GROUP BY grant_id"
+    ).fetchall():
+        consumed[grant_id] = Decimal(total)
+    where, params = ("WHERE customer_key = ?", [customer]) if customer else ("", [])
+    out = []
+    for r in con.execute(
+        "SELECT grant_id, customer_key, currency, amount, priority, expires_at, granted_at, "
+        f"granted_by, reason FROM credit_grants {where} ORDER BY seq",
+        params,
+    ).fetchall():
+        amount = round_money(Decimal(r[3]), r[2])
+        out.append(
+            Grant(
+                r[0],
+                r[1],
+                r[2],
+                amount,
+                int(r[4]),
+                r[5].replace(tzinfo=UTC) if r[5] else None,
+                r[6].replace(tzinfo=UTC),
+                r[7],
+                r[8],
+                max(Decimal(0), amount - consumed[r[0]]),
+            )  # fmt: skip
+        )
+    return out
+
+
+def balance(grants: Sequence[Grant], at: datetime) -> Decimal:
+    return sum((g.remaining for g in grants if g.usable_at(at)), Decimal(0))
+
+
+def apply_credits(
+    con: duckdb.DuckDBPyConnection, invoices: Sequence[Invoice], at: datetime
+) -> None:
+    """Add a credit line to each invoice with a positive total the customer's grants cover."""
+    by_customer: dict[str, list[Grant]] = {}
+    for inv in invoices:
+        if inv.total <= 0:
+            continue
+        if inv.customer_key not in by_customer:
+            grants = [g for g in list_grants(con, inv.customer_key) if g.usable_at(at)]
+            by_customer[inv.customer_key] = sorted(grants, key=Grant.order)
+        left = inv.total
+        taken: list[dict[str, Any]] = []
+        for g in by_customer[inv.customer_key]:
+            if left <= 0:
+                break
+            if g.currency != inv.currency or not g.usable_at(at):
+                continue
+            take = min(g.remaining, left)
+            g.remaining -= take
+            left -= take
+            taken.append({"grant_id": g.grant_id, "amount": str(take)})
+        if not taken:
+            continue
+        credited = inv.total - left
+        plan_key = inv.lines[0].plan_key if inv.lines else ""
+        inv.lines.append(
+            InvoiceLine(
+                kind="credit",
+                rate_card_key="prepaid-credit",
+                feature_key=None,
+                plan_key=plan_key,
+                description="Prepaid credit applied",
+                usage_start=inv.period_start,
+                usage_end=inv.period_end,
+                quantity=Decimal(1),
+                unit_price=None,
+                amount=-credited,
+                detail={"grants": taken},
+                line_no=len(inv.lines) + 1,
+            )
+        )
+
+
+def consumption_rows(inv: Invoice) -> list[tuple[str, str, str, Decimal]]:
+    """(invoice number, grant id, customer, amount) for each grant a credit line took from."""
+    return [
+        (inv.number or "", t["grant_id"], inv.customer_key, Decimal(t["amount"]))
+        for line in inv.lines
+        if line.kind == "credit"
+        for t in line.detail.get("grants", [])
+    ]

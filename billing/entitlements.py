@@ -1,0 +1,130 @@
+"""The entitlement report: limit, used, remaining, credit balance, reset time per customer.
+
+The figures come from ``meterline.entitlements`` (the policy, the store reads, the cost
+bound), so they are the numbers the proxy enforces; ``reserved`` (calls in flight) is
+known only inside each proxy and is read from the state files proxies write next to
+their spool (``governance.json``), when given.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from billing.money import minor_unit_exponent, round_money
+from meterline.catalog import Catalog
+from meterline.entitlements import build_policy, credit_balances, policy_usage
+from meterline.entitlements.cost import to_decimal
+from meterline.entitlements.policy import counter_id
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def read_reserved(paths: Sequence[Path]) -> dict[str, int]:
+    """Reservations in flight from proxies' state files, summed by counter id."""
+    out: dict[str, int] = {}
+    for path in paths:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        for k, v in (data.get("reserved") or {}).items():
+            out[k] = out.get(k, 0) + int(v)
+    return out
+
+
+def entitlement_rows(
+    con: duckdb.DuckDBPyConnection,
+    catalog: Catalog,
+    *,
+    customer: str | None = None,
+    now: datetime | None = None,
+    reserved: dict[str, int] | None = None,
+) -> list[dict[str, Any]]:
+    now = now or datetime.now(UTC)
+    policy = build_policy(catalog, now)
+    tables = {r[0] for r in con.execute("SHOW TABLES").fetchall()}
+    used = policy_usage(con, policy, now) if "usage_events" in tables else {}
+    balances = credit_balances(con, now)
+    reserved = reserved or {}
+    rows: list[dict[str, Any]] = []
+    for pol in policy.by_customer.values():
+        if customer and pol.customer != customer:
+            continue
+        balance = round_money(balances.get(pol.customer, Decimal(0)), pol.currency)
+        for lim in pol.limits:
+            period = lim.account.period(now)
+            key = lim.account.key(period)
+            u = used.get(key, 0)
+            r = reserved.get(counter_id(key), 0)
+            rows.append(
+                {
+                    "customer": pol.customer,
+                    "plan": pol.plan,
+                    "feature": lim.account.feature,
+                    "type": "metered",
+                    "enforcement": "hard" if lim.hard else "soft",
+                    "limit": "unlimited" if lim.limit is None else lim.limit,
+                    "used": u,
+                    "reserved": r,
+                    "remaining": None if lim.limit is None else max(0, lim.limit - u - r),
+                    "credit_balance": balance if pol.prepaid else None,
+                    "period_start": _iso(period.start),
+                    "resets_at": _iso(period.end),
+                    "source": lim.source,
+                }
+            )
+        if pol.allowed is not None:
+            rows.append(
+                {
+                    "customer": pol.customer,
+                    "plan": pol.plan,
+                    "feature": "(models granted)",
+                    "type": "boolean",
+                    "enforcement": "hard",
+                    "limit": None,
+                    "used": None,
+                    "reserved": None,
+                    "remaining": None,
+                    "credit_balance": balance if pol.prepaid else None,
+                    "period_start": None,
+                    "resets_at": None,
+                    "source": f"plan {pol.plan}",
+                }
+            )
+        if pol.prepaid:
+            cost = Fraction(0)
+            end = None
+            for cc in pol.cost_cards:
+                period = cc.account.period(now)
+                end = period.end
+                cost += cc.bound.cost(used.get(cc.account.key(period), 0))
+            # The bound rounded up to the currency's unit: what the proxy holds against the balance.
+            spent = to_decimal(cost, minor_unit_exponent(pol.currency))
+            rows.append(
+                {
+                    "customer": pol.customer,
+                    "plan": pol.plan,
+                    "feature": "(prepaid credit)",
+                    "type": "credit",
+                    "enforcement": "hard",
+                    "limit": balance,
+                    "used": spent,
+                    "reserved": None,
+                    "remaining": max(round_money(Decimal(0), pol.currency), balance - spent),
+                    "credit_balance": balance,
+                    "period_start": None,
+                    "resets_at": _iso(end) if end else None,
+                    "source": f"plan {pol.plan}",
+                }
+            )
+    return rows

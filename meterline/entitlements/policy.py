@@ -1,0 +1,299 @@
+"""Which entitlements apply: the catalog resolved per consumer at an instant.
+
+:func:`build_policy` turns the catalog into one :class:`CustomerPolicy` per consumer of
+a customer with a subscription active at ``at``: its metered limits (plan entitlements,
+superseded by the customer's overrides), the models it may call (boolean
+entitlements), and, for a ``prepaid`` plan, the usage rate cards whose running cost is
+held against the credit balance. Everything is computed once per catalog and period;
+the request path only does dictionary lookups (:meth:`CustomerPolicy.matching`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from meterline.catalog import (
+    Catalog,
+    Customer,
+    Entitlement,
+    FeatureMeter,
+    Plan,
+    RateCard,
+    Subscription,
+)
+from meterline.entitlements.cost import CostBound
+from meterline.periods import Period, period_containing
+
+INPUT_TYPES = frozenset({"input", "cached_input", "cache_write"})
+
+Key = tuple[str, str, str, datetime, datetime]
+"""(customer, feature, cadence, anchor, period start): one counter."""
+
+
+def counter_id(key: Key) -> str:
+    """``customer/feature/cadence/period start``: a counter named in state files and reports."""
+    customer, feature, cadence, _anchor, start = key
+    return f"{customer}/{feature}/{cadence}/{start:%Y-%m-%dT%H:%M:%SZ}"
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """Usage of one feature by one customer, per usage period (``cadence`` from ``anchor``)."""
+
+    customer: str
+    feature: str
+    cadence: str
+    anchor: datetime
+    meter: FeatureMeter = field(compare=False, hash=False)
+    _current: list[tuple[Period, Key]] = field(
+        default_factory=list, compare=False, hash=False, repr=False
+    )
+    """The last period computed and its counter key (period math is slow; asked per call)."""
+
+    def current(self, at: datetime) -> tuple[Period, Key]:
+        """The period containing ``at`` and its counter key, cached until it ends."""
+        cur = self._current
+        if cur:
+            found = cur[0]
+            if found[0].start <= at < found[0].end:
+                return found
+        period = self.period(at)
+        found = (period, self.key(period))
+        cur[:] = [found]
+        return found
+
+    @property
+    def counts_input(self) -> bool:
+        return not INPUT_TYPES.isdisjoint(self.meter.token_types)
+
+    @property
+    def counts_output(self) -> bool:
+        return "output" in self.meter.token_types
+
+    def period(self, at: datetime) -> Period:
+        return period_containing(self.anchor, self.cadence, at)
+
+    def key(self, period: Period) -> Key:
+        return (self.customer, self.feature, self.cadence, self.anchor, period.start)
+
+    def matches_model(self, provider: str, model: str) -> bool:
+        """Whether a call to ``model`` of ``provider`` can add to this account."""
+        return any(self.meter.matches(provider, model, t) for t in self.meter.token_types)
+
+    def tokens(self, provider: str, model: str, by_type: dict[str, int]) -> int:
+        """The units of an event (token counts by type) this account counts."""
+        return sum(n for t, n in by_type.items() if n and self.meter.matches(provider, model, t))
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """A metered entitlement in force: at most ``limit`` units per period (None: unlimited)."""
+
+    account: Account
+    limit: int | None
+    hard: bool
+    source: str
+    """``plan <key>`` or ``customer <key>`` (an override)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CostCard:
+    """A usage rate card of a prepaid plan and the account its quantity comes from."""
+
+    card: RateCard
+    account: Account
+    bound: CostBound
+
+
+@dataclass(slots=True)
+class Matched:
+    """What a call to one (provider, model) touches for one customer: computed once."""
+
+    allowed: bool
+    limits: list[Limit]
+    accounts: list[Account]
+    """Every account the call adds to (limits' and cost cards')."""
+    counted: list[tuple[Account, tuple[str, ...]]]
+    """Each account with the token types it counts for this model (globs matched once)."""
+
+
+@dataclass(slots=True)
+class CustomerPolicy:
+    customer: str
+    name: str
+    currency: str
+    consumers: tuple[str, ...]
+    plan: str
+    subscription: Subscription
+    limits: list[Limit]
+    allowed: list[FeatureMeter] | None
+    """Models the plan grants (boolean entitlements); None: every model."""
+    prepaid: bool
+    cost_cards: list[CostCard]
+    accounts: list[Account]
+    _matched: dict[tuple[str, str], Matched] = field(default_factory=dict)
+
+    def matching(self, provider: str, model: str) -> Matched:
+        found = self._matched.get((provider, model))
+        if found is None:
+            if len(self._matched) > 4096:
+                self._matched.clear()
+            allowed = self.allowed is None or any(
+                any(m.matches(provider, model, t) for t in m.token_types) for m in self.allowed
+            )
+            accounts = [a for a in self.accounts if a.matches_model(provider, model)]
+            found = self._matched[(provider, model)] = Matched(
+                allowed,
+                [lim for lim in self.limits if lim.account.matches_model(provider, model)],
+                accounts,
+                [
+                    (
+                        a,
+                        tuple(
+                            t for t in a.meter.token_types if a.meter.matches(provider, model, t)
+                        ),
+                    )
+                    for a in accounts
+                ],
+            )
+        return found
+
+
+@dataclass(slots=True)
+class Policy:
+    """Every governed consumer's policy, valid for instants in ``[built_at, valid_until)``."""
+
+    by_consumer: dict[str, CustomerPolicy]
+    by_customer: dict[str, CustomerPolicy]
+    built_at: datetime
+    valid_until: datetime | None
+
+    @property
+    def accounts(self) -> list[Account]:
+        return [a for p in self.by_customer.values() for a in p.accounts]
+
+
+def _types(acct: Account, provider: str, model: str) -> tuple[str, ...]:
+    return tuple(t for t in acct.meter.token_types if acct.meter.matches(provider, model, t))
+
+
+def active_subscription(customer: Customer, at: datetime) -> Subscription | None:
+    for sub in customer.subscriptions:
+        if sub.start <= at and (sub.end is None or at < sub.end):
+            return sub
+    return None
+
+
+def _override(customer: Customer, feature: str, at: datetime) -> tuple[int | None, str | None]:
+    """The latest override of ``feature`` in force at ``at``: (limit, enforcement) or (-1, ..)."""
+    active = [
+        o
+        for o in customer.entitlements
+        if o.feature == feature and (o.start is None or o.start <= at)
+    ]
+    if not active:
+        return -1, None
+    best = max(active, key=lambda o: (o.start is not None, o.start or at))
+    return (None if best.limit == "unlimited" else best.limit), best.enforcement
+
+
+def _limits(
+    catalog: Catalog, customer: Customer, plan: Plan, sub: Subscription, at: datetime
+) -> list[Limit]:
+    out: list[Limit] = []
+    seen: set[str] = set()
+    metered: list[Entitlement] = [e for e in plan.entitlements if e.type == "metered"]
+    overridden = {o.feature for o in customer.entitlements}
+    for ent in metered:
+        seen.add(ent.feature)
+        limit: int | None = None if ent.limit in (None, "unlimited") else int(ent.limit)  # type: ignore[arg-type]
+        hard, source = ent.enforcement == "hard", f"plan {plan.key}"
+        if ent.feature in overridden:
+            ovr_limit, ovr_enf = _override(customer, ent.feature, at)
+            if ovr_limit != -1:
+                limit, source = ovr_limit, f"customer {customer.key}"
+                hard = hard if ovr_enf is None else ovr_enf == "hard"
+        account = Account(
+            customer.key,
+            ent.feature,
+            ent.period or plan.billing_cadence,
+            sub.start,
+            catalog.feature(ent.feature).meter,
+        )
+        out.append(Limit(account, limit, hard, source))
+    for feature in sorted(overridden - seen):  # an override of a feature the plan leaves open
+        ovr_limit, ovr_enf = _override(customer, feature, at)
+        if ovr_limit == -1:
+            continue
+        account = Account(
+            customer.key, feature, plan.billing_cadence, sub.start, catalog.feature(feature).meter
+        )
+        out.append(Limit(account, ovr_limit, ovr_enf != "soft", f"customer {customer.key}"))
+    return out
+
+
+def customer_policy(catalog: Catalog, customer: Customer, at: datetime) -> CustomerPolicy | None:
+    """The policy of ``customer`` at ``at``; None without an active subscription."""
+    sub = active_subscription(customer, at)
+    if sub is None:
+        return None
+    plan = catalog.plan(sub.plan)
+    limits = _limits(catalog, customer, plan, sub, at)
+    booleans = [e for e in plan.entitlements if e.type == "boolean"]
+    allowed = None
+    if booleans:
+        allowed = [catalog.feature(e.feature).meter for e in booleans]
+        allowed += [lim.account.meter for lim in limits]
+    cost_cards = []
+    if plan.prepaid:
+        for card in plan.rate_cards:
+            if card.feature is not None:
+                meter = catalog.feature(card.feature).meter
+                acct = Account(customer.key, card.feature, plan.billing_cadence, sub.start, meter)
+                cost_cards.append(CostCard(card, acct, CostBound.of(card)))
+    accounts: list[Account] = []
+    for acct in [lim.account for lim in limits] + [c.account for c in cost_cards]:
+        if acct not in accounts:
+            accounts.append(acct)
+    return CustomerPolicy(
+        customer=customer.key,
+        name=customer.name,
+        currency=customer.currency,
+        consumers=tuple(customer.consumers),
+        plan=plan.key,
+        subscription=sub,
+        limits=limits,
+        allowed=allowed,
+        prepaid=plan.prepaid,
+        cost_cards=cost_cards,
+        accounts=accounts,
+    )
+
+
+def _next_change(customer: Customer, at: datetime) -> datetime | None:
+    """The first subscription or override boundary after ``at``."""
+    times = [s.start for s in customer.subscriptions] + [
+        s.end for s in customer.subscriptions if s.end
+    ]
+    times += [o.start for o in customer.entitlements if o.start]
+    later = [t for t in times if t > at]
+    return min(later) if later else None
+
+
+def build_policy(catalog: Catalog | None, at: datetime) -> Policy:
+    """Policies of every consumer whose customer has a plan with something to enforce."""
+    by_consumer: dict[str, CustomerPolicy] = {}
+    by_customer: dict[str, CustomerPolicy] = {}
+    valid_until: datetime | None = None
+    for customer in catalog.customers if catalog else []:
+        change = _next_change(customer, at)
+        if change is not None and (valid_until is None or change < valid_until):
+            valid_until = change
+        pol = customer_policy(catalog, customer, at)  # type: ignore[arg-type]
+        if pol is None or not (pol.limits or pol.allowed is not None or pol.prepaid):
+            continue
+        by_customer[customer.key] = pol
+        for consumer in customer.consumers:
+            by_consumer[consumer] = pol
+    return Policy(by_consumer, by_customer, at, valid_until)

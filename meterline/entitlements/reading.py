@@ -1,0 +1,143 @@
+"""Read what governance needs from the store: used units per account and period, balances.
+
+One query per refresh for every account of every governed customer: the current period
+of each account becomes a window (its customer's consumers, ``[start, end)`` of event
+time), events join the windows and are summed per (window, provider, model); the few
+rows are mapped to features in Python with the same matching the proxy uses for its
+own events. Values are inlined as SQL literals (no bound parameters: the DuckDB client
+would try ``import pandas`` per parameter, holding the GIL the proxy's loop needs).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import duckdb
+
+from meterline.entitlements.counters import Snapshot
+from meterline.entitlements.policy import Account, Key, Policy
+
+_TOKEN_COLUMNS = {
+    "input": "input_tokens",
+    "cached_input": "cached_input_tokens",
+    "cache_write": "cache_write_tokens",
+    "output": "output_tokens",
+}
+_ID_CHUNK = 2000
+
+
+def _lit(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _ts(value: datetime) -> str:
+    return f"TIMESTAMP '{value.astimezone(UTC).replace(tzinfo=None).isoformat(' ')}'"
+
+
+def _sum_windows(
+    con: duckdb.DuckDBPyConnection,
+    keyed: list[tuple[Account, Key]],
+    windows: list[tuple[int, str, datetime, datetime]],
+    out: dict[Key, int],
+) -> dict[Key, int]:
+    if not windows:
+        return out
+    values = ", ".join(f"({n}, {_lit(c)}, {_ts(s)}, {_ts(e)})" for n, c, s, e in windows)
+    sums = ", ".join(f"SUM(e.{col})::BIGINT" for col in _TOKEN_COLUMNS.values())
+    since = min(s for _, _, s, _ in windows)
+    rows = con.execute(
+        f"""
+        WITH w(window_id, consumer, w_start, w_end) AS (VALUES {values})
+        SELECT w.window_id, e.provider, coalesce(e.model, ''), {sums}
+        FROM usage_events AS e
+        JOIN w ON e.consumer = w.consumer AND e.ts >= w.w_start AND e.ts < w.w_end
+        WHERE e.ts >= {_ts(since)}
+        GROUP BY ALL
+        """
+    ).fetchall()
+    for window_id, provider, model, *tokens in rows:
+        acct, key = keyed[window_id]
+        by_type = dict(zip(_TOKEN_COLUMNS, (int(t or 0) for t in tokens), strict=True))
+        out[key] = out.get(key, 0) + acct.tokens(provider, model, by_type)
+    return out
+
+
+def policy_usage(con: duckdb.DuckDBPyConnection, policy: Policy, at: datetime) -> dict[Key, int]:
+    """Units in the store for every account of ``policy``, current periods at ``at``."""
+    keyed: list[tuple[Account, Key]] = []
+    windows: list[tuple[int, str, datetime, datetime]] = []
+    out: dict[Key, int] = {}
+    for pol in policy.by_customer.values():
+        for acct in pol.accounts:
+            period = acct.period(at)
+            key = acct.key(period)
+            if key in out:
+                continue
+            out[key] = 0
+            n = len(keyed)
+            keyed.append((acct, key))
+            windows.extend((n, c, period.start, period.end) for c in pol.consumers)
+    return _sum_windows(con, keyed, windows, out)
+
+
+def seen_event_ids(
+    con: duckdb.DuckDBPyConnection, event_ids: Sequence[str], since: datetime | None
+) -> set[str]:
+    """Which of ``event_ids`` the store holds (events at or after ``since``)."""
+    seen: set[str] = set()
+    where = f"ts >= {_ts(since)} AND " if since is not None else ""
+    for i in range(0, len(event_ids), _ID_CHUNK):
+        chunk = ", ".join(_lit(e) for e in event_ids[i : i + _ID_CHUNK])
+        rows = con.execute(
+            f"SELECT event_id FROM usage_events WHERE {where}event_id IN ({chunk})"
+        ).fetchall()
+        seen.update(r[0] for r in rows)
+    return seen
+
+
+def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    try:
+        con.execute(f"SELECT 1 FROM {name} LIMIT 0")
+    except duckdb.CatalogException:
+        return False
+    return True
+
+
+def credit_balances(con: duckdb.DuckDBPyConnection, at: datetime) -> dict[str, Decimal]:
+    """Per customer: grants not expired at ``at`` minus what invoices consumed of them."""
+    if not _has_table(con, "credit_grants"):
+        return {}
+    consumed: dict[str, Decimal] = defaultdict(Decimal)
+    if _has_table(con, "credit_consumptions"):
+        for grant_id, amount in con.execute(
+            "SELECT grant_id, SUM(amount) FROM credit_consumptions GROUP BY grant_id"
+        ).fetchall():
+            consumed[grant_id] = Decimal(amount)
+    out: dict[str, Decimal] = defaultdict(Decimal)
+    for grant_id, customer, amount, expires_at in con.execute(
+        "SELECT grant_id, customer_key, amount, expires_at FROM credit_grants"
+    ).fetchall():
+        if expires_at is not None and expires_at.replace(tzinfo=UTC) <= at:
+            continue
+        out[customer] += max(Decimal(0), Decimal(amount) - consumed[grant_id])
+    return dict(out)
+
+
+def read_snapshot(
+    con: duckdb.DuckDBPyConnection, policy: Policy, at: datetime, pending_ids: Sequence[str]
+) -> Snapshot:
+    """Everything the counters take from the store, in one read transaction."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        if _has_table(con, "usage_events"):
+            stored = policy_usage(con, policy, at)
+            seen = seen_event_ids(con, pending_ids, None) if pending_ids else set()
+        else:  # a new store: nothing metered yet
+            stored, seen = {}, set()
+        balances = credit_balances(con, at)
+    finally:
+        con.execute("ROLLBACK")
+    return Snapshot(stored, seen, balances, at)

@@ -1,0 +1,136 @@
+"""Alerts: thresholds fire once per period, a receiver that is down then up gets every
+alert exactly once, and each signature verifies with the README's three-line recipe."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from billing.cli import main as billing_cli
+from tests.billing.events import Event, add_events, write
+
+SECRET = "whsec-test-0123456789"
+
+
+class Receiver:
+    """A webhook endpoint on 127.0.0.1 recording (headers, body) of each POST."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.received: list[tuple[dict[str, str], bytes]] = []
+        self.server: ThreadingHTTPServer | None = None
+
+    def start(self) -> None:
+        received = self.received
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers["content-length"]))
+                received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = Receiver(port)
+    yield r
+    r.stop()
+
+
+def verify(header: str, body: bytes, secret: bytes) -> bool:
+    """The README's recipe, verbatim."""
+    fields = dict(item.split("=", 1) for item in header.split(","))
+    expected = hmac.new(secret, f"{fields['t']}.".encode() + body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, fields["v1"]) and abs(time.time() - int(fields["t"])) < 300
+
+
+def test_receiver_down_then_up_gets_every_alert_once(
+    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    catalog = write(
+        tmp_path / "catalog.yaml",
+        f"""
+        version: 1
+        consumers: [{{name: agent-a}}]
+        features:
+          - {{key: out, name: Output, meter: {{token_types: [output]}}}}
+        plans:
+          - key: starter
+            name: Starter
+            currency: USD
+            entitlements: [{{feature: out, limit: 1000, enforcement: soft}}]
+        customers:
+          - key: acme
+            name: ACME
+            currency: USD
+            consumers: [agent-a]
+            subscriptions: [{{plan: starter, start: "2026-01-01T00:00:00Z"}}]
+        alerts:
+          webhooks: [{{url: "http://127.0.0.1:{receiver.port}/hook", secret_env: HOOK_SECRET}}]
+          entitlement_percent: [50, 80, 100]
+        """,
+    )
+    db = tmp_path / "meterline.duckdb"
+    now = datetime.now(UTC) - timedelta(seconds=1)
+    add_events(db, Event(now, output=850))
+    monkeypatch.setenv("HOOK_SECRET", SECRET)
+
+    def run(*args: str) -> str:
+        result = CliRunner().invoke(
+            billing_cli, ["--db", str(db), "--catalog", str(catalog), *args]
+        )
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    assert run("alerts", "deliver", "--min-backoff", "0") == "queued 2, delivered 0, failed 2\n"
+    listed = json.loads(run("alerts", "list", "--format", "json"))
+    assert [a["attempts"] for a in listed] == [1, 1]
+    assert all(a["last_error"].startswith("cannot connect") for a in listed)
+    receiver.start()
+    assert run("alerts", "deliver", "--min-backoff", "0") == "queued 0, delivered 2, failed 0\n"
+    assert run("alerts", "deliver") == "queued 0, delivered 0, failed 0\n"  # fired once
+    add_events(db, Event(now, output=150))  # 1000 of 1000: the 100% threshold
+    assert run("alerts", "deliver") == "queued 1, delivered 1, failed 0\n"
+
+    bodies = [json.loads(body) for _, body in receiver.received]
+    assert sorted((b["type"], b["data"]["percent"]) for b in bodies) == [
+        ("entitlement.threshold", 50),
+        ("entitlement.threshold", 80),
+        ("entitlement.threshold", 100),
+    ]
+    assert len({b["id"] for b in bodies}) == 3
+    for headers, body in receiver.received:
+        assert verify(headers["meterline-signature"], body, SECRET.encode())
+        assert not verify(headers["meterline-signature"], body + b" ", SECRET.encode())
+        assert headers["meterline-event-id"] == json.loads(body)["id"]
+
+    first = bodies[0]["id"]
+    assert run("alerts", "replay", first).startswith(f"{first}: queued again for 1 webhook")
+    assert run("alerts", "deliver") == "queued 0, delivered 1, failed 0\n"
+    assert json.loads(receiver.received[-1][1])["id"] == first

@@ -1,0 +1,142 @@
+"""Admission, reservation, settlement and snapshots on in-memory counters (no I/O)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from meterline.catalog import Catalog
+from meterline.entitlements import Counters, Refusal, Reservation, Snapshot, build_policy
+from meterline.entitlements.policy import CustomerPolicy
+
+NOW = datetime(2026, 3, 10, 12, tzinfo=UTC)
+
+
+def catalog(**plan: object) -> Catalog:
+    return Catalog.model_validate(
+        {
+            "consumers": [{"name": "bot"}],
+            "features": [
+                {
+                    "key": "out",
+                    "name": "out",
+                    "meter": {"provider": "openai", "model": "gpt-4o*", "token_types": ["output"]},
+                },
+                {"key": "all", "name": "all", "meter": {"provider": "openai", "model": "gpt-4o*"}},
+                {"key": "mini", "name": "mini", "meter": {"model": "gpt-4o-mini"}},
+            ],  # fmt: skip
+            "plans": [{"key": "p", "name": "P", "currency": "USD", **plan}],
+            "customers": [
+                {
+                    "key": "acme",
+                    "name": "ACME",
+                    "currency": "USD",
+                    "consumers": ["bot"],
+                    "subscriptions": [{"plan": "p", "start": "2026-01-31T00:00:00Z"}],
+                },
+            ],  # fmt: skip
+        }
+    )
+
+
+def policy_of(cat: Catalog, at: datetime = NOW) -> CustomerPolicy:
+    return build_policy(cat, at).by_consumer["bot"]
+
+
+def test_the_call_that_reaches_the_limit_is_the_last_one_allowed() -> None:
+    pol = policy_of(catalog(entitlements=[{"feature": "out", "limit": 100}]))
+    c = Counters()
+    for n in range(3):
+        r = c.admit(pol, "openai", "gpt-4o", 10, 40, NOW)
+        assert isinstance(r, Reservation)
+        c.release(r)
+        c.record(pol, f"e{n}", "openai", "gpt-4o", {"input": 10, "output": 40}, NOW)
+    refused = c.admit(pol, "openai", "gpt-4o", 10, 40, NOW)
+    assert isinstance(refused, Refusal) and refused.reason == "limit:out"
+    assert "resets at 2026-03-31T00:00:00Z" in refused.message  # Jan 31 + 2 months
+    assert refused.retry_after == int((datetime(2026, 3, 31, tzinfo=UTC) - NOW).total_seconds()) + 1
+    # Another model, another provider: not this limit.
+    assert isinstance(c.admit(pol, "anthropic", "gpt-4o", 10, 40, NOW), Reservation)
+    # Next period: counters start again.
+    assert isinstance(
+        c.admit(pol, "openai", "gpt-4o", 10, 40, NOW + timedelta(days=21)), Reservation
+    )
+
+
+def test_reservations_make_concurrent_calls_see_each_other() -> None:
+    pol = policy_of(catalog(entitlements=[{"feature": "all", "limit": 1000}]))
+    c = Counters()
+    held = [c.admit(pol, "openai", "gpt-4o", 100, 150, NOW) for _ in range(5)]
+    assert [type(h) for h in held] == [Reservation] * 4 + [Refusal]  # 4 x 250 = 1000
+    for h in held[:4]:
+        assert isinstance(h, Reservation)
+        c.release(h)
+    assert c.reserved == {}
+    assert isinstance(c.admit(pol, "openai", "gpt-4o", 100, 150, NOW), Reservation)
+
+
+def test_snapshot_takes_over_pending_events_without_counting_twice() -> None:
+    pol = policy_of(catalog(entitlements=[{"feature": "out", "limit": 100}]))
+    c = Counters()
+    c.record(pol, "e1", "openai", "gpt-4o", {"output": 60}, NOW)
+    key = pol.limits[0].account.current(NOW)[1]
+    assert c.used(key) == 60
+    c.apply(Snapshot({key: 60}, {"e1"}, {}, NOW))  # e1 is in the store now
+    assert c.used(key) == 60 and c.pending == {}
+    c.record(pol, "e2", "openai", "gpt-4o", {"output": 30}, NOW)
+    c.apply(Snapshot({key: 75}, set(), {}, NOW))  # another proxy's 15; e2 not stored yet
+    assert c.used(key) == 105
+
+
+def test_boolean_entitlements_are_an_allow_list() -> None:
+    pol = policy_of(
+        catalog(
+            entitlements=[{"feature": "mini", "type": "boolean"}, {"feature": "out", "limit": 5}]
+        )
+    )
+    c = Counters()
+    assert isinstance(c.admit(pol, "openai", "gpt-4o-mini", 1, 1, NOW), Reservation)
+    assert isinstance(c.admit(pol, "openai", "gpt-4o", 1, 1, NOW), Reservation)  # metered grants
+    refused = c.admit(pol, "openai", "o3", 1, 1, NOW)
+    assert isinstance(refused, Refusal) and refused.kind == "not_granted"
+
+
+@pytest.mark.parametrize(
+    ("balance", "used", "admitted"),
+    [("0", 0, False), ("1.00", 0, True), ("1.00", 99, True), ("1.00", 100, False)],
+)
+def test_prepaid_plan_stops_at_zero_balance(balance: str, used: int, admitted: bool) -> None:
+    pol = policy_of(
+        catalog(
+            prepaid=True,
+            rate_cards=[
+                {
+                    "key": "o",
+                    "name": "o",
+                    "feature": "out",
+                    "price": {"type": "unit", "amount": "1.00", "per": 100},
+                }
+            ],
+        )  # fmt: skip
+    )
+    c = Counters()
+    key = pol.cost_cards[0].account.current(NOW)[1]
+    c.apply(Snapshot({key: used}, set(), {"acme": Decimal(balance)}, NOW))
+    result = c.admit(pol, "openai", "gpt-4o", 10, 10, NOW)
+    assert isinstance(result, Reservation) is admitted
+    if not admitted:
+        assert isinstance(result, Refusal) and result.reason == "credits"
+
+
+def test_soft_and_unlimited_limits_never_refuse() -> None:
+    pol = policy_of(
+        catalog(
+            entitlements=[
+                {"feature": "out", "limit": 0, "enforcement": "soft"},
+                {"feature": "all", "limit": "unlimited"},
+            ]
+        )  # fmt: skip
+    )
+    assert isinstance(Counters().admit(pol, "openai", "gpt-4o", 10, 10, NOW), Reservation)
