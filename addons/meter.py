@@ -499,7 +499,11 @@ class Meter:
             ctx.master.shutdown()  # not a traceback, and no proxy running unmetered
             return
         if self.writer is not None:
-            self.governance.start(self.writer.flush, self.spool.directory if self.spool else None)
+            self.governance.start(
+                self.writer.flush,
+                self.spool.directory if self.spool else None,
+                self.writer.read,
+            )
         if not redact.install(ctx.master.addons.get("dumper")):
             log.debug("meterline: no dumper addon: nothing to redact")
         if self._catalog_timer is None:
