@@ -166,7 +166,6 @@ class FlowMeter:
             self.provider.flavor,
             path=self.path,
             content_type=headers.get("content-type", ""),
-            streaming_requested=self.streaming_requested(),
         )
         self.sse = "event-stream" in headers.get("content-type", "")
         encoding = headers.get("content-encoding", "")
