@@ -271,7 +271,7 @@ class Meter:
             route = self.routes.match(req.path)  # a gateway path such as /chat
         if route is not None and req.method == "POST":
             req.path = route.upstream(req.path)
-            provider: providers.Provider | None = route.provider
+            provider: providers.MeteredProvider | None = route.provider
         else:
             route, provider = None, self.registry.lookup(req.host, req.port)
         if provider is None:

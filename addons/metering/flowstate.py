@@ -73,7 +73,7 @@ class FlowMeter:
         self,
         meter: Meter,
         flow: http.HTTPFlow,
-        provider: providers.Provider,
+        provider: providers.MeteredProvider,
         identity: keys.Identity,
     ) -> None:
         self.meter = meter
