@@ -47,6 +47,7 @@ from addons.metering.finish import Finisher
 from addons.metering.flowstate import FlowMeter, buffer_whole, pick_headers, where
 from addons.metering.lognoise import MITM_SERVER_LOG, HideStreamingNotice
 from addons.metering.replyend import EndWatch
+from addons.metering.sink import EventSink
 from addons.metering.spool import Spool, SpoolError
 from addons.metering.streamopts import UsageChunkDropper
 from addons.metering.writer import SpoolWriter
@@ -63,8 +64,7 @@ class Meter:
         self.registry = providers.ProviderRegistry.from_catalog(None)
         self.keybook = keys.KeyBook(None)
         self.routes = routes.RouteTable()
-        self.spool: Spool | None = None
-        self.writer: SpoolWriter | None = None
+        self.sink = EventSink()
         self._active: dict[str, FlowMeter] = {}
         self.deferred = DeferredWork()
         self._running = False
@@ -154,7 +154,7 @@ class Meter:
             try:
                 self._use_catalog(load_catalog(path))
             except (CatalogError, ValueError) as e:
-                raise exceptions.OptionsError(f"meter_catalog: {e}") from None
+                raise exceptions.OptionsError(f"meter_catalog: {e}") from e
             self.reloader.watch = catalogwatch.CatalogWatch(path, stamp)
         if ctx.options.meter_unknown_keys not in UNKNOWN_KEY_POLICIES:
             raise exceptions.OptionsError(
@@ -200,19 +200,21 @@ class Meter:
             len(self.catalog.consumers) if self.catalog else 0,
         )
 
+    @property
+    def spool(self) -> Spool | None:
+        return self.sink.spool
+
+    @property
+    def writer(self) -> SpoolWriter | None:
+        return self.sink.writer
+
     def _open_spool(self) -> None:
         """(Re)open the spool named by the options and start its writer (replaying leftovers)."""
         directory = Path(ctx.options.meter_spool).resolve()
-        if self.spool is not None and self.spool.directory.resolve() == directory:
-            return
         try:
-            spool = Spool(directory)
+            self.sink.open(directory, ctx.options.meter_db, self.flush_interval)
         except SpoolError as e:
-            raise exceptions.OptionsError(f"meter_spool: {e}") from None
-        self._close_writer()
-        self.spool = spool
-        self.writer = SpoolWriter(spool, ctx.options.meter_db, interval=self.flush_interval)
-        self.writer.start()
+            raise exceptions.OptionsError(f"meter_spool: {e}") from e
 
     def running(self) -> None:
         """The proxy is up: open the spool (not before, so loading the addon writes nothing)."""
@@ -228,24 +230,8 @@ class Meter:
         if not redact.install(ctx.master.addons.get("dumper")):
             log.debug("meterline: no dumper addon: nothing to redact")
         self.reloader.start()
-        log.info(
-            "meterline: metering %d provider(s), %d consumer(s); events -> %s via spool %s",
-            len(self.registry.providers),
-            len(self.catalog.consumers) if self.catalog else 0,
-            ctx.options.meter_db,
-            self.spool.directory if self.spool else "?",
-        )
-        for route in self.routes:
-            log.info(
-                "meterline: gateway route POST %s -> %s %s%s",
-                route.path,
-                route.provider.name,
-                route.upstream_path,
-                f" (model pinned to {route.model})" if route.model else "",
-            )
-        plain_http = hints.plain_http_warning(self.catalog)
-        if plain_http:
-            log.warning(plain_http)
+        spool = self.spool.directory if self.spool else "?"
+        hints.log_startup(self.registry, self.catalog, self.routes, ctx.options.meter_db, spool)
 
     def done(self) -> None:
         """Finish every queued and in-flight flow, then drain the spool into the store."""
@@ -254,15 +240,8 @@ class Meter:
         self.deferred.run_all()
         for flow_id in list(self._active):
             self.finisher.finish(self._active.pop(flow_id), cut=True)
-        self._close_writer()
+        self.sink.close()
         MITM_SERVER_LOG.removeFilter(self._notice_filter)
-
-    def _close_writer(self) -> None:
-        if self.writer is not None and not self.writer.stop():
-            log.warning("meterline: events left in spool %s for the next start", self.spool)
-        if self.spool is not None:
-            self.spool.close()
-        self.writer, self.spool = None, None
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         req = flow.request
@@ -397,10 +376,9 @@ class Meter:
             self.deferred.defer(self.finisher.finish, st, True)
 
     def _record(self, event: dict[str, Any]) -> None:
-        if self.spool is None or self.writer is None:
+        if self.sink.writer is None:
             self._open_spool()
-        assert self.spool is not None and self.writer is not None
-        self.writer.notify(self.spool.append(event))
+        self.sink.record(event)
 
 
 def _parse_interval(text: str) -> float:
