@@ -16,11 +16,13 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
+from fractions import Fraction
 from typing import Any
 
 import duckdb
 import pyarrow as pa
 
+from billing.dashboard.percentiles import quantiles_by_provider
 from billing.storevalues import from_db, to_db
 from billing.usage import TOKEN_COLUMNS, UsageError
 from meterline.catalog import FINGERPRINT_RE, TOKEN_TYPES, Catalog
@@ -92,8 +94,11 @@ def scope_filter(catalog: Catalog, scope: Scope) -> tuple[list[str], list[object
             customer = catalog.customer(scope.customer)
         except KeyError:
             raise UsageError(f"unknown customer {scope.customer!r}") from None
-        where.append("list_contains(?, e.consumer)")
-        params.append(list(customer.consumers))
+        if not customer.consumers:
+            where.append("FALSE")
+        else:  # IN, not list_contains: a filter the scan evaluates itself
+            where.append(f"e.consumer IN ({', '.join('?' for _ in customer.consumers)})")
+            params.extend(customer.consumers)
     if scope.consumer is not None:
         if scope.consumer not in {c.name for c in catalog.consumers}:
             raise UsageError(f"unknown consumer {scope.consumer!r}")
@@ -191,14 +196,8 @@ def _ms(value: float | None) -> Decimal | None:
     return None if value is None else Decimal(repr(value)).quantize(MS, ROUND_HALF_UP)
 
 
-HEALTH_SQL = """
-    SELECT e.provider,
-           COUNT(*) AS calls,
-           COUNT(*) FILTER (WHERE e.status IS NULL OR e.status >= 400) AS errors,
-           COUNT(*) FILTER (WHERE e.estimated) AS estimated,
-           quantile_disc(e.ttft_ms, [0.5, 0.95, 0.99]) AS ttft,
-           quantile_disc(e.latency_ms, 0.5) AS latency_p50
-"""
+TTFT_QUANTILES = (Fraction(1, 2), Fraction(95, 100), Fraction(99, 100))
+LATENCY_QUANTILES = (Fraction(1, 2),)
 
 
 def health(con: duckdb.DuckDBPyConnection, catalog: Catalog, scope: Scope, rng: TimeRange) -> Data:
@@ -206,26 +205,42 @@ def health(con: duckdb.DuckDBPyConnection, catalog: Catalog, scope: Scope, rng: 
     response) and their share, the share of estimated (tiktoken-counted) events, time to
     first byte percentiles (``quantile_disc``: values that occurred) and median latency.
     ``series`` counts calls and errors per bucket and provider.
+
+    Three scans whatever the range: the counts per bucket (the providers' totals add them
+    up), then :func:`~billing.dashboard.percentiles.quantiles_by_provider`'s two.
     """
     where, params = scope_filter(catalog, scope)
     rw, rp = _range_filter(rng)
     cond = " AND ".join([*rw, *where])
-    rows = con.execute(
-        f"{HEALTH_SQL} FROM usage_events AS e WHERE {cond} GROUP BY ALL ORDER BY ALL",
+    series = con.execute(
+        f"SELECT date_trunc('{rng.bucket}', e.ts)::TIMESTAMP AS bucket, e.provider,"
+        " COUNT(*) AS calls, COUNT(*) FILTER (WHERE e.status IS NULL OR e.status >= 400) AS errors,"
+        " COUNT(*) FILTER (WHERE e.estimated) AS estimated"
+        f" FROM usage_events AS e WHERE {cond} GROUP BY ALL ORDER BY ALL",
         [*rp, *params],
     ).fetchall()
+    totals: dict[str, list[int]] = {}
+    for _, provider, calls, errors, estimated in series:
+        t = totals.setdefault(provider, [0, 0, 0])
+        t[0] += int(calls)
+        t[1] += int(errors)
+        t[2] += int(estimated)
+    found = quantiles_by_provider(
+        con, cond, [*rp, *params], {"ttft_ms": TTFT_QUANTILES, "latency_ms": LATENCY_QUANTILES}
+    )
     minutes = rng.minutes
     providers = []
-    for provider, calls, errors, estimated, ttft, lat50 in rows:
-        p50, p95, p99 = ttft if ttft is not None else (None, None, None)
+    for provider, (calls, errors, estimated) in sorted(totals.items()):
+        p50, p95, p99 = found["ttft_ms"].get(provider, (None, None, None))
+        (lat50,) = found["latency_ms"].get(provider, (None,))
         providers.append(
             {
                 "provider": provider,
-                "calls": int(calls),
+                "calls": calls,
                 "calls_per_min": (Decimal(calls) / minutes).quantize(PERCENT, ROUND_HALF_UP),
-                "errors": int(errors),
+                "errors": errors,
                 "error_pct": _percent(errors, calls),
-                "estimated": int(estimated),
+                "estimated": estimated,
                 "estimated_pct": _percent(estimated, calls),
                 "ttft_p50_ms": _ms(p50),
                 "ttft_p95_ms": _ms(p95),
@@ -233,19 +248,13 @@ def health(con: duckdb.DuckDBPyConnection, catalog: Catalog, scope: Scope, rng: 
                 "latency_p50_ms": _ms(lat50),
             }
         )
-    series = con.execute(
-        f"SELECT date_trunc('{rng.bucket}', e.ts)::TIMESTAMP AS bucket, e.provider,"
-        " COUNT(*) AS calls, COUNT(*) FILTER (WHERE e.status IS NULL OR e.status >= 400) AS errors"
-        f" FROM usage_events AS e WHERE {cond} GROUP BY ALL ORDER BY ALL",
-        [*rp, *params],
-    ).fetchall()
     return {
         "range": rng.to_data(),
         "scope": scope.to_data(),
         "providers": providers,
         "series": [
             {"bucket": from_db(b), "provider": p, "calls": int(c), "errors": int(e)}
-            for b, p, c, e in series
+            for b, p, c, e, _ in series
         ],
     }
 
@@ -265,7 +274,7 @@ def unbilled(con: duckdb.DuckDBPyConnection, catalog: Catalog, rng: TimeRange) -
     """
     con.register("dash_subscriptions", _subscription_table(catalog))
     try:
-        found = con.execute(UNBILLED_SQL, [to_db(rng.start), to_db(rng.end)]).fetchall()
+        found = con.execute(*_unbilled_sql(catalog, rng)).fetchall()
     finally:
         con.unregister("dash_subscriptions")
     meters = {
@@ -308,27 +317,66 @@ def unbilled(con: duckdb.DuckDBPyConnection, catalog: Catalog, rng: TimeRange) -
 
 ROW_ORDER = ("reason", "consumer", "key_fingerprint", "customer", "provider", "model")
 
-UNBILLED_SQL = f"""
+_AGG_SUMS = ", ".join(f"SUM(e.{tt})::BIGINT AS {tt}" for tt in TOKEN_COLUMNS)
+MAX_SEGMENT_BOUNDS = 64
+"""Beyond this many subscription starts and ends inside the range, one join per event."""
+
+
+def _unbilled_sql(catalog: Catalog, rng: TimeRange) -> tuple[str, list[object]]:
+    """:data:`UNBILLED_SQL` and its parameters. The events are first added up per consumer,
+    provider, model and *segment*: the stretch of the range between two consecutive
+    subscription starts or ends of any customer. Every event of a segment has the same
+    subscription as the segment's first instant, so joining the few sums (not each event)
+    to the subscriptions gives the same rows."""
+    bounds = sorted(
+        {
+            b
+            for c in catalog.customers
+            for sub in c.subscriptions
+            for b in (sub.start, sub.end)
+            if b is not None and rng.start < b < rng.end
+        }
+    )
+    params: list[object] = [to_db(rng.start), to_db(rng.end)]
+    if len(bounds) > MAX_SEGMENT_BOUNDS:
+        return UNBILLED_SQL.format(seg="e.ts", at="e.ts", sums=_SUMS, events="COUNT(*)"), params
+    starts = [rng.start, *bounds]
+    seg = " + ".join(["0", *(f"(e.ts >= TIMESTAMP '{to_db(b)}')::INT" for b in bounds)])
+    at = f"[{', '.join(f'TIMESTAMP {chr(39)}{to_db(b)}{chr(39)}' for b in starts)}][e.seg + 1]"
+    events = "SUM(e.events)::BIGINT"
+    grouped = (
+        f"(SELECT {seg} AS seg, consumer, CASE WHEN consumer IS NULL THEN key_fingerprint END"
+        " AS key_fingerprint, provider, model, "
+        + ", ".join(f"SUM({col})::BIGINT AS {tt}" for tt, col in TOKEN_COLUMNS.items())
+        + ", COUNT(*) AS events FROM usage_events WHERE ts >= ? AND ts < ? GROUP BY ALL)"
+    )
+    sql = UNBILLED_SQL.format(seg=seg, at=at, sums=_AGG_SUMS, events=events)
+    sql = sql.replace("FROM usage_events AS e", f"FROM {grouped.replace('e.ts', 'ts')} AS e")
+    return sql.replace("WHERE e.ts >= ? AND e.ts < ?", ""), params
+
+
+UNBILLED_SQL = """
     SELECT CASE WHEN e.consumer IS NULL THEN 'unknown key'
                 WHEN c.customer_key IS NULL THEN 'consumer not linked to a customer'
                 WHEN s.plan IS NULL THEN 'outside subscriptions' END AS reason,
            e.consumer,
            CASE WHEN e.consumer IS NULL THEN e.key_fingerprint END AS key_fingerprint,
            c.customer_key AS customer, s.plan, e.provider, coalesce(e.model, '') AS model,
-           {_SUMS}, COUNT(*) AS events
+           {sums}, {events} AS events
     FROM usage_events AS e
     LEFT JOIN (SELECT DISTINCT consumer, customer_key FROM dash_subscriptions) AS c
       ON e.consumer = c.consumer
     LEFT JOIN (SELECT consumer, plan, s_start, coalesce(s_end, TIMESTAMP 'infinity') AS s_end
                FROM dash_subscriptions WHERE plan IS NOT NULL) AS s
-      ON e.consumer = s.consumer AND e.ts >= s.s_start AND e.ts < s.s_end
+      ON e.consumer = s.consumer AND {at} >= s.s_start AND {at} < s.s_end
     WHERE e.ts >= ? AND e.ts < ?
     GROUP BY ALL
 """
 """One row per class of usage: ``reason`` NULL means covered (``plan`` is set). A
 customer's subscriptions never overlap, so an event matches at most one of them. (The
 range is a residual filter of the hash join on the consumer; an ``OR`` for open ends
-would turn it into a nested loop, hence ``infinity``.)"""
+would turn it into a nested loop, hence ``infinity``.) ``{at}`` is the instant whose
+subscription counts: the event's, or its segment's first (:func:`_unbilled_sql`)."""
 
 
 def _subscription_table(catalog: Catalog) -> pa.Table:
