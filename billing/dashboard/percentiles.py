@@ -75,10 +75,11 @@ def quantiles_by_provider(
     out: dict[str, dict[str, list[float]]] = {c: {} for c in columns}
     if not picks:
         return out
+    # numbers only (no provider): the scan compares doubles, the rows are sorted out below
     ranges, range_params = [], []
-    for col, provider, u in sorted(picks):
-        ranges.append(f"(e.provider = ? AND e.{columns[col]} >= ? AND e.{columns[col]} < ?)")
-        range_params += [provider, u, u + 1]
+    for col, u in sorted({(col, u) for col, _, u in picks}):
+        ranges.append(f"(e.{columns[col]} >= ? AND e.{columns[col]} < ?)")
+        range_params += [u, u + 1]
     value = "e.{c}"
     rows = con.execute(
         f"SELECT {_which(columns, value)} AS col, e.provider, "
