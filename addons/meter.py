@@ -57,7 +57,8 @@ from addons.metering.spool import Spool, SpoolError
 from addons.metering.streamopts import UsageChunkDropper, add_include_usage
 from addons.metering.usage import UsageExtractor
 from addons.metering.writer import SpoolWriter
-from meterline.catalog import Catalog, CatalogError, load_catalog
+from meterline.catalog import Catalog, CatalogError
+from meterline.proxycatalog import load_proxy_catalog
 from meterline.store import DEFAULT_CATALOG, DEFAULT_DB
 
 log = logging.getLogger("meterline.proxy")
@@ -385,7 +386,7 @@ class Meter:
             path = Path(ctx.options.meter_catalog)
             stamp = catalogwatch.file_stamp(path)
             try:
-                self._use_catalog(load_catalog(path))
+                self._use_catalog(load_proxy_catalog(path))
             except (CatalogError, ValueError) as e:
                 raise exceptions.OptionsError(f"meter_catalog: {e}") from None
             self._catalog_watch = catalogwatch.CatalogWatch(path, stamp)
@@ -437,7 +438,7 @@ class Meter:
             elif poll is catalogwatch.Poll.READY and watch is not None:
                 catalog: Catalog | None = None
                 try:
-                    catalog = load_catalog(watch.path)
+                    catalog = load_proxy_catalog(watch.path)
                 except (CatalogError, ValueError) as e:
                     why: str | None = str(e)
                 if not watch.settled():

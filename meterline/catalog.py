@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from iso4217 import Currency
@@ -558,13 +559,17 @@ _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 """libyaml when PyYAML has it: the pure-Python loader takes ~0.4 s for 1,000 customers."""
 
 
-def parse_catalog(text: str, source: Path | str = "<catalog>") -> Catalog:
+View = Callable[[dict[str, Any]], dict[str, Any]]
+"""Narrows the parsed YAML before validation (the proxy's view: :mod:`meterline.proxycatalog`)."""
+
+
+def parse_catalog(text: str, source: Path | str = "<catalog>", view: View | None = None) -> Catalog:
     try:
         data = yaml.load(text, Loader=_YAML_LOADER)  # noqa: S506 - a safe loader
     except yaml.YAMLError:
         data = None  # read again below with the pure-Python loader, for its exact message
     else:
-        return _validate(data, source)
+        return _validate(data, source, view)
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -572,22 +577,27 @@ def parse_catalog(text: str, source: Path | str = "<catalog>") -> Catalog:
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
         problem = getattr(e, "problem", None) or str(e)
         raise CatalogError(f"{source}: {where}: invalid YAML: {problem}") from None
-    return _validate(data, source)
+    return _validate(data, source, view)
 
 
-def _validate(data: object, source: Path | str) -> Catalog:
+def _validate(data: object, source: Path | str, view: View | None = None) -> Catalog:
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise CatalogError(f"{source}: (top level): expected a mapping, got {type(data).__name__}")
+    if view is not None:
+        data = view(data)
     try:
         return Catalog.model_validate(data)
     except ValidationError as e:
         raise CatalogError(render_validation_error(source, e)) from None
 
 
-def load_catalog(path: Path | str) -> Catalog:
-    """Read and validate a catalog file; raises :class:`CatalogError` with a readable message."""
+def load_catalog(path: Path | str, view: View | None = None) -> Catalog:
+    """Read and validate a catalog file; raises :class:`CatalogError` with a readable message.
+
+    ``view``: validate only what it leaves of the file (the proxy's sections), not all.
+    """
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -595,4 +605,4 @@ def load_catalog(path: Path | str) -> Catalog:
         raise CatalogError(f"{p}: file not found") from None
     except OSError as e:
         raise CatalogError(f"{p}: cannot read: {e.strerror}") from None
-    return parse_catalog(text, p)
+    return parse_catalog(text, p, view)
