@@ -31,6 +31,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections import deque
@@ -50,6 +51,10 @@ SEALED_SUFFIX = ".jsonl"
 LOCK_NAME = PREFIX + "spool.lock"
 #: Events held in memory while the spool cannot be written; past this, new ones are dropped.
 MAX_HELD_EVENTS = 10_000
+#: Segments of Meterline before the ``meterline-`` prefix (``<ns>-<pid>-<seq>.open|.jsonl``
+#: beside its ``spool.lock``): adopted at start so an upgrade replays what they hold.
+_LEGACY_SEGMENT = re.compile(r"\d{20}-\d+-\d{6}\.(open|jsonl)")
+_LEGACY_LOCK = "spool.lock"
 
 
 class SpoolError(RuntimeError):
@@ -84,8 +89,42 @@ class Spool:
         """The condition last logged (e.g. ``write: ENOSPC (...)``); None when healthy."""
         self._unsealed: list[Path] = []
         """Closed ``.open`` segments whose rename failed; retried at each seal."""
+        self._adopt_legacy_segments()
         for leftover in sorted(self.directory.glob(PREFIX + "*" + OPEN_SUFFIX)):
             self._rename_sealed(leftover)
+
+    def _adopt_legacy_segments(self) -> None:
+        """Give the segments an older Meterline left here our prefix, so they are replayed.
+
+        Only beside that version's own ``spool.lock``, and only when no process holds it
+        (an older proxy still running keeps its files).
+        """
+        legacy_lock = self.directory / _LEGACY_LOCK
+        if not legacy_lock.is_file():
+            return
+        try:
+            fd = os.open(legacy_lock, os.O_RDWR)
+        except OSError:
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                log.warning("meterline: spool %s: an older proxy holds it", self.directory)
+                return
+            for path in sorted(self.directory.iterdir()):
+                if _LEGACY_SEGMENT.fullmatch(path.name):
+                    try:
+                        path.rename(path.with_name(PREFIX + path.name))
+                    except OSError as e:
+                        log.warning(
+                            "meterline: spool %s: cannot adopt %s: %s",
+                            self.directory,
+                            path.name,
+                            oserrors.describe(e),
+                        )
+        finally:
+            os.close(fd)
 
     # ------------------------------------------------------------------ appending
 

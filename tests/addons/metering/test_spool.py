@@ -198,3 +198,25 @@ def test_segments_are_private(tmp_path: Path) -> None:
     assert segment.stat().st_mode & 0o077 == 0
     assert (tmp_path / "new").stat().st_mode & 0o077 == 0
     spool.close()
+
+
+def test_segments_of_an_older_version_are_adopted_and_replayed(tmp_path: Path) -> None:
+    """Before the ``meterline-`` prefix, segments were ``<ns>-<pid>-<seq>.open|.jsonl``
+    beside ``spool.lock``: an upgraded proxy replays them; other files stay untouched."""
+    (tmp_path / "spool.lock").write_bytes(b"")
+    (tmp_path / "00000000000000000001-42-000001.jsonl").write_text('{"event_id":"old-1"}\n')
+    (tmp_path / "00000000000000000002-42-000002.open").write_text('{"event_id":"old-2"}\n')
+    (tmp_path / "notes.jsonl").write_text("not ours\n")
+    spool = Spool(tmp_path)
+    ids = [e["event_id"] for seg in spool.sealed() for e in Spool.read(seg)]
+    assert ids == ["old-1", "old-2"]
+    assert (tmp_path / "notes.jsonl").read_text() == "not ours\n"
+    spool.close()
+
+
+def test_legacy_names_without_the_old_lock_are_not_ours(tmp_path: Path) -> None:
+    (tmp_path / "00000000000000000001-42-000001.jsonl").write_text('{"event_id":"x"}\n')
+    spool = Spool(tmp_path)
+    assert spool.sealed() == []
+    assert (tmp_path / "00000000000000000001-42-000001.jsonl").exists()
+    spool.close()
