@@ -39,6 +39,7 @@ def stacked_bars(
         **({"title": title} if title else {}),
         "width": width,
         "autosize": {"type": "fit", "contains": "padding"},
+        "padding": 14,
         "height": height,
         "data": {"name": "table", "values": data},
         "mark": {"type": "bar", "tooltip": True},

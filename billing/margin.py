@@ -24,7 +24,7 @@ from typing import Any
 
 import duckdb
 
-from billing.errors import NotGenerated
+from billing.errors import BillingError, NotGenerated
 from billing.invoices import parse_month
 from billing.ledger import load_invoices
 from billing.listprice import LIST_PRICE_CURRENCY, find_model, has_context_tiers, list_cost
@@ -67,14 +67,18 @@ def split_amount(amount: Decimal, weights: list[int], currency: str) -> list[Dec
     return [unit * f for f in floors]
 
 
-def month_invoices(con: duckdb.DuckDBPyConnection, month: str) -> list[Invoice]:
+def month_invoices(
+    con: duckdb.DuckDBPyConnection, month: str, customer: str | None = None
+) -> list[Invoice]:
     period = parse_month(month)
     numbers = [
         i.number
-        for i in load_invoices(con, with_lines=False)
+        for i in load_invoices(con, customer=customer, with_lines=False)
         if period.start < i.period_end <= period.end and i.number
     ]
     if not numbers:
+        if customer:
+            raise BillingError(f"no invoices of {customer!r} for {month}")
         raise NotGenerated(month)
     return load_invoices(con, numbers=numbers)
 
@@ -148,8 +152,11 @@ def _add(cost: dict[Key, Decimal | None], key: Key, value: Decimal | None) -> No
         cost[key] = so_far + value
 
 
-def margin_report(con: duckdb.DuckDBPyConnection, month: str) -> list[dict[str, Any]]:
-    invoices = month_invoices(con, month)
+def margin_report(
+    con: duckdb.DuckDBPyConnection, month: str, customer: str | None = None
+) -> list[dict[str, Any]]:
+    """The month's rows, or one customer's (only that customer's events are priced)."""
+    invoices = month_invoices(con, month, customer)
     currency = {i.customer_key: i.currency for i in invoices}
     revenue = revenue_by_model(invoices)
     cost, tokens = cost_by_model(con, [i.number for i in invoices if i.number])

@@ -10,9 +10,10 @@ from billing.cli.common import MONTH, Settings, format_option, pass_settings
 
 @click.command("margin")
 @click.option("--period", "month", type=MONTH, required=True, help="Month: YYYY-MM.")
+@click.option("--customer", help="Only this customer.")
 @format_option()
 @pass_settings
-def margin_cmd(settings: Settings, month: str, fmt: str) -> None:
+def margin_cmd(settings: Settings, month: str, customer: str | None, fmt: str) -> None:
     """Revenue of the month's invoices vs the providers' list-price cost (USD).
 
     Uses the invoices `billing invoice generate --period` finalized for the month.
@@ -21,9 +22,10 @@ def margin_cmd(settings: Settings, month: str, fmt: str) -> None:
     Example usage:
       billing margin --period 2026-03
       billing margin --period 2026-03 --format json
+      billing margin --period 2026-03 --customer acme
     """
     from billing.margin import MARGIN_COLUMNS, margin_report  # genai-prices: load on use
 
     with settings.store() as con:
-        rows = margin_report(con, month)
+        rows = margin_report(con, month, customer)
     click.echo(render.rows(rows, fmt, MARGIN_COLUMNS))

@@ -22,7 +22,7 @@ from typing import Any
 from billing import render
 from billing.charts import vega_bundle
 from billing.dashboard import pages
-from billing.dashboard.customers import customer_page, customers_list
+from billing.dashboard.customers import customer_page, customers_list, margin_page
 from billing.dashboard.queries import Scope, health, resolve_range, timeline, unbilled
 from billing.documents.pdf import PdfError, html_to_pdf
 from billing.invoices import BillingError, get_invoice
@@ -107,6 +107,7 @@ class Dashboard:
                 (r"/usage", self.usage),
                 (r"/customers", self.customers),
                 (r"/customers/(?P<key>[^/]+)", self.customer),
+                (r"/customers/(?P<key>[^/]+)/margin", self.margin),
                 (r"/unbilled", self.unbilled),
                 (r"/health", self.health),
                 (r"/invoices/(?P<number>[^/]+)", self.invoice),
@@ -199,6 +200,15 @@ class Dashboard:
         with self.connect() as con:
             data = customer_page(con, catalog, req.args["key"], req.time("at") or now, now)
         return self.respond(req, ("Customer", data, pages.customer_page))
+
+    def margin(self, req: Request) -> Response:
+        catalog = self.catalog()
+        month = req.get("period")
+        if month is not None and not re.fullmatch(r"\d{4}-\d{2}", month):
+            raise UsageError(f"period: {month!r} is not a month such as 2026-03")
+        with self.connect() as con:
+            data = margin_page(con, catalog, req.args["key"], month)
+        return self.respond(req, ("Margin", data, pages.margin_page))
 
     def unbilled(self, req: Request) -> Response:
         catalog = self.catalog()

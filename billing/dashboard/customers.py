@@ -3,8 +3,9 @@
 A customer's page is made of what the CLI already answers: the current period so far
 (``billing invoice preview --customer C --at T``) and its usage by day (``billing
 timeline --customer C --from START --to END``), the last invoices (``billing invoice
-list --customer C``), the margin of the latest invoiced month (``billing margin --period
-M``, this customer's rows) and the registered extra panels (:mod:`billing.dashboard.panels`).
+list --customer C``) and the registered extra panels (:mod:`billing.dashboard.panels`).
+The margin against list price is a page of its own (``billing margin --period M
+--customer C``), linked for the latest invoiced month.
 """
 
 from __future__ import annotations
@@ -46,10 +47,25 @@ def invoice_month(period_end: datetime) -> str:
     return f"{period_end - timedelta(microseconds=1):%Y-%m}"
 
 
-def customer_margin(con: duckdb.DuckDBPyConnection, customer: str, month: str) -> list[Data]:
+def margin_page(
+    con: duckdb.DuckDBPyConnection, catalog: Catalog, key: str, month: str | None
+) -> Data:
+    """The customer's margin for ``month`` (default: its latest invoiced month): the rows of
+    ``billing margin --period M --customer C``. A page of its own: it prices every event
+    the month's invoices billed at list price, which takes longer than the customer page."""
     from billing.margin import margin_report  # genai-prices: load on use
 
-    return [r for r in margin_report(con, month) if r["customer"] == customer]
+    try:
+        customer = catalog.customer(key)
+    except KeyError:
+        raise BillingError(f"unknown customer {key!r}") from None
+    if month is None:
+        invoices = list_invoices(con, catalog, customer=key)
+        if not invoices:
+            raise BillingError(f"{key!r} has no invoices yet")
+        month = invoice_month(invoices[-1].period_end)
+    rows = margin_report(con, month, key)
+    return {"customer": key, "name": customer.name, "period": month, "rows": rows}
 
 
 def chart_end(start: datetime, end: datetime, at: datetime) -> datetime:
@@ -80,10 +96,7 @@ def customer_page(
         usage = timeline(con, catalog, Scope(customer=key), period)
     invoices = list_invoices(con, catalog, customer=key)
     recent = [render.invoice_summary(i) for i in reversed(invoices[-LAST_INVOICES:])]
-    margin: Data | None = None
-    if invoices:
-        month = invoice_month(invoices[-1].period_end)
-        margin = {"period": month, "rows": customer_margin(con, key, month)}
+    month = invoice_month(invoices[-1].period_end) if invoices else None
     panels = {}
     for panel in load_panels().values():
         data = panel.data(con, catalog, key, at)
@@ -102,6 +115,6 @@ def customer_page(
         "period_note": note,
         "usage": usage,
         "invoices": recent,
-        "margin": margin,
+        "last_invoiced_month": month,
         "panels": panels,
     }

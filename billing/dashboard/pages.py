@@ -315,30 +315,12 @@ def customer_page(data: Data, catalog: Catalog, json_url: str) -> str:
         )  # fmt: skip
     )
     body.append("</section>")
-    margin = data["margin"]
-    if margin is not None:
+    month = data["last_invoiced_month"]
+    if month is not None:
         body.append(
-            f'<section class="panel"><h2>Margin against list price, {e(margin["period"])}</h2>'
-        )
-        body.append(
-            table(
-                margin["rows"],
-                [
-                    ("provider", "Provider"),
-                    ("model", "Model"),
-                    ("tokens", "Tokens"),
-                    ("revenue", "Revenue"),
-                    ("cost", "List-price cost (USD)"),
-                    ("margin", "Margin"),
-                    ("margin_pct", "Margin %"),
-                ],
-                css_id="margin",
-                numeric=["tokens", "revenue", "cost", "margin", "margin_pct"],
-            )  # fmt: skip
-        )
-        body.append(
-            f'<p><a href="{e(link("/statements/" + c["customer"] + "/" + margin["period"]))}">'
-            f"Statement for {e(margin['period'])}</a></p></section>"
+            f'<p class="links"><a href="/customers/{e(c["customer"])}/margin?period={month}">'
+            f"Margin against list price, {e(month)}</a> · "
+            f'<a href="/statements/{e(c["customer"])}/{month}">Statement for {e(month)}</a></p>'
         )
     return layout(c["name"], "\n".join(body), active="/customers", json_url=json_url)
 
@@ -354,6 +336,33 @@ def _key_link(r: Data) -> str:
     if not key:
         return ""
     return f'<a href="{e(link("/usage", key=key))}" title="{e(key)}">{e(key[:19])}…</a>'
+
+
+def margin_page(data: Data, catalog: Catalog, json_url: str) -> str:
+    c = data["customer"]
+    body = [
+        f'<p class="muted">Revenue of {e(c)}\'s invoices for {e(data["period"])} against the '
+        "providers' list prices of the events they billed (USD), per model.</p>",
+        table(
+            data["rows"],
+            [
+                ("provider", "Provider"),
+                ("model", "Model"),
+                ("tokens", "Tokens"),
+                ("revenue", "Revenue"),
+                ("cost", "List-price cost (USD)"),
+                ("margin", "Margin"),
+                ("margin_pct", "Margin %"),
+            ],
+            css_id="margin",
+            numeric=["tokens", "revenue", "cost", "margin", "margin_pct"],
+        ),  # fmt: skip
+        f'<p><a href="/customers/{e(c)}">Back to {e(data["name"])}</a></p>',
+    ]
+    return layout(
+        f"Margin · {data['name']} · {data['period']}",
+        "\n".join(body), active="/customers", json_url=json_url,
+    )  # fmt: skip
 
 
 def unbilled_page(data: Data, catalog: Catalog, json_url: str) -> str:

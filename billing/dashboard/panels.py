@@ -10,7 +10,8 @@ own the data register their panel with :func:`register`, e.g. governance::
 
 The page and its ``.json`` twin list the panels under ``panels``, keyed by name.
 Panels are imported by name from :data:`PANEL_MODULES` when present, so the dashboard
-works (and shows nothing for them) before those modules exist.
+works (and shows nothing for them) before those modules exist. ``billing.dashboard.
+governance`` adapts ``billing entitlements``' rows into gauges.
 """
 
 from __future__ import annotations
@@ -38,8 +39,10 @@ class CustomerPanel:
 
 PANELS: dict[str, CustomerPanel] = {}
 
-PANEL_MODULES = ("billing.entitlements.dashboard", "billing.credits.dashboard")
-"""Modules that register a panel when imported; missing ones are skipped."""
+PANEL_MODULES = ("billing.dashboard.governance",)
+"""Modules that register a panel when imported; missing ones are skipped. The
+governance adapter registers the entitlement gauges only when ``billing.entitlements``
+exists."""
 
 
 def register(panel: CustomerPanel) -> None:

@@ -22,13 +22,7 @@ import duckdb
 import pyarrow as pa
 
 from billing.storevalues import from_db, to_db
-from billing.usage import (
-    TOKEN_COLUMNS,
-    UsageError,
-    UsageQuery,
-    is_unpriced,
-    usage_report,
-)
+from billing.usage import TOKEN_COLUMNS, UsageError
 from meterline.catalog import FINGERPRINT_RE, TOKEN_TYPES, Catalog
 
 BUCKETS: dict[str, timedelta] = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
@@ -202,9 +196,7 @@ HEALTH_SQL = """
            COUNT(*) AS calls,
            COUNT(*) FILTER (WHERE e.status IS NULL OR e.status >= 400) AS errors,
            COUNT(*) FILTER (WHERE e.estimated) AS estimated,
-           quantile_disc(e.ttft_ms, 0.5) AS ttft_p50,
-           quantile_disc(e.ttft_ms, 0.95) AS ttft_p95,
-           quantile_disc(e.ttft_ms, 0.99) AS ttft_p99,
+           quantile_disc(e.ttft_ms, [0.5, 0.95, 0.99]) AS ttft,
            quantile_disc(e.latency_ms, 0.5) AS latency_p50
 """
 
@@ -224,7 +216,8 @@ def health(con: duckdb.DuckDBPyConnection, catalog: Catalog, scope: Scope, rng: 
     ).fetchall()
     minutes = rng.minutes
     providers = []
-    for provider, calls, errors, estimated, p50, p95, p99, lat50 in rows:
+    for provider, calls, errors, estimated, ttft, lat50 in rows:
+        p50, p95, p99 = ttft if ttft is not None else (None, None, None)
         providers.append(
             {
                 "provider": provider,
@@ -261,79 +254,97 @@ def health(con: duckdb.DuckDBPyConnection, catalog: Catalog, scope: Scope, rng: 
 
 
 def unbilled(con: duckdb.DuckDBPyConnection, catalog: Catalog, rng: TimeRange) -> Data:
-    """Usage nobody pays for: money being lost.
+    """Usage nobody pays for: money being lost, from one pass over the range's events.
 
-    ``rows``: usage no subscription covers, per reason, consumer/key and model; exactly
-    ``billing usage --unbilled --group-by model --from --to``'s JSON without its
-    ``no rate card of plan 'P' prices it`` rows. ``unpriced``: usage
-    a subscription covers but no usage rate card of its plan prices (no feature meters
-    that provider, model and token type), per customer, plan, model and token type.
+    ``rows``: usage no subscription covers, per reason, consumer (key fingerprint when the
+    key is unknown), customer and model: ``billing usage --unbilled --group-by model
+    --from --to``'s rows without its ``no rate card of plan 'P' prices it`` ones (computed
+    apart, in one join instead of a subquery). ``unpriced``: usage a subscription covers
+    but no usage rate card of its plan prices (no feature meters that provider, model and
+    token type), per customer, plan, model and token type: those rows, by token type.
     """
-    every = usage_report(
-        con,
-        catalog,
-        UsageQuery(start=rng.start, end=rng.end, group_by=("model",), unbilled=True),
-    )
-    # The CLI also lists covered-but-unpriced usage; here it is the ``unpriced`` table.
-    rows = [r for r in every if not is_unpriced(r["reason"])]
-    unpriced = unpriced_usage(con, catalog, rng)
-    reasons: dict[str, dict[str, int]] = {}
-    for r in rows:
-        agg = reasons.setdefault(str(r["reason"]), {"total": 0, "events": 0})
-        agg["total"] += int(r["total"])  # type: ignore[call-overload]
-        agg["events"] += int(r["events"])  # type: ignore[call-overload]
-    listed = [{"reason": k, **v} for k, v in sorted(reasons.items())]
-    if unpriced:
-        listed.append(
-            {
-                "reason": "no price in the plan",
-                "total": sum(int(u["tokens"]) for u in unpriced),
-                "events": None,
-            }
-        )
-    return {"range": rng.to_data(), "reasons": listed, "rows": rows, "unpriced": unpriced}
-
-
-def _subscription_table(catalog: Catalog) -> pa.Table:
-    subs = [
-        (c.key, name, s) for c in catalog.customers for s in c.subscriptions for name in c.consumers
-    ]
-    return pa.table(
-        {
-            "consumer": pa.array([n for _, n, _ in subs], pa.string()),
-            "customer_key": pa.array([k for k, _, _ in subs], pa.string()),
-            "plan": pa.array([s.plan for _, _, s in subs], pa.string()),
-            "s_start": pa.array([to_db(s.start) for _, _, s in subs], pa.timestamp("us")),
-            "s_end": pa.array(
-                [to_db(s.end) if s.end else None for _, _, s in subs], pa.timestamp("us")
-            ),
-        }
-    )
-
-
-def unpriced_usage(con: duckdb.DuckDBPyConnection, catalog: Catalog, rng: TimeRange) -> list[Data]:
-    """Covered usage whose (provider, model, token type) no usage card of the plan meters."""
     con.register("dash_subscriptions", _subscription_table(catalog))
     try:
-        found = con.execute(
-            f"SELECT s.customer_key, s.plan, e.provider, coalesce(e.model, '') AS model, {_SUMS}"
-            " FROM usage_events AS e JOIN dash_subscriptions AS s ON e.consumer = s.consumer"
-            " AND e.ts >= s.s_start AND (s.s_end IS NULL OR e.ts < s.s_end)"
-            " WHERE e.ts >= ? AND e.ts < ? GROUP BY ALL ORDER BY ALL",
-            [to_db(rng.start), to_db(rng.end)],
-        ).fetchall()
+        found = con.execute(UNBILLED_SQL, [to_db(rng.start), to_db(rng.end)]).fetchall()
     finally:
         con.unregister("dash_subscriptions")
     meters = {
         p.key: [catalog.feature(c.feature).meter for c in p.rate_cards if c.feature]
         for p in catalog.plans
     }
-    out: list[Data] = []
-    for customer, plan, provider, model, *counts in found:
-        for tt, n in zip(TOKEN_TYPES, counts, strict=True):
+    rows: list[Data] = []
+    unpriced: list[Data] = []
+    for reason, consumer, key, customer, plan, provider, model, *counts in found:
+        tokens: dict[str, int] = dict(zip(TOKEN_TYPES, (int(n) for n in counts[:4]), strict=True))
+        if reason is not None:
+            rows.append(
+                {"reason": reason, "consumer": consumer, "key_fingerprint": key,
+                 "customer": customer, "provider": provider, "model": model, **tokens,
+                 "total": sum(tokens.values()), "events": int(counts[4])}
+            )  # fmt: skip
+            continue
+        for tt, n in tokens.items():
             if n and not any(m.matches(provider, model, tt) for m in meters[plan]):
-                out.append(
+                unpriced.append(
                     {"customer": customer, "plan": plan, "provider": provider, "model": model,
-                     "token_type": tt, "tokens": int(n)}
+                     "token_type": tt, "tokens": n}
                 )  # fmt: skip
-    return out
+    rows.sort(key=lambda r: tuple("" if r[k] is None else str(r[k]) for k in ROW_ORDER))
+    unpriced.sort(key=lambda r: (r["customer"], r["plan"], r["provider"], r["model"],
+                                 _type_order(r["token_type"])))  # fmt: skip
+    reasons: dict[str, dict[str, int]] = {}
+    for r in rows:
+        agg = reasons.setdefault(str(r["reason"]), {"total": 0, "events": 0})
+        agg["total"] += int(r["total"])
+        agg["events"] += int(r["events"])
+    listed: list[Data] = [{"reason": k, **v} for k, v in sorted(reasons.items())]
+    if unpriced:
+        listed.append(
+            {"reason": "no price in the plan", "total": sum(int(u["tokens"]) for u in unpriced),
+             "events": None}
+        )  # fmt: skip
+    return {"range": rng.to_data(), "reasons": listed, "rows": rows, "unpriced": unpriced}
+
+
+ROW_ORDER = ("reason", "consumer", "key_fingerprint", "customer", "provider", "model")
+
+UNBILLED_SQL = f"""
+    SELECT CASE WHEN e.consumer IS NULL THEN 'unknown key'
+                WHEN c.customer_key IS NULL THEN 'consumer not linked to a customer'
+                WHEN s.plan IS NULL THEN 'outside subscriptions' END AS reason,
+           e.consumer,
+           CASE WHEN e.consumer IS NULL THEN e.key_fingerprint END AS key_fingerprint,
+           c.customer_key AS customer, s.plan, e.provider, coalesce(e.model, '') AS model,
+           {_SUMS}, COUNT(*) AS events
+    FROM usage_events AS e
+    LEFT JOIN (SELECT DISTINCT consumer, customer_key FROM dash_subscriptions) AS c
+      ON e.consumer = c.consumer
+    LEFT JOIN (SELECT consumer, plan, s_start, coalesce(s_end, TIMESTAMP 'infinity') AS s_end
+               FROM dash_subscriptions WHERE plan IS NOT NULL) AS s
+      ON e.consumer = s.consumer AND e.ts >= s.s_start AND e.ts < s.s_end
+    WHERE e.ts >= ? AND e.ts < ?
+    GROUP BY ALL
+"""
+"""One row per class of usage: ``reason`` NULL means covered (``plan`` is set). A
+customer's subscriptions never overlap, so an event matches at most one of them. (The
+range is a residual filter of the hash join on the consumer; an ``OR`` for open ends
+would turn it into a nested loop, hence ``infinity``.)"""
+
+
+def _subscription_table(catalog: Catalog) -> pa.Table:
+    """One row per (consumer, subscription) of every customer; a customer without
+    subscriptions still links its consumers (``plan`` NULL)."""
+    rows: list[tuple[str, str, str | None, datetime | None, datetime | None]] = []
+    for c in catalog.customers:
+        for name in c.consumers:
+            rows += [(name, c.key, s.plan, to_db(s.start), to_db(s.end) if s.end else None)
+                     for s in c.subscriptions] or [(name, c.key, None, None, None)]  # fmt: skip
+    return pa.table(
+        {
+            "consumer": pa.array([r[0] for r in rows], pa.string()),
+            "customer_key": pa.array([r[1] for r in rows], pa.string()),
+            "plan": pa.array([r[2] for r in rows], pa.string()),
+            "s_start": pa.array([r[3] for r in rows], pa.timestamp("us")),
+            "s_end": pa.array([r[4] for r in rows], pa.timestamp("us")),
+        }
+    )

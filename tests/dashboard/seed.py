@@ -121,14 +121,17 @@ FROM range(0, 12137) AS t(i)
 """
 
 
-def seeded(tmp_path: Path) -> Setup:
+def seeded(tmp_path: Path, db: str | None = None) -> Setup:
     """The catalog, the events and the invoices of January (INV-000001: alpha) and February
-    (INV-000002: alpha, INV-000003: beta, whose periods start on the 15th)."""
+    (INV-000002: beta, whose periods start on the 15th; INV-000003: alpha).
+
+    ``db``: another store (a ``ducklake:...`` locator) instead of a DuckDB file in tmp_path.
+    """
     tmp_path.mkdir(parents=True, exist_ok=True)
-    db = tmp_path / "meterline.duckdb"
-    with billing_store(db, create=True) as con:
+    store = db or str(tmp_path / "meterline.duckdb")
+    with billing_store(store, create=True) as con:
         con.execute(EVENTS_SQL)
-    s = Setup(db, write_catalog(tmp_path, CATALOG))
+    s = Setup(Path(store), write_catalog(tmp_path, CATALOG))
     for month in ("2026-01", "2026-02"):
         result = run(s, "invoice", "generate", "--period", month)
         assert result.exit_code == 0, result.output

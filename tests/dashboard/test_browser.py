@@ -31,6 +31,7 @@ PAGES: dict[str, tuple[str, dict[str, tuple[str, str]]]] = {
     ),
     "customers": ("/customers?at=2026-01-20", {}),
     "customer": ("/customers/alpha?at=2026-02-10", {"chart-customer-usage": ("model", "usage")}),
+    "margin": ("/customers/alpha/margin?period=2026-01", {}),
     "unbilled": (f"/unbilled?{JAN}", {}),
     "health": (
         f"/health?{DAY1}",

@@ -167,11 +167,17 @@ def test_customer_page_is_made_of_the_cli_answers(dashboard: Server, store: Setu
     assert page["period_so_far"] == preview
     listed = cli_json(store, "invoice", "list", "--customer", "alpha", "--format", "json")
     assert page["invoices"] == list(reversed(listed))
+    assert page["last_invoiced_month"] == "2026-02"
     margin = cli_json(store, "margin", "--period", "2026-02", "--format", "json")
-    assert page["margin"] == {
-        "period": "2026-02",
-        "rows": [r for r in margin if r["customer"] == "alpha"],
-    }
+    mine = cli_json(
+        store, "margin", "--period", "2026-02", "--customer", "alpha", "--format", "json"
+    )
+    assert mine == [r for r in margin if r["customer"] == "alpha"]
+    twin = dashboard.json("/customers/alpha/margin.json")
+    assert twin == {"customer": "alpha", "name": "Alpha Ltd", "period": "2026-02", "rows": mine}
+    assert dashboard.json("/customers/alpha/margin.json?period=2026-01")["rows"] == cli_json(
+        store, "margin", "--period", "2026-01", "--customer", "alpha", "--format", "json"
+    )
     usage = cli_json(
         store, "timeline", "--customer", "alpha", "--from", "2026-02-01", "--to", "2026-02-11"
     )

@@ -70,6 +70,7 @@ class HostileProvider:
             asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+        self._loop.close()  # else its self-pipe sockets leak: ResourceWarning in a later test
 
     @property
     def base_url(self) -> str:
