@@ -79,7 +79,7 @@ def measure(
             meter_durable=durable,
         )
         queue: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
-        meter._defer = lambda fn, *a: queue.append((fn, a))  # type: ignore[method-assign]
+        meter.deferred.defer = lambda fn, *a: queue.append((fn, a))  # type: ignore[method-assign]
         meter._open_spool()
         assert meter.writer is not None
         meter.writer.batch_events = 10**9

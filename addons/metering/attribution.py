@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
 from addons.metering.keys import KEY_HEADERS
-from addons.metering.providers import Provider
+from addons.metering.providers import MeteredProvider
 
 QUERY_KEY = "?key"
 GATEWAY_HEADER = "apikey"
@@ -50,7 +50,7 @@ class Presented:
         return self.distinct > 1
 
 
-def places(provider: Provider) -> tuple[str, ...]:
+def places(provider: MeteredProvider) -> tuple[str, ...]:
     """The key places ``provider`` reads, in the order it reads them."""
     if provider.flavor == "anthropic":
         return ("x-api-key", "authorization")
@@ -94,7 +94,7 @@ def _values(headers: Mapping[str, str], query: str) -> dict[str, list[str]]:
     return found
 
 
-def presented(headers: Mapping[str, str], query: str, provider: Provider) -> Presented:
+def presented(headers: Mapping[str, str], query: str, provider: MeteredProvider) -> Presented:
     """The key ``provider`` will authenticate (billed), and whether there are others."""
     found = _values(headers, query)
     if not found:

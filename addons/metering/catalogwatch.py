@@ -12,10 +12,16 @@ the old one) is what the README recommends.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 
-from meterline.catalog import Catalog
+from meterline.catalog import Catalog, CatalogError
+from meterline.proxycatalog import load_proxy_catalog
+
+log = logging.getLogger("meterline.proxy")
 
 #: Seconds between checks of the catalog file (one ``stat``, off the hot path).
 CHECK_INTERVAL = 0.5
@@ -80,3 +86,67 @@ def refusal(current: Catalog | None, new: Catalog) -> str | None:
     if current.providers and not new.providers:
         return f"it names no provider (the catalog in use has {len(current.providers)})"
     return None
+
+
+class Reloader:
+    """Checks the catalog file every :data:`CHECK_INTERVAL` on the event loop and hands a
+    stable, valid edit to ``reload``; ``watch`` is replaced when the option changes."""
+
+    def __init__(
+        self, current: Callable[[], Catalog | None], reload: Callable[[Path, Catalog], None]
+    ) -> None:
+        self.watch: CatalogWatch | None = None
+        self._current = current
+        self._reload = reload
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        if self._timer is None:
+            self._schedule()
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _check(self) -> None:
+        """Re-read the catalog when its file changed; runs every CHECK_INTERVAL.
+
+        One ``stat`` per interval on the event loop, never per flow. A change is read once
+        the file is stable (:class:`CatalogWatch`); an edit that does not
+        validate, or would drop every consumer or provider, is logged once and the
+        catalog in use is kept.
+        """
+        try:
+            watch = self.watch
+            poll = watch.poll() if watch is not None else Poll.UNCHANGED
+            path = watch.path if watch is not None else None
+            if poll is Poll.GONE:
+                log.error("meterline: catalog %s is gone, keeping the one in use", path)
+            elif poll is Poll.READY and watch is not None:
+                catalog: Catalog | None = None
+                try:
+                    catalog = load_proxy_catalog(watch.path)
+                except (CatalogError, ValueError) as e:
+                    why: str | None = str(e)
+                if not watch.settled():
+                    return  # written to while being read: read it again once it is stable
+                if catalog is not None:
+                    why = refusal(self._current(), catalog)
+                if catalog is None or why:
+                    log.error(
+                        "meterline: catalog %s not reloaded, keeping the one in use: %s",
+                        path,
+                        why,
+                    )
+                else:
+                    self._reload(watch.path, catalog)
+        finally:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop (hooks driven directly): nothing to watch with
+            return
+        self._timer = loop.call_later(CHECK_INTERVAL, self._check)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from typing import Literal
 
+from mitmproxy import http
+
 ErrorKind = Literal[
     "unknown_key", "injection_failed", "limit", "credits", "not_granted", "unavailable"
 ]
@@ -61,3 +63,11 @@ def error_body(flavor: str, kind: ErrorKind, message: str) -> tuple[int, bytes]:
         err_type, code = _OPENAI[kind]
         body = {"error": {"message": message, "type": err_type, "param": None, "code": code}}
     return status, json.dumps(body).encode()
+
+
+def respond(flow: http.HTTPFlow, flavor: str, kind: ErrorKind, message: str) -> None:
+    """Answer ``flow`` from the proxy with ``kind``'s error (the request is not forwarded)."""
+    status, body = error_body(flavor, kind, message)
+    flow.response = http.Response.make(
+        status, body, {"content-type": "application/json", "x-meterline": kind}
+    )

@@ -115,6 +115,9 @@ class Governance:
         self._wake = threading.Event()
         self.state_path: Path | None = None
         self._lake: tuple[str, duckdb.DuckDBPyConnection] | None = None
+        self._through_writer: Callable[[Callable[[duckdb.DuckDBPyConnection], Any]], Any] | None
+        self._through_writer = None
+        """The writer's connection: a DuckDB file can be open only once per process."""
         """``governance.json``: reservations in flight, for ``billing entitlements``."""
 
     # ------------------------------------------------------------------ setup
@@ -132,9 +135,15 @@ class Governance:
         self.policy = build_policy(catalog, datetime.now(UTC))
         self._wake.set()
 
-    def start(self, flush: Callable[[], bool], state_dir: Path | None = None) -> None:
+    def start(
+        self,
+        flush: Callable[[], bool],
+        state_dir: Path | None = None,
+        through_writer: Callable[[Callable[[duckdb.DuckDBPyConnection], Any]], Any] | None = None,
+    ) -> None:
         """Build the counters from the store (the spool flushed into it first), then refresh."""
         self.state_path = state_dir / "governance.json" if state_dir else None
+        self._through_writer = through_writer
         try:
             self._loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -268,8 +277,14 @@ class Governance:
                 return read_snapshot(
                     self._lake[1], policy, datetime.now(UTC), self.counters.pending_ids()
                 )
+            pending = self.counters.pending_ids()
+            if self._through_writer is not None:
+                snap: Snapshot = self._through_writer(
+                    lambda con: read_snapshot(con, policy, datetime.now(UTC), pending)
+                )
+                return snap
             with store(locator, wait_s=5) as con:
-                return read_snapshot(con, policy, datetime.now(UTC), self.counters.pending_ids())
+                return read_snapshot(con, policy, datetime.now(UTC), pending)
         except Exception as e:  # the store may be down; counters keep their last figures
             self._close_lake()
             log.warning("meterline: cannot read usage for limits from %s: %s", locator, e)

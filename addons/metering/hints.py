@@ -9,8 +9,14 @@ always is (``localhost:8000``, ``127.0.0.1:11434``), and for those it says so on
 
 from __future__ import annotations
 
-from addons.metering.providers import parse_host_pattern
+import logging
+from pathlib import Path
+
+from addons.metering.providers import ProviderRegistry, parse_host_pattern
+from addons.metering.routes import RouteTable
 from meterline.catalog import Catalog
+
+log = logging.getLogger("meterline.proxy")
 
 
 def plain_http_providers(catalog: Catalog | None) -> list[tuple[str, str]]:
@@ -38,3 +44,31 @@ def plain_http_warning(catalog: Catalog | None) -> str | None:
         f"({hosts}): agents must set HTTP_PROXY as well as HTTPS_PROXY, or their requests "
         "to those hosts bypass the proxy and are not metered"
     )
+
+
+def log_startup(
+    registry: ProviderRegistry,
+    catalog: Catalog | None,
+    routes: RouteTable,
+    db: str,
+    spool: Path | str,
+) -> None:
+    """What the proxy meters and where events go, its gateway routes, and the hint above."""
+    log.info(
+        "meterline: metering %d provider(s), %d consumer(s); events -> %s via spool %s",
+        len(registry.providers),
+        len(catalog.consumers) if catalog else 0,
+        db,
+        spool,
+    )
+    for route in routes:
+        log.info(
+            "meterline: gateway route POST %s -> %s %s%s",
+            route.path,
+            route.provider.name,
+            route.upstream_path,
+            f" (model pinned to {route.model})" if route.model else "",
+        )
+    plain_http = plain_http_warning(catalog)
+    if plain_http:
+        log.warning(plain_http)

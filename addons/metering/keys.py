@@ -13,7 +13,7 @@ from functools import lru_cache
 from typing import Literal
 from urllib.parse import parse_qsl, urlencode
 
-from addons.metering.providers import Provider
+from addons.metering.providers import MeteredProvider
 from meterline.catalog import Catalog, Consumer
 from meterline.fingerprint import fingerprint
 
@@ -99,7 +99,7 @@ class InjectionError(RuntimeError):
     """The consumer's provider key cannot be injected; the message says why (no secrets)."""
 
 
-def injection_env_var(consumer: Consumer | None, provider: Provider) -> str | None:
+def injection_env_var(consumer: Consumer | None, provider: MeteredProvider) -> str | None:
     if consumer is None:
         return None
     return consumer.inject.get(provider.name)
@@ -108,7 +108,7 @@ def injection_env_var(consumer: Consumer | None, provider: Provider) -> str | No
 def inject_key(
     headers: MutableMapping[str, str],
     query: str,
-    provider: Provider,
+    provider: MeteredProvider,
     env_var: str,
     environ: Mapping[str, str] = os.environ,
 ) -> str:

@@ -32,7 +32,11 @@ DEFAULT_AUTH: dict[str, AuthStyle] = {
 
 
 @dataclass(frozen=True, slots=True)
-class Provider:
+class MeteredProvider:
+    """A provider the proxy meters, as its registry holds it (the catalog entry is
+    :class:`meterline.catalog.Provider`, the built-in spec
+    :class:`meterline.providers.BuiltinProvider`)."""
+
     name: str
     flavor: Flavor
     auth: AuthStyle
@@ -43,8 +47,11 @@ class Provider:
 _AUTH_OVERRIDES: dict[str, AuthStyle] = {"azure-openai": "api-key"}
 
 # The built-in providers are one table in meterline/ (the catalog checks names against it).
-BUILTIN_PROVIDERS: tuple[tuple[Provider, tuple[str, ...]], ...] = tuple(
-    (Provider(p.name, p.flavor, _AUTH_OVERRIDES.get(p.name, DEFAULT_AUTH[p.flavor])), p.hosts)
+BUILTIN_PROVIDERS: tuple[tuple[MeteredProvider, tuple[str, ...]], ...] = tuple(
+    (
+        MeteredProvider(p.name, p.flavor, _AUTH_OVERRIDES.get(p.name, DEFAULT_AUTH[p.flavor])),
+        p.hosts,
+    )
     for p in BUILTIN_TABLE
 )
 
@@ -83,12 +90,12 @@ def parse_host_pattern(pattern: str) -> tuple[str, int | None, bool]:
 
 
 class ProviderRegistry:
-    """Maps ``(host, port)`` to a :class:`Provider`; catalog entries win over built-ins."""
+    """Maps ``(host, port)`` to a :class:`MeteredProvider`; catalog entries win over built-ins."""
 
-    def __init__(self, entries: Iterable[tuple[Provider, Iterable[str]]]) -> None:
-        self._exact: dict[tuple[str, int | None], Provider] = {}
-        self._suffix: dict[tuple[str, int | None], Provider] = {}
-        self._memo: dict[tuple[str, int], Provider | None] = {}
+    def __init__(self, entries: Iterable[tuple[MeteredProvider, Iterable[str]]]) -> None:
+        self._exact: dict[tuple[str, int | None], MeteredProvider] = {}
+        self._suffix: dict[tuple[str, int | None], MeteredProvider] = {}
+        self._memo: dict[tuple[str, int], MeteredProvider | None] = {}
         for provider, patterns in entries:
             for pattern in patterns:
                 host, port, wildcard = parse_host_pattern(pattern)
@@ -100,12 +107,12 @@ class ProviderRegistry:
     @classmethod
     def from_catalog(cls, catalog: Catalog | None) -> ProviderRegistry:
         extra = [
-            (Provider(p.name, p.flavor, DEFAULT_AUTH[p.flavor]), p.hosts)
+            (MeteredProvider(p.name, p.flavor, DEFAULT_AUTH[p.flavor]), p.hosts)
             for p in (catalog.providers if catalog else [])
         ]
         return cls([*extra, *BUILTIN_PROVIDERS])
 
-    def lookup(self, host: str, port: int) -> Provider | None:
+    def lookup(self, host: str, port: int) -> MeteredProvider | None:
         """The provider serving ``host:port``, or None. One dict lookup once memoised."""
         key = (host, port)
         try:
@@ -118,7 +125,7 @@ class ProviderRegistry:
         self._memo[key] = found
         return found
 
-    def _resolve(self, host: str, port: int) -> Provider | None:
+    def _resolve(self, host: str, port: int) -> MeteredProvider | None:
         exact = self._exact.get((host, port)) or self._exact.get((host, None))
         if exact is not None or not self._suffix:
             return exact
@@ -131,8 +138,8 @@ class ProviderRegistry:
         return None
 
     @property
-    def providers(self) -> list[Provider]:
-        seen: dict[str, Provider] = {}
+    def providers(self) -> list[MeteredProvider]:
+        seen: dict[str, MeteredProvider] = {}
         for p in [*self._exact.values(), *self._suffix.values()]:
             seen.setdefault(p.name, p)
         return list(seen.values())
@@ -194,7 +201,7 @@ def canonical_host(host: str) -> str:
 
 def lookup_named(
     registry: ProviderRegistry, port: int, host_header: str | None, sni: str | None
-) -> Provider | None:
+) -> MeteredProvider | None:
     """The provider a request names, when its destination is not one: the ``Host``
     header, then the TLS SNI. A CONNECT to an IP literal of a provider (the SNI and Host
     still name it) is metered as that provider. Each lookup is memoised."""

@@ -22,7 +22,7 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from addons.metering.providers import Provider, ProviderRegistry, is_billed_path
+from addons.metering.providers import MeteredProvider, ProviderRegistry, is_billed_path
 from meterline.catalog import Catalog, RouteType
 
 _ENDPOINTS: dict[tuple[str, RouteType], str] = {
@@ -38,7 +38,7 @@ _ENDPOINTS: dict[tuple[str, RouteType], str] = {
 @dataclass(frozen=True, slots=True)
 class GatewayRoute:
     path: str
-    provider: Provider
+    provider: MeteredProvider
     upstream_path: str
     """Path (and query) to call on the provider."""
     model: str | None

@@ -21,8 +21,10 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import duckdb
 
@@ -32,6 +34,8 @@ from addons.metering.spool import Spool
 from addons.metering.storelink import StoreLink
 from meterline.eventschema import EVENT_COLUMNS, REQUIRED_SPOOLED, SPOOL_TYPES
 from meterline.privatefiles import private_files
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +195,23 @@ class SpoolWriter:
                 self.link = StoreLink(locator, lock_wait_s=self.lock_wait_s)
                 if self._thread is not None:
                     self._start_maintainer()
+
+    def read(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+        """Run ``fn`` on the writer's own connection to the store, between two flushes.
+
+        A DuckDB file can be opened once per process: the proxy's entitlement counters
+        read it through the writer. A file attached only for this read is let go at once.
+        """
+        with self._flush_lock:
+            held = self.link.holds_file
+            try:
+                return fn(self.link.connection())
+            except duckdb.Error:
+                self.link.reset()
+                raise
+            finally:
+                if not held:
+                    self.link.let_go()
 
     def start(self) -> None:
         """Start the thread; its first flush replays segments a previous run left behind."""

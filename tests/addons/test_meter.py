@@ -357,9 +357,9 @@ def test_metering_is_deferred_after_forwarding(meter: tuple[Meter, Any]) -> None
 
     async def run() -> tuple[int, int]:
         assert stream(CHAT_JSON) == CHAT_JSON
-        queued = len(m._pending)
+        queued = len(m.deferred.pending)
         await asyncio.sleep(0)
-        return queued, len(m._pending)
+        return queued, len(m.deferred.pending)
 
     assert asyncio.run(run()) == (1, 0)
     assert st.extractor is not None and st.extractor.problems == []
@@ -477,10 +477,10 @@ def test_buffered_body_is_metered_after_the_reply_and_never_lost(
 
     async def run() -> list[tuple[int, int]]:
         m.response(flows[0])
-        seen = [(len(m._after_reply), len(m._pending))]
+        seen = [(len(m.deferred.after_reply), len(m.deferred.pending))]
         for _ in range(4):
             await asyncio.sleep(0)
-            seen.append((len(m._after_reply), len(m._pending)))
+            seen.append((len(m.deferred.after_reply), len(m.deferred.pending)))
         m.response(flows[1])  # its turn never comes before the shutdown
         m.done()
         return seen
@@ -488,7 +488,7 @@ def test_buffered_body_is_metered_after_the_reply_and_never_lost(
     seen = asyncio.run(run())
     assert seen[0] == (1, 0)  # nothing metered on the step that sends the reply
     assert seen[-1] == (0, 0)  # metered a few steps later
-    assert len(m._after_reply) == 0
+    assert len(m.deferred.after_reply) == 0
     assert sorted(r["event_id"] for r in _rows(tmp_path)) == [
         "openai:chatcmpl-unit1",
         "openai:chatcmpl-unit2",
@@ -513,4 +513,4 @@ def test_durable_buffered_body_is_spooled_before_the_reply(
         return sum(p.read_bytes().count(b"\n") for p in m.spool.directory.glob("*.open"))
 
     assert asyncio.run(run()) == 1
-    assert not m._after_reply and not m._pending
+    assert not m.deferred.after_reply and not m.deferred.pending

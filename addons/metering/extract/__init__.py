@@ -22,39 +22,39 @@ from functools import partial
 from addons.metering.extract import anthropic, gemini, openai
 from addons.metering.extract.framing import (
     JsonBodyExtractor,
+    NewReader,
     Reader,
     SniffingExtractor,
     SseExtractor,
 )
 from addons.metering.usage import UsageExtractor
 
-#: API flavor -> reader factory ``(problems, *, path) -> Reader``.
+#: API flavor -> reader class ``(problems) -> Reader``; Gemini's also takes the request
+#: path (it names the model there).
 READERS: dict[str, Callable[..., Reader]] = {
-    "openai": openai.new_reader,
-    "anthropic": anthropic.new_reader,
-    "gemini": gemini.new_reader,
+    "openai": openai.OpenAIReader,
+    "anthropic": anthropic.AnthropicReader,
+    "gemini": gemini.GeminiReader,
 }
 
 _JSON_TYPES = frozenset({"application/json", "application/x-ndjson", "application/jsonl"})
 
 
-def new_extractor(
-    flavor: str, *, path: str, content_type: str | None, streaming_requested: bool
-) -> UsageExtractor:
+def new_extractor(flavor: str, *, path: str, content_type: str | None) -> UsageExtractor:
     """An extractor for one response body.
 
-    ``path`` is the request path with query (Gemini names the model there).
-    ``streaming_requested`` is a hint only: when the content type is missing or unusual,
-    the body's first byte decides between JSON and SSE. Raises ``ValueError`` for an
-    unknown flavor.
+    ``path`` is the request path with query (Gemini names the model there). When the
+    content type is missing or unusual, the body's first byte decides between JSON and
+    SSE. Raises ``ValueError`` for an unknown flavor.
     """
     try:
         make_reader = READERS[flavor]
     except KeyError:
         known = ", ".join(sorted(READERS))
         raise ValueError(f"unknown API flavor {flavor!r} (known: {known})") from None
-    new_reader = partial(make_reader, path=path)
-    del streaming_requested
+    new_reader: NewReader = (
+        partial(make_reader, path=path) if make_reader is gemini.GeminiReader else make_reader
+    )
     media = (content_type or "").partition(";")[0].strip().lower()
     if media == "text/event-stream":
         return SseExtractor(new_reader)

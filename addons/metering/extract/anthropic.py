@@ -180,8 +180,3 @@ class AnthropicReader:
 
     def text(self) -> str:
         return self._body_text + self._text.text()
-
-
-def new_reader(problems: list[str], *, path: str) -> AnthropicReader:
-    del path  # the model is always in the body
-    return AnthropicReader(problems)

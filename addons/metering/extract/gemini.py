@@ -158,7 +158,3 @@ class GeminiReader:
         self._settle()
         model = self._model if isinstance(self._model, str) else self._path_model
         return Seen(model, self._id if isinstance(self._id, str) else None)
-
-
-def new_reader(problems: list[str], *, path: str) -> GeminiReader:
-    return GeminiReader(problems, path)

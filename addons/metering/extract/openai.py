@@ -317,8 +317,3 @@ class OpenAIReader:
         if streamed:
             return streamed
         return self._response_final_text or ""
-
-
-def new_reader(problems: list[str], *, path: str) -> OpenAIReader:
-    del path  # the model is always in the body for OpenAI-style APIs
-    return OpenAIReader(problems)

@@ -4,13 +4,13 @@ import pytest
 from mitmproxy.http import Headers
 
 from addons.metering.attribution import Presented, presented
-from addons.metering.providers import Provider
+from addons.metering.providers import MeteredProvider
 
-OPENAI = Provider("openai", "openai", "bearer")
-AZURE = Provider("azure-openai", "openai", "api-key")
-ANTHROPIC = Provider("anthropic", "anthropic", "x-api-key")
+OPENAI = MeteredProvider("openai", "openai", "bearer")
+AZURE = MeteredProvider("azure-openai", "openai", "api-key")
+ANTHROPIC = MeteredProvider("anthropic", "anthropic", "x-api-key")
 AUTH_A = ("authorization", "Bearer a")
-GEMINI = Provider("gemini", "gemini", "x-goog-api-key")
+GEMINI = MeteredProvider("gemini", "gemini", "x-goog-api-key")
 
 
 def _headers(*fields: tuple[str, str]) -> Headers:
@@ -37,7 +37,7 @@ def _headers(*fields: tuple[str, str]) -> Headers:
     ],
 )
 def test_billed_key_follows_the_provider(
-    provider: Provider, fields: list[tuple[str, str]], query: str, expected: Presented
+    provider: MeteredProvider, fields: list[tuple[str, str]], query: str, expected: Presented
 ) -> None:
     got = presented(_headers(*fields), query, provider)
     assert got == expected

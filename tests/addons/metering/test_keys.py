@@ -4,7 +4,7 @@ import pytest
 from mitmproxy.http import Headers
 
 from addons.metering.keys import InjectionError, KeyBook, inject_key, presented_keys
-from addons.metering.providers import Provider
+from addons.metering.providers import MeteredProvider
 from meterline.catalog import parse_catalog
 from meterline.fingerprint import fingerprint
 
@@ -65,7 +65,7 @@ def test_identify_known_unknown_and_none() -> None:
 )
 def test_inject_key(auth: str, header: str, value: str) -> None:
     headers = Headers(authorization="Bearer gw", apikey="gw", x_api_key="gw")
-    provider = Provider("p", "openai", auth)  # type: ignore[arg-type]
+    provider = MeteredProvider("p", "openai", auth)  # type: ignore[arg-type]
     query = inject_key(headers, "key=gw&alt=sse", provider, "REAL", {"REAL": " real\n"})
     assert query == "alt=sse"
     assert headers[header] == value
@@ -74,4 +74,4 @@ def test_inject_key(auth: str, header: str, value: str) -> None:
 
 def test_inject_key_missing_variable() -> None:
     with pytest.raises(InjectionError, match="NOPE is not set"):
-        inject_key(Headers(), "", Provider("p", "openai", "bearer"), "NOPE", {})
+        inject_key(Headers(), "", MeteredProvider("p", "openai", "bearer"), "NOPE", {})

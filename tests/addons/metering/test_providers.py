@@ -151,13 +151,13 @@ def test_spellings_of_a_billed_path(path: str, normal: str) -> None:
 
 
 def test_other_spellings_of_a_catalog_host() -> None:
-    from addons.metering.providers import Provider, lookup_named
+    from addons.metering.providers import MeteredProvider, lookup_named
 
-    reg = ProviderRegistry([(Provider("vllm", "openai", "bearer"), ["localhost:8000"])])
+    reg = ProviderRegistry([(MeteredProvider("vllm", "openai", "bearer"), ["localhost:8000"])])
     assert reg.lookup("127.1", 8000) is not None
     assert reg.lookup("[::1]", 8000) is not None
     assert reg.lookup("127.0.0.1", 8001) is None
-    named = ProviderRegistry([(Provider("o", "openai", "bearer"), ["api.openai.com"])])
+    named = ProviderRegistry([(MeteredProvider("o", "openai", "bearer"), ["api.openai.com"])])
     assert lookup_named(named, 443, "api.openai.com:443", None) is not None
     assert lookup_named(named, 443, None, "api.openai.com") is not None
     assert lookup_named(named, 443, "example.com", "example.com") is None

@@ -19,9 +19,7 @@ MSG = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x
 
 
 def stream(*events: object, content_type: str = "text/event-stream"):
-    ext = new_extractor(
-        "anthropic", path="/v1/messages", content_type=content_type, streaming_requested=True
-    )
+    ext = new_extractor("anthropic", path="/v1/messages", content_type=content_type)
     ext.feed(sse(*events))
     return ext.finish(), ext.output_text(), ext.problems
 
@@ -138,9 +136,7 @@ def test_uninteresting_events_are_not_decoded() -> None:
         ("content_block_start", "{garbled"),
         delta(output_tokens=6),
     )
-    ext = new_extractor(
-        "anthropic", path="/v1/messages", content_type="text/event-stream", streaming_requested=True
-    )
+    ext = new_extractor("anthropic", path="/v1/messages", content_type="text/event-stream")
     ext.feed(body)
     assert ext.finish() is not None
     assert ext.problems == []
@@ -153,18 +149,14 @@ def test_garbled_message_delta_leaves_partial_usage() -> None:
 
 
 def test_json_error_body_is_a_problem_without_usage() -> None:
-    ext = new_extractor(
-        "anthropic", path="/v1/messages", content_type="application/json", streaming_requested=False
-    )
+    ext = new_extractor("anthropic", path="/v1/messages", content_type="application/json")
     ext.feed(json.dumps({"type": "error", "error": {"type": "invalid_request_error"}}).encode())
     assert ext.finish() is None
     assert len(ext.problems) == 1
 
 
 def test_crlf_stream_gives_the_same_usage() -> None:
-    ext = new_extractor(
-        "anthropic", path="/v1/messages", content_type="text/event-stream", streaming_requested=True
-    )
+    ext = new_extractor("anthropic", path="/v1/messages", content_type="text/event-stream")
     ext.feed(ANTHROPIC_STREAM.body.replace(b"\n", b"\r\n"))
     usage = ext.finish()
     assert usage is not None and (usage.input, usage.output) == (25, 15)
@@ -210,9 +202,7 @@ def test_official_sdk_accumulates_the_same_usage(case: Case) -> None:
 
 
 def stream_raw(body: bytes):
-    ext = new_extractor(
-        "anthropic", path="/v1/messages", content_type="text/event-stream", streaming_requested=True
-    )
+    ext = new_extractor("anthropic", path="/v1/messages", content_type="text/event-stream")
     ext.feed(body)
     return ext.finish(), ext.output_text(), ext.problems
 
@@ -287,8 +277,6 @@ def test_unusable_counts_are_invalid(delta_usage: dict, bad: str) -> None:
 
 
 def test_cut_stream_keeps_the_id_and_model_seen() -> None:
-    ext = new_extractor(
-        "anthropic", path="/v1/messages", content_type="text/event-stream", streaming_requested=True
-    )
+    ext = new_extractor("anthropic", path="/v1/messages", content_type="text/event-stream")
     ext.feed(sse(start(input_tokens=25, output_tokens=1)))
     assert ext.seen() == ("claude-x", "msg_1")

@@ -13,7 +13,7 @@ SSE_PATH = "/v1beta/models/gemini-2.5-pro:streamGenerateContent?alt=sse"
 
 
 def run(body: bytes, *, path: str = SSE_PATH, content_type: str = "text/event-stream"):
-    ext = new_extractor("gemini", path=path, content_type=content_type, streaming_requested=True)
+    ext = new_extractor("gemini", path=path, content_type=content_type)
     ext.feed(body)
     return ext.finish(), ext.output_text(), ext.problems
 
@@ -176,9 +176,7 @@ def test_unusable_counts_are_invalid(meta: dict, bad: str) -> None:
 
 
 def test_seen_has_the_model_from_the_path_without_usage() -> None:
-    ext = new_extractor(
-        "gemini", path=SSE_PATH, content_type="text/event-stream", streaming_requested=True
-    )
+    ext = new_extractor("gemini", path=SSE_PATH, content_type="text/event-stream")
     ext.feed(sse({"candidates": [{"content": {"parts": [{"text": "Hi"}]}}], "responseId": "r-1"}))
     assert ext.finish() is None
     assert ext.seen() == ("gemini-2.5-pro", "r-1")

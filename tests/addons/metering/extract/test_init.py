@@ -23,7 +23,6 @@ def run(case: Case, chunks: list[bytes] | None = None, content_type: str | None 
         case.flavor,
         path=case.path,
         content_type=case.content_type if content_type == "same" else content_type,
-        streaming_requested=case.streaming,
     )
     for chunk in chunks if chunks is not None else [case.body]:
         ext.feed(chunk)
@@ -92,9 +91,7 @@ def test_random_chunk_boundaries_give_the_same_usage(case: Case, data: st.DataOb
 )
 def test_framing_follows_content_type(content_type: str | None, kind: type) -> None:
     for flavor in READERS:
-        ext = new_extractor(
-            flavor, path="/v1/x", content_type=content_type, streaming_requested=False
-        )
+        ext = new_extractor(flavor, path="/v1/x", content_type=content_type)
         assert isinstance(ext, kind)
         for member in ("feed", "finish", "output_text", "problems"):
             assert hasattr(ext, member), member
@@ -102,7 +99,7 @@ def test_framing_follows_content_type(content_type: str | None, kind: type) -> N
 
 def test_unknown_flavor_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="unknown API flavor 'cohere'"):
-        new_extractor("cohere", path="/", content_type=None, streaming_requested=False)
+        new_extractor("cohere", path="/", content_type=None)
 
 
 def test_registry_has_the_three_flavors() -> None:
@@ -155,7 +152,7 @@ def test_cut_stream_never_raises_and_keeps_text_seen(case: Case) -> None:
 @pytest.mark.parametrize("flavor", sorted(READERS))
 @pytest.mark.parametrize("content_type", ["text/event-stream", "application/json", None])
 def test_garbage_never_raises(garbage: bytes, flavor: str, content_type: str | None) -> None:
-    ext = new_extractor(flavor, path="/v1/x", content_type=content_type, streaming_requested=True)
+    ext = new_extractor(flavor, path="/v1/x", content_type=content_type)
     for i in range(0, len(garbage), 3):
         ext.feed(garbage[i : i + 3])
     usage = ext.finish()
@@ -165,24 +162,14 @@ def test_garbage_never_raises(garbage: bytes, flavor: str, content_type: str | N
 
 
 def test_invalid_json_body_is_a_problem_not_an_exception() -> None:
-    ext = new_extractor(
-        "openai",
-        path="/v1/chat/completions",
-        content_type="application/json",
-        streaming_requested=False,
-    )
+    ext = new_extractor("openai", path="/v1/chat/completions", content_type="application/json")
     ext.feed(b'{"usage": {"prompt_tokens": 3,')
     assert ext.finish() is None
     assert len(ext.problems) == 1 and "JSON" in ext.problems[0]
 
 
 def test_problem_list_is_bounded() -> None:
-    ext = new_extractor(
-        "openai",
-        path="/v1/chat/completions",
-        content_type="text/event-stream",
-        streaming_requested=True,
-    )
+    ext = new_extractor("openai", path="/v1/chat/completions", content_type="text/event-stream")
     ext.feed(b'data: {"usage": {"x": 1}}\n\n' + b"data: {bad\n\n" * 500)
     assert ext.finish() is None
     # The first chunks are decoded to find the model; the rest only when text is needed.
@@ -195,12 +182,7 @@ def test_problem_list_is_bounded() -> None:
 
 
 def test_endless_sse_line_stops_metering_with_a_problem() -> None:
-    ext = new_extractor(
-        "openai",
-        path="/v1/chat/completions",
-        content_type="text/event-stream",
-        streaming_requested=True,
-    )
+    ext = new_extractor("openai", path="/v1/chat/completions", content_type="text/event-stream")
     ext.feed(b"data: " + b"x" * (16 * 1024 * 1024 + 1))
     ext.feed(b'\n\ndata: {"choices":[],"usage":{"prompt_tokens":1}}\n\n')
     assert ext.finish() is None

@@ -27,12 +27,7 @@ from tests.addons.metering.extract.cases import (
 
 
 def chat_stream(*events: object) -> tuple[Usage | None, str, list[str]]:
-    ext = new_extractor(
-        "openai",
-        path="/v1/chat/completions",
-        content_type="text/event-stream",
-        streaming_requested=True,
-    )
+    ext = new_extractor("openai", path="/v1/chat/completions", content_type="text/event-stream")
     ext.feed(sse(*events))
     return ext.finish(), ext.output_text(), ext.problems
 
@@ -245,9 +240,7 @@ def test_garbled_usage_chunk_is_a_problem() -> None:
 
 
 def test_error_event_is_recorded() -> None:
-    ext = new_extractor(
-        "openai", path="/v1/responses", content_type="text/event-stream", streaming_requested=True
-    )
+    ext = new_extractor("openai", path="/v1/responses", content_type="text/event-stream")
     ext.feed(sse(("error", {"type": "error", "code": "server_error", "message": "boom"})))
     assert ext.finish() is None
     assert len(ext.problems) == 1 and "provider error event" in ext.problems[0]
@@ -301,9 +294,7 @@ def test_responses_failed_without_usage_is_none() -> None:
 
 
 def test_responses_json_text_falls_back_to_final_output() -> None:
-    ext = new_extractor(
-        "openai", path="/v1/responses", content_type="application/json", streaming_requested=False
-    )
+    ext = new_extractor("openai", path="/v1/responses", content_type="application/json")
     body = {
         "id": "resp_2",
         "object": "response",
@@ -321,9 +312,7 @@ def test_responses_json_text_falls_back_to_final_output() -> None:
 
 
 def test_json_body_that_is_not_an_object_is_a_problem() -> None:
-    ext = new_extractor(
-        "openai", path="/v1/x", content_type="application/json", streaming_requested=False
-    )
+    ext = new_extractor("openai", path="/v1/x", content_type="application/json")
     ext.feed(b'"just a string"')
     assert ext.finish() is None
     assert ext.problems == ["expected a JSON object, got str"]
@@ -444,12 +433,7 @@ def test_null_details_are_not_reported_not_invalid() -> None:
 
 
 def test_cut_stream_keeps_the_id_and_model_seen() -> None:
-    ext = new_extractor(
-        "openai",
-        path="/v1/chat/completions",
-        content_type="text/event-stream",
-        streaming_requested=True,
-    )
+    ext = new_extractor("openai", path="/v1/chat/completions", content_type="text/event-stream")
     ext.feed(sse(chunk("Hel"), chunk("lo")))
     assert ext.finish() is None
     assert ext.seen() == ("gpt-4o-mini", "chatcmpl-1")

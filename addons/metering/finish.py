@@ -1,0 +1,158 @@
+"""Build a finished flow's usage events: settle the usage (reported or estimated), log
+why it is not reported when it is not, and hand the events on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable
+from typing import Any
+
+from addons.metering import bounded, events
+from addons.metering.bounded import count_tokens, estimate_request_input
+from addons.metering.flowstate import FlowMeter, where
+from addons.metering.governance import Governance
+from addons.metering.settle import OnceLog, Settled, settle
+
+log = logging.getLogger("meterline.proxy")
+_MODEL_FIELD = re.compile(rb'"model"\s*:\s*"([^"\\]{1,200})"')
+
+
+class Finisher:
+    """Turns finished flows into events for ``record``; options are set by the addon."""
+
+    def __init__(self, governance: Governance, record: Callable[[dict[str, Any]], None]) -> None:
+        self.governance = governance
+        self.record = record
+        self.log_payloads = False
+        self.proxy_id: str | None = None
+        self._once = OnceLog()
+
+    def finish_whole(self, st: FlowMeter, body: bytes) -> None:
+        """Meter a body that arrived in one piece (decoded and parsed in one pass)."""
+        st.consume(body)
+        self.finish(st, False)
+
+    def finish(self, st: FlowMeter, cut: bool) -> None:
+        flow = st.flow
+        resp = flow.response
+        if resp is None:  # no response headers ever came: the provider did no work
+            log.info("meterline: %s: no response from %s, nothing metered", flow.id, where(st))
+            self.governance.finish(flow.id, None)
+            return
+        if not st.started:
+            st.start()
+        assert st.extractor is not None
+        st.drain_decoder()
+        usage = st.extractor.finish()
+        problems = list(st.extractor.problems)
+        if st.decode_failed:
+            problems.insert(0, f"cannot decode body: {st.decode_failed}")
+        settled = settle(
+            st.provider.flavor,
+            usage,
+            st.extractor.seen(),
+            status_code=resp.status_code,
+            cut=cut,
+            request_model=lambda: request_model(st),
+            estimate_input=lambda model: estimate_request_input(
+                st.provider.flavor, st.request_body(), model=model
+            ),
+            count_output=lambda model: count_output(st, model),
+        )
+        usage, status = settled.usage, settled.status
+        self._note_settled(flow.id, st, settled, cut)
+        if problems and resp.status_code < 400 and not settled.invalid:
+            self._warn_problems(flow.id, st, problems)
+        elif problems:
+            log.debug("meterline: %s: %s answered %s: %s", flow.id, where(st), status, problems)
+        consumer = st.identity.consumer
+        exchange = events.Exchange(
+            provider=st.provider.name,
+            flavor=st.provider.flavor,
+            method=flow.request.method,
+            host=flow.request.pretty_host,
+            path=flow.request.path,
+            consumer=consumer.name if consumer else None,
+            key_fingerprint=st.identity.fingerprint,
+            status=status,
+            streamed=st.streaming_requested()
+            or "event-stream" in st.response_headers.get("content-type", ""),
+            request_id=events.request_id_from(st.response_headers),
+            t_request=st.t_request,
+            t_first_byte=st.t_first_byte,
+            t_done=st.t_done,
+        )
+        rows = events.build_events(exchange, usage, self.proxy_id)
+        self.governance.finish(flow.id, rows)
+        for event in rows:
+            self.record(event)
+
+    def _note_settled(self, flow_id: str, st: FlowMeter, settled: Settled, cut: bool) -> None:
+        """Say why a call is not metered from the provider's final report, if it is not.
+
+        Unusable counts are logged once per provider and kind of problem (a provider
+        that always sends them would otherwise flood the log).
+        """
+        if settled.invalid and self._once.first(st.provider.name, settled.invalid):
+            log.warning(
+                "meterline: %s: %s reported unusable usage (%s): estimated and flagged; "
+                "further reports like it are not logged",
+                flow_id,
+                where(st),
+                settled.invalid,
+            )
+        if cut and settled.status is None:
+            log.warning(
+                "meterline: %s: response from %s cut short (client or provider went away); "
+                "usage estimated where not reported",
+                flow_id,
+                where(st),
+            )
+        elif cut:
+            log.debug("meterline: %s: connection ended after the final usage report", flow_id)
+        elif settled.why_estimated:
+            log.debug("meterline: %s: %s: %s", flow_id, where(st), settled.why_estimated)
+
+    def _warn_problems(self, flow_id: str, st: FlowMeter, problems: list[str]) -> None:
+        if self.log_payloads:
+            excerpt = st.request_body()[:500].decode("utf-8", "replace")
+            log.warning(
+                "meterline: %s: unreadable response from %s: %s (request: %s)",
+                flow_id,
+                where(st),
+                "; ".join(problems),
+                excerpt,
+            )
+        else:
+            log.warning(
+                "meterline: %s: unreadable response from %s: %d problem(s), first: %s",
+                flow_id,
+                where(st),
+                len(problems),
+                problems[0][:200],
+            )
+
+
+def count_output(st: FlowMeter, model: str | None) -> int:
+    """Tokens of the output text seen (tiktoken), for an estimate."""
+    text = st.extractor.output_text() if st.extractor else ""
+    return count_tokens(text, model or "") if text else 0
+
+
+def request_model(st: FlowMeter) -> str | None:
+    if st.provider.flavor == "gemini":
+        m = re.search(r"/models/([^/:]+):", st.path)
+        return m.group(1) if m else None
+    body = st.request_body()
+    if len(body) > bounded.MAX_PARSED_REQUEST:  # bounded work: no parse of a huge body
+        found = _MODEL_FIELD.search(body, 0, bounded.MAX_PARSED_REQUEST)
+        return found.group(1).decode("utf-8", "replace") if found else None
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    model = data.get("model") if isinstance(data, dict) else None
+    return model if isinstance(model, str) else None

@@ -1,0 +1,282 @@
+"""State of one metered flow (streamed, buffered or rejected), and what the hooks read of it.
+
+:class:`FlowMeter` is created in ``requestheaders`` for a billed provider call. For a
+streamed response mitmproxy calls it with each body chunk (the hot path: the chunk goes
+straight back, the metering work is queued on :class:`~addons.metering.deferred.DeferredWork`);
+a buffered body is read whole at the end; a rejected request keeps it only to build the
+refusal.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import TYPE_CHECKING
+
+from mitmproxy import http
+
+from addons.metering import bounded, events, keys, providers
+from addons.metering.decoding import IncrementalDecoder, OutputLimitExceeded
+from addons.metering.extract import new_extractor
+from addons.metering.replyend import EndWatch
+from addons.metering.streamopts import UsageChunkDropper, add_include_usage
+from addons.metering.usage import UsageExtractor
+
+if TYPE_CHECKING:
+    from addons.meter import Meter
+
+# Cheap test for a top-level ``"stream": true`` without parsing the request JSON.
+_STREAM_TRUE = re.compile(rb'"stream"\s*:\s*true')
+_INCLUDE_USAGE_PATH = re.compile(r"/(?:chat/)?completions/?$")
+
+
+class FlowMeter:
+    """State of one metered flow: streamed (mitmproxy calls it with each response body
+    chunk), buffered (read whole at the end) or rejected (answered by the proxy).
+
+    Only what must happen before bytes move is done in the hooks (provider lookup, key
+    policy, request rewrite); the extractor and decoder are created on the first queued
+    chunk, and everything about the event (host, status, ids, estimate) is read in
+    :mod:`addons.metering.finish`, after the client has its bytes.
+    """
+
+    __slots__ = (
+        "meter",
+        "work",
+        "flow",
+        "provider",
+        "identity",
+        "reject",
+        "inject_env",
+        "pinned_model",
+        "drop_usage",
+        "dropper",
+        "t_request",
+        "t_first_byte",
+        "t_done",
+        "started",
+        "decoder",
+        "decode_failed",
+        "extractor",
+        "response_headers",
+        "billed_path",
+        "sse",
+        "raw_bytes",
+        "fed_bytes",
+        "keys_presented",
+        "end",
+        "_body",
+        "_streaming",
+    )
+
+    def __init__(
+        self,
+        meter: Meter,
+        flow: http.HTTPFlow,
+        provider: providers.MeteredProvider,
+        identity: keys.Identity,
+    ) -> None:
+        self.meter = meter
+        self.work = meter.deferred
+        self.flow = flow
+        self.provider = provider
+        self.identity = identity
+        self.reject = False
+        self.inject_env: str | None = None
+        self.pinned_model: str | None = None
+        self.drop_usage = False
+        self.dropper: UsageChunkDropper | None = None
+        self.t_request: float | None = None
+        self.t_first_byte: float | None = None
+        self.t_done: float | None = None
+        self.started = False
+        self.decoder: IncrementalDecoder | None = None
+        self.decode_failed: str | None = None
+        self.extractor: UsageExtractor | None = None
+        self.response_headers: dict[str, str] = {}
+        self.billed_path = providers.normalise_path(flow.request.path)
+        self.sse = False
+        self.raw_bytes = 0
+        self.fed_bytes = 0
+        self.keys_presented = 0
+        self.end: EndWatch | None = None
+        self._body: bytes | None = None
+        self._streaming: bool | None = None
+
+    def __call__(self, chunk: bytes) -> bytes | list[bytes]:
+        """The hot path: return the chunk at once; queue the metering work."""
+        if chunk:
+            if self.t_first_byte is None:
+                self.t_first_byte = time.time()
+            if self.end is not None and self.end.completes(chunk):
+                self.meter.finish_early(self, chunk)
+            else:
+                self.work.defer(self.consume, chunk)
+            if self.dropper is None:
+                return chunk
+            out = self.dropper.feed(chunk)
+        elif self.dropper is None:
+            return chunk
+        else:
+            out = self.dropper.flush()
+        # An empty chunk would end an HTTP/1.1 chunked body early: send nothing instead.
+        return out if out else []
+
+    # -- off the forwarding path ------------------------------------------------------
+
+    @property
+    def path(self) -> str:
+        return self.flow.request.path
+
+    def request_body(self) -> bytes:
+        """The request body, decoded with bounded output (a request may be a bomb too)."""
+        if self._body is None:
+            req = self.flow.request
+            raw = req.raw_content or b""
+            encoding = req.headers.get("content-encoding", "")
+            self._body = raw
+            if encoding and raw:
+                try:
+                    decoder = IncrementalDecoder(encoding, max_output=bounded.MAX_METERED_BODY)
+                    self._body = decoder.decode(raw) + decoder.flush()
+                except OutputLimitExceeded:
+                    self._body = b""
+                except ValueError:  # unknown or corrupt content-encoding: as sent
+                    pass
+        return self._body
+
+    def streaming_requested(self) -> bool:
+        if self._streaming is None:
+            if self.provider.flavor == "gemini":
+                self._streaming = ":streamGenerateContent" in self.billed_path
+            else:
+                self._streaming = _STREAM_TRUE.search(self.request_body()) is not None
+        return self._streaming
+
+    def start(self) -> None:
+        """Create the extractor (and decoder) from the response headers, once."""
+        self.started = True
+        resp = self.flow.response
+        if resp is None:
+            return
+        headers = self.response_headers
+        if not headers:
+            headers = self.response_headers = pick_headers(resp.headers)
+        self.extractor = new_extractor(
+            self.provider.flavor,
+            path=self.path,
+            content_type=headers.get("content-type", ""),
+        )
+        self.sse = "event-stream" in headers.get("content-type", "")
+        encoding = headers.get("content-encoding", "")
+        if encoding:
+            try:
+                self.decoder = IncrementalDecoder(encoding, bounded.decode_budget(self.sse, 0))
+            except ValueError as e:
+                self.decode_failed = str(e)
+
+    def consume(self, chunk: bytes) -> None:
+        if not self.started:
+            self.start()
+        if self.decode_failed is not None or self.extractor is None:
+            return
+        if self.decoder is not None:
+            self.raw_bytes += len(chunk)
+            self.decoder.max_output = bounded.decode_budget(self.sse, self.raw_bytes)
+            try:
+                chunk = self.decoder.decode(chunk)
+            except OutputLimitExceeded as e:
+                self.over_limit(str(e))
+                return
+            except ValueError as e:
+                self.decode_failed = str(e)
+                return
+        if not self.sse:
+            self.fed_bytes += len(chunk)
+            if self.fed_bytes > bounded.MAX_METERED_BODY:
+                self.over_limit(f"body over {bounded.MAX_METERED_BODY} bytes: not read further")
+                return
+        self.extractor.feed(chunk)
+
+    def over_limit(self, reason: str) -> None:
+        """Stop reading the body (bounded work); the flow is metered as an estimate."""
+        assert self.extractor is not None
+        self.extractor = bounded.OverLimit(
+            self.extractor, f"{reason}; usage estimated", keep_text=self.sse
+        )
+        self.decoder = None
+
+    def drain_decoder(self) -> None:
+        if self.decoder is None or self.decode_failed is not None or self.extractor is None:
+            return
+        try:
+            rest = self.decoder.flush()
+        except ValueError as e:
+            self.decode_failed = str(e)
+            return
+        if rest:
+            self.extractor.feed(rest)
+
+    def rejection(self) -> tuple[str, str]:
+        """(why, for the log; message, for the client) when a key policy refuses the call."""
+        if self.keys_presented > 1:
+            why = f"{self.keys_presented} different keys"
+            message = "Ambiguous API key: the request carries more than one key."
+        else:
+            why = f"unknown key ({self.identity.fingerprint or 'no key'})"
+            message = "Invalid API key: not known to the proxy."
+        return why, message
+
+    def add_include_usage(self) -> None:
+        """Ask an OpenAI stream for its usage chunk (hidden from the client again)."""
+        req = self.flow.request
+        body = req.raw_content
+        if not body or b'"stream"' not in body or "content-encoding" in req.headers:
+            return
+        if not _INCLUDE_USAGE_PATH.search(self.billed_path):
+            return
+        new_body = add_include_usage(body)
+        if new_body is not None:
+            req.content = new_body
+            # The dropper edits the stream the client gets: it needs plain bytes.
+            req.headers["accept-encoding"] = "identity"
+            self.drop_usage = True
+
+
+_WANTED_HEADERS = frozenset(
+    n.encode()
+    for n in ("content-type", "content-encoding", "content-length", *events.REQUEST_ID_HEADERS)
+)
+#: A response body of known length up to this size, not a stream, is buffered by mitmproxy.
+MAX_BUFFERED_BODY = 1024 * 1024
+
+
+def buffer_whole(st: FlowMeter, headers: dict[str, str]) -> bool:
+    """Whether to let mitmproxy buffer this response body instead of streaming it.
+
+    Buffered: a body of known length (``Content-Length``) up to MAX_BUFFERED_BODY, when
+    the client did not ask for a stream and the response is not SSE: what plain mitmdump
+    does, and cheaper than mitmproxy's streaming path (~4% requests/s). Streamed: SSE,
+    requested streams (Gemini's JSON-array stream included), large bodies, and bodies of
+    unknown length (chunked), so whatever the provider sent before a cut still reaches
+    the client byte for byte.
+    """
+    length = headers.get("content-length")
+    if length is None or not length.isdigit() or int(length) > MAX_BUFFERED_BODY:
+        return False
+    return not st.streaming_requested() and "event-stream" not in headers.get("content-type", "")
+
+
+def pick_headers(headers: http.Headers) -> dict[str, str]:
+    """The few response headers metering needs, in one pass (``Headers.get`` is slow)."""
+    picked: dict[str, str] = {}
+    for name, value in headers.fields:
+        lower = name.lower()
+        if lower in _WANTED_HEADERS:
+            picked.setdefault(lower.decode(), value.decode("utf-8", "surrogateescape"))
+    return picked
+
+
+def where(st: FlowMeter) -> str:
+    """``provider host/path`` for log lines: never the query string (it may hold a key)."""
+    return f"{st.provider.name} {st.flow.request.pretty_host}{st.path.partition('?')[0]}"
