@@ -42,10 +42,10 @@ sys.path.insert(0, str(ROOT))
 
 from billing.build import build_invoices  # noqa: E402
 from billing.invoices import generate_invoices  # noqa: E402
-from billing.periods import calendar_month  # noqa: E402
 from billing.schedule import periods_ending_in  # noqa: E402
 from billing.store import billing_store  # noqa: E402
 from meterline.catalog import load_catalog  # noqa: E402
+from meterline.periods import calendar_month  # noqa: E402
 from meterline.store import EVENT_COLUMNS  # noqa: E402
 
 MONTH = "2026-03"

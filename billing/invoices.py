@@ -24,7 +24,6 @@ from billing.credits import apply_credits
 from billing.errors import BillingError, NoUsage, UnknownCustomer
 from billing.ledger import existing_invoices, load_invoices, save_invoices
 from billing.model import Invoice, InvoiceLine
-from billing.periods import Period, calendar_month
 from billing.schedule import (
     BillingPeriod,
     ScheduleError,
@@ -35,6 +34,7 @@ from billing.schedule import (
 )
 from billing.usage import TokenFilter, UsageWindow, events_behind
 from meterline.catalog import Catalog, Customer
+from meterline.periods import Period, calendar_month
 
 
 def utc_now() -> datetime:

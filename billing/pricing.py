@@ -116,7 +116,7 @@ def price_rate_card(
     """Price ``quantity`` units of ``card`` for one period in ``currency``.
 
     ``proration`` (0..1) is the billed share of the period, best given as an exact
-    :class:`~fractions.Fraction` (``billing.periods.proration`` returns one): it scales a
+    :class:`~fractions.Fraction` (``meterline.periods.proration`` returns one): it scales a
     flat fee (unless the fee has ``prorate: false``) and the min/max clamps; usage itself
     is never prorated. ``proration_label`` (e.g. ``"15/30 days"``) only words the note.
     Raises ValueError for a negative quantity or a proration outside 0..1, TypeError for floats.

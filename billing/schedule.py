@@ -1,6 +1,6 @@
 """Which billing periods a customer has: subscriptions cut into periods, clipped.
 
-Periods anchor at each subscription's start (``billing.periods``). A period is billed
+Periods anchor at each subscription's start (``meterline.periods``). A period is billed
 only for the part inside its subscription: a subscription that ends mid-period (a plan
 change, a cancellation) has a short last period ``[period start, subscription end)``,
 and its invoice closes when the subscription ends. The next subscription's periods
@@ -15,10 +15,10 @@ from fractions import Fraction
 from functools import lru_cache
 
 from billing.errors import UserError
-from billing.periods import Period, proration
-from billing.periods import period_containing as _period_containing
-from billing.periods import periods_between as _periods_between
 from meterline.catalog import Catalog, Customer, Plan, Subscription
+from meterline.periods import Period, proration
+from meterline.periods import period_containing as _period_containing
+from meterline.periods import periods_between as _periods_between
 
 # Customers share anchors and cadences (every plan starting on the 1st...): computing a
 # period is date arithmetic on relativedelta, so remember the answers.

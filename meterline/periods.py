@@ -1,7 +1,7 @@
 """Periods: half-open UTC intervals anchored at a subscription start.
 
-Shared by billing (invoice periods) and governance (usage periods of entitlements),
-so both cut time the same way.
+The one source of period maths: billing (invoice periods) and governance (usage periods
+of entitlements) both cut time here, so they cut it the same way.
 
 Period ``k`` of a subscription starts at ``anchor + k * cadence``, computed from the
 anchor every time rather than by stepping from the previous period, so month ends never
@@ -16,17 +16,21 @@ Durations are ISO 8601 as the catalog allows them (``P1M``, ``P1W``, ``P1Y``, ``
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from fractions import Fraction
 
 from dateutil.relativedelta import relativedelta
 
 from meterline.catalog import ISO_DURATION_RE
+from meterline.utc import as_utc
 
 # Gregorian averages in whole seconds, only to guess the period index before checking it.
 _AVG_YEAR_S = 31_556_952
 _AVG_MONTH_S = _AVG_YEAR_S // 12
 _DAY_S = 86_400
+_MONTH_RE = re.compile(r"^(\d{4})-(\d{2})$")
 
 
 @dataclass(frozen=True, order=True)
@@ -51,7 +55,7 @@ class Period:
 
     def clip(self, start: datetime, end: datetime) -> Period | None:
         """The part of this period inside ``[start, end)``, or None if they do not overlap."""
-        lo, hi = max(self.start, _utc(start, "start")), min(self.end, _utc(end, "end"))
+        lo, hi = max(self.start, as_utc(start, "start")), min(self.end, as_utc(end, "end"))
         return Period(lo, hi) if lo < hi else None
 
 
@@ -74,16 +78,21 @@ def parse_cadence(cadence: str) -> relativedelta:
     return step
 
 
-def _utc(value: datetime, what: str) -> datetime:
-    if not isinstance(value, datetime):
-        raise TypeError(f"{what} must be a datetime, not {type(value).__name__}")
-    if value.tzinfo is None:
-        raise ValueError(f"{what} {value.isoformat()} has no timezone; give one, e.g. Z")
-    return value.astimezone(UTC)
+class PeriodRangeError(ValueError):
+    """A period boundary outside the datetimes Python has (years 1 to 9999).
+
+    A mistake the user can fix (a subscription start or cadence): the CLI shows its one line.
+    """
 
 
 def _boundary(anchor: datetime, step: relativedelta, k: int) -> datetime:
-    return anchor + step * k
+    try:
+        return anchor + step * k
+    except (OverflowError, ValueError):
+        raise PeriodRangeError(
+            f"a billing period of the subscription starting {anchor:%Y-%m-%dT%H:%M:%SZ} "
+            "would end after the year 9999 (or start before the year 1)"
+        ) from None
 
 
 def _index_containing(anchor: datetime, step: relativedelta, at: datetime) -> int:
@@ -104,7 +113,7 @@ def period_containing(anchor: datetime, cadence: str, at: datetime) -> Period:
     An instant on a boundary belongs to the period that starts there. Instants before the
     anchor fall in periods counted backwards from it.
     """
-    anchor, at = _utc(anchor, "anchor"), _utc(at, "at")
+    anchor, at = as_utc(anchor, "anchor"), as_utc(at, "at")
     step = parse_cadence(cadence)
     k = _index_containing(anchor, step, at)
     return Period(_boundary(anchor, step, k), _boundary(anchor, step, k + 1))
@@ -113,9 +122,9 @@ def period_containing(anchor: datetime, cadence: str, at: datetime) -> Period:
 def periods_between(anchor: datetime, cadence: str, start: datetime, end: datetime) -> list[Period]:
     """Whole periods (not clipped) that overlap ``[start, end)``, in order; empty if end <= start.
 
-    Use :meth:`Period.clip` for the billed part and billing.periods.proration for its share.
+    Use :meth:`Period.clip` for the billed part and :func:`proration` for its share.
     """
-    anchor, start, end = _utc(anchor, "anchor"), _utc(start, "start"), _utc(end, "end")
+    anchor, start, end = as_utc(anchor, "anchor"), as_utc(start, "start"), as_utc(end, "end")
     step = parse_cadence(cadence)
     if end <= start:
         return []
@@ -125,3 +134,34 @@ def periods_between(anchor: datetime, cadence: str, start: datetime, end: dateti
         periods.append(Period(lo, _boundary(anchor, step, k + 1)))
         k += 1
     return periods
+
+
+def proration(full: Period, part_start: datetime, part_end: datetime) -> Fraction:
+    """Share of ``full`` covered by ``[part_start, part_end)``: the exact ratio of microseconds.
+
+    A :class:`~fractions.Fraction`, never a decimal: 7 days of 30 is ``7/30`` exactly, so
+    ``19.05 * 7/30 = 4.445`` is a true half cent and rounds up (a 50-digit ``0.2333...``
+    would land just below it).
+
+    Raises ValueError unless ``full.start <= part_start <= part_end <= full.end``.
+    """
+    lo, hi = as_utc(part_start, "part_start"), as_utc(part_end, "part_end")
+    if not full.start <= lo <= hi <= full.end:
+        raise ValueError(
+            f"part {lo.isoformat()} .. {hi.isoformat()} is not inside the period "
+            f"{full.start.isoformat()} .. {full.end.isoformat()}"
+        )
+    tick = timedelta(microseconds=1)
+    return Fraction((hi - lo) // tick, full.duration // tick)
+
+
+def calendar_month(yyyy_mm: str) -> Period:
+    """``"2026-03"`` -> ``[2026-03-01T00:00Z, 2026-04-01T00:00Z)``."""
+    m = _MONTH_RE.match(yyyy_mm) if isinstance(yyyy_mm, str) else None
+    if m is None or not 1 <= int(m.group(2)) <= 12 or int(m.group(1)) < 1:
+        raise ValueError(f"period {yyyy_mm!r}: expected a month as YYYY-MM, e.g. 2026-03")
+    start = datetime(int(m.group(1)), int(m.group(2)), 1, tzinfo=UTC)
+    try:
+        return Period(start, start + relativedelta(months=1))
+    except (OverflowError, ValueError):
+        raise ValueError(f"period {yyyy_mm!r}: out of range") from None

@@ -94,6 +94,13 @@ def _values(headers: Mapping[str, str], query: str) -> dict[str, list[str]]:
     return found
 
 
+def presented_keys(headers: Mapping[str, str], query: str = "") -> list[str]:
+    """Every API key the request carries (usually one): headers in :data:`KEY_HEADERS`
+    order, then ``?key=`` (Gemini's)."""
+    found = _values(headers, query)
+    return [v for place in (*KEY_HEADERS, QUERY_KEY) for v in found.get(place, ())]
+
+
 def presented(headers: Mapping[str, str], query: str, provider: MeteredProvider) -> Presented:
     """The key ``provider`` will authenticate (billed), and whether there are others."""
     found = _values(headers, query)

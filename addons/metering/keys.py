@@ -35,42 +35,6 @@ class Identity:
 # hash each distinct key once. Bounded, so a flood of random keys cannot grow the proxy.
 _fingerprint = lru_cache(maxsize=1024)(fingerprint)
 
-_RANK = {name: i for i, name in enumerate(KEY_HEADERS)}
-_RANK_BYTES = {name.encode(): i for i, name in enumerate(KEY_HEADERS)}
-
-
-def presented_keys(headers: Mapping[str, str], query: str = "") -> list[str]:
-    """Every API key the request carries (usually one), in :data:`KEY_HEADERS` order.
-
-    ``query`` is the raw query string; Gemini accepts ``?key=``. With mitmproxy's
-    ``Headers`` the raw fields are scanned once (a ``.get`` per name costs more).
-    """
-    found: list[tuple[int, str]] = []
-    fields = getattr(headers, "fields", None)
-    if fields is not None:
-        for raw_name, raw_value in fields:
-            rank = _RANK_BYTES.get(raw_name.lower())
-            if rank is not None:
-                found.append((rank, raw_value.decode("utf-8", "surrogateescape")))
-    else:
-        for name, value in headers.items():
-            rank = _RANK.get(name.lower())
-            if rank is not None:
-                found.append((rank, value))
-    keys: list[str] = []
-    for rank, value in sorted(found) if len(found) > 1 else found:
-        if rank == 0:  # authorization
-            scheme, _, token = value.strip().partition(" ")
-            if scheme.lower() != "bearer":
-                continue
-            value = token
-        value = value.strip()
-        if value:
-            keys.append(value)
-    if "key=" in query:
-        keys.extend(v.strip() for k, v in parse_qsl(query) if k == "key" and v.strip())
-    return keys
-
 
 class KeyBook:
     """Fingerprint -> consumer, built once per catalog load."""

@@ -20,13 +20,13 @@ import click
 import duckdb
 
 from billing.errors import NotGenerated, NoUsage, UserError
-from billing.periods import calendar_month
 from billing.render import FORMATS
 from billing.store import billing_store
 from meterline.catalog import Catalog, CatalogError, load_catalog
+from meterline.periods import PeriodRangeError, calendar_month
 from meterline.store import LAKE_PREFIX, StoreError
 
-USER_ERRORS: tuple[type[Exception], ...] = (UserError, CatalogError, StoreError)
+USER_ERRORS: tuple[type[Exception], ...] = (UserError, CatalogError, StoreError, PeriodRangeError)
 """Mapped once, here, to ``Error: ...`` and exit 1: billing's own base and the two
 user errors of the shared core (a bad catalog, a store that cannot be opened)."""
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import duckdb
 
-from billing.periods import calendar_month
 from billing.store import billing_store
 from billing.storevalues import to_db
+from meterline.periods import calendar_month
 
 
 @dataclass(frozen=True)

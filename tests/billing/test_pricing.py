@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from billing.periods import Period, proration
 from billing.pricing import PricedLine, price_rate_card
 from meterline.catalog import RateCard
+from meterline.periods import Period, proration
 from tests.billing.reference import price_reference, round_half_up, subtotal_reference
 
 D = Decimal

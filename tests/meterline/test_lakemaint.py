@@ -17,11 +17,11 @@ from addons.metering.spool import Spool
 from addons.metering.writer import SpoolWriter
 from bench.billing_bench import write_catalog
 from billing.build import build_invoices
-from billing.periods import calendar_month
 from billing.schedule import periods_ending_in
 from billing.store import billing_store
 from meterline.catalog import load_catalog
 from meterline.lakemaint import lake_counts, maintain, release_lease, take_lease
+from meterline.periods import calendar_month
 from meterline.store import store
 from tests.support.postgres import create_database, postgres_server
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 from mitmproxy.http import Headers
 
-from addons.metering.keys import InjectionError, KeyBook, inject_key, presented_keys
+from addons.metering.attribution import presented_keys
+from addons.metering.keys import InjectionError, KeyBook, inject_key
 from addons.metering.providers import MeteredProvider
 from meterline.catalog import parse_catalog
 from meterline.fingerprint import fingerprint

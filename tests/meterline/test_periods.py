@@ -10,7 +10,7 @@ from dateutil.relativedelta import relativedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from billing.periods import (
+from meterline.periods import (
     Period,
     calendar_month,
     parse_cadence,
