@@ -51,7 +51,8 @@ from addons.metering.sink import EventSink
 from addons.metering.spool import Spool, SpoolError
 from addons.metering.streamopts import UsageChunkDropper
 from addons.metering.writer import SpoolWriter
-from meterline.catalog import Catalog, CatalogError, load_catalog
+from meterline.catalog import Catalog, CatalogError
+from meterline.proxycatalog import load_proxy_catalog
 from meterline.store import DEFAULT_CATALOG, DEFAULT_DB
 
 log = logging.getLogger("meterline.proxy")
@@ -152,7 +153,7 @@ class Meter:
             path = Path(ctx.options.meter_catalog)
             stamp = catalogwatch.file_stamp(path)
             try:
-                self._use_catalog(load_catalog(path))
+                self._use_catalog(load_proxy_catalog(path))
             except (CatalogError, ValueError) as e:
                 raise exceptions.OptionsError(f"meter_catalog: {e}") from e
             self.reloader.watch = catalogwatch.CatalogWatch(path, stamp)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import duckdb
 
+from meterline.eventschema import EVENT_COLUMNS as EVENT_COLUMNS  # re-exported
 from meterline.lakeconfig import LakeConfigError, lake_settings
 from meterline.privatefiles import make_private, private_files
 
@@ -76,13 +77,6 @@ EVENT_MIGRATIONS: tuple[Migration, ...] = (
         "ALTER TABLE usage_events ADD COLUMN IF NOT EXISTS reason VARCHAR",
     ),
 )
-
-EVENT_COLUMNS: tuple[str, ...] = (
-    "event_id", "ts", "ingested_at", "consumer", "key_fingerprint", "provider", "flavor",
-    "model", "input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens",
-    "reasoning_tokens", "estimated", "response_id", "request_id", "method", "host", "path",
-    "status", "streamed", "latency_ms", "ttft_ms", "proxy_id", "reason",
-)  # fmt: skip
 
 
 class StoreError(RuntimeError):

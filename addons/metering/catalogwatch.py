@@ -18,7 +18,8 @@ from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 
-from meterline.catalog import Catalog, CatalogError, load_catalog
+from meterline.catalog import Catalog, CatalogError
+from meterline.proxycatalog import load_proxy_catalog
 
 log = logging.getLogger("meterline.proxy")
 
@@ -125,7 +126,7 @@ class Reloader:
             elif poll is Poll.READY and watch is not None:
                 catalog: Catalog | None = None
                 try:
-                    catalog = load_catalog(watch.path)
+                    catalog = load_proxy_catalog(watch.path)
                 except (CatalogError, ValueError) as e:
                     why: str | None = str(e)
                 if not watch.settled():

@@ -1,4 +1,4 @@
-"""One metered exchange -> one ``usage_events`` row (see :data:`meterline.store.EVENT_COLUMNS`).
+"""One metered exchange -> one ``usage_events`` row (:mod:`meterline.eventschema`).
 
 The row is a JSON-safe dict (``ts`` is an ISO string, naive UTC) because it goes to
 the spool first. Its ``event_id`` is fixed here, before the spool, so a replayed

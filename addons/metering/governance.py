@@ -50,17 +50,13 @@ from meterline.entitlements import (
     read_snapshot,
 )
 from meterline.entitlements.policy import counter_id
+from meterline.eventschema import TOKEN_COLUMNS
 from meterline.store import LAKE_PREFIX, open_store, store
 
 log = logging.getLogger("meterline.governance")
 
 FAILURE_POLICIES = ("allow", "deny")
-_TOKEN_FIELDS = {
-    "input": "input_tokens",
-    "cached_input": "cached_input_tokens",
-    "cache_write": "cache_write_tokens",
-    "output": "output_tokens",
-}
+_TOKEN_FIELDS = TOKEN_COLUMNS
 
 
 def add_options(loader: Any) -> None:

@@ -32,48 +32,16 @@ from addons.metering import oserrors
 from addons.metering.lakejob import LakeMaintainer, maintain_every_s
 from addons.metering.spool import Spool
 from addons.metering.storelink import StoreLink
+from meterline.eventschema import EVENT_COLUMNS, REQUIRED_SPOOLED, SPOOL_TYPES
 from meterline.privatefiles import private_files
-from meterline.store import EVENT_COLUMNS
 
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
-#: DuckDB type of each spooled field (every event column but ``ingested_at``).
-SPOOL_COLUMNS: dict[str, str] = {
-    "event_id": "VARCHAR",
-    "ts": "TIMESTAMP",
-    "consumer": "VARCHAR",
-    "key_fingerprint": "VARCHAR",
-    "provider": "VARCHAR",
-    "flavor": "VARCHAR",
-    "model": "VARCHAR",
-    "input_tokens": "BIGINT",
-    "cached_input_tokens": "BIGINT",
-    "cache_write_tokens": "BIGINT",
-    "output_tokens": "BIGINT",
-    "reasoning_tokens": "BIGINT",
-    "estimated": "BOOLEAN",
-    "response_id": "VARCHAR",
-    "request_id": "VARCHAR",
-    "method": "VARCHAR",
-    "host": "VARCHAR",
-    "path": "VARCHAR",
-    "status": "INTEGER",
-    "streamed": "BOOLEAN",
-    "latency_ms": "DOUBLE",
-    "ttft_ms": "DOUBLE",
-    "proxy_id": "VARCHAR",
-    "reason": "VARCHAR",
-}
-assert list(SPOOL_COLUMNS) == [c for c in EVENT_COLUMNS if c != "ingested_at"]
-
-#: Columns the table declares NOT NULL: a spool line without them is not an event.
-REQUIRED_COLUMNS: tuple[str, ...] = (
-    "event_id", "ts", "provider", "flavor", "input_tokens", "cached_input_tokens",
-    "cache_write_tokens", "output_tokens", "reasoning_tokens", "estimated", "method",
-    "host", "path", "streamed",
-)  # fmt: skip
+#: DuckDB type of each spooled field, and the ones a line must have to be an event.
+SPOOL_COLUMNS: dict[str, str] = SPOOL_TYPES
+REQUIRED_COLUMNS: tuple[str, ...] = REQUIRED_SPOOLED
 
 # No query parameters below: the DuckDB client tries ``import pandas`` for every bound
 # parameter, and where pandas is not installed that failed import searches sys.path each

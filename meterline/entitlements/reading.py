@@ -20,13 +20,9 @@ import duckdb
 
 from meterline.entitlements.counters import Snapshot
 from meterline.entitlements.policy import Account, Key, Policy
+from meterline.eventschema import TOKEN_COLUMNS
 
-_TOKEN_COLUMNS = {
-    "input": "input_tokens",
-    "cached_input": "cached_input_tokens",
-    "cache_write": "cache_write_tokens",
-    "output": "output_tokens",
-}
+_TOKEN_COLUMNS = TOKEN_COLUMNS
 _ID_CHUNK = 2000
 
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+import yaml
+
+from meterline.catalog import CatalogError, load_catalog
 from tests.conftest import KEYS, ProxyFactory
 from tests.support.clients import Clients
 from tests.support.proxy import MeterProxy, write_catalog
@@ -45,3 +49,39 @@ def test_catalog_edits_are_picked_up_while_running(
     write_catalog(catalog, providers, {"alice": [KEYS["alice"]]})
     proxy.wait_for_log(r"catalog \S+ reloaded: \d+ provider\(s\), 1 consumer\(s\)", since=mark)
     assert _consumer_of_next_call(made, proxy, fake_provider) is None
+
+
+def _with_a_pricing_typo(path: Path) -> None:
+    """Add a plan whose rate card billing would refuse (the proxy does not price)."""
+    doc = yaml.safe_load(path.read_text())
+    doc["features"] = [{"key": "tokens", "name": "Tokens", "meter": {}}]
+    doc["plans"] = [
+        {
+            "key": "pro",
+            "name": "Pro",
+            "currency": "USD",
+            "rate_cards": [
+                {"key": "t", "name": "T", "feature": "tokens", "price": {"type": "unit"}}
+            ],
+        }
+    ]
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def test_a_pricing_typo_does_not_stop_a_new_key(
+    clients: Clients, start_proxy: ProxyFactory, fake_provider: FakeProvider, tmp_path: Path
+) -> None:
+    providers = fake_provider.catalog_providers()
+    catalog = write_catalog(tmp_path / "catalog.yaml", providers, {"alice": [KEYS["alice"]]})
+    _with_a_pricing_typo(catalog)
+    with pytest.raises(CatalogError, match=r"plans\[0\]\.rate_cards\[0\]\.price"):
+        load_catalog(catalog)  # what `billing catalog check` reports
+    proxy = start_proxy(catalog=catalog)
+    made = clients.for_proxy(proxy)
+    assert _consumer_of_next_call(made, proxy, fake_provider) is None
+
+    mark = proxy.log_mark()
+    write_catalog(catalog, providers, {"alice": [KEYS["alice"]], "erin": [NEW_KEY]})
+    _with_a_pricing_typo(catalog)
+    proxy.wait_for_log(r"catalog \S+ reloaded: \d+ provider\(s\), 2 consumer\(s\)", since=mark)
+    assert _consumer_of_next_call(made, proxy, fake_provider) == "erin"

@@ -89,7 +89,7 @@ db = sys.argv[1]
 print("ready", flush=True)
 while not select.select([sys.stdin], [], [], 0)[0]:  # until the test closes our stdin
     try:
-        with store(db, read_only=True, wait_s=10) as con:
+        with store(db, read_only=True, wait_s=60) as con:
             n = con.execute("SELECT count(*) FROM usage_events").fetchone()[0]
         print(n, flush=True)
     except Exception as e:

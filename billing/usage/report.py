@@ -1,0 +1,282 @@
+"""The usage report (``billing usage``): tokens per consumer, and what no invoice will bill."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import duckdb
+import pyarrow as pa
+
+from billing.errors import UserError, unknown_customer_message
+from billing.storevalues import to_db
+from billing.usage.behind import TokenFilter
+from meterline.catalog import Catalog
+from meterline.eventschema import TOKEN_COLUMNS
+
+GROUP_DIMENSIONS = ("model", "type", "day", "refused")
+
+
+class UsageError(UserError, ValueError):
+    """A usage query that cannot be answered (unknown customer, bad range)."""
+
+
+@dataclass(frozen=True)
+class UsageQuery:
+    customer: str | None = None
+    consumer: str | None = None
+    start: datetime | None = None
+    end: datetime | None = None
+    group_by: tuple[str, ...] = ()
+    unbilled: bool = False
+
+
+def parse_group_by(text: str | None) -> tuple[str, ...]:
+    if not text:
+        return ()
+    dims = tuple(d.strip() for d in text.split(",") if d.strip())
+    bad = [d for d in dims if d not in GROUP_DIMENSIONS]
+    if bad:
+        raise UsageError(
+            f"unknown dimension {bad[0]!r} (choose from {', '.join(GROUP_DIMENSIONS)})"
+        )
+    return tuple(d for d in GROUP_DIMENSIONS if d in dims)
+
+
+def _consumer_customers(catalog: Catalog) -> pa.Table:
+    pairs = [(name, c.key) for c in catalog.customers for name in c.consumers]
+    return pa.table(
+        {
+            "consumer": pa.array([p[0] for p in pairs], pa.string()),
+            "customer_key": pa.array([p[1] for p in pairs], pa.string()),
+        }
+    )
+
+
+def _subscriptions(catalog: Catalog) -> pa.Table:
+    subs = [(c.key, s) for c in catalog.customers for s in c.subscriptions]
+    return pa.table(
+        {
+            "customer_key": pa.array([k for k, _ in subs], pa.string()),
+            "plan_key": pa.array([s.plan for _, s in subs], pa.string()),
+            "s_start": pa.array([to_db(s.start) for _, s in subs], pa.timestamp("us")),
+            "s_end": pa.array(
+                [to_db(s.end) if s.end else None for _, s in subs], pa.timestamp("us")
+            ),
+        }
+    )
+
+
+UNBILLED_REASON = """
+    CASE WHEN e.consumer IS NULL THEN 'unknown key'
+         WHEN m.customer_key IS NULL THEN 'consumer not linked to a customer'
+         ELSE 'outside subscriptions' END
+"""
+UNPRICED_REASON = "'no rate card of plan ''' || s.plan_key || ''' prices it'"
+
+UNPRICED_PREFIX = "no rate card of plan "
+"""How the reason of usage a subscription covers but its plan does not price begins."""
+
+
+def is_unpriced(reason: object) -> bool:
+    """True for the ``no rate card of plan 'P' prices it`` reason of ``--unbilled`` rows."""
+    return str(reason).startswith(UNPRICED_PREFIX)
+
+
+_EVENTS_FROM = "FROM usage_events AS e LEFT JOIN bill_consumer_map AS m ON e.consumer = m.consumer"
+_COVERING_SUB = (
+    "JOIN bill_subscriptions AS s ON s.customer_key = m.customer_key"
+    " AND e.ts >= s.s_start AND (s.s_end IS NULL OR e.ts < s.s_end)"
+)
+_UNCOVERED = (
+    "(e.consumer IS NULL OR m.customer_key IS NULL OR NOT EXISTS ("
+    " SELECT 1 FROM bill_subscriptions AS s WHERE s.customer_key = m.customer_key"
+    " AND e.ts >= s.s_start AND (s.s_end IS NULL OR e.ts < s.s_end)))"
+)
+
+
+def _filters(catalog: Catalog, query: UsageQuery) -> tuple[list[str], list[object]]:
+    """WHERE conditions and parameters for the customer, consumer and time options."""
+    where: list[str] = []
+    params: list[object] = []
+    if query.customer is not None:
+        try:
+            customer = catalog.customer(query.customer)
+        except KeyError:
+            raise UsageError(unknown_customer_message(catalog, query.customer)) from None
+        where.append("list_contains(?, e.consumer)")
+        params.append(list(customer.consumers))
+    if query.consumer is not None:
+        if query.consumer not in {c.name for c in catalog.consumers}:
+            raise UsageError(f"unknown consumer {query.consumer!r}")
+        where.append("e.consumer = ?")
+        params.append(query.consumer)
+    if query.start is not None:
+        where.append("e.ts >= ?")
+        params.append(to_db(query.start))
+    if query.end is not None:
+        where.append("e.ts < ?")
+        params.append(to_db(query.end))
+    if query.start is not None and query.end is not None and query.end <= query.start:
+        raise UsageError("the time range ends before it starts")
+    return where, params
+
+
+def _group_dims(group_by: tuple[str, ...]) -> list[str]:
+    dims = []
+    if "model" in group_by:
+        dims += ["e.provider", "coalesce(e.model, '') AS model"]
+    if "day" in group_by:
+        dims.append("CAST(e.ts AS DATE) AS day")
+    if "refused" in group_by:  # calls the proxy refused itself, by reason
+        dims.append("e.reason AS refused")
+    return dims
+
+
+def _fetch(
+    con: duckdb.DuckDBPyConnection, sql: str, params: list[object]
+) -> list[dict[str, object]]:
+    cur = con.execute(sql, params)
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+
+_SUM_TOKENS = ", ".join(f"SUM(e.{col})::BIGINT AS {tt}" for tt, col in TOKEN_COLUMNS.items())
+
+
+def usage_report(
+    con: duckdb.DuckDBPyConnection, catalog: Catalog, query: UsageQuery
+) -> list[dict[str, object]]:
+    """Token usage per consumer (and model, token type, day as asked), largest first.
+
+    With ``unbilled``: only usage no invoice line will bill, with the reason: a key not in
+    the catalog (consumer NULL; its fingerprint is shown), a consumer no customer lists,
+    a time outside every subscription of its customer, or tokens a subscription covers
+    that no usage rate card of its plan prices (only those token types are counted).
+    """
+    where, params = _filters(catalog, query)
+    con.register("bill_consumer_map", _consumer_customers(catalog))
+    con.register("bill_subscriptions", _subscriptions(catalog))
+    try:
+        if not query.unbilled:
+            dims = ["e.consumer", "m.customer_key AS customer", *_group_dims(query.group_by)]
+            cond = " AND ".join(where) or "TRUE"
+        else:
+            dims = [
+                f"{UNBILLED_REASON} AS reason",
+                "e.consumer",
+                "CASE WHEN e.consumer IS NULL THEN e.key_fingerprint END AS key_fingerprint",
+                "m.customer_key AS customer",
+                *_group_dims(query.group_by),
+            ]
+            cond = " AND ".join([*where, _UNCOVERED])
+        rows = _fetch(
+            con,
+            f"SELECT {', '.join(dims)}, {_SUM_TOKENS}, COUNT(*) AS events {_EVENTS_FROM} "
+            f"WHERE {cond} GROUP BY ALL",
+            params,
+        )
+        if query.unbilled:
+            rows += _unpriced(con, catalog, query.group_by, where, params)
+    finally:
+        con.unregister("bill_consumer_map")
+        con.unregister("bill_subscriptions")
+    return _shape(rows, query.group_by)
+
+
+def _priced_types(catalog: Catalog) -> dict[str, list[TokenFilter]]:
+    """Per plan, the meters of its usage rate cards."""
+    return {
+        plan.key: [
+            TokenFilter(m.provider, m.model, tuple(m.token_types))
+            for m in (catalog.feature(c.feature).meter for c in plan.rate_cards if c.feature)
+        ]
+        for plan in catalog.plans
+    }
+
+
+def _unpriced(
+    con: duckdb.DuckDBPyConnection,
+    catalog: Catalog,
+    group_by: tuple[str, ...],
+    where: list[str],
+    params: list[object],
+) -> list[dict[str, object]]:
+    """Tokens a subscription covers that no usage rate card of its plan selects.
+
+    The distinct (plan, provider, model) of covered events are few: which of their token
+    types some card's meter selects is decided in Python (globs, as the invoice builder
+    does), then one query sums only the unpriced token types, counting an event only
+    when it has some.
+    """
+    cond = " AND ".join(where) or "TRUE"
+    combos = con.execute(
+        f"SELECT DISTINCT s.plan_key, e.provider, coalesce(e.model, '') "
+        f"{_EVENTS_FROM} {_COVERING_SUB} WHERE {cond}",
+        params,
+    ).fetchall()
+    meters = _priced_types(catalog)
+    table: list[tuple[str, str, str, list[bool]]] = []
+    for plan_key, provider, model in combos:
+        priced = {
+            tt
+            for mf in meters.get(plan_key, [])
+            if mf.matches(provider, model)
+            for tt in mf.token_types
+        }
+        if len(priced) < len(TOKEN_COLUMNS):
+            table.append((plan_key, provider, model, [tt not in priced for tt in TOKEN_COLUMNS]))
+    if not table:
+        return []
+    columns: dict[str, pa.Array] = {
+        "plan_key": pa.array([t[0] for t in table], pa.string()),
+        "provider": pa.array([t[1] for t in table], pa.string()),
+        "model": pa.array([t[2] for t in table], pa.string()),
+    }
+    for i, tt in enumerate(TOKEN_COLUMNS):
+        columns[f"u_{tt}"] = pa.array([t[3][i] for t in table], pa.bool_())
+    tokens = {
+        tt: f"CASE WHEN u.u_{tt} THEN e.{col} ELSE 0 END" for tt, col in TOKEN_COLUMNS.items()
+    }
+    dims = [
+        f"{UNPRICED_REASON} AS reason",
+        "e.consumer",
+        "NULL::VARCHAR AS key_fingerprint",
+        "m.customer_key AS customer",
+        *_group_dims(group_by),
+    ]
+    sums = ", ".join(f"SUM({expr})::BIGINT AS {tt}" for tt, expr in tokens.items())
+    con.register("bill_unpriced", pa.table(columns))
+    try:
+        return _fetch(
+            con,
+            f"SELECT {', '.join(dims)}, {sums}, COUNT(*) AS events "
+            f"{_EVENTS_FROM} {_COVERING_SUB} "
+            "JOIN bill_unpriced AS u ON u.plan_key = s.plan_key AND u.provider = e.provider"
+            " AND u.model = coalesce(e.model, '') "
+            f"WHERE {cond} AND ({' + '.join(tokens.values())}) > 0 GROUP BY ALL",
+            params,
+        )
+    finally:
+        con.unregister("bill_unpriced")
+
+
+def _shape(rows: list[dict[str, object]], group_by: tuple[str, ...]) -> list[dict[str, object]]:
+    """Order by the dimensions, add totals; with ``type``, one row per non-zero token type."""
+
+    def key(r: dict[str, object]) -> tuple[str, ...]:
+        return tuple("" if v is None else str(v) for k, v in r.items() if k not in TOKEN_COLUMNS)
+
+    out: list[dict[str, object]] = []
+    for row in sorted(rows, key=lambda r: key({k: v for k, v in r.items() if k != "events"})):
+        if "day" in row and row["day"] is not None:
+            row["day"] = row["day"].isoformat()  # type: ignore[attr-defined]
+        tokens = {tt: int(row.pop(tt)) for tt in TOKEN_COLUMNS}  # type: ignore[call-overload]
+        events = row.pop("events")
+        if "type" in group_by:
+            for tt, n in tokens.items():
+                if n:
+                    out.append({**row, "token_type": tt, "tokens": n, "events": events})
+        else:
+            out.append({**row, **tokens, "total": sum(tokens.values()), "events": events})
+    return out

@@ -1,0 +1,153 @@
+"""Usage windows: the events each invoice window counts, and their token sums in one pass.
+
+The invoice build needs one figure per (customer, window, provider, model, token type).
+:func:`aggregate_windows` computes all of them in one pass over the events for every
+customer at once: the windows (a customer's consumers, a ``[start, end)`` range of event
+time ``ts``, a ``(after, until]`` range of ``ingested_at``) go into a small temporary
+table, events join it on the consumer and the two ranges, and ``GROUP BY`` sums the four
+token columns. Mapping those few rows to features (globs, token types) happens in Python.
+
+Timestamps in the store are naive ``TIMESTAMP`` in UTC; this module takes and returns
+aware UTC datetimes and converts at the boundary (``billing.storevalues``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import duckdb
+import pyarrow as pa
+
+from billing.storevalues import to_db
+from meterline.catalog import TOKEN_TYPES
+from meterline.eventschema import TOKEN_COLUMNS
+
+
+@dataclass(frozen=True)
+class UsageWindow:
+    """Events of ``consumers`` with ``start <= ts < end`` and ``after < ingested_at <= until``."""
+
+    window_id: int
+    consumers: tuple[str, ...]
+    start: datetime
+    end: datetime
+    ingested_until: datetime
+    ingested_after: datetime | None = None
+
+
+@dataclass(frozen=True)
+class WindowUsage:
+    """Token sums of one window for one (provider, model); model ``""`` when unreported.
+
+    ``counted`` holds, per set of token types asked for (a usage card's meter), how many
+    of the events have tokens of one of them: the events that line bills, the same ones
+    ``invoice explain`` lists (an input-only call is not behind an output line).
+    """
+
+    window_id: int
+    provider: str
+    model: str
+    tokens: dict[str, int]
+    events: int
+    counted: dict[tuple[str, ...], int] = field(default_factory=dict)
+
+    def events_with(self, token_types: tuple[str, ...]) -> int:
+        """Events with tokens of ``token_types`` (all events when that set was not asked)."""
+        return self.counted.get(token_types, self.events)
+
+
+def _windows_table(windows: Sequence[UsageWindow]) -> pa.Table:
+    rows = [(w, c) for w in windows for c in w.consumers]
+    return pa.table(
+        {
+            "window_id": pa.array([w.window_id for w, _ in rows], pa.int64()),
+            "consumer": pa.array([c for _, c in rows], pa.string()),
+            "w_start": pa.array([to_db(w.start) for w, _ in rows], pa.timestamp("us")),
+            "w_end": pa.array([to_db(w.end) for w, _ in rows], pa.timestamp("us")),
+            "ing_after": pa.array(
+                [to_db(w.ingested_after) if w.ingested_after else None for w, _ in rows],
+                pa.timestamp("us"),
+            ),
+            "ing_until": pa.array([to_db(w.ingested_until) for w, _ in rows], pa.timestamp("us")),
+        }
+    )
+
+
+def load_windows(con: duckdb.DuckDBPyConnection, windows: Sequence[UsageWindow]) -> None:
+    """(Re)create the temporary ``bill_windows`` table: one row per (window, consumer)."""
+    table = _windows_table(windows)
+    con.register("bill_windows_src", table)
+    try:
+        con.execute("CREATE OR REPLACE TEMP TABLE bill_windows AS SELECT * FROM bill_windows_src")
+    finally:
+        con.unregister("bill_windows_src")
+
+
+def windowed_events(windows: str = "bill_windows") -> str:
+    """``FROM usage_events AS e JOIN <windows> AS w ...``: the events each window counts.
+
+    The one statement of that rule: a window's consumers, its ``[w_start, w_end)`` range
+    of ``ts`` and the ``(ing_after, ing_until]`` slice of ingestion time it sweeps.
+    ``windows`` is any relation with those columns (and ``consumer``): ``bill_windows``
+    (:func:`load_windows`) or a CTE over the stored ``invoice_windows``.
+    """
+    return f"""
+    FROM usage_events AS e
+    JOIN {windows} AS w
+      ON e.consumer = w.consumer
+     AND e.ts >= w.w_start AND e.ts < w.w_end
+     AND e.ingested_at <= w.ing_until
+     AND (w.ing_after IS NULL OR e.ingested_at > w.ing_after)
+"""
+
+
+WINDOWED_EVENTS = windowed_events()
+"""The events of the windows in ``bill_windows`` (registered by :func:`load_windows`)."""
+
+_SUMS = ", ".join(f"SUM(e.{col})::BIGINT AS {tt}" for tt, col in TOKEN_COLUMNS.items())
+
+AGGREGATE_SQL = f"""
+    SELECT w.window_id, e.provider, coalesce(e.model, '') AS model, {_SUMS},
+           COUNT(*) AS events{{counted}}
+    {WINDOWED_EVENTS}
+    WHERE e.ts >= ? AND e.ts < ?
+    GROUP BY ALL
+"""
+
+
+def _count_with(token_types: tuple[str, ...], n: int) -> str:
+    cols = " + ".join(f"e.{TOKEN_COLUMNS[tt]}" for tt in token_types)
+    return f", COUNT(*) FILTER (WHERE {cols} > 0) AS counted_{n}"
+
+
+def aggregate_windows(
+    con: duckdb.DuckDBPyConnection,
+    windows: Sequence[UsageWindow],
+    token_sets: Sequence[tuple[str, ...]] = (),
+) -> list[WindowUsage]:
+    """One pass over the events: token sums per (window, provider, model), and for each
+    set in ``token_sets`` the number of events with tokens of one of its types."""
+    if not windows:
+        return []
+    sets = list(dict.fromkeys(tuple(s) for s in token_sets))
+    bad = [tt for s in sets for tt in s if tt not in TOKEN_COLUMNS]
+    if bad:
+        raise ValueError(f"unknown token type {bad[0]!r}")
+    load_windows(con, windows)
+    lo = to_db(min(w.start for w in windows))
+    hi = to_db(max(w.end for w in windows))
+    counted = "".join(_count_with(s, n) for n, s in enumerate(sets))
+    rows = con.execute(AGGREGATE_SQL.format(counted=counted), [lo, hi]).fetchall()
+    return [
+        WindowUsage(
+            window_id=r[0],
+            provider=r[1],
+            model=r[2],
+            tokens=dict(zip(TOKEN_TYPES, (int(v) for v in r[3:7]), strict=True)),
+            events=int(r[7]),
+            counted={s: int(v) for s, v in zip(sets, r[8:], strict=True)},
+        )
+        for r in rows
+    ]

@@ -1,0 +1,65 @@
+"""Shared types of the catalog models: token types, money, currency codes, durations."""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from iso4217 import Currency
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+)
+
+TokenType = Literal["input", "cached_input", "cache_write", "output"]
+TOKEN_TYPES: tuple[TokenType, ...] = ("input", "cached_input", "cache_write", "output")
+
+FINGERPRINT_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+KEY_RE = r"^[a-z0-9][a-z0-9_.-]*$"
+
+Money = Annotated[Decimal, Field(ge=0, lt=10**15, decimal_places=12)]
+"""A non-negative amount in the major unit of a currency (``"2.50"`` = 2.50 USD), below
+10^15 (a typo such as ``1e400`` is an error here, not an overflow in an invoice)."""
+
+
+def _iso_currency(value: str) -> str:
+    """An ISO 4217 code with a minor unit (what an invoice can be rounded to)."""
+    try:
+        exponent = Currency(value).exponent
+    except ValueError:
+        upper = value.strip().upper()
+        hint = f"; did you mean {upper!r}?" if upper in Currency.__members__ else ""
+        raise ValueError(
+            f"{value!r} is not an ISO 4217 currency code{hint or ' (e.g. USD, EUR, JPY)'}"
+        ) from None
+    if exponent is None:
+        raise ValueError(f"{value!r} has no minor unit in ISO 4217: invoices cannot be in it")
+    return value
+
+
+CurrencyCode = Annotated[str, AfterValidator(_iso_currency)]
+"""An ISO 4217 code such as ``USD``; unknown codes and codes without a minor unit
+(``XAU``, ``XXX``) are refused, so ``invoice preview`` never meets one."""
+
+
+class CatalogError(ValueError):
+    """A catalog that cannot be used; ``str()`` is one readable message per problem."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+ISO_DURATION_RE = re.compile(
+    r"^P(?:(?P<years>\d+)Y)?(?:(?P<months>\d+)M)?(?:(?P<weeks>\d+)W)?(?:(?P<days>\d+)D)?$"
+)
+
+
+def _iso_duration(value: str) -> str:
+    m = ISO_DURATION_RE.match(value)
+    if not m or not any(m.groupdict().values()) or value == "P":
+        raise ValueError(f"{value!r} is not an ISO-8601 duration such as P1M, P1W or P1Y")
+    return value

@@ -1,0 +1,94 @@
+"""The ``usage_events`` schema, written once: every other spelling of it derives from here.
+
+:data:`EVENT_FIELDS` lists each column with its DuckDB type, whether it is required
+(``NOT NULL``) and what it means. From it come :data:`EVENT_COLUMNS` (the column order
+of inserts), the proxy writer's spooled types and required fields, the token columns
+billing and governance sum, and :func:`create_table_sql` (the table a new store starts
+with). The named migrations in :mod:`meterline.store` are history and stay append-only;
+``tests/meterline/test_eventschema.py`` checks that applying them yields exactly this
+table, and that the README's event schema table agrees with it.
+
+Adding a column: append a :class:`EventField` here, append a named migration that adds
+it (``ALTER TABLE usage_events ADD COLUMN IF NOT EXISTS ...``), set it in
+``addons/metering/events.py`` and add a row to the README's table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class EventField:
+    name: str
+    type: str
+    """DuckDB type: ``VARCHAR``, ``TIMESTAMP``, ``BIGINT``, ``BOOLEAN``, ``INTEGER``, ``DOUBLE``."""
+    required: bool
+    """``NOT NULL`` in the table; a spooled line without it is not an event."""
+    meaning: str
+
+
+EVENT_FIELDS: tuple[EventField, ...] = (
+    EventField("event_id", "VARCHAR", True, "'<provider>:<response id>' or 'ml:<uuid>'"),
+    EventField("ts", "TIMESTAMP", True, "UTC, when the response completed"),
+    EventField("ingested_at", "TIMESTAMP", True, "UTC, when the batch reached the store"),
+    EventField("consumer", "VARCHAR", False, "NULL: key not in the catalog"),
+    EventField("key_fingerprint", "VARCHAR", False, "sha256:<hex> of the key; never the key"),
+    EventField("provider", "VARCHAR", True, "built-in or catalog provider"),
+    EventField("flavor", "VARCHAR", True, "openai | anthropic | gemini"),
+    EventField("model", "VARCHAR", False, "as the provider reported it"),
+    EventField("input_tokens", "BIGINT", True, "uncached input"),
+    EventField("cached_input_tokens", "BIGINT", True, "input read from the provider's cache"),
+    EventField("cache_write_tokens", "BIGINT", True, "input written to the provider's cache"),
+    EventField("output_tokens", "BIGINT", True, "all output, reasoning included"),
+    EventField("reasoning_tokens", "BIGINT", True, "share of output_tokens, not added to it"),
+    EventField("estimated", "BOOLEAN", True, "tokens counted by tiktoken, not reported"),
+    EventField("response_id", "VARCHAR", False, "provider's id: chatcmpl-..., msg_..."),
+    EventField("request_id", "VARCHAR", False, "provider's request id header"),
+    EventField("method", "VARCHAR", True, "request method"),
+    EventField("host", "VARCHAR", True, "request host"),
+    EventField("path", "VARCHAR", True, "request path, without its query string"),
+    EventField("status", "INTEGER", False, "HTTP status; NULL: no response (stream cut, error)"),
+    EventField("streamed", "BOOLEAN", True, "streaming requested or the response was SSE"),
+    EventField("latency_ms", "DOUBLE", False, "request sent -> response complete"),
+    EventField("ttft_ms", "DOUBLE", False, "request sent -> first body byte"),
+    EventField("proxy_id", "VARCHAR", False, "which proxy recorded it"),
+    EventField(
+        "reason",
+        "VARCHAR",
+        False,
+        "why the proxy refused the call itself (limit:<feature>, credits, not_granted, "
+        "unavailable); NULL for forwarded calls",
+    ),
+)
+
+EVENT_COLUMNS: tuple[str, ...] = tuple(f.name for f in EVENT_FIELDS)
+
+STORE_ONLY: frozenset[str] = frozenset({"ingested_at"})
+"""Columns the store sets when a batch arrives; the proxy never spools them."""
+
+SPOOL_TYPES: dict[str, str] = {f.name: f.type for f in EVENT_FIELDS if f.name not in STORE_ONLY}
+"""DuckDB type of each field the proxy spools (every event column but ``ingested_at``)."""
+
+REQUIRED_SPOOLED: tuple[str, ...] = tuple(
+    f.name for f in EVENT_FIELDS if f.required and f.name not in STORE_ONLY
+)
+
+TOKEN_COLUMNS: dict[str, str] = {
+    "input": "input_tokens",
+    "cached_input": "cached_input_tokens",
+    "cache_write": "cache_write_tokens",
+    "output": "output_tokens",
+}
+"""Catalog token type -> the event column counting it (the four disjoint, billed counts)."""
+
+
+def create_table_sql(table: str = "usage_events") -> str:
+    """``CREATE TABLE IF NOT EXISTS`` for the whole schema (no migration history needed)."""
+    cols = ",\n    ".join(
+        f"{f.name} {f.type}{' NOT NULL' if f.required else ''}" for f in EVENT_FIELDS
+    )
+    return f"CREATE TABLE IF NOT EXISTS {table} (\n    {cols}\n)"
+
+
+assert set(TOKEN_COLUMNS.values()) <= set(EVENT_COLUMNS)
