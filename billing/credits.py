@@ -80,47 +80,72 @@ def grant_credits(
         raise CreditError(f"{amount} {customer.currency} has more decimals than the currency")
     if expires_at is not None and expires_at <= now:
         raise CreditError("the grant would already be expired")
-    con.execute("BEGIN TRANSACTION")
-    try:
-        row = con.execute("SELECT coalesce(max(seq), 0) FROM credit_grants").fetchone()
-        seq = int(row[0] if row else 0) + 1
-        grant_id = f"grant-{seq:06d}"
-        con.execute(
-            "INSERT INTO credit_grants VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                grant_id,
-                seq,
-                customer.key,
-                customer.currency,
-                amount,
-                priority,
-                _db(expires_at) if expires_at else None,
-                _db(now),
-                granted_by,
-                reason,
-            ],
-        )
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
+    grant_id = insert_grant(
+        con, customer.key, customer.currency, amount, None,
+        priority=priority, expires_at=expires_at, now=now, granted_by=granted_by, reason=reason,
+    )  # fmt: skip
     return Grant(
         grant_id, customer.key, customer.currency, amount, priority, expires_at, now,
         granted_by, reason, amount,
     )  # fmt: skip
 
 
+def insert_grant(
+    con: duckdb.DuckDBPyConnection,
+    customer_key: str,
+    currency: str,
+    amount: Decimal,
+    feature_key: str | None,
+    *,
+    priority: int,
+    expires_at: datetime | None,
+    now: datetime,
+    granted_by: str,
+    reason: str,
+) -> str:
+    """Store one grant (currency, or units of ``feature_key``); returns its id."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        row = con.execute("SELECT coalesce(max(seq), 0) FROM credit_grants").fetchone()
+        seq = int(row[0] if row else 0) + 1
+        grant_id = f"grant-{seq:06d}"
+        con.execute(
+            "INSERT INTO credit_grants (grant_id, seq, customer_key, currency, amount, priority, "
+            "expires_at, granted_at, granted_by, reason, feature_key) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                grant_id,
+                seq,
+                customer_key,
+                currency,
+                amount,
+                priority,
+                _db(expires_at) if expires_at else None,
+                _db(now),
+                granted_by,
+                reason,
+                feature_key,
+            ],  # fmt: skip
+        )
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return grant_id
+
+
 def list_grants(con: duckdb.DuckDBPyConnection, customer: str | None = None) -> list[Grant]:
+    """Currency grants (unit grants: :mod:`billing.unitgrants`)."""
     consumed: dict[str, Decimal] = defaultdict(Decimal)
     for grant_id, total in con.execute(
         "SELECT grant_id, SUM(amount) FROM credit_consumptions GROUP BY grant_id"
     ).fetchall():
         consumed[grant_id] = Decimal(total)
-    where, params = ("WHERE customer_key = ?", [customer]) if customer else ("", [])
+    where, params = ("AND customer_key = ?", [customer]) if customer else ("", [])
     out = []
     for r in con.execute(
         "SELECT grant_id, customer_key, currency, amount, priority, expires_at, granted_at, "
-        f"granted_by, reason FROM credit_grants {where} ORDER BY seq",
+        f"granted_by, reason FROM credit_grants WHERE feature_key IS NULL {where} ORDER BY seq",
         params,
     ).fetchall():
         amount = round_money(Decimal(r[3]), r[2])

@@ -1,5 +1,8 @@
 """The entitlement report: limit, used, remaining, credit balance, reset time per customer.
 
+``granted_units``: the customer's unit grants of the feature that invoices have not
+consumed; the proxy adds them to a hard limit, so ``remaining`` counts them too.
+
 The figures come from ``meterline.entitlements`` (the policy, the store reads, the cost
 bound), so they are the numbers the proxy enforces; ``reserved`` (calls in flight) is
 known only inside each proxy and is read from the state files proxies write next to
@@ -20,7 +23,7 @@ import duckdb
 
 from billing.money import minor_unit_exponent, round_money
 from meterline.catalog import Catalog
-from meterline.entitlements import build_policy, credit_balances, policy_usage
+from meterline.entitlements import build_policy, credit_balances, policy_usage, unit_balances
 from meterline.entitlements.cost import to_decimal
 from meterline.entitlements.policy import counter_id
 
@@ -55,6 +58,7 @@ def entitlement_rows(
     tables = {r[0] for r in con.execute("SHOW TABLES").fetchall()}
     used = policy_usage(con, policy, now) if "usage_events" in tables else {}
     balances = credit_balances(con, now)
+    units = unit_balances(con, now)
     reserved = reserved or {}
     rows: list[dict[str, Any]] = []
     for pol in policy.by_customer.values():
@@ -66,6 +70,7 @@ def entitlement_rows(
             key = lim.account.key(period)
             u = used.get(key, 0)
             r = reserved.get(counter_id(key), 0)
+            granted = units.get((pol.customer, lim.account.feature), 0)
             rows.append(
                 {
                     "customer": pol.customer,
@@ -74,9 +79,12 @@ def entitlement_rows(
                     "type": "metered",
                     "enforcement": "hard" if lim.hard else "soft",
                     "limit": "unlimited" if lim.limit is None else lim.limit,
+                    "granted_units": granted,
                     "used": u,
                     "reserved": r,
-                    "remaining": None if lim.limit is None else max(0, lim.limit - u - r),
+                    "remaining": (
+                        None if lim.limit is None else max(0, lim.limit + granted - u - r)
+                    ),
                     "credit_balance": balance if pol.prepaid else None,
                     "period_start": _iso(period.start),
                     "resets_at": _iso(period.end),
@@ -92,6 +100,7 @@ def entitlement_rows(
                     "type": "boolean",
                     "enforcement": "hard",
                     "limit": None,
+                    "granted_units": None,
                     "used": None,
                     "reserved": None,
                     "remaining": None,
@@ -118,6 +127,7 @@ def entitlement_rows(
                     "type": "credit",
                     "enforcement": "hard",
                     "limit": balance,
+                    "granted_units": None,
                     "used": spent,
                     "reserved": None,
                     "remaining": max(round_money(Decimal(0), pol.currency), balance - spent),

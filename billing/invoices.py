@@ -32,6 +32,7 @@ from billing.schedule import (
     periods_ended_before,
     periods_ending_in,
 )
+from billing.unitgrants import apply_unit_grants
 from billing.usage import TokenFilter, UsageWindow, events_behind
 from meterline.catalog import Catalog, Customer
 from meterline.periods import Period, calendar_month
@@ -79,6 +80,7 @@ def preview_invoice(
     except ScheduleError as e:
         raise BillingError(str(e)) from None
     invoices, _ = build_invoices(con, catalog, [bp], watermark=max(now, at), usage_until=at)
+    apply_unit_grants(con, invoices, now)
     apply_credits(con, invoices, now)
     return invoices[0]
 
@@ -169,6 +171,7 @@ def generate_invoices(
     for bp in todo:
         _check_no_overlap(bp, invoiced)
     drafts, windows = build_invoices(con, catalog, todo, watermark=now - settle, progress=progress)
+    apply_unit_grants(con, drafts, now)
     apply_credits(con, drafts, now)
     save_invoices(con, drafts, windows, issued_at=now)
     names = {c.key: c.name for c in catalog.customers}

@@ -4,7 +4,7 @@
 metered in the period and the share of the period being billed, and returns a
 :class:`PricedLine`: every intermediate amount exact, the final amount rounded once.
 
-Order of operations (README.md, "Pricing", walks through each with numbers):
+Order of operations (docs/billing.md, "Pricing", walks through each with numbers):
 
 1. ``billable = max(0, quantity - included)``; the allowance is per period, not prorated.
 2. ``subtotal`` from the charge model on the billable units:

@@ -7,7 +7,7 @@ the same (mtime, size, inode) across two checks a :data:`CHECK_INTERVAL` apart, 
 if it is still the same after it was read. A catalog that validates but names no
 consumer or no provider, where the one in use had some, is refused: that is almost
 always a cut file, not an intent. Atomic replacement (write a new file, ``mv`` it over
-the old one) is what the README recommends.
+the old one) is what docs/proxy.md recommends.
 """
 
 from __future__ import annotations

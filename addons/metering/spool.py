@@ -3,7 +3,7 @@
 A metered response becomes one JSON line appended to the open segment on an
 ``O_APPEND`` descriptor (``os.write`` repeated until every byte is written): the line
 is in the kernel's page cache when :meth:`Spool.append` returns, so a killed proxy
-(``kill -9``) loses nothing. No fsync per event: see README.md, "Durability".
+(``kill -9``) loses nothing. No fsync per event: see docs/durability-and-security.md.
 
 Segments go through two states, visible in their names:
 

@@ -1,7 +1,7 @@
 """Signed webhook requests: ``Meterline-Signature: t=<unix seconds>,v1=<hex>``.
 
 ``v1`` is HMAC-SHA256, keyed with the webhook's secret, over ``<t>.<body>`` (the body
-bytes exactly as sent). A receiver checks it in three lines (README, "Alerts")::
+bytes exactly as sent). A receiver checks it in three lines (docs/governance.md, "Alerts")::
 
     fields = dict(item.split("=", 1) for item in header.split(","))
     expected = hmac.new(secret, f"{fields['t']}.".encode() + body, hashlib.sha256).hexdigest()

@@ -12,6 +12,7 @@ from billing import render
 from billing.cli.common import DATETIME, Settings, format_option, pass_settings
 from billing.credits import CreditError, balance, grant_credits, list_grants
 from billing.invoices import utc_now
+from billing.unitgrants import grant_units, list_unit_grants
 
 
 @click.group("credits")
@@ -21,7 +22,9 @@ def credits_group() -> None:
 
 @credits_group.command("grant")
 @click.option("--customer", required=True, help="Customer key.")
-@click.option("--amount", required=True, help="Amount in the customer's currency, e.g. 50.00.")
+@click.option("--amount", default=None, help="Amount in the customer's currency, e.g. 50.00.")
+@click.option("--feature", default=None, help="A unit grant: the feature whose units are granted.")
+@click.option("--units", type=int, default=None, help="A unit grant: how many units of --feature.")
 @click.option("--expires", type=DATETIME, default=None, help="When the grant expires (UTC).")
 @click.option("--priority", type=int, default=10, show_default=True, help="Lower is used first.")
 @click.option("--reason", default="", help="Why (stored with the grant).")
@@ -29,17 +32,39 @@ def credits_group() -> None:
 def grant_cmd(
     settings: Settings,
     customer: str,
-    amount: str,
+    amount: str | None,
+    feature: str | None,
+    units: int | None,
     expires: datetime | None,
     priority: int,
     reason: str,
 ) -> None:
-    """Grant prepaid credit to a customer (stored with who, when and why).
+    """Grant prepaid credit (an amount, or units of a feature) to a customer.
+
+    Stored with who, when and why. Unit grants reduce that feature's billed quantity and
+    raise its hard limits at the proxy.
 
     \b
     Example usage:
       billing credits grant --customer acme --amount 50.00 --expires 2027-01-01 --reason "pilot"
+      billing credits grant --customer acme --feature gpt-tokens --units 100000 --reason "promo"
     """
+    if (amount is None) == (feature is None) or (feature is None) != (units is None):
+        raise CreditError("give either --amount, or --feature with --units")
+    if feature is not None and units is not None:
+        catalog = settings.load_catalog()
+        with settings.store() as con:
+            g = grant_units(
+                con, catalog, customer, feature, units,
+                granted_by=getpass.getuser(), reason=reason, priority=priority, expires_at=expires,
+            )  # fmt: skip
+        until = f", expires {g.expires_at:%Y-%m-%dT%H:%M:%SZ}" if g.expires_at else ""
+        click.echo(
+            f"{g.grant_id}: {g.amount} {feature} units to {g.customer_key} "
+            f"(priority {g.priority}{until})"
+        )
+        return
+    assert amount is not None
     try:
         value = Decimal(amount)
     except InvalidOperation:
@@ -69,24 +94,30 @@ def list_cmd(settings: Settings, customer: str | None, fmt: str) -> None:
     """
     with settings.store() as con:
         grants = list_grants(con, customer)
+        unit_grants = list_unit_grants(con, customer)
     now = utc_now()
+    money = {g.grant_id for g in grants}
     rows = [
         {
             "grant": g.grant_id,
             "customer": g.customer_key,
             "amount": g.amount,
             "remaining": g.remaining if g.usable_at(now) or g.remaining == 0 else Decimal(0),
-            "currency": g.currency,
+            "currency": g.currency if g.grant_id in money else None,
+            "feature": None if g.grant_id in money else g.currency,
             "priority": g.priority,
             "expires_at": g.expires_at,
             "granted_at": g.granted_at,
             "granted_by": g.granted_by,
             "reason": g.reason,
         }
-        for g in grants
+        for g in sorted([*grants, *unit_grants], key=lambda g: g.grant_id)
     ]
     click.echo(render.rows(rows, fmt))
     if fmt == "table":
         for key in sorted({g.customer_key for g in grants}):
             mine = [g for g in grants if g.customer_key == key]
             click.echo(f"{key}: balance {balance(mine, now)} {mine[0].currency}")
+        for key, feat in sorted({(g.customer_key, g.currency) for g in unit_grants}):
+            mine = [g for g in unit_grants if (g.customer_key, g.currency) == (key, feat)]
+            click.echo(f"{key}: balance {balance(mine, now)} {feat} units")

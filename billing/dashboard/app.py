@@ -21,7 +21,7 @@ from typing import Any
 
 from billing import render
 from billing.charts import vega_bundle
-from billing.dashboard import pages
+from billing.dashboard import html, pages
 from billing.dashboard.customers import customer_page, customers_list, margin_page
 from billing.dashboard.queries import Scope, health, resolve_range, timeline, unbilled
 from billing.documents.pdf import PdfError, html_to_pdf
@@ -77,7 +77,7 @@ class Request:
 
     @property
     def json_url(self) -> str:
-        return pages.link(self.path + ".json", **self.params)
+        return html.link(self.path + ".json", **self.params)
 
 
 Page = tuple[str, Any, Callable[[Any, Catalog, str], str]]
@@ -156,7 +156,7 @@ class Dashboard:
         if fmt == "json":
             return Response(status, "application/json", render.to_json({"error": message}).encode())
         return Response(
-            status, "text/html; charset=utf-8", pages.error_page(status, message).encode()
+            status, "text/html; charset=utf-8", html.error_page(status, message).encode()
         )
 
     def asset(self, name: str) -> Response:

@@ -14,7 +14,12 @@ from meterline.entitlements.policy import (
     Policy,
     build_policy,
 )
-from meterline.entitlements.reading import credit_balances, policy_usage, read_snapshot
+from meterline.entitlements.reading import (
+    credit_balances,
+    policy_usage,
+    read_snapshot,
+    unit_balances,
+)
 
 __all__ = [
     "Account",
@@ -28,6 +33,7 @@ __all__ = [
     "Snapshot",
     "build_policy",
     "credit_balances",
+    "unit_balances",
     "policy_usage",
     "read_snapshot",
 ]

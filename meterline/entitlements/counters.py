@@ -8,8 +8,9 @@ A counter holds, per (customer, feature, usage period), three figures:
   contains an event drops it from ``pending`` and nothing is counted twice;
 - ``reserved``: estimates of calls in flight, released when they finish.
 
-A call is admitted while ``stored + pending + reserved < limit`` for every hard limit
-it touches (so the call that reaches or crosses a limit is the last one allowed), and,
+A call is admitted while ``stored + pending + reserved < limit + granted`` for every hard
+limit it touches (``granted``: the customer's unit grants of that feature that invoices
+have not consumed yet) (so the call that reaches or crosses a limit is the last one allowed), and,
 for a prepaid plan, while the cost bound of the same units is below the credit balance.
 An admitted call reserves its estimate at once, so concurrent calls see each other: the
 overshoot of a hard limit is bounded by the estimate of the last call admitted (its
@@ -60,6 +61,8 @@ class Snapshot:
     balances: dict[str, Decimal]
     """Credit balance per customer (grants not expired, minus what invoices consumed)."""
     taken_at: datetime
+    unit_balances: dict[tuple[str, str], int] = field(default_factory=dict)
+    """Unit grants left per (customer, feature): added to that feature's hard limits."""
 
 
 @dataclass
@@ -70,6 +73,7 @@ class Counters:
     reserved: dict[Key, int] = field(default_factory=dict)
     balances: dict[str, Decimal] = field(default_factory=dict)
     snapshot_at: datetime | None = None
+    unit_balances: dict[tuple[str, str], int] = field(default_factory=dict)
     _balances: dict[str, Fraction] = field(default_factory=dict)
 
     def period(self, acct: Account, at: datetime) -> Period:
@@ -117,12 +121,14 @@ class Counters:
             acct = lim.account
             period, key = acct.current(now)
             used = self.committed(key)
-            if used >= lim.limit:
+            granted = self.unit_balances.get((pol.customer, acct.feature), 0)
+            if used >= lim.limit + granted:
                 retry = max(1, int((period.end - now).total_seconds()) + 1)
                 return Refusal(
                     "limit",
                     f"Meterline: {lim.source} limit of {lim.limit} {acct.feature} units per "
-                    f"period reached ({used} used or in flight); it resets at "
+                    f"period{f' (+{granted} granted)' if granted else ''} reached "
+                    f"({used} used or in flight); it resets at "
                     f"{period.end:%Y-%m-%dT%H:%M:%SZ}.",
                     f"limit:{acct.feature}",
                     retry,
@@ -195,6 +201,7 @@ class Counters:
                     self.pending_sum.pop(key, None)
         self.stored = snap.stored
         self.balances = snap.balances
+        self.unit_balances = snap.unit_balances
         self._balances = {k: Fraction(v) for k, v in snap.balances.items()}
         self.snapshot_at = snap.taken_at
 

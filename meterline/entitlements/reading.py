@@ -14,6 +14,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 import duckdb
 
@@ -113,12 +114,43 @@ def credit_balances(con: duckdb.DuckDBPyConnection, at: datetime) -> dict[str, D
         ).fetchall():
             consumed[grant_id] = Decimal(amount)
     out: dict[str, Decimal] = defaultdict(Decimal)
-    for grant_id, customer, amount, expires_at in con.execute(
-        "SELECT grant_id, customer_key, amount, expires_at FROM credit_grants"
-    ).fetchall():
-        if expires_at is not None and expires_at.replace(tzinfo=UTC) <= at:
+    for grant_id, customer, feature, amount, expires_at in _grant_rows(con):
+        if feature is not None or (expires_at is not None and expires_at.replace(tzinfo=UTC) <= at):
             continue
         out[customer] += max(Decimal(0), Decimal(amount) - consumed[grant_id])
+    return dict(out)
+
+
+def _grant_rows(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str, str | None, Any, Any]]:
+    """(grant id, customer, feature or None, amount, expires at) of every grant."""
+    try:
+        return con.execute(
+            "SELECT grant_id, customer_key, feature_key, amount, expires_at FROM credit_grants"
+        ).fetchall()
+    except duckdb.BinderException:  # a store from before unit grants (0202 not applied)
+        return [
+            (g, c, None, a, e)
+            for g, c, a, e in con.execute(
+                "SELECT grant_id, customer_key, amount, expires_at FROM credit_grants"
+            ).fetchall()
+        ]
+
+
+def unit_balances(con: duckdb.DuckDBPyConnection, at: datetime) -> dict[tuple[str, str], int]:
+    """Per (customer, feature): unit grants not expired at ``at`` minus what invoices took."""
+    if not _has_table(con, "credit_grants"):
+        return {}
+    consumed: dict[str, Decimal] = defaultdict(Decimal)
+    if _has_table(con, "credit_consumptions"):
+        for grant_id, amount in con.execute(
+            "SELECT grant_id, SUM(amount) FROM credit_consumptions GROUP BY grant_id"
+        ).fetchall():
+            consumed[grant_id] = Decimal(amount)
+    out: dict[tuple[str, str], int] = defaultdict(int)
+    for grant_id, customer, feature, amount, expires_at in _grant_rows(con):
+        if feature is None or (expires_at is not None and expires_at.replace(tzinfo=UTC) <= at):
+            continue
+        out[(customer, feature)] += int(max(Decimal(0), Decimal(amount) - consumed[grant_id]))
     return dict(out)
 
 
@@ -134,6 +166,7 @@ def read_snapshot(
         else:  # a new store: nothing metered yet
             stored, seen = {}, set()
         balances = credit_balances(con, at)
+        units = unit_balances(con, at)
     finally:
         con.execute("ROLLBACK")
-    return Snapshot(stored, seen, balances, at)
+    return Snapshot(stored, seen, balances, at, units)

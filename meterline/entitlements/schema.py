@@ -1,5 +1,7 @@
 """Governance tables beside ``usage_events``: credit grants and what invoices consumed.
 
+Grants are in the customer's currency or, with ``feature_key`` set, in a feature's units.
+
 Billing writes both (``billing credits grant``, invoice finalization); the proxy only
 reads them to know each prepaid customer's balance. Money is ``DECIMAL(38, 12)`` in the
 currency's major unit.
@@ -31,5 +33,12 @@ GOVERNANCE_MIGRATIONS: tuple[Migration, ...] = (
             consumed_at    TIMESTAMP NOT NULL         -- the invoice's issue time, UTC
         );
         """,
+    ),
+    Migration(
+        "0202_credit_grants_feature_units",
+        # A unit grant: ``feature_key`` names the feature and ``amount`` counts its units
+        # (``currency`` keeps the customer's currency, unused). NULL: a currency grant.
+        # ``credit_consumptions.amount`` of a unit grant counts units too.
+        "ALTER TABLE credit_grants ADD COLUMN IF NOT EXISTS feature_key VARCHAR;",
     ),
 )

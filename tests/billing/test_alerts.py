@@ -1,5 +1,5 @@
 """Alerts: thresholds fire once per period, a receiver that is down then up gets every
-alert exactly once, and each signature verifies with the README's three-line recipe."""
+alert exactly once, and each signature verifies with the three-line recipe of docs/governance.md."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def receiver() -> Iterator[Receiver]:
 
 
 def verify(header: str, body: bytes, secret: bytes) -> bool:
-    """The README's recipe, verbatim."""
+    """The recipe of docs/governance.md, verbatim."""
     fields = dict(item.split("=", 1) for item in header.split(","))
     expected = hmac.new(secret, f"{fields['t']}.".encode() + body, hashlib.sha256).hexdigest()
     return hmac.compare_digest(expected, fields["v1"]) and abs(time.time() - int(fields["t"])) < 300

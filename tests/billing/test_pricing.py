@@ -1,5 +1,5 @@
 """price_rate_card against the brute-force reference, identities between charge models,
-the order of operations, and the worked examples of README.md, "Pricing"."""
+the order of operations, and the worked examples of docs/billing.md, "Pricing"."""
 
 from __future__ import annotations
 

@@ -406,3 +406,41 @@ def test_a_stream_that_crosses_the_limit_finishes_and_counts_fully(
     assert "(110 used or in flight)" in err.value.message
     rows = rows_where(proxy, "reason IS NULL", 2)
     assert [r["output_tokens"] for r in rows] == [30, 80]
+
+
+def test_unit_grant_raises_a_hard_limit_at_the_proxy(
+    tmp_path: Path, fake_provider: FakeProvider, start_proxy: ProxyFactory
+) -> None:
+    """Limit 80 output tokens, 40 per call: refused at 80; a grant of 40 gpt-out units lets
+    one more call in (80 + 40 = 120), then refused again, naming the granted units."""
+    catalog = governed_catalog(
+        tmp_path / "catalog.yaml",
+        fake_provider,
+        ALICE,
+        entitlements=[{"feature": "gpt-out", "limit": 80}],
+    )
+    proxy = start_proxy(catalog=catalog, options={"meter_governance_refresh": "0.2"})
+    with openai_client(proxy, fake_provider, KEYS["alice"]) as client:
+        chat(client, 40)
+        chat(client, 40)
+        with pytest.raises(openai.RateLimitError):
+            chat(client, 40)
+        out = billing(proxy, catalog, "credits", "grant", "--customer", "acme",
+                      "--feature", "gpt-out", "--units", "40", "--reason", "goodwill")  # fmt: skip
+        assert out.endswith("40 gpt-out units to acme (priority 10)\n")
+        deadline = time.monotonic() + 60  # generous: a loaded machine slows every read
+        while True:  # the proxy re-reads unit balances within its refresh interval
+            try:
+                chat(client, 40)
+                break
+            except openai.RateLimitError:
+                assert time.monotonic() < deadline, "the grant never reached the proxy"
+                time.sleep(0.1)
+        with pytest.raises(openai.RateLimitError) as err:
+            chat(client, 40)
+        assert "limit of 80 gpt-out units per period (+40 granted) reached" in err.value.message
+    rows_where(proxy, "reason IS NULL", 3)
+    report = json.loads(billing(proxy, catalog, "entitlements", "--format", "json"))
+    [metered] = [r for r in report if r["type"] == "metered"]
+    assert (metered["limit"], metered["granted_units"], metered["used"]) == (80, 40, 120)
+    assert metered["remaining"] == 0

@@ -22,7 +22,7 @@ KEY = "sk-hostile-test-key-0000000001"
 HEADERS = {"authorization": f"Bearer {KEY}"}
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 #: Generous bounds: the suite runs on a loaded 2-core machine, and the client, the
-#: upstream and the proxy share it (the figures are printed; README, "Security").
+#: upstream and the proxy share it (the figures are printed; docs/durability-and-security.md).
 #: Before the limits one bomb took the proxy from 284 to 2,331 MB RSS and stalled every
 #: call for 13.8 s; three bombs and the 60 MB body would stall for well over a minute.
 MAX_RSS_GROWTH_MIB = 250

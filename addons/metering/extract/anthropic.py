@@ -1,6 +1,6 @@
 """Anthropic Messages API (JSON and SSE).
 
-Token mapping (see README.md, "Token model"): Anthropic's ``input_tokens`` already excludes
+Token mapping (see docs/token-model.md): Anthropic's ``input_tokens`` already excludes
 cached tokens, so ``input = input_tokens``, ``cached_input = cache_read_input_tokens``,
 ``cache_write = cache_creation_input_tokens`` (or the sum of the ``cache_creation``
 breakdown when only that is present), ``output = output_tokens`` (thinking included),

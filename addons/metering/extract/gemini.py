@@ -1,6 +1,6 @@
 """Google Gemini ``generateContent`` / ``streamGenerateContent`` (Gemini API and Vertex AI).
 
-Token mapping (see README.md, "Token model"): ``promptTokenCount`` includes
+Token mapping (see docs/token-model.md): ``promptTokenCount`` includes
 ``cachedContentTokenCount``, so ``input = promptTokenCount - cachedContentTokenCount +
 toolUsePromptTokenCount``, ``cached_input = cachedContentTokenCount``; Gemini reports no
 cache writes in these calls; ``output = candidatesTokenCount + thoughtsTokenCount``

@@ -3,7 +3,7 @@
 Also serves the OpenAI-compatible providers (Azure OpenAI, Mistral, Groq, DeepSeek,
 OpenRouter, vLLM, Ollama), tolerating their extra and missing fields.
 
-Token mapping (see README.md, "Token model"):
+Token mapping (see docs/token-model.md):
 
 - Chat/Completions/Embeddings ``usage``: ``input = prompt_tokens - cached``, where
   ``cached = prompt_tokens_details.cached_tokens``, or DeepSeek's

@@ -90,6 +90,22 @@ def test_snapshot_takes_over_pending_events_without_counting_twice() -> None:
     assert c.used(key) == 105
 
 
+def test_unit_grants_raise_the_hard_limit_of_their_feature_only() -> None:
+    pol = policy_of(
+        catalog(entitlements=[{"feature": "out", "limit": 100}, {"feature": "all", "limit": 500}])
+    )
+    key = pol.limits[0].account.current(NOW)[1]
+    c = Counters()
+    c.apply(Snapshot({key: 100}, set(), {}, NOW))
+    assert isinstance(c.admit(pol, "openai", "gpt-4o", 0, 40, NOW), Refusal)
+    c.apply(Snapshot({key: 100}, set(), {}, NOW, {("acme", "out"): 30, ("acme", "mini"): 999}))
+    r = c.admit(pol, "openai", "gpt-4o", 0, 40, NOW)  # 100 < 130: the last one allowed
+    assert isinstance(r, Reservation)
+    refused = c.admit(pol, "openai", "gpt-4o", 0, 40, NOW)
+    assert isinstance(refused, Refusal)
+    assert "limit of 100 out units per period (+30 granted) reached (140 used" in refused.message
+
+
 def test_boolean_entitlements_are_an_allow_list() -> None:
     pol = policy_of(
         catalog(

@@ -3,7 +3,7 @@
 Payload shapes follow each provider's API reference examples (OpenAI Chat Completions,
 Completions, Embeddings and Responses; Anthropic Messages and its streaming guide;
 Gemini generateContent/streamGenerateContent; Azure OpenAI, Mistral, Groq, DeepSeek,
-OpenRouter, vLLM and Ollama docs). README.md, "Token model" documents exactly these rows
+OpenRouter, vLLM and Ollama docs). docs/token-model.md documents exactly these rows
 (tests/addons/metering/extract/test_init.py checks that the table names every case).
 """
 

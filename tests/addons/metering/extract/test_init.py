@@ -15,7 +15,7 @@ from addons.metering.extract.framing import JsonBodyExtractor, SniffingExtractor
 from addons.metering.usage import Usage
 from tests.addons.metering.extract.cases import CASES, STREAM_CASES, Case
 
-DOC = Path(__file__).resolve().parents[4] / "README.md"  # its "Token model" table
+DOC = Path(__file__).resolve().parents[4] / "docs" / "token-model.md"  # its table
 
 
 def run(case: Case, chunks: list[bytes] | None = None, content_type: str | None = "same"):

@@ -1,0 +1,179 @@
+"""Prepaid units of one feature (unit grants): granted, listed, and taken by invoices.
+
+A unit grant is a row of ``credit_grants`` with ``feature_key`` set and ``amount``
+counting whole units of that feature (audited like currency grants: who, when, why).
+An invoice's ``usage`` line of the feature takes units from the customer's unit grants
+of that feature, in :meth:`billing.credits.Grant.order` (priority, then expiry, then
+age), at most the line's *billable* quantity (after the rate card's included
+allowance: included units cost nothing, so no grant is spent on them). The usage line
+keeps the metered quantity and its price, so it still adds up to its events
+(``billing invoice explain``); right after it a ``credit`` line shows the units taken
+(``quantity``) and, as ``amount``, the line priced at ``metered - taken`` minus the line
+priced at ``metered``: both amounts are rounded by the same pricing, so the difference
+is exact, and the line's net is never below zero. The credit line's detail names each
+grant and the units it gave; :mod:`billing.ledger` stores them in
+``credit_consumptions`` (units, for a unit grant) in the invoice's transaction, and
+Stripe gets the line as a negative item like the currency credit line. Late usage lines
+take no units.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import duckdb
+
+from billing.build import UsageCard
+from billing.credits import CreditError, Grant, insert_grant
+from billing.errors import UnknownCustomer
+from billing.model import Invoice, InvoiceLine
+from billing.pricing import price_rate_card
+from meterline.catalog import Catalog
+
+
+def grant_units(
+    con: duckdb.DuckDBPyConnection,
+    catalog: Catalog,
+    customer_key: str,
+    feature_key: str,
+    units: int,
+    *,
+    granted_by: str,
+    reason: str,
+    priority: int = 10,
+    expires_at: datetime | None = None,
+    now: datetime | None = None,
+) -> Grant:
+    now = now or datetime.now(UTC)
+    try:
+        customer = catalog.customer(customer_key)
+    except KeyError:
+        raise UnknownCustomer(catalog, customer_key) from None
+    if feature_key not in {f.key for f in catalog.features}:
+        known = ", ".join(sorted(f.key for f in catalog.features)) or "none"
+        raise CreditError(f"unknown feature {feature_key!r} (features: {known})")
+    if units <= 0:
+        raise CreditError(f"a grant must be positive, got {units} units")
+    if expires_at is not None and expires_at <= now:
+        raise CreditError("the grant would already be expired")
+    amount = Decimal(units)
+    grant_id = insert_grant(
+        con, customer.key, customer.currency, amount, feature_key,
+        priority=priority, expires_at=expires_at, now=now, granted_by=granted_by, reason=reason,
+    )  # fmt: skip
+    return Grant(
+        grant_id, customer.key, feature_key, amount, priority, expires_at, now,
+        granted_by, reason, amount,
+    )  # fmt: skip
+
+
+def list_unit_grants(con: duckdb.DuckDBPyConnection, customer: str | None = None) -> list[Grant]:
+    """Unit grants; ``Grant.currency`` holds the feature key, amounts count units."""
+    consumed: dict[str, Decimal] = {}
+    for grant_id, total in con.execute(
+        "SELECT grant_id, SUM(amount) FROM credit_consumptions GROUP BY grant_id"
+    ).fetchall():
+        consumed[grant_id] = Decimal(total)
+    where, params = ("AND customer_key = ?", [customer]) if customer else ("", [])
+    out = []
+    for r in con.execute(
+        "SELECT grant_id, customer_key, feature_key, amount, priority, expires_at, granted_at, "
+        f"granted_by, reason FROM credit_grants WHERE feature_key IS NOT NULL {where} "
+        "ORDER BY seq",
+        params,
+    ).fetchall():
+        amount = Decimal(int(r[3]))
+        left = max(Decimal(0), amount - consumed.get(r[0], Decimal(0)))
+        out.append(
+            Grant(
+                r[0],
+                r[1],
+                r[2],
+                amount,
+                int(r[4]),
+                r[5].replace(tzinfo=UTC) if r[5] else None,
+                r[6].replace(tzinfo=UTC),
+                r[7],
+                r[8],
+                left,
+            )  # fmt: skip
+        )
+    return out
+
+
+def _take(grants: list[Grant], wanted: int, at: datetime) -> list[dict[str, Any]]:
+    taken: list[dict[str, Any]] = []
+    for g in grants:
+        if wanted <= 0:
+            break
+        if not g.usable_at(at):
+            continue
+        n = min(int(g.remaining), wanted)
+        g.remaining -= n
+        wanted -= n
+        taken.append({"grant_id": g.grant_id, "amount": str(n)})
+    return taken
+
+
+def _unit_credit(
+    line: InvoiceLine, currency: str, grants: list[Grant], at: datetime
+) -> InvoiceLine | None:
+    pricing = line.detail.get("pricing") or {}
+    billable = int(Decimal(pricing.get("billable_quantity", "0")))
+    taken = _take(grants, billable, at)
+    if not taken:
+        return None
+    units = sum(int(t["amount"]) for t in taken)
+    uc = UsageCard.from_snapshot(line.plan_key, line.detail)
+    reduced = price_rate_card(
+        uc.card, line.quantity - units, currency=currency, proration=uc.proration or 1
+    )
+    return InvoiceLine(
+        kind="credit",
+        rate_card_key=line.rate_card_key,
+        feature_key=line.feature_key,
+        plan_key=line.plan_key,
+        description=f"Granted units applied: {units} {line.feature_key}",
+        usage_start=line.usage_start,
+        usage_end=line.usage_end,
+        quantity=Decimal(units),
+        unit_price=None,
+        amount=reduced.amount - line.amount,
+        detail={
+            "grants": taken,
+            "unit_grant": True,
+            "metered_quantity": str(line.quantity),
+            "billed_quantity": str(line.quantity - units),
+            "pricing": reduced.to_detail(),
+        },
+    )
+
+
+def apply_unit_grants(
+    con: duckdb.DuckDBPyConnection, invoices: Sequence[Invoice], at: datetime
+) -> None:
+    """After each usage line the customer's unit grants cover, add its credit line."""
+    by_customer: dict[str, list[Grant]] = {}
+    for inv in invoices:
+        if inv.customer_key not in by_customer:
+            by_customer[inv.customer_key] = sorted(
+                list_unit_grants(con, inv.customer_key), key=Grant.order
+            )
+        mine = by_customer[inv.customer_key]
+        if not mine:
+            continue
+        lines: list[InvoiceLine] = []
+        for line in inv.lines:
+            lines.append(line)
+            if line.kind != "usage" or not line.feature_key or line.quantity <= 0:
+                continue
+            grants = [g for g in mine if g.currency == line.feature_key]
+            credit = _unit_credit(line, inv.currency, grants, at) if grants else None
+            if credit is not None:
+                lines.append(credit)
+        for n, line in enumerate(lines, start=1):
+            line.line_no = n
+        inv.lines = lines
