@@ -156,11 +156,19 @@ class Tally:
         return f"FAULT {name}: " + json.dumps(figures | extra)
 
 
-def tally(proxy: MeterProxy, answered: list[str]) -> Tally:
-    """Answered calls without an event (lost), and request ids stored more than once."""
-    rows = proxy.events()
-    counts = Counter(r["request_id"] for r in rows)
-    lost = sorted(set(answered) - set(counts))
+def tally(proxy: MeterProxy, answered: list[str], timeout: float = 30.0) -> Tally:
+    """Answered calls without an event (lost), and request ids stored more than once.
+
+    An answered call's event may still be in the spool, durably, until the writer's next
+    flush: the store is read again until every answered call is there or ``timeout`` passed.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        counts = Counter(r["request_id"] for r in proxy.events())
+        lost = sorted(set(answered) - set(counts))
+        if not lost or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     doubled = sorted(r for r, n in counts.items() if n > 1)
     return Tally(len(answered), lost, doubled)
 
