@@ -261,6 +261,21 @@ class SpoolWriter:
                 with self._flush_lock:
                     self.link.let_go()
 
+    def _insert(self, segments: list[Path]) -> tuple[int, int]:
+        """Insert the segments; a held connection whose view of the table is out of date
+        (another proxy of a fleet migrated the lake meanwhile) is attached afresh once."""
+        import duckdb
+
+        for attempt in (1, 2):
+            try:
+                with private_files():  # the file and its WAL hold events: 0600
+                    return insert_segments(self.link.connection(), segments)
+            except (duckdb.BinderException, duckdb.CatalogException):
+                if attempt == 2 or not self.link.is_lake:
+                    raise
+                self.link.reset()
+        raise AssertionError("unreachable")
+
     def flush(self, *, hold: bool = False) -> bool:
         """Seal, insert and delete every pending segment now. False if the store failed.
 
@@ -275,8 +290,7 @@ class SpoolWriter:
                 return True
             locator = self.locator
             try:
-                with private_files():  # the file and its WAL hold events: 0600
-                    inserted, skipped = insert_segments(self.link.connection(), segments)
+                inserted, skipped = self._insert(segments)
             except Exception as e:  # keep the segments; the next flush retries them
                 self.failures += 1
                 self.link.reset()  # the store may have been replaced: attach it afresh
