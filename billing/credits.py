@@ -25,7 +25,8 @@ import duckdb
 from billing.errors import UnknownCustomer, UserError
 from billing.model import Invoice, InvoiceLine
 from billing.money import round_money
-from meterline.catalog import Catalog
+from billing.storevalues import to_db
+from meterline.catalog import Catalog, Customer
 
 
 class CreditError(UserError, ValueError):
@@ -53,10 +54,6 @@ class Grant:
         return (self.priority, self.expires_at is None, expires, self.grant_id)
 
 
-def _db(value: datetime) -> datetime:
-    return value.astimezone(UTC).replace(tzinfo=None)
-
-
 def grant_credits(
     con: duckdb.DuckDBPyConnection,
     catalog: Catalog,
@@ -70,24 +67,48 @@ def grant_credits(
     now: datetime | None = None,
 ) -> Grant:
     now = now or datetime.now(UTC)
-    try:
-        customer = catalog.customer(customer_key)
-    except KeyError:
-        raise UnknownCustomer(catalog, customer_key) from None
+    customer = grant_customer(catalog, customer_key)
     if amount <= 0:
         raise CreditError(f"a grant must be positive, got {amount}")
     if round_money(amount, customer.currency) != amount:
         raise CreditError(f"{amount} {customer.currency} has more decimals than the currency")
+    return store_grant(
+        con, customer, customer.currency, amount, None,
+        priority=priority, expires_at=expires_at, now=now, granted_by=granted_by, reason=reason,
+    )  # fmt: skip
+
+
+def grant_customer(catalog: Catalog, customer_key: str) -> Customer:
+    """The customer a grant is for (a one-line error for an unknown one)."""
+    try:
+        return catalog.customer(customer_key)
+    except KeyError:
+        raise UnknownCustomer(catalog, customer_key) from None
+
+
+def store_grant(
+    con: duckdb.DuckDBPyConnection,
+    customer: Customer,
+    unit: str,
+    amount: Decimal,
+    feature_key: str | None,
+    *,
+    priority: int,
+    expires_at: datetime | None,
+    now: datetime,
+    granted_by: str,
+    reason: str,
+) -> Grant:
+    """Store a checked grant of ``amount`` ``unit`` (the currency, or a feature's units)."""
     if expires_at is not None and expires_at <= now:
         raise CreditError("the grant would already be expired")
     grant_id = insert_grant(
-        con, customer.key, customer.currency, amount, None,
+        con, customer.key, customer.currency, amount, feature_key,
         priority=priority, expires_at=expires_at, now=now, granted_by=granted_by, reason=reason,
     )  # fmt: skip
     return Grant(
-        grant_id, customer.key, customer.currency, amount, priority, expires_at, now,
-        granted_by, reason, amount,
-    )  # fmt: skip
+        grant_id, customer.key, unit, amount, priority, expires_at, now, granted_by, reason, amount
+    )
 
 
 def insert_grant(
@@ -120,8 +141,8 @@ def insert_grant(
                 currency,
                 amount,
                 priority,
-                _db(expires_at) if expires_at else None,
-                _db(now),
+                to_db(expires_at) if expires_at else None,
+                to_db(now),
                 granted_by,
                 reason,
                 feature_key,

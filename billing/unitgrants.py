@@ -27,8 +27,7 @@ from typing import Any
 import duckdb
 
 from billing.build import UsageCard
-from billing.credits import CreditError, Grant, insert_grant
-from billing.errors import UnknownCustomer
+from billing.credits import CreditError, Grant, grant_customer, store_grant
 from billing.model import Invoice, InvoiceLine
 from billing.pricing import price_rate_card
 from meterline.catalog import Catalog
@@ -48,25 +47,15 @@ def grant_units(
     now: datetime | None = None,
 ) -> Grant:
     now = now or datetime.now(UTC)
-    try:
-        customer = catalog.customer(customer_key)
-    except KeyError:
-        raise UnknownCustomer(catalog, customer_key) from None
+    customer = grant_customer(catalog, customer_key)
     if feature_key not in {f.key for f in catalog.features}:
         known = ", ".join(sorted(f.key for f in catalog.features)) or "none"
         raise CreditError(f"unknown feature {feature_key!r} (features: {known})")
     if units <= 0:
         raise CreditError(f"a grant must be positive, got {units} units")
-    if expires_at is not None and expires_at <= now:
-        raise CreditError("the grant would already be expired")
-    amount = Decimal(units)
-    grant_id = insert_grant(
-        con, customer.key, customer.currency, amount, feature_key,
+    return store_grant(
+        con, customer, feature_key, Decimal(units), feature_key,
         priority=priority, expires_at=expires_at, now=now, granted_by=granted_by, reason=reason,
-    )  # fmt: skip
-    return Grant(
-        grant_id, customer.key, feature_key, amount, priority, expires_at, now,
-        granted_by, reason, amount,
     )  # fmt: skip
 
 
