@@ -260,7 +260,7 @@ class Meter:
             route, provider = None, self.registry.lookup(req.host, req.port)
         if provider is None:
             provider = providers.lookup_named(
-                self.registry, req.port, req.host_header, flow.client_conn.sni
+                self.registry, req.host, req.port, req.host_header, flow.client_conn.sni
             )
             if provider is None:
                 return

@@ -200,18 +200,20 @@ def canonical_host(host: str) -> str:
 
 
 def lookup_named(
-    registry: ProviderRegistry, port: int, host_header: str | None, sni: str | None
+    registry: ProviderRegistry, dest: str, port: int, host_header: str | None, sni: str | None
 ) -> MeteredProvider | None:
-    """The provider a request names, when its destination is not one: the ``Host``
+    """The provider a request names, when its destination ``dest`` is not one: the ``Host``
     header, then the TLS SNI. A CONNECT to an IP literal of a provider (the SNI and Host
-    still name it) is metered as that provider. Each lookup is memoised."""
+    still name it) is metered as that provider. Each lookup is memoised; a name equal to
+    ``dest`` (the usual case: not a provider) is not looked up again."""
     if host_header:
         name, _, port_text = host_header.rpartition(":")
         if not name or "]" in port_text or not port_text.isdigit():
             name = host_header
-        provider = registry.lookup(name, port)
-        if provider is not None:
-            return provider
-    if sni:
+        if name != dest:
+            provider = registry.lookup(name, port)
+            if provider is not None:
+                return provider
+    if sni and sni != dest:
         return registry.lookup(sni, port)
     return None

@@ -158,6 +158,9 @@ def test_other_spellings_of_a_catalog_host() -> None:
     assert reg.lookup("[::1]", 8000) is not None
     assert reg.lookup("127.0.0.1", 8001) is None
     named = ProviderRegistry([(MeteredProvider("o", "openai", "bearer"), ["api.openai.com"])])
-    assert lookup_named(named, 443, "api.openai.com:443", None) is not None
-    assert lookup_named(named, 443, None, "api.openai.com") is not None
-    assert lookup_named(named, 443, "example.com", "example.com") is None
+    ip = "162.159.140.245"  # a CONNECT to an IP literal
+    assert lookup_named(named, ip, 443, "api.openai.com:443", None) is not None
+    assert lookup_named(named, ip, 443, None, "api.openai.com") is not None
+    assert lookup_named(named, ip, 443, "example.com", "example.com") is None
+    # the Host header and SNI naming the destination itself are not looked up again
+    assert lookup_named(named, "example.com", 443, "example.com", "example.com") is None
