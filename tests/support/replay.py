@@ -18,8 +18,6 @@ before ending it: a provider that is slow to close the stream after ``data: [DON
 from __future__ import annotations
 
 import asyncio
-import ssl
-import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -27,61 +25,20 @@ from typing import Any
 from aiohttp import web
 
 from tests.support.recordings import Recording
-from tests.support.upstream import make_self_signed
+from tests.support.upstream import LoopbackServers
 
 PIECE = 997  # an odd size: pieces split SSE events and gzip blocks anywhere
 
 
-class ReplayUpstream:
+class ReplayUpstream(LoopbackServers):
     def __init__(self, recordings: list[Recording], workdir: Path) -> None:
-        self.workdir = workdir
+        providers = sorted({r.provider for r in recordings})
+        super().__init__(workdir, providers)
         self.recordings = {r.id: r for r in recordings}
-        self.providers = sorted({r.provider for r in recordings})
+        self.providers = providers
         self.flavors = {r.provider: r.flavor for r in recordings}
-        self.ports: dict[str, int] = {}
-        self.tls_ports: dict[str, int] = {}
         self.received: dict[str, bytes] = {}
         """Request body received per request id (what the proxy forwarded)."""
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._runner: web.AppRunner | None = None
-
-    def start(self) -> ReplayUpstream:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-        return self
-
-    async def _start(self) -> None:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        cert, key = make_self_signed(self.workdir)
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.load_cert_chain(cert, key)
-        for provider in self.providers:
-            for ports, tls in ((self.ports, None), (self.tls_ports, ctx)):
-                site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=tls)
-                await site.start()
-                ports[provider] = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
-    def stop(self) -> None:
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-        self._loop.close()
-
-    def __enter__(self) -> ReplayUpstream:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def base_url(self, provider: str, *, tls: bool = False) -> str:
-        if tls:
-            return f"https://127.0.0.1:{self.tls_ports[provider]}"
-        return f"http://127.0.0.1:{self.ports[provider]}"
 
     def catalog_providers(self) -> list[dict[str, Any]]:
         """Catalog entries named after the corpus providers (``xai``, ``groq`` ...)."""

@@ -47,7 +47,7 @@ import uuid
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import brotli
 from aiohttp import web
@@ -227,23 +227,24 @@ def make_self_signed(directory: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-class FakeProvider:
-    """Start with :meth:`start` (or as a context manager); inspect :attr:`exchanges`."""
+class LoopbackServers:
+    """An aiohttp app on its own event-loop thread, served on 127.0.0.1 under each of
+    ``names`` on a plain and a TLS port (a self-signed certificate in ``workdir``).
+    Subclasses answer in ``_handle``; start with :meth:`start` or as a context manager."""
 
-    def __init__(self, workdir: Path, *, seed: int | None = None) -> None:
+    def __init__(self, workdir: Path, names: list[str]) -> None:
         self.workdir = Path(workdir)
-        self.exchanges: list[Exchange] = []
+        self.names = names
         self.ports: dict[str, int] = {}
         self.tls_ports: dict[str, int] = {}
-        self._rng = random.Random(seed)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._runner: web.AppRunner | None = None
-        self._lock = threading.Lock()
 
-    # -- lifecycle ---------------------------------------------------------------------
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        raise NotImplementedError
 
-    def start(self) -> FakeProvider:
+    def start(self) -> Self:
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
         return self
@@ -256,12 +257,12 @@ class FakeProvider:
         cert, key = make_self_signed(self.workdir)
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(cert, key)
-        for flavor in FLAVORS:
+        for name in self.names:
             for tls in (False, True):
                 site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=ctx if tls else None)
                 await site.start()
                 port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-                (self.tls_ports if tls else self.ports)[flavor] = port
+                (self.tls_ports if tls else self.ports)[name] = port
 
     def stop(self) -> None:
         if self._runner is not None:
@@ -270,17 +271,27 @@ class FakeProvider:
         self._thread.join(5)
         self._loop.close()
 
-    def __enter__(self) -> FakeProvider:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def base_url(self, flavor: str, *, tls: bool = False) -> str:
-        """Where to send ``flavor`` requests; each flavor has its own ports (plain and TLS)."""
+    def base_url(self, name: str, *, tls: bool = False) -> str:
+        """Where to send ``name``'s requests (each has its own plain and TLS port)."""
         if tls:
-            return f"https://127.0.0.1:{self.tls_ports[flavor]}"
-        return f"http://127.0.0.1:{self.ports[flavor]}"
+            return f"https://127.0.0.1:{self.tls_ports[name]}"
+        return f"http://127.0.0.1:{self.ports[name]}"
+
+
+class FakeProvider(LoopbackServers):
+    """Start with :meth:`start` (or as a context manager); inspect :attr:`exchanges`."""
+
+    def __init__(self, workdir: Path, *, seed: int | None = None) -> None:
+        super().__init__(workdir, list(FLAVORS))
+        self.exchanges: list[Exchange] = []
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
 
     def catalog_providers(self) -> list[dict[str, Any]]:
         """Catalog ``providers`` entries that make the proxy meter this server."""
