@@ -233,9 +233,9 @@ def test_batch_of_unreadable_lines_only_inserts_nothing(tmp_path: Path) -> None:
     spool.close()
 
 
-def test_flushes_are_spread_out_when_they_are_slow() -> None:
-    """A quick flush keeps the interval; a slow one (a loaded machine) stretches the wait to
-    FLUSH_DUTY_FACTOR times its duration, at most MAX_INTERVAL_STRETCH intervals."""
+def test_flushes_are_spread_out_when_they_are_costly() -> None:
+    """A cheap flush keeps the interval; a costly one (a big backlog) stretches the wait to
+    FLUSH_DUTY_FACTOR times the CPU it used, at most MAX_INTERVAL_STRETCH intervals."""
     assert next_wait(1.0, 0.03, failed=False) == 1.0
     assert next_wait(1.0, 0.25, failed=False) == 0.25 * FLUSH_DUTY_FACTOR
     assert next_wait(1.0, 30.0, failed=False) == MAX_INTERVAL_STRETCH
