@@ -26,11 +26,11 @@ from collections.abc import Sequence
 #: Same window as the store's dedup (``DEDUP_WINDOW``): an id stored at or after the
 #: batch's earliest ``ts`` minus this is a repeat.
 WINDOW_US = 5 * 60 * 1_000_000
-#: Ids are remembered this long after their commit (wall clock): twice the window.
-REMEMBER_S = 600.0
-#: At most this many ids are remembered (a proxy at 1,000 requests/s for 10 minutes is
-#: 600k); past it the oldest are forgotten first.
-MAX_IDS = 1_000_000
+#: Ids are remembered this long after their commit (wall clock): the window and a minute.
+REMEMBER_S = 360.0
+#: At most this many ids are remembered (~120 bytes each: a proxy at 100 requests/s
+#: holds 36k, ~4 MB); past it the oldest are forgotten first.
+MAX_IDS = 500_000
 
 
 class RecentIds:
@@ -39,9 +39,11 @@ class RecentIds:
     def __init__(self, *, remember_s: float = REMEMBER_S, max_ids: int = MAX_IDS) -> None:
         self.remember_s = remember_s
         self.max_ids = max_ids
-        self._ts: dict[str, tuple[int, float]] = {}
-        """event_id -> (its ts in µs, when the batch that brought it was remembered)."""
-        self._batches: deque[tuple[float, list[str]]] = deque()
+        self._ts: dict[int, tuple[int, float]] = {}
+        """hash(event_id) -> (its ts in µs, when the batch that brought it was remembered).
+        A hash, not the id: a third of the memory; two ids sharing one (1 in 2^64) only
+        send a batch through the store's check, which is exact."""
+        self._batches: deque[tuple[float, list[int]]] = deque()
 
     def __len__(self) -> int:
         return len(self._ts)
@@ -52,13 +54,14 @@ class RecentIds:
         if not rows:
             return False
         low = min(ts for _, ts in rows) - WINDOW_US
-        seen: set[str] = set()
+        seen: set[int] = set()
         known = self._ts
         for event_id, _ in rows:
-            if event_id in seen:
+            key = hash(event_id)
+            if key in seen:
                 return True
-            seen.add(event_id)
-            stored = known.get(event_id)
+            seen.add(key)
+            stored = known.get(key)
             if stored is not None and stored[0] >= low:
                 return True
         return False
@@ -68,18 +71,19 @@ class RecentIds:
         now = time.monotonic() if now is None else now
         ids = []
         for event_id, ts in rows:
-            before = self._ts.get(event_id)
-            self._ts[event_id] = (max(ts, before[0]) if before else ts, now)
-            ids.append(event_id)
+            key = hash(event_id)
+            before = self._ts.get(key)
+            self._ts[key] = (max(ts, before[0]) if before else ts, now)
+            ids.append(key)
         self._batches.append((now, ids))
         while self._batches and (
             self._batches[0][0] < now - self.remember_s or len(self._ts) > self.max_ids
         ):
             added, old = self._batches.popleft()
-            for event_id in old:
-                entry = self._ts.get(event_id)
+            for key in old:
+                entry = self._ts.get(key)
                 if entry is not None and entry[1] == added:  # not brought again since
-                    del self._ts[event_id]
+                    del self._ts[key]
 
     def clear(self) -> None:
         self._ts.clear()
