@@ -29,6 +29,7 @@ import argparse
 import bisect
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -116,6 +117,7 @@ def month(args: argparse.Namespace, lake: str, pg: str, work: Path) -> dict[str,
 
     maintainer = LakeMaintainer(lake, every_s=0, holder="fleet-bench")
     samples: list[dict[str, float]] = []
+    failed_passes: list[str] = []
 
     def maintain_loop() -> None:
         next_at = args.maintain_every
@@ -124,7 +126,12 @@ def month(args: argparse.Namespace, lake: str, pg: str, work: Path) -> dict[str,
                 next_at = commits[0] + args.maintain_every
                 at = commits[0]
                 started = time.perf_counter()
-                report = maintainer.run_once(keep_snapshots=args.keep_snapshots)
+                try:
+                    report = maintainer.run_once(keep_snapshots=args.keep_snapshots)
+                except Exception as e:  # a proxy's maintainer logs it and tries later
+                    failed_passes.append(f"{at}: {str(e)[:200]}")
+                    print(failed_passes[-1], file=sys.stderr, flush=True)
+                    continue
                 seconds = time.perf_counter() - started
                 if report is not None:
                     state = _lake_state(lake, pg)
@@ -143,8 +150,8 @@ def month(args: argparse.Namespace, lake: str, pg: str, work: Path) -> dict[str,
 
     pg0 = _postgres_cpu_s()
     started = time.perf_counter()
-    threads = [threading.Thread(target=run, args=(p,)) for p in range(args.proxies)]
-    loop = threading.Thread(target=maintain_loop)
+    threads = [threading.Thread(target=run, args=(p,), daemon=True) for p in range(args.proxies)]
+    loop = threading.Thread(target=maintain_loop, daemon=True)
     loop.start()
     for t in threads:
         t.start()
@@ -174,6 +181,7 @@ def month(args: argparse.Namespace, lake: str, pg: str, work: Path) -> dict[str,
         "writer_cpu_us_per_event": round(cpu_s[0] / max(events, 1) * 1e6, 1),
         "postgres_cpu_us_per_event": round(pg_cpu / max(events, 1) * 1e6, 1),
         "passes": len(samples),
+        "failed_passes": failed_passes,
         "pass_s_max": max((s["pass_s"] for s in samples), default=None),
         "second_half_max": {
             k: max((s[k] for s in half), default=None)
@@ -221,13 +229,16 @@ def rate(args: argparse.Namespace, lake: str, pg: str, work: Path) -> dict[str, 
             n += 1
 
     maintainer = LakeMaintainer(lake, every_s=0, holder="fleet-bench")
-    passes: list[float] = []
+    passes: list[float | str] = []
 
     def maintain_loop() -> None:
         while not stop.wait(args.maintain_every_s):
             t0 = time.perf_counter()
-            if maintainer.run_once(keep_snapshots=args.keep_snapshots) is not None:
-                passes.append(round(time.perf_counter() - t0, 2))
+            try:
+                if maintainer.run_once(keep_snapshots=args.keep_snapshots) is not None:
+                    passes.append(round(time.perf_counter() - t0, 2))
+            except Exception as e:  # a proxy's maintainer logs it and tries later
+                passes.append(f"failed: {str(e)[:200]}")
 
     for _, writer in writers:
         writer.start()
@@ -238,8 +249,10 @@ def rate(args: argparse.Namespace, lake: str, pg: str, work: Path) -> dict[str, 
     ]
     cpu0 = [time.clock_gettime(c) for c in clocks]
     pg0 = _postgres_cpu_s()
-    producers = [threading.Thread(target=produce, args=(p,)) for p in range(len(writers))]
-    loop = threading.Thread(target=maintain_loop)
+    producers = [
+        threading.Thread(target=produce, args=(p,), daemon=True) for p in range(len(writers))
+    ]
+    loop = threading.Thread(target=maintain_loop, daemon=True)
     for t in [*producers, loop]:
         t.start()
     time.sleep(args.seconds)
@@ -319,6 +332,8 @@ def main() -> None:
         p.add_argument("--keep-snapshots", type=int, default=6000)
         p.add_argument("--customers", type=int, default=100)
     args = ap.parse_args()
+    # ``timeout`` or a kill: unwind, so the throwaway PostgreSQL server is stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with tempfile.TemporaryDirectory(prefix="meterline-fleet-") as tmp, postgres_server() as pg:
         work = Path(tmp)
         os.environ["METERLINE_LAKE_DATA"] = str(work / "lake-data")

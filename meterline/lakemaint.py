@@ -53,6 +53,7 @@ LEASE = "maintenance"
 DEFAULT_KEEP = timedelta(minutes=10)
 DEFAULT_LEASE_TTL = timedelta(minutes=30)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+COMMIT_RETRIES = 1000
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,9 @@ def maintain(
     """One maintenance pass on the attached lake ``catalog`` (see the module docstring)."""
     started = time.monotonic()
     con.execute(f"SET memory_limit = '{memory_limit}'")
+    # A merge commits while the fleet keeps committing (ten proxies: 10+ commits/s);
+    # each commit in between makes DuckLake retry it. Its default 10 tries gave up.
+    con.execute(f"SET ducklake_max_retry_count = {COMMIT_RETRIES}")
     files_before, snapshots_before = lake_counts(con, catalog)
     if flush_inlined:
         con.execute(f"SELECT count(*) FROM ducklake_flush_inlined_data('{catalog}')").fetchall()
