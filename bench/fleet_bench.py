@@ -9,7 +9,10 @@ every ``--maintain-every`` fleet commits that keeps the last ``--keep-snapshots`
 snapshots (:func:`meterline.lakemaint.retention_cutoff`: retention by commits, since a
 wall-clock "10 minutes" means nothing in compressed time), and samples data files,
 snapshots and the catalog's size (``pg_database_size``) after every pass: a plateau that
-does not grow with the commits is what a month would look like.
+does not grow with the commits is what a month would look like. The writers are paced to
+``--commits-per-s`` fleet commits (default 20, twice a real fleet's): unpaced, 10
+writers made 35-60 commits/s here, and a merge, whose commit DuckLake retries until no
+writer committed in between, could not get one in.
 
 ``rate`` (what a proxy sees): ``--proxies`` writers running their own loop
 (``interval`` 1 s) while each gets ``--rate`` events per second, evenly, for
@@ -19,7 +22,7 @@ and the PostgreSQL server's CPU (``/proc``) per event, failed flushes.
 
 Usage::
 
-    .venv/bin/python bench/fleet_bench.py month --proxies 10 --commits 60000 --events 20
+    .venv/bin/python bench/fleet_bench.py month --proxies 10 --commits 40000 --events 20
     .venv/bin/python bench/fleet_bench.py rate --proxies 2 --rate 100 --seconds 120
 """
 
@@ -102,7 +105,12 @@ def month(args: argparse.Namespace, lake: str, pg: str, work: Path) -> dict[str,
     def run(p: int) -> None:
         spool, writer = writers[p]
         n = 0
+        period = args.proxies / args.commits_per_s if args.commits_per_s else 0.0
+        due = time.monotonic() + period * p / args.proxies
         while not stop.is_set():
+            due += period
+            if due > time.monotonic():
+                time.sleep(due - time.monotonic())
             for _ in range(args.events):
                 spool.append(_event(p, n, args.customers))
                 n += 1
@@ -321,6 +329,14 @@ def main() -> None:
     m.add_argument("--commits", type=int, default=60_000, help="fleet commits in all")
     m.add_argument("--events", type=int, default=20, help="events per commit")
     m.add_argument("--maintain-every", type=int, default=6000, help="fleet commits per pass")
+    m.add_argument(
+        "--commits-per-s",
+        type=float,
+        default=20.0,
+        help="fleet commit rate (0: as fast as they go). A real fleet of 10 makes 10/s; "
+        "much faster starves a merge's commit (it retries until no writer committed "
+        "meanwhile), which a real fleet would not see",
+    )
     m.add_argument("--billing", action="store_true", help="then time billing on the lake")
     r = sub.add_parser("rate", help="ingest lag and CPU at a request rate")
     r.add_argument("--rate", type=float, default=100.0, help="events/s per proxy")
