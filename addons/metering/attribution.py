@@ -68,17 +68,16 @@ def _values(headers: Mapping[str, str], query: str) -> dict[str, list[str]]:
     """Every key value by place (header name, or ``?key``); empty values left out."""
     found: dict[str, list[str]] = {}
     fields = getattr(headers, "fields", None)
-    pairs = (
-        (
-            (_KEY_HEADER_BYTES.get(raw.lower()), value.decode("utf-8", "surrogateescape"))
+    if fields is not None:  # mitmproxy's raw fields: only key headers are decoded
+        key_by_bytes = _KEY_HEADER_BYTES
+        pairs = [
+            (key_by_bytes[raw.lower()], value.decode("utf-8", "surrogateescape"))
             for raw, value in fields
-        )
-        if fields is not None
-        else ((n.lower() if n.lower() in KEY_HEADERS else None, v) for n, v in headers.items())
-    )
+            if raw.lower() in key_by_bytes
+        ]
+    else:
+        pairs = [(n.lower(), v) for n, v in headers.items() if n.lower() in KEY_HEADERS]
     for name, value in pairs:
-        if name is None:
-            continue
         if name == "authorization":
             scheme, _, token = value.strip().partition(" ")
             if scheme.lower() != "bearer":
