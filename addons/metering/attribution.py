@@ -50,6 +50,9 @@ class Presented:
         return self.distinct > 1
 
 
+_NO_KEY = Presented(None, 0)
+
+
 def places(provider: MeteredProvider) -> tuple[str, ...]:
     """The key places ``provider`` reads, in the order it reads them."""
     if provider.flavor == "anthropic":
@@ -104,7 +107,12 @@ def presented(headers: Mapping[str, str], query: str, provider: MeteredProvider)
     """The key ``provider`` will authenticate (billed), and whether there are others."""
     found = _values(headers, query)
     if not found:
-        return Presented(None, 0)
+        return _NO_KEY
+    if len(found) == 1:  # the usual request: one key in one place
+        ((place, values),) = found.items()
+        if len(values) == 1:
+            read = place == GATEWAY_HEADER or place in places(provider)
+            return Presented(values[0] if read else None, 1)
     distinct = len({v for values in found.values() for v in values})
     billed: str | None = None
     for place in (*places(provider), GATEWAY_HEADER):
