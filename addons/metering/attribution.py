@@ -109,10 +109,10 @@ def presented(headers: Mapping[str, str], query: str, provider: MeteredProvider)
     if not found:
         return _NO_KEY
     if len(found) == 1:  # the usual request: one key in one place
-        ((place, values),) = found.items()
-        if len(values) == 1:
+        ((place, only),) = found.items()
+        if len(only) == 1:
             read = place == GATEWAY_HEADER or place in places(provider)
-            return Presented(values[0] if read else None, 1)
+            return Presented(only[0] if read else None, 1)
     distinct = len({v for values in found.values() for v in values})
     billed: str | None = None
     for place in (*places(provider), GATEWAY_HEADER):
