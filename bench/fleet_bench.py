@@ -135,7 +135,9 @@ def month(args: argparse.Namespace, lake: str, pg: str, work: Path) -> dict[str,
                 at = commits[0]
                 started = time.perf_counter()
                 try:
-                    report = maintainer.run_once(keep_snapshots=args.keep_snapshots)
+                    report = maintainer.run_once(
+                        keep_snapshots=args.keep_snapshots, max_compacted_files=args.merge_files
+                    )
                 except Exception as e:  # a proxy's maintainer logs it and tries later
                     failed_passes.append(f"{at}: {str(e)[:200]}")
                     print(failed_passes[-1], file=sys.stderr, flush=True)
@@ -338,6 +340,9 @@ def main() -> None:
         "meanwhile), which a real fleet would not see",
     )
     m.add_argument("--billing", action="store_true", help="then time billing on the lake")
+    m.add_argument(
+        "--merge-files", type=int, default=None, help="files per merge (default: the pass's)"
+    )
     r = sub.add_parser("rate", help="ingest lag and CPU at a request rate")
     r.add_argument("--rate", type=float, default=100.0, help="events/s per proxy")
     r.add_argument("--seconds", type=float, default=60.0)

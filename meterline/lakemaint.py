@@ -54,6 +54,7 @@ DEFAULT_KEEP = timedelta(minutes=10)
 DEFAULT_LEASE_TTL = timedelta(minutes=30)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 COMMIT_RETRIES = 200
+MAX_COMPACTED_FILES = 500
 
 
 @dataclass(frozen=True)
@@ -167,7 +168,7 @@ def maintain(
     catalog: str = "lake",
     keep: timedelta = DEFAULT_KEEP,
     keep_snapshots: int | None = None,
-    max_compacted_files: int = 500,
+    max_compacted_files: int = MAX_COMPACTED_FILES,
     max_rounds: int = 20,
     memory_limit: str = "1GB",
     flush_inlined: bool = False,

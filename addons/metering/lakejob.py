@@ -17,7 +17,13 @@ import random
 import socket
 import threading
 
-from meterline.lakemaint import MaintenanceReport, maintain, release_lease, take_lease
+from meterline.lakemaint import (
+    MAX_COMPACTED_FILES,
+    MaintenanceReport,
+    maintain,
+    release_lease,
+    take_lease,
+)
 from meterline.store import store
 
 log = logging.getLogger(__name__)
@@ -58,7 +64,9 @@ class LakeMaintainer:
             except Exception as e:  # the lake is down or locked: try at the next period
                 log.warning("meterline: lake maintenance of %s failed: %s", self.locator, e)
 
-    def run_once(self, *, keep_snapshots: int | None = None) -> MaintenanceReport | None:
+    def run_once(
+        self, *, keep_snapshots: int | None = None, max_compacted_files: int | None = None
+    ) -> MaintenanceReport | None:
         """One pass if this proxy gets the lease; None if another holds it.
 
         ``keep_snapshots``: retention by commits instead of wall-clock age (a simulation's
@@ -68,7 +76,11 @@ class LakeMaintainer:
             if not take_lease(con, self.holder):
                 return None
             try:
-                report = maintain(con, keep_snapshots=keep_snapshots)
+                report = maintain(
+                    con,
+                    keep_snapshots=keep_snapshots,
+                    max_compacted_files=max_compacted_files or MAX_COMPACTED_FILES,
+                )
             finally:
                 release_lease(con, self.holder)
         self.passes += 1
