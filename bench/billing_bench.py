@@ -111,10 +111,10 @@ WITH g AS (
     SELECT i, hash(i) AS h,
            TIMESTAMP '2026-03-01'
              + to_microseconds(CAST(hash(i * 7) % 2678400000000 AS BIGINT)) AS ts
-    FROM range(?) AS r(i)
+    FROM range({{lo}}, {{hi}}) AS r(i)
 )
 SELECT 'ev-' || i, ts, ts + INTERVAL 1 SECOND,
-       'agent-' || lpad(CAST(h % ? AS VARCHAR), 4, '0'),
+       'agent-' || lpad(CAST(h % {{customers}} AS VARCHAR), 4, '0'),
        NULL,
        CASE WHEN (h >> 20) % 3 = 2 THEN 'anthropic' ELSE 'openai' END,
        CASE WHEN (h >> 20) % 3 = 2 THEN 'anthropic' ELSE 'openai' END,
@@ -125,6 +125,20 @@ SELECT 'ev-' || i, ts, ts + INTERVAL 1 SECOND,
        false, 100.0, 10.0, 'bench'
 FROM g
 """
+"""One INSERT of the events ``lo <= i < hi``: pure SQL over ``range()``, no Python per row.
+Every column is a function of ``i``, so a chunk's events are the same whatever the chunking."""
+
+
+def generate_events(
+    con: duckdb.DuckDBPyConnection, events: int, customers: int, chunk: int
+) -> None:
+    """``events`` events in INSERTs of ``chunk`` (bounded memory; on a lake, one chunk is
+    one commit and about one Parquet file of ``chunk`` events: a compacted lake's files)."""
+    con.execute("SET preserve_insertion_order = false")
+    for lo in range(0, events, chunk):
+        hi = min(lo + chunk, events)
+        con.execute(EVENTS_SQL.format(lo=lo, hi=hi, customers=customers))
+
 
 FLOOR_SQL = """
 SELECT m.customer,
@@ -153,7 +167,12 @@ def floor_quantity(rows: list[tuple[Any, ...]]) -> int:
 
 
 def prepare(
-    workdir: Path, events: int, customers: int, reuse: bool, lake: str | None = None
+    workdir: Path,
+    events: int,
+    customers: int,
+    reuse: bool,
+    lake: str | None = None,
+    chunk: int = 5_000_000,
 ) -> tuple[str, Path]:
     """The events in a DuckDB file under ``workdir``, or in the DuckLake ``lake``."""
     catalog = workdir / "catalog.yaml"
@@ -161,15 +180,15 @@ def prepare(
     if lake is not None:
         started = time.perf_counter()
         with billing_store(lake, create=True) as con:
-            con.execute("SET preserve_insertion_order = false")
-            step = 10_000_000  # bounded memory: one Parquet file per 10M events
-            for offset in range(0, events, step):
-                n = min(step, events - offset)
-                con.execute(
-                    EVENTS_SQL.replace("FROM range(?)", f"FROM range({offset}, {offset + n})"),
-                    [customers],
-                )
-        print(f"generated {events:,} events in {time.perf_counter() - started:.1f} s -> lake")
+            generate_events(con, events, customers, chunk)
+            files, size = con.execute(
+                "SELECT sum(file_count), sum(file_size_bytes) FROM ducklake_table_info('lake') "
+                "WHERE table_name = 'usage_events'"
+            ).fetchone() or (0, 0)
+        print(
+            f"generated {events:,} events in {time.perf_counter() - started:.1f} s -> lake: "
+            f"{files} Parquet files, {size / 1e6 / max(files, 1):.0f} MB each"
+        )
         return lake, catalog
     db = workdir / "bench.duckdb"
     if reuse and db.exists():
@@ -182,9 +201,13 @@ def prepare(
         db.unlink()
     started = time.perf_counter()
     with billing_store(db, create=True) as con:
-        con.execute(EVENTS_SQL, [events, customers])
+        generate_events(con, events, customers, chunk)
         con.execute("CHECKPOINT")
-    print(f"generated {events:,} events in {time.perf_counter() - started:.1f} s -> {db}")
+    size = db.stat().st_size / 1e6
+    print(
+        f"generated {events:,} events in {time.perf_counter() - started:.1f} s -> {db} "
+        f"({size:.0f} MB)"
+    )
     return str(db), catalog
 
 
