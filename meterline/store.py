@@ -210,7 +210,9 @@ def attach_lake(con: duckdb.DuckDBPyConnection, locator: str, wait_s: float) -> 
     _retrying(locator, wait_s, lambda: _attach_lake(con, locator))
 
 
-LAKE_CONNECTION_CONFIG = {"allow_unsigned_extensions": True}
+LAKE_CONNECTION_CONFIG: dict[str, str | bool | int | float | list[str]] = {
+    "allow_unsigned_extensions": True
+}
 """For a connection that only loads the ``duckdb-ext-*`` wheels' extensions, by name.
 
 DuckDB checks an extension's signature on every ``LOAD`` by hashing the whole file: the
