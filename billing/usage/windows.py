@@ -112,7 +112,7 @@ AGGREGATE_SQL = f"""
     SELECT w.window_id, e.provider, coalesce(e.model, '') AS model, {_SUMS},
            COUNT(*) AS events{{counted}}
     {WINDOWED_EVENTS}
-    WHERE e.ts >= ? AND e.ts < ?
+    WHERE {{where}}
     GROUP BY ALL
 """
 
@@ -136,10 +136,9 @@ def aggregate_windows(
     if bad:
         raise ValueError(f"unknown token type {bad[0]!r}")
     load_windows(con, windows)
-    lo = to_db(min(w.start for w in windows))
-    hi = to_db(max(w.end for w in windows))
+    where, params = _bounds(windows)
     counted = "".join(_count_with(s, n) for n, s in enumerate(sets))
-    rows = con.execute(AGGREGATE_SQL.format(counted=counted), [lo, hi]).fetchall()
+    rows = con.execute(AGGREGATE_SQL.format(counted=counted, where=where), params).fetchall()
     return [
         WindowUsage(
             window_id=r[0],
@@ -151,3 +150,35 @@ def aggregate_windows(
         )
         for r in rows
     ]
+
+
+def _bounds(windows: Sequence[UsageWindow]) -> tuple[str, list[object]]:
+    """Constant bounds every window's own predicate implies: ``ts`` within the windows'
+    span, ``ingested_at`` up to the last watermark and, when every window sweeps late
+    usage, after the earliest sweep. DuckDB prunes row groups and Parquet files by them."""
+    conds = ["e.ts >= ?", "e.ts < ?", "e.ingested_at <= ?"]
+    params: list[object] = [
+        to_db(min(w.start for w in windows)),
+        to_db(max(w.end for w in windows)),
+        to_db(max(w.ingested_until for w in windows)),
+    ]
+    afters = [w.ingested_after for w in windows]
+    if all(a is not None for a in afters):
+        conds.append("e.ingested_at > ?")
+        params.append(to_db(min(a for a in afters if a is not None)))
+    return " AND ".join(conds), params
+
+
+def windows_with_events(con: duckdb.DuckDBPyConnection, windows: Sequence[UsageWindow]) -> set[int]:
+    """Ids of the ``windows`` that count at least one event, in one query.
+
+    For late-usage sweeps (windows with ``ingested_after``): only events ingested after
+    the earliest sweep are read, so months of history are not scanned again each time a
+    month is invoiced, and only the windows found need their billed lines loaded.
+    """
+    if not windows:
+        return set()
+    load_windows(con, windows)
+    where, params = _bounds(windows)
+    rows = con.execute(f"SELECT DISTINCT w.window_id {WINDOWED_EVENTS} WHERE {where}", params)
+    return {int(r[0]) for r in rows.fetchall()}
