@@ -50,6 +50,9 @@ class Presented:
         return self.distinct > 1
 
 
+_NO_KEY = Presented(None, 0)
+
+
 def places(provider: MeteredProvider) -> tuple[str, ...]:
     """The key places ``provider`` reads, in the order it reads them."""
     if provider.flavor == "anthropic":
@@ -68,17 +71,16 @@ def _values(headers: Mapping[str, str], query: str) -> dict[str, list[str]]:
     """Every key value by place (header name, or ``?key``); empty values left out."""
     found: dict[str, list[str]] = {}
     fields = getattr(headers, "fields", None)
-    pairs = (
-        (
-            (_KEY_HEADER_BYTES.get(raw.lower()), value.decode("utf-8", "surrogateescape"))
+    if fields is not None:  # mitmproxy's raw fields: only key headers are decoded
+        key_by_bytes = _KEY_HEADER_BYTES
+        pairs = [
+            (key_by_bytes[raw.lower()], value.decode("utf-8", "surrogateescape"))
             for raw, value in fields
-        )
-        if fields is not None
-        else ((n.lower() if n.lower() in KEY_HEADERS else None, v) for n, v in headers.items())
-    )
+            if raw.lower() in key_by_bytes
+        ]
+    else:
+        pairs = [(n.lower(), v) for n, v in headers.items() if n.lower() in KEY_HEADERS]
     for name, value in pairs:
-        if name is None:
-            continue
         if name == "authorization":
             scheme, _, token = value.strip().partition(" ")
             if scheme.lower() != "bearer":
@@ -105,7 +107,12 @@ def presented(headers: Mapping[str, str], query: str, provider: MeteredProvider)
     """The key ``provider`` will authenticate (billed), and whether there are others."""
     found = _values(headers, query)
     if not found:
-        return Presented(None, 0)
+        return _NO_KEY
+    if len(found) == 1:  # the usual request: one key in one place
+        ((place, only),) = found.items()
+        if len(only) == 1:
+            read = place == GATEWAY_HEADER or place in places(provider)
+            return Presented(only[0] if read else None, 1)
     distinct = len({v for values in found.values() for v in values})
     billed: str | None = None
     for place in (*places(provider), GATEWAY_HEADER):

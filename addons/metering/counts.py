@@ -56,6 +56,8 @@ class CountReader:
 
 
 def _as_count(value: Any) -> int | None:
+    if type(value) is int:  # the usual case, first (bool is not int here)
+        return value if 0 <= value <= MAX_TOKENS else None
     if isinstance(value, bool):
         return None
     if isinstance(value, float):

@@ -133,7 +133,7 @@ class FlowMeter:
         if self._body is None:
             req = self.flow.request
             raw = req.raw_content or b""
-            encoding = req.headers.get("content-encoding", "")
+            encoding = raw_header(req.headers, b"content-encoding") or ""
             self._body = raw
             if encoding and raw:
                 try:
@@ -275,6 +275,15 @@ def pick_headers(headers: http.Headers) -> dict[str, str]:
         if lower in _WANTED_HEADERS:
             picked.setdefault(lower.decode(), value.decode("utf-8", "surrogateescape"))
     return picked
+
+
+def raw_header(headers: http.Headers, name: bytes) -> str | None:
+    """The first value of header ``name`` (lower-case bytes) from a scan of the raw
+    fields: for the dozen headers of a request, cheaper than ``Headers.get``."""
+    for field, value in headers.fields:
+        if field.lower() == name:
+            return value.decode("utf-8", "surrogateescape")
+    return None
 
 
 def where(st: FlowMeter) -> str:

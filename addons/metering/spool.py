@@ -38,12 +38,10 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from addons.metering import oserrors
+from addons.metering import jsoncodec, oserrors
 
 log = logging.getLogger(__name__)
 
-#: One encoder for every line (``json.dumps`` with options builds a new one per call).
-_encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
 
 PREFIX = "meterline-"
 OPEN_SUFFIX = ".open"
@@ -130,7 +128,7 @@ class Spool:
 
     def append(self, event: dict[str, Any]) -> int:
         """Append one event; returns how many events wait in the spool (open + held)."""
-        line = (_encode(event) + "\n").encode("utf-8", "surrogateescape")
+        line = jsoncodec.dumps_line(event)
         with self._mutex:
             if self._held:
                 self._write_held()

@@ -16,6 +16,7 @@ import json
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
+from addons.metering import jsoncodec
 from addons.metering.sse import SSEEvent, SSEParser
 from addons.metering.usage import Seen, Usage
 
@@ -23,6 +24,8 @@ from addons.metering.usage import Seen, Usage
 MAX_JSON_BODY = 64 * 1024 * 1024
 #: Raw text-bearing SSE data kept for a possible estimate before it is decoded to text.
 LAZY_TEXT_COMPACT_AT = 1024 * 1024
+#: Parsed events kept whole for a possible estimate; later ones are reduced to their text.
+LAZY_OBJECTS = 16
 #: An SSE event (or line) growing past this stops metering the flow: memory stays bounded.
 MAX_SSE_EVENT = 16 * 1024 * 1024
 #: At most this many problems are kept per flow (a garbage stream must not grow memory).
@@ -130,7 +133,7 @@ def _json_values(body: bytes, problems: list[str]) -> Iterator[Any]:
     """:func:`iter_json_values` of a raw body, with one ``json.loads`` for the usual case
     of a single valid JSON value (a top-level array yields its elements)."""
     try:
-        value = json.loads(body)
+        value = jsoncodec.loads(body)
     except ValueError:  # NDJSON, a cut array, bad UTF-8, garbage: the careful way
         yield from iter_json_values(body.decode("utf-8", "replace"), problems)
         return
@@ -150,7 +153,7 @@ def _skip_ws(text: str, pos: int) -> int:
 def loads(data: str, problems: list[str], what: str) -> Any:
     """``json.loads`` that records a problem and returns ``None`` instead of raising."""
     try:
-        return json.loads(data)
+        return jsoncodec.loads(data)
     except ValueError as exc:
         note(problems, f"invalid JSON in {what}: {exc}")
         return None
@@ -169,7 +172,7 @@ class LazyText:
         self._extract = extract
         self._problems = problems
         self._what = what
-        self._items: list[str | Any] = []  # raw JSON strings, or decoded text pieces (_Text)
+        self._items: list[str | _Decoded] = []  # raw JSON, parsed events, or text (_Text)
         self._size = 0
 
     def add_raw(self, data: str) -> None:
@@ -180,7 +183,11 @@ class LazyText:
             self._size = 0
 
     def add_obj(self, obj: Any) -> None:
-        """An already decoded event (its text is taken now)."""
+        """An already decoded event: its text is taken only if asked for (the first
+        :data:`LAZY_OBJECTS`; after that at once, so parsed objects do not pile up)."""
+        if len(self._items) < LAZY_OBJECTS:
+            self._items.append(_Decoded(obj))
+            return
         text = self._extract(obj)
         if text:
             self._items.append(_Text(text))
@@ -191,7 +198,10 @@ class LazyText:
             if isinstance(item, _Text):
                 out.append(item)
                 continue
-            obj = loads(item, self._problems, self._what)
+            if isinstance(item, _Decoded):
+                obj = item.obj
+            else:
+                obj = loads(item, self._problems, self._what)
             if obj is not None:
                 try:
                     out.append(self._extract(obj))
@@ -204,6 +214,15 @@ class _Text(str):
     """Marks already extracted text in :class:`LazyText` (raw JSON items are plain str)."""
 
     __slots__ = ()
+
+
+class _Decoded:
+    """An event :class:`LazyText` got already parsed (its text not yet extracted)."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
 
 
 class JsonBodyExtractor:
