@@ -1,30 +1,38 @@
-"""Fleet load test: k proxies' writers committing to one DuckLake, with maintenance, then billing.
+"""Fleet load test: k proxies' writers on one DuckLake, with compaction, two ways.
 
-What grows a lake is the number of commits, not the wall time, so the month is simulated
-by commits: each of ``--proxies`` writers (the real ``SpoolWriter``, one thread each, its
-own spool and held lake connection) commits ``--commits`` batches of ``--events`` events
-(a proxy at ``events`` requests/s flushing every second) as fast as it can; every
-``--maintain-every`` commits of the fleet one maintenance pass runs (the proxies' own
-``LakeMaintainer`` under the lease, at the same time as the writers). A real month at
-1 flush/s is 2,592,000 commits per proxy: the lake's shape after a pass (files,
-snapshots) does not depend on how many commits came before it, only on the data volume
-and the commits since the last pass, which this run reproduces.
+``month`` (what shapes the lake): the commits, not the wall time. Ten proxies flushing
+every second make 10 commits/s: 26M a month, and a maintenance pass every 600 s comes
+every 6,000 fleet commits and keeps 10 minutes, i.e. 6,000 snapshots. This mode runs the
+real ``SpoolWriter`` of each of ``--proxies`` proxies (one thread each, its own spool and
+held lake connection) committing batches as fast as they can, a pass under the lease
+every ``--maintain-every`` fleet commits that keeps the last ``--keep-snapshots``
+snapshots (:func:`meterline.lakemaint.retention_cutoff`: retention by commits, since a
+wall-clock "10 minutes" means nothing in compressed time), and samples data files,
+snapshots and the catalog's size (``pg_database_size``) after every pass: a plateau that
+does not grow with the commits is what a month would look like. The writers are paced to
+``--commits-per-s`` fleet commits (default 20, twice a real fleet's): unpaced, 10
+writers made 35-60 commits/s here, and a merge, whose commit DuckLake retries until no
+writer committed in between, could not get one in.
 
-Reported: data files, snapshots, catalog size (PostgreSQL database size), flush wall
-time p50/p99 (ingest lag = flush interval + queueing + flush), writer CPU per event with
-PostgreSQL's CPU counted, failed flushes, maintenance pass times, then ``billing usage``
-and ``billing invoice generate`` wall times on the lake.
+``rate`` (what a proxy sees): ``--proxies`` writers running their own loop
+(``interval`` 1 s) while each gets ``--rate`` events per second, evenly, for
+``--seconds``; a pass every ``--maintain-every-s`` seconds. Reported: ingest lag (event
+appended -> its batch committed) p50/p99, flush wall p50/p99, the writers' thread CPU
+and the PostgreSQL server's CPU (``/proc``) per event, failed flushes.
 
 Usage::
 
-    .venv/bin/python bench/fleet_bench.py --proxies 10 --commits 300 --events 100
+    .venv/bin/python bench/fleet_bench.py month --proxies 10 --commits 40000 --events 20
+    .venv/bin/python bench/fleet_bench.py rate --proxies 2 --rate 100 --seconds 120
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -32,6 +40,7 @@ import tempfile
 import threading
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,9 +56,9 @@ from meterline.store import store  # noqa: E402
 from tests.support.postgres import postgres_server  # noqa: E402
 
 
-def _event(proxy: int, n: int, customers: int) -> dict[str, object]:
+def _event(proxy: int, n: int, customers: int, ts: str | None = None) -> dict[str, object]:
     return {
-        "event_id": f"openai:{uuid.uuid4()}", "ts": f"2026-03-{1 + n % 28:02d}T12:00:00",
+        "event_id": f"openai:{uuid.uuid4()}", "ts": ts or f"2026-03-{1 + n % 28:02d}T12:00:00",
         "consumer": f"agent-{(n * 7 + proxy) % customers:04d}", "key_fingerprint": None,
         "provider": "openai", "flavor": "openai", "model": "gpt-4o-2024-08-06",
         "input_tokens": 1000 + n % 500, "cached_input_tokens": n % 100,
@@ -71,112 +80,285 @@ def _catalog_bytes(conninfo: str) -> int:
     return int(out.stdout.strip())
 
 
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(len(ordered) * q))], 1) if ordered else 0.0
+
+
+def _lake_state(lake: str, pg: str) -> dict[str, float]:
+    with store(lake) as con:
+        files, snapshots = lake_counts(con)
+    return {"files": files, "snapshots": snapshots, "catalog_mb": _catalog_bytes(pg) / 1e6}
+
+
+def month(args: argparse.Namespace, lake: str, pg: str, work: Path) -> dict[str, object]:
+    writers = []
+    for p in range(args.proxies):
+        spool = Spool(work / f"spool-{p}")
+        writers.append((spool, SpoolWriter(spool, lake)))
+    flush_s: list[float] = []
+    cpu_s = [0.0]
+    commits = [0]
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def run(p: int) -> None:
+        spool, writer = writers[p]
+        n = 0
+        period = args.proxies / args.commits_per_s if args.commits_per_s else 0.0
+        due = time.monotonic() + period * p / args.proxies
+        while not stop.is_set():
+            due += period
+            if due > time.monotonic():
+                time.sleep(due - time.monotonic())
+            for _ in range(args.events):
+                spool.append(_event(p, n, args.customers))
+                n += 1
+            c0, t0 = time.thread_time(), time.perf_counter()
+            writer.flush(hold=True)
+            with lock:
+                flush_s.append(time.perf_counter() - t0)
+                cpu_s[0] += time.thread_time() - c0
+                commits[0] += 1
+                if commits[0] >= args.commits:
+                    stop.set()
+
+    maintainer = LakeMaintainer(lake, every_s=0, holder="fleet-bench")
+    samples: list[dict[str, float]] = []
+    failed_passes: list[str] = []
+
+    def maintain_loop() -> None:
+        next_at = args.maintain_every
+        while not stop.is_set():
+            if commits[0] >= next_at:
+                next_at = commits[0] + args.maintain_every
+                at = commits[0]
+                started = time.perf_counter()
+                try:
+                    report = maintainer.run_once(keep_snapshots=args.keep_snapshots)
+                except Exception as e:  # a proxy's maintainer logs it and tries later
+                    failed_passes.append(f"{at}: {str(e)[:200]}")
+                    print(failed_passes[-1], file=sys.stderr, flush=True)
+                    continue
+                seconds = time.perf_counter() - started
+                if report is not None:
+                    state = _lake_state(lake, pg)
+                    samples.append(
+                        {
+                            "commits": at,
+                            "pass_s": round(seconds, 1),
+                            "files_before_pass": report.files_before,
+                            "files": state["files"],
+                            "snapshots": state["snapshots"],
+                            "catalog_mb": round(state["catalog_mb"], 1),
+                        }
+                    )
+                    print(json.dumps(samples[-1]), file=sys.stderr, flush=True)
+            stop.wait(0.05)
+
+    pg0 = _postgres_cpu_s()
+    started = time.perf_counter()
+    threads = [threading.Thread(target=run, args=(p,), daemon=True) for p in range(args.proxies)]
+    loop = threading.Thread(target=maintain_loop, daemon=True)
+    loop.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    loop.join()
+    wall = time.perf_counter() - started
+    pg_cpu = _postgres_cpu_s() - pg0
+    failures = sum(w.failures for _, w in writers)
+    for spool, writer in writers:
+        writer.stop()
+        spool.close()
+    with store(lake) as con:
+        (events,) = con.execute("SELECT count(*) FROM usage_events").fetchone() or (0,)
+    half = samples[len(samples) // 2 :]
+    flush_ms = [x * 1000 for x in flush_s]
+    return {
+        "proxies": args.proxies,
+        "commits": commits[0],
+        "events": events,
+        "events_expected": commits[0] * args.events,
+        "wall_s": round(wall, 1),
+        "commits_per_s": round(commits[0] / wall, 1),
+        "failed_flushes": failures,
+        "flush_ms_p50": _pct(flush_ms, 0.5),
+        "flush_ms_p99": _pct(flush_ms, 0.99),
+        "writer_cpu_us_per_event": round(cpu_s[0] / max(events, 1) * 1e6, 1),
+        "postgres_cpu_us_per_event": round(pg_cpu / max(events, 1) * 1e6, 1),
+        "passes": len(samples),
+        "failed_passes": failed_passes,
+        "pass_s_max": max((s["pass_s"] for s in samples), default=None),
+        "second_half_max": {
+            k: max((s[k] for s in half), default=None)
+            for k in ("files_before_pass", "files", "snapshots", "catalog_mb")
+        },
+        "samples": samples,
+    }
+
+
+class TimedWriter(SpoolWriter):
+    """The real writer, its flushes timed from outside (start, end, wrote something)."""
+
+    def __init__(self, *a: object, **kw: object) -> None:
+        super().__init__(*a, **kw)  # type: ignore[arg-type]
+        self.timings: list[tuple[float, float, bool]] = []
+
+    def flush(self, *, hold: bool = False) -> bool:
+        before, t0 = self.batches, time.monotonic()
+        ok = super().flush(hold=hold)
+        self.timings.append((t0, time.monotonic(), ok and self.batches > before))
+        return ok
+
+
+def rate(args: argparse.Namespace, lake: str, pg: str, work: Path) -> dict[str, object]:
+    writers = []
+    for p in range(args.proxies):
+        spool = Spool(work / f"spool-{p}")
+        writers.append((spool, TimedWriter(spool, lake, interval=args.interval)))
+    appended: list[list[float]] = [[] for _ in writers]
+    stop = threading.Event()
+
+    def produce(p: int) -> None:
+        spool, writer = writers[p]
+        period = 1.0 / args.rate
+        start = time.monotonic()
+        n = 0
+        while not stop.is_set():
+            due = start + n * period
+            delay = due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            ts = datetime.now(UTC).replace(tzinfo=None).isoformat()
+            writer.notify(spool.append(_event(p, n, args.customers, ts)))
+            appended[p].append(time.monotonic())
+            n += 1
+
+    maintainer = LakeMaintainer(lake, every_s=0, holder="fleet-bench")
+    passes: list[float | str] = []
+
+    def maintain_loop() -> None:
+        while not stop.wait(args.maintain_every_s):
+            t0 = time.perf_counter()
+            try:
+                if maintainer.run_once(keep_snapshots=args.keep_snapshots) is not None:
+                    passes.append(round(time.perf_counter() - t0, 2))
+            except Exception as e:  # a proxy's maintainer logs it and tries later
+                passes.append(f"failed: {str(e)[:200]}")
+
+    for _, writer in writers:
+        writer.start()
+    time.sleep(2.0)  # attached, first (checked) flush done
+    clocks = [
+        time.pthread_getcpuclockid(w._thread.ident)  # type: ignore[union-attr,arg-type]
+        for _, w in writers
+    ]
+    cpu0 = [time.clock_gettime(c) for c in clocks]
+    pg0 = _postgres_cpu_s()
+    producers = [
+        threading.Thread(target=produce, args=(p,), daemon=True) for p in range(len(writers))
+    ]
+    loop = threading.Thread(target=maintain_loop, daemon=True)
+    for t in [*producers, loop]:
+        t.start()
+    time.sleep(args.seconds)
+    stop.set()
+    for t in producers:
+        t.join()
+    time.sleep(args.interval * 3)  # the last events committed by the writers' own loops
+    cpu = sum(time.clock_gettime(c) - c0 for c, c0 in zip(clocks, cpu0, strict=True))
+    pg_cpu = _postgres_cpu_s() - pg0
+    loop.join()
+    lags: list[float] = []
+    flush_ms: list[float] = []
+    for (_, writer), times in zip(writers, appended, strict=True):
+        wrote = [(t0, t1) for t0, t1, did in writer.timings if did]
+        flush_ms += [(t1 - t0) * 1000 for t0, t1 in wrote]
+        starts = [t0 for t0, _ in wrote]
+        for t in times:  # committed by the first writing flush that started after it
+            i = bisect.bisect_right(starts, t)
+            if i < len(wrote):
+                lags.append(wrote[i][1] - t)
+    failures = sum(w.failures for _, w in writers)
+    for spool, writer in writers:
+        writer.stop()
+        spool.close()
+    events = sum(len(t) for t in appended)
+    with store(lake) as con:
+        (stored,) = con.execute("SELECT count(*) FROM usage_events").fetchone() or (0,)
+    return {
+        "proxies": args.proxies,
+        "rate_per_proxy": args.rate,
+        "interval_s": args.interval,
+        "events": events,
+        "stored": stored,
+        "failed_flushes": failures,
+        "ingest_lag_s_p50": round(statistics.median(lags), 3) if lags else None,
+        "ingest_lag_s_p99": round(sorted(lags)[int(len(lags) * 0.99)], 3) if lags else None,
+        "flush_ms_p50": _pct(flush_ms, 0.5),
+        "flush_ms_p99": _pct(flush_ms, 0.99),
+        "events_per_flush": round(events / max(len(flush_ms), 1), 1),
+        "writer_cpu_us_per_event": round(cpu / max(events, 1) * 1e6, 1),
+        "postgres_cpu_us_per_event": round(pg_cpu / max(events, 1) * 1e6, 1),
+        "maintenance_passes_s": passes,
+    }
+
+
+def billing_times(lake: str, customers: int, work: Path) -> dict[str, float]:
+    catalog = work / "catalog.yaml"
+    write_catalog(catalog, customers)
+    billing = [str(Path(sys.executable).parent / "billing"), "--db", lake]
+    billing += ["--catalog", str(catalog)]
+    times = {}
+    for name, cmd in (
+        ("usage", ["usage", "--format", "json"]),
+        ("invoice_generate", ["invoice", "generate", "--period", "2026-03", "--settle", "0"]),
+    ):
+        t0 = time.perf_counter()
+        subprocess.run([*billing, *cmd], check=True, stdout=subprocess.DEVNULL)
+        times[f"billing_{name}_s"] = round(time.perf_counter() - t0, 2)
+    return times
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--proxies", type=int, default=10)
-    ap.add_argument("--commits", type=int, default=300, help="commits per proxy")
-    ap.add_argument("--events", type=int, default=100, help="events per commit")
-    ap.add_argument("--maintain-every", type=int, default=1000, help="fleet commits per pass")
-    ap.add_argument("--customers", type=int, default=100)
-    ap.add_argument("--inline-rows", type=int, default=0)
+    sub = ap.add_subparsers(dest="mode", required=True)
+    m = sub.add_parser("month", help="the lake's shape over many commits")
+    m.add_argument("--commits", type=int, default=60_000, help="fleet commits in all")
+    m.add_argument("--events", type=int, default=20, help="events per commit")
+    m.add_argument("--maintain-every", type=int, default=6000, help="fleet commits per pass")
+    m.add_argument(
+        "--commits-per-s",
+        type=float,
+        default=20.0,
+        help="fleet commit rate (0: as fast as they go). A real fleet of 10 makes 10/s; "
+        "much faster starves a merge's commit (it retries until no writer committed "
+        "meanwhile), which a real fleet would not see",
+    )
+    m.add_argument("--billing", action="store_true", help="then time billing on the lake")
+    r = sub.add_parser("rate", help="ingest lag and CPU at a request rate")
+    r.add_argument("--rate", type=float, default=100.0, help="events/s per proxy")
+    r.add_argument("--seconds", type=float, default=60.0)
+    r.add_argument("--interval", type=float, default=1.0, help="writer flush interval")
+    r.add_argument("--maintain-every-s", type=float, default=30.0)
+    for p in (m, r):
+        p.add_argument("--proxies", type=int, default=10)
+        p.add_argument("--keep-snapshots", type=int, default=6000)
+        p.add_argument("--customers", type=int, default=100)
     args = ap.parse_args()
+    # ``timeout`` or a kill: unwind, so the throwaway PostgreSQL server is stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with tempfile.TemporaryDirectory(prefix="meterline-fleet-") as tmp, postgres_server() as pg:
         work = Path(tmp)
         os.environ["METERLINE_LAKE_DATA"] = str(work / "lake-data")
-        os.environ["METERLINE_LAKE_INLINE_ROWS"] = str(args.inline_rows)
         os.environ["METERLINE_LAKE_MAINTAIN_EVERY"] = "0"  # passes driven below
         lake = f"ducklake:postgres:{pg}"
-        writers = []
-        for p in range(args.proxies):
-            spool = Spool(work / f"spool-{p}")
-            writers.append((spool, SpoolWriter(spool, lake)))
-        flush_s: list[float] = []
-        cpu_s = [0.0]
-        commits = [0]
-        lock = threading.Lock()
-
-        def run(p: int) -> None:
-            spool, writer = writers[p]
-            for c in range(args.commits):
-                for k in range(args.events):
-                    spool.append(_event(p, c * args.events + k, args.customers))
-                c0, t0 = time.thread_time(), time.perf_counter()
-                writer.flush(hold=True)
-                with lock:
-                    flush_s.append(time.perf_counter() - t0)
-                    cpu_s[0] += time.thread_time() - c0
-                    commits[0] += 1
-
-        maintainer = LakeMaintainer(lake, every_s=0, holder="fleet-bench")
-        passes: list[float] = []
-        done = threading.Event()
-
-        def maintain_loop() -> None:
-            next_at = args.maintain_every
-            while not done.is_set():
-                if commits[0] >= next_at:
-                    next_at += args.maintain_every
-                    started = time.perf_counter()
-                    if maintainer.run_once() is not None:
-                        passes.append(time.perf_counter() - started)
-                done.wait(0.05)
-
-        pg0 = _postgres_cpu_s()
-        started = time.perf_counter()
-        threads = [threading.Thread(target=run, args=(p,)) for p in range(args.proxies)]
-        loop = threading.Thread(target=maintain_loop)
-        loop.start()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        done.set()
-        loop.join()
-        wall = time.perf_counter() - started
-        pg_cpu = _postgres_cpu_s() - pg0
-        failures = sum(w.failures for _, w in writers)
-        for spool, writer in writers:
-            writer.stop()
-            spool.close()
-        with store(lake) as con:
-            files_before, snapshots_before = lake_counts(con)
-            (events,) = con.execute("SELECT count(*) FROM usage_events").fetchone() or (0,)
-        maintainer.run_once()  # the state a proxy's pass leaves
-        with store(lake) as con:
-            files, snapshots = lake_counts(con)
-        catalog = work / "catalog.yaml"
-        write_catalog(catalog, args.customers)
-        billing = [str(Path(sys.executable).parent / "billing"), "--db", lake]
-        billing += ["--catalog", str(catalog)]
-        times = {}
-        for name, cmd in (
-            ("usage", ["usage", "--format", "json"]),
-            ("invoice_generate", ["invoice", "generate", "--period", "2026-03", "--settle", "0"]),
-        ):
-            t0 = time.perf_counter()
-            subprocess.run([*billing, *cmd], check=True, stdout=subprocess.DEVNULL)
-            times[f"billing_{name}_s"] = round(time.perf_counter() - t0, 2)
-        flush_ms = sorted(x * 1000 for x in flush_s)
-        report = {
-            "proxies": args.proxies,
-            "commits": commits[0],
-            "events": events,
-            "wall_s": round(wall, 1),
-            "failed_flushes": failures,
-            "flush_ms_p50": round(statistics.median(flush_ms), 1),
-            "flush_ms_p99": round(flush_ms[int(len(flush_ms) * 0.99) - 1], 1),
-            "writer_cpu_us_per_event": round(cpu_s[0] / max(events, 1) * 1e6, 1),
-            "postgres_cpu_us_per_event": round(pg_cpu / max(events, 1) * 1e6, 1),
-            "maintenance_passes": len(passes),
-            "maintenance_pass_s_max": round(max(passes), 2) if passes else None,
-            "files_before_last_pass": files_before,
-            "snapshots_before_last_pass": snapshots_before,
-            "files": files,
-            "snapshots": snapshots,
-            "catalog_mb": round(_catalog_bytes(pg) / 1e6, 1),
-            **times,
-        }
-        print(json.dumps(report, indent=1))
+        report = (month if args.mode == "month" else rate)(args, lake, pg, work)
+        if args.mode == "month" and args.billing:
+            report |= billing_times(lake, args.customers, work)
+        print(json.dumps({"uptime": os.getloadavg(), **report}, indent=1))
 
 
 if __name__ == "__main__":

@@ -9,8 +9,10 @@ per file. One maintenance pass, in order:
    0.3 that duplicated rows committed meanwhile (see ``meterline/lakeconfig.py``);
 2. ``ducklake_merge_adjacent_files`` (at most ``max_compacted_files`` files per merge,
    repeated up to ``max_rounds`` times, so one pass has a bounded memory and duration);
-3. ``ducklake_expire_snapshots`` older than ``keep``;
-4. ``ducklake_cleanup_old_files`` scheduled for deletion more than ``keep`` ago.
+3. ``ducklake_expire_snapshots`` older than ``keep`` (or, with ``keep_snapshots=N``,
+   older than the N-th newest snapshot: a commit clock, for simulations; see
+   :func:`retention_cutoff`);
+4. ``ducklake_cleanup_old_files`` scheduled for deletion before that same cutoff.
 
 Rows are only moved between files, never changed, so every query (and so every invoice)
 reads the same events before and after. A reader that started before a pass keeps its
@@ -50,6 +52,8 @@ LEASE_MIGRATIONS: tuple[Migration, ...] = (
 LEASE = "maintenance"
 DEFAULT_KEEP = timedelta(minutes=10)
 DEFAULT_LEASE_TTL = timedelta(minutes=30)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+COMMIT_RETRIES = 200
 
 
 @dataclass(frozen=True)
@@ -128,11 +132,41 @@ def _rollback(con: duckdb.DuckDBPyConnection) -> None:
         con.execute("ROLLBACK")
 
 
+def retention_cutoff(
+    con: duckdb.DuckDBPyConnection,
+    catalog: str = "lake",
+    *,
+    keep: timedelta = DEFAULT_KEEP,
+    keep_snapshots: int | None = None,
+    now: datetime | None = None,
+) -> datetime:
+    """The time before which snapshots expire and scheduled files are deleted.
+
+    ``keep``: a wall-clock age (the proxies' and ``billing``'s way). ``keep_snapshots``:
+    the time of the snapshot that many commits back instead, so a simulation that runs a
+    month of commits in minutes (``bench/fleet_bench.py``) keeps what the fleet would
+    keep: at 10 commits/s, 10 minutes are 6,000 snapshots. A lake with fewer snapshots
+    keeps them all.
+    """
+    if keep_snapshots is None:
+        return (now or datetime.now(UTC)) - keep
+    row = con.execute(
+        f"SELECT epoch_us(snapshot_time) FROM ducklake_snapshots('{catalog}') "
+        f"ORDER BY snapshot_id DESC LIMIT 1 OFFSET {int(keep_snapshots)}"
+    ).fetchone()
+    if row is None:
+        row = con.execute(
+            f"SELECT min(epoch_us(snapshot_time)) FROM ducklake_snapshots('{catalog}')"
+        ).fetchone()
+    return datetime.fromtimestamp(int(row[0]) / 1e6, UTC) if row and row[0] else _EPOCH
+
+
 def maintain(
     con: duckdb.DuckDBPyConnection,
     *,
     catalog: str = "lake",
     keep: timedelta = DEFAULT_KEEP,
+    keep_snapshots: int | None = None,
     max_compacted_files: int = 500,
     max_rounds: int = 20,
     memory_limit: str = "1GB",
@@ -141,6 +175,12 @@ def maintain(
     """One maintenance pass on the attached lake ``catalog`` (see the module docstring)."""
     started = time.monotonic()
     con.execute(f"SET memory_limit = '{memory_limit}'")
+    # A merge commits while the fleet keeps committing (ten proxies: 10+ commits/s);
+    # each commit in between makes DuckLake retry it. Its default 10 tries, 100 ms apart
+    # growing 1.5x each, gave up (or waited minutes): many quick tries instead.
+    con.execute(f"SET ducklake_max_retry_count = {COMMIT_RETRIES}")
+    con.execute("SET ducklake_retry_wait_ms = 10")
+    con.execute("SET ducklake_retry_backoff = 1.1")
     files_before, snapshots_before = lake_counts(con, catalog)
     if flush_inlined:
         con.execute(f"SELECT count(*) FROM ducklake_flush_inlined_data('{catalog}')").fetchall()
@@ -169,7 +209,7 @@ def maintain(
             )
             if after >= files or after <= 1:
                 break
-    cutoff = _utc(datetime.now(UTC) - keep)
+    cutoff = _utc(retention_cutoff(con, catalog, keep=keep, keep_snapshots=keep_snapshots))
     con.execute(
         f"SELECT count(*) FROM ducklake_expire_snapshots('{catalog}', older_than => {cutoff})"
     ).fetchall()

@@ -58,14 +58,17 @@ class LakeMaintainer:
             except Exception as e:  # the lake is down or locked: try at the next period
                 log.warning("meterline: lake maintenance of %s failed: %s", self.locator, e)
 
-    def run_once(self) -> MaintenanceReport | None:
-        """One pass if this proxy gets the lease; None if another holds it."""
+    def run_once(self, *, keep_snapshots: int | None = None) -> MaintenanceReport | None:
+        """One pass if this proxy gets the lease; None if another holds it.
+
+        ``keep_snapshots``: retention by commits instead of wall-clock age (a simulation's
+        compressed time, see :func:`meterline.lakemaint.retention_cutoff`)."""
         with store(self.locator) as con:
             con.execute("SET threads = 1")  # the proxy's cores are for its traffic
             if not take_lease(con, self.holder):
                 return None
             try:
-                report = maintain(con)
+                report = maintain(con, keep_snapshots=keep_snapshots)
             finally:
                 release_lease(con, self.holder)
         self.passes += 1

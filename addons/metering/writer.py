@@ -3,9 +3,17 @@
 Every ``interval`` seconds (sooner when the spool holds ``batch_events`` events; later
 under load, see :func:`next_wait`) the writer seals the open segment and, in one
 transaction, inserts every sealed segment straight from its file (DuckDB's ``read_json``
-with explicit columns, parsed in C++ without the GIL), skipping event ids the store
-already has. Only after the commit are the segments deleted, so a crash at any point
-either replays a segment (the dedup drops what was already committed) or loses nothing.
+with explicit columns, parsed in C++ without the GIL). Only after the commit are the
+segments deleted, so a crash at any point either replays a segment or loses nothing.
+
+Exactly once, cheaply: a batch is checked against the store (an anti-join on
+``event_id``, which on a lake reads every file of the last minutes) only when it may
+repeat stored events: the first batch of a writer (segments a previous process left: it
+may have committed them before it died), any batch after a failed flush (its commit's
+outcome is unknown), and a batch holding an id twice or one this writer committed in the
+last minutes (:mod:`addons.metering.recentids`). Every other flush is a plain append:
+this process is the only one writing this spool's segments to the store, and it knows
+it has not committed them.
 
 The store stays attached to one DuckDB instance of the writer's between flushes
 (:class:`addons.metering.storelink.StoreLink`): a lake for good, a DuckDB file only while
@@ -22,6 +30,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
@@ -30,6 +39,7 @@ import duckdb
 
 from addons.metering import oserrors
 from addons.metering.lakejob import LakeMaintainer, maintain_every_s
+from addons.metering.recentids import RecentIds
 from addons.metering.spool import Spool
 from addons.metering.storelink import StoreLink
 from meterline.eventschema import EVENT_COLUMNS, REQUIRED_SPOOLED, SPOOL_TYPES
@@ -61,13 +71,14 @@ _SURVEY = (
     f"SELECT count(*) FILTER (WHERE NOT ({_VALID})), min(ts) FILTER (WHERE {_VALID}) "
     "FROM spool_batch"
 )
-#: How far back a batch's event ids are compared with stored ones. A replayed segment
-#: keeps its events' original ``ts``, so its stored copies are never older than the
-#: batch's earliest event and a replay is always caught, whatever the window; the window
-#: only catches a provider response id seen again a little later (a second delivery of
-#: the same response). It is short because the check scans every ``event_id`` stored in
-#: it on every flush: one day of a proxy at 12 requests/s (1M events) cost 30-95 ms of
-#: CPU per flush, five minutes cost under 1 ms.
+#: How far back a batch's event ids are compared with stored ones (when they are: see
+#: the module docstring; :mod:`addons.metering.recentids` applies the same window). A
+#: replayed segment keeps its events' original ``ts``, so its stored copies are never
+#: older than the batch's earliest event and a replay is always caught, whatever the
+#: window; the window only catches a provider response id seen again a little later (a
+#: second delivery of the same response). It is short because the check scans every
+#: ``event_id`` stored in it: one day of a proxy at 12 requests/s (1M events) cost
+#: 30-95 ms of CPU per flush; on a lake five minutes of ten proxies' files cost 20-30 ms.
 DEDUP_WINDOW = "INTERVAL 5 MINUTE"
 _COLS = ", ".join(EVENT_COLUMNS)
 _SELECT = ", ".join("$ingested_at" if c == "ingested_at" else c for c in EVENT_COLUMNS)
@@ -84,10 +95,78 @@ INSERT_SQL = f"""
     ANTI JOIN (SELECT event_id FROM usage_events WHERE ts >= $since - {DEDUP_WINDOW}) AS stored
     USING (event_id)
 """
+#: A batch that cannot be in the store yet: a plain append, straight from the segments.
+APPEND_SQL = f"""
+    INSERT INTO usage_events ({_COLS})
+    SELECT {_SELECT} FROM read_json($files, {_READ_OPTIONS}) WHERE {_VALID}
+"""
+#: Each line of a batch: its event id, its ts in µs since the epoch, and whether it is an
+#: event. Only the required fields are read: a value of the wrong type comes back as NULL
+#: by itself, so a line is valid here exactly when the full read finds it valid.
+_REQUIRED_LITERAL = "{" + ", ".join(f"'{c}': '{SPOOL_COLUMNS[c]}'" for c in REQUIRED_COLUMNS) + "}"
+_LINES_SQL = (
+    f"SELECT event_id, epoch_us(ts), {_VALID} FROM read_json($files, "
+    f"format = 'newline_delimited', columns = {_REQUIRED_LITERAL}, "
+    "ignore_errors = true, maximum_object_size = 16777216)"
+)
 
 
 def _sql_string(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
+
+
+def _files_literal(segments: list[Path]) -> str:
+    return "[" + ", ".join(_sql_string(str(p)) for p in segments) + "]"
+
+
+def _ingested_at() -> str:
+    return "TIMESTAMP " + _sql_string(datetime.now(UTC).replace(tzinfo=None).isoformat(" "))
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What a flush will insert: its segments, and the (event_id, ts µs) of each event."""
+
+    segments: list[Path]
+    events: list[tuple[str, int]]
+    skipped: int
+    """Unreadable lines (torn by a crash, or of the wrong shape): left out."""
+
+
+def read_batch(con: duckdb.DuckDBPyConnection, segments: list[Path]) -> Batch:
+    """The event ids and times of ``segments`` (one scan; nothing is inserted)."""
+    rows = con.execute(_LINES_SQL.replace("$files", _files_literal(segments))).fetchall()
+    events = [(event_id, ts) for event_id, ts, valid in rows if valid]
+    return Batch(segments, events, len(rows) - len(events))
+
+
+def append_segments(
+    con: duckdb.DuckDBPyConnection, segments: list[Path], may_repeat: Callable[[Batch], bool]
+) -> tuple[int, Batch] | None:
+    """Append the events of ``segments``, unchecked, in one transaction.
+
+    Returns (rows added, the batch), or None, having written nothing, when
+    ``may_repeat(batch)`` says the batch may hold stored events (then
+    :func:`insert_segments` must insert it). The ids are read inside the transaction
+    that appends them: on a lake one snapshot lookup serves both.
+    """
+    con.execute("BEGIN TRANSACTION")
+    try:
+        batch = read_batch(con, segments)
+        if may_repeat(batch):
+            con.execute("ROLLBACK")
+            return None
+        inserted = 0
+        if batch.events:
+            sql = APPEND_SQL.replace("$files", _files_literal(segments))
+            row = con.execute(sql.replace("$ingested_at", _ingested_at())).fetchone()
+            inserted = int(row[0]) if row else 0
+        con.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(Exception):  # see insert_segments
+            con.execute("ROLLBACK")
+        raise
+    return inserted, batch
 
 
 def insert_segments(con: duckdb.DuckDBPyConnection, segments: list[Path]) -> tuple[int, int]:
@@ -95,8 +174,8 @@ def insert_segments(con: duckdb.DuckDBPyConnection, segments: list[Path]) -> tup
 
     Returns (rows added, unreadable lines skipped).
     """
-    ingested_at = datetime.now(UTC).replace(tzinfo=None).isoformat(" ")
-    files = "[" + ", ".join(_sql_string(str(p)) for p in segments) + "]"
+    ingested_at = _ingested_at()
+    files = _files_literal(segments)
     con.execute("BEGIN TRANSACTION")
     try:
         con.execute(
@@ -108,7 +187,7 @@ def insert_segments(con: duckdb.DuckDBPyConnection, segments: list[Path]) -> tup
         inserted = None
         if since is not None:  # else no readable line: nothing to insert
             inserted = con.execute(
-                INSERT_SQL.replace("$ingested_at", f"TIMESTAMP {_sql_string(ingested_at)}").replace(
+                INSERT_SQL.replace("$ingested_at", ingested_at).replace(
                     "$since", f"TIMESTAMP {_sql_string(since.isoformat(' '))}"
                 )
             ).fetchone()
@@ -135,10 +214,12 @@ def _lower_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WRITER_NICENESS)
 
 
-#: Under load a flush takes longer on the wall clock (the thread runs at nice +10); the
-#: writer then waits at least this many times as long as its last flush took before the
-#: next one, so it gets to fewer, larger batches: the fixed cost of a flush (reading the
-#: segment, the dedup, committing: a few ms of CPU) is shared by more events.
+#: The writer waits at least this many times the CPU its last flush used before the next
+#: one, so a writer whose flushes grow costly (a big backlog) gets to fewer, larger
+#: batches: at most ~1/10 of a core, and the fixed cost of a flush (a few ms of CPU) is
+#: shared by more events. CPU, not wall time: a flush that waited (a lake commit retried
+#: behind a compaction, a starved thread at nice +10 on a loaded host) used little CPU,
+#: and stretching the interval after it only added ingest lag (p99 6 s at 100 events/s).
 FLUSH_DUTY_FACTOR = 10
 #: While the writer holds a DuckDB file it checks this often whether a reader waits for it.
 READER_POLL_S = 0.05
@@ -146,11 +227,12 @@ READER_POLL_S = 0.05
 MAX_INTERVAL_STRETCH = 5
 
 
-def next_wait(interval: float, flush_seconds: float, failed: bool) -> float:
+def next_wait(interval: float, flush_cpu_seconds: float, failed: bool) -> float:
     """Seconds until the next flush: ``interval``, stretched when flushes are slow."""
     if failed:  # back off (store locked for long, disk full) instead of spinning
         return interval * MAX_INTERVAL_STRETCH
-    return min(max(interval, flush_seconds * FLUSH_DUTY_FACTOR), interval * MAX_INTERVAL_STRETCH)
+    stretched = flush_cpu_seconds * FLUSH_DUTY_FACTOR
+    return min(max(interval, stretched), interval * MAX_INTERVAL_STRETCH)
 
 
 class SpoolWriter:
@@ -181,6 +263,12 @@ class SpoolWriter:
         self._last_error: str | None = None
         self.batches = 0
         """Flushes that wrote to the store."""
+        self.checked_batches = 0
+        """Of those, batches checked against the store's event ids (replays, repeats)."""
+        self.recent = RecentIds()
+        self._may_repeat_store = True
+        """The pending segments may hold events already stored: at start (a previous
+        process may have committed them), after a failed flush (unknown outcome)."""
 
     @property
     def locator(self) -> str:
@@ -192,6 +280,8 @@ class SpoolWriter:
         with self._flush_lock:
             if locator != self.link.locator:
                 self.link.close()
+                self.recent.clear()
+                self._may_repeat_store = True
                 self.link = StoreLink(locator, lock_wait_s=self.lock_wait_s)
                 if self._thread is not None:
                     self._start_maintainer()
@@ -237,19 +327,29 @@ class SpoolWriter:
     def _run(self) -> None:
         _lower_priority()
         while not self._stop.is_set():
-            started = time.monotonic()
+            started, cpu = time.monotonic(), time.thread_time()
             try:
                 failed = not self.flush(hold=True)
             except Exception:  # the thread must outlive any fault; the next flush retries
                 log.exception("meterline: writer flush failed; retrying")
                 failed = True
-            self._pause(next_wait(self.interval, time.monotonic() - started, failed))
+            wait = next_wait(self.interval, time.thread_time() - cpu, failed)
+            if not failed:  # flushes start an interval apart: the lag is interval + flush
+                wait -= time.monotonic() - started
+            self._pause(max(0.0, wait))
             self._wake.clear()
 
     def _pause(self, seconds: float) -> None:
-        """Wait for the next flush; while holding a DuckDB file, let go when asked."""
+        """Wait for the next flush; while holding a DuckDB file, let go when asked.
+
+        A reader that asked gets at least one whole interval with the file free, even
+        when the flushes run back to back (a flush as long as the interval)."""
         deadline = time.monotonic() + seconds
         while not self._wake.is_set():
+            if self.link.reader_waiting():
+                with self._flush_lock:
+                    self.link.let_go()
+                deadline = max(deadline, time.monotonic() + self.interval)
             left = deadline - time.monotonic()
             if left <= 0:
                 return
@@ -257,19 +357,30 @@ class SpoolWriter:
                 self._wake.wait(left)
                 return
             self._wake.wait(min(left, READER_POLL_S))
-            if self.link.reader_waiting():
-                with self._flush_lock:
-                    self.link.let_go()
 
-    def _insert(self, segments: list[Path]) -> tuple[int, int]:
-        """Insert the segments; a held connection whose view of the table is out of date
-        (another proxy of a fleet migrated the lake meanwhile) is attached afresh once."""
+    def _insert(self, segments: list[Path]) -> tuple[int, int, list[tuple[str, int]]]:
+        """Insert the segments (checked against the store only when they may repeat it);
+        returns (rows added, lines skipped, the batch's events). A held connection whose
+        view of the table is out of date (another proxy of a fleet migrated the lake
+        meanwhile) is attached afresh once."""
         import duckdb
 
         for attempt in (1, 2):
             try:
                 with private_files():  # the file and its WAL hold events: 0600
-                    return insert_segments(self.link.connection(), segments)
+                    con = self.link.connection()
+                    appended = None
+                    if not self._may_repeat_store:
+                        appended = append_segments(
+                            con, segments, lambda batch: self.recent.repeats(batch.events)
+                        )
+                    if appended is not None:
+                        inserted, batch = appended
+                        return inserted, batch.skipped, batch.events
+                    self.checked_batches += 1
+                    events = read_batch(con, segments).events
+                    inserted, skipped = insert_segments(con, segments)
+                    return inserted, skipped, events
             except (duckdb.BinderException, duckdb.CatalogException):
                 if attempt == 2 or not self.link.is_lake:
                     raise
@@ -290,8 +401,9 @@ class SpoolWriter:
                 return True
             locator = self.locator
             try:
-                inserted, skipped = self._insert(segments)
+                inserted, skipped, events = self._insert(segments)
             except Exception as e:  # keep the segments; the next flush retries them
+                self._may_repeat_store = True  # a commit that failed may have gone in
                 self.failures += 1
                 self.link.reset()  # the store may have been replaced: attach it afresh
                 cause = oserrors.describe(e)
@@ -317,8 +429,11 @@ class SpoolWriter:
                     skipped,
                     ", ".join(p.name for p in segments),
                 )
+            self.recent.add(events)
+            self._may_repeat_store = True  # until every committed segment is gone
             for path in segments:
                 Spool.remove(path)
+            self._may_repeat_store = False
             if not hold:
                 self.link.let_go()
             return True

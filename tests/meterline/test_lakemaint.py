@@ -209,3 +209,37 @@ def test_billing_lake_maintain_command(server: str, tmp_path: Path, monkeypatch:
     assert '"files_after"' in ok.output
     not_lake = runner.invoke(main, ["--db", str(tmp_path / "m.duckdb"), "lake", "maintain"])
     assert not_lake.exit_code == 1 and "not a DuckLake" in not_lake.output
+
+
+def test_retention_by_snapshot_count_keeps_the_last_n(
+    server: str, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """``keep_snapshots=N`` expires what is older than the N-th newest snapshot (a commit
+    clock for simulations) and deletes the files it freed once N more commits came (as
+    ``keep`` does after that much time); every row stays."""
+    monkeypatch.setenv("METERLINE_LAKE_DATA", str(tmp_path / "data"))
+    lake = _lake(server, "keepn")
+    spool = Spool(tmp_path / "spool")
+    writer = SpoolWriter(spool, lake)
+
+    def commits(first: int, count: int) -> None:
+        for n in range(first, first + count):
+            spool.append(event(n, "agent-0000", "k"))
+            assert writer.flush()
+
+    try:
+        commits(0, 12)
+        with store(lake) as con:
+            total = lake_counts(con)[1]
+            first = maintain(con, keep_snapshots=1000)  # more than there are: none expire
+            assert first.snapshots_after >= total and first.files_after < 12
+            second = maintain(con, keep_snapshots=3)  # the merged-away files: scheduled
+            assert second.snapshots_after <= 4 and second.files_deleted == 0
+        commits(12, 4)
+        with store(lake) as con:
+            third = maintain(con, keep_snapshots=3)
+            assert third.files_deleted >= 12
+            assert con.execute("SELECT count(*) FROM usage_events").fetchone() == (16,)
+    finally:
+        writer.stop()
+        spool.close()

@@ -233,9 +233,9 @@ def test_batch_of_unreadable_lines_only_inserts_nothing(tmp_path: Path) -> None:
     spool.close()
 
 
-def test_flushes_are_spread_out_when_they_are_slow() -> None:
-    """A quick flush keeps the interval; a slow one (a loaded machine) stretches the wait to
-    FLUSH_DUTY_FACTOR times its duration, at most MAX_INTERVAL_STRETCH intervals."""
+def test_flushes_are_spread_out_when_they_are_costly() -> None:
+    """A cheap flush keeps the interval; a costly one (a big backlog) stretches the wait to
+    FLUSH_DUTY_FACTOR times the CPU it used, at most MAX_INTERVAL_STRETCH intervals."""
     assert next_wait(1.0, 0.03, failed=False) == 1.0
     assert next_wait(1.0, 0.25, failed=False) == 0.25 * FLUSH_DUTY_FACTOR
     assert next_wait(1.0, 30.0, failed=False) == MAX_INTERVAL_STRETCH
@@ -305,4 +305,57 @@ def test_busy_writer_lets_go_when_a_reader_asks(tmp_path: Path) -> None:
         feeder.join()
     assert writer.stop()
     assert not (tmp_path / "e.duckdb.reader-waiting").exists()
+    spool.close()
+
+
+def test_only_a_batch_that_may_be_stored_is_checked_against_the_store(tmp_path: Path) -> None:
+    """The first batch of a writer (what a previous process left) and a batch with a
+    repeated id are checked against the store's ids; every other flush is a plain append.
+    A segment committed by a process killed before it could delete it is replayed by the
+    next process without doubling anything."""
+    db = tmp_path / "e.duckdb"
+    spool = Spool(tmp_path / "spool")
+    writer = SpoolWriter(spool, str(db))
+    spool.append(_event("a"))
+    assert writer.flush() and writer.checked_batches == 1  # a new writer: checked
+    spool.append(_event("b"))
+    spool.append(_event("c"))
+    spool.seal()
+    [segment] = spool.sealed()
+    committed = segment.read_bytes()
+    assert writer.flush() and writer.checked_batches == 1  # plain append
+    spool.append(_event("b"))  # the same id again a moment later: checked, not added
+    assert writer.flush() and writer.checked_batches == 2
+    assert writer.stop()
+    spool.close()
+    # The state a kill -9 between the commit and the delete leaves: the segment is back.
+    segment.write_bytes(committed)
+    spool = Spool(tmp_path / "spool")
+    writer = SpoolWriter(spool, str(db))
+    spool.append(_event("d"))
+    assert writer.flush() and writer.checked_batches == 1
+    assert [r[0] for r in _rows(db)] == ["a", "b", "c", "d"]
+    assert writer.stop()
+    spool.close()
+
+
+def test_a_batch_after_a_failed_flush_is_checked(tmp_path: Path) -> None:
+    """A failed flush may have committed (a lost connection during COMMIT): the batch
+    that retries it is checked against the store."""
+    spool = Spool(tmp_path / "spool")
+    writer = SpoolWriter(spool, str(tmp_path / "e.duckdb"))
+    spool.append(_event("a"))
+    assert writer.flush() and writer.checked_batches == 1
+    spool.append(_event("b"))
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    writer.locator = str(blocker / "e.duckdb")
+    writer.link.lock_wait_s = 0.1
+    assert not writer.flush()
+    writer.locator = str(tmp_path / "e.duckdb")
+    assert writer.flush() and writer.checked_batches == 2
+    spool.append(_event("c"))
+    assert writer.flush() and writer.checked_batches == 2
+    assert [r[0] for r in _rows(tmp_path / "e.duckdb")] == ["a", "b", "c"]
+    assert writer.stop()
     spool.close()
