@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from billing.credits import grant_credits
 from billing.invoices import (
     BillingError,
     Generated,
@@ -555,3 +556,32 @@ def test_a_sweep_reads_only_windows_with_late_events_and_records_every_window(
     april = generate(s, "2026-04", "2026-05-01T00:00:05Z", customer="alpha").invoices[0]
     late = [ln for ln in april.lines if ln.kind == "late_usage"]
     assert [(ln.usage_start, ln.quantity) for ln in late] == [(utc("2026-01-01"), 500)]
+
+
+def test_one_run_gives_each_customer_only_its_own_grants(tmp_path: Path) -> None:
+    """Grants are read once for the whole run: each invoice still takes only its customer's."""
+    s = setup(tmp_path)
+    add_events(s.db, Event(utc("2026-03-05"), input=1000, output=4000))
+    granted = {}
+    with billing_store(s.db) as con:
+        for key, amount in (("alpha", "5.00"), ("gamma", "7.00")):
+            g = grant_credits(
+                con, s.catalog, key, Decimal(amount), granted_by="test", reason=key,
+                now=utc("2026-02-01"),
+            )  # fmt: skip
+            granted[g.grant_id] = key
+    result = generate(s, "2026-03", "2026-04-01T00:00:05Z")
+    credits = {
+        inv.customer_key: [
+            (t["grant_id"], Decimal(t["amount"]))
+            for ln in inv.lines
+            if ln.kind == "credit"
+            for t in ln.detail["grants"]
+        ]
+        for inv in result.invoices
+    }
+    assert {ck for ck, taken in credits.items() if taken} == {"alpha", "gamma"}
+    for ck, taken in credits.items():
+        assert all(granted[gid] == ck for gid, _ in taken)
+    assert credits["alpha"] == [(g, Decimal("5.00")) for g, k in granted.items() if k == "alpha"]
+    assert credits["gamma"] == [(g, Decimal("7.00")) for g, k in granted.items() if k == "gamma"]
