@@ -211,7 +211,8 @@ def attach_lake(con: duckdb.DuckDBPyConnection, locator: str, wait_s: float) -> 
 
 
 LAKE_CONNECTION_CONFIG: dict[str, str | bool | int | float | list[str]] = {
-    "allow_unsigned_extensions": True
+    "allow_unsigned_extensions": True,
+    "autoinstall_known_extensions": False,  # never fetched: only the wheels' files load
 }
 """For a connection that only loads the ``duckdb-ext-*`` wheels' extensions, by name.
 
