@@ -37,12 +37,18 @@ from typing import Any
 
 import duckdb
 
-from billing.ledger import BilledCard, billed_cards, swept_windows
+from billing.ledger import BilledCard, SweptWindow, billed_cards, swept_windows
 from billing.model import Invoice, InvoiceLine
 from billing.money import decimal_text, round_money
 from billing.pricing import PricedLine, price_rate_card
 from billing.schedule import BillingPeriod, continues_earlier, next_period
-from billing.usage import TokenFilter, UsageWindow, WindowUsage, aggregate_windows
+from billing.usage import (
+    TokenFilter,
+    UsageWindow,
+    WindowUsage,
+    aggregate_windows,
+    windows_with_events,
+)
 from meterline.catalog import Catalog, FeatureMeter, FlatPrice, Plan, RateCard
 
 
@@ -272,6 +278,25 @@ def _usage_line(
     )
 
 
+def _late_windows(
+    con: duckdb.DuckDBPyConnection,
+    swept: dict[str, list[SweptWindow]],
+    watermark: datetime,
+) -> set[tuple[str, datetime, datetime]]:
+    """(customer, start, end) of the swept windows with events ingested since their sweep."""
+    keys = [
+        (ck, sw) for ck, windows in swept.items() for sw in windows if sw.billed_until < watermark
+    ]
+    found = windows_with_events(
+        con,
+        [
+            UsageWindow(n, sw.consumers, sw.start, sw.end, watermark, sw.billed_until)
+            for n, (_, sw) in enumerate(keys)
+        ],
+    )
+    return {(keys[n][0], keys[n][1].start, keys[n][1].end) for n in found}
+
+
 # Where lines go on an invoice: this period's fees, its usage, next period's fees, late usage.
 _FEES, _USAGE, _NEXT_FEES, _LATE = range(4)
 
@@ -296,7 +321,8 @@ def build_invoices(
     digest = catalog_digest(catalog)
     customers = sorted({bp.customer.key for bp in periods})
     swept = swept_windows(con, customers)
-    billed = billed_cards(con, customers)
+    late = _late_windows(con, swept, watermark)
+    billed = billed_cards(con, sorted({ck for ck, _, _ in late}))
     cards_of: dict[str, list[UsageCard]] = {}
     invoices: list[Invoice] = []
     jobs: list[_Job] = []
@@ -340,7 +366,10 @@ def build_invoices(
         for sw in swept.get(c.key, []):
             if sw.billed_until >= watermark or (sw.start, sw.end) == (bp.start, bp.end):
                 continue
-            prior = billed.get((c.key, sw.start, sw.end), {})
+            # A window without late events bills nothing: it is recorded as swept, but
+            # its earlier lines need not be read nor its (old) events aggregated again.
+            late_events = (c.key, sw.start, sw.end) in late
+            prior = billed.get((c.key, sw.start, sw.end), {}) if late_events else {}
             snapshots = [
                 UsageCard.from_snapshot(sw.plan_key, b.snapshot)
                 for b in prior.values()
@@ -358,9 +387,11 @@ def build_invoices(
             )
 
     by_window: dict[int, list[WindowUsage]] = defaultdict(list)
-    token_sets = {uc.meter.token_types for j in jobs for uc in j.cards}
-    for row in aggregate_windows(con, [j.window for j in jobs], sorted(token_sets)):
-        by_window[row.window_id].append(row)
+    token_sets = sorted({uc.meter.token_types for j in jobs for uc in j.cards})
+    for late_sweeps in (False, True):  # apart: the sweeps' query reads only late ingestion
+        asked = [j.window for j in jobs if j.cards and j.late == late_sweeps]
+        for row in aggregate_windows(con, asked, token_sets):
+            by_window[row.window_id].append(row)
 
     match = _Matcher()
     for job in jobs if progress is None else progress(jobs):

@@ -187,6 +187,17 @@ def list_grants(con: duckdb.DuckDBPyConnection, customer: str | None = None) -> 
     return out
 
 
+def grants_by_customer(grants: Sequence[Grant], at: datetime) -> dict[str, list[Grant]]:
+    """Customer key -> the grants usable at ``at``, in the order invoices consume them."""
+    out: dict[str, list[Grant]] = defaultdict(list)
+    for g in grants:
+        if g.usable_at(at):
+            out[g.customer_key].append(g)
+    for mine in out.values():
+        mine.sort(key=Grant.order)
+    return out
+
+
 def balance(grants: Sequence[Grant], at: datetime) -> Decimal:
     return sum((g.remaining for g in grants if g.usable_at(at)), Decimal(0))
 
@@ -195,16 +206,16 @@ def apply_credits(
     con: duckdb.DuckDBPyConnection, invoices: Sequence[Invoice], at: datetime
 ) -> None:
     """Add a credit line to each invoice with a positive total the customer's grants cover."""
-    by_customer: dict[str, list[Grant]] = {}
+    if not any(inv.total > 0 for inv in invoices):
+        return
+    # One read of every grant (not two queries per customer: on a lake each costs ms).
+    by_customer = grants_by_customer(list_grants(con), at)
     for inv in invoices:
         if inv.total <= 0:
             continue
-        if inv.customer_key not in by_customer:
-            grants = [g for g in list_grants(con, inv.customer_key) if g.usable_at(at)]
-            by_customer[inv.customer_key] = sorted(grants, key=Grant.order)
         left = inv.total
         taken: list[dict[str, Any]] = []
-        for g in by_customer[inv.customer_key]:
+        for g in by_customer.get(inv.customer_key, []):
             if left <= 0:
                 break
             if g.currency != inv.currency or not g.usable_at(at):

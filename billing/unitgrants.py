@@ -19,6 +19,7 @@ take no units.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -145,13 +146,16 @@ def apply_unit_grants(
     con: duckdb.DuckDBPyConnection, invoices: Sequence[Invoice], at: datetime
 ) -> None:
     """After each usage line the customer's unit grants cover, add its credit line."""
-    by_customer: dict[str, list[Grant]] = {}
+    if not invoices:
+        return
+    # One read of every unit grant (not two queries per customer: on a lake each costs ms).
+    by_customer: dict[str, list[Grant]] = defaultdict(list)
+    for g in list_unit_grants(con):
+        by_customer[g.customer_key].append(g)
+    for grants in by_customer.values():
+        grants.sort(key=Grant.order)
     for inv in invoices:
-        if inv.customer_key not in by_customer:
-            by_customer[inv.customer_key] = sorted(
-                list_unit_grants(con, inv.customer_key), key=Grant.order
-            )
-        mine = by_customer[inv.customer_key]
+        mine = by_customer.get(inv.customer_key)
         if not mine:
             continue
         lines: list[InvoiceLine] = []

@@ -275,9 +275,9 @@ class Governance:
                     self._close_lake()
                     self._lake = (locator, open_store(locator, wait_s=5))
                 return read_snapshot(
-                    self._lake[1], policy, datetime.now(UTC), self.counters.pending_ids()
+                    self._lake[1], policy, datetime.now(UTC), self.counters.pending_ids
                 )
-            pending = self.counters.pending_ids()
+            pending = self.counters.pending_ids
             if self._through_writer is not None:
                 snap: Snapshot = self._through_writer(
                     lambda con: read_snapshot(con, policy, datetime.now(UTC), pending)

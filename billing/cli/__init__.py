@@ -8,18 +8,9 @@ from __future__ import annotations
 
 import click
 
+import billing.alerts  # noqa: F401 - registers the alert outbox table
 import billing.stripe  # noqa: F401 - registers the Stripe tables and listing column
-from billing.cli.alerts import alerts_group
-from billing.cli.catalog import catalog_group
 from billing.cli.common import BillingGroup, Settings
-from billing.cli.consumers import consumers_group
-from billing.cli.credits import credits_group
-from billing.cli.dashboard import dashboard_cmd, health_cmd, timeline_cmd, unbilled_cmd
-from billing.cli.entitlements import entitlements_cmd
-from billing.cli.invoice import invoice_group
-from billing.cli.margin import margin_cmd
-from billing.cli.statement import statement_cmd
-from billing.cli.usage import usage_cmd
 from meterline.store import DEFAULT_CATALOG, DEFAULT_DB
 
 
@@ -52,19 +43,23 @@ def main(ctx: click.Context, db: str, catalog_path: str) -> None:
     ctx.obj = Settings(db=db, catalog=catalog_path)
 
 
-main.add_command(catalog_group, "catalog")
-main.add_command(consumers_group, "consumers")
-main.add_command(usage_cmd, "usage")
-main.add_command(invoice_group, "invoice")
-main.add_command(margin_cmd, "margin")
-main.add_command(credits_group, "credits")
-main.add_command(alerts_group, "alerts")
-main.add_command(entitlements_cmd, "entitlements")
-main.add_command(statement_cmd, "statement")
-main.add_command(timeline_cmd, "timeline")
-main.add_command(health_cmd, "health")
-main.add_command(unbilled_cmd, "unbilled")
-main.add_command(dashboard_cmd, "dashboard")
-# billing/cli/stripe.py's group, imported when `billing stripe ...` runs (see BillingGroup)
-main.add_lazy_command("billing.cli.stripe:stripe_group", "stripe")
-main.add_lazy_command("billing.cli.lake:lake_group", "lake")  # DuckLake upkeep
+# Each command's module is imported only when that command runs (or ``--help`` lists them):
+# ``billing usage`` need not import the dashboard, the alerts' webhooks or the PDF code.
+for _name, _target in {
+    "catalog": "billing.cli.catalog:catalog_group",
+    "consumers": "billing.cli.consumers:consumers_group",
+    "usage": "billing.cli.usage:usage_cmd",
+    "invoice": "billing.cli.invoice:invoice_group",
+    "margin": "billing.cli.margin:margin_cmd",
+    "credits": "billing.cli.credits:credits_group",
+    "alerts": "billing.cli.alerts:alerts_group",
+    "entitlements": "billing.cli.entitlements:entitlements_cmd",
+    "statement": "billing.cli.statement:statement_cmd",
+    "timeline": "billing.cli.dashboard:timeline_cmd",
+    "health": "billing.cli.dashboard:health_cmd",
+    "unbilled": "billing.cli.dashboard:unbilled_cmd",
+    "dashboard": "billing.cli.dashboard:dashboard_cmd",
+    "stripe": "billing.cli.stripe:stripe_group",
+    "lake": "billing.cli.lake:lake_group",  # DuckLake upkeep
+}.items():
+    main.add_lazy_command(_target, _name)

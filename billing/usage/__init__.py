@@ -31,6 +31,7 @@ from billing.usage.windows import (
     aggregate_windows,
     load_windows,
     windowed_events,
+    windows_with_events,
 )
 from meterline.eventschema import TOKEN_COLUMNS
 
@@ -58,4 +59,5 @@ __all__ = [
     "parse_group_by",
     "usage_report",
     "windowed_events",
+    "windows_with_events",
 ]

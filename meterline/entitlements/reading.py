@@ -11,7 +11,7 @@ would try ``import pandas`` per parameter, holding the GIL the proxy's loop need
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -155,14 +155,25 @@ def unit_balances(con: duckdb.DuckDBPyConnection, at: datetime) -> dict[tuple[st
 
 
 def read_snapshot(
-    con: duckdb.DuckDBPyConnection, policy: Policy, at: datetime, pending_ids: Sequence[str]
+    con: duckdb.DuckDBPyConnection,
+    policy: Policy,
+    at: datetime,
+    pending_ids: Callable[[], Sequence[str]],
 ) -> Snapshot:
-    """Everything the counters take from the store, in one read transaction."""
+    """Everything the counters take from the store, in one read transaction.
+
+    ``pending_ids`` (the events counted but not yet seen in the store) is asked for once
+    the transaction reads its snapshot: every event that snapshot holds was counted
+    before it was spooled, so it is among them and leaves ``pending`` when applied. Ids
+    taken before the read would miss an event counted and stored meanwhile: it would
+    count twice (stored and pending) until the next read.
+    """
     con.execute("BEGIN TRANSACTION")
     try:
         if _has_table(con, "usage_events"):
             stored = policy_usage(con, policy, at)
-            seen = seen_event_ids(con, pending_ids, None) if pending_ids else set()
+            pending = pending_ids()
+            seen = seen_event_ids(con, pending, None) if pending else set()
         else:  # a new store: nothing metered yet
             stored, seen = {}, set()
         balances = credit_balances(con, at)

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from billing.credits import grant_credits
 from billing.invoices import (
     BillingError,
     Generated,
@@ -517,3 +518,70 @@ def test_settle_leaves_the_freshest_batches_to_the_next_invoice(tmp_path: Path) 
     feb = generate(s, "2026-02", "2026-03-01T00:00:05Z", customer="alpha").invoices[0]
     late = [ln for ln in feb.lines if ln.kind == "late_usage"]
     assert [(ln.rate_card_key, ln.quantity) for ln in late] == [("gpt-out", 1000)]
+
+
+def test_a_sweep_reads_only_windows_with_late_events_and_records_every_window(
+    tmp_path: Path,
+) -> None:
+    """March's invoice sweeps January and February; only February has a late event. Both
+    windows are recorded as swept, only February is billed, and a January event ingested
+    after March's sweep still goes on April's invoice."""
+    s = setup(tmp_path)
+    add_events(s.db, *alpha_january())
+    generate(s, "2026-01", "2026-02-01T00:00:05Z", customer="alpha")
+    add_events(s.db, Event(utc("2026-02-10"), output=1000))
+    generate(s, "2026-02", "2026-03-01T00:00:05Z", customer="alpha")
+    late_feb = Event(utc("2026-02-20"), output=2000, ingested_at=utc("2026-03-02"))
+    add_events(s.db, late_feb, Event(utc("2026-03-03"), input=1000))
+    march = generate(s, "2026-03", "2026-04-01T00:00:05Z", customer="alpha").invoices[0]
+
+    late = [ln for ln in march.lines if ln.kind == "late_usage"]
+    assert [(ln.usage_start, ln.rate_card_key, ln.quantity) for ln in late] == [
+        (utc("2026-02-01"), "gpt-out", 2000)
+    ]
+    with billing_store(s.db) as con:
+        swept = con.execute(
+            "SELECT usage_start, kind FROM invoice_windows WHERE invoice_number = ? "
+            "ORDER BY usage_start",
+            [march.number],
+        ).fetchall()
+    assert [(start.month, kind) for start, kind in swept] == [
+        (1, "late"),
+        (2, "late"),
+        (3, "period"),
+    ]
+
+    late_jan = Event(utc("2026-01-28"), output=500, ingested_at=utc("2026-04-02"))
+    add_events(s.db, late_jan)
+    april = generate(s, "2026-04", "2026-05-01T00:00:05Z", customer="alpha").invoices[0]
+    late = [ln for ln in april.lines if ln.kind == "late_usage"]
+    assert [(ln.usage_start, ln.quantity) for ln in late] == [(utc("2026-01-01"), 500)]
+
+
+def test_one_run_gives_each_customer_only_its_own_grants(tmp_path: Path) -> None:
+    """Grants are read once for the whole run: each invoice still takes only its customer's."""
+    s = setup(tmp_path)
+    add_events(s.db, Event(utc("2026-03-05"), input=1000, output=4000))
+    granted = {}
+    with billing_store(s.db) as con:
+        for key, amount in (("alpha", "5.00"), ("gamma", "7.00")):
+            g = grant_credits(
+                con, s.catalog, key, Decimal(amount), granted_by="test", reason=key,
+                now=utc("2026-02-01"),
+            )  # fmt: skip
+            granted[g.grant_id] = key
+    result = generate(s, "2026-03", "2026-04-01T00:00:05Z")
+    credits = {
+        inv.customer_key: [
+            (t["grant_id"], Decimal(t["amount"]))
+            for ln in inv.lines
+            if ln.kind == "credit"
+            for t in ln.detail["grants"]
+        ]
+        for inv in result.invoices
+    }
+    assert {ck for ck, taken in credits.items() if taken} == {"alpha", "gamma"}
+    for ck, taken in credits.items():
+        assert all(granted[gid] == ck for gid, _ in taken)
+    assert credits["alpha"] == [(g, Decimal("5.00")) for g, k in granted.items() if k == "alpha"]
+    assert credits["gamma"] == [(g, Decimal("7.00")) for g, k in granted.items() if k == "gamma"]

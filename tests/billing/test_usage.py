@@ -96,6 +96,33 @@ def test_a_period_split_in_two_aggregates_to_the_whole(
     assert +both == +everything
 
 
+@pytest.mark.parametrize("after", [None, utc("2026-03-01T00:20:00")])
+def test_windows_with_shared_bounds_sum_per_consumer_first_to_the_same_rows(
+    events_db: Path, after: object
+) -> None:
+    """Windows with identical bounds take the sum-per-consumer-first query; one more window
+    with other bounds (and no events) sends the same windows through the per-event join."""
+    until = utc("2026-03-01T00:40:00")  # the fixture's events span March 1st, 00:00-00:45
+    sets = [("input", "cache_write"), ("output",)]
+    shared = [  # agent-b in two windows: its events count in both, as with the join
+        UsageWindow(n, consumers, START, END, until, after)  # type: ignore[arg-type]
+        for n, consumers in enumerate([("agent-a", "agent-b"), ("agent-b",), ("agent-c",)])
+    ]
+    other = UsageWindow(3, ("nobody",), START, utc("2026-03-02"), until)
+
+    def rows(windows: list[UsageWindow]) -> list[tuple[object, ...]]:
+        with billing_store(events_db) as con:
+            found = aggregate_windows(con, windows, sets)
+        return sorted(
+            (r.window_id, r.provider, r.model, *r.tokens.values(), r.events, *r.counted.values())
+            for r in found
+        )
+
+    fast = rows(shared)
+    assert fast == rows([*shared, other])
+    assert {r[0] for r in fast} == {0, 1, 2}
+
+
 def test_window_bounds_are_start_inclusive_end_exclusive(tmp_path: Path) -> None:
     s = setup(tmp_path)
     add_events(
