@@ -1,7 +1,7 @@
 """The proxy's share of lake upkeep: one maintenance pass now and then, one proxy at a time.
 
 Each proxy writing to a DuckLake runs a :class:`LakeMaintainer` thread. Every
-``METERLINE_LAKE_MAINTAIN_EVERY`` seconds (default 600; 0 turns it off, e.g. when a cron
+``METERLINE_LAKE_MAINTAIN_EVERY`` seconds (default 150; 0 turns it off, e.g. when a cron
 job runs ``billing lake maintain`` instead) it tries to take the lake's maintenance lease
 (:func:`meterline.lakemaint.take_lease`); the proxy that gets it runs one bounded pass
 (:func:`meterline.lakemaint.maintain`) on its own connection, so the writer keeps
@@ -28,7 +28,11 @@ from meterline.store import store
 
 log = logging.getLogger(__name__)
 
-DEFAULT_EVERY_S = 600.0
+#: Passes must come often enough that each merges few files: in DuckLake 0.3 a merge's
+#: commit races the writers' inserts (duckdb/ducklake#1094). Simulated at 10 commits/s
+#: (a fleet of ten): a pass every 1,500 commits (150 s) left 11-53 files after each; a pass
+#: every 6,000 (600 s) took 1,310 s and let the lake grow to 16.5k files (docs/fleet.md).
+DEFAULT_EVERY_S = 150.0
 
 
 def maintain_every_s(env: dict[str, str] | None = None) -> float:
