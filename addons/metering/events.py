@@ -55,23 +55,26 @@ def _ms(start: float | None, end: float | None) -> float | None:
     return int((end - start) * 1_000_000 + 0.5) / 1000
 
 
-_second: list[Any] = [None, ""]
+_second: tuple[int, str] = (-1, "")
 
 
 def timestamp(epoch: float) -> str:
     """``epoch`` as naive UTC ISO 8601 with microseconds, ``datetime.isoformat``'s form.
 
     Memoised per second: events of one second share the date-time part (formatting a
-    ``datetime`` per event was a tenth of the addon's CPU on a JSON call).
+    ``datetime`` per event was a tenth of the addon's CPU on a JSON call). The memo is
+    one tuple, replaced whole, so a reader on another thread never mixes two seconds.
     """
+    global _second
     whole = int(epoch)
     micros = round((epoch - whole) * 1_000_000)  # half to even, as datetime rounds
     if micros >= 1_000_000:
         whole, micros = whole + 1, micros - 1_000_000
-    if _second[0] != whole:
-        _second[1] = datetime.fromtimestamp(whole, UTC).replace(tzinfo=None).isoformat()
-        _second[0] = whole
-    return f"{_second[1]}.{micros:06d}" if micros else _second[1]
+    second, text = _second
+    if second != whole:
+        text = datetime.fromtimestamp(whole, UTC).replace(tzinfo=None).isoformat()
+        _second = (whole, text)
+    return f"{text}.{micros:06d}" if micros else text
 
 
 def build_events(ex: Exchange, usage: Usage, proxy_id: str | None) -> list[dict[str, Any]]:

@@ -107,18 +107,24 @@ def credit_balances(con: duckdb.DuckDBPyConnection, at: datetime) -> dict[str, D
     """Per customer: grants not expired at ``at`` minus what invoices consumed of them."""
     if not _has_table(con, "credit_grants"):
         return {}
-    consumed: dict[str, Decimal] = defaultdict(Decimal)
-    if _has_table(con, "credit_consumptions"):
-        for grant_id, amount in con.execute(
-            "SELECT grant_id, SUM(amount) FROM credit_consumptions GROUP BY grant_id"
-        ).fetchall():
-            consumed[grant_id] = Decimal(amount)
+    consumed = _consumed(con)
     out: dict[str, Decimal] = defaultdict(Decimal)
     for grant_id, customer, feature, amount, expires_at in _grant_rows(con):
         if feature is not None or (expires_at is not None and expires_at.replace(tzinfo=UTC) <= at):
             continue
         out[customer] += max(Decimal(0), Decimal(amount) - consumed[grant_id])
     return dict(out)
+
+
+def _consumed(con: duckdb.DuckDBPyConnection) -> defaultdict[str, Decimal]:
+    """Per grant: what invoices took of it so far (0 for a grant nothing took from)."""
+    consumed: defaultdict[str, Decimal] = defaultdict(Decimal)
+    if _has_table(con, "credit_consumptions"):
+        for grant_id, amount in con.execute(
+            "SELECT grant_id, SUM(amount) FROM credit_consumptions GROUP BY grant_id"
+        ).fetchall():
+            consumed[grant_id] = Decimal(amount)
+    return consumed
 
 
 def _grant_rows(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str, str | None, Any, Any]]:
@@ -140,12 +146,7 @@ def unit_balances(con: duckdb.DuckDBPyConnection, at: datetime) -> dict[tuple[st
     """Per (customer, feature): unit grants not expired at ``at`` minus what invoices took."""
     if not _has_table(con, "credit_grants"):
         return {}
-    consumed: dict[str, Decimal] = defaultdict(Decimal)
-    if _has_table(con, "credit_consumptions"):
-        for grant_id, amount in con.execute(
-            "SELECT grant_id, SUM(amount) FROM credit_consumptions GROUP BY grant_id"
-        ).fetchall():
-            consumed[grant_id] = Decimal(amount)
+    consumed = _consumed(con)
     out: dict[tuple[str, str], int] = defaultdict(int)
     for grant_id, customer, feature, amount, expires_at in _grant_rows(con):
         if feature is None or (expires_at is not None and expires_at.replace(tzinfo=UTC) <= at):
