@@ -250,9 +250,15 @@ def rate(args: argparse.Namespace, lake: str, pg: str, work: Path) -> dict[str, 
             except Exception as e:  # a proxy's maintainer logs it and tries later
                 passes.append(f"failed: {str(e)[:200]}")
 
-    for _, writer in writers:
+    # One event each before the clock starts, so that attaching the lake and the first
+    # (checked) flush are not counted: a running proxy did both long before.
+    warm_ts = datetime.now(UTC).replace(tzinfo=None).isoformat()
+    for p, (spool, writer) in enumerate(writers):
+        spool.append(_event(p, 0, args.customers, warm_ts))
         writer.start()
     time.sleep(2.0)  # attached, first (checked) flush done
+    for _, writer in writers:
+        writer.timings.clear()
     clocks = [
         time.pthread_getcpuclockid(w._thread.ident)  # type: ignore[union-attr,arg-type]
         for _, w in writers
@@ -290,6 +296,7 @@ def rate(args: argparse.Namespace, lake: str, pg: str, work: Path) -> dict[str, 
     events = sum(len(t) for t in appended)
     with store(lake) as con:
         (stored,) = con.execute("SELECT count(*) FROM usage_events").fetchone() or (0,)
+    stored -= len(writers)  # the warm-up events
     return {
         "proxies": args.proxies,
         "rate_per_proxy": args.rate,

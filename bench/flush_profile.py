@@ -1,11 +1,13 @@
 """Where a flush's CPU goes: the writer's insert, step by step, on a file and on a lake.
 
 Runs a flush's statements one at a time on the writer's held connection
-(:class:`addons.metering.storelink.StoreLink`) and times each, two ways: before (every
+(:class:`addons.metering.storelink.StoreLink`) and times each, three ways: before (every
 batch checked against the store: :func:`addons.metering.writer.insert_segments`: the
 segment into a temp table, a survey, the insert with its anti-join against the events
-stored in the dedup window, the commit) and now (the ids read for the in-memory check,
-then a plain append: :func:`addons.metering.writer.append_batch`). The store first receives
+stored in the dedup window, the commit), then (the ids read from the segment for the
+in-memory check, then a plain append: :func:`addons.metering.writer.append_segments`,
+still the way for segments a previous process left) and now (the spool knows the ids:
+one statement, :func:`addons.metering.writer.append_known`). The store first receives
 ``--prefill`` flushes of recent events (what a store holds within the dedup window: one
 proxy's last minutes, or on a lake ten proxies' uncompacted files). On a lake, the
 PostgreSQL server's CPU per flush is counted (from ``/proc``), and the statements PostgreSQL ran per
@@ -46,6 +48,8 @@ from addons.metering.writer import (  # noqa: E402
     INSERT_SQL,
     Batch,
     _sql_string,
+    append_known,
+    event_times,
     read_batch,
 )
 from bench.writer_bench import _postgres_cpu_s  # noqa: E402
@@ -110,8 +114,9 @@ def _before(con: duckdb.DuckDBPyConnection, segment: Path, steps: Steps) -> None
     steps.run("commit", lambda: con.execute("COMMIT"))
 
 
-def _after(con: duckdb.DuckDBPyConnection, segment: Path, steps: Steps) -> None:
-    """The flush now: ids read for the in-memory check, then a plain append."""
+def _ids_read(con: duckdb.DuckDBPyConnection, segment: Path, steps: Steps) -> None:
+    """The flush before the spool knew its ids: ids read for the in-memory check, then a
+    plain append (still the way for segments a previous process left)."""
     batch: list[Batch] = []
     steps.run("begin", lambda: con.execute("BEGIN TRANSACTION"))
     steps.run("read ids + ts (in-memory check)", lambda: batch.append(read_batch(con, [segment])))
@@ -120,6 +125,13 @@ def _after(con: duckdb.DuckDBPyConnection, segment: Path, steps: Steps) -> None:
     sql = sql.replace("$ingested_at", _ingested())
     steps.run("insert: read segment + Parquet", lambda: con.execute(sql))
     steps.run("commit", lambda: con.execute("COMMIT"))
+
+
+def _known(con: duckdb.DuckDBPyConnection, segment: Path, steps: Steps) -> None:
+    """The flush now: the spool knows the ids; one statement reads, writes and commits."""
+    keys = [("openai:x", datetime.now(UTC).replace(tzinfo=None).isoformat())] * 2
+    steps.run("ids from the spool + check", lambda: RecentIds().repeats(event_times(keys) or []))
+    steps.run("insert: read segment + Parquet + commit", lambda: append_known(con, [segment]))
 
 
 def profile(locator: str, work: Path, events: int, flushes: int, prefill: int) -> dict[str, object]:
@@ -137,10 +149,15 @@ def profile(locator: str, work: Path, events: int, flushes: int, prefill: int) -
 
     for _ in range(prefill):  # the store's last minutes: what the dedup window holds
         path = segment()
-        _after(con, path, Steps())
+        _known(con, path, Steps())
         path.unlink()
     result: dict[str, object] = {}
-    for name, way in (("before: every batch checked", _before), ("now: plain append", _after)):
+    ways = (
+        ("before: every batch checked", _before),
+        ("then: ids read, plain append", _ids_read),
+        ("now: ids known, plain append", _known),
+    )
+    for name, way in ways:
         steps = Steps()
         cpu = pg = 0.0
         for _ in range(flushes):
@@ -183,7 +200,7 @@ def _statements_per_commit(conninfo: str, locator: str, work: Path) -> int:
     spool.seal()
     [segment] = spool.sealed()
     before = log.read_text(errors="replace").count("LOG:  statement:")
-    _after(con, segment, Steps())
+    _known(con, segment, Steps())
     time.sleep(0.2)
     after = log.read_text(errors="replace").count("LOG:  statement:")
     sql("ALTER SYSTEM RESET log_statement")

@@ -110,8 +110,12 @@ def json_latency(proxies: list[Proxy], base: str, n: int) -> dict[str, list[floa
     out: dict[str, list[float]] = {p.name: [] for p in proxies} | {"direct": []}
     url = base + "/v1/chat/completions"
     try:
+        order = [("direct", direct), *clients.items()]
         for i in range(n + 50):
-            for name, client in [("direct", direct), *clients.items()]:
+            # Each round starts one place further on: the first proxy after the direct
+            # call was measured 1-3% faster than an identical one later in the round.
+            k = i % len(order)
+            for name, client in order[k:] + order[:k]:
                 t0 = time.perf_counter()
                 r = client.post(url, json=CHAT, headers=HEADERS)
                 elapsed = time.perf_counter() - t0

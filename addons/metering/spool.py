@@ -22,6 +22,10 @@ new events are counted and dropped), then written at the next append or seal tha
 succeeds. A write cut short leaves a torn line at the end of its segment; that segment
 is closed, so the next event starts a new one, and the torn event itself is written
 again (the store's event-id dedup drops a second copy).
+
+The spool remembers the ``(event_id, ts)`` of every line it wrote whole into a segment
+(:meth:`Spool.known_events`): the writer then needs no read of a segment to know what it
+holds, only for segments a previous process left or one a failed write tore.
 """
 
 from __future__ import annotations
@@ -41,6 +45,9 @@ from typing import Any
 from addons.metering import jsoncodec, oserrors
 
 log = logging.getLogger(__name__)
+
+#: An event's ``(event_id, ts)``, as spooled.
+EventKey = tuple[str, str]
 
 
 PREFIX = "meterline-"
@@ -80,13 +87,17 @@ class Spool:
         self._path: Path | None = None
         self._count = 0
         self._seq = 0
-        self._held: deque[bytes] = deque()
+        self._held: deque[tuple[bytes, EventKey | None]] = deque()
         self.dropped = 0
         """Events lost because the spool could not be written and memory was full."""
         self._fault: str | None = None
         """The condition last logged (e.g. ``write: ENOSPC (...)``); None when healthy."""
         self._unsealed: list[Path] = []
         """Closed ``.open`` segments whose rename failed; retried at each seal."""
+        self._open_keys: list[EventKey] | None = None
+        """(event_id, ts) of each line of the open segment; None once a line is unknown."""
+        self._keys: dict[str, list[EventKey] | None] = {}
+        """The same for each closed segment of this process, by its ``.open`` name."""
         self._adopt_legacy_segments()
         for leftover in sorted(self.directory.glob(PREFIX + "*" + OPEN_SUFFIX)):
             self._rename_sealed(leftover)
@@ -129,14 +140,16 @@ class Spool:
     def append(self, event: dict[str, Any]) -> int:
         """Append one event; returns how many events wait in the spool (open + held)."""
         line = jsoncodec.dumps_line(event)
+        event_id, ts = event.get("event_id"), event.get("ts")
+        key = (event_id, ts) if type(event_id) is str and type(ts) is str else None
         with self._mutex:
             if self._held:
                 self._write_held()
-            if self._held or not self._write(line):
-                self._hold(line)
+            if self._held or not self._write(line, key):
+                self._hold(line, key)
             return self._count + len(self._held)
 
-    def _write(self, line: bytes) -> bool:
+    def _write(self, line: bytes, key: EventKey | None) -> bool:
         """Write one whole line to the open segment; False (logged once) if it failed."""
         if self._fd is None:
             try:
@@ -153,22 +166,30 @@ class Spool:
                 n = os.write(fd, view[written:])
             except OSError as e:
                 if written:  # a torn line: no later event may be glued to it
+                    self._open_keys = None  # the segment must be read to know what it holds
                     self._close_segment()
                 self._failed("cannot write to the spool", e)
                 return False
             if n <= 0:  # pragma: no cover - os.write raises rather than return 0
+                self._open_keys = None
                 self._close_segment()
                 self._failed("cannot write to the spool", OSError(errno.EIO, "short write"))
                 return False
             written += n
         self._count += 1
+        keys = self._open_keys
+        if keys is not None:
+            if key is None:
+                self._open_keys = None
+            else:
+                keys.append(key)
         if self._fault is not None:
             self._recovered()
         return True
 
-    def _hold(self, line: bytes) -> None:
+    def _hold(self, line: bytes, key: EventKey | None) -> None:
         if len(self._held) < self.max_held:
-            self._held.append(line)
+            self._held.append((line, key))
             return
         if not self.dropped:
             log.error(
@@ -181,7 +202,7 @@ class Spool:
         self.dropped += 1
 
     def _write_held(self) -> None:
-        while self._held and self._write(self._held[0]):
+        while self._held and self._write(*self._held[0]):
             self._held.popleft()
 
     def _open_segment(self) -> None:
@@ -191,6 +212,7 @@ class Spool:
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o600)
         self._path = path
         self._count = 0
+        self._open_keys = []
 
     # ------------------------------------------------------------------ sealing
 
@@ -210,10 +232,11 @@ class Spool:
 
     def _close_segment(self) -> None:
         """Give up the open descriptor (it is forgotten before anything can fail), seal."""
-        fd, path = self._fd, self._path
-        self._fd, self._path, self._count = None, None, 0
+        fd, path, keys = self._fd, self._path, self._open_keys
+        self._fd, self._path, self._count, self._open_keys = None, None, 0, None
         if fd is None or path is None:
             return
+        self._keys[path.name] = keys
         try:
             os.close(fd)
         except OSError as e:  # the descriptor is released even so (Linux, close(2))
@@ -263,6 +286,18 @@ class Spool:
     def sealed(self) -> list[Path]:
         return sorted(self.directory.glob(PREFIX + "*" + SEALED_SUFFIX))
 
+    def known_events(self, segments: list[Path]) -> list[EventKey] | None:
+        """The (event_id, ts) of every event in ``segments``, in order, if this spool wrote
+        each of them whole (no read needed); None if one must be read to know."""
+        keys: list[EventKey] = []
+        with self._mutex:
+            for path in segments:
+                known = self._keys.get(path.with_suffix(OPEN_SUFFIX).name)
+                if known is None:
+                    return None
+                keys += known
+        return keys
+
     @staticmethod
     def read(path: Path) -> list[dict[str, Any]]:
         """Events in a sealed segment; a torn or garbled line is skipped with a warning."""
@@ -278,9 +313,11 @@ class Spool:
                     events.append(event)
         return events
 
-    @staticmethod
-    def remove(path: Path) -> None:
+    def remove(self, path: Path) -> None:
+        """Delete a sealed segment (its events are stored)."""
         path.unlink(missing_ok=True)
+        with self._mutex:
+            self._keys.pop(path.with_suffix(OPEN_SUFFIX).name, None)
 
     def close(self) -> None:
         self.seal()

@@ -13,7 +13,11 @@ may have committed them before it died), any batch after a failed flush (its com
 outcome is unknown), and a batch holding an id twice or one this writer committed in the
 last minutes (:mod:`addons.metering.recentids`). Every other flush is a plain append:
 this process is the only one writing this spool's segments to the store, and it knows
-it has not committed them.
+it has not committed them. Nor does a plain append read the ids first: the spool
+remembers the (event_id, ts) of every line it wrote whole (:meth:`Spool.known_events`),
+so each segment is parsed once, by the insert itself (a read of the ids was 3.7 of a
+flush's 12.6 ms of CPU on a lake at 100 events per flush). Segments a previous process
+left, or one a failed write tore, are read for their ids first.
 
 The store stays attached to one DuckDB instance of the writer's between flushes
 (:class:`addons.metering.storelink.StoreLink`): a lake for good, a DuckDB file only while
@@ -31,7 +35,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
@@ -169,6 +173,32 @@ def append_segments(
     return inserted, batch
 
 
+def append_known(con: duckdb.DuckDBPyConnection, segments: list[Path]) -> int:
+    """Append the events of ``segments``, unchecked: one statement (its own transaction).
+
+    For segments whose events the spool knows (:meth:`Spool.known_events`): no read of
+    the ids first, so each segment is parsed once. Returns the rows added.
+    """
+    sql = APPEND_SQL.replace("$files", _files_literal(segments))
+    row = con.execute(sql.replace("$ingested_at", _ingested_at())).fetchone()
+    return int(row[0]) if row else 0
+
+
+def event_times(keys: list[tuple[str, str]]) -> list[tuple[str, int]] | None:
+    """(event_id, ts in µs since the epoch) of spooled keys; None if a ts is unreadable."""
+    out = []
+    try:
+        for event_id, ts in keys:
+            out.append((event_id, (datetime.fromisoformat(ts) - _EPOCH) // _MICROSECOND))
+    except (ValueError, TypeError):  # an aware or malformed ts: let DuckDB read the lines
+        return None
+    return out
+
+
+_EPOCH = datetime(1970, 1, 1)
+_MICROSECOND = timedelta(microseconds=1)
+
+
 def insert_segments(con: duckdb.DuckDBPyConnection, segments: list[Path]) -> tuple[int, int]:
     """Insert the events of ``segments`` in one transaction, skipping ids already stored.
 
@@ -265,6 +295,9 @@ class SpoolWriter:
         """Flushes that wrote to the store."""
         self.checked_batches = 0
         """Of those, batches checked against the store's event ids (replays, repeats)."""
+        self.id_reads = 0
+        """Reads of a batch's event ids from its files (the spool knows them otherwise):
+        a checked batch, and segments a previous process left or a failed write tore."""
         self.recent = RecentIds()
         self._may_repeat_store = True
         """The pending segments may hold events already stored: at start (a previous
@@ -369,15 +402,21 @@ class SpoolWriter:
             try:
                 with private_files():  # the file and its WAL hold events: 0600
                     con = self.link.connection()
-                    appended = None
                     if not self._may_repeat_store:
-                        appended = append_segments(
-                            con, segments, lambda batch: self.recent.repeats(batch.events)
-                        )
-                    if appended is not None:
-                        inserted, batch = appended
-                        return inserted, batch.skipped, batch.events
+                        known = self._known(segments)
+                        if known is None:  # the spool cannot vouch for them: read the ids
+                            self.id_reads += 1
+                            appended = append_segments(
+                                con, segments, lambda batch: self.recent.repeats(batch.events)
+                            )
+                            if appended is not None:
+                                inserted, batch = appended
+                                return inserted, batch.skipped, batch.events
+                        elif not self.recent.repeats(known):
+                            inserted = append_known(con, segments)
+                            return inserted, max(0, len(known) - inserted), known
                     self.checked_batches += 1
+                    self.id_reads += 1
                     events = read_batch(con, segments).events
                     inserted, skipped = insert_segments(con, segments)
                     return inserted, skipped, events
@@ -386,6 +425,10 @@ class SpoolWriter:
                     raise
                 self.link.reset()
         raise AssertionError("unreachable")
+
+    def _known(self, segments: list[Path]) -> list[tuple[str, int]] | None:
+        keys = self.spool.known_events(segments)
+        return None if keys is None else event_times(keys)
 
     def flush(self, *, hold: bool = False) -> bool:
         """Seal, insert and delete every pending segment now. False if the store failed.
@@ -432,7 +475,7 @@ class SpoolWriter:
             self.recent.add(events)
             self._may_repeat_store = True  # until every committed segment is gone
             for path in segments:
-                Spool.remove(path)
+                self.spool.remove(path)
             self._may_repeat_store = False
             if not hold:
                 self.link.let_go()

@@ -22,7 +22,7 @@ def test_append_seal_read_remove(tmp_path: Path) -> None:
     assert spool.append({"event_id": "c"}) == 1  # a new segment
     spool.seal()
     assert len(spool.sealed()) == 2
-    Spool.remove(segment)
+    spool.remove(segment)
     [rest] = spool.sealed()
     assert [e["event_id"] for e in Spool.read(rest)] == ["c"]
     spool.close()
@@ -185,7 +185,7 @@ def test_touches_only_its_own_files(tmp_path: Path) -> None:
     spool.seal()
     [segment] = spool.sealed()
     assert segment.name.startswith("meterline-")
-    Spool.remove(segment)
+    spool.remove(segment)
     spool.close()
     assert {p.name: p.read_text() for p in tmp_path.iterdir() if p.name in foreign} == foreign
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*foreign, "meterline-spool.lock"])
@@ -220,3 +220,28 @@ def test_legacy_names_without_the_old_lock_are_not_ours(tmp_path: Path) -> None:
     assert spool.sealed() == []
     assert (tmp_path / "00000000000000000001-42-000001.jsonl").exists()
     spool.close()
+
+
+def test_the_spool_knows_the_events_it_wrote_whole(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    spool.append({"event_id": "a", "ts": "2026-03-01T12:00:00"})
+    spool.append({"event_id": "b", "ts": "2026-03-01T12:00:01"})
+    spool.seal()
+    spool.append({"event_id": "c", "ts": "2026-03-01T12:00:02"})
+    spool.seal()
+    first, second = spool.sealed()
+    assert spool.known_events([first, second]) == [
+        ("a", "2026-03-01T12:00:00"),
+        ("b", "2026-03-01T12:00:01"),
+        ("c", "2026-03-01T12:00:02"),
+    ]
+    spool.append({"event_id": "d"})  # no ts: its segment must be read to know it
+    spool.seal()
+    third = spool.sealed()[-1]
+    assert spool.known_events([first, third]) is None
+    spool.remove(first)
+    assert spool.known_events([first]) is None  # forgotten with its file
+    spool.close()
+    again = Spool(tmp_path)  # a previous process's segments: unknown
+    assert again.known_events(again.sealed()) is None
+    again.close()

@@ -359,3 +359,28 @@ def test_a_batch_after_a_failed_flush_is_checked(tmp_path: Path) -> None:
     assert [r[0] for r in _rows(tmp_path / "e.duckdb")] == ["a", "b", "c"]
     assert writer.stop()
     spool.close()
+
+
+def test_a_plain_append_reads_no_ids_from_the_files(tmp_path: Path) -> None:
+    """The spool knows what it wrote: a plain append parses each segment once (the
+    insert); segments it cannot vouch for (a line without ts, left by another process)
+    are read for their ids first, and everything still goes in once."""
+    db = tmp_path / "e.duckdb"
+    spool = Spool(tmp_path / "spool")
+    writer = SpoolWriter(spool, str(db))
+    spool.append(_event("a"))
+    assert writer.flush() and (writer.checked_batches, writer.id_reads) == (1, 1)
+    for event_id in ("b", "c", "d"):
+        spool.append(_event(event_id))
+    spool.seal()
+    spool.append(_event("e"))
+    assert writer.flush() and (writer.checked_batches, writer.id_reads) == (1, 1)
+    spool.append(_event("f"))
+    spool.append({"event_id": "no-ts"})  # not an event; the spool cannot vouch for its line
+    assert writer.flush() and (writer.checked_batches, writer.id_reads) == (1, 2)
+    spool.append(_event("b"))  # known, but committed a moment ago: checked
+    assert writer.flush() and (writer.checked_batches, writer.id_reads) == (2, 3)
+    assert [r[0] for r in _rows(db)] == ["a", "b", "c", "d", "e", "f"]
+    assert writer.inserted == 6
+    assert writer.stop()
+    spool.close()
