@@ -17,6 +17,7 @@ import random
 import socket
 import threading
 
+from addons.metering.priority import MAINTENANCE_NICENESS, lower_thread_priority
 from meterline.lakemaint import (
     MAX_COMPACTED_FILES,
     MaintenanceReport,
@@ -74,7 +75,9 @@ class LakeMaintainer:
         """One pass if this proxy gets the lease; None if another holds it.
 
         ``keep_snapshots``: retention by commits instead of wall-clock age (a simulation's
-        compressed time, see :func:`meterline.lakemaint.retention_cutoff`)."""
+        compressed time, see :func:`meterline.lakemaint.retention_cutoff`). The calling
+        thread is left at :data:`MAINTENANCE_NICENESS`."""
+        lower_thread_priority(MAINTENANCE_NICENESS)
         with store(self.locator) as con:
             con.execute("SET threads = 1")  # the proxy's cores are for its traffic
             if not take_lease(con, self.holder):

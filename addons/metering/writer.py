@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -43,6 +42,7 @@ import duckdb
 
 from addons.metering import oserrors
 from addons.metering.lakejob import LakeMaintainer, maintain_every_s
+from addons.metering.priority import WRITER_NICENESS, lower_thread_priority
 from addons.metering.recentids import RecentIds
 from addons.metering.spool import Spool
 from addons.metering.storelink import StoreLink
@@ -232,18 +232,6 @@ def insert_segments(con: duckdb.DuckDBPyConnection, segments: list[Path]) -> tup
     return (int(inserted[0]) if inserted else 0), skipped
 
 
-#: Nice value added to the writer thread: under load the event loop (and the agents)
-#: get the CPU first; the writer catches up in the gaps. Weight 110 vs 1024 at nice 0,
-#: so it is slowed down, never starved.
-WRITER_NICENESS = 10
-
-
-def _lower_priority() -> None:
-    """Run the calling thread at a lower CPU priority (Linux: per thread; best effort)."""
-    with contextlib.suppress(AttributeError, OSError):  # not Linux, or not allowed: no harm
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WRITER_NICENESS)
-
-
 #: The writer waits at least this many times the CPU its last flush used before the next
 #: one, so a writer whose flushes grow costly (a big backlog) gets to fewer, larger
 #: batches: at most ~1/10 of a core, and the fixed cost of a flush (a few ms of CPU) is
@@ -358,7 +346,7 @@ class SpoolWriter:
             self._wake.set()
 
     def _run(self) -> None:
-        _lower_priority()
+        lower_thread_priority(WRITER_NICENESS)
         while not self._stop.is_set():
             started, cpu = time.monotonic(), time.thread_time()
             try:
