@@ -42,6 +42,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -85,10 +86,27 @@ def _pct(values: list[float], q: float) -> float:
     return round(ordered[min(len(ordered) - 1, int(len(ordered) * q))], 1) if ordered else 0.0
 
 
-def _lake_state(lake: str, pg: str) -> dict[str, float]:
+def _largest_tables(conninfo: str, n: int = 4) -> str:
+    """The catalog's largest tables: name, live rows, MB (where a growing catalog grows)."""
+    psql = sorted(Path("/usr/lib/postgresql").glob("*/bin/psql"))[-1]
+    query = (
+        "SELECT relname || ' ' || n_live_tup || ' rows ' || "
+        "round(pg_total_relation_size(relid) / 1e6, 1) || ' MB' FROM pg_stat_user_tables "
+        f"ORDER BY pg_total_relation_size(relid) DESC LIMIT {n}"
+    )
+    out = subprocess.run([str(psql), conninfo, "-Atc", query], capture_output=True, text=True)
+    return "; ".join(out.stdout.split("\n")).strip("; ")
+
+
+def _lake_state(lake: str, pg: str) -> dict[str, float | str]:
     with store(lake) as con:
         files, snapshots = lake_counts(con)
-    return {"files": files, "snapshots": snapshots, "catalog_mb": _catalog_bytes(pg) / 1e6}
+    return {
+        "files": files,
+        "snapshots": snapshots,
+        "catalog_mb": _catalog_bytes(pg) / 1e6,
+        "largest_tables": _largest_tables(pg),
+    }
 
 
 def month(args: argparse.Namespace, lake: str, pg: str, work: Path) -> dict[str, object]:
@@ -124,7 +142,7 @@ def month(args: argparse.Namespace, lake: str, pg: str, work: Path) -> dict[str,
                     stop.set()
 
     maintainer = LakeMaintainer(lake, every_s=0, holder="fleet-bench")
-    samples: list[dict[str, float]] = []
+    samples: list[dict[str, Any]] = []
     failed_passes: list[str] = []
 
     def maintain_loop() -> None:
@@ -152,7 +170,8 @@ def month(args: argparse.Namespace, lake: str, pg: str, work: Path) -> dict[str,
                             "files_before_pass": report.files_before,
                             "files": state["files"],
                             "snapshots": state["snapshots"],
-                            "catalog_mb": round(state["catalog_mb"], 1),
+                            "catalog_mb": round(float(state["catalog_mb"]), 1),
+                            "largest_tables": state["largest_tables"],
                         }
                     )
                     print(json.dumps(samples[-1]), file=sys.stderr, flush=True)
