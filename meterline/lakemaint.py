@@ -72,8 +72,16 @@ def _utc(ts: datetime) -> str:
 
 
 def _count(con: duckdb.DuckDBPyConnection, sql: str) -> int:
-    row = con.execute(sql).fetchone()
-    return int(row[0]) if row else 0
+    """The count a statement returns, its transaction committed.
+
+    The whole result is fetched: a result left open until the next statement rolls the
+    statement's transaction back. ``ducklake_cleanup_old_files`` read with ``fetchone()``
+    deleted the files but left their rows in ``ducklake_files_scheduled_for_deletion``:
+    one row per merged file for good (measured: the rows grew by each pass's merged files,
+    ~1 per fleet commit, so a month of ten proxies would have left ~26M of them).
+    """
+    rows = con.execute(sql).fetchall()
+    return int(rows[0][0]) if rows else 0
 
 
 def lake_counts(con: duckdb.DuckDBPyConnection, catalog: str = "lake") -> tuple[int, int]:

@@ -240,6 +240,15 @@ def test_retention_by_snapshot_count_keeps_the_last_n(
             third = maintain(con, keep_snapshots=3)
             assert third.files_deleted >= 12
             assert con.execute("SELECT count(*) FROM usage_events").fetchone() == (16,)
+            scheduled = con.execute(
+                "SELECT path FROM __ducklake_metadata_lake.ducklake_files_scheduled_for_deletion"
+            ).fetchall()
+        # A deleted file leaves the catalog with it (the cleanup's transaction committed:
+        # its rows once stayed for good, one per merged file, while the files were gone).
+        assert all((tmp_path / "data" / path).exists() for (path,) in scheduled), scheduled
+        commits(16, 4)
+        with store(lake) as con:
+            assert maintain(con, keep_snapshots=3).files_deleted < third.files_deleted
     finally:
         writer.stop()
         spool.close()
