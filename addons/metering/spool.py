@@ -25,7 +25,8 @@ again (the store's event-id dedup drops a second copy).
 
 The spool remembers the ``(event_id, ts)`` of every line it wrote whole into a segment
 (:meth:`Spool.known_events`): the writer then needs no read of a segment to know what it
-holds, only for segments a previous process left or one a failed write tore.
+holds, only for segments a previous process left or one a failed write tore, and for the
+oldest of a long backlog (at most :data:`MAX_KNOWN_EVENTS` keys are kept).
 """
 
 from __future__ import annotations
@@ -56,6 +57,10 @@ SEALED_SUFFIX = ".jsonl"
 LOCK_NAME = PREFIX + "spool.lock"
 #: Events held in memory while the spool cannot be written; past this, new ones are dropped.
 MAX_HELD_EVENTS = 10_000
+#: Event keys remembered for closed segments (~150 bytes each): past this (a store down
+#: for long, a backlog of segments on disk), the oldest segments' keys are forgotten and
+#: the writer reads those segments for their ids, as it does a previous process's.
+MAX_KNOWN_EVENTS = 200_000
 #: Segments of Meterline before the ``meterline-`` prefix (``<ns>-<pid>-<seq>.open|.jsonl``
 #: beside its ``spool.lock``): adopted at start so an upgrade replays what they hold.
 _LEGACY_SEGMENT = re.compile(r"\d{20}-\d+-\d{6}\.(open|jsonl)")
@@ -98,6 +103,8 @@ class Spool:
         """(event_id, ts) of each line of the open segment; None once a line is unknown."""
         self._keys: dict[str, list[EventKey] | None] = {}
         """The same for each closed segment of this process, by its ``.open`` name."""
+        self._known_count = 0
+        self.max_known = MAX_KNOWN_EVENTS
         self._adopt_legacy_segments()
         for leftover in sorted(self.directory.glob(PREFIX + "*" + OPEN_SUFFIX)):
             self._rename_sealed(leftover)
@@ -236,7 +243,7 @@ class Spool:
         self._fd, self._path, self._count, self._open_keys = None, None, 0, None
         if fd is None or path is None:
             return
-        self._keys[path.name] = keys
+        self._remember(path.name, keys)
         try:
             os.close(fd)
         except OSError as e:  # the descriptor is released even so (Linux, close(2))
@@ -286,6 +293,13 @@ class Spool:
     def sealed(self) -> list[Path]:
         return sorted(self.directory.glob(PREFIX + "*" + SEALED_SUFFIX))
 
+    def _remember(self, name: str, keys: list[EventKey] | None) -> None:
+        self._keys[name] = keys
+        self._known_count += len(keys or ())
+        while self._known_count > self.max_known:  # the oldest first (insertion order)
+            oldest = next(iter(self._keys))
+            self._known_count -= len(self._keys.pop(oldest) or ())
+
     def known_events(self, segments: list[Path]) -> list[EventKey] | None:
         """The (event_id, ts) of every event in ``segments``, in order, if this spool wrote
         each of them whole (no read needed); None if one must be read to know."""
@@ -317,7 +331,8 @@ class Spool:
         """Delete a sealed segment (its events are stored)."""
         path.unlink(missing_ok=True)
         with self._mutex:
-            self._keys.pop(path.with_suffix(OPEN_SUFFIX).name, None)
+            keys = self._keys.pop(path.with_suffix(OPEN_SUFFIX).name, None)
+            self._known_count -= len(keys or ())
 
     def close(self) -> None:
         self.seal()

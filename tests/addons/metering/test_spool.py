@@ -245,3 +245,25 @@ def test_the_spool_knows_the_events_it_wrote_whole(tmp_path: Path) -> None:
     again = Spool(tmp_path)  # a previous process's segments: unknown
     assert again.known_events(again.sealed()) is None
     again.close()
+
+
+def test_known_events_are_bounded_oldest_forgotten_first(tmp_path: Path) -> None:
+    """A backlog on disk (the store down for long) costs no unbounded memory: past the
+    bound the oldest segments' keys are forgotten, and those are read from the files."""
+    spool = Spool(tmp_path)
+    spool.max_known = 3
+    for n in range(4):
+        spool.append({"event_id": f"e{n}", "ts": "2026-03-01T12:00:00"})
+        if n % 2:
+            spool.seal()
+    first, second = spool.sealed()
+    assert spool.known_events([second]) is not None
+    spool.append({"event_id": "e4", "ts": "2026-03-01T12:00:00"})
+    spool.seal()  # 2 + 2 + 1 keys: over the bound, the first segment's go
+    assert spool.known_events([first]) is None
+    assert spool.known_events([second]) == [
+        ("e2", "2026-03-01T12:00:00"),
+        ("e3", "2026-03-01T12:00:00"),
+    ]
+    spool.remove(second)
+    spool.close()
