@@ -70,15 +70,16 @@ def _event(proxy: int, n: int, customers: int, ts: str | None = None) -> dict[st
     }  # fmt: skip
 
 
-def _catalog_bytes(conninfo: str) -> int:
+def _psql(conninfo: str, query: str) -> str:
     psql = sorted(Path("/usr/lib/postgresql").glob("*/bin/psql"))[-1]
     out = subprocess.run(
-        [str(psql), conninfo, "-Atc", "SELECT pg_database_size(current_database())"],
-        capture_output=True,
-        text=True,
-        check=True,
+        [str(psql), conninfo, "-Atc", query], capture_output=True, text=True, check=True
     )
-    return int(out.stdout.strip())
+    return out.stdout.strip()
+
+
+def _catalog_bytes(conninfo: str) -> int:
+    return int(_psql(conninfo, "SELECT pg_database_size(current_database())"))
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -88,14 +89,12 @@ def _pct(values: list[float], q: float) -> float:
 
 def _largest_tables(conninfo: str, n: int = 4) -> str:
     """The catalog's largest tables: name, live rows, MB (where a growing catalog grows)."""
-    psql = sorted(Path("/usr/lib/postgresql").glob("*/bin/psql"))[-1]
     query = (
         "SELECT relname || ' ' || n_live_tup || ' rows ' || "
         "round(pg_total_relation_size(relid) / 1e6, 1) || ' MB' FROM pg_stat_user_tables "
         f"ORDER BY pg_total_relation_size(relid) DESC LIMIT {n}"
     )
-    out = subprocess.run([str(psql), conninfo, "-Atc", query], capture_output=True, text=True)
-    return "; ".join(out.stdout.split("\n")).strip("; ")
+    return "; ".join(_psql(conninfo, query).splitlines())
 
 
 def _lake_state(lake: str, pg: str) -> dict[str, float | str]:

@@ -127,10 +127,15 @@ def _ids_read(con: duckdb.DuckDBPyConnection, segment: Path, steps: Steps) -> No
     steps.run("commit", lambda: con.execute("COMMIT"))
 
 
-def _known(con: duckdb.DuckDBPyConnection, segment: Path, steps: Steps) -> None:
+def _known(con: duckdb.DuckDBPyConnection, segment: Path, steps: Steps, spool: Spool) -> None:
     """The flush now: the spool knows the ids; one statement reads, writes and commits."""
-    keys = [("openai:x", datetime.now(UTC).replace(tzinfo=None).isoformat())] * 2
-    steps.run("ids from the spool + check", lambda: RecentIds().repeats(event_times(keys) or []))
+
+    def check() -> None:
+        keys = spool.known_events([segment])
+        assert keys is not None
+        RecentIds().repeats(event_times(keys) or [])
+
+    steps.run("ids from the spool + check", check)
     steps.run("insert: read segment + Parquet + commit", lambda: append_known(con, [segment]))
 
 
@@ -149,13 +154,13 @@ def profile(locator: str, work: Path, events: int, flushes: int, prefill: int) -
 
     for _ in range(prefill):  # the store's last minutes: what the dedup window holds
         path = segment()
-        _known(con, path, Steps())
+        _known(con, path, Steps(), spool)
         path.unlink()
     result: dict[str, object] = {}
     ways = (
         ("before: every batch checked", _before),
         ("then: ids read, plain append", _ids_read),
-        ("now: ids known, plain append", _known),
+        ("now: ids known, plain append", lambda c, p, st: _known(c, p, st, spool)),
     )
     for name, way in ways:
         steps = Steps()
@@ -200,7 +205,7 @@ def _statements_per_commit(conninfo: str, locator: str, work: Path) -> int:
     spool.seal()
     [segment] = spool.sealed()
     before = log.read_text(errors="replace").count("LOG:  statement:")
-    _known(con, segment, Steps())
+    _known(con, segment, Steps(), spool)
     time.sleep(0.2)
     after = log.read_text(errors="replace").count("LOG:  statement:")
     sql("ALTER SYSTEM RESET log_statement")

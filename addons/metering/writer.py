@@ -184,6 +184,10 @@ def append_known(con: duckdb.DuckDBPyConnection, segments: list[Path]) -> int:
     return int(row[0]) if row else 0
 
 
+_EPOCH = datetime(1970, 1, 1)
+_MICROSECOND = timedelta(microseconds=1)
+
+
 def event_times(keys: list[tuple[str, str]]) -> list[tuple[str, int]] | None:
     """(event_id, ts in µs since the epoch) of spooled keys; None if a ts is unreadable."""
     out = []
@@ -193,10 +197,6 @@ def event_times(keys: list[tuple[str, str]]) -> list[tuple[str, int]] | None:
     except (ValueError, TypeError):  # an aware or malformed ts: let DuckDB read the lines
         return None
     return out
-
-
-_EPOCH = datetime(1970, 1, 1)
-_MICROSECOND = timedelta(microseconds=1)
 
 
 def insert_segments(con: duckdb.DuckDBPyConnection, segments: list[Path]) -> tuple[int, int]:
