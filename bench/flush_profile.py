@@ -16,6 +16,7 @@ commit (its ``log_statement = 'all'`` log) are counted once.
 Usage::
 
     .venv/bin/python bench/flush_profile.py --events 50 --flushes 20 --prefill 300 --lake
+    .venv/bin/python bench/flush_profile.py --events 100 --flushes 30 --lake --gap-ms 200
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -139,7 +141,9 @@ def _known(con: duckdb.DuckDBPyConnection, segment: Path, steps: Steps, spool: S
     steps.run("insert: read segment + Parquet + commit", lambda: append_known(con, [segment]))
 
 
-def profile(locator: str, work: Path, events: int, flushes: int, prefill: int) -> dict[str, object]:
+def profile(
+    locator: str, work: Path, events: int, flushes: int, prefill: int, gap_s: float = 0.0
+) -> dict[str, object]:
     lake = locator.startswith("ducklake:")
     link = StoreLink(locator)
     con = link.connection()
@@ -164,19 +168,25 @@ def profile(locator: str, work: Path, events: int, flushes: int, prefill: int) -
     )
     for name, way in ways:
         steps = Steps()
-        cpu = pg = 0.0
+        cpu = pg = kernel = 0.0
+        faults = 0
         for _ in range(flushes):
             path = segment()
+            time.sleep(gap_s)
             p0 = _postgres_cpu_s() if lake else 0.0
-            c0 = time.thread_time()
+            r0, c0 = resource.getrusage(resource.RUSAGE_THREAD), time.thread_time()
             way(con, path, steps)
-            c1 = time.thread_time()
+            c1, r1 = time.thread_time(), resource.getrusage(resource.RUSAGE_THREAD)
             pg += (_postgres_cpu_s() - p0) if lake else 0.0
             cpu += c1 - c0
+            kernel += r1.ru_stime - r0.ru_stime
+            faults += r1.ru_minflt - r0.ru_minflt
             path.unlink()
         result[name] = {
             "steps (median ms)": steps.report(),
             "writer_cpu_ms_per_flush": round(cpu / flushes * 1000, 2),
+            "of_it_kernel_ms_per_flush": round(kernel / flushes * 1000, 2),
+            "minor_page_faults_per_flush": round(faults / flushes, 1),
             "postgres_cpu_ms_per_flush": round(pg / flushes * 1000, 2),
             "cpu_us_per_event_incl_postgres": round((cpu + pg) / flushes / events * 1e6, 1),
         }
@@ -221,18 +231,26 @@ def main() -> None:
     ap.add_argument("--flushes", type=int, default=20)
     ap.add_argument("--prefill", type=int, default=300, help="flushes stored beforehand")
     ap.add_argument("--lake", action="store_true")
+    ap.add_argument("--gap-ms", type=float, default=0.0, help="sleep between flushes")
     args = ap.parse_args()
-    out: dict[str, object] = {"events": args.events, "prefill_flushes": args.prefill}
+    gap_s = args.gap_ms / 1000
+    out: dict[str, object] = {
+        "events": args.events,
+        "prefill_flushes": args.prefill,
+        "gap_ms": args.gap_ms,
+    }
     with tempfile.TemporaryDirectory(prefix="meterline-flush-profile-") as tmp:
         work = Path(tmp)
-        out["file"] = profile(str(work / "e.duckdb"), work, args.events, args.flushes, args.prefill)
+        out["file"] = profile(
+            str(work / "e.duckdb"), work, args.events, args.flushes, args.prefill, gap_s
+        )
         if args.lake:
             from tests.support.postgres import postgres_server
 
             os.environ["METERLINE_LAKE_DATA"] = str(work / "lake-data")
             with postgres_server() as pg:
                 lake = f"ducklake:postgres:{pg}"
-                out["lake"] = profile(lake, work, args.events, args.flushes, args.prefill)
+                out["lake"] = profile(lake, work, args.events, args.flushes, args.prefill, gap_s)
                 out["lake_postgres_statements_per_flush"] = _statements_per_commit(pg, lake, work)
     print(json.dumps(out, indent=1))
 

@@ -1,9 +1,10 @@
 """What the meter costs on top of plain mitmdump, measured side by side in one run.
 
-Two mitmdump processes run at once with the same flags against the same fake provider
-(its own process, bench/upstream_server.py): one plain pass-through, one with
-``-s addons/meter.py``. Requests alternate between them, so drift in the machine's
-load hits both alike. Reported:
+mitmdump processes run at once with the same flags against the same fake provider
+(its own process, bench/upstream_server.py): a plain pass-through, one streaming every
+response, one with ``-s addons/meter.py``, and a second plain one started last (the
+noise floor; see :func:`bench_setup` for the start order). Requests alternate between
+them, so drift in the machine's load hits all alike. Reported:
 
 - JSON chat completions, sequential on a keep-alive connection: median and p99 latency,
   and what the meter adds (absolute and as a ratio); a fourth mitmdump, metered with
@@ -55,6 +56,8 @@ STREAM = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
 HEADERS = {"authorization": f"Bearer {API_KEY}"}
 #: A metered proxy with ``meter_durable=false``: what the durability guarantee costs.
 AFTER_REPLY = "meter-after-reply"
+#: A second plain mitmdump, started after all the others: the noise floor of every ratio.
+PLAIN_LATE = "plain-late"
 
 
 @dataclass
@@ -199,15 +202,22 @@ def best_of(runs: int, fn: Callable[[], float]) -> float:
 
 @contextmanager
 def bench_setup(*, after_reply: bool = False) -> Iterator[tuple[dict[str, Any], list[Proxy], Path]]:
-    """The fake provider in its own process and three mitmdumps with the same flags:
-    plain, streaming every response, and metered. Yields (ports, proxies, workdir)."""
+    """The fake provider in its own process and mitmdumps with the same flags: plain,
+    streaming every response, metered (and metered after the reply), and plain again.
+    Yields (ports, proxies, workdir).
+
+    Start order: identical mitmdumps measured 1-2% apart by the order they were started
+    in, the first one started fastest (cause not found). A spare plain mitmdump, never
+    measured, is started first, and a second plain one (:data:`PLAIN_LATE`) last, so the
+    baseline is not the one favoured and the spread of the two plain ones shows the
+    noise floor of every ratio in the same run."""
     upstream = subprocess.Popen(
         [sys.executable, str(REPO / "bench" / "upstream_server.py")],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
     )
     assert upstream.stdout is not None and upstream.stdin is not None
-    proxies: list[Proxy] = []
+    started: list[Proxy] = []
     try:
         ports: dict[str, Any] = json.loads(upstream.stdout.readline())
         with tempfile.TemporaryDirectory() as tmp:
@@ -216,22 +226,24 @@ def bench_setup(*, after_reply: bool = False) -> Iterator[tuple[dict[str, Any], 
             catalog = write_catalog(work / "catalog.yaml", ports["providers"], {"bench": [API_KEY]})
             assert fingerprint(API_KEY) in catalog.read_text()
             try:
-                proxies.append(start_proxy("plain", work, confdir, []))
+                started.append(start_proxy("spare", work, confdir, []))
+                started.append(start_proxy("plain", work, confdir, []))
                 stream = ["-s", str(REPO / "bench" / "stream_passthrough.py")]
-                proxies.append(start_proxy("streaming", work, confdir, stream))
+                started.append(start_proxy("streaming", work, confdir, stream))
                 meter = ["-s", str(REPO / "addons" / "meter.py"),
                          "--set", f"meter_catalog={catalog}",
                          "--set", f"meter_db={work / 'meterline.duckdb'}",
                          "--set", f"meter_spool={work / 'spool'}"]  # fmt: skip
-                proxies.append(start_proxy("meter", work, confdir, meter))
+                started.append(start_proxy("meter", work, confdir, meter))
                 if after_reply:  # the same, without the durability guarantee: its cost
                     lazy = [*meter[:-4], "--set", f"meter_db={work / 'lazy.duckdb'}",
                             "--set", f"meter_spool={work / 'lazy-spool'}",
                             "--set", "meter_durable=false"]  # fmt: skip
-                    proxies.append(start_proxy(AFTER_REPLY, work, confdir, lazy))
-                yield ports, proxies, work
+                    started.append(start_proxy(AFTER_REPLY, work, confdir, lazy))
+                started.append(start_proxy(PLAIN_LATE, work, confdir, []))
+                yield ports, started[1:], work
             finally:
-                for p in proxies:
+                for p in started:
                     if p.process.poll() is None:
                         p.stop()
     finally:
@@ -250,7 +262,7 @@ def main() -> None:
     )
 
     with bench_setup(after_reply=True) as (ports, proxies, work):
-        plain, streaming, meter, after_reply = proxies
+        plain, streaming, meter, after_reply, plain_late = proxies
         base = f"http://127.0.0.1:{ports['plain']['openai']}"
         tls_base = f"https://127.0.0.1:{ports['tls']['openai']}"
         results: dict[str, Any] = {"machine": f"{os.cpu_count()} cores", "counts": {}}
@@ -302,7 +314,7 @@ def main() -> None:
                 p.name: {"before": before[p.name], "after": p.rss_mib()} for p in proxies
             }
         finally:
-            for p in (*proxies, after_reply):
+            for p in (*proxies, after_reply, plain_late):
                 p.stop()
         import duckdb
 
@@ -320,12 +332,18 @@ def report(r: dict[str, Any]) -> None:
     added = j["meter"]["median"] - j["plain"]["median"]
     print("\n== JSON chat completion, sequential keep-alive (ms)")
     print(f"{'':10}{'median':>10}{'p99':>10}")
-    for name in ("direct", *names):
+    for name in ("direct", *names, PLAIN_LATE):
         print(f"{name:10}{j[name]['median']:10.3f}{j[name]['p99']:10.3f}")
     print(
         f"meter adds {added:+.3f} ms at the median "
         f"({j['meter']['median'] / j['plain']['median']:.3f}x plain), "
         f"{j['meter']['p99'] - j['plain']['p99']:+.3f} ms at p99"
+    )
+    both = (j["plain"]["median"] + j[PLAIN_LATE]["median"]) / 2
+    print(
+        f"noise floor: {PLAIN_LATE} (identical to plain, started last) "
+        f"{j[PLAIN_LATE]['median'] / j['plain']['median']:.3f}x plain; "
+        f"meter {j['meter']['median'] / both:.3f}x the mean of the two"
     )
     lazy = j[AFTER_REPLY]
     print(
@@ -340,6 +358,7 @@ def report(r: dict[str, Any]) -> None:
             f"\n== requests/s, {label}: plain {v['plain']:.0f}, streaming {v['streaming']:.0f}, "
             f"meter {v['meter']:.0f} ({v['meter'] / v['plain']:.3f}x plain)"
             + (f", {AFTER_REPLY} {v[AFTER_REPLY]:.0f}" if AFTER_REPLY in v else "")
+            + (f", {PLAIN_LATE} {v[PLAIN_LATE]:.0f}" if PLAIN_LATE in v else "")
         )
     s = r["sse_ms"]
     print("\n== SSE, 20 ms between events (ms); 'plain' mitmdump buffers, 'streaming' does not")
