@@ -23,9 +23,7 @@ Reported: the JSON median of sequential calls (rotated rounds) and keep-alive re
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -35,10 +33,10 @@ sys.path.insert(0, str(REPO))
 
 from bench.proxy_bench import (  # noqa: E402
     API_KEY,
-    Proxy,
+    fake_provider,
     json_latency,
     keepalive_rps,
-    start_proxy,
+    mitmdumps,
 )
 from tests.support.proxy import write_catalog  # noqa: E402
 
@@ -71,35 +69,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2500, help="sequential JSON rounds")
     ap.add_argument("--seconds", type=float, default=4.0, help="keep-alive run per proxy")
     opts = ap.parse_args()
-    upstream = subprocess.Popen(
-        [sys.executable, str(REPO / "bench" / "upstream_server.py")],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
-    assert upstream.stdout is not None and upstream.stdin is not None
-    started: list[Proxy] = []
-    try:
-        ports = json.loads(upstream.stdout.readline())
+    with fake_provider() as ports, tempfile.TemporaryDirectory() as tmp:
         base = f"http://127.0.0.1:{ports['plain']['openai']}"
-        with tempfile.TemporaryDirectory() as tmp:
-            work = Path(tmp)
-            confdir = work / "confdir"
-            catalog = write_catalog(work / "catalog.yaml", ports["providers"], {"bench": [API_KEY]})
-            started.append(start_proxy("spare", work, confdir, []))  # see bench_setup
-            for name, args in variants(work, catalog).items():
-                started.append(start_proxy(name, work, confdir, args))
-            measured = started[1:]
+        work = Path(tmp)
+        catalog = write_catalog(work / "catalog.yaml", ports["providers"], {"bench": [API_KEY]})
+        with mitmdumps(work, variants(work, catalog)) as measured:
             lat = json_latency(measured, base, opts.rounds)
             rps = {p.name: keepalive_rps(p, base, 3, opts.seconds) for p in measured}
-            for p in started:
-                p.stop()
-    finally:
-        for p in started:
-            if p.process.poll() is None:
-                p.stop()
-        upstream.stdin.close()
-        upstream.wait(10)
-        upstream.stdout.close()
     median = {name: statistics.median(v) for name, v in lat.items()}
     plain_ms = (median["plain"] + median["plain-late"]) / 2
     plain_rps = (rps["plain"] + rps["plain-late"]) / 2

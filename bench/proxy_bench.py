@@ -201,55 +201,69 @@ def best_of(runs: int, fn: Callable[[], float]) -> float:
 
 
 @contextmanager
-def bench_setup(*, after_reply: bool = False) -> Iterator[tuple[dict[str, Any], list[Proxy], Path]]:
-    """The fake provider in its own process and mitmdumps with the same flags: plain,
-    streaming every response, metered (and metered after the reply), and plain again.
-    Yields (ports, proxies, workdir).
-
-    Start order: identical mitmdumps measured 1-2% apart by the order they were started
-    in, the first one started fastest (cause not found). A spare plain mitmdump, never
-    measured, is started first, and a second plain one (:data:`PLAIN_LATE`) last, so the
-    baseline is not the one favoured and the spread of the two plain ones shows the
-    noise floor of every ratio in the same run."""
+def fake_provider() -> Iterator[dict[str, Any]]:
+    """bench/upstream_server.py in its own process; yields its ports."""
     upstream = subprocess.Popen(
         [sys.executable, str(REPO / "bench" / "upstream_server.py")],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
     )
     assert upstream.stdout is not None and upstream.stdin is not None
-    started: list[Proxy] = []
     try:
-        ports: dict[str, Any] = json.loads(upstream.stdout.readline())
-        with tempfile.TemporaryDirectory() as tmp:
-            work = Path(tmp)
-            confdir = work / "confdir"
-            catalog = write_catalog(work / "catalog.yaml", ports["providers"], {"bench": [API_KEY]})
-            assert fingerprint(API_KEY) in catalog.read_text()
-            try:
-                started.append(start_proxy("spare", work, confdir, []))
-                started.append(start_proxy("plain", work, confdir, []))
-                stream = ["-s", str(REPO / "bench" / "stream_passthrough.py")]
-                started.append(start_proxy("streaming", work, confdir, stream))
-                meter = ["-s", str(REPO / "addons" / "meter.py"),
-                         "--set", f"meter_catalog={catalog}",
-                         "--set", f"meter_db={work / 'meterline.duckdb'}",
-                         "--set", f"meter_spool={work / 'spool'}"]  # fmt: skip
-                started.append(start_proxy("meter", work, confdir, meter))
-                if after_reply:  # the same, without the durability guarantee: its cost
-                    lazy = [*meter[:-4], "--set", f"meter_db={work / 'lazy.duckdb'}",
-                            "--set", f"meter_spool={work / 'lazy-spool'}",
-                            "--set", "meter_durable=false"]  # fmt: skip
-                    started.append(start_proxy(AFTER_REPLY, work, confdir, lazy))
-                started.append(start_proxy(PLAIN_LATE, work, confdir, []))
-                yield ports, started[1:], work
-            finally:
-                for p in started:
-                    if p.process.poll() is None:
-                        p.stop()
+        yield json.loads(upstream.stdout.readline())
     finally:
         upstream.stdin.close()
         upstream.wait(10)
         upstream.stdout.close()
+
+
+@contextmanager
+def mitmdumps(work: Path, specs: dict[str, list[str]]) -> Iterator[list[Proxy]]:
+    """One mitmdump per ``specs`` entry (name: extra arguments), started in that order
+    after a spare plain one that is never measured; yields them; stops them all.
+
+    Start order: identical mitmdumps measured 1-2% apart by the order they were started
+    in, the first one started fastest (cause not found). With the spare first, no
+    measured proxy is the one favoured; a second plain one started last
+    (:data:`PLAIN_LATE`) shows the noise floor of every ratio in the same run."""
+    confdir = work / "confdir"
+    started: list[Proxy] = []
+    try:
+        started.append(start_proxy("spare", work, confdir, []))
+        for name, extra in specs.items():
+            started.append(start_proxy(name, work, confdir, extra))
+        yield started[1:]
+    finally:
+        for p in started:
+            if p.process.poll() is None:
+                p.stop()
+
+
+@contextmanager
+def bench_setup(*, after_reply: bool = False) -> Iterator[tuple[dict[str, Any], list[Proxy], Path]]:
+    """The fake provider and mitmdumps with the same flags: plain, streaming every
+    response, metered (and metered after the reply), and plain again, started last
+    (:func:`mitmdumps`). Yields (ports, proxies, workdir)."""
+    with fake_provider() as ports, tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        catalog = write_catalog(work / "catalog.yaml", ports["providers"], {"bench": [API_KEY]})
+        assert fingerprint(API_KEY) in catalog.read_text()
+        meter = ["-s", str(REPO / "addons" / "meter.py"),
+                 "--set", f"meter_catalog={catalog}",
+                 "--set", f"meter_db={work / 'meterline.duckdb'}",
+                 "--set", f"meter_spool={work / 'spool'}"]  # fmt: skip
+        specs = {
+            "plain": [],
+            "streaming": ["-s", str(REPO / "bench" / "stream_passthrough.py")],
+            "meter": meter,
+        }
+        if after_reply:  # the same, without the durability guarantee: its cost
+            specs[AFTER_REPLY] = [*meter[:-4], "--set", f"meter_db={work / 'lazy.duckdb'}",
+                                  "--set", f"meter_spool={work / 'lazy-spool'}",
+                                  "--set", "meter_durable=false"]  # fmt: skip
+        specs[PLAIN_LATE] = []
+        with mitmdumps(work, specs) as proxies:
+            yield ports, proxies, work
 
 
 def main() -> None:
