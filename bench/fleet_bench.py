@@ -88,9 +88,11 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def _largest_tables(conninfo: str, n: int = 4) -> str:
-    """The catalog's largest tables: name, live rows, MB (where a growing catalog grows)."""
+    """The catalog's largest tables: name, live and dead rows, autovacuums so far, MB
+    (where a growing catalog grows, and whether PostgreSQL keeps up with the churn)."""
     query = (
-        "SELECT relname || ' ' || n_live_tup || ' rows ' || "
+        "SELECT relname || ' ' || n_live_tup || ' rows ' || n_dead_tup || ' dead ' || "
+        "autovacuum_count || ' autovacuums ' || "
         "round(pg_total_relation_size(relid) / 1e6, 1) || ' MB' FROM pg_stat_user_tables "
         f"ORDER BY pg_total_relation_size(relid) DESC LIMIT {n}"
     )
