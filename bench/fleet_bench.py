@@ -88,11 +88,11 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def _largest_tables(conninfo: str, n: int = 4) -> str:
-    """The catalog's largest tables: name, live and dead rows, autovacuums so far, MB
+    """The catalog's largest tables: name, live and dead rows, (auto)vacuums so far, MB
     (where a growing catalog grows, and whether PostgreSQL keeps up with the churn)."""
     query = (
         "SELECT relname || ' ' || n_live_tup || ' rows ' || n_dead_tup || ' dead ' || "
-        "autovacuum_count || ' autovacuums ' || "
+        "autovacuum_count || ' autovacuums ' || vacuum_count || ' vacuums ' || "
         "round(pg_total_relation_size(relid) / 1e6, 1) || ' MB' FROM pg_stat_user_tables "
         f"ORDER BY pg_total_relation_size(relid) DESC LIMIT {n}"
     )
@@ -145,6 +145,7 @@ def month(args: argparse.Namespace, lake: str, pg: str, work: Path) -> dict[str,
     maintainer = LakeMaintainer(lake, every_s=0, holder="fleet-bench")
     samples: list[dict[str, Any]] = []
     failed_passes: list[str] = []
+    started_at = [time.perf_counter()]
 
     def maintain_loop() -> None:
         next_at = args.maintain_every
@@ -167,7 +168,11 @@ def month(args: argparse.Namespace, lake: str, pg: str, work: Path) -> dict[str,
                     samples.append(
                         {
                             "commits": at,
+                            "elapsed_s": round(time.perf_counter() - started_at[0]),
                             "pass_s": round(seconds, 1),
+                            "vacuum_s": report.vacuum_seconds,
+                            "merges_given_up": report.merges_given_up,
+                            "backlog_merges": report.backlog_merges,
                             "files_before_pass": report.files_before,
                             "files": state["files"],
                             "snapshots": state["snapshots"],

@@ -7,12 +7,17 @@ per file. One maintenance pass, in order:
 1. only with ``flush_inlined=True`` (all proxies stopped): ``ducklake_flush_inlined_data``,
    rows inlined in the catalog become Parquet files. Never while proxies write: in DuckLake
    0.3 that duplicated rows committed meanwhile (see ``meterline/lakeconfig.py``);
-2. ``ducklake_merge_adjacent_files`` (at most ``max_compacted_files`` files per merge,
-   repeated up to ``max_rounds`` times, so one pass has a bounded memory and duration);
+2. ``ducklake_merge_adjacent_files``, table by table: first a backlog of small files in
+   commits of about :data:`FILES_PER_MERGE` files each (:func:`merge_backlog`), then the
+   usual merge of what is left, repeated up to ``max_rounds`` times, so one pass has a
+   bounded memory and duration; a merge whose commit keeps losing to the writers' is
+   given up, see :data:`COMMIT_RETRIES`;
 3. ``ducklake_expire_snapshots`` older than ``keep`` (or, with ``keep_snapshots=N``,
    older than the N-th newest snapshot: a commit clock, for simulations; see
    :func:`retention_cutoff`);
-4. ``ducklake_cleanup_old_files`` scheduled for deletion before that same cutoff.
+4. ``ducklake_cleanup_old_files`` scheduled for deletion before that same cutoff;
+5. on a PostgreSQL catalog, ``VACUUM (ANALYZE)`` of DuckLake's tables holding dead rows
+   (:func:`vacuum_catalog`).
 
 Rows are only moved between files, never changed, so every query (and so every invoice)
 reads the same events before and after. A reader that started before a pass keeps its
@@ -53,8 +58,31 @@ LEASE = "maintenance"
 DEFAULT_KEEP = timedelta(minutes=10)
 DEFAULT_LEASE_TTL = timedelta(minutes=30)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-COMMIT_RETRIES = 200
+#: DuckLake's ``max_compacted_files``: the merges (output files) of one call, all in one
+#: commit. Not a bound on the files a merge takes: each takes consecutive files until the
+#: table's ``target_file_size`` (512 MB by default), so one call took every small file.
 MAX_COMPACTED_FILES = 500
+#: The files one commit of :func:`merge_backlog` takes, about. A merge's commit deletes
+#: each merged file's catalog rows (~25 per file) and races the writers' commits: with
+#: ~1,500 files it took 300-500 ms and, against fifteen writer commits a second, lost
+#: every one of its 300 tries; the next pass had more files still (a simulated month:
+#: 1,414 files at the pass that lost, 6,743 three passes later).
+FILES_PER_MERGE = 200
+#: Files smaller than this are a flush's own (a 100-event flush writes ~30 KB).
+SMALL_FILE_BYTES = 1 << 20
+#: DuckLake's ``target_file_size`` where the lake sets none (512 MiB), in the form its
+#: options hold it.
+DEFAULT_TARGET_FILE_SIZE = f"{1 << 29}B"
+#: DuckLake retries a commit that lost a race to another after ``wait * backoff^n`` ms.
+#: A pass's waits stay short (the last ~10 ms x 1.05^59 = 178 ms, ~3.6 s in all): with
+#: the former 200 tries growing 1.1x each, a merge that lost ~70 races in a row slept
+#: for minutes between tries (one pass of a simulated month: 766 s, nothing merged,
+#: 10,507 files left). A merge that loses every try is started again from the latest
+#: snapshot (``MERGE_STARTS`` in all), then left to the next pass.
+COMMIT_RETRIES = 60
+RETRY_WAIT_MS = 10
+RETRY_BACKOFF = 1.05
+MERGE_STARTS = 5
 
 
 @dataclass(frozen=True)
@@ -65,6 +93,11 @@ class MaintenanceReport:
     snapshots_after: int
     files_deleted: int
     seconds: float
+    merges_given_up: int = 0
+    backlog_merges: int = 0
+    """Commits of :func:`merge_backlog` (0 when no table had a backlog)."""
+    catalog_tables_vacuumed: int = 0
+    vacuum_seconds: float = 0.0
 
 
 def _utc(ts: datetime) -> str:
@@ -178,6 +211,7 @@ def maintain(
     keep_snapshots: int | None = None,
     max_compacted_files: int = MAX_COMPACTED_FILES,
     max_rounds: int = 20,
+    files_per_merge: int = FILES_PER_MERGE,
     memory_limit: str = "1GB",
     flush_inlined: bool = False,
 ) -> MaintenanceReport:
@@ -188,8 +222,9 @@ def maintain(
     # each commit in between makes DuckLake retry it. Its default 10 tries, 100 ms apart
     # growing 1.5x each, gave up (or waited minutes): many quick tries instead.
     con.execute(f"SET ducklake_max_retry_count = {COMMIT_RETRIES}")
-    con.execute("SET ducklake_retry_wait_ms = 10")
-    con.execute("SET ducklake_retry_backoff = 1.1")
+    con.execute(f"SET ducklake_retry_wait_ms = {RETRY_WAIT_MS}")
+    con.execute(f"SET ducklake_retry_backoff = {RETRY_BACKOFF}")
+    index_catalog(con, catalog)  # a lake a writer of an earlier version created
     files_before, snapshots_before = lake_counts(con, catalog)
     if flush_inlined:
         con.execute(f"SELECT count(*) FROM ducklake_flush_inlined_data('{catalog}')").fetchall()
@@ -200,17 +235,24 @@ def maintain(
             f"WHERE database_name = '{catalog}' ORDER BY ALL"
         ).fetchall()
     ]
-    for schema, table in tables:  # each table, a bounded number of files per merge
+    given_up = backlog_merges = 0
+    for schema, table in tables:
+        backlog = merge_backlog(
+            con, catalog, schema, table, files_per_merge=files_per_merge, max_rounds=max_rounds
+        )
+        backlog_merges += backlog.merges
+        if backlog.given_up or backlog.small_files_after > files_per_merge:
+            given_up += backlog.given_up  # the rest of the backlog: the next pass's
+            continue
         for _ in range(max_rounds):
             files = _count(
                 con,
                 f"SELECT count(*) FROM ducklake_list_files('{catalog}', '{table}', "
                 f"schema => '{schema}')",
             )
-            con.execute(
-                f"SELECT count(*) FROM ducklake_merge_adjacent_files('{catalog}', '{table}', "
-                f"schema => '{schema}', max_compacted_files => {max_compacted_files})"
-            ).fetchall()
+            if not _merge(con, catalog, schema, table, max_compacted_files):
+                given_up += 1
+                break
             after = _count(
                 con,
                 f"SELECT count(*) FROM ducklake_list_files('{catalog}', '{table}', "
@@ -225,6 +267,9 @@ def maintain(
     deleted = _count(
         con, f"SELECT count(*) FROM ducklake_cleanup_old_files('{catalog}', older_than => {cutoff})"
     )
+    vacuum_started = time.monotonic()
+    vacuumed = vacuum_catalog(con, catalog)
+    vacuum_seconds = round(time.monotonic() - vacuum_started, 3)
     files_after, snapshots_after = lake_counts(con, catalog)
     return MaintenanceReport(
         files_before=files_before,
@@ -233,4 +278,217 @@ def maintain(
         snapshots_after=snapshots_after,
         files_deleted=deleted,
         seconds=round(time.monotonic() - started, 3),
+        merges_given_up=given_up,
+        backlog_merges=backlog_merges,
+        catalog_tables_vacuumed=vacuumed,
+        vacuum_seconds=vacuum_seconds,
     )
+
+
+@dataclass(frozen=True)
+class BacklogMerge:
+    """What :func:`merge_backlog` did to one table."""
+
+    small_files_before: int
+    small_files_after: int
+    merges: int
+    given_up: bool
+
+
+def _small_files(
+    con: duckdb.DuckDBPyConnection, catalog: str, schema: str, table: str
+) -> tuple[int, float]:
+    row = con.execute(
+        "SELECT count(*), coalesce(avg(data_file_size_bytes), 0) FROM "
+        f"ducklake_list_files('{catalog}', '{table}', schema => '{schema}') "
+        f"WHERE data_file_size_bytes < {SMALL_FILE_BYTES}"
+    ).fetchall()
+    return (int(row[0][0]), float(row[0][1])) if row else (0, 0.0)
+
+
+def _set_target(
+    con: duckdb.DuckDBPyConnection, catalog: str, schema: str, table: str, size: str
+) -> None:
+    con.execute(
+        f"CALL ducklake_set_option('{catalog}', 'target_file_size', '{size}', "
+        f"schema => '{schema}', table_name => '{table}')"
+    )
+
+
+def _lake_target(con: duckdb.DuckDBPyConnection, catalog: str, schema: str, table: str) -> str:
+    """The table's ``target_file_size`` as the lake sets it (scope GLOBAL or SCHEMA)."""
+    rows = con.execute(
+        f"SELECT scope, value FROM ducklake_options('{catalog}') "
+        "WHERE option_name = 'target_file_size' AND (scope = 'GLOBAL' "
+        f"OR (scope = 'SCHEMA' AND scope_entry = '{schema}'))"
+    ).fetchall()
+    by_scope = dict(rows)
+    value = by_scope.get("SCHEMA") or by_scope.get("GLOBAL")
+    return f"{value}B" if value else DEFAULT_TARGET_FILE_SIZE
+
+
+def _table_target(
+    con: duckdb.DuckDBPyConnection, catalog: str, schema: str, table: str
+) -> str | None:
+    rows = con.execute(
+        f"SELECT value FROM ducklake_options('{catalog}') WHERE option_name = "
+        f"'target_file_size' AND scope = 'TABLE' AND scope_entry = '{schema}.{table}'"
+    ).fetchall()
+    return f"{rows[0][0]}B" if rows else None
+
+
+def merge_backlog(
+    con: duckdb.DuckDBPyConnection,
+    catalog: str,
+    schema: str,
+    table: str,
+    *,
+    files_per_merge: int = FILES_PER_MERGE,
+    max_rounds: int = 20,
+) -> BacklogMerge:
+    """Merge a table's backlog of small files in commits of ~``files_per_merge`` files.
+
+    DuckLake 0.3 has no bound on the files one merge takes but the table's
+    ``target_file_size``: so, for the slicing only, the table's target is set to
+    ``files_per_merge`` times the small files' mean size, each call makes one merge
+    (``max_compacted_files => 1``: one commit of ~``files_per_merge`` files, short
+    enough to win its race with the writers' commits), and the target is set back to
+    the lake's (``_lake_target``: the schema's or global option, else DuckLake's 512 MiB)
+    before the usual merge combines the slices. A pass that died in between left the
+    small target: every pass first sets it back. A table with no more small files than
+    ``files_per_merge`` is left to the usual merge, as before. (A table target of one's
+    own on a lake table is replaced by the lake's by a pass that slices.)
+    """
+    lake_target = _lake_target(con, catalog, schema, table)
+    small, mean_size = _small_files(con, catalog, schema, table)
+    if small <= files_per_merge:
+        if _table_target(con, catalog, schema, table) not in (None, lake_target):
+            _set_target(con, catalog, schema, table, lake_target)  # a pass died slicing
+        return BacklogMerge(small, small, 0, given_up=False)
+    before, merges, given_up = small, 0, False
+    _set_target(con, catalog, schema, table, f"{int(mean_size * files_per_merge)}B")
+    try:
+        for _ in range(max_rounds):
+            if not _merge(con, catalog, schema, table, 1):
+                given_up = True
+                break
+            merges += 1
+            after, _mean = _small_files(con, catalog, schema, table)
+            if after >= small or after <= files_per_merge:
+                small = after
+                break
+            small = after
+    finally:
+        _set_target(con, catalog, schema, table, lake_target)
+    return BacklogMerge(before, small, merges, given_up)
+
+
+def _merge(
+    con: duckdb.DuckDBPyConnection, catalog: str, schema: str, table: str, max_files: int
+) -> bool:
+    """One merge of up to ``max_files`` files; False if its commit lost every race
+    (nothing merged, nothing lost: the new file is DuckLake's to clean up)."""
+    for _ in range(MERGE_STARTS):
+        try:
+            con.execute(
+                f"SELECT count(*) FROM ducklake_merge_adjacent_files('{catalog}', '{table}', "
+                f"schema => '{schema}', max_compacted_files => {max_files})"
+            ).fetchall()
+            return True
+        except duckdb.TransactionException:  # "exceeded the maximum retry count"
+            _rollback(con)
+    return False
+
+
+#: DuckLake's catalog tables whose rows a pass deletes by ``data_file_id IN (...)``
+#: (the files it merged, expired or cleaned up), which DuckLake 0.3 creates without an
+#: index on that column.
+DATA_FILE_ID_TABLES = (
+    "ducklake_file_column_stats",
+    "ducklake_delete_file",
+    "ducklake_file_partition_value",
+    "ducklake_files_scheduled_for_deletion",
+)
+
+
+def _postgres_catalog(con: duckdb.DuckDBPyConnection, catalog: str) -> str | None:
+    """The name under which DuckLake attached ``catalog``'s PostgreSQL catalog, if it is
+    one (a DuckDB or SQLite catalog: None)."""
+    alias = f"__ducklake_metadata_{catalog}"
+    attached = con.execute(
+        "SELECT count(*) FROM duckdb_databases() "
+        f"WHERE database_name = '{alias}' AND type = 'postgres'"
+    ).fetchall()
+    return alias if attached and attached[0][0] else None
+
+
+def index_catalog(con: duckdb.DuckDBPyConnection, catalog: str = "lake") -> int:
+    """Index ``data_file_id`` in DuckLake's PostgreSQL tables that a pass deletes from.
+
+    Without it every delete of a pass scans the whole table: ``ducklake_file_column_stats``
+    holds ~25 rows per file (75,000 at ~3,000 files), and a pass's catalog write took
+    ~30 ms. Writers commit meanwhile, and DuckLake 0.3 takes new ids as the latest + 1,
+    so a pass's commit that is slow loses the race to a writer's and starts again: in a
+    simulated month of ten proxies one pass in ~19 lost for 47-206 s. Created only
+    where missing, and not ``CONCURRENTLY``: that waits for every older transaction,
+    this process's own idle catalog connections included, and never returned in a test
+    of three writers; a plain build holds the writers' inserts into that table for its
+    duration (once per lake). Two proxies that start together may both try; the
+    loser's error is ignored. Returns the indexes created.
+    """
+    alias = _postgres_catalog(con, catalog)
+    if alias is None:
+        return 0
+    present = {
+        name
+        for (name,) in con.execute(
+            f"SELECT name FROM postgres_query('{alias}', "
+            "'SELECT indexname AS name FROM pg_indexes "
+            "WHERE starts_with(indexname, ''meterline_'')')"
+        ).fetchall()
+    }
+    created = 0
+    for table in DATA_FILE_ID_TABLES:
+        name = f"meterline_{table}_file"
+        if name in present:
+            continue
+        try:
+            con.execute(
+                f"CALL postgres_execute('{alias}', 'CREATE INDEX IF NOT EXISTS "
+                f"{name} ON {table} (data_file_id)', use_transaction = false)"
+            )
+            created += 1
+        except duckdb.Error:  # another proxy is creating it: theirs will do
+            continue
+    return created
+
+
+def vacuum_catalog(con: duckdb.DuckDBPyConnection, catalog: str = "lake") -> int:
+    """VACUUM (ANALYZE) DuckLake's tables in the lake's PostgreSQL catalog.
+
+    A pass deletes catalog rows by the thousand: per merged file its row and ~25 rows of
+    column statistics, per expired snapshot its rows, per cleaned-up file its schedule
+    row. PostgreSQL's autovacuum left them for minutes while ten proxies kept committing
+    (a simulated month: up to 98,219 dead rows in one table at a pass; with this, at
+    most 6,005, and a catalog of 14-27 MB instead of 14-34). So a pass ends by vacuuming
+    them (23-50 ms; a table without dead rows costs a look at its visibility map), in a
+    statement of its own: VACUUM cannot run in a transaction. (Where an autovacuum is
+    working on a table, the VACUUM waits for it; PostgreSQL cancels an autovacuum that
+    blocks another's lock after ``deadlock_timeout``.) Returns the tables vacuumed (0 on
+    a catalog that is not PostgreSQL's).
+    """
+    alias = _postgres_catalog(con, catalog)
+    if alias is None:
+        return 0
+    names = con.execute(
+        f"SELECT name FROM postgres_query('{alias}', "
+        "'SELECT quote_ident(schemaname) || ''.'' || quote_ident(relname) AS name "
+        "FROM pg_stat_user_tables WHERE starts_with(relname, ''ducklake_'') ORDER BY 1')"
+    ).fetchall()
+    if not names:
+        return 0
+    tables = ", ".join(name for (name,) in names).replace("'", "''")
+    con.execute(
+        f"CALL postgres_execute('{alias}', 'VACUUM (ANALYZE) {tables}', use_transaction = false)"
+    )
+    return len(names)

@@ -30,9 +30,11 @@ from meterline.store import store
 log = logging.getLogger(__name__)
 
 #: Passes must come often enough that each merges few files: in DuckLake 0.3 a merge's
-#: commit races the writers' inserts (duckdb/ducklake#1094). Simulated at 10 commits/s
-#: (a fleet of ten): a pass every 1,500 commits (150 s) left 11-53 files after each; a pass
-#: every 6,000 (600 s) took 1,310 s and let the lake grow to 16.5k files (docs/fleet.md).
+#: commit races the writers' inserts (duckdb/ducklake#1094). Every proxy tries on its own
+#: clock, so a fleet of k proxies passes every 150/k s: ~150 commits per pass at a commit a
+#: second per proxy, whatever k. Simulated with one maintainer: a pass every 1,500 fleet
+#: commits left 6-23 files after each; every 6,000 took 1,310 s and let the lake grow to
+#: 16.5k files before :func:`meterline.lakemaint.merge_backlog` (docs/fleet.md).
 DEFAULT_EVERY_S = 150.0
 
 

@@ -22,6 +22,7 @@ import contextlib
 
 import duckdb
 
+from meterline.lakemaint import index_catalog
 from meterline.store import (
     EVENT_MIGRATIONS,
     LAKE_PREFIX,
@@ -83,6 +84,8 @@ class StoreLink:
             self.attaches += 1
         if not self._migrated:  # once per store and process (a new file: again, see reset)
             migrate(con, EVENT_MIGRATIONS)
+            if self.is_lake:
+                index_catalog(con)
             self._migrated = True
         return con
 

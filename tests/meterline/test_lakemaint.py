@@ -252,3 +252,141 @@ def test_retention_by_snapshot_count_keeps_the_last_n(
     finally:
         writer.stop()
         spool.close()
+
+
+def _vacuums(con: Any) -> dict[str, int]:
+    """Vacuums so far of each of DuckLake's tables in the lake's PostgreSQL catalog."""
+    rows = con.execute(
+        "SELECT * FROM postgres_query('__ducklake_metadata_lake', 'SELECT relname, "
+        "vacuum_count FROM pg_stat_user_tables WHERE starts_with(relname, ''ducklake_'')')"
+    ).fetchall()
+    return {name: int(count) for name, count in rows}
+
+
+def test_a_pass_vacuums_the_catalog(server: str, tmp_path: Path, monkeypatch: Any) -> None:
+    """A pass deletes catalog rows by the thousand (merged files, their statistics,
+    expired snapshots) and ends by vacuuming DuckLake's tables, in a statement of its
+    own (VACUUM cannot run in a transaction); no event changes."""
+    monkeypatch.setenv("METERLINE_LAKE_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("METERLINE_LAKE_INLINE_ROWS", "0")
+    lake = _lake(server, "vacuum")
+    spool = Spool(tmp_path / "spool")
+    writer = SpoolWriter(spool, lake)
+    for n in range(20):
+        spool.append(event(n, "agent-0000", "v"))
+        assert writer.flush()
+    writer.stop()
+    spool.close()
+    with store(lake) as con:
+        before = _vacuums(con)
+        report = maintain(con, keep_snapshots=3)
+        after = _vacuums(con)
+        assert report.files_after < report.files_before
+        assert "ducklake_data_file" in before and "ducklake_file_column_stats" in before
+        assert report.catalog_tables_vacuumed == len(before)
+        assert {name: after[name] - before[name] for name in before} == dict.fromkeys(before, 1)
+        assert con.execute("SELECT count(*) FROM usage_events").fetchone() == (20,)
+
+
+def test_the_writer_indexes_the_tables_a_pass_deletes_from(
+    server: str, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """DuckLake 0.3 leaves ``data_file_id`` unindexed where a pass deletes by it; the
+    writer's first attach adds the indexes, once per lake."""
+    from meterline.lakemaint import DATA_FILE_ID_TABLES, index_catalog
+
+    monkeypatch.setenv("METERLINE_LAKE_DATA", str(tmp_path / "data"))
+    lake = _lake(server, "indexed")
+    spool = Spool(tmp_path / "spool")
+    writer = SpoolWriter(spool, lake)
+    spool.append(event(1, "agent-0000", "i"))
+    assert writer.flush()
+    writer.stop()
+    spool.close()
+    with store(lake) as con:
+        rows = con.execute(
+            "SELECT * FROM postgres_query('__ducklake_metadata_lake', 'SELECT tablename, "
+            "indexdef FROM pg_indexes WHERE starts_with(indexname, ''meterline_'')')"
+        ).fetchall()
+        assert sorted(table for table, _ in rows) == sorted(DATA_FILE_ID_TABLES)
+        assert all(definition.endswith("(data_file_id)") for _, definition in rows)
+        assert index_catalog(con) == 0  # present: nothing to do
+
+
+def _lake_files(con: Any, table: str) -> int:
+    return con.execute(f"SELECT count(*) FROM ducklake_list_files('lake', '{table}')").fetchone()[0]
+
+
+def _table_target(con: Any, table: str) -> list[tuple[str]]:
+    return con.execute(
+        "SELECT value FROM ducklake_options('lake') WHERE option_name = 'target_file_size' "
+        f"AND scope = 'TABLE' AND scope_entry = 'main.{table}'"
+    ).fetchall()
+
+
+def test_a_backlog_is_merged_a_few_files_per_commit(tmp_path: Path) -> None:
+    """DuckLake 0.3's merge takes every small file of a table in one commit (its
+    ``max_compacted_files`` caps output files, not input files), a commit that grew with
+    the backlog until it lost every race with the writers. ``merge_backlog`` merges ~N
+    files per commit and sets the table's target file size back."""
+    import duckdb
+
+    from meterline.lakemaint import merge_backlog
+    from meterline.store import _load_extensions
+
+    con = duckdb.connect()
+    _load_extensions(con, "ducklake")
+    con.execute(
+        f"ATTACH 'ducklake:{tmp_path / 'cat.ducklake'}' AS lake (DATA_PATH '{tmp_path / 'd'}')"
+    )
+    for table in ("sliced", "whole"):
+        con.execute(f"CREATE TABLE lake.{table} (i INTEGER, s VARCHAR)")
+        for k in range(40):
+            con.execute(
+                f"INSERT INTO lake.{table} SELECT range, 'x' FROM range({k * 5}, {k * 5 + 5})"
+            )
+    con.execute("CALL ducklake_merge_adjacent_files('lake', 'whole', max_compacted_files => 500)")
+    assert _lake_files(con, "whole") == 1  # one commit took all 40
+
+    one = merge_backlog(con, "lake", "main", "sliced", files_per_merge=8, max_rounds=1)
+    taken = 40 - _lake_files(con, "sliced") + 1  # the merge's inputs, less its one output
+    assert one.merges == 1 and not one.given_up and 2 <= taken <= 9, (one, taken)
+    assert _table_target(con, "sliced") == [(str(1 << 29),)]  # set back: DuckLake's default
+
+    rest = merge_backlog(con, "lake", "main", "sliced", files_per_merge=8)
+    assert rest.merges >= 3 and rest.small_files_after <= 8 and not rest.given_up, rest
+    assert con.execute("SELECT count(*), sum(i) FROM lake.sliced").fetchone() == (200, 19900)
+
+    # a pass that died while slicing left a small target: the next pass sets it back
+    con.execute(
+        "CALL ducklake_set_option('lake', 'target_file_size', '1000B', "
+        "schema => 'main', table_name => 'whole')"
+    )
+    assert merge_backlog(con, "lake", "main", "whole", files_per_merge=8).merges == 0
+    assert _table_target(con, "whole") == [(str(1 << 29),)]
+
+
+def test_a_pass_on_a_postgres_catalog_slices_a_backlog(
+    server: str, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The same on the fleet's catalog, inside a whole pass: the backlog goes in commits
+    of ~N files, the usual merge combines the slices, the target is set back, no event
+    changes."""
+    monkeypatch.setenv("METERLINE_LAKE_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("METERLINE_LAKE_INLINE_ROWS", "0")
+    lake = _lake(server, "backlog")
+    spool = Spool(tmp_path / "spool")
+    writer = SpoolWriter(spool, lake)
+    for n in range(30):
+        spool.append(event(n, "agent-0000", "b"))
+        assert writer.flush()
+    writer.stop()
+    spool.close()
+    with store(lake) as con:
+        report = maintain(con, keep_snapshots=3, files_per_merge=8)
+        assert report.files_before == 30 and report.files_after <= 2, report
+        assert report.backlog_merges >= 3 and report.merges_given_up == 0, report
+        assert _table_target(con, "usage_events") == [(str(1 << 29),)]
+        assert con.execute(
+            "SELECT count(*), count(DISTINCT event_id) FROM usage_events"
+        ).fetchone() == (30, 30)
