@@ -390,3 +390,82 @@ def test_a_pass_on_a_postgres_catalog_slices_a_backlog(
         assert con.execute(
             "SELECT count(*), count(DISTINCT event_id) FROM usage_events"
         ).fetchone() == (30, 30)
+
+
+def test_the_usual_merge_leaves_full_files_alone(tmp_path: Path) -> None:
+    """DuckLake's merge would take a table's merged file again with every pass's new
+    files until it reaches 512 MiB, rewriting it whole each time; a pass leaves files of
+    ``merged_file_bytes`` or more alone."""
+    import duckdb
+
+    from meterline.store import _load_extensions
+
+    con = duckdb.connect()
+    _load_extensions(con, "ducklake")
+    con.execute(
+        f"ATTACH 'ducklake:{tmp_path / 'cat.ducklake'}' AS lake (DATA_PATH '{tmp_path / 'd'}')"
+    )
+    con.execute("CREATE TABLE lake.usage_events (i INTEGER, s VARCHAR)")
+    con.execute("INSERT INTO lake.usage_events SELECT range, md5(range::VARCHAR) FROM range(20000)")
+    ((full, full_bytes),) = con.execute(
+        "SELECT data_file, data_file_size_bytes FROM ducklake_list_files('lake', 'usage_events')"
+    ).fetchall()
+    for k in range(10):
+        con.execute(f"INSERT INTO lake.usage_events VALUES ({20000 + k}, 'x')")
+    maintain(con, keep_snapshots=100, merged_file_bytes=full_bytes)
+    files = [
+        f
+        for (f,) in con.execute(
+            "SELECT data_file FROM ducklake_list_files('lake', 'usage_events')"
+        ).fetchall()
+    ]
+    assert len(files) == 2 and full in files  # the ten merged into one; the full one kept
+    maintain(con, keep_snapshots=100, merged_file_bytes=full_bytes + 1)
+    assert _lake_files(con, "usage_events") == 1  # below the cap: merged with the rest
+    assert con.execute("SELECT count(*), sum(i) FROM lake.usage_events").fetchone() == (
+        20010,
+        200190045,  # 0..19999 and 20000..20009
+    )
+
+
+def test_the_slicing_merges_small_files_only(tmp_path: Path) -> None:
+    """Files that are no longer small (earlier slices, merged files) stay out of the
+    slicing: merged with each other they would make a commit that takes no small file."""
+    import duckdb
+
+    from meterline.lakemaint import merge_backlog
+    from meterline.store import _load_extensions
+
+    con = duckdb.connect()
+    _load_extensions(con, "ducklake")
+    con.execute(
+        f"ATTACH 'ducklake:{tmp_path / 'cat.ducklake'}' AS lake (DATA_PATH '{tmp_path / 'd'}')"
+    )
+    con.execute("CREATE TABLE lake.t (i INTEGER, s VARCHAR)")
+
+    def insert(first: int, rows: int) -> None:
+        con.execute(
+            f"INSERT INTO lake.t SELECT range, md5(range::VARCHAR) "
+            f"FROM range({first}, {first + rows})"
+        )
+
+    insert(0, 60)  # two files of three small ones' size: below the slices' target
+    insert(60, 60)
+    for k in range(30):
+        insert(120 + k * 20, 20)
+    sizes = dict(
+        con.execute(
+            "SELECT data_file, data_file_size_bytes FROM ducklake_list_files('lake', 't')"
+        ).fetchall()
+    )
+    small = min(sizes.values())
+    large = [f for f, size in sizes.items() if size > 2 * small]
+    assert len(large) == 2
+    done = merge_backlog(con, "lake", "main", "t", files_per_merge=6, small_file_bytes=2 * small)
+    assert done.small_files_after <= 6 and done.merges >= 4 and not done.given_up, done
+    files = {
+        f
+        for (f,) in con.execute("SELECT data_file FROM ducklake_list_files('lake', 't')").fetchall()
+    }
+    assert set(large) <= files  # untouched: they were never small
+    assert con.execute("SELECT count(*), count(DISTINCT i) FROM lake.t").fetchone() == (720, 720)
