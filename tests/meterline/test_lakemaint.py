@@ -263,20 +263,40 @@ def _vacuums(con: Any) -> dict[str, int]:
     return {name: int(count) for name, count in rows}
 
 
+def _flushed_lake(server: str, tmp_path: Path, monkeypatch: Any, name: str, *, flushes: int) -> str:
+    """A lake on the PostgreSQL server with one event per flush: one file each."""
+    monkeypatch.setenv("METERLINE_LAKE_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("METERLINE_LAKE_INLINE_ROWS", "0")
+    lake = _lake(server, name)
+    spool = Spool(tmp_path / "spool")
+    writer = SpoolWriter(spool, lake)
+    for n in range(flushes):
+        spool.append(event(n, "agent-0000", name))
+        assert writer.flush()
+    writer.stop()
+    spool.close()
+    return lake
+
+
+def _local_lake(tmp_path: Path) -> Any:
+    """A connection with a lake on a DuckDB catalog attached as ``lake``."""
+    import duckdb
+
+    from meterline.store import _load_extensions
+
+    con = duckdb.connect()
+    _load_extensions(con, "ducklake")
+    con.execute(
+        f"ATTACH 'ducklake:{tmp_path / 'cat.ducklake'}' AS lake (DATA_PATH '{tmp_path / 'd'}')"
+    )
+    return con
+
+
 def test_a_pass_vacuums_the_catalog(server: str, tmp_path: Path, monkeypatch: Any) -> None:
     """A pass deletes catalog rows by the thousand (merged files, their statistics,
     expired snapshots) and ends by vacuuming DuckLake's tables, in a statement of its
     own (VACUUM cannot run in a transaction); no event changes."""
-    monkeypatch.setenv("METERLINE_LAKE_DATA", str(tmp_path / "data"))
-    monkeypatch.setenv("METERLINE_LAKE_INLINE_ROWS", "0")
-    lake = _lake(server, "vacuum")
-    spool = Spool(tmp_path / "spool")
-    writer = SpoolWriter(spool, lake)
-    for n in range(20):
-        spool.append(event(n, "agent-0000", "v"))
-        assert writer.flush()
-    writer.stop()
-    spool.close()
+    lake = _flushed_lake(server, tmp_path, monkeypatch, "vacuum", flushes=20)
     with store(lake) as con:
         before = _vacuums(con)
         report = maintain(con, keep_snapshots=3)
@@ -329,16 +349,9 @@ def test_a_backlog_is_merged_a_few_files_per_commit(tmp_path: Path) -> None:
     ``max_compacted_files`` caps output files, not input files), a commit that grew with
     the backlog until it lost every race with the writers. ``merge_backlog`` merges ~N
     files per commit and sets the table's target file size back."""
-    import duckdb
-
     from meterline.lakemaint import merge_backlog
-    from meterline.store import _load_extensions
 
-    con = duckdb.connect()
-    _load_extensions(con, "ducklake")
-    con.execute(
-        f"ATTACH 'ducklake:{tmp_path / 'cat.ducklake'}' AS lake (DATA_PATH '{tmp_path / 'd'}')"
-    )
+    con = _local_lake(tmp_path)
     for table in ("sliced", "whole"):
         con.execute(f"CREATE TABLE lake.{table} (i INTEGER, s VARCHAR)")
         for k in range(40):
@@ -372,16 +385,7 @@ def test_a_pass_on_a_postgres_catalog_slices_a_backlog(
     """The same on the fleet's catalog, inside a whole pass: the backlog goes in commits
     of ~N files, the usual merge combines the slices, the target is set back, no event
     changes."""
-    monkeypatch.setenv("METERLINE_LAKE_DATA", str(tmp_path / "data"))
-    monkeypatch.setenv("METERLINE_LAKE_INLINE_ROWS", "0")
-    lake = _lake(server, "backlog")
-    spool = Spool(tmp_path / "spool")
-    writer = SpoolWriter(spool, lake)
-    for n in range(30):
-        spool.append(event(n, "agent-0000", "b"))
-        assert writer.flush()
-    writer.stop()
-    spool.close()
+    lake = _flushed_lake(server, tmp_path, monkeypatch, "backlog", flushes=30)
     with store(lake) as con:
         report = maintain(con, keep_snapshots=3, files_per_merge=8)
         assert report.files_before == 30 and report.files_after <= 2, report
@@ -396,15 +400,7 @@ def test_the_usual_merge_leaves_full_files_alone(tmp_path: Path) -> None:
     """DuckLake's merge would take a table's merged file again with every pass's new
     files until it reaches 512 MiB, rewriting it whole each time; a pass leaves files of
     ``merged_file_bytes`` or more alone."""
-    import duckdb
-
-    from meterline.store import _load_extensions
-
-    con = duckdb.connect()
-    _load_extensions(con, "ducklake")
-    con.execute(
-        f"ATTACH 'ducklake:{tmp_path / 'cat.ducklake'}' AS lake (DATA_PATH '{tmp_path / 'd'}')"
-    )
+    con = _local_lake(tmp_path)
     con.execute("CREATE TABLE lake.usage_events (i INTEGER, s VARCHAR)")
     con.execute("INSERT INTO lake.usage_events SELECT range, md5(range::VARCHAR) FROM range(20000)")
     ((full, full_bytes),) = con.execute(
@@ -431,16 +427,9 @@ def test_the_usual_merge_leaves_full_files_alone(tmp_path: Path) -> None:
 def test_the_slicing_merges_small_files_only(tmp_path: Path) -> None:
     """Files that are no longer small (earlier slices, merged files) stay out of the
     slicing: merged with each other they would make a commit that takes no small file."""
-    import duckdb
-
     from meterline.lakemaint import merge_backlog
-    from meterline.store import _load_extensions
 
-    con = duckdb.connect()
-    _load_extensions(con, "ducklake")
-    con.execute(
-        f"ATTACH 'ducklake:{tmp_path / 'cat.ducklake'}' AS lake (DATA_PATH '{tmp_path / 'd'}')"
-    )
+    con = _local_lake(tmp_path)
     con.execute("CREATE TABLE lake.t (i INTEGER, s VARCHAR)")
 
     def insert(first: int, rows: int) -> None:
