@@ -60,7 +60,7 @@ DEFAULT_LEASE_TTL = timedelta(minutes=30)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 #: DuckLake's ``max_compacted_files``: the merges (output files) of one call, all in one
 #: commit. Not a bound on the files a merge takes: each takes consecutive files until the
-#: table's ``target_file_size`` (512 MB by default), so one call took every small file.
+#: table's ``target_file_size`` (512 MiB by default), so one call took every small file.
 MAX_COMPACTED_FILES = 500
 #: The files one commit of :func:`merge_backlog` takes, about. A merge's commit deletes
 #: each merged file's catalog rows (~25 per file) and races the writers' commits: with
@@ -72,10 +72,10 @@ FILES_PER_MERGE = 200
 SMALL_FILE_BYTES = 1 << 20
 #: The usual merge leaves files of this size or more alone. DuckLake's merge takes the
 #: table's merged file again with every pass's new files until it reaches the target
-#: (512 MiB): a pass rewrote it whole each time (pass times crept from 4 to 6 s over
-#: 15,000 simulated commits as it grew to 85 MB). With the cap a pass rewrites at most
-#: this much; the price is files of ~128 MiB instead of 512: ~470k events each (284
-#: bytes per event in Parquet, measured), 21 files for 10M events.
+#: (512 MiB): a pass rewrote it whole each time (pass times crept from 4 to 8-12.7 s
+#: over 30,000 simulated commits as it grew to ~170 MB; with the cap, flat). With the
+#: cap a pass rewrites at most this much; the price is files of ~128 MiB instead of 512:
+#: ~470k events each (284 bytes per event in Parquet, measured), 21 files for 10M events.
 MERGED_FILE_BYTES = 128 << 20
 #: DuckLake's ``target_file_size`` where the lake sets none (512 MiB), in the form its
 #: options hold it.
