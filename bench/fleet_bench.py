@@ -145,7 +145,6 @@ def month(args: argparse.Namespace, lake: str, pg: str, work: Path) -> dict[str,
     maintainer = LakeMaintainer(lake, every_s=0, holder="fleet-bench")
     samples: list[dict[str, Any]] = []
     failed_passes: list[str] = []
-    started_at = [time.perf_counter()]
 
     def maintain_loop() -> None:
         next_at = args.maintain_every
@@ -153,7 +152,7 @@ def month(args: argparse.Namespace, lake: str, pg: str, work: Path) -> dict[str,
             if commits[0] >= next_at:
                 next_at = commits[0] + args.maintain_every
                 at = commits[0]
-                started = time.perf_counter()
+                pass_started = time.perf_counter()
                 try:
                     report = maintainer.run_once(
                         keep_snapshots=args.keep_snapshots, max_compacted_files=args.merge_files
@@ -162,13 +161,13 @@ def month(args: argparse.Namespace, lake: str, pg: str, work: Path) -> dict[str,
                     failed_passes.append(f"{at}: {str(e)[:200]}")
                     print(failed_passes[-1], file=sys.stderr, flush=True)
                     continue
-                seconds = time.perf_counter() - started
+                seconds = time.perf_counter() - pass_started
                 if report is not None:
                     state = _lake_state(lake, pg)
                     samples.append(
                         {
                             "commits": at,
-                            "elapsed_s": round(time.perf_counter() - started_at[0]),
+                            "elapsed_s": round(time.perf_counter() - started),
                             "pass_s": round(seconds, 1),
                             "vacuum_s": report.vacuum_seconds,
                             "merges_given_up": report.merges_given_up,
@@ -373,7 +372,10 @@ def main() -> None:
     )
     m.add_argument("--billing", action="store_true", help="then time billing on the lake")
     m.add_argument(
-        "--merge-files", type=int, default=None, help="files per merge (default: the pass's)"
+        "--merge-files",
+        type=int,
+        default=None,
+        help="merges (output files) of a pass's usual merge call (default: the pass's)",
     )
     r = sub.add_parser("rate", help="ingest lag and CPU at a request rate")
     r.add_argument("--rate", type=float, default=100.0, help="events/s per proxy")

@@ -313,26 +313,24 @@ def _set_target(
     )
 
 
-def _lake_target(con: duckdb.DuckDBPyConnection, catalog: str, schema: str, table: str) -> str:
-    """The table's ``target_file_size`` as the lake sets it (scope GLOBAL or SCHEMA)."""
-    rows = con.execute(
-        f"SELECT scope, value FROM ducklake_options('{catalog}') "
-        "WHERE option_name = 'target_file_size' AND (scope = 'GLOBAL' "
-        f"OR (scope = 'SCHEMA' AND scope_entry = '{schema}'))"
-    ).fetchall()
-    by_scope = dict(rows)
-    value = by_scope.get("SCHEMA") or by_scope.get("GLOBAL")
-    return f"{value}B" if value else DEFAULT_TARGET_FILE_SIZE
-
-
-def _table_target(
+def _targets(
     con: duckdb.DuckDBPyConnection, catalog: str, schema: str, table: str
-) -> str | None:
-    rows = con.execute(
-        f"SELECT value FROM ducklake_options('{catalog}') WHERE option_name = "
-        f"'target_file_size' AND scope = 'TABLE' AND scope_entry = '{schema}.{table}'"
-    ).fetchall()
-    return f"{rows[0][0]}B" if rows else None
+) -> tuple[str, str | None]:
+    """The table's ``target_file_size`` as the lake sets it (the schema's or global
+    option, else DuckLake's default), and the table's own option if it has one."""
+    scoped = {
+        scope: value
+        for scope, entry, value in con.execute(
+            f"SELECT scope, scope_entry, value FROM ducklake_options('{catalog}') "
+            "WHERE option_name = 'target_file_size'"
+        ).fetchall()
+        if scope == "GLOBAL"
+        or (scope == "SCHEMA" and entry == schema)
+        or (scope == "TABLE" and entry == f"{schema}.{table}")
+    }
+    lake = scoped.get("SCHEMA") or scoped.get("GLOBAL")
+    own = scoped.get("TABLE")
+    return (f"{lake}B" if lake else DEFAULT_TARGET_FILE_SIZE), (f"{own}B" if own else None)
 
 
 def merge_backlog(
@@ -354,16 +352,16 @@ def merge_backlog(
     enough to win its race with the writers' commits) of small files only
     (``max_file_size``: slices of 1 MiB or more would otherwise be merged with each
     other, a commit that takes no small file), and the target is set back to
-    the lake's (``_lake_target``: the schema's or global option, else DuckLake's 512 MiB)
+    the lake's (the schema's or global option, else DuckLake's 512 MiB)
     before the usual merge combines the slices. A pass that died in between left the
     small target: every pass first sets it back. A table with no more small files than
     ``files_per_merge`` is left to the usual merge, as before. (A table target of one's
     own on a lake table is replaced by the lake's by a pass that slices.)
     """
-    lake_target = _lake_target(con, catalog, schema, table)
+    lake_target, table_target = _targets(con, catalog, schema, table)
     small = _small_files(con, catalog, schema, table, small_file_bytes)
     if len(small) <= files_per_merge:
-        if _table_target(con, catalog, schema, table) not in (None, lake_target):
+        if table_target not in (None, lake_target):
             _set_target(con, catalog, schema, table, lake_target)  # a pass died slicing
         return BacklogMerge(len(small), len(small), 0, given_up=False)
     before, merges, given_up = len(small), 0, False
