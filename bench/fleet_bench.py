@@ -9,7 +9,11 @@ every ``--maintain-every`` fleet commits that keeps the last ``--keep-snapshots`
 snapshots (:func:`meterline.lakemaint.retention_cutoff`: retention by commits, since a
 wall-clock "10 minutes" means nothing in compressed time), and samples data files,
 snapshots and the catalog's size (``pg_database_size``) after every pass: a plateau that
-does not grow with the commits is what a month would look like. The writers are paced to
+does not grow with the commits is what a month would look like. Each writer first
+attaches the lake and makes its first (checked) flush, one after another, before the
+clock starts (``first_flush_ms_max``): a running fleet did that long ago, and ten
+attaches at once, then every writer catching up at once, are not its steady flushes.
+Flush times are also given apart for flushes that overlapped a pass. The writers are paced to
 ``--commits-per-s`` fleet commits (default 20, twice a real fleet's): unpaced, 10
 writers made 35-60 commits/s here, and a merge, whose commit DuckLake retries until no
 writer committed in between, could not get one in.
@@ -87,6 +91,18 @@ def _pct(values: list[float], q: float) -> float:
     return round(ordered[min(len(ordered) - 1, int(len(ordered) * q))], 1) if ordered else 0.0
 
 
+def _split_by_passes(
+    flushes: list[tuple[float, float]], passes: list[tuple[float, float]]
+) -> tuple[list[float], list[float]]:
+    """Flush wall times in ms, those that overlapped a maintenance pass and the others."""
+    during: list[float] = []
+    outside: list[float] = []
+    for t0, t1 in flushes:
+        overlaps = any(t0 < p1 and p0 < t1 for p0, p1 in passes)
+        (during if overlaps else outside).append((t1 - t0) * 1000)
+    return during, outside
+
+
 def _largest_tables(conninfo: str, n: int = 4) -> str:
     """The catalog's largest tables: name, live and dead rows, (auto)vacuums so far, MB
     (where a growing catalog grows, and whether PostgreSQL keeps up with the churn)."""
@@ -115,15 +131,29 @@ def month(args: argparse.Namespace, lake: str, pg: str, work: Path) -> dict[str,
     for p in range(args.proxies):
         spool = Spool(work / f"spool-{p}")
         writers.append((spool, SpoolWriter(spool, lake)))
-    flush_s: list[float] = []
+    flush_spans: list[tuple[float, float]] = []
+    pass_spans: list[tuple[float, float]] = []
     cpu_s = [0.0]
     commits = [0]
     lock = threading.Lock()
     stop = threading.Event()
 
+    def warm_up(p: int) -> float:
+        """A proxy's first flush: it attaches the lake and checks its first batch against
+        the lake (it may replay what a killed process committed). A running fleet made it
+        long ago, so it is timed apart from the steady flushes; the writers make it one
+        after another, as proxies started at different times do."""
+        spool, writer = writers[p]
+        for i in range(args.events):
+            spool.append(_event(p, i, args.customers))
+        t0 = time.perf_counter()
+        writer.flush(hold=True)
+        commits[0] += 1
+        return (time.perf_counter() - t0) * 1000
+
     def run(p: int) -> None:
         spool, writer = writers[p]
-        n = 0
+        n = args.events
         period = args.proxies / args.commits_per_s if args.commits_per_s else 0.0
         due = time.monotonic() + period * p / args.proxies
         while not stop.is_set():
@@ -135,8 +165,9 @@ def month(args: argparse.Namespace, lake: str, pg: str, work: Path) -> dict[str,
                 n += 1
             c0, t0 = time.thread_time(), time.perf_counter()
             writer.flush(hold=True)
+            t1 = time.perf_counter()
             with lock:
-                flush_s.append(time.perf_counter() - t0)
+                flush_spans.append((t0, t1))
                 cpu_s[0] += time.thread_time() - c0
                 commits[0] += 1
                 if commits[0] >= args.commits:
@@ -158,10 +189,12 @@ def month(args: argparse.Namespace, lake: str, pg: str, work: Path) -> dict[str,
                         keep_snapshots=args.keep_snapshots, max_compacted_files=args.merge_files
                     )
                 except Exception as e:  # a proxy's maintainer logs it and tries later
+                    pass_spans.append((pass_started, time.perf_counter()))
                     failed_passes.append(f"{at}: {str(e)[:200]}")
                     print(failed_passes[-1], file=sys.stderr, flush=True)
                     continue
                 seconds = time.perf_counter() - pass_started
+                pass_spans.append((pass_started, pass_started + seconds))
                 if report is not None:
                     state = _lake_state(lake, pg)
                     samples.append(
@@ -182,6 +215,7 @@ def month(args: argparse.Namespace, lake: str, pg: str, work: Path) -> dict[str,
                     print(json.dumps(samples[-1]), file=sys.stderr, flush=True)
             stop.wait(0.05)
 
+    first_flush_ms = [warm_up(p) for p in range(args.proxies)]
     pg0 = _postgres_cpu_s()
     started = time.perf_counter()
     threads = [threading.Thread(target=run, args=(p,), daemon=True) for p in range(args.proxies)]
@@ -201,7 +235,9 @@ def month(args: argparse.Namespace, lake: str, pg: str, work: Path) -> dict[str,
     with store(lake) as con:
         (events,) = con.execute("SELECT count(*) FROM usage_events").fetchone() or (0,)
     half = samples[len(samples) // 2 :]
-    flush_ms = [x * 1000 for x in flush_s]
+    flush_ms = [(t1 - t0) * 1000 for t0, t1 in flush_spans]
+    during, outside = _split_by_passes(flush_spans, pass_spans)
+    timed_events = events - args.proxies * args.events  # the warm-up's are not timed
     return {
         "proxies": args.proxies,
         "commits": commits[0],
@@ -210,10 +246,14 @@ def month(args: argparse.Namespace, lake: str, pg: str, work: Path) -> dict[str,
         "wall_s": round(wall, 1),
         "commits_per_s": round(commits[0] / wall, 1),
         "failed_flushes": failures,
+        "first_flush_ms_max": round(max(first_flush_ms), 1),
         "flush_ms_p50": _pct(flush_ms, 0.5),
         "flush_ms_p99": _pct(flush_ms, 0.99),
-        "writer_cpu_us_per_event": round(cpu_s[0] / max(events, 1) * 1e6, 1),
-        "postgres_cpu_us_per_event": round(pg_cpu / max(events, 1) * 1e6, 1),
+        "flushes_during_passes": len(during),
+        "flush_ms_p99_during_passes": _pct(during, 0.99) if during else None,
+        "flush_ms_p99_outside_passes": _pct(outside, 0.99) if outside else None,
+        "writer_cpu_us_per_event": round(cpu_s[0] / max(timed_events, 1) * 1e6, 1),
+        "postgres_cpu_us_per_event": round(pg_cpu / max(timed_events, 1) * 1e6, 1),
         "passes": len(samples),
         "failed_passes": failed_passes,
         "pass_s_max": max((s["pass_s"] for s in samples), default=None),
@@ -264,15 +304,18 @@ def rate(args: argparse.Namespace, lake: str, pg: str, work: Path) -> dict[str, 
 
     maintainer = LakeMaintainer(lake, every_s=0, holder="fleet-bench")
     passes: list[float | str] = []
+    pass_spans: list[tuple[float, float]] = []
 
     def maintain_loop() -> None:
         while not stop.wait(args.maintain_every_s):
             t0 = time.perf_counter()
+            span_start = time.monotonic()  # the writers' timings are monotonic
             try:
                 if maintainer.run_once(keep_snapshots=args.keep_snapshots) is not None:
                     passes.append(round(time.perf_counter() - t0, 2))
             except Exception as e:  # a proxy's maintainer logs it and tries later
                 passes.append(f"failed: {str(e)[:200]}")
+            pass_spans.append((span_start, time.monotonic()))
 
     # One event each before the clock starts, so that attaching the lake and the first
     # (checked) flush are not counted: a running proxy did both long before.
@@ -305,14 +348,19 @@ def rate(args: argparse.Namespace, lake: str, pg: str, work: Path) -> dict[str, 
     loop.join()
     lags: list[float] = []
     flush_ms: list[float] = []
+    spans: list[tuple[float, float]] = []
+    p99_by_writer: list[float] = []
     for (_, writer), times in zip(writers, appended, strict=True):
         wrote = [(t0, t1) for t0, t1, did in writer.timings if did]
         flush_ms += [(t1 - t0) * 1000 for t0, t1 in wrote]
+        spans += wrote
+        p99_by_writer.append(_pct([(t1 - t0) * 1000 for t0, t1 in wrote], 0.99))
         starts = [t0 for t0, _ in wrote]
         for t in times:  # committed by the first writing flush that started after it
             i = bisect.bisect_right(starts, t)
             if i < len(wrote):
                 lags.append(wrote[i][1] - t)
+    during, outside = _split_by_passes(spans, pass_spans)
     failures = sum(w.failures for _, w in writers)
     for spool, writer in writers:
         writer.stop()
@@ -332,6 +380,11 @@ def rate(args: argparse.Namespace, lake: str, pg: str, work: Path) -> dict[str, 
         "ingest_lag_s_p99": round(sorted(lags)[int(len(lags) * 0.99)], 3) if lags else None,
         "flush_ms_p50": _pct(flush_ms, 0.5),
         "flush_ms_p99": _pct(flush_ms, 0.99),
+        # a tail held by a few writers is theirs (their flushes keep meeting others');
+        # one shared by all is the host's
+        "flush_ms_p99_by_writer": sorted(p99_by_writer),
+        "flush_ms_p99_during_passes": _pct(during, 0.99) if during else None,
+        "flush_ms_p99_outside_passes": _pct(outside, 0.99) if outside else None,
         "events_per_flush": round(events / max(len(flush_ms), 1), 1),
         "writer_cpu_us_per_event": round(cpu / max(events, 1) * 1e6, 1),
         "postgres_cpu_us_per_event": round(pg_cpu / max(events, 1) * 1e6, 1),

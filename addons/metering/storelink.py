@@ -36,12 +36,16 @@ from meterline.store import (
 #: are the proxy's) and a bounded buffer pool (a batch is at most a few thousand rows).
 _INSTANCE_SETTINGS = ("SET threads = 1", "SET memory_limit = '512MB'")
 _FILE_ALIAS = "store"
-LAKE_COMMIT_RETRIES = 100
-#: DuckLake waits ``retry_wait_ms * backoff^n`` before retry n: by default 100 ms x 1.5^n,
-#: so a commit that lost 15 races in a row (ten writers and a merge) waited 88 s in all.
-#: A retry only re-reads the latest snapshot and writes again: 5 ms x 1.2^n (30 lost
-#: races: 7 s in all).
-LAKE_RETRY_SETTINGS = ("SET ducklake_retry_wait_ms = 5", "SET ducklake_retry_backoff = 1.2")
+#: DuckLake waits ``retry_wait_ms * backoff^n`` (times a random 0.5-1) before retry n:
+#: by default 100 ms x 1.5^n, so a commit that lost 15 races in a row (ten writers and a
+#: merge) waited 88 s in all. A retry only re-reads the latest snapshot and writes again:
+#: 5 ms x 1.1^n, 60 tries, so a commit that keeps losing gives up after ~8-15 s in all
+#: (the last wait ~0.7-1.4 s) and the flush fails, to be retried, checked, five
+#: intervals later. The former 5 ms x 1.2^n over 100 tries had no such bound: the 40th
+#: wait alone was 4-7 s, the 50th 23-46 s, so a writer that lost a few dozen races in a
+#: row (a catalog refusing commits, a convoy) slept for minutes, then hours.
+LAKE_COMMIT_RETRIES = 60
+LAKE_RETRY_SETTINGS = ("SET ducklake_retry_wait_ms = 5", "SET ducklake_retry_backoff = 1.1")
 
 
 class StoreLink:

@@ -4,6 +4,7 @@ and maintenance running while writers flush."""
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -306,6 +307,79 @@ def test_a_pass_vacuums_the_catalog(server: str, tmp_path: Path, monkeypatch: An
         assert report.catalog_tables_vacuumed == len(before)
         assert {name: after[name] - before[name] for name in before} == dict.fromkeys(before, 1)
         assert con.execute("SELECT count(*) FROM usage_events").fetchone() == (20,)
+
+
+#: A PostgreSQL trigger that refuses every new data file with the error a writer's
+#: commit causes when it took the id first (DuckLake 0.3 takes new ids as the latest + 1):
+#: every commit of a merge then loses its race, however often it is tried.
+_LOSE_EVERY_RACE = (
+    "CREATE FUNCTION meterline_test_lose() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+    "RAISE EXCEPTION ''duplicate key value violates unique constraint "
+    "\"ducklake_data_file_pkey\"'' USING ERRCODE = ''unique_violation''; END $$; "
+    "CREATE TRIGGER meterline_test_lose BEFORE INSERT ON ducklake_data_file "
+    "FOR EACH ROW EXECUTE FUNCTION meterline_test_lose()"
+)
+
+
+def test_a_merge_that_loses_every_race_is_given_up(
+    server: str, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """A merge whose commit loses every race is started again from the latest snapshot
+    ``MERGE_STARTS`` times, then given up: the pass still expires, cleans up and vacuums,
+    and returns; no file and no event changes. Once commits can win again, the next
+    pass merges what was left."""
+    lake = _flushed_lake(server, tmp_path, monkeypatch, "giveup", flushes=6)
+    with store(lake) as con:
+        con.execute(f"CALL postgres_execute('__ducklake_metadata_lake', '{_LOSE_EVERY_RACE}')")
+        given_up = maintain(con, keep_snapshots=3)
+        assert given_up.merges_given_up == 1, given_up
+        assert given_up.files_before == given_up.files_after == 6, given_up
+        assert given_up.catalog_tables_vacuumed > 0, given_up
+        con.execute(
+            "CALL postgres_execute('__ducklake_metadata_lake', "
+            "'DROP TRIGGER meterline_test_lose ON ducklake_data_file')"
+        )
+        merged = maintain(con, keep_snapshots=3)
+        assert merged.merges_given_up == 0 and merged.files_after == 1, merged
+        assert con.execute(
+            "SELECT count(*), count(DISTINCT event_id) FROM usage_events"
+        ).fetchone() == (6, 6)
+
+
+def test_a_writer_whose_commit_keeps_losing_fails_in_bounded_time(
+    server: str, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """A writer's commit that loses every race gives up within seconds (DuckLake's retry
+    waits grow without a bound of their own: with the former 5 ms x 1.2^n over 100 tries
+    the 50th wait alone was 23-46 s), the flush fails and keeps its events in the spool,
+    and the next flush, once commits win again, stores each of them once."""
+    lake = _flushed_lake(server, tmp_path, monkeypatch, "losing", flushes=1)
+    spool = Spool(tmp_path / "spool-losing")
+    writer = SpoolWriter(spool, lake)
+    try:
+        with store(lake) as con:
+            con.execute(f"CALL postgres_execute('__ducklake_metadata_lake', '{_LOSE_EVERY_RACE}')")
+        for n in range(1, 4):
+            spool.append(event(n, "agent-0000", "losing"))
+        started = time.monotonic()
+        assert writer.flush() is False
+        took = time.monotonic() - started
+        assert took > 3, "refused at once: the commit was not retried"
+        assert took < 40, "the commit's retries are not bounded"
+        assert writer.failures == 1 and spool.sealed()
+        with store(lake) as con:
+            con.execute(
+                "CALL postgres_execute('__ducklake_metadata_lake', "
+                "'DROP TRIGGER meterline_test_lose ON ducklake_data_file')"
+            )
+        assert writer.flush() is True
+    finally:
+        writer.stop()
+        spool.close()
+    with store(lake) as con:
+        assert con.execute(
+            "SELECT count(*), count(DISTINCT event_id) FROM usage_events"
+        ).fetchone() == (4, 4)
 
 
 def test_the_writer_indexes_the_tables_a_pass_deletes_from(
