@@ -311,7 +311,7 @@ def test_a_pass_vacuums_the_catalog(server: str, tmp_path: Path, monkeypatch: An
 
 #: A PostgreSQL trigger that refuses every new data file with the error a writer's
 #: commit causes when it took the id first (DuckLake 0.3 takes new ids as the latest + 1):
-#: every commit of a merge then loses its race, however often it is tried.
+#: every commit that adds a file then loses its race, however often it is tried.
 _LOSE_EVERY_RACE = (
     "CREATE FUNCTION meterline_test_lose() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
     "RAISE EXCEPTION ''duplicate key value violates unique constraint "
@@ -319,6 +319,20 @@ _LOSE_EVERY_RACE = (
     "CREATE TRIGGER meterline_test_lose BEFORE INSERT ON ducklake_data_file "
     "FOR EACH ROW EXECUTE FUNCTION meterline_test_lose()"
 )
+_WIN_AGAIN = "DROP TRIGGER meterline_test_lose ON ducklake_data_file"
+
+
+def _rows_and_ids(con: Any) -> tuple[int, int]:
+    """Event rows in the lake and distinct event ids among them: equal when none doubled."""
+    rows, ids = con.execute(
+        "SELECT count(*), count(DISTINCT event_id) FROM usage_events"
+    ).fetchone()
+    return int(rows), int(ids)
+
+
+def _on_catalog(con: Any, statement: str) -> None:
+    """Run ``statement`` on the lake's PostgreSQL catalog itself."""
+    con.execute(f"CALL postgres_execute('__ducklake_metadata_lake', '{statement}')")
 
 
 def test_a_merge_that_loses_every_race_is_given_up(
@@ -330,20 +344,15 @@ def test_a_merge_that_loses_every_race_is_given_up(
     pass merges what was left."""
     lake = _flushed_lake(server, tmp_path, monkeypatch, "giveup", flushes=6)
     with store(lake) as con:
-        con.execute(f"CALL postgres_execute('__ducklake_metadata_lake', '{_LOSE_EVERY_RACE}')")
+        _on_catalog(con, _LOSE_EVERY_RACE)
         given_up = maintain(con, keep_snapshots=3)
         assert given_up.merges_given_up == 1, given_up
         assert given_up.files_before == given_up.files_after == 6, given_up
         assert given_up.catalog_tables_vacuumed > 0, given_up
-        con.execute(
-            "CALL postgres_execute('__ducklake_metadata_lake', "
-            "'DROP TRIGGER meterline_test_lose ON ducklake_data_file')"
-        )
+        _on_catalog(con, _WIN_AGAIN)
         merged = maintain(con, keep_snapshots=3)
         assert merged.merges_given_up == 0 and merged.files_after == 1, merged
-        assert con.execute(
-            "SELECT count(*), count(DISTINCT event_id) FROM usage_events"
-        ).fetchone() == (6, 6)
+        assert _rows_and_ids(con) == (6, 6)
 
 
 def test_a_writer_whose_commit_keeps_losing_fails_in_bounded_time(
@@ -358,7 +367,7 @@ def test_a_writer_whose_commit_keeps_losing_fails_in_bounded_time(
     writer = SpoolWriter(spool, lake)
     try:
         with store(lake) as con:
-            con.execute(f"CALL postgres_execute('__ducklake_metadata_lake', '{_LOSE_EVERY_RACE}')")
+            _on_catalog(con, _LOSE_EVERY_RACE)
         for n in range(1, 4):
             spool.append(event(n, "agent-0000", "losing"))
         started = time.monotonic()
@@ -368,18 +377,13 @@ def test_a_writer_whose_commit_keeps_losing_fails_in_bounded_time(
         assert took < 40, "the commit's retries are not bounded"
         assert writer.failures == 1 and spool.sealed()
         with store(lake) as con:
-            con.execute(
-                "CALL postgres_execute('__ducklake_metadata_lake', "
-                "'DROP TRIGGER meterline_test_lose ON ducklake_data_file')"
-            )
+            _on_catalog(con, _WIN_AGAIN)
         assert writer.flush() is True
     finally:
         writer.stop()
         spool.close()
     with store(lake) as con:
-        assert con.execute(
-            "SELECT count(*), count(DISTINCT event_id) FROM usage_events"
-        ).fetchone() == (4, 4)
+        assert _rows_and_ids(con) == (4, 4)
 
 
 def test_the_writer_indexes_the_tables_a_pass_deletes_from(
@@ -465,9 +469,7 @@ def test_a_pass_on_a_postgres_catalog_slices_a_backlog(
         assert report.files_before == 30 and report.files_after <= 2, report
         assert report.backlog_merges >= 3 and report.merges_given_up == 0, report
         assert _table_target(con, "usage_events") == [(str(1 << 29),)]
-        assert con.execute(
-            "SELECT count(*), count(DISTINCT event_id) FROM usage_events"
-        ).fetchone() == (30, 30)
+        assert _rows_and_ids(con) == (30, 30)
 
 
 def test_the_usual_merge_leaves_full_files_alone(tmp_path: Path) -> None:
