@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -253,6 +254,25 @@ def next_wait(interval: float, flush_cpu_seconds: float, failed: bool) -> float:
     return min(max(interval, stretched), interval * MAX_INTERVAL_STRETCH)
 
 
+#: A lake flush that spent this much longer waiting than working (its commit raced
+#: another writer's and was retried, or it queued behind one) moves the writer's phase.
+RACED_WAIT_S = 0.025
+
+
+def dephase(wait: float, interval: float, waited_s: float, rng: random.Random) -> float:
+    """``wait``, plus a random part of half an interval after a flush that raced others.
+
+    A writer's flushes start an interval apart from its first, so writers whose first
+    flushes ended close together (ten attaches at once on one host: all within ~350 ms)
+    keep flushing close together, and their commits keep racing: 29% of the flushes of
+    ten such writers overlapped another's. A writer that waited moves to a random new
+    phase; one that did not keeps its own, so the writers spread out and stay apart.
+    """
+    if waited_s <= RACED_WAIT_S:
+        return wait
+    return wait + rng.uniform(0.0, interval / 2)
+
+
 class SpoolWriter:
     """Drains a :class:`Spool` into the store from a daemon thread."""
 
@@ -273,6 +293,7 @@ class SpoolWriter:
         self._stop = threading.Event()
         self._flush_lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._rng = random.Random()  # noqa: S311 (a phase, not a secret)
         self.link = StoreLink(locator, lock_wait_s=lock_wait_s)
         self.maintainer: LakeMaintainer | None = None
         """On a lake: the thread that compacts it now and then (under the fleet's lease)."""
@@ -354,9 +375,13 @@ class SpoolWriter:
             except Exception:  # the thread must outlive any fault; the next flush retries
                 log.exception("meterline: writer flush failed; retrying")
                 failed = True
-            wait = next_wait(self.interval, time.thread_time() - cpu, failed)
+            used = time.thread_time() - cpu
+            wait = next_wait(self.interval, used, failed)
             if not failed:  # flushes start an interval apart: the lag is interval + flush
-                wait -= time.monotonic() - started
+                took = time.monotonic() - started
+                wait -= took
+                if self.link.is_lake:
+                    wait = dephase(wait, self.interval, took - used, self._rng)
             self._pause(max(0.0, wait))
             self._wake.clear()
 

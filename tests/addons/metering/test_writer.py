@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
 import threading
@@ -11,7 +12,9 @@ from addons.metering.spool import Spool
 from addons.metering.writer import (
     FLUSH_DUTY_FACTOR,
     MAX_INTERVAL_STRETCH,
+    RACED_WAIT_S,
     SpoolWriter,
+    dephase,
     next_wait,
 )
 from meterline.store import store
@@ -240,6 +243,17 @@ def test_flushes_are_spread_out_when_they_are_costly() -> None:
     assert next_wait(1.0, 0.25, failed=False) == 0.25 * FLUSH_DUTY_FACTOR
     assert next_wait(1.0, 30.0, failed=False) == MAX_INTERVAL_STRETCH
     assert next_wait(0.1, 0.001, failed=True) == 0.1 * MAX_INTERVAL_STRETCH
+
+
+def test_a_flush_that_raced_moves_the_writers_phase() -> None:
+    """A lake flush that waited much longer than it worked (its commit raced another
+    writer's) adds a random part of half an interval to the next wait, so writers that
+    flush at the same moment of the second spread out; one that did not keeps its phase."""
+    rng = random.Random(7)
+    assert dephase(0.98, 1.0, RACED_WAIT_S, rng) == 0.98
+    moved = [dephase(0.98, 1.0, 0.08, rng) for _ in range(200)]
+    assert all(0.98 <= wait <= 1.48 for wait in moved)
+    assert max(moved) - min(moved) > 0.4  # new phases over the half interval, not one
 
 
 def test_file_held_across_flushes_and_freed_when_idle(tmp_path: Path) -> None:
