@@ -151,7 +151,8 @@ def _retrying[T](loc: str, wait_s: float, attempt: Callable[[], T], *, ask: bool
         try:
             result = attempt()
         except duckdb.Error as e:
-            if not _is_transient(e) or time.monotonic() >= deadline:
+            transient = _is_transient(e) or _being_created(loc, e)
+            if not transient or time.monotonic() >= deadline:
                 raise StoreError(f"{loc}: cannot open: {e}{_hint(loc, e)}") from e
             if ask and not loc.startswith(LAKE_PREFIX):
                 signal_reader_waiting(loc)
@@ -163,6 +164,26 @@ def _retrying[T](loc: str, wait_s: float, attempt: Callable[[], T], *, ask: bool
             with contextlib.suppress(OSError):
                 reader_waiting_path(loc).unlink(missing_ok=True)
         return result
+
+
+#: DuckDB writes a new file's headers (three 4 KiB blocks) an instant after creating it.
+_DUCKDB_HEADERS_BYTES = 3 * 4096
+#: A file shorter than its headers and modified this recently is still being created.
+_CREATION_S = 5.0
+
+
+def _being_created(loc: str, err: duckdb.Error) -> bool:
+    """A read-only open that came between the proxy creating the file and writing its
+    headers: DuckDB calls the file "not a valid DuckDB database file". Worth another try
+    only while the file is that short and that new; any other such file is not DuckDB's,
+    and the error is given at once."""
+    if "not a valid DuckDB database file" not in str(err):
+        return False
+    try:
+        st = os.stat(loc)
+    except OSError:
+        return False
+    return st.st_size < _DUCKDB_HEADERS_BYTES and time.time() - st.st_mtime < _CREATION_S
 
 
 def _hint(loc: str, err: duckdb.Error) -> str:

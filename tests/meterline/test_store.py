@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -81,3 +83,39 @@ def test_lock_held_too_long_is_a_clear_error(tmp_path: Path) -> None:
 def test_reading_a_missing_database_says_so(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match=r"no such database"):
         open_store(tmp_path / "none.duckdb", read_only=True)
+
+
+def test_a_reader_waits_out_a_file_being_created(tmp_path: Path) -> None:
+    """The proxy creates its DuckDB file and writes the headers an instant later; a reader
+    that opens it in between (DuckDB: "not a valid DuckDB database file") tries again
+    instead of failing (it did, once in a full suite, in
+    test_separate_reader_while_proxy_writes)."""
+    db = tmp_path / "new.duckdb"
+    db.touch()  # created, no headers yet
+    made = tmp_path / "made.duckdb"
+    with store(made) as con:
+        migrate(con, EVENT_MIGRATIONS)
+
+    def headers_written() -> None:
+        time.sleep(0.3)
+        made.replace(db)
+
+    writer = threading.Thread(target=headers_written)
+    writer.start()
+    try:
+        with store(db, read_only=True, wait_s=10) as con:
+            assert con.execute("SELECT count(*) FROM usage_events").fetchone() == (0,)
+    finally:
+        writer.join()
+
+
+def test_a_file_that_is_not_duckdb_is_a_clear_error_at_once(tmp_path: Path) -> None:
+    """The same error on a file that is not new (a wrong --db) is not waited out."""
+    db = tmp_path / "notes.duckdb"
+    db.write_text("not a database\n")
+    an_hour_ago = time.time() - 3600
+    os.utime(db, (an_hour_ago, an_hour_ago))
+    started = time.monotonic()
+    with pytest.raises(StoreError, match="not a valid DuckDB database file"):
+        open_store(db, read_only=True, wait_s=10)
+    assert time.monotonic() - started < 2
