@@ -151,8 +151,7 @@ def _retrying[T](loc: str, wait_s: float, attempt: Callable[[], T], *, ask: bool
         try:
             result = attempt()
         except duckdb.Error as e:
-            transient = _is_transient(e) or _being_created(loc, e)
-            if not transient or time.monotonic() >= deadline:
+            if not _is_transient(loc, e) or time.monotonic() >= deadline:
                 raise StoreError(f"{loc}: cannot open: {e}{_hint(loc, e)}") from e
             if ask and not loc.startswith(LAKE_PREFIX):
                 signal_reader_waiting(loc)
@@ -254,10 +253,13 @@ def _open_lake(locator: str) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def _is_transient(err: duckdb.Error) -> bool:
-    """Worth another try: another process's file lock, or a fleet racing to create a lake."""
+def _is_transient(loc: str, err: duckdb.Error) -> bool:
+    """Worth another try: another process's file lock, a file the proxy is creating, or a
+    fleet racing to create a lake."""
     text = str(err)
     if isinstance(err, duckdb.IOException) and _is_lock_error(err):
+        return True
+    if _being_created(loc, err):
         return True
     # Two proxies attaching a new DuckLake at once both try to create its metadata tables
     # in PostgreSQL; the loser sees them appear mid-way and succeeds on the next attach.

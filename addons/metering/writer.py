@@ -293,7 +293,7 @@ class SpoolWriter:
         self._stop = threading.Event()
         self._flush_lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self._rng = random.Random()  # noqa: S311 (a phase, not a secret)
+        self._rng = random.Random()  # for the phase after a race (dephase)
         self.link = StoreLink(locator, lock_wait_s=lock_wait_s)
         self.maintainer: LakeMaintainer | None = None
         """On a lake: the thread that compacts it now and then (under the fleet's lease)."""
