@@ -69,12 +69,14 @@ class Meter:
         self._active: dict[str, FlowMeter] = {}
         self.deferred = DeferredWork()
         self._running = False
+        self._misconfigured = False
         self.flush_interval = 1.0
         self.reject_unknown = False
         self.include_usage = True
         self.durable = True
         self.proxy_id: str | None = None
         self._notice_filter = HideStreamingNotice()
+        self._redact_filter: redact.RedactingFilter | None = None
         self.reloader = catalogwatch.Reloader(lambda: self.catalog, self._reload)
         self.governance = governance.Governance()
         self.finisher = Finisher(self.governance, self._record)
@@ -83,6 +85,7 @@ class Meter:
 
     def load(self, loader: Any) -> None:
         MITM_SERVER_LOG.addFilter(self._notice_filter)
+        self._redact_filter = redact.install_log_filter()  # keys in mitmproxy's own log
         loader.add_option(
             "meter_db",
             str,
@@ -149,6 +152,17 @@ class Meter:
         governance.add_options(loader)
 
     def configure(self, updated: set[str]) -> None:
+        try:
+            self._configure(updated)
+        except exceptions.OptionsError as e:
+            if self._running or ctx.master.addons.get("errorcheck") is None:
+                raise  # a change on a running proxy is refused, and the UI says why
+            # At start mitmdump would print the script's traceback for a user's mistake:
+            # one line instead; mitmproxy exits on an error logged during start-up.
+            log.error("meterline: %s", e)
+            self._misconfigured = True
+
+    def _configure(self, updated: set[str]) -> None:
         if "meter_catalog" in updated or self.catalog is None:
             path = Path(ctx.options.meter_catalog)
             stamp = catalogwatch.file_stamp(path)
@@ -164,6 +178,8 @@ class Meter:
             )
         if "meter_flush_interval" in updated:
             self.flush_interval = _parse_interval(ctx.options.meter_flush_interval)
+        if "meter_db" in updated:
+            _check_db(ctx.options.meter_db)
         # Read per flow: plain attributes, not ctx.options (which type-checks and copies).
         self.reject_unknown = ctx.options.meter_unknown_keys == "reject"
         self.include_usage = ctx.options.meter_include_usage
@@ -219,6 +235,9 @@ class Meter:
 
     def running(self) -> None:
         """The proxy is up: open the spool (not before, so loading the addon writes nothing)."""
+        if self._misconfigured:
+            ctx.master.shutdown()  # mitmproxy exits too; nothing may pass unmetered meanwhile
+            return
         self._running = True
         try:
             self._open_spool()
@@ -247,6 +266,8 @@ class Meter:
             self.finisher.finish(self._active.pop(flow_id), cut=True)
         self.sink.close()
         MITM_SERVER_LOG.removeFilter(self._notice_filter)
+        if self._redact_filter is not None:
+            redact.remove_log_filter(self._redact_filter)
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         req = flow.request
@@ -265,8 +286,13 @@ class Meter:
             if provider is None:
                 return
         path = req.path
-        if req.method != "POST" or not providers.is_billed_path(provider.flavor, path):
+        if req.method != "POST":
             return
+        spoken = providers.billed_flavor(provider.flavor, path)
+        if spoken is None:
+            return
+        if spoken != provider.flavor:  # Gemini's OpenAI-compatible endpoints
+            provider = providers.speaking(provider, spoken)
         query = path.partition("?")[2] if "?" in path else ""
         keyset = attribution.presented(req.headers, query, provider)
         identity = self.keybook.identify_key(keyset.billed)
@@ -315,7 +341,7 @@ class Meter:
             pinned = routes.pin_model(req.raw_content or b"", st.pinned_model)
             if pinned is not None:
                 req.content = pinned
-        if self.include_usage and st.provider.flavor == "openai":
+        if self.include_usage and st.provider.flavor == "openai" and not st.provider.compat:
             st.add_include_usage()
         st.t_request = time.time()
 
@@ -384,6 +410,16 @@ class Meter:
         if self.sink.writer is None:
             self._open_spool()
         self.sink.record(event)
+
+
+def _check_db(locator: str) -> None:
+    """A DuckDB file's directory must exist: the writer would otherwise keep every event
+    in the spool, retrying, with no store ever made (a lake is checked by its attach)."""
+    if locator.startswith("ducklake:"):
+        return
+    directory = Path(locator).expanduser().parent
+    if not directory.is_dir():
+        raise exceptions.OptionsError(f"meter_db: {directory} is not a directory")
 
 
 def _parse_interval(text: str) -> float:

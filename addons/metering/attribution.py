@@ -13,7 +13,7 @@ openai                    ``Authorization: Bearer``
 openai (``api-key``)      ``api-key``, then ``Authorization: Bearer`` (Azure)
 anthropic                 ``x-api-key``, then ``Authorization: Bearer``
 gemini                    ``x-goog-api-key``, ``?key=``, then ``Authorization: Bearer``
-                          (an OAuth token)
+                          (an OAuth token) or ``?access_token=`` (the same, in the URL)
 any (gateway key)         ``apikey`` (Kong key-auth: for the proxy, when nothing above is
                           present; consumers with key injection present their key there)
 ========================  ===============================================================
@@ -34,6 +34,9 @@ from addons.metering.keys import KEY_HEADERS
 from addons.metering.providers import MeteredProvider
 
 QUERY_KEY = "?key"
+QUERY_TOKEN = "?access_token"
+"""Google's OAuth token in the URL: what ``Authorization: Bearer`` carries, as a parameter."""
+_QUERY_PLACES = {"key": QUERY_KEY, "access_token": QUERY_TOKEN}
 GATEWAY_HEADER = "apikey"
 
 
@@ -58,7 +61,7 @@ def places(provider: MeteredProvider) -> tuple[str, ...]:
     if provider.flavor == "anthropic":
         return ("x-api-key", "authorization")
     if provider.flavor == "gemini":
-        return ("x-goog-api-key", QUERY_KEY, "authorization")
+        return ("x-goog-api-key", QUERY_KEY, "authorization", QUERY_TOKEN)
     if provider.auth != "bearer":
         return (provider.auth, "authorization")
     return ("authorization",)
@@ -81,6 +84,8 @@ def _values(headers: Mapping[str, str], query: str) -> dict[str, list[str]]:
     else:
         pairs = [(n.lower(), v) for n, v in headers.items() if n.lower() in KEY_HEADERS]
     for name, value in pairs:
+        if not value.isprintable():  # a folded line, a tab: whitespace as servers read it
+            value = " ".join(value.split())
         if name == "authorization":
             scheme, _, token = value.strip().partition(" ")
             if scheme.lower() != "bearer":
@@ -89,18 +94,19 @@ def _values(headers: Mapping[str, str], query: str) -> dict[str, list[str]]:
         value = value.strip()
         if value:
             found.setdefault(name, []).append(value)
-    if "key=" in query:
-        keys = [v.strip() for k, v in parse_qsl(query) if k == "key" and v.strip()]
-        if keys:
-            found[QUERY_KEY] = keys
+    if "key=" in query or "token=" in query or "%" in query:  # a name may be %-encoded
+        for k, v in parse_qsl(query):
+            place = _QUERY_PLACES.get(k)
+            if place is not None and v.strip():
+                found.setdefault(place, []).append(v.strip())
     return found
 
 
 def presented_keys(headers: Mapping[str, str], query: str = "") -> list[str]:
     """Every API key the request carries (usually one): headers in :data:`KEY_HEADERS`
-    order, then ``?key=`` (Gemini's)."""
+    order, then ``?key=`` and ``?access_token=`` (Gemini's)."""
     found = _values(headers, query)
-    return [v for place in (*KEY_HEADERS, QUERY_KEY) for v in found.get(place, ())]
+    return [v for place in (*KEY_HEADERS, QUERY_KEY, QUERY_TOKEN) for v in found.get(place, ())]
 
 
 def presented(headers: Mapping[str, str], query: str, provider: MeteredProvider) -> Presented:

@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterator
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
+from addons.metering import jsoncodec
+
 if TYPE_CHECKING:  # imported on the first estimate: the proxy rarely needs it (~50 MiB)
     import tiktoken
 
@@ -227,7 +229,7 @@ def estimate_request_input(flavor: str, request_body: bytes, *, model: str | Non
         raise ValueError(f"unknown API flavor {flavor!r} (known: {known})") from None
     text = request_body.decode("utf-8", "replace")
     try:
-        body = json.loads(text) if text.strip() else {}
+        body = jsoncodec.loads(text) if text.strip() else {}
     except ValueError:
         return count_tokens(text, model or "")
     if not isinstance(body, dict):

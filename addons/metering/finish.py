@@ -4,7 +4,6 @@ why it is not reported when it is not, and hand the events on.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Callable
@@ -14,7 +13,7 @@ from typing import Any
 from mitmproxy import http
 from mitmproxy.net.http import url
 
-from addons.metering import bounded, events
+from addons.metering import bounded, events, jsoncodec
 from addons.metering.bounded import count_tokens, estimate_request_input
 from addons.metering.flowstate import FlowMeter, raw_header, where
 from addons.metering.governance import Governance
@@ -170,7 +169,7 @@ def request_model(st: FlowMeter) -> str | None:
         found = _MODEL_FIELD.search(body, 0, bounded.MAX_PARSED_REQUEST)
         return found.group(1).decode("utf-8", "replace") if found else None
     try:
-        data = json.loads(body)
+        data = jsoncodec.loads(body)
     except ValueError:
         return None
     model = data.get("model") if isinstance(data, dict) else None

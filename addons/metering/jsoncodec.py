@@ -23,11 +23,16 @@ _OPTIONS = (
 
 
 def loads(data: bytes | str) -> Any:
-    """Parse one JSON value; raises :class:`ValueError` as :func:`json.loads` does."""
+    """Parse one JSON value; raises :class:`ValueError` as :func:`json.loads` does, and
+    for nesting too deep for :func:`json.loads` (its ``RecursionError``): every body the
+    proxy parses is a stranger's."""
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
-        return json.loads(data)
+        try:
+            return json.loads(data)
+        except RecursionError:
+            raise ValueError("JSON nested too deeply") from None
 
 
 def dumps_line(obj: Any) -> bytes:

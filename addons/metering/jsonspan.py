@@ -10,6 +10,7 @@ raises ``ValueError``.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 
@@ -59,10 +60,11 @@ class Members:
     spans: list[tuple[bytes, int, int]] = field(default_factory=list)
 
     def last_value(self, key: str) -> tuple[int, int]:
-        """Span of the value of the last member named ``key`` (what ``json.loads`` keeps)."""
+        """Span of the value of the last member named ``key`` (what ``json.loads`` keeps),
+        however its name is spelled (``"stream_option\\u0073"`` names ``stream_options``)."""
         wanted = b'"' + key.encode() + b'"'
         for raw, start, end in reversed(self.spans):
-            if raw == wanted:
+            if raw == wanted or (b"\\" in raw and json.loads(raw) == key):
                 return start, end
         raise ValueError(f"no member {key!r}")
 

@@ -41,6 +41,9 @@ class MeteredProvider:
     flavor: Flavor
     auth: AuthStyle
     """The header that carries the provider's own key (used by key injection)."""
+    compat: bool = False
+    """Metered on another API's compatible endpoint (:func:`speaking`): its requests are
+    never rewritten (Gemini's OpenAI-compatible stream reports usage unasked)."""
 
 
 # Which header carries the provider's own key, where it differs from its flavor's.
@@ -61,8 +64,13 @@ BUILTIN_PROVIDERS: tuple[tuple[MeteredProvider, tuple[str, ...]], ...] = tuple(
 _BILLED_PATHS: dict[str, re.Pattern[str]] = {
     "openai": re.compile(r"/(?:chat/completions|completions|embeddings|responses)/?$"),
     "anthropic": re.compile(r"/v1/messages/?$"),
-    "gemini": re.compile(r"/models/[^/:]+:(?:generateContent|streamGenerateContent)$"),
+    "gemini": re.compile(
+        r"/(?:models|tunedModels)/[^/:]+:(?:generateContent|streamGenerateContent)$"
+    ),
 }
+#: Google's OpenAI-compatible endpoints on a Gemini host (``/v1beta/openai/...``): OpenAI's
+#: request and response format, the Gemini key as ``Authorization: Bearer``.
+_GEMINI_OPENAI_PATHS = re.compile(r"/openai/(?:chat/completions|embeddings)/?$")
 
 _MEMO_LIMIT = 4096
 
@@ -145,21 +153,52 @@ class ProviderRegistry:
         return list(seen.values())
 
 
-def is_billed_path(flavor: str, path: str) -> bool:
+def is_billed_path(flavor: Flavor, path: str) -> bool:
     """True when ``path`` (query string allowed) is an endpoint that bills tokens.
 
     The path is normalised first (:func:`normalise_path`): spelling it differently
     (``complet%69ons``, ``/v1//chat/./completions``) reaches the same upstream endpoint
     and is metered the same.
     """
-    return _BILLED_PATHS[flavor].search(normalise_path(path)) is not None
+    return billed_flavor(flavor, path) is not None
+
+
+def billed_flavor(flavor: Flavor, path: str) -> Flavor | None:
+    """The API format ``path`` speaks on a provider of ``flavor`` when it bills tokens
+    (None: it does not). The provider's own, except Gemini's OpenAI-compatible endpoints."""
+    path = normalise_path(path)
+    if _BILLED_PATHS[flavor].search(path) is not None:
+        return flavor
+    if flavor == "gemini" and _GEMINI_OPENAI_PATHS.search(path) is not None:
+        return "openai"
+    return None
+
+
+_SPEAKING: dict[tuple[MeteredProvider, Flavor], MeteredProvider] = {}
+
+
+def speaking(provider: MeteredProvider, flavor: Flavor) -> MeteredProvider:
+    """``provider`` as metered on an endpoint of another API format (its key then read
+    and injected as that format's: ``Authorization: Bearer``); one object per pair."""
+    if flavor == provider.flavor:
+        return provider
+    key = (provider, flavor)
+    found = _SPEAKING.get(key)
+    if found is None:
+        found = _SPEAKING[key] = MeteredProvider(
+            provider.name, flavor, DEFAULT_AUTH[flavor], compat=True
+        )
+    return found
 
 
 def normalise_path(path: str) -> str:
-    """The path (query string dropped) as an upstream server resolves it: %-escapes
-    decoded once, empty and ``.`` segments dropped, ``..`` applied. Free for the usual
-    path, which has none of those."""
+    """The path (query string and fragment dropped) as an upstream server resolves it:
+    %-escapes decoded once, empty and ``.`` segments dropped, ``..`` applied. Free for
+    the usual path, which has none of those. A fragment (``#x``: no client sends one, but
+    many servers drop it) is cut before the decoding: ``%23`` stays part of the path."""
     path = path.split("?", 1)[0]
+    if "#" in path:
+        path = path.split("#", 1)[0]
     if "%" in path:
         path = unquote(path, errors="surrogateescape")
     if "//" in path or "/." in path:

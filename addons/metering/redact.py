@@ -2,29 +2,57 @@
 
 mitmdump's flow lines (its ``dumper`` addon, on by default) print each request's full
 URL, and Gemini takes its key as ``?key=``; with ``flow_detail`` 2 or more they print the
-request headers too (``Authorization: Bearer ...``). The dumper writes straight to a
-file object, so :func:`install` wraps that object: every line it prints goes through
-:func:`redact`, which replaces the value of a ``key=`` query parameter and of the key
-headers with ``[redacted]``. Lines without a key pass unchanged (one substring test).
+request headers too (``Authorization: Bearer ...``), and for a flow that failed, its
+error, which for a malformed request quotes the offending line. mitmproxy's log prints
+a request line or header line it could not parse whole (``Invalid header line:
+b'Authorization Bearer sk-...'``). The dumper writes straight to a file object, so
+:func:`install` wraps that object, and :class:`RedactingFilter` sits on the log's
+handlers: every line either prints goes through :func:`redact`, which replaces with
+``[redacted]`` the value of a key query parameter (``key``, ``api_key``, ``apikey``,
+``access_token``, however its name is %-encoded), of a key header line, and a
+credential-like word right after a key header's name (a malformed line). Lines without
+a key pass unchanged (substring tests).
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import IO, Any
+from urllib.parse import unquote_plus
 
 from addons.metering.keys import KEY_HEADERS
 
 REDACTED = "[redacted]"
 
 _ANSI = r"(?:\x1b\[[0-9;]*m)*"  # the dumper colours its output on a terminal
-_QUERY_KEY = re.compile(r"([?&;](?:key|api[_-]?key)=)[^&#\s\x1b]+", re.IGNORECASE)
+#: Query parameter names whose value is a credential (compared %-decoded, lower case).
+_QUERY_SECRETS = frozenset({"key", "api_key", "api-key", "apikey", "access_token"})
+_QUERY_PARAM = re.compile(r"([?&;])([^=&#?;\s\x1b]+)(=)([^&#;\s\x1b]+)")
+_HEADER_NAMES = "|".join(re.escape(h) for h in KEY_HEADERS)
 _HEADER_LINE = re.compile(
-    r"^(\s*" + _ANSI + "(?:" + "|".join(re.escape(h) for h in KEY_HEADERS) + ")"
+    r"^(\s*" + _ANSI + "(?:" + _HEADER_NAMES + ")"
     + _ANSI + r"\s*:\s*" + _ANSI + r")(?:(bearer|basic)\s+)?[^\x1b\n]+",
     re.IGNORECASE | re.MULTILINE,
 )  # fmt: skip
-_NEEDLES = ("key=", *KEY_HEADERS)
+#: A key header's name not followed by ``:`` (a malformed line, quoted in an error), then a
+#: word that looks like a credential: 8+ key characters with a digit, ``-`` or ``_`` in it
+#: (so "authorization required" stays readable).
+_LOOSE_HEADER = re.compile(
+    r"(?<![\w-])((?:" + _HEADER_NAMES + r")[\s=]+(?:(?:bearer|basic)\s+)?)"
+    r"(?=[\w.~+/=-]*[\d_-])[\w.~+/=-]{8,}",
+    re.IGNORECASE,
+)
+_NEEDLES = ("=", *KEY_HEADERS)
+
+
+def _query_param(m: re.Match[str]) -> str:
+    name = m.group(2)
+    if "%" in name or "+" in name:
+        name = unquote_plus(name, errors="replace")
+    if name.lower() not in _QUERY_SECRETS:
+        return m.group(0)
+    return m.group(1) + m.group(2) + m.group(3) + REDACTED
 
 
 def redact(text: str) -> str:
@@ -32,10 +60,12 @@ def redact(text: str) -> str:
     lower = text.lower()
     if not any(n in lower for n in _NEEDLES):
         return text
-    text = _QUERY_KEY.sub(r"\1" + REDACTED, text)
-    return _HEADER_LINE.sub(
+    if "=" in text:
+        text = _QUERY_PARAM.sub(_query_param, text)
+    text = _HEADER_LINE.sub(
         lambda m: m.group(1) + (m.group(2) + " " if m.group(2) else "") + REDACTED, text
     )
+    return _LOOSE_HEADER.sub(r"\1" + REDACTED, text)
 
 
 class RedactingWriter:
@@ -62,3 +92,28 @@ def install(dumper: Any) -> bool:
     if not isinstance(dumper.outfp, RedactingWriter):
         dumper.outfp = RedactingWriter(dumper.outfp)
     return True
+
+
+class RedactingFilter(logging.Filter):
+    """Redacts keys in every record a log handler prints (see the module docstring)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = redact(message)
+        if redacted is not message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+def install_log_filter(logger: logging.Logger | None = None) -> RedactingFilter:
+    """Put one :class:`RedactingFilter` on each handler of ``logger`` (the root logger,
+    where mitmproxy's terminal log hangs); undo with :func:`remove_log_filter`."""
+    found = RedactingFilter()
+    for handler in (logger or logging.getLogger()).handlers:
+        handler.addFilter(found)
+    return found
+
+
+def remove_log_filter(found: RedactingFilter, logger: logging.Logger | None = None) -> None:
+    for handler in (logger or logging.getLogger()).handlers:
+        handler.removeFilter(found)

@@ -22,6 +22,7 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from addons.metering import jsoncodec
 from addons.metering.providers import MeteredProvider, ProviderRegistry, is_billed_path
 from meterline.catalog import Catalog, RouteType
 
@@ -122,7 +123,7 @@ def pin_model(body: bytes, model: str) -> bytes | None:
     without the gateway.
     """
     try:
-        data = json.loads(body)
+        data = jsoncodec.loads(body)
     except ValueError:
         return None
     if not isinstance(data, dict):

@@ -38,7 +38,8 @@ class EventSink:
 
     def close(self) -> None:
         if self.writer is not None and not self.writer.stop():
-            log.warning("meterline: events left in spool %s for the next start", self.spool)
+            where = self.spool.directory if self.spool is not None else "?"
+            log.warning("meterline: events left in spool %s for the next start", where)
         if self.spool is not None:
             self.spool.close()
         self.writer, self.spool = None, None

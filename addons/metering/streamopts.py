@@ -10,10 +10,9 @@ the stream it expected (except that, per OpenAI's docs, its other chunks then ca
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from addons.metering import jsonspan
+from addons.metering import jsoncodec, jsonspan
 from addons.metering.extract.framing import MAX_SSE_EVENT, has_value
 from addons.metering.sse import SSEParser
 
@@ -31,7 +30,7 @@ def add_include_usage(body: bytes) -> bytes | None:
     escape, ``1e400``, key order, spacing). ``None`` when the edit cannot be placed.
     """
     try:
-        obj: Any = json.loads(body)
+        obj: Any = jsoncodec.loads(body)
     except ValueError:
         return None
     if not isinstance(obj, dict) or obj.get("stream") is not True:
@@ -62,7 +61,7 @@ def is_usage_only_chunk(data: str) -> bool:
     if not has_value(data, '"usage"'):
         return False
     try:
-        obj = json.loads(data)
+        obj = jsoncodec.loads(data)
     except ValueError:
         return False
     return isinstance(obj, dict) and isinstance(obj.get("usage"), dict) and not obj.get("choices")

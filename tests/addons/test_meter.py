@@ -388,6 +388,16 @@ def test_bad_flush_interval_and_spool(meter: tuple[Meter, Any], tmp_path: Path) 
         tctx.configure(m, meter_spool=str(blocker / "spool"))
 
 
+def test_a_db_in_a_missing_directory_is_an_options_error(
+    meter: tuple[Meter, Any], tmp_path: Path
+) -> None:
+    m, tctx = meter
+    with pytest.raises(exceptions.OptionsError, match=r"meter_db: .*missing is not a directory"):
+        tctx.configure(m, meter_db=str(tmp_path / "missing" / "events.duckdb"))
+    tctx.configure(m, meter_db=str(tmp_path / "events.duckdb"))  # the file itself may be new
+    tctx.configure(m, meter_db="ducklake:postgres:dbname=x")  # a lake is checked on attach
+
+
 def test_defaults_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("METERLINE_DB", "ducklake:postgres:dbname=meter")
     monkeypatch.setenv("METERLINE_CATALOG", "/etc/meterline/catalog.yaml")

@@ -3,10 +3,13 @@ bodies the include_usage rewrite must not change. A real mitmdump each time."""
 
 from __future__ import annotations
 
+import json
+import socket
 from pathlib import Path
 from typing import Any
 
 import httpx2
+import openai
 import pytest
 
 from tests.conftest import KEYS, UNKNOWN_KEY, ProxyFactory
@@ -186,3 +189,143 @@ def test_include_usage_rewrite_changes_only_what_it_means_to(
     assert fake_provider.last().body == sent
     assert b'"usage":{' not in r.content  # the extra usage chunk stays hidden
     meter_proxy.wait_for_events([fake_provider.last().request_id])
+
+
+def _raw(proxy: MeterProxy, head: str, body: bytes = b"") -> tuple[int, bytes]:
+    """One request as bytes no HTTP client library would send (a fragment, a folded
+    header line, a malformed line), through the proxy; (status, whole response)."""
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=30) as sock:
+        sock.sendall(head.encode("latin-1") + b"\r\n" + body)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return int(data.split(b" ", 2)[1]), data
+
+
+def _head(method_url: str, host: str, *fields: str, length: int) -> str:
+    lines = [f"{method_url} HTTP/1.1", f"Host: {host}", "Connection: close", *fields]
+    return "\r\n".join([*lines, "Content-Type: application/json", f"Content-Length: {length}", ""])
+
+
+def _raw_cases(up: FakeProvider) -> dict[str, tuple[str, str, tuple[str, ...], bytes]]:
+    """name -> (absolute URL, host, header lines, body): spellings only a raw client
+    sends, each with a key the meter must see (unknown, or a second one)."""
+    chat, gem = json.dumps(CHAT).encode(), json.dumps(GEMINI).encode()
+    openai = up.base_url("openai") + "/v1/chat/completions"
+    gemini = up.base_url("gemini") + "/v1beta/models/gemini-2.5-pro:generateContent"
+    alice = KEYS["alice"]
+    return {
+        "a fragment on the path": (
+            openai + "#x", _hostport(openai), (f"Authorization: Bearer {UNKNOWN_KEY}",), chat
+        ),
+        "a folded authorization line + a known apikey": (
+            openai,
+            _hostport(openai),
+            (f"Authorization: Bearer\r\n {UNKNOWN_KEY}", f"apikey: {alice}"),
+            chat,
+        ),
+        "a %-encoded ?key name + a known apikey": (
+            f"{gemini}?%6Bey={UNKNOWN_KEY}", _hostport(gemini), (f"apikey: {alice}",), gem
+        ),
+    }  # fmt: skip
+
+
+def _hostport(url: str) -> str:
+    return url.split("/")[2]
+
+
+def test_reject_mode_refuses_what_only_a_raw_client_can_send(
+    start_proxy: ProxyFactory, fake_provider: FakeProvider, tmp_path: Path
+) -> None:
+    proxy = start_proxy(
+        catalog=_catalog(tmp_path, fake_provider), options={"meter_unknown_keys": "reject"}
+    )
+    fake_provider.reset()
+    statuses = {}
+    for name, (url, host, fields, body) in _raw_cases(fake_provider).items():
+        statuses[name], _ = _raw(proxy, _head(f"POST {url}", host, *fields, length=len(body)), body)
+    print(f"FAULT raw crafted requests (reject): {len(statuses)} sent, forwarded="
+          f"{len(fake_provider.exchanges)}")  # fmt: skip
+    assert statuses == dict.fromkeys(statuses, 401)
+    assert fake_provider.exchanges == []
+
+
+def test_a_fragment_does_not_keep_a_call_from_being_metered(
+    start_proxy: ProxyFactory, fake_provider: FakeProvider, tmp_path: Path
+) -> None:
+    proxy = start_proxy(catalog=_catalog(tmp_path, fake_provider))
+    fake_provider.reset()
+    openai = fake_provider.base_url("openai") + "/v1/chat/completions"
+    body = json.dumps(CHAT).encode()
+    head = _head(
+        f"POST {openai}#x", _hostport(openai), f"Authorization: Bearer {KEYS['alice']}",
+        length=len(body),
+    )  # fmt: skip
+    status, _ = _raw(proxy, head, body)
+    assert status == 200 and fake_provider.last().path == "/v1/chat/completions"
+    [row] = proxy.wait_for_events([fake_provider.last().request_id])
+    assert row["consumer"] == "alice" and row["input_tokens"] > 0
+
+
+def test_malformed_requests_never_print_their_keys(
+    start_proxy: ProxyFactory, fake_provider: FakeProvider, tmp_path: Path
+) -> None:
+    """mitmproxy logs a line it cannot parse whole, and the dumper prints a failed flow's
+    error: neither may show the key in it (flow_detail=2 also prints every header)."""
+    proxy = start_proxy(catalog=_catalog(tmp_path, fake_provider), options={"flow_detail": 2})
+    openai = fake_provider.base_url("openai") + "/v1/chat/completions"
+    gemini = fake_provider.base_url("gemini") + "/v1beta/models/g:generateContent"
+    secrets = [f"sk-leak-{n}-0000000000000" for n in range(4)]
+    sent = [
+        _head(f"POST {openai}", _hostport(openai), f"Authorization Bearer {secrets[0]}", length=0),
+        f"POST {gemini}?key={secrets[1]} HTTP/1.1 x\r\nHost: {_hostport(gemini)}\r\n",
+        _head(f"POST {gemini}?%6Bey={secrets[2]}", _hostport(gemini), length=0),
+        _head(f"POST {gemini}?access_token={secrets[3]}", _hostport(gemini), length=0),
+    ]
+    for head in sent:
+        _raw(proxy, head)
+    proxy.stop()
+    log = proxy.log_text()
+    assert "Invalid header line" in log or "Bad HTTP request line" in log  # the lines came
+    assert "[redacted]" in log
+    assert [s for s in secrets if s in log] == []
+
+
+def test_geminis_openai_compatible_endpoint_is_metered_as_openai(
+    start_proxy: ProxyFactory, fake_provider: FakeProvider, tmp_path: Path
+) -> None:
+    """Google's OpenAI-compatible API (``/v1beta/openai/``) on a Gemini host, called with
+    the official openai SDK: the Gemini key as a Bearer token, OpenAI's usage object."""
+    proxy = start_proxy(
+        catalog=_catalog(tmp_path, fake_provider), options={"meter_unknown_keys": "reject"}
+    )
+    fake_provider.reset()
+
+    def client(key: str) -> openai.OpenAI:
+        return openai.OpenAI(
+            base_url=fake_provider.base_url("gemini") + "/v1beta/openai",
+            api_key=key,
+            max_retries=0,
+            http_client=openai.DefaultHttpxClient(proxy=proxy.url),
+        )
+
+    messages: list[Any] = [{"role": "user", "content": "hi"}]
+    with client(KEYS["alice"]) as alice:
+        reply = alice.chat.completions.create(model="gemini-2.5-flash", messages=messages)
+        [row] = proxy.wait_for_events([fake_provider.last().request_id])
+        assert (row["provider"], row["flavor"], row["consumer"]) == (
+            "fake-gemini", "openai", "alice"
+        )  # fmt: skip
+        assert reply.usage is not None and not row["estimated"]
+        assert row["input_tokens"] + row["cached_input_tokens"] == reply.usage.prompt_tokens
+        assert row["output_tokens"] == reply.usage.completion_tokens
+        # A stream is not rewritten (Google's compatible stream reports usage unasked).
+        stream = alice.chat.completions.create(
+            model="gemini-2.5-flash", messages=messages, stream=True
+        )
+        assert [c for c in stream]
+        assert b"stream_options" not in fake_provider.last().body
+        proxy.wait_for_events([fake_provider.last().request_id])
+    with client(UNKNOWN_KEY) as stranger, pytest.raises(openai.AuthenticationError):
+        stranger.chat.completions.create(model="gemini-2.5-flash", messages=messages)
+    assert len(fake_provider.exchanges) == 2  # the unknown key was never forwarded

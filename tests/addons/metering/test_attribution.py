@@ -34,6 +34,14 @@ def _headers(*fields: tuple[str, str]) -> Headers:
         (OPENAI, [("apikey", "gw")], "", Presented("gw", 1)),  # a gateway key (injection)
         (OPENAI, [("authorization", "Bearer gw"), ("apikey", "gw")], "", Presented("gw", 1)),
         (OPENAI, [], "", Presented(None, 0)),
+        # Spellings a server reads as a key: a folded or tab-separated Bearer, a
+        # %-encoded parameter name, Google's OAuth token in the URL.
+        (OPENAI, [("authorization", "Bearer\r\n a"), ("apikey", "gw")], "", Presented("a", 2)),
+        (OPENAI, [("authorization", "Bearer\ta"), ("apikey", "gw")], "", Presented("a", 2)),
+        (GEMINI, [("apikey", "gw")], "%6Bey=q", Presented("q", 2)),
+        (GEMINI, [], "k%65y=q", Presented("q", 1)),
+        (GEMINI, [("x-goog-api-key", "g")], "access_token=t", Presented("g", 2)),
+        (GEMINI, [], "access_token=t", Presented("t", 1)),
     ],
 )
 def test_billed_key_follows_the_provider(

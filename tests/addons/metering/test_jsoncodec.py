@@ -31,6 +31,8 @@ def test_loads_raises_value_error_like_json() -> None:
         jsoncodec.loads(b'{"cut": ')
     with pytest.raises(ValueError):
         jsoncodec.loads(b"NaN garbage")
+    with pytest.raises(ValueError):  # json.loads would raise RecursionError
+        jsoncodec.loads(b"[" * 100_000 + b"]" * 100_000)
 
 
 def test_an_integer_past_64_bits_is_still_a_number() -> None:

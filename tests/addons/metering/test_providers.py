@@ -87,6 +87,12 @@ def test_lookup_is_memoised(registry: ProviderRegistry) -> None:
         ("gemini", "/v1beta/models/gemini-2.5-pro:streamGenerateContent?alt=sse", True),
         ("gemini", "/v1beta/models/gemini-2.5-pro:countTokens", False),
         ("gemini", "/v1beta/models", False),
+        ("gemini", "/v1beta/tunedModels/my-model-1:generateContent", True),
+        ("gemini", "/v1beta/openai/chat/completions", True),  # OpenAI-compatible
+        ("gemini", "/v1beta/openai/embeddings", True),
+        ("gemini", "/v1beta/openai/models", False),
+        ("openai", "/v1/chat/completions#x", True),  # a fragment: servers drop it
+        ("openai", "/v1/chat/completions%23x", False),  # %23 is part of the path
     ],
 )
 def test_billed_paths(flavor: str, path: str, billed: bool) -> None:
@@ -164,3 +170,17 @@ def test_other_spellings_of_a_catalog_host() -> None:
     assert lookup_named(named, ip, 443, "example.com", "example.com") is None
     # the Host header and SNI naming the destination itself are not looked up again
     assert lookup_named(named, "example.com", 443, "example.com", "example.com") is None
+
+
+def test_gemini_openai_compatible_endpoints_are_metered_as_openai() -> None:
+    from addons.metering.providers import MeteredProvider, billed_flavor, speaking
+
+    gemini = MeteredProvider("gemini", "gemini", "x-goog-api-key")
+    assert billed_flavor("gemini", "/v1beta/models/g:generateContent") == "gemini"
+    assert billed_flavor("gemini", "/v1beta/openai/chat/completions") == "openai"
+    assert billed_flavor("openai", "/v1beta/models/g:generateContent") is None
+    compat = speaking(gemini, "openai")
+    assert (compat.name, compat.flavor, compat.auth, compat.compat) == (
+        "gemini", "openai", "bearer", True
+    )  # fmt: skip
+    assert speaking(gemini, "openai") is compat and speaking(gemini, "gemini") is gemini

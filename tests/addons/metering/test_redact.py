@@ -1,8 +1,17 @@
 from __future__ import annotations
 
 import io
+import logging
 
-from addons.metering.redact import RedactingWriter, install, redact
+import pytest
+
+from addons.metering.redact import (
+    RedactingWriter,
+    install,
+    install_log_filter,
+    redact,
+    remove_log_filter,
+)
 
 
 def test_redact_query_and_headers() -> None:
@@ -28,3 +37,47 @@ def test_install_wraps_the_dumper_once() -> None:
     print("x?key=secret", file=d.outfp)
     assert d.outfp.inner.getvalue() == "x?key=[redacted]\n"
     assert not install(None)
+
+
+@pytest.mark.parametrize(
+    "line,shown",
+    [
+        ("POST https://g/m:generateContent?%6Bey=S3CRETQ2 HTTP/1.1", "?%6Bey=[redacted] HTTP/1.1"),
+        ("POST https://g/m?k%65y=S3CRETQ4&alt=sse", "?k%65y=[redacted]&alt=sse"),
+        ("POST https://g/m?API_KEY=S3CRET", "?API_KEY=[redacted]"),
+        ("GET https://g/m?access_token=ya29.S3CRET", "?access_token=[redacted]"),
+        # mitmproxy quotes a line it cannot parse, in its log and in a flow's error
+        ("Invalid header line: b'Authorization Bearer S3CRETH5'", "Bearer [redacted]'"),
+        ("Bad HTTP request line: b'POST /m?key=S3CRETH6 HTTP/1.1 x'", "?key=[redacted] HTTP"),
+        ("<< Received invalid header name: b'x-api-key sk-ant-S3CRET'", "x-api-key [redacted]'"),
+    ],
+)
+def test_keys_in_any_spelling_are_redacted(line: str, shown: str) -> None:
+    out = redact(line)
+    assert "S3CRET" not in out and shown in out
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["authorization required for this request", "monkey=banana&turkey=1", "a=b&c=d"],
+)
+def test_words_that_are_not_keys_are_kept(line: str) -> None:
+    assert redact(line) == line
+
+
+def test_the_log_filter_redacts_what_a_handler_prints() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logger = logging.getLogger("test-redact-filter")
+    logger.addHandler(handler)
+    logger.propagate = False
+    found = install_log_filter(logger)
+    try:
+        logger.warning("Invalid header line: %r", b"Authorization Bearer sk-S3CRET-1")
+        logger.warning("plain %s", "text")
+    finally:
+        remove_log_filter(found, logger)
+        logger.removeHandler(handler)
+    assert stream.getvalue() == (
+        "Invalid header line: b'Authorization Bearer [redacted]'\nplain text\n"
+    )

@@ -191,6 +191,19 @@ def test_touches_only_its_own_files(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*foreign, "meterline-spool.lock"])
 
 
+def test_directories_it_creates_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a").chmod(0o755)  # an existing directory is left as it is
+    old = os.umask(0)
+    try:
+        spool = Spool(tmp_path / "a" / "b" / "c" / "spool")
+    finally:
+        os.umask(old)
+    spool.close()
+    modes = [(tmp_path / p).stat().st_mode & 0o777 for p in ("a", "a/b", "a/b/c", "a/b/c/spool")]
+    assert modes == [0o755, 0o700, 0o700, 0o700]
+
+
 def test_segments_are_private(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "new")
     spool.append({"event_id": "a"})

@@ -51,6 +51,18 @@ def test_client_bytes_are_kept_when_stream_options_is_absent() -> None:
     assert out == raw[: raw.rindex(b"}")] + b',"stream_options":{"include_usage":true}}\n'
 
 
+def test_the_member_that_counts_is_the_one_changed() -> None:
+    """Two ``stream_options``, the last spelled with an escape: ``json.loads`` keeps the
+    last, so that is the one set to true (the first stays as the client sent it)."""
+    raw = (
+        b'{"stream":true,"messages":[],"stream_options":{"include_usage":false},'
+        b'"stream_option\\u0073":{"include_usage":false}}'
+    )
+    out = add_include_usage(raw)
+    assert out == raw[: raw.rindex(b"false")] + b"true}}"
+    assert json.loads(out)["stream_options"] == {"include_usage": True}
+
+
 @pytest.mark.parametrize(
     "raw",
     [
@@ -65,6 +77,7 @@ def test_client_bytes_are_kept_when_stream_options_is_absent() -> None:
         b"not json",
         b"",
         b"\xff\xfe",
+        b'{"stream": true, "messages": ' + b"[" * 20_000 + b"]" * 20_000 + b"}",  # too deep
     ],
 )
 def test_not_applicable(raw: bytes) -> None:

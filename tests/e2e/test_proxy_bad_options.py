@@ -1,0 +1,33 @@
+"""A user's mistake in the proxy's options at start: one line naming the option, exit 1,
+no traceback (mitmproxy prints a script's traceback for any error it raises at load)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.support.proxy import MeterProxy
+
+
+@pytest.mark.parametrize(
+    "options,line",
+    [
+        ({"meter_catalog": "missing.yaml"}, "meter_catalog: missing.yaml: file not found"),
+        ({"meter_db": "no-such-dir/x.duckdb"}, "meter_db: no-such-dir is not a directory"),
+        ({"meter_flush_interval": "soon"}, "meter_flush_interval: expected seconds"),
+        ({"meter_unknown_keys": "deny"}, "meter_unknown_keys: expected one of record, reject"),
+    ],
+    ids=["catalog", "db", "interval", "policy"],
+)  # fmt: skip
+def test_a_bad_option_at_start_is_one_line(
+    tmp_path: Path, mitm_confdir: Path, test_catalog: Path, options: dict[str, str], line: str
+) -> None:
+    proxy = MeterProxy(tmp_path, catalog=test_catalog, confdir=mitm_confdir, options=options)
+    run = subprocess.run(proxy.command(), capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    out = run.stdout + run.stderr
+    assert run.returncode == 1, out
+    assert f"meterline: {line}" in out and out.count("meterline: meter_") == 1, out
+    assert "Traceback" not in out and "error in script" not in out, out
+    assert not proxy.spool.exists() and not proxy.db.exists()  # nothing written
