@@ -38,6 +38,7 @@ from addons.metering import (
     governance,
     hints,
     keys,
+    noreload,
     providers,
     redact,
     routes,
@@ -251,6 +252,8 @@ class Meter:
                 self.spool.directory if self.spool else None,
                 self.writer.read,
             )
+        if noreload.stop_watching(ctx.master, self):
+            log.info("meterline: %s is not reloaded when it changes: restart to upgrade", __file__)
         if not redact.install(ctx.master.addons.get("dumper")):
             log.debug("meterline: no dumper addon: nothing to redact")
         self.reloader.start()

@@ -80,8 +80,10 @@ class MeterProxy:
         env: dict[str, str] | None = None,
         mitm_args: tuple[str, ...] = (),
         addon: bool = True,
+        script: Path = ADDON,
     ) -> None:
-        """``addon=False`` runs plain mitmdump with the same settings: a benchmark baseline."""
+        """``addon=False`` runs plain mitmdump with the same settings: a benchmark baseline;
+        ``script`` is the addon's file (a copy of ``meter.py`` elsewhere)."""
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.catalog = catalog
@@ -100,6 +102,7 @@ class MeterProxy:
         self.env = env or {}
         self.mitm_args = mitm_args
         self.addon = addon
+        self.script = script
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -111,7 +114,7 @@ class MeterProxy:
         if "flow_detail" not in self.options:
             cmd += ["--set", "flow_detail=0"]
         if self.addon:
-            cmd[1:1] = ["-s", str(ADDON)]
+            cmd[1:1] = ["-s", str(self.script)]
         for name, value in self.options.items():
             if not self.addon and name.startswith("meter_"):
                 continue
