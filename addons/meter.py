@@ -346,6 +346,8 @@ class Meter:
                 req.content = pinned
         if self.include_usage and st.provider.flavor == "openai" and not st.provider.compat:
             st.add_include_usage()
+        if self.durable and st.provider.flavor == "openai" and not st.drop_usage:
+            st.ask_plain_stream()
         st.t_request = time.time()
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:

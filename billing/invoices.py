@@ -99,6 +99,9 @@ class Generated:
     never_generated: list[BillingPeriod] = field(default_factory=list)
     """Closed periods of earlier months that have no invoice: their month was never
     generated (or was generated before the subscription was added to the catalog)."""
+    settled_after: datetime | None = None
+    """When the last of the pending periods that have ended (less than the settle margin
+    ago) can be invoiced; None when no pending period has ended."""
 
     @property
     def missed_months(self) -> dict[str, list[str]]:
@@ -143,7 +146,10 @@ def generate_invoices(
     wrote: invoices are final and could not be corrected later.
 
     ``settle``: only events ingested at least this long before ``now`` are billed now;
-    later ones go on the next invoice as late usage. On one DuckDB file 0 is exact (the
+    later ones go on the next invoice as late usage; a period is invoiced only once that
+    watermark is ``settle`` past its end, i.e. twice ``settle`` after it (until then it is
+    ``pending``), so what was ingested in the ``settle`` after its end is on its invoice.
+    On one DuckDB file 0 is exact (the
     proxy's writer stamps ``ingested_at`` while it holds the file, so no batch can commit
     behind the watermark); on a DuckLake with several proxies committing at once, it must
     exceed the longest writer transaction.
@@ -156,8 +162,13 @@ def generate_invoices(
         raise BillingError(f"{month} has not started yet")
     customers = [find_customer(catalog, customer)] if customer else list(catalog.customers)
     closing = periods_ending_in(catalog, period, customers)
-    due = [bp for bp in closing if bp.end <= now]
-    pending = [bp for bp in closing if bp.end > now]
+    # A period is invoiced once the watermark (now - settle) is ``settle`` past its end:
+    # the events ingested in that time after the end (the last flushes) are on its
+    # invoice. Any later go on the next invoice as late usage, and a period with no later
+    # one (a subscription that ended) has no next invoice to carry them.
+    closed_by = now - 2 * settle
+    due = [bp for bp in closing if bp.end <= closed_by]
+    pending = [bp for bp in closing if bp.end > closed_by]
     have = existing_invoices(con)
     todo = [bp for bp in due if bp.key not in have]
     if require_usage and todo and not _has_events(con):
@@ -180,7 +191,9 @@ def generate_invoices(
     invoices.sort(key=lambda i: i.seq or 0)
     earlier = periods_ended_before(catalog, period.start, customers)
     missed = [bp for bp in earlier if bp.key not in have]
-    return Generated(invoices, [d.number or "" for d in drafts], pending, missed)
+    ended = [bp.end for bp in pending if bp.end <= now]
+    settled_after = max(ended) + 2 * settle if ended else None
+    return Generated(invoices, [d.number or "" for d in drafts], pending, missed, settled_after)
 
 
 def _has_events(con: duckdb.DuckDBPyConnection) -> bool:

@@ -6,7 +6,9 @@ settings come from the environment (one place to set them: the unit file, the co
 =================================  ==========================================================
 ``METERLINE_LAKE_DATA``            where the Parquet files go: an absolute path on a disk every
                                    proxy shares, or ``s3://bucket/prefix/``. Only needed to
-                                   create a lake; an existing lake knows its own data path.
+                                   create a lake; an existing lake knows its own data path
+                                   (unset, the S3 settings below apply to any ``s3://``
+                                   path; set, it must be the lake's own).
 ``METERLINE_S3_ENDPOINT``          ``host:port`` of an S3-compatible server (MinIO, R2, ...);
                                    unset: AWS.
 ``METERLINE_S3_REGION``            region (``AWS_REGION``/``AWS_DEFAULT_REGION`` also read).
@@ -22,8 +24,8 @@ settings come from the environment (one place to set them: the unit file, the co
 =================================  ==========================================================
 
 When any ``METERLINE_S3_*`` or ``AWS_ACCESS_KEY_ID`` is set, a temporary DuckDB secret
-``meterline_s3`` scoped to the data path's bucket is created on attach; the key is never
-logged or stored by Meterline.
+``meterline_s3`` is created on attach, scoped to the data path's bucket when the data
+path is given; the key is never logged or stored by Meterline.
 """
 
 from __future__ import annotations
@@ -72,7 +74,9 @@ class LakeSettings:
 
     @property
     def remote(self) -> bool:
-        return self.data_path is not None and self.data_path.startswith(REMOTE_SCHEMES)
+        """Object storage may be read: the data path is remote, or it is not given (an
+        existing lake's own path may be, so the S3 settings must apply to it too)."""
+        return self.data_path is None or self.data_path.startswith(REMOTE_SCHEMES)
 
     @property
     def makes_secret(self) -> bool:
@@ -91,9 +95,10 @@ class LakeSettings:
         """Statements to run before ``ATTACH``: the S3 secret, if the env describes one."""
         if not self.makes_secret:
             return []
-        assert self.data_path is not None
-        scheme, _, rest = self.data_path.partition("://")
-        fields = {"TYPE": "s3", "SCOPE": _sql_string(f"{scheme}://{rest.split('/')[0]}")}
+        fields = {"TYPE": "s3"}
+        if self.data_path is not None:  # else every s3:// path (the lake knows its own)
+            scheme, _, rest = self.data_path.partition("://")
+            fields["SCOPE"] = _sql_string(f"{scheme}://{rest.split('/')[0]}")
         for name, value in (
             ("KEY_ID", self.key_id),
             ("SECRET", self.secret),

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import duckdb
 
+from meterline.conninfo import one_line, shown
 from meterline.eventschema import EVENT_COLUMNS as EVENT_COLUMNS  # re-exported
 from meterline.lakeconfig import LakeConfigError, lake_settings
 from meterline.privatefiles import make_private, private_files
@@ -152,7 +153,9 @@ def _retrying[T](loc: str, wait_s: float, attempt: Callable[[], T], *, ask: bool
             result = attempt()
         except duckdb.Error as e:
             if not _is_transient(loc, e) or time.monotonic() >= deadline:
-                raise StoreError(f"{loc}: cannot open: {e}{_hint(loc, e)}") from e
+                raise StoreError(
+                    f"{shown(loc)}: cannot open: {one_line(str(e))}{_hint(loc, e)}"
+                ) from e
             if ask and not loc.startswith(LAKE_PREFIX):
                 signal_reader_waiting(loc)
                 asked = True
@@ -186,10 +189,29 @@ def _being_created(loc: str, err: duckdb.Error) -> bool:
 
 
 def _hint(loc: str, err: duckdb.Error) -> str:
-    if loc.startswith(LAKE_PREFIX) and "permission denied" in str(err).lower():
+    if not loc.startswith(LAKE_PREFIX):
+        return ""
+    text = str(err)
+    if "permission denied" in text.lower():
         return (
             " (the lake's PostgreSQL role must own the database, or have CREATE on schema "
             "public: CREATE DATABASE meterline OWNER meterline)"
+        )
+    if "does not match existing data path" in text:
+        return (
+            " (METERLINE_LAKE_DATA differs from the data path the lake was created with: "
+            "unset it, an existing lake knows its own, or set it to that path)"
+        )
+    return io_hint(text)
+
+
+def io_hint(text: str) -> str:
+    """What to check when the lake's object storage refused or could not be reached."""
+    if "s3://" in text or "HTTP" in text:
+        return (
+            " (check the lake's object storage settings: METERLINE_S3_ENDPOINT, "
+            "METERLINE_S3_USE_SSL, METERLINE_S3_URL_STYLE, AWS_ACCESS_KEY_ID / "
+            "AWS_SECRET_ACCESS_KEY; see docs/fleet.md)"
         )
     return ""
 

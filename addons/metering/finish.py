@@ -39,6 +39,9 @@ class Finisher:
         self.finish(st, False)
 
     def finish(self, st: FlowMeter, cut: bool) -> None:
+        if st.finished:  # metered as cut at shutdown; mitmproxy then handed on the rest
+            return
+        st.finished = True
         flow = st.flow
         resp = flow.response
         if resp is None:  # no response headers ever came: the provider did no work

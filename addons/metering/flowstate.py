@@ -65,6 +65,7 @@ class FlowMeter:
         "fed_bytes",
         "keys_presented",
         "end",
+        "finished",
         "_body",
         "_streaming",
     )
@@ -100,6 +101,8 @@ class FlowMeter:
         self.fed_bytes = 0
         self.keys_presented = 0
         self.end: EndWatch | None = None
+        self.finished = False
+        """Metered: a flow gets one event, however many ends it is told of."""
         self._body: bytes | None = None
         self._streaming: bool | None = None
 
@@ -241,6 +244,15 @@ class FlowMeter:
             # The dropper edits the stream the client gets: it needs plain bytes.
             req.headers["accept-encoding"] = "identity"
             self.drop_usage = True
+
+    def ask_plain_stream(self) -> None:
+        """An OpenAI stream comes unencoded: the proxy must see ``data: [DONE]`` (the
+        SDKs stop reading there) to spool the event before it hands that chunk on
+        (:mod:`addons.metering.replyend`); in gzip it is not visible."""
+        req = self.flow.request
+        encoding = raw_header(req.headers, b"accept-encoding")
+        if encoding not in (None, "identity") and self.streaming_requested():
+            req.headers["accept-encoding"] = "identity"
 
 
 _WANTED_HEADERS = frozenset(

@@ -12,7 +12,16 @@ import os
 #: What the C library says for each errno a full or read-only disk produces.
 _STRERRORS = {
     code: os.strerror(code)
-    for code in (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EPERM, errno.EACCES, errno.EIO)
+    for code in (
+        errno.ENOSPC,
+        errno.EROFS,
+        errno.EDQUOT,
+        errno.EPERM,
+        errno.EACCES,
+        errno.EIO,
+        errno.ENOENT,
+        errno.ENOTDIR,
+    )  # fmt: skip
 }
 
 

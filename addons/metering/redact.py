@@ -9,8 +9,9 @@ b'Authorization Bearer sk-...'``). The dumper writes straight to a file object, 
 :func:`install` wraps that object, and :class:`RedactingFilter` sits on the log's
 handlers: every line either prints goes through :func:`redact`, which replaces with
 ``[redacted]`` the value of a key query parameter (``key``, ``api_key``, ``apikey``,
-``access_token``, however its name is %-encoded), of a key header line, and a
-credential-like word right after a key header's name (a malformed line). Lines without
+``access_token``, however its name is %-encoded), of a key header line, a
+credential-like word right after a key header's name (a malformed line), and a
+PostgreSQL password in a lake locator (:func:`meterline.conninfo.shown`). Lines without
 a key pass unchanged (substring tests).
 """
 
@@ -22,6 +23,7 @@ from typing import IO, Any
 from urllib.parse import unquote_plus
 
 from addons.metering.keys import KEY_HEADERS
+from meterline.conninfo import shown
 
 REDACTED = "[redacted]"
 
@@ -43,7 +45,7 @@ _LOOSE_HEADER = re.compile(
     r"(?=[\w.~+/=-]*[\d_-])[\w.~+/=-]{8,}",
     re.IGNORECASE,
 )
-_NEEDLES = ("=", *KEY_HEADERS)
+_NEEDLES = ("=", "://", *KEY_HEADERS)
 
 
 def _query_param(m: re.Match[str]) -> str:
@@ -65,7 +67,8 @@ def redact(text: str) -> str:
     text = _HEADER_LINE.sub(
         lambda m: m.group(1) + (m.group(2) + " " if m.group(2) else "") + REDACTED, text
     )
-    return _LOOSE_HEADER.sub(r"\1" + REDACTED, text)
+    text = _LOOSE_HEADER.sub(r"\1" + REDACTED, text)
+    return shown(text)  # a lake locator's PostgreSQL password
 
 
 class RedactingWriter:

@@ -18,11 +18,13 @@ from __future__ import annotations
 import re
 
 # "[DONE]" at the start of a line: inside a JSON data line a newline is always escaped.
-_DONE_EVENT = re.compile(rb"(?:^|\n)data: ?\[DONE\]")
+_DONE_EVENT = re.compile(rb"\ndata: ?\[DONE\]")
+#: Bytes of one chunk's end kept to find a ``\ndata: [DONE]`` split between two chunks.
+_KEEP = 16
 
 
 class EndWatch:
-    __slots__ = ("remaining", "done_event")
+    __slots__ = ("remaining", "done_event", "_tail")
 
     def __init__(self, content_length: str | None, *, done_event: bool) -> None:
         known = content_length is not None and content_length.isdigit()
@@ -30,6 +32,7 @@ class EndWatch:
         self.remaining = int(content_length) or None if known and content_length else None
         self.done_event = done_event
         """Watch for OpenAI's ``data: [DONE]``."""
+        self._tail = b"\n"  # the body starts at the start of a line
 
     def completes(self, chunk: bytes) -> bool:
         """Whether ``chunk`` (raw, as forwarded) completes what the client reads."""
@@ -37,4 +40,10 @@ class EndWatch:
             self.remaining -= len(chunk)
             if self.remaining <= 0:
                 return True
-        return self.done_event and b"[DONE]" in chunk and _DONE_EVENT.search(chunk) is not None
+        if not self.done_event:
+            return False
+        tail = self._tail
+        self._tail = (tail + chunk)[-_KEEP:] if len(chunk) < _KEEP else chunk[-_KEEP:]
+        if _DONE_EVENT.search(tail + chunk[:_KEEP]) is not None:  # across the boundary
+            return True
+        return b"[DONE]" in chunk and _DONE_EVENT.search(chunk) is not None

@@ -114,6 +114,8 @@ class Spool:
         self.dropped = 0
         """Events lost because the spool could not be written and memory was full."""
         self._fault: str | None = None
+        self._logged: set[str] = set()
+        """Faults logged since the spool was last healthy (each is logged once)."""
         """The condition last logged (e.g. ``write: ENOSPC (...)``); None when healthy."""
         self._unsealed: list[Path] = []
         """Closed ``.open`` segments whose rename failed; retried at each seal."""
@@ -275,18 +277,21 @@ class Spool:
             pass
         except OSError as e:
             self._unsealed.append(path)
-            self._failed(f"cannot seal {path.name}", e)
+            self._failed("cannot seal a segment", e, path.name)
 
     # ------------------------------------------------------------------ faults
 
-    def _failed(self, what: str, e: BaseException) -> None:
+    def _failed(self, what: str, e: BaseException, detail: str = "") -> None:
+        """Log a fault once until the spool is healthy again: a directory that stays
+        unwritable fails each seal and each open in turn, and would log both every flush."""
         fault = f"{what}: {oserrors.describe(e)}"
-        if fault != self._fault:
-            self._fault = fault
+        self._fault = f"{what} {detail}: {oserrors.describe(e)}" if detail else fault
+        if fault not in self._logged:
+            self._logged.add(fault)
             log.error(
                 "meterline: spool %s: %s; holding events in memory (up to %d) and retrying",
                 self.directory,
-                fault,
+                self._fault,
                 self.max_held,
             )
 
@@ -299,6 +304,7 @@ class Spool:
             self.dropped,
         )
         self._fault = None
+        self._logged.clear()
         self.dropped = 0
 
     @property
@@ -346,8 +352,12 @@ class Spool:
         return events
 
     def remove(self, path: Path) -> None:
-        """Delete a sealed segment (its events are stored)."""
-        path.unlink(missing_ok=True)
+        """Delete a sealed segment (its events are stored). One that cannot be deleted
+        stays, its ids forgotten: the next flush reads them and finds them stored."""
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as e:
+            self._failed("cannot delete a stored segment", e, path.name)
         with self._mutex:
             keys = self._keys.pop(path.with_suffix(OPEN_SUFFIX).name, None)
             self._known_count -= len(keys or ())

@@ -23,8 +23,9 @@ from billing.errors import NotGenerated, NoUsage, UserError
 from billing.render import FORMATS
 from billing.store import billing_store
 from meterline.catalog import Catalog, CatalogError, load_catalog
+from meterline.conninfo import one_line
 from meterline.periods import PeriodRangeError, calendar_month
-from meterline.store import LAKE_PREFIX, StoreError
+from meterline.store import LAKE_PREFIX, StoreError, io_hint
 
 USER_ERRORS: tuple[type[Exception], ...] = (UserError, CatalogError, StoreError, PeriodRangeError)
 """Mapped once, here, to ``Error: ...`` and exit 1: billing's own base and the two
@@ -86,6 +87,11 @@ class BillingGroup(click.Group):
         except USER_ERRORS as e:
             hint = cli_hint(e)
             raise click.ClickException(f"{e}; {hint}" if hint else str(e)) from None
+        except (duckdb.IOException, duckdb.HTTPException) as e:
+            # The store's disk or the lake's object storage, met after the store opened.
+            text = str(e)
+            why = f"cannot read the store: {one_line(text)}{io_hint(text)}"
+            raise click.ClickException(why) from None
 
 
 def cli_hint(error: Exception) -> str | None:

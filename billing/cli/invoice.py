@@ -84,6 +84,11 @@ def generated_output(result: Generated, month: str, fmt: str) -> str:
     notes = [f"{len(created)} created, {existing} already existed."]
     if result.pending:
         notes.append(f"{len(result.pending)} period(s) ending in {month} have not closed yet.")
+    if result.settled_after is not None:
+        notes.append(
+            "Some ended less than --settle ago (their last events may still be in flight): "
+            f"run again after {result.settled_after:%Y-%m-%dT%H:%M:%SZ}."
+        )
     return render.table(rows, columns) + "\n" + " ".join(notes)
 
 

@@ -166,6 +166,54 @@ def _sse(obj: Any) -> bytes:
     return b"data: " + json.dumps(obj).encode() + b"\n\n"
 
 
+def test_a_flow_still_open_at_shutdown_is_metered_once(
+    meter: tuple[Meter, Any], tmp_path: Path
+) -> None:
+    """SIGTERM: ``done`` meters a flow still under way as cut; mitmproxy may still hand
+    on the rest of the stream afterwards. That must not record the call a second time
+    (it did, under another event id, so no dedup caught it)."""
+    m, _ = meter
+    f = _flow(
+        body={"model": "gpt-4o", "messages": [], "stream": True}, authorization=f"Bearer {KEY}"
+    )
+    m.requestheaders(f)
+    m.request(f)
+    base = {"id": "chatcmpl-unit-late", "model": "gpt-4o", "object": "chat.completion.chunk"}
+    text = _sse({**base, "choices": [{"index": 0, "delta": {"content": "Hello"}}]})
+    usage = _sse({**base, "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 2}})
+    f.response = http.Response.make(200, b"", {"content-type": "text/event-stream"})
+    m.responseheaders(f)
+    stream = f.response.stream
+    assert callable(stream)
+    m.done()  # the proxy is stopping; the flow is metered as cut (no response id yet)
+    for chunk in (text, usage, b"data: [DONE]\n\n", b""):
+        stream(chunk)
+    m.response(f)
+    m.done()
+    rows = _rows(tmp_path)
+    assert [(r["consumer"], r["estimated"]) for r in rows] == [("alice", True)]
+
+
+@pytest.mark.parametrize(
+    "stream,durable,encoding",
+    [(True, True, "identity"), (False, True, "gzip, br"), (True, False, "gzip, br")],
+)
+def test_an_openai_stream_is_asked_for_unencoded(
+    meter: tuple[Meter, Any], stream: bool, durable: bool, encoding: str
+) -> None:
+    """A durable proxy must see ``data: [DONE]`` in the bytes it forwards; gzip hides it.
+    (include_usage already set: the body is not rewritten, only the header.)"""
+    m, tctx = meter
+    tctx.configure(m, meter_durable=durable)
+    body = {"model": "gpt-4o", "messages": [], "stream": stream}
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+    f = _flow(body=body, authorization=f"Bearer {KEY}", **{"accept-encoding": "gzip, br"})
+    m.requestheaders(f)
+    m.request(f)
+    assert f.request.headers["accept-encoding"] == encoding
+
+
 def test_include_usage_added_and_its_chunk_dropped(
     meter: tuple[Meter, Any], tmp_path: Path
 ) -> None:

@@ -502,7 +502,7 @@ def test_settle_leaves_the_freshest_batches_to_the_next_invoice(tmp_path: Path) 
     just after it; ``settle`` moves the watermark back so such a batch is billed later,
     never lost."""
     s = setup(tmp_path)
-    fresh = Event(utc("2026-01-31T23:00:00"), output=1000, ingested_at=utc("2026-02-01T00:03:00"))
+    fresh = Event(utc("2026-01-31T23:00:00"), output=1000, ingested_at=utc("2026-02-01T00:07:00"))
     add_events(s.db, *alpha_january(), fresh)
     with billing_store(s.db) as con:
         jan = generate_invoices(
@@ -510,14 +510,37 @@ def test_settle_leaves_the_freshest_batches_to_the_next_invoice(tmp_path: Path) 
             s.catalog,
             "2026-01",
             customer="alpha",
-            now=utc("2026-02-01T00:05:00"),
+            now=utc("2026-02-01T00:10:00"),
             settle=timedelta(minutes=5),
         ).invoices[0]
-    assert jan.watermark == utc("2026-02-01T00:00:00")
+    assert jan.watermark == utc("2026-02-01T00:05:00")
     assert amounts(jan)["usage:gpt-out:01-01"] == Decimal("110.00")  # 12000 tokens, not 13000
     feb = generate(s, "2026-02", "2026-03-01T00:00:05Z", customer="alpha").invoices[0]
     late = [ln for ln in feb.lines if ln.kind == "late_usage"]
     assert [(ln.rate_card_key, ln.quantity) for ln in late] == [("gpt-out", 1000)]
+
+
+def test_a_period_that_ended_less_than_settle_ago_waits(tmp_path: Path) -> None:
+    """Invoiced too soon, a period's last events (in flight, ingested after the
+    watermark) would go to the next invoice; a subscription that ended has none, so they
+    would be on no invoice. The period waits until the watermark (now - settle) is
+    ``settle`` past its end."""
+    s = setup(tmp_path)
+    last = Event(utc("2026-01-31T23:59:00"), output=1000, ingested_at=utc("2026-02-01T00:01:00"))
+    add_events(s.db, *alpha_january(), last)
+    with billing_store(s.db) as con:
+        early = generate_invoices(
+            con, s.catalog, "2026-01", customer="alpha",
+            now=utc("2026-02-01T00:02:00"), settle=timedelta(minutes=5),
+        )  # fmt: skip
+        assert early.invoices == [] and early.created == []
+        assert [p.customer.key for p in early.pending] == ["alpha"]
+        assert early.settled_after == utc("2026-02-01T00:10:00")
+        jan = generate_invoices(
+            con, s.catalog, "2026-01", customer="alpha",
+            now=utc("2026-02-01T00:10:00"), settle=timedelta(minutes=5),
+        ).invoices[0]  # fmt: skip
+    assert amounts(jan)["usage:gpt-out:01-01"] == Decimal("115.00")  # 13000 tokens (12000: 110.00)
 
 
 def test_a_sweep_reads_only_windows_with_late_events_and_records_every_window(

@@ -17,9 +17,11 @@ from typing import Any
 
 import boto3
 import pytest
+from click.testing import CliRunner
 
 from addons.metering.spool import Spool
 from addons.metering.writer import SpoolWriter
+from billing.cli import main as billing_main
 from meterline.lakemaint import maintain
 from meterline.store import StoreError, store
 from tests.meterline.test_lakemaint import event
@@ -109,6 +111,17 @@ def test_writer_billing_and_compaction_on_s3(s3: str, tmp_path: Path, monkeypatc
         assert len(left) == 1
         with store(lake) as con:  # a fresh reader (as billing is) sees the same events
             assert con.execute("SELECT * FROM usage_events ORDER BY event_id").fetchall() == rows
+        # billing on another host sets no data path (the lake knows its own): the S3
+        # settings must still reach the lake's own s3:// files
+        monkeypatch.delenv("METERLINE_LAKE_DATA")
+        with store(lake) as con:
+            assert con.execute("SELECT * FROM usage_events ORDER BY event_id").fetchall() == rows
+        # object storage that cannot be reached: one line saying what to check
+        monkeypatch.setenv("METERLINE_S3_ENDPOINT", f"127.0.0.1:{free_port()}")
+        result = CliRunner().invoke(billing_main, ["--db", lake, "usage"])
+        assert result.exit_code == 1, result.output
+        [line] = result.output.strip().splitlines()
+        assert line.startswith("Error: cannot read the store: ") and "METERLINE_S3_ENDPOINT" in line
 
 
 def test_wrong_s3_settings_are_one_clear_line(monkeypatch: Any) -> None:

@@ -16,3 +16,21 @@ def test_done_event_only_at_a_line_start() -> None:
     assert w.completes(b"data:[DONE]\n\n")
     assert not EndWatch(None, done_event=False).completes(b"data: [DONE]\n\n")
     assert not EndWatch("x", done_event=False).completes(b"data")
+
+
+def test_done_event_split_between_chunks_is_found_where_it_ends() -> None:
+    """``data: [DO`` / ``NE]``: the chunk that completes the marker completes the answer
+    (the client's SDK stops there), whatever the split."""
+    stream = b'data: {"a":1}\n\ndata: {"b":"[DONE]"}\n\r\ndata: [DONE]\n\n'
+    marker_end = stream.rindex(b"]") + 1
+    for first in range(1, len(stream)):
+        for second in range(first + 1, len(stream) + 1):
+            chunks = [stream[:first], stream[first:second], stream[second:]]
+            w = EndWatch(None, done_event=True)
+            fired = [w.completes(c) for c in chunks if c]
+            ends = [len(b"".join(chunks[: i + 1])) for i, c in enumerate(chunks) if c]
+            expected = [end >= marker_end and end - len(c) < marker_end
+                        for end, c in zip(ends, [c for c in chunks if c], strict=True)]  # fmt: skip
+            assert fired[: expected.index(True) + 1] == expected[: expected.index(True) + 1], (
+                first, second
+            )  # fmt: skip

@@ -164,6 +164,55 @@ def test_failed_seal_forgets_its_descriptor_and_retries(
     spool.close()
 
 
+def test_a_directory_that_stays_unwritable_is_logged_once_per_fault(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An immutable directory fails each seal and each new segment in turn: each kind
+    of fault is logged once until the spool is healthy, not at every flush."""
+    spool = Spool(tmp_path)
+    spool.append({"event_id": "a"})  # an open segment, so the first seal renames
+
+    def refuse(self: Path, target: Any) -> Path:
+        raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+
+    monkeypatch.setattr(Path, "rename", refuse)
+    disk = _Disk(monkeypatch)
+    disk.open_error = errno.EPERM
+    with caplog.at_level(logging.ERROR, logger="addons.metering.spool"):
+        for n in range(20):
+            spool.seal()
+            spool.append({"event_id": f"e{n}"})
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 2, errors
+    assert "cannot seal a segment meterline-" in errors[0] and "EPERM" in errors[1]
+    monkeypatch.undo()
+    spool.seal()
+    assert sorted(_stored(spool)) == sorted(["a", *(f"e{n}" for n in range(20))])
+    spool.close()
+
+
+def test_a_stored_segment_that_cannot_be_deleted_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    spool = Spool(tmp_path)
+    spool.append({"event_id": "a"})
+    spool.seal()
+    [segment] = spool.sealed()
+
+    def refuse(self: Path, missing_ok: bool = False) -> None:
+        raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+
+    monkeypatch.setattr(Path, "unlink", refuse)
+    with caplog.at_level(logging.ERROR, logger="addons.metering.spool"):
+        spool.remove(segment)
+        spool.remove(segment)
+    [line] = [r.getMessage() for r in caplog.records]
+    assert "cannot delete a stored segment" in line and "EPERM" in line
+    assert spool.known_events([segment]) is None  # the next flush reads it, finds it stored
+    monkeypatch.undo()
+    spool.close()
+
+
 def test_open_fails_then_recovers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     disk = _Disk(monkeypatch)
     spool = Spool(tmp_path)
