@@ -100,13 +100,17 @@ def _cases(up: FakeProvider) -> dict[str, tuple[str, list[tuple[str, str]], Any]
     }
 
 
+def _rejecting_proxy(start: ProxyFactory, upstream: FakeProvider, tmp_path: Path) -> MeterProxy:
+    """A proxy in ``reject`` mode over the fake providers, their exchanges cleared."""
+    proxy = start(catalog=_catalog(tmp_path, upstream), options={"meter_unknown_keys": "reject"})
+    upstream.reset()
+    return proxy
+
+
 def test_reject_mode_refuses_every_bypass(
     start_proxy: ProxyFactory, fake_provider: FakeProvider, tmp_path: Path
 ) -> None:
-    proxy = start_proxy(
-        catalog=_catalog(tmp_path, fake_provider), options={"meter_unknown_keys": "reject"}
-    )
-    fake_provider.reset()
+    proxy = _rejecting_proxy(start_proxy, fake_provider, tmp_path)
     statuses = {}
     with httpx2.Client(proxy=proxy.url, timeout=30, verify=ca_context(proxy)) as client:
         for name, (url, headers, body) in _cases(fake_provider).items():
@@ -237,10 +241,7 @@ def _hostport(url: str) -> str:
 def test_reject_mode_refuses_what_only_a_raw_client_can_send(
     start_proxy: ProxyFactory, fake_provider: FakeProvider, tmp_path: Path
 ) -> None:
-    proxy = start_proxy(
-        catalog=_catalog(tmp_path, fake_provider), options={"meter_unknown_keys": "reject"}
-    )
-    fake_provider.reset()
+    proxy = _rejecting_proxy(start_proxy, fake_provider, tmp_path)
     statuses = {}
     for name, (url, host, fields, body) in _raw_cases(fake_provider).items():
         statuses[name], _ = _raw(proxy, _head(f"POST {url}", host, *fields, length=len(body)), body)
@@ -296,10 +297,7 @@ def test_geminis_openai_compatible_endpoint_is_metered_as_openai(
 ) -> None:
     """Google's OpenAI-compatible API (``/v1beta/openai/``) on a Gemini host, called with
     the official openai SDK: the Gemini key as a Bearer token, OpenAI's usage object."""
-    proxy = start_proxy(
-        catalog=_catalog(tmp_path, fake_provider), options={"meter_unknown_keys": "reject"}
-    )
-    fake_provider.reset()
+    proxy = _rejecting_proxy(start_proxy, fake_provider, tmp_path)
 
     def client(key: str) -> openai.OpenAI:
         return openai.OpenAI(
