@@ -366,6 +366,7 @@ class Meter:
                 headers.get("content-length"),
                 done_event=st.provider.flavor == "openai"
                 and "event-stream" in headers.get("content-type", ""),
+                encoding=headers.get("content-encoding", ""),
             )
         resp.stream = st
         self._notice_filter.add(flow.request.host)

@@ -10,12 +10,16 @@ that read to the end. Two kinds of client are done earlier, on a data chunk:
 
 :meth:`EndWatch.completes` spots that chunk, so the proxy meters the flow before the
 chunk is handed on. Cost on the forwarding path: a subtraction, and a substring test
-for OpenAI streams.
+for OpenAI streams (which the proxy asks for unencoded; one a provider encodes anyway is
+decoded a second time here, bounded, to find the event).
 """
 
 from __future__ import annotations
 
 import re
+
+from addons.metering.bounded import MAX_METERED_BODY
+from addons.metering.decoding import IncrementalDecoder
 
 # "[DONE]" at the start of a line: inside a JSON data line a newline is always escaped.
 _DONE_EVENT = re.compile(rb"\ndata: ?\[DONE\]")
@@ -24,15 +28,21 @@ _KEEP = 16
 
 
 class EndWatch:
-    __slots__ = ("remaining", "done_event", "_tail")
+    __slots__ = ("remaining", "done_event", "_tail", "_decoder")
 
-    def __init__(self, content_length: str | None, *, done_event: bool) -> None:
+    def __init__(self, content_length: str | None, *, done_event: bool, encoding: str = "") -> None:
         known = content_length is not None and content_length.isdigit()
         # "0" promises no body at all: no data chunk can complete it.
         self.remaining = int(content_length) or None if known and content_length else None
         self.done_event = done_event
         """Watch for OpenAI's ``data: [DONE]``."""
         self._tail = b"\n"  # the body starts at the start of a line
+        self._decoder: IncrementalDecoder | None = None
+        if done_event and encoding:  # the proxy asks for none; a provider may send it anyway
+            try:
+                self._decoder = IncrementalDecoder(encoding, max_output=MAX_METERED_BODY)
+            except ValueError:  # an unknown coding: the response hook still comes first
+                self.done_event = False
 
     def completes(self, chunk: bytes) -> bool:
         """Whether ``chunk`` (raw, as forwarded) completes what the client reads."""
@@ -42,6 +52,12 @@ class EndWatch:
                 return True
         if not self.done_event:
             return False
+        if self._decoder is not None:
+            try:
+                chunk = self._decoder.decode(chunk)
+            except Exception:  # corrupt or a bomb: the metering says so; stop watching
+                self.done_event, self._decoder = False, None
+                return False
         tail = self._tail
         self._tail = (tail + chunk)[-_KEEP:] if len(chunk) < _KEEP else chunk[-_KEEP:]
         if _DONE_EVENT.search(tail + chunk[:_KEEP]) is not None:  # across the boundary

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import zlib
+
 from addons.metering.replyend import EndWatch
 
 
@@ -34,3 +36,19 @@ def test_done_event_split_between_chunks_is_found_where_it_ends() -> None:
             assert fired[: expected.index(True) + 1] == expected[: expected.index(True) + 1], (
                 first, second
             )  # fmt: skip
+
+
+def test_done_event_in_a_gzip_stream_is_found() -> None:
+    """The proxy asks OpenAI streams for no encoding; a provider that gzips anyway still
+    has its ``data: [DONE]`` found (decoded here a second time, bounded)."""
+    z = zlib.compressobj(6, zlib.DEFLATED, 31)
+
+    def gz(piece: bytes) -> bytes:
+        return z.compress(piece) + z.flush(zlib.Z_SYNC_FLUSH)
+
+    w = EndWatch(None, done_event=True, encoding="gzip")
+    assert not w.completes(gz(b'data: {"a":1}\n\ndata: [DO'))
+    assert w.completes(gz(b"NE]\n\n"))
+    bad = EndWatch(None, done_event=True, encoding="gzip")
+    assert not bad.completes(b"not gzip at all") and not bad.completes(b"data: [DONE]\n\n")
+    assert not EndWatch(None, done_event=True, encoding="x-unknown").completes(b"data: [DONE]\n")
