@@ -181,6 +181,12 @@ class Meter:
             self.flush_interval = _parse_interval(ctx.options.meter_flush_interval)
         if "meter_db" in updated:
             _check_db(ctx.options.meter_db)
+        if getattr(ctx.options, "stream_large_bodies", None) and self._checks_before_sending():
+            raise exceptions.OptionsError(
+                "stream_large_bodies: mitmproxy would send a large request upstream before "
+                "the meter refuses an unknown key, injects a provider key or applies a "
+                "limit; unset it (the meter streams the responses it must)"
+            )
         # Read per flow: plain attributes, not ctx.options (which type-checks and copies).
         self.reject_unknown = ctx.options.meter_unknown_keys == "reject"
         self.include_usage = ctx.options.meter_include_usage
@@ -196,6 +202,15 @@ class Meter:
         if self.writer is not None:
             self.writer.locator = ctx.options.meter_db
             self.writer.interval = self.flush_interval
+
+    def _checks_before_sending(self) -> bool:
+        """Whether a metered request must wait for its ``request`` hook to be sent."""
+        consumers = self.catalog.consumers if self.catalog else []
+        return (
+            ctx.options.meter_unknown_keys == "reject"
+            or any(c.inject for c in consumers)
+            or bool(self.governance.policy.by_consumer)
+        )
 
     def _use_catalog(self, catalog: Catalog) -> None:
         """Swap in a validated catalog (flows already under way keep theirs)."""
@@ -282,12 +297,14 @@ class Meter:
             provider: providers.MeteredProvider | None = route.provider
         else:
             route, provider = None, self.registry.lookup(req.host, req.port)
+        by_name = False
         if provider is None:
             provider = providers.lookup_named(
                 self.registry, req.host, req.port, req.host_header, flow.client_conn.sni
             )
             if provider is None:
                 return
+            by_name = True  # the connection goes elsewhere: metered, never given a key
         path = req.path
         if req.method != "POST":
             return
@@ -303,6 +320,7 @@ class Meter:
         st.keys_presented = keyset.distinct
         st.reject = self.reject_unknown and (identity.consumer is None or keyset.ambiguous)
         st.inject_env = keys.injection_env_var(identity.consumer, provider)
+        st.inject_refused = by_name and st.inject_env is not None
         if route is not None and route.pins_body_model:
             st.pinned_model = route.model
         self._active[flow.id] = st
@@ -328,6 +346,16 @@ class Meter:
             self._record(self.governance.refuse(flow, provider, who, verdict, self.proxy_id))
             return
         req = flow.request
+        if st.inject_refused:  # the provider is named (Host, SNI), not the destination
+            del self._active[flow.id]
+            self.governance.finish(flow.id, None)
+            message = (
+                f"Meterline proxy: key injection for {st.provider.name} needs the request "
+                f"to go to the provider's own host, not {req.host}"
+            )
+            log.error("meterline: %s: %s", flow.id, message)
+            errors.respond(flow, st.provider.flavor, "injection_failed", message)
+            return
         if st.inject_env is not None:
             path, _, query = req.path.partition("?")
             try:

@@ -5,4 +5,6 @@ import hashlib
 
 def fingerprint(raw_key: str) -> str:
     """Fingerprint of a raw API key; surrounding whitespace is not part of the key."""
-    return "sha256:" + hashlib.sha256(raw_key.strip().encode("utf-8")).hexdigest()
+    # A header may carry bytes that are not UTF-8 (kept as surrogate escapes): hashed as sent.
+    raw = raw_key.strip().encode("utf-8", "surrogateescape")
+    return "sha256:" + hashlib.sha256(raw).hexdigest()

@@ -30,13 +30,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
-from addons.metering.keys import KEY_HEADERS
+from addons.metering.keys import KEY_HEADERS, QUERY_KEY_PARAMS
 from addons.metering.providers import MeteredProvider
 
-QUERY_KEY = "?key"
-QUERY_TOKEN = "?access_token"
+_QUERY_PLACES = {name: "?" + name for name in QUERY_KEY_PARAMS}
+QUERY_KEY = _QUERY_PLACES["key"]
+QUERY_TOKEN = _QUERY_PLACES["access_token"]
 """Google's OAuth token in the URL: what ``Authorization: Bearer`` carries, as a parameter."""
-_QUERY_PLACES = {"key": QUERY_KEY, "access_token": QUERY_TOKEN}
 GATEWAY_HEADER = "apikey"
 
 

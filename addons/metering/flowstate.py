@@ -48,6 +48,7 @@ class FlowMeter:
         "identity",
         "reject",
         "inject_env",
+        "inject_refused",
         "pinned_model",
         "drop_usage",
         "dropper",
@@ -84,6 +85,8 @@ class FlowMeter:
         self.identity = identity
         self.reject = False
         self.inject_env: str | None = None
+        self.inject_refused = False
+        """Injection asked for, but the provider was found by name only (Host, SNI)."""
         self.pinned_model: str | None = None
         self.drop_usage = False
         self.dropper: UsageChunkDropper | None = None

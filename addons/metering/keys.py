@@ -69,6 +69,12 @@ def injection_env_var(consumer: Consumer | None, provider: MeteredProvider) -> s
     return consumer.inject.get(provider.name)
 
 
+#: Query parameters that carry a key a provider reads (Gemini's ``?key=``, Google's OAuth
+#: ``?access_token=``): attributed (:mod:`addons.metering.attribution`), stripped by
+#: injection, redacted in logs.
+QUERY_KEY_PARAMS: tuple[str, ...] = ("key", "access_token")
+
+
 def inject_key(
     headers: MutableMapping[str, str],
     query: str,
@@ -78,7 +84,8 @@ def inject_key(
 ) -> str:
     """Replace every presented key by the provider key from ``environ[env_var]``.
 
-    Mutates ``headers``; returns the query string with any ``key=`` removed.
+    Mutates ``headers``; returns the query string with any ``key=`` and
+    ``access_token=`` removed.
     Raises :class:`InjectionError` when the variable is unset or empty.
     """
     secret = environ.get(env_var, "").strip()
@@ -90,9 +97,13 @@ def inject_key(
     for name in KEY_HEADERS:
         if name in headers:
             del headers[name]
-    if "key=" in query:
+    if "key=" in query or "token=" in query or "%" in query:  # every key the URL carries
         query = urlencode(
-            [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k != "key"]
+            [
+                (k, v)
+                for k, v in parse_qsl(query, keep_blank_values=True)
+                if k not in QUERY_KEY_PARAMS
+            ]
         )
     if provider.auth == "bearer":
         headers["authorization"] = f"Bearer {secret}"

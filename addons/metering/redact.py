@@ -22,14 +22,14 @@ import re
 from typing import IO, Any
 from urllib.parse import unquote_plus
 
-from addons.metering.keys import KEY_HEADERS
+from addons.metering.keys import KEY_HEADERS, QUERY_KEY_PARAMS
 from meterline.conninfo import shown
 
 REDACTED = "[redacted]"
 
 _ANSI = r"(?:\x1b\[[0-9;]*m)*"  # the dumper colours its output on a terminal
 #: Query parameter names whose value is a credential (compared %-decoded, lower case).
-_QUERY_SECRETS = frozenset({"key", "api_key", "api-key", "apikey", "access_token"})
+_QUERY_SECRETS = frozenset({*QUERY_KEY_PARAMS, "api_key", "api-key", "apikey"})
 _QUERY_PARAM = re.compile(r"([?&;])([^=&#?;\s\x1b]+)(=)([^&#;\s\x1b]+)")
 _HEADER_NAMES = "|".join(re.escape(h) for h in KEY_HEADERS)
 _HEADER_LINE = re.compile(
@@ -45,7 +45,12 @@ _LOOSE_HEADER = re.compile(
     r"(?=[\w.~+/=-]*[\d_-])[\w.~+/=-]{8,}",
     re.IGNORECASE,
 )
-_NEEDLES = ("=", "://", *KEY_HEADERS)
+#: ``Bearer <credential>`` anywhere (HTTP/2's errors quote a header's value, not its name).
+_BEARER = re.compile(r"(?<![\w-])((?:bearer|basic)\s+)[\w.~+/=-]{8,}", re.IGNORECASE)
+#: A protocol error quoting raw header bytes (``b'...'``), which may be a key's value.
+_PROTOCOL_ERROR = re.compile(r"protocol error|invalid header|header value|header name", re.I)
+_BYTES_LITERAL = re.compile(r"b'(?:[^'\\]|\\.)*'" + r'|b"(?:[^"\\]|\\.)*"')
+_NEEDLES = ("=", "://", "bearer", "basic", "protocol error", "header", *KEY_HEADERS)
 
 
 def _query_param(m: re.Match[str]) -> str:
@@ -68,6 +73,9 @@ def redact(text: str) -> str:
         lambda m: m.group(1) + (m.group(2) + " " if m.group(2) else "") + REDACTED, text
     )
     text = _LOOSE_HEADER.sub(r"\1" + REDACTED, text)
+    text = _BEARER.sub(r"\1" + REDACTED, text)
+    if _PROTOCOL_ERROR.search(text):
+        text = _BYTES_LITERAL.sub("b'" + REDACTED + "'", text)
     return shown(text)  # a lake locator's PostgreSQL password
 
 

@@ -327,3 +327,39 @@ def test_geminis_openai_compatible_endpoint_is_metered_as_openai(
     with client(UNKNOWN_KEY) as stranger, pytest.raises(openai.AuthenticationError):
         stranger.chat.completions.create(model="gemini-2.5-flash", messages=messages)
     assert len(fake_provider.exchanges) == 2  # the unknown key was never forwarded
+
+
+def test_an_injected_key_never_goes_to_a_host_the_client_names(
+    start_proxy: ProxyFactory, fake_provider: FakeProvider, tmp_path: Path
+) -> None:
+    """Carol's gateway key is swapped for the real provider key. Sent to another server
+    with ``Host: api.openai.com``, the request is recognised as OpenAI's by name only:
+    the real key must not be injected (the server would receive it)."""
+    catalog = write_catalog(
+        tmp_path / "catalog.yaml",
+        [],
+        {"carol": [KEYS["carol"]]},
+        inject={"carol": {"openai": "METERLINE_TEST_OPENAI_KEY"}},
+    )
+    real = "sk-real-openai-provider-key-77"
+    proxy = start_proxy(catalog=catalog, env={"METERLINE_TEST_OPENAI_KEY": real})
+    fake_provider.reset()
+    attacker = fake_provider.base_url("openai") + "/v1/chat/completions"  # not a provider here
+    body = json.dumps(CHAT).encode()
+    head = _head(f"POST {attacker}", "api.openai.com", f"apikey: {KEYS['carol']}", length=len(body))
+    status, answer = _raw(proxy, head, body)
+    assert status == 502 and b"needs the request to go to the provider's own host" in answer
+    assert fake_provider.exchanges == []
+    assert real not in proxy.log_text()
+
+
+def test_a_key_that_is_not_utf8_is_refused_not_an_addon_error(
+    start_proxy: ProxyFactory, fake_provider: FakeProvider, tmp_path: Path
+) -> None:
+    proxy = _rejecting_proxy(start_proxy, fake_provider, tmp_path)
+    openai = fake_provider.base_url("openai") + "/v1/chat/completions"
+    body = json.dumps(CHAT).encode()
+    key = f"Authorization: Bearer {UNKNOWN_KEY}\xff"
+    status, _ = _raw(proxy, _head(f"POST {openai}", _hostport(openai), key, length=len(body)), body)
+    assert status == 401 and fake_provider.exchanges == []
+    assert "Addon error" not in proxy.log_text()

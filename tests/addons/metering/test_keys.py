@@ -73,6 +73,24 @@ def test_inject_key(auth: str, header: str, value: str) -> None:
     assert "gw" not in str(headers.fields)
 
 
+def test_injection_strips_every_key_the_url_carries() -> None:
+    """Google reads ``?access_token=`` too, and a %-encoded ``?%6Bey=`` is ``?key=``:
+    the gateway key must not travel on beside the injected one."""
+    headers = Headers(apikey="gw")
+    provider = MeteredProvider("gemini", "gemini", "x-goog-api-key")
+    query = "alt=sse&access_token=gw&%6Bey=gw"
+    assert inject_key(headers, query, provider, "REAL", {"REAL": "real"}) == "alt=sse"
+    assert headers["x-goog-api-key"] == "real"
+
+
+def test_a_key_that_is_not_utf8_is_only_unknown() -> None:
+    """A header byte that is not UTF-8 arrives as a surrogate escape: fingerprinted as
+    sent (no exception in the proxy's hook), matching no consumer."""
+    book = KeyBook(CATALOG)
+    ident = book.identify_key("sk-alice\udcff")
+    assert ident.consumer is None and ident.fingerprint == fingerprint("sk-alice\udcff")
+
+
 def test_inject_key_missing_variable() -> None:
     with pytest.raises(InjectionError, match="NOPE is not set"):
         inject_key(Headers(), "", MeteredProvider("p", "openai", "bearer"), "NOPE", {})

@@ -47,9 +47,17 @@ def test_install_wraps_the_dumper_once() -> None:
         ("POST https://g/m?API_KEY=S3CRET", "?API_KEY=[redacted]"),
         ("GET https://g/m?access_token=ya29.S3CRET", "?access_token=[redacted]"),
         # mitmproxy quotes a line it cannot parse, in its log and in a flow's error
-        ("Invalid header line: b'Authorization Bearer S3CRETH5'", "Bearer [redacted]'"),
+        ("Invalid header line: b'Authorization Bearer S3CRETH5'", "line: b'[redacted]'"),
         ("Bad HTTP request line: b'POST /m?key=S3CRETH6 HTTP/1.1 x'", "?key=[redacted] HTTP"),
-        ("<< Received invalid header name: b'x-api-key sk-ant-S3CRET'", "x-api-key [redacted]'"),
+        ("<< Received invalid header name: b'x-api-key sk-ant-S3CRET'", "name: b'[redacted]'"),
+        ("Unparsable header: Authorization Bearer S3CRET-1", "Authorization Bearer [redacted]"),
+        # HTTP/2's errors quote a header's value without its name
+        (
+            "HTTP/2 protocol error: Received header value surrounded by whitespace "
+            "b'sk-ant-S3CRET-2 '",
+            "whitespace b'[redacted]'",
+        ),
+        ("upstream said: Bearer sk-S3CRET-3 is not valid", "Bearer [redacted] is not"),
     ],
 )
 def test_keys_in_any_spelling_are_redacted(line: str, shown: str) -> None:
@@ -78,6 +86,4 @@ def test_the_log_filter_redacts_what_a_handler_prints() -> None:
     finally:
         remove_log_filter(found, logger)
         logger.removeHandler(handler)
-    assert stream.getvalue() == (
-        "Invalid header line: b'Authorization Bearer [redacted]'\nplain text\n"
-    )
+    assert stream.getvalue() == ("Invalid header line: b'[redacted]'\nplain text\n")
