@@ -390,10 +390,10 @@ class Meter:
         if st.drop_usage and resp.status_code < 400 and "content-encoding" not in headers:
             st.dropper = UsageChunkDropper()
         if self.durable:
+            sse = "event-stream" in headers.get("content-type", "")
             st.end = EndWatch(
                 headers.get("content-length"),
-                done_event=st.provider.flavor == "openai"
-                and "event-stream" in headers.get("content-type", ""),
+                stream_of=st.provider.flavor if sse else None,
                 encoding=headers.get("content-encoding", ""),
             )
         resp.stream = st

@@ -181,6 +181,10 @@ class Spool:
         if self._fd is None:
             try:
                 self._open_segment()
+            except FileNotFoundError as e:
+                if not self._recreate():
+                    self._failed("cannot open a spool segment", e)
+                    return False
             except OSError as e:
                 self._failed("cannot open a spool segment", e)
                 return False
@@ -278,6 +282,28 @@ class Spool:
         except OSError as e:
             self._unsealed.append(path)
             self._failed("cannot seal a segment", e, path.name)
+
+    def _recreate(self) -> bool:
+        """The directory was removed under the proxy (``rm -rf`` of the spool): make it
+        again, with its lock, and open a segment in it. Lines of the segment that was open
+        then went with it; later events are kept. False if it cannot be made."""
+        if self.directory.is_dir():
+            return False
+        try:
+            _make_private_dirs(self.directory)
+            lock = os.open(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.close(self._lock_fd)
+            self._lock_fd = lock
+            self._open_segment()
+        except OSError:
+            return False
+        log.error(
+            "meterline: spool %s was removed while the proxy ran: made again (events of "
+            "the segment that was open are lost; later ones are kept)",
+            self.directory,
+        )
+        return True
 
     # ------------------------------------------------------------------ faults
 

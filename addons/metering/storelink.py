@@ -19,6 +19,8 @@ its life and attaches the store to it:
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 
 import duckdb
 
@@ -31,6 +33,8 @@ from meterline.store import (
     migrate,
     reader_waiting_path,
 )
+
+log = logging.getLogger(__name__)
 
 #: The writer's DuckDB instance: one thread (one batch needs no parallelism; the cores
 #: are the proxy's) and a bounded buffer pool (a batch is at most a few thousand rows).
@@ -60,6 +64,8 @@ class StoreLink:
         self._migrated = False
         self.attaches = 0
         """How many times the store was attached (a figure for tests and benchmarks)."""
+        self._attached_id: tuple[int, int] | None = None
+        """(device, inode) of the DuckDB file when attached: checked before each use."""
 
     @property
     def holds_file(self) -> bool:
@@ -73,6 +79,16 @@ class StoreLink:
             for statement in _INSTANCE_SETTINGS:
                 self._con.execute(statement)
         con = self._con
+        if self.holds_file and self._file_id() != self._attached_id:
+            # The file was deleted or replaced under us: a commit to the held one would
+            # go to a file no one can read again. Let it go and attach the path anew.
+            log.error(
+                "meterline: store %s was removed or replaced while the proxy held it: "
+                "attached again (a batch committed meanwhile went with the old file)",
+                self.locator,
+            )
+            self.reset()
+            return self.connection()
         if not self._attached:
             if self.is_lake:
                 attach_lake(con, self.locator, self.lock_wait_s)
@@ -84,6 +100,7 @@ class StoreLink:
             else:
                 attach_file(con, self.locator, _FILE_ALIAS, self.lock_wait_s)
                 con.execute(f"USE {_FILE_ALIAS}")
+                self._attached_id = self._file_id()
             self._attached = True
             self.attaches += 1
         if not self._migrated:  # once per store and process (a new file: again, see reset)
@@ -92,6 +109,13 @@ class StoreLink:
                 index_catalog(con)
             self._migrated = True
         return con
+
+    def _file_id(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.locator)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
 
     def reader_waiting(self) -> bool:
         """Another process waits for the file this writer holds."""

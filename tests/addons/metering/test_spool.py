@@ -3,6 +3,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -210,6 +211,28 @@ def test_a_stored_segment_that_cannot_be_deleted_is_one_line(
     assert "cannot delete a stored segment" in line and "EPERM" in line
     assert spool.known_events([segment]) is None  # the next flush reads it, finds it stored
     monkeypatch.undo()
+    spool.close()
+
+
+def test_a_removed_spool_directory_is_made_again_with_its_lock(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``rm -rf`` of the spool under a running proxy: the open segment's lines go with it,
+    but the spool makes its directory and lock again, so later events are kept (every
+    one was lost) and a second proxy still cannot take the directory."""
+    directory = tmp_path / "spool"
+    spool = Spool(directory)
+    spool.append({"event_id": "gone", "ts": "2026-12-02T00:00:00"})
+    shutil.rmtree(directory)
+    with caplog.at_level(logging.ERROR, logger="addons.metering.spool"):
+        spool.seal()
+        spool.append({"event_id": "kept", "ts": "2026-12-02T00:00:01"})
+    assert "was removed while the proxy ran: made again" in caplog.text
+    assert directory.stat().st_mode & 0o777 == 0o700
+    with pytest.raises(SpoolError, match="already in use"):
+        Spool(directory)
+    spool.seal()
+    assert _stored(spool) == ["kept"] and spool.held == 0
     spool.close()
 
 

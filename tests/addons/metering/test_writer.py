@@ -398,3 +398,30 @@ def test_a_plain_append_reads_no_ids_from_the_files(tmp_path: Path) -> None:
     assert writer.inserted == 6
     assert writer.stop()
     spool.close()
+
+
+def test_a_store_file_removed_or_replaced_while_held_is_attached_again(
+    tmp_path: Path, caplog: Any
+) -> None:
+    """The writer holds the file between flushes; deleted (or another file moved over it),
+    every later commit went to the old inode, which no one can read: all lost, silently."""
+    db = tmp_path / "e.duckdb"
+    spool = Spool(tmp_path / "spool")
+    writer = SpoolWriter(spool, str(db))
+    spool.append(_event("first"))
+    assert writer.flush(hold=True) and writer.link.holds_file
+    db.unlink()
+    db.with_name(db.name + ".wal").unlink(missing_ok=True)
+    spool.append(_event("after-delete"))
+    assert writer.flush(hold=True)
+    assert "was removed or replaced while the proxy held it" in caplog.text
+    other = tmp_path / "other.duckdb"
+    with store(other) as con:
+        con.execute("CREATE TABLE unrelated (x INTEGER)")
+    other.rename(db)  # replaced by another DuckDB file
+    spool.append(_event("after-replace"))
+    assert writer.flush(hold=True)
+    writer.link.close()
+    assert [r[0] for r in _rows(db)] == ["after-replace"]
+    assert writer.link.attaches == 3
+    spool.close()
