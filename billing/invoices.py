@@ -22,7 +22,7 @@ import duckdb
 from billing.build import build_invoices
 from billing.credits import apply_credits
 from billing.errors import BillingError, NoUsage, UnknownCustomer
-from billing.ledger import existing_invoices, load_invoices, save_invoices
+from billing.ledger import ConcurrentInvoicing, existing_invoices, load_invoices, save_invoices
 from billing.model import Invoice, InvoiceLine
 from billing.schedule import (
     BillingPeriod,
@@ -128,6 +128,10 @@ def _check_no_overlap(
             )
 
 
+#: Tries to store a run's invoices when other runs store theirs at the same time (a lake).
+_STORE_ATTEMPTS = 5
+
+
 def generate_invoices(
     con: duckdb.DuckDBPyConnection,
     catalog: Catalog,
@@ -169,22 +173,33 @@ def generate_invoices(
     closed_by = now - 2 * settle
     due = [bp for bp in closing if bp.end <= closed_by]
     pending = [bp for bp in closing if bp.end > closed_by]
-    have = existing_invoices(con)
-    todo = [bp for bp in due if bp.key not in have]
-    if require_usage and todo and not _has_events(con):
-        raise NoUsage(
-            f"the store holds no usage events: the {len(todo)} invoice(s) for {month} would "
-            "bill no usage and could never be changed"
+    for attempt in range(1, _STORE_ATTEMPTS + 1):
+        have = existing_invoices(con)
+        todo = [bp for bp in due if bp.key not in have]
+        if require_usage and todo and not _has_events(con):
+            raise NoUsage(
+                f"the store holds no usage events: the {len(todo)} invoice(s) for {month} "
+                "would bill no usage and could never be changed"
+            )
+        invoiced: dict[str, list[tuple[datetime, datetime, str]]] = defaultdict(list)
+        for (ck, start, end), number in have.items():
+            invoiced[ck].append((start, end, number))
+        for bp in todo:
+            _check_no_overlap(bp, invoiced)
+        drafts, windows = build_invoices(
+            con, catalog, todo, watermark=now - settle, progress=progress
         )
-    invoiced: dict[str, list[tuple[datetime, datetime, str]]] = defaultdict(list)
-    for (ck, start, end), number in have.items():
-        invoiced[ck].append((start, end, number))
-    for bp in todo:
-        _check_no_overlap(bp, invoiced)
-    drafts, windows = build_invoices(con, catalog, todo, watermark=now - settle, progress=progress)
-    apply_unit_grants(con, drafts, now)
-    apply_credits(con, drafts, now)
-    save_invoices(con, drafts, windows, issued_at=now)
+        apply_unit_grants(con, drafts, now)
+        apply_credits(con, drafts, now)
+        try:
+            save_invoices(con, drafts, windows, issued_at=now)
+            break
+        except ConcurrentInvoicing:  # another run stored first: build again on top of it
+            if attempt == _STORE_ATTEMPTS:
+                raise BillingError(
+                    "other `invoice generate` runs kept storing invoices at the same time; "
+                    "nothing of this run was stored: run it again"
+                ) from None
     names = {c.key: c.name for c in catalog.customers}
     stored = [n for n in (have.get(bp.key) for bp in due) if n]
     invoices = load_invoices(con, numbers=stored, names=names) + drafts if stored else drafts

@@ -7,6 +7,7 @@ written once and never updated: corrections (late events) go on later invoices.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import defaultdict
 from collections.abc import Sequence
@@ -133,6 +134,11 @@ def _dec(value: Decimal | None) -> Decimal | None:
     return None if value is None else _stored(value)
 
 
+class ConcurrentInvoicing(Exception):
+    """Another run stored invoices while this one was storing its own: nothing of this
+    run was stored (build again from the store, which now holds the other's)."""
+
+
 def save_invoices(
     con: duckdb.DuckDBPyConnection,
     invoices: Sequence[Invoice],
@@ -145,24 +151,37 @@ def save_invoices(
         return
     con.execute("BEGIN TRANSACTION")
     try:
+        stored = existing_invoices(con)  # a run that committed since these were built
+        if any((i.customer_key, i.period_start, i.period_end) in stored for i in invoices):
+            raise ConcurrentInvoicing("a period of this run was invoiced meanwhile")
         (last,) = con.execute("SELECT coalesce(max(seq), 0) FROM invoices").fetchone() or (0,)
         for n, inv in enumerate(invoices, start=int(last) + 1):
             inv.seq, inv.number = n, invoice_number(n)
             inv.status, inv.issued_at = "finalized", issued_at
+        # Another run storing invoices at the same time updates this row too: on a
+        # DuckLake one of the two commits then fails (ConcurrentInvoicing), never both land.
+        con.execute(
+            f"UPDATE invoice_sequence SET last_seq = {int(last) + len(invoices)} "
+            "WHERE name = 'invoices'"
+        )
         _insert(con, "invoices", _invoice_rows(invoices))
         _insert(con, "invoice_lines", _line_rows(invoices))
         _insert(con, "invoice_windows", _window_rows(invoices, windows))
         consumed = [(*r, issued_at) for inv in invoices for r in consumption_rows(inv)]
         if consumed:  # what credit lines took from grants, with the invoice or not at all
             con.executemany("INSERT INTO credit_consumptions VALUES (?, ?, ?, ?, ?)", consumed)
-        con.execute("COMMIT")
+        try:
+            con.execute("COMMIT")
+        except duckdb.TransactionException as e:  # another run committed first
+            raise ConcurrentInvoicing(str(e)) from e
         for inv in invoices:  # the values as stored, so they read back identical
             for ln in inv.lines:
                 ln.quantity = _trim(_stored(ln.quantity))
                 if ln.unit_price is not None:
                     ln.unit_price = _unit_price(ln.kind, _stored(ln.unit_price), inv.currency)
     except BaseException:
-        con.execute("ROLLBACK")
+        with contextlib.suppress(duckdb.Error):  # a failed COMMIT already ended it
+            con.execute("ROLLBACK")
         for inv in invoices:
             inv.seq = inv.number = inv.issued_at = None
             inv.status = "preview"

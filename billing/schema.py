@@ -59,4 +59,17 @@ BILLING_MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        "0103_invoice_sequence",
+        """
+        -- The last invoice number given: one row, updated in the transaction that stores
+        -- invoices. On a DuckLake two runs at once would both take max(seq) + 1 (no
+        -- constraint stops a second INSERT); both updating this row, one commit fails.
+        CREATE TABLE IF NOT EXISTS invoice_sequence (
+            name     VARCHAR NOT NULL, -- 'invoices'
+            last_seq BIGINT NOT NULL
+        );
+        INSERT INTO invoice_sequence SELECT 'invoices', coalesce(max(seq), 0) FROM invoices;
+        """,
+    ),
 )

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -541,6 +543,33 @@ def test_a_period_that_ended_less_than_settle_ago_waits(tmp_path: Path) -> None:
             now=utc("2026-02-01T00:10:00"), settle=timedelta(minutes=5),
         ).invoices[0]  # fmt: skip
     assert amounts(jan)["usage:gpt-out:01-01"] == Decimal("115.00")  # 13000 tokens (12000: 110.00)
+
+
+def test_a_run_that_stored_meanwhile_is_not_invoiced_again(tmp_path: Path) -> None:
+    """Two ``invoice generate`` at once on a lake: the second built its drafts before the
+    first stored the same period. It must not store a second invoice for it (on a lake no
+    constraint stopped that: both were stored, the customer's total doubled). Here the
+    other run stores in the middle of this one's build (its progress hook)."""
+    s = setup(tmp_path)
+    add_events(s.db, *alpha_january())
+    now = utc("2026-02-01T00:00:05")
+    with billing_store(s.db) as con:
+        other = con.cursor()
+        ran: list[str] = []
+
+        def progress(items: list[Any]) -> Iterable[Any]:
+            if not ran:  # the other run, once: it stores first
+                done = generate_invoices(other, s.catalog, "2026-01", customer="alpha", now=now)
+                ran.extend(done.created)
+            return items
+
+        mine = generate_invoices(
+            con, s.catalog, "2026-01", customer="alpha", now=now, progress=progress
+        )
+        stored = con.execute("SELECT number, customer_key FROM invoices").fetchall()
+    assert ran == ["INV-000001"] and mine.created == []
+    assert [i.number for i in mine.invoices] == ["INV-000001"]
+    assert stored == [("INV-000001", "alpha")]
 
 
 def test_a_sweep_reads_only_windows_with_late_events_and_records_every_window(
