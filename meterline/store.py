@@ -197,6 +197,11 @@ def _hint(loc: str, err: duckdb.Error) -> str:
             " (the lake's PostgreSQL role must own the database, or have CREATE on schema "
             "public: CREATE DATABASE meterline OWNER meterline)"
         )
+    if "Failed to load existing DuckLake" in text and "transaction is aborted" in text:
+        return (
+            " (PostgreSQL refused a read of the lake's catalog: check the role's privileges "
+            "on its ducklake_* tables; PostgreSQL's own log names the table)"
+        )
     if "does not match existing data path" in text:
         return (
             " (METERLINE_LAKE_DATA differs from the data path the lake was created with: "

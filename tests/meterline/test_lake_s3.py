@@ -6,6 +6,8 @@ endpoint, URL style, SSL and credentials Meterline takes from the environment.
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -27,6 +29,9 @@ from meterline.store import StoreError, store
 from tests.meterline.test_lakemaint import event
 from tests.support.postgres import create_database, free_port, postgres_server
 
+_SERVERS: dict[str, int] = {}
+"""S3 endpoint -> the moto server's pid (to stop it: a hung object store)."""
+
 
 @pytest.fixture(scope="module")
 def s3() -> Iterator[str]:
@@ -47,6 +52,7 @@ def s3() -> Iterator[str]:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("moto server did not start") from None
                 time.sleep(0.2)
+        _SERVERS[f"127.0.0.1:{port}"] = proc.pid
         yield f"127.0.0.1:{port}"
     finally:
         proc.terminate()
@@ -132,3 +138,34 @@ def test_wrong_s3_settings_are_one_clear_line(monkeypatch: Any) -> None:
     monkeypatch.setenv("METERLINE_LAKE_DATA", "relative/lake")
     with pytest.raises(StoreError, match=r"must be an absolute path"):
         store("ducklake:postgres:dbname=x").__enter__()
+
+
+def test_a_flush_to_object_storage_that_hangs_fails_in_bounded_time(
+    s3: str, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The S3 server stops answering (SIGSTOP): the flush must fail within seconds, not
+    hang for minutes (it took ~4 with httpfs's defaults), keeping its events; once the
+    server answers again the next flush stores them once."""
+    _use_s3(monkeypatch, s3, "meterline-hang")
+    with postgres_server() as server:
+        lake = f"ducklake:postgres:{create_database(server, 'hang')}"
+        spool = Spool(tmp_path / "spool")
+        writer = SpoolWriter(spool, lake)
+        spool.append(event(0, "agent-0000", "s3"))
+        assert writer.flush()
+        os.kill(_SERVERS[s3], signal.SIGSTOP)
+        try:
+            spool.append(event(1, "agent-0000", "s3"))
+            started = time.monotonic()
+            assert not writer.flush()
+            took = time.monotonic() - started
+        finally:
+            os.kill(_SERVERS[s3], signal.SIGCONT)
+        assert took < 45, took
+        assert writer.flush()
+        writer.stop()
+        spool.close()
+        with store(lake) as con:
+            assert con.execute(
+                "SELECT count(*), count(DISTINCT event_id) FROM usage_events"
+            ).fetchone() == (2, 2)
