@@ -164,6 +164,16 @@ def take_lease(
     return bool(row and row[0])
 
 
+def lease_holder(con: duckdb.DuckDBPyConnection) -> tuple[str | None, datetime]:
+    """Who holds the maintenance lease, and until when (UTC)."""
+    row = con.execute(
+        f"SELECT holder, expires_at FROM lake_leases WHERE name = '{LEASE}'"
+    ).fetchone()
+    if row is None:
+        return None, _EPOCH
+    return row[0], row[1].replace(tzinfo=UTC)
+
+
 def release_lease(con: duckdb.DuckDBPyConnection, holder: str) -> None:
     """Give the lease back (it also lapses by itself after its ttl)."""
     quoted = holder.replace("'", "''")

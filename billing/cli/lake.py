@@ -11,7 +11,7 @@ import click
 
 from billing import render
 from billing.cli.common import Settings, format_option, pass_settings
-from meterline.lakemaint import DEFAULT_KEEP, maintain, release_lease, take_lease
+from meterline.lakemaint import DEFAULT_KEEP, lease_holder, maintain, release_lease, take_lease
 from meterline.store import LAKE_PREFIX, StoreError, store
 
 
@@ -53,7 +53,11 @@ def maintain_cmd(settings: Settings, keep: int, flush_inlined: bool, fmt: str) -
     holder = f"billing:{socket.gethostname()}:{os.getpid()}"
     with store(settings.db) as con:
         if not take_lease(con, holder):
-            raise StoreError("another maintenance pass holds the lake's lease; try later")
+            who, until = lease_holder(con)
+            raise StoreError(
+                f"another maintenance pass holds the lake's lease ({who or 'unknown'}, until "
+                f"{until:%Y-%m-%dT%H:%M:%SZ}: a holder that died lets it lapse then); try later"
+            )
         try:
             report = maintain(con, keep=timedelta(seconds=keep), flush_inlined=flush_inlined)
         finally:

@@ -202,7 +202,8 @@ def test_billing_lake_maintain_command(server: str, tmp_path: Path, monkeypatch:
         assert take_lease(con, "someone-else")
     runner = CliRunner()
     held = runner.invoke(main, ["--db", lake, "lake", "maintain"])
-    assert held.exit_code == 1 and "holds the lake's lease" in held.output
+    assert held.exit_code == 1 and "holds the lake's lease (someone-else, until 20" in held.output
+    assert len(held.output.strip().splitlines()) == 1
     with store(lake) as con:
         release_lease(con, "someone-else")
     ok = runner.invoke(main, ["--db", lake, "lake", "maintain", "--format", "json"])
