@@ -109,7 +109,10 @@ class RedactingFilter(logging.Filter):
     """Redacts keys in every record a log handler prints (see the module docstring)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except Exception:  # a record whose arguments do not fit: the handler reports it
+            return True
         redacted = redact(message)
         if redacted is not message:
             record.msg, record.args = redacted, None

@@ -31,4 +31,6 @@ def test_kill_9_loop_loses_and_doubles_nothing(
     result = tally(proxy, load.answered_ids)
     print(result.line("kill-9", kills=KILLS, failed_in_flight=load.failed))
     assert set(load.answered) == set(CALLS)
-    assert result.lost == [] and result.doubled == []
+    assert result.lost == [] and result.doubled == [], (
+        f"store read error: {proxy.last_read_error}\nproxy log:\n{proxy.log()}"
+    )

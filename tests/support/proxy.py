@@ -105,6 +105,8 @@ class MeterProxy:
         self.script = script
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
+        self.last_read_error: str | None = None
+        """Why the last :meth:`events` read failed (it returns no rows then)."""
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -225,7 +227,8 @@ class MeterProxy:
                 )
                 names = [d[0] for d in cur.description]
                 return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
-        except StoreError:
+        except StoreError as e:
+            self.last_read_error = str(e)  # a read that fails looks like no events at all
             return []
 
     def wait_for_events(

@@ -83,6 +83,7 @@ def test_the_log_filter_redacts_what_a_handler_prints() -> None:
     try:
         logger.warning("Invalid header line: %r", b"Authorization Bearer sk-S3CRET-1")
         logger.warning("plain %s", "text")
+        logger.warning("%d broken", "not a number")  # the handler reports it, no raise
     finally:
         remove_log_filter(found, logger)
         logger.removeHandler(handler)
