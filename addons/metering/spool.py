@@ -31,7 +31,6 @@ oldest of a long backlog (at most :data:`MAX_KNOWN_EVENTS` keys are kept).
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import json
@@ -45,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from addons.metering import jsoncodec, oserrors
+from meterline.privatefiles import private_files
 
 log = logging.getLogger(__name__)
 
@@ -68,23 +68,6 @@ _LEGACY_SEGMENT = re.compile(r"\d{20}-\d+-\d{6}\.(open|jsonl)")
 _LEGACY_LOCK = "spool.lock"
 
 
-def _make_private_dirs(directory: Path) -> None:
-    """``mkdir -p`` whose every directory it creates is 0700 (``mkdir -p`` makes the
-    parents with the umask's mode: 0777 under umask 000, where another user could move
-    the spool away and put theirs in its place). Existing directories are left as they are."""
-    missing = []
-    for d in (directory, *directory.parents):
-        if d.is_dir():
-            break
-        missing.append(d)
-    for d in reversed(missing):
-        with contextlib.suppress(FileExistsError):  # a racing creator; checked below
-            d.mkdir(mode=0o700)
-            os.chmod(d, 0o700)  # mkdir's mode is masked by the umask; never widened here
-    if not directory.is_dir():
-        directory.mkdir()  # raises the reason (a file in the way)
-
-
 class SpoolError(RuntimeError):
     """The spool directory cannot be used; the message names it and says why."""
 
@@ -93,7 +76,8 @@ class Spool:
     def __init__(self, directory: str | Path, *, max_held: int = MAX_HELD_EVENTS) -> None:
         self.directory = Path(directory)
         try:
-            _make_private_dirs(self.directory)
+            with private_files():  # parents it makes too: 0700 under any umask
+                self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._lock_fd = os.open(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as e:
             raise SpoolError(f"{self.directory}: cannot use as spool: {e.strerror}") from None
@@ -290,7 +274,8 @@ class Spool:
         if self.directory.is_dir():
             return False
         try:
-            _make_private_dirs(self.directory)
+            with private_files():  # parents it makes too: 0700 under any umask
+                self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             lock = os.open(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             os.close(self._lock_fd)
