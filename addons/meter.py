@@ -45,7 +45,7 @@ from addons.metering import (
 )
 from addons.metering.deferred import DeferredWork
 from addons.metering.finish import Finisher
-from addons.metering.flowstate import FlowMeter, buffer_whole, pick_headers, where
+from addons.metering.flowstate import FlowMeter, buffer_whole, pick_headers, rejection, where
 from addons.metering.lognoise import MITM_SERVER_LOG, HideStreamingNotice
 from addons.metering.replyend import EndWatch
 from addons.metering.sink import EventSink
@@ -68,6 +68,9 @@ class Meter:
         self.routes = routes.RouteTable()
         self.sink = EventSink()
         self._active: dict[str, FlowMeter] = {}
+        self._refused: dict[str, tuple[str, str, str]] = {}
+        """reject mode, a provider path that is not metered: flow id -> (flavor, why,
+        message) of a key the policy refuses, answered in ``request``."""
         self.deferred = DeferredWork()
         self._running = False
         self._misconfigured = False
@@ -306,10 +309,10 @@ class Meter:
                 return
             by_name = True  # the connection goes elsewhere: metered, never given a key
         path = req.path
-        if req.method != "POST":
-            return
-        spoken = providers.billed_flavor(provider.flavor, path)
-        if spoken is None:
+        spoken = providers.billed_flavor(provider.flavor, path) if req.method == "POST" else None
+        if spoken is None:  # not metered (a model list, a file upload, images, Realtime...)
+            if self.reject_unknown:
+                self._check_unmetered(flow, provider)
             return
         if spoken != provider.flavor:  # Gemini's OpenAI-compatible endpoints
             provider = providers.speaking(provider, spoken)
@@ -325,9 +328,25 @@ class Meter:
             st.pinned_model = route.model
         self._active[flow.id] = st
 
+    def _check_unmetered(self, flow: http.HTTPFlow, provider: providers.MeteredProvider) -> None:
+        """The unknown-key policy covers every call to a provider, not only the metered
+        ones: the provider serves (and bills) a model list, an image or a Realtime session
+        to whoever holds a key, so ``reject`` must not forward a stranger's there either."""
+        query = flow.request.path.partition("?")[2]
+        keyset = attribution.presented(flow.request.headers, query, provider)
+        identity = self.keybook.identify_key(keyset.billed)
+        if identity.consumer is None or keyset.ambiguous:
+            why, message = rejection(keyset.distinct, identity.fingerprint)
+            where_ = f"{provider.name} {flow.request.pretty_host} (a path not metered): {why}"
+            self._refused[flow.id] = (provider.flavor, where_, message)
+
     def request(self, flow: http.HTTPFlow) -> None:
         st = self._active.get(flow.id)
         if st is None:
+            if self._refused and flow.id in self._refused:
+                flavor, why, message = self._refused.pop(flow.id)
+                log.warning("meterline: %s: rejected %s", flow.id, why)
+                errors.respond(flow, flavor, "unknown_key", message)
             return
         if st.reject:
             del self._active[flow.id]
@@ -435,6 +454,8 @@ class Meter:
         work.drain()
 
     def error(self, flow: http.HTTPFlow) -> None:
+        if self._refused:
+            self._refused.pop(flow.id, None)  # the client left before its request was whole
         st = self._active.pop(flow.id, None)
         if st is not None:
             st.t_done = time.time()

@@ -225,13 +225,7 @@ class FlowMeter:
 
     def rejection(self) -> tuple[str, str]:
         """(why, for the log; message, for the client) when a key policy refuses the call."""
-        if self.keys_presented > 1:
-            why = f"{self.keys_presented} different keys"
-            message = "Ambiguous API key: the request carries more than one key."
-        else:
-            why = f"unknown key ({self.identity.fingerprint or 'no key'})"
-            message = "Invalid API key: not known to the proxy."
-        return why, message
+        return rejection(self.keys_presented, self.identity.fingerprint)
 
     def add_include_usage(self) -> None:
         """Ask an OpenAI stream for its usage chunk (hidden from the client again)."""
@@ -304,3 +298,12 @@ def raw_header(headers: http.Headers, name: bytes) -> str | None:
 def where(st: FlowMeter) -> str:
     """``provider host/path`` for log lines: never the query string (it may hold a key)."""
     return f"{st.provider.name} {st.flow.request.pretty_host}{st.path.partition('?')[0]}"
+
+
+def rejection(keys_presented: int, fingerprint: str | None) -> tuple[str, str]:
+    """(why, for the log; message, for the client) when the unknown-key policy refuses."""
+    if keys_presented > 1:
+        return f"{keys_presented} different keys", (
+            "Ambiguous API key: the request carries more than one key."
+        )
+    return f"unknown key ({fingerprint or 'no key'})", "Invalid API key: not known to the proxy."

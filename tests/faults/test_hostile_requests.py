@@ -363,3 +363,48 @@ def test_a_key_that_is_not_utf8_is_refused_not_an_addon_error(
     status, _ = _raw(proxy, _head(f"POST {openai}", _hostport(openai), key, length=len(body)), body)
     assert status == 401 and fake_provider.exchanges == []
     assert "Addon error" not in proxy.log_text()
+
+
+def _unmetered_calls(up: FakeProvider, key: str) -> dict[str, tuple[str, str, dict[str, str]]]:
+    """Calls a provider serves (and bills) that the meter does not price: name -> (method,
+    url, headers). The key goes where each flavor's clients put it."""
+    bearer = {"authorization": f"Bearer {key}"}
+    anthropic = {"x-api-key": key, **ANTHROPIC}
+    gemini = up.base_url("gemini") + "/v1beta/models/text-embedding-004"
+    realtime = {**bearer, "connection": "Upgrade", "upgrade": "websocket"}
+    return {
+        "openai model list": ("GET", up.base_url("openai") + "/v1/models", bearer),
+        "openai image": ("POST", up.base_url("openai") + "/v1/images/generations", bearer),
+        "openai realtime": ("GET", up.base_url("openai") + "/v1/realtime?model=x", realtime),
+        "anthropic batch": ("POST", up.base_url("anthropic") + "/v1/messages/batches", anthropic),
+        "gemini embedding": ("POST", f"{gemini}:embedContent?key={key}", {}),
+    }
+
+
+def test_reject_mode_covers_the_paths_it_does_not_meter(
+    start_proxy: ProxyFactory, fake_provider: FakeProvider, tmp_path: Path
+) -> None:
+    """A stranger's key is refused on every provider path, metered or not: the provider
+    would serve an image or a Realtime session to it as readily as a chat completion."""
+    proxy = _rejecting_proxy(start_proxy, fake_provider, tmp_path)
+    refused: dict[str, tuple[int, str]] = {}
+    with httpx2.Client(proxy=proxy.url, timeout=30) as client:
+        for name, (method, url, headers) in _unmetered_calls(fake_provider, UNKNOWN_KEY).items():
+            r = client.request(method, url, headers=headers, json={"input": "x"})
+            refused[name] = (r.status_code, json.dumps(r.json()))
+        stranger = len(fake_provider.exchanges)
+        known = KEYS["alice"]
+        for name, (method, url, headers) in _unmetered_calls(fake_provider, known).items():
+            if name != "anthropic batch":  # alice's key is an OpenAI one; bob's below
+                client.request(method, url, headers=headers, json={"input": "x"})
+        headers = {"x-api-key": KEYS["bob"], **ANTHROPIC}
+        client.post(fake_provider.base_url("anthropic") + "/v1/messages/batches", headers=headers)
+    print(f"FAULT unmetered paths (reject): {len(refused)} strangers' calls, forwarded={stranger}")
+    assert stranger == 0
+    assert {name: status for name, (status, _) in refused.items()} == dict.fromkeys(refused, 401)
+    assert "authentication_error" in refused["anthropic batch"][1]  # each provider's shape
+    assert "UNAUTHENTICATED" in refused["gemini embedding"][1]
+    assert "invalid_api_key" in refused["openai image"][1]
+    assert len(fake_provider.exchanges) == len(refused)  # known keys pass, as before
+    assert UNKNOWN_KEY not in proxy.log_text()
+    assert proxy.log_text().count("(a path not metered): unknown key") == len(refused)
