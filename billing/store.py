@@ -46,12 +46,13 @@ def billing_store(
 ) -> Iterator[duckdb.DuckDBPyConnection]:
     """The store, migrated, for one unit of work; closed on exit.
 
-    ``create=False`` refuses a file that does not exist (a typo in ``--db`` should not
-    silently create an empty database and report "no usage").
+    ``create=False`` refuses a file that does not exist, and a PostgreSQL database that
+    holds no lake (a typo in ``--db`` should not silently create an empty store and
+    report "no usage").
     """
     loc = str(locator)
     if not create and not loc.startswith(LAKE_PREFIX) and not Path(loc).exists():
         raise StoreError(f"{loc}: no such database (nothing metered yet?)")
-    with store(loc, wait_s=wait_s) as con:
+    with store(loc, wait_s=wait_s, create_lake=create) as con:
         apply_migrations(con)
         yield con

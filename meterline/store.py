@@ -101,8 +101,12 @@ def _load_extensions(con: duckdb.DuckDBPyConnection, *names: str) -> None:
         con.execute(f"LOAD {name}")
 
 
-def _attach_lake(con: duckdb.DuckDBPyConnection, locator: str) -> None:
+def _attach_lake(con: duckdb.DuckDBPyConnection, locator: str, *, create: bool) -> None:
     """``ducklake:postgres:dbname=... host=...``, data files under ``METERLINE_LAKE_DATA``.
+
+    ``create``: make the lake if the database holds none. ``billing`` does not: pointed at
+    the wrong database it would otherwise create an empty lake there and report no
+    usage, where it should say that nothing is there.
 
     The ducklake, postgres and httpfs extensions come from the ``duckdb-ext-*`` wheels
     (``pip install 'meterline[ducklake]'``), so attaching works offline. Object storage
@@ -115,7 +119,16 @@ def _attach_lake(con: duckdb.DuckDBPyConnection, locator: str) -> None:
     _load_extensions(con, "ducklake", "postgres", *(("httpfs",) if settings.remote else ()))
     for statement in settings.setup_sql():
         con.execute(statement)
-    con.execute(f"ATTACH {_sql_string(locator)} AS lake ({settings.attach_options()})")
+    options = settings.attach_options() + ("" if create else ", CREATE_IF_NOT_EXISTS false")
+    try:
+        con.execute(f"ATTACH {_sql_string(locator)} AS lake ({options})")
+    except duckdb.InvalidInputException as e:
+        if "creating a new DuckLake is explicitly disabled" not in str(e):
+            raise
+        raise StoreError(
+            f"{shown(locator)}: this database holds no Meterline lake (nothing metered into "
+            "it yet? a proxy creates it on its first flush; or check --db)"
+        ) from None
     con.execute("USE lake")
 
 
@@ -222,12 +235,19 @@ def io_hint(text: str) -> str:
 
 
 def open_store(
-    locator: str | Path = DEFAULT_DB, *, read_only: bool = False, wait_s: float = 30.0
+    locator: str | Path = DEFAULT_DB,
+    *,
+    read_only: bool = False,
+    wait_s: float = 30.0,
+    create_lake: bool = True,
 ) -> duckdb.DuckDBPyConnection:
-    """Open the store, waiting up to ``wait_s`` for another process's lock on the file."""
+    """Open the store, waiting up to ``wait_s`` for another process's lock on the file.
+
+    ``create_lake=False``: a PostgreSQL database that holds no lake is an error, not a
+    new empty lake (see :func:`_attach_lake`)."""
     loc = str(locator)
     if loc.startswith(LAKE_PREFIX):
-        return _retrying(loc, wait_s, lambda: _open_lake(loc))
+        return _retrying(loc, wait_s, lambda: _open_lake(loc, create_lake))
     if read_only and not Path(loc).exists():
         raise StoreError(f"{loc}: no such database (nothing metered yet?)")
     if read_only:
@@ -254,7 +274,7 @@ def attach_file(con: duckdb.DuckDBPyConnection, path: str, alias: str, wait_s: f
 
 def attach_lake(con: duckdb.DuckDBPyConnection, locator: str, wait_s: float) -> None:
     """Attach the DuckLake ``locator`` to ``con`` as ``lake`` and make it the default."""
-    _retrying(locator, wait_s, lambda: _attach_lake(con, locator))
+    _retrying(locator, wait_s, lambda: _attach_lake(con, locator, create=True))
 
 
 LAKE_CONNECTION_CONFIG: dict[str, str | bool | int | float | list[str]] = {
@@ -270,10 +290,10 @@ lake (0.01 s without). The files come from the same installed wheels as duckdb i
 the check guards against nothing a writable site-packages would not already allow."""
 
 
-def _open_lake(locator: str) -> duckdb.DuckDBPyConnection:
+def _open_lake(locator: str, create: bool) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(config=LAKE_CONNECTION_CONFIG)
     try:
-        _attach_lake(con, locator)
+        _attach_lake(con, locator, create=create)
     except BaseException:
         con.close()
         raise
@@ -297,7 +317,11 @@ def _is_transient(loc: str, err: duckdb.Error) -> bool:
 
 @contextmanager
 def store(
-    locator: str | Path = DEFAULT_DB, *, read_only: bool = False, wait_s: float = 30.0
+    locator: str | Path = DEFAULT_DB,
+    *,
+    read_only: bool = False,
+    wait_s: float = 30.0,
+    create_lake: bool = True,
 ) -> Iterator[duckdb.DuckDBPyConnection]:
     """Open, yield, close: hold the file no longer than one unit of work.
 
@@ -305,7 +329,7 @@ def store(
     during the work is 0600 like the database file.
     """
     with contextlib.nullcontext() if read_only else private_files():
-        con = open_store(locator, read_only=read_only, wait_s=wait_s)
+        con = open_store(locator, read_only=read_only, wait_s=wait_s, create_lake=create_lake)
         try:
             yield con
         finally:

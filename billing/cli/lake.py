@@ -51,7 +51,7 @@ def maintain_cmd(settings: Settings, keep: int, flush_inlined: bool, fmt: str) -
     if not settings.db.startswith(LAKE_PREFIX):
         raise StoreError(f"{settings.db}: not a DuckLake (lake maintain is for ducklake:...)")
     holder = f"billing:{socket.gethostname()}:{os.getpid()}"
-    with store(settings.db) as con:
+    with store(settings.db, create_lake=False) as con:
         if not take_lease(con, holder):
             who, until = lease_holder(con)
             raise StoreError(

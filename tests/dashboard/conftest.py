@@ -49,8 +49,9 @@ class Server:
 
 
 def start_dashboard(s: Setup, *extra: str, env: dict[str, str] | None = None) -> Server:
-    """``billing dashboard --port 0 EXTRA`` on the store; its stderr goes to a file beside it."""
-    with open(s.db.parent / "dashboard.stderr", "ab") as log:
+    """``billing dashboard --port 0 EXTRA`` on the store; its stderr goes to a file beside
+    the catalog (in the test's directory: a lake locator names none)."""
+    with open(s.catalog_path.parent / "dashboard.stderr", "ab") as log:
         proc = subprocess.Popen(
             [*BILLING, "--db", str(s.db), "--catalog", str(s.catalog_path), "dashboard",
              "--port", "0", *extra],
@@ -67,7 +68,7 @@ def start_dashboard(s: Setup, *extra: str, env: dict[str, str] | None = None) ->
         if proc.poll() is not None:
             break
     stop(Server("", proc))
-    log_text = (s.db.parent / "dashboard.stderr").read_text(errors="replace")
+    log_text = (s.catalog_path.parent / "dashboard.stderr").read_text(errors="replace")
     raise AssertionError(f"dashboard did not start: {log_text[-2000:]}")
 
 

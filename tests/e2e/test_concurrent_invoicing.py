@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from billing.store import billing_store
 from meterline.store import store
 from tests.billing.events import add_events, setup
 from tests.billing.test_invoices import alpha_january
@@ -40,8 +41,7 @@ def test_runs_at_once_store_one_invoice_per_period(
     add_events(s.db, *alpha_january())
     lake = f"ducklake:postgres:{create_database(server, f'invoicing{round_}')}"
     base = [str(BILLING), "--db", lake, "--catalog", str(s.catalog_path)]
-    subprocess.run([*base, "usage"], capture_output=True, check=True, timeout=120)  # schema
-    with store(lake) as con:
+    with billing_store(lake, create=True) as con:  # the lake and its schema, as a proxy makes
         con.execute(f"ATTACH '{s.db}' AS events_file (READ_ONLY)")
         con.execute("INSERT INTO usage_events SELECT * FROM events_file.usage_events")
     cmd = [*base, "invoice", "generate", "--period", "2026-01"]

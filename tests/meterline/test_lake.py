@@ -102,3 +102,39 @@ def test_a_role_that_cannot_create_tables_gets_the_fix_in_one_line(
     visitor = f"ducklake:postgres:{conninfo.replace('user=postgres', 'user=visitor')}"
     with pytest.raises(StoreError, match=r"must own the database.*OWNER meterline"):
         store(visitor, wait_s=0).__enter__()
+
+
+def test_billing_on_a_database_with_no_lake_says_so_and_creates_none(
+    lake: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wrong ``--db`` used to create an empty lake there and print ``(none)``: now one
+    line and exit 1, and the database is left as it was. The proxy's writer still creates
+    a lake on its first flush (``test_a_fleet_racing_to_create_a_new_lake_all_get_in``)."""
+    import subprocess
+    import sys
+
+    from tests.support.postgres import _bin_dir
+
+    monkeypatch.setenv("METERLINE_LAKE_DATA", str(tmp_path / "data"))
+    admin = lake.removeprefix("ducklake:postgres:")
+    conninfo = create_database(admin, "nolake")
+    billing = Path(sys.executable).with_name("billing")
+    catalog = Path(__file__).parents[2] / "catalog.yaml"
+    outcomes = []
+    commands = (["usage"], ["invoice", "generate", "--period", "2026-01"], ["lake", "maintain"])
+    for command in commands:
+        run = subprocess.run(
+            [str(billing), "--db", f"ducklake:postgres:{conninfo}", "--catalog", str(catalog),
+             *command],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        outcomes.append((run.returncode, run.stderr.strip().splitlines()))
+    tables = subprocess.run(
+        [str(_bin_dir() / "psql"), conninfo, "-tAq", "-c",
+         "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+    for code, lines in outcomes:
+        assert code == 1 and len(lines) == 1, outcomes
+        assert "holds no Meterline lake" in lines[0] and "Traceback" not in lines[0]
+    assert tables == "0"
