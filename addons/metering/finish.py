@@ -18,6 +18,7 @@ from addons.metering.bounded import count_tokens, estimate_request_input
 from addons.metering.flowstate import FlowMeter, raw_header, where
 from addons.metering.governance import Governance
 from addons.metering.settle import OnceLog, Settled, settle
+from addons.metering.usage import Seen
 
 log = logging.getLogger("meterline.proxy")
 _MODEL_FIELD = re.compile(rb'"model"\s*:\s*"([^"\\]{1,200})"')
@@ -44,23 +45,28 @@ class Finisher:
         st.finished = True
         flow = st.flow
         resp = flow.response
-        if resp is None:  # no response headers ever came: the provider did no work
+        if resp is None and not (cut and left_working(flow)):
+            # No answer, and the provider was not left working on one: it failed, was
+            # never reached, or the client left before its request was whole.
             log.info("meterline: %s: no response from %s, nothing metered", flow.id, where(st))
             self.governance.finish(flow.id, None)
             return
         if not st.started:
             st.start()
-        assert st.extractor is not None
-        st.drain_decoder()
-        usage = st.extractor.finish()
-        problems = list(st.extractor.problems)
+        if st.extractor is not None:
+            st.drain_decoder()
+            usage, seen = st.extractor.finish(), st.extractor.seen()
+            problems = list(st.extractor.problems)
+        else:  # the client left while the provider worked on the whole request: it bills it
+            usage, seen, problems = None, Seen(), []
         if st.decode_failed:
             problems.insert(0, f"cannot decode body: {st.decode_failed}")
+        status_code = resp.status_code if resp is not None else 0
         settled = settle(
             st.provider.flavor,
             usage,
-            st.extractor.seen(),
-            status_code=resp.status_code,
+            seen,
+            status_code=status_code,
             cut=cut,
             request_model=lambda: request_model(st),
             estimate_input=lambda model: estimate_request_input(
@@ -70,7 +76,7 @@ class Finisher:
         )
         usage, status = settled.usage, settled.status
         self._note_settled(flow.id, st, settled, cut)
-        if problems and resp.status_code < 400 and not settled.invalid:
+        if problems and status_code < 400 and not settled.invalid:
             self._warn_problems(flow.id, st, problems)
         elif problems:
             log.debug("meterline: %s: %s answered %s: %s", flow.id, where(st), status, problems)
@@ -140,6 +146,27 @@ class Finisher:
                 len(problems),
                 problems[0][:200],
             )
+
+
+def left_working(flow: http.HTTPFlow) -> bool:
+    """Whether the provider was left working on a call nobody waits for any more: the
+    whole request was on its way to it, no answer came, and then the client went away
+    (an agent's timeout, a Ctrl-C) or the proxy stopped. Providers answer a JSON call
+    once it is generated and bill it though no one reads it: such a call is metered as
+    cut, its input estimated. A provider that failed, or was never reached, bills
+    nothing, and neither does a request the client did not finish sending."""
+    if flow.request.timestamp_end is None or flow.server_conn.timestamp_start is None:
+        return False
+    if flow.error is None:  # finished without an error: the proxy is stopping
+        return True
+    msg = flow.error.msg
+    return msg.startswith(_CLIENT_LEFT) or "reset by client" in msg
+
+
+#: mitmproxy's error when an HTTP/1 client closes its connection mid-exchange (HTTP/2:
+#: "stream reset by client (CANCEL)"). A closed HTTP/2 connection says "peer closed
+#: connection" on either side, so it is not told apart: such a call is not metered.
+_CLIENT_LEFT = "Client disconnected"
 
 
 @lru_cache(maxsize=256)

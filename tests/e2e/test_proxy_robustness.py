@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx2
 import pytest
 
-from tests.conftest import KEYS
-from tests.support.clients import Clients
-from tests.support.proxy import MeterProxy, row_usage
+from tests.conftest import KEYS, ProxyFactory
+from tests.support.clients import Clients, ca_context
+from tests.support.proxy import MeterProxy, row_usage, write_catalog
 from tests.support.upstream import FakeProvider, encode_body
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello there"}]}
@@ -206,3 +208,51 @@ def test_stream_is_passed_through_as_it_comes(
     [row] = meter_proxy.wait_for_events([ex.request_id])
     assert ex.usage is not None and row_usage(row) == ex.usage
     assert row["latency_ms"] - row["ttft_ms"] >= gaps * 1000 * 0.8
+
+
+@pytest.mark.parametrize(
+    "flavor,http2", [("openai", False), ("anthropic", False), ("gemini", False), ("openai", True)]
+)
+def test_a_client_that_gives_up_before_the_answer_is_still_metered(
+    start_proxy: ProxyFactory, fake_provider: FakeProvider, flavor: str, http2: bool
+) -> None:
+    """An agent's timeout while the provider generates a JSON answer (no byte of it sent
+    yet): the provider finishes and bills the call all the same, so it is metered as cut,
+    its input estimated (before: nothing metered, 10 of 10 in a probe)."""
+    proxy = start_proxy()
+    url, body, headers = _request(fake_provider, flavor, stream=False, behaviour="think=1.5")
+    with (
+        httpx2.Client(proxy=proxy.url, verify=ca_context(proxy), http2=http2, timeout=0.5) as c,
+        pytest.raises(httpx2.TimeoutException),
+    ):
+        c.post(url, json=body, headers=headers)
+    deadline = time.monotonic() + 15
+    while not (rows := proxy.events()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    [row] = rows
+    assert row["consumer"] == ("bob" if flavor == "anthropic" else "alice")
+    assert row["estimated"] and row["status"] is None
+    assert row["input_tokens"] > 0 and row["output_tokens"] == 0
+    assert fake_provider.last().flavor == flavor  # the provider did get the whole request
+
+
+def test_a_provider_that_cannot_be_reached_bills_nothing(
+    start_proxy: ProxyFactory, fake_provider: FakeProvider, tmp_path: Path
+) -> None:
+    """The control: no connection to the provider, so no work and no event."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    providers = [{"name": "gone", "flavor": "openai", "hosts": [f"127.0.0.1:{closed_port}"]}]
+    catalog = write_catalog(tmp_path / "catalog.yaml", providers, {"alice": [KEYS["alice"]]})
+    proxy = start_proxy(catalog=catalog)
+    with httpx2.Client(proxy=proxy.url, timeout=10) as client:
+        r = client.post(
+            f"http://127.0.0.1:{closed_port}/v1/chat/completions",
+            json=CHAT,
+            headers={"authorization": f"Bearer {KEYS['alice']}"},
+        )
+    assert r.status_code == 502
+    proxy.wait_for_log("no response from gone .*, nothing metered")
+    assert proxy.stop() == 0
+    assert proxy.events() == []

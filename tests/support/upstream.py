@@ -18,7 +18,8 @@ One server speaks every flavor; the path picks the API:
 Behaviours are switched per request with the ``x-fake`` header (comma separated):
 ``gzip`` / ``br`` / ``zstd`` / ``deflate`` (encode the body), ``cut`` (drop the connection
 halfway through the body), ``malformed`` (garbled JSON / SSE, no usage), ``no-usage``,
-``delay=SECONDS`` (between SSE events), ``status=CODE`` (a provider-shaped error),
+``delay=SECONDS`` (between SSE events), ``think=SECONDS`` (before the response
+headers), ``status=CODE`` (a provider-shaped error),
 ``prompt=N`` / ``output=N`` (fixed token figures). Output never exceeds the request's
 ``max_tokens`` (or ``max_completion_tokens``, ``max_output_tokens``, ``maxOutputTokens``).
 
@@ -109,6 +110,8 @@ class _Behaviour:
     malformed: bool = False
     no_usage: bool = False
     delay: float = 0.0
+    think: float = 0.0
+    """Seconds before the response headers (a provider generating a whole JSON answer)."""
     status: int = 0
     prompt: int | None = None
     output: int | None = None
@@ -128,6 +131,8 @@ class _Behaviour:
                 b.no_usage = True
             elif name == "delay":
                 b.delay = float(value)
+            elif name == "think":
+                b.think = float(value)
             elif name == "status":
                 b.status = int(value)
             elif name in ("prompt", "output"):  # fixed token figures
@@ -366,6 +371,8 @@ class FakeProvider(LoopbackServers):
             if ex.flavor == "gemini"
             else str(data.get("model", "fake-model"))
         )
+        if behaviour.think:
+            await asyncio.sleep(behaviour.think)
         if behaviour.status:
             return await self._error(request, ex, behaviour)
         words = [f"Fake {ex.flavor} answer", " number", f" {len(self.exchanges)}", " to", " you."]
