@@ -15,6 +15,15 @@ from typing import Literal
 
 Flavor = Literal["openai", "anthropic", "gemini"]
 
+AuthStyle = Literal["bearer", "x-api-key", "api-key", "x-goog-api-key"]
+"""The header a provider reads its own key from: ``Authorization: Bearer``, or a named one."""
+
+DEFAULT_AUTH: dict[Flavor, AuthStyle] = {
+    "openai": "bearer",
+    "anthropic": "x-api-key",
+    "gemini": "x-goog-api-key",
+}
+
 
 @dataclass(frozen=True, slots=True)
 class BuiltinProvider:
@@ -22,13 +31,25 @@ class BuiltinProvider:
     flavor: Flavor
     hosts: tuple[str, ...]
     """``host``, ``host:port`` or ``*.suffix`` (any subdomain)."""
+    auth: AuthStyle | None = None
+    """Where it differs from the flavor's (:data:`DEFAULT_AUTH`)."""
 
+
+#: Azure OpenAI in Azure's public, US Government and China clouds, and AI Foundry's
+#: model endpoints: all read the resource key from ``api-key``.
+AZURE_OPENAI_HOSTS = (
+    "*.openai.azure.com",
+    "*.cognitiveservices.azure.com",
+    "*.services.ai.azure.com",
+    "*.openai.azure.us",
+    "*.cognitiveservices.azure.us",
+    "*.openai.azure.cn",
+    "*.cognitiveservices.azure.cn",
+)
 
 BUILTIN_PROVIDERS: tuple[BuiltinProvider, ...] = (
     BuiltinProvider("openai", "openai", ("api.openai.com",)),
-    BuiltinProvider(
-        "azure-openai", "openai", ("*.openai.azure.com", "*.cognitiveservices.azure.com")
-    ),
+    BuiltinProvider("azure-openai", "openai", AZURE_OPENAI_HOSTS, auth="api-key"),
     BuiltinProvider("mistral", "openai", ("api.mistral.ai",)),
     BuiltinProvider("groq", "openai", ("api.groq.com",)),
     BuiltinProvider("deepseek", "openai", ("api.deepseek.com",)),

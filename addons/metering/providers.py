@@ -16,19 +16,11 @@ import re
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
 from urllib.parse import unquote
 
 from meterline.catalog import Catalog, Flavor
 from meterline.providers import BUILTIN_PROVIDERS as BUILTIN_TABLE
-
-AuthStyle = Literal["bearer", "x-api-key", "api-key", "x-goog-api-key"]
-
-DEFAULT_AUTH: dict[str, AuthStyle] = {
-    "openai": "bearer",
-    "anthropic": "x-api-key",
-    "gemini": "x-goog-api-key",
-}
+from meterline.providers import DEFAULT_AUTH, AuthStyle
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,15 +38,9 @@ class MeteredProvider:
     never rewritten (Gemini's OpenAI-compatible stream reports usage unasked)."""
 
 
-# Which header carries the provider's own key, where it differs from its flavor's.
-_AUTH_OVERRIDES: dict[str, AuthStyle] = {"azure-openai": "api-key"}
-
 # The built-in providers are one table in meterline/ (the catalog checks names against it).
 BUILTIN_PROVIDERS: tuple[tuple[MeteredProvider, tuple[str, ...]], ...] = tuple(
-    (
-        MeteredProvider(p.name, p.flavor, _AUTH_OVERRIDES.get(p.name, DEFAULT_AUTH[p.flavor])),
-        p.hosts,
-    )
+    (MeteredProvider(p.name, p.flavor, p.auth or DEFAULT_AUTH[p.flavor]), p.hosts)
     for p in BUILTIN_TABLE
 )
 
@@ -115,7 +101,7 @@ class ProviderRegistry:
     @classmethod
     def from_catalog(cls, catalog: Catalog | None) -> ProviderRegistry:
         extra = [
-            (MeteredProvider(p.name, p.flavor, DEFAULT_AUTH[p.flavor]), p.hosts)
+            (MeteredProvider(p.name, p.flavor, p.auth or DEFAULT_AUTH[p.flavor]), p.hosts)
             for p in (catalog.providers if catalog else [])
         ]
         return cls([*extra, *BUILTIN_PROVIDERS])

@@ -9,7 +9,7 @@ from pydantic import (
 )
 
 from meterline.catalog.base import FINGERPRINT_RE, KEY_RE, _Model
-from meterline.providers import Flavor
+from meterline.providers import AuthStyle, Flavor
 
 
 class Provider(_Model):
@@ -19,6 +19,11 @@ class Provider(_Model):
     flavor: Flavor
     hosts: list[str] = Field(min_length=1)
     """``host`` or ``host:port``; ``*.example.com`` matches any subdomain."""
+    auth: AuthStyle | None = None
+    """The header the provider reads its own key from, where it is not the flavor's:
+    ``api-key`` for Azure OpenAI behind another host (a sovereign cloud, an API
+    gateway), ``bearer``, ``x-api-key`` or ``x-goog-api-key``. The proxy bills the key
+    found there first, and injects keys there."""
 
 
 class ConsumerKey(_Model):

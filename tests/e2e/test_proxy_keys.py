@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import anthropic
 import openai
 import pytest
 
 from meterline.fingerprint import fingerprint
 from tests.conftest import KEYS, PROVIDER_KEYS, UNKNOWN_KEY, ProxyFactory
-from tests.support.clients import Clients
-from tests.support.proxy import MeterProxy, row_usage
+from tests.support.clients import Clients, ca_context
+from tests.support.proxy import MeterProxy, row_usage, write_catalog
 from tests.support.upstream import FakeProvider
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -110,3 +112,42 @@ def test_key_injection_without_env_var(
     assert "METERLINE_TEST_UNSET_VARIABLE is not set" in e.value.message
     assert fake_provider.exchanges == []
     meter_proxy.wait_for_log("METERLINE_TEST_UNSET_VARIABLE is not set", since=mark)
+
+
+def test_a_catalog_provider_read_by_its_api_key_header(
+    start_proxy: ProxyFactory, fake_provider: FakeProvider, tmp_path: Path
+) -> None:
+    """Azure OpenAI behind a host that is not built in (a sovereign cloud, an API
+    gateway), declared with ``auth: api-key`` and called with the official AzureOpenAI
+    client: billed to the key's consumer in reject mode, and injected into that header
+    (before: the catalog had no ``auth``, so the key was read from ``Authorization``:
+    billed to no one, and refused in reject mode)."""
+    providers = fake_provider.catalog_providers()
+    for p in providers:
+        if p["flavor"] == "openai":
+            p["auth"] = "api-key"
+    catalog = write_catalog(
+        tmp_path / "catalog.yaml",
+        providers,
+        {"alice": [KEYS["alice"]], "carol": [KEYS["carol"]]},
+        inject={"carol": {"fake-openai": "METERLINE_TEST_OPENAI_KEY"}},
+    )
+    proxy = start_proxy(
+        catalog=catalog, env=PROVIDER_KEYS, options={"meter_unknown_keys": "reject"}
+    )
+    fake_provider.reset()
+    for key in (KEYS["alice"], KEYS["carol"]):
+        with openai.AzureOpenAI(
+            api_key=key,
+            azure_endpoint=fake_provider.base_url("openai", tls=True),
+            api_version="2024-10-21",
+            http_client=openai.DefaultHttpxClient(proxy=proxy.url, verify=ca_context(proxy)),
+        ) as azure:
+            azure.chat.completions.create(model="my-gpt-4o", messages=MESSAGES)
+    alice, carol = fake_provider.exchanges
+    assert alice.path == "/openai/deployments/my-gpt-4o/chat/completions"
+    assert alice.headers["api-key"] == KEYS["alice"]
+    assert carol.headers["api-key"] == PROVIDER_KEYS["METERLINE_TEST_OPENAI_KEY"]
+    rows = proxy.wait_for_events([alice.request_id, carol.request_id])
+    assert [r["consumer"] for r in rows] == ["alice", "carol"]
+    assert alice.usage is not None and row_usage(rows[0]) == alice.usage

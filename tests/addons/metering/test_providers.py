@@ -14,6 +14,7 @@ providers:
   - {name: vllm, flavor: openai, hosts: ["127.0.0.1:8000", "llm.internal"]}
   - {name: gateway, flavor: anthropic, hosts: ["*.gw.example.com"]}
   - {name: my-openai, flavor: openai, hosts: ["api.openai.com:8443"]}
+  - {name: azure-apim, flavor: openai, hosts: ["llm.apim.example.com"], auth: api-key}
 """
     )
     return ProviderRegistry.from_catalog(catalog)
@@ -26,6 +27,10 @@ providers:
         ("API.OpenAI.com", 443, "openai", "openai", "bearer"),
         ("myres.openai.azure.com", 443, "azure-openai", "openai", "api-key"),
         ("a.b.cognitiveservices.azure.com", 443, "azure-openai", "openai", "api-key"),
+        ("gov.openai.azure.us", 443, "azure-openai", "openai", "api-key"),
+        ("cn.openai.azure.cn", 443, "azure-openai", "openai", "api-key"),
+        ("hub.services.ai.azure.com", 443, "azure-openai", "openai", "api-key"),
+        ("llm.apim.example.com", 443, "azure-apim", "openai", "api-key"),  # catalog auth
         ("api.mistral.ai", 443, "mistral", "openai", "bearer"),
         ("api.groq.com", 443, "groq", "openai", "bearer"),
         ("api.deepseek.com", 443, "deepseek", "openai", "bearer"),
