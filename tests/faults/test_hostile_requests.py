@@ -276,12 +276,22 @@ def test_malformed_requests_never_print_their_keys(
     proxy = start_proxy(catalog=_catalog(tmp_path, fake_provider), options={"flow_detail": 2})
     openai = fake_provider.base_url("openai") + "/v1/chat/completions"
     gemini = fake_provider.base_url("gemini") + "/v1beta/models/g:generateContent"
-    secrets = [f"sk-leak-{n}-0000000000000" for n in range(4)]
+    secrets = [f"sk-leak-{n}-0000000000000" for n in range(6)]
+    realtime = openai.replace("/chat/completions", "/realtime")
     sent = [
         _head(f"POST {openai}", _hostport(openai), f"Authorization Bearer {secrets[0]}", length=0),
         f"POST {gemini}?key={secrets[1]} HTTP/1.1 x\r\nHost: {_hostport(gemini)}\r\n",
         _head(f"POST {gemini}?%6Bey={secrets[2]}", _hostport(gemini), length=0),
         _head(f"POST {gemini}?access_token={secrets[3]}", _hostport(gemini), length=0),
+        _head(
+            f"GET {realtime}",
+            _hostport(openai),
+            "Connection: Upgrade",
+            "Upgrade: websocket",
+            f"Sec-WebSocket-Protocol: realtime, openai-insecure-api-key.{secrets[4]}",
+            length=0,
+        ),  # fmt: skip
+        f"POST {openai.replace('://', f'://u:{secrets[5]}@')} HTTP/1.1 x\r\nHost: h\r\n",
     ]
     for head in sent:
         _raw(proxy, head)

@@ -58,6 +58,25 @@ def test_install_wraps_the_dumper_once() -> None:
             "whitespace b'[redacted]'",
         ),
         ("upstream said: Bearer sk-S3CRET-3 is not valid", "Bearer [redacted] is not"),
+        # OpenAI Realtime in a browser: the key as a WebSocket subprotocol
+        (
+            "    Sec-WebSocket-Protocol: realtime, openai-insecure-api-key.sk-S3CRET-4, "
+            "openai-beta.realtime-v1",
+            "openai-insecure-api-key.[redacted], openai-beta",
+        ),
+        # a key as a URL's userinfo (a request line mitmproxy could not parse)
+        ("Bad HTTP request line: b'POST http://u:sk-S3CRET-5@h/v1 x'", "http://[redacted]@h/v1"),
+        ("GET https://sk-S3CRET-6@h/v1 HTTP/1.1", "https://[redacted]@h/v1"),
+        # raw bytes in debug logs: a header line after an escaped CRLF, HTTP/2 header tuples
+        (
+            r"data: b'POST /v1 HTTP/1.1\r\nx-api-key: sk-ant-S3CRET-7\r\n\r\n'",
+            r"x-api-key: [redacted]",
+        ),
+        (
+            "headers=[(b'x-goog-api-key', b'AIzaS3CRET-8'), (b'a', b'b')]",
+            "b'x-goog-api-key', b'[redacted]'",
+        ),
+        ("[(b'authorization', b'Bearer sk-S3CRET-9')]", "b'authorization', b'Bearer [redacted]'"),
     ],
 )
 def test_keys_in_any_spelling_are_redacted(line: str, shown: str) -> None:
