@@ -26,6 +26,9 @@ MAX_JSON_BODY = 64 * 1024 * 1024
 LAZY_TEXT_COMPACT_AT = 1024 * 1024
 #: Parsed events kept whole for a possible estimate; later ones are reduced to their text.
 LAZY_OBJECTS = 16
+#: Text kept per flow for an estimate: 1 Mi characters is ~250k tokens, more than any
+#: model's largest answer (64k-128k output tokens), so no real answer is cut short.
+MAX_KEPT_TEXT = 1024 * 1024
 #: An SSE event (or line) growing past this stops metering the flow: memory stays bounded.
 MAX_SSE_EVENT = 16 * 1024 * 1024
 #: At most this many problems are kept per flow (a garbage stream must not grow memory).
@@ -163,38 +166,65 @@ class LazyText:
     """Generated text kept cheaply: raw JSON of text-bearing events, decoded on demand.
 
     ``extract`` turns one decoded event into its text. Once the raw strings exceed
-    :data:`LAZY_TEXT_COMPACT_AT` they are decoded into text, bounding memory per flow.
+    :data:`LAZY_TEXT_COMPACT_AT` they are decoded into text (only those: text decoded
+    before is not joined again, so a long stream costs time in proportion to its
+    length). At most :data:`MAX_KEPT_TEXT` characters are kept: more than any model
+    writes in one answer, so an estimate never misses any, and a stream that never ends
+    holds a bounded amount of memory.
     """
 
-    __slots__ = ("_extract", "_problems", "_items", "_size", "_what")
+    __slots__ = ("_extract", "_problems", "_items", "_size", "_what", "_kept", "_full")
 
     def __init__(self, extract: Callable[[Any], str], problems: list[str], what: str) -> None:
         self._extract = extract
         self._problems = problems
         self._what = what
         self._items: list[str | _Decoded] = []  # raw JSON, parsed events, or text (_Text)
-        self._size = 0
+        self._size = 0  # raw characters not yet decoded
+        self._kept = 0  # characters of text decoded so far
+        self._full = False
 
     def add_raw(self, data: str) -> None:
+        if self._full:
+            return
         self._items.append(data)
         self._size += len(data)
         if self._size > LAZY_TEXT_COMPACT_AT:
-            self._items = [_Text(self.text())]
-            self._size = 0
+            self._compact()
 
     def add_obj(self, obj: Any) -> None:
         """An already decoded event: its text is taken only if asked for (the first
         :data:`LAZY_OBJECTS`; after that at once, so parsed objects do not pile up)."""
+        if self._full:
+            return
         if len(self._items) < LAZY_OBJECTS:
             self._items.append(_Decoded(obj))
             return
         text = self._extract(obj)
         if text:
-            self._items.append(_Text(text))
+            self._keep(_Text(text))
+
+    def _compact(self) -> None:
+        """Decode the items not yet decoded into one piece of text, after the text."""
+        done = [item for item in self._items if isinstance(item, _Text)]
+        pending = [item for item in self._items if not isinstance(item, _Text)]
+        self._items = list(done)
+        self._size = 0
+        self._keep(_Text(self._decode(pending)))
+
+    def _keep(self, text: _Text) -> None:
+        room = MAX_KEPT_TEXT - self._kept
+        if len(text) >= room:
+            text, self._full = _Text(text[:room]), True
+        self._items.append(text)
+        self._kept += len(text)
 
     def text(self) -> str:
+        return self._decode(self._items)[:MAX_KEPT_TEXT]
+
+    def _decode(self, items: list[str | _Decoded]) -> str:
         out: list[str] = []
-        for item in self._items:
+        for item in items:
             if isinstance(item, _Text):
                 out.append(item)
                 continue
