@@ -12,14 +12,14 @@ from __future__ import annotations
 import re
 
 MASK = "***"
-_KEYWORD = re.compile(r"(\bpassword\s*=\s*)(?:'(?:[^'\\]|\\.)*'|[^\s'\"]+)", re.IGNORECASE)
+_KEYWORD = re.compile(r"(\b(?:ssl)?password\s*=\s*)(?:'(?:[^'\\]|\\.)*'|[^\s'\"]+)", re.IGNORECASE)
 _URI = re.compile(r"(\bpostgres(?:ql)?://[^:/@\s]*:)[^@\s]+@", re.IGNORECASE)
 
 
 def shown(text: str) -> str:
     """``text`` with every connection-string password replaced by ``***``."""
     lower = text.lower()
-    if "password" not in lower and "://" not in lower:
+    if "password" not in lower and "://" not in lower:  # sslpassword too
         return text
     return _URI.sub(r"\1" + MASK + "@", _KEYWORD.sub(r"\1" + MASK, text))
 

@@ -39,7 +39,7 @@ from datetime import UTC, datetime, timedelta
 
 import duckdb
 
-from meterline.store import Migration, migrate
+from meterline.store import Migration, StoreError, migrate, store
 
 LEASE_MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -174,8 +174,8 @@ def lease_holder(con: duckdb.DuckDBPyConnection) -> tuple[str | None, datetime]:
     return row[0], row[1].replace(tzinfo=UTC)
 
 
-def release_lease(con: duckdb.DuckDBPyConnection, holder: str) -> None:
-    """Give the lease back (it also lapses by itself after its ttl)."""
+def release_lease(con: duckdb.DuckDBPyConnection, holder: str) -> bool:
+    """Give the lease back (it also lapses by itself after its ttl); False if it failed."""
     quoted = holder.replace("'", "''")
     try:
         con.execute(
@@ -184,6 +184,36 @@ def release_lease(con: duckdb.DuckDBPyConnection, holder: str) -> None:
         )
     except duckdb.Error:
         _rollback(con)
+        return False
+    return True
+
+
+def give_back_lease(
+    con: duckdb.DuckDBPyConnection,
+    locator: str,
+    holder: str,
+    *,
+    tries: int = 6,
+    wait_s: float = 5.0,
+) -> bool:
+    """Release the lease after a pass, whatever became of the pass's connection.
+
+    A pass that failed because PostgreSQL went away has a dead connection: releasing
+    through it fails, and the lease blocked every pass, the fleet's included, for its
+    whole ttl (30 minutes: ~18,000 more small files for ten proxies). So the release is
+    tried again on fresh connections, ``tries`` times ``wait_s`` apart, until PostgreSQL
+    answers. False if it never did (the lease then lapses at its expiry)."""
+    if release_lease(con, holder):
+        return True
+    for _ in range(tries):
+        try:
+            with store(locator, wait_s=wait_s, create_lake=False) as fresh:
+                if release_lease(fresh, holder):
+                    return True
+        except (StoreError, duckdb.Error):
+            pass
+        time.sleep(wait_s)
+    return False
 
 
 def _rollback(con: duckdb.DuckDBPyConnection) -> None:

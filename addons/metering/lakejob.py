@@ -21,8 +21,8 @@ from addons.metering.priority import MAINTENANCE_NICENESS, lower_thread_priority
 from meterline.lakemaint import (
     MAX_COMPACTED_FILES,
     MaintenanceReport,
+    give_back_lease,
     maintain,
-    release_lease,
     take_lease,
 )
 from meterline.store import store
@@ -91,7 +91,11 @@ class LakeMaintainer:
                     max_compacted_files=max_compacted_files or MAX_COMPACTED_FILES,
                 )
             finally:
-                release_lease(con, self.holder)
+                if not give_back_lease(con, self.locator, self.holder):
+                    log.warning(
+                        "meterline: lake maintenance lease not given back (PostgreSQL "
+                        "unreachable): it lapses at its expiry"
+                    )
         self.passes += 1
         log.info("meterline: lake maintenance: %s", report)
         return report

@@ -9,6 +9,8 @@ from __future__ import annotations
 import errno
 import os
 
+from meterline.conninfo import one_line
+
 #: What the C library says for each errno a full or read-only disk produces.
 _STRERRORS = {
     code: os.strerror(code)
@@ -31,7 +33,7 @@ def describe(e: BaseException) -> str:
     if isinstance(e, OSError) and e.errno is not None:
         name = errno.errorcode.get(e.errno, str(e.errno))
         return f"{name} ({e.strerror or os.strerror(e.errno)})"
-    text = str(e)
+    text = one_line(str(e))  # PostgreSQL's errors span lines (a hint, LINE 2: and a caret)
     for code, message in _STRERRORS.items():
         if message in text:
             return f"{errno.errorcode[code]}: {text}"

@@ -11,7 +11,7 @@ import click
 
 from billing import render
 from billing.cli.common import Settings, format_option, pass_settings
-from meterline.lakemaint import DEFAULT_KEEP, lease_holder, maintain, release_lease, take_lease
+from meterline.lakemaint import DEFAULT_KEEP, give_back_lease, lease_holder, maintain, take_lease
 from meterline.store import LAKE_PREFIX, StoreError, store
 
 
@@ -56,10 +56,16 @@ def maintain_cmd(settings: Settings, keep: int, flush_inlined: bool, fmt: str) -
             who, until = lease_holder(con)
             raise StoreError(
                 f"another maintenance pass holds the lake's lease ({who or 'unknown'}, until "
-                f"{until:%Y-%m-%dT%H:%M:%SZ}: a holder that died lets it lapse then); try later"
+                f"{until:%Y-%m-%dT%H:%M:%SZ}: a holder that died or lost PostgreSQL lets it lapse "
+                "then); try later"
             )
         try:
             report = maintain(con, keep=timedelta(seconds=keep), flush_inlined=flush_inlined)
         finally:
-            release_lease(con, holder)
+            if not give_back_lease(con, settings.db, holder):
+                click.echo(
+                    "Warning: the lake's maintenance lease could not be given back "
+                    "(PostgreSQL unreachable): it lapses at its expiry",
+                    err=True,
+                )
     click.echo(render.rows([asdict(report)], fmt))

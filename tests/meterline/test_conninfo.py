@@ -17,6 +17,7 @@ from meterline.store import StoreError, store
         ("ducklake:postgres:password = 'a b\\'c' dbname=m", "ducklake:postgres:password = *** dbname=m"),  # noqa: E501
         ("ducklake:postgres:postgresql://u:s3cr3t@db/m", "ducklake:postgres:postgresql://u:***@db/m"),
         ("ducklake:postgres:dbname=m host=db", "ducklake:postgres:dbname=m host=db"),
+        ("ducklake:postgres:dbname=m sslkey=k sslpassword=Ssl6 x", "ducklake:postgres:dbname=m sslkey=k sslpassword=*** x"),  # noqa: E501
     ],
 )  # fmt: skip
 def test_passwords_are_masked(text: str, masked: str) -> None:

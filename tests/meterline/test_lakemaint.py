@@ -21,7 +21,14 @@ from billing.build import build_invoices
 from billing.schedule import periods_ending_in
 from billing.store import billing_store
 from meterline.catalog import load_catalog
-from meterline.lakemaint import lake_counts, maintain, release_lease, take_lease
+from meterline.lakemaint import (
+    give_back_lease,
+    lake_counts,
+    lease_holder,
+    maintain,
+    release_lease,
+    take_lease,
+)
 from meterline.periods import calendar_month
 from meterline.store import store
 from tests.support.postgres import create_database, postgres_server
@@ -79,6 +86,33 @@ def test_one_lease_holder_at_a_time(server: str, tmp_path: Path, monkeypatch: An
     for t in threads:
         t.join()
     assert len(won) == 1, won
+
+
+def test_a_pass_that_lost_postgresql_still_gives_the_lease_back(
+    server: str, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """PostgreSQL dropped the pass's connection (a restart, a crash): releasing through
+    it fails, and the lease blocked every pass for its 30 minutes. It is given back on a
+    fresh connection."""
+    import subprocess
+
+    from tests.support.postgres import _bin_dir
+
+    monkeypatch.setenv("METERLINE_LAKE_DATA", str(tmp_path / "data"))
+    name = "lease_lost"
+    lake = _lake(server, name)
+    with store(lake) as pass_con:
+        assert take_lease(pass_con, "pass")
+        subprocess.run(
+            [str(_bin_dir() / "psql"), server, "-qAt", "-c",
+             f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        assert not release_lease(pass_con, "pass")  # the connection is gone
+        assert give_back_lease(pass_con, lake, "pass", tries=3, wait_s=0.5)
+    with store(lake) as other:
+        assert lease_holder(other)[1].year == 1970
+        assert take_lease(other, "next")
 
 
 def _invoices(lake: str, catalog_path: Path) -> list[Any]:

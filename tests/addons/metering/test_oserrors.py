@@ -12,3 +12,11 @@ def test_describe() -> None:
     duck = RuntimeError('IO Error: Could not write file "x": No space left on device')
     assert describe(duck).startswith("ENOSPC: IO Error")
     assert describe(ValueError("other")) == "other"
+    # PostgreSQL's errors, as DuckDB passes them on, span lines: the writer logs one
+    postgres = RuntimeError(
+        "Failed to execute query: server closed the connection unexpectedly\n"
+        "\tThis probably means the server terminated abnormally\n"
+        "\tbefore or while processing the request.\n\nLINE 2: COMMIT\n        ^"
+    )
+    assert "\n" not in describe(postgres)
+    assert describe(postgres).startswith("Failed to execute query: server closed")
