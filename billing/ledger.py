@@ -139,6 +139,19 @@ class ConcurrentInvoicing(Exception):
     run was stored (build again from the store, which now holds the other's)."""
 
 
+def restore_invoice_sequence(con: duckdb.DuckDBPyConnection) -> bool:
+    """Put back the one ``invoice_sequence`` row if it is gone (its file was lost and
+    dropped from a lake: ``billing lake repair``); without it two runs at once would not
+    conflict. True if it was missing."""
+    (rows,) = con.execute("SELECT count(*) FROM invoice_sequence").fetchone() or (0,)
+    if rows:
+        return False
+    con.execute(
+        "INSERT INTO invoice_sequence SELECT 'invoices', coalesce(max(seq), 0) FROM invoices"
+    )
+    return True
+
+
 def save_invoices(
     con: duckdb.DuckDBPyConnection,
     invoices: Sequence[Invoice],

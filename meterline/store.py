@@ -224,7 +224,13 @@ def _hint(loc: str, err: duckdb.Error) -> str:
 
 
 def io_hint(text: str) -> str:
-    """What to check when the lake's object storage refused or could not be reached."""
+    """What to check when the lake's storage refused, could not be reached, or no
+    longer has a file the lake names."""
+    if "ducklake-" in text and ("No such file" in text or "404" in text):
+        return (
+            " (the lake names a data file its storage no longer has: `billing lake repair` "
+            "lists such files and `--drop` removes them; see docs/fleet.md)"
+        )
     if "s3://" in text or "HTTP" in text:
         return (
             " (check the lake's object storage settings: METERLINE_S3_ENDPOINT, "

@@ -47,8 +47,10 @@ from addons.metering.priority import WRITER_NICENESS, lower_thread_priority
 from addons.metering.recentids import RecentIds
 from addons.metering.spool import Spool
 from addons.metering.storelink import StoreLink
+from meterline import lakerepair
 from meterline.eventschema import EVENT_COLUMNS, REQUIRED_SPOOLED, SPOOL_TYPES
 from meterline.privatefiles import private_files
+from meterline.store import io_hint
 
 T = TypeVar("T")
 
@@ -126,6 +128,23 @@ def _files_literal(segments: list[Path]) -> str:
 
 def _ingested_at() -> str:
     return "TIMESTAMP " + _sql_string(datetime.now(UTC).replace(tzinfo=None).isoformat(" "))
+
+
+#: The lake table the writer appends to (``schema.table``, as the catalog names it).
+EVENTS_TABLE = "main.usage_events"
+#: Failed flushes remembered for the lost-acknowledgement check (a long outage fails
+#: many; the check covers the last ones, the one that may have committed among them).
+MAX_UNKNOWN = 20
+
+
+@dataclass(frozen=True)
+class FailedFlush:
+    """A flush that failed on a lake, when (this host's clock) and with how many events
+    (None: unknown), for :func:`meterline.lakerepair.own_lost_commit`."""
+
+    began: float
+    ended: float
+    records: int | None
 
 
 @dataclass(frozen=True)
@@ -311,6 +330,10 @@ class SpoolWriter:
         self._may_repeat_store = True
         """The pending segments may hold events already stored: at start (a previous
         process may have committed them), after a failed flush (unknown outcome)."""
+        self._unknown_commits: list[FailedFlush] = []
+        """On a lake: failed flushes whose commit may have gone in with its files deleted
+        (a lost acknowledgement, :mod:`meterline.lakerepair`), checked at the next flush."""
+        self.repaired_files = 0
 
     @property
     def locator(self) -> str:
@@ -415,6 +438,8 @@ class SpoolWriter:
             try:
                 with private_files():  # the file and its WAL hold events: 0600
                     con = self.link.connection()
+                    if self._unknown_commits:
+                        self._drop_lost_commits(con)
                     if not self._may_repeat_store:
                         known = self._known(segments)
                         if known is None:  # the spool cannot vouch for them: read the ids
@@ -456,13 +481,20 @@ class SpoolWriter:
                 self.link.let_go()  # idle: a DuckDB file is free for other processes
                 return True
             locator = self.locator
+            began = time.time()
             try:
                 inserted, skipped, events = self._insert(segments)
             except Exception as e:  # keep the segments; the next flush retries them
                 self._may_repeat_store = True  # a commit that failed may have gone in
                 self.failures += 1
+                if self.link.is_lake:
+                    known = self.spool.known_events(segments)
+                    failed = FailedFlush(began, time.time(), None if known is None else len(known))
+                    self._unknown_commits = [*self._unknown_commits[-(MAX_UNKNOWN - 1) :], failed]
                 self.link.reset()  # the store may have been replaced: attach it afresh
                 cause = oserrors.describe(e)
+                if self.link.is_lake:
+                    cause += io_hint(cause)
                 if cause != self._last_error:  # logged once per condition, not per retry
                     self._last_error = cause
                     log.warning(
@@ -493,6 +525,29 @@ class SpoolWriter:
             if not hold:
                 self.link.let_go()
             return True
+
+    def _drop_lost_commits(self, con: duckdb.DuckDBPyConnection) -> None:
+        """A failed flush whose commit went in after all, its acknowledgement lost, left
+        the lake naming files DuckLake deleted: every read of the table fails. Remove
+        those rows; the batch, still in the spool, is written again by this flush."""
+        lost = [
+            f
+            for w in self._unknown_commits
+            for f in lakerepair.own_lost_commit(
+                con, table=EVENTS_TABLE, records=w.records, started=w.began, ended=w.ended
+            )
+        ]
+        if lost:
+            self.repaired_files += lakerepair.drop_files(con, lost)
+            log.warning(
+                "meterline: a commit to %s went in though it seemed to fail (its "
+                "acknowledgement was lost) and DuckLake deleted its file(s): removed %d "
+                "dangling file(s) (%d rows) from the lake; the batch is written again",
+                self.locator,
+                len(lost),
+                sum(f.record_count for f in lost),
+            )
+        self._unknown_commits = []
 
     def stop(self) -> bool:
         """Stop the thread and drain everything; False if events had to stay in the spool."""

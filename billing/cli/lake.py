@@ -1,16 +1,19 @@
-"""``billing lake maintain``: one maintenance pass on a DuckLake (for cron, or by hand)."""
+"""``billing lake maintain``: one maintenance pass on a DuckLake (for cron, or by hand);
+``billing lake repair``: files the lake names that its storage lost."""
 
 from __future__ import annotations
 
 import os
 import socket
 from dataclasses import asdict
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import click
 
 from billing import render
 from billing.cli.common import Settings, format_option, pass_settings
+from billing.ledger import restore_invoice_sequence
+from meterline import lakerepair
 from meterline.lakemaint import DEFAULT_KEEP, give_back_lease, lease_holder, maintain, take_lease
 from meterline.store import LAKE_PREFIX, StoreError, store
 
@@ -69,3 +72,51 @@ def maintain_cmd(settings: Settings, keep: int, flush_inlined: bool, fmt: str) -
                     err=True,
                 )
     click.echo(render.rows([asdict(report)], fmt))
+
+
+@lake_group.command("repair")
+@click.option(
+    "--drop",
+    is_flag=True,
+    help="Remove the dangling files from the lake's catalog (what they held is gone).",
+)
+@pass_settings
+def lake_repair(settings: Settings, drop: bool) -> None:
+    """List the data files the lake names but its storage no longer has; --drop them.
+
+    Every read of a table with such a file fails. A proxy repairs the one case it can
+    tell apart itself (its own commit whose acknowledgement was lost: DuckLake deleted
+    the file of a commit that went in), and writes that batch again from its spool.
+    Files lost any other way (a bucket emptied by hand, a lifecycle rule) are listed
+    here; --drop removes them from the catalog so the rest of the lake can be read:
+    their rows are lost unless restored from a backup. Exits 1 when files are dangling
+    and --drop was not given.
+
+    \b
+    Example usage:
+      billing --db "$LAKE" lake repair
+      billing --db "$LAKE" lake repair --drop
+    """
+    if not settings.db.startswith(LAKE_PREFIX):
+        raise StoreError(f"{settings.db}: not a DuckLake (lake repair is for ducklake:...)")
+    with store(settings.db, create_lake=False) as con:
+        dangling = lakerepair.dangling_files(con)
+        for f in dangling:
+            at = datetime.fromtimestamp(f.committed_at, UTC)
+            click.echo(
+                f"{f.table}\t{f.record_count} rows\tcommitted {at:%Y-%m-%dT%H:%M:%SZ}\t{f.path}"
+            )
+        rows = sum(f.record_count for f in dangling)
+        if not dangling:
+            click.echo("no dangling files: every file the lake names is in its storage")
+        elif drop:
+            lakerepair.drop_files(con, dangling)
+            click.echo(f"dropped {len(dangling)} file(s), {rows} rows, from the lake's catalog")
+            sequence_lost = any(f.table == "main.invoice_sequence" for f in dangling)
+            if sequence_lost and restore_invoice_sequence(con):
+                click.echo("restored the invoice_sequence row (from the stored invoices)")
+        else:
+            raise click.ClickException(
+                f"{len(dangling)} dangling file(s), {rows} rows: run again with --drop to "
+                "remove them from the catalog"
+            )

@@ -169,3 +169,43 @@ def test_a_flush_to_object_storage_that_hangs_fails_in_bounded_time(
             assert con.execute(
                 "SELECT count(*), count(DISTINCT event_id) FROM usage_events"
             ).fetchone() == (2, 2)
+
+
+def test_a_lost_object_is_found_and_dropped_on_s3(
+    s3: str, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """``billing lake repair``'s check lists the bucket (one listing per table) and finds
+    the object the catalog names but the bucket lost; dropping it makes the lake
+    readable again. The read error names the command, not the S3 settings."""
+    from meterline.lakerepair import dangling_files, drop_files
+
+    _use_s3(monkeypatch, s3, "meterline-lost")
+    client = boto3.client(
+        "s3",
+        endpoint_url=f"http://{s3}",
+        aws_access_key_id="meterline-test",
+        aws_secret_access_key="meterline-secret",
+        region_name="eu-west-1",
+    )
+    with postgres_server() as server:
+        lake = f"ducklake:postgres:{create_database(server, 'lostobject')}"
+        spool = Spool(tmp_path / "spool")
+        writer = SpoolWriter(spool, lake)
+        for batch in range(3):
+            for k in range(2):
+                spool.append(event(batch * 2 + k, "agent-0000", "s3"))
+            assert writer.flush()
+        writer.stop()
+        spool.close()
+        key = sorted(k for k in _objects(s3, "meterline-lost") if "/usage_events/" in k)[0]
+        client.delete_object(Bucket="meterline-lost", Key=key)
+        result = CliRunner().invoke(billing_main, ["--db", lake, "usage"])
+        assert result.exit_code == 1 and "billing lake repair" in result.output
+        assert "METERLINE_S3_ENDPOINT" not in result.output
+        with store(lake) as con:
+            [lost] = dangling_files(con)
+            assert lost.path == f"s3://meterline-lost/{key}" and lost.record_count == 2
+            assert drop_files(con, [lost]) == 1
+        with store(lake) as con:
+            assert dangling_files(con) == []
+            assert con.execute("SELECT count(*) FROM usage_events").fetchone() == (4,)
