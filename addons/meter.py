@@ -47,6 +47,7 @@ from addons.metering.deferred import DeferredWork
 from addons.metering.finish import Finisher
 from addons.metering.flowstate import FlowMeter, buffer_whole, pick_headers, rejection, where
 from addons.metering.lognoise import MITM_SERVER_LOG, HideStreamingNotice
+from addons.metering.ratelog import RateLimitedLog
 from addons.metering.replyend import EndWatch
 from addons.metering.sink import EventSink
 from addons.metering.spool import Spool, SpoolError
@@ -81,6 +82,7 @@ class Meter:
         self.proxy_id: str | None = None
         self._notice_filter = HideStreamingNotice()
         self._redact_filter: redact.RedactingFilter | None = None
+        self.rejections = RateLimitedLog(log)  # a stranger's requests: a few lines a minute
         self.reloader = catalogwatch.Reloader(lambda: self.catalog, self._reload)
         self.governance = governance.Governance()
         self.finisher = Finisher(self.governance, self._record)
@@ -345,13 +347,13 @@ class Meter:
         if st is None:
             if self._refused and flow.id in self._refused:
                 flavor, why, message = self._refused.pop(flow.id)
-                log.warning("meterline: %s: rejected %s", flow.id, why)
+                self.rejections.warning("meterline: %s: rejected %s", flow.id, why)
                 errors.respond(flow, flavor, "unknown_key", message)
             return
         if st.reject:
             del self._active[flow.id]
             why, message = st.rejection()
-            log.warning("meterline: %s: rejected %s: %s", flow.id, where(st), why)
+            self.rejections.warning("meterline: %s: rejected %s: %s", flow.id, where(st), why)
             errors.respond(flow, st.provider.flavor, "unknown_key", message)
             return
         consumer = st.identity.consumer

@@ -168,10 +168,12 @@ class FlowMeter:
         headers = self.response_headers
         if not headers:
             headers = self.response_headers = pick_headers(resp.headers)
+        content_type = headers.get("content-type", "")
         self.extractor = new_extractor(
             self.provider.flavor,
             path=self.path,
-            content_type=headers.get("content-type", ""),
+            content_type=content_type,
+            streaming_requested="json" in content_type and self.streaming_requested(),
         )
         self.sse = "event-stream" in headers.get("content-type", "")
         encoding = headers.get("content-encoding", "")

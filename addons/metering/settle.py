@@ -42,6 +42,12 @@ class Settled:
     invalid: str | None = None
 
 
+#: Statuses that carry no answer by definition: a protocol switch (a WebSocket upgrade),
+#: no content, not modified. Like an error, they bill nothing unless usage is reported
+#: (they were estimated from the request: 7 tokens for an empty 204 in a probe).
+NO_ANSWER_STATUSES = frozenset({101, 204, 205, 304})
+
+
 def settle(
     flavor: str,
     reported: Usage | None,
@@ -70,7 +76,7 @@ def settle(
         usage = usable
         for extra in usage.extra:
             extra.model = normalise_model(flavor, extra.model) or model
-    elif status_code >= 400 and not cut and usable is None:
+    elif (status_code >= 400 or status_code in NO_ANSWER_STATUSES) and not cut and usable is None:
         usage = Usage()
         if reported is not None:  # invalid figures on an error: bill nothing, but say so
             usage.estimated, why = True, reported.invalid

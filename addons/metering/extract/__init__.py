@@ -40,12 +40,16 @@ READERS: dict[str, Callable[..., Reader]] = {
 _JSON_TYPES = frozenset({"application/json", "application/x-ndjson", "application/jsonl"})
 
 
-def new_extractor(flavor: str, *, path: str, content_type: str | None) -> UsageExtractor:
+def new_extractor(
+    flavor: str, *, path: str, content_type: str | None, streaming_requested: bool = False
+) -> UsageExtractor:
     """An extractor for one response body.
 
     ``path`` is the request path with query (Gemini names the model there). When the
     content type is missing or unusual, the body's first byte decides between JSON and
-    SSE. Raises ``ValueError`` for an unknown flavor.
+    SSE; also when a stream was asked for and the server calls it JSON (some
+    OpenAI-compatible servers label their SSE ``application/json``). Raises
+    ``ValueError`` for an unknown flavor.
     """
     try:
         make_reader = READERS[flavor]
@@ -58,7 +62,7 @@ def new_extractor(flavor: str, *, path: str, content_type: str | None) -> UsageE
     media = (content_type or "").partition(";")[0].strip().lower()
     if media == "text/event-stream":
         return SseExtractor(new_reader)
-    if media in _JSON_TYPES or media.endswith("+json"):
+    if (media in _JSON_TYPES or media.endswith("+json")) and not streaming_requested:
         return JsonBodyExtractor(new_reader)
     return SniffingExtractor(new_reader)
 

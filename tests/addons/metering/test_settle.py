@@ -94,6 +94,16 @@ def test_error_without_usage_bills_nothing() -> None:
     assert (usage.total, usage.estimated, status, usage.model) == (0, False, 429, "m")
 
 
+@pytest.mark.parametrize("status", [101, 204, 205, 304])
+def test_a_status_that_carries_no_answer_bills_nothing(status: int) -> None:
+    """A WebSocket upgrade, no content, not modified: no answer, so no estimate (an
+    empty 204 was billed 7 estimated input tokens in a probe)."""
+    usage, got, _ = run(None, status=status)
+    assert (usage.total, usage.estimated, got) == (0, False, status)
+    usage, _, _ = run(None, status=200)  # an empty 200 may have billed: still estimated
+    assert usage.estimated and usage.total > 0
+
+
 def test_error_with_invalid_usage_bills_nothing_but_is_flagged() -> None:
     usage, status, _ = run(Usage(invalid="x=-1"), status=500)
     assert (usage.total, usage.estimated, status) == (0, True, 500)

@@ -97,6 +97,16 @@ def test_framing_follows_content_type(content_type: str | None, kind: type) -> N
             assert hasattr(ext, member), member
 
 
+@pytest.mark.parametrize("case", STREAM_CASES, ids=lambda c: c.id)
+@pytest.mark.parametrize("label", ["application/json", "application/x-ndjson"])
+def test_a_stream_labelled_json_is_read_as_what_it_is(case: Case, label: str) -> None:
+    """An OpenAI-compatible server that labels its SSE ``application/json``: read as a
+    stream when one was asked for (before: parsed as one JSON body, so estimated)."""
+    ext = new_extractor(case.flavor, path=case.path, content_type=label, streaming_requested=True)
+    ext.feed(case.body)
+    assert fields(ext.finish()) == case.expected
+
+
 def test_unknown_flavor_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="unknown API flavor 'cohere'"):
         new_extractor("cohere", path="/", content_type=None)
