@@ -48,7 +48,10 @@ BUILTIN_PROVIDERS: tuple[tuple[MeteredProvider, tuple[str, ...]], ...] = tuple(
 # OpenAI-compatible APIs hang the same endpoints under different prefixes
 # (/v1, /openai/v1, /api/v1, /inference/v1, Azure's /openai/deployments/<name>).
 _BILLED_PATHS: dict[str, re.Pattern[str]] = {
-    "openai": re.compile(r"/(?:chat/completions|completions|embeddings|responses)/?$"),
+    "openai": re.compile(
+        r"/(?:chat/completions|completions|embeddings|responses)/?$"
+        r"|^/api/(?:chat|generate|embed)/?$"  # Ollama's native API (eval counts)
+    ),
     "anthropic": re.compile(r"/v1/messages/?$"),
     "gemini": re.compile(
         r"/(?:models|tunedModels)/[^/:]+:(?:generateContent|streamGenerateContent)$"

@@ -82,6 +82,11 @@ def test_lookup_is_memoised(registry: ProviderRegistry) -> None:
         ("openai", "/v1/responses", True),
         ("openai", "/openai/deployments/gpt4o/chat/completions?api-version=2024-10-21", True),
         ("openai", "/api/v1/chat/completions", True),
+        ("openai", "/api/chat", True),  # Ollama's native API
+        ("openai", "/api/generate", True),
+        ("openai", "/api/embed", True),
+        ("openai", "/api/tags", False),
+        ("openai", "/x/api/chat", False),
         ("openai", "/v1/models", False),
         ("openai", "/v1/responses/resp_123", False),
         ("openai", "/v1/files", False),

@@ -1,0 +1,104 @@
+"""Ollama's native API through the real proxy: ``/api/chat`` (an NDJSON stream by
+default, one JSON object with ``"stream": false``), ``/api/generate`` and ``/api/embed``,
+metered from the ``prompt_eval_count`` and ``eval_count`` of the last object, as
+docs/token-model.md gives them (before, those paths passed unmetered)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+from aiohttp import web
+
+from tests.conftest import KEYS, ProxyFactory
+from tests.support.proxy import write_catalog
+
+PROMPT, OUTPUT = 26, 3
+
+
+async def _chat(request: web.Request) -> web.StreamResponse:
+    body = await request.json()
+    rid = request.headers["x-test-id"]
+    last = {"model": body["model"], "done": True, "done_reason": "stop",
+            "prompt_eval_count": PROMPT, "eval_count": OUTPUT}  # fmt: skip
+    if request.path == "/api/embed":
+        embedded = {"model": body["model"], "embeddings": [[0.1]], "prompt_eval_count": PROMPT}
+        return web.json_response(embedded, headers={"x-request-id": rid})
+    key = "message" if request.path == "/api/chat" else "response"
+    words = ["Hel", "lo", "!"]
+    if body.get("stream") is False:
+        text = "".join(words)
+        whole = {**last, key: {"role": "assistant", "content": text} if key == "message" else text}
+        return web.json_response(whole, headers={"x-request-id": rid})
+    resp = web.StreamResponse(headers={"content-type": "application/x-ndjson", "x-request-id": rid})
+    await resp.prepare(request)
+    for w in words:
+        part = {"role": "assistant", "content": w} if key == "message" else w
+        await resp.write(
+            json.dumps({"model": body["model"], key: part, "done": False}).encode() + b"\n"
+        )
+    await resp.write(
+        json.dumps(
+            {**last, key: "" if key == "response" else {"role": "assistant", "content": ""}}
+        ).encode()
+        + b"\n"
+    )
+    await resp.write_eof()
+    return resp
+
+
+@pytest.fixture(scope="module")
+def ollama() -> Iterator[int]:
+    loop = asyncio.new_event_loop()
+    app = web.Application()
+    app.router.add_post("/api/{name}", _chat)
+    runner = web.AppRunner(app)
+    loop.run_until_complete(runner.setup())
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    loop.run_until_complete(site.start())
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    yield port
+    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+    loop.close()
+
+
+@pytest.mark.parametrize(
+    "path,body,output",
+    [
+        ("/api/chat", {"messages": [{"role": "user", "content": "hi"}]}, OUTPUT),
+        ("/api/chat", {"messages": [{"role": "user", "content": "hi"}], "stream": False}, OUTPUT),
+        ("/api/generate", {"prompt": "hi"}, OUTPUT),
+        ("/api/embed", {"input": "hi"}, 0),
+    ],
+)
+def test_ollama_native_calls_are_metered(
+    start_proxy: ProxyFactory,
+    ollama: int,
+    tmp_path: Path,
+    path: str,
+    body: dict[str, Any],
+    output: int,
+) -> None:
+    providers = [{"name": "ollama-local", "flavor": "openai", "hosts": [f"127.0.0.1:{ollama}"]}]
+    catalog = write_catalog(tmp_path / "catalog.yaml", providers, {"alice": [KEYS["alice"]]})
+    proxy = start_proxy(catalog=catalog)
+    with httpx2.Client(proxy=proxy.url, timeout=30) as client:
+        r = client.post(
+            f"http://127.0.0.1:{ollama}{path}",
+            json={"model": "llama3.2", **body},
+            headers={"authorization": f"Bearer {KEYS['alice']}", "x-test-id": f"ollama{path}"},
+        )
+    assert r.status_code == 200
+    [row] = proxy.wait_for_events([f"ollama{path}"])
+    assert (row["consumer"], row["provider"], row["model"]) == ("alice", "ollama-local", "llama3.2")
+    assert (row["input_tokens"], row["output_tokens"], row["estimated"]) == (PROMPT, output, False)
