@@ -12,12 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx2
 import pytest
 from aiohttp import web
 
 from tests.conftest import KEYS, ProxyFactory
-from tests.support.proxy import write_catalog
+from tests.support.clients import post_via
+from tests.support.proxy import one_provider_catalog
 
 PROMPT, OUTPUT = 26, 3
 
@@ -89,16 +89,13 @@ def test_ollama_native_calls_are_metered(
     body: dict[str, Any],
     output: int,
 ) -> None:
-    providers = [{"name": "ollama-local", "flavor": "openai", "hosts": [f"127.0.0.1:{ollama}"]}]
-    catalog = write_catalog(tmp_path / "catalog.yaml", providers, {"alice": [KEYS["alice"]]})
+    catalog = one_provider_catalog(
+        tmp_path / "catalog.yaml", "ollama-local", ollama, {"alice": [KEYS["alice"]]}
+    )
     proxy = start_proxy(catalog=catalog)
-    with httpx2.Client(proxy=proxy.url, timeout=30) as client:
-        r = client.post(
-            f"http://127.0.0.1:{ollama}{path}",
-            json={"model": "llama3.2", **body},
-            headers={"authorization": f"Bearer {KEYS['alice']}", "x-test-id": f"ollama{path}"},
-        )
+    url = f"http://127.0.0.1:{ollama}{path}"
+    r = post_via(proxy, url, {"model": "llama3.2", **body}, KEYS["alice"], {"x-test-id": url})
     assert r.status_code == 200
-    [row] = proxy.wait_for_events([f"ollama{path}"])
+    [row] = proxy.wait_for_events([url])
     assert (row["consumer"], row["provider"], row["model"]) == ("alice", "ollama-local", "llama3.2")
     assert (row["input_tokens"], row["output_tokens"], row["estimated"]) == (PROMPT, output, False)

@@ -12,8 +12,8 @@ import httpx2
 import pytest
 
 from tests.conftest import KEYS, ProxyFactory
-from tests.support.clients import Clients, ca_context
-from tests.support.proxy import MeterProxy, row_usage, write_catalog
+from tests.support.clients import Clients, ca_context, post_via
+from tests.support.proxy import MeterProxy, one_provider_catalog, row_usage
 from tests.support.upstream import FakeProvider, encode_body
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello there"}]}
@@ -243,15 +243,11 @@ def test_a_provider_that_cannot_be_reached_bills_nothing(
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed_port = s.getsockname()[1]
-    providers = [{"name": "gone", "flavor": "openai", "hosts": [f"127.0.0.1:{closed_port}"]}]
-    catalog = write_catalog(tmp_path / "catalog.yaml", providers, {"alice": [KEYS["alice"]]})
+    catalog = one_provider_catalog(
+        tmp_path / "catalog.yaml", "gone", closed_port, {"alice": [KEYS["alice"]]}
+    )
     proxy = start_proxy(catalog=catalog)
-    with httpx2.Client(proxy=proxy.url, timeout=10) as client:
-        r = client.post(
-            f"http://127.0.0.1:{closed_port}/v1/chat/completions",
-            json=CHAT,
-            headers={"authorization": f"Bearer {KEYS['alice']}"},
-        )
+    r = post_via(proxy, f"http://127.0.0.1:{closed_port}/v1/chat/completions", CHAT, KEYS["alice"])
     assert r.status_code == 502
     proxy.wait_for_log("no response from gone .*, nothing metered")
     assert proxy.stop() == 0

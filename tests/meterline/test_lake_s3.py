@@ -59,26 +59,25 @@ def s3() -> Iterator[str]:
         proc.wait(timeout=20)
 
 
-def _objects(endpoint: str, bucket: str) -> list[str]:
-    client = boto3.client(
+def _client(endpoint: str) -> Any:
+    return boto3.client(
         "s3",
         endpoint_url=f"http://{endpoint}",
         aws_access_key_id="meterline-test",
         aws_secret_access_key="meterline-secret",
         region_name="eu-west-1",
     )
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+
+
+def _objects(endpoint: str, bucket: str) -> list[str]:
+    pages = _client(endpoint).get_paginator("list_objects_v2").paginate(Bucket=bucket)
     return [o["Key"] for page in pages for o in page.get("Contents", [])]
 
 
 def _use_s3(monkeypatch: Any, endpoint: str, bucket: str) -> None:
-    boto3.client(
-        "s3",
-        endpoint_url=f"http://{endpoint}",
-        aws_access_key_id="meterline-test",
-        aws_secret_access_key="meterline-secret",
-        region_name="eu-west-1",
-    ).create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    _client(endpoint).create_bucket(
+        Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"}
+    )
     for name, value in {
         "METERLINE_LAKE_DATA": f"s3://{bucket}/lake/",
         "METERLINE_S3_ENDPOINT": endpoint,
@@ -93,18 +92,23 @@ def _use_s3(monkeypatch: Any, endpoint: str, bucket: str) -> None:
         monkeypatch.setenv(name, value)
 
 
+def _write(lake: str, tmp_path: Path, *, batches: int, per_batch: int) -> None:
+    """``batches`` flushes of ``per_batch`` events by one writer: a file each."""
+    spool = Spool(tmp_path / "spool")
+    writer = SpoolWriter(spool, lake)
+    for batch in range(batches):
+        for k in range(per_batch):
+            spool.append(event(batch * per_batch + k, "agent-0000", "s3"))
+        assert writer.flush()
+    writer.stop()
+    spool.close()
+
+
 def test_writer_billing_and_compaction_on_s3(s3: str, tmp_path: Path, monkeypatch: Any) -> None:
     _use_s3(monkeypatch, s3, "meterline-events")
     with postgres_server() as server:
         lake = f"ducklake:postgres:{create_database(server, 's3lake')}"
-        spool = Spool(tmp_path / "spool")
-        writer = SpoolWriter(spool, lake)
-        for batch in range(8):
-            for k in range(3):
-                spool.append(event(batch * 3 + k, "agent-0000", "s3"))
-            assert writer.flush()
-        writer.stop()
-        spool.close()
+        _write(lake, tmp_path, batches=8, per_batch=3)
         parquet = [k for k in _objects(s3, "meterline-events") if "/usage_events/" in k]
         assert len(parquet) == 8 and all(k.startswith("lake/") for k in parquet)
         with store(lake) as con:
@@ -180,25 +184,11 @@ def test_a_lost_object_is_found_and_dropped_on_s3(
     from meterline.lakerepair import dangling_files, drop_files
 
     _use_s3(monkeypatch, s3, "meterline-lost")
-    client = boto3.client(
-        "s3",
-        endpoint_url=f"http://{s3}",
-        aws_access_key_id="meterline-test",
-        aws_secret_access_key="meterline-secret",
-        region_name="eu-west-1",
-    )
     with postgres_server() as server:
         lake = f"ducklake:postgres:{create_database(server, 'lostobject')}"
-        spool = Spool(tmp_path / "spool")
-        writer = SpoolWriter(spool, lake)
-        for batch in range(3):
-            for k in range(2):
-                spool.append(event(batch * 2 + k, "agent-0000", "s3"))
-            assert writer.flush()
-        writer.stop()
-        spool.close()
+        _write(lake, tmp_path, batches=3, per_batch=2)
         key = sorted(k for k in _objects(s3, "meterline-lost") if "/usage_events/" in k)[0]
-        client.delete_object(Bucket="meterline-lost", Key=key)
+        _client(s3).delete_object(Bucket="meterline-lost", Key=key)
         result = CliRunner().invoke(billing_main, ["--db", lake, "usage"])
         assert result.exit_code == 1 and "billing lake repair" in result.output
         assert "METERLINE_S3_ENDPOINT" not in result.output

@@ -8,6 +8,7 @@ the proxy reaches the fake provider's TLS port (self-signed: the proxy runs with
 from __future__ import annotations
 
 import ssl
+from typing import Any
 
 import anthropic
 import httpx2
@@ -41,6 +42,16 @@ def anthropic_client(
         max_retries=0,
         http_client=anthropic.DefaultHttpxClient(proxy=proxy.url, verify=ca_context(proxy)),
     )
+
+
+def post_via(
+    proxy: MeterProxy, url: str, body: Any, key: str, headers: dict[str, str] | None = None
+) -> httpx2.Response:
+    """One plain-HTTP POST of ``body`` to ``url`` through ``proxy``, ``key`` as a Bearer."""
+    with httpx2.Client(proxy=proxy.url, timeout=30) as client:
+        return client.post(
+            url, json=body, headers={"authorization": f"Bearer {key}", **(headers or {})}
+        )
 
 
 def raw_client(proxy: MeterProxy, *, http2: bool = False) -> httpx2.Client:

@@ -34,6 +34,12 @@ _LISTENING = re.compile(r"proxy listening at 127\.0\.0\.1:(\d+)")
 _READY = "meterline: metering"
 
 
+def one_provider_catalog(path: Path, name: str, port: int, consumers: dict[str, list[str]]) -> Path:
+    """A catalog of one OpenAI-flavor provider at ``127.0.0.1:port`` and ``consumers``."""
+    provider = {"name": name, "flavor": "openai", "hosts": [f"127.0.0.1:{port}"]}
+    return write_catalog(path, [provider], consumers)
+
+
 def write_catalog(
     path: Path,
     providers: list[dict[str, Any]],
