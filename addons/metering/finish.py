@@ -155,7 +155,10 @@ def left_working(flow: http.HTTPFlow) -> bool:
     once it is generated and bill it though no one reads it: such a call is metered as
     cut, its input estimated. A provider that failed, or was never reached, bills
     nothing, and neither does a request the client did not finish sending."""
-    if flow.request.timestamp_end is None or flow.server_conn.timestamp_start is None:
+    server = flow.server_conn
+    if flow.request.timestamp_end is None or server.timestamp_tcp_setup is None:
+        return False  # the request not whole, or no connection to send it on
+    if server.tls and server.timestamp_tls_setup is None:
         return False
     if flow.error is None:  # finished without an error: the proxy is stopping
         return True
