@@ -29,6 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from mitmproxy import ctx, exceptions, http
+from mitmproxy.net.tls import starts_like_tls_record
+from mitmproxy.proxy.layer import NextLayer
+from mitmproxy.proxy.layers import HttpLayer
+from mitmproxy.proxy.layers.http import HTTPMode
 from mitmproxy.proxy.mode_specs import ReverseMode
 
 from addons.metering import (
@@ -283,6 +287,7 @@ class Meter:
     def done(self) -> None:
         """Finish every queued and in-flight flow, then drain the spool into the store."""
         self.reloader.stop()
+        self.rejections.flush("rejections")
         self.governance.stop()
         self.deferred.run_all()
         for flow_id in list(self._active):
@@ -291,6 +296,40 @@ class Meter:
         MITM_SERVER_LOG.removeFilter(self._notice_filter)
         if self._redact_filter is not None:
             redact.remove_log_filter(self._redact_filter)
+
+    def next_layer(self, nextlayer: NextLayer) -> None:
+        """A connection to a provider is read as HTTP, whatever its first bytes look like.
+
+        mitmproxy guesses raw TCP (``rawtcp``, on by default) for a connection whose first
+        bytes do not look like a request line: a client whose first write is one or two
+        bytes, or starts with a blank line (which HTTP servers skip), had its calls pass
+        through a tunnel as opaque bytes, neither metered nor key-checked, in ``reject``
+        mode too. This hook runs before mitmproxy's own choice (scripts come first): for a
+        provider's address it makes the choice mitmproxy makes for anything that is not
+        TLS, a known ALPN or raw TCP, and leaves the rest (TLS, a server that speaks
+        first, reverse mode, and everything while ``ignore_hosts``, ``allow_hosts`` or
+        ``tcp_hosts`` is set) to it.
+        """
+        context = nextlayer.context
+        address = context.server.address
+        if nextlayer.layer is not None or address is None:
+            return
+        if context.client.transport_protocol != "tcp" or context.client.alpn:
+            return  # an ALPN (after TLS): mitmproxy's choice is HTTP for HTTP's own
+        if isinstance(context.client.proxy_mode, ReverseMode) or nextlayer.data_server():
+            return
+        data = nextlayer.data_client()
+        if not data or starts_like_tls_record(data):
+            return
+        host, port = address[0], address[1]
+        if self.registry.lookup(host, port) is None and (
+            providers.lookup_named(self.registry, host, port, None, context.client.sni) is None
+        ):
+            return
+        options = ctx.options
+        if options.ignore_hosts or options.allow_hosts or options.tcp_hosts:
+            return  # the operator routes connections by hand: mitmproxy applies the rules
+        nextlayer.layer = HttpLayer(context, HTTPMode.transparent)
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         req = flow.request

@@ -39,6 +39,7 @@ from datetime import UTC, datetime, timedelta
 
 import duckdb
 
+from meterline import lakerepair
 from meterline.store import Migration, StoreError, migrate, store
 
 LEASE_MIGRATIONS: tuple[Migration, ...] = (
@@ -152,6 +153,12 @@ def take_lease(
     migrate(con, LEASE_MIGRATIONS)  # creates the one lease row, free
     quoted = holder.replace("'", "''")
     try:
+        con.execute(f"SELECT count(*) FROM lake_leases WHERE name = '{LEASE}'").fetchall()
+    except (duckdb.IOException, duckdb.HTTPException) as e:  # a lost lease commit's file
+        if not lakerepair.names_a_lost_file(str(e)):
+            raise
+        repair_leases(con)
+    try:
         con.execute("BEGIN TRANSACTION")
         row = con.execute(
             f"UPDATE lake_leases SET holder = '{quoted}', expires_at = {_utc(now + ttl)} "
@@ -162,6 +169,25 @@ def take_lease(
         _rollback(con)
         return False
     return bool(row and row[0])
+
+
+def repair_leases(con: duckdb.DuckDBPyConnection) -> None:
+    """A lease commit whose acknowledgement was lost left ``lake_leases`` naming a file
+    DuckLake deleted, and every pass failed on it (for good: no one else repairs that
+    table). It holds no billed data: drop its dangling files and put the row back."""
+    lost = [f for f in lakerepair.dangling_files(con) if f.table == "main.lake_leases"]
+    lakerepair.drop_files(con, lost)
+    restore_lease_row(con)
+
+
+def restore_lease_row(con: duckdb.DuckDBPyConnection) -> bool:
+    """Put back the one lease row, free, if it is gone (its file lost and dropped, the
+    old one hidden by the UPDATE's delete file); True if it was missing."""
+    rows = con.execute(f"SELECT count(*) FROM lake_leases WHERE name = '{LEASE}'").fetchone()
+    if rows and rows[0]:
+        return False
+    con.execute(f"INSERT INTO lake_leases VALUES ('{LEASE}', NULL, TIMESTAMP '1970-01-01')")
+    return True
 
 
 def lease_holder(con: duckdb.DuckDBPyConnection) -> tuple[str | None, datetime]:

@@ -10,12 +10,13 @@ nothing in DuckLake repairs it. (A bucket emptied by hand does the same.)
 The writer's batch behind such a commit is still in its spool (the flush failed, as far
 as it knows): removing the dangling rows makes the table readable again, and the next
 flush writes the batch once more, checked against what is stored. The writer does that
-itself for a commit of its own whose outcome it did not learn
-(:func:`own_lost_commit`); ``billing lake repair`` lists and removes any dangling file.
+itself for a commit of its own whose outcome it did not learn (:func:`lost_in`);
+``billing lake repair`` lists and removes any dangling file.
 """
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -31,9 +32,11 @@ _PER_FILE_TABLES = (
 
 @dataclass(frozen=True)
 class DanglingFile:
-    """A live data file (in the current snapshot) whose object is missing."""
+    """A live file (data, or the deletions of an UPDATE/DELETE) whose object is missing."""
 
-    data_file_id: int
+    file_id: int
+    kind: str
+    """``data`` or ``delete``."""
     table: str
     """``schema.table``."""
     path: str
@@ -47,38 +50,51 @@ def metadata_alias(catalog: str = "lake") -> str:
     return f"__ducklake_metadata_{catalog}"
 
 
+_KINDS = {
+    # kind: (catalog table, id column, record count column)
+    "data": ("ducklake_data_file", "data_file_id", "record_count"),
+    "delete": ("ducklake_delete_file", "delete_file_id", "delete_count"),
+}
+
+
 def live_files(con: duckdb.DuckDBPyConnection, catalog: str = "lake") -> list[DanglingFile]:
-    """Every data file of the current snapshot, with its absolute path."""
+    """Every data and delete file of the current snapshot, with its absolute path."""
     md = metadata_alias(catalog)
     (data_path,) = con.execute(
         f"SELECT value FROM {md}.ducklake_metadata WHERE key = 'data_path'"
     ).fetchone() or ("",)
-    rows = con.execute(
-        f"""
-        SELECT f.data_file_id, s.schema_name || '.' || t.table_name,
-               s.path, s.path_is_relative, t.path, t.path_is_relative,
-               f.path, f.path_is_relative, f.record_count, epoch(n.snapshot_time)
-        FROM {md}.ducklake_data_file f
-        JOIN {md}.ducklake_table t
-          ON t.table_id = f.table_id AND t.end_snapshot IS NULL
-        JOIN {md}.ducklake_schema s
-          ON s.schema_id = t.schema_id AND s.end_snapshot IS NULL
-        JOIN {md}.ducklake_snapshot n ON n.snapshot_id = f.begin_snapshot
-        WHERE f.end_snapshot IS NULL
-        ORDER BY f.data_file_id
-        """
-    ).fetchall()
     files = []
-    for file_id, table, s_path, s_rel, t_path, t_rel, f_path, f_rel, records, at in rows:
-        path = data_path
-        for part, relative in ((s_path, s_rel), (t_path, t_rel), (f_path, f_rel)):
-            path = path + part if relative else part
-        files.append(DanglingFile(file_id, table, path, records, float(at)))
+    for kind, (table, id_column, count_column) in _KINDS.items():
+        rows = con.execute(
+            f"""
+            SELECT f.{id_column}, s.schema_name || '.' || t.table_name,
+                   s.path, s.path_is_relative, t.path, t.path_is_relative,
+                   f.path, f.path_is_relative, f.{count_column}, epoch(n.snapshot_time)
+            FROM {md}.{table} f
+            JOIN {md}.ducklake_table t
+              ON t.table_id = f.table_id AND t.end_snapshot IS NULL
+            JOIN {md}.ducklake_schema s
+              ON s.schema_id = t.schema_id AND s.end_snapshot IS NULL
+            JOIN {md}.ducklake_snapshot n ON n.snapshot_id = f.begin_snapshot
+            WHERE f.end_snapshot IS NULL
+            ORDER BY f.{id_column}
+            """
+        ).fetchall()
+        for file_id, name, s_path, s_rel, t_path, t_rel, f_path, f_rel, records, at in rows:
+            path = data_path
+            for part, relative in ((s_path, s_rel), (t_path, t_rel), (f_path, f_rel)):
+                path = path + part if relative else part
+            files.append(DanglingFile(file_id, kind, name, path, records or 0, float(at)))
     return files
 
 
 def dangling_files(con: duckdb.DuckDBPyConnection, catalog: str = "lake") -> list[DanglingFile]:
-    """The live data files whose object is missing (one listing per table directory)."""
+    """The live files whose object is missing.
+
+    One listing per table directory finds the candidates; each is then confirmed by
+    opening it the way a reader does (a local path: the file system; object storage:
+    its Parquet footer), so a path spelled differently from the listing (``a//b``, a
+    symlink) is never taken for a missing one."""
     by_directory: dict[str, list[DanglingFile]] = defaultdict(list)
     for f in live_files(con, catalog):
         by_directory[f.path.rpartition("/")[0]].append(f)
@@ -86,8 +102,25 @@ def dangling_files(con: duckdb.DuckDBPyConnection, catalog: str = "lake") -> lis
     for directory, files in by_directory.items():
         pattern = directory.replace("'", "''") + "/*"
         present = {row[0] for row in con.execute(f"SELECT file FROM glob('{pattern}')").fetchall()}
-        missing += [f for f in files if f.path not in present]
+        missing += [f for f in files if f.path not in present and _gone(con, f.path)]
     return missing
+
+
+def names_a_lost_file(error: str) -> bool:
+    """Whether a read failed on a lake file that is not there."""
+    return "ducklake-" in error and ("No such file" in error or "404" in error)
+
+
+def _gone(con: duckdb.DuckDBPyConnection, path: str) -> bool:
+    if "://" not in path:
+        return not os.path.exists(path)
+    quoted = path.replace("'", "''")
+    try:
+        con.execute(f"SELECT count(*) FROM parquet_metadata('{quoted}')")
+    except duckdb.Error as e:
+        text = str(e)
+        return "No such file" in text or "404" in text or "not found" in text.lower()
+    return False
 
 
 def drop_files(
@@ -95,39 +128,39 @@ def drop_files(
 ) -> int:
     """Remove ``files`` from the catalog, in one PostgreSQL transaction; returns how many.
 
-    Readers no longer look for them; what they held is gone (a writer's lost commit is
-    written again from its spool)."""
+    Readers no longer look for them; what a data file held is gone (a writer's lost
+    commit is written again from its spool), and what a delete file deleted is back
+    (with the data file of the same lost UPDATE dropped too, the update never happened).
+    """
     if not files:
         return 0
-    ids = ", ".join(str(f.data_file_id) for f in files)
-    statements = [f"DELETE FROM {t} WHERE data_file_id IN ({ids})" for t in _PER_FILE_TABLES]
-    statements.append(f"DELETE FROM ducklake_data_file WHERE data_file_id IN ({ids})")
+    statements = []
+    data = ", ".join(str(f.file_id) for f in files if f.kind == "data")
+    if data:
+        statements += [f"DELETE FROM {t} WHERE data_file_id IN ({data})" for t in _PER_FILE_TABLES]
+        statements.append(f"DELETE FROM ducklake_data_file WHERE data_file_id IN ({data})")
+    deletes = ", ".join(str(f.file_id) for f in files if f.kind == "delete")
+    if deletes:
+        statements.append(f"DELETE FROM ducklake_delete_file WHERE delete_file_id IN ({deletes})")
     script = "BEGIN; " + "; ".join(statements) + "; COMMIT;"
     con.execute(f"CALL postgres_execute('{metadata_alias(catalog)}', '{script}')")
     return len(files)
 
 
-def own_lost_commit(
+def lost_in(
     con: duckdb.DuckDBPyConnection,
+    windows: list[tuple[float, float]],
     *,
-    table: str,
-    records: int | None,
-    started: float,
-    ended: float,
     catalog: str = "lake",
     slack_s: float = 2.0,
 ) -> list[DanglingFile]:
-    """The dangling files of one snapshot that a failed flush of ``records`` rows into
-    ``table``, between ``started`` and ``ended`` (this host's clock, give or take
-    ``slack_s``), committed after all: what its lost acknowledgement made DuckLake
-    delete. Empty if there is none (the commit did fail, or its files are there).
-    ``records`` None: the batch's size is not known, any such snapshot is taken (every
-    dangling file is damage, and the window is the flush's own)."""
-    by_snapshot: dict[float, list[DanglingFile]] = defaultdict(list)
-    for f in dangling_files(con, catalog):
-        if f.table == table and started - slack_s <= f.committed_at <= ended + slack_s:
-            by_snapshot[f.committed_at].append(f)
-    for files in by_snapshot.values():
-        if records is None or sum(f.record_count for f in files) == records:
-            return files
-    return []
+    """The dangling files committed within one of ``windows`` (the times of flushes that
+    failed, on this host's clock, give or take ``slack_s``): what a lost acknowledgement
+    made DuckLake delete, whichever table the commit wrote (the events, a migration, the
+    maintenance lease). Any dangling file is damage; the windows keep the check to
+    commits this writer may have made, whose batches are still in its spool."""
+    return [
+        f
+        for f in dangling_files(con, catalog)
+        if any(start - slack_s <= f.committed_at <= end + slack_s for start, end in windows)
+    ]

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import duckdb
 
+from meterline import lakerepair
 from meterline.conninfo import one_line, shown
 from meterline.eventschema import EVENT_COLUMNS as EVENT_COLUMNS  # re-exported
 from meterline.lakeconfig import LakeConfigError, lake_settings
@@ -226,7 +227,7 @@ def _hint(loc: str, err: duckdb.Error) -> str:
 def io_hint(text: str) -> str:
     """What to check when the lake's storage refused, could not be reached, or no
     longer has a file the lake names."""
-    if "ducklake-" in text and ("No such file" in text or "404" in text):
+    if lakerepair.names_a_lost_file(text):
         return (
             " (the lake names a data file its storage no longer has: `billing lake repair` "
             "lists such files and `--drop` removes them; see docs/fleet.md)"

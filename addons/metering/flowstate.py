@@ -209,9 +209,11 @@ class FlowMeter:
     def over_limit(self, reason: str) -> None:
         """Stop reading the body (bounded work); the flow is metered as an estimate."""
         assert self.extractor is not None
-        self.extractor = bounded.OverLimit(
-            self.extractor, f"{reason}; usage estimated", keep_text=self.sse
-        )
+        if not isinstance(self.extractor, bounded.OverLimit):  # once: every later chunk
+            # came here again, and a chain of ~1,000 wrappers overflowed the stack
+            self.extractor = bounded.OverLimit(
+                self.extractor, f"{reason}; usage estimated", keep_text=self.sse
+            )
         self.decoder = None
 
     def drain_decoder(self) -> None:

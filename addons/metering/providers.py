@@ -60,6 +60,9 @@ _BILLED_PATHS: dict[str, re.Pattern[str]] = {
 #: Google's OpenAI-compatible endpoints on a Gemini host (``/v1beta/openai/...``): OpenAI's
 #: request and response format, the Gemini key as ``Authorization: Bearer``.
 _GEMINI_OPENAI_PATHS = re.compile(r"/openai/(?:chat/completions|embeddings)/?$")
+#: Claude on Azure AI Foundry (``anthropic.AnthropicFoundry``): Anthropic's Messages API
+#: under ``/anthropic`` on an Azure host, the resource key in ``x-api-key`` / ``api-key``.
+_ANTHROPIC_ON_AZURE = re.compile(r"^/anthropic/v1/messages/?$")
 
 _MEMO_LIMIT = 4096
 
@@ -160,6 +163,8 @@ def billed_flavor(flavor: Flavor, path: str) -> Flavor | None:
         return flavor
     if flavor == "gemini" and _GEMINI_OPENAI_PATHS.search(path) is not None:
         return "openai"
+    if flavor == "openai" and _ANTHROPIC_ON_AZURE.search(path) is not None:
+        return "anthropic"
     return None
 
 
@@ -202,10 +207,21 @@ _LEGACY_IPV4 = re.compile(r"[0-9][0-9a-fx.]*")
 _LOOPBACK = "127.0.0.1"
 
 
+#: "This host": a connection to 0.0.0.0 or :: (however written: ``0``, ``0.0``, ``[::]``)
+#: reaches the loopback address.
+_THIS_HOST = frozenset({"0.0.0.0", "::"})
+
+
 def canonical_host(host: str) -> str:
     """One spelling per address: lower case, no trailing dot, IP literals canonical
     (``127.1``, ``[::ffff:127.0.0.1]`` -> ``127.0.0.1``); ``localhost`` (and
-    ``*.localhost``) and ``::1`` -> ``127.0.0.1``, the loopback address they name."""
+    ``*.localhost``), ``::1`` and ``0.0.0.0`` / ``::`` -> ``127.0.0.1``, the loopback
+    address they reach."""
+    canonical = _canonical_host(host)
+    return _LOOPBACK if canonical in _THIS_HOST else canonical
+
+
+def _canonical_host(host: str) -> str:
     h = host.lower().rstrip(".")
     if h.startswith("[") and h.endswith("]"):
         h = h[1:-1]

@@ -44,3 +44,9 @@ class RateLimitedLog:
             args = (*args, self.held_back)
             self.held_back = 0
         self.log.warning(msg, *args)
+
+    def flush(self, what: str) -> None:
+        """Say how many lines were held back since the last one (at shutdown)."""
+        if self.held_back:
+            self.log.warning("meterline: %d more %s not logged", self.held_back, what)
+            self.held_back = 0

@@ -30,7 +30,9 @@ REDACTED = "[redacted]"
 
 _ANSI = r"(?:\x1b\[[0-9;]*m)*"  # the dumper colours its output on a terminal
 #: Query parameter names whose value is a credential (compared %-decoded, lower case).
-_QUERY_SECRETS = frozenset({*QUERY_KEY_PARAMS, "api_key", "api-key", "apikey"})
+_QUERY_SECRETS = frozenset(
+    {*QUERY_KEY_PARAMS, "api_key", "api-key", "apikey", "subscription-key"}
+)  # subscription-key: Azure API Management and Cognitive Services
 _QUERY_PARAM = re.compile(r"([?&;])([^=&#?;\s\x1b]+)(=)([^&#;\s\x1b]+)")
 _HEADER_NAMES = "|".join(re.escape(h) for h in KEY_HEADERS)
 _HEADER_LINE = re.compile(
@@ -50,7 +52,7 @@ _LOOSE_HEADER = re.compile(
 #: OpenAI Realtime from a browser sends the key as a WebSocket subprotocol.
 _WS_SUBPROTOCOL_KEY = re.compile(r"(openai-insecure-api-key\.)[^\s,;'\x1b]+", re.IGNORECASE)
 #: A URL's userinfo (``scheme://user:password@host``): a key, as clients put it there.
-_USERINFO = re.compile(r"(://)[^/@\s'\x1b]+@")
+_USERINFO = re.compile(r"(://|\bCONNECT )[^/@\s'\x1b]+@")  # CONNECT u:key@host:port
 #: ``Bearer <credential>`` anywhere (HTTP/2's errors quote a header's value, not its name).
 _BEARER = re.compile(r"(?<![\w-])((?:bearer|basic)\s+)[\w.~+/=-]{8,}", re.IGNORECASE)
 #: A protocol error quoting raw header bytes (``b'...'``), which may be a key's value.

@@ -29,6 +29,7 @@ listing per interval; the schema is migrated once per store and process, not per
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import random
 import threading
@@ -130,21 +131,12 @@ def _ingested_at() -> str:
     return "TIMESTAMP " + _sql_string(datetime.now(UTC).replace(tzinfo=None).isoformat(" "))
 
 
-#: The lake table the writer appends to (``schema.table``, as the catalog names it).
-EVENTS_TABLE = "main.usage_events"
 #: Failed flushes remembered for the lost-acknowledgement check (a long outage fails
 #: many; the check covers the last ones, the one that may have committed among them).
 MAX_UNKNOWN = 20
-
-
-@dataclass(frozen=True)
-class FailedFlush:
-    """A flush that failed on a lake, when (this host's clock) and with how many events
-    (None: unknown), for :func:`meterline.lakerepair.own_lost_commit`."""
-
-    began: float
-    ended: float
-    records: int | None
+#: Where a spool keeps the times of its writer's failed lake flushes, so that a writer
+#: restarted after a crash still checks them (the batches are in the spool too).
+FAILED_FLUSHES_FILE = "failed-flushes.json"
 
 
 @dataclass(frozen=True)
@@ -330,9 +322,10 @@ class SpoolWriter:
         self._may_repeat_store = True
         """The pending segments may hold events already stored: at start (a previous
         process may have committed them), after a failed flush (unknown outcome)."""
-        self._unknown_commits: list[FailedFlush] = []
-        """On a lake: failed flushes whose commit may have gone in with its files deleted
-        (a lost acknowledgement, :mod:`meterline.lakerepair`), checked at the next flush."""
+        self._unknown_commits: list[tuple[float, float]] = self._load_failed_flushes()
+        """On a lake: (start, end) of failed flushes whose commit may have gone in with
+        its files deleted (a lost acknowledgement, :mod:`meterline.lakerepair`), checked
+        at the next flush; kept in the spool too (:data:`FAILED_FLUSHES_FILE`)."""
         self.repaired_files = 0
 
     @property
@@ -488,9 +481,9 @@ class SpoolWriter:
                 self._may_repeat_store = True  # a commit that failed may have gone in
                 self.failures += 1
                 if self.link.is_lake:
-                    known = self.spool.known_events(segments)
-                    failed = FailedFlush(began, time.time(), None if known is None else len(known))
+                    failed = (began, time.time())
                     self._unknown_commits = [*self._unknown_commits[-(MAX_UNKNOWN - 1) :], failed]
+                    self._save_failed_flushes()
                 self.link.reset()  # the store may have been replaced: attach it afresh
                 cause = oserrors.describe(e)
                 if self.link.is_lake:
@@ -530,24 +523,40 @@ class SpoolWriter:
         """A failed flush whose commit went in after all, its acknowledgement lost, left
         the lake naming files DuckLake deleted: every read of the table fails. Remove
         those rows; the batch, still in the spool, is written again by this flush."""
-        lost = [
-            f
-            for w in self._unknown_commits
-            for f in lakerepair.own_lost_commit(
-                con, table=EVENTS_TABLE, records=w.records, started=w.began, ended=w.ended
-            )
-        ]
+        lost = lakerepair.lost_in(con, self._unknown_commits)
         if lost:
             self.repaired_files += lakerepair.drop_files(con, lost)
             log.warning(
                 "meterline: a commit to %s went in though it seemed to fail (its "
                 "acknowledgement was lost) and DuckLake deleted its file(s): removed %d "
-                "dangling file(s) (%d rows) from the lake; the batch is written again",
+                "dangling file(s) of %s from the lake; the batch is written again",
                 self.locator,
                 len(lost),
-                sum(f.record_count for f in lost),
+                ", ".join(sorted({f.table for f in lost})),
             )
         self._unknown_commits = []
+        self._save_failed_flushes()
+
+    def _failed_flushes_path(self) -> Path:
+        return Path(self.spool.directory) / FAILED_FLUSHES_FILE
+
+    def _load_failed_flushes(self) -> list[tuple[float, float]]:
+        try:
+            windows = json.loads(self._failed_flushes_path().read_text())
+            return [(float(a), float(b)) for a, b in windows][-MAX_UNKNOWN:]
+        except (OSError, ValueError, TypeError):
+            return []
+
+    def _save_failed_flushes(self) -> None:
+        path = self._failed_flushes_path()
+        with contextlib.suppress(OSError):  # a full disk: the memory still has them
+            if not self._unknown_commits:
+                path.unlink(missing_ok=True)
+                return
+            with private_files():
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(self._unknown_commits))
+                tmp.replace(path)
 
     def stop(self) -> bool:
         """Stop the thread and drain everything; False if events had to stay in the spool."""

@@ -14,7 +14,14 @@ from billing import render
 from billing.cli.common import Settings, format_option, pass_settings
 from billing.ledger import restore_invoice_sequence
 from meterline import lakerepair
-from meterline.lakemaint import DEFAULT_KEEP, give_back_lease, lease_holder, maintain, take_lease
+from meterline.lakemaint import (
+    DEFAULT_KEEP,
+    give_back_lease,
+    lease_holder,
+    maintain,
+    restore_lease_row,
+    take_lease,
+)
 from meterline.store import LAKE_PREFIX, StoreError, store
 
 
@@ -103,18 +110,21 @@ def lake_repair(settings: Settings, drop: bool) -> None:
         dangling = lakerepair.dangling_files(con)
         for f in dangling:
             at = datetime.fromtimestamp(f.committed_at, UTC)
+            what = "rows" if f.kind == "data" else "rows deleted"
             click.echo(
-                f"{f.table}\t{f.record_count} rows\tcommitted {at:%Y-%m-%dT%H:%M:%SZ}\t{f.path}"
+                f"{f.table}\t{f.record_count} {what}\tcommitted {at:%Y-%m-%dT%H:%M:%SZ}\t{f.path}"
             )
-        rows = sum(f.record_count for f in dangling)
+        rows = sum(f.record_count for f in dangling if f.kind == "data")
         if not dangling:
             click.echo("no dangling files: every file the lake names is in its storage")
         elif drop:
             lakerepair.drop_files(con, dangling)
             click.echo(f"dropped {len(dangling)} file(s), {rows} rows, from the lake's catalog")
-            sequence_lost = any(f.table == "main.invoice_sequence" for f in dangling)
-            if sequence_lost and restore_invoice_sequence(con):
+            tables = {f.table for f in dangling}
+            if "main.invoice_sequence" in tables and restore_invoice_sequence(con):
                 click.echo("restored the invoice_sequence row (from the stored invoices)")
+            if "main.lake_leases" in tables and restore_lease_row(con):
+                click.echo("restored the maintenance lease row (free)")
         else:
             raise click.ClickException(
                 f"{len(dangling)} dangling file(s), {rows} rows: run again with --drop to "

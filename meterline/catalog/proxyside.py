@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import (
     Field,
+    model_validator,
 )
 
 from meterline.catalog.base import FINGERPRINT_RE, KEY_RE, _Model
@@ -24,6 +25,16 @@ class Provider(_Model):
     ``api-key`` for Azure OpenAI behind another host (a sovereign cloud, an API
     gateway), ``bearer``, ``x-api-key`` or ``x-goog-api-key``. The proxy bills the key
     found there first, and injects keys there."""
+
+    @model_validator(mode="after")
+    def _auth_for_openai_only(self) -> Provider:
+        # Anthropic and Gemini servers read their key where their API says; only the
+        # OpenAI format is served behind gateways that read it elsewhere (Azure).
+        if self.auth is not None and self.flavor != "openai":
+            raise ValueError(
+                f"auth: only for flavor openai (the {self.flavor} API says where its key goes)"
+            )
+        return self
 
 
 class ConsumerKey(_Model):

@@ -83,19 +83,20 @@ def _respond(
     else:
         f.response.headers["content-length"] = str(sum(map(len, chunks)))
     m.responseheaders(f)
-    out = b""
+    out: list[bytes] = []
     if not callable(f.response.stream):  # mitmproxy reads the whole body, then `response`
-        f.response.raw_content = out = b"".join(chunks)
+        f.response.raw_content = b"".join(chunks)
+        out.append(f.response.raw_content)
     else:
         for chunk in chunks:
             result = f.response.stream(chunk)
             parts = [result] if isinstance(result, bytes) else list(result)
             assert all(parts), "an empty chunk would end an HTTP/1.1 chunked body"
-            out += b"".join(parts)
+            out += parts
         end = f.response.stream(b"")  # mitmproxy drops a b"" returned here
-        out += end if isinstance(end, bytes) else b"".join(end)
+        out += [end] if isinstance(end, bytes) else list(end)
     m.response(f)
-    return out
+    return b"".join(out)
 
 
 CHAT_JSON = json.dumps(
@@ -572,3 +573,22 @@ def test_durable_buffered_body_is_spooled_before_the_reply(
 
     assert asyncio.run(run()) == 1
     assert not m.deferred.after_reply and not m.deferred.pending
+
+
+def test_a_body_far_past_the_limit_is_one_estimated_event(
+    meter: tuple[Meter, Any], tmp_path: Path
+) -> None:
+    """A JSON body past the 16 MiB limit in many chunks: every chunk past it wrapped the
+    extractor once more, and ~1,000 wrappers overflowed the stack when the flow was
+    metered: no event (a probe: 0 of 1 for 40 MiB in 16 KiB chunks, and 90 MiB)."""
+    m, _ = meter
+    f = _flow(authorization=f"Bearer {KEY}")
+    m.requestheaders(f)
+    m.request(f)
+    big = b"0.123456789, " * 5042  # 64 KiB of an embedding's floats
+    chunks = [b"[", *[big] * 257, *[b"0.5, " * 20] * 1500, b"0]"]  # past 16 MiB, 1,500 more
+    got = _respond(m, f, chunks, chunked=True)
+    assert got == b"".join(chunks)
+    m.done()
+    [row] = _rows(tmp_path)
+    assert row["estimated"] and row["status"] == 200

@@ -3,8 +3,10 @@ bodies the include_usage rewrite must not change. A real mitmdump each time."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -418,3 +420,53 @@ def test_reject_mode_covers_the_paths_it_does_not_meter(
     assert len(fake_provider.exchanges) == len(refused)  # known keys pass, as before
     assert UNKNOWN_KEY not in proxy.log_text()
     assert proxy.log_text().count("(a path not metered): unknown key") == len(refused)
+
+
+def _tunnelled(proxy: MeterProxy, hostport: str, pieces: list[bytes]) -> bytes:
+    """A CONNECT tunnel to ``hostport``, then ``pieces`` written one by one, a pause
+    between them (so mitmproxy sees the first alone); the whole answer."""
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=3) as sock:
+        sock.sendall(f"CONNECT {hostport} HTTP/1.1\r\nHost: {hostport}\r\n\r\n".encode())
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        for piece in pieces:
+            sock.sendall(piece)
+            time.sleep(0.3)
+        data = b""
+        with contextlib.suppress(TimeoutError):
+            while chunk := sock.recv(65536):
+                data += chunk
+    return data
+
+
+@pytest.mark.parametrize("mode", ["reject", "record"])
+def test_a_tunnel_whose_first_bytes_do_not_look_like_http_is_still_read_as_http(
+    start_proxy: ProxyFactory, fake_provider: FakeProvider, tmp_path: Path, mode: str
+) -> None:
+    """mitmproxy took a connection whose first write was 1-2 bytes, or a blank line, for
+    raw TCP (``rawtcp``): the calls went through unread, neither key-checked nor metered
+    (a probe: 14 bypasses in reject mode, 2 of 3 known-key calls unmetered)."""
+    proxy = start_proxy(
+        catalog=_catalog(tmp_path, fake_provider), options={"meter_unknown_keys": mode}
+    )
+    fake_provider.reset()
+    openai = fake_provider.base_url("openai") + "/v1/chat/completions"
+    key = UNKNOWN_KEY if mode == "reject" else KEYS["alice"]
+    body = json.dumps(CHAT).encode()
+    head = _head("POST /v1/chat/completions", _hostport(openai), f"Authorization: Bearer {key}",
+                 length=len(body)).encode() + b"\r\n"  # fmt: skip
+    answers = [
+        _tunnelled(proxy, _hostport(openai), [head[:2], head[2:] + body]),
+        _tunnelled(proxy, _hostport(openai), [head[:1], head[1:] + body]),
+        _tunnelled(proxy, _hostport(openai), [b"\r\n" + head + body]),
+    ]
+    statuses = [int(a.split(b" ", 2)[1]) if a else None for a in answers]  # None: no answer
+    print(
+        f"FAULT split tunnel ({mode}): statuses={statuses} forwarded={len(fake_provider.exchanges)}"
+    )
+    # The blank line first: mitmproxy's HTTP reader answers nothing, and sends nothing on.
+    if mode == "reject":
+        assert statuses[:2] == [401, 401] and fake_provider.exchanges == []
+    else:  # each one the provider served is metered
+        served = [ex.request_id for ex in fake_provider.exchanges]
+        assert statuses[:2] == [200, 200] and len(served) >= 2
+        assert len(proxy.wait_for_events(served)) == len(served)

@@ -75,6 +75,11 @@ def test_decimal_prices_are_exact() -> None:
             ),
             "cat.yaml: plans[0].rate_cards[0]: a flat fee has no feature",
         ),
+        (
+            "providers:\n  - {name: x, flavor: anthropic, hosts: [a.example], auth: api-key}\n",
+            "cat.yaml: providers[0]: auth: only for flavor openai (the anthropic API says where "
+            "its key goes)",
+        ),
         ("plans: [\n", "cat.yaml: line 2, column 1: invalid YAML: expected the node content"),
         ("- a\n- b\n", "cat.yaml: (top level): expected a mapping, got list"),
     ],

@@ -165,23 +165,24 @@ def loads(data: str, problems: list[str], what: str) -> Any:
 class LazyText:
     """Generated text kept cheaply: raw JSON of text-bearing events, decoded on demand.
 
-    ``extract`` turns one decoded event into its text. Once the raw strings exceed
-    :data:`LAZY_TEXT_COMPACT_AT` they are decoded into text (only those: text decoded
-    before is not joined again, so a long stream costs time in proportion to its
-    length). At most :data:`MAX_KEPT_TEXT` characters are kept: more than any model
+    ``extract`` turns one decoded event into its text. Once the pending items exceed
+    :data:`LAZY_TEXT_COMPACT_AT` characters (or 4,096 items) they are decoded, in order,
+    onto the text decoded before (which is not joined again: a long stream costs time in
+    proportion to its length, and its text is held in a few large strings, not one per
+    event). At most :data:`MAX_KEPT_TEXT` characters are kept: more than any model
     writes in one answer, so an estimate never misses any, and a stream that never ends
     holds a bounded amount of memory.
     """
 
-    __slots__ = ("_extract", "_problems", "_items", "_size", "_what", "_kept", "_full")
+    __slots__ = ("_extract", "_problems", "_items", "_size", "_what", "_done", "_full")
 
     def __init__(self, extract: Callable[[Any], str], problems: list[str], what: str) -> None:
         self._extract = extract
         self._problems = problems
         self._what = what
-        self._items: list[str | _Decoded] = []  # raw JSON, parsed events, or text (_Text)
-        self._size = 0  # raw characters not yet decoded
-        self._kept = 0  # characters of text decoded so far
+        self._items: list[str | _Decoded] = []  # pending: raw JSON, parsed events, text
+        self._size = 0  # characters pending
+        self._done = _Run()  # the text decoded so far
         self._full = False
 
     def add_raw(self, data: str) -> None:
@@ -189,7 +190,7 @@ class LazyText:
             return
         self._items.append(data)
         self._size += len(data)
-        if self._size > LAZY_TEXT_COMPACT_AT:
+        if self._size > LAZY_TEXT_COMPACT_AT or len(self._items) > _MAX_PENDING:
             self._compact()
 
     def add_obj(self, obj: Any) -> None:
@@ -197,30 +198,26 @@ class LazyText:
         :data:`LAZY_OBJECTS`; after that at once, so parsed objects do not pile up)."""
         if self._full:
             return
-        if len(self._items) < LAZY_OBJECTS:
+        if len(self._items) < LAZY_OBJECTS and not self._done:
             self._items.append(_Decoded(obj))
             return
         text = self._extract(obj)
         if text:
-            self._keep(_Text(text))
+            self._items.append(_Text(text))
+            self._size += len(text)
+            if self._size > LAZY_TEXT_COMPACT_AT or len(self._items) > _MAX_PENDING:
+                self._compact()
 
     def _compact(self) -> None:
-        """Decode the items not yet decoded into one piece of text, after the text."""
-        done = [item for item in self._items if isinstance(item, _Text)]
-        pending = [item for item in self._items if not isinstance(item, _Text)]
-        self._items = list(done)
-        self._size = 0
-        self._keep(_Text(self._decode(pending)))
-
-    def _keep(self, text: _Text) -> None:
-        room = MAX_KEPT_TEXT - self._kept
+        text = self._decode(self._items)
+        self._items, self._size = [], 0
+        room = MAX_KEPT_TEXT - len(self._done)
         if len(text) >= room:
-            text, self._full = _Text(text[:room]), True
-        self._items.append(text)
-        self._kept += len(text)
+            text, self._full = text[:room], True
+        self._done.add(text)
 
     def text(self) -> str:
-        return self._decode(self._items)[:MAX_KEPT_TEXT]
+        return (str(self._done) + self._decode(self._items))[:MAX_KEPT_TEXT]
 
     def _decode(self, items: list[str | _Decoded]) -> str:
         out: list[str] = []
@@ -238,6 +235,36 @@ class LazyText:
                 except Exception as exc:  # a provider's odd shape must not break estimates
                     note(self._problems, f"unreadable {self._what}: {exc!r}")
         return "".join(out)
+
+
+#: Pending items of :class:`LazyText` before they are decoded onto its text.
+_MAX_PENDING = 4096
+
+
+class _Run:
+    """Text decoded by :class:`LazyText`, in pieces joined 1,024 at a time."""
+
+    __slots__ = ("_joined", "_pieces", "_length")
+
+    def __init__(self) -> None:
+        self._joined: list[str] = []
+        self._pieces: list[str] = []
+        self._length = 0
+
+    def add(self, text: str) -> None:
+        if not text:
+            return
+        self._pieces.append(text)
+        self._length += len(text)
+        if len(self._pieces) >= 1024:
+            self._joined.append("".join(self._pieces))
+            self._pieces = []
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __str__(self) -> str:
+        return "".join(self._joined) + "".join(self._pieces)
 
 
 class _Text(str):

@@ -82,6 +82,8 @@ def test_lookup_is_memoised(registry: ProviderRegistry) -> None:
         ("openai", "/v1/responses", True),
         ("openai", "/openai/deployments/gpt4o/chat/completions?api-version=2024-10-21", True),
         ("openai", "/api/v1/chat/completions", True),
+        ("openai", "/anthropic/v1/messages", True),  # Claude on Azure AI Foundry
+        ("openai", "/x/anthropic/v1/messages", False),
         ("openai", "/api/chat", True),  # Ollama's native API
         ("openai", "/api/generate", True),
         ("openai", "/api/embed", True),
@@ -140,6 +142,9 @@ def test_bad_host_pattern(pattern: str) -> None:
         ("API.OpenAI.com.", "api.openai.com"),
         ("[2001:DB8::1]", "2001:db8::1"),
         ("999.1.1.1", "999.1.1.1"),
+        ("0.0.0.0", "127.0.0.1"),  # "this host": a connection reaches the loopback
+        ("0", "127.0.0.1"),
+        ("[::]", "127.0.0.1"),
     ],
 )
 def test_canonical_host(host: str, canonical: str) -> None:

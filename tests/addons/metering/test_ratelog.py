@@ -17,9 +17,16 @@ def test_a_flood_of_warnings_is_a_few_lines_and_a_count(caplog: pytest.LogCaptur
             limited.warning("rejected %d", n)
         now[0] = 61.0
         limited.warning("rejected %d", 1000)
+        limited.warning("rejected %d", 1001)
+        limited.warning("rejected %d", 1002)
+        limited.warning("rejected %d", 1003)  # held back: said at shutdown
+        limited.flush("rejections")
     assert [r.getMessage() for r in caplog.records] == [
         "rejected 0",
         "rejected 1",
         "rejected 2",
         "rejected 1000 (997 more like it not logged)",
+        "rejected 1001",
+        "rejected 1002",
+        "meterline: 1 more rejections not logged",
     ]

@@ -67,6 +67,8 @@ def test_install_wraps_the_dumper_once() -> None:
         # a key as a URL's userinfo (a request line mitmproxy could not parse)
         ("Bad HTTP request line: b'POST http://u:sk-S3CRET-5@h/v1 x'", "http://[redacted]@h/v1"),
         ("GET https://sk-S3CRET-6@h/v1 HTTP/1.1", "https://[redacted]@h/v1"),
+        ("Bad HTTP request line: b'CONNECT u:sk-S3CRET-10@h:443 HTTP/1.1'", "CONNECT [redacted]@h"),
+        ("POST https://apim.example/x?subscription-key=S3CRET11", "?subscription-key=[redacted]"),
         # raw bytes in debug logs: a header line after an escaped CRLF, HTTP/2 header tuples
         (
             r"data: b'POST /v1 HTTP/1.1\r\nx-api-key: sk-ant-S3CRET-7\r\n\r\n'",
