@@ -20,7 +20,7 @@ from addons.metering.spool import Spool
 from addons.metering.writer import SpoolWriter
 from meterline.lakerepair import dangling_files
 from meterline.store import store
-from tests.meterline.test_lakemaint import event
+from tests.meterline.test_lakemaint import event, write_batches
 from tests.support.pgrelay import AckLosingRelay
 from tests.support.postgres import create_database, postgres_server
 
@@ -90,16 +90,7 @@ def test_billing_lake_repair_lists_then_drops_dangling_files(
     them from the catalog so the rest of the lake can be read."""
     monkeypatch.setenv("METERLINE_LAKE_DATA", str(tmp_path / "data"))
     lake = f"ducklake:postgres:{create_database(server, 'lost_file')}"
-    spool = Spool(tmp_path / "spool")
-    writer = SpoolWriter(spool, lake)
-    try:
-        for batch in range(3):
-            for n in range(batch * 2, batch * 2 + 2):
-                spool.append(event(n, "alice", "p"))
-            assert writer.flush()
-    finally:
-        writer.stop()
-        spool.close()
+    write_batches(lake, tmp_path / "spool", batches=3, per_batch=2)
     with store(lake) as con:
         files = con.execute("SELECT data_file FROM ducklake_list_files('lake', 'usage_events')")
         gone = Path(files.fetchall()[1][0])
@@ -211,15 +202,7 @@ def test_a_data_path_spelled_with_a_double_slash_is_not_taken_for_lost_files(
     (a probe: 13 files, 22 rows). Each candidate is now opened before it is called lost."""
     monkeypatch.setenv("METERLINE_LAKE_DATA", f"{tmp_path}//lake/")
     lake = f"ducklake:postgres:{create_database(server, 'double_slash')}"
-    spool = Spool(tmp_path / "spool")
-    writer = SpoolWriter(spool, lake)
-    try:
-        for n in range(3):
-            spool.append(event(n, "alice", "p"))
-            assert writer.flush()
-    finally:
-        writer.stop()
-        spool.close()
+    write_batches(lake, tmp_path / "spool", batches=3, per_batch=1)
     with store(lake) as con:
         assert dangling_files(con) == []
     assert _events(lake) == (3, 3)

@@ -26,7 +26,7 @@ from addons.metering.writer import SpoolWriter
 from billing.cli import main as billing_main
 from meterline.lakemaint import maintain
 from meterline.store import StoreError, store
-from tests.meterline.test_lakemaint import event
+from tests.meterline.test_lakemaint import event, write_batches
 from tests.support.postgres import create_database, free_port, postgres_server
 
 _SERVERS: dict[str, int] = {}
@@ -92,23 +92,11 @@ def _use_s3(monkeypatch: Any, endpoint: str, bucket: str) -> None:
         monkeypatch.setenv(name, value)
 
 
-def _write(lake: str, tmp_path: Path, *, batches: int, per_batch: int) -> None:
-    """``batches`` flushes of ``per_batch`` events by one writer: a file each."""
-    spool = Spool(tmp_path / "spool")
-    writer = SpoolWriter(spool, lake)
-    for batch in range(batches):
-        for k in range(per_batch):
-            spool.append(event(batch * per_batch + k, "agent-0000", "s3"))
-        assert writer.flush()
-    writer.stop()
-    spool.close()
-
-
 def test_writer_billing_and_compaction_on_s3(s3: str, tmp_path: Path, monkeypatch: Any) -> None:
     _use_s3(monkeypatch, s3, "meterline-events")
     with postgres_server() as server:
         lake = f"ducklake:postgres:{create_database(server, 's3lake')}"
-        _write(lake, tmp_path, batches=8, per_batch=3)
+        write_batches(lake, tmp_path / "spool", batches=8, per_batch=3)
         parquet = [k for k in _objects(s3, "meterline-events") if "/usage_events/" in k]
         assert len(parquet) == 8 and all(k.startswith("lake/") for k in parquet)
         with store(lake) as con:
@@ -186,7 +174,7 @@ def test_a_lost_object_is_found_and_dropped_on_s3(
     _use_s3(monkeypatch, s3, "meterline-lost")
     with postgres_server() as server:
         lake = f"ducklake:postgres:{create_database(server, 'lostobject')}"
-        _write(lake, tmp_path, batches=3, per_batch=2)
+        write_batches(lake, tmp_path / "spool", batches=3, per_batch=2)
         key = sorted(k for k in _objects(s3, "meterline-lost") if "/usage_events/" in k)[0]
         _client(s3).delete_object(Bucket="meterline-lost", Key=key)
         result = CliRunner().invoke(billing_main, ["--db", lake, "usage"])

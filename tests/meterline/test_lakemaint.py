@@ -58,6 +58,20 @@ def event(n: int, consumer: str, proxy: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def write_batches(lake: str, spool_dir: Path, *, batches: int, per_batch: int) -> None:
+    """``batches`` flushes of ``per_batch`` events by one writer: a lake file each."""
+    spool = Spool(spool_dir)
+    writer = SpoolWriter(spool, lake)
+    try:
+        for batch in range(batches):
+            for k in range(per_batch):
+                spool.append(event(batch * per_batch + k, "alice", "p"))
+            assert writer.flush()
+    finally:
+        writer.stop()
+        spool.close()
+
+
 def test_one_lease_holder_at_a_time(server: str, tmp_path: Path, monkeypatch: Any) -> None:
     monkeypatch.setenv("METERLINE_LAKE_DATA", str(tmp_path / "data"))
     lake = _lake(server, "lease")
