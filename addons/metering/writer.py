@@ -340,6 +340,8 @@ class SpoolWriter:
                 self.link.close()
                 self.recent.clear()
                 self._may_repeat_store = True
+                self._unknown_commits = []  # times of another store's flushes
+                self._save_failed_flushes()
                 self.link = StoreLink(locator, lock_wait_s=self.lock_wait_s)
                 if self._thread is not None:
                     self._start_maintainer()
@@ -431,7 +433,7 @@ class SpoolWriter:
             try:
                 with private_files():  # the file and its WAL hold events: 0600
                     con = self.link.connection()
-                    if self._unknown_commits:
+                    if self._unknown_commits and self.link.is_lake:
                         self._drop_lost_commits(con)
                     if not self._may_repeat_store:
                         known = self._known(segments)
