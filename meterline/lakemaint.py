@@ -480,18 +480,13 @@ def _merge(
 #: DuckLake's catalog tables whose rows a pass deletes by ``data_file_id IN (...)``
 #: (the files it merged, expired or cleaned up), which DuckLake 0.3 creates without an
 #: index on that column.
-DATA_FILE_ID_TABLES = (
-    "ducklake_file_column_stats",
-    "ducklake_delete_file",
-    "ducklake_file_partition_value",
-    "ducklake_files_scheduled_for_deletion",
-)
+DATA_FILE_ID_TABLES = (*lakerepair.PER_FILE_TABLES, "ducklake_files_scheduled_for_deletion")
 
 
 def _postgres_catalog(con: duckdb.DuckDBPyConnection, catalog: str) -> str | None:
     """The name under which DuckLake attached ``catalog``'s PostgreSQL catalog, if it is
     one (a DuckDB or SQLite catalog: None)."""
-    alias = f"__ducklake_metadata_{catalog}"
+    alias = lakerepair.metadata_alias(catalog)
     attached = con.execute(
         "SELECT count(*) FROM duckdb_databases() "
         f"WHERE database_name = '{alias}' AND type = 'postgres'"

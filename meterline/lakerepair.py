@@ -23,16 +23,16 @@ from dataclasses import dataclass
 import duckdb
 
 #: Catalog tables that hold rows of one data file, besides ``ducklake_data_file``.
-_PER_FILE_TABLES = (
+PER_FILE_TABLES = (
     "ducklake_file_column_stats",
-    "ducklake_file_partition_value",
     "ducklake_delete_file",
+    "ducklake_file_partition_value",
 )
 
 
 @dataclass(frozen=True)
-class DanglingFile:
-    """A live file (data, or the deletions of an UPDATE/DELETE) whose object is missing."""
+class LakeFile:
+    """A live file of a lake table: data, or the deletions of an UPDATE/DELETE."""
 
     file_id: int
     kind: str
@@ -57,7 +57,7 @@ _KINDS = {
 }
 
 
-def live_files(con: duckdb.DuckDBPyConnection, catalog: str = "lake") -> list[DanglingFile]:
+def live_files(con: duckdb.DuckDBPyConnection, catalog: str = "lake") -> list[LakeFile]:
     """Every data and delete file of the current snapshot, with its absolute path."""
     md = metadata_alias(catalog)
     (data_path,) = con.execute(
@@ -84,18 +84,18 @@ def live_files(con: duckdb.DuckDBPyConnection, catalog: str = "lake") -> list[Da
             path = data_path
             for part, relative in ((s_path, s_rel), (t_path, t_rel), (f_path, f_rel)):
                 path = path + part if relative else part
-            files.append(DanglingFile(file_id, kind, name, path, records or 0, float(at)))
+            files.append(LakeFile(file_id, kind, name, path, records or 0, float(at)))
     return files
 
 
-def dangling_files(con: duckdb.DuckDBPyConnection, catalog: str = "lake") -> list[DanglingFile]:
+def dangling_files(con: duckdb.DuckDBPyConnection, catalog: str = "lake") -> list[LakeFile]:
     """The live files whose object is missing.
 
     One listing per table directory finds the candidates; each is then confirmed by
     opening it the way a reader does (a local path: the file system; object storage:
     its Parquet footer), so a path spelled differently from the listing (``a//b``, a
     symlink) is never taken for a missing one."""
-    by_directory: dict[str, list[DanglingFile]] = defaultdict(list)
+    by_directory: dict[str, list[LakeFile]] = defaultdict(list)
     for f in live_files(con, catalog):
         by_directory[f.path.rpartition("/")[0]].append(f)
     missing = []
@@ -123,9 +123,7 @@ def _gone(con: duckdb.DuckDBPyConnection, path: str) -> bool:
     return False
 
 
-def drop_files(
-    con: duckdb.DuckDBPyConnection, files: list[DanglingFile], catalog: str = "lake"
-) -> int:
+def drop_files(con: duckdb.DuckDBPyConnection, files: list[LakeFile], catalog: str = "lake") -> int:
     """Remove ``files`` from the catalog, in one PostgreSQL transaction; returns how many.
 
     Readers no longer look for them; what a data file held is gone (a writer's lost
@@ -137,7 +135,7 @@ def drop_files(
     statements = []
     data = ", ".join(str(f.file_id) for f in files if f.kind == "data")
     if data:
-        statements += [f"DELETE FROM {t} WHERE data_file_id IN ({data})" for t in _PER_FILE_TABLES]
+        statements += [f"DELETE FROM {t} WHERE data_file_id IN ({data})" for t in PER_FILE_TABLES]
         statements.append(f"DELETE FROM ducklake_data_file WHERE data_file_id IN ({data})")
     deletes = ", ".join(str(f.file_id) for f in files if f.kind == "delete")
     if deletes:
@@ -153,7 +151,7 @@ def lost_in(
     *,
     catalog: str = "lake",
     slack_s: float = 2.0,
-) -> list[DanglingFile]:
+) -> list[LakeFile]:
     """The dangling files committed within one of ``windows`` (the times of flushes that
     failed, on this host's clock, give or take ``slack_s``): what a lost acknowledgement
     made DuckLake delete, whichever table the commit wrote (the events, a migration, the
