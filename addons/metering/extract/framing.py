@@ -188,10 +188,7 @@ class LazyText:
     def add_raw(self, data: str) -> None:
         if self._full:
             return
-        self._items.append(data)
-        self._size += len(data)
-        if self._size > LAZY_TEXT_COMPACT_AT or len(self._items) > _MAX_PENDING:
-            self._compact()
+        self._pend(data, len(data))
 
     def add_obj(self, obj: Any) -> None:
         """An already decoded event: its text is taken only if asked for (the first
@@ -203,10 +200,13 @@ class LazyText:
             return
         text = self._extract(obj)
         if text:
-            self._items.append(_Text(text))
-            self._size += len(text)
-            if self._size > LAZY_TEXT_COMPACT_AT or len(self._items) > _MAX_PENDING:
-                self._compact()
+            self._pend(_Text(text), len(text))
+
+    def _pend(self, item: str, size: int) -> None:
+        self._items.append(item)
+        self._size += size
+        if self._size > LAZY_TEXT_COMPACT_AT or len(self._items) > _MAX_PENDING:
+            self._compact()
 
     def _compact(self) -> None:
         text = self._decode(self._items)
