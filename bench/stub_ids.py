@@ -3,6 +3,7 @@
 Groq's ``groq/compound`` answers every call with ``"id": "stub"``. Before event ids named
 one call, every such call after the first of the day got the event id ``groq:stub`` and
 was dropped by the store's duplicate check (one day window): a day of N calls kept 1.
+Event ids are now made by the proxy, one per exchange (``addons/metering/eventid.py``).
 
 This sends ``--calls`` real recorded ``groq/compound`` answers (JSON, and SSE) through a
 real mitmdump with the addon, all within one day, with and without a request-id header
@@ -75,11 +76,10 @@ def main() -> None:
                 proxy.stop()
     kept = len(rows)
     ids = len({r["event_id"] for r in rows})
-    fresh = sum(r["event_id"].startswith("ml:") for r in rows)
-    paired = sum("@" in r["event_id"] for r in rows)
+    paired = sum(r["request_id"] is not None for r in rows)
     print(f"{sent} groq/compound calls (response id 'stub'), JSON and SSE, one day:")
     print(f"  events kept: {kept}/{sent}, distinct event ids: {ids}")
-    print(f"  ids paired with the request id: {paired}; fresh ids (no request id): {fresh}")
+    print(f"  with a request id: {paired}; without: {kept - paired}")
     sys.exit(0 if kept == sent == ids else 1)
 
 

@@ -29,7 +29,7 @@ class EventField:
 
 
 EVENT_FIELDS: tuple[EventField, ...] = (
-    EventField("event_id", "VARCHAR", True, "'<provider>:<response id>' or 'ml:<uuid>'"),
+    EventField("event_id", "VARCHAR", True, "'ml:<process token>-<n>': one per call"),
     EventField("ts", "TIMESTAMP", True, "UTC, when the response completed"),
     EventField("ingested_at", "TIMESTAMP", True, "UTC, when the batch reached the store"),
     EventField("consumer", "VARCHAR", False, "NULL: key not in the catalog"),

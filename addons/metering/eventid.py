@@ -1,16 +1,16 @@
-"""The ``event_id`` of one metered call: it must name that call and no other.
+"""The ``event_id`` of one metered call: it names that exchange and no other.
 
-The writer drops an event whose id is already stored (a replayed spool segment), so two
-different calls must never share an id. The id is fixed before the spool:
-
-- ``<provider>:<response id>@<request id>`` when the provider named its response and
-  sent a request-id header (``x-request-id``, ``request-id``, ``apim-request-id``): the
-  response id alone is not always unique (Groq's ``groq/compound`` answers every call
-  with ``"id": "stub"``), the pair is;
-- ``<provider>:<response id>`` when there is no request-id header and the response id
-  can identify one call (:func:`is_unique_id`);
-- ``ml:<uuid4>`` otherwise: no response id, or one known not to identify a call and no
-  request id to pair it with.
+The writer drops an event whose id is already stored (a replayed spool segment), and
+governance matches its pending counts to stored events by id, so two calls must never
+share one. The provider's ids cannot promise that: Ollama's OpenAI-compatible API draws
+``chatcmpl-<n>`` from 999 values, vLLM builds its id from the client's ``X-Request-Id``
+(one trace id sent with every call of a task gives every call the same id, and vLLM
+echoes it as the response's request id too), Groq's ``groq/compound`` answers every call
+with ``"id": "stub"``. An id built from them merged separate calls into one event and
+dropped the others' usage. So the id is made here, one per exchange through this proxy:
+``ml:<token>-<n>``, a random 64-bit token drawn when the process starts and a counter.
+It is fixed before the spool, so a replayed segment carries the same id; the provider's
+own ids are kept beside it (``response_id``, ``request_id``).
 
 Usage billed beside a call's own figures (Anthropic's ``usage.iterations`` other than
 ``message``) gets the call's id plus ``#<n>``, ``n`` counting those usages from 0.
@@ -18,28 +18,17 @@ Usage billed beside a call's own figures (Anthropic's ``usage.iterations`` other
 
 from __future__ import annotations
 
-import uuid
+import itertools
+import secrets
 
-#: Response ids providers are known to repeat across calls (compared case-insensitively).
-NON_UNIQUE_IDS = frozenset({"stub", "null", "none", "undefined", "id", "0", "chatcmpl"})
-#: Shorter ids are too few to tell calls apart (real ones are 20+ characters).
-MIN_UNIQUE_LENGTH = 8
-
-
-def is_unique_id(response_id: str) -> bool:
-    """Whether ``response_id`` can name one call: not a known placeholder, not tiny."""
-    rid = response_id.strip()
-    return len(rid) >= MIN_UNIQUE_LENGTH and rid.lower() not in NON_UNIQUE_IDS
+#: Drawn once per process: two proxies (or one across a restart) never share it.
+_PROCESS_TOKEN = secrets.token_hex(8)
+_serial = itertools.count(1)
 
 
-def event_id(provider: str, response_id: str | None, request_id: str | None) -> str:
-    if not response_id:
-        return f"ml:{uuid.uuid4()}"
-    if request_id and is_unique_id(request_id):
-        return f"{provider}:{response_id}@{request_id}"
-    if is_unique_id(response_id):
-        return f"{provider}:{response_id}"
-    return f"ml:{uuid.uuid4()}"
+def new_event_id() -> str:
+    """A fresh id (cheap: no system call per event; ``next`` on a count is atomic)."""
+    return f"ml:{_PROCESS_TOKEN}-{next(_serial)}"
 
 
 def beside_id(call_id: str, index: int) -> str:

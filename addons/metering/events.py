@@ -92,7 +92,7 @@ def build_event(
 ) -> dict[str, Any]:
     done = ex.t_done if ex.t_done is not None else time.time()
     if event_id is None:
-        event_id = eventid.event_id(ex.provider, usage.response_id, ex.request_id)
+        event_id = eventid.new_event_id()
     return {
         "event_id": event_id,
         "ts": timestamp(done),

@@ -151,7 +151,7 @@ def test_json_response_of_known_length_is_buffered_and_metered(
     assert f.response is not None and f.response.stream is False
     m.done()
     [row] = _rows(tmp_path)
-    assert row["event_id"] == "openai:chatcmpl-unit1"
+    assert (row["event_id"][:3], row["response_id"]) == ("ml:", "chatcmpl-unit1")
     assert row["streamed"] is False and row["ttft_ms"] is not None
     assert (row["consumer"], row["key_fingerprint"]) == ("alice", fingerprint(KEY))
     assert (row["input_tokens"], row["cached_input_tokens"], row["output_tokens"]) == (30, 20, 7)
@@ -470,8 +470,8 @@ def test_response_not_streamed_through_us_is_read_whole(
     m.response(f)
     m.done()
     [row] = _rows(tmp_path)
-    assert (row["event_id"], row["output_tokens"], row["estimated"]) == (
-        "openai:chatcmpl-unit1",
+    assert (row["response_id"], row["output_tokens"], row["estimated"]) == (
+        "chatcmpl-unit1",
         7,
         False,
     )
@@ -548,9 +548,9 @@ def test_buffered_body_is_metered_after_the_reply_and_never_lost(
     assert seen[0] == (1, 0)  # nothing metered on the step that sends the reply
     assert seen[-1] == (0, 0)  # metered a few steps later
     assert len(m.deferred.after_reply) == 0
-    assert sorted(r["event_id"] for r in _rows(tmp_path)) == [
-        "openai:chatcmpl-unit1",
-        "openai:chatcmpl-unit2",
+    assert sorted(r["response_id"] for r in _rows(tmp_path)) == [
+        "chatcmpl-unit1",
+        "chatcmpl-unit2",
     ]
 
 

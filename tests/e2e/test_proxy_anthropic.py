@@ -27,7 +27,7 @@ def test_messages_json(
     assert message.content[0].text == ex.text  # type: ignore[union-attr]
     [row] = meter_proxy.wait_for_events([ex.request_id])
     assert ex.usage is not None and row_usage(row) == ex.usage
-    assert row["event_id"] == f"fake-anthropic:{ex.response_id}@{ex.request_id}"
+    assert row["response_id"] == ex.response_id
     assert (row["consumer"], row["flavor"], row["model"]) == (
         "bob",
         "anthropic",

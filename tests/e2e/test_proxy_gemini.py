@@ -60,7 +60,7 @@ def test_generate_content_http2(
     assert received == bytes(ex.sent)
     [row] = h2_proxy.wait_for_events([ex.request_id])
     assert ex.usage is not None and row_usage(row) == ex.usage
-    assert row["event_id"] == f"fake-gemini:{ex.response_id}@{ex.request_id}"
+    assert row["response_id"] == ex.response_id
     assert (row["consumer"], row["model"], row["streamed"]) == ("alice", "gemini-2.5-flash", False)
 
 

@@ -51,7 +51,4 @@ def test_every_stub_call_is_its_own_event(tmp_path: Path, mitm_confdir: Path) ->
     assert len(rows) == sent
     assert len({r["event_id"] for r in rows}) == sent
     assert {r["response_id"] for r in rows} == {"stub"}
-    paired = [r for r in rows if r["request_id"] is not None]
-    assert all(r["event_id"] == f"groq:stub@{r['request_id']}" for r in paired)
-    assert len(paired) == sent // 2
-    assert all(r["event_id"].startswith("ml:") for r in rows if r["request_id"] is None)
+    assert len([r for r in rows if r["request_id"] is not None]) == sent // 2
