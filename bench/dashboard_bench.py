@@ -37,31 +37,66 @@ import duckdb  # noqa: E402
 from billing_bench import write_catalog  # noqa: E402
 
 from billing.store import billing_store  # noqa: E402
+from meterline.eventschema import EVENT_FIELDS  # noqa: E402
 
-EVENTS_SQL = """
-INSERT INTO usage_events
+GENERATED = {
+    "event_id": "'ev-' || i",
+    "ts": "ts",
+    "ingested_at": "ts + INTERVAL 1 SECOND",
+    "consumer": "CASE WHEN h % 97 = 0 THEN NULL"
+    " ELSE 'agent-' || lpad(CAST(h % $customers AS VARCHAR), 4, '0') END",
+    "key_fingerprint": "'sha256:' || lpad(CAST(h % 1013 AS VARCHAR), 64, '0')",
+    "provider": "CASE WHEN (h >> 20) % 3 = 2 THEN 'anthropic' ELSE 'openai' END",
+    "flavor": "CASE WHEN (h >> 20) % 3 = 2 THEN 'anthropic' ELSE 'openai' END",
+    "model": "CASE (h >> 20) % 3 WHEN 0 THEN 'gpt-4o-2024-08-06' WHEN 1 THEN 'GPT-4o-mini'"
+    " ELSE 'claude-sonnet-4-5' END",
+    "input_tokens": "(h >> 24) % 2000",
+    "cached_input_tokens": "(h >> 32) % 500",
+    "cache_write_tokens": "(h >> 40) % 50",
+    "output_tokens": "(h >> 44) % 800",
+    "reasoning_tokens": "0",
+    "estimated": "(h >> 50) % 23 = 0",
+    "response_id": "'resp-' || i",
+    "request_id": "'req-' || i",
+    "method": "'POST'",
+    "host": "'api.example'",
+    "path": "'/v1/chat/completions'",
+    "status": "CASE WHEN (h >> 52) % 41 = 0 THEN 500 WHEN (h >> 52) % 43 = 0 THEN NULL"
+    " ELSE 200 END",
+    "streamed": "(h >> 54) % 2 = 0",
+    "latency_ms": "100.0 + (h >> 30) % 900",
+    "ttft_ms": "20.0 + (h >> 36) % 400",
+    "proxy_id": "'bench'",
+}
+"""Column -> the SQL making it from the event number ``i`` and its hash ``h``. Columns not
+listed (nullable or with a default, e.g. ``reason``) are left to the table."""
+
+
+def events_sql() -> str:
+    """The INSERT naming its columns (by :data:`EVENT_FIELDS`), so a column added to the
+    schema cannot shift the values: a new required one stops the bench with its name."""
+    unknown = set(GENERATED) - {f.name for f in EVENT_FIELDS}
+    missing = [f.name for f in EVENT_FIELDS if f.required and f.name not in GENERATED]
+    if unknown or missing:
+        raise SystemExit(
+            f"bench/dashboard_bench.py: the event schema changed: generate {missing} "
+            f"(required), drop {sorted(unknown)} (gone) in GENERATED"
+        )
+    columns = [f.name for f in EVENT_FIELDS if f.name in GENERATED]
+    values = ",\n       ".join(GENERATED[c] for c in columns)
+    return f"""
+INSERT INTO usage_events ({", ".join(columns)})
 WITH g AS (
     SELECT i, hash(i) AS h,
            TIMESTAMP '2026-03-01'
              + to_microseconds(CAST(hash(i * 7) % 2678400000000 AS BIGINT)) AS ts
-    FROM range(?) AS r(i)
+    FROM range($events) AS r(i)
 )
-SELECT 'ev-' || i, ts, ts + INTERVAL 1 SECOND,
-       CASE WHEN h % 97 = 0 THEN NULL
-            ELSE 'agent-' || lpad(CAST(h % ? AS VARCHAR), 4, '0') END,
-       'sha256:' || lpad(CAST(h % 1013 AS VARCHAR), 64, '0'),
-       CASE WHEN (h >> 20) % 3 = 2 THEN 'anthropic' ELSE 'openai' END,
-       CASE WHEN (h >> 20) % 3 = 2 THEN 'anthropic' ELSE 'openai' END,
-       CASE (h >> 20) % 3 WHEN 0 THEN 'gpt-4o-2024-08-06' WHEN 1 THEN 'GPT-4o-mini'
-            ELSE 'claude-sonnet-4-5' END,
-       (h >> 24) % 2000, (h >> 32) % 500, (h >> 40) % 50, (h >> 44) % 800, 0,
-       (h >> 50) % 23 = 0,
-       'resp-' || i, 'req-' || i, 'POST', 'api.example', '/v1/chat/completions',
-       CASE WHEN (h >> 52) % 41 = 0 THEN 500 WHEN (h >> 52) % 43 = 0 THEN NULL ELSE 200 END,
-       (h >> 54) % 2 = 0, 100.0 + (h >> 30) % 900, 20.0 + (h >> 36) % 400, 'bench'
+SELECT {values}
 FROM g
 ORDER BY ts  -- proxies append in time order, so DuckDB's zone maps can skip by time
 """
+
 
 FLOOR_SQL = """
 SELECT date_trunc('day', ts) AS day, provider, model, SUM(input_tokens), SUM(cached_input_tokens),
@@ -104,7 +139,7 @@ def prepare(workdir: Path, events: int, customers: int, reuse: bool) -> tuple[Pa
         db.unlink()
     started = time.perf_counter()
     with billing_store(db, create=True) as con:
-        con.execute(EVENTS_SQL, [events, customers])
+        con.execute(events_sql(), {"events": events, "customers": customers})
         con.execute("CHECKPOINT")
     print(f"generated {events:,} events in {time.perf_counter() - started:.1f} s")
     started = time.perf_counter()

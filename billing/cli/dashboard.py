@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TypeVar
 
 import click
@@ -133,12 +134,23 @@ def unbilled_cmd(settings: Settings, start: datetime | None, end: datetime | Non
     "--token",
     envvar="METERLINE_DASHBOARD_TOKEN",
     help="Required to bind anywhere but loopback; clients send it as a Bearer token or "
-    "once as ?token=. Env: METERLINE_DASHBOARD_TOKEN.",
+    "once as ?token=. Env: METERLINE_DASHBOARD_TOKEN. On the command line it shows in ps: "
+    "prefer the environment or --token-file.",
+)
+@click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Read the token from this file (its first line), e.g. one made with chmod 600.",
 )
 @click.option("--verbose", is_flag=True, help="Log every request to stderr.")
 @pass_settings
 def dashboard_cmd(
-    settings: Settings, host: str, port: int, token: str | None, verbose: bool
+    settings: Settings,
+    host: str,
+    port: int,
+    token: str | None,
+    token_file: Path | None,
+    verbose: bool,
 ) -> None:
     """Serve a read-only web dashboard over the store and the catalog.
 
@@ -150,11 +162,16 @@ def dashboard_cmd(
     Example usage:
       billing dashboard
       billing --db ducklake:postgres:dbname=meterline dashboard --port 9000
-      billing dashboard --host 0.0.0.0 --token "$(openssl rand -hex 16)"
+      openssl rand -hex 16 > ~/.dashboard-token && chmod 600 ~/.dashboard-token
+      billing dashboard --host 0.0.0.0 --token-file ~/.dashboard-token
     """
     from billing.dashboard.app import Dashboard
     from billing.dashboard.server import DashboardError, DashboardServer, check_binding
 
+    if token_file is not None:
+        if token is not None:
+            raise click.UsageError("give --token (or METERLINE_DASHBOARD_TOKEN) or --token-file")
+        token = _read_token(token_file)
     try:
         check_binding(host, token)
     except DashboardError as e:
@@ -176,3 +193,15 @@ def dashboard_cmd(
         pass
     finally:
         server.server_close()
+
+
+def _read_token(path: Path) -> str:
+    """The first line of ``path``, stripped; a one-line error for a missing or empty file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise click.ClickException(f"--token-file {path}: {e.strerror}") from None
+    token = text.splitlines()[0].strip() if text.strip() else ""
+    if not token:
+        raise click.ClickException(f"--token-file {path}: the file holds no token")
+    return token

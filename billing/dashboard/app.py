@@ -25,7 +25,10 @@ from billing.dashboard import html, pages
 from billing.dashboard.customers import customer_page, customers_list, margin_page
 from billing.dashboard.queries import Scope, health, resolve_range, timeline, unbilled
 from billing.documents.pdf import PdfError, html_to_pdf
+from billing.documents.statement import NoStatement
+from billing.errors import UnknownCustomer
 from billing.invoices import BillingError, get_invoice
+from billing.ledger import load_invoices
 from billing.schedule import ScheduleError
 from billing.usage import UsageError
 from meterline.catalog import Catalog, CatalogError, load_catalog
@@ -43,7 +46,7 @@ class Response:
 
 
 class NotFound(LookupError):
-    pass
+    """What the URL names does not exist (404); the message says what."""
 
 
 def parse_instant(text: str | None, name: str) -> datetime | None:
@@ -146,9 +149,9 @@ class Dashboard:
                 m = pattern.fullmatch(path)
                 if m:
                     return handler(Request(path, params, fmt, m.groupdict()))
-            raise NotFound(path)
-        except NotFound as e:
-            return self.error(404, f"no page {e.args[0]!r}", fmt)
+            raise NotFound(f"no page {path!r}")
+        except (NotFound, UnknownCustomer, NoStatement) as e:
+            return self.error(404, str(e), fmt)
         except USER_ERRORS as e:
             return self.error(400, str(e), fmt)
 
@@ -175,7 +178,7 @@ class Dashboard:
         if req.fmt == "json":
             return Response(200, "application/json", render.to_json(data).encode())
         if req.fmt == "pdf":
-            raise NotFound(req.path + ".pdf")
+            raise NotFound(f"no page {req.path + '.pdf'!r}")
         body = html(data, self.catalog(), req.json_url)
         return Response(200, "text/html; charset=utf-8", body.encode())
 
@@ -228,8 +231,11 @@ class Dashboard:
 
     def invoice(self, req: Request) -> Response:
         catalog = self.catalog()
+        number = req.args["number"]
         with self.connect() as con:
-            inv = get_invoice(con, req.args["number"], catalog)
+            if not load_invoices(con, numbers=[number], with_lines=False):
+                raise NotFound(f"no invoice {number!r}")
+            inv = get_invoice(con, number, catalog)
         if req.fmt == "json":
             return Response(
                 200, "application/json", render.to_json(render.invoice_json(inv)).encode()

@@ -17,8 +17,8 @@ import duckdb
 
 from billing import render
 from billing.dashboard.panels import load_panels
-from billing.dashboard.queries import Scope, TimeRange, floor_to, timeline
-from billing.invoices import BillingError, list_invoices, preview_invoice
+from billing.dashboard.queries import Scope, TimeRange, timeline
+from billing.invoices import BillingError, find_customer, list_invoices, preview_invoice
 from billing.schedule import subscription_at
 from meterline.catalog import Catalog
 
@@ -55,10 +55,7 @@ def margin_page(
     the month's invoices billed at list price, which takes longer than the customer page."""
     from billing.margin import margin_report  # genai-prices: load on use
 
-    try:
-        customer = catalog.customer(key)
-    except KeyError:
-        raise BillingError(f"unknown customer {key!r}") from None
+    customer = find_customer(catalog, key)
     if month is None:
         invoices = list_invoices(con, catalog, customer=key)
         if not invoices:
@@ -69,19 +66,16 @@ def margin_page(
 
 
 def chart_end(start: datetime, end: datetime, at: datetime) -> datetime:
-    """The period's usage chart stops where the preview does: the day ``at`` falls in."""
-    day = floor_to(at, "day") + timedelta(days=1)
-    return max(start + timedelta(days=1), min(end, day))
+    """The period's usage chart stops where the preview does: at ``at`` (its last day is
+    partial), never past the period's end; at the period's first instant it is empty."""
+    return max(start, min(end, at))
 
 
 def customer_page(
     con: duckdb.DuckDBPyConnection, catalog: Catalog, key: str, at: datetime, now: datetime
 ) -> Data:
     """Everything on a customer's page; ``at`` picks the period previewed."""
-    try:
-        customer = catalog.customer(key)
-    except KeyError:
-        raise BillingError(f"unknown customer {key!r}") from None
+    customer = find_customer(catalog, key)
     sub = subscription_at(customer, at)
     preview: Data | None = None
     usage: Data | None = None

@@ -86,8 +86,29 @@ def table(
     )
 
 
+SCRIPT_ESCAPES = str.maketrans(
+    {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+)
+"""JSON inside ``<script>``: no ``<`` means no ``</script>``, ``<!--`` or ``<script`` for
+the HTML parser to act on (a model named ``<!--<script>`` would swallow the page);
+``\\u003c`` is the same string to ``JSON.parse``."""
+
+
+def script_json(value: Any) -> str:
+    """``value`` as JSON safe to embed in a ``<script>`` element."""
+    return json.dumps(value, separators=(",", ":")).translate(SCRIPT_ESCAPES)
+
+
 def chart(css_id: str, spec: Data) -> str:
-    text = json.dumps(spec, separators=(",", ":")).replace("</", "<\\/")
+    """The chart's ``<div data-spec>`` and its spec; without data, a "nothing to chart" box
+    instead (Vega draws empty axes for no rows and warns about an infinite extent)."""
+    if not spec.get("data", {}).get("values"):
+        title = f'<div class="chart-title">{e(spec["title"])}</div>' if spec.get("title") else ""
+        return (
+            f'<div class="chart chart-empty" id="{css_id}">{title}'
+            '<p class="empty">Nothing to chart in this range.</p></div>'
+        )
+    text = script_json(spec)
     return (
         f'<div class="chart" id="{css_id}" data-spec="{css_id}-spec"></div>'
         f'<script type="application/json" id="{css_id}-spec">{text}</script>'

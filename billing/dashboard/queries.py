@@ -142,9 +142,9 @@ def timeline(
     by_model: dict[tuple[datetime, str], int] = defaultdict(int)
     by_type: dict[tuple[datetime, str], int] = defaultdict(int)
     models: dict[tuple[str, str], dict[str, int]] = {}
-    for bucket, provider, model, *counts in rows:
+    for bucket, provider, model, *counts, n_events in rows:
         at = from_db(bucket)
-        tokens = dict(zip(TOKEN_TYPES, (int(n) for n in counts[:4]), strict=True))
+        tokens = dict(zip(TOKEN_TYPES, (int(n) for n in counts), strict=True))
         total = sum(tokens.values())
         if total:
             by_model[(at, model)] += total
@@ -154,7 +154,7 @@ def timeline(
         m = models.setdefault((provider, model), {**dict.fromkeys(TOKEN_TYPES, 0), "events": 0})
         for tt, n in tokens.items():
             m[tt] += n
-        m["events"] += int(counts[4])
+        m["events"] += int(n_events)
     totals = {tt: sum(v[tt] for v in models.values()) for tt in TOKEN_TYPES}
     events = sum(v["events"] for v in models.values())
     model_rows = [
@@ -283,13 +283,13 @@ def unbilled(con: duckdb.DuckDBPyConnection, catalog: Catalog, rng: TimeRange) -
     }
     rows: list[Data] = []
     unpriced: list[Data] = []
-    for reason, consumer, key, customer, plan, provider, model, *counts in found:
-        tokens: dict[str, int] = dict(zip(TOKEN_TYPES, (int(n) for n in counts[:4]), strict=True))
+    for reason, consumer, key, customer, plan, provider, model, *counts, n_events in found:
+        tokens: dict[str, int] = dict(zip(TOKEN_TYPES, (int(n) for n in counts), strict=True))
         if reason is not None:
             rows.append(
                 {"reason": reason, "consumer": consumer, "key_fingerprint": key,
                  "customer": customer, "provider": provider, "model": model, **tokens,
-                 "total": sum(tokens.values()), "events": int(counts[4])}
+                 "total": sum(tokens.values()), "events": int(n_events)}
             )  # fmt: skip
             continue
         for tt, n in tokens.items():

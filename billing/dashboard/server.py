@@ -5,6 +5,10 @@ like Datasette. Bound anywhere else it requires a token (``--token`` or
 ``METERLINE_DASHBOARD_TOKEN``): sent as ``Authorization: Bearer <token>``, or once as
 ``?token=<token>``, which sets an HttpOnly cookie and redirects to the page without it.
 Requests without it get 401. Only GET (and HEAD) are served: the dashboard never writes.
+
+Without a token, a request must name a loopback host (``localhost``, ``127.0.0.1``,
+``[::1]``, with any port) in its ``Host`` header, or it gets 421: a web page whose name
+an attacker re-points at 127.0.0.1 (DNS rebinding) sends its own name, not one of these.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import sys
 from http import HTTPStatus
 from http.cookies import SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 from billing.dashboard.app import Dashboard, Response
 
@@ -34,6 +38,20 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def host_name(header: str) -> str:
+    """The name in a ``Host`` header, without its port or an IPv6 address's brackets."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1 : header.find("]")] if "]" in header else header
+    return header.rpartition(":")[0] if ":" in header else header
+
+
+def cookie_value(token: str) -> str:
+    """The token as a cookie value: percent-encoded, so ``;``, spaces or quotes in it
+    cannot end the value early (:meth:`Handler._authorized` decodes it)."""
+    return quote(token, safe="")
 
 
 def check_binding(host: str, token: str | None) -> None:
@@ -58,11 +76,21 @@ class Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         params = dict(parse_qsl(url.query))
         token = self.server.token
+        host = self.headers.get("Host")  # None: HTTP/1.0, no browser (they all send one)
+        if token is None and host is not None and not is_loopback(host_name(host)):
+            message = (
+                f"Host {host!r} is not this machine's loopback name: "
+                "without a token the dashboard answers only requests for localhost, "
+                "127.0.0.1 or [::1] (a page re-pointing its own name at this machine, DNS "
+                "rebinding, must not read it); open it by one of those, or start it with a token\n"
+            )
+            self._send(Response(421, "text/plain; charset=utf-8", message.encode()), head)
+            return
         if token is not None:
             given = params.pop("token", None)
             if given is not None and hmac.compare_digest(given.encode(), token.encode()):
                 location = url.path + ("?" + urlencode(params) if params else "")
-                cookie = f"{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/"
+                cookie = f"{COOKIE}={cookie_value(token)}; HttpOnly; SameSite=Strict; Path=/"
                 self._send(
                     Response(302, "text/plain", b"", {"Location": location, "Set-Cookie": cookie}),
                     head,
@@ -85,7 +113,9 @@ class Handler(BaseHTTPRequestHandler):
             return True
         cookie = SimpleCookie(self.headers.get("Cookie", ""))
         morsel = cookie.get(COOKIE)
-        return morsel is not None and hmac.compare_digest(morsel.value.encode(), token.encode())
+        return morsel is not None and hmac.compare_digest(
+            morsel.value.encode(), cookie_value(token).encode()
+        )
 
     def _send(self, response: Response, head: bool) -> None:
         self.send_response(response.status, HTTPStatus(response.status).phrase)

@@ -33,12 +33,14 @@ CSS = """
 @page { size: A4; margin: 16mm 14mm; }
 body { font: 13px/1.45 'DejaVu Sans', Helvetica, Arial, sans-serif; color: #1d2430;
        max-width: 60rem; margin: 2rem auto; padding: 0 1rem; }
+td, .parties, h3 { overflow-wrap: anywhere; }  /* a long unbroken name wraps: amounts stay */
 h1 { font-size: 1.7rem; margin: 0 0 .35rem; letter-spacing: -.01em; }
 h2 { font-size: 1.05rem; margin: 1.6rem 0 .5rem; }
 .muted { color: #5f6b7a; } .small { font-size: .8rem; }
 .head { display: flex; justify-content: space-between; gap: 2rem;
         border-bottom: 3px solid #1d2430; padding-bottom: 1rem; margin-bottom: 1.2rem; }
 .parties { display: flex; justify-content: space-between; gap: 2rem; margin-bottom: 1.4rem; }
+.parties > * { flex: 1 1 0; min-width: 0; }  /* a long name does not squeeze the other */
 .parties .label, dl.meta dt { font-size: .7rem; text-transform: uppercase;
   letter-spacing: .06em; color: #5f6b7a; }
 dl.meta { display: grid; grid-template-columns: auto auto; gap: .15rem 1rem; margin: 0;

@@ -13,7 +13,7 @@ import base64
 import html
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -26,10 +26,16 @@ from billing.documents.words import human_date, human_span, money
 from billing.invoices import BillingError, find_customer, line_meter, line_windows, parse_month
 from billing.ledger import load_invoices
 from billing.model import Invoice, InvoiceLine
+from billing.schedule import periods_ending_in
 from billing.usage import TOKEN_COLUMNS, WINDOWED_EVENTS, UsageWindow, load_windows
 from meterline.catalog import Catalog, Customer
 
 e = html.escape
+
+
+class NoStatement(BillingError):
+    """The customer has no invoice filed under the month; the message says why and what
+    would make one."""
 
 
 @dataclass
@@ -68,10 +74,26 @@ def month_invoices(
         if i.number and period.start < i.period_end <= period.end
     ]
     if not numbers:
-        raise BillingError(
-            f"no invoice for {key!r} in {month}: run `billing invoice generate --period {month}`"
+        raise NoStatement(
+            f"no invoice for {key!r} in {month}: {_why_none(catalog, customer, month)}"
         )
     return load_invoices(con, numbers=numbers, names={customer.key: customer.name})
+
+
+def _why_none(catalog: Catalog, customer: Customer, month: str) -> str:
+    """What to do about a month without an invoice: generate it only when one of the
+    customer's periods ends in the month and has closed (else generating creates nothing)."""
+    ending = periods_ending_in(catalog, parse_month(month), [customer])
+    if not ending:
+        return (
+            f"no billing period of {customer.key!r} ends in {month}, and an invoice is filed "
+            f"under the month its period ends in (see `billing invoice list --customer "
+            f"{customer.key}`)"
+        )
+    last = max(ending, key=lambda bp: bp.end)
+    if last.end > datetime.now(UTC):
+        return f"its period {human_span(last.start, last.end)} has not closed yet"
+    return f"run `billing invoice generate --period {month}`"
 
 
 _DAILY_SQL = f"""

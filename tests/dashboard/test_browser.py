@@ -8,13 +8,18 @@ full-page screenshot under the test's tmp dir.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 
-from tests.dashboard.conftest import Server
+from billing.store import billing_store
+from tests.billing.events import Setup, write_catalog
+from tests.dashboard.conftest import Server, start_dashboard, stop
+from tests.dashboard.seed import CATALOG
 
 JAN = "from=2026-01-01T00:00:00Z&to=2026-02-01T00:00:00Z"
 DAY1 = "from=2026-01-01T00:00:00Z&to=2026-01-02T00:00:00Z"
@@ -158,3 +163,110 @@ def test_invoice_page_reads_like_an_invoice(page: Any, dashboard: Server, shots:
         assert expected in text, expected
     assert "0.0000025" not in text
     assert page.problems == []
+
+
+# --------------------------------------------------------------------------- hostile names
+
+COMMENT_MODEL = "<!--<script>"
+LONG_MODEL = "m" * 400  # no space, hyphen or slash to break at
+LONG_NAME = "Alpha" + "Ltd" * 160
+
+
+@pytest.fixture(scope="module")
+def hostile(store: Setup, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The seed store with models named ``<!--<script>`` and 400 unbroken letters, and
+    alpha renamed to 485 unbroken letters."""
+    tmp = tmp_path_factory.mktemp("hostile")
+    db = tmp / "meterline.duckdb"
+    shutil.copy(store.db, db)
+    with billing_store(db) as con:
+        con.execute(
+            "UPDATE usage_events SET model = ? WHERE model = 'gpt-4o-mini'", [COMMENT_MODEL]
+        )
+        con.execute("UPDATE usage_events SET model = ? WHERE model = 'o3-mini'", [LONG_MODEL])
+    catalog = write_catalog(tmp, CATALOG.replace("Alpha Ltd", LONG_NAME))
+    server = start_dashboard(Setup(db, catalog))
+    yield server
+    stop(server)
+
+
+def test_a_model_named_like_a_comment_keeps_the_page(
+    page: Any, hostile: Server, shots: Path
+) -> None:
+    for name, path, chart_ids in (
+        ("comment-usage", f"/usage?{JAN}", ["chart-by-model", "chart-by-type"]),
+        ("comment-customer", "/customers/alpha?at=2026-01-20", ["chart-customer-usage"]),
+    ):
+        load(page, hostile, path, shots, name)
+        assert page.problems == [], name
+        drawn = page.evaluate("() => Object.keys(window.meterlineCharts).sort()")
+        assert drawn == chart_ids, name
+        legend = page.locator("#chart-by-model g.role-legend-label text, "
+                              "#chart-customer-usage g.role-legend-label text")  # fmt: skip
+        assert COMMENT_MODEL in legend.all_text_contents(), name
+    load(page, hostile, f"/usage?{JAN}", shots, "comment-usage-table")
+    models = page.locator('#models td[data-field="model"]').all_text_contents()
+    assert COMMENT_MODEL in models
+
+
+@pytest.mark.parametrize(
+    "path",
+    [f"/usage?{JAN}", f"/unbilled?{JAN}", "/customers", "/customers/alpha?at=2026-02-10",
+     "/invoices/INV-000001", "/statements/alpha/2026-01"],
+)  # fmt: skip
+def test_long_names_do_not_widen_the_page(
+    page: Any, hostile: Server, shots: Path, path: str
+) -> None:
+    load(page, hostile, path, shots, "long-" + path.strip("/").split("?")[0].replace("/", "-"))
+    assert page.problems == []
+    width = page.evaluate("() => document.documentElement.scrollWidth")
+    assert width <= 1280, (path, width)
+    if path.startswith(("/invoices", "/statements")):
+        total = page.locator("#total").first.bounding_box()
+        assert total is not None and total["x"] + total["width"] <= 1280
+
+
+@pytest.mark.parametrize(
+    ("path", "empty"),
+    [
+        ("/usage", ["chart-by-model", "chart-by-type"]),  # the landing page: last 30 days
+        ("/usage?from=2025-01-01&to=2025-01-03", ["chart-by-model", "chart-by-type"]),
+        ("/health?from=2025-01-01&to=2025-01-02", ["chart-calls", "chart-errors"]),
+        ("/customers/alpha?at=2026-03-10", ["chart-customer-usage"]),
+    ],
+)
+def test_no_data_shows_a_note_not_an_empty_chart(
+    page: Any, dashboard: Server, shots: Path, path: str, empty: list[str]
+) -> None:
+    response = page.goto(dashboard.url + path)
+    assert response.status == 200
+    page.evaluate("() => window.meterlineReady")
+    page.screenshot(path=str(shots / "no-data.png"), full_page=True)
+    assert page.problems == []  # Vega warns "Infinite extent" for an empty chart
+    assert page.evaluate("() => Object.keys(window.meterlineCharts)") == []
+    for chart_id in empty:
+        assert page.locator(f"#{chart_id}").inner_text().endswith("Nothing to chart in this range.")
+
+
+def test_a_token_with_separators_logs_the_browser_in(
+    store: Setup, browser: Any, shots: Path
+) -> None:
+    """``?token=`` sets a cookie the browser sends back whole: ``;``, ``=`` and spaces in
+    the token are percent-encoded, not taken as the cookie's end."""
+    token = 'pa ss;word=1,"x"'
+    server = start_dashboard(store, env={"METERLINE_DASHBOARD_TOKEN": token})
+    context = browser.new_context()
+    try:
+        pg = context.new_page()
+        response = pg.goto(
+            f"{server.url}/customers?{urlencode({'token': token, 'at': '2026-01-20'})}"
+        )
+        pg.screenshot(path=str(shots / "token-login.png"), full_page=True)
+        assert pg.url == f"{server.url}/customers?at=2026-01-20"
+        assert response.status == 200
+        assert pg.goto(f"{server.url}/usage.json").status == 200  # the cookie, again
+        context.clear_cookies()
+        assert pg.goto(f"{server.url}/usage.json").status == 401
+    finally:
+        context.close()
+        stop(server)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -10,7 +11,11 @@ from pathlib import Path
 import pytest
 from pypdf import PdfReader
 
+from billing.documents.invoice_page import invoice_html
+from billing.documents.pdf import html_to_pdf
 from billing.documents.words import human_date, human_span, money, per_label, unit_price_text
+from billing.invoices import get_invoice
+from billing.store import billing_store
 from tests.billing.cli.runner import error, run
 from tests.billing.events import Setup
 from tests.dashboard.seed import seeded
@@ -23,6 +28,27 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Setup:
 
 def pdf_text(path: Path) -> str:
     return "\n".join(page.extract_text() for page in PdfReader(path).pages)
+
+
+def text_off_the_page(path: Path) -> list[str]:
+    """Text the PDF places outside its pages' width (a viewer or printer cuts it off; text
+    extraction alone still finds it)."""
+    off: list[str] = []
+    for page in PdfReader(path).pages:
+
+        def visit(
+            text: str,
+            cm: list[float],
+            tm: list[float],
+            *_: object,
+            width: float = float(page.mediabox.width),
+        ) -> None:
+            x = tm[4] * cm[0] + tm[5] * cm[2] + cm[4]
+            if text.strip() and not 0 <= x < width:
+                off.append(text.strip())
+
+        page.extract_text(visitor_text=visit)
+    return off
 
 
 def test_invoice_pdf_has_the_invoice_text(store: Setup, tmp_path: Path) -> None:
@@ -102,6 +128,15 @@ def test_statement_charts_add_up_to_the_invoice_lines(store: Setup, tmp_path: Pa
         (["--customer", "alpha", "--period", "2026-05"],
          "Error: no invoice for 'alpha' in 2026-05: "
          "run `billing invoice generate --period 2026-05`"),
+        # beta's first period (15 January - 14 February) is on its February invoice:
+        # generating January creates nothing, so the hint must not say to
+        (["--customer", "beta", "--period", "2026-01"],
+         "Error: no invoice for 'beta' in 2026-01: no billing period of 'beta' ends in "
+         "2026-01, and an invoice is filed under the month its period ends in (see "
+         "`billing invoice list --customer beta`)"),
+        (["--customer", "alpha", "--period", "2099-01"],
+         "Error: no invoice for 'alpha' in 2099-01: its period 1 – 31 January 2099 has not "
+         "closed yet"),
         (["--customer", "zeta", "--period", "2026-01"],
          "Error: unknown customer 'zeta' (known customers: alpha, beta)"),
     ],
@@ -145,3 +180,27 @@ def test_prices_as_the_rate_card_writes_them() -> None:
     assert money(Decimal("1234.5"), "USD") == "1,234.50 USD"
     assert money(Decimal("0.000275"), "USD", exact=True) == "0.000275 USD"
     assert money(Decimal("504"), "JPY", exact=True) == "504 JPY"
+
+
+def test_a_long_unbroken_word_keeps_the_amounts_on_the_pdf(store: Setup, tmp_path: Path) -> None:
+    """A line description, customer or seller name without a place to break wraps inside
+    its cell: the AMOUNT column and the total stay on the A4 page."""
+    catalog = store.catalog
+    with billing_store(store.db) as con:
+        inv = get_invoice(con, "INV-000001", catalog)
+    word = "Gpt4oInputTokensForTheAcmeCorporationResearchDivisionAgents" * 2
+    inv = replace(
+        inv,
+        customer_name="Alpha" + "Ltd" * 40,
+        lines=[replace(ln, description=f"{word} {ln.description}") for ln in inv.lines],
+    )
+    seller = catalog.seller.model_copy(update={"name": "Meterline" + "Demo" * 30})
+    page = invoice_html(inv, catalog.model_copy(update={"seller": seller}))
+    out = tmp_path / "long.pdf"
+    out.write_bytes(html_to_pdf(page))
+    assert text_off_the_page(out) == []
+    text = " ".join(pdf_text(out).split())
+    assert "AMOUNT" in text
+    assert f"Total due {money(inv.total, inv.currency)}" in text
+    for line in inv.lines:
+        assert money(line.amount, inv.currency) in text, line.description

@@ -7,6 +7,7 @@ import json
 import math
 import threading
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -179,7 +180,7 @@ def test_customer_page_is_made_of_the_cli_answers(dashboard: Server, store: Setu
         store, "margin", "--period", "2026-01", "--customer", "alpha", "--format", "json"
     )
     usage = cli_json(
-        store, "timeline", "--customer", "alpha", "--from", "2026-02-01", "--to", "2026-02-11"
+        store, "timeline", "--customer", "alpha", "--from", "2026-02-01", "--to", "2026-02-10"
     )
     assert page["usage"] == usage
     assert page["panels"] == {}  # no entitlements module yet: nothing shown
@@ -192,7 +193,10 @@ def test_customers_list_and_errors(dashboard: Server) -> None:
         ("beta", "pro"),
     ]
     status, body = dashboard.get("/customers/nobody.json")
-    assert (status, json.loads(body)) == (400, {"error": "unknown customer 'nobody'"})
+    assert (status, json.loads(body)) == (
+        404,
+        {"error": "unknown customer 'nobody' (known customers: alpha, beta)"},
+    )
     status, body = dashboard.get("/usage?bucket=week")
     assert status == 400 and b"unknown bucket &#x27;week&#x27;" in body
     status, body = dashboard.get("/usage.json?key=abc")
@@ -202,6 +206,42 @@ def test_customers_list_and_errors(dashboard: Server) -> None:
     assert dashboard.get("/nothing-here")[0] == 404
     assert dashboard.get("/assets/../../etc/passwd")[0] == 404
     assert dashboard.get("/")[0] == 200  # redirected to /usage
+
+
+def test_customer_chart_stops_at_at(dashboard: Server) -> None:
+    """The period's chart counts what the preview beside it counts: usage before ``at``."""
+    first = dashboard.json("/customers/alpha.json?at=2026-02-01T00:00:00Z")
+    assert [ln["quantity"] for ln in first["period_so_far"]["lines"] if ln["kind"] != "flat"] == [
+        "0",
+        "0",
+        "0",
+    ]
+    assert first["usage"]["by_model"] == [] and first["usage"]["totals"]["total"] == 0
+    page = dashboard.json("/customers/alpha.json?at=2026-02-10T06:00:00Z")
+    assert page["usage"]["range"]["to"] == "2026-02-10T06:00:00Z"
+    gpt_in = next(ln for ln in page["period_so_far"]["lines"] if ln["feature"] == "gpt-in")
+    counted = sum(
+        m["input"] + m["cached_input"]
+        for m in page["usage"]["models"]
+        if m["provider"] == "openai" and m["model"].startswith("gpt-4o")
+    )
+    assert counted == int(Decimal(gpt_in["quantity"]))
+
+
+def test_missing_things_are_404(dashboard: Server) -> None:
+    for path, message in (
+        ("/invoices/INV-999999", "no invoice 'INV-999999'"),
+        ("/invoices/INV-999999.pdf", "no invoice 'INV-999999'"),
+        ("/customers/nobody", "unknown customer 'nobody'"),
+        ("/customers/nobody/margin", "unknown customer 'nobody'"),
+        ("/statements/nobody/2026-01", "unknown customer 'nobody'"),
+        ("/statements/alpha/2026-05", "no invoice for 'alpha' in 2026-05"),
+    ):
+        status, body = dashboard.get(path)
+        assert status == 404, (path, status)
+        assert message.replace("'", "&#x27;") in body.decode(), path
+    status, body = dashboard.get("/usage?bucket=week")
+    assert status == 400  # a bad query is still the client's error
 
 
 # --------------------------------------------------------------------------- documents
@@ -217,7 +257,7 @@ def test_invoice_and_statement_twins(dashboard: Server, store: Setup) -> None:
     status, body = dashboard.get("/invoices/INV-000001.pdf")
     assert status == 200 and body.startswith(b"%PDF-")
     status, body = dashboard.get("/invoices/INV-999999.json")
-    assert (status, json.loads(body)) == (400, {"error": "no invoice 'INV-999999'"})
+    assert (status, json.loads(body)) == (404, {"error": "no invoice 'INV-999999'"})
 
 
 # --------------------------------------------------------------------------- access
@@ -261,6 +301,35 @@ def test_read_only_while_a_writer_appends(store: Setup, tmp_path_factory: Any) -
     assert final == 2 * batches
 
 
+def request_with_host(server: Server, host: str | None) -> tuple[int, str]:
+    import http.client
+
+    conn = http.client.HTTPConnection(server.url.removeprefix("http://"), timeout=30)
+    conn.putrequest("GET", "/invoices/INV-000001.json", skip_host=True)
+    if host is not None:
+        conn.putheader("Host", host)
+    conn.endheaders()
+    resp = conn.getresponse()
+    body = resp.read().decode()
+    conn.close()
+    return resp.status, body
+
+
+def test_without_a_token_only_loopback_host_names_are_answered(dashboard: Server) -> None:
+    """DNS rebinding: a page at attacker.example re-points its name at 127.0.0.1 and reads
+    the dashboard; its requests carry ``Host: attacker.example``, so they are refused."""
+    port = dashboard.url.rpartition(":")[2]
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost", f"[::1]:{port}",
+                 f"LOCALHOST:{port}", None):  # fmt: skip
+        status, _ = request_with_host(dashboard, host)
+        assert status == 200, host
+    for host in (f"attacker.example:{port}", "attacker.example", f"192.0.2.1:{port}",
+                 f"localhost.attacker.example:{port}", ""):  # fmt: skip
+        status, body = request_with_host(dashboard, host)
+        assert status == 421, host
+        assert "not this machine's loopback name" in body and "INV-000001" not in body
+
+
 def test_binding_beyond_loopback_needs_a_token(store: Setup) -> None:
     result = run(store, "dashboard", "--host", "0.0.0.0", "--port", "0")
     assert result.exit_code == 1
@@ -268,6 +337,27 @@ def test_binding_beyond_loopback_needs_a_token(store: Setup) -> None:
         "Error: --host 0.0.0.0 makes billing data reachable from other machines: give --token "
         "(or METERLINE_DASHBOARD_TOKEN) so only holders of it can read"
     )
+
+
+def test_the_token_can_come_from_a_file(store: Setup, tmp_path: Path) -> None:
+    """``--token-file``: the token never on the command line (where ``ps`` shows it)."""
+    empty = tmp_path / "empty-token"
+    empty.write_text("\n", encoding="utf-8")
+    result = run(store, "dashboard", "--host", "0.0.0.0", "--port", "0", "--token-file", str(empty))
+    assert (result.exit_code, error(result)) == (
+        1, f"Error: --token-file {empty}: the file holds no token"
+    )  # fmt: skip
+    missing = run(store, "dashboard", "--token-file", str(tmp_path / "nope"))
+    assert error(missing) == f"Error: --token-file {tmp_path / 'nope'}: No such file or directory"
+    token_file = tmp_path / "token"
+    token_file.write_text("f1le-token\n", encoding="utf-8")
+    server = start_dashboard(store, "--token-file", str(token_file))
+    try:
+        assert server.get("/usage.json")[0] == 401
+        assert server.get("/usage.json", {"Authorization": "Bearer f1le-token"})[0] == 200
+        assert "f1le-token" not in " ".join(server.proc.args)
+    finally:
+        stop(server)
 
 
 def test_token_protects_every_page(store: Setup) -> None:
