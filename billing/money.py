@@ -40,6 +40,12 @@ _CONTEXT = Context(
 )
 _CODE_RE = re.compile(r"^[A-Z]{3}$")
 
+INVOICE_EXPONENT_OVERRIDES: dict[str, int] = {"MGA": 0}
+"""Currencies invoiced in a coarser unit than ISO 4217's minor unit, because that unit
+cannot be charged: ISO gives MGA two decimals, but Stripe treats it as zero-decimal (whole
+ariary). Invoices round to the unit that is charged, so the charge is the invoice to the
+last unit (docs/billing.md, Rounding; docs/stripe.md)."""
+
 
 def money_context() -> AbstractContextManager[Context]:
     """``with money_context(): ...``: 50-digit arithmetic; the global context is not touched."""
@@ -48,7 +54,8 @@ def money_context() -> AbstractContextManager[Context]:
 
 @cache
 def minor_unit_exponent(currency: str) -> int:
-    """Digits after the decimal point in ``currency`` per ISO 4217: USD 2, JPY 0, KWD 3.
+    """Digits after the decimal point in ``currency`` per ISO 4217: USD 2, JPY 0, KWD 3
+    (MGA 0: :data:`INVOICE_EXPONENT_OVERRIDES`).
 
     Raises ValueError for an unknown code and for codes without a minor unit (XAU, XDR...),
     which cannot be invoiced.
@@ -61,7 +68,7 @@ def minor_unit_exponent(currency: str) -> int:
         raise ValueError(f"currency {currency!r}: unknown ISO 4217 code") from None
     if exponent is None:
         raise ValueError(f"currency {currency!r}: has no minor unit, cannot bill in it")
-    return exponent
+    return INVOICE_EXPONENT_OVERRIDES.get(currency, exponent)
 
 
 def minor_unit(currency: str) -> Decimal:

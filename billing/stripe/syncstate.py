@@ -16,7 +16,7 @@ from pathlib import Path
 import duckdb
 
 from billing.store import billing_store
-from billing.storevalues import to_db
+from billing.storevalues import db_decimal, to_db
 from meterline.periods import calendar_month
 
 
@@ -103,7 +103,9 @@ class SyncState:
             ).fetchall()
             lines = con.execute(
                 "SELECT l.invoice_number, l.line_no, l.description, l.quantity, l.unit_price,"
-                " l.amount, l.usage_start, l.usage_end FROM invoice_lines l"
+                " l.amount, l.usage_start, l.usage_end,"
+                " json_extract_string(l.detail, '$.pricing.unit_price'), l.kind"
+                " FROM invoice_lines l"
                 " JOIN invoices i ON i.number = l.invoice_number"
                 " LEFT JOIN stripe_invoices s ON s.invoice_number = i.number"
                 " WHERE i.status = 'finalized' AND (s.state IS NULL OR s.state <> 'finalized')"
@@ -111,8 +113,10 @@ class SyncState:
                 args,
             ).fetchall()
         by_invoice: dict[str, list[Line]] = {}
-        for number, *rest in lines:
-            by_invoice.setdefault(number, []).append(Line(*rest))
+        for number, no, desc, qty, unit, amount, start, end, exact, kind in lines:
+            by_invoice.setdefault(number, []).append(
+                Line(no, desc, qty, _unit_price(unit, exact, kind), amount, start, end)
+            )
         return [
             OurInvoice(n, c, cur, ps, pe, total, tuple(by_invoice.get(n, [])))
             for n, c, cur, ps, pe, total in heads
@@ -258,6 +262,15 @@ class SyncState:
 
     def set_status(self, number: str, stripe_status: str | None) -> None:
         self._update(number, f"stripe_status = ?, status_checked_at = {_NOW}", [stripe_status])
+
+
+def _unit_price(stored: Decimal | None, exact: str | None, kind: str) -> Decimal | None:
+    """The exact unit price a usage line was priced with (its detail), which can have more
+    decimals than the column's 12; a fee's, or a line without one, as stored."""
+    if stored is None or exact is None or kind == "flat":
+        return stored
+    priced = Decimal(exact)
+    return priced if db_decimal(priced) == stored else stored
 
 
 def _upsert(

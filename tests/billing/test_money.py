@@ -16,6 +16,7 @@ from billing.money import (
     minor_unit,
     minor_unit_exponent,
     money_context,
+    round_exact,
     round_money,
 )
 
@@ -29,6 +30,15 @@ D = Decimal
 def test_minor_unit_exponent_follows_iso_4217(currency: str, digits: int) -> None:
     assert minor_unit_exponent(currency) == digits
     assert minor_unit(currency) == D(1).scaleb(-digits)
+
+
+def test_mga_is_invoiced_in_whole_ariary() -> None:
+    """ISO 4217 gives MGA two decimals, but Stripe charges it in whole ariary: invoices
+    round to what can be charged, so the invoice and the charge are the same amount."""
+    assert minor_unit_exponent("MGA") == 0
+    assert round_money(D("50000.50"), "MGA") == D("50001")
+    assert round_exact(Fraction(100001, 2), "MGA") == D("50001")
+    assert format_money(D("1234.4"), "MGA") == "1,234 MGA"
 
 
 @pytest.mark.parametrize(
