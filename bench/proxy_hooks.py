@@ -87,8 +87,10 @@ def measure(
     buffered: bool,
     durable: bool = True,
     cold: bool = False,
+    prepare: Callable[[Meter], None] | None = None,
 ) -> tuple[float, float]:
-    """(forwarding-path µs, deferred µs) per metered flow."""
+    """(forwarding-path µs, deferred µs) per metered flow. ``prepare`` runs on the
+    configured meter before the flows (bench/governance_hooks.py hands it a store read)."""
     work = Path(tempfile.mkdtemp())
     catalog = write_catalog(work / "catalog.yaml", [], {"alice": ["sk-bench"]})
     meter = Meter()
@@ -106,6 +108,8 @@ def measure(
         queue: deque[tuple[Callable[..., None], tuple[Any, ...]]] = meter.deferred.pending
         meter.deferred.defer = lambda fn, *a: queue.append((fn, a))  # type: ignore[method-assign]
         meter._open_spool()
+        if prepare is not None:
+            prepare(meter)
         assert meter.writer is not None
         meter.writer.batch_events = 10**9
         headers = http.Headers(content_type="application/json", authorization="Bearer sk-bench")

@@ -37,11 +37,19 @@ from typing import Any
 
 import duckdb
 
-from billing.ledger import BilledCard, SweptWindow, billed_cards, swept_windows
+from billing.errors import BillingError
+from billing.ledger import (
+    AdvanceFee,
+    BilledCard,
+    SweptWindow,
+    advance_fees,
+    billed_cards,
+    swept_windows,
+)
 from billing.model import Invoice, InvoiceLine
 from billing.money import decimal_text, round_money
 from billing.pricing import PricedLine, price_rate_card
-from billing.schedule import BillingPeriod, continues_earlier, next_period
+from billing.schedule import BillingPeriod, next_period
 from billing.usage import (
     TokenFilter,
     UsageWindow,
@@ -297,6 +305,35 @@ def _late_windows(
     return {(keys[n][0], keys[n][1].start, keys[n][1].end) for n in found}
 
 
+def _fee_due(
+    bp: BillingPeriod,
+    card_key: str,
+    prepaid: dict[str, list[AdvanceFee]],
+    carried: set[tuple[str, str, str, datetime]],
+) -> bool:
+    """Whether the in-advance fee ``card_key`` of ``bp``'s plan for ``bp`` is still to
+    bill: not if a stored invoice (or one of this run) billed it for a period starting
+    where ``bp`` does. A billed fee of the same plan for a period that starts elsewhere
+    but overlaps ``bp`` means the subscriptions were changed after invoicing: billing
+    ``bp``'s fee would charge the overlap twice, so that is refused."""
+    c, plan = bp.customer.key, bp.plan.key
+    if (c, plan, card_key, bp.start) in carried:
+        return False
+    for fee in prepaid.get(c, []):
+        if (fee.plan_key, fee.rate_card_key) != (plan, card_key):
+            continue
+        if fee.start == bp.start:
+            return False
+        if fee.start < bp.end and bp.start < fee.end:
+            raise BillingError(
+                f"customer {c!r}: the in-advance fee {card_key!r} of plan {plan!r} for "
+                f"{bp.start:%Y-%m-%dT%H:%M:%SZ} .. {bp.end:%Y-%m-%dT%H:%M:%SZ} overlaps the "
+                f"one {fee.number} billed for {fee.start:%Y-%m-%dT%H:%M:%SZ} .. "
+                f"{fee.end:%Y-%m-%dT%H:%M:%SZ}; were the subscriptions changed after invoicing?"
+            )
+    return True
+
+
 # Where lines go on an invoice: this period's fees, its usage, next period's fees, late usage.
 _FEES, _USAGE, _NEXT_FEES, _LATE = range(4)
 
@@ -323,6 +360,8 @@ def build_invoices(
     swept = swept_windows(con, customers)
     late = _late_windows(con, swept, watermark)
     billed = billed_cards(con, sorted({ck for ck, _, _ in late}))
+    prepaid = advance_fees(con, customers)
+    carried: set[tuple[str, str, str, datetime]] = set()
     cards_of: dict[str, list[UsageCard]] = {}
     invoices: list[Invoice] = []
     jobs: list[_Job] = []
@@ -338,20 +377,25 @@ def build_invoices(
         c = bp.customer
         invoices.append(Invoice(c.key, c.name, c.currency, bp.start, bp.end, watermark, digest))
         lines: list[tuple[int, int, InvoiceLine]] = []
-        first_of_run = not continues_earlier(bp)
         for card in bp.plan.rate_cards:
             price = card.price
             if not isinstance(price, FlatPrice):
                 continue
-            if price.payment_term == "in_arrears" or first_of_run:
+            # An in-advance fee is on the invoice before its period's (the previous
+            # period's, stored or in this run) unless that one did not bill it: a first
+            # period, or one added to the catalog after the previous invoice was final.
+            if price.payment_term == "in_arrears" or _fee_due(bp, card.key, prepaid, carried):
                 lines.append((_FEES, len(lines), _flat_line(card, price, bp, c.currency)))
         nxt = next_period(catalog, bp)
         if nxt is not None:
             for card in nxt.plan.rate_cards:
                 price = card.price
-                if isinstance(price, FlatPrice) and price.payment_term == "in_advance":
+                if not (isinstance(price, FlatPrice) and price.payment_term == "in_advance"):
+                    continue
+                if _fee_due(nxt, card.key, prepaid, carried):
                     fee = _flat_line(card, price, nxt, c.currency)
                     lines.append((_NEXT_FEES, len(lines), fee))
+                    carried.add((c.key, nxt.plan.key, card.key, nxt.start))
         placed.append(lines)
 
         own_end = bp.end if usage_until is None else max(bp.start, min(bp.end, usage_until))

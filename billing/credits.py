@@ -14,7 +14,7 @@ other line. The balance the proxy enforces for ``prepaid`` plans is read by
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -24,8 +24,8 @@ import duckdb
 
 from billing.errors import UnknownCustomer, UserError
 from billing.model import Invoice, InvoiceLine
-from billing.money import round_money
-from billing.storevalues import to_db
+from billing.money import minor_unit_exponent, round_money
+from billing.storevalues import STORABLE, db_decimal, to_db
 from meterline.catalog import Catalog, Customer
 
 
@@ -49,6 +49,12 @@ class Grant:
     def usable_at(self, at: datetime) -> bool:
         return self.remaining > 0 and (self.expires_at is None or at < self.expires_at)
 
+    def covers_period_from(self, start: datetime) -> bool:
+        """Whether an invoice for a period starting at ``start`` may take from it: the
+        period began before the grant expired (the proxy admitted that usage against it;
+        the invoice comes only after the period ends, often after the expiry)."""
+        return self.remaining > 0 and (self.expires_at is None or start < self.expires_at)
+
     def order(self) -> tuple[int, int, datetime, str]:
         expires = self.expires_at or datetime.max.replace(tzinfo=UTC)
         return (self.priority, self.expires_at is None, expires, self.grant_id)
@@ -68,12 +74,21 @@ def grant_credits(
 ) -> Grant:
     now = now or datetime.now(UTC)
     customer = grant_customer(catalog, customer_key)
+    if not amount.is_finite():
+        raise CreditError(f"a grant must be a finite amount, got {amount}")
     if amount <= 0:
         raise CreditError(f"a grant must be positive, got {amount}")
-    if round_money(amount, customer.currency) != amount:
+    if amount >= STORABLE:
+        decimals = minor_unit_exponent(customer.currency)
+        raise CreditError(
+            f"{amount:.{decimals}f} {customer.currency} is too large for a grant "
+            "(at most 26 digits before the point)"
+        )
+    money = round_money(amount, customer.currency)  # 1E+3 -> 1000.00: the currency's form
+    if money != amount:
         raise CreditError(f"{amount} {customer.currency} has more decimals than the currency")
     return store_grant(
-        con, customer, customer.currency, amount, None,
+        con, customer, customer.currency, money, None,
         priority=priority, expires_at=expires_at, now=now, granted_by=granted_by, reason=reason,
     )  # fmt: skip
 
@@ -139,7 +154,7 @@ def insert_grant(
                 seq,
                 customer_key,
                 currency,
-                amount,
+                db_decimal(amount),  # fixed point: DuckDB misreads 1E+3 as 1
                 priority,
                 to_db(expires_at) if expires_at else None,
                 to_db(now),
@@ -189,10 +204,13 @@ def list_grants(con: duckdb.DuckDBPyConnection, customer: str | None = None) -> 
 
 def grants_by_customer(grants: Sequence[Grant], at: datetime) -> dict[str, list[Grant]]:
     """Customer key -> the grants usable at ``at``, in the order invoices consume them."""
+    return _in_order(g for g in grants if g.usable_at(at))
+
+
+def _in_order(grants: Iterable[Grant]) -> dict[str, list[Grant]]:
     out: dict[str, list[Grant]] = defaultdict(list)
     for g in grants:
-        if g.usable_at(at):
-            out[g.customer_key].append(g)
+        out[g.customer_key].append(g)
     for mine in out.values():
         mine.sort(key=Grant.order)
     return out
@@ -202,14 +220,18 @@ def balance(grants: Sequence[Grant], at: datetime) -> Decimal:
     return sum((g.remaining for g in grants if g.usable_at(at)), Decimal(0))
 
 
-def apply_credits(
-    con: duckdb.DuckDBPyConnection, invoices: Sequence[Invoice], at: datetime
-) -> None:
-    """Add a credit line to each invoice with a positive total the customer's grants cover."""
+def apply_credits(con: duckdb.DuckDBPyConnection, invoices: Sequence[Invoice]) -> None:
+    """Add a credit line to each invoice with a positive total the customer's grants cover.
+
+    A grant covers an invoice whose period began before the grant expired, whenever the
+    invoice is made: a grant that expires at the end of December covers December's
+    invoice, made in January (before, it was judged at generation time and never did).
+    """
     if not any(inv.total > 0 for inv in invoices):
         return
     # One read of every grant (not two queries per customer: on a lake each costs ms).
-    by_customer = grants_by_customer(list_grants(con), at)
+    # Expiry is judged per invoice, against its period (Grant.covers_period_from).
+    by_customer = _in_order(g for g in list_grants(con) if g.remaining > 0)
     for inv in invoices:
         if inv.total <= 0:
             continue
@@ -218,7 +240,7 @@ def apply_credits(
         for g in by_customer.get(inv.customer_key, []):
             if left <= 0:
                 break
-            if g.currency != inv.currency or not g.usable_at(at):
+            if g.currency != inv.currency or not g.covers_period_from(inv.period_start):
                 continue
             take = min(g.remaining, left)
             g.remaining -= take

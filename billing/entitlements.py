@@ -21,6 +21,7 @@ from typing import Any
 
 import duckdb
 
+from billing.errors import BillingError
 from billing.money import minor_unit_exponent, round_money
 from meterline.catalog import Catalog
 from meterline.entitlements import build_policy, credit_balances, policy_usage, unit_balances
@@ -33,13 +34,20 @@ def _iso(value: datetime) -> str:
 
 
 def read_reserved(paths: Sequence[Path]) -> dict[str, int]:
-    """Reservations in flight from proxies' state files, summed by counter id."""
+    """Reservations in flight from proxies' state files, summed by counter id.
+
+    A file that cannot be read is an error: skipping it would show 0 reserved as if its
+    proxy had nothing in flight. (A proxy replaces its file atomically, so a file being
+    written is never seen half-written.)
+    """
     out: dict[str, int] = {}
     for path in paths:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
+        except OSError as e:
+            raise BillingError(f"proxy state {path}: cannot read it: {e.strerror or e}") from None
+        except ValueError:
+            raise BillingError(f"proxy state {path}: not a proxy's governance.json") from None
         for k, v in (data.get("reserved") or {}).items():
             out[k] = out.get(k, 0) + int(v)
     return out
@@ -112,10 +120,10 @@ def entitlement_rows(
             )
         if pol.prepaid:
             cost = Fraction(0)
-            end = None
+            start = end = None
             for cc in pol.cost_cards:
                 period = cc.account.period(now)
-                end = period.end
+                start, end = period.start, period.end
                 cost += cc.bound.cost(used.get(cc.account.key(period), 0))
             # The bound rounded up to the currency's unit: what the proxy holds against the balance.
             spent = to_decimal(cost, minor_unit_exponent(pol.currency))
@@ -132,7 +140,7 @@ def entitlement_rows(
                     "reserved": None,
                     "remaining": max(round_money(Decimal(0), pol.currency), balance - spent),
                     "credit_balance": balance,
-                    "period_start": None,
+                    "period_start": _iso(start) if start else None,
                     "resets_at": _iso(end) if end else None,
                     "source": f"plan {pol.plan}",
                 }

@@ -80,8 +80,8 @@ def preview_invoice(
     except ScheduleError as e:
         raise BillingError(str(e)) from None
     invoices, _ = build_invoices(con, catalog, [bp], watermark=max(now, at), usage_until=at)
-    apply_unit_grants(con, invoices, now)
-    apply_credits(con, invoices, now)
+    apply_unit_grants(con, invoices)
+    apply_credits(con, invoices)
     return invoices[0]
 
 
@@ -189,8 +189,8 @@ def generate_invoices(
         drafts, windows = build_invoices(
             con, catalog, todo, watermark=now - settle, progress=progress
         )
-        apply_unit_grants(con, drafts, now)
-        apply_credits(con, drafts, now)
+        apply_unit_grants(con, drafts)
+        apply_credits(con, drafts)
         try:
             save_invoices(con, drafts, windows, issued_at=now)
             break

@@ -21,10 +21,9 @@ import pyarrow as pa
 
 from billing import extensions
 from billing.credits import consumption_rows
-from billing.errors import UserError
 from billing.model import Invoice, InvoiceLine
-from billing.money import decimal_text, money_context, round_money
-from billing.storevalues import from_db, to_db, value_set
+from billing.money import money_context, round_money
+from billing.storevalues import AmountTooLarge, db_decimal, from_db, to_db, value_set
 from billing.usage import UsageWindow
 
 NUMBER_PREFIX = "INV-"
@@ -102,6 +101,38 @@ def billed_cards(
     return out
 
 
+@dataclass(frozen=True)
+class AdvanceFee:
+    """An in-advance fee an invoice billed: for the period ``[start, end)`` of a plan."""
+
+    plan_key: str
+    rate_card_key: str
+    start: datetime
+    end: datetime
+    number: str
+
+
+def advance_fees(
+    con: duckdb.DuckDBPyConnection, customers: Sequence[str]
+) -> dict[str, list[AdvanceFee]]:
+    """Customer -> every in-advance fee its stored invoices billed (the periods they cover)."""
+    with value_set(con, "bill_customers", customers):
+        rows = con.execute(
+            """
+            SELECT i.customer_key, l.plan_key, l.rate_card_key, l.usage_start, l.usage_end,
+                   l.invoice_number
+            FROM invoice_lines AS l JOIN invoices AS i ON i.number = l.invoice_number
+            WHERE l.kind = 'flat' AND json_extract_string(l.detail, '$.payment_term') = 'in_advance'
+              AND i.customer_key IN (SELECT value FROM bill_customers)
+            ORDER BY i.seq, l.line_no
+            """
+        ).fetchall()
+    out: dict[str, list[AdvanceFee]] = defaultdict(list)
+    for ck, plan, card, start, end, number in rows:
+        out[ck].append(AdvanceFee(plan, card, from_db(start), from_db(end), number))
+    return out
+
+
 def existing_invoices(
     con: duckdb.DuckDBPyConnection,
 ) -> dict[tuple[str, datetime, datetime], str]:
@@ -112,22 +143,12 @@ def existing_invoices(
     return {(ck, from_db(s), from_db(e)): n for ck, s, e, n in rows}
 
 
-class AmountTooLarge(UserError, ValueError):
-    """An amount or quantity the store's ``DECIMAL(38, 12)`` columns cannot hold."""
-
-
-_STORABLE = Decimal(10) ** 26
-
-
 def _stored(value: Decimal) -> Decimal:
     """Storage scale is 12 decimals; exact values with more live in the line's detail JSON."""
-    if abs(value) >= _STORABLE:
-        raise AmountTooLarge(
-            f"{decimal_text(value)} does not fit the store (at most 26 digits before the point); "
-            "check the catalog's prices"
-        )
-    with money_context():  # 50 digits: DECIMAL(38, 12) values exceed the default 28
-        return value.quantize(_SCALE)
+    try:
+        return db_decimal(value)
+    except AmountTooLarge as e:
+        raise AmountTooLarge(f"{e}; check the catalog's prices") from None
 
 
 def _dec(value: Decimal | None) -> Decimal | None:
@@ -180,7 +201,11 @@ def save_invoices(
         _insert(con, "invoices", _invoice_rows(invoices))
         _insert(con, "invoice_lines", _line_rows(invoices))
         _insert(con, "invoice_windows", _window_rows(invoices, windows))
-        consumed = [(*r, issued_at) for inv in invoices for r in consumption_rows(inv)]
+        consumed = [
+            (number, grant, customer, db_decimal(amount), issued_at)
+            for inv in invoices
+            for number, grant, customer, amount in consumption_rows(inv)
+        ]
         if consumed:  # what credit lines took from grants, with the invoice or not at all
             con.executemany("INSERT INTO credit_consumptions VALUES (?, ?, ?, ?, ?)", consumed)
         try:
@@ -191,7 +216,8 @@ def save_invoices(
             for ln in inv.lines:
                 ln.quantity = _trim(_stored(ln.quantity))
                 if ln.unit_price is not None:
-                    ln.unit_price = _unit_price(ln.kind, _stored(ln.unit_price), inv.currency)
+                    stored_price = _stored(ln.unit_price)
+                    ln.unit_price = _unit_price(ln.kind, stored_price, ln.detail, inv.currency)
     except BaseException:
         with contextlib.suppress(duckdb.Error):  # a failed COMMIT already ended it
             con.execute("ROLLBACK")
@@ -306,8 +332,18 @@ def _trim(value: Decimal) -> Decimal:
         return Decimal(format(value.normalize(), "f"))
 
 
-def _unit_price(kind: str, value: Decimal, currency: str) -> Decimal:
-    """A fee's unit price is money (``30.00``); a token's is a tiny exact figure."""
+def _unit_price(kind: str, value: Decimal, detail: dict[str, Any], currency: str) -> Decimal:
+    """A fee's unit price is money (``30.00``); a token's is a tiny exact figure.
+
+    The column holds 12 decimals; a price per token can have more (0.123456789012 per
+    1000 is 0.000123456789012), so the exact one priced (``detail.pricing.unit_price``)
+    is shown when the stored value is that price cut to the column's scale.
+    """
+    exact = (detail.get("pricing") or {}).get("unit_price")
+    if exact is not None and kind != "flat":
+        priced = Decimal(exact)
+        if priced.is_finite() and db_decimal(priced) == value:
+            return _trim(priced)
     money = round_money(value, currency)
     return money if kind == "flat" and money == value else _trim(value)
 
@@ -365,6 +401,7 @@ def load_invoices(
             ).fetchall()
         for num, no, kind, card, feat, plan, desc, us, ue, qty, unit, amount, detail in rows:
             inv = invoices[num]
+            details = json.loads(detail)
             inv.lines.append(
                 InvoiceLine(
                     kind=kind,
@@ -375,9 +412,11 @@ def load_invoices(
                     usage_start=from_db(us),
                     usage_end=from_db(ue),
                     quantity=_trim(qty),
-                    unit_price=None if unit is None else _unit_price(kind, unit, inv.currency),
+                    unit_price=(
+                        None if unit is None else _unit_price(kind, unit, details, inv.currency)
+                    ),
                     amount=round_money(amount, inv.currency),
-                    detail=json.loads(detail),
+                    detail=details,
                     line_no=no,
                 )
             )

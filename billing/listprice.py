@@ -11,10 +11,15 @@ Token mapping. Our events split input into three disjoint counts (``input`` = un
 genai-prices' ``input_tokens`` is the *total* input, with ``cache_read_tokens`` and
 ``cache_write_tokens`` as parts of it that it prices separately. So::
 
-    input_tokens       = input + cached_input + cache_write
+    input_tokens       = input + cached_input + cache_write + cache_write_1h
     cache_read_tokens  = cached_input
     cache_write_tokens = cache_write
     output_tokens      = output          (reasoning is already inside output)
+
+genai-prices lists no price for one-hour cache writes (``cache_write_1h``, Anthropic's
+``ttl: "1h"``); Anthropic prices them at 2x the base input price, so they are priced
+here as input twice over, at the input price of the tier the request's whole input
+selects (once inside ``input_tokens``, once added).
 
 One call prices one request's worth of usage, as genai-prices does: models whose price
 depends on the request's context length (e.g. Claude Sonnet 4.5 above 200k input tokens,
@@ -31,7 +36,7 @@ from functools import cache
 
 from genai_prices import data as _bundled
 from genai_prices.data_snapshot import DataSnapshot
-from genai_prices.types import ModelInfo, Provider, TieredPrices, Usage
+from genai_prices.types import ModelInfo, Provider, TieredPrices, Usage, calc_unit_price
 
 from billing.money import money_context
 from meterline.utc import as_utc
@@ -79,6 +84,7 @@ def list_cost(
     cache_write: int,
     output: int,
     at: datetime,
+    cache_write_1h: int = 0,
 ) -> Decimal | None:
     """List-price cost in USD of one request's tokens at time ``at``; None for unknown models.
 
@@ -88,6 +94,7 @@ def list_cost(
         "input": input,
         "cached_input": cached_input,
         "cache_write": cache_write,
+        "cache_write_1h": cache_write_1h,
         "output": output,
     }
     for name, value in counts.items():
@@ -100,8 +107,9 @@ def list_cost(
     if found is None:
         return None
     found_provider, found_model = found
+    whole_input = input + cached_input + cache_write + cache_write_1h
     usage = Usage(
-        input_tokens=input + cached_input + cache_write,
+        input_tokens=whole_input,
         cache_read_tokens=cached_input,
         cache_write_tokens=cache_write,
         output_tokens=output,
@@ -109,6 +117,9 @@ def list_cost(
     with money_context():
         calc = found_model.calc_price(usage, found_provider, genai_request_timestamp=when)
         total = calc.total_price
+        if cache_write_1h:  # the second helping of the input price (see the module doc)
+            input_price = found_model.get_prices(when).input_mtok
+            total += calc_unit_price(input_price, cache_write_1h, whole_input, 1_000_000)
     if not isinstance(total, Decimal):  # defensive: the package promises Decimal
         raise TypeError(f"genai-prices returned {type(total).__name__}, expected Decimal")
     return total

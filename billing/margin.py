@@ -127,7 +127,7 @@ def cost_by_model(
     per_event: set[Key] = set()
     for r in invoiced_usage(con, numbers):
         key: Key = (str(r["customer_key"]), str(r["provider"]), str(r["model"]))
-        counts: dict[str, int] = {t: int(r[t]) for t in TOKEN_TYPES}  # type: ignore[call-overload]
+        counts: dict[str, int] = {t: int(r[t] or 0) for t in TOKEN_TYPES}  # type: ignore[call-overload]
         tokens[key] += sum(counts.values())
         at = _day_start(r["day"])  # type: ignore[arg-type]
         if key in per_event or _priced_per_request(key[1], key[2], at):
@@ -137,7 +137,7 @@ def cost_by_model(
     for key in per_event:
         for e in invoiced_events(con, numbers, *key):
             ts = e.pop("ts").replace(tzinfo=UTC)  # type: ignore[attr-defined]
-            counts = {str(k): int(v) for k, v in e.items()}  # type: ignore[call-overload]
+            counts = {str(k): int(v or 0) for k, v in e.items()}  # type: ignore[call-overload]
             _add(cost, key, list_cost(key[1], key[2], at=ts, **counts))
     return cost, tokens
 
@@ -172,7 +172,7 @@ def margin_report(
                 exact = rev - raw
         margin = None if exact is None else round_money(exact, LIST_PRICE_CURRENCY)
         pct = None
-        if exact is not None and rev:
+        if exact is not None and rev > 0:  # of a credit (revenue <= 0) it means nothing
             with money_context():
                 pct = (exact * 100 / rev).quantize(Decimal("0.1"), rounding=ROUND_HALF_UP)
         rows.append(

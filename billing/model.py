@@ -7,6 +7,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from billing.money import minor_unit
+
 LINE_KINDS = ("flat", "usage", "late_usage", "credit")
 
 
@@ -52,10 +54,10 @@ class Invoice:
 
     @property
     def total(self) -> Decimal:
-        """The sum of the rounded line amounts: never rounded again."""
+        """The sum of the rounded line amounts: never rounded again (``0.00`` with none)."""
         if not self.lines and self.stored_total is not None:
             return self.stored_total
-        return sum((line.amount for line in self.lines), Decimal(0))
+        return sum((line.amount for line in self.lines), minor_unit(self.currency) * 0)
 
     def line(self, line_no: int) -> InvoiceLine:
         for line in self.lines:

@@ -84,6 +84,8 @@ class PricedLine:
     """Factor applied to a flat amount and to the min/max clamps, exact."""
     payment_term: str | None = None
     """Flat fees only: ``in_advance`` or ``in_arrears`` (timing is the caller's concern)."""
+    net: Fraction | None = None
+    """The exact amount ``amount`` was rounded from (after discount and min/max)."""
 
     def to_detail(self) -> dict[str, object]:
         """JSON-able: decimals as plain strings, never floats, never exponent notation."""
@@ -184,6 +186,7 @@ def price_rate_card(
         price_type=price.type,
         proration=factor,
         payment_term=payment_term,
+        net=net,
     )
 
 

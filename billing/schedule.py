@@ -109,14 +109,6 @@ def next_period(catalog: Catalog, bp: BillingPeriod) -> BillingPeriod | None:
         return None
 
 
-def continues_earlier(bp: BillingPeriod) -> bool:
-    """True when a period of the same customer ends exactly where ``bp`` starts."""
-    return any(
-        s.start < bp.start and (s.end is None or s.end >= bp.start)
-        for s in bp.customer.subscriptions
-    )
-
-
 def periods_ending_in(
     catalog: Catalog, month: Period, customers: list[Customer]
 ) -> list[BillingPeriod]:

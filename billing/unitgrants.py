@@ -2,19 +2,23 @@
 
 A unit grant is a row of ``credit_grants`` with ``feature_key`` set and ``amount``
 counting whole units of that feature (audited like currency grants: who, when, why).
-An invoice's ``usage`` line of the feature takes units from the customer's unit grants
-of that feature, in :meth:`billing.credits.Grant.order` (priority, then expiry, then
-age), at most the line's *billable* quantity (after the rate card's included
-allowance: included units cost nothing, so no grant is spent on them). The usage line
-keeps the metered quantity and its price, so it still adds up to its events
-(``billing invoice explain``); right after it a ``credit`` line shows the units taken
+An invoice's ``usage`` line of the feature may take units from the customer's unit
+grants of that feature, in :meth:`billing.credits.Grant.order` (priority, then expiry,
+then age), at most the line's *billable* quantity (after the rate card's included
+allowance: included units cost nothing, so no grant is spent on them). It takes the
+*fewest* units that bring the line's exact price to the lowest it can reach with the
+units at hand, and none when that does not lower the rounded amount: a grant never
+raises a bill (volume tiers make fewer units dearer across a tier bound) and never
+spends units that lower nothing (under a minimum, above a maximum). The usage line keeps
+the metered quantity and its price, so it still adds up to its events (``billing
+invoice explain``); right after it a ``credit`` line shows the units taken
 (``quantity``) and, as ``amount``, the line priced at ``metered - taken`` minus the line
 priced at ``metered``: both amounts are rounded by the same pricing, so the difference
-is exact, and the line's net is never below zero. The credit line's detail names each
-grant and the units it gave; :mod:`billing.ledger` stores them in
+is exact and never positive, and the line's net is never below zero. The credit line's
+detail names each grant and the units it gave; :mod:`billing.ledger` stores them in
 ``credit_consumptions`` (units, for a unit grant) in the invoice's transaction, and
 Stripe gets the line as a negative item like the currency credit line. Late usage lines
-take no units.
+take no units. docs/billing.md, "Unit grants on invoices", has the rule with examples.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 import duckdb
@@ -30,8 +35,8 @@ import duckdb
 from billing.build import UsageCard
 from billing.credits import CreditError, Grant, grant_customer, store_grant
 from billing.model import Invoice, InvoiceLine
-from billing.pricing import price_rate_card
-from meterline.catalog import Catalog
+from billing.pricing import PricedLine, price_rate_card
+from meterline.catalog import Catalog, RateCard, TieredPrice
 
 
 def grant_units(
@@ -94,12 +99,12 @@ def list_unit_grants(con: duckdb.DuckDBPyConnection, customer: str | None = None
     return out
 
 
-def _take(grants: list[Grant], wanted: int, at: datetime) -> list[dict[str, Any]]:
+def _take(grants: list[Grant], wanted: int, period_start: datetime) -> list[dict[str, Any]]:
     taken: list[dict[str, Any]] = []
     for g in grants:
         if wanted <= 0:
             break
-        if not g.usable_at(at):
+        if not g.covers_period_from(period_start):
             continue
         n = min(int(g.remaining), wanted)
         g.remaining -= n
@@ -108,19 +113,80 @@ def _take(grants: list[Grant], wanted: int, at: datetime) -> list[dict[str, Any]
     return taken
 
 
+def _fewest_units_for_lowest_price(
+    card: RateCard, quantity: int, most: int, currency: str, share: Fraction
+) -> tuple[int, PricedLine] | None:
+    """``(units, line priced at quantity - units)``: the fewest of at most ``most`` units
+    that bring the line's exact (unrounded) price to the lowest it can reach; None when no
+    number of them lowers it (under a minimum, above a maximum, across a volume bound).
+
+    Taking units never raises the price except where a volume tier bound is crossed
+    downwards (fewer units, dearer tier): between such bounds the price never rises as
+    units are taken, so the lowest price is at the lowest quantity of one of those ranges,
+    and within that range a bisection finds the highest quantity with that price.
+    """
+    cache: dict[int, PricedLine] = {}
+
+    def priced(n: int) -> PricedLine:
+        if n not in cache:
+            cache[n] = price_rate_card(card, n, currency=currency, proration=share)
+        return cache[n]
+
+    def net(n: int) -> Fraction:
+        value = priced(n).net
+        assert value is not None
+        return value
+
+    low = quantity - most
+    starts = {low}
+    price = card.price
+    if isinstance(price, TieredPrice) and price.mode == "volume":
+        # the first unit of each tier above the first, as a metered quantity
+        starts |= {
+            card.included + t.up_to + 1
+            for t in price.tiers
+            if t.up_to is not None and low < card.included + t.up_to + 1 <= quantity
+        }
+    bounds = sorted(starts)
+    ranges = [
+        (lo, (bounds[i + 1] - 1) if i + 1 < len(bounds) else quantity)
+        for i, lo in enumerate(bounds)
+    ]
+    lowest = min(net(lo) for lo, _ in ranges)
+    if lowest >= net(quantity):
+        return None
+    best = low
+    for lo, hi in ranges:
+        if net(lo) != lowest:
+            continue
+        while lo < hi:  # the highest quantity in [lo, hi] priced at ``lowest``
+            mid = (lo + hi + 1) // 2
+            if net(mid) <= lowest:
+                lo = mid
+            else:
+                hi = mid - 1
+        best = max(best, lo)
+    return quantity - best, priced(best)
+
+
 def _unit_credit(
-    line: InvoiceLine, currency: str, grants: list[Grant], at: datetime
+    line: InvoiceLine, currency: str, grants: list[Grant], period_start: datetime
 ) -> InvoiceLine | None:
     pricing = line.detail.get("pricing") or {}
     billable = int(Decimal(pricing.get("billable_quantity", "0")))
-    taken = _take(grants, billable, at)
-    if not taken:
+    available = sum(int(g.remaining) for g in grants if g.covers_period_from(period_start))
+    most = min(billable, available)
+    if most <= 0:
         return None
-    units = sum(int(t["amount"]) for t in taken)
     uc = UsageCard.from_snapshot(line.plan_key, line.detail)
-    reduced = price_rate_card(
-        uc.card, line.quantity - units, currency=currency, proration=uc.proration or 1
-    )
+    share = uc.proration if uc.proration is not None else Fraction(1)
+    found = _fewest_units_for_lowest_price(uc.card, int(line.quantity), most, currency, share)
+    if found is None:
+        return None
+    units, reduced = found
+    if reduced.amount >= line.amount:  # lower only below the minor unit: nothing to credit
+        return None
+    taken = _take(grants, units, period_start)
     return InvoiceLine(
         kind="credit",
         rate_card_key=line.rate_card_key,
@@ -142,10 +208,11 @@ def _unit_credit(
     )
 
 
-def apply_unit_grants(
-    con: duckdb.DuckDBPyConnection, invoices: Sequence[Invoice], at: datetime
-) -> None:
-    """After each usage line the customer's unit grants cover, add its credit line."""
+def apply_unit_grants(con: duckdb.DuckDBPyConnection, invoices: Sequence[Invoice]) -> None:
+    """After each usage line the customer's unit grants cover, add its credit line.
+
+    A grant covers the invoice of a period that began before it expired, as currency
+    grants do (:meth:`billing.credits.Grant.covers_period_from`)."""
     if not invoices:
         return
     # One read of every unit grant (not two queries per customer: on a lake each costs ms).
@@ -164,7 +231,7 @@ def apply_unit_grants(
             if line.kind != "usage" or not line.feature_key or line.quantity <= 0:
                 continue
             grants = [g for g in mine if g.currency == line.feature_key]
-            credit = _unit_credit(line, inv.currency, grants, at) if grants else None
+            credit = _unit_credit(line, inv.currency, grants, inv.period_start) if grants else None
             if credit is not None:
                 lines.append(credit)
         for n, line in enumerate(lines, start=1):

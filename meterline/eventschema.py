@@ -26,6 +26,11 @@ class EventField:
     required: bool
     """``NOT NULL`` in the table; a spooled line without it is not an event."""
     meaning: str
+    default: str | None = None
+    """SQL literal for a column added after events were stored: rows stored before it
+    read as this, and a spooled line without it (written by an older proxy) is stored
+    with it. DuckLake cannot make such a column ``NOT NULL``, so it is nullable and the
+    writer never stores a NULL in it."""
 
 
 EVENT_FIELDS: tuple[EventField, ...] = (
@@ -39,7 +44,9 @@ EVENT_FIELDS: tuple[EventField, ...] = (
     EventField("model", "VARCHAR", False, "as the provider reported it"),
     EventField("input_tokens", "BIGINT", True, "uncached input"),
     EventField("cached_input_tokens", "BIGINT", True, "input read from the provider's cache"),
-    EventField("cache_write_tokens", "BIGINT", True, "input written to the provider's cache"),
+    EventField(
+        "cache_write_tokens", "BIGINT", True, "input written to the provider's cache (5 minutes)"
+    ),
     EventField("output_tokens", "BIGINT", True, "all output, reasoning included"),
     EventField("reasoning_tokens", "BIGINT", True, "share of output_tokens, not added to it"),
     EventField("estimated", "BOOLEAN", True, "tokens counted by tiktoken, not reported"),
@@ -60,6 +67,14 @@ EVENT_FIELDS: tuple[EventField, ...] = (
         "why the proxy refused the call itself (limit:<feature>, credits, not_granted, "
         "unavailable); NULL for forwarded calls",
     ),
+    EventField(
+        "cache_write_1h_tokens",
+        "BIGINT",
+        False,
+        "input written to the provider's cache for an hour (Anthropic ttl 1h), priced "
+        "apart from cache_write_tokens (5 minutes)",
+        default="0",
+    ),
 )
 
 EVENT_COLUMNS: tuple[str, ...] = tuple(f.name for f in EVENT_FIELDS)
@@ -70,6 +85,9 @@ STORE_ONLY: frozenset[str] = frozenset({"ingested_at"})
 SPOOL_TYPES: dict[str, str] = {f.name: f.type for f in EVENT_FIELDS if f.name not in STORE_ONLY}
 """DuckDB type of each field the proxy spools (every event column but ``ingested_at``)."""
 
+SPOOL_DEFAULTS: dict[str, str] = {f.name: f.default for f in EVENT_FIELDS if f.default is not None}
+"""Columns a spooled line may lack (an older proxy wrote it) -> the SQL value stored then."""
+
 REQUIRED_SPOOLED: tuple[str, ...] = tuple(
     f.name for f in EVENT_FIELDS if f.required and f.name not in STORE_ONLY
 )
@@ -78,15 +96,19 @@ TOKEN_COLUMNS: dict[str, str] = {
     "input": "input_tokens",
     "cached_input": "cached_input_tokens",
     "cache_write": "cache_write_tokens",
+    "cache_write_1h": "cache_write_1h_tokens",
     "output": "output_tokens",
 }
-"""Catalog token type -> the event column counting it (the four disjoint, billed counts)."""
+"""Catalog token type -> the event column counting it (the disjoint, billed counts)."""
 
 
 def create_table_sql(table: str = "usage_events") -> str:
     """``CREATE TABLE IF NOT EXISTS`` for the whole schema (no migration history needed)."""
     cols = ",\n    ".join(
-        f"{f.name} {f.type}{' NOT NULL' if f.required else ''}" for f in EVENT_FIELDS
+        f"{f.name} {f.type}"
+        + (f" DEFAULT {f.default}" if f.default is not None else "")
+        + (" NOT NULL" if f.required else "")
+        for f in EVENT_FIELDS
     )
     return f"CREATE TABLE IF NOT EXISTS {table} (\n    {cols}\n)"
 

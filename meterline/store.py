@@ -78,6 +78,12 @@ EVENT_MIGRATIONS: tuple[Migration, ...] = (
         # unavailable): such events have zero tokens. NULL for forwarded calls.
         "ALTER TABLE usage_events ADD COLUMN IF NOT EXISTS reason VARCHAR",
     ),
+    Migration(
+        "0020_cache_write_1h",
+        # Anthropic's 1-hour cache writes, priced at 2x base input against 1.25x for the
+        # 5-minute ones: counted apart. Stored events (all in cache_write_tokens) read 0.
+        "ALTER TABLE usage_events ADD COLUMN IF NOT EXISTS cache_write_1h_tokens BIGINT DEFAULT 0",
+    ),
 )
 
 

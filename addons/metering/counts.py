@@ -78,6 +78,9 @@ def check_consistency(usage: Usage) -> str | None:
     """A problem with figures that are each valid but cannot be true together."""
     if usage.reasoning > usage.output:
         return f"reasoning {usage.reasoning} > output {usage.output}"
+    if usage.cache_write < 0:  # a one-hour share larger than all cache writes
+        written = usage.cache_write + usage.cache_write_1h
+        return f"one-hour cache writes {usage.cache_write_1h} > cache writes {written}"
     if usage.total > MAX_TOKENS:
         return f"total {usage.total} over {MAX_TOKENS}"
     return None

@@ -119,4 +119,5 @@ def build_event(
         "ttft_ms": _ms(ex.t_request, ex.t_first_byte),
         "proxy_id": proxy_id,
         "reason": None,
+        "cache_write_1h_tokens": usage.cache_write_1h,
     }

@@ -98,9 +98,11 @@ class Finisher:
             t_done=st.t_done,
         )
         rows = events.build_events(exchange, usage, self.proxy_id)
-        self.governance.finish(flow.id, rows)
-        for event in rows:
-            self.record(event)
+        try:  # counted before it is spooled (a store read may see it at once), ...
+            self.governance.finish(flow.id, rows)
+        finally:  # ... and recorded whatever governance does: the provider bills it
+            for event in rows:
+                self.record(event)
 
     def _note_settled(self, flow_id: str, st: FlowMeter, settled: Settled, cut: bool) -> None:
         """Say why a call is not metered from the provider's final report, if it is not.

@@ -17,7 +17,14 @@ proxy's events of the current periods, this proxy's pending events found there, 
 balances) and hands the snapshot to the event loop (:mod:`meterline.entitlements`).
 If the first read fails, ``meter_governance_failure`` decides: ``allow`` counts from
 zero (only this proxy's own calls since start) until a read succeeds, ``deny`` refuses
-governed calls (503) until then.
+governed calls (503) until then. A counter the store was never read for (a policy change
+adds it) refuses with a retryable 503 until the next read, which the change triggers.
+
+An error inside governance (a bug, a catalog the period maths cannot serve) never costs
+an event and never forwards a call its plan could refuse: :meth:`Governance.check`
+refuses the calls of a customer whose plan can refuse (503 ``unavailable``) and lets the
+others through (soft and unlimited limits refuse nothing); :meth:`Governance.finish`
+still releases what it can. Each kind of error is logged once, on one line.
 """
 
 from __future__ import annotations
@@ -118,6 +125,9 @@ class Governance:
         self._through_writer: Callable[[Callable[[duckdb.DuckDBPyConnection], Any]], Any] | None
         self._through_writer = None
         """The writer's connection: a DuckDB file can be open only once per process."""
+        self._errors_seen: set[str] = set()
+        self.errors = 0
+        """Errors inside governance since start (each kind logged once)."""
         """``governance.json``: reservations in flight, for ``billing entitlements``."""
 
     # ------------------------------------------------------------------ setup
@@ -153,6 +163,8 @@ class Governance:
             snap = self._read()
             if snap is not None:
                 self._apply(snap)
+            else:
+                self._blind()
         if self._thread is None:
             self._stop.clear()
             self._thread = threading.Thread(
@@ -169,20 +181,66 @@ class Governance:
 
     # ------------------------------------------------------------------ request path
 
+    def _failed(self, what: str, e: Exception) -> None:
+        """Log an error inside governance: once per kind, one line, no traceback."""
+        self.errors += 1
+        kind = f"{what}|{type(e).__name__}|{e}"[:300]
+        if kind in self._errors_seen:
+            log.debug("meterline: governance %s failed again: %s", what, e)
+            return
+        if len(self._errors_seen) < 256:
+            self._errors_seen.add(kind)
+        outcome = (
+            "calls of customers whose plan can refuse are refused with 503 until it is fixed"
+            if what == "check"
+            else "the event is recorded but not counted against limits"
+        )
+        log.error(
+            "meterline: governance %s failed: %s: %s (%s; logged once)",
+            what,
+            type(e).__name__,
+            e,
+            outcome,
+        )
+
     def check(self, consumer: str | None, flavor: str, provider: str, flow: http.HTTPFlow) -> Any:
-        """None (not governed), a :class:`Refusal`, or True (admitted, estimate reserved)."""
+        """None (not governed), a :class:`Refusal`, or True (admitted, estimate reserved).
+
+        Never raises: if the check fails, a call that a hard limit, an allow-list or a
+        prepaid balance could refuse is refused (``unavailable``, 503): a hard cap is not
+        waived by a bug. Other calls go through, as they would have.
+        """
         if consumer is None:
             return None
         pol = self.policy.by_consumer.get(consumer)
         if pol is None:
             return None
+        try:
+            return self._check(consumer, flavor, provider, flow)
+        except Exception as e:
+            self._failed("check", e)
+            pol = self.policy.by_consumer.get(consumer, pol)
+            if not (pol.inactive or pol.prepaid or pol.allowed is not None) and not any(
+                lim.hard and lim.limit is not None for lim in pol.limits
+            ):
+                return None
+            return Refusal(
+                "unavailable",
+                "Meterline: usage limits cannot be checked (an internal error, logged by the "
+                "proxy); calls are refused until it is fixed.",
+                "unavailable",
+                30,
+            )
+
+    def _check(self, consumer: str, flavor: str, provider: str, flow: http.HTTPFlow) -> Any:
         now = datetime.now(UTC)
         until = self.policy.valid_until
         if until is not None and now >= until:
             self.policy = build_policy(self.catalog, now)
-            pol = self.policy.by_consumer.get(consumer)
-            if pol is None:
-                return None
+            self._wake.set()  # new accounts (an override, a subscription) are read at once
+        pol = self.policy.by_consumer.get(consumer)
+        if pol is None:
+            return None
         if not self.ready and self.deny_when_blind:
             return Refusal(
                 "unavailable",
@@ -190,6 +248,15 @@ class Governance:
                 "calls are refused until it is back.",
                 "unavailable",
                 30,
+            )
+        if not self.ready and not self.counters.unread_as_zero:
+            # Governed since a reload, never read yet (no read has failed either).
+            return Refusal(
+                "unavailable",
+                "Meterline: usage limits are being read from the store; retry in a moment.",
+                "unavailable",
+                1,
+                retry=True,
             )
         req = flow.request
         est = estimate_request(
@@ -234,6 +301,8 @@ class Governance:
             # Waiting a few seconds would not help: SDKs that honour it do not retry.
             "x-should-retry": "false",
         }
+        if refusal.retry:  # a counter being read: the same call succeeds in a moment
+            headers["x-should-retry"] = "true"
         if refusal.retry_after is not None:
             headers["retry-after"] = str(refusal.retry_after)
         flow.response = http.Response.make(status, body, headers)
@@ -246,7 +315,10 @@ class Governance:
     # ------------------------------------------------------------------ settling
 
     def finish(self, flow_id: str, rows: list[dict[str, Any]] | None) -> None:
-        """Release the call's reservation; count its metered events (``rows``) if any."""
+        """Release the call's reservation; count its metered events (``rows``) if any.
+
+        Never raises (the caller records the events next, whatever happens here).
+        """
         held = self._reservations.pop(flow_id, None)
         if held is not None:
             self.counters.release(held[1])
@@ -255,11 +327,14 @@ class Governance:
             pol = self.policy.by_consumer.get(consumer) if consumer else None
             if pol is None:
                 continue
-            by_type = {t: int(event[col] or 0) for t, col in _TOKEN_FIELDS.items()}
-            at = datetime.fromisoformat(event["ts"]).replace(tzinfo=UTC)
-            self.counters.record(
-                pol, event["event_id"], event["provider"], event["model"] or "", by_type, at
-            )
+            try:
+                by_type = {t: int(event[col] or 0) for t, col in _TOKEN_FIELDS.items()}
+                at = datetime.fromisoformat(event["ts"]).replace(tzinfo=UTC)
+                self.counters.record(
+                    pol, event["event_id"], event["provider"], event["model"] or "", by_type, at
+                )
+            except Exception as e:
+                self._failed("counting an event", e)
 
     # ------------------------------------------------------------------ refreshing
 
@@ -313,11 +388,16 @@ class Governance:
 
     def _apply(self, snap: Snapshot) -> None:
         self.counters.apply(snap)
+        self.counters.unread_as_zero = False
         if not self.ready:
             log.info(
                 "meterline: usage limits enforced from the store (%d counters)", len(snap.stored)
             )
         self.ready = True
+
+    def _blind(self) -> None:
+        """A read failed: with ``allow``, counters never read count from zero meanwhile."""
+        self.counters.unread_as_zero = not self.deny_when_blind
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -327,9 +407,12 @@ class Governance:
                 continue
             snap = self._read()
             loop = self._loop
-            if snap is not None and loop is not None and not loop.is_closed():
+            if loop is not None and not loop.is_closed():
                 try:
-                    loop.call_soon_threadsafe(self._apply, snap)
+                    if snap is not None:
+                        loop.call_soon_threadsafe(self._apply, snap)
+                    else:
+                        loop.call_soon_threadsafe(self._blind)
                 except RuntimeError:  # the loop closed meanwhile
                     break
             self._write_state(snap.taken_at if snap is not None else None)

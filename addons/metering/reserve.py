@@ -8,18 +8,43 @@ consumers.
   at about 4 bytes per token; images and dense scripts differ: the call settles to the
   metered figure when it ends).
 - output: ``max_tokens`` / ``max_completion_tokens`` / ``max_output_tokens`` /
-  ``maxOutputTokens`` when the request sets one (providers never exceed it), else
-  :data:`DEFAULT_OUTPUT_RESERVE`.
+  ``maxOutputTokens`` when the request sets one (providers never exceed it), else the
+  model's largest output where :data:`MAX_OUTPUT` knows the model (the provider cannot
+  exceed that either), else :data:`DEFAULT_OUTPUT_RESERVE`, which is *not* a bound: such a
+  call can use more than it reserved (docs/governance.md states the resulting worst case).
 """
 
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import NamedTuple
 
 BYTES_PER_TOKEN = 4
 DEFAULT_OUTPUT_RESERVE = 4096
-"""Output tokens reserved when the request does not bound them."""
+"""Output tokens reserved when neither the request nor :data:`MAX_OUTPUT` bounds them."""
+
+MAX_OUTPUT: tuple[tuple[str, int], ...] = (
+    ("gpt-5", 128_000),
+    ("gpt-4.1", 32_768),
+    ("gpt-4o", 16_384),
+    ("chatgpt-4o", 16_384),
+    ("gpt-4-turbo", 4_096),
+    ("gpt-4", 8_192),
+    ("gpt-3.5-turbo", 4_096),
+    ("o1-mini", 65_536),
+    ("o1", 100_000),
+    ("o3", 100_000),
+    ("o4-mini", 100_000),
+    ("claude", 128_000),  # the largest any Claude model gives (3.7 Sonnet with its beta header)
+    ("gemini-1.5", 8_192),
+    ("gemini-2.0", 8_192),
+    ("gemini-2.5", 65_536),
+    ("gemini-3", 65_536),
+)
+"""The most output tokens a model can produce in one call, by model-name prefix (the
+longest prefix that matches wins; a router's ``vendor/`` prefix is ignored), from the
+providers' model pages. A call that sets no output bound reserves this much."""
 
 _OUTPUT_KEYS = (
     b'"max_tokens"',
@@ -73,6 +98,14 @@ def _model(body: bytes) -> str:
     return body[j + 1 : k].decode("utf-8", "replace") if k > 0 and k - j < 200 else ""
 
 
+@lru_cache(maxsize=1024)
+def max_output(model: str) -> int | None:
+    """:data:`MAX_OUTPUT` of ``model`` (``gpt-4o-2024-08-06``, ``openai/gpt-4o``), or None."""
+    name = model.rpartition("/")[2].lower()
+    found = [(len(p), n) for p, n in MAX_OUTPUT if name.startswith(p)]
+    return max(found)[1] if found else None
+
+
 def estimate_request(flavor: str, path: str, body: bytes) -> Estimate:
     if flavor == "gemini":
         m = _GEMINI_MODEL.search(path)
@@ -84,8 +117,6 @@ def estimate_request(flavor: str, path: str, body: bytes) -> Estimate:
         output = _int_value(body, key)
         if output is not None:
             break
-    return Estimate(
-        model,
-        -(-len(body) // BYTES_PER_TOKEN),
-        DEFAULT_OUTPUT_RESERVE if output is None else output,
-    )
+    if output is None:
+        output = max_output(model) or DEFAULT_OUTPUT_RESERVE
+    return Estimate(model, -(-len(body) // BYTES_PER_TOKEN), output)

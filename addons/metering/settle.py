@@ -85,6 +85,7 @@ def settle(
             input=usable.input,
             cached_input=usable.cached_input,
             cache_write=usable.cache_write,
+            cache_write_1h=usable.cache_write_1h,
             output=max(usable.output, count_output(model)),
             reasoning=usable.reasoning,
             estimated=True,

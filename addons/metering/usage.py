@@ -4,7 +4,10 @@ Token types are disjoint and add up to what the provider bills:
 
 - ``input``: input tokens not read from a cache and not written to one
 - ``cached_input``: input tokens read from the provider's prompt cache
-- ``cache_write``: input tokens written to the provider's prompt cache
+- ``cache_write``: input tokens written to the provider's prompt cache (Anthropic: for
+  5 minutes, 1.25x base input)
+- ``cache_write_1h``: input tokens written to it for an hour (Anthropic ``ttl: "1h"``,
+  2x base input): priced apart, so counted apart
 - ``output``: all output tokens, reasoning included
 
 ``reasoning`` is the share of ``output`` spent on reasoning; it is kept as its own
@@ -23,6 +26,7 @@ class Usage:
     input: int = 0
     cached_input: int = 0
     cache_write: int = 0
+    cache_write_1h: int = 0
     output: int = 0
     reasoning: int = 0
     model: str | None = None
@@ -43,7 +47,7 @@ class Usage:
 
     @property
     def total(self) -> int:
-        return self.input + self.cached_input + self.cache_write + self.output
+        return self.input + self.cached_input + self.cache_write + self.cache_write_1h + self.output
 
 
 class Seen(NamedTuple):

@@ -49,7 +49,7 @@ from addons.metering.recentids import RecentIds
 from addons.metering.spool import Spool
 from addons.metering.storelink import StoreLink
 from meterline import lakerepair
-from meterline.eventschema import EVENT_COLUMNS, REQUIRED_SPOOLED, SPOOL_TYPES
+from meterline.eventschema import EVENT_COLUMNS, REQUIRED_SPOOLED, SPOOL_DEFAULTS, SPOOL_TYPES
 from meterline.privatefiles import private_files
 from meterline.store import io_hint
 
@@ -89,7 +89,14 @@ _SURVEY = (
 #: 30-95 ms of CPU per flush; on a lake five minutes of ten proxies' files cost 20-30 ms.
 DEDUP_WINDOW = "INTERVAL 5 MINUTE"
 _COLS = ", ".join(EVENT_COLUMNS)
-_SELECT = ", ".join("$ingested_at" if c == "ingested_at" else c for c in EVENT_COLUMNS)
+_SELECT = ", ".join(
+    "$ingested_at"
+    if c == "ingested_at"
+    else f"coalesce({c}, {SPOOL_DEFAULTS[c]})"
+    if c in SPOOL_DEFAULTS
+    else c
+    for c in EVENT_COLUMNS
+)
 # The dedup compares with stored events from ``$since`` on only (a constant, so DuckDB's
 # zonemaps on ``ts`` skip older row groups, and a lake skips older files): the cost of a
 # flush does not grow with the table. An ANTI JOIN (hash table built on the batch, not on

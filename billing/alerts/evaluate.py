@@ -74,10 +74,13 @@ def evaluate(
             remaining = Decimal(row["remaining"])
             for amount in sorted(rules.credit_balance_below):
                 if remaining < amount:
-                    start = row["resets_at"] or ""
+                    # The id keeps the period's end (as ever: an alert already sent keeps
+                    # its id); the payload names the period's start, like the others.
+                    resets = row["resets_at"] or ""
+                    start = row["period_start"]
                     out.append(
                         AlertEvent(
-                            event_id(customer, "credit", str(amount), start),
+                            event_id(customer, "credit", str(amount), resets),
                             customer,
                             "credit.balance_below",
                             now if not start else _parse(start),

@@ -2,14 +2,18 @@
 
 :func:`enqueue` inserts each (event, webhook) once: an event id already there is left
 alone, so re-evaluating never fires a threshold twice in a period. :func:`deliver`
-posts every row that is due, oldest first; a failure is recorded and the row retried
-at ``now + backoff`` (``min_backoff * 2**attempts``, at most an hour).
+posts every row that is due, oldest first (the events of one evaluation in the order it
+found them: thresholds ascending); a failure is recorded and the row retried at
+``now + backoff`` (``min_backoff * 2**attempts``, at most an hour). Each post is signed
+with the time it is sent: a slow receiver or a backlog would otherwise receive posts
+signed minutes earlier, which the documented check (300 s) rejects.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -63,10 +67,12 @@ def enqueue(
         (r[0], r[1])
         for r in con.execute("SELECT event_id, webhook_url FROM alert_outbox").fetchall()
     }
+    # created_at steps by a microsecond per event: delivery (ordered by it) keeps the
+    # evaluation's order, e.g. 50 % before 80 % before 100 %, not the ids' hash order.
     rows = [
         (ev.event_id, hook.url, ev.customer_key, ev.kind, _db(ev.period_start),
-         payload(ev, now), _db(now), 0, _db(now), None, None)
-        for ev in events
+         payload(ev, now), _db(now + timedelta(microseconds=n)), 0, _db(now), None, None)
+        for n, ev in enumerate(events)
         for hook in webhooks
         if (ev.event_id, hook.url) not in have
     ]  # fmt: skip
@@ -107,7 +113,7 @@ def deliver(
     ).fetchall()
     result = Delivery()
     for event_id, url, body, attempts in due:
-        error = post(url, body.encode(), event_id, _secret(catalog, url), int(now.timestamp()))
+        error = post(url, body.encode(), event_id, _secret(catalog, url), int(time.time()))
         if error is None:
             con.execute(
                 "UPDATE alert_outbox SET delivered_at = ?, attempts = attempts + 1, "

@@ -53,6 +53,11 @@ class Settings:
     def store(self) -> AbstractContextManager[duckdb.DuckDBPyConnection]:
         return billing_store(self.db)
 
+    def store_for_writing(self) -> AbstractContextManager[duckdb.DuckDBPyConnection]:
+        """The store, a DuckDB file made if there is none yet: a grant may come before the
+        proxy's first event (a lake is never made here: a fleet's lake is the proxies')."""
+        return billing_store(self.db, create=not self.db.startswith(LAKE_PREFIX))
+
 
 pass_settings = click.make_pass_decorator(Settings)
 

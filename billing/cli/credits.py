@@ -10,8 +10,16 @@ import click
 
 from billing import render
 from billing.cli.common import DATETIME, Settings, format_option, pass_settings
-from billing.credits import CreditError, balance, grant_credits, list_grants
+from billing.credits import (
+    CreditError,
+    Grant,
+    balance,
+    grant_credits,
+    grant_customer,
+    list_grants,
+)
 from billing.invoices import utc_now
+from billing.money import round_money
 from billing.unitgrants import grant_units, list_unit_grants
 
 
@@ -53,7 +61,7 @@ def grant_cmd(
         raise CreditError("give either --amount, or --feature with --units")
     if feature is not None and units is not None:
         catalog = settings.load_catalog()
-        with settings.store() as con:
+        with settings.store_for_writing() as con:
             g = grant_units(
                 con, catalog, customer, feature, units,
                 granted_by=getpass.getuser(), reason=reason, priority=priority, expires_at=expires,
@@ -68,9 +76,11 @@ def grant_cmd(
     try:
         value = Decimal(amount)
     except InvalidOperation:
-        raise CreditError(f"--amount {amount!r} is not a number such as 50.00") from None
+        value = Decimal("NaN")
+    if not value.is_finite():  # NaN, Infinity: no amount at all
+        raise CreditError(f"--amount {amount!r} is not a number such as 50.00")
     catalog = settings.load_catalog()
-    with settings.store() as con:
+    with settings.store_for_writing() as con:
         g = grant_credits(
             con, catalog, customer, value,
             granted_by=getpass.getuser(), reason=reason, priority=priority, expires_at=expires,
@@ -95,6 +105,8 @@ def list_cmd(settings: Settings, customer: str | None, fmt: str) -> None:
     with settings.store() as con:
         grants = list_grants(con, customer)
         unit_grants = list_unit_grants(con, customer)
+    if customer is not None and not grants and not unit_grants:
+        grant_customer(settings.load_catalog(), customer)  # a typo: one line, not "(none)"
     now = utc_now()
     money = {g.grant_id for g in grants}
     rows = [
@@ -102,7 +114,7 @@ def list_cmd(settings: Settings, customer: str | None, fmt: str) -> None:
             "grant": g.grant_id,
             "customer": g.customer_key,
             "amount": g.amount,
-            "remaining": g.remaining if g.usable_at(now) or g.remaining == 0 else Decimal(0),
+            "remaining": _left(g.remaining if g.usable_at(now) else Decimal(0), g, money),
             "currency": g.currency if g.grant_id in money else None,
             "feature": None if g.grant_id in money else g.currency,
             "priority": g.priority,
@@ -117,7 +129,13 @@ def list_cmd(settings: Settings, customer: str | None, fmt: str) -> None:
     if fmt == "table":
         for key in sorted({g.customer_key for g in grants}):
             mine = [g for g in grants if g.customer_key == key]
-            click.echo(f"{key}: balance {balance(mine, now)} {mine[0].currency}")
+            currency = mine[0].currency
+            click.echo(f"{key}: balance {round_money(balance(mine, now), currency)} {currency}")
         for key, feat in sorted({(g.customer_key, g.currency) for g in unit_grants}):
             mine = [g for g in unit_grants if (g.customer_key, g.currency) == (key, feat)]
             click.echo(f"{key}: balance {balance(mine, now)} {feat} units")
+
+
+def _left(amount: Decimal, grant: Grant, money: set[str]) -> Decimal:
+    """What is left of a grant as shown: money in its currency's decimals, units whole."""
+    return round_money(amount, grant.currency) if grant.grant_id in money else amount

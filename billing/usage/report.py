@@ -294,7 +294,7 @@ def _shape(rows: list[dict[str, object]], group_by: tuple[str, ...]) -> list[dic
     for row in sorted(rows, key=lambda r: key({k: v for k, v in r.items() if k != "events"})):
         if "day" in row and row["day"] is not None:
             row["day"] = row["day"].isoformat()  # type: ignore[attr-defined]
-        tokens = {tt: int(row.pop(tt)) for tt in TOKEN_COLUMNS}  # type: ignore[call-overload]
+        tokens = {tt: int(row.pop(tt) or 0) for tt in TOKEN_COLUMNS}  # type: ignore[call-overload]
         events = row.pop("events")
         if "type" in group_by:
             for tt, n in tokens.items():

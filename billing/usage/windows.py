@@ -170,14 +170,15 @@ def aggregate_windows(
         else AGGREGATE_SQL.format(counted=counted, where=where)
     )
     rows = con.execute(sql, params).fetchall()
+    n = len(TOKEN_TYPES)  # the rows: window, provider, model, the token sums, events, counts
     return [
         WindowUsage(
             window_id=r[0],
             provider=r[1],
             model=r[2],
-            tokens=dict(zip(TOKEN_TYPES, (int(v) for v in r[3:7]), strict=True)),
-            events=int(r[7]),
-            counted={s: int(v) for s, v in zip(sets, r[8:], strict=True)},
+            tokens=dict(zip(TOKEN_TYPES, (int(v or 0) for v in r[3 : 3 + n]), strict=True)),
+            events=int(r[3 + n]),
+            counted={s: int(v) for s, v in zip(sets, r[4 + n :], strict=True)},
         )
         for r in rows
     ]

@@ -14,8 +14,14 @@ from pydantic import (
     Field,
 )
 
-TokenType = Literal["input", "cached_input", "cache_write", "output"]
-TOKEN_TYPES: tuple[TokenType, ...] = ("input", "cached_input", "cache_write", "output")
+TokenType = Literal["input", "cached_input", "cache_write", "cache_write_1h", "output"]
+TOKEN_TYPES: tuple[TokenType, ...] = (
+    "input",
+    "cached_input",
+    "cache_write",
+    "cache_write_1h",
+    "output",
+)
 
 FINGERPRINT_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 KEY_RE = r"^[a-z0-9][a-z0-9_.-]*$"
@@ -62,4 +68,7 @@ def _iso_duration(value: str) -> str:
     m = ISO_DURATION_RE.match(value)
     if not m or not any(m.groupdict().values()) or value == "P":
         raise ValueError(f"{value!r} is not an ISO-8601 duration such as P1M, P1W or P1Y")
+    # Every part zero (P0D, P0M, P0Y0D): the groups hold the text "0", which is truthy.
+    if not any(int(v) for v in m.groupdict().values() if v is not None):
+        raise ValueError(f"{value!r} is zero long: a period needs at least one day, e.g. P1D")
     return value

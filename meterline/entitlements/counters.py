@@ -17,6 +17,17 @@ overshoot of a hard limit is bounded by the estimate of the last call admitted (
 reservation fits an upper bound of its usage), plus, in a fleet, what other proxies
 admitted since the last snapshot.
 
+A prepaid customer's cost counts the current period and every earlier period of the
+subscription that no invoice has billed yet (the snapshot reads them): the balance only
+drops when an invoice consumes it, so without them each new period could spend it again.
+
+A counter whose window the store was never read for (an override that starts mid-period,
+a reload that changes a period, a new subscription) is *unread*: its stored usage is
+unknown, so a hard limit or prepaid plan on it refuses with ``unavailable`` (503, retry)
+until a snapshot covers it, unless the store cannot be read and the failure policy is
+``allow`` (:attr:`Counters.unread_as_zero`). A period that begins after the snapshot of
+an account it covered is known: the store held nothing of it then.
+
 Only the event loop calls :class:`Counters` methods; a refresh thread builds a
 :class:`Snapshot` and hands it over with :meth:`Counters.apply` on the loop.
 """
@@ -25,9 +36,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal
+from decimal import ROUND_FLOOR, Decimal
 from fractions import Fraction
 
+from iso4217 import Currency
+
+from meterline.entitlements.cost import to_decimal
 from meterline.entitlements.policy import Account, CustomerPolicy, Key, Matched
 from meterline.periods import Period
 
@@ -43,6 +57,25 @@ class Refusal:
     """Short code stored in the event's ``reason`` column: ``limit:<feature>``..."""
     retry_after: int | None = None
     """Seconds until the period resets (the limit frees up), if known."""
+    retry: bool = False
+    """Whether a client should retry (a counter being read): ``x-should-retry``."""
+
+
+def _places(currency: str) -> int:
+    try:
+        return Currency(currency).exponent or 0
+    except ValueError:
+        return 2
+
+
+def money(value: Decimal | Fraction, currency: str, *, up: bool) -> str:
+    """``value`` at the currency's precision (``1.00 USD``), rounded up (a cost bound) or
+    down (a balance), so a message never shows more than is there."""
+    places = _places(currency)
+    if up:
+        return f"{to_decimal(Fraction(value), places)} {currency}"
+    exact = Decimal(value) if isinstance(value, Decimal) else to_decimal(value)
+    return f"{exact.quantize(Decimal(1).scaleb(-places), rounding=ROUND_FLOOR)} {currency}"
 
 
 @dataclass(slots=True)
@@ -56,6 +89,8 @@ class Snapshot:
     """What the store held for the current periods, read off the request path."""
 
     stored: dict[Key, int]
+    """Units per counter: every account's current period (0 when none), and for a prepaid
+    plan's cost cards also the earlier periods of the subscription no invoice billed."""
     seen_pending: set[str]
     """Pending event ids found in the store."""
     balances: dict[str, Decimal]
@@ -74,7 +109,13 @@ class Counters:
     balances: dict[str, Decimal] = field(default_factory=dict)
     snapshot_at: datetime | None = None
     unit_balances: dict[tuple[str, str], int] = field(default_factory=dict)
+    unread_as_zero: bool = False
+    """Count unread counters from zero (the store is unreachable, failure policy ``allow``)."""
     _balances: dict[str, Fraction] = field(default_factory=dict)
+    _covered: set[tuple[str, str, str, datetime]] = field(default_factory=set)
+    """Accounts (a counter key without its period start) the last snapshot read."""
+    _by_account: dict[tuple[str, str, str, datetime], list[Key]] = field(default_factory=dict)
+    """The counters of each account in the last snapshot: current and earlier periods."""
 
     def period(self, acct: Account, at: datetime) -> Period:
         return acct.current(at)[0]
@@ -87,13 +128,40 @@ class Counters:
     def committed(self, key: Key) -> int:
         return self.stored.get(key, 0) + self.pending_sum.get(key, 0) + self.reserved.get(key, 0)
 
-    def cost_bound(self, pol: CustomerPolicy, at: datetime, *, with_reserved: bool) -> Fraction:
-        total = Fraction(0)
+    def unread(self, key: Key) -> bool:
+        """Whether the store's usage of ``key``'s window is unknown (never read)."""
+        at = self.snapshot_at
+        if key in self.stored or self.unread_as_zero or at is None:
+            return False  # before any snapshot, the owner decides (the failure policy)
+        return not (key[4] >= at and key[:4] in self._covered)
+
+    def cost_parts(
+        self, pol: CustomerPolicy, at: datetime, *, with_reserved: bool
+    ) -> tuple[Fraction, Fraction]:
+        """The cost bound of the current period and of earlier periods not invoiced yet."""
+        current = earlier = Fraction(0)
         for cc in pol.cost_cards:
             key = cc.account.current(at)[1]
             units = self.committed(key) if with_reserved else self.used(key)
-            total += cc.bound.cost(units)
-        return total
+            current += cc.bound.cost(units)
+            for old in self._by_account.get(key[:4], ()):
+                if old[4] < key[4]:
+                    earlier += cc.bound.cost(self.committed(old))
+        return current, earlier
+
+    def cost_bound(self, pol: CustomerPolicy, at: datetime, *, with_reserved: bool) -> Fraction:
+        current, earlier = self.cost_parts(pol, at, with_reserved=with_reserved)
+        return current + earlier
+
+    def _reading(self, pol: CustomerPolicy, feature: str, period: Period) -> Refusal:
+        return Refusal(
+            "unavailable",
+            f"Meterline: the usage of {feature} by customer {pol.customer!r} since "
+            f"{period.start:%Y-%m-%dT%H:%M:%SZ} is being read from the store; retry in a moment.",
+            "unavailable",
+            1,
+            retry=True,
+        )
 
     # ------------------------------------------------------------------ deciding
 
@@ -107,6 +175,8 @@ class Counters:
         now: datetime,
     ) -> Refusal | Reservation:
         """Refuse, or reserve the estimate on every account the call adds to."""
+        if pol.inactive is not None:
+            return Refusal("not_granted", pol.inactive, "not_granted")
         matched: Matched = pol.matching(provider, model)
         if not matched.allowed:
             return Refusal(
@@ -120,6 +190,8 @@ class Counters:
                 continue
             acct = lim.account
             period, key = acct.current(now)
+            if key not in self.stored and self.unread(key):
+                return self._reading(pol, acct.feature, period)
             used = self.committed(key)
             granted = self.unit_balances.get((pol.customer, acct.feature), 0)
             if used >= lim.limit + granted:
@@ -134,17 +206,23 @@ class Counters:
                     retry,
                 )
         if pol.prepaid:
-            balance = self.balances.get(pol.customer, Decimal(0))
-            cost = self.cost_bound(pol, now, with_reserved=True)
-            if self._balances.get(pol.customer, 0) <= cost:
-                end = pol.cost_cards[0].account.current(now)[0].end if pol.cost_cards else None
+            for cc in pol.cost_cards:
+                period, key = cc.account.current(now)
+                if key not in self.stored and self.unread(key):
+                    return self._reading(pol, cc.account.feature, period)
+            current, earlier = self.cost_parts(pol, now, with_reserved=True)
+            if self._balances.get(pol.customer, 0) <= current + earlier:
+                balance = self.balances.get(pol.customer, Decimal(0))
+                cur = pol.currency
+                before = f", earlier periods not invoiced {money(earlier, cur, up=True)}"
                 return Refusal(
                     "credits",
                     f"Meterline: prepaid credit of customer {pol.customer!r} is used up "
-                    f"(balance {balance} {pol.currency}, period cost so far "
-                    f"{float(cost):.2f} {pol.currency}); add credits to continue.",
+                    f"(balance {money(balance, cur, up=False)}, period cost so far "
+                    f"{money(current, cur, up=True)}{before if earlier else ''}); "
+                    "add credits to continue.",
                     "credits",
-                    max(1, int((end - now).total_seconds()) + 1) if end else None,
+                    None,
                 )
         parts: list[tuple[Key, int]] = []
         reserved = self.reserved
@@ -200,6 +278,11 @@ class Counters:
                 else:
                     self.pending_sum.pop(key, None)
         self.stored = snap.stored
+        by_account: dict[tuple[str, str, str, datetime], list[Key]] = {}
+        for key in snap.stored:
+            by_account.setdefault(key[:4], []).append(key)
+        self._by_account = by_account
+        self._covered = set(by_account)
         self.balances = snap.balances
         self.unit_balances = snap.unit_balances
         self._balances = {k: Fraction(v) for k, v in snap.balances.items()}

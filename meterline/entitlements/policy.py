@@ -4,7 +4,12 @@
 a customer with a subscription active at ``at``: its metered limits (plan entitlements,
 superseded by the customer's overrides), the models it may call (boolean
 entitlements), and, for a ``prepaid`` plan, the usage rate cards whose running cost is
-held against the credit balance. Everything is computed once per catalog and period;
+held against the credit balance. A customer with no active subscription whose latest
+ended subscription was on a plan that can refuse calls (a hard limit, an allow-list,
+prepaid) gets an *inactive* policy that refuses every call (403): its plan's limits
+would otherwise stop at the subscription's end, and its calls would be forwarded
+ungoverned and billed to no one. A customer with no subscription yet (none started, or
+none at all) is not governed: metering only. Everything is computed once per catalog and period;
 the request path only does dictionary lookups (:meth:`CustomerPolicy.matching`).
 """
 
@@ -25,7 +30,7 @@ from meterline.catalog import (
 from meterline.entitlements.cost import CostBound
 from meterline.periods import Period, period_containing
 
-INPUT_TYPES = frozenset({"input", "cached_input", "cache_write"})
+INPUT_TYPES = frozenset({"input", "cached_input", "cache_write", "cache_write_1h"})
 
 Key = tuple[str, str, str, datetime, datetime]
 """(customer, feature, cadence, anchor, period start): one counter."""
@@ -132,6 +137,8 @@ class CustomerPolicy:
     prepaid: bool
     cost_cards: list[CostCard]
     accounts: list[Account]
+    inactive: str | None = None
+    """Why every call is refused: no subscription is active (see the module docstring)."""
     _matched: dict[tuple[str, str], Matched] = field(default_factory=dict)
 
     def matching(self, provider: str, model: str) -> Matched:
@@ -271,6 +278,43 @@ def customer_policy(catalog: Catalog, customer: Customer, at: datetime) -> Custo
     )
 
 
+def _governs(plan: Plan) -> bool:
+    """Whether the plan can refuse a call: prepaid, an allow-list or a hard limit."""
+    return plan.prepaid or any(
+        e.type == "boolean" or (e.enforcement == "hard" and e.limit not in (None, "unlimited"))
+        for e in plan.entitlements
+    )
+
+
+def inactive_policy(catalog: Catalog, customer: Customer, at: datetime) -> CustomerPolicy | None:
+    """The refusing policy of a customer with no active subscription (call it only then)
+    whose latest ended subscription is on a plan that can refuse calls, or None."""
+    ended = [s for s in customer.subscriptions if s.end is not None and s.end <= at]
+    if not ended:
+        return None
+    sub = max(ended, key=lambda s: s.start)
+    if not _governs(catalog.plan(sub.plan)):
+        return None
+    return CustomerPolicy(
+        customer=customer.key,
+        name=customer.name,
+        currency=customer.currency,
+        consumers=tuple(customer.consumers),
+        plan=sub.plan,
+        subscription=sub,
+        limits=[],
+        allowed=None,
+        prepaid=False,
+        cost_cards=[],
+        accounts=[],
+        inactive=(
+            f"Meterline: customer {customer.key!r} has no active subscription (its "
+            f"subscription to plan {sub.plan!r} ended at {sub.end:%Y-%m-%dT%H:%M:%SZ}); "
+            "calls are refused."
+        ),
+    )
+
+
 def _next_change(customer: Customer, at: datetime) -> datetime | None:
     """The first subscription or override boundary after ``at``."""
     times = [s.start for s in customer.subscriptions] + [
@@ -291,7 +335,11 @@ def build_policy(catalog: Catalog | None, at: datetime) -> Policy:
         if change is not None and (valid_until is None or change < valid_until):
             valid_until = change
         pol = customer_policy(catalog, customer, at)  # type: ignore[arg-type]
-        if pol is None or not (pol.limits or pol.allowed is not None or pol.prepaid):
+        if pol is None:
+            pol = inactive_policy(catalog, customer, at)  # type: ignore[arg-type]
+        elif not (pol.limits or pol.allowed is not None or pol.prepaid):
+            pol = None
+        if pol is None:
             continue
         by_customer[customer.key] = pol
         for consumer in customer.consumers:

@@ -21,6 +21,7 @@ import duckdb
 from meterline.entitlements.counters import Snapshot
 from meterline.entitlements.policy import Account, Key, Policy
 from meterline.eventschema import TOKEN_COLUMNS
+from meterline.periods import periods_between
 
 _TOKEN_COLUMNS = TOKEN_COLUMNS
 _ID_CHUNK = 2000
@@ -77,6 +78,53 @@ def policy_usage(con: duckdb.DuckDBPyConnection, policy: Policy, at: datetime) -
             n = len(keyed)
             keyed.append((acct, key))
             windows.extend((n, c, period.start, period.end) for c in pol.consumers)
+    return _sum_windows(con, keyed, windows, out)
+
+
+def policy_keys(policy: Policy, at: datetime) -> dict[Key, int]:
+    """Every account's current counter at ``at``, at 0 (a store with no events yet)."""
+    return {
+        acct.key(acct.period(at)): 0 for pol in policy.by_customer.values() for acct in pol.accounts
+    }
+
+
+def _invoiced_starts(con: duckdb.DuckDBPyConnection, customer: str) -> set[datetime]:
+    """Starts (UTC) of the periods of ``customer`` that an invoice billed."""
+    if not _has_table(con, "invoices"):
+        return set()
+    rows = con.execute(
+        f"SELECT DISTINCT period_start FROM invoices WHERE customer_key = {_lit(customer)}"
+    ).fetchall()
+    return {r[0].replace(tzinfo=UTC) for r in rows}
+
+
+def unbilled_usage(con: duckdb.DuckDBPyConnection, policy: Policy, at: datetime) -> dict[Key, int]:
+    """Units of a prepaid plan's cost cards in the earlier periods of the subscription
+    that no invoice billed yet: spent, but not yet taken from the credit balance.
+
+    One window per earlier period and consumer (a period's cost is not linear: tiers'
+    flat amounts, packages and minimums apply per period). Late usage of an invoiced
+    period (ingested after its invoice) is billed by the next invoice; it is not counted
+    here.
+    """
+    keyed: list[tuple[Account, Key]] = []
+    windows: list[tuple[int, str, datetime, datetime]] = []
+    out: dict[Key, int] = {}
+    for pol in policy.by_customer.values():
+        if not pol.prepaid or not pol.cost_cards:
+            continue
+        invoiced = _invoiced_starts(con, pol.customer)
+        for cc in pol.cost_cards:
+            acct = cc.account
+            current = acct.period(at)
+            for period in periods_between(acct.anchor, acct.cadence, acct.anchor, current.start):
+                key = acct.key(period)
+                if period.start in invoiced or key in out:
+                    continue
+                out[key] = 0
+                n = len(keyed)
+                keyed.append((acct, key))
+                windows.extend((n, c, period.start, period.end) for c in pol.consumers)
     return _sum_windows(con, keyed, windows, out)
 
 
@@ -173,10 +221,11 @@ def read_snapshot(
     try:
         if _has_table(con, "usage_events"):
             stored = policy_usage(con, policy, at)
+            stored.update(unbilled_usage(con, policy, at))
             pending = pending_ids()
             seen = seen_event_ids(con, pending, None) if pending else set()
         else:  # a new store: nothing metered yet
-            stored, seen = {}, set()
+            stored, seen = policy_keys(policy, at), set()
         balances = credit_balances(con, at)
         units = unit_balances(con, at)
     finally:

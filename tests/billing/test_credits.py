@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import json
+import re
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from billing.cli import main as billing_cli
@@ -36,17 +39,19 @@ def credited_store(tmp_path: Path) -> Billed:
         for n, (consumer, inp, out, day) in enumerate(USAGE):
             _insert_event(con, n, consumer, inp, out, day)
 
-        def grant(amount: str, priority: int, expires: datetime | None, why: str) -> str:
+        def grant(
+            amount: str, priority: int, expires: datetime | None, why: str, at: datetime = BEFORE
+        ) -> str:
             g = grant_credits(
                 con, catalog, "acme", Decimal(amount), granted_by="test", reason=why,
-                priority=priority, expires_at=expires, now=BEFORE,
+                priority=priority, expires_at=expires, now=at,
             )  # fmt: skip
             return g.grant_id
 
         grant("20.00", 5, datetime(2027, 1, 1, tzinfo=UTC), "later expiry")
         grant("100.00", 5, datetime(2026, 12, 1, tzinfo=UTC), "sooner expiry")
         grant("10.00", 1, None, "first by priority")
-        grant("5.00", 0, datetime(2026, 10, 15, tzinfo=UTC), "expired before invoicing")
+        grant("5.00", 0, BEFORE, "expired before the period", at=datetime(2026, 9, 1, tzinfo=UTC))
         generate_invoices(con, catalog, "2026-10", now=GENERATED_AT)
     return Billed(db, catalog_path)
 
@@ -117,3 +122,134 @@ def test_cli_grants_and_lists_credits(tmp_path: Path) -> None:
     )
     bad = run(billing_cli, [*base, "grant", "--customer", "acme", "--amount", "0.001"])
     assert bad.output == "Error: 0.001 USD has more decimals than the currency\n"
+
+
+def _grant_store(tmp_path: Path) -> Billed:
+    catalog_path = tmp_path / "catalog.yaml"
+    catalog_path.write_text(CATALOG, encoding="utf-8")
+    db = tmp_path / "meterline.duckdb"
+    with billing_store(db, create=True):
+        pass
+    return Billed(db, catalog_path)
+
+
+def test_an_amount_in_exponent_notation_is_stored_as_the_amount_it_means(tmp_path: Path) -> None:
+    """``1E+3`` is 1000.00 (DuckDB's binding reads a positive-exponent Decimal as 1.00)."""
+    billed = _grant_store(tmp_path)
+    catalog = load_catalog(billed.catalog)
+    with billing_store(billed.db) as con:
+        for text in ("1E+3", "5E+1", "2.5E+2"):
+            g = grant_credits(
+                con, catalog, "acme", Decimal(text), granted_by="test", reason=text, now=BEFORE
+            )
+            assert str(g.amount) == f"{Decimal(text):.2f}"
+        listed = [(g.reason, g.amount, g.remaining) for g in list_grants(con, "acme")]
+        stored = [
+            r[0] for r in con.execute("SELECT amount FROM credit_grants ORDER BY seq").fetchall()
+        ]
+    assert listed == [
+        ("1E+3", Decimal("1000.00"), Decimal("1000.00")),
+        ("5E+1", Decimal("50.00"), Decimal("50.00")),
+        ("2.5E+2", Decimal("250.00"), Decimal("250.00")),
+    ]
+    assert stored == [Decimal(1000), Decimal(50), Decimal(250)]
+    result = CliRunner().invoke(
+        billing_cli,
+        ["--db", str(billed.db), "--catalog", str(billed.catalog), "credits", "grant",
+         "--customer", "acme", "--amount", "1E+3"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("grant-000004: 1000.00 USD to acme (priority 10)")
+
+
+@pytest.mark.parametrize(
+    ("amount", "message"),
+    [
+        ("NaN", "Error: --amount 'NaN' is not a number such as 50.00"),
+        ("sNaN", "Error: --amount 'sNaN' is not a number such as 50.00"),
+        ("Infinity", "Error: --amount 'Infinity' is not a number such as 50.00"),
+        ("-inf", "Error: --amount '-inf' is not a number such as 50.00"),
+        (
+            "1E+26",
+            "Error: 100000000000000000000000000.00 USD is too large for a grant "
+            "(at most 26 digits before the point)",
+        ),
+        (
+            "123456789012345678901234567.00",
+            "Error: 123456789012345678901234567.00 USD is too large for a grant "
+            "(at most 26 digits before the point)",
+        ),
+    ],
+)
+def test_an_amount_that_is_not_a_finite_storable_number_is_one_line(
+    tmp_path: Path, amount: str, message: str
+) -> None:
+    billed = _grant_store(tmp_path)
+    result = CliRunner().invoke(
+        billing_cli,
+        ["--db", str(billed.db), "--catalog", str(billed.catalog), "credits", "grant",
+         "--customer", "acme", "--amount", amount],
+    )  # fmt: skip
+    assert (result.exit_code, result.output) == (1, message + "\n")
+    with billing_store(billed.db) as con:
+        assert list_grants(con) == []
+
+
+def test_a_grant_that_expires_at_the_period_end_covers_that_periods_invoice(
+    tmp_path: Path,
+) -> None:
+    """The proxy admits usage against a grant until it expires; the invoice for that
+    usage is made after the period, when the grant has expired: it still takes from it
+    (before, the grant was judged at generation time: billed in full, the credit lost)."""
+    catalog_path = tmp_path / "catalog.yaml"
+    catalog_path.write_text(CATALOG, encoding="utf-8")
+    catalog = load_catalog(catalog_path)
+    with billing_store(tmp_path / "meterline.duckdb", create=True) as con:
+        for n, (consumer, inp, out, day) in enumerate(USAGE):
+            _insert_event(con, n, consumer, inp, out, day)
+        grant_credits(
+            con, catalog, "acme", Decimal("1000.00"), granted_by="test", reason="October",
+            expires_at=datetime(2026, 11, 1, tzinfo=UTC), now=BEFORE,
+        )  # fmt: skip
+        assert datetime(2026, 11, 1, tzinfo=UTC) < GENERATED_AT
+        generated = generate_invoices(con, catalog, "2026-10", now=GENERATED_AT).invoices
+        [inv] = [i for i in generated if i.customer_key == "acme"]
+        [grant] = list_grants(con, "acme")
+    [credit] = [ln for ln in inv.lines if ln.kind == "credit"]
+    assert credit.amount == Decimal("-55.42") and inv.total == 0
+    assert grant.remaining == Decimal("944.58")
+
+
+def test_credit_can_be_granted_before_the_first_call(tmp_path: Path) -> None:
+    """A prepaid customer is given credit before any traffic: the store is made then (a
+    private DuckDB file the proxy later appends to), not refused as "no such database"."""
+    catalog_path = tmp_path / "catalog.yaml"
+    catalog_path.write_text(CATALOG, encoding="utf-8")
+    db = tmp_path / "meterline.duckdb"
+    base = ["--db", str(db), "--catalog", str(catalog_path), "credits"]
+    result = CliRunner().invoke(
+        billing_cli, [*base, "grant", "--customer", "acme", "--amount", "50.00"]
+    )
+    assert result.exit_code == 0, result.output
+    assert db.stat().st_mode & 0o777 == 0o600
+    listed = CliRunner().invoke(billing_cli, [*base, "list", "--customer", "acme"])
+    assert "acme: balance 50.00 USD" in listed.output
+    with billing_store(db) as con:  # the proxy's table is there, as the proxy makes it
+        assert con.execute("SELECT count(*) FROM usage_events").fetchone() == (0,)
+
+
+def test_credits_list_shows_money_in_its_decimals_and_refuses_an_unknown_customer(
+    tmp_path: Path,
+) -> None:
+    billed = credited_store(tmp_path)  # acme's grants: one expired, one used up, two left
+    base = ["--db", str(billed.db), "--catalog", str(billed.catalog), "credits", "list"]
+    listed = CliRunner().invoke(billing_cli, [*base, "--customer", "acme", "--format", "json"])
+    remaining = {g["reason"]: g["remaining"] for g in json.loads(listed.output)}
+    # used up, and expired (the others depend on today's date: only their form is checked)
+    assert (remaining["first by priority"], remaining["expired before the period"]) == (
+        "0.00",
+        "0.00",
+    )
+    assert all(re.fullmatch(r"\d+\.\d\d", v) for v in remaining.values())
+    unknown = CliRunner().invoke(billing_cli, [*base, "--customer", "nosuch"])
+    assert unknown.exit_code == 1 and unknown.output.startswith("Error: unknown customer 'nosuch'")

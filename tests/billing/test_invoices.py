@@ -29,7 +29,7 @@ from billing.invoices import (
     preview_invoice,
 )
 from billing.model import Invoice
-from billing.render import invoice_json
+from billing.render import invoice_json, scalar
 from billing.store import billing_store
 from tests.billing.events import CATALOG, Event, Setup, add_events, setup, sql, utc, write
 
@@ -637,3 +637,139 @@ def test_one_run_gives_each_customer_only_its_own_grants(tmp_path: Path) -> None
         assert all(granted[gid] == ck for gid, _ in taken)
     assert credits["alpha"] == [(g, Decimal("5.00")) for g, k in granted.items() if k == "alpha"]
     assert credits["gamma"] == [(g, Decimal("7.00")) for g, k in granted.items() if k == "gamma"]
+
+
+FEES_CATALOG = """
+version: 1
+consumers:
+  - name: agent-a
+plans:
+  - key: basic
+    name: Basic
+    currency: USD
+    billing_cadence: P1M
+    rate_cards:
+      - {key: fee, name: Basic fee, price: {type: flat, amount: "30.00", payment_term: in_advance}}
+  - key: pro
+    name: Pro
+    currency: USD
+    billing_cadence: P1M
+    rate_cards:
+      - {key: fee, name: Pro fee, price: {type: flat, amount: "199.00", payment_term: in_advance}}
+customers:
+  - key: acme
+    name: Acme
+    currency: USD
+    consumers: [agent-a]
+    subscriptions:
+SUBSCRIPTIONS
+"""
+
+
+def fees_setup(tmp_path: Path, *subscriptions: str) -> Setup:
+    return setup(tmp_path, fees_catalog(*subscriptions))
+
+
+def fees_catalog(*subscriptions: str) -> str:
+    return FEES_CATALOG.replace("SUBSCRIPTIONS", "\n".join(f"      - {s}" for s in subscriptions))
+
+
+def test_an_invoice_without_lines_shows_its_total_in_the_currency_s_decimals(
+    tmp_path: Path,
+) -> None:
+    """September's fee was billed in advance in August and nothing follows: no lines."""
+    s = fees_setup(
+        tmp_path, '{plan: basic, start: "2026-08-01T00:00:00Z", end: "2026-10-01T00:00:00Z"}'
+    )
+    generate(s, "2026-08", "2026-09-01T00:00:05Z")
+    sep = generate(s, "2026-09", "2026-10-01T00:00:05Z").invoices[0]
+    assert sep.lines == []
+    assert scalar(invoice_json(sep)["total"]) == "0.00"
+    with billing_store(s.db) as con:
+        assert scalar(invoice_json(get_invoice(con, sep.number or ""))["total"]) == "0.00"
+
+
+def test_a_plan_added_after_the_old_one_was_invoiced_bills_its_first_fee(tmp_path: Path) -> None:
+    """Basic ends Oct 1 and its last invoice (September) is stored without a next fee;
+    Pro from Oct 1 is added to the catalog afterwards: Pro's first invoice carries October's
+    fee itself (the invoice that would have carried it is final), never losing it."""
+    basic = '{plan: basic, start: "2026-08-01T00:00:00Z", end: "2026-10-01T00:00:00Z"}'
+    s = fees_setup(tmp_path, basic)
+    generate(s, "2026-08", "2026-09-01T00:00:05Z")
+    assert amounts(generate(s, "2026-09", "2026-10-01T00:00:05Z").invoices[0]) == {}
+    write(s.catalog_path, fees_catalog(basic, '{plan: pro, start: "2026-10-01T00:00:00Z"}'))
+    octo = generate(s, "2026-10", "2026-11-01T00:00:05Z").invoices[0]
+    assert amounts(octo) == {
+        "flat:fee:10-01": Decimal("199.00"),
+        "flat:fee:11-01": Decimal("199.00"),
+    }
+    nov = generate(s, "2026-11", "2026-12-01T00:00:05Z").invoices[0]
+    assert amounts(nov) == {"flat:fee:12-01": Decimal("199.00")}  # November's is on October's
+
+
+def test_a_fee_billed_in_advance_is_never_billed_again_for_a_moved_period(tmp_path: Path) -> None:
+    """September's invoice billed Pro's fee for [Oct 1, Nov 1); the upgrade is then moved
+    to Oct 10: billing Pro's [Oct 10, Nov 10) would charge October twice, so generate
+    refuses, naming the customer, plan, periods and invoice, and stores nothing."""
+    s = fees_setup(
+        tmp_path,
+        '{plan: basic, start: "2026-08-01T00:00:00Z", end: "2026-10-01T00:00:00Z"}',
+        '{plan: pro, start: "2026-10-01T00:00:00Z"}',
+    )
+    generate(s, "2026-08", "2026-09-01T00:00:05Z")
+    sep = generate(s, "2026-09", "2026-10-01T00:00:05Z").invoices[0]
+    assert amounts(sep) == {"flat:fee:10-01": Decimal("199.00")}
+    write(
+        s.catalog_path,
+        fees_catalog(
+            '{plan: basic, start: "2026-08-01T00:00:00Z", end: "2026-10-10T00:00:00Z"}',
+            '{plan: pro, start: "2026-10-10T00:00:00Z"}',
+        ),
+    )
+    with pytest.raises(BillingError) as err:
+        generate(s, "2026-10", "2026-11-01T00:00:05Z")
+    assert str(err.value) == (
+        "customer 'acme': the in-advance fee 'fee' of plan 'pro' for 2026-10-10T00:00:00Z .. "
+        "2026-11-10T00:00:00Z overlaps the one INV-000002 billed for 2026-10-01T00:00:00Z .. "
+        "2026-11-01T00:00:00Z; were the subscriptions changed after invoicing?"
+    )
+    assert sql(s.db, "SELECT count(*) FROM invoices") == [(2,)]
+
+
+def test_a_cancellation_after_the_fee_was_billed_in_advance_bills_nothing_again(
+    tmp_path: Path,
+) -> None:
+    """Pro's October fee is on September's invoice; Pro then ends Oct 15 (no refund)."""
+    s = fees_setup(tmp_path, '{plan: pro, start: "2026-09-01T00:00:00Z"}')
+    generate(s, "2026-09", "2026-10-01T00:00:05Z")
+    write(
+        s.catalog_path,
+        fees_catalog('{plan: pro, start: "2026-09-01T00:00:00Z", end: "2026-10-15T00:00:00Z"}'),
+    )
+    octo = generate(s, "2026-10", "2026-11-01T00:00:05Z").invoices[0]
+    assert (octo.period_start, octo.period_end) == (utc("2026-10-01"), utc("2026-10-15"))
+    assert amounts(octo) == {}
+
+
+def test_the_unit_price_shown_is_the_exact_price_billed(tmp_path: Path) -> None:
+    """0.123456789012 per 1000 is 0.000123456789012 per token: more than the store's 12
+    decimals, shown exactly on the invoice and in the Stripe item text."""
+    from billing.stripe.sync import describe_line
+    from billing.stripe.syncstate import SyncState
+
+    s = setup(
+        tmp_path,
+        CATALOG.replace('amount: "2.00", per: 1000', 'amount: "0.123456789012", per: 1000'),
+    )
+    add_events(s.db, Event(utc("2026-01-05"), input=1_000_000))
+    made = generate(s, "2026-01", "2026-02-01T00:00:05Z", customer="alpha").invoices[0]
+    exact = Decimal("0.000123456789012")
+    with billing_store(s.db) as con:
+        shown = get_invoice(con, made.number or "")
+    for inv in (made, shown):
+        line = inv.lines[1]
+        assert (line.rate_card_key, line.amount) == ("gpt-in", Decimal("123.46"))
+        assert line.unit_price == exact and str(line.unit_price) == "0.000123456789012"
+        assert invoice_json(inv)["lines"][1]["unit_price"] == exact
+    ours = SyncState(s.db).unsynced()[0]
+    assert describe_line(ours.lines[1], "USD") == "GPT input (1000000 × 0.000123456789012 USD)"

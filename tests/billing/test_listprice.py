@@ -62,6 +62,32 @@ def test_anthropic_maps_each_token_type_to_its_own_price() -> None:
     assert list_cost("anthropic", "claude-sonnet-4-5-20250929", **tokens, at=AT) == expected
 
 
+def test_anthropic_one_hour_cache_writes_cost_twice_the_base_input() -> None:
+    """Anthropic: 5-minute writes 1.25x base input, 1-hour writes 2x; genai-prices lists
+    only the first, so the second is priced from the input price."""
+    p = listed("anthropic", "claude-sonnet-4-5")
+    assert base(p["cache_write_mtok"]) == base(p["input_mtok"]) * Decimal("1.25")
+    tokens = {"input": 20_000, "cached_input": 0, "cache_write": 30_000, "output": 0}
+    cost = list_cost("anthropic", "claude-sonnet-4-5", **tokens, cache_write_1h=40_000, at=AT)
+    expected = (
+        20_000 * base(p["input_mtok"])
+        + 30_000 * base(p["cache_write_mtok"])
+        + 40_000 * 2 * base(p["input_mtok"])
+    ) / MTOK
+    assert cost == expected
+
+
+def test_one_hour_cache_writes_count_toward_the_context_tier() -> None:
+    """150k uncached + 100k one-hour writes is a 250k-token request: the long tier."""
+    p = listed("anthropic", "claude-sonnet-4-5")
+    input_price = p["input_mtok"]
+    assert isinstance(input_price, TieredPrices)
+    long_price = input_price.tiers[-1].price
+    cost = list_cost("anthropic", "claude-sonnet-4-5", input=150_000, cached_input=0,
+                     cache_write=0, cache_write_1h=100_000, output=0, at=AT)  # fmt: skip
+    assert cost == (150_000 * long_price + 100_000 * 2 * long_price) / MTOK
+
+
 def test_context_tier_is_chosen_from_total_input_including_cache() -> None:
     """150k uncached + 100k cached is a 250k-token request: the long-context tier applies."""
     assert has_context_tiers("anthropic", "claude-sonnet-4-5", at=AT)

@@ -13,7 +13,7 @@ from billing.listprice import list_cost
 from billing.margin import margin_report, split_amount
 from billing.money import round_money
 from billing.store import billing_store
-from tests.billing.events import Event, add_events, setup, utc
+from tests.billing.events import CATALOG, Event, add_events, setup, utc
 
 
 @given(
@@ -64,3 +64,24 @@ def test_margin_per_customer_and_model(tmp_path: Path) -> None:
     assert rows["gpt-4o-unknown-xyz"]["margin"] is None
     assert gen.invoices[0].total == Decimal("105.00")  # 60.00 fees + 5.00 + 40.00
     assert sum(r["revenue"] for r in rows.values()) == gen.invoices[0].total
+
+
+def test_no_margin_percentage_on_zero_or_negative_revenue(tmp_path: Path) -> None:
+    """A late credit (volume tiers) makes a month's revenue negative: margin / revenue would
+    read as a +100 % margin on a row that loses money, so the percentage is left blank."""
+    s = setup(tmp_path, CATALOG.replace("mode: graduated", "mode: volume"))
+    add_events(s.db, Event(utc("2026-01-10"), output=9000))
+    with billing_store(s.db) as con:
+        generate_invoices(
+            con, s.catalog, "2026-01", customer="alpha", now=utc("2026-02-01T00:00:05Z")
+        )
+    add_events(s.db, Event(utc("2026-01-11"), output=2000, ingested_at=utc("2026-02-03")))
+    with billing_store(s.db) as con:
+        generate_invoices(
+            con, s.catalog, "2026-02", customer="alpha", now=utc("2026-03-01T00:00:05Z")
+        )
+        rows = {r["model"]: r for r in margin_report(con, "2026-02", "alpha")}
+    row = rows["gpt-4o"]
+    assert row["revenue"] == Decimal("-35.00")  # 11000 at 5/1000 = 55.00, 90.00 billed
+    assert row["margin"] is not None and row["margin"] < row["revenue"]
+    assert row["margin_pct"] is None

@@ -16,6 +16,7 @@ from billing.invoices import explain_line, generate_invoices, get_invoice, previ
 from billing.store import billing_store
 from billing.unitgrants import grant_units, list_unit_grants
 from meterline.catalog import load_catalog
+from tests.billing.events import Event, add_events, setup, utc
 from tests.billing.stripe.conftest import (
     CATALOG,
     GENERATED_AT,
@@ -38,16 +39,24 @@ def unit_store(tmp_path: Path, *, generate: bool = True) -> Billed:
         for n, (consumer, inp, out, day) in enumerate(USAGE):
             _insert_event(con, n, consumer, inp, out, day)
 
-        def units(feature: str, n: int, priority: int, expires: datetime | None, why: str) -> None:
+        def units(
+            feature: str,
+            n: int,
+            priority: int,
+            expires: datetime | None,
+            why: str,
+            at: datetime = BEFORE,
+        ) -> None:
             grant_units(
                 con, catalog, "acme", feature, n, granted_by="test", reason=why,
-                priority=priority, expires_at=expires, now=BEFORE,
+                priority=priority, expires_at=expires, now=at,
             )  # fmt: skip
 
         units("tokens-in", 200_000, 5, datetime(2027, 1, 1, tzinfo=UTC), "later expiry")
         units("tokens-in", 1_000_000, 5, datetime(2026, 12, 1, tzinfo=UTC), "sooner expiry")
         units("tokens-in", 100_000, 1, None, "first by priority")
-        units("tokens-in", 50_000, 0, datetime(2026, 10, 15, tzinfo=UTC), "expired")
+        # expired before the period began (one expiring during it covers it, as money does)
+        units("tokens-in", 50_000, 0, BEFORE, "expired", at=datetime(2026, 9, 1, tzinfo=UTC))
         units("tokens-out", 33_333, 5, None, "some output")
         grant_credits(
             con, catalog, "acme", Decimal("1.00"), granted_by="test", reason="money", now=BEFORE
@@ -166,3 +175,107 @@ def test_cli_grants_units_audited_and_lists_them(tmp_path: Path) -> None:
     bad = run(billing_cli, [*base, "grant", "--customer", "acme", "--feature", "tokens-in",
                             "--units", "0"])  # fmt: skip
     assert bad.output == "Error: a grant must be positive, got 0 units\n"
+
+
+GRANT_CATALOG = """
+version: 1
+consumers:
+  - name: agent-a
+  - name: agent-b
+  - name: agent-c
+features:
+  - key: out
+    name: Output tokens
+    meter: {token_types: [output]}
+plans:
+  - key: volume
+    name: Volume
+    currency: USD
+    billing_cadence: P1M
+    rate_cards:
+      - key: out
+        name: Output tokens
+        feature: out
+        price:
+          type: tiered
+          mode: volume
+          per: 1000
+          tiers:
+            - {up_to: 10000, unit_amount: "10.00"}
+            - {unit_amount: "5.00"}
+  - key: minimum
+    name: Minimum
+    currency: USD
+    billing_cadence: P1M
+    rate_cards:
+      - key: out
+        name: Output tokens
+        feature: out
+        min_amount: "9.00"
+        price: {type: unit, amount: "1.00", per: 1000}
+customers:
+  - key: vol
+    name: Volume Co
+    currency: USD
+    consumers: [agent-a]
+    subscriptions: [{plan: volume, start: "2026-10-01T00:00:00Z"}]
+  - key: small
+    name: Small Co
+    currency: USD
+    consumers: [agent-b]
+    subscriptions: [{plan: minimum, start: "2026-10-01T00:00:00Z"}]
+  - key: big
+    name: Big Co
+    currency: USD
+    consumers: [agent-c]
+    subscriptions: [{plan: minimum, start: "2026-10-01T00:00:00Z"}]
+"""
+
+
+def test_a_unit_grant_never_raises_the_bill_and_takes_only_units_that_lower_it(
+    tmp_path: Path,
+) -> None:
+    s = setup(tmp_path, GRANT_CATALOG)
+    add_events(
+        s.db,
+        Event(utc("2026-10-05"), consumer="agent-a", output=11_000),
+        Event(utc("2026-10-05"), consumer="agent-b", output=3_000),
+        Event(utc("2026-10-05"), consumer="agent-c", output=10_000),
+    )
+    catalog = s.catalog
+    with billing_store(s.db) as con:
+        for customer, units in (("vol", 2_000), ("small", 2_000), ("big", 5_000)):
+            grant_units(
+                con, catalog, customer, "out", units, granted_by="test", reason=customer,
+                now=BEFORE,
+            )  # fmt: skip
+        gen = generate_invoices(con, catalog, "2026-10", now=utc("2026-11-02T00:00:00Z"))
+        left = {g.customer_key: g.remaining for g in list_unit_grants(con)}
+        consumed = con.execute("SELECT customer_key, amount FROM credit_consumptions").fetchall()
+    by = {inv.customer_key: inv for inv in gen.invoices}
+
+    def shown(key: str) -> list[tuple[str, Decimal, Decimal]]:
+        return [(ln.kind, ln.quantity, ln.amount) for ln in by[key].lines]
+
+    # Volume tiers: 11,000 units at 5.00/1k = 55.00. All 2,000 units would bill 9,000 at
+    # 10.00/1k = 90.00 (more); the lowest price the grant can reach is 10,001 units at
+    # 5.00/1k = 50.005 -> 50.01, which takes 999 units: credit 50.01 - 55.00.
+    assert shown("vol") == [
+        ("usage", Decimal(11_000), Decimal("55.00")),
+        ("credit", Decimal(999), Decimal("-4.99")),
+    ]
+    assert by["vol"].total == Decimal("50.01")
+    # Under the minimum: 3,000 units cost 3.00, the minimum bills 9.00, and so would
+    # 1,000: the units lower nothing, so none is taken and there is no credit line.
+    assert shown("small") == [("usage", Decimal(3_000), Decimal("9.00"))]
+    # 10,000 units cost 10.00; 1,000 granted units bring it to the 9.00 minimum, and
+    # more would not lower it further: 1,000 are taken, 4,000 kept.
+    assert shown("big") == [
+        ("usage", Decimal(10_000), Decimal("10.00")),
+        ("credit", Decimal(1_000), Decimal("-1.00")),
+    ]
+    assert left == {"vol": Decimal(1_001), "small": Decimal(2_000), "big": Decimal(4_000)}
+    assert sorted((ck, Decimal(a)) for ck, a in consumed) == [
+        ("big", Decimal(1_000)),
+        ("vol", Decimal(999)),
+    ]

@@ -137,12 +137,22 @@ def test_window_bounds_are_start_inclusive_end_exclusive(tmp_path: Path) -> None
     assert _totals(s.db, [window])[("openai", "gpt-4o", "input")] == 11
 
 
+NONE = dict.fromkeys(TOKEN_TYPES, 0)
+
+
 def test_windows_of_different_customers_in_one_pass(tmp_path: Path) -> None:
     s = setup(tmp_path)
     add_events(
         s.db,
         Event(utc("2026-03-02"), consumer="agent-a", input=1, output=2),
-        Event(utc("2026-03-02"), consumer="agent-b", model="GPT-4o", input=3, cache_write=4),
+        Event(
+            utc("2026-03-02"),
+            consumer="agent-b",
+            model="GPT-4o",
+            input=3,
+            cache_write=4,
+            cache_write_1h=6,
+        ),  # fmt: skip
         Event(utc("2026-03-02"), consumer="agent-b", model=None, cached_input=5),
     )
     windows = [
@@ -152,9 +162,9 @@ def test_windows_of_different_customers_in_one_pass(tmp_path: Path) -> None:
     with billing_store(s.db) as con:
         rows = sorted(aggregate_windows(con, windows), key=lambda r: (r.window_id, r.model))
     assert [(r.window_id, r.model, r.tokens, r.events) for r in rows] == [
-        (7, "gpt-4o", {"input": 1, "cached_input": 0, "cache_write": 0, "output": 2}, 1),
-        (9, "", {"input": 0, "cached_input": 5, "cache_write": 0, "output": 0}, 1),
-        (9, "GPT-4o", {"input": 3, "cached_input": 0, "cache_write": 4, "output": 0}, 1),
+        (7, "gpt-4o", {**NONE, "input": 1, "output": 2}, 1),
+        (9, "", {**NONE, "cached_input": 5}, 1),
+        (9, "GPT-4o", {**NONE, "input": 3, "cache_write": 4, "cache_write_1h": 6}, 1),
     ]
 
 

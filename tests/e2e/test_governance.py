@@ -270,6 +270,8 @@ def test_period_rollover_resets_the_counters(
         start=boundary - timedelta(days=4),
     )
     proxy.wait_for_log("catalog .* reloaded", since=mark)
+    # Governed since this reload: calls wait (503, retryable) until the store is read.
+    proxy.wait_for_log("usage limits enforced from the store", since=mark, timeout=30)
     with openai_client(proxy, fake_provider, KEYS["alice"]) as client:
         chat(client, 40)
         with pytest.raises(openai.RateLimitError) as err:

@@ -87,7 +87,7 @@ def _manual_table(path: Path) -> list[tuple[str, str]]:
         cells = [c.strip() for c in line.strip("|").split("|")]
         if cells[0] in ("column", "---"):
             continue
-        rows.extend((name, cells[1]) for name in re.findall(r"`([a-z_]+)`", cells[0]))
+        rows.extend((name, cells[1]) for name in re.findall(r"`([a-z0-9_]+)`", cells[0]))
     return rows
 
 

@@ -138,3 +138,36 @@ def test_billing_on_a_database_with_no_lake_says_so_and_creates_none(
         assert code == 1 and len(lines) == 1, outcomes
         assert "holds no Meterline lake" in lines[0] and "Traceback" not in lines[0]
     assert tables == "0"
+
+
+def test_a_lake_with_events_takes_a_column_added_later(
+    lake: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lake a fleet filled before ``cache_write_1h_tokens`` existed is migrated in place:
+    its events read 0 there, and a proxy of either age appends to it."""
+    monkeypatch.setenv("METERLINE_LAKE_DATA", str(tmp_path / "lake-data"))
+    conninfo = create_database(lake.removeprefix("ducklake:postgres:"), "older")
+    older = f"ducklake:postgres:{conninfo}"
+    before = [m for m in EVENT_MIGRATIONS if m.name < "0020"]
+    row = (
+        "TIMESTAMP '2026-03-01 10:00:00', now()::TIMESTAMP, 'acme', NULL, 'anthropic', "
+        "'anthropic', 'claude-sonnet-4-5', 10, 0, 300, 5, 0, false, NULL, NULL, 'POST', 'h', "
+        "'/v1/messages', 200, false, NULL, NULL, NULL"
+    )
+    with store(older) as con:
+        migrate(con, before)
+        con.execute(f"INSERT INTO usage_events ({', '.join(EVENT_COLUMNS[:24])}) "
+                    f"VALUES ('old', {row})")  # fmt: skip
+    with store(older) as con:
+        assert migrate(con, EVENT_MIGRATIONS) == ["0020_cache_write_1h"]
+        con.execute(f"INSERT INTO usage_events ({', '.join(EVENT_COLUMNS[:24])}) "
+                    f"VALUES ('older-proxy', {row})")  # fmt: skip
+        con.execute(
+            f"INSERT INTO usage_events ({', '.join(EVENT_COLUMNS)}) "
+            f"VALUES ('new', {row}, NULL, 700)"
+        )
+        rows = con.execute(
+            "SELECT event_id, cache_write_tokens, cache_write_1h_tokens FROM usage_events "
+            "ORDER BY event_id"
+        ).fetchall()
+    assert rows == [("new", 300, 700), ("old", 300, 0), ("older-proxy", 300, 0)]

@@ -267,6 +267,7 @@ USAGE_COLUMNS = {
     "input": "input_tokens",
     "cached_input": "cached_input_tokens",
     "cache_write": "cache_write_tokens",
+    "cache_write_1h": "cache_write_1h_tokens",
     "output": "output_tokens",
     "reasoning": "reasoning_tokens",
 }

@@ -58,7 +58,13 @@ try:  # Python 3.14+
 except ImportError:  # pragma: no cover
     from backports import zstd  # type: ignore[no-redef]
 
-TOKEN_FIELDS = ("input", "cached_input", "cache_write", "output", "reasoning")
+
+def _one_hour(figures: dict[str, int]) -> int:
+    """The share of the cache writes made for an hour (``ttl: "1h"``), the rest for 5 minutes."""
+    return figures["cache_write"] // 3
+
+
+TOKEN_FIELDS = ("input", "cached_input", "cache_write", "cache_write_1h", "output", "reasoning")
 FLAVORS = ("openai", "anthropic", "gemini")
 
 
@@ -86,7 +92,7 @@ class Exchange:
     usage_part: int | None = None
     """Index in :attr:`parts` of OpenAI's separate usage chunk, if one was sent."""
     usage: dict[str, int] | None = None
-    """Reported usage in Meterline's model (input/cached_input/cache_write/output/reasoning)."""
+    """Reported usage in Meterline's model (:data:`TOKEN_FIELDS`)."""
     model: str | None = None
     response_id: str | None = None
     text: str = ""
@@ -503,7 +509,8 @@ class FakeProvider(LoopbackServers):
             return {
                 "input": f["prompt"],
                 "cached_input": f["cached"],
-                "cache_write": f["cache_write"],
+                "cache_write": f["cache_write"] - _one_hour(f),
+                "cache_write_1h": _one_hour(f),
                 "output": f["output"],
                 "reasoning": 0,
             }
@@ -512,6 +519,7 @@ class FakeProvider(LoopbackServers):
                 "input": f["prompt"] - f["cached"],
                 "cached_input": f["cached"],
                 "cache_write": 0,
+                "cache_write_1h": 0,
                 "output": f["output"] + f["reasoning"],
                 "reasoning": f["reasoning"],
             }
@@ -519,6 +527,7 @@ class FakeProvider(LoopbackServers):
             "input": f["prompt"] - f["cached"],
             "cached_input": f["cached"],
             "cache_write": 0,
+            "cache_write_1h": 0,
             "output": f["output"],
             "reasoning": f["reasoning"],
         }
@@ -693,6 +702,10 @@ class FakeProvider(LoopbackServers):
         usage = {
             "input_tokens": f["prompt"],
             "cache_creation_input_tokens": f["cache_write"],
+            "cache_creation": {
+                "ephemeral_5m_input_tokens": f["cache_write"] - _one_hour(f),
+                "ephemeral_1h_input_tokens": _one_hour(f),
+            },
             "cache_read_input_tokens": f["cached"],
             "output_tokens": f["output"],
         }

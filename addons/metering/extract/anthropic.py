@@ -3,7 +3,9 @@
 Token mapping (see docs/token-model.md): Anthropic's ``input_tokens`` already excludes
 cached tokens, so ``input = input_tokens``, ``cached_input = cache_read_input_tokens``,
 ``cache_write = cache_creation_input_tokens`` (or the sum of the ``cache_creation``
-breakdown when only that is present), ``output = output_tokens`` (thinking included),
+breakdown when only that is present) less the one-hour writes, which are
+``cache_write_1h = cache_creation.ephemeral_1h_input_tokens`` (billed at 2x base input
+against 1.25x for the 5-minute ones), ``output = output_tokens`` (thinking included),
 ``reasoning = output_tokens_details.thinking_tokens`` where the API reports it (newer
 versions), else 0.
 
@@ -31,6 +33,8 @@ from addons.metering.extract.framing import LazyText, as_dict, as_list, loads, n
 from addons.metering.sse import SSEEvent
 from addons.metering.usage import Seen, Usage
 
+#: The one-hour share of ``cache_creation_input_tokens`` (the rest is 5-minute writes).
+_ONE_HOUR = "ephemeral_1h_input_tokens"
 _FIELDS = (
     "input_tokens",
     "cache_read_input_tokens",
@@ -69,18 +73,23 @@ def _read_fields(raw: dict[str, Any], counts: CountReader, into: dict[str, int])
     thinking = counts.get(as_dict(raw.get("output_tokens_details")), "thinking_tokens")
     if thinking is not None:
         into["thinking_tokens"] = thinking
+    breakdown = as_dict(raw.get("cache_creation"))
+    one_hour = counts.get(breakdown, _ONE_HOUR)
+    if one_hour is not None:
+        into[_ONE_HOUR] = one_hour
     if "cache_creation_input_tokens" not in into:
-        breakdown = as_dict(raw.get("cache_creation"))
         parts = [counts.get(breakdown, key) for key in breakdown]
         if any(p is not None for p in parts):
             into["cache_creation_input_tokens"] = sum(p or 0 for p in parts)
 
 
 def _usage_of(fields: dict[str, int]) -> Usage:
+    written, one_hour = fields.get("cache_creation_input_tokens", 0), fields.get(_ONE_HOUR, 0)
     return Usage(
         input=fields.get("input_tokens", 0),
         cached_input=fields.get("cache_read_input_tokens", 0),
-        cache_write=fields.get("cache_creation_input_tokens", 0),
+        cache_write=written - one_hour,
+        cache_write_1h=one_hour,
         output=fields.get("output_tokens", 0),
         reasoning=fields.get("thinking_tokens", 0),
     )

@@ -64,3 +64,24 @@ def test_spaced_and_hostile_bodies() -> None:
         DEFAULT_OUTPUT_RESERVE
     )
     assert estimate_request("openai", "/", b"").input == 0
+
+
+@pytest.mark.parametrize(
+    ("model", "output"),
+    [
+        ("gpt-4o", 16_384),
+        ("gpt-4o-mini-2024-07-18", 16_384),
+        ("openai/gpt-4o", 16_384),  # a router's vendor prefix
+        ("gpt-4.1-nano", 32_768),
+        ("gpt-4-turbo", 4_096),
+        ("o3-mini", 100_000),
+        ("some-local-model", DEFAULT_OUTPUT_RESERVE),  # unknown: not a bound (docs say so)
+    ],
+)
+def test_a_call_without_an_output_bound_reserves_its_models_largest_output(
+    model: str, output: int
+) -> None:
+    """Reserving 4,096 for a gpt-4o call that can write 16,384 let concurrent calls through
+    a hard cap far beyond one call (the probe: 3 of 10 admitted at 10,000, 24,000 used)."""
+    body = json.dumps({"model": model, "messages": []}).encode()
+    assert estimate_request("openai", "/v1/chat/completions", body).output == output

@@ -425,3 +425,26 @@ def test_a_store_file_removed_or_replaced_while_held_is_attached_again(
     assert [r[0] for r in _rows(db)] == ["after-replace"]
     assert writer.link.attaches == 3
     spool.close()
+
+
+def test_a_line_from_an_older_proxy_stores_its_missing_column_as_its_default(
+    tmp_path: Path,
+) -> None:
+    """``cache_write_1h_tokens`` came later: a line written without it (a spool left by an
+    older proxy) is stored with 0, never NULL (sums and rate cards would skip a NULL), on
+    the plain append and on the checked insert alike."""
+    db = tmp_path / "e.duckdb"
+    spool = Spool(tmp_path / "spool")
+    writer = SpoolWriter(spool, str(db))
+    spool.append(_event("old"))  # no cache_write_1h_tokens
+    spool.append(_event("new", cache_write_1h_tokens=700))
+    assert writer.flush()
+    writer._may_repeat_store = True  # the next batch is checked against the store
+    spool.append(_event("old-2"))
+    assert writer.flush() and writer.checked_batches >= 1
+    with store(db, read_only=True) as con:
+        rows = con.execute(
+            "SELECT event_id, cache_write_1h_tokens FROM usage_events ORDER BY 1"
+        ).fetchall()
+    assert rows == [("new", 700), ("old", 0), ("old-2", 0)]
+    spool.close()

@@ -94,11 +94,12 @@ def test_unit_grants_raise_the_hard_limit_of_their_feature_only() -> None:
     pol = policy_of(
         catalog(entitlements=[{"feature": "out", "limit": 100}, {"feature": "all", "limit": 500}])
     )
-    key = pol.limits[0].account.current(NOW)[1]
+    key, other = (lim.account.current(NOW)[1] for lim in pol.limits)
     c = Counters()
-    c.apply(Snapshot({key: 100}, set(), {}, NOW))
+    c.apply(Snapshot({key: 100, other: 0}, set(), {}, NOW))
     assert isinstance(c.admit(pol, "openai", "gpt-4o", 0, 40, NOW), Refusal)
-    c.apply(Snapshot({key: 100}, set(), {}, NOW, {("acme", "out"): 30, ("acme", "mini"): 999}))
+    units = {("acme", "out"): 30, ("acme", "mini"): 999}
+    c.apply(Snapshot({key: 100, other: 0}, set(), {}, NOW, units))
     r = c.admit(pol, "openai", "gpt-4o", 0, 40, NOW)  # 100 < 130: the last one allowed
     assert isinstance(r, Reservation)
     refused = c.admit(pol, "openai", "gpt-4o", 0, 40, NOW)

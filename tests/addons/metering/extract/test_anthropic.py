@@ -60,25 +60,25 @@ def test_cut_after_message_start_is_partial() -> None:
         pytest.param(
             {"input_tokens": 10, "cache_creation_input_tokens": 300, "output_tokens": 1},
             {"output_tokens": 50},
-            (10, 0, 300, 50),
+            (10, 0, 300, 0, 50),
             id="delta-without-input-fields-keeps-start-values",
         ),
         pytest.param(
             {"input_tokens": 10, "cache_creation_input_tokens": 300, "output_tokens": 1},
             {"input_tokens": 10, "cache_creation_input_tokens": 300, "output_tokens": 50},
-            (10, 0, 300, 50),
+            (10, 0, 300, 0, 50),
             id="repeated-fields-are-not-added-twice",
         ),
         pytest.param(
             {"input_tokens": 10, "cache_read_input_tokens": 7, "output_tokens": 1},
             {"input_tokens": None, "cache_read_input_tokens": None, "output_tokens": 50},
-            (10, 7, 0, 50),
+            (10, 7, 0, 0, 50),
             id="null-in-delta-does-not-erase",
         ),
         pytest.param(
             {"input_tokens": 10, "output_tokens": 1},
             {"input_tokens": 12, "output_tokens": 50},
-            (12, 0, 0, 50),
+            (12, 0, 0, 0, 50),
             id="latest-non-null-wins",
         ),
         pytest.param(
@@ -88,16 +88,49 @@ def test_cut_after_message_start_is_partial() -> None:
                 "output_tokens": 1,
             },
             {"output_tokens": 9},
-            (3, 0, 42, 9),
+            (3, 0, 40, 2, 9),
             id="cache-creation-breakdown-only",
+        ),
+        pytest.param(
+            {
+                "input_tokens": 3,
+                "cache_creation_input_tokens": 1000,
+                "cache_creation": {
+                    "ephemeral_5m_input_tokens": 300,
+                    "ephemeral_1h_input_tokens": 700,
+                },
+                "output_tokens": 1,
+            },
+            {"output_tokens": 9},
+            (3, 0, 300, 700, 9),
+            id="one-hour-writes-apart-from-five-minute-ones",
+        ),
+        pytest.param(
+            {
+                "input_tokens": 3,
+                "cache_creation_input_tokens": 1000,
+                "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
+                "output_tokens": 1,
+            },
+            {
+                "output_tokens": 9,
+                "cache_creation_input_tokens": 1000,
+                "cache_creation": {
+                    "ephemeral_5m_input_tokens": 0,
+                    "ephemeral_1h_input_tokens": 1000,
+                },
+            },
+            (3, 0, 0, 1000, 9),
+            id="the-delta-revises-the-one-hour-share",
         ),
     ],
 )
 def test_stream_usage_fields(start_usage: dict, delta_usage: dict, expected: tuple) -> None:
     usage, _, problems = stream(start(**start_usage), delta(**delta_usage))
     assert usage is not None
-    assert (usage.input, usage.cached_input, usage.cache_write, usage.output) == expected
-    assert not usage.partial
+    got = (usage.input, usage.cached_input, usage.cache_write, usage.cache_write_1h, usage.output)
+    assert got == expected
+    assert not usage.partial and usage.invalid is None
     assert problems == []
 
 
@@ -195,7 +228,9 @@ def test_official_sdk_accumulates_the_same_usage(case: Case) -> None:
     assert ours is not None
     assert ours.input == sdk.usage.input_tokens
     assert ours.cached_input == (sdk.usage.cache_read_input_tokens or 0)
-    assert ours.cache_write == (sdk.usage.cache_creation_input_tokens or 0)
+    assert ours.cache_write + ours.cache_write_1h == (sdk.usage.cache_creation_input_tokens or 0)
+    one_hour = sdk.usage.cache_creation.ephemeral_1h_input_tokens if sdk.usage.cache_creation else 0
+    assert ours.cache_write_1h == (one_hour or 0)
     assert ours.output == sdk.usage.output_tokens
     assert (ours.model, ours.response_id) == (sdk.model, sdk.id)
     assert text == "".join(b.text for b in sdk.content if b.type == "text")
@@ -280,3 +315,17 @@ def test_cut_stream_keeps_the_id_and_model_seen() -> None:
     ext = new_extractor("anthropic", path="/v1/messages", content_type="text/event-stream")
     ext.feed(sse(start(input_tokens=25, output_tokens=1)))
     assert ext.seen() == ("claude-x", "msg_1")
+
+
+def test_a_one_hour_share_larger_than_all_cache_writes_is_unusable() -> None:
+    usage, _, _ = stream(
+        start(
+            input_tokens=3,
+            cache_creation_input_tokens=10,
+            cache_creation={"ephemeral_1h_input_tokens": 11},
+            output_tokens=1,
+        ),
+        delta(output_tokens=9),
+    )
+    assert usage is not None
+    assert usage.invalid == "one-hour cache writes 11 > cache writes 10"
