@@ -91,10 +91,10 @@ def test_a_reader_waits_out_a_file_being_created(tmp_path: Path) -> None:
     instead of failing (it did, once in a full suite, in
     test_separate_reader_while_proxy_writes)."""
     db = tmp_path / "new.duckdb"
-    db.touch()  # created, no headers yet
     made = tmp_path / "made.duckdb"
     with store(made) as con:
         migrate(con, EVENT_MIGRATIONS)
+    db.touch()  # created, no headers yet (after the slow part: the file is seconds new)
 
     def headers_written() -> None:
         time.sleep(0.3)
