@@ -25,7 +25,9 @@ DEFAULT_OUTPUT_RESERVE = 4096
 """Output tokens reserved when neither the request nor :data:`MAX_OUTPUT` bounds them."""
 
 MAX_OUTPUT: tuple[tuple[str, int], ...] = (
+    ("gpt-5-pro", 272_000),
     ("gpt-5", 128_000),
+    ("gpt-4.5", 16_384),
     ("gpt-4.1", 32_768),
     ("gpt-4o", 16_384),
     ("chatgpt-4o", 16_384),

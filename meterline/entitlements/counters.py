@@ -98,6 +98,12 @@ class Snapshot:
     taken_at: datetime
     unit_balances: dict[tuple[str, str], int] = field(default_factory=dict)
     """Unit grants left per (customer, feature): added to that feature's hard limits."""
+    grants_left: dict[str, tuple[tuple[datetime | None, Decimal], ...]] = field(
+        default_factory=dict
+    )
+    """Per customer, every money grant with something left, expired ones included, as
+    (expires at, left), in the order invoices take them: an expired grant still pays the
+    invoice of a period that began before it expired (billing.credits)."""
 
 
 @dataclass
@@ -109,6 +115,9 @@ class Counters:
     balances: dict[str, Decimal] = field(default_factory=dict)
     snapshot_at: datetime | None = None
     unit_balances: dict[tuple[str, str], int] = field(default_factory=dict)
+    grants_left: dict[str, tuple[tuple[datetime | None, Decimal], ...]] = field(
+        default_factory=dict
+    )
     unread_as_zero: bool = False
     """Count unread counters from zero (the store is unreachable, failure policy ``allow``)."""
     _balances: dict[str, Fraction] = field(default_factory=dict)
@@ -148,6 +157,40 @@ class Counters:
                 if old[4] < key[4]:
                     earlier += cc.bound.cost(self.committed(old))
         return current, earlier
+
+    def credit_left(self, pol: CustomerPolicy, at: datetime) -> tuple[Fraction, Fraction]:
+        """(the cost bound of the current period, the credit left for it): what the
+        invoices of the earlier periods not invoiced yet will take is taken first, as
+        they will take it (each period from the grants that had not expired when it
+        began, in the invoices' order), and only grants not expired at ``at`` are left.
+
+        Without earlier periods this is the balance (the hot path's usual case)."""
+        current = Fraction(0)
+        earlier: dict[datetime, Fraction] = {}
+        for cc in pol.cost_cards:
+            key = cc.account.current(at)[1]
+            current += cc.bound.cost(self.committed(key))
+            for old in self._by_account.get(key[:4], ()):
+                if old[4] < key[4]:
+                    earlier[old[4]] = earlier.get(old[4], Fraction(0)) + cc.bound.cost(
+                        self.committed(old)
+                    )
+        if not any(earlier.values()):
+            return current, self._balances.get(pol.customer, Fraction(0))
+        grants = self.grants_left.get(pol.customer, ())
+        left = [Fraction(amount) for _, amount in grants]
+        for start in sorted(earlier):
+            cost = earlier[start]
+            for n, (until, _) in enumerate(grants):
+                if cost <= 0:
+                    break
+                if until is not None and start >= until:
+                    continue  # expired before that period began: not for its invoice
+                take = min(left[n], cost)
+                left[n] -= take
+                cost -= take
+        usable = (a for (until, _), a in zip(grants, left, strict=True) if not until or at < until)
+        return current, sum(usable, Fraction(0))
 
     def cost_bound(self, pol: CustomerPolicy, at: datetime, *, with_reserved: bool) -> Fraction:
         current, earlier = self.cost_parts(pol, at, with_reserved=with_reserved)
@@ -210,8 +253,9 @@ class Counters:
                 period, key = cc.account.current(now)
                 if key not in self.stored and self.unread(key):
                     return self._reading(pol, cc.account.feature, period)
-            current, earlier = self.cost_parts(pol, now, with_reserved=True)
-            if self._balances.get(pol.customer, 0) <= current + earlier:
+            current, left = self.credit_left(pol, now)
+            if left <= current:
+                _, earlier = self.cost_parts(pol, now, with_reserved=True)
                 balance = self.balances.get(pol.customer, Decimal(0))
                 cur = pol.currency
                 before = f", earlier periods not invoiced {money(earlier, cur, up=True)}"
@@ -286,6 +330,7 @@ class Counters:
         self.balances = snap.balances
         self.unit_balances = snap.unit_balances
         self._balances = {k: Fraction(v) for k, v in snap.balances.items()}
+        self.grants_left = snap.grants_left
         self.snapshot_at = snap.taken_at
 
     def pending_ids(self) -> list[str]:

@@ -164,6 +164,37 @@ def credit_balances(con: duckdb.DuckDBPyConnection, at: datetime) -> dict[str, D
     return dict(out)
 
 
+def grants_left(
+    con: duckdb.DuckDBPyConnection,
+) -> dict[str, tuple[tuple[datetime | None, Decimal], ...]]:
+    """Per customer: (expires at, left) of each money grant with something left, expired
+    or not, in the order invoices take them (billing.credits.Grant.order: priority, then
+    expiry, never-expiring last, then id)."""
+    if not _has_table(con, "credit_grants"):
+        return {}
+    consumed = _consumed(con)
+    has_units = _has_column(con, "credit_grants", "feature_key")  # a store from before 0202
+    money_only = "feature_key IS NULL" if has_units else "TRUE"
+    rows = con.execute(
+        "SELECT grant_id, customer_key, amount, expires_at, priority FROM credit_grants "
+        f"WHERE {money_only} ORDER BY priority, expires_at IS NULL, expires_at, grant_id"
+    ).fetchall()
+    out: dict[str, list[tuple[datetime | None, Decimal]]] = defaultdict(list)
+    for grant_id, customer, amount, expires_at, _ in rows:
+        left = Decimal(amount) - consumed[grant_id]
+        if left > 0:
+            out[customer].append((expires_at.replace(tzinfo=UTC) if expires_at else None, left))
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def _has_column(con: duckdb.DuckDBPyConnection, table: str, column: str) -> bool:
+    try:
+        con.execute(f"SELECT {column} FROM {table} LIMIT 0")
+    except duckdb.BinderException:
+        return False
+    return True
+
+
 def _consumed(con: duckdb.DuckDBPyConnection) -> defaultdict[str, Decimal]:
     """Per grant: what invoices took of it so far (0 for a grant nothing took from)."""
     consumed: defaultdict[str, Decimal] = defaultdict(Decimal)
@@ -228,6 +259,7 @@ def read_snapshot(
             stored, seen = policy_keys(policy, at), set()
         balances = credit_balances(con, at)
         units = unit_balances(con, at)
+        left = grants_left(con)
     finally:
         con.execute("ROLLBACK")
-    return Snapshot(stored, seen, balances, at, units)
+    return Snapshot(stored, seen, balances, at, units, left)

@@ -75,6 +75,9 @@ def test_spaced_and_hostile_bodies() -> None:
         ("gpt-4.1-nano", 32_768),
         ("gpt-4-turbo", 4_096),
         ("o3-mini", 100_000),
+        ("gpt-5-pro", 272_000),  # not gpt-5's 128,000 (OpenAI's model page)
+        ("gpt-5-mini", 128_000),
+        ("gpt-4.5-preview", 16_384),  # not gpt-4's 8,192
         ("some-local-model", DEFAULT_OUTPUT_RESERVE),  # unknown: not a bound (docs say so)
     ],
 )

@@ -143,3 +143,33 @@ def test_a_customer_whose_subscription_ended_is_refused() -> None:
     # A plan that refuses nothing (soft limits only) stays ungoverned after its end.
     doc["plans"][0]["entitlements"] = [{"feature": "out", "limit": 100, "enforcement": "soft"}]
     assert build_policy(Catalog.model_validate(doc), NOW).by_consumer == {}
+
+
+def test_an_expired_grant_still_pays_for_the_earlier_period_it_covers(tmp_path: Path) -> None:
+    """February's 10.00 grant expired when March began; February's 9.00 of usage is not
+    invoiced yet; a fresh 10.00 was granted in March. February's invoice will take its
+    9.00 from the expired grant (a grant covers a period that began before it expired),
+    so March has the whole fresh 10.00 (before: the proxy charged February to the fresh
+    grant and admitted only 1.00 until someone invoiced February)."""
+    db = tmp_path / "events.duckdb"
+    policy = build_policy(catalog(**PREPAID), NOW)
+    pol = policy.by_consumer["bot"]
+    add_events(db, Event(ts=FEB, consumer="bot", output=900, event_id="feb"))
+    with store(db) as con:
+        for n, (expires, granted) in enumerate(
+            (("TIMESTAMP '2026-02-28 00:00:00'", "2026-01-31"), ("NULL", "2026-03-01")), start=1
+        ):
+            con.execute(
+                "INSERT INTO credit_grants (grant_id, seq, customer_key, currency, amount, "
+                f"priority, expires_at, granted_at, granted_by, reason) VALUES ('g{n}', {n}, "
+                f"'acme', 'USD', 10.00, 10, {expires}, TIMESTAMP '{granted} 00:00:00', 't', 't')"
+            )
+    counters = Counters()
+    with store(db) as con:
+        counters.apply(read_snapshot(con, policy, NOW, counters.pending_ids))
+    # Admitted while the credit left is not used up (the last call may overshoot it):
+    # 5.00, then 5.00 more are in flight against March's 10.00; February is the old grant's.
+    for _ in range(2):
+        assert isinstance(counters.admit(pol, "openai", "gpt-4o", 0, 500, NOW), Reservation)
+    refused = counters.admit(pol, "openai", "gpt-4o", 0, 10, NOW)
+    assert isinstance(refused, Refusal) and refused.reason == "credits"
