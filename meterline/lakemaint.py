@@ -17,7 +17,14 @@ per file. One maintenance pass, in order:
    :func:`retention_cutoff`);
 4. ``ducklake_cleanup_old_files`` scheduled for deletion before that same cutoff;
 5. on a PostgreSQL catalog, ``VACUUM (ANALYZE)`` of DuckLake's tables holding dead rows
-   (:func:`vacuum_catalog`).
+   (:func:`vacuum_catalog`);
+6. only when asked (``orphan_age``; ``billing lake maintain --delete-orphans``):
+   ``ducklake_delete_orphaned_files`` older than that age: Parquet files under the data
+   path the lake does not name, which a writer killed between writing a file and
+   committing it leaves behind (about one per kill -9 during a flush; a few KB each).
+   Never by the proxies' own passes: the call deletes *every* such file under the data
+   path, so a data path another lake shares (a misconfiguration, but a costly one)
+   would lose that lake's files; the operator who runs it vouches for the path.
 
 Rows are only moved between files, never changed, so every query (and so every invoice)
 reads the same events before and after. A reader that started before a pass keeps its
@@ -106,6 +113,13 @@ class MaintenanceReport:
     """Commits of :func:`merge_backlog` (0 when no table had a backlog)."""
     catalog_tables_vacuumed: int = 0
     vacuum_seconds: float = 0.0
+    orphans_deleted: int = 0
+    """Files under the data path the lake did not name (only with ``orphan_age``)."""
+
+
+ORPHAN_AGE = timedelta(days=1)
+"""How old a file the lake does not name must be before ``--delete-orphans`` removes it:
+no flush is in flight that long (a flush's file is named by its commit within seconds)."""
 
 
 def _utc(ts: datetime) -> str:
@@ -288,6 +302,7 @@ def maintain(
     merged_file_bytes: int = MERGED_FILE_BYTES,
     memory_limit: str = "1GB",
     flush_inlined: bool = False,
+    orphan_age: timedelta | None = None,
 ) -> MaintenanceReport:
     """One maintenance pass on the attached lake ``catalog`` (see the module docstring)."""
     started = time.monotonic()
@@ -332,6 +347,14 @@ def maintain(
     vacuum_started = time.monotonic()
     vacuumed = vacuum_catalog(con, catalog)
     vacuum_seconds = round(time.monotonic() - vacuum_started, 3)
+    orphans = 0
+    if orphan_age is not None:
+        before = _utc(datetime.now(UTC) - orphan_age)
+        orphans = _count(
+            con,
+            f"SELECT count(*) FROM ducklake_delete_orphaned_files('{catalog}', "
+            f"older_than => {before})",
+        )
     files_after, snapshots_after = lake_counts(con, catalog)
     return MaintenanceReport(
         files_before=files_before,
@@ -344,6 +367,7 @@ def maintain(
         backlog_merges=backlog_merges,
         catalog_tables_vacuumed=vacuumed,
         vacuum_seconds=vacuum_seconds,
+        orphans_deleted=orphans,
     )
 
 

@@ -16,6 +16,7 @@ from billing.ledger import restore_invoice_sequence
 from meterline import lakerepair
 from meterline.lakemaint import (
     DEFAULT_KEEP,
+    ORPHAN_AGE,
     give_back_lease,
     lease_holder,
     maintain,
@@ -44,9 +45,18 @@ def lake_group() -> None:
     help="Also move rows inlined in the catalog to Parquet files. Only with every proxy "
     "stopped: DuckLake 0.3 duplicates rows committed meanwhile.",
 )
+@click.option(
+    "--delete-orphans",
+    is_flag=True,
+    help="Also delete Parquet files under the lake's data path that the lake does not name "
+    "and that are over a day old (left by writers killed mid-flush). Only for a data path "
+    "no other lake uses.",
+)
 @format_option()
 @pass_settings
-def maintain_cmd(settings: Settings, keep: int, flush_inlined: bool, fmt: str) -> None:
+def maintain_cmd(
+    settings: Settings, keep: int, flush_inlined: bool, delete_orphans: bool, fmt: str
+) -> None:
     """Compact the lake's files, expire old snapshots, delete the files they freed.
 
     Takes the lake's maintenance lease first, so it never runs twice at once (a proxy's
@@ -70,7 +80,12 @@ def maintain_cmd(settings: Settings, keep: int, flush_inlined: bool, fmt: str) -
                 "then); try later"
             )
         try:
-            report = maintain(con, keep=timedelta(seconds=keep), flush_inlined=flush_inlined)
+            report = maintain(
+                con,
+                keep=timedelta(seconds=keep),
+                flush_inlined=flush_inlined,
+                orphan_age=ORPHAN_AGE if delete_orphans else None,
+            )
         finally:
             if not give_back_lease(con, settings.db, holder):
                 click.echo(

@@ -583,3 +583,45 @@ def test_the_slicing_merges_small_files_only(tmp_path: Path) -> None:
     }
     assert set(large) <= files  # untouched: they were never small
     assert con.execute("SELECT count(*), count(DISTINCT i) FROM lake.t").fetchone() == (720, 720)
+
+
+def test_orphaned_files_are_deleted_only_when_asked_and_only_old_ones(
+    server: str, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """A writer killed between writing a Parquet file and committing it leaves a file the
+    lake does not name (two after five kills in a fleet probe). ``--delete-orphans``
+    removes those over a day old; a younger one (a flush in flight) and every file the
+    lake names stay, and so do the lake's rows. Without the flag nothing is deleted."""
+    import json
+    import os
+    import shutil
+
+    from click.testing import CliRunner
+
+    from billing.cli import main
+
+    data = tmp_path / "data"
+    monkeypatch.setenv("METERLINE_LAKE_DATA", str(data))
+    lake = _lake(server, "orphans")
+    write_batches(lake, tmp_path / "spool", batches=3, per_batch=5)
+    named = sorted(data.rglob("*.parquet"))
+    old_orphan = named[-1].parent / "ducklake-killed-mid-flush.parquet"
+    young_orphan = named[-1].parent / "ducklake-in-flight.parquet"
+    for orphan in (old_orphan, young_orphan):
+        shutil.copy(named[-1], orphan)
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(old_orphan, (two_days_ago, two_days_ago))
+
+    def maintain_json(*flags: str) -> dict[str, Any]:
+        out = CliRunner().invoke(main, ["--db", lake, "lake", "maintain", "--format", "json",
+                                        "--keep", "1", *flags])  # fmt: skip
+        assert out.exit_code == 0, out.output
+        [report] = json.loads(out.output)
+        return dict(report)
+
+    assert maintain_json()["orphans_deleted"] == 0
+    assert old_orphan.exists()
+    assert maintain_json("--delete-orphans")["orphans_deleted"] == 1
+    assert not old_orphan.exists() and young_orphan.exists()
+    with store(lake, read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM usage_events").fetchone() == (15,)
