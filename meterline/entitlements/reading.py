@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -21,7 +22,7 @@ import duckdb
 from meterline.entitlements.counters import Snapshot
 from meterline.entitlements.policy import Account, Key, Policy
 from meterline.eventschema import TOKEN_COLUMNS
-from meterline.periods import periods_between
+from meterline.periods import Period, periods_between
 
 _TOKEN_COLUMNS = TOKEN_COLUMNS
 _ID_CHUNK = 2000
@@ -33,6 +34,26 @@ def _lit(text: str) -> str:
 
 def _ts(value: datetime) -> str:
     return f"TIMESTAMP '{value.astimezone(UTC).replace(tzinfo=None).isoformat(' ')}'"
+
+
+@dataclass
+class _Windows:
+    """Counters to read, each a window per consumer: (window id, consumer, start, end)."""
+
+    keyed: list[tuple[Account, Key]] = field(default_factory=list)
+    windows: list[tuple[int, str, datetime, datetime]] = field(default_factory=list)
+    out: dict[Key, int] = field(default_factory=dict)
+
+    def add(self, acct: Account, key: Key, period: Period, consumers: Sequence[str]) -> None:
+        if key in self.out:
+            return
+        self.out[key] = 0
+        n = len(self.keyed)
+        self.keyed.append((acct, key))
+        self.windows.extend((n, c, period.start, period.end) for c in consumers)
+
+    def read(self, con: duckdb.DuckDBPyConnection) -> dict[Key, int]:
+        return _sum_windows(con, self.keyed, self.windows, self.out)
 
 
 def _sum_windows(
@@ -65,20 +86,12 @@ def _sum_windows(
 
 def policy_usage(con: duckdb.DuckDBPyConnection, policy: Policy, at: datetime) -> dict[Key, int]:
     """Units in the store for every account of ``policy``, current periods at ``at``."""
-    keyed: list[tuple[Account, Key]] = []
-    windows: list[tuple[int, str, datetime, datetime]] = []
-    out: dict[Key, int] = {}
+    windows = _Windows()
     for pol in policy.by_customer.values():
         for acct in pol.accounts:
             period = acct.period(at)
-            key = acct.key(period)
-            if key in out:
-                continue
-            out[key] = 0
-            n = len(keyed)
-            keyed.append((acct, key))
-            windows.extend((n, c, period.start, period.end) for c in pol.consumers)
-    return _sum_windows(con, keyed, windows, out)
+            windows.add(acct, acct.key(period), period, pol.consumers)
+    return windows.read(con)
 
 
 def policy_keys(policy: Policy, at: datetime) -> dict[Key, int]:
@@ -107,9 +120,7 @@ def unbilled_usage(con: duckdb.DuckDBPyConnection, policy: Policy, at: datetime)
     period (ingested after its invoice) is billed by the next invoice; it is not counted
     here.
     """
-    keyed: list[tuple[Account, Key]] = []
-    windows: list[tuple[int, str, datetime, datetime]] = []
-    out: dict[Key, int] = {}
+    windows = _Windows()
     for pol in policy.by_customer.values():
         if not pol.prepaid or not pol.cost_cards:
             continue
@@ -118,14 +129,9 @@ def unbilled_usage(con: duckdb.DuckDBPyConnection, policy: Policy, at: datetime)
             acct = cc.account
             current = acct.period(at)
             for period in periods_between(acct.anchor, acct.cadence, acct.anchor, current.start):
-                key = acct.key(period)
-                if period.start in invoiced or key in out:
-                    continue
-                out[key] = 0
-                n = len(keyed)
-                keyed.append((acct, key))
-                windows.extend((n, c, period.start, period.end) for c in pol.consumers)
-    return _sum_windows(con, keyed, windows, out)
+                if period.start not in invoiced:
+                    windows.add(acct, acct.key(period), period, pol.consumers)
+    return windows.read(con)
 
 
 def seen_event_ids(

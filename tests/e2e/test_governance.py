@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from billing.cli import main as billing_cli
 from tests.conftest import KEYS, ProxyFactory
-from tests.support.clients import anthropic_client, ca_context, openai_client
+from tests.support.clients import anthropic_client, async_openai_client, openai_client
 from tests.support.governance import governed_catalog
 from tests.support.proxy import MeterProxy
 from tests.support.upstream import FakeProvider
@@ -136,16 +136,7 @@ def test_burst_of_100_concurrent_calls_at_a_hard_limit(
     proxy = start_proxy(catalog=catalog)
 
     async def burst() -> list[int]:
-        client = openai.AsyncOpenAI(
-            api_key=KEYS["alice"],
-            base_url=fake_provider.base_url("openai", tls=True) + "/v1",
-            max_retries=0,
-            http_client=openai.DefaultAsyncHttpxClient(
-                proxy=proxy.url,
-                verify=ca_context(proxy),
-                timeout=60,
-            ),
-        )
+        client = async_openai_client(proxy, fake_provider, KEYS["alice"])
 
         async def one() -> int:
             try:

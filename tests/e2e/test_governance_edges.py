@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import KEYS, ProxyFactory
 from tests.e2e.test_governance import ALICE, MESSAGES, chat, rows_where
-from tests.support.clients import ca_context, openai_client
+from tests.support.clients import async_openai_client, ca_context, openai_client
 from tests.support.governance import governed_catalog
 from tests.support.upstream import FakeProvider
 
@@ -73,14 +73,7 @@ def test_calls_without_max_tokens_reserve_the_models_largest_output(
     proxy = start_proxy(catalog=catalog)
 
     async def burst() -> list[int]:
-        client = openai.AsyncOpenAI(
-            api_key=KEYS["alice"],
-            base_url=fake_provider.base_url("openai", tls=True) + "/v1",
-            max_retries=0,
-            http_client=openai.DefaultAsyncHttpxClient(
-                proxy=proxy.url, verify=ca_context(proxy), timeout=120
-            ),
-        )
+        client = async_openai_client(proxy, fake_provider, KEYS["alice"], timeout=120)
 
         async def one() -> int:
             try:

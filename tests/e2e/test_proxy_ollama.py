@@ -5,9 +5,7 @@ docs/token-model.md gives them (before, those paths passed unmetered)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +14,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import KEYS, ProxyFactory
+from tests.support.aioserver import serve_posts
 from tests.support.clients import post_via
 from tests.support.proxy import one_provider_catalog
 
@@ -55,21 +54,8 @@ async def _chat(request: web.Request) -> web.StreamResponse:
 
 @pytest.fixture(scope="module")
 def ollama() -> Iterator[int]:
-    loop = asyncio.new_event_loop()
-    app = web.Application()
-    app.router.add_post("/api/{name}", _chat)
-    runner = web.AppRunner(app)
-    loop.run_until_complete(runner.setup())
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    loop.run_until_complete(site.start())
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    yield port
-    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(5)
-    loop.close()
+    with serve_posts({"/api/{name}": _chat}) as port:
+        yield port
 
 
 @pytest.mark.parametrize(

@@ -8,9 +8,7 @@ the rest: 4 calls, 28 output tokens, stored as 1 event of 5.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +18,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import KEYS, ProxyFactory
+from tests.support.aioserver import serve_posts
 from tests.support.proxy import MeterProxy, one_provider_catalog
 
 OUTPUTS = (5, 7, 11, 13)
@@ -55,21 +54,8 @@ async def _chat(request: web.Request) -> web.StreamResponse:
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[int]:
-    loop = asyncio.new_event_loop()
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", _chat)
-    runner = web.AppRunner(app)
-    loop.run_until_complete(runner.setup())
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    loop.run_until_complete(site.start())
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    yield port
-    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(5)
-    loop.close()
+    with serve_posts({"/v1/chat/completions": _chat}) as port:
+        yield port
 
 
 def _wait_for(proxy: MeterProxy, count: int, timeout: float = 10.0) -> list[dict[str, object]]:

@@ -33,6 +33,20 @@ def openai_client(
     )
 
 
+def async_openai_client(
+    proxy: MeterProxy, upstream: FakeProvider, api_key: str, *, timeout: float = 60
+) -> openai.AsyncOpenAI:
+    """An official async OpenAI client through ``proxy`` over TLS, no retries (bursts)."""
+    return openai.AsyncOpenAI(
+        api_key=api_key,
+        base_url=upstream.base_url("openai", tls=True) + "/v1",
+        max_retries=0,
+        http_client=openai.DefaultAsyncHttpxClient(
+            proxy=proxy.url, verify=ca_context(proxy), timeout=timeout
+        ),
+    )
+
+
 def anthropic_client(
     proxy: MeterProxy, upstream: FakeProvider, api_key: str, *, tls: bool = True
 ) -> anthropic.Anthropic:
