@@ -250,6 +250,12 @@ class Meter:
     def writer(self) -> SpoolWriter | None:
         return self.sink.writer
 
+    def _spooled_events(self) -> list[dict[str, Any]]:
+        """The events of the spool's sealed segments (not in the store yet)."""
+        if self.spool is None:
+            return []
+        return [event for segment in self.spool.sealed() for event in Spool.read(segment)]
+
     def _open_spool(self) -> None:
         """(Re)open the spool named by the options and start its writer (replaying leftovers)."""
         directory = Path(ctx.options.meter_spool).resolve()
@@ -275,6 +281,7 @@ class Meter:
                 self.writer.flush,
                 self.spool.directory if self.spool else None,
                 self.writer.read,
+                self._spooled_events,
             )
         if noreload.stop_watching(ctx.master, self):
             log.info("meterline: %s is not reloaded when it changes: restart to upgrade", __file__)

@@ -150,8 +150,15 @@ class Governance:
         flush: Callable[[], bool],
         state_dir: Path | None = None,
         through_writer: Callable[[Callable[[duckdb.DuckDBPyConnection], Any]], Any] | None = None,
+        leftovers: Callable[[], list[dict[str, Any]]] | None = None,
     ) -> None:
-        """Build the counters from the store (the spool flushed into it first), then refresh."""
+        """Build the counters from the store (the spool flushed into it first), then refresh.
+
+        ``leftovers``: the events still in the spool. When the flush fails (the store's
+        disk full, the lake unreachable), an earlier run's events stay there: they are
+        counted as this proxy's pending events, as if it had just metered them (before,
+        a restart forgot them and a hard limit let their tokens through again); a later
+        read that finds them stored drops them from pending, as for any event."""
         self.state_path = state_dir / "governance.json" if state_dir else None
         self._through_writer = through_writer
         try:
@@ -159,7 +166,10 @@ class Governance:
         except RuntimeError:
             self._loop = None
         if self.policy.by_consumer:
-            flush()  # leftovers of an earlier run go to the store, where they are counted
+            # Leftovers of an earlier run go to the store, where they are counted, or, if
+            # it cannot take them now, are counted from the spool.
+            if not flush() and leftovers is not None:
+                self._count(leftovers())
             snap = self._read()
             if snap is not None:
                 self._apply(snap)
@@ -322,13 +332,17 @@ class Governance:
         held = self._reservations.pop(flow_id, None)
         if held is not None:
             self.counters.release(held[1])
+        self._count(rows or [])
+
+    def _count(self, rows: list[dict[str, Any]]) -> None:
+        """Count metered events against their consumer's limits (pending until stored)."""
         for event in rows or ():
             consumer = event.get("consumer")
             pol = self.policy.by_consumer.get(consumer) if consumer else None
             if pol is None:
                 continue
             try:
-                by_type = {t: int(event[col] or 0) for t, col in _TOKEN_FIELDS.items()}
+                by_type = {t: int(event.get(col) or 0) for t, col in _TOKEN_FIELDS.items()}
                 at = datetime.fromisoformat(event["ts"]).replace(tzinfo=UTC)
                 self.counters.record(
                     pol, event["event_id"], event["provider"], event["model"] or "", by_type, at

@@ -7,10 +7,12 @@ import re
 from pathlib import Path
 
 import httpx2
+import openai
 
-from tests.conftest import ProxyFactory
+from tests.conftest import KEYS, ProxyFactory
 from tests.faults.disks import fill, immutable, tmpfs
 from tests.faults.load import CALLS, tally, wait_until
+from tests.support.governance import governed_catalog
 from tests.support.proxy import MeterProxy
 from tests.support.upstream import FakeProvider
 
@@ -112,3 +114,62 @@ def test_immutable_spool_directory_leaks_nothing_and_recovers(
     for name, data in foreign.items():  # the spool touches only its own files
         assert (spool / name).read_bytes() == data
     proxy.stop()
+
+
+def test_a_restart_with_the_store_disk_full_still_counts_the_spooled_usage(
+    start_proxy: ProxyFactory, fake_provider: FakeProvider, tmp_path: Path
+) -> None:
+    """A hard limit of 120 output tokens, 40 per call: 40 stored, then the store's disk
+    fills and 80 more wait in the spool; kill -9, restart. The restarted proxy cannot
+    flush them (the disk is still full) but reads the store: it must count them from the
+    spool. Before, it forgot them: 200, 200, 429 after the restart, 200 stored against
+    the limit of 120."""
+    limit, per_call = 120, 40
+    catalog = governed_catalog(
+        tmp_path / "catalog.yaml",
+        fake_provider,
+        {"alice": KEYS["alice"]},
+        entitlements=[{"feature": "gpt-out", "limit": limit}],
+    )
+
+    def call(proxy: MeterProxy) -> int:
+        client = openai.OpenAI(
+            base_url=fake_provider.base_url("openai") + "/v1",
+            api_key=KEYS["alice"],
+            max_retries=0,
+            http_client=openai.DefaultHttpxClient(proxy=proxy.url),
+        )
+        try:
+            client.chat.completions.create(
+                model="gpt-4o",
+                messages=[{"role": "user", "content": "hi"}],
+                max_tokens=per_call,
+                extra_headers={"x-fake": f"output={per_call}"},
+            )
+            return 200
+        except openai.APIStatusError as e:
+            return e.status_code
+        finally:
+            client.close()
+
+    with tmpfs(tmp_path / "disk", "8m") as disk:
+        proxy = start_proxy(
+            catalog=catalog,
+            options={"meter_db": str(disk / "events.duckdb"), "meter_flush_interval": 0.1,
+                     "meter_governance_refresh": "0.3"},
+        )  # fmt: skip
+        proxy.db = disk / "events.duckdb"
+        assert call(proxy) == 200
+        wait_until(lambda: len(proxy.events("reason IS NULL")) == 1, 10, "the first event")
+        filler = fill(disk)
+        assert [call(proxy) for _ in range(3)] == [200, 200, 429]
+        proxy.kill()
+        proxy.start()  # the spool's 80 tokens cannot reach the full store
+        after = [call(proxy) for _ in range(3)]
+        filler.unlink()
+        wait_until(lambda: len(proxy.events("reason IS NULL")) == 3, 30, "the spooled events")
+        used = sum(r["output_tokens"] for r in proxy.events("reason IS NULL"))
+        print(f"after the restart: {after}; stored {used} output tokens, limit {limit}")
+        assert after == [429, 429, 429]
+        assert used == limit
+        proxy.stop()
