@@ -38,6 +38,7 @@ from mitmproxy.proxy.mode_specs import ReverseMode
 from addons.metering import (
     attribution,
     catalogwatch,
+    deferredopts,
     errors,
     governance,
     hints,
@@ -160,6 +161,9 @@ class Meter:
             "Name of this proxy, stored with each event (default: the host name).",
         )
         governance.add_options(loader)
+        for problem in deferredopts.refused(loader.master.options):
+            log.error("meterline: %s", problem)  # then mitmproxy exits (errorcheck)
+            self._misconfigured = True
 
     def configure(self, updated: set[str]) -> None:
         try:
@@ -185,6 +189,12 @@ class Meter:
             raise exceptions.OptionsError(
                 f"meter_unknown_keys: expected one of {', '.join(UNKNOWN_KEY_POLICIES)}, "
                 f"got {ctx.options.meter_unknown_keys!r}"
+            )
+        if ctx.options.meter_governance_failure not in governance.FAILURE_POLICIES:
+            raise exceptions.OptionsError(
+                "meter_governance_failure: expected one of "
+                f"{', '.join(governance.FAILURE_POLICIES)}, "
+                f"got {ctx.options.meter_governance_failure!r}"
             )
         if "meter_flush_interval" in updated:
             self.flush_interval = _parse_interval(ctx.options.meter_flush_interval)
@@ -517,7 +527,10 @@ class Meter:
 
 def _check_db(locator: str) -> None:
     """A DuckDB file's directory must exist: the writer would otherwise keep every event
-    in the spool, retrying, with no store ever made (a lake is checked by its attach)."""
+    in the spool, retrying, with no store ever made (a lake is checked by its attach).
+    An empty one is DuckDB's in-memory database: every event would go with the process."""
+    if not locator.strip():
+        raise exceptions.OptionsError("meter_db: empty (give a file path or a ducklake: locator)")
     if locator.startswith("ducklake:"):
         return
     directory = Path(locator).expanduser().parent
@@ -525,14 +538,20 @@ def _check_db(locator: str) -> None:
         raise exceptions.OptionsError(f"meter_db: {directory} is not a directory")
 
 
+#: A day: a longer interval holds events in the spool for longer than any use of it (and
+#: ``inf`` made the writer's wait raise).
+MAX_FLUSH_INTERVAL_S = 86_400.0
+
+
 def _parse_interval(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         value = 0.0
-    if not value > 0:
+    if not 0 < value <= MAX_FLUSH_INTERVAL_S:
         raise exceptions.OptionsError(
-            f"meter_flush_interval: expected seconds greater than 0, got {text!r}"
+            f"meter_flush_interval: expected seconds greater than 0 and at most "
+            f"{MAX_FLUSH_INTERVAL_S:g}, got {text!r}"
         )
     return value
 

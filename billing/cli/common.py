@@ -34,6 +34,23 @@ user errors of the shared core (a bad catalog, a store that cannot be opened).""
 T = TypeVar("T")
 
 
+class NonEmpty(click.ParamType):
+    """A name that must say something: ``--customer ""`` meant "every customer" to the
+    code behind it (``invoice generate`` finalized every customer's invoices), and
+    ``--db ""`` DuckDB's in-memory database (a grant "stored" nowhere)."""
+
+    name = "text"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value)
+        if not text.strip():
+            self.fail("must not be empty", param, ctx)
+        return text
+
+
+NON_EMPTY = NonEmpty()
+
+
 @dataclass(frozen=True)
 class Settings:
     """The root's options; ``billing stripe`` reads ``db`` and ``catalog`` from it too."""

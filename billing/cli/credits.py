@@ -9,7 +9,7 @@ from decimal import Decimal, InvalidOperation
 import click
 
 from billing import render
-from billing.cli.common import DATETIME, Settings, format_option, pass_settings
+from billing.cli.common import DATETIME, NON_EMPTY, Settings, format_option, pass_settings
 from billing.credits import (
     CreditError,
     Grant,
@@ -29,7 +29,7 @@ def credits_group() -> None:
 
 
 @credits_group.command("grant")
-@click.option("--customer", required=True, help="Customer key.")
+@click.option("--customer", type=NON_EMPTY, required=True, help="Customer key.")
 @click.option("--amount", default=None, help="Amount in the customer's currency, e.g. 50.00.")
 @click.option("--feature", default=None, help="A unit grant: the feature whose units are granted.")
 @click.option("--units", type=int, default=None, help="A unit grant: how many units of --feature.")
@@ -92,7 +92,7 @@ def grant_cmd(
 
 
 @credits_group.command("list")
-@click.option("--customer", default=None, help="Only this customer.")
+@click.option("--customer", type=NON_EMPTY, default=None, help="Only this customer.")
 @format_option()
 @pass_settings
 def list_cmd(settings: Settings, customer: str | None, fmt: str) -> None:

@@ -14,7 +14,7 @@ import click
 
 from billing import render
 from billing.charts import vega_bundle
-from billing.cli.common import DATETIME, Settings, pass_settings
+from billing.cli.common import DATETIME, NON_EMPTY, Settings, pass_settings
 from billing.dashboard.queries import (
     BUCKETS,
     Scope,
@@ -31,8 +31,8 @@ T = TypeVar("T")
 def scope_options[F](f: F) -> F:
     for opt in reversed(
         (
-            click.option("--customer", help="Only this customer's consumers."),
-            click.option("--consumer", help="Only this consumer."),
+            click.option("--customer", type=NON_EMPTY, help="Only this customer's consumers."),
+            click.option("--consumer", type=NON_EMPTY, help="Only this consumer."),
             click.option("--key", "key", help="Only this key (its sha256:... fingerprint)."),
             click.option("--from", "start", type=DATETIME, help="From (inclusive, UTC)."),
             click.option("--to", "end", type=DATETIME, help="Until (exclusive, UTC)."),

@@ -7,13 +7,13 @@ from pathlib import Path
 import click
 
 from billing import render
-from billing.cli.common import Settings, format_option, pass_settings
+from billing.cli.common import NON_EMPTY, Settings, format_option, pass_settings
 from billing.entitlements import entitlement_rows, read_reserved
 from billing.errors import UnknownCustomer
 
 
 @click.command("entitlements")
-@click.option("--customer", default=None, help="Only this customer.")
+@click.option("--customer", type=NON_EMPTY, default=None, help="Only this customer.")
 @click.option(
     "--proxy-state",
     "states",

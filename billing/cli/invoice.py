@@ -12,6 +12,7 @@ from billing import render
 from billing.cli.common import (
     DATETIME,
     MONTH,
+    NON_EMPTY,
     Settings,
     format_option,
     pass_settings,
@@ -39,7 +40,7 @@ def invoice_group() -> None:
 
 
 @invoice_group.command("preview")
-@click.option("--customer", required=True, help="Customer key from the catalog.")
+@click.option("--customer", type=NON_EMPTY, required=True, help="Customer key from the catalog.")
 @click.option("--at", type=DATETIME, help="Instant inside the period to preview (default: now).")
 @format_option(DOCUMENT_FORMATS)
 @output_option()
@@ -94,7 +95,7 @@ def generated_output(result: Generated, month: str, fmt: str) -> str:
 
 @invoice_group.command("generate")
 @click.option("--period", "month", type=MONTH, required=True, help="Month: YYYY-MM.")
-@click.option("--customer", help="Only this customer.")
+@click.option("--customer", type=NON_EMPTY, help="Only this customer.")
 @click.option(
     "--settle",
     type=click.IntRange(min=0),
@@ -154,7 +155,7 @@ def generate(
 
 
 @invoice_group.command("list")
-@click.option("--customer", help="Only this customer's invoices.")
+@click.option("--customer", type=NON_EMPTY, help="Only this customer's invoices.")
 @format_option()
 @pass_settings
 def list_cmd(settings: Settings, customer: str | None, fmt: str) -> None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import click
 
 from billing import render
-from billing.cli.common import MONTH, Settings, format_option, pass_settings
+from billing.cli.common import MONTH, NON_EMPTY, Settings, format_option, pass_settings
 
 
 @click.command("margin")
 @click.option("--period", "month", type=MONTH, required=True, help="Month: YYYY-MM.")
-@click.option("--customer", help="Only this customer.")
+@click.option("--customer", type=NON_EMPTY, help="Only this customer.")
 @format_option()
 @pass_settings
 def margin_cmd(settings: Settings, month: str, customer: str | None, fmt: str) -> None:

@@ -7,12 +7,12 @@ from pathlib import Path
 import click
 
 from billing import render
-from billing.cli.common import MONTH, Settings, pass_settings
+from billing.cli.common import MONTH, NON_EMPTY, Settings, pass_settings
 from billing.cli.documents import emit, output_option
 
 
 @click.command("statement")
-@click.option("--customer", required=True, help="Customer key from the catalog.")
+@click.option("--customer", type=NON_EMPTY, required=True, help="Customer key from the catalog.")
 @click.option("--period", "month", type=MONTH, required=True, help="Month: YYYY-MM.")
 @click.option(
     "--format", "fmt", type=click.Choice(("html", "pdf", "json")), default="html",

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from billing.cli.common import MONTH, Settings, pass_settings
+from billing.cli.common import MONTH, NON_EMPTY, Settings, pass_settings
 from billing.invoices import find_customer
 from billing.stripe.client import (
     API_BASE_ENV,
@@ -70,7 +70,7 @@ def stripe_group() -> None:
     type=MONTH,
     help="Only the invoices `billing invoice generate --period` made for this month.",
 )
-@click.option("--customer", help="Only invoices of this customer key.")
+@click.option("--customer", type=NON_EMPTY, help="Only invoices of this customer key.")
 @click.option("--dry-run", is_flag=True, help="Print what would be sent; send nothing.")
 @_stripe_options
 @pass_settings
@@ -114,7 +114,7 @@ def sync_cmd(
     type=MONTH,
     help="Only the invoices `billing invoice generate --period` made for this month.",
 )
-@click.option("--customer", help="Only invoices of this customer key.")
+@click.option("--customer", type=NON_EMPTY, help="Only invoices of this customer key.")
 @_stripe_options
 @pass_settings
 def status_cmd(

@@ -7,13 +7,13 @@ from datetime import datetime
 import click
 
 from billing import render
-from billing.cli.common import DATETIME, Settings, format_option, pass_settings
+from billing.cli.common import DATETIME, NON_EMPTY, Settings, format_option, pass_settings
 from billing.usage import UsageError, UsageQuery, parse_group_by, usage_report
 
 
 @click.command("usage")
-@click.option("--customer", help="Only this customer's consumers.")
-@click.option("--consumer", help="Only this consumer.")
+@click.option("--customer", type=NON_EMPTY, help="Only this customer's consumers.")
+@click.option("--consumer", type=NON_EMPTY, help="Only this consumer.")
 @click.option("--from", "start", type=DATETIME, help="From this time (inclusive, UTC).")
 @click.option("--to", "end", type=DATETIME, help="Until this time (exclusive, UTC).")
 @click.option(

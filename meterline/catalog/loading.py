@@ -91,4 +91,9 @@ def load_catalog(path: Path | str, view: View | None = None) -> Catalog:
         raise CatalogError(f"{p}: file not found") from None
     except OSError as e:
         raise CatalogError(f"{p}: cannot read: {e.strerror}") from None
+    except UnicodeDecodeError as e:  # saved as Latin-1 or another non-UTF-8 encoding
+        raise CatalogError(
+            f"{p}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}): "
+            "save the catalog as UTF-8"
+        ) from None
     return parse_catalog(text, p, view)

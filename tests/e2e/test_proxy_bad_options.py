@@ -22,8 +22,16 @@ from tests.support.proxy import MeterProxy
             {"meter_unknown_keys": "reject", "stream_large_bodies": "10k"},
             "stream_large_bodies: mitmproxy would send a large request upstream before",
         ),
+        # mitmproxy applies these after the addon loaded and hid its error: the proxy
+        # ran unmetered, with no key check, and said nothing
+        ({"meter_durable": "yes"}, "meter_durable: "),
+        ({"meter_catlog": "x.yaml"}, "meter_catlog: no such option (did you mean meter_catalog?)"),
+        ({"meter_db": ""}, "meter_db: empty"),  # DuckDB's in-memory database: events lost
+        ({"meter_flush_interval": "inf"}, "meter_flush_interval: expected seconds"),
+        ({"meter_governance_failure": "dny"}, "meter_governance_failure: expected one of allow"),
     ],
-    ids=["catalog", "db", "interval", "policy", "streamed-requests"],
+    ids=["catalog", "db", "interval", "policy", "streamed-requests", "bool", "misspelt",
+         "empty-db", "infinite-interval", "failure-policy"],
 )  # fmt: skip
 def test_a_bad_option_at_start_is_one_line(
     tmp_path: Path, mitm_confdir: Path, test_catalog: Path, options: dict[str, str], line: str
@@ -35,3 +43,21 @@ def test_a_bad_option_at_start_is_one_line(
     assert f"meterline: {line}" in out and out.count("meterline: ") == 1, out
     assert "Traceback" not in out and "error in script" not in out, out
     assert not proxy.spool.exists() and not proxy.db.exists()  # nothing written
+
+
+def test_an_option_given_twice_is_one_line(
+    tmp_path: Path, mitm_confdir: Path, test_catalog: Path
+) -> None:
+    """``--set meter_catalog=a --set meter_catalog=b``: before, the addon was silently
+    not loaded and every call passed unmetered."""
+    proxy = MeterProxy(
+        tmp_path,
+        catalog=test_catalog,
+        confdir=mitm_confdir,
+        mitm_args=["--set", f"meter_catalog={test_catalog}"],
+    )
+    run = subprocess.run(proxy.command(), capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    out = run.stdout + run.stderr
+    assert run.returncode == 1, out
+    assert "meterline: meter_catalog: Received multiple values" in out, out
+    assert "Traceback" not in out and not proxy.db.exists(), out

@@ -181,6 +181,17 @@ def test_missing_file_is_named(tmp_path: Path) -> None:
     assert str(err.value) == f"{tmp_path / 'nope.yaml'}: file not found"
 
 
+def test_a_catalog_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    """Saved as Latin-1 (an editor's default): every billing command printed a traceback."""
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("version: 1\nconsumers:\n  - name: caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(CatalogError) as err:
+        load_catalog(path)
+    assert str(err.value) == (
+        f"{path}: not UTF-8 text (byte 0xe9 at offset 35): save the catalog as UTF-8"
+    )
+
+
 def test_libyaml_and_pure_loader_give_the_same_catalog() -> None:
     import yaml
 

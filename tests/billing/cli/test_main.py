@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from billing.cli import main
+from billing.store import billing_store
 from tests.billing.cli.runner import run
 from tests.billing.events import Event, add_events, setup, utc
 
@@ -126,3 +127,36 @@ def test_no_progress_bar_when_stdout_is_not_a_terminal(tmp_path: Path) -> None:
     result = run(s, "invoice", "generate", "--period", "2026-01", "--allow-empty")
     assert result.exit_code == 0
     assert result.stderr == ""
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("invoice", "generate", "--period", "2026-01", "--customer", ""),  # was: everyone's
+        ("credits", "list", "--customer", " "),
+        ("entitlements", "--customer", ""),
+        ("usage", "--consumer", ""),
+    ],
+    ids=["generate", "credits", "entitlements", "usage"],
+)
+def test_an_empty_name_is_refused_not_read_as_everyone(
+    tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    """``--customer ""`` meant "every customer" to the code behind it: ``invoice
+    generate`` finalized every customer's invoices, which cannot be undone."""
+    s = setup(tmp_path)
+    add_events(s.db, Event(utc("2026-01-05"), input=1000))
+    result = run(s, *args)
+    assert result.exit_code == 2 and "must not be empty" in result.stderr
+    with billing_store(s.db) as con:
+        assert con.execute("SELECT count(*) FROM invoices").fetchone() == (0,)
+
+
+def test_an_empty_db_is_refused_not_kept_in_memory(tmp_path: Path) -> None:
+    """``--db ""`` is DuckDB's in-memory database: a grant "stored" there was gone."""
+    s = setup(tmp_path)
+    result = CliRunner().invoke(
+        main, ["--db", "", "--catalog", str(s.catalog_path), "credits", "grant",
+               "--customer", "alpha", "--amount", "5.00"],
+    )  # fmt: skip
+    assert result.exit_code == 2 and "Invalid value for '--db': must not be empty" in result.output
