@@ -10,7 +10,7 @@ import click
 from billing import render
 from billing.alerts.evaluate import evaluate
 from billing.alerts.outbox import deliver, enqueue, list_alerts, replay
-from billing.cli.common import Settings, format_option, pass_settings
+from billing.cli.common import DAY_S, Seconds, Settings, format_option, pass_settings
 from billing.invoices import utc_now
 
 
@@ -31,14 +31,14 @@ def _round(settings: Settings, min_backoff: float) -> tuple[int, int, int]:
 @alerts_group.command("deliver")
 @click.option(
     "--min-backoff",
-    type=click.FloatRange(min=0),
+    type=Seconds(min=0, max=DAY_S),
     default=10.0,
     show_default=True,
     help="Seconds before the first retry of a failed delivery (doubling, at most 1 hour).",
 )
 @click.option(
     "--watch",
-    type=click.FloatRange(min=0.1),
+    type=Seconds(min=0.1, max=DAY_S),
     default=None,
     help="Keep running: evaluate and deliver every this many seconds.",
 )

@@ -50,6 +50,25 @@ class NonEmpty(click.ParamType):
 
 NON_EMPTY = NonEmpty()
 
+DAY_S = 86_400
+YEAR_S = 366 * DAY_S
+
+
+class Seconds(click.FloatRange):
+    """A finite number of seconds in ``[min, max]``: ``click.FloatRange`` lets ``nan``
+    through (every comparison with it is false), and ``inf`` or a huge value overflowed
+    later (``time.sleep``, ``timedelta``) into a traceback."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if number != number:  # NaN
+            self.fail("not a number", param, ctx)
+        return number
+
+
+INT32 = click.IntRange(-(2**31), 2**31 - 1)
+"""An integer the store keeps in an ``INTEGER`` column (a grant's priority)."""
+
 
 @dataclass(frozen=True)
 class Settings:

@@ -9,7 +9,7 @@ from decimal import Decimal, InvalidOperation
 import click
 
 from billing import render
-from billing.cli.common import DATETIME, NON_EMPTY, Settings, format_option, pass_settings
+from billing.cli.common import DATETIME, INT32, NON_EMPTY, Settings, format_option, pass_settings
 from billing.credits import (
     CreditError,
     Grant,
@@ -34,7 +34,7 @@ def credits_group() -> None:
 @click.option("--feature", default=None, help="A unit grant: the feature whose units are granted.")
 @click.option("--units", type=int, default=None, help="A unit grant: how many units of --feature.")
 @click.option("--expires", type=DATETIME, default=None, help="When the grant expires (UTC).")
-@click.option("--priority", type=int, default=10, show_default=True, help="Lower is used first.")
+@click.option("--priority", type=INT32, default=10, show_default=True, help="Lower is used first.")
 @click.option("--reason", default="", help="Why (stored with the grant).")
 @pass_settings
 def grant_cmd(

@@ -27,7 +27,7 @@ def emit(text: str, fmt: str, output: Path | None) -> None:
         if output is None:
             click.echo(text)
         else:
-            output.write_text(text + "\n", encoding="utf-8")
+            _write(output, (text + "\n").encode("utf-8"))
         return
     if output is None and sys.stdout.isatty():
         raise click.ClickException("a PDF is binary: redirect stdout or give -o FILE.pdf")
@@ -39,4 +39,13 @@ def emit(text: str, fmt: str, output: Path | None) -> None:
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
     else:
+        _write(output, data)
+
+
+def _write(output: Path, data: bytes) -> None:
+    """``-o``: a path that cannot be written (no such directory, a directory, read-only)
+    is one line, not a traceback."""
+    try:
         output.write_bytes(data)
+    except OSError as e:
+        raise click.ClickException(f"-o {output}: cannot write: {e.strerror}") from None

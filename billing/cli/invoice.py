@@ -13,6 +13,7 @@ from billing.cli.common import (
     DATETIME,
     MONTH,
     NON_EMPTY,
+    YEAR_S,
     Settings,
     format_option,
     pass_settings,
@@ -98,7 +99,7 @@ def generated_output(result: Generated, month: str, fmt: str) -> str:
 @click.option("--customer", type=NON_EMPTY, help="Only this customer.")
 @click.option(
     "--settle",
-    type=click.IntRange(min=0),
+    type=click.IntRange(min=0, max=YEAR_S),
     default=None,
     help="Bill only usage ingested at least this many seconds ago; the rest goes on the "
     "next invoice. Default: 0 on a DuckDB file, 300 on a DuckLake (concurrent writers).",

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import click
 
 from billing import render
-from billing.cli.common import Settings, format_option, pass_settings
+from billing.cli.common import YEAR_S, Settings, format_option, pass_settings
 from billing.ledger import restore_invoice_sequence
 from meterline import lakerepair
 from meterline.lakemaint import (
@@ -34,7 +34,7 @@ def lake_group() -> None:
 @lake_group.command("maintain")
 @click.option(
     "--keep",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=10 * YEAR_S),
     default=int(DEFAULT_KEEP.total_seconds()),
     show_default=True,
     help="Seconds of snapshots (and of freed files) kept for readers still running.",

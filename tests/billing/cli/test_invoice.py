@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.billing.cli.runner import run
+from tests.billing.cli.runner import error, run
 from tests.billing.events import Event, Setup, add_events, setup, sql, utc
 
 UNKNOWN_ZETA = "Error: unknown customer 'zeta' (known customers: alpha, beta, gamma)"
@@ -372,3 +372,31 @@ def test_generate_names_the_earlier_months_never_generated(s: Setup) -> None:
     generated(s)
     run(s, "invoice", "generate", "--period", "2026-02")
     assert run(s, "invoice", "generate", "--period", "2026-03").stderr == ""
+
+
+def test_an_output_path_that_cannot_be_written_is_one_line(s: Setup, tmp_path: Path) -> None:
+    """``-o`` into a directory that does not exist: one line (was a traceback)."""
+    target = tmp_path / "no-such-dir" / "inv.txt"
+    result = run(generated(s), "invoice", "show", "INV-000001", "-o", str(target))
+    assert result.exit_code == 1, result.output
+    assert error(result) == f"Error: -o {target}: cannot write: No such file or directory"
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (("alerts", "deliver", "--watch", "nan"), "Invalid value for '--watch': not a number"),
+        (("alerts", "deliver", "--min-backoff", "inf"), "Invalid value for '--min-backoff'"),
+        (("invoice", "generate", "--period", "2026-01", "--settle", "9" * 20), "'--settle'"),
+        (("credits", "grant", "--customer", "alpha", "--amount", "1", "--priority", "2147483648"),
+         "Invalid value for '--priority'"),
+    ],
+    ids=["watch-nan", "backoff-inf", "settle-huge", "priority-int32"],
+)  # fmt: skip
+def test_numbers_past_what_can_be_used_are_refused(
+    s: Setup, args: tuple[str, ...], message: str
+) -> None:
+    """Each was accepted and then overflowed into a traceback (``time.sleep(inf)``,
+    a ``timedelta`` of 10^20 seconds, an INT32 column)."""
+    result = run(s, *args)
+    assert result.exit_code == 2 and message in result.stderr, result.stderr
