@@ -230,9 +230,7 @@ class Governance:
         except Exception as e:
             self._failed("check", e)
             pol = self.policy.by_consumer.get(consumer, pol)
-            if not (pol.inactive or pol.prepaid or pol.allowed is not None) and not any(
-                lim.hard and lim.limit is not None for lim in pol.limits
-            ):
+            if not pol.can_refuse:
                 return None
             return Refusal(
                 "unavailable",

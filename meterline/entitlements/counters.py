@@ -144,19 +144,28 @@ class Counters:
             return False  # before any snapshot, the owner decides (the failure policy)
         return not (key[4] >= at and key[:4] in self._covered)
 
+    def _costs(
+        self, pol: CustomerPolicy, at: datetime, *, with_reserved: bool
+    ) -> tuple[Fraction, dict[datetime, Fraction]]:
+        """The cost bound of the current period, and of each earlier period not invoiced
+        yet (by its start)."""
+        current = Fraction(0)
+        earlier: dict[datetime, Fraction] = {}
+        for cc in pol.cost_cards:
+            key = cc.account.current(at)[1]
+            current += cc.bound.cost(self.committed(key) if with_reserved else self.used(key))
+            for old in self._by_account.get(key[:4], ()):
+                if old[4] < key[4]:
+                    cost = cc.bound.cost(self.committed(old))
+                    earlier[old[4]] = earlier.get(old[4], Fraction(0)) + cost
+        return current, earlier
+
     def cost_parts(
         self, pol: CustomerPolicy, at: datetime, *, with_reserved: bool
     ) -> tuple[Fraction, Fraction]:
         """The cost bound of the current period and of earlier periods not invoiced yet."""
-        current = earlier = Fraction(0)
-        for cc in pol.cost_cards:
-            key = cc.account.current(at)[1]
-            units = self.committed(key) if with_reserved else self.used(key)
-            current += cc.bound.cost(units)
-            for old in self._by_account.get(key[:4], ()):
-                if old[4] < key[4]:
-                    earlier += cc.bound.cost(self.committed(old))
-        return current, earlier
+        current, earlier = self._costs(pol, at, with_reserved=with_reserved)
+        return current, sum(earlier.values(), Fraction(0))
 
     def credit_left(self, pol: CustomerPolicy, at: datetime) -> tuple[Fraction, Fraction]:
         """(the cost bound of the current period, the credit left for it): what the
@@ -165,16 +174,7 @@ class Counters:
         began, in the invoices' order), and only grants not expired at ``at`` are left.
 
         Without earlier periods this is the balance (the hot path's usual case)."""
-        current = Fraction(0)
-        earlier: dict[datetime, Fraction] = {}
-        for cc in pol.cost_cards:
-            key = cc.account.current(at)[1]
-            current += cc.bound.cost(self.committed(key))
-            for old in self._by_account.get(key[:4], ()):
-                if old[4] < key[4]:
-                    earlier[old[4]] = earlier.get(old[4], Fraction(0)) + cc.bound.cost(
-                        self.committed(old)
-                    )
+        current, earlier = self._costs(pol, at, with_reserved=True)
         if not any(earlier.values()):
             return current, self._balances.get(pol.customer, Fraction(0))
         grants = self.grants_left.get(pol.customer, ())
@@ -191,10 +191,6 @@ class Counters:
                 cost -= take
         usable = (a for (until, _), a in zip(grants, left, strict=True) if not until or at < until)
         return current, sum(usable, Fraction(0))
-
-    def cost_bound(self, pol: CustomerPolicy, at: datetime, *, with_reserved: bool) -> Fraction:
-        current, earlier = self.cost_parts(pol, at, with_reserved=with_reserved)
-        return current + earlier
 
     def _reading(self, pol: CustomerPolicy, feature: str, period: Period) -> Refusal:
         return Refusal(

@@ -141,6 +141,17 @@ class CustomerPolicy:
     """Why every call is refused: no subscription is active (see the module docstring)."""
     _matched: dict[tuple[str, str], Matched] = field(default_factory=dict)
 
+    @property
+    def can_refuse(self) -> bool:
+        """Whether some call of this customer may be refused: no active subscription, a
+        hard limit, an allow-list, or a prepaid balance."""
+        return bool(
+            self.inactive
+            or self.prepaid
+            or self.allowed is not None
+            or any(lim.hard and lim.limit is not None for lim in self.limits)
+        )
+
     def matching(self, provider: str, model: str) -> Matched:
         found = self._matched.get((provider, model))
         if found is None:
