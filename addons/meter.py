@@ -526,16 +526,19 @@ class Meter:
 
 
 def _check_db(locator: str) -> None:
-    """A DuckDB file's directory must exist: the writer would otherwise keep every event
-    in the spool, retrying, with no store ever made (a lake is checked by its attach).
+    """A DuckDB file's directory must exist, and the name must not be a directory: the
+    writer would otherwise keep every event in the spool, retrying, with no store ever
+    made (a lake is checked by its attach).
     An empty one is DuckDB's in-memory database: every event would go with the process."""
     if not locator.strip():
         raise exceptions.OptionsError("meter_db: empty (give a file path or a ducklake: locator)")
     if locator.startswith("ducklake:"):
         return
-    directory = Path(locator).expanduser().parent
-    if not directory.is_dir():
-        raise exceptions.OptionsError(f"meter_db: {directory} is not a directory")
+    path = Path(locator).expanduser()
+    if not path.parent.is_dir():
+        raise exceptions.OptionsError(f"meter_db: {path.parent} is not a directory")
+    if path.is_dir():
+        raise exceptions.OptionsError(f"meter_db: {path} is a directory (name a DuckDB file in it)")
 
 
 #: A day: a longer interval holds events in the spool for longer than any use of it (and

@@ -48,8 +48,13 @@ def read_reserved(paths: Sequence[Path]) -> dict[str, int]:
             raise BillingError(f"proxy state {path}: cannot read it: {e.strerror or e}") from None
         except ValueError:
             raise BillingError(f"proxy state {path}: not a proxy's governance.json") from None
-        for k, v in (data.get("reserved") or {}).items():
-            out[k] = out.get(k, 0) + int(v)
+        reserved = data.get("reserved") if isinstance(data, dict) else None
+        if not isinstance(reserved, dict) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in reserved.values()
+        ):
+            raise BillingError(f"proxy state {path}: not a proxy's governance.json")
+        for k, v in reserved.items():
+            out[k] = out.get(k, 0) + v
     return out
 
 

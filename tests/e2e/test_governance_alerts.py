@@ -123,3 +123,15 @@ def test_entitlements_report_refuses_a_proxy_state_it_cannot_read(tmp_path: Path
     state = tmp_path / "governance.json"
     state.write_text(json.dumps({"reserved": {}}))
     assert _run(db, catalog, "entitlements", "--proxy-state", str(state))[0] == 0
+
+
+def test_entitlements_report_refuses_a_proxy_state_of_another_shape(tmp_path: Path) -> None:
+    """Before: a JSON list, or a reservation that is not a whole number, was a traceback."""
+    catalog = write(tmp_path / "catalog.yaml", PLAN.format(port=9))
+    db = tmp_path / "meterline.duckdb"
+    add_events(db, Event(datetime.now(UTC) - timedelta(seconds=1), output=10))
+    state = tmp_path / "governance.json"
+    for text in ("[]", '{"reserved": []}', '{"reserved": {"c": "x"}}', '{"reserved": {"c": 1.5}}'):
+        state.write_text(text)
+        code, out = _run(db, catalog, "entitlements", "--proxy-state", str(state))
+        assert (code, out) == (1, f"Error: proxy state {state}: not a proxy's governance.json\n")

@@ -27,11 +27,12 @@ from tests.support.proxy import MeterProxy
         ({"meter_durable": "yes"}, "meter_durable: "),
         ({"meter_catlog": "x.yaml"}, "meter_catlog: no such option (did you mean meter_catalog?)"),
         ({"meter_db": ""}, "meter_db: empty"),  # DuckDB's in-memory database: events lost
+        ({"meter_db": "."}, "meter_db: . is a directory"),  # before: failed at every flush
         ({"meter_flush_interval": "inf"}, "meter_flush_interval: expected seconds"),
         ({"meter_governance_failure": "dny"}, "meter_governance_failure: expected one of allow"),
     ],
     ids=["catalog", "db", "interval", "policy", "streamed-requests", "bool", "misspelt",
-         "empty-db", "infinite-interval", "failure-policy"],
+         "empty-db", "db-directory", "infinite-interval", "failure-policy"],
 )  # fmt: skip
 def test_a_bad_option_at_start_is_one_line(
     tmp_path: Path, mitm_confdir: Path, test_catalog: Path, options: dict[str, str], line: str
