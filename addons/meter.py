@@ -47,6 +47,7 @@ from addons.metering import (
     providers,
     redact,
     routes,
+    unmetered,
 )
 from addons.metering.deferred import DeferredWork
 from addons.metering.finish import Finisher
@@ -88,6 +89,7 @@ class Meter:
         self._notice_filter = HideStreamingNotice()
         self._redact_filter: redact.RedactingFilter | None = None
         self.rejections = RateLimitedLog(log)  # a stranger's requests: a few lines a minute
+        self.unmetered = unmetered.UnmeteredLog(log)
         self.reloader = catalogwatch.Reloader(lambda: self.catalog, self._reload)
         self.governance = governance.Governance()
         self.finisher = Finisher(self.governance, self._record)
@@ -367,8 +369,9 @@ class Meter:
                 return
             by_name = True  # the connection goes elsewhere: metered, never given a key
         path = req.path
-        spoken = providers.billed_flavor(provider.flavor, path) if req.method == "POST" else None
+        spoken = providers.billed_flavor(provider.flavor, path, req.method)
         if spoken is None:  # not metered (a model list, a file upload, images, Realtime...)
+            self.unmetered.note(provider, req.method, path)
             if self.reject_unknown:
                 self._check_unmetered(flow, provider)
             return
@@ -412,10 +415,18 @@ class Meter:
             self.rejections.warning("meterline: %s: rejected %s: %s", flow.id, where(st), why)
             errors.respond(flow, st.provider.flavor, "unknown_key", message)
             return
+        if st.pinned_model is not None and "content-encoding" not in flow.request.headers:
+            # Pinned before the limits are checked: the check reads the model the call is
+            # sent (and billed) as, not the one the client named or left out.
+            pinned = routes.pin_model(flow.request.raw_content or b"", st.pinned_model)
+            if pinned is not None:
+                flow.request.content = pinned
         consumer = st.identity.consumer
-        verdict = self.governance.check(
-            consumer.name if consumer else None, st.provider.flavor, st.provider.name, flow
-        )
+        verdict = None
+        if st.tap is None or not st.tap.reads:  # reading a response back starts no work
+            verdict = self.governance.check(
+                consumer.name if consumer else None, st.provider.flavor, st.provider.name, flow
+            )
         if verdict is not None and verdict is not True:  # refused: never forwarded
             del self._active[flow.id]
             who = (consumer.name if consumer else None, st.identity.fingerprint)
@@ -445,10 +456,6 @@ class Meter:
                 errors.respond(flow, st.provider.flavor, "injection_failed", message)
                 return
             req.path = f"{path}?{query}" if query else path
-        if st.pinned_model is not None and "content-encoding" not in req.headers:
-            pinned = routes.pin_model(req.raw_content or b"", st.pinned_model)
-            if pinned is not None:
-                req.content = pinned
         if self.include_usage and st.provider.flavor == "openai" and not st.provider.compat:
             st.add_include_usage()
         if self.durable and st.provider.flavor == "openai" and not st.drop_usage:

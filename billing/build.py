@@ -57,6 +57,7 @@ from billing.usage import (
     aggregate_windows,
     windows_with_events,
 )
+from billing.usage.owned import Ownership, ownership
 from meterline.catalog import Catalog, FeatureMeter, FlatPrice, Plan, RateCard
 
 
@@ -290,19 +291,35 @@ def _late_windows(
     con: duckdb.DuckDBPyConnection,
     swept: dict[str, list[SweptWindow]],
     watermark: datetime,
+    owned: Ownership,
 ) -> set[tuple[str, datetime, datetime]]:
-    """(customer, start, end) of the swept windows with events ingested since their sweep."""
+    """(customer, start, end) of the swept windows with events ingested since their sweep
+    (events of their own: not of ranges older windows of other customers own)."""
     keys = [
         (ck, sw) for ck, windows in swept.items() for sw in windows if sw.billed_until < watermark
     ]
     found = windows_with_events(
         con,
         [
-            UsageWindow(n, sw.consumers, sw.start, sw.end, watermark, sw.billed_until)
-            for n, (_, sw) in enumerate(keys)
+            owned.carve(
+                UsageWindow(n, sw.consumers, sw.start, sw.end, watermark, sw.billed_until),
+                ck,
+                sw.first,
+            )
+            for n, (ck, sw) in enumerate(keys)
         ],
     )
     return {(keys[n][0], keys[n][1].start, keys[n][1].end) for n in found}
+
+
+def _owner_pairs(
+    periods: Sequence[BillingPeriod], swept: dict[str, list[SweptWindow]]
+) -> set[tuple[str, str]]:
+    """(customer, consumer) of every window a run builds or sweeps."""
+    pairs = {(bp.customer.key, c) for bp in periods for c in bp.customer.consumers}
+    for ck, windows in swept.items():
+        pairs.update((ck, c) for sw in windows for c in sw.consumers)
+    return pairs
 
 
 def _fee_due(
@@ -358,7 +375,10 @@ def build_invoices(
     digest = catalog_digest(catalog)
     customers = sorted({bp.customer.key for bp in periods})
     swept = swept_windows(con, customers)
-    late = _late_windows(con, swept, watermark)
+    # Ranges of the run's consumers that stored windows of other customers own (a consumer
+    # moved between customers): usually none, and then every window stays whole.
+    owned = ownership(con, _owner_pairs(periods, swept))
+    late = _late_windows(con, swept, watermark, owned)
     billed = billed_cards(con, sorted({ck for ck, _, _ in late}))
     prepaid = advance_fees(con, customers)
     carried: set[tuple[str, str, str, datetime]] = set()
@@ -369,9 +389,16 @@ def build_invoices(
     sweeping: set[str] = set()
 
     def window(
-        consumers: tuple[str, ...], start: datetime, end: datetime, after: datetime | None = None
+        customer: str,
+        consumers: tuple[str, ...],
+        start: datetime,
+        end: datetime,
+        after: datetime | None = None,
+        first: int | None = None,
     ) -> UsageWindow:
-        return UsageWindow(len(jobs), consumers, start, end, watermark, after)
+        """Job ``len(jobs)``'s window; ``first``: a stored window's first sweep (None: new)."""
+        w = UsageWindow(len(jobs), consumers, start, end, watermark, after)
+        return owned.carve(w, customer, first) if owned else w
 
     for idx, bp in enumerate(periods):
         c = bp.customer
@@ -402,7 +429,7 @@ def build_invoices(
         if bp.plan.key not in cards_of:
             cards_of[bp.plan.key] = usage_cards(catalog, bp.plan)
         cards = cards_of[bp.plan.key]
-        own = window(tuple(c.consumers), bp.start, own_end)
+        own = window(c.key, tuple(c.consumers), bp.start, own_end)
         jobs.append(_Job(idx, own, bp.plan.key, cards, False, bp.share, bp.share_label))
         if c.key in sweeping:
             continue  # one invoice per customer and run sweeps late usage
@@ -422,7 +449,7 @@ def build_invoices(
             jobs.append(
                 _Job(
                     idx,
-                    window(sw.consumers, sw.start, sw.end, sw.billed_until),
+                    window(c.key, sw.consumers, sw.start, sw.end, sw.billed_until, sw.first),
                     sw.plan_key,
                     snapshots,
                     late=True,

@@ -185,6 +185,7 @@ def list_grants(con: duckdb.DuckDBPyConnection, customer: str | None = None) -> 
         params,
     ).fetchall():
         amount = round_money(Decimal(r[3]), r[2])
+        left = max(Decimal(0), amount - consumed[r[0]])
         out.append(
             Grant(
                 r[0],
@@ -196,10 +197,22 @@ def list_grants(con: duckdb.DuckDBPyConnection, customer: str | None = None) -> 
                 r[6].replace(tzinfo=UTC),
                 r[7],
                 r[8],
-                max(Decimal(0), amount - consumed[r[0]]),
+                in_currency(left, r[2]),
             )  # fmt: skip
         )
     return out
+
+
+def in_currency(value: Decimal, currency: str) -> Decimal:
+    """``value`` with the currency's decimals (``10.000000000000`` -> ``10.00``; JPY ``12``).
+
+    Amounts read from the store carry its 12 decimals; what a grant has left, and so what
+    an invoice takes from it, is money and must read as such. Every stored amount of a
+    currency grant has the currency's decimals, so this is exact; a value that is not (a
+    store edited by hand) is returned unchanged rather than rounded.
+    """
+    money = round_money(value, currency)
+    return money if money == value else value
 
 
 def grants_by_customer(grants: Sequence[Grant], at: datetime) -> dict[str, list[Grant]]:

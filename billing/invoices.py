@@ -34,6 +34,7 @@ from billing.schedule import (
 )
 from billing.unitgrants import apply_unit_grants
 from billing.usage import TokenFilter, UsageWindow, events_behind
+from billing.usage.owned import carve_stored
 from meterline.catalog import Catalog, Customer
 from meterline.periods import Period, calendar_month
 
@@ -280,7 +281,8 @@ def line_meter(line: InvoiceLine) -> TokenFilter:
 
 
 def explain_line(con: duckdb.DuckDBPyConnection, number: str, line_no: int) -> Explanation:
-    """The events behind a usage line, recomputed from its stored filter and windows.
+    """The events behind a usage line, recomputed from its stored filter and windows
+    (less the ranges older windows of other customers own: :mod:`billing.usage.owned`).
 
     Raises BillingError when the line is a fee or when the events no longer add up to
     the line's quantity (the store was changed after invoicing).
@@ -295,7 +297,8 @@ def explain_line(con: duckdb.DuckDBPyConnection, number: str, line_no: int) -> E
     if line.kind in ("flat", "credit"):
         what = "a flat fee" if line.kind == "flat" else "a credit"
         raise BillingError(f"{number} line {line_no} is {what}: no usage events behind it")
-    events = events_behind(con, line_windows(line), line_meter(line))
+    windows = carve_stored(con, [(invoice.customer_key, w) for w in line_windows(line)])
+    events = events_behind(con, windows, line_meter(line))
     result = Explanation(invoice, line, events)
     if result.quantity != line.quantity:
         raise BillingError(

@@ -45,6 +45,9 @@ class SweptWindow:
     plan_key: str
     consumers: tuple[str, ...]
     billed_until: datetime
+    first: int = 0
+    """The seq of the first invoice that swept it: the older of two windows has the lower
+    (which customer owns a moved consumer's usage: ``billing.usage.owned``)."""
 
 
 @dataclass(frozen=True)
@@ -63,16 +66,21 @@ def swept_windows(
     with value_set(con, "bill_customers", customers):
         rows = con.execute(
             """
-            SELECT customer_key, usage_start, usage_end, arg_max(plan_key, ingested_until),
-                   arg_max(consumers, ingested_until), max(ingested_until)
-            FROM invoice_windows WHERE customer_key IN (SELECT value FROM bill_customers)
-            GROUP BY customer_key, usage_start, usage_end ORDER BY customer_key, usage_start
+            SELECT w.customer_key, w.usage_start, w.usage_end,
+                   arg_max(w.plan_key, w.ingested_until), arg_max(w.consumers, w.ingested_until),
+                   max(w.ingested_until), min(i.seq)
+            FROM invoice_windows AS w JOIN invoices AS i ON i.number = w.invoice_number
+            WHERE w.customer_key IN (SELECT value FROM bill_customers)
+            GROUP BY w.customer_key, w.usage_start, w.usage_end
+            ORDER BY w.customer_key, w.usage_start
             """
         ).fetchall()
     out: dict[str, list[SweptWindow]] = defaultdict(list)
-    for ck, start, end, plan, consumers, until in rows:
+    for ck, start, end, plan, consumers, until, first in rows:
         out[ck].append(
-            SweptWindow(from_db(start), from_db(end), plan, tuple(consumers), from_db(until))
+            SweptWindow(
+                from_db(start), from_db(end), plan, tuple(consumers), from_db(until), int(first)
+            )
         )
     return out
 

@@ -11,10 +11,25 @@ Token mapping. Our events split input into three disjoint counts (``input`` = un
 genai-prices' ``input_tokens`` is the *total* input, with ``cache_read_tokens`` and
 ``cache_write_tokens`` as parts of it that it prices separately. So::
 
-    input_tokens       = input + cached_input + cache_write + cache_write_1h
-    cache_read_tokens  = cached_input
-    cache_write_tokens = cache_write
-    output_tokens      = output          (reasoning is already inside output)
+    input_tokens        = input + cached_input + cache_write + cache_write_1h + audio_input
+    cache_read_tokens   = cached_input
+    cache_write_tokens  = cache_write
+    input_audio_tokens  = audio_input
+    cache_audio_read_tokens = 0
+    output_tokens       = output + audio_output   (reasoning is already inside output)
+    output_audio_tokens = audio_output
+
+genai-prices' audio counts are parts of its totals (its unit registry makes
+``input_audio_tokens`` a descendant of ``input_tokens`` and ``output_audio_tokens`` one of
+``output_tokens``; the price of each part is taken off its total's), so our disjoint audio
+counts are added to the totals and named again as the audio parts: a model with audio
+prices (``gpt-audio``: $32 / $64 per million audio tokens against $2.50 / $10 for text;
+``gemini-2.5-flash``: $1.00 audio input against $0.30) prices them at those, a model
+without (``gpt-4o-audio-preview`` in genai-prices 0.2.3 lists only its text prices)
+prices them as text. Cached audio is inside ``cached_input`` (the token model does not
+split it) and is priced at the cache-read price: OpenAI's audio models price cached
+audio and cached text alike; Gemini's cached audio (``cache_audio_read_tokens``, $0.10
+against $0.03 for 2.5 Flash) is priced low.
 
 genai-prices lists no price for one-hour cache writes (``cache_write_1h``, Anthropic's
 ``ttl: "1h"``); Anthropic prices them at 2x the base input price, so they are priced
@@ -85,6 +100,8 @@ def list_cost(
     output: int,
     at: datetime,
     cache_write_1h: int = 0,
+    audio_input: int = 0,
+    audio_output: int = 0,
 ) -> Decimal | None:
     """List-price cost in USD of one request's tokens at time ``at``; None for unknown models.
 
@@ -95,7 +112,9 @@ def list_cost(
         "cached_input": cached_input,
         "cache_write": cache_write,
         "cache_write_1h": cache_write_1h,
+        "audio_input": audio_input,
         "output": output,
+        "audio_output": audio_output,
     }
     for name, value in counts.items():
         if isinstance(value, bool) or not isinstance(value, int):
@@ -107,12 +126,15 @@ def list_cost(
     if found is None:
         return None
     found_provider, found_model = found
-    whole_input = input + cached_input + cache_write + cache_write_1h
+    whole_input = input + cached_input + cache_write + cache_write_1h + audio_input
     usage = Usage(
         input_tokens=whole_input,
         cache_read_tokens=cached_input,
         cache_write_tokens=cache_write,
-        output_tokens=output,
+        input_audio_tokens=audio_input,
+        cache_audio_read_tokens=0,  # cached audio is inside cached_input (module doc)
+        output_tokens=output + audio_output,
+        output_audio_tokens=audio_output,
     )
     with money_context():
         calc = found_model.calc_price(usage, found_provider, genai_request_timestamp=when)

@@ -42,12 +42,12 @@ EVENT_FIELDS: tuple[EventField, ...] = (
     EventField("provider", "VARCHAR", True, "built-in or catalog provider"),
     EventField("flavor", "VARCHAR", True, "openai | anthropic | gemini"),
     EventField("model", "VARCHAR", False, "as the provider reported it"),
-    EventField("input_tokens", "BIGINT", True, "uncached input"),
+    EventField("input_tokens", "BIGINT", True, "uncached input but audio"),
     EventField("cached_input_tokens", "BIGINT", True, "input read from the provider's cache"),
     EventField(
         "cache_write_tokens", "BIGINT", True, "input written to the provider's cache (5 minutes)"
     ),
-    EventField("output_tokens", "BIGINT", True, "all output, reasoning included"),
+    EventField("output_tokens", "BIGINT", True, "output but audio, reasoning included"),
     EventField("reasoning_tokens", "BIGINT", True, "share of output_tokens, not added to it"),
     EventField("estimated", "BOOLEAN", True, "tokens counted by tiktoken, not reported"),
     EventField("response_id", "VARCHAR", False, "provider's id: chatcmpl-..., msg_..."),
@@ -75,6 +75,21 @@ EVENT_FIELDS: tuple[EventField, ...] = (
         "apart from cache_write_tokens (5 minutes)",
         default="0",
     ),
+    EventField(
+        "audio_input_tokens",
+        "BIGINT",
+        False,
+        "prompt audio not read from the cache (OpenAI, Gemini), priced at the audio rate; "
+        "not inside input_tokens",
+        default="0",
+    ),
+    EventField(
+        "audio_output_tokens",
+        "BIGINT",
+        False,
+        "output audio (OpenAI, Gemini), priced at the audio rate; not inside output_tokens",
+        default="0",
+    ),
 )
 
 EVENT_COLUMNS: tuple[str, ...] = tuple(f.name for f in EVENT_FIELDS)
@@ -97,7 +112,9 @@ TOKEN_COLUMNS: dict[str, str] = {
     "cached_input": "cached_input_tokens",
     "cache_write": "cache_write_tokens",
     "cache_write_1h": "cache_write_1h_tokens",
+    "audio_input": "audio_input_tokens",
     "output": "output_tokens",
+    "audio_output": "audio_output_tokens",
 }
 """Catalog token type -> the event column counting it (the disjoint, billed counts)."""
 

@@ -84,6 +84,14 @@ EVENT_MIGRATIONS: tuple[Migration, ...] = (
         # 5-minute ones: counted apart. Stored events (all in cache_write_tokens) read 0.
         "ALTER TABLE usage_events ADD COLUMN IF NOT EXISTS cache_write_1h_tokens BIGINT DEFAULT 0",
     ),
+    Migration(
+        "0030_audio_tokens",
+        # Audio is priced apart (GPT-4o Audio: $40 per million input tokens against $2.50
+        # for text): counted apart from input and output. Stored events read 0 (their
+        # audio is inside input_tokens and output_tokens).
+        "ALTER TABLE usage_events ADD COLUMN IF NOT EXISTS audio_input_tokens BIGINT DEFAULT 0;\n"
+        "ALTER TABLE usage_events ADD COLUMN IF NOT EXISTS audio_output_tokens BIGINT DEFAULT 0",
+    ),
 )
 
 

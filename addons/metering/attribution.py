@@ -9,8 +9,10 @@ provider reads:
 ========================  ===============================================================
 flavor (auth)             places read, in order
 ========================  ===============================================================
-openai                    ``Authorization: Bearer``
-openai (``api-key``)      ``api-key``, then ``Authorization: Bearer`` (Azure)
+openai                    ``Authorization: Bearer``, then a Realtime handshake's
+                          ``openai-insecure-api-key.<key>`` subprotocol
+openai (``api-key``)      ``api-key``, then ``Authorization: Bearer`` (Azure), then the
+                          subprotocol
 anthropic                 ``x-api-key``, then ``Authorization: Bearer``
 gemini                    ``x-goog-api-key``, ``?key=``, then ``Authorization: Bearer``
                           (an OAuth token) or ``?access_token=`` (the same, in the URL)
@@ -38,6 +40,10 @@ QUERY_KEY = _QUERY_PLACES["key"]
 QUERY_TOKEN = _QUERY_PLACES["access_token"]
 """Google's OAuth token in the URL: what ``Authorization: Bearer`` carries, as a parameter."""
 GATEWAY_HEADER = "apikey"
+WS_PROTOCOL = "sec-websocket-protocol"
+"""OpenAI Realtime in a browser: the key as the subprotocol ``openai-insecure-api-key.<key>``
+of the WebSocket handshake (a browser cannot set ``Authorization``)."""
+_WS_KEY_PREFIX = "openai-insecure-api-key."
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,11 +69,20 @@ def places(provider: MeteredProvider) -> tuple[str, ...]:
     if provider.flavor == "gemini":
         return ("x-goog-api-key", QUERY_KEY, "authorization", QUERY_TOKEN)
     if provider.auth != "bearer":
-        return (provider.auth, "authorization")
-    return ("authorization",)
+        return (provider.auth, "authorization", WS_PROTOCOL)
+    return ("authorization", WS_PROTOCOL)
 
 
-_KEY_HEADER_BYTES = {name.encode(): name for name in KEY_HEADERS}
+_KEY_HEADER_BYTES = {name.encode(): name for name in (*KEY_HEADERS, WS_PROTOCOL)}
+
+
+def _ws_key(value: str) -> str:
+    """The key among a handshake's subprotocols (``realtime, openai-insecure-api-key.K``)."""
+    for protocol in value.split(","):
+        protocol = protocol.strip()
+        if protocol[: len(_WS_KEY_PREFIX)].lower() == _WS_KEY_PREFIX:
+            return protocol[len(_WS_KEY_PREFIX) :]
+    return ""
 
 
 def _values(headers: Mapping[str, str], query: str) -> dict[str, list[str]]:
@@ -82,7 +97,11 @@ def _values(headers: Mapping[str, str], query: str) -> dict[str, list[str]]:
             if raw.lower() in key_by_bytes
         ]
     else:
-        pairs = [(n.lower(), v) for n, v in headers.items() if n.lower() in KEY_HEADERS]
+        pairs = [
+            (n.lower(), v)
+            for n, v in headers.items()
+            if n.lower() in KEY_HEADERS or n.lower() == WS_PROTOCOL
+        ]
     for name, value in pairs:
         if not value.isprintable():  # a folded line, a tab: whitespace as servers read it
             value = " ".join(value.split())
@@ -91,6 +110,8 @@ def _values(headers: Mapping[str, str], query: str) -> dict[str, list[str]]:
             if scheme.lower() != "bearer":
                 continue
             value = token
+        elif name == WS_PROTOCOL:
+            value = _ws_key(value)
         value = value.strip()
         if value:
             found.setdefault(name, []).append(value)

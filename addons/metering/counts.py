@@ -76,6 +76,14 @@ def _show(value: Any) -> str:
 
 def check_consistency(usage: Usage) -> str | None:
     """A problem with figures that are each valid but cannot be true together."""
+    # Audio is a share of the provider's prompt (completion) count that the extractor
+    # took out of input (output): more audio than that share is a report that
+    # contradicts itself, not something to clamp.
+    if usage.input < 0:
+        uncached = usage.input + usage.audio_input
+        return f"audio input {usage.audio_input} > uncached input {uncached}"
+    if usage.output < 0:
+        return f"audio output {usage.audio_output} > output {usage.output + usage.audio_output}"
     if usage.reasoning > usage.output:
         return f"reasoning {usage.reasoning} > output {usage.output}"
     if usage.cache_write < 0:  # a one-hour share larger than all cache writes

@@ -14,6 +14,14 @@ own ids are kept beside it (``response_id``, ``request_id``).
 
 Usage billed beside a call's own figures (Anthropic's ``usage.iterations`` other than
 ``message``) gets the call's id plus ``#<n>``, ``n`` counting those usages from 0.
+
+One kind of event is named after the provider's id instead: an OpenAI Responses API
+**background** response, billed when a read shows it ended (:mod:`addons.metering.background`).
+It may be read many times (polled, its stream resumed, cancelled), by any proxy of a
+fleet, hours apart, and must be billed once: its id is ``response:<provider>:<resp_id>``
+(:func:`response_event_id`), the same for every read. Such an id is as unique as the
+provider's: a response that can be fetched by its id names one response. Events with an
+id of this kind (:func:`is_keyed`) are always checked against the store by the writer.
 """
 
 from __future__ import annotations
@@ -34,3 +42,17 @@ def new_event_id() -> str:
 def beside_id(call_id: str, index: int) -> str:
     """The id of the ``index``-th usage billed beside call ``call_id``."""
     return f"{call_id}#{index}"
+
+
+#: Prefix of the ids named after a provider's id (:func:`response_event_id`).
+KEYED_PREFIX = "response:"
+
+
+def response_event_id(provider: str, response_id: str) -> str:
+    """The id of the event of a background response: the same on every read of it."""
+    return f"{KEYED_PREFIX}{provider}:{response_id}"
+
+
+def is_keyed(event_id: str) -> bool:
+    """Whether ``event_id`` is named after a provider's id (it may be stored already)."""
+    return event_id.startswith(KEYED_PREFIX)

@@ -38,6 +38,9 @@ class Exchange:
     """Epoch seconds when the proxy had the whole request (and sent it on)."""
     t_first_byte: float | None = None
     t_done: float | None = None
+    at: float | None = None
+    """Epoch seconds for the event's ``ts`` when not ``t_done``: a background response's
+    ``created_at``, the same on every read of it (:mod:`addons.metering.background`)."""
 
 
 def request_id_from(headers: Mapping[str, str]) -> str | None:
@@ -77,9 +80,12 @@ def timestamp(epoch: float) -> str:
     return f"{text}.{micros:06d}" if micros else text
 
 
-def build_events(ex: Exchange, usage: Usage, proxy_id: str | None) -> list[dict[str, Any]]:
-    """The call's event, then one per usage billed beside it (:attr:`Usage.extra`)."""
-    main = build_event(ex, usage, proxy_id)
+def build_events(
+    ex: Exchange, usage: Usage, proxy_id: str | None, event_id: str | None = None
+) -> list[dict[str, Any]]:
+    """The call's event, then one per usage billed beside it (:attr:`Usage.extra`).
+    ``event_id``: the call's id when it is not a fresh one (a background response's)."""
+    main = build_event(ex, usage, proxy_id, event_id)
     rows = [main]
     for i, extra in enumerate(usage.extra):
         extra.response_id = usage.response_id
@@ -95,7 +101,7 @@ def build_event(
         event_id = eventid.new_event_id()
     return {
         "event_id": event_id,
-        "ts": timestamp(done),
+        "ts": timestamp(done if ex.at is None else ex.at),
         "consumer": ex.consumer,
         "key_fingerprint": ex.key_fingerprint,
         "provider": ex.provider,
@@ -120,4 +126,6 @@ def build_event(
         "proxy_id": proxy_id,
         "reason": None,
         "cache_write_1h_tokens": usage.cache_write_1h,
+        "audio_input_tokens": usage.audio_input,
+        "audio_output_tokens": usage.audio_output,
     }

@@ -13,12 +13,12 @@ from typing import Any
 from mitmproxy import http
 from mitmproxy.net.http import url
 
-from addons.metering import bounded, events, jsoncodec
+from addons.metering import background, bounded, events, jsoncodec
 from addons.metering.bounded import count_tokens, estimate_request_input
 from addons.metering.flowstate import FlowMeter, raw_header, where
 from addons.metering.governance import Governance
 from addons.metering.settle import OnceLog, Settled, settle
-from addons.metering.usage import Seen
+from addons.metering.usage import Seen, Usage
 
 log = logging.getLogger("meterline.proxy")
 _MODEL_FIELD = re.compile(rb'"model"\s*:\s*"([^"\\]{1,200})"')
@@ -62,6 +62,22 @@ class Finisher:
         if st.decode_failed:
             problems.insert(0, f"cannot decode body: {st.decode_failed}")
         status_code = resp.status_code if resp is not None else 0
+        keyed = None
+        if st.tap is not None:  # the Responses API: a background response is billed when read
+            verdict = background.decide(
+                st.tap,
+                st.provider.name,
+                status_code=status_code,
+                sse="event-stream" in st.response_headers.get("content-type", ""),
+                request_body=st.request_body,
+            )
+            if isinstance(verdict, background.Skip):
+                log.debug("meterline: %s: %s: no event: %s", flow.id, where(st), verdict.why)
+                self.governance.finish(flow.id, None)
+                return
+            keyed = verdict
+            if keyed is not None and usage is None:  # ended with no usage: nothing billed
+                usage = Usage()
         settled = settle(
             st.provider.flavor,
             usage,
@@ -96,8 +112,10 @@ class Finisher:
             t_request=st.t_request,
             t_first_byte=st.t_first_byte,
             t_done=st.t_done,
+            at=keyed.at if keyed is not None else None,
         )
-        rows = events.build_events(exchange, usage, self.proxy_id)
+        event_id = keyed.event_id if keyed is not None else None
+        rows = events.build_events(exchange, usage, self.proxy_id, event_id)
         try:  # counted before it is spooled (a store read may see it at once), ...
             self.governance.finish(flow.id, rows)
         finally:  # ... and recorded whatever governance does: the provider bills it

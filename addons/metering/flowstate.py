@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from mitmproxy import http
 
-from addons.metering import bounded, events, keys, providers
+from addons.metering import background, bounded, events, keys, providers
 from addons.metering.decoding import IncrementalDecoder, OutputLimitExceeded
 from addons.metering.extract import new_extractor
 from addons.metering.replyend import EndWatch
@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 
 # Cheap test for a top-level ``"stream": true`` without parsing the request JSON.
 _STREAM_TRUE = re.compile(rb'"stream"\s*:\s*true')
+_STREAM_FALSE = re.compile(rb'"stream"\s*:\s*false')
+#: Ollama's native chat and generate stream unless the request says ``"stream": false``.
+_OLLAMA_STREAMS = re.compile(r"^/api/(?:chat|generate)/?$")
 _INCLUDE_USAGE_PATH = re.compile(r"/(?:chat/)?completions/?$")
 
 
@@ -65,6 +68,7 @@ class FlowMeter:
         "raw_bytes",
         "fed_bytes",
         "keys_presented",
+        "tap",
         "end",
         "finished",
         "_body",
@@ -103,6 +107,8 @@ class FlowMeter:
         self.raw_bytes = 0
         self.fed_bytes = 0
         self.keys_presented = 0
+        self.tap = background.tap_for(provider.flavor, flow.request.method, self.billed_path)
+        """A Responses API create or read (background responses are billed when read)."""
         self.end: EndWatch | None = None
         self.finished = False
         """Metered: a flow gets one event, however many ends it is told of."""
@@ -155,6 +161,10 @@ class FlowMeter:
         if self._streaming is None:
             if self.provider.flavor == "gemini":
                 self._streaming = ":streamGenerateContent" in self.billed_path
+            elif self.tap is not None and self.tap.reads:  # a resumed background stream
+                self._streaming = "stream=true" in self.path.partition("?")[2].lower()
+            elif self.billed_path.startswith("/api/") and _OLLAMA_STREAMS.match(self.billed_path):
+                self._streaming = _STREAM_FALSE.search(self.request_body()) is None
             else:
                 self._streaming = _STREAM_TRUE.search(self.request_body()) is not None
         return self._streaming
@@ -174,6 +184,7 @@ class FlowMeter:
             path=self.path,
             content_type=content_type,
             streaming_requested="json" in content_type and self.streaming_requested(),
+            reader=self.tap.new_reader if self.tap is not None else None,
         )
         self.sse = "event-stream" in headers.get("content-type", "")
         encoding = headers.get("content-encoding", "")

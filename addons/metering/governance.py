@@ -8,7 +8,9 @@ The :class:`Meter` addon calls four methods:
   (:mod:`addons.metering.reserve`) on every account the call adds to;
 - :meth:`Governance.finish` when the call's event is recorded: the reservation is
   released and the metered tokens counted (a stream that crossed a limit mid-way was
-  let finish: all of it counts); a call with no response only releases;
+  let finish: all of it counts); a call with no response only releases, and so does a
+  background response's POST (:mod:`addons.metering.background`: its usage is counted
+  when a read shows its end; reads are not checked, they start no work);
 - :meth:`Governance.use_catalog` on every catalog (re)load;
 - :meth:`Governance.start` / :meth:`Governance.stop` with the proxy.
 
@@ -44,6 +46,7 @@ import duckdb
 from mitmproxy import exceptions, http
 
 from addons.metering import errors, events
+from addons.metering.billedas import BilledAs
 from addons.metering.reserve import estimate_request
 from addons.metering.usage import Usage
 from meterline.catalog import Catalog
@@ -116,6 +119,10 @@ class Governance:
         """A snapshot of the store has been applied since start."""
         self.locator: str | None = None
         self._reservations: dict[str, tuple[CustomerPolicy, Reservation]] = {}
+        self.billed_as = BilledAs()
+        """Per provider, the models calls naming a model were billed as (an alias)."""
+        self._asked: dict[str, tuple[str, str]] = {}
+        """Admitted flow id -> (provider, model it names): learnt from at its end."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -249,29 +256,35 @@ class Governance:
         pol = self.policy.by_consumer.get(consumer)
         if pol is None:
             return None
-        if not self.ready and self.deny_when_blind:
-            return Refusal(
-                "unavailable",
-                "Meterline: usage limits cannot be checked (the store is unreachable); "
-                "calls are refused until it is back.",
-                "unavailable",
-                30,
-            )
-        if not self.ready and not self.counters.unread_as_zero:
-            # Governed since a reload, never read yet (no read has failed either).
-            return Refusal(
-                "unavailable",
-                "Meterline: usage limits are being read from the store; retry in a moment.",
-                "unavailable",
-                1,
-                retry=True,
-            )
+        # Before the store is read, only a plan that can refuse waits for it: soft and
+        # unlimited limits refuse nothing, whatever the store holds.
+        if not self.ready and pol.can_refuse:
+            if self.deny_when_blind:
+                return Refusal(
+                    "unavailable",
+                    "Meterline: usage limits cannot be checked (the store is unreachable); "
+                    "calls are refused until it is back.",
+                    "unavailable",
+                    30,
+                )
+            if not self.counters.unread_as_zero:
+                # Governed since a reload, never read yet (no read has failed either).
+                return Refusal(
+                    "unavailable",
+                    "Meterline: usage limits are being read from the store; retry in a moment.",
+                    "unavailable",
+                    1,
+                    retry=True,
+                )
         req = flow.request
-        est = estimate_request(
-            flavor, req.path if flavor == "gemini" else "", req.raw_content or b""
-        )
-        decision = self.counters.admit(pol, provider, est.model, est.input, est.output, now)
+        est = estimate_request(flavor, req.path, req.raw_content or b"")
+        # A name the provider resolves (an Azure deployment, an alias) is held against
+        # the limits of every model it was billed as too.
+        billed = self.billed_as.get(provider, est.model)
+        decision = self.counters.admit(pol, provider, est.model, est.input, est.output, now, billed)
         if isinstance(decision, Reservation):
+            if est.model:
+                self._asked[flow.id] = (provider, est.model)
             if decision.parts:
                 self._reservations[flow.id] = (pol, decision)
             return True
@@ -330,15 +343,31 @@ class Governance:
         held = self._reservations.pop(flow_id, None)
         if held is not None:
             self.counters.release(held[1])
+        asked = self._asked.pop(flow_id, None)
+        if asked is not None:
+            self._learn(asked, rows or [])
         self._count(rows or [])
+
+    def _learn(self, asked: tuple[str, str], rows: list[dict[str, Any]]) -> None:
+        """Note the models a call naming ``asked`` was billed as, if another name."""
+        provider, model = asked
+        for event in rows:
+            billed = event.get("model")
+            if isinstance(billed, str) and self.billed_as.learn(provider, model, billed):
+                log.info(
+                    "meterline: %s bills calls naming %r as %r: limits on either apply to them",
+                    provider,
+                    model,
+                    billed,
+                )
 
     def _count(self, rows: list[dict[str, Any]]) -> None:
         """Count metered events against their consumer's limits (pending until stored)."""
         for event in rows or ():
             consumer = event.get("consumer")
             pol = self.policy.by_consumer.get(consumer) if consumer else None
-            if pol is None:
-                continue
+            if pol is None or event["event_id"] in self.counters.pending:
+                continue  # a background response read again: counted once (its id is fixed)
             try:
                 by_type = {t: int(event.get(col) or 0) for t, col in _TOKEN_FIELDS.items()}
                 at = datetime.fromisoformat(event["ts"]).replace(tzinfo=UTC)

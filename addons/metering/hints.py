@@ -41,8 +41,9 @@ def plain_http_warning(catalog: Catalog | None) -> str | None:
     hosts = ", ".join(f"{name} {pattern}" for name, pattern in found)
     return (
         f"meterline: catalog provider(s) on a port other than 443, likely plain http:// "
-        f"({hosts}): agents must set HTTP_PROXY as well as HTTPS_PROXY, or their requests "
-        "to those hosts bypass the proxy and are not metered"
+        f"({hosts}): agents must set HTTP_PROXY as well as HTTPS_PROXY (and the lower-case "
+        "http_proxy for curl), or their requests to those hosts bypass the proxy and are "
+        "not metered"
     )
 
 

@@ -49,7 +49,7 @@ BUILTIN_PROVIDERS: tuple[tuple[MeteredProvider, tuple[str, ...]], ...] = tuple(
 # (/v1, /openai/v1, /api/v1, /inference/v1, Azure's /openai/deployments/<name>).
 _BILLED_PATHS: dict[str, re.Pattern[str]] = {
     "openai": re.compile(
-        r"/(?:chat/completions|completions|embeddings|responses)/?$"
+        r"/(?:chat/completions|completions|embeddings|responses|responses/compact)/?$"
         r"|^/api/(?:chat|generate|embed)/?$"  # Ollama's native API (eval counts)
     ),
     "anthropic": re.compile(r"/v1/messages/?$"),
@@ -63,6 +63,12 @@ _GEMINI_OPENAI_PATHS = re.compile(r"/openai/(?:chat/completions|embeddings)/?$")
 #: Claude on Azure AI Foundry (``anthropic.AnthropicFoundry``): Anthropic's Messages API
 #: under ``/anthropic`` on an Azure host, the resource key in ``x-api-key`` / ``api-key``.
 _ANTHROPIC_ON_AZURE = re.compile(r"^/anthropic/v1/messages/?$")
+#: A Responses API response read back: ``GET .../responses/<id>`` (polled, or its stream
+#: resumed with ``?stream=true``) and ``POST .../responses/<id>/cancel``. Billed only when
+#: the body shows a background response that has ended (:mod:`addons.metering.background`);
+#: not ``.../responses/<id>/input_items`` (a listing) nor ``input_tokens`` (a free count).
+_RESPONSE_READ = re.compile(r"/responses/(?!compact/?$|input_tokens/?$)[^/]+/?$")
+_RESPONSE_CANCEL = re.compile(r"/responses/[^/]+/cancel/?$")
 
 _MEMO_LIMIT = 4096
 
@@ -155,11 +161,18 @@ def is_billed_path(flavor: Flavor, path: str) -> bool:
     return billed_flavor(flavor, path) is not None
 
 
-def billed_flavor(flavor: Flavor, path: str) -> Flavor | None:
-    """The API format ``path`` speaks on a provider of ``flavor`` when it bills tokens
-    (None: it does not). The provider's own, except Gemini's OpenAI-compatible endpoints."""
+def billed_flavor(flavor: Flavor, path: str, method: str = "POST") -> Flavor | None:
+    """The API format ``method path`` speaks on a provider of ``flavor`` when it bills
+    tokens (None: it does not). The provider's own, except Gemini's OpenAI-compatible
+    endpoints. Calls are POSTs, but for a Responses API response read back (GET)."""
     path = normalise_path(path)
+    if method != "POST":
+        if method == "GET" and flavor == "openai" and _RESPONSE_READ.search(path):
+            return flavor
+        return None
     if _BILLED_PATHS[flavor].search(path) is not None:
+        return flavor
+    if flavor == "openai" and _RESPONSE_CANCEL.search(path) is not None:
         return flavor
     if flavor == "gemini" and _GEMINI_OPENAI_PATHS.search(path) is not None:
         return "openai"
@@ -215,8 +228,8 @@ _THIS_HOST = frozenset({"0.0.0.0", "::"})
 def canonical_host(host: str) -> str:
     """One spelling per address: lower case, no trailing dot, IP literals canonical
     (``127.1``, ``[::ffff:127.0.0.1]`` -> ``127.0.0.1``); ``localhost`` (and
-    ``*.localhost``), ``::1`` and ``0.0.0.0`` / ``::`` -> ``127.0.0.1``, the loopback
-    address they reach."""
+    ``*.localhost``), every ``127.x.x.x``, ``::1`` and ``0.0.0.0`` / ``::`` ->
+    ``127.0.0.1``, the loopback address they reach."""
     canonical = _canonical_host(host)
     return _LOOPBACK if canonical in _THIS_HOST else canonical
 
@@ -233,14 +246,20 @@ def _canonical_host(host: str) -> str:
         except ValueError:
             return h
         if ip6.ipv4_mapped is not None:
-            return str(ip6.ipv4_mapped)
+            return _loopback_v4(str(ip6.ipv4_mapped))
         return _LOOPBACK if ip6.is_loopback else str(ip6)
     if _LEGACY_IPV4.fullmatch(h):
         try:
-            return socket.inet_ntoa(socket.inet_aton(h))
+            return _loopback_v4(socket.inet_ntoa(socket.inet_aton(h)))
         except OSError:
             return h
     return h
+
+
+def _loopback_v4(ip: str) -> str:
+    """Every address of 127.0.0.0/8 is this host's loopback: a server listening on all
+    interfaces answers on ``127.0.0.2`` as on ``127.0.0.1``, so they are one host."""
+    return _LOOPBACK if ip.startswith("127.") else ip
 
 
 def lookup_named(

@@ -1,8 +1,13 @@
 """What a request may cost, read cheaply before it is forwarded: model and token bounds.
 
-No JSON parse (a request body can be megabytes): ``bytes.find`` for the top-level keys
-the providers define, then a few bytes of scanning after each. Used only for governed
-consumers.
+Only the request's own keys count: ``max_tokens`` at the top level, not one nested in a
+message (an Anthropic ``tool_use`` input in the history, a tool's JSON schema), which
+used to replace the real bound (10 calls admitted at a limit of 2,000, 20,000 used).
+The common case parses nothing (a request body can be megabytes): ``bytes.find`` for the
+key; when it occurs once, whether it sits at the top level is decided by parsing the
+shorter side of the body around it (:func:`_at_depth`, usually a few bytes). Only a key
+that occurs more than once (or a body the shortcut cannot read) is parsed whole. Used
+only for governed consumers.
 
 - input: ``ceil(body bytes / BYTES_PER_TOKEN)``, an estimate (English text and JSON run
   at about 4 bytes per token; images and dense scripts differ: the call settles to the
@@ -18,7 +23,11 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
-from typing import NamedTuple
+from typing import Any, NamedTuple
+
+import orjson
+
+from addons.metering import jsoncodec
 
 BYTES_PER_TOKEN = 4
 DEFAULT_OUTPUT_RESERVE = 4096
@@ -52,9 +61,18 @@ _OUTPUT_KEYS = (
     b'"max_tokens"',
     b'"max_completion_tokens"',
     b'"max_output_tokens"',
-    b'"maxOutputTokens"',
 )
+"""Top-level output bounds of the OpenAI and Anthropic APIs."""
+_GEMINI_CONFIGS = (b'"generationConfig"', b'"generation_config"')
+_GEMINI_KEYS = (b'"maxOutputTokens"', b'"max_output_tokens"')
+"""Gemini's bound sits in ``generationConfig`` (either spelling, as its JSON accepts)."""
 _GEMINI_MODEL = re.compile(r"/models/([^/:?]+)")
+_DEPLOYMENT = re.compile(r"/deployments/([^/?]+)/")
+"""Azure OpenAI names the deployment in the path; the body's ``model`` is optional."""
+_WS = b" \t\r\n"
+_MAX_INT_DIGITS = 9
+_REREAD = object()
+"""The shortcut cannot tell: parse the whole body."""
 
 
 class Estimate(NamedTuple):
@@ -63,41 +81,151 @@ class Estimate(NamedTuple):
     output: int
 
 
-def _value_start(body: bytes, key: bytes) -> int:
-    """Index just after ``key\\s*:\\s*`` for the first occurrence used as a key, or -1."""
-    start = 0
-    n = len(body)
+def _keys(body: bytes, key: bytes, start: int, stop: int) -> tuple[int, int] | None:
+    """(index of ``key``, index of its value) for its first use as an object key in
+    ``body[start:stop]``, or None. A quote preceded by a backslash is inside a string."""
     while True:
-        i = body.find(key, start)
+        i = body.find(key, start, stop)
         if i < 0:
-            return -1
+            return None
         j = i + len(key)
-        while j < n and body[j] in b" \t\r\n":
-            j += 1
-        if j < n and body[j] == 58:  # ':'
-            j += 1
-            while j < n and body[j] in b" \t\r\n":
-                j += 1
-            return j
         start = j
+        if i and body[i - 1] == 92:  # '\\': an escaped quote, part of a string
+            continue
+        while j < stop and body[j] in _WS:
+            j += 1
+        if j < stop and body[j] == 58:  # ':'
+            j += 1
+            while j < stop and body[j] in _WS:
+                j += 1
+            return i, j
 
 
-def _int_value(body: bytes, key: bytes) -> int | None:
-    j = _value_start(body, key)
-    if j < 0:
-        return None
+def _parses(probe: bytes) -> bool:
+    try:
+        orjson.loads(probe)
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
+def _at_depth(body: bytes, i: int, end: int, depth: int) -> bool:
+    """Whether the key at ``i`` (its value ending at ``end``) is a member of an object
+    ``depth`` objects deep (1: the top-level object), in a valid JSON body.
+
+    Exact, by parsing the shorter side only: the body up to the key, closed by ``depth``
+    braces, is a valid document only at that depth; so is the rest after the value,
+    opened by ``depth`` objects."""
+    if i <= len(body) - end:
+        return _parses(body[:i] + b'"":0' + b"}" * depth)
+    return _parses(b'{"":' * (depth - 1) + b'{"":0' + body[end:])
+
+
+def _int_end(body: bytes, j: int) -> int:
+    """The end of a JSON integer at ``j`` (``j`` when there is none)."""
     k = j
-    while k < len(body) and 48 <= body[k] <= 57:
+    n = len(body)
+    while k < n and 48 <= body[k] <= 57:
         k += 1
-    return int(body[j:k]) if k > j and k - j < 10 else None
+    return k
 
 
-def _model(body: bytes) -> str:
-    j = _value_start(body, b'"model"')
-    if j < 0 or j >= len(body) or body[j] != 34:  # '"'
-        return ""
-    k = body.find(b'"', j + 1)
-    return body[j + 1 : k].decode("utf-8", "replace") if k > 0 and k - j < 200 else ""
+def _first(body: bytes, key: bytes, start: int = 0, stop: int | None = None) -> Any:
+    """(key index, value index) of ``key``'s only use as a key, None when it is not
+    used as one, or :data:`_REREAD` when it is used more than once."""
+    stop = len(body) if stop is None else stop
+    found = _keys(body, key, start, stop)
+    if found is None:
+        return None
+    if _keys(body, key, found[1], stop) is not None:
+        return _REREAD
+    return found
+
+
+def _top_model(body: bytes) -> Any:
+    """The top-level ``model`` string ("" when there is none), or :data:`_REREAD`."""
+    found = _first(body, b'"model"')
+    if found is None or found is _REREAD:
+        return "" if found is None else _REREAD
+    i, j = found
+    if j >= len(body) or body[j] != 34:  # not a string: no usable model
+        return "" if _at_depth(body, i, j, 1) else _REREAD
+    k = body.find(b'"', j + 1, j + 201)
+    if k < 0 or body[k - 1] == 92:  # long, or escaped: read it properly
+        return _REREAD
+    if not _at_depth(body, i, k + 1, 1):
+        return _REREAD  # nested only, or hidden in a string: the full parse decides
+    return body[j + 1 : k].decode("utf-8", "replace")
+
+
+def _top_bound(body: bytes) -> Any:
+    """The top-level output bound (None when the request sets none), or :data:`_REREAD`."""
+    for key in _OUTPUT_KEYS:
+        found = _first(body, key)
+        if found is None:
+            continue
+        if found is _REREAD:
+            return _REREAD
+        i, j = found
+        k = _int_end(body, j)
+        if not _at_depth(body, i, k if k > j else j, 1):
+            return _REREAD  # nested: is there a top-level one too? the full parse says
+        if j < k and k - j <= _MAX_INT_DIGITS:
+            return int(body[j:k])
+    return None
+
+
+def _gemini_bound(body: bytes) -> Any:
+    """``generationConfig.maxOutputTokens`` (None when unset), or :data:`_REREAD`."""
+    for key in _GEMINI_KEYS:
+        found = _first(body, key)
+        if found is None:
+            continue
+        if found is _REREAD:
+            return _REREAD
+        i, j = found
+        k = _int_end(body, j)
+        if not _at_depth(body, i, k if k > j else j, 2):
+            return _REREAD
+        if not _in_config(body, i):
+            return _REREAD
+        if j < k and k - j <= _MAX_INT_DIGITS:
+            return int(body[j:k])
+    return None
+
+
+def _in_config(body: bytes, i: int) -> bool:
+    """Whether the key at ``i`` (two objects deep) is a direct member of the object that
+    the nearest config key before it opens: then that object is the config."""
+    conf = max((body.rfind(key, 0, i), key) for key in _GEMINI_CONFIGS)
+    if conf[0] < 0:
+        return False
+    opened = _keys(body, conf[1], conf[0], i)
+    if opened is None or body[opened[1]] != 123:  # '{'
+        return False
+    return _parses(body[opened[1] : i] + b'"":0}')
+
+
+def _parsed(flavor: str, body: bytes) -> tuple[str, int | None]:
+    """Model and output bound read from the whole parsed body (the rare case)."""
+    try:
+        data = jsoncodec.loads(body)
+    except ValueError:
+        return "", None
+    if not isinstance(data, dict):
+        return "", None
+    model = data.get("model")
+    names: tuple[str, ...] = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+    where = data
+    if flavor == "gemini":
+        conf = data.get("generationConfig", data.get("generation_config"))
+        where = conf if isinstance(conf, dict) else {}
+        names = ("maxOutputTokens", "max_output_tokens")
+    for name in names:
+        value = where.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**9:
+            return (model if isinstance(model, str) else ""), value
+    return (model if isinstance(model, str) else ""), None
 
 
 @lru_cache(maxsize=1024)
@@ -111,14 +239,17 @@ def max_output(model: str) -> int | None:
 def estimate_request(flavor: str, path: str, body: bytes) -> Estimate:
     if flavor == "gemini":
         m = _GEMINI_MODEL.search(path)
-        model = m.group(1) if m else ""
+        model: Any = m.group(1) if m else ""
+        output = _gemini_bound(body)
+        if output is _REREAD:
+            output = _parsed(flavor, body)[1]
     else:
-        model = _model(body)
-    output = None
-    for key in _OUTPUT_KEYS:
-        output = _int_value(body, key)
-        if output is not None:
-            break
+        model, output = _top_model(body), _top_bound(body)
+        if model is _REREAD or output is _REREAD:
+            model, output = _parsed(flavor, body)
+        if not model and "/deployments/" in path:
+            m = _DEPLOYMENT.search(path)
+            model = m.group(1) if m else ""
     if output is None:
         output = max_output(model) or DEFAULT_OUTPUT_RESERVE
     return Estimate(model, -(-len(body) // BYTES_PER_TOKEN), output)

@@ -8,10 +8,16 @@ Token types are disjoint and add up to what the provider bills:
   5 minutes, 1.25x base input)
 - ``cache_write_1h``: input tokens written to it for an hour (Anthropic ``ttl: "1h"``,
   2x base input): priced apart, so counted apart
-- ``output``: all output tokens, reasoning included
+- ``audio_input``: prompt audio tokens not read from a cache (OpenAI
+  ``prompt_tokens_details.audio_tokens``, Gemini's ``AUDIO`` prompt modality): billed at
+  the provider's audio rate (GPT-4o Audio: $40 per million against $2.50 for text), so
+  counted apart; ``input`` excludes them. Audio read from a cache stays in ``cached_input``
+- ``output``: output tokens other than audio, reasoning included
+- ``audio_output``: output audio tokens (OpenAI ``completion_tokens_details.audio_tokens``,
+  Gemini's ``AUDIO`` candidates modality); ``output`` excludes them
 
-``reasoning`` is the share of ``output`` spent on reasoning; it is kept as its own
-figure and never added to the total. Each provider's fields are mapped to this model
+``reasoning`` is the share of ``output`` (text output) spent on reasoning; it is kept as
+its own figure and never added to the total. Each provider's fields are mapped to this model
 in exactly one place: its extractor in :mod:`addons.metering.extract`.
 """
 
@@ -27,7 +33,9 @@ class Usage:
     cached_input: int = 0
     cache_write: int = 0
     cache_write_1h: int = 0
+    audio_input: int = 0
     output: int = 0
+    audio_output: int = 0
     reasoning: int = 0
     model: str | None = None
     response_id: str | None = None
@@ -47,7 +55,15 @@ class Usage:
 
     @property
     def total(self) -> int:
-        return self.input + self.cached_input + self.cache_write + self.cache_write_1h + self.output
+        return (
+            self.input
+            + self.cached_input
+            + self.cache_write
+            + self.cache_write_1h
+            + self.audio_input
+            + self.output
+            + self.audio_output
+        )
 
 
 class Seen(NamedTuple):

@@ -10,8 +10,10 @@ Exactly once, cheaply: a batch is checked against the store (an anti-join on
 ``event_id``, which on a lake reads every file of the last minutes) only when it may
 repeat stored events: the first batch of a writer (segments a previous process left: it
 may have committed them before it died), any batch after a failed flush (its commit's
-outcome is unknown), and a batch holding an id twice or one this writer committed in the
-last minutes (:mod:`addons.metering.recentids`). Every other flush is a plain append:
+outcome is unknown), a batch holding an id twice or one this writer committed in the
+last minutes (:mod:`addons.metering.recentids`), and a batch holding an event named
+after a provider's id (a background response, :mod:`addons.metering.background`: it is
+read again, by any proxy, at any time). Every other flush is a plain append:
 this process is the only one writing this spool's segments to the store, and it knows
 it has not committed them. Nor does a plain append read the ids first: the spool
 remembers the (event_id, ts) of every line it wrote whole (:meth:`Spool.known_events`),
@@ -42,7 +44,7 @@ from typing import TypeVar
 
 import duckdb
 
-from addons.metering import oserrors
+from addons.metering import eventid, oserrors
 from addons.metering.lakejob import LakeMaintainer, maintain_every_s
 from addons.metering.priority import WRITER_NICENESS, lower_thread_priority
 from addons.metering.recentids import RecentIds
@@ -447,12 +449,12 @@ class SpoolWriter:
                         if known is None:  # the spool cannot vouch for them: read the ids
                             self.id_reads += 1
                             appended = append_segments(
-                                con, segments, lambda batch: self.recent.repeats(batch.events)
+                                con, segments, lambda batch: self._may_repeat(batch.events)
                             )
                             if appended is not None:
                                 inserted, batch = appended
                                 return inserted, batch.skipped, batch.events
-                        elif not self.recent.repeats(known):
+                        elif not self._may_repeat(known):
                             inserted = append_known(con, segments)
                             return inserted, max(0, len(known) - inserted), known
                     self.checked_batches += 1
@@ -465,6 +467,12 @@ class SpoolWriter:
                     raise
                 self.link.reset()
         raise AssertionError("unreachable")
+
+    def _may_repeat(self, rows: list[tuple[str, int]]) -> bool:
+        """Whether a batch of (event_id, ts µs) may hold events stored already: an id
+        named after a provider's (a background response read again, an hour later or on
+        another proxy: :func:`eventid.is_keyed`), or one :attr:`recent` knows."""
+        return any(eventid.is_keyed(i) for i, _ in rows) or self.recent.repeats(rows)
 
     def _known(self, segments: list[Path]) -> list[tuple[str, int]] | None:
         keys = self.spool.known_events(segments)

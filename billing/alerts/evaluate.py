@@ -4,7 +4,11 @@ Rules come from the catalog's ``alerts`` section: percentages of every metered
 entitlement with a limit (``entitlement_percent``), a prepaid customer's remaining
 credit below an amount (``credit_balance_below``), the running invoice total of the
 billing period above an amount (``period_spend_above``). The figures are those of
-``billing entitlements`` and ``billing invoice preview``.
+``billing entitlements`` and ``billing invoice preview``. A percentage is of the limit the
+proxy enforces: the entitlement's limit plus the customer's unit grants of the feature
+(``GRANTED_UNITS``, what ``billing entitlements`` counts in ``REMAINING``); before, 100 %
+fired at 1,110 of "1000" while the proxy admitted up to 1,500, and nothing fired when
+the customer was actually blocked.
 """
 
 from __future__ import annotations
@@ -50,7 +54,8 @@ def evaluate(
     for row in entitlement_rows(con, catalog, now=now):
         customer = row["customer"]
         if row["type"] == "metered" and isinstance(row["limit"], int) and row["limit"] > 0:
-            used, limit = int(row["used"]), int(row["limit"])
+            granted = int(row.get("granted_units") or 0)
+            used, limit = int(row["used"]), int(row["limit"]) + granted
             for pct in sorted(rules.entitlement_percent):
                 if used * 100 >= limit * pct:
                     start = row["period_start"]
@@ -64,6 +69,8 @@ def evaluate(
                                 "feature": row["feature"],
                                 "percent": pct,
                                 "limit": limit,
+                                "entitlement_limit": int(row["limit"]),
+                                "granted_units": granted,
                                 "used": used,
                                 "enforcement": row["enforcement"],
                                 "resets_at": row["resets_at"],

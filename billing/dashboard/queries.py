@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from billing.dashboard.percentiles import quantiles_by_provider
 from billing.storevalues import from_db, to_db
-from billing.usage import TOKEN_COLUMNS, UsageError
+from billing.usage import TOKEN_COLUMNS, UsageError, UsageQuery, stranded_usage
 from meterline.catalog import FINGERPRINT_RE, TOKEN_TYPES, Catalog
 
 BUCKETS: dict[str, timedelta] = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
@@ -298,6 +298,15 @@ def unbilled(con: duckdb.DuckDBPyConnection, catalog: Catalog, rng: TimeRange) -
                     {"customer": customer, "plan": plan, "provider": provider, "model": model,
                      "token_type": tt, "tokens": n}
                 )  # fmt: skip
+    # Late usage of a customer that will get no further invoice (no late sweep bills it).
+    stranded = UsageQuery(start=rng.start, end=rng.end, group_by=("model",))
+    for late in stranded_usage(con, catalog, stranded):
+        sums: dict[str, int] = {tt: int(late[tt] or 0) for tt in TOKEN_TYPES}
+        rows.append(
+            {"reason": late["reason"], "consumer": late["consumer"], "key_fingerprint": None,
+             "customer": late["customer"], "provider": late["provider"], "model": late["model"],
+             **sums, "total": sum(sums.values()), "events": int(late["events"])}
+        )  # fmt: skip
     rows.sort(key=lambda r: tuple("" if r[k] is None else str(r[k]) for k in ROW_ORDER))
     unpriced.sort(key=lambda r: (r["customer"], r["plan"], r["provider"], r["model"],
                                  _type_order(r["token_type"])))  # fmt: skip

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import html
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
@@ -28,6 +28,7 @@ from billing.ledger import load_invoices
 from billing.model import Invoice, InvoiceLine
 from billing.schedule import periods_ending_in
 from billing.usage import TOKEN_COLUMNS, WINDOWED_EVENTS, UsageWindow, load_windows
+from billing.usage.owned import carve_stored
 from meterline.catalog import Catalog, Customer
 
 e = html.escape
@@ -107,24 +108,20 @@ _DAILY_SQL = f"""
 def feature_usage(con: duckdb.DuckDBPyConnection, invoices: list[Invoice]) -> list[FeatureUsage]:
     """Per feature of the invoices' usage lines: tokens per day and model, in one query."""
     lines: list[InvoiceLine] = []
-    windows: list[UsageWindow] = []
+    stored: list[tuple[str, UsageWindow]] = []
     owner: dict[int, int] = {}
     for inv in invoices:
         for line in inv.lines:
             if line.kind == "flat" or not line.feature_key:
                 continue
             for w in line_windows(line):
-                wid = len(windows)
-                windows.append(
-                    UsageWindow(
-                        wid, w.consumers, w.start, w.end, w.ingested_until, w.ingested_after
-                    )
-                )
+                wid = len(stored)
+                stored.append((inv.customer_key, replace(w, window_id=wid)))
                 owner[wid] = len(lines)
             lines.append(line)
-    if not windows:
+    if not stored:
         return []
-    load_windows(con, windows)
+    load_windows(con, carve_stored(con, stored))  # as the lines billed them
     per_day: dict[str, dict[tuple[date, str], int]] = defaultdict(lambda: defaultdict(int))
     for wid, day, provider, model, *counts in con.execute(_DAILY_SQL).fetchall():
         line = lines[owner[wid]]

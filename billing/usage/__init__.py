@@ -14,6 +14,7 @@ from billing.usage.behind import EVENT_FIELDS, TokenFilter, events_behind
 from billing.usage.invoiced import INVOICED_USAGE_SQL, invoiced_events, invoiced_usage
 from billing.usage.report import (
     GROUP_DIMENSIONS,
+    STRANDED_REASON,
     UNBILLED_REASON,
     UNPRICED_PREFIX,
     UNPRICED_REASON,
@@ -21,6 +22,7 @@ from billing.usage.report import (
     UsageQuery,
     is_unpriced,
     parse_group_by,
+    stranded_usage,
     usage_report,
 )
 from billing.usage.windows import (
@@ -43,6 +45,7 @@ __all__ = [
     "TOKEN_COLUMNS",
     "UNBILLED_REASON",
     "UNPRICED_PREFIX",
+    "STRANDED_REASON",
     "UNPRICED_REASON",
     "WINDOWED_EVENTS",
     "TokenFilter",
@@ -57,6 +60,7 @@ __all__ = [
     "is_unpriced",
     "load_windows",
     "parse_group_by",
+    "stranded_usage",
     "usage_report",
     "windowed_events",
     "windows_with_events",

@@ -1,13 +1,20 @@
-"""Usage the stored invoices billed (margin reports): per day, and per event."""
+"""Usage the stored invoices billed (margin reports): per day, and per event.
+
+The events of the invoices' stored windows, less the ranges older windows of other
+customers own (:mod:`billing.usage.owned`): a moved consumer's usage counts once.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import duckdb
+import pyarrow as pa
 
-from billing.storevalues import value_set
-from billing.usage.windows import windowed_events
+from billing.storevalues import from_db, to_db, value_set
+from billing.usage.owned import first_sweeps, ownership
+from billing.usage.windows import UsageWindow, windowed_events
 from meterline.eventschema import TOKEN_COLUMNS
 
 _SUMS = ", ".join(f"SUM(e.{col})::BIGINT AS {tt}" for tt, col in TOKEN_COLUMNS.items())
@@ -20,21 +27,82 @@ _INVOICED_WINDOWS = """
 """
 """The stored windows of the invoices in ``bill_numbers``, shaped for :func:`windowed_events`."""
 
-INVOICED_USAGE_SQL = f"""
-    WITH win AS ({_INVOICED_WINDOWS})
+_CARVED_WINDOWS = """
+    SELECT customer_key, consumer, w_start, w_end, ing_after, ing_until
+    FROM bill_invoiced_windows WHERE TRUE
+"""
+"""The same, carved (:mod:`billing.usage.owned`): when a consumer of them was moved."""
+
+_USAGE_SQL = """
+    WITH win AS ({windows})
     SELECT w.customer_key, e.provider, coalesce(e.model, '') AS model,
-           CAST(e.ts AS DATE) AS day, {_SUMS}, COUNT(*) AS events
-    {windowed_events("win")}
+           CAST(e.ts AS DATE) AS day, {sums}, COUNT(*) AS events
+    {events}
     GROUP BY ALL
 """
+
+INVOICED_USAGE_SQL = _USAGE_SQL.format(
+    windows=_INVOICED_WINDOWS, sums=_SUMS, events=windowed_events("win")
+)
+
+
+@contextmanager
+def _invoiced_windows(con: duckdb.DuckDBPyConnection) -> Iterator[str]:
+    """The SQL of the windows of the invoices in ``bill_numbers`` as they billed: the
+    stored rows themselves, or, when a consumer of them is in another customer's window,
+    the rows carved in Python and registered as ``bill_invoiced_windows``."""
+    pairs = con.execute(
+        "SELECT DISTINCT customer_key, unnest(consumers) FROM invoice_windows"
+        " WHERE invoice_number IN (SELECT value FROM bill_numbers)"
+    ).fetchall()
+    owned = ownership(con, pairs)
+    if not owned:
+        yield _INVOICED_WINDOWS
+        return
+    stored = con.execute(
+        "SELECT customer_key, consumers, usage_start, usage_end, ingested_after, ingested_until"
+        " FROM invoice_windows WHERE invoice_number IN (SELECT value FROM bill_numbers)"
+    ).fetchall()
+    windows = [
+        (
+            ck,
+            UsageWindow(
+                n, tuple(cs), from_db(s), from_db(e), from_db(until), after and from_db(after)
+            ),
+        )
+        for n, (ck, cs, s, e, after, until) in enumerate(stored)
+    ]
+    firsts = first_sweeps(con, ((ck, w.start, w.end) for ck, w in windows))
+    rows = [
+        (ck, consumer, start, end, w.ingested_after, w.ingested_until)
+        for ck, w in windows
+        for consumer, start, end in owned.carve(w, ck, firsts.get((ck, w.start, w.end))).ranges()
+    ]
+    ts = pa.timestamp("us")
+    table = pa.table(
+        {
+            "customer_key": pa.array([r[0] for r in rows], pa.string()),
+            "consumer": pa.array([r[1] for r in rows], pa.string()),
+            "w_start": pa.array([to_db(r[2]) for r in rows], ts),
+            "w_end": pa.array([to_db(r[3]) for r in rows], ts),
+            "ing_after": pa.array([to_db(r[4]) if r[4] else None for r in rows], ts),
+            "ing_until": pa.array([to_db(r[5]) for r in rows], ts),
+        }
+    )
+    con.register("bill_invoiced_windows", table)
+    try:
+        yield _CARVED_WINDOWS
+    finally:
+        con.unregister("bill_invoiced_windows")
 
 
 def invoiced_usage(
     con: duckdb.DuckDBPyConnection, invoice_numbers: Sequence[str]
 ) -> list[dict[str, object]]:
     """Tokens per (customer, provider, model, day) of every event those invoices billed."""
-    with value_set(con, "bill_numbers", invoice_numbers):
-        cur = con.execute(INVOICED_USAGE_SQL)
+    with value_set(con, "bill_numbers", invoice_numbers), _invoiced_windows(con) as win:
+        sql = _USAGE_SQL.format(windows=win, sums=_SUMS, events=windowed_events("win"))
+        cur = con.execute(sql)
         names = [d[0] for d in cur.description]
         return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
 
@@ -47,13 +115,13 @@ def invoiced_events(
     model: str,
 ) -> list[dict[str, object]]:
     """Per-event tokens of one (customer, provider, model) those invoices billed."""
-    sql = f"""
-        WITH win AS ({_INVOICED_WINDOWS} AND customer_key = ?)
-        SELECT e.ts, {", ".join(f"e.{c} AS {t}" for t, c in TOKEN_COLUMNS.items())}
-        {windowed_events("win")}
-        WHERE e.provider = ? AND coalesce(e.model, '') = ?
-    """
-    with value_set(con, "bill_numbers", invoice_numbers):
+    with value_set(con, "bill_numbers", invoice_numbers), _invoiced_windows(con) as win:
+        sql = f"""
+            WITH win AS ({win} AND customer_key = ?)
+            SELECT e.ts, {", ".join(f"e.{c} AS {t}" for t, c in TOKEN_COLUMNS.items())}
+            {windowed_events("win")}
+            WHERE e.provider = ? AND coalesce(e.model, '') = ?
+        """
         cur = con.execute(sql, [customer, provider, model])
         names = [d[0] for d in cur.description]
         return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import duckdb
 import pyarrow as pa
 
 from billing.errors import UserError, unknown_customer_message
-from billing.storevalues import to_db
+from billing.schedule import customer_periods
+from billing.storevalues import from_db, to_db
 from billing.usage.behind import TokenFilter
+from billing.usage.owned import ownership
+from billing.usage.windows import UsageWindow
 from meterline.catalog import Catalog
 from meterline.eventschema import TOKEN_COLUMNS
 
@@ -78,6 +82,12 @@ UNPRICED_PREFIX = "no rate card of plan "
 """How the reason of usage a subscription covers but its plan does not price begins."""
 
 
+STRANDED_REASON = "late, after the customer's last invoice"
+"""Usage of an invoiced window ingested after its last sweep, of a customer that will
+get no further invoice (every period of its subscriptions is invoiced, or it left the
+catalog): no late sweep will ever bill it."""
+
+
 def is_unpriced(reason: object) -> bool:
     """True for the ``no rate card of plan 'P' prices it`` reason of ``--unbilled`` rows."""
     return str(reason).startswith(UNPRICED_PREFIX)
@@ -95,8 +105,29 @@ _UNCOVERED = (
 )
 
 
-def _filters(catalog: Catalog, query: UsageQuery) -> tuple[list[str], list[object]]:
-    """WHERE conditions and parameters for the customer, consumer and time options."""
+_OWNED = (
+    "EXISTS (SELECT 1 FROM (SELECT unnest(consumers) AS consumer, usage_start, usage_end"
+    " FROM invoice_windows) AS o WHERE o.consumer = e.consumer"
+    " AND e.ts >= o.usage_start AND e.ts < o.usage_end)"
+)
+"""The event's (consumer, time) is in a stored invoice window: that window's customer
+billed it, or will as late usage (:mod:`billing.usage.owned`), whatever the catalog says
+now about its consumer."""
+
+_IN_STRANDED = (
+    "e.consumer = w.consumer AND e.ts >= w.w_start AND e.ts < w.w_end"
+    " AND e.ingested_at > w.ing_after"
+)
+"""The event is late usage of a window in ``bill_stranded`` (:func:`stranded_windows`)."""
+_NOT_STRANDED = f"NOT EXISTS (SELECT 1 FROM bill_stranded AS w WHERE {_IN_STRANDED})"
+
+
+def _filters(
+    catalog: Catalog, query: UsageQuery, customer_sql: str = "list_contains(?, e.consumer)"
+) -> tuple[list[str], list[object]]:
+    """WHERE conditions and parameters for the customer, consumer and time options.
+
+    ``customer_sql`` takes the customer's consumers (the default) or its key."""
     where: list[str] = []
     params: list[object] = []
     if query.customer is not None:
@@ -104,8 +135,8 @@ def _filters(catalog: Catalog, query: UsageQuery) -> tuple[list[str], list[objec
             customer = catalog.customer(query.customer)
         except KeyError:
             raise UsageError(unknown_customer_message(catalog, query.customer)) from None
-        where.append("list_contains(?, e.consumer)")
-        params.append(list(customer.consumers))
+        where.append(customer_sql)
+        params.append(list(customer.consumers) if "list_contains" in customer_sql else customer.key)
     if query.consumer is not None:
         if query.consumer not in {c.name for c in catalog.consumers}:
             raise UsageError(f"unknown consumer {query.consumer!r}")
@@ -176,35 +207,151 @@ def usage_report(
 
     With ``unbilled``: only usage no invoice line will bill, with the reason: a key not in
     the catalog (consumer NULL; its fingerprint is shown), a consumer no customer lists,
-    a time outside every subscription of its customer, or tokens a subscription covers
-    that no usage rate card of its plan prices (only those token types are counted).
+    a time outside every subscription of its customer (unless a stored invoice window
+    covers it: that invoice's customer billed it), tokens a subscription covers that no
+    usage rate card of its plan prices (only those token types are counted), or late
+    usage of an invoiced window of a customer that will get no further invoice.
     """
     where, params = _filters(catalog, query)
+    if not query.unbilled:
+        con.register("bill_consumer_map", _consumer_customers(catalog))
+        try:
+            rows = _fetch(con, _per_consumer_sql(query.group_by, where), params)
+        finally:
+            con.unregister("bill_consumer_map")
+        return _shape(rows, query.group_by)
     con.register("bill_consumer_map", _consumer_customers(catalog))
     con.register("bill_subscriptions", _subscriptions(catalog))
+    con.register("bill_stranded", stranded_windows(con, catalog))
     try:
-        if not query.unbilled:
-            rows = _fetch(con, _per_consumer_sql(query.group_by, where), params)
-        else:
-            dims = [
-                f"{UNBILLED_REASON} AS reason",
-                "e.consumer",
-                "CASE WHEN e.consumer IS NULL THEN e.key_fingerprint END AS key_fingerprint",
-                "m.customer_key AS customer",
-                *_group_dims(query.group_by),
-            ]
-            cond = " AND ".join([*where, _UNCOVERED])
-            rows = _fetch(
-                con,
-                f"SELECT {', '.join(dims)}, {_SUM_TOKENS}, COUNT(*) AS events {_EVENTS_FROM} "
-                f"WHERE {cond} GROUP BY ALL",
-                params,
-            )
-            rows += _unpriced(con, catalog, query.group_by, where, params)
+        stranded = con.execute("SELECT count(*) FROM bill_stranded").fetchone() != (0,)
+        dims = [
+            f"{UNBILLED_REASON} AS reason",
+            "e.consumer",
+            "CASE WHEN e.consumer IS NULL THEN e.key_fingerprint END AS key_fingerprint",
+            "m.customer_key AS customer",
+            *_group_dims(query.group_by),
+        ]
+        cond = " AND ".join([*where, _UNCOVERED, f"NOT {_OWNED}"])
+        rows = _fetch(
+            con,
+            f"SELECT {', '.join(dims)}, {_SUM_TOKENS}, COUNT(*) AS events {_EVENTS_FROM} "
+            f"WHERE {cond} GROUP BY ALL",
+            params,
+        )
+        covered = [*where, _NOT_STRANDED] if stranded else where
+        rows += _unpriced(con, catalog, query.group_by, covered, params)
+        if stranded:
+            rows += _stranded(con, catalog, query)
     finally:
         con.unregister("bill_consumer_map")
         con.unregister("bill_subscriptions")
+        con.unregister("bill_stranded")
     return _shape(rows, query.group_by)
+
+
+def _final_customers(con: duckdb.DuckDBPyConnection, catalog: Catalog) -> list[str]:
+    """Customers with stored invoices that will get no further one: every period of
+    their subscriptions is invoiced (all ended), or they are no longer in the catalog.
+    An invoice of any period of a customer sweeps all its invoiced windows for late
+    usage, so until the last one nothing is stranded."""
+    invoiced = {
+        (ck, from_db(s), from_db(e))
+        for ck, s, e in con.execute(
+            "SELECT customer_key, period_start, period_end FROM invoices"
+        ).fetchall()
+    }
+    known = {c.key: c for c in catalog.customers}
+    out = []
+    for ck in sorted({k for k, _, _ in invoiced}):
+        customer = known.get(ck)
+        if customer is None:
+            out.append(ck)
+            continue
+        ends = [s.end for s in customer.subscriptions]
+        if any(end is None for end in ends):
+            continue  # periods without end: there is always a next invoice
+        last = max((end for end in ends if end is not None), default=None)
+        periods = customer_periods(catalog, customer, last) if last else []
+        if all(bp.key in invoiced for bp in periods):
+            out.append(ck)
+    return out
+
+
+def stranded_windows(con: duckdb.DuckDBPyConnection, catalog: Catalog) -> pa.Table:
+    """(customer_key, consumer, w_start, w_end, ing_after) of the invoiced windows of
+    customers that will get no further invoice, carved as they billed: events there
+    ingested after ``ing_after`` (the window's last sweep) will never be billed."""
+    finals = _final_customers(con, catalog)
+    rows: list[tuple[str, str, object, object, object]] = []
+    if finals:
+        found = con.execute(
+            """
+            SELECT w.customer_key, w.usage_start, w.usage_end,
+                   arg_max(w.consumers, w.ingested_until), max(w.ingested_until), min(i.seq)
+            FROM invoice_windows AS w JOIN invoices AS i ON i.number = w.invoice_number
+            WHERE list_contains(?, w.customer_key)
+            GROUP BY ALL
+            """,
+            [finals],
+        ).fetchall()
+        windows = [
+            (ck, UsageWindow(n, tuple(cs), from_db(s), from_db(e), from_db(until)), first)
+            for n, (ck, s, e, cs, until, first) in enumerate(found)
+        ]
+        owned = ownership(con, ((ck, c) for ck, w, _ in windows for c in w.consumers))
+        rows = [
+            (ck, consumer, to_db(start), to_db(end), to_db(w.ingested_until))
+            for ck, w, first in windows
+            for consumer, start, end in owned.carve(w, ck, first).ranges()
+        ]
+    ts = pa.timestamp("us")
+    return pa.table(
+        {
+            "customer_key": pa.array([r[0] for r in rows], pa.string()),
+            "consumer": pa.array([r[1] for r in rows], pa.string()),
+            "w_start": pa.array([r[2] for r in rows], ts),
+            "w_end": pa.array([r[3] for r in rows], ts),
+            "ing_after": pa.array([r[4] for r in rows], ts),
+        }
+    )
+
+
+def stranded_usage(
+    con: duckdb.DuckDBPyConnection, catalog: Catalog, query: UsageQuery
+) -> list[dict[str, Any]]:
+    """The ``late, after the customer's last invoice`` rows of ``--unbilled`` alone,
+    unshaped (one column per token type): for the dashboard's Unbilled page."""
+    table = stranded_windows(con, catalog)
+    if not table.num_rows:
+        return []
+    con.register("bill_stranded", table)
+    try:
+        return _stranded(con, catalog, query)
+    finally:
+        con.unregister("bill_stranded")
+
+
+def _stranded(
+    con: duckdb.DuckDBPyConnection, catalog: Catalog, query: UsageQuery
+) -> list[dict[str, object]]:
+    """Late usage of invoiced windows that no invoice will sweep (``bill_stranded``),
+    under the customer whose window it is."""
+    where, params = _filters(catalog, query, customer_sql="w.customer_key = ?")
+    dims = [
+        f"'{STRANDED_REASON.replace(chr(39), chr(39) * 2)}' AS reason",
+        "e.consumer",
+        "NULL::VARCHAR AS key_fingerprint",
+        "w.customer_key AS customer",
+        *_group_dims(query.group_by),
+    ]
+    return _fetch(
+        con,
+        f"SELECT {', '.join(dims)}, {_SUM_TOKENS}, COUNT(*) AS events "
+        f"FROM usage_events AS e JOIN bill_stranded AS w ON {_IN_STRANDED} "
+        f"WHERE {' AND '.join(where) or 'TRUE'} GROUP BY ALL",
+        params,
+    )
 
 
 def _priced_types(catalog: Catalog) -> dict[str, list[TokenFilter]]:

@@ -35,6 +35,16 @@ class UsageWindow:
     end: datetime
     ingested_until: datetime
     ingested_after: datetime | None = None
+    parts: tuple[tuple[str, datetime, datetime], ...] | None = None
+    """When other customers' windows own some of it (:mod:`billing.usage.owned`): the
+    (consumer, start, end) ranges of event time it counts, in place of every consumer
+    over ``[start, end)``. None: the whole window."""
+
+    def ranges(self) -> tuple[tuple[str, datetime, datetime], ...]:
+        """(consumer, start, end) of event time counted: one row each in ``bill_windows``."""
+        if self.parts is not None:
+            return self.parts
+        return tuple((c, self.start, self.end) for c in self.consumers)
 
 
 @dataclass(frozen=True)
@@ -59,13 +69,13 @@ class WindowUsage:
 
 
 def _windows_table(windows: Sequence[UsageWindow]) -> pa.Table:
-    rows = [(w, c) for w in windows for c in w.consumers]
+    rows = [(w, r) for w in windows for r in w.ranges()]
     return pa.table(
         {
             "window_id": pa.array([w.window_id for w, _ in rows], pa.int64()),
-            "consumer": pa.array([c for _, c in rows], pa.string()),
-            "w_start": pa.array([to_db(w.start) for w, _ in rows], pa.timestamp("us")),
-            "w_end": pa.array([to_db(w.end) for w, _ in rows], pa.timestamp("us")),
+            "consumer": pa.array([c for _, (c, _, _) in rows], pa.string()),
+            "w_start": pa.array([to_db(s) for _, (_, s, _) in rows], pa.timestamp("us")),
+            "w_end": pa.array([to_db(e) for _, (_, _, e) in rows], pa.timestamp("us")),
             "ing_after": pa.array(
                 [to_db(w.ingested_after) if w.ingested_after else None for w, _ in rows],
                 pa.timestamp("us"),
@@ -76,7 +86,8 @@ def _windows_table(windows: Sequence[UsageWindow]) -> pa.Table:
 
 
 def load_windows(con: duckdb.DuckDBPyConnection, windows: Sequence[UsageWindow]) -> None:
-    """(Re)create the temporary ``bill_windows`` table: one row per (window, consumer)."""
+    """(Re)create the temporary ``bill_windows`` table: one row per (window, consumer),
+    or per range left of a carved window (several, or none, for one consumer)."""
     table = _windows_table(windows)
     con.register("bill_windows_src", table)
     try:
@@ -132,8 +143,8 @@ SHARED_BOUNDS_SQL = f"""
     GROUP BY ALL
 """
 """:data:`AGGREGATE_SQL` when every window has the same time and ingestion bounds (a
-monthly run of calendar-month plans): the constant ``WHERE`` is then each window's own
-rule, so the events are summed per consumer first and only those ~1k rows meet the
+monthly run of calendar-month plans) and none is carved: the constant ``WHERE`` is then
+each window's own rule, so the events are summed per consumer first and only those ~1k rows meet the
 windows (and are summed again per window: a window has several consumers). Same rows;
 30-40% less time at 10M-100M events than joining every event to the windows."""
 
@@ -159,7 +170,10 @@ def aggregate_windows(
     load_windows(con, windows)
     where, params = _bounds(windows)
     counted = "".join(_count_with(s, n) for n, s in enumerate(sets))
-    shared = len({(w.start, w.end, w.ingested_until, w.ingested_after) for w in windows}) == 1
+    # A carved window's rows have their own bounds: the shared-bounds form would not see them.
+    shared = len(
+        {(w.start, w.end, w.ingested_until, w.ingested_after) for w in windows}
+    ) == 1 and all(w.parts is None for w in windows)
     sql = (
         SHARED_BOUNDS_SQL.format(
             counted=counted,

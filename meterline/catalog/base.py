@@ -14,13 +14,23 @@ from pydantic import (
     Field,
 )
 
-TokenType = Literal["input", "cached_input", "cache_write", "cache_write_1h", "output"]
+TokenType = Literal[
+    "input",
+    "cached_input",
+    "cache_write",
+    "cache_write_1h",
+    "audio_input",
+    "output",
+    "audio_output",
+]
 TOKEN_TYPES: tuple[TokenType, ...] = (
     "input",
     "cached_input",
     "cache_write",
     "cache_write_1h",
+    "audio_input",
     "output",
+    "audio_output",
 )
 
 FINGERPRINT_RE = re.compile(r"^sha256:[0-9a-f]{64}$")

@@ -17,6 +17,15 @@ overshoot of a hard limit is bounded by the estimate of the last call admitted (
 reservation fits an upper bound of its usage), plus, in a fleet, what other proxies
 admitted since the last snapshot.
 
+A call's event is counted in the period its call *ends* in (its ``ts``, as invoices
+count it), so a call admitted before a period boundary and still in flight after it
+settles into the new period, which never reserved it. Admission therefore counts, on
+top of the current period's own figures, every reservation of the account still in
+flight from earlier periods (:attr:`Counters.in_flight`): without it a boundary let the
+new period admit its whole limit while the old period's calls landed in it as well
+(4,000 used against 2,000). The old period is not freed early either: its reservations
+count there until released, as before.
+
 A prepaid customer's cost counts the current period and every earlier period of the
 subscription that no invoice has billed yet (the snapshot reads them): the balance only
 drops when an invoice consumes it, so without them each new period could spend it again.
@@ -42,7 +51,7 @@ from fractions import Fraction
 from iso4217 import Currency
 
 from meterline.entitlements.cost import to_decimal
-from meterline.entitlements.policy import Account, CustomerPolicy, Key, Matched
+from meterline.entitlements.policy import OUTPUT_TYPES, Account, CustomerPolicy, Key, Matched
 from meterline.periods import Period
 
 RefusalKind = str
@@ -112,6 +121,9 @@ class Counters:
     pending: dict[str, list[tuple[Key, int]]] = field(default_factory=dict)
     pending_sum: dict[Key, int] = field(default_factory=dict)
     reserved: dict[Key, int] = field(default_factory=dict)
+    in_flight: dict[tuple[str, str, str, datetime], int] = field(default_factory=dict)
+    """Reserved units per account (a counter key without its period start), every period
+    together: calls in flight settle into the period they end in, maybe the next one."""
     balances: dict[str, Decimal] = field(default_factory=dict)
     snapshot_at: datetime | None = None
     unit_balances: dict[tuple[str, str], int] = field(default_factory=dict)
@@ -136,6 +148,16 @@ class Counters:
 
     def committed(self, key: Key) -> int:
         return self.stored.get(key, 0) + self.pending_sum.get(key, 0) + self.reserved.get(key, 0)
+
+    def admitting(self, key: Key) -> int:
+        """What admission holds against ``key``'s limit: its used units, and every
+        reservation of its account, those made in earlier periods included (they may
+        settle into this one)."""
+        return (
+            self.stored.get(key, 0)
+            + self.pending_sum.get(key, 0)
+            + max(self.in_flight.get(key[:4], 0), self.reserved.get(key, 0))
+        )
 
     def unread(self, key: Key) -> bool:
         """Whether the store's usage of ``key``'s window is unknown (never read)."""
@@ -212,11 +234,15 @@ class Counters:
         input_bound: int,
         output_bound: int,
         now: datetime,
+        billed: tuple[str, ...] = (),
     ) -> Refusal | Reservation:
-        """Refuse, or reserve the estimate on every account the call adds to."""
+        """Refuse, or reserve the estimate on every account the call adds to.
+
+        ``billed``: the models the provider was seen to bill calls naming ``model`` as
+        (an alias it resolves): their limits apply too, and their accounts reserve."""
         if pol.inactive is not None:
             return Refusal("not_granted", pol.inactive, "not_granted")
-        matched: Matched = pol.matching(provider, model)
+        matched: Matched = pol.matching_billed(provider, model, billed)
         if not matched.allowed:
             return Refusal(
                 "not_granted",
@@ -231,7 +257,7 @@ class Counters:
             period, key = acct.current(now)
             if key not in self.stored and self.unread(key):
                 return self._reading(pol, acct.feature, period)
-            used = self.committed(key)
+            used = self.admitting(key)
             granted = self.unit_balances.get((pol.customer, acct.feature), 0)
             if used >= lim.limit + granted:
                 retry = max(1, int((period.end - now).total_seconds()) + 1)
@@ -265,15 +291,16 @@ class Counters:
                     None,
                 )
         parts: list[tuple[Key, int]] = []
-        reserved = self.reserved
+        reserved, in_flight = self.reserved, self.in_flight
         for acct, types in matched.counted:
-            # One input bound for input, cached input and cache writes together.
-            units = (output_bound if "output" in types else 0) + (
-                input_bound if len(types) > ("output" in types) else 0
-            )
+            # One input bound for every input type together, one output bound for text
+            # and audio output together.
+            outputs = len(OUTPUT_TYPES.intersection(types))
+            units = (output_bound if outputs else 0) + (input_bound if len(types) > outputs else 0)
             if units:
                 key = acct.current(now)[1]
                 reserved[key] = reserved.get(key, 0) + units
+                in_flight[key[:4]] = in_flight.get(key[:4], 0) + units
                 parts.append((key, units))
         return Reservation(pol.customer, parts)
 
@@ -284,6 +311,12 @@ class Counters:
                 self.reserved[key] = left
             else:
                 self.reserved.pop(key, None)
+            acct = key[:4]
+            left = self.in_flight.get(acct, 0) - units
+            if left > 0:
+                self.in_flight[acct] = left
+            else:
+                self.in_flight.pop(acct, None)
         reservation.parts = []
 
     def record(

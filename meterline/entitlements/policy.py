@@ -30,7 +30,9 @@ from meterline.catalog import (
 from meterline.entitlements.cost import CostBound
 from meterline.periods import Period, period_containing
 
-INPUT_TYPES = frozenset({"input", "cached_input", "cache_write", "cache_write_1h"})
+INPUT_TYPES = frozenset({"input", "cached_input", "cache_write", "cache_write_1h", "audio_input"})
+OUTPUT_TYPES = frozenset({"output", "audio_output"})
+"""The token types a call's output bound (``max_tokens``, which covers audio) bounds."""
 
 Key = tuple[str, str, str, datetime, datetime]
 """(customer, feature, cadence, anchor, period start): one counter."""
@@ -74,7 +76,7 @@ class Account:
 
     @property
     def counts_output(self) -> bool:
-        return "output" in self.meter.token_types
+        return not OUTPUT_TYPES.isdisjoint(self.meter.token_types)
 
     def period(self, at: datetime) -> Period:
         return period_containing(self.anchor, self.cadence, at)
@@ -140,6 +142,7 @@ class CustomerPolicy:
     inactive: str | None = None
     """Why every call is refused: no subscription is active (see the module docstring)."""
     _matched: dict[tuple[str, str], Matched] = field(default_factory=dict)
+    _merged: dict[tuple[str, str, tuple[str, ...]], Matched] = field(default_factory=dict)
 
     @property
     def can_refuse(self) -> bool:
@@ -175,6 +178,33 @@ class CustomerPolicy:
                     for a in accounts
                 ],
             )
+        return found
+
+    def matching_billed(self, provider: str, model: str, billed: tuple[str, ...]) -> Matched:
+        """What a call naming ``model`` touches when the provider may bill it as any of
+        ``billed`` (an alias it resolves: an Azure deployment, ``gpt-4o`` answered as
+        ``gpt-4o-2024-08-06``): the limits and accounts of every one of them; whether
+        it is allowed stays the named model's."""
+        if not billed:
+            return self.matching(provider, model)
+        found = self._merged.get((provider, model, billed))
+        if found is None:
+            if len(self._merged) > 4096:
+                self._merged.clear()
+            own = self.matching(provider, model)
+            limits, accounts = list(own.limits), list(own.accounts)
+            types = {id(a): list(t) for a, t in own.counted}
+            for other in billed:
+                m = self.matching(provider, other)
+                limits += [lim for lim in m.limits if not any(lim is x for x in limits)]
+                for acct, ts in m.counted:
+                    if id(acct) not in types:
+                        accounts.append(acct)
+                        types[id(acct)] = []
+                    types[id(acct)] += [t for t in ts if t not in types[id(acct)]]
+            counted = [(a, tuple(types[id(a)])) for a in accounts]
+            found = Matched(own.allowed, limits, accounts, counted)
+            self._merged[(provider, model, billed)] = found
         return found
 
 

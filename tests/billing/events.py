@@ -38,6 +38,8 @@ class Event:
     cache_write: int = 0
     output: int = 0
     cache_write_1h: int = 0
+    audio_input: int = 0
+    audio_output: int = 0
     ingested_at: datetime | None = None
     event_id: str = field(default_factory=lambda: f"ev-{next(_ids):06d}")
     key_fingerprint: str | None = "sha256:" + "ab" * 32
@@ -70,12 +72,14 @@ class Event:
             3.5,
             "test",
             self.cache_write_1h,
+            self.audio_input,
+            self.audio_output,
         )
 
 
 def add_events(db: Path | str, *events: Event) -> None:
     """Append rows to the store's usage_events (creating and migrating the file if new)."""
-    columns = (*EVENT_COLUMNS[:24], "cache_write_1h_tokens")  # reason: NULL (not refused)
+    columns = (*EVENT_COLUMNS[:24], *EVENT_COLUMNS[25:])  # reason: NULL (not refused)
     with billing_store(db, create=True) as con:
         con.executemany(
             f"INSERT INTO usage_events ({', '.join(columns)}) "

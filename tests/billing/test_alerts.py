@@ -134,3 +134,58 @@ def test_receiver_down_then_up_gets_every_alert_once(
     assert run("alerts", "replay", first).startswith(f"{first}: queued again for 1 webhook")
     assert run("alerts", "deliver") == "queued 0, delivered 1, failed 0\n"
     assert json.loads(receiver.received[-1][1])["id"] == first
+
+
+def test_thresholds_are_of_the_limit_the_proxy_enforces_with_unit_grants(
+    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hard limit of 1,000 plus 500 granted units: the proxy admits up to 1,500, so
+    100 % fires at 1,500, not at 1,110 (before: 100 % at 1,110 of "limit 1000", and
+    nothing when the customer was actually blocked)."""
+    catalog = write(
+        tmp_path / "catalog.yaml",
+        f"""
+        version: 1
+        consumers: [{{name: agent-a}}]
+        features:
+          - {{key: out, name: Output, meter: {{token_types: [output]}}}}
+        plans:
+          - key: starter
+            name: Starter
+            currency: USD
+            entitlements: [{{feature: out, limit: 1000}}]
+        customers:
+          - key: acme
+            name: ACME
+            currency: USD
+            consumers: [agent-a]
+            subscriptions: [{{plan: starter, start: "2026-01-01T00:00:00Z"}}]
+        alerts:
+          webhooks: [{{url: "http://127.0.0.1:{receiver.port}/hook", secret_env: HOOK_SECRET}}]
+          entitlement_percent: [50, 80, 100]
+        """,
+    )
+    db = tmp_path / "meterline.duckdb"
+    now = datetime.now(UTC) - timedelta(seconds=1)
+    add_events(db, Event(now, output=1110))
+    monkeypatch.setenv("HOOK_SECRET", SECRET)
+    receiver.start()
+
+    def run(*args: str) -> str:
+        result = CliRunner().invoke(
+            billing_cli, ["--db", str(db), "--catalog", str(catalog), *args]
+        )
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    run("credits", "grant", "--customer", "acme", "--feature", "out", "--units", "500")
+    assert run("alerts", "deliver") == "queued 1, delivered 1, failed 0\n"  # 74 %: 50 only
+    add_events(db, Event(now, output=390))  # 1,500: the proxy refuses from here
+    assert run("alerts", "deliver") == "queued 2, delivered 2, failed 0\n"
+    data = [json.loads(body)["data"] for _, body in receiver.received]
+    assert [(d["percent"], d["used"], d["limit"]) for d in data] == [
+        (50, 1110, 1500),
+        (80, 1500, 1500),
+        (100, 1500, 1500),
+    ]
+    assert (data[-1]["entitlement_limit"], data[-1]["granted_units"]) == (1000, 500)

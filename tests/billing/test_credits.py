@@ -17,6 +17,8 @@ from billing.credits import grant_credits, list_grants
 from billing.invoices import generate_invoices, get_invoice
 from billing.store import billing_store
 from meterline.catalog import load_catalog
+from tests.billing.cli.runner import run
+from tests.billing.events import Event, add_events, setup, utc
 from tests.billing.stripe.conftest import (
     CATALOG,
     GENERATED_AT,
@@ -253,3 +255,59 @@ def test_credits_list_shows_money_in_its_decimals_and_refuses_an_unknown_custome
     assert all(re.fullmatch(r"\d+\.\d\d", v) for v in remaining.values())
     unknown = CliRunner().invoke(billing_cli, [*base, "--customer", "nosuch"])
     assert unknown.exit_code == 1 and unknown.output.startswith("Error: unknown customer 'nosuch'")
+
+
+@pytest.mark.parametrize(
+    ("currency", "fee", "grant", "credit", "total", "grants"),
+    [
+        ("USD", "15.00", "20.00", ["-15.00", "-5.00"], ["0.00", "10.00"], ["15.00", "5.00"]),
+        ("JPY", "7", "12", ["-7", "-5"], ["0", "2"], ["7", "5"]),
+    ],
+)
+def test_a_grant_used_before_credits_the_next_invoice_in_the_currency_decimals(
+    tmp_path: Path,
+    currency: str,
+    fee: str,
+    grant: str,
+    credit: list[str],
+    total: list[str],
+    grants: list[str],
+) -> None:
+    """What a grant has left after an invoice took from it is read back from a 12-decimal
+    column; the next invoice's credit line, total and ``detail.grants`` are still money
+    in the currency's decimals, in ``generate``'s output as in ``show``'s."""
+    s = setup(
+        tmp_path,
+        f"""
+        version: 1
+        consumers: [{{name: agent-a}}]
+        features: []
+        plans:
+          - key: monthly
+            name: Monthly
+            currency: {currency}
+            billing_cadence: P1M
+            rate_cards:
+              - key: fee
+                name: Fee
+                price: {{type: flat, amount: "{fee}", payment_term: in_arrears}}
+        customers:
+          - key: acme
+            name: Acme
+            currency: {currency}
+            consumers: [agent-a]
+            subscriptions: [{{plan: monthly, start: "2024-01-01T00:00:00Z"}}]
+        """,
+    )
+    add_events(s.db, Event(utc("2024-01-05")))
+    assert run(s, "credits", "grant", "--customer", "acme", "--amount", grant).exit_code == 0
+    for n, month in enumerate(["2024-01", "2024-02"]):
+        out = run(s, "invoice", "generate", "--period", month, "--format", "json")
+        [inv] = json.loads(out.output)["invoices"]
+        shown = json.loads(run(s, "invoice", "show", inv["number"], "--format", "json").output)
+        for doc in (inv, shown):
+            [line] = [ln for ln in doc["lines"] if ln["kind"] == "credit"]
+            assert (line["amount"], doc["total"]) == (credit[n], total[n])
+            assert [g["amount"] for g in line["detail"]["grants"]] == [grants[n]]
+        table = run(s, "invoice", "generate", "--period", month).output
+        assert "000000000" not in table

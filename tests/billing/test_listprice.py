@@ -160,3 +160,35 @@ def test_no_network_is_touched() -> None:
     kind, value = done.stdout.split()
     assert kind == "Decimal"
     assert Decimal(value) > 0
+
+
+def test_audio_tokens_are_priced_at_the_audio_rates() -> None:
+    """``gpt-audio``: OpenAI publishes $2.50 / $10 per million text tokens in / out and
+    $32 / $64 for audio; genai-prices' audio counts are parts of its totals, ours are
+    apart, and each is priced once at its own rate."""
+    found = find_model("openai", "gpt-audio")
+    assert found is not None
+    prices = found[1].get_prices(AT)
+    assert (prices.input_mtok, prices.output_mtok) == (Decimal("2.5"), Decimal("10"))
+    assert (prices.input_audio_mtok, prices.output_audio_mtok) == (Decimal(32), Decimal(64))
+    cost = list_cost("openai", "gpt-audio", input=20, cached_input=0, cache_write=0, output=9,
+                     audio_input=44, audio_output=139, at=AT)  # fmt: skip
+    # 20 * 2.50 + 44 * 32 + 9 * 10 + 139 * 64 = 50 + 1408 + 90 + 8896 = 10444 per million
+    assert cost == Decimal("0.010444")
+
+
+def test_gemini_audio_input_is_priced_apart_and_cached_audio_as_a_cache_read() -> None:
+    """Gemini 2.5 Flash: text $0.30, audio $1.00, cache reads $0.03 (cached audio is
+    inside ``cached_input``: priced at the text cache-read price), output $2.50."""
+    cost = list_cost("gemini", "gemini-2.5-flash", input=50, cached_input=1000, cache_write=0,
+                     output=140, audio_input=250, at=AT)  # fmt: skip
+    # 50 * 0.30 + 1000 * 0.03 + 250 * 1.00 + 140 * 2.50 = 15 + 30 + 250 + 350 = 645
+    assert cost == Decimal("0.000645")
+
+
+def test_a_model_listed_without_audio_prices_prices_its_audio_as_text() -> None:
+    """genai-prices lists ``gpt-4o-audio-preview`` with its text prices only (OpenAI's
+    audio rates, $40 / $80, are missing): its audio costs what its text costs there."""
+    cost = list_cost("openai", "gpt-4o-audio-preview-2024-12-17", input=20, cached_input=0,
+                     cache_write=0, output=9, audio_input=44, audio_output=1, at=AT)  # fmt: skip
+    assert cost == ((20 + 44) * Decimal("2.5") + (9 + 1) * 10) / MTOK

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
@@ -10,6 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from billing.dashboard.queries import TimeRange, unbilled
+from billing.invoices import generate_invoices
 from billing.store import billing_store
 from billing.usage import (
     TokenFilter,
@@ -23,6 +26,7 @@ from billing.usage import (
 )
 from meterline.catalog import TOKEN_TYPES
 from meterline.store import EVENT_COLUMNS
+from tests.billing.cli.runner import run
 from tests.billing.events import Event, add_events, setup, utc
 
 START = utc("2026-03-01")
@@ -300,3 +304,68 @@ def test_events_are_counted_per_token_type_set(tmp_path: Path) -> None:
     assert row.events_with(("input",)) == 3  # a set not asked for: every event
     with billing_store(s.db) as con, pytest.raises(ValueError, match="unknown token type"):
         aggregate_windows(con, [UsageWindow(0, ("agent-a",), START, END, FAR)], [("x",)])
+
+
+ENDING = """
+version: 1
+consumers: [{name: agent-a}, {name: agent-b}]
+features:
+  - key: out
+    name: Output
+    meter: {provider: openai, model: "gpt-4o*", token_types: [output]}
+plans:
+  - key: p
+    name: P
+    currency: USD
+    billing_cadence: P1M
+    rate_cards:
+      - {key: out, name: Output, feature: out, price: {type: unit, amount: "1.00", per: 1000}}
+customers:
+  - key: ended
+    name: Ended
+    currency: USD
+    consumers: [agent-a]
+    subscriptions: [{plan: p, start: "2026-01-01T00:00:00Z", end: "2026-03-20T00:00:00Z"}]
+  - key: going
+    name: Going
+    currency: USD
+    consumers: [agent-b]
+    subscriptions: [{plan: p, start: "2026-01-01T00:00:00Z"}]
+"""
+
+
+def test_unbilled_lists_late_usage_after_the_customers_last_invoice(tmp_path: Path) -> None:
+    """``ended``'s subscription ends Mar 20 and [Mar 1, Mar 20) is invoiced: usage of its
+    periods ingested afterwards has no later invoice to sweep it. ``going``'s has."""
+    s = setup(tmp_path, ENDING)
+    add_events(s.db, Event(utc("2026-01-05"), output=10))
+    with billing_store(s.db) as con:
+        for month, now in (("2026-01", "2026-02-01T00:00:05"), ("2026-02", "2026-03-01T00:00:05")):
+            generate_invoices(con, s.catalog, month, now=utc(now))
+    query = UsageQuery(unbilled=True, group_by=("model",))
+
+    def listed() -> list[tuple[object, ...]]:
+        with billing_store(s.db) as con:
+            rows = usage_report(con, s.catalog, query)
+            page = unbilled(con, s.catalog, TimeRange(utc("2026-01-01"), utc("2026-05-01"), "day"))
+        assert [(r["reason"], r["output"]) for r in page["rows"]] == [
+            (r["reason"], r["output"]) for r in rows
+        ]
+        return [(r["reason"], r["consumer"], r["customer"], r["model"], r["output"]) for r in rows]
+
+    # late for February, before ended's last invoice: that invoice bills it
+    add_events(s.db, Event(utc("2026-02-10"), output=5, ingested_at=utc("2026-03-10")))
+    assert listed() == []
+    with billing_store(s.db) as con:
+        generate_invoices(con, s.catalog, "2026-03", now=utc("2026-03-25"))  # ended's last
+    assert listed() == []
+    late = {"ts": utc("2026-03-06"), "ingested_at": utc("2026-03-26")}
+    add_events(s.db, Event(output=3, **late), Event(consumer="agent-b", output=9, **late))
+    stranded = [("late, after the customer's last invoice", "agent-a", "ended", "gpt-4o", 3)]
+    assert listed() == stranded
+    with billing_store(s.db) as con:
+        generate_invoices(con, s.catalog, "2026-03", now=utc("2026-04-01T00:00:05"))  # going's
+    assert listed() == stranded
+    for customer, expected in (("ended", [(stranded[0][0], 3, 1)]), ("going", [])):
+        out = run(s, "usage", "--unbilled", "--customer", customer, "--format", "json").output
+        assert [(r["reason"], r["output"], r["events"]) for r in json.loads(out)] == expected

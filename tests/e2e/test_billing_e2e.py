@@ -107,7 +107,15 @@ def money(x: Decimal) -> Decimal:
     return x.quantize(CENT, rounding=ROUND_HALF_UP)
 
 
-BILLED = ("input", "cached_input", "cache_write", "cache_write_1h", "output")
+BILLED = (
+    "input",
+    "cached_input",
+    "cache_write",
+    "cache_write_1h",
+    "audio_input",
+    "output",
+    "audio_output",
+)
 """The billed token types (reasoning is a share of output)."""
 
 

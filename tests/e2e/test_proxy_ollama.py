@@ -59,12 +59,18 @@ def ollama() -> Iterator[int]:
 
 
 @pytest.mark.parametrize(
-    "path,body,output",
-    [
-        ("/api/chat", {"messages": [{"role": "user", "content": "hi"}]}, OUTPUT),
-        ("/api/chat", {"messages": [{"role": "user", "content": "hi"}], "stream": False}, OUTPUT),
-        ("/api/generate", {"prompt": "hi"}, OUTPUT),
-        ("/api/embed", {"input": "hi"}, 0),
+    "path,body,output,streamed",
+    [  # chat and generate stream unless told not to (before: streamed false without "stream")
+        ("/api/chat", {"messages": [{"role": "user", "content": "hi"}]}, OUTPUT, True),
+        (
+            "/api/chat",
+            {"messages": [{"role": "user", "content": "hi"}], "stream": False},
+            OUTPUT,
+            False,
+        ),
+        ("/api/generate", {"prompt": "hi"}, OUTPUT, True),
+        ("/api/generate", {"prompt": "hi", "stream": True}, OUTPUT, True),
+        ("/api/embed", {"input": "hi"}, 0, False),
     ],
 )
 def test_ollama_native_calls_are_metered(
@@ -74,6 +80,7 @@ def test_ollama_native_calls_are_metered(
     path: str,
     body: dict[str, Any],
     output: int,
+    streamed: bool,
 ) -> None:
     catalog = one_provider_catalog(
         tmp_path / "catalog.yaml", "ollama-local", ollama, {"alice": [KEYS["alice"]]}
@@ -85,3 +92,4 @@ def test_ollama_native_calls_are_metered(
     [row] = proxy.wait_for_events([url])
     assert (row["consumer"], row["provider"], row["model"]) == ("alice", "ollama-local", "llama3.2")
     assert (row["input_tokens"], row["output_tokens"], row["estimated"]) == (PROMPT, output, False)
+    assert row["streamed"] is streamed

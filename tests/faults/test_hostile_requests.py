@@ -384,10 +384,16 @@ def _unmetered_calls(up: FakeProvider, key: str) -> dict[str, tuple[str, str, di
     anthropic = {"x-api-key": key, **ANTHROPIC}
     gemini = up.base_url("gemini") + "/v1beta/models/text-embedding-004"
     realtime = {**bearer, "connection": "Upgrade", "upgrade": "websocket"}
+    browser = {  # a browser cannot set Authorization: the key is a subprotocol
+        "connection": "Upgrade",
+        "upgrade": "websocket",
+        "sec-websocket-protocol": f"realtime, openai-insecure-api-key.{key}",
+    }
     return {
         "openai model list": ("GET", up.base_url("openai") + "/v1/models", bearer),
         "openai image": ("POST", up.base_url("openai") + "/v1/images/generations", bearer),
         "openai realtime": ("GET", up.base_url("openai") + "/v1/realtime?model=x", realtime),
+        "openai realtime, browser": ("GET", up.base_url("openai") + "/v1/realtime", browser),
         "anthropic batch": ("POST", up.base_url("anthropic") + "/v1/messages/batches", anthropic),
         "gemini embedding": ("POST", f"{gemini}:embedContent?key={key}", {}),
     }

@@ -159,11 +159,12 @@ def test_a_lake_with_events_takes_a_column_added_later(
         con.execute(f"INSERT INTO usage_events ({', '.join(EVENT_COLUMNS[:24])}) "
                     f"VALUES ('old', {row})")  # fmt: skip
     with store(older) as con:
-        assert migrate(con, EVENT_MIGRATIONS) == ["0020_cache_write_1h"]
+        upto_0020 = [m for m in EVENT_MIGRATIONS if m.name < "0030"]
+        assert migrate(con, upto_0020) == ["0020_cache_write_1h"]
         con.execute(f"INSERT INTO usage_events ({', '.join(EVENT_COLUMNS[:24])}) "
                     f"VALUES ('older-proxy', {row})")  # fmt: skip
         con.execute(
-            f"INSERT INTO usage_events ({', '.join(EVENT_COLUMNS)}) "
+            f"INSERT INTO usage_events ({', '.join(EVENT_COLUMNS[:26])}) "
             f"VALUES ('new', {row}, NULL, 700)"
         )
         rows = con.execute(
@@ -171,3 +172,34 @@ def test_a_lake_with_events_takes_a_column_added_later(
             "ORDER BY event_id"
         ).fetchall()
     assert rows == [("new", 300, 700), ("old", 300, 0), ("older-proxy", 300, 0)]
+
+
+def test_a_lake_filled_before_audio_was_counted_takes_the_audio_columns(
+    lake: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Migration 0030 (two columns in one migration) on a lake with events: they read 0,
+    and a proxy of either age appends to it."""
+    monkeypatch.setenv("METERLINE_LAKE_DATA", str(tmp_path / "lake-data"))
+    conninfo = create_database(lake.removeprefix("ducklake:postgres:"), "before_audio")
+    older = f"ducklake:postgres:{conninfo}"
+    row = (
+        "TIMESTAMP '2026-03-01 10:00:00', now()::TIMESTAMP, 'acme', NULL, 'openai', "
+        "'openai', 'gpt-4o-audio-preview', 64, 0, 0, 9, 0, false, NULL, NULL, 'POST', 'h', "
+        "'/v1/chat/completions', 200, false, NULL, NULL, NULL, NULL, 0"
+    )
+    columns = ", ".join(EVENT_COLUMNS[:26])
+    with store(older) as con:
+        migrate(con, [m for m in EVENT_MIGRATIONS if m.name < "0030"])
+        con.execute(f"INSERT INTO usage_events ({columns}) VALUES ('old', {row})")
+    with store(older) as con:
+        assert migrate(con, EVENT_MIGRATIONS) == ["0030_audio_tokens"]
+        con.execute(f"INSERT INTO usage_events ({columns}) VALUES ('older-proxy', {row})")
+        con.execute(
+            f"INSERT INTO usage_events ({', '.join(EVENT_COLUMNS)}) VALUES ('new', "
+            f"{row.replace(', 64,', ', 20,')}, 44, 0)"
+        )
+        rows = con.execute(
+            "SELECT event_id, input_tokens, audio_input_tokens, audio_output_tokens "
+            "FROM usage_events ORDER BY event_id"
+        ).fetchall()
+    assert rows == [("new", 20, 44, 0), ("old", 64, 0, 0), ("older-proxy", 64, 0, 0)]

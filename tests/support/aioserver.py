@@ -16,10 +16,17 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 @contextlib.contextmanager
 def serve_posts(routes: dict[str, Handler]) -> Iterator[int]:
     """Serve POST ``routes`` (path pattern -> handler); yields the port, stops after."""
+    with serve({("POST", path): handler for path, handler in routes.items()}) as port:
+        yield port
+
+
+@contextlib.contextmanager
+def serve(routes: dict[tuple[str, str], Handler]) -> Iterator[int]:
+    """Serve ``routes`` ((method or "*", path pattern) -> handler); yields the port."""
     loop = asyncio.new_event_loop()
     app = web.Application()
-    for path, handler in routes.items():
-        app.router.add_post(path, handler)
+    for (method, path), handler in routes.items():
+        app.router.add_route(method, path, handler)
     runner = web.AppRunner(app)
     loop.run_until_complete(runner.setup())
     site = web.TCPSite(runner, "127.0.0.1", 0)

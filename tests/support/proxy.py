@@ -30,7 +30,8 @@ REPO = Path(__file__).resolve().parents[2]
 ADDON = REPO / "addons" / "meter.py"
 MITMDUMP = Path(sys.executable).with_name("mitmdump")
 
-_LISTENING = re.compile(r"proxy listening at 127\.0\.0\.1:(\d+)")
+_LISTENING = re.compile(r"proxy (?:to \S+ )?listening at 127\.0\.0\.1:(\d+)")
+"""A forward proxy, or a reverse one (``Reverse proxy to http://... listening at``)."""
 _READY = "meterline: metering"
 
 
@@ -268,7 +269,9 @@ USAGE_COLUMNS = {
     "cached_input": "cached_input_tokens",
     "cache_write": "cache_write_tokens",
     "cache_write_1h": "cache_write_1h_tokens",
+    "audio_input": "audio_input_tokens",
     "output": "output_tokens",
+    "audio_output": "audio_output_tokens",
     "reasoning": "reasoning_tokens",
 }
 

@@ -20,7 +20,8 @@ Behaviours are switched per request with the ``x-fake`` header (comma separated)
 halfway through the body), ``malformed`` (garbled JSON / SSE, no usage), ``no-usage``,
 ``delay=SECONDS`` (between SSE events), ``think=SECONDS`` (before the response
 headers), ``status=CODE`` (a provider-shaped error),
-``prompt=N`` / ``output=N`` (fixed token figures). Output never exceeds the request's
+``prompt=N`` / ``output=N`` (fixed token figures), ``model=NAME`` (answer as that model, as
+a provider does that resolves an alias or an Azure deployment). Output never exceeds the request's
 ``max_tokens`` (or ``max_completion_tokens``, ``max_output_tokens``, ``maxOutputTokens``).
 
 Every exchange is recorded (:class:`Exchange`): the request as received and the exact
@@ -64,7 +65,33 @@ def _one_hour(figures: dict[str, int]) -> int:
     return figures["cache_write"] // 3
 
 
-TOKEN_FIELDS = ("input", "cached_input", "cache_write", "cache_write_1h", "output", "reasoning")
+def _asks_audio(flavor: str, data: Any) -> tuple[bool, bool]:
+    """Whether the request sends audio (OpenAI ``input_audio`` parts, Gemini audio
+    ``inlineData``) and asks for audio out (``modalities``, ``responseModalities``)."""
+    if not isinstance(data, dict):
+        return False, False
+    if flavor == "gemini":
+        config = data.get("generationConfig") or {}
+        out = "AUDIO" in (config.get("responseModalities") or [])
+        parts = [p for c in data.get("contents") or [] for p in c.get("parts") or []]
+        mimes = [(p.get("inlineData") or {}).get("mimeType", "") for p in parts]
+        return any(m.startswith("audio/") for m in mimes), out
+    out = "audio" in (data.get("modalities") or [])
+    contents = [m.get("content") for m in data.get("messages") or []]
+    parts = [p for c in contents if isinstance(c, list) for p in c]
+    return any(p.get("type") == "input_audio" for p in parts), out
+
+
+TOKEN_FIELDS = (
+    "input",
+    "cached_input",
+    "cache_write",
+    "cache_write_1h",
+    "audio_input",
+    "output",
+    "audio_output",
+    "reasoning",
+)
 FLAVORS = ("openai", "anthropic", "gemini")
 
 
@@ -121,6 +148,7 @@ class _Behaviour:
     status: int = 0
     prompt: int | None = None
     output: int | None = None
+    model: str = ""
 
     @classmethod
     def parse(cls, header: str) -> _Behaviour:
@@ -141,6 +169,8 @@ class _Behaviour:
                 b.think = float(value)
             elif name == "status":
                 b.status = int(value)
+            elif name == "model":
+                b.model = value
             elif name in ("prompt", "output"):  # fixed token figures
                 setattr(b, name, int(value))
             else:
@@ -372,7 +402,7 @@ class FakeProvider(LoopbackServers):
         else:
             ex.status = 404
             return web.json_response({"error": {"message": "no such API"}}, status=404)
-        ex.model = (
+        ex.model = behaviour.model or (
             path.rsplit("/", 1)[-1].split(":")[0]
             if ex.flavor == "gemini"
             else str(data.get("model", "fake-model"))
@@ -475,6 +505,8 @@ class FakeProvider(LoopbackServers):
             "cache_write": r.randint(0, 200) if ex.flavor == "anthropic" else 0,
             "output": output,
             "reasoning": r.randint(0, output // 2),
+            "audio_in": 0,  # uncached prompt audio, when the request sends audio
+            "audio_out": 0,  # output audio, when the request asks for it
         }
         if ex.api == "embeddings":
             figures["cached"] = figures["reasoning"] = 0
@@ -498,6 +530,11 @@ class FakeProvider(LoopbackServers):
                 if isinstance(cap, int) and cap < figures["output"]:
                     figures["output"] = cap
                     figures["reasoning"] = min(figures["reasoning"], cap)
+        audio_in, audio_out = _asks_audio(ex.flavor, data)
+        if audio_in:
+            figures["audio_in"] = (figures["prompt"] - figures["cached"]) // 2
+        if audio_out:  # reasoning stays a share of the text output
+            figures["audio_out"] = (figures["output"] - figures["reasoning"]) // 2
         if not b.no_usage and not b.malformed:
             ex.usage = self._unified(ex.flavor, figures)
         return figures
@@ -511,24 +548,30 @@ class FakeProvider(LoopbackServers):
                 "cached_input": f["cached"],
                 "cache_write": f["cache_write"] - _one_hour(f),
                 "cache_write_1h": _one_hour(f),
+                "audio_input": 0,
                 "output": f["output"],
+                "audio_output": 0,
                 "reasoning": 0,
             }
         if flavor == "gemini":  # candidatesTokenCount excludes thoughtsTokenCount
             return {
-                "input": f["prompt"] - f["cached"],
+                "input": f["prompt"] - f["cached"] - f["audio_in"],
                 "cached_input": f["cached"],
                 "cache_write": 0,
                 "cache_write_1h": 0,
-                "output": f["output"] + f["reasoning"],
+                "audio_input": f["audio_in"],
+                "output": f["output"] - f["audio_out"] + f["reasoning"],
+                "audio_output": f["audio_out"],
                 "reasoning": f["reasoning"],
             }
-        return {  # OpenAI: prompt includes cached, completion includes reasoning
-            "input": f["prompt"] - f["cached"],
+        return {  # OpenAI: prompt includes cached and audio, completion reasoning and audio
+            "input": f["prompt"] - f["cached"] - f["audio_in"],
             "cached_input": f["cached"],
             "cache_write": 0,
             "cache_write_1h": 0,
-            "output": f["output"],
+            "audio_input": f["audio_in"],
+            "output": f["output"] - f["audio_out"],
+            "audio_output": f["audio_out"],
             "reasoning": f["reasoning"],
         }
 
@@ -542,8 +585,11 @@ class FakeProvider(LoopbackServers):
             "prompt_tokens": f["prompt"],
             "completion_tokens": f["output"],
             "total_tokens": f["prompt"] + f["output"],
-            "prompt_tokens_details": {"cached_tokens": f["cached"], "audio_tokens": 0},
-            "completion_tokens_details": {"reasoning_tokens": f["reasoning"], "audio_tokens": 0},
+            "prompt_tokens_details": {"cached_tokens": f["cached"], "audio_tokens": f["audio_in"]},
+            "completion_tokens_details": {
+                "reasoning_tokens": f["reasoning"],
+                "audio_tokens": f["audio_out"],
+            },
         }
         base = {"id": ex.response_id, "created": created, "model": ex.model}
         if not ex.streamed:
@@ -773,8 +819,8 @@ class FakeProvider(LoopbackServers):
         f = self._figures(ex, b)
         ex.response_id = uuid.uuid4().hex[:22]
 
-        def usage_meta(candidates: int, thoughts: int) -> dict[str, int]:
-            meta = {
+        def usage_meta(candidates: int, thoughts: int) -> dict[str, Any]:
+            meta: dict[str, Any] = {
                 "promptTokenCount": f["prompt"],
                 "candidatesTokenCount": candidates,
                 "totalTokenCount": f["prompt"] + candidates + thoughts,
@@ -783,6 +829,16 @@ class FakeProvider(LoopbackServers):
                 meta["cachedContentTokenCount"] = f["cached"]
             if thoughts:
                 meta["thoughtsTokenCount"] = thoughts
+            if f["audio_in"]:
+                meta["promptTokensDetails"] = [
+                    {"modality": "TEXT", "tokenCount": f["prompt"] - f["audio_in"]},
+                    {"modality": "AUDIO", "tokenCount": f["audio_in"]},
+                ]
+            if f["audio_out"] and candidates == f["output"]:  # the final figures
+                meta["candidatesTokensDetails"] = [
+                    {"modality": "TEXT", "tokenCount": candidates - f["audio_out"]},
+                    {"modality": "AUDIO", "tokenCount": f["audio_out"]},
+                ]
             return meta
 
         def chunk(text: str, final: bool, candidates: int, thoughts: int) -> dict[str, Any]:

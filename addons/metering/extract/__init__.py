@@ -41,15 +41,21 @@ _JSON_TYPES = frozenset({"application/json", "application/x-ndjson", "applicatio
 
 
 def new_extractor(
-    flavor: str, *, path: str, content_type: str | None, streaming_requested: bool = False
+    flavor: str,
+    *,
+    path: str,
+    content_type: str | None,
+    streaming_requested: bool = False,
+    reader: NewReader | None = None,
 ) -> UsageExtractor:
     """An extractor for one response body.
 
     ``path`` is the request path with query (Gemini names the model there). When the
     content type is missing or unusual, the body's first byte decides between JSON and
     SSE; also when a stream was asked for and the server calls it JSON (some
-    OpenAI-compatible servers label their SSE ``application/json``). Raises
-    ``ValueError`` for an unknown flavor.
+    OpenAI-compatible servers label their SSE ``application/json``). ``reader``: a
+    factory to use instead of the flavor's reader (one that keeps more of the body).
+    Raises ``ValueError`` for an unknown flavor.
     """
     try:
         make_reader = READERS[flavor]
@@ -59,6 +65,8 @@ def new_extractor(
     new_reader: NewReader = (
         partial(make_reader, path=path) if make_reader is gemini.GeminiReader else make_reader
     )
+    if reader is not None:
+        new_reader = reader
     media = (content_type or "").partition(";")[0].strip().lower()
     if media == "text/event-stream":
         return SseExtractor(new_reader)

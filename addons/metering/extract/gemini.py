@@ -6,6 +6,14 @@ toolUsePromptTokenCount``, ``cached_input = cachedContentTokenCount``; Gemini re
 cache writes in these calls; ``output = candidatesTokenCount + thoughtsTokenCount``
 (thinking is billed as output), ``reasoning = thoughtsTokenCount``.
 
+Audio is billed at its own rate (Gemini 2.5 Flash: $1.00 per million input tokens
+against $0.30 for text, image and video), so it is counted apart from the per-modality
+lists (``ModalityTokenCount``: ``{"modality": "AUDIO", "tokenCount": n}``):
+``audio_input`` = the ``AUDIO`` entry of ``promptTokensDetails`` less that of
+``cacheTokensDetails`` (cached audio stays in ``cached_input``), taken out of input;
+``audio_output`` = the ``AUDIO`` entry of ``candidatesTokensDetails`` (native-audio and
+TTS models), taken out of output, so ``reasoning`` stays a share of the text output.
+
 Streamed chunks (``alt=sse``, or a JSON array streamed element by element) each carry the
 cumulative ``usageMetadata`` so far: the last one wins. The model is ``modelVersion``
 when the body has it, else the model named in the request path.
@@ -38,6 +46,12 @@ def model_from_path(path: str) -> str | None:
     return match.group(1) if match else None
 
 
+def _audio(c: CountReader, meta: dict[str, Any], key: str) -> int:
+    """The ``AUDIO`` tokens of a ``ModalityTokenCount`` list (0 when not listed)."""
+    entries = (as_dict(e) for e in as_list(meta.get(key)))
+    return sum(c.get(e, "tokenCount") or 0 for e in entries if e.get("modality") == "AUDIO")
+
+
 def map_usage(meta: dict[str, Any]) -> Usage:
     """One ``usageMetadata``; unusable counts set :attr:`Usage.invalid`.
 
@@ -50,15 +64,31 @@ def map_usage(meta: dict[str, Any]) -> Usage:
     tool_prompt = c.get(meta, "toolUsePromptTokenCount", main=True) or 0
     candidates = c.get(meta, "candidatesTokenCount", main=True) or 0
     thoughts = c.get(meta, "thoughtsTokenCount", main=True) or 0
+    audio, cached_audio = (
+        _audio(c, meta, "promptTokensDetails"),
+        _audio(c, meta, "cacheTokensDetails"),
+    )
+    audio_out = _audio(c, meta, "candidatesTokensDetails")
     usage = Usage(
-        input=max(prompt - cached, 0) + tool_prompt,
+        input=max(prompt - cached, 0) - (audio - cached_audio) + tool_prompt,
         cached_input=cached,
-        output=candidates + thoughts,
+        audio_input=audio - cached_audio,
+        output=candidates - audio_out + thoughts,
+        audio_output=audio_out,
         reasoning=thoughts,
     )
     usage.invalid = c.problem()
     if usage.invalid is None and cached > prompt:
         usage.invalid = f"cachedContentTokenCount {cached} > promptTokenCount {prompt}"
+    if usage.invalid is None and (
+        cached_audio > min(audio, cached) or audio - cached_audio > prompt - cached
+    ):
+        usage.invalid = (
+            f"AUDIO prompt tokens {audio} (cached {cached_audio}) do not fit in "
+            f"promptTokenCount {prompt} (cached {cached})"
+        )
+    if usage.invalid is None and audio_out > candidates:
+        usage.invalid = f"AUDIO candidates tokens {audio_out} > candidatesTokenCount {candidates}"
     if usage.invalid is None:
         usage.invalid = check_consistency(usage)
     return usage

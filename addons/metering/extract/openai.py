@@ -12,6 +12,13 @@ Token mapping (see docs/token-model.md):
   input); ``output = completion_tokens`` (reasoning included), plus reasoning where the
   provider counts it apart (xAI, see :func:`map_usage`);
   ``reasoning = completion_tokens_details.reasoning_tokens``.
+- Audio (``gpt-4o-audio-*``, ``gpt-audio*``): ``prompt_tokens_details.audio_tokens`` is a
+  share of ``prompt_tokens`` billed at the audio rate: ``audio_input`` is that share
+  less any cached audio the report names (``cached_tokens_details.audio_tokens``, the
+  Realtime shape), and it is subtracted from input; cached audio stays in
+  ``cached_input``. ``completion_tokens_details.audio_tokens`` is a share of
+  ``completion_tokens``: ``audio_output``, subtracted from output (reasoning stays a
+  share of the text output).
 - Responses ``usage``: the same with ``input_tokens``, ``input_tokens_details``,
   ``output_tokens``, ``output_tokens_details``.
 - Ollama's native API (``prompt_eval_count``, ``eval_count``) when there is no ``usage``.
@@ -90,6 +97,10 @@ def map_usage(raw: dict[str, Any]) -> Usage | None:
         cached = c.get(raw, "prompt_cache_hit_tokens")  # DeepSeek
     cached = cached or 0
     cache_write = c.get(in_details, "cache_write_tokens") or 0  # OpenAI, OpenRouter
+    cached_audio = c.get(as_dict(in_details.get("cached_tokens_details")), "audio_tokens") or 0
+    audio = c.get(in_details, "audio_tokens") or 0
+    audio_in = max(audio - cached_audio, 0)
+    audio_out = c.get(out_details, "audio_tokens") or 0
     reasoning = c.get(out_details, "reasoning_tokens") or 0
     prompt, completion = prompt or 0, completion or 0
     output = completion
@@ -98,15 +109,19 @@ def map_usage(raw: dict[str, Any]) -> Usage | None:
     ):
         output = completion + reasoning  # xAI: completion_tokens excludes reasoning
     usage = Usage(
-        input=max(prompt - cached - cache_write, 0),
+        input=max(prompt - cached - cache_write, 0) - audio_in,  # < 0: see check_consistency
         cached_input=cached,
         cache_write=cache_write,
-        output=output,
+        audio_input=audio_in,
+        output=output - audio_out,
+        audio_output=audio_out,
         reasoning=reasoning,
     )
     usage.invalid = c.problem()
     if usage.invalid is None and cached + cache_write > prompt:
         usage.invalid = f"cached {cached} + cache writes {cache_write} > prompt {prompt}"
+    if usage.invalid is None and cached_audio > min(audio, cached):
+        usage.invalid = f"cached audio {cached_audio} > audio {audio} or cached {cached}"
     if usage.invalid is None:
         usage.invalid = check_consistency(usage)
     return usage
@@ -300,7 +315,9 @@ class OpenAIReader:
             input=u.input,
             cached_input=u.cached_input,
             cache_write=u.cache_write,
+            audio_input=u.audio_input,
             output=u.output,
+            audio_output=u.audio_output,
             reasoning=u.reasoning,
             model=self._model,
             response_id=self._id,

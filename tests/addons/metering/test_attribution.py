@@ -42,6 +42,27 @@ def _headers(*fields: tuple[str, str]) -> Headers:
         (GEMINI, [], "k%65y=q", Presented("q", 1)),
         (GEMINI, [("x-goog-api-key", "g")], "access_token=t", Presented("g", 2)),
         (GEMINI, [], "access_token=t", Presented("t", 1)),
+        # OpenAI Realtime from a browser: the key as a handshake subprotocol (before:
+        # not read, so reject mode refused a known key)
+        (
+            OPENAI,
+            [("sec-websocket-protocol", "realtime, openai-insecure-api-key.w, x")],
+            "",
+            Presented("w", 1),
+        ),
+        (
+            OPENAI,
+            [AUTH_A, ("sec-websocket-protocol", "openai-insecure-api-key.w")],
+            "",
+            Presented("a", 2),
+        ),
+        (OPENAI, [("sec-websocket-protocol", "realtime")], "", Presented(None, 0)),
+        (
+            ANTHROPIC,
+            [("sec-websocket-protocol", "openai-insecure-api-key.w")],
+            "",
+            Presented(None, 1),
+        ),
     ],
 )
 def test_billed_key_follows_the_provider(

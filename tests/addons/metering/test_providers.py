@@ -90,7 +90,11 @@ def test_lookup_is_memoised(registry: ProviderRegistry) -> None:
         ("openai", "/api/tags", False),
         ("openai", "/x/api/chat", False),
         ("openai", "/v1/models", False),
-        ("openai", "/v1/responses/resp_123", False),
+        ("openai", "/v1/responses/resp_123", False),  # POST: not a call (GET: a read)
+        ("openai", "/v1/responses/compact", True),  # runs the model, reports usage
+        ("openai", "/openai/v1/responses/compact", True),  # Azure
+        ("openai", "/v1/responses/input_tokens", False),  # a free count
+        ("openai", "/v1/responses/resp_123/cancel", True),  # returns the response, usage
         ("openai", "/v1/files", False),
         ("anthropic", "/v1/messages", True),
         ("anthropic", "/v1/messages/count_tokens", False),
@@ -135,6 +139,10 @@ def test_bad_host_pattern(pattern: str) -> None:
         ("127.1", "127.0.0.1"),
         ("2130706433", "127.0.0.1"),
         ("0x7f.1", "127.0.0.1"),
+        ("127.0.0.2", "127.0.0.1"),  # all of 127/8 reaches a server listening on 0.0.0.0
+        ("127.1.2.3", "127.0.0.1"),
+        ("::ffff:127.0.0.9", "127.0.0.1"),
+        ("128.0.0.1", "128.0.0.1"),
         ("LOCALHOST", "127.0.0.1"),
         ("api.localhost", "127.0.0.1"),
         ("[::1]", "127.0.0.1"),
@@ -176,6 +184,7 @@ def test_other_spellings_of_a_catalog_host() -> None:
 
     reg = ProviderRegistry([(MeteredProvider("vllm", "openai", "bearer"), ["localhost:8000"])])
     assert reg.lookup("127.1", 8000) is not None
+    assert reg.lookup("127.0.0.2", 8000) is not None  # before: unmetered, no key check
     assert reg.lookup("[::1]", 8000) is not None
     assert reg.lookup("127.0.0.1", 8001) is None
     named = ProviderRegistry([(MeteredProvider("o", "openai", "bearer"), ["api.openai.com"])])
@@ -185,6 +194,27 @@ def test_other_spellings_of_a_catalog_host() -> None:
     assert lookup_named(named, ip, 443, "example.com", "example.com") is None
     # the Host header and SNI naming the destination itself are not looked up again
     assert lookup_named(named, "example.com", 443, "example.com", "example.com") is None
+
+
+@pytest.mark.parametrize(
+    "flavor,path,billed",
+    [
+        ("openai", "/v1/responses/resp_123", True),  # a background response polled
+        ("openai", "/v1/responses/resp_123?stream=true&starting_after=4", True),  # resumed
+        ("openai", "/openai/v1/responses/resp_1", True),  # Azure v1
+        ("openai", "/openai/responses/resp_1?api-version=2025-04-01-preview", True),  # Azure
+        ("openai", "/v1/responses/resp_123/input_items", False),  # a listing
+        ("openai", "/v1/responses", False),
+        ("openai", "/v1/models", False),
+        ("openai", "/v1/chat/completions", False),
+        ("anthropic", "/v1/responses/resp_123", False),
+    ],
+)
+def test_metered_gets_are_responses_read_back(flavor: str, path: str, billed: bool) -> None:
+    from addons.metering.providers import billed_flavor
+
+    assert (billed_flavor(flavor, path, "GET") is not None) is billed  # type: ignore[arg-type]
+    assert billed_flavor(flavor, path, "DELETE") is None  # type: ignore[arg-type]
 
 
 def test_gemini_openai_compatible_endpoints_are_metered_as_openai() -> None:

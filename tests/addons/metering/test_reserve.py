@@ -88,3 +88,138 @@ def test_a_call_without_an_output_bound_reserves_its_models_largest_output(
     a hard cap far beyond one call (the probe: 3 of 10 admitted at 10,000, 24,000 used)."""
     body = json.dumps({"model": model, "messages": []}).encode()
     assert estimate_request("openai", "/v1/chat/completions", body).output == output
+
+
+TOOL_USE = {"type": "tool_use", "id": "t1", "name": "summarize", "input": {"max_tokens": 10}}
+PROPERTIES = {"max_tokens": {"type": "integer"}, "model": {"type": "string"}}
+SCHEMA = {"type": "function", "function": {"name": "f", "parameters": {
+    "type": "object", "properties": PROPERTIES, "required": ["max_tokens"]}}}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("flavor", "body", "model", "output"),
+    [
+        # A bound nested in the history (an Anthropic tool_use input) came first: it
+        # replaced the request's own (10 reserved for a call of 2,000).
+        (
+            "anthropic",
+            {
+                "model": "claude-sonnet-4-5",
+                "messages": [{"role": "assistant", "content": [TOOL_USE]}],
+                "max_tokens": 2000,
+            },
+            "claude-sonnet-4-5",
+            2000,
+        ),
+        # ... also when it is the only one: the call sets no bound of its own.
+        (
+            "openai",
+            {"model": "gpt-4o", "messages": [{"role": "assistant", "content": [TOOL_USE]}]},
+            "gpt-4o",
+            16_384,
+        ),
+        # A JSON schema's property named max_tokens (not an integer) stopped the search.
+        ("openai", {"model": "gpt-4o", "tools": [SCHEMA], "max_tokens": 50}, "gpt-4o", 50),
+        (
+            "openai",
+            {"tools": [SCHEMA], "model": "gpt-4o", "max_completion_tokens": 70},
+            "gpt-4o",
+            70,
+        ),
+        # A nested "model" before the top-level one (Anthropic's order: max_tokens,
+        # messages, model) named the wrong model.
+        (
+            "anthropic",
+            {
+                "max_tokens": 5,
+                "messages": [
+                    {
+                        "role": "assistant",
+                        "content": [
+                            {
+                                "type": "tool_use",
+                                "id": "t",
+                                "name": "x",
+                                "input": {"model": "gpt-4o-mini"},
+                            }
+                        ],
+                    }
+                ],
+                "model": "claude-opus-4",
+            },
+            "claude-opus-4",
+            5,
+        ),
+        # The common shapes, read without a full parse.
+        (
+            "openai",
+            {
+                "messages": [{"role": "user", "content": "x" * 5000}],
+                "model": "gpt-4o",
+                "max_tokens": 64,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            },
+            "gpt-4o",
+            64,
+        ),
+        (
+            "anthropic",
+            {"max_tokens": 1024, "messages": [], "model": "claude-sonnet-4-5"},
+            "claude-sonnet-4-5",
+            1024,
+        ),
+    ],  # fmt: skip
+)
+def test_only_the_requests_own_keys_count(flavor: str, body: dict, model: str, output: int) -> None:
+    est = estimate_request(flavor, "/v1/x", json.dumps(body).encode())
+    assert (est.model, est.output) == (model, output)
+
+
+def test_hostile_placements_of_the_bound() -> None:
+    # A key whose name merely ends in max_tokens (an escaped quote inside it).
+    assert estimate_request("openai", "/", b'{"model":"gpt-4o","a \\"max_tokens": 5}').output == (
+        16_384
+    )
+    # Twice at the top level: the last one counts, as the providers' JSON parsers read it.
+    body = b'{"max_tokens": 1, "model": "gpt-4o", "max_tokens": 5000}'
+    assert estimate_request("openai", "/", body).output == 5000
+
+
+@pytest.mark.parametrize(
+    ("body", "output"),
+    [
+        ({"contents": [], "generationConfig": {"temperature": 1, "maxOutputTokens": 77}}, 77),
+        ({"contents": [], "generation_config": {"max_output_tokens": 12}}, 12),
+        # In a function call's arguments, not the config: the model's largest output.
+        ({"contents": [{"parts": [{"functionCall": {"args": {"maxOutputTokens": 3}}}]}]}, 65_536),
+        (
+            {
+                "contents": [
+                    {
+                        "parts": [
+                            {"functionCall": {"args": {"generationConfig": {"maxOutputTokens": 3}}}}
+                        ]
+                    }
+                ]
+            },
+            65_536,
+        ),
+        (
+            {
+                "contents": [{"parts": [{"functionCall": {"args": {"maxOutputTokens": 3}}}]}],
+                "generationConfig": {"maxOutputTokens": 99},
+            },
+            99,
+        ),
+    ],  # fmt: skip
+)
+def test_gemini_reads_the_bound_in_its_generation_config(body: dict, output: int) -> None:
+    path = "/v1beta/models/gemini-2.5-flash:generateContent"
+    assert estimate_request("gemini", path, json.dumps(body).encode()).output == output
+
+
+def test_an_azure_deployment_names_the_model_when_the_body_does_not() -> None:
+    path = "/openai/deployments/prod-chat/chat/completions?api-version=2024-06-01"
+    assert estimate_request("openai", path, b'{"messages": []}').model == "prod-chat"
+    assert estimate_request("openai", path, b'{"model": "m", "messages": []}').model == "m"

@@ -127,3 +127,12 @@ def test_once_log_masks_numbers_and_is_per_provider() -> None:
     assert not once.first("groq", "completion_tokens=-3")
     assert once.first("xai", "completion_tokens=-3")
     assert once.first("groq", "prompt_tokens='12'")
+
+
+def test_a_report_that_is_not_final_keeps_its_audio_figures() -> None:
+    """A cut stream's partial report: its audio (priced at the audio rate) is kept, and
+    only the text output is raised to the local count."""
+    partial = Usage(input=20, audio_input=44, output=1, audio_output=30, partial=True)
+    usage, _, why = run(partial, cut=True, output_count=7)
+    assert (usage.input, usage.audio_input, usage.output, usage.audio_output) == (20, 44, 7, 30)
+    assert usage.estimated and why == "cut before the provider's final usage"

@@ -353,6 +353,34 @@ def test_only_a_batch_that_may_be_stored_is_checked_against_the_store(tmp_path: 
     spool.close()
 
 
+def test_an_event_named_after_a_providers_id_is_always_checked(tmp_path: Path) -> None:
+    """A background response read again, on another proxy or an hour later, makes the
+    same event (``response:<provider>:<resp_id>``, ts of its ``created_at``): the writer
+    checks it against the store even on a batch it would otherwise append, so it is
+    stored once. Before, a writer past its first batch appended it again."""
+    db = tmp_path / "e.duckdb"
+    keyed = _event("response:openai:resp_1", ts="2026-03-01T09:00:00")
+    spools = [Spool(tmp_path / "spool-a"), Spool(tmp_path / "spool-b")]
+    a, b = (SpoolWriter(spool, str(db)) for spool in spools)
+    for spool, writer, first in zip(spools, (a, b), ("a", "b"), strict=True):
+        spool.append(_event(first))  # each writer's first batch: checked anyway
+        assert writer.flush() and writer.checked_batches == 1
+    spools[0].append(keyed)  # read on proxy A
+    assert a.flush()
+    spools[1].append(_event("c"))
+    spools[1].append(keyed)  # read again on proxy B (the ts: hours before the batch)
+    assert b.flush() and b.checked_batches == 2
+    spools[0].append(keyed)  # and again on A, past its memory of recent ids
+    a.recent.clear()
+    assert a.flush()
+    assert [r[0] for r in _rows(db)] == ["a", "b", "c", "response:openai:resp_1"]
+    spools[0].append(_event("d"))  # an ordinary batch is still a plain append
+    assert a.flush() and a.checked_batches == 3
+    for spool, writer in zip(spools, (a, b), strict=True):
+        assert writer.stop()
+        spool.close()
+
+
 def test_a_batch_after_a_failed_flush_is_checked(tmp_path: Path) -> None:
     """A failed flush may have committed (a lost connection during COMMIT): the batch
     that retries it is checked against the store."""
@@ -447,4 +475,22 @@ def test_a_line_from_an_older_proxy_stores_its_missing_column_as_its_default(
             "SELECT event_id, cache_write_1h_tokens FROM usage_events ORDER BY 1"
         ).fetchall()
     assert rows == [("new", 700), ("old", 0), ("old-2", 0)]
+    spool.close()
+
+
+def test_a_line_from_before_audio_tokens_stores_them_as_0(tmp_path: Path) -> None:
+    """``audio_input_tokens`` and ``audio_output_tokens`` came later still: a spool line
+    without them (an older proxy's, audio inside input and output) is stored with 0."""
+    db = tmp_path / "e.duckdb"
+    spool = Spool(tmp_path / "spool")
+    writer = SpoolWriter(spool, str(db))
+    spool.append(_event("old"))
+    spool.append(_event("new", audio_input_tokens=44, audio_output_tokens=139))
+    assert writer.flush()
+    with store(db, read_only=True) as con:
+        rows = con.execute(
+            "SELECT event_id, input_tokens, audio_input_tokens, audio_output_tokens "
+            "FROM usage_events ORDER BY 1"
+        ).fetchall()
+    assert rows == [("new", 10, 44, 139), ("old", 10, 0, 0)]
     spool.close()

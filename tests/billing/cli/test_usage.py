@@ -31,11 +31,11 @@ def test_usage_table(s: Setup) -> None:
     result = run(s, "usage", "--from", "2026-03-01", "--to", "2026-04-01")
     assert result.exit_code == 0
     assert result.stdout.splitlines() == [
-        "CONSUMER  CUSTOMER  INPUT  CACHED_INPUT  CACHE_WRITE  CACHE_WRITE_1H  OUTPUT  TOTAL  EVENTS",  # noqa: E501
-        "--------  --------  -----  ------------  -----------  --------------  ------  -----  ------",  # noqa: E501
-        "                        0             0            0               0      60     60       1",  # noqa: E501
-        "agent-a   alpha        30             2            0               0       1     33       2",  # noqa: E501
-        "agent-b   beta         30             0            0               0       0     30       1",  # noqa: E501
+        "CONSUMER  CUSTOMER  INPUT  CACHED_INPUT  CACHE_WRITE  CACHE_WRITE_1H  AUDIO_INPUT  OUTPUT  AUDIO_OUTPUT  TOTAL  EVENTS",  # noqa: E501
+        "--------  --------  -----  ------------  -----------  --------------  -----------  ------  ------------  -----  ------",  # noqa: E501
+        "                        0             0            0               0            0      60             0     60       1",  # noqa: E501
+        "agent-a   alpha        30             2            0               0            0       1             0     33       2",  # noqa: E501
+        "agent-b   beta         30             0            0               0            0       0             0     30       1",  # noqa: E501
     ]
 
 
@@ -50,7 +50,9 @@ def test_usage_json_by_customer_and_day(s: Setup) -> None:
             "cached_input": 0,
             "cache_write": 0,
             "cache_write_1h": 0,
+            "audio_input": 0,
             "output": 1,
+            "audio_output": 0,
             "total": 11,
             "events": 1,
         },
@@ -62,7 +64,9 @@ def test_usage_json_by_customer_and_day(s: Setup) -> None:
             "cached_input": 2,
             "cache_write": 0,
             "cache_write_1h": 0,
+            "audio_input": 0,
             "output": 0,
+            "audio_output": 0,
             "total": 22,
             "events": 1,
         },

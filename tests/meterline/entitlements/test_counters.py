@@ -157,3 +157,55 @@ def test_soft_and_unlimited_limits_never_refuse() -> None:
         )  # fmt: skip
     )
     assert isinstance(Counters().admit(pol, "openai", "gpt-4o", 10, 10, NOW), Reservation)
+
+
+def test_calls_in_flight_across_a_period_boundary_count_against_the_new_period() -> None:
+    """A daily limit of 2,000; ten calls of 200 admitted just before midnight end after
+    it, so their events land in the new period: the new period admits nothing more until
+    they settle (before: it admitted ten more, 4,000 used against 2,000)."""
+    pol = policy_of(catalog(entitlements=[{"feature": "out", "limit": 2000, "period": "P1D"}]))
+    c = Counters()
+    midnight = datetime(2026, 3, 11, tzinfo=UTC)
+    before, after = midnight - timedelta(seconds=3), midnight + timedelta(seconds=1)
+    old = [c.admit(pol, "openai", "gpt-4o", 0, 200, before) for _ in range(10)]
+    assert all(isinstance(r, Reservation) for r in old)
+    refused = c.admit(pol, "openai", "gpt-4o", 0, 200, after)
+    assert isinstance(refused, Refusal) and refused.reason == "limit:out"
+    assert "(2000 used or in flight)" in refused.message
+    # They settle into the new period: still full, by what they used.
+    for n, r in enumerate(old):
+        assert isinstance(r, Reservation)
+        c.release(r)
+        c.record(pol, f"e{n}", "openai", "gpt-4o", {"output": 200}, after)
+    assert c.in_flight == {} and c.reserved == {}
+    assert isinstance(c.admit(pol, "openai", "gpt-4o", 0, 200, after), Refusal)
+
+
+def test_a_call_that_settles_back_frees_what_the_new_period_held_for_it() -> None:
+    pol = policy_of(catalog(entitlements=[{"feature": "out", "limit": 100, "period": "P1D"}]))
+    c = Counters()
+    midnight = datetime(2026, 3, 11, tzinfo=UTC)
+    r = c.admit(pol, "openai", "gpt-4o", 0, 100, midnight - timedelta(seconds=1))
+    assert isinstance(r, Reservation)
+    assert isinstance(c.admit(pol, "openai", "gpt-4o", 0, 10, midnight), Refusal)
+    c.release(r)  # it failed: nothing used anywhere
+    assert isinstance(c.admit(pol, "openai", "gpt-4o", 0, 10, midnight), Reservation)
+
+
+def test_limits_of_the_models_an_alias_is_billed_as_apply_to_it() -> None:
+    """``prod-chat`` (an Azure deployment) matches no glob; it is billed as gpt-4o-…:
+    with that learnt, the gpt-4o* limit holds it and its account reserves."""
+    pol = policy_of(catalog(entitlements=[{"feature": "out", "limit": 100}]))
+    c = Counters()
+    c.record(pol, "e1", "openai", "gpt-4o-2024-08-06", {"output": 100}, NOW)
+    first = c.admit(pol, "openai", "prod-chat", 0, 40, NOW)
+    assert isinstance(first, Reservation) and first.parts == []  # not known yet
+    billed = ("gpt-4o-2024-08-06",)
+    refused = c.admit(pol, "openai", "prod-chat", 0, 40, NOW, billed)
+    assert isinstance(refused, Refusal) and refused.reason == "limit:out"
+    c2 = Counters()
+    held = c2.admit(pol, "openai", "prod-chat", 0, 40, NOW, billed)
+    assert isinstance(held, Reservation) and [u for _, u in held.parts] == [40]
+    assert pol.matching_billed("openai", "prod-chat", billed) is pol.matching_billed(
+        "openai", "prod-chat", billed
+    )  # computed once

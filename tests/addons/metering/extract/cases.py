@@ -151,6 +151,104 @@ OPENAI_CHAT_STREAM = Case(
     text="Hello there, ünïcode ✓",
 )
 
+# Audio (gpt-4o-audio-preview, gpt-audio): OpenAI's audio guide's response shape. The
+# answer is audio (``message.audio``: id, base64 data, transcript), ``content`` is null;
+# the details split prompt and completion by modality (``text_tokens`` + ``audio_tokens``
+# = the total, as in the real recording openai/chat-gpt-4o-audio-input).
+_AUDIO_ID = "chatcmpl-AJ7tfQDq8V6lD3nkpW6S1xqTgTLqB"
+_AUDIO_USAGE = {
+    "prompt_tokens": 81,
+    "completion_tokens": 181,
+    "total_tokens": 262,
+    "prompt_tokens_details": {
+        "cached_tokens": 0,
+        "audio_tokens": 44,
+        "text_tokens": 37,
+        "image_tokens": 0,
+    },
+    "completion_tokens_details": {
+        "reasoning_tokens": 0,
+        "audio_tokens": 139,
+        "text_tokens": 42,
+        "accepted_prediction_tokens": 0,
+        "rejected_prediction_tokens": 0,
+    },
+}
+_AUDIO_EXPECTED = dict(
+    input=37,
+    cached_input=0,
+    cache_write=0,
+    audio_input=44,
+    output=42,
+    audio_output=139,
+    reasoning=0,
+    model="gpt-4o-audio-preview-2024-12-17",
+    response_id=_AUDIO_ID,
+)
+
+OPENAI_CHAT_AUDIO_JSON = Case(
+    id="OpenAI Chat Completions with audio (JSON)",
+    flavor="openai",
+    path="/v1/chat/completions",
+    content_type="application/json",
+    body=js(
+        {
+            "id": _AUDIO_ID,
+            "object": "chat.completion",
+            "created": 1729018898,
+            "model": "gpt-4o-audio-preview-2024-12-17",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {
+                        "role": "assistant",
+                        "content": None,
+                        "refusal": None,
+                        "audio": {
+                            "id": "audio_6710a3d2b6a08190a4e4d0b0ce5a3bd7",
+                            "data": "UklGRiQAAABXQVZFZm10IBAAAAABAAEA",
+                            "expires_at": 1729022498,
+                            "transcript": "Yes, golden retrievers are known to be friendly.",
+                        },
+                    },
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": _AUDIO_USAGE,
+            "system_fingerprint": "fp_4eafc16369",
+        }
+    ),
+    expected=_AUDIO_EXPECTED,
+    text="",
+)
+
+
+def _audio_chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> dict:
+    return {
+        **_chat_chunk(delta, finish, **extra),
+        "id": _AUDIO_ID,
+        "model": "gpt-4o-audio-preview-2024-12-17",
+    }
+
+
+OPENAI_CHAT_AUDIO_STREAM = Case(
+    id="OpenAI Chat Completions with audio (stream, include_usage)",
+    flavor="openai",
+    path="/v1/chat/completions",
+    content_type="text/event-stream; charset=utf-8",
+    streaming=True,
+    body=sse(
+        _audio_chunk({"role": "assistant", "content": None, "refusal": None}, usage=None),
+        _audio_chunk({"audio": {"id": "audio_6710a3d2", "transcript": "Yes, golden"}}, usage=None),
+        _audio_chunk({"audio": {"data": "UklGRiQAAABXQVZF"}}, usage=None),
+        _audio_chunk({"audio": {"expires_at": 1729022498}}, "stop", usage=None),
+        {**_audio_chunk({}), "choices": [], "usage": _AUDIO_USAGE},
+        "[DONE]",
+    ),
+    expected=_AUDIO_EXPECTED,
+    text="",
+)
+
 _CMPL = {
     "id": "cmpl-uqkvlQyYK7bGYrRHQ0eXlWi7",
     "object": "text_completion",
@@ -1034,9 +1132,106 @@ GEMINI_TOOL_USE = Case(
     text='{"name": "find", "args": {"q": "x"}}',
 )
 
+# Audio in and out: per-modality lists (ModalityTokenCount). An audio prompt whose audio
+# is mostly cached (gemini-2.5-flash), and a TTS model answering in audio only.
+GEMINI_AUDIO_JSON = Case(
+    id="Gemini generateContent with audio input (JSON)",
+    flavor="gemini",
+    path="/v1beta/models/gemini-2.5-flash:generateContent",
+    content_type="application/json; charset=UTF-8",
+    body=js(
+        _gem_chunk(
+            "The speaker names Marcelo.",
+            {
+                "promptTokenCount": 1300,
+                "candidatesTokenCount": 40,
+                "totalTokenCount": 1440,
+                "cachedContentTokenCount": 1000,
+                "thoughtsTokenCount": 100,
+                "promptTokensDetails": [
+                    {"modality": "TEXT", "tokenCount": 250},
+                    {"modality": "AUDIO", "tokenCount": 1050},
+                ],
+                "cacheTokensDetails": [
+                    {"modality": "TEXT", "tokenCount": 200},
+                    {"modality": "AUDIO", "tokenCount": 800},
+                ],
+                "candidatesTokensDetails": [{"modality": "TEXT", "tokenCount": 40}],
+            },
+            "STOP",
+        )
+    ),
+    expected=dict(
+        input=50,  # 1300 - 1000 cached - 250 uncached audio
+        cached_input=1000,  # 800 of them audio: cached audio stays cached input
+        cache_write=0,
+        audio_input=250,  # 1050 - 800
+        output=140,
+        audio_output=0,
+        reasoning=100,
+        model="gemini-2.5-flash",
+        response_id="mAitaLmkHPPlz7IPvtfUqQ4",
+    ),
+    text="The speaker names Marcelo.",
+)
+
+
+def _tts_chunk(usage: dict[str, Any], finish: str | None = None) -> dict:
+    pcm = {"inlineData": {"mimeType": "audio/L16;codec=pcm;rate=24000", "data": "AAAA"}}
+    candidate: dict[str, Any] = {"content": {"parts": [pcm], "role": "model"}, "index": 0}
+    if finish:
+        candidate["finishReason"] = finish
+    return {
+        "candidates": [candidate],
+        "usageMetadata": usage,
+        "modelVersion": "gemini-2.5-flash-preview-tts",
+        "responseId": "kXh2aOqDJ8a0nvgPpZ2e0Qs",
+    }
+
+
+_TTS_PROMPT = {
+    "promptTokenCount": 12,
+    "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 12}],
+}
+
+GEMINI_AUDIO_SSE = Case(
+    id="Gemini streamGenerateContent with audio output (alt=sse, TTS)",
+    flavor="gemini",
+    path="/v1beta/models/gemini-2.5-flash-preview-tts:streamGenerateContent?alt=sse",
+    content_type="text/event-stream",
+    streaming=True,
+    body=sse(
+        _tts_chunk({**_TTS_PROMPT, "totalTokenCount": 12}),
+        _tts_chunk(
+            {
+                **_TTS_PROMPT,
+                "candidatesTokenCount": 560,
+                "totalTokenCount": 572,
+                "candidatesTokensDetails": [{"modality": "AUDIO", "tokenCount": 560}],
+            },
+            "STOP",
+        ),
+        crlf=True,
+    ),
+    expected=dict(
+        input=12,
+        cached_input=0,
+        cache_write=0,
+        audio_input=0,
+        output=0,
+        audio_output=560,
+        reasoning=0,
+        model="gemini-2.5-flash-preview-tts",
+        response_id="kXh2aOqDJ8a0nvgPpZ2e0Qs",
+    ),
+    text="",
+)
+
 CASES = [
     OPENAI_CHAT_JSON,
     OPENAI_CHAT_STREAM,
+    OPENAI_CHAT_AUDIO_JSON,
+    OPENAI_CHAT_AUDIO_STREAM,
     OPENAI_COMPLETIONS_JSON,
     OPENAI_COMPLETIONS_STREAM,
     OPENAI_EMBEDDINGS,
@@ -1058,5 +1253,7 @@ CASES = [
     GEMINI_SSE,
     GEMINI_JSON_ARRAY,
     GEMINI_TOOL_USE,
+    GEMINI_AUDIO_JSON,
+    GEMINI_AUDIO_SSE,
 ]
 STREAM_CASES = [c for c in CASES if c.streaming]

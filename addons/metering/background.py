@@ -1,0 +1,150 @@
+"""OpenAI Responses API background mode: a response is billed once, when a read shows
+it has ended, with the provider's figures.
+
+``POST .../responses`` with ``background: true`` answers at once with ``status:
+"queued"`` and ``usage: null``; the model runs on, and the provider reports the usage on
+the response object once it reaches a terminal status (``completed``, ``incomplete``,
+``failed``, ``cancelled``). The client reads it back: it polls ``GET .../responses/<id>``,
+resumes the stream with ``GET .../responses/<id>?stream=true&starting_after=<n>``, or
+cancels it (``POST .../responses/<id>/cancel`` returns the response too). So:
+
+- the POST stores **no event** unless its own body already shows the response ended (a
+  background stream read to its ``response.completed``): no estimate is made for usage
+  the provider reports later (before, it stored a guess of one input token, and the real
+  usage was never read). Its governance reservation is released when it answers;
+- a read that shows a background response at a terminal status stores the response's
+  event: the provider's figures, the consumer of the key presented on that read, the id
+  ``response:<provider>:<resp_id>`` (:func:`~addons.metering.eventid.response_event_id`)
+  and the ts of the response's ``created_at``: every read of it, on any proxy, makes the
+  same event, and the writer stores it once (it always checks such ids against the store);
+- other reads store nothing: a response still queued or in progress, an error, and a
+  response that was **not** made in background mode (its POST was metered already: a
+  later ``retrieve`` of a stored response must not bill it again). A resumed stream is
+  taken as background (only background responses can be streamed again).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from addons.metering import eventid
+from addons.metering.extract.framing import as_int
+from addons.metering.extract.openai import OpenAIReader
+
+#: Statuses a response does not leave (OpenAI's "final (terminal) state").
+TERMINAL = frozenset({"completed", "incomplete", "failed", "cancelled"})
+_BACKGROUND_TRUE = re.compile(rb'"background"\s*:\s*true')
+
+
+@dataclass(frozen=True, slots=True)
+class Lifecycle:
+    """Where a Responses API response stands, from the last response object seen."""
+
+    response_id: str | None
+    status: str | None
+    background: bool
+    created_at: int | None
+    """Epoch seconds; fixed for the life of the response (``completed_at`` is not set for
+    every terminal status, and a cancelled response has been seen completing later)."""
+
+
+def lifecycle_of(response: dict[str, Any]) -> Lifecycle:
+    rid, status = response.get("id"), response.get("status")
+    return Lifecycle(
+        rid if isinstance(rid, str) and rid else None,
+        status if isinstance(status, str) else None,
+        response.get("background") is True,
+        as_int(response.get("created_at")),
+    )
+
+
+class ResponsesReader(OpenAIReader):
+    """The OpenAI reader, keeping the lifecycle of the last response object it read (a
+    JSON body, or a stream's ``response.created`` ... ``response.completed``)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__(problems)
+        self.lifecycle: Lifecycle | None = None
+
+    def _on_response(self, response: dict[str, Any], final: bool = True) -> None:
+        super()._on_response(response, final)
+        self.lifecycle = lifecycle_of(response)
+
+
+class ResponsesTap:
+    """A flow on the Responses API: a create (``POST .../responses``) or a read."""
+
+    __slots__ = ("reads", "reader")
+
+    def __init__(self, reads: bool) -> None:
+        self.reads = reads
+        self.reader: ResponsesReader | None = None
+
+    def new_reader(self, problems: list[str]) -> ResponsesReader:
+        """The extractor's reader factory (it may build one more than once: the last is read)."""
+        self.reader = ResponsesReader(problems)
+        return self.reader
+
+    def lifecycle(self) -> Lifecycle | None:
+        return self.reader.lifecycle if self.reader is not None else None
+
+
+def tap_for(flavor: str, method: str, path: str) -> ResponsesTap | None:
+    """A tap for a metered flow on the Responses API (``path`` normalised), else None."""
+    if flavor != "openai":
+        return None
+    if method != "POST":
+        return ResponsesTap(reads=True)  # the only metered GET: a response read back
+    if path.endswith(("/responses", "/responses/")):
+        return ResponsesTap(reads=False)
+    if path.endswith(("/cancel", "/cancel/")):
+        return ResponsesTap(reads=True)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Keyed:
+    """Store the event of an ended background response under this id and time."""
+
+    event_id: str
+    at: int | None
+    """Epoch seconds for the event's ts (the response's ``created_at``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    """Store no event: the response is billed when a read shows its end (or was already)."""
+
+    why: str
+
+
+def decide(
+    tap: ResponsesTap,
+    provider: str,
+    *,
+    status_code: int,
+    sse: bool,
+    request_body: Callable[[], bytes],
+) -> Keyed | Skip | None:
+    """What a finished Responses API flow stores (None: the usual rules of a call).
+
+    Call after the extractor's ``finish`` (a JSON body is parsed then).
+    """
+    life = tap.lifecycle()
+    if tap.reads:
+        if not 200 <= status_code < 300:
+            return Skip("read failed or not answered: nothing billed")
+        if life is None or not (life.background or sse):
+            return Skip("not a background response: billed by its own call")
+    else:
+        if status_code >= 400:
+            return None  # refused: the usual zero-token error event
+        asked = life is not None and life.background
+        if not asked and _BACKGROUND_TRUE.search(request_body()) is None:
+            return None
+    if life is None or life.status not in TERMINAL or life.response_id is None:
+        return Skip("background response not ended: billed when a read shows its end")
+    return Keyed(eventid.response_event_id(provider, life.response_id), life.created_at)

@@ -1,0 +1,158 @@
+"""Which Responses API flows store an event, and under which id (background mode)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from addons.metering.background import Keyed, Skip, decide, tap_for
+from addons.metering.extract import new_extractor
+
+
+def _body(status: str, background: bool = True, usage: Any = None) -> dict[str, Any]:
+    return {"id": "resp_1", "object": "response", "created_at": 1767225600, "status": status,
+            "background": background, "model": "o4-mini", "output": [], "usage": usage}  # fmt: skip
+
+
+USAGE = {"input_tokens": 10, "output_tokens": 5}
+
+
+def _read(tap_kind: tuple[str, str], body: bytes, content_type: str) -> Any:
+    tap = tap_for("openai", *tap_kind)
+    assert tap is not None
+    extractor = new_extractor(
+        "openai", path=tap_kind[1], content_type=content_type, reader=tap.new_reader
+    )
+    extractor.feed(body)
+    usage = extractor.finish()
+    return tap, usage
+
+
+def _sse(*bodies: dict[str, Any]) -> bytes:
+    kinds = ["response.created"] + ["response.in_progress"] * (len(bodies) - 2)
+    kinds.append(
+        "response.completed" if bodies[-1]["status"] == "completed" else "response.in_progress"
+    )
+    return b"".join(
+        f"event: {k}\ndata: {json.dumps({'type': k, 'response': b})}\n\n".encode()
+        for k, b in zip(kinds, bodies, strict=True)
+    )
+
+
+GET = ("GET", "/v1/responses/resp_1")
+POST = ("POST", "/v1/responses")
+CANCEL = ("POST", "/v1/responses/resp_1/cancel")
+KEYED = Keyed("response:openai:resp_1", 1767225600)
+
+
+@pytest.mark.parametrize(
+    "kind,body,expected",
+    [
+        (GET, _body("completed", usage=USAGE), KEYED),
+        (GET, _body("incomplete", usage=USAGE), KEYED),
+        (GET, _body("failed"), KEYED),
+        (CANCEL, _body("cancelled", usage=USAGE), KEYED),
+        (GET, _body("queued"), Skip),
+        (GET, _body("in_progress"), Skip),
+        (GET, _body("completed", background=False, usage=USAGE), Skip),  # billed at its POST
+        (POST, _body("queued"), Skip),  # no guess: billed when read
+        (POST, _body("completed", usage=USAGE), KEYED),
+        (POST, _body("completed", background=False, usage=USAGE), None),  # an ordinary call
+    ],
+)
+def test_what_a_json_body_stores(kind: tuple[str, str], body: Any, expected: Any) -> None:
+    tap, _ = _read(kind, json.dumps(body).encode(), "application/json")
+    got = decide(tap, "openai", status_code=200, sse=False, request_body=lambda: b"{}")
+    assert got == expected if not isinstance(expected, type) else isinstance(got, expected)
+
+
+def test_a_stream_stores_only_when_its_final_event_came() -> None:
+    whole = _sse(_body("queued"), _body("in_progress"), _body("completed", usage=USAGE))
+    for kind in (GET, POST):
+        tap, usage = _read(kind, whole, "text/event-stream")
+        assert decide(tap, "openai", status_code=200, sse=True, request_body=bytes) == KEYED
+        assert (usage.input, usage.output, usage.partial) == (10, 5, False)
+    cut = _sse(_body("queued"), _body("in_progress"), _body("in_progress"))
+    tap, _ = _read(POST, cut, "text/event-stream")
+    verdict = decide(tap, "openai", status_code=200, sse=True, request_body=bytes)
+    assert isinstance(verdict, Skip)
+
+
+def test_a_background_post_with_no_answer_read_stores_nothing() -> None:
+    """The client left before the answer: the provider runs the response on, and bills it
+    when read (before: input estimated from the request)."""
+    tap = tap_for("openai", *POST)
+    assert tap is not None
+    asked = b'{"model": "o4-mini", "background": true}'
+    verdict = decide(tap, "openai", status_code=0, sse=False, request_body=lambda: asked)
+    assert isinstance(verdict, Skip)
+    plain = decide(tap, "openai", status_code=0, sse=False, request_body=lambda: b"{}")
+    assert plain is None
+    refused = decide(tap, "openai", status_code=429, sse=False, request_body=lambda: asked)
+    assert refused is None  # an error: the usual zero-token event
+
+
+def test_failed_reads_and_listings_store_nothing() -> None:
+    tap = tap_for("openai", *GET)
+    assert tap is not None
+    assert isinstance(decide(tap, "p", status_code=404, sse=False, request_body=bytes), Skip)
+    tap, _ = _read(GET, b'{"object": "list", "data": []}', "application/json")
+    assert isinstance(decide(tap, "p", status_code=200, sse=False, request_body=bytes), Skip)
+
+
+def test_only_openai_responses_flows_are_tapped() -> None:
+    assert tap_for("openai", "POST", "/v1/chat/completions") is None
+    assert tap_for("anthropic", "POST", "/v1/messages") is None
+    assert tap_for("openai", "POST", "/v1/responses/compact") is None
+    post, get = tap_for("openai", "POST", "/openai/v1/responses"), tap_for("openai", *GET)
+    assert post is not None and not post.reads and get is not None and get.reads
+
+
+def test_a_response_read_twice_is_counted_once_against_limits() -> None:
+    """Two reads of one ended background response make one event id: governance counts
+    it once (before, its pending figures were added twice and one copy never left)."""
+    from datetime import UTC, datetime
+
+    from addons.metering.governance import Governance
+    from meterline.catalog import Catalog
+
+    gov = Governance()
+    gov.use_catalog(
+        Catalog.model_validate(
+            {
+                "consumers": [{"name": "cap"}],
+                "features": [
+                    {
+                        "key": "out",
+                        "name": "out",
+                        "meter": {"provider": "openai", "model": "o4*", "token_types": ["output"]},
+                    }
+                ],  # fmt: skip
+                "plans": [
+                    {
+                        "key": "cap",
+                        "name": "cap",
+                        "currency": "USD",
+                        "entitlements": [{"feature": "out", "limit": 1000}],
+                    }
+                ],  # fmt: skip
+                "customers": [
+                    {
+                        "key": "co",
+                        "name": "co",
+                        "currency": "USD",
+                        "consumers": ["cap"],
+                        "subscriptions": [{"plan": "cap", "start": "2026-01-01T00:00:00Z"}],
+                    }
+                ],  # fmt: skip
+            }
+        )
+    )
+    ts = datetime.now(UTC).replace(tzinfo=None).isoformat()
+    row = {"event_id": "response:openai:resp_1", "consumer": "cap", "provider": "openai",
+           "model": "o4-mini", "ts": ts, "output_tokens": 300}  # fmt: skip
+    gov.finish("poll-1", [row])
+    gov.finish("poll-2", [dict(row)])
+    assert list(gov.counters.pending_sum.values()) == [300]

@@ -1,0 +1,196 @@
+"""Which model and bound a limit is checked against: the one the call is sent and billed
+as (a gateway route's pinned model, the model a provider resolves an alias to) and the
+request's own top-level ``max_tokens``; real mitmdump, official SDKs."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+import yaml
+
+from tests.conftest import KEYS
+from tests.e2e.test_governance import rows_where
+from tests.support.clients import anthropic_client, ca_context
+from tests.support.governance import governed_catalog
+from tests.support.proxy import MeterProxy
+from tests.support.upstream import FakeProvider
+
+ALICE = {"alice": KEYS["alice"], "bob": KEYS["bob"]}
+HI = [{"role": "user", "content": "hi"}]
+
+
+def with_route(path: Path, **route: Any) -> Path:
+    doc = yaml.safe_load(path.read_text())
+    doc["routes"] = [{"path": "/gw/chat/completions", "type": "llm/v1/chat", **route}]
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def gateway(tmp_path: Path, confdir: Path, catalog: Path, upstream: FakeProvider) -> MeterProxy:
+    """The proxy as a gateway: reverse mode in front of the fake OpenAI."""
+    reverse = f"reverse:{upstream.base_url('openai')}"
+    return MeterProxy(
+        tmp_path / "gateway",
+        catalog=catalog,
+        confdir=confdir,
+        options={"ssl_insecure": True},
+        mitm_args=("--mode", reverse),
+    ).start()
+
+
+def gateway_client(proxy: MeterProxy) -> openai.OpenAI:
+    return openai.OpenAI(base_url=proxy.url + "/gw", api_key=KEYS["alice"], max_retries=0)
+
+
+def test_a_route_that_pins_a_model_is_checked_as_that_model(
+    tmp_path: Path, fake_provider: FakeProvider, mitm_confdir: Path
+) -> None:
+    """The route sends every call as gpt-4o: a limit on gpt-4o* holds whatever model the
+    client names (before, the check read o3-mini: 50 of 50 admitted at a limit of 100)."""
+    catalog = governed_catalog(
+        tmp_path / "catalog.yaml",
+        fake_provider,
+        ALICE,
+        entitlements=[{"feature": "gpt-out", "limit": 100}],
+    )
+    with_route(catalog, provider="fake-openai", model="gpt-4o")
+    proxy = gateway(tmp_path, mitm_confdir, catalog, fake_provider)
+    try:
+        with gateway_client(proxy) as client:
+            for _ in range(3):  # 40, 80, 120: the call that crosses is the last one allowed
+                reply = client.chat.completions.create(
+                    model="o3-mini",
+                    messages=HI,
+                    max_tokens=40,
+                    extra_headers={"x-fake": "output=40"},
+                )
+                assert reply.model == "gpt-4o"
+            with pytest.raises(openai.RateLimitError) as err:
+                client.chat.completions.create(
+                    model="o3-mini",
+                    messages=HI,
+                    max_tokens=40,
+                    extra_headers={"x-fake": "output=40"},
+                )
+        assert "limit of 100 gpt-out units" in err.value.message
+        refused = rows_where(proxy, "reason IS NOT NULL", 1)
+        assert [(r["model"], r["reason"]) for r in refused] == [("gpt-4o", "limit:gpt-out")]
+    finally:
+        proxy.stop()
+
+
+def test_a_route_that_pins_a_granted_model_is_allowed(
+    tmp_path: Path, fake_provider: FakeProvider, mitm_confdir: Path
+) -> None:
+    """An allow-list granting gpt-4o admits the route's calls, with no model or another
+    (before: 403 "does not include model '(unknown)'" / 'o3-mini')."""
+    catalog = governed_catalog(
+        tmp_path / "catalog.yaml",
+        fake_provider,
+        ALICE,
+        entitlements=[{"feature": "gpt-out", "type": "boolean"}],
+    )
+    with_route(catalog, provider="fake-openai", model="gpt-4o")
+    proxy = gateway(tmp_path, mitm_confdir, catalog, fake_provider)
+    try:
+        with gateway_client(proxy) as client:
+            reply = client.chat.completions.create(model="o3-mini", messages=HI, max_tokens=5)
+            assert reply.model == "gpt-4o"
+            raw = client.post(
+                "/chat/completions",
+                body={"messages": HI, "max_tokens": 5},  # no model: the route names it
+                cast_to=dict,
+            )
+            assert raw["model"] == "gpt-4o"
+        assert [json.loads(ex.body)["model"] for ex in fake_provider.exchanges[-2:]] == [
+            "gpt-4o",
+            "gpt-4o",
+        ]
+    finally:
+        proxy.stop()
+
+
+def test_a_limit_on_the_billed_model_holds_for_an_azure_deployment_name(
+    tmp_path: Path, fake_provider: FakeProvider, start_proxy: Any
+) -> None:
+    """Azure bills deployment ``prod-chat`` as gpt-4o-2024-08-06: the first call teaches
+    the proxy the name, the next ones are held against the gpt-4o* limit (before: 10 of
+    10 admitted, 400 tokens against 100)."""
+    catalog = governed_catalog(
+        tmp_path / "catalog.yaml",
+        fake_provider,
+        ALICE,
+        entitlements=[{"feature": "gpt-out", "limit": 100}],
+    )
+    proxy = start_proxy(catalog=catalog)
+    azure = openai.AzureOpenAI(
+        azure_ad_token=KEYS["alice"],  # Authorization: Bearer, as Entra ID tokens are sent
+        api_version="2024-06-01",
+        azure_endpoint=fake_provider.base_url("openai", tls=True),
+        max_retries=0,
+        http_client=openai.DefaultHttpxClient(proxy=proxy.url, verify=ca_context(proxy)),
+    )
+    fake = {"x-fake": "output=40,model=gpt-4o-2024-08-06"}
+    with azure:
+        for _ in range(3):  # unseen: admitted on its own name; then 80, 120
+            azure.chat.completions.create(
+                model="prod-chat", messages=HI, max_tokens=40, extra_headers=fake
+            )
+        with pytest.raises(openai.RateLimitError) as err:
+            azure.chat.completions.create(
+                model="prod-chat", messages=HI, max_tokens=40, extra_headers=fake
+            )
+    assert "limit of 100 gpt-out units" in err.value.message
+    proxy.wait_for_log("fake-openai bills calls naming 'prod-chat' as 'gpt-4o-2024-08-06'")
+    admitted = rows_where(proxy, "reason IS NULL", 3)
+    assert sum(r["output_tokens"] for r in admitted) == 120
+
+
+def test_a_max_tokens_nested_in_the_history_does_not_replace_the_real_one(
+    tmp_path: Path, fake_provider: FakeProvider, start_proxy: Any
+) -> None:
+    """A tool_use input ``{"max_tokens": 10}`` earlier in the body: each call still
+    reserves its own max_tokens=2000, so at a limit of 2,000 one of ten concurrent calls
+    is admitted (before: it reserved 10; 10 admitted, 20,000 used)."""
+    catalog = governed_catalog(
+        tmp_path / "catalog.yaml",
+        fake_provider,
+        ALICE,
+        entitlements=[{"feature": "claude-out", "limit": 2000}],
+    )
+    proxy = start_proxy(catalog=catalog)
+    tool_use = {"type": "tool_use", "id": "t1", "name": "summarize", "input": {"max_tokens": 10}}
+    tool_result = {"type": "tool_result", "tool_use_id": "t1", "content": "ok"}
+    messages: list[Any] = [
+        {"role": "user", "content": "Summarise the report."},
+        {"role": "assistant", "content": [tool_use]},
+        {"role": "user", "content": [tool_result]},
+    ]
+
+    def one(_: int) -> str:
+        with anthropic_client(proxy, fake_provider, KEYS["bob"]) as client:
+            try:
+                # The SDK's create() sends max_tokens first; other clients (and this
+                # body, as the probe sent it) put it after the messages.
+                body = {"model": "claude-sonnet-4-5", "messages": messages, "max_tokens": 2000}
+                client.post(
+                    "/v1/messages",
+                    body=body,
+                    cast_to=anthropic.types.Message,
+                    options={"headers": {"x-fake": "output=2000,think=1"}},
+                )
+            except anthropic.RateLimitError:
+                return "refused"
+            return "admitted"
+
+    with ThreadPoolExecutor(10) as pool:
+        outcomes = list(pool.map(one, range(10)))
+    assert outcomes.count("admitted") == 1
+    assert sum(r["output_tokens"] for r in rows_where(proxy, "reason IS NULL", 1)) == 2000
+    assert len(rows_where(proxy, "reason IS NOT NULL", 9)) == 9
