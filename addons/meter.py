@@ -415,17 +415,19 @@ class Meter:
             self.rejections.warning("meterline: %s: rejected %s: %s", flow.id, where(st), why)
             errors.respond(flow, st.provider.flavor, "unknown_key", message)
             return
-        if st.pinned_model is not None and "content-encoding" not in flow.request.headers:
+        if st.pinned_model is not None:
             # Pinned before the limits are checked: the check reads the model the call is
             # sent (and billed) as, not the one the client named or left out.
-            pinned = routes.pin_model(flow.request.raw_content or b"", st.pinned_model)
-            if pinned is not None:
-                flow.request.content = pinned
+            st.pin_model(st.pinned_model)
         consumer = st.identity.consumer
         verdict = None
         if st.tap is None or not st.tap.reads:  # reading a response back starts no work
             verdict = self.governance.check(
-                consumer.name if consumer else None, st.provider.flavor, st.provider.name, flow
+                consumer.name if consumer else None,
+                st.provider.flavor,
+                st.provider.name,
+                flow,
+                st.request_body(),  # decoded: a gzip body's model and bound count too
             )
         if verdict is not None and verdict is not True:  # refused: never forwarded
             del self._active[flow.id]

@@ -45,7 +45,8 @@ class Lifecycle:
 
     response_id: str | None
     status: str | None
-    background: bool
+    background: bool | None
+    """The response's own ``background`` field (None: it did not say)."""
     created_at: int | None
     """Epoch seconds; fixed for the life of the response (``completed_at`` is not set for
     every terminal status, and a cancelled response has been seen completing later)."""
@@ -53,10 +54,11 @@ class Lifecycle:
 
 def lifecycle_of(response: dict[str, Any]) -> Lifecycle:
     rid, status = response.get("id"), response.get("status")
+    background = response.get("background")
     return Lifecycle(
         rid if isinstance(rid, str) and rid else None,
         status if isinstance(status, str) else None,
-        response.get("background") is True,
+        background if isinstance(background, bool) else None,
         as_int(response.get("created_at")),
     )
 
@@ -137,13 +139,18 @@ def decide(
     if tap.reads:
         if not 200 <= status_code < 300:
             return Skip("read failed or not answered: nothing billed")
-        if life is None or not (life.background or sse):
+        # The response's own field decides; a resumed stream that does not say is one
+        # (only background responses can be streamed again).
+        said = None if life is None else life.background
+        if life is None or not (said or (said is None and sse)):
             return Skip("not a background response: billed by its own call")
     else:
         if status_code >= 400:
             return None  # refused: the usual zero-token error event
-        asked = life is not None and life.background
-        if not asked and _BACKGROUND_TRUE.search(request_body()) is None:
+        said = None if life is None else life.background
+        if said is False:
+            return None  # the response says so, whatever the request body holds
+        if said is None and _BACKGROUND_TRUE.search(request_body()) is None:
             return None
     if life is None or life.status not in TERMINAL or life.response_id is None:
         return Skip("background response not ended: billed when a read shows its end")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from mitmproxy import http
 
-from addons.metering import background, bounded, events, keys, providers
+from addons.metering import background, bounded, events, keys, providers, routes
 from addons.metering.decoding import IncrementalDecoder, OutputLimitExceeded
 from addons.metering.extract import new_extractor
 from addons.metering.replyend import EndWatch
@@ -156,6 +156,18 @@ class FlowMeter:
                 except ValueError:  # unknown or corrupt content-encoding: as sent
                     pass
         return self._body
+
+    def pin_model(self, model: str) -> None:
+        """Send the call as ``model`` (a gateway route's), whatever the body names; a body
+        with a ``Content-Encoding`` is decoded, pinned and encoded again the same way."""
+        pinned = routes.pin_model(self.request_body(), model)
+        if pinned is None:
+            return
+        try:
+            self.flow.request.content = pinned  # mitmproxy encodes as Content-Encoding says
+        except ValueError:
+            return  # an encoding mitmproxy cannot write: the provider cannot read it either
+        self._body = pinned
 
     def streaming_requested(self) -> bool:
         if self._streaming is None:

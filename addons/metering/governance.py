@@ -220,8 +220,18 @@ class Governance:
             outcome,
         )
 
-    def check(self, consumer: str | None, flavor: str, provider: str, flow: http.HTTPFlow) -> Any:
+    def check(
+        self,
+        consumer: str | None,
+        flavor: str,
+        provider: str,
+        flow: http.HTTPFlow,
+        body: bytes | None = None,
+    ) -> Any:
         """None (not governed), a :class:`Refusal`, or True (admitted, estimate reserved).
+
+        ``body``: the request body decoded (a ``Content-Encoding: gzip`` request's model
+        and bound are read from it; default: the raw body).
 
         Never raises: if the check fails, a call that a hard limit, an allow-list or a
         prepaid balance could refuse is refused (``unavailable``, 503): a hard cap is not
@@ -233,7 +243,7 @@ class Governance:
         if pol is None:
             return None
         try:
-            return self._check(consumer, flavor, provider, flow)
+            return self._check(consumer, flavor, provider, flow, body)
         except Exception as e:
             self._failed("check", e)
             pol = self.policy.by_consumer.get(consumer, pol)
@@ -247,7 +257,9 @@ class Governance:
                 30,
             )
 
-    def _check(self, consumer: str, flavor: str, provider: str, flow: http.HTTPFlow) -> Any:
+    def _check(
+        self, consumer: str, flavor: str, provider: str, flow: http.HTTPFlow, body: bytes | None
+    ) -> Any:
         now = datetime.now(UTC)
         until = self.policy.valid_until
         if until is not None and now >= until:
@@ -277,7 +289,7 @@ class Governance:
                     retry=True,
                 )
         req = flow.request
-        est = estimate_request(flavor, req.path, req.raw_content or b"")
+        est = estimate_request(flavor, req.path, (req.raw_content or b"") if body is None else body)
         # A name the provider resolves (an Azure deployment, an alias) is held against
         # the limits of every model it was billed as too.
         billed = self.billed_as.get(provider, est.model)

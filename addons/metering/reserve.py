@@ -70,6 +70,9 @@ _GEMINI_MODEL = re.compile(r"/models/([^/:?]+)")
 _DEPLOYMENT = re.compile(r"/deployments/([^/?]+)/")
 """Azure OpenAI names the deployment in the path; the body's ``model`` is optional."""
 _WS = b" \t\r\n"
+_ESCAPED_ASCII = re.compile(rb"\\u00[4-7][0-9a-fA-F]")
+"""An escape spelling an ASCII letter or ``_`` (``mod\u0065l``): a key name may be hidden
+in it (non-ASCII text escapes as ``\u00a0`` and up, Go's ``<`` as ``\u003c``: no match)."""
 _MAX_INT_DIGITS = 9
 _REREAD = object()
 """The shortcut cannot tell: parse the whole body."""
@@ -159,7 +162,11 @@ def _top_model(body: bytes) -> Any:
 
 
 def _top_bound(body: bytes) -> Any:
-    """The top-level output bound (None when the request sets none), or :data:`_REREAD`."""
+    """The top-level output bound (None when the request sets none), or :data:`_REREAD`.
+
+    With several bounds set (``max_tokens`` and ``max_completion_tokens``), the largest:
+    servers differ in which one they honour."""
+    bound: int | None = None
     for key in _OUTPUT_KEYS:
         found = _first(body, key)
         if found is None:
@@ -168,11 +175,13 @@ def _top_bound(body: bytes) -> Any:
             return _REREAD
         i, j = found
         k = _int_end(body, j)
+        if k < len(body) and body[k] in b".eE":
+            return _REREAD  # 1e3, 1000.0: a number the provider may read as an integer
         if not _at_depth(body, i, k if k > j else j, 1):
             return _REREAD  # nested: is there a top-level one too? the full parse says
         if j < k and k - j <= _MAX_INT_DIGITS:
-            return int(body[j:k])
-    return None
+            bound = max(bound or 0, int(body[j:k]))
+    return bound
 
 
 def _gemini_bound(body: bytes) -> Any:
@@ -221,11 +230,18 @@ def _parsed(flavor: str, body: bytes) -> tuple[str, int | None]:
         conf = data.get("generationConfig", data.get("generation_config"))
         where = conf if isinstance(conf, dict) else {}
         names = ("maxOutputTokens", "max_output_tokens")
-    for name in names:
-        value = where.get(name)
-        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**9:
-            return (model if isinstance(model, str) else ""), value
-    return (model if isinstance(model, str) else ""), None
+    bounds = [_whole(where.get(name)) for name in names]
+    found = [b for b in bounds if b is not None]
+    return (model if isinstance(model, str) else ""), (max(found) if found else None)
+
+
+def _whole(value: Any) -> int | None:
+    """A bound as a server reads it: an integer, or a float with no fraction (``1e3``)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**9:
+        return value
+    return None
 
 
 @lru_cache(maxsize=1024)
@@ -241,11 +257,11 @@ def estimate_request(flavor: str, path: str, body: bytes) -> Estimate:
         m = _GEMINI_MODEL.search(path)
         model: Any = m.group(1) if m else ""
         output = _gemini_bound(body)
-        if output is _REREAD:
+        if output is _REREAD or _ESCAPED_ASCII.search(body):
             output = _parsed(flavor, body)[1]
     else:
         model, output = _top_model(body), _top_bound(body)
-        if model is _REREAD or output is _REREAD:
+        if model is _REREAD or output is _REREAD or _ESCAPED_ASCII.search(body):
             model, output = _parsed(flavor, body)
         if not model and "/deployments/" in path:
             m = _DEPLOYMENT.search(path)

@@ -21,7 +21,7 @@ from billing.stripe.client import (
     api_key_from_env,
 )
 from billing.stripe.status import pull_statuses
-from billing.stripe.sync import Syncer, dry_run_plan, sync_all
+from billing.stripe.sync import Syncer, dry_run_all, sync_all
 from billing.stripe.syncstate import SyncState
 
 
@@ -93,19 +93,17 @@ def sync_cmd(
         click.echo("nothing to sync: every finalized invoice is in Stripe")
         return
     if gateway is None:
-        for invoice in invoices:
-            for line in dry_run_plan(invoice, catalog, sync_state):
-                click.echo(line)
+        result = dry_run_all(invoices, catalog, sync_state, click.echo)
         click.echo(f"dry run: {len(invoices)} invoice(s), nothing sent")
-        return
-    done, flagged = sync_all(invoices, Syncer(catalog, sync_state, gateway), click.echo)
-    click.echo(f"synced {len(done)} invoice(s), flagged {len(flagged)}")
-    if flagged:
-        numbers = ", ".join(o.number for o in flagged)
-        raise click.ClickException(
-            f"{len(flagged)} invoice(s) flagged, not finalized: {numbers}; "
-            "see `billing stripe status`"
+    else:
+        result = sync_all(invoices, Syncer(catalog, sync_state, gateway), click.echo)
+        click.echo(
+            f"synced {len(result.done)} invoice(s), flagged {len(result.flagged)}"
+            + (f", not sent {len(result.refused)}" if result.refused else "")
         )
+    problem = result.problem()
+    if problem:
+        raise click.ClickException(problem)
 
 
 @stripe_group.command("status")

@@ -10,8 +10,11 @@ to quote to Stripe support.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Iterator
+import time
+import unicodedata
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import stripe
@@ -24,6 +27,13 @@ DEFAULT_NETWORK_RETRIES = 2
 META_CUSTOMER = "meterline_customer"
 META_INVOICE = "meterline_invoice"
 META_LINE = "meterline_line"
+
+RATE_LIMIT_RETRIES = 5
+"""How many times one call is sent again after Stripe answered 429 (rate limited)."""
+RATE_LIMIT_BACKOFF = 0.5
+"""Seconds before the first resend of a rate-limited call; doubled for each next one."""
+RATE_LIMIT_MAX_WAIT = 20.0
+"""Longest wait before one resend, whatever ``Retry-After`` asks (a sync must end)."""
 
 T = TypeVar("T")
 
@@ -39,7 +49,27 @@ def metadata(obj: Any) -> dict[str, str]:
 
 
 class StripeFailure(UserError):
-    """A Stripe call that failed; ``str()`` is the one-line message for the user."""
+    """A Stripe call that failed; ``str()`` is the one-line message for the user.
+
+    ``http_status`` is Stripe's answer (None when none came: ``no_answer``). An answer
+    other than 409 and 429 means the request is over on Stripe's side and, for a POST,
+    that Stripe may have saved that answer under its idempotency key (it saves results
+    "regardless of whether it succeeds or fails", 500s included): see ``saved_answer``.
+    """
+
+    def __init__(self, message: str, *, http_status: int | None = None, no_answer: bool = False):
+        super().__init__(message)
+        self.http_status = http_status
+        self.no_answer = no_answer
+
+    @property
+    def saved_answer(self) -> bool:
+        """Stripe answered with an error it may replay for the same idempotency key.
+
+        409 (another request with this key is still running) and 429 (rate limiters run
+        before the idempotency layer) are not saved; a lost answer is not known.
+        """
+        return self.http_status is not None and self.http_status not in (409, 429)
 
 
 class MissingApiKey(StripeFailure):
@@ -50,26 +80,78 @@ class MissingApiKey(StripeFailure):
         )
 
 
+class BadApiKey(StripeFailure):
+    """A key that cannot be a Stripe key (it could not even go into an HTTP header)."""
+
+
+def check_api_key(key: str) -> None:
+    """Refuse a key with a line break, a space, a control or a non-ASCII character: a
+    multi-line secret file, say. The key itself is never shown."""
+    problem = None
+    for ch in key:
+        if ch in "\r\n":
+            problem = "a line break (a secret file with more than one line?)"
+            break
+        if ch.isspace() or unicodedata.category(ch).startswith("C"):
+            problem = "a space or a control character"
+            break
+        if not ch.isascii():
+            problem = "a non-ASCII character"
+            break
+    if problem:
+        raise BadApiKey(
+            f"{API_KEY_ENV} is not a valid Stripe key: it contains {problem}; set it to the "
+            "secret key alone, on one line (sk_test_... or sk_live_...)"
+        )
+
+
 def api_key_from_env() -> str:
     key = os.environ.get(API_KEY_ENV, "").strip()
     if not key:
         raise MissingApiKey()
+    check_api_key(key)
     return key
 
 
 def describe_error(action: str, err: stripe.StripeError, api_base: str) -> str:
-    """``Stripe create invoice failed: HTTP 400 parameter_unknown: ... (request req_1)``."""
+    """``Stripe create invoice failed: HTTP 400 parameter_unknown: ... (request req_1)``.
+
+    No advice on what to run next: that depends on the command (the caller adds it)."""
     if isinstance(err, stripe.APIConnectionError):
-        return (
-            f"Stripe {action} failed: no answer from {api_base} (connection error); "
-            "run the sync again, it resumes where it stopped"
-        )
+        return f"Stripe {action} failed: no answer from {api_base} (connection error)"
     error = getattr(err, "error", None)
     code = getattr(error, "code", None) or getattr(error, "type", None) or "error"
     message = getattr(error, "message", None) or err.user_message or "no message"
     message = " ".join(str(message).split())
     request = f" (request {err.request_id})" if err.request_id else ""
     return f"Stripe {action} failed: HTTP {err.http_status} {code}: {message}{request}"
+
+
+def failure(action: str, err: stripe.StripeError, api_base: str) -> StripeFailure:
+    no_answer = isinstance(err, stripe.APIConnectionError)
+    return StripeFailure(
+        describe_error(action, err, api_base),
+        http_status=None if no_answer else err.http_status,
+        no_answer=no_answer,
+    )
+
+
+def rate_limit_wait(err: stripe.StripeError, resends: int) -> float | None:
+    """Seconds to wait before sending a rate-limited (429) call again, or None: not a 429,
+    out of resends, or Stripe said ``Stripe-Should-Retry: false``.
+
+    Honours ``Retry-After`` (capped); else backs off exponentially. A 429 is answered
+    before Stripe's idempotency layer, so the resend with the same key is safe.
+    """
+    if err.http_status != 429 or resends >= RATE_LIMIT_RETRIES:
+        return None
+    headers: Mapping[str, str] = {k.lower(): v for k, v in (err.headers or {}).items()}
+    if headers.get("stripe-should-retry", "").strip().lower() == "false":
+        return None
+    wait = RATE_LIMIT_BACKOFF * 2**resends
+    with contextlib.suppress(KeyError, ValueError):
+        wait = float(headers["retry-after"])
+    return min(max(wait, 0.0), RATE_LIMIT_MAX_WAIT)
 
 
 class StripeGateway:
@@ -81,7 +163,10 @@ class StripeGateway:
         api_base: str | None = None,
         *,
         max_network_retries: int = DEFAULT_NETWORK_RETRIES,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        check_api_key(api_key)
+        self.sleep = sleep
         self.api_base = (api_base or stripe.DEFAULT_API_BASE).rstrip("/")
         self.client = stripe.StripeClient(
             api_key,
@@ -91,10 +176,18 @@ class StripeGateway:
         self.v1 = self.client.v1
 
     def _call(self, action: str, fn: Callable[[], T]) -> T:
-        try:
-            return fn()
-        except stripe.StripeError as err:
-            raise StripeFailure(describe_error(action, err, self.api_base)) from err
+        """``fn()``; a 429 is sent again after a bounded wait (the SDK does not resend
+        429s), every other Stripe error becomes one :class:`StripeFailure`."""
+        resends = 0
+        while True:
+            try:
+                return fn()
+            except stripe.StripeError as err:
+                wait = rate_limit_wait(err, resends)
+                if wait is None:
+                    raise failure(action, err, self.api_base) from err
+            self.sleep(wait)
+            resends += 1
 
     def _all(self, action: str, first_page: Callable[[], Any]) -> list[Any]:
         """Every object of a list or search, following pagination."""
@@ -114,27 +207,38 @@ class StripeGateway:
             f"retrieve customer {customer_id}", lambda: self.v1.customers.retrieve(customer_id)
         )
 
-    def find_customers(self, customer_key: str) -> list[stripe.Customer]:
+    def find_customers(
+        self, customer_key: str, *, consistent: bool = False
+    ) -> list[stripe.Customer]:
         """Stripe customers whose metadata names our customer, oldest first.
 
-        Uses the search API; a Stripe-compatible server without it (localstripe answers
-        404 for ``/v1/customers/search``) is listed in full and filtered here instead.
-        Search is eventually consistent (a customer made seconds ago may not show yet):
-        the stored id and the idempotency key cover that window.
+        Uses the search API, which is eventually consistent (a customer made seconds ago
+        may not show yet): the stored id and the idempotency key cover that window. With
+        ``consistent`` (needed before a create under a *new* idempotency key), or on a
+        Stripe-compatible server without search (localstripe answers 404 for
+        ``/v1/customers/search``), every customer is listed (listing is consistent at
+        once) and filtered here instead.
         """
-        query = f"metadata['{META_CUSTOMER}']:'{customer_key}'"
-        try:
-            found = list(self.v1.customers.search({"query": query}).auto_paging_iter())
-        except stripe.InvalidRequestError as err:
-            if err.http_status != 404:
-                raise StripeFailure(describe_error("search customers", err, self.api_base)) from err
-            found = [
+
+        def listed() -> list[stripe.Customer]:
+            return [
                 c
                 for c in self._all("list customers", lambda: self.v1.customers.list({"limit": 100}))
                 if metadata(c).get(META_CUSTOMER) == customer_key
             ]
-        except stripe.StripeError as err:
-            raise StripeFailure(describe_error("search customers", err, self.api_base)) from err
+
+        query = f"metadata['{META_CUSTOMER}']:'{customer_key}'"
+        if consistent:
+            found = listed()
+        else:
+            try:
+                found = self._all(
+                    "search customers", lambda: self.v1.customers.search({"query": query})
+                )
+            except StripeFailure as err:
+                if err.http_status != 404:
+                    raise
+                found = listed()
         return sorted(found, key=lambda c: (c.created, c.id))
 
     def create_customer(self, params: dict[str, Any], idempotency_key: str) -> stripe.Customer:

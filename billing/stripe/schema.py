@@ -16,6 +16,10 @@ point leaves a record of exactly what exists in Stripe; the next run resumes fro
 ``flagged``        Stripe's total differs from ours: not finalized (``flagged_reason``)
 ``finalized``      finalized in Stripe; ``synced_at`` set
 =================  =================================================================
+
+``stripe_attempts`` numbers the tries of each create and finalize: Stripe replays a
+saved error (a 500 too) for the same idempotency key, so after an answered failure the
+next try uses a new key (``billing.stripe.sync``).
 """
 
 from meterline.store import Migration
@@ -53,6 +57,17 @@ STRIPE_MIGRATIONS: tuple[Migration, ...] = (
             stripe_item_id VARCHAR NOT NULL,      -- ii_...
             amount_minor   BIGINT NOT NULL,
             created_at     TIMESTAMP NOT NULL     -- one row per (invoice_number, line_no)
+        );
+        """,
+    ),
+    Migration(
+        "0202_stripe_attempts",
+        """
+        CREATE TABLE IF NOT EXISTS stripe_attempts (
+            scope      VARCHAR NOT NULL,   -- 'customer:acme', 'invoice:INV-000001',
+                                           -- 'item:INV-000001:3', 'finalize:INV-000001'
+            attempt    INTEGER NOT NULL,   -- the next idempotency key is '<base>~<attempt>'
+            updated_at TIMESTAMP NOT NULL  -- one row per scope
         );
         """,
     ),

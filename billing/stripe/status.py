@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from billing.stripe.client import StripeGateway
+from billing.stripe.client import StripeFailure, StripeGateway
 from billing.stripe.syncstate import SyncState
 
 
@@ -40,7 +40,17 @@ def pull_statuses(
     for row in sync_state.rows(period, customer):
         if not row.stripe_invoice_id:
             continue
-        found = gateway.retrieve_invoice(row.stripe_invoice_id)
+        try:
+            found = gateway.retrieve_invoice(row.stripe_invoice_id)
+        except StripeFailure as err:
+            message = f"{row.invoice_number}: {err}"
+            if err.no_answer:
+                message += (
+                    "; check the network and --api-base, then run `billing stripe status` again"
+                )
+            raise StripeFailure(
+                message, http_status=err.http_status, no_answer=err.no_answer
+            ) from err
         sync_state.set_status(row.invoice_number, found.status)
         changes.append(
             StatusChange(

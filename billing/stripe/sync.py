@@ -19,15 +19,28 @@ moment Stripe answers (see :mod:`billing.stripe.schema`):
 
 Looking before creating covers crashes older than Stripe's idempotency window
 (24 hours); the idempotency keys cover the call whose answer was lost.
+
+Stripe saves the answer of a request under its key even when it is an error (a 500
+too), and replays it for 24 hours. So when Stripe *answered* a create or finalize with
+an error, its attempt number is bumped in ``stripe_attempts``, and the next try, which
+always comes after a consistent lookup found nothing (listing; for customers, a full
+listing instead of the eventually consistent search), uses a new key
+(``<base>~<attempt>``). A call that got *no* answer keeps its key: its object may exist
+and only that key can replay it.
+
+Before any call for an invoice, :func:`check_sendable` refuses what Stripe would refuse
+(more than 250 items, a too-long customer name or metadata value); the other invoices
+of the run still go.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from billing.errors import UserError
 from billing.money import minor_unit_exponent
@@ -44,25 +57,72 @@ from billing.stripe.client import (
 from billing.stripe.syncstate import Line, OurInvoice, SyncRow, SyncState
 from meterline.catalog import Catalog, Customer
 
+T = TypeVar("T")
+
+MAX_INVOICE_ITEMS = 250
+"""Stripe refuses a 251st invoice item on one invoice (API changelog 2016-02-22)."""
+MAX_IDEMPOTENCY_KEY = 255
+"""Stripe's idempotency keys are up to 255 characters."""
+MAX_METADATA_VALUE = 500
+"""Stripe's metadata values are up to 500 characters (https://docs.stripe.com/metadata)."""
+MAX_CUSTOMER_NAME = 256
+"""Stripe's limit on a customer's ``name`` (the API refuses longer ones)."""
+
 
 class SyncError(UserError):
     """A problem the user must resolve before this invoice can be synced; one line."""
 
 
-def customer_key_idem(customer_key: str) -> str:
-    return f"meterline-customer-{customer_key}"
+class InvoiceRefused(SyncError):
+    """An invoice Stripe would refuse, found before any call for it: it is not sent, and
+    the other invoices of the run still are."""
 
 
-def invoice_idem(number: str) -> str:
-    return f"meterline-invoice-{number}"
+def idem(kind: str, *parts: object, attempt: int = 0) -> str:
+    """``meterline-<kind>-<parts>``, then ``~<attempt>`` from the second attempt on.
+
+    ``~`` is in no customer key or invoice number, so no two keys collide. A key that
+    would pass Stripe's 255 characters (a long customer key) carries the SHA-256 of its
+    parts instead: still derived from our ids only, so it is the same on every run.
+    """
+    body = "-".join(str(p) for p in parts)
+    key = f"meterline-{kind}-{body}"
+    suffix = f"~{attempt}" if attempt else ""
+    if len(key) + len(suffix) > MAX_IDEMPOTENCY_KEY or not key.isascii():
+        key = f"meterline-{kind}-sha256~{hashlib.sha256(body.encode()).hexdigest()}"
+    return key + suffix
 
 
-def item_idem(number: str, line_no: int) -> str:
-    return f"meterline-item-{number}-{line_no}"
+def customer_key_idem(customer_key: str, attempt: int = 0) -> str:
+    return idem("customer", customer_key, attempt=attempt)
 
 
-def finalize_idem(number: str) -> str:
-    return f"meterline-finalize-{number}"
+def invoice_idem(number: str, attempt: int = 0) -> str:
+    return idem("invoice", number, attempt=attempt)
+
+
+def item_idem(number: str, line_no: int, attempt: int = 0) -> str:
+    return idem("item", number, line_no, attempt=attempt)
+
+
+def finalize_idem(number: str, attempt: int = 0) -> str:
+    return idem("finalize", number, attempt=attempt)
+
+
+def customer_scope(customer_key: str) -> str:
+    return f"customer:{customer_key}"
+
+
+def invoice_scope(number: str) -> str:
+    return f"invoice:{number}"
+
+
+def item_scope(number: str, line_no: int) -> str:
+    return f"item:{number}:{line_no}"
+
+
+def finalize_scope(number: str) -> str:
+    return f"finalize:{number}"
 
 
 # --------------------------------------------------------------------------- descriptions
@@ -155,6 +215,42 @@ def catalog_customer(catalog: Catalog, invoice: OurInvoice) -> Customer:
         ) from None
 
 
+def check_sendable(invoice: OurInvoice, catalog: Catalog) -> Customer:
+    """The invoice's catalog customer, or :class:`InvoiceRefused` for anything we or
+    Stripe would refuse; checked before any Stripe call for the invoice (dry run too)."""
+    try:
+        customer = catalog_customer(catalog, invoice)
+        our_total_minor(invoice)
+        items = len(billable_lines(invoice))
+    except (SyncError, AmountError) as err:
+        message = str(err)
+        if not message.startswith(invoice.number):
+            message = f"{invoice.number}: {message}"
+        raise InvoiceRefused(message) from err
+    if items > MAX_INVOICE_ITEMS:
+        raise InvoiceRefused(
+            f"{invoice.number}: {items} non-zero lines, but Stripe allows at most "
+            f"{MAX_INVOICE_ITEMS} invoice items per invoice"
+        )
+    if len(customer.name) > MAX_CUSTOMER_NAME:
+        raise InvoiceRefused(
+            f"{invoice.number}: customer {_short(customer.key)!r}: its name has "
+            f"{len(customer.name)} characters, Stripe allows at most {MAX_CUSTOMER_NAME}; "
+            "shorten it in the catalog"
+        )
+    if len(customer.key) > MAX_METADATA_VALUE:
+        raise InvoiceRefused(
+            f"{invoice.number}: customer key {_short(customer.key)!r} has {len(customer.key)} "
+            f"characters, but it goes into Stripe metadata ({META_CUSTOMER}), whose values "
+            f"are at most {MAX_METADATA_VALUE}"
+        )
+    return customer
+
+
+def _short(text: str, keep: int = 40) -> str:
+    return text if len(text) <= keep else f"{text[:keep]}..."
+
+
 # --------------------------------------------------------------------------- outcome
 
 
@@ -190,18 +286,35 @@ class Syncer:
         self.gw = gateway
 
     def sync(self, invoice: OurInvoice) -> Outcome:
-        """Take ``invoice`` as far as it can go; failures are recorded, then raised."""
+        """Take ``invoice`` as far as it can go; failures are recorded, then raised
+        (:class:`InvoiceRefused` when nothing was sent for it)."""
         try:
             return self._sync(invoice)
         except (StripeFailure, SyncError, AmountError) as err:
             message = str(err)
             if not message.startswith(invoice.number):
                 message = f"{invoice.number}: {message}"
+            if isinstance(err, StripeFailure) and err.no_answer:
+                message += "; run the sync again, it resumes where it stopped"
             self.sync_state.record_error(invoice.number, invoice.customer_key, message)
-            raise SyncError(message) from err
+            kind = InvoiceRefused if isinstance(err, InvoiceRefused) else SyncError
+            raise kind(message) from err
+
+    def _attempted(self, scope: str, send: Callable[[int], T]) -> T:
+        """``send(attempt)`` with the scope's attempt number; if Stripe answers an error
+        (which it saves under the key and would replay for 24 hours), the next attempt
+        gets a new number, so a new key. Callers only send after a lookup found nothing.
+        """
+        attempt = self.sync_state.attempt(scope)
+        try:
+            return send(attempt)
+        except StripeFailure as err:
+            if err.saved_answer:
+                self.sync_state.set_attempt(scope, attempt + 1)
+            raise
 
     def _sync(self, invoice: OurInvoice) -> Outcome:
-        customer = catalog_customer(self.catalog, invoice)
+        customer = check_sendable(invoice, self.catalog)
         total = our_total_minor(invoice)
         cus_id = self.ensure_customer(customer, invoice.currency)
         self.sync_state.start(invoice.number, invoice.customer_key, cus_id, total)
@@ -229,8 +342,10 @@ class Syncer:
                 reason,
             )
         if stripe_invoice.status == "draft":
-            stripe_invoice = self.gw.finalize_invoice(
-                stripe_invoice.id, finalize_idem(invoice.number)
+            draft_id = stripe_invoice.id
+            stripe_invoice = self._attempted(
+                finalize_scope(invoice.number),
+                lambda n: self.gw.finalize_invoice(draft_id, finalize_idem(invoice.number, n)),
             )
         self.sync_state.finalized(invoice.number, stripe_invoice.total, stripe_invoice.status)
         return Outcome(
@@ -249,7 +364,10 @@ class Syncer:
                     "Stripe; delete its row from stripe_customers to link or create another"
                 )
         else:
-            matches = self.gw.find_customers(customer.key)
+            # After an answered failed create, the next create has a new key: only a
+            # consistent listing (not search) may decide that the customer is not there.
+            retrying = self.sync_state.attempt(customer_scope(customer.key)) > 0
+            matches = self.gw.find_customers(customer.key, consistent=retrying)
             if len(matches) > 1:
                 ids = ", ".join(c.id for c in matches)
                 raise SyncError(
@@ -260,8 +378,11 @@ class Syncer:
             found = (
                 matches[0]
                 if matches
-                else self.gw.create_customer(
-                    customer_params(customer), customer_key_idem(customer.key)
+                else self._attempted(
+                    customer_scope(customer.key),
+                    lambda n: self.gw.create_customer(
+                        customer_params(customer), customer_key_idem(customer.key, n)
+                    ),
                 )
             )
             self.sync_state.link_customer(customer.key, found.id)
@@ -295,8 +416,11 @@ class Syncer:
             found = (
                 mine[0]
                 if mine
-                else self.gw.create_invoice(
-                    invoice_params(invoice, customer, cus_id), invoice_idem(invoice.number)
+                else self._attempted(
+                    invoice_scope(invoice.number),
+                    lambda n: self.gw.create_invoice(
+                        invoice_params(invoice, customer, cus_id), invoice_idem(invoice.number, n)
+                    ),
                 )
             )
         self.sync_state.set_invoice(invoice.number, found.id, found.status)
@@ -319,24 +443,32 @@ class Syncer:
                 }
             item_id = on_invoice.get(line.line_no)
             if item_id is None:
-                item = self.gw.create_item(
-                    item_params(invoice, line, cus_id, stripe_invoice_id),
-                    item_idem(invoice.number, line.line_no),
-                    f"line {line.line_no}",
-                )
+                item = self._create_item(invoice, line, cus_id, stripe_invoice_id)
                 item_id = item.id
             self.sync_state.add_item(
                 invoice.number, line.line_no, item_id, to_minor(line.amount, invoice.currency)
             )
         self.sync_state.items_done(invoice.number)
 
+    def _create_item(
+        self, invoice: OurInvoice, line: Line, cus_id: str, stripe_invoice_id: str
+    ) -> Any:
+        params = item_params(invoice, line, cus_id, stripe_invoice_id)
+        return self._attempted(
+            item_scope(invoice.number, line.line_no),
+            lambda n: self.gw.create_item(
+                params, item_idem(invoice.number, line.line_no, n), f"line {line.line_no}"
+            ),
+        )
+
 
 # --------------------------------------------------------------------------- dry run
 
 
 def dry_run_plan(invoice: OurInvoice, catalog: Catalog, sync_state: SyncState) -> list[str]:
-    """What a sync would send for ``invoice``, from local state only (no request made)."""
-    customer = catalog_customer(catalog, invoice)
+    """What a sync would send for ``invoice``, from local state only (no request made);
+    :class:`InvoiceRefused` if it would not be sent."""
+    customer = check_sendable(invoice, catalog)
     total = our_total_minor(invoice)
     out = [
         f"{invoice.number}  {invoice.customer_key}  {show_minor(total, invoice.currency)}"
@@ -351,7 +483,8 @@ def dry_run_plan(invoice: OurInvoice, catalog: Catalog, sync_state: SyncState) -
 
     if cus_id is None:
         out.append(f"  customer: search metadata['{META_CUSTOMER}']:'{customer.key}', else create:")
-        post("/v1/customers", customer_key_idem(customer.key), customer_params(customer))
+        key = customer_key_idem(customer.key, sync_state.attempt(customer_scope(customer.key)))
+        post("/v1/customers", key, customer_params(customer))
         cus_ref = f"<customer {customer.key}>"
     else:
         out.append(f"  customer: {cus_id} (linked)")
@@ -360,38 +493,83 @@ def dry_run_plan(invoice: OurInvoice, catalog: Catalog, sync_state: SyncState) -
         out.append(f"  invoice: {row.stripe_invoice_id} (exists, {row.stripe_status})")
         in_ref = row.stripe_invoice_id
     else:
-        post(
-            "/v1/invoices", invoice_idem(invoice.number), invoice_params(invoice, customer, cus_ref)
-        )
+        key = invoice_idem(invoice.number, sync_state.attempt(invoice_scope(invoice.number)))
+        post("/v1/invoices", key, invoice_params(invoice, customer, cus_ref))
         in_ref = f"<invoice {invoice.number}>"
     stored = sync_state.items(invoice.number)
     for line in billable_lines(invoice):
         if line.line_no in stored:
             out.append(f"  item line {line.line_no}: {stored[line.line_no]} (exists)")
         else:
+            attempt = sync_state.attempt(item_scope(invoice.number, line.line_no))
             post(
                 "/v1/invoiceitems",
-                item_idem(invoice.number, line.line_no),
+                item_idem(invoice.number, line.line_no, attempt),
                 item_params(invoice, line, cus_ref, in_ref),
             )
     out.append(f"  check: Stripe total must be {show_minor(total, invoice.currency)}, then")
-    out.append(
-        f"  POST /v1/invoices/{in_ref}/finalize  Idempotency-Key: {finalize_idem(invoice.number)}"
-    )
+    key = finalize_idem(invoice.number, sync_state.attempt(finalize_scope(invoice.number)))
+    out.append(f"  POST /v1/invoices/{in_ref}/finalize  Idempotency-Key: {key}")
     return out
 
 
 ProgressFn = Callable[[str], None]
 
 
-def sync_all(
-    invoices: list[OurInvoice], syncer: Syncer, echo: ProgressFn
-) -> tuple[list[Outcome], list[Outcome]]:
-    """Sync in order, stopping at the first error; returns (finalized, flagged)."""
-    done: list[Outcome] = []
-    flagged: list[Outcome] = []
+@dataclass(frozen=True)
+class RunResult:
+    done: list[Outcome]
+    flagged: list[Outcome]
+    refused: list[str]
+    """Numbers of the invoices refused before any Stripe call (their lines are printed)."""
+
+    def problem(self) -> str | None:
+        """The one-line error the command exits 1 with, or None."""
+        parts = []
+        if self.refused:
+            parts.append(f"{len(self.refused)} invoice(s) not sent: {', '.join(self.refused)}")
+        if self.flagged:
+            numbers = ", ".join(o.number for o in self.flagged)
+            parts.append(f"{len(self.flagged)} invoice(s) flagged, not finalized: {numbers}")
+        if not parts:
+            return None
+        advice = "; see `billing stripe status`" if self.flagged else "; the reasons are above"
+        return "; ".join(parts) + advice
+
+
+def refused_line(invoice: OurInvoice, err: InvoiceRefused) -> str:
+    reason = str(err).removeprefix(f"{invoice.number}: ")
+    return f"{invoice.number}  {invoice.customer_key}  NOT SENT: {reason}"
+
+
+def sync_all(invoices: list[OurInvoice], syncer: Syncer, echo: ProgressFn) -> RunResult:
+    """Sync in order. An invoice refused before any call is reported and skipped (the
+    others still go); any other error stops the run (the next run resumes there)."""
+    result = RunResult([], [], [])
     for invoice in invoices:
-        outcome = syncer.sync(invoice)
+        try:
+            outcome = syncer.sync(invoice)
+        except InvoiceRefused as err:
+            echo(refused_line(invoice, err))
+            result.refused.append(invoice.number)
+            continue
         echo(outcome.line())
-        (flagged if outcome.flagged_reason else done).append(outcome)
-    return done, flagged
+        (result.flagged if outcome.flagged_reason else result.done).append(outcome)
+    return result
+
+
+def dry_run_all(
+    invoices: list[OurInvoice], catalog: Catalog, sync_state: SyncState, echo: ProgressFn
+) -> RunResult:
+    """Print each invoice's plan, or why it would not be sent."""
+    result = RunResult([], [], [])
+    for invoice in invoices:
+        try:
+            plan = dry_run_plan(invoice, catalog, sync_state)
+        except InvoiceRefused as err:
+            echo(refused_line(invoice, err))
+            result.refused.append(invoice.number)
+            continue
+        for line in plan:
+            echo(line)
+    return result

@@ -159,7 +159,28 @@ class SyncState:
             ).fetchall()
         return dict(found)
 
+    def attempt(self, scope: str) -> int:
+        """The attempt number of one create or finalize (0 until Stripe answered an error)."""
+        with billing_store(self.db) as con:
+            found = con.execute(
+                "SELECT attempt FROM stripe_attempts WHERE scope = ?", [scope]
+            ).fetchone()
+        return int(found[0]) if found else 0
+
     # -------------------------------------------------------------- recording steps
+
+    def set_attempt(self, scope: str, attempt: int) -> None:
+        with billing_store(self.db) as con:
+            _upsert(
+                con,
+                update=f"UPDATE stripe_attempts SET attempt = ?, updated_at = {_NOW}"
+                " WHERE scope = ?",
+                update_args=[attempt, scope],
+                insert=f"INSERT INTO stripe_attempts SELECT ?, ?, {_NOW}",
+                insert_args=[scope, attempt],
+                exists="SELECT 1 FROM stripe_attempts WHERE scope = ?",
+                key=[scope],
+            )
 
     def link_customer(self, customer_key: str, stripe_customer_id: str) -> None:
         with billing_store(self.db) as con:

@@ -4,12 +4,14 @@ request's own top-level ``max_tokens``; real mitmdump, official SDKs."""
 
 from __future__ import annotations
 
+import gzip
 import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import anthropic
+import httpx2
 import openai
 import pytest
 import yaml
@@ -194,3 +196,40 @@ def test_a_max_tokens_nested_in_the_history_does_not_replace_the_real_one(
     assert outcomes.count("admitted") == 1
     assert sum(r["output_tokens"] for r in rows_where(proxy, "reason IS NULL", 1)) == 2000
     assert len(rows_where(proxy, "reason IS NOT NULL", 9)) == 9
+
+
+def test_a_gzip_request_is_pinned_and_checked_as_the_routes_model(
+    tmp_path: Path, fake_provider: FakeProvider, mitm_confdir: Path
+) -> None:
+    """``Content-Encoding: gzip`` on the request (the fake upstream, like many servers,
+    decodes it): before, such a body was neither pinned (o3 reached the upstream) nor
+    read by the check (no model: 8 of 8 admitted at a limit of 100)."""
+    catalog = governed_catalog(
+        tmp_path / "catalog.yaml",
+        fake_provider,
+        ALICE,
+        entitlements=[{"feature": "gpt-out", "limit": 100}],
+    )
+    with_route(catalog, provider="fake-openai", model="gpt-4o")
+    proxy = gateway(tmp_path, mitm_confdir, catalog, fake_provider)
+    body = gzip.compress(json.dumps({"model": "o3", "messages": HI, "max_tokens": 40}).encode())
+    headers = {
+        "authorization": f"Bearer {KEYS['alice']}",
+        "content-type": "application/json",
+        "content-encoding": "gzip",
+        "x-fake": "output=40",
+    }
+    seen = len(fake_provider.exchanges)  # the fake provider serves every test
+    try:
+        with httpx2.Client(timeout=30) as client:
+            statuses = [
+                client.post(
+                    proxy.url + "/gw/chat/completions", content=body, headers=headers
+                ).status_code
+                for _ in range(4)
+            ]
+        assert statuses == [200, 200, 200, 429]
+        sent = [json.loads(ex.body) for ex in fake_provider.exchanges[seen:]]  # aiohttp decodes
+        assert [s["model"] for s in sent] == ["gpt-4o"] * 3
+    finally:
+        proxy.stop()

@@ -11,10 +11,20 @@ What it does like Stripe:
   replays the first answer (``Idempotent-Replayed: true``), with other parameters it
   is a 400 ``idempotency_error``; a request refused by parameter validation is not
   remembered (Stripe does not save those either);
-* list (newest first, ``limit``/``starting_after``) and search (``metadata['k']:'v'``).
+* list (newest first, ``limit``/``starting_after``) and search (``metadata['k']:'v'``);
+* Stripe's documented limits: idempotency keys up to 255 characters; metadata up to 50
+  keys, keys up to 40 characters, values up to 500 (https://docs.stripe.com/metadata);
+  a customer ``name`` up to 256 characters (refused as invalid parameters, so not
+  saved under the key); at most 250 invoice items on one invoice (refused by the
+  endpoint, so saved under the key like any answer).
 
 Faults for crash tests, injected with :meth:`FakeStripe.inject` and fired once by the
-Nth matching request: ``error_before`` (500 without doing anything), ``drop_before``
+Nth matching request: ``error_before`` (500 without doing anything, nothing saved),
+``error_saved`` (the endpoint began, failed with a 500, and that 500 is saved under the
+idempotency key and replayed for it, as Stripe does "including 500 errors"),
+``rate_limited`` (429 ``rate_limit``, answered before the idempotency layer, so
+nothing saved; ``headers`` such as ``Retry-After`` or ``Stripe-Should-Retry`` are
+sent with it), ``drop_before``
 (connection closed, nothing done), ``drop_after`` (the request takes effect, then the
 connection is closed without an answer: a lost response) and ``hang_after`` (takes
 effect, then holds the connection until :meth:`FakeStripe.release`, so a test can kill
@@ -49,7 +59,19 @@ from tests.fakestripe.state import (
 )
 
 DEFAULT_API_KEY = "sk_test_meterline"
-FAULT_KINDS = ("error_before", "drop_before", "drop_after", "hang_after")
+FAULT_KINDS = (
+    "error_before",
+    "error_saved",
+    "rate_limited",
+    "drop_before",
+    "drop_after",
+    "hang_after",
+)
+MAX_IDEMPOTENCY_KEY = 255
+MAX_METADATA_KEYS = 50
+MAX_METADATA_KEY = 40
+MAX_METADATA_VALUE = 500
+MAX_CUSTOMER_NAME = 256
 
 Handler = Callable[[FakeState, re.Match[str], JSON], Any]
 
@@ -80,6 +102,7 @@ class Fault:
     nth: int
     method: str | None
     path: re.Pattern[str] | None
+    headers: dict[str, str] = field(default_factory=dict)
     seen: int = 0
     fired: threading.Event = field(default_factory=threading.Event)
     """Set when the matching request arrives."""
@@ -119,9 +142,13 @@ def _page(objects: list[JSON], p: JSON, url: str) -> JSON:
     return {"object": "list", "data": data, "has_more": len(ordered) > limit, "url": url}
 
 
-def _search(objects: list[JSON], p: JSON, url: str, fields: frozenset[str]) -> JSON:
+def _search(
+    objects: list[JSON], p: JSON, url: str, fields: frozenset[str], hidden: set[str]
+) -> JSON:
     clauses = parse_search_query(p["query"], fields)
-    found = [o for o in objects if not o.get("deleted") and matches(o, clauses)]
+    found = [
+        o for o in objects if not o.get("deleted") and o["id"] not in hidden and matches(o, clauses)
+    ]
     found.sort(key=lambda o: o["created"], reverse=True)
     offset = int(p.get("page") or 0)
     limit = int(p.get("limit", 10))
@@ -151,7 +178,7 @@ def _routes() -> list[Route]:
                and ("email" not in p or c["email"] == p["email"])], p, "/v1/customers")),
         r("GET", "/v1/customers/search", sp.CustomerSearchParams,
           lambda s, m, p: _search(list(s.customers.values()), p, "/v1/customers/search",
-                                  frozenset({"email", "name", "phone"}))),
+                                  frozenset({"email", "name", "phone"}), s.not_indexed)),
         r("GET", cid, sp.CustomerRetrieveParams, lambda s, m, p: public(s.customer(m["id"]))),
         r("POST", cid, sp.CustomerUpdateParams,
           lambda s, m, p: public(s.update_customer(m["id"], p))),
@@ -169,7 +196,8 @@ def _routes() -> list[Route]:
           lambda s, m, p: _page(s.list_invoices(p), p, "/v1/invoices")),
         r("GET", "/v1/invoices/search", sp.InvoiceSearchParams,
           lambda s, m, p: _search(list(s.invoices.values()), p, "/v1/invoices/search",
-                                  frozenset({"customer", "status", "number", "currency"}))),
+                                  frozenset({"customer", "status", "number", "currency"}),
+                                  s.not_indexed)),
         r("GET", iid, sp.InvoiceRetrieveParams, lambda s, m, p: public(s.invoice(m["id"]))),
         r("POST", iid + "/finalize", sp.InvoiceFinalizeInvoiceParams,
           lambda s, m, p: public(s.finalize(m["id"], p))),
@@ -232,12 +260,18 @@ class FakeStripe:
     # -------------------------------------------------------------- test controls
 
     def inject(
-        self, kind: str, *, nth: int = 1, method: str | None = None, path: str | None = None
+        self,
+        kind: str,
+        *,
+        nth: int = 1,
+        method: str | None = None,
+        path: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> Fault:
         """Fire ``kind`` once, on the ``nth`` request from now matching method/path regex."""
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault {kind!r}; one of {', '.join(FAULT_KINDS)}")
-        fault = Fault(kind, nth, method, re.compile(path) if path else None)
+        fault = Fault(kind, nth, method, re.compile(path) if path else None, dict(headers or {}))
         with self.state.lock:
             self.faults.append(fault)
         return fault
@@ -278,13 +312,26 @@ class FakeStripe:
             if fault is not None:
                 fault.fired.set()
                 entry.fault = fault.kind
-        if fault is not None and fault.kind in ("error_before", "drop_before"):
+        if fault is not None and fault.kind in (
+            "error_before",
+            "error_saved",
+            "rate_limited",
+            "drop_before",
+        ):
             fault.done.set()
             if fault.kind == "drop_before":
                 return 0, b"", {}, "drop"
-            err = ApiError(500, "An unknown error occurred", type_="api_error")
-            entry.status = 500
-            return 500, json.dumps(err.body()).encode(), {"Request-Id": entry.request_id}, None
+            if fault.kind == "rate_limited":
+                err = ApiError(429, "Too many requests hit the API too quickly.", code="rate_limit")
+            else:
+                err = ApiError(500, "An unknown error occurred", type_="api_error")
+            body = json.dumps(err.body()).encode()
+            if fault.kind == "error_saved" and key is not None:
+                fingerprint = (method, path, tuple(sorted(pairs)))
+                with self.state.lock:
+                    self._idempotent[key] = _Stored(fingerprint, err.status, body)
+            entry.status = err.status
+            return err.status, body, {"Request-Id": entry.request_id, **fault.headers}, None
         status, payload, extra = self._dispatch(method, path, pairs, headers, key, entry)
         entry.status = status
         extra = {"Request-Id": entry.request_id, **extra}
@@ -343,6 +390,7 @@ class FakeStripe:
                     return 409, json.dumps(err.body()).encode(), {}
             try:
                 params = check(decode_form(pairs), route.params)
+                _check_limits(method, path, key, params)
             except ParamError as e:
                 err = ApiError(400, e.message, code=e.code, param=e.param)
                 return 400, json.dumps(err.body()).encode(), {}
@@ -365,6 +413,44 @@ class FakeStripe:
 
     def wait_release(self, timeout: float) -> None:
         self._release.wait(timeout)
+
+
+def _check_limits(method: str, path: str, key: str | None, params: JSON) -> None:
+    """Stripe's documented size limits, refused like invalid parameters (nothing saved)."""
+    if key is not None and len(key) > MAX_IDEMPOTENCY_KEY:
+        raise ParamError(
+            "idempotency_key_invalid",
+            f"Idempotency keys can be at most {MAX_IDEMPOTENCY_KEY} characters long.",
+            "Idempotency-Key",
+        )
+    meta = params.get("metadata")
+    if isinstance(meta, dict):
+        if len(meta) > MAX_METADATA_KEYS:
+            raise ParamError(
+                "parameter_invalid_string",
+                f"Invalid metadata: metadata can have at most {MAX_METADATA_KEYS} keys",
+                "metadata",
+            )
+        for k, v in meta.items():
+            if len(k) > MAX_METADATA_KEY:
+                raise ParamError(
+                    "parameter_invalid_string",
+                    f"Invalid metadata: keys can be at most {MAX_METADATA_KEY} characters long",
+                    f"metadata[{k}]",
+                )
+            if isinstance(v, str) and len(v) > MAX_METADATA_VALUE:
+                raise ParamError(
+                    "parameter_invalid_string",
+                    f"Invalid metadata: values can be at most {MAX_METADATA_VALUE} characters long",
+                    f"metadata[{k}]",
+                )
+    name = params.get("name")
+    if path.startswith("/v1/customers") and isinstance(name, str) and len(name) > MAX_CUSTOMER_NAME:
+        raise ParamError(
+            "parameter_invalid_string",
+            f"Invalid string: name must be at most {MAX_CUSTOMER_NAME} characters",
+            "name",
+        )
 
 
 def _bearer(header: str) -> str:

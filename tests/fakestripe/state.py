@@ -53,6 +53,9 @@ class ApiError(Exception):
         return {"error": error}
 
 
+MAX_INVOICE_ITEMS = 250
+
+
 def new_id(prefix: str) -> str:
     alphabet = string.ascii_letters + string.digits
     return prefix + "".join(secrets.choice(alphabet) for _ in range(24))
@@ -70,6 +73,9 @@ class FakeState:
         self.customers: dict[str, JSON] = {}
         self.items: dict[str, JSON] = {}
         self.invoices: dict[str, JSON] = {}
+        self.not_indexed: set[str] = set()
+        """Ids the search API does not show yet: Stripe's search is eventually
+        consistent (new objects can take a minute to appear), its lists are not."""
         self._clock = 0
         self._invoice_seq = 0
 
@@ -159,6 +165,11 @@ class FakeState:
         invoice = None
         if p.get("invoice"):
             invoice = self.invoice(p["invoice"], "invoice")
+            if len(invoice["_items"]) >= MAX_INVOICE_ITEMS:
+                # Stripe, since API version 2016-02-22: at most 250 items on one invoice.
+                raise ApiError(
+                    400, f"You can't add more than {MAX_INVOICE_ITEMS} invoice items to an invoice."
+                )
             if invoice["status"] != "draft":
                 raise ApiError(
                     400,

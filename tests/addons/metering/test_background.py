@@ -156,3 +156,25 @@ def test_a_response_read_twice_is_counted_once_against_limits() -> None:
     gov.finish("poll-1", [row])
     gov.finish("poll-2", [dict(row)])
     assert list(gov.counters.pending_sum.values()) == [300]
+
+
+def test_the_response_says_whether_it_is_in_the_background() -> None:
+    """Before: ``"background": true`` anywhere in the request body (a duplicate key the
+    provider overrides, a JSON-schema property) made a cut ordinary stream store nothing,
+    and a non-background response streamed back by a lax server was billed twice."""
+    cut = _sse(_body("in_progress", background=False), _body("in_progress", background=False))
+    tap, _ = _read(POST, cut, "text/event-stream")
+    asked = b'{"background": true, "background": false, "stream": true}'
+    assert decide(tap, "openai", status_code=200, sse=True, request_body=lambda: asked) is None
+    again = _sse(
+        _body("in_progress", background=False), _body("completed", background=False, usage=USAGE)
+    )
+    tap, _ = _read(GET, again, "text/event-stream")
+    verdict = decide(tap, "openai", status_code=200, sse=True, request_body=bytes)
+    assert isinstance(verdict, Skip)
+    quiet = [
+        {k: v for k, v in _body(status, usage=USAGE).items() if k != "background"}
+        for status in ("in_progress", "completed")
+    ]
+    tap, _ = _read(GET, _sse(*quiet), "text/event-stream")  # a resumed stream that does not say
+    assert decide(tap, "openai", status_code=200, sse=True, request_body=bytes) == KEYED

@@ -223,3 +223,29 @@ def test_an_azure_deployment_names_the_model_when_the_body_does_not() -> None:
     path = "/openai/deployments/prod-chat/chat/completions?api-version=2024-06-01"
     assert estimate_request("openai", path, b'{"messages": []}').model == "prod-chat"
     assert estimate_request("openai", path, b'{"model": "m", "messages": []}').model == "m"
+
+
+@pytest.mark.parametrize(
+    ("flavor", "body", "model", "output"),
+    [
+        # a key spelt with escapes is the same key to the provider's JSON parser
+        ("openai", rb'{"mod\u0065l": "gpt-4o", "max_tokens": 70}', "gpt-4o", 70),
+        ("openai", rb'{"model": "gpt-4o", "max\u005ftokens": 70}', "gpt-4o", 70),
+        # numbers in exponent or fraction form that servers read as integers
+        ("openai", b'{"model": "gpt-4o", "max_tokens": 5e3}', "gpt-4o", 5000),
+        ("anthropic", b'{"model": "claude-x", "max_tokens": 1000.0}', "claude-x", 1000),
+        # both bounds: servers differ in which one they honour, so the larger
+        ("openai", b'{"model": "o3", "max_tokens": 1, "max_completion_tokens": 1000}', "o3", 1000),
+        ("openai", b'{"model": "o3", "max_completion_tokens": 9, "max_tokens": 800}', "o3", 800),
+        # non-ASCII text escaped as JSON does it needs no full parse and reads the same
+        ("openai", rb'{"model": "gpt-4o", "input": "caf\u00e9 \u003c", "max_tokens": 7}',
+         "gpt-4o", 7),
+    ],
+)  # fmt: skip
+def test_spellings_that_hide_a_key_or_shrink_a_bound(
+    flavor: str, body: bytes, model: str, output: int
+) -> None:
+    """Before: an escaped key was not seen (no model: no model's limit applied), ``5e3``
+    reserved 5 tokens and the first of two bounds was taken even when the smaller."""
+    got = estimate_request(flavor, "/v1/chat/completions", body)
+    assert (got.model, got.output) == (model, output)

@@ -1,0 +1,282 @@
+"""Stripe rules the first sync did not follow: saved errors, limits, 429s, messages.
+
+Each rule is one the fake now enforces as Stripe documents it (tests/fakestripe).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import stripe
+from click.testing import CliRunner, Result
+
+from billing.cli import main as billing_cli
+from billing.stripe.client import StripeFailure, StripeGateway
+from billing.stripe.sync import MAX_IDEMPOTENCY_KEY, customer_key_idem, idem
+from tests.billing.stripe.conftest import CATALOG, Billed, CliFn, client_for, make_billed
+from tests.billing.stripe.test_sync import assert_stripe_matches_ours, sync_rows
+from tests.fakestripe import DEFAULT_API_KEY, FakeStripe
+
+# --------------------------------------------------------------------------- saved 500s
+
+
+@pytest.mark.parametrize(
+    ("path", "nth", "retried_key"),
+    [
+        (r"^/v1/customers$", 1, "meterline-customer-acme~1"),
+        (r"^/v1/invoices$", 1, "meterline-invoice-INV-000001~1"),
+        (r"^/v1/invoiceitems$", 2, "meterline-item-INV-000001-2~1"),
+        (r"/finalize$", 1, "meterline-finalize-INV-000001~1"),
+    ],
+)
+def test_a_saved_500_is_not_replayed_by_the_next_run(
+    cli: CliFn, fake: FakeStripe, billed: Billed, path: str, nth: int, retried_key: str
+) -> None:
+    """Stripe saves a 500 under its key and replays it for 24 hours, to the SDK's own
+    retries too; the next run looks, finds nothing, and sends under a new key."""
+    fake.inject("error_saved", nth=nth, method="POST", path=path)
+    first = cli("sync", retries=2)
+    assert first.exit_code == 1
+    assert "HTTP 500 api_error" in first.output
+    assert any(r.replayed and r.status == 500 for r in fake.log)  # the SDK's retries
+    second = cli("sync", retries=2)
+    assert second.exit_code == 0, second.output
+    assert_stripe_matches_ours(fake, billed)
+    assert retried_key in {r.idempotency_key for r in fake.log if r.status == 200}
+
+
+def test_new_customer_key_only_after_a_consistent_listing(
+    cli: CliFn, fake: FakeStripe, billed: Billed
+) -> None:
+    """The 500 hid a customer that was made after all, and search does not show it yet:
+    the rerun must list (consistent), find it and link it, not create a second one."""
+    fake.inject("error_saved", nth=1, method="POST", path=r"^/v1/customers$")
+    assert cli("sync").exit_code == 1
+    made = client_for(fake).v1.customers.create(
+        {"name": "Acme Corp", "metadata": {"meterline_customer": "acme"}}
+    )
+    fake.state.not_indexed.add(made.id)
+    assert cli("sync").exit_code == 0
+    assert_stripe_matches_ours(fake, billed)
+    acme = [
+        c for c in fake.state.customers.values() if c["metadata"]["meterline_customer"] == "acme"
+    ]
+    assert [c["id"] for c in acme] == [made.id]
+
+
+def test_no_answer_keeps_the_same_key(cli: CliFn, fake: FakeStripe, billed: Billed) -> None:
+    """No answer: the request may still be running or its answer saved as a success, so
+    the next create (after the lookup found nothing) reuses the key."""
+    fake.inject("drop_before", nth=1, method="POST", path=r"^/v1/invoices$")
+    assert cli("sync").exit_code == 1
+    assert cli("sync").exit_code == 0
+    keys = [r.idempotency_key for r in fake.log if r.path == "/v1/invoices" and r.method == "POST"]
+    assert keys[:2] == ["meterline-invoice-INV-000001"] * 2
+    assert_stripe_matches_ours(fake, billed)
+
+
+# --------------------------------------------------------------------------- limits
+
+
+def _many_fees_catalog(n: int) -> str:
+    cards = "".join(
+        f"      - key: fee-{i}\n        name: Fee {i}\n"
+        '        price: {type: flat, amount: "1.00", payment_term: in_arrears}\n'
+        for i in range(n)
+    )
+    plan = f"  - key: many\n    name: Many fees\n    currency: USD\n    rate_cards:\n{cards}"
+    text = CATALOG.replace("plans:\n", f"plans:\n{plan}", 1)
+    return text.replace(
+        'subscriptions: [{plan: team-usd, start: "2026-09-01T00:00:00Z"}]\n'
+        "    invoicing: {collection_method: send_invoice",
+        'subscriptions: [{plan: many, start: "2026-09-01T00:00:00Z"}]\n'
+        "    invoicing: {collection_method: send_invoice",
+        1,
+    )
+
+
+def _run(billed: Billed, fake: FakeStripe, *args: str) -> Result:
+    base = ["--db", str(billed.db), "--catalog", str(billed.catalog), "stripe"]
+    extra = (
+        ["--api-base", fake.url, "--max-network-retries", "0"] if "--dry-run" not in args else []
+    )
+    return CliRunner().invoke(billing_cli, [*base, *args, *extra], catch_exceptions=False)
+
+
+def test_more_than_250_items_is_refused_up_front_and_the_others_still_go(
+    fake: FakeStripe, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STRIPE_API_KEY", DEFAULT_API_KEY)
+    billed = make_billed(tmp_path, _many_fees_catalog(251))
+    line = (
+        "INV-000001  acme  NOT SENT: 251 non-zero lines, but Stripe allows at most 250 "
+        "invoice items per invoice"
+    )
+    dry = _run(billed, fake, "sync", "--dry-run")
+    assert dry.exit_code == 1
+    assert line in dry.output.splitlines()
+    assert "Idempotency-Key: meterline-invoice-INV-000002" in dry.output
+    assert fake.log == []
+
+    result = _run(billed, fake, "sync")
+    assert result.exit_code == 1
+    out = result.output.splitlines()
+    assert line in out
+    assert out[-1] == "Error: 1 invoice(s) not sent: INV-000001; the reasons are above"
+    assert not any("INV-000001" in f"{r.params} {r.idempotency_key}" for r in fake.log)
+    rows = sync_rows(billed.db)
+    assert rows["INV-000001"][0] == "new" and "251 non-zero lines" in rows["INV-000001"][6]
+    assert {n: r[0] for n, r in rows.items() if n != "INV-000001"} == {
+        "INV-000002": "finalized",
+        "INV-000003": "finalized",
+    }
+
+
+def test_fake_refuses_a_251st_invoice_item(fake: FakeStripe) -> None:
+    client = client_for(fake)
+    cus = client.v1.customers.create({"name": "x"})
+    inv = client.v1.invoices.create({"customer": cus.id, "currency": "usd"})
+    for _ in range(250):
+        client.v1.invoice_items.create(
+            {"customer": cus.id, "invoice": inv.id, "amount": 1, "currency": "usd"}
+        )
+    with pytest.raises(stripe.InvalidRequestError, match="more than 250 invoice items"):
+        client.v1.invoice_items.create(
+            {"customer": cus.id, "invoice": inv.id, "amount": 1, "currency": "usd"}
+        )
+
+
+def test_a_long_customer_key_still_gets_keys_stripe_accepts(
+    fake: FakeStripe, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STRIPE_API_KEY", DEFAULT_API_KEY)
+    long_key = "acme-" + "x" * 300
+    billed = make_billed(tmp_path, CATALOG.replace("key: acme\n", f"key: {long_key}\n"))
+    result = _run(billed, fake, "sync")
+    assert result.exit_code == 0, result.output
+    keys = [r.idempotency_key or "" for r in fake.log if r.method == "POST"]
+    assert max(len(k) for k in keys) <= MAX_IDEMPOTENCY_KEY
+    assert customer_key_idem(long_key) in keys
+    assert customer_key_idem(long_key) == customer_key_idem(long_key)  # same every run
+    assert customer_key_idem(long_key) != customer_key_idem(long_key + "y")
+    assert idem("customer", "acme", attempt=2) == "meterline-customer-acme~2"
+
+
+@pytest.mark.parametrize(
+    ("replace", "by", "expected"),
+    [
+        ("name: Acme Corp", "name: " + "N" * 300,
+         "INV-000001  acme  NOT SENT: customer 'acme': its name has 300 characters, Stripe "
+         "allows at most 256; shorten it in the catalog"),
+        ("key: acme\n", "key: acme" + "x" * 500 + "\n",
+         "customer key 'acmexxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx...' has 504 characters, but it "
+         "goes into Stripe metadata (meterline_customer), whose values are at most 500"),
+    ],
+)  # fmt: skip
+def test_values_stripe_would_refuse_are_caught_before_any_call(
+    fake: FakeStripe,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    replace: str,
+    by: str,
+    expected: str,
+) -> None:
+    monkeypatch.setenv("STRIPE_API_KEY", DEFAULT_API_KEY)
+    billed = make_billed(tmp_path, CATALOG.replace(replace, by))
+    for args in (("sync", "--dry-run"), ("sync",)):
+        result = _run(billed, fake, *args)
+        assert result.exit_code == 1
+        assert any(line.endswith(expected) for line in result.output.splitlines()), result.output
+        assert result.output.splitlines()[-1].startswith("Error: 1 invoice(s) not sent: INV-000001")
+    assert not [r for r in fake.log if r.status == 400]
+    assert {n: r[0] for n, r in sync_rows(billed.db).items()}["INV-000003"] == "finalized"
+
+
+# --------------------------------------------------------------------------- 429
+
+
+def _gateway(fake: FakeStripe, sleeps: list[float]) -> StripeGateway:
+    return StripeGateway(DEFAULT_API_KEY, fake.url, max_network_retries=0, sleep=sleeps.append)
+
+
+def test_rate_limited_call_is_sent_again_with_backoff(fake: FakeStripe) -> None:
+    for _ in range(3):
+        fake.inject("rate_limited", method="POST", path=r"^/v1/customers$")
+    sleeps: list[float] = []
+    made = _gateway(fake, sleeps).create_customer({"name": "A"}, "k-1")
+    assert sleeps == [0.5, 1.0, 2.0]
+    assert [c["id"] for c in fake.state.customers.values()] == [made.id]
+    assert {r.idempotency_key for r in fake.log} == {"k-1"}
+
+
+def test_rate_limit_honours_retry_after_and_should_retry(fake: FakeStripe) -> None:
+    fake.inject("rate_limited", method="POST", headers={"Retry-After": "3"})
+    sleeps: list[float] = []
+    gateway = _gateway(fake, sleeps)
+    gateway.create_customer({"name": "A"}, "k-1")
+    assert sleeps == [3.0]
+    fake.inject("rate_limited", method="POST", headers={"Stripe-Should-Retry": "false"})
+    with pytest.raises(StripeFailure, match="HTTP 429 rate_limit"):
+        gateway.create_customer({"name": "B"}, "k-2")
+    assert sleeps == [3.0]
+
+
+def test_rate_limit_resends_are_bounded(fake: FakeStripe) -> None:
+    for _ in range(10):
+        fake.inject("rate_limited", method="GET")
+    sleeps: list[float] = []
+    with pytest.raises(StripeFailure, match="HTTP 429"):
+        _gateway(fake, sleeps).retrieve_invoice("in_x")
+    assert len(sleeps) == 5
+
+
+def test_sync_goes_through_a_429(cli: CliFn, fake: FakeStripe, billed: Billed) -> None:
+    fake.inject("rate_limited", nth=2, method="POST", path=r"^/v1/invoiceitems$")
+    result = cli("sync")
+    assert result.exit_code == 0, result.output
+    assert_stripe_matches_ours(fake, billed)
+
+
+# --------------------------------------------------------------------------- messages
+
+
+def test_status_without_an_answer_names_the_invoice_and_the_command(
+    cli: CliFn, fake: FakeStripe
+) -> None:
+    assert cli("sync").exit_code == 0
+    fake.stop()
+    result = cli("status")
+    assert result.exit_code == 1
+    line = result.output.strip()
+    assert line.startswith("Error: INV-000001: Stripe retrieve invoice in_")
+    assert line.endswith(
+        "(connection error); check the network and --api-base, then run "
+        "`billing stripe status` again"
+    )
+    assert "sync" not in line
+
+
+@pytest.mark.parametrize(
+    ("key", "why"),
+    [
+        (
+            DEFAULT_API_KEY + "\nsecond line",
+            "a line break (a secret file with more than one line?)",
+        ),
+        ("sk_test_mété", "a non-ASCII character"),
+        ("sk_test_ab cd", "a space or a control character"),
+    ],
+)
+@pytest.mark.parametrize("command", ["sync", "status"])
+def test_a_malformed_api_key_is_named_not_a_connection_error(
+    cli: CliFn, fake: FakeStripe, monkeypatch: pytest.MonkeyPatch, key: str, why: str, command: str
+) -> None:
+    monkeypatch.setenv("STRIPE_API_KEY", key)
+    result = cli(command)
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: STRIPE_API_KEY is not a valid Stripe key: it contains {why}; set it to the "
+        "secret key alone, on one line (sk_test_... or sk_live_...)\n"
+    )
+    assert fake.log == []
