@@ -123,7 +123,7 @@ def check_alone(calls: int, *, prepaid: bool) -> tuple[float, float]:
         [{"consumer": "alice", "provider": "openai", "model": "gpt-4o", "ts": ts,
           "input_tokens": 50, "cached_input_tokens": 0, "cache_write_tokens": 0,
           "cache_write_1h_tokens": 0, "audio_input_tokens": 0, "output_tokens": 7,
-          "audio_output_tokens": 0, "event_id": f"e{n}"}]
+          "audio_output_tokens": 0, "web_search_calls": 0, "event_id": f"e{n}"}]
         for n in range(calls)
     ]  # fmt: skip
     checking = finishing = 0.0

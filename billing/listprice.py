@@ -31,6 +31,12 @@ split it) and is priced at the cache-read price: OpenAI's audio models price cac
 audio and cached text alike; Gemini's cached audio (``cache_audio_read_tokens``, $0.10
 against $0.03 for 2.5 Flash) is priced low.
 
+Server-side web searches (``web_search``, a count of calls, not tokens) are
+genai-prices' ``web_searches``, priced per 1,000 at the model's ``web_searches_kcount``
+where it lists one (genai-prices 0.2.3: Anthropic and OpenAI models $10, Gemini 2.5 $35
+and Gemini 3 $14); a model without (xAI's) prices them at 0, so ``billing margin``
+leaves them out of its cost there.
+
 genai-prices lists no price for one-hour cache writes (``cache_write_1h``, Anthropic's
 ``ttl: "1h"``); Anthropic prices them at 2x the base input price, so they are priced
 here as input twice over, at the input price of the tier the request's whole input
@@ -102,6 +108,7 @@ def list_cost(
     cache_write_1h: int = 0,
     audio_input: int = 0,
     audio_output: int = 0,
+    web_search: int = 0,
 ) -> Decimal | None:
     """List-price cost in USD of one request's tokens at time ``at``; None for unknown models.
 
@@ -115,6 +122,7 @@ def list_cost(
         "audio_input": audio_input,
         "output": output,
         "audio_output": audio_output,
+        "web_search": web_search,
     }
     for name, value in counts.items():
         if isinstance(value, bool) or not isinstance(value, int):
@@ -135,6 +143,7 @@ def list_cost(
         cache_audio_read_tokens=0,  # cached audio is inside cached_input (module doc)
         output_tokens=output + audio_output,
         output_audio_tokens=audio_output,
+        web_searches=web_search,  # priced per 1,000 where listed (module doc)
     )
     with money_context():
         calc = found_model.calc_price(usage, found_provider, genai_request_timestamp=when)

@@ -31,7 +31,7 @@ from billing.listprice import LIST_PRICE_CURRENCY, find_model, has_context_tiers
 from billing.model import Invoice
 from billing.money import minor_unit, money_context, round_money
 from billing.usage import invoiced_events, invoiced_usage
-from meterline.catalog import TOKEN_TYPES
+from meterline.catalog import CALL_TYPES, TOKEN_TYPES
 
 FEES = "(fees)"
 MINIMUMS = "(minimums)"
@@ -128,7 +128,7 @@ def cost_by_model(
     for r in invoiced_usage(con, numbers):
         key: Key = (str(r["customer_key"]), str(r["provider"]), str(r["model"]))
         counts: dict[str, int] = {t: int(r[t] or 0) for t in TOKEN_TYPES}  # type: ignore[call-overload]
-        tokens[key] += sum(counts.values())
+        tokens[key] += sum(n for t, n in counts.items() if t not in CALL_TYPES)
         at = _day_start(r["day"])  # type: ignore[arg-type]
         if key in per_event or _priced_per_request(key[1], key[2], at):
             per_event.add(key)

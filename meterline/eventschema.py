@@ -90,6 +90,14 @@ EVENT_FIELDS: tuple[EventField, ...] = (
         "output audio (OpenAI, Gemini), priced at the audio rate; not inside output_tokens",
         default="0",
     ),
+    EventField(
+        "web_search_calls",
+        "BIGINT",
+        False,
+        "server-side web searches the provider bills per call (Anthropic, OpenAI and xAI "
+        "Responses); a count of calls, not tokens",
+        default="0",
+    ),
 )
 
 EVENT_COLUMNS: tuple[str, ...] = tuple(f.name for f in EVENT_FIELDS)
@@ -115,8 +123,11 @@ TOKEN_COLUMNS: dict[str, str] = {
     "audio_input": "audio_input_tokens",
     "output": "output_tokens",
     "audio_output": "audio_output_tokens",
+    "web_search": "web_search_calls",
 }
-"""Catalog token type -> the event column counting it (the disjoint, billed counts)."""
+"""Catalog token type -> the event column counting it (the disjoint, billed counts).
+``web_search`` counts calls, not tokens: it is metered and priced like the others but
+never added into a token total (:data:`meterline.catalog.CALL_TYPES`)."""
 
 
 def create_table_sql(table: str = "usage_events") -> str:

@@ -92,6 +92,13 @@ EVENT_MIGRATIONS: tuple[Migration, ...] = (
         "ALTER TABLE usage_events ADD COLUMN IF NOT EXISTS audio_input_tokens BIGINT DEFAULT 0;\n"
         "ALTER TABLE usage_events ADD COLUMN IF NOT EXISTS audio_output_tokens BIGINT DEFAULT 0",
     ),
+    Migration(
+        "0040_web_search_calls",
+        # Server-side web searches are billed per call on top of tokens (Anthropic: $10
+        # per 1,000): counted per event. Stored events read 0 (their searches were not
+        # metered).
+        "ALTER TABLE usage_events ADD COLUMN IF NOT EXISTS web_search_calls BIGINT DEFAULT 0",
+    ),
 )
 
 

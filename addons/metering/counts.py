@@ -22,6 +22,11 @@ from addons.metering.usage import Usage
 #: The largest count one API call can plausibly report. Context windows are a few
 #: million tokens; a count above a billion is a provider bug or a hostile body.
 MAX_TOKENS = 1_000_000_000
+#: The most server-side web searches one call can plausibly report. Providers cap them
+#: per call (Anthropic's ``max_uses``; agentic loops run tens of searches, not
+#: thousands); a count above this is a provider bug or a hostile body: at $10 per 1,000
+#: searches a bogus billion would bill ten million dollars.
+MAX_WEB_SEARCHES = 10_000
 
 
 class CountReader:
@@ -84,6 +89,8 @@ def check_consistency(usage: Usage) -> str | None:
         return f"audio input {usage.audio_input} > uncached input {uncached}"
     if usage.output < 0:
         return f"audio output {usage.audio_output} > output {usage.output + usage.audio_output}"
+    if usage.web_search > MAX_WEB_SEARCHES:
+        return f"web searches {usage.web_search} > {MAX_WEB_SEARCHES} in one call"
     if usage.reasoning > usage.output:
         return f"reasoning {usage.reasoning} > output {usage.output}"
     if usage.cache_write < 0:  # a one-hour share larger than all cache writes

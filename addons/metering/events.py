@@ -128,4 +128,5 @@ def build_event(
         "cache_write_1h_tokens": usage.cache_write_1h,
         "audio_input_tokens": usage.audio_input,
         "audio_output_tokens": usage.audio_output,
+        "web_search_calls": usage.web_search,
     }

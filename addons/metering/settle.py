@@ -90,6 +90,7 @@ def settle(
             output=max(usable.output, count_output(model)),
             audio_output=usable.audio_output,
             reasoning=usable.reasoning,
+            web_search=usable.web_search,
             estimated=True,
             partial=True,
         )

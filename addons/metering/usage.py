@@ -37,6 +37,10 @@ class Usage:
     output: int = 0
     audio_output: int = 0
     reasoning: int = 0
+    #: Server-side web searches the provider bills for this call (Anthropic
+    #: ``server_tool_use.web_search_requests``, OpenAI/xAI Responses ``web_search_call``
+    #: output items): a count of calls priced per call, not tokens, so not in :attr:`total`.
+    web_search: int = 0
     model: str | None = None
     response_id: str | None = None
     estimated: bool = False

@@ -13,6 +13,7 @@ Nothing here writes: the dashboard opens the store read-only.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -25,7 +26,7 @@ import pyarrow as pa
 from billing.dashboard.percentiles import quantiles_by_provider
 from billing.storevalues import from_db, to_db
 from billing.usage import TOKEN_COLUMNS, UsageError, UsageQuery, stranded_usage
-from meterline.catalog import FINGERPRINT_RE, TOKEN_TYPES, Catalog
+from meterline.catalog import CALL_TYPES, FINGERPRINT_RE, TOKEN_ONLY_TYPES, TOKEN_TYPES, Catalog
 
 BUCKETS: dict[str, timedelta] = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
 DEFAULT_SPAN: dict[str, timedelta] = {"hour": timedelta(hours=48), "day": timedelta(days=30)}
@@ -145,11 +146,11 @@ def timeline(
     for bucket, provider, model, *counts, n_events in rows:
         at = from_db(bucket)
         tokens = dict(zip(TOKEN_TYPES, (int(n) for n in counts), strict=True))
-        total = sum(tokens.values())
+        total = _token_total(tokens)
         if total:
             by_model[(at, model)] += total
         for tt, n in tokens.items():
-            if n:
+            if n and tt not in CALL_TYPES:  # the charts are of tokens
                 by_type[(at, tt)] += n
         m = models.setdefault((provider, model), {**dict.fromkeys(TOKEN_TYPES, 0), "events": 0})
         for tt, n in tokens.items():
@@ -158,7 +159,7 @@ def timeline(
     totals = {tt: sum(v[tt] for v in models.values()) for tt in TOKEN_TYPES}
     events = sum(v["events"] for v in models.values())
     model_rows = [
-        {"provider": p, "model": m, **v, "total": sum(v[tt] for tt in TOKEN_TYPES)}
+        {"provider": p, "model": m, **v, "total": _token_total(v)}
         for (p, m), v in sorted(models.items())
     ]
     type_rows = sorted(by_type.items(), key=lambda kv: (kv[0][0], _type_order(kv[0][1])))
@@ -171,10 +172,15 @@ def timeline(
         "models": model_rows,
         "totals": {
             **totals,
-            "total": sum(totals.values()),
+            "total": _token_total(totals),
             "events": events,
         },
     }
+
+
+def _token_total(counts: Mapping[Any, int]) -> int:
+    """The tokens of ``counts`` (by type): web searches are calls, not added in."""
+    return sum(int(counts[tt]) for tt in TOKEN_ONLY_TYPES)
 
 
 def _type_order(token_type: str) -> int:
@@ -289,7 +295,7 @@ def unbilled(con: duckdb.DuckDBPyConnection, catalog: Catalog, rng: TimeRange) -
             rows.append(
                 {"reason": reason, "consumer": consumer, "key_fingerprint": key,
                  "customer": customer, "provider": provider, "model": model, **tokens,
-                 "total": sum(tokens.values()), "events": int(n_events)}
+                 "total": _token_total(tokens), "events": int(n_events)}
             )  # fmt: skip
             continue
         for tt, n in tokens.items():
@@ -305,7 +311,7 @@ def unbilled(con: duckdb.DuckDBPyConnection, catalog: Catalog, rng: TimeRange) -
         rows.append(
             {"reason": late["reason"], "consumer": late["consumer"], "key_fingerprint": None,
              "customer": late["customer"], "provider": late["provider"], "model": late["model"],
-             **sums, "total": sum(sums.values()), "events": int(late["events"])}
+             **sums, "total": _token_total(sums), "events": int(late["events"])}
         )  # fmt: skip
     rows.sort(key=lambda r: tuple("" if r[k] is None else str(r[k]) for k in ROW_ORDER))
     unpriced.sort(key=lambda r: (r["customer"], r["plan"], r["provider"], r["model"],
@@ -318,7 +324,8 @@ def unbilled(con: duckdb.DuckDBPyConnection, catalog: Catalog, rng: TimeRange) -
     listed: list[Data] = [{"reason": k, **v} for k, v in sorted(reasons.items())]
     if unpriced:
         listed.append(
-            {"reason": "no price in the plan", "total": sum(int(u["tokens"]) for u in unpriced),
+            {"reason": "no price in the plan",
+             "total": sum(int(u["tokens"]) for u in unpriced if u["token_type"] not in CALL_TYPES),
              "events": None}
         )  # fmt: skip
     return {"range": rng.to_data(), "reasons": listed, "rows": rows, "unpriced": unpriced}

@@ -20,12 +20,13 @@ from billing.documents.words import (
     human_span,
     money,
     per_label,
+    plural,
     tokens_text,
     unit_price_text,
 )
 from billing.model import Invoice, InvoiceLine
 from billing.money import exact_to_decimal
-from meterline.catalog import Catalog, Customer, Seller
+from meterline.catalog import CALL_TYPES, Catalog, Customer, Seller
 
 e = html.escape
 
@@ -105,11 +106,13 @@ def _tier_rows(line: InvoiceLine, currency: str) -> list[str]:
     for used in _pricing(line).get("tiers") or []:
         i = int(used["tier"])
         lo, up = bounds[i] if i < len(bounds) else (0, None)
-        span = f"{lo:,} – {up:,} tokens" if up is not None else f"above {lo:,} tokens"
+        units = plural(line_unit(line))
+        span = f"{lo:,} – {up:,} {units}" if up is not None else f"above {lo:,} {units}"
         if price.get("mode") == "volume":
             span += " (volume: all units at this tier's price)"
         flat = Decimal(used["flat_amount"])
-        unit = f"{money(Decimal(used['unit_amount']), currency)} / {per_label(per)}"
+        per_unit = per_label(per, line_unit(line))
+        unit = f"{money(Decimal(used['unit_amount']), currency)} / {per_unit}"
         if flat:
             unit += f" + {money(flat, currency)} flat"
         out.append(
@@ -119,6 +122,12 @@ def _tier_rows(line: InvoiceLine, currency: str) -> list[str]:
             f'<td class="num">{e(money(Decimal(used["amount"]), currency, exact=True))}</td></tr>'
         )
     return out
+
+
+def line_unit(line: InvoiceLine) -> str:
+    """What a usage line counts: ``web search`` when its meter counts searches."""
+    types = (line.detail.get("meter") or {}).get("token_types") or []
+    return "web search" if types and set(types) <= CALL_TYPES else "token"
 
 
 def minimum_topup(line: InvoiceLine) -> tuple[Decimal, Decimal, Decimal] | None:
@@ -138,7 +147,7 @@ def _notes(line: InvoiceLine, currency: str) -> list[str]:
     card = line.detail.get("rate_card") or {}
     notes = []
     if line.kind != "flat" and card.get("included"):
-        notes.append(f"first {int(card['included']):,} tokens included")
+        notes.append(f"first {int(card['included']):,} {plural(line_unit(line))} included")
     if Decimal(card.get("discount_percent") or 0):
         notes.append(f"{Decimal(card['discount_percent']).normalize():f}% discount")
     if line.kind == "flat":
@@ -163,7 +172,7 @@ def line_rows(line: InvoiceLine, currency: str) -> list[str]:
         unit = "" if line.unit_price is None else money(line.unit_price, currency)
     else:
         quantity = tokens_text(line.quantity)
-        unit = unit_price_text(_price(line), currency)
+        unit = unit_price_text(_price(line), currency, line_unit(line))
     rows = [
         f'<tr class="line" data-line="{line.line_no}"><td>{line.line_no}</td>'
         f'<td>{e(line.description)}<div class="kind">{e(small)}</div></td>'

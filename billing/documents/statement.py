@@ -21,8 +21,15 @@ import duckdb
 
 from billing import render
 from billing.charts import stacked_bars, to_svg
-from billing.documents.invoice_page import CSS, due_date, invoice_table, page, seller_html
-from billing.documents.words import human_date, human_span, money
+from billing.documents.invoice_page import (
+    CSS,
+    due_date,
+    invoice_table,
+    line_unit,
+    page,
+    seller_html,
+)
+from billing.documents.words import human_date, human_span, money, plural
 from billing.invoices import BillingError, find_customer, line_meter, line_windows, parse_month
 from billing.ledger import load_invoices
 from billing.model import Invoice, InvoiceLine
@@ -46,6 +53,8 @@ class FeatureUsage:
     total: int
     days: list[dict[str, Any]]
     """``{day, model, tokens}`` rows, by day then model."""
+    unit: str = "token"
+    """What the feature counts: ``web search`` for a meter of searches."""
 
 
 @dataclass
@@ -133,13 +142,15 @@ def feature_usage(con: duckdb.DuckDBPyConnection, invoices: list[Invoice]) -> li
         if n:
             per_day[str(line.feature_key)][(day, model)] += n
     names: dict[str, str] = {}
+    units: dict[str, str] = {}
     for line in lines:
         names.setdefault(str(line.feature_key), line.description.split(" — ")[0])
+        units.setdefault(str(line.feature_key), line_unit(line))
     out = []
     for feature, name in names.items():
         counts = sorted(per_day[feature].items())
         days: list[dict[str, Any]] = [{"day": d, "model": m, "tokens": n} for (d, m), n in counts]
-        out.append(FeatureUsage(feature, name, sum(n for _, n in counts), days))
+        out.append(FeatureUsage(feature, name, sum(n for _, n in counts), days, units[feature]))
     return out
 
 
@@ -195,7 +206,8 @@ def statement_html(st: Statement, catalog: Catalog | None) -> str:
     c = st.customer
     bill_to = [f"<strong>{e(c.name)}</strong>", e(c.key), *([e(c.email)] if c.email else [])]
     charts = [
-        f'<div class="feature"><h3>{e(f.name)} · {f.total:,} tokens</h3>{feature_chart(f)}</div>'
+        f'<div class="feature"><h3>{e(f.name)} · {f.total:,} {plural(f.unit)}</h3>'
+        f"{feature_chart(f)}</div>"
         for f in st.features
     ]
     features = "".join(charts) or '<p class="muted">No metered usage.</p>'

@@ -8,7 +8,7 @@ from typing import Any
 
 from billing.money import format_money, minor_unit_exponent
 
-PER_NAMES = {1: "token", 1_000: "1K tokens", 1_000_000: "1M tokens", 1_000_000_000: "1B tokens"}
+PER_SCALES = {1_000: "1K", 1_000_000: "1M", 1_000_000_000: "1B"}
 
 
 def human_date(value: datetime, *, time: bool = False) -> str:
@@ -36,8 +36,16 @@ def human_span(start: datetime, end: datetime) -> str:
     return f"{human_date(s)} – {human_date(last)}"
 
 
-def per_label(per: int) -> str:
-    return PER_NAMES.get(per, f"{per:,} tokens")
+def plural(unit: str) -> str:
+    """``tokens``, ``web searches``."""
+    return f"{unit}es" if unit.endswith(("s", "h")) else f"{unit}s"
+
+
+def per_label(per: int, unit: str = "token") -> str:
+    """``1M tokens``; ``unit``: what the line counts (``web search`` for searches)."""
+    if per == 1:
+        return unit
+    return f"{PER_SCALES.get(per, f'{per:,}')} {plural(unit)}"
 
 
 def money(amount: Decimal, currency: str, *, exact: bool = False) -> str:
@@ -52,15 +60,15 @@ def tokens_text(quantity: Decimal | int) -> str:
     return f"{int(quantity):,}"
 
 
-def unit_price_text(price: dict[str, Any], currency: str) -> str:
+def unit_price_text(price: dict[str, Any], currency: str, unit: str = "token") -> str:
     """The rate card's price as written: ``3.00 USD / 1M tokens``, ``tiered``, a package."""
     kind = price.get("type")
     per = int(price.get("per", 1))
     if kind == "unit":
-        return f"{money(Decimal(price['amount']), currency, exact=True)} / {per_label(per)}"
+        return f"{money(Decimal(price['amount']), currency, exact=True)} / {per_label(per, unit)}"
     if kind == "package":
         size = int(price["package_size"])
-        return f"{money(Decimal(price['amount']), currency)} / {size:,} tokens"
+        return f"{money(Decimal(price['amount']), currency)} / {size:,} {plural(unit)}"
     if kind == "tiered":
         return f"tiered ({price.get('mode', 'graduated')}), below"
     return ""

@@ -15,7 +15,7 @@ from billing.storevalues import from_db, to_db
 from billing.usage.behind import TokenFilter
 from billing.usage.owned import ownership
 from billing.usage.windows import UsageWindow
-from meterline.catalog import Catalog
+from meterline.catalog import CALL_TYPES, Catalog
 from meterline.eventschema import TOKEN_COLUMNS
 
 GROUP_DIMENSIONS = ("model", "type", "day", "refused")
@@ -448,5 +448,6 @@ def _shape(rows: list[dict[str, object]], group_by: tuple[str, ...]) -> list[dic
                 if n:
                     out.append({**row, "token_type": tt, "tokens": n, "events": events})
         else:
-            out.append({**row, **tokens, "total": sum(tokens.values()), "events": events})
+            total = sum(n for tt, n in tokens.items() if tt not in CALL_TYPES)  # tokens only
+            out.append({**row, **tokens, "total": total, "events": events})
     return out

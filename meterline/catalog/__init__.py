@@ -21,9 +21,11 @@ Every name is re-exported here: import from ``meterline.catalog``.
 """
 
 from meterline.catalog.base import (
+    CALL_TYPES,
     FINGERPRINT_RE,
     ISO_DURATION_RE,
     KEY_RE,
+    TOKEN_ONLY_TYPES,
     TOKEN_TYPES,
     CatalogError,
     CurrencyCode,
@@ -63,9 +65,11 @@ from meterline.catalog.root import Catalog, CatalogProblems
 from meterline.providers import Flavor
 
 __all__ = [
+    "CALL_TYPES",
     "FINGERPRINT_RE",
     "ISO_DURATION_RE",
     "KEY_RE",
+    "TOKEN_ONLY_TYPES",
     "TOKEN_TYPES",
     "Alerts",
     "Catalog",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from iso4217 import Currency
 from pydantic import (
@@ -22,16 +22,16 @@ TokenType = Literal[
     "audio_input",
     "output",
     "audio_output",
+    "web_search",
 ]
-TOKEN_TYPES: tuple[TokenType, ...] = (
-    "input",
-    "cached_input",
-    "cache_write",
-    "cache_write_1h",
-    "audio_input",
-    "output",
-    "audio_output",
-)
+TOKEN_TYPES: tuple[TokenType, ...] = get_args(TokenType)
+"""Every metered type a feature's ``token_types`` may list, in event column order."""
+CALL_TYPES: frozenset[TokenType] = frozenset({"web_search"})
+"""The metered types that count billed server-side tool calls, not tokens: priced per
+call (``per: 1000``), never added into a token total, never in a feature's default
+``token_types``, and never mixed with token types in one feature."""
+TOKEN_ONLY_TYPES: tuple[TokenType, ...] = tuple(t for t in TOKEN_TYPES if t not in CALL_TYPES)
+"""The token types proper (a feature's default ``token_types``; what a token total adds)."""
 
 FINGERPRINT_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 KEY_RE = r"^[a-z0-9][a-z0-9_.-]*$"

@@ -14,8 +14,9 @@ from pydantic import (
 )
 
 from meterline.catalog.base import (
+    CALL_TYPES,
     KEY_RE,
-    TOKEN_TYPES,
+    TOKEN_ONLY_TYPES,
     CurrencyCode,
     Money,
     TokenType,
@@ -30,7 +31,21 @@ class FeatureMeter(_Model):
 
     provider: str | None = None
     model: str = "*"
-    token_types: list[TokenType] = Field(default_factory=lambda: list(TOKEN_TYPES), min_length=1)
+    token_types: list[TokenType] = Field(
+        default_factory=lambda: list(TOKEN_ONLY_TYPES), min_length=1
+    )
+    """Default: every token type; ``web_search`` (a count of calls) only when listed."""
+
+    @field_validator("token_types")
+    @classmethod
+    def _calls_apart(cls, value: list[TokenType]) -> list[TokenType]:
+        calls = [t for t in value if t in CALL_TYPES]
+        if calls and len(calls) < len(value):
+            raise ValueError(
+                f"{calls[0]} counts calls, not tokens: give it a feature of its own "
+                "(priced per call, e.g. per: 1000), not one summed with token types"
+            )
+        return value
 
     def matches(self, provider: str, model: str, token_type: str) -> bool:
         return (

@@ -51,7 +51,14 @@ from fractions import Fraction
 from iso4217 import Currency
 
 from meterline.entitlements.cost import to_decimal
-from meterline.entitlements.policy import OUTPUT_TYPES, Account, CustomerPolicy, Key, Matched
+from meterline.entitlements.policy import (
+    INPUT_TYPES,
+    OUTPUT_TYPES,
+    Account,
+    CustomerPolicy,
+    Key,
+    Matched,
+)
 from meterline.periods import Period
 
 RefusalKind = str
@@ -294,9 +301,11 @@ class Counters:
         reserved, in_flight = self.reserved, self.in_flight
         for acct, types in matched.counted:
             # One input bound for every input type together, one output bound for text
-            # and audio output together.
-            outputs = len(OUTPUT_TYPES.intersection(types))
-            units = (output_bound if outputs else 0) + (input_bound if len(types) > outputs else 0)
+            # and audio output together; web searches (counted at settle) reserve
+            # nothing: the request names no bound on them that is read here.
+            units = (output_bound if not OUTPUT_TYPES.isdisjoint(types) else 0) + (
+                input_bound if not INPUT_TYPES.isdisjoint(types) else 0
+            )
             if units:
                 key = acct.current(now)[1]
                 reserved[key] = reserved.get(key, 0) + units

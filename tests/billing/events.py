@@ -40,6 +40,7 @@ class Event:
     cache_write_1h: int = 0
     audio_input: int = 0
     audio_output: int = 0
+    web_search: int = 0
     ingested_at: datetime | None = None
     event_id: str = field(default_factory=lambda: f"ev-{next(_ids):06d}")
     key_fingerprint: str | None = "sha256:" + "ab" * 32
@@ -74,6 +75,7 @@ class Event:
             self.cache_write_1h,
             self.audio_input,
             self.audio_output,
+            self.web_search,
         )
 
 

@@ -192,3 +192,15 @@ def test_a_model_listed_without_audio_prices_prices_its_audio_as_text() -> None:
     cost = list_cost("openai", "gpt-4o-audio-preview-2024-12-17", input=20, cached_input=0,
                      cache_write=0, output=9, audio_input=44, audio_output=1, at=AT)  # fmt: skip
     assert cost == ((20 + 44) * Decimal("2.5") + (9 + 1) * 10) / MTOK
+
+
+def test_web_searches_are_priced_per_thousand_where_listed() -> None:
+    """The probe's Anthropic call: 3 searches at $10 per 1,000 on top of its tokens;
+    xAI's models list no search price in genai-prices 0.2.3: its searches cost 0 here."""
+    tokens = dict(input=31_772, cached_input=0, cache_write=0, output=644, at=AT)
+    plain = list_cost("anthropic", "claude-sonnet-4-20250514", **tokens)  # type: ignore[arg-type]
+    searched = list_cost("anthropic", "claude-sonnet-4-20250514", web_search=3, **tokens)  # type: ignore[arg-type]
+    assert plain is not None and searched is not None
+    assert searched - plain == Decimal("0.03")
+    xai = dict(provider="xai", model="grok-4-fast-reasoning", **tokens)
+    assert list_cost(web_search=3, **xai) == list_cost(**xai)  # type: ignore[arg-type]

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from meterline.catalog import TOKEN_ONLY_TYPES
 from tests.conftest import KEYS, UNKNOWN_KEY, ProxyFactory
 from tests.support.clients import Clients
 from tests.support.upstream import Exchange, FakeProvider
@@ -107,16 +108,8 @@ def money(x: Decimal) -> Decimal:
     return x.quantize(CENT, rounding=ROUND_HALF_UP)
 
 
-BILLED = (
-    "input",
-    "cached_input",
-    "cache_write",
-    "cache_write_1h",
-    "audio_input",
-    "output",
-    "audio_output",
-)
-"""The billed token types (reasoning is a share of output)."""
+BILLED = TOKEN_ONLY_TYPES
+"""The billed token types (reasoning is a share of output; web searches are no tokens)."""
 
 
 def usage(exchanges: list[Exchange], *types: str) -> int:

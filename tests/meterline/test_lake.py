@@ -192,10 +192,11 @@ def test_a_lake_filled_before_audio_was_counted_takes_the_audio_columns(
         migrate(con, [m for m in EVENT_MIGRATIONS if m.name < "0030"])
         con.execute(f"INSERT INTO usage_events ({columns}) VALUES ('old', {row})")
     with store(older) as con:
-        assert migrate(con, EVENT_MIGRATIONS) == ["0030_audio_tokens"]
+        upto_0030 = [m for m in EVENT_MIGRATIONS if m.name < "0040"]
+        assert migrate(con, upto_0030) == ["0030_audio_tokens"]
         con.execute(f"INSERT INTO usage_events ({columns}) VALUES ('older-proxy', {row})")
         con.execute(
-            f"INSERT INTO usage_events ({', '.join(EVENT_COLUMNS)}) VALUES ('new', "
+            f"INSERT INTO usage_events ({', '.join(EVENT_COLUMNS[:28])}) VALUES ('new', "
             f"{row.replace(', 64,', ', 20,')}, 44, 0)"
         )
         rows = con.execute(
@@ -203,3 +204,34 @@ def test_a_lake_filled_before_audio_was_counted_takes_the_audio_columns(
             "FROM usage_events ORDER BY event_id"
         ).fetchall()
     assert rows == [("new", 20, 44, 0), ("old", 64, 0, 0), ("older-proxy", 64, 0, 0)]
+
+
+def test_a_lake_filled_before_web_searches_were_counted_takes_their_column(
+    lake: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Migration 0040 on a lake with events: they read 0 searches, an older proxy's
+    insert (no such column) stores 0, a new one its count, and billing's sum sees them."""
+    monkeypatch.setenv("METERLINE_LAKE_DATA", str(tmp_path / "lake-data"))
+    conninfo = create_database(lake.removeprefix("ducklake:postgres:"), "before_search")
+    older = f"ducklake:postgres:{conninfo}"
+    row = (
+        "TIMESTAMP '2026-03-01 10:00:00', now()::TIMESTAMP, 'acme', NULL, 'anthropic', "
+        "'anthropic', 'claude-sonnet-4', 64, 0, 0, 9, 0, false, NULL, NULL, 'POST', 'h', "
+        "'/v1/messages', 200, false, NULL, NULL, NULL, NULL, 0, 0, 0"
+    )
+    columns = ", ".join(EVENT_COLUMNS[:28])
+    with store(older) as con:
+        migrate(con, [m for m in EVENT_MIGRATIONS if m.name < "0040"])
+        con.execute(f"INSERT INTO usage_events ({columns}) VALUES ('old', {row})")
+    with store(older) as con:
+        assert migrate(con, EVENT_MIGRATIONS) == ["0040_web_search_calls"]
+        con.execute(f"INSERT INTO usage_events ({columns}) VALUES ('older-proxy', {row})")
+        con.execute(
+            f"INSERT INTO usage_events ({', '.join(EVENT_COLUMNS)}) VALUES ('new', {row}, 3)"
+        )
+        rows = con.execute(
+            "SELECT event_id, input_tokens, web_search_calls FROM usage_events ORDER BY event_id"
+        ).fetchall()
+        [(total,)] = con.execute("SELECT SUM(web_search_calls) FROM usage_events").fetchall()
+    assert rows == [("new", 64, 3), ("old", 64, 0), ("older-proxy", 64, 0)]
+    assert total == 3

@@ -273,6 +273,7 @@ USAGE_COLUMNS = {
     "output": "output_tokens",
     "audio_output": "audio_output_tokens",
     "reasoning": "reasoning_tokens",
+    "web_search": "web_search_calls",
 }
 
 

@@ -54,6 +54,8 @@ from typing import Any, Self
 import brotli
 from aiohttp import web
 
+from meterline.catalog import TOKEN_TYPES
+
 try:  # Python 3.14+
     from compression import zstd  # type: ignore[import-not-found]
 except ImportError:  # pragma: no cover
@@ -63,6 +65,17 @@ except ImportError:  # pragma: no cover
 def _one_hour(figures: dict[str, int]) -> int:
     """The share of the cache writes made for an hour (``ttl: "1h"``), the rest for 5 minutes."""
     return figures["cache_write"] // 3
+
+
+def _web_searches_asked(data: Any) -> int:
+    """Searches the fake runs for an Anthropic request with a ``web_search_*`` server
+    tool: its ``max_uses``, else 2."""
+    tools = data.get("tools") if isinstance(data, dict) else None
+    for tool in tools if isinstance(tools, list) else []:
+        if isinstance(tool, dict) and str(tool.get("type", "")).startswith("web_search"):
+            uses = tool.get("max_uses")
+            return uses if isinstance(uses, int) and uses > 0 else 2
+    return 0
 
 
 def _asks_audio(flavor: str, data: Any) -> tuple[bool, bool]:
@@ -82,16 +95,7 @@ def _asks_audio(flavor: str, data: Any) -> tuple[bool, bool]:
     return any(p.get("type") == "input_audio" for p in parts), out
 
 
-TOKEN_FIELDS = (
-    "input",
-    "cached_input",
-    "cache_write",
-    "cache_write_1h",
-    "audio_input",
-    "output",
-    "audio_output",
-    "reasoning",
-)
+TOKEN_FIELDS = (*TOKEN_TYPES, "reasoning")
 FLAVORS = ("openai", "anthropic", "gemini")
 
 
@@ -507,6 +511,7 @@ class FakeProvider(LoopbackServers):
             "reasoning": r.randint(0, output // 2),
             "audio_in": 0,  # uncached prompt audio, when the request sends audio
             "audio_out": 0,  # output audio, when the request asks for it
+            "web_search": 0,  # server-side web searches (Anthropic's web_search tool)
         }
         if ex.api == "embeddings":
             figures["cached"] = figures["reasoning"] = 0
@@ -530,6 +535,8 @@ class FakeProvider(LoopbackServers):
                 if isinstance(cap, int) and cap < figures["output"]:
                     figures["output"] = cap
                     figures["reasoning"] = min(figures["reasoning"], cap)
+        if ex.flavor == "anthropic":
+            figures["web_search"] = _web_searches_asked(data)
         audio_in, audio_out = _asks_audio(ex.flavor, data)
         if audio_in:
             figures["audio_in"] = (figures["prompt"] - figures["cached"]) // 2
@@ -539,9 +546,13 @@ class FakeProvider(LoopbackServers):
             ex.usage = self._unified(ex.flavor, figures)
         return figures
 
-    @staticmethod
-    def _unified(flavor: str, f: dict[str, int]) -> dict[str, int]:
+    @classmethod
+    def _unified(cls, flavor: str, f: dict[str, int]) -> dict[str, int]:
         """The provider's figures in Meterline's token model (see addons/metering/usage.py)."""
+        return {**cls._unified_tokens(flavor, f), "web_search": f["web_search"]}
+
+    @staticmethod
+    def _unified_tokens(flavor: str, f: dict[str, int]) -> dict[str, int]:
         if flavor == "anthropic":  # input_tokens excludes cache reads and writes
             return {
                 "input": f["prompt"],
@@ -755,6 +766,8 @@ class FakeProvider(LoopbackServers):
             "cache_read_input_tokens": f["cached"],
             "output_tokens": f["output"],
         }
+        if f["web_search"]:
+            usage["server_tool_use"] = {"web_search_requests": f["web_search"]}
         message: dict[str, Any] = {
             "id": ex.response_id,
             "type": "message",
@@ -774,6 +787,8 @@ class FakeProvider(LoopbackServers):
             return [raw], "application/json"
         start = {**message, "content": [], "stop_reason": None, "usage": {**usage}}
         start["usage"]["output_tokens"] = 1
+        if f["web_search"]:  # as the API does: none yet at the start, all in message_delta
+            start["usage"]["server_tool_use"] = {"web_search_requests": 0}
         if b.no_usage:
             del start["usage"]
         parts = [
@@ -806,6 +821,8 @@ class FakeProvider(LoopbackServers):
         }
         if not b.no_usage:
             delta["usage"] = {"output_tokens": f["output"]}
+            if f["web_search"]:  # cumulative, repeated with the input figures
+                delta["usage"] = {**usage, "output_tokens": f["output"]}
         parts.append(_sse(delta, "message_delta"))
         parts.append(_sse({"type": "message_stop"}, "message_stop"))
         if b.malformed:

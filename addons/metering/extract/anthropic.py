@@ -17,6 +17,11 @@ revision wins. Only ``message_start``, ``message_delta`` and ``content_block_del
 (kept raw, for estimates) are looked at. Usage from ``message_start`` alone is
 ``partial``.
 
+Server-side web searches: ``usage.server_tool_use.web_search_requests`` (billed per
+search, $10 per 1,000), the latest report wins like every other figure (``message_delta``
+repeats it cumulatively: counted once). ``web_fetch_requests`` is not billed beyond the
+fetched content's tokens and is not counted.
+
 ``usage.iterations`` (advisor tool, compaction): the top-level figures are the sum of
 the ``message`` iterations; every other iteration (``advisor_message`` with its own
 ``model``, ``compaction``) is billed beside them and becomes an extra usage
@@ -33,6 +38,8 @@ from addons.metering.extract.framing import LazyText, as_dict, as_list, loads, n
 from addons.metering.sse import SSEEvent
 from addons.metering.usage import Seen, Usage
 
+#: The web search count's key in ``usage.server_tool_use``.
+_WEB_SEARCHES = "web_search_requests"
 #: The one-hour share of ``cache_creation_input_tokens`` (the rest is 5-minute writes).
 _ONE_HOUR = "ephemeral_1h_input_tokens"
 _FIELDS = (
@@ -92,6 +99,7 @@ def _usage_of(fields: dict[str, int]) -> Usage:
         cache_write_1h=one_hour,
         output=fields.get("output_tokens", 0),
         reasoning=fields.get("thinking_tokens", 0),
+        web_search=fields.get(_WEB_SEARCHES, 0),
     )
 
 
@@ -112,6 +120,10 @@ class AnthropicReader:
     def _take_usage(self, raw: Any) -> None:
         raw = as_dict(raw)
         _read_fields(raw, self._counts, self._fields)
+        # Top level only: the call's searches, once (an iteration's are inside them).
+        searches = self._counts.get(as_dict(raw.get("server_tool_use")), _WEB_SEARCHES)
+        if searches is not None:
+            self._fields[_WEB_SEARCHES] = searches
         iterations = raw.get("iterations")
         if isinstance(iterations, list):  # repeated in each report: the latest wins
             self._beside = []

@@ -22,6 +22,11 @@ Token mapping (see docs/token-model.md):
 - Responses ``usage``: the same with ``input_tokens``, ``input_tokens_details``,
   ``output_tokens``, ``output_tokens_details``.
 - Ollama's native API (``prompt_eval_count``, ``eval_count``) when there is no ``usage``.
+- Server-side web searches (Responses API, OpenAI and xAI): one per ``web_search_call``
+  output item (OpenAI and xAI bill per call), counted from the final response's
+  ``output`` when it has one, else from the ``response.output_item.done`` events seen
+  (each item id once): never from both. xAI's ``num_server_side_tools_used`` counts every
+  server-side tool (X search, code execution too) and is not read as web searches.
 
 Streams: the latest non-null ``usage`` wins (the final ``choices: []`` chunk with
 ``stream_options.include_usage``; Groq's ``x_groq.usage``; vLLM's cumulative
@@ -35,7 +40,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from addons.metering.counts import CountReader, check_consistency
+from addons.metering.counts import MAX_WEB_SEARCHES, CountReader, check_consistency
 from addons.metering.extract.framing import (
     LazyText,
     as_dict,
@@ -61,6 +66,13 @@ _RESPONSE_TEXT = frozenset(
     }
 )
 _RESPONSE_START = frozenset({"response.created", "response.in_progress"})
+#: The Responses output item of one server-side web search (billed per call).
+_WEB_SEARCH_ITEM = "web_search_call"
+
+
+def _web_searches(output: list[Any]) -> int:
+    """The ``web_search_call`` items of a Responses ``output`` list."""
+    return sum(1 for item in output if as_dict(item).get("type") == _WEB_SEARCH_ITEM)
 
 
 def map_usage(raw: dict[str, Any]) -> Usage | None:
@@ -212,6 +224,9 @@ class OpenAIReader:
         self._streamed = False  # SSE events were read
         self._ended = False  # [DONE] or a final Responses event was seen
         self._usage_final = False  # the usage kept came with the end of the answer
+        self._web_final: int | None = None  # web searches in the final response's output
+        self._web_done: set[str] = set()  # ids of web_search_call items done so far
+        self._web_unnamed = 0  # such items without an id
 
     # --- JSON bodies and parsed chunks -------------------------------------------------
 
@@ -250,6 +265,9 @@ class OpenAIReader:
 
     def _on_response(self, response: dict[str, Any], final: bool = True) -> None:
         self._take_ids(response)
+        output = response.get("output")
+        if final and isinstance(output, list) and output:
+            self._web_final = _web_searches(output)
         if isinstance(response.get("usage"), dict) and self._take_usage(response):
             self._usage_final = final
         text = "".join(_response_output_text(response))
@@ -292,6 +310,17 @@ class OpenAIReader:
     def _on_response_event(self, kind: str, data: str, obj: Any) -> None:
         if kind in _RESPONSE_TEXT:
             self._response_text.add_raw(data)
+        elif kind == "response.output_item.done":
+            if _WEB_SEARCH_ITEM in data:  # only these are decoded
+                if obj is None:
+                    obj = loads(data, self.problems, kind)
+                item = as_dict(as_dict(obj).get("item"))
+                if item.get("type") == _WEB_SEARCH_ITEM:
+                    item_id = item.get("id")
+                    if isinstance(item_id, str) and item_id:
+                        self._web_done.add(item_id)
+                    else:
+                        self._web_unnamed += 1
         elif kind in _RESPONSE_FINAL or kind in _RESPONSE_START:
             if obj is None:
                 obj = loads(data, self.problems, kind)
@@ -311,6 +340,12 @@ class OpenAIReader:
         if self._usage is None:
             return None
         u = self._usage  # a copy with the ids (dataclasses.replace is slow: it introspects)
+        searches = self._web_final
+        if searches is None:  # no final output list: the items seen done, each once
+            searches = len(self._web_done) + self._web_unnamed
+        invalid = u.invalid
+        if invalid is None and searches > MAX_WEB_SEARCHES:
+            invalid = f"web searches {searches} > {MAX_WEB_SEARCHES} in one call"
         return Usage(
             input=u.input,
             cached_input=u.cached_input,
@@ -319,11 +354,12 @@ class OpenAIReader:
             output=u.output,
             audio_output=u.audio_output,
             reasoning=u.reasoning,
+            web_search=searches,
             model=self._model,
             response_id=self._id,
             estimated=u.estimated,
             partial=self._streamed and not (self._ended or self._usage_final),
-            invalid=u.invalid,
+            invalid=invalid,
         )
 
     def seen(self) -> Seen:

@@ -14,7 +14,7 @@ from meterline.entitlements.policy import CustomerPolicy
 NOW = datetime(2026, 3, 10, 12, tzinfo=UTC)
 
 
-def catalog(**plan: object) -> Catalog:
+def catalog(extra_features: tuple[dict[str, object], ...] = (), **plan: object) -> Catalog:
     return Catalog.model_validate(
         {
             "consumers": [{"name": "bot"}],
@@ -26,6 +26,7 @@ def catalog(**plan: object) -> Catalog:
                 },
                 {"key": "all", "name": "all", "meter": {"provider": "openai", "model": "gpt-4o*"}},
                 {"key": "mini", "name": "mini", "meter": {"model": "gpt-4o-mini"}},
+                *extra_features,
             ],  # fmt: skip
             "plans": [{"key": "p", "name": "P", "currency": "USD", **plan}],
             "customers": [
@@ -209,3 +210,26 @@ def test_limits_of_the_models_an_alias_is_billed_as_apply_to_it() -> None:
     assert pol.matching_billed("openai", "prod-chat", billed) is pol.matching_billed(
         "openai", "prod-chat", billed
     )  # computed once
+
+
+SEARCH_METER = {"provider": "anthropic", "model": "claude-*", "token_types": ["web_search"]}
+SEARCH = {"key": "search", "name": "search", "meter": SEARCH_METER}
+
+
+def test_a_hard_limit_on_web_searches_refuses_once_they_are_used() -> None:
+    """Searches are counted at settle (the request bounds no search count read here): a
+    call reserves nothing for them, each event adds its searches, and the call after
+    the one that reached the limit is refused."""
+    pol = policy_of(catalog((SEARCH,), entitlements=[{"feature": "search", "limit": 5}]))
+    c = Counters()
+    for n, searches in enumerate([3, 2]):
+        r = c.admit(pol, "anthropic", "claude-sonnet-4-6", 30_000, 600, NOW)
+        assert isinstance(r, Reservation) and r.parts == []  # no input bound held for it
+        c.release(r)
+        by_type = {"input": 30_000, "output": 600, "web_search": searches}
+        c.record(pol, f"e{n}", "anthropic", "claude-sonnet-4-6", by_type, NOW)
+    refused = c.admit(pol, "anthropic", "claude-sonnet-4-6", 10, 40, NOW)
+    assert isinstance(refused, Refusal) and refused.reason == "limit:search"
+    assert "limit of 5 search units" in refused.message
+    # Another provider's calls: not this limit.
+    assert isinstance(c.admit(pol, "openai", "gpt-4o", 10, 40, NOW), Reservation)
