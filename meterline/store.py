@@ -381,6 +381,13 @@ def migrate(con: duckdb.DuckDBPyConnection, migrations: Sequence[Migration]) -> 
 
 
 def _migrate_once(con: duckdb.DuckDBPyConnection, migrations: Sequence[Migration]) -> list[str]:
+    """Apply the migrations not yet recorded, each in its own transaction.
+
+    On a lake, two processes starting at once can both apply one migration: their
+    commits do not conflict (appends to ``schema_migrations``, ``IF NOT EXISTS`` DDL), so
+    the name may be recorded twice (an independent probe: 1 of 3 rounds of two proxies).
+    Every migration must therefore be idempotent; one that is not (a backfill
+    ``UPDATE``) needs a lease first."""
     con.execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations ("
         " name VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL)"
