@@ -37,8 +37,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -56,6 +57,8 @@ from billing.stripe.client import (
 )
 from billing.stripe.syncstate import Line, OurInvoice, SyncRow, SyncState
 from meterline.catalog import Catalog, Customer
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -400,7 +403,15 @@ class Syncer:
         self, invoice: OurInvoice, customer: Customer, cus_id: str, row: SyncRow
     ) -> Any:
         if row.stripe_invoice_id:
-            found = self.gw.retrieve_invoice(row.stripe_invoice_id)
+            try:
+                found = self.gw.retrieve_invoice(row.stripe_invoice_id)
+            except StripeFailure as err:
+                if err.http_status != 404 or row.state not in ("invoice", "items"):
+                    raise
+                self._forget_deleted_draft(invoice, row.stripe_invoice_id)
+                return self.ensure_invoice(
+                    invoice, customer, cus_id, replace(row, stripe_invoice_id=None)
+                )
         else:
             mine = [
                 i
@@ -425,6 +436,22 @@ class Syncer:
             )
         self.sync_state.set_invoice(invoice.number, found.id, found.status)
         return found
+
+    def _forget_deleted_draft(self, invoice: OurInvoice, draft_id: str) -> None:
+        """A draft deleted in Stripe (only drafts can be: docs/stripe.md tells users to
+        delete a half-built one) is built again. Its keys get new attempt numbers: within
+        24 hours the old ones would replay the deleted invoice and items."""
+        log.warning(
+            "%s: Stripe draft %s is gone (deleted there): building the invoice again",
+            invoice.number,
+            draft_id,
+        )
+        self.sync_state.forget_draft(invoice.number)
+        for scope in (
+            invoice_scope(invoice.number),
+            *(item_scope(invoice.number, line.line_no) for line in billable_lines(invoice)),
+        ):
+            self.sync_state.set_attempt(scope, self.sync_state.attempt(scope) + 1)
 
     # -------------------------------------------------------------- step 3
 

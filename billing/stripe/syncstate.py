@@ -231,6 +231,18 @@ class SyncState:
             [stripe_invoice_id, stripe_status],
         )
 
+    def forget_draft(self, number: str) -> None:
+        """The invoice's Stripe draft was deleted there (with its items): start it again."""
+        with billing_store(self.db) as con:
+            con.execute("BEGIN TRANSACTION")
+            con.execute(
+                "UPDATE stripe_invoices SET stripe_invoice_id = NULL, stripe_status = NULL,"
+                f" state = 'customer', updated_at = {_NOW} WHERE invoice_number = ?",
+                [number],
+            )
+            con.execute("DELETE FROM stripe_items WHERE invoice_number = ?", [number])
+            con.execute("COMMIT")
+
     def add_item(self, number: str, line_no: int, stripe_item_id: str, amount_minor: int) -> None:
         with billing_store(self.db) as con:
             _upsert(

@@ -199,6 +199,8 @@ def _routes() -> list[Route]:
                                   frozenset({"customer", "status", "number", "currency"}),
                                   s.not_indexed)),
         r("GET", iid, sp.InvoiceRetrieveParams, lambda s, m, p: public(s.invoice(m["id"]))),
+        r("DELETE", iid, sp.InvoiceDeleteParams,
+          lambda s, m, p: public(s.delete_invoice(m["id"]))),
         r("POST", iid + "/finalize", sp.InvoiceFinalizeInvoiceParams,
           lambda s, m, p: public(s.finalize(m["id"], p))),
         r("POST", iid + "/pay", sp.InvoicePayParams, lambda s, m, p: public(s.pay(m["id"]))),

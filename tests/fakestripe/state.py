@@ -383,6 +383,17 @@ class FakeState:
         invoice["status_transitions"]["voided_at"] = self._now()
         return invoice
 
+    def delete_invoice(self, in_id: str) -> JSON:
+        """Stripe deletes draft invoices only, and their invoice items with them; a
+        deleted invoice is then missing (404), unlike a deleted customer."""
+        invoice = self.invoice(in_id)
+        if invoice["status"] != "draft":
+            raise ApiError(400, "You can only delete draft invoices.")
+        for item_id in invoice["_items"]:
+            self.items.pop(item_id, None)
+        del self.invoices[in_id]
+        return {"id": in_id, "object": "invoice", "deleted": True}
+
     def mark_uncollectible(self, in_id: str) -> JSON:
         invoice = self.invoice(in_id)
         self._require_open(invoice, "mark uncollectible")

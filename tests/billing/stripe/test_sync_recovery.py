@@ -280,3 +280,20 @@ def test_a_malformed_api_key_is_named_not_a_connection_error(
         "secret key alone, on one line (sk_test_... or sk_live_...)\n"
     )
     assert fake.log == []
+
+
+def test_a_draft_deleted_in_stripe_is_built_again(
+    cli: CliFn, fake: FakeStripe, billed: Billed
+) -> None:
+    """docs/stripe.md tells users to delete a half-built draft in Stripe; before, every
+    later sync stopped at "retrieve invoice ... 404" and no invoice was sent again."""
+    fake.inject("error_saved", nth=2, method="POST", path=r"^/v1/invoiceitems$")
+    assert cli("sync").exit_code == 1
+    (draft,) = [i for i in fake.state.invoices.values() if i["status"] == "draft"]
+    client_for(fake).v1.invoices.delete(draft["id"])
+    again = cli("sync")
+    assert again.exit_code == 0, again.output
+    assert_stripe_matches_ours(fake, billed)
+    assert draft["id"] not in fake.state.invoices
+    keys = {r.idempotency_key for r in fake.log if r.status == 200}
+    assert "meterline-invoice-INV-000001~1" in keys  # not the deleted draft's key again
