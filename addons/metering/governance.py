@@ -293,7 +293,9 @@ class Governance:
         # A name the provider resolves (an Azure deployment, an alias) is held against
         # the limits of every model it was billed as too.
         billed = self.billed_as.get(provider, est.model)
-        decision = self.counters.admit(pol, provider, est.model, est.input, est.output, now, billed)
+        decision = self.counters.admit(
+            pol, provider, est.model, est.input, est.output, now, billed, est.searches
+        )
         if isinstance(decision, Reservation):
             if est.model:
                 self._asked[flow.id] = (provider, est.model)

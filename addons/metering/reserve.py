@@ -82,6 +82,35 @@ class Estimate(NamedTuple):
     model: str
     input: int
     output: int
+    searches: int = 0
+    """Server-side web searches the call may run (:func:`search_bound`)."""
+
+
+DEFAULT_SEARCH_RESERVE = 5
+"""Searches reserved for a web search tool that sets no ``max_uses`` (Anthropic's cap on
+one call's searches; OpenAI's and xAI's tools have none): an estimate, not a bound."""
+_SEARCH_TOOL = b'"web_search'
+
+
+def search_bound(flavor: str, body: bytes) -> int:
+    """The web searches a call may run: the sum over its top-level ``tools`` of type
+    ``web_search*`` of Anthropic's ``max_uses``, else :data:`DEFAULT_SEARCH_RESERVE`.
+    Read only when the body names such a tool (a full parse of those rare bodies)."""
+    if _SEARCH_TOOL not in body:
+        return 0
+    try:
+        data = jsoncodec.loads(body)
+    except ValueError:
+        return 0
+    tools = data.get("tools") if isinstance(data, dict) else None
+    total = 0
+    for tool in tools if isinstance(tools, list) else ():
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        if not (isinstance(kind, str) and kind.startswith("web_search")):
+            continue
+        cap = _whole(tool.get("max_uses")) if flavor == "anthropic" else None
+        total += cap if cap is not None else DEFAULT_SEARCH_RESERVE
+    return total
 
 
 def _keys(body: bytes, key: bytes, start: int, stop: int) -> tuple[int, int] | None:
@@ -268,4 +297,5 @@ def estimate_request(flavor: str, path: str, body: bytes) -> Estimate:
             model = m.group(1) if m else ""
     if output is None:
         output = max_output(model) or DEFAULT_OUTPUT_RESERVE
-    return Estimate(model, -(-len(body) // BYTES_PER_TOKEN), output)
+    searches = search_bound(flavor, body)
+    return Estimate(model, -(-len(body) // BYTES_PER_TOKEN), output, searches)

@@ -242,11 +242,13 @@ class Counters:
         output_bound: int,
         now: datetime,
         billed: tuple[str, ...] = (),
+        searches: int = 0,
     ) -> Refusal | Reservation:
         """Refuse, or reserve the estimate on every account the call adds to.
 
         ``billed``: the models the provider was seen to bill calls naming ``model`` as
-        (an alias it resolves): their limits apply too, and their accounts reserve."""
+        (an alias it resolves): their limits apply too, and their accounts reserve.
+        ``searches``: the server-side web searches the call may run (its tools' caps)."""
         if pol.inactive is not None:
             return Refusal("not_granted", pol.inactive, "not_granted")
         matched: Matched = pol.matching_billed(provider, model, billed)
@@ -301,10 +303,11 @@ class Counters:
         reserved, in_flight = self.reserved, self.in_flight
         for acct, types in matched.counted:
             # One input bound for every input type together, one output bound for text
-            # and audio output together; web searches (counted at settle) reserve
-            # nothing: the request names no bound on them that is read here.
-            units = (output_bound if not OUTPUT_TYPES.isdisjoint(types) else 0) + (
-                input_bound if not INPUT_TYPES.isdisjoint(types) else 0
+            # and audio output together, and the searches the call's tools may run.
+            units = (
+                (output_bound if not OUTPUT_TYPES.isdisjoint(types) else 0)
+                + (input_bound if not INPUT_TYPES.isdisjoint(types) else 0)
+                + (searches if "web_search" in types else 0)
             )
             if units:
                 key = acct.current(now)[1]

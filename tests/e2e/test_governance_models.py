@@ -233,3 +233,48 @@ def test_a_gzip_request_is_pinned_and_checked_as_the_routes_model(
         assert [s["model"] for s in sent] == ["gpt-4o"] * 3
     finally:
         proxy.stop()
+
+
+def test_a_limit_on_web_searches_reserves_each_calls_max_uses(
+    tmp_path: Path, fake_provider: FakeProvider, start_proxy: Any
+) -> None:
+    """A hard limit of 10 searches, ten concurrent calls whose web search tool may run 3
+    each: a call reserves its ``max_uses``, so four are admitted (0, 3, 6, 9 < 10), 12
+    searches at most (before: nothing was reserved, 10 of 10 admitted, 30 searches)."""
+    catalog = governed_catalog(
+        tmp_path / "catalog.yaml",
+        fake_provider,
+        ALICE,
+        entitlements=[{"feature": "claude-search", "limit": 10}],
+    )
+    doc = yaml.safe_load(catalog.read_text())
+    doc["features"].append(
+        {
+            "key": "claude-search",
+            "name": "Claude web searches",
+            "meter": {"provider": "fake-anthropic", "token_types": ["web_search"]},
+        }
+    )
+    catalog.write_text(yaml.safe_dump(doc, sort_keys=False))
+    proxy = start_proxy(catalog=catalog)
+    tools = [{"type": "web_search_20250305", "name": "web_search", "max_uses": 3}]
+
+    def one(_: int) -> str:
+        with anthropic_client(proxy, fake_provider, KEYS["bob"]) as client:
+            try:
+                client.messages.create(
+                    model="claude-sonnet-4-5",
+                    max_tokens=50,
+                    messages=HI,
+                    tools=tools,  # type: ignore[arg-type]
+                    extra_headers={"x-fake": "think=1"},
+                )
+            except anthropic.RateLimitError:
+                return "refused"
+            return "admitted"
+
+    with ThreadPoolExecutor(10) as pool:
+        outcomes = list(pool.map(one, range(10)))
+    assert outcomes.count("admitted") == 4
+    searched = rows_where(proxy, "reason IS NULL", 4)
+    assert sum(r["web_search_calls"] for r in searched) == 12

@@ -249,3 +249,19 @@ def test_spellings_that_hide_a_key_or_shrink_a_bound(
     reserved 5 tokens and the first of two bounds was taken even when the smaller."""
     got = estimate_request(flavor, "/v1/chat/completions", body)
     assert (got.model, got.output) == (model, output)
+
+
+@pytest.mark.parametrize(
+    ("flavor", "tools", "searches"),
+    [
+        ("anthropic", [{"type": "web_search_20250305", "name": "web_search", "max_uses": 3}], 3),
+        ("anthropic", [{"type": "web_search_20250305", "name": "web_search"}], 5),
+        ("openai", [{"type": "web_search"}], 5),  # no cap in OpenAI's tool: an estimate
+        ("openai", [{"type": "web_search_preview"}, {"type": "file_search"}], 5),
+        ("anthropic", [{"type": "custom", "name": "web_search_helper"}], 0),
+        ("openai", [], 0),
+    ],
+)
+def test_searches_a_call_may_run(flavor: str, tools: list[dict], searches: int) -> None:
+    body = json.dumps({"model": "m", "max_tokens": 5, "tools": tools}).encode()
+    assert estimate_request(flavor, "/v1/messages", body).searches == searches
