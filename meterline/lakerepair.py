@@ -17,6 +17,7 @@ itself for a commit of its own whose outcome it did not learn (:func:`lost_in`);
 from __future__ import annotations
 
 import os
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -106,9 +107,14 @@ def dangling_files(con: duckdb.DuckDBPyConnection, catalog: str = "lake") -> lis
     return missing
 
 
+#: An HTTP 404 in an error text, not the digits inside a port or a number (a connection
+#: error to ``127.0.0.1:40483`` is no lost file).
+_NOT_FOUND = re.compile(r"(?<![\w:.])404(?![\w.])")
+
+
 def names_a_lost_file(error: str) -> bool:
     """Whether a read failed on a lake file that is not there."""
-    return "ducklake-" in error and ("No such file" in error or "404" in error)
+    return "ducklake-" in error and ("No such file" in error or bool(_NOT_FOUND.search(error)))
 
 
 def _gone(con: duckdb.DuckDBPyConnection, path: str) -> bool:
@@ -119,7 +125,8 @@ def _gone(con: duckdb.DuckDBPyConnection, path: str) -> bool:
         con.execute(f"SELECT count(*) FROM parquet_metadata('{quoted}')")
     except duckdb.Error as e:
         text = str(e)
-        return "No such file" in text or "404" in text or "not found" in text.lower()
+        missing = "No such file" in text or "not found" in text.lower()
+        return missing or _NOT_FOUND.search(text) is not None
     return False
 
 

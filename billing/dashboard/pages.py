@@ -45,7 +45,7 @@ def usage_page(data: Data, catalog: Catalog, json_url: str) -> str:
         '<div class="stats">',
         stat("Tokens", num(totals["total"]), "total-tokens"),
         stat("Events", num(totals["events"]), "total-events"),
-        stat("Output tokens", num(totals["output"]), "total-output"),
+        stat("Output tokens", num(totals["output"] + totals["audio_output"]), "total-output"),
         "</div>",
         chart(
             "chart-by-model",

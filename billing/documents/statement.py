@@ -169,7 +169,13 @@ def statement_json(st: Statement) -> dict[str, Any]:
         "currency": st.currency,
         "total": st.total,
         "features": [
-            {"feature": f.feature, "name": f.name, "tokens": f.total, "days": f.days}
+            {
+                "feature": f.feature,
+                "name": f.name,
+                "tokens": f.total,
+                "unit": f.unit,
+                "days": f.days,
+            }
             for f in st.features
         ],
         "invoices": [render.invoice_json(i) for i in st.invoices],
@@ -181,6 +187,7 @@ def feature_chart(f: FeatureUsage) -> str:
     spec = stacked_bars(
         [{"bucket": r["day"], "model": r["model"], "tokens": r["tokens"]} for r in f.days],
         x="bucket", y="tokens", color="model", bucket="day", title=None, width=640, height=150,
+        y_title=plural(f.unit),
     )  # fmt: skip
     svg = to_svg(spec)
     uri = "data:image/svg+xml;base64," + base64.b64encode(svg.encode()).decode()

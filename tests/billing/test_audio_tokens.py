@@ -12,6 +12,8 @@ from pathlib import Path
 
 import duckdb
 
+from billing.dashboard.pages import usage_page
+from billing.dashboard.queries import Scope, resolve_range, timeline
 from billing.invoices import generate_invoices
 from billing.model import Invoice
 from billing.store import billing_store
@@ -132,3 +134,15 @@ def test_events_stored_before_audio_was_counted_read_0(tmp_path: Path) -> None:
         ).invoices
     lines = {ln.rate_card_key: ln.quantity for ln in inv.lines}
     assert lines == {"text-in": 64, "audio-in": 0}
+
+
+def test_the_dashboards_output_figure_counts_audio_output(tmp_path: Path) -> None:
+    """Before: "Output tokens" showed text output only (audio output was in ``output``
+    until audio was counted apart, so the figure fell by the audio share)."""
+    s = setup(tmp_path, CATALOG)
+    add_events(s.db, Event(utc("2026-01-05"), input=10, output=30, audio_output=400))
+    rng = resolve_range(utc("2026-01-01"), utc("2026-02-01"), "day", utc("2026-02-01"))
+    with billing_store(s.db) as con:
+        data = timeline(con, s.catalog, Scope(), rng)
+    page = usage_page(data, s.catalog, "/usage.json")
+    assert '<div id="total-output">430</div>' in page

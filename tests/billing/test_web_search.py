@@ -8,6 +8,8 @@ that does not price it sees it under "unpriced"; it is never added to a token to
 
 from __future__ import annotations
 
+import base64
+import re
 from decimal import Decimal
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import duckdb
 import pytest
 
 from billing.documents.invoice_page import invoice_html
+from billing.documents.statement import build_statement, feature_chart, statement_json
 from billing.invoices import generate_invoices
 from billing.store import billing_store
 from billing.usage import UsageQuery, usage_report
@@ -136,3 +139,24 @@ def test_events_stored_before_searches_were_counted_read_0(tmp_path: Path) -> No
             con, s.catalog, "2026-01", now=utc("2026-02-01T00:00:05Z")
         ).invoices
     assert {ln.rate_card_key: ln.quantity for ln in inv.lines} == {"input": 64, "search": 0}
+
+
+def test_a_statement_counts_web_searches_in_their_own_unit(tmp_path: Path) -> None:
+    """Before: the feature's heading said "web searches" but its chart's axis said
+    "tokens", and the JSON gave no unit."""
+    s = setup(tmp_path, CATALOG)
+    add_events(s.db, _call("2026-01-05", 1_000, 3), _call("2026-01-06", 100, 4))
+    with billing_store(s.db) as con:
+        generate_invoices(con, s.catalog, "2026-01", now=utc("2026-02-01T00:00:05Z"))
+        st = build_statement(con, s.catalog, "alpha", "2026-01")
+    by_feature = {f["feature"]: f for f in statement_json(st)["features"]}
+    assert (by_feature["claude-search"]["tokens"], by_feature["claude-search"]["unit"]) == (
+        7,
+        "web search",
+    )
+    assert by_feature["claude-in"]["unit"] == "token"
+    [search] = [f for f in st.features if f.feature == "claude-search"]
+    uri = re.search(r'src="data:image/svg\+xml;base64,([^"]+)"', feature_chart(search))
+    assert uri is not None
+    svg = base64.b64decode(uri.group(1)).decode()
+    assert "web searches" in svg and ">tokens<" not in svg
