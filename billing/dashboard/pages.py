@@ -236,6 +236,13 @@ def margin_page(data: Data, catalog: Catalog, json_url: str) -> str:
     )  # fmt: skip
 
 
+def _tokens_and_searches(reason: Data) -> str:
+    """``1,200 tokens`` and, when there are any, ``· 16 web searches`` (calls, apart)."""
+    text = f"{num(reason['total'])} tokens"
+    searches = int(reason.get("web_search") or 0)
+    return f"{text} · {num(searches)} web searches" if searches else text
+
+
 def unbilled_page(data: Data, catalog: Catalog, json_url: str) -> str:
     rng = data["range"]
     body = [
@@ -245,7 +252,7 @@ def unbilled_page(data: Data, catalog: Catalog, json_url: str) -> str:
         "of the plan prices. Money being lost.</p>",
         '<div class="stats">',
         *(
-            stat(r["reason"], f"{num(r['total'])} tokens", f"reason-{i}")
+            stat(r["reason"], _tokens_and_searches(r), f"reason-{i}")
             for i, r in enumerate(data["reasons"])
         ),
         "</div>",
@@ -260,10 +267,11 @@ def unbilled_page(data: Data, catalog: Catalog, json_url: str) -> str:
                 ("provider", "Provider"),
                 ("model", "Model"),
                 ("total", "Tokens"),
+                ("web_search", "Web searches"),
                 ("events", "Events"),
             ],
             css_id="unbilled",
-            numeric=["total", "events"],
+            numeric=["total", "web_search", "events"],
             cells={"consumer": _usage_link, "key_fingerprint": _key_link},
         ),  # fmt: skip
         "<h2>Covered, but no price in the plan</h2>",
@@ -275,7 +283,7 @@ def unbilled_page(data: Data, catalog: Catalog, json_url: str) -> str:
                 ("provider", "Provider"),
                 ("model", "Model"),
                 ("token_type", "Token type"),
-                ("tokens", "Tokens"),
+                ("tokens", "Quantity"),  # tokens, or calls for web_search
             ],
             css_id="unpriced",
             numeric=["tokens"],

@@ -317,15 +317,18 @@ def unbilled(con: duckdb.DuckDBPyConnection, catalog: Catalog, rng: TimeRange) -
     unpriced.sort(key=lambda r: (r["customer"], r["plan"], r["provider"], r["model"],
                                  _type_order(r["token_type"])))  # fmt: skip
     reasons: dict[str, dict[str, int]] = {}
-    for r in rows:
-        agg = reasons.setdefault(str(r["reason"]), {"total": 0, "events": 0})
+    for r in rows:  # tokens, and web searches apart (calls are no tokens)
+        agg = reasons.setdefault(str(r["reason"]), {"total": 0, "web_search": 0, "events": 0})
         agg["total"] += int(r["total"])
+        agg["web_search"] += int(r["web_search"])
         agg["events"] += int(r["events"])
     listed: list[Data] = [{"reason": k, **v} for k, v in sorted(reasons.items())]
     if unpriced:
+        calls = [u for u in unpriced if u["token_type"] in CALL_TYPES]
         listed.append(
             {"reason": "no price in the plan",
-             "total": sum(int(u["tokens"]) for u in unpriced if u["token_type"] not in CALL_TYPES),
+             "total": sum(int(u["tokens"]) for u in unpriced if u not in calls),
+             "web_search": sum(int(u["tokens"]) for u in calls if u["token_type"] == "web_search"),
              "events": None}
         )  # fmt: skip
     return {"range": rng.to_data(), "reasons": listed, "rows": rows, "unpriced": unpriced}

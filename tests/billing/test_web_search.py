@@ -16,6 +16,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from billing.dashboard.pages import unbilled_page
+from billing.dashboard.queries import resolve_range, unbilled
 from billing.documents.invoice_page import invoice_html
 from billing.documents.statement import build_statement, feature_chart, statement_json
 from billing.invoices import generate_invoices
@@ -160,3 +162,22 @@ def test_a_statement_counts_web_searches_in_their_own_unit(tmp_path: Path) -> No
     assert uri is not None
     svg = base64.b64decode(uri.group(1)).decode()
     assert "web searches" in svg and ">tokens<" not in svg
+
+
+def test_the_unbilled_page_shows_web_searches_apart_from_tokens(tmp_path: Path) -> None:
+    """Before: a consumer no customer lists showed only its tokens; its web searches,
+    billable per call, appeared nowhere on the page nor in the reasons' totals."""
+    s = setup(tmp_path, CATALOG)
+    add_events(
+        s.db,
+        Event(utc("2026-01-05"), consumer="stray", provider="anthropic",
+              model="claude-sonnet-4-5", input=400, output=40, web_search=16),
+    )  # fmt: skip
+    rng = resolve_range(utc("2026-01-01"), utc("2026-02-01"), "day", utc("2026-02-01"))
+    with billing_store(s.db) as con:
+        data = unbilled(con, s.catalog, rng)
+    [reason] = [r for r in data["reasons"] if r.get("web_search")]
+    assert (reason["total"], reason["web_search"]) == (440, 16)
+    page = unbilled_page(data, s.catalog, "/unbilled.json")
+    assert "440 tokens · 16 web searches" in page
+    assert '<td data-field="web_search" class="num">16</td>' in page
