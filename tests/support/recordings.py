@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 CORPUS = REPO.parent / "shared" / "real-recordings"
 PROVIDERS = (
@@ -69,6 +71,19 @@ def corpus_missing_reason() -> str | None:
 
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def recording(name: str) -> tuple[dict[str, Any], bytes]:
+    """One recording's meta and body (``"openai/chat-gpt-4o-audio-input"``), read from
+    ``../shared`` at test time (never copied here); skipped where the corpus is absent,
+    a failure in CI."""
+    reason = corpus_missing_reason()
+    if reason is not None:
+        if in_ci():
+            pytest.fail(f"{reason}: CI must run the conformance corpus")
+        pytest.skip(reason)
+    meta = json.loads((CORPUS / f"{name}.meta.json").read_text())
+    return meta, (CORPUS / name.split("/")[0] / meta["response"]["body_file"]).read_bytes()
 
 
 def load_recordings(root: Path = CORPUS) -> list[Recording]:

@@ -7,7 +7,6 @@ The documented payloads (OpenAI chat JSON and stream, Gemini JSON and SSE) are r
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
@@ -16,18 +15,7 @@ from addons.metering.extract import new_extractor
 from addons.metering.extract.gemini import map_usage as gemini_usage
 from addons.metering.extract.openai import map_usage as openai_usage
 from addons.metering.usage import Usage
-from tests.support.recordings import CORPUS, corpus_missing_reason, in_ci
-
-
-def _recording(name: str) -> tuple[dict[str, Any], bytes]:
-    """A recording's meta and body, read from ``../shared`` (never copied here)."""
-    reason = corpus_missing_reason()
-    if reason is not None:
-        if in_ci():
-            pytest.fail(f"{reason}: CI must run the conformance corpus")
-        pytest.skip(reason)
-    meta = json.loads((CORPUS / f"{name}.meta.json").read_text())
-    return meta, (CORPUS / name.split("/")[0] / meta["response"]["body_file"]).read_bytes()
+from tests.support.recordings import recording as _recording
 
 
 def _metered(meta: dict[str, Any], body: bytes) -> Usage:

@@ -14,23 +14,12 @@ import pytest
 
 from addons.metering.extract import new_extractor
 from addons.metering.usage import Usage
-from tests.support.recordings import CORPUS, corpus_missing_reason, in_ci
+from tests.support.recordings import recording as _recording
 
 MESSAGES = "/v1/messages"
 RESPONSES = "/v1/responses"
 SSE = "text/event-stream"
 JSON = "application/json"
-
-
-def _recording(name: str) -> tuple[dict[str, Any], bytes]:
-    """A recording's meta and body, read from ``../shared`` (never copied here)."""
-    reason = corpus_missing_reason()
-    if reason is not None:
-        if in_ci():
-            pytest.fail(f"{reason}: CI must run the conformance corpus")
-        pytest.skip(reason)
-    meta = json.loads((CORPUS / f"{name}.meta.json").read_text())
-    return meta, (CORPUS / name.split("/")[0] / meta["response"]["body_file"]).read_bytes()
 
 
 def _read(flavor: str, path: str, content_type: str, body: bytes, seed: int = 0) -> Usage:
