@@ -22,6 +22,7 @@ only for governed consumers.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any, NamedTuple
 
@@ -195,8 +196,25 @@ def _top_bound(body: bytes) -> Any:
 
     With several bounds set (``max_tokens`` and ``max_completion_tokens``), the largest:
     servers differ in which one they honour."""
+    return _bound(body, _OUTPUT_KEYS, 1)
+
+
+def _gemini_bound(body: bytes) -> Any:
+    """``generationConfig.maxOutputTokens`` (None when unset), or :data:`_REREAD`."""
+    return _bound(body, _GEMINI_KEYS, 2, _in_config)
+
+
+def _bound(
+    body: bytes,
+    keys: tuple[bytes, ...],
+    depth: int,
+    placed: Callable[[bytes, int], bool] | None = None,
+) -> Any:
+    """The largest integer among ``keys`` used ``depth`` objects deep (and, if given,
+    where ``placed`` says), None when none is, or :data:`_REREAD` when the shortcut
+    cannot tell (a key used twice, nested, or a number such as ``1e3``)."""
     bound: int | None = None
-    for key in _OUTPUT_KEYS:
+    for key in keys:
         found = _first(body, key)
         if found is None:
             continue
@@ -206,30 +224,13 @@ def _top_bound(body: bytes) -> Any:
         k = _int_end(body, j)
         if k < len(body) and body[k] in b".eE":
             return _REREAD  # 1e3, 1000.0: a number the provider may read as an integer
-        if not _at_depth(body, i, k if k > j else j, 1):
-            return _REREAD  # nested: is there a top-level one too? the full parse says
+        if not _at_depth(body, i, k if k > j else j, depth):
+            return _REREAD  # nested: is there one at the right depth too? the parse says
+        if placed is not None and not placed(body, i):
+            return _REREAD
         if j < k and k - j <= _MAX_INT_DIGITS:
             bound = max(bound or 0, int(body[j:k]))
     return bound
-
-
-def _gemini_bound(body: bytes) -> Any:
-    """``generationConfig.maxOutputTokens`` (None when unset), or :data:`_REREAD`."""
-    for key in _GEMINI_KEYS:
-        found = _first(body, key)
-        if found is None:
-            continue
-        if found is _REREAD:
-            return _REREAD
-        i, j = found
-        k = _int_end(body, j)
-        if not _at_depth(body, i, k if k > j else j, 2):
-            return _REREAD
-        if not _in_config(body, i):
-            return _REREAD
-        if j < k and k - j <= _MAX_INT_DIGITS:
-            return int(body[j:k])
-    return None
 
 
 def _in_config(body: bytes, i: int) -> bool:

@@ -234,6 +234,7 @@ def test_an_azure_deployment_names_the_model_when_the_body_does_not() -> None:
         # numbers in exponent or fraction form that servers read as integers
         ("openai", b'{"model": "gpt-4o", "max_tokens": 5e3}', "gpt-4o", 5000),
         ("anthropic", b'{"model": "claude-x", "max_tokens": 1000.0}', "claude-x", 1000),
+        ("gemini", b'{"generationConfig": {"maxOutputTokens": 2e3}}', "", 2000),
         # both bounds: servers differ in which one they honour, so the larger
         ("openai", b'{"model": "o3", "max_tokens": 1, "max_completion_tokens": 1000}', "o3", 1000),
         ("openai", b'{"model": "o3", "max_completion_tokens": 9, "max_tokens": 800}', "o3", 800),
