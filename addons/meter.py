@@ -427,7 +427,7 @@ class Meter:
                 st.provider.flavor,
                 st.provider.name,
                 flow,
-                st.request_body(),  # decoded: a gzip body's model and bound count too
+                st.request_body,  # decoded: a gzip body's model and bound count too
             )
         if verdict is not None and verdict is not True:  # refused: never forwarded
             del self._active[flow.id]

@@ -226,12 +226,13 @@ class Governance:
         flavor: str,
         provider: str,
         flow: http.HTTPFlow,
-        body: bytes | None = None,
+        body: Callable[[], bytes] | None = None,
     ) -> Any:
         """None (not governed), a :class:`Refusal`, or True (admitted, estimate reserved).
 
-        ``body``: the request body decoded (a ``Content-Encoding: gzip`` request's model
-        and bound are read from it; default: the raw body).
+        ``body``: gives the request body decoded (a ``Content-Encoding: gzip`` request's
+        model and bound are read from it; default: the raw body); called only for a
+        governed consumer, so other calls pay nothing for it.
 
         Never raises: if the check fails, a call that a hard limit, an allow-list or a
         prepaid balance could refuse is refused (``unavailable``, 503): a hard cap is not
@@ -258,7 +259,12 @@ class Governance:
             )
 
     def _check(
-        self, consumer: str, flavor: str, provider: str, flow: http.HTTPFlow, body: bytes | None
+        self,
+        consumer: str,
+        flavor: str,
+        provider: str,
+        flow: http.HTTPFlow,
+        body: Callable[[], bytes] | None,
     ) -> Any:
         now = datetime.now(UTC)
         until = self.policy.valid_until
@@ -289,7 +295,8 @@ class Governance:
                     retry=True,
                 )
         req = flow.request
-        est = estimate_request(flavor, req.path, (req.raw_content or b"") if body is None else body)
+        raw = (req.raw_content or b"") if body is None else body()
+        est = estimate_request(flavor, req.path, raw)
         # A name the provider resolves (an Azure deployment, an alias) is held against
         # the limits of every model it was billed as too.
         billed = self.billed_as.get(provider, est.model)
