@@ -375,7 +375,7 @@ class Meter:
             if self.reject_unknown:
                 self._check_unmetered(flow, provider)
             return
-        if spoken != provider.flavor:  # Gemini's OpenAI-compatible endpoints
+        if spoken != provider.flavor:  # another API's compatible endpoint
             provider = providers.speaking(provider, spoken)
         query = path.partition("?")[2] if "?" in path else ""
         keyset = attribution.presented(req.headers, query, provider)
@@ -458,7 +458,7 @@ class Meter:
                 errors.respond(flow, st.provider.flavor, "injection_failed", message)
                 return
             req.path = f"{path}?{query}" if query else path
-        if self.include_usage and st.provider.flavor == "openai" and not st.provider.compat:
+        if self.include_usage and st.provider.flavor == "openai" and not st.provider.keep_request:
             st.add_include_usage()
         if self.durable and st.provider.flavor == "openai" and not st.drop_usage:
             st.ask_plain_stream()
@@ -475,6 +475,8 @@ class Meter:
             return  # mitmproxy buffers it, as plain mitmdump does; metered in `response`
         if st.drop_usage and resp.status_code < 400 and "content-encoding" not in headers:
             st.dropper = UsageChunkDropper()
+            if "content-length" in headers:  # the client gets fewer bytes than announced
+                _unsized(flow)
         if self.durable:
             sse = "event-stream" in headers.get("content-type", "")
             st.end = EndWatch(
@@ -532,6 +534,17 @@ class Meter:
         if self.sink.writer is None:
             self._open_spool()
         self.sink.record(event)
+
+
+def _unsized(flow: http.HTTPFlow) -> None:
+    """Send a response whose body the proxy shortens without a length: chunked to an
+    HTTP/1 client, framed by its stream's end on HTTP/2 and 3 (mitmproxy reads the
+    upstream body by the length it announced, before this hook)."""
+    resp = flow.response
+    assert resp is not None
+    del resp.headers["content-length"]
+    if flow.request.http_version.startswith("HTTP/1"):
+        resp.headers["transfer-encoding"] = "chunked"
 
 
 def _check_db(locator: str) -> None:

@@ -33,9 +33,9 @@ class MeteredProvider:
     flavor: Flavor
     auth: AuthStyle
     """The header that carries the provider's own key (used by key injection)."""
-    compat: bool = False
-    """Metered on another API's compatible endpoint (:func:`speaking`): its requests are
-    never rewritten (Gemini's OpenAI-compatible stream reports usage unasked)."""
+    keep_request: bool = False
+    """Its requests are never rewritten (no ``stream_options`` added): Gemini's
+    OpenAI-compatible endpoints (:func:`speaking`), whose streams report usage unasked."""
 
 
 # The built-in providers are one table in meterline/ (the catalog checks names against it).
@@ -60,9 +60,16 @@ _BILLED_PATHS: dict[str, re.Pattern[str]] = {
 #: Google's OpenAI-compatible endpoints on a Gemini host (``/v1beta/openai/...``): OpenAI's
 #: request and response format, the Gemini key as ``Authorization: Bearer``.
 _GEMINI_OPENAI_PATHS = re.compile(r"/openai/(?:chat/completions|embeddings)/?$")
-#: Claude on Azure AI Foundry (``anthropic.AnthropicFoundry``): Anthropic's Messages API
-#: under ``/anthropic`` on an Azure host, the resource key in ``x-api-key`` / ``api-key``.
-_ANTHROPIC_ON_AZURE = re.compile(r"^/anthropic/v1/messages/?$")
+#: Anthropic's Messages API served by an OpenAI-flavor host, under at most one prefix:
+#: Claude on Azure AI Foundry (``anthropic.AnthropicFoundry``, ``/anthropic/v1/messages``),
+#: DeepSeek's ``/anthropic/v1/messages``, OpenRouter's ``/api/v1/messages`` (Claude Code
+#: with ``ANTHROPIC_BASE_URL=https://openrouter.ai/api``), vLLM's and Ollama's
+#: ``/v1/messages``. OpenAI itself has no such path (its threads' messages are
+#: ``/v1/threads/<id>/messages``).
+_ANTHROPIC_COMPATIBLE = re.compile(r"^(?:/[A-Za-z0-9_.~-]+)?/v1/messages/?$")
+#: Anthropic's OpenAI SDK compatibility endpoint (``base_url=https://api.anthropic.com/v1/``):
+#: OpenAI's request and response format, the Anthropic key as ``Authorization: Bearer``.
+_ANTHROPIC_OPENAI_PATHS = re.compile(r"^/v1/chat/completions/?$")
 #: A Responses API response read back: ``GET .../responses/<id>`` (polled, or its stream
 #: resumed with ``?stream=true``) and ``POST .../responses/<id>/cancel``. Billed only when
 #: the body shows a background response that has ended (:mod:`addons.metering.background`);
@@ -163,8 +170,9 @@ def is_billed_path(flavor: Flavor, path: str) -> bool:
 
 def billed_flavor(flavor: Flavor, path: str, method: str = "POST") -> Flavor | None:
     """The API format ``method path`` speaks on a provider of ``flavor`` when it bills
-    tokens (None: it does not). The provider's own, except Gemini's OpenAI-compatible
-    endpoints. Calls are POSTs, but for a Responses API response read back (GET)."""
+    tokens (None: it does not). The provider's own, except on another API's compatible
+    endpoint (Gemini's and Anthropic's OpenAI-compatible ones, Anthropic's Messages API on
+    an OpenAI-flavor host). Calls are POSTs, but for a Responses API response read back (GET)."""
     path = normalise_path(path)
     if method != "POST":
         if method == "GET" and flavor == "openai" and _RESPONSE_READ.search(path):
@@ -176,8 +184,10 @@ def billed_flavor(flavor: Flavor, path: str, method: str = "POST") -> Flavor | N
         return flavor
     if flavor == "gemini" and _GEMINI_OPENAI_PATHS.search(path) is not None:
         return "openai"
-    if flavor == "openai" and _ANTHROPIC_ON_AZURE.search(path) is not None:
+    if flavor == "openai" and _ANTHROPIC_COMPATIBLE.search(path) is not None:
         return "anthropic"
+    if flavor == "anthropic" and _ANTHROPIC_OPENAI_PATHS.search(path) is not None:
+        return "openai"
     return None
 
 
@@ -193,7 +203,11 @@ def speaking(provider: MeteredProvider, flavor: Flavor) -> MeteredProvider:
     found = _SPEAKING.get(key)
     if found is None:
         found = _SPEAKING[key] = MeteredProvider(
-            provider.name, flavor, DEFAULT_AUTH[flavor], compat=True
+            provider.name,
+            flavor,
+            DEFAULT_AUTH[flavor],
+            # Anthropic documents stream_options as supported on its OpenAI endpoint
+            keep_request=provider.flavor != "anthropic",
         )
     return found
 

@@ -1,7 +1,8 @@
 """Say once when a provider bills a call that the proxy does not meter.
 
 Calls on a provider's paths that bill by other units or protocols (audio, images,
-Realtime, batch jobs, Gemini's embedContent, Anthropic's message batches) pass through
+Realtime, batch jobs, fine-tuning, Gemini's embedContent and context cache storage,
+Anthropic's message batches, Mistral's conversations) pass through
 unmetered (docs/proxy.md, "Providers"): agents that use them are not billed for them.
 That used to happen with no line in the log at all. Now the first such call of each
 provider and kind logs one warning naming the path (never its query string, which may
@@ -24,13 +25,24 @@ _BILLED_ELSEWHERE: dict[str, tuple[tuple[re.Pattern[str], str, frozenset[str] | 
         (re.compile(r"/images/(?:generations|edits|variations)/?$"), "images", None),
         (re.compile(r"/realtime(?:/.*)?$"), "Realtime", frozenset()),
         (re.compile(r"/batches/?$"), "batch jobs", None),
-        (re.compile(r"/videos/?$"), "videos", None),
+        (re.compile(r"/videos(?:/[^/]+/remix)?/?$"), "videos", None),
+        (re.compile(r"/fine_tuning/jobs/?$"), "fine-tuning", None),
     ),
     "anthropic": ((re.compile(r"/v1/messages/batches/?$"), "message batches", None),),
     "gemini": (
         (re.compile(r":(?:embedContent|batchEmbedContents)$"), "embeddings", None),
         (re.compile(r":batchGenerateContent$"), "batch jobs", None),
         (re.compile(r":(?:predict|predictLongRunning)$"), "image and video generation", None),
+        (re.compile(r"/cachedContents/?$"), "context cache storage", None),
+    ),
+}
+#: The same, for one provider's own endpoints on a shared flavor (OpenAI's own
+#: ``/v1/conversations`` stores items for free; Mistral's runs the model and bills it).
+_BILLED_ELSEWHERE_BY_NAME: dict[
+    str, tuple[tuple[re.Pattern[str], str, frozenset[str] | None], ...]
+] = {
+    "mistral": (
+        (re.compile(r"/v1/conversations(?:/[^/]+(?:/restart)?)?/?$"), "conversations", None),
     ),
 }
 _POST = frozenset({"POST"})
@@ -38,12 +50,14 @@ _POST = frozenset({"POST"})
 MAX_SEEN = 4096
 
 
-def billed_kind(flavor: str, method: str, path: str) -> str | None:
-    """The kind of call the provider bills at ``method path`` that is not metered, or None.
+def billed_kind(flavor: str, method: str, path: str, name: str = "") -> str | None:
+    """The kind of call the provider (of ``flavor``, named ``name``) bills at ``method
+    path`` that is not metered, or None.
 
     Methods: POST, except the Realtime API (a WebSocket upgrade is a GET)."""
     path = normalise_path(path)
-    for pattern, kind, methods in _BILLED_ELSEWHERE.get(flavor, ()):
+    kinds = (*_BILLED_ELSEWHERE.get(flavor, ()), *_BILLED_ELSEWHERE_BY_NAME.get(name, ()))
+    for pattern, kind, methods in kinds:
         allowed = _POST if methods is None else methods
         if (not allowed or method in allowed) and pattern.search(path):
             return kind
@@ -67,7 +81,7 @@ class UnmeteredLog:
         if len(self._seen) >= MAX_SEEN:
             self._seen.clear()
         self._seen.add(key)
-        kind = billed_kind(provider.flavor, method, path)
+        kind = billed_kind(provider.flavor, method, path, provider.name)
         if kind is None or (provider.name, kind) in self._told:
             return
         self._told.add((provider.name, kind))

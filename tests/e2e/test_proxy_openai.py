@@ -62,6 +62,29 @@ def test_chat_stream_include_usage_added_and_hidden(
     assert row["streamed"] and not row["estimated"]
 
 
+def test_a_stream_sent_with_a_length_still_ends_when_its_usage_chunk_is_hidden(
+    clients: Clients, meter_proxy: MeterProxy, fake_provider: FakeProvider
+) -> None:
+    """A buffering gateway sends the stream with ``Content-Length``: hiding the usage
+    chunk made the body shorter than announced, and the client waited for the rest
+    until its timeout. The proxy now sends it chunked."""
+    client = clients.openai(KEYS["alice"], tls=False).with_options(timeout=10)
+    with client.chat.completions.with_streaming_response.create(
+        model="gpt-4o-mini",
+        messages=MESSAGES,
+        stream=True,
+        extra_headers={"x-fake": "sized"},
+    ) as resp:
+        received = b"".join(resp.iter_bytes())
+        headers = resp.headers
+    ex = fake_provider.last()
+    assert "content-length" not in headers and headers["transfer-encoding"] == "chunked"
+    assert ex.usage_part is not None
+    assert received == b"".join(p for i, p in enumerate(ex.parts) if i != ex.usage_part)
+    [row] = meter_proxy.wait_for_events([ex.request_id])
+    assert ex.usage is not None and row_usage(row) == ex.usage
+
+
 def test_chat_stream_sdk_sees_text(
     clients: Clients, meter_proxy: MeterProxy, fake_provider: FakeProvider
 ) -> None:

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx2
 import openai
 import pytest
@@ -339,6 +340,66 @@ def test_geminis_openai_compatible_endpoint_is_metered_as_openai(
     with client(UNKNOWN_KEY) as stranger, pytest.raises(openai.AuthenticationError):
         stranger.chat.completions.create(model="gemini-2.5-flash", messages=messages)
     assert len(fake_provider.exchanges) == 2  # the unknown key was never forwarded
+
+
+def test_anthropics_openai_compatible_endpoint_is_metered_as_openai(
+    start_proxy: ProxyFactory, fake_provider: FakeProvider, tmp_path: Path
+) -> None:
+    """Anthropic's OpenAI SDK compatibility (``base_url=https://api.anthropic.com/v1/``):
+    the Anthropic key as a Bearer token, OpenAI's usage object. It passed unmetered."""
+    proxy = _rejecting_proxy(start_proxy, fake_provider, tmp_path)
+    messages: list[Any] = [{"role": "user", "content": "hi"}]
+    with openai.OpenAI(
+        base_url=fake_provider.base_url("anthropic") + "/v1",
+        api_key=KEYS["alice"],
+        max_retries=0,
+        http_client=openai.DefaultHttpxClient(proxy=proxy.url),
+    ) as alice:
+        reply = alice.chat.completions.create(model="claude-sonnet-4-5", messages=messages)
+        [row] = proxy.wait_for_events([fake_provider.last().request_id])
+        assert (row["provider"], row["flavor"], row["consumer"]) == (
+            "fake-anthropic", "openai", "alice"
+        )  # fmt: skip
+        assert reply.usage is not None and not row["estimated"]
+        assert row["input_tokens"] + row["cached_input_tokens"] == reply.usage.prompt_tokens
+        assert row["output_tokens"] == reply.usage.completion_tokens
+        # Anthropic documents stream_options as supported: the stream is asked for usage.
+        stream = alice.chat.completions.create(
+            model="claude-sonnet-4-5", messages=messages, stream=True
+        )
+        assert [c for c in stream]
+        assert b'"include_usage":true' in fake_provider.last().body.replace(b" ", b"")
+        [row] = proxy.wait_for_events([fake_provider.last().request_id])
+        assert not row["estimated"]
+
+
+def test_anthropics_messages_api_on_an_openai_compatible_host_is_metered(
+    start_proxy: ProxyFactory, fake_provider: FakeProvider, tmp_path: Path
+) -> None:
+    """Claude Code on OpenRouter (``ANTHROPIC_BASE_URL=https://openrouter.ai/api``) calls
+    ``/api/v1/messages`` with a Bearer token; vLLM and Ollama serve ``/v1/messages``. They
+    passed unmetered (only Azure's ``/anthropic/v1/messages`` was known)."""
+    proxy = _rejecting_proxy(start_proxy, fake_provider, tmp_path)
+    for prefix in ("/api", ""):
+        with anthropic.Anthropic(
+            base_url=fake_provider.base_url("openai") + prefix,
+            auth_token=KEYS["bob"],
+            max_retries=0,
+            http_client=anthropic.DefaultHttpxClient(proxy=proxy.url),
+        ) as bob:
+            reply = bob.messages.create(
+                model="claude-sonnet-4-5",
+                max_tokens=64,
+                messages=[{"role": "user", "content": "hi"}],
+            )
+        [row] = proxy.wait_for_events([fake_provider.last().request_id])
+        assert (row["provider"], row["flavor"], row["consumer"]) == (
+            "fake-openai", "anthropic", "bob"
+        )  # fmt: skip
+        assert (row["input_tokens"], row["output_tokens"]) == (
+            reply.usage.input_tokens, reply.usage.output_tokens
+        )  # fmt: skip
+        assert not row["estimated"]
 
 
 def test_an_injected_key_never_goes_to_a_host_the_client_names(

@@ -153,6 +153,8 @@ class _Behaviour:
     prompt: int | None = None
     output: int | None = None
     model: str = ""
+    sized: bool = False
+    """A stream sent with ``Content-Length`` rather than chunked (a buffering gateway)."""
 
     @classmethod
     def parse(cls, header: str) -> _Behaviour:
@@ -167,6 +169,8 @@ class _Behaviour:
                 b.malformed = True
             elif name == "no-usage":
                 b.no_usage = True
+            elif name == "sized":
+                b.sized = True
             elif name == "delay":
                 b.delay = float(value)
             elif name == "think":
@@ -474,7 +478,10 @@ class FakeProvider(LoopbackServers):
             ex.complete = True
             return web.Response(status=ex.status, body=raw, headers=headers)
         resp = web.StreamResponse(status=ex.status, headers=headers)
-        resp.enable_chunked_encoding()
+        if b.sized and not b.encoding:
+            resp.content_length = sum(len(p) for p in parts)
+        else:
+            resp.enable_chunked_encoding()
         await resp.prepare(request)
         encoder = _Encoder(b.encoding)
         for i, part in enumerate(parts):

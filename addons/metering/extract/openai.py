@@ -82,7 +82,10 @@ def map_usage(raw: dict[str, Any]) -> Usage | None:
     (its ``total_tokens = prompt + completion + reasoning``). The two are told apart by
     the report itself: when ``total_tokens`` equals prompt + completion + reasoning, or
     reasoning exceeds completion (impossible if it were included), output is completion
-    + reasoning. Unusable counts set :attr:`Usage.invalid` (see :mod:`..counts`).
+    + reasoning. A report with no reasoning figure whose ``total_tokens`` exceeds prompt
+    + completion (Gemini's OpenAI-compatible endpoint: thinking tokens, billed as output,
+    appear only in the total) bills the difference as reasoning output. Unusable counts
+    set :attr:`Usage.invalid` (see :mod:`..counts`).
     """
     c = CountReader()
     if "input_tokens" in raw or "output_tokens" in raw:  # Responses API
@@ -116,10 +119,13 @@ def map_usage(raw: dict[str, Any]) -> Usage | None:
     reasoning = c.get(out_details, "reasoning_tokens") or 0
     prompt, completion = prompt or 0, completion or 0
     output = completion
-    if reasoning and (
-        reasoning > completion or as_int(raw.get("total_tokens")) == prompt + completion + reasoning
-    ):
+    total = as_int(raw.get("total_tokens"))
+    if reasoning and (reasoning > completion or total == prompt + completion + reasoning):
         output = completion + reasoning  # xAI: completion_tokens excludes reasoning
+    elif not reasoning and total is not None and total > prompt + completion:
+        # Gemini's OpenAI-compatible endpoint: thinking tokens only in the total
+        reasoning = total - prompt - completion
+        output = completion + reasoning
     usage = Usage(
         input=max(prompt - cached - cache_write, 0) - audio_in,  # < 0: see check_consistency
         cached_input=cached,

@@ -225,7 +225,23 @@ def test_gemini_openai_compatible_endpoints_are_metered_as_openai() -> None:
     assert billed_flavor("gemini", "/v1beta/openai/chat/completions") == "openai"
     assert billed_flavor("openai", "/v1beta/models/g:generateContent") is None
     compat = speaking(gemini, "openai")
-    assert (compat.name, compat.flavor, compat.auth, compat.compat) == (
+    assert (compat.name, compat.flavor, compat.auth, compat.keep_request) == (
         "gemini", "openai", "bearer", True
     )  # fmt: skip
     assert speaking(gemini, "openai") is compat and speaking(gemini, "gemini") is gemini
+
+
+def test_other_apis_compatible_endpoints_are_metered_in_their_format() -> None:
+    """Anthropic's OpenAI-compatible chat endpoint; Anthropic's Messages API on
+    OpenAI-flavor hosts under one prefix (OpenRouter /api, DeepSeek and Azure /anthropic,
+    vLLM and Ollama none)."""
+    from addons.metering.providers import MeteredProvider, billed_flavor, speaking
+
+    assert billed_flavor("anthropic", "/v1/chat/completions") == "openai"
+    assert billed_flavor("anthropic", "/v1/embeddings") is None
+    for path in ("/api/v1/messages", "/anthropic/v1/messages", "/v1/messages"):
+        assert billed_flavor("openai", path) == "anthropic", path
+    for path in ("/v1/threads/t_1/messages", "/a/b/v1/messages", "/v1/messages/count_tokens"):
+        assert billed_flavor("openai", path) is None, path
+    claude = speaking(MeteredProvider("anthropic", "anthropic", "x-api-key"), "openai")
+    assert (claude.flavor, claude.auth, claude.keep_request) == ("openai", "bearer", False)

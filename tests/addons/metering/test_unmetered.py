@@ -28,10 +28,27 @@ from addons.metering.unmetered import UnmeteredLog, billed_kind
         ("gemini", "POST", "/v1beta/models/e:batchEmbedContents", "embeddings"),
         ("gemini", "POST", "/v1beta/models/g:batchGenerateContent", "batch jobs"),
         ("gemini", "POST", "/v1beta/models/g:countTokens", None),
+        ("openai", "POST", "/v1/videos/video_1/remix", "videos"),
+        ("openai", "POST", "/v1/fine_tuning/jobs", "fine-tuning"),
+        ("gemini", "POST", "/v1beta/cachedContents", "context cache storage"),
+        ("openai", "POST", "/v1/conversations", None),  # OpenAI's: stored items, free
     ],
 )
 def test_billed_kind(flavor: str, method: str, path: str, kind: str | None) -> None:
     assert billed_kind(flavor, method, path) == kind
+
+
+@pytest.mark.parametrize(
+    "method,path,kind",
+    [
+        ("POST", "/v1/conversations", "conversations"),
+        ("POST", "/v1/conversations/conv_1", "conversations"),  # appended to
+        ("POST", "/v1/conversations/conv_1/restart", "conversations"),
+        ("GET", "/v1/conversations/conv_1", None),
+    ],
+)
+def test_mistral_conversations_run_the_model(method: str, path: str, kind: str | None) -> None:
+    assert billed_kind("openai", method, path, "mistral") == kind
 
 
 def test_logged_once_per_provider_and_kind_without_the_query(

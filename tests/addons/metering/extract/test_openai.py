@@ -127,6 +127,21 @@ def chunk(content: str | None = None, **extra: object) -> dict:
             id="openai-completion-includes-reasoning",
         ),
         pytest.param(
+            {"prompt_tokens": 20, "completion_tokens": 424, "total_tokens": 1016},
+            Usage(input=20, output=996, reasoning=572),
+            id="gemini-compat-thinking-only-in-the-total",
+        ),
+        pytest.param(
+            {
+                "prompt_tokens": 21,
+                "completion_tokens": 0,
+                "total_tokens": 81,
+                "completion_tokens_details": {"reasoning_tokens": 60},
+            },
+            Usage(input=21, output=60, reasoning=60),
+            id="thinking-without-visible-output",
+        ),
+        pytest.param(
             {
                 "prompt_tokens": 20,
                 "completion_tokens": 3,
