@@ -6,13 +6,15 @@ body, a prompt of millions of characters. The bytes always pass through untouche
 is bounded is what the meter reads of them:
 
 - :data:`MAX_METERED_BODY`: decoded bytes of a non-SSE response body fed to the usage
-  extractor (and the most a content-encoded body is decompressed to). Past it the flow is
-  metered as an estimate (:class:`OverLimit`): input from the request, output from the
-  text read so far, ``estimated = true``, with a warning.
+  extractor. Past it only the body's last bytes are kept (:class:`OverLimit`), and the
+  usage is read from the members that end it (:mod:`addons.metering.tailmembers`):
+  providers report it after the content. A body whose end holds no usage is metered as
+  an estimate: input from the request, ``estimated = true``, with a warning.
 - An SSE body is read incrementally (one event at a time, nothing buffered), so it may be
-  longer; only its decompression is bounded: to :data:`MAX_METERED_BODY` plus
-  :data:`MAX_SSE_RATIO` times the compressed bytes received (real text compresses ~5-20x;
-  a bomb 1000x).
+  longer. Decompression is bounded, for any body: to :data:`MAX_METERED_BODY` plus a
+  ratio times the compressed bytes received: :data:`MAX_SSE_RATIO` for SSE (a stream's
+  repeated event envelopes compress ~5-20x), :data:`MAX_JSON_RATIO` for a JSON body (base64
+  ~1.35x, numbers and text 3-5x); a bomb is 1000x. Past that the flow is estimated.
 - :func:`count_tokens`: tiktoken reads at most :data:`MAX_COUNTED_CHARS` characters and
   scales the count up to the full length (about 5 ms of CPU at most).
 - :func:`estimate_request_input`: a request body over :data:`MAX_PARSED_REQUEST` bytes is
@@ -21,19 +23,24 @@ is bounded is what the meter reads of them:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from addons.metering import estimate
+from addons.metering.extract.framing import note
+from addons.metering.tailmembers import TailWindow, last_members
 from addons.metering.usage import Seen, Usage, UsageExtractor
 
 MiB = 1024 * 1024
 MAX_METERED_BODY = 16 * MiB
 MAX_SSE_RATIO = 64
+MAX_JSON_RATIO = 16
 MAX_COUNTED_CHARS = 64 * 1024
 MAX_PARSED_REQUEST = 128 * 1024
 
 
 def decode_budget(sse: bool, compressed_bytes: int) -> int:
     """How many decoded bytes a body may reach, given the compressed bytes seen so far."""
-    return MAX_METERED_BODY + (MAX_SSE_RATIO * compressed_bytes if sse else 0)
+    return MAX_METERED_BODY + (MAX_SSE_RATIO if sse else MAX_JSON_RATIO) * compressed_bytes
 
 
 def count_tokens(text: str, model: str) -> int:
@@ -54,23 +61,61 @@ def estimate_request_input(flavor: str, request_body: bytes, *, model: str | Non
 class OverLimit:
     """Stands in for a flow's extractor once its body went past the limit.
 
-    ``finish`` reports no usage, so the flow is estimated; ``output_text`` is the text
-    an incremental (SSE) extractor had gathered (a buffered JSON body is not parsed).
+    With ``reread`` (a JSON body), the body's last :data:`~addons.metering.tailmembers.TAIL_BYTES`
+    are kept and ``finish`` reads the usage from the members that end it, with a fresh
+    extractor from ``reread``; without (or when the end holds no members, or the body
+    turned out a bomb: :meth:`give_up`), ``finish`` reports no usage and the flow is
+    estimated. ``output_text`` is the text an incremental (SSE) extractor had gathered.
     """
 
-    def __init__(self, previous: UsageExtractor, reason: str, *, keep_text: bool) -> None:
-        self.problems = [*previous.problems, reason]
+    def __init__(
+        self,
+        previous: UsageExtractor,
+        reason: str,
+        *,
+        keep_text: bool,
+        reread: Callable[[], UsageExtractor] | None = None,
+    ) -> None:
+        self.problems = [*previous.problems]
+        self._reason = reason
+        if reread is None:
+            note(self.problems, f"{reason}; usage estimated")
         self._previous = previous
         self._keep_text = keep_text
+        self._reread = reread
+        self._tail = TailWindow() if reread is not None else None
+        self._read: UsageExtractor | None = None
 
     def feed(self, data: bytes) -> None:
-        del data
+        if self._tail is not None:
+            self._tail.add(data)
+
+    def give_up(self, reason: str) -> None:
+        """Keep nothing more: the usage is estimated."""
+        if self._tail is not None:
+            self._tail = None
+            note(self.problems, f"{self._reason}, then {reason}; usage estimated")
 
     def finish(self) -> Usage | None:
-        return None
+        if self._tail is None or self._reread is None:
+            return None
+        if self._read is None:
+            members = last_members(self._tail.bytes())
+            self._tail = None
+            if members is None:
+                note(self.problems, f"{self._reason}, no usage at its end; usage estimated")
+                return None
+            self._read = self._reread()
+            self._read.feed(members)
+        usage = self._read.finish()
+        if usage is None:
+            note(self.problems, f"{self._reason}, no usage at its end; usage estimated")
+        else:  # the body ended with the close of its outermost value: it is complete
+            usage.partial = False
+        return usage
 
     def output_text(self) -> str:
         return self._previous.output_text() if self._keep_text else ""
 
     def seen(self) -> Seen:
-        return self._previous.seen()
+        return self._read.seen() if self._read is not None else self._previous.seen()

@@ -222,21 +222,34 @@ class FlowMeter:
             except ValueError as e:
                 self.decode_failed = str(e)
                 return
-        if not self.sse:
+        if not self.sse and not isinstance(self.extractor, bounded.OverLimit):
             self.fed_bytes += len(chunk)
             if self.fed_bytes > bounded.MAX_METERED_BODY:
-                self.over_limit(f"body over {bounded.MAX_METERED_BODY} bytes: not read further")
-                return
+                self.extractor = bounded.OverLimit(
+                    self.extractor,
+                    f"body over {bounded.MAX_METERED_BODY} bytes",
+                    keep_text=False,
+                    reread=self._json_extractor,
+                )
         self.extractor.feed(chunk)
+
+    def _json_extractor(self) -> UsageExtractor:
+        """A fresh extractor for a JSON body of this flow (the end of one too big)."""
+        return new_extractor(
+            self.provider.flavor,
+            path=self.path,
+            content_type="application/json",
+            reader=self.tap.new_reader if self.tap is not None else None,
+        )
 
     def over_limit(self, reason: str) -> None:
         """Stop reading the body (bounded work); the flow is metered as an estimate."""
         assert self.extractor is not None
-        if not isinstance(self.extractor, bounded.OverLimit):  # once: every later chunk
-            # came here again, and a chain of ~1,000 wrappers overflowed the stack
-            self.extractor = bounded.OverLimit(
-                self.extractor, f"{reason}; usage estimated", keep_text=self.sse
-            )
+        if isinstance(self.extractor, bounded.OverLimit):  # once: every later chunk came
+            # here again, and a chain of ~1,000 wrappers overflowed the stack
+            self.extractor.give_up(reason)
+        else:
+            self.extractor = bounded.OverLimit(self.extractor, reason, keep_text=self.sse)
         self.decoder = None
 
     def drain_decoder(self) -> None:

@@ -85,3 +85,33 @@ def test_stream_generate_content(
     assert ex.usage is not None and row_usage(row) == ex.usage
     assert row["consumer"] == "alice" and row["streamed"]
     assert row["path"] == "/v1beta/models/gemini-2.5-flash:streamGenerateContent"
+
+
+#: An image answer bigger than the proxy reads whole (bounded.MAX_METERED_BODY, 16 MiB).
+BIG_IMAGE = 17 * 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    "method,query",
+    [
+        ("generateContent", ""),
+        ("streamGenerateContent", ""),
+        ("streamGenerateContent", "?alt=sse"),
+    ],
+    ids=["json", "json-array", "alt-sse"],
+)
+def test_a_17_mb_image_answer_is_metered_from_the_usage_after_it(
+    clients: Clients, meter_proxy: MeterProxy, fake_provider: FakeProvider, method: str, query: str
+) -> None:
+    """The usage follows the image: it was estimated (8 input, 0 output against 20 and
+    4,490 reported: ~$0.54 of image tokens lost per call at Gemini 3 Pro Image's price)."""
+    headers = {"x-goog-api-key": KEYS["alice"], "x-fake": f"pad={BIG_IMAGE}"}
+    base = fake_provider.base_url("gemini")
+    url = f"{base}/v1beta/models/gemini-2.5-flash:{method}{query}"
+    with clients.raw().stream("POST", url, json=BODY, headers=headers) as resp:
+        size = sum(len(c) for c in resp.iter_raw())
+    ex = fake_provider.last()
+    assert size == len(ex.sent) > BIG_IMAGE
+    [row] = meter_proxy.wait_for_events([ex.request_id], timeout=30)
+    assert ex.usage is not None and row_usage(row) == ex.usage
+    assert not row["estimated"] and row["model"] == "gemini-2.5-flash"

@@ -171,3 +171,21 @@ def test_embeddings(clients: Clients, meter_proxy: MeterProxy, fake_provider: Fa
     [row] = meter_proxy.wait_for_events([ex.request_id])
     assert ex.usage is not None and row_usage(row) == ex.usage
     assert row["event_id"].startswith("ml:")  # embeddings carry no response id
+
+
+def test_a_16_mb_embeddings_answer_is_metered_from_the_usage_after_it(
+    clients: Clients, meter_proxy: MeterProxy, fake_provider: FakeProvider
+) -> None:
+    """2,048 inputs at 1,536 dimensions in base64 (the SDK's default) make a 16 MB
+    answer: it was estimated (92,274 tokens against 87,993 reported, +4.9%)."""
+    client = clients.openai(KEYS["alice"], tls=False)
+    raw = client.embeddings.with_raw_response.create(
+        model="text-embedding-3-small",
+        input=["metering"] * 4,
+        extra_headers={"x-fake": f"pad={17 * 1024 * 1024},prompt=87993"},
+    )
+    assert len(raw.http_response.content) > 17 * 1024 * 1024
+    ex = fake_provider.last()
+    [row] = meter_proxy.wait_for_events([ex.request_id], timeout=30)
+    assert (row["input_tokens"], row["output_tokens"], row["estimated"]) == (87993, 0, False)
+    assert row["model"] == "text-embedding-3-small"

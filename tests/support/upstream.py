@@ -155,6 +155,9 @@ class _Behaviour:
     model: str = ""
     sized: bool = False
     """A stream sent with ``Content-Length`` rather than chunked (a buffering gateway)."""
+    pad: int = 0
+    """Bytes of base64 payload before the usage: an embedding (OpenAI), an image part in
+    the last chunk (Gemini): a body or SSE event bigger than the proxy reads whole."""
 
     @classmethod
     def parse(cls, header: str) -> _Behaviour:
@@ -179,6 +182,8 @@ class _Behaviour:
                 b.status = int(value)
             elif name == "model":
                 b.model = value
+            elif name == "pad":
+                b.pad = int(value)
             elif name in ("prompt", "output"):  # fixed token figures
                 setattr(b, name, int(value))
             else:
@@ -751,6 +756,8 @@ class FakeProvider(LoopbackServers):
             ],
             "model": ex.model,
         }
+        if b.pad:  # the SDK's default encoding_format: base64
+            body["data"][0]["embedding"] = "A" * b.pad
         if not b.no_usage:
             body["usage"] = {"prompt_tokens": f["prompt"], "total_tokens": f["prompt"]}
         raw = json.dumps(body).encode()
@@ -869,6 +876,9 @@ class FakeProvider(LoopbackServers):
             cand: dict[str, Any] = {"content": {"parts": [{"text": text}], "role": "model"}}
             if final:
                 cand["finishReason"] = "STOP"
+                if b.pad:
+                    image = {"inlineData": {"mimeType": "image/png", "data": "A" * b.pad}}
+                    cand["content"]["parts"].append(image)
             obj: dict[str, Any] = {"candidates": [cand]}
             if not b.no_usage:
                 obj["usageMetadata"] = usage_meta(candidates, thoughts)

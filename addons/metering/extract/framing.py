@@ -13,11 +13,13 @@ and keep text-bearing events as raw strings (:class:`LazyText`) that are decoded
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from addons.metering import jsoncodec
 from addons.metering.sse import SSEEvent, SSEParser
+from addons.metering.tailmembers import TAIL_BYTES, TailWindow, last_members
 from addons.metering.usage import Seen, Usage
 
 #: A JSON body larger than this is not metered (the bytes still reach the client).
@@ -29,8 +31,11 @@ LAZY_OBJECTS = 16
 #: Text kept per flow for an estimate: 1 Mi characters is ~250k tokens, more than any
 #: model's largest answer (64k-128k output tokens), so no real answer is cut short.
 MAX_KEPT_TEXT = 1024 * 1024
-#: An SSE event (or line) growing past this stops metering the flow: memory stays bounded.
+#: An SSE event (or line) growing past this is skipped, read from its end only: memory
+#: stays bounded (:class:`SseExtractor`).
 MAX_SSE_EVENT = 16 * 1024 * 1024
+#: A blank line: two line ends (``\r\n`` is one, hence the atomic groups).
+_BLANK_LINE = re.compile(rb"(?>\r\n|\r|\n)(?>\r\n|\r|\n)")
 #: At most this many problems are kept per flow (a garbage stream must not grow memory).
 MAX_PROBLEMS = 20
 
@@ -351,7 +356,13 @@ class JsonBodyExtractor:
 
 
 class SseExtractor:
-    """A ``text/event-stream`` body: events are handed to the reader as they complete."""
+    """A ``text/event-stream`` body: events are handed to the reader as they complete.
+
+    An event over :data:`MAX_SSE_EVENT` bytes (a Gemini chunk carrying a generated image)
+    is not held: its bytes are skipped to the blank line that ends it, keeping only its
+    last ones, from which the members that end its JSON (the usage, the model) are handed
+    to the reader as the event (:mod:`addons.metering.tailmembers`); the events after it
+    are read as usual."""
 
     def __init__(self, new_reader: NewReader, problems: list[str] | None = None) -> None:
         self.problems: list[str] = [] if problems is None else problems
@@ -359,21 +370,50 @@ class SseExtractor:
         self._parser = SSEParser()
         self._finished = False
         self._broken = False
+        self._skipping: TailWindow | None = None
+        self._ended_big = False
+        """The last event was a big one, complete, read from its end (its own end marker,
+        such as Gemini's ``finishReason``, may sit in a part of it that was skipped)."""
 
     def feed(self, data: bytes) -> None:
         if self._broken:
             return
         try:
+            if self._skipping is not None:
+                data = self._skip(data)
+                if not data:
+                    return
             parser = self._parser
             for event in parser.feed(data):
                 self._reader.on_event(event)
+                self._ended_big = False
             if parser.offset - parser.boundary > MAX_SSE_EVENT:
-                self._broken = True
                 self._parser = SSEParser()  # drop the held bytes
-                note(self.problems, f"SSE event over {MAX_SSE_EVENT} bytes: stream not metered")
+                self._skipping = TailWindow()
+                self._skipping.add(data[-TAIL_BYTES:])
+                note(self.problems, f"SSE event over {MAX_SSE_EVENT} bytes: read from its end")
         except Exception as exc:  # never raise into the proxy
             self._broken = True
             note(self.problems, f"stream not metered after internal error: {exc!r}")
+
+    def _skip(self, data: bytes) -> bytes:
+        """Skip the big event's bytes; past the blank line that ends it, the rest."""
+        assert self._skipping is not None
+        window = self._skipping
+        held = window.bytes()[-3:]
+        m = _BLANK_LINE.search(held + data)
+        if m is None:
+            window.add(data)
+            return b""
+        end = m.start() - len(held)  # where the event's last line ends, in ``data``
+        window.add(data[: max(end, 0)])
+        tail = window.bytes() if end >= 0 else window.bytes()[: end or None]
+        self._skipping = None
+        members = last_members(tail)
+        if members is not None:
+            self._reader.on_event(SSEEvent("message", members.decode("utf-8", "replace")))
+            self._ended_big = True
+        return data[m.end() - len(held) :]
 
     def finish(self) -> Usage | None:
         try:
@@ -381,7 +421,11 @@ class SseExtractor:
                 self._finished = True
                 for event in self._parser.finish():
                     self._reader.on_event(event)
-            return self._reader.usage()
+                    self._ended_big = False
+            usage = self._reader.usage()
+            if usage is not None and self._ended_big and self._skipping is None:
+                usage.partial = False  # the stream's last event came whole, blank line and all
+            return usage
         except Exception as exc:
             note(self.problems, f"unreadable usage: {exc!r}")
             return None

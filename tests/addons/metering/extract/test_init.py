@@ -198,9 +198,30 @@ def test_problem_list_is_bounded() -> None:
     assert ext.problems[-1] == "further problems not recorded"
 
 
-def test_endless_sse_line_stops_metering_with_a_problem() -> None:
+def test_an_sse_event_over_the_limit_is_skipped_and_the_stream_read_on() -> None:
+    """A Gemini chunk carrying a 17 MB image, the usage in a later event: the stream was
+    abandoned at the big event (8 input, 0 output estimated against 20 / 4,490)."""
     ext = new_extractor("openai", path="/v1/chat/completions", content_type="text/event-stream")
     ext.feed(b"data: " + b"x" * (16 * 1024 * 1024 + 1))
-    ext.feed(b'\n\ndata: {"choices":[],"usage":{"prompt_tokens":1}}\n\n')
-    assert ext.finish() is None
-    assert ext.problems == ["SSE event over 16777216 bytes: stream not metered"]
+    ext.feed(b"x" * 1000 + b"\r")  # the blank line split across chunks, as CR LF CR LF
+    ext.feed(b'\n\r\ndata: {"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}}\n\n')
+    usage = ext.finish()
+    assert usage is not None and (usage.input, usage.output) == (1, 2)
+    assert ext.problems == ["SSE event over 16777216 bytes: read from its end"]
+
+
+def test_the_usage_at_the_end_of_a_big_sse_event_is_read() -> None:
+    path = "/v1beta/models/gemini-3-pro-image:streamGenerateContent?alt=sse"
+    ext = new_extractor("gemini", path=path, content_type="text/event-stream")
+    image = b'{"inlineData":{"mimeType":"image/png","data":"' + b"A" * (17 * 1024 * 1024) + b'"}}'
+    event = (
+        b'data: {"candidates":[{"content":{"parts":[' + image + b'],"role":"model"},'
+        b'"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":20,'
+        b'"candidatesTokenCount":4490,"totalTokenCount":4510},'
+        b'"modelVersion":"gemini-3-pro-image-preview","responseId":"r1"}\r\n\r\n'
+    )
+    for i in range(0, len(event), 1 << 20):
+        ext.feed(event[i : i + (1 << 20)])
+    usage = ext.finish()
+    assert usage is not None and (usage.input, usage.output) == (20, 4490)
+    assert ext.seen().model == "gemini-3-pro-image-preview"
