@@ -433,7 +433,8 @@ class Meter:
             del self._active[flow.id]
             who = (consumer.name if consumer else None, st.identity.fingerprint)
             provider = (st.provider.name, st.provider.flavor)
-            self._record(self.governance.refuse(flow, provider, who, verdict, self.proxy_id))
+            body = st.request_body()  # decoded, as the check read it
+            self._record(self.governance.refuse(flow, provider, who, verdict, self.proxy_id, body))
             return
         req = flow.request
         if st.inject_refused:  # the provider is named (Host, SNI), not the destination

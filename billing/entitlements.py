@@ -33,14 +33,27 @@ def _iso(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def read_reserved(paths: Sequence[Path]) -> dict[str, int]:
-    """Reservations in flight from proxies' state files, summed by counter id.
+#: A state file not rewritten for this many refresh intervals (and at least
+#: :data:`MIN_STALE_S`) is its proxy's last word before it stopped: a proxy rewrites it
+#: after every store read.
+STALE_REFRESHES = 10
+MIN_STALE_S = 30.0
+
+
+def read_reserved(
+    paths: Sequence[Path], now: datetime | None = None
+) -> tuple[dict[str, int], list[str]]:
+    """Reservations in flight from proxies' state files, summed by counter id, and a
+    warning for each file left by a proxy that no longer runs (its reservations are not
+    counted: a proxy killed with calls in flight never clears them).
 
     A file that cannot be read is an error: skipping it would show 0 reserved as if its
     proxy had nothing in flight. (A proxy replaces its file atomically, so a file being
     written is never seen half-written.)
     """
+    now = now or datetime.now(UTC)
     out: dict[str, int] = {}
+    warnings: list[str] = []
     for path in paths:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -53,9 +66,36 @@ def read_reserved(paths: Sequence[Path]) -> dict[str, int]:
             isinstance(v, int) and not isinstance(v, bool) for v in reserved.values()
         ):
             raise BillingError(f"proxy state {path}: not a proxy's governance.json")
+        age = _age_s(data, now)
+        limit = _stale_after_s(data)
+        if age is not None and age > limit:
+            warnings.append(
+                f"proxy state {path}: written {age:.0f} s ago (its proxy rewrites it every "
+                f"store read): the proxy is not running, its {sum(reserved.values())} "
+                "reserved units are not counted"
+            )
+            continue
         for k, v in reserved.items():
             out[k] = out.get(k, 0) + v
-    return out
+    return out, warnings
+
+
+def _age_s(state: dict[str, Any], now: datetime) -> float | None:
+    written = state.get("written_at")
+    try:
+        at = datetime.fromisoformat(written) if isinstance(written, str) else None
+    except ValueError:
+        return None
+    if at is None or at.tzinfo is None:
+        return None
+    return (now - at).total_seconds()
+
+
+def _stale_after_s(state: dict[str, Any]) -> float:
+    refresh = state.get("refresh_s")
+    if isinstance(refresh, bool) or not isinstance(refresh, int | float) or refresh <= 0:
+        refresh = 2.0  # written by a release that did not say: the default
+    return max(STALE_REFRESHES * float(refresh), MIN_STALE_S)
 
 
 def entitlement_rows(

@@ -318,10 +318,12 @@ class Governance:
         who: tuple[str | None, str | None],
         refusal: Refusal,
         proxy_id: str | None,
+        request_body: bytes | None = None,
     ) -> dict[str, Any]:
         """Answer ``flow`` with the provider-shaped error; returns the event to record.
 
-        ``provider``: (name, flavor); ``who``: (consumer, key fingerprint).
+        ``provider``: (name, flavor); ``who``: (consumer, key fingerprint);
+        ``request_body``: decoded (default: as sent), to name the model the call asked for.
         """
         name, flavor = provider
         now = datetime.now(UTC).timestamp()
@@ -343,13 +345,14 @@ class Governance:
             # Waiting a few seconds would not help: SDKs that honour it do not retry.
             "x-should-retry": "false",
         }
-        if refusal.retry:  # a counter being read: the same call succeeds in a moment
+        if refusal.retry:  # a counter being read, or calls in flight about to settle
             headers["x-should-retry"] = "true"
         if refusal.retry_after is not None:
             headers["retry-after"] = str(refusal.retry_after)
         flow.response = http.Response.make(status, body, headers)
         exchange.status = status
-        model = estimate_request(flavor, flow.request.path, flow.request.raw_content or b"").model
+        raw = (flow.request.raw_content or b"") if request_body is None else request_body
+        model = estimate_request(flavor, flow.request.path, raw).model
         event = events.build_event(exchange, Usage(model=model or None), proxy_id)
         event["reason"] = refusal.reason
         return event
@@ -440,6 +443,7 @@ class Governance:
         reserved = dict(self.counters.reserved)  # a copy taken in C: no lock needed
         state = {
             "written_at": datetime.now(UTC).isoformat(),
+            "refresh_s": self.refresh_s,
             "snapshot_at": snapshot_at.isoformat() if snapshot_at else None,
             "reserved": {counter_id(k): v for k, v in reserved.items()},
         }

@@ -13,10 +13,14 @@ only for governed consumers.
   at about 4 bytes per token; images and dense scripts differ: the call settles to the
   metered figure when it ends).
 - output: ``max_tokens`` / ``max_completion_tokens`` / ``max_output_tokens`` /
-  ``maxOutputTokens`` when the request sets one (providers never exceed it), else the
-  model's largest output where :data:`MAX_OUTPUT` knows the model (the provider cannot
-  exceed that either), else :data:`DEFAULT_OUTPUT_RESERVE`, which is *not* a bound: such a
-  call can use more than it reserved (docs/governance.md states the resulting worst case).
+  ``maxOutputTokens`` / Ollama's ``options.num_predict`` when the request sets one
+  (providers never exceed it), else the model's largest output where :data:`MAX_OUTPUT`
+  knows the model (the provider cannot exceed that either), else
+  :data:`DEFAULT_OUTPUT_RESERVE`, which is *not* a bound: such a call can use more than it
+  reserved (docs/governance.md states the resulting worst case). The bound is per answer:
+  a call asking for several (OpenAI's ``n``, the legacy completions' ``best_of`` and prompt
+  lists, Gemini's ``candidateCount``) reserves it once per answer (:func:`answers`). An
+  embeddings call produces no output and reserves none.
 """
 
 from __future__ import annotations
@@ -67,7 +71,17 @@ _OUTPUT_KEYS = (
 _GEMINI_CONFIGS = (b'"generationConfig"', b'"generation_config"')
 _GEMINI_KEYS = (b'"maxOutputTokens"', b'"max_output_tokens"')
 """Gemini's bound sits in ``generationConfig`` (either spelling, as its JSON accepts)."""
-_GEMINI_MODEL = re.compile(r"/models/([^/:?]+)")
+_GEMINI_MODEL = re.compile(r"/(?:models|tunedModels)/([^/:?]+)")
+_EMBEDDINGS = re.compile(r"/(?:embeddings|api/embed)/?(?:\?|$)")
+"""Paths whose calls produce no output tokens (OpenAI-style embeddings, Ollama's)."""
+_LEGACY_COMPLETIONS = re.compile(r"(?<!/chat)/completions/?(?:\?|$)")
+_MANY_ANSWERS = (b'"n"', b'"best_of"', b'"candidateCount"', b'"candidate_count"')
+"""Keys that ask for several answers in one call (each billed): read by a full parse."""
+_PROMPT_LIST = re.compile(rb'"prompt"\s*:\s*\[')
+_NUM_PREDICT = b'"num_predict"'
+"""Ollama's output bound, in ``options``: read by a full parse."""
+MAX_ANSWERS = 128
+"""The most answers one call is taken to ask for (OpenAI caps ``n`` at 128)."""
 _DEPLOYMENT = re.compile(r"/deployments/([^/?]+)/")
 """Azure OpenAI names the deployment in the path; the body's ``model`` is optional."""
 _WS = b" \t\r\n"
@@ -95,15 +109,19 @@ _SEARCH_TOOL = b'"web_search'
 
 def search_bound(flavor: str, body: bytes) -> int:
     """The web searches a call may run: the sum over its top-level ``tools`` of type
-    ``web_search*`` of Anthropic's ``max_uses``, else :data:`DEFAULT_SEARCH_RESERVE`.
-    Read only when the body names such a tool (a full parse of those rare bodies)."""
+    ``web_search*`` of Anthropic's ``max_uses``, else :data:`DEFAULT_SEARCH_RESERVE`; for
+    OpenAI's Responses API, its ``max_tool_calls`` when set (a cap on all the built-in
+    tool calls of the response: a bound). Read only when the body names such a tool (a
+    full parse of those rare bodies)."""
     if _SEARCH_TOOL not in body:
         return 0
     try:
         data = jsoncodec.loads(body)
     except ValueError:
         return 0
-    tools = data.get("tools") if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        return 0
+    tools = data.get("tools")
     total = 0
     for tool in tools if isinstance(tools, list) else ():
         kind = tool.get("type") if isinstance(tool, dict) else None
@@ -111,7 +129,8 @@ def search_bound(flavor: str, body: bytes) -> int:
             continue
         cap = _whole(tool.get("max_uses")) if flavor == "anthropic" else None
         total += cap if cap is not None else DEFAULT_SEARCH_RESERVE
-    return total
+    calls = _whole(data.get("max_tool_calls")) if flavor == "openai" else None
+    return total if calls is None or not total else calls
 
 
 def _keys(body: bytes, key: bytes, start: int, stop: int) -> tuple[int, int] | None:
@@ -247,31 +266,70 @@ def _in_config(body: bytes, i: int) -> bool:
 
 def _parsed(flavor: str, body: bytes) -> tuple[str, int | None]:
     """Model and output bound read from the whole parsed body (the rare case)."""
-    try:
-        data = jsoncodec.loads(body)
-    except ValueError:
-        return "", None
-    if not isinstance(data, dict):
+    data = _object(body)
+    if data is None:
         return "", None
     model = data.get("model")
     names: tuple[str, ...] = ("max_tokens", "max_completion_tokens", "max_output_tokens")
     where = data
     if flavor == "gemini":
-        conf = data.get("generationConfig", data.get("generation_config"))
-        where = conf if isinstance(conf, dict) else {}
+        where = _gemini_config(data)
         names = ("maxOutputTokens", "max_output_tokens")
     bounds = [_whole(where.get(name)) for name in names]
+    options = data.get("options")  # Ollama's native API: -1 (and -2) mean no bound
+    if flavor == "openai" and isinstance(options, dict):
+        bounds.append(_whole(options.get("num_predict")))
     found = [b for b in bounds if b is not None]
     return (model if isinstance(model, str) else ""), (max(found) if found else None)
 
 
+def _object(body: bytes) -> dict[str, Any] | None:
+    try:
+        data = jsoncodec.loads(body)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _gemini_config(data: dict[str, Any]) -> dict[str, Any]:
+    conf = data.get("generationConfig", data.get("generation_config"))
+    return conf if isinstance(conf, dict) else {}
+
+
 def _whole(value: Any) -> int | None:
-    """A bound as a server reads it: an integer, or a float with no fraction (``1e3``)."""
+    """A bound as a server reads it: an integer, a float with no fraction (``1e3``), or
+    a string of digits (proto3 JSON's int form, Gemini; pydantic's lax mode, vLLM)."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 10:
+        value = int(value)
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**9:
         return value
     return None
+
+
+def answers(flavor: str, path: str, body: bytes) -> int:
+    """How many answers the call asks for, each billed for its own output: OpenAI's
+    ``n``; the legacy completions' ``best_of`` (generated server-side, all billed) times
+    its prompts (a list of strings or of token lists); Gemini's ``candidateCount``. One
+    when the body names none of those (the common case: a few ``bytes.find``)."""
+    legacy = flavor == "openai" and _LEGACY_COMPLETIONS.search(path) is not None
+    if not any(key in body for key in _MANY_ANSWERS) and not (legacy and _PROMPT_LIST.search(body)):
+        return 1
+    data = _object(body)
+    if data is None:
+        return 1
+    if flavor == "gemini":
+        conf = _gemini_config(data)
+        count = _whole(conf.get("candidateCount", conf.get("candidate_count")))
+        return min(max(count or 1, 1), MAX_ANSWERS)
+    count = max(_whole(data.get("n")) or 1, 1)
+    if legacy:
+        count = max(count, _whole(data.get("best_of")) or 1)
+        prompt = data.get("prompt")
+        if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
+            count *= len(prompt)  # a list of prompts (a list of ints is one prompt)
+    return min(count, MAX_ANSWERS * MAX_ANSWERS)
 
 
 @lru_cache(maxsize=1024)
@@ -291,12 +349,21 @@ def estimate_request(flavor: str, path: str, body: bytes) -> Estimate:
             output = _parsed(flavor, body)[1]
     else:
         model, output = _top_model(body), _top_bound(body)
-        if model is _REREAD or output is _REREAD or _ESCAPED_ASCII.search(body):
+        if (
+            model is _REREAD
+            or output is _REREAD
+            or _ESCAPED_ASCII.search(body)
+            or _NUM_PREDICT in body
+        ):
             model, output = _parsed(flavor, body)
         if not model and "/deployments/" in path:
             m = _DEPLOYMENT.search(path)
             model = m.group(1) if m else ""
-    if output is None:
+    if _EMBEDDINGS.search(path):
+        output = 0
+    elif output is None:
         output = max_output(model) or DEFAULT_OUTPUT_RESERVE
+    if output:
+        output *= answers(flavor, path, body)
     searches = search_bound(flavor, body)
     return Estimate(model, -(-len(body) // BYTES_PER_TOKEN), output, searches)

@@ -38,6 +38,9 @@ def entitlements_cmd(
     catalog = settings.load_catalog()
     if customer and all(c.key != customer for c in catalog.customers):
         raise UnknownCustomer(catalog, customer)
+    reserved, warnings = read_reserved(states)
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
     with settings.store() as con:
-        rows = entitlement_rows(con, catalog, customer=customer, reserved=read_reserved(states))
+        rows = entitlement_rows(con, catalog, customer=customer, reserved=reserved)
     click.echo(render.rows(rows, fmt))

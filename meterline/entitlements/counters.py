@@ -65,6 +65,10 @@ RefusalKind = str
 """``limit`` (429), ``credits`` (429), ``not_granted`` (403), ``unavailable`` (503)."""
 
 
+IN_FLIGHT_RETRY_AFTER = 2
+"""Seconds a call refused only for the reservations of calls in flight is told to wait."""
+
+
 @dataclass(frozen=True, slots=True)
 class Refusal:
     kind: RefusalKind
@@ -268,17 +272,9 @@ class Counters:
                 return self._reading(pol, acct.feature, period)
             used = self.admitting(key)
             granted = self.unit_balances.get((pol.customer, acct.feature), 0)
-            if used >= lim.limit + granted:
-                retry = max(1, int((period.end - now).total_seconds()) + 1)
-                return Refusal(
-                    "limit",
-                    f"Meterline: {lim.source} limit of {lim.limit} {acct.feature} units per "
-                    f"period{f' (+{granted} granted)' if granted else ''} reached "
-                    f"({used} used or in flight); it resets at "
-                    f"{period.end:%Y-%m-%dT%H:%M:%SZ}.",
-                    f"limit:{acct.feature}",
-                    retry,
-                )
+            cap = lim.limit + granted
+            if used >= cap:
+                return self._over(lim.source, lim.limit, granted, acct.feature, key, period, now)
         if pol.prepaid:
             for cc in pol.cost_cards:
                 period, key = cc.account.current(now)
@@ -315,6 +311,40 @@ class Counters:
                 in_flight[key[:4]] = in_flight.get(key[:4], 0) + units
                 parts.append((key, units))
         return Reservation(pol.customer, parts)
+
+    def _over(
+        self,
+        source: str,
+        limit: int,
+        granted: int,
+        feature: str,
+        key: Key,
+        period: Period,
+        now: datetime,
+    ) -> Refusal:
+        """The refusal of a call at a hard limit. When the units *used* are still below
+        it, calls in flight hold the rest: they settle within moments, usually below
+        what they reserved, so the refusal says so and asks for a retry (before, it gave
+        the period's reset, days away, with ``x-should-retry: false``, and the same call
+        was admitted a moment later)."""
+        used = self.stored.get(key, 0) + self.pending_sum.get(key, 0)
+        total = f"{limit} {feature} units per period{f' (+{granted} granted)' if granted else ''}"
+        if used < limit + granted:
+            return Refusal(
+                "limit",
+                f"Meterline: {source} limit of {total}: {used} used, the rest held by calls "
+                "in flight; retry in a moment.",
+                f"limit:{feature}",
+                IN_FLIGHT_RETRY_AFTER,
+                retry=True,
+            )
+        return Refusal(
+            "limit",
+            f"Meterline: {source} limit of {total} reached ({used} used); it resets at "
+            f"{period.end:%Y-%m-%dT%H:%M:%SZ}.",
+            f"limit:{feature}",
+            max(1, int((period.end - now).total_seconds()) + 1),
+        )
 
     def release(self, reservation: Reservation) -> None:
         for key, units in reservation.parts:

@@ -396,7 +396,7 @@ def test_a_stream_that_crosses_the_limit_finishes_and_counts_fully(
         assert text == fake_provider.last().text  # the client got all of it
         with pytest.raises(openai.RateLimitError) as err:
             chat(client, 1)
-    assert "(110 used or in flight)" in err.value.message
+    assert "(110 used)" in err.value.message
     rows = rows_where(proxy, "reason IS NULL", 2)
     assert [r["output_tokens"] for r in rows] == [30, 80]
 

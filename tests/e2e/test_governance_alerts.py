@@ -135,3 +135,30 @@ def test_entitlements_report_refuses_a_proxy_state_of_another_shape(tmp_path: Pa
         state.write_text(text)
         code, out = _run(db, catalog, "entitlements", "--proxy-state", str(state))
         assert (code, out) == (1, f"Error: proxy state {state}: not a proxy's governance.json\n")
+
+
+def test_entitlements_report_leaves_out_a_stopped_proxys_reservations(tmp_path: Path) -> None:
+    """A proxy killed with 20 calls in flight left 2,000 reserved in its state file, and
+    the report went on showing them (remaining 3,000 of 5,000) with no word of it."""
+    catalog = write(tmp_path / "catalog.yaml", PLAN.format(port=9))
+    db = tmp_path / "meterline.duckdb"
+    add_events(db, Event(datetime.now(UTC) - timedelta(seconds=1), output=10))
+    now = datetime.now(UTC)
+    month = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    counter = f"acme/out/P1M/{month:%Y-%m-%dT%H:%M:%SZ}"
+    live, dead = tmp_path / "live.json", tmp_path / "dead.json"
+    for path, age in ((live, 1), (dead, 3600)):
+        written = (now - timedelta(seconds=age)).isoformat()
+        path.write_text(
+            json.dumps({"written_at": written, "refresh_s": 2.0, "reserved": {counter: 300}})
+        )
+    args = ["--db", str(db), "--catalog", str(catalog), "entitlements", "--format", "json"]
+    states = ["--proxy-state", str(live), "--proxy-state", str(dead)]
+    result = CliRunner().invoke(billing_cli, [*args, *states])
+    assert result.exit_code == 0
+    rows = json.loads(result.stdout)
+    assert [(r["used"], r["reserved"]) for r in rows if r["feature"] == "out"] == [
+        (10, 300)
+    ]  # the live proxy's only
+    assert f"warning: proxy state {dead}: written 3600 s ago" in result.stderr
+    assert "its 300 reserved units are not counted" in result.stderr

@@ -231,6 +231,8 @@ def test_a_gzip_request_is_pinned_and_checked_as_the_routes_model(
         assert statuses == [200, 200, 200, 429]
         sent = [json.loads(ex.body) for ex in fake_provider.exchanges[seen:]]  # aiohttp decodes
         assert [s["model"] for s in sent] == ["gpt-4o"] * 3
+        [refused] = rows_where(proxy, "reason IS NOT NULL", 1)
+        assert refused["model"] == "gpt-4o", refused  # was NULL: the event read the gzip bytes
     finally:
         proxy.stop()
 

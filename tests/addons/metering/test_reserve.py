@@ -266,3 +266,102 @@ def test_spellings_that_hide_a_key_or_shrink_a_bound(
 def test_searches_a_call_may_run(flavor: str, tools: list[dict], searches: int) -> None:
     body = json.dumps({"model": "m", "max_tokens": 5, "tools": tools}).encode()
     assert estimate_request(flavor, "/v1/messages", body).searches == searches
+
+
+@pytest.mark.parametrize(
+    ("flavor", "path", "body", "output"),
+    [
+        pytest.param(
+            "openai",
+            "/v1/chat/completions",
+            {"model": "gpt-4o", "n": 10, "max_completion_tokens": 100, "messages": []},
+            1000,
+            id="chat-n",
+        ),
+        pytest.param(
+            "openai",
+            "/v1/completions",
+            {"model": "gpt-3.5-turbo-instruct", "prompt": ["a"] * 10, "max_tokens": 100},
+            1000,
+            id="legacy-prompt-list",
+        ),
+        pytest.param(
+            "openai",
+            "/v1/completions",
+            {"model": "m", "prompt": [1, 2, 3], "best_of": 4, "n": 2, "max_tokens": 10},
+            40,
+            id="legacy-best-of-one-token-prompt",
+        ),
+        pytest.param(
+            "gemini",
+            "/v1beta/models/gemini-2.5-flash:streamGenerateContent",
+            {"generationConfig": {"candidateCount": 8, "maxOutputTokens": 100}},
+            800,
+            id="gemini-candidate-count",
+        ),
+        pytest.param(
+            "openai",
+            "/v1/chat/completions",
+            {
+                "model": "gpt-4o",
+                "messages": [{"role": "user", "content": '"n": 9'}],
+                "max_tokens": 5,
+            },
+            5,
+            id="n-in-a-message-only",
+        ),
+    ],
+)
+def test_each_answer_asked_for_reserves_its_bound(
+    flavor: str, path: str, body: dict, output: int
+) -> None:
+    """20 concurrent calls with n=10 at a limit of 2,000 used 20,000: one output bound
+    was reserved for ten answers (each billed)."""
+    assert estimate_request(flavor, path, json.dumps(body).encode()).output == output
+
+
+@pytest.mark.parametrize(
+    ("flavor", "path", "body", "model", "output"),
+    [
+        pytest.param(
+            "openai", "/v1/embeddings", {"model": "text-embedding-3-small", "input": "x"},
+            "text-embedding-3-small", 0, id="embeddings-no-output",
+        ),
+        pytest.param(
+            "openai", "/api/embed", {"model": "nomic-embed-text", "input": "x"},
+            "nomic-embed-text", 0, id="ollama-embed",
+        ),
+        pytest.param(
+            "openai", "/api/chat", {"model": "llama3", "options": {"num_predict": 50}},
+            "llama3", 50, id="ollama-num-predict",
+        ),
+        pytest.param(
+            "openai", "/api/chat", {"model": "llama3", "options": {"num_predict": -1}},
+            "llama3", DEFAULT_OUTPUT_RESERVE, id="ollama-unbounded",
+        ),
+        pytest.param(
+            "gemini", "/v1beta/tunedModels/my-tuned-1:generateContent",
+            {"generationConfig": {"maxOutputTokens": 30}}, "my-tuned-1", 30, id="gemini-tuned",
+        ),
+        pytest.param(
+            "gemini", "/v1beta/models/gemini-2.5-flash:generateContent",
+            {"generationConfig": {"maxOutputTokens": "50"}}, "gemini-2.5-flash", 50,
+            id="gemini-bound-as-a-string",
+        ),
+    ],
+)  # fmt: skip
+def test_outputs_that_are_bounded_elsewhere(
+    flavor: str, path: str, body: dict, model: str, output: int
+) -> None:
+    est = estimate_request(flavor, path, json.dumps(body).encode())
+    assert (est.model, est.output) == (model, output)
+
+
+def test_openai_max_tool_calls_bounds_the_searches() -> None:
+    tools = [{"type": "web_search"}]
+    body = {"model": "gpt-5", "tools": tools, "max_tool_calls": 1}
+    assert estimate_request("openai", "/v1/responses", json.dumps(body).encode()).searches == 1
+    body["max_tool_calls"] = 12
+    assert estimate_request("openai", "/v1/responses", json.dumps(body).encode()).searches == 12
+    del body["max_tool_calls"]
+    assert estimate_request("openai", "/v1/responses", json.dumps(body).encode()).searches == 5

@@ -105,7 +105,7 @@ def test_unit_grants_raise_the_hard_limit_of_their_feature_only() -> None:
     assert isinstance(r, Reservation)
     refused = c.admit(pol, "openai", "gpt-4o", 0, 40, NOW)
     assert isinstance(refused, Refusal)
-    assert "limit of 100 out units per period (+30 granted) reached (140 used" in refused.message
+    assert "limit of 100 out units per period (+30 granted): 100 used, the rest" in refused.message
 
 
 def test_boolean_entitlements_are_an_allow_list() -> None:
@@ -172,7 +172,7 @@ def test_calls_in_flight_across_a_period_boundary_count_against_the_new_period()
     assert all(isinstance(r, Reservation) for r in old)
     refused = c.admit(pol, "openai", "gpt-4o", 0, 200, after)
     assert isinstance(refused, Refusal) and refused.reason == "limit:out"
-    assert "(2000 used or in flight)" in refused.message
+    assert "0 used, the rest held by calls in flight" in refused.message and refused.retry
     # They settle into the new period: still full, by what they used.
     for n, r in enumerate(old):
         assert isinstance(r, Reservation)
@@ -233,3 +233,23 @@ def test_a_hard_limit_on_web_searches_refuses_once_they_are_used() -> None:
     assert "limit of 5 search units" in refused.message
     # Another provider's calls: not this limit.
     assert isinstance(c.admit(pol, "openai", "gpt-4o", 10, 40, NOW), Reservation)
+
+
+def test_a_refusal_by_reservations_alone_asks_for_a_retry() -> None:
+    """20 concurrent calls with no max_tokens at 490,000 of 500,000: the one admitted
+    reserves 16,384, the others were refused until the period's end (retry-after of
+    29 days, x-should-retry false) and the same call was admitted a moment later."""
+    pol = policy_of(catalog(entitlements=[{"feature": "out", "limit": 500_000}]))
+    c = Counters()
+    key = pol.accounts[0].current(NOW)[1]
+    c.apply(Snapshot({key: 490_000}, set(), {}, NOW))
+    held = c.admit(pol, "openai", "gpt-4o", 0, 16_384, NOW)
+    assert isinstance(held, Reservation)
+    refused = c.admit(pol, "openai", "gpt-4o", 0, 16_384, NOW)
+    assert isinstance(refused, Refusal) and refused.retry and refused.retry_after == 2
+    assert "490000 used, the rest held by calls in flight; retry in a moment" in refused.message
+    c.release(held)
+    c.apply(Snapshot({key: 500_000}, set(), {}, NOW))
+    full = c.admit(pol, "openai", "gpt-4o", 0, 10, NOW)
+    assert isinstance(full, Refusal) and not full.retry and "(500000 used)" in full.message
+    assert full.retry_after is not None and full.retry_after > 86_400
