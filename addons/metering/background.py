@@ -155,3 +155,12 @@ def decide(
     if life is None or life.status not in TERMINAL or life.response_id is None:
         return Skip("background response not ended: billed when a read shows its end")
     return Keyed(eventid.response_event_id(provider, life.response_id), life.created_at)
+
+
+def queued_event_id(tap: ResponsesTap, provider: str) -> str | None:
+    """The event id a background response created by this flow will be billed under,
+    when the flow left it queued or in progress (None: not such a response)."""
+    life = tap.lifecycle()
+    if life is None or life.response_id is None or life.status in TERMINAL:
+        return None
+    return eventid.response_event_id(provider, life.response_id)

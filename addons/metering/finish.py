@@ -73,7 +73,13 @@ class Finisher:
             )
             if isinstance(verdict, background.Skip):
                 log.debug("meterline: %s: %s: no event: %s", flow.id, where(st), verdict.why)
-                self.governance.finish(flow.id, None)
+                queued = (
+                    None if st.tap.reads else background.queued_event_id(st.tap, st.provider.name)
+                )
+                if queued is not None:  # its tokens come later: hold what it may cost
+                    self.governance.hold(flow.id, queued)
+                else:
+                    self.governance.finish(flow.id, None)
                 return
             keyed = verdict
             if keyed is not None and usage is None:  # ended with no usage: nothing billed

@@ -37,6 +37,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -108,6 +109,11 @@ def parse_refresh(text: str) -> float:
     return value
 
 
+BACKGROUND_HOLD_S = 3600.0
+"""How long a queued background response's reservation is held for the read that shows
+its end (a deep-research response runs for tens of minutes; OpenAI keeps them to read)."""
+
+
 class Governance:
     def __init__(self) -> None:
         self.catalog: Catalog | None = None
@@ -123,6 +129,10 @@ class Governance:
         """Per provider, the models calls naming a model were billed as (an alias)."""
         self._asked: dict[str, tuple[str, str]] = {}
         """Admitted flow id -> (provider, model it names): learnt from at its end."""
+        self._held: dict[str, tuple[float, Reservation]] = {}
+        """A queued background response's event id -> (monotonic expiry, the reservation
+        of the call that created it), oldest first: its tokens are counted when a read
+        shows it ended (:meth:`hold`)."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -294,6 +304,8 @@ class Governance:
                     1,
                     retry=True,
                 )
+        if self._held:
+            self._expire()
         req = flow.request
         raw = (req.raw_content or b"") if body is None else body()
         est = estimate_request(flavor, req.path, raw)
@@ -370,7 +382,38 @@ class Governance:
         asked = self._asked.pop(flow_id, None)
         if asked is not None:
             self._learn(asked, rows or [])
+        if self._held:
+            for row in rows or ():  # a background response read to its end: counted now
+                queued = self._held.pop(row["event_id"], None)
+                if queued is not None:
+                    self.counters.release(queued[1])
+            self._expire()
         self._count(rows or [])
+
+    def hold(self, flow_id: str, event_id: str) -> None:
+        """The call created a background response, queued: its tokens are billed when a
+        read shows it ended (another flow, minutes later), so its reservation is kept
+        until then, at most :data:`BACKGROUND_HOLD_S` (before, it was released at once:
+        20 sequential background calls of 200 were all admitted at a limit of 1,000)."""
+        held = self._reservations.pop(flow_id, None)
+        self._asked.pop(flow_id, None)
+        if held is None:
+            return
+        earlier = self._held.pop(event_id, None)
+        if earlier is not None:
+            self.counters.release(earlier[1])
+        self._held[event_id] = (time.monotonic() + BACKGROUND_HOLD_S, held[1])
+        self._expire()
+
+    def _expire(self) -> None:
+        """Release the holds of background responses never read to their end in time."""
+        now = time.monotonic()
+        while self._held:
+            event_id, (expires, reservation) = next(iter(self._held.items()))
+            if expires > now:
+                return
+            del self._held[event_id]
+            self.counters.release(reservation)
 
     def _learn(self, asked: tuple[str, str], rows: list[dict[str, Any]]) -> None:
         """Note the models a call naming ``asked`` was billed as, if another name."""

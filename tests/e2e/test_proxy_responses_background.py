@@ -22,6 +22,7 @@ from typing import Any
 
 import openai
 import pytest
+import yaml
 from aiohttp import web
 
 from tests.conftest import KEYS, ProxyFactory
@@ -325,3 +326,46 @@ def test_a_billed_path_that_is_not_metered_is_logged_once(
     assert "not metered (audio)" in lines[0] and "docs/proxy.md" in lines[0]
     assert "fake-gemini-bg POST /v1beta/models/e:embedContent" in lines[1]
     assert "secret" not in log and KEYS["alice"] not in log
+
+
+def test_a_queued_background_response_holds_its_reservation_until_read(
+    start_proxy: ProxyFactory, upstream: tuple[Upstream, int], catalog: Path
+) -> None:
+    """A hard limit of 1,000 output tokens; each background call may write 600
+    (``max_output_tokens``). The POST's reservation was released when the response was
+    queued, so calls were admitted one after another with nothing counted: 20 of 20 at a
+    limit of 1,000, 4,000 used once polled. Now the reservation is held until a read
+    shows the response ended, then replaced by its usage."""
+    fake, port = upstream
+    doc = yaml.safe_load(catalog.read_text())
+    doc["features"] = [
+        {"key": "out", "name": "Output", "meter": {"provider": PROVIDER, "token_types": ["output"]}}
+    ]
+    limit = {"feature": "out", "limit": 1000}
+    doc["plans"] = [{"key": "capped", "name": "Capped", "currency": "USD", "entitlements": [limit]}]
+    subscription = {"plan": "capped", "start": "2026-01-01T00:00:00Z"}
+    doc["customers"] = [
+        {"key": "acme", "name": "ACME", "currency": "USD", "consumers": ["alice"],
+         "subscriptions": [subscription]}
+    ]  # fmt: skip
+    catalog.write_text(yaml.safe_dump(doc, sort_keys=False))
+    proxy = start_proxy(catalog=catalog)
+    with _client(proxy, port) as client:
+        queued = [
+            client.responses.create(
+                model="o4-mini", input="otters", background=True, max_output_tokens=600
+            ).id
+            for _ in range(2)  # 0 and 600 reserved < 1,000: both admitted
+        ]
+        with pytest.raises(openai.RateLimitError, match="held by calls in flight"):
+            client.responses.create(
+                model="o4-mini", input="otters", background=True, max_output_tokens=600
+            )
+        for rid in queued:  # made now: their usage counts in this period
+            fake.responses[rid][0] = int(time.time())
+        done = _poll_to_the_end(client, queued[0])  # 600 used, the other still held
+        assert done.status == "completed"
+        with pytest.raises(openai.RateLimitError):
+            client.responses.create(model="o4-mini", input="otters", background=True)
+    rows = [r for r in _settled(proxy, 3) if r["reason"] is None]
+    assert [r["event_id"] for r in rows] == [f"response:{PROVIDER}:{queued[0]}"]
