@@ -10,6 +10,8 @@ from typing import Any
 from billing.money import minor_unit
 
 LINE_KINDS = ("flat", "usage", "late_usage", "credit")
+# The kinds of line that bill metered events (have windows, consumers and a meter).
+USAGE_KINDS = ("usage", "late_usage")
 
 
 @dataclass

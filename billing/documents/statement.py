@@ -32,7 +32,7 @@ from billing.documents.invoice_page import (
 from billing.documents.words import human_date, human_span, money, plural
 from billing.invoices import BillingError, find_customer, line_meter, line_windows, parse_month
 from billing.ledger import load_invoices
-from billing.model import Invoice, InvoiceLine
+from billing.model import USAGE_KINDS, Invoice, InvoiceLine
 from billing.schedule import periods_ending_in
 from billing.usage import TOKEN_COLUMNS, WINDOWED_EVENTS, UsageWindow, load_windows
 from billing.usage.owned import carve_stored
@@ -121,7 +121,9 @@ def feature_usage(con: duckdb.DuckDBPyConnection, invoices: list[Invoice]) -> li
     owner: dict[int, int] = {}
     for inv in invoices:
         for line in inv.lines:
-            if line.kind == "flat" or not line.feature_key:
+            # Only usage lines have windows: a fee has none, and a unit-grant credit line
+            # names the feature but bills no events of its own.
+            if line.kind not in USAGE_KINDS or not line.feature_key:
                 continue
             for w in line_windows(line):
                 wid = len(stored)

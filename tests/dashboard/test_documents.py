@@ -18,6 +18,8 @@ from billing.invoices import get_invoice
 from billing.store import billing_store
 from tests.billing.cli.runner import error, run
 from tests.billing.events import Setup
+from tests.billing.test_unit_grant_documents import granted_store
+from tests.dashboard.conftest import start_dashboard, stop
 from tests.dashboard.seed import seeded
 
 
@@ -204,3 +206,15 @@ def test_a_long_unbroken_word_keeps_the_amounts_on_the_pdf(store: Setup, tmp_pat
     assert f"Total due {money(inv.total, inv.currency)}" in text
     for line in inv.lines:
         assert money(line.amount, inv.currency) in text, line.description
+
+
+def test_statement_page_of_a_customer_with_a_unit_grant_credit(tmp_path: Path) -> None:
+    """The credit line a unit grant adds has a feature but no windows: the page is served
+    (it was a 500), with the credit among the invoice's lines."""
+    server = start_dashboard(granted_store(tmp_path))
+    try:
+        status, body = server.get("/statements/vol/2026-10")
+    finally:
+        stop(server)
+    assert status == 200, body[:500]
+    assert "Granted units applied: 999 out" in body.decode()
