@@ -4,7 +4,8 @@ Revenue: the amounts of the invoices whose period ends in the month (the ones
 ``billing invoice generate --period`` finalizes). A usage line's amount is split over the
 (provider, model) rows of its stored breakdown in proportion to tokens, in whole minor
 units by largest remainder, so the split adds up to the line exactly. Flat fees are
-shown as model ``(fees)``; a minimum charged on zero usage as ``(minimums)``.
+shown as model ``(fees)``; a minimum charged on zero usage as ``(minimums)``. A unit-grant
+credit is split like the usage line it lowers; prepaid credit is a payment, not revenue.
 
 Cost: every event those invoices billed (their windows, including late usage), priced
 at the provider's list price on the event's day (``billing.listprice``, USD). Models whose
@@ -28,7 +29,7 @@ from billing.errors import BillingError, NotGenerated
 from billing.invoices import parse_month
 from billing.ledger import load_invoices
 from billing.listprice import LIST_PRICE_CURRENCY, find_model, has_context_tiers, list_cost
-from billing.model import Invoice
+from billing.model import Invoice, InvoiceLine
 from billing.money import minor_unit, money_context, round_money
 from billing.usage import invoiced_events, invoiced_usage
 from meterline.catalog import CALL_TYPES, TOKEN_TYPES
@@ -83,16 +84,46 @@ def month_invoices(
     return load_invoices(con, numbers=numbers)
 
 
+def _granted_usage(inv: Invoice, credit: InvoiceLine) -> InvoiceLine | None:
+    """The usage line a unit-grant credit line reduces: the one of its rate card and
+    window on the same invoice (late usage takes no units)."""
+    for line in inv.lines:
+        if (
+            line.kind == "usage"
+            and line.rate_card_key == credit.rate_card_key
+            and line.usage_start == credit.usage_start
+        ):
+            return line
+    return None
+
+
+def _breakdown(line: InvoiceLine) -> dict[tuple[str, str], int]:
+    parts: dict[tuple[str, str], int] = defaultdict(int)
+    for b in line.detail.get("breakdown", []):
+        parts[(b["provider"], b["model"])] += int(b["tokens"])
+    return parts
+
+
 def revenue_by_model(invoices: list[Invoice]) -> dict[Key, Decimal]:
+    """Each line's amount per (customer, provider, model).
+
+    A unit-grant credit lowers the price of one feature's usage, so it is split over the
+    models of the usage line it reduces, like that line. Prepaid credit (money the customer
+    paid for in advance) pays the invoice: it is a means of payment, not a lower price of
+    any model, so it is not revenue here (docs/billing.md, ``billing margin``).
+    """
     out: dict[Key, Decimal] = defaultdict(Decimal)
     for inv in invoices:
         for line in inv.lines:
             if line.kind == "flat":
                 out[(inv.customer_key, "", FEES)] += line.amount
                 continue
-            parts: dict[tuple[str, str], int] = defaultdict(int)
-            for b in line.detail.get("breakdown", []):
-                parts[(b["provider"], b["model"])] += int(b["tokens"])
+            source: InvoiceLine | None = line
+            if line.kind == "credit":
+                if not line.detail.get("unit_grant"):
+                    continue  # prepaid credit: a payment
+                source = _granted_usage(inv, line)
+            parts = _breakdown(source) if source is not None else {}
             if not parts:
                 if line.amount:
                     out[(inv.customer_key, "", MINIMUMS)] += line.amount

@@ -18,6 +18,7 @@ import pytest
 
 from billing.credits import grant_credits
 from billing.invoices import generate_invoices
+from billing.margin import margin_report
 from billing.store import billing_store
 from billing.unitgrants import grant_units
 from tests.billing.cli.runner import run
@@ -71,3 +72,14 @@ def test_statement_of_a_customer_with_a_unit_grant_credit_line(granted: Setup) -
     assert html.exit_code == 0, html.stderr
     assert "Granted units applied: 999 out" in html.stdout
 
+
+def test_margin_charges_a_unit_grant_to_its_model_and_not_prepaid_credit(
+    granted: Setup,
+) -> None:
+    """The unit credit lowers gpt-4o's revenue (55.00 - 4.99); the prepaid credit pays the
+    invoice and lowers no model's revenue, and nothing is booked as ``(minimums)``."""
+    with billing_store(granted.db) as con:
+        rows = margin_report(con, "2026-10")
+    assert [(r["customer"], r["model"], r["tokens"], r["revenue"]) for r in rows] == [
+        ("vol", "gpt-4o", 11_000, Decimal("50.01")),
+    ]
