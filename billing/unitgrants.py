@@ -71,7 +71,8 @@ def list_unit_grants(con: duckdb.DuckDBPyConnection, customer: str | None = None
     for grant_id, total in con.execute(
         "SELECT grant_id, SUM(amount) FROM credit_consumptions GROUP BY grant_id"
     ).fetchall():
-        consumed[grant_id] = Decimal(total)
+        # credit_consumptions keeps 12 decimals (it holds money too): units are whole
+        consumed[grant_id] = Decimal(int(total))
     where, params = ("AND customer_key = ?", [customer]) if customer else ("", [])
     out = []
     for r in con.execute(

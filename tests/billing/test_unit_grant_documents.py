@@ -83,3 +83,16 @@ def test_margin_charges_a_unit_grant_to_its_model_and_not_prepaid_credit(
     assert [(r["customer"], r["model"], r["tokens"], r["revenue"]) for r in rows] == [
         ("vol", "gpt-4o", 11_000, Decimal("50.01")),
     ]
+
+
+def test_credits_list_shows_what_is_left_of_a_unit_grant_in_whole_units(
+    granted: Setup,
+) -> None:
+    """999 of 2,000 units taken: 1001 left, not the store's ``1001.000000000000``."""
+    listed = run(granted, "credits", "list", "--customer", "vol", "--format", "json")
+    assert listed.exit_code == 0, listed.stderr
+    left = {g["feature"] or g["currency"]: g["remaining"] for g in json.loads(listed.stdout)}
+    assert left == {"out": "1001", "USD": "0.00"}
+    table = run(granted, "credits", "list", "--customer", "vol")
+    assert "vol: balance 1001 out units\n" in table.stdout
+    assert "1001.0" not in table.stdout
