@@ -170,10 +170,22 @@ def invoice_json(inv: Invoice) -> Row:
 
 
 def _tier_rows(line: InvoiceLine) -> list[str]:
+    """The tiers a line's pricing used; a unit-grant credit's are those of the quantity
+    still billed, so it says which. None without the rate card they were priced with
+    (credit lines stored before it was kept): a tier without its ``per`` would misstate
+    the price."""
     tiers = (line.detail.get("pricing") or {}).get("tiers") or []
-    per = ((line.detail.get("rate_card") or {}).get("price") or {}).get("per", 1)
+    if not tiers or "rate_card" not in line.detail or line.detail["rate_card"] is None:
+        return []
+    per = (line.detail["rate_card"].get("price") or {}).get("per", 1)
     unit = "" if per == 1 else f" per {per}"
-    return [
+    head = []
+    if line.detail.get("unit_grant"):
+        head = [
+            f"      priced as {line.detail['billed_quantity']} of "
+            f"{line.detail['metered_quantity']} units billed:"
+        ]
+    return head + [
         f"      tier {t['tier'] + 1}: {t['quantity']} units at {t['unit_amount']}{unit}"
         + (f" + flat {t['flat_amount']}" if Decimal(t["flat_amount"]) else "")
         + f" = {t['amount']}"

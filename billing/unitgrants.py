@@ -205,6 +205,9 @@ def _unit_credit(
             "metered_quantity": str(line.quantity),
             "billed_quantity": str(line.quantity - units),
             "pricing": reduced.to_detail(),
+            # the price its pricing used, for the tier rows of documents (per, bounds)
+            "rate_card": line.detail.get("rate_card"),
+            "meter": line.detail.get("meter"),
         },
     )
 

@@ -93,7 +93,12 @@ def _pricing(line: InvoiceLine) -> dict[str, Any]:
 
 
 def _tier_rows(line: InvoiceLine, currency: str) -> list[str]:
+    """The tiers the line's pricing used (a unit-grant credit's: those of the units still
+    billed); none without the rate card they were priced with (a credit line stored before
+    it kept one), whose bounds and ``per`` they would misstate."""
     price = _price(line)
+    if not price:
+        return []
     tiers = price.get("tiers") or []
     per = int(price.get("per", 1))
     out = []
@@ -155,7 +160,14 @@ def _notes(line: InvoiceLine, currency: str) -> list[str]:
         if term:
             notes.append("billed in advance" if term == "in_advance" else "billed in arrears")
         if Decimal(_pricing(line).get("proration", "1")) != 1:
-            notes.append("prorated")
+            # the pricing's own note names the share ("prorated 14/31 days")
+            worded = [n for n in _pricing(line).get("notes") or [] if n.startswith("prorated")]
+            notes.append(worded[0] if worded else "prorated")
+    if line.detail.get("unit_grant"):
+        unit = plural(line_unit(line))
+        billed = tokens_text(Decimal(line.detail["billed_quantity"]))
+        metered = tokens_text(Decimal(line.detail["metered_quantity"]))
+        notes.append(f"{billed} of {metered} {unit} billed")
     if "maximum spend applied" in (_pricing(line).get("notes") or []):
         notes.append(f"capped at {money(Decimal(card['max_amount']), currency)}")
     return notes
@@ -170,6 +182,8 @@ def line_rows(line: InvoiceLine, currency: str) -> list[str]:
     if line.kind == "flat":
         quantity = decimal_quantity(line.quantity)
         unit = "" if line.unit_price is None else money(line.unit_price, currency)
+        if line.unit_price is None and _price(line).get("amount"):  # prorated: the full fee
+            unit = money(Decimal(_price(line)["amount"]), currency)
     else:
         quantity = tokens_text(line.quantity)
         unit = unit_price_text(_price(line), currency, line_unit(line))
@@ -180,7 +194,8 @@ def line_rows(line: InvoiceLine, currency: str) -> list[str]:
         f'<td class="num amount">{e(money(line.amount, currency))}</td></tr>'
     ]
     rows += _tier_rows(line, currency)
-    topup = minimum_topup(line)
+    # a credit's pricing is of the units still billed: its usage line shows the top-up
+    topup = None if line.kind == "credit" else minimum_topup(line)
     if topup is not None:
         minimum, usage, extra = topup
         rows.append(

@@ -40,11 +40,12 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
+from fractions import Fraction
 from typing import Any, TypeVar
 
 from billing.errors import UserError
-from billing.money import minor_unit_exponent
+from billing.money import minor_unit_exponent, round_exact
 from billing.stripe.amounts import AmountError, show_minor, to_minor
 from billing.stripe.client import (
     META_CUSTOMER,
@@ -136,6 +137,13 @@ def _plain(value: Decimal) -> str:
     return text.rstrip("0").rstrip(".") if "." in text else text
 
 
+# How many significant digits of an exact unit price the description shows as they are
+# (``0.000123456789012``); a longer one (``1/7`` as 50 digits) is rounded.
+_PRICE_DIGITS = 12
+# Pricing notes that change a line's amount without changing its unit price.
+_AMOUNT_NOTES = ("discount", "minimum spend applied", "maximum spend applied")
+
+
 def _price(value: Decimal, currency: str) -> str:
     """A unit price with at least the currency's minor digits: ``49.00``, ``0.0000025``."""
     text = _plain(value)
@@ -144,12 +152,56 @@ def _price(value: Decimal, currency: str) -> str:
     return f"{value:.{exponent}f}" if decimals < exponent else text
 
 
+def shown_price(
+    quantity: Decimal, price: Decimal, amount: Decimal, currency: str
+) -> Decimal | None:
+    """The unit price to print beside ``quantity`` so that ``quantity x price``, rounded as
+    the line was, is ``amount``: the exact price when it is short, else the fewest decimals
+    (at least the currency's) that still give the amount; None when no price does (a
+    discount, a minimum or maximum made the amount)."""
+    candidates: list[Decimal] = []
+    if len(price.normalize().as_tuple().digits) <= _PRICE_DIGITS:
+        candidates.append(price)
+    exponent = minor_unit_exponent(currency)
+    places = max(exponent, -price.normalize().as_tuple().exponent)  # type: ignore[operator]
+    candidates += [
+        price.quantize(Decimal(1).scaleb(-d), rounding=ROUND_HALF_UP)
+        for d in range(exponent, min(places, 40) + 1)
+    ]
+    for shown in candidates:
+        if round_exact(Fraction(quantity) * Fraction(shown), currency) == amount:
+            return shown
+    return None
+
+
 def describe_line(line: Line, currency: str) -> str:
-    """The item description: our line's text with its quantity and unit price."""
+    """The item description: our line's text, its quantity and, when it is the whole
+    story, the arithmetic that gives the item's amount.
+
+    ``Q × P`` is printed only when Q (the units billed after any included allowance) times
+    P, rounded like the line, is the line's amount; otherwise the quantity and what made
+    the amount (``prorated 14/31 days``, ``discount 10%``, ``minimum spend applied``): a
+    description never implies an amount the item does not charge."""
     quantity = _plain(line.quantity)
-    if line.unit_price is None:
-        return f"{line.description} ({quantity} units)"
-    return f"{line.description} ({quantity} × {_price(line.unit_price, currency)} {currency})"
+    billed = line.quantity if line.billable is None else line.billable
+    if line.unit_price is not None and not _amount_notes(line):
+        shown = shown_price(billed, line.unit_price, line.amount, currency)
+        if shown is not None:
+            arithmetic = f"{_plain(billed)} × {_price(shown, currency)} {currency}"
+            if billed == line.quantity:
+                return f"{line.description} ({arithmetic})"
+            included = _plain(line.quantity - billed)
+            return f"{line.description} ({quantity} units, {included} included: {arithmetic})"
+    why = [n for n in line.notes if n.startswith(_AMOUNT_NOTES)]
+    if any(n.startswith(("flat fee", "minimum", "maximum")) for n in line.notes):
+        # the share scales a fee and the clamps; usage itself is never prorated
+        why[:0] = [n for n in line.notes if n.startswith("prorated")]
+    units = "1 unit" if line.quantity == 1 else f"{quantity} units"
+    return f"{line.description} ({'; '.join([units, *why])})"
+
+
+def _amount_notes(line: Line) -> bool:
+    return any(n.startswith(_AMOUNT_NOTES) for n in line.notes)
 
 
 # --------------------------------------------------------------------------- params

@@ -8,6 +8,7 @@ in flight, and that call is replayed by its idempotency key on the next run.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -29,6 +30,10 @@ class Line:
     amount: Decimal
     usage_start: datetime
     usage_end: datetime
+    billable: Decimal | None = None
+    """The units priced after the included allowance (``detail.pricing``), if known."""
+    notes: tuple[str, ...] = ()
+    """The pricing notes (``prorated 14/31 days``, ``minimum spend applied``, ...)."""
 
 
 @dataclass(frozen=True)
@@ -104,7 +109,9 @@ class SyncState:
             lines = con.execute(
                 "SELECT l.invoice_number, l.line_no, l.description, l.quantity, l.unit_price,"
                 " l.amount, l.usage_start, l.usage_end,"
-                " json_extract_string(l.detail, '$.pricing.unit_price'), l.kind"
+                " json_extract_string(l.detail, '$.pricing.unit_price'), l.kind,"
+                " json_extract_string(l.detail, '$.pricing.billable_quantity'),"
+                " CAST(json_extract(l.detail, '$.pricing.notes') AS VARCHAR)"
                 " FROM invoice_lines l"
                 " JOIN invoices i ON i.number = l.invoice_number"
                 " LEFT JOIN stripe_invoices s ON s.invoice_number = i.number"
@@ -113,9 +120,18 @@ class SyncState:
                 args,
             ).fetchall()
         by_invoice: dict[str, list[Line]] = {}
-        for number, no, desc, qty, unit, amount, start, end, exact, kind in lines:
+        for number, no, desc, qty, unit, amount, start, end, exact, kind, *pricing in lines:
             by_invoice.setdefault(number, []).append(
-                Line(no, desc, qty, _unit_price(unit, exact, kind), amount, start, end)
+                Line(
+                    no,
+                    desc,
+                    qty,
+                    _unit_price(unit, exact, kind),
+                    amount,
+                    start,
+                    end,
+                    *_own_pricing(kind, *pricing),
+                )  # fmt: skip
             )
         return [
             OurInvoice(n, c, cur, ps, pe, total, tuple(by_invoice.get(n, [])))
@@ -304,6 +320,19 @@ def _unit_price(stored: Decimal | None, exact: str | None, kind: str) -> Decimal
         return stored
     priced = Decimal(exact)
     return priced if db_decimal(priced) == stored else stored
+
+
+def _own_pricing(
+    kind: str, billable: str | None, notes: str | None
+) -> tuple[Decimal | None, tuple[str, ...]]:
+    """(billable units, pricing notes) of a line whose ``detail.pricing`` prices the line
+    itself: a late line's prices the period's total, a credit's the reduced usage."""
+    if kind not in ("usage", "flat"):
+        return None, ()
+    return (
+        None if billable is None else Decimal(billable),
+        tuple(json.loads(notes)) if notes else (),
+    )
 
 
 def _upsert(

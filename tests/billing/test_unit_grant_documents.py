@@ -96,3 +96,21 @@ def test_credits_list_shows_what_is_left_of_a_unit_grant_in_whole_units(
     table = run(granted, "credits", "list", "--customer", "vol")
     assert "vol: balance 1001 out units\n" in table.stdout
     assert "1001.0" not in table.stdout
+
+
+def test_a_unit_grant_credit_line_shows_the_tiers_of_the_units_still_billed(
+    granted: Setup,
+) -> None:
+    """The credit line keeps the rate card it was priced with: its tier row says 5.00 per
+    1,000 (not per unit) above 10,000 (not above 0), for the 10,001 units still billed."""
+    text = run(granted, "invoice", "show", "INV-000001").stdout
+    assert (
+        "      priced as 10001 of 11000 units billed:\n"
+        "      tier 2: 10001 units at 5.00 per 1000 = 50.005\n"
+    ) in text
+    page = run(granted, "invoice", "show", "INV-000001", "--format", "html").stdout
+    credit = page[page.index("Granted units applied") : page.index("Prepaid credit applied")]
+    assert "10,001 of 11,000 tokens billed" in credit
+    assert "Tier 2: above 10,000 tokens" in credit
+    assert "5.00 USD / 1K tokens" in credit
+    assert "above 0" not in credit and "USD / token" not in credit

@@ -14,10 +14,11 @@ from pypdf import PdfReader
 from billing.documents.invoice_page import invoice_html
 from billing.documents.pdf import html_to_pdf
 from billing.documents.words import human_date, human_span, money, per_label, unit_price_text
-from billing.invoices import get_invoice
+from billing.invoices import generate_invoices, get_invoice
 from billing.store import billing_store
 from tests.billing.cli.runner import error, run
-from tests.billing.events import Setup
+from tests.billing.events import Event, Setup, add_events, setup
+from tests.billing.events import utc as at
 from tests.billing.test_unit_grant_documents import granted_store
 from tests.dashboard.conftest import start_dashboard, stop
 from tests.dashboard.seed import seeded
@@ -218,3 +219,42 @@ def test_statement_page_of_a_customer_with_a_unit_grant_credit(tmp_path: Path) -
         stop(server)
     assert status == 200, body[:500]
     assert "Granted units applied: 999 out" in body.decode()
+
+
+PRORATED_CATALOG = """
+version: 1
+consumers:
+  - name: agent-a
+features: []
+plans:
+  - key: p
+    name: P
+    currency: USD
+    billing_cadence: P1M
+    rate_cards:
+      - key: fee
+        name: Platform fee
+        price: {type: flat, amount: "31.00", payment_term: in_arrears}
+customers:
+  - key: acme
+    name: Acme
+    currency: USD
+    consumers: [agent-a]
+    subscriptions:
+      - {plan: p, start: "2026-10-01T00:00:00Z", end: "2026-10-15T00:00:00Z"}
+"""
+
+
+def test_a_prorated_fee_shows_its_share_and_the_full_fee(tmp_path: Path) -> None:
+    """14 of October's 31 days: the page says ``prorated 14/31 days`` (not just
+    ``prorated``) and the full fee as the unit price (not a blank), then 14.00."""
+    s = setup(tmp_path, PRORATED_CATALOG)
+    add_events(s.db, Event(at("2026-10-05"), output=1))
+    with billing_store(s.db) as con:
+        generate_invoices(con, s.catalog, "2026-10", now=at("2026-11-02T00:00:00Z"))
+    page = run(s, "invoice", "show", "INV-000001", "--format", "html").stdout
+    row = page[page.index('data-line="1"') :]
+    row = row[: row.index("</tr>")]
+    cells = [c.split("<")[0] for c in row.split('class="num')[1:]]
+    assert [c.split(">", 1)[1] for c in cells] == ["1", "31.00 USD", "14.00 USD"]
+    assert "prorated 14/31 days" in row
