@@ -112,8 +112,9 @@ def health_cmd(
 @pass_settings
 def unbilled_cmd(settings: Settings, start: datetime | None, end: datetime | None) -> None:
     """Usage nobody pays for, as JSON (the dashboard's Unbilled page): usage no
-    subscription covers (unknown keys, unlinked consumers, outside subscriptions) and
-    covered usage no rate card of the plan prices. Default range: the last 30 days.
+    subscription covers (unknown keys, unlinked consumers, outside subscriptions),
+    covered usage no rate card of the plan prices, late usage no invoice will sweep, and
+    usage stored behind an invoice's watermark. Default range: the last 30 days.
 
     \b
     Example usage:

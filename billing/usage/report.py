@@ -209,8 +209,9 @@ def usage_report(
     the catalog (consumer NULL; its fingerprint is shown), a consumer no customer lists,
     a time outside every subscription of its customer (unless a stored invoice window
     covers it: that invoice's customer billed it), tokens a subscription covers that no
-    usage rate card of its plan prices (only those token types are counted), or late
-    usage of an invoiced window of a customer that will get no further invoice.
+    usage rate card of its plan prices (only those token types are counted), late
+    usage of an invoiced window of a customer that will get no further invoice, or usage
+    stored after the invoice whose sweep its ``ingested_at`` falls in was made.
     """
     where, params = _filters(catalog, query)
     if not query.unbilled:
@@ -243,11 +244,24 @@ def usage_report(
         rows += _unpriced(con, catalog, query.group_by, covered, params)
         if stranded:
             rows += _stranded(con, catalog, query)
+        rows += _backdated(con, query)
     finally:
         con.unregister("bill_consumer_map")
         con.unregister("bill_subscriptions")
         con.unregister("bill_stranded")
     return _shape(rows, query.group_by)
+
+
+def _backdated(con: duckdb.DuckDBPyConnection, query: UsageQuery) -> list[dict[str, object]]:
+    """Usage stored behind an invoice's watermark (:mod:`billing.usage.backdated`)."""
+    # imported here: it reads stored lines through billing.invoices, which imports this package
+    from billing.usage.backdated import backdated_usage
+
+    customer = query.customer
+    return backdated_usage(
+        con, customer=customer, consumer=query.consumer, start=query.start, end=query.end,
+        group_by=query.group_by,
+    )  # fmt: skip
 
 
 def _final_customers(con: duckdb.DuckDBPyConnection, catalog: Catalog) -> list[str]:

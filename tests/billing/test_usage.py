@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -369,3 +370,69 @@ def test_unbilled_lists_late_usage_after_the_customers_last_invoice(tmp_path: Pa
     for customer, expected in (("ended", [(stranded[0][0], 3, 1)]), ("going", [])):
         out = run(s, "usage", "--unbilled", "--customer", customer, "--format", "json").output
         assert [(r["reason"], r["output"], r["events"]) for r in json.loads(out)] == expected
+
+
+def test_unbilled_lists_usage_stored_behind_an_invoices_watermark(tmp_path: Path) -> None:
+    """An event of January stored after January's invoice with an ``ingested_at`` before
+    that invoice's watermark (a proxy clock behind, an import keeping old stamps) is in a
+    range the invoice swept: no invoice bills it, so ``--unbilled`` lists it. An event
+    ingested after the watermark is ordinary late usage (February bills it): not listed.
+    Invoices are unchanged."""
+    s = setup(tmp_path, ENDING)
+    add_events(s.db, Event(utc("2026-01-05"), output=10, consumer="agent-b"))
+    with billing_store(s.db) as con:
+        generate_invoices(con, s.catalog, "2026-01", now=utc("2026-02-01T00:00:05"))
+    add_events(
+        s.db,
+        Event(utc("2026-01-15"), output=4242, consumer="agent-b"),  # ingested Jan 15, 00:00:01
+        Event(utc("2026-01-16"), output=7, consumer="agent-b", ingested_at=utc("2026-02-03")),
+    )
+    with billing_store(s.db) as con:
+        feb = generate_invoices(con, s.catalog, "2026-02", customer="going",
+                                now=utc("2026-03-01T00:00:05"))  # fmt: skip
+        rows = usage_report(con, s.catalog, UsageQuery(unbilled=True, group_by=("model",)))
+        page = unbilled(con, s.catalog, TimeRange(utc("2026-01-01"), utc("2026-03-01"), "day"))
+    [inv] = feb.invoices
+    assert [(ln.kind, ln.quantity) for ln in inv.lines] == [
+        ("usage", Decimal(0)),
+        ("late_usage", Decimal(7)),
+    ]
+    reason = "stored after its invoice swept it (ingested_at before that invoice's watermark)"
+    expected = [(reason, "agent-b", "going", "openai", "gpt-4o", 4242, 1)]
+    for found in (rows, page["rows"]):
+        assert [
+            (r["reason"], r["consumer"], r["customer"], r["provider"], r["model"], r["output"],
+             r["events"])
+            for r in found
+        ] == expected  # fmt: skip
+    out = run(s, "usage", "--unbilled", "--group-by", "type", "--format", "json").output
+    assert [(r["reason"], r["token_type"], r["tokens"]) for r in json.loads(out)] == [
+        (reason, "output", 4242)
+    ]
+
+
+def test_unbilled_finds_usage_stored_behind_a_late_sweep_that_made_no_line(
+    tmp_path: Path,
+) -> None:
+    """March's invoice swept January's window again (ingested Mar 1 .. Apr 1) and found
+    nothing, so it has no late line for it; an event stored after it, stamped Mar 10, is
+    in that range: listed, summed with one behind January's own sweep."""
+    s = setup(tmp_path, ENDING)
+    add_events(s.db, Event(utc("2026-01-05"), output=10, consumer="agent-b"))
+    with billing_store(s.db) as con:
+        for month, now in (
+            ("2026-01", "2026-02-01T00:00:05"),
+            ("2026-02", "2026-03-01T00:00:05"),
+            ("2026-03", "2026-04-01T00:00:05"),
+        ):
+            generate_invoices(con, s.catalog, month, customer="going", now=utc(now))
+    add_events(
+        s.db,
+        Event(utc("2026-01-20"), output=5, consumer="agent-b", ingested_at=utc("2026-03-10")),
+        Event(utc("2026-01-21"), output=6, consumer="agent-b", ingested_at=utc("2026-01-22")),
+    )
+    out = run(s, "usage", "--unbilled", "--customer", "going", "--format", "json").output
+    reason = "stored after its invoice swept it (ingested_at before that invoice's watermark)"
+    assert [(r["reason"], r["consumer"], r["output"], r["events"]) for r in json.loads(out)] == [
+        (reason, "agent-b", 11, 2)
+    ]
