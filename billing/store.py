@@ -19,7 +19,15 @@ import duckdb
 from billing import extensions
 from billing.schema import BILLING_MIGRATIONS
 from meterline.entitlements.schema import GOVERNANCE_MIGRATIONS
-from meterline.store import EVENT_MIGRATIONS, LAKE_PREFIX, Migration, StoreError, migrate, store
+from meterline.store import (
+    EVENT_MIGRATIONS,
+    LAKE_PREFIX,
+    Migration,
+    StoreError,
+    migrate,
+    no_store_yet,
+    store,
+)
 
 # Credit grants and what invoices consume of them: the core writes both (credit lines).
 CORE_MIGRATIONS: tuple[Migration, ...] = (
@@ -51,7 +59,7 @@ def billing_store(
     report "no usage").
     """
     loc = str(locator)
-    if not create and not loc.startswith(LAKE_PREFIX) and not Path(loc).exists():
+    if not create and not loc.startswith(LAKE_PREFIX) and no_store_yet(loc):
         raise StoreError(f"{loc}: no such database (nothing metered yet?)")
     with store(loc, wait_s=wait_s, create_lake=create) as con:
         apply_migrations(con)

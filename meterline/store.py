@@ -25,6 +25,7 @@ import duckdb
 
 from meterline import lakerepair
 from meterline.conninfo import one_line, shown
+from meterline.emptystore import FillError, fill_if_empty, is_empty_file
 from meterline.eventschema import EVENT_COLUMNS as EVENT_COLUMNS  # re-exported
 from meterline.lakeconfig import LakeConfigError, lake_settings
 from meterline.privatefiles import make_private, private_files
@@ -213,14 +214,33 @@ def _being_created(loc: str, err: duckdb.Error) -> bool:
     """A read-only open that came between the proxy creating the file and writing its
     headers: DuckDB calls the file "not a valid DuckDB database file". Worth another try
     only while the file is that short and that new; any other such file is not DuckDB's,
-    and the error is given at once."""
+    and the error is given at once.
+
+    An empty file, however old, is always worth another try: a writer's next attempt
+    fills it (:mod:`meterline.emptystore`), a reader's says "no such database"."""
     if "not a valid DuckDB database file" not in str(err):
         return False
     try:
         st = os.stat(loc)
     except OSError:
         return False
-    return st.st_size < _DUCKDB_HEADERS_BYTES and time.time() - st.st_mtime < _CREATION_S
+    if st.st_size == 0:
+        return True
+    return st.st_size < _DUCKDB_HEADERS_BYTES and _recent(st.st_mtime)
+
+
+def _recent(mtime: float) -> bool:
+    return time.time() - mtime < _CREATION_S
+
+
+def no_store_yet(path: str | Path) -> bool:
+    """No store at ``path`` yet: no file, or an empty one (a creation that failed, or a
+    file made in advance; a writer fills it, see :mod:`meterline.emptystore`)."""
+    return not Path(path).exists() or is_empty_file(path)
+
+
+def _no_such_database(loc: str) -> StoreError:
+    return StoreError(f"{loc}: no such database (nothing metered yet?)")
 
 
 def _hint(loc: str, err: duckdb.Error) -> str:
@@ -277,15 +297,39 @@ def open_store(
     if loc.startswith(LAKE_PREFIX):
         return _retrying(loc, wait_s, lambda: _open_lake(loc, create_lake))
     if read_only and not Path(loc).exists():
-        raise StoreError(f"{loc}: no such database (nothing metered yet?)")
+        raise _no_such_database(loc)
     if read_only:
-        return _retrying(loc, wait_s, lambda: duckdb.connect(loc, read_only=True))
+        return _retrying(loc, wait_s, lambda: _connect_reader(loc))
     return _retrying(loc, wait_s, lambda: _connect_private(loc))
+
+
+def _connect_reader(path: str) -> duckdb.DuckDBPyConnection:
+    """Open a DuckDB file read-only. An empty one is no database yet, unless it was made
+    an instant ago (a writer is creating it: :func:`_being_created` waits that out)."""
+    try:
+        empty_since = os.stat(path).st_mtime if is_empty_file(path) else None
+    except OSError:
+        empty_since = None
+    if empty_since is not None and not _recent(empty_since):
+        raise _no_such_database(path)
+    return duckdb.connect(path, read_only=True)
+
+
+def _fill_empty(path: str) -> None:
+    """Make an empty file a new database before DuckDB opens it (it refuses one)."""
+    try:
+        fill_if_empty(path)
+    except FillError as e:
+        raise StoreError(
+            f"{shown(path)}: cannot create: {e.strerror} (the file is left empty; "
+            "a new database is written into it on the next try)"
+        ) from e
 
 
 def _connect_private(path: str) -> duckdb.DuckDBPyConnection:
     """Open (or create) a writable DuckDB file, private to this user (0600)."""
     with private_files():
+        _fill_empty(path)
         con = duckdb.connect(path)
     make_private(path)
     return con
@@ -293,10 +337,13 @@ def _connect_private(path: str) -> duckdb.DuckDBPyConnection:
 
 def attach_file(con: duckdb.DuckDBPyConnection, path: str, alias: str, wait_s: float) -> None:
     """``ATTACH`` the DuckDB file ``path`` to ``con`` as ``alias``, waiting out a reader."""
+
+    def attach() -> None:
+        _fill_empty(path)
+        con.execute(f"ATTACH {_sql_string(path)} AS {alias}")
+
     with private_files():
-        _retrying(
-            path, wait_s, lambda: con.execute(f"ATTACH {_sql_string(path)} AS {alias}"), ask=False
-        )
+        _retrying(path, wait_s, attach, ask=False)
     make_private(path)
 
 

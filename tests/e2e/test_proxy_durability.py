@@ -139,3 +139,26 @@ def test_separate_reader_while_proxy_writes(
     assert counts == sorted(counts)
     rows = proxy.wait_for_events([ex.request_id for ex in exchanges])
     assert len(rows) == len(exchanges) == len(proxy.events())
+
+
+def test_a_store_file_made_empty_in_advance_becomes_the_store(
+    start_proxy: ProxyFactory, fake_provider: FakeProvider, tmp_path: Path
+) -> None:
+    """``touch meterline.duckdb`` (a file for a container's bind mount): before, DuckDB
+    refused it on every flush and every event stayed in the spool. Now it is filled in
+    place: the same inode (a bind-mounted file cannot be replaced), made 0600."""
+    db = tmp_path / "mounted.duckdb"
+    db.touch(mode=0o644)
+    db.chmod(0o644)
+    inode = db.stat().st_ino
+    proxy = start_proxy(options={"meter_db": str(db)})
+    proxy.db = db
+    made = Clients(proxy, fake_provider)
+    try:
+        exchanges = _traffic(made, fake_provider, 4)
+    finally:
+        made.close()
+    proxy.wait_for_events([e.request_id for e in exchanges], timeout=15)
+    assert "not a valid DuckDB" not in proxy.log_text()
+    assert db.stat().st_ino == inode
+    assert db.stat().st_mode & 0o777 == 0o600

@@ -173,3 +173,34 @@ def test_a_restart_with_the_store_disk_full_still_counts_the_spooled_usage(
         assert after == [429, 429, 429]
         assert used == limit
         proxy.stop()
+
+
+def test_a_store_created_on_a_full_disk_is_made_once_space_is_back(
+    start_proxy: ProxyFactory, fake_provider: FakeProvider, tmp_path: Path
+) -> None:
+    """DuckDB creates the store file, then fails to write its headers (ENOSPC): a 0-byte
+    file is left. Before, DuckDB refused it for good ("not a valid DuckDB database file")
+    once space was back, across restarts too: every event stayed in the spool. The empty
+    file is a store not yet created: the writer makes it (0600) when it can."""
+    with tmpfs(tmp_path / "disk", "2m") as disk:
+        db = disk / "events.duckdb"
+        filler = fill(disk)
+        proxy = start_proxy(options={"meter_db": str(db), "meter_flush_interval": 0.2})
+        proxy.db = db
+        answered = _calls(proxy, fake_provider, 5)
+        wait_until(lambda: _lines(proxy, r"cannot write .*ENOSPC") >= 1, 30, "the ENOSPC line")
+        assert db.stat().st_size == 0  # the fault as it happens: created, no headers
+        filler.unlink()
+        answered += _calls(proxy, fake_provider, 5)
+        proxy.wait_for_events(answered, timeout=30)
+        result = tally(proxy, answered)
+        print(result.line("store created on a full disk"))
+        assert result.lost == [] and result.doubled == []
+        assert db.stat().st_mode & 0o777 == 0o600
+        assert "writable again" in proxy.log_text()
+        proxy.stop()
+        proxy.start()  # and it stays a store
+        more = _calls(proxy, fake_provider, 2)
+        proxy.wait_for_events(more, timeout=30)
+        assert tally(proxy, answered + more).lost == []
+        proxy.stop()
