@@ -109,7 +109,7 @@ def _before(con: duckdb.DuckDBPyConnection, segment: Path, steps: Steps) -> None
     )
     since: list[object] = []
     steps.run("survey", lambda: since.append((con.execute(_SURVEY).fetchone() or (0, None))[1]))
-    sql = INSERT_SQL.replace("$ingested_at", _ingested())
+    sql = INSERT_SQL.replace("$ingested_at", _ingested()).replace("$keyed", "")
     sql = sql.replace("$since", f"TIMESTAMP '{since[0]}'")
     steps.run("insert: dedup window + anti-join + Parquet", lambda: con.execute(sql))
     steps.run("drop temp", lambda: con.execute("DROP TABLE spool_batch"))

@@ -15,8 +15,10 @@ cancels it (``POST .../responses/<id>/cancel`` returns the response too). So:
 - a read that shows a background response at a terminal status stores the response's
   event: the provider's figures, the consumer of the key presented on that read, the id
   ``response:<provider>:<resp_id>`` (:func:`~addons.metering.eventid.response_event_id`)
-  and the ts of the response's ``created_at``: every read of it, on any proxy, makes the
-  same event, and the writer stores it once (it always checks such ids against the store);
+  and the ts of the response's ``created_at`` when that is plausible (:func:`event_time`;
+  else the time of the read): every read of it, on any proxy, makes the same event, and
+  the writer stores it once (it always looks such ids up in the whole store, whatever
+  their ts);
 - other reads store nothing: a response still queued or in progress, an error, and a
   response that was **not** made in background mode (its POST was metered already: a
   later ``retrieve`` of a stored response must not bill it again). A resumed stream is
@@ -25,13 +27,14 @@ cancels it (``POST .../responses/<id>/cancel`` returns the response too). So:
 
 from __future__ import annotations
 
+import math
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from addons.metering import eventid
-from addons.metering.extract.framing import as_int
 from addons.metering.extract.openai import OpenAIReader
 
 #: Statuses a response does not leave (OpenAI's "final (terminal) state").
@@ -47,9 +50,10 @@ class Lifecycle:
     status: str | None
     background: bool | None
     """The response's own ``background`` field (None: it did not say)."""
-    created_at: int | None
-    """Epoch seconds; fixed for the life of the response (``completed_at`` is not set for
-    every terminal status, and a cancelled response has been seen completing later)."""
+    created_at: float | None
+    """Epoch seconds, as the provider gave them (a finite number, else None); fixed for
+    the life of the response (``completed_at`` is not set for every terminal status, and
+    a cancelled response has been seen completing later). See :func:`event_time`."""
 
 
 def lifecycle_of(response: dict[str, Any]) -> Lifecycle:
@@ -59,8 +63,43 @@ def lifecycle_of(response: dict[str, Any]) -> Lifecycle:
         rid if isinstance(rid, str) and rid else None,
         status if isinstance(status, str) else None,
         background if isinstance(background, bool) else None,
-        as_int(response.get("created_at")),
+        _seconds(response.get("created_at")),
     )
+
+
+def _seconds(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int past a float's range
+        return None
+    return seconds if math.isfinite(seconds) else None
+
+
+#: How long a provider keeps a response readable: OpenAI stores a response 30 days.
+#: A ``created_at`` older than that at a read is not the time the response was made.
+RETENTION_S = 30 * 86400
+#: How far a provider's clock may run ahead of the proxy's.
+CLOCK_SKEW_S = 300.0
+
+
+def event_time(created_at: float | None, read_at: float) -> float | None:
+    """The ``ts`` of a background response's event: its ``created_at`` if that is a
+    plausible time for a response read at ``read_at`` (at most :data:`RETENTION_S`
+    before it, at most :data:`CLOCK_SKEW_S` after it), else None: the time of the read.
+
+    Not a ``created_at`` as given: 0 or -1 would bill in a period long invoiced, a year
+    ahead in one not begun, milliseconds (1767225600000) or 1e30 cannot be a date at all
+    (they raised OverflowError on every read: the response was never stored). A read
+    time differs from read to read, which the writer allows for: it looks the event's
+    id up in the whole store, whatever the ts (:func:`addons.metering.writer.keyed_lookup`).
+    """
+    if created_at is None:
+        return None
+    if read_at - RETENTION_S <= created_at <= read_at + CLOCK_SKEW_S:
+        return created_at
+    return None
 
 
 class ResponsesReader(OpenAIReader):
@@ -112,8 +151,9 @@ class Keyed:
     """Store the event of an ended background response under this id and time."""
 
     event_id: str
-    at: int | None
-    """Epoch seconds for the event's ts (the response's ``created_at``)."""
+    at: float | None
+    """Epoch seconds for the event's ts: the response's ``created_at`` if plausible
+    (:func:`event_time`); None: the time of the read."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,10 +170,12 @@ def decide(
     status_code: int,
     sse: bool,
     request_body: Callable[[], bytes],
+    now: Callable[[], float] = time.time,
 ) -> Keyed | Skip | None:
     """What a finished Responses API flow stores (None: the usual rules of a call).
 
-    Call after the extractor's ``finish`` (a JSON body is parsed then).
+    Call after the extractor's ``finish`` (a JSON body is parsed then), as the read
+    ends: ``now()`` is the read's time, against which ``created_at`` is judged.
     """
     life = tap.lifecycle()
     if tap.reads:
@@ -154,7 +196,8 @@ def decide(
             return None
     if life is None or life.status not in TERMINAL or life.response_id is None:
         return Skip("background response not ended: billed when a read shows its end")
-    return Keyed(eventid.response_event_id(provider, life.response_id), life.created_at)
+    at = event_time(life.created_at, now())
+    return Keyed(eventid.response_event_id(provider, life.response_id), at)
 
 
 def queued_event_id(tap: ResponsesTap, provider: str) -> str | None:

@@ -13,7 +13,8 @@ may have committed them before it died), any batch after a failed flush (its com
 outcome is unknown), a batch holding an id twice or one this writer committed in the
 last minutes (:mod:`addons.metering.recentids`), and a batch holding an event named
 after a provider's id (a background response, :mod:`addons.metering.background`: it is
-read again, by any proxy, at any time). Every other flush is a plain append:
+read again, by any proxy, at any time: such ids are looked up in the whole store, not
+only in the last minutes, see :func:`keyed_lookup`). Every other flush is a plain append:
 this process is the only one writing this spool's segments to the store, and it knows
 it has not committed them. Nor does a plain append read the ids first: the spool
 remembers the (event_id, ts) of every line it wrote whole (:meth:`Spool.known_events`),
@@ -63,12 +64,17 @@ log = logging.getLogger(__name__)
 SPOOL_COLUMNS: dict[str, str] = SPOOL_TYPES
 REQUIRED_COLUMNS: tuple[str, ...] = REQUIRED_SPOOLED
 
+
 # No query parameters below: the DuckDB client tries ``import pandas`` for every bound
 # parameter, and where pandas is not installed that failed import searches sys.path each
 # time, holding the GIL the proxy's event loop needs. Values are inlined as SQL literals.
 #
 # A torn line (a crash mid-write) or a line of the wrong shape comes back as a row
 # of NULLs, or with NULL where a value had the wrong type: such rows are left out.
+def _sql_string(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
 _COLUMNS_LITERAL = "{" + ", ".join(f"'{c}': '{t}'" for c, t in SPOOL_COLUMNS.items()) + "}"
 
 _READ_OPTIONS = (
@@ -89,6 +95,10 @@ _SURVEY = (
 #: second delivery of the same response). It is short because the check scans every
 #: ``event_id`` stored in it: one day of a proxy at 12 requests/s (1M events) cost
 #: 30-95 ms of CPU per flush; on a lake five minutes of ten proxies' files cost 20-30 ms.
+#: An event named after a provider's id (a background response, read again at any time)
+#: is looked up by its id in the whole store as well (:func:`keyed_lookup`): its ``ts``
+#: is the response's ``created_at`` only when that is plausible, else the time of the
+#: read that stored it, so a later read may bring another ``ts`` than the stored one.
 DEDUP_WINDOW = "INTERVAL 5 MINUTE"
 _COLS = ", ".join(EVENT_COLUMNS)
 _SELECT = ", ".join(
@@ -109,9 +119,14 @@ INSERT_SQL = f"""
     SELECT {_SELECT}
     FROM (SELECT * FROM spool_batch WHERE {_VALID}
           QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY ts) = 1) AS batch
-    ANTI JOIN (SELECT event_id FROM usage_events WHERE ts >= $since - {DEDUP_WINDOW}) AS stored
-    USING (event_id)
+    ANTI JOIN (SELECT event_id FROM usage_events WHERE ts >= $since - {DEDUP_WINDOW}$keyed)
+    AS stored USING (event_id)
 """
+#: The batch's ids named after a provider's id (:func:`eventid.is_keyed`).
+_KEYED_SQL = (
+    "SELECT DISTINCT event_id FROM spool_batch "
+    f"WHERE starts_with(event_id, {_sql_string(eventid.KEYED_PREFIX)})"
+)
 #: A batch that cannot be in the store yet: a plain append, straight from the segments.
 APPEND_SQL = f"""
     INSERT INTO usage_events ({_COLS})
@@ -126,10 +141,6 @@ _LINES_SQL = (
     f"format = 'newline_delimited', columns = {_REQUIRED_LITERAL}, "
     "ignore_errors = true, maximum_object_size = 16777216)"
 )
-
-
-def _sql_string(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def _files_literal(segments: list[Path]) -> str:
@@ -237,10 +248,11 @@ def insert_segments(con: duckdb.DuckDBPyConnection, segments: list[Path]) -> tup
         skipped, since = (int(survey[0]), survey[1]) if survey else (0, None)
         inserted = None
         if since is not None:  # else no readable line: nothing to insert
+            keyed = [r[0] for r in con.execute(_KEYED_SQL).fetchall()]
             inserted = con.execute(
-                INSERT_SQL.replace("$ingested_at", ingested_at).replace(
-                    "$since", f"TIMESTAMP {_sql_string(since.isoformat(' '))}"
-                )
+                INSERT_SQL.replace("$ingested_at", ingested_at)
+                .replace("$since", f"TIMESTAMP {_sql_string(since.isoformat(' '))}")
+                .replace("$keyed", keyed_lookup(keyed))
             ).fetchone()
         con.execute("DROP TABLE spool_batch")
         con.execute("COMMIT")
@@ -251,6 +263,21 @@ def insert_segments(con: duckdb.DuckDBPyConnection, segments: list[Path]) -> tup
             con.execute("ROLLBACK")
         raise
     return (int(inserted[0]) if inserted else 0), skipped
+
+
+def keyed_lookup(keyed: list[str]) -> str:
+    """The stored events named ``keyed``, whatever their ``ts``: SQL added to the
+    dedup's scan of the window (empty for a batch without such ids).
+
+    A background response is read again at any time, and its stored copy's ``ts`` need
+    not be the new one's (a ``created_at`` the proxy could not use: the time of a read).
+    Only batches that hold such ids pay for it; the ids are literals, so the scan skips
+    row groups (and a lake's files) whose ``event_id`` range cannot hold them.
+    """
+    if not keyed:
+        return ""
+    ids = ", ".join(_sql_string(i) for i in keyed)
+    return f" UNION ALL SELECT event_id FROM usage_events WHERE event_id IN ({ids})"
 
 
 #: The writer waits at least this many times the CPU its last flush used before the next

@@ -20,6 +20,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import duckdb
+import httpx2
 import openai
 import pytest
 import yaml
@@ -42,7 +44,10 @@ BILLED = {"input_tokens": 476, "cached_input_tokens": 1024, "output_tokens": 600
           "reasoning_tokens": 448}  # fmt: skip
 CANCELLED_USAGE = {"input_tokens": 1500, "output_tokens": 40, "total_tokens": 1540}
 POLLS_IN_PROGRESS = 2
-CREATED_AT = 1767225600
+CREATED_AT = int(time.time()) - 3600
+"""An hour before the run: a ``created_at`` the proxy takes as the event's ts (not one
+older than the provider keeps a response, nor one ahead of the read)."""
+ABSENT = "absent"
 
 
 class Upstream:
@@ -60,14 +65,19 @@ class Upstream:
         created_at, background, _ = self.responses[rid]
         ended = status not in ("queued", "in_progress")
         text = [{"type": "output_text", "text": "Otters.", "annotations": []}]
-        return {
+        body = {
             "id": rid, "object": "response", "created_at": created_at, "status": status,
-            "background": background, "completed_at": created_at + 30 if ended else None,
+            "background": background, "completed_at": None,
             "error": None, "model": "o4-mini-2025-04-16", "store": True,
             "output": [{"type": "message", "id": "msg_1", "status": "completed",
                         "role": "assistant", "content": text}] if ended else [],
             "usage": (usage or USAGE) if ended else None,
         }  # fmt: skip
+        if ended and type(created_at) is int:
+            body["completed_at"] = created_at + 30
+        if created_at == ABSENT:
+            del body["created_at"]
+        return body
 
     def events(self, rid: str) -> list[dict[str, Any]]:
         """The whole stream of a response, numbered from 0."""
@@ -369,3 +379,67 @@ def test_a_queued_background_response_holds_its_reservation_until_read(
             client.responses.create(model="o4-mini", input="otters", background=True)
     rows = [r for r in _settled(proxy, 3) if r["reason"] is None]
     assert [r["event_id"] for r in rows] == [f"response:{PROVIDER}:{queued[0]}"]
+
+
+#: ``created_at`` values that are no plausible time of a response read now: before, the
+#: event's ts was the time of each read (absent, null, a string, a bool), so two reads
+#: more than 5 minutes apart stored it twice; 1e30, year 10000 and milliseconds raised
+#: OverflowError on every read (never stored); 0, -1 and a year ahead were stored as
+#: given (billed in 1970, or in a period not begun). A float is a time: it is used.
+HOSTILE_CREATED_AT: dict[str, Any] = {
+    "absent": ABSENT,
+    "null": None,
+    "string": "2026-01-01T00:00:00Z",
+    "bool": True,
+    "huge": 1e30,
+    "year-10000": 253402300800,
+    "milliseconds": CREATED_AT * 1000,
+    "zero": 0,
+    "minus-one": -1,
+    "a-year-ahead": CREATED_AT + 366 * 86400,
+    "sixty-days-old": CREATED_AT - 60 * 86400,
+}
+
+
+def test_a_background_response_without_a_plausible_created_at_is_billed_once(
+    start_proxy: ProxyFactory, upstream: tuple[Upstream, int], catalog: Path
+) -> None:
+    """Each response read three times, then (the store moved 10 minutes back, as if that
+    long had passed) once more after a restart: one event each, at the time of the
+    first read. A non-integral ``created_at`` is taken as given."""
+    fake, port = upstream
+    cases = {**HOSTILE_CREATED_AT, "fraction": CREATED_AT + 0.5}
+    first = start_proxy(catalog=catalog)
+    rids: dict[str, str] = {}
+    with httpx2.Client(proxy=first.url, timeout=20) as client:
+        base = f"http://127.0.0.1:{port}/v1/responses"
+        headers = {"authorization": f"Bearer {KEYS['alice']}"}
+        before = datetime.now(UTC).replace(tzinfo=None)
+        for name, created_at in cases.items():
+            body = {"model": "o4-mini", "input": name, "background": True}
+            rid = client.post(base, json=body, headers=headers).json()["id"]
+            fake.responses[rid][0], fake.responses[rid][2] = created_at, 0
+            for _ in range(3):
+                assert client.get(f"{base}/{rid}", headers=headers).json()["status"] == "completed"
+            rids[name] = rid
+        after = datetime.now(UTC).replace(tzinfo=None)
+    rows = _settled(first, len(cases))
+    by_rid = {r["response_id"]: r for r in rows}
+    assert sorted(r["response_id"] for r in rows) == sorted(rids.values())
+    for name, rid in rids.items():
+        ts = by_rid[rid]["ts"]
+        if name == "fraction":
+            assert ts == datetime.fromtimestamp(CREATED_AT + 0.5, UTC).replace(tzinfo=None)
+        else:
+            assert before <= ts <= after, (name, ts)
+    first.stop()
+    with duckdb.connect(str(first.db)) as con:
+        con.execute("UPDATE usage_events SET ts = ts - INTERVAL 10 MINUTE")
+    second = start_proxy(catalog=catalog, options={"meter_db": str(first.db)})
+    second.db = first.db
+    with httpx2.Client(proxy=second.url, timeout=20) as client:
+        for rid in rids.values():
+            client.get(f"{base}/{rid}", headers=headers).raise_for_status()
+    rows = _settled(second, len(cases) + 1)
+    counts = {name: sum(r["response_id"] == rid for r in rows) for name, rid in rids.items()}
+    assert counts == dict.fromkeys(cases, 1)

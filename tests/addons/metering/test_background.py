@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
 
-from addons.metering.background import Keyed, Skip, decide, tap_for
+from addons.metering.background import (
+    CLOCK_SKEW_S,
+    RETENTION_S,
+    Keyed,
+    Skip,
+    decide,
+    event_time,
+    tap_for,
+)
 from addons.metering.extract import new_extractor
+
+#: An hour before the run: a plausible ``created_at`` for a response read now.
+CREATED_AT = int(time.time()) - 3600
 
 
 def _body(status: str, background: bool = True, usage: Any = None) -> dict[str, Any]:
-    return {"id": "resp_1", "object": "response", "created_at": 1767225600, "status": status,
+    return {"id": "resp_1", "object": "response", "created_at": CREATED_AT, "status": status,
             "background": background, "model": "o4-mini", "output": [], "usage": usage}  # fmt: skip
 
 
@@ -44,7 +56,7 @@ def _sse(*bodies: dict[str, Any]) -> bytes:
 GET = ("GET", "/v1/responses/resp_1")
 POST = ("POST", "/v1/responses")
 CANCEL = ("POST", "/v1/responses/resp_1/cancel")
-KEYED = Keyed("response:openai:resp_1", 1767225600)
+KEYED = Keyed("response:openai:resp_1", CREATED_AT)
 
 
 @pytest.mark.parametrize(
@@ -178,3 +190,47 @@ def test_the_response_says_whether_it_is_in_the_background() -> None:
     ]
     tap, _ = _read(GET, _sse(*quiet), "text/event-stream")  # a resumed stream that does not say
     assert decide(tap, "openai", status_code=200, sse=True, request_body=bytes) == KEYED
+
+
+READ_AT = 1767225600.0  # 2026-01-01
+
+
+@pytest.mark.parametrize(
+    "created_at,expected",
+    [
+        (READ_AT - 60, READ_AT - 60),
+        (READ_AT - 60.5, READ_AT - 60.5),  # a float is a time too, the same on every read
+        (READ_AT - RETENTION_S, READ_AT - RETENTION_S),  # the oldest a provider still serves
+        (READ_AT + CLOCK_SKEW_S, READ_AT + CLOCK_SKEW_S),  # the provider's clock ahead
+        (READ_AT - RETENTION_S - 1, None),
+        (READ_AT + CLOCK_SKEW_S + 1, None),
+        (0, None),  # would bill in 1970: a period long invoiced
+        (-1, None),
+        (READ_AT + 365 * 86400, None),  # a period not begun
+        (READ_AT * 1000, None),  # milliseconds
+        (253402300800, None),  # year 10000: OverflowError before
+        (1e30, None),
+        (None, None),
+    ],
+)
+def test_event_time_takes_a_plausible_created_at_only(
+    created_at: float | None, expected: float | None
+) -> None:
+    assert event_time(created_at, READ_AT) == expected
+
+
+@pytest.mark.parametrize(
+    "created_at",
+    ["absent", None, "2026-01-01", True, 1e30, 10**400, float("nan"), float("inf"), [1], 0, -1],
+)
+def test_a_created_at_that_is_no_plausible_time_keys_the_read_time(created_at: Any) -> None:
+    """Not a crash (OverflowError on 1e30 and 10**400), not 1970: ``at`` None, so the event's
+    ts is the read's; the id is the same on every read."""
+    body = _body("completed", usage=USAGE)
+    if created_at == "absent":
+        del body["created_at"]
+    else:
+        body["created_at"] = created_at
+    tap, _ = _read(GET, json.dumps(body).encode(), "application/json")
+    got = decide(tap, "openai", status_code=200, sse=False, request_body=bytes, now=lambda: READ_AT)
+    assert got == Keyed("response:openai:resp_1", None)

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -379,6 +380,27 @@ def test_an_event_named_after_a_providers_id_is_always_checked(tmp_path: Path) -
     for spool, writer in zip(spools, (a, b), strict=True):
         assert writer.stop()
         spool.close()
+
+
+def test_an_event_named_after_a_providers_id_is_found_whatever_its_ts(tmp_path: Path) -> None:
+    """A background response whose ``created_at`` the proxy cannot use gets the time of
+    the read as ts: a read 10 minutes or a day after the first makes the same id with
+    another ts. Before, the check looked only 5 minutes before the batch's earliest ts
+    and stored it again, once per read."""
+    db = tmp_path / "e.duckdb"
+    spool = Spool(tmp_path / "spool")
+    writer = SpoolWriter(spool, str(db))
+    rid = "response:openai:resp_1"
+    spool.append(_event(rid, ts="2026-03-01T09:00:00"))
+    assert writer.flush()
+    for later in ("2026-03-01T09:10:00", "2026-03-02T09:00:00", "2026-02-28T09:00:00"):
+        spool.append(_event("ml:" + later))  # the same batch: the earliest ts is its own
+        spool.append(_event(rid, ts=later))
+        assert writer.flush()
+    rows = [r[:2] for r in _rows(db) if r[0] == rid]
+    assert rows == [(rid, datetime(2026, 3, 1, 9, 0))]
+    assert writer.stop()
+    spool.close()
 
 
 def test_a_batch_after_a_failed_flush_is_checked(tmp_path: Path) -> None:
