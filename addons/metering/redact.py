@@ -9,10 +9,15 @@ b'Authorization Bearer sk-...'``). The dumper writes straight to a file object, 
 :func:`install` wraps that object, and :class:`RedactingFilter` sits on the log's
 handlers: every line either prints goes through :func:`redact`, which replaces with
 ``[redacted]`` the value of a key query parameter (``key``, ``api_key``, ``apikey``,
-``access_token``, however its name is %-encoded), of a key header line, a
-credential-like word right after a key header's name (a malformed line, raw bytes in a
-debug log), OpenAI Realtime's ``openai-insecure-api-key.<key>`` subprotocol, a URL's
-userinfo, and a PostgreSQL password in a lake locator (:func:`meterline.conninfo.shown`).
+``access_token``, however its name is %-encoded), of a credential header line
+(:data:`SECRET_HEADERS`: the key headers and other credentials, such as Azure API
+Management's subscription key, an AWS session token, cookies), of a header line whose
+name is not valid UTF-8 (mitmproxy prints it as ``\xff\xfe: ...``: nothing says what
+its value is), a credential-like word right after a key header's name (a malformed line,
+raw bytes in a debug log), ``Bearer <token>`` anywhere (not an auth-param: in
+``www-authenticate: Bearer realm=Bearer <key>`` the key is the token), OpenAI
+Realtime's ``openai-insecure-api-key.<key>`` subprotocol, a URL's userinfo, and a
+PostgreSQL password in a lake locator (:func:`meterline.conninfo.shown`).
 Lines without a key pass unchanged (substring tests).
 """
 
@@ -34,12 +39,37 @@ _QUERY_SECRETS = frozenset(
     {*QUERY_KEY_PARAMS, "api_key", "api-key", "apikey", "subscription-key"}
 )  # subscription-key: Azure API Management and Cognitive Services
 _QUERY_PARAM = re.compile(r"([?&;])([^=&#?;\s\x1b]+)(=)([^&#;\s\x1b]+)")
-_HEADER_NAMES = "|".join(re.escape(h) for h in KEY_HEADERS)
+SECRET_HEADERS: tuple[str, ...] = (
+    *KEY_HEADERS,
+    "ocp-apim-subscription-key",  # Azure API Management (its query form: subscription-key)
+    "x-amz-security-token",  # an AWS session token (Bedrock), beside a SigV4 Authorization
+    "proxy-authorization",  # credentials for this or an upstream proxy
+    "cookie",  # a session is a credential (a provider's console, a gateway's login)
+    "set-cookie",
+    "x-auth-token",
+)
+"""Headers whose whole value is a credential: never printed. Not read for attribution
+(that is :data:`addons.metering.keys.KEY_HEADERS`); only kept out of what is printed."""
+_HEADER_NAMES = "|".join(re.escape(h) for h in SECRET_HEADERS)
+#: A header name mitmproxy printed with ``\xNN`` escapes: not valid UTF-8, not a known
+#: header, so its value (which a client may have meant as a key) is not shown.
+_ODD_NAME = r"[^\s:'\x1b]*\\x[0-9a-fA-F]{2}[^\s:'\x1b]*"
 _HEADER_LINE = re.compile(
-    r"^(\s*" + _ANSI + "(?:" + _HEADER_NAMES + ")"
+    r"^(\s*" + _ANSI + "(?:" + _HEADER_NAMES + "|" + _ODD_NAME + ")"
     + _ANSI + r"\s*:\s*" + _ANSI + r")(?:(bearer|basic)\s+)?[^\x1b\n]+",
     re.IGNORECASE | re.MULTILINE,
 )  # fmt: skip
+#: The same in raw bytes (a debug log's ``b'...\r\nname: value\r\n...'``): the value up
+#: to the escaped CR or LF, or the literal's end.
+_RAW_HEADER_LINE = re.compile(
+    r"(\\n(?:" + _HEADER_NAMES + "|" + _ODD_NAME + r")\s*:\s*)(?:(?!\\[rn])[^'\n])+",
+    re.IGNORECASE,
+)
+#: HTTP/2's header tuples in a debug log: ``(b'cookie', b'...')``.
+_H2_HEADER = re.compile(
+    r"(b'(?:" + _HEADER_NAMES + r")',\s*b'(?:(?:bearer|basic)\s+)?)(?:[^'\\]|\\.)*'",
+    re.IGNORECASE,
+)
 #: A key header's name not followed by ``:`` (a malformed line, quoted in an error), then a
 #: word that looks like a credential: 8+ key characters with a digit, ``-`` or ``_`` in it
 #: (so "authorization required" stays readable).
@@ -54,7 +84,10 @@ _WS_SUBPROTOCOL_KEY = re.compile(r"(openai-insecure-api-key\.)[^\s,;'\x1b]+", re
 #: A URL's userinfo (``scheme://user:password@host``): a key, as clients put it there.
 _USERINFO = re.compile(r"(://|\bCONNECT )[^/@\s'\x1b]+@")  # CONNECT u:key@host:port
 #: ``Bearer <credential>`` anywhere (HTTP/2's errors quote a header's value, not its name).
-_BEARER = re.compile(r"(?<![\w-])((?:bearer|basic)\s+)[\w.~+/=-]{8,}", re.IGNORECASE)
+#: Not an auth-param (``realm=...``, a name, ``=`` and a value): a token68 only ends in ``=``.
+_BEARER = re.compile(
+    r"(?<![\w-])((?:bearer|basic)\s+)(?![\w-]+=[^=\s,])[\w.~+/=-]{8,}", re.IGNORECASE
+)
 #: A protocol error quoting raw header bytes (``b'...'``), which may be a key's value.
 _PROTOCOL_ERROR = re.compile(r"protocol error|invalid header|header value|header name", re.I)
 _BYTES_LITERAL = re.compile(r"b'(?:[^'\\]|\\.)*'" + r'|b"(?:[^"\\]|\\.)*"')
@@ -62,7 +95,8 @@ _BYTES_LITERAL = re.compile(r"b'(?:[^'\\]|\\.)*'" + r'|b"(?:[^"\\]|\\.)*"')
 #: ``password=``), ``@`` (a URL's userinfo), ... A flow line without them costs a few
 #: substring tests (it cost ~18 µs per line when every URL went through the patterns).
 _NEEDLES = (
-    "=", "@", "bearer", "basic", "protocol error", "header", "insecure-api-key", *KEY_HEADERS
+    "=", "@", "bearer", "basic", "protocol error", "header", "insecure-api-key", "\\x",
+    *SECRET_HEADERS,
 )  # fmt: skip
 
 
@@ -91,6 +125,10 @@ def redact(text: str) -> str:
     text = _HEADER_LINE.sub(
         lambda m: m.group(1) + (m.group(2) + " " if m.group(2) else "") + REDACTED, text
     )
+    if "\\" in text:  # raw bytes: ``\r\n`` escaped
+        text = _RAW_HEADER_LINE.sub(r"\1" + REDACTED, text)
+    if "b'" in text:
+        text = _H2_HEADER.sub(r"\1" + REDACTED + "'", text)
     text = _LOOSE_HEADER.sub(r"\1" + REDACTED, text)
     text = _BEARER.sub(r"\1" + REDACTED, text)
     if "insecure-api-key" in lower:

@@ -14,8 +14,10 @@ import anthropic
 import httpx2
 import openai
 import pytest
+from aiohttp import web
 
 from tests.conftest import KEYS, UNKNOWN_KEY, ProxyFactory
+from tests.support.aioserver import serve
 from tests.support.clients import ca_context
 from tests.support.proxy import MeterProxy, write_catalog
 from tests.support.upstream import FakeProvider
@@ -537,3 +539,58 @@ def test_a_tunnel_whose_first_bytes_do_not_look_like_http_is_still_read_as_http(
         served = [ex.request_id for ex in fake_provider.exchanges]
         assert statuses[:2] == [200, 200] and len(served) >= 2
         assert len(proxy.wait_for_events(served)) == len(served)
+
+
+@pytest.mark.parametrize(
+    "detail,debug", [(2, False), (3, False), (4, True)], ids=["flow2", "flow3", "flow4-debug"]
+)
+def test_credentials_under_other_headers_are_never_printed(
+    start_proxy: ProxyFactory, tmp_path: Path, detail: int, debug: bool
+) -> None:
+    """Azure API Management's ``Ocp-Apim-Subscription-Key`` and an AWS session token were
+    printed raw from flow_detail 2 (only the key headers were redacted), and so were a
+    provider's ``www-authenticate: Bearer realm=Bearer <key>`` (``realm=Bearer`` was taken
+    for the token) and a key under a header name that is not valid UTF-8."""
+    secrets = {
+        name: f"S3CRET-{name}-0123456789abcdef"
+        for name in ("apim", "amz", "proxyauth", "cookie", "setcookie", "echo", "odd")
+    }
+
+    async def echo(request: web.Request) -> web.Response:
+        return web.json_response(
+            {"error": {"message": "Incorrect API key provided"}},
+            status=401,
+            headers={
+                "www-authenticate": f"Bearer realm=Bearer {secrets['echo']}",
+                "set-cookie": f"session={secrets['setcookie']}; HttpOnly",
+            },
+        )
+
+    with serve({("*", "/{tail:.*}"): echo}) as port:
+        provider = {"name": "echo", "flavor": "openai", "hosts": [f"127.0.0.1:{port}"]}
+        catalog = write_catalog(tmp_path / "catalog.yaml", [provider], {"alice": [KEYS["alice"]]})
+        options: dict[str, Any] = {"flow_detail": detail}
+        if debug:
+            options |= {"termlog_verbosity": "debug", "proxy_debug": True}
+        proxy = start_proxy(catalog=catalog, options=options)
+        url = f"http://127.0.0.1:{port}/openai/deployments/gpt4o/chat/completions"
+        with httpx2.Client(proxy=proxy.url, timeout=30) as client:
+            r = client.post(
+                url + "?api-version=2024-10-21",
+                json=CHAT,
+                headers={
+                    "api-key": KEYS["alice"],
+                    "Ocp-Apim-Subscription-Key": secrets["apim"],
+                    "x-amz-security-token": secrets["amz"],
+                    "Proxy-Authorization": f"Basic {secrets['proxyauth']}",
+                    "Cookie": f"a=1; session={secrets['cookie']}",
+                },
+            )
+            assert r.status_code == 401
+        odd_name = _head(f"GET {url}", f"127.0.0.1:{port}", "\xff\xfe: " + secrets["odd"], length=0)
+        _raw(proxy, odd_name)
+        proxy.stop()
+    log = proxy.log_text()
+    assert "[redacted]" in log and "Ocp-Apim-Subscription-Key" in log  # the lines came
+    assert [n for n, s in secrets.items() if s in log] == []
+    assert KEYS["alice"] not in log

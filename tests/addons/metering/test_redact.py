@@ -79,6 +79,27 @@ def test_install_wraps_the_dumper_once() -> None:
             "b'x-goog-api-key', b'[redacted]'",
         ),
         ("[(b'authorization', b'Bearer sk-S3CRET-9')]", "b'authorization', b'Bearer [redacted]'"),
+        # credentials under other headers than the key headers (flow_detail 2 and up)
+        ("    Ocp-Apim-Subscription-Key: 0123S3CRET12", "Ocp-Apim-Subscription-Key: [redacted]"),
+        ("    x-amz-security-token: IQoJS3CRET13", "x-amz-security-token: [redacted]"),
+        ("    Proxy-Authorization: Basic dTpS3CRET14", "Proxy-Authorization: Basic [redacted]"),
+        ("    cookie: a=1; session=S3CRET15", "cookie: [redacted]"),
+        ("    set-cookie: session=S3CRET16; HttpOnly", "set-cookie: [redacted]"),
+        ("[(b'cookie', b'a=1; s=S3CRET17')]", "(b'cookie', b'[redacted]')"),
+        (r"b'GET / HTTP/1.1\r\ncookie: a=1; s=S3CRET18\r\n'", r"cookie: [redacted]\r\n'"),
+        # a key as a WWW-Authenticate realm: the token is what follows the auth-param
+        (
+            "    www-authenticate: Bearer realm=Bearer sk-S3CRET-19",
+            "Bearer realm=Bearer [redacted]",
+        ),
+        (
+            r"b'HTTP/1.1 401 x\r\nwww-authenticate: Bearer realm=Bearer sk-S3CRET-20\r\n'",
+            r"realm=Bearer [redacted]\r\n",
+        ),
+        ("said: Bearer abcS3CRET21== is not valid", "Bearer [redacted] is not"),  # a token68
+        # a header name that is not valid UTF-8, as mitmproxy prints it
+        (r"    \xff\xfe: AIzaS3CRET22", r"\xff\xfe: [redacted]"),
+        (r"b'GET / HTTP/1.1\r\nHost: x\r\n\xff\xfe: AIzaS3CRET23\r\n\r\n'", r"\xfe: [redacted]\r"),
     ],
 )
 def test_keys_in_any_spelling_are_redacted(line: str, shown: str) -> None:
@@ -88,7 +109,13 @@ def test_keys_in_any_spelling_are_redacted(line: str, shown: str) -> None:
 
 @pytest.mark.parametrize(
     "line",
-    ["authorization required for this request", "monkey=banana&turkey=1", "a=b&c=d"],
+    [
+        "authorization required for this request",
+        "monkey=banana&turkey=1",
+        "a=b&c=d",
+        '    www-authenticate: Bearer realm="api", error="invalid_token"',
+        '    WWW-Authenticate: Basic realm="gateway"',
+    ],
 )
 def test_words_that_are_not_keys_are_kept(line: str) -> None:
     assert redact(line) == line
