@@ -25,6 +25,7 @@ import logging
 import os
 import socket
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -60,11 +61,17 @@ from addons.metering.spool import Spool, SpoolError
 from addons.metering.streamopts import UsageChunkDropper
 from addons.metering.writer import SpoolWriter
 from meterline.catalog import Catalog, CatalogError
+from meterline.entitlements import build_policy
 from meterline.proxycatalog import load_proxy_catalog
 from meterline.store import DEFAULT_CATALOG, DEFAULT_DB
 
 log = logging.getLogger("meterline.proxy")
 UNKNOWN_KEY_POLICIES = ("record", "reject")
+STREAMED_REQUESTS = (
+    "stream_large_bodies: mitmproxy would send a large request upstream before the meter "
+    "refuses an unknown key, injects a provider key or applies a limit; unset it (the "
+    "meter streams the responses it must)"
+)
 
 
 class Meter:
@@ -202,12 +209,8 @@ class Meter:
             self.flush_interval = _parse_interval(ctx.options.meter_flush_interval)
         if "meter_db" in updated:
             _check_db(ctx.options.meter_db)
-        if getattr(ctx.options, "stream_large_bodies", None) and self._checks_before_sending():
-            raise exceptions.OptionsError(
-                "stream_large_bodies: mitmproxy would send a large request upstream before "
-                "the meter refuses an unknown key, injects a provider key or applies a "
-                "limit; unset it (the meter streams the responses it must)"
-            )
+        if self._streams_requests() and self._checks_before_sending(self.catalog):
+            raise exceptions.OptionsError(STREAMED_REQUESTS)
         # Read per flow: plain attributes, not ctx.options (which type-checks and copies).
         self.reject_unknown = ctx.options.meter_unknown_keys == "reject"
         self.include_usage = ctx.options.meter_include_usage
@@ -224,13 +227,19 @@ class Meter:
             self.writer.locator = ctx.options.meter_db
             self.writer.interval = self.flush_interval
 
-    def _checks_before_sending(self) -> bool:
-        """Whether a metered request must wait for its ``request`` hook to be sent."""
-        consumers = self.catalog.consumers if self.catalog else []
+    @staticmethod
+    def _streams_requests() -> bool:
+        return bool(getattr(ctx.options, "stream_large_bodies", None))
+
+    @staticmethod
+    def _checks_before_sending(catalog: Catalog | None) -> bool:
+        """Whether, with ``catalog``, a metered request must wait for its ``request``
+        hook to be sent."""
+        consumers = catalog.consumers if catalog else []
         return (
             ctx.options.meter_unknown_keys == "reject"
             or any(c.inject for c in consumers)
-            or bool(self.governance.policy.by_consumer)
+            or bool(build_policy(catalog, datetime.now(UTC)).by_consumer)
         )
 
     def _use_catalog(self, catalog: Catalog) -> None:
@@ -242,6 +251,15 @@ class Meter:
         self.routes = table
 
     def _reload(self, path: Path, catalog: Catalog) -> None:
+        if self._streams_requests() and self._checks_before_sending(catalog):
+            # Checked at start only, a reload adding a limit or a key injection let large
+            # requests through unchecked: billed as refused, served, never injected.
+            log.error(
+                "meterline: catalog %s not reloaded, keeping the one in use: %s",
+                path,
+                STREAMED_REQUESTS,
+            )
+            return
         try:
             self._use_catalog(catalog)
         except ValueError as e:  # a route the registry cannot serve

@@ -85,3 +85,29 @@ def test_a_pricing_typo_does_not_stop_a_new_key(
     _with_a_pricing_typo(catalog)
     proxy.wait_for_log(r"catalog \S+ reloaded: \d+ provider\(s\), 2 consumer\(s\)", since=mark)
     assert _consumer_of_next_call(made, proxy, fake_provider) == "erin"
+
+
+def test_a_reload_that_needs_request_checks_is_refused_with_streamed_requests(
+    clients: Clients, start_proxy: ProxyFactory, fake_provider: FakeProvider, tmp_path: Path
+) -> None:
+    """``stream_large_bodies`` sends a large request upstream before the ``request``
+    hook: refused at start when the catalog injects keys or sets limits, but a reload
+    adding them was taken, and 4 KB calls were then served past a hard limit of 1 token
+    (stored as refused, 0 tokens) and sent without their injected key."""
+    providers = fake_provider.catalog_providers()
+    catalog = write_catalog(tmp_path / "catalog.yaml", providers, {"alice": [KEYS["alice"]]})
+    proxy = start_proxy(catalog=catalog, options={"stream_large_bodies": "1k"})
+    mark = proxy.log_mark()
+    write_catalog(
+        catalog,
+        providers,
+        {"alice": [KEYS["alice"]]},
+        inject={"alice": {"fake-openai": "METERLINE_TEST_INJECTED"}},
+    )
+    proxy.wait_for_log(
+        r"catalog \S+ not reloaded, keeping the one in use: stream_large_bodies: ", since=mark
+    )
+    made = clients.for_proxy(proxy)
+    big = [{"role": "user", "content": "x" * 4096}]
+    made.openai(KEYS["alice"]).chat.completions.create(model="gpt-4o", messages=big)
+    assert fake_provider.last().headers["authorization"] == f"Bearer {KEYS['alice']}"
