@@ -68,6 +68,8 @@ class Request:
     """``html``, ``json`` or ``pdf`` (from the path's suffix)."""
     args: dict[str, str]
     """Named parts of the route's pattern."""
+    json_url: str
+    """The page's JSON twin (:meth:`Dashboard.json_url`)."""
 
     def get(self, name: str) -> str | None:
         return self.params.get(name) or None
@@ -78,10 +80,6 @@ class Request:
     def scope(self) -> Scope:
         return Scope(self.get("customer"), self.get("consumer"), self.get("key"))
 
-    @property
-    def json_url(self) -> str:
-        return html.link(self.path + ".json", **self.params)
-
 
 Page = tuple[str, Any, Callable[[Any, Catalog, str], str]]
 """(title, data, html renderer) for the pages made of data."""
@@ -90,6 +88,10 @@ Page = tuple[str, Any, Callable[[Any, Catalog, str], str]]
 def _asset(name: str) -> bytes:
     return (resources.files("billing.dashboard") / "assets" / name).read_bytes()
 
+
+FORMATS = ("html", "json", "pdf")
+"""A page's formats: the first is the page itself, the others its twins."""
+CUSTOMER_PATH = re.compile(r"/customers/(?P<key>[^/]+)")
 
 ASSET_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8"}
 
@@ -109,7 +111,7 @@ class Dashboard:
             for p, h in (
                 (r"/usage", self.usage),
                 (r"/customers", self.customers),
-                (r"/customers/(?P<key>[^/]+)", self.customer),
+                (CUSTOMER_PATH.pattern, self.customer),
                 (r"/customers/(?P<key>[^/]+)/margin", self.margin),
                 (r"/unbilled", self.unbilled),
                 (r"/health", self.health),
@@ -140,20 +142,52 @@ class Dashboard:
             return Response(204, "image/x-icon", b"", CACHE)
         if path.startswith("/assets/"):
             return self.asset(path.removeprefix("/assets/"))
-        fmt = "html"
-        for suffix in ("json", "pdf"):
-            if path.endswith("." + suffix):
-                path, fmt = path.removesuffix("." + suffix), suffix
+        # the error's format before the path is resolved (the catalog may not load)
+        fmt = "json" if path.endswith(".json") or params.get("format") == "json" else "html"
         try:
+            path, fmt, params = self.page_format(path, params)
             for pattern, handler in self.routes:
                 m = pattern.fullmatch(path)
                 if m:
-                    return handler(Request(path, params, fmt, m.groupdict()))
+                    req = Request(path, params, fmt, m.groupdict(), self.json_url(path, params))
+                    return handler(req)
             raise NotFound(f"no page {path!r}")
         except (NotFound, UnknownCustomer, NoStatement) as e:
             return self.error(404, str(e), fmt)
         except USER_ERRORS as e:
             return self.error(400, str(e), fmt)
+
+    def names_a_customer(self, path: str) -> bool:
+        """Whether ``path`` is the page of a customer the catalog lists, key as written."""
+        m = CUSTOMER_PATH.fullmatch(path)
+        return m is not None and any(c.key == m["key"] for c in self.catalog().customers)
+
+    def page_format(self, path: str, params: dict[str, str]) -> tuple[str, str, dict[str, str]]:
+        """The page's path, its format and the query without ``format``.
+
+        ``?format=json`` (or ``pdf``, ``html``) says it outright. Otherwise a ``.json`` or
+        ``.pdf`` suffix picks the twin, unless the whole path is a customer's page: a
+        customer key may end in ``.json`` (``acme.json``), and ``/customers/acme.json`` is
+        then that customer's page, not ``acme``'s JSON (which stays at
+        ``/customers/acme?format=json``).
+        """
+        params = dict(params)
+        fmt = params.pop("format", None)
+        if fmt is not None:
+            if fmt not in FORMATS:
+                raise UsageError(f"format: {fmt!r} is not one of {', '.join(FORMATS)}")
+            return path, fmt, params
+        for suffix in FORMATS[1:]:
+            if path.endswith("." + suffix) and not self.names_a_customer(path):
+                return path.removesuffix("." + suffix), suffix, params
+        return path, FORMATS[0], params
+
+    def json_url(self, path: str, params: dict[str, str]) -> str:
+        """The page's JSON twin: ``PATH.json``, or ``PATH?format=json`` where ``PATH.json``
+        is another customer's page."""
+        if self.names_a_customer(path + ".json"):
+            return html.link(path, **params, format="json")
+        return html.link(path + ".json", **params)
 
     def error(self, status: int, message: str, fmt: str) -> Response:
         if fmt == "json":

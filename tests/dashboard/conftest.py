@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.billing.events import Setup
+from tests.billing.events import Setup, write_catalog
 from tests.dashboard.seed import seeded
 
 BILLING = [sys.executable, "-c", "from billing.cli import main; main()"]
@@ -118,3 +118,36 @@ def shots(tmp_path: Path) -> Path:
     path = tmp_path / "screenshots"
     path.mkdir()
     return path
+
+
+def variant(store: Setup, tmp: Path, catalog: str) -> Setup:
+    """A copy of the seeded store under ``tmp`` with another catalog (the tests that
+    change the store or the catalog leave the shared seed alone)."""
+    db = tmp / "meterline.duckdb"
+    shutil.copy(store.db, db)
+    return Setup(db, write_catalog(tmp, catalog))
+
+
+def record(pg: Any, message: Any) -> None:
+    if message.type in ("error", "warning"):
+        pg.problems.append(f"{message.type}: {message.text}")
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    """A fresh 1280x900 page; ``page.problems`` collects console errors and warnings."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    pg = context.new_page()
+    pg.problems = []
+    pg.on("console", lambda m: record(pg, m))
+    pg.on("pageerror", lambda err: pg.problems.append(f"pageerror: {err}"))
+    yield pg
+    context.close()
+
+
+def load(pg: Any, server: Server, path: str, shots: Path, name: str) -> None:
+    """Open ``path``, wait for its charts, and leave a full-page screenshot ``name``."""
+    response = pg.goto(server.url + path)
+    assert response.status == 200, path
+    pg.evaluate("() => window.meterlineReady || null")
+    pg.screenshot(path=str(shots / f"{name}.png"), full_page=True)

@@ -18,7 +18,7 @@ import pytest
 
 from billing.store import billing_store
 from tests.billing.events import Setup, write_catalog
-from tests.dashboard.conftest import Server, start_dashboard, stop
+from tests.dashboard.conftest import Server, load, start_dashboard, stop
 from tests.dashboard.seed import CATALOG
 
 JAN = "from=2026-01-01T00:00:00Z&to=2026-02-01T00:00:00Z"
@@ -45,29 +45,6 @@ PAGES: dict[str, tuple[str, dict[str, tuple[str, str]]]] = {
     "invoice": ("/invoices/INV-000003", {}),
     "statement": ("/statements/alpha/2026-01", {}),
 }
-
-
-def record(pg: Any, message: Any) -> None:
-    if message.type in ("error", "warning"):
-        pg.problems.append(f"{message.type}: {message.text}")
-
-
-@pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    pg = context.new_page()
-    pg.problems = []
-    pg.on("console", lambda m: record(pg, m))
-    pg.on("pageerror", lambda err: pg.problems.append(f"pageerror: {err}"))
-    yield pg
-    context.close()
-
-
-def load(pg: Any, dashboard: Server, path: str, shots: Path, name: str) -> None:
-    response = pg.goto(dashboard.url + path)
-    assert response.status == 200, path
-    pg.evaluate("() => window.meterlineReady || null")
-    pg.screenshot(path=str(shots / f"{name}.png"), full_page=True)
 
 
 def twin_rows(dashboard: Server, path: str, key: str) -> list[dict[str, Any]]:
