@@ -13,7 +13,7 @@ import importlib
 from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 import duckdb
 
@@ -43,32 +43,82 @@ def gauges_data(
     return rows or None
 
 
-def _share(used: Any, limit: Any) -> Decimal | None:
-    try:
-        u, lim = Decimal(str(render.scalar(used))), Decimal(str(render.scalar(limit)))
-    except (ArithmeticError, ValueError, TypeError):
+class Gauge(NamedTuple):
+    """One limit's bar, in ``billing entitlements``' figures: ``consumed`` (used plus
+    reserved in flight) against ``ceiling`` (the limit plus granted units, which the proxy
+    adds to it)."""
+
+    consumed: Decimal
+    ceiling: Decimal
+    limit: Decimal
+    granted: Decimal
+    reserved: Decimal
+
+    @property
+    def share(self) -> Decimal:
+        """Percent of the ceiling consumed, at most 100 (a ceiling of 0 is full)."""
+        if self.ceiling <= 0:
+            return Decimal(100)
+        return min(Decimal(100), self.consumed * 100 / self.ceiling)
+
+
+def _number(value: Any) -> Decimal | None:
+    if value is None or isinstance(value, bool):
         return None
-    return None if lim <= 0 else min(Decimal(100), u * 100 / lim)
+    try:
+        return Decimal(str(render.scalar(value)))
+    except ArithmeticError:
+        return None
+
+
+def gauge(row: dict[str, Any]) -> Gauge | None:
+    """The bar of one ``billing entitlements`` row; ``None`` for an unlimited or boolean
+    entitlement (no number to fill up)."""
+    limit, used = _number(row.get("limit")), _number(row.get("used"))
+    if limit is None or used is None:
+        return None
+    granted = _number(row.get("granted_units")) or Decimal(0)
+    reserved = _number(row.get("reserved")) or Decimal(0)
+    return Gauge(used + reserved, limit + granted, limit, granted, reserved)
+
+
+def _figure(value: Decimal) -> str:
+    return f"{value:,}" if value == value.to_integral_value() else f"{value:,f}"
+
+
+def _gauge_text(g: Gauge, remaining: Any) -> str:
+    """``2 / 6`` and what makes them up: ``limit 1 + 5 granted · 1 reserved · 4 left``."""
+    parts = [f"{_figure(g.consumed)} / {_figure(g.ceiling)}"]
+    detail = []
+    if g.granted:
+        detail.append(f"limit {_figure(g.limit)} + {_figure(g.granted)} granted")
+    if g.reserved:
+        detail.append(f"{_figure(g.reserved)} reserved")
+    left = _number(remaining)
+    if left is not None:
+        detail.append(f"{_figure(left)} left")
+    return parts[0] + (f" ({' · '.join(detail)})" if detail else "")
 
 
 def gauges_html(rows: list[dict[str, Any]]) -> str:
-    """One bar per limit: used (and reserved) against the limit; unlimited and boolean
-    entitlements as a line of text."""
+    """One bar per limit: used and reserved against the limit plus granted units, the
+    figures of ``billing entitlements`` (its ``remaining`` shown as left); unlimited and
+    boolean entitlements as a line of text."""
     out = ['<div class="gauges">']
     for r in rows:
         label = f"{r.get('feature')} · {r.get('enforcement', '')} {r.get('type', '')}".strip()
-        share = _share(r.get("used"), r.get("limit"))
-        used, limit = render.scalar(r.get("used")), render.scalar(r.get("limit"))
-        if share is None:
-            text = "unlimited" if limit == "unlimited" else (str(limit) if limit else "granted")
+        g = gauge(r)
+        if g is None:
+            limit = render.scalar(r.get("limit"))
+            text = "unlimited" if limit == "unlimited" else "granted"
             out.append(f'<div class="gauge"><span>{e(label)}</span><span>{e(text)}</span></div>')
             continue
-        pct = f"{share.quantize(Decimal('0.1'))}"
-        level = "over" if share >= 100 else ("near" if share >= 80 else "ok")
+        pct = f"{g.share.quantize(Decimal('0.1'))}"
+        level = "over" if g.share >= 100 else ("near" if g.share >= 80 else "ok")
         out.append(
             f'<div class="gauge {level}"><span>{e(label)}</span>'
             f'<meter min="0" max="100" value="{pct}" title="{pct}%"></meter>'
-            f"<span>{e(str(used))} / {e(str(limit))}</span></div>"
+            f'<span class="gauge-figures">{e(_gauge_text(g, r.get("remaining")))}</span></div>'
         )
     out.append("</div>")
     return "".join(out)

@@ -61,7 +61,7 @@ def test_a_registered_panel_is_on_the_page_and_its_twin(store: Setup, registered
     assert '<section class="panel" id="panel-events"><h2>Events so far</h2>' in body
     pct = f"{used * 100 / 20000:.1f}"
     assert f'<meter min="0" max="100" value="{pct}"' in body
-    assert f"{used} / 20000" in body
+    assert f'<span class="gauge-figures">{used:,} / 20,000</span>' in body
 
 
 def test_gauges_text_for_unlimited_and_boolean() -> None:
