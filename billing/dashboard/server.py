@@ -15,16 +15,21 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import re
 import socket
 import sys
 from http import HTTPStatus
 from http.cookies import SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit, urlunsplit
 
 from billing.dashboard.app import Dashboard, Response
 
 COOKIE = "meterline_token"
+REDACTED = "[redacted]"
+TOKEN_IN_TEXT = re.compile(r"(?i)((?:^|[?&;])(?:token|%74oken)=)[^&;\s'\"]*")
+"""A ``token=`` query parameter anywhere in a log line (a request line the server could
+not parse is logged as it came)."""
 
 
 class DashboardError(ValueError):
@@ -52,6 +57,27 @@ def cookie_value(token: str) -> str:
     """The token as a cookie value: percent-encoded, so ``;``, spaces or quotes in it
     cannot end the value early (:meth:`Handler._authorized` decodes it)."""
     return quote(token, safe="")
+
+
+def redact_path(path: str) -> str:
+    """``path`` with the value of its ``token`` query parameter replaced, for the log: a
+    browser's first visit carries the dashboard's token in its URL (``/?token=...``)."""
+    url = urlsplit(path)
+    pairs = parse_qsl(url.query, keep_blank_values=True)
+    if not any(k == "token" for k, _ in pairs):
+        return path
+    query = urlencode([(k, REDACTED if k == "token" else v) for k, v in pairs], safe="[]")
+    return urlunsplit(url._replace(query=query))
+
+
+def redact(text: str, token: str | None) -> str:
+    """A log line without the token: no ``token=`` value, and not the token itself
+    (as given or percent-encoded, as in the cookie)."""
+    text = TOKEN_IN_TEXT.sub(lambda m: m.group(1) + REDACTED, text)
+    if token:
+        for form in {token, cookie_value(token), quote(token), quote_plus(token)}:
+            text = text.replace(form, REDACTED)
+    return text
 
 
 def check_binding(host: str, token: str | None) -> None:
@@ -103,7 +129,7 @@ class Handler(BaseHTTPRequestHandler):
         try:
             response = self.server.app.handle(url.path, params)
         except Exception as e:  # a bug: log it, answer 500, keep serving
-            self.log_error("%s: %r", self.path, e)
+            self.log_error("%r answering %s", e, redact_path(self.path))
             response = Response(500, "text/plain; charset=utf-8", b"internal error\n")
         self._send(response, head)
 
@@ -128,9 +154,23 @@ class Handler(BaseHTTPRequestHandler):
         if not head:
             self.wfile.write(response.body)
 
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        """The request line with the token's value redacted (never a header: the
+        ``Authorization`` and ``Cookie`` headers carry the token too)."""
+        if isinstance(code, HTTPStatus):
+            code = code.value
+        command = getattr(self, "command", None)
+        line = (
+            f"{command} {redact_path(self.path)} {self.request_version}"
+            if command
+            else self.requestline
+        )
+        self.log_message('"%s" %s %s', line, str(code), str(size))
+
     def log_message(self, format: str, *args: object) -> None:
         if self.server.verbose:
-            sys.stderr.write(f"{self.address_string()} {format % args}\n")
+            line = redact(format % args, self.server.token)
+            sys.stderr.write(f"{self.address_string()} {line}\n")
 
 
 class DashboardServer(ThreadingHTTPServer):

@@ -1,0 +1,83 @@
+"""The HTTP server: what ``--verbose`` logs (never the token), and the token's schemes."""
+
+from __future__ import annotations
+
+import http.client
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from billing.dashboard.server import redact, redact_path
+from tests.billing.events import Setup
+from tests.dashboard.conftest import Server, start_dashboard, stop, variant
+from tests.dashboard.seed import CATALOG
+
+TOKEN = "s3cret tok;en"  # a space and a ';': logged encoded, still not logged
+
+
+@pytest.fixture
+def guarded(store: Setup, tmp_path: Path) -> Iterator[tuple[Server, Path]]:
+    """``billing dashboard --verbose`` with a token; its stderr file."""
+    s = variant(store, tmp_path, CATALOG)
+    server = start_dashboard(s, "--verbose", env={"METERLINE_DASHBOARD_TOKEN": TOKEN})
+    yield server, tmp_path / "dashboard.stderr"
+    stop(server)
+
+
+def raw_request(server: Server, request_line: str) -> bytes:
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(f"{request_line}\r\nHost: localhost\r\n\r\n".encode())
+        return sock.recv(65536)
+
+
+def test_verbose_logs_never_hold_the_token(guarded: tuple[Server, Path]) -> None:
+    server, log = guarded
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    conn = http.client.HTTPConnection(server.url.removeprefix("http://"), timeout=30)
+    conn.request("GET", f"/customers?token={quote(TOKEN)}&at=2026-01-20")
+    assert conn.getresponse().status == 302  # logged in: the cookie is set
+    conn.close()
+    assert server.get("/usage.json", bearer)[0] == 200
+    # a wrong token in the URL of a request that fails inside the app: logged, redacted
+    status, _ = server.get(
+        f"/customers/alpha?at=9999-12-31T23:59:59&token={quote(TOKEN[:-1])}", bearer
+    )
+    assert status == 500
+    # a request line the server cannot parse is logged as it came
+    assert b"Error code: 400" in raw_request(server, f"GET /?token={quote(TOKEN)} HTTP/1.1 junk")
+    stop(server)
+    text = log.read_text(encoding="utf-8")
+    assert "GET /customers?token=[redacted]&at=2026-01-20 HTTP/1.1" in text
+    assert "year 9999 (or start before the year 1)') answering /customers/alpha?at=" in text
+    assert "GET /customers/alpha?at=9999-12-31T23%3A59%3A59&token=[redacted] HTTP/1.1" in text
+    assert "Bad request version" in text and "GET /?token=[redacted] HTTP/1.1 junk" in text
+    for secret in (TOKEN, quote(TOKEN), TOKEN[:-1], quote(TOKEN[:-1]), "s3cret"):
+        assert secret not in text, secret
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("/?token=abc", "/?token=[redacted]"),
+        ("/usage?from=2026-01-01&token=a%20b&to=x", "/usage?from=2026-01-01&token=[redacted]&to=x"),
+        ("/usage?from=2026-01-01", "/usage?from=2026-01-01"),
+        ("/usage", "/usage"),
+    ],
+)
+def test_redact_path(text: str, expected: str) -> None:
+    assert redact_path(text) == expected
+
+
+def test_redact_any_line() -> None:
+    line = "code 400, message Bad request version ('GET /x?a=1&TOKEN=abc;token=d HTTP/1.1 z')"
+    assert redact(line, None) == (
+        "code 400, message Bad request version "
+        "('GET /x?a=1&TOKEN=[redacted];token=[redacted] HTTP/1.1 z')"
+    )
+    assert redact("Cookie: meterline_token=a%20b and a b", "a b") == (
+        "Cookie: meterline_token=[redacted] and [redacted]"
+    )
