@@ -80,6 +80,13 @@ def redact(text: str, token: str | None) -> str:
     return text
 
 
+def bearer_credentials(header: str) -> str | None:
+    """The token of an ``Authorization: Bearer TOKEN`` header, else ``None``. The scheme's
+    name is case-insensitive (RFC 7235: ``bearer`` and ``BEARER`` too)."""
+    scheme, _, credentials = header.partition(" ")
+    return credentials.lstrip(" ") if scheme.lower() == "bearer" and credentials else None
+
+
 def check_binding(host: str, token: str | None) -> None:
     if not is_loopback(host) and not token:
         raise DashboardError(
@@ -134,8 +141,8 @@ class Handler(BaseHTTPRequestHandler):
         self._send(response, head)
 
     def _authorized(self, token: str) -> bool:
-        auth = self.headers.get("Authorization", "")
-        if auth.startswith("Bearer ") and hmac.compare_digest(auth[7:].encode(), token.encode()):
+        given = bearer_credentials(self.headers.get("Authorization", ""))
+        if given is not None and hmac.compare_digest(given.encode(), token.encode()):
             return True
         cookie = SimpleCookie(self.headers.get("Cookie", ""))
         morsel = cookie.get(COOKIE)

@@ -81,3 +81,11 @@ def test_redact_any_line() -> None:
     assert redact("Cookie: meterline_token=a%20b and a b", "a b") == (
         "Cookie: meterline_token=[redacted] and [redacted]"
     )
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "bEaReR"])
+def test_the_bearer_scheme_is_case_insensitive(guarded: tuple[Server, Path], scheme: str) -> None:
+    server, _ = guarded
+    assert server.get("/customers.json", {"Authorization": f"{scheme} {TOKEN}"})[0] == 200
+    assert server.get("/customers.json", {"Authorization": f"{scheme} wrong"})[0] == 401
+    assert server.get("/customers.json", {"Authorization": f"Basic {TOKEN}"})[0] == 401
