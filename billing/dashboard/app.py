@@ -23,7 +23,14 @@ from billing import render
 from billing.charts import vega_bundle
 from billing.dashboard import html, pages
 from billing.dashboard.customers import customer_page, customers_list, margin_page
-from billing.dashboard.queries import Scope, health, resolve_range, timeline, unbilled
+from billing.dashboard.queries import (
+    Scope,
+    TimeRange,
+    health,
+    resolve_range,
+    timeline,
+    unbilled,
+)
 from billing.documents.pdf import PdfError, html_to_pdf
 from billing.documents.statement import NoStatement
 from billing.errors import UnknownCustomer
@@ -60,6 +67,17 @@ def parse_instant(text: str | None, name: str) -> datetime | None:
     return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
 
 
+def row_limit(text: str | None, default: int) -> int | None:
+    """``rows=``: how many rows a table shows at most; ``all`` for every one (``None``)."""
+    if text is None:
+        return default
+    if text == "all":
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise UsageError(f"rows: {text!r} is not a number of rows such as 200, or all")
+    return int(text)
+
+
 @dataclass
 class Request:
     path: str
@@ -91,6 +109,11 @@ def _asset(name: str) -> bytes:
 
 FORMATS = ("html", "json", "pdf")
 """A page's formats: the first is the page itself, the others its twins."""
+PAGE_ONLY = ("rows",)
+"""Query parameters of how a page shows its data, not of the data: not in the JSON link."""
+MAX_HOURS = 31 * 24
+"""An hourly page of a longer range is drawn by day: past a month, hours are thousands of
+bars per model (six months: 4,392 buckets, 5.8 MB of chart data, seconds in a browser)."""
 CUSTOMER_PATH = re.compile(r"/customers/(?P<key>[^/]+)")
 
 ASSET_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8"}
@@ -185,6 +208,7 @@ class Dashboard:
     def json_url(self, path: str, params: dict[str, str]) -> str:
         """The page's JSON twin: ``PATH.json``, or ``PATH?format=json`` where ``PATH.json``
         is another customer's page."""
+        params = {k: v for k, v in params.items() if k not in PAGE_ONLY}
         if self.names_a_customer(path + ".json"):
             return html.link(path, **params, format="json")
         return html.link(path + ".json", **params)
@@ -218,14 +242,33 @@ class Dashboard:
 
     # ------------------------------------------------------------------ pages
 
+    def shown_range(self, req: Request, bucket: str) -> tuple[TimeRange, tuple[str, str] | None]:
+        """The range a page shows and, when it is by day though ``hour`` was asked for a
+        range longer than :data:`MAX_HOURS`, why and the hourly JSON's URL (JSON twins
+        keep the bucket asked for)."""
+        rng = resolve_range(req.time("from"), req.time("to"), req.get("bucket") or bucket,
+                            self.now())  # fmt: skip
+        hours = int((rng.end - rng.start).total_seconds() // 3600)
+        if req.fmt == "json" or rng.bucket != "hour" or hours <= MAX_HOURS:
+            return rng, None
+        note = (
+            f"{hours:,} hours are too many bars to draw by the hour: shown by day. Choose a "
+            f"range of {MAX_HOURS // 24} days or less to see hours, or read them in the "
+            "hourly JSON."
+        )
+        hourly = self.json_url(req.path, {**req.params, "bucket": "hour"})
+        return TimeRange(rng.start, rng.end, "day"), (note, hourly)
+
     def usage(self, req: Request) -> Response:
         catalog = self.catalog()
-        rng = resolve_range(
-            req.time("from"), req.time("to"), req.get("bucket") or "day", self.now()
-        )
+        rng, note = self.shown_range(req, "day")
         with self.connect() as con:
             data = timeline(con, catalog, req.scope(), rng)
-        return self.respond(req, ("Usage", data, pages.usage_page))
+
+        def page(data: Any, catalog: Catalog, json_url: str) -> str:
+            return pages.usage_page(data, catalog, json_url, note=note)
+
+        return self.respond(req, ("Usage", data, page))
 
     def customers(self, req: Request) -> Response:
         data = customers_list(self.catalog(), req.time("at") or self.now())
@@ -250,18 +293,25 @@ class Dashboard:
     def unbilled(self, req: Request) -> Response:
         catalog = self.catalog()
         rng = resolve_range(req.time("from"), req.time("to"), "day", self.now())
+        limit = row_limit(req.get("rows"), pages.UNBILLED_ROWS)
         with self.connect() as con:
             data = unbilled(con, catalog, rng)
-        return self.respond(req, ("Unbilled", data, pages.unbilled_page))
+
+        def page(data: Any, catalog: Catalog, json_url: str) -> str:
+            return pages.unbilled_page(data, catalog, json_url, limit=limit)
+
+        return self.respond(req, ("Unbilled", data, page))
 
     def health(self, req: Request) -> Response:
         catalog = self.catalog()
-        rng = resolve_range(
-            req.time("from"), req.time("to"), req.get("bucket") or "hour", self.now()
-        )
+        rng, note = self.shown_range(req, "hour")
         with self.connect() as con:
             data = health(con, catalog, req.scope(), rng)
-        return self.respond(req, ("Proxy health", data, pages.health_page))
+
+        def page(data: Any, catalog: Catalog, json_url: str) -> str:
+            return pages.health_page(data, catalog, json_url, note=note)
+
+        return self.respond(req, ("Proxy health", data, page))
 
     def invoice(self, req: Request) -> Response:
         catalog = self.catalog()

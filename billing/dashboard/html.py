@@ -66,8 +66,10 @@ def table(
     css_id: str,
     numeric: Iterable[str] = (),
     cells: dict[str, Any] | None = None,
+    footer: Data | None = None,
 ) -> str:
-    """``columns``: (field, heading). ``cells[field](row)`` overrides a cell's HTML."""
+    """``columns``: (field, heading). ``cells[field](row)`` overrides a cell's HTML.
+    ``footer``: a row (plain values, no ``cells``) in the table's ``<tfoot>``."""
     if not rows:
         return f'<p class="empty" id="{css_id}">Nothing in this range.</p>'
     right = set(numeric)
@@ -81,8 +83,17 @@ def table(
             cls = ' class="num"' if f in right else ""
             tds.append(f'<td data-field="{f}"{cls}>{text}</td>')
         body.append(f"<tr>{''.join(tds)}</tr>")
+    foot = ""
+    if footer is not None:
+        tds = [
+            f'<td data-field="{f}"{" class=num" if f in right else ""}>'
+            f"{e(num(footer.get(f))) if footer.get(f) is not None else ''}</td>"
+            for f, _ in columns
+        ]
+        foot = f"<tfoot><tr>{''.join(tds)}</tr></tfoot>"
     return (
-        f'<table id="{css_id}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+        f'<table id="{css_id}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody>'
+        f"{foot}</table>"
     )
 
 

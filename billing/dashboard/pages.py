@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from billing import render
 from billing.charts import stacked_bars
@@ -35,13 +36,27 @@ from meterline.catalog import TOKEN_TYPES, Catalog
 TOKEN_COLS = [(tt, tt.replace("_", " ")) for tt in TOKEN_TYPES]
 
 
-def usage_page(data: Data, catalog: Catalog, json_url: str) -> str:
+def coarser_note(note: tuple[str, str] | None) -> str:
+    """Why the page is by day though hours were asked for, with the hourly JSON linked."""
+    if note is None:
+        return ""
+    text, hourly = note
+    return (
+        f'<p class="muted coarser" id="coarser">{e(text)} <a href="{e(hourly)}">Hourly JSON</a></p>'
+    )
+
+
+def usage_page(
+    data: Data, catalog: Catalog, json_url: str, *, note: tuple[str, str] | None = None
+) -> str:
+    """``note``: (why the page is by day, the hourly JSON's URL)."""
     rng, scope = data["range"], data["scope"]
     who = scope["customer"] or scope["consumer"] or scope["key"] or "all customers"
     bucket = rng["bucket"]
     totals = data["totals"]
     body = [
         filters("/usage", rng, catalog, scope),
+        coarser_note(note),
         '<div class="stats">',
         stat("Tokens", num(totals["total"]), "total-tokens"),
         stat("Events", num(totals["events"]), "total-events"),
@@ -243,8 +258,55 @@ def _tokens_and_searches(reason: Data) -> str:
     return f"{text} · {num(searches)} web searches" if searches else text
 
 
-def unbilled_page(data: Data, catalog: Catalog, json_url: str) -> str:
+UNBILLED_ROWS = 200
+"""Rows of each Unbilled table a page shows (the largest); the JSON twin has them all.
+Months of traffic from hundreds of customers make tens of thousands of rows: megabytes of
+HTML a browser takes seconds to lay out."""
+
+
+def largest(rows: list[Data], measures: tuple[str, ...], limit: int | None) -> list[Data]:
+    """The ``limit`` rows with the most of ``measures`` (compared in that order), in that
+    order; all of them, in their order, when they fit."""
+    if limit is None or len(rows) <= limit:
+        return rows
+    return sorted(rows, key=lambda r: tuple(-int(r[m] or 0) for m in measures))[:limit]
+
+
+def sums(rows: list[Data], label: tuple[str, str], measures: tuple[str, ...]) -> Data:
+    """A footer row: ``label`` (field, text) and the exact sum of each measure."""
+    return {label[0]: label[1], **{m: sum(int(r[m] or 0) for r in rows) for m in measures}}
+
+
+def _capped(rows: list[Data], shown: list[Data], what: str, json_url: str, totals: str) -> str:
+    """Says what a capped table leaves out, which totals still count it, and where to read
+    every row."""
+    if len(shown) == len(rows):
+        return ""
+    return (
+        f'<p class="muted capped" id="{what}-capped">The {len(shown):,} largest of '
+        f"{len(rows):,} rows (most first); {totals} count all of them. Every row: "
+        f'<a href="{e(json_url)}">JSON</a>, or '
+        f'<a href="?{e(_query_with(json_url, rows="all"))}">show all rows</a> (slow).</p>'
+    )
+
+
+def _query_with(json_url: str, **params: str) -> str:
+    """The page's query (read from its JSON link) with ``params`` added."""
+    query = dict(parse_qsl(urlsplit(json_url).query))
+    query.pop("format", None)
+    return urlencode({**query, **params})
+
+
+UNBILLED_MEASURES = ("total", "web_search", "events")
+
+
+def unbilled_page(
+    data: Data, catalog: Catalog, json_url: str, *, limit: int | None = UNBILLED_ROWS
+) -> str:
+    """``limit``: rows per table at most (the largest), ``None`` for all."""
     rng = data["range"]
+    rows = largest(data["rows"], UNBILLED_MEASURES, limit)
+    unpriced = largest(data["unpriced"], ("tokens",), limit)
     body = [
         filters("/unbilled", rng, catalog, buckets=False),
         '<p class="muted">Usage nobody pays for: keys not in the catalog, consumers no '
@@ -257,8 +319,9 @@ def unbilled_page(data: Data, catalog: Catalog, json_url: str) -> str:
         ),
         "</div>",
         "<h2>Not covered by a subscription</h2>",
+        _capped(data["rows"], rows, "unbilled", json_url, "the figures above and the Total row"),
         table(
-            data["rows"],
+            rows,
             [
                 ("reason", "Reason"),
                 ("consumer", "Consumer"),
@@ -273,10 +336,12 @@ def unbilled_page(data: Data, catalog: Catalog, json_url: str) -> str:
             css_id="unbilled",
             numeric=["total", "web_search", "events"],
             cells={"consumer": _usage_link, "key_fingerprint": _key_link},
+            footer=sums(data["rows"], ("reason", "Total"), UNBILLED_MEASURES),
         ),  # fmt: skip
         "<h2>Covered, but no price in the plan</h2>",
+        _capped(data["unpriced"], unpriced, "unpriced", json_url, "the figures at the top"),
         table(
-            data["unpriced"],
+            unpriced,
             [
                 ("customer", "Customer"),
                 ("plan", "Plan"),
@@ -297,10 +362,14 @@ def unbilled_page(data: Data, catalog: Catalog, json_url: str) -> str:
     return layout("Unbilled usage", "\n".join(body), active="/unbilled", json_url=json_url)
 
 
-def health_page(data: Data, catalog: Catalog, json_url: str) -> str:
+def health_page(
+    data: Data, catalog: Catalog, json_url: str, *, note: tuple[str, str] | None = None
+) -> str:
+    """``note``: (why the page is by day, the hourly JSON's URL)."""
     rng = data["range"]
     body = [
         filters("/health", rng, catalog),
+        coarser_note(note),
         table(
             data["providers"],
             [

@@ -247,3 +247,55 @@ def test_a_token_with_separators_logs_the_browser_in(
     finally:
         context.close()
         stop(server)
+
+
+# --------------------------------------------------------------------------- big ranges
+
+
+def test_unbilled_shows_the_largest_rows_and_exact_totals(
+    page: Any, dashboard: Server, shots: Path
+) -> None:
+    """``rows=3`` (200 by default): the largest rows, a Total row over all of them, and
+    where to read the rest."""
+    data = dashboard.json(f"/unbilled.json?{JAN}")
+    assert len(data["rows"]) > 3 and len(data["unpriced"]) > 3
+    load(page, dashboard, f"/unbilled?{JAN}&rows=3", shots, "unbilled-capped")
+    assert page.problems == []
+    shown = page.locator('#unbilled tbody td[data-field="total"]').all_text_contents()
+    largest = sorted((r["total"] for r in data["rows"]), reverse=True)[:3]
+    assert shown == [f"{n:,}" for n in largest]
+    foot = page.locator("#unbilled tfoot")
+    for field in ("total", "web_search", "events"):
+        total = sum(r[field] for r in data["rows"])
+        assert foot.locator(f'td[data-field="{field}"]').inner_text() == f"{total:,}"
+    assert page.locator("#unpriced tbody tr").count() == 3
+    note = page.locator("#unbilled-capped")
+    assert note.inner_text().startswith(f"The 3 largest of {len(data['rows'])} rows")
+    json_link = note.locator("a", has_text="JSON").get_attribute("href")
+    assert json_link == f"/unbilled.json?{JAN.replace(':', '%3A')}"
+    with page.expect_navigation():
+        note.locator("a", has_text="show all rows").click()
+    assert page.locator("#unbilled tbody tr").count() == len(data["rows"])
+    assert page.locator("#unbilled-capped").count() == 0
+    load(page, dashboard, f"/unbilled?{JAN}", shots, "unbilled-default")
+    assert page.locator("#unbilled tbody tr").count() == len(data["rows"])  # fewer than 200
+
+
+def test_months_by_the_hour_are_drawn_by_day(page: Any, dashboard: Server, shots: Path) -> None:
+    """Two months by the hour would be 1,416 bars per model: the page draws days, says so
+    and links the hourly JSON, which stays hourly (the CLI's)."""
+    two_months = "from=2026-01-01T00:00:00Z&to=2026-03-01T00:00:00Z&bucket=hour"
+    for path, chart_id in (("/usage", "chart-by-model"), ("/health", "chart-calls")):
+        load(page, dashboard, f"{path}?{two_months}", shots, f"coarser{path.replace('/', '-')}")
+        assert page.problems == []
+        data = page.evaluate("id => window.meterlineCharts[id].data('table')", chart_id)
+        assert len({r["bucket"] for r in data}) == 59  # days, not 1,416 hours
+        assert page.locator("select[name=bucket]").input_value() == "day"
+        note = page.locator("#coarser")
+        assert note.inner_text().startswith("1,416 hours are too many bars to draw by the hour")
+        hourly = note.locator("a").get_attribute("href")
+        assert hourly == f"{path}.json?{two_months.replace(':', '%3A')}"
+        series = dashboard.json(hourly)["range"]
+        assert series["bucket"] == "hour"
+    load(page, dashboard, f"/usage?{DAY1}&bucket=hour", shots, "hourly-day")
+    assert page.locator("#coarser").count() == 0
