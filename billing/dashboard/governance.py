@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 import duckdb
 
 from billing import render
+from billing.dashboard.html import name
 from billing.dashboard.panels import CustomerPanel, register
 from meterline.catalog import Catalog
 
@@ -111,12 +112,12 @@ def gauges_html(rows: list[dict[str, Any]]) -> str:
         if g is None:
             limit = render.scalar(r.get("limit"))
             text = "unlimited" if limit == "unlimited" else "granted"
-            out.append(f'<div class="gauge"><span>{e(label)}</span><span>{e(text)}</span></div>')
+            out.append(f'<div class="gauge"><span>{name(label)}</span><span>{e(text)}</span></div>')
             continue
         pct = f"{g.share.quantize(Decimal('0.1'))}"
         level = "over" if g.share >= 100 else ("near" if g.share >= 80 else "ok")
         out.append(
-            f'<div class="gauge {level}"><span>{e(label)}</span>'
+            f'<div class="gauge {level}"><span>{name(label)}</span>'
             f'<meter min="0" max="100" value="{pct}" title="{pct}%"></meter>'
             f'<span class="gauge-figures">{e(_gauge_text(g, r.get("remaining")))}</span></div>'
         )

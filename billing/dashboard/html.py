@@ -5,6 +5,7 @@ Pages (``pages.py``) compose these from the query layer's data; nothing here rea
 
 import html
 import json
+import unicodedata
 from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import urlencode
@@ -29,7 +30,7 @@ def layout(title: str, body: str, *, active: str, json_url: str) -> str:
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{e(title)} · Meterline</title>
+<title>{e(visible(title))} · Meterline</title>
 <link rel="icon" href="data:,">
 <link rel="stylesheet" href="/assets/dashboard.css">
 <script src="/assets/vega.js" defer></script>
@@ -39,12 +40,42 @@ def layout(title: str, body: str, *, active: str, json_url: str) -> str:
 <nav><span class="brand">Meterline</span>{nav}
 <a class="json" href="{e(json_url)}">JSON</a></nav>
 <main>
-<h1>{e(title)}</h1>
+<h1 dir="auto">{e(visible(title))}</h1>
 {body}
 </main>
 </body>
 </html>
 """
+
+
+# --------------------------------------------------------------------------- names
+
+SHOWN_AS_IS = frozenset("\u200c\u200d")
+"""Format characters kept: the zero-width (non-)joiners that emoji sequences and some
+scripts need to draw right."""
+HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
+def _shown(char: str) -> str:
+    if unicodedata.category(char) in HIDDEN_CATEGORIES and char not in SHOWN_AS_IS:
+        code = ord(char)
+        return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+    return char
+
+
+def visible(text: str) -> str:
+    """``text`` with its control and format characters written out (``\\u202e``): a
+    model named ``gpt-4o-\\u202elnk.exe`` from traffic would otherwise show reversed
+    (``gpt-4o-exe.knl``), and a NUL in a catalog name would reach the HTML."""
+    if text.isprintable():
+        return text
+    return "".join(_shown(c) for c in text)
+
+
+def name(value: object) -> str:
+    """A name from the catalog or the traffic as HTML: control characters shown, escaped,
+    and isolated (``<bdi>``) so right-to-left text cannot reorder what is around it."""
+    return f"<bdi>{e(visible(str(value)))}</bdi>"
 
 
 # --------------------------------------------------------------------------- pieces
@@ -79,7 +110,8 @@ def table(
         tds = []
         for f, _ in columns:
             inner = (cells or {}).get(f)
-            text = inner(r) if inner else e(num(r.get(f)))
+            value = r.get(f)
+            text = inner(r) if inner else (name(value) if isinstance(value, str) else e(num(value)))
             cls = ' class="num"' if f in right else ""
             tds.append(f'<td data-field="{f}"{cls}>{text}</td>')
         body.append(f"<tr>{''.join(tds)}</tr>")
@@ -128,8 +160,8 @@ def chart(css_id: str, spec: Data) -> str:
 
 def stat(label: str, value: str, css_id: str) -> str:
     return (
-        f'<div class="stat"><div class="label">{e(label)}</div>'
-        f'<div id="{css_id}">{e(value)}</div></div>'
+        f'<div class="stat"><div class="label">{name(label)}</div>'
+        f'<div id="{css_id}">{e(visible(value))}</div></div>'
     )
 
 
@@ -137,7 +169,7 @@ def _options(values: Iterable[str], selected: str | None, blank: str) -> str:
     out = [f'<option value="">{e(blank)}</option>']
     for v in values:
         sel = " selected" if v == selected else ""
-        out.append(f'<option value="{e(v)}"{sel}>{e(v)}</option>')
+        out.append(f'<option value="{e(v)}"{sel}>{e(visible(v))}</option>')
     return "".join(out)
 
 

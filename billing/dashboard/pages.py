@@ -21,9 +21,11 @@ from billing.dashboard.html import (
     filters,
     layout,
     link,
+    name,
     num,
     stat,
     table,
+    visible,
 )
 from billing.dashboard.panels import load_panels
 from billing.documents.words import human_date, human_span
@@ -34,6 +36,14 @@ from meterline.catalog import TOKEN_TYPES, Catalog
 
 
 TOKEN_COLS = [(tt, tt.replace("_", " ")) for tt in TOKEN_TYPES]
+
+
+def legible(rows: list[Data], field: str) -> list[Data]:
+    """Chart rows with ``field`` as :func:`~billing.dashboard.html.visible` writes it: a
+    chart's legend and tooltips are SVG text, where a ``\\u202e`` in a model's name would
+    reverse it."""
+    return [r if str(r[field]).isprintable() else {**r, field: visible(str(r[field]))}
+            for r in rows]  # fmt: skip
 
 
 def coarser_note(note: tuple[str, str] | None) -> str:
@@ -51,7 +61,7 @@ def usage_page(
 ) -> str:
     """``note``: (why the page is by day, the hourly JSON's URL)."""
     rng, scope = data["range"], data["scope"]
-    who = scope["customer"] or scope["consumer"] or scope["key"] or "all customers"
+    who = visible(scope["customer"] or scope["consumer"] or scope["key"] or "all customers")
     bucket = rng["bucket"]
     totals = data["totals"]
     body = [
@@ -65,7 +75,7 @@ def usage_page(
         chart(
             "chart-by-model",
             stacked_bars(
-                data["by_model"],
+                legible(data["by_model"], "model"),
                 x="bucket",
                 y="tokens",
                 color="model",
@@ -102,12 +112,12 @@ def usage_page(
 
 
 def customers_page(data: Data, catalog: Catalog, json_url: str) -> str:
-    def name(r: Data) -> str:
-        return f'<a href="/customers/{e(r["customer"])}">{e(r["name"])}</a>'
+    def customer_link(r: Data) -> str:
+        return f'<a href="/customers/{e(r["customer"])}">{name(r["name"])}</a>'
 
     def consumers(r: Data) -> str:
         return ", ".join(
-            f'<a href="{e(link("/usage", consumer=c))}">{e(c)}</a>' for c in r["consumers"]
+            f'<a href="{e(link("/usage", consumer=c))}">{name(c)}</a>' for c in r["consumers"]
         )
 
     body = table(
@@ -115,7 +125,7 @@ def customers_page(data: Data, catalog: Catalog, json_url: str) -> str:
         [("name", "Customer"), ("customer", "Key"), ("plan", "Plan now"),
          ("currency", "Currency"), ("consumers", "Consumers")],
         css_id="customers",
-        cells={"name": name, "consumers": consumers},
+        cells={"name": customer_link, "consumers": consumers},
     )  # fmt: skip
     return layout("Customers", body, active="/customers", json_url=json_url)
 
@@ -143,8 +153,9 @@ def _lines_table(inv: Data) -> str:
 def customer_page(data: Data, catalog: Catalog, json_url: str) -> str:
     c = data["customer"]
     currency = c["currency"]
-    body = [f'<p class="muted">{e(c["customer"])} · plan {e(c["plan"] or "none")} · '
-            f'consumers {e(", ".join(c["consumers"]) or "none")}</p>']  # fmt: skip
+    consumers = ", ".join(name(n) for n in c["consumers"]) or "none"
+    body = [f'<p class="muted">{name(c["customer"])} · plan {name(c["plan"] or "none")} · '
+            f"consumers {consumers}</p>"]  # fmt: skip
     inv = data["period_so_far"]
     body.append('<section class="panel" id="period"><h2>Current period so far</h2>')
     if inv is None:
@@ -164,7 +175,7 @@ def customer_page(data: Data, catalog: Catalog, json_url: str) -> str:
             chart(
                 "chart-customer-usage",
                 stacked_bars(
-                    usage["by_model"],
+                    legible(usage["by_model"], "model"),
                     x="bucket",
                     y="tokens",
                     color="model",
@@ -173,10 +184,12 @@ def customer_page(data: Data, catalog: Catalog, json_url: str) -> str:
                 ),
             )  # fmt: skip
         )
-    for name, panel_data in data["panels"].items():
-        panel = load_panels().get(name)
+    for panel_name, panel_data in data["panels"].items():
+        panel = load_panels().get(panel_name)
         if panel is not None:
-            body.append(f'<section class="panel" id="panel-{e(name)}"><h2>{e(panel.title)}</h2>')
+            body.append(
+                f'<section class="panel" id="panel-{e(panel_name)}"><h2>{e(panel.title)}</h2>'
+            )
             body.append(panel.html(panel_data))
             body.append("</section>")
     body.append('<section class="panel"><h2>Last invoices</h2>')
@@ -213,7 +226,7 @@ def customer_page(data: Data, catalog: Catalog, json_url: str) -> str:
 
 def _usage_link(r: Data) -> str:
     if r.get("consumer"):
-        return f'<a href="{e(link("/usage", consumer=r["consumer"]))}">{e(r["consumer"])}</a>'
+        return f'<a href="{e(link("/usage", consumer=r["consumer"]))}">{name(r["consumer"])}</a>'
     return "—"
 
 
@@ -227,7 +240,7 @@ def _key_link(r: Data) -> str:
 def margin_page(data: Data, catalog: Catalog, json_url: str) -> str:
     c = data["customer"]
     body = [
-        f'<p class="muted">Revenue of {e(c)}\'s invoices for {e(data["period"])} against the '
+        f'<p class="muted">Revenue of {name(c)}\'s invoices for {e(data["period"])} against the '
         "providers' list prices of the events they billed (USD), per model.</p>",
         table(
             data["rows"],
@@ -243,7 +256,7 @@ def margin_page(data: Data, catalog: Catalog, json_url: str) -> str:
             css_id="margin",
             numeric=["tokens", "revenue", "cost", "margin", "margin_pct"],
         ),  # fmt: skip
-        f'<p><a href="/customers/{e(c)}">Back to {e(data["name"])}</a></p>',
+        f'<p><a href="/customers/{e(c)}">Back to {name(data["name"])}</a></p>',
     ]
     return layout(
         f"Margin · {data['name']} · {data['period']}",
@@ -354,7 +367,7 @@ def unbilled_page(
             numeric=["tokens"],
             cells={
                 "customer": lambda r: (
-                    f'<a href="/customers/{e(r["customer"])}">{e(r["customer"])}</a>'
+                    f'<a href="/customers/{e(r["customer"])}">{name(r["customer"])}</a>'
                 )
             },
         ),  # fmt: skip
@@ -400,7 +413,7 @@ def health_page(
         chart(
             "chart-calls",
             stacked_bars(
-                data["series"],
+                legible(data["series"], "provider"),
                 x="bucket",
                 y="calls",
                 color="provider",
@@ -412,7 +425,7 @@ def health_page(
         chart(
             "chart-errors",
             stacked_bars(
-                [r for r in data["series"] if r["errors"]],
+                legible([r for r in data["series"] if r["errors"]], "provider"),
                 x="bucket",
                 y="errors",
                 color="provider",

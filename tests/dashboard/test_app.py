@@ -38,7 +38,7 @@ def test_a_key_ending_in_a_suffix_is_its_own_page(dotted: Server) -> None:
     for key, name in (("alpha.json", "Alpha Json Inc"), ("alpha.pdf", "Alpha Pdf Inc")):
         status, body = dotted.get(f"/customers/{key}")
         assert status == 200, key
-        assert f"<h1>{name}</h1>" in body.decode(), key
+        assert f'<h1 dir="auto">{name}</h1>' in body.decode(), key
         twin = dotted.json(f"/customers/{key}.json?at=2026-02-10")
         assert twin["customer"]["customer"] == key
         assert dotted.json(f"/customers/{key}?format=json&at=2026-02-10") == twin

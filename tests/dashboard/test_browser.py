@@ -18,7 +18,7 @@ import pytest
 
 from billing.store import billing_store
 from tests.billing.events import Setup, write_catalog
-from tests.dashboard.conftest import Server, load, start_dashboard, stop
+from tests.dashboard.conftest import Server, load, start_dashboard, stop, variant
 from tests.dashboard.seed import CATALOG
 
 JAN = "from=2026-01-01T00:00:00Z&to=2026-02-01T00:00:00Z"
@@ -299,3 +299,54 @@ def test_months_by_the_hour_are_drawn_by_day(page: Any, dashboard: Server, shots
         assert series["bucket"] == "hour"
     load(page, dashboard, f"/usage?{DAY1}&bucket=hour", shots, "hourly-day")
     assert page.locator("#coarser").count() == 0
+
+
+# --------------------------------------------------------------------------- control characters
+
+RLO_MODEL = "gpt-4o-\u202elnk.exe"  # shown raw: "gpt-4o-exe.knl"
+RLO_SHOWN = "gpt-4o-\\u202elnk.exe"
+NUL_NAME = "Beta\x00 GmbH"
+
+
+@pytest.fixture(scope="module")
+def controls(store: Setup, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The seed with gpt-4o renamed ``gpt-4o-\\u202elnk.exe`` (still billed as gpt-4o*) and
+    beta renamed with a NUL."""
+    s = variant(store, tmp_path_factory.mktemp("controls"),
+                CATALOG.replace("Beta GmbH", '"Beta\\0 GmbH"'))  # fmt: skip
+    with billing_store(s.db) as con:
+        con.execute("UPDATE usage_events SET model = ? WHERE model = 'gpt-4o'", [RLO_MODEL])
+    server = start_dashboard(s)
+    yield server
+    stop(server)
+
+
+@pytest.mark.parametrize(
+    ("path", "where"),
+    [
+        (f"/usage?{JAN}", '#models td[data-field="model"]'),
+        (f"/unbilled?{JAN}", '#unbilled td[data-field="model"]'),
+        ("/customers/alpha/margin?period=2026-01", '#margin td[data-field="model"]'),
+    ],
+)
+def test_control_characters_are_shown_not_obeyed(
+    page: Any, controls: Server, shots: Path, path: str, where: str
+) -> None:
+    load(page, controls, path, shots, "controls-" + path.strip("/").split("?")[0].replace("/", "-"))
+    assert page.problems == []
+    cells = page.locator(where)
+    assert RLO_SHOWN in cells.all_text_contents()
+    assert page.locator(f"{where} bdi", has_text=RLO_SHOWN).count() >= 1  # isolated
+    assert "\u202e" not in page.locator("body").inner_text()
+    legends = page.locator("g.role-legend-label text").all_text_contents()
+    if path.startswith("/usage"):
+        assert RLO_SHOWN in legends
+    assert all("\u202e" not in text for text in legends)
+
+
+def test_a_nul_in_a_name_does_not_reach_the_html(page: Any, controls: Server, shots: Path) -> None:
+    status, body = controls.get("/customers")
+    assert status == 200 and b"\x00" not in body and b"Beta\\u0000 GmbH" in body
+    load(page, controls, "/customers/beta?at=2026-02-20", shots, "controls-nul")
+    assert page.title() == "Beta\\u0000 GmbH · Meterline"
+    assert controls.json("/customers.json")["customers"][1]["name"] == NUL_NAME  # data as is
