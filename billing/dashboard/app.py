@@ -99,6 +99,13 @@ class Request:
         return Scope(self.get("customer"), self.get("consumer"), self.get("key"))
 
 
+def page_range(req: Request, bucket: str, now: datetime) -> TimeRange:
+    """The page's range; an empty one is refused in the page's terms (its From and To
+    fields), not the CLI's options."""
+    start, end = req.time("from"), req.time("to")
+    return resolve_range(start, end, bucket, now, terms=("From", "To"))
+
+
 Page = tuple[str, Any, Callable[[Any, Catalog, str], str]]
 """(title, data, html renderer) for the pages made of data."""
 
@@ -246,8 +253,7 @@ class Dashboard:
         """The range a page shows and, when it is by day though ``hour`` was asked for a
         range longer than :data:`MAX_HOURS`, why and the hourly JSON's URL (JSON twins
         keep the bucket asked for)."""
-        rng = resolve_range(req.time("from"), req.time("to"), req.get("bucket") or bucket,
-                            self.now())  # fmt: skip
+        rng = page_range(req, req.get("bucket") or bucket, self.now())
         hours = int((rng.end - rng.start).total_seconds() // 3600)
         if req.fmt == "json" or rng.bucket != "hour" or hours <= MAX_HOURS:
             return rng, None
@@ -292,7 +298,7 @@ class Dashboard:
 
     def unbilled(self, req: Request) -> Response:
         catalog = self.catalog()
-        rng = resolve_range(req.time("from"), req.time("to"), "day", self.now())
+        rng = page_range(req, "day", self.now())
         limit = row_limit(req.get("rows"), pages.UNBILLED_ROWS)
         with self.connect() as con:
             data = unbilled(con, catalog, rng)

@@ -8,6 +8,7 @@ draws them with vega-embed and keeps each view in ``window.meterlineCharts``.
 
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -28,6 +29,7 @@ from billing.dashboard.html import (
     visible,
 )
 from billing.dashboard.panels import load_panels
+from billing.dashboard.queries import BUCKETS
 from billing.documents.words import human_date, human_span
 from billing.money import format_money
 from meterline.catalog import TOKEN_TYPES, Catalog
@@ -36,6 +38,27 @@ from meterline.catalog import TOKEN_TYPES, Catalog
 
 
 TOKEN_COLS = [(tt, tt.replace("_", " ")) for tt in TOKEN_TYPES]
+
+
+WHOLE_TICKS = 100
+"""Up to this many buckets, a chart's time axis ticks once per bucket at most: left to
+itself, Vega ticks a two-day range every 12 hours, labelling ``01 Dec`` twice."""
+
+
+TICK_INTERVALS = {"hour": "hours", "day": "day"}
+"""Vega's names of the buckets' time intervals (vega-time's units)."""
+
+
+def bars(rows: list[Data], rng: Data, **options: Any) -> Data:
+    """:func:`~billing.charts.stacked_bars` over ``rng`` (the query's ``range``), with
+    ticks on bucket boundaries only, so no two labels read the same."""
+    spec = stacked_bars(rows, bucket=rng["bucket"], **options)
+    start: datetime = rng["from"]
+    end: datetime = rng["to"]
+    if (end - start) / BUCKETS[rng["bucket"]] <= WHOLE_TICKS:
+        axis = spec["encoding"]["x"]["axis"]
+        axis["tickCount"] = {"interval": TICK_INTERVALS[rng["bucket"]], "step": 1}
+    return spec
 
 
 def legible(rows: list[Data], field: str) -> list[Data]:
@@ -74,23 +97,23 @@ def usage_page(
         "</div>",
         chart(
             "chart-by-model",
-            stacked_bars(
+            bars(
                 legible(data["by_model"], "model"),
+                rng,
                 x="bucket",
                 y="tokens",
                 color="model",
-                bucket=bucket,
                 title=f"Tokens per {bucket} by model · {who}",
             ),
         ),  # fmt: skip
         chart(
             "chart-by-type",
-            stacked_bars(
+            bars(
                 data["by_type"],
+                rng,
                 x="bucket",
                 y="tokens",
                 color="token_type",
-                bucket=bucket,
                 title=f"Tokens per {bucket} by token type · {who}",
             ),
         ),  # fmt: skip
@@ -174,12 +197,12 @@ def customer_page(data: Data, catalog: Catalog, json_url: str) -> str:
         body.append(
             chart(
                 "chart-customer-usage",
-                stacked_bars(
+                bars(
                     legible(usage["by_model"], "model"),
+                    usage["range"],
                     x="bucket",
                     y="tokens",
                     color="model",
-                    bucket="day",
                     title="Tokens per day by model, this period",
                 ),
             )  # fmt: skip
@@ -412,24 +435,24 @@ def health_page(
         ),  # fmt: skip
         chart(
             "chart-calls",
-            stacked_bars(
+            bars(
                 legible(data["series"], "provider"),
+                rng,
                 x="bucket",
                 y="calls",
                 color="provider",
-                bucket=rng["bucket"],
                 title=f"Calls per {rng['bucket']} by provider",
                 y_title="calls",
             ),
         ),  # fmt: skip
         chart(
             "chart-errors",
-            stacked_bars(
+            bars(
                 legible([r for r in data["series"] if r["errors"]], "provider"),
+                rng,
                 x="bucket",
                 y="errors",
                 color="provider",
-                bucket=rng["bucket"],
                 title=f"Errors per {rng['bucket']} by provider",
                 y_title="errors",
             ),

@@ -61,9 +61,16 @@ def floor_to(value: datetime, bucket: str) -> datetime:
 
 
 def resolve_range(
-    start: datetime | None, end: datetime | None, bucket: str, now: datetime
+    start: datetime | None,
+    end: datetime | None,
+    bucket: str,
+    now: datetime,
+    *,
+    terms: tuple[str, str] = ("--from", "--to"),
 ) -> TimeRange:
-    """Fill in a missing end (the bucket after ``now``) and start (:data:`DEFAULT_SPAN`)."""
+    """Fill in a missing end (the bucket after ``now``) and start (:data:`DEFAULT_SPAN`).
+    ``terms``: what the caller calls start and end in its errors (the CLI's options; the
+    dashboard's fields)."""
     if bucket not in BUCKETS:
         raise UsageError(f"unknown bucket {bucket!r} (choose from {', '.join(BUCKETS)})")
     if end is None:
@@ -71,7 +78,7 @@ def resolve_range(
     if start is None:
         start = end - DEFAULT_SPAN[bucket]
     if end <= start:
-        raise UsageError("--to must be after --from")
+        raise UsageError(f"{terms[1]} must be after {terms[0]}")
     return TimeRange(start.astimezone(UTC), end.astimezone(UTC), bucket)
 
 

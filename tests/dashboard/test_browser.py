@@ -8,6 +8,7 @@ full-page screenshot under the test's tmp dir.
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from urllib.parse import urlencode
 import pytest
 
 from billing.store import billing_store
+from tests.billing.cli.runner import error, run
 from tests.billing.events import Setup, write_catalog
 from tests.dashboard.conftest import Server, load, start_dashboard, stop, variant
 from tests.dashboard.seed import CATALOG
@@ -350,3 +352,36 @@ def test_a_nul_in_a_name_does_not_reach_the_html(page: Any, controls: Server, sh
     load(page, controls, "/customers/beta?at=2026-02-20", shots, "controls-nul")
     assert page.title() == "Beta\\u0000 GmbH · Meterline"
     assert controls.json("/customers.json")["customers"][1]["name"] == NUL_NAME  # data as is
+
+
+# --------------------------------------------------------------------------- axes and errors
+
+
+@pytest.mark.parametrize(
+    ("path", "chart_id", "days"),
+    [
+        ("/customers/alpha?at=2026-02-03T00:00:00Z", "chart-customer-usage",
+         ["01 Feb", "02 Feb", "03 Feb"]),
+        ("/usage?from=2026-01-01&to=2026-01-03", "chart-by-model", ["01 Jan", "02 Jan", "03 Jan"]),
+        ("/health?from=2026-01-01&to=2026-01-04&bucket=day", "chart-calls",
+         ["01 Jan", "02 Jan", "03 Jan", "04 Jan"]),
+    ],
+)  # fmt: skip
+def test_short_ranges_label_each_day_once(
+    page: Any, dashboard: Server, shots: Path, path: str, chart_id: str, days: list[str]
+) -> None:
+    """One tick per day, the range's end included (Vega ticked a two-day range every 12
+    hours: ``01 Feb, 01 Feb, 02 Feb, 02 Feb``)."""
+    load(page, dashboard, path, shots, f"axis-{chart_id}")
+    assert page.problems == []
+    labels = page.locator(f"#{chart_id} g.role-axis-label text").all_text_contents()
+    assert [t for t in labels if re.fullmatch(r"\d\d [A-Z][a-z]{2}", t)] == days
+
+
+def test_errors_speak_of_the_page_not_the_cli(page: Any, dashboard: Server, store: Setup) -> None:
+    for path in ("/usage", "/unbilled", "/health"):
+        response = page.goto(f"{dashboard.url}{path}?from=2026-02-01&to=2026-01-01")
+        assert response.status == 400
+        assert page.locator("p.error").inner_text() == "To must be after From", path
+    result = run(store, "timeline", "--from", "2026-02-01", "--to", "2026-01-01")
+    assert error(result) == "Error: --to must be after --from"  # the CLI keeps its words
