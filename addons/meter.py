@@ -580,6 +580,19 @@ def _check_db(locator: str) -> None:
         raise exceptions.OptionsError(f"meter_db: {path.parent} is not a directory")
     if path.is_dir():
         raise exceptions.OptionsError(f"meter_db: {path} is a directory (name a DuckDB file in it)")
+    try:
+        with path.open("rb") as f:
+            head = f.read(_DUCKDB_MAGIC_END)
+    except FileNotFoundError:
+        return  # made by the first flush
+    except OSError as e:
+        raise exceptions.OptionsError(f"meter_db: cannot read {path}: {e.strerror}") from e
+    if head and head[_DUCKDB_MAGIC_END - 4 :] != b"DUCK":  # empty: made at the first flush
+        raise exceptions.OptionsError(f"meter_db: {path} is not a DuckDB database file")
+
+
+#: A DuckDB database file starts with a checksum, then ``DUCK`` (bytes 8 to 12).
+_DUCKDB_MAGIC_END = 12
 
 
 #: A day: a longer interval holds events in the spool for longer than any use of it (and

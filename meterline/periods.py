@@ -30,7 +30,9 @@ from meterline.utc import as_utc
 _AVG_YEAR_S = 31_556_952
 _AVG_MONTH_S = _AVG_YEAR_S // 12
 _DAY_S = 86_400
-_MONTH_RE = re.compile(r"^(\d{4})-(\d{2})$")
+_MONTH_RE = re.compile(r"([0-9]{4})-([0-9]{2})")
+"""Matched whole (``fullmatch``), ASCII digits only: ``\\d`` and ``$`` took ``２０２６-１１``
+and a trailing newline."""
 
 
 @dataclass(frozen=True, order=True)
@@ -157,7 +159,7 @@ def proration(full: Period, part_start: datetime, part_end: datetime) -> Fractio
 
 def calendar_month(yyyy_mm: str) -> Period:
     """``"2026-03"`` -> ``[2026-03-01T00:00Z, 2026-04-01T00:00Z)``."""
-    m = _MONTH_RE.match(yyyy_mm) if isinstance(yyyy_mm, str) else None
+    m = _MONTH_RE.fullmatch(yyyy_mm) if isinstance(yyyy_mm, str) else None
     if m is None or not 1 <= int(m.group(2)) <= 12 or int(m.group(1)) < 1:
         raise ValueError(f"period {yyyy_mm!r}: expected a month as YYYY-MM, e.g. 2026-03")
     start = datetime(int(m.group(1)), int(m.group(2)), 1, tzinfo=UTC)

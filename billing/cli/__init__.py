@@ -6,6 +6,8 @@ Exit codes: 0 ok, 1 a user error (one ``Error: ...`` line), 2 bad usage.
 
 from __future__ import annotations
 
+import os
+
 import click
 
 import billing.alerts  # noqa: F401 - registers the alert outbox table
@@ -41,6 +43,11 @@ def main(ctx: click.Context, db: str, catalog_path: str) -> None:
       billing usage --group-by model
       billing invoice generate --period 2026-03
     """
+    for name in ("METERLINE_DB", "METERLINE_CATALOG"):
+        # click reads an empty variable as unset, and the default file would be used
+        # (a grant written to ./meterline.duckdb the proxy never reads); the proxy refuses it
+        if os.environ.get(name) == "":
+            raise click.UsageError(f"{name} is set but empty: unset it, or name the file")
     ctx.obj = Settings(db=db, catalog=catalog_path)
 
 

@@ -157,6 +157,11 @@ class Month(click.ParamType):
         return str(value)
 
 
+EARLIEST_YEAR, LATEST_YEAR = 1970, 9998
+"""The times a command takes: metering began after 1970, and periods and offsets around a
+time must stay inside Python's datetime range (years 1 to 9999)."""
+
+
 class UtcDateTime(click.ParamType):
     """``2026-03-01``, ``2026-03-01T12:00:00Z`` or with an offset; no zone means UTC."""
 
@@ -174,6 +179,10 @@ class UtcDateTime(click.ParamType):
                 f"{value!r} is not a date or time such as 2026-03-01 or 2026-03-01T12:00:00Z",
                 param,
                 ctx,
+            )
+        if not EARLIEST_YEAR <= parsed.year <= LATEST_YEAR:  # 0001-01-01+01:00 overflowed
+            self.fail(
+                f"{value!r} is out of range (years {EARLIEST_YEAR} to {LATEST_YEAR})", param, ctx
             )
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=UTC)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import re
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 
@@ -21,6 +22,8 @@ from billing.credits import (
 from billing.invoices import utc_now
 from billing.money import round_money
 from billing.unitgrants import grant_units, list_unit_grants
+
+_PLAIN_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
 
 
 @click.group("credits")
@@ -73,8 +76,8 @@ def grant_cmd(
         )
         return
     assert amount is not None
-    try:
-        value = Decimal(amount)
+    try:  # ASCII digits as written: Decimal() also takes '٣٠' and a trailing newline
+        value = Decimal(amount) if _PLAIN_NUMBER.fullmatch(amount) else Decimal("NaN")
     except InvalidOperation:
         value = Decimal("NaN")
     if not value.is_finite():  # NaN, Infinity: no amount at all

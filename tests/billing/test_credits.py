@@ -171,6 +171,9 @@ def test_an_amount_in_exponent_notation_is_stored_as_the_amount_it_means(tmp_pat
         ("sNaN", "Error: --amount 'sNaN' is not a number such as 50.00"),
         ("Infinity", "Error: --amount 'Infinity' is not a number such as 50.00"),
         ("-inf", "Error: --amount '-inf' is not a number such as 50.00"),
+        # Decimal() takes other scripts' digits and blanks: granted 30.00 from '٣٠'
+        ("٣٠", "Error: --amount '٣٠' is not a number such as 50.00"),
+        ("5\n", "Error: --amount '5\\n' is not a number such as 50.00"),
         (
             "1E+26",
             "Error: 100000000000000000000000000.00 USD is too large for a grant "

@@ -30,13 +30,16 @@ from tests.support.proxy import MeterProxy
         ({"meter_db": "."}, "meter_db: . is a directory"),  # before: failed at every flush
         ({"meter_flush_interval": "inf"}, "meter_flush_interval: expected seconds"),
         ({"meter_governance_failure": "dny"}, "meter_governance_failure: expected one of allow"),
+        # before: accepted, then every flush failed ("not a valid DuckDB database file")
+        ({"meter_db": "notes.txt"}, "meter_db: notes.txt is not a DuckDB database file"),
     ],
     ids=["catalog", "db", "interval", "policy", "streamed-requests", "bool", "misspelt",
-         "empty-db", "db-directory", "infinite-interval", "failure-policy"],
+         "empty-db", "db-directory", "infinite-interval", "failure-policy", "db-not-duckdb"],
 )  # fmt: skip
 def test_a_bad_option_at_start_is_one_line(
     tmp_path: Path, mitm_confdir: Path, test_catalog: Path, options: dict[str, str], line: str
 ) -> None:
+    (tmp_path / "notes.txt").write_text("not a database, " * 8)
     proxy = MeterProxy(tmp_path, catalog=test_catalog, confdir=mitm_confdir, options=options)
     run = subprocess.run(proxy.command(), capture_output=True, text=True, timeout=60, cwd=tmp_path)
     out = run.stdout + run.stderr
@@ -44,6 +47,7 @@ def test_a_bad_option_at_start_is_one_line(
     assert f"meterline: {line}" in out and out.count("meterline: ") == 1, out
     assert "Traceback" not in out and "error in script" not in out, out
     assert not proxy.spool.exists() and not proxy.db.exists()  # nothing written
+    assert (tmp_path / "notes.txt").read_text() == "not a database, " * 8
 
 
 def test_an_option_given_twice_is_one_line(

@@ -11,7 +11,9 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from billing.cli import main as billing_cli
 from tests.billing.cli.runner import error, run
 from tests.billing.events import Event, Setup, add_events, setup, sql, utc
 
@@ -400,3 +402,47 @@ def test_numbers_past_what_can_be_used_are_refused(
     a ``timedelta`` of 10^20 seconds, an INT32 column)."""
     result = run(s, *args)
     assert result.exit_code == 2 and message in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (
+            ["usage", "--from", "0001-01-01T00:00:00+01:00"],
+            "'0001-01-01T00:00:00+01:00' is out of range (years 1970 to 9998)",
+        ),
+        (["timeline", "--to", "0001-01-01"], "'0001-01-01' is out of range"),
+        (["invoice", "preview", "--at", "9999-12-31"], "'9999-12-31' is out of range"),
+        (["statement", "--customer", "acme", "--period", "２０２６-１１"], "expected a month"),
+        (["invoice", "generate", "--period", "2026-11\n"], "expected a month"),
+    ],
+    ids=["year-1-with-offset", "year-1", "year-9999", "full-width-digits", "trailing-newline"],
+)
+def test_times_out_of_range_and_odd_digits_are_one_line(
+    tmp_path: Path, args: list[str], line: str
+) -> None:
+    """Before: OverflowError tracebacks for years 1 and 9999; a month in full-width
+    digits or with a trailing newline was taken (then a traceback, or an invoice run)."""
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text((Path(__file__).parents[3] / "catalog.yaml").read_text())
+    result = CliRunner().invoke(
+        billing_cli, ["--db", str(tmp_path / "m.duckdb"), "--catalog", str(catalog), *args]
+    )
+    assert result.exit_code == 2, result.output
+    assert line in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "m.duckdb").exists()
+
+
+def test_an_empty_store_variable_is_an_error_not_the_default_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``METERLINE_DB=`` was read as unset: a grant went to ./meterline.duckdb, which
+    the proxy (it refuses an empty store) never reads."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("METERLINE_DB", "")
+    result = CliRunner().invoke(
+        billing_cli, ["credits", "grant", "--customer", "a", "--amount", "1"]
+    )
+    assert result.exit_code == 2
+    assert "METERLINE_DB is set but empty: unset it, or name the file" in result.output
+    assert not (tmp_path / "meterline.duckdb").exists()
