@@ -102,11 +102,16 @@ def parse_refresh(text: str) -> float:
         value = float(text)
     except ValueError:
         value = 0.0
-    if not 0 < value <= 3600:
+    if not MIN_REFRESH_S <= value <= 3600:  # 1e-300 kept an idle proxy reading the store
         raise exceptions.OptionsError(
-            f"meter_governance_refresh: expected seconds between 0 and 3600, got {text!r}"
+            f"meter_governance_refresh: expected seconds from {MIN_REFRESH_S} to 3600, "
+            f"got {text!r}"
         )
     return value
+
+
+MIN_REFRESH_S = 0.1
+"""The shortest refresh interval: each read of the store takes milliseconds of CPU."""
 
 
 BACKGROUND_HOLD_S = 3600.0

@@ -30,11 +30,13 @@ from tests.support.proxy import MeterProxy
         ({"meter_db": "."}, "meter_db: . is a directory"),  # before: failed at every flush
         ({"meter_flush_interval": "inf"}, "meter_flush_interval: expected seconds"),
         ({"meter_governance_failure": "dny"}, "meter_governance_failure: expected one of allow"),
+        # before: accepted, and an idle governed proxy spent a quarter of a core reading
+        ({"meter_governance_refresh": "1e-300"}, "meter_governance_refresh: expected seconds"),
         # before: accepted, then every flush failed ("not a valid DuckDB database file")
         ({"meter_db": "notes.txt"}, "meter_db: notes.txt is not a DuckDB database file"),
     ],
     ids=["catalog", "db", "interval", "policy", "streamed-requests", "bool", "misspelt",
-         "empty-db", "db-directory", "infinite-interval", "failure-policy", "db-not-duckdb"],
+         "empty-db", "db-directory", "infinite-interval", "failure-policy", "tiny-refresh", "db-not-duckdb"],
 )  # fmt: skip
 def test_a_bad_option_at_start_is_one_line(
     tmp_path: Path, mitm_confdir: Path, test_catalog: Path, options: dict[str, str], line: str
