@@ -57,6 +57,10 @@ def read_key(text: str) -> str:
         raise click.ClickException('no key on stdin (pipe it in: echo -n "$KEY" | ...)')
     if "\n" in key:
         raise click.ClickException("stdin holds more than one line; give one key")
+    if len(key.split()) > 1:  # "Bearer sk-..." pasted from a header: its hash matches no call
+        raise click.ClickException(
+            "the key holds a blank: give the key alone, without 'Bearer ' or a header name"
+        )
     return key
 
 

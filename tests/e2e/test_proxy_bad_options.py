@@ -36,7 +36,8 @@ from tests.support.proxy import MeterProxy
         ({"meter_db": "notes.txt"}, "meter_db: notes.txt is not a DuckDB database file"),
     ],
     ids=["catalog", "db", "interval", "policy", "streamed-requests", "bool", "misspelt",
-         "empty-db", "db-directory", "infinite-interval", "failure-policy", "tiny-refresh", "db-not-duckdb"],
+         "empty-db", "db-directory", "infinite-interval", "failure-policy", "tiny-refresh",
+         "db-not-duckdb"],
 )  # fmt: skip
 def test_a_bad_option_at_start_is_one_line(
     tmp_path: Path, mitm_confdir: Path, test_catalog: Path, options: dict[str, str], line: str

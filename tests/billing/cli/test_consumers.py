@@ -80,6 +80,12 @@ def test_fingerprint_needs_exactly_one_key() -> None:
         1,
         "Error: stdin holds more than one line; give one key\n",
     )
+    # Pasted from a header: the hash of "Bearer sk-1" matches no call.
+    header = run(None, "consumers", "fingerprint", input="Bearer sk-1")
+    assert (header.exit_code, header.stderr) == (
+        1,
+        "Error: the key holds a blank: give the key alone, without 'Bearer ' or a header name\n",
+    )
 
 
 def test_list_with_a_broken_catalog(tmp_path: Path) -> None:
