@@ -104,8 +104,7 @@ def parse_refresh(text: str) -> float:
         value = 0.0
     if not MIN_REFRESH_S <= value <= 3600:  # 1e-300 kept an idle proxy reading the store
         raise exceptions.OptionsError(
-            f"meter_governance_refresh: expected seconds from {MIN_REFRESH_S} to 3600, "
-            f"got {text!r}"
+            f"meter_governance_refresh: expected seconds from {MIN_REFRESH_S} to 3600, got {text!r}"
         )
     return value
 
