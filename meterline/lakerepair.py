@@ -16,12 +16,13 @@ itself for a commit of its own whose outcome it did not learn (:func:`lost_in`);
 
 from __future__ import annotations
 
-import os
-import re
 from collections import defaultdict
 from dataclasses import dataclass
 
 import duckdb
+
+from meterline import lakestorage
+from meterline.lakestorage import StorageUnreachable as StorageUnreachable  # re-exported
 
 #: Catalog tables that hold rows of one data file, besides ``ducklake_data_file``.
 PER_FILE_TABLES = (
@@ -58,12 +59,48 @@ _KINDS = {
 }
 
 
+def data_path(con: duckdb.DuckDBPyConnection, catalog: str = "lake") -> str:
+    """The lake's data path, as its catalog records it."""
+    md = metadata_alias(catalog)
+    row = con.execute(f"SELECT value FROM {md}.ducklake_metadata WHERE key = 'data_path'")
+    (path,) = row.fetchone() or ("",)
+    return str(path)
+
+
+def identity(con: duckdb.DuckDBPyConnection, catalog: str = "lake") -> str:
+    """What names this lake in its data path's marker: when its catalog was created."""
+    md = metadata_alias(catalog)
+    row = con.execute(
+        f"SELECT strftime(snapshot_time, '%Y-%m-%dT%H:%M:%S.%f') FROM {md}.ducklake_snapshot "
+        "ORDER BY snapshot_id LIMIT 1"
+    ).fetchone()
+    return f"meterline lake created {row[0] if row else 'unknown'}"
+
+
+def storage_problem(
+    con: duckdb.DuckDBPyConnection, files: list[LakeFile] | None = None, catalog: str = "lake"
+) -> str | None:
+    """Why the lake's data path is not its storage as seen from here, or None."""
+    files = live_files(con, catalog) if files is None else files
+    newest: dict[str, str] = {}  # the newest file of each table
+    for f in sorted(files, key=lambda f: f.committed_at):
+        newest[f.table] = f.path
+    return lakestorage.root_problem(
+        con, data_path(con, catalog), identity(con, catalog), list(newest.values())
+    )
+
+
+def check_storage(con: duckdb.DuckDBPyConnection, files: list[LakeFile] | None = None) -> None:
+    """Raise :class:`StorageUnreachable` (what to check) unless the data path is the lake's."""
+    problem = storage_problem(con, files)
+    if problem is not None:
+        raise lakestorage.unreachable(data_path(con), problem)
+
+
 def live_files(con: duckdb.DuckDBPyConnection, catalog: str = "lake") -> list[LakeFile]:
     """Every data and delete file of the current snapshot, with its absolute path."""
     md = metadata_alias(catalog)
-    (data_path,) = con.execute(
-        f"SELECT value FROM {md}.ducklake_metadata WHERE key = 'data_path'"
-    ).fetchone() or ("",)
+    root = data_path(con, catalog)
     files = []
     for kind, (table, id_column, count_column) in _KINDS.items():
         rows = con.execute(
@@ -82,52 +119,71 @@ def live_files(con: duckdb.DuckDBPyConnection, catalog: str = "lake") -> list[La
             """
         ).fetchall()
         for file_id, name, s_path, s_rel, t_path, t_rel, f_path, f_rel, records, at in rows:
-            path = data_path
+            path = root
             for part, relative in ((s_path, s_rel), (t_path, t_rel), (f_path, f_rel)):
                 path = path + part if relative else part
             files.append(LakeFile(file_id, kind, name, path, records or 0, float(at)))
     return files
 
 
-def dangling_files(con: duckdb.DuckDBPyConnection, catalog: str = "lake") -> list[LakeFile]:
+def dangling_files(
+    con: duckdb.DuckDBPyConnection, catalog: str = "lake", *, check: bool = True
+) -> list[LakeFile]:
     """The live files whose object is missing.
+
+    ``check``: first make sure the data path is the lake's storage from here
+    (:func:`check_storage`, raising :class:`StorageUnreachable`): where the disk is not
+    mounted or the endpoint is another server's, every file reads as missing.
 
     One listing per table directory finds the candidates; each is then confirmed by
     opening it the way a reader does (a local path: the file system; object storage:
     its Parquet footer), so a path spelled differently from the listing (``a//b``, a
     symlink) is never taken for a missing one."""
+    files = live_files(con, catalog)
+    if check:
+        check_storage(con, files)
     by_directory: dict[str, list[LakeFile]] = defaultdict(list)
-    for f in live_files(con, catalog):
+    for f in files:
         by_directory[f.path.rpartition("/")[0]].append(f)
     missing = []
-    for directory, files in by_directory.items():
+    for directory, in_directory in by_directory.items():
         pattern = directory.replace("'", "''") + "/*"
         present = {row[0] for row in con.execute(f"SELECT file FROM glob('{pattern}')").fetchall()}
-        missing += [f for f in files if f.path not in present and _gone(con, f.path)]
+        missing += [f for f in in_directory if f.path not in present and _gone(con, f.path)]
     return missing
 
 
-#: An HTTP 404 in an error text, not the digits inside a port or a number (a connection
-#: error to ``127.0.0.1:40483`` is no lost file).
-_NOT_FOUND = re.compile(r"(?<![\w:.])404(?![\w.])")
+def wholesale_loss(con: duckdb.DuckDBPyConnection, missing: list[LakeFile]) -> str | None:
+    """Why ``missing`` looks like storage that is not the lake's rather than lost files,
+    or None. A lost acknowledgement loses one commit's files; a disk not mounted, a
+    bucket emptied or another endpoint loses every file, or every file of a table."""
+    if not missing:
+        return None
+    files = live_files(con)
+    if len(missing) == len(files):
+        return f"every file the lake names ({len(files)}) is missing"
+    gone = {f.file_id for f in missing if f.kind == "data"}
+    for table in sorted({f.table for f in missing if f.kind == "data"}):
+        data = [f for f in files if f.table == table and f.kind == "data"]
+        commits = {f.committed_at for f in data}
+        if all(f.file_id in gone for f in data) and len(commits) > 1:
+            rows = sum(f.record_count for f in data)
+            return (
+                f"every file of {table} ({len(data)} files, {rows} rows, "
+                f"{len(commits)} commits) is missing"
+            )
+    return None
 
 
 def names_a_lost_file(error: str) -> bool:
     """Whether a read failed on a lake file that is not there."""
-    return "ducklake-" in error and ("No such file" in error or bool(_NOT_FOUND.search(error)))
+    return "ducklake-" in error and (
+        "No such file" in error or bool(lakestorage.NOT_FOUND.search(error))
+    )
 
 
 def _gone(con: duckdb.DuckDBPyConnection, path: str) -> bool:
-    if "://" not in path:
-        return not os.path.exists(path)
-    quoted = path.replace("'", "''")
-    try:
-        con.execute(f"SELECT count(*) FROM parquet_metadata('{quoted}')")
-    except duckdb.Error as e:
-        text = str(e)
-        missing = "No such file" in text or "not found" in text.lower()
-        return missing or _NOT_FOUND.search(text) is not None
-    return False
+    return lakestorage.is_gone(con, path)
 
 
 def drop_files(con: duckdb.DuckDBPyConnection, files: list[LakeFile], catalog: str = "lake") -> int:

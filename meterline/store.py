@@ -265,13 +265,20 @@ def _hint(loc: str, err: duckdb.Error) -> str:
     return io_hint(text)
 
 
-def io_hint(text: str) -> str:
+def io_hint(text: str, storage: str | None = None) -> str:
     """What to check when the lake's storage refused, could not be reached, or no
-    longer has a file the lake names."""
+    longer has a file the lake names.
+
+    ``storage``: why the data path is not the lake's storage from here, when the caller
+    looked (:func:`meterline.lakerepair.storage_problem`): then no file is lost, and the
+    mount or the endpoint is what to check, never ``billing lake repair``."""
+    if storage is not None:
+        return f" ({storage})"
     if lakerepair.names_a_lost_file(text):
         return (
             " (the lake names a data file its storage no longer has: `billing lake repair` "
-            "lists such files and `--drop` removes them; see docs/fleet.md)"
+            "checks the storage is the lake's, lists such files and `--drop` removes them; "
+            "see docs/fleet.md)"
         )
     if "s3://" in text or "HTTP" in text:
         return (

@@ -22,10 +22,11 @@ import duckdb
 from billing.errors import NotGenerated, NoUsage, UserError
 from billing.render import FORMATS
 from billing.store import billing_store
+from meterline import lakerepair
 from meterline.catalog import Catalog, CatalogError, load_catalog
 from meterline.conninfo import one_line
 from meterline.periods import PeriodRangeError, calendar_month
-from meterline.store import LAKE_PREFIX, StoreError, io_hint
+from meterline.store import LAKE_PREFIX, StoreError, io_hint, store
 
 USER_ERRORS: tuple[type[Exception], ...] = (UserError, CatalogError, StoreError, PeriodRangeError)
 """Mapped once, here, to ``Error: ...`` and exit 1: billing's own base and the two
@@ -131,8 +132,24 @@ class BillingGroup(click.Group):
         except (duckdb.IOException, duckdb.HTTPException) as e:
             # The store's disk or the lake's object storage, met after the store opened.
             text = str(e)
-            why = f"cannot read the store: {one_line(text)}{io_hint(text)}"
+            storage = _storage_problem(ctx.find_object(Settings), text)
+            why = f"cannot read the store: {one_line(text)}{io_hint(text, storage)}"
             raise click.ClickException(why) from None
+
+
+def _storage_problem(settings: Settings | None, error: str) -> str | None:
+    """After a read found a lake file missing: why the lake's data path is not its
+    storage from here (a disk not mounted, another endpoint), or None (a file is lost)."""
+    if settings is None or not lakerepair.names_a_lost_file(error):
+        return None
+    try:
+        with store(settings.db, read_only=True, create_lake=False) as con:
+            lakerepair.check_storage(con)
+    except lakerepair.StorageUnreachable as e:
+        return str(e)
+    except (StoreError, duckdb.Error):
+        return None
+    return None
 
 
 def cli_hint(error: Exception) -> str | None:

@@ -9,11 +9,12 @@ from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 
 import click
+import duckdb
 
 from billing import render
 from billing.cli.common import YEAR_S, Settings, format_option, pass_settings
 from billing.ledger import restore_invoice_sequence
-from meterline import lakerepair
+from meterline import lakerepair, lakestorage
 from meterline.lakemaint import (
     DEFAULT_KEEP,
     ORPHAN_AGE,
@@ -102,17 +103,29 @@ def maintain_cmd(
     is_flag=True,
     help="Remove the dangling files from the lake's catalog (what they held is gone).",
 )
+@click.option(
+    "--force",
+    is_flag=True,
+    help="With --drop: drop even when the data path does not look like the lake's storage "
+    "(no marker, none of its files) or every file (of the lake, or of a table) is missing. "
+    "Only once the storage is known to be the right one and the files gone for good.",
+)
 @pass_settings
-def lake_repair(settings: Settings, drop: bool) -> None:
+def lake_repair(settings: Settings, drop: bool, force: bool) -> None:
     """List the data files the lake names but its storage no longer has; --drop them.
 
     Every read of a table with such a file fails. A proxy repairs the one case it can
     tell apart itself (its own commit whose acknowledgement was lost: DuckLake deleted
     the file of a commit that went in), and writes that batch again from its spool.
-    Files lost any other way (a bucket emptied by hand, a lifecycle rule) are listed
+    Files lost any other way (a lifecycle rule, a commit of billing's) are listed
     here; --drop removes them from the catalog so the rest of the lake can be read:
     their rows are lost unless restored from a backup. Exits 1 when files are dangling
     and --drop was not given.
+
+    Nothing is listed or dropped when the data path is not the lake's storage from this
+    host (a disk not mounted, another S3 endpoint, a missing bucket), and --drop refuses
+    when every file, or every file of a table, is missing: that is storage to check, not
+    files to drop (--force drops them anyway).
 
     \b
     Example usage:
@@ -122,7 +135,10 @@ def lake_repair(settings: Settings, drop: bool) -> None:
     if not settings.db.startswith(LAKE_PREFIX):
         raise StoreError(f"{settings.db}: not a DuckLake (lake repair is for ducklake:...)")
     with store(settings.db, create_lake=False) as con:
-        dangling = lakerepair.dangling_files(con)
+        try:
+            dangling = lakerepair.dangling_files(con, check=not force)
+        except lakerepair.StorageUnreachable as e:
+            raise click.ClickException(f"{e}; nothing listed or dropped") from None
         for f in dangling:
             at = datetime.fromtimestamp(f.committed_at, UTC)
             what = "rows" if f.kind == "data" else "rows deleted"
@@ -130,18 +146,30 @@ def lake_repair(settings: Settings, drop: bool) -> None:
                 f"{f.table}\t{f.record_count} {what}\tcommitted {at:%Y-%m-%dT%H:%M:%SZ}\t{f.path}"
             )
         rows = sum(f.record_count for f in dangling if f.kind == "data")
+        wholesale = None if force else lakerepair.wholesale_loss(con, dangling)
         if not dangling:
             click.echo("no dangling files: every file the lake names is in its storage")
+        elif wholesale is not None:
+            root = lakerepair.data_path(con)
+            raise click.ClickException(
+                f"{wholesale}: check the storage before dropping anything "
+                f"({lakestorage.where_to_look(root)}); nothing dropped. If the files are "
+                "gone for good: --drop --force"
+            )
         elif drop:
-            lakerepair.drop_files(con, dangling)
-            click.echo(f"dropped {len(dangling)} file(s), {rows} rows, from the lake's catalog")
-            tables = {f.table for f in dangling}
-            if "main.invoice_sequence" in tables and restore_invoice_sequence(con):
-                click.echo("restored the invoice_sequence row (from the stored invoices)")
-            if "main.lake_leases" in tables and restore_lease_row(con):
-                click.echo("restored the maintenance lease row (free)")
+            _drop(con, dangling, rows)
         else:
             raise click.ClickException(
                 f"{len(dangling)} dangling file(s), {rows} rows: run again with --drop to "
                 "remove them from the catalog"
             )
+
+
+def _drop(con: duckdb.DuckDBPyConnection, dangling: list[lakerepair.LakeFile], rows: int) -> None:
+    lakerepair.drop_files(con, dangling)
+    click.echo(f"dropped {len(dangling)} file(s), {rows} rows, from the lake's catalog")
+    tables = {f.table for f in dangling}
+    if "main.invoice_sequence" in tables and restore_invoice_sequence(con):
+        click.echo("restored the invoice_sequence row (from the stored invoices)")
+    if "main.lake_leases" in tables and restore_lease_row(con):
+        click.echo("restored the maintenance lease row (free)")

@@ -1,0 +1,125 @@
+"""Whether a lake's data path is the lake's storage, reachable from here: its marker.
+
+A lake's catalog (PostgreSQL) and its data files (a shared disk, a bucket) are reached
+separately. Where the disk is not mounted on a host, or ``METERLINE_S3_ENDPOINT`` names
+another S3 server, every file the catalog names reads as missing: a reader took them for
+lost files and ``billing lake repair --drop`` removed them all (an independent probe: 255
+of 293 answered calls lost after the mount came back), and a writer whose mount vanished
+under it committed its flushes into the empty mountpoint, hidden once the mount came back.
+
+Before anything is listed as missing or dropped, the data path is checked: a local path
+must exist and not be empty, and the data path must hold the lake's marker
+(``.meterline-lake``, holding the lake's identity: when its catalog was created) or, a
+lake without one, the newest file of at least one of its tables.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+
+import duckdb
+
+MARKER_NAME = ".meterline-lake"
+
+
+#: An HTTP 404 in an error text, not the digits inside a port or a number (a connection
+#: error to ``127.0.0.1:40483`` is no missing file).
+NOT_FOUND = re.compile(r"(?<![\w:.])404(?![\w.])")
+
+
+def says_not_found(error: str) -> bool:
+    return "No such file" in error or "not found" in error.lower() or bool(NOT_FOUND.search(error))
+
+
+class StorageUnreachable(RuntimeError):
+    """The lake's data path, as seen from this host, is not the lake's storage."""
+
+
+def is_remote(path: str) -> bool:
+    return "://" in path
+
+
+def marker_path(data_path: str) -> str:
+    return data_path.rstrip("/") + "/" + MARKER_NAME
+
+
+def _sql_string(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def is_gone(con: duckdb.DuckDBPyConnection, path: str) -> bool:
+    """Whether opening ``path`` the way a reader does finds no file there."""
+    if not is_remote(path):
+        return not os.path.exists(path)
+    try:
+        con.execute(f"SELECT count(*) FROM parquet_metadata({_sql_string(path)})")
+    except duckdb.Error as e:
+        return says_not_found(str(e))
+    return False
+
+
+def read_marker(con: duckdb.DuckDBPyConnection, data_path: str) -> str | None:
+    """The marker's text, or None when there is none (other errors are raised)."""
+    path = marker_path(data_path)
+    if not is_remote(path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                return f.read().strip()
+        except FileNotFoundError:
+            return None
+    try:
+        row = con.execute(f"SELECT content FROM read_text({_sql_string(path)})").fetchone()
+    except duckdb.Error as e:
+        if says_not_found(str(e)):
+            return None
+        raise
+    return str(row[0]).strip() if row else None
+
+
+def root_problem(
+    con: duckdb.DuckDBPyConnection, data_path: str, identity: str, newest: Sequence[str]
+) -> str | None:
+    """What is wrong with ``data_path`` as the lake's storage seen from here, or None.
+
+    ``newest``: the path of each table's newest live file (none: a new or empty lake,
+    whose storage anything may be). The marker, when there, must be this lake's; when
+    not (a lake older than the marker), one of ``newest`` must be there."""
+    if newest and not is_remote(data_path):
+        if not os.path.isdir(data_path):
+            return f"{data_path} does not exist on this host"
+        with os.scandir(data_path) as entries:
+            if next(entries, None) is None:
+                return f"{data_path} is empty on this host"
+    marker = read_marker(con, data_path)
+    if marker is not None:
+        if marker != identity:
+            return f"{marker_path(data_path)} belongs to another lake ({marker})"
+        return None
+    if not newest or any(not is_gone(con, p) for p in newest):
+        return None
+    return (
+        f"{data_path} holds neither the lake's marker ({MARKER_NAME}) nor the newest file "
+        f"of any of its {len(newest)} tables"
+    )
+
+
+def where_to_look(data_path: str) -> str:
+    """What to check when ``data_path`` is not the lake's storage from here."""
+    if is_remote(data_path):
+        bucket = data_path.partition("://")[2].split("/")[0]
+        endpoint = os.environ.get("METERLINE_S3_ENDPOINT") or "AWS (METERLINE_S3_ENDPOINT unset)"
+        return (
+            f"check that bucket {bucket} exists at {endpoint} and that METERLINE_S3_ENDPOINT, "
+            "METERLINE_S3_URL_STYLE and the credentials name the lake's object storage"
+        )
+    return f"check that the lake's disk is mounted at {data_path} on this host"
+
+
+def unreachable(data_path: str, problem: str) -> StorageUnreachable:
+    return StorageUnreachable(
+        f"the lake's data path is not its storage from here: {problem} "
+        f"({where_to_look(data_path)}; the lake's files are not lost: do not run "
+        "`billing lake repair --drop`; see docs/fleet.md)"
+    )

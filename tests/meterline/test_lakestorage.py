@@ -1,0 +1,100 @@
+"""A lake's data path that is not its storage from one host (a shared disk not mounted
+there, a bucket emptied): no file is taken for lost and nothing is dropped or written.
+
+Found by an independent probe: with the disk not mounted on one host, ``billing lake
+repair`` listed every file as dangling and ``--drop`` removed them all (255 of 293
+answered calls lost once the disk was back); a disk that vanished for 8 s under a
+running proxy took 8 flushes into the empty mountpoint, hidden once it came back."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from billing.cli import main as billing_main
+from meterline.lakerepair import dangling_files
+from meterline.store import store
+from tests.meterline.test_lakemaint import write_batches
+from tests.support.postgres import create_database, postgres_server
+
+CATALOG = Path(__file__).parents[2] / "catalog.yaml"
+MARKER_NAME = ".meterline-lake"  # meterline.lakestorage.MARKER_NAME
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    with postgres_server() as conninfo:
+        yield conninfo
+
+
+def _billing(lake: str, *args: str) -> Result:
+    return CliRunner().invoke(billing_main, ["--db", lake, "--catalog", str(CATALOG), *args])
+
+
+def _count(lake: str) -> int:
+    with store(lake) as con:
+        row = con.execute("SELECT count(DISTINCT event_id) FROM usage_events").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _parquet(directory: Path) -> list[Path]:
+    return sorted(directory.rglob("*.parquet"))
+
+
+def test_a_disk_not_mounted_here_is_no_lost_file(
+    server: str, tmp_path: Path, monkeypatch: Any
+) -> None:
+    mount = tmp_path / "mnt"
+    monkeypatch.setenv("METERLINE_LAKE_DATA", f"{mount}/lake/")
+    monkeypatch.setenv("METERLINE_LAKE_MAINTAIN_EVERY", "0")
+    lake = f"ducklake:postgres:{create_database(server, 'unmounted')}"
+    write_batches(lake, tmp_path / "spool", batches=3, per_batch=2)
+    mount.rename(tmp_path / "mnt.away")  # this host: the disk is not mounted
+    mount.mkdir()
+    monkeypatch.delenv("METERLINE_LAKE_DATA")  # a billing host: the lake knows its path
+    usage = _billing(lake, "usage")
+    assert usage.exit_code == 1
+    assert f"mounted at {mount}/lake/" in usage.output and "--drop` removes" not in usage.output
+    for args in (("lake", "repair"), ("lake", "repair", "--drop")):
+        refused = _billing(lake, *args)
+        assert refused.exit_code == 1, refused.output
+        assert "not its storage from here" in refused.output, refused.output
+        assert "nothing listed or dropped" in refused.output
+    shutil.rmtree(mount)  # the disk is back: nothing was dropped
+    (tmp_path / "mnt.away").rename(mount)
+    assert _count(lake) == 6
+    with store(lake) as con:
+        assert dangling_files(con) == []
+
+
+def test_every_file_of_a_table_missing_is_not_dropped_without_force(
+    server: str, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The data path is there (with some of the lake's files) but every file of the
+    events, from three commits, is gone: storage to check (a bucket emptied, another
+    lake's path), not one commit's lost file. ``--drop --force`` drops them."""
+    data = tmp_path / "data"
+    monkeypatch.setenv("METERLINE_LAKE_DATA", f"{data}/")
+    monkeypatch.setenv("METERLINE_LAKE_MAINTAIN_EVERY", "0")
+    lake = f"ducklake:postgres:{create_database(server, 'tablegone')}"
+    write_batches(lake, tmp_path / "spool", batches=3, per_batch=2)
+    (data / MARKER_NAME).unlink(
+        missing_ok=True
+    )  # a lake older than the marker: judged by its files
+    for path in _parquet(data / "main" / "usage_events"):
+        path.unlink()
+    listed = _billing(lake, "lake", "repair", "--drop")
+    assert listed.exit_code == 1, listed.output
+    assert "every file of main.usage_events (3 files, 6 rows, 3 commits)" in listed.output
+    assert "--drop --force" in listed.output
+    with store(lake) as con:
+        assert len(dangling_files(con)) == 3  # nothing dropped
+    forced = _billing(lake, "lake", "repair", "--drop", "--force")
+    assert forced.exit_code == 0 and "dropped 3 file(s), 6 rows" in forced.output
+    assert _count(lake) == 0
