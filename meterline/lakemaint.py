@@ -46,7 +46,7 @@ from datetime import UTC, datetime, timedelta
 
 import duckdb
 
-from meterline import lakerepair
+from meterline import lakerepair, lakestorage
 from meterline.store import Migration, StoreError, migrate, store
 
 LEASE_MIGRATIONS: tuple[Migration, ...] = (
@@ -183,6 +183,23 @@ def take_lease(
         _rollback(con)
         return False
     return bool(row and row[0])
+
+
+def _delete_orphans(con: duckdb.DuckDBPyConnection, catalog: str, before: str) -> int:
+    """Delete the files under the data path the lake does not name, older than ``before``.
+
+    DuckLake's call deletes the data path's marker too (not a lake file,
+    :mod:`meterline.lakestorage`): it is put back, and not counted."""
+    root = lakerepair.data_path(con, catalog)
+    marker = lakestorage.read_marker(con, root)
+    sql = (
+        f"SELECT count(*) FROM ducklake_delete_orphaned_files('{catalog}', older_than => {before})"
+    )
+    deleted = _count(con, sql)
+    if marker is not None and lakestorage.read_marker(con, root) is None:
+        lakestorage.write_marker(con, root, marker)
+        deleted -= 1
+    return deleted
 
 
 def repair_leases(con: duckdb.DuckDBPyConnection) -> None:
@@ -349,12 +366,7 @@ def maintain(
     vacuum_seconds = round(time.monotonic() - vacuum_started, 3)
     orphans = 0
     if orphan_age is not None:
-        before = _utc(datetime.now(UTC) - orphan_age)
-        orphans = _count(
-            con,
-            f"SELECT count(*) FROM ducklake_delete_orphaned_files('{catalog}', "
-            f"older_than => {before})",
-        )
+        orphans = _delete_orphans(con, catalog, _utc(datetime.now(UTC) - orphan_age))
     files_after, snapshots_after = lake_counts(con, catalog)
     return MaintenanceReport(
         files_before=files_before,

@@ -97,6 +97,24 @@ def check_storage(con: duckdb.DuckDBPyConnection, files: list[LakeFile] | None =
         raise lakestorage.unreachable(data_path(con), problem)
 
 
+def ensure_marker(con: duckdb.DuckDBPyConnection) -> str:
+    """A writer attaching the lake: check its storage, and mark it if it is not yet (a
+    new lake, or one older than the marker whose data path holds its files). Returns the
+    data path."""
+    files = live_files(con)
+    check_storage(con, files)
+    root = data_path(con)
+    if lakestorage.read_marker(con, root) is None:
+        try:
+            lakestorage.write_marker(con, root, identity(con))
+        except (OSError, duckdb.Error) as e:
+            raise lakestorage.StorageUnreachable(
+                f"cannot write the lake's marker {lakestorage.marker_path(root)}: {e} "
+                f"({lakestorage.where_to_look(root)})"
+            ) from e
+    return root
+
+
 def live_files(con: duckdb.DuckDBPyConnection, catalog: str = "lake") -> list[LakeFile]:
     """Every data and delete file of the current snapshot, with its absolute path."""
     md = metadata_alias(catalog)

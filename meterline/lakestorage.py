@@ -7,10 +7,11 @@ lost files and ``billing lake repair --drop`` removed them all (an independent p
 of 293 answered calls lost after the mount came back), and a writer whose mount vanished
 under it committed its flushes into the empty mountpoint, hidden once the mount came back.
 
-Before anything is listed as missing or dropped, the data path is checked: a local path
-must exist and not be empty, and the data path must hold the lake's marker
-(``.meterline-lake``, holding the lake's identity: when its catalog was created) or, a
-lake without one, the newest file of at least one of its tables.
+A marker object at the root of the data path, ``.meterline-lake``, holding the lake's
+identity (when its catalog was created), tells the two apart. A proxy's writer writes it
+when it first attaches a lake (a new one, or an existing one whose data path already holds
+some of the lake's files), checks it before each flush, and writes nothing while it is
+missing; ``billing lake repair`` and the writer's own repair drop nothing then.
 """
 
 from __future__ import annotations
@@ -76,6 +77,35 @@ def read_marker(con: duckdb.DuckDBPyConnection, data_path: str) -> str | None:
             return None
         raise
     return str(row[0]).strip() if row else None
+
+
+def marker_exists(con: duckdb.DuckDBPyConnection, data_path: str) -> bool:
+    """One ``stat`` on a disk; on object storage one HEAD (the size, not the content)."""
+    path = marker_path(data_path)
+    if not is_remote(path):
+        return os.path.exists(path)
+    try:
+        con.execute(f"SELECT size FROM read_blob({_sql_string(path)})").fetchall()
+    except duckdb.Error as e:
+        if says_not_found(str(e)):
+            return False
+        raise
+    return True
+
+
+def write_marker(con: duckdb.DuckDBPyConnection, data_path: str, identity: str) -> None:
+    path = marker_path(data_path)
+    if not is_remote(path):
+        os.makedirs(data_path, exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(identity + "\n")
+        os.replace(tmp, path)  # two proxies at once write the same text
+        return
+    con.execute(
+        f"COPY (SELECT {_sql_string(identity)} AS lake) TO {_sql_string(path)} "
+        "(FORMAT csv, HEADER false, QUOTE '')"
+    )
 
 
 def root_problem(

@@ -18,6 +18,7 @@ import socket
 import threading
 
 from addons.metering.priority import MAINTENANCE_NICENESS, lower_thread_priority
+from meterline import lakerepair
 from meterline.lakemaint import (
     MAX_COMPACTED_FILES,
     MaintenanceReport,
@@ -82,6 +83,8 @@ class LakeMaintainer:
         lower_thread_priority(MAINTENANCE_NICENESS)
         with store(self.locator) as con:
             con.execute("SET threads = 1")  # the proxy's cores are for its traffic
+            # Taking the lease writes a file: never into a mountpoint whose disk is gone.
+            lakerepair.check_storage(con)
             if not take_lease(con, self.holder):
                 return None
             try:

@@ -21,9 +21,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 
 import duckdb
 
+from meterline import lakerepair, lakestorage
 from meterline.lakemaint import index_catalog
 from meterline.store import (
     EVENT_MIGRATIONS,
@@ -55,6 +57,10 @@ LAKE_HTTP_SETTINGS = ("SET http_timeout = 5", "SET http_retries = 1")
 #: row (a catalog refusing commits, a convoy) slept for minutes, then hours.
 LAKE_COMMIT_RETRIES = 60
 LAKE_RETRY_SETTINGS = ("SET ducklake_retry_wait_ms = 5", "SET ducklake_retry_backoff = 1.1")
+#: On object storage the marker (:mod:`meterline.lakestorage`) is checked at each attach
+#: and then at most this often (a HEAD costs a round trip, ~1-2 ms on a LAN, more to a
+#: remote region): a bucket does not vanish the way a mount does. On a disk: every flush.
+REMOTE_MARKER_CHECK_S = 30.0
 
 
 class StoreLink:
@@ -71,6 +77,11 @@ class StoreLink:
         """How many times the store was attached (a figure for tests and benchmarks)."""
         self._attached_id: tuple[int, int] | None = None
         """(device, inode) of the DuckDB file when attached: checked before each use."""
+        self._data_path: str | None = None
+        """The lake's data path, whose marker is checked before each use."""
+        self._marker_seen = 0.0
+        """When the marker was last found (monotonic seconds)."""
+        self.marker_checks = 0
 
     @property
     def holds_file(self) -> bool:
@@ -105,18 +116,48 @@ class StoreLink:
                 for statement in LAKE_HTTP_SETTINGS:
                     with contextlib.suppress(duckdb.Error):  # no httpfs: a local data path
                         con.execute(statement)
+                try:
+                    self._data_path = lakerepair.ensure_marker(con)
+                except lakestorage.StorageUnreachable:
+                    self.reset()  # attach afresh next time, the storage checked again
+                    raise
+                self._marker_seen = time.monotonic()
             else:
                 attach_file(con, self.locator, _FILE_ALIAS, self.lock_wait_s)
                 con.execute(f"USE {_FILE_ALIAS}")
                 self._attached_id = self._file_id()
             self._attached = True
             self.attaches += 1
+        elif self.is_lake:
+            try:
+                self._check_marker(con)
+            except (lakestorage.StorageUnreachable, duckdb.Error):
+                self.reset()
+                raise
         if not self._migrated:  # once per store and process (a new file: again, see reset)
             migrate(con, EVENT_MIGRATIONS)
             if self.is_lake:
                 index_catalog(con)
             self._migrated = True
         return con
+
+    def _check_marker(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Before a flush: the lake's data path still holds its marker. A disk unmounted
+        under the proxy leaves an empty mountpoint, into which DuckDB would write the
+        flush (hidden once the disk is back, and the lake unreadable); raises
+        :class:`~meterline.lakestorage.StorageUnreachable` then, the events stay in the
+        spool. A marker deleted by hand from storage that holds the lake's files is
+        written again."""
+        root = self._data_path
+        if root is None:
+            return
+        remote = lakestorage.is_remote(root)
+        if remote and time.monotonic() - self._marker_seen < REMOTE_MARKER_CHECK_S:
+            return
+        self.marker_checks += 1
+        if not lakestorage.marker_exists(con, root):
+            lakerepair.ensure_marker(con)  # raises, unless the lake's files are there
+        self._marker_seen = time.monotonic()
 
     def _file_id(self) -> tuple[int, int] | None:
         try:

@@ -8,18 +8,24 @@ running proxy took 8 flushes into the empty mountpoint, hidden once it came back
 
 from __future__ import annotations
 
+import os
 import shutil
+import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
 
+from addons.metering.spool import Spool
+from addons.metering.writer import SpoolWriter
 from billing.cli import main as billing_main
+from meterline.lakemaint import maintain
 from meterline.lakerepair import dangling_files
 from meterline.store import store
-from tests.meterline.test_lakemaint import write_batches
+from tests.meterline.test_lakemaint import event, write_batches
 from tests.support.postgres import create_database, postgres_server
 
 CATALOG = Path(__file__).parents[2] / "catalog.yaml"
@@ -98,3 +104,83 @@ def test_every_file_of_a_table_missing_is_not_dropped_without_force(
     forced = _billing(lake, "lake", "repair", "--drop", "--force")
     assert forced.exit_code == 0 and "dropped 3 file(s), 6 rows" in forced.output
     assert _count(lake) == 0
+
+
+def test_a_writer_whose_disk_vanishes_writes_nothing_until_it_is_back(
+    server: str, tmp_path: Path, monkeypatch: Any
+) -> None:
+    mount = tmp_path / "mnt"
+    monkeypatch.setenv("METERLINE_LAKE_DATA", f"{mount}/lake/")
+    monkeypatch.setenv("METERLINE_LAKE_MAINTAIN_EVERY", "0")
+    lake = f"ducklake:postgres:{create_database(server, 'vanishing')}"
+    spool = Spool(tmp_path / "spool")
+    writer = SpoolWriter(spool, lake)
+    try:
+        spool.append(event(0, "alice", "p"))
+        assert writer.flush()
+        mount.rename(tmp_path / "mnt.away")  # unmounted under the running proxy
+        mount.mkdir()
+        for n in range(1, 4):
+            spool.append(event(n, "alice", "p"))
+            assert not writer.flush()  # kept in the spool
+        assert _parquet(mount) == []  # nothing written into the empty mountpoint
+        assert writer._last_error is not None and f"mounted at {mount}/lake/" in writer._last_error
+        assert len(spool.sealed()) == 3
+        shutil.rmtree(mount)
+        (tmp_path / "mnt.away").rename(mount)
+        assert writer.flush()
+    finally:
+        writer.stop()
+        spool.close()
+    assert _count(lake) == 4
+    with store(lake) as con:
+        assert dangling_files(con) == []
+
+
+def test_an_existing_lake_without_marker_is_marked_where_its_files_are(
+    server: str, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """A lake made by a release without the marker gets one at a writer's first attach,
+    only where the data path holds the lake's files; elsewhere the writer refuses."""
+    data = tmp_path / "data"
+    monkeypatch.setenv("METERLINE_LAKE_DATA", f"{data}/")
+    monkeypatch.setenv("METERLINE_LAKE_MAINTAIN_EVERY", "0")
+    lake = f"ducklake:postgres:{create_database(server, 'unmarked')}"
+    write_batches(lake, tmp_path / "spool", batches=2, per_batch=1)
+    (data / MARKER_NAME).unlink(missing_ok=True)
+    data.rename(tmp_path / "data.away")
+    data.mkdir()  # a host where the path holds none of the lake's files
+    spool = Spool(tmp_path / "spool2")
+    writer = SpoolWriter(spool, lake)
+    try:
+        spool.append(event(5, "alice", "p"))
+        assert not writer.flush()
+        assert not (data / MARKER_NAME).exists() and _parquet(data) == []
+        data.rmdir()
+        (tmp_path / "data.away").rename(data)
+        assert writer.flush()
+        assert (data / MARKER_NAME).read_text().startswith("meterline lake created ")
+    finally:
+        writer.stop()
+        spool.close()
+    assert _count(lake) == 3
+
+
+def test_deleting_orphans_keeps_the_marker(server: str, tmp_path: Path, monkeypatch: Any) -> None:
+    """``ducklake_delete_orphaned_files`` deletes every file under the data path the lake
+    does not name: the marker too, and counted it as an orphan."""
+    data = tmp_path / "data"
+    monkeypatch.setenv("METERLINE_LAKE_DATA", f"{data}/")
+    monkeypatch.setenv("METERLINE_LAKE_MAINTAIN_EVERY", "0")
+    lake = f"ducklake:postgres:{create_database(server, 'orphans')}"
+    write_batches(lake, tmp_path / "spool", batches=1, per_batch=1)
+    marker = data / MARKER_NAME
+    text = marker.read_text()
+    stray = data / "main" / "usage_events" / "ducklake-stray.parquet"
+    stray.write_bytes(b"left by a writer killed mid-flush")
+    for path in (marker, stray):
+        os.utime(path, (time.time() - 3 * 86400,) * 2)
+    with store(lake) as con:
+        report = maintain(con, orphan_age=timedelta(days=1))
+    assert report.orphans_deleted == 1 and not stray.exists()
+    assert marker.read_text() == text
