@@ -194,9 +194,12 @@ def wholesale_loss(con: duckdb.DuckDBPyConnection, missing: list[LakeFile]) -> s
 
 
 def names_a_lost_file(error: str) -> bool:
-    """Whether a read failed on a lake file that is not there."""
-    return "ducklake-" in error and (
-        "No such file" in error or bool(lakestorage.NOT_FOUND.search(error))
+    """Whether a read failed on a lake file that is not there (a write that found no
+    bucket is not: that is the storage's settings)."""
+    if "ducklake-" not in error:
+        return False
+    return "No such file" in error or (
+        ("HTTP GET" in error or "HTTP HEAD" in error) and bool(lakestorage.NOT_FOUND.search(error))
     )
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import duckdb
 
-from meterline import lakerepair
+from meterline import lakerepair, lakestorage
 from meterline.conninfo import one_line, shown
 from meterline.emptystore import FillError, fill_if_empty, is_empty_file
 from meterline.eventschema import EVENT_COLUMNS as EVENT_COLUMNS  # re-exported
@@ -280,6 +280,8 @@ def io_hint(text: str, storage: str | None = None) -> str:
             "checks the storage is the lake's, lists such files and `--drop` removes them; "
             "see docs/fleet.md)"
         )
+    if "ducklake-" in text and lakestorage.says_not_found(text):  # a write, or a listing
+        return f" (the lake's object storage has no such bucket: {_where_to_look()})"
     if "s3://" in text or "HTTP" in text:
         return (
             " (check the lake's object storage settings: METERLINE_S3_ENDPOINT, "
@@ -287,6 +289,16 @@ def io_hint(text: str, storage: str | None = None) -> str:
             "AWS_SECRET_ACCESS_KEY; see docs/fleet.md)"
         )
     return ""
+
+
+def _where_to_look() -> str:
+    try:
+        data_path = lake_settings().data_path
+    except LakeConfigError:
+        data_path = None
+    if data_path is None or not lakestorage.is_remote(data_path):
+        return "check that the bucket of the lake's data path exists at METERLINE_S3_ENDPOINT"
+    return lakestorage.where_to_look(data_path)
 
 
 def open_store(

@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -33,8 +34,8 @@ _SERVERS: dict[str, int] = {}
 """S3 endpoint -> the moto server's pid (to stop it: a hung object store)."""
 
 
-@pytest.fixture(scope="module")
-def s3() -> Iterator[str]:
+@contextmanager
+def _moto_server() -> Iterator[str]:
     """moto's S3 server on 127.0.0.1; yields its ``host:port``."""
     port = free_port()
     proc = subprocess.Popen(
@@ -57,6 +58,12 @@ def s3() -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[str]:
+    with _moto_server() as endpoint:
+        yield endpoint
 
 
 def _client(endpoint: str) -> Any:
@@ -187,3 +194,52 @@ def test_a_lost_object_is_found_and_dropped_on_s3(
         with store(lake) as con:
             assert dangling_files(con) == []
             assert con.execute("SELECT count(*) FROM usage_events").fetchone() == (4,)
+
+
+def test_a_missing_bucket_or_another_endpoint_is_not_a_lost_file(
+    s3: str, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """A 404 from object storage that is not the lake's (a bucket not made yet, an
+    endpoint naming another S3 server) named `billing lake repair ... --drop`: the
+    message names the bucket and the endpoint, and nothing is dropped."""
+    _use_s3(monkeypatch, s3, "meterline-there")
+    with postgres_server() as server:
+        monkeypatch.setenv("METERLINE_LAKE_DATA", "s3://meterline-not-made/lake/")
+        new = f"ducklake:postgres:{create_database(server, 'nobucket')}"
+        spool = Spool(tmp_path / "spool")
+        writer = SpoolWriter(spool, new)
+        spool.append(event(0, "alice", "p"))
+        assert not writer.flush()
+        writer.stop()
+        spool.close()
+        error = writer._last_error or ""
+        assert f"bucket meterline-not-made exists at {s3}" in error, error
+        assert "--drop` removes" not in error
+        monkeypatch.setenv("METERLINE_LAKE_DATA", "s3://meterline-there/lake/")
+        lake = f"ducklake:postgres:{create_database(server, 'otherendpoint')}"
+        write_batches(lake, tmp_path / "spool2", batches=2, per_batch=2)
+        with _moto_server() as other:  # a proxy pointed at another S3 server
+            monkeypatch.setenv("METERLINE_S3_ENDPOINT", other)
+            spool = Spool(tmp_path / "spool3")
+            writer = SpoolWriter(spool, lake)
+            spool.append(event(9, "alice", "p"))
+            assert not writer.flush()
+            writer.stop()
+            spool.close()
+            error = writer._last_error or ""
+            assert f"bucket meterline-there exists at {other}" in error, error
+            assert "--drop` removes" not in error
+            monkeypatch.delenv("METERLINE_LAKE_DATA")
+            usage = CliRunner().invoke(billing_main, ["--db", lake, "usage"])
+            assert usage.exit_code == 1 and f"exists at {other}" in usage.output, usage.output
+            assert "--drop` removes" not in usage.output
+            repair = CliRunner().invoke(billing_main, ["--db", lake, "lake", "repair", "--drop"])
+            assert repair.exit_code == 1 and "nothing listed or dropped" in repair.output
+        monkeypatch.setenv("METERLINE_S3_ENDPOINT", s3)
+        spool = Spool(tmp_path / "spool3")  # the lake's own endpoint: its marker, read back
+        writer = SpoolWriter(spool, lake)
+        assert writer.flush()
+        writer.stop()
+        spool.close()
+        with store(lake) as con:
+            assert con.execute("SELECT count(*) FROM usage_events").fetchone() == (5,)
