@@ -62,6 +62,7 @@ from addons.metering.streamopts import UsageChunkDropper
 from addons.metering.writer import SpoolWriter
 from meterline.catalog import Catalog, CatalogError
 from meterline.entitlements import build_policy
+from meterline.lakeconfig import LakeConfigError, lake_settings
 from meterline.proxycatalog import load_proxy_catalog
 from meterline.store import DEFAULT_CATALOG, DEFAULT_DB
 
@@ -574,6 +575,10 @@ def _check_db(locator: str) -> None:
     if not locator.strip():
         raise exceptions.OptionsError("meter_db: empty (give a file path or a ducklake: locator)")
     if locator.startswith("ducklake:"):
+        try:  # a relative data path, a bad S3 setting: no flush would ever succeed
+            lake_settings()
+        except LakeConfigError as e:
+            raise exceptions.OptionsError(f"meter_db: {e}") from e
         return
     path = Path(locator).expanduser()
     if not path.parent.is_dir():

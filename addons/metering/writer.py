@@ -53,8 +53,9 @@ from addons.metering.spool import Spool
 from addons.metering.storelink import StoreLink
 from meterline import lakerepair
 from meterline.eventschema import EVENT_COLUMNS, REQUIRED_SPOOLED, SPOOL_DEFAULTS, SPOOL_TYPES
+from meterline.lakestorage import StorageUnreachable
 from meterline.privatefiles import private_files
-from meterline.store import io_hint
+from meterline.store import StoreError, io_hint
 
 T = TypeVar("T")
 
@@ -530,8 +531,8 @@ class SpoolWriter:
                     self._save_failed_flushes()
                 self.link.reset()  # the store may have been replaced: attach it afresh
                 cause = oserrors.describe(e)
-                if self.link.is_lake:
-                    cause += io_hint(cause)
+                if self.link.is_lake and not isinstance(e, (StoreError, StorageUnreachable)):
+                    cause += io_hint(cause)  # the store's own errors carry their hint
                 if cause != self._last_error:  # logged once per condition, not per retry
                     self._last_error = cause
                     log.warning(

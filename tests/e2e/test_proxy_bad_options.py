@@ -3,6 +3,7 @@ no traceback (mitmproxy prints a script's traceback for any error it raises at l
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -69,3 +70,26 @@ def test_an_option_given_twice_is_one_line(
     assert run.returncode == 1, out
     assert "meterline: meter_catalog: Received multiple values" in out, out
     assert "Traceback" not in out and not proxy.db.exists(), out
+
+
+def test_a_lake_setting_that_no_flush_could_use_is_one_line_at_start(
+    tmp_path: Path, mitm_confdir: Path, test_catalog: Path
+) -> None:
+    """A relative ``METERLINE_LAKE_DATA`` cannot fix itself: before, the proxy started
+    and every flush failed (kept in the spool) with the S3 hint added to the store's."""
+    proxy = MeterProxy(
+        tmp_path,
+        catalog=test_catalog,
+        confdir=mitm_confdir,
+        options={"meter_db": "ducklake:postgres:dbname=meterline host=127.0.0.1 port=1"},
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("METERLINE_")}
+    env["METERLINE_LAKE_DATA"] = "lake-data/"
+    run = subprocess.run(
+        proxy.command(), capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env
+    )
+    out = run.stdout + run.stderr
+    assert run.returncode == 1, out
+    line = "meterline: meter_db: METERLINE_LAKE_DATA='lake-data/' must be an absolute path"
+    assert line in out and out.count("meterline: ") == 1, out
+    assert "Traceback" not in out and not proxy.spool.exists(), out

@@ -166,6 +166,35 @@ def test_an_existing_lake_without_marker_is_marked_where_its_files_are(
     assert _count(lake) == 3
 
 
+@pytest.mark.parametrize(
+    ("data_path", "hint"),
+    [
+        ("lake-data/", "must be an absolute path"),
+        ("s3://another/lake/", "METERLINE_LAKE_DATA differs from the data path"),
+    ],
+)
+def test_a_setup_mistake_is_logged_with_one_hint(
+    server: str, tmp_path: Path, monkeypatch: Any, data_path: str, hint: str
+) -> None:
+    """The writer added the object storage hint to the store's own (both named an
+    ``s3://`` path): two hints, the second pointing at the wrong settings."""
+    monkeypatch.setenv("METERLINE_LAKE_DATA", f"{tmp_path}/data/")
+    monkeypatch.setenv("METERLINE_LAKE_MAINTAIN_EVERY", "0")
+    lake = f"ducklake:postgres:{create_database(server, 'mistake' + str(len(data_path)))}"
+    write_batches(lake, tmp_path / "spool", batches=1, per_batch=1)
+    monkeypatch.setenv("METERLINE_LAKE_DATA", data_path)
+    spool = Spool(tmp_path / "spool2")
+    writer = SpoolWriter(spool, lake)
+    try:
+        spool.append(event(1, "alice", "p"))
+        assert not writer.flush()
+    finally:
+        writer.stop()
+        spool.close()
+    error = writer._last_error or ""
+    assert hint in error and "check the lake's object storage settings" not in error, error
+
+
 def test_deleting_orphans_keeps_the_marker(server: str, tmp_path: Path, monkeypatch: Any) -> None:
     """``ducklake_delete_orphaned_files`` deletes every file under the data path the lake
     does not name: the marker too, and counted it as an orphan."""
