@@ -291,7 +291,9 @@ class Meter:
         """(Re)open the spool named by the options and start its writer (replaying leftovers)."""
         directory = Path(ctx.options.meter_spool).resolve()
         try:
-            self.sink.open(directory, ctx.options.meter_db, self.flush_interval)
+            self.sink.open(
+                directory, ctx.options.meter_db, self.flush_interval, proxy_id=self.proxy_id
+            )
         except SpoolError as e:
             raise exceptions.OptionsError(f"meter_spool: {e}") from e
 

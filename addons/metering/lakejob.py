@@ -49,11 +49,19 @@ def maintain_every_s(env: dict[str, str] | None = None) -> float:
         return DEFAULT_EVERY_S
 
 
+def lease_holder_name(proxy_id: str | None) -> str:
+    """``proxy:<meter_proxy_id>:<pid>``: what ``billing lake maintain`` names when this
+    proxy holds the lease. The proxy id, not the host name: proxies sharing a host (or
+    containers, whose host names are random) are told apart by the id the fleet gave
+    them; the host name only when no id was set."""
+    return f"proxy:{proxy_id or socket.gethostname()}:{os.getpid()}"
+
+
 class LakeMaintainer:
     def __init__(self, locator: str, *, every_s: float, holder: str | None = None) -> None:
         self.locator = locator
         self.every_s = every_s
-        self.holder = holder or f"proxy:{socket.gethostname()}:{os.getpid()}"
+        self.holder = holder or lease_holder_name(None)
         self.passes = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

@@ -19,7 +19,9 @@ class EventSink:
         self.spool: Spool | None = None
         self.writer: SpoolWriter | None = None
 
-    def open(self, directory: Path, locator: str, interval: float) -> None:
+    def open(
+        self, directory: Path, locator: str, interval: float, *, proxy_id: str | None = None
+    ) -> None:
         """(Re)open the spool at ``directory`` and start its writer (replaying leftovers).
 
         Raises :class:`~addons.metering.spool.SpoolError` (e.g. another proxy holds it).
@@ -29,7 +31,7 @@ class EventSink:
         spool = Spool(directory)
         self.close()
         self.spool = spool
-        self.writer = SpoolWriter(spool, locator, interval=interval)
+        self.writer = SpoolWriter(spool, locator, interval=interval, proxy_id=proxy_id)
         self.writer.start()
 
     def record(self, event: dict[str, Any]) -> None:

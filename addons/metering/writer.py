@@ -46,7 +46,7 @@ from typing import TypeVar
 import duckdb
 
 from addons.metering import eventid, oserrors
-from addons.metering.lakejob import LakeMaintainer, maintain_every_s
+from addons.metering.lakejob import LakeMaintainer, lease_holder_name, maintain_every_s
 from addons.metering.priority import WRITER_NICENESS, lower_thread_priority
 from addons.metering.recentids import RecentIds
 from addons.metering.spool import Spool
@@ -332,8 +332,11 @@ class SpoolWriter:
         interval: float = 1.0,
         batch_events: int = 5000,
         lock_wait_s: float = 30.0,
+        proxy_id: str | None = None,
     ) -> None:
         self.spool = spool
+        self.proxy_id = proxy_id
+        """``meter_proxy_id``: names this proxy as the holder of the lake's lease."""
         self.interval = interval
         self.batch_events = batch_events
         self.lock_wait_s = lock_wait_s
@@ -413,7 +416,9 @@ class SpoolWriter:
             self.maintainer.stop()
             self.maintainer = None
         if self.link.is_lake:
-            self.maintainer = LakeMaintainer(self.locator, every_s=maintain_every_s())
+            self.maintainer = LakeMaintainer(
+                self.locator, every_s=maintain_every_s(), holder=lease_holder_name(self.proxy_id)
+            )
             self.maintainer.start()
 
     def notify(self, pending: int) -> None:

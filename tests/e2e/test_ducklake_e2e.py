@@ -7,19 +7,22 @@ ducklake:...`` then bills the usage that both recorded, exactly once.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import duckdb
 import pytest
 
+from meterline.lakemaint import lease_holder
 from meterline.store import store
 from tests.conftest import KEYS, ProxyFactory
 from tests.e2e.test_billing_e2e import billing, billing_catalog, money, usage
 from tests.support.clients import Clients
-from tests.support.postgres import postgres_server
+from tests.support.postgres import create_database, postgres_server
 from tests.support.upstream import Exchange, FakeProvider
 
 
@@ -101,3 +104,29 @@ def test_two_proxies_one_lake_one_invoice(
         lake, catalog, "invoice", "generate", "--period", f"{end:%Y-%m}", "--settle", "0"
     )
     assert again["created"] == [] and again["invoices"] == out["invoices"]
+
+
+def test_the_lease_holder_is_named_by_the_proxy_id(
+    lake: str, tmp_path: Path, start_proxy: ProxyFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``billing lake maintain`` names the lease's holder: it was the host name
+    (``proxy:vm:17096``), the same for every proxy of a host or random in a container;
+    now the proxy's ``meter_proxy_id``, as docs/fleet.md shows (``proxy:eu-1:4711``)."""
+    data = tmp_path / "lake-data"
+    monkeypatch.setenv("METERLINE_LAKE_DATA", str(data))
+    lake = "ducklake:postgres:" + create_database(lake.removeprefix("ducklake:postgres:"), "eu1")
+    proxy = start_proxy(
+        options={"meter_db": lake, "meter_proxy_id": "eu-1"},
+        env={"METERLINE_LAKE_DATA": str(data), "METERLINE_LAKE_MAINTAIN_EVERY": "0.5"},
+        name="eu-1",
+    )
+    assert proxy.process is not None
+    holder = None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with store(lake) as con, contextlib.suppress(duckdb.CatalogException):
+            holder = lease_holder(con)[0]
+        if holder is not None and holder.startswith("proxy:eu-1:"):
+            break
+        time.sleep(0.2)
+    assert holder == f"proxy:eu-1:{proxy.process.pid}"
