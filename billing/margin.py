@@ -52,7 +52,12 @@ Key = tuple[str, str, str]
 
 
 def split_amount(amount: Decimal, weights: list[int], currency: str) -> list[Decimal]:
-    """``amount`` split in proportion to ``weights`` in whole minor units (largest remainder)."""
+    """``amount`` split in proportion to ``weights`` in whole minor units (largest
+    remainder); the parts add up to ``amount`` exactly. A negative amount (a credit) is
+    split as its magnitude, then negated: rounding toward zero made the remainder
+    negative, and -1.00 over three equal weights came to -0.97."""
+    if amount < 0:
+        return [-part for part in split_amount(-amount, weights, currency)]
     unit = minor_unit(currency)
     total = sum(weights)
     if total == 0:

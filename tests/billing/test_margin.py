@@ -17,7 +17,7 @@ from tests.billing.events import CATALOG, Event, add_events, setup, utc
 
 
 @given(
-    cents=st.integers(min_value=0, max_value=10**9),
+    cents=st.integers(min_value=-(10**9), max_value=10**9),  # negative: a credit
     weights=st.lists(st.integers(min_value=0, max_value=10**12), min_size=1, max_size=8),
 )
 def test_split_adds_up_exactly_and_is_proportional(cents: int, weights: list[int]) -> None:
