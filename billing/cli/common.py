@@ -197,13 +197,19 @@ class UtcDateTime(click.ParamType):
                 param,
                 ctx,
             )
-        if not EARLIEST_YEAR <= parsed.year <= LATEST_YEAR:  # 0001-01-01+01:00 overflowed
-            self.fail(
-                f"{value!r} is out of range (years {EARLIEST_YEAR} to {LATEST_YEAR})", param, ctx
-            )
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=UTC)
-        return parsed.astimezone(UTC)
+        try:  # the year in UTC: 0001-01-01T00:00+01:00 overflowed, 1970-01-01+14:00 is 1969
+            utc = parsed.astimezone(UTC)
+        except OverflowError:
+            utc = None
+        if utc is None or not EARLIEST_YEAR <= utc.year <= LATEST_YEAR:
+            self.fail(
+                f"{value!r} is out of range (years {EARLIEST_YEAR} to {LATEST_YEAR}, in UTC)",
+                param,
+                ctx,
+            )
+        return utc
 
 
 MONTH = Month()

@@ -77,7 +77,8 @@ def grant_cmd(
         return
     assert amount is not None
     try:  # ASCII digits as written: Decimal() also takes '٣٠' and a trailing newline
-        value = Decimal(amount) if _PLAIN_NUMBER.fullmatch(amount) else Decimal("NaN")
+        text = amount.strip(" \t")
+        value = Decimal(text) if _PLAIN_NUMBER.fullmatch(text) else Decimal("NaN")
     except InvalidOperation:
         value = Decimal("NaN")
     if not value.is_finite():  # NaN, Infinity: no amount at all

@@ -174,6 +174,7 @@ def test_an_amount_in_exponent_notation_is_stored_as_the_amount_it_means(tmp_pat
         # Decimal() takes other scripts' digits and blanks: granted 30.00 from '٣٠'
         ("٣٠", "Error: --amount '٣٠' is not a number such as 50.00"),
         ("5\n", "Error: --amount '5\\n' is not a number such as 50.00"),
+        ("5 0", "Error: --amount '5 0' is not a number such as 50.00"),
         (
             "1E+26",
             "Error: 100000000000000000000000000.00 USD is too large for a grant "
@@ -314,3 +315,14 @@ def test_a_grant_used_before_credits_the_next_invoice_in_the_currency_decimals(
             assert [g["amount"] for g in line["detail"]["grants"]] == [grants[n]]
         table = run(s, "invoice", "generate", "--period", month).output
         assert "000000000" not in table
+
+
+def test_an_amount_with_blanks_around_it_is_the_number(tmp_path: Path) -> None:
+    billed = _grant_store(tmp_path)
+    result = CliRunner().invoke(
+        billing_cli,
+        ["--db", str(billed.db), "--catalog", str(billed.catalog), "credits", "grant",
+         "--customer", "acme", "--amount", " 5.00 "],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("grant-000001: 5.00 USD to acme")

@@ -409,14 +409,22 @@ def test_numbers_past_what_can_be_used_are_refused(
     [
         (
             ["usage", "--from", "0001-01-01T00:00:00+01:00"],
-            "'0001-01-01T00:00:00+01:00' is out of range (years 1970 to 9998)",
+            "'0001-01-01T00:00:00+01:00' is out of range (years 1970 to 9998, in UTC)",
         ),
         (["timeline", "--to", "0001-01-01"], "'0001-01-01' is out of range"),
+        (["health", "--from", "1970-01-01T00:30:00+01:00"], "out of range (years 1970"),
         (["invoice", "preview", "--at", "9999-12-31"], "'9999-12-31' is out of range"),
         (["statement", "--customer", "acme", "--period", "２０２６-１１"], "expected a month"),
         (["invoice", "generate", "--period", "2026-11\n"], "expected a month"),
     ],
-    ids=["year-1-with-offset", "year-1", "year-9999", "full-width-digits", "trailing-newline"],
+    ids=[
+        "year-1-with-offset",
+        "year-1",
+        "1969-in-utc",
+        "year-9999",
+        "full-width-digits",
+        "trailing-newline",
+    ],
 )
 def test_times_out_of_range_and_odd_digits_are_one_line(
     tmp_path: Path, args: list[str], line: str
