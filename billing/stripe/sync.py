@@ -69,6 +69,8 @@ MAX_IDEMPOTENCY_KEY = 255
 """Stripe's idempotency keys are up to 255 characters."""
 MAX_METADATA_VALUE = 500
 """Stripe's metadata values are up to 500 characters (https://docs.stripe.com/metadata)."""
+MAX_ITEM_DESCRIPTION = 500
+"""Stripe's limit on an invoice item's ``description`` (its changelog, 2018-10-31)."""
 MAX_CUSTOMER_NAME = 256
 """Stripe's limit on a customer's ``name`` (the API refuses longer ones)."""
 
@@ -182,6 +184,10 @@ def describe_line(line: Line, currency: str) -> str:
     P, rounded like the line, is the line's amount; otherwise the quantity and what made
     the amount (``prorated 14/31 days``, ``discount 10%``, ``minimum spend applied``): a
     description never implies an amount the item does not charge."""
+    return _fit(line.description, _detail(line, currency))
+
+
+def _detail(line: Line, currency: str) -> str:
     quantity = _plain(line.quantity)
     billed = line.quantity if line.billable is None else line.billable
     if line.unit_price is not None and not _amount_notes(line):
@@ -189,15 +195,27 @@ def describe_line(line: Line, currency: str) -> str:
         if shown is not None:
             arithmetic = f"{_plain(billed)} × {_price(shown, currency)} {currency}"
             if billed == line.quantity:
-                return f"{line.description} ({arithmetic})"
+                return arithmetic
             included = _plain(line.quantity - billed)
-            return f"{line.description} ({quantity} units, {included} included: {arithmetic})"
+            return f"{quantity} units, {included} included: {arithmetic}"
     why = [n for n in line.notes if n.startswith(_AMOUNT_NOTES)]
     if any(n.startswith(("flat fee", "minimum", "maximum")) for n in line.notes):
         # the share scales a fee and the clamps; usage itself is never prorated
         why[:0] = [n for n in line.notes if n.startswith("prorated")]
     units = "1 unit" if line.quantity == 1 else f"{quantity} units"
-    return f"{line.description} ({'; '.join([units, *why])})"
+    return "; ".join([units, *why])
+
+
+def _fit(name: str, detail: str) -> str:
+    """``name (detail)`` in Stripe's 500 characters: a long name is shortened (``…``),
+    the figures kept (Stripe refuses a longer item description)."""
+    text = f"{name} ({detail})"
+    if len(text) <= MAX_ITEM_DESCRIPTION:
+        return text
+    room = MAX_ITEM_DESCRIPTION - len(detail) - 4  # " (", ")" and "…"
+    if room < 1:
+        return text[: MAX_ITEM_DESCRIPTION - 1] + "…"
+    return f"{name[:room]}… ({detail})"
 
 
 def _amount_notes(line: Line) -> bool:

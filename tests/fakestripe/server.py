@@ -14,7 +14,8 @@ What it does like Stripe:
 * list (newest first, ``limit``/``starting_after``) and search (``metadata['k']:'v'``);
 * Stripe's documented limits: idempotency keys up to 255 characters; metadata up to 50
   keys, keys up to 40 characters, values up to 500 (https://docs.stripe.com/metadata);
-  a customer ``name`` up to 256 characters (refused as invalid parameters, so not
+  a customer ``name`` up to 256 characters, an invoice item's ``description`` up to 500
+  (its changelog, 2018-10-31) (refused as invalid parameters, so not
   saved under the key); at most 250 invoice items on one invoice (refused by the
   endpoint, so saved under the key like any answer).
 
@@ -452,6 +453,13 @@ def _check_limits(method: str, path: str, key: str | None, params: JSON) -> None
             "parameter_invalid_string",
             f"Invalid string: name must be at most {MAX_CUSTOMER_NAME} characters",
             "name",
+        )
+    text = params.get("description")
+    if path.startswith("/v1/invoiceitems") and isinstance(text, str) and len(text) > 500:
+        raise ParamError(
+            "parameter_invalid_string",
+            "Invalid string: description must be at most 500 characters",
+            "description",
         )
 
 

@@ -94,3 +94,23 @@ def test_item_descriptions_never_imply_another_amount(tmp_path: Path) -> None:
             billed_units, price = Decimal(m[1]), Decimal(m[2])
             implied = (billed_units * price).quantize(Decimal("0.01"), rounding="ROUND_HALF_UP")
             assert int(implied * 100) == amount, text
+
+
+def test_a_long_rate_card_name_is_shortened_to_stripes_500_characters(tmp_path: Path) -> None:
+    """A 440-character rate card name made a 465-character item description, which
+    Stripe refuses (the fake now does too): the name is shortened, the figures kept."""
+    long_name = "Input with a very long name " * 20  # 560 characters
+    catalog = CATALOG.replace("name: Input (10% off)", f"name: {long_name.strip()!r}")
+    billed = make_billed(tmp_path, catalog)
+    with FakeStripe() as fake:
+        result = CliRunner().invoke(
+            billing_cli,
+            ["--db", str(billed.db), "--catalog", str(billed.catalog), "stripe", "sync",
+             "--period", "2026-10", "--api-base", fake.url, "--max-network-retries", "0"],
+            env={"STRIPE_API_KEY": DEFAULT_API_KEY},
+            catch_exceptions=False,
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        [inv] = client_for(fake).v1.invoices.list().data
+        [text] = [ln.description for ln in inv.lines.data if ln.description.startswith("Input w")]
+    assert len(text) == 500 and text.endswith("… (1234567 units; discount 10%)")
