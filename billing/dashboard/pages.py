@@ -309,8 +309,15 @@ def largest(rows: list[Data], measures: tuple[str, ...], limit: int | None) -> l
 
 
 def sums(rows: list[Data], label: tuple[str, str], measures: tuple[str, ...]) -> Data:
-    """A footer row: ``label`` (field, text) and the exact sum of each measure."""
-    return {label[0]: label[1], **{m: sum(int(r[m] or 0) for r in rows) for m in measures}}
+    """A footer row: ``label`` (field, text) and the exact sum of each measure; none
+    where a row does not know its figure (a backdated row's events)."""
+    return {
+        label[0]: label[1],
+        **{
+            m: None if any(r[m] is None for r in rows) else sum(int(r[m]) for r in rows)
+            for m in measures
+        },
+    }
 
 
 def _capped(rows: list[Data], shown: list[Data], what: str, json_url: str, totals: str) -> str:

@@ -332,12 +332,13 @@ def unbilled(con: duckdb.DuckDBPyConnection, catalog: Catalog, rng: TimeRange) -
     rows.sort(key=lambda r: tuple("" if r[k] is None else str(r[k]) for k in ROW_ORDER))
     unpriced.sort(key=lambda r: (r["customer"], r["plan"], r["provider"], r["model"],
                                  _type_order(r["token_type"])))  # fmt: skip
-    reasons: dict[str, dict[str, int]] = {}
+    reasons: dict[str, dict[str, int | None]] = {}
     for r in rows:  # tokens, and web searches apart (calls are no tokens)
         agg = reasons.setdefault(str(r["reason"]), {"total": 0, "web_search": 0, "events": 0})
-        agg["total"] += int(r["total"])
-        agg["web_search"] += int(r["web_search"])
-        agg["events"] += int(r["events"] or 0)  # None: not known (a backdated row's)
+        agg["total"] = int(agg["total"] or 0) + int(r["total"])
+        agg["web_search"] = int(agg["web_search"] or 0) + int(r["web_search"])
+        known = agg["events"]  # None: not known (a backdated row's), for the whole reason
+        agg["events"] = None if known is None or r["events"] is None else known + int(r["events"])
     listed: list[Data] = [{"reason": k, **v} for k, v in sorted(reasons.items())]
     if unpriced:
         calls = [u for u in unpriced if u["token_type"] in CALL_TYPES]

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from billing.dashboard.pages import sums
 from billing.dashboard.queries import TimeRange, unbilled
 from billing.invoices import generate_invoices
 from billing.store import billing_store
@@ -436,3 +437,27 @@ def test_unbilled_finds_usage_stored_behind_a_late_sweep_that_made_no_line(
     assert [(r["reason"], r["consumer"], r["output"], r["events"]) for r in json.loads(out)] == [
         (reason, "agent-b", 11, 2)
     ]
+
+
+def test_unbilled_events_behind_a_watermark_are_unknown_not_zero_when_split(
+    tmp_path: Path,
+) -> None:
+    """Three backdated events on two models behind one sweep: the per-model rows cannot
+    know their events (the sweep is recomputed per invoice line), and the page's summary
+    said 0 events for the reason (and its Total 3 too few). Unknown is said as unknown."""
+    s = setup(tmp_path, ENDING)
+    add_events(s.db, Event(utc("2026-01-05"), output=10, consumer="agent-b"))
+    with billing_store(s.db) as con:
+        generate_invoices(con, s.catalog, "2026-01", now=utc("2026-02-01T00:00:05"))
+    add_events(
+        s.db,
+        Event(utc("2026-01-15"), output=40, consumer="agent-b"),  # ingested Jan 15
+        Event(utc("2026-01-16"), output=50, consumer="agent-b"),
+        Event(utc("2026-01-17"), output=60, consumer="agent-b", model="gpt-4o-mini"),
+    )
+    with billing_store(s.db) as con:
+        page = unbilled(con, s.catalog, TimeRange(utc("2026-01-01"), utc("2026-03-01"), "day"))
+    reason = "stored after its invoice swept it (ingested_at before that invoice's watermark)"
+    [summary] = [r for r in page["reasons"] if r["reason"] == reason]
+    assert (summary["total"], summary["events"]) == (150, None)
+    assert sums(page["rows"], ("reason", "Total"), ("total", "events"))["events"] is None
