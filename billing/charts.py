@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 from billing import render
@@ -19,6 +20,13 @@ from billing import render
 Spec = dict[str, Any]
 TIME_UNITS = {"hour": "utcyearmonthdatehours", "day": "utcyearmonthdate"}
 TIME_FORMATS = {"hour": "%d %b %H:00", "day": "%d %b"}
+BUCKET_LENGTHS = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
+TICK_INTERVALS = {"hour": "hours", "day": "day"}
+"""Vega's names of the buckets' time intervals (vega-time's units)."""
+WHOLE_TICKS = 100
+"""Up to this many buckets, a chart's time axis ticks once per bucket at most: left to
+itself, Vega ticks a two-day range every 12 hours, labelling ``01 Dec`` twice (dashboard
+charts and statements alike)."""
 
 
 def stacked_bars(
@@ -32,9 +40,20 @@ def stacked_bars(
     y_title: str = "tokens",
     width: int | str = "container",
     height: int = 240,
+    span: tuple[datetime, datetime] | None = None,
 ) -> Spec:
-    """Bars per time bucket, stacked by ``color``; rows are the query layer's, as JSON."""
+    """Bars per time bucket, stacked by ``color``; rows are the query layer's, as JSON.
+    ``span``: the time the chart covers; when it holds few buckets, the axis ticks on
+    bucket boundaries only, so no two labels read the same."""
     data = json.loads(render.to_json(list(rows)))
+    axis: dict[str, Any] = {
+        "format": TIME_FORMATS[bucket],
+        "labelAngle": 0,
+        "labelOverlap": True,
+        "labelSeparation": 6,
+    }
+    if span is not None and (span[1] - span[0]) / BUCKET_LENGTHS[bucket] <= WHOLE_TICKS:
+        axis["tickCount"] = {"interval": TICK_INTERVALS[bucket], "step": 1}
     return {
         **({"title": title} if title else {}),
         "width": width,
@@ -49,12 +68,7 @@ def stacked_bars(
                 "type": "temporal",
                 "timeUnit": TIME_UNITS[bucket],
                 "title": None,
-                "axis": {
-                    "format": TIME_FORMATS[bucket],
-                    "labelAngle": 0,
-                    "labelOverlap": True,
-                    "labelSeparation": 6,
-                },
+                "axis": axis,
             },
             "y": {"field": y, "type": "quantitative", "stack": "zero", "title": y_title},
             "color": {"field": color, "type": "nominal", "title": color.replace("_", " ")},

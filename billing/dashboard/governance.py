@@ -18,8 +18,8 @@ from typing import Any, NamedTuple
 import duckdb
 
 from billing import render
-from billing.dashboard.html import name
 from billing.dashboard.panels import CustomerPanel, register
+from billing.shown import name
 from meterline.catalog import Catalog
 
 e = html.escape

@@ -5,12 +5,12 @@ Pages (``pages.py``) compose these from the query layer's data; nothing here rea
 
 import html
 import json
-import unicodedata
 from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import urlencode
 
 from billing import render
+from billing.shown import name, visible
 from meterline.catalog import Catalog
 
 e = html.escape
@@ -46,36 +46,6 @@ def layout(title: str, body: str, *, active: str, json_url: str) -> str:
 </body>
 </html>
 """
-
-
-# --------------------------------------------------------------------------- names
-
-SHOWN_AS_IS = frozenset("\u200c\u200d")
-"""Format characters kept: the zero-width (non-)joiners that emoji sequences and some
-scripts need to draw right."""
-HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
-
-
-def _shown(char: str) -> str:
-    if unicodedata.category(char) in HIDDEN_CATEGORIES and char not in SHOWN_AS_IS:
-        code = ord(char)
-        return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
-    return char
-
-
-def visible(text: str) -> str:
-    """``text`` with its control and format characters written out (``\\u202e``): a
-    model named ``gpt-4o-\\u202elnk.exe`` from traffic would otherwise show reversed
-    (``gpt-4o-exe.knl``), and a NUL in a catalog name would reach the HTML."""
-    if text.isprintable():
-        return text
-    return "".join(_shown(c) for c in text)
-
-
-def name(value: object) -> str:
-    """A name from the catalog or the traffic as HTML: control characters shown, escaped,
-    and isolated (``<bdi>``) so right-to-left text cannot reorder what is around it."""
-    return f"<bdi>{e(visible(str(value)))}</bdi>"
 
 
 # --------------------------------------------------------------------------- pieces

@@ -8,7 +8,6 @@ draws them with vega-embed and keeps each view in ``window.meterlineCharts``.
 
 from __future__ import annotations
 
-from datetime import datetime
 from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -22,16 +21,14 @@ from billing.dashboard.html import (
     filters,
     layout,
     link,
-    name,
     num,
     stat,
     table,
-    visible,
 )
 from billing.dashboard.panels import load_panels
-from billing.dashboard.queries import BUCKETS
 from billing.documents.words import human_date, human_span
 from billing.money import format_money
+from billing.shown import legible, name, visible
 from meterline.catalog import TOKEN_TYPES, Catalog
 
 # --------------------------------------------------------------------------- pages
@@ -40,33 +37,9 @@ from meterline.catalog import TOKEN_TYPES, Catalog
 TOKEN_COLS = [(tt, tt.replace("_", " ")) for tt in TOKEN_TYPES]
 
 
-WHOLE_TICKS = 100
-"""Up to this many buckets, a chart's time axis ticks once per bucket at most: left to
-itself, Vega ticks a two-day range every 12 hours, labelling ``01 Dec`` twice."""
-
-
-TICK_INTERVALS = {"hour": "hours", "day": "day"}
-"""Vega's names of the buckets' time intervals (vega-time's units)."""
-
-
 def bars(rows: list[Data], rng: Data, **options: Any) -> Data:
-    """:func:`~billing.charts.stacked_bars` over ``rng`` (the query's ``range``), with
-    ticks on bucket boundaries only, so no two labels read the same."""
-    spec = stacked_bars(rows, bucket=rng["bucket"], **options)
-    start: datetime = rng["from"]
-    end: datetime = rng["to"]
-    if (end - start) / BUCKETS[rng["bucket"]] <= WHOLE_TICKS:
-        axis = spec["encoding"]["x"]["axis"]
-        axis["tickCount"] = {"interval": TICK_INTERVALS[rng["bucket"]], "step": 1}
-    return spec
-
-
-def legible(rows: list[Data], field: str) -> list[Data]:
-    """Chart rows with ``field`` as :func:`~billing.dashboard.html.visible` writes it: a
-    chart's legend and tooltips are SVG text, where a ``\\u202e`` in a model's name would
-    reverse it."""
-    return [r if str(r[field]).isprintable() else {**r, field: visible(str(r[field]))}
-            for r in rows]  # fmt: skip
+    """:func:`~billing.charts.stacked_bars` over ``rng`` (the query's ``range``)."""
+    return stacked_bars(rows, bucket=rng["bucket"], span=(rng["from"], rng["to"]), **options)
 
 
 def coarser_note(note: tuple[str, str] | None) -> str:

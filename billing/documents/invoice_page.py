@@ -26,6 +26,7 @@ from billing.documents.words import (
 )
 from billing.model import Invoice, InvoiceLine
 from billing.money import exact_to_decimal
+from billing.shown import name, visible
 from meterline.catalog import CALL_TYPES, Catalog, Customer, Seller
 
 e = html.escape
@@ -77,7 +78,7 @@ def due_date(inv: Invoice, customer: Customer | None) -> datetime | None:
 def seller_html(seller: Seller | None) -> str:
     if seller is None:
         return ""
-    lines = [f"<strong>{e(seller.name)}</strong>", *(e(a) for a in seller.address)]
+    lines = [f"<strong>{name(seller.name)}</strong>", *(e(a) for a in seller.address)]
     lines += [e(v) for v in (seller.email, seller.website) if v]
     if seller.tax_id:
         lines.append(f"Tax ID {e(seller.tax_id)}")
@@ -189,7 +190,7 @@ def line_rows(line: InvoiceLine, currency: str) -> list[str]:
         unit = unit_price_text(_price(line), currency, line_unit(line))
     rows = [
         f'<tr class="line" data-line="{line.line_no}"><td>{line.line_no}</td>'
-        f'<td>{e(line.description)}<div class="kind">{e(small)}</div></td>'
+        f'<td>{name(line.description)}<div class="kind">{e(small)}</div></td>'
         f'<td class="num">{e(quantity)}</td><td class="num">{e(unit)}</td>'
         f'<td class="num amount">{e(money(line.amount, currency))}</td></tr>'
     ]
@@ -242,7 +243,7 @@ def invoice_body(inv: Invoice, catalog: Catalog | None) -> str:
     meta.append(("Period", human_span(inv.period_start, inv.period_end)))
     meta_html = "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in meta)
     status = "not finalized" if inv.number is None else inv.status
-    bill_to = [f"<strong>{e(inv.customer_name)}</strong>", e(inv.customer_key)]
+    bill_to = [f"<strong>{name(inv.customer_name)}</strong>", name(inv.customer_key)]
     if customer is not None and customer.email:
         bill_to.append(e(customer.email))
     seller = seller_html(catalog.seller if catalog else None)
@@ -268,7 +269,7 @@ def page(title: str, body: str, css: str = CSS) -> str:
 <html lang="en">
 <head>
 <meta charset="utf-8">
-<title>{e(title)}</title>
+<title>{e(visible(title))}</title>
 <style>{css}</style>
 </head>
 <body>

@@ -34,6 +34,7 @@ from billing.invoices import BillingError, find_customer, line_meter, line_windo
 from billing.ledger import load_invoices
 from billing.model import USAGE_KINDS, Invoice, InvoiceLine
 from billing.schedule import periods_ending_in
+from billing.shown import legible, name, visible
 from billing.usage import TOKEN_COLUMNS, WINDOWED_EVENTS, UsageWindow, load_windows
 from billing.usage.owned import carve_stored
 from meterline.catalog import Catalog, Customer
@@ -149,10 +150,10 @@ def feature_usage(con: duckdb.DuckDBPyConnection, invoices: list[Invoice]) -> li
         names.setdefault(str(line.feature_key), line.description.split(" — ")[0])
         units.setdefault(str(line.feature_key), line_unit(line))
     out = []
-    for feature, name in names.items():
+    for feature, title in names.items():
         counts = sorted(per_day[feature].items())
         days: list[dict[str, Any]] = [{"day": d, "model": m, "tokens": n} for (d, m), n in counts]
-        out.append(FeatureUsage(feature, name, sum(n for _, n in counts), days, units[feature]))
+        out.append(FeatureUsage(feature, title, sum(n for _, n in counts), days, units[feature]))
     return out
 
 
@@ -184,18 +185,19 @@ def statement_json(st: Statement) -> dict[str, Any]:
     }
 
 
-def feature_chart(f: FeatureUsage) -> str:
-    """The feature's daily usage as an SVG image (a data URI: no ids leak between charts)."""
+def feature_chart(f: FeatureUsage, span: tuple[datetime, datetime] | None = None) -> str:
+    """The feature's daily usage as an SVG image (a data URI: no ids leak between charts);
+    ``span``: the statement's time, for one axis label per day."""
     spec = stacked_bars(
-        [{"bucket": r["day"], "model": r["model"], "tokens": r["tokens"]} for r in f.days],
+        legible([{"bucket": r["day"], "model": r["model"], "tokens": r["tokens"]}
+                 for r in f.days], "model"),
         x="bucket", y="tokens", color="model", bucket="day", title=None, width=640, height=150,
-        y_title=plural(f.unit),
+        y_title=plural(f.unit), span=span,
     )  # fmt: skip
     svg = to_svg(spec)
     uri = "data:image/svg+xml;base64," + base64.b64encode(svg.encode()).decode()
-    return (
-        f'<img class="chart" data-feature="{e(f.feature)}" alt="{e(f.name)} per day" src="{uri}">'
-    )
+    alt = f"{visible(f.name)} per day"
+    return f'<img class="chart" data-feature="{e(f.feature)}" alt="{e(alt)}" src="{uri}">'
 
 
 STATEMENT_CSS = (
@@ -213,10 +215,10 @@ def statement_html(st: Statement, catalog: Catalog | None) -> str:
     first = min(i.period_start for i in st.invoices)
     last = max(i.period_end for i in st.invoices)
     c = st.customer
-    bill_to = [f"<strong>{e(c.name)}</strong>", e(c.key), *([e(c.email)] if c.email else [])]
+    bill_to = [f"<strong>{name(c.name)}</strong>", name(c.key), *([e(c.email)] if c.email else [])]
     charts = [
-        f'<div class="feature"><h3>{e(f.name)} · {f.total:,} {plural(f.unit)}</h3>'
-        f"{feature_chart(f)}</div>"
+        f'<div class="feature"><h3>{name(f.name)} · {f.total:,} {plural(f.unit)}</h3>'
+        f"{feature_chart(f, (first, last))}</div>"
         for f in st.features
     ]
     features = "".join(charts) or '<p class="muted">No metered usage.</p>'
@@ -251,7 +253,7 @@ def statement_html(st: Statement, catalog: Catalog | None) -> str:
 {"".join(invoices)}
 {f'<div class="terms">{e(terms)}</div>' if terms else ""}
 """
-    return page(f"Statement {c.name} {st.month}", body, STATEMENT_CSS)
+    return page(f"Statement {visible(c.name)} {st.month}", body, STATEMENT_CSS)
 
 
 def human_month(month: str) -> str:

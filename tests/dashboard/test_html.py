@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from billing.dashboard.html import name, table, visible
+from billing.dashboard.html import table
+from billing.shown import name, visible
 
 
 @pytest.mark.parametrize(
