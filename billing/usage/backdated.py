@@ -140,12 +140,14 @@ def backdated_usage(
         return []
     meters: dict[tuple[str, datetime, datetime], set[TokenFilter]] = defaultdict(set)
     made: dict[tuple[str, datetime, datetime], dict[TokenFilter, InvoiceLine]] = {}
-    for inv in load_invoices(con, customer=customer):
+    numbers = sorted({str(r[0]) for r in found})  # only the invoices whose sweeps count
+    for inv in load_invoices(con, numbers=numbers, customer=customer):
         for line in inv.lines:
             if line.kind in USAGE_KINDS:
-                meters[(inv.customer_key, line.usage_start, line.usage_end)].add(line_meter(line))
+                meter = line_meter(line)
+                meters[(inv.customer_key, line.usage_start, line.usage_end)].add(meter)
                 sweep_key = (inv.number or "", line.usage_start, line.usage_end)
-                made.setdefault(sweep_key, {})[line_meter(line)] = line
+                made.setdefault(sweep_key, {})[meter] = line
     stored: list[tuple[str, UsageWindow]] = []
     for n, (_, ck, consumers, w_start, w_end, after, until) in enumerate(found):
         window = UsageWindow(
