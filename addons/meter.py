@@ -25,7 +25,6 @@ import logging
 import os
 import socket
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +60,6 @@ from addons.metering.spool import Spool, SpoolError
 from addons.metering.streamopts import UsageChunkDropper
 from addons.metering.writer import SpoolWriter
 from meterline.catalog import Catalog, CatalogError
-from meterline.entitlements import build_policy
 from meterline.lakeconfig import LakeConfigError, lake_settings
 from meterline.proxycatalog import load_proxy_catalog
 from meterline.store import DEFAULT_CATALOG, DEFAULT_DB
@@ -235,12 +233,12 @@ class Meter:
     @staticmethod
     def _checks_before_sending(catalog: Catalog | None) -> bool:
         """Whether, with ``catalog``, a metered request must wait for its ``request``
-        hook to be sent."""
+        hook to be sent: now, or once a subscription or override it lists begins."""
         consumers = catalog.consumers if catalog else []
         return (
             ctx.options.meter_unknown_keys == "reject"
             or any(c.inject for c in consumers)
-            or bool(build_policy(catalog, datetime.now(UTC)).by_consumer)
+            or governance.may_govern(catalog)
         )
 
     def _use_catalog(self, catalog: Catalog) -> None:

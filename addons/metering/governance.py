@@ -70,6 +70,17 @@ FAILURE_POLICIES = ("allow", "deny")
 _TOKEN_FIELDS = TOKEN_COLUMNS
 
 
+def may_govern(catalog: Catalog | None) -> bool:
+    """Whether ``catalog`` governs some consumer's calls at any time: a plan with
+    entitlements or prepaid credit, or a customer's override (a plan change that starts
+    later governs from then on, with no reload)."""
+    if catalog is None:
+        return False
+    return any(p.entitlements or p.prepaid for p in catalog.plans) or any(
+        c.entitlements for c in catalog.customers
+    )
+
+
 def add_options(loader: Any) -> None:
     loader.add_option(
         "meter_governance_refresh",
@@ -254,6 +265,16 @@ class Governance:
         """
         if consumer is None:
             return None
+        until = self.policy.valid_until
+        if until is not None and datetime.now(UTC) >= until:
+            # A subscription or override starting now: rebuilt before the lookup (a
+            # consumer no plan governed yet would pass ungoverned until a governed one
+            # called: 3,000 used at 1,000 after a plan change took effect).
+            try:
+                self.policy = build_policy(self.catalog, datetime.now(UTC))
+            except Exception as e:  # the policy in force stays; a failed check refuses
+                self._failed("check", e)
+            self._wake.set()  # new accounts (an override, a subscription) are read at once
         pol = self.policy.by_consumer.get(consumer)
         if pol is None:
             return None
@@ -281,10 +302,6 @@ class Governance:
         body: Callable[[], bytes] | None,
     ) -> Any:
         now = datetime.now(UTC)
-        until = self.policy.valid_until
-        if until is not None and now >= until:
-            self.policy = build_policy(self.catalog, now)
-            self._wake.set()  # new accounts (an override, a subscription) are read at once
         pol = self.policy.by_consumer.get(consumer)
         if pol is None:
             return None

@@ -137,3 +137,34 @@ def test_a_limit_starting_mid_period_counts_the_usage_before_it(
     assert "customer acme limit of 100 gpt-out units" in err.value.message
     assert "(200 used)" in err.value.message
     assert sum(r["output_tokens"] for r in proxy.events("reason IS NULL")) == 200
+
+
+def test_a_subscription_that_starts_later_is_enforced_from_its_start(
+    tmp_path: Path, fake_provider: FakeProvider, start_proxy: ProxyFactory
+) -> None:
+    """Alice's capped plan starts a few seconds after the proxy: no reload comes. Before,
+    the policy was rebuilt only for a consumer already governed, so alice (governed by
+    nothing when it was built) passed ungoverned: 3,000 used against a limit of 1,000."""
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
+    catalog = governed_catalog(
+        tmp_path / "catalog.yaml",
+        fake_provider,
+        ALICE,
+        entitlements=[{"feature": "gpt-out", "limit": 1000}],
+        start=start,
+    )
+    proxy = start_proxy(catalog=catalog)
+    # The SDK's retries take the 503 while the new counter is read ("retry in a moment").
+    with openai_client(proxy, fake_provider, KEYS["alice"]).with_options(max_retries=3) as client:
+        chat(client, 500)  # before the plan: not governed
+        while datetime.now(UTC) < start + timedelta(seconds=0.2):
+            time.sleep(0.1)
+        outcomes = []
+        for _ in range(4):
+            try:
+                chat(client, 500)
+                outcomes.append("admitted")
+            except openai.RateLimitError:
+                outcomes.append("refused")
+    assert outcomes == ["admitted", "admitted", "refused", "refused"]
+    assert sum(r["output_tokens"] for r in rows_where(proxy, "reason IS NULL", 3)) == 1500
