@@ -62,12 +62,16 @@ MAX_OUTPUT: tuple[tuple[str, int], ...] = (
 longest prefix that matches wins; a router's ``vendor/`` prefix is ignored), from the
 providers' model pages. A call that sets no output bound reserves this much."""
 
-_OUTPUT_KEYS = (
-    b'"max_tokens"',
-    b'"max_completion_tokens"',
-    b'"max_output_tokens"',
-)
-"""Top-level output bounds of the OpenAI and Anthropic APIs."""
+_CHAT_KEYS = ("max_tokens", "max_completion_tokens")
+"""The output bounds of OpenAI's chat and legacy completions, and of Anthropic's Messages
+(``max_tokens``): a server honours either, so the larger counts."""
+_RESPONSES_KEYS = ("max_output_tokens",)
+"""The Responses API's only bound (it ignores ``max_tokens``)."""
+_RESPONSES = re.compile(r"/responses(?:/compact)?/?$")
+_OLLAMA_NATIVE = re.compile(r"^/api/(?:chat|generate)/?$")
+"""Ollama's native API: bounded by ``options.num_predict`` only (its OpenAI-compatible
+``/v1`` endpoints, vLLM and routers ignore that key: a body naming it with a small value
+reserved 1 token for answers of 500 and let ten calls past a limit of 1,000)."""
 _GEMINI_CONFIGS = (b'"generationConfig"', b'"generation_config"')
 _GEMINI_KEYS = (b'"maxOutputTokens"', b'"max_output_tokens"')
 """Gemini's bound sits in ``generationConfig`` (either spelling, as its JSON accepts)."""
@@ -210,12 +214,23 @@ def _top_model(body: bytes) -> Any:
     return body[j + 1 : k].decode("utf-8", "replace")
 
 
-def _top_bound(body: bytes) -> Any:
+def output_keys(flavor: str, path: str) -> tuple[str, ...]:
+    """The top-level keys that bound a call's output on the endpoint at ``path`` (only
+    those its server honours: a key it ignores would reserve a bound it does not keep)."""
+    path = path.partition("?")[0]
+    if flavor == "openai" and _RESPONSES.search(path):
+        return _RESPONSES_KEYS
+    if flavor == "openai" and _OLLAMA_NATIVE.match(path):
+        return ()  # options.num_predict, read by the full parse
+    return _CHAT_KEYS
+
+
+def _top_bound(body: bytes, keys: tuple[str, ...]) -> Any:
     """The top-level output bound (None when the request sets none), or :data:`_REREAD`.
 
     With several bounds set (``max_tokens`` and ``max_completion_tokens``), the largest:
     servers differ in which one they honour."""
-    return _bound(body, _OUTPUT_KEYS, 1)
+    return _bound(body, tuple(f'"{k}"'.encode() for k in keys), 1)
 
 
 def _gemini_bound(body: bytes) -> Any:
@@ -264,20 +279,20 @@ def _in_config(body: bytes, i: int) -> bool:
     return _parses(body[opened[1] : i] + b'"":0}')
 
 
-def _parsed(flavor: str, body: bytes) -> tuple[str, int | None]:
+def _parsed(flavor: str, body: bytes, path: str = "") -> tuple[str, int | None]:
     """Model and output bound read from the whole parsed body (the rare case)."""
     data = _object(body)
     if data is None:
         return "", None
     model = data.get("model")
-    names: tuple[str, ...] = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+    names = output_keys(flavor, path)
     where = data
     if flavor == "gemini":
         where = _gemini_config(data)
         names = ("maxOutputTokens", "max_output_tokens")
     bounds = [_whole(where.get(name)) for name in names]
     options = data.get("options")  # Ollama's native API: -1 (and -2) mean no bound
-    if flavor == "openai" and isinstance(options, dict):
+    if flavor == "openai" and _OLLAMA_NATIVE.match(path) and isinstance(options, dict):
         bounds.append(_whole(options.get("num_predict")))
     found = [b for b in bounds if b is not None]
     return (model if isinstance(model, str) else ""), (max(found) if found else None)
@@ -346,16 +361,17 @@ def estimate_request(flavor: str, path: str, body: bytes) -> Estimate:
         model: Any = m.group(1) if m else ""
         output = _gemini_bound(body)
         if output is _REREAD or _ESCAPED_ASCII.search(body):
-            output = _parsed(flavor, body)[1]
+            output = _parsed(flavor, body, path)[1]
     else:
-        model, output = _top_model(body), _top_bound(body)
+        keys = output_keys(flavor, path)
+        model, output = _top_model(body), _top_bound(body, keys)
         if (
             model is _REREAD
             or output is _REREAD
             or _ESCAPED_ASCII.search(body)
-            or _NUM_PREDICT in body
+            or (not keys and _NUM_PREDICT in body)
         ):
-            model, output = _parsed(flavor, body)
+            model, output = _parsed(flavor, body, path)
         if not model and "/deployments/" in path:
             m = _DEPLOYMENT.search(path)
             model = m.group(1) if m else ""

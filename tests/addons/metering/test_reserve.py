@@ -365,3 +365,26 @@ def test_openai_max_tool_calls_bounds_the_searches() -> None:
     assert estimate_request("openai", "/v1/responses", json.dumps(body).encode()).searches == 12
     del body["max_tool_calls"]
     assert estimate_request("openai", "/v1/responses", json.dumps(body).encode()).searches == 5
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "output"),
+    [
+        pytest.param("/v1/chat/completions", {"max_output_tokens": 1}, 16_384,
+                     id="responses-key-on-chat-ignored"),
+        pytest.param("/v1/responses", {"max_tokens": 1}, 16_384,
+                     id="chat-key-on-responses-ignored"),
+        pytest.param("/v1/responses", {"max_output_tokens": 7}, 7, id="responses-own-key"),
+        pytest.param("/v1/chat/completions", {"options": {"num_predict": 1}}, 16_384,
+                     id="num-predict-on-openai-compatible-ignored"),
+        pytest.param("/api/chat", {"max_tokens": 1}, 16_384,
+                     id="chat-key-on-ollama-native-ignored"),
+        pytest.param("/api/generate", {"options": {"num_predict": 9}}, 9, id="ollama-own-key"),
+    ],
+)  # fmt: skip
+def test_only_the_bounds_the_endpoint_honours_count(path: str, body: dict, output: int) -> None:
+    """A key the server ignores bounds nothing: ten calls with ``options.num_predict: 1``
+    (or ``max_output_tokens: 1`` on chat) each reserved 1 token, wrote 500, and all ten
+    were admitted at a limit of 1,000 (5,000 used)."""
+    raw = json.dumps({"model": "gpt-4o", **body}).encode()
+    assert estimate_request("openai", path, raw).output == output
