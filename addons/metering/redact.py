@@ -50,7 +50,16 @@ SECRET_HEADERS: tuple[str, ...] = (
 )
 """Headers whose whole value is a credential: never printed. Not read for attribution
 (that is :data:`addons.metering.keys.KEY_HEADERS`); only kept out of what is printed."""
-_HEADER_NAMES = "|".join(re.escape(h) for h in SECRET_HEADERS)
+#: Any other header named as a credential, word by word (``-`` or ``_`` between words):
+#: gateways' and SDKs' own (``x-litellm-api-key``, ``x-portkey-api-key``,
+#: ``x-functions-key``, ``openai-api-key``, ``api_key``, ``x-api-token``,
+#: ``authentication``). ``x-ratelimit-remaining-tokens`` is no credential: ``tokens``
+#: is not one of the words.
+_CREDENTIAL_WORDS = (
+    "key|apikey|token|secret|password|passwd|auth|authentication|authorization|credentials?"
+)
+_NAMED_AS_CREDENTIAL = rf"(?:\w+[-_])*(?:{_CREDENTIAL_WORDS})(?:[-_]\w+)*"
+_HEADER_NAMES = "|".join([*(re.escape(h) for h in SECRET_HEADERS), _NAMED_AS_CREDENTIAL])
 #: A header name mitmproxy printed with ``\xNN`` escapes: not valid UTF-8, not a known
 #: header, so its value (which a client may have meant as a key) is not shown.
 _ODD_NAME = r"[^\s:'\x1b]*\\x[0-9a-fA-F]{2}[^\s:'\x1b]*"
@@ -96,7 +105,7 @@ _BYTES_LITERAL = re.compile(r"b'(?:[^'\\]|\\.)*'" + r'|b"(?:[^"\\]|\\.)*"')
 #: substring tests (it cost ~18 µs per line when every URL went through the patterns).
 _NEEDLES = (
     "=", "@", "bearer", "basic", "protocol error", "header", "insecure-api-key", "\\x",
-    *SECRET_HEADERS,
+    *SECRET_HEADERS, "key", "token", "secret", "passw", "auth", "credential",
 )  # fmt: skip
 
 

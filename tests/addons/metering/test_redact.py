@@ -97,6 +97,14 @@ def test_install_wraps_the_dumper_once() -> None:
             r"realm=Bearer [redacted]\r\n",
         ),
         ("said: Bearer abcS3CRET21== is not valid", "Bearer [redacted] is not"),  # a token68
+        # gateways' and SDKs' own credential headers, named word by word
+        ("    x-litellm-api-key: sk-S3CRET24", "x-litellm-api-key: [redacted]"),
+        ("    x-portkey-api-key: pk-S3CRET25", "x-portkey-api-key: [redacted]"),
+        ("    x-functions-key: S3CRET26", "x-functions-key: [redacted]"),
+        ("    api_key: S3CRET27", "api_key: [redacted]"),
+        ("    X-Api-Token: S3CRET28", "X-Api-Token: [redacted]"),
+        ("    authentication: Bearer S3CRET29", "authentication: Bearer [redacted]"),
+        ("[(b'openai-api-key', b'sk-S3CRET30')]", "b'openai-api-key', b'[redacted]'"),
         # a header name that is not valid UTF-8, as mitmproxy prints it
         (r"    \xff\xfe: AIzaS3CRET22", r"\xff\xfe: [redacted]"),
         (r"b'GET / HTTP/1.1\r\nHost: x\r\n\xff\xfe: AIzaS3CRET23\r\n\r\n'", r"\xfe: [redacted]\r"),
@@ -115,6 +123,8 @@ def test_keys_in_any_spelling_are_redacted(line: str, shown: str) -> None:
         "a=b&c=d",
         '    www-authenticate: Bearer realm="api", error="invalid_token"',
         '    WWW-Authenticate: Basic realm="gateway"',
+        "    x-ratelimit-remaining-tokens: 149984",  # tokens, not a token
+        "    keep-alive: timeout=5",
     ],
 )
 def test_words_that_are_not_keys_are_kept(line: str) -> None:
