@@ -558,12 +558,13 @@ class Meter:
 
 def _unsized(flow: http.HTTPFlow) -> None:
     """Send a response whose body the proxy shortens without a length: chunked to an
-    HTTP/1 client, framed by its stream's end on HTTP/2 and 3 (mitmproxy reads the
+    HTTP/1.1 client, ended by closing the connection for HTTP/1.0, framed by its stream's
+    end on HTTP/2 and 3 (mitmproxy reads the
     upstream body by the length it announced, before this hook)."""
     resp = flow.response
     assert resp is not None
     del resp.headers["content-length"]
-    if flow.request.http_version.startswith("HTTP/1"):
+    if flow.request.http_version == "HTTP/1.1":  # HTTP/1.0 knows no chunks: ends at close
         resp.headers["transfer-encoding"] = "chunked"
 
 
@@ -585,6 +586,8 @@ def _check_db(locator: str) -> None:
         raise exceptions.OptionsError(f"meter_db: {path.parent} is not a directory")
     if path.is_dir():
         raise exceptions.OptionsError(f"meter_db: {path} is a directory (name a DuckDB file in it)")
+    if path.exists() and not path.is_file():  # a FIFO would block the start for good
+        raise exceptions.OptionsError(f"meter_db: {path} is not a regular file")
     try:
         with path.open("rb") as f:
             head = f.read(_DUCKDB_MAGIC_END)

@@ -35,15 +35,17 @@ from tests.support.proxy import MeterProxy
         ({"meter_governance_refresh": "1e-300"}, "meter_governance_refresh: expected seconds"),
         # before: accepted, then every flush failed ("not a valid DuckDB database file")
         ({"meter_db": "notes.txt"}, "meter_db: notes.txt is not a DuckDB database file"),
+        ({"meter_db": "fifo"}, "meter_db: fifo is not a regular file"),  # before: hung at start
     ],
     ids=["catalog", "db", "interval", "policy", "streamed-requests", "bool", "misspelt",
          "empty-db", "db-directory", "infinite-interval", "failure-policy", "tiny-refresh",
-         "db-not-duckdb"],
+         "db-not-duckdb", "db-fifo"],
 )  # fmt: skip
 def test_a_bad_option_at_start_is_one_line(
     tmp_path: Path, mitm_confdir: Path, test_catalog: Path, options: dict[str, str], line: str
 ) -> None:
     (tmp_path / "notes.txt").write_text("not a database, " * 8)
+    os.mkfifo(tmp_path / "fifo")
     proxy = MeterProxy(tmp_path, catalog=test_catalog, confdir=mitm_confdir, options=options)
     run = subprocess.run(proxy.command(), capture_output=True, text=True, timeout=60, cwd=tmp_path)
     out = run.stdout + run.stderr

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import socket
+
 import pytest
 
 from tests.conftest import KEYS, ProxyFactory
@@ -189,3 +192,28 @@ def test_a_16_mb_embeddings_answer_is_metered_from_the_usage_after_it(
     [row] = meter_proxy.wait_for_events([ex.request_id], timeout=30)
     assert (row["input_tokens"], row["output_tokens"], row["estimated"]) == (87993, 0, False)
     assert row["model"] == "text-embedding-3-small"
+
+
+def test_a_sized_stream_to_an_http_1_0_client_ends_at_close_not_in_chunks(
+    meter_proxy: MeterProxy, fake_provider: FakeProvider
+) -> None:
+    """HTTP/1.0 has no chunked coding: the shortened stream was sent chunked, which an
+    HTTP/1.0 client reads as part of the body. It now ends when the connection closes."""
+    url = fake_provider.base_url("openai") + "/v1/chat/completions"
+    host = url.split("/")[2]
+    body = json.dumps({"model": "gpt-4o", "messages": MESSAGES, "stream": True}).encode()
+    head = (
+        f"POST {url} HTTP/1.0\r\nHost: {host}\r\nAuthorization: Bearer {KEYS['alice']}\r\n"
+        f"Content-Type: application/json\r\nx-fake: sized\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    proxy_host, proxy_port = meter_proxy.url.split("//")[1].split(":")
+    with socket.create_connection((proxy_host, int(proxy_port)), timeout=20) as conn:
+        conn.sendall(head.encode() + body)
+        received = b""
+        while chunk := conn.recv(65536):
+            received += chunk
+    headers, _, sent = received.partition(b"\r\n\r\n")
+    assert b"transfer-encoding" not in headers.lower()
+    ex = fake_provider.last()
+    assert ex.usage_part is not None
+    assert sent == b"".join(p for i, p in enumerate(ex.parts) if i != ex.usage_part)
