@@ -81,6 +81,11 @@ class SSEParser:
         return self._boundary
 
     @property
+    def pending_event(self) -> str:
+        """The type (``event:`` field) of the block not yet dispatched (``message``)."""
+        return self._event.decode("utf-8", "replace") if self._event else "message"
+
+    @property
     def offset(self) -> int:
         """Number of bytes fed so far."""
         return self._offset

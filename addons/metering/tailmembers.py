@@ -48,11 +48,17 @@ class TailWindow:
         return self._held[-self.size :]
 
 
-def last_members(tail: bytes) -> bytes | None:
+def last_members(tail: bytes, depth: int = 0) -> bytes | None:
     """``{...}``: the complete members that end the body's outermost object (or its last
-    array element), or None when the tail holds none."""
+    array element), or None when the tail holds none. ``depth``: of the object closed
+    that many ``}`` before the end instead (the ``response`` of ``{"type": ...,
+    "response": {..., "usage": {...}}}``)."""
     end = len(tail.rstrip(b" \t\r\n"))
     if end and tail[end - 1 : end] == b"]":  # an array: its last element's members
+        end = len(tail[: end - 1].rstrip(b" \t\r\n"))
+    for _ in range(depth):
+        if tail[end - 1 : end] != b"}":
+            return None
         end = len(tail[: end - 1].rstrip(b" \t\r\n"))
     if not end or tail[end - 1 : end] != b"}":
         return None

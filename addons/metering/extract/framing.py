@@ -371,6 +371,8 @@ class SseExtractor:
         self._finished = False
         self._broken = False
         self._skipping: TailWindow | None = None
+        self._big_event = "message"
+        """The ``event:`` type of the big event being skipped."""
         self._ended_big = False
         """The last event was a big one, complete, read from its end (its own end marker,
         such as Gemini's ``finishReason``, may sit in a part of it that was skipped)."""
@@ -388,6 +390,7 @@ class SseExtractor:
                 self._reader.on_event(event)
                 self._ended_big = False
             if parser.offset - parser.boundary > MAX_SSE_EVENT:
+                self._big_event = parser.pending_event
                 self._parser = SSEParser()  # drop the held bytes
                 self._skipping = TailWindow()
                 self._skipping.add(data[-TAIL_BYTES:])
@@ -409,9 +412,9 @@ class SseExtractor:
         window.add(data[: max(end, 0)])
         tail = window.bytes() if end >= 0 else window.bytes()[: end or None]
         self._skipping = None
-        members = last_members(tail)
-        if members is not None:
-            self._reader.on_event(SSEEvent("message", members.decode("utf-8", "replace")))
+        data_json = _recovered(self._big_event, tail)
+        if data_json is not None:
+            self._reader.on_event(SSEEvent(self._big_event, data_json))
             self._ended_big = True
         return data[m.end() - len(held) :]
 
@@ -439,6 +442,28 @@ class SseExtractor:
 
     def seen(self) -> Seen:
         return _seen(self._reader, self.problems)
+
+
+#: SSE event types whose data wraps the object that carries the usage under one key:
+#: OpenAI's Responses API sends ``{"type": "response.completed", "sequence_number": n,
+#: "response": {..., "usage": {...}}}`` (a ``response.completed`` with several generated
+#: images is over 16 MiB).
+_WRAPPED = (("response.", "response"),)
+
+
+def _recovered(event: str, tail: bytes) -> str | None:
+    """The data to hand the reader for a big event read from its ``tail``: the members
+    that end it, or those of the object it wraps (rewrapped), or None."""
+    members = last_members(tail)
+    if members is not None and (b'"usage' in members or not event.startswith("response.")):
+        return members.decode("utf-8", "replace")
+    for prefix, key in _WRAPPED:
+        if event.startswith(prefix):
+            inner = last_members(tail, depth=1)
+            if inner is not None:
+                body = inner.decode("utf-8", "replace")
+                return f'{{"type": {json.dumps(event)}, "{key}": {body}}}'
+    return None if members is None else members.decode("utf-8", "replace")
 
 
 class SniffingExtractor:

@@ -72,3 +72,11 @@ def test_the_window_keeps_the_last_bytes() -> None:
     small = TailWindow(8)
     small.add(b"ab")
     assert small.bytes() == b"ab"
+
+
+def test_the_members_of_a_wrapped_object() -> None:
+    tail = b'AAA"}],"usage":{"input_tokens":5},"user":null,"metadata":{}}}'
+    assert last_members(tail) is None
+    inner = last_members(tail, depth=1)
+    assert inner is not None and json.loads(inner)["usage"] == {"input_tokens": 5}
+    assert last_members(b'{"a":1}', depth=1) is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from pathlib import Path
 
@@ -225,3 +226,27 @@ def test_the_usage_at_the_end_of_a_big_sse_event_is_read() -> None:
     usage = ext.finish()
     assert usage is not None and (usage.input, usage.output) == (20, 4490)
     assert ext.seen().model == "gemini-3-pro-image-preview"
+
+
+def test_the_usage_inside_a_big_responses_event_is_read() -> None:
+    """A streamed Responses call that generated six images: its 25 MB
+    ``response.completed`` wraps the response, usage inside. The tail reader found only
+    the outer object's members: billed 13 input, 0 output, estimated (2,000 / 37,440)."""
+    ext = new_extractor("openai", path="/v1/responses", content_type="text/event-stream")
+    created = {"type": "response.created", "sequence_number": 0,
+               "response": {"id": "resp_1", "object": "response", "status": "in_progress",
+                            "model": "gpt-5", "usage": None}}  # fmt: skip
+    ext.feed(f"event: response.created\ndata: {json.dumps(created)}\n\n".encode())
+    image = '{"type":"image_generation_call","result":"' + "A" * (17 * 1024 * 1024) + '"}'
+    usage = {"input_tokens": 2000, "output_tokens": 37440, "total_tokens": 39440}
+    done = (
+        '{"type":"response.completed","sequence_number":9,"response":{"id":"resp_1",'
+        f'"object":"response","status":"completed","model":"gpt-5","output":[{image}],'
+        f'"usage":{json.dumps(usage)},"user":null,"metadata":{{}}}}}}'
+    )
+    event = f"event: response.completed\ndata: {done}\n\n".encode()
+    for i in range(0, len(event), 1 << 20):
+        ext.feed(event[i : i + (1 << 20)])
+    got = ext.finish()
+    assert got is not None and (got.input, got.output) == (2000, 37440)
+    assert not got.partial
