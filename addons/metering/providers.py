@@ -202,12 +202,14 @@ def speaking(provider: MeteredProvider, flavor: Flavor) -> MeteredProvider:
     key = (provider, flavor)
     found = _SPEAKING.get(key)
     if found is None:
+        anthropic = provider.flavor == "anthropic"
         found = _SPEAKING[key] = MeteredProvider(
             provider.name,
             flavor,
-            DEFAULT_AUTH[flavor],
+            # Anthropic's own servers read its x-api-key first, on this endpoint too
+            provider.auth if anthropic else DEFAULT_AUTH[flavor],
             # Anthropic documents stream_options as supported on its OpenAI endpoint
-            keep_request=provider.flavor != "anthropic",
+            keep_request=not anthropic,
         )
     return found
 

@@ -235,6 +235,7 @@ def test_other_apis_compatible_endpoints_are_metered_in_their_format() -> None:
     """Anthropic's OpenAI-compatible chat endpoint; Anthropic's Messages API on
     OpenAI-flavor hosts under one prefix (OpenRouter /api, DeepSeek and Azure /anthropic,
     vLLM and Ollama none)."""
+    from addons.metering.attribution import WS_PROTOCOL, places
     from addons.metering.providers import MeteredProvider, billed_flavor, speaking
 
     assert billed_flavor("anthropic", "/v1/chat/completions") == "openai"
@@ -244,4 +245,6 @@ def test_other_apis_compatible_endpoints_are_metered_in_their_format() -> None:
     for path in ("/v1/threads/t_1/messages", "/a/b/v1/messages", "/v1/messages/count_tokens"):
         assert billed_flavor("openai", path) is None, path
     claude = speaking(MeteredProvider("anthropic", "anthropic", "x-api-key"), "openai")
-    assert (claude.flavor, claude.auth, claude.keep_request) == ("openai", "bearer", False)
+    # x-api-key, then Authorization: a known x-api-key beside a Bearer was billed to nobody
+    assert (claude.flavor, claude.auth, claude.keep_request) == ("openai", "x-api-key", False)
+    assert places(claude) == ("x-api-key", "authorization", WS_PROTOCOL)
