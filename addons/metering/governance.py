@@ -147,7 +147,8 @@ class Governance:
         self._held: dict[str, tuple[float, Reservation]] = {}
         """A queued background response's event id -> (monotonic expiry, the reservation
         of the call that created it), oldest first: its tokens are counted when a read
-        shows it ended (:meth:`hold`)."""
+        shows it ended (:meth:`hold`), or when a store read finds its event (read on
+        another proxy)."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -478,10 +479,8 @@ class Governance:
                 if self._lake is None or self._lake[0] != locator:
                     self._close_lake()
                     self._lake = (locator, open_store(locator, wait_s=5))
-                return read_snapshot(
-                    self._lake[1], policy, datetime.now(UTC), self.counters.pending_ids
-                )
-            pending = self.counters.pending_ids
+                return read_snapshot(self._lake[1], policy, datetime.now(UTC), self._looked_for)
+            pending = self._looked_for
             if self._through_writer is not None:
                 snap: Snapshot = self._through_writer(
                     lambda con: read_snapshot(con, policy, datetime.now(UTC), pending)
@@ -516,7 +515,19 @@ class Governance:
         except OSError as e:
             log.debug("meterline: cannot write %s: %s", self.state_path, e)
 
+    def _looked_for(self) -> list[str]:
+        """The event ids a store read checks for (from the reading thread): this proxy's
+        own events not seen stored yet, and the held background responses, read to their
+        end on another proxy when the store holds their event."""
+        try:
+            held = list(self._held)
+        except RuntimeError:  # changed on the event loop meanwhile: next read
+            held = []
+        return [*self.counters.pending_ids(), *held]
+
     def _apply(self, snap: Snapshot) -> None:
+        for event_id in snap.seen_pending & self._held.keys():  # stored by another read
+            self.counters.release(self._held.pop(event_id)[1])
         self.counters.apply(snap)
         self.counters.unread_as_zero = False
         if not self.ready:

@@ -338,15 +338,8 @@ def test_a_billed_path_that_is_not_metered_is_logged_once(
     assert "secret" not in log and KEYS["alice"] not in log
 
 
-def test_a_queued_background_response_holds_its_reservation_until_read(
-    start_proxy: ProxyFactory, upstream: tuple[Upstream, int], catalog: Path
-) -> None:
-    """A hard limit of 1,000 output tokens; each background call may write 600
-    (``max_output_tokens``). The POST's reservation was released when the response was
-    queued, so calls were admitted one after another with nothing counted: 20 of 20 at a
-    limit of 1,000, 4,000 used once polled. Now the reservation is held until a read
-    shows the response ended, then replaced by its usage."""
-    fake, port = upstream
+def _governed(catalog: Path) -> None:
+    """Alice's customer on a plan with a hard limit of 1,000 output tokens."""
     doc = yaml.safe_load(catalog.read_text())
     doc["features"] = [
         {"key": "out", "name": "Output", "meter": {"provider": PROVIDER, "token_types": ["output"]}}
@@ -359,6 +352,18 @@ def test_a_queued_background_response_holds_its_reservation_until_read(
          "subscriptions": [subscription]}
     ]  # fmt: skip
     catalog.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def test_a_queued_background_response_holds_its_reservation_until_read(
+    start_proxy: ProxyFactory, upstream: tuple[Upstream, int], catalog: Path
+) -> None:
+    """A hard limit of 1,000 output tokens; each background call may write 600
+    (``max_output_tokens``). The POST's reservation was released when the response was
+    queued, so calls were admitted one after another with nothing counted: 20 of 20 at a
+    limit of 1,000, 4,000 used once polled. Now the reservation is held until a read
+    shows the response ended, then replaced by its usage."""
+    fake, port = upstream
+    _governed(catalog)
     proxy = start_proxy(catalog=catalog)
     with _client(proxy, port) as client:
         queued = [
@@ -443,3 +448,29 @@ def test_a_background_response_without_a_plausible_created_at_is_billed_once(
     rows = _settled(second, len(cases) + 1)
     counts = {name: sum(r["response_id"] == rid for r in rows) for name, rid in rids.items()}
     assert counts == dict.fromkeys(cases, 1)
+
+
+def test_a_hold_ends_when_another_proxy_stores_the_response(
+    start_proxy: ProxyFactory, upstream: tuple[Upstream, int], catalog: Path
+) -> None:
+    """Proxy A admits a background call (600 held at a limit of 1,000); B, on the same
+    store, reads it to its end and stores 600. A kept holding 600 for an hour: with the
+    600 stored, it refused a 300-token call ("retry in a moment") that B admitted. A
+    store read now finds the event and ends A's hold."""
+    fake, port = upstream
+    _governed(catalog)
+    a = start_proxy(catalog=catalog, options={"meter_governance_refresh": "0.2"})
+    b = start_proxy(catalog=catalog, options={"meter_db": str(a.db)})
+    b.db = a.db
+    with _client(a, port) as via_a:
+        rid = via_a.responses.create(
+            model="o4-mini", input="otters", background=True, max_output_tokens=600
+        ).id
+    fake.responses[rid][0] = int(time.time())
+    with _client(b, port) as via_b:
+        assert _poll_to_the_end(via_b, rid).status == "completed"
+    [row] = [r for r in _settled(b, 1) if r["reason"] is None]
+    assert row["output_tokens"] == 600
+    time.sleep(1.0)  # a few of A's store reads
+    with _client(a, port) as via_a:
+        via_a.responses.create(model="o4-mini", input="otters", max_output_tokens=300)
