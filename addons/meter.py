@@ -559,8 +559,7 @@ class Meter:
 def _unsized(flow: http.HTTPFlow) -> None:
     """Send a response whose body the proxy shortens without a length: chunked to an
     HTTP/1.1 client, ended by closing the connection for HTTP/1.0, framed by its stream's
-    end on HTTP/2 and 3 (mitmproxy reads the
-    upstream body by the length it announced, before this hook)."""
+    end on HTTP/2 and 3 (mitmproxy has read the upstream's length before this hook)."""
     resp = flow.response
     assert resp is not None
     del resp.headers["content-length"]
