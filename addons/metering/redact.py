@@ -52,13 +52,22 @@ SECRET_HEADERS: tuple[str, ...] = (
 (that is :data:`addons.metering.keys.KEY_HEADERS`); only kept out of what is printed."""
 #: Any other header named as a credential, word by word (``-`` or ``_`` between words):
 #: gateways' and SDKs' own (``x-litellm-api-key``, ``x-portkey-api-key``,
-#: ``x-functions-key``, ``openai-api-key``, ``api_key``, ``x-api-token``,
-#: ``authentication``). ``x-ratelimit-remaining-tokens`` is no credential: ``tokens``
-#: is not one of the words.
+#: ``x-functions-key``, ``openai-api-key``, ``api_key``, ``x-api-token``, ``x-authtoken``,
+#: ``authentication``). ``x-ratelimit-remaining-tokens`` is no credential (``tokens`` is
+#: not one of the words), nor are the request ids and usage figures named like one.
+#: Words are letters and digits (``\w`` also takes ``_``: ``a_a_a...`` backtracked
+#: exponentially, 22 s of the event loop for one header name), at most 8 around the word.
 _CREDENTIAL_WORDS = (
-    "key|apikey|token|secret|password|passwd|auth|authentication|authorization|credentials?"
+    "keys?|apikeys?|token|authtoken|apitoken|accesstoken|accesskey|secretkey|secret"
+    "|password|passwd|passphrase|auth|authentication|authorization|bearer|credentials?"
 )
-_NAMED_AS_CREDENTIAL = rf"(?:\w+[-_])*(?:{_CREDENTIAL_WORDS})(?:[-_]\w+)*"
+_NOT_CREDENTIALS = (
+    r"(?!(?:idempotency-key|sec-websocket-key|x-auth-request-[a-z0-9-]*"
+    r"|[a-z0-9-]*-token-count|[a-z0-9-]*-key-(?:spend|max-budget))(?:\s*:|'))"
+)
+_NAMED_AS_CREDENTIAL = (
+    _NOT_CREDENTIALS + rf"(?:[a-z0-9]+[-_]){{0,8}}(?:{_CREDENTIAL_WORDS})(?:[-_][a-z0-9]+){{0,8}}"
+)
 _HEADER_NAMES = "|".join([*(re.escape(h) for h in SECRET_HEADERS), _NAMED_AS_CREDENTIAL])
 #: A header name mitmproxy printed with ``\xNN`` escapes: not valid UTF-8, not a known
 #: header, so its value (which a client may have meant as a key) is not shown.
@@ -105,7 +114,8 @@ _BYTES_LITERAL = re.compile(r"b'(?:[^'\\]|\\.)*'" + r'|b"(?:[^"\\]|\\.)*"')
 #: substring tests (it cost ~18 µs per line when every URL went through the patterns).
 _NEEDLES = (
     "=", "@", "bearer", "basic", "protocol error", "header", "insecure-api-key", "\\x",
-    *SECRET_HEADERS, "key", "token", "secret", "passw", "auth", "credential",
+    *SECRET_HEADERS, "key", "token", "secret", "passw", "passphrase", "auth", "bearer",
+    "credential",
 )  # fmt: skip
 
 

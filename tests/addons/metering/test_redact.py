@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 
 import pytest
 
@@ -105,6 +106,9 @@ def test_install_wraps_the_dumper_once() -> None:
         ("    X-Api-Token: S3CRET28", "X-Api-Token: [redacted]"),
         ("    authentication: Bearer S3CRET29", "authentication: Bearer [redacted]"),
         ("[(b'openai-api-key', b'sk-S3CRET30')]", "b'openai-api-key', b'[redacted]'"),
+        ("    x-authtoken: S3CRET31", "x-authtoken: [redacted]"),
+        ("    x-api-keys: S3CRET32", "x-api-keys: [redacted]"),
+        ("    x-passphrase: S3CRET33", "x-passphrase: [redacted]"),
         # a header name that is not valid UTF-8, as mitmproxy prints it
         (r"    \xff\xfe: AIzaS3CRET22", r"\xff\xfe: [redacted]"),
         (r"b'GET / HTTP/1.1\r\nHost: x\r\n\xff\xfe: AIzaS3CRET23\r\n\r\n'", r"\xfe: [redacted]\r"),
@@ -125,6 +129,11 @@ def test_keys_in_any_spelling_are_redacted(line: str, shown: str) -> None:
         '    WWW-Authenticate: Basic realm="gateway"',
         "    x-ratelimit-remaining-tokens: 149984",  # tokens, not a token
         "    keep-alive: timeout=5",
+        "    idempotency-key: inv-0001-item-1",  # request ids and usage named like a key
+        "    sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==",
+        "    x-amzn-bedrock-input-token-count: 12",
+        "    x-litellm-key-spend: 0.0012",
+        "    x-auth-request-email: ops@example.com",
     ],
 )
 def test_words_that_are_not_keys_are_kept(line: str) -> None:
@@ -146,3 +155,13 @@ def test_the_log_filter_redacts_what_a_handler_prints() -> None:
         remove_log_filter(found, logger)
         logger.removeHandler(handler)
     assert stream.getvalue() == ("Invalid header line: b'[redacted]'\nplain text\n")
+
+
+def test_a_long_header_name_costs_no_time() -> None:
+    """``a_a_a_..._a: key`` made the credential-name pattern backtrack exponentially: 22 s
+    of the event loop (every call stalled) for 27 words at flow_detail 2."""
+    name = "_".join(["a"] * 40)
+    started = time.perf_counter()
+    for line in (f"    {name}: key", f"b'GET / HTTP/1.1\\r\\n{name}: key\\r\\n'"):
+        assert redact(line) == line
+    assert time.perf_counter() - started < 1.0  # microseconds now; hours before
