@@ -33,6 +33,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from addons.metering import jsoncodec
+from addons.metering.providers import normalise_path
 
 BYTES_PER_TOKEN = 4
 DEFAULT_OUTPUT_RESERVE = 4096
@@ -217,7 +218,7 @@ def _top_model(body: bytes) -> Any:
 def output_keys(flavor: str, path: str) -> tuple[str, ...]:
     """The top-level keys that bound a call's output on the endpoint at ``path`` (only
     those its server honours: a key it ignores would reserve a bound it does not keep)."""
-    path = path.partition("?")[0]
+    path = normalise_path(path)  # as the server routes it: /api/cha%74 is /api/chat
     if flavor == "openai" and _RESPONSES.search(path):
         return _RESPONSES_KEYS
     if flavor == "openai" and _OLLAMA_NATIVE.match(path):
@@ -292,7 +293,7 @@ def _parsed(flavor: str, body: bytes, path: str = "") -> tuple[str, int | None]:
         names = ("maxOutputTokens", "max_output_tokens")
     bounds = [_whole(where.get(name)) for name in names]
     options = data.get("options")  # Ollama's native API: -1 (and -2) mean no bound
-    if flavor == "openai" and _OLLAMA_NATIVE.match(path) and isinstance(options, dict):
+    if flavor == "openai" and not names and isinstance(options, dict):  # Ollama's native
         bounds.append(_whole(options.get("num_predict")))
     found = [b for b in bounds if b is not None]
     return (model if isinstance(model, str) else ""), (max(found) if found else None)
@@ -356,6 +357,10 @@ def max_output(model: str) -> int | None:
 
 
 def estimate_request(flavor: str, path: str, body: bytes) -> Estimate:
+    """What the call at ``path`` may cost. The path is read as the server routes it
+    (:func:`~addons.metering.providers.normalise_path`, as the meter decides what to bill):
+    ``/api/cha%74`` is Ollama's ``/api/chat``, bounded by ``options.num_predict`` only."""
+    path = normalise_path(path)
     if flavor == "gemini":
         m = _GEMINI_MODEL.search(path)
         model: Any = m.group(1) if m else ""

@@ -380,6 +380,11 @@ def test_openai_max_tool_calls_bounds_the_searches() -> None:
         pytest.param("/api/chat", {"max_tokens": 1}, 16_384,
                      id="chat-key-on-ollama-native-ignored"),
         pytest.param("/api/generate", {"options": {"num_predict": 9}}, 9, id="ollama-own-key"),
+        # spelt as a percent-decoding server routes it (5,500 used at 1,000 before)
+        pytest.param("/api/cha%74", {"max_tokens": 1}, 16_384, id="escaped-ollama-path"),
+        pytest.param("//api/chat", {"max_tokens": 1}, 16_384, id="doubled-slash"),
+        pytest.param("/v1/respons%65s", {"max_tokens": 1}, 16_384, id="escaped-responses"),
+        pytest.param("/api/chat?x=1", {"options": {"num_predict": 5}}, 5, id="ollama-query"),
     ],
 )  # fmt: skip
 def test_only_the_bounds_the_endpoint_honours_count(path: str, body: dict, output: int) -> None:
