@@ -68,7 +68,8 @@ _GEMINI_OPENAI_PATHS = re.compile(r"/openai/(?:chat/completions|embeddings)/?$")
 #: ``/v1/threads/<id>/messages``).
 _ANTHROPIC_COMPATIBLE = re.compile(r"^(?:/[A-Za-z0-9_.~-]+)?/v1/messages/?$")
 #: Anthropic's OpenAI SDK compatibility endpoint (``base_url=https://api.anthropic.com/v1/``):
-#: OpenAI's request and response format, the Anthropic key as ``Authorization: Bearer``.
+#: OpenAI's request and response format; the Anthropic key read as Anthropic's servers
+#: read it, ``x-api-key`` first, then ``Authorization: Bearer`` (the openai SDK's).
 _ANTHROPIC_OPENAI_PATHS = re.compile(r"^/v1/chat/completions/?$")
 #: A Responses API response read back: ``GET .../responses/<id>`` (polled, or its stream
 #: resumed with ``?stream=true``) and ``POST .../responses/<id>/cancel``. Billed only when
@@ -195,8 +196,9 @@ _SPEAKING: dict[tuple[MeteredProvider, Flavor], MeteredProvider] = {}
 
 
 def speaking(provider: MeteredProvider, flavor: Flavor) -> MeteredProvider:
-    """``provider`` as metered on an endpoint of another API format (its key then read
-    and injected as that format's: ``Authorization: Bearer``); one object per pair."""
+    """``provider`` as metered on an endpoint of another API format; one object per pair.
+    Its key is read and injected as that format's (``Authorization: Bearer``), except on
+    Anthropic's own servers, which read ``x-api-key`` first on every endpoint."""
     if flavor == provider.flavor:
         return provider
     key = (provider, flavor)

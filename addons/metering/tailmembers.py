@@ -63,10 +63,33 @@ def last_members(tail: bytes, depth: int = 0) -> bytes | None:
     if not end or tail[end - 1 : end] != b"}":
         return None
     body = tail[:end]
+    start = _first_member(body)
+    return None if start is None else b"{" + body[start:]
+
+
+def wrapped_members(tail: bytes) -> bytes | None:
+    """``{...}``: the last members of the object that is the outermost object's last
+    object value, whether other members follow it or not: the ``response`` of
+    ``{"type": ..., "response": {..., "usage": {...}}, "sequence_number": 32}`` (OpenAI's
+    order) or of ``{"type": ..., "sequence_number": 32, "response": {...}}``."""
+    end = len(tail.rstrip(b" \t\r\n"))
+    if not end or tail[end - 1 : end] != b"}":
+        return None
+    body = tail[:end]
+    start = _first_member(body)
+    if start is None:  # no member of the outer object in the tail: the value closes last
+        return last_members(tail, depth=1)
+    before = body[: body.rfind(b",", 0, start)].rstrip(b" \t\r\n")
+    return last_members(before) if before.endswith(b"}") else last_members(tail, depth=1)
+
+
+def _first_member(body: bytes) -> int | None:
+    """Where the outermost object's last members begin in ``body`` (which ends with its
+    ``}``), or None."""
     starts = [m.end() - 1 for m in _MEMBER_START.finditer(body)]
     for start in starts[:MAX_TRIES] if len(starts) <= MAX_TRIES else starts[-MAX_TRIES:]:
         if _members_close_at_end(body, start):
-            return b"{" + body[start:]
+            return start
     return None
 
 

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from addons.metering import jsoncodec
 from addons.metering.sse import SSEEvent, SSEParser
-from addons.metering.tailmembers import TAIL_BYTES, TailWindow, last_members
+from addons.metering.tailmembers import TAIL_BYTES, TailWindow, last_members, wrapped_members
 from addons.metering.usage import Seen, Usage
 
 #: A JSON body larger than this is not metered (the bytes still reach the client).
@@ -459,7 +459,7 @@ def _recovered(event: str, tail: bytes) -> str | None:
         return members.decode("utf-8", "replace")
     for prefix, key in _WRAPPED:
         if event.startswith(prefix):
-            inner = last_members(tail, depth=1)
+            inner = wrapped_members(tail)
             if inner is not None:
                 body = inner.decode("utf-8", "replace")
                 return f'{{"type": {json.dumps(event)}, "{key}": {body}}}'

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from addons.metering.tailmembers import TailWindow, last_members
+from addons.metering.tailmembers import TailWindow, last_members, wrapped_members
 
 
 @pytest.mark.parametrize(
@@ -80,3 +80,17 @@ def test_the_members_of_a_wrapped_object() -> None:
     inner = last_members(tail, depth=1)
     assert inner is not None and json.loads(inner)["usage"] == {"input_tokens": 5}
     assert last_members(b'{"a":1}', depth=1) is None
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        b'AAA"}],"usage":{"input_tokens":5},"user":null,"metadata":{}}}',
+        b'AAA"}],"usage":{"input_tokens":5},"metadata":{}},"sequence_number":32}',
+        b'AAA"}],"usage":{"input_tokens":5},"metadata":{}} , "sequence_number":32, "x":{}}',
+    ],
+    ids=["wrapped-value-last", "openai-order-sequence-last", "more-members-after"],
+)
+def test_the_members_of_the_wrapped_response(tail: bytes) -> None:
+    inner = wrapped_members(tail)
+    assert inner is not None and json.loads(inner)["usage"] == {"input_tokens": 5}

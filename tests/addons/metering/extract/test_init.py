@@ -228,7 +228,8 @@ def test_the_usage_at_the_end_of_a_big_sse_event_is_read() -> None:
     assert ext.seen().model == "gemini-3-pro-image-preview"
 
 
-def test_the_usage_inside_a_big_responses_event_is_read() -> None:
+@pytest.mark.parametrize("sequence_last", [False, True], ids=["sequence-first", "openai-order"])
+def test_the_usage_inside_a_big_responses_event_is_read(sequence_last: bool) -> None:
     """A streamed Responses call that generated six images: its 25 MB
     ``response.completed`` wraps the response, usage inside. The tail reader found only
     the outer object's members: billed 13 input, 0 output, estimated (2,000 / 37,440)."""
@@ -239,10 +240,14 @@ def test_the_usage_inside_a_big_responses_event_is_read() -> None:
     ext.feed(f"event: response.created\ndata: {json.dumps(created)}\n\n".encode())
     image = '{"type":"image_generation_call","result":"' + "A" * (17 * 1024 * 1024) + '"}'
     usage = {"input_tokens": 2000, "output_tokens": 37440, "total_tokens": 39440}
-    done = (
-        '{"type":"response.completed","sequence_number":9,"response":{"id":"resp_1",'
-        f'"object":"response","status":"completed","model":"gpt-5","output":[{image}],'
-        f'"usage":{json.dumps(usage)},"user":null,"metadata":{{}}}}}}'
+    response = (
+        '{"id":"resp_1","object":"response","status":"completed","model":"gpt-5",'
+        f'"output":[{image}],"usage":{json.dumps(usage)},"user":null,"metadata":{{}}}}'
+    )
+    done = (  # real recordings end "...metadata":{}},"sequence_number":32}
+        f'{{"type":"response.completed","response":{response},"sequence_number":9}}'
+        if sequence_last
+        else f'{{"type":"response.completed","sequence_number":9,"response":{response}}}'
     )
     event = f"event: response.completed\ndata: {done}\n\n".encode()
     for i in range(0, len(event), 1 << 20):
