@@ -56,24 +56,30 @@ SECRET_HEADERS: tuple[str, ...] = (
 #: ``authentication``). ``x-ratelimit-remaining-tokens`` is no credential (``tokens`` is
 #: not one of the words), nor are the request ids and usage figures named like one.
 #: Words are letters and digits (``\w`` also takes ``_``: ``a_a_a...`` backtracked
-#: exponentially, 22 s of the event loop for one header name), at most 8 around the word.
+#: exponentially, 22 s of the event loop for one header name), at most 16 around the word
+#: (each regex here is bounded: they run on what clients send, in every log line).
 _CREDENTIAL_WORDS = (
-    "keys?|apikeys?|token|authtoken|apitoken|accesstoken|accesskey|secretkey|secret"
-    "|password|passwd|passphrase|auth|authentication|authorization|bearer|credentials?"
+    r"(?:keys?|apikeys?|token|secret|password|passwd|passphrase|pwd|pass|auth"
+    r"|authentication|authorization|bearer|credentials?"
+    r"|[a-z0-9]{0,32}(?:apikey|authtoken|apitoken|accesstoken|accesskey|secretkey"
+    r"|sessiontoken|sessionkey|clientsecret|refreshtoken|idtoken))[0-9]*"
 )
 _NOT_CREDENTIALS = (
-    r"(?!(?:idempotency-key|sec-websocket-key|x-auth-request-[a-z0-9-]*"
-    r"|[a-z0-9-]*-token-count|[a-z0-9-]*-key-(?:spend|max-budget))(?:\s*:|'))"
+    r"(?!(?:idempotency-key|sec-websocket-key"
+    r"|x-auth-request-(?:user|email|groups|preferred-username)"
+    r"|[a-z0-9-]{0,64}-token-count|[a-z0-9-]{0,64}-key-(?:spend|max-budget))(?:\s*:|'))"
 )
 _NAMED_AS_CREDENTIAL = (
-    _NOT_CREDENTIALS + rf"(?:[a-z0-9]+[-_]){{0,8}}(?:{_CREDENTIAL_WORDS})(?:[-_][a-z0-9]+){{0,8}}"
+    _NOT_CREDENTIALS
+    + rf"(?:[a-z0-9]{{1,64}}[-_]{{1,3}}){{0,16}}{_CREDENTIAL_WORDS}"
+    + r"(?:[-_]{1,3}[a-z0-9]{1,64}){0,16}"
 )
 _HEADER_NAMES = "|".join([*(re.escape(h) for h in SECRET_HEADERS), _NAMED_AS_CREDENTIAL])
 #: A header name mitmproxy printed with ``\xNN`` escapes: not valid UTF-8, not a known
 #: header, so its value (which a client may have meant as a key) is not shown.
-_ODD_NAME = r"[^\s:'\x1b]*\\x[0-9a-fA-F]{2}[^\s:'\x1b]*"
+_ODD_NAME = r"[^\s:'\x1b]{0,128}\\x[0-9a-fA-F]{2}[^\s:'\x1b]{0,128}"
 _HEADER_LINE = re.compile(
-    r"^(\s*" + _ANSI + "(?:" + _HEADER_NAMES + "|" + _ODD_NAME + ")"
+    r"^([ \t]*" + _ANSI + "(?:" + _HEADER_NAMES + "|" + _ODD_NAME + ")"
     + _ANSI + r"\s*:\s*" + _ANSI + r")(?:(bearer|basic)\s+)?[^\x1b\n]+",
     re.IGNORECASE | re.MULTILINE,
 )  # fmt: skip
@@ -94,7 +100,7 @@ _H2_HEADER = re.compile(
 _LOOSE_HEADER = re.compile(
     r"(?:(?<![\w-])|(?<=\\n))"  # a word's start, or after an escaped newline (raw bytes)
     r"((?:" + _HEADER_NAMES + r")(?:[\s=:]+|',\s*b')(?:(?:bearer|basic)\s+)?)"
-    r"(?=[\w.~+/=-]*[\d_-])[\w.~+/=-]{8,}",
+    r"(?=[\w.~+/=-]{0,256}[\d_-])[\w.~+/=-]{8,}",
     re.IGNORECASE,
 )  # also ``name: value`` in a debug log's raw bytes and HTTP/2's ``(b'name', b'value')``
 #: OpenAI Realtime from a browser sends the key as a WebSocket subprotocol.
@@ -114,8 +120,7 @@ _BYTES_LITERAL = re.compile(r"b'(?:[^'\\]|\\.)*'" + r'|b"(?:[^"\\]|\\.)*"')
 #: substring tests (it cost ~18 µs per line when every URL went through the patterns).
 _NEEDLES = (
     "=", "@", "bearer", "basic", "protocol error", "header", "insecure-api-key", "\\x",
-    *SECRET_HEADERS, "key", "token", "secret", "passw", "passphrase", "auth", "bearer",
-    "credential",
+    *SECRET_HEADERS, "key", "token", "secret", "pass", "pwd", "auth", "bearer", "credential",
 )  # fmt: skip
 
 

@@ -218,7 +218,7 @@ def _top_model(body: bytes) -> Any:
 def output_keys(flavor: str, path: str) -> tuple[str, ...]:
     """The top-level keys that bound a call's output on the endpoint at ``path`` (only
     those its server honours: a key it ignores would reserve a bound it does not keep)."""
-    path = normalise_path(path)  # as the server routes it: /api/cha%74 is /api/chat
+    path = path.partition("?")[0]  # normalised by the caller (decoded once, as servers do)
     if flavor == "openai" and _RESPONSES.search(path):
         return _RESPONSES_KEYS
     if flavor == "openai" and _OLLAMA_NATIVE.match(path):

@@ -3,6 +3,7 @@ from __future__ import annotations
 import io
 import logging
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -109,6 +110,13 @@ def test_install_wraps_the_dumper_once() -> None:
         ("    x-authtoken: S3CRET31", "x-authtoken: [redacted]"),
         ("    x-api-keys: S3CRET32", "x-api-keys: [redacted]"),
         ("    x-passphrase: S3CRET33", "x-passphrase: [redacted]"),
+        ("    X-Auth-Request-Access-Token: S3CRET34", "Access-Token: [redacted]"),  # oauth2-proxy
+        ("    a-b-c-d-e-f-g-h-api-key: S3CRET35", "a-b-c-d-e-f-g-h-api-key: [redacted]"),
+        ("    api__key: S3CRET36", "api__key: [redacted]"),
+        ("    x-api-key2: S3CRET37", "x-api-key2: [redacted]"),
+        ("    xApiKey: S3CRET38", "xApiKey: [redacted]"),
+        ("    x-sessiontoken: S3CRET39", "x-sessiontoken: [redacted]"),
+        ("    x-pwd: S3CRET40", "x-pwd: [redacted]"),
         # a header name that is not valid UTF-8, as mitmproxy prints it
         (r"    \xff\xfe: AIzaS3CRET22", r"\xff\xfe: [redacted]"),
         (r"b'GET / HTTP/1.1\r\nHost: x\r\n\xff\xfe: AIzaS3CRET23\r\n\r\n'", r"\xfe: [redacted]\r"),
@@ -165,3 +173,21 @@ def test_a_long_header_name_costs_no_time() -> None:
     for line in (f"    {name}: key", f"b'GET / HTTP/1.1\\r\\n{name}: key\\r\\n'"):
         assert redact(line) == line
     assert time.perf_counter() - started < 1.0  # microseconds now; hours before
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda n: "\n" * n + "key",  # every line start re-scanned every newline: 17 s at 10 KB
+        lambda n: "\\x41" * n + " key",  # a name of escapes scanned from every start
+        lambda n: "key=" * n,  # the credential look-ahead run from every key
+        lambda n: "b'" + "\\r\\n" * n + "key'",
+        lambda n: "password=" * n,
+    ],
+    ids=["newlines", "escapes", "key-equals", "raw-newlines", "password-equals"],
+)
+def test_a_hostile_line_costs_linear_time(make: Callable[[int], str]) -> None:
+    """Lines a client can make the proxy log: quadratic before (11-174 s at 10-30 KB)."""
+    started = time.perf_counter()
+    redact(make(30_000))
+    assert time.perf_counter() - started < 3.0  # ~0.2 s at most now
