@@ -213,8 +213,9 @@ _CREATION_S = 5.0
 def _being_created(loc: str, err: duckdb.Error) -> bool:
     """A read-only open that came between the proxy creating the file and writing its
     headers: DuckDB calls the file "not a valid DuckDB database file". Worth another try
-    only while the file is that short and that new; any other such file is not DuckDB's,
-    and the error is given at once.
+    only while the file is that short and that new, or when it has become a DuckDB file
+    since (its headers written, or a finished file moved in place between the open and
+    this check); any other such file is not DuckDB's, and the error is given at once.
 
     An empty file, however old, is always worth another try: a writer's next attempt
     fills it (:mod:`meterline.emptystore`), a reader's says "no such database"."""
@@ -226,7 +227,18 @@ def _being_created(loc: str, err: duckdb.Error) -> bool:
         return False
     if st.st_size == 0:
         return True
-    return st.st_size < _DUCKDB_HEADERS_BYTES and _recent(st.st_mtime)
+    if st.st_size >= _DUCKDB_HEADERS_BYTES:  # finished (or put in place) since the error?
+        return _recent(st.st_mtime) and _looks_like_duckdb(loc)
+    return _recent(st.st_mtime)
+
+
+def _looks_like_duckdb(loc: str) -> bool:
+    """A DuckDB file starts with a checksum, then ``DUCK`` (bytes 8 to 12)."""
+    try:
+        with open(loc, "rb") as f:
+            return f.read(12)[8:] == b"DUCK"
+    except OSError:
+        return False
 
 
 def _recent(mtime: float) -> bool:
