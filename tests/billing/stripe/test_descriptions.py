@@ -15,7 +15,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from billing.cli import main as billing_cli
-from tests.billing.stripe.conftest import client_for, make_billed
+from tests.billing.stripe.conftest import Billed, client_for, make_billed
 from tests.fakestripe import DEFAULT_API_KEY, FakeStripe
 
 CATALOG = """\
@@ -65,8 +65,8 @@ customers:
 """
 
 
-def test_item_descriptions_never_imply_another_amount(tmp_path: Path) -> None:
-    billed = make_billed(tmp_path, CATALOG)  # agent-a: 1,234,567 input tokens on Oct 5
+def _synced_items(billed: Billed) -> dict[str, int]:
+    """October's invoice synced to a fake Stripe: its items' descriptions and amounts."""
     with FakeStripe() as fake:
         result = CliRunner().invoke(
             billing_cli,
@@ -77,7 +77,12 @@ def test_item_descriptions_never_imply_another_amount(tmp_path: Path) -> None:
         )  # fmt: skip
         assert result.exit_code == 0, result.output
         [inv] = client_for(fake).v1.invoices.list().data
-        items = {ln.description: ln.amount for ln in inv.lines.data}
+        return {ln.description: ln.amount for ln in inv.lines.data}
+
+
+def test_item_descriptions_never_imply_another_amount(tmp_path: Path) -> None:
+    billed = make_billed(tmp_path, CATALOG)  # agent-a: 1,234,567 input tokens on Oct 5
+    items = _synced_items(billed)
     assert items == {
         # 14 of October's 31 days (the subscription ends on the 15th): 31.00 x 14/31
         "Platform fee (2026-10-01 – 2026-10-15) (1 unit; prorated 14/31 days)": 1400,
@@ -101,16 +106,6 @@ def test_a_long_rate_card_name_is_shortened_to_stripes_500_characters(tmp_path: 
     Stripe refuses (the fake now does too): the name is shortened, the figures kept."""
     long_name = "Input with a very long name " * 20  # 560 characters
     catalog = CATALOG.replace("name: Input (10% off)", f"name: {long_name.strip()!r}")
-    billed = make_billed(tmp_path, catalog)
-    with FakeStripe() as fake:
-        result = CliRunner().invoke(
-            billing_cli,
-            ["--db", str(billed.db), "--catalog", str(billed.catalog), "stripe", "sync",
-             "--period", "2026-10", "--api-base", fake.url, "--max-network-retries", "0"],
-            env={"STRIPE_API_KEY": DEFAULT_API_KEY},
-            catch_exceptions=False,
-        )  # fmt: skip
-        assert result.exit_code == 0, result.output
-        [inv] = client_for(fake).v1.invoices.list().data
-        [text] = [ln.description for ln in inv.lines.data if ln.description.startswith("Input w")]
+    items = _synced_items(make_billed(tmp_path, catalog))
+    [text] = [t for t in items if t.startswith("Input w")]
     assert len(text) == 500 and text.endswith("… (1234567 units; discount 10%)")
