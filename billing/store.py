@@ -10,7 +10,7 @@ than one command's unit of work.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -50,7 +50,11 @@ def apply_migrations(
 
 @contextmanager
 def billing_store(
-    locator: str | Path, *, create: bool = False, wait_s: float = 30.0
+    locator: str | Path,
+    *,
+    create: bool = False,
+    wait_s: float = 30.0,
+    on_wait: Callable[[str], None] | None = None,
 ) -> Iterator[duckdb.DuckDBPyConnection]:
     """The store, migrated, for one unit of work; closed on exit.
 
@@ -61,6 +65,6 @@ def billing_store(
     loc = str(locator)
     if not create and not loc.startswith(LAKE_PREFIX) and no_store_yet(loc):
         raise StoreError(f"{loc}: no such database (nothing metered yet?)")
-    with store(loc, wait_s=wait_s, create_lake=create) as con:
+    with store(loc, wait_s=wait_s, create_lake=create, on_wait=on_wait) as con:
         apply_migrations(con)
         yield con

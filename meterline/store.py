@@ -176,22 +176,40 @@ def signal_reader_waiting(db: str | Path) -> None:
         os.close(os.open(reader_waiting_path(db), os.O_WRONLY | os.O_CREAT, 0o600))
 
 
-def _retrying[T](loc: str, wait_s: float, attempt: Callable[[], T], *, ask: bool = True) -> T:
+#: Waiting this long for another process's lock is said (``on_wait``), once.
+SAY_WAITING_AFTER_S = 2.0
+
+
+def _retrying[T](
+    loc: str,
+    wait_s: float,
+    attempt: Callable[[], T],
+    *,
+    ask: bool = True,
+    on_wait: Callable[[str], None] | None = None,
+) -> T:
     """``attempt()`` until it succeeds, fails for good, or ``wait_s`` has passed.
 
     ``ask``: on a locked file, ask the proxy's writer to let go (not when we are it).
+    ``on_wait``: told once, with the reason, when the wait passes
+    :data:`SAY_WAITING_AFTER_S` (a command would otherwise sit silent for 30 s).
     """
-    deadline = time.monotonic() + wait_s
+    started = time.monotonic()
+    deadline = started + wait_s
     delay = 0.005
-    asked = False
+    asked = said = False
     while True:
         try:
             result = attempt()
         except duckdb.Error as e:
-            if not _is_transient(loc, e) or time.monotonic() >= deadline:
+            now = time.monotonic()
+            if not _is_transient(loc, e) or now >= deadline:
                 raise StoreError(
                     f"{shown(loc)}: cannot open: {one_line(str(e))}{_hint(loc, e)}"
                 ) from e
+            if on_wait is not None and not said and now - started >= SAY_WAITING_AFTER_S:
+                said = True
+                on_wait(f"{shown(loc)}: waiting up to {wait_s:.0f} s: {one_line(str(e))}")
             if ask and not loc.startswith(LAKE_PREFIX):
                 signal_reader_waiting(loc)
                 asked = True
@@ -319,6 +337,7 @@ def open_store(
     read_only: bool = False,
     wait_s: float = 30.0,
     create_lake: bool = True,
+    on_wait: Callable[[str], None] | None = None,
 ) -> duckdb.DuckDBPyConnection:
     """Open the store, waiting up to ``wait_s`` for another process's lock on the file.
 
@@ -326,12 +345,12 @@ def open_store(
     new empty lake (see :func:`_attach_lake`)."""
     loc = str(locator)
     if loc.startswith(LAKE_PREFIX):
-        return _retrying(loc, wait_s, lambda: _open_lake(loc, create_lake))
+        return _retrying(loc, wait_s, lambda: _open_lake(loc, create_lake), on_wait=on_wait)
     if read_only and not Path(loc).exists():
         raise _no_such_database(loc)
     if read_only:
-        return _retrying(loc, wait_s, lambda: _connect_reader(loc))
-    return _retrying(loc, wait_s, lambda: _connect_private(loc))
+        return _retrying(loc, wait_s, lambda: _connect_reader(loc), on_wait=on_wait)
+    return _retrying(loc, wait_s, lambda: _connect_private(loc), on_wait=on_wait)
 
 
 def _connect_reader(path: str) -> duckdb.DuckDBPyConnection:
@@ -428,6 +447,7 @@ def store(
     read_only: bool = False,
     wait_s: float = 30.0,
     create_lake: bool = True,
+    on_wait: Callable[[str], None] | None = None,
 ) -> Iterator[duckdb.DuckDBPyConnection]:
     """Open, yield, close: hold the file no longer than one unit of work.
 
@@ -435,7 +455,9 @@ def store(
     during the work is 0600 like the database file.
     """
     with contextlib.nullcontext() if read_only else private_files():
-        con = open_store(locator, read_only=read_only, wait_s=wait_s, create_lake=create_lake)
+        con = open_store(
+            locator, read_only=read_only, wait_s=wait_s, create_lake=create_lake, on_wait=on_wait
+        )
         try:
             yield con
         finally:

@@ -88,12 +88,19 @@ class Settings:
         return 300 if self.db.startswith(LAKE_PREFIX) else 0
 
     def store(self) -> AbstractContextManager[duckdb.DuckDBPyConnection]:
-        return billing_store(self.db)
+        return billing_store(self.db, on_wait=_say_waiting)
 
     def store_for_writing(self) -> AbstractContextManager[duckdb.DuckDBPyConnection]:
         """The store, a DuckDB file made if there is none yet: a grant may come before the
         proxy's first event (a lake is never made here: a fleet's lake is the proxies')."""
-        return billing_store(self.db, create=not self.db.startswith(LAKE_PREFIX))
+        create = not self.db.startswith(LAKE_PREFIX)
+        return billing_store(self.db, create=create, on_wait=_say_waiting)
+
+
+def _say_waiting(why: str) -> None:
+    """A command waiting for another process's lock on the store says so (it sat silent
+    for up to 30 s, then failed)."""
+    click.echo(f"waiting for the store: {why}", err=True)
 
 
 pass_settings = click.make_pass_decorator(Settings)

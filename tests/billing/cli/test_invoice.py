@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import subprocess
+import sys
 from datetime import UTC, datetime
 from decimal import Decimal
 from html.parser import HTMLParser
@@ -454,3 +456,30 @@ def test_an_empty_store_variable_is_an_error_not_the_default_file(
     assert result.exit_code == 2
     assert "METERLINE_DB is set but empty: unset it, or name the file" in result.output
     assert not (tmp_path / "meterline.duckdb").exists()
+
+
+def test_a_command_waiting_for_a_locked_store_says_so(tmp_path: Path) -> None:
+    """Another process holds the file: the command sat silent for up to 30 s. It says it
+    waits (after 2 s), then goes on once the lock is released."""
+    db = tmp_path / "m.duckdb"
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text((Path(__file__).parents[3] / "catalog.yaml").read_text())
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "
+         "c.execute('CREATE TABLE t (a INT)'); print('held', flush=True); time.sleep(3.5)",
+         str(db)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    try:
+        result = subprocess.run(
+            [str(Path(sys.executable).parent / "billing"), "--db", str(db),
+             "--catalog", str(catalog), "usage", "--format", "json"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    finally:
+        holder.wait(10)
+        holder.stdout.close()
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith(f"waiting for the store: {db}: waiting up to 30 s: ")
