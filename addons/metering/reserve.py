@@ -339,6 +339,8 @@ def answers(flavor: str, path: str, body: bytes) -> int:
         conf = _gemini_config(data)
         count = _whole(conf.get("candidateCount", conf.get("candidate_count")))
         return min(max(count or 1, 1), MAX_ANSWERS)
+    if flavor != "openai" or _RESPONSES.search(path):
+        return 1  # Anthropic's Messages and the Responses API answer once: no n there
     count = max(_whole(data.get("n")) or 1, 1)
     if legacy:
         count = max(count, _whole(data.get("best_of")) or 1)

@@ -310,6 +310,20 @@ def test_searches_a_call_may_run(flavor: str, tools: list[dict], searches: int) 
             5,
             id="n-in-a-message-only",
         ),
+        pytest.param(
+            "openai",
+            "/v1/responses",
+            {"model": "gpt-4o", "n": 4, "max_output_tokens": 100},
+            100,
+            id="responses-has-no-n",  # a stray n over-reserved x4
+        ),
+        pytest.param(
+            "anthropic",
+            "/v1/messages",
+            {"model": "claude-sonnet-4-5", "n": 4, "max_tokens": 100},
+            100,
+            id="messages-has-no-n",
+        ),
     ],
 )
 def test_each_answer_asked_for_reserves_its_bound(
