@@ -62,7 +62,7 @@ from addons.metering.writer import SpoolWriter
 from meterline.catalog import Catalog, CatalogError
 from meterline.lakeconfig import LakeConfigError, lake_settings
 from meterline.proxycatalog import load_proxy_catalog
-from meterline.store import DEFAULT_CATALOG, DEFAULT_DB
+from meterline.store import DEFAULT_CATALOG, DEFAULT_DB, looks_like_duckdb
 
 log = logging.getLogger("meterline.proxy")
 UNKNOWN_KEY_POLICIES = ("record", "reject")
@@ -588,18 +588,12 @@ def _check_db(locator: str) -> None:
     if path.exists() and not path.is_file():  # a FIFO would block the start for good
         raise exceptions.OptionsError(f"meter_db: {path} is not a regular file")
     try:
-        with path.open("rb") as f:
-            head = f.read(_DUCKDB_MAGIC_END)
+        if path.stat().st_size and not looks_like_duckdb(path):  # empty: made at first flush
+            raise exceptions.OptionsError(f"meter_db: {path} is not a DuckDB database file")
     except FileNotFoundError:
         return  # made by the first flush
     except OSError as e:
         raise exceptions.OptionsError(f"meter_db: cannot read {path}: {e.strerror}") from e
-    if head and head[_DUCKDB_MAGIC_END - 4 :] != b"DUCK":  # empty: made at the first flush
-        raise exceptions.OptionsError(f"meter_db: {path} is not a DuckDB database file")
-
-
-#: A DuckDB database file starts with a checksum, then ``DUCK`` (bytes 8 to 12).
-_DUCKDB_MAGIC_END = 12
 
 
 #: A day: a longer interval holds events in the spool for longer than any use of it (and

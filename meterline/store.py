@@ -246,17 +246,17 @@ def _being_created(loc: str, err: duckdb.Error) -> bool:
     if st.st_size == 0:
         return True
     if st.st_size >= _DUCKDB_HEADERS_BYTES:  # finished (or put in place) since the error?
-        return _recent(st.st_mtime) and _looks_like_duckdb(loc)
+        with contextlib.suppress(OSError):
+            return _recent(st.st_mtime) and looks_like_duckdb(loc)
+        return False
     return _recent(st.st_mtime)
 
 
-def _looks_like_duckdb(loc: str) -> bool:
-    """A DuckDB file starts with a checksum, then ``DUCK`` (bytes 8 to 12)."""
-    try:
-        with open(loc, "rb") as f:
-            return f.read(12)[8:] == b"DUCK"
-    except OSError:
-        return False
+def looks_like_duckdb(loc: str | Path) -> bool:
+    """A DuckDB database file: a checksum, then ``DUCK`` (bytes 8 to 12). Raises
+    ``OSError`` when it cannot be read (a missing file is not one)."""
+    with open(loc, "rb") as f:
+        return f.read(12)[8:] == b"DUCK"
 
 
 def _recent(mtime: float) -> bool:
