@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -88,8 +89,25 @@ def to_csv(rows: Sequence[Row], columns: Sequence[str] | None = None) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(cols)
     for r in rows:
-        writer.writerow([_cell(r.get(c)) for c in cols])
+        writer.writerow([_csv_cell(r.get(c)) for c in cols])
     return buf.getvalue().rstrip("\n")
+
+
+#: A CSV cell a spreadsheet would run as a formula: text that starts with ``=``, ``+``,
+#: ``-``, ``@``, a tab or a carriage return (OWASP's "CSV injection"). Model names come
+#: from the clients' requests, so any metered consumer could plant one in an export.
+_FORMULA_START = re.compile(r"[=+\-@\t\r]")
+#: A number as text (``-29.99``, ``+1``): a spreadsheet reads it as a number, no formula.
+_NUMBER = re.compile(r"[-+]?[0-9][0-9.,]*(?:[eE][-+]?[0-9]+)?")
+
+
+def _csv_cell(value: Any) -> str:
+    """``_cell``, with text that a spreadsheet would evaluate prefixed by ``'`` so it
+    is shown as the text it is."""
+    text = _cell(value)
+    if _FORMULA_START.match(text) and not _NUMBER.fullmatch(text):
+        return "'" + text
+    return text
 
 
 def rows(data: Sequence[Row], fmt: str, columns: Sequence[str] | None = None) -> str:

@@ -95,3 +95,24 @@ def test_invoice_text_and_csv() -> None:
         ("1", "500", "500"),
         ("2", "4", "0.5"),
     ]
+
+
+def test_csv_cells_a_spreadsheet_would_evaluate_are_shown_as_text() -> None:
+    """A model name comes from the client's request: an export must not run it."""
+    rows = [
+        {"model": '=HYPERLINK("http://evil","x")', "amount": Decimal("-29.99")},
+        {"model": "+cmd", "amount": "-1.00"},
+        {"model": "@SUM(A1)", "amount": 0},
+        {"model": "-2+3", "amount": "1e5"},
+        {"model": "\tgpt", "amount": None},
+        {"model": "gpt-4o", "amount": Decimal("12.50")},
+    ]
+    parsed = list(csv.reader(io.StringIO(render.to_csv(rows, ["model", "amount"]))))
+    assert parsed[1:] == [
+        ['\'=HYPERLINK("http://evil","x")', "-29.99"],
+        ["'+cmd", "-1.00"],
+        ["'@SUM(A1)", "0"],
+        ["'-2+3", "1e5"],
+        ["'\tgpt", ""],
+        ["gpt-4o", "12.50"],
+    ]
