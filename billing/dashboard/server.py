@@ -19,7 +19,6 @@ import re
 import socket
 import sys
 from http import HTTPStatus
-from http.cookies import SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit, urlunsplit
 
@@ -57,6 +56,20 @@ def cookie_value(token: str) -> str:
     """The token as a cookie value: percent-encoded, so ``;``, spaces or quotes in it
     cannot end the value early (:meth:`Handler._authorized` decodes it)."""
     return quote(token, safe="")
+
+
+def cookie_named(header: str, name: str) -> str | None:
+    """The value of cookie ``name`` in a ``Cookie`` header, read pair by pair.
+
+    Not ``http.cookies.SimpleCookie``: it stops at the first pair it finds invalid
+    (``prefs={"a":1}``, ``theme=dark mode``), and cookies on ``localhost`` are shared by
+    every local app on any port, so another app's cookie would log the dashboard out.
+    """
+    for pair in header.split(";"):
+        key, sep, value = pair.strip().partition("=")
+        if sep and key.strip() == name:
+            return value.strip().strip('"')
+    return None
 
 
 def redact_path(path: str) -> str:
@@ -144,10 +157,9 @@ class Handler(BaseHTTPRequestHandler):
         given = bearer_credentials(self.headers.get("Authorization", ""))
         if given is not None and hmac.compare_digest(given.encode(), token.encode()):
             return True
-        cookie = SimpleCookie(self.headers.get("Cookie", ""))
-        morsel = cookie.get(COOKIE)
-        return morsel is not None and hmac.compare_digest(
-            morsel.value.encode(), cookie_value(token).encode()
+        given = cookie_named(self.headers.get("Cookie", ""), COOKIE)
+        return given is not None and hmac.compare_digest(
+            given.encode(), cookie_value(token).encode()
         )
 
     def _send(self, response: Response, head: bool) -> None:

@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 import pytest
 
-from billing.dashboard.server import redact, redact_path
+from billing.dashboard.server import COOKIE, cookie_value, redact, redact_path
 from tests.billing.events import Setup
 from tests.dashboard.conftest import Server, start_dashboard, stop, variant
 from tests.dashboard.seed import CATALOG
@@ -57,6 +57,20 @@ def test_verbose_logs_never_hold_the_token(guarded: tuple[Server, Path]) -> None
     assert "Bad request version" in text and "GET /?token=[redacted] HTTP/1.1 junk" in text
     for secret in (TOKEN, quote(TOKEN), TOKEN[:-1], quote(TOKEN[:-1]), "s3cret"):
         assert secret not in text, secret
+
+
+def test_the_token_cookie_counts_beside_cookies_of_other_local_apps(
+    guarded: tuple[Server, Path],
+) -> None:
+    """Cookies on 127.0.0.1 are shared by every port: one another app set that the
+    standard library's parser refuses must not log the dashboard out."""
+    server, _ = guarded
+    ours = f"{COOKIE}={cookie_value(TOKEN)}"
+    for others in ('prefs={"a":1}', "theme=dark mode", "a=b"):
+        assert server.get("/usage.json", {"Cookie": f"{others}; {ours}"})[0] == 200, others
+        assert server.get("/usage.json", {"Cookie": f"{ours}; {others}"})[0] == 200, others
+    assert server.get("/usage.json", {"Cookie": 'prefs={"a":1}'})[0] == 401
+    assert server.get("/usage.json", {"Cookie": f"{COOKIE}=wrong"})[0] == 401
 
 
 @pytest.mark.parametrize(
