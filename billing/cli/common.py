@@ -13,13 +13,14 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVar
 
 import click
 import duckdb
 
 from billing.errors import NotGenerated, NoUsage, UserError
+from billing.instants import OUT_OF_RANGE, in_utc
 from billing.render import FORMATS
 from billing.store import billing_store
 from meterline import lakerepair
@@ -181,11 +182,6 @@ class Month(click.ParamType):
         return str(value)
 
 
-EARLIEST_YEAR, LATEST_YEAR = 1970, 9998
-"""The times a command takes: metering began after 1970, and periods and offsets around a
-time must stay inside Python's datetime range (years 1 to 9999)."""
-
-
 class UtcDateTime(click.ParamType):
     """``2026-03-01``, ``2026-03-01T12:00:00Z`` or with an offset; no zone means UTC."""
 
@@ -204,18 +200,9 @@ class UtcDateTime(click.ParamType):
                 param,
                 ctx,
             )
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=UTC)
-        try:  # the year in UTC: 0001-01-01T00:00+01:00 overflowed, 1970-01-01+14:00 is 1969
-            utc = parsed.astimezone(UTC)
-        except OverflowError:
-            utc = None
-        if utc is None or not EARLIEST_YEAR <= utc.year <= LATEST_YEAR:
-            self.fail(
-                f"{value!r} is out of range (years {EARLIEST_YEAR} to {LATEST_YEAR}, in UTC)",
-                param,
-                ctx,
-            )
+        utc = in_utc(parsed)
+        if utc is None:
+            self.fail(f"{value!r} {OUT_OF_RANGE}", param, ctx)
         return utc
 
 

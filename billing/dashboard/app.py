@@ -34,6 +34,7 @@ from billing.dashboard.queries import (
 from billing.documents.pdf import PdfError, html_to_pdf
 from billing.documents.statement import NoStatement
 from billing.errors import UnknownCustomer
+from billing.instants import OUT_OF_RANGE, in_utc
 from billing.invoices import BillingError, get_invoice
 from billing.ledger import load_invoices
 from billing.schedule import ScheduleError
@@ -64,7 +65,10 @@ def parse_instant(text: str | None, name: str) -> datetime | None:
         value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
         raise UsageError(f"{name}: {text!r} is not a date or time such as 2026-03-01") from None
-    return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
+    utc = in_utc(value)
+    if utc is None:
+        raise UsageError(f"{name}: {text!r} {OUT_OF_RANGE}")
+    return utc
 
 
 def row_limit(text: str | None, default: int) -> int | None:

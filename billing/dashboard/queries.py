@@ -49,7 +49,9 @@ class TimeRange:
 
     @property
     def minutes(self) -> Decimal:
-        return Decimal(int((self.end - self.start).total_seconds())) / 60
+        """The range's length in minutes, exact to the microsecond (a range shorter than
+        a second is not zero minutes: calls per minute divides by it)."""
+        return Decimal((self.end - self.start) // timedelta(microseconds=1)) / 60_000_000
 
     def to_data(self) -> Data:
         return {"from": self.start, "to": self.end, "bucket": self.bucket}

@@ -203,6 +203,13 @@ def test_customers_list_and_errors(dashboard: Server) -> None:
     assert status == 400 and b"not a fingerprint" in body
     status, body = dashboard.get("/usage.json?from=yesterday")
     assert status == 400 and b"is not a date or time" in body
+    for query in ("/usage?to=0001-01-02", "/customers/alpha?at=9999-12-31T23:59:59"):
+        status, body = dashboard.get(query)  # was a 500 (OverflowError, PeriodRangeError)
+        assert status == 400 and b"is out of range (years 1970 to 9998, in UTC)" in body, query
+    status, body = dashboard.get(  # under a second: was a 500 (division by zero minutes)
+        "/health.json?from=2026-01-01&to=2026-01-01T00:00:00.000001"
+    )
+    assert status == 200, body
     assert dashboard.get("/nothing-here")[0] == 404
     assert dashboard.get("/assets/../../etc/passwd")[0] == 404
     assert dashboard.get("/")[0] == 200  # redirected to /usage

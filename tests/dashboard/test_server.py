@@ -42,17 +42,16 @@ def test_verbose_logs_never_hold_the_token(guarded: tuple[Server, Path]) -> None
     assert conn.getresponse().status == 302  # logged in: the cookie is set
     conn.close()
     assert server.get("/usage.json", bearer)[0] == 200
-    # a wrong token in the URL of a request that fails inside the app: logged, redacted
+    # a wrong token in the URL of a request the app refuses: logged, redacted
     status, _ = server.get(
         f"/customers/alpha?at=9999-12-31T23:59:59&token={quote(TOKEN[:-1])}", bearer
     )
-    assert status == 500
+    assert status == 400
     # a request line the server cannot parse is logged as it came
     assert b"Error code: 400" in raw_request(server, f"GET /?token={quote(TOKEN)} HTTP/1.1 junk")
     stop(server)
     text = log.read_text(encoding="utf-8")
     assert "GET /customers?token=[redacted]&at=2026-01-20 HTTP/1.1" in text
-    assert "year 9999 (or start before the year 1)') answering /customers/alpha?at=" in text
     assert "GET /customers/alpha?at=9999-12-31T23%3A59%3A59&token=[redacted] HTTP/1.1" in text
     assert "Bad request version" in text and "GET /?token=[redacted] HTTP/1.1 junk" in text
     for secret in (TOKEN, quote(TOKEN), TOKEN[:-1], quote(TOKEN[:-1]), "s3cret"):
