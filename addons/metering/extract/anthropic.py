@@ -13,7 +13,10 @@ Streams: ``message_start`` carries ``message.usage`` (input and cache figures, a
 placeholder output count) and ``message_delta`` carries the cumulative ``output_tokens``
 and, in newer API versions, repeats or revises the input/cache figures. Each field takes
 the latest non-null value, so nothing is ever added twice and ``message_delta``'s
-revision wins. Only ``message_start``, ``message_delta`` and ``content_block_delta``
+revision wins, and the one-hour share goes with its total: a ``message_delta`` revising
+``cache_creation_input_tokens`` without a ``cache_creation`` breakdown takes it from its
+``message`` iterations when it lists them, else keeps the earlier share capped at the new
+total. Only ``message_start``, ``message_delta`` and ``content_block_delta``
 (kept raw, for estimates) are looked at. Usage from ``message_start`` alone is
 ``partial``.
 
@@ -125,6 +128,7 @@ class AnthropicReader:
         if searches is not None:
             self._fields[_WEB_SEARCHES] = searches
         iterations = raw.get("iterations")
+        self._revise_one_hour(raw, iterations)
         if isinstance(iterations, list):  # repeated in each report: the latest wins
             self._beside = []
             for item in iterations:
@@ -135,6 +139,31 @@ class AnthropicReader:
                 _read_fields(item, self._counts, fields)
                 model = item.get("model")
                 self._beside.append((model if isinstance(model, str) and model else None, fields))
+
+    def _revise_one_hour(self, raw: dict[str, Any], iterations: Any) -> None:
+        """A report that revises the cache-write total without its own one-hour share
+        (``message_delta`` repeats ``cache_creation_input_tokens`` but not
+        ``cache_creation``) must not keep an earlier report's share against the new total.
+
+        The share is then the sum of the ``message`` iterations' one-hour writes when the
+        report lists them (the top-level figures are their sum), else the earlier share
+        capped at the revised total (never more one-hour writes than writes).
+        """
+        quiet = CountReader()  # these figures' problems are noted once, by _read_fields
+        if quiet.get(raw, "cache_creation_input_tokens") is None:
+            return  # the total is not revised here
+        if quiet.get(as_dict(raw.get("cache_creation")), _ONE_HOUR) is not None:
+            return  # the report gives its own share
+        shares = [
+            self._counts.get(as_dict(item.get("cache_creation")), _ONE_HOUR)
+            for item in map(as_dict, iterations if isinstance(iterations, list) else [])
+            if item.get("type") == "message"
+        ]
+        if any(share is not None for share in shares):
+            self._fields[_ONE_HOUR] = sum(share or 0 for share in shares)
+        elif _ONE_HOUR in self._fields:
+            total = self._fields.get("cache_creation_input_tokens", 0)
+            self._fields[_ONE_HOUR] = min(self._fields[_ONE_HOUR], total)
 
     def _take_message(self, message: dict[str, Any]) -> None:
         if isinstance(message.get("model"), str) and message["model"]:

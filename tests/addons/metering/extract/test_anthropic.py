@@ -284,6 +284,93 @@ def test_message_delta_revises_cache_figures() -> None:
     assert usage is not None and (usage.input, usage.cached_input, usage.output) == (181, 0, 8)
 
 
+def _one_hour_iteration(kind: str, one_hour: int, **usage: object) -> dict:
+    return {
+        "type": kind,
+        "input_tokens": 10,
+        "output_tokens": 5,
+        "cache_read_input_tokens": 0,
+        "cache_creation_input_tokens": one_hour,
+        "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": one_hour},
+        **usage,
+    }
+
+
+def test_a_revised_cache_write_total_does_not_keep_a_stale_one_hour_share() -> None:
+    """Compaction: message_start reports the compaction step's 2000 one-hour writes,
+    message_delta revises the total to 0 without a breakdown (the real compaction
+    recording's shape): 2000 one-hour writes against 0 would make the report unusable."""
+    usage, _, problems = stream(
+        start(
+            input_tokens=100,
+            cache_creation_input_tokens=2000,
+            cache_creation={"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 2000},
+            output_tokens=7,
+        ),
+        delta(input_tokens=181, cache_creation_input_tokens=0, output_tokens=8),
+    )
+    assert problems == [] and usage is not None
+    assert usage.invalid is None and not usage.partial
+    assert (usage.input, usage.cache_write, usage.cache_write_1h, usage.output) == (181, 0, 0, 8)
+
+
+def test_a_revised_total_without_iterations_caps_the_earlier_one_hour_share() -> None:
+    usage, _, _ = stream(
+        start(
+            input_tokens=3,
+            cache_creation_input_tokens=2000,
+            cache_creation={"ephemeral_1h_input_tokens": 2000},
+            output_tokens=1,
+        ),
+        delta(cache_creation_input_tokens=500, output_tokens=9),
+    )
+    assert usage is not None and usage.invalid is None
+    assert (usage.cache_write, usage.cache_write_1h) == (0, 500)
+
+
+def test_a_revised_total_takes_its_one_hour_share_from_the_message_iterations() -> None:
+    """message_delta revises the total to 1500 without a breakdown; its iterations show
+    both message turns wrote for an hour (1000 + 500): none of it is 5-minute writes.
+    A compaction iteration's one-hour writes are its own event's, not the top level's."""
+    iterations = [
+        _one_hour_iteration("message", 1000),
+        _one_hour_iteration("compaction", 300),
+        _one_hour_iteration("message", 500),
+    ]
+    usage, _, problems = stream(
+        start(
+            input_tokens=10,
+            cache_creation_input_tokens=1000,
+            cache_creation={"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 1000},
+            output_tokens=1,
+        ),
+        delta(
+            input_tokens=20,
+            cache_creation_input_tokens=1500,
+            output_tokens=10,
+            iterations=iterations,
+        ),
+    )
+    assert problems == [] and usage is not None and usage.invalid is None
+    assert (usage.cache_write, usage.cache_write_1h) == (0, 1500)
+    assert [(e.cache_write, e.cache_write_1h) for e in usage.extra] == [(0, 300)]
+
+
+def test_a_bad_one_hour_count_in_a_message_iteration_is_unusable() -> None:
+    usage, _, _ = stream(
+        start(input_tokens=10, cache_creation_input_tokens=10, output_tokens=1),
+        delta(
+            cache_creation_input_tokens=10,
+            output_tokens=5,
+            iterations=[
+                _one_hour_iteration("message", 10, cache_creation={"ephemeral_1h_input_tokens": -1})
+            ],
+        ),
+    )
+    assert usage is not None and usage.invalid is not None
+    assert "ephemeral_1h_input_tokens=-1" in usage.invalid
+
+
 def test_null_input_in_message_delta_is_not_reported() -> None:
     usage, _, _ = stream(
         start(input_tokens=25, output_tokens=1),
