@@ -51,6 +51,13 @@ View = Callable[[dict[str, Any]], dict[str, Any]]
 
 def parse_catalog(text: str, source: Path | str = "<catalog>", view: View | None = None) -> Catalog:
     try:
+        return _parse_catalog(text, source, view)
+    except RecursionError:  # a hostile or broken file nested thousands of levels deep
+        raise CatalogError(f"{source}: nested too deeply to be a catalog") from None
+
+
+def _parse_catalog(text: str, source: Path | str, view: View | None) -> Catalog:
+    try:
         data = yaml.load(text, Loader=_YAML_LOADER)  # noqa: S506 - a safe loader
     except yaml.YAMLError:
         data = None  # read again below with the pure-Python loader, for its exact message

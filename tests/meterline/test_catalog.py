@@ -198,3 +198,10 @@ def test_libyaml_and_pure_loader_give_the_same_catalog() -> None:
     text = (REPO / "catalog.yaml").read_text()
     assert getattr(yaml, "CSafeLoader", None) is not None  # the fast path is really taken
     assert parse_catalog(text) == Catalog.model_validate(yaml.safe_load(text))
+
+
+def test_a_catalog_nested_thousands_of_levels_deep_is_one_catalog_error() -> None:
+    """It raised RecursionError: a traceback at start, and one per poll of a reload."""
+    deep = "consumers: " + "[" * 50_000 + "]" * 50_000
+    with pytest.raises(CatalogError, match=r"^cat\.yaml: nested too deeply to be a catalog$"):
+        parse_catalog(deep, "cat.yaml")
