@@ -20,11 +20,16 @@ admitted since the last snapshot.
 A call's event is counted in the period its call *ends* in (its ``ts``, as invoices
 count it), so a call admitted before a period boundary and still in flight after it
 settles into the new period, which never reserved it. Admission therefore counts, on
-top of the current period's own figures, every reservation of the account still in
-flight from earlier periods (:attr:`Counters.in_flight`): without it a boundary let the
-new period admit its whole limit while the old period's calls landed in it as well
-(4,000 used against 2,000). The old period is not freed early either: its reservations
-count there until released, as before.
+top of the current period's own figures, every reservation of the customer's feature
+still in flight (:attr:`Counters.in_flight`), those made in earlier periods included:
+without it a boundary let the new period admit its whole limit while the old period's
+calls landed in it as well (4,000 used against 2,000). They are held per (customer,
+feature), not per account, as a call settles into whatever account the policy gives that
+feature when it ends: a plan switch, a new subscription or an edited period changes the
+account (its cadence or anchor) while calls are in flight, and those calls land in the
+new account's period all the same (before, they were held only under the old account:
+45 calls in flight at a switch and 50 more admitted, 9,500 used against 5,000). The old
+period is not freed early either: its reservations count there until released, as before.
 
 A prepaid customer's cost counts the current period and every earlier period of the
 subscription that no invoice has billed yet (the snapshot reads them): the balance only
@@ -102,6 +107,9 @@ def money(value: Decimal | Fraction, currency: str, *, up: bool) -> str:
 class Reservation:
     customer: str
     parts: list[tuple[Key, int]]
+    flights: list[tuple[tuple[str, str], int]] = field(default_factory=list)
+    """Units held in :attr:`Counters.in_flight` per (customer, feature), released with
+    the parts."""
 
 
 @dataclass(slots=True)
@@ -132,9 +140,11 @@ class Counters:
     pending: dict[str, list[tuple[Key, int]]] = field(default_factory=dict)
     pending_sum: dict[Key, int] = field(default_factory=dict)
     reserved: dict[Key, int] = field(default_factory=dict)
-    in_flight: dict[tuple[str, str, str, datetime], int] = field(default_factory=dict)
-    """Reserved units per account (a counter key without its period start), every period
-    together: calls in flight settle into the period they end in, maybe the next one."""
+    in_flight: dict[tuple[str, str], int] = field(default_factory=dict)
+    """Reserved units per (customer, feature), every period and account together (each
+    call once, at its largest estimate among its accounts of the feature): calls in flight
+    settle into the period they end in, maybe the next one, of whatever account (cadence,
+    anchor) the feature has then."""
     balances: dict[str, Decimal] = field(default_factory=dict)
     snapshot_at: datetime | None = None
     unit_balances: dict[tuple[str, str], int] = field(default_factory=dict)
@@ -162,12 +172,13 @@ class Counters:
 
     def admitting(self, key: Key) -> int:
         """What admission holds against ``key``'s limit: its used units, and every
-        reservation of its account, those made in earlier periods included (they may
-        settle into this one)."""
+        reservation of its customer's feature, those made in earlier periods or under an
+        earlier account (another subscription, plan or period) included: they may settle
+        into this one."""
         return (
             self.stored.get(key, 0)
             + self.pending_sum.get(key, 0)
-            + max(self.in_flight.get(key[:4], 0), self.reserved.get(key, 0))
+            + max(self.in_flight.get(key[:2], 0), self.reserved.get(key, 0))
         )
 
     def unread(self, key: Key) -> bool:
@@ -296,7 +307,8 @@ class Counters:
                     None,
                 )
         parts: list[tuple[Key, int]] = []
-        reserved, in_flight = self.reserved, self.in_flight
+        per_feature: dict[tuple[str, str], int] = {}
+        reserved = self.reserved
         for acct, types in matched.counted:
             # One input bound for every input type together, one output bound for text
             # and audio output together, and the searches the call's tools may run.
@@ -308,9 +320,15 @@ class Counters:
             if units:
                 key = acct.current(now)[1]
                 reserved[key] = reserved.get(key, 0) + units
-                in_flight[key[:4]] = in_flight.get(key[:4], 0) + units
                 parts.append((key, units))
-        return Reservation(pol.customer, parts)
+                # One call settles once per feature, whatever accounts it has (a daily
+                # limit and a monthly cost card of the same feature): held once.
+                cf = (key[0], key[1])
+                per_feature[cf] = max(per_feature.get(cf, 0), units)
+        in_flight = self.in_flight
+        for cf, units in per_feature.items():
+            in_flight[cf] = in_flight.get(cf, 0) + units
+        return Reservation(pol.customer, parts, list(per_feature.items()))
 
     def _over(
         self,
@@ -353,13 +371,14 @@ class Counters:
                 self.reserved[key] = left
             else:
                 self.reserved.pop(key, None)
-            acct = key[:4]
-            left = self.in_flight.get(acct, 0) - units
+        for cf, units in reservation.flights:
+            left = self.in_flight.get(cf, 0) - units
             if left > 0:
-                self.in_flight[acct] = left
+                self.in_flight[cf] = left
             else:
-                self.in_flight.pop(acct, None)
+                self.in_flight.pop(cf, None)
         reservation.parts = []
+        reservation.flights = []
 
     def record(
         self,

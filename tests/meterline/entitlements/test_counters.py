@@ -182,6 +182,95 @@ def test_calls_in_flight_across_a_period_boundary_count_against_the_new_period()
     assert isinstance(c.admit(pol, "openai", "gpt-4o", 0, 200, after), Refusal)
 
 
+def test_calls_in_flight_at_a_plan_switch_count_against_the_new_subscription() -> None:
+    """A hard limit of 5,000; 45 calls of 100 are in flight when the customer switches
+    plans (a new subscription: a new account, anchored at its start). They settle into the
+    new subscription's period, so it admits only what they leave (before, they were held
+    under the old account only: 50 more were admitted, 9,500 used against 5,000)."""
+    switch = datetime(2026, 3, 10, 12, tzinfo=UTC)
+    ent = [{"feature": "out", "limit": 5000}]
+    cat = Catalog.model_validate(
+        {
+            **catalog().model_dump(mode="json", exclude_none=True),
+            "plans": [
+                {"key": "p", "name": "P", "currency": "USD", "entitlements": ent},
+                {"key": "q", "name": "Q", "currency": "USD", "entitlements": ent},
+            ],
+            "customers": [
+                {
+                    "key": "acme",
+                    "name": "ACME",
+                    "currency": "USD",
+                    "consumers": ["bot"],
+                    "subscriptions": [
+                        {"plan": "p", "start": "2026-01-31T00:00:00Z", "end": switch.isoformat()},
+                        {"plan": "q", "start": switch.isoformat()},
+                    ],
+                },
+            ],  # fmt: skip
+        }
+    )
+    before, after = switch - timedelta(seconds=2), switch + timedelta(seconds=1)
+    old_pol, new_pol = policy_of(cat, before), policy_of(cat, after)
+    assert old_pol.plan == "p" and new_pol.plan == "q"
+    old_key = old_pol.limits[0].account.current(before)[1]
+    new_key = new_pol.limits[0].account.current(after)[1]
+    assert old_key[:4] != new_key[:4]  # another anchor: another account
+    c = Counters()
+    c.apply(Snapshot({old_key: 0, new_key: 0}, set(), {}, before))
+    old = [c.admit(old_pol, "openai", "gpt-4o", 0, 100, before) for _ in range(45)]
+    assert all(isinstance(r, Reservation) for r in old)
+    admitted = [c.admit(new_pol, "openai", "gpt-4o", 0, 100, after) for _ in range(50)]
+    assert sum(isinstance(r, Reservation) for r in admitted) == 5  # 4,500 held, 500 left
+    refused = admitted[-1]
+    assert isinstance(refused, Refusal) and refused.retry
+    assert "the rest held by calls in flight" in refused.message
+    # Everything settles into the new subscription's period: 5,000 used, not 9,500.
+    for n, r in enumerate(old + admitted):
+        if isinstance(r, Reservation):
+            c.release(r)
+            c.record(new_pol, f"e{n}", "openai", "gpt-4o", {"output": 100}, after)
+    assert c.in_flight == {} and c.reserved == {}
+    assert c.used(new_key) == 5000
+    assert isinstance(c.admit(new_pol, "openai", "gpt-4o", 0, 100, after), Refusal)
+
+
+def test_calls_in_flight_when_an_entitlement_period_is_edited_count_against_the_new_one() -> None:
+    """The limit's period changes from a month to a day (a reload): the new daily account
+    holds the calls still in flight under the monthly one."""
+    monthly = policy_of(catalog(entitlements=[{"feature": "out", "limit": 1000}]))
+    daily = policy_of(catalog(entitlements=[{"feature": "out", "limit": 1000, "period": "P1D"}]))
+    c = Counters()
+    old = [c.admit(monthly, "openai", "gpt-4o", 0, 250, NOW) for _ in range(4)]
+    assert all(isinstance(r, Reservation) for r in old)
+    assert isinstance(c.admit(daily, "openai", "gpt-4o", 0, 10, NOW), Refusal)
+    for r in old:
+        assert isinstance(r, Reservation)
+        c.release(r)
+    assert c.in_flight == {}
+    assert isinstance(c.admit(daily, "openai", "gpt-4o", 0, 10, NOW), Reservation)
+
+
+def test_a_call_with_two_accounts_of_a_feature_is_held_once() -> None:
+    """A daily limit and a monthly one on the same feature: a call settles once, so it is
+    held once (not once per account) against each."""
+    pol = policy_of(
+        catalog(
+            entitlements=[
+                {"feature": "out", "limit": 100, "period": "P1D"},
+                {"feature": "out", "limit": 1000},
+            ]
+        )  # fmt: skip
+    )
+    c = Counters()
+    r = c.admit(pol, "openai", "gpt-4o", 0, 60, NOW)
+    assert isinstance(r, Reservation) and len(r.parts) == 2
+    assert c.in_flight == {("acme", "out"): 60}
+    assert isinstance(c.admit(pol, "openai", "gpt-4o", 0, 30, NOW), Reservation)
+    c.release(r)
+    assert c.in_flight == {("acme", "out"): 30}
+
+
 def test_a_call_that_settles_back_frees_what_the_new_period_held_for_it() -> None:
     pol = policy_of(catalog(entitlements=[{"feature": "out", "limit": 100, "period": "P1D"}]))
     c = Counters()
