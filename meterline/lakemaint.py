@@ -355,6 +355,8 @@ def maintain(
         if not _merge(con, catalog, schema, table, max_compacted_files, merged_file_bytes):
             given_up += 1
     cutoff = _utc(retention_cutoff(con, catalog, keep=keep, keep_snapshots=keep_snapshots))
+    # An earlier release's marker names the oldest snapshot, which this may expire.
+    lakerepair.upgrade_marker(con, catalog)
     con.execute(
         f"SELECT count(*) FROM ducklake_expire_snapshots('{catalog}', older_than => {cutoff})"
     ).fetchall()

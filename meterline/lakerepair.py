@@ -44,7 +44,9 @@ class LakeFile:
     path: str
     record_count: int
     committed_at: float
-    """When the snapshot that added it was committed (seconds since the epoch, UTC)."""
+    """When the snapshot that added it was committed (seconds since the epoch, UTC); 0
+    once that snapshot expired (the file outlives it: an inner join with the snapshots
+    left it out, and after maintenance a lake listed no file at all)."""
 
 
 def metadata_alias(catalog: str = "lake") -> str:
@@ -68,13 +70,28 @@ def data_path(con: duckdb.DuckDBPyConnection, catalog: str = "lake") -> str:
 
 
 def identity(con: duckdb.DuckDBPyConnection, catalog: str = "lake") -> str:
-    """What names this lake in its data path's marker: when its catalog was created."""
+    """What names this lake in its data path's marker: the UUID DuckLake gave its ``main``
+    schema when it created the catalog (schema 0, created with it). It stays for the
+    lake's life: unlike a snapshot's row, ``ducklake_expire_snapshots`` never removes a
+    live schema's."""
+    md = metadata_alias(catalog)
+    row = con.execute(
+        f"SELECT schema_uuid::VARCHAR FROM {md}.ducklake_schema "
+        "WHERE schema_id = 0 AND end_snapshot IS NULL"
+    ).fetchone()
+    return f"meterline lake {row[0] if row else 'unknown'}"
+
+
+def legacy_identity(con: duckdb.DuckDBPyConnection, catalog: str = "lake") -> str:
+    """The identity an earlier release wrote: when the oldest snapshot still in the catalog
+    was taken. True of the lake's creation only until its first snapshots expire
+    (:func:`meterline.lakemaint.maintain`), so only accepted, never written."""
     md = metadata_alias(catalog)
     row = con.execute(
         f"SELECT strftime(snapshot_time, '%Y-%m-%dT%H:%M:%S.%f') FROM {md}.ducklake_snapshot "
         "ORDER BY snapshot_id LIMIT 1"
     ).fetchone()
-    return f"meterline lake created {row[0] if row else 'unknown'}"
+    return f"{lakestorage.LEGACY_PREFIX}{row[0] if row else 'unknown'}"
 
 
 def storage_problem(
@@ -83,10 +100,14 @@ def storage_problem(
     """Why the lake's data path is not its storage as seen from here, or None."""
     files = live_files(con, catalog) if files is None else files
     newest: dict[str, str] = {}  # the newest file of each table
-    for f in sorted(files, key=lambda f: f.committed_at):
+    for f in sorted(files, key=lambda f: (f.committed_at, f.file_id)):
         newest[f.table] = f.path
     return lakestorage.root_problem(
-        con, data_path(con, catalog), identity(con, catalog), list(newest.values())
+        con,
+        data_path(con, catalog),
+        identity(con, catalog),
+        list(newest.values()),
+        legacy=(legacy_identity(con, catalog),),
     )
 
 
@@ -99,20 +120,36 @@ def check_storage(con: duckdb.DuckDBPyConnection, files: list[LakeFile] | None =
 
 def ensure_marker(con: duckdb.DuckDBPyConnection) -> str:
     """A writer attaching the lake: check its storage, and mark it if it is not yet (a
-    new lake, or one older than the marker whose data path holds its files). Returns the
-    data path."""
+    new lake, or one older than the marker whose data path holds its files), or still
+    with an earlier release's identity (rewritten before its snapshots expire and it
+    stops matching). Returns the data path."""
     files = live_files(con)
     check_storage(con, files)
     root = data_path(con)
-    if lakestorage.read_marker(con, root) is None:
-        try:
-            lakestorage.write_marker(con, root, identity(con))
-        except (OSError, duckdb.Error) as e:
-            raise lakestorage.StorageUnreachable(
-                f"cannot write the lake's marker {lakestorage.marker_path(root)}: {e} "
-                f"({lakestorage.where_to_look(root)})"
-            ) from e
+    if lakestorage.read_marker(con, root) != identity(con):
+        _write_marker(con, root)
     return root
+
+
+def upgrade_marker(con: duckdb.DuckDBPyConnection, catalog: str = "lake") -> None:
+    """Before snapshots expire: a marker an earlier release wrote, still matching (or the
+    lake's files beside it), gets the lake's lasting identity. Anything else is left."""
+    root = data_path(con, catalog)
+    marker = lakestorage.read_marker(con, root)
+    if marker is None or not marker.startswith(lakestorage.LEGACY_PREFIX):
+        return
+    if storage_problem(con, catalog=catalog) is None:
+        _write_marker(con, root, catalog)
+
+
+def _write_marker(con: duckdb.DuckDBPyConnection, root: str, catalog: str = "lake") -> None:
+    try:
+        lakestorage.write_marker(con, root, identity(con, catalog))
+    except (OSError, duckdb.Error) as e:
+        raise lakestorage.StorageUnreachable(
+            f"cannot write the lake's marker {lakestorage.marker_path(root)}: {e} "
+            f"({lakestorage.where_to_look(root)})"
+        ) from e
 
 
 def live_files(con: duckdb.DuckDBPyConnection, catalog: str = "lake") -> list[LakeFile]:
@@ -125,13 +162,14 @@ def live_files(con: duckdb.DuckDBPyConnection, catalog: str = "lake") -> list[La
             f"""
             SELECT f.{id_column}, s.schema_name || '.' || t.table_name,
                    s.path, s.path_is_relative, t.path, t.path_is_relative,
-                   f.path, f.path_is_relative, f.{count_column}, epoch(n.snapshot_time)
+                   f.path, f.path_is_relative, f.{count_column},
+                   coalesce(epoch(n.snapshot_time), 0)
             FROM {md}.{table} f
             JOIN {md}.ducklake_table t
               ON t.table_id = f.table_id AND t.end_snapshot IS NULL
             JOIN {md}.ducklake_schema s
               ON s.schema_id = t.schema_id AND s.end_snapshot IS NULL
-            JOIN {md}.ducklake_snapshot n ON n.snapshot_id = f.begin_snapshot
+            LEFT JOIN {md}.ducklake_snapshot n ON n.snapshot_id = f.begin_snapshot
             WHERE f.end_snapshot IS NULL
             ORDER BY f.{id_column}
             """
@@ -183,7 +221,8 @@ def wholesale_loss(con: duckdb.DuckDBPyConnection, missing: list[LakeFile]) -> s
     gone = {f.file_id for f in missing if f.kind == "data"}
     for table in sorted({f.table for f in missing if f.kind == "data"}):
         data = [f for f in files if f.table == table and f.kind == "data"]
-        commits = {f.committed_at for f in data}
+        # A file whose snapshot expired (committed_at 0) counts as a commit of its own.
+        commits = {f.committed_at or -f.file_id - 1 for f in data}
         if all(f.file_id in gone for f in data) and len(commits) > 1:
             rows = sum(f.record_count for f in data)
             return (

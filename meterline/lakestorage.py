@@ -8,7 +8,8 @@ of 293 answered calls lost after the mount came back), and a writer whose mount 
 under it committed its flushes into the empty mountpoint, hidden once the mount came back.
 
 A marker object at the root of the data path, ``.meterline-lake``, holding the lake's
-identity (when its catalog was created), tells the two apart. A proxy's writer writes it
+identity (the UUID DuckLake gave its ``main`` schema when it created the catalog), tells
+the two apart. A proxy's writer writes it
 when it first attaches a lake (a new one, or an existing one whose data path already holds
 some of the lake's files), checks it before each flush, and writes nothing while it is
 missing; ``billing lake repair`` and the writer's own repair drop nothing then.
@@ -23,6 +24,11 @@ from collections.abc import Sequence
 import duckdb
 
 MARKER_NAME = ".meterline-lake"
+
+#: How a marker written before the identity was the ``main`` schema's UUID begins: when
+#: the lake's oldest snapshot was taken, which ``ducklake_expire_snapshots`` changes (and
+#: then every such marker read as another lake's).
+LEGACY_PREFIX = "meterline lake created "
 
 
 #: An HTTP 404 in an error text, not the digits inside a port or a number (a connection
@@ -109,13 +115,21 @@ def write_marker(con: duckdb.DuckDBPyConnection, data_path: str, identity: str) 
 
 
 def root_problem(
-    con: duckdb.DuckDBPyConnection, data_path: str, identity: str, newest: Sequence[str]
+    con: duckdb.DuckDBPyConnection,
+    data_path: str,
+    identity: str,
+    newest: Sequence[str],
+    *,
+    legacy: Sequence[str] = (),
 ) -> str | None:
     """What is wrong with ``data_path`` as the lake's storage seen from here, or None.
 
     ``newest``: the path of each table's newest live file (none: a new or empty lake,
-    whose storage anything may be). The marker, when there, must be this lake's; when
-    not (a lake older than the marker), one of ``newest`` must be there."""
+    whose storage anything may be). The marker, when there, must be this lake's
+    (``identity``, or one of ``legacy``, what an earlier release wrote for it); when
+    not (a lake older than the marker), one of ``newest`` must be there. A marker of the
+    earlier form (:data:`LEGACY_PREFIX`) that no longer matches, its lake's snapshots
+    expired since, counts as none: one of ``newest`` must be there."""
     if newest and not is_remote(data_path):
         if not os.path.isdir(data_path):
             return f"{data_path} does not exist on this host"
@@ -123,11 +137,16 @@ def root_problem(
             if next(entries, None) is None:
                 return f"{data_path} is empty on this host"
     marker = read_marker(con, data_path)
-    if marker is not None:
-        if marker != identity:
-            return f"{marker_path(data_path)} belongs to another lake ({marker})"
+    if marker is not None and (marker == identity or marker in legacy):
         return None
-    if not newest or any(not is_gone(con, p) for p in newest):
+    if marker is not None and not marker.startswith(LEGACY_PREFIX):
+        return f"{marker_path(data_path)} belongs to another lake ({marker})"
+    files_here = any(not is_gone(con, p) for p in newest)
+    if marker is not None:  # an earlier release's, unverifiable now
+        if files_here:
+            return None
+        return f"{marker_path(data_path)} belongs to another lake ({marker})"
+    if not newest or files_here:
         return None
     return (
         f"{data_path} holds neither the lake's marker ({MARKER_NAME}) nor the newest file "

@@ -23,7 +23,8 @@ from addons.metering.spool import Spool
 from addons.metering.writer import SpoolWriter
 from billing.cli import main as billing_main
 from meterline.lakemaint import maintain
-from meterline.lakerepair import dangling_files
+from meterline.lakerepair import check_storage, dangling_files, ensure_marker, legacy_identity
+from meterline.lakestorage import StorageUnreachable
 from meterline.store import store
 from tests.meterline.test_lakemaint import event, write_batches
 from tests.support.postgres import create_database, postgres_server
@@ -159,7 +160,7 @@ def test_an_existing_lake_without_marker_is_marked_where_its_files_are(
         data.rmdir()
         (tmp_path / "data.away").rename(data)
         assert writer.flush()
-        assert (data / MARKER_NAME).read_text().startswith("meterline lake created ")
+        assert (data / MARKER_NAME).read_text().startswith("meterline lake ")
     finally:
         writer.stop()
         spool.close()
@@ -213,3 +214,72 @@ def test_deleting_orphans_keeps_the_marker(server: str, tmp_path: Path, monkeypa
         report = maintain(con, orphan_age=timedelta(days=1))
     assert report.orphans_deleted == 1 and not stray.exists()
     assert marker.read_text() == text
+
+
+def _oldest_snapshot(lake: str) -> int:
+    with store(lake) as con:
+        row = con.execute(
+            "SELECT min(snapshot_id) FROM __ducklake_metadata_lake.ducklake_snapshot"
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_expiring_snapshots_keeps_the_lake_its_marker(
+    server: str, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The marker named the lake by its oldest surviving snapshot: the maintenance pass
+    that expired it made the marker another lake's, and restarted proxies stored nothing,
+    maintenance stopped, ``billing lake repair`` refused."""
+    data = tmp_path / "data"
+    monkeypatch.setenv("METERLINE_LAKE_DATA", f"{data}/")
+    monkeypatch.setenv("METERLINE_LAKE_MAINTAIN_EVERY", "0")
+    lake = f"ducklake:postgres:{create_database(server, 'expired')}"
+    write_batches(lake, tmp_path / "spool", batches=3, per_batch=1)
+    text = (data / MARKER_NAME).read_text()
+    with store(lake) as con:
+        maintain(con, keep=timedelta(0))
+    assert _oldest_snapshot(lake) > 0  # the lake's first snapshots are gone
+    assert (data / MARKER_NAME).read_text() == text
+    with store(lake) as con:
+        check_storage(con)
+    write_batches(lake, tmp_path / "spool2", batches=1, per_batch=1)  # a restarted proxy
+    repair = _billing(lake, "lake", "repair")
+    assert repair.exit_code == 0, repair.output
+    assert _count(lake) == 3  # its event 0 again: the same event
+
+
+def test_an_earlier_releases_marker_is_kept_through_expiry(
+    server: str, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """A marker an earlier release wrote (the oldest snapshot's time) is accepted while it
+    matches, and given the lasting identity before maintenance expires that snapshot; one
+    already outlived by its snapshot is accepted where the lake's files are."""
+    data = tmp_path / "data"
+    monkeypatch.setenv("METERLINE_LAKE_DATA", f"{data}/")
+    monkeypatch.setenv("METERLINE_LAKE_MAINTAIN_EVERY", "0")
+    lake = f"ducklake:postgres:{create_database(server, 'legacy')}"
+    write_batches(lake, tmp_path / "spool", batches=2, per_batch=1)
+    marker = data / MARKER_NAME
+    current = marker.read_text()
+    with store(lake) as con:
+        old = legacy_identity(con)
+    marker.write_text(old + "\n")
+    with store(lake) as con:
+        check_storage(con)
+        maintain(con, keep=timedelta(0))
+        assert legacy_identity(con) != old  # the earlier rule no longer holds
+        check_storage(con)
+    assert marker.read_text() == current
+    # A lake whose earlier marker was outlived before this release: its files are there.
+    marker.write_text(old + "\n")
+    with store(lake) as con:
+        check_storage(con)
+        ensure_marker(con)
+    assert marker.read_text() == current
+    # Elsewhere (none of the lake's files), such a marker is another lake's.
+    data.rename(tmp_path / "data.away")
+    data.mkdir()
+    marker.write_text(old + "\n")
+    with store(lake) as con, pytest.raises(StorageUnreachable, match="belongs to another lake"):
+        check_storage(con)
