@@ -101,6 +101,30 @@ def test_chat_stream_sdk_sees_text(
     assert ex.usage is not None and row_usage(row) == ex.usage
 
 
+def test_a_client_gone_after_openrouters_usage_chunk_is_metered_exact(
+    clients: Clients, meter_proxy: MeterProxy, fake_provider: FakeProvider
+) -> None:
+    """OpenRouter's usage chunk repeats a choice with ``finish_reason: null`` after the
+    ``finish_reason`` chunk. A client that stops reading there (it has its answer and
+    usage) left before ``data: [DONE]``: the call was metered partial, estimated."""
+    client = clients.openai(KEYS["alice"], tls=False)
+    stream = client.chat.completions.create(
+        model="x-ai/grok-4",
+        messages=MESSAGES,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_headers={"x-fake": "usage-in-choice,hold-done"},
+    )
+    usage = next(c.usage for c in stream if c.usage is not None)
+    stream.close()  # the fake sends [DONE] only to a client still there: never
+    ex = fake_provider.last()
+    assert not ex.complete and ex.usage is not None
+    [row] = meter_proxy.wait_for_events([ex.request_id], timeout=15)
+    assert row_usage(row) == ex.usage
+    assert row["input_tokens"] + row["cached_input_tokens"] == usage.prompt_tokens
+    assert (row["status"], row["estimated"]) == (200, False)
+
+
 def test_chat_stream_client_asked_for_usage(
     clients: Clients, meter_proxy: MeterProxy, fake_provider: FakeProvider
 ) -> None:

@@ -21,7 +21,9 @@ halfway through the body), ``malformed`` (garbled JSON / SSE, no usage), ``no-us
 ``delay=SECONDS`` (between SSE events), ``think=SECONDS`` (before the response
 headers), ``status=CODE`` (a provider-shaped error),
 ``prompt=N`` / ``output=N`` (fixed token figures), ``model=NAME`` (answer as that model, as
-a provider does that resolves an alias or an Azure deployment). Output never exceeds the request's
+a provider does that resolves an alias or an Azure deployment), ``usage-in-choice``
+(OpenRouter's usage chunk: a choice with ``finish_reason: null``, not ``choices: []``),
+``hold-done`` (``data: [DONE]`` only to a client still there). Output never exceeds the request's
 ``max_tokens`` (or ``max_completion_tokens``, ``max_output_tokens``, ``maxOutputTokens``).
 
 Every exchange is recorded (:class:`Exchange`): the request as received and the exact
@@ -155,6 +157,12 @@ class _Behaviour:
     model: str = ""
     sized: bool = False
     """A stream sent with ``Content-Length`` rather than chunked (a buffering gateway)."""
+    usage_in_choice: bool = False
+    """OpenRouter's usage chunk: after the ``finish_reason`` chunk, it repeats a choice
+    with ``finish_reason: null`` (not ``choices: []``)."""
+    hold_done: bool = False
+    """Send a stream's last part (``data: [DONE]``) only if the client is still there:
+    wait until the proxy closes the connection (bounded), then end without it."""
     pad: int = 0
     """Bytes of base64 payload before the usage: an embedding (OpenAI), an image part in
     the last chunk (Gemini): a body or SSE event bigger than the proxy reads whole."""
@@ -174,6 +182,10 @@ class _Behaviour:
                 b.no_usage = True
             elif name == "sized":
                 b.sized = True
+            elif name == "usage-in-choice":
+                b.usage_in_choice = True
+            elif name == "hold-done":
+                b.hold_done = True
             elif name == "delay":
                 b.delay = float(value)
             elif name == "think":
@@ -237,6 +249,19 @@ def encode_body(name: str, data: bytes) -> bytes:
     if name == "zstd":
         return zstd.compress(data)
     return data
+
+
+async def _client_gone(request: web.Request, timeout: float = 10.0) -> None:
+    """Wait until the connection closes (the proxy's client left), at most ``timeout``
+    seconds; then drop it, so an unended body never reads as complete."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            return
+        await asyncio.sleep(0.02)
+    if request.transport is not None:
+        request.transport.abort()
 
 
 def _sse(data: Any, event: str | None = None) -> bytes:
@@ -492,6 +517,9 @@ class FakeProvider(LoopbackServers):
         for i, part in enumerate(parts):
             if i and b.delay:
                 await asyncio.sleep(b.delay)
+            if b.hold_done and i == len(parts) - 1:
+                await _client_gone(request)
+                return resp
             raw = encoder.piece(part)
             ex.plain += part
             ex.sent += raw
@@ -667,7 +695,10 @@ class FakeProvider(LoopbackServers):
         )
         if include and not b.no_usage:
             ex.usage_part = len(parts)
-            parts.append(_sse({**chunk, "choices": [], "usage": usage}))
+            choices: list[Any] = []
+            if b.usage_in_choice:
+                choices = [{"index": 0, "delta": {"content": ""}, "finish_reason": None}]
+            parts.append(_sse({**chunk, "choices": choices, "usage": usage}))
         elif not b.malformed:
             ex.usage = None  # not asked for: OpenAI does not report it
         if b.malformed:

@@ -32,8 +32,10 @@ Streams: the latest non-null ``usage`` wins (the final ``choices: []`` chunk wit
 ``stream_options.include_usage``; Groq's ``x_groq.usage``; vLLM's cumulative
 per-chunk usage). Responses streams: ``response.completed``, ``response.incomplete`` or
 ``response.failed``. A stream's usage is the provider's final report when it rides on a
-chunk that ends the answer (``choices: []`` or a ``finish_reason``), on a final
-Responses event, or when ``[DONE]`` followed it; otherwise it is ``partial``.
+chunk that ends the answer (``choices: []`` or a ``finish_reason``) or on a chunk after
+one that did (OpenRouter's usage chunk, whose choice has ``finish_reason: null``), on a
+final Responses event, or when ``[DONE]`` followed it; otherwise it is ``partial``.
+(vLLM's cumulative usage before the ``finish_reason`` stays partial.)
 """
 
 from __future__ import annotations
@@ -200,7 +202,8 @@ def chunk_text(obj: Any) -> str:
 
 def _ends_answer(chunk: dict[str, Any]) -> bool:
     """A chat chunk that closes the answer: the usage-only ``choices: []`` chunk, or one
-    whose choice has a ``finish_reason`` (Groq's ``x_groq.usage``, Mistral)."""
+    whose choice has a ``finish_reason`` (Groq's ``x_groq.usage``, Mistral). A usage
+    chunk that comes after such a chunk is final too (:attr:`OpenAIReader._finished`)."""
     choices = chunk.get("choices")
     if isinstance(choices, list) and not choices:
         return True
@@ -230,6 +233,9 @@ class OpenAIReader:
         self._streamed = False  # SSE events were read
         self._ended = False  # [DONE] or a final Responses event was seen
         self._usage_final = False  # the usage kept came with the end of the answer
+        # A chunk that ends the answer was seen: usage after it is the final report
+        # (OpenRouter's usage chunk repeats a choice with ``finish_reason: null``).
+        self._finished = False
         self._web_final: int | None = None  # web searches in the final response's output
         self._web_done: set[str] = set()  # ids of web_search_call items done so far
         self._web_unnamed = 0  # such items without an id
@@ -244,8 +250,10 @@ class OpenAIReader:
             self._on_response(as_dict(obj.get("response")) if "response" in obj else obj)
             return
         self._take_ids(obj)
+        ends = _ends_answer(obj)
         if self._take_usage(obj):
-            self._usage_final = not self._streamed or _ends_answer(obj)
+            self._usage_final = not self._streamed or ends or self._finished
+        self._finished = self._finished or ends
         self._text.add_obj(obj)
 
     def _take_ids(self, obj: dict[str, Any]) -> None:
@@ -304,7 +312,12 @@ class OpenAIReader:
 
     def _on_chunk(self, data: str) -> None:
         probing = self._model is None and self._probes > 0
-        if not probing and not has_value(data, '"usage"') and '"x_groq"' not in data:
+        if (
+            not probing
+            and not has_value(data, '"usage"')
+            and '"x_groq"' not in data
+            and (self._finished or not has_value(data, '"finish_reason"'))
+        ):
             self._text.add_raw(data)  # plain content chunk: decoded only if text is needed
             return
         if probing:

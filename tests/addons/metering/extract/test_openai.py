@@ -472,6 +472,26 @@ def test_cut_stream_keeps_the_id_and_model_seen() -> None:
             False,
             id="cumulative-usage-then-done",
         ),
+        pytest.param(
+            [
+                chunk("Hi"),
+                chunk(choices=[{"index": 0, "delta": {}, "finish_reason": "stop"}]),
+                chunk(
+                    choices=[{"index": 0, "delta": {"content": ""}, "finish_reason": None}],
+                    usage={"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+                ),
+            ],
+            False,
+            id="openrouter-usage-after-the-finish-then-cut",
+        ),
+        pytest.param(
+            [
+                chunk("Hi", usage={"prompt_tokens": 3, "completion_tokens": 1}),
+                chunk("!", usage={"prompt_tokens": 3, "completion_tokens": 2}),
+            ],
+            True,
+            id="cumulative-usage-before-any-finish-then-cut",
+        ),
     ],
 )
 def test_stream_usage_is_partial_until_the_answer_ends(events: list, partial: bool) -> None:
