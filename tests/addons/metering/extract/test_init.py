@@ -135,6 +135,18 @@ def test_docs_table_lists_every_case() -> None:
     assert missing == []
 
 
+def test_docs_table_names_a_cache_read_where_a_case_has_one() -> None:
+    """A row whose case reads cached input must not say ``cached_input`` is 0 (the
+    Mistral row did, while Mistral reports ``prompt_tokens_details.cached_tokens``)."""
+    cached_cell = {}
+    for line in DOC.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and len(cells) == 6:
+            cached_cell[cells[0]] = cells[2]
+    wrong = [c.id for c in CASES if c.expected["cached_input"] and cached_cell[c.id] == "0"]
+    assert wrong == []
+
+
 # --- cut streams, missing usage, garbage ----------------------------------------------
 
 
