@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import re
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mitmproxy import http
 
-from addons.metering import background, bounded, events, keys, providers, routes
+from addons.metering import background, bounded, events, jsoncodec, keys, providers, routes
 from addons.metering.decoding import IncrementalDecoder, OutputLimitExceeded
 from addons.metering.extract import new_extractor
 from addons.metering.replyend import EndWatch
@@ -25,9 +25,6 @@ from addons.metering.usage import UsageExtractor
 if TYPE_CHECKING:
     from addons.meter import Meter
 
-# Cheap test for a top-level ``"stream": true`` without parsing the request JSON.
-_STREAM_TRUE = re.compile(rb'"stream"\s*:\s*true')
-_STREAM_FALSE = re.compile(rb'"stream"\s*:\s*false')
 #: Ollama's native chat and generate stream unless the request says ``"stream": false``.
 _OLLAMA_STREAMS = re.compile(r"^/api/(?:chat|generate)/?$")
 _INCLUDE_USAGE_PATH = re.compile(r"/(?:chat/)?completions/?$")
@@ -72,6 +69,7 @@ class FlowMeter:
         "end",
         "finished",
         "_body",
+        "_json",
         "_streaming",
     )
 
@@ -113,6 +111,7 @@ class FlowMeter:
         self.finished = False
         """Metered: a flow gets one event, however many ends it is told of."""
         self._body: bytes | None = None
+        self._json: Any = _UNPARSED
         self._streaming: bool | None = None
 
     def __call__(self, chunk: bytes) -> bytes | list[bytes]:
@@ -168,6 +167,25 @@ class FlowMeter:
         except ValueError:
             return  # an encoding mitmproxy cannot write: the provider cannot read it either
         self._body = pinned
+        self._json = _UNPARSED
+
+    def request_json(self) -> Any:
+        """The decoded request body parsed as JSON, once (``None`` when it is not JSON)."""
+        if self._json is _UNPARSED:
+            try:
+                self._json = jsoncodec.loads(self.request_body())
+            except ValueError:
+                self._json = None
+        return self._json
+
+    def _stream_member(self) -> Any:
+        """The request's top-level ``stream`` value, as the provider parses the body
+        (a key spelled with escapes, ``"\\u0073tream"``, included), else ``_ABSENT``."""
+        body = self.request_body()
+        if b'"stream"' not in body and b"\\u" not in body:
+            return _ABSENT  # no other spelling of the key: not worth a parse
+        obj = self.request_json()
+        return obj.get("stream", _ABSENT) if isinstance(obj, dict) else _ABSENT
 
     def streaming_requested(self) -> bool:
         if self._streaming is None:
@@ -176,9 +194,9 @@ class FlowMeter:
             elif self.tap is not None and self.tap.reads:  # a resumed background stream
                 self._streaming = "stream=true" in self.path.partition("?")[2].lower()
             elif self.billed_path.startswith("/api/") and _OLLAMA_STREAMS.match(self.billed_path):
-                self._streaming = _STREAM_FALSE.search(self.request_body()) is None
+                self._streaming = self._stream_member() is not False
             else:
-                self._streaming = _STREAM_TRUE.search(self.request_body()) is not None
+                self._streaming = self._stream_member() is True
         return self._streaming
 
     def start(self) -> None:
@@ -268,19 +286,25 @@ class FlowMeter:
         return rejection(self.keys_presented, self.identity.fingerprint)
 
     def add_include_usage(self) -> None:
-        """Ask an OpenAI stream for its usage chunk (hidden from the client again)."""
+        """Ask an OpenAI stream for its usage chunk (hidden from the client again).
+
+        Whether the call streams is read from the parsed body, decoded first when it has
+        a ``Content-Encoding`` (then encoded again the same way, as :meth:`pin_model`)."""
+        if not _INCLUDE_USAGE_PATH.search(self.billed_path) or not self.streaming_requested():
+            return
+        new_body = add_include_usage(self.request_body(), parsed=self.request_json())
+        if new_body is None:
+            return
         req = self.flow.request
-        body = req.raw_content
-        if not body or b'"stream"' not in body or "content-encoding" in req.headers:
-            return
-        if not _INCLUDE_USAGE_PATH.search(self.billed_path):
-            return
-        new_body = add_include_usage(body)
-        if new_body is not None:
-            req.content = new_body
-            # The dropper edits the stream the client gets: it needs plain bytes.
-            req.headers["accept-encoding"] = "identity"
-            self.drop_usage = True
+        try:
+            req.content = new_body  # mitmproxy encodes as Content-Encoding says
+        except ValueError:
+            return  # an encoding mitmproxy cannot write: the body goes as sent
+        self._body = new_body
+        self._json = _UNPARSED
+        # The dropper edits the stream the client gets: it needs plain bytes.
+        req.headers["accept-encoding"] = "identity"
+        self.drop_usage = True
 
     def ask_plain_stream(self) -> None:
         """An OpenAI stream comes unencoded: the proxy must see ``data: [DONE]`` (the
@@ -291,6 +315,11 @@ class FlowMeter:
         if encoding not in (None, "identity") and self.streaming_requested():
             req.headers["accept-encoding"] = "identity"
 
+
+_UNPARSED: Any = object()
+"""``FlowMeter._json`` before the request body is parsed."""
+_ABSENT: Any = object()
+"""No top-level ``stream`` member (or no JSON object to hold one)."""
 
 _WANTED_HEADERS = frozenset(
     n.encode()

@@ -19,7 +19,10 @@ from addons.metering.sse import SSEParser
 _MEMBER = b'"stream_options":{"include_usage":true}'
 
 
-def add_include_usage(body: bytes) -> bytes | None:
+_PARSE: Any = object()
+
+
+def add_include_usage(body: bytes, *, parsed: Any = _PARSE) -> bytes | None:
     """The request body with ``stream_options.include_usage`` set, or ``None`` when not
     applicable: not JSON, not a JSON object, not ``"stream": true``, not a chat
     (``messages``) or legacy completions (``prompt``) request, or already set.
@@ -28,11 +31,14 @@ def add_include_usage(body: bytes) -> bytes | None:
     chunk from the client). The body is edited in place, never re-serialised: every byte
     but the inserted or replaced member stays as the client sent it (a lone surrogate
     escape, ``1e400``, key order, spacing). ``None`` when the edit cannot be placed.
+    ``parsed``: ``body`` already parsed (``None`` if it is not JSON), to parse it once.
     """
-    try:
-        obj: Any = jsoncodec.loads(body)
-    except ValueError:
-        return None
+    obj: Any = parsed
+    if obj is _PARSE:
+        try:
+            obj = jsoncodec.loads(body)
+        except ValueError:
+            return None
     if not isinstance(obj, dict) or obj.get("stream") is not True:
         return None
     if "messages" not in obj and "prompt" not in obj:

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
 from aiohttp import web
 
@@ -93,3 +94,26 @@ def test_ollama_native_calls_are_metered(
     assert (row["consumer"], row["provider"], row["model"]) == ("alice", "ollama-local", "llama3.2")
     assert (row["input_tokens"], row["output_tokens"], row["estimated"]) == (PROMPT, output, False)
     assert row["streamed"] is streamed
+
+
+def test_ollama_stream_false_spelled_with_an_escape_is_no_stream(
+    start_proxy: ProxyFactory, ollama: int, tmp_path: Path
+) -> None:
+    """Ollama parses ``"\\u0073tream": false`` as ``"stream": false`` and answers with one
+    JSON object: the proxy read the bytes, saw no ``"stream": false`` and metered a stream."""
+    catalog = one_provider_catalog(
+        tmp_path / "catalog.yaml", "ollama-local", ollama, {"alice": [KEYS["alice"]]}
+    )
+    proxy = start_proxy(catalog=catalog)
+    url = f"http://127.0.0.1:{ollama}/api/chat"
+    body = b'{"model":"llama3.2","messages":[{"role":"user","content":"hi"}],"\\u0073tream":false}'
+    with httpx2.Client(proxy=proxy.url, timeout=30) as client:
+        r = client.post(
+            url,
+            content=body,
+            headers={"authorization": f"Bearer {KEYS['alice']}", "x-test-id": url},
+        )
+    assert r.status_code == 200 and r.json()["done"] is True  # one object: no stream
+    [row] = proxy.wait_for_events([url])
+    assert (row["input_tokens"], row["output_tokens"], row["estimated"]) == (PROMPT, OUTPUT, False)
+    assert row["streamed"] is False

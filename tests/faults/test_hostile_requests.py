@@ -19,8 +19,8 @@ from aiohttp import web
 from tests.conftest import KEYS, UNKNOWN_KEY, ProxyFactory
 from tests.support.aioserver import serve
 from tests.support.clients import ca_context
-from tests.support.proxy import MeterProxy, write_catalog
-from tests.support.upstream import FakeProvider
+from tests.support.proxy import MeterProxy, row_usage, write_catalog
+from tests.support.upstream import FakeProvider, encode_body
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 GEMINI = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
@@ -179,6 +179,18 @@ def test_record_mode_bills_the_key_the_provider_uses(
             b' "messages" : [ ] , "n" : 1E400 }\n',
             id="explicit false, odd spacing",
         ),
+        pytest.param(
+            b'{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}],"\\u0073tream":true}',
+            b'{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}],"\\u0073tream":true,'
+            b'"stream_options":{"include_usage":true}}',
+            id="the stream key spelled with an escape",
+        ),
+        pytest.param(
+            b'{"model":"gpt-4o","messages":[],"str\\u0065am" : true, "n":1e400}',
+            b'{"model":"gpt-4o","messages":[],"str\\u0065am" : true, "n":1e400,'
+            b'"stream_options":{"include_usage":true}}',
+            id="an escape inside the stream key, 1e400",
+        ),
     ],
 )
 def test_include_usage_rewrite_changes_only_what_it_means_to(
@@ -195,9 +207,77 @@ def test_include_usage_rewrite_changes_only_what_it_means_to(
             },
         )
     assert r.status_code == 200
-    assert fake_provider.last().body == sent
+    ex = fake_provider.last()
+    assert ex.body == sent
     assert b'"usage":{' not in r.content  # the extra usage chunk stays hidden
-    meter_proxy.wait_for_events([fake_provider.last().request_id])
+    [row] = meter_proxy.wait_for_events([ex.request_id])
+    assert ex.usage is not None and row_usage(row) == ex.usage
+    assert row["streamed"] and not row["estimated"]
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br", "zstd"])
+def test_include_usage_is_added_to_a_content_encoded_request_body(
+    meter_proxy: MeterProxy, fake_provider: FakeProvider, encoding: str
+) -> None:
+    """A client that compresses its request body streams all the same: the body is
+    decoded to see ``"stream": true``, the option added, and encoded again the same way
+    (before, such a body was never read: no usage, the call estimated)."""
+    body = b'{"model":"gpt-4o","messages":[{"role":"user","content":"\\ud800"}],"stream":true}'
+    fake_provider.reset()
+    with httpx2.Client(proxy=meter_proxy.url, timeout=30) as client:
+        r = client.post(
+            fake_provider.base_url("openai") + "/v1/chat/completions",
+            content=encode_body(encoding, body),
+            headers={
+                "authorization": f"Bearer {KEYS['alice']}",
+                "content-type": "application/json",
+                "content-encoding": encoding,
+            },
+        )
+    assert r.status_code == 200
+    ex = fake_provider.last()
+    # The fake (aiohttp) decodes a request body as its Content-Encoding says: the body
+    # went on encoded, and only the member was added.
+    assert ex.headers["content-encoding"] == encoding
+    assert ex.body == body[:-1] + b',"stream_options":{"include_usage":true}}'
+    assert b'"usage":{' not in r.content  # the extra usage chunk stays hidden
+    [row] = meter_proxy.wait_for_events([ex.request_id])
+    assert ex.usage is not None and row_usage(row) == ex.usage
+    assert row["streamed"] and not row["estimated"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(
+            b'{"model":"gpt-4o","messages":[],"metadata":{"stream":true}}', id="nested member"
+        ),
+        pytest.param(
+            b'{"model":"gpt-4o","messages":[],"stream":true,"\\u0073tream":false}',
+            id="the last duplicate says false",
+        ),
+    ],
+)
+def test_a_stream_true_the_provider_does_not_read_is_no_stream(
+    meter_proxy: MeterProxy, fake_provider: FakeProvider, body: bytes
+) -> None:
+    """Only the top-level ``stream`` member the provider's JSON parser keeps counts."""
+    fake_provider.reset()
+    with httpx2.Client(proxy=meter_proxy.url, timeout=30) as client:
+        r = client.post(
+            fake_provider.base_url("openai") + "/v1/chat/completions",
+            content=body,
+            headers={
+                "authorization": f"Bearer {KEYS['alice']}",
+                "content-type": "application/json",
+            },
+        )
+    assert r.status_code == 200
+    ex = fake_provider.last()
+    assert not ex.streamed and ex.body == body
+    [row] = meter_proxy.wait_for_events([ex.request_id])
+    assert ex.usage is not None and row_usage(row) == ex.usage
+    assert not row["streamed"] and not row["estimated"]
 
 
 def _raw(proxy: MeterProxy, head: str, body: bytes = b"") -> tuple[int, bytes]:
