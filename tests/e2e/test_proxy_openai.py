@@ -190,6 +190,36 @@ def test_responses_api(
     assert row["streamed"] is stream
 
 
+def test_responses_stream_helper_of_the_official_sdk(
+    clients: Clients, meter_proxy: MeterProxy, fake_provider: FakeProvider
+) -> None:
+    """``client.responses.stream()`` rebuilds the response from the documented events
+    (the fake sent text deltas for an output item it never added: the helper raised)."""
+    client = clients.openai(KEYS["alice"])
+    with client.responses.stream(model="o4-mini", input="Hello") as stream:
+        kinds = [e.type for e in stream]
+        final = stream.get_final_response()
+    ex = fake_provider.last()
+    assert kinds[:4] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ]
+    assert kinds[-3:] == [
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert final.id == ex.response_id and final.output_text == ex.text
+    assert final.usage is not None and ex.usage is not None
+    [row] = meter_proxy.wait_for_events([ex.request_id])
+    assert row_usage(row) == ex.usage
+    assert row["input_tokens"] + row["cached_input_tokens"] == final.usage.input_tokens
+    assert row["output_tokens"] == final.usage.output_tokens
+    assert (row["response_id"], row["streamed"], row["estimated"]) == (ex.response_id, True, False)
+
+
 def test_embeddings(clients: Clients, meter_proxy: MeterProxy, fake_provider: FakeProvider) -> None:
     client = clients.openai(KEYS["alice"])
     result = client.embeddings.create(model="text-embedding-3-small", input=["a", "b"])

@@ -742,37 +742,38 @@ class FakeProvider(LoopbackServers):
             if b.malformed:
                 raw = raw[: len(raw) // 2] + b"<<garbage>>"
             return [raw], "application/json"
+        # The documented sequence for one text message: the response, its output item,
+        # the item's content part, the text deltas, then each closed in turn (the official
+        # SDK's ``responses.stream()`` helper refuses a delta for an item never added).
         seq = iter(range(10_000))
         pending = {**response, "status": "in_progress", "output": [], "usage": None}
+        text_part = message["content"][0]
+        at = {"item_id": msg_id, "output_index": 0, "content_index": 0}
+
+        def event(kind: str, **fields: Any) -> bytes:
+            return _sse({"type": kind, "sequence_number": next(seq), **fields}, kind)
+
         parts = [
-            _sse(
-                {"type": "response.created", "sequence_number": next(seq), "response": pending},
-                "response.created",
-            )
+            event("response.created", response=pending),
+            event("response.in_progress", response=pending),
+            event(
+                "response.output_item.added",
+                output_index=0,
+                item={**message, "status": "in_progress", "content": []},
+            ),
+            event("response.content_part.added", **at, part={**text_part, "text": ""}),
         ]
         for w in words:
-            parts.append(
-                _sse(
-                    {
-                        "type": "response.output_text.delta",
-                        "sequence_number": next(seq),
-                        "item_id": msg_id,
-                        "output_index": 0,
-                        "content_index": 0,
-                        "delta": w,
-                    },
-                    "response.output_text.delta",
-                )
-            )
+            parts.append(event("response.output_text.delta", **at, delta=w, logprobs=[]))
+        parts += [
+            event("response.output_text.done", **at, text=ex.text, logprobs=[]),
+            event("response.content_part.done", **at, part=text_part),
+            event("response.output_item.done", output_index=0, item=message),
+        ]
         if b.malformed:
             parts.insert(1, b"event: response.output_text.delta\ndata: {broken\n\n")
             response["usage"] = None
-        parts.append(
-            _sse(
-                {"type": "response.completed", "sequence_number": next(seq), "response": response},
-                "response.completed",
-            )
-        )
+        parts.append(event("response.completed", response=response))
         return parts, "text/event-stream; charset=utf-8"
 
     def _openai_embeddings(self, ex, data, words, b, request):  # type: ignore[no-untyped-def]
