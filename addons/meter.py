@@ -60,6 +60,7 @@ from addons.metering.spool import Spool, SpoolError
 from addons.metering.streamopts import UsageChunkDropper
 from addons.metering.writer import SpoolWriter
 from meterline.catalog import Catalog, CatalogError
+from meterline.conninfo import LAKE_PREFIX, locator_problem, shown
 from meterline.lakeconfig import LakeConfigError, lake_settings
 from meterline.proxycatalog import load_proxy_catalog
 from meterline.store import DEFAULT_CATALOG, DEFAULT_DB, looks_like_duckdb
@@ -571,29 +572,37 @@ def _check_db(locator: str) -> None:
     """A DuckDB file's directory must exist, and the name must not be a directory: the
     writer would otherwise keep every event in the spool, retrying, with no store ever
     made (a lake is checked by its attach).
-    An empty one is DuckDB's in-memory database: every event would go with the process."""
+    An empty one is DuckDB's in-memory database: every event would go with the process.
+    A PostgreSQL connection string without ``ducklake:postgres:`` is refused (DuckDB
+    would make a file named after it, password included); every message masks passwords."""
     if not locator.strip():
         raise exceptions.OptionsError("meter_db: empty (give a file path or a ducklake: locator)")
-    if locator.startswith("ducklake:"):
+    problem = locator_problem(locator)
+    if problem is not None:
+        raise exceptions.OptionsError(f"meter_db: {problem}")
+    if locator.startswith(LAKE_PREFIX):
         try:  # a relative data path, a bad S3 setting: no flush would ever succeed
             lake_settings()
         except LakeConfigError as e:
             raise exceptions.OptionsError(f"meter_db: {e}") from e
         return
     path = Path(locator).expanduser()
+    shown_path = shown(str(path))
     if not path.parent.is_dir():
-        raise exceptions.OptionsError(f"meter_db: {path.parent} is not a directory")
+        raise exceptions.OptionsError(f"meter_db: {shown(str(path.parent))} is not a directory")
     if path.is_dir():
-        raise exceptions.OptionsError(f"meter_db: {path} is a directory (name a DuckDB file in it)")
+        raise exceptions.OptionsError(
+            f"meter_db: {shown_path} is a directory (name a DuckDB file in it)"
+        )
     if path.exists() and not path.is_file():  # a FIFO would block the start for good
-        raise exceptions.OptionsError(f"meter_db: {path} is not a regular file")
+        raise exceptions.OptionsError(f"meter_db: {shown_path} is not a regular file")
     try:
         if path.stat().st_size and not looks_like_duckdb(path):  # empty: made at first flush
-            raise exceptions.OptionsError(f"meter_db: {path} is not a DuckDB database file")
+            raise exceptions.OptionsError(f"meter_db: {shown_path} is not a DuckDB database file")
     except FileNotFoundError:
         return  # made by the first flush
     except OSError as e:
-        raise exceptions.OptionsError(f"meter_db: cannot read {path}: {e.strerror}") from e
+        raise exceptions.OptionsError(f"meter_db: cannot read {shown_path}: {e.strerror}") from e
 
 
 #: A day: a longer interval holds events in the spool for longer than any use of it (and

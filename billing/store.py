@@ -23,9 +23,10 @@ from meterline.store import (
     EVENT_MIGRATIONS,
     LAKE_PREFIX,
     Migration,
-    StoreError,
+    check_locator,
     migrate,
     no_store_yet,
+    no_such_database,
     store,
 )
 
@@ -63,8 +64,9 @@ def billing_store(
     report "no usage").
     """
     loc = str(locator)
+    check_locator(loc)
     if not create and not loc.startswith(LAKE_PREFIX) and no_store_yet(loc):
-        raise StoreError(f"{loc}: no such database (nothing metered yet?)")
+        raise no_such_database(loc)
     with store(loc, wait_s=wait_s, create_lake=create, on_wait=on_wait) as con:
         apply_migrations(con)
         yield con

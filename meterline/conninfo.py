@@ -5,6 +5,10 @@ a password, and DuckDB repeats the whole string in its errors. Everything Meterl
 prints about a store (log lines, ``billing`` errors) goes through :func:`shown`. Better
 still, keep the password out of the locator: ``PGPASSWORD`` or ``~/.pgpass`` (libpq reads
 both), as docs/fleet.md says.
+
+A connection string given where a store is expected without ``ducklake:postgres:``
+before it is refused by :func:`locator_problem` before DuckDB sees it: DuckDB takes it
+for a file name and creates that file, named after the password.
 """
 
 from __future__ import annotations
@@ -12,8 +16,18 @@ from __future__ import annotations
 import re
 
 MASK = "***"
-_KEYWORD = re.compile(r"(\b(?:ssl)?password\s*=\s*)(?:'(?:[^'\\]|\\.)*'|[^\s'\"]+)", re.IGNORECASE)
-_URI = re.compile(r"(\bpostgres(?:ql)?://[^:/@\s]*:)[^@\s]+@", re.IGNORECASE)
+_KEYWORD = re.compile(
+    r"(\b(?:ssl)?password\s*=\s*)"
+    # Masked already (a message shown again through the proxy's log filter): the ":" or
+    # ")" after the mask stays. libpq quotes with '...'; "..." too, as people write it;
+    # an unterminated quote runs to the next space. A bare value stops at a quote: a
+    # repr's closing one stays.
+    r"""(?:\*\*\*(?=[:)]?(?:\s|$))|'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|[^\s'"]+|['"]\S*)""",
+    re.IGNORECASE,
+)
+#: ``postgresql://user:password@host``: the password runs to the last ``@`` of the
+#: authority (one left unencoded in it must not leave its end shown).
+_URI = re.compile(r"(\bpostgres(?:ql)?://[^:/@\s]*:)[^\s/?#]*@", re.IGNORECASE)
 
 
 def shown(text: str) -> str:
@@ -30,3 +44,47 @@ def one_line(text: str) -> str:
     lines = [line.strip() for line in text.splitlines()]
     kept = [ln for ln in lines if ln and not ln.startswith(("LINE ", "^"))]
     return shown(" ".join(kept))
+
+
+LAKE_PREFIX = "ducklake:"
+#: The metadata type of a lake whose catalog is a PostgreSQL database.
+POSTGRES_TYPE = "postgres:"
+
+#: A libpq connection string: a URI, or ``keyword=value`` pairs starting with one of
+#: libpq's keywords (a file named ``dbname=x`` is no store anyone means).
+_PG_URI = re.compile(r"\s*postgres(?:ql)?://", re.IGNORECASE)
+_PG_KEYWORDS = re.compile(
+    r"\s*(?:host|hostaddr|port|dbname|user|password|passfile|service|sslmode|sslpassword"
+    r"|connect_timeout|application_name|options|target_session_attrs)\s*=",
+    re.IGNORECASE,
+)
+
+
+def is_conninfo(text: str) -> bool:
+    """Whether ``text`` is a PostgreSQL connection string (a URI or keyword=value pairs)."""
+    return bool(_PG_URI.match(text) or _PG_KEYWORDS.match(text))
+
+
+def locator_problem(locator: str) -> str | None:
+    """Why ``locator`` is a PostgreSQL connection string given the wrong way, in one line
+    naming the right one (passwords masked); None for anything else (a DuckDB file, a
+    ``ducklake:postgres:...`` lake).
+
+    Given bare (``postgresql://...``, ``dbname=... password=...``) it was opened as a
+    DuckDB file of that name; DuckDB's own ``postgres:...`` attached the PostgreSQL
+    database itself, which holds no store."""
+    if locator.startswith(LAKE_PREFIX):
+        return None
+    conninfo = locator
+    if locator.lower().startswith(POSTGRES_TYPE):
+        conninfo = locator[len(POSTGRES_TYPE) :]
+    elif not is_conninfo(locator):
+        return None
+    return (
+        f"{shown(locator)}: a PostgreSQL connection string, not a DuckDB file (a lake on "
+        f"PostgreSQL is given as {_as_lake(conninfo)})"
+    )
+
+
+def _as_lake(conninfo: str) -> str:
+    return shown(f"{LAKE_PREFIX}{POSTGRES_TYPE}{conninfo.strip()}")

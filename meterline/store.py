@@ -24,7 +24,8 @@ from pathlib import Path
 import duckdb
 
 from meterline import lakerepair, lakestorage
-from meterline.conninfo import one_line, shown
+from meterline.conninfo import LAKE_PREFIX as LAKE_PREFIX  # re-exported
+from meterline.conninfo import locator_problem, one_line, shown
 from meterline.emptystore import FillError, fill_if_empty, is_empty_file
 from meterline.eventschema import EVENT_COLUMNS as EVENT_COLUMNS  # re-exported
 from meterline.lakeconfig import LakeConfigError, lake_settings
@@ -32,7 +33,6 @@ from meterline.privatefiles import make_private, private_files
 
 DEFAULT_DB = "meterline.duckdb"
 DEFAULT_CATALOG = "catalog.yaml"
-LAKE_PREFIX = "ducklake:"
 
 
 @dataclass(frozen=True)
@@ -269,8 +269,16 @@ def no_store_yet(path: str | Path) -> bool:
     return not Path(path).exists() or is_empty_file(path)
 
 
-def _no_such_database(loc: str) -> StoreError:
-    return StoreError(f"{loc}: no such database (nothing metered yet?)")
+def check_locator(locator: str) -> None:
+    """Refuse a PostgreSQL connection string given without ``ducklake:postgres:``, before
+    DuckDB creates a file named after it (see :func:`meterline.conninfo.locator_problem`)."""
+    problem = locator_problem(locator)
+    if problem is not None:
+        raise StoreError(problem)
+
+
+def no_such_database(loc: str) -> StoreError:
+    return StoreError(f"{shown(loc)}: no such database (nothing metered yet?)")
 
 
 def _hint(loc: str, err: duckdb.Error) -> str:
@@ -344,10 +352,11 @@ def open_store(
     ``create_lake=False``: a PostgreSQL database that holds no lake is an error, not a
     new empty lake (see :func:`_attach_lake`)."""
     loc = str(locator)
+    check_locator(loc)
     if loc.startswith(LAKE_PREFIX):
         return _retrying(loc, wait_s, lambda: _open_lake(loc, create_lake), on_wait=on_wait)
     if read_only and not Path(loc).exists():
-        raise _no_such_database(loc)
+        raise no_such_database(loc)
     if read_only:
         return _retrying(loc, wait_s, lambda: _connect_reader(loc), on_wait=on_wait)
     return _retrying(loc, wait_s, lambda: _connect_private(loc), on_wait=on_wait)
@@ -361,7 +370,7 @@ def _connect_reader(path: str) -> duckdb.DuckDBPyConnection:
     except OSError:
         empty_since = None
     if empty_since is not None and not _recent(empty_since):
-        raise _no_such_database(path)
+        raise no_such_database(path)
     return duckdb.connect(path, read_only=True)
 
 
@@ -387,6 +396,8 @@ def _connect_private(path: str) -> duckdb.DuckDBPyConnection:
 
 def attach_file(con: duckdb.DuckDBPyConnection, path: str, alias: str, wait_s: float) -> None:
     """``ATTACH`` the DuckDB file ``path`` to ``con`` as ``alias``, waiting out a reader."""
+
+    check_locator(path)
 
     def attach() -> None:
         _fill_empty(path)

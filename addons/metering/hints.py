@@ -15,6 +15,7 @@ from pathlib import Path
 from addons.metering.providers import ProviderRegistry, parse_host_pattern
 from addons.metering.routes import RouteTable
 from meterline.catalog import Catalog
+from meterline.conninfo import shown
 
 log = logging.getLogger("meterline.proxy")
 
@@ -59,7 +60,7 @@ def log_startup(
         "meterline: metering %d provider(s), %d consumer(s); events -> %s via spool %s",
         len(registry.providers),
         len(catalog.consumers) if catalog else 0,
-        db,
+        shown(db),
         spool,
     )
     for route in routes:

@@ -12,7 +12,7 @@ import click
 
 import billing.alerts  # noqa: F401 - registers the alert outbox table
 import billing.stripe  # noqa: F401 - registers the Stripe tables and listing column
-from billing.cli.common import NON_EMPTY, BillingGroup, Settings
+from billing.cli.common import STORE_LOCATOR, BillingGroup, Settings
 from meterline.store import DEFAULT_CATALOG, DEFAULT_DB
 
 
@@ -20,7 +20,7 @@ from meterline.store import DEFAULT_CATALOG, DEFAULT_DB
 @click.option(
     "--db",
     envvar="METERLINE_DB",
-    type=NON_EMPTY,
+    type=STORE_LOCATOR,
     default=DEFAULT_DB,
     show_default=True,
     help="The store: a DuckDB file (or ducklake:...). Env: METERLINE_DB.",

@@ -25,7 +25,7 @@ from billing.render import FORMATS
 from billing.store import billing_store
 from meterline import lakerepair
 from meterline.catalog import Catalog, CatalogError, load_catalog
-from meterline.conninfo import one_line
+from meterline.conninfo import locator_problem, one_line, shown
 from meterline.periods import PeriodRangeError, calendar_month
 from meterline.store import LAKE_PREFIX, StoreError, io_hint, store
 
@@ -51,6 +51,24 @@ class NonEmpty(click.ParamType):
 
 
 NON_EMPTY = NonEmpty()
+
+
+class StoreLocator(NonEmpty):
+    """``--db``: a DuckDB file or a ``ducklake:...`` lake, never a bare PostgreSQL
+    connection string (DuckDB made a file named after it, and errors repeated its
+    password): refused in one line naming the ``ducklake:postgres:...`` form."""
+
+    name = "store"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = super().convert(value, param, ctx)
+        problem = locator_problem(text)
+        if problem is not None:
+            self.fail(problem, param, ctx)
+        return text
+
+
+STORE_LOCATOR = StoreLocator()
 
 DAY_S = 86_400
 YEAR_S = 366 * DAY_S
@@ -136,7 +154,7 @@ class BillingGroup(click.Group):
             return super().invoke(ctx)
         except USER_ERRORS as e:
             hint = cli_hint(e)
-            raise click.ClickException(f"{e}; {hint}" if hint else str(e)) from None
+            raise click.ClickException(shown(f"{e}; {hint}" if hint else str(e))) from None
         except (duckdb.IOException, duckdb.HTTPException) as e:
             # The store's disk or the lake's object storage, met after the store opened.
             text = str(e)

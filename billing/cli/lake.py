@@ -15,6 +15,7 @@ from billing import render
 from billing.cli.common import YEAR_S, Settings, format_option, pass_settings
 from billing.ledger import restore_invoice_sequence
 from meterline import lakerepair, lakestorage
+from meterline.conninfo import shown
 from meterline.lakemaint import (
     DEFAULT_KEEP,
     ORPHAN_AGE,
@@ -70,7 +71,9 @@ def maintain_cmd(
       */10 * * * *  billing --db "$LAKE" lake maintain --format json
     """
     if not settings.db.startswith(LAKE_PREFIX):
-        raise StoreError(f"{settings.db}: not a DuckLake (lake maintain is for ducklake:...)")
+        raise StoreError(
+            f"{shown(settings.db)}: not a DuckLake (lake maintain is for ducklake:...)"
+        )
     holder = f"billing:{socket.gethostname()}:{os.getpid()}"
     with store(settings.db, create_lake=False) as con:
         if not take_lease(con, holder):
@@ -133,7 +136,7 @@ def lake_repair(settings: Settings, drop: bool, force: bool) -> None:
       billing --db "$LAKE" lake repair --drop
     """
     if not settings.db.startswith(LAKE_PREFIX):
-        raise StoreError(f"{settings.db}: not a DuckLake (lake repair is for ducklake:...)")
+        raise StoreError(f"{shown(settings.db)}: not a DuckLake (lake repair is for ducklake:...)")
     with store(settings.db, create_lake=False) as con:
         try:
             dangling = lakerepair.dangling_files(con, check=not force)

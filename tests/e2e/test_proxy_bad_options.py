@@ -95,3 +95,29 @@ def test_a_lake_setting_that_no_flush_could_use_is_one_line_at_start(
     line = "meterline: meter_db: METERLINE_LAKE_DATA='lake-data/' must be an absolute path"
     assert line in out and out.count("meterline: ") == 1, out
     assert "Traceback" not in out and not proxy.spool.exists(), out
+
+
+@pytest.mark.parametrize(
+    "db,meant",
+    [("postgresql://u:s3cr3t@db/m", "ducklake:postgres:postgresql://u:***@db/m"),
+     ("postgres:dbname=m password=s3cr3t", "ducklake:postgres:dbname=m password=***"),
+     ('host=db PASSWORD="s3 cr3t"', "ducklake:postgres:host=db PASSWORD=***")],
+    ids=["uri", "duckdb-postgres", "keywords"],
+)  # fmt: skip
+def test_a_connection_string_as_meter_db_is_one_line_without_its_password(
+    tmp_path: Path, mitm_confdir: Path, test_catalog: Path, db: str, meant: str
+) -> None:
+    """Before: the URI's password in ``meter_db: postgresql:/u:s3cr3t@db is not a
+    directory``; the others started, made a store file named after the connection string
+    in the working directory (``postgres:`` tried to attach PostgreSQL itself), and the
+    keywords' double-quoted password was logged at start."""
+    options = {"meter_db": db}
+    proxy = MeterProxy(tmp_path, catalog=test_catalog, confdir=mitm_confdir, options=options)
+    before = sorted(tmp_path.iterdir())
+    run = subprocess.run(proxy.command(), capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    out = run.stdout + run.stderr
+    assert run.returncode == 1, out
+    assert "s3cr3t" not in out and out.count("meterline: ") == 1, out
+    assert "meterline: meter_db: " in out and f"given as {meant})" in out, out
+    assert "Traceback" not in out, out
+    assert sorted(tmp_path.iterdir()) == before and not proxy.spool.exists()  # nothing made

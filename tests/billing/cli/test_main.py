@@ -160,3 +160,29 @@ def test_an_empty_db_is_refused_not_kept_in_memory(tmp_path: Path) -> None:
                "--customer", "alpha", "--amount", "5.00"],
     )  # fmt: skip
     assert result.exit_code == 2 and "Invalid value for '--db': must not be empty" in result.output
+
+
+@pytest.mark.parametrize(
+    "db",
+    ["postgresql://u:s3cr3t@db/m", "postgres:dbname=m password=s3cr3t",
+     "dbname=m host=db password='s3 cr3t'"],
+)  # fmt: skip
+def test_a_connection_string_as_db_is_one_line_without_its_password(
+    db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: ``Error: postgresql://u:s3cr3t@db/m: no such database``, password and all,
+    and a command that writes made a DuckDB file named after it in the working
+    directory."""
+    s = setup(tmp_path / "setup")
+    monkeypatch.chdir(tmp_path)
+    for args in (["usage"], ["credits", "grant", "--customer", "alpha", "--amount", "5.00"],
+                 ["lake", "maintain"]):  # fmt: skip
+        result = CliRunner().invoke(
+            main, ["--db", db, "--catalog", str(s.catalog_path), *args], prog_name="billing"
+        )
+        assert result.exit_code == 2, result.output
+        [line] = [ln for ln in result.stderr.splitlines() if ln.startswith("Error: ")]
+        assert line.startswith("Error: Invalid value for '--db': ") and "s3cr3t" not in line
+        assert "given as ducklake:postgres:" in line, line
+        assert "s3cr3t" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["setup"]  # no file made
