@@ -72,9 +72,17 @@ def locator_problem(locator: str) -> str | None:
 
     Given bare (``postgresql://...``, ``dbname=... password=...``) it was opened as a
     DuckDB file of that name; DuckDB's own ``postgres:...`` attached the PostgreSQL
-    database itself, which holds no store."""
+    database itself, which holds no store; ``ducklake:`` without the ``postgres:``
+    metadata type made a local DuckLake catalog file named after the connection string,
+    password included."""
     if locator.startswith(LAKE_PREFIX):
-        return None
+        rest = locator.removeprefix(LAKE_PREFIX)
+        if rest.startswith(POSTGRES_TYPE) or not is_conninfo(rest):
+            return None
+        return (
+            f"{shown(locator)}: no metadata type after {LAKE_PREFIX} (a lake on PostgreSQL "
+            f"is given as {_as_lake(rest)})"
+        )
     conninfo = locator
     if locator.lower().startswith(POSTGRES_TYPE):
         conninfo = locator[len(POSTGRES_TYPE) :]

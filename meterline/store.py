@@ -410,6 +410,7 @@ def attach_file(con: duckdb.DuckDBPyConnection, path: str, alias: str, wait_s: f
 
 def attach_lake(con: duckdb.DuckDBPyConnection, locator: str, wait_s: float) -> None:
     """Attach the DuckLake ``locator`` to ``con`` as ``lake`` and make it the default."""
+    check_locator(locator)
     _retrying(locator, wait_s, lambda: _attach_lake(con, locator, create=True))
 
 

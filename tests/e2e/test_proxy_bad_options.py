@@ -101,8 +101,9 @@ def test_a_lake_setting_that_no_flush_could_use_is_one_line_at_start(
     "db,meant",
     [("postgresql://u:s3cr3t@db/m", "ducklake:postgres:postgresql://u:***@db/m"),
      ("postgres:dbname=m password=s3cr3t", "ducklake:postgres:dbname=m password=***"),
-     ('host=db PASSWORD="s3 cr3t"', "ducklake:postgres:host=db PASSWORD=***")],
-    ids=["uri", "duckdb-postgres", "keywords"],
+     ('host=db PASSWORD="s3 cr3t"', "ducklake:postgres:host=db PASSWORD=***"),
+     ("ducklake:dbname=m password=s3cr3t", "ducklake:postgres:dbname=m password=***")],
+    ids=["uri", "duckdb-postgres", "keywords", "ducklake-without-type"],
 )  # fmt: skip
 def test_a_connection_string_as_meter_db_is_one_line_without_its_password(
     tmp_path: Path, mitm_confdir: Path, test_catalog: Path, db: str, meant: str

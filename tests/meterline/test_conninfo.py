@@ -13,6 +13,8 @@ MISGIVEN = [
     ("postgresql://u:s3cr3t@db/m", "ducklake:postgres:postgresql://u:***@db/m"),
     ("postgres:dbname=m password=s3cr3t", "ducklake:postgres:dbname=m password=***"),
     ("dbname=m host=db PASSWORD='s3 cr3t'", "ducklake:postgres:dbname=m host=db PASSWORD=***"),
+    ("ducklake:dbname=m password=s3cr3t", "ducklake:postgres:dbname=m password=***"),
+    ("ducklake:postgresql://u:s3cr3t@db/m", "ducklake:postgres:postgresql://u:***@db/m"),
 ]  # fmt: skip
 
 
@@ -61,7 +63,8 @@ def test_a_connection_string_given_the_wrong_way_is_refused_before_duckdb_sees_i
     locator: str, meant: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Bare, DuckDB made a file named after it (password included), or attached the
-    PostgreSQL database itself. Each error repeated the password."""
+    PostgreSQL database itself; after ``ducklake:`` without ``postgres:``, a local lake
+    catalog file of that name. Each error repeated the password."""
     monkeypatch.chdir(tmp_path)
     for read_only in (False, True):
         with pytest.raises(StoreError) as e:

@@ -165,14 +165,14 @@ def test_an_empty_db_is_refused_not_kept_in_memory(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "db",
     ["postgresql://u:s3cr3t@db/m", "postgres:dbname=m password=s3cr3t",
-     "dbname=m host=db password='s3 cr3t'"],
+     "dbname=m host=db password='s3 cr3t'", "ducklake:dbname=m password=s3cr3t"],
 )  # fmt: skip
 def test_a_connection_string_as_db_is_one_line_without_its_password(
     db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Before: ``Error: postgresql://u:s3cr3t@db/m: no such database``, password and all,
-    and a command that writes made a DuckDB file named after it in the working
-    directory."""
+    and a command that writes made a DuckDB file named after it (``ducklake:dbname=...``
+    a DuckLake catalog file) in the working directory."""
     s = setup(tmp_path / "setup")
     monkeypatch.chdir(tmp_path)
     for args in (["usage"], ["credits", "grant", "--customer", "alpha", "--amount", "5.00"],
