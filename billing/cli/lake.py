@@ -62,8 +62,10 @@ def maintain_cmd(
     """Compact the lake's files, expire old snapshots, delete the files they freed.
 
     Takes the lake's maintenance lease first, so it never runs twice at once (a proxy's
-    own pass included); exits with an error when another holder has it. Invoices are
-    unchanged by it: rows move between files, none is changed.
+    own pass included); exits with an error when another holder has it. Before that, like
+    a proxy's pass, it checks the data path is the lake's storage from here (its marker,
+    else the lake's newest files) and refuses otherwise: the lease and the merges write
+    files. Invoices are unchanged by it: rows move between files, none is changed.
 
     \b
     Example usage:
@@ -76,6 +78,10 @@ def maintain_cmd(
         )
     holder = f"billing:{socket.gethostname()}:{os.getpid()}"
     with store(settings.db, create_lake=False) as con:
+        try:  # the proxies' passes check the same, and refuse with the same line
+            lakerepair.check_storage(con)
+        except lakestorage.StorageUnreachable as e:
+            raise click.ClickException(str(e)) from None
         if not take_lease(con, holder):
             who, until = lease_holder(con)
             raise StoreError(

@@ -283,3 +283,36 @@ def test_an_earlier_releases_marker_is_kept_through_expiry(
     marker.write_text(old + "\n")
     with store(lake) as con, pytest.raises(StorageUnreachable, match="belongs to another lake"):
         check_storage(con)
+
+
+def test_billing_lake_maintain_refuses_storage_that_is_not_the_lakes(
+    server: str, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The proxies' passes check the marker before taking the lease (which writes a
+    file); ``billing lake maintain`` did not: with another lake's marker in the data path
+    (or the disk not mounted) it took the lease, merged and expired snapshots there.
+    Now it refuses with the proxies' own line and changes nothing."""
+    from addons.metering.lakejob import LakeMaintainer
+
+    data = tmp_path / "data"
+    monkeypatch.setenv("METERLINE_LAKE_DATA", f"{data}/")
+    monkeypatch.setenv("METERLINE_LAKE_MAINTAIN_EVERY", "0")
+    lake = f"ducklake:postgres:{create_database(server, 'maintainother')}"
+    write_batches(lake, tmp_path / "spool", batches=3, per_batch=1)
+    other = "meterline lake 00000000-0000-4000-8000-000000000000"
+    (data / MARKER_NAME).write_text(other + "\n")
+    files = _parquet(data)
+    snapshots = _oldest_snapshot(lake)
+    with pytest.raises(StorageUnreachable) as proxy_refused:
+        LakeMaintainer(lake, every_s=0).run_once()
+    refused = _billing(lake, "lake", "maintain", "--keep", "1")
+    assert refused.exit_code == 1, refused.output
+    assert refused.output == f"Error: {proxy_refused.value}\n"
+    assert f"belongs to another lake ({other})" in refused.output
+    assert _parquet(data) == files and _oldest_snapshot(lake) == snapshots  # nothing done
+    assert (data / MARKER_NAME).read_text() == other + "\n"
+    with store(lake) as con:  # no lease taken (its table is made with the first)
+        tables = con.execute("SELECT table_name FROM duckdb_tables()").fetchall()
+    assert ("lake_leases",) not in tables
+    (data / MARKER_NAME).unlink()  # the lake's files are there: its own storage
+    assert _billing(lake, "lake", "maintain", "--keep", "1").exit_code == 0
