@@ -460,26 +460,35 @@ def test_an_empty_store_variable_is_an_error_not_the_default_file(
 
 def test_a_command_waiting_for_a_locked_store_says_so(tmp_path: Path) -> None:
     """Another process holds the file: the command sat silent for up to 30 s. It says it
-    waits (after 2 s), then goes on once the lock is released."""
+    waits (after 2 s), then goes on once the lock is released.
+
+    The holder lets go only once the command has said it waits, so the test does not
+    depend on how fast the command starts."""
     db = tmp_path / "m.duckdb"
     catalog = tmp_path / "catalog.yaml"
     catalog.write_text((Path(__file__).parents[3] / "catalog.yaml").read_text())
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "
-         "c.execute('CREATE TABLE t (a INT)'); print('held', flush=True); time.sleep(3.5)",
+         "import duckdb, sys; c = duckdb.connect(sys.argv[1]); "
+         "c.execute('CREATE TABLE t (a INT)'); print('held', flush=True); sys.stdin.readline()",
          str(db)],
-        stdout=subprocess.PIPE, text=True,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
-    assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    assert holder.stdin is not None and holder.stdout is not None
+    assert holder.stdout.readline() == "held\n"
+    command = subprocess.Popen(
+        [str(Path(sys.executable).parent / "billing"), "--db", str(db),
+         "--catalog", str(catalog), "usage", "--format", "json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
     try:
-        result = subprocess.run(
-            [str(Path(sys.executable).parent / "billing"), "--db", str(db),
-             "--catalog", str(catalog), "usage", "--format", "json"],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+        assert command.stderr is not None
+        first = command.stderr.readline()  # blocks until the command says it waits
     finally:
+        holder.stdin.write("release\n")
+        holder.stdin.close()
         holder.wait(10)
         holder.stdout.close()
-    assert result.returncode == 0, result.stderr
-    assert result.stderr.startswith(f"waiting for the store: {db}: waiting up to 30 s: ")
+    out, rest = command.communicate(timeout=60)
+    assert command.returncode == 0, first + rest
+    assert first.startswith(f"waiting for the store: {db}: waiting up to 30 s: ")
