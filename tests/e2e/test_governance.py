@@ -197,7 +197,10 @@ def test_restart_mid_period_rebuilds_from_store_and_spool(
     with openai_client(first, fake_provider, KEYS["alice"]) as client:
         chat(client, 40)
         chat(client, 40)
-    time.sleep(0.3)  # the events reach the spool (written after the reply)
+    deadline = time.monotonic() + 30  # the events reach the spool (written after the reply)
+    while sum(p.read_bytes().count(b"\n") for p in first.spool.glob("*.[oj]*")) < 2:
+        assert time.monotonic() < deadline, "the two events never reached the spool"
+        time.sleep(0.02)
     first.kill()
     assert first.events() == []
     again = MeterProxy(
