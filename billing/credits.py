@@ -6,8 +6,10 @@ granted it, when and why; it is never edited. Invoices consume grants in order o
 :func:`apply_credits` adds one ``credit`` line per invoice whose amount is minus what was
 taken (at most the invoice's total: a total never goes below zero), and the line's
 detail names each grant and amount; :mod:`billing.ledger` stores the consumptions in
-the invoice's own transaction. Stripe gets the credit line as a negative item, like any
-other line. The balance the proxy enforces for ``prepaid`` plans is read by
+the invoice's own transaction. An invoice whose lines add up to less than zero (a late
+usage credit) carries that amount to the customer's credit balance, which later invoices
+take from (:func:`apply_credit_balance`). Stripe gets the credit lines as items, like
+any other line. The balance the proxy enforces for ``prepaid`` plans is read by
 ``meterline.entitlements.credit_balances`` from the same tables.
 """
 
@@ -234,6 +236,16 @@ def balance(grants: Sequence[Grant], at: datetime) -> Decimal:
 
 
 def apply_credits(con: duckdb.DuckDBPyConnection, invoices: Sequence[Invoice]) -> None:
+    """Apply the customer's prepaid grants, then its credit balance, to each invoice.
+
+    Grants first, as Stripe applies credit grants before the customer's balance: a grant
+    may expire, the balance (money owed back to the customer) never does.
+    """
+    apply_grants(con, invoices)
+    apply_credit_balance(con, invoices)
+
+
+def apply_grants(con: duckdb.DuckDBPyConnection, invoices: Sequence[Invoice]) -> None:
     """Add a credit line to each invoice with a positive total the customer's grants cover.
 
     A grant covers an invoice whose period began before the grant expired, whenever the
@@ -262,23 +274,84 @@ def apply_credits(con: duckdb.DuckDBPyConnection, invoices: Sequence[Invoice]) -
         if not taken:
             continue
         credited = inv.total - left
-        plan_key = inv.lines[0].plan_key if inv.lines else ""
         inv.lines.append(
-            InvoiceLine(
-                kind="credit",
-                rate_card_key="prepaid-credit",
-                feature_key=None,
-                plan_key=plan_key,
-                description="Prepaid credit applied",
-                usage_start=inv.period_start,
-                usage_end=inv.period_end,
-                quantity=Decimal(1),
-                unit_price=None,
-                amount=-credited,
-                detail={"grants": taken},
-                line_no=len(inv.lines) + 1,
+            _credit_line(
+                inv, "prepaid-credit", "Prepaid credit applied", -credited, {"grants": taken}
             )
         )
+
+
+#: The ``rate_card_key`` of the credit lines that move money through a customer's credit
+#: balance: positive on an invoice whose total was negative (carried out, the total is then
+#: zero), negative on a later invoice that takes it. The balance is the sum of them all.
+CREDIT_BALANCE = "credit-balance"
+
+
+def carried_balances(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, str], Decimal]:
+    """(customer, currency) -> the credit balance its stored invoices carried forward."""
+    rows = con.execute(
+        "SELECT i.customer_key, i.currency, SUM(l.amount) "
+        "FROM invoice_lines AS l JOIN invoices AS i ON i.number = l.invoice_number "
+        "WHERE l.kind = 'credit' AND l.rate_card_key = ? GROUP BY ALL",
+        [CREDIT_BALANCE],
+    ).fetchall()
+    return {(ck, cur): in_currency(Decimal(total), cur) for ck, cur, total in rows}
+
+
+def apply_credit_balance(con: duckdb.DuckDBPyConnection, invoices: Sequence[Invoice]) -> None:
+    """Carry a negative invoice total to the customer's credit balance; pay later totals
+    from it.
+
+    An invoice whose lines add up to less than zero (a late usage credit larger than what
+    the invoice charges) gets a line of minus its total, so it is zero, and the amount
+    goes to the customer's balance in its currency, as Stripe does with a negative
+    invoice. Each later invoice with a positive total (after prepaid grants) takes
+    ``min(balance, total)`` from it. Exact money, never rounded: the totals of all the
+    invoices add up to their charges less their credits, whatever the order. ``invoices``
+    are taken in order (the order they are numbered in), so one run carries a negative
+    total to the next invoice of the same run.
+    """
+    if not invoices:
+        return
+    balances = carried_balances(con)
+    for inv in invoices:
+        key = (inv.customer_key, inv.currency)
+        before = balances.get(key, Decimal(0))
+        total = inv.total
+        if total < 0:
+            moved = -total
+            description = "Negative total carried to the credit balance"
+        elif total > 0 and before > 0:
+            moved = -min(before, total)
+            description = "Credit balance applied"
+        else:
+            continue
+        after = balances[key] = before + moved
+        shown = {
+            "before": round_money(before, inv.currency),
+            "after": round_money(after, inv.currency),
+        }
+        detail = {"credit_balance": {k: str(v) for k, v in shown.items()}}
+        inv.lines.append(_credit_line(inv, CREDIT_BALANCE, description, moved, detail))
+
+
+def _credit_line(
+    inv: Invoice, key: str, description: str, amount: Decimal, detail: dict[str, Any]
+) -> InvoiceLine:
+    return InvoiceLine(
+        kind="credit",
+        rate_card_key=key,
+        feature_key=None,
+        plan_key=inv.lines[0].plan_key if inv.lines else "",
+        description=description,
+        usage_start=inv.period_start,
+        usage_end=inv.period_end,
+        quantity=Decimal(1),
+        unit_price=None,
+        amount=amount,
+        detail=detail,
+        line_no=len(inv.lines) + 1,
+    )
 
 
 def consumption_rows(inv: Invoice) -> list[tuple[str, str, str, Decimal]]:

@@ -488,6 +488,47 @@ def test_late_usage_under_volume_pricing_can_be_a_credit(tmp_path: Path) -> None
     assert amounts(feb)["late_usage:gpt-out:01-01"] == Decimal("-35.00")
 
 
+def test_a_negative_total_is_carried_to_the_next_invoices_and_no_money_is_lost(
+    tmp_path: Path,
+) -> None:
+    """A late credit larger than what its invoice charges leaves a negative total: it goes
+    to the customer's credit balance (that invoice is then zero, as Stripe does) and later
+    invoices take it after prepaid grants, until it is used up (it was dropped before)."""
+    s = setup(tmp_path, CATALOG.replace("mode: graduated", "mode: volume"))
+    add_events(s.db, Event(utc("2026-01-10"), output=10_000))
+    generate(s, "2026-01", W1.isoformat(), customer="alpha")  # 10000 at 10/1000 = 100.00
+    add_events(s.db, Event(utc("2026-01-11"), output=1, ingested_at=utc("2026-02-03")))
+    feb = generate(s, "2026-02", W2.isoformat(), customer="alpha").invoices[0]
+    # 10001 at 5/1000 = 50.005 -> 50.01: a late credit of -49.99 against March's 30.00 fee
+    assert amounts(feb)["late_usage:gpt-out:01-01"] == Decimal("-49.99")
+    carried = feb.lines[-1]
+    assert (carried.kind, carried.rate_card_key, carried.amount) == (
+        "credit",
+        "credit-balance",
+        Decimal("19.99"),
+    )
+    assert feb.total == 0
+    with billing_store(s.db) as con:  # pays 25.00 of March's 30.00 fee: grants go first
+        grant_credits(con, s.catalog, "alpha", Decimal("25.00"), granted_by="t", reason="r", now=W2)
+    mar = generate(s, "2026-03", W3.isoformat(), customer="alpha").invoices[0]
+    assert [(ln.rate_card_key, ln.amount) for ln in mar.lines if ln.kind == "credit"] == [
+        ("prepaid-credit", Decimal("-25.00")),
+        ("credit-balance", Decimal("-5.00")),
+    ]
+    assert mar.total == 0
+    apr = generate(s, "2026-04", "2026-05-01T00:00:05Z", customer="alpha").invoices[0]
+    assert apr.lines[-1].detail == {"credit_balance": {"before": "14.99", "after": "0.00"}}
+    assert apr.total == Decimal("15.01")  # May's fee 30.00 - the 14.99 left
+    with billing_store(s.db) as con:
+        stored = list_invoices(con)
+        lines = sql(s.db, "SELECT rate_card_key, amount FROM invoice_lines")
+    charged = sum(Decimal(a) for key, a in lines if key != "credit-balance")
+    assert sum(Decimal(a) for key, a in lines if key == "credit-balance") == 0
+    assert (
+        sum(inv.total for inv in stored) == charged
+    )  # 160.00 - 19.99 + (30.00 - 25.00 granted) + 30.00
+
+
 def test_preview_shows_late_usage_the_next_invoice_will_bill(tmp_path: Path) -> None:
     s = setup(tmp_path)
     add_events(s.db, *alpha_january())
