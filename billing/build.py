@@ -363,12 +363,15 @@ def build_invoices(
     watermark: datetime,
     usage_until: datetime | None = None,
     progress: Callable[[list[_Job]], Iterable[_Job]] | None = None,
+    rebuilding: str | None = None,
 ) -> tuple[list[Invoice], list[list[tuple[UsageWindow, str]]]]:
     """Unsaved invoices for ``periods`` (in that order) and, per invoice, the windows swept
     (with the plan they were priced under).
 
     ``watermark``: events ingested after it are left for a later invoice. ``usage_until``
-    (preview) cuts the period's own window short: usage so far.
+    (preview) cuts the period's own window short: usage so far. ``rebuilding`` (preview of
+    an invoiced period): the number of that period's stored invoice, whose in-advance fees
+    count as not billed yet, as when it was built (else its own fees would be left out).
     The first invoice of each customer in ``periods`` also sweeps the customer's earlier,
     already invoiced periods for late events.
     """
@@ -380,7 +383,10 @@ def build_invoices(
     owned = ownership(con, _owner_pairs(periods, swept))
     late = _late_windows(con, swept, watermark, owned)
     billed = billed_cards(con, sorted({ck for ck, _, _ in late}))
-    prepaid = advance_fees(con, customers)
+    prepaid = {
+        ck: [fee for fee in fees if fee.number != rebuilding]
+        for ck, fees in advance_fees(con, customers).items()
+    }
     carried: set[tuple[str, str, str, datetime]] = set()
     cards_of: dict[str, list[UsageCard]] = {}
     invoices: list[Invoice] = []

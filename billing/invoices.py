@@ -72,6 +72,14 @@ def preview_invoice(
 
     Events with ``ts < at`` ingested up to now count; late usage of invoiced periods
     ingested since their last invoice is shown as it would be billed. Nothing is stored.
+
+    Its lines are those ``generate`` stores for that period from the same stored state:
+    the customer's closed periods not invoiced yet that end in the same month before it
+    are built first, as ``generate`` builds them in the same run (the earlier one bills
+    this period's in-advance fee, sweeps late usage and takes credits first), and a
+    period already invoiced is built again with the in-advance fees its own invoice
+    billed counted as not billed yet, as when that invoice was built (before, they were
+    taken for fees an earlier invoice had billed, and the preview lacked them).
     """
     now = now or utc_now()
     at = at or now
@@ -80,10 +88,24 @@ def preview_invoice(
         bp = period_at(catalog, customer, at)
     except ScheduleError as e:
         raise BillingError(str(e)) from None
-    invoices, _ = build_invoices(con, catalog, [bp], watermark=max(now, at), usage_until=at)
+    have = existing_invoices(con)
+    month = calendar_month(invoice_month(bp))
+    run = [
+        p
+        for p in periods_ending_in(catalog, month, [customer])
+        if p.end <= bp.start and p.key not in have
+    ]
+    invoices, _ = build_invoices(
+        con,
+        catalog,
+        [*run, bp],
+        watermark=max(now, at),
+        usage_until=at,
+        rebuilding=have.get(bp.key),
+    )
     apply_unit_grants(con, invoices)
     apply_credits(con, invoices)
-    return invoices[0]
+    return invoices[-1]
 
 
 # --------------------------------------------------------------------------- generate

@@ -540,6 +540,59 @@ def test_preview_shows_late_usage_the_next_invoice_will_bill(tmp_path: Path) -> 
     assert sql(s.db, "SELECT count(*) FROM invoices") == [(1,)]
 
 
+def preview_lines(inv: Invoice) -> list[tuple[str, str, str, Decimal, Decimal]]:
+    """What a preview and a stored invoice must agree on, line by line."""
+    return [(ln.kind, ln.rate_card_key, ln.description, ln.quantity, ln.amount) for ln in inv.lines]
+
+
+def test_preview_of_an_invoiced_period_bills_the_fees_its_invoice_billed(tmp_path: Path) -> None:
+    """The period's own invoice had billed its fees, which the preview took for fees an
+    earlier invoice billed: the preview of January lacked January's and February's."""
+    s = setup(tmp_path)
+    add_events(s.db, *alpha_january())
+    [jan] = generate(s, "2026-01", W1.isoformat(), customer="alpha").invoices
+    with billing_store(s.db) as con:
+        at = utc("2026-01-31T23:59:59")
+        shown = preview_invoice(con, s.catalog, "alpha", at=at, now=W1)
+    assert preview_lines(shown) == preview_lines(jan)
+    assert shown.total == jan.total == Decimal("177.00")
+
+
+WEEKLY_FEE = WEEKLY.replace(
+    "billing_cadence: P1W\n    rate_cards:\n",
+    "billing_cadence: P1W\n    rate_cards:\n"
+    "      - key: fee\n        name: Weekly fee\n"
+    '        price: {type: flat, amount: "10.00", payment_term: in_advance}\n',
+)
+
+
+def test_preview_of_a_period_whose_predecessor_is_not_invoiced_is_what_generate_stores(
+    tmp_path: Path,
+) -> None:
+    """``generate`` builds the closed weeks of a month in one run, the first carrying the
+    second's in-advance fee and taking credit first; the preview of the second week built
+    it alone and billed that fee (and the credit) twice."""
+    s = setup(tmp_path, WEEKLY_FEE)
+    add_events(
+        s.db,
+        Event(utc("2026-03-03"), consumer="stray", input=1000),
+        Event(utc("2026-03-10"), consumer="stray", input=2000),
+    )
+    at = utc("2026-03-15T23:59:59")
+    with billing_store(s.db) as con:
+        grant_credits(con, s.catalog, "delta", Decimal("25.00"), granted_by="t", reason="r", now=at)
+        shown = preview_invoice(con, s.catalog, "delta", at=at, now=at)
+    month = generate(s, "2026-03", "2026-04-01T00:00:00Z", customer="delta")
+    [week2] = [i for i in month.invoices if i.period_start == utc("2026-03-09")]
+
+    assert preview_lines(shown) == preview_lines(week2)
+    assert shown.total == week2.total == Decimal("8.00")  # 2.00 + 10.00 - the 4.00 left
+    assert [(ln.rate_card_key, ln.amount) for ln in week2.lines if ln.kind != "usage"] == [
+        ("fee", Decimal("10.00")),  # the fee of [03-16, 03-23): its own was on week 1's
+        ("prepaid-credit", Decimal("-4.00")),  # 25.00 less week 1's 10.00 + 10.00 + 1.00
+    ]
+
+
 def test_settle_leaves_the_freshest_batches_to_the_next_invoice(tmp_path: Path) -> None:
     """With several writers (DuckLake) a batch stamped just before the watermark may commit
     just after it; ``settle`` moves the watermark back so such a batch is billed later,
