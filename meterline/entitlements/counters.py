@@ -86,6 +86,20 @@ class Refusal:
     """Whether a client should retry (a counter being read): ``x-should-retry``."""
 
 
+def _held_in_flight(kind: RefusalKind, what: str, reason: str, held: str = "") -> Refusal:
+    """A refusal only calls in flight cause (``what``: the cap and what is used of it):
+    they settle within moments, usually below what they reserved, so it asks for a retry
+    in :data:`IN_FLIGHT_RETRY_AFTER` seconds (``x-should-retry: true``); ``held``: how
+    much they hold, when told."""
+    return Refusal(
+        kind,
+        f"Meterline: {what}, the rest held by calls in flight{held}; retry in a moment.",
+        reason,
+        IN_FLIGHT_RETRY_AFTER,
+        retry=True,
+    )
+
+
 def _places(currency: str) -> int:
     try:
         return Currency(currency).exponent or 0
@@ -200,7 +214,7 @@ class Counters:
             current += cc.bound.cost(self.committed(key) if with_reserved else self.used(key))
             for old in self._by_account.get(key[:4], ()):
                 if old[4] < key[4]:
-                    cost = cc.bound.cost(self.committed(old))
+                    cost = cc.bound.cost(self.committed(old) if with_reserved else self.used(old))
                     earlier[old[4]] = earlier.get(old[4], Fraction(0)) + cost
         return current, earlier
 
@@ -211,14 +225,17 @@ class Counters:
         current, earlier = self._costs(pol, at, with_reserved=with_reserved)
         return current, sum(earlier.values(), Fraction(0))
 
-    def credit_left(self, pol: CustomerPolicy, at: datetime) -> tuple[Fraction, Fraction]:
+    def credit_left(
+        self, pol: CustomerPolicy, at: datetime, *, with_reserved: bool = True
+    ) -> tuple[Fraction, Fraction]:
         """(the cost bound of the current period, the credit left for it): what the
         invoices of the earlier periods not invoiced yet will take is taken first, as
         they will take it (each period from the grants that had not expired when it
         began, in the invoices' order), and only grants not expired at ``at`` are left.
+        ``with_reserved=False``: the units used only, without the calls in flight.
 
         Without earlier periods this is the balance (the hot path's usual case)."""
-        current, earlier = self._costs(pol, at, with_reserved=True)
+        current, earlier = self._costs(pol, at, with_reserved=with_reserved)
         if not any(earlier.values()):
             return current, self._balances.get(pol.customer, Fraction(0))
         grants = self.grants_left.get(pol.customer, ())
@@ -293,19 +310,7 @@ class Counters:
                     return self._reading(pol, cc.account.feature, period)
             current, left = self.credit_left(pol, now)
             if left <= current:
-                _, earlier = self.cost_parts(pol, now, with_reserved=True)
-                balance = self.balances.get(pol.customer, Decimal(0))
-                cur = pol.currency
-                before = f", earlier periods not invoiced {money(earlier, cur, up=True)}"
-                return Refusal(
-                    "credits",
-                    f"Meterline: prepaid credit of customer {pol.customer!r} is used up "
-                    f"(balance {money(balance, cur, up=False)}, period cost so far "
-                    f"{money(current, cur, up=True)}{before if earlier else ''}); "
-                    "add credits to continue.",
-                    "credits",
-                    None,
-                )
+                return self._out_of_credit(pol, current, now)
         parts: list[tuple[Key, int]] = []
         per_feature: dict[tuple[str, str], int] = {}
         reserved = self.reserved
@@ -348,13 +353,8 @@ class Counters:
         used = self.stored.get(key, 0) + self.pending_sum.get(key, 0)
         total = f"{limit} {feature} units per period{f' (+{granted} granted)' if granted else ''}"
         if used < limit + granted:
-            return Refusal(
-                "limit",
-                f"Meterline: {source} limit of {total}: {used} used, the rest held by calls "
-                "in flight; retry in a moment.",
-                f"limit:{feature}",
-                IN_FLIGHT_RETRY_AFTER,
-                retry=True,
+            return _held_in_flight(
+                "limit", f"{source} limit of {total}: {used} used", f"limit:{feature}"
             )
         return Refusal(
             "limit",
@@ -362,6 +362,38 @@ class Counters:
             f"{period.end:%Y-%m-%dT%H:%M:%SZ}.",
             f"limit:{feature}",
             max(1, int((period.end - now).total_seconds()) + 1),
+        )
+
+    def _out_of_credit(self, pol: CustomerPolicy, committed: Fraction, now: datetime) -> Refusal:
+        """The refusal of a prepaid customer's call whose cost bound, with the calls in
+        flight, reaches the credit left (``committed``: the current period's). When the
+        cost *used* is still below the credit, calls in flight hold the rest, as at a hard
+        limit (:meth:`_over`): retry in a moment (before, it said "used up", gave the
+        reserved cost as the cost so far and ``x-should-retry: false``). Used and held
+        figures are given apart."""
+        used, left = self.credit_left(pol, now, with_reserved=False)
+        _, earlier = self.cost_parts(pol, now, with_reserved=True)
+        cur = pol.currency
+        balance = money(self.balances.get(pol.customer, Decimal(0)), cur, up=False)
+        held = committed - used
+        figures = f"balance {balance}, period cost so far {money(used, cur, up=True)}"
+        if earlier:
+            figures += f", earlier periods not invoiced {money(earlier, cur, up=True)}"
+        if used < left:
+            return _held_in_flight(
+                "credits",
+                f"prepaid credit of customer {pol.customer!r}: {figures}",
+                "credits",
+                f" ({money(held, cur, up=True)})",
+            )
+        if held:
+            figures += f", {money(held, cur, up=True)} held by calls in flight"
+        return Refusal(
+            "credits",
+            f"Meterline: prepaid credit of customer {pol.customer!r} is used up ({figures}); "
+            "add credits to continue.",
+            "credits",
+            None,
         )
 
     def release(self, reservation: Reservation) -> None:

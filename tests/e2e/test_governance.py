@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,13 +26,19 @@ ALICE = {"alice": KEYS["alice"], "bob": KEYS["bob"]}
 
 
 def chat(
-    client: openai.OpenAI, output: int, *, max_tokens: int | None = None, model: str = "gpt-4o"
+    client: openai.OpenAI,
+    output: int,
+    *,
+    max_tokens: int | None = None,
+    model: str = "gpt-4o",
+    think: float = 0,
 ) -> None:
+    """A call answering ``output`` tokens (after ``think`` seconds)."""
     client.chat.completions.create(
         model=model,
         messages=MESSAGES,
         max_tokens=max_tokens or output,
-        extra_headers={"x-fake": f"output={output}"},
+        extra_headers={"x-fake": f"output={output}" + (f",think={think}" if think else "")},
     )
 
 
@@ -339,6 +346,66 @@ def test_prepaid_plan_blocks_at_zero_balance_until_credits_are_granted(
     assert by_reason["credits"][0] == 0 and by_reason["credits"][1] >= 2
     metered = next(r for r in report if r["type"] == "metered")
     assert (metered["used"], metered["limit"], metered["feature"]) == (120, "unlimited", "gpt-out")
+
+
+def test_prepaid_credit_held_by_a_call_in_flight_is_a_retry_not_used_up(
+    tmp_path: Path, fake_provider: FakeProvider, start_proxy: ProxyFactory
+) -> None:
+    """1.00 USD per 100 output tokens, 1.00 USD of credit, nothing used: a call in flight
+    reserving 100 tokens holds the whole credit. The next call was refused as "used up",
+    with the reserved 1.00 as the "period cost so far" and ``x-should-retry: false``; it
+    is a retry now, as at a hard limit, and used and held are told apart."""
+    catalog = governed_catalog(
+        tmp_path / "catalog.yaml",
+        fake_provider,
+        ALICE,
+        entitlements=[{"feature": "gpt-out", "limit": "unlimited"}],
+        prepaid=True,
+        rate_cards=[
+            {
+                "key": "out",
+                "name": "GPT output",
+                "feature": "gpt-out",
+                "price": {"type": "unit", "amount": "1.00", "per": 100},
+            }
+        ],
+    )
+    proxy = start_proxy(catalog=catalog, options={"meter_governance_refresh": "0.2"})
+    billing(proxy, catalog, "credits", "grant", "--customer", "acme", "--amount", "1.00")
+    with openai_client(proxy, fake_provider, KEYS["alice"]) as client:
+        deadline = time.monotonic() + 60
+        while True:  # a call that costs nothing, once the proxy has read the grant
+            try:
+                chat(client, 0, max_tokens=1)
+                break
+            except openai.RateLimitError:
+                assert time.monotonic() < deadline, "the grant never reached the proxy"
+                time.sleep(0.1)
+        fake_provider.reset()
+        # Reserves 100 tokens (1.00) and answers 40 (0.40) only after 15 s: long enough
+        # for one refused call however slow the machine, however soon the refusal comes.
+        slow = threading.Thread(
+            target=chat, args=(client, 40), kwargs={"max_tokens": 100, "think": 15}
+        )
+        slow.start()
+        try:
+            deadline = time.monotonic() + 10
+            while not fake_provider.exchanges:  # admitted and forwarded: 1.00 is reserved
+                assert time.monotonic() < deadline, "the slow call never reached the provider"
+                time.sleep(0.01)
+            with pytest.raises(openai.RateLimitError) as err:
+                chat(client, 40)
+        finally:
+            slow.join()
+        assert err.value.message.endswith(
+            "Meterline: prepaid credit of customer 'acme': balance 1.00 USD, period cost so "
+            "far 0.00 USD, the rest held by calls in flight (1.00 USD); retry in a moment."
+        )
+        headers = err.value.response.headers
+        assert (headers["x-should-retry"], headers["retry-after"]) == ("true", "2")
+        chat(client, 40)  # retried once the call in flight settled (0.40 used): admitted
+    # Forwarded: the call that cost nothing, the slow one and the one retried.
+    assert sorted(r["output_tokens"] for r in rows_where(proxy, "reason IS NULL", 3)) == [0, 40, 40]
 
 
 @pytest.mark.parametrize("policy", ["allow", "deny"])

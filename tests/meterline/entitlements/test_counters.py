@@ -148,6 +148,34 @@ def test_prepaid_plan_stops_at_zero_balance(balance: str, used: int, admitted: b
         assert isinstance(result, Refusal) and result.reason == "credits"
 
 
+def test_prepaid_credit_held_by_calls_in_flight_is_told_apart_from_credit_used() -> None:
+    """1.00 USD of credit at 1.00 per 100 tokens. 40 used and 80 reserved: a retry (the
+    cost used is below the credit), used and held apart; 100 used and 30 reserved: used
+    up, and the 0.30 held is not counted as used (before: "used up", cost so far 1.20 and
+    1.30, ``x-should-retry: false`` both times)."""
+    pol = policy_of(
+        catalog(
+            prepaid=True,
+            rate_cards=[
+                {"key": "o", "name": "o", "feature": "out",
+                 "price": {"type": "unit", "amount": "1.00", "per": 100}}
+            ],
+        )
+    )  # fmt: skip
+    key = pol.cost_cards[0].account.current(NOW)[1]
+    for used, held, retry, figures in (
+        (40, 80, True, "period cost so far 0.40 USD, the rest held by calls in flight (0.80 USD)"),
+        (100, 30, False, "period cost so far 1.00 USD, 0.30 USD held by calls in flight"),
+    ):
+        c = Counters()
+        c.apply(Snapshot({key: used}, set(), {"acme": Decimal("1.00")}, NOW))
+        c.reserved[key] = held
+        refused = c.admit(pol, "openai", "gpt-4o", 0, 10, NOW)
+        assert isinstance(refused, Refusal) and refused.reason == "credits"
+        assert f"balance 1.00 USD, {figures}" in refused.message
+        assert (refused.retry, refused.retry_after) == ((True, 2) if retry else (False, None))
+
+
 def test_soft_and_unlimited_limits_never_refuse() -> None:
     pol = policy_of(
         catalog(
