@@ -107,6 +107,11 @@ class StoreError(RuntimeError):
     """The store cannot be opened or used; the message says which and why."""
 
 
+class StoreLocked(StoreError):
+    """Another process held the store's file lock for longer than the wait: the store is
+    busy, not broken, and the same request is worth making again a little later."""
+
+
 def _is_lock_error(err: Exception) -> bool:
     text = str(err)
     return "lock" in text.lower() and ("Conflicting" in text or "Could not set lock" in text)
@@ -204,7 +209,8 @@ def _retrying[T](
         except duckdb.Error as e:
             now = time.monotonic()
             if not _is_transient(loc, e) or now >= deadline:
-                raise StoreError(
+                locked = isinstance(e, duckdb.IOException) and _is_lock_error(e)
+                raise (StoreLocked if locked else StoreError)(
                     f"{shown(loc)}: cannot open: {one_line(str(e))}{_hint(loc, e)}"
                 ) from e
             if on_wait is not None and not said and now - started >= SAY_WAITING_AFTER_S:

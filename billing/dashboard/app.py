@@ -40,7 +40,7 @@ from billing.ledger import load_invoices
 from billing.schedule import ScheduleError
 from billing.usage import UsageError
 from meterline.catalog import Catalog, CatalogError, load_catalog
-from meterline.store import StoreError, store
+from meterline.store import StoreError, StoreLocked, store
 
 USER_ERRORS = (BillingError, CatalogError, ScheduleError, StoreError, UsageError, PdfError)
 
@@ -127,6 +127,14 @@ MAX_HOURS = 31 * 24
 bars per model (six months: 4,392 buckets, 5.8 MB of chart data, seconds in a browser)."""
 CUSTOMER_PATH = re.compile(r"/customers/(?P<key>[^/]+)")
 
+STORE_WAIT_S = 5.0
+"""How long a page waits for another process's lock on the store before it answers 503.
+A proxy's writer lets go within ~50 ms of being asked; a lock held this long is a
+command writing (``billing invoice generate``, a migration), and a browser would
+otherwise show nothing for the CLI's 30 s."""
+RETRY_AFTER_S = 5
+"""``Retry-After`` of a 503 for a busy store."""
+
 ASSET_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8"}
 
 
@@ -134,9 +142,15 @@ class Dashboard:
     """The application, independent of the HTTP server (tests may call :meth:`handle`)."""
 
     def __init__(
-        self, db: str, catalog_path: str, *, now: Callable[[], datetime] | None = None
+        self,
+        db: str,
+        catalog_path: str,
+        *,
+        now: Callable[[], datetime] | None = None,
+        store_wait_s: float = STORE_WAIT_S,
     ) -> None:
         self.db = db
+        self.store_wait_s = store_wait_s
         self.catalog_path = catalog_path
         self.now = now or (lambda: datetime.now(UTC))
         self._catalog: tuple[int, Catalog] | None = None
@@ -167,7 +181,7 @@ class Dashboard:
         return self._catalog[1]
 
     def connect(self) -> Any:
-        return store(self.db, read_only=True)
+        return store(self.db, read_only=True, wait_s=self.store_wait_s)
 
     def handle(self, path: str, params: dict[str, str]) -> Response:
         if path in ("", "/"):
@@ -188,6 +202,12 @@ class Dashboard:
             raise NotFound(f"no page {path!r}")
         except (NotFound, UnknownCustomer, NoStatement) as e:
             return self.error(404, str(e), fmt)
+        except StoreLocked as e:  # busy, not the request's fault: the same one works later
+            message = (
+                "the store is busy: another process holds its write lock "
+                f"(try again in a few seconds): {e}"
+            )
+            return self.error(503, message, fmt, {"Retry-After": str(RETRY_AFTER_S)})
         except USER_ERRORS as e:
             return self.error(400, str(e), fmt)
 
@@ -224,12 +244,15 @@ class Dashboard:
             return html.link(path, **params, format="json")
         return html.link(path + ".json", **params)
 
-    def error(self, status: int, message: str, fmt: str) -> Response:
+    def error(
+        self, status: int, message: str, fmt: str, headers: dict[str, str] | None = None
+    ) -> Response:
+        headers = headers or {}
         if fmt == "json":
-            return Response(status, "application/json", render.to_json({"error": message}).encode())
-        return Response(
-            status, "text/html; charset=utf-8", html.error_page(status, message).encode()
-        )
+            body = render.to_json({"error": message}).encode()
+            return Response(status, "application/json", body, headers)
+        page = html.error_page(status, message).encode()
+        return Response(status, "text/html; charset=utf-8", page, headers)
 
     def asset(self, name: str) -> Response:
         if name == "vega.js":

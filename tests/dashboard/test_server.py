@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import http.client
 import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -102,3 +106,45 @@ def test_the_bearer_scheme_is_case_insensitive(guarded: tuple[Server, Path], sch
     assert server.get("/customers.json", {"Authorization": f"{scheme} {TOKEN}"})[0] == 200
     assert server.get("/customers.json", {"Authorization": f"{scheme} wrong"})[0] == 401
     assert server.get("/customers.json", {"Authorization": f"Basic {TOKEN}"})[0] == 401
+
+
+def _hold_write_lock(db: Path) -> subprocess.Popen[str]:
+    """Another process holding the store's DuckDB write lock until killed."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         f"import duckdb, time; c = duckdb.connect({str(db)!r}); print('locked', flush=True); "
+         "time.sleep(600)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout is not None
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def test_a_locked_store_is_503_with_retry_after(store: Setup, tmp_path: Path) -> None:
+    """Another process writing the store is no fault of the request (it was a 400): the
+    page says the store is busy, and when to try again."""
+    s = variant(store, tmp_path, CATALOG)
+    server = start_dashboard(s)
+    holder = _hold_write_lock(s.db)
+    try:
+        for path, kind in (("/usage.json", "application/json"), ("/usage", "text/html")):
+            try:
+                urllib.request.urlopen(server.url + path, timeout=60)
+                raise AssertionError(f"{path}: answered although the store is locked")
+            except urllib.error.HTTPError as e:
+                status, headers, body = e.code, e.headers, e.read().decode()
+            assert status == 503, (path, body[:300])
+            assert headers["Retry-After"] == "5"
+            assert headers["Content-Type"].startswith(kind)
+            assert "the store is busy: another process holds its write lock" in body
+    finally:
+        holder.kill()
+        holder.wait()
+        assert holder.stdout is not None
+        holder.stdout.close()
+    try:
+        assert server.get("/usage.json")[0] == 200  # let go: served again
+    finally:
+        stop(server)
+
