@@ -143,7 +143,12 @@ def unbilled_cmd(settings: Settings, start: datetime | None, end: datetime | Non
     type=click.Path(dir_okay=False, path_type=Path),
     help="Read the token from this file (its first line), e.g. one made with chmod 600.",
 )
-@click.option("--verbose", is_flag=True, help="Log every request to stderr.")
+@click.option(
+    "--verbose",
+    is_flag=True,
+    help="Log every request to stderr (a page's internal error is logged, with its "
+    "traceback, even without it).",
+)
 @pass_settings
 def dashboard_cmd(
     settings: Settings,

@@ -18,6 +18,7 @@ import ipaddress
 import re
 import socket
 import sys
+import traceback
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit, urlunsplit
@@ -148,8 +149,8 @@ class Handler(BaseHTTPRequestHandler):
                 return
         try:
             response = self.server.app.handle(url.path, params)
-        except Exception as e:  # a bug: log it, answer 500, keep serving
-            self.log_error("%r answering %s", e, redact_path(self.path))
+        except Exception:  # a bug: log it, answer 500, keep serving
+            self.log_failure()
             response = Response(500, "text/plain; charset=utf-8", b"internal error\n")
         self._send(response, head)
 
@@ -187,9 +188,20 @@ class Handler(BaseHTTPRequestHandler):
         self.log_message('"%s" %s %s', line, str(code), str(size))
 
     def log_message(self, format: str, *args: object) -> None:
+        """Access lines and the HTTP layer's notes: only with ``--verbose``."""
         if self.server.verbose:
-            line = redact(format % args, self.server.token)
-            sys.stderr.write(f"{self.address_string()} {line}\n")
+            self._write(format % args)
+
+    def log_failure(self) -> None:
+        """A page that raised an unexpected exception (a bug, answered 500): always logged,
+        with its traceback, whatever ``--verbose`` says (``log_error`` goes through
+        :meth:`log_message`, silent without it). Redacted like the access lines: the
+        request's URL and an exception's message may hold the token."""
+        self._write(f"internal error answering {redact_path(self.path)}\n{traceback.format_exc()}")
+
+    def _write(self, text: str) -> None:
+        line = redact(text, self.server.token).rstrip("\n")
+        sys.stderr.write(f"{self.address_string()} {line}\n")
 
 
 class DashboardServer(ThreadingHTTPServer):

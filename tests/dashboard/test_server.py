@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
+import duckdb
 import pytest
 
 from billing.dashboard.server import COOKIE, cookie_value, redact, redact_path
@@ -148,3 +149,25 @@ def test_a_locked_store_is_503_with_retry_after(store: Setup, tmp_path: Path) ->
     finally:
         stop(server)
 
+
+def test_an_internal_error_is_logged_with_its_traceback_without_verbose(
+    store: Setup, tmp_path: Path
+) -> None:
+    """A 500 is a bug to report: its traceback is logged though access lines are not
+    (without ``--verbose``), and never with the token."""
+    s = variant(store, tmp_path, CATALOG)
+    server = start_dashboard(s, env={"METERLINE_DASHBOARD_TOKEN": TOKEN})
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    try:
+        assert server.get("/customers.json", bearer)[0] == 200
+        with duckdb.connect(str(s.db)) as con:  # a store this release cannot read
+            con.execute("ALTER TABLE usage_events RENAME TO usage_events_gone")
+        assert server.get(f"/usage.json?from=2026-01-01&x={quote(TOKEN)}", bearer)[0] == 500
+    finally:
+        stop(server)
+    text = (tmp_path / "dashboard.stderr").read_text(encoding="utf-8")
+    assert "internal error answering /usage.json?from=2026-01-01&x=[redacted]" in text
+    assert "Traceback (most recent call last):" in text and "usage_events" in text
+    assert "/customers" not in text  # no access lines without --verbose
+    for secret in (TOKEN, quote(TOKEN), "s3cret"):
+        assert secret not in text, secret
