@@ -109,7 +109,7 @@ def entitlement_rows(
     now = now or datetime.now(UTC)
     policy = build_policy(catalog, now)
     tables = {r[0] for r in con.execute("SHOW TABLES").fetchall()}
-    used = policy_usage(con, policy, now) if "usage_events" in tables else {}
+    used = policy_usage(con, policy, now, until_at=True) if "usage_events" in tables else {}
     balances = credit_balances(con, now)
     units = unit_balances(con, now)
     reserved = reserved or {}

@@ -44,13 +44,25 @@ class _Windows:
     windows: list[tuple[int, str, datetime, datetime]] = field(default_factory=list)
     out: dict[Key, int] = field(default_factory=dict)
 
-    def add(self, acct: Account, key: Key, period: Period, consumers: Sequence[str]) -> None:
+    def add(
+        self,
+        acct: Account,
+        key: Key,
+        period: Period,
+        consumers: Sequence[str],
+        until: datetime | None = None,
+    ) -> None:
+        """``until``: count only the period's events before it (none when it is not after
+        the period's start)."""
         if key in self.out:
             return
         self.out[key] = 0
+        end = period.end if until is None else min(period.end, until)
+        if end <= period.start:
+            return
         n = len(self.keyed)
         self.keyed.append((acct, key))
-        self.windows.extend((n, c, period.start, period.end) for c in consumers)
+        self.windows.extend((n, c, period.start, end) for c in consumers)
 
     def read(self, con: duckdb.DuckDBPyConnection) -> dict[Key, int]:
         return _sum_windows(con, self.keyed, self.windows, self.out)
@@ -84,13 +96,20 @@ def _sum_windows(
     return out
 
 
-def policy_usage(con: duckdb.DuckDBPyConnection, policy: Policy, at: datetime) -> dict[Key, int]:
-    """Units in the store for every account of ``policy``, current periods at ``at``."""
+def policy_usage(
+    con: duckdb.DuckDBPyConnection, policy: Policy, at: datetime, *, until_at: bool = False
+) -> dict[Key, int]:
+    """Units in the store for every account of ``policy``, current periods at ``at``.
+
+    The proxy counts the whole period (an event stamped a little ahead by a skewed clock
+    still counts against the limit); ``until_at`` counts only events before ``at``: the
+    reading as of that instant (``billing entitlements``, the dashboard's gauges at ``?at=``)."""
     windows = _Windows()
     for pol in policy.by_customer.values():
         for acct in pol.accounts:
             period = acct.period(at)
-            windows.add(acct, acct.key(period), period, pol.consumers)
+            until = at if until_at else None
+            windows.add(acct, acct.key(period), period, pol.consumers, until)
     return windows.read(con)
 
 

@@ -55,10 +55,10 @@ def test_the_panel_is_the_cli_rows(governed: Server, governed_store: Setup) -> N
 
 
 def test_granted_units_raise_the_gauge(page: Any, governed: Server, shots: Path) -> None:
-    rows = governed.json("/customers/alpha.json?at=2026-02-10")["panels"]["entitlements"]
+    rows = governed.json("/customers/alpha.json?at=2026-02-20")["panels"]["entitlements"]
     claude = next(r for r in rows if r["feature"] == "claude-all")
     assert claude["granted_units"] == GRANTED and 200_000 < claude["used"] < GRANTED
-    load(page, governed, "/customers/alpha?at=2026-02-10", shots, "gauges")
+    load(page, governed, "/customers/alpha?at=2026-02-20", shots, "gauges")
     assert page.problems == []
     bars = page.locator("#panel-entitlements .gauge")
     assert bars.count() == 2
@@ -75,6 +75,27 @@ def test_granted_units_raise_the_gauge(page: Any, governed: Server, shots: Path)
     second = bars.nth(1)
     assert second.get_attribute("class") == "gauge over"  # no grant: over its limit
     assert second.locator(".gauge-figures").inner_text() == f"{gpt['used']:,} / 100,000 (0 left)"
+
+
+def test_the_gauges_count_usage_up_to_the_page_instant(
+    page: Any, governed: Server, shots: Path
+) -> None:
+    """``?at=`` is the reading at that instant: the period's usage before it, not the
+    whole period's (at the period's first instant, nothing yet)."""
+
+    def used(at: str) -> dict[str, int]:
+        rows = governed.json(f"/customers/alpha.json?at={at}")["panels"]["entitlements"]
+        return {r["feature"]: r["used"] for r in rows if r["type"] == "metered"}
+
+    assert used("2026-02-01T00:00:00Z") == {"claude-all": 0, "gpt-out": 0}
+    early, late = used("2026-02-10"), used("2026-02-28T23:59:59Z")
+    for feature in ("claude-all", "gpt-out"):
+        assert 0 < early[feature] < late[feature], feature
+    load(page, governed, "/customers/alpha?at=2026-02-10", shots, "gauges-early")
+    assert page.problems == []
+    figures = page.locator("#panel-entitlements .gauge .gauge-figures")
+    assert figures.nth(0).inner_text().startswith(f"{early['claude-all']:,} / ")
+    assert figures.nth(1).inner_text().startswith(f"{early['gpt-out']:,} / ")
 
 
 @pytest.mark.parametrize(
