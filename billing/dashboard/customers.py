@@ -10,6 +10,7 @@ The margin against list price is a page of its own (``billing margin --period M
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -19,6 +20,7 @@ from billing import render
 from billing.dashboard.panels import load_panels
 from billing.dashboard.queries import Scope, TimeRange, timeline
 from billing.invoices import BillingError, find_customer, list_invoices, preview_invoice
+from billing.model import Invoice
 from billing.schedule import subscription_at
 from meterline.catalog import Catalog
 
@@ -47,6 +49,14 @@ def invoice_month(period_end: datetime) -> str:
     return f"{period_end - timedelta(microseconds=1):%Y-%m}"
 
 
+def last_invoiced_month(invoices: Sequence[Invoice]) -> str | None:
+    """The month of the invoice whose period ends last: not the last invoice issued, since a
+    month generated late (a backfill) is issued after the months that follow it."""
+    if not invoices:
+        return None
+    return invoice_month(max(i.period_end for i in invoices))
+
+
 def margin_page(
     con: duckdb.DuckDBPyConnection, catalog: Catalog, key: str, month: str | None
 ) -> Data:
@@ -57,10 +67,9 @@ def margin_page(
 
     customer = find_customer(catalog, key)
     if month is None:
-        invoices = list_invoices(con, catalog, customer=key)
-        if not invoices:
+        month = last_invoiced_month(list_invoices(con, catalog, customer=key))
+        if month is None:
             raise BillingError(f"{key!r} has no invoices yet")
-        month = invoice_month(invoices[-1].period_end)
     rows = margin_report(con, month, key)
     return {"customer": key, "name": customer.name, "period": month, "rows": rows}
 
@@ -90,7 +99,7 @@ def customer_page(
         usage = timeline(con, catalog, Scope(customer=key), period)
     invoices = list_invoices(con, catalog, customer=key)
     recent = [render.invoice_summary(i) for i in reversed(invoices[-LAST_INVOICES:])]
-    month = invoice_month(invoices[-1].period_end) if invoices else None
+    month = last_invoiced_month(invoices)
     panels = {}
     for panel in load_panels().values():
         data = panel.data(con, catalog, key, at)

@@ -15,8 +15,9 @@ import pytest
 from billing.store import billing_store
 from billing.usage import is_unpriced
 from tests.billing.cli.runner import error, run
-from tests.billing.events import Setup
-from tests.dashboard.conftest import Server, start_dashboard, stop
+from tests.billing.events import Setup, write_catalog
+from tests.dashboard.conftest import Server, load, start_dashboard, stop
+from tests.dashboard.seed import CATALOG, EVENTS_SQL
 
 JAN = "from=2026-01-01T00:00:00Z&to=2026-02-01T00:00:00Z"
 DAY1 = "from=2026-01-01T00:00:00Z&to=2026-01-02T00:00:00Z"
@@ -184,6 +185,31 @@ def test_customer_page_is_made_of_the_cli_answers(dashboard: Server, store: Setu
     )
     assert page["usage"] == usage
     assert page["panels"] == {}  # no entitlements module yet: nothing shown
+
+
+def test_the_last_invoiced_month_is_the_latest_period_after_a_backfill(
+    tmp_path: Path, page: Any, shots: Path
+) -> None:
+    """February invoiced first, January later (a backfill): the last invoiced month is
+    still February, the one whose period ends last, not that of the last invoice issued."""
+    db = tmp_path / "meterline.duckdb"
+    with billing_store(str(db), create=True) as con:
+        con.execute(EVENTS_SQL)
+    s = Setup(db, write_catalog(tmp_path, CATALOG))
+    for month in ("2026-02", "2026-01"):
+        result = run(s, "invoice", "generate", "--period", month)
+        assert result.exit_code == 0, result.output
+    server = start_dashboard(s)
+    try:
+        data = server.json("/customers/alpha.json?at=2026-02-10")
+        assert [i["number"] for i in data["invoices"]][0] == "INV-000003"  # January's
+        assert data["last_invoiced_month"] == "2026-02"
+        assert server.json("/customers/alpha/margin.json")["period"] == "2026-02"
+        load(page, server, "/customers/alpha?at=2026-02-10", shots, "backfilled")
+        assert page.get_by_role("link", name="Margin against list price, 2026-02").count() == 1
+        assert page.get_by_role("link", name="Statement for 2026-02").count() == 1
+    finally:
+        stop(server)
 
 
 def test_customers_list_and_errors(dashboard: Server) -> None:
