@@ -220,17 +220,41 @@ def customer_page(data: Data, catalog: Catalog, json_url: str) -> str:
     return layout(c["name"], "\n".join(body), active="/customers", json_url=json_url)
 
 
-def _usage_link(r: Data) -> str:
-    if r.get("consumer"):
-        return f'<a href="{e(link("/usage", consumer=r["consumer"]))}">{name(r["consumer"])}</a>'
-    return "—"
+NOT_IN_CATALOG = "not in the catalog"
+"""Beside an unbilled row's consumer the catalog no longer lists (renamed or removed):
+the Usage page answers only for the catalog's consumers, so it is not linked."""
 
 
-def _key_link(r: Data) -> str:
+def _usage_link(r: Data, rng: Data, known: set[str]) -> str:
+    """The consumer's usage over the page's range; unlinked when the catalog does not
+    list it (the Usage page would refuse it)."""
+    consumer = r.get("consumer")
+    if not consumer:
+        return "—"
+    if consumer not in known:
+        return f'{name(consumer)} <span class="muted">({NOT_IN_CATALOG})</span>'
+    href = link("/usage", consumer=consumer, **{"from": rng["from"], "to": rng["to"]})
+    return f'<a href="{e(href)}">{name(consumer)}</a>'
+
+
+def _key_link(r: Data, rng: Data) -> str:
+    """The key's usage over the page's range."""
     key = r.get("key_fingerprint")
     if not key:
         return ""
-    return f'<a href="{e(link("/usage", key=key))}" title="{e(key)}">{e(key[:19])}…</a>'
+    href = link("/usage", key=key, **{"from": rng["from"], "to": rng["to"]})
+    return f'<a href="{e(href)}" title="{e(key)}">{e(key[:19])}…</a>'
+
+
+def _unknown_consumers_note(rows: list[Data], known: set[str]) -> str:
+    unknown = sorted({r["consumer"] for r in rows if r.get("consumer")} - known)
+    if not unknown:
+        return ""
+    return (
+        f'<p class="muted" id="unknown-consumers">Consumers marked ({NOT_IN_CATALOG}) sent '
+        "traffic under a name the catalog no longer lists: add them to its consumers (and "
+        "to a customer, to bill them) to see their usage on the Usage page.</p>"
+    )
 
 
 def margin_page(data: Data, catalog: Catalog, json_url: str) -> str:
@@ -323,6 +347,7 @@ def unbilled_page(
     rng = data["range"]
     rows = largest(data["rows"], UNBILLED_MEASURES, limit)
     unpriced = largest(data["unpriced"], ("tokens",), limit)
+    known = {c.name for c in catalog.consumers}
     body = [
         filters("/unbilled", rng, catalog, buckets=False),
         '<p class="muted">Usage nobody pays for: keys not in the catalog, consumers no '
@@ -351,9 +376,13 @@ def unbilled_page(
             ],
             css_id="unbilled",
             numeric=["total", "web_search", "events"],
-            cells={"consumer": _usage_link, "key_fingerprint": _key_link},
+            cells={
+                "consumer": lambda r: _usage_link(r, rng, known),
+                "key_fingerprint": lambda r: _key_link(r, rng),
+            },
             footer=sums(data["rows"], ("reason", "Total"), UNBILLED_MEASURES),
         ),  # fmt: skip
+        _unknown_consumers_note(rows, known),
         "<h2>Covered, but no price in the plan</h2>",
         _capped(data["unpriced"], unpriced, "unpriced", json_url, "the figures at the top"),
         table(

@@ -283,6 +283,34 @@ def test_unbilled_shows_the_largest_rows_and_exact_totals(
     assert page.locator("#unbilled tbody tr").count() == len(data["rows"])  # fewer than 200
 
 
+def test_unbilled_links_keep_the_range_and_every_one_answers(
+    page: Any, store: Setup, tmp_path: Path, shots: Path
+) -> None:
+    """A consumer's or key's link shows its usage over the page's range, not the last 30
+    days; a consumer the catalog no longer lists (here ``stray``, removed from it) is
+    shown unlinked with a note: the Usage page answers 400 for it."""
+    s = variant(store, tmp_path, CATALOG.replace("  - name: stray\n", "", 1))
+    server = start_dashboard(s)
+    try:
+        load(page, server, f"/unbilled?{JAN}", shots, "unbilled-links")
+        assert page.problems == []
+        cells = page.locator('#unbilled tbody td[data-field="consumer"]')
+        stray = [t for t in cells.all_inner_texts() if t.startswith("stray")]
+        assert stray and all(t == "stray (not in the catalog)" for t in stray)
+        assert page.locator('#unbilled a:text-is("stray")').count() == 0
+        assert "name the catalog no longer lists" in page.locator("#unknown-consumers").inner_text()
+        hrefs = set(page.locator("#unbilled tbody a").evaluate_all("as => as.map(a => a.href)"))
+        assert any("consumer=agent-b" in h for h in hrefs)  # outside beta's subscription
+        assert any("key=sha256" in h for h in hrefs)  # the key not in the catalog
+        for href in hrefs:
+            assert href.endswith("&from=2026-01-01T00%3A00%3A00Z&to=2026-02-01T00%3A00%3A00Z")
+            response = page.goto(href)
+            assert response.status == 200, href
+            assert page.locator('input[name="from"]').input_value() == "2026-01-01T00:00:00Z"
+    finally:
+        stop(server)
+
+
 def test_months_by_the_hour_are_drawn_by_day(page: Any, dashboard: Server, shots: Path) -> None:
     """Two months by the hour would be 1,416 bars per model: the page draws days, says so
     and links the hourly JSON, which stays hourly (the CLI's)."""
