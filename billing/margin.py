@@ -199,7 +199,9 @@ def margin_report(
     rows = []
     for key in sorted(set(revenue) | set(cost)):
         customer, provider, model = key
-        rev = revenue.get(key, Decimal(0))
+        # in the currency's minor units: a model priced by no rate card has no revenue at
+        # all, shown "0.00" like every amount (a bare Decimal(0) printed "0")
+        rev = round_money(revenue.get(key, Decimal(0)), currency[customer])
         raw = Decimal(0) if model in (FEES, MINIMUMS) else cost.get(key)
         c = None if raw is None else round_money(raw, LIST_PRICE_CURRENCY)
         exact = None

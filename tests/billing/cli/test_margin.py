@@ -66,3 +66,20 @@ def test_margin_needs_generated_invoices(tmp_path: Path) -> None:
         "run `billing invoice generate --period 2026-01` first\n",
     )
     assert run(s, "margin", "--period", "January").exit_code == 2
+
+
+def test_a_model_no_rate_card_prices_has_revenue_in_minor_units(tmp_path: Path) -> None:
+    """Billed events of a model the plan does not price earn nothing: "0.00", not "0"."""
+    s = setup(tmp_path)
+    add_events(
+        s.db,
+        Event(utc("2026-01-05"), input=1000, output=4000),
+        Event(utc("2026-01-06"), model="o3-mini", input=1000, output=2000),
+    )
+    assert run(s, "invoice", "generate", "--period", "2026-01").exit_code == 0
+    rows = json.loads(run(s, "margin", "--period", "2026-01", "--format", "json").stdout)
+    unpriced = next(r for r in rows if r["model"] == "o3-mini")
+    assert (unpriced["tokens"], unpriced["revenue"]) == (3000, "0.00")
+    table = run(s, "margin", "--period", "2026-01").stdout
+    line = next(line for line in table.splitlines() if "o3-mini" in line)
+    assert line.split()[5] == "0.00"  # REVENUE
