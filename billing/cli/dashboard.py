@@ -182,18 +182,20 @@ def dashboard_cmd(
         check_binding(host, token)
     except DashboardError as e:
         raise click.ClickException(str(e)) from None
-    settings.load_catalog()  # a broken catalog is reported now, not on the first page
-    with billing_store(settings.db):  # the tables billing reads exist (migrations only)
-        pass
+    # Listen first: a port in use is said at once, before the store (which may wait 30 s
+    # for another process's lock) and the chart bundle's thread (seconds of the GIL)
     app = Dashboard(settings.db, settings.catalog)
-    threading.Thread(target=vega_bundle, daemon=True).start()  # ~2 s, before the first page
     try:
         server = DashboardServer((host, port), app, token=token, verbose=verbose)
     except OSError as e:
         raise click.ClickException(f"cannot listen on {host}:{port}: {e.strerror}") from None
-    shown = f"[{host}]" if ":" in host else host
-    click.echo(f"Serving on http://{shown}:{server.server_address[1]}/ (Ctrl-C to stop)")
     try:
+        settings.load_catalog()  # a broken catalog is reported now, not on the first page
+        with billing_store(settings.db):  # the tables billing reads exist (migrations only)
+            pass
+        threading.Thread(target=vega_bundle, daemon=True).start()  # seconds, before a page
+        shown = f"[{host}]" if ":" in host else host
+        click.echo(f"Serving on http://{shown}:{server.server_address[1]}/ (Ctrl-C to stop)")
         server.serve_forever()
     except KeyboardInterrupt:
         pass

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import socket
 import threading
 from decimal import Decimal
 from pathlib import Path
@@ -370,6 +371,21 @@ def test_binding_beyond_loopback_needs_a_token(store: Setup) -> None:
         "Error: --host 0.0.0.0 makes billing data reachable from other machines: give --token "
         "(or METERLINE_DASHBOARD_TOKEN) so only holders of it can read"
     )
+
+
+def test_a_port_in_use_is_said_before_anything_else_is_read(store: Setup, tmp_path: Path) -> None:
+    """The port is taken first: it was tried after the catalog, the store's migrations
+    (which wait up to 30 s for another process's lock) and the chart bundle's thread had
+    started, seconds before the one line saying the port is in use."""
+    broken = Setup(store.db, tmp_path / "catalog.yaml")
+    broken.catalog_path.write_text("consumers: [\n", encoding="utf-8")  # not even YAML
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run(broken, "dashboard", "--port", str(port))
+    assert result.exit_code == 1
+    assert error(result) == f"Error: cannot listen on 127.0.0.1:{port}: Address already in use"
 
 
 def test_the_token_can_come_from_a_file(store: Setup, tmp_path: Path) -> None:
