@@ -15,6 +15,7 @@ leaves one row.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,10 +23,8 @@ from typing import Any
 
 import duckdb
 
-from billing.invoices import line_meter
-from billing.ledger import load_invoices
-from billing.model import USAGE_KINDS, InvoiceLine
-from billing.storevalues import from_db, to_db
+from billing.model import USAGE_KINDS
+from billing.storevalues import from_db, to_db, value_set
 from billing.usage.behind import TokenFilter
 from billing.usage.owned import carve_stored
 from billing.usage.windows import WINDOWED_EVENTS, UsageWindow, load_windows
@@ -78,7 +77,7 @@ def _meter_mask(token_types: tuple[str, ...]) -> int:
 
 
 def _excess(
-    meter: TokenFilter, line: InvoiceLine | None, groups: list[_Group], sweep: _Sweep
+    meter: TokenFilter, line: _SweptLine | None, groups: list[_Group], sweep: _Sweep
 ) -> None:
     """Add to ``sweep`` what its window holds now of ``meter``'s tokens beyond what the
     sweep's line of that meter billed (nothing, when the sweep made no line of it)."""
@@ -95,14 +94,57 @@ def _excess(
                 holders[(g.provider, g.model, tt)].add(g.consumer)
         events += g.events if g.mask & mask else 0
     billed: dict[Key, int] = defaultdict(int)
-    for b in line.detail.get("breakdown", []) if line else []:
+    for b in line.breakdown if line else []:
         billed[(b["provider"], b["model"], b["token_type"])] += int(b["tokens"])
     for key, n in now.items():
         if n > billed[key]:  # the meters of one sweep see the same events of a key: keep one
             sweep.tokens[key] = max(sweep.tokens.get(key, 0), n - billed[key])
             sweep.holders[key] |= holders[key]
-    billed_events = int(line.detail.get("events", 0)) if line else 0
+    billed_events = line.events if line else 0
     sweep.events = max(sweep.events, events - billed_events)
+
+
+@dataclass(frozen=True)
+class _SweptLine:
+    """What a sweep's usage line billed: all of its stored ``detail`` this module reads."""
+
+    meter: TokenFilter
+    breakdown: list[dict[str, Any]]
+    events: int
+
+
+_SWEPT_LINES_SQL = f"""
+    SELECT i.number, i.customer_key, l.usage_start, l.usage_end,
+           json_object('meter', json_extract(l.detail, '$.meter'),
+                       'breakdown', json_extract(l.detail, '$.breakdown'),
+                       'events', json_extract(l.detail, '$.events'))::VARCHAR
+    FROM invoice_lines AS l JOIN invoices AS i ON i.number = l.invoice_number
+    WHERE l.kind IN ({", ".join(f"'{k}'" for k in USAGE_KINDS)})
+      AND i.number IN (SELECT value FROM swept_numbers)
+    ORDER BY i.seq, l.line_no
+"""
+"""The usage lines of the sweeps' invoices, with only the parts of ``detail`` a sweep's
+excess needs: the whole of it (pricing, tiers, notes) is most of the bytes, and parsing
+it took most of the Unbilled page's time (``billing invoice explain`` reads it all)."""
+
+
+def _swept_lines(
+    con: duckdb.DuckDBPyConnection, numbers: list[str]
+) -> list[tuple[str, str, datetime, datetime, _SweptLine]]:
+    """(invoice number, customer, usage start, usage end, line) of ``numbers``' usage lines."""
+    with value_set(con, "swept_numbers", numbers):
+        found = con.execute(_SWEPT_LINES_SQL).fetchall()
+    out = []
+    for number, customer, start, end, text in found:
+        detail = json.loads(text)
+        m = detail["meter"]
+        line = _SweptLine(
+            TokenFilter(m["provider"], m["model"], tuple(m["token_types"])),
+            detail.get("breakdown") or [],
+            int(detail.get("events") or 0),
+        )
+        out.append((str(number), str(customer), from_db(start), from_db(end), line))
+    return out
 
 
 _SWEEPS_SQL = """
@@ -139,15 +181,11 @@ def backdated_usage(
     if not found:
         return []
     meters: dict[tuple[str, datetime, datetime], set[TokenFilter]] = defaultdict(set)
-    made: dict[tuple[str, datetime, datetime], dict[TokenFilter, InvoiceLine]] = {}
+    made: dict[tuple[str, datetime, datetime], dict[TokenFilter, _SweptLine]] = {}
     numbers = sorted({str(r[0]) for r in found})  # only the invoices whose sweeps count
-    for inv in load_invoices(con, numbers=numbers, customer=customer):
-        for line in inv.lines:
-            if line.kind in USAGE_KINDS:
-                meter = line_meter(line)
-                meters[(inv.customer_key, line.usage_start, line.usage_end)].add(meter)
-                sweep_key = (inv.number or "", line.usage_start, line.usage_end)
-                made.setdefault(sweep_key, {})[meter] = line
+    for number, ck, line_start, line_end, line in _swept_lines(con, numbers):
+        meters[(ck, line_start, line_end)].add(line.meter)
+        made.setdefault((number, line_start, line_end), {})[line.meter] = line
     stored: list[tuple[str, UsageWindow]] = []
     for n, (_, ck, consumers, w_start, w_end, after, until) in enumerate(found):
         window = UsageWindow(
