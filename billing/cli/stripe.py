@@ -96,7 +96,8 @@ def sync_cmd(
         result = dry_run_all(invoices, catalog, sync_state, click.echo)
         click.echo(f"dry run: {len(invoices)} invoice(s), nothing sent")
     else:
-        result = sync_all(invoices, Syncer(catalog, sync_state, gateway), click.echo)
+        syncer = Syncer(catalog, sync_state, gateway, note=click.echo)
+        result = sync_all(invoices, syncer, click.echo)
         click.echo(
             f"synced {len(result.done)} invoice(s), flagged {len(result.flagged)}"
             + (f", not sent {len(result.refused)}" if result.refused else "")

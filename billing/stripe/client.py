@@ -57,10 +57,24 @@ class StripeFailure(UserError):
     "regardless of whether it succeeds or fails", 500s included): see ``saved_answer``.
     """
 
-    def __init__(self, message: str, *, http_status: int | None = None, no_answer: bool = False):
+    def __init__(
+        self,
+        message: str,
+        *,
+        http_status: int | None = None,
+        no_answer: bool = False,
+        code: str | None = None,
+    ):
         super().__init__(message)
         self.http_status = http_status
         self.no_answer = no_answer
+        self.code = code
+        """Stripe's error code (``resource_missing``, ...), when it sent one."""
+
+    @property
+    def missing(self) -> bool:
+        """Stripe answered 404 ``resource_missing``: the object is not (or no longer) there."""
+        return self.http_status == 404 and self.code == "resource_missing"
 
     @property
     def saved_answer(self) -> bool:
@@ -133,6 +147,7 @@ def failure(action: str, err: stripe.StripeError, api_base: str) -> StripeFailur
         describe_error(action, err, api_base),
         http_status=None if no_answer else err.http_status,
         no_answer=no_answer,
+        code=getattr(getattr(err, "error", None), "code", None),
     )
 
 

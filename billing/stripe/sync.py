@@ -62,6 +62,7 @@ from meterline.catalog import Catalog, Customer
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+ProgressFn = Callable[[str], None]
 
 MAX_INVOICE_ITEMS = 250
 """Stripe refuses a 251st invoice item on one invoice (API changelog 2016-02-22)."""
@@ -353,10 +354,18 @@ class Outcome:
 class Syncer:
     """Runs the steps for one invoice at a time against one gateway and one sync_state."""
 
-    def __init__(self, catalog: Catalog, sync_state: SyncState, gateway: StripeGateway) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        sync_state: SyncState,
+        gateway: StripeGateway,
+        note: ProgressFn | None = None,
+    ) -> None:
         self.catalog = catalog
         self.sync_state = sync_state
         self.gw = gateway
+        self.note: ProgressFn = note or log.warning
+        """Where a repair the user should know of is told (the command's output)."""
 
     def sync(self, invoice: OurInvoice) -> Outcome:
         """Take ``invoice`` as far as it can go; failures are recorded, then raised
@@ -476,7 +485,9 @@ class Syncer:
             try:
                 found = self.gw.retrieve_invoice(row.stripe_invoice_id)
             except StripeFailure as err:
-                if err.http_status != 404 or row.state not in ("invoice", "items"):
+                # Only drafts can be deleted, and an invoice we have not finalized is
+                # one (flagged too); a finalized one is never synced again.
+                if not err.missing or row.state == "finalized":
                     raise
                 self._forget_deleted_draft(invoice, row.stripe_invoice_id)
                 return self.ensure_invoice(
@@ -510,16 +521,17 @@ class Syncer:
     def _forget_deleted_draft(self, invoice: OurInvoice, draft_id: str) -> None:
         """A draft deleted in Stripe (only drafts can be: docs/stripe.md tells users to
         delete a half-built one) is built again. Its keys get new attempt numbers: within
-        24 hours the old ones would replay the deleted invoice and items."""
-        log.warning(
-            "%s: Stripe draft %s is gone (deleted there): building the invoice again",
-            invoice.number,
-            draft_id,
+        24 hours the old ones would replay the deleted invoice and items (and the old
+        finalize key was sent for the deleted draft's path)."""
+        self.note(
+            f"{invoice.number}  {invoice.customer_key}  NOTE: Stripe draft {draft_id} was "
+            "deleted in Stripe; building the invoice again"
         )
         self.sync_state.forget_draft(invoice.number)
         for scope in (
             invoice_scope(invoice.number),
             *(item_scope(invoice.number, line.line_no) for line in billable_lines(invoice)),
+            finalize_scope(invoice.number),
         ):
             self.sync_state.set_attempt(scope, self.sync_state.attempt(scope) + 1)
 
@@ -608,9 +620,6 @@ def dry_run_plan(invoice: OurInvoice, catalog: Catalog, sync_state: SyncState) -
     key = finalize_idem(invoice.number, sync_state.attempt(finalize_scope(invoice.number)))
     out.append(f"  POST /v1/invoices/{in_ref}/finalize  Idempotency-Key: {key}")
     return out
-
-
-ProgressFn = Callable[[str], None]
 
 
 @dataclass(frozen=True)

@@ -253,6 +253,7 @@ class SyncState:
             con.execute("BEGIN TRANSACTION")
             con.execute(
                 "UPDATE stripe_invoices SET stripe_invoice_id = NULL, stripe_status = NULL,"
+                " stripe_total_minor = NULL, flagged_reason = NULL,"
                 f" state = 'customer', updated_at = {_NOW} WHERE invoice_number = ?",
                 [number],
             )

@@ -297,3 +297,30 @@ def test_a_draft_deleted_in_stripe_is_built_again(
     assert draft["id"] not in fake.state.invoices
     keys = {r.idempotency_key for r in fake.log if r.status == 200}
     assert "meterline-invoice-INV-000001~1" in keys  # not the deleted draft's key again
+
+
+def test_a_flagged_draft_deleted_in_stripe_is_built_again(
+    cli: CliFn, fake: FakeStripe, billed: Billed
+) -> None:
+    """A flagged draft (someone added an item) that the user then deletes in Stripe used
+    to make every later sync fail with "retrieve invoice ... 404" forever."""
+    fake.inject("drop_before", nth=1, method="POST", path=r"^/v1/invoiceitems$")
+    assert cli("sync", "--customer", "acme").exit_code == 1
+    client = client_for(fake)
+    draft = client.v1.invoices.list().data[0]
+    client.v1.invoice_items.create(
+        {"customer": draft.customer, "invoice": draft.id, "amount": 1, "currency": "usd"}
+    )
+    assert cli("sync", "--customer", "acme").exit_code == 1
+    assert sync_rows(billed.db)["INV-000001"][0] == "flagged"
+    client.v1.invoices.delete(draft.id)
+    again = cli("sync")
+    assert again.exit_code == 0, again.output
+    assert again.output.splitlines()[0] == (
+        f"INV-000001  acme  NOTE: Stripe draft {draft.id} was deleted in Stripe; "
+        "building the invoice again"
+    )
+    assert_stripe_matches_ours(fake, billed)
+    assert sync_rows(billed.db)["INV-000001"][5] is None  # the flag's reason is gone
+    keys = {r.idempotency_key for r in fake.log if r.status == 200}
+    assert "meterline-invoice-INV-000001~1" in keys
