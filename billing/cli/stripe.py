@@ -101,6 +101,7 @@ def sync_cmd(
         click.echo(
             f"synced {len(result.done)} invoice(s), flagged {len(result.flagged)}"
             + (f", not sent {len(result.refused)}" if result.refused else "")
+            + (f", failed {len(result.failed)}" if result.failed else "")
         )
     problem = result.problem()
     if problem:

@@ -85,6 +85,16 @@ class InvoiceRefused(SyncError):
     the other invoices of the run still are."""
 
 
+class RunStopped(SyncError):
+    """A failure every later invoice would hit too (no answer from Stripe, the API key
+    refused): the run stops there instead of failing each invoice in turn."""
+
+
+def stops_the_run(err: StripeFailure) -> bool:
+    """No answer, or an answer about the key (401 unknown, 403 not allowed), not the invoice."""
+    return err.no_answer or err.http_status in (401, 403)
+
+
 def idem(kind: str, *parts: object, attempt: int = 0) -> str:
     """``meterline-<kind>-<parts>``, then ``~<attempt>`` from the second attempt on.
 
@@ -369,7 +379,8 @@ class Syncer:
 
     def sync(self, invoice: OurInvoice) -> Outcome:
         """Take ``invoice`` as far as it can go; failures are recorded, then raised
-        (:class:`InvoiceRefused` when nothing was sent for it)."""
+        (:class:`InvoiceRefused` when nothing was sent for it, :class:`RunStopped` when
+        the next invoices would fail the same way)."""
         try:
             return self._sync(invoice)
         except (StripeFailure, SyncError, AmountError) as err:
@@ -379,7 +390,11 @@ class Syncer:
             if isinstance(err, StripeFailure) and err.no_answer:
                 message += "; run the sync again, it resumes where it stopped"
             self.sync_state.record_error(invoice.number, invoice.customer_key, message)
-            kind = InvoiceRefused if isinstance(err, InvoiceRefused) else SyncError
+            kind: type[SyncError] = SyncError
+            if isinstance(err, InvoiceRefused):
+                kind = InvoiceRefused
+            elif isinstance(err, StripeFailure) and stops_the_run(err):
+                kind = RunStopped
             raise kind(message) from err
 
     def _attempted(self, scope: str, send: Callable[[int], T]) -> T:
@@ -628,12 +643,16 @@ class RunResult:
     flagged: list[Outcome]
     refused: list[str]
     """Numbers of the invoices refused before any Stripe call (their lines are printed)."""
+    failed: list[str]
+    """Numbers of the invoices whose sync failed part-way (their lines are printed)."""
 
     def problem(self) -> str | None:
         """The one-line error the command exits 1 with, or None."""
         parts = []
         if self.refused:
             parts.append(f"{len(self.refused)} invoice(s) not sent: {', '.join(self.refused)}")
+        if self.failed:
+            parts.append(f"{len(self.failed)} invoice(s) failed: {', '.join(self.failed)}")
         if self.flagged:
             numbers = ", ".join(o.number for o in self.flagged)
             parts.append(f"{len(self.flagged)} invoice(s) flagged, not finalized: {numbers}")
@@ -648,16 +667,28 @@ def refused_line(invoice: OurInvoice, err: InvoiceRefused) -> str:
     return f"{invoice.number}  {invoice.customer_key}  NOT SENT: {reason}"
 
 
+def failed_line(invoice: OurInvoice, err: SyncError) -> str:
+    reason = str(err).removeprefix(f"{invoice.number}: ")
+    return f"{invoice.number}  {invoice.customer_key}  FAILED: {reason}"
+
+
 def sync_all(invoices: list[OurInvoice], syncer: Syncer, echo: ProgressFn) -> RunResult:
-    """Sync in order. An invoice refused before any call is reported and skipped (the
-    others still go); any other error stops the run (the next run resumes there)."""
-    result = RunResult([], [], [])
+    """Sync in order. An invoice that is refused, or fails (a deleted Stripe customer, a
+    Stripe error for one of its calls), gets one line and the others still go; only a
+    :class:`RunStopped` failure stops the run (the next run resumes there)."""
+    result = RunResult([], [], [], [])
     for invoice in invoices:
         try:
             outcome = syncer.sync(invoice)
         except InvoiceRefused as err:
             echo(refused_line(invoice, err))
             result.refused.append(invoice.number)
+            continue
+        except RunStopped:
+            raise
+        except SyncError as err:
+            echo(failed_line(invoice, err))
+            result.failed.append(invoice.number)
             continue
         echo(outcome.line())
         (result.flagged if outcome.flagged_reason else result.done).append(outcome)
@@ -668,7 +699,7 @@ def dry_run_all(
     invoices: list[OurInvoice], catalog: Catalog, sync_state: SyncState, echo: ProgressFn
 ) -> RunResult:
     """Print each invoice's plan, or why it would not be sent."""
-    result = RunResult([], [], [])
+    result = RunResult([], [], [], [])
     for invoice in invoices:
         try:
             plan = dry_run_plan(invoice, catalog, sync_state)

@@ -180,7 +180,7 @@ def test_sync_cut_off_mid_way_then_rerun_completes_without_duplicates(
     first = cli("sync")
     assert fault.fired.is_set()
     assert first.exit_code == 1
-    assert first.output.splitlines()[-1].startswith("Error: INV-00000")
+    assert first.output.splitlines()[-1].startswith("Error: ")
     second = cli("sync")
     assert second.exit_code == 0, second.output
     assert_stripe_matches_ours(fake, billed)
@@ -296,8 +296,11 @@ def test_currency_mismatch_is_one_clear_error_and_recorded(
         "in EUR, this invoice is in USD"
     )
     assert result.exit_code == 1
-    assert result.output == f"Error: {message}\n"
-    assert client.v1.invoices.list().data == []
+    assert result.output.splitlines()[0] == "INV-000001  acme  FAILED: " + message[12:]
+    assert [i.metadata["meterline_invoice"] for i in client.v1.invoices.list().data] == [
+        "INV-000003",
+        "INV-000002",
+    ]
     assert sync_rows(billed.db)["INV-000001"][0] == "new"
     assert sync_rows(billed.db)["INV-000001"][6] == message
 
@@ -338,14 +341,16 @@ def test_stripe_error_shows_status_code_and_request_id(
     fake.inject("error_before", nth=1, method="POST", path=r"^/v1/invoices$")
     result = cli("sync")
     failed = next(r for r in fake.log if r.status == 500)
-    message = (
-        "INV-000001: Stripe create invoice failed: HTTP 500 api_error: An unknown error "
+    reason = (
+        "Stripe create invoice failed: HTTP 500 api_error: An unknown error "
         f"occurred (request {failed.request_id})"
     )
     assert result.exit_code == 1
-    assert result.output == f"Error: {message}\n"
+    lines = result.output.splitlines()
+    assert lines[0] == f"INV-000001  acme  FAILED: {reason}"
+    assert lines[-1] == "Error: 1 invoice(s) failed: INV-000001; the reasons are above"
     assert sync_rows(billed.db)["INV-000001"][0] == "customer"
-    assert sync_rows(billed.db)["INV-000001"][6] == message
+    assert sync_rows(billed.db)["INV-000001"][6] == f"INV-000001: {reason}"
 
 
 def test_wrong_api_key_is_reported_with_stripes_message(
@@ -395,17 +400,29 @@ def test_sdk_rejects_nothing_we_send(fake: FakeStripe, cli: CliFn) -> None:
     assert [r for r in fake.log if r.status == 400] == []
 
 
-def test_linked_customer_deleted_in_stripe_is_reported(
+def test_linked_customer_deleted_in_stripe_is_reported_and_the_others_still_go(
     cli: CliFn, fake: FakeStripe, billed: Billed
 ) -> None:
+    """One invoice failing (here: its Stripe customer deleted) used to stop the run, so
+    no later customer was ever billed; now it gets one line, the others go, exit 1."""
     fake.inject("drop_before", nth=1, method="POST", path=r"^/v1/invoices$")
-    assert cli("sync").exit_code == 1
+    assert cli("sync", "--customer", "acme").exit_code == 1
     client = client_for(fake)
     acme = client.v1.customers.list().data[0]
     client.v1.customers.delete(acme.id)
     result = cli("sync")
     assert result.exit_code == 1
-    assert result.output == (
-        f"Error: INV-000001: customer 'acme': its Stripe customer {acme.id} was deleted in "
-        "Stripe; delete its row from stripe_customers to link or create another\n"
+    lines = result.output.splitlines()
+    assert lines[0] == (
+        f"INV-000001  acme  FAILED: customer 'acme': its Stripe customer {acme.id} was deleted "
+        "in Stripe; delete its row from stripe_customers to link or create another"
     )
+    assert lines[-2:] == [
+        "synced 2 invoice(s), flagged 0, failed 1",
+        "Error: 1 invoice(s) failed: INV-000001; the reasons are above",
+    ]
+    rows = sync_rows(billed.db)
+    assert {n: rows[n][0] for n in ("INV-000002", "INV-000003")} == {
+        "INV-000002": "finalized",
+        "INV-000003": "finalized",
+    }
