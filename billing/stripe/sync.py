@@ -12,7 +12,8 @@ moment Stripe answers (see :mod:`billing.stripe.schema`):
    finalize it before every item is on it) and pending items excluded (items of other
    invoices stay off it);
 3. items    — one invoice item per non-zero line, created with ``invoice=`` on the
-   draft (``meterline-item-<number>-<line>``), unless stored or already on the draft;
+   draft (``meterline-item-<number>-<line>``) unless Stripe lists it on the draft
+   (an item deleted there is added again, under a new key);
 4. check    — Stripe's total must equal ours in minor units, else the invoice is
    *flagged* with the reason and left a draft;
 5. finalize — ``meterline-finalize-<number>``; the Stripe status is stored.
@@ -553,26 +554,41 @@ class Syncer:
     # -------------------------------------------------------------- step 3
 
     def ensure_items(self, invoice: OurInvoice, cus_id: str, stripe_invoice_id: str) -> None:
+        """One item per billable line on the draft, as Stripe lists them (consistent at
+        once): our table alone cannot tell that a user deleted an item from the draft.
+
+        A line whose stored item is gone is added again under a new key (within 24
+        hours the old one would replay the deleted item); one already there is kept.
+        """
         stored = self.sync_state.items(invoice.number)
-        on_invoice: dict[int, str] | None = None
+        on_invoice = {
+            int(meta[META_LINE]): item.id
+            for item in self.gw.items_of(stripe_invoice_id)
+            if (meta := metadata(item)).get(META_INVOICE) == invoice.number
+            and str(meta.get(META_LINE, "")).isdigit()
+        }
         for line in billable_lines(invoice):
-            if line.line_no in stored:
-                continue
-            if on_invoice is None:
-                on_invoice = {
-                    int(meta[META_LINE]): item.id
-                    for item in self.gw.items_of(stripe_invoice_id)
-                    if (meta := metadata(item)).get(META_INVOICE) == invoice.number
-                    and str(meta.get(META_LINE, "")).isdigit()
-                }
             item_id = on_invoice.get(line.line_no)
             if item_id is None:
-                item = self._create_item(invoice, line, cus_id, stripe_invoice_id)
-                item_id = item.id
-            self.sync_state.add_item(
-                invoice.number, line.line_no, item_id, to_minor(line.amount, invoice.currency)
-            )
+                gone = stored.get(line.line_no)
+                if gone is not None:
+                    self._forget_deleted_item(invoice, line, gone, stripe_invoice_id)
+                item_id = self._create_item(invoice, line, cus_id, stripe_invoice_id).id
+            if stored.get(line.line_no) != item_id:
+                self.sync_state.add_item(
+                    invoice.number, line.line_no, item_id, to_minor(line.amount, invoice.currency)
+                )
         self.sync_state.items_done(invoice.number)
+
+    def _forget_deleted_item(
+        self, invoice: OurInvoice, line: Line, item_id: str, stripe_invoice_id: str
+    ) -> None:
+        self.note(
+            f"{invoice.number}  {invoice.customer_key}  NOTE: invoice item {item_id} (line "
+            f"{line.line_no}) was deleted from Stripe draft {stripe_invoice_id}; adding it again"
+        )
+        scope = item_scope(invoice.number, line.line_no)
+        self.sync_state.set_attempt(scope, self.sync_state.attempt(scope) + 1)
 
     def _create_item(
         self, invoice: OurInvoice, line: Line, cus_id: str, stripe_invoice_id: str

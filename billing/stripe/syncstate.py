@@ -261,11 +261,13 @@ class SyncState:
             con.execute("COMMIT")
 
     def add_item(self, number: str, line_no: int, stripe_item_id: str, amount_minor: int) -> None:
+        """The line's Stripe item; replaces the one stored (it was deleted in Stripe)."""
         with billing_store(self.db) as con:
             _upsert(
                 con,
-                update=None,
-                update_args=[],
+                update="UPDATE stripe_items SET stripe_item_id = ?, amount_minor = ?"
+                " WHERE invoice_number = ? AND line_no = ?",
+                update_args=[stripe_item_id, amount_minor, number, line_no],
                 insert=f"INSERT INTO stripe_items SELECT ?, ?, ?, ?, {_NOW}",
                 insert_args=[number, line_no, stripe_item_id, amount_minor],
                 exists="SELECT 1 FROM stripe_items WHERE invoice_number = ? AND line_no = ?",

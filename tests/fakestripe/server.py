@@ -12,6 +12,7 @@ What it does like Stripe:
   is a 400 ``idempotency_error``; a request refused by parameter validation is not
   remembered (Stripe does not save those either);
 * list (newest first, ``limit``/``starting_after``) and search (``metadata['k']:'v'``);
+* deleting a draft invoice or an invoice item of a draft (as a dashboard user does);
 * Stripe's documented limits: idempotency keys up to 255 characters; metadata up to 50
   keys, keys up to 40 characters, values up to 500 (https://docs.stripe.com/metadata);
   a customer ``name`` up to 256 characters, an invoice item's ``description`` up to 500
@@ -191,6 +192,8 @@ def _routes() -> list[Route]:
           lambda s, m, p: _page(s.list_items(p), p, "/v1/invoiceitems")),
         r("GET", r"/v1/invoiceitems/(?P<id>ii_\w+)", sp.InvoiceItemRetrieveParams,
           lambda s, m, p: public(s.item(m["id"]))),
+        r("DELETE", r"/v1/invoiceitems/(?P<id>ii_\w+)", sp.InvoiceItemDeleteParams,
+          lambda s, m, p: s.delete_item(m["id"])),
         r("POST", "/v1/invoices", sp.InvoiceCreateParams,
           lambda s, m, p: public(s.create_invoice(p))),
         r("GET", "/v1/invoices", sp.InvoiceListParams,

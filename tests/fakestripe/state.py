@@ -217,6 +217,22 @@ class FakeState:
             raise _missing("invoiceitem", ii_id)
         return item
 
+    def delete_item(self, ii_id: str) -> JSON:
+        """Stripe deletes an invoice item that is pending or on a draft (a user removing a
+        line in the dashboard); one on a finalized invoice cannot be deleted."""
+        item = self.item(ii_id)
+        invoice = self.invoices.get(item["invoice"]) if item["invoice"] else None
+        if invoice is not None:
+            if invoice["status"] != "draft":
+                raise ApiError(
+                    400,
+                    "You can only delete invoice items that are pending or on a draft invoice.",
+                )
+            invoice["_items"].remove(ii_id)
+            self._recompute(invoice)
+        del self.items[ii_id]
+        return {"id": ii_id, "object": "invoiceitem", "deleted": True}
+
     def list_items(self, p: JSON) -> list[JSON]:
         items = list(self.items.values())
         if "customer" in p:

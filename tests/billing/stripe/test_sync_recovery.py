@@ -324,3 +324,44 @@ def test_a_flagged_draft_deleted_in_stripe_is_built_again(
     assert sync_rows(billed.db)["INV-000001"][5] is None  # the flag's reason is gone
     keys = {r.idempotency_key for r in fake.log if r.status == 200}
     assert "meterline-invoice-INV-000001~1" in keys
+
+
+def test_an_item_deleted_from_the_draft_is_added_again(
+    cli: CliFn, fake: FakeStripe, billed: Billed
+) -> None:
+    """The sync used to trust its own table of written items: an item a user deleted
+    from the draft was never sent again, and the invoice stayed flagged for good."""
+    fake.inject("drop_before", nth=1, method="POST", path=r"/finalize$")
+    assert cli("sync", "--customer", "acme").exit_code == 1
+    client = client_for(fake)
+    draft = client.v1.invoices.list().data[0]
+    on_draft = client.v1.invoice_items.list({"invoice": draft.id}).data
+    items = {int(i.metadata["meterline_line"]): i.id for i in on_draft}
+    gone = items[2]
+    client.v1.invoice_items.delete(gone)
+    again = cli("sync")
+    assert again.exit_code == 0, again.output
+    assert again.output.splitlines()[0] == (
+        f"INV-000001  acme  NOTE: invoice item {gone} (line 2) was deleted from Stripe draft "
+        f"{draft.id}; adding it again"
+    )
+    assert_stripe_matches_ours(fake, billed)  # one item per line: none duplicated
+    keys = {r.idempotency_key for r in fake.log if r.status == 200}
+    assert "meterline-item-INV-000001-2~1" in keys  # not the deleted item's key again
+
+
+def test_fake_deletes_items_only_from_drafts(fake: FakeStripe) -> None:
+    client = client_for(fake)
+    cus = client.v1.customers.create({"name": "x"})
+    invoice = client.v1.invoices.create({"customer": cus.id, "currency": "usd"})
+    kept = client.v1.invoice_items.create(
+        {"customer": cus.id, "invoice": invoice.id, "amount": 500, "currency": "usd"}
+    )
+    dropped = client.v1.invoice_items.create(
+        {"customer": cus.id, "invoice": invoice.id, "amount": 200, "currency": "usd"}
+    )
+    client.v1.invoice_items.delete(dropped.id)
+    assert client.v1.invoices.retrieve(invoice.id).total == 500
+    client.v1.invoices.finalize_invoice(invoice.id)
+    with pytest.raises(stripe.InvalidRequestError):
+        client.v1.invoice_items.delete(kept.id)
