@@ -1,7 +1,8 @@
 """Pull each synced invoice's Stripe status (draft, open, paid, void, uncollectible) home.
 
 Stripe moves an invoice on by itself (a customer pays, someone voids it in the
-dashboard); ``stripe_invoices.stripe_status`` is our copy, refreshed by this pull.
+dashboard); ``stripe_invoices.stripe_status`` is our copy, refreshed by this pull. A
+draft deleted in Stripe is recorded as ``deleted`` (the next sync builds it again).
 """
 
 from __future__ import annotations
@@ -10,6 +11,9 @@ from dataclasses import dataclass
 
 from billing.stripe.client import StripeFailure, StripeGateway
 from billing.stripe.syncstate import SyncState
+
+DELETED = "deleted"
+"""Our ``stripe_status`` for a draft that was deleted in Stripe (it has no status there)."""
 
 
 @dataclass(frozen=True)
@@ -24,7 +28,9 @@ class StatusChange:
     def line(self) -> str:
         moved = self.after if self.before == self.after else f"{self.before} -> {self.after}"
         text = f"{self.number}  {self.customer_key}  {self.stripe_invoice_id}  {moved}"
-        if self.flagged_reason:
+        if self.after == DELETED:
+            text += " in Stripe; `billing stripe sync` builds it again"
+        elif self.flagged_reason:
             text += f"  FLAGGED: {self.flagged_reason}"
         return text
 
@@ -41,25 +47,31 @@ def pull_statuses(
         if not row.stripe_invoice_id:
             continue
         try:
-            found = gateway.retrieve_invoice(row.stripe_invoice_id)
+            status = gateway.retrieve_invoice(row.stripe_invoice_id).status
         except StripeFailure as err:
-            message = f"{row.invoice_number}: {err}"
-            if err.no_answer:
-                message += (
-                    "; check the network and --api-base, then run `billing stripe status` again"
-                )
-            raise StripeFailure(
-                message, http_status=err.http_status, no_answer=err.no_answer
-            ) from err
-        sync_state.set_status(row.invoice_number, found.status)
+            # Only drafts can be deleted: one of ours missing is reported, not fatal.
+            if err.missing and row.state != "finalized":
+                status = DELETED
+            else:
+                raise _status_failure(row.invoice_number, err) from err
+        sync_state.set_status(row.invoice_number, status)
         changes.append(
             StatusChange(
                 row.invoice_number,
                 row.customer_key,
                 row.stripe_invoice_id,
                 row.stripe_status,
-                found.status,
+                status,
                 row.flagged_reason if row.state == "flagged" else None,
             )
         )
     return changes
+
+
+def _status_failure(number: str, err: StripeFailure) -> StripeFailure:
+    message = f"{number}: {err}"
+    if err.no_answer:
+        message += "; check the network and --api-base, then run `billing stripe status` again"
+    return StripeFailure(
+        message, http_status=err.http_status, no_answer=err.no_answer, code=err.code
+    )

@@ -90,3 +90,24 @@ def test_invoice_list_shows_the_pulled_stripe_status(
     assert listed.exit_code == 0, listed.output
     statuses = {row["number"]: row["stripe_status"] for row in json.loads(listed.output)}
     assert statuses == {"INV-000001": "open", "INV-000002": "paid", "INV-000003": "open"}
+
+
+def test_status_reports_a_draft_deleted_in_stripe_and_goes_on(
+    cli: CliFn, fake: FakeStripe, billed: Billed
+) -> None:
+    """`status` used to stop at the first draft deleted in Stripe (404), so no later
+    invoice's status was pulled."""
+    fake.inject("error_saved", nth=1, method="POST", path=r"/finalize$")
+    assert cli("sync").exit_code == 1  # acme's stays a draft, the others are finalized
+    client = client_for(fake)
+    ids = {i.metadata["meterline_invoice"]: i.id for i in client.v1.invoices.list().data}
+    client.v1.invoices.delete(ids["INV-000001"])
+    result = cli("status")
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        f"INV-000001  acme  {ids['INV-000001']}  draft -> deleted in Stripe; "
+        "`billing stripe sync` builds it again",
+        f"INV-000002  globex  {ids['INV-000002']}  open",
+        f"INV-000003  umbrella  {ids['INV-000003']}  open",
+    ]
+    assert stored_statuses(billed)["INV-000001"] == "deleted"
