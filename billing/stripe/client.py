@@ -35,6 +35,12 @@ RATE_LIMIT_BACKOFF = 0.5
 RATE_LIMIT_MAX_WAIT = 20.0
 """Longest wait before one resend, whatever ``Retry-After`` asks (a sync must end)."""
 
+KEY_IN_USE_RETRIES = 5
+"""How many times one call is sent again after Stripe answered 409 ``idempotency_key_in_use``
+(a request with the same key, from a run that was cut off, say, is still running)."""
+KEY_IN_USE_BACKOFF = 0.5
+"""Seconds before the first resend of such a call; doubled for each next one."""
+
 T = TypeVar("T")
 
 
@@ -151,6 +157,21 @@ def failure(action: str, err: stripe.StripeError, api_base: str) -> StripeFailur
     )
 
 
+def key_in_use_wait(err: stripe.StripeError, resends: int) -> float | None:
+    """Seconds to wait before sending a call again that Stripe answered 409
+    ``idempotency_key_in_use``, or None: another code, or out of resends.
+
+    The other request with the key is still running; once it is done, the resend with
+    the same key gets its saved answer (409s themselves are not saved).
+    """
+    code = getattr(getattr(err, "error", None), "code", None)
+    if err.http_status != 409 or code != "idempotency_key_in_use":
+        return None
+    if resends >= KEY_IN_USE_RETRIES:
+        return None
+    return min(KEY_IN_USE_BACKOFF * 2**resends, RATE_LIMIT_MAX_WAIT)
+
+
 def rate_limit_wait(err: stripe.StripeError, resends: int) -> float | None:
     """Seconds to wait before sending a rate-limited (429) call again, or None: not a 429,
     out of resends, or Stripe said ``Stripe-Should-Retry: false``.
@@ -191,14 +212,17 @@ class StripeGateway:
         self.v1 = self.client.v1
 
     def _call(self, action: str, fn: Callable[[], T]) -> T:
-        """``fn()``; a 429 is sent again after a bounded wait (the SDK does not resend
-        429s), every other Stripe error becomes one :class:`StripeFailure`."""
+        """``fn()``; a 429 (the SDK does not resend those) or a 409 "key in use" is sent
+        again after a bounded wait, every other Stripe error becomes one
+        :class:`StripeFailure`."""
         resends = 0
         while True:
             try:
                 return fn()
             except stripe.StripeError as err:
                 wait = rate_limit_wait(err, resends)
+                if wait is None:
+                    wait = key_in_use_wait(err, resends)
                 if wait is None:
                     raise failure(action, err, self.api_base) from err
             self.sleep(wait)

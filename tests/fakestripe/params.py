@@ -31,7 +31,7 @@ REQUEST_OPTION_KEYS = frozenset(RequestOptions.__annotations__)
 class ParamError(Exception):
     """A parameter the real API would refuse: rendered as a 400 invalid_request_error."""
 
-    def __init__(self, code: str, message: str, param: str) -> None:
+    def __init__(self, code: str | None, message: str, param: str) -> None:
         super().__init__(message)
         self.code = code
         self.message = message

@@ -13,6 +13,11 @@ What it does like Stripe:
   remembered (Stripe does not save those either);
 * list (newest first, ``limit``/``starting_after``) and search (``metadata['k']:'v'``);
 * deleting a draft invoice or an invoice item of a draft (as a dashboard user does);
+* a request whose ``Idempotency-Key`` is still being processed gets 409
+  ``idempotency_key_in_use`` (nothing saved);
+* invalid values refused as Stripe refuses them (400, nothing saved): an ``email`` that
+  is not an address (``email_invalid``), a ``currency`` that is not one (param
+  ``currency``), an ``amount`` beyond 8 digits (``amount_too_large``);
 * Stripe's documented limits: idempotency keys up to 255 characters; metadata up to 50
   keys, keys up to 40 characters, values up to 500 (https://docs.stripe.com/metadata);
   a customer ``name`` up to 256 characters, an invoice item's ``description`` up to 500
@@ -26,7 +31,10 @@ Nth matching request: ``error_before`` (500 without doing anything, nothing save
 idempotency key and replayed for it, as Stripe does "including 500 errors"),
 ``rate_limited`` (429 ``rate_limit``, answered before the idempotency layer, so
 nothing saved; ``headers`` such as ``Retry-After`` or ``Stripe-Should-Retry`` are
-sent with it), ``drop_before``
+sent with it), ``key_in_use`` (409 ``idempotency_key_in_use``, as if another request
+with the key were still running; nothing done or saved), ``hold_before`` (the request
+is taken in flight under its key, then waits for :meth:`FakeStripe.release` before it
+takes effect: meanwhile a request with the same key gets the real 409), ``drop_before``
 (connection closed, nothing done), ``drop_after`` (the request takes effect, then the
 connection is closed without an answer: a lost response) and ``hang_after`` (takes
 effect, then holds the connection until :meth:`FakeStripe.release`, so a test can kill
@@ -47,6 +55,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from iso4217 import Currency
 from stripe import params as sp
 
 from tests.fakestripe.params import ParamError, check, decode_form
@@ -65,6 +74,8 @@ FAULT_KINDS = (
     "error_before",
     "error_saved",
     "rate_limited",
+    "key_in_use",
+    "hold_before",
     "drop_before",
     "drop_after",
     "hang_after",
@@ -74,6 +85,10 @@ MAX_METADATA_KEYS = 50
 MAX_METADATA_KEY = 40
 MAX_METADATA_VALUE = 500
 MAX_CUSTOMER_NAME = 256
+MAX_AMOUNT = 99_999_999
+"""Stripe's largest amount for most currencies: 8 digits in the minor unit
+(https://docs.stripe.com/currencies#minimum-and-maximum-charge-amounts)."""
+_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 Handler = Callable[[FakeState, re.Match[str], JSON], Any]
 
@@ -322,6 +337,7 @@ class FakeStripe:
             "error_before",
             "error_saved",
             "rate_limited",
+            "key_in_use",
             "drop_before",
         ):
             fault.done.set()
@@ -329,6 +345,8 @@ class FakeStripe:
                 return 0, b"", {}, "drop"
             if fault.kind == "rate_limited":
                 err = ApiError(429, "Too many requests hit the API too quickly.", code="rate_limit")
+            elif fault.kind == "key_in_use":
+                err = _key_in_use(key or "")
             else:
                 err = ApiError(500, "An unknown error occurred", type_="api_error")
             body = json.dumps(err.body()).encode()
@@ -338,11 +356,12 @@ class FakeStripe:
                     self._idempotent[key] = _Stored(fingerprint, err.status, body)
             entry.status = err.status
             return err.status, body, {"Request-Id": entry.request_id, **fault.headers}, None
-        status, payload, extra = self._dispatch(method, path, pairs, headers, key, entry)
+        hold = fault if fault is not None and fault.kind == "hold_before" else None
+        status, payload, extra = self._dispatch(method, path, pairs, headers, key, entry, hold)
         entry.status = status
         extra = {"Request-Id": entry.request_id, **extra}
         after = None
-        if fault is not None:
+        if fault is not None and hold is None:
             after = "drop" if fault.kind == "drop_after" else "hang"
             fault.done.set()
         return status, payload, extra, after
@@ -355,6 +374,7 @@ class FakeStripe:
         headers: dict[str, str],
         key: str | None,
         entry: LoggedRequest,
+        hold: Fault | None = None,
     ) -> tuple[int, bytes, dict[str, str]]:
         api_key = _bearer(headers.get("authorization", ""))
         if api_key not in self.api_keys:
@@ -386,13 +406,7 @@ class FakeStripe:
                     entry.replayed = True
                     return stored.status, stored.body, {"Idempotent-Replayed": "true"}
                 if key in self._in_flight:
-                    err = ApiError(
-                        409,
-                        "There is currently another in-progress request using this "
-                        f"Idempotent Key (that probably means you submitted twice, and the "
-                        f"other request is still going through): {key}. Please try again later.",
-                        code="idempotency_key_in_use",
-                    )
+                    err = _key_in_use(key)
                     return 409, json.dumps(err.body()).encode(), {}
             try:
                 params = check(decode_form(pairs), route.params)
@@ -400,14 +414,25 @@ class FakeStripe:
             except ParamError as e:
                 err = ApiError(400, e.message, code=e.code, param=e.param)
                 return 400, json.dumps(err.body()).encode(), {}
-            try:
-                status, payload = 200, json.dumps(route.handler(self.state, match, params))
-            except ApiError as e:
-                status, payload = e.status, json.dumps(e.body())
-            body = payload.encode()
             if key is not None:
-                self._idempotent[key] = _Stored(fingerprint, status, body)
-            return status, body, {}
+                self._in_flight.add(key)
+        try:
+            if hold is not None:
+                hold.done.set()
+                self._release.wait(60)
+            with self.state.lock:
+                try:
+                    status, payload = 200, json.dumps(route.handler(self.state, match, params))
+                except ApiError as e:
+                    status, payload = e.status, json.dumps(e.body())
+                body = payload.encode()
+                if key is not None:
+                    self._idempotent[key] = _Stored(fingerprint, status, body)
+                return status, body, {}
+        finally:
+            if key is not None:
+                with self.state.lock:
+                    self._in_flight.discard(key)
 
     def _route(self, method: str, path: str) -> tuple[Route | None, re.Match[str] | None]:
         for route in self.routes:
@@ -421,8 +446,50 @@ class FakeStripe:
         self._release.wait(timeout)
 
 
+def _key_in_use(key: str) -> ApiError:
+    return ApiError(
+        409,
+        "There is currently another in-progress request using this Idempotent Key (that "
+        "probably means you submitted twice, and the other request is still going through): "
+        f"{key}. Please try again later.",
+        code="idempotency_key_in_use",
+    )
+
+
+def _check_values(path: str, params: JSON) -> None:
+    """Values Stripe refuses as invalid parameters (nothing saved under the key)."""
+    email = params.get("email")
+    if path.startswith("/v1/customers") and email and not _EMAIL_RE.match(str(email)):
+        raise ParamError("email_invalid", f"Invalid email address: {email}", "email")
+    currency = params.get("currency")
+    if isinstance(currency, str) and not _is_currency(currency):
+        raise ParamError(
+            None,
+            f"Invalid currency: {currency.lower()}. Stripe currently supports these "
+            "currencies: usd, eur, gbp, jpy, ...",
+            "currency",
+        )
+    amount = params.get("amount")
+    too_large = isinstance(amount, int) and abs(amount) > MAX_AMOUNT
+    if path.startswith("/v1/invoiceitems") and too_large:
+        raise ParamError(
+            "amount_too_large",
+            f"Amount must be no more than {MAX_AMOUNT} (in the currency's smallest unit).",
+            "amount",
+        )
+
+
+def _is_currency(code: str) -> bool:
+    """An ISO 4217 code with a minor unit, as Stripe's currencies are (lowercase or not)."""
+    try:
+        return len(code) == 3 and Currency(code.upper()).exponent is not None
+    except ValueError:
+        return False
+
+
 def _check_limits(method: str, path: str, key: str | None, params: JSON) -> None:
     """Stripe's documented size limits, refused like invalid parameters (nothing saved)."""
+    _check_values(path, params)
     if key is not None and len(key) > MAX_IDEMPOTENCY_KEY:
         raise ParamError(
             "idempotency_key_invalid",

@@ -5,6 +5,7 @@ Each rule is one the fake now enforces as Stripe documents it (tests/fakestripe)
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -365,3 +366,71 @@ def test_fake_deletes_items_only_from_drafts(fake: FakeStripe) -> None:
     client.v1.invoices.finalize_invoice(invoice.id)
     with pytest.raises(stripe.InvalidRequestError):
         client.v1.invoice_items.delete(kept.id)
+
+
+# --------------------------------------------------------------------------- invalid values, 409
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "param", "code"),
+    [
+        ("customers", {"name": "A", "email": "not-an-address"}, "email", "email_invalid"),
+        ("invoice_items", {"amount": 100, "currency": "zzz"}, "currency", None),
+        ("invoice_items", {"amount": 10**15, "currency": "usd"}, "amount", "amount_too_large"),
+        ("invoice_items", {"amount": -(10**8), "currency": "usd"}, "amount", "amount_too_large"),
+    ],
+)
+def test_fake_refuses_values_stripe_refuses(
+    fake: FakeStripe, path: str, params: dict, param: str, code: str | None
+) -> None:
+    """The fake took any email, currency ``zzz`` and an amount of 10^15; Stripe refuses
+    them as invalid parameters, and saves nothing under the key."""
+    client = client_for(fake)
+    if path == "invoice_items":
+        params = {"customer": client.v1.customers.create({"name": "A"}).id, **params}
+    resource = getattr(client.v1, path)
+    with pytest.raises(stripe.InvalidRequestError) as refused:
+        resource.create(params, {"idempotency_key": "k-1"})
+    error = refused.value.error
+    assert refused.value.http_status == 400
+    assert (error.type, error.param, error.code) == ("invalid_request_error", param, code)
+    fixed = {**params, param: {"email": "a@example.com", "currency": "usd"}.get(param, 99_999_999)}
+    assert resource.create(fixed, {"idempotency_key": "k-1"}).id  # nothing was saved
+
+
+def test_fake_answers_409_while_a_request_with_the_key_is_in_flight(fake: FakeStripe) -> None:
+    hold = fake.inject("hold_before", method="POST", path=r"^/v1/customers$")
+    client = client_for(fake)
+    made: list[str] = []
+    first = threading.Thread(
+        target=lambda: made.append(
+            client.v1.customers.create({"name": "A"}, {"idempotency_key": "k-1"}).id
+        )
+    )
+    first.start()
+    assert hold.done.wait(10)
+    with pytest.raises(stripe.StripeError) as busy:
+        client.v1.customers.create({"name": "A"}, {"idempotency_key": "k-1"})
+    assert busy.value.http_status == 409
+    assert busy.value.error.code == "idempotency_key_in_use"
+    fake.release()
+    first.join(10)
+    again = client.v1.customers.create({"name": "A"}, {"idempotency_key": "k-1"})
+    assert [again.id] == made == list(fake.state.customers)
+
+
+def test_key_in_use_is_sent_again_after_a_wait(fake: FakeStripe) -> None:
+    for _ in range(2):
+        fake.inject("key_in_use", method="POST", path=r"^/v1/customers$")
+    sleeps: list[float] = []
+    made = _gateway(fake, sleeps).create_customer({"name": "A"}, "k-1")
+    assert sleeps == [0.5, 1.0]
+    assert list(fake.state.customers) == [made.id]
+
+
+def test_sync_goes_through_a_409(cli: CliFn, fake: FakeStripe, billed: Billed) -> None:
+    fake.inject("key_in_use", nth=2, method="POST", path=r"^/v1/invoiceitems$")
+    result = cli("sync")
+    assert result.exit_code == 0, result.output
+    assert_stripe_matches_ours(fake, billed)
+    assert [r.status for r in fake.log if r.fault == "key_in_use"] == [409]
