@@ -414,7 +414,7 @@ class Syncer:
     def _sync(self, invoice: OurInvoice) -> Outcome:
         customer = check_sendable(invoice, self.catalog)
         total = our_total_minor(invoice)
-        cus_id = self.ensure_customer(customer, invoice.currency)
+        cus_id = self.ensure_customer(customer)
         self.sync_state.start(invoice.number, invoice.customer_key, cus_id, total)
         row = self.sync_state.row(invoice.number)
         assert row is not None
@@ -452,7 +452,11 @@ class Syncer:
 
     # -------------------------------------------------------------- step 1
 
-    def ensure_customer(self, customer: Customer, currency: str) -> str:
+    def ensure_customer(self, customer: Customer) -> str:
+        """The Stripe customer's id. Its ``currency`` is not checked: Stripe invoices one
+        customer in several currencies, each invoice taking only items in its own
+        (https://docs.stripe.com/invoicing/multi-currency-customers), and we send every
+        item with ``invoice=`` and the invoice's currency."""
         stored = self.sync_state.customer_id(customer.key)
         if stored is not None:
             found = self.gw.retrieve_customer(stored)
@@ -484,12 +488,6 @@ class Syncer:
                 )
             )
             self.sync_state.link_customer(customer.key, found.id)
-        stripe_currency = field(found, "currency")
-        if stripe_currency and stripe_currency.upper() != currency.upper():
-            raise SyncError(
-                f"currency mismatch: Stripe customer {found.id} for {customer.key!r} already "
-                f"bills in {stripe_currency.upper()}, this invoice is in {currency.upper()}"
-            )
         return found.id
 
     # -------------------------------------------------------------- step 2

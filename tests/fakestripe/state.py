@@ -6,7 +6,10 @@ Customers, invoice items and invoices as plain JSON-ready dicts. Invoice items a
 lines and totals are computed from its items; ``finalize`` moves a draft to ``open``
 (or straight to ``paid`` when nothing is due) and gives it a number; ``pay``, ``void``
 and ``mark_uncollectible`` move an open invoice on. A customer's ``currency`` is set
-by its first invoice item or invoice, and items in another currency are refused.
+by its first invoice item or invoice (its default); invoices and pending items in other
+currencies are still allowed, as for Stripe's multi-currency customers
+(https://docs.stripe.com/invoicing/multi-currency-customers): an invoice's ``currency``
+picks the pending items it takes, and an item put on an invoice must share its currency.
 """
 
 from __future__ import annotations
@@ -136,17 +139,11 @@ class FakeState:
         self.customers[cus_id] = {"id": cus_id, "object": "customer", "deleted": True}
         return self.customers[cus_id]
 
-    def _bind_currency(self, cus: JSON, currency: str, param: str) -> None:
+    def _default_currency(self, cus: JSON, currency: str) -> None:
+        """The first currency a customer is billed in becomes its ``currency``; others
+        are allowed too (only subscriptions, which the fake does not have, may not mix)."""
         if cus["currency"] is None:
             cus["currency"] = currency
-        elif cus["currency"] != currency:
-            raise ApiError(
-                400,
-                f"You cannot combine currencies on a single customer. This customer has "
-                f"an active subscription, subscription schedule, discount, quote, or invoice "
-                f"item with currency {cus['currency']}.",
-                param=param,
-            )
 
     # ------------------------------------------------------------------ invoice items
 
@@ -187,7 +184,7 @@ class FakeState:
                     param="currency",
                 )
         else:
-            self._bind_currency(cus, currency, "currency")
+            self._default_currency(cus, currency)
         now = self._now()
         period = p.get("period") or {"start": now, "end": now}
         item: JSON = {
@@ -272,7 +269,7 @@ class FakeState:
                 param="days_until_due",
             )
         currency = str(p.get("currency") or cus["currency"] or "usd").lower()
-        self._bind_currency(cus, currency, "currency")
+        self._default_currency(cus, currency)
         now = self._now()
         invoice: JSON = {
             "id": new_id("in_"),

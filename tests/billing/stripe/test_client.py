@@ -32,18 +32,12 @@ def test_customer_found_or_created_once_on_localstripe(localstripe: str, tmp_pat
     before = {c.id for c in gateway.find_customers(key)}
     assert before == set()
 
-    made = Syncer(catalog, SyncState(first.db), gateway).ensure_customer(
-        catalog.customer(key), "EUR"
-    )
-    again = Syncer(catalog, SyncState(first.db), gateway).ensure_customer(
-        catalog.customer(key), "EUR"
-    )
+    made = Syncer(catalog, SyncState(first.db), gateway).ensure_customer(catalog.customer(key))
+    again = Syncer(catalog, SyncState(first.db), gateway).ensure_customer(catalog.customer(key))
     assert again == made  # the stored link
     # A second store that never saw it finds it by metadata (localstripe: by listing).
     second = make_billed(tmp_path / "second", EURO_CATALOG)
-    found = Syncer(catalog, SyncState(second.db), gateway).ensure_customer(
-        catalog.customer(key), "EUR"
-    )
+    found = Syncer(catalog, SyncState(second.db), gateway).ensure_customer(catalog.customer(key))
     assert found == made
     assert [c.id for c in gateway.find_customers(key)] == [made]
     stored = gateway.retrieve_customer(made)
@@ -60,7 +54,7 @@ def test_invoice_items_on_localstripe_carry_our_amounts(localstripe: str, tmp_pa
     catalog = load_catalog(billed.catalog)
     invoice = next(i for i in SyncState(billed.db).unsynced() if i.customer_key == "umbrella")
     cus_id = Syncer(catalog, SyncState(billed.db), gateway).ensure_customer(
-        catalog.customer("umbrella"), invoice.currency
+        catalog.customer("umbrella")
     )
     for line in invoice.lines:
         params = item_params(invoice, line, cus_id, "unused")

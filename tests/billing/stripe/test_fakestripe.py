@@ -113,14 +113,25 @@ def test_invoice_items_attach_and_totals_follow(fake: FakeStripe) -> None:
     assert [c.id for c in found.data] == [cus.id]
 
 
-def test_customer_currency_is_fixed_by_its_first_item(fake: FakeStripe) -> None:
+def test_a_customer_is_invoiced_in_several_currencies(fake: FakeStripe) -> None:
+    """Stripe's multi-currency customers: the first currency is the customer's default,
+    others are still invoiced; an invoice takes only pending items in its currency, and
+    an item put on an invoice must share its currency."""
     client = client_for(fake)
     cus = client.v1.customers.create({"name": "A"})
     client.v1.invoice_items.create({"customer": cus.id, "amount": 1, "currency": "eur"})
     assert client.v1.customers.retrieve(cus.id).currency == "eur"
+    usd_item = client.v1.invoice_items.create({"customer": cus.id, "amount": 7, "currency": "usd"})
+    usd = client.v1.invoices.create(
+        {"customer": cus.id, "currency": "usd", "pending_invoice_items_behavior": "include"}
+    )
+    assert (usd.currency, usd.total) == ("usd", 7)
+    assert client.v1.invoice_items.retrieve(usd_item.id).invoice == usd.id
     with pytest.raises(stripe.InvalidRequestError) as caught:
-        client.v1.invoice_items.create({"customer": cus.id, "amount": 1, "currency": "usd"})
-    assert "You cannot combine currencies on a single customer" in caught.value.error.message
+        client.v1.invoice_items.create(
+            {"customer": cus.id, "invoice": usd.id, "amount": 1, "currency": "eur"}
+        )
+    assert caught.value.error.param == "currency"
 
 
 def test_errors_have_stripes_shape(fake: FakeStripe) -> None:

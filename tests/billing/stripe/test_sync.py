@@ -282,27 +282,28 @@ def test_totals_mismatch_flags_the_invoice_and_leaves_it_a_draft(
     assert f"INV-000001  acme  {draft.id}  draft  FLAGGED: {reason}" in status.output.splitlines()
 
 
-def test_currency_mismatch_is_one_clear_error_and_recorded(
+def test_a_customer_already_billed_in_another_currency_gets_this_invoice(
     cli: CliFn, fake: FakeStripe, billed: Billed
 ) -> None:
+    """Stripe invoices one customer in several currencies (each invoice takes only items
+    in its own); the sync used to refuse the invoice with "currency mismatch"."""
     client = client_for(fake)
     euro = client.v1.customers.create(
         {"name": "Acme EU", "metadata": {"meterline_customer": "acme"}}
     )
-    client.v1.invoice_items.create({"customer": euro.id, "amount": 100, "currency": "eur"})
-    result = cli("sync")
-    message = (
-        f"INV-000001: currency mismatch: Stripe customer {euro.id} for 'acme' already bills "
-        "in EUR, this invoice is in USD"
+    pending = client.v1.invoice_items.create(
+        {"customer": euro.id, "amount": 100, "currency": "eur"}
     )
-    assert result.exit_code == 1
-    assert result.output.splitlines()[0] == "INV-000001  acme  FAILED: " + message[12:]
-    assert [i.metadata["meterline_invoice"] for i in client.v1.invoices.list().data] == [
-        "INV-000003",
-        "INV-000002",
-    ]
-    assert sync_rows(billed.db)["INV-000001"][0] == "new"
-    assert sync_rows(billed.db)["INV-000001"][6] == message
+    result = cli("sync")
+    assert result.exit_code == 0, result.output
+    (usd,) = [i for i in client.v1.invoices.list({"customer": euro.id}).data]
+    ours = our_invoices(billed.db)["INV-000001"]
+    assert (usd.currency, usd.status, usd.total) == ("usd", "open", ours["total"])
+    assert {int(line.metadata["meterline_line"]) for line in usd.lines.data} == {
+        n for n, amount in ours["lines"].items() if amount
+    }
+    assert client.v1.invoice_items.retrieve(pending.id).invoice is None  # left pending
+    assert client.v1.customers.retrieve(euro.id).currency == "eur"
 
 
 def test_missing_api_key(cli: CliFn, fake: FakeStripe, monkeypatch: pytest.MonkeyPatch) -> None:
