@@ -31,6 +31,27 @@ def _api_base(_ctx: click.Context, _param: click.Parameter, value: str | None) -
     return value
 
 
+STORE_LOCK_WAITING = "waiting for the store lock held by another process…"
+
+
+class _SayWaitingOnce:
+    """Says :data:`STORE_LOCK_WAITING` on stderr the first time an open of the store waits
+    for another process's lock (the sync opens it for every write, and each wait was
+    silent for up to 30 s); the open goes on waiting."""
+
+    def __init__(self) -> None:
+        self.said = False
+
+    def __call__(self, _why: str) -> None:
+        if not self.said:
+            self.said = True
+            click.echo(STORE_LOCK_WAITING, err=True)
+
+
+def _sync_state(settings: Settings) -> SyncState:
+    return SyncState(settings.db, on_wait=_SayWaitingOnce())
+
+
 def _gateway(api_base: str | None, retries: int) -> StripeGateway:
     return StripeGateway(api_key_from_env(), api_base, max_network_retries=retries)
 
@@ -87,7 +108,7 @@ def sync_cmd(
     catalog = settings.load_catalog()
     if customer is not None:
         find_customer(catalog, customer)
-    sync_state = SyncState(settings.db)
+    sync_state = _sync_state(settings)
     invoices = sync_state.unsynced(period, customer)
     if not invoices:
         click.echo("nothing to sync: every finalized invoice is in Stripe")
@@ -128,7 +149,7 @@ def status_cmd(
     gateway = _gateway(api_base, max_network_retries)
     if customer is not None:
         find_customer(settings.load_catalog(), customer)
-    changes = pull_statuses(SyncState(settings.db), gateway, period, customer)
+    changes = pull_statuses(_sync_state(settings), gateway, period, customer)
     if not changes:
         click.echo("no invoice in Stripe yet: run `billing stripe sync`")
         return

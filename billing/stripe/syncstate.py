@@ -9,6 +9,8 @@ in flight, and that call is replayed by its idempotency key on the next run.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -89,15 +91,22 @@ def _filter_clause(
 class SyncState:
     """Sync state of one store (``stripe_customers``, ``stripe_invoices``, ``stripe_items``)."""
 
-    def __init__(self, db: str | Path) -> None:
+    def __init__(self, db: str | Path, on_wait: Callable[[str], None] | None = None) -> None:
         self.db = str(db)
+        self.on_wait = on_wait
+        """Told when an open waits for another process's lock (``meterline.store``: after
+        about 2 s); the open then goes on waiting."""
+
+    def _store(self) -> AbstractContextManager[duckdb.DuckDBPyConnection]:
+        """The store for one read or one write: open, do it, close (see the module)."""
+        return billing_store(self.db, on_wait=self.on_wait)
 
     # -------------------------------------------------------------- our invoices
 
     def unsynced(self, period: str | None = None, customer: str | None = None) -> list[OurInvoice]:
         """Finalized invoices not yet finalized in Stripe, in number order."""
         clause, args = _filter_clause(period, customer, "i")
-        with billing_store(self.db) as con:
+        with self._store() as con:
             heads = con.execute(
                 "SELECT i.number, i.customer_key, i.currency, i.period_start, i.period_end,"
                 " i.total FROM invoices i LEFT JOIN stripe_invoices s"
@@ -141,7 +150,7 @@ class SyncState:
     def rows(self, period: str | None = None, customer: str | None = None) -> list[SyncRow]:
         """Every invoice the sync has touched (a Stripe invoice id or not), by number."""
         clause, args = _filter_clause(period, customer, "i")
-        with billing_store(self.db) as con:
+        with self._store() as con:
             found = con.execute(
                 f"SELECT {', '.join('s.' + c.strip() for c in _ROW_COLUMNS.split(','))}"
                 " FROM stripe_invoices s JOIN invoices i ON i.number = s.invoice_number"
@@ -153,14 +162,14 @@ class SyncState:
     # -------------------------------------------------------------- reading state
 
     def row(self, number: str) -> SyncRow | None:
-        with billing_store(self.db) as con:
+        with self._store() as con:
             found = con.execute(
                 f"SELECT {_ROW_COLUMNS} FROM stripe_invoices WHERE invoice_number = ?", [number]
             ).fetchone()
         return SyncRow(*found) if found else None
 
     def customer_id(self, customer_key: str) -> str | None:
-        with billing_store(self.db) as con:
+        with self._store() as con:
             found = con.execute(
                 "SELECT stripe_customer_id FROM stripe_customers WHERE customer_key = ?",
                 [customer_key],
@@ -168,7 +177,7 @@ class SyncState:
         return found[0] if found else None
 
     def items(self, number: str) -> dict[int, str]:
-        with billing_store(self.db) as con:
+        with self._store() as con:
             found = con.execute(
                 "SELECT line_no, stripe_item_id FROM stripe_items WHERE invoice_number = ?",
                 [number],
@@ -177,7 +186,7 @@ class SyncState:
 
     def attempt(self, scope: str) -> int:
         """The attempt number of one create or finalize (0 until Stripe answered an error)."""
-        with billing_store(self.db) as con:
+        with self._store() as con:
             found = con.execute(
                 "SELECT attempt FROM stripe_attempts WHERE scope = ?", [scope]
             ).fetchone()
@@ -186,7 +195,7 @@ class SyncState:
     # -------------------------------------------------------------- recording steps
 
     def set_attempt(self, scope: str, attempt: int) -> None:
-        with billing_store(self.db) as con:
+        with self._store() as con:
             _upsert(
                 con,
                 update=f"UPDATE stripe_attempts SET attempt = ?, updated_at = {_NOW}"
@@ -199,7 +208,7 @@ class SyncState:
             )
 
     def link_customer(self, customer_key: str, stripe_customer_id: str) -> None:
-        with billing_store(self.db) as con:
+        with self._store() as con:
             _upsert(
                 con,
                 update="UPDATE stripe_customers SET stripe_customer_id = ?,"
@@ -215,7 +224,7 @@ class SyncState:
         self, number: str, customer_key: str, stripe_customer_id: str, our_total_minor: int
     ) -> None:
         """The invoice's row, at step ``customer`` unless it is already further on."""
-        with billing_store(self.db) as con:
+        with self._store() as con:
             _upsert(
                 con,
                 update="UPDATE stripe_invoices SET"
@@ -232,7 +241,7 @@ class SyncState:
             )
 
     def _update(self, number: str, assignments: str, args: list[object]) -> None:
-        with billing_store(self.db) as con:
+        with self._store() as con:
             con.execute(
                 f"UPDATE stripe_invoices SET {assignments}, updated_at = {_NOW}"
                 " WHERE invoice_number = ?",
@@ -249,7 +258,7 @@ class SyncState:
 
     def forget_draft(self, number: str) -> None:
         """The invoice's Stripe draft was deleted there (with its items): start it again."""
-        with billing_store(self.db) as con:
+        with self._store() as con:
             con.execute("BEGIN TRANSACTION")
             con.execute(
                 "UPDATE stripe_invoices SET stripe_invoice_id = NULL, stripe_status = NULL,"
@@ -262,7 +271,7 @@ class SyncState:
 
     def add_item(self, number: str, line_no: int, stripe_item_id: str, amount_minor: int) -> None:
         """The line's Stripe item; replaces the one stored (it was deleted in Stripe)."""
-        with billing_store(self.db) as con:
+        with self._store() as con:
             _upsert(
                 con,
                 update="UPDATE stripe_items SET stripe_item_id = ?, amount_minor = ?"
@@ -299,7 +308,7 @@ class SyncState:
 
     def record_error(self, number: str, customer_key: str, message: str) -> None:
         """Keep the failure beside the invoice (the row exists from the first step on)."""
-        with billing_store(self.db) as con:
+        with self._store() as con:
             _upsert(
                 con,
                 update=f"UPDATE stripe_invoices SET last_error = ?, updated_at = {_NOW}"

@@ -427,3 +427,48 @@ def test_linked_customer_deleted_in_stripe_is_reported_and_the_others_still_go(
         "INV-000002": "finalized",
         "INV-000003": "finalized",
     }
+
+
+def test_a_write_waiting_for_the_store_lock_says_so_once_then_goes_on(
+    fake: FakeStripe, billed: Billed
+) -> None:
+    """Each write of the sync opens the store; one that found it locked by another
+    process waited up to 30 s in silence. Now it says so on stderr (after ~2 s), once,
+    and goes on waiting until the lock is free."""
+    hold = fake.inject("hold_before", nth=1, method="POST", path=r"^/v1/invoiceitems$")
+    env = {
+        **os.environ,
+        "STRIPE_API_KEY": DEFAULT_API_KEY,
+        "STRIPE_API_BASE": fake.url,
+        "PYTHONPATH": str(REPO),
+    }
+    sync = subprocess.Popen(
+        [Path(sys.executable).with_name("billing"), "--db", str(billed.db),
+         "--catalog", str(billed.catalog), "stripe", "sync", "--max-network-retries", "0"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    holder = None
+    try:
+        assert hold.done.wait(timeout=60), "the sync never sent its first invoice item"
+        # While that item is in flight, another process takes the store's lock.
+        holder = subprocess.Popen(
+            [sys.executable, "-c",
+             "import duckdb, sys; c = duckdb.connect(sys.argv[1]); print('held', flush=True); "
+             "sys.stdin.readline()",
+             str(billed.db)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        fake.release()  # the item is made; the sync's write of its id now waits
+        assert sync.stderr is not None
+        assert sync.stderr.readline() == "waiting for the store lock held by another process…\n"
+        holder.communicate("\n", timeout=10)
+        out, err = sync.communicate(timeout=60)
+    finally:
+        for proc in (sync, holder):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+    assert sync.returncode == 0, out + err
+    assert err == ""  # said once
+    assert_stripe_matches_ours(fake, billed)
