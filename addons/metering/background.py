@@ -28,7 +28,6 @@ cancels it (``POST .../responses/<id>/cancel`` returns the response too). So:
 from __future__ import annotations
 
 import math
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,7 +38,6 @@ from addons.metering.extract.openai import OpenAIReader
 
 #: Statuses a response does not leave (OpenAI's "final (terminal) state").
 TERMINAL = frozenset({"completed", "incomplete", "failed", "cancelled"})
-_BACKGROUND_TRUE = re.compile(rb'"background"\s*:\s*true')
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +167,7 @@ def decide(
     *,
     status_code: int,
     sse: bool,
-    request_body: Callable[[], bytes],
+    request_json: Callable[[], Any],
     now: Callable[[], float] = time.time,
 ) -> Keyed | Skip | None:
     """What a finished Responses API flow stores (None: the usual rules of a call).
@@ -192,12 +190,18 @@ def decide(
         said = None if life is None else life.background
         if said is False:
             return None  # the response says so, whatever the request body holds
-        if said is None and _BACKGROUND_TRUE.search(request_body()) is None:
+        if said is None and not _asks_background(request_json()):
             return None
     if life is None or life.status not in TERMINAL or life.response_id is None:
         return Skip("background response not ended: billed when a read shows its end")
     at = event_time(life.created_at, now())
     return Keyed(eventid.response_event_id(provider, life.response_id), at)
+
+
+def _asks_background(request: Any) -> bool:
+    """The request's top-level ``background`` is ``true``, as the provider parses the body
+    (a key spelled with escapes included, a duplicate key's last value deciding)."""
+    return isinstance(request, dict) and request.get("background") is True
 
 
 def queued_event_id(tap: ResponsesTap, provider: str) -> str | None:

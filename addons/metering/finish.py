@@ -69,7 +69,7 @@ class Finisher:
                 st.provider.name,
                 status_code=status_code,
                 sse="event-stream" in st.response_headers.get("content-type", ""),
-                request_body=st.request_body,
+                request_json=st.request_json,
             )
             if isinstance(verdict, background.Skip):
                 log.debug("meterline: %s: %s: no event: %s", flow.id, where(st), verdict.why)

@@ -76,7 +76,7 @@ KEYED = Keyed("response:openai:resp_1", CREATED_AT)
 )
 def test_what_a_json_body_stores(kind: tuple[str, str], body: Any, expected: Any) -> None:
     tap, _ = _read(kind, json.dumps(body).encode(), "application/json")
-    got = decide(tap, "openai", status_code=200, sse=False, request_body=lambda: b"{}")
+    got = decide(tap, "openai", status_code=200, sse=False, request_json=dict)
     assert got == expected if not isinstance(expected, type) else isinstance(got, expected)
 
 
@@ -84,11 +84,11 @@ def test_a_stream_stores_only_when_its_final_event_came() -> None:
     whole = _sse(_body("queued"), _body("in_progress"), _body("completed", usage=USAGE))
     for kind in (GET, POST):
         tap, usage = _read(kind, whole, "text/event-stream")
-        assert decide(tap, "openai", status_code=200, sse=True, request_body=bytes) == KEYED
+        assert decide(tap, "openai", status_code=200, sse=True, request_json=dict) == KEYED
         assert (usage.input, usage.output, usage.partial) == (10, 5, False)
     cut = _sse(_body("queued"), _body("in_progress"), _body("in_progress"))
     tap, _ = _read(POST, cut, "text/event-stream")
-    verdict = decide(tap, "openai", status_code=200, sse=True, request_body=bytes)
+    verdict = decide(tap, "openai", status_code=200, sse=True, request_json=dict)
     assert isinstance(verdict, Skip)
 
 
@@ -98,20 +98,45 @@ def test_a_background_post_with_no_answer_read_stores_nothing() -> None:
     tap = tap_for("openai", *POST)
     assert tap is not None
     asked = b'{"model": "o4-mini", "background": true}'
-    verdict = decide(tap, "openai", status_code=0, sse=False, request_body=lambda: asked)
+    verdict = decide(
+        tap, "openai", status_code=0, sse=False, request_json=lambda: json.loads(asked)
+    )
     assert isinstance(verdict, Skip)
-    plain = decide(tap, "openai", status_code=0, sse=False, request_body=lambda: b"{}")
+    plain = decide(tap, "openai", status_code=0, sse=False, request_json=dict)
     assert plain is None
-    refused = decide(tap, "openai", status_code=429, sse=False, request_body=lambda: asked)
+    refused = decide(
+        tap, "openai", status_code=429, sse=False, request_json=lambda: json.loads(asked)
+    )
     assert refused is None  # an error: the usual zero-token event
+
+
+@pytest.mark.parametrize(
+    ("asked", "background"),
+    [
+        (rb'{"model": "o4-mini", "\u0062ackground": true}', True),  # the key spelled escaped
+        (b'{"background": true, "background": false}', False),  # the last value counts
+        (b'{"text": {"format": {"schema": {"background": true}}}}', False),  # not top-level
+        (b"not json", False),
+    ],
+)
+def test_a_post_with_no_answer_read_is_background_as_the_provider_parses_it(
+    asked: bytes, background: bool
+) -> None:
+    """Before: a byte match decided, so an escaped key was an ordinary call (estimated now
+    and billed again when read) and a duplicate or nested one was billed never."""
+    tap = tap_for("openai", *POST)
+    assert tap is not None
+    parsed = json.loads(asked) if asked.startswith(b"{") else None
+    verdict = decide(tap, "openai", status_code=0, sse=False, request_json=lambda: parsed)
+    assert isinstance(verdict, Skip) if background else verdict is None
 
 
 def test_failed_reads_and_listings_store_nothing() -> None:
     tap = tap_for("openai", *GET)
     assert tap is not None
-    assert isinstance(decide(tap, "p", status_code=404, sse=False, request_body=bytes), Skip)
+    assert isinstance(decide(tap, "p", status_code=404, sse=False, request_json=dict), Skip)
     tap, _ = _read(GET, b'{"object": "list", "data": []}', "application/json")
-    assert isinstance(decide(tap, "p", status_code=200, sse=False, request_body=bytes), Skip)
+    assert isinstance(decide(tap, "p", status_code=200, sse=False, request_json=dict), Skip)
 
 
 def test_only_openai_responses_flows_are_tapped() -> None:
@@ -177,19 +202,22 @@ def test_the_response_says_whether_it_is_in_the_background() -> None:
     cut = _sse(_body("in_progress", background=False), _body("in_progress", background=False))
     tap, _ = _read(POST, cut, "text/event-stream")
     asked = b'{"background": true, "background": false, "stream": true}'
-    assert decide(tap, "openai", status_code=200, sse=True, request_body=lambda: asked) is None
+    assert (
+        decide(tap, "openai", status_code=200, sse=True, request_json=lambda: json.loads(asked))
+        is None
+    )
     again = _sse(
         _body("in_progress", background=False), _body("completed", background=False, usage=USAGE)
     )
     tap, _ = _read(GET, again, "text/event-stream")
-    verdict = decide(tap, "openai", status_code=200, sse=True, request_body=bytes)
+    verdict = decide(tap, "openai", status_code=200, sse=True, request_json=dict)
     assert isinstance(verdict, Skip)
     quiet = [
         {k: v for k, v in _body(status, usage=USAGE).items() if k != "background"}
         for status in ("in_progress", "completed")
     ]
     tap, _ = _read(GET, _sse(*quiet), "text/event-stream")  # a resumed stream that does not say
-    assert decide(tap, "openai", status_code=200, sse=True, request_body=bytes) == KEYED
+    assert decide(tap, "openai", status_code=200, sse=True, request_json=dict) == KEYED
 
 
 READ_AT = 1767225600.0  # 2026-01-01
@@ -232,5 +260,5 @@ def test_a_created_at_that_is_no_plausible_time_keys_the_read_time(created_at: A
     else:
         body["created_at"] = created_at
     tap, _ = _read(GET, json.dumps(body).encode(), "application/json")
-    got = decide(tap, "openai", status_code=200, sse=False, request_body=bytes, now=lambda: READ_AT)
+    got = decide(tap, "openai", status_code=200, sse=False, request_json=dict, now=lambda: READ_AT)
     assert got == Keyed("response:openai:resp_1", None)
