@@ -235,14 +235,18 @@ def balance(grants: Sequence[Grant], at: datetime) -> Decimal:
     return sum((g.remaining for g in grants if g.usable_at(at)), Decimal(0))
 
 
-def apply_credits(con: duckdb.DuckDBPyConnection, invoices: Sequence[Invoice]) -> None:
+def apply_credits(
+    con: duckdb.DuckDBPyConnection, invoices: Sequence[Invoice], *, rebuilding: str | None = None
+) -> None:
     """Apply the customer's prepaid grants, then its credit balance, to each invoice.
 
     Grants first, as Stripe applies credit grants before the customer's balance: a grant
-    may expire, the balance (money owed back to the customer) never does.
+    may expire, the balance (money owed back to the customer) never does. ``rebuilding``:
+    the stored invoice these are built again for (a preview), whose balance is what the
+    invoices before it carried.
     """
     apply_grants(con, invoices)
-    apply_credit_balance(con, invoices)
+    apply_credit_balance(con, invoices, rebuilding=rebuilding)
 
 
 def apply_grants(con: duckdb.DuckDBPyConnection, invoices: Sequence[Invoice]) -> None:
@@ -287,18 +291,25 @@ def apply_grants(con: duckdb.DuckDBPyConnection, invoices: Sequence[Invoice]) ->
 CREDIT_BALANCE = "credit-balance"
 
 
-def carried_balances(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, str], Decimal]:
-    """(customer, currency) -> the credit balance its stored invoices carried forward."""
+def carried_balances(
+    con: duckdb.DuckDBPyConnection, *, before: str | None = None
+) -> dict[tuple[str, str], Decimal]:
+    """(customer, currency) -> the credit balance its stored invoices carried forward
+    (only those numbered before the invoice ``before``, when given: the balance that
+    invoice was built with, not one it made or later invoices took from)."""
     rows = con.execute(
         "SELECT i.customer_key, i.currency, SUM(l.amount) "
         "FROM invoice_lines AS l JOIN invoices AS i ON i.number = l.invoice_number "
-        "WHERE l.kind = 'credit' AND l.rate_card_key = ? GROUP BY ALL",
-        [CREDIT_BALANCE],
+        "WHERE l.kind = 'credit' AND l.rate_card_key = ? AND (?::VARCHAR IS NULL OR "
+        "i.seq < (SELECT seq FROM invoices WHERE number = ?)) GROUP BY ALL",
+        [CREDIT_BALANCE, before, before],
     ).fetchall()
     return {(ck, cur): in_currency(Decimal(total), cur) for ck, cur, total in rows}
 
 
-def apply_credit_balance(con: duckdb.DuckDBPyConnection, invoices: Sequence[Invoice]) -> None:
+def apply_credit_balance(
+    con: duckdb.DuckDBPyConnection, invoices: Sequence[Invoice], *, rebuilding: str | None = None
+) -> None:
     """Carry a negative invoice total to the customer's credit balance; pay later totals
     from it.
 
@@ -313,7 +324,7 @@ def apply_credit_balance(con: duckdb.DuckDBPyConnection, invoices: Sequence[Invo
     """
     if not invoices:
         return
-    balances = carried_balances(con)
+    balances = carried_balances(con, before=rebuilding)
     for inv in invoices:
         key = (inv.customer_key, inv.currency)
         before = balances.get(key, Decimal(0))

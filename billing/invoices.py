@@ -27,6 +27,7 @@ from billing.model import Invoice, InvoiceLine
 from billing.schedule import (
     BillingPeriod,
     ScheduleError,
+    customer_periods,
     invoice_month,
     period_at,
     periods_ended_before,
@@ -74,9 +75,10 @@ def preview_invoice(
     ingested since their last invoice is shown as it would be billed. Nothing is stored.
 
     Its lines are those ``generate`` stores for that period from the same stored state:
-    the customer's closed periods not invoiced yet that end in the same month before it
-    are built first, as ``generate`` builds them in the same run (the earlier one bills
-    this period's in-advance fee, sweeps late usage and takes credits first), and a
+    the customer's earlier periods not invoiced yet (of this month or, not generated yet,
+    of earlier ones) are built first, in order, as the runs that invoice them will build
+    them (the one before bills this period's in-advance fee, sweeps late usage, takes
+    credits and carries a negative total first), and a
     period already invoiced is built again with the in-advance fees its own invoice
     billed counted as not billed yet, as when that invoice was built (before, they were
     taken for fees an earlier invoice had billed, and the preview lacked them).
@@ -89,12 +91,7 @@ def preview_invoice(
     except ScheduleError as e:
         raise BillingError(str(e)) from None
     have = existing_invoices(con)
-    month = calendar_month(invoice_month(bp))
-    run = [
-        p
-        for p in periods_ending_in(catalog, month, [customer])
-        if p.end <= bp.start and p.key not in have
-    ]
+    run = [p for p in customer_periods(catalog, customer, bp.start) if p.key not in have]
     invoices, _ = build_invoices(
         con,
         catalog,
@@ -104,7 +101,7 @@ def preview_invoice(
         rebuilding=have.get(bp.key),
     )
     apply_unit_grants(con, invoices)
-    apply_credits(con, invoices)
+    apply_credits(con, invoices, rebuilding=have.get(bp.key))
     return invoices[-1]
 
 

@@ -593,6 +593,44 @@ def test_preview_of_a_period_whose_predecessor_is_not_invoiced_is_what_generate_
     ]
 
 
+def test_preview_builds_the_uninvoiced_weeks_of_a_month_not_generated_yet(
+    tmp_path: Path,
+) -> None:
+    """The week [03-30, 04-06) ends in April; March's weeks are closed but March is not
+    generated yet. The preview built only the April weeks before it, so this week's own
+    in-advance fee (which March's last week bills) was billed again beside the next one."""
+    s = setup(tmp_path, WEEKLY_FEE)
+    at = utc("2026-04-02T12:00:00")
+    with billing_store(s.db) as con:
+        shown = preview_invoice(con, s.catalog, "delta", at=at, now=at)
+    generate(s, "2026-03", "2026-04-01T00:00:00Z", customer="delta")
+    april = generate(s, "2026-04", "2026-05-01T00:00:00Z", customer="delta")
+    [stored] = [i for i in april.invoices if i.period_start == utc("2026-03-30")]
+    assert preview_lines(shown) == preview_lines(stored)
+    assert shown.total == stored.total == Decimal("10.00")  # the fee of [04-06, 04-13) only
+
+
+def test_preview_of_the_invoice_that_carried_a_balance_does_not_take_it_back(
+    tmp_path: Path,
+) -> None:
+    """The balance an invoiced period is built again with is what the invoices before it
+    carried: the preview of the invoice that carried 19.99 took those 19.99 itself, and
+    that of an invoice before one that used the balance saw it used up."""
+    s = setup(tmp_path, CATALOG.replace("mode: graduated", "mode: volume"))
+    add_events(s.db, Event(utc("2026-01-10"), output=10_000))
+    generate(s, "2026-01", W1.isoformat(), customer="alpha")
+    add_events(s.db, Event(utc("2026-01-11"), output=1, ingested_at=utc("2026-02-03")))
+    generate(s, "2026-02", W2.isoformat(), customer="alpha")  # carries 19.99
+    mar = generate(s, "2026-03", W3.isoformat(), customer="alpha").invoices[0]
+    assert mar.total == Decimal("10.01")  # April's fee less the 19.99
+    with billing_store(s.db) as con:
+        feb = preview_invoice(con, s.catalog, "alpha", at=utc("2026-02-15"), now=W3)
+        again = preview_invoice(con, s.catalog, "alpha", at=utc("2026-03-15"), now=W3)
+    assert [ln.rate_card_key for ln in feb.lines if ln.kind == "credit"] == []
+    assert feb.total == Decimal("30.00")  # its late credit was swept already (documented)
+    assert preview_lines(again) == preview_lines(mar)
+
+
 def test_settle_leaves_the_freshest_batches_to_the_next_invoice(tmp_path: Path) -> None:
     """With several writers (DuckLake) a batch stamped just before the watermark may commit
     just after it; ``settle`` moves the watermark back so such a batch is billed later,
