@@ -46,10 +46,10 @@ def add_include_usage(body: bytes, *, parsed: Any = _PARSE) -> bytes | None:
     options = obj.get("stream_options")
     if isinstance(options, dict) and options.get("include_usage") is True:
         return None
+    if "stream_options" not in obj:
+        return _append_member(body, _MEMBER)
     try:
         members = jsonspan.object_members(body, jsonspan.skip_ws(body, 0))
-        if "stream_options" not in obj:
-            return jsonspan.insert_member(body, members, _MEMBER)
         start, end = members.last_value("stream_options")
         if not isinstance(options, dict):
             return body[:start] + b'{"include_usage":true}' + body[end:]
@@ -60,6 +60,18 @@ def add_include_usage(body: bytes, *, parsed: Any = _PARSE) -> bytes | None:
         return jsonspan.insert_member(body, inner, b'"include_usage":true')
     except ValueError:
         return None
+
+
+def _append_member(body: bytes, member: bytes) -> bytes | None:
+    """``body`` (a JSON object with members, as parsed) with ``member`` added last.
+
+    After a JSON text only whitespace may follow, so the object's closing brace is the
+    last other byte: no scan of the members, whose cost grows with their nesting (a
+    request of millions of brackets would hold the event loop for seconds)."""
+    close = len(body.rstrip(b" \t\r\n")) - 1
+    if close < 0 or body[close : close + 1] != b"}":
+        return None
+    return body[:close] + b"," + member + body[close:]
 
 
 def is_usage_only_chunk(data: str) -> bool:
