@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import re
 
-from addons.metering.jsonspan import skip_ws, value_end
+from addons.metering.jsonspan import STRING_PATTERN, skip_ws, value_end
 
 #: Bytes of a body's end kept to find the usage in (a usage object is a few hundred).
 TAIL_BYTES = 64 * 1024
 #: Member starts tried, newest body bytes last (each try is bounded by the tail's length).
 MAX_TRIES = 256
 _MEMBER_START = re.compile(rb'[{,][ \t\r\n]*"')
-_KEY = re.compile(rb'"(?:[^"\\]|\\.)*"[ \t\r\n]*:', re.DOTALL)
+_KEY = re.compile(STRING_PATTERN + rb"[ \t\r\n]*:", re.DOTALL)
 
 
 class TailWindow:
