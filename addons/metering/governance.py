@@ -306,9 +306,10 @@ class Governance:
         pol = self.policy.by_consumer.get(consumer)
         if pol is None:
             return None
-        # Before the store is read, only a plan that can refuse waits for it: soft and
-        # unlimited limits refuse nothing, whatever the store holds.
-        if not self.ready and pol.can_refuse:
+        # Before the store is read, only a plan that refuses on usage waits for it: soft
+        # and unlimited limits refuse nothing, whatever the store holds, and a plan's
+        # allowed models or an ended subscription do not depend on it.
+        if not self.ready and pol.refuses_on_usage:
             if self.deny_when_blind:
                 return Refusal(
                     "unavailable",

@@ -155,6 +155,12 @@ class CustomerPolicy:
             or any(lim.hard and lim.limit is not None for lim in self.limits)
         )
 
+    @property
+    def refuses_on_usage(self) -> bool:
+        """Whether a call may be refused for what the store holds (a hard limit or a prepaid
+        balance): an allow-list or an ended subscription is decided without it."""
+        return self.prepaid or any(lim.hard and lim.limit is not None for lim in self.limits)
+
     def matching(self, provider: str, model: str) -> Matched:
         found = self._matched.get((provider, model))
         if found is None:

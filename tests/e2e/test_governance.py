@@ -441,6 +441,36 @@ def test_failure_policy_when_the_store_is_unreachable(
     assert "cannot read usage for limits" in proxy.log_text()
 
 
+def test_allowed_models_are_decided_before_the_store_is_read(
+    tmp_path: Path, fake_provider: FakeProvider, start_proxy: ProxyFactory
+) -> None:
+    """A plan of boolean entitlements only: which models it grants does not depend on the
+    store. Before, every call waited for the first read of the store (503 "being read",
+    the walkthrough's first calls after a subscription was added; "cannot be checked"
+    with ``deny`` while the store is down)."""
+    catalog = governed_catalog(
+        tmp_path / "catalog.yaml",
+        fake_provider,
+        ALICE,
+        entitlements=[{"feature": "gpt-out", "type": "boolean"}],
+    )
+    proxy = start_proxy(
+        catalog=catalog,
+        options={
+            "meter_db": "ducklake:postgres:host=127.0.0.1 port=1 dbname=down user=nobody",
+            "meter_governance_failure": "deny",
+        },
+        env={"METERLINE_LAKE_DATA": str(tmp_path / "lake-data")},
+    )
+    fake_provider.reset()
+    with openai_client(proxy, fake_provider, KEYS["alice"]) as client:
+        chat(client, 5)  # granted
+        with pytest.raises(openai.PermissionDeniedError) as err:
+            chat(client, 5, model="o3-mini")
+    assert "does not include model 'o3-mini'" in err.value.message
+    assert len(fake_provider.exchanges) == 1
+
+
 def test_a_stream_that_crosses_the_limit_finishes_and_counts_fully(
     tmp_path: Path, fake_provider: FakeProvider, start_proxy: ProxyFactory
 ) -> None:
