@@ -91,7 +91,7 @@ def preview_invoice(
     except ScheduleError as e:
         raise BillingError(str(e)) from None
     have = existing_invoices(con)
-    run = [p for p in customer_periods(catalog, customer, bp.start) if p.key not in have]
+    run = _uninvoiced_before(catalog, bp, have, now)
     invoices, _ = build_invoices(
         con,
         catalog,
@@ -103,6 +103,31 @@ def preview_invoice(
     apply_unit_grants(con, invoices)
     apply_credits(con, invoices, rebuilding=have.get(bp.key))
     return invoices[-1]
+
+
+def _uninvoiced_before(
+    catalog: Catalog,
+    bp: BillingPeriod,
+    have: dict[tuple[str, datetime, datetime], str],
+    now: datetime,
+) -> list[BillingPeriod]:
+    """The periods of ``bp``'s customer a preview of ``bp`` builds first, in order: those
+    closed by ``now`` that have no invoice, and the one just before ``bp`` (its invoice
+    bills ``bp``'s in-advance fee). The periods between now and a future ``bp`` are not
+    built: a preview of the year 9998 would build a hundred thousand months."""
+    closed = min(bp.start, now)
+    run = [
+        p
+        for p in customer_periods(catalog, bp.customer, closed)
+        if p.end <= closed and p.key not in have
+    ]
+    try:
+        before = period_at(catalog, bp.customer, bp.start - timedelta(microseconds=1))
+    except ScheduleError:
+        return run
+    if before.end == bp.start > closed and before.key not in have:  # not closed: not in run
+        run.append(before)
+    return run
 
 
 # --------------------------------------------------------------------------- generate

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -608,6 +609,24 @@ def test_preview_builds_the_uninvoiced_weeks_of_a_month_not_generated_yet(
     [stored] = [i for i in april.invoices if i.period_start == utc("2026-03-30")]
     assert preview_lines(shown) == preview_lines(stored)
     assert shown.total == stored.total == Decimal("10.00")  # the fee of [04-06, 04-13) only
+
+
+def test_preview_of_a_far_future_period_builds_only_the_period_before_it(
+    tmp_path: Path,
+) -> None:
+    """Every uninvoiced period up to a preview's instant was built first: the year 9998
+    took a minute and a gigabyte (about a hundred thousand months). The periods not closed
+    yet are left out but the one before, whose invoice bills this period's fee."""
+    s = setup(tmp_path)
+    add_events(s.db, *alpha_january())
+    generate(s, "2026-01", W1.isoformat(), customer="alpha")
+    at = utc("9998-06-15")
+    started = time.monotonic()
+    with billing_store(s.db) as con:
+        far = preview_invoice(con, s.catalog, "alpha", at=at, now=W1)
+    assert time.monotonic() - started < 15  # a minute before; well under a second now
+    fees = [(ln.description, ln.amount) for ln in far.lines if ln.kind == "flat"]
+    assert fees == [("Platform fee (9998-07-01 – 9998-08-01)", Decimal("30.00"))]
 
 
 def test_preview_of_the_invoice_that_carried_a_balance_does_not_take_it_back(
