@@ -104,7 +104,7 @@ def test_walkthrough_runs_as_written(
     assert re.search(r"^401$", out, re.MULTILINE)
     # Steps 3 and 7: seven requests reached the fake OpenAI, routed, pinned, key injected.
     chats = [x for x in openai_fake.exchanges if x.path == "/v1/chat/completions"]
-    assert len(openai_fake.exchanges) == len(chats) == 7
+    assert len(openai_fake.exchanges) == len(chats) == 7, out
     for x in chats:
         assert x.headers["authorization"] == f"Bearer {OPENAI_KEY}"
         assert "apikey" not in x.headers
