@@ -61,6 +61,7 @@ from addons.metering.streamopts import UsageChunkDropper
 from addons.metering.writer import SpoolWriter
 from meterline.catalog import Catalog, CatalogError
 from meterline.conninfo import LAKE_PREFIX, locator_problem, shown
+from meterline.entitlements import Refusal
 from meterline.lakeconfig import LakeConfigError, lake_settings
 from meterline.proxycatalog import load_proxy_catalog
 from meterline.store import DEFAULT_CATALOG, DEFAULT_DB, looks_like_duckdb
@@ -435,6 +436,15 @@ class Meter:
             self.rejections.warning("meterline: %s: rejected %s: %s", flow.id, where(st), why)
             errors.respond(flow, st.provider.flavor, "unknown_key", message)
             return
+        budget = st.undecodable_budget()
+        if budget is not None:  # a compression bomb: never forwarded unmetered
+            del self._active[flow.id]
+            refusal = body_too_large(budget)
+            self.rejections.warning(
+                "meterline: %s: refused %s: %s", flow.id, where(st), refusal.message
+            )
+            self._refuse(st, refusal, b"")
+            return
         if st.pinned_model is not None:
             # Pinned before the limits are checked: the check reads the model the call is
             # sent (and billed) as, not the one the client named or left out.
@@ -451,10 +461,7 @@ class Meter:
             )
         if verdict is not None and verdict is not True:  # refused: never forwarded
             del self._active[flow.id]
-            who = (consumer.name if consumer else None, st.identity.fingerprint)
-            provider = (st.provider.name, st.provider.flavor)
-            body = st.request_body()  # decoded, as the check read it
-            self._record(self.governance.refuse(flow, provider, who, verdict, self.proxy_id, body))
+            self._refuse(st, verdict, st.request_body())  # decoded, as the check read it
             return
         req = flow.request
         if st.inject_refused:  # the provider is named (Host, SNI), not the destination
@@ -484,6 +491,15 @@ class Meter:
         if self.durable and st.provider.flavor == "openai" and not st.drop_usage:
             st.ask_plain_stream()
         st.t_request = time.time()
+
+    def _refuse(self, st: FlowMeter, refusal: Refusal, body: bytes) -> None:
+        """Answer ``st``'s call with ``refusal`` (never forwarded) and record it: zero
+        tokens and the refusal's ``reason``; ``body``: decoded, to name the model."""
+        consumer = st.identity.consumer
+        who = (consumer.name if consumer else None, st.identity.fingerprint)
+        provider = (st.provider.name, st.provider.flavor)
+        event = self.governance.refuse(st.flow, provider, who, refusal, self.proxy_id, body)
+        self._record(event)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         st = self._active.get(flow.id)
@@ -555,6 +571,16 @@ class Meter:
         if self.sink.writer is None:
             self._open_spool()
         self.sink.record(event)
+
+
+def body_too_large(budget: int) -> Refusal:
+    """413 for a request body that decodes past ``budget`` bytes (a compression bomb):
+    read as empty, it would pass every limit and be metered as no input."""
+    return Refusal(
+        "too_large",
+        f"Request body decodes to more than {budget} bytes: Meterline cannot meter it.",
+        "body_too_large",
+    )
 
 
 def _unsized(flow: http.HTTPFlow) -> None:

@@ -65,7 +65,7 @@ EVENT_FIELDS: tuple[EventField, ...] = (
         "VARCHAR",
         False,
         "why the proxy refused the call itself (limit:<feature>, credits, not_granted, "
-        "unavailable); NULL for forwarded calls",
+        "unavailable, body_too_large); NULL for forwarded calls",
     ),
     EventField(
         "cache_write_1h_tokens",

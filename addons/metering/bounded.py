@@ -15,6 +15,8 @@ is bounded is what the meter reads of them:
   ratio times the compressed bytes received: :data:`MAX_SSE_RATIO` for SSE (a stream's
   repeated event envelopes compress ~5-20x), :data:`MAX_JSON_RATIO` for a JSON body (base64
   ~1.35x, numbers and text 3-5x); a bomb is 1000x. Past that the flow is estimated.
+  A request body with a ``Content-Encoding`` has the JSON body's budget; past it the
+  call is refused unsent (413): read as empty, it would pass every limit unmetered.
 - :func:`count_tokens`: tiktoken reads at most :data:`MAX_COUNTED_CHARS` characters and
   scales the count up to the full length (about 5 ms of CPU at most).
 - :func:`estimate_request_input`: a request body over :data:`MAX_PARSED_REQUEST` bytes is

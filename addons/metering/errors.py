@@ -12,7 +12,13 @@ from typing import Literal
 from mitmproxy import http
 
 ErrorKind = Literal[
-    "unknown_key", "injection_failed", "limit", "credits", "not_granted", "unavailable"
+    "unknown_key",
+    "injection_failed",
+    "limit",
+    "credits",
+    "not_granted",
+    "unavailable",
+    "too_large",
 ]
 
 _OPENAI = {
@@ -23,6 +29,7 @@ _OPENAI = {
     "credits": ("insufficient_quota", "insufficient_quota"),
     "not_granted": ("invalid_request_error", "model_not_allowed"),
     "unavailable": ("server_error", "governance_unavailable"),
+    "too_large": ("invalid_request_error", "request_too_large"),
 }
 _ANTHROPIC = {
     "unknown_key": "authentication_error",
@@ -31,6 +38,8 @@ _ANTHROPIC = {
     "credits": "rate_limit_error",
     "not_granted": "permission_error",
     "unavailable": "api_error",
+    # Anthropic's own 413: "Request exceeds the maximum allowed number of bytes."
+    "too_large": "request_too_large",
 }
 _GEMINI = {
     "unknown_key": "UNAUTHENTICATED",
@@ -39,6 +48,7 @@ _GEMINI = {
     "credits": "RESOURCE_EXHAUSTED",
     "not_granted": "PERMISSION_DENIED",
     "unavailable": "UNAVAILABLE",
+    "too_large": "INVALID_ARGUMENT",
 }
 
 STATUS: dict[ErrorKind, int] = {
@@ -48,6 +58,7 @@ STATUS: dict[ErrorKind, int] = {
     "credits": 429,
     "not_granted": 403,
     "unavailable": 503,
+    "too_large": 413,
 }
 
 

@@ -69,6 +69,7 @@ class FlowMeter:
         "end",
         "finished",
         "_body",
+        "_over_budget",
         "_json",
         "_streaming",
     )
@@ -111,6 +112,7 @@ class FlowMeter:
         self.finished = False
         """Metered: a flow gets one event, however many ends it is told of."""
         self._body: bytes | None = None
+        self._over_budget: int | None = None
         self._json: Any = _UNPARSED
         self._streaming: bool | None = None
 
@@ -140,21 +142,33 @@ class FlowMeter:
         return self.flow.request.path
 
     def request_body(self) -> bytes:
-        """The request body, decoded with bounded output (a request may be a bomb too)."""
+        """The request body, decoded with bounded output (a request may be a bomb too).
+
+        A body with a ``Content-Encoding`` may decode to :func:`bounded.decode_budget`
+        bytes, the rule a JSON response follows. One that decodes past it reads as empty
+        here, and :meth:`undecodable_budget` says so: ``request`` refuses it unsent (the
+        meter cannot read its model or size: forwarded, it passed limits unmetered)."""
         if self._body is None:
             req = self.flow.request
             raw = req.raw_content or b""
             encoding = raw_header(req.headers, b"content-encoding") or ""
             self._body = raw
             if encoding and raw:
+                budget = bounded.decode_budget(False, len(raw))
                 try:
-                    decoder = IncrementalDecoder(encoding, max_output=bounded.MAX_METERED_BODY)
+                    decoder = IncrementalDecoder(encoding, max_output=budget)
                     self._body = decoder.decode(raw) + decoder.flush()
                 except OutputLimitExceeded:
                     self._body = b""
+                    self._over_budget = budget
                 except ValueError:  # unknown or corrupt content-encoding: as sent
                     pass
         return self._body
+
+    def undecodable_budget(self) -> int | None:
+        """The decode budget the request body went past (a compression bomb), else None."""
+        self.request_body()
+        return self._over_budget
 
     def pin_model(self, model: str) -> None:
         """Send the call as ``model`` (a gateway route's), whatever the body names; a body

@@ -331,7 +331,8 @@ class LoopbackServers:
         return self
 
     async def _start(self) -> None:
-        app = web.Application()
+        # A request body up to 64 MiB, as a provider takes (aiohttp's default is 1 MiB).
+        app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
