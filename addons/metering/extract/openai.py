@@ -35,7 +35,8 @@ per-chunk usage). Responses streams: ``response.completed``, ``response.incomple
 chunk that ends the answer (``choices: []`` or a ``finish_reason``) or on a chunk after
 one that did (OpenRouter's usage chunk, whose choice has ``finish_reason: null``), on a
 final Responses event, or when ``[DONE]`` followed it; otherwise it is ``partial``.
-(vLLM's cumulative usage before the ``finish_reason`` stays partial.)
+(vLLM's cumulative usage before the ``finish_reason`` stays partial; with ``n`` > 1,
+until every choice seen has its ``finish_reason``.)
 """
 
 from __future__ import annotations
@@ -200,16 +201,6 @@ def chunk_text(obj: Any) -> str:
     return "".join(out)
 
 
-def _ends_answer(chunk: dict[str, Any]) -> bool:
-    """A chat chunk that closes the answer: the usage-only ``choices: []`` chunk, or one
-    whose choice has a ``finish_reason`` (Groq's ``x_groq.usage``, Mistral). A usage
-    chunk that comes after such a chunk is final too (:attr:`OpenAIReader._finished`)."""
-    choices = chunk.get("choices")
-    if isinstance(choices, list) and not choices:
-        return True
-    return any(as_dict(c).get("finish_reason") for c in as_list(choices))
-
-
 def _response_event_text(obj: Any) -> str:
     delta = as_dict(obj).get("delta")
     return delta if isinstance(delta, str) else ""
@@ -236,6 +227,9 @@ class OpenAIReader:
         # A chunk that ends the answer was seen: usage after it is the final report
         # (OpenRouter's usage chunk repeats a choice with ``finish_reason: null``).
         self._finished = False
+        # Choice indexes seen, still answering / with their finish_reason (``n`` > 1).
+        self._open_choices: set[int] = set()
+        self._done_choices: set[int] = set()
         self._web_final: int | None = None  # web searches in the final response's output
         self._web_done: set[str] = set()  # ids of web_search_call items done so far
         self._web_unnamed = 0  # such items without an id
@@ -250,11 +244,34 @@ class OpenAIReader:
             self._on_response(as_dict(obj.get("response")) if "response" in obj else obj)
             return
         self._take_ids(obj)
-        ends = _ends_answer(obj)
+        ends = self._ends_answer(obj)
         if self._take_usage(obj):
             self._usage_final = not self._streamed or ends or self._finished
         self._finished = self._finished or ends
         self._text.add_obj(obj)
+
+    def _ends_answer(self, chunk: dict[str, Any]) -> bool:
+        """Whether the chat chunk closes the answer: the usage-only ``choices: []`` chunk,
+        or a ``finish_reason`` (Groq's ``x_groq.usage``, Mistral) that leaves no choice
+        seen in the stream still answering. With ``n`` > 1 each choice finishes on its
+        own chunk while the others stream on (vLLM repeats its cumulative usage on every
+        chunk: the usage on choice 0's finish was taken as final). A usage chunk after the
+        end is final too (:attr:`_finished`), one repeating a finished choice with
+        ``finish_reason: null`` included (OpenRouter's)."""
+        choices = chunk.get("choices")
+        if isinstance(choices, list) and not choices:
+            return True
+        finishes = False
+        for choice in as_list(choices):
+            fields = as_dict(choice)
+            index = as_int(fields.get("index")) or 0
+            if fields.get("finish_reason"):
+                finishes = True
+                self._open_choices.discard(index)
+                self._done_choices.add(index)
+            elif index not in self._done_choices:
+                self._open_choices.add(index)
+        return finishes and not self._open_choices
 
     def _take_ids(self, obj: dict[str, Any]) -> None:
         if isinstance(obj.get("model"), str) and obj["model"]:

@@ -42,6 +42,15 @@ def chunk(content: str | None = None, **extra: object) -> dict:
     }
 
 
+def n2_chunk(
+    index: int, content: str | None, *, output: int | None = None, finish: str | None = None
+) -> dict:
+    """A chunk of a stream with ``n=2``: one choice, with cumulative usage when ``output``."""
+    delta = {} if content is None else {"content": content}
+    usage = {"prompt_tokens": 3, "completion_tokens": output} if output is not None else None
+    return chunk(choices=[{"index": index, "delta": delta, "finish_reason": finish}], usage=usage)
+
+
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [
@@ -491,6 +500,38 @@ def test_cut_stream_keeps_the_id_and_model_seen() -> None:
             ],
             True,
             id="cumulative-usage-before-any-finish-then-cut",
+        ),
+        pytest.param(
+            [
+                n2_chunk(0, "Hi", output=1),
+                n2_chunk(1, "Yo", output=2),
+                n2_chunk(0, None, output=2, finish="stop"),
+                n2_chunk(1, "!", output=3),
+            ],
+            True,
+            id="n2-cumulative-usage-one-choice-finished-then-cut",
+        ),
+        pytest.param(
+            [
+                n2_chunk(0, "Hi", output=1),
+                n2_chunk(1, "Yo", output=2),
+                n2_chunk(0, None, output=2, finish="stop"),
+                n2_chunk(1, "!", output=3),
+                n2_chunk(1, None, output=3, finish="length"),
+            ],
+            False,
+            id="n2-cumulative-usage-every-choice-finished-then-cut",
+        ),
+        pytest.param(
+            [
+                n2_chunk(0, "Hi"),
+                n2_chunk(1, "Yo"),
+                n2_chunk(1, None, finish="stop"),
+                n2_chunk(0, None, finish="stop"),
+                n2_chunk(0, "", output=2),
+            ],
+            False,
+            id="n2-openrouter-usage-after-every-finish-then-cut",
         ),
     ],
 )
