@@ -54,6 +54,18 @@ def metadata(obj: Any) -> dict[str, str]:
     return dict(found.to_dict()) if found else {}
 
 
+def replayed(obj: Any) -> bool:
+    """Stripe answered with the saved answer of an earlier request under the same
+    idempotency key (``Idempotent-Replayed: true``), not with the result of this one:
+    the object it names may have been deleted since."""
+    response = getattr(obj, "last_response", None)
+    headers: Mapping[str, str] = getattr(response, "headers", None) or {}
+    return any(
+        k.lower() == "idempotent-replayed" and v.strip().lower() == "true"
+        for k, v in headers.items()
+    )
+
+
 class StripeFailure(UserError):
     """A Stripe call that failed; ``str()`` is the one-line message for the user.
 
@@ -312,6 +324,10 @@ class StripeGateway:
             ),
         )
 
+    def delete_invoice(self, invoice_id: str) -> None:
+        """Delete a draft (Stripe refuses to delete any other invoice)."""
+        self._call(f"delete invoice {invoice_id}", lambda: self.v1.invoices.delete(invoice_id))
+
     def finalize_invoice(self, invoice_id: str, idempotency_key: str) -> stripe.Invoice:
         return self._call(
             f"finalize invoice {invoice_id}",
@@ -327,6 +343,18 @@ class StripeGateway:
             f"list invoice items of {invoice_id}",
             lambda: self.v1.invoice_items.list({"invoice": invoice_id, "limit": 100}),
         )
+
+    def item_exists(self, item_id: str) -> bool:
+        """Whether the invoice item is still there (a deleted one is 404 ``resource_missing``)."""
+        try:
+            item = self._call(
+                f"retrieve invoice item {item_id}", lambda: self.v1.invoice_items.retrieve(item_id)
+            )
+        except StripeFailure as err:
+            if err.missing:
+                return False
+            raise
+        return not field(item, "deleted")
 
     def pending_items_of(self, customer_id: str) -> list[stripe.InvoiceItem]:
         return self._all(

@@ -56,6 +56,7 @@ from billing.stripe.client import (
     StripeGateway,
     field,
     metadata,
+    replayed,
 )
 from billing.stripe.syncstate import Line, OurInvoice, SyncRow, SyncState
 from meterline.catalog import Catalog, Customer
@@ -519,18 +520,42 @@ class Syncer:
                     f"several Stripe invoices carry {META_INVOICE}={invoice.number}: {ids}; "
                     "void or delete the extras"
                 )
-            found = (
-                mine[0]
-                if mine
-                else self._attempted(
-                    invoice_scope(invoice.number),
-                    lambda n: self.gw.create_invoice(
-                        invoice_params(invoice, customer, cus_id), invoice_idem(invoice.number, n)
-                    ),
-                )
-            )
+            found = mine[0] if mine else self._create_draft(invoice, customer, cus_id)
         self.sync_state.set_invoice(invoice.number, found.id, found.status)
         return found
+
+    def _create_draft(self, invoice: OurInvoice, customer: Customer, cus_id: str) -> Any:
+        """Create the draft, after the listing found none.
+
+        A replayed answer (``Idempotent-Replayed``) is the saved answer of an earlier
+        request under this key whose answer was lost (a killed run): if the draft it
+        names is gone, a user deleted it in Stripe since, so it is built again under a
+        new key in this run. (One that is still there is this run's own: the SDK's
+        retry of a call that got no answer.)
+        """
+
+        def send() -> Any:
+            return self._attempted(
+                invoice_scope(invoice.number),
+                lambda n: self.gw.create_invoice(
+                    invoice_params(invoice, customer, cus_id), invoice_idem(invoice.number, n)
+                ),
+            )
+
+        made = send()
+        if replayed(made) and not self._invoice_exists(made.id):
+            self._forget_deleted_draft(invoice, made.id)
+            made = send()
+        return made
+
+    def _invoice_exists(self, invoice_id: str) -> bool:
+        try:
+            found = self.gw.retrieve_invoice(invoice_id)
+        except StripeFailure as err:
+            if err.missing:
+                return False
+            raise
+        return not field(found, "deleted")
 
     def _forget_deleted_draft(self, invoice: OurInvoice, draft_id: str) -> None:
         """A draft deleted in Stripe (only drafts can be: docs/stripe.md tells users to
@@ -591,13 +616,24 @@ class Syncer:
     def _create_item(
         self, invoice: OurInvoice, line: Line, cus_id: str, stripe_invoice_id: str
     ) -> Any:
+        """The line's item, created after the draft's listing did not show it. A replayed
+        answer naming an item that is gone (deleted from the draft after a run that lost
+        the answer) is created again under a new key, as in :meth:`_create_draft`."""
         params = item_params(invoice, line, cus_id, stripe_invoice_id)
-        return self._attempted(
-            item_scope(invoice.number, line.line_no),
-            lambda n: self.gw.create_item(
-                params, item_idem(invoice.number, line.line_no, n), f"line {line.line_no}"
-            ),
-        )
+
+        def send() -> Any:
+            return self._attempted(
+                item_scope(invoice.number, line.line_no),
+                lambda n: self.gw.create_item(
+                    params, item_idem(invoice.number, line.line_no, n), f"line {line.line_no}"
+                ),
+            )
+
+        made = send()
+        if replayed(made) and not self.gw.item_exists(made.id):
+            self._forget_deleted_item(invoice, line, made.id, stripe_invoice_id)
+            made = send()
+        return made
 
 
 # --------------------------------------------------------------------------- dry run

@@ -351,6 +351,67 @@ def test_an_item_deleted_from_the_draft_is_added_again(
     assert "meterline-item-INV-000001-2~1" in keys  # not the deleted item's key again
 
 
+def test_a_lost_draft_deleted_in_stripe_is_built_again_in_the_same_run(
+    cli: CliFn, fake: FakeStripe, billed: Billed
+) -> None:
+    """The answer to the draft's create was lost (no id stored) and the user deleted the
+    empty draft: the next create re-sent the old key, Stripe replayed the deleted draft,
+    and the sync stored it and failed on its first item (404); only a third run
+    built the invoice."""
+    fake.inject("drop_after", nth=1, method="POST", path=r"^/v1/invoices$")
+    assert cli("sync", "--customer", "acme").exit_code == 1
+    client = client_for(fake)
+    (draft,) = client.v1.invoices.list().data
+    client.v1.invoices.delete(draft.id)
+    again = cli("sync")
+    assert again.exit_code == 0, again.output
+    assert again.output.splitlines()[0] == (
+        f"INV-000001  acme  NOTE: Stripe draft {draft.id} was deleted in Stripe; "
+        "building the invoice again"
+    )
+    assert_stripe_matches_ours(fake, billed)
+    keys = [r.idempotency_key for r in fake.log if r.method == "POST" and r.status == 200]
+    assert keys.count("meterline-invoice-INV-000001") == 2  # made, then replayed
+    assert "meterline-invoice-INV-000001~1" in keys
+
+
+def test_a_lost_item_deleted_in_stripe_is_added_again_in_the_same_run(
+    cli: CliFn, fake: FakeStripe, billed: Billed
+) -> None:
+    """The answer to an item's create was lost and the user deleted that item from the
+    draft: the next run re-sent the old key, stored the replayed (deleted) item as done,
+    and flagged the invoice for good ("totals differ")."""
+    fake.inject("drop_after", nth=1, method="POST", path=r"^/v1/invoiceitems$")
+    assert cli("sync", "--customer", "acme").exit_code == 1
+    client = client_for(fake)
+    (draft,) = client.v1.invoices.list().data
+    (item,) = client.v1.invoice_items.list({"invoice": draft.id}).data
+    line = item.metadata["meterline_line"]
+    client.v1.invoice_items.delete(item.id)
+    again = cli("sync")
+    assert again.exit_code == 0, again.output
+    assert again.output.splitlines()[0] == (
+        f"INV-000001  acme  NOTE: invoice item {item.id} (line {line}) was deleted from "
+        f"Stripe draft {draft.id}; adding it again"
+    )
+    assert_stripe_matches_ours(fake, billed)
+    keys = {r.idempotency_key for r in fake.log if r.method == "POST" and r.status == 200}
+    assert f"meterline-item-INV-000001-{line}~1" in keys
+
+
+def test_a_replay_of_this_runs_own_create_is_kept(
+    cli: CliFn, fake: FakeStripe, billed: Billed
+) -> None:
+    """The SDK's retry of a create that got no answer is replayed too; that object is
+    there, so it is kept and nothing is made twice."""
+    fake.inject("drop_after", nth=1, method="POST", path=r"^/v1/invoices$")
+    fake.inject("drop_after", nth=1, method="POST", path=r"^/v1/invoiceitems$")
+    result = cli("sync", retries=1)
+    assert result.exit_code == 0, result.output
+    assert "NOTE" not in result.output
+    assert_stripe_matches_ours(fake, billed)
+
+
 def test_fake_deletes_items_only_from_drafts(fake: FakeStripe) -> None:
     client = client_for(fake)
     cus = client.v1.customers.create({"name": "x"})
