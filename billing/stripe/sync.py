@@ -508,6 +508,12 @@ class Syncer:
                 return self.ensure_invoice(
                     invoice, customer, cus_id, replace(row, stripe_invoice_id=None)
                 )
+            owner = field(found, "customer")
+            if found.status == "draft" and owner != cus_id:
+                self._abandon_other_customers_draft(invoice, found.id, owner, cus_id)
+                return self.ensure_invoice(
+                    invoice, customer, cus_id, replace(row, stripe_invoice_id=None)
+                )
         else:
             mine = [
                 i
@@ -559,13 +565,38 @@ class Syncer:
 
     def _forget_deleted_draft(self, invoice: OurInvoice, draft_id: str) -> None:
         """A draft deleted in Stripe (only drafts can be: docs/stripe.md tells users to
-        delete a half-built one) is built again. Its keys get new attempt numbers: within
-        24 hours the old ones would replay the deleted invoice and items (and the old
-        finalize key was sent for the deleted draft's path)."""
+        delete a half-built one) is built again, under new keys (the old finalize key,
+        too, was sent for the deleted draft's path)."""
         self.note(
             f"{invoice.number}  {invoice.customer_key}  NOTE: Stripe draft {draft_id} was "
             "deleted in Stripe; building the invoice again"
         )
+        self._start_invoice_again(invoice)
+
+    def _abandon_other_customers_draft(
+        self, invoice: OurInvoice, draft_id: str, owner: str | None, cus_id: str
+    ) -> None:
+        """Our draft belongs to another Stripe customer than the one linked now (the old
+        one was deleted in Stripe and the customer relinked, as the error advises):
+        items cannot go on it, so it is deleted (or, if Stripe refuses, left with a
+        note) and the invoice built again for the linked customer, under new keys."""
+        try:
+            self.gw.delete_invoice(draft_id)
+            done = "deleted it"
+        except StripeFailure as err:
+            if stops_the_run(err):
+                raise
+            done = "deleted it" if err.missing else f"left it ({err}); delete it in Stripe"
+        self.note(
+            f"{invoice.number}  {invoice.customer_key}  NOTE: Stripe draft {draft_id} belongs "
+            f"to customer {owner}, not to the linked customer {cus_id}; {done}, building the "
+            "invoice again"
+        )
+        self._start_invoice_again(invoice)
+
+    def _start_invoice_again(self, invoice: OurInvoice) -> None:
+        """Forget the invoice's draft and items, and give every key of the invoice a new
+        attempt number: within 24 hours the old ones would replay the old objects."""
         self.sync_state.forget_draft(invoice.number)
         for scope in (
             invoice_scope(invoice.number),

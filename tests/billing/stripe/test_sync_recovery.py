@@ -13,6 +13,7 @@ import stripe
 from click.testing import CliRunner, Result
 
 from billing.cli import main as billing_cli
+from billing.store import billing_store
 from billing.stripe.client import StripeFailure, StripeGateway
 from billing.stripe.sync import MAX_IDEMPOTENCY_KEY, customer_key_idem, idem
 from tests.billing.stripe.conftest import CATALOG, Billed, CliFn, client_for, make_billed
@@ -410,6 +411,37 @@ def test_a_replay_of_this_runs_own_create_is_kept(
     assert result.exit_code == 0, result.output
     assert "NOTE" not in result.output
     assert_stripe_matches_ours(fake, billed)
+
+
+def test_a_relinked_customer_gets_its_half_built_draft_built_again(
+    cli: CliFn, fake: FakeStripe, billed: Billed
+) -> None:
+    """A customer deleted in Stripe and relinked as the error advises (its row removed
+    from stripe_customers) kept its half-built draft, which belongs to the deleted
+    customer: every later run failed "The invoice belongs to another customer"."""
+    fake.inject("drop_before", nth=2, method="POST", path=r"^/v1/invoiceitems$")
+    assert cli("sync", "--customer", "acme").exit_code == 1
+    client = client_for(fake)
+    (draft,) = client.v1.invoices.list().data
+    client.v1.customers.delete(draft.customer)
+    assert cli("sync", "--customer", "acme").exit_code == 1
+    with billing_store(billed.db) as con:
+        con.execute("DELETE FROM stripe_customers WHERE customer_key = 'acme'")
+    # linked by hand (within 24 hours a create would replay the deleted customer)
+    relinked = client.v1.customers.create(
+        {"name": "Acme Corp", "metadata": {"meterline_customer": "acme"}}
+    )
+    again = cli("sync")
+    assert again.exit_code == 0, again.output
+    assert again.output.splitlines()[0] == (
+        f"INV-000001  acme  NOTE: Stripe draft {draft.id} belongs to customer "
+        f"{draft.customer}, not to the linked customer {relinked.id}; deleted it, building "
+        "the invoice again"
+    )
+    assert draft.id not in fake.state.invoices
+    assert_stripe_matches_ours(fake, billed)
+    keys = {r.idempotency_key for r in fake.log if r.method == "POST" and r.status == 200}
+    assert "meterline-invoice-INV-000001~1" in keys
 
 
 def test_fake_deletes_items_only_from_drafts(fake: FakeStripe) -> None:
