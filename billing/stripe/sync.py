@@ -360,6 +360,34 @@ class Outcome:
         )
 
 
+def abandoned(stripe_invoice: Any, invoice: OurInvoice) -> bool:
+    """A Stripe invoice of ours that was voided with a total other than ours: someone
+    finalized our half-built draft (we finalize only when the totals match), then voided
+    it. It no longer counts as the invoice's; the sync builds a new one."""
+    return stripe_invoice.status == "void" and stripe_invoice.total != to_minor(
+        invoice.total, invoice.currency
+    )
+
+
+def mismatch_reason(stripe_invoice: Any, ours: str, currency: str) -> str:
+    """Why a Stripe invoice whose total differs from ours is flagged, and what to do.
+
+    The sync finalizes only when the totals match, so a finalized one with another total
+    was finalized in Stripe by someone else (the dashboard) while it was half-built."""
+    theirs = show_minor(stripe_invoice.total, currency)
+    if stripe_invoice.status == "draft":
+        return f"Stripe total {theirs} != our total {ours} on {stripe_invoice.id}"
+    if stripe_invoice.status == "paid":
+        return (
+            f"{stripe_invoice.id} was finalized in Stripe by someone else with total {theirs}, "
+            f"ours {ours}, and is paid: settle the difference in Stripe by hand"
+        )
+    return (
+        f"{stripe_invoice.id} was finalized in Stripe by someone else with total {theirs}, "
+        f"ours {ours}: void it in Stripe and run `billing stripe sync` to issue it again"
+    )
+
+
 # --------------------------------------------------------------------------- the sync
 
 
@@ -425,10 +453,7 @@ class Syncer:
             stripe_invoice = self.gw.retrieve_invoice(stripe_invoice.id)
         shown = show_minor(total, invoice.currency)
         if stripe_invoice.total != total:
-            reason = (
-                f"Stripe total {show_minor(stripe_invoice.total, invoice.currency)} "
-                f"!= our total {shown} on {stripe_invoice.id}"
-            )
+            reason = mismatch_reason(stripe_invoice, shown, invoice.currency)
             self.sync_state.flag(
                 invoice.number, stripe_invoice.total, stripe_invoice.status, reason
             )
@@ -508,6 +533,11 @@ class Syncer:
                 return self.ensure_invoice(
                     invoice, customer, cus_id, replace(row, stripe_invoice_id=None)
                 )
+            if abandoned(found, invoice) and row.state != "finalized":
+                self._forget_voided_invoice(invoice, found)
+                return self.ensure_invoice(
+                    invoice, customer, cus_id, replace(row, stripe_invoice_id=None)
+                )
             owner = field(found, "customer")
             if found.status == "draft" and owner != cus_id:
                 self._abandon_other_customers_draft(invoice, found.id, owner, cus_id)
@@ -518,7 +548,7 @@ class Syncer:
             mine = [
                 i
                 for i in self.gw.invoices_of(cus_id)
-                if metadata(i).get(META_INVOICE) == invoice.number
+                if metadata(i).get(META_INVOICE) == invoice.number and not abandoned(i, invoice)
             ]
             if len(mine) > 1:
                 ids = ", ".join(i.id for i in mine)
@@ -570,6 +600,17 @@ class Syncer:
         self.note(
             f"{invoice.number}  {invoice.customer_key}  NOTE: Stripe draft {draft_id} was "
             "deleted in Stripe; building the invoice again"
+        )
+        self._start_invoice_again(invoice)
+
+    def _forget_voided_invoice(self, invoice: OurInvoice, voided: Any) -> None:
+        """Our half-built draft was finalized in Stripe by someone else, with a total
+        other than ours, and then voided (as the flag's reason advises): the invoice is
+        built again as a new draft, under new keys."""
+        self.note(
+            f"{invoice.number}  {invoice.customer_key}  NOTE: Stripe invoice {voided.id} was "
+            f"finalized by someone else with total {show_minor(voided.total, invoice.currency)}"
+            f" and voided; building the invoice again"
         )
         self._start_invoice_again(invoice)
 

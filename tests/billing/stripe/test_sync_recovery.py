@@ -17,7 +17,7 @@ from billing.store import billing_store
 from billing.stripe.client import StripeFailure, StripeGateway
 from billing.stripe.sync import MAX_IDEMPOTENCY_KEY, customer_key_idem, idem
 from tests.billing.stripe.conftest import CATALOG, Billed, CliFn, client_for, make_billed
-from tests.billing.stripe.test_sync import assert_stripe_matches_ours, sync_rows
+from tests.billing.stripe.test_sync import assert_stripe_matches_ours, our_invoices, sync_rows
 from tests.fakestripe import DEFAULT_API_KEY, FakeStripe
 
 # --------------------------------------------------------------------------- saved 500s
@@ -442,6 +442,49 @@ def test_a_relinked_customer_gets_its_half_built_draft_built_again(
     assert_stripe_matches_ours(fake, billed)
     keys = {r.idempotency_key for r in fake.log if r.method == "POST" and r.status == 200}
     assert "meterline-invoice-INV-000001~1" in keys
+
+
+def test_a_draft_finalized_and_voided_by_someone_else_is_issued_again(
+    cli: CliFn, fake: FakeStripe, billed: Billed
+) -> None:
+    """A half-built draft finalized in Stripe by a user was flagged "not finalized:
+    Stripe total ... != our total" though Stripe showed it open, and after the user
+    voided it, flagged so forever: no run could issue the invoice again."""
+    fake.inject("drop_before", nth=2, method="POST", path=r"^/v1/invoiceitems$")
+    assert cli("sync", "--customer", "acme").exit_code == 1
+    client = client_for(fake)
+    (draft,) = client.v1.invoices.list().data
+    partial = client.v1.invoices.finalize_invoice(draft.id)
+    theirs = f"{partial.total // 100}.{partial.total % 100:02d} USD"
+    flagged = cli("sync", "--customer", "acme")
+    assert flagged.exit_code == 1
+    assert flagged.output.splitlines()[0] == (
+        f"INV-000001  acme  FLAGGED, not finalized: {draft.id} was finalized in Stripe by "
+        f"someone else with total {theirs}, ours 55.42 USD: void it in Stripe and run "
+        "`billing stripe sync` to issue it again"
+    )
+    client.v1.invoices.void_invoice(draft.id)
+    again = cli("sync")
+    assert again.exit_code == 0, again.output
+    assert again.output.splitlines()[0] == (
+        f"INV-000001  acme  NOTE: Stripe invoice {draft.id} was finalized by someone else "
+        f"with total {theirs} and voided; building the invoice again"
+    )
+    ours = our_invoices(billed.db)["INV-000001"]
+    (issued,) = [
+        i
+        for i in client.v1.invoices.list({"limit": 100}).data
+        if i.metadata["meterline_invoice"] == "INV-000001" and i.status == "open"
+    ]
+    assert issued.total == ours["total"]
+    assert {int(li.metadata["meterline_line"]): li.amount for li in issued.lines.data} == {
+        n: a for n, a in ours["lines"].items() if a
+    }
+    assert client.v1.invoices.retrieve(draft.id).status == "void"
+    assert sync_rows(billed.db)["INV-000001"][:3] == ("finalized", "open", issued.id)
+    keys = {r.idempotency_key for r in fake.log if r.method == "POST" and r.status == 200}
+    assert "meterline-invoice-INV-000001~1" in keys
+    assert cli("sync").output.strip() == "nothing to sync: every finalized invoice is in Stripe"
 
 
 def test_fake_deletes_items_only_from_drafts(fake: FakeStripe) -> None:
