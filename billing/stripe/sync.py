@@ -797,7 +797,8 @@ def failed_line(invoice: OurInvoice, err: SyncError) -> str:
 def sync_all(invoices: list[OurInvoice], syncer: Syncer, echo: ProgressFn) -> RunResult:
     """Sync in order. An invoice that is refused, or fails (a deleted Stripe customer, a
     Stripe error for one of its calls), gets one line and the others still go; only a
-    :class:`RunStopped` failure stops the run (the next run resumes there)."""
+    :class:`RunStopped` failure stops the run (the next run resumes there), and its
+    message then names the invoices refused, failed or flagged before it too."""
     result = RunResult([], [], [], [])
     for invoice in invoices:
         try:
@@ -806,8 +807,12 @@ def sync_all(invoices: list[OurInvoice], syncer: Syncer, echo: ProgressFn) -> Ru
             echo(refused_line(invoice, err))
             result.refused.append(invoice.number)
             continue
-        except RunStopped:
-            raise
+        except RunStopped as err:
+            earlier = result.problem()
+            if earlier is None:
+                raise
+            # the command's one error line must still name what went wrong before
+            raise RunStopped(f"{err}; before that: {earlier}") from err
         except SyncError as err:
             echo(failed_line(invoice, err))
             result.failed.append(invoice.number)

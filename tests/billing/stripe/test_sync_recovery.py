@@ -487,6 +487,24 @@ def test_a_draft_finalized_and_voided_by_someone_else_is_issued_again(
     assert cli("sync").output.strip() == "nothing to sync: every finalized invoice is in Stripe"
 
 
+def test_a_run_stopped_by_no_answer_still_names_the_invoices_that_failed_before(
+    cli: CliFn, fake: FakeStripe, billed: Billed
+) -> None:
+    """The final error named only the invoice whose call got no answer: an invoice that
+    had failed earlier in the run was left out of the summary."""
+    fake.inject("error_saved", nth=2, method="POST", path=r"^/v1/invoiceitems$")
+    fake.inject("drop_before", nth=3, method="POST", path=r"^/v1/invoices$")
+    result = cli("sync")
+    assert result.exit_code == 1
+    assert result.output.splitlines()[0].startswith("INV-000001  acme  FAILED: ")
+    error = result.output.splitlines()[-1]
+    assert error.startswith("Error: INV-000003: Stripe create invoice failed: no answer")
+    assert error.endswith(
+        "; run the sync again, it resumes where it stopped; before that: 1 invoice(s) "
+        "failed: INV-000001; the reasons are above"
+    )
+
+
 def test_fake_deletes_items_only_from_drafts(fake: FakeStripe) -> None:
     client = client_for(fake)
     cus = client.v1.customers.create({"name": "x"})
