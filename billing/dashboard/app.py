@@ -77,7 +77,7 @@ def row_limit(text: str | None, default: int) -> int | None:
         return default
     if text == "all":
         return None
-    if not text.isdigit() or int(text) < 1:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:  # not "²": int() refuses it
         raise UsageError(f"rows: {text!r} is not a number of rows such as 200, or all")
     return int(text)
 

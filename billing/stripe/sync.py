@@ -92,6 +92,14 @@ class RunStopped(SyncError):
     refused): the run stops there instead of failing each invoice in turn."""
 
 
+def is_line_number(value: object) -> bool:
+    """Whether an item's ``META_LINE`` metadata is a line number: ASCII digits only
+    (``str.isdigit`` also takes ``²``, which ``int`` refuses; metadata is editable in
+    Stripe's dashboard)."""
+    text = str(value) if value is not None else ""
+    return text.isascii() and text.isdigit()
+
+
 def stops_the_run(err: StripeFailure) -> bool:
     """No answer, or an answer about the key (401 unknown, 403 not allowed), not the invoice."""
     return err.no_answer or err.http_status in (401, 403)
@@ -660,7 +668,7 @@ class Syncer:
             int(meta[META_LINE]): item.id
             for item in self.gw.items_of(stripe_invoice_id)
             if (meta := metadata(item)).get(META_INVOICE) == invoice.number
-            and str(meta.get(META_LINE, "")).isdigit()
+            and is_line_number(meta.get(META_LINE))
         }
         for line in billable_lines(invoice):
             item_id = on_invoice.get(line.line_no)

@@ -230,6 +230,10 @@ def test_customers_list_and_errors(dashboard: Server) -> None:
     assert status == 400 and b"not a fingerprint" in body
     status, body = dashboard.get("/usage.json?from=yesterday")
     assert status == 400 and b"is not a date or time" in body
+    # a superscript two (int() refuses it: was a 500), an Arabic-Indic three: ASCII digits only
+    for rows in ("%C2%B2", "%D9%A3", "0", "-1"):
+        status, body = dashboard.get(f"/unbilled?rows={rows}")
+        assert status == 400 and b"is not a number of rows such as 200, or all" in body, rows
     for query in ("/usage?to=0001-01-02", "/customers/alpha?at=9999-12-31T23:59:59"):
         status, body = dashboard.get(query)  # was a 500 (OverflowError, PeriodRangeError)
         assert status == 400 and b"is out of range (years 1970 to 9998, in UTC)" in body, query

@@ -472,3 +472,15 @@ def test_a_write_waiting_for_the_store_lock_says_so_once_then_goes_on(
     assert sync.returncode == 0, out + err
     assert err == ""  # said once
     assert_stripe_matches_ours(fake, billed)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("3", True), ("12", True), ("²", False), ("٣", False), ("", False), (None, False)],
+)
+def test_an_items_line_number_is_ascii_digits(value: object, expected: bool) -> None:
+    """``str.isdigit`` takes ``²`` (edited into an item's metadata in Stripe), which
+    ``int`` refuses: the sync would have stopped with a traceback."""
+    from billing.stripe.sync import is_line_number
+
+    assert is_line_number(value) is expected
