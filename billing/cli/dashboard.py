@@ -172,13 +172,15 @@ def dashboard_cmd(
       billing dashboard --host 0.0.0.0 --token-file ~/.dashboard-token
     """
     from billing.dashboard.app import Dashboard
-    from billing.dashboard.server import DashboardError, DashboardServer, check_binding
+    from billing.dashboard.server import DashboardError, DashboardServer, check_binding, check_token
 
     if token_file is not None:
         if token is not None:
             raise click.UsageError("give --token (or METERLINE_DASHBOARD_TOKEN) or --token-file")
         token = _read_token(token_file)
     try:
+        if token is not None:
+            check_token(token)
         check_binding(host, token)
     except DashboardError as e:
         raise click.ClickException(str(e)) from None

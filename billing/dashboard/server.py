@@ -101,6 +101,17 @@ def bearer_credentials(header: str) -> str | None:
     return credentials.lstrip(" ") if scheme.lower() == "bearer" and credentials else None
 
 
+def check_token(token: str) -> None:
+    """A token must be printable ASCII: ``http.server`` decodes headers as Latin-1, so
+    ``Authorization: Bearer`` with any other character could never match it (``openssl
+    rand -hex 16`` makes a good one)."""
+    if not (token.isascii() and token.isprintable()):
+        raise DashboardError(
+            "the token must be printable ASCII (a browser or client cannot send other "
+            "characters in a header); make one with: openssl rand -hex 16"
+        )
+
+
 def check_binding(host: str, token: str | None) -> None:
     if not is_loopback(host) and not token:
         raise DashboardError(

@@ -377,6 +377,33 @@ def test_binding_beyond_loopback_needs_a_token(store: Setup) -> None:
     )
 
 
+@pytest.mark.parametrize("how", ["--token", "env", "--token-file"])
+def test_a_token_that_is_not_printable_ascii_is_refused_at_start(
+    store: Setup, tmp_path: Path, how: str
+) -> None:
+    """``http.server`` reads headers as Latin-1: a token such as ``pässwort`` could never
+    match an ``Authorization: Bearer`` header, and the dashboard started anyway."""
+    token = "p\u00e4sswort-\u20ac"
+    file = tmp_path / "token"
+    file.write_text(token + "\n", encoding="utf-8")
+    args, env = {
+        "--token": (["--token", token], None),
+        "env": ([], {"METERLINE_DASHBOARD_TOKEN": token}),
+        "--token-file": (["--token-file", str(file)], None),
+    }[how]
+    with socket.socket() as taken:  # the old code would have served (and never returned)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        result = run(store, "dashboard", "--port", port, *args, env=env)
+    assert (result.exit_code, error(result)) == (
+        1,
+        "Error: the token must be printable ASCII (a browser or client cannot send other "
+        "characters in a header); make one with: openssl rand -hex 16",
+    )
+    assert token not in result.output
+
+
 def test_a_port_in_use_is_said_before_anything_else_is_read(store: Setup, tmp_path: Path) -> None:
     """The port is taken first: it was tried after the catalog, the store's migrations
     (which wait up to 30 s for another process's lock) and the chart bundle's thread had
