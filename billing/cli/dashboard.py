@@ -23,7 +23,6 @@ from billing.dashboard.queries import (
     timeline,
     unbilled,
 )
-from billing.store import billing_store
 
 T = TypeVar("T")
 
@@ -184,8 +183,10 @@ def dashboard_cmd(
         check_binding(host, token)
     except DashboardError as e:
         raise click.ClickException(str(e)) from None
-    # Listen first: a port in use is said at once, before the store (which may wait 30 s
-    # for another process's lock) and the chart bundle's thread (seconds of the GIL)
+    # Bind first: a port in use is said at once, before the store (which may wait 30 s
+    # for another process's lock, saying so after 2 s) and the chart bundle's thread
+    # (seconds of the GIL); listen only once the store is ready: connections are refused
+    # meanwhile, not left unanswered
     app = Dashboard(settings.db, settings.catalog)
     try:
         server = DashboardServer((host, port), app, token=token, verbose=verbose)
@@ -193,8 +194,9 @@ def dashboard_cmd(
         raise click.ClickException(f"cannot listen on {host}:{port}: {e.strerror}") from None
     try:
         settings.load_catalog()  # a broken catalog is reported now, not on the first page
-        with billing_store(settings.db):  # the tables billing reads exist (migrations only)
+        with settings.store():  # the tables billing reads exist (migrations only)
             pass
+        server.listen()
         threading.Thread(target=vega_bundle, daemon=True).start()  # seconds, before a page
         shown = f"[{host}]" if ":" in host else host
         click.echo(f"Serving on http://{shown}:{server.server_address[1]}/ (Ctrl-C to stop)")

@@ -216,6 +216,10 @@ class Handler(BaseHTTPRequestHandler):
 
 
 class DashboardServer(ThreadingHTTPServer):
+    """Bound to its address when made (a port in use is an error at once), but listening
+    only from :meth:`listen`: until then a client's connection is refused, not left
+    unanswered in the backlog while the command waits for the store."""
+
     daemon_threads = True
 
     def __init__(
@@ -226,4 +230,13 @@ class DashboardServer(ThreadingHTTPServer):
         self.verbose = verbose
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
-        super().__init__(address, Handler)
+        super().__init__(address, Handler, bind_and_activate=False)
+        try:
+            self.server_bind()
+        except BaseException:
+            self.server_close()
+            raise
+
+    def listen(self) -> None:
+        """Accept connections (``serve_forever`` then answers them)."""
+        self.server_activate()

@@ -17,7 +17,7 @@ import pytest
 
 from billing.dashboard.server import COOKIE, cookie_value, redact, redact_path
 from tests.billing.events import Setup
-from tests.dashboard.conftest import Server, start_dashboard, stop, variant
+from tests.dashboard.conftest import BILLING, Server, start_dashboard, stop, variant
 from tests.dashboard.seed import CATALOG
 
 TOKEN = "s3cret tok;en"  # a space and a ';': logged encoded, still not logged
@@ -171,3 +171,51 @@ def test_an_internal_error_is_logged_with_its_traceback_without_verbose(
     assert "/customers" not in text  # no access lines without --verbose
     for secret in (TOKEN, quote(TOKEN), "s3cret"):
         assert secret not in text, secret
+
+
+def test_a_dashboard_started_on_a_locked_store_says_it_waits_and_refuses_connections(
+    store: Setup, tmp_path: Path
+) -> None:
+    """Started while another process holds the store's lock, the command sat silent for
+    up to 30 s with its port taking connections it never answered. It says it waits (as
+    every command does, after 2 s), refuses connections until the store is ready, then
+    serves. The holder lets go only once the line is seen: no timing assumed."""
+    s = variant(store, tmp_path, CATALOG)
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import duckdb, sys; c = duckdb.connect(sys.argv[1]); print('held', flush=True); "
+         "sys.stdin.readline()",
+         str(s.db)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdin is not None and holder.stdout is not None
+    assert holder.stdout.readline() == "held\n"
+    with socket.socket() as probe:  # a free port, to try before the command says where
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = subprocess.Popen(
+        [*BILLING, "--db", str(s.db), "--catalog", str(s.catalog_path), "dashboard",
+         "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    server = Server(f"http://127.0.0.1:{port}", command)
+    try:
+        assert command.stderr is not None and command.stdout is not None
+        waiting = command.stderr.readline()  # blocks until the command says it waits
+        assert waiting.startswith(f"waiting for the store: {s.db}: waiting up to 30 s: "), waiting
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=30).close()
+        holder.stdin.write("release\n")
+        holder.stdin.close()
+        holder.wait(30)
+        serving = command.stdout.readline()
+        assert serving == f"Serving on http://127.0.0.1:{port}/ (Ctrl-C to stop)\n", serving
+        assert server.get("/usage.json")[0] == 200
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+        holder.stdout.close()
+        stop(server)
+        if command.stderr is not None:
+            command.stderr.close()
