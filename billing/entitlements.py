@@ -110,8 +110,10 @@ def entitlement_rows(
     policy = build_policy(catalog, now)
     tables = {r[0] for r in con.execute("SHOW TABLES").fetchall()}
     used = policy_usage(con, policy, now, until_at=True) if "usage_events" in tables else {}
-    balances = credit_balances(con, now)
-    units = unit_balances(con, now)
+    # As the store stood at ``now`` (a past instant on the dashboard's ``?at=``): invoices
+    # issued later, the one of the period shown included, must not lower its balance.
+    balances = credit_balances(con, now, as_of=True)
+    units = unit_balances(con, now, as_of=True)
     reserved = reserved or {}
     rows: list[dict[str, Any]] = []
     for pol in policy.by_customer.values():

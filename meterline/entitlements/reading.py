@@ -176,13 +176,22 @@ def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
     return True
 
 
-def credit_balances(con: duckdb.DuckDBPyConnection, at: datetime) -> dict[str, Decimal]:
-    """Per customer: grants not expired at ``at`` minus what invoices consumed of them."""
+def credit_balances(
+    con: duckdb.DuckDBPyConnection, at: datetime, *, as_of: bool = False
+) -> dict[str, Decimal]:
+    """Per customer: grants not expired at ``at`` minus what invoices consumed of them.
+
+    ``as_of``: the balance as it stood at ``at`` (a reading of a past instant): only the
+    grants granted by then, less only what the invoices issued by then consumed. An
+    invoice issued later (the invoice of the period ``at`` falls in, or of an earlier
+    one generated after ``at``) is left out, so generating it does not change the reading;
+    the proxy reads the store as it is (``at`` is now), every grant and invoice."""
     if not _has_table(con, "credit_grants"):
         return {}
-    consumed = _consumed(con)
+    known_at = at if as_of else None
+    consumed = _consumed(con, known_at)
     out: dict[str, Decimal] = defaultdict(Decimal)
-    for grant_id, customer, feature, amount, expires_at in _grant_rows(con):
+    for grant_id, customer, feature, amount, expires_at in _grant_rows(con, known_at):
         if feature is not None or (expires_at is not None and expires_at.replace(tzinfo=UTC) <= at):
             continue
         out[customer] += max(Decimal(0), Decimal(amount) - consumed[grant_id])
@@ -220,39 +229,53 @@ def _has_column(con: duckdb.DuckDBPyConnection, table: str, column: str) -> bool
     return True
 
 
-def _consumed(con: duckdb.DuckDBPyConnection) -> defaultdict[str, Decimal]:
-    """Per grant: what invoices took of it so far (0 for a grant nothing took from)."""
+def _consumed(
+    con: duckdb.DuckDBPyConnection, known_at: datetime | None = None
+) -> defaultdict[str, Decimal]:
+    """Per grant: what invoices took of it so far (0 for a grant nothing took from);
+    ``known_at``: only the invoices issued by then (a consumption is stamped with its
+    invoice's issue time)."""
     consumed: defaultdict[str, Decimal] = defaultdict(Decimal)
+    where = f"WHERE consumed_at <= {_ts(known_at)} " if known_at is not None else ""
     if _has_table(con, "credit_consumptions"):
         for grant_id, amount in con.execute(
-            "SELECT grant_id, SUM(amount) FROM credit_consumptions GROUP BY grant_id"
+            f"SELECT grant_id, SUM(amount) FROM credit_consumptions {where}GROUP BY grant_id"
         ).fetchall():
             consumed[grant_id] = Decimal(amount)
     return consumed
 
 
-def _grant_rows(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str, str | None, Any, Any]]:
-    """(grant id, customer, feature or None, amount, expires at) of every grant."""
+def _grant_rows(
+    con: duckdb.DuckDBPyConnection, known_at: datetime | None = None
+) -> list[tuple[str, str, str | None, Any, Any]]:
+    """(grant id, customer, feature or None, amount, expires at) of every grant;
+    ``known_at``: of the grants granted by then."""
+    where = f" WHERE granted_at <= {_ts(known_at)}" if known_at is not None else ""
     try:
         return con.execute(
             "SELECT grant_id, customer_key, feature_key, amount, expires_at FROM credit_grants"
+            + where
         ).fetchall()
     except duckdb.BinderException:  # a store from before unit grants (0202 not applied)
         return [
             (g, c, None, a, e)
             for g, c, a, e in con.execute(
-                "SELECT grant_id, customer_key, amount, expires_at FROM credit_grants"
+                "SELECT grant_id, customer_key, amount, expires_at FROM credit_grants" + where
             ).fetchall()
         ]
 
 
-def unit_balances(con: duckdb.DuckDBPyConnection, at: datetime) -> dict[tuple[str, str], int]:
-    """Per (customer, feature): unit grants not expired at ``at`` minus what invoices took."""
+def unit_balances(
+    con: duckdb.DuckDBPyConnection, at: datetime, *, as_of: bool = False
+) -> dict[tuple[str, str], int]:
+    """Per (customer, feature): unit grants not expired at ``at`` minus what invoices took;
+    ``as_of`` as in :func:`credit_balances`."""
     if not _has_table(con, "credit_grants"):
         return {}
-    consumed = _consumed(con)
+    known_at = at if as_of else None
+    consumed = _consumed(con, known_at)
     out: dict[tuple[str, str], int] = defaultdict(int)
-    for grant_id, customer, feature, amount, expires_at in _grant_rows(con):
+    for grant_id, customer, feature, amount, expires_at in _grant_rows(con, known_at):
         if feature is None or (expires_at is not None and expires_at.replace(tzinfo=UTC) <= at):
             continue
         out[(customer, feature)] += int(max(Decimal(0), Decimal(amount) - consumed[grant_id]))

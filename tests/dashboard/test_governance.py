@@ -15,8 +15,10 @@ from typing import Any
 import pytest
 
 from billing.dashboard.governance import gauge, gauges_html
+from billing.store import billing_store
+from billing.unitgrants import grant_units
 from tests.billing.cli.runner import run
-from tests.billing.events import Setup
+from tests.billing.events import Setup, utc
 from tests.dashboard.conftest import Server, load, start_dashboard, stop, variant
 from tests.dashboard.seed import CATALOG
 
@@ -31,12 +33,14 @@ GRANTED = 5_000_000
 
 @pytest.fixture(scope="module")
 def governed_store(store: Setup, tmp_path_factory: pytest.TempPathFactory) -> Setup:
-    """The seed with limits on the plan and 5,000,000 claude-all units granted to alpha."""
+    """The seed with limits on the plan and 5,000,000 claude-all units granted to alpha
+    on 2026-01-01, before the instants the pages are read at (``?at=`` reads the store as
+    it stood then: a grant made later does not count)."""
     s = variant(store, tmp_path_factory.mktemp("governed"),
                 CATALOG.replace("\ncustomers:\n", ENTITLEMENTS, 1))  # fmt: skip
-    granted = run(s, "credits", "grant", "--customer", "alpha", "--feature", "claude-all",
-                  "--units", str(GRANTED))  # fmt: skip
-    assert granted.exit_code == 0, granted.output
+    with billing_store(s.db) as con:
+        grant_units(con, s.catalog, "alpha", "claude-all", GRANTED, granted_by="test",
+                    reason="seed", now=utc("2026-01-01"))  # fmt: skip
     return s
 
 

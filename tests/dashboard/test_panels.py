@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ from billing.dashboard.app import Dashboard
 from billing.dashboard.governance import gauges_html
 from meterline.catalog import Catalog, load_catalog
 from tests.billing.events import Setup, utc, write_catalog
-from tests.dashboard.seed import CATALOG, seeded
+from tests.dashboard.seed import CATALOG, EVENTS_SQL, seeded
 
 
 @pytest.fixture(scope="module")
@@ -112,3 +112,48 @@ def test_entitlement_gauges_from_governance(store: Setup, tmp_path: Path) -> Non
     pct = f"{Decimal(gpt['used']) * 100 / 2000000:.1f}"
     assert f'<meter min="0" max="100" value="{pct}"' in body
     assert "<span>unlimited</span>" in body
+
+
+def test_the_prepaid_gauge_at_an_instant_is_the_store_as_it_stood_then(tmp_path: Path) -> None:
+    """``?at=T`` reads the credit as it stood at T: the grants granted by T less what the
+    invoices issued by T consumed, and the period's cost up to T. It took every stored
+    invoice, so once January was invoiced its gauge at January 20 counted January's
+    spend twice (the invoice's consumption and the cost so far): 27.28 used of 373.13
+    where it had been 27.28 of 500.00. The live reading is the proxy's balance."""
+    from billing.credits import grant_credits
+    from billing.entitlements import entitlement_rows
+    from billing.store import billing_store
+    from meterline.entitlements import credit_balances
+    from tests.billing.cli.runner import run
+
+    catalog_path = write_catalog(
+        tmp_path,
+        CATALOG.replace("    name: Pro\n    currency: USD\n",
+                        "    name: Pro\n    currency: USD\n    prepaid: true\n", 1),
+    )  # fmt: skip
+    s = Setup(tmp_path / "meterline.duckdb", catalog_path)
+    with billing_store(s.db, create=True) as con:  # the seed's events, no invoice yet
+        con.execute(EVENTS_SQL)
+        grant_credits(con, s.catalog, "alpha", Decimal("500.00"), granted_by="test",
+                      reason="prepaid", now=utc("2026-01-01"))  # fmt: skip
+    later = run(s, "credits", "grant", "--customer", "alpha", "--amount", "100.00")
+    assert later.exit_code == 0, later.output  # granted now: after every instant below
+    app = Dashboard(str(s.db), str(catalog_path))
+
+    def gauge(at: str) -> tuple[Any, Any, Any]:
+        page = json.loads(app.handle("/customers/alpha.json", {"at": at}).body)
+        rows = page["panels"]["entitlements"]
+        credit = next(r for r in rows if r["type"] == "credit")
+        return credit["limit"], credit["used"], credit["remaining"]
+
+    jan20, feb10 = gauge("2026-01-20"), gauge("2026-02-10")
+    assert jan20 == ("500.00", "27.28", "472.72")
+    assert feb10[0] == "500.00"  # January not invoiced by then: the grant still whole
+    invoiced = run(s, "invoice", "generate", "--period", "2026-01", "--customer", "alpha")
+    assert invoiced.exit_code == 0, invoiced.output
+    assert (gauge("2026-01-20"), gauge("2026-02-10")) == (jan20, feb10)  # issued after both
+    with billing_store(s.db) as con:
+        live = entitlement_rows(con, s.catalog, customer="alpha")
+        balance = credit_balances(con, datetime.now(UTC))["alpha"]
+    credit = next(r for r in live if r["type"] == "credit")
+    assert credit["limit"] == balance < Decimal("600.00")  # January's invoice took from it
