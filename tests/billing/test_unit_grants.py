@@ -118,12 +118,20 @@ def test_preview_shows_unit_grants_without_consuming_them(tmp_path: Path) -> Non
             con, catalog, "acme", at=datetime(2026, 10, 31, tzinfo=UTC), now=GENERATED_AT
         )
         left = sum(g.remaining for g in list_unit_grants(con, "acme"))
+    # September, not invoiced, is built first (as the runs in order will): its fee takes
+    # the 1.00 of money; October's usage takes units.
     assert [ln.amount for ln in inv.lines if ln.kind == "credit"] == [
         Decimal("-3.09"),
         Decimal("-0.33"),
-        Decimal("-1.00"),
     ]
     assert left == 200_000 + 1_000_000 + 100_000 + 50_000 + 33_333
+    with billing_store(billed.db) as con:
+        generate_invoices(con, catalog, "2026-09", now=GENERATED_AT)
+        october = generate_invoices(con, catalog, "2026-10", now=GENERATED_AT).invoices
+    [stored] = [i for i in october if i.customer_key == "acme"]
+    assert [(ln.kind, ln.amount) for ln in inv.lines] == [
+        (ln.kind, ln.amount) for ln in stored.lines
+    ]
 
 
 def test_unit_credit_lines_go_to_stripe_as_negative_items(tmp_path: Path) -> None:
