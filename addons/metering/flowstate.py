@@ -354,7 +354,11 @@ def buffer_whole(st: FlowMeter, headers: dict[str, str]) -> bool:
     the client byte for byte.
     """
     length = headers.get("content-length")
-    if length is None or not length.isdigit() or int(length) > MAX_BUFFERED_BODY:
+    if (
+        length is None
+        or not (length.isascii() and length.isdigit())
+        or int(length) > MAX_BUFFERED_BODY
+    ):
         return False
     return not st.streaming_requested() and "event-stream" not in headers.get("content-type", "")
 

@@ -92,7 +92,7 @@ def parse_host_pattern(pattern: str) -> tuple[str, int | None, bool]:
         host, port_text = text, ""
     port: int | None = None
     if port_text:
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
             raise ValueError(f"{pattern!r}: port must be a number from 1 to 65535")
         port = int(port_text)
     wildcard = host.startswith("*.")

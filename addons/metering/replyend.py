@@ -42,7 +42,7 @@ class EndWatch:
     def __init__(
         self, content_length: str | None, *, stream_of: str | None = None, encoding: str = ""
     ) -> None:
-        known = content_length is not None and content_length.isdigit()
+        known = content_length is not None and content_length.isascii() and content_length.isdigit()
         # "0" promises no body at all: no data chunk can complete it.
         self.remaining = int(content_length) or None if known and content_length else None
         self.last_event = LAST_EVENTS.get(stream_of) if stream_of else None

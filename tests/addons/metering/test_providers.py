@@ -133,6 +133,12 @@ def test_bad_host_pattern(pattern: str) -> None:
         parse_host_pattern(pattern)
 
 
+def test_a_port_of_digits_int_does_not_read_says_what_a_port_must_be() -> None:
+    """``"²".isdigit()`` is true and ``int("²")`` raises its own, unhelpful message."""
+    with pytest.raises(ValueError, match="port must be a number from 1 to 65535"):
+        parse_host_pattern("host:\u00b2")
+
+
 @pytest.mark.parametrize(
     "host,canonical",
     [
