@@ -206,15 +206,20 @@ class Counters:
         self, pol: CustomerPolicy, at: datetime, *, with_reserved: bool
     ) -> tuple[Fraction, dict[datetime, Fraction]]:
         """The cost bound of the current period, and of each earlier period not invoiced
-        yet (by its start)."""
+        yet (by its start).
+
+        ``with_reserved``: the calls in flight count in the current period, every one of
+        the customer's feature (:meth:`admitting`): made under an earlier period or
+        account (a new subscription, a cadence edit), they settle into this one, never
+        into the period they were admitted in."""
         current = Fraction(0)
         earlier: dict[datetime, Fraction] = {}
         for cc in pol.cost_cards:
             key = cc.account.current(at)[1]
-            current += cc.bound.cost(self.committed(key) if with_reserved else self.used(key))
+            current += cc.bound.cost(self.admitting(key) if with_reserved else self.used(key))
             for old in self._by_account.get(key[:4], ()):
                 if old[4] < key[4]:
-                    cost = cc.bound.cost(self.committed(old) if with_reserved else self.used(old))
+                    cost = cc.bound.cost(self.used(old))
                     earlier[old[4]] = earlier.get(old[4], Fraction(0)) + cost
         return current, earlier
 

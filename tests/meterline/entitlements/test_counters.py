@@ -279,6 +279,28 @@ def test_calls_in_flight_when_an_entitlement_period_is_edited_count_against_the_
     assert isinstance(c.admit(daily, "openai", "gpt-4o", 0, 10, NOW), Reservation)
 
 
+def test_prepaid_calls_in_flight_under_an_earlier_account_count_against_the_new_one() -> None:
+    """1.00 USD of credit at 1.00 per 100 tokens; two calls of 45 (0.90) in flight when the
+    plan's cadence is edited from a month to a day (a new account). They settle into the
+    new one, so it admits one more call, not three (before: the credit check counted only
+    its own account's holds: 2.25 admitted against 1.00, as a hard limit did not)."""
+    cards = [
+        {"key": "o", "name": "o", "feature": "out",
+         "price": {"type": "unit", "amount": "1.00", "per": 100}}
+    ]  # fmt: skip
+    monthly = policy_of(catalog(prepaid=True, rate_cards=cards))
+    daily = policy_of(catalog(prepaid=True, rate_cards=cards, billing_cadence="P1D"))
+    old_key = monthly.cost_cards[0].account.current(NOW)[1]
+    new_key = daily.cost_cards[0].account.current(NOW)[1]
+    assert old_key[:4] != new_key[:4]
+    c = Counters()
+    c.apply(Snapshot({old_key: 0, new_key: 0}, set(), {"acme": Decimal("1.00")}, NOW))
+    held = [c.admit(monthly, "openai", "gpt-4o", 0, 45, NOW) for _ in range(2)]
+    assert all(isinstance(r, Reservation) for r in held)
+    after = [c.admit(daily, "openai", "gpt-4o", 0, 45, NOW) for _ in range(5)]
+    assert [isinstance(r, Reservation) for r in after] == [True] + [False] * 4
+
+
 def test_a_call_with_two_accounts_of_a_feature_is_held_once() -> None:
     """A daily limit and a monthly one on the same feature: a call settles once, so it is
     held once (not once per account) against each."""
