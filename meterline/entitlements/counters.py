@@ -39,8 +39,10 @@ A counter whose window the store was never read for (an override that starts mid
 a reload that changes a period, a new subscription) is *unread*: its stored usage is
 unknown, so a hard limit or prepaid plan on it refuses with ``unavailable`` (503, retry)
 until a snapshot covers it, unless the store cannot be read and the failure policy is
-``allow`` (:attr:`Counters.unread_as_zero`). A period that begins after the snapshot of
-an account it covered is known: the store held nothing of it then.
+``allow`` (:attr:`Counters.unread_as_zero`). A period that begins after the snapshot is
+known, of any account (a subscription that starts later included): the store held
+nothing of it then (before, a new subscription's first period was unread until the next
+read: 503 for its first calls).
 
 Only the event loop calls :class:`Counters` methods; a refresh thread builds a
 :class:`Snapshot` and hands it over with :meth:`Counters.apply` on the loop.
@@ -168,8 +170,6 @@ class Counters:
     unread_as_zero: bool = False
     """Count unread counters from zero (the store is unreachable, failure policy ``allow``)."""
     _balances: dict[str, Fraction] = field(default_factory=dict)
-    _covered: set[tuple[str, str, str, datetime]] = field(default_factory=set)
-    """Accounts (a counter key without its period start) the last snapshot read."""
     _by_account: dict[tuple[str, str, str, datetime], list[Key]] = field(default_factory=dict)
     """The counters of each account in the last snapshot: current and earlier periods."""
 
@@ -200,7 +200,7 @@ class Counters:
         at = self.snapshot_at
         if key in self.stored or self.unread_as_zero or at is None:
             return False  # before any snapshot, the owner decides (the failure policy)
-        return not (key[4] >= at and key[:4] in self._covered)
+        return key[4] < at  # a period that began after the read: the store had none of it
 
     def _costs(
         self, pol: CustomerPolicy, at: datetime, *, with_reserved: bool
@@ -453,7 +453,6 @@ class Counters:
         for key in snap.stored:
             by_account.setdefault(key[:4], []).append(key)
         self._by_account = by_account
-        self._covered = set(by_account)
         self.balances = snap.balances
         self.unit_balances = snap.unit_balances
         self._balances = {k: Fraction(v) for k, v in snap.balances.items()}

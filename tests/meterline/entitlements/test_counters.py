@@ -263,6 +263,43 @@ def test_calls_in_flight_at_a_plan_switch_count_against_the_new_subscription() -
     assert isinstance(c.admit(new_pol, "openai", "gpt-4o", 0, 100, after), Refusal)
 
 
+def test_a_subscription_starting_after_the_last_read_is_known_at_once() -> None:
+    """The store was read before the new subscription started: its first period began
+    after that read, so the store held none of it. Before, it was unread (503 "being
+    read") until the next read, only because the read had not listed its account."""
+    switch = datetime(2026, 3, 10, 12, tzinfo=UTC)
+    ent = [{"feature": "out", "limit": 5000}]
+    cat = Catalog.model_validate(
+        {
+            **catalog().model_dump(mode="json", exclude_none=True),
+            "plans": [{"key": "p", "name": "P", "currency": "USD", "entitlements": ent}],
+            "customers": [
+                {
+                    "key": "acme",
+                    "name": "ACME",
+                    "currency": "USD",
+                    "consumers": ["bot"],
+                    "subscriptions": [
+                        {"plan": "p", "start": "2026-01-31T00:00:00Z", "end": switch.isoformat()},
+                        {"plan": "p", "start": switch.isoformat()},
+                    ],
+                },
+            ],  # fmt: skip
+        }
+    )
+    before, after = switch - timedelta(seconds=2), switch + timedelta(seconds=1)
+    old_key = policy_of(cat, before).limits[0].account.current(before)[1]
+    c = Counters()
+    c.apply(Snapshot({old_key: 0}, set(), {}, before))
+    assert isinstance(
+        c.admit(policy_of(cat, after), "openai", "gpt-4o", 0, 100, after), Reservation
+    )
+    # A period that began before the read, of an account it did not list, is unread.
+    c.apply(Snapshot({}, set(), {}, after))
+    refused = c.admit(policy_of(cat, after), "openai", "gpt-4o", 0, 100, after)
+    assert isinstance(refused, Refusal) and refused.reason == "unavailable"
+
+
 def test_calls_in_flight_when_an_entitlement_period_is_edited_count_against_the_new_one() -> None:
     """The limit's period changes from a month to a day (a reload): the new daily account
     holds the calls still in flight under the monthly one."""
