@@ -210,14 +210,14 @@ def test_calls_in_flight_across_a_period_boundary_count_against_the_new_period()
     assert isinstance(c.admit(pol, "openai", "gpt-4o", 0, 200, after), Refusal)
 
 
-def test_calls_in_flight_at_a_plan_switch_count_against_the_new_subscription() -> None:
-    """A hard limit of 5,000; 45 calls of 100 are in flight when the customer switches
-    plans (a new subscription: a new account, anchored at its start). They settle into the
-    new subscription's period, so it admits only what they leave (before, they were held
-    under the old account only: 50 more were admitted, 9,500 used against 5,000)."""
-    switch = datetime(2026, 3, 10, 12, tzinfo=UTC)
+SWITCH = datetime(2026, 3, 10, 12, tzinfo=UTC)
+
+
+def plan_switch_catalog() -> Catalog:
+    """Acme on plan p until :data:`SWITCH`, then on plan q (a new subscription: another
+    account, anchored at its start); both cap ``out`` at 5,000."""
     ent = [{"feature": "out", "limit": 5000}]
-    cat = Catalog.model_validate(
+    return Catalog.model_validate(
         {
             **catalog().model_dump(mode="json", exclude_none=True),
             "plans": [
@@ -231,13 +231,22 @@ def test_calls_in_flight_at_a_plan_switch_count_against_the_new_subscription() -
                     "currency": "USD",
                     "consumers": ["bot"],
                     "subscriptions": [
-                        {"plan": "p", "start": "2026-01-31T00:00:00Z", "end": switch.isoformat()},
-                        {"plan": "q", "start": switch.isoformat()},
+                        {"plan": "p", "start": "2026-01-31T00:00:00Z", "end": SWITCH.isoformat()},
+                        {"plan": "q", "start": SWITCH.isoformat()},
                     ],
                 },
             ],  # fmt: skip
         }
     )
+
+
+def test_calls_in_flight_at_a_plan_switch_count_against_the_new_subscription() -> None:
+    """A hard limit of 5,000; 45 calls of 100 are in flight when the customer switches
+    plans (a new subscription: a new account, anchored at its start). They settle into the
+    new subscription's period, so it admits only what they leave (before, they were held
+    under the old account only: 50 more were admitted, 9,500 used against 5,000)."""
+    switch = SWITCH
+    cat = plan_switch_catalog()
     before, after = switch - timedelta(seconds=2), switch + timedelta(seconds=1)
     old_pol, new_pol = policy_of(cat, before), policy_of(cat, after)
     assert old_pol.plan == "p" and new_pol.plan == "q"
@@ -267,26 +276,8 @@ def test_a_subscription_starting_after_the_last_read_is_known_at_once() -> None:
     """The store was read before the new subscription started: its first period began
     after that read, so the store held none of it. Before, it was unread (503 "being
     read") until the next read, only because the read had not listed its account."""
-    switch = datetime(2026, 3, 10, 12, tzinfo=UTC)
-    ent = [{"feature": "out", "limit": 5000}]
-    cat = Catalog.model_validate(
-        {
-            **catalog().model_dump(mode="json", exclude_none=True),
-            "plans": [{"key": "p", "name": "P", "currency": "USD", "entitlements": ent}],
-            "customers": [
-                {
-                    "key": "acme",
-                    "name": "ACME",
-                    "currency": "USD",
-                    "consumers": ["bot"],
-                    "subscriptions": [
-                        {"plan": "p", "start": "2026-01-31T00:00:00Z", "end": switch.isoformat()},
-                        {"plan": "p", "start": switch.isoformat()},
-                    ],
-                },
-            ],  # fmt: skip
-        }
-    )
+    switch = SWITCH
+    cat = plan_switch_catalog()
     before, after = switch - timedelta(seconds=2), switch + timedelta(seconds=1)
     old_key = policy_of(cat, before).limits[0].account.current(before)[1]
     c = Counters()
