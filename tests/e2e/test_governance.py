@@ -295,12 +295,9 @@ def billing(proxy: MeterProxy, catalog: Path, *args: str) -> str:
     return result.output
 
 
-def test_prepaid_plan_blocks_at_zero_balance_until_credits_are_granted(
-    tmp_path: Path, fake_provider: FakeProvider, start_proxy: ProxyFactory
-) -> None:
-    """1.00 USD per 100 output tokens, 1.00 USD of credit: 40 + 40 + 40 (the call that
-    uses the balance up is the last one allowed), refused, then a grant lets calls in."""
-    catalog = governed_catalog(
+def prepaid_catalog(tmp_path: Path, fake_provider: FakeProvider) -> Path:
+    """Alice's customer on a prepaid plan: 1.00 USD per 100 output tokens of gpt-4o."""
+    return governed_catalog(
         tmp_path / "catalog.yaml",
         fake_provider,
         ALICE,
@@ -315,6 +312,14 @@ def test_prepaid_plan_blocks_at_zero_balance_until_credits_are_granted(
             }
         ],
     )
+
+
+def test_prepaid_plan_blocks_at_zero_balance_until_credits_are_granted(
+    tmp_path: Path, fake_provider: FakeProvider, start_proxy: ProxyFactory
+) -> None:
+    """1.00 USD per 100 output tokens, 1.00 USD of credit: 40 + 40 + 40 (the call that
+    uses the balance up is the last one allowed), refused, then a grant lets calls in."""
+    catalog = prepaid_catalog(tmp_path, fake_provider)
     proxy = start_proxy(catalog=catalog, options={"meter_governance_refresh": "0.2"})
     with openai_client(proxy, fake_provider, KEYS["alice"]) as client:
         with pytest.raises(openai.RateLimitError) as err:  # no credit at all yet
@@ -355,21 +360,7 @@ def test_prepaid_credit_held_by_a_call_in_flight_is_a_retry_not_used_up(
     reserving 100 tokens holds the whole credit. The next call was refused as "used up",
     with the reserved 1.00 as the "period cost so far" and ``x-should-retry: false``; it
     is a retry now, as at a hard limit, and used and held are told apart."""
-    catalog = governed_catalog(
-        tmp_path / "catalog.yaml",
-        fake_provider,
-        ALICE,
-        entitlements=[{"feature": "gpt-out", "limit": "unlimited"}],
-        prepaid=True,
-        rate_cards=[
-            {
-                "key": "out",
-                "name": "GPT output",
-                "feature": "gpt-out",
-                "price": {"type": "unit", "amount": "1.00", "per": 100},
-            }
-        ],
-    )
+    catalog = prepaid_catalog(tmp_path, fake_provider)
     proxy = start_proxy(catalog=catalog, options={"meter_governance_refresh": "0.2"})
     billing(proxy, catalog, "credits", "grant", "--customer", "acme", "--amount", "1.00")
     with openai_client(proxy, fake_provider, KEYS["alice"]) as client:
