@@ -162,6 +162,23 @@ def test_record_mode_bills_the_key_the_provider_uses(
     assert [k for k in [*KEYS.values(), UNKNOWN_KEY] if k in log] == []
 
 
+def post_chat(
+    proxy: MeterProxy, upstream: FakeProvider, body: bytes, **headers: str
+) -> httpx2.Response:
+    """``body`` to the fake OpenAI's chat completions as alice, through ``proxy``."""
+    upstream.reset()
+    with httpx2.Client(proxy=proxy.url, timeout=30) as client:
+        return client.post(
+            upstream.base_url("openai") + "/v1/chat/completions",
+            content=body,
+            headers={
+                "authorization": f"Bearer {KEYS['alice']}",
+                "content-type": "application/json",
+                **headers,
+            },
+        )
+
+
 @pytest.mark.parametrize(
     "body,sent",
     [
@@ -196,16 +213,7 @@ def test_record_mode_bills_the_key_the_provider_uses(
 def test_include_usage_rewrite_changes_only_what_it_means_to(
     meter_proxy: MeterProxy, fake_provider: FakeProvider, body: bytes, sent: bytes
 ) -> None:
-    fake_provider.reset()
-    with httpx2.Client(proxy=meter_proxy.url, timeout=30) as client:
-        r = client.post(
-            fake_provider.base_url("openai") + "/v1/chat/completions",
-            content=body,
-            headers={
-                "authorization": f"Bearer {KEYS['alice']}",
-                "content-type": "application/json",
-            },
-        )
+    r = post_chat(meter_proxy, fake_provider, body)
     assert r.status_code == 200
     ex = fake_provider.last()
     assert ex.body == sent
@@ -223,17 +231,9 @@ def test_include_usage_is_added_to_a_content_encoded_request_body(
     decoded to see ``"stream": true``, the option added, and encoded again the same way
     (before, such a body was never read: no usage, the call estimated)."""
     body = b'{"model":"gpt-4o","messages":[{"role":"user","content":"\\ud800"}],"stream":true}'
-    fake_provider.reset()
-    with httpx2.Client(proxy=meter_proxy.url, timeout=30) as client:
-        r = client.post(
-            fake_provider.base_url("openai") + "/v1/chat/completions",
-            content=encode_body(encoding, body),
-            headers={
-                "authorization": f"Bearer {KEYS['alice']}",
-                "content-type": "application/json",
-                "content-encoding": encoding,
-            },
-        )
+    r = post_chat(
+        meter_proxy, fake_provider, encode_body(encoding, body), **{"content-encoding": encoding}
+    )
     assert r.status_code == 200
     ex = fake_provider.last()
     # The fake (aiohttp) decodes a request body as its Content-Encoding says: the body
@@ -262,16 +262,7 @@ def test_a_stream_true_the_provider_does_not_read_is_no_stream(
     meter_proxy: MeterProxy, fake_provider: FakeProvider, body: bytes
 ) -> None:
     """Only the top-level ``stream`` member the provider's JSON parser keeps counts."""
-    fake_provider.reset()
-    with httpx2.Client(proxy=meter_proxy.url, timeout=30) as client:
-        r = client.post(
-            fake_provider.base_url("openai") + "/v1/chat/completions",
-            content=body,
-            headers={
-                "authorization": f"Bearer {KEYS['alice']}",
-                "content-type": "application/json",
-            },
-        )
+    r = post_chat(meter_proxy, fake_provider, body)
     assert r.status_code == 200
     ex = fake_provider.last()
     assert not ex.streamed and ex.body == body
