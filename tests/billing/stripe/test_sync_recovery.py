@@ -20,6 +20,16 @@ from tests.billing.stripe.conftest import CATALOG, Billed, CliFn, client_for, ma
 from tests.billing.stripe.test_sync import assert_stripe_matches_ours, our_invoices, sync_rows
 from tests.fakestripe import DEFAULT_API_KEY, FakeStripe
 
+
+def assert_draft_built_again(result: Result, draft_id: str) -> None:
+    """The sync succeeded, and said first that it built INV-000001's deleted draft again."""
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0] == (
+        f"INV-000001  acme  NOTE: Stripe draft {draft_id} was deleted in Stripe; "
+        "building the invoice again"
+    )
+
+
 # --------------------------------------------------------------------------- saved 500s
 
 
@@ -317,11 +327,7 @@ def test_a_flagged_draft_deleted_in_stripe_is_built_again(
     assert sync_rows(billed.db)["INV-000001"][0] == "flagged"
     client.v1.invoices.delete(draft.id)
     again = cli("sync")
-    assert again.exit_code == 0, again.output
-    assert again.output.splitlines()[0] == (
-        f"INV-000001  acme  NOTE: Stripe draft {draft.id} was deleted in Stripe; "
-        "building the invoice again"
-    )
+    assert_draft_built_again(again, draft.id)
     assert_stripe_matches_ours(fake, billed)
     assert sync_rows(billed.db)["INV-000001"][5] is None  # the flag's reason is gone
     keys = {r.idempotency_key for r in fake.log if r.status == 200}
@@ -365,11 +371,7 @@ def test_a_lost_draft_deleted_in_stripe_is_built_again_in_the_same_run(
     (draft,) = client.v1.invoices.list().data
     client.v1.invoices.delete(draft.id)
     again = cli("sync")
-    assert again.exit_code == 0, again.output
-    assert again.output.splitlines()[0] == (
-        f"INV-000001  acme  NOTE: Stripe draft {draft.id} was deleted in Stripe; "
-        "building the invoice again"
-    )
+    assert_draft_built_again(again, draft.id)
     assert_stripe_matches_ours(fake, billed)
     keys = [r.idempotency_key for r in fake.log if r.method == "POST" and r.status == 200]
     assert keys.count("meterline-invoice-INV-000001") == 2  # made, then replayed
