@@ -31,15 +31,23 @@ class _Step(Protocol):
     def flush(self) -> bytes: ...
 
 
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
 class _Gzip:
-    """gzip, including several concatenated members (RFC 1952 allows it)."""
+    """gzip, including several concatenated members (RFC 1952 allows it).
+
+    Bytes after a member that cannot start another one are ignored, as gzip(1) does
+    ("trailing garbage ignored") and lenient servers do: refusing the whole body would
+    leave the meter blind to a request a provider may well read (its model, its limit)."""
 
     def __init__(self) -> None:
         self._d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self._ended = False
 
     def decode(self, chunk: bytes, limit: int) -> bytes:
         out = []
-        while chunk and limit > 0:
+        while chunk and limit > 0 and not self._ended:
             try:
                 piece = self._d.decompress(chunk, limit)
             except zlib.error as exc:
@@ -49,11 +57,14 @@ class _Gzip:
             if not self._d.eof:
                 break
             chunk = self._d.unused_data
+            if chunk and not _GZIP_MAGIC.startswith(chunk[:2]):
+                self._ended = True  # trailing garbage: the body ends with the last member
+                break
             self._d = zlib.decompressobj(16 + zlib.MAX_WBITS)
         return b"".join(out)
 
     def flush(self) -> bytes:
-        return self._d.flush()
+        return b"" if self._ended else self._d.flush()
 
 
 class _Deflate:
