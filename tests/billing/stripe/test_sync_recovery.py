@@ -21,10 +21,15 @@ from tests.billing.stripe.test_sync import assert_stripe_matches_ours, our_invoi
 from tests.fakestripe import DEFAULT_API_KEY, FakeStripe
 
 
+def first_line(result: Result, exit_code: int = 0) -> str:
+    """The first line the sync printed, once it exited with ``exit_code``."""
+    assert result.exit_code == exit_code, result.output
+    return result.output.splitlines()[0]
+
+
 def assert_draft_built_again(result: Result, draft_id: str) -> None:
     """The sync succeeded, and said first that it built INV-000001's deleted draft again."""
-    assert result.exit_code == 0, result.output
-    assert result.output.splitlines()[0] == (
+    assert first_line(result) == (
         f"INV-000001  acme  NOTE: Stripe draft {draft_id} was deleted in Stripe; "
         "building the invoice again"
     )
@@ -348,8 +353,7 @@ def test_an_item_deleted_from_the_draft_is_added_again(
     gone = items[2]
     client.v1.invoice_items.delete(gone)
     again = cli("sync")
-    assert again.exit_code == 0, again.output
-    assert again.output.splitlines()[0] == (
+    assert first_line(again) == (
         f"INV-000001  acme  NOTE: invoice item {gone} (line 2) was deleted from Stripe draft "
         f"{draft.id}; adding it again"
     )
@@ -392,8 +396,7 @@ def test_a_lost_item_deleted_in_stripe_is_added_again_in_the_same_run(
     line = item.metadata["meterline_line"]
     client.v1.invoice_items.delete(item.id)
     again = cli("sync")
-    assert again.exit_code == 0, again.output
-    assert again.output.splitlines()[0] == (
+    assert first_line(again) == (
         f"INV-000001  acme  NOTE: invoice item {item.id} (line {line}) was deleted from "
         f"Stripe draft {draft.id}; adding it again"
     )
@@ -434,8 +437,7 @@ def test_a_relinked_customer_gets_its_half_built_draft_built_again(
         {"name": "Acme Corp", "metadata": {"meterline_customer": "acme"}}
     )
     again = cli("sync")
-    assert again.exit_code == 0, again.output
-    assert again.output.splitlines()[0] == (
+    assert first_line(again) == (
         f"INV-000001  acme  NOTE: Stripe draft {draft.id} belongs to customer "
         f"{draft.customer}, not to the linked customer {relinked.id}; deleted it, building "
         "the invoice again"
@@ -459,16 +461,14 @@ def test_a_draft_finalized_and_voided_by_someone_else_is_issued_again(
     partial = client.v1.invoices.finalize_invoice(draft.id)
     theirs = f"{partial.total // 100}.{partial.total % 100:02d} USD"
     flagged = cli("sync", "--customer", "acme")
-    assert flagged.exit_code == 1
-    assert flagged.output.splitlines()[0] == (
+    assert first_line(flagged, 1) == (
         f"INV-000001  acme  FLAGGED, not finalized: {draft.id} was finalized in Stripe by "
         f"someone else with total {theirs}, ours 55.42 USD: void it in Stripe and run "
         "`billing stripe sync` to issue it again"
     )
     client.v1.invoices.void_invoice(draft.id)
     again = cli("sync")
-    assert again.exit_code == 0, again.output
-    assert again.output.splitlines()[0] == (
+    assert first_line(again) == (
         f"INV-000001  acme  NOTE: Stripe invoice {draft.id} was finalized by someone else "
         f"with total {theirs} and voided; building the invoice again"
     )
@@ -497,8 +497,7 @@ def test_a_run_stopped_by_no_answer_still_names_the_invoices_that_failed_before(
     fake.inject("error_saved", nth=2, method="POST", path=r"^/v1/invoiceitems$")
     fake.inject("drop_before", nth=3, method="POST", path=r"^/v1/invoices$")
     result = cli("sync")
-    assert result.exit_code == 1
-    assert result.output.splitlines()[0].startswith("INV-000001  acme  FAILED: ")
+    assert first_line(result, 1).startswith("INV-000001  acme  FAILED: ")
     error = result.output.splitlines()[-1]
     assert error.startswith("Error: INV-000003: Stripe create invoice failed: no answer")
     assert error.endswith(
