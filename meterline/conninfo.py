@@ -75,6 +75,8 @@ def locator_problem(locator: str) -> str | None:
     database itself, which holds no store; ``ducklake:`` without the ``postgres:``
     metadata type made a local DuckLake catalog file named after the connection string,
     password included."""
+    if locator[: len(LAKE_PREFIX)].lower() == LAKE_PREFIX and not locator.startswith(LAKE_PREFIX):
+        return _prefix_case_problem(locator)
     if locator.startswith(LAKE_PREFIX):
         rest = locator.removeprefix(LAKE_PREFIX)
         if rest.startswith(POSTGRES_TYPE) or not is_conninfo(rest):
@@ -92,6 +94,19 @@ def locator_problem(locator: str) -> str | None:
         f"{shown(locator)}: a PostgreSQL connection string, not a DuckDB file (a lake on "
         f"PostgreSQL is given as {_as_lake(conninfo)})"
     )
+
+
+def _prefix_case_problem(locator: str) -> str:
+    """``DuckLake:...``: the store code knows a lake by ``ducklake:`` as written, so any
+    other spelling was opened as a DuckDB file named after it (a password included)."""
+    rest = locator[len(LAKE_PREFIX) :]
+    if rest[: len(POSTGRES_TYPE)].lower() == POSTGRES_TYPE:
+        meant = _as_lake(rest[len(POSTGRES_TYPE) :])
+    elif is_conninfo(rest):
+        meant = _as_lake(rest)
+    else:
+        meant = shown(LAKE_PREFIX + rest)
+    return f"{shown(locator)}: write {LAKE_PREFIX} in lower case (the store is given as {meant})"
 
 
 def _as_lake(conninfo: str) -> str:

@@ -15,6 +15,11 @@ MISGIVEN = [
     ("dbname=m host=db PASSWORD='s3 cr3t'", "ducklake:postgres:dbname=m host=db PASSWORD=***"),
     ("ducklake:dbname=m password=s3cr3t", "ducklake:postgres:dbname=m password=***"),
     ("ducklake:postgresql://u:s3cr3t@db/m", "ducklake:postgres:postgresql://u:***@db/m"),
+    # the lake prefix in another case: opened as a file named after it
+    ("DuckLake:postgres:dbname=m password=s3cr3t", "ducklake:postgres:dbname=m password=***"),
+    ("DUCKLAKE:Postgres:dbname=m password=s3cr3t", "ducklake:postgres:dbname=m password=***"),
+    ("Ducklake:dbname=m password=s3cr3t", "ducklake:postgres:dbname=m password=***"),
+    ("DuckLake:metadata.ducklake", "ducklake:metadata.ducklake"),
 ]  # fmt: skip
 
 
