@@ -210,6 +210,9 @@ class Meter:
             self.flush_interval = _parse_interval(ctx.options.meter_flush_interval)
         if "meter_db" in updated:
             _check_db(ctx.options.meter_db)
+        if "meter_spool" in updated and not ctx.options.meter_spool.strip():
+            # else the working directory became the spool (its lock and state files there)
+            raise exceptions.OptionsError("meter_spool: empty (give the spool's directory)")
         if self._streams_requests() and self._checks_before_sending(self.catalog):
             raise exceptions.OptionsError(STREAMED_REQUESTS)
         # Read per flow: plain attributes, not ctx.options (which type-checks and copies).

@@ -36,10 +36,12 @@ from tests.support.proxy import MeterProxy
         # before: accepted, then every flush failed ("not a valid DuckDB database file")
         ({"meter_db": "notes.txt"}, "meter_db: notes.txt is not a DuckDB database file"),
         ({"meter_db": "fifo"}, "meter_db: fifo is not a regular file"),  # before: hung at start
+        # before: the working directory became the spool
+        ({"meter_spool": " "}, "meter_spool: empty (give the spool's directory)"),
     ],
     ids=["catalog", "db", "interval", "policy", "streamed-requests", "bool", "misspelt",
          "empty-db", "db-directory", "infinite-interval", "failure-policy", "tiny-refresh",
-         "db-not-duckdb", "db-fifo"],
+         "db-not-duckdb", "db-fifo", "empty-spool"],
 )  # fmt: skip
 def test_a_bad_option_at_start_is_one_line(
     tmp_path: Path, mitm_confdir: Path, test_catalog: Path, options: dict[str, str], line: str
