@@ -216,10 +216,9 @@ def generate_invoices(
     # invoice. Any later go on the next invoice as late usage, and a period with no later
     # one (a subscription that ended) has no next invoice to carry them.
     closed_by = now - 2 * settle
-    due = [bp for bp in closing if bp.end <= closed_by]
-    pending = [bp for bp in closing if bp.end > closed_by]
     for attempt in range(1, _STORE_ATTEMPTS + 1):
         have = existing_invoices(con)
+        due, pending = _due_and_pending(closing, have, closed_by)
         todo = [bp for bp in due if bp.key not in have]
         if require_usage and todo and not _has_events(con):
             raise NoUsage(
@@ -254,6 +253,20 @@ def generate_invoices(
     ended = [bp.end for bp in pending if bp.end <= now]
     settled_after = max(ended) + 2 * settle if ended else None
     return Generated(invoices, [d.number or "" for d in drafts], pending, missed, settled_after)
+
+
+def _due_and_pending(
+    closing: list[BillingPeriod],
+    have: dict[tuple[str, datetime, datetime], str],
+    closed_by: datetime,
+) -> tuple[list[BillingPeriod], list[BillingPeriod]]:
+    """``closing`` split into the periods a run returns (closed by ``closed_by``, or
+    already invoiced) and those still pending. A stored invoice is returned whatever
+    ``closed_by``: a run with a larger settle than the one that created it must show it
+    as existing, not call its period "not closed yet"."""
+    due = [bp for bp in closing if bp.end <= closed_by or bp.key in have]
+    pending = [bp for bp in closing if bp.end > closed_by and bp.key not in have]
+    return due, pending
 
 
 def _has_events(con: duckdb.DuckDBPyConnection) -> bool:

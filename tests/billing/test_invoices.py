@@ -696,6 +696,25 @@ def test_a_period_that_ended_less_than_settle_ago_waits(tmp_path: Path) -> None:
     assert amounts(jan)["usage:gpt-out:01-01"] == Decimal("115.00")  # 13000 tokens (12000: 110.00)
 
 
+def test_a_rerun_with_a_larger_settle_returns_the_stored_invoice_not_a_pending_period(
+    tmp_path: Path,
+) -> None:
+    """A month generated again returns its stored invoices, whatever ``settle``: before,
+    a rerun whose ``now - 2 * settle`` fell before an invoiced period's end called that
+    period "not closed yet" (pending, "run again after ...") and left its invoice out."""
+    s = setup(tmp_path)
+    add_events(s.db, *alpha_january())
+    now = utc("2026-02-01T00:10:00")
+    with billing_store(s.db) as con:
+        first = generate_invoices(con, s.catalog, "2026-01", customer="alpha", now=now)
+        again = generate_invoices(
+            con, s.catalog, "2026-01", customer="alpha", now=now, settle=timedelta(days=366)
+        )
+    assert first.created == ["INV-000001"]
+    assert [i.number for i in again.invoices] == ["INV-000001"] and again.created == []
+    assert again.pending == [] and again.settled_after is None
+
+
 def test_a_run_that_stored_meanwhile_is_not_invoiced_again(tmp_path: Path) -> None:
     """Two ``invoice generate`` at once on a lake: the second built its drafts before the
     first stored the same period. It must not store a second invoice for it (on a lake no
