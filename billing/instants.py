@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-EARLIEST_YEAR, LATEST_YEAR = 1970, 9998
-"""Metering began after 1970, and periods and offsets around a time must stay inside
-Python's datetime range (years 1 to 9999)."""
+from meterline.utc import EARLIEST_YEAR, LATEST_YEAR, OUT_OF_RANGE
 
-OUT_OF_RANGE = f"is out of range (years {EARLIEST_YEAR} to {LATEST_YEAR}, in UTC)"
+__all__ = ["OUT_OF_RANGE", "in_utc"]
 
 
 def in_utc(parsed: datetime) -> datetime | None:

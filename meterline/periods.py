@@ -24,7 +24,7 @@ from fractions import Fraction
 from dateutil.relativedelta import relativedelta
 
 from meterline.catalog import ISO_DURATION_RE
-from meterline.utc import as_utc
+from meterline.utc import EARLIEST_YEAR, LATEST_YEAR, OUT_OF_RANGE, as_utc
 
 # Gregorian averages in whole seconds, only to guess the period index before checking it.
 _AVG_YEAR_S = 31_556_952
@@ -160,10 +160,9 @@ def proration(full: Period, part_start: datetime, part_end: datetime) -> Fractio
 def calendar_month(yyyy_mm: str) -> Period:
     """``"2026-03"`` -> ``[2026-03-01T00:00Z, 2026-04-01T00:00Z)``."""
     m = _MONTH_RE.fullmatch(yyyy_mm) if isinstance(yyyy_mm, str) else None
-    if m is None or not 1 <= int(m.group(2)) <= 12 or int(m.group(1)) < 1:
+    if m is None or not 1 <= int(m.group(2)) <= 12:
         raise ValueError(f"period {yyyy_mm!r}: expected a month as YYYY-MM, e.g. 2026-03")
+    if not EARLIEST_YEAR <= int(m.group(1)) <= LATEST_YEAR:  # 0001-01 was invoiced as 1-01
+        raise ValueError(f"period {yyyy_mm!r} {OUT_OF_RANGE}")
     start = datetime(int(m.group(1)), int(m.group(2)), 1, tzinfo=UTC)
-    try:
-        return Period(start, start + relativedelta(months=1))
-    except (OverflowError, ValueError):
-        raise ValueError(f"period {yyyy_mm!r}: out of range") from None
+    return Period(start, start + relativedelta(months=1))

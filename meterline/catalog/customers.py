@@ -13,7 +13,7 @@ from pydantic import (
 
 from meterline.catalog.base import KEY_RE, CurrencyCode, Money, _Model
 from meterline.catalog.products import EntitlementOverride
-from meterline.utc import as_utc
+from meterline.utc import as_utc_in_range
 
 
 class Subscription(_Model):
@@ -25,7 +25,7 @@ class Subscription(_Model):
     @field_validator("start", "end")
     @classmethod
     def _in_utc(cls, value: datetime | None) -> datetime | None:
-        return None if value is None else as_utc(value)
+        return None if value is None else as_utc_in_range(value)
 
     @model_validator(mode="after")
     def _ordered(self) -> Subscription:

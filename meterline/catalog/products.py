@@ -23,7 +23,7 @@ from meterline.catalog.base import (
     _iso_duration,
     _Model,
 )
-from meterline.utc import as_utc
+from meterline.utc import as_utc_in_range
 
 
 class FeatureMeter(_Model):
@@ -165,7 +165,7 @@ class EntitlementOverride(_Model):
     @field_validator("start")
     @classmethod
     def _in_utc(cls, value: datetime | None) -> datetime | None:
-        return None if value is None else as_utc(value)
+        return None if value is None else as_utc_in_range(value)
 
 
 class RateCard(_Model):

@@ -175,6 +175,47 @@ customers:
     assert len(ok.customers[0].subscriptions) == 2
 
 
+@pytest.mark.parametrize(
+    ("entry", "line"),
+    [
+        (
+            'subscriptions: [{plan: p, start: "0001-01-01T00:00:00Z"}]',
+            "cat.yaml: customers[0].subscriptions[0].start: time 0001-01-01T00:00:00+00:00 "
+            "is out of range (years 1970 to 9998, in UTC)",
+        ),
+        (
+            'subscriptions: [{plan: p, start: "2026-01-01T00:00:00Z",'
+            ' end: "9999-01-01T00:00:00Z"}]',
+            "cat.yaml: customers[0].subscriptions[0].end: time 9999-01-01T00:00:00+00:00 "
+            "is out of range (years 1970 to 9998, in UTC)",
+        ),
+        (
+            'subscriptions: [{plan: p, start: "1970-01-01T00:30:00+01:00"}]',
+            "cat.yaml: customers[0].subscriptions[0].start: time 1970-01-01T00:30:00+01:00 "
+            "is out of range (years 1970 to 9998, in UTC)",
+        ),
+        (
+            'subscriptions: [{plan: p, start: "0001-01-01T00:00:00+01:00"}]',
+            "cat.yaml: customers[0].subscriptions[0].start: time 0001-01-01T00:00:00+01:00 "
+            "is out of range (years 1970 to 9998, in UTC)",
+        ),
+        (
+            'entitlements: [{feature: f-in, limit: 5, start: "0026-01-01T00:00:00Z"}]',
+            "cat.yaml: customers[0].entitlements[0].start: time 0026-01-01T00:00:00+00:00 "
+            "is out of range (years 1970 to 9998, in UTC)",
+        ),
+    ],
+    ids=["start-year-1", "end-year-9999", "start-1969-in-utc", "start-overflows", "entitlement"],
+)
+def test_catalog_times_outside_1970_to_9998_are_refused(entry: str, line: str) -> None:
+    """A start of ``0001-01-01`` (a typo for 2026) passed: ``invoice generate`` then
+    listed 24,000 months never invoiced and finalized an invoice dated ``1-01-01``."""
+    text = BASE + f"customers:\n  - {{key: c, name: C, currency: USD, {entry}}}\n"
+    with pytest.raises(CatalogError) as err:
+        parse_catalog(text, "cat.yaml")
+    assert str(err.value) == line
+
+
 def test_missing_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(CatalogError) as err:
         load_catalog(tmp_path / "nope.yaml")

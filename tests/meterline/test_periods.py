@@ -139,7 +139,19 @@ def test_calendar_month(text: str, period: Period) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["2026-13", "2026-00", "2026-3", "26-03", "2026-03-01", "March", "0000-01", "9999-12"]
+    "text",
+    [
+        "2026-13",
+        "2026-00",
+        "2026-3",
+        "26-03",
+        "2026-03-01",
+        "March",
+        "0000-01",
+        "9999-12",
+        "0001-01",
+        "1969-12",
+    ],
 )
 def test_calendar_month_rejects(text: str) -> None:
     with pytest.raises(ValueError, match="YYYY-MM|out of range"):

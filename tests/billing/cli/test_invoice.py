@@ -418,6 +418,10 @@ def test_numbers_past_what_can_be_used_are_refused(
         (["invoice", "preview", "--at", "9999-12-31"], "'9999-12-31' is out of range"),
         (["statement", "--customer", "acme", "--period", "２０２６-１１"], "expected a month"),
         (["invoice", "generate", "--period", "2026-11\n"], "expected a month"),
+        (
+            ["invoice", "generate", "--period", "0001-01"],
+            "period '0001-01' is out of range (years 1970 to 9998, in UTC)",
+        ),
     ],
     ids=[
         "year-1-with-offset",
@@ -426,13 +430,15 @@ def test_numbers_past_what_can_be_used_are_refused(
         "year-9999",
         "full-width-digits",
         "trailing-newline",
+        "month-in-year-1",
     ],
 )
 def test_times_out_of_range_and_odd_digits_are_one_line(
     tmp_path: Path, args: list[str], line: str
 ) -> None:
     """Before: OverflowError tracebacks for years 1 and 9999; a month in full-width
-    digits or with a trailing newline was taken (then a traceback, or an invoice run)."""
+    digits or with a trailing newline was taken (then a traceback, or an invoice run),
+    and so was ``0001-01`` (an invoice dated ``1-01-01`` was finalized)."""
     catalog = tmp_path / "catalog.yaml"
     catalog.write_text((Path(__file__).parents[3] / "catalog.yaml").read_text())
     result = CliRunner().invoke(
