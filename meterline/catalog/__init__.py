@@ -16,6 +16,7 @@ the problem.
 - :mod:`~meterline.catalog.customers`: customers, subscriptions, alerts, seller
 - :mod:`~meterline.catalog.root`: :class:`Catalog` and its cross references
 - :mod:`~meterline.catalog.loading`: YAML file -> :class:`Catalog`, readable errors
+- :mod:`~meterline.catalog.uniquekeys`: the YAML loaders, refusing a key written twice
 
 Every name is re-exported here: import from ``meterline.catalog``.
 """

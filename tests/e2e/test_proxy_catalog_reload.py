@@ -111,3 +111,26 @@ def test_a_reload_that_needs_request_checks_is_refused_with_streamed_requests(
     big = [{"role": "user", "content": "x" * 4096}]
     made.openai(KEYS["alice"]).chat.completions.create(model="gpt-4o", messages=big)
     assert fake_provider.last().headers["authorization"] == f"Bearer {KEYS['alice']}"
+
+
+def test_a_reload_with_a_key_written_twice_is_refused(
+    clients: Clients, start_proxy: ProxyFactory, fake_provider: FakeProvider, tmp_path: Path
+) -> None:
+    """A second ``consumers:`` section silently replaced the first (the last key won): the
+    reload was taken and alice's calls were no longer hers."""
+    providers = fake_provider.catalog_providers()
+    catalog = write_catalog(tmp_path / "catalog.yaml", providers, {"alice": [KEYS["alice"]]})
+    proxy = start_proxy(catalog=catalog)
+    made = clients.for_proxy(proxy)
+
+    mark = proxy.log_mark()
+    with catalog.open("a") as f:
+        f.write("consumers: [{name: erin}]\n")
+    proxy.wait_for_log(
+        r"catalog \S+ not reloaded, keeping the one in use: \S+: line \d+: "
+        r"duplicate key 'consumers' \(first at line \d+\)",
+        since=mark,
+    )
+    made.openai(KEYS["alice"]).chat.completions.create(model="gpt-4o", messages=MESSAGES)
+    [row] = proxy.wait_for_events([fake_provider.last().request_id])
+    assert row["consumer"] == "alice"

@@ -162,6 +162,30 @@ MALFORMED = [
         ["{path}: line 3, column 3: invalid YAML: expected the node content, but found '-'"],
     ),
     ("not a mapping", "- a\n- b\n", ["{path}: (top level): expected a mapping, got list"]),
+    (
+        "a key written twice (the last one silently won: billed at 0.001, checked OK)",
+        """
+        version: 1
+        features: [{key: f, name: F, meter: {provider: openai}}]
+        plans:
+          - key: p
+            name: P
+            currency: USD
+            rate_cards:
+              - key: t
+                name: T
+                feature: f
+                price:
+                  type: unit
+                  amount: "1"
+                  amount: "0.001"
+        features: [{key: g, name: G, meter: {provider: openai}}]
+        """,
+        [
+            "{path}: line 14: duplicate key 'amount' (first at line 13)",
+            "{path}: line 15: duplicate key 'features' (first at line 2)",
+        ],
+    ),
 ]
 
 
