@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from decimal import Decimal
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from iso4217 import Currency
 from pydantic import (
@@ -12,7 +13,9 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    GetCoreSchemaHandler,
 )
+from pydantic_core import CoreSchema
 
 TokenType = Literal[
     "input",
@@ -59,6 +62,33 @@ def _iso_currency(value: str) -> str:
 CurrencyCode = Annotated[str, AfterValidator(_iso_currency)]
 """An ISO 4217 code such as ``USD``; unknown codes and codes without a minor unit
 (``XAU``, ``XXX``) are refused, so ``invoice preview`` never meets one."""
+
+
+@dataclass(frozen=True)
+class Accepts:
+    """On a union type (``Annotated[int | Literal["unlimited"], Accepts(...)]``): a wrong
+    value is one error, ``Input should be <what>``, at the field's own path.
+
+    Left alone, pydantic reports one error per member of the union, each under its internal
+    name (``limit.constrained-int: ...`` and ``limit.literal['unlimited']: ...``): two
+    lines for one problem, naming no field a catalog has. Every plain union in the
+    catalog carries this (``tests/meterline/test_catalog_unions.py`` holds them to it).
+    """
+
+    what: str
+    """What the field takes, e.g. ``an integer >= 0 or "unlimited"``."""
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> CoreSchema:
+        schema = handler(source)
+        if schema["type"] != "union":
+            raise TypeError(f"Accepts is for union types, not {source!r}")
+        return {
+            **schema,
+            "custom_error_type": "union_accepts",
+            "custom_error_message": f"Input should be {self.what}",
+        }
 
 
 class CatalogError(ValueError):

@@ -17,6 +17,7 @@ from meterline.catalog.base import (
     CALL_TYPES,
     KEY_RE,
     TOKEN_ONLY_TYPES,
+    Accepts,
     CurrencyCode,
     Money,
     TokenType,
@@ -24,6 +25,11 @@ from meterline.catalog.base import (
     _Model,
 )
 from meterline.utc import as_utc_in_range
+
+Limit = Annotated[
+    Annotated[int, Field(ge=0)] | Literal["unlimited"], Accepts('an integer >= 0 or "unlimited"')
+]
+"""An entitlement's units per usage period, or no limit."""
 
 
 class FeatureMeter(_Model):
@@ -126,7 +132,7 @@ class Entitlement(_Model):
 
     feature: str
     type: Literal["metered", "boolean"] = "metered"
-    limit: Annotated[int, Field(ge=0)] | Literal["unlimited"] | None = None
+    limit: Limit | None = None
     """Units per usage period, or ``unlimited``; required for ``metered``."""
     enforcement: Literal["hard", "soft"] = "hard"
     period: str | None = None
@@ -158,7 +164,7 @@ class EntitlementOverride(_Model):
     """A customer's own limit for a feature, superseding the plan's from ``start`` on."""
 
     feature: str
-    limit: Annotated[int, Field(ge=0)] | Literal["unlimited"]
+    limit: Limit
     enforcement: Literal["hard", "soft"] | None = None
     start: datetime | None = None
 

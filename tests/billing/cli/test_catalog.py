@@ -163,6 +163,16 @@ MALFORMED = [
     ),
     ("not a mapping", "- a\n- b\n", ["{path}: (top level): expected a mapping, got list"]),
     (
+        "a union-typed field (was a line per member: limit.constrained-int, limit.literal[...])",
+        """
+        version: 1
+        features: [{key: f, name: F, meter: {provider: openai}}]
+        plans:
+          - {key: p, name: P, currency: USD, entitlements: [{feature: f, limit: lots}]}
+        """,
+        ['{path}: plans[0].entitlements[0].limit: Input should be an integer >= 0 or "unlimited"'],
+    ),
+    (
         "a key written twice (the last one silently won: billed at 0.001, checked OK)",
         """
         version: 1

@@ -68,7 +68,7 @@ def test_customers_with_nothing_to_enforce_are_not_governed() -> None:
     [
         ("{feature: out, type: metered}", "a metered entitlement needs a limit"),
         ("{feature: out, type: boolean, limit: 5}", "a boolean entitlement has no limit"),
-        ("{feature: out, limit: -1}", "greater than or equal to 0"),
+        ("{feature: out, limit: -1}", 'Input should be an integer >= 0 or "unlimited"'),
         ("{feature: out, limit: 5, period: P0}", "is not an ISO-8601 duration"),
         ("{feature: out, limit: 5, enforcement: maybe}", "Input should be 'hard' or 'soft'"),
     ],
