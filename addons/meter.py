@@ -48,6 +48,7 @@ from addons.metering import (
     redact,
     routes,
     unmetered,
+    websocket,
 )
 from addons.metering.deferred import DeferredWork
 from addons.metering.finish import Finisher
@@ -101,6 +102,7 @@ class Meter:
         self.reloader = catalogwatch.Reloader(lambda: self.catalog, self._reload)
         self.governance = governance.Governance()
         self.finisher = Finisher(self.governance, self._record)
+        self.sockets = websocket.ResponsesSockets(self.governance, self._record)
 
     # ------------------------------------------------------------------ options
 
@@ -220,7 +222,8 @@ class Meter:
         self.include_usage = ctx.options.meter_include_usage
         self.finisher.log_payloads = ctx.options.meter_log_payloads
         self.durable = ctx.options.meter_durable
-        self.proxy_id = self.finisher.proxy_id = ctx.options.meter_proxy_id or None
+        self.proxy_id = ctx.options.meter_proxy_id or None
+        self.finisher.proxy_id = self.sockets.proxy_id = self.proxy_id
         o = ctx.options
         self.governance.configure(
             o.meter_governance_refresh, o.meter_governance_failure, o.meter_db
@@ -569,6 +572,25 @@ class Meter:
         if st is not None:
             st.t_done = time.time()
             self.deferred.defer(self.finisher.finish, st, True)
+
+    def websocket_start(self, flow: http.HTTPFlow) -> None:
+        """A Responses API WebSocket (``GET /v1/responses``) is metered per response
+        (:mod:`addons.metering.websocket`); other WebSockets (Realtime) pass unmetered."""
+        req = flow.request
+        provider = self.registry.lookup(req.host, req.port) or providers.lookup_named(
+            self.registry, req.host, req.port, req.host_header, flow.client_conn.sni
+        )
+        if provider is None or not websocket.is_responses_socket(provider.flavor, req.path):
+            return
+        query = req.path.partition("?")[2]
+        keyset = attribution.presented(req.headers, query, provider)
+        self.sockets.start(flow, provider, self.keybook.identify_key(keyset.billed))
+
+    def websocket_message(self, flow: http.HTTPFlow) -> None:
+        self.sockets.message(flow)
+
+    def websocket_end(self, flow: http.HTTPFlow) -> None:
+        self.sockets.end(flow)
 
     def _record(self, event: dict[str, Any]) -> None:
         if self.sink.writer is None:

@@ -1,0 +1,215 @@
+"""The Responses API's WebSocket mode (``GET /v1/responses`` upgraded; the openai SDK's
+``responses.connect()``, openai-agents, xAI) through the real proxy.
+
+Each turn is a ``response.create`` message, answered by the events of a Responses
+stream ending in ``response.completed`` with the response's usage. Before, the socket
+passed through unmetered: 3 turns of 1,500 tokens each were stored as no event at all.
+Now each response is one event with the provider's figures, attributed to the key of
+the upgrade; ``meter_unknown_keys=reject`` still refuses a stranger's upgrade.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from aiohttp import web
+
+from tests.conftest import KEYS, UNKNOWN_KEY, ProxyFactory
+from tests.support.aioserver import serve
+from tests.support.proxy import USAGE_COLUMNS, MeterProxy, one_provider_catalog, row_usage
+
+PROVIDER = "fake-ws"
+TURNS = 3
+MODEL = "gpt-5-2025-08-07"
+
+
+def turn_usage(turn: int) -> dict[str, Any]:
+    """The provider's usage for turn ``turn`` (each turn's own figures)."""
+    return {
+        "input_tokens": 1000 + turn,
+        "input_tokens_details": {"cached_tokens": 200},
+        "output_tokens": 500 + turn,
+        "output_tokens_details": {"reasoning_tokens": 100},
+        "total_tokens": 1500 + 2 * turn,
+    }
+
+
+def billed(turn: int) -> dict[str, int]:
+    """``turn_usage(turn)`` in the token model: input excludes the cached share."""
+    zero = dict.fromkeys(USAGE_COLUMNS, 0)
+    return {**zero, "input": 800 + turn, "cached_input": 200, "output": 500 + turn,
+            "reasoning": 100}  # fmt: skip
+
+
+class WebSocketProvider:
+    """A fake Responses API that speaks WebSocket mode on ``GET /v1/responses``."""
+
+    def __init__(self) -> None:
+        self.handshakes = 0
+        self.served: list[str] = []
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.handshakes += 1
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for msg in ws:
+            event = json.loads(msg.data)
+            if event.get("type") != "response.create":
+                continue
+            turn = len(self.served)
+            rid = f"resp_ws_{turn:04d}"
+            self.served.append(rid)
+            response = {"id": rid, "object": "response", "created_at": 1_700_000_000,
+                        "status": "in_progress", "model": MODEL, "output": [],
+                        "usage": None}  # fmt: skip
+            text = [{"type": "output_text", "text": "Otters.", "annotations": []}]
+            done = {**response, "status": "completed", "usage": turn_usage(turn),
+                    "output": [{"type": "message", "id": "msg_1", "status": "completed",
+                                "role": "assistant", "content": text}]}  # fmt: skip
+            for i, out in enumerate(
+                [
+                    {"type": "response.created", "response": response},
+                    # A text that names the final event is not one.
+                    {
+                        "type": "response.output_text.delta",
+                        "item_id": "msg_1",
+                        "output_index": 0,
+                        "content_index": 0,
+                        "delta": 'no "response.completed" here',
+                    },  # fmt: skip
+                    {"type": "response.completed", "response": done},
+                ]
+            ):
+                await ws.send_str(json.dumps({**out, "sequence_number": i}))
+        return ws
+
+
+async def converse(proxy: MeterProxy, port: int, key: str, turns: int) -> list[dict[str, Any]]:
+    """Open the socket through the proxy, run ``turns`` turns (each may write up to 150
+    tokens); the event that ended each (``response.completed`` or ``error``)."""
+    finals: list[dict[str, Any]] = []
+    headers = {"Authorization": f"Bearer {key}"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(
+            f"http://127.0.0.1:{port}/v1/responses", proxy=proxy.url, headers=headers
+        ) as ws,
+    ):
+        for turn in range(turns):
+            await ws.send_str(
+                json.dumps(
+                    {
+                        "type": "response.create",
+                        "model": "gpt-5",
+                        "input": f"turn {turn}",
+                        "max_output_tokens": 150,
+                    }
+                )  # fmt: skip
+            )
+            async for msg in ws:
+                event = json.loads(msg.data)
+                if event["type"] in ("response.completed", "error"):
+                    finals.append(event)
+                    break
+    return finals
+
+
+def wait_for_rows(proxy: MeterProxy, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    rows = proxy.events()
+    while len(rows) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+        rows = proxy.events()
+    return rows
+
+
+@pytest.fixture
+def upstream() -> Any:
+    provider = WebSocketProvider()
+    with serve({("GET", "/v1/responses"): provider.handle}) as port:
+        yield provider, port
+
+
+def test_each_response_on_a_responses_websocket_is_one_event(
+    start_proxy: ProxyFactory, tmp_path: Path, upstream: tuple[WebSocketProvider, int]
+) -> None:
+    provider, port = upstream
+    catalog = one_provider_catalog(
+        tmp_path / "catalog.yaml", PROVIDER, port, {"alice": [KEYS["alice"]]}
+    )
+    proxy = start_proxy(catalog=catalog)
+    finals = asyncio.run(converse(proxy, port, KEYS["alice"], TURNS))
+    assert [f["response"]["usage"] for f in finals] == [turn_usage(t) for t in range(TURNS)]
+
+    rows = sorted(wait_for_rows(proxy, TURNS), key=lambda r: r["response_id"])
+    assert [r["response_id"] for r in rows] == provider.served
+    assert [row_usage(r) for r in rows] == [billed(t) for t in range(TURNS)]
+    for row in rows:
+        assert row["consumer"] == "alice"
+        assert row["provider"] == PROVIDER
+        assert row["model"] == MODEL
+        assert row["path"] == "/v1/responses"
+        assert row["streamed"] is True
+        assert row["estimated"] is False
+        assert row["status"] == 200
+
+
+def test_reject_refuses_a_strangers_responses_websocket(
+    start_proxy: ProxyFactory, tmp_path: Path, upstream: tuple[WebSocketProvider, int]
+) -> None:
+    provider, port = upstream
+    catalog = one_provider_catalog(
+        tmp_path / "catalog.yaml", PROVIDER, port, {"alice": [KEYS["alice"]]}
+    )
+    proxy = start_proxy(catalog=catalog, options={"meter_unknown_keys": "reject"})
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        asyncio.run(converse(proxy, port, UNKNOWN_KEY, 1))
+    assert refused.value.status == 401
+    assert provider.handshakes == 0
+
+    asyncio.run(converse(proxy, port, KEYS["alice"], 1))  # a known key goes through
+    rows = wait_for_rows(proxy, 1)
+    assert [(r["consumer"], r["response_id"]) for r in rows] == [("alice", "resp_ws_0000")]
+
+
+def test_a_turn_past_a_hard_limit_is_refused_on_the_socket(
+    start_proxy: ProxyFactory, tmp_path: Path, upstream: tuple[WebSocketProvider, int]
+) -> None:
+    """A hard limit of 1,000 output tokens: two turns use 1,001, the third is refused
+    before the provider sees it (an ``error`` event; the socket stays open) and stored
+    with its reason. Before, every turn went through, ungoverned and unmetered."""
+    provider, port = upstream
+    catalog = one_provider_catalog(
+        tmp_path / "catalog.yaml", PROVIDER, port, {"alice": [KEYS["alice"]]}
+    )
+    doc = yaml.safe_load(catalog.read_text())
+    doc["features"] = [
+        {"key": "out", "name": "Output", "meter": {"provider": PROVIDER, "token_types": ["output"]}}
+    ]
+    limit = {"feature": "out", "limit": 1000}
+    doc["plans"] = [{"key": "capped", "name": "Capped", "currency": "USD", "entitlements": [limit]}]
+    doc["customers"] = [
+        {"key": "acme", "name": "ACME", "currency": "USD", "consumers": ["alice"],
+         "subscriptions": [{"plan": "capped", "start": "2026-01-01T00:00:00Z"}]}
+    ]  # fmt: skip
+    catalog.write_text(yaml.safe_dump(doc, sort_keys=False))
+    proxy = start_proxy(catalog=catalog)
+    ended = asyncio.run(converse(proxy, port, KEYS["alice"], TURNS))
+    assert [e["type"] for e in ended] == ["response.completed", "response.completed", "error"]
+    assert ended[2]["status"] == 429
+    assert ended[2]["error"]["message"]
+    assert len(provider.served) == 2
+
+    rows = wait_for_rows(proxy, TURNS)
+    metered = sorted((r for r in rows if r["reason"] is None), key=lambda r: r["response_id"])
+    assert [row_usage(r) for r in metered] == [billed(0), billed(1)]
+    [refused] = [r for r in rows if r["reason"] is not None]
+    assert refused["reason"].startswith("limit:")
+    assert (refused["consumer"], refused["status"], refused["output_tokens"]) == ("alice", 429, 0)
