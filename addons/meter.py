@@ -382,9 +382,11 @@ class Meter:
         route = None
         if self.routes and isinstance(flow.client_conn.proxy_mode, ReverseMode):
             route = self.routes.match(req.path)  # a gateway path such as /chat
+        misrouted = None
         if route is not None and req.method == "POST":
             req.path = route.upstream(req.path)
             provider: providers.MeteredProvider | None = route.provider
+            misrouted = routes.direct(route, req, self.registry)  # to the provider's host
         else:
             route, provider = None, self.registry.lookup(req.host, req.port)
         by_name = False
@@ -412,6 +414,7 @@ class Meter:
         st.reject = self.reject_unknown and (identity.consumer is None or keyset.ambiguous)
         st.inject_env = keys.injection_env_var(identity.consumer, provider)
         st.inject_refused = by_name and st.inject_env is not None
+        st.misrouted = misrouted
         if route is not None and route.pins_body_model:
             st.pinned_model = route.model
         self._active[flow.id] = st
@@ -441,6 +444,11 @@ class Meter:
             why, message = st.rejection()
             self.rejections.warning("meterline: %s: rejected %s: %s", flow.id, where(st), why)
             errors.respond(flow, st.provider.flavor, "unknown_key", message)
+            return
+        if st.misrouted is not None:  # never to a host that is not the route's provider's
+            del self._active[flow.id]
+            self.rejections.warning("meterline: %s: refused %s", flow.id, st.misrouted)
+            errors.respond(flow, st.provider.flavor, "no_route", st.misrouted)
             return
         budget = st.undecodable_budget()
         if budget is not None:  # a compression bomb: never forwarded unmetered

@@ -19,6 +19,7 @@ ErrorKind = Literal[
     "not_granted",
     "unavailable",
     "too_large",
+    "no_route",
 ]
 
 _OPENAI = {
@@ -30,6 +31,7 @@ _OPENAI = {
     "not_granted": ("invalid_request_error", "model_not_allowed"),
     "unavailable": ("server_error", "governance_unavailable"),
     "too_large": ("invalid_request_error", "request_too_large"),
+    "no_route": ("server_error", "proxy_route_unavailable"),
 }
 _ANTHROPIC = {
     "unknown_key": "authentication_error",
@@ -40,6 +42,7 @@ _ANTHROPIC = {
     "unavailable": "api_error",
     # Anthropic's own 413: "Request exceeds the maximum allowed number of bytes."
     "too_large": "request_too_large",
+    "no_route": "api_error",
 }
 _GEMINI = {
     "unknown_key": "UNAUTHENTICATED",
@@ -49,6 +52,7 @@ _GEMINI = {
     "not_granted": "PERMISSION_DENIED",
     "unavailable": "UNAVAILABLE",
     "too_large": "INVALID_ARGUMENT",
+    "no_route": "UNAVAILABLE",
 }
 
 STATUS: dict[ErrorKind, int] = {
@@ -59,6 +63,7 @@ STATUS: dict[ErrorKind, int] = {
     "not_granted": 403,
     "unavailable": 503,
     "too_large": 413,
+    "no_route": 502,
 }
 
 

@@ -49,6 +49,7 @@ class FlowMeter:
         "reject",
         "inject_env",
         "inject_refused",
+        "misrouted",
         "pinned_model",
         "drop_usage",
         "dropper",
@@ -90,6 +91,8 @@ class FlowMeter:
         self.inject_env: str | None = None
         self.inject_refused = False
         """Injection asked for, but the provider was found by name only (Host, SNI)."""
+        self.misrouted: str | None = None
+        """Why a gateway route's call cannot go to its provider's host (refused, 502)."""
         self.pinned_model: str | None = None
         self.drop_usage = False
         self.dropper: UsageChunkDropper | None = None

@@ -71,6 +71,14 @@ def log_startup(
             route.upstream_path,
             f" (model pinned to {route.model})" if route.model else "",
         )
+        if route.home is None:
+            log.warning(
+                "meterline: gateway route %s: %s has no one host to call (a wildcard or "
+                "several hosts): served only by a gateway whose reverse target is its "
+                "host, refused (502) by any other",
+                route.path,
+                route.provider.name,
+            )
     plain_http = plain_http_warning(catalog)
     if plain_http:
         log.warning(plain_http)

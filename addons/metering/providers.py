@@ -151,6 +151,12 @@ class ProviderRegistry:
                 return found
         return None
 
+    def hosts_of(self, name: str) -> tuple[list[tuple[str, int | None]], bool]:
+        """The exact ``(host, port)`` entries that lead to the provider called ``name``
+        (port None: any), and whether a wildcard pattern leads to it as well."""
+        exact = [key for key, p in self._exact.items() if p.name == name]
+        return exact, any(p.name == name for p in self._suffix.values())
+
     @property
     def providers(self) -> list[MeteredProvider]:
         seen: dict[str, MeteredProvider] = {}

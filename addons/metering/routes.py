@@ -7,7 +7,10 @@ the proxy is the agents' endpoint. A catalog route such as
       - {path: /chat, type: llm/v1/chat, provider: openai, model: gpt-4o}
 
 sends ``POST /chat`` to the provider's chat endpoint (``/v1/chat/completions``) and meters
-it as ``openai`` traffic, whatever host the reverse mode forwards to. With ``model`` set,
+it as ``openai`` traffic. The call goes to the provider's own host: the reverse target
+when that is the provider's, else the provider's one known host (:class:`Home`); a
+provider with no such host (a wildcard, several hosts) is refused there, so a provider
+key, injected or the client's, never goes to another server. With ``model`` set,
 the request's own ``model`` is overridden, as Kong's AI Proxy does with a pinned model,
 so clients may leave it out. Bodies are passed on in the provider's own format (no
 translation between APIs).
@@ -22,8 +25,15 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from mitmproxy import http
+
 from addons.metering import jsoncodec
-from addons.metering.providers import MeteredProvider, ProviderRegistry, is_billed_path
+from addons.metering.providers import (
+    MeteredProvider,
+    ProviderRegistry,
+    canonical_host,
+    is_billed_path,
+)
 from meterline.catalog import Catalog, RouteType
 
 _ENDPOINTS: dict[tuple[str, RouteType], str] = {
@@ -37,6 +47,35 @@ _ENDPOINTS: dict[tuple[str, RouteType], str] = {
 
 
 @dataclass(frozen=True, slots=True)
+class Home:
+    """A provider's own address, called when the gateway's reverse target is another host.
+
+    The catalog names hosts, not schemes: a loopback host (a local vLLM, Ollama) is called
+    over ``http``, any other over ``https``, so a key never crosses a network in clear
+    text (a plain-http server elsewhere fails the TLS handshake and gets nothing).
+    """
+
+    scheme: str
+    host: str
+    port: int
+
+    @classmethod
+    def of(cls, registry: ProviderRegistry, provider: MeteredProvider) -> Home | None:
+        """The one address ``provider``'s hosts name; None with a wildcard or several."""
+        hosts, wildcard = registry.hosts_of(provider.name)
+        if wildcard:
+            return None
+        homes = {cls._for(host, port) for host, port in hosts}
+        return homes.pop() if len(homes) == 1 else None
+
+    @classmethod
+    def _for(cls, host: str, port: int | None) -> Home:
+        if canonical_host(host) == "127.0.0.1":
+            return cls("http", host, port or 80)
+        return cls("https", host, port or 443)
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayRoute:
     path: str
     provider: MeteredProvider
@@ -44,6 +83,8 @@ class GatewayRoute:
     """Path (and query) to call on the provider."""
     model: str | None
     """Pinned model: replaces the request body's ``model`` (Gemini: in the path already)."""
+    home: Home | None = None
+    """Where to call the provider when the reverse target is not its host."""
 
     def upstream(self, path: str) -> str:
         """The upstream path for a request to ``path``; the client's query string is kept."""
@@ -97,7 +138,8 @@ class RouteTable:
                     f"{where}: {upstream} is not an endpoint Meterline meters "
                     f"on the {provider.flavor} API"
                 )
-            out.append(GatewayRoute(route.path, provider, upstream, route.model))
+            home = Home.of(registry, provider)
+            out.append(GatewayRoute(route.path, provider, upstream, route.model, home))
         return cls(out)
 
     def __bool__(self) -> bool:
@@ -113,6 +155,27 @@ class RouteTable:
 
 def _normal(path: str) -> str:
     return path.rstrip("/") or "/"
+
+
+def direct(route: GatewayRoute, request: http.Request, registry: ProviderRegistry) -> str | None:
+    """Send ``request`` (routed by ``route``) to the route's provider; the reason it cannot
+    be sent (None: it can). The reverse target is kept when it is the provider's host;
+    otherwise the request goes to the provider's :class:`Home`, or nowhere without one."""
+    target = registry.lookup(request.host, request.port)
+    if target is not None and target.name == route.provider.name:
+        return None
+    home = route.home
+    if home is None:
+        name = route.provider.name
+        return (
+            f"Meterline proxy: the gateway route {route.path} calls {name}, which this "
+            f"gateway does not forward to ({request.host}:{request.port}) and which has no "
+            f"one host to call instead; run the gateway with --mode reverse: to {name}'s host"
+        )
+    request.scheme = home.scheme
+    request.port = home.port
+    request.host = home.host  # the Host header (or :authority) follows
+    return None
 
 
 def pin_model(body: bytes, model: str) -> bytes | None:

@@ -73,6 +73,8 @@ def test_gateway_path_is_routed_with_the_model_pinned_and_the_key_injected(meter
     meter.requestheaders(f)
     meter.request(f)
     assert f.response is None
+    # the reverse target (127.0.0.1:9) is not OpenAI's: the call goes to OpenAI's own host
+    assert (f.request.scheme, f.request.host, f.request.port) == ("https", "api.openai.com", 443)
     assert f.request.path == "/v1/chat/completions"
     assert json.loads(f.request.content or b"")["model"] == "gpt-4o"
     assert f.request.headers["authorization"] == "Bearer sk-real-provider"
@@ -107,3 +109,16 @@ def test_a_route_to_an_unknown_provider_stops_the_catalog_loading(
     with taddons.context(meter) as tctx, pytest.raises(exceptions.OptionsError) as e:
         tctx.configure(meter, meter_catalog=str(bad))
     assert "routes[0].provider: unknown provider 'nosuch'" in str(e.value)
+
+
+def test_a_route_to_the_reverse_targets_provider_keeps_the_target(meter: Meter) -> None:
+    f = _flow(
+        "reverse:https://api.openai.com",
+        "https://api.openai.com/chat",
+        {"messages": [{"role": "user", "content": "hi"}]},
+    )
+    meter.requestheaders(f)
+    meter.request(f)
+    assert f.response is None
+    assert (f.request.host, f.request.port) == ("api.openai.com", 443)
+    assert f.request.headers["authorization"] == "Bearer sk-real-provider"

@@ -1,9 +1,11 @@
 """docs/walkthrough.md, run as written: every ``bash`` block, in order, in one shell.
 
 Only addresses change: the fake OpenAI (tests/support/upstream.py) stands in for
-``https://api.openai.com``, a free port for 8080, and the fake Stripe (tests/fakestripe)
-is reached through ``STRIPE_API_BASE``. The shell runs in a scratch directory holding
-links to the repository's ``addons`` and ``.venv``, so ``kong/`` lands there.
+``https://api.openai.com`` (the catalog names its address as ``openai``'s, or the route
+to ``openai`` would call the real host), a free port for 8080, and the fake Stripe
+(tests/fakestripe) is reached through ``STRIPE_API_BASE``. The shell runs in a scratch
+directory holding links to the repository's ``addons`` and ``.venv``, so ``kong/`` lands
+there.
 """
 
 from __future__ import annotations
@@ -59,6 +61,12 @@ def run_walkthrough(workdir: Path, openai: FakeProvider, stripe_url: str) -> str
     script = "\n".join(blocks)
     assert "https://api.openai.com" in script and "8080" in script
     script = script.replace("https://api.openai.com", openai.base_url("openai"))
+    catalog = "cat > kong/catalog.yaml <<'EOF'\nversion: 1\n"
+    assert catalog in script
+    fake_host = f"127.0.0.1:{openai.ports['openai']}"
+    script = script.replace(
+        catalog, f"{catalog}providers: [{{name: openai, flavor: openai, hosts: ['{fake_host}']}}]\n"
+    )
     script = script.replace("8080", str(free_port()))
     (workdir / "addons").symlink_to(REPO / "addons")
     (workdir / ".venv").symlink_to(Path(sys.executable).parents[1])

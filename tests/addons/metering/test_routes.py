@@ -8,7 +8,7 @@ import re
 import pytest
 
 from addons.metering.providers import ProviderRegistry
-from addons.metering.routes import RouteTable, endpoint, pin_model
+from addons.metering.routes import Home, RouteTable, endpoint, pin_model
 from meterline.catalog import CatalogError, parse_catalog
 
 
@@ -45,6 +45,26 @@ def test_chat_route_to_openai_with_pinned_model() -> None:
 )  # fmt: skip
 def test_endpoints(flavor: str, route_type: str, model: str | None, expected: str) -> None:
     assert endpoint(flavor, route_type, model) == expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "provider,hosts,home",
+    [
+        ("openai", "", Home("https", "api.openai.com", 443)),
+        ("anthropic", "", Home("https", "api.anthropic.com", 443)),
+        ("azure-openai", "", None),  # wildcards only
+        ("vllm", "['localhost:8000']", Home("http", "127.0.0.1", 8000)),
+        ("vllm", "['gw.example.com:8443']", Home("https", "gw.example.com", 8443)),
+        ("vllm", "['gw.example.com', 'gw.example.com:443']", Home("https", "gw.example.com", 443)),
+        ("vllm", "['127.0.0.1:8000', '127.0.0.1:8001']", None),
+        ("vllm", "['*.example.com']", None),
+    ],
+)
+def test_home_is_the_providers_one_host(provider: str, hosts: str, home: Home | None) -> None:
+    declared = f"providers:\n  - {{name: vllm, flavor: openai, hosts: {hosts}}}" if hosts else ""
+    table = _table(f"  - {{path: /p, provider: {provider}}}", declared)
+    route = table.match("/p")
+    assert route is not None and route.home == home
 
 
 def test_gemini_model_is_in_the_path_not_the_body() -> None:
