@@ -16,7 +16,10 @@ so clients may leave it out. Bodies are passed on in the provider's own format (
 translation between APIs).
 
 Routes apply only to flows that arrived on a reverse-mode listener (the caller checks):
-a forward proxy's ``https://example.com/chat`` is never rewritten.
+a forward proxy's ``https://example.com/chat`` is never rewritten. A request path matches
+a route's path as the upstream server would resolve both (:func:`normalise_path`:
+``//chat``, ``/ch%61t``, ``/x/../chat`` are ``/chat``), so no other spelling of a route
+slips past its pinned model; case is kept, as for provider paths.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from addons.metering.providers import (
     ProviderRegistry,
     canonical_host,
     is_billed_path,
+    normalise_path,
 )
 from meterline.catalog import Catalog, RouteType
 
@@ -150,11 +154,12 @@ class RouteTable:
 
     def match(self, path: str) -> GatewayRoute | None:
         """The route for a request path (query string and a trailing ``/`` ignored)."""
-        return self._by_path.get(_normal(path.partition("?")[0]))
+        return self._by_path.get(_normal(path))
 
 
 def _normal(path: str) -> str:
-    return path.rstrip("/") or "/"
+    """``path`` as the upstream resolves it (:func:`normalise_path`), no trailing ``/``."""
+    return normalise_path(path).rstrip("/") or "/"
 
 
 def direct(route: GatewayRoute, request: http.Request, registry: ProviderRegistry) -> str | None:

@@ -183,3 +183,39 @@ def test_the_reverse_target_of_the_routes_provider_is_kept(
         assert called.headers["authorization"] == f"Bearer {OPENAI_SECRET}"
     finally:
         proxy.stop()
+
+
+def test_a_route_matches_every_spelling_of_its_path(
+    tmp_path: Path, mitm_confdir: Path, target: FakeProvider
+) -> None:
+    """Routes match on the path as the upstream resolves it, as provider paths do: before,
+    ``//v1/chat/completions`` reached the provider with the client's model (the pin
+    bypassed), and a route spelt ``/ch%61t`` was never routed (the gateway key went on)."""
+    spelt = ["/ch%61t", "//talk", "/x/../speak", "/ask/."]
+    catalog = _catalog(
+        tmp_path / "catalog.yaml",
+        [_provider("fo", "openai", target.ports["openai"])],
+        {"fo": "ROUTES_OPENAI_KEY"},
+        *({"path": path, "provider": "fo", "model": "cheap-model"}
+          for path in ["/v1/chat/completions", *spelt]),
+    )  # fmt: skip
+    proxy = _gateway(tmp_path, mitm_confdir, catalog, target.base_url("openai"))
+    requests = [
+        "//v1/chat/completions",
+        "/v1/chat/complet%69ons",
+        "/v1/./chat/completions/",
+        "/chat",
+        "/talk",
+        "/speak",
+        "/ask",
+    ]
+    try:
+        for i, path in enumerate(requests, 1):
+            status, _ = _post(proxy, path, {"model": "expensive-model", "messages": HI})
+            assert status == 200, path
+            called = target.wait_for(i)[-1]
+            assert called.path == "/v1/chat/completions", path
+            assert called.json["model"] == "cheap-model", path
+            assert called.headers["authorization"] == f"Bearer {OPENAI_SECRET}", path
+    finally:
+        proxy.stop()

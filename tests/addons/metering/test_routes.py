@@ -48,6 +48,31 @@ def test_endpoints(flavor: str, route_type: str, model: str | None, expected: st
 
 
 @pytest.mark.parametrize(
+    "spelling",
+    ["//chat", "/ch%61t", "/x/../chat", "/chat/.", "/./chat", "/chat//", "/%63hat?x=1"],
+)
+def test_any_spelling_of_a_route_path_matches_it(spelling: str) -> None:
+    """As provider paths: the upstream resolves them to the same path (before, they were
+    not routed, and the route's pinned model was bypassed)."""
+    table = _table("  - {path: /chat, type: llm/v1/chat, provider: openai, model: gpt-4o}")
+    assert table.match(spelling) is table.match("/chat") is not None
+
+
+@pytest.mark.parametrize("route_path", ["//chat", "/ch%61t", "/x/../chat", "/chat/."])
+def test_a_route_path_spelt_otherwise_matches_the_plain_path(route_path: str) -> None:
+    table = _table(f"  - {{path: '{route_path}', provider: openai}}")
+    assert table.match("/chat") is not None
+
+
+@pytest.mark.parametrize("path", ["/CHAT", "/Chat", "/chat;a=b"])
+def test_other_paths_do_not_match(path: str) -> None:
+    """Case is kept (as for provider paths, the servers route case-sensitively), and
+    ``;params`` are part of the path to them."""
+    table = _table("  - {path: /chat, provider: openai}")
+    assert table.match(path) is None
+
+
+@pytest.mark.parametrize(
     "provider,hosts,home",
     [
         ("openai", "", Home("https", "api.openai.com", 443)),
