@@ -6,6 +6,12 @@ proxy holds the lock), applies every migration billing reads or writes (events,
 invoices, and the tables of the packages registered in ``billing.extensions``, such as
 the Stripe sync's), yields, and closes, so the proxy is never locked out for longer
 than one command's unit of work.
+
+Commands that only read use :func:`billing_reader`: the store opened read-only, never
+changed. A file that is not a Meterline store is refused, untouched; a Meterline store
+whose schema is older than this code is brought up to date once through a writable
+open (the tables billing reads must exist), or, when it cannot be written (a read-only
+mount, another user's file), refused in one line saying what to run.
 """
 
 from __future__ import annotations
@@ -18,11 +24,14 @@ import duckdb
 
 from billing import extensions
 from billing.schema import BILLING_MIGRATIONS
+from meterline.conninfo import shown
 from meterline.entitlements.schema import GOVERNANCE_MIGRATIONS
 from meterline.store import (
     EVENT_MIGRATIONS,
     LAKE_PREFIX,
     Migration,
+    StoreError,
+    StoreLocked,
     check_locator,
     migrate,
     no_store_yet,
@@ -70,3 +79,63 @@ def billing_store(
     with store(loc, wait_s=wait_s, create_lake=create, on_wait=on_wait) as con:
         apply_migrations(con)
         yield con
+
+
+#: Recorded in ``schema_migrations`` of every Meterline store, by the proxy or billing.
+FIRST_MIGRATION = EVENT_MIGRATIONS[0].name
+
+
+def pending_migrations(con: duckdb.DuckDBPyConnection, locator: str) -> list[str]:
+    """The migrations this code knows that the store has not applied, read without
+    writing; :class:`StoreError` for a database that is not a Meterline store."""
+    try:
+        rows = con.execute("SELECT name FROM schema_migrations").fetchall()
+    except duckdb.CatalogException:
+        rows = []
+    done = {r[0] for r in rows}
+    if FIRST_MIGRATION not in done:
+        raise StoreError(
+            f"{shown(locator)}: not a Meterline store (it has no metered events table: check --db)"
+        )
+    return [m.name for m in all_migrations() if m.name not in done]
+
+
+@contextmanager
+def billing_reader(
+    locator: str | Path,
+    *,
+    wait_s: float = 30.0,
+    on_wait: Callable[[str], None] | None = None,
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """The store opened read-only for one query, closed on exit; never created or changed,
+    except that a Meterline store with pending migrations is migrated first (see the
+    module)."""
+    loc = str(locator)
+    check_locator(loc)
+    opened = store(loc, read_only=True, wait_s=wait_s, create_lake=False, on_wait=on_wait)
+    with opened as con:
+        pending = pending_migrations(con, loc)
+        if not pending:
+            yield con
+            return
+    _migrate_for_reading(loc, pending, wait_s=wait_s, on_wait=on_wait)
+    with store(loc, read_only=True, wait_s=wait_s, create_lake=False, on_wait=on_wait) as con:
+        yield con
+
+
+def _migrate_for_reading(
+    loc: str, pending: Sequence[str], *, wait_s: float, on_wait: Callable[[str], None] | None
+) -> None:
+    """Apply ``pending`` through a writable open, or say in one line why it cannot be."""
+    try:
+        with store(loc, wait_s=wait_s, create_lake=False, on_wait=on_wait) as con:
+            apply_migrations(con)
+    except StoreLocked:
+        raise
+    except (StoreError, OSError, duckdb.Error) as e:
+        why = str(e).removeprefix(f"{shown(loc)}: ")
+        raise StoreError(
+            f"{shown(loc)}: the store's schema is older than this billing (pending: "
+            f"{', '.join(pending)}) and it cannot be opened for writing to update it "
+            f"({why}): run this command once with write access to the store"
+        ) from None

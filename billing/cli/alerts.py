@@ -22,7 +22,7 @@ def alerts_group() -> None:
 def _round(settings: Settings, min_backoff: float) -> tuple[int, int, int]:
     catalog = settings.load_catalog()
     now = utc_now()
-    with settings.store() as con:
+    with settings.store_for_writing() as con:
         added = enqueue(con, evaluate(con, catalog, now), catalog.alerts.webhooks, now)
         done = deliver(con, catalog, now, min_backoff=timedelta(seconds=min_backoff))
     return added, done.delivered, done.failed
@@ -83,6 +83,6 @@ def replay_cmd(settings: Settings, event_id: str) -> None:
     Example usage:
       billing alerts replay evt_5c0e8a1f2b3d4c5e6f708192
     """
-    with settings.store() as con:
+    with settings.store_for_writing() as con:
         n = replay(con, event_id, utc_now())
     click.echo(f"{event_id}: queued again for {n} webhook(s); run `billing alerts deliver`")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -22,12 +22,12 @@ import duckdb
 from billing.errors import NotGenerated, NoUsage, UserError
 from billing.instants import OUT_OF_RANGE, in_utc
 from billing.render import FORMATS
-from billing.store import billing_store
+from billing.store import billing_reader, billing_store
 from meterline import lakerepair
 from meterline.catalog import Catalog, CatalogError, load_catalog
 from meterline.conninfo import locator_problem, one_line, shown
 from meterline.periods import PeriodRangeError, calendar_month
-from meterline.store import LAKE_PREFIX, StoreError, io_hint, store
+from meterline.store import LAKE_PREFIX, StoreError, io_hint, no_store_yet, store
 
 USER_ERRORS: tuple[type[Exception], ...] = (UserError, CatalogError, StoreError, PeriodRangeError)
 """Mapped once, here, to ``Error: ...`` and exit 1: billing's own base and the two
@@ -107,13 +107,20 @@ class Settings:
         return 300 if self.db.startswith(LAKE_PREFIX) else 0
 
     def store(self) -> AbstractContextManager[duckdb.DuckDBPyConnection]:
-        return billing_store(self.db, on_wait=_say_waiting)
+        """The store opened read-only, for a command that only reads (never changed; see
+        :func:`billing.store.billing_reader`)."""
+        return billing_reader(self.db, on_wait=_say_waiting)
 
-    def store_for_writing(self) -> AbstractContextManager[duckdb.DuckDBPyConnection]:
-        """The store, a DuckDB file made if there is none yet: a grant may come before the
-        proxy's first event (a lake is never made here: a fleet's lake is the proxies')."""
-        create = not self.db.startswith(LAKE_PREFIX)
-        return billing_store(self.db, create=create, on_wait=_say_waiting)
+    @contextmanager
+    def store_for_writing(self, *, create: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The store opened writable and migrated, for a command that writes.
+
+        ``create``: a DuckDB file is made if there is none yet (a grant may come before
+        the proxy's first event; a lake is never made here: a fleet's lake is the
+        proxies')."""
+        new_file = create and not self.db.startswith(LAKE_PREFIX) and no_store_yet(self.db)
+        with billing_store(self.db, create=new_file, on_wait=_say_waiting) as con:
+            yield con
 
 
 def _say_waiting(why: str) -> None:

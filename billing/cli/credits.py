@@ -64,7 +64,7 @@ def grant_cmd(
         raise CreditError("give either --amount, or --feature with --units")
     if feature is not None and units is not None:
         catalog = settings.load_catalog()
-        with settings.store_for_writing() as con:
+        with settings.store_for_writing(create=True) as con:
             g = grant_units(
                 con, catalog, customer, feature, units,
                 granted_by=getpass.getuser(), reason=reason, priority=priority, expires_at=expires,
@@ -84,7 +84,7 @@ def grant_cmd(
     if not value.is_finite():  # NaN, Infinity: no amount at all
         raise CreditError(f"--amount {amount!r} is not a number such as 50.00")
     catalog = settings.load_catalog()
-    with settings.store_for_writing() as con:
+    with settings.store_for_writing(create=True) as con:
         g = grant_credits(
             con, catalog, customer, value,
             granted_by=getpass.getuser(), reason=reason, priority=priority, expires_at=expires,

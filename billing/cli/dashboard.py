@@ -194,7 +194,7 @@ def dashboard_cmd(
         raise click.ClickException(f"cannot listen on {host}:{port}: {e.strerror}") from None
     try:
         settings.load_catalog()  # a broken catalog is reported now, not on the first page
-        with settings.store():  # the tables billing reads exist (migrations only)
+        with settings.store():  # a Meterline store, its tables up to date (see the reader)
             pass
         server.listen()
         threading.Thread(target=vega_bundle, daemon=True).start()  # seconds, before a page

@@ -134,7 +134,7 @@ def generate(
       billing invoice generate --period 2026-03 --customer acme --format json
     """
     catalog = settings.load_catalog()
-    with settings.store() as con:
+    with settings.store_for_writing() as con:
         result = generate_invoices(
             con,
             catalog,

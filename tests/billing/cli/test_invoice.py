@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from billing.cli import main as billing_cli
+from billing.store import billing_store
 from tests.billing.cli.runner import error, run
 from tests.billing.events import Event, Setup, add_events, setup, sql, utc
 
@@ -473,6 +474,8 @@ def test_a_command_waiting_for_a_locked_store_says_so(tmp_path: Path) -> None:
     db = tmp_path / "m.duckdb"
     catalog = tmp_path / "catalog.yaml"
     catalog.write_text((Path(__file__).parents[3] / "catalog.yaml").read_text())
+    with billing_store(db, create=True):  # a Meterline store (a read refuses any other)
+        pass
     holder = subprocess.Popen(
         [sys.executable, "-c",
          "import duckdb, sys; c = duckdb.connect(sys.argv[1]); "
