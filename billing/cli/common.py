@@ -117,9 +117,16 @@ class Settings:
 
         ``create``: a DuckDB file is made if there is none yet (a grant may come before
         the proxy's first event; a lake is never made here: a fleet's lake is the
-        proxies')."""
+        proxies'). Said on stderr, naming the path: a mistyped ``--db`` would otherwise
+        put the grant in a store nothing reads."""
         new_file = create and not self.db.startswith(LAKE_PREFIX) and no_store_yet(self.db)
         with billing_store(self.db, create=new_file, on_wait=_say_waiting) as con:
+            if new_file:
+                click.echo(
+                    f"Note: {shown(self.db)} did not exist: created a new, empty store "
+                    "(point the proxy's meter_db at it)",
+                    err=True,
+                )
             yield con
 
 

@@ -326,3 +326,21 @@ def test_an_amount_with_blanks_around_it_is_the_number(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert result.output.startswith("grant-000001: 5.00 USD to acme")
+
+
+def test_a_grant_that_creates_the_store_says_so(tmp_path: Path) -> None:
+    """A grant may come before the proxy's first event, so it creates the store: it did
+    so silently, and a mistyped --db put the grant where nothing reads it."""
+    s = setup(tmp_path)
+    typo = tmp_path / "meterlin.duckdb"
+    opts = ["--db", str(typo), "--catalog", str(s.catalog_path)]
+    grant = ["credits", "grant", "--customer", "alpha", "--amount", "5"]
+    first = CliRunner().invoke(billing_cli, [*opts, *grant], catch_exceptions=False)
+    assert first.exit_code == 0, first.stderr
+    assert first.stderr == (
+        f"Note: {typo} did not exist: created a new, empty store "
+        "(point the proxy's meter_db at it)\n"
+    )
+    again = CliRunner().invoke(billing_cli, [*opts, *grant], catch_exceptions=False)
+    assert again.exit_code == 0, again.stderr
+    assert again.stderr == ""
