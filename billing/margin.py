@@ -25,14 +25,14 @@ from typing import Any
 
 import duckdb
 
-from billing.errors import BillingError, NotGenerated
+from billing.errors import BillingError, NotGenerated, UnknownCustomer
 from billing.invoices import parse_month
 from billing.ledger import load_invoices
 from billing.listprice import LIST_PRICE_CURRENCY, find_model, has_context_tiers, list_cost
 from billing.model import Invoice, InvoiceLine
 from billing.money import minor_unit, money_context, round_money
 from billing.usage import invoiced_events, invoiced_usage
-from meterline.catalog import CALL_TYPES, TOKEN_TYPES
+from meterline.catalog import CALL_TYPES, TOKEN_TYPES, Catalog
 
 FEES = "(fees)"
 MINIMUMS = "(minimums)"
@@ -74,8 +74,13 @@ def split_amount(amount: Decimal, weights: list[int], currency: str) -> list[Dec
 
 
 def month_invoices(
-    con: duckdb.DuckDBPyConnection, month: str, customer: str | None = None
+    con: duckdb.DuckDBPyConnection,
+    month: str,
+    customer: str | None = None,
+    catalog: Catalog | None = None,
 ) -> list[Invoice]:
+    """The invoices of periods ending in ``month``. With ``catalog``, a customer with none
+    that the catalog does not know is a typo: said as every command says it."""
     period = parse_month(month)
     numbers = [
         i.number
@@ -84,6 +89,8 @@ def month_invoices(
     ]
     if not numbers:
         if customer:
+            if catalog is not None and all(c.key != customer for c in catalog.customers):
+                raise UnknownCustomer(catalog, customer)
             raise BillingError(f"no invoices of {customer!r} for {month}")
         raise NotGenerated(month)
     return load_invoices(con, numbers=numbers)
@@ -189,10 +196,13 @@ def _add(cost: dict[Key, Decimal | None], key: Key, value: Decimal | None) -> No
 
 
 def margin_report(
-    con: duckdb.DuckDBPyConnection, month: str, customer: str | None = None
+    con: duckdb.DuckDBPyConnection,
+    month: str,
+    customer: str | None = None,
+    catalog: Catalog | None = None,
 ) -> list[dict[str, Any]]:
     """The month's rows, or one customer's (only that customer's events are priced)."""
-    invoices = month_invoices(con, month, customer)
+    invoices = month_invoices(con, month, customer, catalog)
     currency = {i.customer_key: i.currency for i in invoices}
     revenue = revenue_by_model(invoices)
     cost, tokens = cost_by_model(con, [i.number for i in invoices if i.number])

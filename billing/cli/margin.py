@@ -26,6 +26,7 @@ def margin_cmd(settings: Settings, month: str, customer: str | None, fmt: str) -
     """
     from billing.margin import MARGIN_COLUMNS, margin_report  # genai-prices: load on use
 
+    catalog = settings.load_catalog() if customer else None  # to name a typo as such
     with settings.store() as con:
-        rows = margin_report(con, month, customer)
+        rows = margin_report(con, month, customer, catalog)
     click.echo(render.rows(rows, fmt, MARGIN_COLUMNS))

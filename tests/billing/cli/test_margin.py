@@ -8,7 +8,7 @@ from pathlib import Path
 
 from billing.listprice import list_cost
 from billing.money import round_money
-from tests.billing.cli.runner import run
+from tests.billing.cli.runner import error, run
 from tests.billing.events import Event, add_events, setup, utc
 
 
@@ -83,3 +83,14 @@ def test_a_model_no_rate_card_prices_has_revenue_in_minor_units(tmp_path: Path) 
     table = run(s, "margin", "--period", "2026-01").stdout
     line = next(line for line in table.splitlines() if "o3-mini" in line)
     assert line.split()[5] == "0.00"  # REVENUE
+
+
+def test_margin_of_an_unknown_customer_says_so_as_every_command(tmp_path: Path) -> None:
+    s = setup(tmp_path)
+    add_events(s.db, Event(utc("2026-01-05"), input=1000))
+    assert run(s, "invoice", "generate", "--period", "2026-01").exit_code == 0
+    result = run(s, "margin", "--period", "2026-01", "--customer", "nobody")
+    assert result.exit_code == 1
+    assert error(result) == "Error: unknown customer 'nobody' (known customers: alpha, beta, gamma)"
+    known = run(s, "margin", "--period", "2026-02", "--customer", "alpha")
+    assert error(known) == "Error: no invoices of 'alpha' for 2026-02"
