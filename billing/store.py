@@ -74,11 +74,35 @@ def billing_store(
     """
     loc = str(locator)
     check_locator(loc)
-    if not create and not loc.startswith(LAKE_PREFIX) and no_store_yet(loc):
+    is_file = not loc.startswith(LAKE_PREFIX)
+    existed = is_file and not no_store_yet(loc)
+    if not create and is_file and not existed:
         raise no_such_database(loc)
+    if existed:
+        _refuse_foreign_file(loc, wait_s=wait_s, on_wait=on_wait)
     with store(loc, wait_s=wait_s, create_lake=create, on_wait=on_wait) as con:
         apply_migrations(con)
         yield con
+
+
+def _refuse_foreign_file(
+    locator: str, *, wait_s: float, on_wait: Callable[[str], None] | None
+) -> None:
+    """:class:`StoreError` for a DuckDB file that holds tables but is no Meterline store
+    (a ``--db`` naming another database): a writing command would add Meterline's tables
+    to it. An empty file is taken as a new store. Looked at read-only: a writable open
+    makes the file private (0600) at once. A file this process holds open already (a
+    command's nested unit of work) was checked when it was opened."""
+    try:
+        with store(locator, read_only=True, wait_s=wait_s, on_wait=on_wait) as con:
+            tables = con.execute(
+                "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database()"
+            ).fetchone()
+            if tables and tables[0]:
+                pending_migrations(con, locator)  # raises for a file that is no store of ours
+    except StoreError as e:
+        if not isinstance(e.__cause__, duckdb.ConnectionException):  # open here already
+            raise
 
 
 #: Recorded in ``schema_migrations`` of every Meterline store, by the proxy or billing.

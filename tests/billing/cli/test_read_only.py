@@ -82,6 +82,31 @@ def test_a_foreign_duckdb_file_is_refused_untouched(tmp_path: Path, args: tuple[
     assert snapshot(s.db) == before
 
 
+WRITE_COMMANDS: tuple[tuple[str, ...], ...] = (
+    ("invoice", "generate", "--period", "2026-03"),
+    ("credits", "grant", "--customer", "alpha", "--amount", "5"),
+    ("alerts", "deliver"),
+)
+
+
+@pytest.mark.parametrize("args", WRITE_COMMANDS, ids=" ".join)
+def test_a_write_refuses_a_foreign_duckdb_file_untouched(
+    tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    """A writing command pointed at someone else's database added Meterline's tables."""
+    s = bare(tmp_path, "foreign.duckdb")
+    with duckdb.connect(str(s.db)) as con:
+        con.execute("CREATE TABLE mydata (a INT)")
+    s.db.chmod(0o644)
+    before = snapshot(s.db)
+    result = run(s, *args)
+    assert result.exit_code == 1
+    assert error(result) == (
+        f"Error: {s.db}: not a Meterline store (it has no metered events table: check --db)"
+    )
+    assert snapshot(s.db) == before
+
+
 def test_a_read_brings_an_older_store_up_to_date_once(tmp_path: Path) -> None:
     """A proxy's store has only the events' migrations: the first read adds billing's."""
     s = bare(tmp_path, "proxy.duckdb")
