@@ -138,6 +138,8 @@ class Governance:
         self.deny_when_blind = False
         self.ready = False
         """A snapshot of the store has been applied since start."""
+        self.blind = False
+        """The last read of the store failed."""
         self.locator: str | None = None
         self._reservations: dict[str, tuple[CustomerPolicy, Reservation]] = {}
         self.billed_as = BilledAs()
@@ -191,14 +193,18 @@ class Governance:
         disk full, the lake unreachable), an earlier run's events stay there: they are
         counted as this proxy's pending events, as if it had just metered them (before,
         a restart forgot them and a hard limit let their tokens through again); a later
-        read that finds them stored drops them from pending, as for any event."""
+        read that finds them stored drops them from pending, as for any event.
+
+        The store is read at start whenever the catalog may govern a call, even when no
+        consumer is governed yet: a subscription that starts later then finds its first
+        period known (the store had nothing of it) instead of waiting for a read."""
         self.state_path = state_dir / "governance.json" if state_dir else None
         self._through_writer = through_writer
         try:
             self._loop = asyncio.get_running_loop()
         except RuntimeError:
             self._loop = None
-        if self.policy.by_consumer:
+        if self.policy.by_consumer or may_govern(self.catalog):
             # Leftovers of an earlier run go to the store, where they are counted, or, if
             # it cannot take them now, are counted from the spool.
             if not flush() and leftovers is not None:
@@ -246,6 +252,20 @@ class Governance:
             outcome,
         )
 
+    def _policy_now(self) -> None:
+        """Rebuild the policy once a subscription or override it waited for has begun:
+        before a lookup (a consumer no plan governed yet would pass ungoverned until a
+        governed one called: 3,000 used at 1,000 after a plan change took effect), and
+        before an event is counted (a call admitted just before a subscription began
+        ends in its first period: its tokens count there)."""
+        until = self.policy.valid_until
+        if until is not None and datetime.now(UTC) >= until:
+            try:
+                self.policy = build_policy(self.catalog, datetime.now(UTC))
+            except Exception as e:  # the policy in force stays; a failed check refuses
+                self._failed("check", e)
+            self._wake.set()  # new accounts (an override, a subscription) are read at once
+
     def check(
         self,
         consumer: str | None,
@@ -266,16 +286,7 @@ class Governance:
         """
         if consumer is None:
             return None
-        until = self.policy.valid_until
-        if until is not None and datetime.now(UTC) >= until:
-            # A subscription or override starting now: rebuilt before the lookup (a
-            # consumer no plan governed yet would pass ungoverned until a governed one
-            # called: 3,000 used at 1,000 after a plan change took effect).
-            try:
-                self.policy = build_policy(self.catalog, datetime.now(UTC))
-            except Exception as e:  # the policy in force stays; a failed check refuses
-                self._failed("check", e)
-            self._wake.set()  # new accounts (an override, a subscription) are read at once
+        self._policy_now()
         pol = self.policy.by_consumer.get(consumer)
         if pol is None:
             return None
@@ -310,16 +321,16 @@ class Governance:
         # and unlimited limits refuse nothing, whatever the store holds, and a plan's
         # allowed models or an ended subscription do not depend on it.
         if not self.ready and pol.refuses_on_usage:
-            if self.deny_when_blind:
+            if self.blind and self.deny_when_blind:  # a read failed
                 return Refusal(
                     "unavailable",
-                    "Meterline: usage limits cannot be checked (the store is unreachable); "
-                    "calls are refused until it is back.",
+                    "Meterline: usage limits cannot be checked (the store cannot be read); "
+                    "calls are refused until it can.",
                     "unavailable",
                     30,
                 )
             if not self.counters.unread_as_zero:
-                # Governed since a reload, never read yet (no read has failed either).
+                # Never read yet, and no read has failed either (governed since a reload).
                 return Refusal(
                     "unavailable",
                     "Meterline: usage limits are being read from the store; retry in a moment.",
@@ -453,6 +464,8 @@ class Governance:
 
     def _count(self, rows: list[dict[str, Any]]) -> None:
         """Count metered events against their consumer's limits (pending until stored)."""
+        if rows:
+            self._policy_now()
         for event in rows or ():
             consumer = event.get("consumer")
             pol = self.policy.by_consumer.get(consumer) if consumer else None
@@ -531,6 +544,7 @@ class Governance:
             self.counters.release(self._held.pop(event_id)[1])
         self.counters.apply(snap)
         self.counters.unread_as_zero = False
+        self.blind = False
         if not self.ready:
             log.info(
                 "meterline: usage limits enforced from the store (%d counters)", len(snap.stored)
@@ -538,14 +552,21 @@ class Governance:
         self.ready = True
 
     def _blind(self) -> None:
-        """A read failed: with ``allow``, counters never read count from zero meanwhile."""
+        """A read failed: with ``allow``, counters never read count from zero meanwhile;
+        with ``deny``, calls a limit could refuse are refused until a read succeeds."""
+        self.blind = True
         self.counters.unread_as_zero = not self.deny_when_blind
+
+    def _wants_read(self) -> bool:
+        """A read is needed: a consumer is governed, or none is yet but the catalog may
+        govern one later and the store was never read (its first period is then known)."""
+        return bool(self.policy.by_consumer) or (not self.ready and may_govern(self.catalog))
 
     def _run(self) -> None:
         while not self._stop.is_set():
             self._wake.wait(self.refresh_s)
             self._wake.clear()
-            if self._stop.is_set() or not self.policy.by_consumer:
+            if self._stop.is_set() or not self._wants_read():
                 continue
             snap = self._read()
             loop = self._loop

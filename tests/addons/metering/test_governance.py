@@ -83,6 +83,7 @@ def test_a_plan_that_cannot_refuse_is_not_refused_while_the_store_is_read() -> N
     waiting = gov.check("cap", "openai", "openai", call("gpt-4o"))
     assert isinstance(waiting, Refusal) and waiting.retry and waiting.kind == "unavailable"
     gov.deny_when_blind = True  # the store unreachable, policy deny: the same split
+    gov.blind = True
     assert gov.check("ent", "openai", "openai", call("gpt-4o")) is True
     assert isinstance(gov.check("cap", "openai", "openai", call("gpt-4o")), Refusal)
 
