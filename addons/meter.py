@@ -25,6 +25,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -288,10 +289,17 @@ class Meter:
         return self.sink.writer
 
     def _spooled_events(self) -> list[dict[str, Any]]:
-        """The events of the spool's sealed segments (not in the store yet)."""
+        """The events of the spool's sealed segments (an earlier run's, at start: the
+        writer may be storing them meanwhile; one it stored and deleted is skipped)."""
         if self.spool is None:
             return []
-        return [event for segment in self.spool.sealed() for event in Spool.read(segment)]
+        found: list[dict[str, Any]] = []
+        for segment in self.spool.sealed():
+            try:
+                found.extend(Spool.read(segment))
+            except FileNotFoundError:
+                continue
+        return found
 
     def _open_spool(self) -> None:
         """(Re)open the spool named by the options and start its writer (replaying leftovers)."""
@@ -317,7 +325,6 @@ class Meter:
             return
         if self.writer is not None:
             self.governance.start(
-                self.writer.flush,
                 self.spool.directory if self.spool else None,
                 self.writer.read,
                 self._spooled_events,
@@ -431,7 +438,18 @@ class Meter:
             where_ = f"{provider.name} {flow.request.pretty_host} (a path not metered): {why}"
             self._refused[flow.id] = (provider.flavor, where_, message)
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
+        st = self._active.get(flow.id)
+        consumer = st.identity.consumer if st is not None else None
+        if consumer is not None and self.governance.awaits_first_read(consumer.name):
+            # At start, until the store is first read (or the failure policy takes
+            # over): the event loop stays free, other calls go on.
+            return self._request_after_first_read(flow)
+        self._decide(flow)
+        return None
+
+    def _decide(self, flow: http.HTTPFlow) -> None:
+        """The ``request`` hook's work: refuse, check the limits, inject a key."""
         st = self._active.get(flow.id)
         if st is None:
             if self._refused and flow.id in self._refused:
@@ -505,6 +523,10 @@ class Meter:
         if self.durable and st.provider.flavor == "openai" and not st.drop_usage:
             st.ask_plain_stream()
         st.t_request = time.time()
+
+    async def _request_after_first_read(self, flow: http.HTTPFlow) -> None:
+        await self.governance.first_read()
+        self._decide(flow)
 
     def _refuse(self, st: FlowMeter, refusal: Refusal, body: bytes) -> None:
         """Answer ``st``'s call with ``refusal`` (never forwarded) and record it: zero

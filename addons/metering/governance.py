@@ -17,10 +17,15 @@ The :class:`Meter` addon calls four methods:
 A daemon thread re-reads the store every ``meter_governance_refresh`` seconds (every
 proxy's events of the current periods, this proxy's pending events found there, credit
 balances) and hands the snapshot to the event loop (:mod:`meterline.entitlements`).
-If the first read fails, ``meter_governance_failure`` decides: ``allow`` counts from
-zero (only this proxy's own calls since start) until a read succeeds, ``deny`` refuses
-governed calls (503) until then. A counter the store was never read for (a policy change
-adds it) refuses with a retryable 503 until the next read, which the change triggers.
+The first read runs on that thread too, never on the event loop (it waits for the
+store, which another process may hold locked for minutes): until it ends, calls a hard
+limit or a prepaid balance could refuse wait for it (:meth:`Governance.first_read`, the
+loop free), at most :data:`FIRST_READ_WAIT_S`. If it fails, or has not ended by then,
+``meter_governance_failure`` decides: ``allow`` counts from zero (this proxy's own calls
+since start, and the events an earlier run left in the spool) until a read succeeds,
+``deny`` refuses governed calls (503) until then. A counter the store was never read for
+(a policy change adds it) refuses with a retryable 503 until the next read, which the
+change triggers.
 
 An error inside governance (a bug, a catalog the period maths cannot serve) never costs
 an event and never forwards a call its plan could refuse: :meth:`Governance.check`
@@ -124,6 +129,12 @@ MIN_REFRESH_S = 0.1
 """The shortest refresh interval: each read of the store takes milliseconds of CPU."""
 
 
+FIRST_READ_WAIT_S = 3.0
+"""How long, at most, a call that a limit could refuse waits at start for the first read
+of the store; then the failure policy decides (before, the read ran on the event loop:
+with the store locked by another process every call hung 27 to 90 s)."""
+
+
 BACKGROUND_HOLD_S = 3600.0
 """How long a queued background response's reservation is held for the read that shows
 its end (a deep-research response runs for tens of minutes; OpenAI keeps them to read)."""
@@ -139,7 +150,10 @@ class Governance:
         self.ready = False
         """A snapshot of the store has been applied since start."""
         self.blind = False
-        """The last read of the store failed."""
+        """The last read of the store failed (or the first did not end in time)."""
+        self._first_read: asyncio.Event | None = None
+        """Set once the first read at start ended, failed or took too long: calls a limit
+        could refuse wait for it (:meth:`first_read`)."""
         self.locator: str | None = None
         self._reservations: dict[str, tuple[CustomerPolicy, Reservation]] = {}
         self.billed_as = BilledAs()
@@ -182,18 +196,21 @@ class Governance:
 
     def start(
         self,
-        flush: Callable[[], bool],
         state_dir: Path | None = None,
         through_writer: Callable[[Callable[[duckdb.DuckDBPyConnection], Any]], Any] | None = None,
         leftovers: Callable[[], list[dict[str, Any]]] | None = None,
     ) -> None:
-        """Build the counters from the store (the spool flushed into it first), then refresh.
+        """Count the spool's leftovers, then read the store from the refresh thread.
 
-        ``leftovers``: the events still in the spool. When the flush fails (the store's
-        disk full, the lake unreachable), an earlier run's events stay there: they are
-        counted as this proxy's pending events, as if it had just metered them (before,
-        a restart forgot them and a hard limit let their tokens through again); a later
-        read that finds them stored drops them from pending, as for any event.
+        Nothing here waits for the store: the first read runs on the refresh thread (a
+        DuckDB file another process holds is waited for there, up to its lock wait),
+        while calls a limit could refuse wait for it at most :data:`FIRST_READ_WAIT_S`
+        (:meth:`first_read`). ``leftovers``: the events an earlier run left in the spool
+        (the writer stores them meanwhile): counted at once as this proxy's pending
+        events, as if it had just metered them, so a limit holds them whether the store
+        takes them before the read or after (a store that cannot take them: its disk
+        full, a lake unreachable, the file locked); a read that finds them stored drops
+        them from pending, as for any event.
 
         The store is read at start whenever the catalog may govern a call, even when no
         consumer is governed yet: a subscription that starts later then finds its first
@@ -205,21 +222,47 @@ class Governance:
         except RuntimeError:
             self._loop = None
         if self.policy.by_consumer or may_govern(self.catalog):
-            # Leftovers of an earlier run go to the store, where they are counted, or, if
-            # it cannot take them now, are counted from the spool.
-            if not flush() and leftovers is not None:
+            if leftovers is not None:
                 self._count(leftovers())
-            snap = self._read()
-            if snap is not None:
-                self._apply(snap)
-            else:
-                self._blind()
+            if self._loop is not None:
+                self._first_read = asyncio.Event()
+                self._loop.call_later(FIRST_READ_WAIT_S, self._first_read_late)
+            self._wake.set()  # the refresh thread reads at once
         if self._thread is None:
             self._stop.clear()
             self._thread = threading.Thread(
                 target=self._run, name="meterline-governance", daemon=True
             )
             self._thread.start()
+
+    def awaits_first_read(self, consumer: str) -> bool:
+        """Whether a call of ``consumer`` must wait for the first read of the store: its
+        plan refuses on usage (a hard limit, prepaid) and that read is under way."""
+        if self._first_read is None or self._first_read.is_set():
+            return False
+        pol = self.policy.by_consumer.get(consumer)
+        return pol is not None and pol.refuses_on_usage
+
+    async def first_read(self) -> None:
+        """Until the first read ended (applied or failed) or :data:`FIRST_READ_WAIT_S`
+        passed, whichever is first."""
+        if self._first_read is not None:
+            await self._first_read.wait()
+
+    def _first_read_late(self) -> None:
+        """The first read has not ended in time: the failure policy decides from now on."""
+        if self.ready or self._first_read is None or self._first_read.is_set():
+            return
+        log.warning(
+            "meterline: usage for limits not read from %s within %.0f s (the store is "
+            "locked or slow): %s until it is",
+            self.locator,
+            FIRST_READ_WAIT_S,
+            "governed calls are refused (meter_governance_failure=deny)"
+            if self.deny_when_blind
+            else "limits count this proxy's own calls from zero (meter_governance_failure=allow)",
+        )
+        self._blind()
 
     def stop(self) -> None:
         self._stop.set()
@@ -321,7 +364,7 @@ class Governance:
         # and unlimited limits refuse nothing, whatever the store holds, and a plan's
         # allowed models or an ended subscription do not depend on it.
         if not self.ready and pol.refuses_on_usage:
-            if self.blind and self.deny_when_blind:  # a read failed
+            if self.blind and self.deny_when_blind:  # a read failed (or took too long)
                 return Refusal(
                     "unavailable",
                     "Meterline: usage limits cannot be checked (the store cannot be read); "
@@ -545,6 +588,8 @@ class Governance:
         self.counters.apply(snap)
         self.counters.unread_as_zero = False
         self.blind = False
+        if self._first_read is not None:
+            self._first_read.set()
         if not self.ready:
             log.info(
                 "meterline: usage limits enforced from the store (%d counters)", len(snap.stored)
@@ -556,6 +601,8 @@ class Governance:
         with ``deny``, calls a limit could refuse are refused until a read succeeds."""
         self.blind = True
         self.counters.unread_as_zero = not self.deny_when_blind
+        if self._first_read is not None:
+            self._first_read.set()
 
     def _wants_read(self) -> bool:
         """A read is needed: a consumer is governed, or none is yet but the catalog may
