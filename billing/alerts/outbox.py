@@ -93,6 +93,17 @@ def _secret(catalog: Catalog, url: str) -> bytes:
     raise AlertError(f"webhook {url} is no longer in the catalog")
 
 
+def retry_wait(min_backoff: timedelta, attempts: int) -> timedelta:
+    """``min_backoff * 2**attempts``, at most :data:`MAX_BACKOFF`, for any ``attempts``.
+
+    Computed in whole microseconds (Python ints do not overflow): a ``timedelta``
+    overflows long before the cap applies (about 31 attempts at an hour, 43 at 10 s),
+    which crashed every delivery round from then on, with the row never updated.
+    """
+    micro = timedelta(microseconds=1)
+    return min(min_backoff // micro * 2**attempts, MAX_BACKOFF // micro) * micro
+
+
 @dataclass
 class Delivery:
     delivered: int = 0
@@ -122,7 +133,7 @@ def deliver(
             )
             result.delivered += 1
         else:
-            wait = min(min_backoff * (2**attempts), MAX_BACKOFF)
+            wait = retry_wait(min_backoff, attempts)
             con.execute(
                 "UPDATE alert_outbox SET attempts = attempts + 1, next_attempt_at = ?, "
                 "last_error = ? WHERE event_id = ? AND webhook_url = ?",

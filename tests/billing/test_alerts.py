@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import duckdb
 import pytest
 from click.testing import CliRunner
 
@@ -189,3 +190,78 @@ def test_thresholds_are_of_the_limit_the_proxy_enforces_with_unit_grants(
         (100, 1500, 1500),
     ]
     assert (data[-1]["entitlement_limit"], data[-1]["granted_units"]) == (1000, 500)
+
+
+def _free_port() -> int:
+    """A port on 127.0.0.1 nobody listens on: a webhook that is down."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _two_hook_catalog(path: Path, down: str, up: str, entitlements: str = "") -> Path:
+    return write(
+        path,
+        f"""
+        version: 1
+        consumers: [{{name: agent-a}}]
+        features:
+          - {{key: out, name: Output, meter: {{token_types: [output]}}}}
+        plans:
+          - key: starter
+            name: Starter
+            currency: USD
+            entitlements: {entitlements or "[{feature: out, limit: 1000, enforcement: soft}]"}
+        customers:
+          - key: acme
+            name: ACME
+            currency: USD
+            consumers: [agent-a]
+            subscriptions: [{{plan: starter, start: "2026-01-01T00:00:00Z"}}]
+        alerts:
+          webhooks:
+            - {{url: "{down}", secret_env: HOOK_SECRET}}
+            - {{url: "{up}", secret_env: HOOK_SECRET}}
+          entitlement_percent: [50]
+        """,
+    )
+
+
+def _invoke(db: Path, catalog: Path, *args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(billing_cli, ["--db", str(db), "--catalog", str(catalog), *args])
+    return result.exit_code, result.output
+
+
+def test_a_webhook_down_for_days_waits_an_hour_and_the_others_still_get_theirs(
+    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After 43 failures (a ~35 h outage at the default 10 s) ``10 s * 2**43`` overflowed
+    ``timedelta`` before the one-hour cap: every round crashed on that row, first due,
+    before anything was posted or the row updated, so delivery was wedged for good."""
+    down = f"http://127.0.0.1:{_free_port()}/down"
+    up = f"http://127.0.0.1:{receiver.port}/up"
+    catalog = _two_hook_catalog(tmp_path / "catalog.yaml", down, up)
+    db = tmp_path / "meterline.duckdb"
+    add_events(db, Event(datetime.now(UTC) - timedelta(seconds=1), output=500))
+    monkeypatch.setenv("HOOK_SECRET", SECRET)
+    assert _invoke(db, catalog, "alerts", "deliver", "--min-backoff", "0") == (
+        0,
+        "queued 2, delivered 0, failed 2\n",
+    )
+    with duckdb.connect(str(db)) as con:  # the outage's hourly retries, fast-forwarded
+        con.execute("UPDATE alert_outbox SET next_attempt_at = TIMESTAMP '2020-01-01'")
+        con.execute("UPDATE alert_outbox SET attempts = 43 WHERE webhook_url = ?", [down])
+    receiver.start()
+
+    before = datetime.now(UTC).replace(tzinfo=None)
+    assert _invoke(db, catalog, "alerts", "deliver") == (0, "queued 0, delivered 1, failed 1\n")
+    after = datetime.now(UTC).replace(tzinfo=None)
+    assert len(receiver.received) == 1
+    with duckdb.connect(str(db)) as con:
+        row = con.execute(
+            "SELECT attempts, next_attempt_at FROM alert_outbox WHERE webhook_url = ?", [down]
+        ).fetchone()
+    assert row is not None
+    assert row[0] == 44
+    assert before + timedelta(hours=1) - timedelta(seconds=1) <= row[1]
+    assert row[1] <= after + timedelta(hours=1)
