@@ -15,7 +15,7 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -30,7 +30,7 @@ MAX_BACKOFF = timedelta(hours=1)
 
 
 class AlertError(UserError, ValueError):
-    """An alert command that cannot run (a missing secret, an unknown event)."""
+    """An alert command that cannot run (an unknown event)."""
 
 
 def _db(value: datetime) -> datetime:
@@ -81,18 +81,6 @@ def enqueue(
     return len(rows)
 
 
-def _secret(catalog: Catalog, url: str) -> bytes:
-    for hook in catalog.alerts.webhooks:
-        if hook.url == url:
-            value = os.environ.get(hook.secret_env)
-            if not value:
-                raise AlertError(
-                    f"webhook {url}: environment variable {hook.secret_env} is not set"
-                )
-            return value.encode()
-    raise AlertError(f"webhook {url} is no longer in the catalog")
-
-
 def retry_wait(min_backoff: timedelta, attempts: int) -> timedelta:
     """``min_backoff * 2**attempts``, at most :data:`MAX_BACKOFF`, for any ``attempts``.
 
@@ -104,10 +92,27 @@ def retry_wait(min_backoff: timedelta, attempts: int) -> timedelta:
     return min(min_backoff // micro * 2**attempts, MAX_BACKOFF // micro) * micro
 
 
+def _secret(catalog: Catalog, url: str) -> bytes | str:
+    """The webhook's secret, or why its rows cannot be posted now (one line).
+
+    Both are states of the catalog or the environment, not of the receiver: such a row
+    is skipped, not failed (no attempt counted), and posted once the webhook is back.
+    """
+    for hook in catalog.alerts.webhooks:
+        if hook.url == url:
+            value = os.environ.get(hook.secret_env)
+            if not value:
+                return f"environment variable {hook.secret_env} is not set"
+            return value.encode()
+    return "the webhook is no longer in the catalog"
+
+
 @dataclass
 class Delivery:
     delivered: int = 0
     failed: int = 0
+    skipped: list[str] = field(default_factory=list)
+    """One line per row not posted: its event, webhook and why."""
 
 
 def deliver(
@@ -117,6 +122,9 @@ def deliver(
     *,
     min_backoff: timedelta = timedelta(seconds=10),
 ) -> Delivery:
+    """Post every due row. A row whose webhook left the catalog, or whose secret is not
+    set, is skipped and reported, and stays in the outbox: it used to abort the round,
+    so one stale row blocked every other webhook for good."""
     due = con.execute(
         "SELECT event_id, webhook_url, payload, attempts FROM alert_outbox "
         "WHERE delivered_at IS NULL AND next_attempt_at <= ? ORDER BY created_at, event_id",
@@ -124,7 +132,11 @@ def deliver(
     ).fetchall()
     result = Delivery()
     for event_id, url, body, attempts in due:
-        error = post(url, body.encode(), event_id, _secret(catalog, url), int(time.time()))
+        secret = _secret(catalog, url)
+        if isinstance(secret, str):
+            result.skipped.append(f"{event_id} to {url}: not sent, {secret}")
+            continue
+        error = post(url, body.encode(), event_id, secret, int(time.time()))
         if error is None:
             con.execute(
                 "UPDATE alert_outbox SET delivered_at = ?, attempts = attempts + 1, "
@@ -143,24 +155,42 @@ def deliver(
     return result
 
 
-def list_alerts(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+def list_alerts(con: duckdb.DuckDBPyConnection, catalog: Catalog) -> list[dict[str, Any]]:
+    """Every outbox row; ``orphaned`` marks one not delivered whose webhook is no longer
+    in the catalog (skipped by :func:`deliver`, removed by :func:`drop_orphaned`)."""
     cur = con.execute(
         "SELECT event_id, customer_key, kind, period_start, webhook_url, attempts, "
         "delivered_at, next_attempt_at, last_error FROM alert_outbox ORDER BY created_at, event_id"
     )
     names = [d[0] for d in cur.description]
-    return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+    urls = {hook.url for hook in catalog.alerts.webhooks}
+    rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+    for row in rows:
+        row["orphaned"] = row["delivered_at"] is None and row["webhook_url"] not in urls
+    return rows
 
 
-def replay(con: duckdb.DuckDBPyConnection, event_id: str, now: datetime) -> int:
-    """Queue a delivered (or failing) event again, at once; returns the rows queued."""
+def drop_orphaned(con: duckdb.DuckDBPyConnection, catalog: Catalog) -> int:
+    """Delete the undelivered rows of webhooks no longer in the catalog; returns how many."""
+    urls = [hook.url for hook in catalog.alerts.webhooks]
+    orphaned = "delivered_at IS NULL AND NOT list_contains(?, webhook_url)"
+    found = con.execute(f"SELECT count(*) FROM alert_outbox WHERE {orphaned}", [urls]).fetchone()
+    con.execute(f"DELETE FROM alert_outbox WHERE {orphaned}", [urls])  # noqa: S608 - constant
+    return int(found[0]) if found else 0
+
+
+def replay(con: duckdb.DuckDBPyConnection, catalog: Catalog, event_id: str, now: datetime) -> int:
+    """Queue a delivered (or failing) event again, at once, to the catalog's webhooks
+    (not to one no longer there, which would only be skipped); returns the rows queued."""
     found = con.execute(
         "SELECT count(*) FROM alert_outbox WHERE event_id = ?", [event_id]
     ).fetchone()
     if not found or not found[0]:
         raise AlertError(f"no alert {event_id!r}")
-    con.execute(
-        "UPDATE alert_outbox SET delivered_at = NULL, next_attempt_at = ? WHERE event_id = ?",
-        [_db(now), event_id],
-    )
-    return int(found[0])
+    urls = [hook.url for hook in catalog.alerts.webhooks]
+    queued = con.execute(
+        "UPDATE alert_outbox SET delivered_at = NULL, next_attempt_at = ? "
+        "WHERE event_id = ? AND list_contains(?, webhook_url)",
+        [_db(now), event_id, urls],
+    ).fetchone()
+    return int(queued[0]) if queued else 0

@@ -265,3 +265,93 @@ def test_a_webhook_down_for_days_waits_an_hour_and_the_others_still_get_theirs(
     assert row[0] == 44
     assert before + timedelta(hours=1) - timedelta(seconds=1) <= row[1]
     assert row[1] <= after + timedelta(hours=1)
+
+
+def _one_hook_per_line(path: Path, *urls: str) -> Path:
+    hooks = "\n".join(f'    - {{url: "{u}", secret_env: HOOK_SECRET}}' for u in urls)
+    return write(
+        path,
+        """
+version: 1
+consumers: [{name: agent-a}]
+features:
+  - {key: out, name: Output, meter: {token_types: [output]}}
+plans:
+  - key: starter
+    name: Starter
+    currency: USD
+    entitlements: [{feature: out, limit: 1000, enforcement: soft}]
+customers:
+  - key: acme
+    name: ACME
+    currency: USD
+    consumers: [agent-a]
+    subscriptions: [{plan: starter, start: "2026-01-01T00:00:00Z"}]
+alerts:
+  entitlement_percent: [50, 80]
+  webhooks:
+"""
+        + hooks
+        + "\n",
+    )
+
+
+def test_an_alert_for_a_webhook_gone_from_the_catalog_is_skipped_not_blocking(
+    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An undelivered row whose webhook left the catalog (or whose secret was unset) made
+    every round fail with ``Error: webhook ... is no longer in the catalog``: no webhook got
+    anything, for good. Now it is skipped (a line each, exit 1), kept, posted if the
+    webhook comes back, and ``alerts drop-orphaned`` removes it."""
+    base = f"http://127.0.0.1:{receiver.port}"
+    old, new, gone = f"{base}/old", f"{base}/new", f"http://127.0.0.1:{_free_port()}/gone"
+    db = tmp_path / "meterline.duckdb"
+    now = datetime.now(UTC) - timedelta(seconds=1)
+    add_events(db, Event(now, output=500))
+    monkeypatch.setenv("HOOK_SECRET", SECRET)
+    first = _one_hook_per_line(tmp_path / "first.yaml", old, gone)
+    assert _invoke(db, first, "alerts", "deliver", "--min-backoff", "0") == (
+        0,
+        "queued 2, delivered 0, failed 2\n",
+    )
+    listed = json.loads(_invoke(db, first, "alerts", "list", "--format", "json")[1])
+    (fifty,) = {a["event_id"] for a in listed}
+
+    receiver.start()  # the hook moved from /old to /new; /gone is gone
+    moved = _one_hook_per_line(tmp_path / "moved.yaml", new)
+    add_events(db, Event(now, output=300))  # 80 % crossed
+    code, out = _invoke(db, moved, "alerts", "deliver", "--min-backoff", "0")
+    assert (code, out.splitlines()) == (
+        1,
+        [
+            f"{fifty} to {old}: not sent, the webhook is no longer in the catalog",
+            f"{fifty} to {gone}: not sent, the webhook is no longer in the catalog",
+            "queued 2, delivered 2, failed 0, skipped 2",
+        ],
+    )
+    assert sorted(json.loads(b)["data"]["percent"] for _, b in receiver.received) == [50, 80]
+    listed = json.loads(_invoke(db, moved, "alerts", "list", "--format", "json")[1])
+    assert sorted((a["webhook_url"], a["orphaned"]) for a in listed) == sorted(
+        [(old, True), (gone, True), (new, False), (new, False)]
+    )
+
+    back = _one_hook_per_line(tmp_path / "back.yaml", old, new)  # /old is back ...
+    monkeypatch.delenv("HOOK_SECRET")  # ... but its secret is not set: skipped too
+    code, out = _invoke(db, back, "alerts", "deliver", "--min-backoff", "0")
+    assert code == 1
+    assert out.count("not sent, environment variable HOOK_SECRET is not set") == 2
+    assert out.endswith("queued 1, delivered 0, failed 0, skipped 3\n")
+    monkeypatch.setenv("HOOK_SECRET", SECRET)
+    code, out = _invoke(db, back, "alerts", "deliver", "--min-backoff", "0")
+    assert (code, out.splitlines()[-1]) == (1, "queued 0, delivered 2, failed 0, skipped 1")
+    assert sorted(h["meterline-event-id"] for h, _ in receiver.received).count(fifty) == 2
+
+    assert _invoke(db, back, "alerts", "drop-orphaned") == (
+        0,
+        "dropped 1 undelivered alert(s) of webhooks no longer in the catalog\n",
+    )
+    assert _invoke(db, back, "alerts", "deliver") == (0, "queued 0, delivered 0, failed 0\n")
+    assert _invoke(db, back, "alerts", "replay", fifty) == (
+        0,
+        f"{fifty}: queued again for 2 webhook(s); run `billing alerts deliver`\n",
+    )

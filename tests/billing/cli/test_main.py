@@ -43,6 +43,7 @@ COMMANDS = _commands(main)
 def test_every_command_is_there() -> None:
     assert sorted(" ".join(p) for p, _ in COMMANDS) == [
         "alerts deliver",
+        "alerts drop-orphaned",
         "alerts list",
         "alerts replay",
         "catalog check",
