@@ -9,11 +9,20 @@ proxy enforces: the entitlement's limit plus the customer's unit grants of the f
 (``GRANTED_UNITS``, what ``billing entitlements`` counts in ``REMAINING``); before, 100 %
 fired at 1,110 of "1000" while the proxy admitted up to 1,500, and nothing fired when
 the customer was actually blocked.
+
+A threshold's id is (customer, feature, percent, period start), plus the period's end
+when the customer has several metered limits on the feature (a monthly and a daily one
+start at the same instant on the 1st: with the start alone both had one id, receivers
+deduplicating on it dropped one, and the outbox took the second crossing for the first).
+A feature with one limit keeps the id it always had; an id that gained the end carries
+the one it had before (``legacy_id``) so :func:`billing.alerts.outbox.enqueue` does not
+send again what was queued under it before an upgrade or before a second limit was added.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -34,6 +43,8 @@ class AlertEvent:
     kind: str
     period_start: datetime
     data: dict[str, Any]
+    legacy_id: str | None = None
+    """The id the same crossing had before the period's end was part of it, if other."""
 
 
 def event_id(*parts: str) -> str:
@@ -51,17 +62,25 @@ def evaluate(
     now = now or datetime.now(UTC)
     rules = catalog.alerts
     out: list[AlertEvent] = []
-    for row in entitlement_rows(con, catalog, now=now):
+    rows = entitlement_rows(con, catalog, now=now)
+    limits_per_feature = Counter(
+        (row["customer"], row["feature"]) for row in rows if row["type"] == "metered"
+    )
+    for row in rows:
         customer = row["customer"]
         if row["type"] == "metered" and isinstance(row["limit"], int) and row["limit"] > 0:
             granted = int(row.get("granted_units") or 0)
             used, limit = int(row["used"]), int(row["limit"]) + granted
             for pct in sorted(rules.entitlement_percent):
                 if used * 100 >= limit * pct:
-                    start = row["period_start"]
+                    start, end = row["period_start"], row["resets_at"]
+                    legacy = event_id(customer, "entitlement", row["feature"], str(pct), start)
+                    several = limits_per_feature[(customer, row["feature"])] > 1
                     out.append(
                         AlertEvent(
-                            event_id(customer, "entitlement", row["feature"], str(pct), start),
+                            event_id(customer, "entitlement", row["feature"], str(pct), start, end)
+                            if several
+                            else legacy,
                             customer,
                             "entitlement.threshold",
                             _parse(start),
@@ -73,8 +92,9 @@ def evaluate(
                                 "granted_units": granted,
                                 "used": used,
                                 "enforcement": row["enforcement"],
-                                "resets_at": row["resets_at"],
+                                "resets_at": end,
                             },
+                            legacy_id=legacy if several else None,
                         )
                     )
         elif row["type"] == "credit":

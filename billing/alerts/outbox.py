@@ -67,6 +67,7 @@ def enqueue(
         (r[0], r[1])
         for r in con.execute("SELECT event_id, webhook_url FROM alert_outbox").fetchall()
     }
+    have_as_legacy = _queued_under_legacy_ids(con, events)
     # created_at steps by a microsecond per event: delivery (ordered by it) keeps the
     # evaluation's order, e.g. 50 % before 80 % before 100 %, not the ids' hash order.
     rows = [
@@ -75,10 +76,29 @@ def enqueue(
         for n, ev in enumerate(events)
         for hook in webhooks
         if (ev.event_id, hook.url) not in have
+        and (ev.legacy_id, hook.url, ev.data.get("resets_at")) not in have_as_legacy
     ]  # fmt: skip
     if rows:
         con.executemany("INSERT INTO alert_outbox VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
     return len(rows)
+
+
+def _queued_under_legacy_ids(
+    con: duckdb.DuckDBPyConnection, events: Sequence[AlertEvent]
+) -> set[tuple[str, str, str | None]]:
+    """(legacy id, webhook, period end) of the rows queued under an event's former id.
+
+    A former id was shared by every limit of the feature whose period started at the same
+    instant; the period's end in the row's payload tells which limit's crossing it was.
+    """
+    legacy = sorted({ev.legacy_id for ev in events if ev.legacy_id})
+    if not legacy:
+        return set()
+    rows = con.execute(
+        "SELECT event_id, webhook_url, payload FROM alert_outbox WHERE list_contains(?, event_id)",
+        [legacy],
+    ).fetchall()
+    return {(r[0], r[1], json.loads(r[2])["data"].get("resets_at")) for r in rows}
 
 
 def retry_wait(min_backoff: timedelta, attempts: int) -> timedelta:

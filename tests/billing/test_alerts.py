@@ -18,7 +18,11 @@ import duckdb
 import pytest
 from click.testing import CliRunner
 
+from billing.alerts.evaluate import evaluate
+from billing.alerts.outbox import deliver, enqueue
 from billing.cli import main as billing_cli
+from billing.store import billing_store
+from meterline.catalog import Catalog, load_catalog
 from tests.billing.events import Event, add_events, write
 
 SECRET = "whsec-test-0123456789"
@@ -355,3 +359,83 @@ def test_an_alert_for_a_webhook_gone_from_the_catalog_is_skipped_not_blocking(
         0,
         f"{fifty}: queued again for 2 webhook(s); run `billing alerts deliver`\n",
     )
+
+
+def _limits_catalog(path: Path, port: int, entitlements: str) -> Catalog:
+    return load_catalog(
+        write(
+            path,
+            f"""
+            version: 1
+            consumers: [{{name: agent-a}}]
+            features:
+              - {{key: out, name: Output, meter: {{token_types: [output]}}}}
+            plans:
+              - key: starter
+                name: Starter
+                currency: USD
+                entitlements: {entitlements}
+            customers:
+              - key: acme
+                name: ACME
+                currency: USD
+                consumers: [agent-a]
+                subscriptions: [{{plan: starter, start: "2026-01-01T00:00:00Z"}}]
+            alerts:
+              webhooks: [{{url: "http://127.0.0.1:{port}/hook", secret_env: HOOK_SECRET}}]
+              entitlement_percent: [50]
+            """,
+        )
+    )
+
+
+def _round(db: Path, catalog: Catalog, now: datetime) -> tuple[int, int]:
+    """One ``alerts deliver`` round at ``now``: (rows queued, rows delivered)."""
+    with billing_store(db) as con:
+        added = enqueue(con, evaluate(con, catalog, now), catalog.alerts.webhooks, now)
+        return added, deliver(con, catalog, now).delivered
+
+
+def test_a_monthly_and_a_daily_limit_starting_together_get_distinct_alert_ids(
+    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A monthly 1,000 and a daily 100 on one feature both start on the 1st: their 50 %
+    alerts had one id (customer, feature, percent, start), so receivers deduplicating on
+    it dropped one, and the monthly 50 % crossed on the 5th was never queued: the daily's
+    row of the 1st already held that id."""
+    monthly = "{feature: out, limit: 1000, enforcement: soft}"
+    daily = "{feature: out, limit: 100, enforcement: soft, period: P1D}"
+    one_limit = _limits_catalog(tmp_path / "one.yaml", receiver.port, f"[{daily}]")
+    two_limits = _limits_catalog(tmp_path / "two.yaml", receiver.port, f"[{monthly}, {daily}]")
+    db = tmp_path / "meterline.duckdb"
+    monkeypatch.setenv("HOOK_SECRET", SECRET)
+    receiver.start()
+
+    # Dec 1, 60 used, the daily limit alone (as an outbox from before this fix holds it):
+    # its id is the one a single limit always had, pinned here.
+    add_events(db, Event(datetime(2026, 12, 1, 10, tzinfo=UTC), output=60))
+    dec1 = datetime(2026, 12, 1, 12, tzinfo=UTC)
+    assert _round(db, one_limit, dec1) == (1, 1)
+    first = json.loads(receiver.received[0][1])
+    assert first["id"] == "evt_ca4d5c5ece837cc53b1ce7a1"
+    # A monthly limit added (or an upgrade over such an outbox): the daily 50 % of Dec 1,
+    # now under an id with its end, is not sent again.
+    assert _round(db, two_limits, dec1) == (0, 0)
+
+    add_events(
+        db,
+        Event(datetime(2026, 12, 4, 10, tzinfo=UTC), output=490),
+        Event(datetime(2026, 12, 5, 10, tzinfo=UTC), output=10),
+    )  # 560 in December: the monthly 50 %
+    assert _round(db, two_limits, datetime(2026, 12, 5, 12, tzinfo=UTC)) == (1, 1)
+    second = json.loads(receiver.received[1][1])
+    assert (second["data"]["limit"], second["data"]["percent"]) == (1000, 50)
+    assert second["period_start"] == first["period_start"] == "2026-12-01T00:00:00Z"
+    assert second["id"] != first["id"]
+
+    # On a fresh store, both crossings on the 1st: two alerts, two ids.
+    fresh = tmp_path / "fresh.duckdb"
+    add_events(fresh, Event(datetime(2026, 12, 1, 10, tzinfo=UTC), output=600))
+    assert _round(fresh, two_limits, dec1) == (2, 2)
+    ids = [json.loads(body)["id"] for _, body in receiver.received[2:]]
+    assert len(set(ids)) == 2
