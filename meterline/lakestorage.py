@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from collections.abc import Sequence
 
 import duckdb
@@ -103,7 +104,9 @@ def write_marker(con: duckdb.DuckDBPyConnection, data_path: str, identity: str) 
     path = marker_path(data_path)
     if not is_remote(path):
         os.makedirs(data_path, exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
+        # one name per thread: a proxy's writer and its maintainer (or two writers of one
+        # process) may write the marker at once, and a shared name lost one's rename
+        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(identity + "\n")
         os.replace(tmp, path)  # two proxies at once write the same text

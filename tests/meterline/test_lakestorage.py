@@ -316,3 +316,38 @@ def test_billing_lake_maintain_refuses_storage_that_is_not_the_lakes(
     assert ("lake_leases",) not in tables
     (data / MARKER_NAME).unlink()  # the lake's files are there: its own storage
     assert _billing(lake, "lake", "maintain", "--keep", "1").exit_code == 0
+
+
+def test_threads_of_one_process_write_the_marker_at_once(tmp_path: Path) -> None:
+    """A proxy's writer and its lake maintainer (or two writers of one process) wrote
+    the marker through one temporary name: the rename of one found the file gone, and
+    its flush failed (ENOENT: cannot write the lake's marker)."""
+    import threading
+
+    import duckdb
+
+    from meterline.lakestorage import write_marker
+
+    data = str(tmp_path / "data")
+    start = threading.Barrier(8)
+    failures: list[BaseException] = []
+
+    def write() -> None:
+        con = duckdb.connect()
+        start.wait()
+        try:
+            for _ in range(200):
+                write_marker(con, data, "lake-1")
+        except OSError as e:
+            failures.append(e)
+        finally:
+            con.close()
+
+    threads = [threading.Thread(target=write) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+    assert (tmp_path / "data" / MARKER_NAME).read_text() == "lake-1\n"
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [MARKER_NAME]
