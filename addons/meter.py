@@ -616,8 +616,8 @@ class Meter:
         keyset = attribution.presented(req.headers, query, provider)
         self.sockets.start(flow, provider, self.keybook.identify_key(keyset.billed))
 
-    def websocket_message(self, flow: http.HTTPFlow) -> None:
-        self.sockets.message(flow)
+    def websocket_message(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
+        return self.sockets.message(flow)
 
     def websocket_end(self, flow: http.HTTPFlow) -> None:
         self.sockets.end(flow)

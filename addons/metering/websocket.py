@@ -30,11 +30,12 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 from mitmproxy import ctx, http
+from mitmproxy.websocket import WebSocketMessage
 
 from addons.metering import errors, events, jsoncodec
 from addons.metering.bounded import count_tokens, estimate_request_input
@@ -95,24 +96,44 @@ class ResponsesSockets:
         socket = ResponsesSocket(provider, identity, request_id=events.request_id_from(headers))
         self._open[flow.id] = socket
 
-    def message(self, flow: http.HTTPFlow) -> None:
+    def message(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
+        """Meter a server's final event; check a client's ``response.create``. A turn
+        that must wait for governance's first read of the store (a proxy just started)
+        waits off the event loop: the hook then returns a coroutine for mitmproxy."""
         socket = self._open.get(flow.id)
         if socket is None or flow.websocket is None or not flow.websocket.messages:
-            return
+            return None
         message = flow.websocket.messages[-1]
         content = message.content
         if message.from_client:
             if _CREATE in content and message.is_text:
-                socket.created_at, socket.create, socket.first_byte_at = time.time(), content, None
-                refusal = self._check(flow, socket, content)
-                if refusal is not None:
-                    message.drop()
-                    self._refuse(flow, socket, refusal)
-            return
+                consumer = socket.identity.consumer
+                if consumer is not None and self.governance.awaits_first_read(consumer.name):
+                    return self._create_after_first_read(flow, socket, message)
+                self._create(flow, socket, message)
+            return None
         if socket.first_byte_at is None:
             socket.first_byte_at = time.time()
         if message.is_text and _FINAL.search(content):
             self._final(flow, socket, content)
+        return None
+
+    async def _create_after_first_read(
+        self, flow: http.HTTPFlow, socket: ResponsesSocket, message: WebSocketMessage
+    ) -> None:
+        await self.governance.first_read()
+        self._create(flow, socket, message)
+
+    def _create(
+        self, flow: http.HTTPFlow, socket: ResponsesSocket, message: WebSocketMessage
+    ) -> None:
+        """A client's ``response.create``: checked against the limits, dropped if refused."""
+        content = message.content
+        socket.created_at, socket.create, socket.first_byte_at = time.time(), content, None
+        refusal = self._check(flow, socket, content)
+        if refusal is not None:
+            message.drop()
+            self._refuse(flow, socket, refusal)
 
     def end(self, flow: http.HTTPFlow) -> None:
         socket = self._open.pop(flow.id, None)
