@@ -16,14 +16,25 @@ from __future__ import annotations
 import re
 
 MASK = "***"
+#: The keywords whose value is a secret: libpq's ``password`` and ``sslpassword`` (the
+#: client key's passphrase), PostgreSQL 18's ``oauth_client_secret``.
+_SECRET_KEYWORDS = r"(?:ssl)?password|oauth_client_secret"
+#: A value as libpq's conninfo parser reads it (docs: "Keyword/Value Connection Strings";
+#: libpq's ``conninfo_parse``): after ``=`` and any blanks, either a quoted value (``'``
+#: up to the next ``'`` not escaped by a backslash; left open, it runs to the end of the
+#: line) or a bare one, which runs to the next blank not escaped by a backslash (a quote
+#: inside it is a character of the password: ``password=Pg\ S3cret`` is "Pg S3cret",
+#: ``password=Secret'Tail`` is "Secret'Tail"). Whatever is glued after a closing quote is
+#: masked too (libpq refuses it; it may be the password's end). ``"..."`` is no libpq
+#: quote but people write it: masked to its closing ``"`` as well.
+_BARE = r"(?:[^\s\\]|\\[\s\S]|\\$)+"
+_QUOTED = r"'(?:[^'\\\n]|\\.)*(?:'|$)|\"(?:[^\"\\\n]|\\.)*\""
 _KEYWORD = re.compile(
-    r"(\b(?:ssl)?password\s*=\s*)"
+    rf"(\b(?:{_SECRET_KEYWORDS})\s*=\s*)"
     # Masked already (a message shown again through the proxy's log filter): the ":" or
-    # ")" after the mask stays. libpq quotes with '...'; "..." too, as people write it;
-    # an unterminated quote runs to the next space. A bare value stops at a quote: a
-    # repr's closing one stays.
-    r"""(?:\*\*\*(?=[:)]?(?:\s|$))|'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|[^\s'"]+|['"]\S*)""",
-    re.IGNORECASE,
+    # ")" after the mask stays.
+    rf"(?:\*\*\*(?=[:)]?(?:\s|$))|(?:{_QUOTED})(?:{_BARE})?|{_BARE})",
+    re.IGNORECASE | re.MULTILINE,
 )
 #: ``postgresql://user:password@host``: the password runs to the last ``@`` of the
 #: authority (one left unencoded in it must not leave its end shown).
@@ -33,7 +44,7 @@ _URI = re.compile(r"(\bpostgres(?:ql)?://[^:/@\s]*:)[^\s/?#]*@", re.IGNORECASE)
 def shown(text: str) -> str:
     """``text`` with every connection-string password replaced by ``***``."""
     lower = text.lower()
-    if "password" not in lower and "://" not in lower:  # sslpassword too
+    if "password" not in lower and "://" not in lower and "secret" not in lower:
         return text
     return _URI.sub(r"\1" + MASK + "@", _KEYWORD.sub(r"\1" + MASK, text))
 

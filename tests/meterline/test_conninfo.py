@@ -39,7 +39,20 @@ MISGIVEN = [
         ("POSTGRES://u:s3@cr3t@db/m", "POSTGRES://u:***@db/m"),  # an @ left unencoded
         ("host=db PASSWORD='s3 cr3t' user=u", "host=db PASSWORD=*** user=u"),
         ('host=db Password="s3 cr3t" user=u', "host=db Password=*** user=u"),
-        ("host=db password='s3cr3t user=u", "host=db password=*** user=u"),
+        # libpq's rules: an unquoted value runs to the next blank not escaped by a
+        # backslash, quotes in it included; a quoted one to its closing quote not escaped
+        # (left open, to the end of the line, as libpq reads it)
+        ("host=db password='s3cr3t user=u", "host=db password=***"),
+        ("host=db password='s3cr3t user=u\nnext", "host=db password=***\nnext"),
+        ("ducklake:postgres:user=b password=Pg\\ S3cret-7X: cannot open", "ducklake:postgres:user=b password=*** cannot open"),  # noqa: E501
+        ("dbname=q password=Secret'Tail9: this database holds no lake", "dbname=q password=*** this database holds no lake"),  # noqa: E501
+        ("password=a\\\\ b", "password=*** b"),  # an escaped backslash escapes no blank
+        ("host=db password='it\\'s a secret' user=u", "host=db password=*** user=u"),
+        ("host=db password='it\\'s'tail x", "host=db password=*** x"),  # glued to the quote
+        ("password = \t'a b' x", "password = \t*** x"),
+        ("host=db sslpassword=Ssl\\ Pass\\ 2 user=u", "host=db sslpassword=*** user=u"),
+        ("host=db oauth_client_secret=Oa\\ Cs3 user=u", "host=db oauth_client_secret=*** user=u"),
+        ("spool segment(s) to ducklake:postgres:user=b password=Pg\\ S3cret-7X", "spool segment(s) to ducklake:postgres:user=b password=***"),  # noqa: E501
     ],
 )  # fmt: skip
 def test_passwords_are_masked(text: str, masked: str) -> None:
@@ -53,13 +66,15 @@ def test_a_postgres_error_is_one_line() -> None:
     assert one_line(text) == 'query "CREATE TABLE x": ERROR:  permission denied'
 
 
-def test_a_lake_that_cannot_be_reached_names_no_password() -> None:
+@pytest.mark.parametrize("password", ["s3cr3t", "s3\\ cr3t", "s3cr3t'cr3t", "'s3\\'cr3t'"])
+def test_a_lake_that_cannot_be_reached_names_no_password(password: str) -> None:
     locator = (
-        "ducklake:postgres:host=127.0.0.1 port=1 dbname=m user=u password=s3cr3t connect_timeout=1"
+        "ducklake:postgres:host=127.0.0.1 port=1 dbname=m user=u "
+        f"password={password} connect_timeout=1"
     )
     with pytest.raises(StoreError) as e:
         store(locator, wait_s=0).__enter__()
-    assert "s3cr3t" not in str(e.value) and "password=***" in str(e.value)
+    assert "cr3t" not in str(e.value) and "password=***" in str(e.value)
     assert "\n" not in str(e.value)
 
 
