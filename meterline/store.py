@@ -129,6 +129,15 @@ def _load_extensions(con: duckdb.DuckDBPyConnection, *names: str) -> None:
         con.execute(f"LOAD {name}")
 
 
+#: Object storage that hangs: httpfs waits 30 s per try and tries 4 times, with backoff,
+#: per request, so a stalled S3 held a proxy's flush (and a shutdown, which waits for it)
+#: for about 4 minutes, and a ``billing`` command or a maintenance pass about 2. 5 s and 2
+#: tries: a flush fails in 20 s (measured, the S3 server stopped), its events stay in the
+#: spool and the writer retries later; ``billing`` says so in one line. Set on every
+#: lake attach (:func:`_attach_lake`): the writer's, ``billing``'s, the maintainer's.
+LAKE_HTTP_SETTINGS = ("SET http_timeout = 5", "SET http_retries = 1")
+
+
 def _attach_lake(con: duckdb.DuckDBPyConnection, locator: str, *, create: bool) -> None:
     """``ducklake:postgres:dbname=... host=...``, data files under ``METERLINE_LAKE_DATA``.
 
@@ -145,6 +154,9 @@ def _attach_lake(con: duckdb.DuckDBPyConnection, locator: str, *, create: bool) 
     except LakeConfigError as e:
         raise StoreError(str(e)) from None
     _load_extensions(con, "ducklake", "postgres", *(("httpfs",) if settings.remote else ()))
+    if settings.remote:
+        for statement in LAKE_HTTP_SETTINGS:
+            con.execute(statement)
     for statement in settings.setup_sql():
         con.execute(statement)
     options = settings.attach_options() + ("" if create else ", CREATE_IF_NOT_EXISTS false")

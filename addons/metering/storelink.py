@@ -42,11 +42,6 @@ log = logging.getLogger(__name__)
 #: are the proxy's) and a bounded buffer pool (a batch is at most a few thousand rows).
 _INSTANCE_SETTINGS = ("SET threads = 1", "SET memory_limit = '512MB'")
 _FILE_ALIAS = "store"
-#: Object storage that hangs: httpfs waits 30 s per try and tries 4 times, with backoff,
-#: per request, so a stalled S3 held a flush (and a shutdown, which waits for it) for
-#: about 4 minutes. 5 s and 2 tries: the flush fails in 20 s (measured, the S3 server
-#: stopped), its events stay in the spool and the writer retries later.
-LAKE_HTTP_SETTINGS = ("SET http_timeout = 5", "SET http_retries = 1")
 #: DuckLake waits ``retry_wait_ms * backoff^n`` (times a random 0.5-1) before retry n:
 #: by default 100 ms x 1.5^n, so a commit that lost 15 races in a row (ten writers and a
 #: merge) waited 88 s in all. A retry only re-reads the latest snapshot and writes again:
@@ -113,9 +108,7 @@ class StoreLink:
                 con.execute(f"SET ducklake_max_retry_count = {LAKE_COMMIT_RETRIES}")
                 for statement in LAKE_RETRY_SETTINGS:
                     con.execute(statement)
-                for statement in LAKE_HTTP_SETTINGS:
-                    with contextlib.suppress(duckdb.Error):  # no httpfs: a local data path
-                        con.execute(statement)
+                # Bounded HTTP waits (meterline.store.LAKE_HTTP_SETTINGS): set on attach.
                 try:
                     self._data_path = lakerepair.ensure_marker(con)
                 except lakestorage.StorageUnreachable:

@@ -170,6 +170,31 @@ def test_a_flush_to_object_storage_that_hangs_fails_in_bounded_time(
             ).fetchone() == (2, 2)
 
 
+def test_billing_on_object_storage_that_hangs_fails_in_bounded_time(
+    s3: str, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """``billing`` (and a proxy's maintenance pass, through the same attach) against a
+    stopped S3 server waited httpfs's defaults, 30 s x 4 tries, ~2 minutes: only the
+    writer's connection had the bounded HTTP settings. Now every lake attach has them, so
+    the command fails in one line well within the bound (~10-20 s)."""
+    _use_s3(monkeypatch, s3, "meterline-billing-hang")
+    with postgres_server() as server:
+        lake = f"ducklake:postgres:{create_database(server, 'billinghang')}"
+        write_batches(lake, tmp_path / "spool", batches=2, per_batch=2)
+        os.kill(_SERVERS[s3], signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            result = CliRunner().invoke(billing_main, ["--db", lake, "usage"])
+            took = time.monotonic() - started
+        finally:
+            os.kill(_SERVERS[s3], signal.SIGCONT)
+        assert result.exit_code == 1, result.output
+        [line] = result.output.strip().splitlines()
+        assert line.startswith("Error: ") and "meterline-secret" not in line
+        assert took < 60, took  # httpfs's defaults: 120 s and more
+        assert CliRunner().invoke(billing_main, ["--db", lake, "usage"]).exit_code == 0
+
+
 def test_a_lost_object_is_found_and_dropped_on_s3(
     s3: str, tmp_path: Path, monkeypatch: Any
 ) -> None:
