@@ -54,6 +54,7 @@ from addons.metering import (
 from addons.metering.deferred import DeferredWork
 from addons.metering.finish import Finisher
 from addons.metering.flowstate import FlowMeter, buffer_whole, pick_headers, rejection, where
+from addons.metering.lakejob import maintain_every_s
 from addons.metering.lognoise import MITM_SERVER_LOG, HideStreamingNotice
 from addons.metering.ratelog import RateLimitedLog
 from addons.metering.replyend import EndWatch
@@ -664,6 +665,7 @@ def _check_db(locator: str) -> None:
     if locator.startswith(LAKE_PREFIX):
         try:  # a relative data path, a bad S3 setting: no flush would ever succeed
             lake_settings()
+            maintain_every_s()  # a negative one turned maintenance off unsaid
         except LakeConfigError as e:
             raise exceptions.OptionsError(f"meter_db: {e}") from e
         return

@@ -12,13 +12,16 @@ lapses after its ttl (30 minutes); what the pass had committed stays valid.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import socket
 import threading
+from collections.abc import Mapping
 
 from addons.metering.priority import MAINTENANCE_NICENESS, lower_thread_priority
 from meterline import lakerepair
+from meterline.lakeconfig import LakeConfigError
 from meterline.lakemaint import (
     MAX_COMPACTED_FILES,
     MaintenanceReport,
@@ -39,14 +42,26 @@ log = logging.getLogger(__name__)
 DEFAULT_EVERY_S = 150.0
 
 
-def maintain_every_s(env: dict[str, str] | None = None) -> float:
-    """``METERLINE_LAKE_MAINTAIN_EVERY`` in seconds (0: never); a bad value: the default."""
+def maintain_every_s(env: Mapping[str, str] | None = None) -> float:
+    """``METERLINE_LAKE_MAINTAIN_EVERY`` in seconds; unset: the default, 0: never.
+
+    Anything else (not a number, negative, infinite) raises :class:`LakeConfigError`: the
+    proxy refuses it at start in one line, as the other ``METERLINE_LAKE_*`` settings. A
+    negative value turned maintenance off without a word before, so a fleet whose proxies
+    all had it merged no files until the lake held thousands."""
     text = (os.environ if env is None else env).get("METERLINE_LAKE_MAINTAIN_EVERY", "")
-    try:
-        return max(0.0, float(text)) if text else DEFAULT_EVERY_S
-    except ValueError:
-        log.warning("meterline: METERLINE_LAKE_MAINTAIN_EVERY=%r is not seconds", text)
+    if not text:
         return DEFAULT_EVERY_S
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise LakeConfigError(
+            f"METERLINE_LAKE_MAINTAIN_EVERY={text!r}: expected seconds >= 0 (0: this proxy "
+            "runs no maintenance)"
+        )
+    return seconds
 
 
 def lease_holder_name(proxy_id: str | None) -> str:

@@ -76,11 +76,22 @@ def test_an_option_given_twice_is_one_line(
     assert "Traceback" not in out and not proxy.db.exists(), out
 
 
+@pytest.mark.parametrize(
+    "name,value,problem",
+    [("METERLINE_LAKE_DATA", "lake-data/", "must be an absolute path"),
+     # before: -5 turned the proxy's maintenance off without a word; abc was logged
+     ("METERLINE_LAKE_MAINTAIN_EVERY", "-5", "expected seconds >= 0"),
+     ("METERLINE_LAKE_MAINTAIN_EVERY", "abc", "expected seconds >= 0"),
+     ("METERLINE_LAKE_MAINTAIN_EVERY", "inf", "expected seconds >= 0")],
+    ids=["relative-data", "negative-maintain-every", "maintain-every-not-seconds",
+         "infinite-maintain-every"],
+)  # fmt: skip
 def test_a_lake_setting_that_no_flush_could_use_is_one_line_at_start(
-    tmp_path: Path, mitm_confdir: Path, test_catalog: Path
+    tmp_path: Path, mitm_confdir: Path, test_catalog: Path, name: str, value: str, problem: str
 ) -> None:
     """A relative ``METERLINE_LAKE_DATA`` cannot fix itself: before, the proxy started
-    and every flush failed (kept in the spool) with the S3 hint added to the store's."""
+    and every flush failed (kept in the spool) with the S3 hint added to the store's. A
+    maintenance period that is no number of seconds is refused the same way."""
     proxy = MeterProxy(
         tmp_path,
         catalog=test_catalog,
@@ -88,13 +99,15 @@ def test_a_lake_setting_that_no_flush_could_use_is_one_line_at_start(
         options={"meter_db": "ducklake:postgres:dbname=meterline host=127.0.0.1 port=1"},
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("METERLINE_")}
-    env["METERLINE_LAKE_DATA"] = "lake-data/"
+    env[name] = value
     run = subprocess.run(
         proxy.command(), capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env
     )
     out = run.stdout + run.stderr
     assert run.returncode == 1, out
-    line = "meterline: meter_db: METERLINE_LAKE_DATA='lake-data/' must be an absolute path"
+    line = f"meterline: meter_db: {name}={value!r}: {problem}"
+    if name == "METERLINE_LAKE_DATA":
+        line = f"meterline: meter_db: {name}={value!r} {problem}"
     assert line in out and out.count("meterline: ") == 1, out
     assert "Traceback" not in out and not proxy.spool.exists(), out
 
