@@ -156,8 +156,14 @@ def take_lease(
     *,
     ttl: timedelta = DEFAULT_LEASE_TTL,
     now: datetime | None = None,
+    take_over: str | None = None,
 ) -> bool:
     """Take (or renew) the maintenance lease for ``ttl``; False if someone else holds it.
+
+    ``take_over``: a holder name, or its start, whose lease is taken even before it
+    lapses: a proxy's earlier life (``proxy:<meter_proxy_id>:``, another pid: killed
+    mid-pass, its lease blocked the restarted proxy for 30 minutes), or the holder
+    ``billing lake maintain --break-lease`` was told is gone.
 
     DuckLake refuses to commit a transaction that deletes rows another transaction deleted
     since it began, and an UPDATE deletes the old row: of two proxies updating the lease
@@ -166,6 +172,9 @@ def take_lease(
     now = now or datetime.now(UTC)
     migrate(con, LEASE_MIGRATIONS)  # creates the one lease row, free
     quoted = holder.replace("'", "''")
+    taken_over = ""
+    if take_over:
+        taken_over = " OR starts_with(holder, '" + take_over.replace("'", "''") + "')"
     try:
         con.execute(f"SELECT count(*) FROM lake_leases WHERE name = '{LEASE}'").fetchall()
     except (duckdb.IOException, duckdb.HTTPException) as e:  # a lost lease commit's file
@@ -176,7 +185,8 @@ def take_lease(
         con.execute("BEGIN TRANSACTION")
         row = con.execute(
             f"UPDATE lake_leases SET holder = '{quoted}', expires_at = {_utc(now + ttl)} "
-            f"WHERE name = '{LEASE}' AND (holder = '{quoted}' OR expires_at < {_utc(now)})"
+            f"WHERE name = '{LEASE}' "
+            f"AND (holder = '{quoted}' OR expires_at < {_utc(now)}{taken_over})"
         ).fetchone()
         con.execute("COMMIT")
     except duckdb.TransactionException:  # another taker committed first

@@ -6,7 +6,9 @@ job runs ``billing lake maintain`` instead) it tries to take the lake's maintena
 (:func:`meterline.lakemaint.take_lease`); the proxy that gets it runs one bounded pass
 (:func:`meterline.lakemaint.maintain`) on its own connection, so the writer keeps
 flushing meanwhile, and gives the lease back. A proxy killed mid-pass leaves a lease that
-lapses after its ttl (30 minutes); what the pass had committed stays valid.
+lapses after its ttl (30 minutes), unless the proxy is restarted with the same
+``meter_proxy_id`` (:func:`own_lease_prefix`) or ``billing lake maintain --break-lease``
+breaks it; what the pass had committed stays valid.
 """
 
 from __future__ import annotations
@@ -72,11 +74,28 @@ def lease_holder_name(proxy_id: str | None) -> str:
     return f"proxy:{proxy_id or socket.gethostname()}:{os.getpid()}"
 
 
+def own_lease_prefix(proxy_id: str | None) -> str | None:
+    """``proxy:<meter_proxy_id>:``: a lease held under it by another pid is this proxy's
+    from before a restart (killed mid-pass), which it takes back rather than wait out
+    the lease's 30 minutes. Ids are one per proxy (docs/fleet.md); without one, None: a
+    host name is shared by the proxies of a host, and one of them may be mid-pass."""
+    return f"proxy:{proxy_id}:" if proxy_id else None
+
+
 class LakeMaintainer:
-    def __init__(self, locator: str, *, every_s: float, holder: str | None = None) -> None:
+    def __init__(
+        self,
+        locator: str,
+        *,
+        every_s: float,
+        holder: str | None = None,
+        take_over: str | None = None,
+    ) -> None:
         self.locator = locator
         self.every_s = every_s
         self.holder = holder or lease_holder_name(None)
+        self.take_over = take_over
+        """:func:`own_lease_prefix`: whose lease this proxy takes back before it lapses."""
         self.passes = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -108,7 +127,7 @@ class LakeMaintainer:
             con.execute("SET threads = 1")  # the proxy's cores are for its traffic
             # Taking the lease writes a file: never into a mountpoint whose disk is gone.
             lakerepair.check_storage(con)
-            if not take_lease(con, self.holder):
+            if not take_lease(con, self.holder, take_over=self.take_over):
                 return None
             try:
                 report = maintain(

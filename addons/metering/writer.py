@@ -46,7 +46,12 @@ from typing import TypeVar
 import duckdb
 
 from addons.metering import eventid, oserrors
-from addons.metering.lakejob import LakeMaintainer, lease_holder_name, maintain_every_s
+from addons.metering.lakejob import (
+    LakeMaintainer,
+    lease_holder_name,
+    maintain_every_s,
+    own_lease_prefix,
+)
 from addons.metering.priority import WRITER_NICENESS, lower_thread_priority
 from addons.metering.recentids import RecentIds
 from addons.metering.spool import Spool
@@ -417,7 +422,10 @@ class SpoolWriter:
             self.maintainer = None
         if self.link.is_lake:
             self.maintainer = LakeMaintainer(
-                self.locator, every_s=maintain_every_s(), holder=lease_holder_name(self.proxy_id)
+                self.locator,
+                every_s=maintain_every_s(),
+                holder=lease_holder_name(self.proxy_id),
+                take_over=own_lease_prefix(self.proxy_id),
             )
             self.maintainer.start()
 

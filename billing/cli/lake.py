@@ -54,10 +54,21 @@ def lake_group() -> None:
     "and that are over a day old (left by writers killed mid-flush). Only for a data path "
     "no other lake uses.",
 )
+@click.option(
+    "--break-lease",
+    is_flag=True,
+    help="Take the maintenance lease even from a holder that has not let it lapse: only "
+    "when that holder is known to be gone (killed mid-pass). Says whose lease it broke.",
+)
 @format_option()
 @pass_settings
 def maintain_cmd(
-    settings: Settings, keep: int, flush_inlined: bool, delete_orphans: bool, fmt: str
+    settings: Settings,
+    keep: int,
+    flush_inlined: bool,
+    delete_orphans: bool,
+    break_lease: bool,
+    fmt: str,
 ) -> None:
     """Compact the lake's files, expire old snapshots, delete the files they freed.
 
@@ -82,12 +93,19 @@ def maintain_cmd(
             lakerepair.check_storage(con)
         except lakestorage.StorageUnreachable as e:
             raise click.ClickException(str(e)) from None
-        if not take_lease(con, holder):
+        stale = _held_lease(con) if break_lease else None
+        if not take_lease(con, holder, take_over=stale[0] if stale else None):
             who, until = lease_holder(con)
             raise StoreError(
                 f"another maintenance pass holds the lake's lease ({who or 'unknown'}, until "
                 f"{until:%Y-%m-%dT%H:%M:%SZ}: a holder that died or lost PostgreSQL lets it lapse "
-                "then); try later"
+                "then); try later, or --break-lease once that holder is known to be gone"
+            )
+        if stale:
+            click.echo(
+                f"broke the lake's maintenance lease held by {stale[0]} (until "
+                f"{stale[1]:%Y-%m-%dT%H:%M:%SZ})",
+                err=True,
             )
         try:
             report = maintain(
@@ -104,6 +122,15 @@ def maintain_cmd(
                     err=True,
                 )
     click.echo(render.rows([asdict(report)], fmt))
+
+
+def _held_lease(con: duckdb.DuckDBPyConnection) -> tuple[str, datetime] | None:
+    """The maintenance lease's holder and expiry while it is held; None when it is free."""
+    try:
+        who, until = lease_holder(con)
+    except duckdb.CatalogException:  # no lease table yet: taking the lease makes it
+        return None
+    return (who, until) if who and until > datetime.now(UTC) else None
 
 
 @lake_group.command("repair")

@@ -3,6 +3,7 @@ and maintenance running while writers flush."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -12,12 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 from addons.metering.lakejob import LakeMaintainer
 from addons.metering.spool import Spool
 from addons.metering.writer import SpoolWriter
 from bench.billing_bench import write_catalog
 from billing.build import build_invoices
+from billing.cli import main as billing_main
 from billing.schedule import periods_ending_in
 from billing.store import billing_store
 from meterline.catalog import load_catalog
@@ -100,6 +103,66 @@ def test_one_lease_holder_at_a_time(server: str, tmp_path: Path, monkeypatch: An
     for t in threads:
         t.join()
     assert len(won) == 1, won
+
+
+def test_a_restarted_proxy_takes_back_the_lease_of_its_earlier_life(
+    server: str, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """A proxy killed with kill -9 mid-pass left ``proxy:<id>:<old pid>`` holding the lease
+    for 30 minutes, and the same proxy restarted (another pid) could not take it back.
+    Now it can; a proxy of another id, or one without an id (its holder named by a host
+    name the host's proxies share), still cannot."""
+    monkeypatch.setenv("METERLINE_LAKE_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("METERLINE_LAKE_MAINTAIN_EVERY", "0")  # passes run by hand below
+    lake = _lake(server, "lease_restart")
+    write_batches(lake, tmp_path / "spool-w", batches=2, per_batch=2)
+    with store(lake) as con:
+        assert take_lease(con, "proxy:eu-1:4711")  # the killed proxy's pass
+    writers = {
+        proxy_id: SpoolWriter(Spool(tmp_path / f"spool-{proxy_id}"), lake, proxy_id=proxy_id)
+        for proxy_id in ("eu-2", None, "eu-1")
+    }
+    try:
+        for writer in writers.values():
+            writer.start()
+        assert all(w.maintainer is not None for w in writers.values())
+        assert writers["eu-2"].maintainer and writers["eu-2"].maintainer.run_once() is None
+        assert writers[None].maintainer and writers[None].maintainer.run_once() is None
+        restarted = writers["eu-1"].maintainer
+        assert restarted is not None and restarted.run_once() is not None
+    finally:
+        for writer in writers.values():
+            writer.stop()
+            writer.spool.close()
+    with store(lake) as con:
+        assert lease_holder(con)[1].year == 1970  # given back after the pass
+
+
+def test_billing_lake_maintain_breaks_a_stale_lease_and_says_whose(
+    server: str, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """No command freed a lease left by a holder killed mid-pass (the probe cleared it
+    with an UPDATE on lake_leases): ``--break-lease`` takes it and names its holder."""
+    monkeypatch.setenv("METERLINE_LAKE_DATA", str(tmp_path / "data"))
+    lake = _lake(server, "lease_break")
+    write_batches(lake, tmp_path / "spool", batches=2, per_batch=2)
+    with store(lake) as con:
+        assert take_lease(con, "proxy:eu-1:4711")
+    runner = CliRunner()
+    held = runner.invoke(billing_main, ["--db", lake, "lake", "maintain", "--format", "json"])
+    assert held.exit_code == 1 and "proxy:eu-1:4711" in held.output
+    assert "--break-lease" in held.output
+    broke = runner.invoke(
+        billing_main, ["--db", lake, "lake", "maintain", "--break-lease", "--format", "json"]
+    )
+    assert broke.exit_code == 0, broke.output
+    assert "broke the lake's maintenance lease held by proxy:eu-1:4711 (until " in broke.stderr
+    assert json.loads(broke.stdout)[0]["files_before"] == 2
+    with store(lake) as con:
+        assert lease_holder(con)[1].year == 1970
+    # a free lease: nothing to break, nothing said
+    again = runner.invoke(billing_main, ["--db", lake, "lake", "maintain", "--break-lease"])
+    assert again.exit_code == 0 and "broke" not in again.stderr
 
 
 def test_a_pass_that_lost_postgresql_still_gives_the_lease_back(
