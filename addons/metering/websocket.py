@@ -56,6 +56,8 @@ _RESPONSES_SOCKET = re.compile(r"/responses/?$")
 _FINAL = re.compile(rb'"response\.(?:completed|incomplete|failed)"')
 _FINAL_TYPES = frozenset({"response.completed", "response.incomplete", "response.failed"})
 _CREATE = b'"response.create"'
+#: A server ``error`` event: the turn ended without a response (``previous_response_not_found``).
+_ERROR = re.compile(rb'"type"\s*:\s*"error"')
 
 
 def is_responses_socket(flavor: str, path: str) -> bool:
@@ -114,8 +116,11 @@ class ResponsesSockets:
             return None
         if socket.first_byte_at is None:
             socket.first_byte_at = time.time()
-        if message.is_text and _FINAL.search(content):
-            self._final(flow, socket, content)
+        if message.is_text:
+            if _FINAL.search(content):
+                self._final(flow, socket, content)
+            elif socket.reserved and _ERROR.search(content) and _is_error_event(content):
+                self._turn_ended(flow, socket)
         return None
 
     async def _create_after_first_read(
@@ -212,9 +217,11 @@ class ResponsesSockets:
                 socket.provider.name,
                 obj.get("type"),
             )
+            self._turn_ended(flow, socket)
             return
         if obj["type"] == "response.failed" and not isinstance(response.get("usage"), dict):
-            return  # failed with nothing reported: nothing billed
+            self._turn_ended(flow, socket)  # failed with nothing reported: nothing billed
+            return
         response_id = response.get("id")
         if isinstance(response_id, str):
             if response_id == socket.last_response_id:
@@ -253,6 +260,22 @@ class ResponsesSockets:
         finally:  # recorded whatever governance does: the provider bills it
             for event in rows:
                 self.record(event)
+
+    def _turn_ended(self, flow: http.HTTPFlow, socket: ResponsesSocket) -> None:
+        """A turn that ended with nothing to meter: its hold on the limits is freed (it
+        was kept until the socket closed, refusing the consumer's other calls meanwhile)."""
+        socket.created_at = socket.first_byte_at = None
+        if socket.reserved:
+            socket.reserved = False
+            self.governance.finish(flow.id, None)
+
+
+def _is_error_event(content: bytes) -> bool:
+    try:
+        obj = jsoncodec.loads(content)
+    except ValueError:
+        return False
+    return isinstance(obj, dict) and obj.get("type") == "error"
 
 
 def _create_model(create: bytes) -> str | None:

@@ -54,6 +54,9 @@ class WebSocketProvider:
     def __init__(self) -> None:
         self.handshakes = 0
         self.served: list[str] = []
+        self.fail_next = False
+        """Answer the next turn with an ``error`` event, as for an unknown
+        ``previous_response_id``."""
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.handshakes += 1
@@ -62,6 +65,12 @@ class WebSocketProvider:
         async for msg in ws:
             event = json.loads(msg.data)
             if event.get("type") != "response.create":
+                continue
+            if self.fail_next:
+                self.fail_next = False
+                error = {"type": "invalid_request_error", "code": "previous_response_not_found",
+                         "message": "Previous response not found.", "param": None}  # fmt: skip
+                await ws.send_str(json.dumps({"type": "error", "status": 400, "error": error}))
                 continue
             turn = len(self.served)
             rid = f"resp_ws_{turn:04d}"
@@ -213,3 +222,48 @@ def test_a_turn_past_a_hard_limit_is_refused_on_the_socket(
     [refused] = [r for r in rows if r["reason"] is not None]
     assert refused["reason"].startswith("limit:")
     assert (refused["consumer"], refused["status"], refused["output_tokens"]) == ("alice", 429, 0)
+
+
+def test_a_turn_answered_with_an_error_frees_its_hold_while_the_socket_stays_open(
+    start_proxy: ProxyFactory, tmp_path: Path, upstream: tuple[WebSocketProvider, int]
+) -> None:
+    """A limit of 150 output tokens; a turn asking for 150 is answered with ``error`` on
+    a socket that stays open. Before, its hold of 150 stayed until the socket closed, so
+    the consumer's turn on a second socket was refused as held by calls in flight."""
+    provider, port = upstream
+    catalog = one_provider_catalog(
+        tmp_path / "catalog.yaml", PROVIDER, port, {"alice": [KEYS["alice"]]}
+    )
+    doc = yaml.safe_load(catalog.read_text())
+    doc["features"] = [
+        {"key": "out", "name": "Output", "meter": {"provider": PROVIDER, "token_types": ["output"]}}
+    ]
+    limit = {"feature": "out", "limit": 150}
+    doc["plans"] = [{"key": "capped", "name": "Capped", "currency": "USD", "entitlements": [limit]}]
+    doc["customers"] = [
+        {"key": "acme", "name": "ACME", "currency": "USD", "consumers": ["alice"],
+         "subscriptions": [{"plan": "capped", "start": "2026-01-01T00:00:00Z"}]}
+    ]  # fmt: skip
+    catalog.write_text(yaml.safe_dump(doc, sort_keys=False))
+    proxy = start_proxy(catalog=catalog)
+    provider.fail_next = True
+
+    async def both() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        headers = {"Authorization": f"Bearer {KEYS['alice']}"}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.ws_connect(
+                f"http://127.0.0.1:{port}/v1/responses", proxy=proxy.url, headers=headers
+            ) as ws,
+        ):
+            create = {"type": "response.create", "model": "gpt-5", "input": "x",
+                      "max_output_tokens": 150}  # fmt: skip
+            await ws.send_str(json.dumps(create))
+            first = json.loads((await ws.receive()).data)
+            second = await converse(proxy, port, KEYS["alice"], 1)  # the first stays open
+            return [first], second
+
+    first, second = asyncio.run(both())
+    assert [e["type"] for e in first] == ["error"] and first[0]["status"] == 400
+    assert [e["type"] for e in second] == ["response.completed"], second
+    assert provider.served == ["resp_ws_0000"]
