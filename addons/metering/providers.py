@@ -5,7 +5,9 @@ The proxy sees every request of every agent; almost all of it is not LLM traffic
 first request to a host, recognising (or dismissing) it is one dict lookup.
 
 Host patterns: ``api.example.com`` (any port), ``api.example.com:8443`` (that port only)
-or ``*.example.com`` (any subdomain, any depth, not the bare domain).
+or ``*.example.com`` (any subdomain, any depth, not the bare domain). An IPv6 address is
+``[fd00::5]:8000`` (that port), ``[fd00::5]`` or bare ``fd00::5`` (any port: with two or
+more colons the text is an address, never ``address:port``).
 """
 
 from __future__ import annotations
@@ -82,14 +84,18 @@ _MEMO_LIMIT = 4096
 
 
 def parse_host_pattern(pattern: str) -> tuple[str, int | None, bool]:
-    """``host[:port]`` or ``*.suffix[:port]`` -> (host or suffix, port, is_wildcard).
+    """``host[:port]``, ``*.suffix[:port]``, ``[ipv6][:port]`` or a bare IPv6 address ->
+    (host or suffix, port, is_wildcard); an IPv6 host is returned without brackets.
 
-    Raises ValueError on an empty host or a non-numeric port.
+    Raises ValueError on an empty host, a non-numeric port or a malformed IPv6 address.
     """
     text = pattern.strip().lower()
-    host, sep, port_text = text.rpartition(":")
-    if not sep or "]" in port_text:
-        host, port_text = text, ""
+    if text.startswith("["):
+        host, port_text = _bracketed(pattern, text)
+    elif text.count(":") >= 2:
+        host, port_text = _ipv6_address(pattern, text), ""
+    else:
+        host, _, port_text = text.partition(":")
     port: int | None = None
     if port_text:
         if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
@@ -99,8 +105,26 @@ def parse_host_pattern(pattern: str) -> tuple[str, int | None, bool]:
     if wildcard:
         host = host[2:]
     if not host or "*" in host or "/" in host:
-        raise ValueError(f"{pattern!r}: expected host, host:port or *.domain")
+        raise ValueError(f"{pattern!r}: expected host, host:port, [ipv6]:port or *.domain")
     return host, port, wildcard
+
+
+def _bracketed(pattern: str, text: str) -> tuple[str, str]:
+    """``[address]`` or ``[address]:port`` -> (address, port text, empty for any port)."""
+    inside, sep, rest = text[1:].partition("]")
+    if not sep or (rest and not rest.startswith(":")):
+        raise ValueError(f"{pattern!r}: expected [ipv6] or [ipv6]:port")
+    return _ipv6_address(pattern, inside), rest[1:] if rest else ""
+
+
+def _ipv6_address(pattern: str, text: str) -> str:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        raise ValueError(
+            f"{pattern!r}: not an IPv6 address; write [address] or [address]:port"
+        ) from None
+    return text
 
 
 class ProviderRegistry:

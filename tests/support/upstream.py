@@ -309,13 +309,17 @@ def make_self_signed(directory: Path) -> tuple[Path, Path]:
 
 
 class LoopbackServers:
-    """An aiohttp app on its own event-loop thread, served on 127.0.0.1 under each of
-    ``names`` on a plain and a TLS port (a self-signed certificate in ``workdir``).
-    Subclasses answer in ``_handle``; start with :meth:`start` or as a context manager."""
+    """An aiohttp app on its own event-loop thread, served on ``host`` (127.0.0.1, or
+    ``::1`` for an IPv6-only server) under each of ``names`` on a plain and a TLS port (a
+    self-signed certificate in ``workdir``). Subclasses answer in ``_handle``; start with
+    :meth:`start` or as a context manager."""
 
-    def __init__(self, workdir: Path, names: list[str]) -> None:
+    def __init__(self, workdir: Path, names: list[str], *, host: str = "127.0.0.1") -> None:
         self.workdir = Path(workdir)
         self.names = names
+        self.host = host
+        self.netloc_host = f"[{host}]" if ":" in host else host
+        """The host as a URL or ``Host`` header writes it (an IPv6 address in brackets)."""
         self.ports: dict[str, int] = {}
         self.tls_ports: dict[str, int] = {}
         self._loop = asyncio.new_event_loop()
@@ -341,7 +345,7 @@ class LoopbackServers:
         ctx.load_cert_chain(cert, key)
         for name in self.names:
             for tls in (False, True):
-                site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=ctx if tls else None)
+                site = web.TCPSite(self._runner, self.host, 0, ssl_context=ctx if tls else None)
                 await site.start()
                 port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
                 (self.tls_ports if tls else self.ports)[name] = port
@@ -362,15 +366,15 @@ class LoopbackServers:
     def base_url(self, name: str, *, tls: bool = False) -> str:
         """Where to send ``name``'s requests (each has its own plain and TLS port)."""
         if tls:
-            return f"https://127.0.0.1:{self.tls_ports[name]}"
-        return f"http://127.0.0.1:{self.ports[name]}"
+            return f"https://{self.netloc_host}:{self.tls_ports[name]}"
+        return f"http://{self.netloc_host}:{self.ports[name]}"
 
 
 class FakeProvider(LoopbackServers):
     """Start with :meth:`start` (or as a context manager); inspect :attr:`exchanges`."""
 
-    def __init__(self, workdir: Path, *, seed: int | None = None) -> None:
-        super().__init__(workdir, list(FLAVORS))
+    def __init__(self, workdir: Path, *, seed: int | None = None, host: str = "127.0.0.1") -> None:
+        super().__init__(workdir, list(FLAVORS), host=host)
         self.exchanges: list[Exchange] = []
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
@@ -381,7 +385,10 @@ class FakeProvider(LoopbackServers):
             {
                 "name": f"fake-{flavor}",
                 "flavor": flavor,
-                "hosts": [f"127.0.0.1:{self.ports[flavor]}", f"127.0.0.1:{self.tls_ports[flavor]}"],
+                "hosts": [
+                    f"{self.netloc_host}:{self.ports[flavor]}",
+                    f"{self.netloc_host}:{self.tls_ports[flavor]}",
+                ],
             }
             for flavor in FLAVORS
         ]

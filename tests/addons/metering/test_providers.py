@@ -121,13 +121,21 @@ def test_billed_paths(flavor: str, path: str, billed: bool) -> None:
         ("api.example.com", ("api.example.com", None, False)),
         ("API.example.com:8443", ("api.example.com", 8443, False)),
         ("*.example.com", ("example.com", None, True)),
+        # IPv6: bare (two or more colons: an address, any port) or in brackets
+        ("::1", ("::1", None, False)),
+        ("FD00::5", ("fd00::5", None, False)),  # before: ("fd00:", 5, False)
+        ("[::1]", ("::1", None, False)),
+        ("[::1]:8000", ("::1", 8000, False)),
     ],
 )
 def test_parse_host_pattern(pattern: str, expected: tuple[str, int | None, bool]) -> None:
     assert parse_host_pattern(pattern) == expected
 
 
-@pytest.mark.parametrize("pattern", ["", "*.", "host:abc", "host:70000", "a*b.com", "x/y"])
+@pytest.mark.parametrize(
+    "pattern",
+    ["", "*.", "host:abc", "host:70000", "a*b.com", "x/y", "[::1", "[::1]x", "[host]:80", "fd::zz"],
+)
 def test_bad_host_pattern(pattern: str) -> None:
     with pytest.raises(ValueError):
         parse_host_pattern(pattern)
