@@ -134,13 +134,18 @@ class ProviderRegistry:
         self._exact: dict[tuple[str, int | None], MeteredProvider] = {}
         self._suffix: dict[tuple[str, int | None], MeteredProvider] = {}
         self._memo: dict[tuple[str, int], MeteredProvider | None] = {}
+        self._spelt: dict[tuple[str, int | None], str] = {}
+        """Each exact entry's host as its pattern spells it (``::1``, not the canonical
+        ``127.0.0.1``): the address to connect to, where the canonical form only matches."""
         for provider, patterns in entries:
             for pattern in patterns:
                 host, port, wildcard = parse_host_pattern(pattern)
-                if not wildcard:
-                    host = canonical_host(host)
-                table = self._suffix if wildcard else self._exact
-                table.setdefault((host, port), provider)
+                if wildcard:
+                    self._suffix.setdefault((host, port), provider)
+                    continue
+                key = (canonical_host(host), port)
+                self._exact.setdefault(key, provider)
+                self._spelt.setdefault(key, host)
 
     @classmethod
     def from_catalog(cls, catalog: Catalog | None) -> ProviderRegistry:
@@ -177,8 +182,9 @@ class ProviderRegistry:
 
     def hosts_of(self, name: str) -> tuple[list[tuple[str, int | None]], bool]:
         """The exact ``(host, port)`` entries that lead to the provider called ``name``
-        (port None: any), and whether a wildcard pattern leads to it as well."""
-        exact = [key for key, p in self._exact.items() if p.name == name]
+        (port None: any), hosts as the catalog spells them, and whether a wildcard pattern
+        leads to it as well."""
+        exact = [(self._spelt[key], key[1]) for key, p in self._exact.items() if p.name == name]
         return exact, any(p.name == name for p in self._suffix.values())
 
     @property

@@ -29,6 +29,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from mitmproxy import http
+from mitmproxy.net.http import url
 
 from addons.metering import jsoncodec
 from addons.metering.providers import (
@@ -52,7 +53,8 @@ _ENDPOINTS: dict[tuple[str, RouteType], str] = {
 
 @dataclass(frozen=True, slots=True)
 class Home:
-    """A provider's own address, called when the gateway's reverse target is another host.
+    """A provider's own address, called when the gateway's reverse target is another host:
+    the host as the catalog spells it (``::1`` is called on ``::1``, not on ``127.0.0.1``).
 
     The catalog names hosts, not schemes: a loopback host (a local vLLM, Ollama) is called
     over ``http``, any other over ``https``, so a key never crosses a network in clear
@@ -180,6 +182,9 @@ def direct(route: GatewayRoute, request: http.Request, registry: ProviderRegistr
     request.scheme = home.scheme
     request.port = home.port
     request.host = home.host  # the Host header (or :authority) follows
+    if ":" in home.host and request.host_header is not None:
+        # mitmproxy writes an IPv6 host into the header unbracketed (``::1:8000``)
+        request.host_header = url.hostport(home.scheme, f"[{home.host}]", home.port)
     return None
 
 

@@ -84,3 +84,39 @@ def test_traffic_to_a_provider_on_an_ipv6_address_is_metered(
         (event,) = proxy.wait_for_events([called.request_id])  # before: no event at all
         assert (event["consumer"], event["provider"]) == ("acme", "v6")
 
+
+def test_a_gateway_route_to_a_provider_on_ipv6_loopback_calls_that_address(
+    tmp_path: Path, mitm_confdir: Path, v6_provider: FakeProvider
+) -> None:
+    """The route's call goes to ``[::1]:PORT`` as the catalog spells it, not to 127.0.0.1."""
+    target = socket.socket()  # the reverse target: some other server, never called
+    target.bind(("127.0.0.1", 0))
+    target.listen()
+    port = v6_provider.ports["openai"]
+    catalog = _catalog(
+        tmp_path / "catalog.yaml",
+        [f"[::1]:{port}"],
+        routes=[{"type": "llm/v1/chat", "path": "/chat", "provider": "v6", "model": "gpt-4o"}],
+    )
+    reverse = f"reverse:http://127.0.0.1:{target.getsockname()[1]}"
+    proxy = MeterProxy(
+        tmp_path / "gateway", catalog=catalog, confdir=mitm_confdir, mitm_args=("--mode", reverse)
+    ).start()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+        try:
+            headers = {"content-type": "application/json", "authorization": f"Bearer {KEY}"}
+            conn.request("POST", "/chat", json.dumps({"messages": HI}), headers)
+            reply = conn.getresponse()
+            reply.read()
+        finally:
+            conn.close()
+        assert reply.status == 200  # before: 502, connect to ('127.0.0.1', port) failed
+        (called,) = v6_provider.wait_for(1)
+        assert called.path == "/v1/chat/completions" and called.json["model"] == "gpt-4o"
+        assert called.headers["host"] == f"[::1]:{port}"
+        (event,) = proxy.wait_for_events([called.request_id])
+        assert event["provider"] == "v6"
+    finally:
+        proxy.stop()
+        target.close()

@@ -78,7 +78,10 @@ def test_other_paths_do_not_match(path: str) -> None:
         ("openai", "", Home("https", "api.openai.com", 443)),
         ("anthropic", "", Home("https", "api.anthropic.com", 443)),
         ("azure-openai", "", None),  # wildcards only
-        ("vllm", "['localhost:8000']", Home("http", "127.0.0.1", 8000)),
+        # the host as the catalog spells it: before, the canonical 127.0.0.1 for both
+        ("vllm", "['localhost:8000']", Home("http", "localhost", 8000)),
+        ("vllm", "['[::1]:8000']", Home("http", "::1", 8000)),
+        ("vllm", "['::1', '[::1]']", Home("http", "::1", 80)),
         ("vllm", "['gw.example.com:8443']", Home("https", "gw.example.com", 8443)),
         ("vllm", "['gw.example.com', 'gw.example.com:443']", Home("https", "gw.example.com", 443)),
         ("vllm", "['127.0.0.1:8000', '127.0.0.1:8001']", None),
