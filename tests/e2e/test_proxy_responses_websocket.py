@@ -139,6 +139,27 @@ def wait_for_rows(proxy: MeterProxy, count: int, timeout: float = 10.0) -> list[
     return rows
 
 
+def capped_catalog(tmp_path: Path, port: int, limit: int) -> Path:
+    """alice, of customer acme, on a plan with a hard limit of ``limit`` output tokens."""
+    catalog = one_provider_catalog(
+        tmp_path / "catalog.yaml", PROVIDER, port, {"alice": [KEYS["alice"]]}
+    )
+    doc = yaml.safe_load(catalog.read_text())
+    doc["features"] = [
+        {"key": "out", "name": "Output", "meter": {"provider": PROVIDER, "token_types": ["output"]}}
+    ]
+    entitlement = {"feature": "out", "limit": limit}
+    doc["plans"] = [
+        {"key": "capped", "name": "Capped", "currency": "USD", "entitlements": [entitlement]}
+    ]
+    doc["customers"] = [
+        {"key": "acme", "name": "ACME", "currency": "USD", "consumers": ["alice"],
+         "subscriptions": [{"plan": "capped", "start": "2026-01-01T00:00:00Z"}]}
+    ]  # fmt: skip
+    catalog.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return catalog
+
+
 @pytest.fixture
 def upstream() -> Any:
     provider = WebSocketProvider()
@@ -195,20 +216,7 @@ def test_a_turn_past_a_hard_limit_is_refused_on_the_socket(
     before the provider sees it (an ``error`` event; the socket stays open) and stored
     with its reason. Before, every turn went through, ungoverned and unmetered."""
     provider, port = upstream
-    catalog = one_provider_catalog(
-        tmp_path / "catalog.yaml", PROVIDER, port, {"alice": [KEYS["alice"]]}
-    )
-    doc = yaml.safe_load(catalog.read_text())
-    doc["features"] = [
-        {"key": "out", "name": "Output", "meter": {"provider": PROVIDER, "token_types": ["output"]}}
-    ]
-    limit = {"feature": "out", "limit": 1000}
-    doc["plans"] = [{"key": "capped", "name": "Capped", "currency": "USD", "entitlements": [limit]}]
-    doc["customers"] = [
-        {"key": "acme", "name": "ACME", "currency": "USD", "consumers": ["alice"],
-         "subscriptions": [{"plan": "capped", "start": "2026-01-01T00:00:00Z"}]}
-    ]  # fmt: skip
-    catalog.write_text(yaml.safe_dump(doc, sort_keys=False))
+    catalog = capped_catalog(tmp_path, port, 1000)
     proxy = start_proxy(catalog=catalog)
     ended = asyncio.run(converse(proxy, port, KEYS["alice"], TURNS))
     assert [e["type"] for e in ended] == ["response.completed", "response.completed", "error"]
@@ -231,20 +239,7 @@ def test_a_turn_answered_with_an_error_frees_its_hold_while_the_socket_stays_ope
     a socket that stays open. Before, its hold of 150 stayed until the socket closed, so
     the consumer's turn on a second socket was refused as held by calls in flight."""
     provider, port = upstream
-    catalog = one_provider_catalog(
-        tmp_path / "catalog.yaml", PROVIDER, port, {"alice": [KEYS["alice"]]}
-    )
-    doc = yaml.safe_load(catalog.read_text())
-    doc["features"] = [
-        {"key": "out", "name": "Output", "meter": {"provider": PROVIDER, "token_types": ["output"]}}
-    ]
-    limit = {"feature": "out", "limit": 150}
-    doc["plans"] = [{"key": "capped", "name": "Capped", "currency": "USD", "entitlements": [limit]}]
-    doc["customers"] = [
-        {"key": "acme", "name": "ACME", "currency": "USD", "consumers": ["alice"],
-         "subscriptions": [{"plan": "capped", "start": "2026-01-01T00:00:00Z"}]}
-    ]  # fmt: skip
-    catalog.write_text(yaml.safe_dump(doc, sort_keys=False))
+    catalog = capped_catalog(tmp_path, port, 150)
     proxy = start_proxy(catalog=catalog)
     provider.fail_next = True
 
