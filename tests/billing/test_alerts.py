@@ -9,7 +9,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -203,7 +203,15 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _two_hook_catalog(path: Path, down: str, up: str, entitlements: str = "") -> Path:
+SOFT_LIMIT = "[{feature: out, limit: 1000, enforcement: soft}]"
+
+
+def _hooks_catalog(
+    path: Path, urls: Sequence[str], entitlements: str = SOFT_LIMIT, percents: str = "[50]"
+) -> Path:
+    """agent-a of acme on a plan with ``entitlements``; alerts at ``percents`` to the
+    webhooks ``urls`` (each signed with ``HOOK_SECRET``)."""
+    hooks = ", ".join(f'{{url: "{u}", secret_env: HOOK_SECRET}}' for u in urls)
     return write(
         path,
         f"""
@@ -215,7 +223,7 @@ def _two_hook_catalog(path: Path, down: str, up: str, entitlements: str = "") ->
           - key: starter
             name: Starter
             currency: USD
-            entitlements: {entitlements or "[{feature: out, limit: 1000, enforcement: soft}]"}
+            entitlements: {entitlements}
         customers:
           - key: acme
             name: ACME
@@ -223,10 +231,8 @@ def _two_hook_catalog(path: Path, down: str, up: str, entitlements: str = "") ->
             consumers: [agent-a]
             subscriptions: [{{plan: starter, start: "2026-01-01T00:00:00Z"}}]
         alerts:
-          webhooks:
-            - {{url: "{down}", secret_env: HOOK_SECRET}}
-            - {{url: "{up}", secret_env: HOOK_SECRET}}
-          entitlement_percent: [50]
+          webhooks: [{hooks}]
+          entitlement_percent: {percents}
         """,
     )
 
@@ -244,7 +250,7 @@ def test_a_webhook_down_for_days_waits_an_hour_and_the_others_still_get_theirs(
     before anything was posted or the row updated, so delivery was wedged for good."""
     down = f"http://127.0.0.1:{_free_port()}/down"
     up = f"http://127.0.0.1:{receiver.port}/up"
-    catalog = _two_hook_catalog(tmp_path / "catalog.yaml", down, up)
+    catalog = _hooks_catalog(tmp_path / "catalog.yaml", [down, up])
     db = tmp_path / "meterline.duckdb"
     add_events(db, Event(datetime.now(UTC) - timedelta(seconds=1), output=500))
     monkeypatch.setenv("HOOK_SECRET", SECRET)
@@ -271,35 +277,6 @@ def test_a_webhook_down_for_days_waits_an_hour_and_the_others_still_get_theirs(
     assert row[1] <= after + timedelta(hours=1)
 
 
-def _one_hook_per_line(path: Path, *urls: str) -> Path:
-    hooks = "\n".join(f'    - {{url: "{u}", secret_env: HOOK_SECRET}}' for u in urls)
-    return write(
-        path,
-        """
-version: 1
-consumers: [{name: agent-a}]
-features:
-  - {key: out, name: Output, meter: {token_types: [output]}}
-plans:
-  - key: starter
-    name: Starter
-    currency: USD
-    entitlements: [{feature: out, limit: 1000, enforcement: soft}]
-customers:
-  - key: acme
-    name: ACME
-    currency: USD
-    consumers: [agent-a]
-    subscriptions: [{plan: starter, start: "2026-01-01T00:00:00Z"}]
-alerts:
-  entitlement_percent: [50, 80]
-  webhooks:
-"""
-        + hooks
-        + "\n",
-    )
-
-
 def test_an_alert_for_a_webhook_gone_from_the_catalog_is_skipped_not_blocking(
     tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -313,7 +290,7 @@ def test_an_alert_for_a_webhook_gone_from_the_catalog_is_skipped_not_blocking(
     now = datetime.now(UTC) - timedelta(seconds=1)
     add_events(db, Event(now, output=500))
     monkeypatch.setenv("HOOK_SECRET", SECRET)
-    first = _one_hook_per_line(tmp_path / "first.yaml", old, gone)
+    first = _hooks_catalog(tmp_path / "first.yaml", [old, gone], percents="[50, 80]")
     assert _invoke(db, first, "alerts", "deliver", "--min-backoff", "0") == (
         0,
         "queued 2, delivered 0, failed 2\n",
@@ -322,7 +299,7 @@ def test_an_alert_for_a_webhook_gone_from_the_catalog_is_skipped_not_blocking(
     (fifty,) = {a["event_id"] for a in listed}
 
     receiver.start()  # the hook moved from /old to /new; /gone is gone
-    moved = _one_hook_per_line(tmp_path / "moved.yaml", new)
+    moved = _hooks_catalog(tmp_path / "moved.yaml", [new], percents="[50, 80]")
     add_events(db, Event(now, output=300))  # 80 % crossed
     code, out = _invoke(db, moved, "alerts", "deliver", "--min-backoff", "0")
     assert (code, out.splitlines()) == (
@@ -339,7 +316,9 @@ def test_an_alert_for_a_webhook_gone_from_the_catalog_is_skipped_not_blocking(
         [(old, True), (gone, True), (new, False), (new, False)]
     )
 
-    back = _one_hook_per_line(tmp_path / "back.yaml", old, new)  # /old is back ...
+    back = _hooks_catalog(
+        tmp_path / "back.yaml", [old, new], percents="[50, 80]"
+    )  # /old is back ...
     monkeypatch.delenv("HOOK_SECRET")  # ... but its secret is not set: skipped too
     code, out = _invoke(db, back, "alerts", "deliver", "--min-backoff", "0")
     assert code == 1
@@ -362,31 +341,7 @@ def test_an_alert_for_a_webhook_gone_from_the_catalog_is_skipped_not_blocking(
 
 
 def _limits_catalog(path: Path, port: int, entitlements: str) -> Catalog:
-    return load_catalog(
-        write(
-            path,
-            f"""
-            version: 1
-            consumers: [{{name: agent-a}}]
-            features:
-              - {{key: out, name: Output, meter: {{token_types: [output]}}}}
-            plans:
-              - key: starter
-                name: Starter
-                currency: USD
-                entitlements: {entitlements}
-            customers:
-              - key: acme
-                name: ACME
-                currency: USD
-                consumers: [agent-a]
-                subscriptions: [{{plan: starter, start: "2026-01-01T00:00:00Z"}}]
-            alerts:
-              webhooks: [{{url: "http://127.0.0.1:{port}/hook", secret_env: HOOK_SECRET}}]
-              entitlement_percent: [50]
-            """,
-        )
-    )
+    return load_catalog(_hooks_catalog(path, [f"http://127.0.0.1:{port}/hook"], entitlements))
 
 
 def _round(db: Path, catalog: Catalog, now: datetime) -> tuple[int, int]:
