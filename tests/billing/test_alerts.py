@@ -75,11 +75,17 @@ def verify(header: str, body: bytes, secret: bytes) -> bool:
     return hmac.compare_digest(expected, fields["v1"]) and abs(time.time() - int(fields["t"])) < 300
 
 
-def test_receiver_down_then_up_gets_every_alert_once(
-    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    catalog = write(
-        tmp_path / "catalog.yaml",
+SOFT_LIMIT = "[{feature: out, limit: 1000, enforcement: soft}]"
+
+
+def _hooks_catalog(
+    path: Path, urls: Sequence[str], entitlements: str = SOFT_LIMIT, percents: str = "[50]"
+) -> Path:
+    """agent-a of acme on a plan with ``entitlements``; alerts at ``percents`` to the
+    webhooks ``urls`` (each signed with ``HOOK_SECRET``)."""
+    hooks = ", ".join(f'{{url: "{u}", secret_env: HOOK_SECRET}}' for u in urls)
+    return write(
+        path,
         f"""
         version: 1
         consumers: [{{name: agent-a}}]
@@ -89,7 +95,7 @@ def test_receiver_down_then_up_gets_every_alert_once(
           - key: starter
             name: Starter
             currency: USD
-            entitlements: [{{feature: out, limit: 1000, enforcement: soft}}]
+            entitlements: {entitlements}
         customers:
           - key: acme
             name: ACME
@@ -97,9 +103,19 @@ def test_receiver_down_then_up_gets_every_alert_once(
             consumers: [agent-a]
             subscriptions: [{{plan: starter, start: "2026-01-01T00:00:00Z"}}]
         alerts:
-          webhooks: [{{url: "http://127.0.0.1:{receiver.port}/hook", secret_env: HOOK_SECRET}}]
-          entitlement_percent: [50, 80, 100]
+          webhooks: [{hooks}]
+          entitlement_percent: {percents}
         """,
+    )
+
+
+def test_receiver_down_then_up_gets_every_alert_once(
+    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    catalog = _hooks_catalog(
+        tmp_path / "catalog.yaml",
+        [f"http://127.0.0.1:{receiver.port}/hook"],
+        percents="[50, 80, 100]",
     )
     db = tmp_path / "meterline.duckdb"
     now = datetime.now(UTC) - timedelta(seconds=1)
@@ -201,40 +217,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-SOFT_LIMIT = "[{feature: out, limit: 1000, enforcement: soft}]"
-
-
-def _hooks_catalog(
-    path: Path, urls: Sequence[str], entitlements: str = SOFT_LIMIT, percents: str = "[50]"
-) -> Path:
-    """agent-a of acme on a plan with ``entitlements``; alerts at ``percents`` to the
-    webhooks ``urls`` (each signed with ``HOOK_SECRET``)."""
-    hooks = ", ".join(f'{{url: "{u}", secret_env: HOOK_SECRET}}' for u in urls)
-    return write(
-        path,
-        f"""
-        version: 1
-        consumers: [{{name: agent-a}}]
-        features:
-          - {{key: out, name: Output, meter: {{token_types: [output]}}}}
-        plans:
-          - key: starter
-            name: Starter
-            currency: USD
-            entitlements: {entitlements}
-        customers:
-          - key: acme
-            name: ACME
-            currency: USD
-            consumers: [agent-a]
-            subscriptions: [{{plan: starter, start: "2026-01-01T00:00:00Z"}}]
-        alerts:
-          webhooks: [{hooks}]
-          entitlement_percent: {percents}
-        """,
-    )
 
 
 def _invoke(db: Path, catalog: Path, *args: str) -> tuple[int, str]:
