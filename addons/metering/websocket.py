@@ -44,7 +44,7 @@ from addons.metering.finish import pretty_host
 from addons.metering.governance import Governance
 from addons.metering.keys import Identity
 from addons.metering.providers import MeteredProvider, normalise_path
-from addons.metering.settle import settle
+from addons.metering.settle import OnceLog, settle
 from addons.metering.usage import Usage
 from meterline.entitlements import Refusal
 
@@ -92,6 +92,8 @@ class ResponsesSockets:
         self.record = record
         self.proxy_id: str | None = None
         self._open: dict[str, ResponsesSocket] = {}
+        self._once = OnceLog()
+        """Unusable usage and unreadable final events: logged once per provider and kind."""
 
     def start(self, flow: http.HTTPFlow, provider: MeteredProvider, identity: Identity) -> None:
         headers = flow.response.headers if flow.response is not None else {}
@@ -205,10 +207,14 @@ class ResponsesSockets:
     def _final(self, flow: http.HTTPFlow, socket: ResponsesSocket, content: bytes) -> None:
         try:
             obj = jsoncodec.loads(content)
-        except ValueError:
-            return  # a text delta quoting an event's name, or garbage: nothing final
-        if not isinstance(obj, dict) or obj.get("type") not in _FINAL_TYPES:
+        except ValueError as e:
+            # Named a final event but unreadable (nested too deeply, cut): for a turn in
+            # progress, metered from the request's estimate, as a garbled HTTP body is.
+            if socket.created_at is not None or socket.reserved:
+                self._meter(flow, socket, None, f"unreadable final event: {e}")
             return
+        if not isinstance(obj, dict) or obj.get("type") not in _FINAL_TYPES:
+            return  # a text delta quoting an event's name
         response = obj.get("response")
         if not isinstance(response, dict):
             log.warning(
@@ -227,15 +233,25 @@ class ResponsesSockets:
             if response_id == socket.last_response_id:
                 return
             socket.last_response_id = response_id
-        problems: list[str] = []
-        reader = OpenAIReader(problems)
-        reader.on_object(response)
-        reported = reader.usage()
+        self._meter(flow, socket, response, None)
+
+    def _meter(
+        self,
+        flow: http.HTTPFlow,
+        socket: ResponsesSocket,
+        response: dict[str, Any] | None,
+        problem: str | None,
+    ) -> None:
+        """One event for the turn: from ``response``'s usage, or estimated (``problem``
+        says why there is no readable response); the turn's hold is freed."""
+        reader = OpenAIReader([])
+        if response is not None:
+            reader.on_object(response)
         flavor = socket.provider.flavor
         create = socket.create
         settled = settle(
             flavor,
-            reported,
+            reader.usage(),
             reader.seen(),
             status_code=200,
             cut=False,
@@ -243,14 +259,18 @@ class ResponsesSockets:
             estimate_input=lambda model: estimate_request_input(flavor, create, model=model),
             count_output=lambda model: count_tokens(reader.text(), model or ""),
         )
-        if settled.why_estimated:
+        trouble = problem or settled.invalid
+        if trouble and self._once.first(socket.provider.name, trouble):
             log.warning(
-                "meterline: %s: %s WebSocket response %s: %s: estimated",
+                "meterline: %s: %s WebSocket response %s: %s: estimated and flagged; further "
+                "reports like it are not logged",
                 flow.id,
                 socket.provider.name,
                 settled.usage.response_id,
-                settled.why_estimated,
+                trouble,
             )
+        elif settled.why_estimated:
+            log.debug("meterline: %s: WebSocket: %s", flow.id, settled.why_estimated)
         exchange = self._exchange(flow, socket, settled.status)
         rows = events.build_events(exchange, settled.usage, self.proxy_id)
         socket.created_at = socket.first_byte_at = None

@@ -57,6 +57,8 @@ class WebSocketProvider:
         self.fail_next = False
         """Answer the next turn with an ``error`` event, as for an unknown
         ``previous_response_id``."""
+        self.deep_turns = 0
+        """End this many next turns with a final event nested too deeply to read."""
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.handshakes += 1
@@ -71,6 +73,15 @@ class WebSocketProvider:
                 error = {"type": "invalid_request_error", "code": "previous_response_not_found",
                          "message": "Previous response not found.", "param": None}  # fmt: skip
                 await ws.send_str(json.dumps({"type": "error", "status": 400, "error": error}))
+                continue
+            if self.deep_turns:
+                self.deep_turns -= 1
+                usage = {"input_tokens": 1, "output_tokens": 1, "total_tokens": 2}
+                head = json.dumps({"id": "resp_deep", "status": "completed", "usage": usage})
+                deep = "[" * 100_000 + "]" * 100_000
+                await ws.send_str(
+                    '{"type": "response.completed", "response": ' + head[:-1] + f', "x": {deep}}}}}'
+                )
                 continue
             turn = len(self.served)
             rid = f"resp_ws_{turn:04d}"
@@ -262,3 +273,45 @@ def test_a_turn_answered_with_an_error_frees_its_hold_while_the_socket_stays_ope
     assert [e["type"] for e in first] == ["error"] and first[0]["status"] == 400
     assert [e["type"] for e in second] == ["response.completed"], second
     assert provider.served == ["resp_ws_0000"]
+
+
+def test_an_unreadable_final_event_is_estimated_and_frees_its_hold(
+    start_proxy: ProxyFactory, tmp_path: Path, upstream: tuple[WebSocketProvider, int]
+) -> None:
+    """A ``response.completed`` nested too deeply to read: before, nothing was stored,
+    nothing logged, and the turn's hold stayed until the socket closed (the consumer's
+    turn on a second socket was refused). Now it is one estimated event, as a garbled
+    HTTP body is, and the hold is freed; the problem is logged once, not per turn."""
+    provider, port = upstream
+    proxy = start_proxy(catalog=capped_catalog(tmp_path, port, 150))
+    provider.deep_turns = 2
+
+    async def both() -> tuple[str, list[dict[str, Any]]]:
+        headers = {"Authorization": f"Bearer {KEYS['alice']}"}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.ws_connect(
+                f"http://127.0.0.1:{port}/v1/responses",
+                proxy=proxy.url,
+                headers=headers,
+                max_msg_size=0,
+            ) as ws,
+        ):
+            create = {"type": "response.create", "model": "gpt-5", "input": "x",
+                      "max_output_tokens": 150}  # fmt: skip
+            for _ in range(2):
+                await ws.send_str(json.dumps(create))
+                first = (await ws.receive()).data
+            second = await converse(proxy, port, KEYS["alice"], 1)  # the first stays open
+            return first[:40], second
+
+    first, second = asyncio.run(both())
+    assert first.startswith('{"type": "response.completed"')
+    assert [e["type"] for e in second] == ["response.completed"], second
+    rows = wait_for_rows(proxy, 3)
+    estimated = [r for r in rows if r["response_id"] != "resp_ws_0000"]
+    assert len(estimated) == 2
+    for row in estimated:
+        assert row["estimated"] is True and row["consumer"] == "alice"
+        assert row["input_tokens"] > 0 and row["reason"] is None
+    assert proxy.log_text().count("unreadable final event") == 1
