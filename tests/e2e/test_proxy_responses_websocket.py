@@ -111,17 +111,40 @@ class WebSocketProvider:
         return ws
 
 
+def open_socket(session: aiohttp.ClientSession, proxy: MeterProxy, port: int, key: str) -> Any:
+    """A Responses WebSocket through the proxy (messages of any size)."""
+    return session.ws_connect(
+        f"http://127.0.0.1:{port}/v1/responses",
+        proxy=proxy.url,
+        headers={"Authorization": f"Bearer {key}"},
+        max_msg_size=0,
+    )
+
+
+async def held_then_another_socket(
+    proxy: MeterProxy, port: int, turns: int
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """alice's ``turns`` turns asking for 150 output tokens on one socket (the first
+    message answering each, raw), then one turn on a second socket while the first stays
+    open: it is admitted only if the first socket's turns hold nothing any more."""
+    create = {"type": "response.create", "model": "gpt-5", "input": "x",
+              "max_output_tokens": 150}  # fmt: skip
+    answers: list[str] = []
+    async with (
+        aiohttp.ClientSession() as session,
+        open_socket(session, proxy, port, KEYS["alice"]) as ws,
+    ):
+        for _ in range(turns):
+            await ws.send_str(json.dumps(create))
+            answers.append((await ws.receive()).data)
+        return answers, await converse(proxy, port, KEYS["alice"], 1)
+
+
 async def converse(proxy: MeterProxy, port: int, key: str, turns: int) -> list[dict[str, Any]]:
     """Open the socket through the proxy, run ``turns`` turns (each may write up to 150
     tokens); the event that ended each (``response.completed`` or ``error``)."""
     finals: list[dict[str, Any]] = []
-    headers = {"Authorization": f"Bearer {key}"}
-    async with (
-        aiohttp.ClientSession() as session,
-        session.ws_connect(
-            f"http://127.0.0.1:{port}/v1/responses", proxy=proxy.url, headers=headers
-        ) as ws,
-    ):
+    async with aiohttp.ClientSession() as session, open_socket(session, proxy, port, key) as ws:
         for turn in range(turns):
             await ws.send_str(
                 json.dumps(
@@ -253,23 +276,8 @@ def test_a_turn_answered_with_an_error_frees_its_hold_while_the_socket_stays_ope
     catalog = capped_catalog(tmp_path, port, 150)
     proxy = start_proxy(catalog=catalog)
     provider.fail_next = True
-
-    async def both() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        headers = {"Authorization": f"Bearer {KEYS['alice']}"}
-        async with (
-            aiohttp.ClientSession() as session,
-            session.ws_connect(
-                f"http://127.0.0.1:{port}/v1/responses", proxy=proxy.url, headers=headers
-            ) as ws,
-        ):
-            create = {"type": "response.create", "model": "gpt-5", "input": "x",
-                      "max_output_tokens": 150}  # fmt: skip
-            await ws.send_str(json.dumps(create))
-            first = json.loads((await ws.receive()).data)
-            second = await converse(proxy, port, KEYS["alice"], 1)  # the first stays open
-            return [first], second
-
-    first, second = asyncio.run(both())
+    answers, second = asyncio.run(held_then_another_socket(proxy, port, 1))
+    first = [json.loads(a) for a in answers]
     assert [e["type"] for e in first] == ["error"] and first[0]["status"] == 400
     assert [e["type"] for e in second] == ["response.completed"], second
     assert provider.served == ["resp_ws_0000"]
@@ -285,27 +293,8 @@ def test_an_unreadable_final_event_is_estimated_and_frees_its_hold(
     provider, port = upstream
     proxy = start_proxy(catalog=capped_catalog(tmp_path, port, 150))
     provider.deep_turns = 2
-
-    async def both() -> tuple[str, list[dict[str, Any]]]:
-        headers = {"Authorization": f"Bearer {KEYS['alice']}"}
-        async with (
-            aiohttp.ClientSession() as session,
-            session.ws_connect(
-                f"http://127.0.0.1:{port}/v1/responses",
-                proxy=proxy.url,
-                headers=headers,
-                max_msg_size=0,
-            ) as ws,
-        ):
-            create = {"type": "response.create", "model": "gpt-5", "input": "x",
-                      "max_output_tokens": 150}  # fmt: skip
-            for _ in range(2):
-                await ws.send_str(json.dumps(create))
-                first = (await ws.receive()).data
-            second = await converse(proxy, port, KEYS["alice"], 1)  # the first stays open
-            return first[:40], second
-
-    first, second = asyncio.run(both())
+    answers, second = asyncio.run(held_then_another_socket(proxy, port, 2))
+    first = answers[-1][:40]
     assert first.startswith('{"type": "response.completed"')
     assert [e["type"] for e in second] == ["response.completed"], second
     rows = wait_for_rows(proxy, 3)
