@@ -446,12 +446,12 @@ class Meter:
             # At start, until the store is first read (or the failure policy takes
             # over): the event loop stays free, other calls go on.
             return self._request_after_first_read(flow)
-        self._decide(flow)
+        self._decide(flow, st)
         return None
 
-    def _decide(self, flow: http.HTTPFlow) -> None:
-        """The ``request`` hook's work: refuse, check the limits, inject a key."""
-        st = self._active.get(flow.id)
+    def _decide(self, flow: http.HTTPFlow, st: FlowMeter | None) -> None:
+        """The ``request`` hook's work (``st``: the flow's metering state, looked up once
+        by the hook): refuse, check the limits, inject a key."""
         if st is None:
             if self._refused and flow.id in self._refused:
                 flavor, why, message = self._refused.pop(flow.id)
@@ -527,7 +527,7 @@ class Meter:
 
     async def _request_after_first_read(self, flow: http.HTTPFlow) -> None:
         await self.governance.first_read()
-        self._decide(flow)
+        self._decide(flow, self._active.get(flow.id))  # gone if the client left meanwhile
 
     def _refuse(self, st: FlowMeter, refusal: Refusal, body: bytes) -> None:
         """Answer ``st``'s call with ``refusal`` (never forwarded) and record it: zero
