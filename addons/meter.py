@@ -46,6 +46,7 @@ from addons.metering import (
     keys,
     noreload,
     providers,
+    realtime,
     redact,
     routes,
     unmetered,
@@ -605,17 +606,25 @@ class Meter:
             self.deferred.defer(self.finisher.finish, st, True)
 
     def websocket_start(self, flow: http.HTTPFlow) -> None:
-        """A Responses API WebSocket (``GET /v1/responses``) is metered per response
-        (:mod:`addons.metering.websocket`); other WebSockets (Realtime) pass unmetered."""
+        """A Responses API WebSocket (``GET /v1/responses``) and a Realtime session
+        (``GET /v1/realtime``) are metered per response (:mod:`addons.metering.websocket`);
+        other WebSockets pass unmetered."""
         req = flow.request
         provider = self.registry.lookup(req.host, req.port) or providers.lookup_named(
             self.registry, req.host, req.port, req.host_header, flow.client_conn.sni
         )
-        if provider is None or not websocket.is_responses_socket(provider.flavor, req.path):
+        if provider is None:
+            return
+        if realtime.is_realtime_socket(provider.flavor, req.path):
+            session: realtime.RealtimeSession | None = realtime.RealtimeSession.from_path(req.path)
+        elif websocket.is_responses_socket(provider.flavor, req.path):
+            session = None
+        else:
             return
         query = req.path.partition("?")[2]
         keyset = attribution.presented(req.headers, query, provider)
-        self.sockets.start(flow, provider, self.keybook.identify_key(keyset.billed))
+        identity = self.keybook.identify_key(keyset.billed)
+        self.sockets.start(flow, provider, identity, session)
 
     def websocket_message(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         return self.sockets.message(flow)

@@ -1,8 +1,8 @@
 """Say once when a provider bills a call that the proxy does not meter.
 
 Calls on a provider's paths that bill by other units or protocols (audio, images,
-Realtime, batch jobs, fine-tuning, Gemini's embedContent and context cache storage,
-Anthropic's message batches, Mistral's conversations) pass through
+Realtime over WebRTC or SIP, batch jobs, fine-tuning, Gemini's embedContent and context
+cache storage, Anthropic's message batches, Mistral's conversations) pass through
 unmetered (docs/proxy.md, "Providers"): agents that use them are not billed for them.
 That used to happen with no line in the log at all. Now the first such call of each
 provider and kind logs one warning naming the path (never its query string, which may
@@ -23,7 +23,8 @@ _BILLED_ELSEWHERE: dict[str, tuple[tuple[re.Pattern[str], str, frozenset[str] | 
     "openai": (
         (re.compile(r"/audio/(?:transcriptions|translations|speech)/?$"), "audio", None),
         (re.compile(r"/images/(?:generations|edits|variations)/?$"), "images", None),
-        (re.compile(r"/realtime(?:/.*)?$"), "Realtime", frozenset()),
+        # Realtime calls over SIP or WebRTC (the session itself, a WebSocket, is metered).
+        (re.compile(r"/realtime/calls/?$"), "Realtime calls", None),
         (re.compile(r"/batches/?$"), "batch jobs", None),
         (re.compile(r"/videos(?:/[^/]+/remix)?/?$"), "videos", None),
         (re.compile(r"/fine_tuning/jobs/?$"), "fine-tuning", None),
@@ -54,7 +55,7 @@ def billed_kind(flavor: str, method: str, path: str, name: str = "") -> str | No
     """The kind of call the provider (of ``flavor``, named ``name``) bills at ``method
     path`` that is not metered, or None.
 
-    Methods: POST, except the Realtime API (a WebSocket upgrade is a GET)."""
+    Methods: POST unless the pattern says otherwise."""
     path = normalise_path(path)
     kinds = (*_BILLED_ELSEWHERE.get(flavor, ()), *_BILLED_ELSEWHERE_BY_NAME.get(name, ()))
     for pattern, kind, methods in kinds:

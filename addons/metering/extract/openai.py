@@ -20,7 +20,10 @@ Token mapping (see docs/token-model.md):
   ``completion_tokens``: ``audio_output``, subtracted from output (reasoning stays a
   share of the text output).
 - Responses ``usage``: the same with ``input_tokens``, ``input_tokens_details``,
-  ``output_tokens``, ``output_tokens_details``.
+  ``output_tokens``, ``output_tokens_details``. The Realtime API's ``response.done``
+  usage and its transcriptions' ``usage`` are this shape with the details spelt
+  ``input_token_details`` and ``output_token_details``; their ``image_tokens`` stay in
+  ``input``.
 - Ollama's native API (``prompt_eval_count``, ``eval_count``) when there is no ``usage``.
 - Server-side web searches (Responses API, OpenAI and xAI): one per ``web_search_call``
   output item (OpenAI and xAI bill per call), counted from the final response's
@@ -93,8 +96,9 @@ def map_usage(raw: dict[str, Any]) -> Usage | None:
     c = CountReader()
     if "input_tokens" in raw or "output_tokens" in raw:  # Responses API
         prompt = c.get(raw, "input_tokens", main=True)
-        in_details = as_dict(raw.get("input_tokens_details"))
-        out_details = as_dict(raw.get("output_tokens_details"))
+        # The Realtime API spells the details ``input_token_details`` (token, singular).
+        in_details = as_dict(raw.get("input_tokens_details", raw.get("input_token_details")))
+        out_details = as_dict(raw.get("output_tokens_details", raw.get("output_token_details")))
         completion = c.get(raw, "output_tokens", main=True)
     elif "prompt_tokens" in raw or "completion_tokens" in raw:
         prompt = c.get(raw, "prompt_tokens", main=True)

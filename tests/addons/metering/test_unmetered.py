@@ -17,7 +17,8 @@ from addons.metering.unmetered import UnmeteredLog, billed_kind
         ("openai", "POST", "/openai/deployments/whisper/audio/translations?api-version=1", "audio"),
         ("openai", "POST", "/v1/audio/speech", "audio"),
         ("openai", "POST", "/v1/images/generations", "images"),
-        ("openai", "GET", "/v1/realtime?model=gpt-realtime", "Realtime"),
+        ("openai", "GET", "/v1/realtime?model=gpt-realtime", None),  # a WebSocket: metered
+        ("openai", "POST", "/v1/realtime/calls", "Realtime calls"),  # WebRTC: not
         ("openai", "POST", "/v1/batches", "batch jobs"),
         ("openai", "GET", "/v1/batches", None),  # a listing
         ("openai", "GET", "/v1/models", None),
