@@ -21,6 +21,7 @@ Per flow, in hook order:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -41,6 +42,7 @@ from addons.metering import (
     catalogwatch,
     deferredopts,
     errors,
+    geminilive,
     governance,
     hints,
     keys,
@@ -90,6 +92,8 @@ class Meter:
         self._refused: dict[str, tuple[str, str, str]] = {}
         """reject mode, a provider path that is not metered: flow id -> (flavor, why,
         message) of a key the policy refuses, answered in ``request``."""
+        self._upgrades: dict[str, providers.MeteredProvider] = {}
+        """Flows upgrading to a metered WebSocket: the limits are checked in ``request``."""
         self.deferred = DeferredWork()
         self._running = False
         self._misconfigured = False
@@ -408,10 +412,17 @@ class Meter:
             by_name = True  # the connection goes elsewhere: metered, never given a key
         path = req.path
         spoken = providers.billed_flavor(provider.flavor, path, req.method)
-        if spoken is None:  # not metered (a model list, a file upload, images, Realtime...)
+        if spoken is None:  # not metered as a call (a model list, a file upload, images...)
             self.unmetered.note(provider, req.method, path)
             if self.reject_unknown:
                 self._check_unmetered(flow, provider)
+            if (
+                req.method == "GET"
+                and req.headers.get("upgrade", "").lower() == "websocket"
+                and websocket.is_metered_socket(provider.flavor, path)
+                and flow.id not in self._refused
+            ):
+                self._upgrades[flow.id] = provider  # a session: checked in `request`
             return
         if spoken != provider.flavor:  # another API's compatible endpoint
             provider = providers.speaking(provider, spoken)
@@ -447,6 +458,8 @@ class Meter:
             # At start, until the store is first read (or the failure policy takes
             # over): the event loop stays free, other calls go on.
             return self._request_after_first_read(flow)
+        if st is None and self._upgrades and flow.id in self._upgrades:
+            return self._check_upgrade(flow, self._upgrades.pop(flow.id))
         self._decide(flow, st)
         return None
 
@@ -526,6 +539,57 @@ class Meter:
             st.ask_plain_stream()
         st.t_request = time.time()
 
+    def _check_upgrade(
+        self, flow: http.HTTPFlow, provider: providers.MeteredProvider
+    ) -> Coroutine[Any, Any, None] | None:
+        """A metered WebSocket session about to open: refused (in the provider's error
+        shape, never upgraded) when its consumer's limits refuse every call it could make
+        (:meth:`~addons.metering.governance.Governance.check_session`). Before, a session
+        opened whatever the limits: a Gemini Live session, which has no turn the proxy can
+        refuse, went on past a hard cap. At start, it waits for the first read of the
+        store, as a call does."""
+        req = flow.request
+        keyset = attribution.presented(req.headers, req.path.partition("?")[2], provider)
+        identity = self.keybook.identify_key(keyset.billed)
+        if identity.consumer is None:
+            return None
+        if self.governance.awaits_first_read(identity.consumer.name):
+            return self._check_upgrade_after_first_read(flow, provider, identity)
+        self._check_session(flow, provider, identity)
+        return None
+
+    async def _check_upgrade_after_first_read(
+        self, flow: http.HTTPFlow, provider: providers.MeteredProvider, identity: keys.Identity
+    ) -> None:
+        await self.governance.first_read()
+        self._check_session(flow, provider, identity)
+
+    def _check_session(
+        self, flow: http.HTTPFlow, provider: providers.MeteredProvider, identity: keys.Identity
+    ) -> None:
+        consumer = identity.consumer
+        assert consumer is not None
+        req = flow.request
+        model = None
+        if realtime.is_realtime_socket(provider.flavor, req.path):
+            model = realtime.RealtimeSession.from_path(req.path).model
+        refusal = self.governance.check_session(
+            consumer.name, provider.flavor, provider.name, flow, model
+        )
+        if refusal is None:
+            return
+        self.rejections.warning(
+            "meterline: %s: refused a %s session of %s: %s",
+            flow.id,
+            provider.name,
+            consumer.name,
+            refusal.reason,
+        )
+        who = (consumer.name, identity.fingerprint)
+        body = json.dumps({"model": model}).encode() if model else b""
+        where_ = (provider.name, provider.flavor)
+        self._record(self.governance.refuse(flow, where_, who, refusal, self.proxy_id, body))
+
     async def _request_after_first_read(self, flow: http.HTTPFlow) -> None:
         await self.governance.first_read()
         self._decide(flow, self._active.get(flow.id))  # gone if the client left meanwhile
@@ -600,31 +664,36 @@ class Meter:
     def error(self, flow: http.HTTPFlow) -> None:
         if self._refused:
             self._refused.pop(flow.id, None)  # the client left before its request was whole
+        if self._upgrades:
+            self._upgrades.pop(flow.id, None)
         st = self._active.pop(flow.id, None)
         if st is not None:
             st.t_done = time.time()
             self.deferred.defer(self.finisher.finish, st, True)
 
     def websocket_start(self, flow: http.HTTPFlow) -> None:
-        """A Responses API WebSocket (``GET /v1/responses``) and a Realtime session
-        (``GET /v1/realtime``) are metered per response (:mod:`addons.metering.websocket`);
-        other WebSockets pass unmetered."""
+        """A Responses API WebSocket (``GET /v1/responses``), a Realtime session
+        (``GET /v1/realtime``) and a Gemini Live session (``BidiGenerateContent``) are
+        metered per response (:mod:`addons.metering.websocket`); other WebSockets pass
+        unmetered."""
         req = flow.request
         provider = self.registry.lookup(req.host, req.port) or providers.lookup_named(
             self.registry, req.host, req.port, req.host_header, flow.client_conn.sni
         )
         if provider is None:
             return
+        session: realtime.RealtimeSession | None = None
+        live: geminilive.LiveSession | None = None
         if realtime.is_realtime_socket(provider.flavor, req.path):
-            session: realtime.RealtimeSession | None = realtime.RealtimeSession.from_path(req.path)
-        elif websocket.is_responses_socket(provider.flavor, req.path):
-            session = None
-        else:
+            session = realtime.RealtimeSession.from_path(req.path)
+        elif geminilive.is_live_socket(provider.flavor, req.path):
+            live = geminilive.LiveSession()
+        elif not websocket.is_responses_socket(provider.flavor, req.path):
             return
         query = req.path.partition("?")[2]
         keyset = attribution.presented(req.headers, query, provider)
         identity = self.keybook.identify_key(keyset.billed)
-        self.sockets.start(flow, provider, identity, session)
+        self.sockets.start(flow, provider, identity, session, live)
 
     def websocket_message(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         return self.sockets.message(flow)

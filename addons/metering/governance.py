@@ -348,6 +348,33 @@ class Governance:
                 30,
             )
 
+    def check_session(
+        self,
+        consumer: str | None,
+        flavor: str,
+        provider: str,
+        flow: http.HTTPFlow,
+        model: str | None,
+    ) -> Refusal | None:
+        """A WebSocket session about to open (a Realtime, Gemini Live or Responses socket):
+        refused when no call of the consumer's to ``provider`` could pass now (its
+        subscription ended, a hard limit that applies to every model reached, prepaid
+        credit used up), or when ``model`` is known and the plan does not include it.
+        Holds nothing: each response is checked and counted on its own."""
+        if consumer is None:
+            return None
+        body = {"model": model or "", "max_tokens": 1}
+        verdict = self.check(consumer, flavor, provider, flow, lambda: json.dumps(body).encode())
+        if verdict is True:
+            self.finish(flow.id, None)
+            return None
+        if not isinstance(verdict, Refusal):
+            return None
+        pol = self.policy.by_consumer.get(consumer)
+        if model is None and verdict.kind == "not_granted" and pol and pol.inactive is None:
+            return None  # the model is named later, on the socket: checked per response
+        return verdict
+
     def _check(
         self,
         consumer: str,

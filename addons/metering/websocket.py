@@ -47,10 +47,12 @@ from typing import Any
 from mitmproxy import ctx, http
 from mitmproxy.websocket import WebSocketMessage
 
-from addons.metering import errors, events, jsoncodec, realtime
+from addons.metering import errors, events, geminilive, jsoncodec, realtime
 from addons.metering.bounded import count_tokens, estimate_request_input
+from addons.metering.extract import gemini
 from addons.metering.extract.openai import OpenAIReader
 from addons.metering.finish import pretty_host
+from addons.metering.geminilive import LiveSession
 from addons.metering.governance import Governance
 from addons.metering.keys import Identity
 from addons.metering.providers import MeteredProvider, normalise_path
@@ -76,6 +78,16 @@ def is_responses_socket(flavor: str, path: str) -> bool:
     return flavor == "openai" and _RESPONSES_SOCKET.search(normalise_path(path)) is not None
 
 
+def is_metered_socket(flavor: str, path: str) -> bool:
+    """Whether a WebSocket on ``path`` of a provider of ``flavor`` is one the proxy meters
+    (a Responses socket, a Realtime or a Gemini Live session)."""
+    return (
+        is_responses_socket(flavor, path)
+        or realtime.is_realtime_socket(flavor, path)
+        or geminilive.is_live_socket(flavor, path)
+    )
+
+
 @dataclass(slots=True)
 class ResponsesSocket:
     """One open Responses WebSocket: who opened it and the turn in progress."""
@@ -94,7 +106,9 @@ class ResponsesSocket:
     reserved: bool = False
     """Governance holds the estimate of the turn in progress (released at its end)."""
     session: RealtimeSession | None = None
-    """A Realtime session's models (None: a Responses socket)."""
+    """A Realtime session's models (None: not a Realtime session)."""
+    live: LiveSession | None = None
+    """A Gemini Live session's model (None: not a Live session)."""
 
 
 class ResponsesSockets:
@@ -114,11 +128,13 @@ class ResponsesSockets:
         provider: MeteredProvider,
         identity: Identity,
         session: RealtimeSession | None = None,
+        live: LiveSession | None = None,
     ) -> None:
-        """A socket opened: a Responses one, or a Realtime ``session``."""
+        """A socket opened: a Responses one, a Realtime ``session`` or a Gemini ``live`` one."""
         headers = flow.response.headers if flow.response is not None else {}
+        request_id = events.request_id_from(headers)
         self._open[flow.id] = ResponsesSocket(
-            provider, identity, request_id=events.request_id_from(headers), session=session
+            provider, identity, request_id=request_id, session=session, live=live
         )
 
     def message(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
@@ -133,6 +149,9 @@ class ResponsesSockets:
         if len(messages) > 1:  # mitmproxy keeps every message until the socket closes
             del messages[:-1]
         content = message.content
+        if socket.live is not None:
+            self._live(flow, socket, socket.live, message.from_client, content)
+            return None
         if message.from_client:
             if _CREATE in content and message.is_text:
                 consumer = socket.identity.consumer
@@ -269,6 +288,71 @@ class ResponsesSockets:
                 return
             socket.last_response_id = response_id
         self._meter(flow, socket, response, None)
+
+    # --- Gemini Live sessions -----------------------------------------------------------
+
+    def _live(
+        self,
+        flow: http.HTTPFlow,
+        socket: ResponsesSocket,
+        live: LiveSession,
+        from_client: bool,
+        content: bytes,
+    ) -> None:
+        """A Live session's message (text or binary): the client's ``setup`` names the
+        model; a server message with ``usageMetadata`` is one turn's event."""
+        now = time.time()
+        if from_client:
+            if live.model is None and geminilive.SETUP in content:
+                live.take_setup(content)
+            if socket.created_at is None:
+                socket.created_at = now  # the turn's input starts
+            return
+        if socket.first_byte_at is None:
+            socket.first_byte_at = now
+        if geminilive.USAGE not in content:
+            return
+        try:
+            meta = geminilive.usage_metadata(jsoncodec.loads(content))
+        except ValueError:
+            meta = None
+        provider = socket.provider
+        if meta is None:
+            if self._once.first(provider.name, "unreadable usageMetadata"):
+                log.warning(
+                    "meterline: %s: %s Live message naming usageMetadata cannot be read: not "
+                    "metered; further ones are not logged",
+                    flow.id,
+                    provider.name,
+                )
+            return
+        usage = gemini.map_usage(meta)
+        if usage.invalid is not None and self._once.first(provider.name, usage.invalid):
+            log.warning(
+                "meterline: %s: %s Live usage: %s: estimated and flagged; further reports "
+                "like it are not logged",
+                flow.id,
+                provider.name,
+                usage.invalid,
+            )
+        settled = settle(
+            provider.flavor,
+            usage,
+            Seen(),
+            status_code=200,
+            cut=False,
+            request_model=lambda: live.model,
+            estimate_input=lambda model: 0,
+            count_output=lambda model: 0,
+        )
+        exchange = self._exchange(flow, socket, settled.status)
+        rows = events.build_events(exchange, settled.usage, self.proxy_id)
+        socket.created_at = socket.first_byte_at = None
+        try:  # counted against the consumer's limits, as any call's usage is
+            self.governance.finish(flow.id, rows)
+        finally:
+            for row in rows:
+                self.record(row)
 
     # --- Realtime sessions ---------------------------------------------------------------
 

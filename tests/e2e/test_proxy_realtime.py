@@ -23,6 +23,7 @@ import openai
 import pytest
 import yaml
 from aiohttp import web
+from websockets.exceptions import InvalidStatus
 
 from tests.conftest import KEYS, ProxyFactory
 from tests.e2e.test_proxy_responses_websocket import wait_for_rows
@@ -219,15 +220,22 @@ def test_a_realtime_session_is_billed_per_response_and_per_transcription(
     assert "Realtime" not in proxy.log_text()  # no "billed but not metered" line any more
 
 
-def capped_catalog(tmp_path: Path, port: int, limit: int) -> Path:
-    """alice on a plan with a hard limit of ``limit`` output tokens, text and audio."""
+def capped_catalog(
+    tmp_path: Path, port: int, limit: int, model: str | None = None, boolean: bool = False
+) -> Path:
+    """alice on a plan with a hard limit of ``limit`` output tokens, text and audio (of
+    the models matching ``model``; ``boolean``: those models allowed, no others)."""
     catalog = one_provider_catalog(
         tmp_path / "catalog.yaml", PROVIDER, port, {"alice": [KEYS["alice"]]}
     )
     doc = yaml.safe_load(catalog.read_text())
     meter = {"provider": PROVIDER, "token_types": ["output", "audio_output"]}
+    if model is not None:
+        meter["model"] = model
     doc["features"] = [{"key": "out", "name": "Output", "meter": meter}]
-    entitlement = {"feature": "out", "limit": limit}
+    entitlement: dict[str, Any] = {"feature": "out", "limit": limit}
+    if boolean:
+        entitlement = {"feature": "out", "type": "boolean"}
     doc["plans"] = [
         {"key": "capped", "name": "Capped", "currency": "USD", "entitlements": [entitlement]}
     ]
@@ -324,3 +332,21 @@ def test_what_a_session_reports_no_tokens_for_is_logged_once_and_not_stored(
     log = proxy.log_text()
     assert log.count("Realtime response.done without usage: not metered") == 1
     assert log.count("billed by duration (seconds of audio), not in tokens: not metered") == 1
+
+
+def test_a_session_on_a_model_the_plan_does_not_include_never_opens(
+    start_proxy: ProxyFactory, tmp_path: Path, upstream: tuple[RealtimeProvider, int]
+) -> None:
+    """A plan that includes only ``gpt-realtime-mini*``: a session asking for
+    ``gpt-realtime`` is refused at its upgrade (403, the provider never sees it) and
+    stored with its reason. Before, it opened and every response went through."""
+    provider, port = upstream
+    proxy = start_proxy(catalog=capped_catalog(tmp_path, port, 0, "gpt-realtime-mini*", True))
+    with pytest.raises(InvalidStatus) as refused:
+        asyncio.run(session(proxy, port, ["client"]))
+    assert refused.value.response.status_code == 403
+    assert b"does not include model 'gpt-realtime'" in refused.value.response.body
+    assert provider.handshakes == 0
+    [row] = wait_for_rows(proxy, 1)
+    assert (row["reason"], row["status"], row["model"]) == ("not_granted", 403, URL_MODEL)
+    assert (row["consumer"], row["method"], row["path"]) == ("alice", "GET", "/v1/realtime")

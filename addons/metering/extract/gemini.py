@@ -14,6 +14,10 @@ lists (``ModalityTokenCount``: ``{"modality": "AUDIO", "tokenCount": n}``):
 ``audio_output`` = the ``AUDIO`` entry of ``candidatesTokensDetails`` (native-audio and
 TTS models), taken out of output, so ``reasoning`` stays a share of the text output.
 
+The Live API (a WebSocket, :mod:`addons.metering.geminilive`) reports the same
+``usageMetadata`` per turn with the output named ``responseTokenCount`` and
+``responseTokensDetails``.
+
 Streamed chunks (``alt=sse``, or a JSON array streamed element by element) each carry the
 cumulative ``usageMetadata`` so far: the last one wins. The model is ``modelVersion``
 when the body has it, else the model named in the request path.
@@ -62,13 +66,21 @@ def map_usage(meta: dict[str, Any]) -> Usage:
     prompt = c.get(meta, "promptTokenCount", main=True) or 0
     cached = c.get(meta, "cachedContentTokenCount", main=True) or 0
     tool_prompt = c.get(meta, "toolUsePromptTokenCount", main=True) or 0
-    candidates = c.get(meta, "candidatesTokenCount", main=True) or 0
+    # The Live API names the output ``responseTokenCount`` (and its modalities
+    # ``responseTokensDetails``); generateContent ``candidatesTokenCount``.
+    live = "candidatesTokenCount" not in meta and "responseTokenCount" in meta
+    out_count, out_details = (
+        ("responseTokenCount", "responseTokensDetails")
+        if live
+        else ("candidatesTokenCount", "candidatesTokensDetails")
+    )
+    candidates = c.get(meta, out_count, main=True) or 0
     thoughts = c.get(meta, "thoughtsTokenCount", main=True) or 0
     audio, cached_audio = (
         _audio(c, meta, "promptTokensDetails"),
         _audio(c, meta, "cacheTokensDetails"),
     )
-    audio_out = _audio(c, meta, "candidatesTokensDetails")
+    audio_out = _audio(c, meta, out_details)
     usage = Usage(
         input=max(prompt - cached, 0) - (audio - cached_audio) + tool_prompt,
         cached_input=cached,

@@ -1,0 +1,193 @@
+"""Gemini's Live API (``BidiGenerateContent`` upgraded) through the real proxy.
+
+A fake Live server on 127.0.0.1 speaks the documented protocol: the client's ``setup``
+names the model, ``setupComplete`` answers it, and each model turn ends with a server
+message carrying the turn's ``usageMetadata`` (output as ``responseTokenCount`` and
+``responseTokensDetails``); server messages come as binary frames, as Google's do. Before,
+the session passed through unmetered and unlogged: a Gemini voice agent billed nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from aiohttp import web
+
+from tests.conftest import KEYS, ProxyFactory
+from tests.e2e.test_proxy_responses_websocket import wait_for_rows
+from tests.support.aioserver import serve
+from tests.support.proxy import USAGE_COLUMNS, MeterProxy, row_usage, write_catalog
+
+PROVIDER = "fake-gemini-live"
+PATH = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
+MODEL = "gemini-2.5-flash-native-audio-preview-09-2025"
+AUDIO = base64.b64encode(bytes(range(256)) * 64).decode()
+
+#: Each turn's usage as the Live API reports it: the prompt re-reads the conversation.
+TURNS: list[dict[str, Any]] = [
+    {
+        "promptTokenCount": 373,
+        "responseTokenCount": 23,
+        "totalTokenCount": 396,
+        "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 373}],
+        "responseTokensDetails": [{"modality": "AUDIO", "tokenCount": 23}],
+    },
+    {
+        "promptTokenCount": 520,
+        "cachedContentTokenCount": 100,
+        "responseTokenCount": 40,
+        "thoughtsTokenCount": 12,
+        "totalTokenCount": 572,
+        "promptTokensDetails": [
+            {"modality": "TEXT", "tokenCount": 400},
+            {"modality": "AUDIO", "tokenCount": 120},
+        ],
+        "cacheTokensDetails": [{"modality": "TEXT", "tokenCount": 100}],
+        "responseTokensDetails": [
+            {"modality": "TEXT", "tokenCount": 10},
+            {"modality": "AUDIO", "tokenCount": 30},
+        ],
+    },
+]
+ZERO = dict.fromkeys(USAGE_COLUMNS, 0)
+#: The same in the token model: uncached audio input and audio output apart, thinking
+#: billed as (text) output.
+BILLED = [
+    {**ZERO, "input": 373, "audio_output": 23},
+    {**ZERO, "input": 300, "cached_input": 100, "audio_input": 120, "output": 10 + 12,
+     "audio_output": 30, "reasoning": 12},
+]  # fmt: skip
+
+
+class LiveProvider:
+    """A fake Gemini Live server: ``setupComplete`` for the ``setup``, then for each client
+    turn (``clientContent`` with ``turnComplete``, or an audio ``realtimeInput`` ended by
+    ``audioStreamEnd``) two audio chunks and a ``turnComplete`` message with the turn's
+    usage, all as binary frames."""
+
+    def __init__(self) -> None:
+        self.setups: list[dict[str, Any]] = []
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(max_msg_size=0)
+        await ws.prepare(request)
+        turn = 0
+        async for msg in ws:
+            message = json.loads(msg.data)
+            if "setup" in message:
+                self.setups.append(message["setup"])
+                await ws.send_bytes(json.dumps({"setupComplete": {}}).encode())
+                continue
+            ends_turn = message.get("clientContent", {}).get("turnComplete") or message.get(
+                "realtimeInput", {}
+            ).get("audioStreamEnd")
+            if not ends_turn:
+                continue
+            chunk = {"inlineData": {"mimeType": "audio/pcm;rate=24000", "data": AUDIO}}
+            for _ in range(2):
+                content = {"serverContent": {"modelTurn": {"parts": [chunk]}}}
+                await ws.send_bytes(json.dumps(content).encode())
+            done = {"serverContent": {"turnComplete": True}, "usageMetadata": TURNS[turn]}
+            await ws.send_bytes(json.dumps(done).encode())
+            turn += 1
+        return ws
+
+
+@pytest.fixture
+def upstream() -> Iterator[tuple[LiveProvider, int]]:
+    provider = LiveProvider()
+    with serve({("GET", PATH): provider.handle}) as port:
+        yield provider, port
+
+
+async def live_session(proxy: MeterProxy, port: int, key: str) -> list[dict[str, Any]]:
+    """A text turn, then an audio turn; the server messages that ended each turn."""
+    ended: list[dict[str, Any]] = []
+    setup = {"setup": {"model": f"models/{MODEL}",
+                       "generationConfig": {"responseModalities": ["AUDIO"]}}}  # fmt: skip
+    text_turn = {"clientContent": {"turns": [{"role": "user", "parts": [{"text": "Hi"}]}],
+                                   "turnComplete": True}}  # fmt: skip
+    audio = {"audio": {"mimeType": "audio/pcm;rate=16000", "data": AUDIO}}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(
+            f"http://127.0.0.1:{port}{PATH}?key={key}", proxy=proxy.url, max_msg_size=0
+        ) as ws,
+    ):
+        await ws.send_str(json.dumps(setup))
+        assert json.loads((await ws.receive()).data) == {"setupComplete": {}}
+        for turn in ([text_turn], [{"realtimeInput": audio},
+                                   {"realtimeInput": {"audioStreamEnd": True}}]):  # fmt: skip
+            for message in turn:
+                await ws.send_str(json.dumps(message))
+            async for msg in ws:
+                received = json.loads(msg.data)
+                if received.get("serverContent", {}).get("turnComplete"):
+                    ended.append(received)
+                    break
+    return ended
+
+
+def live_catalog(tmp_path: Path, port: int) -> Path:
+    gemini = {"name": PROVIDER, "flavor": "gemini", "hosts": [f"127.0.0.1:{port}"]}
+    return write_catalog(tmp_path / "catalog.yaml", [gemini], {"alice": [KEYS["alice"]]})
+
+
+def test_each_turn_of_a_gemini_live_session_is_one_event(
+    start_proxy: ProxyFactory, tmp_path: Path, upstream: tuple[LiveProvider, int]
+) -> None:
+    provider, port = upstream
+    proxy = start_proxy(catalog=live_catalog(tmp_path, port))
+    ended = asyncio.run(live_session(proxy, port, KEYS["alice"]))
+    assert [e["usageMetadata"] for e in ended] == TURNS
+    assert provider.setups[0]["model"] == f"models/{MODEL}"
+
+    rows = sorted(wait_for_rows(proxy, 2), key=lambda r: r["input_tokens"], reverse=True)
+    assert len(rows) == 2
+    assert [row_usage(r) for r in rows] == BILLED
+    for row in rows:
+        assert (row["consumer"], row["provider"], row["model"]) == ("alice", PROVIDER, MODEL)
+        assert (row["path"], row["status"], row["streamed"]) == (PATH, 200, True)
+        assert (row["estimated"], row["reason"]) == (False, None)
+    assert KEYS["alice"] not in proxy.log_text()
+
+
+def test_past_a_hard_limit_no_new_live_session_opens(
+    start_proxy: ProxyFactory, tmp_path: Path, upstream: tuple[LiveProvider, int]
+) -> None:
+    """A hard limit of 500 input tokens (text, cached and audio). A Live session has no
+    turn the proxy could refuse (the server starts each one when it hears the user), so
+    its usage is counted as it comes and the next session's upgrade is refused: 429 in
+    Gemini's shape, the provider never sees it. Before, sessions opened whatever the
+    limits, and none of their usage was counted."""
+    provider, port = upstream
+    catalog = live_catalog(tmp_path, port)
+    doc = yaml.safe_load(catalog.read_text())
+    meter = {"provider": PROVIDER, "token_types": ["input", "cached_input", "audio_input"]}
+    doc["features"] = [{"key": "live-in", "name": "Live input", "meter": meter}]
+    doc["plans"] = [{"key": "capped", "name": "Capped", "currency": "USD",
+                     "entitlements": [{"feature": "live-in", "limit": 500}]}]  # fmt: skip
+    subscription = {"plan": "capped", "start": "2026-01-01T00:00:00Z"}
+    doc["customers"] = [{"key": "acme", "name": "ACME", "currency": "USD",
+                         "consumers": ["alice"], "subscriptions": [subscription]}]  # fmt: skip
+    catalog.write_text(yaml.safe_dump(doc, sort_keys=False))
+    proxy = start_proxy(catalog=catalog)
+    asyncio.run(live_session(proxy, port, KEYS["alice"]))  # 373, then 520: past 500
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        asyncio.run(live_session(proxy, port, KEYS["alice"]))
+    assert refused.value.status == 429
+    assert len(provider.setups) == 1
+    rows = wait_for_rows(proxy, 3)
+    assert [r["reason"] for r in rows].count("limit:live-in") == 1
+    [row] = [r for r in rows if r["reason"]]
+    assert (row["consumer"], row["status"], row["method"], row["path"]) == (
+        "alice", 429, "GET", PATH
+    )  # fmt: skip
