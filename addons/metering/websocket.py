@@ -58,6 +58,7 @@ from addons.metering.keys import Identity
 from addons.metering.providers import MeteredProvider, normalise_path
 from addons.metering.realtime import RealtimeSession
 from addons.metering.settle import OnceLog, settle
+from addons.metering.sse import SSEEvent
 from addons.metering.usage import Seen, Usage
 from meterline.entitlements import Refusal
 
@@ -69,6 +70,12 @@ _RESPONSES_SOCKET = re.compile(r"/responses/?$")
 _FINAL = re.compile(rb'"response\.(?:completed|incomplete|failed)"')
 _FINAL_TYPES = frozenset({"response.completed", "response.incomplete", "response.failed"})
 _CREATE = b'"response.create"'
+#: The events of a turn in progress the meter keeps: its start (model, id) and its text
+#: (for an estimate if the socket closes before the final event).
+_TURN_EVENT = re.compile(
+    rb'"type"\s*:\s*"(response\.created|response\.(?:output_text|refusal|function_call_arguments'
+    rb'|reasoning_text|reasoning_summary_text)\.delta)"'
+)
 #: A server ``error`` event: the turn ended without a response (``previous_response_not_found``).
 _ERROR = re.compile(rb'"type"\s*:\s*"error"')
 
@@ -109,6 +116,9 @@ class ResponsesSocket:
     """A Realtime session's models (None: not a Realtime session)."""
     live: LiveSession | None = None
     """A Gemini Live session's model (None: not a Live session)."""
+    turn: OpenAIReader | None = None
+    """A Responses turn in progress: its text so far, for an estimate if the socket closes
+    before the turn's final event."""
 
 
 class ResponsesSockets:
@@ -169,6 +179,8 @@ class ResponsesSockets:
                     self._turn_ended(flow, socket)
             elif _FINAL.search(content):
                 self._final(flow, socket, content)
+            elif socket.turn is not None and (seen := _TURN_EVENT.search(content)):
+                socket.turn.on_event(SSEEvent(seen[1].decode(), content.decode("utf-8", "replace")))
             elif socket.reserved and _ERROR.search(content) and _is_error_event(content):
                 self._turn_ended(flow, socket)
         return None
@@ -189,10 +201,18 @@ class ResponsesSockets:
         if refusal is not None:
             message.drop()
             self._refuse(flow, socket, refusal)
+        elif socket.session is None:
+            socket.turn = OpenAIReader([])
 
     def end(self, flow: http.HTTPFlow) -> None:
         socket = self._open.pop(flow.id, None)
-        if socket is not None and socket.reserved:  # closed mid-turn: the estimate is freed
+        if socket is None:
+            return
+        if socket.turn is not None and socket.created_at is not None:
+            # Closed mid-turn: the provider had the request, and may have answered part
+            # of it: estimated from the request and the text seen, as a cut stream is.
+            self._meter(flow, socket, None, None, cut=True)
+        elif socket.reserved:  # a session's response cut: its hold is freed
             self.governance.finish(flow.id, None)
 
     def _check(self, flow: http.HTTPFlow, socket: ResponsesSocket, create: bytes) -> Refusal | None:
@@ -495,10 +515,12 @@ class ResponsesSockets:
         socket: ResponsesSocket,
         response: dict[str, Any] | None,
         problem: str | None,
+        cut: bool = False,
     ) -> None:
         """One event for the turn: from ``response``'s usage, or estimated (``problem``
-        says why there is no readable response); the turn's hold is freed."""
-        reader = OpenAIReader([])
+        says why there is no readable response; ``cut``: the socket closed mid-turn, from
+        what the turn showed); the turn's hold is freed."""
+        reader = socket.turn if cut and socket.turn is not None else OpenAIReader([])
         if response is not None:
             reader.on_object(response)
         flavor = socket.provider.flavor
@@ -508,7 +530,7 @@ class ResponsesSockets:
             reader.usage(),
             reader.seen(),
             status_code=200,
-            cut=False,
+            cut=cut,
             request_model=lambda: _turn_model(socket),
             estimate_input=lambda model: estimate_request_input(flavor, create, model=model),
             count_output=lambda model: count_tokens(reader.text(), model or ""),
@@ -527,7 +549,7 @@ class ResponsesSockets:
             log.debug("meterline: %s: WebSocket: %s", flow.id, settled.why_estimated)
         exchange = self._exchange(flow, socket, settled.status)
         rows = events.build_events(exchange, settled.usage, self.proxy_id)
-        socket.created_at = socket.first_byte_at = None
+        socket.created_at = socket.first_byte_at = socket.turn = None
         socket.reserved = False
         try:  # counted against the consumer's limits, as any call's usage is
             self.governance.finish(flow.id, rows)
@@ -538,7 +560,7 @@ class ResponsesSockets:
     def _turn_ended(self, flow: http.HTTPFlow, socket: ResponsesSocket) -> None:
         """A turn that ended with nothing to meter: its hold on the limits is freed (it
         was kept until the socket closed, refusing the consumer's other calls meanwhile)."""
-        socket.created_at = socket.first_byte_at = None
+        socket.created_at = socket.first_byte_at = socket.turn = None
         if socket.reserved:
             socket.reserved = False
             self.governance.finish(flow.id, None)

@@ -59,6 +59,8 @@ class WebSocketProvider:
         ``previous_response_id``."""
         self.deep_turns = 0
         """End this many next turns with a final event nested too deeply to read."""
+        self.stall = False
+        """Send a turn's first events, then nothing more (the client leaves mid-turn)."""
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.handshakes += 1
@@ -93,20 +95,19 @@ class WebSocketProvider:
             done = {**response, "status": "completed", "usage": turn_usage(turn),
                     "output": [{"type": "message", "id": "msg_1", "status": "completed",
                                 "role": "assistant", "content": text}]}  # fmt: skip
-            for i, out in enumerate(
-                [
-                    {"type": "response.created", "response": response},
-                    # A text that names the final event is not one.
-                    {
-                        "type": "response.output_text.delta",
-                        "item_id": "msg_1",
-                        "output_index": 0,
-                        "content_index": 0,
-                        "delta": 'no "response.completed" here',
-                    },  # fmt: skip
-                    {"type": "response.completed", "response": done},
-                ]
-            ):
+            events: list[dict[str, Any]] = [
+                {"type": "response.created", "response": response},
+                # A text that names the final event is not one.
+                {
+                    "type": "response.output_text.delta",
+                    "item_id": "msg_1",
+                    "output_index": 0,
+                    "content_index": 0,
+                    "delta": 'no "response.completed" here',
+                },
+                {"type": "response.completed", "response": done},
+            ]
+            for i, out in enumerate(events[:2] if self.stall else events):
                 await ws.send_str(json.dumps({**out, "sequence_number": i}))
         return ws
 
@@ -304,3 +305,34 @@ def test_an_unreadable_final_event_is_estimated_and_frees_its_hold(
         assert row["estimated"] is True and row["consumer"] == "alice"
         assert row["input_tokens"] > 0 and row["reason"] is None
     assert proxy.log_text().count("unreadable final event") == 1
+
+
+async def leave_mid_turn(proxy: MeterProxy, port: int, key: str) -> list[str]:
+    """A turn whose socket the client closes after the turn's first two events."""
+    create = {"type": "response.create", "model": "gpt-5",
+              "input": "Tell me a long story about otters. " * 20}  # fmt: skip
+    async with aiohttp.ClientSession() as session, open_socket(session, proxy, port, key) as ws:
+        await ws.send_str(json.dumps(create))
+        return [json.loads((await ws.receive()).data)["type"] for _ in range(2)]
+
+
+def test_a_turn_cut_by_the_client_is_estimated_as_a_cut_stream_is(
+    start_proxy: ProxyFactory, tmp_path: Path, upstream: tuple[WebSocketProvider, int]
+) -> None:
+    """The client closes the socket after the response started: the provider had the
+    request and answered part of it. Before, nothing was stored (the turn was billed
+    nothing); now it is one event estimated from the request and the text seen, with
+    ``status`` NULL and the response's id and model, as a cut HTTP stream is."""
+    provider, port = upstream
+    catalog = one_provider_catalog(
+        tmp_path / "catalog.yaml", PROVIDER, port, {"alice": [KEYS["alice"]]}
+    )
+    proxy = start_proxy(catalog=catalog)
+    provider.stall = True
+    seen = asyncio.run(leave_mid_turn(proxy, port, KEYS["alice"]))
+    assert seen == ["response.created", "response.output_text.delta"]
+    [row] = wait_for_rows(proxy, 1)
+    assert (row["consumer"], row["response_id"], row["model"]) == ("alice", "resp_ws_0000", MODEL)
+    assert (row["estimated"], row["status"], row["reason"]) == (True, None, None)
+    assert 100 < row["input_tokens"] < 400  # ~160 tokens asked
+    assert 3 <= row["output_tokens"] <= 10  # 'no "response.completed" here'
