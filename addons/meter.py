@@ -109,7 +109,7 @@ class Meter:
         self.reloader = catalogwatch.Reloader(lambda: self.catalog, self._reload)
         self.governance = governance.Governance()
         self.finisher = Finisher(self.governance, self._record)
-        self.sockets = websocket.ResponsesSockets(self.governance, self._record)
+        self.sockets = websocket.SocketMeter(self.governance, self._record)
 
     # ------------------------------------------------------------------ options
 

@@ -14,17 +14,30 @@ billed, every turn). The figures are mapped by the ``generateContent`` reader
 ``responseTokenCount`` and ``responseTokensDetails``). Server messages are JSON, sent as
 text or binary frames.
 
-This module holds that reading; :mod:`addons.metering.websocket` meters the socket.
+This module reads a session's messages and meters its turns, through the socket meter
+(:class:`~addons.metering.websocket.SocketMeter`).
 """
 
 from __future__ import annotations
 
+import logging
 import re
+import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from addons.metering import jsoncodec
+from mitmproxy import http
+
+from addons.metering import events, jsoncodec
+from addons.metering.extract import gemini
 from addons.metering.providers import normalise_path
+from addons.metering.settle import settle
+from addons.metering.usage import Seen
+
+if TYPE_CHECKING:
+    from addons.metering.websocket import Socket, SocketMeter
+
+log = logging.getLogger("meterline.proxy")
 
 _LIVE_SOCKET = re.compile(r"[./]BidiGenerateContent(?:Constrained)?/?$")
 #: A server message that carries usage (the audio chunks, most of a session's bytes, do not).
@@ -62,3 +75,63 @@ def usage_metadata(message: Any) -> dict[str, Any] | None:
     """A server message's ``usageMetadata`` object, or None."""
     meta = message.get("usageMetadata") if isinstance(message, dict) else None
     return meta if isinstance(meta, dict) else None
+
+
+def on_message(
+    meter: SocketMeter,
+    flow: http.HTTPFlow,
+    socket: Socket,
+    live: LiveSession,
+    from_client: bool,
+    content: bytes,
+) -> None:
+    """A Live session's message (text or binary): the client's ``setup`` names the
+    model; a server message with ``usageMetadata`` is one turn's event."""
+    now = time.time()
+    if from_client:
+        if live.model is None and SETUP in content:
+            live.take_setup(content)
+        if socket.created_at is None:
+            socket.created_at = now  # the turn's input starts
+        return
+    if socket.first_byte_at is None:
+        socket.first_byte_at = now
+    if USAGE not in content:
+        return
+    try:
+        meta = usage_metadata(jsoncodec.loads(content))
+    except ValueError:
+        meta = None
+    provider = socket.provider
+    if meta is None:
+        if meter.once.first(provider.name, "unreadable usageMetadata"):
+            log.warning(
+                "meterline: %s: %s Live message naming usageMetadata cannot be read: not "
+                "metered; further ones are not logged",
+                flow.id,
+                provider.name,
+            )
+        return
+    usage = gemini.map_usage(meta)
+    if usage.invalid is not None and meter.once.first(provider.name, usage.invalid):
+        log.warning(
+            "meterline: %s: %s Live usage: %s: estimated and flagged; further reports "
+            "like it are not logged",
+            flow.id,
+            provider.name,
+            usage.invalid,
+        )
+    settled = settle(
+        provider.flavor,
+        usage,
+        Seen(),
+        status_code=200,
+        cut=False,
+        request_model=lambda: live.model,
+        estimate_input=lambda model: 0,
+        count_output=lambda model: 0,
+    )
+    exchange = meter.exchange(flow, socket, settled.status)
+    rows = events.build_events(exchange, settled.usage, meter.proxy_id)
+    socket.created_at = socket.first_byte_at = None
+    meter.count_and_record(flow.id, rows)
