@@ -48,9 +48,7 @@ SETUP = b'"setup"'
 
 def is_live_socket(flavor: str, path: str) -> bool:
     """Whether a WebSocket on ``path`` of a provider of ``flavor`` is a Gemini Live session."""
-    if flavor != "gemini":
-        return False
-    return _LIVE_SOCKET.search(normalise_path(path).partition("?")[0]) is not None
+    return flavor == "gemini" and _LIVE_SOCKET.search(normalise_path(path)) is not None
 
 
 @dataclass(slots=True)

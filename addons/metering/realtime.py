@@ -65,9 +65,7 @@ SESSION = frozenset({"session.created", "session.updated"})
 
 def is_realtime_socket(flavor: str, path: str) -> bool:
     """Whether a WebSocket on ``path`` of a provider of ``flavor`` is a Realtime session."""
-    if flavor != "openai":
-        return False
-    return _REALTIME_SOCKET.search(normalise_path(path).partition("?")[0]) is not None
+    return flavor == "openai" and _REALTIME_SOCKET.search(normalise_path(path)) is not None
 
 
 @dataclass(slots=True)

@@ -18,12 +18,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-import yaml
 from aiohttp import web
 
 from tests.conftest import KEYS, ProxyFactory
 from tests.e2e.test_proxy_responses_websocket import wait_for_rows
 from tests.support.aioserver import serve
+from tests.support.governance import with_plan
 from tests.support.proxy import USAGE_COLUMNS, MeterProxy, row_usage, write_catalog
 
 PROVIDER = "fake-gemini-live"
@@ -169,16 +169,10 @@ def test_past_a_hard_limit_no_new_live_session_opens(
     Gemini's shape, the provider never sees it. Before, sessions opened whatever the
     limits, and none of their usage was counted."""
     provider, port = upstream
-    catalog = live_catalog(tmp_path, port)
-    doc = yaml.safe_load(catalog.read_text())
     meter = {"provider": PROVIDER, "token_types": ["input", "cached_input", "audio_input"]}
-    doc["features"] = [{"key": "live-in", "name": "Live input", "meter": meter}]
-    doc["plans"] = [{"key": "capped", "name": "Capped", "currency": "USD",
-                     "entitlements": [{"feature": "live-in", "limit": 500}]}]  # fmt: skip
-    subscription = {"plan": "capped", "start": "2026-01-01T00:00:00Z"}
-    doc["customers"] = [{"key": "acme", "name": "ACME", "currency": "USD",
-                         "consumers": ["alice"], "subscriptions": [subscription]}]  # fmt: skip
-    catalog.write_text(yaml.safe_dump(doc, sort_keys=False))
+    features = [{"key": "live-in", "name": "Live input", "meter": meter}]
+    capped = [{"feature": "live-in", "limit": 500}]
+    catalog = with_plan(live_catalog(tmp_path, port), features, capped)
     proxy = start_proxy(catalog=catalog)
     asyncio.run(live_session(proxy, port, KEYS["alice"]))  # 373, then 520: past 500
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:

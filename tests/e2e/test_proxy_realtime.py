@@ -21,13 +21,13 @@ from typing import Any
 
 import openai
 import pytest
-import yaml
 from aiohttp import web
 from websockets.exceptions import InvalidStatus
 
 from tests.conftest import KEYS, ProxyFactory
 from tests.e2e.test_proxy_responses_websocket import wait_for_rows
 from tests.support.aioserver import serve
+from tests.support.governance import with_plan
 from tests.support.proxy import USAGE_COLUMNS, MeterProxy, one_provider_catalog, row_usage
 
 PROVIDER = "fake-realtime"
@@ -228,23 +228,14 @@ def capped_catalog(
     catalog = one_provider_catalog(
         tmp_path / "catalog.yaml", PROVIDER, port, {"alice": [KEYS["alice"]]}
     )
-    doc = yaml.safe_load(catalog.read_text())
     meter = {"provider": PROVIDER, "token_types": ["output", "audio_output"]}
     if model is not None:
         meter["model"] = model
-    doc["features"] = [{"key": "out", "name": "Output", "meter": meter}]
+    features = [{"key": "out", "name": "Output", "meter": meter}]
     entitlement: dict[str, Any] = {"feature": "out", "limit": limit}
     if boolean:
         entitlement = {"feature": "out", "type": "boolean"}
-    doc["plans"] = [
-        {"key": "capped", "name": "Capped", "currency": "USD", "entitlements": [entitlement]}
-    ]
-    doc["customers"] = [
-        {"key": "acme", "name": "ACME", "currency": "USD", "consumers": ["alice"],
-         "subscriptions": [{"plan": "capped", "start": "2026-01-01T00:00:00Z"}]}
-    ]  # fmt: skip
-    catalog.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return catalog
+    return with_plan(catalog, features, [entitlement])
 
 
 def test_past_a_hard_limit_the_servers_response_is_cancelled_and_the_clients_dropped(

@@ -18,11 +18,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-import yaml
 from aiohttp import web
 
 from tests.conftest import KEYS, UNKNOWN_KEY, ProxyFactory
 from tests.support.aioserver import serve
+from tests.support.governance import with_plan
 from tests.support.proxy import USAGE_COLUMNS, MeterProxy, one_provider_catalog, row_usage
 
 PROVIDER = "fake-ws"
@@ -179,20 +179,9 @@ def capped_catalog(tmp_path: Path, port: int, limit: int) -> Path:
     catalog = one_provider_catalog(
         tmp_path / "catalog.yaml", PROVIDER, port, {"alice": [KEYS["alice"]]}
     )
-    doc = yaml.safe_load(catalog.read_text())
-    doc["features"] = [
-        {"key": "out", "name": "Output", "meter": {"provider": PROVIDER, "token_types": ["output"]}}
-    ]
-    entitlement = {"feature": "out", "limit": limit}
-    doc["plans"] = [
-        {"key": "capped", "name": "Capped", "currency": "USD", "entitlements": [entitlement]}
-    ]
-    doc["customers"] = [
-        {"key": "acme", "name": "ACME", "currency": "USD", "consumers": ["alice"],
-         "subscriptions": [{"plan": "capped", "start": "2026-01-01T00:00:00Z"}]}
-    ]  # fmt: skip
-    catalog.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return catalog
+    meter = {"provider": PROVIDER, "token_types": ["output"]}
+    features = [{"key": "out", "name": "Output", "meter": meter}]
+    return with_plan(catalog, features, [{"feature": "out", "limit": limit}])
 
 
 @pytest.fixture

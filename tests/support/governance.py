@@ -85,3 +85,23 @@ def governed_catalog(
         doc["alerts"] = alerts
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
+
+
+def with_plan(
+    catalog: Path, features: list[dict[str, Any]], entitlements: list[dict[str, Any]]
+) -> Path:
+    """``catalog`` (one provider, consumer ``alice``) given ``features`` and one plan
+    ``capped`` with ``entitlements``, to which customer ``acme`` (holding ``alice``) has
+    been subscribed since 1 January 2026."""
+    doc = yaml.safe_load(catalog.read_text())
+    doc["features"] = features
+    doc["plans"] = [
+        {"key": "capped", "name": "Capped", "currency": "USD", "entitlements": entitlements}
+    ]
+    subscription = {"plan": "capped", "start": "2026-01-01T00:00:00Z"}
+    doc["customers"] = [
+        {"key": "acme", "name": "ACME", "currency": "USD", "consumers": ["alice"],
+         "subscriptions": [subscription]}
+    ]  # fmt: skip
+    catalog.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return catalog
