@@ -28,11 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 from mitmproxy import http
 
-from addons.metering import events, jsoncodec
+from addons.metering import jsoncodec
 from addons.metering.extract import gemini
 from addons.metering.providers import normalise_path
-from addons.metering.settle import settle
-from addons.metering.usage import Seen
 
 if TYPE_CHECKING:
     from addons.metering.websocket import Socket, SocketMeter
@@ -110,26 +108,5 @@ def on_message(
                 provider.name,
             )
         return
-    usage = gemini.map_usage(meta)
-    if usage.invalid is not None and meter.once.first(provider.name, usage.invalid):
-        log.warning(
-            "meterline: %s: %s Live usage: %s: estimated and flagged; further reports "
-            "like it are not logged",
-            flow.id,
-            provider.name,
-            usage.invalid,
-        )
-    settled = settle(
-        provider.flavor,
-        usage,
-        Seen(),
-        status_code=200,
-        cut=False,
-        request_model=lambda: live.model,
-        estimate_input=lambda model: 0,
-        count_output=lambda model: 0,
-    )
-    exchange = meter.exchange(flow, socket, settled.status)
-    rows = events.build_events(exchange, settled.usage, meter.proxy_id)
-    socket.created_at = socket.first_byte_at = None
-    meter.count_and_record(flow.id, rows)
+    meter.reported(flow, socket, gemini.map_usage(meta), live.model, "Live usage")
+    socket.created_at = socket.first_byte_at = None  # the next turn starts afresh

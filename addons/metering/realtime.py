@@ -37,12 +37,10 @@ from urllib.parse import parse_qs
 
 from mitmproxy import ctx, http
 
-from addons.metering import events, jsoncodec
-from addons.metering.bounded import count_tokens
+from addons.metering import jsoncodec
 from addons.metering.extract.openai import map_usage
 from addons.metering.providers import normalise_path
-from addons.metering.settle import settle
-from addons.metering.usage import Seen, Usage
+from addons.metering.usage import Usage
 
 if TYPE_CHECKING:
     from addons.metering.websocket import Socket, SocketMeter
@@ -226,31 +224,12 @@ def _transcribed(
         if key in session.transcribed:
             return
         session.transcribed.add(key)
-    if usage.invalid is not None and meter.once.first(provider.name, usage.invalid):
-        log.warning(
-            "meterline: %s: %s Realtime transcription: %s: estimated and flagged; "
-            "further reports like it are not logged",
-            flow.id,
-            provider.name,
-            usage.invalid,
-        )
     transcript = event.get("transcript")
     text = transcript if isinstance(transcript, str) else ""
-    settled = settle(
-        provider.flavor,
-        usage,
-        Seen(),
-        status_code=200,
-        cut=False,
-        request_model=lambda: session.transcription_model,
-        estimate_input=lambda model: 0,
-        count_output=lambda model: count_tokens(text, model or ""),
+    model = session.transcription_model
+    meter.reported(
+        flow, socket, usage, model, "Realtime transcription", text=text, apart=f"{flow.id}/asr"
     )
-    now = time.time()
-    exchange = meter.exchange(flow, socket, settled.status)
-    exchange.t_request = exchange.t_first_byte = now
-    rows = events.build_events(exchange, settled.usage, meter.proxy_id)
-    meter.count_and_record(f"{flow.id}/transcription", rows)  # the turn's hold stays
 
 
 def turn_body(session: RealtimeSession, create: bytes) -> bytes:

@@ -58,7 +58,7 @@ from addons.metering.providers import MeteredProvider, normalise_path
 from addons.metering.realtime import RealtimeSession
 from addons.metering.settle import OnceLog, settle
 from addons.metering.sse import SSEEvent
-from addons.metering.usage import Usage
+from addons.metering.usage import Seen, Usage
 from meterline.entitlements import Refusal
 
 log = logging.getLogger("meterline.proxy")
@@ -347,6 +347,48 @@ class SocketMeter:
         socket.created_at = socket.first_byte_at = socket.turn = None
         socket.reserved = False
         self.count_and_record(flow.id, rows)
+
+    def reported(
+        self,
+        flow: http.HTTPFlow,
+        socket: Socket,
+        usage: Usage,
+        model: str | None,
+        what: str,
+        *,
+        text: str = "",
+        apart: str | None = None,
+    ) -> None:
+        """One event for usage a session's message reported (a Gemini Live turn, a
+        Realtime transcription: ``what``, for the log) on ``model``; unusable figures are
+        logged once per provider and kind and the event estimated from ``text``.
+        ``apart``: the usage is not the turn's (a transcription), counted under that key
+        (the turn's hold stays) and timed at this moment."""
+        provider = socket.provider
+        if usage.invalid is not None and self.once.first(provider.name, usage.invalid):
+            log.warning(
+                "meterline: %s: %s %s: %s: estimated and flagged; further reports like it "
+                "are not logged",
+                flow.id,
+                provider.name,
+                what,
+                usage.invalid,
+            )
+        settled = settle(
+            provider.flavor,
+            usage,
+            Seen(),
+            status_code=200,
+            cut=False,
+            request_model=lambda: model,
+            estimate_input=lambda model: 0,
+            count_output=lambda model: count_tokens(text, model or "") if text else 0,
+        )
+        exchange = self.exchange(flow, socket, settled.status)
+        if apart is not None:
+            exchange.t_request = exchange.t_first_byte = exchange.t_done
+        rows = events.build_events(exchange, settled.usage, self.proxy_id)
+        self.count_and_record(apart or flow.id, rows)
 
     def count_and_record(self, flow_id: str, rows: list[dict[str, Any]]) -> None:
         """Count a turn's events against the consumer's limits (the hold kept under

@@ -24,12 +24,12 @@ import duckdb
 import httpx2
 import openai
 import pytest
-import yaml
 from aiohttp import web
 
 from tests.conftest import KEYS, ProxyFactory
 from tests.support.aioserver import serve
 from tests.support.clients import post_via
+from tests.support.governance import with_plan
 from tests.support.proxy import MeterProxy, write_catalog
 
 PROVIDER = "fake-bg"
@@ -340,18 +340,9 @@ def test_a_billed_path_that_is_not_metered_is_logged_once(
 
 def _governed(catalog: Path) -> None:
     """Alice's customer on a plan with a hard limit of 1,000 output tokens."""
-    doc = yaml.safe_load(catalog.read_text())
-    doc["features"] = [
-        {"key": "out", "name": "Output", "meter": {"provider": PROVIDER, "token_types": ["output"]}}
-    ]
-    limit = {"feature": "out", "limit": 1000}
-    doc["plans"] = [{"key": "capped", "name": "Capped", "currency": "USD", "entitlements": [limit]}]
-    subscription = {"plan": "capped", "start": "2026-01-01T00:00:00Z"}
-    doc["customers"] = [
-        {"key": "acme", "name": "ACME", "currency": "USD", "consumers": ["alice"],
-         "subscriptions": [subscription]}
-    ]  # fmt: skip
-    catalog.write_text(yaml.safe_dump(doc, sort_keys=False))
+    meter = {"provider": PROVIDER, "token_types": ["output"]}
+    features = [{"key": "out", "name": "Output", "meter": meter}]
+    with_plan(catalog, features, [{"feature": "out", "limit": 1000}])
 
 
 def test_a_queued_background_response_holds_its_reservation_until_read(
