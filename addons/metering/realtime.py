@@ -52,13 +52,21 @@ _REALTIME_SOCKET = re.compile(r"/realtime/?$")
 #: Server events the meter reads (one search per server text message; the audio deltas,
 #: most of a session's bytes, hold none of these names).
 READ = re.compile(
-    rb'"(?:response\.done|response\.created|session\.(?:created|updated)'
+    rb'"(?:response\.done|response\.created|(?:transcription_)?session\.(?:created|updated)'
     rb'|conversation\.item\.input_audio_transcription\.completed)"'
 )
 DONE = "response.done"
 CREATED = "response.created"
 TRANSCRIBED = "conversation.item.input_audio_transcription.completed"
-SESSION = frozenset({"session.created", "session.updated"})
+#: A session's settings (a beta transcription-only session: ``transcription_session.*``).
+SESSION = frozenset(
+    {
+        "session.created",
+        "session.updated",
+        "transcription_session.created",
+        "transcription_session.updated",
+    }
+)
 
 
 def is_realtime_socket(flavor: str, path: str) -> bool:

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
 from addons.metering.extract.openai import map_usage
-from addons.metering.realtime import RealtimeSession, is_realtime_socket, transcription_usage
+from addons.metering.realtime import (
+    READ,
+    SESSION,
+    RealtimeSession,
+    is_realtime_socket,
+    transcription_usage,
+)
 
 
 @pytest.mark.parametrize(
@@ -131,3 +138,17 @@ def test_transcription_usage(
     else:
         assert usage is not None and usage.invalid is None
         assert (usage.input, usage.audio_input, usage.output) == figures
+
+
+def test_a_transcription_sessions_settings_are_read_too() -> None:
+    """A beta transcription-only session (``?intent=transcription``) announces its model
+    in ``transcription_session.updated``."""
+    session = RealtimeSession.from_path("/v1/realtime?intent=transcription")
+    event = {
+        "type": "transcription_session.updated",
+        "session": {"input_audio_transcription": {"model": "gpt-4o-mini-transcribe"}},
+    }
+    assert READ.search(json.dumps(event).encode())
+    assert event["type"] in SESSION
+    session.take(event)
+    assert (session.model, session.transcription_model) == (None, "gpt-4o-mini-transcribe")
