@@ -12,10 +12,11 @@ genai-prices' ``input_tokens`` is the *total* input, with ``cache_read_tokens`` 
 ``cache_write_tokens`` as parts of it that it prices separately. So::
 
     input_tokens        = input + cached_input + cache_write + cache_write_1h + audio_input
-    cache_read_tokens   = cached_input
+                          + cached_audio_input
+    cache_read_tokens   = cached_input + cached_audio_input
     cache_write_tokens  = cache_write
-    input_audio_tokens  = audio_input
-    cache_audio_read_tokens = 0
+    input_audio_tokens  = audio_input + cached_audio_input
+    cache_audio_read_tokens = cached_audio_input
     output_tokens       = output + audio_output   (reasoning is already inside output)
     output_audio_tokens = audio_output
 
@@ -26,10 +27,11 @@ counts are added to the totals and named again as the audio parts: a model with 
 prices (``gpt-audio``: $32 / $64 per million audio tokens against $2.50 / $10 for text;
 ``gemini-2.5-flash``: $1.00 audio input against $0.30) prices them at those, a model
 without (``gpt-4o-audio-preview`` in genai-prices 0.2.3 lists only its text prices)
-prices them as text. Cached audio is inside ``cached_input`` (the token model does not
-split it) and is priced at the cache-read price: OpenAI's audio models price cached
-audio and cached text alike; Gemini's cached audio (``cache_audio_read_tokens``, $0.10
-against $0.03 for 2.5 Flash) is priced low.
+prices them as text. Cached audio (``cached_audio_input``) is a part of both the cache
+read and the audio input in genai-prices' registry (``cache_audio_read_tokens``), so it
+is named in all three and priced at the model's cached-audio price where it lists one
+(``gpt-realtime-mini``: $0.30 per million against $0.06 for cached text; Gemini 2.5
+Flash $0.10 against $0.03).
 
 Server-side web searches (``web_search``, a count of calls, not tokens) are
 genai-prices' ``web_searches``, priced per 1,000 at the model's ``web_searches_kcount``
@@ -109,6 +111,7 @@ def list_cost(
     audio_input: int = 0,
     audio_output: int = 0,
     web_search: int = 0,
+    cached_audio_input: int = 0,
 ) -> Decimal | None:
     """List-price cost in USD of one request's tokens at time ``at``; None for unknown models.
 
@@ -123,6 +126,7 @@ def list_cost(
         "output": output,
         "audio_output": audio_output,
         "web_search": web_search,
+        "cached_audio_input": cached_audio_input,
     }
     for name, value in counts.items():
         if isinstance(value, bool) or not isinstance(value, int):
@@ -135,12 +139,13 @@ def list_cost(
         return None
     found_provider, found_model = found
     whole_input = input + cached_input + cache_write + cache_write_1h + audio_input
+    whole_input += cached_audio_input
     usage = Usage(
         input_tokens=whole_input,
-        cache_read_tokens=cached_input,
+        cache_read_tokens=cached_input + cached_audio_input,
         cache_write_tokens=cache_write,
-        input_audio_tokens=audio_input,
-        cache_audio_read_tokens=0,  # cached audio is inside cached_input (module doc)
+        input_audio_tokens=audio_input + cached_audio_input,
+        cache_audio_read_tokens=cached_audio_input,  # a part of both (module doc)
         output_tokens=output + audio_output,
         output_audio_tokens=audio_output,
         web_searches=web_search,  # priced per 1,000 where listed (module doc)

@@ -98,6 +98,14 @@ EVENT_FIELDS: tuple[EventField, ...] = (
         "Responses); a count of calls, not tokens",
         default="0",
     ),
+    EventField(
+        "cached_audio_input_tokens",
+        "BIGINT",
+        False,
+        "prompt audio read from the provider's cache (OpenAI Realtime, Gemini), priced at "
+        "the cached-audio rate; not inside cached_input_tokens nor audio_input_tokens",
+        default="0",
+    ),
 )
 
 EVENT_COLUMNS: tuple[str, ...] = tuple(f.name for f in EVENT_FIELDS)
@@ -121,6 +129,7 @@ TOKEN_COLUMNS: dict[str, str] = {
     "cache_write": "cache_write_tokens",
     "cache_write_1h": "cache_write_1h_tokens",
     "audio_input": "audio_input_tokens",
+    "cached_audio_input": "cached_audio_input_tokens",
     "output": "output_tokens",
     "audio_output": "audio_output_tokens",
     "web_search": "web_search_calls",

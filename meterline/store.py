@@ -100,6 +100,14 @@ EVENT_MIGRATIONS: tuple[Migration, ...] = (
         # metered).
         "ALTER TABLE usage_events ADD COLUMN IF NOT EXISTS web_search_calls BIGINT DEFAULT 0",
     ),
+    Migration(
+        "0050_cached_audio_input",
+        # Cached audio is priced apart from cached text (gpt-realtime-mini: $0.30 per
+        # million against $0.06; Gemini 2.5 Flash $0.10 against $0.03): counted apart.
+        # Stored events read 0 (their cached audio is inside cached_input_tokens).
+        "ALTER TABLE usage_events ADD COLUMN IF NOT EXISTS cached_audio_input_tokens BIGINT "
+        "DEFAULT 0",
+    ),
 )
 
 

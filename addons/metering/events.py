@@ -129,4 +129,5 @@ def build_event(
         "audio_input_tokens": usage.audio_input,
         "audio_output_tokens": usage.audio_output,
         "web_search_calls": usage.web_search,
+        "cached_audio_input_tokens": usage.cached_audio_input,
     }

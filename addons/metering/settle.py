@@ -87,6 +87,7 @@ def settle(
             cache_write=usable.cache_write,
             cache_write_1h=usable.cache_write_1h,
             audio_input=usable.audio_input,
+            cached_audio_input=usable.cached_audio_input,
             output=max(usable.output, count_output(model)),
             audio_output=usable.audio_output,
             reasoning=usable.reasoning,

@@ -11,7 +11,11 @@ Token types are disjoint and add up to what the provider bills:
 - ``audio_input``: prompt audio tokens not read from a cache (OpenAI
   ``prompt_tokens_details.audio_tokens``, Gemini's ``AUDIO`` prompt modality): billed at
   the provider's audio rate (GPT-4o Audio: $40 per million against $2.50 for text), so
-  counted apart; ``input`` excludes them. Audio read from a cache stays in ``cached_input``
+  counted apart; ``input`` excludes them
+- ``cached_audio_input``: prompt audio read from the provider's cache (the Realtime API's
+  ``cached_tokens_details.audio_tokens``, Gemini's ``AUDIO`` cache modality): priced
+  apart from cached text (gpt-realtime-mini: $0.30 per million against $0.06), so
+  counted apart; ``cached_input`` excludes it
 - ``output``: output tokens other than audio, reasoning included
 - ``audio_output``: output audio tokens (OpenAI ``completion_tokens_details.audio_tokens``,
   Gemini's ``AUDIO`` candidates modality); ``output`` excludes them
@@ -34,6 +38,7 @@ class Usage:
     cache_write: int = 0
     cache_write_1h: int = 0
     audio_input: int = 0
+    cached_audio_input: int = 0
     output: int = 0
     audio_output: int = 0
     reasoning: int = 0
@@ -65,6 +70,7 @@ class Usage:
             + self.cache_write
             + self.cache_write_1h
             + self.audio_input
+            + self.cached_audio_input
             + self.output
             + self.audio_output
         )

@@ -23,12 +23,14 @@ TokenType = Literal[
     "cache_write",
     "cache_write_1h",
     "audio_input",
+    "cached_audio_input",
     "output",
     "audio_output",
     "web_search",
 ]
 TOKEN_TYPES: tuple[TokenType, ...] = get_args(TokenType)
-"""Every metered type a feature's ``token_types`` may list, in event column order."""
+"""Every metered type a feature's ``token_types`` may list, in the order of
+:data:`meterline.eventschema.TOKEN_COLUMNS` (query results are read in it)."""
 CALL_TYPES: frozenset[TokenType] = frozenset({"web_search"})
 """The metered types that count billed server-side tool calls, not tokens: priced per
 call (``per: 1000``), never added into a token total, never in a feature's default

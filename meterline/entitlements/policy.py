@@ -30,7 +30,9 @@ from meterline.catalog import (
 from meterline.entitlements.cost import CostBound
 from meterline.periods import Period, period_containing
 
-INPUT_TYPES = frozenset({"input", "cached_input", "cache_write", "cache_write_1h", "audio_input"})
+INPUT_TYPES = frozenset(
+    {"input", "cached_input", "cache_write", "cache_write_1h", "audio_input", "cached_audio_input"}
+)
 OUTPUT_TYPES = frozenset({"output", "audio_output"})
 """The token types a call's output bound (``max_tokens``, which covers audio) bounds."""
 

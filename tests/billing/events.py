@@ -41,6 +41,7 @@ class Event:
     audio_input: int = 0
     audio_output: int = 0
     web_search: int = 0
+    cached_audio_input: int = 0
     ingested_at: datetime | None = None
     event_id: str = field(default_factory=lambda: f"ev-{next(_ids):06d}")
     key_fingerprint: str | None = "sha256:" + "ab" * 32
@@ -76,6 +77,7 @@ class Event:
             self.audio_input,
             self.audio_output,
             self.web_search,
+            self.cached_audio_input,
         )
 
 

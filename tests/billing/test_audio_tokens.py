@@ -123,7 +123,7 @@ def test_events_stored_before_audio_was_counted_read_0(tmp_path: Path) -> None:
     )
     upto_0030 = [m for m in EVENT_MIGRATIONS if m.name < "0040"]
     assert migrate(con, upto_0030) == ["0030_audio_tokens"]
-    assert migrate(con, EVENT_MIGRATIONS) == ["0040_web_search_calls"]
+    assert migrate(con, EVENT_MIGRATIONS) == ["0040_web_search_calls", "0050_cached_audio_input"]
     con.close()
     with billing_store(db) as con:
         assert con.execute(
@@ -134,6 +134,72 @@ def test_events_stored_before_audio_was_counted_read_0(tmp_path: Path) -> None:
         ).invoices
     lines = {ln.rate_card_key: ln.quantity for ln in inv.lines}
     assert lines == {"text-in": 64, "audio-in": 0}
+
+
+CACHED = """
+version: 1
+consumers:
+  - name: agent-a
+features:
+  - key: cached-text
+    name: Realtime cached text input
+    meter: {provider: openai, model: "gpt-realtime-mini*", token_types: [cached_input]}
+  - key: cached-audio
+    name: Realtime cached audio input
+    meter: {provider: openai, model: "gpt-realtime-mini*", token_types: [cached_audio_input]}
+plans:
+  - key: p
+    name: P
+    currency: USD
+    billing_cadence: P1M
+    rate_cards:
+      - {key: cached-text, name: Cached text, feature: cached-text,
+         price: {type: unit, amount: "0.06", per: 1000000}}
+      - {key: cached-audio, name: Cached audio, feature: cached-audio,
+         price: {type: unit, amount: "0.30", per: 1000000}}
+customers:
+  - key: alpha
+    name: Alpha
+    currency: USD
+    consumers: [agent-a]
+    subscriptions:
+      - {plan: p, start: "2026-01-01T00:00:00Z"}
+"""
+
+
+def test_cached_audio_is_billed_at_the_cached_audio_rate(tmp_path: Path) -> None:
+    """``gpt-realtime-mini`` prices cached audio at $0.30 per million against $0.06 for
+    cached text: a voice session re-reads its earlier audio every turn. Before, cached
+    audio was inside ``cached_input`` and billed at the text rate (here $0.24 instead of
+    $1.26)."""
+    s = setup(tmp_path, CACHED)
+    turn = Event(utc("2026-01-05"), model="gpt-realtime-mini", cached_input=1_000_000,
+                 cached_audio_input=3_000_000)  # fmt: skip
+    add_events(s.db, turn)
+    inv = _invoice(s)
+    lines = {ln.rate_card_key: (ln.quantity, ln.amount) for ln in inv.lines}
+    assert lines == {
+        "cached-text": (1_000_000, Decimal("0.06")),
+        "cached-audio": (3_000_000, Decimal("0.90")),
+    }
+    assert inv.total == Decimal("0.96")
+
+
+def test_a_plan_pricing_cached_text_only_lists_the_cached_audio_as_unbilled(
+    tmp_path: Path,
+) -> None:
+    """A feature listing only ``cached_input`` (a catalog older than the split) leaves
+    the cached audio under "unpriced": it is never billed at the text rate unasked."""
+    s = setup(tmp_path, CACHED.replace("token_types: [cached_audio_input]", "token_types: [input]"))
+    add_events(s.db, Event(utc("2026-01-05"), model="gpt-realtime-mini", cached_input=5,
+                           cached_audio_input=7))  # fmt: skip
+    with billing_store(s.db) as con:
+        rows = usage_report(
+            con,
+            s.catalog,
+            UsageQuery(start=utc("2026-01-01"), end=utc("2026-02-01"), unbilled=True),
+        )
+    assert [(r["cached_input"], r["cached_audio_input"]) for r in rows] == [(0, 7)]
 
 
 def test_the_dashboards_output_figure_counts_audio_output(tmp_path: Path) -> None:

@@ -177,13 +177,28 @@ def test_audio_tokens_are_priced_at_the_audio_rates() -> None:
     assert cost == Decimal("0.010444")
 
 
-def test_gemini_audio_input_is_priced_apart_and_cached_audio_as_a_cache_read() -> None:
-    """Gemini 2.5 Flash: text $0.30, audio $1.00, cache reads $0.03 (cached audio is
-    inside ``cached_input``: priced at the text cache-read price), output $2.50."""
-    cost = list_cost("gemini", "gemini-2.5-flash", input=50, cached_input=1000, cache_write=0,
-                     output=140, audio_input=250, at=AT)  # fmt: skip
-    # 50 * 0.30 + 1000 * 0.03 + 250 * 1.00 + 140 * 2.50 = 15 + 30 + 250 + 350 = 645
-    assert cost == Decimal("0.000645")
+def test_gemini_audio_input_and_cached_audio_are_priced_apart() -> None:
+    """Gemini 2.5 Flash: text $0.30, audio $1.00, cache reads $0.03 for text and $0.10
+    for audio, output $2.50."""
+    cost = list_cost("gemini", "gemini-2.5-flash", input=50, cached_input=200, cache_write=0,
+                     output=140, audio_input=250, cached_audio_input=800, at=AT)  # fmt: skip
+    # 50 * 0.30 + 200 * 0.03 + 250 * 1.00 + 800 * 0.10 + 140 * 2.50
+    # = 15 + 6 + 250 + 80 + 350 = 701
+    assert cost == Decimal("0.000701")
+
+
+def test_realtime_cached_audio_is_priced_at_its_own_rate() -> None:
+    """``gpt-realtime-mini``: cached text $0.06 per million, cached audio $0.30 (before,
+    cached audio was inside ``cached_input`` and priced at $0.06)."""
+    found = find_model("openai", "gpt-realtime-mini")
+    assert found is not None
+    prices = found[1].get_prices(AT)
+    assert (prices.cache_read_mtok, prices.cache_audio_read_mtok) == (
+        Decimal("0.06"), Decimal("0.3")
+    )  # fmt: skip
+    cost = list_cost("openai", "gpt-realtime-mini", input=0, cached_input=1_000_000,
+                     cache_write=0, output=0, cached_audio_input=1_000_000, at=AT)  # fmt: skip
+    assert cost == Decimal("0.36")
 
 
 def test_a_model_listed_without_audio_prices_prices_its_audio_as_text() -> None:

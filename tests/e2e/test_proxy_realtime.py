@@ -62,8 +62,8 @@ def billed(n: int, cancelled: bool = False) -> dict[str, int]:
     audio output apart from text output."""
     zero = dict.fromkeys(USAGE_COLUMNS, 0)
     out, audio_out = (10, 30) if cancelled else (100, 300)
-    return {**zero, "input": 150 + n, "cached_input": 200, "audio_input": 650,
-            "output": out, "audio_output": audio_out}  # fmt: skip
+    return {**zero, "input": 150 + n, "cached_input": 150, "cached_audio_input": 50,
+            "audio_input": 650, "output": out, "audio_output": audio_out}  # fmt: skip
 
 
 TRANSCRIPTION_USAGE = {"type": "tokens", "input_tokens": 120, "output_tokens": 30,

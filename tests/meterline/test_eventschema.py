@@ -93,3 +93,11 @@ def _manual_table(path: Path) -> list[tuple[str, str]]:
 
 def test_the_manual_lists_every_column_with_its_type() -> None:
     assert _manual_table(_manual()) == [(f.name, f.type) for f in EVENT_FIELDS]
+
+
+def test_token_types_are_read_in_the_order_of_their_columns() -> None:
+    """Query results are zipped with TOKEN_TYPES in TOKEN_COLUMNS' order."""
+    from meterline.catalog import TOKEN_TYPES
+    from meterline.eventschema import TOKEN_COLUMNS
+
+    assert tuple(TOKEN_COLUMNS) == TOKEN_TYPES

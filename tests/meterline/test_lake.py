@@ -224,10 +224,13 @@ def test_a_lake_filled_before_web_searches_were_counted_takes_their_column(
         migrate(con, [m for m in EVENT_MIGRATIONS if m.name < "0040"])
         con.execute(f"INSERT INTO usage_events ({columns}) VALUES ('old', {row})")
     with store(older) as con:
-        assert migrate(con, EVENT_MIGRATIONS) == ["0040_web_search_calls"]
+        assert migrate(con, EVENT_MIGRATIONS) == [
+            "0040_web_search_calls",
+            "0050_cached_audio_input",
+        ]
         con.execute(f"INSERT INTO usage_events ({columns}) VALUES ('older-proxy', {row})")
         con.execute(
-            f"INSERT INTO usage_events ({', '.join(EVENT_COLUMNS)}) VALUES ('new', {row}, 3)"
+            f"INSERT INTO usage_events ({', '.join(EVENT_COLUMNS)}) VALUES ('new', {row}, 3, 0)"
         )
         rows = con.execute(
             "SELECT event_id, input_tokens, web_search_calls FROM usage_events ORDER BY event_id"

@@ -274,6 +274,7 @@ USAGE_COLUMNS = {
     "audio_output": "audio_output_tokens",
     "reasoning": "reasoning_tokens",
     "web_search": "web_search_calls",
+    "cached_audio_input": "cached_audio_input_tokens",
 }
 
 

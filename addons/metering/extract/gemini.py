@@ -10,7 +10,8 @@ Audio is billed at its own rate (Gemini 2.5 Flash: $1.00 per million input token
 against $0.30 for text, image and video), so it is counted apart from the per-modality
 lists (``ModalityTokenCount``: ``{"modality": "AUDIO", "tokenCount": n}``):
 ``audio_input`` = the ``AUDIO`` entry of ``promptTokensDetails`` less that of
-``cacheTokensDetails`` (cached audio stays in ``cached_input``), taken out of input;
+``cacheTokensDetails``, taken out of input; that cached audio is ``cached_audio_input``,
+taken out of ``cached_input``;
 ``audio_output`` = the ``AUDIO`` entry of ``candidatesTokensDetails`` (native-audio and
 TTS models), taken out of output, so ``reasoning`` stays a share of the text output.
 
@@ -83,8 +84,9 @@ def map_usage(meta: dict[str, Any]) -> Usage:
     audio_out = _audio(c, meta, out_details)
     usage = Usage(
         input=max(prompt - cached, 0) - (audio - cached_audio) + tool_prompt,
-        cached_input=cached,
+        cached_input=cached - cached_audio,
         audio_input=audio - cached_audio,
+        cached_audio_input=cached_audio,
         output=candidates - audio_out + thoughts,
         audio_output=audio_out,
         reasoning=thoughts,

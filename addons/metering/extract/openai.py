@@ -15,10 +15,11 @@ Token mapping (see docs/token-model.md):
 - Audio (``gpt-4o-audio-*``, ``gpt-audio*``): ``prompt_tokens_details.audio_tokens`` is a
   share of ``prompt_tokens`` billed at the audio rate: ``audio_input`` is that share
   less any cached audio the report names (``cached_tokens_details.audio_tokens``, the
-  Realtime shape), and it is subtracted from input; cached audio stays in
-  ``cached_input``. ``completion_tokens_details.audio_tokens`` is a share of
-  ``completion_tokens``: ``audio_output``, subtracted from output (reasoning stays a
-  share of the text output).
+  Realtime shape), and it is subtracted from input; that cached audio is
+  ``cached_audio_input``, taken out of ``cached_input`` (a report that does not split its
+  cache read leaves it all in ``cached_input``).
+  ``completion_tokens_details.audio_tokens`` is a share of ``completion_tokens``:
+  ``audio_output``, subtracted from output (reasoning stays a share of the text output).
 - Responses ``usage``: the same with ``input_tokens``, ``input_tokens_details``,
   ``output_tokens``, ``output_tokens_details``. The Realtime API's ``response.done``
   usage and its transcriptions' ``usage`` are this shape with the details spelt
@@ -135,9 +136,10 @@ def map_usage(raw: dict[str, Any]) -> Usage | None:
         output = completion + reasoning
     usage = Usage(
         input=max(prompt - cached - cache_write, 0) - audio_in,  # < 0: see check_consistency
-        cached_input=cached,
+        cached_input=cached - cached_audio,
         cache_write=cache_write,
         audio_input=audio_in,
+        cached_audio_input=cached_audio,
         output=output - audio_out,
         audio_output=audio_out,
         reasoning=reasoning,
@@ -391,6 +393,7 @@ class OpenAIReader:
             cached_input=u.cached_input,
             cache_write=u.cache_write,
             audio_input=u.audio_input,
+            cached_audio_input=u.cached_audio_input,
             output=u.output,
             audio_output=u.audio_output,
             reasoning=u.reasoning,

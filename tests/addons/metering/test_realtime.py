@@ -86,7 +86,8 @@ def test_realtime_usage_in_the_token_model() -> None:
         }
     )
     assert usage is not None and usage.invalid is None
-    assert (usage.input, usage.cached_input, usage.audio_input) == (250, 200, 650)
+    assert (usage.input, usage.cached_input, usage.audio_input) == (250, 150, 650)
+    assert usage.cached_audio_input == 50
     assert (usage.output, usage.audio_output) == (100, 300)
     assert usage.total == 1500
 

@@ -31,11 +31,11 @@ def test_usage_table(s: Setup) -> None:
     result = run(s, "usage", "--from", "2026-03-01", "--to", "2026-04-01")
     assert result.exit_code == 0
     assert result.stdout.splitlines() == [
-        "CONSUMER  CUSTOMER  INPUT  CACHED_INPUT  CACHE_WRITE  CACHE_WRITE_1H  AUDIO_INPUT  OUTPUT  AUDIO_OUTPUT  WEB_SEARCH  TOTAL  EVENTS",  # noqa: E501
-        "--------  --------  -----  ------------  -----------  --------------  -----------  ------  ------------  ----------  -----  ------",  # noqa: E501
-        "                        0             0            0               0            0      60             0           0     60       1",  # noqa: E501
-        "agent-a   alpha        30             2            0               0            0       1             0           0     33       2",  # noqa: E501
-        "agent-b   beta         30             0            0               0            0       0             0           0     30       1",  # noqa: E501
+        "CONSUMER  CUSTOMER  INPUT  CACHED_INPUT  CACHE_WRITE  CACHE_WRITE_1H  AUDIO_INPUT  CACHED_AUDIO_INPUT  OUTPUT  AUDIO_OUTPUT  WEB_SEARCH  TOTAL  EVENTS",  # noqa: E501
+        "--------  --------  -----  ------------  -----------  --------------  -----------  ------------------  ------  ------------  ----------  -----  ------",  # noqa: E501
+        "                        0             0            0               0            0                   0      60             0           0     60       1",  # noqa: E501
+        "agent-a   alpha        30             2            0               0            0                   0       1             0           0     33       2",  # noqa: E501
+        "agent-b   beta         30             0            0               0            0                   0       0             0           0     30       1",  # noqa: E501
     ]
 
 
@@ -51,6 +51,7 @@ def test_usage_json_by_customer_and_day(s: Setup) -> None:
             "cache_write": 0,
             "cache_write_1h": 0,
             "audio_input": 0,
+            "cached_audio_input": 0,
             "output": 1,
             "audio_output": 0,
             "web_search": 0,
@@ -66,6 +67,7 @@ def test_usage_json_by_customer_and_day(s: Setup) -> None:
             "cache_write": 0,
             "cache_write_1h": 0,
             "audio_input": 0,
+            "cached_audio_input": 0,
             "output": 0,
             "audio_output": 0,
             "web_search": 0,

@@ -1168,7 +1168,8 @@ GEMINI_AUDIO_JSON = Case(
     ),
     expected=dict(
         input=50,  # 1300 - 1000 cached - 250 uncached audio
-        cached_input=1000,  # 800 of them audio: cached audio stays cached input
+        cached_input=200,  # 1000 read from the cache, 800 of them audio
+        cached_audio_input=800,
         cache_write=0,
         audio_input=250,  # 1050 - 800
         output=140,

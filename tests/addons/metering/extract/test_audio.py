@@ -41,20 +41,25 @@ def test_the_real_openai_audio_recording_splits_its_64_input_tokens() -> None:
     assert usage.cached_input == expected["cached_input_tokens"] == 0
 
 
-def test_the_real_gemini_recording_keeps_its_cached_audio_in_cached_input() -> None:
+def test_the_real_gemini_recording_counts_its_cached_audio_apart() -> None:
     """``gemini/generate-2.5-flash-youtube-cached``: 1,917 audio tokens in the prompt,
-    1,881 of them read from the cache; only the other 36 are ``audio_input``."""
+    1,881 of them read from the cache: those are ``cached_audio_input`` (Gemini prices
+    cached audio at $0.10 per million against $0.03 for cached text), the other 36
+    ``audio_input``; the cache read in all is the recording's 17,379."""
     meta, body = _recording("gemini/generate-2.5-flash-youtube-cached")
     usage = _metered(meta, body)
     expected = meta["expected"]
     assert usage.input + usage.audio_input == expected["input_tokens"] == 334
     assert usage.audio_input == 1917 - 1881
-    assert usage.cached_input == expected["cached_input_tokens"] == 17379
+    assert usage.cached_audio_input == 1881
+    assert usage.cached_input + usage.cached_audio_input == expected["cached_input_tokens"]
+    assert expected["cached_input_tokens"] == 17379
     assert (usage.output, usage.audio_output) == (expected["output_tokens"], 0)
 
 
-def test_openai_cached_audio_named_by_the_report_stays_cached_input() -> None:
-    """The Realtime usage shape names the cached audio: it is not ``audio_input``."""
+def test_openai_cached_audio_named_by_the_report_is_counted_apart() -> None:
+    """The Realtime usage shape names the cached audio: it is neither ``audio_input`` nor
+    cached text."""
     usage = openai_usage(
         {
             "prompt_tokens": 100,
@@ -67,7 +72,8 @@ def test_openai_cached_audio_named_by_the_report_stays_cached_input() -> None:
         }
     )
     assert usage is not None and usage.invalid is None
-    assert (usage.input, usage.cached_input, usage.audio_input) == (20, 60, 20)
+    assert (usage.input, usage.cached_input, usage.audio_input) == (20, 30, 20)
+    assert usage.cached_audio_input == 30
     assert usage.total == 110
 
 

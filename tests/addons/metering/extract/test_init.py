@@ -38,7 +38,7 @@ def fields(usage: Usage | None) -> dict | None:
 
 
 #: Fields a case names only when they are not 0 (cases older than the field).
-_ZERO_UNLESS_NAMED = ("cache_write_1h", "audio_input", "audio_output")
+_ZERO_UNLESS_NAMED = ("cache_write_1h", "audio_input", "audio_output", "cached_audio_input")
 
 
 def expected_fields(case: Case) -> dict:
