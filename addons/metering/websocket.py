@@ -41,7 +41,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mitmproxy import ctx, http
@@ -75,6 +75,8 @@ _TURN_EVENT = re.compile(
     rb'"type"\s*:\s*"(response\.created|response\.(?:output_text|refusal|function_call_arguments'
     rb'|reasoning_text|reasoning_summary_text)\.delta)"'
 )
+#: Response ids remembered per socket against a repeated final event.
+RECENT_IDS = 256
 #: A server ``error`` event: the turn ended without a response (``previous_response_not_found``).
 _ERROR = re.compile(rb'"type"\s*:\s*"error"')
 
@@ -107,8 +109,9 @@ class Socket:
     first_byte_at: float | None = None
     """When the first server message after it passed the proxy."""
     request_id: str | None = None
-    last_response_id: str | None = None
-    """The response metered last on this socket (a repeated final event bills once)."""
+    metered: dict[str, None] = field(default_factory=dict)
+    """The ids of the responses metered on this socket, the latest :data:`RECENT_IDS`
+    (a repeated final event bills once, even after another response's)."""
     reserved: bool = False
     """Governance holds the estimate of the turn in progress (released at its end)."""
     session: RealtimeSession | None = None
@@ -162,7 +165,7 @@ class SocketMeter:
             geminilive.on_message(self, flow, socket, socket.live, message.from_client, content)
             return None
         if message.from_client:
-            if _CREATE in content and message.is_text:
+            if _is_create(socket, content):
                 consumer = socket.identity.consumer
                 if consumer is not None and self.governance.awaits_first_read(consumer.name):
                     return self._create_after_first_read(flow, socket, message)
@@ -170,18 +173,22 @@ class SocketMeter:
             return None
         if socket.first_byte_at is None:
             socket.first_byte_at = time.time()
-        if message.is_text:
-            if socket.session is not None:
-                if realtime.READ.search(content):
-                    realtime.on_server_message(self, flow, socket, socket.session, content)
-                elif socket.reserved and _ERROR.search(content) and _is_error_event(content):
-                    self.turn_ended(flow, socket)
-            elif _FINAL.search(content):
-                self._final(flow, socket, content)
-            elif socket.turn is not None and (seen := _TURN_EVENT.search(content)):
-                socket.turn.on_event(SSEEvent(seen[1].decode(), content.decode("utf-8", "replace")))
+        # Text or binary frames alike: a server may send its JSON events as either.
+        if socket.session is not None:
+            if realtime.READ.search(content):
+                realtime.on_server_message(self, flow, socket, socket.session, content)
             elif socket.reserved and _ERROR.search(content) and _is_error_event(content):
                 self.turn_ended(flow, socket)
+        elif _FINAL.search(content):
+            self._final(flow, socket, content)
+        elif socket.turn is not None and (seen := _TURN_EVENT.search(content)):
+            socket.turn.on_event(SSEEvent(seen[1].decode(), content.decode("utf-8", "replace")))
+        elif (
+            (socket.reserved or socket.turn is not None)
+            and _ERROR.search(content)
+            and _is_error_event(content)
+        ):
+            self.turn_ended(flow, socket)  # the provider refused the turn: nothing billed
         return None
 
     async def _create_after_first_read(
@@ -299,9 +306,11 @@ class SocketMeter:
         """A response's final object: metered once (a repeated final event bills once)."""
         response_id = response.get("id")
         if isinstance(response_id, str):
-            if response_id == socket.last_response_id:
+            if response_id in socket.metered:
                 return
-            socket.last_response_id = response_id
+            socket.metered[response_id] = None
+            if len(socket.metered) > RECENT_IDS:
+                del socket.metered[next(iter(socket.metered))]
         self.meter(flow, socket, response, None)
 
     def meter(
@@ -407,6 +416,23 @@ class SocketMeter:
         if socket.reserved:
             socket.reserved = False
             self.governance.finish(flow.id, None)
+
+
+def _is_create(socket: Socket, content: bytes) -> bool:
+    """Whether a client message is a ``response.create``. On a Responses socket every
+    message is read as JSON when its bytes do not say so (``"response\\u002ecreate"`` or a
+    binary frame is a create to the provider too, and passed the limits unchecked); a
+    Realtime session checks each response again when the server announces it, so the
+    bytes test is enough there (its client messages are mostly audio)."""
+    if _CREATE in content:
+        return True
+    if socket.session is not None:
+        return False
+    try:
+        obj = jsoncodec.loads(content)
+    except ValueError:
+        return False
+    return isinstance(obj, dict) and obj.get("type") == "response.create"
 
 
 def _is_error_event(content: bytes) -> bool:

@@ -90,6 +90,9 @@ class RealtimeProvider:
         self.reports_usage = True
         """Whether ``response.done`` carries usage (xAI's voice sessions bill by time)."""
         self.transcription_usage: dict[str, Any] = TRANSCRIPTION_USAGE
+        self.repeat_earlier = False
+        """After each response.done, send the one before it again (out of order)."""
+        self.dones: list[str] = []
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.handshakes += 1
@@ -138,8 +141,11 @@ class RealtimeProvider:
             await ws.send_str(delta)
         done = {**response, "status": "cancelled" if cancelled else "completed",
                 "usage": response_usage(n, cancelled) if self.reports_usage else None}  # fmt: skip
+        self.dones.append(json.dumps({"type": "response.done", "response": done}))
         for _ in range(2 if n == 0 else 1):  # a repeated response.done bills once
-            await ws.send_str(json.dumps({"type": "response.done", "response": done}))
+            await ws.send_str(self.dones[-1])
+        if self.repeat_earlier and n:
+            await ws.send_str(self.dones[-2])
 
 
 @pytest.fixture
@@ -341,3 +347,22 @@ def test_a_session_on_a_model_the_plan_does_not_include_never_opens(
     [row] = wait_for_rows(proxy, 1)
     assert (row["reason"], row["status"], row["model"]) == ("not_granted", 403, URL_MODEL)
     assert (row["consumer"], row["method"], row["path"]) == ("alice", "GET", "/v1/realtime")
+
+
+def test_a_response_done_repeated_after_another_response_bills_once(
+    start_proxy: ProxyFactory, tmp_path: Path, upstream: tuple[RealtimeProvider, int]
+) -> None:
+    """Responses running side by side (an out-of-band one beside the conversation's) end
+    in any order, and a repeated ``response.done`` may come after another response's.
+    Before, only the latest id was remembered: each repeat billed again."""
+    provider, port = upstream
+    provider.repeat_earlier = True
+    catalog = one_provider_catalog(
+        tmp_path / "catalog.yaml", PROVIDER, port, {"alice": [KEYS["alice"]]}
+    )
+    proxy = start_proxy(catalog=catalog)
+    asyncio.run(session(proxy, port, ["client", "client", "client"]))
+    rows = wait_for_rows(proxy, 3)
+    assert sorted(r["response_id"] for r in rows) == provider.served
+    assert len(provider.served) == 3
+    assert len(wait_for_rows(proxy, 4, timeout=1.0)) == 3  # and no repeat came later

@@ -325,3 +325,61 @@ def test_a_turn_cut_by_the_client_is_estimated_as_a_cut_stream_is(
     assert (row["estimated"], row["status"], row["reason"]) == (True, None, None)
     assert 100 < row["input_tokens"] < 400  # ~160 tokens asked
     assert 3 <= row["output_tokens"] <= 10  # 'no "response.completed" here'
+
+
+async def disguised_creates(proxy: MeterProxy, port: int, key: str) -> list[dict[str, Any]]:
+    """Two plain turns, then on the same socket a ``response.create`` whose type is
+    escaped and one sent as a binary frame (the provider reads both as creates): the
+    event that ended each turn."""
+    create = json.dumps({"type": "response.create", "model": "gpt-5", "input": "x"})
+    escaped = create.replace("response.create", "response\\u002ecreate")
+    answers = []
+    async with aiohttp.ClientSession() as session, open_socket(session, proxy, port, key) as ws:
+        for send in (ws.send_str, ws.send_str, ws.send_str, ws.send_bytes):
+            message: Any = [create, create, escaped, create.encode()][len(answers)]
+            await send(message)
+            async for msg in ws:
+                event = json.loads(msg.data)
+                if event["type"] in ("response.completed", "error"):
+                    answers.append(event)
+                    break
+    return answers
+
+
+def test_a_disguised_create_past_a_hard_limit_is_refused_too(
+    start_proxy: ProxyFactory, tmp_path: Path, upstream: tuple[WebSocketProvider, int]
+) -> None:
+    """Past the limit, a create written ``"response\\u002ecreate"`` or sent as a binary
+    frame is refused like a plain one. Before, only the bytes ``"response.create"`` in a
+    text frame were checked: both went through, 3 turns against a cap of 1,000."""
+    provider, port = upstream
+    proxy = start_proxy(catalog=capped_catalog(tmp_path, port, 1000))
+    answers = asyncio.run(disguised_creates(proxy, port, KEYS["alice"]))
+    assert [(a["type"], a.get("status")) for a in answers] == [
+        ("response.completed", None), ("response.completed", None), ("error", 429),
+        ("error", 429),
+    ]  # fmt: skip
+    assert len(provider.served) == 2
+    rows = wait_for_rows(proxy, 4)
+    assert sorted(str(r["reason"]) for r in rows) == ["None", "None", "limit:out", "limit:out"]
+
+
+def test_a_turn_the_provider_refuses_is_not_billed(
+    start_proxy: ProxyFactory, tmp_path: Path, upstream: tuple[WebSocketProvider, int]
+) -> None:
+    """The provider answers a turn with an ``error`` event (an unknown
+    ``previous_response_id``) and the client leaves. Before, for a consumer without
+    limits, the turn stayed open and was stored as a cut turn: an estimated event for
+    a call the provider never ran. Now nothing is stored for it."""
+    provider, port = upstream
+    catalog = one_provider_catalog(
+        tmp_path / "catalog.yaml", PROVIDER, port, {"alice": [KEYS["alice"]]}
+    )
+    proxy = start_proxy(catalog=catalog)
+    provider.fail_next = True
+    [refused] = asyncio.run(converse(proxy, port, KEYS["alice"], 1))
+    assert refused["type"] == "error"
+    asyncio.run(converse(proxy, port, KEYS["alice"], 1))
+    [row] = wait_for_rows(proxy, 1)
+    assert (row["response_id"], row["estimated"]) == ("resp_ws_0000", False)
+    assert len(wait_for_rows(proxy, 2, timeout=1.0)) == 1
