@@ -20,6 +20,7 @@ This module reads a session's messages and meters its turns, through the socket 
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -27,10 +28,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mitmproxy import http
+from mitmproxy.websocket import WebSocketMessage
 
-from addons.metering import jsoncodec
+from addons.metering import errors, events, jsoncodec
 from addons.metering.extract import gemini
+from addons.metering.models import normalise_model
 from addons.metering.providers import normalise_path
+from addons.metering.usage import Usage
 
 if TYPE_CHECKING:
     from addons.metering.websocket import Socket, SocketMeter
@@ -67,6 +71,50 @@ class LiveSession:
             self.model = model
 
 
+#: The model a refused ``setup`` is sent upstream with: the provider closes the session
+#: (1008, "models/... is not found"), the only way the protocol has to end one, and its
+#: reason names the refusal.
+REFUSED_MODEL = "models/refused-by-meterline-plan-does-not-include-this-model"
+
+
+def _check_model(
+    meter: SocketMeter,
+    flow: http.HTTPFlow,
+    socket: Socket,
+    live: LiveSession,
+    setup: WebSocketMessage,
+) -> None:
+    """The ``setup``'s model against the consumer's plan (the upgrade could not know
+    it). A model the plan does not include is refused: the setup goes upstream naming
+    :data:`REFUSED_MODEL` instead, so no session starts and nothing is billed, and the
+    refusal is stored. A Live session has no error message nor a way for the proxy to
+    close it: the provider's own close is the answer the client gets."""
+    consumer = socket.identity.consumer
+    if consumer is None or meter.governance.awaits_first_read(consumer.name):
+        return
+    provider = socket.provider
+    model = normalise_model(provider.flavor, live.model)
+    refusal = meter.governance.check_session(
+        consumer.name, provider.flavor, provider.name, flow, model
+    )
+    if refusal is None:
+        return
+    setup.content = json.dumps({"setup": {"model": REFUSED_MODEL}}).encode()
+    log.info(
+        "meterline: %s: %s Live session of %s refused: %s",
+        flow.id,
+        provider.name,
+        consumer.name,
+        refusal.reason,
+    )
+    status, _ = errors.error_body(provider.flavor, refusal.kind, refusal.message)  # type: ignore[arg-type]
+    event = events.build_event(
+        meter.exchange(flow, socket, status), Usage(model=model), meter.proxy_id
+    )
+    event["reason"] = refusal.reason
+    meter.record(event)
+
+
 def usage_metadata(message: Any) -> dict[str, Any] | None:
     """A server message's ``usageMetadata`` object, or None."""
     meta = message.get("usageMetadata") if isinstance(message, dict) else None
@@ -78,15 +126,18 @@ def on_message(
     flow: http.HTTPFlow,
     socket: Socket,
     live: LiveSession,
-    from_client: bool,
-    content: bytes,
+    message: WebSocketMessage,
 ) -> None:
     """A Live session's message (text or binary): the client's ``setup`` names the
-    model; a server message with ``usageMetadata`` is one turn's event."""
+    model (checked against the plan); a server message with ``usageMetadata`` is one
+    turn's event."""
     now = time.time()
-    if from_client:
+    content = message.content
+    if message.from_client:
         if live.model is None and SETUP in content:
             live.take_setup(content)
+            if live.model is not None:
+                _check_model(meter, flow, socket, live, message)
         if socket.created_at is None:
             socket.created_at = now  # the turn's input starts
         return

@@ -53,7 +53,7 @@ from mitmproxy import exceptions, http
 
 from addons.metering import errors, events
 from addons.metering.billedas import BilledAs
-from addons.metering.reserve import estimate_request
+from addons.metering.reserve import Estimate, estimate_request
 from addons.metering.usage import Usage
 from meterline.catalog import Catalog
 from meterline.entitlements import (
@@ -316,12 +316,14 @@ class Governance:
         provider: str,
         flow: http.HTTPFlow,
         body: Callable[[], bytes] | None = None,
+        asked: Estimate | None = None,
     ) -> Any:
         """None (not governed), a :class:`Refusal`, or True (admitted, estimate reserved).
 
         ``body``: gives the request body decoded (a ``Content-Encoding: gzip`` request's
         model and bound are read from it; default: the raw body); called only for a
-        governed consumer, so other calls pay nothing for it.
+        governed consumer, so other calls pay nothing for it. ``asked``: what the call
+        may cost when it is not read from a body (a WebSocket session's model).
 
         Never raises: if the check fails, a call that a hard limit, an allow-list or a
         prepaid balance could refuse is refused (``unavailable``, 503): a hard cap is not
@@ -334,7 +336,7 @@ class Governance:
         if pol is None:
             return None
         try:
-            return self._check(consumer, flavor, provider, flow, body)
+            return self._check(consumer, flavor, provider, flow, body, asked)
         except Exception as e:
             self._failed("check", e)
             pol = self.policy.by_consumer.get(consumer, pol)
@@ -363,8 +365,7 @@ class Governance:
         Holds nothing: each response is checked and counted on its own."""
         if consumer is None:
             return None
-        body = {"model": model or "", "max_tokens": 1}
-        verdict = self.check(consumer, flavor, provider, flow, lambda: json.dumps(body).encode())
+        verdict = self.check(consumer, flavor, provider, flow, asked=Estimate(model or "", 0, 0))
         if verdict is True:
             self.finish(flow.id, None)
             return None
@@ -382,6 +383,7 @@ class Governance:
         provider: str,
         flow: http.HTTPFlow,
         body: Callable[[], bytes] | None,
+        asked: Estimate | None = None,
     ) -> Any:
         now = datetime.now(UTC)
         pol = self.policy.by_consumer.get(consumer)
@@ -410,9 +412,12 @@ class Governance:
                 )
         if self._held:
             self._expire()
-        req = flow.request
-        raw = (req.raw_content or b"") if body is None else body()
-        est = estimate_request(flavor, req.path, raw)
+        if asked is not None:
+            est = asked
+        else:
+            req = flow.request
+            raw = (req.raw_content or b"") if body is None else body()
+            est = estimate_request(flavor, req.path, raw)
         # A name the provider resolves (an Azure deployment, an alias) is held against
         # the limits of every model it was billed as too.
         billed = self.billed_as.get(provider, est.model)

@@ -162,7 +162,7 @@ class SocketMeter:
             del messages[:-1]
         content = message.content
         if socket.live is not None:
-            geminilive.on_message(self, flow, socket, socket.live, message.from_client, content)
+            geminilive.on_message(self, flow, socket, socket.live, message)
             return None
         if message.from_client:
             if _is_create(socket, content):

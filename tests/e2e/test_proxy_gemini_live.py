@@ -20,6 +20,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from addons.metering.geminilive import REFUSED_MODEL
 from tests.conftest import KEYS, ProxyFactory
 from tests.e2e.test_proxy_responses_websocket import wait_for_rows
 from tests.support.aioserver import serve
@@ -84,6 +85,10 @@ class LiveProvider:
             message = json.loads(msg.data)
             if "setup" in message:
                 self.setups.append(message["setup"])
+                model = message["setup"].get("model", "")
+                if not model.startswith("models/gemini"):  # as Gemini answers one it lacks
+                    await ws.close(code=1008, message=f"{model} is not found".encode()[:120])
+                    break
                 await ws.send_bytes(json.dumps({"setupComplete": {}}).encode())
                 continue
             ends_turn = message.get("clientContent", {}).get("turnComplete") or message.get(
@@ -185,3 +190,44 @@ def test_past_a_hard_limit_no_new_live_session_opens(
     assert (row["consumer"], row["status"], row["method"], row["path"]) == (
         "alice", 429, "GET", PATH
     )  # fmt: skip
+
+
+async def setup_with(proxy: MeterProxy, port: int, model: str) -> tuple[int | None, str]:
+    """Open a Live session naming ``model``: how the socket ended (close code, reason)."""
+    setup = {"setup": {"model": model}}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(f"http://127.0.0.1:{port}{PATH}?key={KEYS['alice']}",
+                           proxy=proxy.url) as ws,
+    ):  # fmt: skip
+        await ws.send_str(json.dumps(setup))
+        msg = await ws.receive()
+        return ws.close_code, str(msg.extra or msg.data)
+
+
+def test_a_live_session_on_a_model_the_plan_does_not_include_never_starts(
+    start_proxy: ProxyFactory, tmp_path: Path, upstream: tuple[LiveProvider, int]
+) -> None:
+    """The plan includes only ``gemini-2.5-flash*``; a ``setup`` naming
+    ``gemini-2.5-pro-live`` is sent upstream as :data:`REFUSED_MODEL`, so the provider
+    closes the session (1008) before any turn, its reason naming the refusal, and the
+    refusal is stored (403, ``not_granted``). Before, the session ran and every turn
+    was billed on a model the plan does not include."""
+    provider, port = upstream
+    meter = {"provider": PROVIDER, "model": "gemini-2.5-flash*"}
+    features = [{"key": "flash", "name": "Flash", "meter": meter}]
+    catalog = with_plan(
+        live_catalog(tmp_path, port), features, [{"feature": "flash", "type": "boolean"}]
+    )
+    proxy = start_proxy(catalog=catalog)
+    code, reason = asyncio.run(setup_with(proxy, port, "models/gemini-2.5-pro-live"))
+    assert code == 1008 and "refused-by-meterline" in reason
+    assert [s["model"] for s in provider.setups] == [REFUSED_MODEL]
+    [row] = wait_for_rows(proxy, 1)
+    assert (row["reason"], row["status"], row["model"]) == (
+        "not_granted",
+        403,
+        "gemini-2.5-pro-live",
+    )
+    ended = asyncio.run(live_session(proxy, port, KEYS["alice"]))  # a model it includes
+    assert len(ended) == 2 and provider.setups[-1]["model"] == f"models/{MODEL}"
