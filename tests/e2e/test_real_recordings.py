@@ -152,21 +152,22 @@ def _beside(rec: Recording) -> list[dict[str, Any]]:
     return [it for it in iterations if it.get("type") != "message"]
 
 
-def _reported_audio(rec: Recording) -> tuple[int, int]:
-    """The uncached prompt audio and the output audio the provider reported (JSON)."""
+def _reported_audio(rec: Recording) -> tuple[int, int, int]:
+    """The uncached prompt audio, the cached prompt audio and the output audio the
+    provider reported (JSON)."""
     usage = rec.meta["provider_usage"]
     if not isinstance(usage, dict):
-        return 0, 0  # no stream in the corpus carries audio
+        return 0, 0, 0  # no stream in the corpus carries audio
     if rec.flavor == "gemini":
 
         def audio(key: str) -> int:
             return sum(e["tokenCount"] for e in usage.get(key, []) if e["modality"] == "AUDIO")
 
-        prompt = audio("promptTokensDetails") - audio("cacheTokensDetails")
-        return prompt, audio("candidatesTokensDetails")
+        cached = audio("cacheTokensDetails")
+        return audio("promptTokensDetails") - cached, cached, audio("candidatesTokensDetails")
     prompt_details = usage.get("prompt_tokens_details") or {}
     output_details = usage.get("completion_tokens_details") or {}
-    return prompt_details.get("audio_tokens") or 0, output_details.get("audio_tokens") or 0
+    return prompt_details.get("audio_tokens") or 0, 0, output_details.get("audio_tokens") or 0
 
 
 @pytest.mark.parametrize("rec", RECORDINGS, ids=[r.id for r in RECORDINGS])
@@ -176,12 +177,16 @@ def test_recording_is_metered_exactly(rec: Recording, replayed: dict[str, Replay
     assert len(main) == 1, f"{len(main)} events for {rec.id}"
     [row] = main
     expected = rec.meta["expected"]
-    got = {name: row[name] for name in (*TOKEN_COLUMNS, "estimated")}
-    # The corpus's figures predate audio counted apart: its input and output hold audio.
+    columns = (*TOKEN_COLUMNS, "estimated")
+    got = {name: row[name] for name in columns}
+    # The corpus's figures predate audio counted apart: its input and output hold audio,
+    # its cache reads the cached audio.
     got["input_tokens"] += row["audio_input_tokens"]
     got["output_tokens"] += row["audio_output_tokens"]
-    assert got == {name: expected[name] for name in (*TOKEN_COLUMNS, "estimated")}
-    assert (row["audio_input_tokens"], row["audio_output_tokens"]) == _reported_audio(rec)
+    got["cached_input_tokens"] += row["cached_audio_input_tokens"]
+    assert got == {name: expected[name] for name in columns}
+    audio = ("audio_input_tokens", "cached_audio_input_tokens", "audio_output_tokens")
+    assert tuple(row[name] for name in audio) == _reported_audio(rec)
     assert row["model"] == normalise_model(rec.flavor, expected["model"])
     if rec.flavor == "gemini":  # one name per model: "models/gemini-2.5-pro" is stored bare
         assert "/" not in row["model"]

@@ -597,7 +597,9 @@ class FakeProvider(LoopbackServers):
     @classmethod
     def _unified(cls, flavor: str, f: dict[str, int]) -> dict[str, int]:
         """The provider's figures in Meterline's token model (see addons/metering/usage.py)."""
-        return {**cls._unified_tokens(flavor, f), "web_search": f["web_search"]}
+        # The fake never reports cached audio (its cache reads are text).
+        tokens = cls._unified_tokens(flavor, f)
+        return {**tokens, "web_search": f["web_search"], "cached_audio_input": 0}
 
     @staticmethod
     def _unified_tokens(flavor: str, f: dict[str, int]) -> dict[str, int]:

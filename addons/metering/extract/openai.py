@@ -16,8 +16,9 @@ Token mapping (see docs/token-model.md):
   share of ``prompt_tokens`` billed at the audio rate: ``audio_input`` is that share
   less any cached audio the report names (``cached_tokens_details.audio_tokens``, the
   Realtime shape), and it is subtracted from input; that cached audio is
-  ``cached_audio_input``, taken out of ``cached_input`` (a report that does not split its
-  cache read leaves it all in ``cached_input``).
+  ``cached_audio_input``, taken out of ``cached_input``. A report that does not split its
+  cache read leaves it in ``cached_input``, but for audio beyond the uncached share of
+  the prompt, which can only have been read from the cache.
   ``completion_tokens_details.audio_tokens`` is a share of ``completion_tokens``:
   ``audio_output``, subtracted from output (reasoning stays a share of the text output).
 - Responses ``usage``: the same with ``input_tokens``, ``input_tokens_details``,
@@ -120,12 +121,17 @@ def map_usage(raw: dict[str, Any]) -> Usage | None:
         cached = c.get(raw, "prompt_cache_hit_tokens")  # DeepSeek
     cached = cached or 0
     cache_write = c.get(in_details, "cache_write_tokens") or 0  # OpenAI, OpenRouter
-    cached_audio = c.get(as_dict(in_details.get("cached_tokens_details")), "audio_tokens") or 0
+    split = c.get(as_dict(in_details.get("cached_tokens_details")), "audio_tokens")
     audio = c.get(in_details, "audio_tokens") or 0
-    audio_in = max(audio - cached_audio, 0)
     audio_out = c.get(out_details, "audio_tokens") or 0
     reasoning = c.get(out_details, "reasoning_tokens") or 0
     prompt, completion = prompt or 0, completion or 0
+    # A report that does not split its cache read (chat completions): taken to be text,
+    # except audio that does not fit in the uncached share, which can only have come
+    # from the cache (before, such a report read as contradicting itself).
+    uncached_room = max(prompt - cached - cache_write, 0)
+    cached_audio = min(max(audio - uncached_room, 0), cached) if split is None else split
+    audio_in = max(audio - cached_audio, 0)
     output = completion
     total = as_int(raw.get("total_tokens"))
     if reasoning and (reasoning > completion or total == prompt + completion + reasoning):

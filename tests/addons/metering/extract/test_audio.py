@@ -102,9 +102,10 @@ _OPENAI_BAD = [
         {
             "prompt_tokens": 64,
             "completion_tokens": 5,
-            "prompt_tokens_details": {"cached_tokens": 32, "audio_tokens": 44},
+            "prompt_tokens_details": {"cached_tokens": 32, "audio_tokens": 70},
         },
-        "audio input 44 > uncached input 32",
+        # at most 32 of the audio cached (all the cache read), the other 38 do not fit
+        "audio input 38 > uncached input 32",
     ),
     (
         {
@@ -207,3 +208,37 @@ def test_gemini_modality_lists_without_audio_change_nothing() -> None:
     )
     assert usage.invalid is None
     assert (usage.input, usage.audio_input, usage.output, usage.audio_output) == (300, 0, 20, 0)
+
+
+def test_audio_beyond_the_uncached_prompt_is_cached_audio_when_the_cache_is_not_split() -> None:
+    """A chat completion reporting 3,000 prompt tokens, 2,560 of them cached and 2,500 of
+    them audio, with no split of the cache read: at most 440 tokens were not cached, so at
+    least 2,060 of the audio came from the cache. Before, the report read as
+    contradicting itself (audio 2,500 > uncached 440) and the call was estimated as 9
+    text tokens."""
+    usage = openai_usage(
+        {
+            "prompt_tokens": 3000,
+            "completion_tokens": 50,
+            "total_tokens": 3050,
+            "prompt_tokens_details": {"cached_tokens": 2560, "audio_tokens": 2500},
+        }
+    )
+    assert usage is not None and usage.invalid is None
+    assert (usage.input, usage.audio_input) == (0, 440)
+    assert (usage.cached_input, usage.cached_audio_input) == (500, 2060)
+    assert usage.total == 3050
+
+
+def test_an_unsplit_cache_read_that_fits_stays_text() -> None:
+    usage = openai_usage(
+        {
+            "prompt_tokens": 1000,
+            "completion_tokens": 0,
+            "prompt_tokens_details": {"cached_tokens": 500, "audio_tokens": 300},
+        }
+    )
+    assert usage is not None and usage.invalid is None
+    assert (usage.input, usage.audio_input, usage.cached_input, usage.cached_audio_input) == (
+        200, 300, 500, 0
+    )  # fmt: skip
