@@ -21,7 +21,6 @@ Per flow, in hook order:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -542,53 +541,12 @@ class Meter:
     def _check_upgrade(
         self, flow: http.HTTPFlow, provider: providers.MeteredProvider
     ) -> Coroutine[Any, Any, None] | None:
-        """A metered WebSocket session about to open: refused (in the provider's error
-        shape, never upgraded) when its consumer's limits refuse every call it could make
-        (:meth:`~addons.metering.governance.Governance.check_session`). Before, a session
-        opened whatever the limits: a Gemini Live session, which has no turn the proxy can
-        refuse, went on past a hard cap. At start, it waits for the first read of the
-        store, as a call does."""
+        """A metered WebSocket session about to open: its consumer's limits checked
+        (:meth:`~addons.metering.websocket.SocketMeter.opening`)."""
         req = flow.request
         keyset = attribution.presented(req.headers, req.path.partition("?")[2], provider)
         identity = self.keybook.identify_key(keyset.billed)
-        if identity.consumer is None:
-            return None
-        if self.governance.awaits_first_read(identity.consumer.name):
-            return self._check_upgrade_after_first_read(flow, provider, identity)
-        self._check_session(flow, provider, identity)
-        return None
-
-    async def _check_upgrade_after_first_read(
-        self, flow: http.HTTPFlow, provider: providers.MeteredProvider, identity: keys.Identity
-    ) -> None:
-        await self.governance.first_read()
-        self._check_session(flow, provider, identity)
-
-    def _check_session(
-        self, flow: http.HTTPFlow, provider: providers.MeteredProvider, identity: keys.Identity
-    ) -> None:
-        consumer = identity.consumer
-        assert consumer is not None
-        req = flow.request
-        model = None
-        if realtime.is_realtime_socket(provider.flavor, req.path):
-            model = realtime.RealtimeSession.from_path(req.path).model
-        refusal = self.governance.check_session(
-            consumer.name, provider.flavor, provider.name, flow, model
-        )
-        if refusal is None:
-            return
-        self.rejections.warning(
-            "meterline: %s: refused a %s session of %s: %s",
-            flow.id,
-            provider.name,
-            consumer.name,
-            refusal.reason,
-        )
-        who = (consumer.name, identity.fingerprint)
-        body = json.dumps({"model": model}).encode() if model else b""
-        where_ = (provider.name, provider.flavor)
-        self._record(self.governance.refuse(flow, where_, who, refusal, self.proxy_id, body))
+        return self.sockets.opening(flow, provider, identity, self.rejections)
 
     async def _request_after_first_read(self, flow: http.HTTPFlow) -> None:
         await self.governance.first_read()

@@ -55,6 +55,7 @@ from addons.metering.geminilive import LiveSession
 from addons.metering.governance import Governance
 from addons.metering.keys import Identity
 from addons.metering.providers import MeteredProvider, normalise_path
+from addons.metering.ratelog import RateLimitedLog
 from addons.metering.realtime import RealtimeSession
 from addons.metering.settle import OnceLog, settle
 from addons.metering.sse import SSEEvent
@@ -148,6 +149,66 @@ class SocketMeter:
         self._open[flow.id] = Socket(
             provider, identity, request_id=request_id, session=session, live=live
         )
+
+    def opening(
+        self,
+        flow: http.HTTPFlow,
+        provider: MeteredProvider,
+        identity: Identity,
+        rejections: RateLimitedLog,
+    ) -> Coroutine[Any, Any, None] | None:
+        """A metered socket's upgrade request (``request`` hook): refused in the
+        provider's error shape, never upgraded, when the consumer's limits refuse every
+        call it could make (:meth:`~addons.metering.governance.Governance.check_session`).
+        Before, a session opened whatever the limits: a Gemini Live session, which has no
+        turn the proxy can refuse, went on past a hard cap. At start, it waits for the
+        first read of the store, as a call does (the hook then returns a coroutine)."""
+        if identity.consumer is None:
+            return None
+        if self.governance.awaits_first_read(identity.consumer.name):
+            return self._opening_after_first_read(flow, provider, identity, rejections)
+        self._check_opening(flow, provider, identity, rejections)
+        return None
+
+    async def _opening_after_first_read(
+        self,
+        flow: http.HTTPFlow,
+        provider: MeteredProvider,
+        identity: Identity,
+        rejections: RateLimitedLog,
+    ) -> None:
+        await self.governance.first_read()
+        self._check_opening(flow, provider, identity, rejections)
+
+    def _check_opening(
+        self,
+        flow: http.HTTPFlow,
+        provider: MeteredProvider,
+        identity: Identity,
+        rejections: RateLimitedLog,
+    ) -> None:
+        consumer = identity.consumer
+        assert consumer is not None
+        path = flow.request.path
+        model = None
+        if realtime.is_realtime_socket(provider.flavor, path):
+            model = realtime.RealtimeSession.from_path(path).model
+        refusal = self.governance.check_session(
+            consumer.name, provider.flavor, provider.name, flow, model
+        )
+        if refusal is None:
+            return
+        rejections.warning(
+            "meterline: %s: refused a %s session of %s: %s",
+            flow.id,
+            provider.name,
+            consumer.name,
+            refusal.reason,
+        )
+        who = (consumer.name, identity.fingerprint)
+        body = json.dumps({"model": model}).encode() if model else b""
+        where = (provider.name, provider.flavor)
+        self.record(self.governance.refuse(flow, where, who, refusal, self.proxy_id, body))
 
     def message(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         """Meter a server's final event; check a client's ``response.create``. A turn
