@@ -11,6 +11,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import duckdb
+import yaml
 
 from billing.dashboard.pages import usage_page
 from billing.dashboard.queries import Scope, resolve_range, timeline
@@ -136,35 +137,21 @@ def test_events_stored_before_audio_was_counted_read_0(tmp_path: Path) -> None:
     assert lines == {"text-in": 64, "audio-in": 0}
 
 
-CACHED = """
-version: 1
-consumers:
-  - name: agent-a
-features:
-  - key: cached-text
-    name: Realtime cached text input
-    meter: {provider: openai, model: "gpt-realtime-mini*", token_types: [cached_input]}
-  - key: cached-audio
-    name: Realtime cached audio input
-    meter: {provider: openai, model: "gpt-realtime-mini*", token_types: [cached_audio_input]}
-plans:
-  - key: p
-    name: P
-    currency: USD
-    billing_cadence: P1M
-    rate_cards:
-      - {key: cached-text, name: Cached text, feature: cached-text,
-         price: {type: unit, amount: "0.06", per: 1000000}}
-      - {key: cached-audio, name: Cached audio, feature: cached-audio,
-         price: {type: unit, amount: "0.30", per: 1000000}}
-customers:
-  - key: alpha
-    name: Alpha
-    currency: USD
-    consumers: [agent-a]
-    subscriptions:
-      - {plan: p, start: "2026-01-01T00:00:00Z"}
-"""
+def cached_catalog(audio_types: list[str]) -> str:
+    """:data:`CATALOG`'s customer on a plan pricing ``gpt-realtime-mini``'s cached text at
+    $0.06 per million and the feature metering ``audio_types`` at $0.30."""
+    doc = yaml.safe_load(CATALOG)
+    meter = {"provider": "openai", "model": "gpt-realtime-mini*"}
+    doc["features"] = [
+        {"key": key, "name": key, "meter": {**meter, "token_types": types}}
+        for key, types in (("cached-text", ["cached_input"]), ("cached-audio", audio_types))
+    ]
+    doc["plans"][0]["rate_cards"] = [
+        {"key": key, "name": key, "feature": key,
+         "price": {"type": "unit", "amount": amount, "per": 1_000_000}}
+        for key, amount in (("cached-text", "0.06"), ("cached-audio", "0.30"))
+    ]  # fmt: skip
+    return yaml.safe_dump(doc, sort_keys=False)
 
 
 def test_cached_audio_is_billed_at_the_cached_audio_rate(tmp_path: Path) -> None:
@@ -172,7 +159,7 @@ def test_cached_audio_is_billed_at_the_cached_audio_rate(tmp_path: Path) -> None
     cached text: a voice session re-reads its earlier audio every turn. Before, cached
     audio was inside ``cached_input`` and billed at the text rate (here $0.24 instead of
     $1.26)."""
-    s = setup(tmp_path, CACHED)
+    s = setup(tmp_path, cached_catalog(["cached_audio_input"]))
     turn = Event(utc("2026-01-05"), model="gpt-realtime-mini", cached_input=1_000_000,
                  cached_audio_input=3_000_000)  # fmt: skip
     add_events(s.db, turn)
@@ -190,7 +177,7 @@ def test_a_plan_pricing_cached_text_only_lists_the_cached_audio_as_unbilled(
 ) -> None:
     """A feature listing only ``cached_input`` (a catalog older than the split) leaves
     the cached audio under "unpriced": it is never billed at the text rate unasked."""
-    s = setup(tmp_path, CACHED.replace("token_types: [cached_audio_input]", "token_types: [input]"))
+    s = setup(tmp_path, cached_catalog(["input"]))
     add_events(s.db, Event(utc("2026-01-05"), model="gpt-realtime-mini", cached_input=5,
                            cached_audio_input=7))  # fmt: skip
     with billing_store(s.db) as con:

@@ -157,12 +157,17 @@ async def converse(proxy: MeterProxy, port: int, key: str, turns: int) -> list[d
                     }
                 )  # fmt: skip
             )
-            async for msg in ws:
-                event = json.loads(msg.data)
-                if event["type"] in ("response.completed", "error"):
-                    finals.append(event)
-                    break
+            finals.append(await turn_end(ws))
     return finals
+
+
+async def turn_end(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
+    """The event that ends the turn in progress (``response.completed`` or ``error``)."""
+    async for msg in ws:
+        event = json.loads(msg.data)
+        if event["type"] in ("response.completed", "error"):
+            return event
+    raise AssertionError("the socket closed mid-turn")
 
 
 def wait_for_rows(proxy: MeterProxy, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
@@ -338,11 +343,7 @@ async def disguised_creates(proxy: MeterProxy, port: int, key: str) -> list[dict
         for send in (ws.send_str, ws.send_str, ws.send_str, ws.send_bytes):
             message: Any = [create, create, escaped, create.encode()][len(answers)]
             await send(message)
-            async for msg in ws:
-                event = json.loads(msg.data)
-                if event["type"] in ("response.completed", "error"):
-                    answers.append(event)
-                    break
+            answers.append(await turn_end(ws))
     return answers
 
 
