@@ -199,3 +199,42 @@ def test_the_dashboards_output_figure_counts_audio_output(tmp_path: Path) -> Non
         data = timeline(con, s.catalog, Scope(), rng)
     page = usage_page(data, s.catalog, "/usage.json")
     assert '<div id="total-output">430</div>' in page
+
+
+def voice_plan_from_the_docs() -> str:
+    """docs/catalog.md's voice plan (the YAML block after "Voice sessions"), given a
+    customer with agent-a on it since 1 January 2026."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "catalog.md").read_text()
+    block = doc.split("Voice sessions", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    catalog = yaml.safe_load(block)
+    catalog["version"] = 1
+    catalog["consumers"] = [{"name": "agent-a"}]
+    subscription = {"plan": "voice", "start": "2026-01-01T00:00:00Z"}
+    customer = {"key": "alpha", "name": "Alpha", "currency": "USD", "consumers": ["agent-a"]}
+    catalog["customers"] = [{**customer, "subscriptions": [subscription]}]
+    return yaml.safe_dump(catalog, sort_keys=False)
+
+
+def test_the_catalog_chapters_voice_plan_prices_each_token_type_at_its_rate(
+    tmp_path: Path,
+) -> None:
+    """A month of one voice agent on ``gpt-realtime-mini`` through the documented plan:
+    each of the six token types on its own line, at its own price, exactly."""
+    s = setup(tmp_path, voice_plan_from_the_docs())
+    add_events(
+        s.db,
+        Event(utc("2026-01-05"), model="gpt-realtime-mini-2025-10-06", input=1_250_000,
+              cached_input=4_000_000, audio_input=900_000, cached_audio_input=6_000_000,
+              output=300_000, audio_output=700_000),
+    )  # fmt: skip
+    inv = _invoice(s)
+    lines = {ln.rate_card_key: (ln.quantity, ln.amount) for ln in inv.lines}
+    assert lines == {
+        "rt-text-in": (1_250_000, Decimal("0.75")),
+        "rt-text-cached": (4_000_000, Decimal("0.24")),
+        "rt-text-out": (300_000, Decimal("0.72")),
+        "rt-audio-in": (900_000, Decimal("9.00")),
+        "rt-audio-cached": (6_000_000, Decimal("1.80")),
+        "rt-audio-out": (700_000, Decimal("14.00")),
+    }
+    assert inv.total == Decimal("26.51")
