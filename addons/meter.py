@@ -91,7 +91,7 @@ class Meter:
         self._refused: dict[str, tuple[str, str, str]] = {}
         """reject mode, a provider path that is not metered: flow id -> (flavor, why,
         message) of a key the policy refuses, answered in ``request``."""
-        self._upgrades: dict[str, providers.MeteredProvider] = {}
+        self._upgrades: dict[str, tuple[providers.MeteredProvider, bool]] = {}
         """Flows upgrading to a metered WebSocket: the limits are checked in ``request``."""
         self.deferred = DeferredWork()
         self._running = False
@@ -421,7 +421,7 @@ class Meter:
                 and websocket.is_metered_socket(provider.flavor, path)
                 and flow.id not in self._refused
             ):
-                self._upgrades[flow.id] = provider  # a session: checked in `request`
+                self._upgrades[flow.id] = (provider, by_name)  # a session: see `request`
             return
         if spoken != provider.flavor:  # another API's compatible endpoint
             provider = providers.speaking(provider, spoken)
@@ -458,7 +458,7 @@ class Meter:
             # over): the event loop stays free, other calls go on.
             return self._request_after_first_read(flow)
         if st is None and self._upgrades and flow.id in self._upgrades:
-            return self._check_upgrade(flow, self._upgrades.pop(flow.id))
+            return self._check_upgrade(flow, *self._upgrades.pop(flow.id))
         self._decide(flow, st)
         return None
 
@@ -539,13 +539,32 @@ class Meter:
         st.t_request = time.time()
 
     def _check_upgrade(
-        self, flow: http.HTTPFlow, provider: providers.MeteredProvider
+        self, flow: http.HTTPFlow, provider: providers.MeteredProvider, by_name: bool
     ) -> Coroutine[Any, Any, None] | None:
-        """A metered WebSocket session about to open: its consumer's limits checked
+        """A metered WebSocket session about to open: its consumer's provider key
+        injected as on a call (before, the gateway key went upstream and the provider
+        refused the session), and its limits checked
         (:meth:`~addons.metering.websocket.SocketMeter.opening`)."""
         req = flow.request
-        keyset = attribution.presented(req.headers, req.path.partition("?")[2], provider)
+        path, _, query = req.path.partition("?")
+        keyset = attribution.presented(req.headers, query, provider)
         identity = self.keybook.identify_key(keyset.billed)
+        env = keys.injection_env_var(identity.consumer, provider)
+        if env is not None:
+            if by_name:  # the provider is named (Host, SNI), not the destination
+                message = f"Meterline proxy: key injection for {provider.name} needs the "
+                message += f"request to go to the provider's own host, not {req.host}"
+                errors.respond(flow, provider.flavor, "injection_failed", message)
+                return None
+            try:
+                query = keys.inject_key(req.headers, query, provider, env)
+            except keys.InjectionError as e:
+                log.error("meterline: %s: %s", flow.id, e)
+                errors.respond(flow, provider.flavor, "injection_failed", f"Meterline proxy: {e}")
+                return None
+            req.path = f"{path}?{query}" if query else path
+            # the socket is the consumer's, though the key it now carries is the provider's
+            flow.metadata[INJECTED_FOR] = identity.fingerprint
         return self.sockets.opening(flow, provider, identity, self.rejections)
 
     async def _request_after_first_read(self, flow: http.HTTPFlow) -> None:
@@ -648,9 +667,12 @@ class Meter:
             live = geminilive.LiveSession()
         elif not websocket.is_responses_socket(provider.flavor, req.path):
             return
-        query = req.path.partition("?")[2]
-        keyset = attribution.presented(req.headers, query, provider)
-        identity = self.keybook.identify_key(keyset.billed)
+        if INJECTED_FOR in flow.metadata:
+            identity = self.keybook.identify_fingerprint(flow.metadata[INJECTED_FOR])
+        else:
+            query = req.path.partition("?")[2]
+            keyset = attribution.presented(req.headers, query, provider)
+            identity = self.keybook.identify_key(keyset.billed)
         self.sockets.start(flow, provider, identity, session, live)
 
     def websocket_message(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
@@ -663,6 +685,11 @@ class Meter:
         if self.sink.writer is None:
             self._open_spool()
         self.sink.record(event)
+
+
+INJECTED_FOR = "meterline_injected_for"
+"""``flow.metadata`` key: the fingerprint of the consumer key a WebSocket upgrade carried
+before the proxy put the provider's key in its place (the socket is billed to it)."""
 
 
 def body_too_large(budget: int) -> Refusal:

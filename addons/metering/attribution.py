@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
-from addons.metering.keys import KEY_HEADERS, QUERY_KEY_PARAMS
+from addons.metering.keys import KEY_HEADERS, QUERY_KEY_PARAMS, WS_KEY_PREFIX, WS_PROTOCOL
 from addons.metering.providers import MeteredProvider
 
 _QUERY_PLACES = {name: "?" + name for name in QUERY_KEY_PARAMS}
@@ -40,10 +40,6 @@ QUERY_KEY = _QUERY_PLACES["key"]
 QUERY_TOKEN = _QUERY_PLACES["access_token"]
 """Google's OAuth token in the URL: what ``Authorization: Bearer`` carries, as a parameter."""
 GATEWAY_HEADER = "apikey"
-WS_PROTOCOL = "sec-websocket-protocol"
-"""OpenAI Realtime in a browser: the key as the subprotocol ``openai-insecure-api-key.<key>``
-of the WebSocket handshake (a browser cannot set ``Authorization``)."""
-_WS_KEY_PREFIX = "openai-insecure-api-key."
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +76,8 @@ def _ws_key(value: str) -> str:
     """The key among a handshake's subprotocols (``realtime, openai-insecure-api-key.K``)."""
     for protocol in value.split(","):
         protocol = protocol.strip()
-        if protocol[: len(_WS_KEY_PREFIX)].lower() == _WS_KEY_PREFIX:
-            return protocol[len(_WS_KEY_PREFIX) :]
+        if protocol[: len(WS_KEY_PREFIX)].lower() == WS_KEY_PREFIX:
+            return protocol[len(WS_KEY_PREFIX) :]
     return ""
 
 

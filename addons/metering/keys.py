@@ -49,6 +49,11 @@ class KeyBook:
         fp = _fingerprint(key)
         return Identity(fp, self._by_fp.get(fp))
 
+    def identify_fingerprint(self, fp: str | None) -> Identity:
+        """The consumer of a key known by its fingerprint only (the key is gone: a
+        WebSocket upgrade whose key the proxy replaced by the provider's)."""
+        return Identity(fp, self._by_fp.get(fp) if fp is not None else None)
+
     def identify(self, keys: list[str]) -> Identity:
         """The first presented key that belongs to a consumer wins; else the first key."""
         fps = [_fingerprint(k) for k in keys]
@@ -73,6 +78,10 @@ def injection_env_var(consumer: Consumer | None, provider: MeteredProvider) -> s
 #: ``?access_token=``): attributed (:mod:`addons.metering.attribution`), stripped by
 #: injection, redacted in logs.
 QUERY_KEY_PARAMS: tuple[str, ...] = ("key", "access_token")
+WS_PROTOCOL = "sec-websocket-protocol"
+"""OpenAI Realtime in a browser: the key as the subprotocol ``openai-insecure-api-key.<key>``
+of the WebSocket handshake (a browser cannot set ``Authorization``)."""
+WS_KEY_PREFIX = "openai-insecure-api-key."
 
 
 def inject_key(
@@ -97,6 +106,13 @@ def inject_key(
     for name in KEY_HEADERS:
         if name in headers:
             del headers[name]
+    if WS_PROTOCOL in headers:  # a WebSocket upgrade: the other subprotocols stay
+        offered = [p.strip() for p in headers[WS_PROTOCOL].split(",")]
+        kept = [p for p in offered if p[: len(WS_KEY_PREFIX)].lower() != WS_KEY_PREFIX]
+        if not kept:
+            del headers[WS_PROTOCOL]
+        elif len(kept) < len(offered):
+            headers[WS_PROTOCOL] = ", ".join(kept)
     if "key=" in query or "token=" in query or "%" in query:  # every key the URL carries
         query = urlencode(
             [

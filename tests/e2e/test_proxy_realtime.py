@@ -19,16 +19,24 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import openai
 import pytest
 from aiohttp import web
 from websockets.exceptions import InvalidStatus
 
-from tests.conftest import KEYS, ProxyFactory
+from meterline.fingerprint import fingerprint
+from tests.conftest import KEYS, PROVIDER_KEYS, ProxyFactory
 from tests.e2e.test_proxy_responses_websocket import wait_for_rows
 from tests.support.aioserver import serve
 from tests.support.governance import with_plan
-from tests.support.proxy import USAGE_COLUMNS, MeterProxy, one_provider_catalog, row_usage
+from tests.support.proxy import (
+    USAGE_COLUMNS,
+    MeterProxy,
+    one_provider_catalog,
+    row_usage,
+    write_catalog,
+)
 
 PROVIDER = "fake-realtime"
 URL_MODEL = "gpt-realtime"
@@ -82,6 +90,7 @@ class RealtimeProvider:
 
     def __init__(self) -> None:
         self.handshakes = 0
+        self.handshake_headers: list[dict[str, str]] = []
         self.received: list[str] = []
         self.served: list[str] = []
         self.deltas = 1
@@ -96,6 +105,7 @@ class RealtimeProvider:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.handshakes += 1
+        self.handshake_headers.append(dict(request.headers))
         ws = web.WebSocketResponse(max_msg_size=0)
         await ws.prepare(request)
         session = {"type": "realtime", "object": "realtime.session", "id": "sess_1",
@@ -156,13 +166,17 @@ def upstream() -> Iterator[tuple[RealtimeProvider, int]]:
 
 
 async def session(
-    proxy: MeterProxy, port: int, turns: list[str], update: dict[str, Any] | None = None
+    proxy: MeterProxy,
+    port: int,
+    turns: list[str],
+    update: dict[str, Any] | None = None,
+    key: str = KEYS["alice"],
 ) -> list[dict[str, Any]]:
     """One Realtime session through the proxy with the openai SDK: ``session.update``
     first if given, then each turn (``"client"``: ``response.create``; ``"server"``: an
     audio buffer committed, answered as server VAD does). The events that ended each turn
     (``response.done`` or ``error``), and the errors the proxy sent."""
-    client = openai.AsyncOpenAI(api_key=KEYS["alice"], base_url=f"http://127.0.0.1:{port}/v1")
+    client = openai.AsyncOpenAI(api_key=key, base_url=f"http://127.0.0.1:{port}/v1")
     ended: list[dict[str, Any]] = []
     seen: set[str | None] = set()  # a repeated response.done ends nothing
     through: Any = {"proxy": proxy.url}  # websockets' own option; the SDK passes it on
@@ -366,3 +380,46 @@ def test_a_response_done_repeated_after_another_response_bills_once(
     assert sorted(r["response_id"] for r in rows) == provider.served
     assert len(provider.served) == 3
     assert len(wait_for_rows(proxy, 4, timeout=1.0)) == 3  # and no repeat came later
+
+
+async def browser_session(proxy: MeterProxy, port: int, key: str) -> str:
+    """A session opened as a browser does (the key as a subprotocol), one client turn:
+    the type of the event that ended it."""
+    protocols = ("realtime", f"openai-insecure-api-key.{key}")
+    async with (
+        aiohttp.ClientSession() as client,
+        client.ws_connect(f"http://127.0.0.1:{port}/v1/realtime?model={URL_MODEL}",
+                          proxy=proxy.url, protocols=protocols) as ws,
+    ):  # fmt: skip
+        await ws.send_str(json.dumps({"type": "response.create"}))
+        while True:
+            event = json.loads((await ws.receive()).data)
+            if event["type"] == "response.created":
+                await ws.send_str(json.dumps({"type": "conversation.item.retrieve"}))
+            elif event["type"] == "response.done":
+                return str(event["type"])
+
+
+def test_a_consumers_provider_key_is_injected_into_its_session(
+    start_proxy: ProxyFactory, tmp_path: Path, upstream: tuple[RealtimeProvider, int]
+) -> None:
+    """carol holds a gateway key and the catalog injects OpenAI's real one for her: her
+    sessions reach the provider with the real key only (from the SDK's header and from a
+    browser's subprotocol alike), and are billed to her. Before, the gateway key went
+    upstream and the provider refused the session."""
+    provider, port = upstream
+    fake = {"name": PROVIDER, "flavor": "openai", "hosts": [f"127.0.0.1:{port}"]}
+    inject = {"carol": {PROVIDER: "METERLINE_TEST_OPENAI_KEY"}}
+    catalog = write_catalog(tmp_path / "catalog.yaml", [fake], {"carol": [KEYS["carol"]]}, inject)
+    proxy = start_proxy(catalog=catalog)
+    asyncio.run(session(proxy, port, ["client"], key=KEYS["carol"]))
+    assert asyncio.run(browser_session(proxy, port, KEYS["carol"])) == "response.done"
+    real = PROVIDER_KEYS["METERLINE_TEST_OPENAI_KEY"]
+    for headers in provider.handshake_headers:
+        assert headers["Authorization"] == f"Bearer {real}"
+        assert KEYS["carol"] not in str(headers)
+    assert provider.handshake_headers[1]["Sec-WebSocket-Protocol"] == "realtime"
+    rows = wait_for_rows(proxy, 2)
+    assert [(r["consumer"], r["key_fingerprint"]) for r in rows] == [
+        ("carol", fingerprint(KEYS["carol"])), ("carol", fingerprint(KEYS["carol"]))
+    ]  # fmt: skip
