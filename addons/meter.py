@@ -417,7 +417,7 @@ class Meter:
                 self._check_unmetered(flow, provider)
             if (
                 req.method == "GET"
-                and req.headers.get("upgrade", "").lower() == "websocket"
+                and "websocket" in req.headers.get("upgrade", "").lower()
                 and websocket.is_metered_socket(provider.flavor, path)
                 and flow.id not in self._refused
             ):
@@ -554,6 +554,7 @@ class Meter:
             if by_name:  # the provider is named (Host, SNI), not the destination
                 message = f"Meterline proxy: key injection for {provider.name} needs the "
                 message += f"request to go to the provider's own host, not {req.host}"
+                log.error("meterline: %s: %s", flow.id, message)
                 errors.respond(flow, provider.flavor, "injection_failed", message)
                 return None
             try:

@@ -72,13 +72,15 @@ def places(provider: MeteredProvider) -> tuple[str, ...]:
 _KEY_HEADER_BYTES = {name.encode(): name for name in (*KEY_HEADERS, WS_PROTOCOL)}
 
 
-def _ws_key(value: str) -> str:
-    """The key among a handshake's subprotocols (``realtime, openai-insecure-api-key.K``)."""
+def _ws_keys(value: str) -> list[str]:
+    """The keys among a handshake's subprotocols (``realtime, openai-insecure-api-key.K``):
+    every one, so that two in one line are ambiguous as two lines are."""
+    keys = []
     for protocol in value.split(","):
         protocol = protocol.strip()
         if protocol[: len(WS_KEY_PREFIX)].lower() == WS_KEY_PREFIX:
-            return protocol[len(WS_KEY_PREFIX) :]
-    return ""
+            keys.append(protocol[len(WS_KEY_PREFIX) :])
+    return keys
 
 
 def _values(headers: Mapping[str, str], query: str) -> dict[str, list[str]]:
@@ -107,7 +109,10 @@ def _values(headers: Mapping[str, str], query: str) -> dict[str, list[str]]:
                 continue
             value = token
         elif name == WS_PROTOCOL:
-            value = _ws_key(value)
+            for key in _ws_keys(value):
+                if key.strip():
+                    found.setdefault(name, []).append(key.strip())
+            continue
         value = value.strip()
         if value:
             found.setdefault(name, []).append(value)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -423,3 +424,25 @@ def test_a_consumers_provider_key_is_injected_into_its_session(
     assert [(r["consumer"], r["key_fingerprint"]) for r in rows] == [
         ("carol", fingerprint(KEYS["carol"])), ("carol", fingerprint(KEYS["carol"]))
     ]  # fmt: skip
+
+
+def test_an_upgrade_header_given_twice_is_checked_all_the_same(
+    start_proxy: ProxyFactory, tmp_path: Path, upstream: tuple[RealtimeProvider, int]
+) -> None:
+    """``Upgrade: websocket`` on two lines reads as ``websocket, websocket``; the server
+    still upgrades. Before, only the exact value was taken for an upgrade: the session
+    skipped its check (and key injection) and opened on a model the plan lacks."""
+    provider, port = upstream
+    proxy = start_proxy(catalog=capped_catalog(tmp_path, port, 0, "gpt-realtime-mini*", True))
+    request = (
+        f"GET http://127.0.0.1:{port}/v1/realtime?model={URL_MODEL} HTTP/1.1\r\n"
+        f"Host: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        f"Authorization: Bearer {KEYS['alice']}\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as conn:
+        conn.sendall(request.encode())
+        status_line = conn.makefile("rb").readline()
+    assert status_line.split()[1] == b"403", status_line
+    assert provider.handshakes == 0

@@ -57,6 +57,14 @@ def _headers(*fields: tuple[str, str]) -> Headers:
             Presented("a", 2),
         ),
         (OPENAI, [("sec-websocket-protocol", "realtime")], "", Presented(None, 0)),
+        # Two keys in one subprotocol line are two keys (before: only the first was
+        # read, so reject forwarded a stranger's key beside a known one)
+        (
+            OPENAI,
+            [("sec-websocket-protocol", "openai-insecure-api-key.w, openai-insecure-api-key.z")],
+            "",
+            Presented(None, 2),  # which one the provider reads is not known: none billed
+        ),
         (
             ANTHROPIC,
             [("sec-websocket-protocol", "openai-insecure-api-key.w")],
