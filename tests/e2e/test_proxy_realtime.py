@@ -103,6 +103,11 @@ class RealtimeProvider:
         self.repeat_earlier = False
         """After each response.done, send the one before it again (out of order)."""
         self.dones: list[str] = []
+        self.binary = False
+        """Send every event as a binary frame (the JSON bytes), as some servers do."""
+
+    async def send(self, ws: web.WebSocketResponse, text: str) -> None:
+        await (ws.send_bytes(text.encode()) if self.binary else ws.send_str(text))
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.handshakes += 1
@@ -112,7 +117,7 @@ class RealtimeProvider:
         session = {"type": "realtime", "object": "realtime.session", "id": "sess_1",
                    "model": SESSION_MODEL, "output_modalities": ["audio"],
                    "audio": {"input": {"transcription": {"model": TRANSCRIBER}}}}  # fmt: skip
-        await ws.send_str(json.dumps({"type": "session.created", "event_id": "e0",
+        await self.send(ws, json.dumps({"type": "session.created", "event_id": "e0",
                                       "session": session}))  # fmt: skip
         async for msg in ws:
             event = json.loads(msg.data)
@@ -120,18 +125,18 @@ class RealtimeProvider:
             self.received.append(kind)
             if kind == "session.update":
                 session = {**session, **event["session"]}
-                await ws.send_str(json.dumps({"type": "session.updated", "session": session}))
+                await self.send(ws, json.dumps({"type": "session.updated", "session": session}))
             elif kind == "response.create":
                 await self.respond(ws)
             elif kind == "input_audio_buffer.commit":
                 item = f"item_{len(self.received)}"
-                await ws.send_str(json.dumps({"type": "input_audio_buffer.committed",
+                await self.send(ws, json.dumps({"type": "input_audio_buffer.committed",
                                               "item_id": item}))  # fmt: skip
                 transcribed = {"type": "conversation.item.input_audio_transcription.completed",
                                "event_id": f"e_{item}", "item_id": item, "content_index": 0,
                                "transcript": "Hi.", "usage": self.transcription_usage}  # fmt: skip
                 for _ in range(2):  # a repeat bills once
-                    await ws.send_str(json.dumps(transcribed))
+                    await self.send(ws, json.dumps(transcribed))
                 await self.respond(ws)
         return ws
 
@@ -142,21 +147,21 @@ class RealtimeProvider:
         response: dict[str, Any] = {"id": rid, "object": "realtime.response", "output": [],
                                     "status": "in_progress", "max_output_tokens": "inf",
                                     "usage": None}  # fmt: skip
-        await ws.send_str(json.dumps({"type": "response.created", "response": response}))
+        await self.send(ws, json.dumps({"type": "response.created", "response": response}))
         nxt = await ws.receive()
         cancelled = json.loads(nxt.data)["type"] == "response.cancel"
         self.received.append("response.cancel" if cancelled else "go on")
         delta = json.dumps({"type": "response.output_audio.delta", "response_id": rid,
                             "item_id": "item_a", "delta": self.delta})  # fmt: skip
         for _ in range(self.deltas):
-            await ws.send_str(delta)
+            await self.send(ws, delta)
         done = {**response, "status": "cancelled" if cancelled else "completed",
                 "usage": response_usage(n, cancelled) if self.reports_usage else None}  # fmt: skip
         self.dones.append(json.dumps({"type": "response.done", "response": done}))
         for _ in range(2 if n == 0 else 1):  # a repeated response.done bills once
-            await ws.send_str(self.dones[-1])
+            await self.send(ws, self.dones[-1])
         if self.repeat_earlier and n:
-            await ws.send_str(self.dones[-2])
+            await self.send(ws, self.dones[-2])
 
 
 @pytest.fixture
@@ -446,3 +451,21 @@ def test_an_upgrade_header_given_twice_is_checked_all_the_same(
         status_line = conn.makefile("rb").readline()
     assert status_line.split()[1] == b"403", status_line
     assert provider.handshakes == 0
+
+
+def test_events_sent_as_binary_frames_are_metered_too(
+    start_proxy: ProxyFactory, tmp_path: Path, upstream: tuple[RealtimeProvider, int]
+) -> None:
+    """A server that sends its JSON events as binary frames (the openai SDK decodes
+    both): before, only text frames were read and such a session billed nothing."""
+    provider, port = upstream
+    provider.binary = True
+    catalog = one_provider_catalog(
+        tmp_path / "catalog.yaml", PROVIDER, port, {"alice": [KEYS["alice"]]}
+    )
+    proxy = start_proxy(catalog=catalog)
+    asyncio.run(session(proxy, port, ["client", "server"]))
+    rows = wait_for_rows(proxy, 3)
+    responses = sorted((r for r in rows if r["response_id"]), key=lambda r: r["response_id"])
+    assert [row_usage(r) for r in responses] == [billed(0), billed(1)]
+    assert {r["model"] for r in responses} == {SESSION_MODEL}
