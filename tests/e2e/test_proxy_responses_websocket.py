@@ -352,7 +352,7 @@ def test_a_disguised_create_past_a_hard_limit_is_refused_too(
 ) -> None:
     """Past the limit, a create written ``"response\\u002ecreate"`` or sent as a binary
     frame is refused like a plain one. Before, only the bytes ``"response.create"`` in a
-    text frame were checked: both went through, 3 turns against a cap of 1,000."""
+    text frame were checked: both reached the provider, 4 turns served against a cap of 1,000."""
     provider, port = upstream
     proxy = start_proxy(catalog=capped_catalog(tmp_path, port, 1000))
     answers = asyncio.run(disguised_creates(proxy, port, KEYS["alice"]))
