@@ -40,6 +40,7 @@ from mitmproxy import ctx, http
 from addons.metering import jsoncodec
 from addons.metering.extract.openai import map_usage
 from addons.metering.providers import normalise_path
+from addons.metering.reserve import Estimate, estimate_turn
 from addons.metering.usage import Usage
 
 if TYPE_CHECKING:
@@ -190,8 +191,9 @@ def _server_turn(
         return  # a proxy just started: the store's figures are not known yet
     response = event.get("response")
     bound = response.get("max_output_tokens") if isinstance(response, dict) else None
-    turn = json.dumps({"type": "response.create", "response": {"max_output_tokens": bound}})
-    refusal = meter.check(flow, socket, turn.encode())
+    session = socket.session
+    assert session is not None  # a Realtime socket's
+    refusal = meter.check(flow, socket, b"", turn_estimate(session, b"", bound))
     if refusal is None:
         return
     response_id = response.get("id") if isinstance(response, dict) else None
@@ -240,16 +242,15 @@ def _transcribed(
     )
 
 
-def turn_body(session: RealtimeSession, create: bytes) -> bytes:
-    """A Realtime turn as the limits read a call: the session's model and the response's
-    output bound (``response.max_output_tokens``; ``"inf"`` or none: the model's)."""
-    try:
-        data = jsoncodec.loads(create) if create else None
-    except ValueError:
-        data = None
-    response = data.get("response") if isinstance(data, dict) else None
-    bound = response.get("max_output_tokens") if isinstance(response, dict) else None
-    turn: dict[str, Any] = {"model": session.model or "", "input": create.decode("utf-8", "ignore")}
-    if isinstance(bound, int) and not isinstance(bound, bool) and bound > 0:
-        turn["max_tokens"] = bound
-    return json.dumps(turn).encode()
+def turn_estimate(session: RealtimeSession, create: bytes, bound: Any = None) -> Estimate:
+    """A Realtime response as the limits read a call: the session's model, the size of
+    the ``response.create`` that asked for it (none when the server started it) and its
+    output bound (``response.max_output_tokens``, or ``bound`` given)."""
+    if create:
+        try:
+            data = jsoncodec.loads(create)
+        except ValueError:
+            data = None
+        response = data.get("response") if isinstance(data, dict) else None
+        bound = response.get("max_output_tokens") if isinstance(response, dict) else None
+    return estimate_turn(session.model or "", create, bound)

@@ -390,3 +390,12 @@ def estimate_request(flavor: str, path: str, body: bytes) -> Estimate:
         output *= answers(flavor, path, body)
     searches = search_bound(flavor, body)
     return Estimate(model, -(-len(body) // BYTES_PER_TOKEN), output, searches)
+
+
+def estimate_turn(model: str, request: bytes, bound: Any) -> Estimate:
+    """A turn of a session whose model the session names, not the turn (a Realtime
+    response): its request's size, and ``bound`` (its ``max_output_tokens``; ``"inf"``
+    or none: the model's bound, else :data:`DEFAULT_OUTPUT_RESERVE`)."""
+    if not isinstance(bound, int) or isinstance(bound, bool) or bound <= 0:
+        bound = max_output(model) or DEFAULT_OUTPUT_RESERVE
+    return Estimate(model, -(-len(request) // BYTES_PER_TOKEN), bound)

@@ -57,6 +57,7 @@ from addons.metering.keys import Identity
 from addons.metering.providers import MeteredProvider, normalise_path
 from addons.metering.ratelog import RateLimitedLog
 from addons.metering.realtime import RealtimeSession
+from addons.metering.reserve import Estimate
 from addons.metering.settle import OnceLog, settle
 from addons.metering.sse import SSEEvent
 from addons.metering.usage import Seen, Usage
@@ -280,20 +281,23 @@ class SocketMeter:
         elif socket.reserved:  # a session's response cut: its hold is freed
             self.governance.finish(flow.id, None)
 
-    def check(self, flow: http.HTTPFlow, socket: Socket, create: bytes) -> Refusal | None:
-        """The consumer's limits for one ``response.create``: a refusal, or None (admitted,
-        its estimate reserved under the socket's flow id, or not governed)."""
+    def check(
+        self, flow: http.HTTPFlow, socket: Socket, create: bytes, asked: Estimate | None = None
+    ) -> Refusal | None:
+        """The consumer's limits for one turn (its ``response.create``; ``asked``: what it
+        may cost when the request does not say, a Realtime session's): a refusal, or None
+        (admitted, its estimate reserved under the socket's flow id, or not governed)."""
         consumer = socket.identity.consumer
         if consumer is None:
             return None
         if socket.reserved:  # a turn sent before the last ended: release its hold first
             self.governance.finish(flow.id, None)
         provider = socket.provider
-        session = socket.session
-        asked = (
-            (lambda: create) if session is None else (lambda: realtime.turn_body(session, create))
+        if asked is None and socket.session is not None:
+            asked = realtime.turn_estimate(socket.session, create)
+        verdict = self.governance.check(
+            consumer.name, provider.flavor, provider.name, flow, lambda: create, asked
         )
-        verdict = self.governance.check(consumer.name, provider.flavor, provider.name, flow, asked)
         socket.reserved = verdict is True
         return verdict if isinstance(verdict, Refusal) else None
 

@@ -153,3 +153,17 @@ def test_a_transcription_sessions_settings_are_read_too() -> None:
     assert event["type"] in SESSION
     session.take(event)
     assert (session.model, session.transcription_model) == (None, "gpt-4o-mini-transcribe")
+
+
+def test_a_turn_is_estimated_from_its_bound_or_the_models() -> None:
+    """The limits read a Realtime response as a call: the session's model, the create's
+    size, its ``max_output_tokens`` (``"inf"`` or none: the model's bound)."""
+    from addons.metering.realtime import turn_estimate
+    from addons.metering.reserve import DEFAULT_OUTPUT_RESERVE, max_output
+
+    session = RealtimeSession(model="gpt-realtime")
+    create = b'{"type": "response.create", "response": {"max_output_tokens": 300}}'
+    assert turn_estimate(session, create) == ("gpt-realtime", -(-len(create) // 4), 300, 0)
+    unbounded = turn_estimate(session, b'{"response": {"max_output_tokens": "inf"}}')
+    assert unbounded.output == (max_output("gpt-realtime") or DEFAULT_OUTPUT_RESERVE)
+    assert turn_estimate(session, b"", 120) == ("gpt-realtime", 0, 120, 0)
