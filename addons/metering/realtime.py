@@ -38,6 +38,7 @@ from urllib.parse import parse_qs
 from mitmproxy import ctx, http
 
 from addons.metering import jsoncodec
+from addons.metering.extract.framing import as_dict
 from addons.metering.extract.openai import map_usage
 from addons.metering.providers import normalise_path
 from addons.metering.reserve import Estimate, estimate_turn
@@ -99,10 +100,10 @@ class RealtimeSession:
         model = session.get("model")
         if isinstance(model, str) and model:
             self.model = model
-        audio_input = _dict(_dict(session.get("audio")).get("input"))
+        audio_input = as_dict(as_dict(session.get("audio")).get("input"))
         for holder, key in ((audio_input, "transcription"), (session, "input_audio_transcription")):
             if key in holder:  # present: set or turned off (null)
-                named = _dict(holder[key]).get("model")
+                named = as_dict(holder[key]).get("model")
                 self.transcription_model = named if isinstance(named, str) and named else None
 
 
@@ -119,10 +120,6 @@ def transcription_usage(event: dict[str, Any]) -> tuple[tuple[str, int] | None, 
     if usage.get("type") == "duration" or ("seconds" in usage and "input_tokens" not in usage):
         return key, None, "duration"
     return key, map_usage(usage), "tokens"
-
-
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
 
 
 def on_server_message(
