@@ -15,7 +15,11 @@ billed, every turn). The figures are mapped by the ``generateContent`` reader
 text or binary frames.
 
 This module reads a session's messages and meters its turns, through the socket meter
-(:class:`~addons.metering.websocket.SocketMeter`).
+(:class:`~addons.metering.websocket.SocketMeter`). A session whose turns take the consumer
+past a hard limit is ended for the model: the proxy forwards none of the client's
+messages from then on (no new input, so no new turn is billed), tells the client with
+the protocol's own notice that the session is ending (``goAway``, ``timeLeft`` 0 s) and
+stores the refusal. The turn in progress when the limit was crossed is metered.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from mitmproxy import http
+from mitmproxy import ctx, http
 from mitmproxy.websocket import WebSocketMessage
 
 from addons.metering import errors, events, jsoncodec
@@ -35,6 +39,7 @@ from addons.metering.extract import gemini
 from addons.metering.models import normalise_model
 from addons.metering.providers import normalise_path
 from addons.metering.usage import Usage
+from meterline.entitlements import Refusal
 
 if TYPE_CHECKING:
     from addons.metering.websocket import Socket, SocketMeter
@@ -55,9 +60,12 @@ def is_live_socket(flavor: str, path: str) -> bool:
 
 @dataclass(slots=True)
 class LiveSession:
-    """The model a Live session's ``setup`` named."""
+    """The model a Live session's ``setup`` named, and whether the limits ended it."""
 
     model: str | None = None
+    ended: bool = False
+    """The consumer's limits refused the session after a turn: the client's messages are
+    no longer forwarded."""
 
     def take_setup(self, content: bytes) -> None:
         """A client message: the model of a ``setup`` (other messages leave it)."""
@@ -70,6 +78,10 @@ class LiveSession:
         if isinstance(model, str) and model:
             self.model = model
 
+
+#: What the client is told when the limits end its session: the Live API's notice that
+#: the server is about to close the connection, with no time left.
+GO_AWAY = b'{"goAway": {"timeLeft": "0s"}}'
 
 #: The model a refused ``setup`` is sent upstream with: the provider closes the session
 #: (1008, "models/... is not found"), the only way the protocol has to end one, and its
@@ -100,11 +112,48 @@ def _check_model(
     if refusal is None:
         return
     setup.content = json.dumps({"setup": {"model": REFUSED_MODEL}}).encode()
+    _record_refusal(meter, flow, socket, model, refusal, "refused")
+
+
+def _end_past_limits(
+    meter: SocketMeter, flow: http.HTTPFlow, socket: Socket, live: LiveSession
+) -> None:
+    """After a turn is counted: a session the consumer's limits now refuse (a hard limit
+    reached, prepaid credit used up) is ended for the model (see the module docstring).
+    Before, it ran on past the limit until the client closed it."""
+    consumer = socket.identity.consumer
+    if consumer is None or live.ended:
+        return
+    provider = socket.provider
+    model = normalise_model(provider.flavor, live.model)
+    refusal = meter.governance.check_session(
+        consumer.name, provider.flavor, provider.name, flow, model
+    )
+    if refusal is None:
+        return
+    live.ended = True
+    ctx.master.commands.call("inject.websocket", flow, True, GO_AWAY, True)
+    _record_refusal(meter, flow, socket, model, refusal, "ended")
+
+
+def _record_refusal(
+    meter: SocketMeter,
+    flow: http.HTTPFlow,
+    socket: Socket,
+    model: str | None,
+    refusal: Refusal,
+    what: str,
+) -> None:
+    """Log a refused session (``what``: refused at its setup, or ended after a turn) and
+    store the refusal: no tokens, its reason and the status the provider's shape gives."""
+    consumer = socket.identity.consumer
+    provider = socket.provider
     log.info(
-        "meterline: %s: %s Live session of %s refused: %s",
+        "meterline: %s: %s Live session of %s %s: %s",
         flow.id,
         provider.name,
-        consumer.name,
+        consumer.name if consumer else None,
+        what,
         refusal.reason,
     )
     status, _ = errors.error_body(provider.flavor, refusal.kind, refusal.message)  # type: ignore[arg-type]
@@ -134,6 +183,9 @@ def on_message(
     now = time.time()
     content = message.content
     if message.from_client:
+        if live.ended:
+            message.drop()
+            return
         if live.model is None and SETUP in content:
             live.take_setup(content)
             if live.model is not None:
@@ -161,3 +213,4 @@ def on_message(
         return
     meter.reported(flow, socket, gemini.map_usage(meta), live.model, "Live usage")
     socket.created_at = socket.first_byte_at = None  # the next turn starts afresh
+    _end_past_limits(meter, flow, socket, live)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -76,13 +77,25 @@ class LiveProvider:
 
     def __init__(self) -> None:
         self.setups: list[dict[str, Any]] = []
+        self.received: list[str] = []
+        """The kind of every client message received (``setup``, ``clientContent``...)."""
+        self.closed = threading.Event()
+        """Set when a session's socket closed (every message before it was received)."""
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(max_msg_size=0)
         await ws.prepare(request)
+        try:
+            await self._turns(ws)
+        finally:
+            self.closed.set()
+        return ws
+
+    async def _turns(self, ws: web.WebSocketResponse) -> None:
         turn = 0
         async for msg in ws:
             message = json.loads(msg.data)
+            self.received.extend(message)
             if "setup" in message:
                 self.setups.append(message["setup"])
                 model = message["setup"].get("model", "")
@@ -100,10 +113,10 @@ class LiveProvider:
             for _ in range(2):
                 content = {"serverContent": {"modelTurn": {"parts": [chunk]}}}
                 await ws.send_bytes(json.dumps(content).encode())
-            done = {"serverContent": {"turnComplete": True}, "usageMetadata": TURNS[turn]}
+            usage = TURNS[turn % len(TURNS)]
+            done = {"serverContent": {"turnComplete": True}, "usageMetadata": usage}
             await ws.send_bytes(json.dumps(done).encode())
             turn += 1
-        return ws
 
 
 @pytest.fixture
@@ -165,31 +178,70 @@ def test_each_turn_of_a_gemini_live_session_is_one_event(
     assert KEYS["alice"] not in proxy.log_text()
 
 
-def test_past_a_hard_limit_no_new_live_session_opens(
+async def session_past_the_limit(proxy: MeterProxy, port: int, key: str) -> list[dict[str, Any]]:
+    """The two turns of :func:`live_session`, then a third text turn; every server message
+    the client got after the second turn ended, until it closed the session."""
+    setup = {"setup": {"model": f"models/{MODEL}"}}
+    text_turn = {"clientContent": {"turns": [{"role": "user", "parts": [{"text": "Hi"}]}],
+                                   "turnComplete": True}}  # fmt: skip
+    audio = {"audio": {"mimeType": "audio/pcm;rate=16000", "data": AUDIO}}
+    turns = [[text_turn], [{"realtimeInput": audio}, {"realtimeInput": {"audioStreamEnd": True}}]]
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(
+            f"http://127.0.0.1:{port}{PATH}?key={key}", proxy=proxy.url, max_msg_size=0
+        ) as ws,
+    ):
+        await ws.send_str(json.dumps(setup))
+        await ws.receive()
+        for turn in turns:
+            for message in turn:
+                await ws.send_str(json.dumps(message))
+            async for msg in ws:
+                if json.loads(msg.data).get("serverContent", {}).get("turnComplete"):
+                    break
+        after = [json.loads((await ws.receive(timeout=10)).data)]
+        await ws.send_str(json.dumps(text_turn))  # the third turn: dropped by the proxy
+    return after
+
+
+def test_past_a_hard_limit_a_live_session_ends_and_no_new_one_opens(
     start_proxy: ProxyFactory, tmp_path: Path, upstream: tuple[LiveProvider, int]
 ) -> None:
     """A hard limit of 500 input tokens (text, cached and audio). A Live session has no
     turn the proxy could refuse (the server starts each one when it hears the user), so
-    its usage is counted as it comes and the next session's upgrade is refused: 429 in
-    Gemini's shape, the provider never sees it. Before, sessions opened whatever the
-    limits, and none of their usage was counted."""
+    its usage is counted as it comes: the turn that crosses the limit (373, then 520) is
+    metered, the client is told the session is over (``goAway``, no time left) and none
+    of its later messages reach the provider, so nothing more is billed; the refusal is
+    stored once. The next session's upgrade is refused: 429 in Gemini's shape, the
+    provider never sees it. Before, the open session ran on past the limit (a third turn
+    was forwarded and billed), and earlier still no usage was counted at all."""
     provider, port = upstream
     meter = {"provider": PROVIDER, "token_types": ["input", "cached_input", "audio_input"]}
     features = [{"key": "live-in", "name": "Live input", "meter": meter}]
     capped = [{"feature": "live-in", "limit": 500}]
     catalog = with_plan(live_catalog(tmp_path, port), features, capped)
     proxy = start_proxy(catalog=catalog)
-    asyncio.run(live_session(proxy, port, KEYS["alice"]))  # 373, then 520: past 500
+    after = asyncio.run(session_past_the_limit(proxy, port, KEYS["alice"]))
+    assert after == [{"goAway": {"timeLeft": "0s"}}]
+    assert provider.closed.wait(10)
+    assert provider.received == ["setup", "clientContent", "realtimeInput", "realtimeInput"]
+
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
         asyncio.run(live_session(proxy, port, KEYS["alice"]))
     assert refused.value.status == 429
     assert len(provider.setups) == 1
-    rows = wait_for_rows(proxy, 3)
-    assert [r["reason"] for r in rows].count("limit:live-in") == 1
-    [row] = [r for r in rows if r["reason"]]
-    assert (row["consumer"], row["status"], row["method"], row["path"]) == (
-        "alice", 429, "GET", PATH
-    )  # fmt: skip
+    rows = wait_for_rows(proxy, 4)
+    assert sorted(r["input_tokens"] + r["cached_input_tokens"] + r["audio_input_tokens"]
+                  for r in rows if not r["reason"]) == [373, 520]  # fmt: skip
+    refusals = [r for r in rows if r["reason"]]
+    assert [r["reason"] for r in refusals] == ["limit:live-in"] * 2
+    for row in refusals:
+        assert (row["consumer"], row["status"], row["method"], row["path"]) == (
+            "alice", 429, "GET", PATH
+        )  # fmt: skip
+        assert row["input_tokens"] == row["audio_output_tokens"] == 0
+    assert "Live session of alice ended: limit:live-in" in proxy.log_text()
 
 
 async def setup_with(proxy: MeterProxy, port: int, model: str) -> tuple[int | None, str]:
