@@ -45,6 +45,7 @@ from addons.metering import (
     governance,
     hints,
     keys,
+    minted,
     noreload,
     providers,
     realtime,
@@ -84,15 +85,17 @@ class Meter:
     def __init__(self) -> None:
         self.catalog: Catalog | None = None
         self.registry = providers.ProviderRegistry.from_catalog(None)
-        self.keybook = keys.KeyBook(None)
+        self.minted = minted.MintedKeys()
+        self.keybook = keys.KeyBook(None, self.minted)
         self.routes = routes.RouteTable()
         self.sink = EventSink()
         self._active: dict[str, FlowMeter] = {}
         self._refused: dict[str, tuple[str, str, str]] = {}
         """reject mode, a provider path that is not metered: flow id -> (flavor, why,
         message) of a key the policy refuses, answered in ``request``."""
-        self._upgrades: dict[str, tuple[providers.MeteredProvider, bool]] = {}
-        """Flows upgrading to a metered WebSocket: the limits are checked in ``request``."""
+        self._upgrades: dict[str, tuple[providers.MeteredProvider, bool, bool]] = {}
+        """Flows upgrading to a metered WebSocket, or minting an ephemeral key (the last
+        item False): the key injected and (a socket) the limits checked in ``request``."""
         self.deferred = DeferredWork()
         self._running = False
         self._misconfigured = False
@@ -259,7 +262,8 @@ class Meter:
         """Swap in a validated catalog (flows already under way keep theirs)."""
         registry = providers.ProviderRegistry.from_catalog(catalog)
         table = routes.RouteTable.from_catalog(catalog, registry)
-        self.catalog, self.registry, self.keybook = catalog, registry, keys.KeyBook(catalog)
+        keybook = keys.KeyBook(catalog, self.minted)
+        self.catalog, self.registry, self.keybook = catalog, registry, keybook
         self.governance.use_catalog(catalog)
         self.routes = table
 
@@ -421,7 +425,9 @@ class Meter:
                 and websocket.is_metered_socket(provider.flavor, path)
                 and flow.id not in self._refused
             ):
-                self._upgrades[flow.id] = (provider, by_name)  # a session: see `request`
+                self._upgrades[flow.id] = (provider, by_name, True)  # a session: see `request`
+            elif minted.is_mint(provider.flavor, req.method, path):
+                self._note_mint(flow, provider, by_name)
             return
         if spoken != provider.flavor:  # another API's compatible endpoint
             provider = providers.speaking(provider, spoken)
@@ -431,7 +437,7 @@ class Meter:
         st = FlowMeter(self, flow, provider, identity)
         st.keys_presented = keyset.distinct
         st.reject = self.reject_unknown and (identity.consumer is None or keyset.ambiguous)
-        st.inject_env = keys.injection_env_var(identity.consumer, provider)
+        st.inject_env = keys.injection_env_var(identity, provider)
         st.inject_refused = by_name and st.inject_env is not None
         st.misrouted = misrouted
         if route is not None and route.pins_body_model:
@@ -458,7 +464,11 @@ class Meter:
             # over): the event loop stays free, other calls go on.
             return self._request_after_first_read(flow)
         if st is None and self._upgrades and flow.id in self._upgrades:
-            return self._check_upgrade(flow, *self._upgrades.pop(flow.id))
+            provider, by_name, socket = self._upgrades.pop(flow.id)
+            if socket:
+                return self._check_upgrade(flow, provider, by_name)
+            self._inject_unmetered(flow, provider, by_name)
+            return None
         self._decide(flow, st)
         return None
 
@@ -545,11 +555,22 @@ class Meter:
         injected as on a call (before, the gateway key went upstream and the provider
         refused the session), and its limits checked
         (:meth:`~addons.metering.websocket.SocketMeter.opening`)."""
+        identity = self._inject_unmetered(flow, provider, by_name)
+        if identity is None:
+            return None
+        return self.sockets.opening(flow, provider, identity, self.rejections)
+
+    def _inject_unmetered(
+        self, flow: http.HTTPFlow, provider: providers.MeteredProvider, by_name: bool
+    ) -> keys.Identity | None:
+        """A socket's upgrade or a key mint (not a metered call): the consumer's provider
+        key put in place of its own, if it has one; its identity, or None when the
+        injection failed (the flow is then answered 502)."""
         req = flow.request
         path, _, query = req.path.partition("?")
         keyset = attribution.presented(req.headers, query, provider)
         identity = self.keybook.identify_key(keyset.billed)
-        env = keys.injection_env_var(identity.consumer, provider)
+        env = keys.injection_env_var(identity, provider)
         if env is not None:
             if by_name:  # the provider is named (Host, SNI), not the destination
                 message = f"Meterline proxy: key injection for {provider.name} needs the "
@@ -566,7 +587,23 @@ class Meter:
             req.path = f"{path}?{query}" if query else path
             # the socket is the consumer's, though the key it now carries is the provider's
             flow.metadata[INJECTED_FOR] = identity.fingerprint
-        return self.sockets.opening(flow, provider, identity, self.rejections)
+        return identity
+
+    def _note_mint(
+        self, flow: http.HTTPFlow, provider: providers.MeteredProvider, by_name: bool
+    ) -> None:
+        """A request minting an ephemeral key (:mod:`addons.metering.minted`): with a
+        consumer's key, the key it answers is remembered as that consumer's; the
+        consumer's provider key is injected as on a call."""
+        query = flow.request.path.partition("?")[2]
+        keyset = attribution.presented(flow.request.headers, query, provider)
+        identity = self.keybook.identify_key(keyset.billed)
+        if identity.consumer is None or identity.minted or keyset.ambiguous:
+            return
+        assert identity.fingerprint is not None
+        self.minted.asked(flow, identity.fingerprint, provider.flavor)
+        if keys.injection_env_var(identity, provider) is not None:
+            self._upgrades[flow.id] = (provider, by_name, False)
 
     async def _request_after_first_read(self, flow: http.HTTPFlow) -> None:
         await self.governance.first_read()
@@ -607,6 +644,8 @@ class Meter:
     def response(self, flow: http.HTTPFlow) -> None:
         st = self._active.pop(flow.id, None)
         if st is None:
+            if self.minted.minting:
+                self.minted.answered(flow)
             return
         st.t_done = time.time()
         resp = flow.response
@@ -644,6 +683,8 @@ class Meter:
             self._refused.pop(flow.id, None)  # the client left before its request was whole
         if self._upgrades:
             self._upgrades.pop(flow.id, None)
+        if self.minted.minting:
+            self.minted.forget(flow)
         st = self._active.pop(flow.id, None)
         if st is not None:
             st.t_done = time.time()

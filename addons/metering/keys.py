@@ -13,6 +13,7 @@ from functools import lru_cache
 from typing import Literal
 from urllib.parse import parse_qsl, urlencode
 
+from addons.metering.minted import MintedKeys
 from addons.metering.providers import MeteredProvider
 from meterline.catalog import Catalog, Consumer
 from meterline.fingerprint import fingerprint
@@ -29,6 +30,9 @@ class Identity:
 
     fingerprint: str | None
     consumer: Consumer | None
+    minted: bool = False
+    """The key is an ephemeral one the consumer minted through the proxy
+    (:mod:`addons.metering.minted`): the provider's own credential, never replaced."""
 
 
 # A pure function of the key string, and agents send the same few keys over and over:
@@ -37,22 +41,39 @@ _fingerprint = lru_cache(maxsize=1024)(fingerprint)
 
 
 class KeyBook:
-    """Fingerprint -> consumer, built once per catalog load."""
+    """Fingerprint -> consumer, built once per catalog load; ``minted``: the ephemeral
+    keys consumers minted through the proxy (kept across catalog loads)."""
 
-    def __init__(self, catalog: Catalog | None) -> None:
+    def __init__(self, catalog: Catalog | None, minted: MintedKeys | None = None) -> None:
         self._by_fp = catalog.consumer_by_fingerprint() if catalog else {}
+        self._minted = minted if minted is not None else MintedKeys()
 
     def identify_key(self, key: str | None) -> Identity:
         """The consumer of one key (the billed one, see :mod:`addons.metering.attribution`)."""
         if key is None:
             return Identity(None, None)
         fp = _fingerprint(key)
-        return Identity(fp, self._by_fp.get(fp))
+        consumer = self._by_fp.get(fp)
+        if consumer is None and self._minted:
+            return self._minted_identity(fp)
+        return Identity(fp, consumer)
 
     def identify_fingerprint(self, fp: str | None) -> Identity:
         """The consumer of a key known by its fingerprint only (the key is gone: a
         WebSocket upgrade whose key the proxy replaced by the provider's)."""
-        return Identity(fp, self._by_fp.get(fp) if fp is not None else None)
+        if fp is None:
+            return Identity(None, None)
+        consumer = self._by_fp.get(fp)
+        if consumer is None and self._minted:
+            return self._minted_identity(fp)
+        return Identity(fp, consumer)
+
+    def _minted_identity(self, fp: str) -> Identity:
+        """A key that is not the catalog's may be one a consumer minted: its consumer is
+        the minting key's, while that key is still in the catalog."""
+        owner = self._minted.owner(fp)
+        consumer = self._by_fp.get(owner) if owner is not None else None
+        return Identity(fp, consumer, minted=consumer is not None)
 
     def identify(self, keys: list[str]) -> Identity:
         """The first presented key that belongs to a consumer wins; else the first key."""
@@ -68,8 +89,11 @@ class InjectionError(RuntimeError):
     """The consumer's provider key cannot be injected; the message says why (no secrets)."""
 
 
-def injection_env_var(consumer: Consumer | None, provider: MeteredProvider) -> str | None:
-    if consumer is None:
+def injection_env_var(identity: Identity, provider: MeteredProvider) -> str | None:
+    """The variable holding the provider key to put in place of the consumer's, if any
+    (never in place of a key the consumer minted: the provider issued it)."""
+    consumer = identity.consumer
+    if consumer is None or identity.minted:
         return None
     return consumer.inject.get(provider.name)
 

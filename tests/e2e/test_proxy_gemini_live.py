@@ -126,7 +126,9 @@ def upstream() -> Iterator[tuple[LiveProvider, int]]:
         yield provider, port
 
 
-async def live_session(proxy: MeterProxy, port: int, key: str) -> list[dict[str, Any]]:
+async def live_session(
+    proxy: MeterProxy, port: int, key: str, path: str = PATH, key_param: str = "key"
+) -> list[dict[str, Any]]:
     """A text turn, then an audio turn; the server messages that ended each turn."""
     ended: list[dict[str, Any]] = []
     setup = {"setup": {"model": f"models/{MODEL}",
@@ -137,7 +139,7 @@ async def live_session(proxy: MeterProxy, port: int, key: str) -> list[dict[str,
     async with (
         aiohttp.ClientSession() as session,
         session.ws_connect(
-            f"http://127.0.0.1:{port}{PATH}?key={key}", proxy=proxy.url, max_msg_size=0
+            f"http://127.0.0.1:{port}{path}?{key_param}={key}", proxy=proxy.url, max_msg_size=0
         ) as ws,
     ):
         await ws.send_str(json.dumps(setup))

@@ -1,0 +1,156 @@
+"""Ephemeral keys a consumer mints through the proxy, attributed to that consumer.
+
+A browser or phone app must not hold a real API key, so its backend mints a short-lived
+one for it and the app opens its voice session with that:
+
+- OpenAI Realtime: ``POST /v1/realtime/client_secrets`` answers ``{"value": "ek_...",
+  "expires_at": <epoch s>, ...}``; the beta's ``POST /v1/realtime/sessions`` (and
+  ``/transcription_sessions``; Azure's ``/openai/realtimeapi/sessions``) answers
+  ``{"client_secret": {"value": "ek_...", "expires_at": ...}, ...}``. The session then
+  presents the ``ek_`` key (``Authorization: Bearer``, or the browser's subprotocol).
+- Gemini Live: ``POST /v1alpha/auth_tokens`` answers ``{"name": "auth_tokens/...",
+  "expireTime": "<RFC 3339>", ...}``; the session presents the name as ``?access_token=``
+  on ``BidiGenerateContentConstrained``.
+
+The catalog cannot list such keys, so their sessions were billed to nobody (and refused
+outright in ``reject`` mode). When the mint goes through the proxy with a consumer's key,
+the proxy now remembers the minted key's fingerprint (never the key) with the
+fingerprint of the key that minted it, until the minted key expires: a session presenting
+it is the minting consumer's, checked against that consumer's limits, and never given an
+injected key (the minted key is the provider's own credential for that session). What
+the proxy remembers is in memory: a key minted through another proxy of a fleet, or
+before a restart, is not known (see docs/proxy.md).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import datetime
+from typing import Any
+
+from mitmproxy import http
+
+from addons.metering import jsoncodec
+from addons.metering.decoding import IncrementalDecoder
+from addons.metering.providers import normalise_path
+from meterline.fingerprint import fingerprint
+
+_OPENAI_MINT = re.compile(
+    r"/realtime(?:api)?/(?:client_secrets|sessions|transcription_sessions)/?$"
+)
+_GEMINI_MINT = re.compile(r"/auth_tokens/?$")
+#: A mint's answer is a small JSON object; a bigger one (or one decoding past this) is
+#: not read.
+MAX_REPLY = 256 * 1024
+#: How long a minted key is remembered when its answer gives no expiry (Gemini's default
+#: is 30 minutes, OpenAI's 10), and at most (a far-off expiry cannot pin an entry).
+DEFAULT_TTL = 30 * 60.0
+MAX_TTL = 24 * 3600.0
+#: Minted keys remembered at once; past it the expired go first, then the oldest.
+LIMIT = 10_000
+
+
+def is_mint(flavor: str, method: str, path: str) -> bool:
+    """Whether a request mints an ephemeral key (see the module docstring)."""
+    if method != "POST":
+        return False
+    if flavor == "openai":
+        return _OPENAI_MINT.search(normalise_path(path)) is not None
+    if flavor == "gemini":
+        return _GEMINI_MINT.search(normalise_path(path)) is not None
+    return False
+
+
+def minted_key(flavor: str, reply: Any, now: float) -> tuple[str, float] | None:
+    """The key a mint's JSON answer hands out, and when it expires (epoch seconds)."""
+    if not isinstance(reply, dict):
+        return None
+    expires: float | None = None
+    if flavor == "gemini":
+        key = reply.get("name")
+        if not (isinstance(key, str) and key.startswith("auth_tokens/")):
+            return None
+        expire_time = reply.get("expireTime")
+        if isinstance(expire_time, str):
+            try:
+                expires = datetime.fromisoformat(expire_time.replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                expires = None
+    else:
+        holder = reply.get("client_secret") if "client_secret" in reply else reply
+        if not isinstance(holder, dict):
+            return None
+        key = holder.get("value")
+        if not (isinstance(key, str) and key):
+            return None
+        at = holder.get("expires_at")
+        if isinstance(at, int | float) and not isinstance(at, bool):
+            expires = float(at)
+    if expires is None or expires <= now:
+        expires = now + DEFAULT_TTL
+    return key, min(expires, now + MAX_TTL)
+
+
+class MintedKeys:
+    """Fingerprint of a minted key -> (fingerprint of the key that minted it, expiry)."""
+
+    def __init__(self, limit: int = LIMIT) -> None:
+        self._owners: dict[str, tuple[str, float]] = {}
+        self._limit = limit
+        self.minting: dict[str, tuple[str, str]] = {}
+        """Mints in flight: flow id -> (fingerprint of the consumer key that asked, the
+        provider's flavor)."""
+
+    def __bool__(self) -> bool:
+        return bool(self._owners)
+
+    def asked(self, flow: http.HTTPFlow, owner_fingerprint: str, flavor: str) -> None:
+        """A consumer's mint request is on its way (``requestheaders``)."""
+        self.minting[flow.id] = (owner_fingerprint, flavor)
+
+    def answered(self, flow: http.HTTPFlow) -> None:
+        """A mint's answer (``response``): a 2xx JSON answer's key is remembered."""
+        asked = self.minting.pop(flow.id, None)
+        resp = flow.response
+        if asked is None or resp is None or not 200 <= resp.status_code < 300:
+            return
+        owner, flavor = asked
+        raw = resp.raw_content
+        if not raw or len(raw) > MAX_REPLY:
+            return
+        now = time.time()
+        try:
+            decoder = IncrementalDecoder(resp.headers.get("content-encoding", ""), MAX_REPLY)
+            body = decoder.decode(raw) + decoder.flush()
+            found = minted_key(flavor, jsoncodec.loads(body), now)
+        except ValueError:
+            return
+        if found is not None:
+            key, expires = found
+            self.add(fingerprint(key), owner, expires, now)
+
+    def forget(self, flow: http.HTTPFlow) -> None:
+        """The mint failed on its way (``error``)."""
+        self.minting.pop(flow.id, None)
+
+    def add(self, key_fingerprint: str, owner_fingerprint: str, expires: float, now: float) -> None:
+        owners = self._owners
+        if len(owners) >= self._limit and key_fingerprint not in owners:
+            for fp in [fp for fp, (_, at) in owners.items() if at <= now]:
+                del owners[fp]
+            while len(owners) >= self._limit:
+                del owners[next(iter(owners))]
+        owners.pop(key_fingerprint, None)
+        owners[key_fingerprint] = (owner_fingerprint, expires)
+
+    def owner(self, key_fingerprint: str, now: float | None = None) -> str | None:
+        """The fingerprint of the key that minted this one, while it has not expired."""
+        found = self._owners.get(key_fingerprint)
+        if found is None:
+            return None
+        owner, expires = found
+        if expires <= (time.time() if now is None else now):
+            del self._owners[key_fingerprint]
+            return None
+        return owner
