@@ -63,6 +63,8 @@ class LiveSession:
     """The model a Live session's ``setup`` named, and whether the limits ended it."""
 
     model: str | None = None
+    greeted: bool = False
+    """The client's first message (the protocol's ``setup``) has been read."""
     ended: bool = False
     """The consumer's limits refused the session after a turn: the client's messages are
     no longer forwarded."""
@@ -186,7 +188,10 @@ def on_message(
         if live.ended:
             message.drop()
             return
-        if live.model is None and SETUP in content:
+        # The first message is read whatever its bytes say: ``{"\u0073etup": ...}`` is a
+        # setup to the provider too (before, it skipped the plan's model check).
+        if live.model is None and (SETUP in content or not live.greeted):
+            live.greeted = True
             live.take_setup(content)
             if live.model is not None:
                 _check_model(meter, flow, socket, live, message)

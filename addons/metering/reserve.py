@@ -257,13 +257,15 @@ def _bound(
             return _REREAD
         i, j = found
         k = _int_end(body, j)
+        if k == j:
+            return _REREAD  # "8000", null, -1: not digits, which the parse reads as the server does
         if k < len(body) and body[k] in b".eE":
             return _REREAD  # 1e3, 1000.0: a number the provider may read as an integer
         if not _at_depth(body, i, k if k > j else j, depth):
             return _REREAD  # nested: is there one at the right depth too? the parse says
         if placed is not None and not placed(body, i):
             return _REREAD
-        if j < k and k - j <= _MAX_INT_DIGITS:
+        if k - j <= _MAX_INT_DIGITS:
             bound = max(bound or 0, int(body[j:k]))
     return bound
 

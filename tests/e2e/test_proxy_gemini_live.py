@@ -246,27 +246,35 @@ def test_past_a_hard_limit_a_live_session_ends_and_no_new_one_opens(
     assert "Live session of alice ended: limit:live-in" in proxy.log_text()
 
 
-async def setup_with(proxy: MeterProxy, port: int, model: str) -> tuple[int | None, str]:
-    """Open a Live session naming ``model``: how the socket ended (close code, reason)."""
-    setup = {"setup": {"model": model}}
+async def setup_with(
+    proxy: MeterProxy, port: int, model: str, escaped: bool = False
+) -> tuple[int | None, str]:
+    """Open a Live session naming ``model`` (``escaped``: the ``setup`` key spelt with a
+    JSON escape): how the socket ended (close code, reason)."""
+    setup = json.dumps({"setup": {"model": model}})
+    if escaped:
+        setup = setup.replace('"setup"', '"\\u0073etup"')
     async with (
         aiohttp.ClientSession() as session,
         session.ws_connect(f"http://127.0.0.1:{port}{PATH}?key={KEYS['alice']}",
                            proxy=proxy.url) as ws,
     ):  # fmt: skip
-        await ws.send_str(json.dumps(setup))
+        await ws.send_str(setup)
         msg = await ws.receive()
         return ws.close_code, str(msg.extra or msg.data)
 
 
+@pytest.mark.parametrize("escaped", [False, True])
 def test_a_live_session_on_a_model_the_plan_does_not_include_never_starts(
-    start_proxy: ProxyFactory, tmp_path: Path, upstream: tuple[LiveProvider, int]
+    start_proxy: ProxyFactory, tmp_path: Path, upstream: tuple[LiveProvider, int], escaped: bool
 ) -> None:
     """The plan includes only ``gemini-2.5-flash*``; a ``setup`` naming
     ``gemini-2.5-pro-live`` is sent upstream as :data:`REFUSED_MODEL`, so the provider
     closes the session (1008) before any turn, its reason naming the refusal, and the
     refusal is stored (403, ``not_granted``). Before, the session ran and every turn
-    was billed on a model the plan does not include."""
+    was billed on a model the plan does not include; until 3 December, a ``setup`` key
+    spelt ``"\\u0073etup"`` (a setup to any JSON parser) still skipped the check, and its
+    turns were stored with no model."""
     provider, port = upstream
     meter = {"provider": PROVIDER, "model": "gemini-2.5-flash*"}
     features = [{"key": "flash", "name": "Flash", "meter": meter}]
@@ -274,7 +282,7 @@ def test_a_live_session_on_a_model_the_plan_does_not_include_never_starts(
         live_catalog(tmp_path, port), features, [{"feature": "flash", "type": "boolean"}]
     )
     proxy = start_proxy(catalog=catalog)
-    code, reason = asyncio.run(setup_with(proxy, port, "models/gemini-2.5-pro-live"))
+    code, reason = asyncio.run(setup_with(proxy, port, "models/gemini-2.5-pro-live", escaped))
     assert code == 1008 and "refused-by-meterline" in reason
     assert [s["model"] for s in provider.setups] == [REFUSED_MODEL]
     [row] = wait_for_rows(proxy, 1)

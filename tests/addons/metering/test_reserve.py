@@ -407,3 +407,19 @@ def test_only_the_bounds_the_endpoint_honours_count(path: str, body: dict, outpu
     were admitted at a limit of 1,000 (5,000 used)."""
     raw = json.dumps({"model": "gpt-4o", **body}).encode()
     assert estimate_request("openai", path, raw).output == output
+
+
+@pytest.mark.parametrize("late", [False, True])
+def test_a_bound_given_as_a_string_is_read_wherever_it_sits(late: bool) -> None:
+    """``"max_tokens": "8000"`` is read as the server reads it, 8000, with the key early
+    or late in the body. Before, early in the body it was missed: the model's default
+    (4,096) was reserved, and six such calls overshot a 10,000-token hard limit by 14,000."""
+    bound = b'"max_tokens": "8000"'
+    messages = b'"messages": [{"role": "user", "content": "' + b"x" * 5000 + b'"}]'
+    parts = (
+        [b'"model": "mistral-large"', messages, bound]
+        if late
+        else [b'"model": "mistral-large"', bound, messages]
+    )
+    body = b"{" + b", ".join(parts) + b"}"
+    assert estimate_request("mistral", "/v1/chat/completions", body).output == 8000
