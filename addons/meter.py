@@ -50,6 +50,7 @@ from addons.metering import (
     providers,
     realtime,
     redact,
+    responsesws,
     routes,
     unmetered,
     websocket,
@@ -707,7 +708,7 @@ class Meter:
             session = realtime.RealtimeSession.from_path(req.path)
         elif geminilive.is_live_socket(provider.flavor, req.path):
             live = geminilive.LiveSession()
-        elif not websocket.is_responses_socket(provider.flavor, req.path):
+        elif not responsesws.is_responses_socket(provider.flavor, req.path):
             return
         if INJECTED_FOR in flow.metadata:
             identity = self.keybook.identify_fingerprint(flow.metadata[INJECTED_FOR])

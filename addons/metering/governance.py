@@ -317,6 +317,7 @@ class Governance:
         flow: http.HTTPFlow,
         body: Callable[[], bytes] | None = None,
         asked: Estimate | None = None,
+        hold: str | None = None,
     ) -> Any:
         """None (not governed), a :class:`Refusal`, or True (admitted, estimate reserved).
 
@@ -324,6 +325,8 @@ class Governance:
         model and bound are read from it; default: the raw body); called only for a
         governed consumer, so other calls pay nothing for it. ``asked``: what the call
         may cost when it is not read from a body (a WebSocket session's model).
+        ``hold``: the id the estimate is reserved under, for :meth:`finish` (default: the
+        flow's; a WebSocket's responses, several at once on one socket, each have one).
 
         Never raises: if the check fails, a call that a hard limit, an allow-list or a
         prepaid balance could refuse is refused (``unavailable``, 503): a hard cap is not
@@ -336,7 +339,7 @@ class Governance:
         if pol is None:
             return None
         try:
-            return self._check(consumer, flavor, provider, flow, body, asked)
+            return self._check(consumer, flavor, provider, flow, body, asked, hold)
         except Exception as e:
             self._failed("check", e)
             pol = self.policy.by_consumer.get(consumer, pol)
@@ -384,6 +387,7 @@ class Governance:
         flow: http.HTTPFlow,
         body: Callable[[], bytes] | None,
         asked: Estimate | None = None,
+        hold: str | None = None,
     ) -> Any:
         now = datetime.now(UTC)
         pol = self.policy.by_consumer.get(consumer)
@@ -425,10 +429,11 @@ class Governance:
             pol, provider, est.model, est.input, est.output, now, billed, est.searches
         )
         if isinstance(decision, Reservation):
+            held_as = flow.id if hold is None else hold
             if est.model:
-                self._asked[flow.id] = (provider, est.model)
+                self._asked[held_as] = (provider, est.model)
             if decision.parts:
-                self._reservations[flow.id] = (pol, decision)
+                self._reservations[held_as] = (pol, decision)
             return True
         return decision
 

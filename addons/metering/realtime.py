@@ -45,7 +45,7 @@ from addons.metering.reserve import Estimate, estimate_turn
 from addons.metering.usage import Usage
 
 if TYPE_CHECKING:
-    from addons.metering.websocket import Socket, SocketMeter
+    from addons.metering.websocket import Socket, SocketMeter, Turn
 
 log = logging.getLogger("meterline.proxy")
 
@@ -58,6 +58,9 @@ READ = re.compile(
     rb'|conversation\.item\.input_audio_transcription\.completed)"'
 )
 DONE = "response.done"
+CREATE = b'"response.create"'
+#: A server ``error`` event (a client event the server refused).
+_ERROR = re.compile(rb'"type"\s*:\s*"error"')
 CREATED = "response.created"
 TRANSCRIBED = "conversation.item.input_audio_transcription.completed"
 #: A session's settings (a beta transcription-only session: ``transcription_session.*``).
@@ -122,6 +125,22 @@ def transcription_usage(event: dict[str, Any]) -> tuple[tuple[str, int] | None, 
     return key, map_usage(usage), "tokens"
 
 
+def client_turn(socket: Socket, flow_id: str, content: bytes) -> Turn | None:
+    """A client's ``response.create`` (a bytes test: a session's client messages are
+    mostly audio; every response is checked again when the server announces it): the
+    turn it asks for, with its ``event_id`` (an ``error`` naming it ends the turn)."""
+    if CREATE not in content:
+        return None
+    try:
+        obj = jsoncodec.loads(content)
+    except ValueError:
+        obj = None
+    event_id = obj.get("event_id") if isinstance(obj, dict) else None
+    return socket.new_turn(
+        flow_id, content, event_id=event_id if isinstance(event_id, str) else None
+    )
+
+
 def on_server_message(
     meter: SocketMeter,
     flow: http.HTTPFlow,
@@ -129,12 +148,18 @@ def on_server_message(
     session: RealtimeSession,
     content: bytes,
 ) -> None:
-    """A server message of a Realtime session that names an event the meter reads."""
+    """A server message of a Realtime session (text or binary frame): the events the
+    meter reads (:data:`READ`), and an ``error`` while a turn waits."""
+    if not READ.search(content):
+        if socket.turns and _ERROR.search(content):
+            _error(meter, socket, content)
+        return
     try:
         obj = jsoncodec.loads(content)
     except ValueError as e:
-        if b'"response.done"' in content and (socket.created_at is not None or socket.reserved):
-            meter.meter(flow, socket, None, f"unreadable final event: {e}")
+        turn = next((t for t in socket.turns if t.started), None)
+        if b'"response.done"' in content and turn is not None:
+            meter.meter(flow, socket, turn, None, f"unreadable final event: {e}")
         return
     kind = obj.get("type") if isinstance(obj, dict) else None
     if kind == DONE:
@@ -144,7 +169,7 @@ def on_server_message(
     elif kind in SESSION:
         session.take(obj)
     elif kind == CREATED:
-        _server_turn(meter, flow, socket, obj)
+        _created(meter, flow, socket, obj)
 
 
 def _done(meter: SocketMeter, flow: http.HTTPFlow, socket: Socket, event: dict[str, Any]) -> None:
@@ -158,10 +183,11 @@ def _done(meter: SocketMeter, flow: http.HTTPFlow, socket: Socket, event: dict[s
             flow.id,
             provider,
         )
-    elif isinstance(response.get("usage"), dict):
+        return
+    if isinstance(response.get("usage"), dict):
         meter.response_ended(flow, socket, response)
         return
-    elif response.get("status") != "failed" and meter.once.first(provider, "no usage"):
+    if response.get("status") != "failed" and meter.once.first(provider, "no usage"):
         # A failed response reports nothing to bill; a provider that bills its voice
         # sessions by the minute (xAI's) reports no tokens to meter.
         log.warning(
@@ -170,37 +196,69 @@ def _done(meter: SocketMeter, flow: http.HTTPFlow, socket: Socket, event: dict[s
             flow.id,
             provider,
         )
-    meter.turn_ended(flow, socket)
+    turn = socket.by_response(response.get("id"))
+    if turn is not None:
+        meter.turn_ended(socket, turn)
+
+
+def _created(
+    meter: SocketMeter, flow: http.HTTPFlow, socket: Socket, event: dict[str, Any]
+) -> None:
+    """``response.created``: the response binds the oldest client ``response.create``
+    still waiting. One the client did not ask for (the server heard the end of the
+    user's turn) is checked against the limits here, and cancelled if refused."""
+    response = as_dict(event.get("response"))
+    response_id = response.get("id")
+    if socket.by_response(response_id) is not None:
+        return
+    turn = socket.first_waiting(None)
+    if turn is None:
+        turn = socket.new_turn(flow.id, b"")
+        socket.turns.append(turn)
+        _server_turn(meter, flow, socket, turn, response)
+    turn.response_id = response_id if isinstance(response_id, str) else f"?{turn.hold}"
+    turn.first_byte_at = time.time()
 
 
 def _server_turn(
-    meter: SocketMeter, flow: http.HTTPFlow, socket: Socket, event: dict[str, Any]
+    meter: SocketMeter, flow: http.HTTPFlow, socket: Socket, turn: Turn, response: dict[str, Any]
 ) -> None:
-    """``response.created``: a response the client did not ask for (the server heard the
-    end of the user's turn) is checked against the limits here, and cancelled if
-    refused. One the client asked for was checked at its ``response.create``."""
-    if socket.created_at is None:
-        socket.created_at, socket.create, socket.first_byte_at = time.time(), b"", None
+    """A response the server started: checked as a turn with the session's model and the
+    response's bound; refused, it is cancelled at once (``response.cancel`` to the
+    provider, an ``error`` event to the client, the refusal stored). What it generated
+    before the cancel is billed by the provider, and metered from its ``response.done``."""
     consumer = socket.identity.consumer
-    if consumer is None or socket.reserved:
-        return
-    if meter.governance.awaits_first_read(consumer.name):
+    if consumer is None or meter.governance.awaits_first_read(consumer.name):
         return  # a proxy just started: the store's figures are not known yet
-    response = event.get("response")
-    bound = response.get("max_output_tokens") if isinstance(response, dict) else None
     session = socket.session
     assert session is not None  # a Realtime socket's
-    refusal = meter.check(flow, socket, b"", turn_estimate(session, b"", bound))
+    bound = response.get("max_output_tokens")
+    refusal = meter.check(flow, socket, turn, turn_estimate(session, b"", bound))
     if refusal is None:
         return
-    response_id = response.get("id") if isinstance(response, dict) else None
     cancel: dict[str, Any] = {"type": "response.cancel"}
-    if isinstance(response_id, str):
-        cancel["response_id"] = response_id
+    if isinstance(response.get("id"), str):
+        cancel["response_id"] = response["id"]
     ctx.master.commands.call("inject.websocket", flow, False, json.dumps(cancel).encode(), True)
-    created_at = socket.created_at
-    meter.refuse(flow, socket, refusal)
-    socket.created_at = created_at  # the cancelled response's usage is metered from it
+    meter.refuse(flow, socket, refusal, turn)
+
+
+def _error(meter: SocketMeter, socket: Socket, content: bytes) -> None:
+    """An ``error`` event: the client event it names (``error.event_id``), or else the
+    oldest ``response.create`` still waiting, started no response: its hold is freed."""
+    try:
+        obj = jsoncodec.loads(content)
+    except ValueError:
+        return
+    if not isinstance(obj, dict) or obj.get("type") != "error":
+        return
+    named = as_dict(obj.get("error")).get("event_id")
+    waiting = [t for t in socket.turns if not t.started]
+    turn = next((t for t in waiting if named and t.event_id == named), None)
+    if turn is None and waiting and not (named and any(t.event_id for t in waiting)):
+        turn = waiting[0]
+    if turn is not None:
+        meter.turn_ended(socket, turn)
 
 
 def _transcribed(

@@ -15,19 +15,23 @@ Now each final message is read with the Responses usage reader
 (:func:`~addons.metering.settle.settle`): one event per response, attributed to the key
 the upgrade request carried, recorded (spooled) in the ``websocket_message`` hook,
 before mitmproxy forwards the message to the client. Other messages cost a substring
-test: only server text messages holding a final event's name are parsed.
+test: only server text messages holding an event the meter reads are parsed.
 
-Limits apply per turn, as to a ``POST /v1/responses``: a governed consumer's
+Limits apply per response, as to a ``POST /v1/responses``: a governed consumer's
 ``response.create`` is checked (and its estimate reserved) before it is forwarded; a
 refused one is dropped, answered on the socket with an ``error`` event in OpenAI's shape
 (``status`` and ``error``) and recorded with its ``reason``, as a refused call is. The
-socket stays open. Turns on one socket are sequential (the provider answers one
-response at a time), so one reservation per socket is held at most.
+socket stays open. Several responses may be under way on one socket at once (the
+Responses socket's lanes, ``stream_id``, each first in first out; creates sent before
+the last response ended; a Realtime session's out-of-band responses), so each is a
+:class:`Turn` with its own reservation (before, one per socket: every new create
+released the one before, and ten creates sent together were all admitted past a hard
+limit).
 
 :class:`SocketMeter` keeps the open sockets, their turns and what every kind shares
 (the limits of a turn, a refusal on the socket, an event's exchange, counting and
-recording); a Realtime session's server messages are read by
-:mod:`addons.metering.realtime` and a Gemini Live session's messages by
+recording); a Responses socket's messages are read by :mod:`addons.metering.responsesws`,
+a Realtime session's by :mod:`addons.metering.realtime` and a Gemini Live session's by
 :mod:`addons.metering.geminilive`. Every metered socket keeps only its latest message in
 mitmproxy's flow (mitmproxy keeps them all until the socket closes: a voice session's
 audio piled up in the proxy's memory).
@@ -37,7 +41,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 import uuid
 from collections.abc import Callable, Coroutine
@@ -47,82 +50,118 @@ from typing import Any
 from mitmproxy import ctx, http
 from mitmproxy.websocket import WebSocketMessage
 
-from addons.metering import errors, events, geminilive, jsoncodec, realtime
+from addons.metering import errors, events, geminilive, jsoncodec, realtime, responsesws
 from addons.metering.bounded import count_tokens, estimate_request_input
 from addons.metering.extract.openai import OpenAIReader
 from addons.metering.finish import pretty_host
 from addons.metering.geminilive import LiveSession
 from addons.metering.governance import Governance
 from addons.metering.keys import Identity
-from addons.metering.providers import MeteredProvider, normalise_path
+from addons.metering.providers import MeteredProvider
 from addons.metering.ratelog import RateLimitedLog
 from addons.metering.realtime import RealtimeSession
 from addons.metering.reserve import Estimate
 from addons.metering.settle import OnceLog, settle
-from addons.metering.sse import SSEEvent
 from addons.metering.usage import Seen, Usage
 from meterline.entitlements import Refusal
 
 log = logging.getLogger("meterline.proxy")
 
-#: The path of a Responses WebSocket: ``/v1/responses`` (Azure: ``/openai/v1/responses``).
-_RESPONSES_SOCKET = re.compile(r"/responses/?$")
-#: Server events that end a response and carry its final usage.
-_FINAL = re.compile(rb'"response\.(?:completed|incomplete|failed)"')
-_FINAL_TYPES = frozenset({"response.completed", "response.incomplete", "response.failed"})
-_CREATE = b'"response.create"'
-#: The events of a turn in progress the meter keeps: its start (model, id) and its text
-#: (for an estimate if the socket closes before the final event).
-_TURN_EVENT = re.compile(
-    rb'"type"\s*:\s*"(response\.created|response\.(?:output_text|refusal|function_call_arguments'
-    rb'|reasoning_text|reasoning_summary_text)\.delta)"'
-)
 #: Response ids remembered per socket against a repeated final event.
 RECENT_IDS = 256
-#: A server ``error`` event: the turn ended without a response (``previous_response_not_found``).
-_ERROR = re.compile(rb'"type"\s*:\s*"error"')
-
-
-def is_responses_socket(flavor: str, path: str) -> bool:
-    """Whether a WebSocket on ``path`` of a provider of ``flavor`` is the Responses API's."""
-    return flavor == "openai" and _RESPONSES_SOCKET.search(normalise_path(path)) is not None
 
 
 def is_metered_socket(flavor: str, path: str) -> bool:
     """Whether a WebSocket on ``path`` of a provider of ``flavor`` is one the proxy meters
     (a Responses socket, a Realtime or a Gemini Live session)."""
     return (
-        is_responses_socket(flavor, path)
+        responsesws.is_responses_socket(flavor, path)
         or realtime.is_realtime_socket(flavor, path)
         or geminilive.is_live_socket(flavor, path)
     )
 
 
 @dataclass(slots=True)
+class Turn:
+    """One response under way on a socket, from the client message that asked for it
+    (or the server's announcement of one it started) to its final event."""
+
+    hold: str
+    """The id its estimate is reserved under (governance's), unique on the socket."""
+    create: bytes
+    """The message that asked for it (``response.create``, ``response.steer``; empty for
+    a response the server started), for an estimate when no usable usage is reported."""
+    created_at: float
+    lane: str = ""
+    """A Responses socket's lane (the create's ``stream_id``; "" by default)."""
+    steers: str | None = None
+    """For a ``response.steer``: the id of the response it steers (its successor is this
+    turn's response)."""
+    event_id: str | None = None
+    """A Realtime create's ``event_id``: an ``error`` naming it ends the turn."""
+    response_id: str | None = None
+    """Set when the server announces the response (``response.created``)."""
+    model: str | None = None
+    first_byte_at: float | None = None
+    reader: OpenAIReader | None = None
+    """A Responses turn's events so far (its text, for an estimate if the socket closes
+    before the final event)."""
+
+    @property
+    def started(self) -> bool:
+        return self.response_id is not None
+
+
+@dataclass(slots=True)
 class Socket:
-    """One open metered WebSocket: who opened it, its kind and the turn in progress."""
+    """One open metered WebSocket: who opened it, its kind and its turns under way."""
 
     provider: MeteredProvider
     identity: Identity
-    created_at: float | None = None
-    """When the client's latest ``response.create`` passed the proxy."""
-    create: bytes = b""
-    """That message, for an estimate of the input when no usable usage is reported."""
-    first_byte_at: float | None = None
-    """When the first server message after it passed the proxy."""
     request_id: str | None = None
+    turns: list[Turn] = field(default_factory=list)
+    """The responses under way, oldest first."""
+    made: int = 0
+    """Turns made so far: names their holds."""
     metered: dict[str, None] = field(default_factory=dict)
     """The ids of the responses metered on this socket, the latest :data:`RECENT_IDS`
     (a repeated final event bills once, even after another response's)."""
-    reserved: bool = False
-    """Governance holds the estimate of the turn in progress (released at its end)."""
+    laned: bool = False
+    """A create named a lane (``stream_id``): server events are read for theirs."""
+    model: str | None = None
+    """The model of the latest response announced (a steer's successor's, at worst)."""
     session: RealtimeSession | None = None
     """A Realtime session's models (None: not a Realtime session)."""
     live: LiveSession | None = None
     """A Gemini Live session's model (None: not a Live session)."""
-    turn: OpenAIReader | None = None
-    """A Responses turn in progress: its text so far, for an estimate if the socket closes
-    before the turn's final event."""
+    created_at: float | None = None
+    """A Gemini Live turn's start (its turns are the server's, one at a time)."""
+    first_byte_at: float | None = None
+
+    def new_turn(self, flow_id: str, create: bytes, **fields: Any) -> Turn:
+        self.made += 1
+        return Turn(f"{flow_id}/{self.made}", create, time.time(), **fields)
+
+    def by_response(self, response_id: Any) -> Turn | None:
+        if isinstance(response_id, str):
+            for turn in self.turns:
+                if turn.response_id == response_id:
+                    return turn
+        return None
+
+    def first_waiting(self, lane: str | None) -> Turn | None:
+        """The oldest turn not yet announced by the server (in ``lane``; None: any)."""
+        for turn in self.turns:
+            if not turn.started and (lane is None or turn.lane == lane):
+                return turn
+        return None
+
+    def current(self, lane: str) -> Turn | None:
+        """The response the server is answering in ``lane``: its oldest announced turn."""
+        for turn in self.turns:
+            if turn.started and turn.lane == lane:
+                return turn
+        return None
 
 
 class SocketMeter:
@@ -212,9 +251,9 @@ class SocketMeter:
         self.record(self.governance.refuse(flow, where, who, refusal, self.proxy_id, body))
 
     def message(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
-        """Meter a server's final event; check a client's ``response.create``. A turn
-        that must wait for governance's first read of the store (a proxy just started)
-        waits off the event loop: the hook then returns a coroutine for mitmproxy."""
+        """Meter a server's final event; check a client's turn. A turn that must wait
+        for governance's first read of the store (a proxy just started) waits off the
+        event loop: the hook then returns a coroutine for mitmproxy."""
         socket = self._open.get(flow.id)
         if socket is None or flow.websocket is None or not flow.websocket.messages:
             return None
@@ -222,98 +261,108 @@ class SocketMeter:
         message = messages[-1]
         if len(messages) > 1:  # mitmproxy keeps every message until the socket closes
             del messages[:-1]
-        content = message.content
+        if message.injected:  # the meter's own (a refusal's error event, a cancel)
+            return None
         if socket.live is not None:
             geminilive.on_message(self, flow, socket, socket.live, message)
             return None
         if message.from_client:
-            if _is_create(socket, content):
-                consumer = socket.identity.consumer
-                if consumer is not None and self.governance.awaits_first_read(consumer.name):
-                    return self._create_after_first_read(flow, socket, message)
-                self._create(flow, socket, message)
+            consumer = socket.identity.consumer
+            asks = (
+                realtime.client_turn(socket, flow.id, message.content)
+                if socket.session is not None
+                else responsesws.client_turn(socket, flow.id, message.content)
+            )
+            if asks is None:
+                return None
+            if consumer is not None and self.governance.awaits_first_read(consumer.name):
+                return self._turn_after_first_read(flow, socket, message, asks)
+            self._client_turn(flow, socket, message, asks)
             return None
-        if socket.first_byte_at is None:
-            socket.first_byte_at = time.time()
-        # Text or binary frames alike: a server may send its JSON events as either.
         if socket.session is not None:
-            if realtime.READ.search(content):
-                realtime.on_server_message(self, flow, socket, socket.session, content)
-            elif socket.reserved and _ERROR.search(content) and _is_error_event(content):
-                self.turn_ended(flow, socket)
-        elif _FINAL.search(content):
-            self._final(flow, socket, content)
-        elif socket.turn is not None and (seen := _TURN_EVENT.search(content)):
-            socket.turn.on_event(SSEEvent(seen[1].decode(), content.decode("utf-8", "replace")))
-        elif (
-            (socket.reserved or socket.turn is not None)
-            and _ERROR.search(content)
-            and _is_error_event(content)
-        ):
-            self.turn_ended(flow, socket)  # the provider refused the turn: nothing billed
+            realtime.on_server_message(self, flow, socket, socket.session, message.content)
+        else:
+            responsesws.on_server_message(self, flow, socket, message.content)
         return None
 
-    async def _create_after_first_read(
-        self, flow: http.HTTPFlow, socket: Socket, message: WebSocketMessage
+    async def _turn_after_first_read(
+        self, flow: http.HTTPFlow, socket: Socket, message: WebSocketMessage, asks: Turn
     ) -> None:
         await self.governance.first_read()
-        self._create(flow, socket, message)
+        self._client_turn(flow, socket, message, asks)
 
-    def _create(self, flow: http.HTTPFlow, socket: Socket, message: WebSocketMessage) -> None:
-        """A client's ``response.create``: checked against the limits, dropped if refused."""
-        content = message.content
-        socket.created_at, socket.create, socket.first_byte_at = time.time(), content, None
-        refusal = self.check(flow, socket, content)
+    def _client_turn(
+        self, flow: http.HTTPFlow, socket: Socket, message: WebSocketMessage, turn: Turn
+    ) -> None:
+        """A client's message that starts a response: checked against the limits (its
+        estimate reserved under the turn's hold), dropped if refused."""
+        turn.created_at = time.time()
+        refusal = self.check(flow, socket, turn)
         if refusal is not None:
             message.drop()
-            self.refuse(flow, socket, refusal)
-        elif socket.session is None:
-            socket.turn = OpenAIReader([])
+            self.refuse(flow, socket, refusal, turn)
+            return
+        socket.turns.append(turn)
 
     def end(self, flow: http.HTTPFlow) -> None:
+        """The socket closed: a Responses response under way (the first turn of each
+        lane: a lane answers one at a time) is estimated from its request and the text
+        seen, as a cut stream is (the provider had the request, and may have answered
+        part of it); the other turns' holds are freed."""
         socket = self._open.pop(flow.id, None)
         if socket is None:
             return
-        if socket.turn is not None and socket.created_at is not None:
-            # Closed mid-turn: the provider had the request, and may have answered part
-            # of it: estimated from the request and the text seen, as a cut stream is.
-            self.meter(flow, socket, None, None, cut=True)
-        elif socket.reserved:  # a session's response cut: its hold is freed
-            self.governance.finish(flow.id, None)
+        lanes: set[str] = set()
+        for turn in list(socket.turns):
+            first_of_lane = turn.lane not in lanes and turn.steers is None
+            lanes.add(turn.lane)
+            if socket.session is None and (turn.started or first_of_lane):
+                self.meter(flow, socket, turn, None, None, cut=True)
+            else:
+                self.turn_ended(socket, turn)
 
     def check(
-        self, flow: http.HTTPFlow, socket: Socket, create: bytes, asked: Estimate | None = None
+        self, flow: http.HTTPFlow, socket: Socket, turn: Turn, asked: Estimate | None = None
     ) -> Refusal | None:
-        """The consumer's limits for one turn (its ``response.create``; ``asked``: what it
-        may cost when the request does not say, a Realtime session's): a refusal, or None
-        (admitted, its estimate reserved under the socket's flow id, or not governed)."""
+        """The consumer's limits for one turn (its request, ``turn.create``; ``asked``:
+        what it may cost when the request does not say, a Realtime session's): a
+        refusal, or None (admitted, its estimate reserved under ``turn.hold``, or not
+        governed)."""
         consumer = socket.identity.consumer
         if consumer is None:
             return None
-        if socket.reserved:  # a turn sent before the last ended: release its hold first
-            self.governance.finish(flow.id, None)
         provider = socket.provider
         if asked is None and socket.session is not None:
-            asked = realtime.turn_estimate(socket.session, create)
+            asked = realtime.turn_estimate(socket.session, turn.create)
+        elif asked is None and turn.steers is not None:
+            asked = responsesws.steer_estimate(socket, turn)
+        create = turn.create
         verdict = self.governance.check(
-            consumer.name, provider.flavor, provider.name, flow, lambda: create, asked
+            consumer.name,
+            provider.flavor,
+            provider.name,
+            flow,
+            lambda: create,
+            asked,
+            hold=turn.hold,
         )
-        socket.reserved = verdict is True
         return verdict if isinstance(verdict, Refusal) else None
 
-    def refuse(self, flow: http.HTTPFlow, socket: Socket, refusal: Refusal) -> None:
-        """Answer a refused turn on the socket and record it (zero tokens, its reason)."""
+    def refuse(self, flow: http.HTTPFlow, socket: Socket, refusal: Refusal, turn: Turn) -> None:
+        """Answer a refused turn on the socket (in its lane) and record it (zero tokens,
+        its reason)."""
         provider = socket.provider
         status, body = errors.error_body(provider.flavor, refusal.kind, refusal.message)  # type: ignore[arg-type]
         error = {"type": "error", "status": status, **jsoncodec.loads(body)}
+        if turn.lane:
+            error["stream_id"] = turn.lane
         if socket.session is not None:  # Realtime's error events carry an id of their own
             error["event_id"] = f"event_meterline_{uuid.uuid4().hex[:16]}"
         ctx.master.commands.call("inject.websocket", flow, True, json.dumps(error).encode(), True)
         consumer = socket.identity.consumer
-        exchange = self.exchange(flow, socket, status)
-        event = events.build_event(exchange, Usage(model=turn_model(socket)), self.proxy_id)
+        exchange = self.exchange(flow, socket, status, turn)
+        event = events.build_event(exchange, Usage(model=turn_model(socket, turn)), self.proxy_id)
         event["reason"] = refusal.reason
-        socket.created_at = socket.first_byte_at = None
         log.info(
             "meterline: %s: %s WebSocket turn of %s refused: %s",
             flow.id,
@@ -323,8 +372,16 @@ class SocketMeter:
         )
         self.record(event)
 
-    def exchange(self, flow: http.HTTPFlow, socket: Socket, status: int | None) -> events.Exchange:
+    def exchange(
+        self, flow: http.HTTPFlow, socket: Socket, status: int | None, turn: Turn | None = None
+    ) -> events.Exchange:
+        """An event's exchange, timed by ``turn`` (else by the socket's Live turn)."""
         consumer = socket.identity.consumer
+        t_request: float | None
+        if turn is not None:
+            t_request, t_first_byte = turn.created_at, turn.first_byte_at
+        else:
+            t_request, t_first_byte = socket.created_at, socket.first_byte_at
         return events.Exchange(
             provider=socket.provider.name,
             flavor=socket.provider.flavor,
@@ -336,39 +393,16 @@ class SocketMeter:
             status=status,
             streamed=True,
             request_id=socket.request_id,
-            t_request=socket.created_at,
-            t_first_byte=socket.first_byte_at,
+            t_request=t_request,
+            t_first_byte=t_first_byte,
             t_done=time.time(),
         )
 
-    def _final(self, flow: http.HTTPFlow, socket: Socket, content: bytes) -> None:
-        try:
-            obj = jsoncodec.loads(content)
-        except ValueError as e:
-            # Named a final event but unreadable (nested too deeply, cut): for a turn in
-            # progress, metered from the request's estimate, as a garbled HTTP body is.
-            if socket.created_at is not None or socket.reserved:
-                self.meter(flow, socket, None, f"unreadable final event: {e}")
-            return
-        if not isinstance(obj, dict) or obj.get("type") not in _FINAL_TYPES:
-            return  # a text delta quoting an event's name
-        response = obj.get("response")
-        if not isinstance(response, dict):
-            log.warning(
-                "meterline: %s: %s WebSocket %s without a response object: not metered",
-                flow.id,
-                socket.provider.name,
-                obj.get("type"),
-            )
-            self.turn_ended(flow, socket)
-            return
-        if obj["type"] == "response.failed" and not isinstance(response.get("usage"), dict):
-            self.turn_ended(flow, socket)  # failed with nothing reported: nothing billed
-            return
-        self.response_ended(flow, socket, response)
-
-    def response_ended(self, flow: http.HTTPFlow, socket: Socket, response: dict[str, Any]) -> None:
-        """A response's final object: metered once (a repeated final event bills once)."""
+    def response_ended(
+        self, flow: http.HTTPFlow, socket: Socket, response: dict[str, Any], lane: str = ""
+    ) -> None:
+        """A response's final object: metered once (a repeated final event bills once),
+        with the turn that asked for it (by its id; else the lane's oldest)."""
         response_id = response.get("id")
         if isinstance(response_id, str):
             if response_id in socket.metered:
@@ -376,31 +410,36 @@ class SocketMeter:
             socket.metered[response_id] = None
             if len(socket.metered) > RECENT_IDS:
                 del socket.metered[next(iter(socket.metered))]
-        self.meter(flow, socket, response, None)
+        turn = socket.by_response(response_id) or socket.current(lane) or socket.first_waiting(lane)
+        if turn is None:  # a response the meter saw no start of: metered all the same
+            turn = socket.new_turn(flow.id, b"", lane=lane)
+            socket.turns.append(turn)
+        self.meter(flow, socket, turn, response, None)
 
     def meter(
         self,
         flow: http.HTTPFlow,
         socket: Socket,
+        turn: Turn,
         response: dict[str, Any] | None,
         problem: str | None,
         cut: bool = False,
     ) -> None:
-        """One event for the turn: from ``response``'s usage, or estimated (``problem``
+        """One event for ``turn``: from ``response``'s usage, or estimated (``problem``
         says why there is no readable response; ``cut``: the socket closed mid-turn, from
         what the turn showed); the turn's hold is freed."""
-        reader = socket.turn if cut and socket.turn is not None else OpenAIReader([])
+        reader = turn.reader if cut and turn.reader is not None else OpenAIReader([])
         if response is not None:
             reader.on_object(response)
         flavor = socket.provider.flavor
-        create = socket.create
+        create = turn.create
         settled = settle(
             flavor,
             reader.usage(),
             reader.seen(),
             status_code=200,
             cut=cut,
-            request_model=lambda: turn_model(socket),
+            request_model=lambda: turn_model(socket, turn),
             estimate_input=lambda model: estimate_request_input(flavor, create, model=model),
             count_output=lambda model: count_tokens(reader.text(), model or ""),
         )
@@ -416,11 +455,11 @@ class SocketMeter:
             )
         elif settled.why_estimated:
             log.debug("meterline: %s: WebSocket: %s", flow.id, settled.why_estimated)
-        exchange = self.exchange(flow, socket, settled.status)
+        exchange = self.exchange(flow, socket, settled.status, turn)
         rows = events.build_events(exchange, settled.usage, self.proxy_id)
-        socket.created_at = socket.first_byte_at = socket.turn = None
-        socket.reserved = False
-        self.count_and_record(flow.id, rows)
+        if turn in socket.turns:
+            socket.turns.remove(turn)
+        self.count_and_record(turn.hold, rows)
 
     def reported(
         self,
@@ -436,8 +475,8 @@ class SocketMeter:
         """One event for usage a session's message reported (a Gemini Live turn, a
         Realtime transcription: ``what``, for the log) on ``model``; unusable figures are
         logged once per provider and kind and the event estimated from ``text``.
-        ``apart``: the usage is not the turn's (a transcription), counted under that key
-        (the turn's hold stays) and timed at this moment."""
+        ``apart``: the usage is not a turn's (a transcription), counted under that key
+        and timed at this moment."""
         provider = socket.provider
         if usage.invalid is not None and self.once.first(provider.name, usage.invalid):
             log.warning(
@@ -464,56 +503,32 @@ class SocketMeter:
         rows = events.build_events(exchange, settled.usage, self.proxy_id)
         self.count_and_record(apart or flow.id, rows)
 
-    def count_and_record(self, flow_id: str, rows: list[dict[str, Any]]) -> None:
+    def count_and_record(self, hold: str, rows: list[dict[str, Any]]) -> None:
         """Count a turn's events against the consumer's limits (the hold kept under
-        ``flow_id`` freed) and record them, whatever governance does: the provider bills
+        ``hold`` freed) and record them, whatever governance does: the provider bills
         them."""
         try:
-            self.governance.finish(flow_id, rows)
+            self.governance.finish(hold, rows)
         finally:
             for event in rows:
                 self.record(event)
 
-    def turn_ended(self, flow: http.HTTPFlow, socket: Socket) -> None:
+    def turn_ended(self, socket: Socket, turn: Turn) -> None:
         """A turn that ended with nothing to meter: its hold on the limits is freed (it
         was kept until the socket closed, refusing the consumer's other calls meanwhile)."""
-        socket.created_at = socket.first_byte_at = socket.turn = None
-        if socket.reserved:
-            socket.reserved = False
-            self.governance.finish(flow.id, None)
+        if turn in socket.turns:
+            socket.turns.remove(turn)
+        self.governance.finish(turn.hold, None)
 
 
-def _is_create(socket: Socket, content: bytes) -> bool:
-    """Whether a client message is a ``response.create``. On a Responses socket every
-    message is read as JSON when its bytes do not say so (``"response\\u002ecreate"`` or a
-    binary frame is a create to the provider too, and passed the limits unchecked); a
-    Realtime session checks each response again when the server announces it, so the
-    bytes test is enough there (its client messages are mostly audio)."""
-    if _CREATE in content:
-        return True
-    if socket.session is not None:
-        return False
-    try:
-        obj = jsoncodec.loads(content)
-    except ValueError:
-        return False
-    return isinstance(obj, dict) and obj.get("type") == "response.create"
-
-
-def _is_error_event(content: bytes) -> bool:
-    try:
-        obj = jsoncodec.loads(content)
-    except ValueError:
-        return False
-    return isinstance(obj, dict) and obj.get("type") == "error"
-
-
-def turn_model(socket: Socket) -> str | None:
-    """The model of the turn in progress: a Realtime session's, or the one its
-    ``response.create`` names."""
+def turn_model(socket: Socket, turn: Turn) -> str | None:
+    """The model of a turn: a Realtime session's, the one the server announced, or the
+    one its ``response.create`` names."""
     if socket.session is not None:
         return socket.session.model
-    return _create_model(socket.create)
+    if turn.model:
+        return turn.model
+    return _create_model(turn.create)
 
 
 def _create_model(create: bytes) -> str | None:

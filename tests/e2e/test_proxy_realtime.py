@@ -105,6 +105,10 @@ class RealtimeProvider:
         self.dones: list[str] = []
         self.binary = False
         """Send every event as a binary frame (the JSON bytes), as some servers do."""
+        self.gated = False
+        """Queue ``response.create``s until a ``conversation.item.retrieve``, then answer
+        them all (out-of-band responses asked for together)."""
+        self.queued = 0
 
     async def send(self, ws: web.WebSocketResponse, text: str) -> None:
         await (ws.send_bytes(text.encode()) if self.binary else ws.send_str(text))
@@ -126,6 +130,12 @@ class RealtimeProvider:
             if kind == "session.update":
                 session = {**session, **event["session"]}
                 await self.send(ws, json.dumps({"type": "session.updated", "session": session}))
+            elif kind == "response.create" and self.gated:
+                self.queued += 1
+            elif kind == "conversation.item.retrieve" and self.queued:
+                for _ in range(self.queued):
+                    await self.respond(ws, wait=False)
+                self.queued = 0
             elif kind == "response.create":
                 await self.respond(ws)
             elif kind == "input_audio_buffer.commit":
@@ -140,7 +150,9 @@ class RealtimeProvider:
                 await self.respond(ws)
         return ws
 
-    async def respond(self, ws: web.WebSocketResponse) -> None:
+    async def respond(self, ws: web.WebSocketResponse, wait: bool = True) -> None:
+        """One response; ``wait``: for the client's next message after announcing it (a
+        ``response.cancel`` cancels it)."""
         n = len(self.served)
         rid = f"resp_rt_{n}"
         self.served.append(rid)
@@ -148,9 +160,11 @@ class RealtimeProvider:
                                     "status": "in_progress", "max_output_tokens": "inf",
                                     "usage": None}  # fmt: skip
         await self.send(ws, json.dumps({"type": "response.created", "response": response}))
-        nxt = await ws.receive()
-        cancelled = json.loads(nxt.data)["type"] == "response.cancel"
-        self.received.append("response.cancel" if cancelled else "go on")
+        cancelled = False
+        if wait:
+            nxt = await ws.receive()
+            cancelled = json.loads(nxt.data)["type"] == "response.cancel"
+            self.received.append("response.cancel" if cancelled else "go on")
         delta = json.dumps({"type": "response.output_audio.delta", "response_id": rid,
                             "item_id": "item_a", "delta": self.delta})  # fmt: skip
         for _ in range(self.deltas):
@@ -469,3 +483,49 @@ def test_events_sent_as_binary_frames_are_metered_too(
     responses = sorted((r for r in rows if r["response_id"]), key=lambda r: r["response_id"])
     assert [row_usage(r) for r in responses] == [billed(0), billed(1)]
     assert {r["model"] for r in responses} == {SESSION_MODEL}
+
+
+async def out_of_band(proxy: MeterProxy, port: int, count: int) -> list[dict[str, Any]]:
+    """``count`` out-of-band responses (``conversation: "none"``, at most 150 output
+    tokens each) asked for together with the openai SDK, then a message that lets the
+    provider answer; the events that ended each (``response.done`` or ``error``)."""
+    client = openai.AsyncOpenAI(api_key=KEYS["alice"], base_url=f"http://127.0.0.1:{port}/v1")
+    ends: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    through: Any = {"proxy": proxy.url}
+    async with client.realtime.connect(
+        model=URL_MODEL, websocket_connection_options=through
+    ) as conn:
+        for _ in range(count):
+            await conn.response.create(
+                response={"conversation": "none", "max_output_tokens": 150}  # type: ignore[typeddict-item]
+            )
+        await conn.send({"type": "conversation.item.retrieve", "item_id": "go"})
+        async for event in conn:
+            if event.type == "error" or (
+                event.type == "response.done" and event.response.id not in seen
+            ):
+                if event.type == "response.done":
+                    seen.add(str(event.response.id))
+                ends.append(event.model_dump())
+                if len(ends) == count:
+                    break
+    await client.close()
+    return ends
+
+
+def test_out_of_band_responses_asked_for_together_each_hold_their_estimate(
+    start_proxy: ProxyFactory, tmp_path: Path, upstream: tuple[RealtimeProvider, int]
+) -> None:
+    """Ten out-of-band responses of at most 150 output tokens, asked for before any is
+    answered, at a hard limit of 1,000: seven admitted (0 .. 900 held before each),
+    three refused. Before, one estimate was held per session: all ten ran (4,000 tokens)."""
+    provider, port = upstream
+    provider.gated = True
+    proxy = start_proxy(catalog=capped_catalog(tmp_path, port, 1000))
+    ends = asyncio.run(asyncio.wait_for(out_of_band(proxy, port, 10), 30))
+    assert [e["type"] for e in ends].count("error") == 3
+    assert provider.received.count("response.create") == 7
+    rows = wait_for_rows(proxy, 10)
+    assert sorted(r["response_id"] for r in rows if not r["reason"]) == provider.served
+    assert [r["reason"] for r in rows if r["reason"]] == ["limit:out"] * 3
