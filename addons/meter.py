@@ -163,6 +163,15 @@ class Meter:
             "Seconds between writes of spooled events to the store (e.g. 1.0).",
         )
         loader.add_option(
+            "meter_abandoned_output",
+            str,
+            "bound",
+            "A non-streamed call whose client left before any answer (the provider finishes "
+            "and bills it unseen): 'bound' meters its output as the most it could be (the "
+            "request's own bound, else the model's, what the limits held for it), 'none' as 0.",
+            choices=("bound", "none"),
+        )
+        loader.add_option(
             "meter_log_payloads",
             bool,
             False,
@@ -231,6 +240,7 @@ class Meter:
         self.reject_unknown = ctx.options.meter_unknown_keys == "reject"
         self.include_usage = ctx.options.meter_include_usage
         self.finisher.log_payloads = ctx.options.meter_log_payloads
+        self.finisher.abandoned_at_bound = ctx.options.meter_abandoned_output == "bound"
         self.durable = ctx.options.meter_durable
         self.proxy_id = ctx.options.meter_proxy_id or None
         self.finisher.proxy_id = self.sockets.proxy_id = self.proxy_id

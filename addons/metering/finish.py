@@ -17,6 +17,7 @@ from addons.metering import background, bounded, events, jsoncodec
 from addons.metering.bounded import count_tokens, estimate_request_input
 from addons.metering.flowstate import FlowMeter, raw_header, where
 from addons.metering.governance import Governance
+from addons.metering.reserve import estimate_request
 from addons.metering.settle import OnceLog, Settled, settle
 from addons.metering.usage import Seen, Usage
 
@@ -31,6 +32,8 @@ class Finisher:
         self.governance = governance
         self.record = record
         self.log_payloads = False
+        self.abandoned_at_bound = True
+        """A non-streamed call nobody waited for is metered at its output bound (rule 5)."""
         self.proxy_id: str | None = None
         self._once = OnceLog()
 
@@ -97,6 +100,12 @@ class Finisher:
             count_output=lambda model: count_output(st, model),
         )
         usage, status = settled.usage, settled.status
+        if resp is None and self.abandoned_at_bound and not st.streaming_requested():
+            # The provider generates the whole answer and bills it; the proxy never sees
+            # it. Metered at the most it could be, as the limits held it: metered as 0,
+            # a client that always timed out spent past any hard cap, unseen.
+            bound = estimate_request(st.provider.flavor, flow.request.path, st.request_body())
+            usage.output = max(usage.output, bound.output)
         self._note_settled(flow.id, st, settled, cut)
         if problems and status_code < 400 and not settled.invalid:
             self._warn_problems(flow.id, st, problems)

@@ -210,17 +210,37 @@ def test_stream_is_passed_through_as_it_comes(
     assert row["latency_ms"] - row["ttft_ms"] >= gaps * 1000 * 0.8
 
 
+#: Each flavor's own spelling of a call's output bound.
+_BOUND = {
+    "openai": {"max_completion_tokens": 777},
+    "anthropic": {"max_tokens": 777},
+    "gemini": {"generationConfig": {"maxOutputTokens": 777}},
+}
+
+
 @pytest.mark.parametrize(
-    "flavor,http2", [("openai", False), ("anthropic", False), ("gemini", False), ("openai", True)]
+    "flavor,http2,option",
+    [
+        ("openai", False, "bound"),
+        ("anthropic", False, "bound"),
+        ("gemini", False, "bound"),
+        ("openai", True, "bound"),
+        ("anthropic", False, "none"),
+    ],
 )
 def test_a_client_that_gives_up_before_the_answer_is_still_metered(
-    start_proxy: ProxyFactory, fake_provider: FakeProvider, flavor: str, http2: bool
+    start_proxy: ProxyFactory, fake_provider: FakeProvider, flavor: str, http2: bool, option: str
 ) -> None:
     """An agent's timeout while the provider generates a JSON answer (no byte of it sent
     yet): the provider finishes and bills the call all the same, so it is metered as cut,
-    its input estimated (before: nothing metered, 10 of 10 in a probe)."""
-    proxy = start_proxy()
+    its input estimated and its output at the call's bound, 777 (the most the answer can
+    be, and what the limits held for it); ``meter_abandoned_output=none`` meters 0 output.
+    Before: nothing metered (10 of 10 in a probe); until 3 December, output 0 whatever
+    the option: a client that always timed out spent past any hard cap (30 calls of 100
+    tokens admitted at a limit of 1,000, none counted)."""
+    proxy = start_proxy(options={"meter_abandoned_output": option})
     url, body, headers = _request(fake_provider, flavor, stream=False, behaviour="think=1.5")
+    body = body | _BOUND[flavor]
     with (
         httpx2.Client(proxy=proxy.url, verify=ca_context(proxy), http2=http2, timeout=0.5) as c,
         pytest.raises(httpx2.TimeoutException),
@@ -232,7 +252,8 @@ def test_a_client_that_gives_up_before_the_answer_is_still_metered(
     [row] = rows
     assert row["consumer"] == ("bob" if flavor == "anthropic" else "alice")
     assert row["estimated"] and row["status"] is None
-    assert row["input_tokens"] > 0 and row["output_tokens"] == 0
+    assert row["input_tokens"] > 0
+    assert row["output_tokens"] == (777 if option == "bound" else 0)
     assert fake_provider.last().flavor == flavor  # the provider did get the whole request
 
 
