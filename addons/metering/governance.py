@@ -157,6 +157,8 @@ class Governance:
         self.locator: str | None = None
         self._reservations: dict[str, tuple[CustomerPolicy, Reservation]] = {}
         self.billed_as = BilledAs()
+        self._warned_names: set[tuple[str, str, str, str]] = set()
+        """(feature, provider, asked, billed) pairs warned about (at most 256 kept)."""
         """Per provider, the models calls naming a model were billed as (an alias)."""
         self._asked: dict[str, tuple[str, str]] = {}
         """Admitted flow id -> (provider, model it names): learnt from at its end."""
@@ -539,6 +541,33 @@ class Governance:
                     "meterline: %s bills calls naming %r as %r: limits on either apply to them",
                     provider,
                     model,
+                    billed,
+                )
+                self._warn_unbilled_names(event.get("consumer"), provider, model, billed)
+
+    def _warn_unbilled_names(self, consumer: Any, provider: str, asked: str, billed: str) -> None:
+        """A feature that matches the name a call asked for but not the one it is billed
+        as (a deployment's or an alias's name in its meter) counts none of its tokens:
+        the store, the limits and the invoices read the billed name, so its limit never
+        fills. Said once per feature and pair, as the proxy learns the pair."""
+        pol = self.policy.by_consumer.get(consumer) if isinstance(consumer, str) else None
+        for acct in pol.accounts if pol is not None else ():
+            if not acct.matches_model(provider, asked) or acct.matches_model(provider, billed):
+                continue
+            warned = (acct.feature, provider, asked, billed)
+            if warned not in self._warned_names:
+                if len(self._warned_names) >= 256:
+                    self._warned_names.clear()
+                self._warned_names.add(warned)
+                log.warning(
+                    "meterline: feature %r matches calls naming %r, which %s bills as %r: "
+                    "it counts none of their tokens (usage, limits and invoices read the "
+                    "billed name), so its limit never fills; give its meter a model that "
+                    "matches %r",
+                    acct.feature,
+                    asked,
+                    provider,
+                    billed,
                     billed,
                 )
 

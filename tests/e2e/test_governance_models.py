@@ -154,6 +154,43 @@ def test_a_limit_on_the_billed_model_holds_for_an_azure_deployment_name(
     assert sum(r["output_tokens"] for r in admitted) == 120
 
 
+def test_a_feature_on_a_deployment_name_says_it_counts_nothing(
+    tmp_path: Path, fake_provider: FakeProvider, start_proxy: Any
+) -> None:
+    """A feature metering ``prod-chat``, the deployment's name, which the provider bills
+    as gpt-4o-2024-08-06: usage, limits and invoices read the billed name, so the feature
+    counts nothing and its hard limit never fills. The proxy says so, once, when it
+    learns the pair. Before, the limit stayed at 0 used without a word (6 of 6 calls
+    admitted at a limit of 100)."""
+    catalog = governed_catalog(
+        tmp_path / "catalog.yaml",
+        fake_provider,
+        ALICE,
+        entitlements=[{"feature": "prod-out", "limit": 100}],
+    )
+    doc = yaml.safe_load(catalog.read_text())
+    meter = {"provider": "fake-openai", "model": "prod-chat", "token_types": ["output"]}
+    doc["features"].append({"key": "prod-out", "name": "Deployment output", "meter": meter})
+    catalog.write_text(yaml.safe_dump(doc, sort_keys=False))
+    proxy = start_proxy(catalog=catalog)
+    with openai.OpenAI(
+        api_key=KEYS["alice"],
+        base_url=fake_provider.base_url("openai", tls=True) + "/v1",
+        max_retries=0,
+        http_client=openai.DefaultHttpxClient(proxy=proxy.url, verify=ca_context(proxy)),
+    ) as client:
+        fake = {"x-fake": "output=40,model=gpt-4o-2024-08-06"}
+        for _ in range(2):
+            client.chat.completions.create(
+                model="prod-chat", messages=HI, max_tokens=40, extra_headers=fake
+            )
+    proxy.wait_for_log(
+        "feature 'prod-out' matches calls naming 'prod-chat', which fake-openai bills as "
+        "'gpt-4o-2024-08-06': it counts none of their tokens"
+    )
+    assert proxy.log_text().count("feature 'prod-out' matches") == 1
+
+
 def test_a_max_tokens_nested_in_the_history_does_not_replace_the_real_one(
     tmp_path: Path, fake_provider: FakeProvider, start_proxy: Any
 ) -> None:
