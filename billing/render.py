@@ -211,6 +211,21 @@ def _tier_rows(line: InvoiceLine) -> list[str]:
     ]
 
 
+def _late_rows(line: InvoiceLine) -> list[str]:
+    """What a late line bills: the period's total with the late usage less what was billed
+    for the period before (``detail.late``). Its pricing's tiers are the whole period's,
+    not this line's."""
+    late = line.detail.get("late")
+    if not late:
+        return []
+    why = [n for n in (line.detail.get("pricing") or {}).get("notes") or [] if "spend" in n]
+    return [
+        f"      period total {late['total_quantity']} units = {late['total_amount']}"
+        + "".join(f" ({n})" for n in why),
+        f"      billed before {late['billed_quantity']} units = {late['billed_amount']}",
+    ]
+
+
 def invoice_text(inv: Invoice) -> str:
     """``billing invoice show``: header, lines (tiers under tiered lines), total."""
     title = inv.number or "PREVIEW (not finalized)"
@@ -232,7 +247,7 @@ def invoice_text(inv: Invoice) -> str:
     out = head + body[:2]
     for ln, text in zip(inv.lines, body[2:], strict=True):
         out.append(text)
-        out.extend(_tier_rows(ln))
+        out.extend(_late_rows(ln) if ln.kind == "late_usage" else _tier_rows(ln))
     out += ["", f"Total    {format_money(inv.total, inv.currency)}"]
     return "\n".join(out)
 

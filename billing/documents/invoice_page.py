@@ -136,6 +136,31 @@ def line_unit(line: InvoiceLine) -> str:
     return "web search" if types and set(types) <= CALL_TYPES else "token"
 
 
+def _late_rows(line: InvoiceLine, currency: str) -> list[str]:
+    """What a late line bills: the period's total with the late usage less what its
+    invoices billed before (``detail.late``); the period's pricing notes (a minimum or
+    maximum spend) belong to the total."""
+    late = line.detail.get("late") or {}
+    if not late:
+        return []
+    why = [n for n in _pricing(line).get("notes") or [] if n.endswith("spend applied")]
+    total_label = "Period total with the late usage" + (f" ({', '.join(why)})" if why else "")
+    rows = [
+        (total_label, late["total_quantity"], Decimal(late["total_amount"])),
+        (
+            "Billed before for the period",
+            late["billed_quantity"],
+            0 - Decimal(late["billed_amount"]),
+        ),
+    ]
+    return [
+        f'<tr class="sub late"><td></td><td class="desc">{e(label)}</td>'
+        f'<td class="num">{e(tokens_text(Decimal(quantity)))}</td><td></td>'
+        f'<td class="num">{e(money(amount, currency))}</td></tr>'
+        for label, quantity, amount in rows
+    ]
+
+
 def minimum_topup(line: InvoiceLine) -> tuple[Decimal, Decimal, Decimal] | None:
     """(minimum, usage charge, top-up) when the line's minimum spend raised it; else None."""
     pricing = _pricing(line)
@@ -169,7 +194,8 @@ def _notes(line: InvoiceLine, currency: str) -> list[str]:
         billed = tokens_text(Decimal(line.detail["billed_quantity"]))
         metered = tokens_text(Decimal(line.detail["metered_quantity"]))
         notes.append(f"{billed} of {metered} {unit} billed")
-    if "maximum spend applied" in (_pricing(line).get("notes") or []):
+    # a late line's pricing is the period's: its late rows say the cap (see _late_rows)
+    if line.kind != "late_usage" and "maximum spend applied" in (_pricing(line).get("notes") or []):
         notes.append(f"capped at {money(Decimal(card['max_amount']), currency)}")
     return notes
 
@@ -194,6 +220,9 @@ def line_rows(line: InvoiceLine, currency: str) -> list[str]:
         f'<td class="num">{e(quantity)}</td><td class="num">{e(unit)}</td>'
         f'<td class="num amount">{e(money(line.amount, currency))}</td></tr>'
     ]
+    if line.kind == "late_usage":
+        # its pricing prices the whole period: its tiers and top-up are not this line's
+        return rows + _late_rows(line, currency)
     rows += _tier_rows(line, currency)
     # a credit's pricing is of the units still billed: its usage line shows the top-up
     topup = None if line.kind == "credit" else minimum_topup(line)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import html
 import json
+import re
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -258,3 +260,100 @@ def test_a_prorated_fee_shows_its_share_and_the_full_fee(tmp_path: Path) -> None
     cells = [c.split("<")[0] for c in row.split('class="num')[1:]]
     assert [c.split(">", 1)[1] for c in cells] == ["1", "31.00 USD", "14.00 USD"]
     assert "prorated 14/31 days" in row
+
+
+LATE_CATALOG = """
+version: 1
+consumers:
+  - name: agent-a
+features:
+  - {key: gin, name: In, meter: {provider: openai, model: "gpt-4o*", token_types: [input]}}
+  - {key: gout, name: Out, meter: {provider: openai, model: "gpt-4o*", token_types: [output]}}
+plans:
+  - key: p
+    name: P
+    currency: USD
+    billing_cadence: P1M
+    rate_cards:
+      - key: gin
+        name: In
+        feature: gin
+        min_amount: "9.00"
+        price: {type: unit, amount: "1.00", per: 1000}
+      - key: gout
+        name: Out
+        feature: gout
+        price:
+          type: tiered
+          mode: graduated
+          per: 1000
+          tiers:
+            - {up_to: 10000, unit_amount: "10.00"}
+            - {unit_amount: "5.00"}
+customers:
+  - key: acme
+    name: Acme
+    currency: USD
+    consumers: [agent-a]
+    subscriptions: [{plan: p, start: "2026-01-01T00:00:00Z"}]
+"""
+
+
+def test_a_late_line_shows_what_it_bills_not_the_periods_tiers_and_top_up(
+    tmp_path: Path,
+) -> None:
+    """January billed 2,000 input tokens at the 9.00 minimum and 12,000 output tokens
+    (110.00); 3,000 late tokens of each are on February's invoice. The late lines show
+    the period's total with them less what January's invoice billed (9.00 - 9.00 = 0.00,
+    125.00 - 110.00 = 15.00), not the period's tier rows (100.00 + 25.00) nor a 4.00
+    minimum top-up neither line nor the total charges (the page, its PDF, the terminal)."""
+    s = setup(tmp_path, LATE_CATALOG)
+    add_events(s.db, Event(at("2026-01-10"), input=2000, output=12000))
+    with billing_store(s.db) as con:
+        generate_invoices(con, s.catalog, "2026-01", now=at("2026-02-01T00:00:05Z"))
+    late = Event(at("2026-01-20"), input=3000, output=3000, ingested_at=at("2026-02-02"))
+    add_events(s.db, late)
+    with billing_store(s.db) as con:
+        generate_invoices(con, s.catalog, "2026-02", now=at("2026-03-01T00:00:05Z"))
+
+    page = run(s, "invoice", "show", "INV-000002", "--format", "html").stdout
+    late_rows = page[page.index('<tr class="line" data-line="3"') : page.index('<tr class="total"')]
+    assert "Tier" not in late_rows and "top-up" not in late_rows
+    text = " ".join(visible_text(late_rows).split())
+    assert text == (
+        "3 In — late usage for 2026-01-01 – 2026-02-01 late usage · 1 – 31 January 2026 "
+        "3,000 1.00 USD / 1K tokens 0.00 USD "
+        "Period total with the late usage (minimum spend applied) 5,000 9.00 USD "
+        "Billed before for the period 2,000 -9.00 USD "
+        "4 Out — late usage for 2026-01-01 – 2026-02-01 late usage · 1 – 31 January 2026 "
+        "3,000 tiered (graduated), below 15.00 USD "
+        "Period total with the late usage 15,000 125.00 USD "
+        "Billed before for the period 12,000 -110.00 USD"
+    )
+
+    pdf = tmp_path / "INV-000002.pdf"
+    result = run(s, "invoice", "show", "INV-000002", "--format", "pdf", "-o", str(pdf))
+    assert result.exit_code == 0, result.output
+    on_paper = " ".join(pdf_text(pdf).split())
+    assert "top-up" not in on_paper.split("Period total")[1]  # February's own top-up is above
+    assert "Tier" not in on_paper
+    assert "Billed before for the period 12,000 -110.00 USD" in on_paper
+
+    shown = run(s, "invoice", "show", "INV-000002").stdout
+    assert "tier" not in shown
+    below = [
+        ln.strip()
+        for ln in shown.splitlines()
+        if ln.startswith("      ") and ln.strip()[:1].isalpha()
+    ]
+    assert below == [
+        "period total 5000 units = 9.00 (minimum spend applied)",
+        "billed before 2000 units = 9.00",
+        "period total 15000 units = 125.00",
+        "billed before 12000 units = 110.00",
+    ]
+
+
+def visible_text(page: str) -> str:
+    """The words of an HTML fragment as a reader sees them (tags dropped, entities read)."""
+    return html.unescape(re.sub(r"<[^>]+>", " ", page))
