@@ -16,6 +16,8 @@ import yaml
 from yaml.constructor import BaseConstructor, SafeConstructor
 from yaml.nodes import MappingNode
 
+from meterline.catalog.exactnumbers import FLOAT_TAG, construct_exact_float
+
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
@@ -77,7 +79,8 @@ def load_unique_keys(text: str, loader: type[UniqueKeyLoader]) -> Any:
 
 
 class UniqueKeyLoader(SafeConstructor):
-    """The safe constructor, noting each mapping's repeated keys before merges are applied.
+    """The safe constructor, noting each mapping's repeated keys before merges are applied,
+    and reading floats as exact Decimals (:mod:`meterline.catalog.exactnumbers`).
 
     The check runs where PyYAML first touches a mapping, :meth:`flatten_mapping`, and
     once per node: flattening rewrites a node in place (merged pairs prepended), and a
@@ -98,6 +101,10 @@ class UniqueKeyLoader(SafeConstructor):
     def dispose(self) -> None:
         """Free the parser's state (libyaml's memory); the loaders below inherit theirs."""
         super().dispose()  # type: ignore[misc]
+
+
+# an unquoted price is the Decimal written, never a float's approximation of it
+UniqueKeyLoader.add_constructor(FLOAT_TAG, construct_exact_float)
 
 
 class UniqueKeySafeLoader(UniqueKeyLoader, yaml.SafeLoader):

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from meterline.catalog import Catalog, CatalogError, load_catalog, parse_catalog
+from meterline.catalog import Catalog, CatalogError, load_catalog, loading, parse_catalog
+from meterline.catalog.uniquekeys import UniqueKeySafeLoader
 
 REPO = Path(__file__).resolve().parents[2]
 FP = "sha256:" + "ab" * 32
@@ -41,6 +42,33 @@ def test_decimal_prices_are_exact() -> None:
     catalog = parse_catalog(BASE)
     price = catalog.plans[0].rate_cards[1].price
     assert str(price.amount) == "2.50"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("loader", ["libyaml", "pure"])
+def test_unquoted_prices_are_the_decimal_written_never_a_float(
+    loader: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``amount: 99999.123456789012`` unquoted was a YAML float, billed as 99999.123456789
+    and passed the checks: it is read as written (12 decimals: allowed), 13 decimals are
+    refused like a quoted string's, and short ones (``2.5``, ``1_000.25``) keep working."""
+    if loader == "pure":  # the loader every catalog goes through when libyaml is missing
+        monkeypatch.setattr(loading, "FastUniqueKeyLoader", UniqueKeySafeLoader)
+    unquoted = 'amount: "2.50"'
+    for written, exact in [
+        ("99999.123456789012", "99999.123456789012"),
+        ("2.5", "2.5"),
+        ("1_000.25", "1000.25"),
+        ("0.000000000001", "1E-12"),
+        ("25", "25"),
+    ]:
+        catalog = parse_catalog(BASE.replace(unquoted, f"amount: {written}"))
+        assert str(catalog.plans[0].rate_cards[1].price.amount) == exact  # type: ignore[union-attr]
+    with pytest.raises(CatalogError) as err:
+        parse_catalog(BASE.replace(unquoted, "amount: 99999.1234567890123"), "cat.yaml")
+    assert str(err.value) == (
+        "cat.yaml: plans[0].rate_cards[1].price.amount: Decimal input should have no more "
+        "than 12 decimal places"
+    )
 
 
 @pytest.mark.parametrize(
