@@ -15,7 +15,6 @@ import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +23,21 @@ import duckdb
 from billing.errors import BillingError
 from billing.money import minor_unit_exponent, round_money
 from meterline.catalog import Catalog
-from meterline.entitlements import build_policy, credit_balances, policy_usage, unit_balances
+from meterline.entitlements import (
+    Counters,
+    CustomerPolicy,
+    Key,
+    Policy,
+    Snapshot,
+    build_policy,
+    credit_balances,
+    policy_usage,
+    unit_balances,
+)
 from meterline.entitlements.cost import to_decimal
 from meterline.entitlements.policy import counter_id
+from meterline.entitlements.reading import unbilled_usage
+from meterline.periods import periods_between
 
 
 def _iso(value: datetime) -> str:
@@ -98,6 +109,99 @@ def _stale_after_s(state: dict[str, Any]) -> float:
     return max(STALE_REFRESHES * float(refresh), MIN_STALE_S)
 
 
+def _credit_counters(
+    con: duckdb.DuckDBPyConnection,
+    policy: Policy,
+    now: datetime,
+    used: dict[Key, int],
+    balances: dict[str, Decimal],
+    tables: set[str],
+) -> Counters:
+    """The proxy's prepaid arithmetic over the report's reading: the current periods'
+    usage, and the earlier periods no invoice billed yet, whose invoices will take their
+    cost from the credit first (the proxy refuses once that leaves none).
+
+    As the store stood at ``now``, like the balances: a period invoiced after ``now`` was
+    not invoiced then, and grants granted after it, or consumed by invoices issued after
+    it, are not taken (read now, these are exactly the proxy's figures)."""
+    earlier: dict[Key, int] = {}
+    if "usage_events" in tables:
+        earlier = unbilled_usage(con, policy, now)
+        earlier.update(_invoiced_since(con, policy, now, tables))
+    counters = Counters()
+    left = _grants_left_at(con, now) if "credit_grants" in tables else {}
+    counters.apply(Snapshot({**earlier, **used}, set(), balances, now, {}, left))
+    return counters
+
+
+def _invoiced_since(
+    con: duckdb.DuckDBPyConnection, policy: Policy, at: datetime, tables: set[str]
+) -> dict[Key, int]:
+    """Units of the prepaid cost cards' earlier periods first invoiced after ``at`` (not
+    invoiced at ``at``: ``unbilled_usage`` leaves them out, as it reads every invoice)."""
+    if "invoices" not in tables:
+        return {}
+    rows = con.execute(
+        "SELECT customer_key, period_start FROM invoices GROUP BY customer_key, period_start"
+        " HAVING MIN(issued_at) > ?",
+        [at.astimezone(UTC).replace(tzinfo=None)],
+    ).fetchall()
+    later = {(c, start.replace(tzinfo=UTC)) for c, start in rows}
+    wanted: dict[datetime, list[Key]] = {}
+    for pol in policy.by_customer.values():
+        if not pol.prepaid:
+            continue
+        for cc in pol.cost_cards:
+            acct = cc.account
+            current = acct.period(at)
+            for period in periods_between(acct.anchor, acct.cadence, acct.anchor, current.start):
+                if (pol.customer, period.start) in later:
+                    wanted.setdefault(period.start, []).append(acct.key(period))
+    out: dict[Key, int] = {}
+    for start, keys in wanted.items():  # one read per period: the accounts' period then
+        units = policy_usage(con, policy, start)
+        out.update({k: units.get(k, 0) for k in keys})
+    return out
+
+
+def _grants_left_at(
+    con: duckdb.DuckDBPyConnection, at: datetime
+) -> dict[str, tuple[tuple[datetime | None, Decimal], ...]]:
+    """``grants_left`` (the proxy's: per customer, (expires at, left) of each money grant
+    with something left, in the order invoices take them) as the store stood at ``at``."""
+    stamp = at.astimezone(UTC).replace(tzinfo=None)
+    rows = con.execute(
+        "SELECT g.customer_key, g.expires_at, g.amount - COALESCE(("
+        "  SELECT SUM(c.amount) FROM credit_consumptions c"
+        "  WHERE c.grant_id = g.grant_id AND c.consumed_at <= ?), 0)"
+        " FROM credit_grants g WHERE g.feature_key IS NULL AND g.granted_at <= ?"
+        " ORDER BY g.priority, g.expires_at IS NULL, g.expires_at, g.grant_id",
+        [stamp, stamp],
+    ).fetchall()
+    out: dict[str, list[tuple[datetime | None, Decimal]]] = {}
+    for customer, expires_at, left in rows:
+        if left > 0:
+            expires = expires_at.replace(tzinfo=UTC) if expires_at else None
+            out.setdefault(customer, []).append((expires, Decimal(left)))
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def _prepaid_figures(
+    counters: Counters, pol: CustomerPolicy, now: datetime
+) -> tuple[Decimal, Decimal]:
+    """(used, remaining) of a prepaid customer's credit as the proxy holds them: the cost
+    bound of the current period and of the earlier periods not invoiced yet, each rounded
+    up to the currency's unit; what is left of the credit for the current period after
+    the earlier periods' invoices take theirs, less the current period's cost (at least 0)."""
+    places = minor_unit_exponent(pol.currency)
+    current, left = counters.credit_left(pol, now, with_reserved=False)
+    _, earlier = counters.cost_parts(pol, now, with_reserved=False)
+    used = to_decimal(current, places) + to_decimal(earlier, places)
+    # the credit left is not a bound: shown rounded down, as the proxy admits no more
+    remaining = -to_decimal(current - left, places)
+    return used, max(round_money(Decimal(0), pol.currency), remaining)
+
+
 def entitlement_rows(
     con: duckdb.DuckDBPyConnection,
     catalog: Catalog,
@@ -115,6 +219,7 @@ def entitlement_rows(
     balances = credit_balances(con, now, as_of=True)
     units = unit_balances(con, now, as_of=True)
     reserved = reserved or {}
+    credit = _credit_counters(con, policy, now, used, balances, tables)
     rows: list[dict[str, Any]] = []
     for pol in policy.by_customer.values():
         if customer and pol.customer != customer:
@@ -166,14 +271,11 @@ def entitlement_rows(
                 }
             )
         if pol.prepaid:
-            cost = Fraction(0)
             start = end = None
             for cc in pol.cost_cards:
                 period = cc.account.period(now)
                 start, end = period.start, period.end
-                cost += cc.bound.cost(used.get(cc.account.key(period), 0))
-            # The bound rounded up to the currency's unit: what the proxy holds against the balance.
-            spent = to_decimal(cost, minor_unit_exponent(pol.currency))
+            spent, left = _prepaid_figures(credit, pol, now)
             rows.append(
                 {
                     "customer": pol.customer,
@@ -185,7 +287,7 @@ def entitlement_rows(
                     "granted_units": None,
                     "used": spent,
                     "reserved": None,
-                    "remaining": max(round_money(Decimal(0), pol.currency), balance - spent),
+                    "remaining": left,
                     "credit_balance": balance,
                     "period_start": _iso(start) if start else None,
                     "resets_at": _iso(end) if end else None,
