@@ -65,8 +65,8 @@ class LanedProvider:
         rid = f"resp_{len(self.served)}"
         self.served.append(rid)
         echo = {"stream_id": lane} if lane else {}
-        body: dict[str, Any] = {"id": rid, "object": "response", "status": "in_progress", "model": MODEL,
-                "output": [], "usage": None}  # fmt: skip
+        body: dict[str, Any] = {"id": rid, "object": "response", "status": "in_progress",
+                                "model": MODEL, "output": [], "usage": None}  # fmt: skip
         return body, echo
 
     async def _start(self, ws: web.WebSocketResponse, lane: str | None) -> tuple[dict, dict]:
