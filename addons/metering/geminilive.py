@@ -106,15 +106,25 @@ def _check_model(
     consumer = socket.identity.consumer
     if consumer is None or meter.governance.awaits_first_read(consumer.name):
         return
+    refused = _session_refusal(meter, flow, socket, live)
+    if refused is None:
+        return
+    setup.content = json.dumps({"setup": {"model": REFUSED_MODEL}}).encode()
+    _record_refusal(meter, flow, socket, *refused, "refused")
+
+
+def _session_refusal(
+    meter: SocketMeter, flow: http.HTTPFlow, socket: Socket, live: LiveSession
+) -> tuple[str | None, Refusal] | None:
+    """The session's model and the limits' refusal of it, or None (admitted)."""
+    consumer = socket.identity.consumer
+    assert consumer is not None
     provider = socket.provider
     model = normalise_model(provider.flavor, live.model)
     refusal = meter.governance.check_session(
         consumer.name, provider.flavor, provider.name, flow, model
     )
-    if refusal is None:
-        return
-    setup.content = json.dumps({"setup": {"model": REFUSED_MODEL}}).encode()
-    _record_refusal(meter, flow, socket, model, refusal, "refused")
+    return None if refusal is None else (model, refusal)
 
 
 def _end_past_limits(
@@ -123,19 +133,14 @@ def _end_past_limits(
     """After a turn is counted: a session the consumer's limits now refuse (a hard limit
     reached, prepaid credit used up) is ended for the model (see the module docstring).
     Before, it ran on past the limit until the client closed it."""
-    consumer = socket.identity.consumer
-    if consumer is None or live.ended:
+    if socket.identity.consumer is None or live.ended:
         return
-    provider = socket.provider
-    model = normalise_model(provider.flavor, live.model)
-    refusal = meter.governance.check_session(
-        consumer.name, provider.flavor, provider.name, flow, model
-    )
-    if refusal is None:
+    refused = _session_refusal(meter, flow, socket, live)
+    if refused is None:
         return
     live.ended = True
     ctx.master.commands.call("inject.websocket", flow, True, GO_AWAY, True)
-    _record_refusal(meter, flow, socket, model, refusal, "ended")
+    _record_refusal(meter, flow, socket, *refused, "ended")
 
 
 def _record_refusal(

@@ -35,6 +35,17 @@ def loads(data: bytes | str) -> Any:
             raise ValueError("JSON nested too deeply") from None
 
 
+def event_of(data: bytes, *types: str) -> dict[str, Any] | None:
+    """The JSON object ``data`` holds when its ``type`` is one of ``types`` (a WebSocket
+    event the meter reads), else None: unreadable, not an object, or a text delta that
+    only quotes an event's name."""
+    try:
+        obj = loads(data)
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) and obj.get("type") in types else None
+
+
 def dumps_line(obj: Any) -> bytes:
     """``obj`` as one compact line of UTF-8 JSON ending in a newline (a spool line)."""
     try:

@@ -246,11 +246,8 @@ def _server_turn(
 def _error(meter: SocketMeter, socket: Socket, content: bytes) -> None:
     """An ``error`` event: the client event it names (``error.event_id``), or else the
     oldest ``response.create`` still waiting, started no response: its hold is freed."""
-    try:
-        obj = jsoncodec.loads(content)
-    except ValueError:
-        return
-    if not isinstance(obj, dict) or obj.get("type") != "error":
+    obj = jsoncodec.event_of(content, "error")
+    if obj is None:
         return
     named = as_dict(obj.get("error")).get("event_id")
     waiting = [t for t in socket.turns if not t.started]

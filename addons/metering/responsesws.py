@@ -134,12 +134,9 @@ def _started(
 ) -> None:
     """``response.created`` (or ``response.queued``): the response binds the oldest
     turn waiting on its lane; one the server started by itself is checked here."""
-    try:
-        obj = jsoncodec.loads(content)
-    except ValueError:
-        return
-    if not isinstance(obj, dict) or obj.get("type") != kind:
-        return  # a text delta quoting an event's name
+    obj = jsoncodec.event_of(content, kind)
+    if obj is None:
+        return  # unreadable, or a text delta quoting an event's name
     response = as_dict(obj.get("response"))
     response_id = response.get("id")
     if socket.by_response(response_id) is not None:
@@ -227,11 +224,8 @@ def _final(meter: SocketMeter, flow: http.HTTPFlow, socket: Socket, content: byt
 def _error(meter: SocketMeter, socket: Socket, content: bytes) -> None:
     """An ``error`` event: the provider refused the oldest create still waiting on its
     lane (``previous_response_not_found``): nothing is billed, its hold is freed."""
-    try:
-        obj = jsoncodec.loads(content)
-    except ValueError:
-        return
-    if not isinstance(obj, dict) or obj.get("type") != "error":
+    obj = jsoncodec.event_of(content, "error")
+    if obj is None:
         return
     lane = obj.get("stream_id")
     turn = socket.first_waiting(lane if isinstance(lane, str) else None)
@@ -243,18 +237,13 @@ def _steer_ended(meter: SocketMeter, socket: Socket, content: bytes) -> None:
     """``response.steer.failed`` (the steer's input was not taken: one steer ends) or
     ``response.steer.pending`` (it waits for a create the client will send, which is
     checked itself: every steer of that response ends)."""
-    try:
-        obj = jsoncodec.loads(content)
-    except ValueError:
-        return
-    if not isinstance(obj, dict):
+    obj = jsoncodec.event_of(content, "response.steer.failed", "response.steer.pending")
+    if obj is None:
         return
     parent = as_dict(obj.get("steer")).get("previous_response_id")
     waiting = [t for t in socket.turns if not t.started and t.steers == parent]
-    if obj.get("type") == "response.steer.failed":
+    if obj["type"] == "response.steer.failed":
         waiting = waiting[:1]
-    elif obj.get("type") != "response.steer.pending":
-        return
     for turn in waiting:
         meter.turn_ended(socket, turn)
 
