@@ -135,6 +135,8 @@ def client_turn(socket: Socket, flow_id: str, content: bytes) -> Turn | None:
         obj = jsoncodec.loads(content)
     except ValueError:
         obj = None
+    if isinstance(obj, dict) and obj.get("type") != "response.create":
+        return None  # another event whose text names it
     event_id = obj.get("event_id") if isinstance(obj, dict) else None
     return socket.new_turn(
         flow_id, content, event_id=event_id if isinstance(event_id, str) else None
@@ -151,7 +153,9 @@ def on_server_message(
     """A server message of a Realtime session (text or binary frame): the events the
     meter reads (:data:`READ`), and an ``error`` while a turn waits."""
     if not READ.search(content):
-        if socket.turns and _ERROR.search(content):
+        # An error matters while a create waits (the audio deltas of a response under
+        # way are not searched for one).
+        if socket.first_waiting(None) is not None and _ERROR.search(content):
             _error(meter, socket, content)
         return
     try:

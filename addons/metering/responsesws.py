@@ -123,9 +123,11 @@ def on_server_message(
             turn = socket.current(_lane(socket, content))
             if turn is not None and turn.reader is not None:
                 turn.reader.on_event(SSEEvent(kind, content.decode("utf-8", "replace")))
-    elif socket.turns and _ERROR.search(content):
+    elif socket.first_waiting(None) is None:
+        return  # errors and steer outcomes matter only to a turn still waiting
+    elif _ERROR.search(content):
         _error(meter, socket, content)
-    elif socket.turns and _STEER_ENDED.search(content):
+    elif _STEER_ENDED.search(content):
         _steer_ended(meter, socket, content)
 
 
