@@ -124,7 +124,12 @@ def _session_refusal(
     refusal = meter.governance.check_session(
         consumer.name, provider.flavor, provider.name, flow, model
     )
-    return None if refusal is None else (model, refusal)
+    if refusal is None or refusal.retry or refusal.kind == "unavailable":
+        # Passing: the limit is held by calls in flight, or the store is being read (or
+        # cannot be): a session is not ended on that (the calls settle in moments, below
+        # what they hold), only on a limit reached or a model not granted.
+        return None
+    return model, refusal
 
 
 def _end_past_limits(

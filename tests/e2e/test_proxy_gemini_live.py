@@ -14,10 +14,12 @@ import base64
 import json
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import httpx2
 import pytest
 from aiohttp import web
 
@@ -293,3 +295,73 @@ def test_a_live_session_on_a_model_the_plan_does_not_include_never_starts(
     )
     ended = asyncio.run(live_session(proxy, port, KEYS["alice"]))  # a model it includes
     assert len(ended) == 2 and provider.setups[-1]["model"] == f"models/{MODEL}"
+
+
+def test_a_limit_only_held_by_a_call_in_flight_does_not_end_a_live_session(
+    start_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """A hard limit of 5,000 output tokens; a ``generateContent`` call asking for up to
+    5,000 holds all of it while it runs. The Live session's turns meanwhile (23 and 40
+    output tokens) are refused only as "held by calls in flight" (retry in a moment):
+    that ends no session, both turns run. Before, the first turn's check ended the
+    session for good (``goAway``, the next turn dropped) with 25 of 5,000 used."""
+    live = LiveProvider()
+    arrived, release = threading.Event(), threading.Event()
+
+    async def slow_generate(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        arrived.set()
+        while not release.is_set():
+            await asyncio.sleep(0.02)
+        usage = {"promptTokenCount": 5, "candidatesTokenCount": 2, "totalTokenCount": 7}
+        part = {"content": {"parts": [{"text": "ok"}], "role": "model"}, "finishReason": "STOP"}
+        return web.json_response({"candidates": [part], "usageMetadata": usage})
+
+    routes = {("GET", PATH): live.handle, ("POST", "/v1beta/models/{model}"): slow_generate}
+    with serve(routes) as port:
+        meter = {"provider": PROVIDER, "token_types": ["output", "audio_output"]}
+        features = [{"key": "out", "name": "Output", "meter": meter}]
+        catalog = with_plan(
+            live_catalog(tmp_path, port), features, [{"feature": "out", "limit": 5000}]
+        )
+        proxy = start_proxy(catalog=catalog)
+        url = f"http://127.0.0.1:{port}/v1beta/models/gemini-2.5-flash:generateContent"
+        body = {"contents": [{"parts": [{"text": "hi"}]}],
+                "generationConfig": {"maxOutputTokens": 5000}}  # fmt: skip
+
+        def held_call() -> int:
+            with httpx2.Client(proxy=proxy.url, timeout=30) as client:
+                return client.post(url, params={"key": KEYS["alice"]}, json=body).status_code
+
+        async def turns_while_held(pool: ThreadPoolExecutor) -> list[dict[str, Any]]:
+            """The session opens, then the call starts and holds; two turns run."""
+            ended: list[dict[str, Any]] = []
+            text = {"clientContent": {"turns": [{"role": "user", "parts": [{"text": "Hi"}]}],
+                                      "turnComplete": True}}  # fmt: skip
+            async with (
+                aiohttp.ClientSession() as session,
+                session.ws_connect(f"http://127.0.0.1:{port}{PATH}?key={KEYS['alice']}",
+                                   proxy=proxy.url) as ws,
+            ):  # fmt: skip
+                await ws.send_str(json.dumps({"setup": {"model": f"models/{MODEL}"}}))
+                await ws.receive(timeout=10)
+                calls.append(pool.submit(held_call))
+                assert await asyncio.to_thread(arrived.wait, 10)
+                for _ in TURNS:
+                    await ws.send_str(json.dumps(text))
+                    while "usageMetadata" not in (
+                        got := json.loads((await ws.receive(timeout=10)).data)
+                    ):
+                        assert "goAway" not in got
+                    ended.append(got)
+            return ended
+
+        calls: list[Any] = []
+        with ThreadPoolExecutor(1) as pool:
+            ended = asyncio.run(turns_while_held(pool))
+            release.set()
+            assert calls[0].result(10) == 200
+    assert [e["usageMetadata"] for e in ended] == TURNS
+    rows = wait_for_rows(proxy, 3)
+    assert [r["reason"] for r in rows] == [None] * 3
+    assert "Live session of alice ended" not in proxy.log_text()
