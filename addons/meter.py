@@ -365,6 +365,7 @@ class Meter:
         self.deferred.run_all()
         for flow_id in list(self._active):
             self.finisher.finish(self._active.pop(flow_id), cut=True)
+        self.sockets.stop()
         self.sink.close()
         MITM_SERVER_LOG.removeFilter(self._notice_filter)
         if self._redact_filter is not None:

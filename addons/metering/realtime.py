@@ -153,9 +153,7 @@ def on_server_message(
     """A server message of a Realtime session (text or binary frame): the events the
     meter reads (:data:`READ`), and an ``error`` while a turn waits."""
     if not READ.search(content):
-        # An error matters while a create waits (the audio deltas of a response under
-        # way are not searched for one).
-        if socket.first_waiting(None) is not None and _ERROR.search(content):
+        if socket.turns and b'"error"' in content and _ERROR.search(content):
             _error(meter, socket, content)
         return
     try:
@@ -248,16 +246,19 @@ def _server_turn(
 
 
 def _error(meter: SocketMeter, socket: Socket, content: bytes) -> None:
-    """An ``error`` event: the client event it names (``error.event_id``), or else the
-    oldest ``response.create`` still waiting, started no response: its hold is freed."""
+    """An ``error`` event ends a turn, its hold freed: the ``response.create`` it names
+    (``error.event_id``); one naming another client event ends none. One that names no
+    event ends the oldest create still waiting, else the oldest response under way (a
+    response stopped without its ``response.done`` kept its hold until the session
+    closed, refusing the consumer's other calls meanwhile)."""
     obj = jsoncodec.event_of(content, "error")
     if obj is None:
         return
     named = as_dict(obj.get("error")).get("event_id")
-    waiting = [t for t in socket.turns if not t.started]
-    turn = next((t for t in waiting if named and t.event_id == named), None)
-    if turn is None and waiting and not (named and any(t.event_id for t in waiting)):
-        turn = waiting[0]
+    if isinstance(named, str) and named:
+        turn = next((t for t in socket.turns if t.event_id == named), None)
+    else:
+        turn = socket.first_waiting(None) or socket.current(None)
     if turn is not None:
         meter.turn_ended(socket, turn)
 

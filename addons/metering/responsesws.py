@@ -123,9 +123,9 @@ def on_server_message(
             turn = socket.current(_lane(socket, content))
             if turn is not None and turn.reader is not None:
                 turn.reader.on_event(SSEEvent(kind, content.decode("utf-8", "replace")))
-    elif socket.first_waiting(None) is None:
-        return  # errors and steer outcomes matter only to a turn still waiting
-    elif _ERROR.search(content):
+    elif not socket.turns:
+        return
+    elif b'"error"' in content and _ERROR.search(content):
         _error(meter, socket, content)
     elif _STEER_ENDED.search(content):
         _steer_ended(meter, socket, content)
@@ -224,13 +224,17 @@ def _final(meter: SocketMeter, flow: http.HTTPFlow, socket: Socket, content: byt
 
 
 def _error(meter: SocketMeter, socket: Socket, content: bytes) -> None:
-    """An ``error`` event: the provider refused the oldest create still waiting on its
-    lane (``previous_response_not_found``): nothing is billed, its hold is freed."""
+    """An ``error`` event ends the turn its lane is processing (a lane answers first in
+    first out): the response under way, which the provider stopped, else the oldest
+    create waiting, which it refused (``previous_response_not_found``). Nothing is
+    billed, and its hold is freed (kept, it refused the consumer's calls until the socket
+    closed). An error that names no lane ends the socket's oldest such turn."""
     obj = jsoncodec.event_of(content, "error")
     if obj is None:
         return
     lane = obj.get("stream_id")
-    turn = socket.first_waiting(lane if isinstance(lane, str) else None)
+    lane = lane if isinstance(lane, str) else None
+    turn = socket.current(lane) or socket.first_waiting(lane)
     if turn is not None:
         meter.turn_ended(socket, turn)
 

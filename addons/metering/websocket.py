@@ -116,6 +116,7 @@ class Turn:
 class Socket:
     """One open metered WebSocket: who opened it, its kind and its turns under way."""
 
+    flow: http.HTTPFlow
     provider: MeteredProvider
     identity: Identity
     request_id: str | None = None
@@ -156,10 +157,11 @@ class Socket:
                 return turn
         return None
 
-    def current(self, lane: str) -> Turn | None:
-        """The response the server is answering in ``lane``: its oldest announced turn."""
+    def current(self, lane: str | None) -> Turn | None:
+        """The response the server is answering in ``lane`` (None: any): its oldest
+        announced turn."""
         for turn in self.turns:
-            if turn.started and turn.lane == lane:
+            if turn.started and (lane is None or turn.lane == lane):
                 return turn
         return None
 
@@ -187,7 +189,7 @@ class SocketMeter:
         headers = flow.response.headers if flow.response is not None else {}
         request_id = events.request_id_from(headers)
         self._open[flow.id] = Socket(
-            provider, identity, request_id=request_id, session=session, live=live
+            flow, provider, identity, request_id=request_id, session=session, live=live
         )
 
     def opening(
@@ -303,6 +305,12 @@ class SocketMeter:
             self.refuse(flow, socket, refusal, turn)
             return
         socket.turns.append(turn)
+
+    def stop(self) -> None:
+        """The proxy stops: every open socket ends as if it closed (its responses under
+        way metered as cut; before, they were not metered at all)."""
+        for socket in list(self._open.values()):
+            self.end(socket.flow)
 
     def end(self, flow: http.HTTPFlow) -> None:
         """The socket closed: a Responses response under way (the first turn of each
