@@ -52,6 +52,7 @@ from addons.metering import (
     redact,
     responsesws,
     routes,
+    sideflows,
     unmetered,
     websocket,
 )
@@ -438,8 +439,10 @@ class Meter:
                 and flow.id not in self._refused
             ):
                 self._upgrades[flow.id] = (provider, by_name, True)  # a session: see `request`
-            elif minted.is_mint(provider.flavor, req.method, path):
-                self._note_mint(flow, provider, by_name)
+            elif minted.is_mint(provider.flavor, req.method, path) and sideflows.note_mint(
+                flow, provider, self.keybook, self.minted
+            ):
+                self._upgrades[flow.id] = (provider, by_name, False)  # to inject: `request`
             return
         if spoken != provider.flavor:  # another API's compatible endpoint
             provider = providers.speaking(provider, spoken)
@@ -479,7 +482,7 @@ class Meter:
             provider, by_name, socket = self._upgrades.pop(flow.id)
             if socket:
                 return self._check_upgrade(flow, provider, by_name)
-            self._inject_unmetered(flow, provider, by_name)
+            sideflows.inject(flow, provider, by_name, self.keybook)  # a key mint
             return None
         self._decide(flow, st)
         return None
@@ -564,58 +567,12 @@ class Meter:
         self, flow: http.HTTPFlow, provider: providers.MeteredProvider, by_name: bool
     ) -> Coroutine[Any, Any, None] | None:
         """A metered WebSocket session about to open: its consumer's provider key
-        injected as on a call (before, the gateway key went upstream and the provider
-        refused the session), and its limits checked
+        injected as on a call, and its limits checked
         (:meth:`~addons.metering.websocket.SocketMeter.opening`)."""
-        identity = self._inject_unmetered(flow, provider, by_name)
+        identity = sideflows.inject(flow, provider, by_name, self.keybook)
         if identity is None:
             return None
         return self.sockets.opening(flow, provider, identity, self.rejections)
-
-    def _inject_unmetered(
-        self, flow: http.HTTPFlow, provider: providers.MeteredProvider, by_name: bool
-    ) -> keys.Identity | None:
-        """A socket's upgrade or a key mint (not a metered call): the consumer's provider
-        key put in place of its own, if it has one; its identity, or None when the
-        injection failed (the flow is then answered 502)."""
-        req = flow.request
-        path, _, query = req.path.partition("?")
-        keyset = attribution.presented(req.headers, query, provider)
-        identity = self.keybook.identify_key(keyset.billed)
-        env = keys.injection_env_var(identity, provider)
-        if env is not None:
-            if by_name:  # the provider is named (Host, SNI), not the destination
-                message = f"Meterline proxy: key injection for {provider.name} needs the "
-                message += f"request to go to the provider's own host, not {req.host}"
-                log.error("meterline: %s: %s", flow.id, message)
-                errors.respond(flow, provider.flavor, "injection_failed", message)
-                return None
-            try:
-                query = keys.inject_key(req.headers, query, provider, env)
-            except keys.InjectionError as e:
-                log.error("meterline: %s: %s", flow.id, e)
-                errors.respond(flow, provider.flavor, "injection_failed", f"Meterline proxy: {e}")
-                return None
-            req.path = f"{path}?{query}" if query else path
-            # the socket is the consumer's, though the key it now carries is the provider's
-            flow.metadata[INJECTED_FOR] = identity.fingerprint
-        return identity
-
-    def _note_mint(
-        self, flow: http.HTTPFlow, provider: providers.MeteredProvider, by_name: bool
-    ) -> None:
-        """A request minting an ephemeral key (:mod:`addons.metering.minted`): with a
-        consumer's key, the key it answers is remembered as that consumer's; the
-        consumer's provider key is injected as on a call."""
-        query = flow.request.path.partition("?")[2]
-        keyset = attribution.presented(flow.request.headers, query, provider)
-        identity = self.keybook.identify_key(keyset.billed)
-        if identity.consumer is None or identity.minted or keyset.ambiguous:
-            return
-        assert identity.fingerprint is not None
-        self.minted.asked(flow, identity.fingerprint, provider.flavor)
-        if keys.injection_env_var(identity, provider) is not None:
-            self._upgrades[flow.id] = (provider, by_name, False)
 
     async def _request_after_first_read(self, flow: http.HTTPFlow) -> None:
         await self.governance.first_read()
@@ -721,12 +678,7 @@ class Meter:
             live = geminilive.LiveSession()
         elif not responsesws.is_responses_socket(provider.flavor, req.path):
             return
-        if INJECTED_FOR in flow.metadata:
-            identity = self.keybook.identify_fingerprint(flow.metadata[INJECTED_FOR])
-        else:
-            query = req.path.partition("?")[2]
-            keyset = attribution.presented(req.headers, query, provider)
-            identity = self.keybook.identify_key(keyset.billed)
+        identity = sideflows.socket_identity(flow, provider, self.keybook)
         self.sockets.start(flow, provider, identity, session, live)
 
     def websocket_message(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
@@ -739,11 +691,6 @@ class Meter:
         if self.sink.writer is None:
             self._open_spool()
         self.sink.record(event)
-
-
-INJECTED_FOR = "meterline_injected_for"
-"""``flow.metadata`` key: the fingerprint of the consumer key a WebSocket upgrade carried
-before the proxy put the provider's key in its place (the socket is billed to it)."""
 
 
 def body_too_large(budget: int) -> Refusal:

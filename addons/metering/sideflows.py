@@ -1,0 +1,84 @@
+"""Requests to a provider that are not metered calls but carry a consumer's key: a
+metered WebSocket's upgrade and the mint of an ephemeral key.
+
+Neither is billed itself, but both are the consumer's: key injection applies to them as
+to a call (before, the gateway key went upstream and the provider refused the session),
+a socket is billed to the consumer whose key its upgrade carried, and a minted key
+becomes the minting consumer's (:mod:`addons.metering.minted`).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from mitmproxy import http
+
+from addons.metering import attribution, errors, keys
+from addons.metering.minted import MintedKeys
+from addons.metering.providers import MeteredProvider
+
+log = logging.getLogger("meterline.proxy")
+
+INJECTED_FOR = "meterline_injected_for"
+"""``flow.metadata`` key: the fingerprint of the consumer key a WebSocket upgrade carried
+before the proxy put the provider's key in its place (the socket is billed to it)."""
+
+
+def inject(
+    flow: http.HTTPFlow, provider: MeteredProvider, by_name: bool, keybook: keys.KeyBook
+) -> keys.Identity | None:
+    """The consumer's provider key put in place of its own, if the catalog gives it one;
+    its identity, or None when the injection failed (the flow is then answered 502).
+    ``by_name``: the provider is named (Host, SNI), not the destination: no key goes
+    there."""
+    req = flow.request
+    path, _, query = req.path.partition("?")
+    keyset = attribution.presented(req.headers, query, provider)
+    identity = keybook.identify_key(keyset.billed)
+    env = keys.injection_env_var(identity, provider)
+    if env is None:
+        return identity
+    if by_name:
+        message = f"Meterline proxy: key injection for {provider.name} needs the "
+        message += f"request to go to the provider's own host, not {req.host}"
+        log.error("meterline: %s: %s", flow.id, message)
+        errors.respond(flow, provider.flavor, "injection_failed", message)
+        return None
+    try:
+        query = keys.inject_key(req.headers, query, provider, env)
+    except keys.InjectionError as e:
+        log.error("meterline: %s: %s", flow.id, e)
+        errors.respond(flow, provider.flavor, "injection_failed", f"Meterline proxy: {e}")
+        return None
+    req.path = f"{path}?{query}" if query else path
+    # the socket is the consumer's, though the key it now carries is the provider's
+    flow.metadata[INJECTED_FOR] = identity.fingerprint
+    return identity
+
+
+def socket_identity(
+    flow: http.HTTPFlow, provider: MeteredProvider, keybook: keys.KeyBook
+) -> keys.Identity:
+    """Who an open socket is billed to: the consumer whose key its upgrade carried (known
+    by its fingerprint once the provider's key replaced it)."""
+    if INJECTED_FOR in flow.metadata:
+        return keybook.identify_fingerprint(flow.metadata[INJECTED_FOR])
+    req = flow.request
+    keyset = attribution.presented(req.headers, req.path.partition("?")[2], provider)
+    return keybook.identify_key(keyset.billed)
+
+
+def note_mint(
+    flow: http.HTTPFlow, provider: MeteredProvider, keybook: keys.KeyBook, minted: MintedKeys
+) -> bool:
+    """A request minting an ephemeral key: with a consumer's key (one, not itself
+    minted), the key it answers will be remembered as that consumer's. Whether the
+    consumer's provider key is to be injected (:func:`inject`, in the ``request`` hook)."""
+    query = flow.request.path.partition("?")[2]
+    keyset = attribution.presented(flow.request.headers, query, provider)
+    identity = keybook.identify_key(keyset.billed)
+    if identity.consumer is None or identity.minted or keyset.ambiguous:
+        return False
+    assert identity.fingerprint is not None
+    minted.asked(flow, identity.fingerprint, provider.flavor)
+    return keys.injection_env_var(identity, provider) is not None
