@@ -42,6 +42,7 @@ from addons.metering.extract.framing import as_dict
 from addons.metering.extract.openai import map_usage
 from addons.metering.providers import normalise_path
 from addons.metering.reserve import Estimate, estimate_turn
+from addons.metering.responsesws import server_error
 from addons.metering.usage import Usage
 
 if TYPE_CHECKING:
@@ -248,17 +249,20 @@ def _server_turn(
 def _error(meter: SocketMeter, socket: Socket, content: bytes) -> None:
     """An ``error`` event ends a turn, its hold freed: the ``response.create`` it names
     (``error.event_id``); one naming another client event ends none. One that names no
-    event ends the oldest create still waiting, else the oldest response under way (a
-    response stopped without its ``response.done`` kept its hold until the session
-    closed, refusing the consumer's other calls meanwhile)."""
+    event ends, when it is a server error, the oldest response under way (stopped
+    without its ``response.done``, it kept its hold until the session closed, refusing
+    the consumer's other calls meanwhile), else the oldest create still waiting. An
+    error about another client message (an empty audio commit) leaves responses running."""
     obj = jsoncodec.event_of(content, "error")
     if obj is None:
         return
     named = as_dict(obj.get("error")).get("event_id")
     if isinstance(named, str) and named:
         turn = next((t for t in socket.turns if t.event_id == named), None)
+    elif server_error(obj):
+        turn = socket.current(None) or socket.first_waiting(None)
     else:
-        turn = socket.first_waiting(None) or socket.current(None)
+        turn = socket.first_waiting(None)
     if turn is not None:
         meter.turn_ended(socket, turn)
 

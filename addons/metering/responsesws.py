@@ -224,19 +224,37 @@ def _final(meter: SocketMeter, flow: http.HTTPFlow, socket: Socket, content: byt
 
 
 def _error(meter: SocketMeter, socket: Socket, content: bytes) -> None:
-    """An ``error`` event ends the turn its lane is processing (a lane answers first in
-    first out): the response under way, which the provider stopped, else the oldest
-    create waiting, which it refused (``previous_response_not_found``). Nothing is
-    billed, and its hold is freed (kept, it refused the consumer's calls until the socket
-    closed). An error that names no lane ends the socket's oldest such turn."""
+    """An ``error`` event ends a turn, nothing billed, its hold freed: on its lane
+    (``stream_id``), the response under way (a lane answers first in first out), else
+    the oldest create waiting (``previous_response_not_found``). One that names no lane
+    ends the response under way when it is a server error, else the oldest create
+    waiting: an error about another client message (``unknown_event_type``) leaves a
+    response running, and billing, with its hold."""
     obj = jsoncodec.event_of(content, "error")
     if obj is None:
         return
     lane = obj.get("stream_id")
-    lane = lane if isinstance(lane, str) else None
-    turn = socket.current(lane) or socket.first_waiting(lane)
+    if isinstance(lane, str):
+        turn = socket.current(lane) or socket.first_waiting(lane)
+    elif server_error(obj):
+        turn = socket.current(None) or socket.first_waiting(None)
+    else:
+        turn = socket.first_waiting(None)
     if turn is not None:
         meter.turn_ended(socket, turn)
+
+
+def server_error(event: dict[str, Any]) -> bool:
+    """Whether an ``error`` event is the provider's own failure (a response under way
+    stopped), not a refusal of something the client sent."""
+    error = as_dict(event.get("error"))
+    kinds = {error.get("type"), error.get("code")}
+    status = event.get("status")
+    return bool(kinds & _SERVER_ERRORS) or (isinstance(status, int) and status >= 500)
+
+
+#: Error types and codes of a provider's own failure.
+_SERVER_ERRORS = frozenset({"server_error", "internal_error", "api_error", "overloaded_error"})
 
 
 def _steer_ended(meter: SocketMeter, socket: Socket, content: bytes) -> None:

@@ -125,6 +125,9 @@ class Socket:
     made: int = 0
     """Turns made so far: names their holds."""
     metered: dict[str, None] = field(default_factory=dict)
+    ended: dict[str, None] = field(default_factory=dict)
+    """The ids of responses whose turn ended unmetered (an error), the latest
+    :data:`RECENT_IDS`."""
     """The ids of the responses metered on this socket, the latest :data:`RECENT_IDS`
     (a repeated final event bills once, even after another response's)."""
     laned: bool = False
@@ -418,7 +421,9 @@ class SocketMeter:
             socket.metered[response_id] = None
             if len(socket.metered) > RECENT_IDS:
                 del socket.metered[next(iter(socket.metered))]
-        turn = socket.by_response(response_id) or socket.current(lane) or socket.first_waiting(lane)
+        turn = socket.by_response(response_id)
+        if turn is None and response_id not in socket.ended:
+            turn = socket.current(lane) or socket.first_waiting(lane)
         if turn is None:  # a response the meter saw no start of: metered all the same
             turn = socket.new_turn(flow.id, b"", lane=lane)
             socket.turns.append(turn)
@@ -523,9 +528,15 @@ class SocketMeter:
 
     def turn_ended(self, socket: Socket, turn: Turn) -> None:
         """A turn that ended with nothing to meter: its hold on the limits is freed (it
-        was kept until the socket closed, refusing the consumer's other calls meanwhile)."""
+        was kept until the socket closed, refusing the consumer's other calls meanwhile).
+        A final event of its response coming after all is metered on its own, not with
+        a turn still waiting (whose hold it would free)."""
         if turn in socket.turns:
             socket.turns.remove(turn)
+        if turn.response_id is not None:
+            socket.ended[turn.response_id] = None
+            if len(socket.ended) > RECENT_IDS:
+                del socket.ended[next(iter(socket.ended))]
         self.governance.finish(turn.hold, None)
 
 

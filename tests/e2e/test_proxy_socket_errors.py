@@ -214,3 +214,57 @@ def test_a_response_under_way_when_the_proxy_stops_is_metered_as_cut(
     cut = rows["r1"]
     assert (cut["estimated"], cut["status"]) == (True, None)
     assert cut["output_tokens"] > 200
+
+
+#: An error about another client message (an empty audio commit; a bad event type),
+#: naming no client event: the response under way goes on, and keeps its hold.
+STRAY = {"type": "error", "status": 400,
+         "error": {"type": "invalid_request_error", "code": "input_audio_buffer_commit_empty",
+                   "message": "buffer too small", "event_id": None}}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["responses", "realtime"])
+def test_an_error_about_another_message_leaves_the_response_under_way_its_hold(
+    start_proxy: ProxyFactory, tmp_path: Path, upstream: tuple[ScriptedProvider, int], kind: str
+) -> None:
+    """r1 under way (500 held), then an error that names nothing and is no server error:
+    r1 runs on, so of b and c only b is admitted (1,000 held), and c is refused. Before,
+    the error freed r1's hold and both were admitted, 1,500 at a limit of 1,000."""
+    provider, port = upstream
+    proxy = start_proxy(catalog=capped(tmp_path, port))
+    realtime = kind == "realtime"
+
+    def made(name: str) -> dict[str, Any]:
+        if realtime:
+            return {"type": "response.create",
+                    "response": {"instructions": name, "max_output_tokens": BOUND}}  # fmt: skip
+        return create(name)
+
+    steps = [("send", made("a")), ("send", say(created("r1"), STRAY)), ("recv", 2),
+             ("send", made("b")), ("send", made("c")), ("recv", 1)]  # fmt: skip
+    path = "/v1/realtime?model=gpt-realtime" if realtime else "/v1/responses"
+    got = asyncio.run(drive(proxy, port, steps, path=path))
+    assert got[-1]["type"] == "error" and got[-1]["status"] == 429
+    assert provider.creates == ["a", "b"]
+
+
+def test_a_final_event_after_the_error_that_ended_its_turn_takes_no_other_turn(
+    start_proxy: ProxyFactory, tmp_path: Path, upstream: tuple[ScriptedProvider, int]
+) -> None:
+    """a under way (r1) with b queued; a server error ends r1's turn, then r1's
+    ``response.failed`` comes with usage after all: it is metered on its own, and b keeps
+    its hold, so c is admitted and d refused. Before, r1's final event was metered on
+    b's turn and freed b's hold: c and d were both admitted."""
+    provider, port = upstream
+    proxy = start_proxy(catalog=capped(tmp_path, port))
+    failed = completed("r1", "response.failed")
+    failed["response"]["status"] = "failed"
+    steps = [("send", create("a")), ("send", create("b")),
+             ("send", say(created("r1"), ERROR, failed)), ("recv", 3),
+             ("send", create("c")), ("send", create("d")), ("recv", 1)]  # fmt: skip
+    got = asyncio.run(drive(proxy, port, steps))
+    assert got[-1]["type"] == "error" and got[-1]["status"] == 429
+    assert provider.creates == ["a", "b", "c"]
+    rows = wait_for_rows(proxy, 2)
+    assert {r["response_id"]: r["output_tokens"] for r in rows if r["response_id"]} == {"r1": 5}
+    assert [r["reason"] for r in rows if r["reason"]] == ["limit:out"]
