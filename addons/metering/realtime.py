@@ -259,10 +259,8 @@ def _error(meter: SocketMeter, socket: Socket, content: bytes) -> None:
     named = as_dict(obj.get("error")).get("event_id")
     if isinstance(named, str) and named:
         turn = next((t for t in socket.turns if t.event_id == named), None)
-    elif server_error(obj):
-        turn = socket.current(None) or socket.first_waiting(None)
     else:
-        turn = socket.first_waiting(None)
+        turn = socket.stopped_by_error(None, server_error(obj))
     if turn is not None:
         meter.turn_ended(socket, turn)
 

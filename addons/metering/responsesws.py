@@ -234,12 +234,8 @@ def _error(meter: SocketMeter, socket: Socket, content: bytes) -> None:
     if obj is None:
         return
     lane = obj.get("stream_id")
-    if isinstance(lane, str):
-        turn = socket.current(lane) or socket.first_waiting(lane)
-    elif server_error(obj):
-        turn = socket.current(None) or socket.first_waiting(None)
-    else:
-        turn = socket.first_waiting(None)
+    lane = lane if isinstance(lane, str) else None
+    turn = socket.stopped_by_error(lane, lane is not None or server_error(obj))
     if turn is not None:
         meter.turn_ended(socket, turn)
 

@@ -160,6 +160,12 @@ class Socket:
                 return turn
         return None
 
+    def stopped_by_error(self, lane: str | None, running: bool) -> Turn | None:
+        """The turn an ``error`` event ends on ``lane`` (None: any): the response under
+        way when the error may be about it (``running``: on its lane, or the provider's
+        own failure), else the oldest create waiting, which the provider refused."""
+        return (self.current(lane) if running else None) or self.first_waiting(lane)
+
     def current(self, lane: str | None) -> Turn | None:
         """The response the server is answering in ``lane`` (None: any): its oldest
         announced turn."""
