@@ -22,8 +22,6 @@ Per flow, in hook order:
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import time
 from collections.abc import Coroutine
 from pathlib import Path
@@ -47,6 +45,7 @@ from addons.metering import (
     keys,
     minted,
     noreload,
+    options,
     providers,
     realtime,
     redact,
@@ -58,8 +57,8 @@ from addons.metering import (
 )
 from addons.metering.deferred import DeferredWork
 from addons.metering.finish import Finisher
-from addons.metering.flowstate import FlowMeter, buffer_whole, pick_headers, rejection, where
-from addons.metering.lakejob import maintain_every_s
+from addons.metering.flowstate import FlowMeter, buffer_whole, pick_headers, rejection
+from addons.metering.gate import RequestGate
 from addons.metering.lognoise import MITM_SERVER_LOG, HideStreamingNotice
 from addons.metering.ratelog import RateLimitedLog
 from addons.metering.replyend import EndWatch
@@ -68,19 +67,9 @@ from addons.metering.spool import Spool, SpoolError
 from addons.metering.streamopts import UsageChunkDropper
 from addons.metering.writer import SpoolWriter
 from meterline.catalog import Catalog, CatalogError
-from meterline.conninfo import LAKE_PREFIX, locator_problem, shown
-from meterline.entitlements import Refusal
-from meterline.lakeconfig import LakeConfigError, lake_settings
 from meterline.proxycatalog import load_proxy_catalog
-from meterline.store import DEFAULT_CATALOG, DEFAULT_DB, looks_like_duckdb
 
 log = logging.getLogger("meterline.proxy")
-UNKNOWN_KEY_POLICIES = ("record", "reject")
-STREAMED_REQUESTS = (
-    "stream_large_bodies: mitmproxy would send a large request upstream before the meter "
-    "refuses an unknown key, injects a provider key or applies a limit; unset it (the "
-    "meter streams the responses it must)"
-)
 
 
 class Meter:
@@ -103,7 +92,6 @@ class Meter:
         self._misconfigured = False
         self.flush_interval = 1.0
         self.reject_unknown = False
-        self.include_usage = True
         self.durable = True
         self.proxy_id: str | None = None
         self._notice_filter = HideStreamingNotice()
@@ -114,84 +102,14 @@ class Meter:
         self.governance = governance.Governance()
         self.finisher = Finisher(self.governance, self._record)
         self.sockets = websocket.SocketMeter(self.governance, self._record)
+        self.gate = RequestGate(self.governance, self.rejections, self._record)
 
     # ------------------------------------------------------------------ options
 
     def load(self, loader: Any) -> None:
         MITM_SERVER_LOG.addFilter(self._notice_filter)
         self._redact_filter = redact.install_log_filter()  # keys in mitmproxy's own log
-        loader.add_option(
-            "meter_db",
-            str,
-            os.environ.get("METERLINE_DB", DEFAULT_DB),
-            "Usage event store: a DuckDB file, or a 'ducklake:...' locator "
-            "(default: $METERLINE_DB or meterline.duckdb).",
-        )
-        loader.add_option(
-            "meter_catalog",
-            str,
-            os.environ.get("METERLINE_CATALOG", DEFAULT_CATALOG),
-            "Catalog YAML with providers and consumers (default: $METERLINE_CATALOG "
-            "or catalog.yaml). Edits to the file are picked up within a second; an edit "
-            "that does not validate is logged and the catalog in use is kept.",
-        )
-        loader.add_option(
-            "meter_spool",
-            str,
-            "meterline-spool",
-            "Directory of the local event spool (one per proxy); leftovers are replayed "
-            "into the store on start.",
-        )
-        loader.add_option(
-            "meter_unknown_keys",
-            str,
-            "record",
-            "What to do with a request whose API key is not in the catalog: 'record' "
-            "(forward, meter with no consumer) or 'reject' (answer 401, never forwarded).",
-            choices=UNKNOWN_KEY_POLICIES,
-        )
-        loader.add_option(
-            "meter_include_usage",
-            bool,
-            True,
-            "Add stream_options.include_usage to OpenAI streaming requests that lack it "
-            "(and hide the extra usage chunk from the client).",
-        )
-        loader.add_option(
-            "meter_flush_interval",
-            str,  # mitmproxy cannot parse float options from --set
-            "1.0",
-            "Seconds between writes of spooled events to the store (e.g. 1.0).",
-        )
-        loader.add_option(
-            "meter_abandoned_output",
-            str,
-            "bound",
-            "A non-streamed call whose client left before any answer (the provider finishes "
-            "and bills it unseen): 'bound' meters its output as the most it could be (the "
-            "request's own bound, else the model's, what the limits held for it), 'none' as 0.",
-            choices=("bound", "none"),
-        )
-        loader.add_option(
-            "meter_log_payloads",
-            bool,
-            False,
-            "Include request/response excerpts in warnings about unreadable bodies.",
-        )
-        loader.add_option(
-            "meter_durable",
-            bool,
-            True,
-            "Spool each API call's event before the end of its response reaches the client, "
-            "so a crash never loses an answered call. False: meter right after the reply "
-            "(a little less latency; a kill -9 can lose the last calls' events).",
-        )
-        loader.add_option(
-            "meter_proxy_id",
-            str,
-            socket.gethostname(),
-            "Name of this proxy, stored with each event (default: the host name).",
-        )
+        options.add_options(loader)
         governance.add_options(loader)
         for problem in deferredopts.refused(loader.master.options):
             log.error("meterline: %s", problem)  # then mitmproxy exits (errorcheck)
@@ -217,34 +135,24 @@ class Meter:
             except (CatalogError, ValueError) as e:
                 raise exceptions.OptionsError(f"meter_catalog: {e}") from e
             self.reloader.watch = catalogwatch.CatalogWatch(path, stamp)
-        if ctx.options.meter_unknown_keys not in UNKNOWN_KEY_POLICIES:
-            raise exceptions.OptionsError(
-                f"meter_unknown_keys: expected one of {', '.join(UNKNOWN_KEY_POLICIES)}, "
-                f"got {ctx.options.meter_unknown_keys!r}"
-            )
-        if ctx.options.meter_governance_failure not in governance.FAILURE_POLICIES:
-            raise exceptions.OptionsError(
-                "meter_governance_failure: expected one of "
-                f"{', '.join(governance.FAILURE_POLICIES)}, "
-                f"got {ctx.options.meter_governance_failure!r}"
-            )
+        options.check_policies(ctx.options)
         if "meter_flush_interval" in updated:
-            self.flush_interval = _parse_interval(ctx.options.meter_flush_interval)
+            self.flush_interval = options.parse_interval(ctx.options.meter_flush_interval)
         if "meter_db" in updated:
-            _check_db(ctx.options.meter_db)
-        if "meter_spool" in updated and not ctx.options.meter_spool.strip():
-            # else the working directory became the spool (its lock and state files there)
-            raise exceptions.OptionsError("meter_spool: empty (give the spool's directory)")
+            options.check_db(ctx.options.meter_db)
+        if "meter_spool" in updated:
+            options.check_spool(ctx.options.meter_spool)
         if self._streams_requests() and self._checks_before_sending(self.catalog):
-            raise exceptions.OptionsError(STREAMED_REQUESTS)
+            raise exceptions.OptionsError(options.STREAMED_REQUESTS)
         # Read per flow: plain attributes, not ctx.options (which type-checks and copies).
         self.reject_unknown = ctx.options.meter_unknown_keys == "reject"
-        self.include_usage = ctx.options.meter_include_usage
+        self.gate.include_usage = ctx.options.meter_include_usage
         self.finisher.log_payloads = ctx.options.meter_log_payloads
         self.finisher.abandoned_at_bound = ctx.options.meter_abandoned_output == "bound"
         self.durable = ctx.options.meter_durable
         self.proxy_id = ctx.options.meter_proxy_id or None
-        self.finisher.proxy_id = self.sockets.proxy_id = self.proxy_id
+        self.gate.durable = self.durable
+        self.finisher.proxy_id = self.sockets.proxy_id = self.gate.proxy_id = self.proxy_id
         o = ctx.options
         self.governance.configure(
             o.meter_governance_refresh, o.meter_governance_failure, o.meter_db
@@ -286,7 +194,7 @@ class Meter:
             log.error(
                 "meterline: catalog %s not reloaded, keeping the one in use: %s",
                 path,
-                STREAMED_REQUESTS,
+                options.STREAMED_REQUESTS,
             )
             return
         try:
@@ -496,72 +404,8 @@ class Meter:
                 self.rejections.warning("meterline: %s: rejected %s", flow.id, why)
                 errors.respond(flow, flavor, "unknown_key", message)
             return
-        if st.reject:
+        if not self.gate.admit(st):
             del self._active[flow.id]
-            why, message = st.rejection()
-            self.rejections.warning("meterline: %s: rejected %s: %s", flow.id, where(st), why)
-            errors.respond(flow, st.provider.flavor, "unknown_key", message)
-            return
-        if st.misrouted is not None:  # never to a host that is not the route's provider's
-            del self._active[flow.id]
-            self.rejections.warning("meterline: %s: refused %s", flow.id, st.misrouted)
-            errors.respond(flow, st.provider.flavor, "no_route", st.misrouted)
-            return
-        budget = st.undecodable_budget()
-        if budget is not None:  # a compression bomb: never forwarded unmetered
-            del self._active[flow.id]
-            refusal = body_too_large(budget)
-            self.rejections.warning(
-                "meterline: %s: refused %s: %s", flow.id, where(st), refusal.message
-            )
-            self._refuse(st, refusal, b"")
-            return
-        if st.pinned_model is not None:
-            # Pinned before the limits are checked: the check reads the model the call is
-            # sent (and billed) as, not the one the client named or left out.
-            st.pin_model(st.pinned_model)
-        consumer = st.identity.consumer
-        verdict = None
-        if st.tap is None or not st.tap.reads:  # reading a response back starts no work
-            verdict = self.governance.check(
-                consumer.name if consumer else None,
-                st.provider.flavor,
-                st.provider.name,
-                flow,
-                st.request_body,  # decoded: a gzip body's model and bound count too
-            )
-        if verdict is not None and verdict is not True:  # refused: never forwarded
-            del self._active[flow.id]
-            self._refuse(st, verdict, st.request_body())  # decoded, as the check read it
-            return
-        req = flow.request
-        if st.inject_refused:  # the provider is named (Host, SNI), not the destination
-            del self._active[flow.id]
-            self.governance.finish(flow.id, None)
-            message = (
-                f"Meterline proxy: key injection for {st.provider.name} needs the request "
-                f"to go to the provider's own host, not {req.host}"
-            )
-            log.error("meterline: %s: %s", flow.id, message)
-            errors.respond(flow, st.provider.flavor, "injection_failed", message)
-            return
-        if st.inject_env is not None:
-            path, _, query = req.path.partition("?")
-            try:
-                query = keys.inject_key(req.headers, query, st.provider, st.inject_env)
-            except keys.InjectionError as e:
-                del self._active[flow.id]
-                self.governance.finish(flow.id, None)
-                log.error("meterline: %s: %s", flow.id, e)
-                message = f"Meterline proxy: {e}"
-                errors.respond(flow, st.provider.flavor, "injection_failed", message)
-                return
-            req.path = f"{path}?{query}" if query else path
-        if self.include_usage and st.provider.flavor == "openai" and not st.provider.keep_request:
-            st.add_include_usage()
-        if self.durable and st.provider.flavor == "openai" and not st.drop_usage:
-            st.ask_plain_stream()
-        st.t_request = time.time()
 
     def _check_upgrade(
         self, flow: http.HTTPFlow, provider: providers.MeteredProvider, by_name: bool
@@ -577,15 +421,6 @@ class Meter:
     async def _request_after_first_read(self, flow: http.HTTPFlow) -> None:
         await self.governance.first_read()
         self._decide(flow, self._active.get(flow.id))  # gone if the client left meanwhile
-
-    def _refuse(self, st: FlowMeter, refusal: Refusal, body: bytes) -> None:
-        """Answer ``st``'s call with ``refusal`` (never forwarded) and record it: zero
-        tokens and the refusal's ``reason``; ``body``: decoded, to name the model."""
-        consumer = st.identity.consumer
-        who = (consumer.name if consumer else None, st.identity.fingerprint)
-        provider = (st.provider.name, st.provider.flavor)
-        event = self.governance.refuse(st.flow, provider, who, refusal, self.proxy_id, body)
-        self._record(event)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         st = self._active.get(flow.id)
@@ -693,16 +528,6 @@ class Meter:
         self.sink.record(event)
 
 
-def body_too_large(budget: int) -> Refusal:
-    """413 for a request body that decodes past ``budget`` bytes (a compression bomb):
-    read as empty, it would pass every limit and be metered as no input."""
-    return Refusal(
-        "too_large",
-        f"Request body decodes to more than {budget} bytes: Meterline cannot meter it.",
-        "body_too_large",
-    )
-
-
 def _unsized(flow: http.HTTPFlow) -> None:
     """Send a response whose body the proxy shortens without a length: chunked to an
     HTTP/1.1 client, ended by closing the connection for HTTP/1.0, framed by its stream's
@@ -712,62 +537,6 @@ def _unsized(flow: http.HTTPFlow) -> None:
     del resp.headers["content-length"]
     if flow.request.http_version == "HTTP/1.1":  # HTTP/1.0 knows no chunks: ends at close
         resp.headers["transfer-encoding"] = "chunked"
-
-
-def _check_db(locator: str) -> None:
-    """A DuckDB file's directory must exist, and the name must not be a directory: the
-    writer would otherwise keep every event in the spool, retrying, with no store ever
-    made (a lake is checked by its attach).
-    An empty one is DuckDB's in-memory database: every event would go with the process.
-    A PostgreSQL connection string without ``ducklake:postgres:`` is refused (DuckDB
-    would make a file named after it, password included); every message masks passwords."""
-    if not locator.strip():
-        raise exceptions.OptionsError("meter_db: empty (give a file path or a ducklake: locator)")
-    problem = locator_problem(locator)
-    if problem is not None:
-        raise exceptions.OptionsError(f"meter_db: {problem}")
-    if locator.startswith(LAKE_PREFIX):
-        try:  # a relative data path, a bad S3 setting: no flush would ever succeed
-            lake_settings()
-            maintain_every_s()  # a negative one turned maintenance off unsaid
-        except LakeConfigError as e:
-            raise exceptions.OptionsError(f"meter_db: {e}") from e
-        return
-    path = Path(locator).expanduser()
-    shown_path = shown(str(path))
-    if not path.parent.is_dir():
-        raise exceptions.OptionsError(f"meter_db: {shown(str(path.parent))} is not a directory")
-    if path.is_dir():
-        raise exceptions.OptionsError(
-            f"meter_db: {shown_path} is a directory (name a DuckDB file in it)"
-        )
-    if path.exists() and not path.is_file():  # a FIFO would block the start for good
-        raise exceptions.OptionsError(f"meter_db: {shown_path} is not a regular file")
-    try:
-        if path.stat().st_size and not looks_like_duckdb(path):  # empty: made at first flush
-            raise exceptions.OptionsError(f"meter_db: {shown_path} is not a DuckDB database file")
-    except FileNotFoundError:
-        return  # made by the first flush
-    except OSError as e:
-        raise exceptions.OptionsError(f"meter_db: cannot read {shown_path}: {e.strerror}") from e
-
-
-#: A day: a longer interval holds events in the spool for longer than any use of it (and
-#: ``inf`` made the writer's wait raise).
-MAX_FLUSH_INTERVAL_S = 86_400.0
-
-
-def _parse_interval(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not 0 < value <= MAX_FLUSH_INTERVAL_S:
-        raise exceptions.OptionsError(
-            f"meter_flush_interval: expected seconds greater than 0 and at most "
-            f"{MAX_FLUSH_INTERVAL_S:g}, got {text!r}"
-        )
-    return value
 
 
 addons = [Meter()]
