@@ -59,6 +59,7 @@ from meterline.catalog import Catalog
 from meterline.entitlements import (
     Counters,
     CustomerPolicy,
+    Policy,
     Refusal,
     Reservation,
     Snapshot,
@@ -103,6 +104,17 @@ def add_options(loader: Any) -> None:
         "calls with 503 until it can).",
         choices=FAILURE_POLICIES,
     )
+
+
+def _estimate(
+    flavor: str, flow: http.HTTPFlow, body: Callable[[], bytes] | None, asked: Estimate | None
+) -> Estimate:
+    """What a call may cost: ``asked``, else read from its request (``body``: decoded)."""
+    if asked is not None:
+        return asked
+    req = flow.request
+    raw = (req.raw_content or b"") if body is None else body()
+    return estimate_request(flavor, req.path, raw)
 
 
 def _dump(path: Path, data: dict[str, Any]) -> None:
@@ -339,6 +351,11 @@ class Governance:
         self._policy_now()
         pol = self.policy.by_consumer.get(consumer)
         if pol is None:
+            if self.policy.upcoming and consumer in self.policy.upcoming:
+                try:
+                    return self._hold_upcoming(consumer, flavor, provider, flow, body, asked, hold)
+                except Exception as e:  # nothing to refuse: the call goes on unheld
+                    self._failed("check", e)
             return None
         try:
             return self._check(consumer, flavor, provider, flow, body, asked, hold)
@@ -418,12 +435,7 @@ class Governance:
                 )
         if self._held:
             self._expire()
-        if asked is not None:
-            est = asked
-        else:
-            req = flow.request
-            raw = (req.raw_content or b"") if body is None else body()
-            est = estimate_request(flavor, req.path, raw)
+        est = _estimate(flavor, flow, body, asked)
         # A name the provider resolves (an Azure deployment, an alias) is held against
         # the limits of every model it was billed as too.
         billed = self.billed_as.get(provider, est.model)
@@ -431,13 +443,61 @@ class Governance:
             pol, provider, est.model, est.input, est.output, now, billed, est.searches
         )
         if isinstance(decision, Reservation):
-            held_as = flow.id if hold is None else hold
-            if est.model:
-                self._asked[held_as] = (provider, est.model)
-            if decision.parts:
-                self._reservations[held_as] = (pol, decision)
+            nxt = self.policy.upcoming.get(consumer) if self.policy.upcoming else None
+            if nxt is not None:  # a policy about to begin: its accounts hold the call too
+                more = self.counters.reserve(
+                    consumer, nxt.matching_billed(provider, est.model, billed),
+                    est.input, est.output, now, est.searches,
+                )  # fmt: skip
+                decision.parts += more.parts
+                decision.flights += more.flights
+            self._keep(pol, decision, flow, hold, provider, est.model)
             return True
         return decision
+
+    def _keep(
+        self,
+        pol: CustomerPolicy,
+        reservation: Reservation,
+        flow: http.HTTPFlow,
+        hold: str | None,
+        provider: str,
+        model: str,
+    ) -> None:
+        held_as = flow.id if hold is None else hold
+        if model:
+            self._asked[held_as] = (provider, model)
+        if reservation.parts:
+            self._reservations[held_as] = (pol, reservation)
+
+    def _hold_upcoming(
+        self,
+        consumer: str,
+        flavor: str,
+        provider: str,
+        flow: http.HTTPFlow,
+        body: Callable[[], bytes] | None,
+        asked: Estimate | None,
+        hold: str | None,
+    ) -> Any:
+        """A consumer governed by no policy now, but by one that begins later
+        (:attr:`Policy.upcoming`): nothing refuses the call; its estimate is held on
+        that policy's accounts, so that if it is still in flight when the policy begins,
+        the calls admitted then count it. None if it holds nothing."""
+        nxt = self.policy.upcoming[consumer]
+        est = _estimate(flavor, flow, body, asked)
+        billed = self.billed_as.get(provider, est.model)
+        matched = nxt.matching_billed(provider, est.model, billed)
+        if not matched.counted:
+            return None
+        now = datetime.now(UTC)
+        reservation = self.counters.reserve(
+            consumer, matched, est.input, est.output, now, est.searches
+        )
+        if not reservation.parts:
+            return None
+        self._keep(nxt, reservation, flow, hold, provider, est.model)
+        return True
 
     def refuse(
         self,
@@ -592,7 +652,7 @@ class Governance:
     # ------------------------------------------------------------------ refreshing
 
     def _read(self) -> Snapshot | None:
-        policy, locator = self.policy, self.locator
+        policy, locator = self._policy_for_read(), self.locator
         if locator is None:
             return None
         try:
@@ -615,6 +675,20 @@ class Governance:
             self._close_lake()
             log.warning("meterline: cannot read usage for limits from %s: %s", locator, e)
             return None
+
+    def _policy_for_read(self) -> Policy:
+        """The policy in force now (on the reading thread): the event loop rebuilds its
+        own only when a call comes, so a read just after a subscription began used the
+        one before it, and its snapshot, taken after the start, lacked the new counters:
+        the first call then got a 503 "being read" until the next read."""
+        policy = self.policy
+        now = datetime.now(UTC)
+        if policy.valid_until is not None and now >= policy.valid_until:
+            try:
+                return build_policy(self.catalog, now)
+            except Exception:  # the loop's own rebuild logs it
+                return policy
+        return policy
 
     def _close_lake(self) -> None:
         if self._lake is not None:

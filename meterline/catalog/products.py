@@ -161,12 +161,24 @@ class Entitlement(_Model):
 
 
 class EntitlementOverride(_Model):
-    """A customer's own limit for a feature, superseding the plan's from ``start`` on."""
+    """A customer's own limit for a feature, superseding the plan's from ``start`` on.
+
+    ``period`` says which of the plan's limits of the feature it supersedes: the one
+    counted per that period. Without it: the feature's billing-period limit, or its only
+    limit. An override that supersedes none of the plan's limits adds its own (per
+    ``period``, default the billing period); the plan's other limits of the feature stay.
+    """
 
     feature: str
     limit: Limit
     enforcement: Literal["hard", "soft"] | None = None
     start: datetime | None = None
+    period: str | None = None
+
+    @field_validator("period")
+    @classmethod
+    def _period(cls, value: str | None) -> str | None:
+        return None if value is None else _iso_duration(value)
 
     @field_validator("start")
     @classmethod

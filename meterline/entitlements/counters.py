@@ -316,6 +316,18 @@ class Counters:
             current, left = self.credit_left(pol, now)
             if left <= current:
                 return self._out_of_credit(pol, current, now)
+        return self.reserve(pol.customer, matched, input_bound, output_bound, now, searches)
+
+    def reserve(
+        self,
+        customer: str,
+        matched: Matched,
+        input_bound: int,
+        output_bound: int,
+        now: datetime,
+        searches: int = 0,
+    ) -> Reservation:
+        """Hold a call's estimate on every account ``matched`` counts it on (no check)."""
         parts: list[tuple[Key, int]] = []
         per_feature: dict[tuple[str, str], int] = {}
         reserved = self.reserved
@@ -338,7 +350,7 @@ class Counters:
         in_flight = self.in_flight
         for cf, units in per_feature.items():
             in_flight[cf] = in_flight.get(cf, 0) + units
-        return Reservation(pol.customer, parts, list(per_feature.items()))
+        return Reservation(customer, parts, list(per_feature.items()))
 
     def _over(
         self,

@@ -22,13 +22,14 @@ from meterline.catalog import (
     Catalog,
     Customer,
     Entitlement,
+    EntitlementOverride,
     FeatureMeter,
     Plan,
     RateCard,
     Subscription,
 )
 from meterline.entitlements.cost import CostBound
-from meterline.periods import Period, period_containing
+from meterline.periods import Period, parse_cadence, period_containing
 
 INPUT_TYPES = frozenset(
     {"input", "cached_input", "cache_write", "cache_write_1h", "audio_input", "cached_audio_input"}
@@ -224,6 +225,11 @@ class Policy:
     by_customer: dict[str, CustomerPolicy]
     built_at: datetime
     valid_until: datetime | None
+    upcoming: dict[str, CustomerPolicy] = field(default_factory=dict)
+    """By consumer: the accounts of the customer's next policy (at ``valid_until`` or a
+    later change) that can refuse on usage and that the policy in force does not hold
+    (:func:`upcoming_policy`). A call admitted now holds its estimate on them too, so
+    that calls still in flight when that policy begins count against its limits."""
 
     @property
     def accounts(self) -> list[Account]:
@@ -241,51 +247,67 @@ def active_subscription(customer: Customer, at: datetime) -> Subscription | None
     return None
 
 
-def _override(customer: Customer, feature: str, at: datetime) -> tuple[int | None, str | None]:
-    """The latest override of ``feature`` in force at ``at``: (limit, enforcement) or (-1, ..)."""
-    active = [
-        o
-        for o in customer.entitlements
-        if o.feature == feature and (o.start is None or o.start <= at)
-    ]
-    if not active:
-        return -1, None
-    best = max(active, key=lambda o: (o.start is not None, o.start or at))
-    return (None if best.limit == "unlimited" else best.limit), best.enforcement
+def _same_period(a: str, b: str) -> bool:
+    return parse_cadence(a) == parse_cadence(b)  # P1Y is P12M, P1W is P7D
+
+
+def _supersedes(
+    o: EntitlementOverride, feature: str, period: str, cadence: str, only: bool
+) -> bool:
+    """Whether override ``o`` supersedes the plan's limit of ``feature`` per ``period``
+    (``only``: the plan's one limit of the feature; ``cadence``: the billing period)."""
+    if o.feature != feature:
+        return False
+    if o.period is not None:
+        return _same_period(o.period, period)
+    return only or _same_period(period, cadence)
+
+
+def _latest(overrides: list[EntitlementOverride]) -> EntitlementOverride:
+    """The override in force among several begun: the one that began last."""
+    return max(overrides, key=lambda o: (o.start is not None, o.start or datetime.min))
 
 
 def _limits(
     catalog: Catalog, customer: Customer, plan: Plan, sub: Subscription, at: datetime
 ) -> list[Limit]:
+    """The plan's metered limits, each superseded by the customer's override of it in
+    force at ``at`` (:class:`~meterline.catalog.EntitlementOverride`: the one of its
+    ``period``, else of the billing period or the feature's only limit), then the
+    overrides that supersede none of them, each a limit of its own."""
     out: list[Limit] = []
-    seen: set[str] = set()
+    cadence = plan.billing_cadence
+    begun = [o for o in customer.entitlements if o.start is None or o.start <= at]
+    unused = list(begun)
     metered: list[Entitlement] = [e for e in plan.entitlements if e.type == "metered"]
-    overridden = {o.feature for o in customer.entitlements}
     for ent in metered:
-        seen.add(ent.feature)
+        period = ent.period or cadence
+        only = sum(e.feature == ent.feature for e in metered) == 1
+
         limit: int | None = None if ent.limit in (None, "unlimited") else int(ent.limit)  # type: ignore[arg-type]
         hard, source = ent.enforcement == "hard", f"plan {plan.key}"
-        if ent.feature in overridden:
-            ovr_limit, ovr_enf = _override(customer, ent.feature, at)
-            if ovr_limit != -1:
-                limit, source = ovr_limit, f"customer {customer.key}"
-                hard = hard if ovr_enf is None else ovr_enf == "hard"
-        account = Account(
-            customer.key,
-            ent.feature,
-            ent.period or plan.billing_cadence,
-            sub.start,
-            catalog.feature(ent.feature).meter,
-        )
+        mine = [o for o in begun if _supersedes(o, ent.feature, period, cadence, only)]
+        if mine:
+            unused = [o for o in unused if not any(o is m for m in mine)]
+            best = _latest(mine)
+            limit = None if best.limit == "unlimited" else best.limit  # type: ignore[assignment]
+            source = f"customer {customer.key}"
+            hard = hard if best.enforcement is None else best.enforcement == "hard"
+        meter = catalog.feature(ent.feature).meter
+        account = Account(customer.key, ent.feature, period, sub.start, meter)
         out.append(Limit(account, limit, hard, source))
-    for feature in sorted(overridden - seen):  # an override of a feature the plan leaves open
-        ovr_limit, ovr_enf = _override(customer, feature, at)
-        if ovr_limit == -1:
-            continue
-        account = Account(
-            customer.key, feature, plan.billing_cadence, sub.start, catalog.feature(feature).meter
-        )
-        out.append(Limit(account, ovr_limit, ovr_enf != "soft", f"customer {customer.key}"))
+    # Overrides of a feature (or a period of it) the plan leaves open: a limit of their own.
+    slots: dict[tuple[str, str], list[EntitlementOverride]] = {}
+    for o in unused:
+        period = o.period or cadence
+        same = next((k for k in slots if k[0] == o.feature and _same_period(k[1], period)), None)
+        slots.setdefault(same or (o.feature, period), []).append(o)
+    for (feature, period), mine in sorted(slots.items()):
+        best = _latest(mine)
+        limit = None if best.limit == "unlimited" else best.limit  # type: ignore[assignment]
+        meter = catalog.feature(feature).meter
+        account = Account(customer.key, feature, period, sub.start, meter)
+        out.append(Limit(account, limit, best.enforcement != "soft", f"customer {customer.key}"))
     return out
 
 
@@ -379,6 +401,7 @@ def build_policy(catalog: Catalog | None, at: datetime) -> Policy:
     by_consumer: dict[str, CustomerPolicy] = {}
     by_customer: dict[str, CustomerPolicy] = {}
     valid_until: datetime | None = None
+    upcoming: dict[str, CustomerPolicy] = {}
     for customer in catalog.customers if catalog else []:
         change = _next_change(customer, at)
         if change is not None and (valid_until is None or change < valid_until):
@@ -388,9 +411,47 @@ def build_policy(catalog: Catalog | None, at: datetime) -> Policy:
             pol = inactive_policy(catalog, customer, at)  # type: ignore[arg-type]
         elif not (pol.limits or pol.allowed is not None or pol.prepaid):
             pol = None
+        if change is not None and (pol is None or pol.inactive is None):
+            nxt = upcoming_policy(catalog, customer, change, pol)  # type: ignore[arg-type]
+            if nxt is not None:
+                upcoming.update(dict.fromkeys(customer.consumers, nxt))
         if pol is None:
             continue
         by_customer[customer.key] = pol
         for consumer in customer.consumers:
             by_consumer[consumer] = pol
-    return Policy(by_consumer, by_customer, at, valid_until)
+    return Policy(by_consumer, by_customer, at, valid_until, upcoming)
+
+
+def upcoming_policy(
+    catalog: Catalog, customer: Customer, change: datetime, now: CustomerPolicy | None
+) -> CustomerPolicy | None:
+    """What a call admitted before ``change`` must hold for the policy that begins then.
+
+    Calls in flight are held per customer and feature (:attr:`Counters.in_flight`), but
+    only on the accounts of the policy that admitted them: a customer moving from no
+    limits (no subscription, or a plan without limits) to a capped plan had its calls in
+    flight at the switch unheld, and calls admitted after it passed on top of them (2,500
+    used at a cap of 500 in a probe). The result holds only the next policy's accounts
+    whose features ``now`` does not hold, and only if that policy can refuse on usage; it
+    refuses nothing itself (no limits)."""
+    nxt = customer_policy(catalog, customer, change)
+    if nxt is None or not nxt.refuses_on_usage:
+        return None
+    held = {a.feature for a in now.accounts} if now is not None else set()
+    accounts = [a for a in nxt.accounts if a.feature not in held]
+    if not accounts:
+        return None
+    return CustomerPolicy(
+        customer=nxt.customer,
+        name=nxt.name,
+        currency=nxt.currency,
+        consumers=nxt.consumers,
+        plan=nxt.plan,
+        subscription=nxt.subscription,
+        limits=[],
+        allowed=None,
+        prepaid=False,
+        cost_cards=[],
+        accounts=accounts,
+    )
