@@ -17,6 +17,10 @@ deduplicating on it dropped one, and the outbox took the second crossing for the
 A feature with one limit keeps the id it always had; an id that gained the end carries
 the one it had before (``legacy_id``) so :func:`billing.alerts.outbox.enqueue` does not
 send again what was queued under it before an upgrade or before a second limit was added.
+
+Besides the current periods, :func:`evaluate` looks back at the periods that ended just
+before them (see its docstring): a crossing in the last polling interval of a period is
+sent after the period, once, marked ``period_ended``.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -32,8 +36,9 @@ import duckdb
 
 from billing.entitlements import entitlement_rows
 from billing.invoices import preview_invoice
+from billing.model import Invoice
 from billing.schedule import ScheduleError
-from meterline.catalog import Catalog
+from meterline.catalog import Alerts, Catalog, Customer
 
 
 @dataclass(frozen=True)
@@ -56,17 +61,78 @@ def _parse(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
 
 
+#: A look-back instant lies this far before the end of the period it evaluates.
+_JUST_BEFORE = timedelta(microseconds=1)
+
+
 def evaluate(
     con: duckdb.DuckDBPyConnection, catalog: Catalog, now: datetime | None = None
 ) -> list[AlertEvent]:
+    """The crossings of the current periods and of the periods ended just before them.
+
+    ``billing alerts deliver`` runs from cron or ``--watch``: a threshold crossed in the
+    last polling interval before its period ended was never evaluated inside that period,
+    so it was lost for good. Each round therefore also looks back at the period before
+    each current one (of every entitlement, prepaid credit and invoice period) and at the
+    last period of a subscription that has ended, as they stood at their last instant;
+    their ids are those the same crossings have inside the period, so nothing fires twice.
+    """
     now = now or datetime.now(UTC)
     rules = catalog.alerts
-    out: list[AlertEvent] = []
     rows = entitlement_rows(con, catalog, now=now)
+    out = _threshold_events(rows, rules, now)
+    for at, closed in sorted(_ended_period_instants(catalog, rows, now).items()):
+        earlier = entitlement_rows(con, catalog, now=at)
+        out += _threshold_events(earlier, rules, at, ended_by=(now, closed))
+    if rules.period_spend_above:
+        for customer in catalog.customers:
+            out += _spend_events(con, catalog, customer, now)
+    unique: dict[str, AlertEvent] = {}
+    for ev in out:
+        unique.setdefault(ev.event_id, ev)
+    return list(unique.values())
+
+
+def _ended_period_instants(
+    catalog: Catalog, rows: list[dict[str, Any]], now: datetime
+) -> dict[datetime, set[str]]:
+    """The last instant of the period before each current one, and of each customer's
+    latest subscription that has ended (its customer may have no current period at all),
+    each with the customers whose subscription ended there (every period of theirs is
+    over then, whatever its ``resets_at``)."""
+    instants: dict[datetime, set[str]] = {
+        _parse(row["period_start"]) - _JUST_BEFORE: set() for row in rows if row["period_start"]
+    }
+    for customer in catalog.customers:
+        ended = [s.end for s in customer.subscriptions if s.end is not None and s.end <= now]
+        if ended:
+            instants.setdefault(max(ended) - _JUST_BEFORE, set()).add(customer.key)
+    return instants
+
+
+def _over(row: dict[str, Any], now: datetime, closed: set[str]) -> bool:
+    """Whether the report row's period is over by ``now``."""
+    return row["customer"] in closed or bool(row["resets_at"] and _parse(row["resets_at"]) <= now)
+
+
+def _threshold_events(
+    rows: list[dict[str, Any]],
+    rules: Alerts,
+    at: datetime,
+    *,
+    ended_by: tuple[datetime, set[str]] | None = None,
+) -> list[AlertEvent]:
+    """Entitlement and credit crossings of the report ``rows`` (read at ``at``). With
+    ``ended_by`` (now, customers whose subscription ended at ``at``): only those of periods
+    over by now, marked ``period_ended``."""
+    out: list[AlertEvent] = []
+    ended = ended_by is not None
     limits_per_feature = Counter(
         (row["customer"], row["feature"]) for row in rows if row["type"] == "metered"
     )
     for row in rows:
+        if ended_by is not None and not _over(row, *ended_by):
+            continue
         customer = row["customer"]
         if row["type"] == "metered" and isinstance(row["limit"], int) and row["limit"] > 0:
             granted = int(row.get("granted_units") or 0)
@@ -93,6 +159,7 @@ def evaluate(
                                 "used": used,
                                 "enforcement": row["enforcement"],
                                 "resets_at": end,
+                                "period_ended": ended,
                             },
                             legacy_id=legacy if several else None,
                         )
@@ -110,27 +177,56 @@ def evaluate(
                             event_id(customer, "credit", str(amount), resets),
                             customer,
                             "credit.balance_below",
-                            now if not start else _parse(start),
-                            {"below": str(amount), "remaining": str(remaining)},
+                            at if not start else _parse(start),
+                            {
+                                "below": str(amount),
+                                "remaining": str(remaining),
+                                "resets_at": row["resets_at"],
+                                "period_ended": ended,
+                            },
                         )
                     )
-    if rules.period_spend_above:
-        for customer in catalog.customers:
-            try:
-                inv = preview_invoice(con, catalog, customer.key, now=now)
-            except (ScheduleError, ValueError):
-                continue  # no subscription now
-            spent = sum((ln.amount for ln in inv.lines if ln.kind != "credit"), Decimal(0))
-            for amount in sorted(rules.period_spend_above):
-                if spent > amount:
-                    start = inv.period_start.strftime("%Y-%m-%dT%H:%M:%SZ")
-                    out.append(
-                        AlertEvent(
-                            event_id(customer.key, "spend", str(amount), start),
-                            customer.key,
-                            "spend.above",
-                            inv.period_start,
-                            {"above": str(amount), "spent": str(spent), "currency": inv.currency},
-                        )
+    return out
+
+
+def _spend_events(
+    con: duckdb.DuckDBPyConnection, catalog: Catalog, customer: Customer, now: datetime
+) -> list[AlertEvent]:
+    """``period_spend_above`` crossings of the customer's current invoice period, of the
+    one before it and of the last period of its latest ended subscription."""
+    ended = [s.end for s in customer.subscriptions if s.end is not None and s.end <= now]
+    instants = [now] + ([max(ended) - _JUST_BEFORE] if ended else [])
+    invoices: list[Invoice] = []
+    for n, at in enumerate(instants):
+        try:
+            inv = preview_invoice(con, catalog, customer.key, at=at, now=now)
+        except (ScheduleError, ValueError):
+            continue  # no subscription then
+        if n == 0:  # the current period: the one before it too
+            instants.append(inv.period_start - _JUST_BEFORE)
+        elif inv.period_end > now or any(i.period_start == inv.period_start for i in invoices):
+            continue
+        invoices.append(inv)
+    out: list[AlertEvent] = []
+    for inv in invoices:
+        period_ended = inv.period_end <= now
+        spent = sum((ln.amount for ln in inv.lines if ln.kind != "credit"), Decimal(0))
+        for amount in sorted(catalog.alerts.period_spend_above):
+            if spent > amount:
+                start = inv.period_start.strftime("%Y-%m-%dT%H:%M:%SZ")
+                out.append(
+                    AlertEvent(
+                        event_id(customer.key, "spend", str(amount), start),
+                        customer.key,
+                        "spend.above",
+                        inv.period_start,
+                        {
+                            "above": str(amount),
+                            "spent": str(spent),
+                            "currency": inv.currency,
+                            "period_end": inv.period_end.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                            "period_ended": period_ended,
+                        },
                     )
+                )
     return out

@@ -363,9 +363,12 @@ def test_a_monthly_and_a_daily_limit_starting_together_get_distinct_alert_ids(
         db,
         Event(datetime(2026, 12, 4, 10, tzinfo=UTC), output=490),
         Event(datetime(2026, 12, 5, 10, tzinfo=UTC), output=10),
-    )  # 560 in December: the monthly 50 %
-    assert _round(db, two_limits, datetime(2026, 12, 5, 12, tzinfo=UTC)) == (1, 1)
-    second = json.loads(receiver.received[1][1])
+    )  # 560 in December: the monthly 50 % (and the daily 50 % of Dec 4, which had ended)
+    assert _round(db, two_limits, datetime(2026, 12, 5, 12, tzinfo=UTC)) == (2, 2)
+    dec4, second = sorted(
+        (json.loads(body) for _, body in receiver.received[1:]), key=lambda b: b["data"]["limit"]
+    )
+    assert (dec4["period_start"], dec4["data"]["period_ended"]) == ("2026-12-04T00:00:00Z", True)
     assert (second["data"]["limit"], second["data"]["percent"]) == (1000, 50)
     assert second["period_start"] == first["period_start"] == "2026-12-01T00:00:00Z"
     assert second["id"] != first["id"]
@@ -374,5 +377,116 @@ def test_a_monthly_and_a_daily_limit_starting_together_get_distinct_alert_ids(
     fresh = tmp_path / "fresh.duckdb"
     add_events(fresh, Event(datetime(2026, 12, 1, 10, tzinfo=UTC), output=600))
     assert _round(fresh, two_limits, dec1) == (2, 2)
-    ids = [json.loads(body)["id"] for _, body in receiver.received[2:]]
+    ids = [json.loads(body)["id"] for _, body in receiver.received[3:]]
     assert len(set(ids)) == 2
+
+
+HARD_DAILY = "[{feature: out, limit: 100, period: P1D}]"
+
+
+def test_a_threshold_crossed_just_before_its_period_ended_fires_after_it(
+    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A daily hard cap of 100 crossed 10 s before midnight, the next round 0.5 s after:
+    rounds evaluated only the current periods, so the crossings of the day that had just
+    ended were never queued (``queued 0``), whatever the polling interval."""
+    catalog = load_catalog(
+        _hooks_catalog(
+            tmp_path / "catalog.yaml",
+            [f"http://127.0.0.1:{receiver.port}/hook"],
+            HARD_DAILY,
+            percents="[50, 80, 100]",
+        )
+    )
+    db = tmp_path / "meterline.duckdb"
+    monkeypatch.setenv("HOOK_SECRET", SECRET)
+    receiver.start()
+    add_events(db, Event(datetime(2026, 12, 1, 12, tzinfo=UTC), output=10))
+    assert _round(db, catalog, datetime(2026, 12, 1, 23, 59, 30, tzinfo=UTC)) == (0, 0)
+    add_events(db, Event(datetime(2026, 12, 1, 23, 59, 50, tzinfo=UTC), output=110))
+
+    midnight = datetime(2026, 12, 2, tzinfo=UTC)
+    assert _round(db, catalog, midnight + timedelta(milliseconds=500)) == (3, 3)
+    bodies = [json.loads(body) for _, body in receiver.received]
+    assert [b["data"]["percent"] for b in bodies] == [50, 80, 100]
+    assert {b["period_start"] for b in bodies} == {"2026-12-01T00:00:00Z"}
+    assert {b["data"]["resets_at"] for b in bodies} == {"2026-12-02T00:00:00Z"}
+    assert all(b["data"]["period_ended"] and b["data"]["used"] == 120 for b in bodies)
+    assert _round(db, catalog, midnight + timedelta(seconds=30)) == (0, 0)  # once only
+
+    # Crossed inside the period (seen by a round then), it is not sent again after it.
+    add_events(db, Event(datetime(2026, 12, 2, 9, tzinfo=UTC), output=60))
+    assert _round(db, catalog, datetime(2026, 12, 2, 10, tzinfo=UTC)) == (1, 1)
+    assert _round(db, catalog, datetime(2026, 12, 3, 0, 0, 1, tzinfo=UTC)) == (0, 0)
+    assert not json.loads(receiver.received[-1][1])["data"]["period_ended"]
+
+
+def test_a_threshold_crossed_just_before_the_subscription_ended_fires_after_it(
+    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The customer has no current period once its subscription ended: the last one is
+    looked back at too."""
+    path = _hooks_catalog(
+        tmp_path / "catalog.yaml",
+        [f"http://127.0.0.1:{receiver.port}/hook"],
+        HARD_DAILY,
+        percents="[100]",
+    )
+    path.write_text(
+        path.read_text().replace(
+            'start: "2026-01-01T00:00:00Z"}',
+            'start: "2026-01-01T00:00:00Z", end: "2026-12-01T12:00:00Z"}',
+        )
+    )
+    catalog = load_catalog(path)
+    db = tmp_path / "meterline.duckdb"
+    monkeypatch.setenv("HOOK_SECRET", SECRET)
+    receiver.start()
+    add_events(db, Event(datetime(2026, 12, 1, 11, 59, 59, tzinfo=UTC), output=100))
+    assert _round(db, catalog, datetime(2026, 12, 1, 12, 0, 1, tzinfo=UTC)) == (1, 1)
+    (body,) = [json.loads(body) for _, body in receiver.received]
+    assert (body["period_start"], body["data"]["period_ended"]) == ("2026-12-01T00:00:00Z", True)
+    assert _round(db, catalog, datetime(2026, 12, 1, 12, 5, tzinfo=UTC)) == (0, 0)
+
+
+def test_period_spend_crossed_just_before_the_invoice_period_ended_fires_after_it(
+    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``period_spend_above`` evaluated only the current invoice period, too."""
+    catalog = load_catalog(
+        write(
+            tmp_path / "catalog.yaml",
+            f"""
+            version: 1
+            consumers: [{{name: agent-a}}]
+            features:
+              - {{key: out, name: Output, meter: {{token_types: [output]}}}}
+            plans:
+              - key: daily
+                name: Daily
+                currency: USD
+                billing_cadence: P1D
+                rate_cards:
+                  - {{key: out, name: Output, feature: out, price: {{type: unit, amount: "1.00"}}}}
+            customers:
+              - key: acme
+                name: ACME
+                currency: USD
+                consumers: [agent-a]
+                subscriptions: [{{plan: daily, start: "2026-01-01T00:00:00Z"}}]
+            alerts:
+              webhooks: [{{url: "http://127.0.0.1:{receiver.port}/hook", secret_env: HOOK_SECRET}}]
+              period_spend_above: ["50.00"]
+            """,
+        )
+    )
+    db = tmp_path / "meterline.duckdb"
+    monkeypatch.setenv("HOOK_SECRET", SECRET)
+    receiver.start()
+    add_events(db, Event(datetime(2026, 12, 1, 23, 59, 50, tzinfo=UTC), output=60))
+    midnight = datetime(2026, 12, 2, tzinfo=UTC)
+    assert _round(db, catalog, midnight + timedelta(milliseconds=500)) == (1, 1)
+    (body,) = [json.loads(body) for _, body in receiver.received]
+    assert (body["type"], body["period_start"]) == ("spend.above", "2026-12-01T00:00:00Z")
+    assert (body["data"]["spent"], body["data"]["period_ended"]) == ("60.00", True)
+    assert _round(db, catalog, midnight + timedelta(seconds=30)) == (0, 0)

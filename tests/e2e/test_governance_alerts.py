@@ -92,8 +92,12 @@ def test_one_round_is_posted_in_threshold_order_each_signed_when_sent(
     db = tmp_path / "meterline.duckdb"
     add_events(db, Event(datetime.now(UTC) - timedelta(seconds=1), output=1000))
     monkeypatch.setenv("HOOK_SECRET", SECRET)
-    assert _run(db, catalog, "alerts", "deliver") == (0, "queued 4, delivered 4, failed 0\n")
-    bodies = [json.loads(body) for _, _, body in receiver.received]
+    # The four of this month, and the credit alert of last month (no credit then either),
+    # which has ended: rounds look back at the period before the current one.
+    assert _run(db, catalog, "alerts", "deliver") == (0, "queued 5, delivered 5, failed 0\n")
+    received = [json.loads(body) for _, _, body in receiver.received]
+    bodies = [b for b in received if not b["data"]["period_ended"]]
+    (ended,) = [b for b in received if b["data"]["period_ended"]]
     assert [b["data"].get("percent") for b in bodies if b["type"] == "entitlement.threshold"] == [
         50,
         80,
@@ -107,6 +111,11 @@ def test_one_round_is_posted_in_threshold_order_each_signed_when_sent(
     starts = {b["type"]: b["period_start"] for b in bodies}
     assert starts["credit.balance_below"] == f"{month:%Y-%m-%dT%H:%M:%SZ}"
     assert starts["credit.balance_below"] == starts["entitlement.threshold"]
+    last_month = (month - timedelta(days=1)).replace(day=1)
+    assert (ended["type"], ended["period_start"]) == (
+        "credit.balance_below",
+        f"{last_month:%Y-%m-%dT%H:%M:%SZ}",
+    )
 
 
 def test_entitlements_report_refuses_a_proxy_state_it_cannot_read(tmp_path: Path) -> None:
