@@ -13,10 +13,14 @@ the customer was actually blocked.
 A threshold's id is (customer, feature, percent, period start), plus the period's end
 when the customer has several metered limits on the feature (a monthly and a daily one
 start at the same instant on the 1st: with the start alone both had one id, receivers
-deduplicating on it dropped one, and the outbox took the second crossing for the first).
-A feature with one limit keeps the id it always had; an id that gained the end carries
-the one it had before (``legacy_id``) so :func:`billing.alerts.outbox.enqueue` does not
-send again what was queued under it before an upgrade or before a second limit was added.
+deduplicating on it dropped one, and the outbox took the second crossing for the first),
+plus the enforced limit when a unit grant or a customer override sets it (a grant
+raising the limit after 100 % fired: the proxy blocked again at the new limit, but the
+id was the one already sent, so nothing fired). A plan's limit with no grant keeps the id
+it always had; an id that gained the end or the limit carries the ones it had before
+(``legacy_ids``) so :func:`billing.alerts.outbox.enqueue` does not send again what was
+queued under them for the same period end and limit, before an upgrade, a second limit
+or a grant.
 
 Besides the current periods, :func:`evaluate` looks back at the periods that ended just
 before them (see its docstring): a crossing in the last polling interval of a period is
@@ -48,8 +52,9 @@ class AlertEvent:
     kind: str
     period_start: datetime
     data: dict[str, Any]
-    legacy_id: str | None = None
-    """The id the same crossing had before the period's end was part of it, if other."""
+    legacy_ids: tuple[str, ...] = ()
+    """The ids the same crossing had before the period's end or the limit was part of it:
+    a row queued under one of them with the same period end and limit is this event."""
 
 
 def event_id(*parts: str) -> str:
@@ -140,13 +145,17 @@ def _threshold_events(
             for pct in sorted(rules.entitlement_percent):
                 if used * 100 >= limit * pct:
                     start, end = row["period_start"], row["resets_at"]
-                    legacy = event_id(customer, "entitlement", row["feature"], str(pct), start)
-                    several = limits_per_feature[(customer, row["feature"])] > 1
+                    parts = [customer, "entitlement", row["feature"], str(pct), start]
+                    formers = [event_id(*parts)]
+                    if limits_per_feature[(customer, row["feature"])] > 1:
+                        parts.append(end)
+                        formers.insert(0, event_id(*parts))
+                    if granted or not str(row["source"]).startswith("plan "):
+                        parts.append(f"limit={limit}")
+                        formers.insert(0, event_id(*parts))
                     out.append(
                         AlertEvent(
-                            event_id(customer, "entitlement", row["feature"], str(pct), start, end)
-                            if several
-                            else legacy,
+                            formers[0],
                             customer,
                             "entitlement.threshold",
                             _parse(start),
@@ -161,7 +170,7 @@ def _threshold_events(
                                 "resets_at": end,
                                 "period_ended": ended,
                             },
-                            legacy_id=legacy if several else None,
+                            legacy_ids=tuple(formers[1:]),
                         )
                     )
         elif row["type"] == "credit":

@@ -76,7 +76,10 @@ def enqueue(
         for n, ev in enumerate(events)
         for hook in webhooks
         if (ev.event_id, hook.url) not in have
-        and (ev.legacy_id, hook.url, ev.data.get("resets_at")) not in have_as_legacy
+        and not any(
+            (legacy, hook.url, ev.data.get("resets_at"), ev.data.get("limit")) in have_as_legacy
+            for legacy in ev.legacy_ids
+        )
     ]  # fmt: skip
     if rows:
         con.executemany("INSERT INTO alert_outbox VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
@@ -85,20 +88,26 @@ def enqueue(
 
 def _queued_under_legacy_ids(
     con: duckdb.DuckDBPyConnection, events: Sequence[AlertEvent]
-) -> set[tuple[str, str, str | None]]:
-    """(legacy id, webhook, period end) of the rows queued under an event's former id.
+) -> set[tuple[str, str, str | None, int | None]]:
+    """(former id, webhook, period end, limit) of the rows queued under an event's former
+    ids.
 
     A former id was shared by every limit of the feature whose period started at the same
-    instant; the period's end in the row's payload tells which limit's crossing it was.
+    instant, and by every limit a grant or override set in the period; the period's end
+    and the limit in the row's payload tell which crossing it was.
     """
-    legacy = sorted({ev.legacy_id for ev in events if ev.legacy_id})
+    legacy = sorted({former for ev in events for former in ev.legacy_ids})
     if not legacy:
         return set()
     rows = con.execute(
         "SELECT event_id, webhook_url, payload FROM alert_outbox WHERE list_contains(?, event_id)",
         [legacy],
     ).fetchall()
-    return {(r[0], r[1], json.loads(r[2])["data"].get("resets_at")) for r in rows}
+    out: set[tuple[str, str, str | None, int | None]] = set()
+    for former, url, body in rows:
+        data = json.loads(body)["data"]
+        out.add((former, url, data.get("resets_at"), data.get("limit")))
+    return out
 
 
 def retry_wait(min_backoff: timedelta, attempts: int) -> timedelta:

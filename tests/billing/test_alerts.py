@@ -490,3 +490,54 @@ def test_period_spend_crossed_just_before_the_invoice_period_ended_fires_after_i
     assert (body["type"], body["period_start"]) == ("spend.above", "2026-12-01T00:00:00Z")
     assert (body["data"]["spent"], body["data"]["period_ended"]) == ("60.00", True)
     assert _round(db, catalog, midnight + timedelta(seconds=30)) == (0, 0)
+
+
+def test_a_limit_raised_by_a_grant_fires_its_thresholds_again_once(
+    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hard limit of 100: 120 used fires 50, 80, 100 %. 100 units granted, the proxy
+    admits up to 200 and refuses again at 210; the thresholds' ids had no limit in them,
+    so those of the raised limit were taken for the ones already sent: nothing fired."""
+    path = _hooks_catalog(
+        tmp_path / "catalog.yaml",
+        [f"http://127.0.0.1:{receiver.port}/hook"],
+        "[{feature: out, limit: 100}]",
+        percents="[50, 80, 100]",
+    )
+    catalog = load_catalog(path)
+    db = tmp_path / "meterline.duckdb"
+    monkeypatch.setenv("HOOK_SECRET", SECRET)
+    receiver.start()
+    used_at = datetime.now(UTC) - timedelta(seconds=1)
+    add_events(db, Event(used_at, output=120))
+    assert _round(db, catalog, datetime.now(UTC)) == (3, 3)
+
+    assert _invoke(db, path, "credits", "grant", "--customer", "acme", "--feature", "out",
+                   "--units", "100")[0] == 0  # fmt: skip
+    assert _round(db, catalog, datetime.now(UTC)) == (1, 1)  # 120 of 200: its 50 %
+    assert _round(db, catalog, datetime.now(UTC)) == (0, 0)  # the same limit: once
+    add_events(db, Event(used_at, output=90))  # 210 of 200: the proxy refuses again
+    assert _round(db, catalog, datetime.now(UTC)) == (2, 2)
+    data = [json.loads(body)["data"] for _, body in receiver.received]
+    assert [(d["percent"], d["limit"], d["granted_units"]) for d in data] == [
+        (50, 100, 0),
+        (80, 100, 0),
+        (100, 100, 0),
+        (50, 200, 100),
+        (80, 200, 100),
+        (100, 200, 100),
+    ]
+    assert len({h["meterline-event-id"] for h, _ in receiver.received}) == 6
+    assert _round(db, catalog, datetime.now(UTC)) == (0, 0)
+
+    # An outbox from before this fix holds a granted limit's alerts under the ids without
+    # the limit: recognised (same period end and limit), not sent again.
+    with billing_store(db) as con:
+        events = evaluate(con, catalog, datetime.now(UTC))
+        for ev in events:
+            assert ev.legacy_ids and ev.data["limit"] == 200
+            con.execute(
+                "UPDATE alert_outbox SET event_id = ? WHERE event_id = ?",
+                [ev.legacy_ids[0], ev.event_id],
+            )
+    assert _round(db, catalog, datetime.now(UTC)) == (0, 0)
