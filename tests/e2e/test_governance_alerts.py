@@ -171,3 +171,51 @@ def test_entitlements_report_leaves_out_a_stopped_proxys_reservations(tmp_path: 
     ]  # the live proxy's only
     assert f"warning: proxy state {dead}: written 3600 s ago" in result.stderr
     assert "its 300 reserved units are not counted" in result.stderr
+
+
+def test_entitlements_report_says_a_customer_has_no_active_subscription(
+    tmp_path: Path,
+) -> None:
+    """A customer whose only subscription ended: the proxy refuses every call (403 "no
+    active subscription") while the report printed ``(none)`` alone, exit 0."""
+    ended = PLAN.format(port=9).replace(
+        'start: "2026-01-01T00:00:00Z"}',
+        'start: "2026-01-01T00:00:00Z", end: "2026-02-01T00:00:00Z"}',
+    )
+    catalog = write(tmp_path / "catalog.yaml", ended)
+    db = tmp_path / "meterline.duckdb"
+    add_events(db, Event(datetime(2026, 1, 15, tzinfo=UTC), output=10))
+    result = CliRunner().invoke(
+        billing_cli,
+        ["--db", str(db), "--catalog", str(catalog), "entitlements", "--customer", "acme"],
+    )
+    assert result.exit_code == 0
+    assert result.stdout == "(none)\n"
+    assert result.stderr == (
+        "acme: no active subscription since 2026-02-01T00:00:00Z (its subscription to plan "
+        "'starter' ended then); the proxy refuses its calls (403)\n"
+    )
+    json_out = CliRunner().invoke(
+        billing_cli,
+        ["--db", str(db), "--catalog", str(catalog), "entitlements", "--customer", "acme",
+         "--format", "json"],
+    )  # fmt: skip
+    assert json.loads(json_out.stdout) == []
+    assert json_out.stderr.startswith("acme: no active subscription since 2026-02-01")
+
+    later = PLAN.format(port=9).replace('start: "2026-01-01', 'start: "2999-01-01')
+    catalog = write(tmp_path / "later.yaml", later)
+    result = CliRunner().invoke(
+        billing_cli,
+        ["--db", str(db), "--catalog", str(catalog), "entitlements", "--customer", "acme"],
+    )
+    assert result.stderr == (
+        "acme: no active subscription; the next starts at 2999-01-01T00:00:00Z (plan 'starter')\n"
+    )
+    # A customer with an active subscription gets no such line.
+    catalog = write(tmp_path / "active.yaml", PLAN.format(port=9))
+    result = CliRunner().invoke(
+        billing_cli,
+        ["--db", str(db), "--catalog", str(catalog), "entitlements", "--customer", "acme"],
+    )
+    assert (result.exit_code, result.stderr) == (0, "")
