@@ -54,11 +54,16 @@ def stacked_bars(
     width: int | str = "container",
     height: int = 240,
     span: tuple[datetime, datetime] | None = None,
+    series: Sequence[str] | None = None,
 ) -> Spec:
     """Bars per time bucket, stacked by ``color``; rows are the query layer's, as JSON.
 
-    ``span``: the time the chart covers; when it holds few buckets, the axis ticks on
-    bucket boundaries only, so no two labels read the same.
+    ``span``: the time the chart covers: the x axis runs from its start to its end
+    whatever buckets hold data (charts of one range line up), and when it holds few
+    buckets, the axis ticks on bucket boundaries only, so no two labels read the same.
+    ``series``: the ``color`` values to give colours to (default: those in ``rows``);
+    charts of one page pass the same list so a series has one colour on the page. The
+    legend names only the series in ``rows``.
 
     Every series has its own colour (:func:`palette`) and its own legend entry: the
     legend is one column beside the bars, and the bars grow taller than ``height`` when
@@ -70,7 +75,7 @@ def stacked_bars(
     """
     data = json.loads(render.to_json(list(rows)))
     drawn = sorted({str(r[color]) for r in data})
-    names = drawn
+    names = sorted(set(drawn) | set(series or ()))
     axis: dict[str, Any] = {
         "format": TIME_FORMATS[bucket],
         "labelAngle": 0,
@@ -79,6 +84,7 @@ def stacked_bars(
     }
     if span is not None and (span[1] - span[0]) / BUCKET_LENGTHS[bucket] <= WHOLE_TICKS:
         axis["tickCount"] = {"interval": TICK_INTERVALS[bucket], "step": 1}
+    x_scale = {} if span is None else {"scale": {"domain": [epoch_ms(t) for t in span]}}
     return {
         **({"title": title} if title else {}),
         "width": width,
@@ -94,6 +100,7 @@ def stacked_bars(
                 "timeUnit": TIME_UNITS[bucket],
                 "title": None,
                 "axis": axis,
+                **x_scale,
             },
             "y": {"field": y, "type": "quantitative", "stack": "zero", "title": y_title},
             "color": {
@@ -104,6 +111,7 @@ def stacked_bars(
                 "legend": {
                     "orient": "right",
                     "columns": 1,
+                    "values": drawn,
                     "symbolLimit": len(drawn),  # Vega-Lite's default drops entries past 30
                     "labelFontSize": 10,
                     "symbolSize": 100,
@@ -126,6 +134,11 @@ def palette(count: int) -> list[str]:
         colour = "#{:02x}{:02x}{:02x}".format(*(round(c * 255) for c in (red, green, blue)))
         colours.append(colour)
     return colours
+
+
+def epoch_ms(t: datetime) -> int:
+    """``t`` as Vega's time: milliseconds since 1970 (UTC)."""
+    return int(t.timestamp() * 1000)
 
 
 @functools.cache

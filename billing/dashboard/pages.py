@@ -412,6 +412,8 @@ def health_page(
 ) -> str:
     """``note``: (why the page is by day, the hourly JSON's URL)."""
     rng = data["range"]
+    per_bucket = legible(data["series"], "provider")
+    providers = sorted({str(r["provider"]) for r in per_bucket})  # one colour each on the page
     body = [
         filters("/health", rng, catalog),
         coarser_note(note),
@@ -445,11 +447,12 @@ def health_page(
         chart(
             "chart-calls",
             bars(
-                legible(data["series"], "provider"),
+                per_bucket,
                 rng,
                 x="bucket",
                 y="calls",
                 color="provider",
+                series=providers,
                 title=f"Calls per {rng['bucket']} by provider",
                 y_title="calls",
             ),
@@ -457,11 +460,12 @@ def health_page(
         chart(
             "chart-errors",
             bars(
-                legible([r for r in data["series"] if r["errors"]], "provider"),
+                [r for r in per_bucket if r["errors"]],
                 rng,
                 x="bucket",
                 y="errors",
                 color="provider",
+                series=providers,
                 title=f"Errors per {rng['bucket']} by provider",
                 y_title="errors",
             ),

@@ -1,5 +1,5 @@
 """Every series a chart draws is named in its legend, inside the chart, in a colour of its
-own.
+own; the proxy health page's charts agree on colours and on the time they span.
 
 Drawn by the real Vega in the system's Chromium: statements' SVG images (what the PDF
 embeds) and the dashboard's live charts.
@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import base64
 import re
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.billing.cli.runner import run
 from tests.billing.events import Event, Setup, add_events, write_catalog
-from tests.dashboard.conftest import load, start_dashboard, stop, variant
+from tests.dashboard.conftest import Server, load, start_dashboard, stop, variant
 from tests.dashboard.seed import CATALOG
 
 STATEMENT_CATALOG = """
@@ -113,3 +116,48 @@ def test_a_dashboard_chart_of_many_models_names_each_in_its_own_colour(
         check_legend(drawn, models)
     finally:
         stop(server)
+
+
+HEALTH = "/health?from=2026-02-27T00:00:00Z&to=2026-03-04T00:00:00Z&bucket=day"
+
+
+@pytest.fixture(scope="module")
+def azure(store: Setup, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The seeded store and one call to ``azure`` (no error) on 2 March: the seed's
+    events end on 1 March."""
+    s = variant(store, tmp_path_factory.mktemp("azure"), CATALOG)
+    add_events(s.db, Event(ts=datetime(2026, 3, 2, 12, tzinfo=UTC), provider="azure"))
+    server = start_dashboard(s)
+    yield server
+    stop(server)
+
+
+def test_health_charts_give_a_provider_one_colour(page: Any, azure: Server, shots: Path) -> None:
+    """A provider with calls and no errors (``azure``, between the two others) shifted the
+    Errors chart's colours off the Calls chart's: ``openai`` was orange in one, red in the
+    other."""
+    load(page, azure, HEALTH, shots, "health-colours")
+    assert page.problems == []
+    calls, errors = (
+        {e["label"]: e["fill"] for e in page.evaluate(LEGEND, chart)["entries"]}
+        for chart in (
+            page.locator(f"#{i}").element_handle() for i in ("chart-calls", "chart-errors")
+        )
+    )
+    assert set(calls) == {"anthropic", "azure", "openai"}
+    assert set(errors) == {"anthropic", "openai"}
+    assert {p: calls[p] for p in errors} == errors
+
+
+def test_health_charts_span_the_range_asked_for(page: Any, azure: Server, shots: Path) -> None:
+    """Each chart's time axis ended at its own last bucket: Errors on 2 March, Calls on
+    3 March, for a range to 4 March."""
+    load(page, azure, HEALTH, shots, "health-range")
+    assert page.problems == []
+    domains = page.evaluate(
+        "ids => ids.map(id => window.meterlineCharts[id].scale('x').domain().map(Number))",
+        ["chart-calls", "chart-errors"],
+    )
+    start = datetime(2026, 2, 27, tzinfo=UTC).timestamp() * 1000
+    end = datetime(2026, 3, 4, tzinfo=UTC).timestamp() * 1000
+    assert domains == [[start, end], [start, end]]
