@@ -13,7 +13,8 @@ It is fixed before the spool, so a replayed segment carries the same id; the pro
 own ids are kept beside it (``response_id``, ``request_id``).
 
 Usage billed beside a call's own figures (Anthropic's ``usage.iterations`` other than
-``message``) gets the call's id plus ``#<n>``, ``n`` counting those usages from 0.
+``message``, a Groq compound call's underlying models) gets the call's id plus ``#<n>``,
+``n`` counting those usages from 0.
 
 One kind of event is named after the provider's id instead: an OpenAI Responses API
 **background** response, billed when a read shows it ended (:mod:`addons.metering.background`).

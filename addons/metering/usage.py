@@ -59,7 +59,8 @@ class Usage:
     invalid: str | None = None
     #: Usage billed beside this one in the same call, each for its own model: Anthropic's
     #: ``usage.iterations`` other than ``message`` (an advisor model's turn, a compaction
-    #: step), which the top-level figures do not include.
+    #: step), which the top-level figures do not include; a Groq compound call's
+    #: underlying models, whose tokens the call's own usage then leaves at 0.
     extra: list[Usage] = field(default_factory=list)
 
     @property

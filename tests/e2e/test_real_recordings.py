@@ -8,7 +8,9 @@ consumer's key; the
 stored event must equal the recording's ``expected`` figures (the model normalised, see
 ``addons/metering/models.py``), carry the provider's response id and status, and the
 client must get the provider's bytes. Anthropic's ``usage.iterations`` other than
-``message`` must each give an event of their own.
+``message`` must each give an event of their own. A Groq compound call whose
+``usage_breakdown`` adds up is split by underlying model: its own event has no tokens,
+one event per model beside it, and the sum of the call's events is ``expected``.
 
 The corpus is read at test time, never copied into the repository. Missing under CI
 (``CI=true``) is a failure, not a skip.
@@ -127,7 +129,7 @@ def _send_all(proxy: MeterProxy, upstream: ReplayUpstream) -> dict[str, Replayed
 
 def _collect_rows(proxy: MeterProxy, results: dict[str, Replayed]) -> None:
     wanted = {r.request_id: r for r in results.values()}
-    expected_rows = sum(1 + len(_beside(rec)) for rec in RECORDINGS)
+    expected_rows = sum(1 + len(_beside(rec)) + len(_by_model(rec)) for rec in RECORDINGS)
     deadline = time.monotonic() + 60
     rows: list[dict[str, Any]] = []
     while time.monotonic() < deadline:
@@ -150,6 +152,47 @@ def _beside(rec: Recording) -> list[dict[str, Any]]:
         if isinstance(report, dict) and isinstance(report.get("iterations"), list):
             iterations = report["iterations"]  # the latest report wins
     return [it for it in iterations if it.get("type") != "message"]
+
+
+def _compound_report(rec: Recording) -> dict[str, Any] | None:
+    """The object holding a Groq compound call's ``usage`` and ``usage_breakdown`` (the
+    body, or a stream chunk's ``x_groq``; the last one), or ``None``."""
+    body = rec.body
+    if rec.meta["response"].get("content_encoding") or b'"usage_breakdown"' not in body:
+        return None
+    if rec.meta["format"] == "json":
+        return dict(json.loads(body))
+    holders = [
+        json.loads(line.removeprefix(b"data: ")).get("x_groq", {})
+        for line in body.splitlines()
+        if line.startswith(b"data: {") and b'"usage_breakdown"' in line
+    ]
+    return dict(holders[-1]) if holders else None
+
+
+def _by_model(rec: Recording) -> list[dict[str, Any]]:
+    """A Groq compound call's tokens per underlying model (sub-calls summed, in order of
+    first appearance) when its ``usage_breakdown`` adds up to its ``usage``; else none."""
+    report = _compound_report(rec)
+    if report is None or report.get("usage_breakdown") is None:  # other models: null
+        return []
+    calls = [(m["model"], m["usage"]) for m in report["usage_breakdown"]["models"]]
+    top = report["usage"]
+    if (
+        sum(u["prompt_tokens"] for _, u in calls) != top["prompt_tokens"]
+        or sum(u["completion_tokens"] for _, u in calls) != top["completion_tokens"]
+    ):
+        return []  # kept at the call's own model (Groq's streams repeat the total)
+    by_model: dict[str, dict[str, Any]] = {}
+    for model, usage in calls:
+        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+        row = by_model.setdefault(model, dict.fromkeys(TOKEN_COLUMNS, 0) | {"model": model})
+        row["input_tokens"] += usage["prompt_tokens"] - cached
+        row["cached_input_tokens"] += cached
+        row["output_tokens"] += usage["completion_tokens"]
+        details = usage.get("completion_tokens_details") or {}
+        row["reasoning_tokens"] += details.get("reasoning_tokens") or 0
+    return list(by_model.values())
 
 
 def _reported_audio(rec: Recording) -> tuple[int, int, int]:
@@ -179,6 +222,15 @@ def test_recording_is_metered_exactly(rec: Recording, replayed: dict[str, Replay
     expected = rec.meta["expected"]
     columns = (*TOKEN_COLUMNS, "estimated")
     got = {name: row[name] for name in columns}
+    split = _by_model(rec)
+    if split:  # Groq compound: the call's own event has no tokens, its models' have them
+        assert all(row[name] == 0 for name in TOKEN_COLUMNS)
+        assert len(result.rows) == 1 + len(split)
+        for name in TOKEN_COLUMNS:
+            got[name] = sum(r[name] for r in result.rows)
+        # The top-level usage itemises no reasoning; a sub-call's may (gpt-oss-120b's):
+        # it is a share of output, which adds up to the call's.
+        expected = {**expected, "reasoning_tokens": sum(m["reasoning_tokens"] for m in split)}
     # The corpus's figures predate audio counted apart: its input and output hold audio,
     # its cache reads the cached audio.
     got["input_tokens"] += row["audio_input_tokens"]
@@ -207,6 +259,33 @@ def test_client_gets_the_providers_bytes(rec: Recording, replayed: dict[str, Rep
     assert json.loads(result.forwarded)["stream_options"]["include_usage"] is True
     kept = [e for e in rec.body.split(b"\n\n") if b'"choices":[]' not in e.replace(b" ", b"")]
     assert result.received == b"\n\n".join(kept)
+
+
+SPLIT = [r for r in RECORDINGS if _by_model(r)]
+
+
+@pytest.mark.parametrize("rec", SPLIT, ids=[r.id for r in SPLIT])
+def test_compound_calls_get_an_event_per_underlying_model(
+    rec: Recording, replayed: dict[str, Replayed]
+) -> None:
+    result = replayed[rec.id]
+    [main] = [r for r in result.rows if "#" not in r["event_id"]]
+    beside = sorted((r for r in result.rows if "#" in r["event_id"]), key=lambda r: r["event_id"])
+    want = [
+        {"event_id": f"{main['event_id']}#{i}", **model, "web_search_calls": 0,
+         "estimated": False, "response_id": main["response_id"], "status": main["status"]}
+        for i, model in enumerate(_by_model(rec))
+    ]  # fmt: skip
+    assert [{k: row[k] for k in want[0]} for row in beside] == want
+
+
+def test_the_corpus_has_compound_calls_split_and_kept() -> None:
+    """Both cases are exercised: JSON breakdowns that add up, a stream's that does not."""
+    groq = [r for r in RECORDINGS if (_compound_report(r) or {}).get("usage_breakdown")]
+    if not groq:
+        pytest.skip("no corpus")
+    assert {r.name for r in SPLIT} == {"chat-compound-web-search", "chat-compound-domain-filters"}
+    assert "chat-sse-compound-web-search" in {r.name for r in groq if r not in SPLIT}
 
 
 BESIDE = [r for r in RECORDINGS if _beside(r)]

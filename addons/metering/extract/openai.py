@@ -32,6 +32,18 @@ Token mapping (see docs/token-model.md):
   ``output`` when it has one, else from the ``response.output_item.done`` events seen
   (each item id once): never from both. xAI's ``num_server_side_tools_used`` counts every
   server-side tool (X search, code execution too) and is not read as web searches.
+- Groq's compound systems (``groq/compound``, ``groq/compound-mini``, ``compound-beta``)
+  report the sum of their sub-calls in ``usage`` and the sub-calls in
+  ``usage_breakdown.models`` (beside ``usage``; in a stream, beside ``x_groq.usage``):
+  ``{model, usage}`` per call to an underlying model, billed at that model's prices. When
+  the breakdown's prompt and completion counts add up to the top-level ones, the call is
+  split by model (:func:`split_by_model`): the call's own usage keeps the model it
+  reports with no tokens, and each underlying model (its sub-calls summed, in order of
+  first appearance) is a usage billed beside it (:attr:`Usage.extra`), mapped by the
+  rules above. A breakdown that does not add up (Groq's streams have repeated the total
+  in every entry) is noted as a problem and the top-level figures are kept.
+  ``executed_tools`` (the web searches and code runs the system made) is not counted:
+  Groq documents no per-request price for them.
 
 Streams: the latest non-null ``usage`` wins (the final ``choices: []`` chunk with
 ``stream_options.include_usage``; Groq's ``x_groq.usage``; vLLM's cumulative
@@ -81,6 +93,75 @@ _WEB_SEARCH_ITEM = "web_search_call"
 def _web_searches(output: list[Any]) -> int:
     """The ``web_search_call`` items of a Responses ``output`` list."""
     return sum(1 for item in output if as_dict(item).get("type") == _WEB_SEARCH_ITEM)
+
+
+#: Where Groq's compound systems list their sub-calls, beside ``usage``.
+_BREAKDOWN = "usage_breakdown"
+
+
+def _add_tokens(into: Usage, usage: Usage) -> None:
+    """Add ``usage``'s token figures to ``into`` (one model's sub-calls summed)."""
+    into.input += usage.input
+    into.cached_input += usage.cached_input
+    into.cache_write += usage.cache_write
+    into.audio_input += usage.audio_input
+    into.cached_audio_input += usage.cached_audio_input
+    into.output += usage.output
+    into.audio_output += usage.audio_output
+    into.reasoning += usage.reasoning
+
+
+def _prompt_and_completion(raw: dict[str, Any]) -> tuple[int | None, int | None]:
+    """The prompt and completion counts of one usage object, either API's spelling."""
+    quiet = CountReader()  # the figures' problems are noted by map_usage
+    prompt = quiet.get(raw, "prompt_tokens")
+    if prompt is None:
+        prompt = quiet.get(raw, "input_tokens")
+    completion = quiet.get(raw, "completion_tokens")
+    if completion is None:
+        completion = quiet.get(raw, "output_tokens")
+    return prompt, completion
+
+
+def split_by_model(breakdown: Any, raw: dict[str, Any], problems: list[str]) -> list[Usage] | None:
+    """The usage of each underlying model of a Groq compound call, or ``None`` to keep
+    the call's top-level ``raw`` usage as it is.
+
+    ``breakdown`` is the call's ``usage_breakdown``: ``models`` lists one ``{model,
+    usage}`` per sub-call. It is used only when it is consistent: every entry names a
+    model and has sound counts, and their prompt and completion counts add up to the
+    top-level ones (which are what Groq bills the call as); otherwise a problem is noted
+    and ``None`` returned. Sub-calls of one model are summed, in order of first appearance.
+    """
+    entries = as_dict(breakdown).get("models")
+    if not isinstance(entries, list) or not entries:
+        if breakdown is not None:
+            note(problems, f"{_BREAKDOWN} without a list of models: kept the call's usage")
+        return None
+    by_model: dict[str, Usage] = {}
+    prompts = completions = 0
+    for entry in map(as_dict, entries):
+        model = entry.get("model")
+        sub = as_dict(entry.get("usage"))
+        usage = map_usage(sub)
+        prompt, completion = _prompt_and_completion(sub)
+        if not isinstance(model, str) or not model.strip() or usage is None:
+            note(problems, f"{_BREAKDOWN} entry without a model or usage: kept the call's usage")
+            return None
+        if usage.invalid is not None or prompt is None or completion is None:
+            note(problems, f"{_BREAKDOWN} entry for {model}: {usage.invalid or 'no counts'}")
+            return None
+        prompts, completions = prompts + prompt, completions + completion
+        _add_tokens(by_model.setdefault(model, Usage(model=model)), usage)
+    top_prompt, top_completion = _prompt_and_completion(raw)
+    if (prompts, completions) != (top_prompt, top_completion):
+        note(
+            problems,
+            f"{_BREAKDOWN} adds up to prompt {prompts} and completion {completions}, not the"
+            f" usage's {top_prompt} and {top_completion}: kept the call's usage",
+        )
+        return None
+    return list(by_model.values())
 
 
 def map_usage(raw: dict[str, Any]) -> Usage | None:
@@ -218,6 +299,13 @@ def _response_event_text(obj: Any) -> str:
     return delta if isinstance(delta, str) else ""
 
 
+def _copy_tokens(usage: Usage) -> Usage:
+    """A fresh copy of one underlying model's usage (the events' builder sets ids on it)."""
+    copy = Usage(model=usage.model)
+    _add_tokens(copy, usage)
+    return copy
+
+
 #: Stream chunks decoded up front to learn the model and id (Azure's first chunk carries
 #: only prompt filter results, with an empty model).
 _PROBES = 3
@@ -227,6 +315,8 @@ class OpenAIReader:
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         self._usage: Usage | None = None
+        #: The kept usage's underlying models (Groq compound), or ``None``: not split.
+        self._by_model: list[Usage] | None = None
         self._model: str | None = None
         self._id: str | None = None
         self._text = LazyText(chunk_text, problems, "stream chunk")
@@ -293,15 +383,20 @@ class OpenAIReader:
 
     def _take_usage(self, obj: dict[str, Any]) -> bool:
         """Keep the usage ``obj`` carries (the latest wins); whether it carried one."""
+        holder = obj  # the object whose "usage" it is (its usage_breakdown is beside it)
         raw = obj.get("usage")
         if not isinstance(raw, dict):
-            raw = as_dict(obj.get("x_groq")).get("usage")  # Groq stream chunks
+            holder = as_dict(obj.get("x_groq"))  # Groq stream chunks
+            raw = holder.get("usage")
         if not isinstance(raw, dict) and ("eval_count" in obj or "prompt_eval_count" in obj):
             raw = obj  # Ollama native: counts at the top level of the last chunk
         if isinstance(raw, dict):
             usage = map_usage(raw)
             if usage is not None:
                 self._usage = usage
+                self._by_model = None
+                if _BREAKDOWN in holder and usage.invalid is None:
+                    self._by_model = split_by_model(holder[_BREAKDOWN], raw, self.problems)
                 return True
             note(self.problems, "usage object without known token fields")
         return False
@@ -394,6 +489,17 @@ class OpenAIReader:
         invalid = u.invalid
         if invalid is None and searches > MAX_WEB_SEARCHES:
             invalid = f"web searches {searches} > {MAX_WEB_SEARCHES} in one call"
+        partial = self._streamed and not (self._ended or self._usage_final)
+        if self._by_model is not None and invalid is None and not partial:
+            # Split by underlying model: the call's own event carries none of the tokens.
+            extra = [_copy_tokens(by) for by in self._by_model]
+            return Usage(
+                web_search=searches,
+                model=self._model,
+                response_id=self._id,
+                estimated=u.estimated,
+                extra=extra,
+            )
         return Usage(
             input=u.input,
             cached_input=u.cached_input,
@@ -407,7 +513,7 @@ class OpenAIReader:
             model=self._model,
             response_id=self._id,
             estimated=u.estimated,
-            partial=self._streamed and not (self._ended or self._usage_final),
+            partial=partial,
             invalid=invalid,
         )
 
