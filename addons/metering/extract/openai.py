@@ -40,8 +40,9 @@ Token mapping (see docs/token-model.md):
   split by model (:func:`split_by_model`): the call's own usage keeps the model it
   reports with no tokens, and each underlying model (its sub-calls summed, in order of
   first appearance) is a usage billed beside it (:attr:`Usage.extra`), mapped by the
-  rules above. A breakdown that does not add up (Groq's streams have repeated the total
-  in every entry) is noted as a problem and the top-level figures are kept.
+  rules above. A breakdown that does not add up is noted as a problem and the top-level
+  figures are kept; so are, without a note, those of Groq's streams, which repeat the
+  call's total in every entry (the models, not their shares).
   ``executed_tools`` (the web searches and code runs the system made) is not counted:
   Groq documents no per-request price for them.
 
@@ -123,6 +124,12 @@ def _prompt_and_completion(raw: dict[str, Any]) -> tuple[int | None, int | None]
     return prompt, completion
 
 
+def _repeats(entry: dict[str, Any], top: tuple[int | None, int | None]) -> bool:
+    model = entry.get("model")
+    named = isinstance(model, str) and bool(model.strip())
+    return named and _prompt_and_completion(as_dict(entry.get("usage"))) == top
+
+
 def split_by_model(breakdown: Any, raw: dict[str, Any], problems: list[str]) -> list[Usage] | None:
     """The usage of each underlying model of a Groq compound call, or ``None`` to keep
     the call's top-level ``raw`` usage as it is.
@@ -140,6 +147,12 @@ def split_by_model(breakdown: Any, raw: dict[str, Any], problems: list[str]) -> 
         return None
     by_model: dict[str, Usage] = {}
     prompts = completions = 0
+    top = _prompt_and_completion(raw)
+    if len(entries) > 1 and all(_repeats(as_dict(e), top) for e in entries):
+        # Groq's streams repeat the call's total in every entry: it names the models,
+        # not their shares. Kept whole at the system's name, as documented; not a fault
+        # of this call worth a warning per call.
+        return None
     for entry in map(as_dict, entries):
         model = entry.get("model")
         sub = as_dict(entry.get("usage"))
@@ -153,8 +166,8 @@ def split_by_model(breakdown: Any, raw: dict[str, Any], problems: list[str]) -> 
             return None
         prompts, completions = prompts + prompt, completions + completion
         _add_tokens(by_model.setdefault(model, Usage(model=model)), usage)
-    top_prompt, top_completion = _prompt_and_completion(raw)
-    if (prompts, completions) != (top_prompt, top_completion):
+    top_prompt, top_completion = top
+    if (prompts, completions) != top:
         note(
             problems,
             f"{_BREAKDOWN} adds up to prompt {prompts} and completion {completions}, not the"
