@@ -94,10 +94,14 @@ class Catalog(_Model):
         consumers = {c.name for c in self.consumers}
         billed_to: dict[str, str] = {}
         for i, customer in enumerate(self.customers):
+            listed: set[str] = set()
             for j, name in enumerate(customer.consumers):
                 where = f"customers[{i}].consumers[{j}]"
                 if name not in consumers:
                     bad(where, f"unknown consumer {name!r}")
+                if name in listed:  # its usage would be billed once per listing
+                    bad(where, f"consumer {name!r} listed twice")
+                listed.add(name)
                 owner = billed_to.setdefault(name, customer.key)
                 if owner != customer.key:
                     bad(where, f"consumer {name!r} already billed to {owner!r}")
