@@ -62,6 +62,24 @@ class Customer(_Model):
                 )
         return subs
 
+    @field_validator("entitlements")
+    @classmethod
+    def _one_override_per_start(
+        cls, overrides: list[EntitlementOverride]
+    ) -> list[EntitlementOverride]:
+        """Two overrides of a feature from the same start leave its limit to their order."""
+        starts = [(o.feature, o.start) for o in overrides]
+        dupes = sorted(
+            {
+                f"{f} from {'the start' if s is None else f'{s:%Y-%m-%dT%H:%M:%SZ}'}"
+                for f, s in starts
+                if starts.count((f, s)) > 1
+            }
+        )
+        if dupes:
+            raise ValueError(f"duplicate entitlement override(s): {', '.join(dupes)}")
+        return overrides
+
 
 class Webhook(_Model):
     url: str = Field(pattern=r"^https?://")

@@ -45,6 +45,9 @@ class FeatureMeter(_Model):
     @field_validator("token_types")
     @classmethod
     def _calls_apart(cls, value: list[TokenType]) -> list[TokenType]:
+        dupes = sorted({t for t in value if value.count(t) > 1})
+        if dupes:  # each listing adds the type's tokens to the feature's quantity again
+            raise ValueError(f"duplicate token type(s): {', '.join(dupes)}")
         calls = [t for t in value if t in CALL_TYPES]
         if calls and len(calls) < len(value):
             raise ValueError(
@@ -240,3 +243,16 @@ class Plan(_Model):
         if dupes:
             raise ValueError(f"duplicate rate card key(s): {', '.join(dupes)}")
         return cards
+
+    @model_validator(mode="after")
+    def _one_limit_per_usage_period(self) -> Plan:
+        """Two metered entitlements of a feature over the same usage period share one counter."""
+        periods = [
+            (e.feature, e.period or self.billing_cadence)
+            for e in self.entitlements
+            if e.type == "metered"
+        ]
+        dupes = sorted({f"{f} per {p}" for f, p in periods if periods.count((f, p)) > 1})
+        if dupes:
+            raise ValueError(f"duplicate metered entitlement(s): {', '.join(dupes)}")
+        return self

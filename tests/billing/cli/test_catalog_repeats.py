@@ -62,3 +62,50 @@ def test_a_consumer_listed_twice_in_one_customer_is_refused(tmp_path: Path) -> N
     billed = run(s, "invoice", "generate", "--period", "2026-01")
     assert billed.exit_code == 1
     assert "consumer 'a1' listed twice" in error(billed)
+
+
+def test_a_token_type_listed_twice_in_a_feature_is_refused(tmp_path: Path) -> None:
+    s = _with(tmp_path, "token_types: [input, output]", "token_types: [input, output, input]")
+    result = run(s, "catalog", "check")
+    assert result.exit_code == 1
+    assert error(result) == (
+        f"Error: {s.catalog_path}: features[0].meter.token_types: duplicate token type(s): input"
+    )
+    billed = run(s, "invoice", "generate", "--period", "2026-01")
+    assert billed.exit_code == 1
+    assert "duplicate token type(s): input" in error(billed)
+
+
+def test_two_metered_entitlements_of_a_feature_over_one_period_are_refused(
+    tmp_path: Path,
+) -> None:
+    s = _with(
+        tmp_path,
+        "      - {feature: f, limit: 100000}\n",
+        "      - {feature: f, limit: 100000}\n"
+        "      - {feature: f, limit: 5000, period: P1D}\n"
+        "      - {feature: f, limit: 200000, period: P1M}\n",
+    )
+    result = run(s, "catalog", "check")
+    assert result.exit_code == 1
+    assert error(result) == (
+        f"Error: {s.catalog_path}: plans[0]: duplicate metered entitlement(s): f per P1M"
+    )
+
+
+def test_two_overrides_of_a_feature_from_one_start_are_refused(tmp_path: Path) -> None:
+    s = _with(
+        tmp_path,
+        "    consumers: [a1, a2]\n",
+        "    consumers: [a1, a2]\n"
+        "    entitlements:\n"
+        "      - {feature: f, limit: 10}\n"
+        "      - {feature: f, limit: 20, start: '2026-02-01T00:00:00Z'}\n"
+        "      - {feature: f, limit: 30}\n",
+    )
+    result = run(s, "catalog", "check")
+    assert result.exit_code == 1
+    assert error(result) == (
+        f"Error: {s.catalog_path}: customers[0].entitlements: "
+        "duplicate entitlement override(s): f from the start"
+    )
