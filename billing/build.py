@@ -14,9 +14,11 @@ An invoice for a billing period ``[start, end)`` of a customer holds, in this or
 3. ``late_usage`` lines: events of periods already invoiced that were ingested after the
    last invoice that swept them (``billed_until < ingested_at <= watermark``), one line per
    (period, rate card), priced with that period's stored rate card snapshot and
-   incrementally: ``price(billed + late) - already billed amount``, so tiers, included
-   units and minimums continue where the earlier invoices stopped and the amounts over
-   all invoices of the period add up to what one invoice with all events would charge.
+   incrementally: ``price(billed + late - granted units) - already billed amount`` (net
+   of its unit-grant credits; the units spread over the rate cards as one invoice would:
+   :func:`_regrant`), so tiers, included units and minimums continue where the earlier
+   invoices stopped and the amounts over all invoices of the period add up to what one
+   invoice with all events would charge.
 
 Usage for every window of every invoice is aggregated by :func:`billing.usage.aggregate_windows`
 in a single query; matching (provider, model, token type) rows to features is done here.
@@ -48,7 +50,7 @@ from billing.ledger import (
 )
 from billing.model import Invoice, InvoiceLine
 from billing.money import decimal_text, round_money
-from billing.pricing import PricedLine, price_rate_card
+from billing.pricing import PricedLine, fewest_units_for_lowest_price, price_rate_card
 from billing.schedule import BillingPeriod, next_period
 from billing.usage import (
     TokenFilter,
@@ -147,6 +149,8 @@ class _Job:
     share_label: str | None = None
     prior: dict[str, BilledCard] = field(default_factory=dict)
     """Late jobs: what earlier invoices billed per rate card key for this window."""
+    regranted: dict[str, int] = field(default_factory=dict)
+    """Late jobs: granted units per rate card key, spread over the period's whole usage."""
 
 
 @lru_cache(maxsize=4096)
@@ -261,17 +265,21 @@ def _usage_line(
         return None
     prior = job.prior.get(uc.card.key, BilledCard(Decimal(0), Decimal(0)))
     total = prior.quantity + quantity
+    units = job.regranted.get(uc.card.key, 0)
     priced_total: PricedLine = price_rate_card(
-        uc.card, total, currency=currency, proration=share, proration_label=label
+        uc.card, total - units, currency=currency, proration=share, proration_label=label
     )
+    billed_before = prior.amount + prior.granted_credit
     detail["pricing"] = priced_total.to_detail()
     detail["late"] = {
         "period": {"start": iso(w.start), "end": iso(w.end)},
         "billed_quantity": decimal_text(prior.quantity),
-        "billed_amount": decimal_text(round_money(prior.amount, currency)),
-        "total_quantity": decimal_text(prior.quantity + quantity),
+        "billed_amount": decimal_text(round_money(billed_before, currency)),
+        "total_quantity": decimal_text(total),
         "total_amount": decimal_text(priced_total.amount),
     }
+    if prior.granted_units or units:
+        detail["late"]["granted_units"] = str(units)
     return InvoiceLine(
         kind="late_usage",
         rate_card_key=uc.card.key,
@@ -282,9 +290,45 @@ def _usage_line(
         usage_end=w.end,
         quantity=Decimal(quantity),
         unit_price=priced_total.unit_price,
-        amount=priced_total.amount - prior.amount,
+        amount=priced_total.amount - billed_before,
         detail=detail,
     )
+
+
+def _regrant(job: _Job, rows: Sequence[WindowUsage], currency: str, match: _Matcher) -> None:
+    """Late job: spread the units of unit grants its period's lines took again, over the
+    period's whole metered quantity, as one invoice with all its events would have.
+
+    Per feature the pool is the units its credit lines took (no more are taken: late usage
+    takes no units); lines get them in their order on the period's own invoice, each the
+    fewest that bring its price to the lowest it can reach (:mod:`billing.unitgrants`'
+    rule), so the period's invoices add up to what one invoice would have charged with
+    those units (docs/billing.md, "Late events")."""
+    pool: dict[str, int] = defaultdict(int)
+    for uc in job.cards:
+        prior = job.prior.get(uc.card.key)
+        if prior is not None:
+            pool[uc.feature_key] += int(prior.granted_units)
+    if not any(pool.values()):
+        return
+    for uc in job.cards:
+        prior = job.prior.get(uc.card.key)
+        left = pool[uc.feature_key]
+        if prior is None or left <= 0:
+            continue
+        total = int(prior.quantity) + _tokens_for(uc.meter, rows, match)[0]
+        share = uc.proration if uc.proration is not None else job.share
+        whole = price_rate_card(uc.card, total, currency=currency, proration=share)
+        most = min(int(whole.billable_quantity), left)
+        found = (
+            fewest_units_for_lowest_price(uc.card, total, most, currency, share)
+            if most > 0
+            else None
+        )
+        if found is None or found[1].amount >= whole.amount:
+            continue
+        job.regranted[uc.card.key] = found[0]
+        pool[uc.feature_key] = left - found[0]
 
 
 def _late_windows(
@@ -447,9 +491,9 @@ def build_invoices(
             # its earlier lines need not be read nor its (old) events aggregated again.
             late_events = (c.key, sw.start, sw.end) in late
             prior = billed.get((c.key, sw.start, sw.end), {}) if late_events else {}
-            snapshots = [
+            snapshots = [  # in the order of the period's own invoice
                 UsageCard.from_snapshot(sw.plan_key, b.snapshot)
-                for b in prior.values()
+                for b in sorted(prior.values(), key=lambda b: b.line_no)
                 if b.snapshot is not None
             ]
             jobs.append(
@@ -474,6 +518,8 @@ def build_invoices(
     for job in jobs if progress is None else progress(jobs):
         rows = by_window.get(job.window.window_id, [])
         inv = invoices[job.invoice]
+        if job.late:
+            _regrant(job, rows, inv.currency, match)
         for uc in job.cards:
             line = _usage_line(job, uc, rows, inv.currency, match)
             if line is not None:

@@ -58,6 +58,12 @@ class BilledCard:
     amount: Decimal
     snapshot: dict[str, Any] | None = None
     """The rate card and meter as the period's own invoice priced them."""
+    granted_units: Decimal = Decimal(0)
+    """Units of unit grants its ``credit`` lines took (late usage lines take none)."""
+    granted_credit: Decimal = Decimal(0)
+    """What those credit lines took off (never positive)."""
+    line_no: int = 0
+    """Its line number on the period's own invoice: the order unit grants reach lines in."""
 
 
 def swept_windows(
@@ -88,23 +94,40 @@ def swept_windows(
 def billed_cards(
     con: duckdb.DuckDBPyConnection, customers: Sequence[str]
 ) -> dict[tuple[str, datetime, datetime], dict[str, BilledCard]]:
-    """Per (customer, window): quantity and amount billed per rate card, and its snapshot."""
+    """Per (customer, window): quantity and amount billed per rate card, its snapshot, and
+    the units of unit grants its credit lines took and what they took off."""
     with value_set(con, "bill_customers", customers):
         rows = con.execute(
             """
-            SELECT i.customer_key, l.usage_start, l.usage_end, l.rate_card_key,
-                   sum(l.quantity), sum(l.amount),
-                   arg_min(l.detail, i.seq) FILTER (WHERE l.kind = 'usage')
-            FROM invoice_lines AS l JOIN invoices AS i ON i.number = l.invoice_number
-            WHERE l.kind IN ('usage', 'late_usage')
-              AND i.customer_key IN (SELECT value FROM bill_customers)
+            WITH lines AS (
+                SELECT i.customer_key, i.seq, l.*,
+                       l.kind = 'credit'
+                       AND json_extract_string(l.detail, '$.unit_grant') = 'true' AS granted
+                FROM invoice_lines AS l JOIN invoices AS i ON i.number = l.invoice_number
+                WHERE i.customer_key IN (SELECT value FROM bill_customers)
+                  AND l.kind IN ('usage', 'late_usage', 'credit')
+            )
+            SELECT customer_key, usage_start, usage_end, rate_card_key,
+                   coalesce(sum(quantity) FILTER (WHERE NOT granted), 0),
+                   coalesce(sum(amount) FILTER (WHERE NOT granted), 0),
+                   arg_min(detail, seq) FILTER (WHERE kind = 'usage'),
+                   coalesce(sum(quantity) FILTER (WHERE granted), 0),
+                   coalesce(sum(amount) FILTER (WHERE granted), 0),
+                   arg_min(line_no, seq) FILTER (WHERE kind = 'usage')
+            FROM lines
+            WHERE kind <> 'credit' OR granted
             GROUP BY ALL
             """
         ).fetchall()
     out: dict[tuple[str, datetime, datetime], dict[str, BilledCard]] = defaultdict(dict)
-    for ck, start, end, card, qty, amount, snap in rows:
+    for ck, start, end, card, qty, amount, snap, units, credit, line_no in rows:
         out[(ck, from_db(start), from_db(end))][card] = BilledCard(
-            _trim(qty), _trim(amount), None if snap is None else json.loads(snap)
+            _trim(qty),
+            _trim(amount),
+            None if snap is None else json.loads(snap),
+            _trim(Decimal(units)),
+            _trim(Decimal(credit)),
+            int(line_no or 0),
         )
     return out
 

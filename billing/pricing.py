@@ -229,3 +229,59 @@ def _tier_use(price: TieredPrice, index: int, units: Fraction) -> TierUse:
     with money_context():
         amount = quantity * tier.unit_amount / price.per + tier.flat_amount
     return TierUse(index, quantity, tier.unit_amount, tier.flat_amount, amount)
+
+
+def fewest_units_for_lowest_price(
+    card: RateCard, quantity: int, most: int, currency: str, share: Fraction
+) -> tuple[int, PricedLine] | None:
+    """``(units, line priced at quantity - units)``: the fewest of at most ``most`` units
+    that bring the line's exact (unrounded) price to the lowest it can reach; None when no
+    number of them lowers it (under a minimum, above a maximum, across a volume bound).
+
+    Taking units never raises the price except where a volume tier bound is crossed
+    downwards (fewer units, dearer tier): between such bounds the price never rises as
+    units are taken, so the lowest price is at the lowest quantity of one of those ranges,
+    and within that range a bisection finds the highest quantity with that price.
+    """
+    cache: dict[int, PricedLine] = {}
+
+    def priced(n: int) -> PricedLine:
+        if n not in cache:
+            cache[n] = price_rate_card(card, n, currency=currency, proration=share)
+        return cache[n]
+
+    def net(n: int) -> Fraction:
+        value = priced(n).net
+        assert value is not None
+        return value
+
+    low = quantity - most
+    starts = {low}
+    price = card.price
+    if isinstance(price, TieredPrice) and price.mode == "volume":
+        # the first unit of each tier above the first, as a metered quantity
+        starts |= {
+            card.included + t.up_to + 1
+            for t in price.tiers
+            if t.up_to is not None and low < card.included + t.up_to + 1 <= quantity
+        }
+    bounds = sorted(starts)
+    ranges = [
+        (lo, (bounds[i + 1] - 1) if i + 1 < len(bounds) else quantity)
+        for i, lo in enumerate(bounds)
+    ]
+    lowest = min(net(lo) for lo, _ in ranges)
+    if lowest >= net(quantity):
+        return None
+    best = low
+    for lo, hi in ranges:
+        if net(lo) != lowest:
+            continue
+        while lo < hi:  # the highest quantity in [lo, hi] priced at ``lowest``
+            mid = (lo + hi + 1) // 2
+            if net(mid) <= lowest:
+                lo = mid
+            else:
+                hi = mid - 1
+        best = max(best, lo)
+    return quantity - best, priced(best)

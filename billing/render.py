@@ -221,7 +221,8 @@ def _late_rows(line: InvoiceLine) -> list[str]:
     why = [n for n in (line.detail.get("pricing") or {}).get("notes") or [] if "spend" in n]
     return [
         f"      period total {late['total_quantity']} units = {late['total_amount']}"
-        + "".join(f" ({n})" for n in why),
+        + "".join(f" ({n})" for n in why)
+        + (f" (after {late['granted_units']} granted units)" if late.get("granted_units") else ""),
         f"      billed before {late['billed_quantity']} units = {late['billed_amount']}",
     ]
 

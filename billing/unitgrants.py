@@ -18,7 +18,8 @@ is exact and never positive, and the line's net is never below zero. The credit 
 detail names each grant and the units it gave; :mod:`billing.ledger` stores them in
 ``credit_consumptions`` (units, for a unit grant) in the invoice's transaction, and
 Stripe gets the line as a negative item like the currency credit line. Late usage lines
-take no units. docs/billing.md, "Unit grants on invoices", has the rule with examples.
+take no units; they price their period with the units taken (``billing.build._regrant``).
+docs/billing.md, "Unit grants on invoices", has the rule with examples.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ import duckdb
 from billing.build import UsageCard
 from billing.credits import CreditError, Grant, grant_customer, store_grant
 from billing.model import Invoice, InvoiceLine
-from billing.pricing import PricedLine, price_rate_card
-from meterline.catalog import Catalog, RateCard, TieredPrice
+from billing.pricing import fewest_units_for_lowest_price
+from meterline.catalog import Catalog
 
 
 def grant_units(
@@ -114,62 +115,6 @@ def _take(grants: list[Grant], wanted: int, period_start: datetime) -> list[dict
     return taken
 
 
-def _fewest_units_for_lowest_price(
-    card: RateCard, quantity: int, most: int, currency: str, share: Fraction
-) -> tuple[int, PricedLine] | None:
-    """``(units, line priced at quantity - units)``: the fewest of at most ``most`` units
-    that bring the line's exact (unrounded) price to the lowest it can reach; None when no
-    number of them lowers it (under a minimum, above a maximum, across a volume bound).
-
-    Taking units never raises the price except where a volume tier bound is crossed
-    downwards (fewer units, dearer tier): between such bounds the price never rises as
-    units are taken, so the lowest price is at the lowest quantity of one of those ranges,
-    and within that range a bisection finds the highest quantity with that price.
-    """
-    cache: dict[int, PricedLine] = {}
-
-    def priced(n: int) -> PricedLine:
-        if n not in cache:
-            cache[n] = price_rate_card(card, n, currency=currency, proration=share)
-        return cache[n]
-
-    def net(n: int) -> Fraction:
-        value = priced(n).net
-        assert value is not None
-        return value
-
-    low = quantity - most
-    starts = {low}
-    price = card.price
-    if isinstance(price, TieredPrice) and price.mode == "volume":
-        # the first unit of each tier above the first, as a metered quantity
-        starts |= {
-            card.included + t.up_to + 1
-            for t in price.tiers
-            if t.up_to is not None and low < card.included + t.up_to + 1 <= quantity
-        }
-    bounds = sorted(starts)
-    ranges = [
-        (lo, (bounds[i + 1] - 1) if i + 1 < len(bounds) else quantity)
-        for i, lo in enumerate(bounds)
-    ]
-    lowest = min(net(lo) for lo, _ in ranges)
-    if lowest >= net(quantity):
-        return None
-    best = low
-    for lo, hi in ranges:
-        if net(lo) != lowest:
-            continue
-        while lo < hi:  # the highest quantity in [lo, hi] priced at ``lowest``
-            mid = (lo + hi + 1) // 2
-            if net(mid) <= lowest:
-                lo = mid
-            else:
-                hi = mid - 1
-        best = max(best, lo)
-    return quantity - best, priced(best)
-
-
 def _unit_credit(
     line: InvoiceLine, currency: str, grants: list[Grant], period_start: datetime
 ) -> InvoiceLine | None:
@@ -181,7 +126,7 @@ def _unit_credit(
         return None
     uc = UsageCard.from_snapshot(line.plan_key, line.detail)
     share = uc.proration if uc.proration is not None else Fraction(1)
-    found = _fewest_units_for_lowest_price(uc.card, int(line.quantity), most, currency, share)
+    found = fewest_units_for_lowest_price(uc.card, int(line.quantity), most, currency, share)
     if found is None:
         return None
     units, reduced = found
