@@ -136,6 +136,8 @@ def billing_reader(
     module)."""
     loc = str(locator)
     check_locator(loc)
+    if not loc.startswith(LAKE_PREFIX) and no_store_yet(loc):  # as billing_store: at once
+        raise no_such_database(loc)
     opened = store(loc, read_only=True, wait_s=wait_s, create_lake=False, on_wait=on_wait)
     with opened as con:
         pending = pending_migrations(con, loc)

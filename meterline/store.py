@@ -223,29 +223,29 @@ def _retrying[T](
     deadline = started + wait_s
     delay = 0.005
     asked = said = False
-    while True:
-        try:
-            result = attempt()
-        except duckdb.Error as e:
-            now = time.monotonic()
-            if not _is_transient(loc, e) or now >= deadline:
+    try:
+        while True:
+            try:
+                return attempt()
+            except duckdb.Error as e:
+                now = time.monotonic()
                 locked = isinstance(e, duckdb.IOException) and _is_lock_error(e)
-                raise (StoreLocked if locked else StoreError)(
-                    f"{shown(loc)}: cannot open: {one_line(str(e))}{_hint(loc, e)}"
-                ) from e
-            if on_wait is not None and not said and now - started >= SAY_WAITING_AFTER_S:
-                said = True
-                on_wait(f"{shown(loc)}: waiting up to {wait_s:.0f} s: {one_line(str(e))}")
-            if ask and not loc.startswith(LAKE_PREFIX):
-                signal_reader_waiting(loc)
-                asked = True
-            time.sleep(delay * (1 + random.random()))
-            delay = min(delay * 2, 0.2)
-            continue
-        if asked:  # we have the file: the writer need not let go again for us
+                if not _is_transient(loc, e) or now >= deadline:
+                    raise (StoreLocked if locked else StoreError)(
+                        f"{shown(loc)}: cannot open: {one_line(str(e))}{_hint(loc, e)}"
+                    ) from e
+                if on_wait is not None and not said and now - started >= SAY_WAITING_AFTER_S:
+                    said = True
+                    on_wait(f"{shown(loc)}: waiting up to {wait_s:.0f} s: {one_line(str(e))}")
+                if ask and locked and not loc.startswith(LAKE_PREFIX):  # a file being
+                    signal_reader_waiting(loc)  # created has no writer to ask
+                    asked = True
+                time.sleep(delay * (1 + random.random()))
+                delay = min(delay * 2, 0.2)
+    finally:
+        if asked:  # opened, or given up: the writer need not let go (again) for us
             with contextlib.suppress(OSError):
                 reader_waiting_path(loc).unlink(missing_ok=True)
-        return result
 
 
 #: DuckDB writes a new file's headers (three 4 KiB blocks) an instant after creating it.
@@ -304,7 +304,9 @@ def check_locator(locator: str) -> None:
 
 
 def no_such_database(loc: str) -> StoreError:
-    return StoreError(f"{shown(loc)}: no such database (nothing metered yet?)")
+    """A missing file, or an empty one (named so: the file is there, its database is not)."""
+    why = "an empty file: nothing metered yet?" if is_empty_file(loc) else "nothing metered yet?"
+    return StoreError(f"{shown(loc)}: no such database ({why})")
 
 
 def _hint(loc: str, err: duckdb.Error) -> str:

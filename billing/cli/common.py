@@ -26,6 +26,7 @@ from billing.store import billing_reader, billing_store
 from meterline import lakerepair
 from meterline.catalog import Catalog, CatalogError, load_catalog
 from meterline.conninfo import locator_problem, one_line, shown
+from meterline.emptystore import is_empty_file
 from meterline.periods import PeriodRangeError, calendar_month
 from meterline.store import LAKE_PREFIX, StoreError, io_hint, no_store_yet, store
 
@@ -120,10 +121,11 @@ class Settings:
         proxies'). Said on stderr, naming the path: a mistyped ``--db`` would otherwise
         put the grant in a store nothing reads."""
         new_file = create and not self.db.startswith(LAKE_PREFIX) and no_store_yet(self.db)
+        was = "was an empty file" if new_file and is_empty_file(self.db) else "did not exist"
         with billing_store(self.db, create=new_file, on_wait=_say_waiting) as con:
             if new_file:
                 click.echo(
-                    f"Note: {shown(self.db)} did not exist: created a new, empty store "
+                    f"Note: {shown(self.db)} {was}: created a new, empty store "
                     "(point the proxy's meter_db at it)",
                     err=True,
                 )

@@ -47,10 +47,11 @@ def test_readers_and_billing_say_an_empty_file_is_no_database(tmp_path: Path) ->
     db = tmp_path / "m.duckdb"
     db.touch()
     _an_hour_old(db)
-    with pytest.raises(StoreError, match=r"no such database \(nothing metered yet\?\)"):
+    said = r"no such database \(an empty file: nothing metered yet\?\)"
+    with pytest.raises(StoreError, match=said):
         open_store(db, read_only=True, wait_s=5)
     with (
-        pytest.raises(StoreError, match=r"no such database \(nothing metered yet\?\)"),
+        pytest.raises(StoreError, match=said),
         billing_store(db),
     ):
         pass
