@@ -67,13 +67,15 @@ class Customer(_Model):
     def _one_override_per_start(
         cls, overrides: list[EntitlementOverride]
     ) -> list[EntitlementOverride]:
-        """Two overrides of a feature from the same start leave its limit to their order."""
-        starts = [(o.feature, o.start) for o in overrides]
+        """Two overrides of a feature's limit (of one ``period``) from the same start leave
+        it to their order."""
+        starts = [(o.feature, o.start, o.period) for o in overrides]
         dupes = sorted(
             {
-                f"{f} from {'the start' if s is None else f'{s:%Y-%m-%dT%H:%M:%SZ}'}"
-                for f, s in starts
-                if starts.count((f, s)) > 1
+                f"{f}{'' if p is None else f' per {p}'} from "
+                f"{'the start' if s is None else f'{s:%Y-%m-%dT%H:%M:%SZ}'}"
+                for f, s, p in starts
+                if starts.count((f, s, p)) > 1
             }
         )
         if dupes:

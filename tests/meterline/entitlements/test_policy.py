@@ -162,3 +162,12 @@ def test_a_customer_with_no_limits_now_holds_calls_for_the_plan_that_begins() ->
     assert policy.valid_until == datetime(2026, 4, 1, tzinfo=UTC)
     soft = text.replace("limit: 100, period: P1D", "limit: 100, enforcement: soft")
     assert build_policy(parse_catalog(soft), AT).upcoming == {}  # nothing it could refuse
+
+
+def test_overrides_of_two_periods_from_one_start_are_both_kept() -> None:
+    text = TWO_LIMITS + (
+        "      - {feature: out, limit: 2000}\n      - {feature: out, limit: 300, period: P1D}\n"
+    )
+    assert limits_of(text) == [("P1M", 2000, "customer acme"), ("P1D", 300, "customer acme")]
+    with pytest.raises(CatalogError, match="duplicate entitlement override"):
+        parse_catalog(text + "      - {feature: out, limit: 400, period: P1D}\n")
