@@ -24,6 +24,7 @@ from meterline.lakeconfig import LakeConfigError, lake_settings
 from meterline.store import DEFAULT_CATALOG, DEFAULT_DB, looks_like_duckdb
 
 UNKNOWN_KEY_POLICIES = ("record", "reject")
+ABANDONED_OUTPUT = ("bound", "none")
 STREAMED_REQUESTS = (
     "stream_large_bodies: mitmproxy would send a large request upstream before the meter "
     "refuses an unknown key, injects a provider key or applies a limit; unset it (the "
@@ -82,7 +83,7 @@ def add_options(loader: Any) -> None:
         "A non-streamed call whose client left before any answer (the provider finishes "
         "and bills it unseen): 'bound' meters its output as the most it could be (the "
         "request's own bound, else the model's, what the limits held for it), 'none' as 0.",
-        choices=("bound", "none"),
+        choices=ABANDONED_OUTPUT,
     )
     loader.add_option(
         "meter_log_payloads",
@@ -107,19 +108,20 @@ def add_options(loader: Any) -> None:
 
 
 def check_policies(options: Any) -> None:
-    """The two policy options' values (``choices`` is not enforced for a value set
-    before the option was declared, such as one read from a config file)."""
-    if options.meter_unknown_keys not in UNKNOWN_KEY_POLICIES:
-        raise exceptions.OptionsError(
-            f"meter_unknown_keys: expected one of {', '.join(UNKNOWN_KEY_POLICIES)}, "
-            f"got {options.meter_unknown_keys!r}"
-        )
-    if options.meter_governance_failure not in governance.FAILURE_POLICIES:
-        raise exceptions.OptionsError(
-            "meter_governance_failure: expected one of "
-            f"{', '.join(governance.FAILURE_POLICIES)}, "
-            f"got {options.meter_governance_failure!r}"
-        )
+    """The policy options' values (``choices`` is not enforced for a value set before the
+    option was declared: ``--set`` on the command line, a config file). Before, a typo in
+    ``meter_abandoned_output`` (``Bound``) started the proxy and meant ``none``: a client
+    that always gave up passed any hard cap, unsaid."""
+    for name, allowed in (
+        ("meter_unknown_keys", UNKNOWN_KEY_POLICIES),
+        ("meter_governance_failure", governance.FAILURE_POLICIES),
+        ("meter_abandoned_output", ABANDONED_OUTPUT),
+    ):
+        value = getattr(options, name)
+        if value not in allowed:
+            raise exceptions.OptionsError(
+                f"{name}: expected one of {', '.join(allowed)}, got {value!r}"
+            )
 
 
 def check_spool(directory: str) -> None:

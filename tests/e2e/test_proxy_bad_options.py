@@ -19,6 +19,8 @@ from tests.support.proxy import MeterProxy
         ({"meter_db": "no-such-dir/x.duckdb"}, "meter_db: no-such-dir is not a directory"),
         ({"meter_flush_interval": "soon"}, "meter_flush_interval: expected seconds"),
         ({"meter_unknown_keys": "deny"}, "meter_unknown_keys: expected one of record, reject"),
+        # before: accepted, and meant `none` (abandoned calls metered as no output)
+        ({"meter_abandoned_output": "Bound"}, "meter_abandoned_output: expected one of bound"),
         (  # a large request would reach the provider before the key check
             {"meter_unknown_keys": "reject", "stream_large_bodies": "10k"},
             "stream_large_bodies: mitmproxy would send a large request upstream before",
@@ -39,9 +41,9 @@ from tests.support.proxy import MeterProxy
         # before: the working directory became the spool
         ({"meter_spool": " "}, "meter_spool: empty (give the spool's directory)"),
     ],
-    ids=["catalog", "db", "interval", "policy", "streamed-requests", "bool", "misspelt",
-         "empty-db", "db-directory", "infinite-interval", "failure-policy", "tiny-refresh",
-         "db-not-duckdb", "db-fifo", "empty-spool"],
+    ids=["catalog", "db", "interval", "policy", "abandoned-output", "streamed-requests", "bool",
+         "misspelt", "empty-db", "db-directory", "infinite-interval", "failure-policy",
+         "tiny-refresh", "db-not-duckdb", "db-fifo", "empty-spool"],
 )  # fmt: skip
 def test_a_bad_option_at_start_is_one_line(
     tmp_path: Path, mitm_confdir: Path, test_catalog: Path, options: dict[str, str], line: str
