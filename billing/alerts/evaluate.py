@@ -43,6 +43,7 @@ from billing.invoices import preview_invoice
 from billing.model import Invoice
 from billing.schedule import ScheduleError
 from meterline.catalog import Alerts, Catalog, Customer
+from meterline.periods import period_containing
 
 
 @dataclass(frozen=True)
@@ -109,10 +110,24 @@ def _ended_period_instants(
         _parse(row["period_start"]) - _JUST_BEFORE: set() for row in rows if row["period_start"]
     }
     for customer in catalog.customers:
-        ended = [s.end for s in customer.subscriptions if s.end is not None and s.end <= now]
-        if ended:
-            instants.setdefault(max(ended) - _JUST_BEFORE, set()).add(customer.key)
+        end = _just_ended(catalog, customer, now)
+        if end is not None:
+            instants.setdefault(end - _JUST_BEFORE, set()).add(customer.key)
     return instants
+
+
+def _just_ended(catalog: Catalog, customer: Customer, now: datetime) -> datetime | None:
+    """The end of the customer's latest ended subscription if its last period ended at
+    most one period before ``now`` (the look-back's reach: before, alerts were switched
+    on and the first round sent one for a period that had ended five months earlier)."""
+    ended = [s for s in customer.subscriptions if s.end is not None and s.end <= now]
+    if not ended:
+        return None
+    sub = max(ended, key=lambda s: s.end or now)
+    assert sub.end is not None
+    cadence = catalog.plan(sub.plan).billing_cadence
+    last = period_containing(sub.start, cadence, sub.end - _JUST_BEFORE)
+    return sub.end if now - sub.end <= last.end - last.start else None
 
 
 def _over(row: dict[str, Any], now: datetime, closed: set[str]) -> bool:
@@ -203,8 +218,8 @@ def _spend_events(
 ) -> list[AlertEvent]:
     """``period_spend_above`` crossings of the customer's current invoice period, of the
     one before it and of the last period of its latest ended subscription."""
-    ended = [s.end for s in customer.subscriptions if s.end is not None and s.end <= now]
-    instants = [now] + ([max(ended) - _JUST_BEFORE] if ended else [])
+    end = _just_ended(catalog, customer, now)
+    instants = [now] + ([end - _JUST_BEFORE] if end is not None else [])
     invoices: list[Invoice] = []
     for n, at in enumerate(instants):
         try:

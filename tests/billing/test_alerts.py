@@ -449,6 +449,32 @@ def test_a_threshold_crossed_just_before_the_subscription_ended_fires_after_it(
     assert _round(db, catalog, datetime(2026, 12, 1, 12, 5, tzinfo=UTC)) == (0, 0)
 
 
+def test_a_subscription_that_ended_long_ago_is_not_looked_back_at(
+    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Alerts switched on months after a subscription ended: its last period is past the
+    look-back (one billing period). Before, the first round sent its crossing."""
+    path = _hooks_catalog(
+        tmp_path / "catalog.yaml",
+        [f"http://127.0.0.1:{receiver.port}/hook"],
+        HARD_DAILY,
+        percents="[100]",
+    )
+    path.write_text(
+        path.read_text().replace(
+            'start: "2026-01-01T00:00:00Z"}',
+            'start: "2026-01-01T00:00:00Z", end: "2026-06-15T12:00:00Z"}',
+        )
+    )
+    catalog = load_catalog(path)
+    db = tmp_path / "meterline.duckdb"
+    monkeypatch.setenv("HOOK_SECRET", SECRET)
+    receiver.start()
+    add_events(db, Event(datetime(2026, 6, 15, 11, 59, 59, tzinfo=UTC), output=100))
+    assert _round(db, catalog, datetime(2026, 12, 1, 12, 0, tzinfo=UTC)) == (0, 0)
+    assert _round(db, catalog, datetime(2026, 7, 1, 12, 0, tzinfo=UTC)) == (1, 1)  # in reach
+
+
 def test_period_spend_crossed_just_before_the_invoice_period_ended_fires_after_it(
     tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
