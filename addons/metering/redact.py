@@ -112,6 +112,17 @@ _USERINFO = re.compile(r"(://|\bCONNECT )[^/@\s'\x1b]+@")  # CONNECT u:key@host:
 _BEARER = re.compile(
     r"(?<![\w-])((?:bearer|basic)\s+)(?![\w-]+=[^=\s,])[\w.~+/=-]{8,}", re.IGNORECASE
 )
+#: A provider key or ephemeral token by its shape, anywhere (a provider's error quoting the
+#: key it got: "Incorrect API key provided: sk-...", a mint's answer printed at
+#: ``flow_detail`` 3): OpenAI, DeepSeek and OpenRouter ``sk-``, Anthropic ``sk-ant-``, xAI
+#: ``xai-``, Groq ``gsk_``, Google ``AIza``, OpenAI's ephemeral ``ek_``, Gemini's
+#: ``auth_tokens/``. The prefix is kept (it says which provider's key it was).
+_KEY_SHAPE = re.compile(r"(?<![\w-])((?:sk-|xai-|gsk_|ek_|AIza|auth_tokens/))[\w-]{12,}")
+#: A JSON member named as a credential (``"api_key": "..."``, ``"client_secret": "..."``):
+#: a body printed at ``flow_detail`` 3 or 4.
+_JSON_SECRET = re.compile(
+    r'("' + _NAMED_AS_CREDENTIAL + r'"\s*:\s*")(?:[^"\\]|\\.){8,}(?=")', re.IGNORECASE
+)
 #: A protocol error quoting raw header bytes (``b'...'``), which may be a key's value.
 _PROTOCOL_ERROR = re.compile(r"protocol error|invalid header|header value|header name", re.I)
 _BYTES_LITERAL = re.compile(r"b'(?:[^'\\]|\\.)*'" + r'|b"(?:[^"\\]|\\.)*"')
@@ -121,6 +132,7 @@ _BYTES_LITERAL = re.compile(r"b'(?:[^'\\]|\\.)*'" + r'|b"(?:[^"\\]|\\.)*"')
 _NEEDLES = (
     "=", "@", "bearer", "basic", "protocol error", "header", "insecure-api-key", "\\x",
     *SECRET_HEADERS, "key", "token", "secret", "pass", "pwd", "auth", "bearer", "credential",
+    "sk-", "xai-", "gsk_", "ek_", "aiza",
 )  # fmt: skip
 
 
@@ -155,6 +167,9 @@ def redact(text: str) -> str:
         text = _H2_HEADER.sub(r"\1" + REDACTED + "'", text)
     text = _LOOSE_HEADER.sub(r"\1" + REDACTED, text)
     text = _BEARER.sub(r"\1" + REDACTED, text)
+    text = _KEY_SHAPE.sub(r"\1" + REDACTED, text)
+    if '"' in text:
+        text = _JSON_SECRET.sub(r"\1" + REDACTED, text)
     if "insecure-api-key" in lower:
         text = _WS_SUBPROTOCOL_KEY.sub(r"\1" + REDACTED, text)
     text = shown(text)  # a lake locator's PostgreSQL password, as `***`

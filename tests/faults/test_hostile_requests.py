@@ -628,8 +628,8 @@ def test_credentials_under_other_headers_are_never_printed(
     }
 
     async def echo(request: web.Request) -> web.Response:
-        return web.json_response(
-            {"error": {"message": "Incorrect API key provided"}},
+        return web.json_response(  # a gateway that quotes the key it got: body at 3 and 4
+            {"error": {"message": f"Incorrect API key provided: {request.headers['api-key']}"}},
             status=401,
             headers={
                 "www-authenticate": f"Bearer realm=Bearer {secrets['echo']}",

@@ -183,11 +183,55 @@ def test_a_long_header_name_costs_no_time() -> None:
         lambda n: "key=" * n,  # the credential look-ahead run from every key
         lambda n: "b'" + "\\r\\n" * n + "key'",
         lambda n: "password=" * n,
+        lambda n: '"api_key": "' * n,
+        lambda n: '{"token": "' + "\\x" * n,
+        lambda n: "sk-" * n + "a" * n,
     ],
-    ids=["newlines", "escapes", "key-equals", "raw-newlines", "password-equals"],
+    ids=[
+        "newlines",
+        "escapes",
+        "key-equals",
+        "raw-newlines",
+        "password-equals",
+        "json-members",
+        "json-escapes",
+        "key-prefixes",
+    ],  # fmt: skip
 )
 def test_a_hostile_line_costs_linear_time(make: Callable[[int], str]) -> None:
     """Lines a client can make the proxy log: quadratic before (11-174 s at 10-30 KB)."""
     started = time.perf_counter()
     redact(make(30_000))
     assert time.perf_counter() - started < 3.0  # ~0.2 s at most now
+
+
+@pytest.mark.parametrize(
+    ("line", "shown"),
+    [
+        # A provider's error quoting the key it got (a warning the meter logs by default).
+        ('provider error event: {"error": {"message": "Incorrect API key provided: '
+         'sk-S3CRETalice7f3k9QzX2mW8vR4tL6yN1"}}', "provided: sk-[redacted]"),
+        ("API_KEY_INVALID for AIzaS3CRET-abcdefghijklmnop (expired)",
+         "for AIza[redacted] (expired)"),
+        # A key mint's answer, printed whole at flow_detail 3 and 4.
+        ('{"client_secret": {"value": "ek_S3CRET8e408191a1120ab6383263c2", "expires_at": 1}}',
+         '"value": "ek_[redacted]"'),
+        ('{"name": "auth_tokens/S3CRETabcdef1234567890", "uses": 1}',
+         '"auth_tokens/[redacted]"'),
+        ('{"api_key": "S3CRET-0123456789"}', '"api_key": "[redacted]"'),
+        ("xai-S3CRETabcdefghijklmnop gsk_S3CRETabcdefghijklmnop",
+         "xai-[redacted] gsk_[redacted]"),
+    ],
+)  # fmt: skip
+def test_keys_by_their_shape_and_json_members_are_redacted(line: str, shown: str) -> None:
+    out = redact(line)
+    assert "S3CRET" not in out and shown in out
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["scikit-learn and sk-learn", "task-queue-123456789012345", '{"value": "a plain value"}',
+     "the week_number_1234567890 column"],
+)  # fmt: skip
+def test_words_shaped_like_no_key_are_kept(line: str) -> None:
+    assert redact(line) == line
