@@ -117,7 +117,11 @@ def scope_filter(catalog: Catalog, scope: Scope) -> tuple[list[str], list[object
         params.append(scope.consumer)
     if scope.key is not None:
         if not FINGERPRINT_RE.match(scope.key):
-            raise UsageError(f"key {scope.key!r} is not a fingerprint (sha256:<64 hex digits>)")
+            # Not echoed: a key pasted here (a field labelled "key") would be printed back.
+            raise UsageError(
+                "key: not a fingerprint (sha256:<64 hex digits>); give the key's fingerprint "
+                "(`billing consumers fingerprint` prints it), never the key itself"
+            )
         where.append("e.key_fingerprint = ?")
         params.append(scope.key)
     return where, params

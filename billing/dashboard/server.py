@@ -24,6 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit, urlunsplit
 
 from billing.dashboard.app import Dashboard, Response
+from meterline.catalog import FINGERPRINT_RE
 
 COOKIE = "meterline_token"
 REDACTED = "[redacted]"
@@ -75,12 +76,17 @@ def cookie_named(header: str, name: str) -> str | None:
 
 def redact_path(path: str) -> str:
     """``path`` with the value of its ``token`` query parameter replaced, for the log: a
-    browser's first visit carries the dashboard's token in its URL (``/?token=...``)."""
+    browser's first visit carries the dashboard's token in its URL (``/?token=...``); and
+    a ``key`` filter that is not a fingerprint (an API key pasted in its place)."""
     url = urlsplit(path)
     pairs = parse_qsl(url.query, keep_blank_values=True)
-    if not any(k == "token" for k, _ in pairs):
+
+    def secret(k: str, v: str) -> bool:
+        return k == "token" or (k == "key" and not FINGERPRINT_RE.match(v))
+
+    if not any(secret(k, v) for k, v in pairs):
         return path
-    query = urlencode([(k, REDACTED if k == "token" else v) for k, v in pairs], safe="[]")
+    query = urlencode([(k, REDACTED if secret(k, v) else v) for k, v in pairs], safe="[]")
     return urlunsplit(url._replace(query=query))
 
 

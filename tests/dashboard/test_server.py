@@ -84,6 +84,9 @@ def test_the_token_cookie_counts_beside_cookies_of_other_local_apps(
         ("/usage?from=2026-01-01&token=a%20b&to=x", "/usage?from=2026-01-01&token=[redacted]&to=x"),
         ("/usage?from=2026-01-01", "/usage?from=2026-01-01"),
         ("/usage", "/usage"),
+        # An API key pasted into the key filter (before: logged, and echoed in the 400).
+        ("/usage.json?key=sk-PROBE-alice-0123456789", "/usage.json?key=[redacted]"),
+        ("/usage?key=sha256:" + "ab" * 32, "/usage?key=sha256:" + "ab" * 32),
     ],
 )
 def test_redact_path(text: str, expected: str) -> None:
