@@ -13,7 +13,8 @@ Per flow, in hook order:
   ``flow.response.stream`` set to its :class:`~addons.metering.flowstate.FlowMeter`:
   every chunk goes straight back to mitmproxy (and on to the client); decoding and usage
   extraction are queued (:mod:`~addons.metering.deferred`) and run right after, on the
-  same event loop, off the forwarding path.
+  same event loop, off the forwarding path. A call whose key the proxy injected has its
+  response scrubbed of that key (:mod:`~addons.metering.keyecho`).
 - ``response`` / ``error``: queue the finish: usage (a buffered body is decoded and read
   in one pass here; a cut one is estimated; :mod:`~addons.metering.finish`) -> one event
   line in the spool. A background thread moves the spool into DuckDB.
@@ -42,6 +43,7 @@ from addons.metering import (
     geminilive,
     governance,
     hints,
+    keyecho,
     keys,
     minted,
     noreload,
@@ -429,8 +431,15 @@ class Meter:
         resp = flow.response
         assert resp is not None
         headers = st.response_headers = pick_headers(resp.headers)
+        key = st.injected_key
+        if key is not None:
+            keyecho.scrub_headers(resp, key)
         if buffer_whole(st, headers):
             return  # mitmproxy buffers it, as plain mitmdump does; metered in `response`
+        if key is not None and resp.status_code >= 400 and "content-encoding" in headers:
+            # Encoded though the proxy asked for plain bytes: an error body is small,
+            # buffered and scrubbed decoded in `response`.
+            return
         if st.drop_usage and resp.status_code < 400 and "content-encoding" not in headers:
             st.dropper = UsageChunkDropper()
             if "content-length" in headers:  # the client gets fewer bytes than announced
@@ -442,7 +451,7 @@ class Meter:
                 stream_of=st.provider.flavor if sse else None,
                 encoding=headers.get("content-encoding", ""),
             )
-        resp.stream = st
+        resp.stream = st if key is None else keyecho.ScrubbingStream(st, key)
         self._notice_filter.add(flow.request.host)
 
     def response(self, flow: http.HTTPFlow) -> None:
@@ -457,6 +466,8 @@ class Meter:
         if body and resp is not None:
             # Buffered (a small JSON body), or another addon answered: read it whole, once.
             st.t_first_byte = min(resp.timestamp_start or st.t_done, st.t_done)
+            if st.injected_key is not None:  # metered as sent; the client's copy scrubbed
+                keyecho.scrub_body(resp, st.injected_key)
         if not self.durable:
             if body:
                 self.deferred.defer_after_reply(self.finisher.finish_whole, st, body)

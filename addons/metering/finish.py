@@ -13,7 +13,7 @@ from typing import Any
 from mitmproxy import http
 from mitmproxy.net.http import url
 
-from addons.metering import background, bounded, events, jsoncodec
+from addons.metering import background, bounded, events, jsoncodec, keyecho
 from addons.metering.bounded import count_tokens, estimate_request_input
 from addons.metering.flowstate import FlowMeter, raw_header, where
 from addons.metering.governance import Governance
@@ -64,6 +64,8 @@ class Finisher:
             usage, seen, problems = None, Seen(), []
         if st.decode_failed:
             problems.insert(0, f"cannot decode body: {st.decode_failed}")
+        if st.injected_key is not None:  # a provider's error may quote the key it got
+            problems = [keyecho.mask_text(p, st.injected_key) for p in problems]
         status_code = resp.status_code if resp is not None else 0
         keyed = None
         if st.tap is not None:  # the Responses API: a background response is billed when read
@@ -161,7 +163,8 @@ class Finisher:
         elif cut:
             log.debug("meterline: %s: connection ended after the final usage report", flow_id)
         elif settled.why_estimated:
-            log.debug("meterline: %s: %s: %s", flow_id, where(st), settled.why_estimated)
+            why = keyecho.mask_text(settled.why_estimated, st.injected_key)
+            log.debug("meterline: %s: %s: %s", flow_id, where(st), why)
 
     def _warn_problems(self, flow_id: str, st: FlowMeter, problems: list[str]) -> None:
         if self.log_payloads:

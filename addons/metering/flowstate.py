@@ -49,6 +49,7 @@ class FlowMeter:
         "reject",
         "inject_env",
         "inject_refused",
+        "injected_key",
         "misrouted",
         "pinned_model",
         "drop_usage",
@@ -91,6 +92,9 @@ class FlowMeter:
         self.inject_env: str | None = None
         self.inject_refused = False
         """Injection asked for, but the provider was found by name only (Host, SNI)."""
+        self.injected_key: bytes | None = None
+        """The provider key the proxy put on the request: masked in the response and the
+        log (:mod:`addons.metering.keyecho`)."""
         self.misrouted: str | None = None
         """Why a gateway route's call cannot go to its provider's host (refused, 502)."""
         self.pinned_model: str | None = None

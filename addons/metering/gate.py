@@ -108,6 +108,9 @@ class RequestGate:
         except keys.InjectionError as e:
             return f"Meterline proxy: {e}"
         req.path = f"{path}?{query}" if query else path
+        st.injected_key = keys.injected_key(req.headers, st.provider).encode()
+        # Unencoded, so a streamed answer echoing the key can be scrubbed as it passes.
+        req.headers["accept-encoding"] = "identity"
         return None
 
     def _refuse(self, st: FlowMeter, refusal: Refusal, body: bytes) -> None:

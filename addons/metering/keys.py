@@ -150,3 +150,10 @@ def inject_key(
     else:
         headers[provider.auth] = secret
     return query
+
+
+def injected_key(headers: Mapping[str, str], provider: MeteredProvider) -> str:
+    """The provider key :func:`inject_key` put in ``headers``, as it is sent."""
+    if provider.auth == "bearer":
+        return headers["authorization"].removeprefix("Bearer ")
+    return headers[provider.auth]
