@@ -28,7 +28,6 @@ from meterline.conninfo import LAKE_PREFIX as LAKE_PREFIX  # re-exported
 from meterline.conninfo import locator_problem, one_line, shown
 from meterline.emptystore import FillError, fill_if_empty, is_empty_file
 from meterline.eventschema import EVENT_COLUMNS as EVENT_COLUMNS  # re-exported
-from meterline.eventschema import EVENT_FIELDS, create_table_sql
 from meterline.lakeconfig import LakeConfigError, lake_settings
 from meterline.privatefiles import make_private, private_files
 
@@ -528,21 +527,13 @@ def _migrate_once(con: duckdb.DuckDBPyConnection, migrations: Sequence[Migration
     commits do not conflict (appends to ``schema_migrations``, ``IF NOT EXISTS`` DDL), so
     the name may be recorded twice (an independent probe: 1 of 3 rounds of two proxies).
     Every migration must therefore be idempotent; one that is not (a backfill
-    ``UPDATE``) needs a lease first.
-
-    A store without ``usage_events`` migrated to the current schema gets the whole table
-    in one statement (:func:`_create_events_table`); afterwards any event column the
-    table lacks is added again (:func:`_restore_event_columns`)."""
+    ``UPDATE``) needs a lease first."""
     con.execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations ("
         " name VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL)"
     )
     done = {r[0] for r in con.execute("SELECT name FROM schema_migrations").fetchall()}
-    to_current = _reaches_current_events_schema(migrations)
     applied = []
-    if to_current and EVENT_MIGRATIONS[0].name not in done:
-        applied = _create_events_table(con)
-        done.update(applied)
     for m in migrations:
         if m.name in done:
             continue
@@ -555,60 +546,4 @@ def _migrate_once(con: duckdb.DuckDBPyConnection, migrations: Sequence[Migration
             con.execute("ROLLBACK")
             raise
         applied.append(m.name)
-    if to_current:
-        _restore_event_columns(con)
     return applied
-
-
-def _reaches_current_events_schema(migrations: Sequence[Migration]) -> bool:
-    """``migrations`` take ``usage_events`` to :data:`EVENT_FIELDS` (tests migrate a
-    store to an earlier release's schema with a prefix of them)."""
-    return {m.name for m in EVENT_MIGRATIONS} <= {m.name for m in migrations}
-
-
-def _create_events_table(con: duckdb.DuckDBPyConnection) -> list[str]:
-    """Create ``usage_events`` with every current column and record every event
-    migration, in one transaction; returns the names recorded.
-
-    A new lake's table was the first migration's and then one ``ALTER TABLE`` per later
-    column, each its own commit. Proxies of a fleet starting at once on a new lake each
-    ran them, and a writer's first flush failed with ``Binder Error: Table
-    "usage_events" does not have a column with name "cache_write_1h_tokens"``: a schema
-    that several processes build commit by commit is seen, and committed, half-built.
-    Created whole, there is no such moment: of two creators DuckLake commits one and
-    the other's conflict is retried by :func:`migrate`, which then finds it done."""
-    names = [m.name for m in EVENT_MIGRATIONS]
-    con.execute("BEGIN TRANSACTION")
-    try:
-        con.execute(create_table_sql())
-        for name in names:
-            con.execute("INSERT INTO schema_migrations VALUES (?, now()::TIMESTAMP)", [name])
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
-    return names
-
-
-def _restore_event_columns(con: duckdb.DuckDBPyConnection) -> list[str]:
-    """Add back any event column ``usage_events`` lacks though its migration is recorded;
-    returns their names (none, normally).
-
-    A lake that proxies migrated at the same moment could end with a migration recorded
-    and its column missing, and every flush of every proxy then failed with a Binder
-    Error until someone added the column by hand. Each start now checks the table
-    against :data:`EVENT_FIELDS` (one catalog read) and adds what is missing, nullable
-    with the field's default, as its migration would have."""
-    present = {
-        name
-        for (name,) in con.execute(
-            "SELECT column_name FROM information_schema.columns "
-            "WHERE table_catalog = current_database() AND table_schema = current_schema() "
-            "AND table_name = 'usage_events'"
-        ).fetchall()
-    }
-    missing = [f for f in EVENT_FIELDS if f.name not in present]
-    for f in missing:
-        default = f" DEFAULT {f.default}" if f.default is not None else ""
-        con.execute(f"ALTER TABLE usage_events ADD COLUMN IF NOT EXISTS {f.name} {f.type}{default}")
-    return [f.name for f in missing]
