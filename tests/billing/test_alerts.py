@@ -421,28 +421,37 @@ def test_a_threshold_crossed_just_before_its_period_ended_fires_after_it(
     assert not json.loads(receiver.received[-1][1])["data"]["period_ended"]
 
 
-def test_a_threshold_crossed_just_before_the_subscription_ended_fires_after_it(
-    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The customer has no current period once its subscription ended: the last one is
-    looked back at too."""
+def _ended_at(
+    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch, end: datetime
+) -> tuple[Catalog, Path]:
+    """A daily hard limit of 100 alerting at 100 %, its subscription ended at ``end`` with
+    100 tokens in its last second; the receiver started. (catalog, store)"""
     path = _hooks_catalog(
         tmp_path / "catalog.yaml",
         [f"http://127.0.0.1:{receiver.port}/hook"],
         HARD_DAILY,
         percents="[100]",
     )
+    stamp = end.isoformat().replace("+00:00", "Z")
     path.write_text(
         path.read_text().replace(
-            'start: "2026-01-01T00:00:00Z"}',
-            'start: "2026-01-01T00:00:00Z", end: "2026-12-01T12:00:00Z"}',
+            'start: "2026-01-01T00:00:00Z"}', f'start: "2026-01-01T00:00:00Z", end: "{stamp}"}}'
         )
     )
-    catalog = load_catalog(path)
     db = tmp_path / "meterline.duckdb"
     monkeypatch.setenv("HOOK_SECRET", SECRET)
     receiver.start()
-    add_events(db, Event(datetime(2026, 12, 1, 11, 59, 59, tzinfo=UTC), output=100))
+    add_events(db, Event(end - timedelta(seconds=1), output=100))
+    return load_catalog(path), db
+
+
+def test_a_threshold_crossed_just_before_the_subscription_ended_fires_after_it(
+    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The customer has no current period once its subscription ended: the last one is
+    looked back at too."""
+    end = datetime(2026, 12, 1, 12, tzinfo=UTC)
+    catalog, db = _ended_at(tmp_path, receiver, monkeypatch, end)
     assert _round(db, catalog, datetime(2026, 12, 1, 12, 0, 1, tzinfo=UTC)) == (1, 1)
     (body,) = [json.loads(body) for _, body in receiver.received]
     assert (body["period_start"], body["data"]["period_ended"]) == ("2026-12-01T00:00:00Z", True)
@@ -454,23 +463,7 @@ def test_a_subscription_that_ended_long_ago_is_not_looked_back_at(
 ) -> None:
     """Alerts switched on months after a subscription ended: its last period is past the
     look-back (one billing period). Before, the first round sent its crossing."""
-    path = _hooks_catalog(
-        tmp_path / "catalog.yaml",
-        [f"http://127.0.0.1:{receiver.port}/hook"],
-        HARD_DAILY,
-        percents="[100]",
-    )
-    path.write_text(
-        path.read_text().replace(
-            'start: "2026-01-01T00:00:00Z"}',
-            'start: "2026-01-01T00:00:00Z", end: "2026-06-15T12:00:00Z"}',
-        )
-    )
-    catalog = load_catalog(path)
-    db = tmp_path / "meterline.duckdb"
-    monkeypatch.setenv("HOOK_SECRET", SECRET)
-    receiver.start()
-    add_events(db, Event(datetime(2026, 6, 15, 11, 59, 59, tzinfo=UTC), output=100))
+    catalog, db = _ended_at(tmp_path, receiver, monkeypatch, datetime(2026, 6, 15, 12, tzinfo=UTC))
     assert _round(db, catalog, datetime(2026, 12, 1, 12, 0, tzinfo=UTC)) == (0, 0)
     assert _round(db, catalog, datetime(2026, 7, 1, 12, 0, tzinfo=UTC)) == (1, 1)  # in reach
 
