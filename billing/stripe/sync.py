@@ -76,6 +76,10 @@ MAX_ITEM_DESCRIPTION = 500
 """Stripe's limit on an invoice item's ``description`` (its changelog, 2018-10-31)."""
 MAX_CUSTOMER_NAME = 256
 """Stripe's limit on a customer's ``name`` (the API refuses longer ones)."""
+MAX_ITEM_AMOUNT = 99_999_999
+"""Stripe's largest ``amount``, in the currency's minor unit: eight digits
+(https://docs.stripe.com/currencies#minimum-and-maximum-charge-amounts); an invoice item
+above it is refused (``amount_too_large``), by absolute value for a credit too."""
 
 
 class SyncError(UserError):
@@ -321,6 +325,14 @@ def check_sendable(invoice: OurInvoice, catalog: Catalog) -> Customer:
         if not message.startswith(invoice.number):
             message = f"{invoice.number}: {message}"
         raise InvoiceRefused(message) from err
+    too_large = _first_too_large(invoice)
+    if too_large is not None:
+        raise InvoiceRefused(
+            f"{invoice.number}: line {too_large.line_no} ({_short(too_large.description)}) is "
+            f"{show_minor(to_minor(too_large.amount, invoice.currency), invoice.currency)}, but "
+            f"Stripe allows at most {MAX_ITEM_AMOUNT} minor units "
+            f"({show_minor(MAX_ITEM_AMOUNT, invoice.currency)}) per invoice item"
+        )
     if items > MAX_INVOICE_ITEMS:
         raise InvoiceRefused(
             f"{invoice.number}: {items} non-zero lines, but Stripe allows at most "
@@ -339,6 +351,14 @@ def check_sendable(invoice: OurInvoice, catalog: Catalog) -> Customer:
             f"are at most {MAX_METADATA_VALUE}"
         )
     return customer
+
+
+def _first_too_large(invoice: OurInvoice) -> Line | None:
+    """The first line whose amount Stripe refuses as an invoice item (over 8 digits)."""
+    for line in billable_lines(invoice):
+        if abs(to_minor(line.amount, invoice.currency)) > MAX_ITEM_AMOUNT:
+            return line
+    return None
 
 
 def _short(text: str, keep: int = 40) -> str:
