@@ -183,18 +183,19 @@ def shown_price(
     quantity: Decimal, price: Decimal, amount: Decimal, currency: str
 ) -> Decimal | None:
     """The unit price to print beside ``quantity`` so that ``quantity x price``, rounded as
-    the line was, is ``amount``: the exact price when it is short, else the fewest decimals
-    (at least the currency's) that still give the amount; None when no price does (a
-    discount, a minimum or maximum made the amount)."""
-    candidates: list[Decimal] = []
-    if len(price.normalize().as_tuple().digits) <= _PRICE_DIGITS:
-        candidates.append(price)
+    the line was, is ``amount``: the exact price when it is short (never a rounded one, which
+    would not be the rate card's), else the fewest decimals (at least the currency's) that
+    still give the amount; None when no price does (a discount, a minimum or maximum, or a
+    late line's increment over what was billed before made the amount)."""
     exponent = minor_unit_exponent(currency)
-    places = max(exponent, -price.normalize().as_tuple().exponent)  # type: ignore[operator]
-    candidates += [
-        price.quantize(Decimal(1).scaleb(-d), rounding=ROUND_HALF_UP)
-        for d in range(exponent, min(places, 40) + 1)
-    ]
+    if len(price.normalize().as_tuple().digits) <= _PRICE_DIGITS:
+        candidates = [price]
+    else:
+        places = max(exponent, -price.normalize().as_tuple().exponent)  # type: ignore[operator]
+        candidates = [
+            price.quantize(Decimal(1).scaleb(-d), rounding=ROUND_HALF_UP)
+            for d in range(exponent, min(places, 40) + 1)
+        ]
     for shown in candidates:
         if round_exact(Fraction(quantity) * Fraction(shown), currency) == amount:
             return shown

@@ -15,6 +15,10 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from billing.cli import main as billing_cli
+from billing.invoices import generate_invoices
+from billing.store import billing_store
+from meterline.catalog import load_catalog
+from tests.billing.events import Event, add_events, utc
 from tests.billing.stripe.conftest import Billed, client_for, make_billed
 from tests.fakestripe import DEFAULT_API_KEY, FakeStripe
 
@@ -109,3 +113,68 @@ def test_a_long_rate_card_name_is_shortened_to_stripes_500_characters(tmp_path: 
     items = _synced_items(make_billed(tmp_path, catalog))
     [text] = [t for t in items if t.startswith("Input w")]
     assert len(text) == 500 and text.endswith("… (1234567 units; discount 10%)")
+
+
+LATE_CATALOG = """\
+version: 1
+consumers:
+  - name: c-kw
+features:
+  - key: f
+    name: Output tokens
+    meter: {token_types: [output]}
+plans:
+  - key: kwd
+    name: KWD plan
+    currency: KWD
+    rate_cards:
+      - key: out
+        name: Output
+        feature: f
+        price: {type: unit, amount: "0.0123", per: 1000}
+customers:
+  - key: kw
+    name: Kuwait Co
+    currency: KWD
+    consumers: [c-kw]
+    subscriptions: [{plan: kwd, start: "2026-10-01T00:00:00Z"}]
+"""
+
+
+def test_a_late_lines_description_never_shows_a_price_other_than_the_rate_cards(
+    tmp_path: Path,
+) -> None:
+    """777 late tokens at the card's 0.0000123 KWD charge 0.009 KWD (0.161 for all 13122
+    less the 0.152 billed before), not 777 x 0.0000123 rounded (0.010): the description
+    names the units, never a rounded ``0.000012`` that is not the card's price."""
+    catalog_path = tmp_path / "catalog.yaml"
+    catalog_path.write_text(LATE_CATALOG, encoding="utf-8")
+    db = tmp_path / "meterline.duckdb"
+    catalog = load_catalog(catalog_path)
+    add_events(db, Event(utc("2026-10-05T12:00:00"), consumer="c-kw", output=12345))
+    with billing_store(db) as con:
+        generate_invoices(con, catalog, "2026-10", now=utc("2026-11-02T00:00:00"))
+    add_events(
+        db,
+        Event(utc("2026-10-07T12:00:00"), consumer="c-kw", output=777,
+              ingested_at=utc("2026-11-03T00:00:00")),
+        Event(utc("2026-11-03T12:00:00"), consumer="c-kw", output=1001),
+    )  # fmt: skip
+    with billing_store(db) as con:
+        generate_invoices(con, catalog, "2026-11", now=utc("2026-12-02T00:00:00"))
+    with FakeStripe() as fake:
+        result = CliRunner().invoke(
+            billing_cli,
+            ["--db", str(db), "--catalog", str(catalog_path), "stripe", "sync",
+             "--period", "2026-11", "--api-base", fake.url, "--max-network-retries", "0"],
+            env={"STRIPE_API_KEY": DEFAULT_API_KEY},
+            catch_exceptions=False,
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        [inv] = client_for(fake).v1.invoices.list().data
+        items = {ln.description: ln.amount for ln in inv.lines.data}
+    late = {d: a for d, a in items.items() if "late usage" in d}
+    assert late == {next(iter(late)): 9}
+    [description] = late
+    assert description.endswith("(777 units)"), description
+    assert "0.000012 " not in description
