@@ -112,6 +112,13 @@ def sync_cmd(
     invoices = sync_state.unsynced(period, customer)
     if not invoices:
         click.echo("nothing to sync: every finalized invoice is in Stripe")
+        if period is not None and not sync_state.has_invoices(period, customer):
+            of = f" of customer {customer}" if customer else ""
+            click.echo(
+                f"Note: {period} has no invoices{of} yet; "
+                f"`billing invoice generate --period {period}` makes them.",
+                err=True,
+            )
         return
     if gateway is None:
         result = dry_run_all(invoices, catalog, sync_state, click.echo)

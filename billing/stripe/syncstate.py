@@ -103,6 +103,14 @@ class SyncState:
 
     # -------------------------------------------------------------- our invoices
 
+    def has_invoices(self, period: str | None = None, customer: str | None = None) -> bool:
+        """Whether any invoice (synced or not) matches the filters: with none, a month's
+        usage was never invoiced, which ``stripe sync`` tells apart from "all synced"."""
+        clause, args = _filter_clause(period, customer, "i")
+        with self._store() as con:
+            found = con.execute(f"SELECT 1 FROM invoices i WHERE true{clause} LIMIT 1", args)
+            return found.fetchone() is not None
+
     def unsynced(self, period: str | None = None, customer: str | None = None) -> list[OurInvoice]:
         """Finalized invoices not yet finalized in Stripe, in number order."""
         clause, args = _filter_clause(period, customer, "i")

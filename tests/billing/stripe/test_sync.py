@@ -18,6 +18,7 @@ import pytest
 
 from billing.money import minor_unit_exponent
 from billing.store import billing_store
+from tests.billing.events import Event, add_events, utc
 from tests.billing.stripe.conftest import Billed, CliFn, client_for
 from tests.fakestripe import DEFAULT_API_KEY, FakeStripe
 
@@ -114,6 +115,27 @@ def test_rerun_sends_nothing(cli: CliFn, fake: FakeStripe) -> None:
     assert len(fake.log) == before
 
 
+def test_a_month_with_usage_but_no_invoices_says_how_to_make_them(
+    cli: CliFn, fake: FakeStripe, billed: Billed
+) -> None:
+    """November has usage but `invoice generate` never ran for it: "every finalized
+    invoice is in Stripe" alone would read as if November were billed."""
+    add_events(billed.db, Event(utc("2026-11-03T12:00:00"), consumer="agent-a", output=5))
+    result = cli("sync", "--period", "2026-11")
+    assert result.exit_code == 0
+    assert result.stdout == "nothing to sync: every finalized invoice is in Stripe\n"
+    assert result.stderr == (
+        "Note: 2026-11 has no invoices yet; `billing invoice generate --period 2026-11` "
+        "makes them.\n"
+    )
+    assert fake.log == []
+    # a month whose invoices are all in Stripe gets no note
+    assert cli("sync", "--period", "2026-10").exit_code == 0
+    again = cli("sync", "--period", "2026-10")
+    assert again.stderr == ""
+    assert again.stdout == "nothing to sync: every finalized invoice is in Stripe\n"
+
+
 def test_existing_stripe_customer_is_found_by_metadata_not_duplicated(
     cli: CliFn, fake: FakeStripe, billed: Billed
 ) -> None:
@@ -132,7 +154,7 @@ def test_existing_stripe_customer_is_found_by_metadata_not_duplicated(
 def test_filters_by_customer_and_period(cli: CliFn, fake: FakeStripe, billed: Billed) -> None:
     # --period means what it means to `billing invoice generate`: periods ending in it.
     for month in ("2026-09", "2026-11"):
-        assert cli("sync", "--period", month).output == (
+        assert cli("sync", "--period", month).stdout == (
             "nothing to sync: every finalized invoice is in Stripe\n"
         )
     result = cli("sync", "--customer", "globex", "--period", "2026-10")
