@@ -52,6 +52,13 @@ and TWD, the other special cases, are zero-decimal only for payouts: charges and
 invoices keep two decimals, ISO's exponent, so nothing changes for them here.)"""
 
 
+STRIPE_THREE_DECIMAL: frozenset[str] = frozenset({"BHD", "JOD", "KWD", "OMR", "TND"})
+"""Stripe's three-decimal currencies (https://docs.stripe.com/currencies#three-decimal):
+the API takes their amounts in thousandths, but for payments Stripe wants the last digit
+to be 0 (rounded to the nearest ten: 5.124 KWD as 5120 or 5130). Billing keeps its exact
+thousandths; the sync says when an invoice's amounts do not end in 0."""
+
+
 def stripe_exponent(currency: str) -> int:
     """Decimals of the integer amounts Stripe's API takes: USD 2, JPY 0, MGA 0, ISK 2."""
     code = currency.upper()

@@ -47,7 +47,7 @@ from typing import Any, TypeVar
 
 from billing.errors import UserError
 from billing.money import minor_unit_exponent, round_exact
-from billing.stripe.amounts import AmountError, show_minor, to_minor
+from billing.stripe.amounts import STRIPE_THREE_DECIMAL, AmountError, show_minor, to_minor
 from billing.stripe.client import (
     META_CUSTOMER,
     META_INVOICE,
@@ -354,6 +354,32 @@ def check_sendable(invoice: OurInvoice, catalog: Catalog) -> Customer:
     return customer
 
 
+def payment_rounding_note(invoice: OurInvoice) -> str | None:
+    """The NOTE line for an invoice in a three-decimal currency whose total or items are
+    not whole tens of minor units, which Stripe may refuse to charge (see
+    :data:`STRIPE_THREE_DECIMAL`); None otherwise. The invoice is still sent as billed:
+    a finalized invoice is never rounded after the fact."""
+    currency = invoice.currency
+    if currency.upper() not in STRIPE_THREE_DECIMAL:
+        return None
+    odd = [
+        str(line.line_no)
+        for line in billable_lines(invoice)
+        if to_minor(line.amount, currency) % 10
+    ]
+    total = to_minor(invoice.total, currency)
+    if not odd and total % 10 == 0:
+        return None
+    what = [f"total {show_minor(total, currency)}"] if total % 10 else []
+    if odd:
+        what.append(f"line(s) {', '.join(odd)}")
+    return (
+        f"{invoice.number}  {invoice.customer_key}  NOTE: {', '.join(what)} not a multiple of "
+        f"10 minor units; Stripe wants {currency} amounts rounded to the nearest ten for "
+        "payments and may refuse to charge this invoice; sent as billed"
+    )
+
+
 def _first_too_large(invoice: OurInvoice) -> Line | None:
     """The first line whose amount Stripe refuses as an invoice item (over 8 digits)."""
     for line in billable_lines(invoice):
@@ -472,6 +498,9 @@ class Syncer:
     def _sync(self, invoice: OurInvoice) -> Outcome:
         customer = check_sendable(invoice, self.catalog)
         total = our_total_minor(invoice)
+        rounding = payment_rounding_note(invoice)
+        if rounding is not None:
+            self.note(rounding)
         cus_id = self.ensure_customer(customer)
         self.sync_state.start(invoice.number, invoice.customer_key, cus_id, total)
         row = self.sync_state.row(invoice.number)
@@ -749,6 +778,9 @@ def dry_run_plan(invoice: OurInvoice, catalog: Catalog, sync_state: SyncState) -
         f"{invoice.number}  {invoice.customer_key}  {show_minor(total, invoice.currency)}"
         f"  ({len(billable_lines(invoice))} item(s))"
     ]
+    rounding = payment_rounding_note(invoice)
+    if rounding is not None:
+        out.append(rounding)
     row = sync_state.row(invoice.number)
     cus_id = sync_state.customer_id(invoice.customer_key)
 

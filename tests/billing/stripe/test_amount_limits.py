@@ -14,9 +14,8 @@ from tests.fakestripe import DEFAULT_API_KEY, FakeStripe
 
 # umbrella bills in KRW, its output tokens at 200,000,000 KRW per million: 777,777 tokens
 # make a 155,555,400 KRW line, over Stripe's 99,999,999.
-BIG_KRW = (
-    CATALOG.replace("currency: JPY", "currency: KRW")
-    .replace('amount: "1500", per: 1000000', 'amount: "200000000", per: 1000000')
+BIG_KRW = CATALOG.replace("currency: JPY", "currency: KRW").replace(
+    'amount: "1500", per: 1000000', 'amount: "200000000", per: 1000000'
 )
 
 
@@ -56,3 +55,31 @@ def test_an_item_over_stripes_amount_limit_is_refused_before_sending(tmp_path: P
         assert all(i.currency != "krw" for i in items)
         customers = client.v1.customers.list({"limit": 100}).data
         assert "umbrella" not in {c.metadata["meterline_customer"] for c in customers}
+
+
+# umbrella bills in KWD: a 10.125 KWD fee and 777,777 output tokens at 1.500 KWD per
+# million (1166.666 KWD), thousandths Stripe wants rounded to tens for payments.
+KWD = CATALOG.replace("currency: JPY", "currency: KWD").replace(
+    'amount: "5000", payment_term', 'amount: "10.125", payment_term'
+)
+
+
+def test_a_three_decimal_invoice_not_in_tens_gets_a_note_and_is_sent_as_billed(
+    tmp_path: Path,
+) -> None:
+    billed = make_billed(tmp_path, KWD)
+    note = (
+        "INV-000003  umbrella  NOTE: total 1176.791 KWD, line(s) 1, 2 not a multiple of 10 "
+        "minor units; Stripe wants KWD amounts rounded to the nearest ten for payments and "
+        "may refuse to charge this invoice; sent as billed"
+    )
+    with FakeStripe() as fake:
+        dry = _sync(billed, fake, "--dry-run")
+        assert dry.exit_code == 0, dry.output
+        assert note in dry.output.splitlines()
+        real = _sync(billed, fake)
+        assert real.exit_code == 0, real.output
+        assert note in real.output.splitlines()
+        assert sum("NOTE" in line for line in real.output.splitlines()) == 1  # USD: none
+        [kwd] = [i for i in client_for(fake).v1.invoices.list().data if i.currency == "kwd"]
+        assert (kwd.status, kwd.total) == ("open", 1176791)
