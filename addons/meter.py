@@ -241,6 +241,8 @@ class Meter:
             )
         except SpoolError as e:
             raise exceptions.OptionsError(f"meter_spool: {e}") from e
+        if self.spool is not None:  # minted keys outlive a restart, beside the spool
+            self.minted.attach(self.spool.directory / minted.LOG_NAME)
 
     def running(self) -> None:
         """The proxy is up: open the spool (not before, so loading the addon writes nothing)."""
@@ -278,6 +280,7 @@ class Meter:
             self.finisher.finish(self._active.pop(flow_id), cut=True)
         self.sockets.stop()
         self.sink.close()
+        self.minted.close()
         MITM_SERVER_LOG.removeFilter(self._notice_filter)
         if self._redact_filter is not None:
             redact.remove_log_filter(self._redact_filter)

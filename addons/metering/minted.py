@@ -18,15 +18,21 @@ the proxy now remembers the minted key's fingerprint (never the key) with the
 fingerprint of the key that minted it, until the minted key expires: a session presenting
 it is the minting consumer's, checked against that consumer's limits, and never given an
 injected key (the minted key is the provider's own credential for that session). What
-the proxy remembers is in memory: a key minted through another proxy of a fleet, or
-before a restart, is not known (see docs/proxy.md).
+the proxy remembers survives a restart: each mint appends one line (the two
+fingerprints and the expiry, never a key) to ``minted-keys.log`` in the spool directory
+(0600), read back at start (:meth:`MintedKeys.attach`). A key minted through another
+proxy of a fleet is not known (see docs/proxy.md).
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 import re
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from mitmproxy import http
@@ -35,6 +41,8 @@ from addons.metering import jsoncodec
 from addons.metering.decoding import IncrementalDecoder
 from addons.metering.providers import normalise_path
 from meterline.fingerprint import fingerprint
+
+log = logging.getLogger("meterline.proxy")
 
 _OPENAI_MINT = re.compile(
     r"/realtime(?:api)?/(?:client_secrets|sessions|transcription_sessions)/?$"
@@ -49,6 +57,8 @@ DEFAULT_TTL = 30 * 60.0
 MAX_TTL = 24 * 3600.0
 #: Minted keys remembered at once; past it the expired go first, then the oldest.
 LIMIT = 10_000
+#: The file in the spool directory that keeps them across a restart.
+LOG_NAME = "minted-keys.log"
 
 
 def is_mint(flavor: str, method: str, path: str) -> bool:
@@ -102,8 +112,82 @@ class MintedKeys:
         """Mints in flight: flow id -> (fingerprint of the consumer key that asked, the
         provider's flavor)."""
 
+        self._fd: int | None = None
+        self._path: Path | None = None
+        self._lines = 0
+        """Lines in the file: rewritten with the live entries only once it holds twice
+        as many (a mint per voice session: it would grow for as long as the proxy runs)."""
+        self._failed = False
+
     def __bool__(self) -> bool:
         return bool(self._owners)
+
+    def attach(self, path: Path) -> None:
+        """Keep the keys in ``path`` (in the spool directory): read back those an earlier
+        run minted that have not expired, then append each new one."""
+        self.close()
+        now = time.time()
+        try:
+            with path.open(encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        key_fp, owner, expires = json.loads(line)
+                        self.add(str(key_fp), str(owner), float(expires), now)
+                    except (ValueError, TypeError):
+                        continue  # a line cut by a crash: that mint only
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            log.warning("meterline: cannot read minted keys from %s: %s", path, e.strerror)
+        self._path = path
+        self._rewrite(now)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = None
+
+    def _rewrite(self, now: float) -> None:
+        """The file anew, the live entries only (a new file renamed over the old one)."""
+        assert self._path is not None
+        self.close()
+        live = [(fp, o, x) for fp, (o, x) in self._owners.items() if x > now]
+        tmp = self._path.with_name(self._path.name + ".tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.writelines(json.dumps(entry) + "\n" for entry in live)
+            os.replace(tmp, self._path)
+            self._fd = os.open(self._path, os.O_WRONLY | os.O_APPEND, 0o600)
+        except OSError as e:
+            self._failure(e)
+            return
+        self._lines = len(live)
+
+    def _append(self, entry: tuple[str, str, float], now: float) -> None:
+        if self._path is None:
+            return
+        if self._fd is None or self._lines > 2 * len(self._owners) + 100:
+            self._rewrite(now)
+            return  # the new entry is in it
+        try:
+            os.write(self._fd, (json.dumps(entry) + "\n").encode())
+        except OSError as e:
+            self._failure(e)
+            return
+        self._lines += 1
+
+    def _failure(self, e: OSError) -> None:
+        """Logged once: the keys stay known in memory, not after a restart."""
+        self.close()
+        if not self._failed:
+            self._failed = True
+            log.warning(
+                "meterline: cannot keep minted keys in %s (%s): they are known until the "
+                "proxy stops",
+                self._path,
+                e.strerror,
+            )
 
     def asked(self, flow: http.HTTPFlow, owner_fingerprint: str, flavor: str) -> None:
         """A consumer's mint request is on its way (``requestheaders``)."""
@@ -128,7 +212,9 @@ class MintedKeys:
             return
         if found is not None:
             key, expires = found
-            self.add(fingerprint(key), owner, expires, now)
+            key_fp = fingerprint(key)
+            self.add(key_fp, owner, expires, now)
+            self._append((key_fp, owner, expires), now)
 
     def forget(self, flow: http.HTTPFlow) -> None:
         """The mint failed on its way (``error``)."""

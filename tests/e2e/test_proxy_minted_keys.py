@@ -29,7 +29,7 @@ from tests.e2e.test_proxy_gemini_live import LiveProvider, live_session
 from tests.e2e.test_proxy_realtime import PROVIDER, RealtimeProvider, session
 from tests.e2e.test_proxy_responses_websocket import wait_for_rows
 from tests.support.aioserver import serve
-from tests.support.proxy import write_catalog
+from tests.support.proxy import MeterProxy, write_catalog
 
 CONSTRAINED = LIVE_PATH + "Constrained"
 
@@ -208,3 +208,48 @@ def test_a_gemini_live_session_on_a_token_alice_minted_is_billed_to_alice(
             ("alice", fingerprint(token))
         ] * 2
         assert "auth_tokens/" not in str(rows) + proxy.log_text()
+
+
+@pytest.mark.parametrize("stop", ["sigterm", "kill -9"])
+def test_a_key_minted_before_a_restart_is_still_the_minters(
+    start_proxy: ProxyFactory,
+    tmp_path: Path,
+    openai_upstream: tuple[RealtimeProvider, Minter, int],
+    stop: str,
+) -> None:
+    """In ``reject`` mode: alice mints a key, the proxy restarts (stopped or killed), and
+    the session on that key is let through and billed to her. Before, the proxy kept
+    minted keys in memory only: after any restart, a voice app's key minted a minute
+    earlier was refused (401), or billed to no one in ``record`` mode. What is kept is
+    two fingerprints and an expiry per key, 0600, never the key."""
+    provider, minter, port = openai_upstream
+    proxy = start_proxy(
+        catalog=realtime_catalog(tmp_path, port), options={"meter_unknown_keys": "reject"}
+    )
+    key = asyncio.run(mint(proxy.url, port, KEYS["alice"]))
+    kept = proxy.spool / "minted-keys.log"
+    deadline = time.monotonic() + 10
+    while not (kept.exists() and fingerprint(key) in kept.read_text()):
+        assert time.monotonic() < deadline, "the minted key never reached the spool's file"
+        time.sleep(0.05)
+    if stop == "sigterm":
+        proxy.stop()
+    else:
+        proxy.kill()
+    assert key not in kept.read_text() and KEYS["alice"] not in kept.read_text()
+    assert kept.stat().st_mode & 0o777 == 0o600
+    again = MeterProxy(
+        proxy.workdir, catalog=proxy.catalog, confdir=proxy.confdir,
+        options=proxy.options, env=proxy.env,
+    )  # fmt: skip
+    again.start()
+    try:
+        ended = asyncio.run(session(again, port, ["client"], key=key))
+        assert [e["type"] for e in ended] == ["response.done"]
+        assert provider.handshakes == 1
+        rows = wait_for_rows(again, 1)
+        assert [(r["consumer"], r["key_fingerprint"]) for r in rows if r["response_id"]] == [
+            ("alice", fingerprint(key))
+        ]
+    finally:
+        again.stop()

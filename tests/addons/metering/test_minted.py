@@ -125,3 +125,27 @@ def test_a_minted_key_is_its_minters_and_never_replaced() -> None:
 
     # A catalog without alice's key (revoked): what she minted is nobody's either.
     assert KeyBook(parse_catalog("consumers: []"), minted).identify_key("ek_1").consumer is None
+
+
+def test_the_keys_an_earlier_run_kept_are_read_back_without_the_expired(tmp_path: Any) -> None:
+    """The spool's ``minted-keys.log``: a live key is known again, an expired one and a
+    line cut by a crash are dropped, and the file is rewritten with the live one only."""
+    import json
+    import time
+
+    kept = tmp_path / "minted-keys.log"
+    now = time.time()
+    kept.write_text(
+        json.dumps(["sha256:live", "sha256:alice", now + 600]) + "\n"
+        + json.dumps(["sha256:gone", "sha256:alice", now - 1]) + "\n"
+        + '["sha256:cut", "sha2'  # a crash mid-line
+    )  # fmt: skip
+    minted = MintedKeys()
+    minted.attach(kept)
+    try:
+        assert minted.owner("sha256:live") == "sha256:alice"
+        assert minted.owner("sha256:gone") is None and minted.owner("sha256:cut") is None
+        assert [json.loads(line)[0] for line in kept.read_text().splitlines()] == ["sha256:live"]
+        assert kept.stat().st_mode & 0o777 == 0o600
+    finally:
+        minted.close()
