@@ -13,16 +13,15 @@ more colons the text is an address, never ``address:port``).
 from __future__ import annotations
 
 import ipaddress
-import posixpath
 import re
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
-from urllib.parse import unquote
 
 from meterline.catalog import Catalog, Flavor
 from meterline.providers import BUILTIN_PROVIDERS as BUILTIN_TABLE
 from meterline.providers import DEFAULT_AUTH, AuthStyle
+from meterline.urlpaths import normalise_path as normalise_path  # re-exported
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,23 +249,6 @@ def speaking(provider: MeteredProvider, flavor: Flavor) -> MeteredProvider:
             keep_request=not anthropic,
         )
     return found
-
-
-def normalise_path(path: str) -> str:
-    """The path (query string and fragment dropped) as an upstream server resolves it:
-    %-escapes decoded once, empty and ``.`` segments dropped, ``..`` applied. Free for
-    the usual path, which has none of those. A fragment (``#x``: no client sends one, but
-    many servers drop it) is cut before the decoding: ``%23`` stays part of the path."""
-    path = path.split("?", 1)[0]
-    if "#" in path:
-        path = path.split("#", 1)[0]
-    if "%" in path:
-        path = unquote(path, errors="surrogateescape")
-    if "//" in path or "/." in path:
-        trailing = "/" if path.endswith("/") and len(path) > 1 else ""
-        path = posixpath.normpath("/" + path.lstrip("/"))
-        path = "/" + path.lstrip("/") + (trailing if path != "/" else "")
-    return path
 
 
 #: Other spellings of IPv4 addresses that resolvers accept: ``127.1``, ``0x7f.1``, ``2130706433``.

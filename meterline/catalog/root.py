@@ -15,6 +15,7 @@ from meterline.catalog.customers import Alerts, Customer, Seller
 from meterline.catalog.products import Feature, Plan
 from meterline.catalog.proxyside import Consumer, Provider, Route
 from meterline.providers import BUILTIN_NAMES, unknown_provider
+from meterline.urlpaths import normalise_path
 
 
 class Catalog(_Model):
@@ -35,7 +36,9 @@ class Catalog(_Model):
     @field_validator("routes")
     @classmethod
     def _unique_route_paths(cls, routes: list[Route]) -> list[Route]:
-        paths = [r.path.rstrip("/") or "/" for r in routes]
+        # As the proxy matches them: `//chat`, `/ch%61t`, `/x/../chat` are `/chat` (before,
+        # only a trailing `/` was dropped, and the proxy kept the last of such routes).
+        paths = [normalise_path(r.path).rstrip("/") or "/" for r in routes]
         dupes = sorted({p for p in paths if paths.count(p) > 1})
         if dupes:
             raise ValueError(f"duplicate route path(s): {', '.join(dupes)}")

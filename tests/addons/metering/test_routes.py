@@ -146,6 +146,13 @@ def test_bad_routes_name_the_route(routes: str, message: str) -> None:
          "routes[0].type: Input should be"),
         ("  - {path: /chat, provider: openai}\n  - {path: /chat/, provider: openai}",
          "routes: Value error, duplicate route path(s): /chat"),
+        # One path as the proxy matches it (before: accepted, the proxy kept the last one,
+        # and calls to /chat went out as the other route's pinned model).
+        ("  - {path: /chat, provider: openai, model: gpt-4o-mini}\n"
+         "  - {path: /x/../chat, provider: openai, model: o1}",
+         "routes: Value error, duplicate route path(s): /chat"),
+        ("  - {path: /chat, provider: openai}\n  - {path: /ch%61t, provider: openai}",
+         "routes: Value error, duplicate route path(s): /chat"),
         ("  - {path: /chat, provider: openai, model: ''}", "routes[0].model: String should have"),
         ("  - {path: /chat, provider: opnai}",
          "routes[0].provider: unknown provider 'opnai'; did you mean 'openai'?"),
