@@ -261,6 +261,12 @@ def test_client_gets_the_providers_bytes(rec: Recording, replayed: dict[str, Rep
     assert result.received == b"\n\n".join(kept)
 
 
+def _main_and_beside(rows: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A call's own event, and the events billed beside it (``<event_id>#<n>``) in order."""
+    [main] = [r for r in rows if "#" not in r["event_id"]]
+    return main, sorted((r for r in rows if "#" in r["event_id"]), key=lambda r: r["event_id"])
+
+
 SPLIT = [r for r in RECORDINGS if _by_model(r)]
 
 
@@ -268,9 +274,7 @@ SPLIT = [r for r in RECORDINGS if _by_model(r)]
 def test_compound_calls_get_an_event_per_underlying_model(
     rec: Recording, replayed: dict[str, Replayed]
 ) -> None:
-    result = replayed[rec.id]
-    [main] = [r for r in result.rows if "#" not in r["event_id"]]
-    beside = sorted((r for r in result.rows if "#" in r["event_id"]), key=lambda r: r["event_id"])
+    main, beside = _main_and_beside(replayed[rec.id].rows)
     want = [
         {"event_id": f"{main['event_id']}#{i}", **model, "web_search_calls": 0,
          "estimated": False, "response_id": main["response_id"], "status": main["status"]}
@@ -295,9 +299,7 @@ BESIDE = [r for r in RECORDINGS if _beside(r)]
 def test_usage_iterations_beside_the_call_get_events(
     rec: Recording, replayed: dict[str, Replayed]
 ) -> None:
-    result = replayed[rec.id]
-    [main] = [r for r in result.rows if "#" not in r["event_id"]]
-    beside = sorted((r for r in result.rows if "#" in r["event_id"]), key=lambda r: r["event_id"])
+    main, beside = _main_and_beside(replayed[rec.id].rows)
     want = [
         {
             "event_id": f"{main['event_id']}#{i}",
