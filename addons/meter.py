@@ -66,7 +66,6 @@ from addons.metering.ratelog import RateLimitedLog
 from addons.metering.replyend import EndWatch
 from addons.metering.sink import EventSink
 from addons.metering.spool import Spool, SpoolError
-from addons.metering.streamopts import UsageChunkDropper
 from addons.metering.writer import SpoolWriter
 from meterline.catalog import Catalog, CatalogError
 from meterline.proxycatalog import load_proxy_catalog
@@ -443,10 +442,11 @@ class Meter:
             # Encoded though the proxy asked for plain bytes: an error body is small,
             # buffered and scrubbed decoded in `response`.
             return
-        if st.drop_usage and resp.status_code < 400 and "content-encoding" not in headers:
-            st.dropper = UsageChunkDropper()
-            if "content-length" in headers:  # the client gets fewer bytes than announced
-                _unsized(flow)
+        if st.provider.flavor == "openai" and resp.status_code < 400:
+            if "content-encoding" not in headers:
+                st.stream_filter = st.usage_stream_filter(headers)
+            if st.drop_usage and st.stream_filter and "content-length" in headers:
+                _unsized(flow)  # the client gets fewer bytes than announced
         if self.durable:
             sse = "event-stream" in headers.get("content-type", "")
             st.end = EndWatch(

@@ -19,7 +19,7 @@ from addons.metering import background, bounded, events, jsoncodec, keys, provid
 from addons.metering.decoding import IncrementalDecoder, OutputLimitExceeded
 from addons.metering.extract import new_extractor
 from addons.metering.replyend import EndWatch
-from addons.metering.streamopts import UsageChunkDropper, add_include_usage
+from addons.metering.streamopts import UsageStreamFilter, add_include_usage
 from addons.metering.usage import UsageExtractor
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ class FlowMeter:
         "misrouted",
         "pinned_model",
         "drop_usage",
-        "dropper",
+        "stream_filter",
         "t_request",
         "t_first_byte",
         "t_done",
@@ -99,7 +99,7 @@ class FlowMeter:
         """Why a gateway route's call cannot go to its provider's host (refused, 502)."""
         self.pinned_model: str | None = None
         self.drop_usage = False
-        self.dropper: UsageChunkDropper | None = None
+        self.stream_filter: UsageStreamFilter | None = None
         self.t_request: float | None = None
         self.t_first_byte: float | None = None
         self.t_done: float | None = None
@@ -132,13 +132,13 @@ class FlowMeter:
                 self.meter.finish_early(self, chunk)
             else:
                 self.work.defer(self.consume, chunk)
-            if self.dropper is None:
+            if self.stream_filter is None:
                 return chunk
-            out = self.dropper.feed(chunk)
-        elif self.dropper is None:
+            out = self.stream_filter.feed(chunk)
+        elif self.stream_filter is None:
             return chunk
         else:
-            out = self.dropper.flush()
+            out = self.stream_filter.flush()
         # An empty chunk would end an HTTP/1.1 chunked body early: send nothing instead.
         return out if out else []
 
@@ -323,9 +323,25 @@ class FlowMeter:
             return  # an encoding mitmproxy cannot write: the body goes as sent
         self._body = new_body
         self._json = _UNPARSED
-        # The dropper edits the stream the client gets: it needs plain bytes.
+        # The stream filter edits the stream the client gets: it needs plain bytes.
         req.headers["accept-encoding"] = "identity"
         self.drop_usage = True
+
+    def usage_stream_filter(self, headers: dict[str, str]) -> UsageStreamFilter | None:
+        """The filter for an OpenAI stream that carries a usage chunk: the one the proxy
+        asked for (dropped) or the client's own (kept); with either, the closing chunks
+        wait for ``[DONE]`` (:class:`~addons.metering.streamopts.UsageStreamFilter`)."""
+        if self.drop_usage:
+            return UsageStreamFilter()
+        if "event-stream" not in headers.get("content-type", ""):
+            return None
+        if not _INCLUDE_USAGE_PATH.search(self.billed_path) or not self.streaming_requested():
+            return None
+        body = self.request_json()
+        options = body.get("stream_options") if isinstance(body, dict) else None
+        if isinstance(options, dict) and options.get("include_usage") is True:
+            return UsageStreamFilter(drop_usage=False)
+        return None
 
     def ask_plain_stream(self) -> None:
         """An OpenAI stream comes unencoded: the proxy must see ``data: [DONE]`` (the
