@@ -36,19 +36,10 @@ from addons.metering.providers import (
     MeteredProvider,
     ProviderRegistry,
     canonical_host,
-    is_billed_path,
     normalise_path,
 )
-from meterline.catalog import Catalog, RouteType
-
-_ENDPOINTS: dict[tuple[str, RouteType], str] = {
-    ("openai", "llm/v1/chat"): "/v1/chat/completions",
-    ("openai", "llm/v1/completions"): "/v1/completions",
-    ("openai", "llm/v1/embeddings"): "/v1/embeddings",
-    ("anthropic", "llm/v1/chat"): "/v1/messages",
-    ("gemini", "llm/v1/chat"): "/v1beta/models/{model}:generateContent",
-}
-"""The provider endpoint a route type calls, per API flavor."""
+from meterline import routecheck
+from meterline.catalog import Catalog
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,18 +95,6 @@ class GatewayRoute:
         return self.model is not None and self.provider.flavor != "gemini"
 
 
-def endpoint(flavor: str, route_type: RouteType, model: str | None) -> str:
-    """The provider path for ``route_type``; raises ValueError when the flavor has none."""
-    template = _ENDPOINTS.get((flavor, route_type))
-    if template is None:
-        raise ValueError(f"the {flavor} API has no {route_type} endpoint")
-    if "{model}" in template:
-        if model is None:
-            raise ValueError(f"a route to the {flavor} API needs a model (it is part of the path)")
-        return template.format(model=model)
-    return template
-
-
 class RouteTable:
     """Gateway path -> :class:`GatewayRoute`; empty unless the catalog has ``routes``."""
 
@@ -124,26 +103,23 @@ class RouteTable:
 
     @classmethod
     def from_catalog(cls, catalog: Catalog | None, registry: ProviderRegistry) -> RouteTable:
-        """Resolve each route's provider and endpoint; ValueError names the bad route."""
+        """Resolve each route's provider and the path it calls there
+        (:func:`meterline.routecheck.upstream_path`, whose problems the catalog's validation
+        reports already); ValueError names the bad route."""
         if catalog is None or not catalog.routes:
             return cls()
         named = {p.name: p for p in registry.providers}
         out = []
         for i, route in enumerate(catalog.routes):
-            where = f"routes[{i}] ({route.path})"
+            where = routecheck.where(i, route)
             provider = named.get(route.provider)
             if provider is None:
                 known = ", ".join(sorted(named))
                 raise ValueError(f"{where}: unknown provider {route.provider!r} (known: {known})")
             try:
-                upstream = route.upstream_path or endpoint(provider.flavor, route.type, route.model)
+                upstream = routecheck.upstream_path(route, provider.flavor)
             except ValueError as e:
                 raise ValueError(f"{where}: {e}") from None
-            if not is_billed_path(provider.flavor, upstream):
-                raise ValueError(
-                    f"{where}: {upstream} is not an endpoint Meterline meters "
-                    f"on the {provider.flavor} API"
-                )
             home = Home.of(registry, provider)
             out.append(GatewayRoute(route.path, provider, upstream, route.model, home))
         return cls(out)

@@ -15,6 +15,7 @@ from meterline.catalog.customers import Alerts, Customer, Seller
 from meterline.catalog.products import Feature, Plan
 from meterline.catalog.proxyside import Consumer, Provider, Route
 from meterline.providers import BUILTIN_NAMES, unknown_provider
+from meterline.routecheck import route_problems
 from meterline.urlpaths import normalise_path
 
 
@@ -74,6 +75,8 @@ class Catalog(_Model):
         for i, route in enumerate(self.routes):
             if route.provider not in providers:
                 bad(f"routes[{i}].provider", unknown_provider(route.provider, providers))
+        for where, problem in route_problems(self.routes, self.providers):
+            bad(where, problem)  # what the proxy would refuse at start
         for i, feature in enumerate(self.features):
             wanted = feature.meter.provider
             if wanted is not None and wanted not in providers:

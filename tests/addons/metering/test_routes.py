@@ -8,8 +8,9 @@ import re
 import pytest
 
 from addons.metering.providers import ProviderRegistry
-from addons.metering.routes import Home, RouteTable, endpoint, pin_model
+from addons.metering.routes import Home, RouteTable, pin_model
 from meterline.catalog import CatalogError, parse_catalog
+from meterline.routecheck import endpoint
 
 
 def _table(routes: str, providers: str = "") -> RouteTable:

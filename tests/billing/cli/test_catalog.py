@@ -149,6 +149,27 @@ MALFORMED = [
         ],
     ),
     (
+        "gateway routes the proxy refuses at start (before: checked OK)",
+        """
+        version: 1
+        providers: [{name: local-claude, flavor: anthropic, hosts: ["localhost:8000"]}]
+        routes:
+          - {path: /chat, provider: openai, model: gpt-4o}
+          - {path: /embed, type: llm/v1/embeddings, provider: anthropic}
+          - {path: /gemini, provider: gemini}
+          - {path: /files, provider: openai, upstream_path: /v1/files}
+          - {path: /local, type: llm/v1/completions, provider: local-claude}
+        """,
+        [
+            "{path}: routes[1] (/embed): the anthropic API has no llm/v1/embeddings endpoint",
+            "{path}: routes[2] (/gemini): a route to the gemini API needs a model "
+            "(it is part of the path)",
+            "{path}: routes[3] (/files): /v1/files is not an endpoint Meterline meters "
+            "on the openai API",
+            "{path}: routes[4] (/local): the anthropic API has no llm/v1/completions endpoint",
+        ],
+    ),
+    (
         "a customer's currency",
         "version: 1\ncustomers: [{key: c, name: C, currency: usd}]\n",
         [
