@@ -24,6 +24,10 @@ DEFAULT_AUTH: dict[Flavor, AuthStyle] = {
     "gemini": "x-goog-api-key",
 }
 
+DEFAULT_BASE_PATH: dict[Flavor, str] = {"openai": "/v1", "anthropic": "/v1", "gemini": "/v1beta"}
+"""The path a flavor's endpoints hang under (``/v1`` + ``/chat/completions``), unless the
+provider's own differs (:attr:`BuiltinProvider.base_path`)."""
+
 
 @dataclass(frozen=True, slots=True)
 class BuiltinProvider:
@@ -33,6 +37,10 @@ class BuiltinProvider:
     """``host``, ``host:port`` or ``*.suffix`` (any subdomain)."""
     auth: AuthStyle | None = None
     """Where it differs from the flavor's (:data:`DEFAULT_AUTH`)."""
+    base_path: str | None = None
+    """The path its API's endpoints hang under, where it differs from the flavor's
+    (:data:`DEFAULT_BASE_PATH`): what its SDKs' base URL adds to the host. A gateway route
+    calls ``base_path`` + the endpoint (Groq's ``/openai/v1/chat/completions``)."""
 
 
 #: Azure OpenAI in Azure's public, US Government and China clouds, and AI Foundry's
@@ -49,19 +57,32 @@ AZURE_OPENAI_HOSTS = (
 
 BUILTIN_PROVIDERS: tuple[BuiltinProvider, ...] = (
     BuiltinProvider("openai", "openai", ("api.openai.com",)),
-    BuiltinProvider("azure-openai", "openai", AZURE_OPENAI_HOSTS, auth="api-key"),
+    # the v1 API (no api-version); a deployment's path is a route's upstream_path
+    BuiltinProvider(
+        "azure-openai", "openai", AZURE_OPENAI_HOSTS, auth="api-key", base_path="/openai/v1"
+    ),
     BuiltinProvider("mistral", "openai", ("api.mistral.ai",)),
-    BuiltinProvider("groq", "openai", ("api.groq.com",)),
+    BuiltinProvider("groq", "openai", ("api.groq.com",), base_path="/openai/v1"),
     BuiltinProvider("deepseek", "openai", ("api.deepseek.com",)),
     BuiltinProvider("together", "openai", ("api.together.xyz",)),
-    BuiltinProvider("openrouter", "openai", ("openrouter.ai",)),
-    BuiltinProvider("fireworks", "openai", ("api.fireworks.ai",)),
+    BuiltinProvider("openrouter", "openai", ("openrouter.ai",), base_path="/api/v1"),
+    BuiltinProvider("fireworks", "openai", ("api.fireworks.ai",), base_path="/inference/v1"),
     BuiltinProvider("xai", "openai", ("api.x.ai",)),
     BuiltinProvider("anthropic", "anthropic", ("api.anthropic.com",)),
     BuiltinProvider("gemini", "gemini", ("generativelanguage.googleapis.com",)),
 )
 
 BUILTIN_NAMES: frozenset[str] = frozenset(p.name for p in BUILTIN_PROVIDERS)
+
+
+def base_path(name: str, flavor: Flavor) -> str:
+    """The path the endpoints of the provider called ``name`` hang under: the built-in's,
+    for a built-in of that flavor (a catalog provider named like one adds hosts to it),
+    else the flavor's."""
+    builtin = next((p for p in BUILTIN_PROVIDERS if p.name == name and p.flavor == flavor), None)
+    if builtin is not None and builtin.base_path is not None:
+        return builtin.base_path
+    return DEFAULT_BASE_PATH[flavor]
 
 
 def unknown_provider(name: str, known: Iterable[str]) -> str:

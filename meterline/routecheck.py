@@ -14,35 +14,43 @@ from collections.abc import Iterable
 
 from meterline.billedpaths import is_billed_path
 from meterline.catalog.proxyside import Provider, Route, RouteType
-from meterline.providers import BUILTIN_PROVIDERS, Flavor
+from meterline.providers import BUILTIN_PROVIDERS, DEFAULT_BASE_PATH, Flavor, base_path
 
 _ENDPOINTS: dict[tuple[Flavor, RouteType], str] = {
-    ("openai", "llm/v1/chat"): "/v1/chat/completions",
-    ("openai", "llm/v1/completions"): "/v1/completions",
-    ("openai", "llm/v1/embeddings"): "/v1/embeddings",
-    ("anthropic", "llm/v1/chat"): "/v1/messages",
-    ("gemini", "llm/v1/chat"): "/v1beta/models/{model}:generateContent",
+    ("openai", "llm/v1/chat"): "/chat/completions",
+    ("openai", "llm/v1/completions"): "/completions",
+    ("openai", "llm/v1/embeddings"): "/embeddings",
+    ("anthropic", "llm/v1/chat"): "/messages",
+    ("gemini", "llm/v1/chat"): "/models/{model}:generateContent",
 }
-"""The provider endpoint a route type calls, per API flavor."""
+"""The endpoint a route type calls, per API flavor, under the provider's base path."""
 
 
-def endpoint(flavor: Flavor, route_type: RouteType, model: str | None) -> str:
-    """The provider path for ``route_type``; raises ValueError when the flavor has none."""
+def endpoint(
+    flavor: Flavor, route_type: RouteType, model: str | None, base: str | None = None
+) -> str:
+    """The provider path for ``route_type`` under ``base`` (default: the flavor's base
+    path); raises ValueError when the flavor has none."""
     template = _ENDPOINTS.get((flavor, route_type))
     if template is None:
         raise ValueError(f"the {flavor} API has no {route_type} endpoint")
+    if base is None:
+        base = DEFAULT_BASE_PATH[flavor]
     if "{model}" in template:
         if model is None:
             raise ValueError(f"a route to the {flavor} API needs a model (it is part of the path)")
-        return template.format(model=model)
-    return template
+        return base + template.format(model=model)
+    return base + template
 
 
 def upstream_path(route: Route, flavor: Flavor) -> str:
     """The path (and query) ``route`` calls on its provider, whose API is ``flavor``: its
-    ``upstream_path``, else the endpoint its type implies. ValueError says why there is
-    none, or why Meterline would not meter it."""
-    upstream = route.upstream_path or endpoint(flavor, route.type, route.model)
+    ``upstream_path``, else the endpoint its type implies under the provider's base path
+    (:func:`meterline.providers.base_path`: Groq's ``/openai/v1``). ValueError says why
+    there is none, or why Meterline would not meter it."""
+    upstream = route.upstream_path or endpoint(
+        flavor, route.type, route.model, base_path(route.provider, flavor)
+    )
     if not is_billed_path(flavor, upstream):
         raise ValueError(f"{upstream} is not an endpoint Meterline meters on the {flavor} API")
     return upstream

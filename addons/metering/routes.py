@@ -6,8 +6,10 @@ the proxy is the agents' endpoint. A catalog route such as
     routes:
       - {path: /chat, type: llm/v1/chat, provider: openai, model: gpt-4o}
 
-sends ``POST /chat`` to the provider's chat endpoint (``/v1/chat/completions``) and meters
-it as ``openai`` traffic. The call goes to the provider's own host: the reverse target
+sends ``POST /chat`` to the provider's chat endpoint (``/v1/chat/completions``; under
+the provider's own base path, Groq's ``/openai/v1/chat/completions``:
+:mod:`meterline.routecheck`, which the catalog check applies too) and meters it as
+``openai`` traffic. The call goes to the provider's own host: the reverse target
 when that is the provider's, else the provider's one known host (:class:`Home`); a
 provider with no such host (a wildcard, several hosts) is refused there, so a provider
 key, injected or the client's, never goes to another server. With ``model`` set,

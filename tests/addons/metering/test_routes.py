@@ -49,6 +49,52 @@ def test_endpoints(flavor: str, route_type: str, model: str | None, expected: st
 
 
 @pytest.mark.parametrize(
+    "provider,route_type,expected",
+    [
+        ("openai", "llm/v1/chat", "/v1/chat/completions"),
+        ("mistral", "llm/v1/embeddings", "/v1/embeddings"),
+        ("deepseek", "llm/v1/chat", "/v1/chat/completions"),
+        ("together", "llm/v1/completions", "/v1/completions"),
+        ("xai", "llm/v1/chat", "/v1/chat/completions"),
+        # before: /v1/... for every OpenAI-flavor provider, where these have no API
+        ("groq", "llm/v1/chat", "/openai/v1/chat/completions"),
+        ("openrouter", "llm/v1/chat", "/api/v1/chat/completions"),
+        ("openrouter", "llm/v1/embeddings", "/api/v1/embeddings"),
+        ("fireworks", "llm/v1/completions", "/inference/v1/completions"),
+        ("azure-openai", "llm/v1/chat", "/openai/v1/chat/completions"),
+        ("anthropic", "llm/v1/chat", "/v1/messages"),
+        ("gemini", "llm/v1/chat", "/v1beta/models/m:generateContent"),
+    ],
+)  # fmt: skip
+def test_a_route_calls_its_built_in_providers_base_path(
+    provider: str, route_type: str, expected: str
+) -> None:
+    table = _table(f"  - {{path: /p, type: {route_type}, provider: {provider}, model: m}}")
+    route = table.match("/p")
+    assert route is not None and route.upstream_path == expected
+
+
+def test_a_catalog_provider_named_like_a_built_in_keeps_its_base_path() -> None:
+    """It adds hosts to the built-in (a test upstream, a local mirror): the same API."""
+    table = _table(
+        "  - {path: /p, provider: groq}\n  - {path: /q, provider: my-groq}",
+        "providers:\n  - {name: groq, flavor: openai, hosts: ['127.0.0.1:8000']}\n"
+        "  - {name: my-groq, flavor: openai, hosts: ['127.0.0.1:8001']}",
+    )
+    routed = {path: table.match(path) for path in ("/p", "/q")}
+    assert {p: r.upstream_path for p, r in routed.items() if r} == {
+        "/p": "/openai/v1/chat/completions",
+        "/q": "/v1/chat/completions",  # a provider of its own: the flavor's
+    }
+
+
+def test_upstream_path_overrides_the_base_path() -> None:
+    table = _table("  - {path: /p, provider: groq, upstream_path: /v2/chat/completions}")
+    route = table.match("/p")
+    assert route is not None and route.upstream_path == "/v2/chat/completions"
+
+
+@pytest.mark.parametrize(
     "spelling",
     ["//chat", "/ch%61t", "/x/../chat", "/chat/.", "/./chat", "/chat//", "/%63hat?x=1"],
 )
