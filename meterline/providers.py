@@ -41,6 +41,10 @@ class BuiltinProvider:
     """The path its API's endpoints hang under, where it differs from the flavor's
     (:data:`DEFAULT_BASE_PATH`): what its SDKs' base URL adds to the host. A gateway route
     calls ``base_path`` + the endpoint (Groq's ``/openai/v1/chat/completions``)."""
+    include_usage: bool = True
+    """Whether the proxy may add ``stream_options.include_usage`` to its streamed chat
+    requests. Mistral's API refuses members it does not know (422 ``extra_forbidden``
+    on ``stream_options``) and reports usage on a stream's last chunk unasked."""
 
 
 #: Azure OpenAI in Azure's public, US Government and China clouds, and AI Foundry's
@@ -61,7 +65,7 @@ BUILTIN_PROVIDERS: tuple[BuiltinProvider, ...] = (
     BuiltinProvider(
         "azure-openai", "openai", AZURE_OPENAI_HOSTS, auth="api-key", base_path="/openai/v1"
     ),
-    BuiltinProvider("mistral", "openai", ("api.mistral.ai",)),
+    BuiltinProvider("mistral", "openai", ("api.mistral.ai",), include_usage=False),
     BuiltinProvider("groq", "openai", ("api.groq.com",), base_path="/openai/v1"),
     BuiltinProvider("deepseek", "openai", ("api.deepseek.com",)),
     BuiltinProvider("together", "openai", ("api.together.xyz",)),
@@ -83,6 +87,16 @@ def base_path(name: str, flavor: Flavor) -> str:
     if builtin is not None and builtin.base_path is not None:
         return builtin.base_path
     return DEFAULT_BASE_PATH[flavor]
+
+
+def includes_usage(name: str, flavor: Flavor, setting: bool | None = None) -> bool:
+    """Whether the proxy adds ``stream_options.include_usage`` to streamed chat requests
+    of the provider called ``name``: ``setting`` (a catalog provider's ``include_usage``)
+    when given, else the built-in's of that name and flavor, else yes."""
+    if setting is not None:
+        return setting
+    builtin = next((p for p in BUILTIN_PROVIDERS if p.name == name and p.flavor == flavor), None)
+    return builtin is None or builtin.include_usage
 
 
 def unknown_provider(name: str, known: Iterable[str]) -> str:

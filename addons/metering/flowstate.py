@@ -19,7 +19,11 @@ from addons.metering import background, bounded, events, jsoncodec, keys, provid
 from addons.metering.decoding import IncrementalDecoder, OutputLimitExceeded
 from addons.metering.extract import new_extractor
 from addons.metering.replyend import EndWatch
-from addons.metering.streamopts import UsageStreamFilter, add_include_usage
+from addons.metering.streamopts import (
+    UsageStreamFilter,
+    add_include_usage,
+    api_version_takes_stream_options,
+)
 from addons.metering.usage import UsageExtractor
 
 if TYPE_CHECKING:
@@ -313,6 +317,8 @@ class FlowMeter:
         a ``Content-Encoding`` (then encoded again the same way, as :meth:`pin_model`)."""
         if not _INCLUDE_USAGE_PATH.search(self.billed_path) or not self.streaming_requested():
             return
+        if not api_version_takes_stream_options(self.path.partition("?")[2]):
+            return  # an Azure API version that would refuse the whole call
         new_body = add_include_usage(self.request_body(), parsed=self.request_json())
         if new_body is None:
             return

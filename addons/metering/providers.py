@@ -23,7 +23,7 @@ from meterline.billedpaths import billed_flavor as billed_flavor  # re-exported
 from meterline.billedpaths import is_billed_path as is_billed_path  # re-exported
 from meterline.catalog import Catalog, Flavor
 from meterline.providers import BUILTIN_PROVIDERS as BUILTIN_TABLE
-from meterline.providers import DEFAULT_AUTH, AuthStyle
+from meterline.providers import DEFAULT_AUTH, AuthStyle, includes_usage
 from meterline.urlpaths import normalise_path as normalise_path  # re-exported
 
 
@@ -39,12 +39,19 @@ class MeteredProvider:
     """The header that carries the provider's own key (used by key injection)."""
     keep_request: bool = False
     """Its requests are never rewritten (no ``stream_options`` added): Gemini's
-    OpenAI-compatible endpoints (:func:`speaking`), whose streams report usage unasked."""
+    OpenAI-compatible endpoints (:func:`speaking`), whose streams report usage unasked,
+    Mistral, which refuses the member, and a catalog provider with ``include_usage:
+    false`` (:func:`meterline.providers.includes_usage`)."""
 
 
 # The built-in providers are one table in meterline/ (the catalog checks names against it).
 BUILTIN_PROVIDERS: tuple[tuple[MeteredProvider, tuple[str, ...]], ...] = tuple(
-    (MeteredProvider(p.name, p.flavor, p.auth or DEFAULT_AUTH[p.flavor]), p.hosts)
+    (
+        MeteredProvider(
+            p.name, p.flavor, p.auth or DEFAULT_AUTH[p.flavor], keep_request=not p.include_usage
+        ),
+        p.hosts,
+    )
     for p in BUILTIN_TABLE
 )
 
@@ -118,7 +125,15 @@ class ProviderRegistry:
     @classmethod
     def from_catalog(cls, catalog: Catalog | None) -> ProviderRegistry:
         extra = [
-            (MeteredProvider(p.name, p.flavor, p.auth or DEFAULT_AUTH[p.flavor]), p.hosts)
+            (
+                MeteredProvider(
+                    p.name,
+                    p.flavor,
+                    p.auth or DEFAULT_AUTH[p.flavor],
+                    keep_request=not includes_usage(p.name, p.flavor, p.include_usage),
+                ),
+                p.hosts,
+            )
             for p in (catalog.providers if catalog else [])
         ]
         return cls([*extra, *BUILTIN_PROVIDERS])

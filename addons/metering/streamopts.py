@@ -10,6 +10,7 @@ the stream it expected (except that, per OpenAI's docs, its other chunks then ca
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from addons.metering import jsoncodec, jsonspan
@@ -60,6 +61,21 @@ def add_include_usage(body: bytes, *, parsed: Any = _PARSE) -> bytes | None:
         return jsonspan.insert_member(body, inner, b'"include_usage":true')
     except ValueError:
         return None
+
+
+#: Azure OpenAI's dated API versions before this one refuse ``stream_options`` (400
+#: "Unrecognized request argument"); its v1 API (no ``api-version``) takes it.
+AZURE_STREAM_OPTIONS_SINCE = "2024-09-01"
+_API_VERSION = re.compile(r"(?:^|&)api-version=(\d{4}-\d{2}-\d{2})", re.IGNORECASE)
+
+
+def api_version_takes_stream_options(query: str) -> bool:
+    """Whether a request with this query string may carry ``stream_options``: not when an
+    ``api-version`` (Azure OpenAI's) is dated before :data:`AZURE_STREAM_OPTIONS_SINCE`."""
+    if "api-version" not in query.lower():
+        return True
+    match = _API_VERSION.search(query)
+    return match is None or match.group(1) >= AZURE_STREAM_OPTIONS_SINCE
 
 
 def _append_member(body: bytes, member: bytes) -> bytes | None:

@@ -25,6 +25,10 @@ class Provider(_Model):
     ``api-key`` for Azure OpenAI behind another host (a sovereign cloud, an API
     gateway), ``bearer``, ``x-api-key`` or ``x-goog-api-key``. The proxy bills the key
     found there first, and injects keys there."""
+    include_usage: bool | None = None
+    """``false``: never add ``stream_options.include_usage`` to its streamed chat requests
+    (a server that refuses members it does not know). Default: as the built-in provider
+    of the same name (off for ``mistral``), else on."""
 
     @model_validator(mode="after")
     def _auth_for_openai_only(self) -> Provider:
