@@ -442,9 +442,8 @@ class Meter:
             # Encoded though the proxy asked for plain bytes: an error body is small,
             # buffered and scrubbed decoded in `response`.
             return
-        if st.provider.flavor == "openai" and resp.status_code < 400:
-            if "content-encoding" not in headers:
-                st.stream_filter = st.usage_stream_filter(headers)
+        if resp.status_code < 400 and "content-encoding" not in headers:
+            st.stream_filter = st.usage_stream_filter(headers)
             if st.drop_usage and st.stream_filter and "content-length" in headers:
                 _unsized(flow)  # the client gets fewer bytes than announced
         if self.durable:

@@ -19,11 +19,13 @@ from addons.metering import background, bounded, events, jsoncodec, keys, provid
 from addons.metering.decoding import IncrementalDecoder, OutputLimitExceeded
 from addons.metering.extract import new_extractor
 from addons.metering.replyend import EndWatch
-from addons.metering.streamopts import (
+from addons.metering.streamfilter import (
     UsageStreamFilter,
-    add_include_usage,
-    api_version_takes_stream_options,
+    anthropic_rule,
+    chat_rule,
+    responses_rule,
 )
+from addons.metering.streamopts import add_include_usage, api_version_takes_stream_options
 from addons.metering.usage import UsageExtractor
 
 if TYPE_CHECKING:
@@ -334,19 +336,26 @@ class FlowMeter:
         self.drop_usage = True
 
     def usage_stream_filter(self, headers: dict[str, str]) -> UsageStreamFilter | None:
-        """The filter for an OpenAI stream that carries a usage chunk: the one the proxy
-        asked for (dropped) or the client's own (kept); with either, the closing chunks
-        wait for ``[DONE]`` (:class:`~addons.metering.streamopts.UsageStreamFilter`)."""
+        """The filter that keeps the client from leaving a stream before its usage
+        (:mod:`addons.metering.streamfilter`): an OpenAI chat stream with a usage chunk
+        (the one the proxy asked for, dropped, or the client's own), a Responses stream,
+        an Anthropic one. None for others (Gemini's usage comes with its last content)."""
         if self.drop_usage:
-            return UsageStreamFilter()
+            return UsageStreamFilter(chat_rule(drop_usage=True))
         if "event-stream" not in headers.get("content-type", ""):
             return None
+        if self.provider.flavor == "anthropic":
+            return UsageStreamFilter(anthropic_rule)
+        if self.provider.flavor != "openai":
+            return None
+        if self.tap is not None:
+            return UsageStreamFilter(responses_rule)
         if not _INCLUDE_USAGE_PATH.search(self.billed_path) or not self.streaming_requested():
             return None
         body = self.request_json()
         options = body.get("stream_options") if isinstance(body, dict) else None
         if isinstance(options, dict) and options.get("include_usage") is True:
-            return UsageStreamFilter(drop_usage=False)
+            return UsageStreamFilter(chat_rule(drop_usage=False))
         return None
 
     def ask_plain_stream(self) -> None:

@@ -3,8 +3,9 @@
 Why not a library: the SSE decoders inside ``openai`` and ``anthropic`` live in private
 modules (``openai._streaming``) of client SDKs that are only dev dependencies here, and
 ``httpx-sse`` keeps its decoder private too and expects pre-split lines. None reports
-where an event sits in the byte stream, which :class:`~addons.metering.streamopts.UsageStreamFilter`
-needs to remove one event and forward every other byte unchanged. The parser below is
+where an event sits in the byte stream, which
+:class:`~addons.metering.streamfilter.UsageStreamFilter` needs to remove one event, or
+hold some back, and forward every other byte unchanged. The parser below is
 small, works on bytes and costs O(chunk) per :meth:`SSEParser.feed`.
 
 Rules implemented (https://html.spec.whatwg.org/multipage/server-sent-events.html):

@@ -3,7 +3,8 @@
 A streamed Chat Completions (or legacy Completions) response carries token usage only
 when the request set ``stream_options: {"include_usage": true}``. The proxy adds that
 option (:func:`add_include_usage`) and removes the extra usage-only chunk from what the
-client receives (:class:`UsageStreamFilter`), so a client that did not ask for it sees
+client receives (:class:`~addons.metering.streamfilter.UsageStreamFilter`), so a client
+that did not ask for it sees
 the stream it expected (except that, per OpenAI's docs, its other chunks then carry
 ``"usage": null``, a field the SDKs already model).
 """
@@ -14,8 +15,7 @@ import re
 from typing import Any
 
 from addons.metering import jsoncodec, jsonspan
-from addons.metering.extract.framing import MAX_SSE_EVENT, has_value
-from addons.metering.sse import SSEParser
+from addons.metering.extract.framing import has_value
 
 _MEMBER = b'"stream_options":{"include_usage":true}'
 
@@ -99,134 +99,3 @@ def is_usage_only_chunk(data: str) -> bool:
     except ValueError:
         return False
     return isinstance(obj, dict) and isinstance(obj.get("usage"), dict) and not obj.get("choices")
-
-
-class UsageStreamFilter:
-    """Edits an OpenAI-style SSE stream on its way to the client; every other byte passes
-    unchanged, in order.
-
-    - ``drop_usage``: removes usage-only chunks (the one the proxy asked for).
-    - Always: holds the closing chunks back until ``data: [DONE]``. A client may stop
-      reading at ``finish_reason`` (``for chunk in stream: ... break``) and close before
-      the usage chunk that follows it: the proxy would then have no usage figures, and a
-      reasoning model's hidden tokens would go unbilled. So from an event carrying a
-      ``finish_reason`` on, events are held until ``[DONE]`` (normally in the same read);
-      any other event (another choice still streaming, ``n`` > 1) releases them. The
-      proxy meters the flow on the chunk with ``[DONE]``, before that chunk is handed on
-      (:mod:`addons.metering.replyend`), so a client gets the finish only once the event
-      is spooled.
-
-    Apart from that hold, only an incomplete trailing event is held back until its blank
-    line arrives. ``feed`` never raises: on an internal error, or more than
-    :data:`MAX_SSE_EVENT` bytes held, it stops filtering and passes everything through.
-    """
-
-    __slots__ = (
-        "_parser",
-        "_held",
-        "_base",
-        "_hold_from",
-        "_drops",
-        "_drop_usage",
-        "_broken",
-        "_drop_next_lf",
-        "dropped",
-    )
-
-    def __init__(self, *, drop_usage: bool = True) -> None:
-        self._parser = SSEParser()
-        self._held = bytearray()  # bytes from offset self._base on, not yet forwarded
-        self._base = 0
-        self._hold_from: int | None = None  # where the held closing events start
-        self._drops: list[tuple[int, int]] = []  # spans of dropped events in _held
-        self._drop_usage = drop_usage
-        self._broken = False
-        # The last dropped event ended in "\r" right at the held boundary: a "\n" that
-        # starts the next chunk is the rest of its "\r\n" and is dropped with it.
-        self._drop_next_lf = False
-        self.dropped = 0
-
-    def feed(self, data: bytes) -> bytes:
-        if self._broken:
-            return data
-        try:
-            return self._feed(data)
-        except Exception:
-            self._broken = True
-            out = bytes(self._held) + data
-            self._held.clear()
-            return out
-
-    def _feed(self, data: bytes) -> bytes:
-        parser = self._parser
-        start = parser.offset
-        events = parser.feed(data)
-        boundary = parser.boundary
-        drops = self._drops
-        dropped_before = len(drops)
-        if self._drop_next_lf and data[:1] == b"\n":
-            drops.append((start, start + 1))
-        if data:
-            self._drop_next_lf = False
-        hold = self._hold_from
-        for event in events:
-            payload = event.data
-            if is_usage_only_chunk(payload):  # comes after the finish: held with it
-                if self._drop_usage:
-                    drops.append((event.start, event.end))
-                    self.dropped += 1
-            elif has_value(payload, '"finish_reason"'):
-                if hold is None:
-                    hold = event.start
-            elif hold is not None:
-                hold = None  # [DONE], or another choice still streaming: the held go on
-        self._hold_from = hold
-        if (
-            not self._held
-            and len(drops) == dropped_before
-            and hold is None
-            and boundary == parser.offset
-        ):
-            self._base = boundary  # fast path: chunk ends on an event boundary, nothing to do
-            return data
-        held = self._held
-        held += data
-        base = self._base
-        if len(drops) > dropped_before:
-            end = drops[-1][1]
-            if end == boundary and held[end - base - 1] == 0x0D:
-                self._drop_next_lf = True
-        release = boundary if hold is None else hold
-        if len(held) > MAX_SSE_EVENT:  # not SSE as we know it: stop holding bytes back
-            self._broken = True
-            release = parser.offset
-        return self._cut(release)
-
-    def _cut(self, release: int) -> bytes:
-        """The held bytes before offset ``release``, without the dropped spans; the
-        rest stays held."""
-        held, base = self._held, self._base
-        out: list[bytes | bytearray] = []
-        pos = base
-        keep: list[tuple[int, int]] = []
-        for span_start, span_end in self._drops:
-            if span_start >= release:
-                keep.append((span_start, span_end))
-                continue
-            out.append(held[pos - base : span_start - base])
-            pos = span_end
-        out.append(held[pos - base : release - base])
-        del held[: release - base]
-        self._base = release
-        self._drops = keep
-        return b"".join(out)
-
-    def flush(self) -> bytes:
-        """End of stream: everything held (closing events without ``[DONE]``, an
-        incomplete trailing event), dropped events still left out."""
-        if self._broken:
-            out = bytes(self._held)
-            self._held.clear()
-            return out
-        self._hold_from = None
-        return self._cut(self._base + len(self._held))

@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from addons.metering.sse import SSEParser
-from addons.metering.streamopts import UsageStreamFilter, add_include_usage, is_usage_only_chunk
+from addons.metering.streamfilter import UsageStreamFilter, chat_rule
+from addons.metering.streamopts import add_include_usage, is_usage_only_chunk
 from tests.addons.metering.extract.cases import MISTRAL_CHAT_STREAM, OPENAI_CHAT_STREAM, sse
 
 # --- add_include_usage ------------------------------------------------------------------------
@@ -122,7 +123,7 @@ def run(dropper: UsageStreamFilter, chunks: list[bytes]) -> list[bytes]:
 
 def test_drops_only_the_usage_chunk() -> None:
     stream = OPENAI_CHAT_STREAM.body
-    dropper = UsageStreamFilter()
+    dropper = UsageStreamFilter(chat_rule(drop_usage=True))
     out = b"".join(run(dropper, [stream]))
     assert dropper.dropped == 1
     assert b'"usage": {' not in out and b'"choices": []' not in out
@@ -132,7 +133,7 @@ def test_drops_only_the_usage_chunk() -> None:
 
 
 def test_usage_inside_a_content_chunk_is_kept() -> None:
-    dropper = UsageStreamFilter()
+    dropper = UsageStreamFilter(chat_rule(drop_usage=True))
     stream = MISTRAL_CHAT_STREAM.body
     assert b"".join(run(dropper, [stream])) == stream
     assert dropper.dropped == 0
@@ -143,14 +144,14 @@ def test_comments_and_other_events_pass_unchanged(crlf: bool) -> None:
     usage = {"choices": [], "usage": {"prompt_tokens": 1}}
     body = sse({"choices": [{"delta": {"content": "a"}}]}, usage, "[DONE]", crlf=crlf)
     stream = b": OPENROUTER PROCESSING\n\n" + body + b"data: after\n\n"
-    out = b"".join(run(UsageStreamFilter(), [stream]))
+    out = b"".join(run(UsageStreamFilter(chat_rule(drop_usage=True)), [stream]))
     assert out == without_usage_chunk(stream)
     assert out.startswith(b": OPENROUTER PROCESSING\n\n")
     assert b"prompt_tokens" not in out
 
 
 def test_complete_events_are_never_held() -> None:
-    dropper = UsageStreamFilter()
+    dropper = UsageStreamFilter(chat_rule(drop_usage=True))
     first = b'data: {"choices":[{"delta":{"content":"a"}}]}\n\n'
     assert dropper.feed(first) == first  # fast path, no copy needed
     assert dropper.feed(b'data: {"choices":[{"delta":') == b""  # incomplete: held
@@ -176,7 +177,7 @@ def test_any_chunking_forwards_the_same_bytes(stream: bytes, data: st.DataObject
     cuts = sorted(data.draw(st.sets(st.integers(0, len(stream)), max_size=30)))
     bounds = [0, *cuts, len(stream)]
     chunks = [stream[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
-    dropper = UsageStreamFilter()
+    dropper = UsageStreamFilter(chat_rule(drop_usage=True))
     pieces = run(dropper, chunks)
     out = b"".join(pieces)
     assert out == without_usage_chunk(stream)
@@ -221,14 +222,14 @@ def test_sdk_request_gets_include_usage_and_sdk_client_never_sees_the_usage_chun
     assert patched is not None
     assert json.loads(patched)["stream_options"] == {"include_usage": True}
 
-    _, chunks = sdk_stream(UsageStreamFilter())
+    _, chunks = sdk_stream(UsageStreamFilter(chat_rule(drop_usage=True)))
     assert len(chunks) == len(unfiltered) - 1
     assert all(c.choices for c in chunks)
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == OPENAI_CHAT_STREAM.text
 
 
 def test_giant_event_stops_filtering_and_passes_everything() -> None:
-    dropper = UsageStreamFilter()
+    dropper = UsageStreamFilter(chat_rule(drop_usage=True))
     usage_only = b'data: {"choices":[],"usage":{"prompt_tokens":1}}\n\n'
     assert dropper.feed(usage_only) == b""
     big = b"data: " + b"x" * (16 * 1024 * 1024 + 1)
@@ -252,7 +253,7 @@ DONE = b"data: [DONE]\n\n"
 
 @pytest.mark.parametrize("drop_usage", [True, False])
 def test_the_finish_chunk_waits_for_done(drop_usage: bool) -> None:
-    stream_filter = UsageStreamFilter(drop_usage=drop_usage)
+    stream_filter = UsageStreamFilter(chat_rule(drop_usage=drop_usage))
     assert stream_filter.feed(CONTENT) == CONTENT
     assert stream_filter.feed(FINISH) == b""  # a client could stop reading here
     assert stream_filter.feed(USAGE) == b""
@@ -262,12 +263,12 @@ def test_the_finish_chunk_waits_for_done(drop_usage: bool) -> None:
 
 
 def test_finish_usage_and_done_in_one_read_pass_at_once() -> None:
-    stream_filter = UsageStreamFilter()
+    stream_filter = UsageStreamFilter(chat_rule(drop_usage=True))
     assert stream_filter.feed(CONTENT + FINISH + USAGE + DONE) == CONTENT + FINISH + DONE
 
 
 def test_another_choice_still_streaming_releases_the_held_finish() -> None:
-    stream_filter = UsageStreamFilter()
+    stream_filter = UsageStreamFilter(chat_rule(drop_usage=True))
     other = _chunk(choices=[{"index": 1, "delta": {"content": "lo"}, "finish_reason": None}])
     last = _chunk(choices=[{"index": 1, "delta": {}, "finish_reason": "length"}])
     assert stream_filter.feed(FINISH) == b""
@@ -277,13 +278,13 @@ def test_another_choice_still_streaming_releases_the_held_finish() -> None:
 
 
 def test_a_stream_without_done_gets_the_held_chunks_at_its_end() -> None:
-    stream_filter = UsageStreamFilter()
+    stream_filter = UsageStreamFilter(chat_rule(drop_usage=True))
     assert stream_filter.feed(FINISH + USAGE + b'data: {"tail') == b""
     assert stream_filter.flush() == FINISH + b'data: {"tail'
 
 
 def test_a_usage_chunk_split_in_the_hold_is_still_dropped() -> None:
-    stream_filter = UsageStreamFilter()
+    stream_filter = UsageStreamFilter(chat_rule(drop_usage=True))
     body = FINISH + USAGE.replace(b"\n\n", b"\r\n\r\n") + DONE
     cut = len(FINISH) + len(USAGE) + 1  # between the usage chunk's "\r" and "\n"
     out = stream_filter.feed(body[:cut]) + stream_filter.feed(body[cut:]) + stream_filter.flush()
