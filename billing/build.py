@@ -98,15 +98,15 @@ class UsageCard:
         return self._snapshot
 
     def _dump(self) -> dict[str, Any]:
-        return {
-            "rate_card": self.card.model_dump(mode="json"),
-            "meter": {
-                "feature": self.feature_key,
-                "provider": self.meter.provider,
-                "model": self.meter.model,
-                "token_types": list(self.meter.token_types),
-            },
+        meter: dict[str, Any] = {
+            "feature": self.feature_key,
+            "provider": self.meter.provider,
+            "model": self.meter.model,
+            "token_types": list(self.meter.token_types),
         }
+        if self.meter.service_tier is not None:  # absent: every tier (lines stored before)
+            meter["service_tier"] = self.meter.service_tier
+        return {"rate_card": self.card.model_dump(mode="json"), "meter": meter}
 
     @classmethod
     def from_snapshot(cls, plan_key: str, detail: dict[str, Any]) -> UsageCard:
@@ -119,7 +119,7 @@ class UsageCard:
             card=RateCard.model_validate(detail["rate_card"]),
             plan_key=plan_key,
             feature_key=m["feature"],
-            meter=TokenFilter(m["provider"], m["model"], tuple(m["token_types"])),
+            meter=TokenFilter.from_snapshot(m),
             proration=share,
         )
 
@@ -130,8 +130,7 @@ def usage_cards(catalog: Catalog, plan: Plan) -> list[UsageCard]:
         if card.feature is None:
             continue
         meter: FeatureMeter = catalog.feature(card.feature).meter
-        flt = TokenFilter(meter.provider, meter.model, tuple(meter.token_types))
-        out.append(UsageCard(card, plan.key, card.feature, flt))
+        out.append(UsageCard(card, plan.key, card.feature, TokenFilter.of(meter)))
     return out
 
 
@@ -164,16 +163,16 @@ def _window_detail(w: UsageWindow) -> dict[str, Any]:
 
 
 class _Matcher:
-    """Which (provider, model, token type) rows a card counts; memoised, models are few."""
+    """Which (provider, model, service tier) rows a card counts; memoised, models are few."""
 
     def __init__(self) -> None:
-        self._cache: dict[tuple[TokenFilter, str, str], bool] = {}
+        self._cache: dict[tuple[TokenFilter, str, str, str | None], bool] = {}
 
-    def __call__(self, meter: TokenFilter, provider: str, model: str) -> bool:
-        key = (meter, provider, model)
+    def __call__(self, meter: TokenFilter, provider: str, model: str, tier: str | None) -> bool:
+        key = (meter, provider, model, tier)
         hit = self._cache.get(key)
         if hit is None:
-            hit = self._cache[key] = meter.matches(provider, model)
+            hit = self._cache[key] = meter.matches(provider, model, tier)
         return hit
 
 
@@ -211,7 +210,7 @@ def _tokens_for(
     events = 0
     parts: dict[tuple[str, str, str], int] = {}
     for row in rows:
-        if not match(meter, row.provider, row.model):
+        if not match(meter, row.provider, row.model, row.service_tier):
             continue
         events += row.events_with(meter.token_types)  # only events with the line's tokens
         for tt in meter.token_types:

@@ -334,7 +334,7 @@ def _parse(text: str) -> datetime:
 
 def line_meter(line: InvoiceLine) -> TokenFilter:
     m = line.detail["meter"]
-    return TokenFilter(m["provider"], m["model"], tuple(m["token_types"]))
+    return TokenFilter.from_snapshot(m)
 
 
 def explain_line(con: duckdb.DuckDBPyConnection, number: str, line_no: int) -> Explanation:

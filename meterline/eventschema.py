@@ -106,6 +106,13 @@ EVENT_FIELDS: tuple[EventField, ...] = (
         "the cached-audio rate; not inside cached_input_tokens nor audio_input_tokens",
         default="0",
     ),
+    EventField(
+        "service_tier",
+        "VARCHAR",
+        False,
+        "the service tier the provider says served the call (OpenAI default, flex, "
+        "priority, scale; Anthropic standard, priority, batch); NULL when not reported",
+    ),
 )
 
 EVENT_COLUMNS: tuple[str, ...] = tuple(f.name for f in EVENT_FIELDS)

@@ -108,6 +108,13 @@ EVENT_MIGRATIONS: tuple[Migration, ...] = (
         "ALTER TABLE usage_events ADD COLUMN IF NOT EXISTS cached_audio_input_tokens BIGINT "
         "DEFAULT 0",
     ),
+    Migration(
+        "0060_service_tier",
+        # The tier the provider served the call at (OpenAI flex is about half the default
+        # price, priority up to twice): features may price tiers apart. Stored events read
+        # NULL (not reported), which features match as the standard tier.
+        "ALTER TABLE usage_events ADD COLUMN IF NOT EXISTS service_tier VARCHAR",
+    ),
 )
 
 

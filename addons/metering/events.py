@@ -89,6 +89,7 @@ def build_events(
     rows = [main]
     for i, extra in enumerate(usage.extra):
         extra.response_id = usage.response_id
+        extra.service_tier = usage.service_tier  # the call's tier served them too
         rows.append(build_event(ex, extra, proxy_id, eventid.beside_id(main["event_id"], i)))
     return rows
 
@@ -130,4 +131,5 @@ def build_event(
         "audio_output_tokens": usage.audio_output,
         "web_search_calls": usage.web_search,
         "cached_audio_input_tokens": usage.cached_audio_input,
+        "service_tier": usage.service_tier,
     }

@@ -644,7 +644,13 @@ class Governance:
                 by_type = {t: int(event.get(col) or 0) for t, col in _TOKEN_FIELDS.items()}
                 at = datetime.fromisoformat(event["ts"]).replace(tzinfo=UTC)
                 self.counters.record(
-                    pol, event["event_id"], event["provider"], event["model"] or "", by_type, at
+                    pol,
+                    event["event_id"],
+                    event["provider"],
+                    event["model"] or "",
+                    by_type,
+                    at,
+                    event.get("service_tier"),
                 )
             except Exception as e:
                 self._failed("counting an event", e)

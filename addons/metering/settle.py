@@ -16,8 +16,8 @@ place, with no mitmproxy in sight (the addon passes in what it knows):
 4. **No usable report** (none at all, or ``invalid`` counts): input and output are
    counted with tiktoken from the request and the text seen; ``estimated`` is true.
 
-A call that did not complete (cut, rule 1 not met) has ``status`` NULL. Model and
-response id come from the report, else from what the stream showed before it ended
+A call that did not complete (cut, rule 1 not met) has ``status`` NULL. Model, response
+id and service tier come from the report, else from what the stream showed before it ended
 (:class:`~addons.metering.usage.Seen`), else (model) from the request; the model is
 normalised (:mod:`addons.metering.models`).
 """
@@ -69,6 +69,7 @@ def settle(
     raw_model = (reported.model if reported else None) or seen.model or request_model()
     model = normalise_model(flavor, raw_model)
     response_id = (reported.response_id if reported else None) or seen.response_id
+    service_tier = (reported.service_tier if reported else None) or seen.service_tier
     status: int | None = status_code if final or not cut else None
     why: str | None = None
     if final:
@@ -104,6 +105,7 @@ def settle(
             why = "cut before any usage" if cut else "no usage reported"
     usage.model = model
     usage.response_id = response_id
+    usage.service_tier = service_tier
     return Settled(usage, status, why, reported.invalid if reported is not None else None)
 
 

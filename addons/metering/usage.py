@@ -48,6 +48,11 @@ class Usage:
     web_search: int = 0
     model: str | None = None
     response_id: str | None = None
+    #: The service tier the provider says served the call, as it spells it (OpenAI's
+    #: ``service_tier``: ``default``, ``flex``, ``priority``, ``scale``; Anthropic's
+    #: ``usage.service_tier``: ``standard``, ``priority``, ``batch``); ``None``: not
+    #: reported. Priced apart by features that filter on it (:mod:`meterline.servicetiers`).
+    service_tier: str | None = None
     estimated: bool = False
     #: Not the provider's final usage report: the stream ended (cut, or normally) before
     #: it (Anthropic's ``message_start`` came but its ``message_delta`` did not; an OpenAI
@@ -78,10 +83,12 @@ class Usage:
 
 
 class Seen(NamedTuple):
-    """The provider's model and response id as seen in the body so far (usage or not)."""
+    """The provider's model, response id and service tier as seen in the body so far
+    (usage or not)."""
 
     model: str | None = None
     response_id: str | None = None
+    service_tier: str | None = None
 
 
 class UsageExtractor(Protocol):

@@ -303,21 +303,37 @@ def unbilled(con: duckdb.DuckDBPyConnection, catalog: Catalog, rng: TimeRange) -
     }
     rows: list[Data] = []
     unpriced: list[Data] = []
-    for reason, consumer, key, customer, plan, provider, model, *counts, n_events in found:
+    # The sums come per service tier (features may price tiers apart): rows add them up.
+    by_class: dict[tuple[object, ...], Data] = {}
+    by_type: dict[tuple[object, ...], Data] = {}
+    for reason, consumer, key, customer, plan, provider, model, tier, *counts, n_events in found:
         tokens: dict[str, int] = dict(zip(TOKEN_TYPES, (int(n) for n in counts), strict=True))
         if reason is not None:
-            rows.append(
-                {"reason": reason, "consumer": consumer, "key_fingerprint": key,
-                 "customer": customer, "provider": provider, "model": model, **tokens,
-                 "total": _token_total(tokens), "events": int(n_events)}
-            )  # fmt: skip
+            row = by_class.get((reason, consumer, key, customer, provider, model))
+            if row is None:
+                row = by_class[(reason, consumer, key, customer, provider, model)] = {
+                    "reason": reason, "consumer": consumer, "key_fingerprint": key,
+                    "customer": customer, "provider": provider, "model": model,
+                    **dict.fromkeys(TOKEN_TYPES, 0), "total": 0, "events": 0,
+                }  # fmt: skip
+                rows.append(row)
+            for tt, n in tokens.items():
+                row[tt] += n
+            row["total"] += _token_total(tokens)
+            row["events"] += int(n_events)
             continue
         for tt, n in tokens.items():
-            if n and not any(m.matches(provider, model, tt) for m in meters[plan]):
-                unpriced.append(
-                    {"customer": customer, "plan": plan, "provider": provider, "model": model,
-                     "token_type": tt, "tokens": n}
-                )  # fmt: skip
+            if n and not any(
+                m.matches(provider, model, tt) and m.counts_tier(tier) for m in meters[plan]
+            ):
+                item = by_type.get((customer, plan, provider, model, tt))
+                if item is None:
+                    item = by_type[(customer, plan, provider, model, tt)] = {
+                        "customer": customer, "plan": plan, "provider": provider,
+                        "model": model, "token_type": tt, "tokens": 0,
+                    }  # fmt: skip
+                    unpriced.append(item)
+                item["tokens"] += n
     # Late usage of a customer that will get no further invoice (no late sweep bills it).
     stranded = UsageQuery(start=rng.start, end=rng.end, group_by=("model",))
     for late in stranded_usage(con, catalog, stranded):
@@ -388,7 +404,7 @@ def _unbilled_sql(catalog: Catalog, rng: TimeRange) -> tuple[str, list[object]]:
     events = "SUM(e.events)::BIGINT"
     grouped = (
         f"(SELECT {seg} AS seg, consumer, CASE WHEN consumer IS NULL THEN key_fingerprint END"
-        " AS key_fingerprint, provider, model, "
+        " AS key_fingerprint, provider, model, service_tier, "
         + ", ".join(f"SUM({col})::BIGINT AS {tt}" for tt, col in TOKEN_COLUMNS.items())
         + ", COUNT(*) AS events FROM usage_events WHERE ts >= ? AND ts < ? GROUP BY ALL)"
     )
@@ -404,7 +420,7 @@ UNBILLED_SQL = """
            e.consumer,
            CASE WHEN e.consumer IS NULL THEN e.key_fingerprint END AS key_fingerprint,
            c.customer_key AS customer, s.plan, e.provider, coalesce(e.model, '') AS model,
-           {sums}, {events} AS events
+           e.service_tier, {sums}, {events} AS events
     FROM usage_events AS e
     LEFT JOIN (SELECT DISTINCT consumer, customer_key FROM dash_subscriptions) AS c
       ON e.consumer = c.consumer

@@ -38,7 +38,7 @@ _MASK = " + ".join(
     for i, col in enumerate(TOKEN_COLUMNS.values())
 )
 _SQL = f"""
-    SELECT w.window_id, e.consumer, e.provider, coalesce(e.model, '') AS model,
+    SELECT w.window_id, e.consumer, e.provider, coalesce(e.model, '') AS model, e.service_tier,
            {", ".join(f"SUM(e.{c})::BIGINT" for c in TOKEN_COLUMNS.values())},
            COUNT(*) AS events, {_MASK} AS mask
     {WINDOWED_EVENTS}
@@ -51,8 +51,8 @@ Key = tuple[str, str, str]
 
 @dataclass
 class _Group:
-    """Events of one stored window with the same consumer, provider, model and set of
-    non-zero token types (``mask``, one bit per token type)."""
+    """Events of one stored window with the same consumer, provider, model, service tier
+    and set of non-zero token types (``mask``, one bit per token type)."""
 
     consumer: str
     provider: str
@@ -60,6 +60,7 @@ class _Group:
     tokens: dict[str, int]
     events: int
     mask: int
+    service_tier: str | None = None
 
 
 @dataclass
@@ -86,7 +87,7 @@ def _excess(
     holders: dict[Key, set[str]] = defaultdict(set)
     events = 0
     for g in groups:
-        if not meter.matches(g.provider, g.model):
+        if not meter.matches(g.provider, g.model, g.service_tier):
             continue
         for tt in meter.token_types:
             if g.tokens[tt]:
@@ -139,7 +140,7 @@ def _swept_lines(
         detail = json.loads(text)
         m = detail["meter"]
         line = _SweptLine(
-            TokenFilter(m["provider"], m["model"], tuple(m["token_types"])),
+            TokenFilter.from_snapshot(m),
             detail.get("breakdown") or [],
             int(detail.get("events") or 0),
         )
@@ -195,10 +196,10 @@ def backdated_usage(
         stored.append((ck, window))
     load_windows(con, carve_stored(con, stored))
     groups: dict[int, list[_Group]] = defaultdict(list)
-    for wid, who, provider, model, *counts in con.execute(_SQL).fetchall():
+    for wid, who, provider, model, tier, *counts in con.execute(_SQL).fetchall():
         *tokens, events, mask = counts
         tokens_by_type = dict(zip(TOKEN_COLUMNS, (int(t or 0) for t in tokens), strict=True))
-        groups[wid].append(_Group(who, provider, model, tokens_by_type, events, mask))
+        groups[wid].append(_Group(who, provider, model, tokens_by_type, events, mask, tier))
     sweeps: list[_Sweep] = []
     for (number, _), (ck, w) in zip(((r[0], r[1]) for r in found), stored, strict=True):
         sweep = _Sweep(ck)

@@ -5,17 +5,21 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import duckdb
 
 from billing.storevalues import from_db
 from billing.usage.windows import WINDOWED_EVENTS, UsageWindow, load_windows
+from meterline.catalog import FeatureMeter
 from meterline.eventschema import TOKEN_COLUMNS
+from meterline.servicetiers import tier_matches
 
 
 @dataclass(frozen=True)
 class TokenFilter:
-    """The tokens a usage line counts: provider, case-insensitive model glob, token types.
+    """The tokens a usage line counts: provider, case-insensitive model glob, token types,
+    service tier glob (``None``: every tier).
 
     A hashable copy of a feature's ``meter`` (``meterline.catalog.FeatureMeter``) as the
     line was priced: built from the catalog, or from the snapshot stored on the line.
@@ -24,12 +28,35 @@ class TokenFilter:
     provider: str | None
     model: str
     token_types: tuple[str, ...]
+    service_tier: str | None = None
+
+    @classmethod
+    def of(cls, meter: FeatureMeter) -> TokenFilter:
+        return cls(meter.provider, meter.model, tuple(meter.token_types), meter.service_tier)
+
+    @classmethod
+    def from_snapshot(cls, meter: dict[str, Any]) -> TokenFilter:
+        """The filter a line stored (``detail.meter``): no ``service_tier``, every tier."""
+        return cls(
+            meter["provider"],
+            meter["model"],
+            tuple(meter["token_types"]),
+            meter.get("service_tier"),
+        )
 
     def model_matches(self, model: str) -> bool:
         return fnmatch.fnmatchcase(model.lower(), self.model.lower())
 
-    def matches(self, provider: str, model: str) -> bool:
-        return (self.provider is None or self.provider == provider) and self.model_matches(model)
+    def tier_matches(self, service_tier: str | None) -> bool:
+        """The rule of :mod:`meterline.servicetiers` (``None``: the tier was not reported)."""
+        return tier_matches(self.service_tier, service_tier)
+
+    def matches(self, provider: str, model: str, service_tier: str | None) -> bool:
+        return (
+            (self.provider is None or self.provider == provider)
+            and self.model_matches(model)
+            and self.tier_matches(service_tier)
+        )
 
 
 EVENT_FIELDS = (
@@ -72,13 +99,15 @@ def events_behind(
     quantity = " + ".join(f"e.{TOKEN_COLUMNS[t]}" for t in meter.token_types)
     cols = ", ".join(f"e.{c}" for c in EVENT_FIELDS)
     rows = con.execute(
-        f"SELECT {cols}, ({quantity})::BIGINT AS quantity {base} "
+        f"SELECT {cols}, ({quantity})::BIGINT AS quantity, e.service_tier {base} "
         f"AND list_contains(?, coalesce(e.model, '')) AND ({quantity}) > 0 "
         "ORDER BY e.ts, e.event_id",
         [*params, models],
     ).fetchall()
     out = []
-    for r in rows:
+    for *r, tier in rows:
+        if not meter.tier_matches(tier):
+            continue
         event = dict(zip((*EVENT_FIELDS, "quantity"), r, strict=True))
         event["ts"] = from_db(event["ts"])  # type: ignore[arg-type]
         event["ingested_at"] = from_db(event["ingested_at"])  # type: ignore[arg-type]

@@ -18,7 +18,7 @@ from billing.usage.windows import UsageWindow
 from meterline.catalog import CALL_TYPES, Catalog
 from meterline.eventschema import TOKEN_COLUMNS
 
-GROUP_DIMENSIONS = ("model", "type", "day", "refused")
+GROUP_DIMENSIONS = ("model", "tier", "type", "day", "refused")
 
 
 class UsageError(UserError, ValueError):
@@ -157,6 +157,8 @@ def _group_dims(group_by: tuple[str, ...]) -> list[str]:
     dims = []
     if "model" in group_by:
         dims += ["e.provider", "coalesce(e.model, '') AS model"]
+    if "tier" in group_by:  # the service tier that served the calls (NULL: not reported)
+        dims.append("e.service_tier")
     if "day" in group_by:
         dims.append("CAST(e.ts AS DATE) AS day")
     if "refused" in group_by:  # calls the proxy refused itself, by reason
@@ -372,7 +374,7 @@ def _priced_types(catalog: Catalog) -> dict[str, list[TokenFilter]]:
     """Per plan, the meters of its usage rate cards."""
     return {
         plan.key: [
-            TokenFilter(m.provider, m.model, tuple(m.token_types))
+            TokenFilter.of(m)
             for m in (catalog.feature(c.feature).meter for c in plan.rate_cards if c.feature)
         ]
         for plan in catalog.plans
@@ -388,37 +390,39 @@ def _unpriced(
 ) -> list[dict[str, object]]:
     """Tokens a subscription covers that no usage rate card of its plan selects.
 
-    The distinct (plan, provider, model) of covered events are few: which of their token
-    types some card's meter selects is decided in Python (globs, as the invoice builder
-    does), then one query sums only the unpriced token types, counting an event only
+    The distinct (plan, provider, model, service tier) of covered events are few: which of
+    their token types some card's meter selects is decided in Python (globs, as the invoice
+    builder does), then one query sums only the unpriced token types, counting an event only
     when it has some.
     """
     cond = " AND ".join(where) or "TRUE"
     combos = con.execute(
-        f"SELECT DISTINCT s.plan_key, e.provider, coalesce(e.model, '') "
+        f"SELECT DISTINCT s.plan_key, e.provider, coalesce(e.model, ''), e.service_tier "
         f"{_EVENTS_FROM} {_COVERING_SUB} WHERE {cond}",
         params,
     ).fetchall()
     meters = _priced_types(catalog)
-    table: list[tuple[str, str, str, list[bool]]] = []
-    for plan_key, provider, model in combos:
+    table: list[tuple[str, str, str, str | None, list[bool]]] = []
+    for plan_key, provider, model, tier in combos:
         priced = {
             tt
             for mf in meters.get(plan_key, [])
-            if mf.matches(provider, model)
+            if mf.matches(provider, model, tier)
             for tt in mf.token_types
         }
         if len(priced) < len(TOKEN_COLUMNS):
-            table.append((plan_key, provider, model, [tt not in priced for tt in TOKEN_COLUMNS]))
+            unpriced = [tt not in priced for tt in TOKEN_COLUMNS]
+            table.append((plan_key, provider, model, tier, unpriced))
     if not table:
         return []
     columns: dict[str, pa.Array] = {
         "plan_key": pa.array([t[0] for t in table], pa.string()),
         "provider": pa.array([t[1] for t in table], pa.string()),
         "model": pa.array([t[2] for t in table], pa.string()),
+        "service_tier": pa.array([t[3] for t in table], pa.string()),
     }
     for i, tt in enumerate(TOKEN_COLUMNS):
-        columns[f"u_{tt}"] = pa.array([t[3][i] for t in table], pa.bool_())
+        columns[f"u_{tt}"] = pa.array([t[4][i] for t in table], pa.bool_())
     tokens = {
         tt: f"CASE WHEN u.u_{tt} THEN e.{col} ELSE 0 END" for tt, col in TOKEN_COLUMNS.items()
     }
@@ -437,7 +441,8 @@ def _unpriced(
             f"SELECT {', '.join(dims)}, {sums}, COUNT(*) AS events "
             f"{_EVENTS_FROM} {_COVERING_SUB} "
             "JOIN bill_unpriced AS u ON u.plan_key = s.plan_key AND u.provider = e.provider"
-            " AND u.model = coalesce(e.model, '') "
+            " AND u.model = coalesce(e.model, '')"
+            " AND u.service_tier IS NOT DISTINCT FROM e.service_tier "
             f"WHERE {cond} AND ({' + '.join(tokens.values())}) > 0 GROUP BY ALL",
             params,
         )

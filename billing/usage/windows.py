@@ -1,6 +1,7 @@
 """Usage windows: the events each invoice window counts, and their token sums in one pass.
 
-The invoice build needs one figure per (customer, window, provider, model, token type).
+The invoice build needs one figure per (customer, window, provider, model, service tier,
+token type).
 :func:`aggregate_windows` computes all of them in one pass over the events for every
 customer at once: the windows (a customer's consumers, a ``[start, end)`` range of event
 time ``ts``, a ``(after, until]`` range of ``ingested_at``) go into a small temporary
@@ -49,7 +50,8 @@ class UsageWindow:
 
 @dataclass(frozen=True)
 class WindowUsage:
-    """Token sums of one window for one (provider, model); model ``""`` when unreported.
+    """Token sums of one window for one (provider, model, service tier); model ``""`` and
+    service tier ``None`` when unreported.
 
     ``counted`` holds, per set of token types asked for (a usage card's meter), how many
     of the events have tokens of one of them: the events that line bills, the same ones
@@ -62,6 +64,7 @@ class WindowUsage:
     tokens: dict[str, int]
     events: int
     counted: dict[tuple[str, ...], int] = field(default_factory=dict)
+    service_tier: str | None = None
 
     def events_with(self, token_types: tuple[str, ...]) -> int:
         """Events with tokens of ``token_types`` (all events when that set was not asked)."""
@@ -120,7 +123,7 @@ WINDOWED_EVENTS = windowed_events()
 _SUMS = ", ".join(f"SUM(e.{col})::BIGINT AS {tt}" for tt, col in TOKEN_COLUMNS.items())
 
 AGGREGATE_SQL = f"""
-    SELECT w.window_id, e.provider, coalesce(e.model, '') AS model, {_SUMS},
+    SELECT w.window_id, e.provider, coalesce(e.model, '') AS model, e.service_tier, {_SUMS},
            COUNT(*) AS events{{counted}}
     {WINDOWED_EVENTS}
     WHERE {{where}}
@@ -129,11 +132,11 @@ AGGREGATE_SQL = f"""
 
 
 SHARED_BOUNDS_SQL = f"""
-    SELECT w.window_id, a.provider, a.model,
+    SELECT w.window_id, a.provider, a.model, a.service_tier,
            {", ".join(f"SUM(a.{tt})::BIGINT" for tt in TOKEN_COLUMNS)},
            SUM(a.events)::BIGINT{{counted_columns}}
     FROM (
-        SELECT e.consumer, e.provider, coalesce(e.model, '') AS model, {_SUMS},
+        SELECT e.consumer, e.provider, coalesce(e.model, '') AS model, e.service_tier, {_SUMS},
                COUNT(*) AS events{{counted}}
         FROM usage_events AS e
         WHERE {{where}}
@@ -159,8 +162,9 @@ def aggregate_windows(
     windows: Sequence[UsageWindow],
     token_sets: Sequence[tuple[str, ...]] = (),
 ) -> list[WindowUsage]:
-    """One pass over the events: token sums per (window, provider, model), and for each
-    set in ``token_sets`` the number of events with tokens of one of its types."""
+    """One pass over the events: token sums per (window, provider, model, service tier),
+    and for each set in ``token_sets`` the number of events with tokens of one of its
+    types."""
     if not windows:
         return []
     sets = list(dict.fromkeys(tuple(s) for s in token_sets))
@@ -184,15 +188,16 @@ def aggregate_windows(
         else AGGREGATE_SQL.format(counted=counted, where=where)
     )
     rows = con.execute(sql, params).fetchall()
-    n = len(TOKEN_TYPES)  # the rows: window, provider, model, the token sums, events, counts
+    n = len(TOKEN_TYPES)  # the rows: window, provider, model, tier, token sums, events, counts
     return [
         WindowUsage(
             window_id=r[0],
             provider=r[1],
             model=r[2],
-            tokens=dict(zip(TOKEN_TYPES, (int(v or 0) for v in r[3 : 3 + n]), strict=True)),
-            events=int(r[3 + n]),
-            counted={s: int(v) for s, v in zip(sets, r[4 + n :], strict=True)},
+            service_tier=r[3],
+            tokens=dict(zip(TOKEN_TYPES, (int(v or 0) for v in r[4 : 4 + n]), strict=True)),
+            events=int(r[4 + n]),
+            counted={s: int(v) for s, v in zip(sets, r[5 + n :], strict=True)},
         )
         for r in rows
     ]

@@ -24,6 +24,7 @@ from meterline.catalog.base import (
     _iso_duration,
     _Model,
 )
+from meterline.servicetiers import tier_matches
 from meterline.utc import as_utc_in_range
 
 Limit = Annotated[
@@ -33,10 +34,14 @@ Limit = Annotated[
 
 
 class FeatureMeter(_Model):
-    """A slice of the token meter. ``model`` is a glob (``gpt-4o*``), matched case-insensitively."""
+    """A slice of the token meter. ``model`` is a glob (``gpt-4o*``), matched case-insensitively;
+    so is ``service_tier`` (``flex``), the tier the provider says served the call, matched
+    by the rule of :mod:`meterline.servicetiers` (an event without one is ``default``)."""
 
     provider: str | None = None
     model: str = "*"
+    service_tier: str | None = Field(default=None, min_length=1)
+    """Only calls served at a matching tier; ``None``: every tier."""
     token_types: list[TokenType] = Field(
         default_factory=lambda: list(TOKEN_ONLY_TYPES), min_length=1
     )
@@ -57,11 +62,17 @@ class FeatureMeter(_Model):
         return value
 
     def matches(self, provider: str, model: str, token_type: str) -> bool:
+        """Whether some call to ``model`` of ``provider`` counts ``token_type`` here: the
+        tier that serves a call is known only once it is answered (:meth:`counts_tier`)."""
         return (
             (self.provider is None or self.provider == provider)
             and token_type in self.token_types
             and fnmatch.fnmatchcase(model.lower(), self.model.lower())
         )
+
+    def counts_tier(self, service_tier: str | None) -> bool:
+        """Whether an event served at ``service_tier`` (``None``: not reported) counts here."""
+        return tier_matches(self.service_tier, service_tier)
 
 
 class Feature(_Model):

@@ -437,10 +437,14 @@ class Counters:
         model: str,
         by_type: dict[str, int],
         at: datetime,
+        service_tier: str | None = None,
     ) -> None:
-        """Count one of this proxy's own events (pending until a snapshot holds it)."""
+        """Count one of this proxy's own events (pending until a snapshot holds it);
+        ``service_tier``: the tier that served it (``None``: not reported)."""
         contributions = []
         for acct, types in pol.matching(provider, model).counted:
+            if not acct.meter.counts_tier(service_tier):
+                continue
             units = sum(by_type.get(t, 0) for t in types)
             if units:
                 key = acct.current(at)[1]

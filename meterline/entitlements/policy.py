@@ -88,11 +88,17 @@ class Account:
         return (self.customer, self.feature, self.cadence, self.anchor, period.start)
 
     def matches_model(self, provider: str, model: str) -> bool:
-        """Whether a call to ``model`` of ``provider`` can add to this account."""
+        """Whether a call to ``model`` of ``provider`` can add to this account, served at
+        whichever tier (a call is admitted before the provider says which)."""
         return any(self.meter.matches(provider, model, t) for t in self.meter.token_types)
 
-    def tokens(self, provider: str, model: str, by_type: dict[str, int]) -> int:
-        """The units of an event (token counts by type) this account counts."""
+    def tokens(
+        self, provider: str, model: str, service_tier: str | None, by_type: dict[str, int]
+    ) -> int:
+        """The units of an event (token counts by type, the tier that served it) this
+        account counts."""
+        if not self.meter.counts_tier(service_tier):
+            return 0
         return sum(n for t, n in by_type.items() if n and self.meter.matches(provider, model, t))
 
 

@@ -82,17 +82,17 @@ def _sum_windows(
     rows = con.execute(
         f"""
         WITH w(window_id, consumer, w_start, w_end) AS (VALUES {values})
-        SELECT w.window_id, e.provider, coalesce(e.model, ''), {sums}
+        SELECT w.window_id, e.provider, coalesce(e.model, ''), e.service_tier, {sums}
         FROM usage_events AS e
         JOIN w ON e.consumer = w.consumer AND e.ts >= w.w_start AND e.ts < w.w_end
         WHERE e.ts >= {_ts(since)}
         GROUP BY ALL
         """
     ).fetchall()
-    for window_id, provider, model, *tokens in rows:
+    for window_id, provider, model, tier, *tokens in rows:
         acct, key = keyed[window_id]
         by_type = dict(zip(_TOKEN_COLUMNS, (int(t or 0) for t in tokens), strict=True))
-        out[key] = out.get(key, 0) + acct.tokens(provider, model, by_type)
+        out[key] = out.get(key, 0) + acct.tokens(provider, model, tier, by_type)
     return out
 
 

@@ -42,6 +42,7 @@ class Event:
     audio_output: int = 0
     web_search: int = 0
     cached_audio_input: int = 0
+    service_tier: str | None = None
     ingested_at: datetime | None = None
     event_id: str = field(default_factory=lambda: f"ev-{next(_ids):06d}")
     key_fingerprint: str | None = "sha256:" + "ab" * 32
@@ -78,6 +79,7 @@ class Event:
             self.audio_output,
             self.web_search,
             self.cached_audio_input,
+            self.service_tier,
         )
 
 

@@ -124,7 +124,11 @@ def test_events_stored_before_audio_was_counted_read_0(tmp_path: Path) -> None:
     )
     upto_0030 = [m for m in EVENT_MIGRATIONS if m.name < "0040"]
     assert migrate(con, upto_0030) == ["0030_audio_tokens"]
-    assert migrate(con, EVENT_MIGRATIONS) == ["0040_web_search_calls", "0050_cached_audio_input"]
+    assert migrate(con, EVENT_MIGRATIONS) == [
+        "0040_web_search_calls",
+        "0050_cached_audio_input",
+        "0060_service_tier",
+    ]
     con.close()
     with billing_store(db) as con:
         assert con.execute(

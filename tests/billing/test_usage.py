@@ -287,7 +287,9 @@ def test_group_by_parsing() -> None:
     assert parse_group_by("day, model") == ("model", "day")
     with pytest.raises(UsageError) as err:
         parse_group_by("model,week")
-    assert str(err.value) == "unknown dimension 'week' (choose from model, type, day, refused)"
+    assert str(err.value) == (
+        "unknown dimension 'week' (choose from model, tier, type, day, refused)"
+    )
 
 
 def test_events_are_counted_per_token_type_set(tmp_path: Path) -> None:

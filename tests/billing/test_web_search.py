@@ -133,7 +133,11 @@ def test_events_stored_before_searches_were_counted_read_0(tmp_path: Path) -> No
         "'claude-sonnet-4-20250514', 64, 0, 0, 9, 0, false, 'POST', 'api.anthropic.com', "
         "'/v1/messages', false)"
     )
-    assert migrate(con, EVENT_MIGRATIONS) == ["0040_web_search_calls", "0050_cached_audio_input"]
+    assert migrate(con, EVENT_MIGRATIONS) == [
+        "0040_web_search_calls",
+        "0050_cached_audio_input",
+        "0060_service_tier",
+    ]
     con.close()
     with billing_store(db) as con:
         assert con.execute("SELECT web_search_calls FROM usage_events").fetchall() == [(0,)]

@@ -227,10 +227,12 @@ def test_a_lake_filled_before_web_searches_were_counted_takes_their_column(
         assert migrate(con, EVENT_MIGRATIONS) == [
             "0040_web_search_calls",
             "0050_cached_audio_input",
+            "0060_service_tier",
         ]
         con.execute(f"INSERT INTO usage_events ({columns}) VALUES ('older-proxy', {row})")
         con.execute(
-            f"INSERT INTO usage_events ({', '.join(EVENT_COLUMNS)}) VALUES ('new', {row}, 3, 0)"
+            f"INSERT INTO usage_events ({', '.join(EVENT_COLUMNS)}) "
+            f"VALUES ('new', {row}, 3, 0, 'flex')"
         )
         rows = con.execute(
             "SELECT event_id, input_tokens, web_search_calls FROM usage_events ORDER BY event_id"

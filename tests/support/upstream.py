@@ -23,7 +23,10 @@ headers), ``status=CODE`` (a provider-shaped error),
 ``prompt=N`` / ``output=N`` (fixed token figures), ``model=NAME`` (answer as that model, as
 a provider does that resolves an alias or an Azure deployment), ``usage-in-choice``
 (OpenRouter's usage chunk: a choice with ``finish_reason: null``, not ``choices: []``),
-``hold-done`` (``data: [DONE]`` only to a client still there). Output never exceeds the request's
+``hold-done`` (``data: [DONE]`` only to a client still there). An OpenAI request that
+asks for a ``service_tier`` is answered with the tier that served it, as OpenAI does
+(``auto`` served at ``default``; a Responses stream's ``response.created`` echoes the asked
+one). Output never exceeds the request's
 ``max_tokens`` (or ``max_completion_tokens``, ``max_output_tokens``, ``maxOutputTokens``).
 
 Every exchange is recorded (:class:`Exchange`): the request as received and the exact
@@ -262,6 +265,15 @@ async def _client_gone(request: web.Request, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.02)
     if request.transport is not None:
         request.transport.abort()
+
+
+def _served_tier(data: Any) -> dict[str, str]:
+    """OpenAI's ``service_tier`` answer field for a request body: the tier it asked for
+    (``auto``: ``default``), none when it asked for none."""
+    asked = data.get("service_tier") if isinstance(data, dict) else None
+    if not isinstance(asked, str):
+        return {}
+    return {"service_tier": "default" if asked == "auto" else asked}
 
 
 def _sse(data: Any, event: str | None = None) -> bytes:
@@ -652,7 +664,7 @@ class FakeProvider(LoopbackServers):
                 "audio_tokens": f["audio_out"],
             },
         }
-        base = {"id": ex.response_id, "created": created, "model": ex.model}
+        base = {"id": ex.response_id, "created": created, "model": ex.model, **_served_tier(data)}
         if not ex.streamed:
             body: dict[str, Any] = {
                 **base,
@@ -746,6 +758,7 @@ class FakeProvider(LoopbackServers):
             "model": ex.model,
             "output": [message],
             "usage": None if b.no_usage else usage,
+            **_served_tier(data),
         }
         if not ex.streamed:
             raw = json.dumps(response).encode()
@@ -757,6 +770,8 @@ class FakeProvider(LoopbackServers):
         # SDK's ``responses.stream()`` helper refuses a delta for an item never added).
         seq = iter(range(10_000))
         pending = {**response, "status": "in_progress", "output": [], "usage": None}
+        if "service_tier" in data:
+            pending["service_tier"] = data["service_tier"]  # the asked one, "auto" too
         text_part = message["content"][0]
         at = {"item_id": msg_id, "output_index": 0, "content_index": 0}
 

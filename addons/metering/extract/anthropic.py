@@ -20,6 +20,9 @@ total. Only ``message_start``, ``message_delta`` and ``content_block_delta``
 (kept raw, for estimates) are looked at. Usage from ``message_start`` alone is
 ``partial``.
 
+Service tier: ``usage.service_tier`` (``standard``, ``priority``, ``batch``) of the
+message, ``message_start``'s or ``message_delta``'s, the latest wins.
+
 Server-side web searches: ``usage.server_tool_use.web_search_requests`` (billed per
 search, $10 per 1,000), the latest report wins like every other figure (``message_delta``
 repeats it cumulatively: counted once). ``web_fetch_requests`` is not billed beyond the
@@ -37,7 +40,14 @@ import json
 from typing import Any
 
 from addons.metering.counts import CountReader, check_consistency
-from addons.metering.extract.framing import LazyText, as_dict, as_list, loads, note
+from addons.metering.extract.framing import (
+    LazyText,
+    as_dict,
+    as_list,
+    loads,
+    note,
+    service_tier_of,
+)
 from addons.metering.sse import SSEEvent
 from addons.metering.usage import Seen, Usage
 
@@ -115,6 +125,7 @@ class AnthropicReader:
         self._beside: list[tuple[str | None, dict[str, int]]] = []
         self._model: str | None = None
         self._id: str | None = None
+        self._tier: str | None = None
         self._streamed = False
         self._final = False  # a message_delta (or a whole JSON message) was seen
         self._text = LazyText(_delta_text, problems, "content_block_delta")
@@ -123,6 +134,7 @@ class AnthropicReader:
     def _take_usage(self, raw: Any) -> None:
         raw = as_dict(raw)
         _read_fields(raw, self._counts, self._fields)
+        self._tier = service_tier_of(raw) or self._tier
         # Top level only: the call's searches, once (an iteration's are inside them).
         searches = self._counts.get(as_dict(raw.get("server_tool_use")), _WEB_SEARCHES)
         if searches is not None:
@@ -216,6 +228,7 @@ class AnthropicReader:
         usage = _usage_of(self._fields)
         usage.model = self._model
         usage.response_id = self._id
+        usage.service_tier = self._tier
         usage.partial = self._streamed and not self._final
         usage.invalid = self._counts.problem() or check_consistency(usage)
         for model, fields in self._beside:
@@ -226,7 +239,7 @@ class AnthropicReader:
         return usage
 
     def seen(self) -> Seen:
-        return Seen(self._model, self._id)
+        return Seen(self._model, self._id, self._tier)
 
     def text(self) -> str:
         return self._body_text + self._text.text()

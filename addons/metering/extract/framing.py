@@ -84,6 +84,23 @@ def as_int(value: Any) -> int | None:
     return None
 
 
+#: Longest service tier name kept: anything longer is not a tier a provider names.
+MAX_TIER_CHARS = 64
+
+
+def service_tier_of(holder: dict[str, Any]) -> str | None:
+    """The served tier ``holder["service_tier"]`` names, as the provider spells it;
+    ``None`` when it names none. ``auto`` is what a client asks for, not a tier that
+    served it (OpenAI's ``response.created`` echoes the request's), so it is none."""
+    value = holder.get("service_tier")
+    if not isinstance(value, str):
+        return None
+    value = value.strip()
+    if not value or value == "auto" or len(value) > MAX_TIER_CHARS:
+        return None
+    return value
+
+
 def as_dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
@@ -503,4 +520,5 @@ def _seen(reader: Reader, problems: list[str]) -> Seen:
         return Seen()
     model = seen.model if isinstance(seen.model, str) and seen.model else None
     rid = seen.response_id if isinstance(seen.response_id, str) and seen.response_id else None
-    return Seen(model, rid)
+    tier = seen.service_tier if isinstance(seen.service_tier, str) and seen.service_tier else None
+    return Seen(model, rid, tier)

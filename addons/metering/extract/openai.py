@@ -46,6 +46,11 @@ Token mapping (see docs/token-model.md):
   ``executed_tools`` (the web searches and code runs the system made) is not counted:
   Groq documents no per-request price for them.
 
+Service tier: the top-level ``service_tier`` of a chat/completions body or stream chunk
+and of a Responses ``response`` object (the tier that served the call: ``default``,
+``flex``, ``priority``, ``scale``; Groq's ``on_demand``...), the latest wins; ``auto``
+(the request's value, echoed by ``response.created``) names none.
+
 Streams: the latest non-null ``usage`` wins (the final ``choices: []`` chunk with
 ``stream_options.include_usage``; Groq's ``x_groq.usage``; vLLM's cumulative
 per-chunk usage). Responses streams: ``response.completed``, ``response.incomplete`` or
@@ -70,6 +75,7 @@ from addons.metering.extract.framing import (
     has_value,
     loads,
     note,
+    service_tier_of,
 )
 from addons.metering.sse import SSEEvent
 from addons.metering.usage import Seen, Usage
@@ -332,6 +338,7 @@ class OpenAIReader:
         self._by_model: list[Usage] | None = None
         self._model: str | None = None
         self._id: str | None = None
+        self._tier: str | None = None
         self._text = LazyText(chunk_text, problems, "stream chunk")
         self._response_text = LazyText(_response_event_text, problems, "Responses event")
         self._response_final_text: str | None = None
@@ -393,6 +400,9 @@ class OpenAIReader:
             self._model = obj["model"]
         if isinstance(obj.get("id"), str) and obj["id"]:
             self._id = obj["id"]
+        tier = service_tier_of(obj)
+        if tier is not None:
+            self._tier = tier
 
     def _take_usage(self, obj: dict[str, Any]) -> bool:
         """Keep the usage ``obj`` carries (the latest wins); whether it carried one."""
@@ -510,6 +520,7 @@ class OpenAIReader:
                 web_search=searches,
                 model=self._model,
                 response_id=self._id,
+                service_tier=self._tier,
                 estimated=u.estimated,
                 extra=extra,
             )
@@ -525,13 +536,14 @@ class OpenAIReader:
             web_search=searches,
             model=self._model,
             response_id=self._id,
+            service_tier=self._tier,
             estimated=u.estimated,
             partial=partial,
             invalid=invalid,
         )
 
     def seen(self) -> Seen:
-        return Seen(self._model, self._id)
+        return Seen(self._model, self._id, self._tier)
 
     def text(self) -> str:
         streamed = self._text.text() + self._response_text.text()

@@ -116,7 +116,8 @@ def test_unbilled(s: Setup) -> None:
         (
             ["--group-by", "week"],
             2,
-            "Error: --group-by: unknown dimension 'week' (choose from model, type, day, refused)",
+            "Error: --group-by: unknown dimension 'week' "
+            "(choose from model, tier, type, day, refused)",
         ),
         (
             ["--from", "March"],

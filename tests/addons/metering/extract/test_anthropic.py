@@ -401,7 +401,7 @@ def test_unusable_counts_are_invalid(delta_usage: dict, bad: str) -> None:
 def test_cut_stream_keeps_the_id_and_model_seen() -> None:
     ext = new_extractor("anthropic", path="/v1/messages", content_type="text/event-stream")
     ext.feed(sse(start(input_tokens=25, output_tokens=1)))
-    assert ext.seen() == ("claude-x", "msg_1")
+    assert ext.seen() == ("claude-x", "msg_1", None)
 
 
 def test_a_one_hour_share_larger_than_all_cache_writes_is_unusable() -> None:

@@ -179,4 +179,4 @@ def test_seen_has_the_model_from_the_path_without_usage() -> None:
     ext = new_extractor("gemini", path=SSE_PATH, content_type="text/event-stream")
     ext.feed(sse({"candidates": [{"content": {"parts": [{"text": "Hi"}]}}], "responseId": "r-1"}))
     assert ext.finish() is None
-    assert ext.seen() == ("gemini-2.5-pro", "r-1")
+    assert ext.seen() == ("gemini-2.5-pro", "r-1", None)

@@ -460,7 +460,7 @@ def test_cut_stream_keeps_the_id_and_model_seen() -> None:
     ext = new_extractor("openai", path="/v1/chat/completions", content_type="text/event-stream")
     ext.feed(sse(chunk("Hel"), chunk("lo")))
     assert ext.finish() is None
-    assert ext.seen() == ("gpt-4o-mini", "chatcmpl-1")
+    assert ext.seen() == ("gpt-4o-mini", "chatcmpl-1", None)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,84 @@
+"""The service tier a call was served at, through the real proxy: stored with the event,
+and counted only by the features whose ``service_tier`` filter matches it (a fake OpenAI
+that answers ``service_tier: flex`` as OpenAI does; official SDK)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import openai
+import pytest
+import yaml
+
+from tests.conftest import KEYS, ProxyFactory
+from tests.e2e.test_governance import rows_where
+from tests.support.clients import openai_client
+from tests.support.governance import governed_catalog
+from tests.support.upstream import FakeProvider
+
+HI = [{"role": "user", "content": "hi"}]
+FLEX_OUT = {
+    "key": "gpt-flex-out",
+    "name": "GPT-4o flex output tokens",
+    "meter": {"provider": "fake-openai", "model": "gpt-4o*", "service_tier": "flex",
+              "token_types": ["output"]},
+}  # fmt: skip
+
+
+def tiered_catalog(path: Path, upstream: FakeProvider) -> Path:
+    """A hard limit of 100 output tokens on the default tier's feature; flex apart."""
+    governed_catalog(
+        path,
+        upstream,
+        {"alice": KEYS["alice"]},
+        entitlements=[{"feature": "gpt-out", "limit": 100}],
+    )
+    doc = yaml.safe_load(path.read_text())
+    for feature in doc["features"]:
+        if feature["key"] == "gpt-out":
+            feature["meter"]["service_tier"] = "default"
+    doc["features"].append(FLEX_OUT)
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def test_flex_calls_are_stored_as_flex_and_not_counted_against_the_default_limit(
+    tmp_path: Path, fake_provider: FakeProvider, start_proxy: ProxyFactory
+) -> None:
+    """120 flex output tokens, then default calls of 40: 40, 80, 120 are admitted (the
+    call that crosses is the last one), the next refused. Before, the flex calls filled
+    the default feature's limit: the first default call was refused."""
+    proxy = start_proxy(catalog=tiered_catalog(tmp_path / "catalog.yaml", fake_provider))
+    fake = {"x-fake": "output=40"}
+    with openai_client(proxy, fake_provider, KEYS["alice"]) as client:
+        stream = client.chat.completions.create(
+            model="gpt-4o", messages=HI, max_tokens=40, service_tier="flex", stream=True,
+            stream_options={"include_usage": True}, extra_headers=fake,
+        )  # fmt: skip
+        assert [c.service_tier for c in stream][-1] == "flex"
+        events = client.responses.create(
+            model="gpt-4o", input="hi", max_output_tokens=40, service_tier="flex", stream=True,
+            extra_headers=fake,
+        )  # fmt: skip
+        assert [e.type for e in events][-1] == "response.completed"
+        reply = client.chat.completions.create(
+            model="gpt-4o", messages=HI, max_tokens=40, service_tier="flex", extra_headers=fake
+        )
+        assert reply.service_tier == "flex"
+        flex = rows_where(proxy, "service_tier = 'flex'", 3)  # counted and stored
+        assert [r["output_tokens"] for r in flex] == [40, 40, 40]
+        assert {r["path"] for r in flex} == {"/v1/chat/completions", "/v1/responses"}
+        for tier in (None, "auto", "default"):  # 40, 80, 120
+            extra = {} if tier is None else {"service_tier": tier}
+            client.chat.completions.create(
+                model="gpt-4o", messages=HI, max_tokens=40, extra_headers=fake, extra_body=extra
+            )
+        with pytest.raises(openai.RateLimitError) as err:
+            client.chat.completions.create(
+                model="gpt-4o", messages=HI, max_tokens=40, extra_headers=fake
+            )
+    assert "limit of 100 gpt-out units" in err.value.message
+    served = rows_where(proxy, "reason IS NULL AND service_tier IS DISTINCT FROM 'flex'", 3)
+    # no tier asked: none reported (NULL, the standard tier); "auto": served at default
+    assert [r["service_tier"] for r in served] == [None, "default", "default"]
+    assert [r["reason"] for r in rows_where(proxy, "reason IS NOT NULL", 1)] == ["limit:gpt-out"]
