@@ -30,7 +30,8 @@ class AmountTooLarge(UserError, ValueError):
 
 
 STORABLE = Decimal(10) ** 26
-"""The first magnitude ``DECIMAL(38, 12)`` cannot hold (26 digits before the point)."""
+"""The first magnitude ``DECIMAL(38, 12)`` cannot hold (27 digits before the point: at most
+26 fit)."""
 _SCALE = Decimal("1e-12")
 
 
@@ -41,7 +42,7 @@ def db_decimal(value: Decimal) -> Decimal:
     ``Decimal("1E+3")`` as 1 and ``Decimal("1E+26")`` as 1.59E-8. Quantized to 12
     decimals the exponent is -12, which it converts exactly. Values with more decimals
     are cut to 12 here (exact ones live in a line's detail JSON); a non-finite value or
-    one of 26 digits or more before the point is refused.
+    one of more than 26 digits before the point is refused.
     """
     if not value.is_finite() or abs(value) >= STORABLE:
         raise AmountTooLarge(

@@ -12,7 +12,7 @@ import click
 
 import billing.alerts  # noqa: F401 - registers the alert outbox table
 import billing.stripe  # noqa: F401 - registers the Stripe tables and listing column
-from billing.cli.common import STORE_LOCATOR, BillingGroup, Settings
+from billing.cli.common import NON_EMPTY, STORE_LOCATOR, BillingGroup, Settings
 from meterline.store import DEFAULT_CATALOG, DEFAULT_DB
 
 
@@ -29,6 +29,7 @@ from meterline.store import DEFAULT_CATALOG, DEFAULT_DB
     "--catalog",
     "catalog_path",
     envvar="METERLINE_CATALOG",
+    type=NON_EMPTY,
     default=DEFAULT_CATALOG,
     show_default=True,
     help="The catalog file. Env: METERLINE_CATALOG.",

@@ -40,7 +40,8 @@ T = TypeVar("T")
 class NonEmpty(click.ParamType):
     """A name that must say something: ``--customer ""`` meant "every customer" to the
     code behind it (``invoice generate`` finalized every customer's invoices), and
-    ``--db ""`` DuckDB's in-memory database (a grant "stored" nowhere)."""
+    ``--db ""`` DuckDB's in-memory database (a grant "stored" nowhere), and ``--catalog ""``
+    the current directory (``.: cannot read: Is a directory``)."""
 
     name = "text"
 

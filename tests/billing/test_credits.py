@@ -201,6 +201,21 @@ def test_an_amount_that_is_not_a_finite_storable_number_is_one_line(
         assert list_grants(con) == []
 
 
+def test_an_amount_of_26_digits_before_the_point_is_granted(tmp_path: Path) -> None:
+    """The documented limit: 26 digits before the point are stored, 27 refused (the docs
+    said 26 were refused)."""
+    billed = _grant_store(tmp_path)
+    amount = "9" * 26 + ".00"
+    result = CliRunner().invoke(
+        billing_cli,
+        ["--db", str(billed.db), "--catalog", str(billed.catalog), "credits", "grant",
+         "--customer", "acme", "--amount", amount],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    with billing_store(billed.db) as con:
+        assert [g.amount for g in list_grants(con)] == [Decimal(amount)]
+
+
 def test_a_grant_that_expires_at_the_period_end_covers_that_periods_invoice(
     tmp_path: Path,
 ) -> None:

@@ -163,6 +163,15 @@ def test_an_empty_db_is_refused_not_kept_in_memory(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "Invalid value for '--db': must not be empty" in result.output
 
 
+def test_an_empty_catalog_is_refused_like_an_empty_db(tmp_path: Path) -> None:
+    """``--catalog ""`` named the current directory: ``Error: .: cannot read: Is a
+    directory`` (exit 1), where ``--db ""`` says what is wrong (exit 2)."""
+    s = setup(tmp_path)
+    result = CliRunner().invoke(main, ["--db", str(s.db), "--catalog", "", "usage"])
+    assert result.exit_code == 2
+    assert "Invalid value for '--catalog': must not be empty" in result.output
+
+
 @pytest.mark.parametrize(
     "db",
     ["postgresql://u:s3cr3t@db/m", "postgres:dbname=m password=s3cr3t",
