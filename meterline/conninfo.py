@@ -107,6 +107,25 @@ def locator_problem(locator: str) -> str | None:
     )
 
 
+#: Metadata types whose catalog is a server's database, not a file here.
+_SERVER_METADATA = (POSTGRES_TYPE, "mysql:", "md:", "motherduck:")
+#: Metadata types whose catalog is a local file named after the type.
+_FILE_METADATA = ("duckdb:", "sqlite:")
+
+
+def local_lake_metadata(locator: str) -> str | None:
+    """The local metadata file of a ``ducklake:...`` lake (``ducklake:typo.ducklake``,
+    ``ducklake:sqlite:m.db``); None for a lake on a server, or a locator that is no lake."""
+    if not locator.startswith(LAKE_PREFIX):
+        return None
+    rest = locator.removeprefix(LAKE_PREFIX)
+    if rest.startswith(_SERVER_METADATA):
+        return None
+    for prefix in _FILE_METADATA:
+        rest = rest.removeprefix(prefix)
+    return rest
+
+
 def _prefix_case_problem(locator: str) -> str:
     """``DuckLake:...``: the store code knows a lake by ``ducklake:`` as written, so any
     other spelling was opened as a DuckDB file named after it (a password included)."""

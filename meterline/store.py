@@ -25,7 +25,7 @@ import duckdb
 
 from meterline import lakerepair, lakestorage
 from meterline.conninfo import LAKE_PREFIX as LAKE_PREFIX  # re-exported
-from meterline.conninfo import locator_problem, one_line, shown
+from meterline.conninfo import local_lake_metadata, locator_problem, one_line, shown
 from meterline.emptystore import FillError, fill_if_empty, is_empty_file
 from meterline.eventschema import EVENT_COLUMNS as EVENT_COLUMNS  # re-exported
 from meterline.lakeconfig import LakeConfigError, lake_settings
@@ -175,16 +175,25 @@ def _attach_lake(con: duckdb.DuckDBPyConnection, locator: str, *, create: bool) 
     for statement in settings.setup_sql():
         con.execute(statement)
     options = settings.attach_options() + ("" if create else ", CREATE_IF_NOT_EXISTS false")
+    metadata_file = local_lake_metadata(locator)
+    if not create and metadata_file is not None and not Path(metadata_file).exists():
+        # CREATE_IF_NOT_EXISTS false refuses to make a lake, but only after DuckDB has
+        # made the metadata file (a 12 KB DuckDB file named after a typo): not opened.
+        raise _no_lake(locator)
     try:
         con.execute(f"ATTACH {_sql_string(locator)} AS lake ({options})")
     except duckdb.InvalidInputException as e:
         if "creating a new DuckLake is explicitly disabled" not in str(e):
             raise
-        raise StoreError(
-            f"{shown(locator)}: this database holds no Meterline lake (nothing metered into "
-            "it yet? a proxy creates it on its first flush; or check --db)"
-        ) from None
+        raise _no_lake(locator) from None
     con.execute("USE lake")
+
+
+def _no_lake(locator: str) -> StoreError:
+    return StoreError(
+        f"{shown(locator)}: this database holds no Meterline lake (nothing metered into "
+        "it yet? a proxy creates it on its first flush; or check --db)"
+    )
 
 
 def _sql_string(text: str) -> str:

@@ -119,3 +119,21 @@ def test_a_file_that_is_not_duckdb_is_a_clear_error_at_once(tmp_path: Path) -> N
     with pytest.raises(StoreError, match="not a valid DuckDB database file"):
         open_store(db, read_only=True, wait_s=10)
     assert time.monotonic() - started < 2
+
+
+def test_a_missing_local_lake_is_refused_without_creating_its_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--db ducklake:typo.ducklake``: DuckDB made a 12 KB metadata file before refusing
+    to create the lake (``CREATE_IF_NOT_EXISTS false``); nothing is made now."""
+    monkeypatch.setenv("METERLINE_LAKE_DATA", str(tmp_path / "data"))
+    for metadata in ("", "duckdb:", "sqlite:"):
+        locator = f"ducklake:{metadata}{tmp_path / 'typo.ducklake'}"
+        with pytest.raises(StoreError, match="holds no Meterline lake"):
+            open_store(locator, read_only=True, create_lake=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    made = tmp_path / "made.ducklake"
+    with store(f"ducklake:{made}") as con:  # a proxy's first flush makes it
+        migrate(con, EVENT_MIGRATIONS)
+    with store(f"ducklake:{made}", read_only=True, create_lake=False) as con:
+        assert con.execute("SELECT count(*) FROM usage_events").fetchone() == (0,)
