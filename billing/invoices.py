@@ -22,6 +22,7 @@ import duckdb
 from billing.build import build_invoices
 from billing.credits import apply_credits
 from billing.errors import BillingError, NoUsage, UnknownCustomer
+from billing.gonekeys import refuse_takeovers
 from billing.ledger import ConcurrentInvoicing, existing_invoices, load_invoices, save_invoices
 from billing.model import Invoice, InvoiceLine
 from billing.schedule import (
@@ -210,6 +211,7 @@ def generate_invoices(
     if period.start > now:
         raise BillingError(f"{month} has not started yet")
     customers = [find_customer(catalog, customer)] if customer else list(catalog.customers)
+    refuse_takeovers(con, catalog, customers)  # a renamed key: its fees billed again
     closing = periods_ending_in(catalog, period, customers)
     # A period is invoiced once the watermark (now - settle) is ``settle`` past its end:
     # the events ingested in that time after the end (the last flushes) are on its
