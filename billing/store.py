@@ -12,6 +12,10 @@ changed. A file that is not a Meterline store is refused, untouched; a Meterline
 whose schema is older than this code is brought up to date once through a writable
 open (the tables billing reads must exist), or, when it cannot be written (a read-only
 mount, another user's file), refused in one line saying what to run.
+
+A store a newer Meterline migrated (``schema_migrations`` names a migration this code
+does not know) is refused by commands that write (:class:`~meterline.store.NewerStore`),
+and read with a warning by those that only read.
 """
 
 from __future__ import annotations
@@ -28,15 +32,18 @@ from meterline.conninfo import shown
 from meterline.entitlements.schema import GOVERNANCE_MIGRATIONS
 from meterline.store import (
     EVENT_MIGRATIONS,
+    LAKE_LEASE_MIGRATION,
     LAKE_PREFIX,
     Migration,
     StoreError,
     StoreLocked,
     check_locator,
     migrate,
+    newer_store,
     no_store_yet,
     no_such_database,
     store,
+    unknown_migrations,
 )
 
 # Credit grants and what invoices consume of them: the core writes both (credit lines).
@@ -52,10 +59,29 @@ def all_migrations() -> tuple[Migration, ...]:
     return (*CORE_MIGRATIONS, *extensions.registered_migrations())
 
 
+def known_migrations() -> set[str]:
+    """Every migration name this code knows: a store recording another was migrated by a
+    newer Meterline (see :class:`meterline.store.NewerStore`)."""
+    return {m.name for m in all_migrations()} | {LAKE_LEASE_MIGRATION}
+
+
 def apply_migrations(
     con: duckdb.DuckDBPyConnection, migrations: Sequence[Migration] | None = None
 ) -> list[str]:
-    return migrate(con, all_migrations() if migrations is None else migrations)
+    """Apply the pending migrations; :class:`NewerStore` for a store a newer Meterline
+    migrated (nothing applied)."""
+    chosen = all_migrations() if migrations is None else migrations
+    return migrate(con, chosen, known=known_migrations())
+
+
+def newer_migrations(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """The migrations the store records that this code does not know, read without
+    writing (none when it has no ``schema_migrations`` yet)."""
+    try:
+        rows = con.execute("SELECT name FROM schema_migrations").fetchall()
+    except duckdb.CatalogException:
+        return []
+    return unknown_migrations({r[0] for r in rows}, known_migrations())
 
 
 @contextmanager
@@ -81,6 +107,9 @@ def billing_store(
     if existed:
         _refuse_foreign_file(loc, wait_s=wait_s, on_wait=on_wait)
     with store(loc, wait_s=wait_s, create_lake=create, on_wait=on_wait) as con:
+        newer = newer_migrations(con)
+        if newer:  # a command that writes would leave out what that version added
+            raise newer_store(newer, shown(loc))
         apply_migrations(con)
         yield con
 
@@ -130,10 +159,15 @@ def billing_reader(
     *,
     wait_s: float = 30.0,
     on_wait: Callable[[str], None] | None = None,
+    on_newer: Callable[[str], None] | None = None,
 ) -> Iterator[duckdb.DuckDBPyConnection]:
     """The store opened read-only for one query, closed on exit; never created or changed,
     except that a Meterline store with pending migrations is migrated first (see the
-    module)."""
+    module).
+
+    ``on_newer``: told, with the warning, when a newer Meterline migrated the store: it is
+    read as this version knows it. One that also lacks migrations of this version is
+    refused (:class:`NewerStore`): bringing it up to date would be a write."""
     loc = str(locator)
     check_locator(loc)
     if not loc.startswith(LAKE_PREFIX) and no_store_yet(loc):  # as billing_store: at once
@@ -141,6 +175,15 @@ def billing_reader(
     opened = store(loc, read_only=True, wait_s=wait_s, create_lake=False, on_wait=on_wait)
     with opened as con:
         pending = pending_migrations(con, loc)
+        newer = newer_migrations(con)
+        if newer and pending:
+            raise newer_store(newer, shown(loc), lacking=pending)
+        if newer and on_newer is not None:
+            on_newer(
+                f"{shown(loc)} was migrated by a newer Meterline (migrations this version "
+                f"does not know: {', '.join(newer)}): read as this version knows it, "
+                "without what that one added; upgrade Meterline"
+            )
         if not pending:
             yield con
             return

@@ -47,11 +47,11 @@ from datetime import UTC, datetime, timedelta
 import duckdb
 
 from meterline import lakerepair, lakestorage
-from meterline.store import Migration, StoreError, migrate, store
+from meterline.store import LAKE_LEASE_MIGRATION, Migration, StoreError, migrate, store
 
 LEASE_MIGRATIONS: tuple[Migration, ...] = (
     Migration(
-        "0001_lake_leases",
+        LAKE_LEASE_MIGRATION,
         """
         CREATE TABLE IF NOT EXISTS lake_leases (
             name        VARCHAR NOT NULL,   -- 'maintenance'

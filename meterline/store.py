@@ -16,7 +16,7 @@ import contextlib
 import os
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,8 +118,41 @@ EVENT_MIGRATIONS: tuple[Migration, ...] = (
 )
 
 
+#: The lake's maintenance lease table (:mod:`meterline.lakemaint`, which names its
+#: migration with this): recorded in the same ``schema_migrations`` as the events'.
+LAKE_LEASE_MIGRATION = "0001_lake_leases"
+
+#: The events table's migrations are numbered below this; the tables of billing and of
+#: the packages beside it from here on (0101 invoices, 0201 credit grants, 0301 alerts).
+EVENTS_NUMBERED_BELOW = "0100"
+
+
 class StoreError(RuntimeError):
     """The store cannot be opened or used; the message says which and why."""
+
+
+class NewerStore(StoreError):
+    """The store records migrations this code does not know: a newer Meterline migrated
+    it. Writing to it could leave out what that version added (a token type counted in a
+    new column: events this code writes would read 0 there, and be billed too little)."""
+
+
+def newer_store(
+    names: Sequence[str], where: str = "the store", *, lacking: Sequence[str] = ()
+) -> NewerStore:
+    """``lacking``: migrations of this version the store has not applied either (reading
+    it would need them applied, a write)."""
+    also = f" and lacks some of this version's ({', '.join(lacking)})" if lacking else ""
+    action = "read it" if lacking else "write to it"
+    return NewerStore(
+        f"{where} was migrated by a newer Meterline (migrations this version does not know: "
+        f"{', '.join(names)}){also}: upgrade Meterline to {action}"
+    )
+
+
+def unknown_migrations(done: Collection[str], known: Collection[str]) -> list[str]:
+    """The recorded migration names ``done`` that are not in ``known``, sorted."""
+    return sorted(set(done).difference(known))
 
 
 class StoreLocked(StoreError):
@@ -520,15 +553,25 @@ def store(
             con.close()
 
 
-def migrate(con: duckdb.DuckDBPyConnection, migrations: Sequence[Migration]) -> list[str]:
+def migrate(
+    con: duckdb.DuckDBPyConnection,
+    migrations: Sequence[Migration],
+    *,
+    known: Collection[str] | None = None,
+) -> list[str]:
     """Apply the named migrations not yet applied, in order; returns the names applied.
+
+    :class:`NewerStore`, nothing applied, when the store records a migration ``known``
+    lacks. ``known`` defaults to the events table's, judged in their numbering
+    (:data:`EVENTS_NUMBERED_BELOW`): the proxy's writer, which knows no billing table,
+    must not write events to a store whose events table a newer Meterline changed.
 
     On a DuckLake, proxies of a fleet may migrate at the same moment: the one whose commit
     conflicts reads what the other applied and carries on.
     """
     for attempt in range(20):
         try:
-            return _migrate_once(con, migrations)
+            return _migrate_once(con, migrations, known)
         except duckdb.TransactionException:
             if attempt == 19:
                 raise
@@ -536,7 +579,18 @@ def migrate(con: duckdb.DuckDBPyConnection, migrations: Sequence[Migration]) -> 
     raise AssertionError("unreachable")
 
 
-def _migrate_once(con: duckdb.DuckDBPyConnection, migrations: Sequence[Migration]) -> list[str]:
+def _known_events_migrations(migrations: Sequence[Migration], done: Collection[str]) -> set[str]:
+    """Every recorded name outside the events' numbering, and the event (and lease)
+    migrations this code has: what :func:`migrate` takes as known by default."""
+    known = {m.name for m in (*EVENT_MIGRATIONS, *migrations)} | {LAKE_LEASE_MIGRATION}
+    return known | {name for name in done if name[:4] >= EVENTS_NUMBERED_BELOW}
+
+
+def _migrate_once(
+    con: duckdb.DuckDBPyConnection,
+    migrations: Sequence[Migration],
+    known: Collection[str] | None,
+) -> list[str]:
     """Apply the migrations not yet recorded, each in its own transaction.
 
     On a lake, two processes starting at once can both apply one migration: their
@@ -549,6 +603,11 @@ def _migrate_once(con: duckdb.DuckDBPyConnection, migrations: Sequence[Migration
         " name VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL)"
     )
     done = {r[0] for r in con.execute("SELECT name FROM schema_migrations").fetchall()}
+    newer = unknown_migrations(
+        done, _known_events_migrations(migrations, done) if known is None else known
+    )
+    if newer:
+        raise newer_store(newer)
     applied = []
     for m in migrations:
         if m.name in done:

@@ -111,7 +111,7 @@ class Settings:
     def store(self) -> AbstractContextManager[duckdb.DuckDBPyConnection]:
         """The store opened read-only, for a command that only reads (never changed; see
         :func:`billing.store.billing_reader`)."""
-        return billing_reader(self.db, on_wait=_say_waiting)
+        return billing_reader(self.db, on_wait=_say_waiting, on_newer=_warn_newer)
 
     @contextmanager
     def store_for_writing(self, *, create: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -131,6 +131,19 @@ class Settings:
                     err=True,
                 )
             yield con
+
+
+def _warn_newer(warning: str) -> None:
+    """Read from a store a newer Meterline migrated: said once per command, however many
+    times it opens the store (remembered in the command's root context)."""
+    ctx = click.get_current_context(silent=True)
+    warned: set[str] = set() if ctx is None else ctx.find_root().meta.setdefault(_WARNED, set())
+    if warning not in warned:
+        warned.add(warning)
+        click.echo(f"Warning: {warning}", err=True)
+
+
+_WARNED = "billing.newer_store_warned"
 
 
 def _say_waiting(why: str) -> None:
