@@ -359,9 +359,10 @@ class FlowMeter:
         return None
 
     def ask_plain_stream(self) -> None:
-        """An OpenAI stream comes unencoded: the proxy must see ``data: [DONE]`` (the
-        SDKs stop reading there) to spool the event before it hands that chunk on
-        (:mod:`addons.metering.replyend`); in gzip it is not visible."""
+        """An OpenAI or Anthropic stream comes unencoded: the proxy holds its closing
+        events until the usage has come (:mod:`addons.metering.streamfilter`) and spools
+        the event before it hands on ``data: [DONE]`` (:mod:`addons.metering.replyend`);
+        in gzip neither is possible (Anthropic's API gzips a stream when asked to)."""
         req = self.flow.request
         encoding = raw_header(req.headers, b"accept-encoding")
         if encoding not in (None, "identity") and self.streaming_requested():

@@ -84,11 +84,11 @@ class RequestGate:
                 log.error("meterline: %s: %s", flow.id, problem)
                 errors.respond(flow, st.provider.flavor, "injection_failed", problem)
                 return False
-        if st.provider.flavor == "openai":
-            if self.include_usage and not st.provider.keep_request:
-                st.add_include_usage()
-            if self.durable and not st.drop_usage:
-                st.ask_plain_stream()
+        flavor = st.provider.flavor
+        if flavor == "openai" and self.include_usage and not st.provider.keep_request:
+            st.add_include_usage()
+        if flavor != "gemini" and not st.drop_usage:
+            st.ask_plain_stream()
         st.t_request = time.time()
         return True
 

@@ -12,11 +12,18 @@ hidden tokens would go unbilled (1 output token stored for 450 billed).
 :class:`UsageStreamFilter` holds the closing events back from the first one on until the
 event that carries (or follows) the usage, normally in the same read: then they go on
 together. Any other event (another choice of ``n`` > 1, another content block or output
-item still to come) releases what is held, so nothing is ever reordered and a stream's
-middle is never delayed. Where the end event completes the client's answer (``[DONE]``,
-``message_stop``), the proxy meters the flow before that chunk is handed on
+item, an Anthropic ``ping``) releases what is held, so nothing is ever reordered, and an
+event in a stream's middle waits at most for the next event (a server tool's run: until
+the provider's next ping). Where the end event completes the client's answer
+(``[DONE]``, ``message_stop``), the proxy meters the flow before that chunk is handed on
 (:mod:`addons.metering.replyend`). It also removes OpenAI's usage-only chunk when the
 proxy asked for it (:mod:`addons.metering.streamopts`).
+
+What it costs: a stream whose provider connection dies between the closing events and
+the end event leaves the client without the held events (it gets the connection error
+a client reading to the end gets anyway); a stream that ends cleanly without its end
+event gets them at its end. Encoded streams cannot be edited: the proxy asks OpenAI and
+Anthropic streams for plain bytes (:meth:`~addons.metering.flowstate.FlowMeter.ask_plain_stream`).
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import re
 from collections.abc import Callable
 from typing import Literal
 
-from addons.metering.extract.framing import MAX_SSE_EVENT, has_value
+from addons.metering.extract.framing import MAX_SSE_EVENT
 from addons.metering.sse import SSEEvent, SSEParser
 from addons.metering.streamopts import is_usage_only_chunk
 
@@ -37,6 +44,11 @@ the proxy asked for; held with the rest meanwhile)."""
 ClosingRule = Callable[[SSEEvent], Step]
 
 
+#: A chunk that finishes a choice: a ``finish_reason`` that is a non-empty string (a
+#: server that sends ``""`` or ``null`` on every chunk is not finishing them all).
+_FINISHED = re.compile(r'"finish_reason"\s*:\s*"[^"]')
+
+
 def chat_rule(*, drop_usage: bool) -> ClosingRule:
     """Chat Completions (and legacy Completions): hold from a ``finish_reason`` until
     ``[DONE]``; the usage-only chunk between them is held too (or dropped)."""
@@ -46,23 +58,22 @@ def chat_rule(*, drop_usage: bool) -> ClosingRule:
         payload = event.data
         if is_usage_only_chunk(payload):
             return usage_step
-        if has_value(payload, '"finish_reason"'):
+        if _FINISHED.search(payload) is not None:
             return "hold"
         return "release"
 
     return rule
 
 
-_ANTHROPIC: dict[str, Step] = {
-    "content_block_stop": "hold",
-    "message_delta": "keep",
-    "ping": "keep",
-}
+_ANTHROPIC: dict[str, Step] = {"content_block_stop": "hold", "message_delta": "keep"}
 
 
 def anthropic_rule(event: SSEEvent) -> Step:
-    """Messages: hold from ``content_block_stop`` until ``message_stop``; the
-    ``message_delta`` with the output usage (and pings) between them held too."""
+    """Messages: hold from ``content_block_stop`` until ``message_stop``, the
+    ``message_delta`` with the output usage between them held too. Any other event
+    releases them: a ``ping`` (the provider still working, as while a server tool runs:
+    held, it would no longer keep a client's read timeout or an idle load balancer at
+    bay) or the next block."""
     return _ANTHROPIC.get(event.event, "release")
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -139,13 +140,24 @@ async def _messages(request: web.Request) -> web.StreamResponse:
         "delta": {"stop_reason": "end_turn", "stop_sequence": None},
         "usage": {"output_tokens": OUTPUT},
     }
-    resp = web.StreamResponse(headers={"content-type": "text/event-stream", "request-id": call})
+    headers = {"content-type": "text/event-stream", "request-id": call}
+    gzip = "gzip" in request.headers.get("accept-encoding", "")  # as Anthropic's API does
+    if gzip:
+        headers["content-encoding"] = "gzip"
+    resp = web.StreamResponse(headers=headers)
     await resp.prepare(request)
+    encoder = zlib.compressobj(wbits=31)  # each event flushed: the client reads it at once
+
+    def encoded(part: bytes) -> bytes:
+        return encoder.compress(part) + encoder.flush(zlib.Z_SYNC_FLUSH) if gzip else part
+
     for part in head:
-        await resp.write(part)
+        await resp.write(encoded(part))
     await asyncio.sleep(PAUSE)
-    await resp.write(_event("message_delta", delta))
-    await resp.write(_event("message_stop", {}))
+    await resp.write(encoded(_event("message_delta", delta)))
+    await resp.write(encoded(_event("message_stop", {})))
+    if gzip:
+        await resp.write(encoder.flush())
     await resp.write_eof()
     return resp
 

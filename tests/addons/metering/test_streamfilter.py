@@ -8,7 +8,12 @@ import json
 import pytest
 
 from addons.metering.sse import SSEParser
-from addons.metering.streamfilter import UsageStreamFilter, anthropic_rule, responses_rule
+from addons.metering.streamfilter import (
+    UsageStreamFilter,
+    anthropic_rule,
+    chat_rule,
+    responses_rule,
+)
 
 
 def event(kind: str, *, named: bool = True, **body: object) -> bytes:
@@ -30,17 +35,25 @@ def test_anthropic_holds_the_last_block_stop_until_message_stop() -> None:
         event("content_block_start", index=0),
         first_stop,
         event("content_block_start", index=1),  # another block: the stop before it goes on
-        event("ping"),
         second_stop,
-        event("ping"),
         event("message_delta", usage={"output_tokens": 450}),
         event("message_stop"),
     ]
     out = reads(UsageStreamFilter(anthropic_rule), chunks)
     assert out[2] == b"" and out[3] == first_stop + chunks[3]
-    assert out[5:8] == [b"", b"", b""]
-    assert out[8] == second_stop + chunks[6] + chunks[7] + chunks[8]
+    assert out[4:6] == [b"", b""]
+    assert out[6] == second_stop + chunks[5] + chunks[6]
     assert b"".join(out) == b"".join(chunks)
+
+
+def test_a_ping_releases_the_hold_so_keep_alives_keep_coming() -> None:
+    """A server tool runs after its block stops; the provider's pings while it runs
+    must reach the client as they come (held, a client's read timeout fired)."""
+    stop, ping = event("content_block_stop", index=0), event("ping")
+    stream_filter = UsageStreamFilter(anthropic_rule)
+    assert stream_filter.feed(stop) == b""
+    assert stream_filter.feed(ping) == stop + ping
+    assert stream_filter.feed(ping) == ping
 
 
 @pytest.mark.parametrize("named", [True, False], ids=["event-lines", "type-in-data"])
@@ -88,3 +101,13 @@ def test_every_split_forwards_the_same_bytes() -> None:
         assert out == stream
         parser = SSEParser()
         assert len(parser.feed(out)) == 4
+
+
+def test_a_finish_reason_must_be_a_non_empty_string_to_hold() -> None:
+    """A server that sends ``"finish_reason": ""`` on every chunk: nothing is held."""
+    chunk = b'data: {"choices":[{"index":0,"delta":{"content":"a"},"finish_reason":""}]}\n\n'
+    stream_filter = UsageStreamFilter(chat_rule(drop_usage=True))
+    assert stream_filter.feed(chunk) == chunk
+    finish = chunk.replace(b'""', b'"stop"')
+    assert stream_filter.feed(finish) == b""
+    assert stream_filter.feed(b"data: [DONE]\n\n") == finish + b"data: [DONE]\n\n"
