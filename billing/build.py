@@ -105,7 +105,7 @@ class UsageCard:
             "token_types": list(self.meter.token_types),
         }
         if self.meter.service_tier is not None:  # absent: every tier (lines stored before)
-            meter["service_tier"] = self.meter.service_tier
+            meter["service_tier"] = list(self.meter.service_tier)
         return {"rate_card": self.card.model_dump(mode="json"), "meter": meter}
 
     @classmethod

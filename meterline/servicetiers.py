@@ -3,14 +3,19 @@
 An event's ``service_tier`` is the tier the provider says served the call, as it spells
 it (OpenAI ``default``, ``flex``, ``priority``, ``scale``; Anthropic ``standard``,
 ``priority``, ``batch``; Groq ``on_demand``...), or NULL when the response named none.
-A feature's ``meter.service_tier`` is a case-insensitive glob, like its ``model``:
+A feature's ``meter.service_tier`` is a list of tier names (one name alone reads as a
+list of one), matched case-insensitively:
 
 - no filter (``None``) counts every event, whatever its tier, NULL included;
-- a filter counts an event whose tier it matches;
+- a filter counts an event whose tier it names;
 - an event with no tier (NULL) is one the standard tier served (a provider that does not
   report tiers sells only that one; events stored before tiers were recorded): a filter
-  counts it when it matches one of :data:`STANDARD_TIERS`, ``default`` (OpenAI's name
-  for it) or ``standard`` (Anthropic's). ``*`` and ``default`` count it; ``flex`` does not.
+  counts it when it names one of :data:`STANDARD_TIERS`, ``default`` (OpenAI's name for
+  it) or ``standard`` (Anthropic's).
+
+Names, not globs: with globs, ``"[ps]*"`` (meant for priority and scale) also matched
+``standard`` and so counted every untiered event a ``default`` feature counted, billing
+it twice. A name list is exact: only a filter that names the standard tier counts NULL.
 
 The catalog, billing (invoices, the usage report, ``invoice explain``), the proxy's
 governance counters and the dashboard all ask :func:`tier_matches`.
@@ -18,18 +23,17 @@ governance counters and the dashboard all ask :func:`tier_matches`.
 
 from __future__ import annotations
 
-import fnmatch
+from collections.abc import Collection
 
 #: The names providers give their standard tier: what an event without a tier matches as.
 STANDARD_TIERS: tuple[str, ...] = ("default", "standard")
 
 
-def tier_matches(pattern: str | None, tier: str | None) -> bool:
-    """Whether a feature filtering on ``pattern`` (``None``: no filter) counts an event
-    served at ``tier`` (``None``: not reported)."""
-    if pattern is None:
+def tier_matches(names: Collection[str] | None, tier: str | None) -> bool:
+    """Whether a feature filtering on the tier ``names`` (lower case; ``None``: no filter)
+    counts an event served at ``tier`` (``None``: not reported)."""
+    if names is None:
         return True
-    glob = pattern.lower()
     if tier is None:
-        return any(fnmatch.fnmatchcase(name, glob) for name in STANDARD_TIERS)
-    return fnmatch.fnmatchcase(tier.lower(), glob)
+        return any(name in names for name in STANDARD_TIERS)
+    return tier.lower() in names

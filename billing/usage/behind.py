@@ -19,7 +19,7 @@ from meterline.servicetiers import tier_matches
 @dataclass(frozen=True)
 class TokenFilter:
     """The tokens a usage line counts: provider, case-insensitive model glob, token types,
-    service tier glob (``None``: every tier).
+    service tier names (``None``: every tier).
 
     A hashable copy of a feature's ``meter`` (``meterline.catalog.FeatureMeter``) as the
     line was priced: built from the catalog, or from the snapshot stored on the line.
@@ -28,7 +28,7 @@ class TokenFilter:
     provider: str | None
     model: str
     token_types: tuple[str, ...]
-    service_tier: str | None = None
+    service_tier: tuple[str, ...] | None = None
 
     @classmethod
     def of(cls, meter: FeatureMeter) -> TokenFilter:
@@ -41,7 +41,7 @@ class TokenFilter:
             meter["provider"],
             meter["model"],
             tuple(meter["token_types"]),
-            meter.get("service_tier"),
+            _tier_names(meter.get("service_tier")),
         )
 
     def model_matches(self, model: str) -> bool:
@@ -113,3 +113,10 @@ def events_behind(
         event["ingested_at"] = from_db(event["ingested_at"])  # type: ignore[arg-type]
         out.append(event)
     return out
+
+
+def _tier_names(stored: str | list[str] | None) -> tuple[str, ...] | None:
+    """A line's stored tier filter: a list of names (a name alone: a list of one)."""
+    if stored is None:
+        return None
+    return (stored,) if isinstance(stored, str) else tuple(stored)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import fnmatch
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     Field,
@@ -27,6 +27,10 @@ from meterline.catalog.base import (
 from meterline.servicetiers import tier_matches
 from meterline.utc import as_utc_in_range
 
+TierName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$", max_length=64)]
+"""A service tier as providers name it (``default``, ``flex``, ``on_demand``): a name,
+not a glob."""
+
 Limit = Annotated[
     Annotated[int, Field(ge=0)] | Literal["unlimited"], Accepts('an integer >= 0 or "unlimited"')
 ]
@@ -34,14 +38,29 @@ Limit = Annotated[
 
 
 class FeatureMeter(_Model):
-    """A slice of the token meter. ``model`` is a glob (``gpt-4o*``), matched case-insensitively;
-    so is ``service_tier`` (``flex``), the tier the provider says served the call, matched
-    by the rule of :mod:`meterline.servicetiers` (an event without one is ``default``)."""
+    """A slice of the token meter. ``model`` is a glob (``gpt-4o*``), matched
+    case-insensitively; ``service_tier`` names the tiers the provider says served the call
+    (``flex``; ``[priority, scale]``), matched by the rule of :mod:`meterline.servicetiers`
+    (an event without one counts where ``default`` or ``standard`` is named)."""
 
     provider: str | None = None
     model: str = "*"
-    service_tier: str | None = Field(default=None, min_length=1)
-    """Only calls served at a matching tier; ``None``: every tier."""
+    service_tier: tuple[TierName, ...] | None = Field(default=None, min_length=1)
+    """Only calls served at one of these tiers (one name alone: a list of one), lower
+    case; ``None``: every tier (:mod:`meterline.servicetiers`)."""
+
+    @field_validator("service_tier", mode="before")
+    @classmethod
+    def _tier_names(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, list | tuple):
+            value = [v.lower() if isinstance(v, str) else v for v in value]
+            dupes = sorted({v for v in value if value.count(v) > 1})
+            if dupes:
+                raise ValueError(f"duplicate service tier(s): {', '.join(map(str, dupes))}")
+        return value
+
     token_types: list[TokenType] = Field(
         default_factory=lambda: list(TOKEN_ONLY_TYPES), min_length=1
     )

@@ -84,7 +84,7 @@ def test_flex_and_default_calls_of_one_model_bill_at_their_own_rates(tmp_path: P
             "in": (Decimal(2_000_000), Decimal("2.50")),
             "flex-in": (Decimal(5_000_000), Decimal("3.13")),
         }
-        assert lines["flex-in"].detail["meter"]["service_tier"] == "flex"
+        assert lines["flex-in"].detail["meter"]["service_tier"] == ["flex"]
         assert lines["flex-in"].detail["events"] == 2
         # invoice explain recomputes each line from its stored filter: the same events
         flex = explain_line(con, inv.number or "", lines["flex-in"].line_no)
@@ -144,25 +144,48 @@ def test_usage_groups_by_the_tier_that_served_the_calls(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("pattern", "tier", "counted"),
+    ("names", "tier", "counted"),
     [
         (None, None, True),
         (None, "flex", True),
-        ("*", None, True),
-        ("default", None, True),
-        ("standard", None, True),
-        ("default", "default", True),
-        ("default", "DEFAULT", True),
-        ("flex", "flex", True),
-        ("flex", None, False),
-        ("flex", "default", False),
-        ("default", "flex", False),
-        ("default", "standard", False),
-        ("pri*", "priority", True),
+        (("default",), None, True),
+        (("standard",), None, True),
+        (("default",), "default", True),
+        (("default",), "DEFAULT", True),
+        (("flex",), "flex", True),
+        (("flex",), None, False),
+        (("flex",), "default", False),
+        (("default",), "flex", False),
+        (("default",), "standard", False),
+        (("priority", "scale"), "priority", True),
+        (("priority", "scale"), None, False),  # a glob "[ps]*" counted it: billed twice
     ],
 )
-def test_the_tier_rule(pattern: str | None, tier: str | None, counted: bool) -> None:
-    assert tier_matches(pattern, tier) is counted
+def test_the_tier_rule(names: tuple[str, ...] | None, tier: str | None, counted: bool) -> None:
+    assert tier_matches(names, tier) is counted
+
+
+def test_untiered_events_are_billed_once_beside_a_feature_of_other_tiers(
+    tmp_path: Path,
+) -> None:
+    """A feature for ``default`` and one for ``[priority, scale]`` on one model: an event
+    with no tier is the default feature's only (a glob ``"[ps]*"`` matched ``standard`` and
+    billed it twice: 3M billed for 2M stored)."""
+    s = setup(tmp_path, CATALOG.replace("service_tier: flex", "service_tier: [priority, scale]"))
+    add_events(s.db, _call(5, 1_000_000, None), _call(6, 1_000_000, "priority"))
+    with billing_store(s.db) as con:
+        [inv] = generate_invoices(
+            con, s.catalog, "2026-01", now=utc("2026-02-01T00:00:05Z")
+        ).invoices
+    lines = {ln.rate_card_key: ln for ln in inv.lines}
+    assert (lines["in"].quantity, lines["flex-in"].quantity) == (1_000_000, 1_000_000)
+
+
+def test_a_tier_filter_names_tiers_and_is_not_a_glob() -> None:
+    with pytest.raises(CatalogError, match="service_tier"):
+        parse_catalog(CATALOG.replace("service_tier: flex", 'service_tier: "[ps]*"'))
+    catalog = parse_catalog(CATALOG.replace("service_tier: flex", "service_tier: [Priority]"))
+    assert catalog.feature("gpt-5-flex-in").meter.service_tier == ("priority",)
 
 
 def test_an_empty_tier_filter_is_refused() -> None:
