@@ -23,7 +23,7 @@ from billing.errors import NotGenerated, NoUsage, UserError
 from billing.instants import OUT_OF_RANGE, in_utc
 from billing.render import FORMATS
 from billing.store import billing_reader, billing_store
-from meterline import lakerepair
+from meterline import catalogconn, lakerepair
 from meterline.catalog import Catalog, CatalogError, load_catalog
 from meterline.conninfo import locator_problem, one_line, shown
 from meterline.emptystore import is_empty_file
@@ -185,9 +185,13 @@ class BillingGroup(click.Group):
         except USER_ERRORS as e:
             hint = cli_hint(e)
             raise click.ClickException(shown(f"{e}; {hint}" if hint else str(e))) from None
-        except (duckdb.IOException, duckdb.HTTPException) as e:
-            # The store's disk or the lake's object storage, met after the store opened.
+        except duckdb.Error as e:
             text = str(e)
+            if catalogconn.lost_connection(text):  # any class: see meterline.catalogconn
+                raise click.ClickException(f"{one_line(text)} ({catalogconn.HINT})") from None
+            if not isinstance(e, (duckdb.IOException, duckdb.HTTPException)):
+                raise  # a bug, not the store: its traceback is what to report
+            # The store's disk or the lake's object storage, met after the store opened.
             storage = _storage_problem(ctx.find_object(Settings), text)
             why = f"cannot read the store: {one_line(text)}{io_hint(text, storage)}"
             raise click.ClickException(why) from None

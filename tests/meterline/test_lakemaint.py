@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
 from click.testing import CliRunner
 
@@ -23,6 +24,7 @@ from billing.build import build_invoices
 from billing.cli import main as billing_main
 from billing.schedule import periods_ending_in
 from billing.store import billing_store
+from meterline import catalogconn
 from meterline.catalog import load_catalog
 from meterline.lakemaint import (
     give_back_lease,
@@ -190,6 +192,60 @@ def test_a_pass_that_lost_postgresql_still_gives_the_lease_back(
     with store(lake) as other:
         assert lease_holder(other)[1].year == 1970
         assert take_lease(other, "next")
+
+
+def test_billing_that_loses_postgresql_mid_command_says_so_in_one_line(
+    server: str, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """PostgreSQL dropped the command's connections after the attach (a restart, a
+    failover): `billing lake maintain` printed a traceback ending in libpq's
+    multi-line "server closed the connection unexpectedly". Here each read of the
+    catalog's file list terminates every other backend of the lake's database, so the
+    pass's next statement on another connection meets a dead one."""
+    import subprocess
+
+    from tests.support.postgres import _bin_dir
+
+    monkeypatch.setenv("METERLINE_LAKE_DATA", str(tmp_path / "data"))
+    name = "lost_mid_command"
+    lake = _lake(server, name)
+    write_batches(lake, tmp_path / "spool", batches=3, per_batch=2)
+    conninfo = lake.removeprefix("ducklake:postgres:")
+    kill_the_others = (
+        "ALTER TABLE ducklake_data_file RENAME TO ducklake_data_file_kept; "
+        "CREATE VIEW ducklake_data_file AS SELECT * FROM ducklake_data_file_kept "
+        "WHERE (SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid()) >= 0"
+    )
+    subprocess.run([str(_bin_dir() / "psql"), conninfo, "-qc", kill_the_others], check=True)
+    result = CliRunner().invoke(billing_main, ["--db", lake, "lake", "maintain"])
+    assert result.exit_code == 1, result.output
+    assert not isinstance(result.exception, duckdb.Error), result.exception
+    [line] = result.output.splitlines()
+    assert line.startswith("Error: ") and "server closed the connection unexpectedly" in line
+    assert "the lake's catalog (PostgreSQL) went away" in line
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        "Failed to query most recent snapshot for DuckLake: Failed to execute query "
+        '"SELECT ...": server closed the connection unexpectedly\n\tThis probably means',
+        "IO Error: Failed to fetch header for COPY: FATAL:  terminating connection due to "
+        "administrator command",
+        'IO Error: Unable to connect to Postgres at "...": connection to server at '
+        '"127.0.0.1", port 5 failed: Connection refused',
+    ],
+)
+def test_a_lost_or_refused_catalog_connection_is_recognised(error: str) -> None:
+    assert catalogconn.lost_connection(error)
+
+
+def test_other_duckdb_errors_are_not_taken_for_a_lost_catalog() -> None:
+    assert not catalogconn.lost_connection('Binder Error: Referenced column "x" not found')
+    assert not catalogconn.lost_connection(
+        "Failed to load existing DuckLake: Current transaction is aborted"
+    )
 
 
 def _invoices(lake: str, catalog_path: Path) -> list[Any]:
