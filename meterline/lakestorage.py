@@ -117,6 +117,34 @@ def write_marker(con: duckdb.DuckDBPyConnection, data_path: str, identity: str) 
     )
 
 
+#: What a lake's first attach writes to its data path before the catalog is created
+#: (:func:`check_writable`). Not a lake file: a disk's is removed at once; on object
+#: storage, which DuckDB cannot delete through SQL, it stays, a few bytes, until a
+#: maintenance pass's orphan cleanup removes it.
+WRITE_CHECK_NAME = ".meterline-write-check"
+
+
+def check_writable(con: duckdb.DuckDBPyConnection, data_path: str) -> None:
+    """Write a small object (a file) under ``data_path``; raises ``duckdb.Error`` or
+    ``OSError`` when its bucket is missing, the credentials may not write there, or the
+    directory cannot be made.
+
+    Creating a lake in PostgreSQL binds it to its data path for good: a mistyped bucket
+    on a fleet's first start left a catalog that refused the corrected path."""
+    path = data_path.rstrip("/") + "/" + WRITE_CHECK_NAME
+    if not is_remote(path):
+        os.makedirs(data_path, exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write("meterline\n")
+        os.remove(tmp)
+        return
+    con.execute(
+        f"COPY (SELECT 'meterline' AS lake) TO {_sql_string(path)} "
+        "(FORMAT csv, HEADER false, QUOTE '')"
+    )
+
+
 def root_problem(
     con: duckdb.DuckDBPyConnection,
     data_path: str,

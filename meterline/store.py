@@ -488,7 +488,55 @@ def attach_file(con: duckdb.DuckDBPyConnection, path: str, alias: str, wait_s: f
 def attach_lake(con: duckdb.DuckDBPyConnection, locator: str, wait_s: float) -> None:
     """Attach the DuckLake ``locator`` to ``con`` as ``lake`` and make it the default."""
     check_locator(locator)
-    _retrying(locator, wait_s, lambda: _attach_lake(con, locator, create=True))
+    _retrying(locator, wait_s, lambda: _attach_or_create_lake(con, locator))
+
+
+def _attach_or_create_lake(con: duckdb.DuckDBPyConnection, locator: str) -> None:
+    """Attach the lake, or create it once its data path has taken a write.
+
+    DuckLake records the data path when it creates the catalog and refuses any other
+    afterwards: a bucket mistyped on a fleet's first start made a lake no corrected
+    ``METERLINE_LAKE_DATA`` could attach. So a database that holds no lake gets one only
+    after :func:`meterline.lakestorage.check_writable` wrote under the data path; an
+    existing lake is attached as before, at the cost of nothing more."""
+    try:
+        _attach_lake(con, locator, create=False)
+        return
+    except StoreError as e:
+        if not _holds_no_lake(e):
+            raise
+    _check_new_data_path(con, locator)
+    _attach_lake(con, locator, create=True)
+
+
+def _holds_no_lake(error: StoreError) -> bool:
+    """The error :func:`_attach_lake` gives for a database that holds no lake (DuckLake's
+    refusal to create one is its context)."""
+    cause = error.__context__
+    return isinstance(cause, duckdb.InvalidInputException) and (
+        "creating a new DuckLake is explicitly disabled" in str(cause)
+    )
+
+
+def _check_new_data_path(con: duckdb.DuckDBPyConnection, locator: str) -> None:
+    """:class:`StoreError` unless the new lake's data path (``METERLINE_LAKE_DATA``) takes a
+    write; nothing is created in PostgreSQL then. Unset, DuckLake picks its own."""
+    data_path = lake_settings().data_path  # checked already by the attach
+    if data_path is None:
+        return
+    try:
+        lakestorage.check_writable(con, data_path)
+    except (OSError, duckdb.Error) as e:
+        text = one_line(str(e))
+        if lakestorage.is_remote(data_path):
+            look = lakestorage.where_to_look(data_path)
+        else:
+            look = f"check that {data_path} can be written on this host"
+        raise StoreError(
+            f"{shown(locator)}: cannot create the lake: its data path {data_path} takes no "
+            f"write: {text} ({look}; nothing was created in PostgreSQL: once "
+            "METERLINE_LAKE_DATA is right the next attempt creates the lake)"
+        ) from e
 
 
 LAKE_CONNECTION_CONFIG: dict[str, str | bool | int | float | list[str]] = {
@@ -507,7 +555,10 @@ the check guards against nothing a writable site-packages would not already allo
 def _open_lake(locator: str, create: bool) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(config=LAKE_CONNECTION_CONFIG)
     try:
-        _attach_lake(con, locator, create=create)
+        if create:
+            _attach_or_create_lake(con, locator)
+        else:
+            _attach_lake(con, locator, create=False)
     except BaseException:
         con.close()
         raise

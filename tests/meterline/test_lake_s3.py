@@ -25,6 +25,7 @@ from click.testing import CliRunner
 from addons.metering.spool import Spool
 from addons.metering.writer import SpoolWriter
 from billing.cli import main as billing_main
+from meterline import lakerepair
 from meterline.lakemaint import maintain
 from meterline.store import StoreError, store
 from tests.meterline.test_lakemaint import event, write_batches
@@ -268,3 +269,41 @@ def test_a_missing_bucket_or_another_endpoint_is_not_a_lost_file(
         spool.close()
         with store(lake) as con:
             assert con.execute("SELECT count(*) FROM usage_events").fetchone() == (5,)
+
+
+def test_a_mistyped_bucket_on_the_first_start_creates_no_lake(
+    s3: str, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The first flush into an empty database created the lake bound to the mistyped
+    bucket: once METERLINE_LAKE_DATA was corrected, every flush and billing command was
+    refused (DuckLake's "does not match existing data path"). Now the data path takes a
+    write before the catalog is created: nothing is created, and the corrected start
+    creates the lake with no cleanup by hand."""
+    _use_s3(monkeypatch, s3, "meterline-typo")
+    with postgres_server() as server:
+        conninfo = create_database(server, "typo")
+        lake = f"ducklake:postgres:{conninfo}"
+        monkeypatch.setenv("METERLINE_LAKE_DATA", "s3://meterline-typ/lake/")
+        spool = Spool(tmp_path / "spool")
+        writer = SpoolWriter(spool, lake)
+        spool.append(event(0, "alice", "p"))
+        assert not writer.flush()
+        writer.stop()
+        spool.close()
+        error = writer._last_error or ""
+        assert "cannot create the lake" in error and "nothing was created" in error, error
+        assert f"bucket meterline-typ exists at {s3}" in error, error
+        usage = CliRunner().invoke(billing_main, ["--db", lake, "usage"])
+        assert usage.exit_code == 1 and "holds no Meterline lake" in usage.output, usage.output
+
+        monkeypatch.setenv("METERLINE_LAKE_DATA", "s3://meterline-typo/lake/")
+        spool = Spool(tmp_path / "spool")  # the same spool: its event is still there
+        writer = SpoolWriter(spool, lake)
+        assert writer.flush(), writer._last_error
+        writer.stop()
+        spool.close()
+        usage = CliRunner().invoke(billing_main, ["--db", lake, "usage", "--format", "json"])
+        assert usage.exit_code == 0, usage.output
+        with store(lake) as con:
+            assert con.execute("SELECT count(*) FROM usage_events").fetchone() == (1,)
+            assert lakerepair.data_path(con) == "s3://meterline-typo/lake/"
