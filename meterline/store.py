@@ -222,8 +222,12 @@ def _attach_lake(con: duckdb.DuckDBPyConnection, locator: str, *, create: bool) 
     con.execute("USE lake")
 
 
-def _no_lake(locator: str) -> StoreError:
-    return StoreError(
+class NoLake(StoreError):
+    """The database holds no lake, and the attach was not to create one."""
+
+
+def _no_lake(locator: str) -> NoLake:
+    return NoLake(
         f"{shown(locator)}: this database holds no Meterline lake (nothing metered into "
         "it yet? a proxy creates it on its first flush; or check --db)"
     )
@@ -502,20 +506,11 @@ def _attach_or_create_lake(con: duckdb.DuckDBPyConnection, locator: str) -> None
     try:
         _attach_lake(con, locator, create=False)
         return
-    except StoreError as e:
-        if not _holds_no_lake(e):
-            raise
+    except NoLake:
+        pass
     _check_new_data_path(con, locator)
     _attach_lake(con, locator, create=True)
 
-
-def _holds_no_lake(error: StoreError) -> bool:
-    """The error :func:`_attach_lake` gives for a database that holds no lake (DuckLake's
-    refusal to create one is its context)."""
-    cause = error.__context__
-    return isinstance(cause, duckdb.InvalidInputException) and (
-        "creating a new DuckLake is explicitly disabled" in str(cause)
-    )
 
 
 def _check_new_data_path(con: duckdb.DuckDBPyConnection, locator: str) -> None:
