@@ -23,7 +23,9 @@ limit or a prepaid balance could refuse wait for it (:meth:`Governance.first_rea
 loop free), at most :data:`FIRST_READ_WAIT_S`. If it fails, or has not ended by then,
 ``meter_governance_failure`` decides: ``allow`` counts from zero (this proxy's own calls
 since start, and the events an earlier run left in the spool) until a read succeeds,
-``deny`` refuses governed calls (503) until then. A counter the store was never read for
+``deny`` refuses governed calls (503) until then, and again whenever reads have failed
+for :data:`STALE_READS` refresh intervals (an outage while the proxy runs: a fleet's
+other proxies' calls are unseen meanwhile). A counter the store was never read for
 (a policy change adds it) refuses with a retryable 503 until the next read, which the
 change triggers.
 
@@ -67,12 +69,15 @@ from meterline.entitlements import (
     read_snapshot,
 )
 from meterline.entitlements.policy import counter_id
-from meterline.eventschema import TOKEN_COLUMNS
+from meterline.eventschema import EVENT_COLUMNS, TOKEN_COLUMNS
 from meterline.store import LAKE_PREFIX, open_store, store
 
 log = logging.getLogger("meterline.governance")
 
 FAILURE_POLICIES = ("allow", "deny")
+#: With ``deny``, reads failing for this many refresh intervals (6 s at the default 2 s)
+#: refuse governed calls until one succeeds; one failed read (a lock, a blip) does not.
+STALE_READS = 3
 _TOKEN_FIELDS = TOKEN_COLUMNS
 
 
@@ -101,7 +106,8 @@ def add_options(loader: Any) -> None:
         "allow",
         "When usage cannot be read from the store at start: 'allow' (enforce limits on this "
         "proxy's own calls only, counted from zero, until it can) or 'deny' (refuse governed "
-        "calls with 503 until it can).",
+        "calls with 503 until it can; also once reads have failed for three refresh "
+        "intervals while running).",
         choices=FAILURE_POLICIES,
     )
 
@@ -163,6 +169,8 @@ class Governance:
         """A snapshot of the store has been applied since start."""
         self.blind = False
         """The last read of the store failed (or the first did not end in time)."""
+        self.read_ok_at: float | None = None
+        """``time.monotonic()`` of the last read applied (None: none since start)."""
         self._first_read: asyncio.Event | None = None
         """Set once the first read at start ended, failed or took too long: calls a limit
         could refuse wait for it (:meth:`first_read`)."""
@@ -415,8 +423,8 @@ class Governance:
         # Before the store is read, only a plan that refuses on usage waits for it: soft
         # and unlimited limits refuse nothing, whatever the store holds, and a plan's
         # allowed models or an ended subscription do not depend on it.
-        if not self.ready and pol.refuses_on_usage:
-            if self.blind and self.deny_when_blind:  # a read failed (or took too long)
+        if (self.blind or not self.ready) and pol.refuses_on_usage:
+            if self.blind and self.deny_when_blind and self._stale():  # reads failing
                 return Refusal(
                     "unavailable",
                     "Meterline: usage limits cannot be checked (the store cannot be read); "
@@ -424,7 +432,7 @@ class Governance:
                     "unavailable",
                     30,
                 )
-            if not self.counters.unread_as_zero:
+            if not self.ready and not self.counters.unread_as_zero:
                 # Never read yet, and no read has failed either (governed since a reload).
                 return Refusal(
                     "unavailable",
@@ -679,7 +687,10 @@ class Governance:
                 return read_snapshot(con, policy, datetime.now(UTC), pending)
         except Exception as e:  # the store may be down; counters keep their last figures
             self._close_lake()
-            log.warning("meterline: cannot read usage for limits from %s: %s", locator, e)
+            if _being_migrated(e):
+                log.info("meterline: %s is being migrated; limits read again shortly", locator)
+            else:
+                log.warning("meterline: cannot read usage for limits from %s: %s", locator, e)
             return None
 
     def _policy_for_read(self) -> Policy:
@@ -734,6 +745,7 @@ class Governance:
         self.counters.apply(snap)
         self.counters.unread_as_zero = False
         self.blind = False
+        self.read_ok_at = time.monotonic()
         if self._first_read is not None:
             self._first_read.set()
         if not self.ready:
@@ -741,6 +753,14 @@ class Governance:
                 "meterline: usage limits enforced from the store (%d counters)", len(snap.stored)
             )
         self.ready = True
+
+    def _stale(self) -> bool:
+        """The figures are too old for ``deny`` to trust: never read since start, or no
+        read applied for :data:`STALE_READS` refresh intervals. In a fleet, the others'
+        calls since then are unseen: with the last figures, each proxy could spend what
+        the limit had left on its own (a 5M cap ended at 12M over a PostgreSQL outage)."""
+        ok = self.read_ok_at
+        return ok is None or time.monotonic() - ok > STALE_READS * self.refresh_s
 
     def _blind(self) -> None:
         """A read failed: with ``allow``, counters never read count from zero meanwhile;
@@ -773,3 +793,13 @@ class Governance:
                     break
             self._write_state(snap.taken_at if snap is not None else None)
         self._close_lake()
+
+
+def _being_migrated(error: Exception) -> bool:
+    """A read that met the events table between two of its migrations (a new lake: each
+    added column is its own commit, by this proxy's writer or another's): one of the
+    schema's own columns is not there yet. The next read finds it."""
+    text = str(error)
+    return isinstance(error, duckdb.BinderException) and any(
+        f'column named "{name}"' in text or f'"{name}" not found' in text for name in EVENT_COLUMNS
+    )

@@ -1,0 +1,97 @@
+"""``meter_governance_failure=deny`` holds during a store outage, not only at start.
+
+A fleet shares limits through its lake; while the lake's PostgreSQL is down, a proxy
+sees none of the others' calls. Before, a running proxy kept its last figures whatever
+the policy: over an outage each of three proxies (the ``deny`` one too) admitted what
+the limit had left on its own, and a 5M cap ended at 12M. Now, once reads have failed
+for three refresh intervals, ``deny`` refuses governed calls (503) until a read
+succeeds; ``allow`` keeps counting on the last figures (availability first).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.conftest import KEYS, ProxyFactory
+from tests.e2e.test_governance import ALICE, chat
+from tests.support.clients import openai_client
+from tests.support.governance import governed_catalog
+from tests.support.postgres import _bin_dir, create_database, postgres_server
+from tests.support.upstream import FakeProvider
+
+DATABASE = "outage"
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    with postgres_server() as conninfo:
+        yield conninfo
+
+
+def _psql(conninfo: str, sql: str) -> None:
+    subprocess.run(
+        [str(_bin_dir() / "psql"), conninfo, "-q", "-c", sql], check=True, capture_output=True
+    )
+
+
+def _outage(conninfo: str, down: bool) -> None:
+    """The lake's database refuses connections (and loses those it had), or takes them again."""
+    _psql(conninfo, f'ALTER DATABASE "{DATABASE}" ALLOW_CONNECTIONS {str(not down).lower()}')
+    if down:
+        _psql(
+            conninfo,
+            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{DATABASE}'",
+        )
+
+
+def test_deny_refuses_once_reads_have_failed_for_a_while(
+    server: str, tmp_path: Path, start_proxy: ProxyFactory, fake_provider: FakeProvider
+) -> None:
+    lake = f"ducklake:postgres:{create_database(server, DATABASE)}"
+    catalog = governed_catalog(
+        tmp_path / "catalog.yaml",
+        fake_provider,
+        ALICE,
+        entitlements=[{"feature": "gpt-out", "limit": 300}],
+    )
+    proxy = start_proxy(
+        catalog=catalog,
+        options={
+            "meter_db": lake,
+            "meter_governance_failure": "deny",
+            "meter_governance_refresh": "0.5",
+        },
+        env={"METERLINE_LAKE_DATA": str(tmp_path / "lake-data")},
+    )
+    with openai_client(proxy, fake_provider, KEYS["alice"]) as client:
+        chat(client, 100)  # the store read: 100 of 300 used
+        proxy.wait_for_log(r"usage limits enforced from the store", timeout=60)
+        _outage(server, down=True)
+        try:
+            mark = proxy.log_mark()
+            proxy.wait_for_log(r"cannot read usage for limits", timeout=30, since=mark)
+            deadline = time.monotonic() + 30
+            while True:  # within three refresh intervals of the last read, calls still pass
+                try:
+                    chat(client, 10)
+                except openai.InternalServerError as e:  # before: admitted on old figures
+                    assert e.status_code == 503 and "cannot be checked" in e.message
+                    break
+                assert time.monotonic() < deadline, "deny never refused during the outage"
+                time.sleep(0.2)
+        finally:
+            _outage(server, down=False)
+        deadline = time.monotonic() + 60
+        while True:  # a read succeeds again: the limit is checked on the store's figures
+            try:
+                chat(client, 10)
+                break
+            except openai.InternalServerError:
+                assert time.monotonic() < deadline, "calls stayed refused after the outage"
+                time.sleep(0.5)
