@@ -512,7 +512,6 @@ def _attach_or_create_lake(con: duckdb.DuckDBPyConnection, locator: str) -> None
     _attach_lake(con, locator, create=True)
 
 
-
 def _check_new_data_path(con: duckdb.DuckDBPyConnection, locator: str) -> None:
     """:class:`StoreError` unless the new lake's data path (``METERLINE_LAKE_DATA``) takes a
     write; nothing is created in PostgreSQL then. Unset, DuckLake picks its own."""

@@ -55,7 +55,7 @@ from mitmproxy import exceptions, http
 
 from addons.metering import errors, events
 from addons.metering.billedas import BilledAs
-from addons.metering.reserve import Estimate, estimate_request
+from addons.metering.reserve import Estimate, estimate_request, requested_tier
 from addons.metering.usage import Usage
 from meterline.catalog import Catalog
 from meterline.entitlements import (
@@ -447,8 +447,9 @@ class Governance:
         # A name the provider resolves (an Azure deployment, an alias) is held against
         # the limits of every model it was billed as too.
         billed = self.billed_as.get(provider, est.model)
+        tier = requested_tier(body()) if pol.tiered and body is not None else None
         decision = self.counters.admit(
-            pol, provider, est.model, est.input, est.output, now, billed, est.searches
+            pol, provider, est.model, est.input, est.output, now, billed, est.searches, tier
         )
         if isinstance(decision, Reservation):
             nxt = self.policy.upcoming.get(consumer) if self.policy.upcoming else None

@@ -360,6 +360,28 @@ def max_output(model: str) -> int | None:
     return max(found)[1] if found else None
 
 
+_TIER = b'"service_tier"'
+#: A request's ``service_tier`` as the tier that will serve it: OpenAI's names are the
+#: tiers; Anthropic's ``standard_only`` is its ``standard``. ``auto`` (either API) names
+#: none: the provider picks.
+_ASKED_TIERS = {"standard_only": "standard"}
+
+
+def requested_tier(body: bytes) -> str | None:
+    """The service tier a request body asks for (lower case), or None: none named, or
+    ``auto``. Parsed only when the body names one (rare)."""
+    if _TIER not in body:
+        return None
+    try:
+        data = jsoncodec.loads(body)
+    except ValueError:
+        return None
+    tier = data.get("service_tier") if isinstance(data, dict) else None
+    if not isinstance(tier, str) or not tier or tier.lower() == "auto":
+        return None
+    return _ASKED_TIERS.get(tier.lower(), tier.lower())
+
+
 def estimate_request(flavor: str, path: str, body: bytes) -> Estimate:
     """What the call at ``path`` may cost. The path is read as the server routes it
     (:func:`~addons.metering.providers.normalise_path`, as the meter decides what to bill):

@@ -280,15 +280,20 @@ class Counters:
         now: datetime,
         billed: tuple[str, ...] = (),
         searches: int = 0,
+        tier: str | None = None,
     ) -> Refusal | Reservation:
         """Refuse, or reserve the estimate on every account the call adds to.
 
         ``billed``: the models the provider was seen to bill calls naming ``model`` as
         (an alias it resolves): their limits apply too, and their accounts reserve.
-        ``searches``: the server-side web searches the call may run (its tools' caps)."""
+        ``searches``: the server-side web searches the call may run (its tools' caps).
+        ``tier``: the service tier the request asks for (None: any may serve it, so every
+        tier's limits apply)."""
         if pol.inactive is not None:
             return Refusal("not_granted", pol.inactive, "not_granted")
         matched: Matched = pol.matching_billed(provider, model, billed)
+        if tier is not None:
+            matched = matched.at_tier(tier)
         if not matched.allowed:
             return Refusal(
                 "not_granted",

@@ -133,6 +133,17 @@ class Matched:
     counted: list[tuple[Account, tuple[str, ...]]]
     """Each account with the token types it counts for this model (globs matched once)."""
 
+    def at_tier(self, tier: str) -> Matched:
+        """What a call the request says will be served at ``tier`` touches: the limits and
+        accounts of features that count that tier (a flex call does not hold, nor get
+        refused by, a limit of the default tier's feature)."""
+        return Matched(
+            self.allowed,
+            [lim for lim in self.limits if lim.account.meter.counts_tier(tier)],
+            [a for a in self.accounts if a.meter.counts_tier(tier)],
+            [(a, types) for a, types in self.counted if a.meter.counts_tier(tier)],
+        )
+
 
 @dataclass(slots=True)
 class CustomerPolicy:
@@ -152,6 +163,12 @@ class CustomerPolicy:
     """Why every call is refused: no subscription is active (see the module docstring)."""
     _matched: dict[tuple[str, str], Matched] = field(default_factory=dict)
     _merged: dict[tuple[str, str, tuple[str, ...]], Matched] = field(default_factory=dict)
+
+    @property
+    def tiered(self) -> bool:
+        """Whether a feature of the plan counts only some service tiers: then the tier a
+        request asks for decides which of its limits apply."""
+        return any(a.meter.service_tier is not None for a in self.accounts)
 
     @property
     def can_refuse(self) -> bool:

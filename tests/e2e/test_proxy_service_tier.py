@@ -82,3 +82,11 @@ def test_flex_calls_are_stored_as_flex_and_not_counted_against_the_default_limit
     # no tier asked: none reported (NULL, the standard tier); "auto": served at default
     assert [r["service_tier"] for r in served] == [None, "default", "default"]
     assert [r["reason"] for r in rows_where(proxy, "reason IS NOT NULL", 1)] == ["limit:gpt-out"]
+    # The default tier's limit is reached; a call that asks for flex is not under it (the
+    # tier a request names decides which limits apply). Before, it was refused too.
+    with openai_client(proxy, fake_provider, KEYS["alice"]) as client:
+        reply = client.chat.completions.create(
+            model="gpt-4o", messages=HI, max_tokens=40, service_tier="flex", extra_headers=fake
+        )
+    assert reply.service_tier == "flex"
+    assert len(rows_where(proxy, "service_tier = 'flex'", 4)) == 4

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from addons.metering.reserve import DEFAULT_OUTPUT_RESERVE, estimate_request
+from addons.metering.reserve import DEFAULT_OUTPUT_RESERVE, estimate_request, requested_tier
 
 
 @pytest.mark.parametrize(
@@ -423,3 +423,19 @@ def test_a_bound_given_as_a_string_is_read_wherever_it_sits(late: bool) -> None:
     )
     body = b"{" + b", ".join(parts) + b"}"
     assert estimate_request("mistral", "/v1/chat/completions", body).output == 8000
+
+
+@pytest.mark.parametrize(
+    ("body", "tier"),
+    [
+        (b'{"model":"gpt-5","service_tier":"flex"}', "flex"),
+        (b'{"model":"gpt-5","service_tier":"Priority"}', "priority"),
+        (b'{"model":"gpt-5","service_tier":"auto"}', None),  # the provider picks
+        (b'{"model":"claude","service_tier":"standard_only"}', "standard"),
+        (b'{"model":"gpt-5"}', None),
+        (b'{"model":"gpt-5","service_tier":7}', None),
+        (b'{"service_tier": "flex"', None),  # not JSON: nothing asked
+    ],
+)
+def test_the_tier_a_request_asks_for(body: bytes, tier: str | None) -> None:
+    assert requested_tier(body) == tier
