@@ -6,10 +6,8 @@ choice 1 was still streaming: a cut call stored as complete (``estimated = false
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx2
 import pytest
@@ -17,7 +15,7 @@ from aiohttp import web
 
 from tests.conftest import KEYS, ProxyFactory
 from tests.support.aioserver import serve_posts
-from tests.support.proxy import MeterProxy, one_provider_catalog
+from tests.support.proxy import one_provider_catalog
 
 PROMPT = 20
 
@@ -69,17 +67,6 @@ def server() -> Iterator[int]:
         yield port
 
 
-def _event(proxy: MeterProxy, timeout: float = 10.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        rows = proxy.events()
-        if rows:
-            [row] = rows
-            return row
-        time.sleep(0.05)
-    raise AssertionError(f"no event after {timeout}s:\n{proxy.log()}")
-
-
 @pytest.mark.parametrize(
     ("parts", "estimated"),
     [
@@ -112,6 +99,6 @@ def test_a_cut_n2_stream_is_final_only_once_every_choice_finished(
         assert r.status_code == 200
         with pytest.raises(httpx2.HTTPError):
             r.read()  # the connection is cut: no end of the chunked body
-    row = _event(proxy)
+    row = proxy.only_event()
     assert row["estimated"] is estimated
     assert row["input_tokens"] == PROMPT

@@ -12,7 +12,6 @@ answer as those APIs do; the clients are the official openai SDK's.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -98,17 +97,6 @@ def _proxy(
     return start_proxy(catalog=catalog)
 
 
-def _one_event(proxy: MeterProxy, timeout: float = 15.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        rows = proxy.events()
-        if rows:
-            [row] = rows
-            return row
-        time.sleep(0.05)
-    raise AssertionError(f"no event after {timeout}s:\n{proxy.log()}")
-
-
 def _text(stream: Any) -> str:
     return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
 
@@ -137,7 +125,7 @@ def test_a_provider_that_refuses_stream_options_gets_none(
             model="mistral-small-latest", messages=[{"role": "user", "content": "hi"}], stream=True
         )
         assert _text(stream) == "Hi"
-    row = _one_event(proxy)
+    row = proxy.only_event()
     assert (row["status"], row["input_tokens"], row["output_tokens"]) == (200, PROMPT, OUTPUT)
     assert row["estimated"] is False
 
@@ -171,7 +159,7 @@ def test_azure_gets_stream_options_only_on_api_versions_that_take_them(
             model="my-gpt-4o", messages=[{"role": "user", "content": "hi"}], stream=True
         )
         assert _text(stream) == "Hi"
-    row = _one_event(proxy)
+    row = proxy.only_event()
     assert row["status"] == 200
     assert row["estimated"] is not metered_exactly  # an old version's stream has no usage
     if metered_exactly:

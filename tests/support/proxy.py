@@ -238,6 +238,17 @@ class MeterProxy:
             self.last_read_error = str(e)  # a read that fails looks like no events at all
             return []
 
+    def only_event(self, timeout: float = 10.0) -> dict[str, Any]:
+        """The one event of the store, once it arrived (fails if none comes, or more)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            rows = self.events()
+            if rows:
+                [row] = rows
+                return row
+            time.sleep(0.05)
+        raise AssertionError(f"no event after {timeout}s:\n{self.log()}")
+
     def wait_for_events(
         self, request_ids: list[str | None], timeout: float = 10.0
     ) -> list[dict[str, Any]]:
