@@ -39,7 +39,12 @@ def endpoint(
     if "{model}" in template:
         if model is None:
             raise ValueError(f"a route to the {flavor} API needs a model (it is part of the path)")
-        return base + template.format(model=model)
+        name = model.removeprefix("models/")  # the SDKs' resource name: models/gemini-...
+        if not name or any(c in name for c in "/:?#%"):
+            raise ValueError(
+                f"model {model!r}: a {flavor} model is one path segment (gemini-2.5-flash)"
+            )
+        return base + template.format(model=name)
     return base + template
 
 

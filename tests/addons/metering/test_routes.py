@@ -148,6 +148,15 @@ def test_gemini_model_is_in_the_path_not_the_body() -> None:
     assert route is not None and not route.pins_body_model
 
 
+def test_a_gemini_model_given_as_its_resource_name_calls_that_model() -> None:
+    """The SDKs name a model ``models/gemini-2.5-flash``; before, the route called
+    ``/v1beta/models/models/gemini-2.5-flash:generateContent`` (a 404)."""
+    table = _table("  - {path: /g, provider: gemini, model: models/gemini-2.5-flash}")
+    route = table.match("/g")
+    assert route is not None
+    assert route.upstream("/g") == "/v1beta/models/gemini-2.5-flash:generateContent"
+
+
 def test_upstream_path_override_keeps_its_query() -> None:
     table = _table(
         "  - {path: /chat, provider: azure-openai, "
@@ -178,6 +187,10 @@ def test_catalog_provider_can_be_routed() -> None:
          "routes[0] (/g): a route to the gemini API needs a model"),
         ("  - {path: /x, provider: openai, upstream_path: /v1/files}",
          "routes[0] (/x): /v1/files is not an endpoint Meterline meters"),
+        ("  - {path: /g, provider: gemini, model: 'gemini-2.5-flash:streamGenerateContent'}",
+         "a gemini model is one path segment"),
+        ("  - {path: /g, provider: gemini, model: '../v1/files'}",
+         "a gemini model is one path segment"),
     ],
 )  # fmt: skip
 def test_bad_routes_name_the_route(routes: str, message: str) -> None:
