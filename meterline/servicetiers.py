@@ -28,6 +28,11 @@ from collections.abc import Collection
 #: The names providers give their standard tier: what an event without a tier matches as.
 STANDARD_TIERS: tuple[str, ...] = ("default", "standard")
 
+#: The tiers providers document (OpenAI ``default``, ``flex``, ``priority``, ``scale``;
+#: Anthropic ``standard``, ``priority``; Groq ``on_demand``, ``flex``): a request asking for
+#: one of them may be checked at that tier only; any other name asks for none.
+REQUESTABLE_TIERS = frozenset({"default", "flex", "priority", "scale", "standard", "on_demand"})
+
 
 def tier_matches(names: Collection[str] | None, tier: str | None) -> bool:
     """Whether a feature filtering on the tier ``names`` (lower case; ``None``: no filter)

@@ -70,6 +70,7 @@ from meterline.entitlements import (
 )
 from meterline.entitlements.policy import counter_id
 from meterline.eventschema import EVENT_COLUMNS, TOKEN_COLUMNS
+from meterline.servicetiers import REQUESTABLE_TIERS
 from meterline.store import LAKE_PREFIX, open_store, store
 
 log = logging.getLogger("meterline.governance")
@@ -78,6 +79,9 @@ FAILURE_POLICIES = ("allow", "deny")
 #: With ``deny``, reads failing for this many refresh intervals (6 s at the default 2 s)
 #: refuse governed calls until one succeeds; one failed read (a lock, a blip) does not.
 STALE_READS = 3
+#: More time a read may take before ``deny`` takes the store as gone (a lake read takes
+#: well under a second; one under load a few).
+HUNG_READ_S = 10.0
 _TOKEN_FIELDS = TOKEN_COLUMNS
 
 
@@ -171,6 +175,8 @@ class Governance:
         """The last read of the store failed (or the first did not end in time)."""
         self.read_ok_at: float | None = None
         """``time.monotonic()`` of the last read applied (None: none since start)."""
+        self._read_warned: float | None = None
+        """When a failed read was last logged (reads failing: once a minute)."""
         self._first_read: asyncio.Event | None = None
         """Set once the first read at start ended, failed or took too long: calls a limit
         could refuse wait for it (:meth:`first_read`)."""
@@ -182,6 +188,12 @@ class Governance:
         """Per provider, the models calls naming a model were billed as (an alias)."""
         self._asked: dict[str, tuple[str, str]] = {}
         """Admitted flow id -> (provider, model it names): learnt from at its end."""
+        self._tier_asked: dict[str, tuple[str, str]] = {}
+        """Admitted flow id -> (provider, the service tier it asked for and was checked
+        at): compared with the tier that served it, at its end."""
+        self._tiers_not_kept: set[tuple[str, str]] = set()
+        """(provider, tier) a request asked for and was served otherwise: from then on
+        such a request meets every limit of its model (the tier is not a promise)."""
         self._held: dict[str, tuple[float, Reservation]] = {}
         """A queued background response's event id -> (monotonic expiry, the reservation
         of the call that created it), oldest first: its tokens are counted when a read
@@ -423,8 +435,9 @@ class Governance:
         # Before the store is read, only a plan that refuses on usage waits for it: soft
         # and unlimited limits refuse nothing, whatever the store holds, and a plan's
         # allowed models or an ended subscription do not depend on it.
-        if (self.blind or not self.ready) and pol.refuses_on_usage:
-            if self.blind and self.deny_when_blind and self._stale():  # reads failing
+        if pol.refuses_on_usage and (self.blind or not self.ready or self.deny_when_blind):
+            # deny: reads failing, or hanging (a store that answers nothing fails nothing)
+            if self.deny_when_blind and (self.blind or self.ready) and self._stale():
                 return Refusal(
                     "unavailable",
                     "Meterline: usage limits cannot be checked (the store cannot be read); "
@@ -447,7 +460,7 @@ class Governance:
         # A name the provider resolves (an Azure deployment, an alias) is held against
         # the limits of every model it was billed as too.
         billed = self.billed_as.get(provider, est.model)
-        tier = requested_tier(body()) if pol.tiered and body is not None else None
+        tier = self._asked_tier(pol, provider, body)
         decision = self.counters.admit(
             pol, provider, est.model, est.input, est.output, now, billed, est.searches, tier
         )
@@ -461,8 +474,26 @@ class Governance:
                 decision.parts += more.parts
                 decision.flights += more.flights
             self._keep(pol, decision, flow, hold, provider, est.model)
+            if tier is not None:
+                self._tier_asked[flow.id if hold is None else hold] = (provider, tier)
             return True
         return decision
+
+    def _asked_tier(
+        self, pol: CustomerPolicy, provider: str, body: Callable[[], bytes] | None
+    ) -> str | None:
+        """The service tier the call asks for, when it decides which limits apply: one a
+        provider documents (:data:`~meterline.servicetiers.REQUESTABLE_TIERS`: a made-up
+        name, which a lenient server might serve at the standard tier, would spare the
+        limits), and one this provider has not been seen to serve as another (OpenAI may
+        serve a ``priority`` request at ``default``; a provider that reports no tier
+        serves none by name). Else None: every limit of the model applies."""
+        if not pol.tiered or body is None:
+            return None
+        tier = requested_tier(body())
+        if tier not in REQUESTABLE_TIERS or (provider, tier) in self._tiers_not_kept:
+            return None
+        return tier
 
     def _keep(
         self,
@@ -567,6 +598,9 @@ class Governance:
         asked = self._asked.pop(flow_id, None)
         if asked is not None:
             self._learn(asked, rows or [])
+        tier = self._tier_asked.pop(flow_id, None) if self._tier_asked else None
+        if tier is not None:
+            self._check_tier_kept(tier, rows or [])
         if self._held:
             for row in rows or ():  # a background response read to its end: counted now
                 queued = self._held.pop(row["event_id"], None)
@@ -582,6 +616,7 @@ class Governance:
         20 sequential background calls of 200 were all admitted at a limit of 1,000)."""
         held = self._reservations.pop(flow_id, None)
         self._asked.pop(flow_id, None)
+        self._tier_asked.pop(flow_id, None)
         if held is None:
             return
         earlier = self._held.pop(event_id, None)
@@ -599,6 +634,27 @@ class Governance:
                 return
             del self._held[event_id]
             self.counters.release(reservation)
+
+    def _check_tier_kept(self, asked: tuple[str, str], rows: list[dict[str, Any]]) -> None:
+        """A call checked only at the tier it asked for was served at another (or at
+        none named): requests for that tier meet every limit from now on (before, every
+        request asking ``flex`` but served ``default`` passed the default tier's cap)."""
+        provider, tier = asked
+        for event in rows:
+            served = event.get("service_tier")
+            if event.get("reason") is None and (
+                not isinstance(served, str) or served.lower() != tier
+            ):
+                if asked not in self._tiers_not_kept:
+                    self._tiers_not_kept.add(asked)
+                    log.info(
+                        "meterline: %s served a call asking for tier %r at %r: such calls "
+                        "meet every limit of their model from now on",
+                        provider,
+                        tier,
+                        served,
+                    )
+                return
 
     def _learn(self, asked: tuple[str, str], rows: list[dict[str, Any]]) -> None:
         """Note the models a call naming ``asked`` was billed as, if another name."""
@@ -690,7 +746,8 @@ class Governance:
             self._close_lake()
             if _being_migrated(e):
                 log.info("meterline: %s is being migrated; limits read again shortly", locator)
-            else:
+            elif self._read_warned is None or time.monotonic() - self._read_warned > 60:
+                self._read_warned = time.monotonic()  # once a minute while reads fail
                 log.warning("meterline: cannot read usage for limits from %s: %s", locator, e)
             return None
 
@@ -756,12 +813,17 @@ class Governance:
         self.ready = True
 
     def _stale(self) -> bool:
-        """The figures are too old for ``deny`` to trust: never read since start, or no
-        read applied for :data:`STALE_READS` refresh intervals. In a fleet, the others'
-        calls since then are unseen: with the last figures, each proxy could spend what
-        the limit had left on its own (a 5M cap ended at 12M over a PostgreSQL outage)."""
+        """The figures are too old for ``deny`` to trust: never read since start, no read
+        applied for :data:`STALE_READS` refresh intervals while reads fail, or for
+        :data:`HUNG_READ_S` more while a read hangs (a server that stopped answering: the
+        read neither ends nor fails). In a fleet, the others' calls since then are
+        unseen: with the last figures, each proxy could spend what the limit had left on
+        its own (a 5M cap ended at 12M over a PostgreSQL outage)."""
         ok = self.read_ok_at
-        return ok is None or time.monotonic() - ok > STALE_READS * self.refresh_s
+        if ok is None:
+            return True
+        bound = STALE_READS * self.refresh_s
+        return time.monotonic() - ok > (bound if self.blind else bound + HUNG_READ_S)
 
     def _blind(self) -> None:
         """A read failed: with ``allow``, counters never read count from zero meanwhile;
@@ -783,6 +845,9 @@ class Governance:
             if self._stop.is_set() or not self._wants_read():
                 continue
             snap = self._read()
+            if snap is not None and self._read_warned is not None:
+                self._read_warned = None
+                log.info("meterline: usage for limits read from the store again")
             loop = self._loop
             if loop is not None and not loop.is_closed():
                 try:

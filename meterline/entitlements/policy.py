@@ -167,7 +167,7 @@ class CustomerPolicy:
     @property
     def tiered(self) -> bool:
         """Whether a feature of the plan counts only some service tiers: then the tier a
-        request asks for decides which of its limits apply."""
+        request asks for may decide which of its limits apply."""
         return any(a.meter.service_tier is not None for a in self.accounts)
 
     @property

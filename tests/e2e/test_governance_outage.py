@@ -4,12 +4,15 @@ A fleet shares limits through its lake; while the lake's PostgreSQL is down, a p
 sees none of the others' calls. Before, a running proxy kept its last figures whatever
 the policy: over an outage each of three proxies (the ``deny`` one too) admitted what
 the limit had left on its own, and a 5M cap ended at 12M. Now, once reads have failed
-for three refresh intervals, ``deny`` refuses governed calls (503) until a read
-succeeds; ``allow`` keeps counting on the last figures (availability first).
+for three refresh intervals (or a read has hung ten seconds more: a server that stopped
+answering fails nothing), ``deny`` refuses governed calls (503) until a read succeeds;
+``allow`` keeps counting on the last figures (availability first).
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -94,4 +97,68 @@ def test_deny_refuses_once_reads_have_failed_for_a_while(
                 break
             except openai.InternalServerError:
                 assert time.monotonic() < deadline, "calls stayed refused after the outage"
+                time.sleep(0.5)
+
+
+def _server_pids(conninfo: str) -> list[int]:
+    """The PostgreSQL server's processes: the postmaster and its children."""
+    out = subprocess.run(
+        [str(_bin_dir() / "psql"), conninfo, "-Atc", "SHOW data_directory"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+    postmaster = int(Path(out, "postmaster.pid").read_text().split()[0])
+    children = subprocess.run(
+        ["pgrep", "-P", str(postmaster)], capture_output=True, text=True
+    ).stdout.split()
+    return [postmaster, *map(int, children)]
+
+
+def test_deny_refuses_while_the_store_hangs(
+    server: str, tmp_path: Path, start_proxy: ProxyFactory, fake_provider: FakeProvider
+) -> None:
+    """The server stops answering (SIGSTOP: a hung host, a network black hole): reads
+    neither end nor fail. Before, ``deny`` admitted every call meanwhile (77 of 77 in 20
+    s), with nothing logged."""
+    lake = f"ducklake:postgres:{create_database(server, DATABASE + '_hang')}"
+    catalog = governed_catalog(
+        tmp_path / "catalog.yaml",
+        fake_provider,
+        ALICE,
+        entitlements=[{"feature": "gpt-out", "limit": 10_000}],
+    )
+    proxy = start_proxy(
+        catalog=catalog,
+        options={
+            "meter_db": lake,
+            "meter_governance_failure": "deny",
+            "meter_governance_refresh": "0.5",
+        },
+        env={"METERLINE_LAKE_DATA": str(tmp_path / "lake-data")},
+    )
+    with openai_client(proxy, fake_provider, KEYS["alice"]) as client:
+        chat(client, 10)
+        proxy.wait_for_log(r"usage limits enforced from the store", timeout=60)
+        pids = _server_pids(server)
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            deadline = time.monotonic() + 40
+            while True:
+                try:
+                    chat(client, 10)
+                except openai.InternalServerError as e:
+                    assert e.status_code == 503 and "cannot be checked" in e.message
+                    break
+                assert time.monotonic() < deadline, "deny never refused while the store hung"
+                time.sleep(0.5)
+        finally:
+            for pid in pids:
+                os.kill(pid, signal.SIGCONT)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                chat(client, 10)
+                break
+            except openai.InternalServerError:
+                assert time.monotonic() < deadline, "calls stayed refused after the store woke"
                 time.sleep(0.5)

@@ -90,3 +90,33 @@ def test_flex_calls_are_stored_as_flex_and_not_counted_against_the_default_limit
         )
     assert reply.service_tier == "flex"
     assert len(rows_where(proxy, "service_tier = 'flex'", 4)) == 4
+
+
+def test_a_tier_asked_for_but_not_served_stops_sparing_calls_the_default_limit(
+    tmp_path: Path, fake_provider: FakeProvider, start_proxy: ProxyFactory
+) -> None:
+    """The provider serves a ``flex`` request at ``default`` (as OpenAI may serve a
+    ``priority`` one under load). Before, every call asking ``flex`` skipped the default
+    tier's limit and was billed there: 880 default tokens stored on a cap of 100. Now the
+    first such call teaches the proxy that the tier was not kept, and from then on those
+    calls meet every limit. A tier no feature names (``bogus``) never spares a limit."""
+    proxy = start_proxy(catalog=tiered_catalog(tmp_path / "catalog.yaml", fake_provider))
+    served_default = {"x-fake": "output=40,tier=default"}
+
+    def call(tier: str) -> None:
+        client.chat.completions.create(
+            model="gpt-4o", messages=HI, max_tokens=40, service_tier=tier,  # type: ignore[arg-type]
+            extra_headers=served_default,
+        )  # fmt: skip
+
+    with openai_client(proxy, fake_provider, KEYS["alice"]) as client:
+        call("default")
+        call("default")
+        call("flex")  # checked as flex (nothing held it), served at default: 120 used
+        rows_where(proxy, "reason IS NULL", 3)
+        proxy.wait_for_log(r"served a call asking for tier 'flex' at 'default'", timeout=10)
+        for tier in ("flex", "bogus"):
+            with pytest.raises(openai.RateLimitError):
+                call(tier)
+    served = rows_where(proxy, "reason IS NULL", 3)
+    assert sum(r["output_tokens"] for r in served) == 120

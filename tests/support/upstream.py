@@ -23,7 +23,8 @@ headers), ``status=CODE`` (a provider-shaped error),
 ``prompt=N`` / ``output=N`` (fixed token figures), ``model=NAME`` (answer as that model, as
 a provider does that resolves an alias or an Azure deployment), ``usage-in-choice``
 (OpenRouter's usage chunk: a choice with ``finish_reason: null``, not ``choices: []``),
-``hold-done`` (``data: [DONE]`` only to a client still there). An OpenAI request that
+``hold-done`` (``data: [DONE]`` only to a client still there), ``tier=NAME`` (answer as
+served at that service tier whatever was asked). An OpenAI request that
 asks for a ``service_tier`` is answered with the tier that served it, as OpenAI does
 (``auto`` served at ``default``; a Responses stream's ``response.created`` echoes the asked
 one). Output never exceeds the request's
@@ -166,6 +167,9 @@ class _Behaviour:
     hold_done: bool = False
     """Send a stream's last part (``data: [DONE]``) only if the client is still there:
     wait until the proxy closes the connection (bounded), then end without it."""
+    served_tier: str = ""
+    """The service tier the answer names whatever the request asked (``tier=NAME``; a
+    provider that serves a ``priority`` request at ``default`` under load)."""
     pad: int = 0
     """Bytes of base64 payload before the usage: an embedding (OpenAI), an image part in
     the last chunk (Gemini): a body or SSE event bigger than the proxy reads whole."""
@@ -199,6 +203,8 @@ class _Behaviour:
                 b.model = value
             elif name == "pad":
                 b.pad = int(value)
+            elif name == "tier":
+                b.served_tier = value
             elif name in ("prompt", "output"):  # fixed token figures
                 setattr(b, name, int(value))
             else:
@@ -267,9 +273,11 @@ async def _client_gone(request: web.Request, timeout: float = 10.0) -> None:
         request.transport.abort()
 
 
-def _served_tier(data: Any) -> dict[str, str]:
+def _served_tier(data: Any, served: str = "") -> dict[str, str]:
     """OpenAI's ``service_tier`` answer field for a request body: the tier it asked for
-    (``auto``: ``default``), none when it asked for none."""
+    (``auto``: ``default``), none when it asked for none; ``served`` whatever it asked."""
+    if served:
+        return {"service_tier": served}
     asked = data.get("service_tier") if isinstance(data, dict) else None
     if not isinstance(asked, str):
         return {}
@@ -664,7 +672,12 @@ class FakeProvider(LoopbackServers):
                 "audio_tokens": f["audio_out"],
             },
         }
-        base = {"id": ex.response_id, "created": created, "model": ex.model, **_served_tier(data)}
+        base = {
+            "id": ex.response_id,
+            "created": created,
+            "model": ex.model,
+            **_served_tier(data, b.served_tier),
+        }
         if not ex.streamed:
             body: dict[str, Any] = {
                 **base,
@@ -758,7 +771,7 @@ class FakeProvider(LoopbackServers):
             "model": ex.model,
             "output": [message],
             "usage": None if b.no_usage else usage,
-            **_served_tier(data),
+            **_served_tier(data, b.served_tier),
         }
         if not ex.streamed:
             raw = json.dumps(response).encode()
