@@ -24,10 +24,10 @@ loop free), at most :data:`FIRST_READ_WAIT_S`. If it fails, or has not ended by 
 ``meter_governance_failure`` decides: ``allow`` counts from zero (this proxy's own calls
 since start, and the events an earlier run left in the spool) until a read succeeds,
 ``deny`` refuses governed calls (503) until then, and again whenever reads have failed
-for :data:`STALE_READS` refresh intervals (an outage while the proxy runs: a fleet's
-other proxies' calls are unseen meanwhile). A counter the store was never read for
-(a policy change adds it) refuses with a retryable 503 until the next read, which the
-change triggers.
+for :data:`STALE_READS` refresh intervals, or none has ended for :data:`HUNG_READ_S` more
+(an outage while the proxy runs: a fleet's other proxies' calls are unseen meanwhile).
+A counter the store was never read for (a policy change adds it) refuses with a
+retryable 503 until the next read, which the change triggers.
 
 An error inside governance (a bug, a catalog the period maths cannot serve) never costs
 an event and never forwards a call its plan could refuse: :meth:`Governance.check`
