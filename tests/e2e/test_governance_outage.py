@@ -26,6 +26,7 @@ from tests.e2e.test_governance import ALICE, chat
 from tests.support.clients import openai_client
 from tests.support.governance import governed_catalog
 from tests.support.postgres import _bin_dir, create_database, postgres_server
+from tests.support.proxy import MeterProxy
 from tests.support.upstream import FakeProvider
 
 DATABASE = "outage"
@@ -53,17 +54,18 @@ def _outage(conninfo: str, down: bool) -> None:
         )
 
 
-def test_deny_refuses_once_reads_have_failed_for_a_while(
-    server: str, tmp_path: Path, start_proxy: ProxyFactory, fake_provider: FakeProvider
-) -> None:
-    lake = f"ducklake:postgres:{create_database(server, DATABASE)}"
+def _deny_proxy(
+    server: str, database: str, limit: int, tmp_path: Path, start: ProxyFactory, fake: FakeProvider
+) -> MeterProxy:
+    """A proxy with ``deny`` on a lake of its own, re-reading it every 0.5 s."""
+    lake = f"ducklake:postgres:{create_database(server, database)}"
     catalog = governed_catalog(
         tmp_path / "catalog.yaml",
-        fake_provider,
+        fake,
         ALICE,
-        entitlements=[{"feature": "gpt-out", "limit": 300}],
+        entitlements=[{"feature": "gpt-out", "limit": limit}],
     )
-    proxy = start_proxy(
+    return start(
         catalog=catalog,
         options={
             "meter_db": lake,
@@ -72,6 +74,38 @@ def test_deny_refuses_once_reads_have_failed_for_a_while(
         },
         env={"METERLINE_LAKE_DATA": str(tmp_path / "lake-data")},
     )
+
+
+def _until_refused(client: openai.OpenAI, why: str) -> None:
+    """Calls until ``deny`` refuses one with its 503 (within three refresh intervals of
+    the last read, or ten seconds more for a read that hangs, calls still pass)."""
+    deadline = time.monotonic() + 40
+    while True:
+        try:
+            chat(client, 10)
+        except openai.InternalServerError as e:  # before: admitted on old figures
+            assert e.status_code == 503 and "cannot be checked" in e.message
+            return
+        assert time.monotonic() < deadline, f"deny never refused {why}"
+        time.sleep(0.2)
+
+
+def _until_admitted(client: openai.OpenAI) -> None:
+    """Calls until one passes again: a read succeeded, limits checked on its figures."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            chat(client, 10)
+            return
+        except openai.InternalServerError:
+            assert time.monotonic() < deadline, "calls stayed refused after the outage"
+            time.sleep(0.5)
+
+
+def test_deny_refuses_once_reads_have_failed_for_a_while(
+    server: str, tmp_path: Path, start_proxy: ProxyFactory, fake_provider: FakeProvider
+) -> None:
+    proxy = _deny_proxy(server, DATABASE, 300, tmp_path, start_proxy, fake_provider)
     with openai_client(proxy, fake_provider, KEYS["alice"]) as client:
         chat(client, 100)  # the store read: 100 of 300 used
         proxy.wait_for_log(r"usage limits enforced from the store", timeout=60)
@@ -79,25 +113,10 @@ def test_deny_refuses_once_reads_have_failed_for_a_while(
         try:
             mark = proxy.log_mark()
             proxy.wait_for_log(r"cannot read usage for limits", timeout=30, since=mark)
-            deadline = time.monotonic() + 30
-            while True:  # within three refresh intervals of the last read, calls still pass
-                try:
-                    chat(client, 10)
-                except openai.InternalServerError as e:  # before: admitted on old figures
-                    assert e.status_code == 503 and "cannot be checked" in e.message
-                    break
-                assert time.monotonic() < deadline, "deny never refused during the outage"
-                time.sleep(0.2)
+            _until_refused(client, "during the outage")
         finally:
             _outage(server, down=False)
-        deadline = time.monotonic() + 60
-        while True:  # a read succeeds again: the limit is checked on the store's figures
-            try:
-                chat(client, 10)
-                break
-            except openai.InternalServerError:
-                assert time.monotonic() < deadline, "calls stayed refused after the outage"
-                time.sleep(0.5)
+        _until_admitted(client)
 
 
 def _server_pids(conninfo: str) -> list[int]:
@@ -119,22 +138,7 @@ def test_deny_refuses_while_the_store_hangs(
     """The server stops answering (SIGSTOP: a hung host, a network black hole): reads
     neither end nor fail. Before, ``deny`` admitted every call meanwhile (77 of 77 in 20
     s), with nothing logged."""
-    lake = f"ducklake:postgres:{create_database(server, DATABASE + '_hang')}"
-    catalog = governed_catalog(
-        tmp_path / "catalog.yaml",
-        fake_provider,
-        ALICE,
-        entitlements=[{"feature": "gpt-out", "limit": 10_000}],
-    )
-    proxy = start_proxy(
-        catalog=catalog,
-        options={
-            "meter_db": lake,
-            "meter_governance_failure": "deny",
-            "meter_governance_refresh": "0.5",
-        },
-        env={"METERLINE_LAKE_DATA": str(tmp_path / "lake-data")},
-    )
+    proxy = _deny_proxy(server, DATABASE + "_hang", 10_000, tmp_path, start_proxy, fake_provider)
     with openai_client(proxy, fake_provider, KEYS["alice"]) as client:
         chat(client, 10)
         proxy.wait_for_log(r"usage limits enforced from the store", timeout=60)
@@ -142,23 +146,8 @@ def test_deny_refuses_while_the_store_hangs(
         for pid in pids:
             os.kill(pid, signal.SIGSTOP)
         try:
-            deadline = time.monotonic() + 40
-            while True:
-                try:
-                    chat(client, 10)
-                except openai.InternalServerError as e:
-                    assert e.status_code == 503 and "cannot be checked" in e.message
-                    break
-                assert time.monotonic() < deadline, "deny never refused while the store hung"
-                time.sleep(0.5)
+            _until_refused(client, "while the store hung")
         finally:
             for pid in pids:
                 os.kill(pid, signal.SIGCONT)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                chat(client, 10)
-                break
-            except openai.InternalServerError:
-                assert time.monotonic() < deadline, "calls stayed refused after the store woke"
-                time.sleep(0.5)
+        _until_admitted(client)
