@@ -199,9 +199,10 @@ def _first(body: bytes, key: bytes, start: int = 0, stop: int | None = None) -> 
     return found
 
 
-def _top_model(body: bytes) -> Any:
-    """The top-level ``model`` string ("" when there is none), or :data:`_REREAD`."""
-    found = _first(body, b'"model"')
+def _top_string(body: bytes, key: bytes = b'"model"') -> Any:
+    """The top-level string member ``key`` ("" when there is none, or it is not a
+    string), or :data:`_REREAD` when the shortcut cannot tell."""
+    found = _first(body, key)
     if found is None or found is _REREAD:
         return "" if found is None else _REREAD
     i, j = found
@@ -369,14 +370,17 @@ _ASKED_TIERS = {"standard_only": "standard"}
 
 def requested_tier(body: bytes) -> str | None:
     """The service tier a request body asks for (lower case), or None: none named, or
-    ``auto``. Parsed only when the body names one (rare)."""
+    ``auto``. Read as the top-level ``model`` is (:func:`_top_string`: a scan, no parse);
+    parsed whole only where that cannot tell (a key used twice, escapes)."""
     if _TIER not in body:
         return None
-    try:
-        data = jsoncodec.loads(body)
-    except ValueError:
-        return None
-    tier = data.get("service_tier") if isinstance(data, dict) else None
+    tier = _top_string(body, _TIER)
+    if tier is _REREAD:
+        try:
+            data = jsoncodec.loads(body)
+        except ValueError:
+            return None
+        tier = data.get("service_tier") if isinstance(data, dict) else None
     if not isinstance(tier, str) or not tier or tier.lower() == "auto":
         return None
     return _ASKED_TIERS.get(tier.lower(), tier.lower())
@@ -395,7 +399,7 @@ def estimate_request(flavor: str, path: str, body: bytes) -> Estimate:
             output = _parsed(flavor, body, path)[1]
     else:
         keys = output_keys(flavor, path)
-        model, output = _top_model(body), _top_bound(body, keys)
+        model, output = _top_string(body), _top_bound(body, keys)
         if (
             model is _REREAD
             or output is _REREAD
