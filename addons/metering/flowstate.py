@@ -317,7 +317,7 @@ class FlowMeter:
 
         Whether the call streams is read from the parsed body, decoded first when it has
         a ``Content-Encoding`` (then encoded again the same way, as :meth:`pin_model`)."""
-        if not _INCLUDE_USAGE_PATH.search(self.billed_path) or not self.streaming_requested():
+        if not self._chat_stream():
             return
         if not api_version_takes_stream_options(self.path.partition("?")[2]):
             return  # an Azure API version that would refuse the whole call
@@ -335,6 +335,11 @@ class FlowMeter:
         req.headers["accept-encoding"] = "identity"
         self.drop_usage = True
 
+    def _chat_stream(self) -> bool:
+        """A streamed Chat Completions (or legacy Completions) call: one whose stream
+        reports usage in a chunk of its own, when asked (``stream_options``)."""
+        return bool(_INCLUDE_USAGE_PATH.search(self.billed_path)) and self.streaming_requested()
+
     def usage_stream_filter(self, headers: dict[str, str]) -> UsageStreamFilter | None:
         """The filter that keeps the client from leaving a stream before its usage
         (:mod:`addons.metering.streamfilter`): an OpenAI chat stream with a usage chunk
@@ -350,7 +355,7 @@ class FlowMeter:
             return None
         if self.tap is not None:
             return UsageStreamFilter(responses_rule)
-        if not _INCLUDE_USAGE_PATH.search(self.billed_path) or not self.streaming_requested():
+        if not self._chat_stream():
             return None
         body = self.request_json()
         options = body.get("stream_options") if isinstance(body, dict) else None

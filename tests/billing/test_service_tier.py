@@ -12,13 +12,15 @@ from __future__ import annotations
 from decimal import Decimal
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from billing.dashboard.queries import resolve_range, unbilled
 from billing.invoices import explain_line, generate_invoices
+from billing.model import Invoice
 from billing.store import billing_store
 from billing.usage import UsageQuery, usage_report
-from meterline.catalog import CatalogError, parse_catalog
+from meterline.catalog import Catalog, CatalogError, parse_catalog
 from meterline.servicetiers import tier_matches
 from tests.billing.events import Event, add_events, setup, utc
 
@@ -71,13 +73,17 @@ CALLS = (
 )
 
 
+def _january(con: duckdb.DuckDBPyConnection, catalog: Catalog) -> Invoice:
+    """January's one invoice, generated just after the month ended."""
+    [inv] = generate_invoices(con, catalog, "2026-01", now=utc("2026-02-01T00:00:05Z")).invoices
+    return inv
+
+
 def test_flex_and_default_calls_of_one_model_bill_at_their_own_rates(tmp_path: Path) -> None:
     s = setup(tmp_path, CATALOG)
     add_events(s.db, *CALLS)
     with billing_store(s.db) as con:
-        [inv] = generate_invoices(
-            con, s.catalog, "2026-01", now=utc("2026-02-01T00:00:05Z")
-        ).invoices
+        inv = _january(con, s.catalog)
         lines = {ln.rate_card_key: ln for ln in inv.lines}
         # default: 2,000,000 * 1.25 / 1M = 2.50; flex: 5,000,000 * 0.625 / 1M = 3.125 -> 3.13
         assert {k: (ln.quantity, ln.amount) for k, ln in lines.items()} == {
@@ -120,9 +126,7 @@ def test_a_meter_without_a_tier_counts_every_tier(tmp_path: Path) -> None:
     s = setup(tmp_path, catalog)
     add_events(s.db, *CALLS)
     with billing_store(s.db) as con:
-        [inv] = generate_invoices(
-            con, s.catalog, "2026-01", now=utc("2026-02-01T00:00:05Z")
-        ).invoices
+        inv = _january(con, s.catalog)
     lines = {ln.rate_card_key: ln for ln in inv.lines}
     assert lines["in"].quantity == Decimal(7_500_000)
     assert "service_tier" not in lines["in"].detail["meter"]  # as lines stored before
@@ -174,9 +178,7 @@ def test_untiered_events_are_billed_once_beside_a_feature_of_other_tiers(
     s = setup(tmp_path, CATALOG.replace("service_tier: flex", "service_tier: [priority, scale]"))
     add_events(s.db, _call(5, 1_000_000, None), _call(6, 1_000_000, "priority"))
     with billing_store(s.db) as con:
-        [inv] = generate_invoices(
-            con, s.catalog, "2026-01", now=utc("2026-02-01T00:00:05Z")
-        ).invoices
+        inv = _january(con, s.catalog)
     lines = {ln.rate_card_key: ln for ln in inv.lines}
     assert (lines["in"].quantity, lines["flex-in"].quantity) == (1_000_000, 1_000_000)
 
