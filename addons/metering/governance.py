@@ -43,6 +43,8 @@ import contextlib
 import json
 import logging
 import os
+import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -66,10 +68,12 @@ from meterline.entitlements import (
     Reservation,
     Snapshot,
     build_policy,
+    fleet,
     read_snapshot,
 )
 from meterline.entitlements.policy import counter_id
 from meterline.eventschema import EVENT_COLUMNS, TOKEN_COLUMNS
+from meterline.lakerepair import metadata_alias
 from meterline.servicetiers import REQUESTABLE_TIERS
 from meterline.store import LAKE_PREFIX, open_store, store
 
@@ -83,6 +87,7 @@ STALE_READS = 3
 #: well under a second; one under load a few).
 HUNG_READ_S = 10.0
 _TOKEN_FIELDS = TOKEN_COLUMNS
+_METADATA = metadata_alias()
 
 
 def may_govern(catalog: Catalog | None) -> bool:
@@ -205,6 +210,11 @@ class Governance:
         self._wake = threading.Event()
         self.state_path: Path | None = None
         self._lake: tuple[str, duckdb.DuckDBPyConnection] | None = None
+        self._shared = False
+        """The lake's proxies share their calls in flight (:mod:`meterline.entitlements.fleet`)."""
+        self._publish_warned: float | None = None
+        self.publisher = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        """This proxy in the fleet's table of calls in flight (one running process)."""
         self._through_writer: Callable[[Callable[[duckdb.DuckDBPyConnection], Any]], Any] | None
         self._through_writer = None
         """The writer's connection: a DuckDB file can be open only once per process."""
@@ -215,7 +225,11 @@ class Governance:
 
     # ------------------------------------------------------------------ setup
 
-    def configure(self, refresh: str, failure: str, locator: str) -> None:
+    def configure(
+        self, refresh: str, failure: str, locator: str, proxy_id: str | None = None
+    ) -> None:
+        if proxy_id:
+            self.publisher = f"{proxy_id}:{self.publisher.split(':', 1)[1]}"
         self.refresh_s = parse_refresh(refresh)
         self.deny_when_blind = failure == "deny"
         if self.locator is not None and locator != self.locator:
@@ -733,7 +747,13 @@ class Governance:
                 if self._lake is None or self._lake[0] != locator:
                     self._close_lake()
                     self._lake = (locator, open_store(locator, wait_s=5))
-                return read_snapshot(self._lake[1], policy, datetime.now(UTC), self._looked_for)
+                    self._shared = self._share(self._lake[1])
+                con = self._lake[1]
+                peers = None
+                if self._shared:
+                    self._publish(con)
+                    peers = self._peer_rows
+                return read_snapshot(con, policy, datetime.now(UTC), self._looked_for, peers)
             pending = self._looked_for
             if self._through_writer is not None:
                 snap: Snapshot = self._through_writer(
@@ -750,6 +770,43 @@ class Governance:
                 self._read_warned = time.monotonic()  # once a minute while reads fail
                 log.warning("meterline: cannot read usage for limits from %s: %s", locator, e)
             return None
+
+    def _share(self, con: duckdb.DuckDBPyConnection) -> bool:
+        """Whether this lake's proxies share what they hold (a PostgreSQL catalog), its
+        table created if need be. A role that cannot create it is said once; the fleet's
+        limits then see each other's calls only once stored, as before."""
+        try:
+            if not fleet.is_shared(con, _METADATA):
+                return False
+            fleet.create_table(con, _METADATA)
+        except duckdb.Error as e:
+            log.warning(
+                "meterline: cannot share calls in flight with the fleet's other proxies "
+                "(%s); limits count their calls once stored",
+                str(e).splitlines()[0],
+            )
+            return False
+        return True
+
+    def _publish(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Write this proxy's calls in flight and events not seen stored (from the
+        reading thread: dicts copied in C, no lock). A failure is logged once a minute
+        (the read that follows says whether the server answers)."""
+        c = self.counters
+        held = fleet.held_of(c.reserved, c.in_flight, c.pending)
+        ttl = fleet.ttl_seconds(self.refresh_s)
+        try:
+            fleet.publish(con, _METADATA, self.publisher, held, ttl)
+        except duckdb.Error as e:
+            if self._publish_warned is None or time.monotonic() - self._publish_warned > 60:
+                self._publish_warned = time.monotonic()
+                log.warning(
+                    "meterline: cannot share calls in flight with the fleet: %s",
+                    str(e).splitlines()[0],
+                )
+
+    def _peer_rows(self, con: duckdb.DuckDBPyConnection) -> list[fleet.Row]:
+        return fleet.read_rows(con, _METADATA, self.publisher)
 
     def _policy_for_read(self) -> Policy:
         """The policy in force now (on the reading thread): the event loop rebuilds its
@@ -770,18 +827,25 @@ class Governance:
             with contextlib.suppress(Exception):
                 self._lake[1].close()
             self._lake = None
+            self._shared = False
 
-    def _write_state(self, snapshot_at: datetime | None) -> None:
-        """Reservations in flight and the time of the last store read (handed to the loop)."""
+    def _write_state(self, snap: Snapshot | None) -> None:
+        """Reservations in flight, the time of the last store read (handed to the loop)
+        and, in a fleet, the other proxies' figures it held."""
         if self.state_path is None:
             return
         reserved = dict(self.counters.reserved)  # a copy taken in C: no lock needed
-        state = {
+        state: dict[str, Any] = {
             "written_at": datetime.now(UTC).isoformat(),
             "refresh_s": self.refresh_s,
-            "snapshot_at": snapshot_at.isoformat() if snapshot_at else None,
+            "snapshot_at": snap.taken_at.isoformat() if snap is not None else None,
             "reserved": {counter_id(k): v for k, v in reserved.items()},
         }
+        if snap is not None and self._shared:
+            state["fleet"] = {
+                "used": {counter_id(k): v for k, v in snap.peers.used.items()},
+                "reserved": {counter_id(k): v for k, v in snap.peers.reserved.items()},
+            }
         try:
             _dump(self.state_path, state)
         except OSError as e:
@@ -857,7 +921,7 @@ class Governance:
                         loop.call_soon_threadsafe(self._blind)
                 except RuntimeError:  # the loop closed meanwhile
                     break
-            self._write_state(snap.taken_at if snap is not None else None)
+            self._write_state(snap)
         self._close_lake()
 
 

@@ -12,8 +12,9 @@ from billing.cli.common import NON_EMPTY, Settings, format_option, pass_settings
 from billing.entitlements import entitlement_rows, read_reserved
 from billing.errors import UnknownCustomer
 from meterline.catalog import Catalog
-from meterline.entitlements import build_policy
+from meterline.entitlements import build_policy, fleet
 from meterline.entitlements.policy import active_subscription
+from meterline.lakerepair import metadata_alias
 
 
 @click.command("entitlements")
@@ -23,7 +24,8 @@ from meterline.entitlements.policy import active_subscription
     "states",
     multiple=True,
     type=click.Path(path_type=Path),
-    help="A proxy's governance.json (in its spool directory) for calls in flight; repeatable.",
+    help="A proxy's governance.json (in its spool directory) for calls in flight; repeatable. "
+    "On a fleet's lake (PostgreSQL) they are read from the proxies' shared table instead.",
 )
 @format_option()
 @pass_settings
@@ -32,8 +34,10 @@ def entitlements_cmd(
 ) -> None:
     """Limit, used, reserved in flight, remaining, credit balance and reset time.
 
-    The same figures the proxy enforces (read from the store and the catalog). For a
-    --customer with no active subscription, a line on stderr says so and since when.
+    The same figures the proxy enforces (read from the store and the catalog). Calls in
+    flight come from --proxy-state files, or on a fleet's lake (PostgreSQL) from the
+    table its proxies share. For a --customer with no active subscription, a line on
+    stderr says so and since when.
 
     \b
     Example usage:
@@ -48,6 +52,8 @@ def entitlements_cmd(
         click.echo(f"warning: {warning}", err=True)
     now = datetime.now(UTC)
     with settings.store() as con:
+        if not states:  # a fleet's lake: its proxies share their calls in flight
+            reserved = fleet.reserved_by_counter(con, metadata_alias()) or reserved
         rows = entitlement_rows(con, catalog, customer=customer, now=now, reserved=reserved)
     click.echo(render.rows(rows, fmt))
     inactive = _no_active_subscription(catalog, customer, now) if customer else None

@@ -58,6 +58,7 @@ from fractions import Fraction
 from iso4217 import Currency
 
 from meterline.entitlements.cost import to_decimal
+from meterline.entitlements.fleet import Peers
 from meterline.entitlements.policy import (
     INPUT_TYPES,
     OUTPUT_TYPES,
@@ -148,6 +149,8 @@ class Snapshot:
     """Per customer, every money grant with something left, expired ones included, as
     (expires at, left), in the order invoices take them: an expired grant still pays the
     invoice of a period that began before it expired (billing.credits)."""
+    peers: Peers = field(default_factory=Peers)
+    """The other proxies' figures read with it (a fleet on a PostgreSQL lake)."""
 
 
 @dataclass
@@ -167,6 +170,9 @@ class Counters:
     grants_left: dict[str, tuple[tuple[datetime | None, Decimal], ...]] = field(
         default_factory=dict
     )
+    peers: Peers = field(default_factory=Peers)
+    """The other proxies of a fleet: their calls in flight and their events not in the
+    store yet, as of the last snapshot (:mod:`meterline.entitlements.fleet`)."""
     unread_as_zero: bool = False
     """Count unread counters from zero (the store is unreachable, failure policy ``allow``)."""
     _balances: dict[str, Fraction] = field(default_factory=dict)
@@ -179,20 +185,22 @@ class Counters:
     # ------------------------------------------------------------------ reading
 
     def used(self, key: Key) -> int:
-        return self.stored.get(key, 0) + self.pending_sum.get(key, 0)
+        """Units metered: stored, this proxy's pending and the other proxies' not stored."""
+        return self.stored.get(key, 0) + self.pending_sum.get(key, 0) + self.peers.used.get(key, 0)
 
     def committed(self, key: Key) -> int:
-        return self.stored.get(key, 0) + self.pending_sum.get(key, 0) + self.reserved.get(key, 0)
+        return self.used(key) + self.reserved.get(key, 0) + self.peers.reserved.get(key, 0)
 
     def admitting(self, key: Key) -> int:
         """What admission holds against ``key``'s limit: its used units, and every
         reservation of its customer's feature, those made in earlier periods or under an
         earlier account (another subscription, plan or period) included: they may settle
         into this one."""
-        return (
-            self.stored.get(key, 0)
-            + self.pending_sum.get(key, 0)
-            + max(self.in_flight.get(key[:2], 0), self.reserved.get(key, 0))
+        peers = self.peers
+        cf = key[:2]
+        return self.used(key) + max(
+            self.in_flight.get(cf, 0) + peers.in_flight.get(cf, 0),
+            self.reserved.get(key, 0) + peers.reserved.get(key, 0),
         )
 
     def unread(self, key: Key) -> bool:
@@ -372,7 +380,7 @@ class Counters:
         what they reserved, so the refusal says so and asks for a retry (before, it gave
         the period's reset, days away, with ``x-should-retry: false``, and the same call
         was admitted a moment later)."""
-        used = self.stored.get(key, 0) + self.pending_sum.get(key, 0)
+        used = self.used(key)
         total = f"{limit} {feature} units per period{f' (+{granted} granted)' if granted else ''}"
         if used < limit + granted:
             return _held_in_flight(
@@ -478,6 +486,7 @@ class Counters:
         self.unit_balances = snap.unit_balances
         self._balances = {k: Fraction(v) for k, v in snap.balances.items()}
         self.grants_left = snap.grants_left
+        self.peers = snap.peers
         self.snapshot_at = snap.taken_at
 
     def pending_ids(self) -> list[str]:

@@ -19,6 +19,7 @@ from typing import Any
 
 import duckdb
 
+from meterline.entitlements import fleet
 from meterline.entitlements.counters import Snapshot
 from meterline.entitlements.policy import Account, Key, Policy
 from meterline.eventschema import TOKEN_COLUMNS
@@ -287,6 +288,7 @@ def read_snapshot(
     policy: Policy,
     at: datetime,
     pending_ids: Callable[[], Sequence[str]],
+    peer_rows: Callable[[duckdb.DuckDBPyConnection], list[fleet.Row]] | None = None,
 ) -> Snapshot:
     """Everything the counters take from the store, in one read transaction.
 
@@ -295,6 +297,10 @@ def read_snapshot(
     before it was spooled, so it is among them and leaves ``pending`` when applied. Ids
     taken before the read would miss an event counted and stored meanwhile: it would
     count twice (stored and pending) until the next read.
+
+    ``peer_rows`` (a fleet on a PostgreSQL lake) reads the other proxies' rows, after the
+    snapshot too, for the same reason: their pending events this snapshot holds are
+    found by the same query as this proxy's own and counted once, as stored.
     """
     con.execute("BEGIN TRANSACTION")
     try:
@@ -302,12 +308,15 @@ def read_snapshot(
             stored = policy_usage(con, policy, at)
             stored.update(unbilled_usage(con, policy, at))
             pending = pending_ids()
-            seen = seen_event_ids(con, pending, None) if pending else set()
+            rows = peer_rows(con) if peer_rows is not None else []
+            looked_for = [*pending, *fleet.pending_ids(rows)]
+            seen = seen_event_ids(con, looked_for, None) if looked_for else set()
         else:  # a new store: nothing metered yet
             stored, seen = policy_keys(policy, at), set()
+            rows = peer_rows(con) if peer_rows is not None else []
         balances = credit_balances(con, at)
         units = unit_balances(con, at)
         left = grants_left(con)
     finally:
         con.execute("ROLLBACK")
-    return Snapshot(stored, seen, balances, at, units, left)
+    return Snapshot(stored, seen, balances, at, units, left, fleet.peers_from(rows, seen))

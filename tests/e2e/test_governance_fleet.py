@@ -16,7 +16,9 @@ from pathlib import Path
 
 import openai
 import pytest
+from click.testing import CliRunner
 
+from billing.cli import main as billing_cli
 from meterline.store import store
 from tests.conftest import KEYS, ProxyFactory
 from tests.e2e.test_governance import ALICE, chat
@@ -55,7 +57,7 @@ def fleet(lake: tuple[str, Path], start_proxy: ProxyFactory, catalog: Path) -> l
     ]
 
 
-def lake_output(lake: tuple[str, Path], consumer: str) -> int:
+def lake_output(lake: tuple[str, Path], consumer: str = "alice") -> int:
     """Output tokens of ``consumer`` the lake holds (read with this process's connection)."""
     with store(lake[0]) as con:
         tables = {r[0] for r in con.execute("SHOW TABLES").fetchall()}
@@ -68,10 +70,13 @@ def lake_output(lake: tuple[str, Path], consumer: str) -> int:
     return int(row[0]) if row else 0
 
 
-def wait_until_known(lake: tuple[str, Path], tokens: int, proxy: MeterProxy) -> None:
-    """Until the lake holds ``tokens`` output tokens and ``proxy`` has read it since."""
+def wait_until_known(
+    lake: tuple[str, Path], tokens: int, proxy: MeterProxy, consumer: str = "alice"
+) -> None:
+    """Until the lake holds ``tokens`` output tokens of ``consumer`` and ``proxy`` has read
+    it since."""
     deadline = time.monotonic() + 60
-    while lake_output(lake, "alice") < tokens:
+    while lake_output(lake, consumer) < tokens:
         assert time.monotonic() < deadline, "events never reached the lake"
         time.sleep(0.1)
     seen = datetime.now(UTC)
@@ -164,3 +169,113 @@ def test_fleet_overshoot_under_concurrent_traffic_is_bounded(
     # (flush + refresh + a read), plus one reservation; generous for a loaded machine.
     stale_s = 0.1 + REFRESH + 5.0
     assert overshoot <= PER_CALL + rate * stale_s * PER_CALL
+
+
+def fleet_state(proxy: MeterProxy) -> dict[str, dict[str, int]]:
+    """What ``proxy`` last read of the fleet's other proxies (``governance.json``)."""
+    try:
+        state = json.loads((proxy.spool / "governance.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return state.get("fleet") or {}
+
+
+def wait_for_fleet(proxy: MeterProxy, kind: str, units: int, timeout: float = 30.0) -> None:
+    """Until ``proxy`` has read the other proxies holding ``units`` of ``kind`` on one counter."""
+    deadline = time.monotonic() + timeout
+    while max(fleet_state(proxy).get(kind, {}).values(), default=0) < units:
+        name = proxy.options["meter_proxy_id"]
+        assert time.monotonic() < deadline, f"{name} never read {units} {kind}"
+        time.sleep(0.05)
+
+
+def test_a_call_in_flight_on_one_proxy_holds_the_limit_on_the_other(
+    lake: tuple[str, Path], tmp_path: Path, start_proxy: ProxyFactory, fake_provider: FakeProvider
+) -> None:
+    """A's call reserves the whole limit while it runs: B refuses (retry) until it ends,
+    then counts what it used once. Before, B admitted: it saw A's calls only once
+    stored, so a fleet of long calls overshot by every call in flight (1,010,000 tokens
+    on a 500,000 cap with 15 s calls)."""
+    limit = 400
+    catalog = governed_catalog(
+        tmp_path / "catalog.yaml",
+        fake_provider,
+        {"carol": KEYS["carol"]},
+        entitlements=[{"feature": "gpt-out", "limit": limit}],
+    )
+    a, b = fleet(lake, start_proxy, catalog)
+    with openai_client(a, fake_provider, KEYS["carol"]) as client:
+        chat(client, PER_CALL)  # the lake has events (billing refuses a store with none)
+        wait_until_known(lake, PER_CALL, b, "carol")
+        long_call = threading.Thread(
+            target=chat, args=(client, PER_CALL), kwargs={"max_tokens": limit, "think": 6}
+        )
+        long_call.start()
+        wait_for_fleet(b, "reserved", limit)
+        # `billing entitlements` on the lake shows it too, with no --proxy-state.
+        report = CliRunner().invoke(
+            billing_cli,
+            ["--db", lake[0], "--catalog", str(catalog), "entitlements", "--format", "json"],
+            env={"METERLINE_LAKE_DATA": str(lake[1])},
+        )
+        assert report.exit_code == 0, report.output
+        (row,) = (r for r in json.loads(report.output) if r["feature"] == "gpt-out")
+        assert row["reserved"] >= limit
+        with openai_client(b, fake_provider, KEYS["carol"]) as other:
+            with pytest.raises(openai.RateLimitError, match="held by calls in flight"):
+                chat(other, PER_CALL)
+            long_call.join(timeout=30)
+            assert not long_call.is_alive()
+            wait_until_known(lake, 2 * PER_CALL, b, "carol")
+            chat(other, PER_CALL)  # A's call settled at what it used: B admits again
+    wait_until_known(lake, 3 * PER_CALL, a, "carol")
+    assert lake_output(lake, "carol") == 3 * PER_CALL
+
+
+def test_events_not_flushed_yet_count_on_the_other_proxy_once(
+    lake: tuple[str, Path], tmp_path: Path, start_proxy: ProxyFactory, fake_provider: FakeProvider
+) -> None:
+    """A meters the whole limit and keeps it in its spool (a long flush interval): B
+    refuses from A's published events alone. Once A stops (its events flushed, its rows
+    still live for their time), B counts them once, from the lake: "400 used", not 800."""
+    limit = 400
+    catalog = governed_catalog(
+        tmp_path / "catalog.yaml",
+        fake_provider,
+        {"dave": KEYS["dave"]},
+        entitlements=[{"feature": "gpt-out", "limit": limit}],
+    )
+    locator, data = lake
+    a, b = (
+        start_proxy(
+            catalog=catalog,
+            options={
+                "meter_db": locator,
+                "meter_proxy_id": name,
+                "meter_governance_refresh": str(REFRESH),
+                "meter_flush_interval": interval,
+            },
+            env={"METERLINE_LAKE_DATA": str(data)},
+            name=name,
+        )
+        for name, interval in (("proxy-c", "3600"), ("proxy-d", "0.1"))
+    )
+    with openai_client(a, fake_provider, KEYS["dave"]) as client:
+        for _ in range(limit // PER_CALL):
+            chat(client, PER_CALL)
+    wait_for_fleet(b, "used", limit)
+    assert fleet_state(b)["used"] == {next(iter(fleet_state(b)["used"])): limit}
+    assert lake_output(lake, "dave") == 0  # still in A's spool
+    with (
+        openai_client(b, fake_provider, KEYS["dave"]) as client,
+        pytest.raises(openai.RateLimitError, match=rf"reached \({limit} used\)"),
+    ):
+        chat(client, PER_CALL)
+    assert a.stop() == 0  # flushes its spool; its rows stay until they expire
+    wait_until_known(lake, limit, b, "dave")
+    assert fleet_state(b)["used"] == {}  # A's events are in B's snapshot: not counted again
+    with (
+        openai_client(b, fake_provider, KEYS["dave"]) as client,
+        pytest.raises(openai.RateLimitError, match=rf"reached \({limit} used\)"),
+    ):
+        chat(client, PER_CALL)

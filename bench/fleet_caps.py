@@ -1,0 +1,168 @@
+"""How far a fleet of proxies on one DuckLake goes past a shared hard limit.
+
+``--proxies`` real metered mitmdumps on one lake (a throwaway PostgreSQL catalog), one
+customer with a hard limit of ``--cap`` output tokens a month. Each proxy is offered
+``--rate`` calls per second for ``--seconds``, each answering ``--tokens`` output tokens
+after ``--call-s`` seconds (the fake provider's ``think``), through the official
+``openai`` SDK, with the shipped refresh and flush intervals unless given. Reported: the
+calls admitted and refused, the tokens used against the cap, and the overshoot (what
+the lake holds once every call ended, checked against the admitted calls).
+
+Run it on an older checkout for a before/after (``PYTHONPATH=<checkout>``)::
+
+    .venv/bin/python bench/fleet_caps.py --proxies 3 --cap 500000 --tokens 5000 \\
+        --call-s 15 --rate 3 --seconds 40
+    .venv/bin/python bench/fleet_caps.py --proxies 3 --cap 5000000 --tokens 250000 \\
+        --call-s 0 --sequential 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import openai
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from meterline.store import store  # noqa: E402
+from tests.conftest import KEYS, PROVIDER_KEYS  # noqa: E402
+from tests.support.clients import openai_client  # noqa: E402
+from tests.support.governance import governed_catalog  # noqa: E402
+from tests.support.postgres import postgres_server  # noqa: E402
+from tests.support.proxy import MeterProxy  # noqa: E402
+from tests.support.upstream import FakeProvider  # noqa: E402
+
+CONSUMER = "carol"
+
+
+def call(client: openai.OpenAI, tokens: int, call_s: float) -> bool:
+    """One call of ``tokens`` output tokens; False when the proxy refused it (429)."""
+    think = f",think={call_s}" if call_s else ""
+    try:
+        client.chat.completions.create(
+            model="gpt-4o",
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=tokens,
+            extra_headers={"x-fake": f"output={tokens}{think}"},
+            timeout=call_s + 60,
+        )
+    except openai.RateLimitError:
+        return False
+    return True
+
+
+def lake_tokens(locator: str) -> int:
+    with store(locator) as con:
+        row = con.execute(
+            "SELECT coalesce(sum(output_tokens), 0) FROM usage_events WHERE consumer = ?",
+            [CONSUMER],
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--proxies", type=int, default=3)
+    ap.add_argument("--cap", type=int, default=500_000)
+    ap.add_argument("--tokens", type=int, default=5000, help="output tokens per call")
+    ap.add_argument("--call-s", type=float, default=15.0, help="seconds each call takes")
+    ap.add_argument("--rate", type=float, default=3.0, help="calls offered per s per proxy")
+    ap.add_argument("--seconds", type=float, default=40.0, help="how long calls are offered")
+    ap.add_argument(
+        "--sequential",
+        type=int,
+        default=0,
+        help="instead: N calls one at a time, alternating between the proxies",
+    )
+    ap.add_argument("--refresh", default="2.0", help="meter_governance_refresh")
+    ap.add_argument("--flush", default="1.0", help="meter_flush_interval")
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="fleet-caps-"))
+    with postgres_server() as conninfo, FakeProvider(work) as upstream:
+        locator = f"ducklake:postgres:{conninfo}"
+        data = work / "lake-data"
+        data.mkdir()
+        catalog = governed_catalog(
+            work / "catalog.yaml",
+            upstream,
+            {CONSUMER: KEYS[CONSUMER]},
+            entitlements=[{"feature": "gpt-out", "limit": args.cap}],
+        )
+        env = {**PROVIDER_KEYS, "METERLINE_LAKE_DATA": str(data)}
+        proxies = [
+            MeterProxy(
+                work / f"proxy-{n}",
+                catalog=catalog,
+                confdir=work / "confdir",
+                options={
+                    "ssl_insecure": True,
+                    "meter_db": locator,
+                    "meter_proxy_id": f"proxy-{n}",
+                    "meter_governance_refresh": args.refresh,
+                    "meter_flush_interval": args.flush,
+                },
+                env=env,
+            ).start()
+            for n in range(args.proxies)
+        ]
+
+        os.environ["METERLINE_LAKE_DATA"] = str(data)  # this process's reads of the lake
+        clients = [openai_client(p, upstream, KEYS[CONSUMER]) for p in proxies]
+        admitted = refused = 0
+        lock = threading.Lock()
+
+        def one(n: int) -> None:
+            nonlocal admitted, refused
+            ok = call(clients[n % len(clients)], args.tokens, args.call_s)
+            with lock:
+                if ok:
+                    admitted += 1
+                else:
+                    refused += 1
+
+        started = time.monotonic()
+        if args.sequential:
+            for n in range(args.sequential):
+                one(n)
+        else:
+            concurrency = int(args.rate * (args.call_s + 2) * args.proxies) + 8
+            with ThreadPoolExecutor(max_workers=concurrency) as pool:
+                n = 0
+                step = 1 / (args.rate * args.proxies)
+                while time.monotonic() - started < args.seconds:
+                    pool.submit(one, n)
+                    n += 1
+                    time.sleep(max(0.0, started + n * step - time.monotonic()))
+        elapsed = time.monotonic() - started
+        for c in clients:
+            c.close()
+        for p in proxies:
+            p.stop()
+        stored = lake_tokens(locator)
+    used = admitted * args.tokens
+    shape = (
+        f"{args.sequential} sequential calls alternating"
+        if args.sequential
+        else f"{args.rate:g} calls/s per proxy for {args.seconds:g} s"
+    )
+    print(
+        f"{args.proxies} proxies, cap {args.cap:,}, calls of {args.tokens:,} tokens taking "
+        f"{args.call_s:g} s, {shape} (refresh {args.refresh} s, flush {args.flush} s), "
+        f"{elapsed:.0f} s:"
+    )
+    print(
+        f"  admitted {admitted}, refused {refused}; used {used:,} (the lake holds "
+        f"{stored:,}); overshoot {used - args.cap:+,} ({used / args.cap:.3f}x the cap)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,230 @@
+"""What a fleet's proxies hold between lake flushes, shared through the lake's PostgreSQL.
+
+A proxy counts another proxy's calls only once their events are in the lake: a call
+must end, be flushed and be read first, so a fleet of proxies over-admitted by every
+call in that window (calls of 15 s ended at 1,010,000 tokens on a 500,000 cap). Each
+proxy therefore writes, at every refresh, what it holds that the lake does not show yet
+into a plain table of the lake's catalog database (:data:`TABLE`, not a DuckLake table:
+no snapshot, no file), and reads the others' rows in the same refresh:
+
+- ``reserved``: estimates of its calls in flight, per counter (:data:`Key`);
+- ``in_flight``: the same per (customer, feature), as :class:`Counters` holds them;
+- ``pending``: its events not seen in the lake at its last read, per event id. A reader
+  drops those its own lake snapshot holds (one ``event_id IN`` query, with its own
+  pending ids), so an event flushed meanwhile counts once, not twice.
+
+What is still unseen: what another proxy admitted or metered since its last write (one
+refresh interval). A proxy that stopped writing (killed, cut off) is forgotten when its
+rows expire (:func:`ttl_seconds`); a reader drops expired rows by PostgreSQL's clock,
+so the proxies' clocks need not agree.
+
+Only a lake whose catalog is PostgreSQL is shared this way (a DuckDB file has one
+writer). Values are SQL literals: names come from the catalog (a customer named
+``o'brien``), never from traffic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import duckdb
+
+from meterline.entitlements.policy import Key, counter_id
+
+TABLE = "meterline_fleet_live"
+#: Pending events written one row each, at most; past it the rest go per counter (no id:
+#: a reader cannot tell which of those the lake holds, and counts them).
+MAX_PENDING_ROWS = 5000
+_DDL = (
+    f"CREATE TABLE IF NOT EXISTS {TABLE} ("
+    " publisher text NOT NULL,"  # '<proxy id>:<pid>:<start>': one running proxy
+    " kind text NOT NULL,"  # 'reserved' | 'in_flight' | 'pending'
+    " customer text NOT NULL,"
+    " feature text NOT NULL,"
+    " cadence text,"  # the counter's account and period (NULL for in_flight)
+    " anchor timestamp,"
+    " period_start timestamp,"
+    " event_id text,"  # pending: the event (NULL past MAX_PENDING_ROWS)
+    " units bigint NOT NULL,"
+    " expires_at timestamptz NOT NULL)"
+)
+Row = tuple[str, str, str, str | None, datetime | None, datetime | None, str | None, int]
+"""(kind, customer, feature, cadence, anchor, period start, event id, units)."""
+_INDEX = f"CREATE INDEX IF NOT EXISTS {TABLE}_publisher ON {TABLE} (publisher)"
+
+
+def ttl_seconds(refresh_s: float) -> float:
+    """How long a proxy's rows count after it wrote them: five refresh intervals, at
+    least 10 s (a refresh waits for a lake read, which can take seconds under load)."""
+    return max(10.0, 5 * refresh_s)
+
+
+@dataclass(slots=True)
+class Held:
+    """What one proxy holds that the lake does not show yet."""
+
+    reserved: dict[Key, int] = field(default_factory=dict)
+    in_flight: dict[tuple[str, str], int] = field(default_factory=dict)
+    pending: dict[str, list[tuple[Key, int]]] = field(default_factory=dict)
+    """Event id -> its units per counter."""
+
+
+@dataclass(slots=True)
+class Peers:
+    """The other proxies' figures, as a reader counts them."""
+
+    used: dict[Key, int] = field(default_factory=dict)
+    """Their metered units the lake did not hold at the reader's snapshot."""
+    reserved: dict[Key, int] = field(default_factory=dict)
+    in_flight: dict[tuple[str, str], int] = field(default_factory=dict)
+
+
+def _lit(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _ts(value: datetime) -> str:
+    return _lit(value.astimezone(UTC).replace(tzinfo=None).isoformat(" "))
+
+
+def _duck(text: str) -> str:
+    """``text`` as a DuckDB string literal (the PostgreSQL script is one)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _key_values(key: Key) -> str:
+    customer, feature, cadence, anchor, start = key
+    return f"{_lit(customer)}, {_lit(feature)}, {_lit(cadence)}, {_ts(anchor)}, {_ts(start)}"
+
+
+def _rows(publisher: str, held: Held, ttl_s: float, max_pending: int) -> Iterable[str]:
+    who = _lit(publisher)
+    until = f"now() + interval '{ttl_s:.3f} seconds'"
+    for key, units in held.reserved.items():
+        yield f"({who}, 'reserved', {_key_values(key)}, NULL, {int(units)}, {until})"
+    for (customer, feature), units in held.in_flight.items():
+        yield (
+            f"({who}, 'in_flight', {_lit(customer)}, {_lit(feature)}, NULL, NULL, NULL, NULL, "
+            f"{int(units)}, {until})"
+        )
+    overflow: dict[Key, int] = {}
+    for n, (event_id, parts) in enumerate(held.pending.items()):
+        for key, units in parts:
+            if n < max_pending:
+                yield f"({who}, 'pending', {_key_values(key)}, {_lit(event_id)}, {units}, {until})"
+            else:
+                overflow[key] = overflow.get(key, 0) + units
+    for key, units in overflow.items():
+        yield f"({who}, 'pending', {_key_values(key)}, NULL, {units}, {until})"
+
+
+def is_shared(con: duckdb.DuckDBPyConnection, alias: str) -> bool:
+    """Whether ``alias`` (a lake's catalog database) is PostgreSQL, which proxies share."""
+    row = con.execute(
+        f"SELECT type FROM duckdb_databases() WHERE database_name = {_duck(alias)}"
+    ).fetchone()
+    return row is not None and row[0] == "postgres"
+
+
+def create_table(con: duckdb.DuckDBPyConnection, alias: str) -> None:
+    """Create :data:`TABLE` unless it exists (the lake's role owns its database)."""
+    script = f"{_DDL}; {_INDEX}"
+    con.execute(f"CALL postgres_execute({_duck(alias)}, {_duck(script)}, use_transaction = false)")
+
+
+def publish(
+    con: duckdb.DuckDBPyConnection,
+    alias: str,
+    publisher: str,
+    held: Held,
+    ttl_s: float,
+    max_pending: int = MAX_PENDING_ROWS,
+) -> None:
+    """Replace ``publisher``'s rows with ``held``, in one PostgreSQL transaction (a reader
+    sees the old rows or the new ones), and drop every publisher's rows expired for a
+    minute (a proxy that stopped). Pending events past ``max_pending`` are summed per
+    counter, with no id."""
+    statements = ["BEGIN", f"DELETE FROM {TABLE} WHERE publisher = {_lit(publisher)}"]
+    rows = list(_rows(publisher, held, ttl_s, max_pending))
+    if rows:
+        statements.append(f"INSERT INTO {TABLE} VALUES {', '.join(rows)}")
+    statements += [
+        f"DELETE FROM {TABLE} WHERE expires_at < now() - interval '1 minute'",
+        "COMMIT",
+    ]
+    script = "; ".join(statements)
+    con.execute(f"CALL postgres_execute({_duck(alias)}, {_duck(script)}, use_transaction = false)")
+
+
+def read_rows(con: duckdb.DuckDBPyConnection, alias: str, publisher: str) -> list[Row]:
+    """The other publishers' rows not expired: (kind, customer, feature, cadence, anchor,
+    period start, event id, units). A table not created yet (no proxy wrote) is empty."""
+    query = (
+        "SELECT kind, customer, feature, cadence, anchor, period_start, event_id, units "
+        f"FROM {TABLE} WHERE publisher <> {_lit(publisher)} AND expires_at > now()"
+    )
+    exists = (
+        f"SELECT count(*) FROM pg_catalog.pg_tables WHERE tablename = {_lit(TABLE)} "
+        "AND schemaname = ANY (current_schemas(false))"
+    )
+    found = con.execute(f"SELECT * FROM postgres_query({_duck(alias)}, {_duck(exists)})")
+    if not (found.fetchone() or (0,))[0]:
+        return []
+    return con.execute(f"SELECT * FROM postgres_query({_duck(alias)}, {_duck(query)})").fetchall()
+
+
+def _utc(value: datetime | None) -> datetime:
+    assert value is not None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def peers_from(
+    rows: Iterable[Row],
+    stored_ids: set[str],
+) -> Peers:
+    """Sum the rows read by :func:`read_rows`. ``stored_ids``: the pending event ids the
+    reader's own lake snapshot holds (counted there). An event two publishers name (a
+    proxy restarted within its rows' life counts its spool again) counts once."""
+    peers = Peers()
+    seen: set[tuple[str, Key]] = set()
+    for kind, customer, feature, cadence, anchor, start, event_id, units in rows:
+        if kind == "in_flight":
+            cf = (customer, feature)
+            peers.in_flight[cf] = peers.in_flight.get(cf, 0) + int(units)
+            continue
+        key: Key = (customer, feature, cadence or "", _utc(anchor), _utc(start))
+        if kind == "reserved":
+            peers.reserved[key] = peers.reserved.get(key, 0) + int(units)
+        elif kind == "pending":
+            if event_id is not None:
+                if event_id in stored_ids or (event_id, key) in seen:
+                    continue
+                seen.add((event_id, key))
+            peers.used[key] = peers.used.get(key, 0) + int(units)
+    return peers
+
+
+def pending_ids(
+    rows: Iterable[Row],
+) -> list[str]:
+    """The event ids the rows name as pending (to look for in the lake)."""
+    return list({r[6] for r in rows if r[0] == "pending" and r[6] is not None})
+
+
+def reserved_by_counter(con: duckdb.DuckDBPyConnection, alias: str) -> dict[str, int] | None:
+    """Every running proxy's calls in flight per counter id (``billing entitlements`` on a
+    fleet's lake); None when ``alias`` is not a shared (PostgreSQL) catalog."""
+    if not is_shared(con, alias):
+        return None
+    peers = peers_from(read_rows(con, alias, publisher=""), set())  # no publisher is ''
+    return {counter_id(k): v for k, v in peers.reserved.items()}
+
+
+def held_of(
+    reserved: Mapping[Key, int],
+    in_flight: Mapping[tuple[str, str], int],
+    pending: Mapping[str, list[tuple[Key, int]]],
+) -> Held:
+    return Held(dict(reserved), dict(in_flight), dict(pending))

@@ -1,0 +1,107 @@
+"""A fleet's proxies share their calls in flight and unflushed events (a real PostgreSQL)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from meterline.entitlements import Counters, Refusal, Reservation, Snapshot, fleet
+from meterline.entitlements.policy import Key
+from meterline.lakerepair import metadata_alias
+from meterline.store import open_store
+from tests.meterline.entitlements.test_counters import NOW, catalog, policy_of
+from tests.support.postgres import postgres_server
+
+MD = metadata_alias()
+START = datetime(2026, 3, 1, tzinfo=UTC)
+ODD = "o'brien); DROP TABLE x; --"
+"""A customer name SQL must quote (names come from the catalog)."""
+
+
+def key(customer: str = "acme", feature: str = "out") -> Key:
+    return (customer, feature, "P1M", datetime(2026, 1, 31, tzinfo=UTC), START)
+
+
+@pytest.fixture(scope="module")
+def con(tmp_path_factory: pytest.TempPathFactory) -> Iterator[duckdb.DuckDBPyConnection]:
+    data: Path = tmp_path_factory.mktemp("fleet-lake")
+    with postgres_server() as conninfo, pytest.MonkeyPatch.context() as mp:
+        mp.setenv("METERLINE_LAKE_DATA", str(data))
+        lake = open_store(f"ducklake:postgres:{conninfo}", wait_s=5)
+        assert fleet.is_shared(lake, MD)
+        assert fleet.read_rows(lake, MD, "nobody") == []  # no table yet: nothing held
+        fleet.create_table(lake, MD)
+        yield lake
+        lake.close()
+
+
+def test_what_one_proxy_holds_is_read_by_the_others_only(con: duckdb.DuckDBPyConnection) -> None:
+    held = fleet.Held(
+        reserved={key(): 400, key(ODD): 7},
+        in_flight={("acme", "out"): 400},
+        pending={"e1": [(key(), 20)], "e2": [(key(), 30), (key(ODD, "all"), 5)]},
+    )
+    fleet.publish(con, MD, "a:1:x", held, 10)
+    assert fleet.read_rows(con, MD, "a:1:x") == []  # its own rows are not the fleet's
+    rows = fleet.read_rows(con, MD, "b:2:y")
+    peers = fleet.peers_from(rows, stored_ids={"e1"})  # the reader's snapshot holds e1
+    assert peers.reserved == {key(): 400, key(ODD): 7}
+    assert peers.in_flight == {("acme", "out"): 400}
+    assert peers.used == {key(): 30, key(ODD, "all"): 5}
+    assert sorted(fleet.pending_ids(rows)) == ["e1", "e2"]
+    # The next write replaces the last one: a call ended, its event pending.
+    fleet.publish(con, MD, "a:1:x", fleet.Held(pending={"e3": [(key(), 9)]}), 10)
+    peers = fleet.peers_from(fleet.read_rows(con, MD, "b:2:y"), set())
+    assert (peers.reserved, peers.in_flight, peers.used) == ({}, {}, {key(): 9})
+    fleet.publish(con, MD, "a:1:x", fleet.Held(), 10)
+
+
+def test_expired_rows_and_events_named_twice_count_once_or_not_at_all(
+    con: duckdb.DuckDBPyConnection,
+) -> None:
+    fleet.publish(con, MD, "gone:1:x", fleet.Held(reserved={key(): 1000}), -1)  # expired
+    # A proxy restarted within its old rows' life names its spooled events again.
+    fleet.publish(con, MD, "p:1:old", fleet.Held(pending={"e9": [(key(), 40)]}), 10)
+    fleet.publish(con, MD, "p:2:new", fleet.Held(pending={"e9": [(key(), 40)]}), 10)
+    peers = fleet.peers_from(fleet.read_rows(con, MD, "reader"), set())
+    assert peers.reserved == {} and peers.used == {key(): 40}
+    for who in ("p:1:old", "p:2:new"):
+        fleet.publish(con, MD, who, fleet.Held(), 10)
+
+
+def test_pending_events_past_the_row_bound_are_summed_and_counted(
+    con: duckdb.DuckDBPyConnection,
+) -> None:
+    pending = {f"e{n}": [(key(), 10)] for n in range(5)}
+    fleet.publish(con, MD, "big:1:x", fleet.Held(pending=pending), 10, max_pending=2)
+    rows = fleet.read_rows(con, MD, "reader")
+    assert len(rows) == 3 and sorted(fleet.pending_ids(rows)) == ["e0", "e1"]
+    # e0 is stored: counted there. The three past the bound have no id: counted here.
+    assert fleet.peers_from(rows, {"e0"}).used == {key(): 40}
+    fleet.publish(con, MD, "big:1:x", fleet.Held(), 10)
+
+
+def test_the_other_proxies_figures_count_against_a_limit() -> None:
+    pol = policy_of(catalog(entitlements=[{"feature": "out", "limit": 100}]))
+    counter = pol.limits[0].account.current(NOW)[1]
+    c = Counters()
+    c.apply(Snapshot({counter: 30}, set(), {}, NOW, peers=fleet.Peers(used={counter: 30})))
+    assert c.used(counter) == 60
+    admitted = c.admit(pol, "openai", "gpt-4o", 0, 40, NOW)  # 60 + 40: the last one
+    assert isinstance(admitted, Reservation)
+    c.release(admitted)
+    # Another proxy holds the remaining 40 for a call in flight: refused, retry.
+    cf = counter[:2]
+    peers = fleet.Peers(used={counter: 30}, reserved={counter: 40}, in_flight={cf: 40})
+    c.apply(Snapshot({counter: 30}, set(), {}, NOW, peers=peers))
+    refused = c.admit(pol, "openai", "gpt-4o", 0, 10, NOW)
+    assert isinstance(refused, Refusal) and refused.retry
+    assert "60 used" in refused.message
+    # It ended using 10: stored now, held no more.
+    c.apply(Snapshot({counter: 70}, set(), {}, NOW))
+    assert c.used(counter) == 70
+    assert isinstance(c.admit(pol, "openai", "gpt-4o", 0, 10, NOW), Reservation)
