@@ -88,6 +88,7 @@ class Meter:
         self._upgrades: dict[str, tuple[providers.MeteredProvider, bool, bool]] = {}
         """Flows upgrading to a metered WebSocket, or minting an ephemeral key (the last
         item False): the key injected and (a socket) the limits checked in ``request``."""
+        self.echoes = sideflows.EchoGuard()
         self.deferred = DeferredWork()
         self._running = False
         self._misconfigured = False
@@ -395,6 +396,7 @@ class Meter:
             if socket:
                 return self._check_upgrade(flow, provider, by_name)
             sideflows.inject(flow, provider, by_name, self.keybook)  # a key mint
+            self.echoes.note(flow, provider)
             return None
         self._decide(flow, st)
         return None
@@ -420,6 +422,7 @@ class Meter:
         identity = sideflows.inject(flow, provider, by_name, self.keybook)
         if identity is None:
             return None
+        self.echoes.note(flow, provider)
         return self.sockets.opening(flow, provider, identity, self.rejections)
 
     async def _request_after_first_read(self, flow: http.HTTPFlow) -> None:
@@ -429,6 +432,8 @@ class Meter:
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         st = self._active.get(flow.id)
         if st is None:
+            if self.echoes:  # a mint or an upgrade given the provider's key
+                self.echoes.scrub_headers(flow)
             return
         resp = flow.response
         assert resp is not None
@@ -459,6 +464,8 @@ class Meter:
     def response(self, flow: http.HTTPFlow) -> None:
         st = self._active.pop(flow.id, None)
         if st is None:
+            if self.echoes:
+                self.echoes.scrub_body(flow)
             if self.minted.minting:
                 self.minted.answered(flow)
             return
@@ -502,6 +509,8 @@ class Meter:
             self._upgrades.pop(flow.id, None)
         if self.minted.minting:
             self.minted.forget(flow)
+        if self.echoes:
+            self.echoes.forget(flow)
         st = self._active.pop(flow.id, None)
         if st is not None:
             st.t_done = time.time()
@@ -512,6 +521,8 @@ class Meter:
         (``GET /v1/realtime``) and a Gemini Live session (``BidiGenerateContent``) are
         metered per response (:mod:`addons.metering.websocket`); other WebSockets pass
         unmetered."""
+        if self.echoes:
+            self.echoes.forget(flow)  # upgraded: no error body to scrub
         req = flow.request
         provider = self.registry.lookup(req.host, req.port) or providers.lookup_named(
             self.registry, req.host, req.port, req.host_header, flow.client_conn.sni

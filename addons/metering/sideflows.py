@@ -13,7 +13,7 @@ import logging
 
 from mitmproxy import http
 
-from addons.metering import attribution, errors, keys
+from addons.metering import attribution, errors, keyecho, keys
 from addons.metering.minted import MintedKeys
 from addons.metering.providers import MeteredProvider
 
@@ -54,6 +54,37 @@ def inject(
     # the socket is the consumer's, though the key it now carries is the provider's
     flow.metadata[INJECTED_FOR] = identity.fingerprint
     return identity
+
+
+class EchoGuard:
+    """The provider keys injected into side flows, until their answer has been scrubbed
+    of them: a provider quotes the key it got in an authentication error ("Incorrect API
+    key provided: sk-...", "API key not valid: ..."), and a mint or a socket's upgrade
+    refused so handed the organisation's key to the consumer, as calls did before
+    :mod:`addons.metering.keyecho`. Held in memory only, by flow id."""
+
+    def __init__(self) -> None:
+        self._keys: dict[str, bytes] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._keys)
+
+    def note(self, flow: http.HTTPFlow, provider: MeteredProvider) -> None:
+        if INJECTED_FOR in flow.metadata:
+            self._keys[flow.id] = keys.injected_key(flow.request.headers, provider).encode()
+
+    def scrub_headers(self, flow: http.HTTPFlow) -> None:
+        key = self._keys.get(flow.id)
+        if key is not None and flow.response is not None:
+            keyecho.scrub_headers(flow.response, key)
+
+    def scrub_body(self, flow: http.HTTPFlow) -> None:
+        key = self._keys.pop(flow.id, None)
+        if key is not None and flow.response is not None:
+            keyecho.scrub_body(flow.response, key)
+
+    def forget(self, flow: http.HTTPFlow) -> None:
+        self._keys.pop(flow.id, None)
 
 
 def socket_identity(

@@ -93,9 +93,20 @@ def _provider(flavor: str) -> Any:
 @pytest.fixture(scope="module")
 def ports() -> Iterator[dict[str, int]]:
     with (
-        serve({("POST", "/v1/chat/completions"): _provider("openai")}) as oa,
+        serve(
+            {
+                ("POST", "/v1/chat/completions"): _provider("openai"),
+                ("POST", "/v1/realtime/client_secrets"): _provider("openai"),  # a key mint
+                ("GET", "/v1/realtime"): _provider("openai"),  # a session's upgrade
+            }
+        ) as oa,
         serve({("POST", "/v1/messages"): _provider("anthropic")}) as an,
-        serve({("POST", "/v1beta/models/{call}"): _provider("gemini")}) as ge,
+        serve(
+            {
+                ("POST", "/v1beta/models/{call}"): _provider("gemini"),
+                ("POST", "/v1alpha/auth_tokens"): _provider("gemini"),  # a key mint
+            }
+        ) as ge,
     ):
         yield {"openai": oa, "anthropic": an, "gemini": ge}
 
@@ -173,3 +184,43 @@ def test_a_key_the_client_sent_itself_is_not_touched(
         )
     assert own in resp.json()["error"]["message"]
     assert resp.headers["x-echoed-key"] == own
+
+
+SIDE_FLOWS = [
+    ("openai", "POST", "/v1/realtime/client_secrets"),
+    ("openai", "GET", "/v1/realtime?model=gpt-realtime"),
+    ("gemini", "POST", "/v1alpha/auth_tokens"),
+]
+
+
+@pytest.mark.parametrize(("flavor", "method", "path"), SIDE_FLOWS)
+@pytest.mark.parametrize("mode", ["json", "gzip"])
+def test_an_injected_key_echoed_by_a_mint_or_a_refused_upgrade_is_masked(
+    proxy: MeterProxy, ports: dict[str, int], flavor: str, method: str, path: str, mode: str
+) -> None:
+    """A key mint and a metered WebSocket's upgrade get the consumer's provider key
+    injected too. Before, their answers were not scrubbed: an authentication error
+    quoting the key handed it to the consumer (the body and a header)."""
+    secret = PROVIDER_KEYS[ENV[flavor]]
+    shown = masked(secret.encode()).decode()
+    headers = {"x-echo": mode, "x-test-id": f"{flavor}-{method}-{mode}"}
+    url = f"http://127.0.0.1:{ports[flavor]}{path}"
+    if flavor == "openai":
+        headers["authorization"] = f"Bearer {GATEWAY_KEY}"
+    else:
+        url += f"?key={GATEWAY_KEY}"
+    if method == "GET":
+        headers |= {
+            "connection": "Upgrade",
+            "upgrade": "websocket",
+            "sec-websocket-version": "13",
+            "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==",
+        }
+    with httpx2.Client(proxy=proxy.url, timeout=30) as client:
+        resp = client.request(method, url, headers=headers, json=None if method == "GET" else {})
+    assert resp.status_code == 401
+    assert resp.headers["x-echoed-key"] == shown  # the provider got the injected key
+    assert secret not in resp.text
+    assert secret not in str(resp.headers.raw)
+    assert shown in json.dumps(resp.json())
+    assert secret not in proxy.log_text()
