@@ -213,7 +213,8 @@ class Governance:
         self._shared = False
         """The lake's proxies share their calls in flight (:mod:`meterline.entitlements.fleet`)."""
         self._publish_warned: float | None = None
-        self.publisher = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._instance = f"{os.getpid()}:{secrets.token_hex(4)}"
+        self.publisher = f"{socket.gethostname()}:{self._instance}"
         """This proxy in the fleet's table of calls in flight (one running process)."""
         self._through_writer: Callable[[Callable[[duckdb.DuckDBPyConnection], Any]], Any] | None
         self._through_writer = None
@@ -228,8 +229,7 @@ class Governance:
     def configure(
         self, refresh: str, failure: str, locator: str, proxy_id: str | None = None
     ) -> None:
-        if proxy_id:
-            self.publisher = f"{proxy_id}:{self.publisher.split(':', 1)[1]}"
+        self.publisher = f"{proxy_id or socket.gethostname()}:{self._instance}"
         self.refresh_s = parse_refresh(refresh)
         self.deny_when_blind = failure == "deny"
         if self.locator is not None and locator != self.locator:

@@ -104,3 +104,13 @@ def test_an_alias_is_learnt_from_the_model_a_call_was_billed_as() -> None:
     refused = gov.check("cap", "openai", "openai", call("prod-chat"))
     assert isinstance(refused, Refusal) and refused.reason == "limit:out"
     assert gov._asked == {}
+
+
+def test_a_proxy_is_one_publisher_however_often_its_options_change() -> None:
+    gov = Governance()
+    for _ in range(3):  # every options update configures again
+        gov.configure("2.0", "allow", "ducklake:postgres:dbname=x", "eu:1")
+    first = gov.publisher
+    gov.configure("2.0", "allow", "ducklake:postgres:dbname=x", "eu:1")
+    assert gov.publisher == first and first.startswith("eu:1:")
+    assert Governance().publisher != Governance().publisher  # two processes never share rows
