@@ -185,8 +185,9 @@ def peers_from(
     stored_ids: set[str],
 ) -> Peers:
     """Sum the rows read by :func:`read_rows`. ``stored_ids``: the pending event ids the
-    reader's own lake snapshot holds (counted there). An event two publishers name (a
-    proxy restarted within its rows' life counts its spool again) counts once."""
+    reader counts already (its lake snapshot holds them, or they are its own pending).
+    An event two publishers name (a proxy restarted within its rows' life counts its
+    spool again) counts once."""
     peers = Peers()
     seen: set[tuple[str, Key]] = set()
     for kind, customer, feature, cadence, anchor, start, event_id, units in rows:

@@ -300,7 +300,8 @@ def read_snapshot(
 
     ``peer_rows`` (a fleet on a PostgreSQL lake) reads the other proxies' rows, after the
     snapshot too, for the same reason: their pending events this snapshot holds are
-    found by the same query as this proxy's own and counted once, as stored.
+    found by the same query as this proxy's own and counted once, as stored; those this
+    proxy counts as its own pending are not counted again.
     """
     con.execute("BEGIN TRANSACTION")
     try:
@@ -309,14 +310,18 @@ def read_snapshot(
             stored.update(unbilled_usage(con, policy, at))
             pending = pending_ids()
             rows = peer_rows(con) if peer_rows is not None else []
-            looked_for = [*pending, *fleet.pending_ids(rows)]
+            looked_for = list(dict.fromkeys([*pending, *fleet.pending_ids(rows)]))
             seen = seen_event_ids(con, looked_for, None) if looked_for else set()
         else:  # a new store: nothing metered yet
             stored, seen = policy_keys(policy, at), set()
             rows = peer_rows(con) if peer_rows is not None else []
+            pending = pending_ids() if rows else []
         balances = credit_balances(con, at)
         units = unit_balances(con, at)
         left = grants_left(con)
     finally:
         con.execute("ROLLBACK")
-    return Snapshot(stored, seen, balances, at, units, left, fleet.peers_from(rows, seen))
+    # An event this proxy counts itself is not another's too: a proxy restarted within
+    # its old rows' life counts its spooled events again, under a new publisher.
+    peers = fleet.peers_from(rows, seen | set(pending)) if rows else fleet.Peers()
+    return Snapshot(stored, seen, balances, at, units, left, peers)

@@ -9,7 +9,15 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from meterline.entitlements import Counters, Refusal, Reservation, Snapshot, fleet
+from meterline.entitlements import (
+    Counters,
+    Refusal,
+    Reservation,
+    Snapshot,
+    build_policy,
+    fleet,
+    read_snapshot,
+)
 from meterline.entitlements.policy import Key
 from meterline.lakerepair import metadata_alias
 from meterline.store import open_store
@@ -105,3 +113,22 @@ def test_the_other_proxies_figures_count_against_a_limit() -> None:
     c.apply(Snapshot({counter: 70}, set(), {}, NOW))
     assert c.used(counter) == 70
     assert isinstance(c.admit(pol, "openai", "gpt-4o", 0, 10, NOW), Reservation)
+
+
+def test_a_restarted_proxy_does_not_count_its_own_spooled_events_twice(
+    con: duckdb.DuckDBPyConnection,
+) -> None:
+    """Killed and restarted, a proxy counts its spool's events as its own pending again,
+    while its old rows (another publisher) still name them until they expire. Before,
+    it counted them twice: 3,000 used for 1,500 (a probe with kill -9)."""
+    policy = build_policy(catalog(entitlements=[{"feature": "out", "limit": 100}]), NOW)
+    fleet.publish(con, MD, "a:1:old", fleet.Held(pending={"e1": [(key(), 40)]}), 10)
+
+    def snapshot(own: list[str]) -> Snapshot:
+        return read_snapshot(
+            con, policy, NOW, lambda: own, lambda c: fleet.read_rows(c, MD, "a:2:new")
+        )
+
+    assert snapshot(["e1"]).peers.used == {}
+    assert snapshot([]).peers.used == {key(): 40}  # another proxy's: counted
+    fleet.publish(con, MD, "a:1:old", fleet.Held(), 10)
