@@ -782,8 +782,9 @@ class Governance:
         except duckdb.Error as e:
             log.warning(
                 "meterline: cannot share calls in flight with the fleet's other proxies "
-                "(%s); limits count their calls once stored",
-                str(e).splitlines()[0],
+                "(%s: %s); limits count their calls once stored",
+                fleet.TABLE,
+                fleet.reason(e),
             )
             return False
         return True
@@ -802,11 +803,23 @@ class Governance:
                 self._publish_warned = time.monotonic()
                 log.warning(
                     "meterline: cannot share calls in flight with the fleet: %s",
-                    str(e).splitlines()[0],
+                    fleet.reason(e),
                 )
 
     def _peer_rows(self, con: duckdb.DuckDBPyConnection) -> list[fleet.Row]:
-        return fleet.read_rows(con, _METADATA, self.publisher)
+        """The other proxies' rows, read on a cursor of its own: a failure (the table's
+        privileges, a server setting) leaves this read of the lake whole, and the limits
+        enforced from it (before, every read failed and the lake's figures went stale)."""
+        try:
+            with con.cursor() as cur:
+                return fleet.read_rows(cur, _METADATA, self.publisher)
+        except duckdb.Error as e:
+            if self._publish_warned is None or time.monotonic() - self._publish_warned > 60:
+                self._publish_warned = time.monotonic()
+                log.warning(
+                    "meterline: cannot read the fleet's calls in flight: %s", fleet.reason(e)
+                )
+            return []
 
     def _policy_for_read(self) -> Policy:
         """The policy in force now (on the reading thread): the event loop rebuilds its

@@ -82,7 +82,9 @@ class Peers:
 
 
 def _lit(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
+    """``text`` as a PostgreSQL escape string, read the same whatever the server's
+    ``standard_conforming_strings`` (a proxy id ``o\\'brien`` broke a plain literal)."""
+    return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 def _ts(value: datetime) -> str:
@@ -128,8 +130,22 @@ def is_shared(con: duckdb.DuckDBPyConnection, alias: str) -> bool:
     return row is not None and row[0] == "postgres"
 
 
+def _exists(con: duckdb.DuckDBPyConnection, alias: str) -> bool:
+    exists = (
+        f"SELECT count(*) FROM pg_catalog.pg_tables WHERE tablename = {_lit(TABLE)} "
+        "AND schemaname = ANY (current_schemas(false))"
+    )
+    found = con.execute(f"SELECT * FROM postgres_query({_duck(alias)}, {_duck(exists)})")
+    return bool((found.fetchone() or (0,))[0])
+
+
 def create_table(con: duckdb.DuckDBPyConnection, alias: str) -> None:
-    """Create :data:`TABLE` unless it exists (the lake's role owns its database)."""
+    """Create :data:`TABLE` unless it exists: the lake's role owns its database, or an
+    administrator created the table and granted the role ``SELECT, INSERT, DELETE`` on it
+    (PostgreSQL checks the privilege to create before ``IF NOT EXISTS``, so the DDL is
+    not run then)."""
+    if _exists(con, alias):
+        return
     script = f"{_DDL}; {_INDEX}"
     con.execute(f"CALL postgres_execute({_duck(alias)}, {_duck(script)}, use_transaction = false)")
 
@@ -165,12 +181,7 @@ def read_rows(con: duckdb.DuckDBPyConnection, alias: str, publisher: str) -> lis
         "SELECT kind, customer, feature, cadence, anchor, period_start, event_id, units "
         f"FROM {TABLE} WHERE publisher <> {_lit(publisher)} AND expires_at > now()"
     )
-    exists = (
-        f"SELECT count(*) FROM pg_catalog.pg_tables WHERE tablename = {_lit(TABLE)} "
-        "AND schemaname = ANY (current_schemas(false))"
-    )
-    found = con.execute(f"SELECT * FROM postgres_query({_duck(alias)}, {_duck(exists)})")
-    if not (found.fetchone() or (0,))[0]:
+    if not _exists(con, alias):
         return []
     return con.execute(f"SELECT * FROM postgres_query({_duck(alias)}, {_duck(query)})").fetchall()
 
@@ -221,6 +232,14 @@ def reserved_by_counter(con: duckdb.DuckDBPyConnection, alias: str) -> dict[str,
         return None
     peers = peers_from(read_rows(con, alias, publisher=""), set())  # no publisher is ''
     return {counter_id(k): v for k, v in peers.reserved.items()}
+
+
+def reason(error: duckdb.Error) -> str:
+    """PostgreSQL's own words for ``error`` (DuckDB's message quotes the whole statement)."""
+    text = str(error)
+    if "ERROR:" in text:
+        text = text.rsplit("ERROR:", 1)[1]
+    return " ".join(text.split())[:200] or type(error).__name__
 
 
 def held_of(

@@ -10,6 +10,7 @@ would try ``import pandas`` per parameter, holding the GIL the proxy's loop need
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -319,8 +320,13 @@ def read_snapshot(
         balances = credit_balances(con, at)
         units = unit_balances(con, at)
         left = grants_left(con)
-    finally:
-        con.execute("ROLLBACK")
+    except BaseException:
+        # A server gone mid-read fails the ROLLBACK too: its error ("Failed to execute
+        # query ROLLBACK: ", no reason) used to replace the one that says why.
+        with contextlib.suppress(duckdb.Error):
+            con.execute("ROLLBACK")
+        raise
+    con.execute("ROLLBACK")
     # An event this proxy counts itself is not another's too: a proxy restarted within
     # its old rows' life counts its spooled events again, under a new publisher.
     peers = fleet.peers_from(rows, seen | set(pending)) if rows else fleet.Peers()

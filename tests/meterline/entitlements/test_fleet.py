@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
 import pytest
+from click.testing import CliRunner
 
+from addons.metering.governance import Governance
+from billing.cli import main as billing_cli
 from meterline.entitlements import (
     Counters,
     Refusal,
@@ -21,6 +24,8 @@ from meterline.entitlements import (
 from meterline.entitlements.policy import Key
 from meterline.lakerepair import metadata_alias
 from meterline.store import open_store
+from tests.billing.events import Event, add_events, write
+from tests.e2e.test_governance_alerts import PLAN
 from tests.meterline.entitlements.test_counters import NOW, catalog, policy_of
 from tests.support.postgres import postgres_server
 
@@ -35,16 +40,34 @@ def key(customer: str = "acme", feature: str = "out") -> Key:
 
 
 @pytest.fixture(scope="module")
-def con(tmp_path_factory: pytest.TempPathFactory) -> Iterator[duckdb.DuckDBPyConnection]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The lake's PostgreSQL conninfo (superuser), its data path in the environment."""
     data: Path = tmp_path_factory.mktemp("fleet-lake")
     with postgres_server() as conninfo, pytest.MonkeyPatch.context() as mp:
         mp.setenv("METERLINE_LAKE_DATA", str(data))
-        lake = open_store(f"ducklake:postgres:{conninfo}", wait_s=5)
-        assert fleet.is_shared(lake, MD)
-        assert fleet.read_rows(lake, MD, "nobody") == []  # no table yet: nothing held
-        fleet.create_table(lake, MD)
-        yield lake
-        lake.close()
+        yield conninfo
+
+
+@pytest.fixture(scope="module")
+def con(server: str) -> Iterator[duckdb.DuckDBPyConnection]:
+    lake = open_store(f"ducklake:postgres:{server}", wait_s=5)
+    assert fleet.is_shared(lake, MD)
+    assert fleet.read_rows(lake, MD, "nobody") == []  # no table yet: nothing held
+    fleet.create_table(lake, MD)
+    yield lake
+    lake.close()
+
+
+def as_role(con: duckdb.DuckDBPyConnection, server: str, role: str, grants: str) -> str:
+    """A lake locator for a new login ``role`` with the DuckLake tables' privileges and
+    ``grants`` (SQL run as the superuser after them)."""
+    script = (
+        f"CREATE ROLE {role} LOGIN; "
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}; "
+        f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}; {grants}"
+    )
+    con.execute(f"CALL postgres_execute('{MD}', '{script}', use_transaction = false)")
+    return "ducklake:postgres:" + server.replace("user=postgres", f"user={role}")
 
 
 def test_what_one_proxy_holds_is_read_by_the_others_only(con: duckdb.DuckDBPyConnection) -> None:
@@ -132,3 +155,74 @@ def test_a_restarted_proxy_does_not_count_its_own_spooled_events_twice(
     assert snapshot(["e1"]).peers.used == {}
     assert snapshot([]).peers.used == {key(): 40}  # another proxy's: counted
     fleet.publish(con, MD, "a:1:old", fleet.Held(), 10)
+
+
+def test_a_role_granted_the_table_shares_without_the_right_to_create_it(
+    con: duckdb.DuckDBPyConnection, server: str
+) -> None:
+    """An administrator creates the table and grants it; the proxies' role may not create
+    tables (PostgreSQL 15's default on schema public). Before, every start ran the DDL,
+    which PostgreSQL refused before its IF NOT EXISTS: no sharing at all."""
+    locator = as_role(con, server, "fleet_dml", "")
+    role = open_store(locator, wait_s=5)
+    try:
+        fleet.create_table(role, MD)
+        fleet.publish(role, MD, "r:1:x", fleet.Held(reserved={key(): 5}), 10)
+        assert fleet.peers_from(fleet.read_rows(con, MD, "other"), set()).reserved == {key(): 5}
+        fleet.publish(role, MD, "r:1:x", fleet.Held(), 10)
+    finally:
+        role.close()
+
+
+def test_a_proxy_id_with_a_backslash_and_a_quote_under_old_string_rules(
+    con: duckdb.DuckDBPyConnection, server: str
+) -> None:
+    """With ``standard_conforming_strings=off`` a backslash escapes in a plain literal:
+    a proxy id ``o\\'brien`` broke the publish and the read (a syntax error at every
+    refresh)."""
+    script = "ALTER DATABASE postgres SET standard_conforming_strings = off"
+    con.execute(f"CALL postgres_execute('{MD}', '{script}', use_transaction = false)")
+    fresh = open_store(f"ducklake:postgres:{server}", wait_s=5)  # a session taking it
+    try:
+        show = "SELECT current_setting(''standard_conforming_strings'')"
+        setting = f"SELECT * FROM postgres_query('{MD}', '{show}')"
+        assert fresh.execute(setting).fetchone() == ("off",)
+        who = "o\\'brien:1:x"
+        fleet.publish(fresh, MD, who, fleet.Held(reserved={key(): 3}), 10)
+        peers = fleet.peers_from(fleet.read_rows(fresh, MD, "reader"), set())
+        assert peers.reserved == {key(): 3}
+        assert fleet.read_rows(fresh, MD, who) == []  # its own rows, named exactly
+        fleet.publish(fresh, MD, who, fleet.Held(), 10)
+    finally:
+        fresh.close()
+        script = "ALTER DATABASE postgres RESET standard_conforming_strings"
+        con.execute(f"CALL postgres_execute('{MD}', '{script}', use_transaction = false)")
+
+
+def test_a_role_that_cannot_read_the_table_keeps_its_reads_and_reports(
+    con: duckdb.DuckDBPyConnection, server: str, tmp_path: Path
+) -> None:
+    """A reporting role given the lake's tables before the proxies made theirs. Before,
+    ``billing entitlements`` ended in a traceback, and a proxy's every lake read failed
+    with the table's read (limits on stale figures)."""
+    superuser = f"ducklake:postgres:{server}"
+    add_events(superuser, Event(datetime.now(UTC) - timedelta(seconds=5), output=10))
+    locator = as_role(con, server, "fleet_none", f"REVOKE ALL ON {fleet.TABLE} FROM fleet_none")
+    catalog = write(tmp_path / "catalog.yaml", PLAN.format(port=9))
+    report = CliRunner().invoke(
+        billing_cli, ["--db", locator, "--catalog", str(catalog), "entitlements"]
+    )
+    assert report.exit_code == 0, report.output
+    assert report.stderr == (
+        f"warning: cannot read the fleet's calls in flight ({fleet.TABLE}: permission denied "
+        f"for table {fleet.TABLE}); RESERVED leaves them out\n"
+    )
+    gov = Governance()
+    role = open_store(locator, wait_s=5)
+    try:
+        role.execute("BEGIN TRANSACTION")
+        assert gov._peer_rows(role) == []  # noqa: SLF001 - the read's own step
+        assert role.execute("SELECT count(*) FROM usage_events").fetchone() == (1,)
+        role.execute("ROLLBACK")
+    finally:
+        role.close()
