@@ -794,7 +794,7 @@ class Governance:
         reading thread: dicts copied in C, no lock). A failure is logged once a minute
         (the read that follows says whether the server answers)."""
         c = self.counters
-        held = fleet.held_of(c.reserved, c.in_flight, c.pending)
+        held = fleet.Held(dict(c.reserved), dict(c.in_flight), dict(c.pending))
         ttl = fleet.ttl_seconds(self.refresh_s)
         try:
             fleet.publish(con, _METADATA, self.publisher, held, ttl)

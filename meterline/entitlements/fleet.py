@@ -25,7 +25,7 @@ writer). Values are SQL literals: names come from the catalog (a customer named
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -240,11 +240,3 @@ def reason(error: duckdb.Error) -> str:
     if "ERROR:" in text:
         text = text.rsplit("ERROR:", 1)[1]
     return " ".join(text.split())[:200] or type(error).__name__
-
-
-def held_of(
-    reserved: Mapping[Key, int],
-    in_flight: Mapping[tuple[str, str], int],
-    pending: Mapping[str, list[tuple[Key, int]]],
-) -> Held:
-    return Held(dict(reserved), dict(in_flight), dict(pending))
