@@ -61,6 +61,7 @@ from billing.usage import (
 )
 from billing.usage.owned import Ownership, ownership
 from meterline.catalog import Catalog, FeatureMeter, FlatPrice, Plan, RateCard
+from meterline.served import Served
 
 
 def catalog_digest(catalog: Catalog) -> str:
@@ -104,8 +105,8 @@ class UsageCard:
             "model": self.meter.model,
             "token_types": list(self.meter.token_types),
         }
-        if self.meter.service_tier is not None:  # absent: every tier (lines stored before)
-            meter["service_tier"] = list(self.meter.service_tier)
+        # Only the filters set: absent, every tier, speed or geography (lines stored before).
+        meter.update(self.meter.served.snapshot())
         return {"rate_card": self.card.model_dump(mode="json"), "meter": meter}
 
     @classmethod
@@ -163,16 +164,16 @@ def _window_detail(w: UsageWindow) -> dict[str, Any]:
 
 
 class _Matcher:
-    """Which (provider, model, service tier) rows a card counts; memoised, models are few."""
+    """Which (provider, model, how served) rows a card counts; memoised, models are few."""
 
     def __init__(self) -> None:
-        self._cache: dict[tuple[TokenFilter, str, str, str | None], bool] = {}
+        self._cache: dict[tuple[TokenFilter, str, str, Served], bool] = {}
 
-    def __call__(self, meter: TokenFilter, provider: str, model: str, tier: str | None) -> bool:
-        key = (meter, provider, model, tier)
+    def __call__(self, meter: TokenFilter, provider: str, model: str, served: Served) -> bool:
+        key = (meter, provider, model, served)
         hit = self._cache.get(key)
         if hit is None:
-            hit = self._cache[key] = meter.matches(provider, model, tier)
+            hit = self._cache[key] = meter.matches(provider, model, served)
         return hit
 
 
@@ -210,7 +211,7 @@ def _tokens_for(
     events = 0
     parts: dict[tuple[str, str, str], int] = {}
     for row in rows:
-        if not match(meter, row.provider, row.model, row.service_tier):
+        if not match(meter, row.provider, row.model, row.served):
             continue
         events += row.events_with(meter.token_types)  # only events with the line's tokens
         for tt in meter.token_types:

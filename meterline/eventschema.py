@@ -113,6 +113,20 @@ EVENT_FIELDS: tuple[EventField, ...] = (
         "the service tier the provider says served the call (OpenAI default, flex, "
         "priority, scale; Anthropic standard, priority, batch); NULL when not reported",
     ),
+    EventField(
+        "speed",
+        "VARCHAR",
+        False,
+        "the speed the provider says the call ran at (Anthropic usage.speed: fast, "
+        "standard; fast mode is billed at a multiple of every rate); NULL when not reported",
+    ),
+    EventField(
+        "inference_geo",
+        "VARCHAR",
+        False,
+        "where the provider says the call ran (Anthropic usage.inference_geo: us, global, "
+        "not_available; US-only is billed at 1.1x); NULL when not reported",
+    ),
 )
 
 EVENT_COLUMNS: tuple[str, ...] = tuple(f.name for f in EVENT_FIELDS)

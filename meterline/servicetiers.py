@@ -17,16 +17,18 @@ Names, not globs: with globs, ``"[ps]*"`` (meant for priority and scale) also ma
 ``standard`` and so counted every untiered event a ``default`` feature counted, billing
 it twice. A name list is exact: only a filter that names the standard tier counts NULL.
 
-The catalog, billing (invoices, the usage report, ``invoice explain``), the proxy's
-governance counters and the dashboard all ask :func:`tier_matches`.
+The rule is the one of every way a call is served (speed and inference geography too):
+:mod:`meterline.served` states it; :func:`tier_matches` is its tier part.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
 
+from meterline.served import STANDARD, names_match
+
 #: The names providers give their standard tier: what an event without a tier matches as.
-STANDARD_TIERS: tuple[str, ...] = ("default", "standard")
+STANDARD_TIERS: tuple[str, ...] = STANDARD["service_tier"]
 
 #: The tiers providers document (OpenAI ``default``, ``flex``, ``priority``, ``scale``;
 #: Anthropic ``standard``, ``priority``; Groq ``on_demand``, ``flex``): a request asking for
@@ -37,8 +39,4 @@ REQUESTABLE_TIERS = frozenset({"default", "flex", "priority", "scale", "standard
 def tier_matches(names: Collection[str] | None, tier: str | None) -> bool:
     """Whether a feature filtering on the tier ``names`` (lower case; ``None``: no filter)
     counts an event served at ``tier`` (``None``: not reported)."""
-    if names is None:
-        return True
-    if tier is None:
-        return any(name in names for name in STANDARD_TIERS)
-    return tier.lower() in names
+    return names_match("service_tier", names, tier)

@@ -115,6 +115,14 @@ EVENT_MIGRATIONS: tuple[Migration, ...] = (
         # NULL (not reported), which features match as the standard tier.
         "ALTER TABLE usage_events ADD COLUMN IF NOT EXISTS service_tier VARCHAR",
     ),
+    Migration(
+        "0070_speed_inference_geo",
+        # Anthropic bills a fast-mode call at a multiple of every rate (Opus 4.6: 6x) and a
+        # US-only one at 1.1x: features may price them apart. Stored events read NULL (not
+        # reported), which features match as standard speed and global inference.
+        "ALTER TABLE usage_events ADD COLUMN IF NOT EXISTS speed VARCHAR;\n"
+        "ALTER TABLE usage_events ADD COLUMN IF NOT EXISTS inference_geo VARCHAR",
+    ),
 )
 
 

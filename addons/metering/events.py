@@ -89,7 +89,9 @@ def build_events(
     rows = [main]
     for i, extra in enumerate(usage.extra):
         extra.response_id = usage.response_id
-        extra.service_tier = usage.service_tier  # the call's tier served them too
+        # The call's tier, speed and geography served them too.
+        extra.service_tier = usage.service_tier
+        extra.speed, extra.inference_geo = usage.speed, usage.inference_geo
         rows.append(build_event(ex, extra, proxy_id, eventid.beside_id(main["event_id"], i)))
     return rows
 
@@ -132,4 +134,6 @@ def build_event(
         "web_search_calls": usage.web_search,
         "cached_audio_input_tokens": usage.cached_audio_input,
         "service_tier": usage.service_tier,
+        "speed": usage.speed,
+        "inference_geo": usage.inference_geo,
     }

@@ -730,6 +730,8 @@ class Governance:
                     by_type,
                     at,
                     event.get("service_tier"),
+                    speed=event.get("speed"),
+                    inference_geo=event.get("inference_geo"),
                 )
             except Exception as e:
                 self._failed("counting an event", e)

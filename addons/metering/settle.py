@@ -19,7 +19,9 @@ place, with no mitmproxy in sight (the addon passes in what it knows):
 A call that did not complete (cut, rule 1 not met) has ``status`` NULL. Model, response
 id and service tier come from the report, else from what the stream showed before it ended
 (:class:`~addons.metering.usage.Seen`), else (model) from the request; the model is
-normalised (:mod:`addons.metering.models`).
+normalised (:mod:`addons.metering.models`). Speed and inference geography come from the
+report only (Anthropic gives them in ``usage``, with the figures): a call whose usage was
+never seen is estimated with neither.
 """
 
 from __future__ import annotations
@@ -70,6 +72,9 @@ def settle(
     model = normalise_model(flavor, raw_model)
     response_id = (reported.response_id if reported else None) or seen.response_id
     service_tier = (reported.service_tier if reported else None) or seen.service_tier
+    # Speed and geography come with usage only (Anthropic's ``usage``): the report's.
+    speed = reported.speed if reported else None
+    inference_geo = reported.inference_geo if reported else None
     status: int | None = status_code if final or not cut else None
     why: str | None = None
     if final:
@@ -106,6 +111,7 @@ def settle(
     usage.model = model
     usage.response_id = response_id
     usage.service_tier = service_tier
+    usage.speed, usage.inference_geo = speed, inference_geo
     return Settled(usage, status, why, reported.invalid if reported is not None else None)
 
 

@@ -53,6 +53,14 @@ class Usage:
     #: ``usage.service_tier``: ``standard``, ``priority``, ``batch``); ``None``: not
     #: reported. Priced apart by features that filter on it (:mod:`meterline.servicetiers`).
     service_tier: str | None = None
+    #: The speed the provider says the call ran at, as it spells it (Anthropic's
+    #: ``usage.speed``: ``fast``, ``standard``); ``None``: not reported.
+    speed: str | None = None
+    #: Where the provider says the call ran, as it spells it (Anthropic's
+    #: ``usage.inference_geo``: ``us``, ``global``, ``not_available``); ``None``: not
+    #: reported. Both are priced apart by features that filter on them
+    #: (:mod:`meterline.served`).
+    inference_geo: str | None = None
     estimated: bool = False
     #: Not the provider's final usage report: the stream ended (cut, or normally) before
     #: it (Anthropic's ``message_start`` came but its ``message_delta`` did not; an OpenAI

@@ -19,8 +19,9 @@ from billing.usage import UsageError, UsageQuery, parse_group_by, usage_report
 @click.option(
     "--group-by",
     "group_by",
-    help="Any of: model,tier,type,day,refused (comma separated; tier: the service tier "
-    "that served the calls; refused: by the proxy's reason).",
+    help="Any of: model,tier,speed,geo,type,day,refused (comma separated; tier: the "
+    "service tier that served the calls; speed, geo: the speed and place they ran at; "
+    "refused: by the proxy's reason).",
 )
 @click.option("--unbilled", is_flag=True, help="Only usage no invoice line bills, with why.")
 @format_option()

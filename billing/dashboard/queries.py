@@ -28,6 +28,7 @@ from billing.storevalues import from_db, to_db
 from billing.usage import TOKEN_COLUMNS, UsageError, UsageQuery, stranded_usage
 from billing.usage.backdated import backdated_usage
 from meterline.catalog import CALL_TYPES, FINGERPRINT_RE, TOKEN_ONLY_TYPES, TOKEN_TYPES, Catalog
+from meterline.served import SERVED_COLUMNS, SERVED_SQL, Served
 
 BUCKETS: dict[str, timedelta] = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
 DEFAULT_SPAN: dict[str, timedelta] = {"hour": timedelta(hours=48), "day": timedelta(days=30)}
@@ -303,10 +304,12 @@ def unbilled(con: duckdb.DuckDBPyConnection, catalog: Catalog, rng: TimeRange) -
     }
     rows: list[Data] = []
     unpriced: list[Data] = []
-    # The sums come per service tier (features may price tiers apart): rows add them up.
+    # The sums come per way served (tier, speed, geography: features may price them
+    # apart): rows add them up.
     by_class: dict[tuple[object, ...], Data] = {}
     by_type: dict[tuple[object, ...], Data] = {}
-    for reason, consumer, key, customer, plan, provider, model, tier, *counts, n_events in found:
+    for reason, consumer, key, customer, plan, provider, model, *rest in found:
+        served, counts, n_events = Served(*rest[:_NS]), rest[_NS:-1], rest[-1]
         tokens: dict[str, int] = dict(zip(TOKEN_TYPES, (int(n) for n in counts), strict=True))
         if reason is not None:
             row = by_class.get((reason, consumer, key, customer, provider, model))
@@ -324,7 +327,7 @@ def unbilled(con: duckdb.DuckDBPyConnection, catalog: Catalog, rng: TimeRange) -
             continue
         for tt, n in tokens.items():
             if n and not any(
-                m.matches(provider, model, tt) and m.counts_tier(tier) for m in meters[plan]
+                m.matches(provider, model, tt) and m.counts_served(served) for m in meters[plan]
             ):
                 item = by_type.get((customer, plan, provider, model, tt))
                 if item is None:
@@ -375,6 +378,8 @@ def unbilled(con: duckdb.DuckDBPyConnection, catalog: Catalog, rng: TimeRange) -
 
 ROW_ORDER = ("reason", "consumer", "key_fingerprint", "customer", "provider", "model")
 
+_NS = len(SERVED_COLUMNS)
+
 _AGG_SUMS = ", ".join(f"SUM(e.{tt})::BIGINT AS {tt}" for tt in TOKEN_COLUMNS)
 MAX_SEGMENT_BOUNDS = 64
 """Beyond this many subscription starts and ends inside the range, one join per event."""
@@ -404,7 +409,7 @@ def _unbilled_sql(catalog: Catalog, rng: TimeRange) -> tuple[str, list[object]]:
     events = "SUM(e.events)::BIGINT"
     grouped = (
         f"(SELECT {seg} AS seg, consumer, CASE WHEN consumer IS NULL THEN key_fingerprint END"
-        " AS key_fingerprint, provider, model, service_tier, "
+        f" AS key_fingerprint, provider, model, {', '.join(SERVED_COLUMNS)}, "
         + ", ".join(f"SUM({col})::BIGINT AS {tt}" for tt, col in TOKEN_COLUMNS.items())
         + ", COUNT(*) AS events FROM usage_events WHERE ts >= ? AND ts < ? GROUP BY ALL)"
     )
@@ -413,20 +418,20 @@ def _unbilled_sql(catalog: Catalog, rng: TimeRange) -> tuple[str, list[object]]:
     return sql.replace("WHERE e.ts >= ? AND e.ts < ?", ""), params
 
 
-UNBILLED_SQL = """
+UNBILLED_SQL = f"""
     SELECT CASE WHEN e.consumer IS NULL THEN 'unknown key'
                 WHEN c.customer_key IS NULL THEN 'consumer not linked to a customer'
                 WHEN s.plan IS NULL THEN 'outside subscriptions' END AS reason,
            e.consumer,
            CASE WHEN e.consumer IS NULL THEN e.key_fingerprint END AS key_fingerprint,
            c.customer_key AS customer, s.plan, e.provider, coalesce(e.model, '') AS model,
-           e.service_tier, {sums}, {events} AS events
+           {SERVED_SQL}, {{sums}}, {{events}} AS events
     FROM usage_events AS e
     LEFT JOIN (SELECT DISTINCT consumer, customer_key FROM dash_subscriptions) AS c
       ON e.consumer = c.consumer
     LEFT JOIN (SELECT consumer, plan, s_start, coalesce(s_end, TIMESTAMP 'infinity') AS s_end
                FROM dash_subscriptions WHERE plan IS NOT NULL) AS s
-      ON e.consumer = s.consumer AND {at} >= s.s_start AND {at} < s.s_end
+      ON e.consumer = s.consumer AND {{at}} >= s.s_start AND {{at}} < s.s_end
     WHERE e.ts >= ? AND e.ts < ?
     GROUP BY ALL
 """

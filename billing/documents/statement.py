@@ -38,6 +38,7 @@ from billing.shown import legible, name, visible
 from billing.usage import TOKEN_COLUMNS, WINDOWED_EVENTS, UsageWindow, load_windows
 from billing.usage.owned import carve_stored
 from meterline.catalog import Catalog, Customer
+from meterline.served import SERVED_SQL, Served
 
 e = html.escape
 
@@ -109,7 +110,7 @@ def _why_none(catalog: Catalog, customer: Customer, month: str) -> str:
 
 _DAILY_SQL = f"""
     SELECT w.window_id, CAST(e.ts AS DATE) AS day, e.provider, coalesce(e.model, '') AS model,
-           e.service_tier,
+           {SERVED_SQL},
            {", ".join(f"SUM(e.{c})::BIGINT AS {t}" for t, c in TOKEN_COLUMNS.items())}
     {WINDOWED_EVENTS}
     GROUP BY ALL
@@ -136,10 +137,10 @@ def feature_usage(con: duckdb.DuckDBPyConnection, invoices: list[Invoice]) -> li
         return []
     load_windows(con, carve_stored(con, stored))  # as the lines billed them
     per_day: dict[str, dict[tuple[date, str], int]] = defaultdict(lambda: defaultdict(int))
-    for wid, day, provider, model, tier, *counts in con.execute(_DAILY_SQL).fetchall():
+    for wid, day, provider, model, tier, speed, geo, *counts in con.execute(_DAILY_SQL).fetchall():
         line = lines[owner[wid]]
         meter = line_meter(line)
-        if not meter.matches(provider, model, tier):
+        if not meter.matches(provider, model, Served(tier, speed, geo)):
             continue
         tokens = dict(zip(TOKEN_COLUMNS, counts, strict=True))
         n = sum(int(tokens[t]) for t in meter.token_types)

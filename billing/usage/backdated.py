@@ -29,6 +29,7 @@ from billing.usage.behind import TokenFilter
 from billing.usage.owned import carve_stored
 from billing.usage.windows import WINDOWED_EVENTS, UsageWindow, load_windows
 from meterline.eventschema import TOKEN_COLUMNS
+from meterline.served import SERVED_SQL, Served
 
 BACKDATED_REASON = "stored after its invoice swept it (ingested_at before that invoice's watermark)"
 """The ``--unbilled`` reason of usage a sweep's range holds but its invoice did not bill."""
@@ -38,7 +39,7 @@ _MASK = " + ".join(
     for i, col in enumerate(TOKEN_COLUMNS.values())
 )
 _SQL = f"""
-    SELECT w.window_id, e.consumer, e.provider, coalesce(e.model, '') AS model, e.service_tier,
+    SELECT w.window_id, e.consumer, e.provider, coalesce(e.model, '') AS model, {SERVED_SQL},
            {", ".join(f"SUM(e.{c})::BIGINT" for c in TOKEN_COLUMNS.values())},
            COUNT(*) AS events, {_MASK} AS mask
     {WINDOWED_EVENTS}
@@ -51,8 +52,9 @@ Key = tuple[str, str, str]
 
 @dataclass
 class _Group:
-    """Events of one stored window with the same consumer, provider, model, service tier
-    and set of non-zero token types (``mask``, one bit per token type)."""
+    """Events of one stored window with the same consumer, provider, model, way served
+    (tier, speed, geography) and set of non-zero token types (``mask``, one bit per token
+    type)."""
 
     consumer: str
     provider: str
@@ -60,7 +62,7 @@ class _Group:
     tokens: dict[str, int]
     events: int
     mask: int
-    service_tier: str | None = None
+    served: Served = Served()
 
 
 @dataclass
@@ -87,7 +89,7 @@ def _excess(
     holders: dict[Key, set[str]] = defaultdict(set)
     events = 0
     for g in groups:
-        if not meter.matches(g.provider, g.model, g.service_tier):
+        if not meter.matches(g.provider, g.model, g.served):
             continue
         for tt in meter.token_types:
             if g.tokens[tt]:
@@ -196,10 +198,11 @@ def backdated_usage(
         stored.append((ck, window))
     load_windows(con, carve_stored(con, stored))
     groups: dict[int, list[_Group]] = defaultdict(list)
-    for wid, who, provider, model, tier, *counts in con.execute(_SQL).fetchall():
+    for wid, who, provider, model, tier, speed, geo, *counts in con.execute(_SQL).fetchall():
         *tokens, events, mask = counts
         tokens_by_type = dict(zip(TOKEN_COLUMNS, (int(t or 0) for t in tokens), strict=True))
-        groups[wid].append(_Group(who, provider, model, tokens_by_type, events, mask, tier))
+        served = Served(tier, speed, geo)
+        groups[wid].append(_Group(who, provider, model, tokens_by_type, events, mask, served))
     sweeps: list[_Sweep] = []
     for (number, _), (ck, w) in zip(((r[0], r[1]) for r in found), stored, strict=True):
         sweep = _Sweep(ck)

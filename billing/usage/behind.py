@@ -13,13 +13,14 @@ from billing.storevalues import from_db
 from billing.usage.windows import WINDOWED_EVENTS, UsageWindow, load_windows
 from meterline.catalog import FeatureMeter
 from meterline.eventschema import TOKEN_COLUMNS
-from meterline.servicetiers import tier_matches
+from meterline.served import SERVED_SQL, Served, ServedFilter
 
 
 @dataclass(frozen=True)
 class TokenFilter:
     """The tokens a usage line counts: provider, case-insensitive model glob, token types,
-    service tier names (``None``: every tier).
+    and the service tier, speed and geography names it counts (``served``: none, every
+    event).
 
     A hashable copy of a feature's ``meter`` (``meterline.catalog.FeatureMeter``) as the
     line was priced: built from the catalog, or from the snapshot stored on the line.
@@ -28,34 +29,35 @@ class TokenFilter:
     provider: str | None
     model: str
     token_types: tuple[str, ...]
-    service_tier: tuple[str, ...] | None = None
+    served: ServedFilter = ServedFilter()
 
     @classmethod
     def of(cls, meter: FeatureMeter) -> TokenFilter:
-        return cls(meter.provider, meter.model, tuple(meter.token_types), meter.service_tier)
+        return cls(meter.provider, meter.model, tuple(meter.token_types), meter.served)
 
     @classmethod
     def from_snapshot(cls, meter: dict[str, Any]) -> TokenFilter:
-        """The filter a line stored (``detail.meter``): no ``service_tier``, every tier."""
+        """The filter a line stored (``detail.meter``): no ``service_tier``, ``speed`` or
+        ``inference_geo``, no filter on it (lines stored before it existed)."""
         return cls(
             meter["provider"],
             meter["model"],
             tuple(meter["token_types"]),
-            _tier_names(meter.get("service_tier")),
+            ServedFilter.from_snapshot(meter),
         )
 
     def model_matches(self, model: str) -> bool:
         return fnmatch.fnmatchcase(model.lower(), self.model.lower())
 
-    def tier_matches(self, service_tier: str | None) -> bool:
-        """The rule of :mod:`meterline.servicetiers` (``None``: the tier was not reported)."""
-        return tier_matches(self.service_tier, service_tier)
+    def served_matches(self, served: Served) -> bool:
+        """The rule of :mod:`meterline.served` (``None`` values: not reported)."""
+        return self.served.counts(served)
 
-    def matches(self, provider: str, model: str, service_tier: str | None) -> bool:
+    def matches(self, provider: str, model: str, served: Served) -> bool:
         return (
             (self.provider is None or self.provider == provider)
             and self.model_matches(model)
-            and self.tier_matches(service_tier)
+            and self.served_matches(served)
         )
 
 
@@ -99,24 +101,18 @@ def events_behind(
     quantity = " + ".join(f"e.{TOKEN_COLUMNS[t]}" for t in meter.token_types)
     cols = ", ".join(f"e.{c}" for c in EVENT_FIELDS)
     rows = con.execute(
-        f"SELECT {cols}, ({quantity})::BIGINT AS quantity, e.service_tier {base} "
+        f"SELECT {cols}, ({quantity})::BIGINT AS quantity, {SERVED_SQL} {base} "
         f"AND list_contains(?, coalesce(e.model, '')) AND ({quantity}) > 0 "
         "ORDER BY e.ts, e.event_id",
         [*params, models],
     ).fetchall()
     out = []
-    for *r, tier in rows:
-        if not meter.tier_matches(tier):
+    n = len(EVENT_FIELDS) + 1
+    for r in rows:
+        if not meter.served_matches(Served(*r[n:])):
             continue
-        event = dict(zip((*EVENT_FIELDS, "quantity"), r, strict=True))
+        event = dict(zip((*EVENT_FIELDS, "quantity"), r[:n], strict=True))
         event["ts"] = from_db(event["ts"])  # type: ignore[arg-type]
         event["ingested_at"] = from_db(event["ingested_at"])  # type: ignore[arg-type]
         out.append(event)
     return out
-
-
-def _tier_names(stored: str | list[str] | None) -> tuple[str, ...] | None:
-    """A line's stored tier filter: a list of names (a name alone: a list of one)."""
-    if stored is None:
-        return None
-    return (stored,) if isinstance(stored, str) else tuple(stored)

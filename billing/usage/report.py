@@ -17,8 +17,9 @@ from billing.usage.owned import ownership
 from billing.usage.windows import UsageWindow
 from meterline.catalog import CALL_TYPES, Catalog
 from meterline.eventschema import TOKEN_COLUMNS
+from meterline.served import SERVED_COLUMNS, SERVED_SQL, Served
 
-GROUP_DIMENSIONS = ("model", "tier", "type", "day", "refused")
+GROUP_DIMENSIONS = ("model", "tier", "speed", "geo", "type", "day", "refused")
 
 
 class UsageError(UserError, ValueError):
@@ -159,6 +160,10 @@ def _group_dims(group_by: tuple[str, ...]) -> list[str]:
         dims += ["e.provider", "coalesce(e.model, '') AS model"]
     if "tier" in group_by:  # the service tier that served the calls (NULL: not reported)
         dims.append("e.service_tier")
+    if "speed" in group_by:  # the speed the calls ran at (Anthropic fast mode; NULL: none said)
+        dims.append("e.speed")
+    if "geo" in group_by:  # where the calls ran (Anthropic us, global; NULL: none said)
+        dims.append("e.inference_geo")
     if "day" in group_by:
         dims.append("CAST(e.ts AS DATE) AS day")
     if "refused" in group_by:  # calls the proxy refused itself, by reason
@@ -390,36 +395,40 @@ def _unpriced(
 ) -> list[dict[str, object]]:
     """Tokens a subscription covers that no usage rate card of its plan selects.
 
-    The distinct (plan, provider, model, service tier) of covered events are few: which of
+    The distinct (plan, provider, model, way served) of covered events are few: which of
     their token types some card's meter selects is decided in Python (globs, as the invoice
     builder does), then one query sums only the unpriced token types, counting an event only
     when it has some.
     """
     cond = " AND ".join(where) or "TRUE"
     combos = con.execute(
-        f"SELECT DISTINCT s.plan_key, e.provider, coalesce(e.model, ''), e.service_tier "
+        f"SELECT DISTINCT s.plan_key, e.provider, coalesce(e.model, ''), {SERVED_SQL} "
         f"{_EVENTS_FROM} {_COVERING_SUB} WHERE {cond}",
         params,
     ).fetchall()
     meters = _priced_types(catalog)
-    table: list[tuple[str, str, str, str | None, list[bool]]] = []
-    for plan_key, provider, model, tier in combos:
+    table: list[tuple[str, str, str, Served, list[bool]]] = []
+    for plan_key, provider, model, *how in combos:
+        served = Served(*how)
         priced = {
             tt
             for mf in meters.get(plan_key, [])
-            if mf.matches(provider, model, tier)
+            if mf.matches(provider, model, served)
             for tt in mf.token_types
         }
         if len(priced) < len(TOKEN_COLUMNS):
             unpriced = [tt not in priced for tt in TOKEN_COLUMNS]
-            table.append((plan_key, provider, model, tier, unpriced))
+            table.append((plan_key, provider, model, served, unpriced))
     if not table:
         return []
     columns: dict[str, pa.Array] = {
         "plan_key": pa.array([t[0] for t in table], pa.string()),
         "provider": pa.array([t[1] for t in table], pa.string()),
         "model": pa.array([t[2] for t in table], pa.string()),
-        "service_tier": pa.array([t[3] for t in table], pa.string()),
+        **{
+            col: pa.array([t[3][i] for t in table], pa.string())
+            for i, col in enumerate(SERVED_COLUMNS)
+        },
     }
     for i, tt in enumerate(TOKEN_COLUMNS):
         columns[f"u_{tt}"] = pa.array([t[4][i] for t in table], pa.bool_())
@@ -434,6 +443,7 @@ def _unpriced(
         *_group_dims(group_by),
     ]
     sums = ", ".join(f"SUM({expr})::BIGINT AS {tt}" for tt, expr in tokens.items())
+    same_served = "".join(f" AND u.{c} IS NOT DISTINCT FROM e.{c}" for c in SERVED_COLUMNS)
     con.register("bill_unpriced", pa.table(columns))
     try:
         return _fetch(
@@ -441,8 +451,7 @@ def _unpriced(
             f"SELECT {', '.join(dims)}, {sums}, COUNT(*) AS events "
             f"{_EVENTS_FROM} {_COVERING_SUB} "
             "JOIN bill_unpriced AS u ON u.plan_key = s.plan_key AND u.provider = e.provider"
-            " AND u.model = coalesce(e.model, '')"
-            " AND u.service_tier IS NOT DISTINCT FROM e.service_tier "
+            f" AND u.model = coalesce(e.model, ''){same_served} "
             f"WHERE {cond} AND ({' + '.join(tokens.values())}) > 0 GROUP BY ALL",
             params,
         )

@@ -1,7 +1,7 @@
 """Usage windows: the events each invoice window counts, and their token sums in one pass.
 
-The invoice build needs one figure per (customer, window, provider, model, service tier,
-token type).
+The invoice build needs one figure per (customer, window, provider, model, how the calls
+were served (service tier, speed, geography: :mod:`meterline.served`), token type).
 :func:`aggregate_windows` computes all of them in one pass over the events for every
 customer at once: the windows (a customer's consumers, a ``[start, end)`` range of event
 time ``ts``, a ``(after, until]`` range of ``ingested_at``) go into a small temporary
@@ -24,6 +24,7 @@ import pyarrow as pa
 from billing.storevalues import to_db
 from meterline.catalog import TOKEN_TYPES
 from meterline.eventschema import TOKEN_COLUMNS
+from meterline.served import SERVED_COLUMNS, SERVED_SQL, Served, served_sql
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,12 @@ class WindowUsage:
     events: int
     counted: dict[tuple[str, ...], int] = field(default_factory=dict)
     service_tier: str | None = None
+    speed: str | None = None
+    inference_geo: str | None = None
+
+    @property
+    def served(self) -> Served:
+        return Served(self.service_tier, self.speed, self.inference_geo)
 
     def events_with(self, token_types: tuple[str, ...]) -> int:
         """Events with tokens of ``token_types`` (all events when that set was not asked)."""
@@ -123,7 +130,7 @@ WINDOWED_EVENTS = windowed_events()
 _SUMS = ", ".join(f"SUM(e.{col})::BIGINT AS {tt}" for tt, col in TOKEN_COLUMNS.items())
 
 AGGREGATE_SQL = f"""
-    SELECT w.window_id, e.provider, coalesce(e.model, '') AS model, e.service_tier, {_SUMS},
+    SELECT w.window_id, e.provider, coalesce(e.model, '') AS model, {SERVED_SQL}, {_SUMS},
            COUNT(*) AS events{{counted}}
     {WINDOWED_EVENTS}
     WHERE {{where}}
@@ -132,12 +139,12 @@ AGGREGATE_SQL = f"""
 
 
 SHARED_BOUNDS_SQL = f"""
-    SELECT w.window_id, a.provider, a.model, a.service_tier,
+    SELECT w.window_id, a.provider, a.model, {served_sql("a")},
            {", ".join(f"SUM(a.{tt})::BIGINT" for tt in TOKEN_COLUMNS)},
            SUM(a.events)::BIGINT{{counted_columns}}
     FROM (
-        SELECT e.consumer, e.provider, coalesce(e.model, '') AS model, e.service_tier, {_SUMS},
-               COUNT(*) AS events{{counted}}
+        SELECT e.consumer, e.provider, coalesce(e.model, '') AS model, {SERVED_SQL},
+               {_SUMS}, COUNT(*) AS events{{counted}}
         FROM usage_events AS e
         WHERE {{where}}
         GROUP BY ALL
@@ -162,7 +169,7 @@ def aggregate_windows(
     windows: Sequence[UsageWindow],
     token_sets: Sequence[tuple[str, ...]] = (),
 ) -> list[WindowUsage]:
-    """One pass over the events: token sums per (window, provider, model, service tier),
+    """One pass over the events: token sums per (window, provider, model, how served),
     and for each set in ``token_sets`` the number of events with tokens of one of its
     types."""
     if not windows:
@@ -188,16 +195,19 @@ def aggregate_windows(
         else AGGREGATE_SQL.format(counted=counted, where=where)
     )
     rows = con.execute(sql, params).fetchall()
-    n = len(TOKEN_TYPES)  # the rows: window, provider, model, tier, token sums, events, counts
+    n = len(TOKEN_TYPES)  # the rows: window, provider, model, served, sums, events, counts
+    k = 3 + len(SERVED_COLUMNS)
     return [
         WindowUsage(
             window_id=r[0],
             provider=r[1],
             model=r[2],
             service_tier=r[3],
-            tokens=dict(zip(TOKEN_TYPES, (int(v or 0) for v in r[4 : 4 + n]), strict=True)),
-            events=int(r[4 + n]),
-            counted={s: int(v) for s, v in zip(sets, r[5 + n :], strict=True)},
+            speed=r[4],
+            inference_geo=r[5],
+            tokens=dict(zip(TOKEN_TYPES, (int(v or 0) for v in r[k : k + n]), strict=True)),
+            events=int(r[k + n]),
+            counted={s: int(v) for s, v in zip(sets, r[k + 1 + n :], strict=True)},
         )
         for r in rows
     ]

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     Field,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -24,12 +25,13 @@ from meterline.catalog.base import (
     _iso_duration,
     _Model,
 )
+from meterline.served import Served, ServedFilter
 from meterline.servicetiers import tier_matches
 from meterline.utc import as_utc_in_range
 
 TierName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$", max_length=64)]
-"""A service tier as providers name it (``default``, ``flex``, ``on_demand``): a name,
-not a glob."""
+"""A name providers give to how a call was served: a service tier (``default``, ``flex``,
+``on_demand``), a speed (``fast``), a place (``us``): a name, not a glob."""
 
 Limit = Annotated[
     Annotated[int, Field(ge=0)] | Literal["unlimited"], Accepts('an integer >= 0 or "unlimited"')
@@ -39,26 +41,34 @@ Limit = Annotated[
 
 class FeatureMeter(_Model):
     """A slice of the token meter. ``model`` is a glob (``gpt-4o*``), matched
-    case-insensitively; ``service_tier`` names the tiers the provider says served the call
-    (``flex``; ``[priority, scale]``), matched by the rule of :mod:`meterline.servicetiers`
-    (an event without one counts where ``default`` or ``standard`` is named)."""
+    case-insensitively; ``service_tier``, ``speed`` and ``inference_geo`` name how the
+    provider says it served the call (``flex``; ``[priority, scale]``; ``fast``; ``us``),
+    matched by the rule of :mod:`meterline.served` (an event without a value counts where
+    the standard way is named: ``default`` or ``standard``, ``standard``, ``global``)."""
 
     provider: str | None = None
     model: str = "*"
     service_tier: tuple[TierName, ...] | None = Field(default=None, min_length=1)
     """Only calls served at one of these tiers (one name alone: a list of one), lower
     case; ``None``: every tier (:mod:`meterline.servicetiers`)."""
+    speed: tuple[TierName, ...] | None = Field(default=None, min_length=1)
+    """Only calls run at one of these speeds (Anthropic ``fast``, ``standard``); ``None``:
+    every speed."""
+    inference_geo: tuple[TierName, ...] | None = Field(default=None, min_length=1)
+    """Only calls run in one of these geographies (Anthropic ``us``, ``global``); ``None``:
+    everywhere."""
 
-    @field_validator("service_tier", mode="before")
+    @field_validator("service_tier", "speed", "inference_geo", mode="before")
     @classmethod
-    def _tier_names(cls, value: Any) -> Any:
+    def _served_names(cls, value: Any, info: ValidationInfo) -> Any:
         if isinstance(value, str):
             value = [value]
         if isinstance(value, list | tuple):
             value = [v.lower() if isinstance(v, str) else v for v in value]
             dupes = sorted({v for v in value if value.count(v) > 1})
             if dupes:
-                raise ValueError(f"duplicate service tier(s): {', '.join(map(str, dupes))}")
+                what = "service tier" if info.field_name == "service_tier" else info.field_name
+                raise ValueError(f"duplicate {what}(s): {', '.join(map(str, dupes))}")
         return value
 
     token_types: list[TokenType] = Field(
@@ -82,7 +92,8 @@ class FeatureMeter(_Model):
 
     def matches(self, provider: str, model: str, token_type: str) -> bool:
         """Whether some call to ``model`` of ``provider`` counts ``token_type`` here: the
-        tier that serves a call is known only once it is answered (:meth:`counts_tier`)."""
+        tier, speed and geography that serve a call are known only once it is answered
+        (:meth:`counts_served`)."""
         return (
             (self.provider is None or self.provider == provider)
             and token_type in self.token_types
@@ -90,8 +101,18 @@ class FeatureMeter(_Model):
         )
 
     def counts_tier(self, service_tier: str | None) -> bool:
-        """Whether an event served at ``service_tier`` (``None``: not reported) counts here."""
+        """Whether an event served at ``service_tier`` (``None``: not reported) counts here
+        as far as its tier goes (what a request asks for: :meth:`counts_served` decides)."""
         return tier_matches(self.service_tier, service_tier)
+
+    @property
+    def served(self) -> ServedFilter:
+        """The filters on how calls were served (:mod:`meterline.served`)."""
+        return ServedFilter(self.service_tier, self.speed, self.inference_geo)
+
+    def counts_served(self, served: Served) -> bool:
+        """Whether an event served as ``served`` (tier, speed, geography) counts here."""
+        return self.served.counts(served)
 
 
 class Feature(_Model):

@@ -68,6 +68,7 @@ from meterline.entitlements.policy import (
     Matched,
 )
 from meterline.periods import Period
+from meterline.served import Served
 
 RefusalKind = str
 """``limit`` (429), ``credits`` (429), ``not_granted`` (403), ``unavailable`` (503)."""
@@ -451,12 +452,17 @@ class Counters:
         by_type: dict[str, int],
         at: datetime,
         service_tier: str | None = None,
+        *,
+        speed: str | None = None,
+        inference_geo: str | None = None,
     ) -> None:
         """Count one of this proxy's own events (pending until a snapshot holds it);
-        ``service_tier``: the tier that served it (``None``: not reported)."""
+        ``service_tier``, ``speed``, ``inference_geo``: how it was served (``None``: not
+        reported), which decides the accounts that count it (:mod:`meterline.served`)."""
         contributions = []
+        served = Served(service_tier, speed, inference_geo)
         for acct, types in pol.matching(provider, model).counted:
-            if not acct.meter.counts_tier(service_tier):
+            if not acct.meter.counts_served(served):
                 continue
             units = sum(by_type.get(t, 0) for t in types)
             if units:

@@ -30,6 +30,7 @@ from meterline.catalog import (
 )
 from meterline.entitlements.cost import CostBound
 from meterline.periods import Period, parse_cadence, period_containing
+from meterline.served import Served
 
 INPUT_TYPES = frozenset(
     {"input", "cached_input", "cache_write", "cache_write_1h", "audio_input", "cached_audio_input"}
@@ -89,15 +90,14 @@ class Account:
 
     def matches_model(self, provider: str, model: str) -> bool:
         """Whether a call to ``model`` of ``provider`` can add to this account, served at
-        whichever tier (a call is admitted before the provider says which)."""
+        whichever tier, speed and geography (a call is admitted before the provider says
+        which: a limit on fast or US calls of a model holds every call of that model)."""
         return any(self.meter.matches(provider, model, t) for t in self.meter.token_types)
 
-    def tokens(
-        self, provider: str, model: str, service_tier: str | None, by_type: dict[str, int]
-    ) -> int:
-        """The units of an event (token counts by type, the tier that served it) this
-        account counts."""
-        if not self.meter.counts_tier(service_tier):
+    def tokens(self, provider: str, model: str, served: Served, by_type: dict[str, int]) -> int:
+        """The units of an event (token counts by type, how it was served: tier, speed,
+        geography) this account counts."""
+        if not self.meter.counts_served(served):
             return 0
         return sum(n for t, n in by_type.items() if n and self.meter.matches(provider, model, t))
 

@@ -25,6 +25,7 @@ from meterline.entitlements.counters import Snapshot
 from meterline.entitlements.policy import Account, Key, Policy
 from meterline.eventschema import TOKEN_COLUMNS
 from meterline.periods import Period, periods_between
+from meterline.served import SERVED_SQL, Served
 
 _TOKEN_COLUMNS = TOKEN_COLUMNS
 _ID_CHUNK = 2000
@@ -84,17 +85,18 @@ def _sum_windows(
     rows = con.execute(
         f"""
         WITH w(window_id, consumer, w_start, w_end) AS (VALUES {values})
-        SELECT w.window_id, e.provider, coalesce(e.model, ''), e.service_tier, {sums}
+        SELECT w.window_id, e.provider, coalesce(e.model, ''), {SERVED_SQL}, {sums}
         FROM usage_events AS e
         JOIN w ON e.consumer = w.consumer AND e.ts >= w.w_start AND e.ts < w.w_end
         WHERE e.ts >= {_ts(since)}
         GROUP BY ALL
         """
     ).fetchall()
-    for window_id, provider, model, tier, *tokens in rows:
+    for window_id, provider, model, tier, speed, geo, *tokens in rows:
         acct, key = keyed[window_id]
         by_type = dict(zip(_TOKEN_COLUMNS, (int(t or 0) for t in tokens), strict=True))
-        out[key] = out.get(key, 0) + acct.tokens(provider, model, tier, by_type)
+        served = Served(tier, speed, geo)
+        out[key] = out.get(key, 0) + acct.tokens(provider, model, served, by_type)
     return out
 
 

@@ -43,6 +43,8 @@ class Event:
     web_search: int = 0
     cached_audio_input: int = 0
     service_tier: str | None = None
+    speed: str | None = None
+    inference_geo: str | None = None
     ingested_at: datetime | None = None
     event_id: str = field(default_factory=lambda: f"ev-{next(_ids):06d}")
     key_fingerprint: str | None = "sha256:" + "ab" * 32
@@ -80,6 +82,8 @@ class Event:
             self.web_search,
             self.cached_audio_input,
             self.service_tier,
+            self.speed,
+            self.inference_geo,
         )
 
 

@@ -128,6 +128,7 @@ def test_events_stored_before_audio_was_counted_read_0(tmp_path: Path) -> None:
         "0040_web_search_calls",
         "0050_cached_audio_input",
         "0060_service_tier",
+        "0070_speed_inference_geo",
     ]
     con.close()
     with billing_store(db) as con:

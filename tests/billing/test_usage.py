@@ -288,7 +288,7 @@ def test_group_by_parsing() -> None:
     with pytest.raises(UsageError) as err:
         parse_group_by("model,week")
     assert str(err.value) == (
-        "unknown dimension 'week' (choose from model, tier, type, day, refused)"
+        "unknown dimension 'week' (choose from model, tier, speed, geo, type, day, refused)"
     )
 
 

@@ -137,6 +137,7 @@ def test_events_stored_before_searches_were_counted_read_0(tmp_path: Path) -> No
         "0040_web_search_calls",
         "0050_cached_audio_input",
         "0060_service_tier",
+        "0070_speed_inference_geo",
     ]
     con.close()
     with billing_store(db) as con:

@@ -228,15 +228,26 @@ def test_a_lake_filled_before_web_searches_were_counted_takes_their_column(
             "0040_web_search_calls",
             "0050_cached_audio_input",
             "0060_service_tier",
+            "0070_speed_inference_geo",
         ]
         con.execute(f"INSERT INTO usage_events ({columns}) VALUES ('older-proxy', {row})")
         con.execute(
             f"INSERT INTO usage_events ({', '.join(EVENT_COLUMNS)}) "
-            f"VALUES ('new', {row}, 3, 0, 'flex')"
+            f"VALUES ('new', {row}, 3, 0, 'flex', 'fast', 'us')"
         )
         rows = con.execute(
             "SELECT event_id, input_tokens, web_search_calls FROM usage_events ORDER BY event_id"
         ).fetchall()
         [(total,)] = con.execute("SELECT SUM(web_search_calls) FROM usage_events").fetchall()
+        served = con.execute(
+            "SELECT event_id, service_tier, speed, inference_geo FROM usage_events "
+            "ORDER BY event_id"
+        ).fetchall()
     assert rows == [("new", 64, 3), ("old", 64, 0), ("older-proxy", 64, 0)]
     assert total == 3
+    # Events stored before 0070 read NULL speed and geography (standard, global).
+    assert served == [
+        ("new", "flex", "fast", "us"),
+        ("old", None, None, None),
+        ("older-proxy", None, None, None),
+    ]

@@ -24,7 +24,11 @@ headers), ``status=CODE`` (a provider-shaped error),
 a provider does that resolves an alias or an Azure deployment), ``usage-in-choice``
 (OpenRouter's usage chunk: a choice with ``finish_reason: null``, not ``choices: []``),
 ``hold-done`` (``data: [DONE]`` only to a client still there), ``tier=NAME`` (answer as
-served at that service tier whatever was asked). An OpenAI request that
+served at that service tier whatever was asked), ``speed=NAME`` / ``geo=NAME`` (an
+Anthropic answer's ``usage.speed`` / ``usage.inference_geo`` whatever was asked: a fast
+request that fell back to ``standard``). An Anthropic request that asks for ``speed`` or
+``inference_geo`` is answered as run that way, in the message's or ``message_start``'s
+``usage``, as the API does. An OpenAI request that
 asks for a ``service_tier`` is answered with the tier that served it, as OpenAI does
 (``auto`` served at ``default``; a Responses stream's ``response.created`` echoes the asked
 one). Output never exceeds the request's
@@ -170,6 +174,10 @@ class _Behaviour:
     served_tier: str = ""
     """The service tier the answer names whatever the request asked (``tier=NAME``; a
     provider that serves a ``priority`` request at ``default`` under load)."""
+    served_speed: str = ""
+    """Anthropic's ``usage.speed`` whatever the request asked (``speed=NAME``)."""
+    served_geo: str = ""
+    """Anthropic's ``usage.inference_geo`` whatever the request asked (``geo=NAME``)."""
     pad: int = 0
     """Bytes of base64 payload before the usage: an embedding (OpenAI), an image part in
     the last chunk (Gemini): a body or SSE event bigger than the proxy reads whole."""
@@ -205,6 +213,10 @@ class _Behaviour:
                 b.pad = int(value)
             elif name == "tier":
                 b.served_tier = value
+            elif name == "speed":
+                b.served_speed = value
+            elif name == "geo":
+                b.served_geo = value
             elif name in ("prompt", "output"):  # fixed token figures
                 setattr(b, name, int(value))
             else:
@@ -282,6 +294,19 @@ def _served_tier(data: Any, served: str = "") -> dict[str, str]:
     if not isinstance(asked, str):
         return {}
     return {"service_tier": "default" if asked == "auto" else asked}
+
+
+def _served_as(data: Any, b: _Behaviour) -> dict[str, str]:
+    """Anthropic's ``usage.speed`` and ``usage.inference_geo`` for a request body: how it
+    asked to run (``speed``, ``inference_geo``), or the behaviour's whatever it asked;
+    neither when it asked for neither."""
+    asked = data if isinstance(data, dict) else {}
+    out = {}
+    for name, forced in (("speed", b.served_speed), ("inference_geo", b.served_geo)):
+        value = forced or asked.get(name)
+        if isinstance(value, str) and value:
+            out[name] = value
+    return out
 
 
 def _sse(data: Any, event: str | None = None) -> bytes:
@@ -852,6 +877,7 @@ class FakeProvider(LoopbackServers):
         }
         if f["web_search"]:
             usage["server_tool_use"] = {"web_search_requests": f["web_search"]}
+        usage.update(_served_as(data, b))
         message: dict[str, Any] = {
             "id": ex.response_id,
             "type": "message",

@@ -21,7 +21,11 @@ total. Only ``message_start``, ``message_delta`` and ``content_block_delta``
 ``partial``.
 
 Service tier: ``usage.service_tier`` (``standard``, ``priority``, ``batch``) of the
-message, ``message_start``'s or ``message_delta``'s, the latest wins.
+message, ``message_start``'s or ``message_delta``'s, the latest wins. So are the speed
+the call ran at, ``usage.speed`` (``fast``, ``standard``: a fast-mode request that fell
+back says ``standard``), and where it ran, ``usage.inference_geo`` (``us``, ``global``,
+``not_available``): both bill at a multiple of the rates (:mod:`meterline.served`). They
+are kept as the API spells them and, like the tier, go to the iterations billed beside.
 
 Server-side web searches: ``usage.server_tool_use.web_search_requests`` (billed per
 search, $10 per 1,000), the latest report wins like every other figure (``message_delta``
@@ -46,6 +50,7 @@ from addons.metering.extract.framing import (
     as_list,
     loads,
     note,
+    served_name_of,
     service_tier_of,
 )
 from addons.metering.sse import SSEEvent
@@ -126,6 +131,8 @@ class AnthropicReader:
         self._model: str | None = None
         self._id: str | None = None
         self._tier: str | None = None
+        self._speed: str | None = None
+        self._geo: str | None = None
         self._streamed = False
         self._final = False  # a message_delta (or a whole JSON message) was seen
         self._text = LazyText(_delta_text, problems, "content_block_delta")
@@ -135,6 +142,8 @@ class AnthropicReader:
         raw = as_dict(raw)
         _read_fields(raw, self._counts, self._fields)
         self._tier = service_tier_of(raw) or self._tier
+        self._speed = served_name_of(raw, "speed") or self._speed
+        self._geo = served_name_of(raw, "inference_geo") or self._geo
         # Top level only: the call's searches, once (an iteration's are inside them).
         searches = self._counts.get(as_dict(raw.get("server_tool_use")), _WEB_SEARCHES)
         if searches is not None:
@@ -229,6 +238,7 @@ class AnthropicReader:
         usage.model = self._model
         usage.response_id = self._id
         usage.service_tier = self._tier
+        usage.speed, usage.inference_geo = self._speed, self._geo
         usage.partial = self._streamed and not self._final
         usage.invalid = self._counts.problem() or check_consistency(usage)
         for model, fields in self._beside:

@@ -88,17 +88,25 @@ def as_int(value: Any) -> int | None:
 MAX_TIER_CHARS = 64
 
 
+def served_name_of(holder: dict[str, Any], key: str) -> str | None:
+    """The name ``holder[key]`` gives to how the call was served (its tier, speed or
+    geography), as the provider spells it; ``None`` when it names none (not a string,
+    empty, or longer than any name a provider gives)."""
+    value = holder.get(key)
+    if not isinstance(value, str):
+        return None
+    value = value.strip()
+    if not value or len(value) > MAX_TIER_CHARS:
+        return None
+    return value
+
+
 def service_tier_of(holder: dict[str, Any]) -> str | None:
     """The served tier ``holder["service_tier"]`` names, as the provider spells it;
     ``None`` when it names none. ``auto`` is what a client asks for, not a tier that
     served it (OpenAI's ``response.created`` echoes the request's), so it is none."""
-    value = holder.get("service_tier")
-    if not isinstance(value, str):
-        return None
-    value = value.strip()
-    if not value or value == "auto" or len(value) > MAX_TIER_CHARS:
-        return None
-    return value
+    value = served_name_of(holder, "service_tier")
+    return None if value == "auto" else value
 
 
 def as_dict(value: Any) -> dict[str, Any]:

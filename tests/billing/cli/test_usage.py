@@ -117,7 +117,7 @@ def test_unbilled(s: Setup) -> None:
             ["--group-by", "week"],
             2,
             "Error: --group-by: unknown dimension 'week' "
-            "(choose from model, tier, type, day, refused)",
+            "(choose from model, tier, speed, geo, type, day, refused)",
         ),
         (
             ["--from", "March"],

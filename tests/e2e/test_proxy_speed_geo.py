@@ -1,0 +1,112 @@
+"""Fast mode and US-only inference through the real proxy: the ``usage.speed`` and
+``usage.inference_geo`` a fake Anthropic answers (as the API does, in the message's and
+``message_start``'s usage) are stored with each event, and the real ``billing`` CLI prices
+them by the documented Opus 4.6 features (fast 6x, US 1.1x, both 6.6x). Official SDK,
+real mitmdump with the addon."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.billing.test_speed_geo import plan_from_the_docs
+from tests.conftest import KEYS, ProxyFactory
+from tests.e2e.test_billing_e2e import billing
+from tests.e2e.test_governance import rows_where
+from tests.support.clients import Clients
+from tests.support.upstream import FakeProvider
+
+MODEL = "claude-opus-4-6"
+HI = [{"role": "user", "content": "hi"}]
+FAST_MODE = ["fast-mode-2026-02-01"]
+OUTPUT = {"x-fake": "output=4000"}  # $0.10 at $25 per million
+
+
+def opus_catalog(proxy_catalog: Path, path: Path, start: datetime, end: datetime) -> Path:
+    """The proxy's catalog (providers, consumers) with docs/catalog.md's Opus 4.6 plan,
+    metering the fake Anthropic, and alice on it from ``start`` to ``end``."""
+    doc: dict[str, Any] = yaml.safe_load(proxy_catalog.read_text())
+    plan = yaml.safe_load(plan_from_the_docs())
+    for feature in plan["features"]:
+        feature["meter"]["provider"] = "fake-anthropic"
+    doc["features"], doc["plans"] = plan["features"], plan["plans"]
+    subscription = {"plan": "opus", "start": start.isoformat(), "end": end.isoformat()}
+    doc["customers"] = [{"key": "acme", "name": "ACME", "currency": "USD",
+                         "consumers": ["alice"], "subscriptions": [subscription]}]  # fmt: skip
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def test_fast_and_us_calls_are_stored_and_invoiced_at_their_rates(
+    tmp_path: Path, start_proxy: ProxyFactory, fake_provider: FakeProvider, test_catalog: Path
+) -> None:
+    """Five calls of 4,000 output tokens: fast in the US (streamed), fast, fast that fell
+    back to standard speed, US, and plain. Before, all five were billed $0.10 each."""
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=1)
+    proxy = start_proxy()
+    made = Clients(proxy, fake_provider)
+    try:
+        claude = made.anthropic(KEYS["alice"])
+        stream = claude.beta.messages.create(
+            model=MODEL, max_tokens=5000, messages=HI, betas=FAST_MODE, speed="fast",
+            inference_geo="us", stream=True, extra_headers=OUTPUT,
+        )  # fmt: skip
+        started = [e.message.usage for e in stream if e.type == "message_start"]
+        assert [(u.speed, u.inference_geo) for u in started] == [("fast", "us")]
+        fast = claude.beta.messages.create(
+            model=MODEL, max_tokens=5000, messages=HI, betas=FAST_MODE, speed="fast",
+            extra_headers=OUTPUT,
+        )  # fmt: skip
+        assert fast.usage.speed == "fast"
+        fell_back = claude.beta.messages.create(
+            model=MODEL, max_tokens=5000, messages=HI, betas=FAST_MODE, speed="fast",
+            extra_headers={"x-fake": "output=4000,speed=standard"},
+        )  # fmt: skip
+        assert fell_back.usage.speed == "standard"
+        us = claude.messages.create(
+            model=MODEL, max_tokens=5000, messages=HI, inference_geo="us", extra_headers=OUTPUT
+        )
+        assert us.usage.inference_geo == "us"
+        claude.messages.create(model=MODEL, max_tokens=5000, messages=HI, extra_headers=OUTPUT)
+    finally:
+        made.close()
+    rows = rows_where(proxy, "provider = 'fake-anthropic'", 5)
+    assert sorted(
+        (r["speed"] or "", r["inference_geo"] or "", r["output_tokens"]) for r in rows
+    ) == [
+        ("", "", 4000),
+        ("", "us", 4000),
+        ("fast", "", 4000),
+        ("fast", "us", 4000),
+        ("standard", "", 4000),
+    ]
+    end = datetime.now(UTC) + timedelta(seconds=1)
+    while datetime.now(UTC) < end:  # the subscription (and so the period) must have closed
+        time.sleep(0.05)
+    catalog = opus_catalog(test_catalog, tmp_path / "billing.yaml", start, end)
+
+    out = billing(proxy.db, catalog, "invoice", "generate", "--period", f"{end:%Y-%m}")
+    [invoice] = out["invoices"]
+    lines = {
+        ln["rate_card"]: (int(ln["quantity"]), Decimal(ln["amount"])) for ln in invoice["lines"]
+    }
+    assert lines == {
+        "out": (8000, Decimal("0.20")),  # the fallback and the plain call
+        "fast-out": (4000, Decimal("0.60")),  # exactly 6x
+        "us-out": (4000, Decimal("0.11")),
+        "fast-us-out": (4000, Decimal("0.66")),
+    }
+    assert Decimal(invoice["total"]) == Decimal("1.57")
+    by_speed = billing(proxy.db, catalog, "usage", "--group-by", "speed,geo")
+    assert sorted((r["speed"] or "", r["inference_geo"] or "", r["output"]) for r in by_speed) == [
+        ("", "", 4000),
+        ("", "us", 4000),
+        ("fast", "", 4000),
+        ("fast", "us", 4000),
+        ("standard", "", 4000),
+    ]
