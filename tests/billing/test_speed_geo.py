@@ -24,7 +24,6 @@ from billing.model import Invoice
 from billing.store import billing_store
 from billing.usage import UsageQuery, usage_report
 from meterline.catalog import Catalog, CatalogError, parse_catalog
-from meterline.served import Served, ServedFilter, names_match
 from tests.billing.events import Event, add_events, setup, utc
 
 OPUS = "claude-opus-4-6"
@@ -167,43 +166,6 @@ def test_late_fast_usage_is_found_behind_the_fast_line_only(tmp_path: Path) -> N
         page = unbilled(con, s.catalog, TimeRange(utc("2026-01-01"), utc("2026-03-01"), "day"))
     [late] = [r for r in page["reasons"] if r["reason"] == BACKDATED]
     assert late["total"] == 500
-
-
-@pytest.mark.parametrize(
-    ("column", "names", "value", "counted"),
-    [
-        ("speed", None, "fast", True),
-        ("speed", ("standard",), None, True),
-        ("speed", ("standard",), "standard", True),
-        ("speed", ("standard",), "fast", False),
-        ("speed", ("fast",), None, False),
-        ("speed", ("fast",), "Fast", True),
-        ("speed", ("fast",), "not_available", False),
-        ("inference_geo", ("global",), None, True),
-        ("inference_geo", ("global",), "not_available", True),
-        ("inference_geo", ("global",), "us", False),
-        ("inference_geo", ("us",), "US", True),
-        ("inference_geo", ("us",), None, False),
-        ("inference_geo", ("us",), "not_available", False),
-        ("inference_geo", ("us", "global"), None, True),
-        ("service_tier", ("standard",), None, True),  # the tier rule is the same rule
-        ("service_tier", ("flex",), None, False),
-    ],
-)
-def test_the_rule(
-    column: str, names: tuple[str, ...] | None, value: str | None, counted: bool
-) -> None:
-    assert names_match(column, names, value) is counted
-
-
-def test_filters_stack() -> None:
-    fast_us = ServedFilter(speed=("fast",), inference_geo=("us",))
-    assert fast_us.counts(Served("standard", "fast", "us"))
-    assert not fast_us.counts(Served(None, "fast", "global"))
-    assert not fast_us.counts(Served(None, None, "us"))
-    assert ServedFilter().counts(Served("flex", "fast", "us"))
-    assert ServedFilter.from_snapshot({"speed": "fast"}) == ServedFilter(speed=("fast",))
-    assert fast_us.snapshot() == {"speed": ["fast"], "inference_geo": ["us"]}
 
 
 def test_filters_name_values_and_are_not_globs() -> None:

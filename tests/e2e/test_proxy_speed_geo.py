@@ -12,6 +12,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import anthropic
+import pytest
 import yaml
 
 from tests.billing.test_speed_geo import plan_from_the_docs
@@ -19,6 +21,7 @@ from tests.conftest import KEYS, ProxyFactory
 from tests.e2e.test_billing_e2e import billing
 from tests.e2e.test_governance import rows_where
 from tests.support.clients import Clients
+from tests.support.governance import governed_catalog
 from tests.support.upstream import FakeProvider
 
 MODEL = "claude-opus-4-6"
@@ -110,3 +113,57 @@ def test_fast_and_us_calls_are_stored_and_invoiced_at_their_rates(
         ("fast", "us", 4000),
         ("standard", "", 4000),
     ]
+
+
+def test_limits_count_fast_calls_only_on_the_fast_feature(
+    tmp_path: Path, start_proxy: ProxyFactory, fake_provider: FakeProvider
+) -> None:
+    """Hard limits of 100 output tokens on the standard and the fast feature; calls of 40.
+    Two fast calls count on the fast feature only, so three standard calls are admitted
+    (40, 80, 120: the one that crosses is the last) and the fourth refused. Before the
+    proxy read speeds, the fast calls filled the standard limit: one standard call passed.
+    A fast call is then refused by the standard feature's limit too: a call is admitted
+    before the answer says how it ran, so every limit of its model applies to it."""
+    path = governed_catalog(
+        tmp_path / "catalog.yaml",
+        fake_provider,
+        {"alice": KEYS["alice"]},
+        entitlements=[{"feature": "opus-out", "limit": 100},
+                      {"feature": "opus-fast-out", "limit": 100}],
+    )  # fmt: skip
+    doc = yaml.safe_load(path.read_text())
+    for feature in yaml.safe_load(plan_from_the_docs())["features"]:
+        doc["features"].append(
+            {**feature, "meter": {**feature["meter"], "provider": "fake-anthropic"}}
+        )
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    proxy = start_proxy(catalog=path)
+    fake = {"x-fake": "output=40"}
+    made = Clients(proxy, fake_provider)
+    try:
+        claude = made.anthropic(KEYS["alice"])
+
+        def call(**fast: Any) -> None:
+            claude.beta.messages.create(
+                model=MODEL, max_tokens=40, messages=HI, extra_headers=fake, **fast
+            )
+
+        for _ in range(2):
+            call(betas=FAST_MODE, speed="fast")
+        for _ in range(3):
+            call()
+        with pytest.raises(anthropic.RateLimitError) as standard:
+            call()
+        with pytest.raises(anthropic.RateLimitError) as fast:
+            call(betas=FAST_MODE, speed="fast")
+    finally:
+        made.close()
+    assert "limit of 100 opus-out units" in str(standard.value)
+    assert "limit of 100 opus-out units" in str(fast.value)
+    served = rows_where(proxy, "reason IS NULL", 5)
+    assert sorted((r["speed"] or "", r["output_tokens"]) for r in served) == [
+        ("", 40), ("", 40), ("", 40), ("fast", 40), ("fast", 40),
+    ]  # fmt: skip
+    assert [r["reason"] for r in rows_where(proxy, "reason IS NOT NULL", 2)] == [
+        "limit:opus-out", "limit:opus-out",
+    ]  # fmt: skip
