@@ -57,7 +57,12 @@ from mitmproxy import exceptions, http
 
 from addons.metering import errors, events
 from addons.metering.billedas import BilledAs
-from addons.metering.reserve import Estimate, estimate_request, requested_tier
+from addons.metering.reserve import (
+    Estimate,
+    asks_standard_speed,
+    estimate_request,
+    requested_tier,
+)
 from addons.metering.usage import Usage
 from meterline.catalog import Catalog
 from meterline.entitlements import (
@@ -196,6 +201,11 @@ class Governance:
         self._tier_asked: dict[str, tuple[str, str]] = {}
         """Admitted flow id -> (provider, the service tier it asked for and was checked
         at): compared with the tier that served it, at its end."""
+        self._standard_asked: dict[str, str] = {}
+        """Admitted flow id -> provider, for a call checked as one that cannot run fast:
+        compared with the speed it ran at, at its end."""
+        self._speed_not_kept: set[str] = set()
+        """Providers seen running fast a call that did not ask for it."""
         self._tiers_not_kept: set[tuple[str, str]] = set()
         """(provider, tier) a request asked for and was served otherwise: from then on
         such a request meets every limit of its model (the tier is not a promise)."""
@@ -475,9 +485,11 @@ class Governance:
         # the limits of every model it was billed as too.
         billed = self.billed_as.get(provider, est.model)
         tier = self._asked_tier(pol, provider, body)
+        standard = self._standard_speed(pol, provider, body)
         decision = self.counters.admit(
-            pol, provider, est.model, est.input, est.output, now, billed, est.searches, tier
-        )
+            pol, provider, est.model, est.input, est.output, now, billed, est.searches, tier,
+            standard,
+        )  # fmt: skip
         if isinstance(decision, Reservation):
             nxt = self.policy.upcoming.get(consumer) if self.policy.upcoming else None
             if nxt is not None:  # a policy about to begin: its accounts hold the call too
@@ -490,6 +502,8 @@ class Governance:
             self._keep(pol, decision, flow, hold, provider, est.model)
             if tier is not None:
                 self._tier_asked[flow.id if hold is None else hold] = (provider, tier)
+            if standard:
+                self._standard_asked[flow.id if hold is None else hold] = provider
             return True
         return decision
 
@@ -508,6 +522,17 @@ class Governance:
         if tier not in REQUESTABLE_TIERS or (provider, tier) in self._tiers_not_kept:
             return None
         return tier
+
+    def _standard_speed(
+        self, pol: CustomerPolicy, provider: str, body: Callable[[], bytes] | None
+    ) -> bool:
+        """Whether the call is checked as one that cannot run fast: the plan has a
+        feature of some speeds only, the request does not ask for fast mode, and this
+        provider has not been seen to run such a call fast (a deployment that sets the
+        speed itself: then every limit of the model applies)."""
+        if not pol.speed_filtered or body is None or provider in self._speed_not_kept:
+            return False
+        return asks_standard_speed(body())
 
     def _keep(
         self,
@@ -615,6 +640,9 @@ class Governance:
         tier = self._tier_asked.pop(flow_id, None) if self._tier_asked else None
         if tier is not None:
             self._check_tier_kept(tier, rows or [])
+        standard = self._standard_asked.pop(flow_id, None) if self._standard_asked else None
+        if standard is not None:
+            self._check_speed_kept(standard, rows or [])
         if self._held:
             for row in rows or ():  # a background response read to its end: counted now
                 queued = self._held.pop(row["event_id"], None)
@@ -631,6 +659,7 @@ class Governance:
         held = self._reservations.pop(flow_id, None)
         self._asked.pop(flow_id, None)
         self._tier_asked.pop(flow_id, None)
+        self._standard_asked.pop(flow_id, None)
         if held is None:
             return
         earlier = self._held.pop(event_id, None)
@@ -667,6 +696,21 @@ class Governance:
                         provider,
                         tier,
                         served,
+                    )
+                return
+
+    def _check_speed_kept(self, provider: str, rows: list[dict[str, Any]]) -> None:
+        """A call checked as one that cannot run fast ran fast: from now on every call of
+        this provider meets the fast features' limits too."""
+        for event in rows:
+            speed = event.get("speed")
+            if isinstance(speed, str) and speed.lower() == "fast":
+                if provider not in self._speed_not_kept:
+                    self._speed_not_kept.add(provider)
+                    log.info(
+                        "meterline: %s ran a call fast that did not ask for fast mode: every "
+                        "call meets the fast features' limits from now on",
+                        provider,
                     )
                 return
 

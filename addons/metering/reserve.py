@@ -386,6 +386,27 @@ def requested_tier(body: bytes) -> str | None:
     return _ASKED_TIERS.get(tier.lower(), tier.lower())
 
 
+_SPEED = b'"speed"'
+
+
+def asks_standard_speed(body: bytes) -> bool:
+    """Whether a request body cannot be served fast: it names no top-level ``speed``, or
+    names ``standard`` (Anthropic runs a call fast only when asked, ``speed: "fast"``; a
+    fast request may still fall back to standard). Read like ``service_tier``."""
+    if _SPEED not in body:
+        return True
+    speed = _top_string(body, _SPEED)
+    if speed is _REREAD:
+        try:
+            data = jsoncodec.loads(body)
+        except ValueError:
+            return False
+        if not isinstance(data, dict):
+            return False
+        speed = data.get("speed", "")
+    return speed == "" or (isinstance(speed, str) and speed.lower() == "standard")
+
+
 def estimate_request(flavor: str, path: str, body: bytes) -> Estimate:
     """What the call at ``path`` may cost. The path is read as the server routes it
     (:func:`~addons.metering.providers.normalise_path`, as the meter decides what to bill):

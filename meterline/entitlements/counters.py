@@ -290,6 +290,7 @@ class Counters:
         billed: tuple[str, ...] = (),
         searches: int = 0,
         tier: str | None = None,
+        standard_speed: bool = False,
     ) -> Refusal | Reservation:
         """Refuse, or reserve the estimate on every account the call adds to.
 
@@ -297,12 +298,15 @@ class Counters:
         (an alias it resolves): their limits apply too, and their accounts reserve.
         ``searches``: the server-side web searches the call may run (its tools' caps).
         ``tier``: the service tier the request asks for (None: any may serve it, so every
-        tier's limits apply)."""
+        tier's limits apply). ``standard_speed``: the request cannot run fast (it does not
+        ask for fast mode), so limits of features counting only fast calls do not apply."""
         if pol.inactive is not None:
             return Refusal("not_granted", pol.inactive, "not_granted")
         matched: Matched = pol.matching_billed(provider, model, billed)
         if tier is not None:
             matched = matched.at_tier(tier)
+        if standard_speed:
+            matched = matched.at_standard_speed()
         if not matched.allowed:
             return Refusal(
                 "not_granted",

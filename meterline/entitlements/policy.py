@@ -30,7 +30,7 @@ from meterline.catalog import (
 )
 from meterline.entitlements.cost import CostBound
 from meterline.periods import Period, parse_cadence, period_containing
-from meterline.served import Served
+from meterline.served import Served, names_match
 
 INPUT_TYPES = frozenset(
     {"input", "cached_input", "cache_write", "cache_write_1h", "audio_input", "cached_audio_input"}
@@ -91,7 +91,8 @@ class Account:
     def matches_model(self, provider: str, model: str) -> bool:
         """Whether a call to ``model`` of ``provider`` can add to this account, served at
         whichever tier, speed and geography (a call is admitted before the provider says
-        which: a limit on fast or US calls of a model holds every call of that model)."""
+        which: a limit on US calls of a model holds every call of that model, one on fast
+        calls every call that may run fast, :meth:`Matched.at_standard_speed`)."""
         return any(self.meter.matches(provider, model, t) for t in self.meter.token_types)
 
     def tokens(self, provider: str, model: str, served: Served, by_type: dict[str, int]) -> int:
@@ -144,6 +145,21 @@ class Matched:
             [(a, types) for a, types in self.counted if a.meter.counts_tier(tier)],
         )
 
+    def at_standard_speed(self) -> Matched:
+        """What a call that cannot run fast touches (its request does not ask for fast
+        mode): the limits and accounts of features that count standard-speed calls (a
+        standard call does not hold, nor get refused by, a ``speed: fast`` feature's)."""
+
+        def counts(account: Account) -> bool:
+            return names_match("speed", account.meter.speed, "standard")
+
+        return Matched(
+            self.allowed,
+            [lim for lim in self.limits if counts(lim.account)],
+            [a for a in self.accounts if counts(a)],
+            [(a, types) for a, types in self.counted if counts(a)],
+        )
+
 
 @dataclass(slots=True)
 class CustomerPolicy:
@@ -169,6 +185,12 @@ class CustomerPolicy:
         """Whether a feature of the plan counts only some service tiers: then the tier a
         request asks for may decide which of its limits apply."""
         return any(a.meter.service_tier is not None for a in self.accounts)
+
+    @property
+    def speed_filtered(self) -> bool:
+        """Whether a feature of the plan counts only some speeds: then whether a request
+        asks for fast mode decides which of its limits apply."""
+        return any(a.meter.speed is not None for a in self.accounts)
 
     @property
     def can_refuse(self) -> bool:

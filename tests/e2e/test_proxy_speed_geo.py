@@ -119,11 +119,13 @@ def test_limits_count_fast_calls_only_on_the_fast_feature(
     tmp_path: Path, start_proxy: ProxyFactory, fake_provider: FakeProvider
 ) -> None:
     """Hard limits of 100 output tokens on the standard and the fast feature; calls of 40.
-    Two fast calls count on the fast feature only, so three standard calls are admitted
-    (40, 80, 120: the one that crosses is the last) and the fourth refused. Before the
-    proxy read speeds, the fast calls filled the standard limit: one standard call passed.
-    A fast call is then refused by the standard feature's limit too: a call is admitted
-    before the answer says how it ran, so every limit of its model applies to it."""
+    Three fast calls are admitted (40, 80, 120: the one that crosses is the last), the
+    fourth is refused by the fast feature's limit. Standard calls (no ``speed`` asked)
+    cannot run fast, so that full limit does not hold them: three are admitted and the
+    fourth is refused by the standard feature's own limit (before the request's speed was
+    read, the first standard call was refused by the fast feature's limit; before the
+    proxy read speeds, the fast calls filled the standard limit). A fast call is then
+    refused by the standard feature's limit too: it may fall back to standard speed."""
     path = governed_catalog(
         tmp_path / "catalog.yaml",
         fake_provider,
@@ -148,7 +150,9 @@ def test_limits_count_fast_calls_only_on_the_fast_feature(
                 model=MODEL, max_tokens=40, messages=HI, extra_headers=fake, **fast
             )
 
-        for _ in range(2):
+        for _ in range(3):
+            call(betas=FAST_MODE, speed="fast")
+        with pytest.raises(anthropic.RateLimitError) as fast_full:
             call(betas=FAST_MODE, speed="fast")
         for _ in range(3):
             call()
@@ -158,12 +162,51 @@ def test_limits_count_fast_calls_only_on_the_fast_feature(
             call(betas=FAST_MODE, speed="fast")
     finally:
         made.close()
+    assert "limit of 100 opus-fast-out units" in str(fast_full.value)
     assert "limit of 100 opus-out units" in str(standard.value)
-    assert "limit of 100 opus-out units" in str(fast.value)
-    served = rows_where(proxy, "reason IS NULL", 5)
+    assert "limit of 100 opus-" in str(fast.value)
+    served = rows_where(proxy, "reason IS NULL", 6)
     assert sorted((r["speed"] or "", r["output_tokens"]) for r in served) == [
-        ("", 40), ("", 40), ("", 40), ("fast", 40), ("fast", 40),
+        ("", 40), ("", 40), ("", 40), ("fast", 40), ("fast", 40), ("fast", 40),
     ]  # fmt: skip
-    assert [r["reason"] for r in rows_where(proxy, "reason IS NOT NULL", 2)] == [
-        "limit:opus-out", "limit:opus-out",
-    ]  # fmt: skip
+    refused = [r["reason"] for r in rows_where(proxy, "reason IS NOT NULL", 3)]
+    assert {"limit:opus-fast-out", "limit:opus-out"} <= set(refused)
+    assert all(reason.startswith("limit:opus-") for reason in refused)
+
+
+def test_a_provider_running_unasked_calls_fast_loses_the_standard_check(
+    tmp_path: Path, start_proxy: ProxyFactory, fake_provider: FakeProvider
+) -> None:
+    """A hard limit of 100 on the fast feature only. A call that does not ask for fast mode
+    is checked as a standard one, but the provider runs it fast (a deployment that sets
+    the speed itself): it is counted on the fast feature (120, over the limit), and from
+    then on every call of that provider meets the fast limit: a plain call is refused."""
+    path = governed_catalog(
+        tmp_path / "catalog.yaml",
+        fake_provider,
+        {"alice": KEYS["alice"]},
+        entitlements=[{"feature": "opus-fast-out", "limit": 100}],
+    )
+    doc = yaml.safe_load(path.read_text())
+    for feature in yaml.safe_load(plan_from_the_docs())["features"]:
+        doc["features"].append(
+            {**feature, "meter": {**feature["meter"], "provider": "fake-anthropic"}}
+        )
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    proxy = start_proxy(catalog=path)
+    made = Clients(proxy, fake_provider)
+    try:
+        claude = made.anthropic(KEYS["alice"])
+        claude.messages.create(
+            model=MODEL, max_tokens=120, messages=HI,
+            extra_headers={"x-fake": "output=120,speed=fast"},
+        )  # fmt: skip
+        rows_where(proxy, "reason IS NULL", 1)
+        with pytest.raises(anthropic.RateLimitError) as refused:
+            claude.messages.create(
+                model=MODEL, max_tokens=40, messages=HI, extra_headers={"x-fake": "output=40"}
+            )
+    finally:
+        made.close()
+    assert "limit of 100 opus-fast-out units" in str(refused.value)
+    assert [r["speed"] for r in rows_where(proxy, "reason IS NULL", 1)] == ["fast"]

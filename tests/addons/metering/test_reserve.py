@@ -6,7 +6,12 @@ import json
 
 import pytest
 
-from addons.metering.reserve import DEFAULT_OUTPUT_RESERVE, estimate_request, requested_tier
+from addons.metering.reserve import (
+    DEFAULT_OUTPUT_RESERVE,
+    asks_standard_speed,
+    estimate_request,
+    requested_tier,
+)
 
 
 @pytest.mark.parametrize(
@@ -439,3 +444,22 @@ def test_a_bound_given_as_a_string_is_read_wherever_it_sits(late: bool) -> None:
 )
 def test_the_tier_a_request_asks_for(body: bytes, tier: str | None) -> None:
     assert requested_tier(body) == tier
+
+
+@pytest.mark.parametrize(
+    ("body", "standard"),
+    [
+        (b'{"model":"claude-opus-4-6"}', True),  # no speed asked: runs at standard
+        (b'{"model":"claude-opus-4-6","speed":"standard"}', True),
+        (b'{"model":"claude-opus-4-6","speed":"fast"}', False),
+        (b'{"model":"claude-opus-4-6","speed":"FAST"}', False),
+        (b'{"model":"claude-opus-4-6","speed":"turbo"}', False),  # unknown: may run fast
+        (b'{"messages":[{"role":"user","content":"\\"speed\\": \\"fast\\""}]}', True),
+        (b'{"metadata":{"speed":"fast"},"model":"claude-opus-4-6"}', True),  # nested
+        (b'{"speed":"f\\u0061st"}', False),  # escaped: parsed whole
+        (b'{"speed":"standard","speed":"fast"}', False),  # twice: the parse's last wins
+        (b'{"speed": "fast"', False),  # not JSON: anything may happen
+    ],
+)
+def test_whether_a_request_can_run_fast(body: bytes, standard: bool) -> None:
+    assert asks_standard_speed(body) is standard

@@ -1,7 +1,7 @@
 """Governance counts an event only on the accounts whose feature's ``speed`` and
 ``inference_geo`` filters match how it ran (the proxy's own pending events and the
-store's), but admits a call before it knows: a limit on a fast or US feature holds every
-call of its model (over-inclusive admission, docs/catalog.md)."""
+store's), but admits a call before it knows: a limit on a US feature holds every call of
+its model, one on a fast feature every call that may run fast (docs/catalog.md)."""
 
 from __future__ import annotations
 
@@ -66,3 +66,18 @@ def test_stored_events_count_on_the_features_of_their_speed_and_place(tmp_path: 
         snap = read_snapshot(con, policy, NOW, list)
     assert {f: used[k] for f, k in keys.items()} == EXPECTED
     assert {f: snap.stored[k] for f, k in keys.items()} == EXPECTED
+
+
+def test_a_call_that_cannot_run_fast_is_not_held_by_the_fast_limit() -> None:
+    """A request that does not ask for fast mode is checked with ``standard_speed``: the
+    full fast feature's limit neither refuses nor holds it; the other limits do."""
+    pol = build_policy(catalog((FAST, STANDARD, US), entitlements=LIMITS), NOW).by_consumer["bot"]
+    keys = _keys(pol)
+    c = Counters()
+    c.record(pol, "a", "openai", "gpt-4o", {"output": 100}, NOW, speed="fast")
+    assert isinstance(c.admit(pol, "openai", "gpt-4o", 1, 1, NOW), Refusal)
+    held = c.admit(pol, "openai", "gpt-4o", 5, 5, NOW, standard_speed=True)
+    assert isinstance(held, Reservation)
+    held_by = {feature for feature, key in keys.items() for k, _ in held.parts if k == key}
+    assert held_by == {"std", "us", "all"}
+    assert keys["fast"] not in c.reserved and c.reserved[keys["std"]] == 10
