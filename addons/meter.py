@@ -157,7 +157,11 @@ class Meter:
         self.finisher.proxy_id = self.sockets.proxy_id = self.gate.proxy_id = self.proxy_id
         o = ctx.options
         self.governance.configure(
-            o.meter_governance_refresh, o.meter_governance_failure, o.meter_db, self.proxy_id
+            o.meter_governance_refresh,
+            o.meter_governance_failure,
+            o.meter_db,
+            self.proxy_id,
+            o.meter_governance_share,
         )
         if self._running and "meter_spool" in updated:
             self._open_spool()

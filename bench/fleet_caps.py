@@ -19,6 +19,7 @@ Run it on an older checkout for a before/after (``PYTHONPATH=<checkout>``)::
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -82,6 +83,7 @@ def main() -> None:
         help="instead: N calls one at a time, alternating between the proxies",
     )
     ap.add_argument("--refresh", default="2.0", help="meter_governance_refresh")
+    ap.add_argument("--share", default="even", help="meter_governance_share: even or none")
     ap.add_argument("--flush", default="1.0", help="meter_flush_interval")
     args = ap.parse_args()
 
@@ -108,12 +110,14 @@ def main() -> None:
                     "meter_proxy_id": f"proxy-{n}",
                     "meter_governance_refresh": args.refresh,
                     "meter_flush_interval": args.flush,
+                    "meter_governance_share": args.share,
                 },
                 env=env,
             ).start()
             for n in range(args.proxies)
         ]
 
+        wait_for_each_other(proxies)  # a running fleet: each has read the others
         os.environ["METERLINE_LAKE_DATA"] = str(data)  # this process's reads of the lake
         clients = [openai_client(p, upstream, KEYS[CONSUMER]) for p in proxies]
         admitted = refused = 0
@@ -155,13 +159,32 @@ def main() -> None:
     )
     print(
         f"{args.proxies} proxies, cap {args.cap:,}, calls of {args.tokens:,} tokens taking "
-        f"{args.call_s:g} s, {shape} (refresh {args.refresh} s, flush {args.flush} s), "
+        f"{args.call_s:g} s, {shape} (refresh {args.refresh} s, flush {args.flush} s, "
+        f"share {args.share}), "
         f"{elapsed:.0f} s:"
     )
     print(
         f"  admitted {admitted}, refused {refused}; used {used:,} (the lake holds "
         f"{stored:,}); overshoot {used - args.cap:+,} ({used / args.cap:.3f}x the cap)"
     )
+
+
+def wait_for_each_other(proxies: list[MeterProxy]) -> None:
+    """Until every proxy's last read counted them all (a proxy just started knows none)."""
+    deadline = time.monotonic() + 60
+    while True:
+        known = []
+        for p in proxies:
+            try:
+                state = json.loads((p.spool / "governance.json").read_text())
+            except (OSError, ValueError):
+                state = {}
+            known.append((state.get("fleet") or {}).get("proxies", 1))
+        if all(n == len(proxies) for n in known) or len(proxies) == 1:
+            return
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the proxies never read each other: {known}")
+        time.sleep(0.1)
 
 
 if __name__ == "__main__":

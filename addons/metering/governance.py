@@ -85,6 +85,7 @@ from meterline.store import LAKE_PREFIX, open_store, store
 log = logging.getLogger("meterline.governance")
 
 FAILURE_POLICIES = ("allow", "deny")
+SHARE_POLICIES = ("even", "none")
 #: With ``deny``, reads failing for this many refresh intervals (6 s at the default 2 s)
 #: refuse governed calls until one succeeds; one failed read (a lock, a blip) does not.
 STALE_READS = 3
@@ -123,6 +124,16 @@ def add_options(loader: Any) -> None:
         "calls with 503 until it can; also once reads have failed for three refresh "
         "intervals while running).",
         choices=FAILURE_POLICIES,
+    )
+    loader.add_option(
+        "meter_governance_share",
+        str,
+        "even",
+        "How a fleet's proxies on one lake divide what a hard limit has left between two "
+        "refreshes: 'even' (each admits its share, 1/n of the rest, the call that crosses "
+        "the last; a burst on every proxy at once stays near the cap) or 'none' (each may "
+        "admit all of it: up to n times the rest in one refresh interval).",
+        choices=SHARE_POLICIES,
     )
 
 
@@ -237,10 +248,16 @@ class Governance:
     # ------------------------------------------------------------------ setup
 
     def configure(
-        self, refresh: str, failure: str, locator: str, proxy_id: str | None = None
+        self,
+        refresh: str,
+        failure: str,
+        locator: str,
+        proxy_id: str | None = None,
+        share: str = "even",
     ) -> None:
         self.publisher = f"{proxy_id or socket.gethostname()}:{self._instance}"
         self.refresh_s = parse_refresh(refresh)
+        self.counters.share = share == "even"
         self.deny_when_blind = failure == "deny"
         if self.locator is not None and locator != self.locator:
             self._wake.set()
@@ -904,6 +921,7 @@ class Governance:
             state["fleet"] = {
                 "used": {counter_id(k): v for k, v in snap.peers.used.items()},
                 "reserved": {counter_id(k): v for k, v in snap.peers.reserved.items()},
+                "proxies": 1 + snap.peers.alive,
             }
         try:
             _dump(self.state_path, state)
@@ -981,6 +999,11 @@ class Governance:
                 except RuntimeError:  # the loop closed meanwhile
                     break
             self._write_state(snap)
+        if self._shared and self._lake is not None:
+            try:  # the others stop counting it in their shares now, not when it expires
+                fleet.leave(self._lake[1], _METADATA, self.publisher)
+            except duckdb.Error as e:
+                log.debug("meterline: cannot withdraw from the fleet: %s", fleet.reason(e))
         self._close_lake()
 
 

@@ -115,6 +115,7 @@ def check_policies(options: Any) -> None:
     for name, allowed in (
         ("meter_unknown_keys", UNKNOWN_KEY_POLICIES),
         ("meter_governance_failure", governance.FAILURE_POLICIES),
+        ("meter_governance_share", governance.SHARE_POLICIES),
         ("meter_abandoned_output", ABANDONED_OUTPUT),
     ):
         value = getattr(options, name)

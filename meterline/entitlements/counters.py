@@ -174,8 +174,15 @@ class Counters:
     peers: Peers = field(default_factory=Peers)
     """The other proxies of a fleet: their calls in flight and their events not in the
     store yet, as of the last snapshot (:mod:`meterline.entitlements.fleet`)."""
+    share: bool = True
+    """Split a hard limit's rest between the fleet's proxies (``meter_governance_share``)."""
+    fleet_size: int = 1
+    """The running proxies of the fleet at the last snapshot, this one included: each may
+    admit its share of what a hard limit has left until the next (:meth:`_over_share`)."""
     unread_as_zero: bool = False
     """Count unread counters from zero (the store is unreachable, failure policy ``allow``)."""
+    _own_at_snapshot: dict[Key, int] = field(default_factory=dict)
+    """This proxy's pending and reserved units per counter when the last snapshot was taken."""
     _balances: dict[str, Fraction] = field(default_factory=dict)
     _by_account: dict[tuple[str, str, str, datetime], list[Key]] = field(default_factory=dict)
     """The counters of each account in the last snapshot: current and earlier periods."""
@@ -326,6 +333,14 @@ class Counters:
             cap = lim.limit + granted
             if used >= cap:
                 return self._over(lim.source, lim.limit, granted, acct.feature, key, period, now)
+            if self.fleet_size > 1 and self._over_share(key, cap - used):
+                return _held_in_flight(
+                    "limit",
+                    f"{lim.source} limit of {lim.limit} {acct.feature} units per period: "
+                    f"{self.used(key)} used, this proxy's share of the rest taken until the "
+                    f"fleet's {self.fleet_size} proxies next compare",
+                    f"limit:{acct.feature}",
+                )
         if pol.prepaid:
             for cc in pol.cost_cards:
                 period, key = cc.account.current(now)
@@ -335,6 +350,20 @@ class Counters:
             if left <= current:
                 return self._out_of_credit(pol, current, now)
         return self.reserve(pol.customer, matched, input_bound, output_bound, now, searches)
+
+    def _own(self, key: Key) -> int:
+        return self.pending_sum.get(key, 0) + self.reserved.get(key, 0)
+
+    def _over_share(self, key: Key, left: int) -> bool:
+        """Whether this proxy took its share of what ``key``'s limit had left at the last
+        snapshot (``left``: what it has left now). Between two snapshots a proxy sees only
+        its own calls, so each of ``n`` proxies admitting up to the whole rest let a burst
+        through at up to ``n`` times it (3.0x a cap with three proxies). Each takes
+        ``1/n`` of it: with ``g`` its units since the snapshot, the rest then was
+        ``left + g`` and its share is taken once ``g >= (left + g) / n``, i.e. once
+        ``(n - 1) * g >= left``. As at the limit itself, the call that crosses is the last."""
+        grown = self._own(key) - self._own_at_snapshot.get(key, 0)
+        return grown > 0 and (self.fleet_size - 1) * grown >= left
 
     def reserve(
         self,
@@ -498,6 +527,12 @@ class Counters:
         self.grants_left = snap.grants_left
         self.peers = snap.peers
         self.snapshot_at = snap.taken_at
+        self.fleet_size = 1 + snap.peers.alive if self.share else 1
+        if self.fleet_size > 1:
+            own = {key: self._own(key) for key in (*self.pending_sum, *self.reserved)}
+            self._own_at_snapshot = own
+        elif self._own_at_snapshot:
+            self._own_at_snapshot = {}
 
     def pending_ids(self) -> list[str]:
         return list(self.pending)

@@ -11,12 +11,16 @@ no snapshot, no file), and reads the others' rows in the same refresh:
 - ``in_flight``: the same per (customer, feature), as :class:`Counters` holds them;
 - ``pending``: its events not seen in the lake at its last read, per event id. A reader
   drops those its own lake snapshot holds (one ``event_id IN`` query, with its own
-  pending ids), so an event flushed meanwhile counts once, not twice.
+  pending ids), so an event flushed meanwhile counts once, not twice;
+- ``alive``: one row, that it runs: a reader counts the fleet's proxies, and each admits
+  only its share of what a hard limit has left until the next refresh
+  (:meth:`~meterline.entitlements.counters.Counters.admit`).
 
 What is still unseen: what another proxy admitted or metered since its last write (one
-refresh interval). A proxy that stopped writing (killed, cut off) is forgotten when its
-rows expire (:func:`ttl_seconds`); a reader drops expired rows by PostgreSQL's clock,
-so the proxies' clocks need not agree.
+refresh interval); the share bounds it. A proxy that stopped writing (killed, cut off)
+is forgotten when its rows expire (:func:`ttl_seconds`); a reader drops expired rows by
+PostgreSQL's clock, so the proxies' clocks need not agree. A proxy that stops cleanly
+withdraws its ``alive`` row at once (:func:`leave`).
 
 Only a lake whose catalog is PostgreSQL is shared this way (a DuckDB file has one
 writer). Values are SQL literals: names come from the catalog (a customer named
@@ -40,7 +44,7 @@ MAX_PENDING_ROWS = 5000
 _DDL = (
     f"CREATE TABLE IF NOT EXISTS {TABLE} ("
     " publisher text NOT NULL,"  # '<proxy id>:<pid>:<start>': one running proxy
-    " kind text NOT NULL,"  # 'reserved' | 'in_flight' | 'pending'
+    " kind text NOT NULL,"  # 'reserved' | 'in_flight' | 'pending' | 'alive'
     " customer text NOT NULL,"
     " feature text NOT NULL,"
     " cadence text,"  # the counter's account and period (NULL for in_flight)
@@ -79,6 +83,9 @@ class Peers:
     """Their metered units the lake did not hold at the reader's snapshot."""
     reserved: dict[Key, int] = field(default_factory=dict)
     in_flight: dict[tuple[str, str], int] = field(default_factory=dict)
+    alive: int = 0
+    """How many other proxies are running (each writes an ``alive`` row at every
+    refresh, holding something or not): a hard limit's rest is split between them all."""
 
 
 def _lit(text: str) -> str:
@@ -104,6 +111,7 @@ def _key_values(key: Key) -> str:
 def _rows(publisher: str, held: Held, ttl_s: float, max_pending: int) -> Iterable[str]:
     who = _lit(publisher)
     until = f"now() + interval '{ttl_s:.3f} seconds'"
+    yield f"({who}, 'alive', '', '', NULL, NULL, NULL, NULL, 0, {until})"
     for key, units in held.reserved.items():
         yield f"({who}, 'reserved', {_key_values(key)}, NULL, {int(units)}, {until})"
     for (customer, feature), units in held.in_flight.items():
@@ -164,13 +172,20 @@ def publish(
     counter, with no id."""
     statements = ["BEGIN", f"DELETE FROM {TABLE} WHERE publisher = {_lit(publisher)}"]
     rows = list(_rows(publisher, held, ttl_s, max_pending))
-    if rows:
-        statements.append(f"INSERT INTO {TABLE} VALUES {', '.join(rows)}")
+    statements.append(f"INSERT INTO {TABLE} VALUES {', '.join(rows)}")
     statements += [
         f"DELETE FROM {TABLE} WHERE expires_at < now() - interval '1 minute'",
         "COMMIT",
     ]
     script = "; ".join(statements)
+    con.execute(f"CALL postgres_execute({_duck(alias)}, {_duck(script)}, use_transaction = false)")
+
+
+def leave(con: duckdb.DuckDBPyConnection, alias: str, publisher: str) -> None:
+    """Withdraw ``publisher``'s ``alive`` row (a proxy stopping): the others no longer keep
+    a share for it. What it held stays until it expires (its events may not be in the lake
+    yet; its calls in flight were cut)."""
+    script = f"DELETE FROM {TABLE} WHERE publisher = {_lit(publisher)} AND kind = 'alive'"
     con.execute(f"CALL postgres_execute({_duck(alias)}, {_duck(script)}, use_transaction = false)")
 
 
@@ -202,6 +217,9 @@ def peers_from(
     peers = Peers()
     seen: set[tuple[str, Key]] = set()
     for kind, customer, feature, cadence, anchor, start, event_id, units in rows:
+        if kind == "alive":
+            peers.alive += 1
+            continue
         if kind == "in_flight":
             cf = (customer, feature)
             peers.in_flight[cf] = peers.in_flight.get(cf, 0) + int(units)

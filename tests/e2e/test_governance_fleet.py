@@ -30,6 +30,8 @@ from tests.support.upstream import FakeProvider
 
 REFRESH = 0.3
 PER_CALL = 20
+ERIN = "sk-test-erin-000000000000000005"
+"""A consumer of its own (the lake is shared by the tests of this module)."""
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +94,30 @@ def wait_until_known(
         time.sleep(0.1)
 
 
+def snapshot_at(proxy: MeterProxy) -> str | None:
+    try:
+        return json.loads((proxy.spool / "governance.json").read_text()).get("snapshot_at")
+    except (OSError, ValueError):
+        return None
+
+
+def chat_in_share(client: openai.OpenAI, proxy: MeterProxy, output: int) -> None:
+    """A call that, refused because ``proxy`` took its share of the limit's rest until
+    the fleet's next read (``meter_governance_share=even``), is sent again after that read,
+    as an SDK does on a 429 with ``retry-after``."""
+    for _ in range(20):
+        try:
+            return chat(client, output)
+        except openai.RateLimitError as e:
+            if "share of the rest" not in str(e):
+                raise
+        before, deadline = snapshot_at(proxy), time.monotonic() + 30
+        while snapshot_at(proxy) == before:
+            assert time.monotonic() < deadline, "the proxy never read the store again"
+            time.sleep(0.05)
+    raise AssertionError("refused for its share 20 times")
+
+
 def test_two_proxies_share_one_limit(
     lake: tuple[str, Path],
     tmp_path: Path,
@@ -111,13 +137,13 @@ def test_two_proxies_share_one_limit(
     # One after the other: proxy A spends half, B learns it from the lake.
     with openai_client(a, fake_provider, KEYS["alice"]) as client:
         for _ in range(limit // PER_CALL // 2):
-            chat(client, PER_CALL)
+            chat_in_share(client, a, PER_CALL)
     wait_until_known(lake, limit // 2, b)
     with openai_client(b, fake_provider, KEYS["alice"]) as client:
         for _ in range(limit // PER_CALL // 2):
-            chat(client, PER_CALL)
-        with pytest.raises(openai.RateLimitError):
-            chat(client, PER_CALL)
+            chat_in_share(client, b, PER_CALL)
+        with pytest.raises(openai.RateLimitError, match="reached"):
+            chat_in_share(client, b, PER_CALL)
     wait_until_known(lake, limit, a)
     with (
         openai_client(a, fake_provider, KEYS["alice"]) as client,
@@ -138,6 +164,7 @@ def test_fleet_overshoot_under_concurrent_traffic_is_bounded(
         entitlements=[{"feature": "gpt-out", "limit": limit}],
     )
     proxies = fleet(lake, start_proxy, catalog)
+    wait_for_each_other(proxies)  # a running fleet (a proxy just started knows no other)
     allowed = {p.options["meter_proxy_id"]: 0 for p in proxies}
     started = time.monotonic()
 
@@ -145,7 +172,7 @@ def test_fleet_overshoot_under_concurrent_traffic_is_bounded(
         with openai_client(proxy, fake_provider, KEYS["bob"]) as client:
             for _ in range(limit // PER_CALL + 20):
                 try:
-                    chat(client, PER_CALL)
+                    chat_in_share(client, proxy, PER_CALL)
                 except openai.RateLimitError:
                     return
                 allowed[proxy.options["meter_proxy_id"]] += 1
@@ -169,6 +196,67 @@ def test_fleet_overshoot_under_concurrent_traffic_is_bounded(
     # (flush + refresh + a read), plus one reservation; generous for a loaded machine.
     stale_s = 0.1 + REFRESH + 5.0
     assert overshoot <= PER_CALL + rate * stale_s * PER_CALL
+
+
+def test_a_burst_on_every_proxy_at_once_stays_near_the_cap(
+    lake: tuple[str, Path], tmp_path: Path, start_proxy: ProxyFactory, fake_provider: FakeProvider
+) -> None:
+    """Both proxies know of each other, then both take calls as fast as they can, faster
+    than a refresh: each admits its half of the rest (the call that crosses the last),
+    so together they stop at the cap, not at twice it (each saw only its own calls and
+    admitted all 200: 400 used)."""
+    limit = 200
+    catalog = governed_catalog(
+        tmp_path / "catalog.yaml",
+        fake_provider,
+        {"erin": ERIN},
+        entitlements=[{"feature": "gpt-out", "limit": limit}],
+    )
+    locator, data = lake
+    proxies = [
+        start_proxy(
+            catalog=catalog,
+            options={
+                "meter_db": locator,
+                "meter_proxy_id": name,
+                "meter_governance_refresh": "2",
+            },
+            env={"METERLINE_LAKE_DATA": str(data)},
+            name=name,
+        )
+        for name in ("proxy-e", "proxy-f")
+    ]
+    wait_for_each_other(proxies)
+    allowed = {p.options["meter_proxy_id"]: 0 for p in proxies}
+    refusals: list[str] = []
+
+    def drive(proxy: MeterProxy) -> None:
+        with openai_client(proxy, fake_provider, ERIN) as client:
+            for _ in range(limit // PER_CALL):
+                try:
+                    chat(client, PER_CALL)
+                except openai.RateLimitError as e:
+                    refusals.append(str(e))
+                    return
+                allowed[proxy.options["meter_proxy_id"]] += 1
+
+    threads = [threading.Thread(target=drive, args=(p,)) for p in proxies]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    used = sum(allowed.values()) * PER_CALL
+    print(f"burst: {allowed} calls of {PER_CALL} tokens: {used} used of {limit}")
+    assert len(refusals) == 2 and all("share of the rest" in r for r in refusals)
+    assert limit - 2 * PER_CALL <= used <= limit + 2 * PER_CALL
+
+
+def wait_for_each_other(proxies: list[MeterProxy]) -> None:
+    """Until every proxy has read the others running (``governance.json``)."""
+    deadline = time.monotonic() + 30
+    while any(fleet_state(p).get("proxies") != len(proxies) for p in proxies):
+        assert time.monotonic() < deadline, "the proxies never read each other"
+        time.sleep(0.05)
 
 
 def fleet_state(proxy: MeterProxy) -> dict[str, dict[str, int]]:
@@ -262,7 +350,7 @@ def test_events_not_flushed_yet_count_on_the_other_proxy_once(
     )
     with openai_client(a, fake_provider, KEYS["dave"]) as client:
         for _ in range(limit // PER_CALL):
-            chat(client, PER_CALL)
+            chat_in_share(client, a, PER_CALL)
     wait_for_fleet(b, "used", limit)
     assert fleet_state(b)["used"] == {next(iter(fleet_state(b)["used"])): limit}
     assert lake_output(lake, "dave") == 0  # still in A's spool

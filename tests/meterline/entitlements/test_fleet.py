@@ -58,6 +58,17 @@ def con(server: str) -> Iterator[duckdb.DuckDBPyConnection]:
     lake.close()
 
 
+def leave(con: duckdb.DuckDBPyConnection, publisher: str) -> None:
+    """Drop ``publisher``'s rows (a test's proxy gone), so later tests read only theirs."""
+    script = f"DELETE FROM {fleet.TABLE} WHERE publisher = ''{publisher}''"
+    con.execute(f"CALL postgres_execute('{MD}', '{script}', use_transaction = false)")
+
+
+def held_rows(rows: list[fleet.Row]) -> list[fleet.Row]:
+    """The rows that hold units (not the ``alive`` ones)."""
+    return [r for r in rows if r[0] != "alive"]
+
+
 def as_role(con: duckdb.DuckDBPyConnection, server: str, role: str, grants: str) -> str:
     """A lake locator for a new login ``role`` with the DuckLake tables' privileges and
     ``grants`` (SQL run as the superuser after them)."""
@@ -88,7 +99,7 @@ def test_what_one_proxy_holds_is_read_by_the_others_only(con: duckdb.DuckDBPyCon
     fleet.publish(con, MD, "a:1:x", fleet.Held(pending={"e3": [(key(), 9)]}), 10)
     peers = fleet.peers_from(fleet.read_rows(con, MD, "b:2:y"), set())
     assert (peers.reserved, peers.in_flight, peers.used) == ({}, {}, {key(): 9})
-    fleet.publish(con, MD, "a:1:x", fleet.Held(), 10)
+    leave(con, "a:1:x")
 
 
 def test_expired_rows_and_events_named_twice_count_once_or_not_at_all(
@@ -101,7 +112,7 @@ def test_expired_rows_and_events_named_twice_count_once_or_not_at_all(
     peers = fleet.peers_from(fleet.read_rows(con, MD, "reader"), set())
     assert peers.reserved == {} and peers.used == {key(): 40}
     for who in ("p:1:old", "p:2:new"):
-        fleet.publish(con, MD, who, fleet.Held(), 10)
+        leave(con, who)
 
 
 def test_pending_events_past_the_row_bound_are_summed_and_counted(
@@ -110,10 +121,10 @@ def test_pending_events_past_the_row_bound_are_summed_and_counted(
     pending = {f"e{n}": [(key(), 10)] for n in range(5)}
     fleet.publish(con, MD, "big:1:x", fleet.Held(pending=pending), 10, max_pending=2)
     rows = fleet.read_rows(con, MD, "reader")
-    assert len(rows) == 3 and sorted(fleet.pending_ids(rows)) == ["e0", "e1"]
+    assert len(held_rows(rows)) == 3 and sorted(fleet.pending_ids(rows)) == ["e0", "e1"]
     # e0 is stored: counted there. The three past the bound have no id: counted here.
     assert fleet.peers_from(rows, {"e0"}).used == {key(): 40}
-    fleet.publish(con, MD, "big:1:x", fleet.Held(), 10)
+    leave(con, "big:1:x")
 
 
 def test_the_other_proxies_figures_count_against_a_limit() -> None:
@@ -138,6 +149,44 @@ def test_the_other_proxies_figures_count_against_a_limit() -> None:
     assert isinstance(c.admit(pol, "openai", "gpt-4o", 0, 10, NOW), Reservation)
 
 
+def test_every_running_proxy_is_counted_holding_something_or_not(
+    con: duckdb.DuckDBPyConnection,
+) -> None:
+    fleet.publish(con, MD, "idle:1:x", fleet.Held(), 10)
+    fleet.publish(con, MD, "busy:1:x", fleet.Held(reserved={key(): 5}), 10)
+    fleet.publish(con, MD, "gone:1:x", fleet.Held(), -1)  # expired: stopped
+    assert fleet.peers_from(fleet.read_rows(con, MD, "reader"), set()).alive == 2
+    assert fleet.peers_from(fleet.read_rows(con, MD, "idle:1:x"), set()).alive == 1
+    for who in ("idle:1:x", "busy:1:x", "gone:1:x"):
+        leave(con, who)
+
+
+def test_each_proxy_admits_its_share_of_what_a_limit_has_left() -> None:
+    """Three proxies, 300 left of a limit: between two snapshots one proxy admits until
+    its own calls reach a third of it (the call that crosses is the last); alone, it may
+    take it all. Before, each of them could admit all 300 (3.0x the cap in a burst)."""
+    pol = policy_of(catalog(entitlements=[{"feature": "out", "limit": 300}]))
+    counter = pol.limits[0].account.current(NOW)[1]
+    c = Counters()
+    c.apply(Snapshot({counter: 0}, set(), {}, NOW, peers=fleet.Peers(alive=2)))
+    assert c.fleet_size == 3
+    first = c.admit(pol, "openai", "gpt-4o", 0, 60, NOW)
+    second = c.admit(pol, "openai", "gpt-4o", 0, 60, NOW)  # 60 < 100: admitted, crosses
+    refused = c.admit(pol, "openai", "gpt-4o", 0, 60, NOW)  # 120 taken: its share
+    assert isinstance(first, Reservation) and isinstance(second, Reservation)
+    assert isinstance(refused, Refusal) and refused.retry
+    assert refused.reason == "limit:out" and "3 proxies" in refused.message
+    # The next snapshot: 120 of this proxy's in flight, 300 - 120 = 180 left, a new share.
+    c.apply(Snapshot({counter: 0}, set(), {}, NOW, peers=fleet.Peers(alive=2)))
+    assert isinstance(c.admit(pol, "openai", "gpt-4o", 0, 60, NOW), Reservation)
+    # Alone (the others stopped): the whole rest.
+    alone = Counters()
+    alone.apply(Snapshot({counter: 0}, set(), {}, NOW))
+    calls = [alone.admit(pol, "openai", "gpt-4o", 0, 60, NOW) for _ in range(5)]
+    assert all(isinstance(call, Reservation) for call in calls)
+    assert isinstance(alone.admit(pol, "openai", "gpt-4o", 0, 60, NOW), Refusal)
+
+
 def test_a_restarted_proxy_does_not_count_its_own_spooled_events_twice(
     con: duckdb.DuckDBPyConnection,
 ) -> None:
@@ -154,7 +203,7 @@ def test_a_restarted_proxy_does_not_count_its_own_spooled_events_twice(
 
     assert snapshot(["e1"]).peers.used == {}
     assert snapshot([]).peers.used == {key(): 40}  # another proxy's: counted
-    fleet.publish(con, MD, "a:1:old", fleet.Held(), 10)
+    leave(con, "a:1:old")
 
 
 def test_a_role_granted_the_table_shares_without_the_right_to_create_it(
@@ -191,7 +240,7 @@ def test_a_proxy_id_with_a_backslash_and_a_quote_under_old_string_rules(
         fleet.publish(fresh, MD, who, fleet.Held(reserved={key(): 3}), 10)
         peers = fleet.peers_from(fleet.read_rows(fresh, MD, "reader"), set())
         assert peers.reserved == {key(): 3}
-        assert fleet.read_rows(fresh, MD, who) == []  # its own rows, named exactly
+        assert held_rows(fleet.read_rows(fresh, MD, who)) == []  # its own rows, named exactly
         fleet.publish(fresh, MD, who, fleet.Held(), 10)
     finally:
         fresh.close()
