@@ -45,6 +45,7 @@ import duckdb
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import billing.cli  # noqa: E402, F401  (registers every package's tables, as the CLI does)
 from billing.build import build_invoices  # noqa: E402
 from billing.invoices import generate_invoices  # noqa: E402
 from billing.schedule import periods_ending_in  # noqa: E402
