@@ -33,6 +33,10 @@ is named in all three and priced at the model's cached-audio price where it list
 (``gpt-realtime-mini``: $0.30 per million against $0.06 for cached text; Gemini 2.5
 Flash $0.10 against $0.03).
 
+How a call was served selects genai-prices' price variants (:func:`price_context`):
+a ``flex`` GPT-5 call costs $0.625 per million input tokens against $1.25, a fast Claude
+Opus 4.8 call $10 against $5.
+
 Server-side web searches (``web_search``, a count of calls, not tokens) are
 genai-prices' ``web_searches``, priced per 1,000 at the model's ``web_searches_kcount``
 where it lists one (genai-prices 0.2.3: Anthropic and OpenAI models $10, Gemini 2.5 $35
@@ -89,6 +93,25 @@ def find_model(provider: str, model: str | None) -> tuple[Provider, ModelInfo] |
         return None
 
 
+def price_context(service_tier: str | None, speed: str | None) -> dict[str, str] | None:
+    """genai-prices' price variants for how a call was served: its ``service_tier``
+    (OpenAI's ``flex`` at about half the ``default`` rate, ``priority`` / ``fast`` at up
+    to twice; Anthropic's ``batch`` is genai-prices' ``processing: batch``) and its
+    ``speed`` (Anthropic's fast mode, ``fast``: a multiple of every rate). A value the
+    table has no variant for selects none: the standard price. ``inference_geo`` is not
+    there: genai-prices 0.2.3 lists no US-only prices, so a ``us`` call's list cost is
+    its global one (Anthropic bills it 1.1x on Claude 4.6 and later)."""
+    context: dict[str, str] = {}
+    tier = service_tier.strip().lower() if service_tier else ""
+    if tier == "batch":
+        context["processing"] = "batch"
+    elif tier:
+        context["service_tier"] = tier
+    if speed and speed.strip():
+        context["speed"] = speed.strip().lower()
+    return context or None
+
+
 def has_context_tiers(provider: str, model: str | None, *, at: datetime) -> bool:
     """Whether the model's list price at ``at`` depends on the request's input size."""
     found = find_model(provider, model)
@@ -112,10 +135,14 @@ def list_cost(
     audio_output: int = 0,
     web_search: int = 0,
     cached_audio_input: int = 0,
+    service_tier: str | None = None,
+    speed: str | None = None,
 ) -> Decimal | None:
     """List-price cost in USD of one request's tokens at time ``at``; None for unknown models.
 
     ``input`` is uncached input, as in our events (see the module docstring for the mapping).
+    ``service_tier`` and ``speed``: how the call was served, as the event stores them
+    (:func:`price_context`).
     """
     counts = {
         "input": input,
@@ -150,11 +177,14 @@ def list_cost(
         output_audio_tokens=audio_output,
         web_searches=web_search,  # priced per 1,000 where listed (module doc)
     )
+    context = price_context(service_tier, speed)
     with money_context():
-        calc = found_model.calc_price(usage, found_provider, genai_request_timestamp=when)
+        calc = found_model.calc_price(
+            usage, found_provider, genai_request_timestamp=when, price_context=context
+        )
         total = calc.total_price
         if cache_write_1h:  # the second helping of the input price (see the module doc)
-            input_price = found_model.get_prices(when).input_mtok
+            input_price = found_model.get_prices(when, context).input_mtok
             total += calc_unit_price(input_price, cache_write_1h, whole_input, 1_000_000)
     if not isinstance(total, Decimal):  # defensive: the package promises Decimal
         raise TypeError(f"genai-prices returned {type(total).__name__}, expected Decimal")

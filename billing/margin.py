@@ -176,13 +176,24 @@ def cost_by_model(
         if key in per_event or _priced_per_request(key[1], key[2], at):
             per_event.add(key)
             continue
-        _add(cost, key, list_cost(key[1], key[2], at=at, **counts))
+        tier, speed = _served(r)
+        price = list_cost(key[1], key[2], at=at, service_tier=tier, speed=speed, **counts)
+        _add(cost, key, price)
     for key in per_event:
         for e in invoiced_events(con, numbers, *key):
             ts = e.pop("ts").replace(tzinfo=UTC)  # type: ignore[attr-defined]
+            tier, speed = _served(e)
+            e.pop("service_tier"), e.pop("speed")
             counts = {str(k): int(v or 0) for k, v in e.items()}  # type: ignore[call-overload]
-            _add(cost, key, list_cost(key[1], key[2], at=ts, **counts))
+            price = list_cost(key[1], key[2], at=ts, service_tier=tier, speed=speed, **counts)
+            _add(cost, key, price)
     return cost, tokens
+
+
+def _served(row: dict[str, object]) -> tuple[str | None, str | None]:
+    """A row's service tier and speed (how its calls were served: list prices differ)."""
+    tier, speed = row.get("service_tier"), row.get("speed")
+    return (tier if isinstance(tier, str) else None, speed if isinstance(speed, str) else None)
 
 
 def _add(cost: dict[Key, Decimal | None], key: Key, value: Decimal | None) -> None:

@@ -36,7 +36,7 @@ _CARVED_WINDOWS = """
 _USAGE_SQL = """
     WITH win AS ({windows})
     SELECT w.customer_key, e.provider, coalesce(e.model, '') AS model,
-           CAST(e.ts AS DATE) AS day, {sums}, COUNT(*) AS events
+           CAST(e.ts AS DATE) AS day, e.service_tier, e.speed, {sums}, COUNT(*) AS events
     {events}
     GROUP BY ALL
 """
@@ -99,7 +99,8 @@ def _invoiced_windows(con: duckdb.DuckDBPyConnection) -> Iterator[str]:
 def invoiced_usage(
     con: duckdb.DuckDBPyConnection, invoice_numbers: Sequence[str]
 ) -> list[dict[str, object]]:
-    """Tokens per (customer, provider, model, day) of every event those invoices billed."""
+    """Tokens per (customer, provider, model, day, service tier, speed) of every event those
+    invoices billed (tier and speed select list prices: :mod:`billing.listprice`)."""
     with value_set(con, "bill_numbers", invoice_numbers), _invoiced_windows(con) as win:
         sql = _USAGE_SQL.format(windows=win, sums=_SUMS, events=windowed_events("win"))
         cur = con.execute(sql)
@@ -114,11 +115,13 @@ def invoiced_events(
     provider: str,
     model: str,
 ) -> list[dict[str, object]]:
-    """Per-event tokens of one (customer, provider, model) those invoices billed."""
+    """Per-event tokens, tier and speed of one (customer, provider, model) those invoices
+    billed."""
     with value_set(con, "bill_numbers", invoice_numbers), _invoiced_windows(con) as win:
         sql = f"""
             WITH win AS ({win} AND customer_key = ?)
-            SELECT e.ts, {", ".join(f"e.{c} AS {t}" for t, c in TOKEN_COLUMNS.items())}
+            SELECT e.ts, e.service_tier, e.speed,
+                   {", ".join(f"e.{c} AS {t}" for t, c in TOKEN_COLUMNS.items())}
             {windowed_events("win")}
             WHERE e.provider = ? AND coalesce(e.model, '') = ?
         """

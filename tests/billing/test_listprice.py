@@ -219,3 +219,30 @@ def test_web_searches_are_priced_per_thousand_where_listed() -> None:
     assert searched - plain == Decimal("0.03")
     xai = dict(provider="xai", model="grok-4-fast-reasoning", **tokens)
     assert list_cost(web_search=3, **xai) == list_cost(**xai)  # type: ignore[arg-type]
+
+
+TOKENS = {"input": 100_000, "cached_input": 0, "cache_write": 0, "output": 10_000}
+LATER = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("provider", "model", "served", "input_mtok", "output_mtok"),
+    [
+        ("openai", "gpt-5", {}, "1.25", "10"),
+        ("openai", "gpt-5", {"service_tier": "default"}, "1.25", "10"),
+        ("openai", "gpt-5", {"service_tier": "flex"}, "0.625", "5"),  # half
+        ("openai", "gpt-5", {"service_tier": "Flex"}, "0.625", "5"),  # as spelt
+        ("openai", "gpt-5", {"service_tier": "scale"}, "1.25", "10"),  # no variant: standard
+        ("anthropic", "claude-opus-4-8", {}, "5", "25"),
+        ("anthropic", "claude-opus-4-8", {"speed": "standard"}, "5", "25"),
+        ("anthropic", "claude-opus-4-8", {"speed": "fast"}, "10", "50"),  # fast mode: 2x
+        ("anthropic", "claude-opus-4-8", {"service_tier": "batch"}, "2.5", "12.5"),
+    ],
+)
+def test_how_a_call_was_served_selects_its_list_price(
+    provider: str, model: str, served: dict[str, str], input_mtok: str, output_mtok: str
+) -> None:
+    """Before, every call was priced at the standard rate: a flex GPT-5 call's provider
+    cost was overstated 2x, a fast Opus 4.8 call's understated 2x (``billing margin``)."""
+    expected = (100_000 * Decimal(input_mtok) + 10_000 * Decimal(output_mtok)) / MTOK
+    assert list_cost(provider, model, **TOKENS, at=LATER, **served) == expected

@@ -85,3 +85,25 @@ def test_no_margin_percentage_on_zero_or_negative_revenue(tmp_path: Path) -> Non
     assert row["revenue"] == Decimal("-35.00")  # 11000 at 5/1000 = 55.00, 90.00 billed
     assert row["margin"] is not None and row["margin"] < row["revenue"]
     assert row["margin_pct"] is None
+
+
+def test_a_call_s_list_cost_follows_the_tier_that_served_it(tmp_path: Path) -> None:
+    """Two equal GPT-4o calls, one served at ``priority``: billed alike (no tier filter in
+    the plan), but the provider charges the priority one more, and the margin says so.
+    Before, both were costed at the standard list price (genai-prices lists GPT-4o's
+    priority prices from 12 October 2026)."""
+    s = setup(tmp_path)
+    add_events(
+        s.db,
+        Event(utc("2026-11-05"), input=1000, output=2000),
+        Event(utc("2026-11-05"), input=1000, output=2000, service_tier="priority"),
+    )
+    with billing_store(s.db) as con:
+        generate_invoices(con, s.catalog, "2026-11", now=utc("2026-12-01T00:00:05Z"))
+        rows = {r["model"]: r for r in margin_report(con, "2026-11")}
+    day = utc("2026-11-05")
+    tokens = {"input": 1000, "cached_input": 0, "cache_write": 0, "output": 2000}
+    standard = list_cost("openai", "gpt-4o", **tokens, at=day)
+    priority = list_cost("openai", "gpt-4o", **tokens, at=day, service_tier="priority")
+    assert standard is not None and priority is not None and priority > standard
+    assert rows["gpt-4o"]["cost"] == round_money(standard + priority, "USD")

@@ -43,8 +43,8 @@ from tests.support.proxy import MeterProxy
         ({"meter_spool": " "}, "meter_spool: empty (give the spool's directory)"),
     ],
     ids=["catalog", "db", "interval", "policy", "abandoned-output", "streamed-requests", "bool",
-         "misspelt", "empty-db", "db-directory", "infinite-interval", "failure-policy", "share-policy",
-         "tiny-refresh", "db-not-duckdb", "db-fifo", "empty-spool"],
+         "misspelt", "empty-db", "db-directory", "infinite-interval", "failure-policy",
+         "share-policy", "tiny-refresh", "db-not-duckdb", "db-fifo", "empty-spool"],
 )  # fmt: skip
 def test_a_bad_option_at_start_is_one_line(
     tmp_path: Path, mitm_confdir: Path, test_catalog: Path, options: dict[str, str], line: str
