@@ -14,7 +14,8 @@ NULL when the response named none:
   ``not_available`` on models that offer no choice.
 
 A feature's ``meter`` may filter each with a list of names (one name alone reads as a list
-of one), matched case-insensitively; names, not globs. For each modifier:
+of one), matched case-insensitively; names, not globs, but a tier's other name is the
+same tier (:data:`ALIASES`: OpenAI's ``fast`` is its ``priority``). For each modifier:
 
 - no filter (``None``) counts every event, NULL included;
 - a filter counts an event whose value it names;
@@ -58,6 +59,17 @@ STANDARD: Mapping[str, tuple[str, ...]] = {
 NOT_APPLIED: frozenset[str] = frozenset({"not_available"})
 
 
+#: Names one provider gives one tier: OpenAI renamed priority processing "Fast mode" on
+#: 30 July 2026 and takes ``service_tier: "fast"`` and ``"priority"`` alike (so does
+#: OpenRouter), so a filter naming either counts both, asked or served.
+ALIASES: Mapping[str, Mapping[str, str]] = {"service_tier": {"fast": "priority"}}
+
+
+def canonical(column: str, value: str) -> str:
+    """``value`` (lower case) as the rule compares it: an alias read as its tier."""
+    return ALIASES.get(column, {}).get(value, value)
+
+
 class Served(NamedTuple):
     """How one event's call was served (``None``: not reported)."""
 
@@ -73,7 +85,8 @@ def names_match(column: str, names: Collection[str] | None, value: str | None) -
         return True
     if value is None or value.lower() in NOT_APPLIED:
         return any(name in names for name in STANDARD[column])
-    return value.lower() in names
+    value = canonical(column, value.lower())
+    return value in names or any(canonical(column, name) == value for name in names)
 
 
 class ServedFilter(NamedTuple):

@@ -30,10 +30,13 @@ from meterline.served import STANDARD, names_match
 #: The names providers give their standard tier: what an event without a tier matches as.
 STANDARD_TIERS: tuple[str, ...] = STANDARD["service_tier"]
 
-#: The tiers providers document (OpenAI ``default``, ``flex``, ``priority``, ``scale``;
+#: The tiers providers document (OpenAI ``default``, ``flex``, ``priority`` or ``fast``,
+#: ``ultrafast``, ``scale``;
 #: Anthropic ``standard``, ``priority``; Groq ``on_demand``, ``flex``): a request asking for
 #: one of them may be checked at that tier only; any other name asks for none.
-REQUESTABLE_TIERS = frozenset({"default", "flex", "priority", "scale", "standard", "on_demand"})
+REQUESTABLE_TIERS = frozenset(
+    {"default", "flex", "priority", "fast", "ultrafast", "scale", "standard", "on_demand"}
+)
 
 
 def tier_matches(names: Collection[str] | None, tier: str | None) -> bool:

@@ -79,6 +79,7 @@ from meterline.entitlements import (
 from meterline.entitlements.policy import counter_id
 from meterline.eventschema import EVENT_COLUMNS, TOKEN_COLUMNS
 from meterline.lakerepair import metadata_alias
+from meterline.served import canonical
 from meterline.servicetiers import REQUESTABLE_TIERS
 from meterline.store import LAKE_PREFIX, open_store, store
 
@@ -703,7 +704,7 @@ class Governance:
         for event in rows:
             served = event.get("service_tier")
             if event.get("reason") is None and (
-                not isinstance(served, str) or served.lower() != tier
+                not isinstance(served, str) or canonical("service_tier", served.lower()) != tier
             ):
                 if asked not in self._tiers_not_kept:
                     self._tiers_not_kept.add(asked)

@@ -363,9 +363,10 @@ def max_output(model: str) -> int | None:
 
 _TIER = b'"service_tier"'
 #: A request's ``service_tier`` as the tier that will serve it: OpenAI's names are the
-#: tiers; Anthropic's ``standard_only`` is its ``standard``. ``auto`` (either API) names
+#: tiers (``fast`` is ``priority``'s other name); Anthropic's ``standard_only`` is its
+#: ``standard``. ``auto`` (either API) names
 #: none: the provider picks.
-_ASKED_TIERS = {"standard_only": "standard"}
+_ASKED_TIERS = {"standard_only": "standard", "fast": "priority"}
 
 
 def requested_tier(body: bytes) -> str | None:

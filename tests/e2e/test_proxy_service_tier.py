@@ -120,3 +120,32 @@ def test_a_tier_asked_for_but_not_served_stops_sparing_calls_the_default_limit(
                 call(tier)
     served = rows_where(proxy, "reason IS NULL", 3)
     assert sum(r["output_tokens"] for r in served) == 120
+
+
+def test_fast_is_openai_s_priority_by_its_new_name(
+    tmp_path: Path, fake_provider: FakeProvider, start_proxy: ProxyFactory
+) -> None:
+    """OpenAI renamed priority processing "Fast mode" (30 July 2026) and takes either
+    name. With the default tier's limit full, a call asking ``fast`` is checked as a
+    priority one (no limit of it here), and one asking ``priority`` and answered ``fast``
+    kept its tier: both pass, again and again. Before, ``fast`` was no documented tier, so
+    it met every limit and was refused."""
+    proxy = start_proxy(catalog=tiered_catalog(tmp_path / "catalog.yaml", fake_provider))
+    with openai_client(proxy, fake_provider, KEYS["alice"]) as client:
+
+        def call(tier: str | None, served: str = "") -> None:
+            header = "output=40" + (f",tier={served}" if served else "")
+            client.chat.completions.create(
+                model="gpt-4o", messages=HI, max_tokens=40, extra_headers={"x-fake": header},
+                extra_body={} if tier is None else {"service_tier": tier},
+            )  # fmt: skip
+
+        for _ in range(3):  # 40, 80, 120 on the default tier's limit of 100
+            call(None)
+        with pytest.raises(openai.RateLimitError):
+            call(None)
+        for _ in range(2):
+            call("fast")
+            call("priority", served="fast")
+    served = rows_where(proxy, "service_tier = 'fast'", 4)
+    assert [r["reason"] for r in served] == [None] * 4

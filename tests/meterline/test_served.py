@@ -28,6 +28,13 @@ from meterline.served import SERVED_SQL, Served, ServedFilter, names_match
         ("inference_geo", ("us", "global"), None, True),
         ("service_tier", ("standard",), None, True),  # the tier rule is the same rule
         ("service_tier", ("flex",), None, False),
+        # OpenAI's fast is its priority, renamed (both names are taken, asked or served)
+        ("service_tier", ("priority",), "fast", True),
+        ("service_tier", ("fast",), "priority", True),
+        ("service_tier", ("fast",), "FAST", True),
+        ("service_tier", ("fast",), "ultrafast", False),  # a tier of its own
+        ("service_tier", ("default",), "fast", False),
+        ("speed", ("priority",), "fast", False),  # Anthropic's fast speed is no tier
     ],
 )
 def test_the_rule(

@@ -437,6 +437,8 @@ def test_a_bound_given_as_a_string_is_read_wherever_it_sits(late: bool) -> None:
         (b'{"model":"gpt-5","service_tier":"Priority"}', "priority"),
         (b'{"model":"gpt-5","service_tier":"auto"}', None),  # the provider picks
         (b'{"model":"claude","service_tier":"standard_only"}', "standard"),
+        (b'{"model":"gpt-5.6-sol","service_tier":"fast"}', "priority"),  # renamed, the same
+        (b'{"model":"gpt-6-astra","service_tier":"ultrafast"}', "ultrafast"),
         (b'{"model":"gpt-5"}', None),
         (b'{"model":"gpt-5","service_tier":7}', None),
         (b'{"service_tier": "flex"', None),  # not JSON: nothing asked
