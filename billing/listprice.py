@@ -43,10 +43,11 @@ where it lists one (genai-prices 0.2.3: Anthropic and OpenAI models $10, Gemini 
 and Gemini 3 $14); a model without (xAI's) prices them at 0, so ``billing margin``
 leaves them out of its cost there.
 
-genai-prices lists no price for one-hour cache writes (``cache_write_1h``, Anthropic's
-``ttl: "1h"``); Anthropic prices them at 2x the base input price, so they are priced
-here as input twice over, at the input price of the tier the request's whole input
-selects (once inside ``input_tokens``, once added).
+One-hour cache writes (``cache_write_1h``, Anthropic's ``ttl: "1h"``) are priced as
+input twice over, at the input price of the tier the request's whole input selects (once
+inside ``input_tokens``, once added): Anthropic's price, 2x base input, on every model
+(older genai-prices tables listed none; 0.2.3 lists ``cache_write_1h_mtok`` for
+Anthropic's models, at the same figure, which tests/billing/test_listprice.py checks).
 
 One call prices one request's worth of usage, as genai-prices does: models whose price
 depends on the request's context length (e.g. Claude Sonnet 4.5 above 200k input tokens,

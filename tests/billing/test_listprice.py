@@ -10,7 +10,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from genai_prices.types import TieredPrices
+from genai_prices.types import TieredPrices, Usage
 
 from billing.listprice import find_model, has_context_tiers, list_cost
 
@@ -246,3 +246,23 @@ def test_how_a_call_was_served_selects_its_list_price(
     cost was overstated 2x, a fast Opus 4.8 call's understated 2x (``billing margin``)."""
     expected = (100_000 * Decimal(input_mtok) + 10_000 * Decimal(output_mtok)) / MTOK
     assert list_cost(provider, model, **TOKENS, at=LATER, **served) == expected
+
+
+@pytest.mark.parametrize("model", ["claude-sonnet-4-5", "claude-opus-4-8", "claude-haiku-4-5"])
+@pytest.mark.parametrize(("uncached", "one_hour"), [(20_000, 40_000), (150_000, 100_000)])
+def test_one_hour_writes_cost_what_genai_prices_lists_for_them(
+    model: str, uncached: int, one_hour: int
+) -> None:
+    """Twice the input price (ours) is the table's own ``cache_write_1h_mtok``, below and
+    above a long-context tier (250k in all: Sonnet 4.5's long tier)."""
+    found = find_model("anthropic", model)
+    assert found is not None
+    provider, listed_model = found
+    whole = uncached + 30_000 + one_hour
+    usage = Usage(
+        input_tokens=whole, cache_write_tokens=30_000 + one_hour, cache_write_1h_tokens=one_hour
+    )
+    table = listed_model.calc_price(usage, provider, genai_request_timestamp=LATER).total_price
+    ours = list_cost(model=model, provider="anthropic", input=uncached, cached_input=0,
+                     cache_write=30_000, cache_write_1h=one_hour, output=0, at=LATER)  # fmt: skip
+    assert ours == table
