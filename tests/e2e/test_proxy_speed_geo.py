@@ -115,6 +115,23 @@ def test_fast_and_us_calls_are_stored_and_invoiced_at_their_rates(
     ]
 
 
+def limited_catalog(
+    tmp_path: Path, fake_provider: FakeProvider, limits: list[dict[str, Any]]
+) -> Path:
+    """alice on a governed plan with ``limits`` and docs/catalog.md's Opus 4.6 features,
+    metering the fake Anthropic."""
+    path = governed_catalog(
+        tmp_path / "catalog.yaml", fake_provider, {"alice": KEYS["alice"]}, entitlements=limits
+    )
+    doc = yaml.safe_load(path.read_text())
+    for feature in yaml.safe_load(plan_from_the_docs())["features"]:
+        doc["features"].append(
+            {**feature, "meter": {**feature["meter"], "provider": "fake-anthropic"}}
+        )
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
 def test_limits_count_fast_calls_only_on_the_fast_feature(
     tmp_path: Path, start_proxy: ProxyFactory, fake_provider: FakeProvider
 ) -> None:
@@ -126,20 +143,8 @@ def test_limits_count_fast_calls_only_on_the_fast_feature(
     read, the first standard call was refused by the fast feature's limit; before the
     proxy read speeds, the fast calls filled the standard limit). A fast call is then
     refused by the standard feature's limit too: it may fall back to standard speed."""
-    path = governed_catalog(
-        tmp_path / "catalog.yaml",
-        fake_provider,
-        {"alice": KEYS["alice"]},
-        entitlements=[{"feature": "opus-out", "limit": 100},
-                      {"feature": "opus-fast-out", "limit": 100}],
-    )  # fmt: skip
-    doc = yaml.safe_load(path.read_text())
-    for feature in yaml.safe_load(plan_from_the_docs())["features"]:
-        doc["features"].append(
-            {**feature, "meter": {**feature["meter"], "provider": "fake-anthropic"}}
-        )
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    proxy = start_proxy(catalog=path)
+    limits = [{"feature": "opus-out", "limit": 100}, {"feature": "opus-fast-out", "limit": 100}]
+    proxy = start_proxy(catalog=limited_catalog(tmp_path, fake_provider, limits))
     fake = {"x-fake": "output=40"}
     made = Clients(proxy, fake_provider)
     try:
@@ -181,19 +186,8 @@ def test_a_provider_running_unasked_calls_fast_loses_the_standard_check(
     is checked as a standard one, but the provider runs it fast (a deployment that sets
     the speed itself): it is counted on the fast feature (120, over the limit), and from
     then on every call of that provider meets the fast limit: a plain call is refused."""
-    path = governed_catalog(
-        tmp_path / "catalog.yaml",
-        fake_provider,
-        {"alice": KEYS["alice"]},
-        entitlements=[{"feature": "opus-fast-out", "limit": 100}],
-    )
-    doc = yaml.safe_load(path.read_text())
-    for feature in yaml.safe_load(plan_from_the_docs())["features"]:
-        doc["features"].append(
-            {**feature, "meter": {**feature["meter"], "provider": "fake-anthropic"}}
-        )
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    proxy = start_proxy(catalog=path)
+    limits = [{"feature": "opus-fast-out", "limit": 100}]
+    proxy = start_proxy(catalog=limited_catalog(tmp_path, fake_provider, limits))
     made = Clients(proxy, fake_provider)
     try:
         claude = made.anthropic(KEYS["alice"])
