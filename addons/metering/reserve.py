@@ -369,19 +369,31 @@ _TIER = b'"service_tier"'
 _ASKED_TIERS = {"standard_only": "standard", "fast": "priority"}
 
 
+_UNREADABLE = object()
+"""A request body that is not a JSON object: what it asks cannot be told."""
+
+
+def _top_member(body: bytes, key: bytes, name: str) -> Any:
+    """The top-level member ``name`` (its quoted bytes ``key``) of a request body: read
+    as the top-level ``model`` is (:func:`_top_string`: a scan, no parse), parsed whole
+    only where that cannot tell (a key used twice, escapes). "" when there is none,
+    :data:`_UNREADABLE` when the body is not a JSON object."""
+    if key not in body:
+        return ""
+    value = _top_string(body, key)
+    if value is not _REREAD:
+        return value
+    try:
+        data = jsoncodec.loads(body)
+    except ValueError:
+        return _UNREADABLE
+    return data.get(name, "") if isinstance(data, dict) else _UNREADABLE
+
+
 def requested_tier(body: bytes) -> str | None:
     """The service tier a request body asks for (lower case), or None: none named, or
-    ``auto``. Read as the top-level ``model`` is (:func:`_top_string`: a scan, no parse);
-    parsed whole only where that cannot tell (a key used twice, escapes)."""
-    if _TIER not in body:
-        return None
-    tier = _top_string(body, _TIER)
-    if tier is _REREAD:
-        try:
-            data = jsoncodec.loads(body)
-        except ValueError:
-            return None
-        tier = data.get("service_tier") if isinstance(data, dict) else None
+    ``auto``."""
+    tier = _top_member(body, _TIER, "service_tier")
     if not isinstance(tier, str) or not tier or tier.lower() == "auto":
         return None
     return _ASKED_TIERS.get(tier.lower(), tier.lower())
@@ -393,18 +405,8 @@ _SPEED = b'"speed"'
 def asks_standard_speed(body: bytes) -> bool:
     """Whether a request body cannot be served fast: it names no top-level ``speed``, or
     names ``standard`` (Anthropic runs a call fast only when asked, ``speed: "fast"``; a
-    fast request may still fall back to standard). Read like ``service_tier``."""
-    if _SPEED not in body:
-        return True
-    speed = _top_string(body, _SPEED)
-    if speed is _REREAD:
-        try:
-            data = jsoncodec.loads(body)
-        except ValueError:
-            return False
-        if not isinstance(data, dict):
-            return False
-        speed = data.get("speed", "")
+    fast request may still fall back to standard)."""
+    speed = _top_member(body, _SPEED, "speed")
     return speed == "" or (isinstance(speed, str) and speed.lower() == "standard")
 
 

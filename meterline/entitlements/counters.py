@@ -176,9 +176,6 @@ class Counters:
     store yet, as of the last snapshot (:mod:`meterline.entitlements.fleet`)."""
     share: bool = True
     """Split a hard limit's rest between the fleet's proxies (``meter_governance_share``)."""
-    fleet_size: int = 1
-    """The running proxies of the fleet at the last snapshot, this one included: each may
-    admit its share of what a hard limit has left until the next (:meth:`_over_share`)."""
     unread_as_zero: bool = False
     """Count unread counters from zero (the store is unreachable, failure policy ``allow``)."""
     _own_at_snapshot: dict[Key, int] = field(default_factory=dict)
@@ -350,6 +347,13 @@ class Counters:
             if left <= current:
                 return self._out_of_credit(pol, current, now)
         return self.reserve(pol.customer, matched, input_bound, output_bound, now, searches)
+
+    @property
+    def fleet_size(self) -> int:
+        """The running proxies of the fleet at the last snapshot, this one included, as
+        the share counts them (1: no share): each may admit its share of what a hard
+        limit has left until the next (:meth:`_over_share`)."""
+        return 1 + self.peers.alive if self.share else 1
 
     def _own(self, key: Key) -> int:
         return self.pending_sum.get(key, 0) + self.reserved.get(key, 0)
@@ -527,7 +531,6 @@ class Counters:
         self.grants_left = snap.grants_left
         self.peers = snap.peers
         self.snapshot_at = snap.taken_at
-        self.fleet_size = 1 + snap.peers.alive if self.share else 1
         if self.fleet_size > 1:
             own = {key: self._own(key) for key in (*self.pending_sum, *self.reserved)}
             self._own_at_snapshot = own

@@ -15,6 +15,7 @@ the request path only does dictionary lookups (:meth:`CustomerPolicy.matching`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -138,21 +139,16 @@ class Matched:
         """What a call the request says will be served at ``tier`` touches: the limits and
         accounts of features that count that tier (a flex call does not hold, nor get
         refused by, a limit of the default tier's feature)."""
-        return Matched(
-            self.allowed,
-            [lim for lim in self.limits if lim.account.meter.counts_tier(tier)],
-            [a for a in self.accounts if a.meter.counts_tier(tier)],
-            [(a, types) for a, types in self.counted if a.meter.counts_tier(tier)],
-        )
+        return self._only(lambda account: account.meter.counts_tier(tier))
 
     def at_standard_speed(self) -> Matched:
         """What a call that cannot run fast touches (its request does not ask for fast
         mode): the limits and accounts of features that count standard-speed calls (a
         standard call does not hold, nor get refused by, a ``speed: fast`` feature's)."""
+        return self._only(lambda account: names_match("speed", account.meter.speed, "standard"))
 
-        def counts(account: Account) -> bool:
-            return names_match("speed", account.meter.speed, "standard")
-
+    def _only(self, counts: Callable[[Account], bool]) -> Matched:
+        """The limits and accounts of the accounts ``counts`` keeps."""
         return Matched(
             self.allowed,
             [lim for lim in self.limits if counts(lim.account)],
