@@ -77,6 +77,7 @@ from meterline.entitlements import (
     read_snapshot,
 )
 from meterline.entitlements.policy import counter_id
+from meterline.entitlements.windowsums import KeptSums
 from meterline.eventschema import EVENT_COLUMNS, TOKEN_COLUMNS
 from meterline.lakerepair import metadata_alias
 from meterline.served import canonical
@@ -232,6 +233,7 @@ class Governance:
         self._wake = threading.Event()
         self.state_path: Path | None = None
         self._lake: tuple[str, duckdb.DuckDBPyConnection] | None = None
+        self._kept: tuple[tuple[str, int], KeptSums] | None = None
         self._shared = False
         """The lake's proxies share their calls in flight (:mod:`meterline.entitlements.fleet`)."""
         self._publish_warned: float | None = None
@@ -805,6 +807,7 @@ class Governance:
         if locator is None:
             return None
         try:
+            kept = self._kept_sums(locator)
             if locator.startswith(LAKE_PREFIX):
                 # Attaching a DuckLake costs a catalog round trip or more: keep it attached
                 # (each read is its own transaction, so it sees the lake's latest snapshot).
@@ -817,17 +820,19 @@ class Governance:
                 if self._shared:
                     self._publish(con)
                     peers = self._peer_rows
-                return read_snapshot(con, policy, datetime.now(UTC), self._looked_for, peers)
+                now = datetime.now(UTC)
+                return read_snapshot(con, policy, now, self._looked_for, peers, kept)
             pending = self._looked_for
             if self._through_writer is not None:
                 snap: Snapshot = self._through_writer(
-                    lambda con: read_snapshot(con, policy, datetime.now(UTC), pending)
+                    lambda con: read_snapshot(con, policy, datetime.now(UTC), pending, kept=kept)
                 )
                 return snap
             with store(locator, wait_s=5) as con:
-                return read_snapshot(con, policy, datetime.now(UTC), pending)
+                return read_snapshot(con, policy, datetime.now(UTC), pending, kept=kept)
         except Exception as e:  # the store may be down; counters keep their last figures
             self._close_lake()
+            self._kept = None  # the next read sums whole windows again
             if _being_migrated(e):
                 log.info("meterline: %s is being migrated; limits read again shortly", locator)
             elif self._read_warned is None or time.monotonic() - self._read_warned > 60:
@@ -898,6 +903,17 @@ class Governance:
             except Exception:  # the loop's own rebuild logs it
                 return policy
         return policy
+
+    def _kept_sums(self, locator: str) -> KeptSums:
+        """The window sums kept between reads of this store: new for another store, or
+        for a DuckDB file made anew at the same path (its inode changed)."""
+        inode = 0
+        if not locator.startswith(LAKE_PREFIX):
+            with contextlib.suppress(OSError):
+                inode = os.stat(locator).st_ino
+        if self._kept is None or self._kept[0] != (locator, inode):
+            self._kept = ((locator, inode), KeptSums())
+        return self._kept[1]
 
     def _close_lake(self) -> None:
         if self._lake is not None:

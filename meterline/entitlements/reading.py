@@ -1,11 +1,12 @@
 """Read what governance needs from the store: used units per account and period, balances.
 
-One query per refresh for every account of every governed customer: the current period
-of each account becomes a window (its customer's consumers, ``[start, end)`` of event
-time), events join the windows and are summed per (window, provider, model); the few
-rows are mapped to features in Python with the same matching the proxy uses for its
-own events. Values are inlined as SQL literals (no bound parameters: the DuckDB client
-would try ``import pandas`` per parameter, holding the GIL the proxy's loop needs).
+One read transaction per refresh: every governed account's current period (and a prepaid
+plan's earlier periods no invoice billed) summed from the events
+(:mod:`meterline.entitlements.windowsums`: the proxy keeps the sums of events ingested
+long enough ago, and reads only the recent ones), the pending event ids the store now
+holds, credit balances and grants. Values are inlined as SQL literals (no bound
+parameters: the DuckDB client would try ``import pandas`` per parameter, holding the GIL
+the proxy's loop needs).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import contextlib
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -22,82 +22,11 @@ import duckdb
 
 from meterline.entitlements import fleet
 from meterline.entitlements.counters import Snapshot
-from meterline.entitlements.policy import Account, Key, Policy
-from meterline.eventschema import TOKEN_COLUMNS
-from meterline.periods import Period, periods_between
-from meterline.served import SERVED_SQL, Served
+from meterline.entitlements.policy import Key, Policy
+from meterline.entitlements.windowsums import KeptSums, Windows, sql_text, sql_ts
+from meterline.periods import periods_between
 
-_TOKEN_COLUMNS = TOKEN_COLUMNS
 _ID_CHUNK = 2000
-
-
-def _lit(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def _ts(value: datetime) -> str:
-    return f"TIMESTAMP '{value.astimezone(UTC).replace(tzinfo=None).isoformat(' ')}'"
-
-
-@dataclass
-class _Windows:
-    """Counters to read, each a window per consumer: (window id, consumer, start, end)."""
-
-    keyed: list[tuple[Account, Key]] = field(default_factory=list)
-    windows: list[tuple[int, str, datetime, datetime]] = field(default_factory=list)
-    out: dict[Key, int] = field(default_factory=dict)
-
-    def add(
-        self,
-        acct: Account,
-        key: Key,
-        period: Period,
-        consumers: Sequence[str],
-        until: datetime | None = None,
-    ) -> None:
-        """``until``: count only the period's events before it (none when it is not after
-        the period's start)."""
-        if key in self.out:
-            return
-        self.out[key] = 0
-        end = period.end if until is None else min(period.end, until)
-        if end <= period.start:
-            return
-        n = len(self.keyed)
-        self.keyed.append((acct, key))
-        self.windows.extend((n, c, period.start, end) for c in consumers)
-
-    def read(self, con: duckdb.DuckDBPyConnection) -> dict[Key, int]:
-        return _sum_windows(con, self.keyed, self.windows, self.out)
-
-
-def _sum_windows(
-    con: duckdb.DuckDBPyConnection,
-    keyed: list[tuple[Account, Key]],
-    windows: list[tuple[int, str, datetime, datetime]],
-    out: dict[Key, int],
-) -> dict[Key, int]:
-    if not windows:
-        return out
-    values = ", ".join(f"({n}, {_lit(c)}, {_ts(s)}, {_ts(e)})" for n, c, s, e in windows)
-    sums = ", ".join(f"SUM(e.{col})::BIGINT" for col in _TOKEN_COLUMNS.values())
-    since = min(s for _, _, s, _ in windows)
-    rows = con.execute(
-        f"""
-        WITH w(window_id, consumer, w_start, w_end) AS (VALUES {values})
-        SELECT w.window_id, e.provider, coalesce(e.model, ''), {SERVED_SQL}, {sums}
-        FROM usage_events AS e
-        JOIN w ON e.consumer = w.consumer AND e.ts >= w.w_start AND e.ts < w.w_end
-        WHERE e.ts >= {_ts(since)}
-        GROUP BY ALL
-        """
-    ).fetchall()
-    for window_id, provider, model, tier, speed, geo, *tokens in rows:
-        acct, key = keyed[window_id]
-        by_type = dict(zip(_TOKEN_COLUMNS, (int(t or 0) for t in tokens), strict=True))
-        served = Served(tier, speed, geo)
-        out[key] = out.get(key, 0) + acct.tokens(provider, model, served, by_type)
-    return out
 
 
 def policy_usage(
@@ -108,13 +37,17 @@ def policy_usage(
     The proxy counts the whole period (an event stamped a little ahead by a skewed clock
     still counts against the limit); ``until_at`` counts only events before ``at``: the
     reading as of that instant (``billing entitlements``, the dashboard's gauges at ``?at=``)."""
-    windows = _Windows()
+    return _add_current(Windows(), policy, at, until_at=until_at).read(con)
+
+
+def _add_current(windows: Windows, policy: Policy, at: datetime, *, until_at: bool) -> Windows:
+    """``windows`` plus every account's current period at ``at``."""
+    until = at if until_at else None
     for pol in policy.by_customer.values():
         for acct in pol.accounts:
-            period = acct.period(at)
-            until = at if until_at else None
-            windows.add(acct, acct.key(period), period, pol.consumers, until)
-    return windows.read(con)
+            period, key = acct.current(at)  # cached per account: period math is slow
+            windows.add(acct, key, period, pol.consumers, until)
+    return windows
 
 
 def policy_keys(policy: Policy, at: datetime) -> dict[Key, int]:
@@ -129,7 +62,7 @@ def _invoiced_starts(con: duckdb.DuckDBPyConnection, customer: str) -> set[datet
     if not _has_table(con, "invoices"):
         return set()
     rows = con.execute(
-        f"SELECT DISTINCT period_start FROM invoices WHERE customer_key = {_lit(customer)}"
+        f"SELECT DISTINCT period_start FROM invoices WHERE customer_key = {sql_text(customer)}"
     ).fetchall()
     return {r[0].replace(tzinfo=UTC) for r in rows}
 
@@ -143,7 +76,13 @@ def unbilled_usage(con: duckdb.DuckDBPyConnection, policy: Policy, at: datetime)
     period (ingested after its invoice) is billed by the next invoice; it is not counted
     here.
     """
-    windows = _Windows()
+    return _add_unbilled(Windows(), con, policy, at).read(con)
+
+
+def _add_unbilled(
+    windows: Windows, con: duckdb.DuckDBPyConnection, policy: Policy, at: datetime
+) -> Windows:
+    """``windows`` plus the earlier periods :func:`unbilled_usage` counts."""
     for pol in policy.by_customer.values():
         if not pol.prepaid or not pol.cost_cards:
             continue
@@ -154,7 +93,7 @@ def unbilled_usage(con: duckdb.DuckDBPyConnection, policy: Policy, at: datetime)
             for period in periods_between(acct.anchor, acct.cadence, acct.anchor, current.start):
                 if period.start not in invoiced:
                     windows.add(acct, acct.key(period), period, pol.consumers)
-    return windows.read(con)
+    return windows
 
 
 def seen_event_ids(
@@ -162,9 +101,9 @@ def seen_event_ids(
 ) -> set[str]:
     """Which of ``event_ids`` the store holds (events at or after ``since``)."""
     seen: set[str] = set()
-    where = f"ts >= {_ts(since)} AND " if since is not None else ""
+    where = f"ts >= {sql_ts(since)} AND " if since is not None else ""
     for i in range(0, len(event_ids), _ID_CHUNK):
-        chunk = ", ".join(_lit(e) for e in event_ids[i : i + _ID_CHUNK])
+        chunk = ", ".join(sql_text(e) for e in event_ids[i : i + _ID_CHUNK])
         rows = con.execute(
             f"SELECT event_id FROM usage_events WHERE {where}event_id IN ({chunk})"
         ).fetchall()
@@ -240,7 +179,7 @@ def _consumed(
     ``known_at``: only the invoices issued by then (a consumption is stamped with its
     invoice's issue time)."""
     consumed: defaultdict[str, Decimal] = defaultdict(Decimal)
-    where = f"WHERE consumed_at <= {_ts(known_at)} " if known_at is not None else ""
+    where = f"WHERE consumed_at <= {sql_ts(known_at)} " if known_at is not None else ""
     if _has_table(con, "credit_consumptions"):
         for grant_id, amount in con.execute(
             f"SELECT grant_id, SUM(amount) FROM credit_consumptions {where}GROUP BY grant_id"
@@ -254,7 +193,7 @@ def _grant_rows(
 ) -> list[tuple[str, str, str | None, Any, Any]]:
     """(grant id, customer, feature or None, amount, expires at) of every grant;
     ``known_at``: of the grants granted by then."""
-    where = f" WHERE granted_at <= {_ts(known_at)}" if known_at is not None else ""
+    where = f" WHERE granted_at <= {sql_ts(known_at)}" if known_at is not None else ""
     try:
         return con.execute(
             "SELECT grant_id, customer_key, feature_key, amount, expires_at FROM credit_grants"
@@ -292,6 +231,7 @@ def read_snapshot(
     at: datetime,
     pending_ids: Callable[[], Sequence[str]],
     peer_rows: Callable[[duckdb.DuckDBPyConnection], list[fleet.Row]] | None = None,
+    kept: KeptSums | None = None,
 ) -> Snapshot:
     """Everything the counters take from the store, in one read transaction.
 
@@ -305,12 +245,16 @@ def read_snapshot(
     snapshot too, for the same reason: their pending events this snapshot holds are
     found by the same query as this proxy's own and counted once, as stored; those this
     proxy counts as its own pending are not counted again.
+
+    ``kept`` (the proxy's reading thread) keeps the sums of events ingested long enough
+    ago between reads, so that a read sums only the recent ones (:mod:`.windowsums`).
     """
     con.execute("BEGIN TRANSACTION")
     try:
         if _has_table(con, "usage_events"):
-            stored = policy_usage(con, policy, at)
-            stored.update(unbilled_usage(con, policy, at))
+            windows = _add_current(Windows(), policy, at, until_at=False)
+            _add_unbilled(windows, con, policy, at)
+            stored = windows.read(con) if kept is None else kept.read(con, windows, at)
             pending = pending_ids()
             rows = peer_rows(con) if peer_rows is not None else []
             looked_for = list(dict.fromkeys([*pending, *fleet.pending_ids(rows)]))
