@@ -18,12 +18,14 @@ that read's time minus the margin, as long as no flush takes longer than the mar
 no proxy's clock is behind by more than it (the same assumption as ``billing invoice
 generate --settle``). Rows are never updated or deleted, so what was settled stays
 exact. A batch that breaks the assumption (a flush stuck for minutes, an import with old
-``ingested_at`` values) is found by the full read every :data:`RESYNC_EVERY`, and by any
-read after the windows change (a catalog reload, a new period, an invoice).
+``ingested_at`` values) is found by the next whole read: at least every
+:data:`RESYNC_EVERY` (or 100 times as long as a whole read takes, when that is longer),
+and after the windows change (a catalog reload, a new period, an invoice).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -38,8 +40,16 @@ from meterline.served import SERVED_SQL, Served
 
 #: How far the settled boundary trails a read (longer than any flush, any clock skew).
 SETTLE_MARGIN = timedelta(minutes=2)
-#: A full read of every window at least this often (see the module's docstring).
+#: A full read of every window at least this often (see the module's docstring)...
 RESYNC_EVERY = timedelta(minutes=15)
+#: ... or, where a whole read takes long (a lake holding a big fleet's month), once per
+#: this many times its duration: whole reads take at most ~1% of the reading thread.
+RESYNC_COST_FACTOR = 100
+
+
+def resync_interval(whole_read_s: float, least: timedelta = RESYNC_EVERY) -> timedelta:
+    """How long after a whole read that took ``whole_read_s`` seconds the next one is due."""
+    return max(least, timedelta(seconds=whole_read_s * RESYNC_COST_FACTOR))
 
 
 def sql_text(text: str) -> str:
@@ -169,12 +179,14 @@ class KeptSums:
 
     margin: timedelta = SETTLE_MARGIN
     resync: timedelta = RESYNC_EVERY
+    """The least time between two whole reads (:func:`resync_interval`)."""
     _signature: tuple[Any, ...] | None = None
     _accounts: list[tuple[Account, Key]] = field(default_factory=list)
     _settled: dict[Key, int] = field(default_factory=dict)
     _settled_before: datetime | None = None
     """Every event ingested before it is summed in ``_settled``."""
     _full_at: datetime | None = None
+    _due_after: timedelta = RESYNC_EVERY
     _counted: dict[tuple[Any, ...], tuple[int, ...]] = field(default_factory=dict)
     full_reads: int = 0
     """Reads that summed whole windows (the first, after a change, every ``resync``)."""
@@ -192,11 +204,12 @@ class KeptSums:
             or self._settled_before is None
             or self._full_at is None
             or boundary < self._settled_before  # the clock went back
-            or at - self._full_at >= self.resync
+            or at - self._full_at >= max(self.resync, self._due_after)
         )
         since = None if full else self._settled_before
         settled = {} if full else dict(self._settled)
         out = dict(windows.out)
+        started = time.monotonic()
         rows = windows._rows(con, since, boundary)
         for is_settled, key, units in windows._units(rows, self._counted):
             out[key] += units
@@ -210,4 +223,5 @@ class KeptSums:
         if full:
             self._full_at = at
             self.full_reads += 1
+            self._due_after = resync_interval(time.monotonic() - started, self.resync)
         return out

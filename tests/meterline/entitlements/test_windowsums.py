@@ -9,7 +9,12 @@ from pathlib import Path
 from meterline.catalog import Catalog
 from meterline.entitlements import build_policy
 from meterline.entitlements.reading import read_snapshot
-from meterline.entitlements.windowsums import RESYNC_EVERY, SETTLE_MARGIN, KeptSums
+from meterline.entitlements.windowsums import (
+    RESYNC_EVERY,
+    SETTLE_MARGIN,
+    KeptSums,
+    resync_interval,
+)
 from meterline.store import store
 from tests.billing.events import Event, add_events
 from tests.meterline.entitlements.test_counters import NOW, catalog
@@ -107,3 +112,11 @@ def test_windows_shared_by_several_limits_are_summed_once_for_each(tmp_path: Pat
     cat = catalog(entitlements=LIMITS)
     assert _counters(db, cat, NOW, KeptSums()) == {"out": 49, "all": 55, "mini": 10}
     assert _counters(db, cat, NOW, None) == {"out": 49, "all": 55, "mini": 10}
+
+
+def test_whole_reads_that_take_long_come_less_often() -> None:
+    """Every 15 minutes at least; a whole read of 30 s (a big fleet's month on a lake)
+    every 50 minutes: whole reads stay near 1% of the reading thread's time."""
+    assert resync_interval(0.9) == RESYNC_EVERY == timedelta(minutes=15)
+    assert resync_interval(30.0) == timedelta(minutes=50)
+    assert resync_interval(0.3, timedelta(minutes=1)) == timedelta(minutes=1)
