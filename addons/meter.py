@@ -40,6 +40,7 @@ from addons.metering import (
     catalogwatch,
     deferredopts,
     errors,
+    fleetkeys,
     geminilive,
     governance,
     hints,
@@ -78,6 +79,8 @@ class Meter:
         self.catalog: Catalog | None = None
         self.registry = providers.ProviderRegistry.from_catalog(None)
         self.minted = minted.MintedKeys()
+        self.fleet_keys = fleetkeys.FleetKeys()
+        self.minted.share = self.fleet_keys.publish
         self.keybook = keys.KeyBook(None, self.minted)
         self.routes = routes.RouteTable()
         self.sink = EventSink()
@@ -88,6 +91,9 @@ class Meter:
         self._upgrades: dict[str, tuple[providers.MeteredProvider, bool, bool]] = {}
         """Flows upgrading to a metered WebSocket, or minting an ephemeral key (the last
         item False): the key injected and (a socket) the limits checked in ``request``."""
+        self._lookups: dict[str, str] = {}
+        """Sockets opened with a key nobody here holds: flow id -> its fingerprint, looked
+        up among the fleet's minted keys in ``request`` (:mod:`.fleetkeys`)."""
         self.echoes = sideflows.EchoGuard()
         self.deferred = DeferredWork()
         self._running = False
@@ -163,6 +169,7 @@ class Meter:
             self.proxy_id,
             o.meter_governance_share,
         )
+        self.fleet_keys.configure(o.meter_db)
         if self._running and "meter_spool" in updated:
             self._open_spool()
         if self.writer is not None:
@@ -285,6 +292,7 @@ class Meter:
         self.sockets.stop()
         self.sink.close()
         self.minted.close()
+        self.fleet_keys.stop()
         MITM_SERVER_LOG.removeFilter(self._notice_filter)
         if self._redact_filter is not None:
             redact.remove_log_filter(self._redact_filter)
@@ -353,9 +361,13 @@ class Meter:
                 req.method == "GET"
                 and "websocket" in req.headers.get("upgrade", "").lower()
                 and websocket.is_metered_socket(provider.flavor, path)
-                and flow.id not in self._refused
             ):
-                self._upgrades[flow.id] = (provider, by_name, True)  # a session: see `request`
+                if self.fleet_keys.enabled:
+                    fp = sideflows.stranger_key(flow, provider, self.keybook)
+                    if fp is not None:
+                        self._lookups[flow.id] = fp  # minted through another proxy?
+                if flow.id not in self._refused:
+                    self._upgrades[flow.id] = (provider, by_name, True)  # see `request`
             elif minted.is_mint(provider.flavor, req.method, path) and sideflows.note_mint(
                 flow, provider, self.keybook, self.minted
             ):
@@ -389,6 +401,8 @@ class Meter:
             self._refused[flow.id] = (provider.flavor, where_, message)
 
     def request(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
+        if self._lookups and flow.id in self._lookups:
+            return self._request_after_key_lookup(flow, self._lookups.pop(flow.id))
         st = self._active.get(flow.id)
         consumer = st.identity.consumer if st is not None else None
         if consumer is not None and self.governance.awaits_first_read(consumer.name):
@@ -428,6 +442,20 @@ class Meter:
             return None
         self.echoes.note(flow, provider)
         return self.sockets.opening(flow, provider, identity, self.rejections)
+
+    async def _request_after_key_lookup(self, flow: http.HTTPFlow, key_fp: str) -> None:
+        """A socket opened with a key another proxy of the fleet minted is its minter's,
+        as if minted here: the request is taken anew with the key known."""
+        found = await self.fleet_keys.lookup(key_fp)
+        if found is not None:
+            self.minted.add(found.key_fp, found.owner_fp, found.expires, time.time())
+            self._refused.pop(flow.id, None)
+            self._upgrades.pop(flow.id, None)
+            self.requestheaders(flow)
+            self._lookups.pop(flow.id, None)
+        pending = self.request(flow)
+        if pending is not None:
+            await pending
 
     async def _request_after_first_read(self, flow: http.HTTPFlow) -> None:
         await self.governance.first_read()
@@ -511,6 +539,8 @@ class Meter:
             self._refused.pop(flow.id, None)  # the client left before its request was whole
         if self._upgrades:
             self._upgrades.pop(flow.id, None)
+        if self._lookups:
+            self._lookups.pop(flow.id, None)
         if self.minted.minting:
             self.minted.forget(flow)
         if self.echoes:

@@ -20,8 +20,8 @@ it is the minting consumer's, checked against that consumer's limits, and never 
 injected key (the minted key is the provider's own credential for that session). What
 the proxy remembers survives a restart: each mint appends one line (the two
 fingerprints and the expiry, never a key) to ``minted-keys.log`` in the spool directory
-(0600), read back at start (:meth:`MintedKeys.attach`). A key minted through another
-proxy of a fleet is not known (see docs/proxy.md).
+(0600), read back at start (:meth:`MintedKeys.attach`). A fleet on a PostgreSQL lake
+shares them (:mod:`addons.metering.fleetkeys`).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,8 @@ class MintedKeys:
         """Lines in the file: rewritten with the live entries only once it holds twice
         as many (a mint per voice session: it would grow for as long as the proxy runs)."""
         self._failed = False
+        self.share: Callable[[str, str, float], None] | None = None
+        """Called with each key minted here (the fleet's table: :mod:`.fleetkeys`)."""
 
     def __bool__(self) -> bool:
         return bool(self._owners)
@@ -215,6 +218,8 @@ class MintedKeys:
             key_fp = fingerprint(key)
             self.add(key_fp, owner, expires, now)
             self._append((key_fp, owner, expires), now)
+            if self.share is not None:
+                self.share(key_fp, owner, expires)
 
     def forget(self, flow: http.HTTPFlow) -> None:
         """The mint failed on its way (``error``)."""

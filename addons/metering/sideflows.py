@@ -113,3 +113,17 @@ def note_mint(
     assert identity.fingerprint is not None
     minted.asked(flow, identity.fingerprint, provider.flavor)
     return keys.injection_env_var(identity, provider) is not None
+
+
+def stranger_key(
+    flow: http.HTTPFlow, provider: MeteredProvider, keybook: keys.KeyBook
+) -> str | None:
+    """The fingerprint of the one key a side flow presents when no consumer holds it and
+    no key minted through this proxy is it (another proxy of the fleet may have minted
+    it: :mod:`addons.metering.fleetkeys`); None otherwise."""
+    req = flow.request
+    keyset = attribution.presented(req.headers, req.path.partition("?")[2], provider)
+    identity = keybook.identify_key(keyset.billed)
+    if identity.consumer is not None or keyset.ambiguous:
+        return None
+    return identity.fingerprint

@@ -32,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import duckdb
 
@@ -88,42 +89,58 @@ class Peers:
     refresh, holding something or not): a hard limit's rest is split between them all."""
 
 
-def _lit(text: str) -> str:
+def pg_text(text: str) -> str:
     """``text`` as a PostgreSQL escape string, read the same whatever the server's
     ``standard_conforming_strings`` (a proxy id ``o\\'brien`` broke a plain literal)."""
     return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 def _ts(value: datetime) -> str:
-    return _lit(value.astimezone(UTC).replace(tzinfo=None).isoformat(" "))
+    return pg_text(value.astimezone(UTC).replace(tzinfo=None).isoformat(" "))
 
 
-def _duck(text: str) -> str:
+def duck_text(text: str) -> str:
     """``text`` as a DuckDB string literal (the PostgreSQL script is one)."""
     return "'" + text.replace("'", "''") + "'"
 
 
+def pg_execute(con: duckdb.DuckDBPyConnection, alias: str, script: str) -> None:
+    """Run ``script`` (statements separated by ``;``) on ``alias``'s PostgreSQL server."""
+    con.execute(
+        f"CALL postgres_execute({duck_text(alias)}, {duck_text(script)}, use_transaction = false)"
+    )
+
+
+def pg_query(con: duckdb.DuckDBPyConnection, alias: str, query: str) -> list[Any]:
+    """The rows of ``query``, run as it is on ``alias``'s PostgreSQL server."""
+    return con.execute(
+        f"SELECT * FROM postgres_query({duck_text(alias)}, {duck_text(query)})"
+    ).fetchall()
+
+
 def _key_values(key: Key) -> str:
     customer, feature, cadence, anchor, start = key
-    return f"{_lit(customer)}, {_lit(feature)}, {_lit(cadence)}, {_ts(anchor)}, {_ts(start)}"
+    names = f"{pg_text(customer)}, {pg_text(feature)}, {pg_text(cadence)}"
+    return f"{names}, {_ts(anchor)}, {_ts(start)}"
 
 
 def _rows(publisher: str, held: Held, ttl_s: float, max_pending: int) -> Iterable[str]:
-    who = _lit(publisher)
+    who = pg_text(publisher)
     until = f"now() + interval '{ttl_s:.3f} seconds'"
     yield f"({who}, 'alive', '', '', NULL, NULL, NULL, NULL, 0, {until})"
     for key, units in held.reserved.items():
         yield f"({who}, 'reserved', {_key_values(key)}, NULL, {int(units)}, {until})"
     for (customer, feature), units in held.in_flight.items():
         yield (
-            f"({who}, 'in_flight', {_lit(customer)}, {_lit(feature)}, NULL, NULL, NULL, NULL, "
-            f"{int(units)}, {until})"
+            f"({who}, 'in_flight', {pg_text(customer)}, {pg_text(feature)}, "
+            f"NULL, NULL, NULL, NULL, {int(units)}, {until})"
         )
     overflow: dict[Key, int] = {}
     for n, (event_id, parts) in enumerate(held.pending.items()):
         for key, units in parts:
             if n < max_pending:
-                yield f"({who}, 'pending', {_key_values(key)}, {_lit(event_id)}, {units}, {until})"
+                event = pg_text(event_id)
+                yield f"({who}, 'pending', {_key_values(key)}, {event}, {units}, {until})"
             else:
                 overflow[key] = overflow.get(key, 0) + units
     for key, units in overflow.items():
@@ -133,18 +150,19 @@ def _rows(publisher: str, held: Held, ttl_s: float, max_pending: int) -> Iterabl
 def is_shared(con: duckdb.DuckDBPyConnection, alias: str) -> bool:
     """Whether ``alias`` (a lake's catalog database) is PostgreSQL, which proxies share."""
     row = con.execute(
-        f"SELECT type FROM duckdb_databases() WHERE database_name = {_duck(alias)}"
+        f"SELECT type FROM duckdb_databases() WHERE database_name = {duck_text(alias)}"
     ).fetchone()
     return row is not None and row[0] == "postgres"
 
 
-def _exists(con: duckdb.DuckDBPyConnection, alias: str) -> bool:
+def table_exists(con: duckdb.DuckDBPyConnection, alias: str, table: str = TABLE) -> bool:
+    """Whether ``table`` is in ``alias``'s PostgreSQL database (on the role's path)."""
     exists = (
-        f"SELECT count(*) FROM pg_catalog.pg_tables WHERE tablename = {_lit(TABLE)} "
+        f"SELECT count(*) FROM pg_catalog.pg_tables WHERE tablename = {pg_text(table)} "
         "AND schemaname = ANY (current_schemas(false))"
     )
-    found = con.execute(f"SELECT * FROM postgres_query({_duck(alias)}, {_duck(exists)})")
-    return bool((found.fetchone() or (0,))[0])
+    found = pg_query(con, alias, exists)
+    return bool(found and found[0][0])
 
 
 def create_table(con: duckdb.DuckDBPyConnection, alias: str) -> None:
@@ -152,10 +170,10 @@ def create_table(con: duckdb.DuckDBPyConnection, alias: str) -> None:
     administrator created the table and granted the role ``SELECT, INSERT, DELETE`` on it
     (PostgreSQL checks the privilege to create before ``IF NOT EXISTS``, so the DDL is
     not run then)."""
-    if _exists(con, alias):
+    if table_exists(con, alias):
         return
     script = f"{_DDL}; {_INDEX}"
-    con.execute(f"CALL postgres_execute({_duck(alias)}, {_duck(script)}, use_transaction = false)")
+    pg_execute(con, alias, script)
 
 
 def publish(
@@ -170,7 +188,7 @@ def publish(
     sees the old rows or the new ones), and drop every publisher's rows expired for a
     minute (a proxy that stopped). Pending events past ``max_pending`` are summed per
     counter, with no id."""
-    statements = ["BEGIN", f"DELETE FROM {TABLE} WHERE publisher = {_lit(publisher)}"]
+    statements = ["BEGIN", f"DELETE FROM {TABLE} WHERE publisher = {pg_text(publisher)}"]
     rows = list(_rows(publisher, held, ttl_s, max_pending))
     statements.append(f"INSERT INTO {TABLE} VALUES {', '.join(rows)}")
     statements += [
@@ -178,15 +196,15 @@ def publish(
         "COMMIT",
     ]
     script = "; ".join(statements)
-    con.execute(f"CALL postgres_execute({_duck(alias)}, {_duck(script)}, use_transaction = false)")
+    pg_execute(con, alias, script)
 
 
 def leave(con: duckdb.DuckDBPyConnection, alias: str, publisher: str) -> None:
     """Withdraw ``publisher``'s ``alive`` row (a proxy stopping): the others no longer keep
     a share for it. What it held stays until it expires (its events may not be in the lake
     yet; its calls in flight were cut)."""
-    script = f"DELETE FROM {TABLE} WHERE publisher = {_lit(publisher)} AND kind = 'alive'"
-    con.execute(f"CALL postgres_execute({_duck(alias)}, {_duck(script)}, use_transaction = false)")
+    script = f"DELETE FROM {TABLE} WHERE publisher = {pg_text(publisher)} AND kind = 'alive'"
+    pg_execute(con, alias, script)
 
 
 def read_rows(con: duckdb.DuckDBPyConnection, alias: str, publisher: str) -> list[Row]:
@@ -194,11 +212,11 @@ def read_rows(con: duckdb.DuckDBPyConnection, alias: str, publisher: str) -> lis
     period start, event id, units). A table not created yet (no proxy wrote) is empty."""
     query = (
         "SELECT kind, customer, feature, cadence, anchor, period_start, event_id, units "
-        f"FROM {TABLE} WHERE publisher <> {_lit(publisher)} AND expires_at > now()"
+        f"FROM {TABLE} WHERE publisher <> {pg_text(publisher)} AND expires_at > now()"
     )
-    if not _exists(con, alias):
+    if not table_exists(con, alias):
         return []
-    return con.execute(f"SELECT * FROM postgres_query({_duck(alias)}, {_duck(query)})").fetchall()
+    return pg_query(con, alias, query)
 
 
 def _utc(value: datetime | None) -> datetime:
