@@ -7,8 +7,9 @@ whose catalog is PostgreSQL (the fleet's shared database, as for
 :mod:`meterline.entitlements.fleet`), each proxy now also writes every key it sees
 minted into a plain table of that database, :data:`TABLE` (the minted key's fingerprint,
 its minter's and the expiry: never a key), and a proxy that meets a socket opened with a
-key it does not know looks the fingerprint up there before deciding, waiting up to
-:data:`LOOKUP_WAIT_S` for a mint that another proxy is still writing.
+key it does not know, shaped like a minted one, looks the fingerprint up there before
+deciding, waiting up to :data:`LOOKUP_WAIT_S` for a mint that another proxy is still
+writing.
 
 Nothing of it runs on the event loop or costs a call anything: one thread, started at
 the first mint or lookup, with a lake connection of its own, opened then and kept.
@@ -55,6 +56,9 @@ _DDL = (
 #: it asks again meanwhile (the minting proxy writes right after the mint's answer).
 LOOKUP_WAIT_S = 2.0
 LOOKUP_EVERY_S = 0.2
+#: Sockets waiting for a lookup at once, at most; past it, one is decided at once (a flood
+#: of sockets with made-up keys cannot queue work without bound or load the database).
+MAX_LOOKUPS = 32
 _ALIAS = metadata_alias()
 
 
@@ -76,6 +80,7 @@ class FleetKeys:
         self._shared: bool | None = None
         self._created = False
         self._warned: str | None = None
+        self._looking = 0
 
     def configure(self, locator: str) -> None:
         """The store in use: only a lake can be a fleet's (a DuckDB file has one proxy)."""
@@ -92,17 +97,24 @@ class FleetKeys:
 
     async def lookup(self, key_fp: str) -> Minted | None:
         """The fleet's entry for ``key_fp``, not expired; None when no proxy wrote one
-        within :data:`LOOKUP_WAIT_S` (or the fleet's database cannot be read)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + LOOKUP_WAIT_S
-        while self.enabled:
-            answer: asyncio.Future[Minted | None] = loop.create_future()
-            self._submit("lookup", (key_fp, answer, loop))
-            found = await answer
-            if found is not None or loop.time() + LOOKUP_EVERY_S > deadline:
-                return found
-            await asyncio.sleep(LOOKUP_EVERY_S)
-        return None
+        within :data:`LOOKUP_WAIT_S` (or the fleet's database cannot be read, or
+        :data:`MAX_LOOKUPS` sockets wait already)."""
+        if self._looking >= MAX_LOOKUPS:
+            return None
+        self._looking += 1
+        try:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + LOOKUP_WAIT_S
+            while self.enabled:
+                answer: asyncio.Future[Minted | None] = loop.create_future()
+                self._submit("lookup", (key_fp, answer, loop))
+                found = await answer
+                if found is not None or loop.time() + LOOKUP_EVERY_S > deadline:
+                    return found
+                await asyncio.sleep(LOOKUP_EVERY_S)
+            return None
+        finally:
+            self._looking -= 1
 
     def stop(self) -> None:
         if self._thread is not None:

@@ -73,6 +73,16 @@ def is_mint(flavor: str, method: str, path: str) -> bool:
     return False
 
 
+#: How the minted keys begin: OpenAI's ``ek_`` (the client secret), Gemini's token name.
+MINTED_PREFIXES = {"openai": "ek_", "gemini": "auth_tokens/"}
+
+
+def looks_minted(flavor: str, key: str) -> bool:
+    """Whether ``key`` has the shape of a key a mint of ``flavor`` answers."""
+    prefix = MINTED_PREFIXES.get(flavor)
+    return prefix is not None and key.startswith(prefix)
+
+
 def minted_key(flavor: str, reply: Any, now: float) -> tuple[str, float] | None:
     """The key a mint's JSON answer hands out, and when it expires (epoch seconds)."""
     if not isinstance(reply, dict):

@@ -13,7 +13,7 @@ import logging
 
 from mitmproxy import http
 
-from addons.metering import attribution, errors, keyecho, keys
+from addons.metering import attribution, errors, keyecho, keys, minted
 from addons.metering.minted import MintedKeys
 from addons.metering.providers import MeteredProvider
 
@@ -120,9 +120,12 @@ def stranger_key(
 ) -> str | None:
     """The fingerprint of the one key a side flow presents when no consumer holds it and
     no key minted through this proxy is it (another proxy of the fleet may have minted
-    it: :mod:`addons.metering.fleetkeys`); None otherwise."""
+    it: :mod:`addons.metering.fleetkeys`); None otherwise, and for a key that cannot be
+    one a provider minted (a stranger's own key is not looked up)."""
     req = flow.request
     keyset = attribution.presented(req.headers, req.path.partition("?")[2], provider)
+    if keyset.billed is None or not minted.looks_minted(provider.flavor, keyset.billed):
+        return None
     identity = keybook.identify_key(keyset.billed)
     if identity.consumer is not None or keyset.ambiguous:
         return None

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from addons.metering.fleetkeys import LOOKUP_WAIT_S, FleetKeys, Minted
+from addons.metering.fleetkeys import LOOKUP_WAIT_S, MAX_LOOKUPS, FleetKeys, Minted
 from tests.support.postgres import postgres_server
 
 
@@ -58,3 +58,25 @@ def test_a_store_that_is_no_fleet_s_shares_nothing(tmp_path: Path) -> None:
     keys.publish("sha256:x", "sha256:alice", time.time() + 60)
     assert asyncio.run(keys.lookup("sha256:x")) is None
     keys.stop()
+
+
+def test_sockets_past_the_bound_are_not_looked_up(lake: str) -> None:
+    """A flood of sockets with made-up keys: the first MAX_LOOKUPS wait for their
+    lookups, the others are answered at once, before any of those (no queue without
+    bound, no load on the database)."""
+    keys = _proxy(lake)
+    done: list[int] = []
+
+    async def one(n: int) -> None:
+        assert await keys.lookup(f"sha256:made-up-{n}") is None
+        done.append(n)
+
+    async def flood() -> None:
+        await asyncio.gather(*(one(n) for n in range(MAX_LOOKUPS + 8)))
+
+    try:
+        asyncio.run(flood())
+    finally:
+        keys.stop()
+    assert done[:8] == list(range(MAX_LOOKUPS, MAX_LOOKUPS + 8))
+    assert sorted(done[8:]) == list(range(MAX_LOOKUPS))

@@ -8,7 +8,14 @@ from typing import Any
 import pytest
 
 from addons.metering.keys import KeyBook, injection_env_var
-from addons.metering.minted import DEFAULT_TTL, MAX_TTL, MintedKeys, is_mint, minted_key
+from addons.metering.minted import (
+    DEFAULT_TTL,
+    MAX_TTL,
+    MintedKeys,
+    is_mint,
+    looks_minted,
+    minted_key,
+)
 from addons.metering.providers import MeteredProvider
 from meterline.catalog import parse_catalog
 from meterline.fingerprint import fingerprint
@@ -149,3 +156,13 @@ def test_the_keys_an_earlier_run_kept_are_read_back_without_the_expired(tmp_path
         assert kept.stat().st_mode & 0o777 == 0o600
     finally:
         minted.close()
+
+
+def test_only_keys_shaped_like_a_mint_s_are_looked_up_in_the_fleet() -> None:
+    """A socket's unknown key is looked up among the fleet's mints only when a mint of
+    its provider could have answered it: not a stranger's own key."""
+    assert looks_minted("openai", "ek_68af0c2b1d")
+    assert looks_minted("gemini", "auth_tokens/abc123")
+    assert not looks_minted("openai", "sk-proj-stranger")
+    assert not looks_minted("gemini", "AIzaSy-stranger")
+    assert not looks_minted("anthropic", "ek_68af0c2b1d")
