@@ -26,22 +26,16 @@ from meterline.fingerprint import fingerprint
 from meterline.lakerepair import metadata_alias
 from meterline.store import store
 from tests.conftest import KEYS, ProxyFactory
-from tests.e2e.test_proxy_minted_keys import Minter, mint, realtime_catalog
+from tests.e2e.test_proxy_minted_keys import Minter, mint, minting_upstream, realtime_catalog
 from tests.e2e.test_proxy_realtime import RealtimeProvider, session
-from tests.support.aioserver import serve
 from tests.support.postgres import postgres_server
 from tests.support.proxy import MeterProxy
 
 
 @pytest.fixture
 def upstream() -> Iterator[tuple[RealtimeProvider, Minter, int]]:
-    provider, minter = RealtimeProvider(), Minter()
-    routes = {
-        ("GET", "/v1/realtime"): provider.handle,
-        ("POST", "/v1/realtime/client_secrets"): minter.client_secrets,
-    }
-    with serve(routes) as port:
-        yield provider, minter, port
+    with minting_upstream() as provider_minter_port:
+        yield provider_minter_port
 
 
 @pytest.fixture

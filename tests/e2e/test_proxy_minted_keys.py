@@ -11,6 +11,7 @@ consumer's until it expires (:mod:`addons.metering.minted`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,8 +73,9 @@ class Minter:
         return web.json_response({"name": name, "expireTime": expire, "uses": 1})
 
 
-@pytest.fixture
-def openai_upstream() -> Iterator[tuple[RealtimeProvider, Minter, int]]:
+@contextlib.contextmanager
+def minting_upstream() -> Iterator[tuple[RealtimeProvider, Minter, int]]:
+    """OpenAI's Realtime sessions and its mints (GA and beta), on 127.0.0.1."""
     provider, minter = RealtimeProvider(), Minter()
     routes = {
         ("GET", "/v1/realtime"): provider.handle,
@@ -82,6 +84,12 @@ def openai_upstream() -> Iterator[tuple[RealtimeProvider, Minter, int]]:
     }
     with serve(routes) as port:
         yield provider, minter, port
+
+
+@pytest.fixture
+def openai_upstream() -> Iterator[tuple[RealtimeProvider, Minter, int]]:
+    with minting_upstream() as upstream:
+        yield upstream
 
 
 def realtime_catalog(tmp_path: Path, port: int, inject: bool = False) -> Path:
