@@ -819,6 +819,7 @@ class Governance:
                 peers = None
                 if self._shared:
                     self._publish(con)
+                    time.sleep(fleet.read_delay(time.time(), self.refresh_s))
                     peers = self._peer_rows
                 now = datetime.now(UTC)
                 return read_snapshot(con, policy, now, self._looked_for, peers, kept)
@@ -998,7 +999,10 @@ class Governance:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(self.refresh_s)
+            wait = self.refresh_s
+            if self._shared:  # the fleet's rounds (see fleet.until_round)
+                wait = fleet.until_round(time.time(), self.refresh_s)
+            self._wake.wait(wait)
             self._wake.clear()
             if self._stop.is_set() or not self._wants_read():
                 continue

@@ -17,9 +17,12 @@ no snapshot, no file), and reads the others' rows in the same refresh:
   (:meth:`~meterline.entitlements.counters.Counters.admit`).
 
 What is still unseen: what another proxy admitted or metered since its last write (one
-refresh interval); the share bounds it. A proxy that stopped writing (killed, cut off)
-is forgotten when its rows expire (:func:`ttl_seconds`); a reader drops expired rows by
-PostgreSQL's clock, so the proxies' clocks need not agree. A proxy that stops cleanly
+refresh interval); the share bounds it, and the proxies write and read in rounds
+(:func:`until_round`), so that each share is taken of the same rest. A proxy that
+stopped writing (killed, cut off) is forgotten when its rows expire (:func:`ttl_seconds`);
+a reader drops expired rows by PostgreSQL's clock, so the proxies' clocks need not agree
+for that (rounds need them within :data:`ROUND_READ_DELAY_S`; apart, a proxy's rounds
+are its own, as before). A proxy that stops cleanly
 withdraws its ``alive`` row at once (:func:`leave`).
 
 Only a lake whose catalog is PostgreSQL is shared this way (a DuckDB file has one
@@ -58,6 +61,30 @@ _DDL = (
 Row = tuple[str, str, str, str | None, datetime | None, datetime | None, str | None, int]
 """(kind, customer, feature, cadence, anchor, period start, event id, units)."""
 _INDEX = f"CREATE INDEX IF NOT EXISTS {TABLE}_publisher ON {TABLE} (publisher)"
+
+
+#: A fleet's proxies read after the round's writes are in: this long after its start (or
+#: a quarter of the refresh, if less), which covers their clocks' disagreement.
+ROUND_READ_DELAY_S = 0.2
+
+
+def until_round(now: float, refresh_s: float) -> float:
+    """Seconds from ``now`` (epoch seconds) to the start of the fleet's next round.
+
+    A proxy's reads come every ``refresh_s``; on their own, each proxy's fall at its own
+    moments, and a proxy reading between another's read and its next write saw a rest
+    that did not include what the other admitted meanwhile (up to its whole share):
+    bursts spanning refreshes went past a cap by up to 1.40x with three proxies. In
+    rounds, every proxy writes at the same instants (multiples of ``refresh_s`` of the
+    epoch, by clocks kept in step) and reads :func:`read_delay` later: all read the
+    same rest, of which each admits its share."""
+    return refresh_s - (now % refresh_s)
+
+
+def read_delay(now: float, refresh_s: float) -> float:
+    """Seconds to wait after writing, at ``now``, before reading in this round."""
+    into = now % refresh_s
+    return max(0.0, min(ROUND_READ_DELAY_S, refresh_s / 4) - into)
 
 
 def ttl_seconds(refresh_s: float) -> float:
