@@ -234,6 +234,7 @@ class Governance:
         self.state_path: Path | None = None
         self._lake: tuple[str, duckdb.DuckDBPyConnection] | None = None
         self._kept: tuple[tuple[str, int], KeptSums] | None = None
+        self._read_ms = 0.0
         self._shared = False
         """The lake's proxies share their calls in flight (:mod:`meterline.entitlements.fleet`)."""
         self._publish_warned: float | None = None
@@ -935,6 +936,13 @@ class Governance:
             "snapshot_at": snap.taken_at.isoformat() if snap is not None else None,
             "reserved": {counter_id(k): v for k, v in reserved.items()},
         }
+        if self._kept is not None:  # how the store reads go (docs/governance.md)
+            kept = self._kept[1]
+            state["reads"] = {
+                "whole": kept.full_reads,
+                "recent_only": kept.reads - kept.full_reads,
+                "last_ms": round(self._read_ms, 1),
+            }
         if snap is not None and self._shared:
             state["fleet"] = {
                 "used": {counter_id(k): v for k, v in snap.peers.used.items()},
@@ -1006,7 +1014,9 @@ class Governance:
             self._wake.clear()
             if self._stop.is_set() or not self._wants_read():
                 continue
+            started = time.monotonic()
             snap = self._read()
+            self._read_ms = (time.monotonic() - started) * 1000
             if snap is not None and self._read_warned is not None:
                 self._read_warned = None
                 log.info("meterline: usage for limits read from the store again")

@@ -188,6 +188,7 @@ class KeptSums:
     _full_at: datetime | None = None
     _due_after: timedelta = RESYNC_EVERY
     _counted: dict[tuple[Any, ...], tuple[int, ...]] = field(default_factory=dict)
+    reads: int = 0
     full_reads: int = 0
     """Reads that summed whole windows (the first, after a change, every ``resync``)."""
 
@@ -195,6 +196,7 @@ class KeptSums:
         self, con: duckdb.DuckDBPyConnection, windows: Windows, at: datetime
     ) -> dict[Key, int]:
         """Every counter's units at ``at`` (read in ``con``'s current transaction)."""
+        self.reads += 1
         signature = windows.signature()
         if signature != self._signature:
             self._counted = {}

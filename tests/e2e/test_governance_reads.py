@@ -1,0 +1,77 @@
+"""The real proxy re-reads a store full of the period's events: once whole, then only
+what was ingested since (:mod:`meterline.entitlements.windowsums`), limits exact."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from tests.billing.events import Event, add_events
+from tests.conftest import KEYS, ProxyFactory
+from tests.e2e.test_governance import chat
+from tests.support.clients import openai_client
+from tests.support.governance import governed_catalog
+from tests.support.proxy import MeterProxy
+from tests.support.upstream import FakeProvider
+
+
+def reads(proxy: MeterProxy) -> dict[str, Any]:
+    """How the proxy's store reads went (``governance.json``): whole, recent-only."""
+    path = proxy.spool / "governance.json"
+    if not path.exists():
+        return {}
+    return dict(json.loads(path.read_text()).get("reads") or {})
+
+
+def wait_for_reads(proxy: MeterProxy, recent_only: int, timeout: float = 30.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while reads(proxy).get("recent_only", 0) < recent_only:
+        assert time.monotonic() < deadline, f"reads: {reads(proxy)}"
+        time.sleep(0.05)
+    return reads(proxy)
+
+
+def test_a_store_of_the_period_is_read_whole_once_then_only_what_is_new(
+    tmp_path: Path, fake_provider: FakeProvider, start_proxy: ProxyFactory
+) -> None:
+    """9,000 of alice's 10,000 output tokens were stored an hour ago (with 500 events of
+    a stranger). The proxy reads them once, whole; its later reads sum only what was
+    ingested since two minutes before the last one, and still count everything: 800 and
+    800 more are admitted (the call that crosses is the last), the next is refused, and
+    refused again once both calls are stored and read back."""
+    db = tmp_path / "events.duckdb"
+    hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    stored = [
+        Event(ts=hour_ago, ingested_at=hour_ago, consumer="alice", provider="fake-openai",
+              output=100)
+        for _ in range(90)
+    ]  # fmt: skip
+    strangers = [Event(ts=hour_ago, ingested_at=hour_ago, consumer=None) for _ in range(500)]
+    add_events(db, *stored, *strangers)
+    catalog = governed_catalog(
+        tmp_path / "catalog.yaml",
+        fake_provider,
+        {"alice": KEYS["alice"]},
+        entitlements=[{"feature": "gpt-out", "limit": 10_000}],
+    )
+    proxy = start_proxy(
+        catalog=catalog, options={"meter_db": str(db), "meter_governance_refresh": "0.2"}
+    )
+    assert wait_for_reads(proxy, 3)["whole"] == 1
+    with openai_client(proxy, fake_provider, KEYS["alice"]) as client:
+        chat(client, 800)
+        chat(client, 800)  # 9,800 used before it: admitted, the last one
+        with pytest.raises(openai.RateLimitError):
+            chat(client, 800)
+        before = reads(proxy)["recent_only"]
+        wait_for_reads(proxy, before + 10)  # both calls stored and read since
+        with pytest.raises(openai.RateLimitError):
+            chat(client, 800)
+    state = reads(proxy)
+    assert state["whole"] == 1 and state["recent_only"] >= before + 10
