@@ -447,6 +447,8 @@ class Meter:
         """A socket opened with a key another proxy of the fleet minted is its minter's,
         as if minted here: the request is taken anew with the key known."""
         found = await self.fleet_keys.lookup(key_fp)
+        if flow.error is not None:
+            return  # the client left while it waited (``error`` forgot the flow)
         if found is not None:
             self.minted.add(found.key_fp, found.owner_fp, found.expires, time.time())
             self._refused.pop(flow.id, None)
