@@ -143,7 +143,7 @@ class FleetKeys:
                     self._write(con, task)
                 elif con is not None:
                     result = _read(con, task[0])
-            except duckdb.Error as e:
+            except Exception as e:  # the thread outlives any fault; a lookup answers None
                 self._failed(e)
             if kind == "lookup":
                 _, answer, loop = task
@@ -180,8 +180,9 @@ class FleetKeys:
         self._created = True
         self._warned = None
 
-    def _failed(self, error: duckdb.Error) -> None:
-        """Logged once per cause; the connection is opened anew for the next task."""
+    def _failed(self, error: Exception) -> None:
+        """Logged once per cause (the database down, the table's privileges); the
+        connection is opened anew for the next task."""
         why = reason(error)
         if why != self._warned:
             self._warned = why

@@ -297,7 +297,7 @@ def reserved_by_counter(con: duckdb.DuckDBPyConnection, alias: str) -> dict[str,
     return {counter_id(k): v for k, v in peers.reserved.items()}
 
 
-def reason(error: duckdb.Error) -> str:
+def reason(error: Exception) -> str:
     """PostgreSQL's own words for ``error`` (DuckDB's message quotes the whole statement)."""
     text = str(error)
     if "ERROR:" in text:

@@ -80,3 +80,21 @@ def test_sockets_past_the_bound_are_not_looked_up(lake: str) -> None:
         keys.stop()
     assert done[:8] == list(range(MAX_LOOKUPS, MAX_LOOKUPS + 8))
     assert sorted(done[8:]) == list(range(MAX_LOOKUPS))
+
+
+def test_a_fleet_database_that_does_not_answer_fails_each_lookup_not_the_thread(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """PostgreSQL unreachable: a lookup answers None (the socket is decided as if no proxy
+    minted its key), a mint's write is dropped, and the thread lives on to answer the
+    next lookup; the cause is logged once. Before, the first failure to attach ended
+    the thread and every later socket with an unknown key waited forever."""
+    keys = _proxy("ducklake:postgres:dbname=gone host=127.0.0.1 port=9 user=nobody")
+    try:
+        keys.publish("sha256:minted", "sha256:alice", time.time() + 60)
+        assert asyncio.run(keys.lookup("sha256:minted")) is None
+        assert asyncio.run(keys.lookup("sha256:other")) is None
+    finally:
+        keys.stop()
+    warned = [r for r in caplog.records if "cannot share minted keys" in r.getMessage()]
+    assert len(warned) == 1
