@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import statistics
 import sys
@@ -139,15 +140,25 @@ def main() -> None:
         kept_sums = KeptSums()
         later = args.events + args.reads * args.per_read
         kept = reads(locator, catalog_path, args, later, kept_sums)
+        restarted = KeptSums()  # a proxy restarted: the saved sums taken up
+        state = kept_sums.state()
+        assert state is not None
+        restarted.restore(json.loads(json.dumps(state)))
+        after_kept = later + args.reads * args.per_read
+        args.reads = 1
+        taken_up = reads(locator, catalog_path, args, after_kept, restarted)
+        assert restarted.full_reads == 0, "the saved sums were not taken up"
+    reads_n = len(whole[0])
     print(
         f"\n{args.events:,} events ({args.store}), {args.customers:,} customers x 2 limits, "
-        f"{args.per_read} events stored between reads; ms per read, median of {args.reads}"
+        f"{args.per_read} events stored between reads; ms per read, median of {reads_n}"
     )
     print(f"  {'':34} {'wall':>9} {'CPU':>9}")
     for label, (walls, cpus) in (
         ("whole windows every read", whole),
         ("kept sums: first read (whole)", ([kept[0][0]], [kept[1][0]])),
         ("kept sums: later reads", (kept[0][1:], kept[1][1:])),
+        ("restarted, saved sums taken up", taken_up),
     ):
         wall, cpu = statistics.median(walls) * 1000, statistics.median(cpus) * 1000
         print(f"  {label:34} {wall:9.1f} {cpu:9.1f}")

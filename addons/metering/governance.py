@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -158,6 +159,29 @@ def _dump(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+#: Where the kept window sums are saved (the spool directory), and how often at most.
+SUMS_FILE = "governance-sums.json"
+SUMS_EVERY_S = 30.0
+
+
+def _load_sums(path: Path | None) -> dict[str, Any] | None:
+    """The kept sums an earlier run saved (None: none, or a file that does not parse:
+    the first read is then whole, as without one)."""
+    if path is None:
+        return None
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def _store_id(locator: str, inode: int) -> str:
+    """Which store kept sums belong to, without the locator's text (it may hold a
+    PostgreSQL password)."""
+    return hashlib.sha256(f"{locator}\0{inode}".encode()).hexdigest()
+
+
 def parse_refresh(text: str) -> float:
     try:
         value = float(text)
@@ -235,6 +259,10 @@ class Governance:
         self._lake: tuple[str, duckdb.DuckDBPyConnection] | None = None
         self._kept: tuple[tuple[str, int], KeptSums] | None = None
         self._read_ms = 0.0
+        self._sums_path: Path | None = None
+        self._sums_saved = 0.0
+        self._restored: dict[str, Any] | None = None
+        """The kept sums an earlier run saved, for the first read of the same store."""
         self._shared = False
         """The lake's proxies share their calls in flight (:mod:`meterline.entitlements.fleet`)."""
         self._publish_warned: float | None = None
@@ -295,6 +323,8 @@ class Governance:
         consumer is governed yet: a subscription that starts later then finds its first
         period known (the store had nothing of it) instead of waiting for a read."""
         self.state_path = state_dir / "governance.json" if state_dir else None
+        self._sums_path = state_dir / SUMS_FILE if state_dir else None
+        self._restored = _load_sums(self._sums_path)
         self._through_writer = through_writer
         try:
             self._loop = asyncio.get_running_loop()
@@ -915,7 +945,27 @@ class Governance:
                 inode = os.stat(locator).st_ino
         if self._kept is None or self._kept[0] != (locator, inode):
             self._kept = ((locator, inode), KeptSums())
+            restored, self._restored = self._restored, None
+            if restored is not None and restored.get("store") == _store_id(locator, inode):
+                self._kept[1].restore(restored)
         return self._kept[1]
+
+    def _save_sums(self) -> None:
+        """The kept sums, for a restart to take up (every :data:`SUMS_EVERY_S` at most:
+        a restart resumes from an older boundary, reading a little more)."""
+        if self._sums_path is None or self._kept is None:
+            return
+        if time.monotonic() - self._sums_saved < SUMS_EVERY_S:
+            return
+        state = self._kept[1].state()
+        if state is None:
+            return
+        state["store"] = _store_id(*self._kept[0])
+        try:
+            _dump(self._sums_path, state)
+        except OSError as e:
+            log.debug("meterline: cannot write %s: %s", self._sums_path, e)
+        self._sums_saved = time.monotonic()
 
     def _close_lake(self) -> None:
         if self._lake is not None:
@@ -1030,6 +1080,8 @@ class Governance:
                 except RuntimeError:  # the loop closed meanwhile
                     break
             self._write_state(snap)
+            if snap is not None:
+                self._save_sums()
         if self._shared and self._lake is not None:
             try:  # the others stop counting it in their shares now, not when it expires
                 fleet.leave(self._lake[1], _METADATA, self.publisher)

@@ -25,6 +25,8 @@ and after the windows change (a catalog reload, a new period, an invoice).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -60,6 +62,23 @@ def sql_text(text: str) -> str:
 
 def sql_ts(value: datetime) -> str:
     return f"TIMESTAMP '{value.astimezone(UTC).replace(tzinfo=None).isoformat(' ')}'"
+
+
+def key_text(key: Key) -> str:
+    """A counter's key as text (in the kept sums' file)."""
+    customer, feature, cadence, anchor, start = key
+    return json.dumps([customer, feature, cadence, anchor.isoformat(), start.isoformat()])
+
+
+def _count_ingested(
+    con: duckdb.DuckDBPyConnection, after: datetime | None, before: datetime
+) -> int:
+    """Events ingested in ``[after, before)``, every consumer's (the kept sums' check)."""
+    since = "" if after is None else f"ingested_at >= {sql_ts(after)} AND "
+    row = con.execute(
+        f"SELECT count(*) FROM usage_events WHERE {since}ingested_at < {sql_ts(before)}"
+    ).fetchone()
+    return int(row[0]) if row else 0
 
 
 Window = tuple[str, datetime, datetime]
@@ -105,6 +124,16 @@ class Windows:
             tuple((key, id(acct.meter)) for acct, key in self.keyed),
             tuple((w, tuple(ns)) for w, ns in self.by_window.items()),
         )
+
+    def digest(self) -> str:
+        """:meth:`signature` as content: the same catalog and periods give the same digest
+        in another process (the kept sums a restarted proxy may take up)."""
+        h = hashlib.sha256()
+        for acct, key in self.keyed:
+            h.update(json.dumps([key_text(key), acct.meter.model_dump_json()]).encode())
+        for (consumer, start, end), feeds in self.by_window.items():
+            h.update(json.dumps([consumer, start.isoformat(), end.isoformat(), feeds]).encode())
+        return h.hexdigest()
 
     def read(self, con: duckdb.DuckDBPyConnection) -> dict[Key, int]:
         """Every counter's units, summed over all its events."""
@@ -181,13 +210,18 @@ class KeptSums:
     resync: timedelta = RESYNC_EVERY
     """The least time between two whole reads (:func:`resync_interval`)."""
     _signature: tuple[Any, ...] | None = None
-    _accounts: list[tuple[Account, Key]] = field(default_factory=list)
+    _windows: Windows | None = None
+    """The windows of the settled sums (their accounts kept: a meter's id in the
+    signature is not reused while compared)."""
     _settled: dict[Key, int] = field(default_factory=dict)
     _settled_before: datetime | None = None
     """Every event ingested before it is summed in ``_settled``."""
     _full_at: datetime | None = None
     _due_after: timedelta = RESYNC_EVERY
     _counted: dict[tuple[Any, ...], tuple[int, ...]] = field(default_factory=dict)
+    _settled_rows: int = 0
+    """Events of the store (every consumer's) ingested before ``_settled_before``."""
+    _restored: dict[str, Any] | None = None
     reads: int = 0
     full_reads: int = 0
     """Reads that summed whole windows (the first, after a change, every ``resync``)."""
@@ -198,6 +232,9 @@ class KeptSums:
         """Every counter's units at ``at`` (read in ``con``'s current transaction)."""
         self.reads += 1
         signature = windows.signature()
+        if self._restored is not None:
+            restored, self._restored = self._restored, None
+            self._take_up(con, windows, signature, restored, at)
         if signature != self._signature:
             self._counted = {}
         boundary = at - self.margin
@@ -220,10 +257,64 @@ class KeptSums:
         if not full:
             for key, units in self._settled.items():
                 out[key] += units
-        self._signature, self._accounts = signature, windows.keyed
+        newly = _count_ingested(con, since, boundary)
+        self._settled_rows = newly if full else self._settled_rows + newly
+        self._signature, self._windows = signature, windows
         self._settled, self._settled_before = settled, boundary
         if full:
             self._full_at = at
             self.full_reads += 1
             self._due_after = resync_interval(time.monotonic() - started, self.resync)
         return out
+
+    # ------------------------------------------------------------------ across restarts
+
+    def state(self) -> dict[str, Any] | None:
+        """The settled sums as JSON, for a restarted proxy to take up (None before a read)."""
+        if self._windows is None or self._settled_before is None or self._full_at is None:
+            return None
+        return {
+            "version": 1,
+            "digest": self._windows.digest(),
+            "settled_before": self._settled_before.isoformat(),
+            "settled_rows": self._settled_rows,
+            "full_at": self._full_at.isoformat(),
+            "due_after_s": self._due_after.total_seconds(),
+            "settled": {key_text(k): v for k, v in self._settled.items()},
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Take up ``state`` (from :meth:`state`) at the first read, if it still holds."""
+        self._restored = state
+
+    def _take_up(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        windows: Windows,
+        signature: tuple[Any, ...],
+        state: dict[str, Any],
+        at: datetime,
+    ) -> None:
+        """Adopt the settled sums of an earlier run when they are this store's and these
+        windows': the same digest (catalog, periods, consumers), a boundary behind ``at``,
+        and as many events ingested before it as when they were kept (an event deleted,
+        or stored behind the boundary since, or another store at the same place: the
+        whole read that follows counts them)."""
+        try:
+            if state.get("version") != 1 or state["digest"] != windows.digest():
+                return
+            before = datetime.fromisoformat(state["settled_before"])
+            full_at = datetime.fromisoformat(state["full_at"])
+            if not full_at <= before + self.margin <= at:
+                return
+            by_text = {key_text(key): key for _, key in windows.keyed}
+            settled = {by_text[text]: int(units) for text, units in state["settled"].items()}
+            rows = int(state["settled_rows"])
+            due_after = timedelta(seconds=float(state["due_after_s"]))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return  # a file from another version, or cut: read whole
+        if _count_ingested(con, None, before) != rows:
+            return
+        self._signature, self._windows = signature, windows
+        self._settled, self._settled_before, self._settled_rows = settled, before, rows
+        self._full_at, self._due_after = full_at, due_after

@@ -12,6 +12,7 @@ from typing import Any
 import openai
 import pytest
 
+from addons.metering.governance import SUMS_FILE
 from tests.billing.events import Event, add_events
 from tests.conftest import KEYS, ProxyFactory
 from tests.e2e.test_governance import chat
@@ -37,14 +38,9 @@ def wait_for_reads(proxy: MeterProxy, recent_only: int, timeout: float = 30.0) -
     return reads(proxy)
 
 
-def test_a_store_of_the_period_is_read_whole_once_then_only_what_is_new(
-    tmp_path: Path, fake_provider: FakeProvider, start_proxy: ProxyFactory
-) -> None:
-    """9,000 of alice's 10,000 output tokens were stored an hour ago (with 500 events of
-    a stranger). The proxy reads them once, whole; its later reads sum only what was
-    ingested since two minutes before the last one, and still count everything: 800 and
-    800 more are admitted (the call that crosses is the last), the next is refused, and
-    refused again once both calls are stored and read back."""
+def full_store(tmp_path: Path, fake_provider: FakeProvider) -> tuple[Path, Path]:
+    """A store holding 9,000 of alice's 10,000 output tokens, stored an hour ago (with
+    500 events of a stranger), and the catalog that limits her."""
     db = tmp_path / "events.duckdb"
     hour_ago = datetime.now(UTC) - timedelta(hours=1)
     stored = [
@@ -60,6 +56,18 @@ def test_a_store_of_the_period_is_read_whole_once_then_only_what_is_new(
         {"alice": KEYS["alice"]},
         entitlements=[{"feature": "gpt-out", "limit": 10_000}],
     )
+    return db, catalog
+
+
+def test_a_store_of_the_period_is_read_whole_once_then_only_what_is_new(
+    tmp_path: Path, fake_provider: FakeProvider, start_proxy: ProxyFactory
+) -> None:
+    """9,000 of alice's 10,000 output tokens were stored an hour ago. The proxy reads
+    them once, whole; its later reads sum only what was
+    ingested since two minutes before the last one, and still count everything: 800 and
+    800 more are admitted (the call that crosses is the last), the next is refused, and
+    refused again once both calls are stored and read back."""
+    db, catalog = full_store(tmp_path, fake_provider)
     proxy = start_proxy(
         catalog=catalog, options={"meter_db": str(db), "meter_governance_refresh": "0.2"}
     )
@@ -75,3 +83,35 @@ def test_a_store_of_the_period_is_read_whole_once_then_only_what_is_new(
             chat(client, 800)
     state = reads(proxy)
     assert state["whole"] == 1 and state["recent_only"] >= before + 10
+
+
+def test_a_restarted_proxy_takes_up_the_sums_it_kept(
+    tmp_path: Path, fake_provider: FakeProvider, start_proxy: ProxyFactory
+) -> None:
+    """The proxy saves its settled sums in the spool directory (0600); restarted, it
+    reads only what was ingested since they were saved, never the whole store, and the
+    9,000 tokens stored before still count: 800 and 800 more, then refused."""
+    db, catalog = full_store(tmp_path, fake_provider)
+    options = {"meter_db": str(db), "meter_governance_refresh": "0.2"}
+    proxy = start_proxy(catalog=catalog, options=options)
+    wait_for_reads(proxy, 3)
+    sums = proxy.spool / SUMS_FILE
+    assert sums.exists() and sums.stat().st_mode & 0o777 == 0o600
+    assert str(db) not in sums.read_text()
+    proxy.stop()
+    (proxy.spool / "governance.json").unlink()  # the first run's figures
+    again = MeterProxy(
+        proxy.workdir, catalog=proxy.catalog, confdir=proxy.confdir,
+        options=proxy.options, env=proxy.env,
+    )  # fmt: skip
+    again.start()
+    try:
+        assert wait_for_reads(again, 3)["whole"] == 0
+        with openai_client(again, fake_provider, KEYS["alice"]) as client:
+            chat(client, 800)
+            chat(client, 800)
+            with pytest.raises(openai.RateLimitError):
+                chat(client, 800)
+        assert reads(again)["whole"] == 0
+    finally:
+        again.stop()

@@ -3,8 +3,10 @@ and gives what a whole read gives."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from meterline.catalog import Catalog
 from meterline.entitlements import build_policy
@@ -120,3 +122,52 @@ def test_whole_reads_that_take_long_come_less_often() -> None:
     assert resync_interval(0.9) == RESYNC_EVERY == timedelta(minutes=15)
     assert resync_interval(30.0) == timedelta(minutes=50)
     assert resync_interval(0.3, timedelta(minutes=1)) == timedelta(minutes=1)
+
+
+def test_a_restarted_reader_takes_up_the_sums_an_earlier_one_kept(tmp_path: Path) -> None:
+    """The sums kept by one reader, saved as JSON, are taken up by a new one (a proxy
+    restarted, its catalog loaded anew): its first read sums only what was ingested
+    since, and equals a whole read."""
+    db = tmp_path / "events.duckdb"
+    add_events(db, _event(NOW - timedelta(days=2), 100), _event(NOW - timedelta(hours=3), 7))
+    first = KeptSums()
+    _counters(db, catalog(entitlements=LIMITS), NOW, first)
+    state = json.loads(json.dumps(first.state()))
+    add_events(db, _event(NOW + timedelta(seconds=20), 30, model="gpt-4o-mini"))
+    later = NOW + timedelta(minutes=1)
+    restarted = KeptSums()
+    restarted.restore(state)
+    assert _counters(db, catalog(entitlements=LIMITS), later, restarted) == _counters(
+        db, catalog(entitlements=LIMITS), later, None
+    )
+    assert restarted.full_reads == 0
+
+
+def test_sums_that_no_longer_hold_are_not_taken_up(tmp_path: Path) -> None:
+    """Read whole instead: the catalog changed (another limit), an event was stored
+    behind the boundary since (the settled count differs), the file was cut, or the
+    clock is behind the boundary."""
+    db = tmp_path / "events.duckdb"
+    add_events(db, _event(NOW - timedelta(hours=3), 50))
+    first = KeptSums()
+    _counters(db, catalog(entitlements=LIMITS), NOW, first)
+    state = first.state()
+    assert state is not None
+    later = NOW + timedelta(minutes=1)
+
+    def taken_up(state: dict[str, Any], limits: list[dict[str, Any]], at: datetime) -> bool:
+        kept = KeptSums()
+        kept.restore(state)
+        _counters(db, catalog(entitlements=limits), at, kept)
+        return kept.full_reads == 0
+
+    assert taken_up(state, LIMITS, later)
+    assert not taken_up(state, LIMITS[:2], later)
+    assert not taken_up({**state, "digest": 7}, LIMITS, later)
+    assert not taken_up({k: v for k, v in state.items() if k != "settled"}, LIMITS, later)
+    assert not taken_up(state, LIMITS, NOW - timedelta(minutes=5))
+    add_events(db, _event(NOW - timedelta(hours=2), 20))  # behind the boundary
+    assert not taken_up(state, LIMITS, later)
+    kept = KeptSums()
+    kept.restore(state)
+    assert _counters(db, catalog(entitlements=LIMITS), later, kept)["out"] == 70
