@@ -100,10 +100,7 @@ def test_a_restarted_proxy_takes_up_the_sums_it_kept(
     assert str(db) not in sums.read_text()
     proxy.stop()
     (proxy.spool / "governance.json").unlink()  # the first run's figures
-    again = MeterProxy(
-        proxy.workdir, catalog=proxy.catalog, confdir=proxy.confdir,
-        options=proxy.options, env=proxy.env,
-    )  # fmt: skip
+    again = proxy.again()
     again.start()
     try:
         assert wait_for_reads(again, 3)["whole"] == 0

@@ -30,7 +30,7 @@ from tests.e2e.test_proxy_gemini_live import LiveProvider, live_session
 from tests.e2e.test_proxy_realtime import PROVIDER, RealtimeProvider, session
 from tests.e2e.test_proxy_responses_websocket import wait_for_rows
 from tests.support.aioserver import serve
-from tests.support.proxy import MeterProxy, write_catalog
+from tests.support.proxy import write_catalog
 
 CONSTRAINED = LIVE_PATH + "Constrained"
 
@@ -246,10 +246,7 @@ def test_a_key_minted_before_a_restart_is_still_the_minters(
         proxy.kill()
     assert key not in kept.read_text() and KEYS["alice"] not in kept.read_text()
     assert kept.stat().st_mode & 0o777 == 0o600
-    again = MeterProxy(
-        proxy.workdir, catalog=proxy.catalog, confdir=proxy.confdir,
-        options=proxy.options, env=proxy.env,
-    )  # fmt: skip
+    again = proxy.again()
     again.start()
     try:
         ended = asyncio.run(session(again, port, ["client"], key=key))

@@ -177,6 +177,14 @@ class MeterProxy:
             self.process.wait()
             self.process = None
 
+    def again(self) -> MeterProxy:
+        """Another mitmdump on this one's directory, spool and settings (a restart, once
+        this one stopped or was killed); not started."""
+        return MeterProxy(
+            self.workdir, catalog=self.catalog, confdir=self.confdir,
+            options=self.options, env=self.env,
+        )  # fmt: skip
+
     def __enter__(self) -> MeterProxy:
         return self.start()
 
