@@ -232,9 +232,10 @@ class KeptSums:
         """Every counter's units at ``at`` (read in ``con``'s current transaction)."""
         self.reads += 1
         signature = windows.signature()
+        taken_up = False
         if self._restored is not None:
             restored, self._restored = self._restored, None
-            self._take_up(con, windows, signature, restored, at)
+            taken_up = self._take_up(con, windows, signature, restored, at)
         if signature != self._signature:
             self._counted = {}
         boundary = at - self.margin
@@ -243,7 +244,9 @@ class KeptSums:
             or self._settled_before is None
             or self._full_at is None
             or boundary < self._settled_before  # the clock went back
-            or at - self._full_at >= max(self.resync, self._due_after)
+            # a whole read due at a restart comes at the next read: the calls that wait
+            # for this first one are not kept waiting for it
+            or (at - self._full_at >= max(self.resync, self._due_after) and not taken_up)
         )
         since = None if full else self._settled_before
         settled = {} if full else dict(self._settled)
@@ -294,7 +297,7 @@ class KeptSums:
         signature: tuple[Any, ...],
         state: dict[str, Any],
         at: datetime,
-    ) -> None:
+    ) -> bool:
         """Adopt the settled sums of an earlier run when they are this store's and these
         windows': the same digest (catalog, periods, consumers), a boundary behind ``at``,
         and as many events ingested before it as when they were kept (an event deleted,
@@ -302,19 +305,20 @@ class KeptSums:
         whole read that follows counts them)."""
         try:
             if state.get("version") != 1 or state["digest"] != windows.digest():
-                return
+                return False
             before = datetime.fromisoformat(state["settled_before"])
             full_at = datetime.fromisoformat(state["full_at"])
             if not full_at <= before + self.margin <= at:
-                return
+                return False
             by_text = {key_text(key): key for _, key in windows.keyed}
             settled = {by_text[text]: int(units) for text, units in state["settled"].items()}
             rows = int(state["settled_rows"])
             due_after = timedelta(seconds=float(state["due_after_s"]))
         except (KeyError, TypeError, ValueError, AttributeError):
-            return  # a file from another version, or cut: read whole
+            return False  # a file from another version, or cut: read whole
         if _count_ingested(con, None, before) != rows:
-            return
+            return False
         self._signature, self._windows = signature, windows
         self._settled, self._settled_before, self._settled_rows = settled, before, rows
         self._full_at, self._due_after = full_at, due_after
+        return True

@@ -171,3 +171,22 @@ def test_sums_that_no_longer_hold_are_not_taken_up(tmp_path: Path) -> None:
     kept = KeptSums()
     kept.restore(state)
     assert _counters(db, catalog(entitlements=LIMITS), later, kept)["out"] == 70
+
+
+def test_a_whole_read_due_at_a_restart_comes_at_the_second_read(tmp_path: Path) -> None:
+    """Sums saved 20 minutes before a restart: the whole read they are due is not the
+    first read (the calls at start wait for that one), but the next."""
+    db = tmp_path / "events.duckdb"
+    add_events(db, _event(NOW - timedelta(hours=3), 50))
+    first = KeptSums()
+    _counters(db, catalog(entitlements=LIMITS), NOW, first)
+    state = first.state()
+    assert state is not None
+    restarted, cat = KeptSums(), catalog(entitlements=LIMITS)  # the catalog loaded anew
+    restarted.restore(state)
+    later = NOW + timedelta(minutes=20)
+    assert _counters(db, cat, later, restarted)["out"] == 50
+    assert restarted.full_reads == 0
+    _counters(db, cat, later + timedelta(seconds=2), restarted)
+    _counters(db, cat, later + timedelta(seconds=4), restarted)
+    assert restarted.full_reads == 1
