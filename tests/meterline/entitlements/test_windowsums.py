@@ -143,16 +143,22 @@ def test_a_restarted_reader_takes_up_the_sums_an_earlier_one_kept(tmp_path: Path
     assert restarted.full_reads == 0
 
 
-def test_sums_that_no_longer_hold_are_not_taken_up(tmp_path: Path) -> None:
-    """Read whole instead: the catalog changed (another limit), an event was stored
-    behind the boundary since (the settled count differs), the file was cut, or the
-    clock is behind the boundary."""
-    db = tmp_path / "events.duckdb"
+def _saved(db: Path) -> dict[str, Any]:
+    """The sums a reader kept at NOW over one settled event of 50 output tokens."""
     add_events(db, _event(NOW - timedelta(hours=3), 50))
     first = KeptSums()
     _counters(db, catalog(entitlements=LIMITS), NOW, first)
     state = first.state()
     assert state is not None
+    return state
+
+
+def test_sums_that_no_longer_hold_are_not_taken_up(tmp_path: Path) -> None:
+    """Read whole instead: the catalog changed (another limit), an event was stored
+    behind the boundary since (the settled count differs), the file was cut, or the
+    clock is behind the boundary."""
+    db = tmp_path / "events.duckdb"
+    state = _saved(db)
     later = NOW + timedelta(minutes=1)
 
     def taken_up(state: dict[str, Any], limits: list[dict[str, Any]], at: datetime) -> bool:
@@ -177,11 +183,7 @@ def test_a_whole_read_due_at_a_restart_comes_at_the_second_read(tmp_path: Path) 
     """Sums saved 20 minutes before a restart: the whole read they are due is not the
     first read (the calls at start wait for that one), but the next."""
     db = tmp_path / "events.duckdb"
-    add_events(db, _event(NOW - timedelta(hours=3), 50))
-    first = KeptSums()
-    _counters(db, catalog(entitlements=LIMITS), NOW, first)
-    state = first.state()
-    assert state is not None
+    state = _saved(db)
     restarted, cat = KeptSums(), catalog(entitlements=LIMITS)  # the catalog loaded anew
     restarted.restore(state)
     later = NOW + timedelta(minutes=20)
