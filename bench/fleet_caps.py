@@ -14,6 +14,11 @@ Run it on an older checkout for a before/after (``PYTHONPATH=<checkout>``)::
         --call-s 15 --rate 3 --seconds 40
     .venv/bin/python bench/fleet_caps.py --proxies 3 --cap 5000000 --tokens 250000 \\
         --call-s 0 --sequential 60
+    .venv/bin/python bench/fleet_caps.py --proxies 3 --cap 2000000 --tokens 50000 \\
+        --call-s 0 --rate 5 --seconds 20 --busy 1 [--share even]
+
+Refusals are told apart: for a proxy's share (the cap had room: a lone busy proxy of an
+evenly split fleet) or over the limit.
 """
 
 from __future__ import annotations
@@ -43,8 +48,9 @@ from tests.support.upstream import FakeProvider  # noqa: E402
 CONSUMER = "carol"
 
 
-def call(client: openai.OpenAI, tokens: int, call_s: float) -> bool:
-    """One call of ``tokens`` output tokens; False when the proxy refused it (429)."""
+def call(client: openai.OpenAI, tokens: int, call_s: float) -> str:
+    """One call of ``tokens`` output tokens: "admitted", or why the proxy refused it (429):
+    "share" (this proxy's share of the rest taken until the next round), "limit"."""
     think = f",think={call_s}" if call_s else ""
     try:
         client.chat.completions.create(
@@ -54,9 +60,9 @@ def call(client: openai.OpenAI, tokens: int, call_s: float) -> bool:
             extra_headers={"x-fake": f"output={tokens}{think}"},
             timeout=call_s + 60,
         )
-    except openai.RateLimitError:
-        return False
-    return True
+    except openai.RateLimitError as e:
+        return "share" if "share of the rest" in str(e) else "limit"
+    return "admitted"
 
 
 def lake_tokens(locator: str) -> int:
@@ -82,8 +88,14 @@ def main() -> None:
         default=0,
         help="instead: N calls one at a time, alternating between the proxies",
     )
+    ap.add_argument(
+        "--busy",
+        type=int,
+        default=0,
+        help="offer the calls through the first N proxies only (default: all of them)",
+    )
     ap.add_argument("--refresh", default="2.0", help="meter_governance_refresh")
-    ap.add_argument("--share", default="even", help="meter_governance_share: even or none")
+    ap.add_argument("--share", default="demand", help="meter_governance_share")
     ap.add_argument("--flush", default="1.0", help="meter_flush_interval")
     args = ap.parse_args()
 
@@ -120,17 +132,18 @@ def main() -> None:
         wait_for_each_other(proxies)  # a running fleet: each has read the others
         os.environ["METERLINE_LAKE_DATA"] = str(data)  # this process's reads of the lake
         clients = [openai_client(p, upstream, KEYS[CONSUMER]) for p in proxies]
-        admitted = refused = 0
+        busy = clients[: args.busy or len(clients)]
+        outcomes: dict[str, int] = {"admitted": 0, "share": 0, "limit": 0}
+        last_admitted = 0.0
         lock = threading.Lock()
 
         def one(n: int) -> None:
-            nonlocal admitted, refused
-            ok = call(clients[n % len(clients)], args.tokens, args.call_s)
+            nonlocal last_admitted
+            outcome = call(busy[n % len(busy)], args.tokens, args.call_s)
             with lock:
-                if ok:
-                    admitted += 1
-                else:
-                    refused += 1
+                outcomes[outcome] += 1
+                if outcome == "admitted":
+                    last_admitted = time.monotonic() - started
 
         started = time.monotonic()
         if args.sequential:
@@ -140,7 +153,7 @@ def main() -> None:
             concurrency = int(args.rate * (args.call_s + 2) * args.proxies) + 8
             with ThreadPoolExecutor(max_workers=concurrency) as pool:
                 n = 0
-                step = 1 / (args.rate * args.proxies)
+                step = 1 / (args.rate * len(busy))
                 while time.monotonic() - started < args.seconds:
                     pool.submit(one, n)
                     n += 1
@@ -151,12 +164,15 @@ def main() -> None:
         for p in proxies:
             p.stop()
         stored = lake_tokens(locator)
+    admitted = outcomes["admitted"]
     used = admitted * args.tokens
     shape = (
         f"{args.sequential} sequential calls alternating"
         if args.sequential
         else f"{args.rate:g} calls/s per proxy for {args.seconds:g} s"
     )
+    if args.busy:
+        shape += f" through {args.busy} of them"
     print(
         f"{args.proxies} proxies, cap {args.cap:,}, calls of {args.tokens:,} tokens taking "
         f"{args.call_s:g} s, {shape} (refresh {args.refresh} s, flush {args.flush} s, "
@@ -164,8 +180,10 @@ def main() -> None:
         f"{elapsed:.0f} s:"
     )
     print(
-        f"  admitted {admitted}, refused {refused}; used {used:,} (the lake holds "
-        f"{stored:,}); overshoot {used - args.cap:+,} ({used / args.cap:.3f}x the cap)"
+        f"  admitted {admitted}, refused {outcomes['share'] + outcomes['limit']} "
+        f"({outcomes['share']} for a proxy's share, {outcomes['limit']} over the limit); "
+        f"used {used:,} (the lake holds {stored:,}); overshoot {used - args.cap:+,} "
+        f"({used / args.cap:.3f}x the cap); last call admitted at {last_admitted:.1f} s"
     )
 
 

@@ -50,6 +50,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +89,7 @@ from meterline.store import LAKE_PREFIX, open_store, store
 log = logging.getLogger("meterline.governance")
 
 FAILURE_POLICIES = ("allow", "deny")
-SHARE_POLICIES = ("even", "none")
+SHARE_POLICIES = ("demand", "even", "none")
 #: With ``deny``, reads failing for this many refresh intervals (6 s at the default 2 s)
 #: refuse governed calls until one succeeds; one failed read (a lock, a blip) does not.
 STALE_READS = 3
@@ -131,11 +132,12 @@ def add_options(loader: Any) -> None:
     loader.add_option(
         "meter_governance_share",
         str,
-        "even",
+        "demand",
         "How a fleet's proxies on one lake divide what a hard limit has left between two "
-        "refreshes: 'even' (each admits its share, 1/n of the rest, the call that crosses "
-        "the last; a burst on every proxy at once stays near the cap) or 'none' (each may "
-        "admit all of it: up to n times the rest in one refresh interval).",
+        "refreshes: 'demand' (each admits its share, the call that crosses the last: a "
+        "fifth of the rest split evenly, the remainder by what each proxy's calls asked in "
+        "the round before), 'even' (1/n of the rest each) or 'none' (each may admit all "
+        "of it: up to n times the rest in one refresh interval).",
         choices=SHARE_POLICIES,
     )
 
@@ -285,11 +287,12 @@ class Governance:
         failure: str,
         locator: str,
         proxy_id: str | None = None,
-        share: str = "even",
+        share: str = "demand",
     ) -> None:
         self.publisher = f"{proxy_id or socket.gethostname()}:{self._instance}"
         self.refresh_s = parse_refresh(refresh)
-        self.counters.share = share == "even"
+        self.counters.share = share != "none"
+        self.counters.share_even_part = Fraction(1) if share == "even" else fleet.EVEN_PART
         self.deny_when_blind = failure == "deny"
         if self.locator is not None and locator != self.locator:
             self._wake.set()
@@ -894,8 +897,7 @@ class Governance:
         """Write this proxy's calls in flight and events not seen stored (from the
         reading thread: dicts copied in C, no lock). A failure is logged once a minute
         (the read that follows says whether the server answers)."""
-        c = self.counters
-        held = fleet.Held(dict(c.reserved), dict(c.in_flight), dict(c.pending))
+        held = self.counters.to_write()
         ttl = fleet.ttl_seconds(self.refresh_s)
         try:
             fleet.publish(con, _METADATA, self.publisher, held, ttl)
@@ -997,6 +999,7 @@ class Governance:
             state["fleet"] = {
                 "used": {counter_id(k): v for k, v in snap.peers.used.items()},
                 "reserved": {counter_id(k): v for k, v in snap.peers.reserved.items()},
+                "demand": {counter_id(k): v for k, v in snap.peers.demand.items()},
                 "proxies": 1 + snap.peers.alive,
             }
         try:

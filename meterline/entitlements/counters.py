@@ -57,6 +57,7 @@ from fractions import Fraction
 
 from iso4217 import Currency
 
+from meterline.entitlements import fleet
 from meterline.entitlements.cost import to_decimal
 from meterline.entitlements.fleet import Peers
 from meterline.entitlements.policy import (
@@ -88,6 +89,17 @@ class Refusal:
     """Seconds until the period resets (the limit frees up), if known."""
     retry: bool = False
     """Whether a client should retry (a counter being read): ``x-should-retry``."""
+
+
+def _units(types: tuple[str, ...], input_bound: int, output_bound: int, searches: int) -> int:
+    """A call's estimate on an account counting ``types``: one input bound for every input
+    type together, one output bound for text and audio output together, and the searches
+    the call's tools may run."""
+    return (
+        (output_bound if not OUTPUT_TYPES.isdisjoint(types) else 0)
+        + (input_bound if not INPUT_TYPES.isdisjoint(types) else 0)
+        + (searches if "web_search" in types else 0)
+    )
 
 
 def _held_in_flight(kind: RefusalKind, what: str, reason: str, held: str = "") -> Refusal:
@@ -176,10 +188,26 @@ class Counters:
     store yet, as of the last snapshot (:mod:`meterline.entitlements.fleet`)."""
     share: bool = True
     """Split a hard limit's rest between the fleet's proxies (``meter_governance_share``)."""
+    share_even_part: Fraction = fleet.EVEN_PART
+    """The part of the rest split evenly; the remainder follows demand (1: ``even``)."""
+    demand: dict[Key, int] = field(default_factory=dict)
+    """Units this proxy's calls asked per counter since it last wrote (a fleet only)."""
     unread_as_zero: bool = False
     """Count unread counters from zero (the store is unreachable, failure policy ``allow``)."""
     _own_at_snapshot: dict[Key, int] = field(default_factory=dict)
     """This proxy's pending and reserved units per counter when the last snapshot was taken."""
+    _demand_written: dict[Key, int] = field(default_factory=dict)
+    """The demand this proxy last wrote for the fleet (:meth:`to_write`)."""
+    _own_written: dict[Key, int] | None = None
+    """This proxy's pending and reserved units per counter as it last wrote them, until
+    the snapshot of that round takes them (:meth:`apply`)."""
+    _pending_written: dict[str, list[tuple[Key, int]]] = field(default_factory=dict)
+    """The pending events it last wrote."""
+    _own_demand: dict[Key, int] = field(default_factory=dict)
+    """The demand written in the round of the last snapshot: this proxy's share's weight."""
+    _shares: dict[Key, tuple[int, int]] = field(default_factory=dict)
+    """This proxy's share per counter in the last snapshot's round, as (numerator,
+    denominator): computed at a counter's first check after a snapshot."""
     _balances: dict[str, Fraction] = field(default_factory=dict)
     _by_account: dict[tuple[str, str, str, datetime], list[Key]] = field(default_factory=dict)
     """The counters of each account in the last snapshot: current and earlier periods."""
@@ -331,6 +359,8 @@ class Counters:
             if used >= cap:
                 return self._over(lim.source, lim.limit, granted, acct.feature, key, period, now)
             if self.fleet_size > 1 and self._over_share(key, cap - used):
+                types = next((t for a, t in matched.counted if a is acct), ())
+                self._asked(key, _units(types, input_bound, output_bound, searches))
                 return _held_in_flight(
                     "limit",
                     f"{lim.source} limit of {lim.limit} {acct.feature} units per period: "
@@ -365,9 +395,47 @@ class Counters:
         through at up to ``n`` times it (3.0x a cap with three proxies). Each takes
         ``1/n`` of it: with ``g`` its units since the snapshot, the rest then was
         ``left + g`` and its share is taken once ``g >= (left + g) / n``, i.e. once
-        ``(n - 1) * g >= left``. As at the limit itself, the call that crosses is the last."""
+        ``(n - 1) * g >= left``. As at the limit itself, the call that crosses is the last.
+        With shares by demand, ``1/n`` is :func:`~meterline.entitlements.fleet.share_of`
+        this proxy's and the others' demand, written in the round the snapshot read."""
         grown = self._own(key) - self._own_at_snapshot.get(key, 0)
-        return grown > 0 and (self.fleet_size - 1) * grown >= left
+        if grown <= 0:
+            return False
+        share = self._shares.get(key)
+        if share is None:
+            weight = fleet.share_of(
+                self._own_demand.get(key, 0),
+                self.peers.demand.get(key, 0),
+                self.fleet_size,
+                self.share_even_part,
+            )
+            share = self._shares[key] = (weight.numerator, weight.denominator)
+        num, den = share  # its share is taken once g >= share * (left + g)
+        return grown * den >= num * (left + grown)
+
+    def _asked(self, key: Key, units: int) -> None:
+        demand = self.demand
+        demand[key] = demand.get(key, 0) + units
+
+    def to_write(self) -> fleet.Held:
+        """What this proxy writes for the fleet at the start of a round (on the reading
+        thread: dicts copied in C, no lock; a call counted as demand while it is taken
+        may be lost to it, which only weighs the shares).
+
+        Its own figures as written are what its share of the round is counted from
+        (:meth:`apply`): the others read them, not what it admits until its own read of
+        the round is applied. Counted from that read instead, the calls it admitted in
+        between (0.2 s and a read) were in nobody's rest: each proxy went past its share
+        by them."""
+        reserved, pending = dict(self.reserved), dict(self.pending)
+        pending_sum = dict(self.pending_sum)
+        taken, self.demand = self.demand, {}
+        self._demand_written = dict(taken)
+        self._pending_written = pending
+        self._own_written = {
+            key: pending_sum.get(key, 0) + reserved.get(key, 0) for key in (*pending_sum, *reserved)
+        }
+        return fleet.Held(reserved, dict(self.in_flight), pending, self._demand_written)
 
     def reserve(
         self,
@@ -382,18 +450,15 @@ class Counters:
         parts: list[tuple[Key, int]] = []
         per_feature: dict[tuple[str, str], int] = {}
         reserved = self.reserved
+        fleet_demand = self.demand if self.fleet_size > 1 else None
         for acct, types in matched.counted:
-            # One input bound for every input type together, one output bound for text
-            # and audio output together, and the searches the call's tools may run.
-            units = (
-                (output_bound if not OUTPUT_TYPES.isdisjoint(types) else 0)
-                + (input_bound if not INPUT_TYPES.isdisjoint(types) else 0)
-                + (searches if "web_search" in types else 0)
-            )
+            units = _units(types, input_bound, output_bound, searches)
             if units:
                 key = acct.current(now)[1]
                 reserved[key] = reserved.get(key, 0) + units
                 parts.append((key, units))
+                if fleet_demand is not None:
+                    fleet_demand[key] = fleet_demand.get(key, 0) + units
                 # One call settles once per feature, whatever accounts it has (a daily
                 # limit and a monthly cost card of the same feature): held once.
                 cf = (key[0], key[1])
@@ -513,13 +578,18 @@ class Counters:
 
     def apply(self, snap: Snapshot) -> None:
         """Take a snapshot: stored figures replace the old ones; seen events leave pending."""
+        written, self._own_written = self._own_written, None
         for event_id in snap.seen_pending:
+            # Stored now, so counted there: out of what was written as well, if it was.
+            moved = written is not None and event_id in self._pending_written
             for key, units in self.pending.pop(event_id, ()):
                 left = self.pending_sum.get(key, 0) - units
                 if left > 0:
                     self.pending_sum[key] = left
                 else:
                     self.pending_sum.pop(key, None)
+                if moved and written is not None:
+                    written[key] = written.get(key, 0) - units
         self.stored = snap.stored
         by_account: dict[tuple[str, str, str, datetime], list[Key]] = {}
         for key in snap.stored:
@@ -532,8 +602,11 @@ class Counters:
         self.peers = snap.peers
         self.snapshot_at = snap.taken_at
         if self.fleet_size > 1:
-            own = {key: self._own(key) for key in (*self.pending_sum, *self.reserved)}
-            self._own_at_snapshot = own
+            if written is None:  # no write before this read (its first, or a failed one)
+                written = {key: self._own(key) for key in (*self.pending_sum, *self.reserved)}
+            self._own_at_snapshot = written
+            self._own_demand = self._demand_written
+            self._shares = {}
         elif self._own_at_snapshot:
             self._own_at_snapshot = {}
 

@@ -14,7 +14,9 @@ no snapshot, no file), and reads the others' rows in the same refresh:
   pending ids), so an event flushed meanwhile counts once, not twice;
 - ``alive``: one row, that it runs: a reader counts the fleet's proxies, and each admits
   only its share of what a hard limit has left until the next refresh
-  (:meth:`~meterline.entitlements.counters.Counters.admit`).
+  (:meth:`~meterline.entitlements.counters.Counters.admit`);
+- ``demand``: the units its calls asked of each counter since its previous write,
+  admitted or refused for its share: the shares follow them (:func:`share_of`).
 
 What is still unseen: what another proxy admitted or metered since its last write (one
 refresh interval); the share bounds it, and the proxies write and read in rounds
@@ -35,6 +37,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from fractions import Fraction
 from typing import Any
 
 import duckdb
@@ -48,7 +51,7 @@ MAX_PENDING_ROWS = 5000
 _DDL = (
     f"CREATE TABLE IF NOT EXISTS {TABLE} ("
     " publisher text NOT NULL,"  # '<proxy id>:<pid>:<start>': one running proxy
-    " kind text NOT NULL,"  # 'reserved' | 'in_flight' | 'pending' | 'alive'
+    " kind text NOT NULL,"  # 'reserved' | 'in_flight' | 'pending' | 'demand' | 'alive'
     " customer text NOT NULL,"
     " feature text NOT NULL,"
     " cadence text,"  # the counter's account and period (NULL for in_flight)
@@ -101,6 +104,8 @@ class Held:
     in_flight: dict[tuple[str, str], int] = field(default_factory=dict)
     pending: dict[str, list[tuple[Key, int]]] = field(default_factory=dict)
     """Event id -> its units per counter."""
+    demand: dict[Key, int] = field(default_factory=dict)
+    """Units asked per counter since the previous write (:func:`share_of`)."""
 
 
 @dataclass(slots=True)
@@ -114,6 +119,31 @@ class Peers:
     alive: int = 0
     """How many other proxies are running (each writes an ``alive`` row at every
     refresh, holding something or not): a hard limit's rest is split between them all."""
+    demand: dict[Key, int] = field(default_factory=dict)
+    """Units their calls asked of each counter in the round before (:func:`share_of`)."""
+
+
+#: The part of a limit's rest split evenly between a fleet's proxies when the shares
+#: follow demand (``meter_governance_share=demand``); the rest goes by each one's demand.
+EVEN_PART = Fraction(1, 5)
+
+
+def share_of(own: int, others: int, proxies: int, even_part: Fraction) -> Fraction:
+    """This proxy's share of what a hard limit has left until the next round.
+
+    ``own`` and ``others``: the units this proxy's and the other proxies' calls asked of
+    the limit's counter in the round before, as written (every proxy reads the same
+    figures, so the shares add up to 1: the fleet admits the rest, as one proxy would);
+    ``even_part`` of the rest is split evenly (1: all of it, ``even``), the remainder
+    in proportion to demand. An even split let a lone busy proxy take only 1/n of what
+    was left per round, refusing calls the cap had room for (41 of 100 with three proxies,
+    the cap reached in 16 s instead of 8); by demand it takes most of it, and a proxy
+    whose calls start meanwhile still has ``even_part / n`` of it, its calls then asking
+    for more the round after. With no demand at all, the split is even."""
+    total = own + others
+    if total <= 0:
+        return Fraction(1, proxies)
+    return even_part / proxies + (1 - even_part) * Fraction(own, total)
 
 
 def pg_text(text: str) -> str:
@@ -157,6 +187,8 @@ def _rows(publisher: str, held: Held, ttl_s: float, max_pending: int) -> Iterabl
     yield f"({who}, 'alive', '', '', NULL, NULL, NULL, NULL, 0, {until})"
     for key, units in held.reserved.items():
         yield f"({who}, 'reserved', {_key_values(key)}, NULL, {int(units)}, {until})"
+    for key, units in held.demand.items():
+        yield f"({who}, 'demand', {_key_values(key)}, NULL, {int(units)}, {until})"
     for (customer, feature), units in held.in_flight.items():
         yield (
             f"({who}, 'in_flight', {pg_text(customer)}, {pg_text(feature)}, "
@@ -227,10 +259,13 @@ def publish(
 
 
 def leave(con: duckdb.DuckDBPyConnection, alias: str, publisher: str) -> None:
-    """Withdraw ``publisher``'s ``alive`` row (a proxy stopping): the others no longer keep
-    a share for it. What it held stays until it expires (its events may not be in the lake
-    yet; its calls in flight were cut)."""
-    script = f"DELETE FROM {TABLE} WHERE publisher = {pg_text(publisher)} AND kind = 'alive'"
+    """Withdraw ``publisher``'s ``alive`` and ``demand`` rows (a proxy stopping): the others
+    no longer keep a share for it, nor weigh theirs against its demand. What it held stays
+    until it expires (its events may not be in the lake yet; its calls in flight were cut)."""
+    script = (
+        f"DELETE FROM {TABLE} WHERE publisher = {pg_text(publisher)} "
+        "AND kind IN ('alive', 'demand')"
+    )
     pg_execute(con, alias, script)
 
 
@@ -272,6 +307,8 @@ def peers_from(
         key: Key = (customer, feature, cadence or "", _utc(anchor), _utc(start))
         if kind == "reserved":
             peers.reserved[key] = peers.reserved.get(key, 0) + int(units)
+        elif kind == "demand":
+            peers.demand[key] = peers.demand.get(key, 0) + int(units)
         elif kind == "pending":
             if event_id is not None:
                 if event_id in stored_ids or (event_id, key) in seen:

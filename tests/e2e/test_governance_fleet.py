@@ -32,6 +32,7 @@ REFRESH = 0.3
 PER_CALL = 20
 ERIN = "sk-test-erin-000000000000000005"
 """A consumer of its own (the lake is shared by the tests of this module)."""
+FRANK = "sk-test-frank-00000000000000006"
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +104,7 @@ def snapshot_at(proxy: MeterProxy) -> str | None:
 
 def chat_in_share(client: openai.OpenAI, proxy: MeterProxy, output: int) -> None:
     """A call that, refused because ``proxy`` took its share of the limit's rest until
-    the fleet's next read (``meter_governance_share=even``), is sent again after that read,
+    the fleet's next read (``meter_governance_share``), is sent again after that read,
     as an SDK does on a 429 with ``retry-after``."""
     for _ in range(20):
         try:
@@ -249,6 +250,69 @@ def test_a_burst_on_every_proxy_at_once_stays_near_the_cap(
     print(f"burst: {allowed} calls of {PER_CALL} tokens: {used} used of {limit}")
     assert len(refusals) == 2 and all("share of the rest" in r for r in refusals)
     assert limit - 2 * PER_CALL <= used <= limit + 2 * PER_CALL
+
+
+def test_a_lone_busy_proxy_takes_most_of_the_rest_from_its_second_round(
+    tmp_path: Path, start_proxy: ProxyFactory, fake_provider: FakeProvider
+) -> None:
+    """Every call through one of two proxies: in the first round it takes half the rest
+    (nobody had asked anything), then, the fleet having read what its calls asked, 9/10
+    of each rest: the limit is used up after at most two refusals for its share. Split
+    evenly it halved each rest instead: four refusals for 400 in calls of 20, each one a
+    call the cap had room for. A lake of its own: the module's other tests leave rows
+    (calls in flight of proxies they stopped) on the same counter until they expire."""
+    limit = 400
+    catalog = governed_catalog(
+        tmp_path / "catalog.yaml",
+        fake_provider,
+        {"frank": FRANK},
+        entitlements=[{"feature": "gpt-out", "limit": limit}],
+    )
+    data = tmp_path / "lake-data"
+    data.mkdir()
+    with postgres_server() as conninfo:
+        proxies = [
+            start_proxy(
+                catalog=catalog,
+                options={
+                    "meter_db": f"ducklake:postgres:{conninfo}",
+                    "meter_proxy_id": name,
+                    "meter_governance_refresh": "2",
+                },
+                env={"METERLINE_LAKE_DATA": str(data)},
+                name=name,
+            )
+            for name in ("proxy-g", "proxy-h")
+        ]
+        wait_for_each_other(proxies)
+        admitted, for_share = busy_until_refused(proxies[0], fake_provider, limit)
+        for p in proxies:
+            p.stop()
+    print(f"one busy proxy of two: {admitted} calls admitted, {for_share} refused for its share")
+    assert limit <= admitted * PER_CALL <= limit + PER_CALL
+    assert for_share <= 2
+
+
+def busy_until_refused(busy: MeterProxy, upstream: FakeProvider, limit: int) -> tuple[int, int]:
+    """Calls through ``busy`` until the limit refuses one: (admitted, refused for the
+    proxy's share), each of the latter sent again after the proxy's next read."""
+    admitted, for_share = 0, 0
+    with openai_client(busy, upstream, FRANK) as client:
+        for _ in range(2 * limit // PER_CALL):
+            try:
+                chat(client, PER_CALL)
+            except openai.RateLimitError as e:
+                if "share of the rest" not in str(e):
+                    assert "reached" in str(e)
+                    break
+                for_share += 1
+                before, deadline = snapshot_at(busy), time.monotonic() + 30
+                while snapshot_at(busy) == before:  # the next round, as an SDK retries
+                    assert time.monotonic() < deadline, "the proxy never read again"
+                    time.sleep(0.05)
+                continue
+            admitted += 1
+    return admitted, for_share
 
 
 def wait_for_each_other(proxies: list[MeterProxy]) -> None:

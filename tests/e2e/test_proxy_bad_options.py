@@ -33,7 +33,7 @@ from tests.support.proxy import MeterProxy
         ({"meter_db": "."}, "meter_db: . is a directory"),  # before: failed at every flush
         ({"meter_flush_interval": "inf"}, "meter_flush_interval: expected seconds"),
         ({"meter_governance_failure": "dny"}, "meter_governance_failure: expected one of allow"),
-        ({"meter_governance_share": "half"}, "meter_governance_share: expected one of even"),
+        ({"meter_governance_share": "half"}, "meter_governance_share: expected one of demand"),
         # before: accepted, and an idle governed proxy spent a quarter of a core reading
         ({"meter_governance_refresh": "1e-300"}, "meter_governance_refresh: expected seconds"),
         # before: accepted, then every flush failed ("not a valid DuckDB database file")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from fractions import Fraction
 from pathlib import Path
 
 import duckdb
@@ -289,3 +290,110 @@ def test_the_fleet_writes_and_reads_in_rounds() -> None:
     assert fleet.read_delay(1_000_000.05, 2.0) == pytest.approx(fleet.ROUND_READ_DELAY_S - 0.05)
     assert fleet.read_delay(1_000_000.5, 2.0) == 0.0  # a read out of turn (a catalog change)
     assert fleet.read_delay(1_000_000.02, 0.4) == pytest.approx(0.08)  # a quarter of it
+
+
+def test_shares_follow_demand_and_add_up_to_the_rest() -> None:
+    """Each proxy's share: a fifth of the rest split evenly, the remainder by what its
+    calls asked in the round before; every proxy computes it from the same written
+    figures, so the shares add up to the whole rest (the fleet's bound stays one rest)."""
+    demands = [900, 100, 0]
+    shares = [
+        fleet.share_of(own, sum(demands) - own, len(demands), fleet.EVEN_PART) for own in demands
+    ]
+    assert shares == [
+        Fraction(1, 15) + Fraction(4, 5) * Fraction(9, 10),
+        Fraction(11, 75),
+        Fraction(1, 15),
+    ]
+    assert sum(shares) == 1
+    assert fleet.share_of(0, 0, 3, fleet.EVEN_PART) == Fraction(1, 3)  # nobody asked: even
+    assert fleet.share_of(900, 100, 3, Fraction(1)) == Fraction(1, 3)  # 'even'
+    assert fleet.share_of(500, 0, 3, fleet.EVEN_PART) == Fraction(13, 15)  # alone busy
+
+
+def test_a_lone_busy_proxy_takes_most_of_the_rest() -> None:
+    """Three proxies, 300 left, only this one's calls asked in the round before: it admits
+    calls of 20 until its own reach 13/15 of the rest (260: 13 calls) where an even split
+    stopped it at a third (100: 5 calls), refusing calls the cap had room for. Its refused
+    calls count as demand too, and the demand it writes is what weighs its share once the
+    round's snapshot is applied."""
+    pol = policy_of(catalog(entitlements=[{"feature": "out", "limit": 1000}]))
+    counter = pol.limits[0].account.current(NOW)[1]
+    stored = {counter: 700}
+
+    def proxy(even_part: Fraction) -> Counters:
+        c = Counters(share_even_part=even_part)
+        c.apply(Snapshot(dict(stored), set(), {}, NOW, peers=fleet.Peers(alive=2)))
+        # One round of calls asked 300 of this counter (none by the others): written.
+        c.demand[counter] = 300
+        assert c.to_write().demand == {counter: 300} and c.demand == {}
+        c.apply(Snapshot(dict(stored), set(), {}, NOW, peers=fleet.Peers(alive=2)))
+        return c
+
+    for c, admitted in ((proxy(fleet.EVEN_PART), 13), (proxy(Fraction(1)), 5)):
+        calls = [c.admit(pol, "openai", "gpt-4o", 0, 20, NOW) for _ in range(admitted + 1)]
+        assert [isinstance(r, Reservation) for r in calls] == [True] * admitted + [False]
+        refused = calls[-1]
+        assert isinstance(refused, Refusal) and "share of the rest" in refused.message
+        # What the calls asked, admitted or refused, is the next round's demand.
+        assert c.to_write().demand == {counter: (admitted + 1) * 20}
+
+
+def test_a_proxy_whose_calls_start_gets_its_even_part_then_what_it_asks() -> None:
+    """The other two proxies asked 600 in the round before, this one nothing: it may take
+    a fifteenth of the 300 left (its first call of the round is admitted all the same);
+    in the next round its refused calls weigh its share."""
+    pol = policy_of(catalog(entitlements=[{"feature": "out", "limit": 1000}]))
+    counter = pol.limits[0].account.current(NOW)[1]
+    peers = fleet.Peers(alive=2, demand={counter: 600})
+    c = Counters()
+    c.apply(Snapshot({counter: 700}, set(), {}, NOW, peers=peers))
+    calls = [c.admit(pol, "openai", "gpt-4o", 0, 10, NOW) for _ in range(4)]
+    assert [isinstance(r, Reservation) for r in calls] == [True, True, False, False]
+    for r in calls[:2]:
+        assert isinstance(r, Reservation)
+        c.release(r)
+    assert c.to_write().demand == {counter: 40}  # asked 40: share 1/15 + 4/5 * 40/640 = 7/60
+    c.apply(Snapshot({counter: 720}, set(), {}, NOW, peers=peers))
+    calls = [c.admit(pol, "openai", "gpt-4o", 0, 10, NOW) for _ in range(4)]
+    assert [isinstance(r, Reservation) for r in calls] == [True, True, True, True]
+
+
+def test_demand_is_written_and_read_by_the_others(con: duckdb.DuckDBPyConnection) -> None:
+    fleet.publish(con, MD, "a:1:x", fleet.Held(demand={key(): 250}), 10)
+    fleet.publish(con, MD, "b:1:x", fleet.Held(demand={key(): 50, key("beta"): 7}), 10)
+    peers = fleet.peers_from(fleet.read_rows(con, MD, "reader"), set())
+    assert peers.demand == {key(): 300, key("beta"): 7}
+    assert peers.used == {} and peers.reserved == {}  # demand holds nothing
+    assert fleet.peers_from(fleet.read_rows(con, MD, "a:1:x"), set()).demand[key()] == 50
+    for who in ("a:1:x", "b:1:x"):
+        leave(con, who)
+
+
+def test_a_share_counts_the_calls_admitted_after_the_proxy_wrote() -> None:
+    """The others take their shares of the rest as this proxy wrote it at the round's
+    start; so does it: a call admitted between its write and its own read (0.2 s and a
+    read) counts in its new share. Before, its share was counted from its read, and such
+    calls were in nobody's rest. An event of its own the read finds stored counts once."""
+    pol = policy_of(catalog(entitlements=[{"feature": "out", "limit": 1000}]))
+    counter = pol.limits[0].account.current(NOW)[1]
+    c = Counters(share_even_part=Fraction(1))  # 3 proxies, a third each: 300 left
+    c.apply(Snapshot({counter: 700}, set(), {}, NOW, peers=fleet.Peers(alive=2)))
+    first = [c.admit(pol, "openai", "gpt-4o", 0, 40, NOW) for _ in range(2)]
+    assert all(isinstance(r, Reservation) for r in first)
+    c.to_write()  # the round starts: 80 held, 220 left as the fleet reads it
+    between = c.admit(pol, "openai", "gpt-4o", 0, 40, NOW)
+    assert isinstance(between, Reservation)  # still the last round's share (80 < 100)
+    c.apply(Snapshot({counter: 700}, set(), {}, NOW, peers=fleet.Peers(alive=2)))
+    # A third of 220 is 73: the call admitted after the write and one more (80) take it.
+    calls = [c.admit(pol, "openai", "gpt-4o", 0, 40, NOW) for _ in range(2)]
+    assert [isinstance(r, Reservation) for r in calls] == [True, False]
+
+    # An event pending when written and stored by the read: in the store, not twice.
+    d = Counters(share_even_part=Fraction(1))
+    d.apply(Snapshot({counter: 700}, set(), {}, NOW, peers=fleet.Peers(alive=2)))
+    d.record(pol, "e1", "openai", "gpt-4o", {"output": 90}, NOW)
+    d.to_write()
+    d.apply(Snapshot({counter: 790}, {"e1"}, {}, NOW, peers=fleet.Peers(alive=2)))
+    calls = [d.admit(pol, "openai", "gpt-4o", 0, 30, NOW) for _ in range(4)]
+    assert [isinstance(r, Reservation) for r in calls] == [True] * 3 + [False]  # 70 of 210
