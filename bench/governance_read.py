@@ -43,9 +43,10 @@ import billing.cli  # noqa: E402, F401  (registers every package's tables, as th
 from bench.billing_bench import EVENTS_SQL, write_catalog  # noqa: E402
 from billing.store import billing_store  # noqa: E402
 from meterline.catalog import load_catalog  # noqa: E402
-from meterline.entitlements import build_policy  # noqa: E402
+from meterline.entitlements import build_policy, fleetsums  # noqa: E402
 from meterline.entitlements.reading import read_snapshot  # noqa: E402
 from meterline.entitlements.windowsums import KeptSums  # noqa: E402
+from meterline.lakerepair import metadata_alias  # noqa: E402
 from meterline.store import store  # noqa: E402
 
 MONTH_START = datetime(2026, 3, 1, tzinfo=UTC)
@@ -148,20 +149,30 @@ def main() -> None:
         args.reads = 1
         taken_up = reads(locator, catalog_path, args, after_kept, restarted)
         assert restarted.full_reads == 0, "the saved sums were not taken up"
+        joined: tuple[list[float], list[float]] | None = None
+        if args.store == "lake":  # a proxy joining the fleet: another's sums, from PostgreSQL
+            alias = metadata_alias()
+            con = stack.enter_context(store(locator))
+            fleetsums.create_table(con, alias)
+            fleetsums.write(con, alias, "bench:1:x", json.loads(json.dumps(state)))
+            joining = KeptSums(shared=lambda digest: fleetsums.latest(con, alias, digest))
+            joined = reads(locator, catalog_path, args, after_kept + 1, joining)
+            assert joining.taken_from_fleet, "the fleet's sums were not taken up"
     reads_n = len(whole[0])
     print(
         f"\n{args.events:,} events ({args.store}), {args.customers:,} customers x 2 limits, "
         f"{args.per_read} events stored between reads; ms per read, median of {reads_n}"
     )
-    print(f"  {'':34} {'wall':>9} {'CPU':>9}")
+    print(f"  {'':38} {'wall':>9} {'CPU':>9}")
     for label, (walls, cpus) in (
         ("whole windows every read", whole),
         ("kept sums: first read (whole)", ([kept[0][0]], [kept[1][0]])),
         ("kept sums: later reads", (kept[0][1:], kept[1][1:])),
         ("restarted, saved sums taken up", taken_up),
+        *([("joining the fleet, its sums taken up", joined)] if joined else []),
     ):
         wall, cpu = statistics.median(walls) * 1000, statistics.median(cpus) * 1000
-        print(f"  {label:34} {wall:9.1f} {cpu:9.1f}")
+        print(f"  {label:38} {wall:9.1f} {cpu:9.1f}")
     print(f"  whole-window reads among the kept ones: {kept_sums.full_reads}")
 
 

@@ -76,6 +76,7 @@ from meterline.entitlements import (
     Snapshot,
     build_policy,
     fleet,
+    fleetsums,
     read_snapshot,
 )
 from meterline.entitlements.policy import counter_id
@@ -267,6 +268,9 @@ class Governance:
         """The kept sums an earlier run saved, for the first read of the same store."""
         self._shared = False
         """The lake's proxies share their calls in flight (:mod:`meterline.entitlements.fleet`)."""
+        self._shares_sums = False
+        """... and their settled sums (:mod:`meterline.entitlements.fleetsums`)."""
+        self._sums_shared_at: float | None = None
         self._publish_warned: float | None = None
         self._instance = f"{os.getpid()}:{secrets.token_hex(4)}"
         self.publisher = f"{socket.gethostname()}:{self._instance}"
@@ -891,6 +895,17 @@ class Governance:
                 fleet.reason(e),
             )
             return False
+        try:
+            fleetsums.create_table(con, _METADATA)
+            self._shares_sums = True
+        except duckdb.Error as e:
+            self._shares_sums = False
+            log.warning(
+                "meterline: cannot share settled sums with the fleet (%s: %s); a proxy "
+                "joining it reads whole periods at its first read",
+                fleetsums.TABLE,
+                fleet.reason(e),
+            )
         return True
 
     def _publish(self, con: duckdb.DuckDBPyConnection) -> None:
@@ -946,7 +961,8 @@ class Governance:
             with contextlib.suppress(OSError):
                 inode = os.stat(locator).st_ino
         if self._kept is None or self._kept[0] != (locator, inode):
-            self._kept = ((locator, inode), KeptSums())
+            kept = KeptSums(shared=self._fleet_sums if locator.startswith(LAKE_PREFIX) else None)
+            self._kept = ((locator, inode), kept)
             restored, self._restored = self._restored, None
             if restored is not None and restored.get("store") == _store_id(locator, inode):
                 self._kept[1].restore(restored)
@@ -954,27 +970,52 @@ class Governance:
 
     def _save_sums(self) -> None:
         """The kept sums, for a restart to take up (every :data:`SUMS_EVERY_S` at most:
-        a restart resumes from an older boundary, reading a little more)."""
-        if self._sums_path is None or self._kept is None:
+        a restart resumes from an older boundary, reading a little more), and in a fleet
+        for a joining proxy (every :data:`fleetsums.EVERY_S`)."""
+        if self._kept is None:
             return
-        if time.monotonic() - self._sums_saved < SUMS_EVERY_S:
+        now = time.monotonic()
+        if self._sums_path is not None and now - self._sums_saved >= SUMS_EVERY_S:
+            state = self._kept[1].state()
+            if state is not None:
+                state["store"] = _store_id(*self._kept[0])
+                try:
+                    _dump(self._sums_path, state)
+                except OSError as e:
+                    log.debug("meterline: cannot write %s: %s", self._sums_path, e)
+                self._sums_saved = now
+        shared_at = self._sums_shared_at
+        if self._shares_sums and (shared_at is None or now - shared_at >= fleetsums.EVERY_S):
+            self._share_sums()
+
+    def _share_sums(self) -> None:
+        state = self._kept[1].state() if self._kept is not None else None
+        if state is None or self._lake is None:
             return
-        state = self._kept[1].state()
-        if state is None:
-            return
-        state["store"] = _store_id(*self._kept[0])
+        self._sums_shared_at = time.monotonic()
         try:
-            _dump(self._sums_path, state)
-        except OSError as e:
-            log.debug("meterline: cannot write %s: %s", self._sums_path, e)
-        self._sums_saved = time.monotonic()
+            fleetsums.write(self._lake[1], _METADATA, self.publisher, state)
+        except duckdb.Error as e:
+            log.debug("meterline: cannot share settled sums: %s", fleet.reason(e))
+
+    def _fleet_sums(self, digest: str) -> dict[str, Any] | None:
+        """The latest settled sums of ``digest`` a proxy of the fleet wrote (on a cursor of
+        its own: the read's transaction goes on whatever this finds)."""
+        if not self._shares_sums or self._lake is None:
+            return None
+        try:
+            with self._lake[1].cursor() as cur:
+                return fleetsums.latest(cur, _METADATA, digest)
+        except (duckdb.Error, ValueError) as e:
+            log.debug("meterline: cannot read the fleet's settled sums: %s", e)
+            return None
 
     def _close_lake(self) -> None:
         if self._lake is not None:
             with contextlib.suppress(Exception):
                 self._lake[1].close()
             self._lake = None
-            self._shared = False
+            self._shared = self._shares_sums = False
 
     def _write_state(self, snap: Snapshot | None) -> None:
         """Reservations in flight, the time of the last store read (handed to the loop)
@@ -994,6 +1035,7 @@ class Governance:
                 "whole": kept.full_reads,
                 "recent_only": kept.reads - kept.full_reads,
                 "last_ms": round(self._read_ms, 1),
+                "first_from_fleet": kept.taken_from_fleet,
             }
         if snap is not None and self._shared:
             state["fleet"] = {

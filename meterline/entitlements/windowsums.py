@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -222,6 +222,11 @@ class KeptSums:
     _settled_rows: int = 0
     """Events of the store (every consumer's) ingested before ``_settled_before``."""
     _restored: dict[str, Any] | None = None
+    shared: Callable[[str], dict[str, Any] | None] | None = None
+    """The sums another proxy of a fleet saved for a digest (:mod:`.fleetsums`), taken up
+    at the first read when this proxy has none of its own that hold."""
+    taken_from_fleet: bool = False
+    """Whether the first read took up sums another proxy saved."""
     reads: int = 0
     full_reads: int = 0
     """Reads that summed whole windows (the first, after a change, every ``resync``)."""
@@ -236,6 +241,12 @@ class KeptSums:
         if self._restored is not None:
             restored, self._restored = self._restored, None
             taken_up = self._take_up(con, windows, signature, restored, at)
+        if not taken_up and self._signature is None and self.shared is not None:
+            joined = self.shared(windows.digest())
+            if joined is not None:
+                taken_up = self.taken_from_fleet = self._take_up(
+                    con, windows, signature, joined, at
+                )
         if signature != self._signature:
             self._counted = {}
         boundary = at - self.margin

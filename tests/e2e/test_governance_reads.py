@@ -16,8 +16,10 @@ from addons.metering.governance import SUMS_FILE
 from tests.billing.events import Event, add_events
 from tests.conftest import KEYS, ProxyFactory
 from tests.e2e.test_governance import chat
+from tests.e2e.test_governance_fleet import fleet_state
 from tests.support.clients import openai_client
 from tests.support.governance import governed_catalog
+from tests.support.postgres import postgres_server
 from tests.support.proxy import MeterProxy
 from tests.support.upstream import FakeProvider
 
@@ -38,10 +40,12 @@ def wait_for_reads(proxy: MeterProxy, recent_only: int, timeout: float = 30.0) -
     return reads(proxy)
 
 
-def full_store(tmp_path: Path, fake_provider: FakeProvider) -> tuple[Path, Path]:
-    """A store holding 9,000 of alice's 10,000 output tokens, stored an hour ago (with
-    500 events of a stranger), and the catalog that limits her."""
-    db = tmp_path / "events.duckdb"
+def full_store(
+    tmp_path: Path, fake_provider: FakeProvider, db: Path | str | None = None
+) -> tuple[Path | str, Path]:
+    """A store (a DuckDB file, or ``db``) holding 9,000 of alice's 10,000 output tokens,
+    stored an hour ago (with 500 events of a stranger), and the catalog that limits her."""
+    db = tmp_path / "events.duckdb" if db is None else db
     hour_ago = datetime.now(UTC) - timedelta(hours=1)
     stored = [
         Event(ts=hour_ago, ingested_at=hour_ago, consumer="alice", provider="fake-openai",
@@ -112,3 +116,46 @@ def test_a_restarted_proxy_takes_up_the_sums_it_kept(
         assert reads(again)["whole"] == 0
     finally:
         again.stop()
+
+
+def test_a_proxy_joining_a_fleet_takes_up_the_sums_another_saved(
+    tmp_path: Path,
+    fake_provider: FakeProvider,
+    start_proxy: ProxyFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two proxies on a PostgreSQL lake: the first reads the 9,000 tokens whole and
+    writes its settled sums for the fleet; the second, started with an empty spool, takes
+    them up at its first read (no whole read) and still counts the 9,000: alone once the
+    first has stopped, it admits 800 and 800 more, then refuses."""
+    data = tmp_path / "lake-data"
+    data.mkdir()
+    monkeypatch.setenv("METERLINE_LAKE_DATA", str(data))  # this process's writes
+    with postgres_server() as conninfo:
+        locator, catalog = full_store(tmp_path, fake_provider, f"ducklake:postgres:{conninfo}")
+
+        def proxy(name: str) -> MeterProxy:
+            options = {
+                "meter_db": str(locator),
+                "meter_governance_refresh": "0.2",
+                "meter_proxy_id": name,
+            }
+            env = {"METERLINE_LAKE_DATA": str(data)}
+            return start_proxy(catalog=catalog, options=options, env=env, name=name)
+
+        first = proxy("first")
+        assert wait_for_reads(first, 3)["whole"] == 1
+        joining = proxy("joining")
+        state = wait_for_reads(joining, 3)
+        assert state["whole"] == 0 and state["first_from_fleet"]
+        first.stop()
+        deadline = time.monotonic() + 30
+        while fleet_state(joining).get("proxies") != 1:
+            assert time.monotonic() < deadline, "the first proxy never left the fleet"
+            time.sleep(0.05)
+        with openai_client(joining, fake_provider, KEYS["alice"]) as client:
+            chat(client, 800)
+            chat(client, 800)
+            with pytest.raises(openai.RateLimitError, match="reached"):
+                chat(client, 800)
+        joining.stop()

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pytest
@@ -20,6 +21,7 @@ from meterline.entitlements import (
     Snapshot,
     build_policy,
     fleet,
+    fleetsums,
     read_snapshot,
 )
 from meterline.entitlements.policy import Key
@@ -397,3 +399,28 @@ def test_a_share_counts_the_calls_admitted_after_the_proxy_wrote() -> None:
     d.apply(Snapshot({counter: 790}, {"e1"}, {}, NOW, peers=fleet.Peers(alive=2)))
     calls = [d.admit(pol, "openai", "gpt-4o", 0, 30, NOW) for _ in range(4)]
     assert [isinstance(r, Reservation) for r in calls] == [True] * 3 + [False]  # 70 of 210
+
+
+def test_settled_sums_are_shared_by_digest_latest_first(con: duckdb.DuckDBPyConnection) -> None:
+    """Each proxy's row replaces its last; a joining proxy gets the latest boundary of
+    its digest; rows not written for a day are dropped at the next write."""
+    fleetsums.create_table(con, MD)
+    fleetsums.create_table(con, MD)  # exists: nothing to do
+
+    def state(digest: str, before: str, units: int) -> dict[str, Any]:
+        return {"digest": digest, "settled_before": before, "settled": {"k": units}}
+
+    assert fleetsums.latest(con, MD, "d1") is None
+    fleetsums.write(con, MD, "a:1:x", state("d1", "2026-03-01T10:00:00+00:00", 1))
+    fleetsums.write(con, MD, "b:1:x", state("d1", "2026-03-01T10:05:00+00:00", 2))
+    fleetsums.write(con, MD, "c:1:x", state("d2", "2026-03-01T10:09:00+00:00", 3))
+    assert fleetsums.latest(con, MD, "d1") == state("d1", "2026-03-01T10:05:00+00:00", 2)
+    fleetsums.write(con, MD, "b:1:x", state("d2", "2026-03-01T10:10:00+00:00", 4))  # reloaded
+    assert fleetsums.latest(con, MD, "d1") == state("d1", "2026-03-01T10:00:00+00:00", 1)
+    assert fleetsums.latest(con, MD, "d2") == state("d2", "2026-03-01T10:10:00+00:00", 4)
+    fleet.pg_execute(
+        con, MD, f"UPDATE {fleetsums.TABLE} SET written_at = now() - interval '2 days'"
+    )
+    fleetsums.write(con, MD, "c:1:x", state("d2", "2026-03-01T10:11:00+00:00", 5))
+    assert fleet.pg_query(con, MD, f"SELECT publisher FROM {fleetsums.TABLE}") == [("c:1:x",)]
+    fleet.pg_execute(con, MD, f"DELETE FROM {fleetsums.TABLE}")

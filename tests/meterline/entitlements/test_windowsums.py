@@ -192,3 +192,38 @@ def test_a_whole_read_due_at_a_restart_comes_at_the_second_read(tmp_path: Path) 
     _counters(db, cat, later + timedelta(seconds=2), restarted)
     _counters(db, cat, later + timedelta(seconds=4), restarted)
     assert restarted.full_reads == 1
+
+
+def test_a_reader_with_no_sums_of_its_own_takes_up_a_fleet_peers(tmp_path: Path) -> None:
+    """A proxy joining a fleet has no saved sums: its first read asks the fleet for the
+    latest of its windows' digest (``shared``) and takes them up, checked as its own
+    would be; sums of its own that hold go first, and the fleet is asked only at the
+    first read."""
+    db = tmp_path / "events.duckdb"
+    state = _saved(db)
+    asked: list[str] = []
+
+    def fleet(digest: str) -> dict[str, Any] | None:
+        asked.append(digest)
+        return state if digest == state["digest"] else None
+
+    later = NOW + timedelta(minutes=1)
+    joining = KeptSums(shared=fleet)
+    assert _counters(db, catalog(entitlements=LIMITS), later, joining)["out"] == 50
+    assert joining.full_reads == 0 and joining.taken_from_fleet and asked == [state["digest"]]
+    _counters(db, catalog(entitlements=LIMITS), later + timedelta(seconds=2), joining)
+    assert len(asked) == 1
+    # Another catalog (another digest): nothing to take up, read whole.
+    other = KeptSums(shared=fleet)
+    _counters(db, catalog(entitlements=LIMITS[:2]), later, other)
+    assert other.full_reads == 1 and not other.taken_from_fleet and len(asked) == 2
+    # Its own sums hold: the fleet is not asked.
+    restarted = KeptSums(shared=fleet)
+    restarted.restore(state)
+    _counters(db, catalog(entitlements=LIMITS), later, restarted)
+    assert restarted.full_reads == 0 and not restarted.taken_from_fleet and len(asked) == 2
+    # A peer's sums that no longer hold (an event stored behind their boundary): whole.
+    add_events(db, _event(NOW - timedelta(hours=2), 20))
+    late = KeptSums(shared=fleet)
+    assert _counters(db, catalog(entitlements=LIMITS), later, late)["out"] == 70
+    assert late.full_reads == 1 and not late.taken_from_fleet
