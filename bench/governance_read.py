@@ -141,12 +141,26 @@ def main() -> None:
         kept_sums = KeptSums()
         later = args.events + args.reads * args.per_read
         kept = reads(locator, catalog_path, args, later, kept_sums)
+        after_kept = later + args.reads * args.per_read
+        args.reads = 1
+        # The catalog reloaded (new objects, the same limits), then a consumer added to
+        # one customer: only the counters whose windows changed are summed whole.
+        reloaded = reads(locator, catalog_path, args, after_kept, kept_sums)
+        text = catalog_path.read_text(encoding="utf-8")
+        catalog_path.write_text(
+            text.replace("consumers:\n", "consumers:\n  - name: agent-extra\n", 1).replace(
+                "consumers: [agent-0000]", "consumers: [agent-0000, agent-extra]"
+            )
+        )
+        one_changed = reads(locator, catalog_path, args, after_kept + args.per_read, kept_sums)
+        catalog_path.write_text(text)  # and back (the sums the restart takes up)
+        reads(locator, catalog_path, args, after_kept + 2 * args.per_read, kept_sums)
+        assert kept_sums.changed_reads == 3, "a change summed every counter whole"
+        after_kept += 3 * args.per_read
         restarted = KeptSums()  # a proxy restarted: the saved sums taken up
         state = kept_sums.state()
         assert state is not None
         restarted.restore(json.loads(json.dumps(state)))
-        after_kept = later + args.reads * args.per_read
-        args.reads = 1
         taken_up = reads(locator, catalog_path, args, after_kept, restarted)
         assert restarted.full_reads == 0, "the saved sums were not taken up"
         joined: tuple[list[float], list[float]] | None = None
@@ -168,6 +182,8 @@ def main() -> None:
         ("whole windows every read", whole),
         ("kept sums: first read (whole)", ([kept[0][0]], [kept[1][0]])),
         ("kept sums: later reads", (kept[0][1:], kept[1][1:])),
+        ("the catalog reloaded, unchanged", reloaded),
+        ("a consumer added to one customer", one_changed),
         ("restarted, saved sums taken up", taken_up),
         *([("joining the fleet, its sums taken up", joined)] if joined else []),
     ):

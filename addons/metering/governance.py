@@ -1035,6 +1035,7 @@ class Governance:
                 "whole": kept.full_reads,
                 "recent_only": kept.reads - kept.full_reads,
                 "last_ms": round(self._read_ms, 1),
+                "after_changes": kept.changed_reads,
                 "first_from_fleet": kept.taken_from_fleet,
             }
         if snap is not None and self._shared:

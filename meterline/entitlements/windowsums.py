@@ -19,8 +19,14 @@ no proxy's clock is behind by more than it (the same assumption as ``billing inv
 generate --settle``). Rows are never updated or deleted, so what was settled stays
 exact. A batch that breaks the assumption (a flush stuck for minutes, an import with old
 ``ingested_at`` values) is found by the next whole read: at least every
-:data:`RESYNC_EVERY` (or 100 times as long as a whole read takes, when that is longer),
-and after the windows change (a catalog reload, a new period, an invoice).
+:data:`RESYNC_EVERY` (or 100 times as long as a whole read takes, when that is longer).
+
+**Changes.** When the windows change (a catalog reload, a new period, an invoice), each
+counter's identity (its key, its meter's content, its windows: :meth:`Windows.identities`)
+is compared with the last read's: counters that kept theirs keep their sums and are read
+since the boundary as usual; only the others (a customer or limit added, a consumer
+moved, a meter edited, a new period's counters) are summed whole. Before, every reload,
+even of an unchanged catalog, summed every counter over the whole period.
 """
 
 from __future__ import annotations
@@ -135,6 +141,38 @@ class Windows:
             h.update(json.dumps([consumer, start.isoformat(), end.isoformat(), feeds]).encode())
         return h.hexdigest()
 
+    def identities(self) -> dict[Key, tuple[str, tuple[Window, ...]]]:
+        """Each counter's content: what its account counts (the meter) and the windows it
+        sums. Two reads of one catalog (or of two catalogs that differ elsewhere) give a
+        counter the same identity: its kept sums still hold (:meth:`KeptSums.read`)."""
+        fed: list[list[Window]] = [[] for _ in self.keyed]
+        for window, feeds in self.by_window.items():
+            for n in feeds:
+                fed[n].append(window)
+        meters: dict[int, str] = {}
+        out: dict[Key, tuple[str, tuple[Window, ...]]] = {}
+        for n, (acct, key) in enumerate(self.keyed):
+            meter = meters.get(id(acct.meter))
+            if meter is None:
+                meter = meters[id(acct.meter)] = acct.meter.model_dump_json()
+            out[key] = (meter, tuple(sorted(fed[n])))
+        return out
+
+    def subset(self, keys: set[Key]) -> Windows:
+        """The counters of ``keys`` and the windows that feed them."""
+        sub = Windows()
+        index: dict[int, int] = {}
+        for n, (acct, key) in enumerate(self.keyed):
+            if key in keys:
+                index[n] = len(sub.keyed)
+                sub.keyed.append((acct, key))
+                sub.out[key] = 0
+        for window, feeds in self.by_window.items():
+            mine = [index[n] for n in feeds if n in index]
+            if mine:
+                sub.by_window[window] = mine
+        return sub
+
     def read(self, con: duckdb.DuckDBPyConnection) -> dict[Key, int]:
         """Every counter's units, summed over all its events."""
         out = dict(self.out)
@@ -178,19 +216,22 @@ class Windows:
     ) -> Iterable[tuple[bool, Key, int]]:
         """(settled, counter, units) of each row, for every account its window feeds.
 
-        ``counted`` memoises which token columns an account counts of a provider's model
-        served one way (the same few combinations recur in every read)."""
+        ``counted`` memoises which token columns a meter counts of a provider's model
+        served one way (the same few combinations recur in every read, and the accounts of
+        one feature share its meter: a few dozen entries, not one per account; valid while
+        the meters it names live, i.e. until the windows change)."""
         feeds = list(self.by_window.values())
+        keyed = self.keyed
         for window_id, settled, provider, model, tier, speed, geo, *tokens in rows:
             for n in feeds[window_id]:
-                memo = (n, provider, model, tier, speed, geo)
+                memo = (id(keyed[n][0].meter), provider, model, tier, speed, geo)
                 columns = counted.get(memo)
                 if columns is None:
                     columns = self._counted_columns(n, provider, model, tier, speed, geo)
                     counted[memo] = columns
                 units = sum(int(tokens[i] or 0) for i in columns)
                 if units:
-                    yield bool(settled), self.keyed[n][1], units
+                    yield bool(settled), keyed[n][1], units
 
     def _counted_columns(
         self, n: int, provider: str, model: str, tier: Any, speed: Any, geo: Any
@@ -229,7 +270,10 @@ class KeptSums:
     """Whether the first read took up sums another proxy saved."""
     reads: int = 0
     full_reads: int = 0
-    """Reads that summed whole windows (the first, after a change, every ``resync``)."""
+    """Reads that summed whole windows (the first, every ``resync``)."""
+    changed_reads: int = 0
+    """Reads after the windows changed (a catalog reload, a new period, an invoice) that
+    summed whole only the counters that changed."""
 
     def read(
         self, con: duckdb.DuckDBPyConnection, windows: Windows, at: datetime
@@ -247,11 +291,12 @@ class KeptSums:
                 taken_up = self.taken_from_fleet = self._take_up(
                     con, windows, signature, joined, at
                 )
-        if signature != self._signature:
+        changed = signature != self._signature
+        if changed:
             self._counted = {}
         boundary = at - self.margin
         full = (
-            signature != self._signature
+            self._windows is None
             or self._settled_before is None
             or self._full_at is None
             or boundary < self._settled_before  # the clock went back
@@ -260,17 +305,34 @@ class KeptSums:
             or (at - self._full_at >= max(self.resync, self._due_after) and not taken_up)
         )
         since = None if full else self._settled_before
-        settled = {} if full else dict(self._settled)
+        # What each part of the windows sums: since the boundary where its sums are kept,
+        # whole where they are not (every window at a whole read; after a change, only
+        # the counters whose identity changed: a new customer, a new limit, a consumer
+        # moved, a new period).
+        parts: list[tuple[Windows, datetime | None]] = [(windows, since)]
+        carried = {} if full else self._settled
+        if changed and not full:
+            assert self._windows is not None
+            before = self._windows.identities()
+            now = windows.identities()
+            same = {key for key, identity in now.items() if before.get(key) == identity}
+            if same:
+                parts = [(windows.subset(same), since), (windows.subset(now.keys() - same), None)]
+                carried = {key: units for key, units in self._settled.items() if key in same}
+                self.changed_reads += 1
+            else:
+                parts, carried, full, since = [(windows, None)], {}, True, None
+        settled = dict(carried)
         out = dict(windows.out)
-        started = time.monotonic()
-        rows = windows._rows(con, since, boundary)
-        for is_settled, key, units in windows._units(rows, self._counted):
+        for key, units in carried.items():
             out[key] += units
-            if is_settled:
-                settled[key] = settled.get(key, 0) + units
-        if not full:
-            for key, units in self._settled.items():
+        started = time.monotonic()
+        for part, part_since in parts:
+            rows = part._rows(con, part_since, boundary)
+            for is_settled, key, units in part._units(rows, self._counted):
                 out[key] += units
+                if is_settled:
+                    settled[key] = settled.get(key, 0) + units
         newly = _count_ingested(con, since, boundary)
         self._settled_rows = newly if full else self._settled_rows + newly
         self._signature, self._windows = signature, windows

@@ -89,6 +89,32 @@ def test_a_store_of_the_period_is_read_whole_once_then_only_what_is_new(
     assert state["whole"] == 1 and state["recent_only"] >= before + 10
 
 
+def test_a_catalog_reload_reads_only_the_counters_it_changed(
+    tmp_path: Path, fake_provider: FakeProvider, start_proxy: ProxyFactory
+) -> None:
+    """The catalog is edited while the proxy runs (the plan renamed: no counter changes):
+    the read that follows keeps every sum, none is read whole again, and the 9,000
+    tokens stored before still count: 800 and 800 more, then refused."""
+    db, catalog = full_store(tmp_path, fake_provider)
+    proxy = start_proxy(
+        catalog=catalog, options={"meter_db": str(db), "meter_governance_refresh": "0.2"}
+    )
+    wait_for_reads(proxy, 3)
+    edited = catalog.with_suffix(".new")
+    edited.write_text(catalog.read_text().replace("name: Capped", "name: Capped plan"))
+    edited.replace(catalog)  # atomically, as the docs recommend
+    deadline = time.monotonic() + 30
+    while reads(proxy).get("after_changes", 0) < 1:
+        assert time.monotonic() < deadline, f"the reload was never read: {reads(proxy)}"
+        time.sleep(0.05)
+    with openai_client(proxy, fake_provider, KEYS["alice"]) as client:
+        chat(client, 800)
+        chat(client, 800)
+        with pytest.raises(openai.RateLimitError):
+            chat(client, 800)
+    assert reads(proxy)["whole"] == 1
+
+
 def test_a_restarted_proxy_takes_up_the_sums_it_kept(
     tmp_path: Path, fake_provider: FakeProvider, start_proxy: ProxyFactory
 ) -> None:
