@@ -213,21 +213,7 @@ def test_a_burst_on_every_proxy_at_once_stays_near_the_cap(
         {"erin": ERIN},
         entitlements=[{"feature": "gpt-out", "limit": limit}],
     )
-    locator, data = lake
-    proxies = [
-        start_proxy(
-            catalog=catalog,
-            options={
-                "meter_db": locator,
-                "meter_proxy_id": name,
-                "meter_governance_refresh": "2",
-            },
-            env={"METERLINE_LAKE_DATA": str(data)},
-            name=name,
-        )
-        for name in ("proxy-e", "proxy-f")
-    ]
-    wait_for_each_other(proxies)
+    proxies = pair(start_proxy, catalog, lake, ("proxy-e", "proxy-f"))
     allowed = {p.options["meter_proxy_id"]: 0 for p in proxies}
     refusals: list[str] = []
 
@@ -271,20 +257,8 @@ def test_a_lone_busy_proxy_takes_most_of_the_rest_from_its_second_round(
     data = tmp_path / "lake-data"
     data.mkdir()
     with postgres_server() as conninfo:
-        proxies = [
-            start_proxy(
-                catalog=catalog,
-                options={
-                    "meter_db": f"ducklake:postgres:{conninfo}",
-                    "meter_proxy_id": name,
-                    "meter_governance_refresh": "2",
-                },
-                env={"METERLINE_LAKE_DATA": str(data)},
-                name=name,
-            )
-            for name in ("proxy-g", "proxy-h")
-        ]
-        wait_for_each_other(proxies)
+        lake = (f"ducklake:postgres:{conninfo}", data)
+        proxies = pair(start_proxy, catalog, lake, ("proxy-g", "proxy-h"))
         admitted, for_share = busy_until_refused(proxies[0], fake_provider, limit)
         for p in proxies:
             p.stop()
@@ -313,6 +287,29 @@ def busy_until_refused(busy: MeterProxy, upstream: FakeProvider, limit: int) -> 
                 continue
             admitted += 1
     return admitted, for_share
+
+
+def pair(
+    start_proxy: ProxyFactory, catalog: Path, lake: tuple[str, Path], names: tuple[str, str]
+) -> list[MeterProxy]:
+    """Two proxies on ``lake`` reading it every 2 s (the default), once each has read the
+    other running."""
+    locator, data = lake
+    proxies = [
+        start_proxy(
+            catalog=catalog,
+            options={
+                "meter_db": locator,
+                "meter_proxy_id": name,
+                "meter_governance_refresh": "2",
+            },
+            env={"METERLINE_LAKE_DATA": str(data)},
+            name=name,
+        )
+        for name in names
+    ]
+    wait_for_each_other(proxies)
+    return proxies
 
 
 def wait_for_each_other(proxies: list[MeterProxy]) -> None:

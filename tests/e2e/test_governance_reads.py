@@ -89,6 +89,18 @@ def test_a_store_of_the_period_is_read_whole_once_then_only_what_is_new(
     assert state["whole"] == 1 and state["recent_only"] >= before + 10
 
 
+def the_9000_still_count(
+    proxy: MeterProxy, upstream: FakeProvider, match: str | None = None
+) -> None:
+    """800 and 800 more admitted (9,800 used before the second: the last), the next
+    refused: the 9,000 tokens stored before count."""
+    with openai_client(proxy, upstream, KEYS["alice"]) as client:
+        chat(client, 800)
+        chat(client, 800)
+        with pytest.raises(openai.RateLimitError, match=match):
+            chat(client, 800)
+
+
 def test_a_catalog_reload_reads_only_the_counters_it_changed(
     tmp_path: Path, fake_provider: FakeProvider, start_proxy: ProxyFactory
 ) -> None:
@@ -107,11 +119,7 @@ def test_a_catalog_reload_reads_only_the_counters_it_changed(
     while reads(proxy).get("after_changes", 0) < 1:
         assert time.monotonic() < deadline, f"the reload was never read: {reads(proxy)}"
         time.sleep(0.05)
-    with openai_client(proxy, fake_provider, KEYS["alice"]) as client:
-        chat(client, 800)
-        chat(client, 800)
-        with pytest.raises(openai.RateLimitError):
-            chat(client, 800)
+    the_9000_still_count(proxy, fake_provider)
     assert reads(proxy)["whole"] == 1
 
 
@@ -134,11 +142,7 @@ def test_a_restarted_proxy_takes_up_the_sums_it_kept(
     again.start()
     try:
         assert wait_for_reads(again, 3)["whole"] == 0
-        with openai_client(again, fake_provider, KEYS["alice"]) as client:
-            chat(client, 800)
-            chat(client, 800)
-            with pytest.raises(openai.RateLimitError):
-                chat(client, 800)
+        the_9000_still_count(again, fake_provider)
         assert reads(again)["whole"] == 0
     finally:
         again.stop()
@@ -179,9 +183,5 @@ def test_a_proxy_joining_a_fleet_takes_up_the_sums_another_saved(
         while fleet_state(joining).get("proxies") != 1:
             assert time.monotonic() < deadline, "the first proxy never left the fleet"
             time.sleep(0.05)
-        with openai_client(joining, fake_provider, KEYS["alice"]) as client:
-            chat(client, 800)
-            chat(client, 800)
-            with pytest.raises(openai.RateLimitError, match="reached"):
-                chat(client, 800)
+        the_9000_still_count(joining, fake_provider, match="reached")
         joining.stop()
