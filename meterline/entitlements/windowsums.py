@@ -44,7 +44,7 @@ import duckdb
 from meterline.entitlements.policy import Account, Key
 from meterline.eventschema import TOKEN_COLUMNS
 from meterline.periods import Period
-from meterline.served import SERVED_SQL, Served
+from meterline.served import SERVED_COLUMNS, SERVED_SQL, Served
 
 #: How far the settled boundary trails a read (longer than any flush, any clock skew).
 SETTLE_MARGIN = timedelta(minutes=2)
@@ -195,14 +195,24 @@ class Windows:
         values = ", ".join(
             f"({n}, {sql_text(c)}, {sql_ts(s)}, {sql_ts(e)})" for n, (c, s, e) in enumerate(windows)
         )
-        sums = ", ".join(f"SUM(e.{col})::BIGINT" for col in TOKEN_COLUMNS.values())
+        # Only the columns some meter here tells apart are read (a scan of 10M events
+        # costs per column): token columns no meter counts are summed as 0, and how a
+        # call was served is not read when no meter filters on it (NULL counts everywhere).
+        meters = {id(acct.meter): acct.meter for acct, _ in self.keyed}.values()
+        counted = {t for meter in meters for t in meter.token_types}
+        sums = ", ".join(
+            f"SUM(e.{col})::BIGINT" if t in counted else "0::BIGINT"
+            for t, col in TOKEN_COLUMNS.items()
+        )
+        filtered = any(m.service_tier or m.speed or m.inference_geo for m in meters)
+        served = SERVED_SQL if filtered else ", ".join(["NULL"] * len(SERVED_COLUMNS))
         since = min(s for _, s, _ in windows)
         settled = "false" if settled_before is None else f"e.ingested_at < {sql_ts(settled_before)}"
         fresh = "" if ingested_from is None else f" AND e.ingested_at >= {sql_ts(ingested_from)}"
         return con.execute(
             f"""
             WITH w(window_id, consumer, w_start, w_end) AS (VALUES {values})
-            SELECT w.window_id, {settled}, e.provider, coalesce(e.model, ''), {SERVED_SQL},
+            SELECT w.window_id, {settled}, e.provider, coalesce(e.model, ''), {served},
                    {sums}
             FROM usage_events AS e
             JOIN w ON e.consumer = w.consumer AND e.ts >= w.w_start AND e.ts < w.w_end

@@ -322,3 +322,25 @@ def test_a_reader_with_no_sums_of_its_own_takes_up_a_fleet_peers(tmp_path: Path)
     late = KeptSums(shared=fleet)
     assert _counters(db, catalog(entitlements=LIMITS), later, late)["out"] == 70
     assert late.full_reads == 1 and not late.taken_from_fleet
+
+
+def test_only_the_columns_some_meter_tells_apart_are_read(tmp_path: Path) -> None:
+    """Limits on output and on input only: the other token columns are not read (summed
+    as 0), nor how calls were served while no meter filters on it; each counter still
+    equals the store's own sum. Once a meter counts only flex calls, the tiers are read."""
+    db = tmp_path / "events.duckdb"
+    events = [_event(NOW - timedelta(hours=h), 10 * h, inp=h) for h in range(1, 6)]
+    events[0].service_tier, events[1].service_tier = "flex", "priority"
+    add_events(db, *events)
+    inp = {"key": "in", "name": "in", "meter": {"provider": "openai", "token_types": ["input"]}}
+    cat = catalog((inp,), entitlements=[LIMITS[0], {"feature": "in", "limit": 10}])
+    with store(db) as con:
+        sums = "SELECT sum(output_tokens), sum(input_tokens) FROM usage_events"
+        row = con.execute(sums).fetchone()
+    assert row == (150, 15)
+    assert _counters(db, cat, NOW, KeptSums()) == {"out": 150, "in": 15}
+    assert _counters(db, cat, NOW, None) == {"out": 150, "in": 15}
+    flex = {"key": "flex", "name": "flex",
+            "meter": {"token_types": ["output"], "service_tier": ["flex"]}}  # fmt: skip
+    cat = catalog((flex,), entitlements=[LIMITS[0], {"feature": "flex", "limit": 10}])
+    assert _counters(db, cat, NOW, KeptSums()) == {"out": 150, "flex": 10}
