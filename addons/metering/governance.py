@@ -971,32 +971,35 @@ class Governance:
     def _save_sums(self) -> None:
         """The kept sums, for a restart to take up (every :data:`SUMS_EVERY_S` at most:
         a restart resumes from an older boundary, reading a little more), and in a fleet
-        for a joining proxy (every :data:`fleetsums.EVERY_S`)."""
+        for a joining proxy (every :data:`fleetsums.EVERY_S`). The state (its digest
+        serialises every meter) is made once for both."""
         if self._kept is None:
             return
         now = time.monotonic()
-        if self._sums_path is not None and now - self._sums_saved >= SUMS_EVERY_S:
-            state = self._kept[1].state()
-            if state is not None:
-                state["store"] = _store_id(*self._kept[0])
-                try:
-                    _dump(self._sums_path, state)
-                except OSError as e:
-                    log.debug("meterline: cannot write %s: %s", self._sums_path, e)
-                self._sums_saved = now
+        to_spool = self._sums_path is not None and now - self._sums_saved >= SUMS_EVERY_S
         shared_at = self._sums_shared_at
-        if self._shares_sums and (shared_at is None or now - shared_at >= fleetsums.EVERY_S):
-            self._share_sums()
-
-    def _share_sums(self) -> None:
-        state = self._kept[1].state() if self._kept is not None else None
-        if state is None or self._lake is None:
+        to_fleet = (
+            self._shares_sums
+            and self._lake is not None
+            and (shared_at is None or now - shared_at >= fleetsums.EVERY_S)
+        )
+        if not (to_spool or to_fleet):
             return
-        self._sums_shared_at = time.monotonic()
-        try:
-            fleetsums.write(self._lake[1], _METADATA, self.publisher, state)
-        except duckdb.Error as e:
-            log.debug("meterline: cannot share settled sums: %s", fleet.reason(e))
+        state = self._kept[1].state()
+        if state is None:
+            return
+        if to_fleet and self._lake is not None:
+            self._sums_shared_at = now
+            try:
+                fleetsums.write(self._lake[1], _METADATA, self.publisher, state)
+            except duckdb.Error as e:
+                log.debug("meterline: cannot share settled sums: %s", fleet.reason(e))
+        if to_spool and self._sums_path is not None:
+            self._sums_saved = now
+            try:
+                _dump(self._sums_path, {**state, "store": _store_id(*self._kept[0])})
+            except OSError as e:
+                log.debug("meterline: cannot write %s: %s", self._sums_path, e)
 
     def _fleet_sums(self, digest: str) -> dict[str, Any] | None:
         """The latest settled sums of ``digest`` a proxy of the fleet wrote (on a cursor of
