@@ -43,6 +43,7 @@ from addons.metering import (
     fleetkeys,
     geminilive,
     governance,
+    govoptions,
     hints,
     keyecho,
     keys,
@@ -118,7 +119,7 @@ class Meter:
         MITM_SERVER_LOG.addFilter(self._notice_filter)
         self._redact_filter = redact.install_log_filter()  # keys in mitmproxy's own log
         options.add_options(loader)
-        governance.add_options(loader)
+        govoptions.add_options(loader)
         for problem in deferredopts.refused(loader.master.options):
             log.error("meterline: %s", problem)  # then mitmproxy exits (errorcheck)
             self._misconfigured = True

@@ -16,7 +16,9 @@ The :class:`Meter` addon calls four methods:
 
 A daemon thread re-reads the store every ``meter_governance_refresh`` seconds (every
 proxy's events of the current periods, this proxy's pending events found there, credit
-balances) and hands the snapshot to the event loop (:mod:`meterline.entitlements`).
+balances: :mod:`addons.metering.storereads`) and hands the snapshot to the event loop
+(:mod:`meterline.entitlements`). What an admitted call asked is compared with what served
+it at its end (:mod:`addons.metering.servedasasked`).
 The first read runs on that thread too, never on the event loop (it waits for the
 store, which another process may hold locked for minutes): until it ends, calls a hard
 limit or a prepaid balance could refuse wait for it (:meth:`Governance.first_read`, the
@@ -39,9 +41,6 @@ still releases what it can. Each kind of error is logged once, on one line.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
-import json
 import logging
 import os
 import secrets
@@ -54,17 +53,13 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import duckdb
-from mitmproxy import exceptions, http
+from mitmproxy import http
 
 from addons.metering import errors, events
-from addons.metering.billedas import BilledAs
-from addons.metering.reserve import (
-    Estimate,
-    asks_standard_speed,
-    estimate_request,
-    requested_tier,
-)
+from addons.metering.govoptions import parse_refresh
+from addons.metering.reserve import Estimate, estimate_request
+from addons.metering.servedasasked import ServedAsAsked
+from addons.metering.storereads import StoreReads, ThroughWriter
 from addons.metering.usage import Usage
 from meterline.catalog import Catalog
 from meterline.entitlements import (
@@ -76,21 +71,11 @@ from meterline.entitlements import (
     Snapshot,
     build_policy,
     fleet,
-    fleetsums,
-    read_snapshot,
 )
-from meterline.entitlements.policy import counter_id
-from meterline.entitlements.windowsums import KeptSums
-from meterline.eventschema import EVENT_COLUMNS, TOKEN_COLUMNS
-from meterline.lakerepair import metadata_alias
-from meterline.served import canonical
-from meterline.servicetiers import REQUESTABLE_TIERS
-from meterline.store import LAKE_PREFIX, open_store, store
+from meterline.eventschema import TOKEN_COLUMNS
 
 log = logging.getLogger("meterline.governance")
 
-FAILURE_POLICIES = ("allow", "deny")
-SHARE_POLICIES = ("demand", "even", "none")
 #: With ``deny``, reads failing for this many refresh intervals (6 s at the default 2 s)
 #: refuse governed calls until one succeeds; one failed read (a lock, a blip) does not.
 STALE_READS = 3
@@ -98,7 +83,6 @@ STALE_READS = 3
 #: well under a second; one under load a few).
 HUNG_READ_S = 10.0
 _TOKEN_FIELDS = TOKEN_COLUMNS
-_METADATA = metadata_alias()
 
 
 def may_govern(catalog: Catalog | None) -> bool:
@@ -112,37 +96,6 @@ def may_govern(catalog: Catalog | None) -> bool:
     )
 
 
-def add_options(loader: Any) -> None:
-    loader.add_option(
-        "meter_governance_refresh",
-        str,  # mitmproxy cannot parse float options from --set
-        "2.0",
-        "Seconds between re-reads of entitlement usage and credit balances from the store "
-        "(the fleet's overshoot bound grows with it).",
-    )
-    loader.add_option(
-        "meter_governance_failure",
-        str,
-        "allow",
-        "When usage cannot be read from the store at start: 'allow' (enforce limits on this "
-        "proxy's own calls only, counted from zero, until it can) or 'deny' (refuse governed "
-        "calls with 503 until it can; also once reads have failed for three refresh "
-        "intervals while running).",
-        choices=FAILURE_POLICIES,
-    )
-    loader.add_option(
-        "meter_governance_share",
-        str,
-        "demand",
-        "How a fleet's proxies on one lake divide what a hard limit has left between two "
-        "refreshes: 'demand' (each admits its share, the call that crosses the last: a "
-        "fifth of the rest split evenly, the remainder by what each proxy's calls asked in "
-        "the round before), 'even' (1/n of the rest each) or 'none' (each may admit all "
-        "of it: up to n times the rest in one refresh interval).",
-        choices=SHARE_POLICIES,
-    )
-
-
 def _estimate(
     flavor: str, flow: http.HTTPFlow, body: Callable[[], bytes] | None, asked: Estimate | None
 ) -> Estimate:
@@ -152,53 +105,6 @@ def _estimate(
     req = flow.request
     raw = (req.raw_content or b"") if body is None else body()
     return estimate_request(flavor, req.path, raw)
-
-
-def _dump(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(data, f)
-    os.replace(tmp, path)
-
-
-#: Where the kept window sums are saved (the spool directory), and how often at most.
-SUMS_FILE = "governance-sums.json"
-SUMS_EVERY_S = 30.0
-
-
-def _load_sums(path: Path | None) -> dict[str, Any] | None:
-    """The kept sums an earlier run saved (None: none, or a file that does not parse:
-    the first read is then whole, as without one)."""
-    if path is None:
-        return None
-    try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return state if isinstance(state, dict) else None
-
-
-def _store_id(locator: str, inode: int) -> str:
-    """Which store kept sums belong to, without the locator's text (it may hold a
-    PostgreSQL password)."""
-    return hashlib.sha256(f"{locator}\0{inode}".encode()).hexdigest()
-
-
-def parse_refresh(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not MIN_REFRESH_S <= value <= 3600:  # 1e-300 kept an idle proxy reading the store
-        raise exceptions.OptionsError(
-            f"meter_governance_refresh: expected seconds from {MIN_REFRESH_S} to 3600, got {text!r}"
-        )
-    return value
-
-
-MIN_REFRESH_S = 0.1
-"""The shortest refresh interval: each read of the store takes milliseconds of CPU."""
 
 
 FIRST_READ_WAIT_S = 3.0
@@ -217,6 +123,7 @@ class Governance:
         self.catalog: Catalog | None = None
         self.policy = build_policy(None, datetime.now(UTC))
         self.counters = Counters()
+        self.reads = StoreReads(self.counters)
         self.refresh_s = 2.0
         self.deny_when_blind = False
         self.ready = False
@@ -225,30 +132,11 @@ class Governance:
         """The last read of the store failed (or the first did not end in time)."""
         self.read_ok_at: float | None = None
         """``time.monotonic()`` of the last read applied (None: none since start)."""
-        self._read_warned: float | None = None
-        """When a failed read was last logged (reads failing: once a minute)."""
         self._first_read: asyncio.Event | None = None
         """Set once the first read at start ended, failed or took too long: calls a limit
         could refuse wait for it (:meth:`first_read`)."""
-        self.locator: str | None = None
         self._reservations: dict[str, tuple[CustomerPolicy, Reservation]] = {}
-        self.billed_as = BilledAs()
-        self._warned_names: set[tuple[str, str, str, str]] = set()
-        """(feature, provider, asked, billed) pairs warned about (at most 256 kept)."""
-        """Per provider, the models calls naming a model were billed as (an alias)."""
-        self._asked: dict[str, tuple[str, str]] = {}
-        """Admitted flow id -> (provider, model it names): learnt from at its end."""
-        self._tier_asked: dict[str, tuple[str, str]] = {}
-        """Admitted flow id -> (provider, the service tier it asked for and was checked
-        at): compared with the tier that served it, at its end."""
-        self._standard_asked: dict[str, str] = {}
-        """Admitted flow id -> provider, for a call checked as one that cannot run fast:
-        compared with the speed it ran at, at its end."""
-        self._speed_not_kept: set[str] = set()
-        """Providers seen running fast a call that did not ask for it."""
-        self._tiers_not_kept: set[tuple[str, str]] = set()
-        """(provider, tier) a request asked for and was served otherwise: from then on
-        such a request meets every limit of its model (the tier is not a promise)."""
+        self.served = ServedAsAsked()
         self._held: dict[str, tuple[float, Reservation]] = {}
         """A queued background response's event id -> (monotonic expiry, the reservation
         of the call that created it), oldest first: its tokens are counted when a read
@@ -258,30 +146,20 @@ class Governance:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()
-        self.state_path: Path | None = None
-        self._lake: tuple[str, duckdb.DuckDBPyConnection] | None = None
-        self._kept: tuple[tuple[str, int], KeptSums] | None = None
-        self._read_ms = 0.0
-        self._sums_path: Path | None = None
-        self._sums_saved = 0.0
-        self._restored: dict[str, Any] | None = None
-        """The kept sums an earlier run saved, for the first read of the same store."""
-        self._shared = False
-        """The lake's proxies share their calls in flight (:mod:`meterline.entitlements.fleet`)."""
-        self._shares_sums = False
-        """... and their settled sums (:mod:`meterline.entitlements.fleetsums`)."""
-        self._sums_shared_at: float | None = None
-        self._publish_warned: float | None = None
         self._instance = f"{os.getpid()}:{secrets.token_hex(4)}"
-        self.publisher = f"{socket.gethostname()}:{self._instance}"
-        """This proxy in the fleet's table of calls in flight (one running process)."""
-        self._through_writer: Callable[[Callable[[duckdb.DuckDBPyConnection], Any]], Any] | None
-        self._through_writer = None
-        """The writer's connection: a DuckDB file can be open only once per process."""
+        self.reads.publisher = f"{socket.gethostname()}:{self._instance}"
         self._errors_seen: set[str] = set()
         self.errors = 0
         """Errors inside governance since start (each kind logged once)."""
-        """``governance.json``: reservations in flight, for ``billing entitlements``."""
+
+    @property
+    def publisher(self) -> str:
+        """This proxy in the fleet's tables: one per running process, whatever its options."""
+        return self.reads.publisher
+
+    @property
+    def locator(self) -> str | None:
+        return self.reads.locator
 
     # ------------------------------------------------------------------ setup
 
@@ -293,14 +171,15 @@ class Governance:
         proxy_id: str | None = None,
         share: str = "demand",
     ) -> None:
-        self.publisher = f"{proxy_id or socket.gethostname()}:{self._instance}"
-        self.refresh_s = parse_refresh(refresh)
+        reads = self.reads
+        reads.publisher = f"{proxy_id or socket.gethostname()}:{self._instance}"
+        self.refresh_s = reads.refresh_s = parse_refresh(refresh)
         self.counters.share = share != "none"
         self.counters.share_even_part = Fraction(1) if share == "even" else fleet.EVEN_PART
         self.deny_when_blind = failure == "deny"
-        if self.locator is not None and locator != self.locator:
+        if reads.locator is not None and locator != reads.locator:
             self._wake.set()
-        self.locator = locator
+        reads.locator = locator
 
     def use_catalog(self, catalog: Catalog | None) -> None:
         """New limits apply at once; a store read (new accounts) follows within a moment."""
@@ -311,7 +190,7 @@ class Governance:
     def start(
         self,
         state_dir: Path | None = None,
-        through_writer: Callable[[Callable[[duckdb.DuckDBPyConnection], Any]], Any] | None = None,
+        through_writer: ThroughWriter | None = None,
         leftovers: Callable[[], list[dict[str, Any]]] | None = None,
     ) -> None:
         """Count the spool's leftovers, then read the store from the refresh thread.
@@ -329,10 +208,7 @@ class Governance:
         The store is read at start whenever the catalog may govern a call, even when no
         consumer is governed yet: a subscription that starts later then finds its first
         period known (the store had nothing of it) instead of waiting for a read."""
-        self.state_path = state_dir / "governance.json" if state_dir else None
-        self._sums_path = state_dir / SUMS_FILE if state_dir else None
-        self._restored = _load_sums(self._sums_path)
-        self._through_writer = through_writer
+        self.reads.open(state_dir, through_writer)
         try:
             self._loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -541,9 +417,9 @@ class Governance:
         est = _estimate(flavor, flow, body, asked)
         # A name the provider resolves (an Azure deployment, an alias) is held against
         # the limits of every model it was billed as too.
-        billed = self.billed_as.get(provider, est.model)
-        tier = self._asked_tier(pol, provider, body)
-        standard = self._standard_speed(pol, provider, body)
+        billed = self.served.billed_as.get(provider, est.model)
+        tier = self.served.tier(pol, provider, body)
+        standard = self.served.standard_speed(pol, provider, body)
         decision = self.counters.admit(
             pol, provider, est.model, est.input, est.output, now, billed, est.searches, tier,
             standard,
@@ -557,53 +433,14 @@ class Governance:
                 )  # fmt: skip
                 decision.parts += more.parts
                 decision.flights += more.flights
-            self._keep(pol, decision, flow, hold, provider, est.model)
-            if tier is not None:
-                self._tier_asked[flow.id if hold is None else hold] = (provider, tier)
-            if standard:
-                self._standard_asked[flow.id if hold is None else hold] = provider
+            held_as = flow.id if hold is None else hold
+            self._keep(pol, decision, held_as)
+            self.served.admitted(held_as, provider, est.model, tier, standard)
             return True
         return decision
 
-    def _asked_tier(
-        self, pol: CustomerPolicy, provider: str, body: Callable[[], bytes] | None
-    ) -> str | None:
-        """The service tier the call asks for, when it decides which limits apply: one a
-        provider documents (:data:`~meterline.servicetiers.REQUESTABLE_TIERS`: a made-up
-        name, which a lenient server might serve at the standard tier, would spare the
-        limits), and one this provider has not been seen to serve as another (OpenAI may
-        serve a ``priority`` request at ``default``; a provider that reports no tier
-        serves none by name). Else None: every limit of the model applies."""
-        if not pol.tiered or body is None:
-            return None
-        tier = requested_tier(body())
-        if tier not in REQUESTABLE_TIERS or (provider, tier) in self._tiers_not_kept:
-            return None
-        return tier
-
-    def _standard_speed(
-        self, pol: CustomerPolicy, provider: str, body: Callable[[], bytes] | None
-    ) -> bool:
-        """Whether the call is checked as one that cannot run fast: the plan has a
-        feature of some speeds only, the request does not ask for fast mode, and this
-        provider has not been seen to run such a call fast (a deployment that sets the
-        speed itself: then every limit of the model applies)."""
-        if not pol.speed_filtered or body is None or provider in self._speed_not_kept:
-            return False
-        return asks_standard_speed(body())
-
-    def _keep(
-        self,
-        pol: CustomerPolicy,
-        reservation: Reservation,
-        flow: http.HTTPFlow,
-        hold: str | None,
-        provider: str,
-        model: str,
-    ) -> None:
-        held_as = flow.id if hold is None else hold
-        if model:
-            self._asked[held_as] = (provider, model)
+    def _keep(self, pol: CustomerPolicy, reservation: Reservation, held_as: str) -> None:
+        """Hold ``reservation`` under ``held_as`` until :meth:`finish` (or :meth:`hold`)."""
         if reservation.parts:
             self._reservations[held_as] = (pol, reservation)
 
@@ -623,7 +460,7 @@ class Governance:
         the calls admitted then count it. None if it holds nothing."""
         nxt = self.policy.upcoming[consumer]
         est = _estimate(flavor, flow, body, asked)
-        billed = self.billed_as.get(provider, est.model)
+        billed = self.served.billed_as.get(provider, est.model)
         matched = nxt.matching_billed(provider, est.model, billed)
         if not matched.counted:
             return None
@@ -633,7 +470,9 @@ class Governance:
         )
         if not reservation.parts:
             return None
-        self._keep(nxt, reservation, flow, hold, provider, est.model)
+        held_as = flow.id if hold is None else hold
+        self._keep(nxt, reservation, held_as)
+        self.served.admitted(held_as, provider, est.model, None, False)
         return True
 
     def refuse(
@@ -692,15 +531,7 @@ class Governance:
         held = self._reservations.pop(flow_id, None)
         if held is not None:
             self.counters.release(held[1])
-        asked = self._asked.pop(flow_id, None)
-        if asked is not None:
-            self._learn(asked, rows or [])
-        tier = self._tier_asked.pop(flow_id, None) if self._tier_asked else None
-        if tier is not None:
-            self._check_tier_kept(tier, rows or [])
-        standard = self._standard_asked.pop(flow_id, None) if self._standard_asked else None
-        if standard is not None:
-            self._check_speed_kept(standard, rows or [])
+        self.served.ended(flow_id, rows or [], self.policy)
         if self._held:
             for row in rows or ():  # a background response read to its end: counted now
                 queued = self._held.pop(row["event_id"], None)
@@ -715,9 +546,7 @@ class Governance:
         until then, at most :data:`BACKGROUND_HOLD_S` (before, it was released at once:
         20 sequential background calls of 200 were all admitted at a limit of 1,000)."""
         held = self._reservations.pop(flow_id, None)
-        self._asked.pop(flow_id, None)
-        self._tier_asked.pop(flow_id, None)
-        self._standard_asked.pop(flow_id, None)
+        self.served.forget(flow_id)
         if held is None:
             return
         earlier = self._held.pop(event_id, None)
@@ -735,82 +564,6 @@ class Governance:
                 return
             del self._held[event_id]
             self.counters.release(reservation)
-
-    def _check_tier_kept(self, asked: tuple[str, str], rows: list[dict[str, Any]]) -> None:
-        """A call checked only at the tier it asked for was served at another (or at
-        none named): requests for that tier meet every limit from now on (before, every
-        request asking ``flex`` but served ``default`` passed the default tier's cap)."""
-        provider, tier = asked
-        for event in rows:
-            served = event.get("service_tier")
-            if event.get("reason") is None and (
-                not isinstance(served, str) or canonical("service_tier", served.lower()) != tier
-            ):
-                if asked not in self._tiers_not_kept:
-                    self._tiers_not_kept.add(asked)
-                    log.info(
-                        "meterline: %s served a call asking for tier %r at %r: such calls "
-                        "meet every limit of their model from now on",
-                        provider,
-                        tier,
-                        served,
-                    )
-                return
-
-    def _check_speed_kept(self, provider: str, rows: list[dict[str, Any]]) -> None:
-        """A call checked as one that cannot run fast ran fast: from now on every call of
-        this provider meets the fast features' limits too."""
-        for event in rows:
-            speed = event.get("speed")
-            if isinstance(speed, str) and speed.lower() == "fast":
-                if provider not in self._speed_not_kept:
-                    self._speed_not_kept.add(provider)
-                    log.info(
-                        "meterline: %s ran a call fast that did not ask for fast mode: every "
-                        "call meets the fast features' limits from now on",
-                        provider,
-                    )
-                return
-
-    def _learn(self, asked: tuple[str, str], rows: list[dict[str, Any]]) -> None:
-        """Note the models a call naming ``asked`` was billed as, if another name."""
-        provider, model = asked
-        for event in rows:
-            billed = event.get("model")
-            if isinstance(billed, str) and self.billed_as.learn(provider, model, billed):
-                log.info(
-                    "meterline: %s bills calls naming %r as %r: limits on either apply to them",
-                    provider,
-                    model,
-                    billed,
-                )
-                self._warn_unbilled_names(event.get("consumer"), provider, model, billed)
-
-    def _warn_unbilled_names(self, consumer: Any, provider: str, asked: str, billed: str) -> None:
-        """A feature that matches the name a call asked for but not the one it is billed
-        as (a deployment's or an alias's name in its meter) counts none of its tokens:
-        the store, the limits and the invoices read the billed name, so its limit never
-        fills. Said once per feature and pair, as the proxy learns the pair."""
-        pol = self.policy.by_consumer.get(consumer) if isinstance(consumer, str) else None
-        for acct in pol.accounts if pol is not None else ():
-            if not acct.matches_model(provider, asked) or acct.matches_model(provider, billed):
-                continue
-            warned = (acct.feature, provider, asked, billed)
-            if warned not in self._warned_names:
-                if len(self._warned_names) >= 256:
-                    self._warned_names.clear()
-                self._warned_names.add(warned)
-                log.warning(
-                    "meterline: feature %r matches calls naming %r, which %s bills as %r: "
-                    "it counts none of their tokens (usage, limits and invoices read the "
-                    "billed name), so its limit never fills; give its meter a model that "
-                    "matches %r",
-                    acct.feature,
-                    asked,
-                    provider,
-                    billed,
-                    billed,
-                )
 
     def _count(self, rows: list[dict[str, Any]]) -> None:
         """Count metered events against their consumer's limits (pending until stored)."""
@@ -840,105 +593,6 @@ class Governance:
 
     # ------------------------------------------------------------------ refreshing
 
-    def _read(self) -> Snapshot | None:
-        policy, locator = self._policy_for_read(), self.locator
-        if locator is None:
-            return None
-        try:
-            kept = self._kept_sums(locator)
-            if locator.startswith(LAKE_PREFIX):
-                # Attaching a DuckLake costs a catalog round trip or more: keep it attached
-                # (each read is its own transaction, so it sees the lake's latest snapshot).
-                if self._lake is None or self._lake[0] != locator:
-                    self._close_lake()
-                    self._lake = (locator, open_store(locator, wait_s=5))
-                    self._shared = self._share(self._lake[1])
-                con = self._lake[1]
-                peers = None
-                if self._shared:
-                    self._publish(con)
-                    time.sleep(fleet.read_delay(time.time(), self.refresh_s))
-                    peers = self._peer_rows
-                now = datetime.now(UTC)
-                return read_snapshot(con, policy, now, self._looked_for, peers, kept)
-            pending = self._looked_for
-            if self._through_writer is not None:
-                snap: Snapshot = self._through_writer(
-                    lambda con: read_snapshot(con, policy, datetime.now(UTC), pending, kept=kept)
-                )
-                return snap
-            with store(locator, wait_s=5) as con:
-                return read_snapshot(con, policy, datetime.now(UTC), pending, kept=kept)
-        except Exception as e:  # the store may be down; counters keep their last figures
-            self._close_lake()
-            self._kept = None  # the next read sums whole windows again
-            if _being_migrated(e):
-                log.info("meterline: %s is being migrated; limits read again shortly", locator)
-            elif self._read_warned is None or time.monotonic() - self._read_warned > 60:
-                self._read_warned = time.monotonic()  # once a minute while reads fail
-                log.warning("meterline: cannot read usage for limits from %s: %s", locator, e)
-            return None
-
-    def _share(self, con: duckdb.DuckDBPyConnection) -> bool:
-        """Whether this lake's proxies share what they hold (a PostgreSQL catalog), its
-        table created if need be. A role that cannot create it is said once; the fleet's
-        limits then see each other's calls only once stored, as before."""
-        try:
-            if not fleet.is_shared(con, _METADATA):
-                return False
-            fleet.create_table(con, _METADATA)
-        except duckdb.Error as e:
-            log.warning(
-                "meterline: cannot share calls in flight with the fleet's other proxies "
-                "(%s: %s); limits count their calls once stored",
-                fleet.TABLE,
-                fleet.reason(e),
-            )
-            return False
-        try:
-            fleetsums.create_table(con, _METADATA)
-            self._shares_sums = True
-        except duckdb.Error as e:
-            self._shares_sums = False
-            log.warning(
-                "meterline: cannot share settled sums with the fleet (%s: %s); a proxy "
-                "joining it reads whole periods at its first read",
-                fleetsums.TABLE,
-                fleet.reason(e),
-            )
-        return True
-
-    def _publish(self, con: duckdb.DuckDBPyConnection) -> None:
-        """Write this proxy's calls in flight and events not seen stored (from the
-        reading thread: dicts copied in C, no lock). A failure is logged once a minute
-        (the read that follows says whether the server answers)."""
-        held = self.counters.to_write()
-        ttl = fleet.ttl_seconds(self.refresh_s)
-        try:
-            fleet.publish(con, _METADATA, self.publisher, held, ttl)
-        except duckdb.Error as e:
-            if self._publish_warned is None or time.monotonic() - self._publish_warned > 60:
-                self._publish_warned = time.monotonic()
-                log.warning(
-                    "meterline: cannot share calls in flight with the fleet: %s",
-                    fleet.reason(e),
-                )
-
-    def _peer_rows(self, con: duckdb.DuckDBPyConnection) -> list[fleet.Row]:
-        """The other proxies' rows, read on a cursor of its own: a failure (the table's
-        privileges, a server setting) leaves this read of the lake whole, and the limits
-        enforced from it (before, every read failed and the lake's figures went stale)."""
-        try:
-            with con.cursor() as cur:
-                return fleet.read_rows(cur, _METADATA, self.publisher)
-        except duckdb.Error as e:
-            if self._publish_warned is None or time.monotonic() - self._publish_warned > 60:
-                self._publish_warned = time.monotonic()
-                log.warning(
-                    "meterline: cannot read the fleet's calls in flight: %s", fleet.reason(e)
-                )
-            return []
-
     def _policy_for_read(self) -> Policy:
         """The policy in force now (on the reading thread): the event loop rebuilds its
         own only when a call comes, so a read just after a subscription began used the
@@ -952,106 +606,6 @@ class Governance:
             except Exception:  # the loop's own rebuild logs it
                 return policy
         return policy
-
-    def _kept_sums(self, locator: str) -> KeptSums:
-        """The window sums kept between reads of this store: new for another store, or
-        for a DuckDB file made anew at the same path (its inode changed)."""
-        inode = 0
-        if not locator.startswith(LAKE_PREFIX):
-            with contextlib.suppress(OSError):
-                inode = os.stat(locator).st_ino
-        if self._kept is None or self._kept[0] != (locator, inode):
-            kept = KeptSums(shared=self._fleet_sums if locator.startswith(LAKE_PREFIX) else None)
-            self._kept = ((locator, inode), kept)
-            restored, self._restored = self._restored, None
-            if restored is not None and restored.get("store") == _store_id(locator, inode):
-                self._kept[1].restore(restored)
-        return self._kept[1]
-
-    def _save_sums(self) -> None:
-        """The kept sums, for a restart to take up (every :data:`SUMS_EVERY_S` at most:
-        a restart resumes from an older boundary, reading a little more), and in a fleet
-        for a joining proxy (every :data:`fleetsums.EVERY_S`). The state (its digest
-        serialises every meter) is made once for both."""
-        if self._kept is None:
-            return
-        now = time.monotonic()
-        to_spool = self._sums_path is not None and now - self._sums_saved >= SUMS_EVERY_S
-        shared_at = self._sums_shared_at
-        to_fleet = (
-            self._shares_sums
-            and self._lake is not None
-            and (shared_at is None or now - shared_at >= fleetsums.EVERY_S)
-        )
-        if not (to_spool or to_fleet):
-            return
-        state = self._kept[1].state()
-        if state is None:
-            return
-        if to_fleet and self._lake is not None:
-            self._sums_shared_at = now
-            try:
-                fleetsums.write(self._lake[1], _METADATA, self.publisher, state)
-            except duckdb.Error as e:
-                log.debug("meterline: cannot share settled sums: %s", fleet.reason(e))
-        if to_spool and self._sums_path is not None:
-            self._sums_saved = now
-            try:
-                _dump(self._sums_path, {**state, "store": _store_id(*self._kept[0])})
-            except OSError as e:
-                log.debug("meterline: cannot write %s: %s", self._sums_path, e)
-
-    def _fleet_sums(self, digest: str) -> dict[str, Any] | None:
-        """The latest settled sums of ``digest`` a proxy of the fleet wrote (on a cursor of
-        its own: the read's transaction goes on whatever this finds)."""
-        if not self._shares_sums or self._lake is None:
-            return None
-        try:
-            with self._lake[1].cursor() as cur:
-                return fleetsums.latest(cur, _METADATA, digest)
-        except (duckdb.Error, ValueError) as e:
-            log.debug("meterline: cannot read the fleet's settled sums: %s", e)
-            return None
-
-    def _close_lake(self) -> None:
-        if self._lake is not None:
-            with contextlib.suppress(Exception):
-                self._lake[1].close()
-            self._lake = None
-            self._shared = self._shares_sums = False
-
-    def _write_state(self, snap: Snapshot | None) -> None:
-        """Reservations in flight, the time of the last store read (handed to the loop)
-        and, in a fleet, the other proxies' figures it held."""
-        if self.state_path is None:
-            return
-        reserved = dict(self.counters.reserved)  # a copy taken in C: no lock needed
-        state: dict[str, Any] = {
-            "written_at": datetime.now(UTC).isoformat(),
-            "refresh_s": self.refresh_s,
-            "snapshot_at": snap.taken_at.isoformat() if snap is not None else None,
-            "reserved": {counter_id(k): v for k, v in reserved.items()},
-        }
-        if self._kept is not None:  # how the store reads go (docs/governance.md)
-            kept = self._kept[1]
-            state["reads"] = {
-                "whole": kept.full_reads,
-                "recent_only": kept.reads - kept.full_reads,
-                "last_ms": round(self._read_ms, 1),
-                "after_changes": kept.changed_reads,
-                "first_from_fleet": kept.taken_from_fleet,
-            }
-        if snap is not None and self._shared:
-            state["fleet"] = {
-                "used": {counter_id(k): v for k, v in snap.peers.used.items()},
-                "reserved": {counter_id(k): v for k, v in snap.peers.reserved.items()},
-                "demand": {counter_id(k): v for k, v in snap.peers.demand.items()},
-                "proxies": 1 + snap.peers.alive,
-            }
-        try:
-            _dump(self.state_path, state)
-        except OSError as e:
-            log.debug("meterline: cannot write %s: %s", self.state_path, e)
 
     def _looked_for(self) -> list[str]:
         """The event ids a store read checks for (from the reading thread): this proxy's
@@ -1105,20 +659,16 @@ class Governance:
         return bool(self.policy.by_consumer) or (not self.ready and may_govern(self.catalog))
 
     def _run(self) -> None:
+        reads = self.reads
         while not self._stop.is_set():
             wait = self.refresh_s
-            if self._shared:  # the fleet's rounds (see fleet.until_round)
+            if reads.shared:  # the fleet's rounds (see fleet.until_round)
                 wait = fleet.until_round(time.time(), self.refresh_s)
             self._wake.wait(wait)
             self._wake.clear()
             if self._stop.is_set() or not self._wants_read():
                 continue
-            started = time.monotonic()
-            snap = self._read()
-            self._read_ms = (time.monotonic() - started) * 1000
-            if snap is not None and self._read_warned is not None:
-                self._read_warned = None
-                log.info("meterline: usage for limits read from the store again")
+            snap = reads.read(self._policy_for_read(), self._looked_for)
             loop = self._loop
             if loop is not None and not loop.is_closed():
                 try:
@@ -1128,22 +678,7 @@ class Governance:
                         loop.call_soon_threadsafe(self._blind)
                 except RuntimeError:  # the loop closed meanwhile
                     break
-            self._write_state(snap)
+            reads.write_state(snap)
             if snap is not None:
-                self._save_sums()
-        if self._shared and self._lake is not None:
-            try:  # the others stop counting it in their shares now, not when it expires
-                fleet.leave(self._lake[1], _METADATA, self.publisher)
-            except duckdb.Error as e:
-                log.debug("meterline: cannot withdraw from the fleet: %s", fleet.reason(e))
-        self._close_lake()
-
-
-def _being_migrated(error: Exception) -> bool:
-    """A read that met the events table between two of its migrations (a new lake: each
-    added column is its own commit, by this proxy's writer or another's): one of the
-    schema's own columns is not there yet. The next read finds it."""
-    text = str(error)
-    return isinstance(error, duckdb.BinderException) and any(
-        f'column named "{name}"' in text or f'"{name}" not found' in text for name in EVENT_COLUMNS
-    )
+                reads.save_sums()
+        reads.leave()

@@ -4,8 +4,8 @@ Declared in :func:`add_options` (called from the addon's ``load``, as mitmproxy'
 addons do); the values that need more than a type are checked by :func:`check_db`,
 :func:`parse_interval` and :func:`check_policies`, each raising ``OptionsError`` with a
 one-line message naming the option (mitmproxy shows it; at start the addon logs it and
-exits, no traceback). Governance declares its two options itself
-(:func:`addons.metering.governance.add_options`).
+exits, no traceback). Governance's three are declared in
+:func:`addons.metering.govoptions.add_options`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 from mitmproxy import exceptions
 
-from addons.metering import governance
+from addons.metering import govoptions
 from addons.metering.lakejob import maintain_every_s
 from meterline.conninfo import LAKE_PREFIX, locator_problem, shown
 from meterline.lakeconfig import LakeConfigError, lake_settings
@@ -114,8 +114,8 @@ def check_policies(options: Any) -> None:
     that always gave up passed any hard cap, unsaid."""
     for name, allowed in (
         ("meter_unknown_keys", UNKNOWN_KEY_POLICIES),
-        ("meter_governance_failure", governance.FAILURE_POLICIES),
-        ("meter_governance_share", governance.SHARE_POLICIES),
+        ("meter_governance_failure", govoptions.FAILURE_POLICIES),
+        ("meter_governance_share", govoptions.SHARE_POLICIES),
         ("meter_abandoned_output", ABANDONED_OUTPUT),
     ):
         value = getattr(options, name)

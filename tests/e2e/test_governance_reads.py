@@ -12,7 +12,7 @@ from typing import Any
 import openai
 import pytest
 
-from addons.metering.governance import SUMS_FILE
+from addons.metering.storereads import SUMS_FILE
 from tests.billing.events import Event, add_events
 from tests.conftest import KEYS, ProxyFactory
 from tests.e2e.test_governance import chat

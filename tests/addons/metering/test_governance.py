@@ -96,14 +96,14 @@ def test_an_alias_is_learnt_from_the_model_a_call_was_billed_as() -> None:
     assert gov.check("cap", "openai", "openai", first) is True
     assert gov.counters.reserved == {}  # prod-chat matches no limit: nothing reserved
     gov.finish(first.id, [event(first, "cap", "gpt-4o-2024-08-06", 40)])
-    assert gov.billed_as.get("openai", "prod-chat") == ("gpt-4o-2024-08-06",)
+    assert gov.served.billed_as.get("openai", "prod-chat") == ("gpt-4o-2024-08-06",)
     second = call("prod-chat", 60)
     assert gov.check("cap", "openai", "openai", second) is True
     assert list(gov.counters.reserved.values()) == [60]  # held on the gpt-4o* limit
     gov.finish(second.id, [event(second, "cap", "gpt-4o-2024-08-06", 60)])
     refused = gov.check("cap", "openai", "openai", call("prod-chat"))
     assert isinstance(refused, Refusal) and refused.reason == "limit:out"
-    assert gov._asked == {}
+    assert len(gov.served) == 0  # nothing left watched
 
 
 def test_a_proxy_is_one_publisher_however_often_its_options_change() -> None:

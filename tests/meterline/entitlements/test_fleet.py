@@ -273,7 +273,7 @@ def test_a_role_that_cannot_read_the_table_keeps_its_reads_and_reports(
     role = open_store(locator, wait_s=5)
     try:
         role.execute("BEGIN TRANSACTION")
-        assert gov._peer_rows(role) == []  # noqa: SLF001 - the read's own step
+        assert gov.reads._peer_rows(role) == []  # noqa: SLF001 - the read's own step
         assert role.execute("SELECT count(*) FROM usage_events").fetchone() == (1,)
         role.execute("ROLLBACK")
     finally:
