@@ -13,6 +13,7 @@ waits out the other side's lock with a short backoff instead of failing.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import random
 import time
@@ -30,6 +31,8 @@ from meterline.emptystore import FillError, fill_if_empty, is_empty_file
 from meterline.eventschema import EVENT_COLUMNS as EVENT_COLUMNS  # re-exported
 from meterline.lakeconfig import LakeConfigError, lake_settings
 from meterline.privatefiles import make_private, private_files
+
+log = logging.getLogger("meterline.store")
 
 DEFAULT_DB = "meterline.duckdb"
 DEFAULT_CATALOG = "catalog.yaml"
@@ -674,4 +677,36 @@ def _migrate_once(
             con.execute("ROLLBACK")
             raise
         applied.append(m.name)
+    if migrations and migrations[0] == EVENT_MIGRATIONS[0]:
+        _restore_event_columns(con)
     return applied
+
+
+def _restore_event_columns(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Add back the schema's columns the events table lacks although the migrations that
+    add them are recorded; returns them (none: the usual case, one ``DESCRIBE``).
+
+    CI met it once on a brand-new lake: three writers migrating it at once while a
+    maintenance pass ran, and every writer's flush then failed on a missing ``reason``
+    column whose migration was recorded (kept in the spool and retried, but a table in
+    that state would fail every flush for good: the migrations, recorded, never ran
+    again). Each event migration is idempotent, so all of them are applied again, in one
+    transaction."""
+    have = {r[0] for r in con.execute("SELECT column_name FROM (DESCRIBE usage_events)").fetchall()}
+    missing = [name for name in EVENT_COLUMNS if name not in have]
+    if not missing:
+        return []
+    con.execute("BEGIN TRANSACTION")
+    try:
+        for m in EVENT_MIGRATIONS:
+            con.execute(m.sql)
+        con.execute("COMMIT")
+    except Exception:
+        with contextlib.suppress(duckdb.Error):
+            con.execute("ROLLBACK")
+        raise
+    log.warning(
+        "meterline: the events table lacked %s although its migrations are recorded: added again",
+        ", ".join(missing),
+    )
+    return missing

@@ -296,8 +296,9 @@ def test_compaction_while_writers_flush_changes_no_invoice(
     monkeypatch.setenv("METERLINE_LAKE_MAINTAIN_EVERY", "0")  # passes run by hand below
     lake = _lake(server, "compact")
     # The schema first: three writers migrating a new lake at once is not what this test
-    # is about (a first flush racing another writer's column migrations can fail, and is
-    # retried: CI met it once).
+    # is about (CI met it once: every first flush failed on a recorded column the table
+    # lacked; the writers now add it back, see the test below, but a flush may still fail
+    # once before they do).
     with store(lake) as con:
         migrate(con, EVENT_MIGRATIONS)
     catalog_path = tmp_path / "catalog.yaml"
@@ -361,6 +362,31 @@ def test_compaction_while_writers_flush_changes_no_invoice(
     for spool, writer in writers:
         writer.stop()
         spool.close()
+
+
+def test_a_writer_adds_back_a_recorded_column_the_lake_table_lacks(
+    server: str, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The state CI met once, three writers starting on a brand-new lake: the table
+    without ``reason`` although its migration is recorded. Before, every flush failed on
+    the column for good (kept in the spool); now the writer's first flush adds it back."""
+    monkeypatch.setenv("METERLINE_LAKE_DATA", str(tmp_path / "data"))
+    lake = _lake(server, "lostcolumn")
+    with store(lake) as con:
+        migrate(con, EVENT_MIGRATIONS)
+        con.execute("ALTER TABLE usage_events DROP COLUMN reason")
+    spool = Spool(tmp_path / "spool")
+    writer = SpoolWriter(spool, lake)
+    try:
+        spool.append({**event(1, "agent-0000", "p0"), "reason": "limit:out"})
+        assert writer.flush() and writer.failures == 0
+    finally:
+        writer.stop()
+        spool.close()
+    with store(lake) as con:
+        assert con.execute("SELECT event_id, reason FROM usage_events").fetchall() == [
+            ("openai:p0-1", "limit:out")
+        ]
 
 
 def test_proxy_writer_runs_maintenance_itself(

@@ -24,6 +24,27 @@ def test_migrations_apply_once(tmp_path: Path) -> None:
     assert tuple(cols) == EVENT_COLUMNS
 
 
+def test_columns_a_recorded_migration_adds_are_added_again_when_missing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A table that lacks columns although their migrations are recorded (met once on a
+    new lake: every flush then failed on the missing column) gets them back at the next
+    migrate, with a warning; one that has them is left alone."""
+    with store(tmp_path / "m.duckdb") as con:
+        migrate(con, EVENT_MIGRATIONS)
+        con.execute("ALTER TABLE usage_events DROP COLUMN reason")
+        con.execute("ALTER TABLE usage_events DROP COLUMN speed")
+        with caplog.at_level("WARNING", logger="meterline.store"):
+            assert migrate(con, EVENT_MIGRATIONS) == []  # nothing unrecorded to apply
+            assert migrate(con, EVENT_MIGRATIONS) == []
+        cols = [r[0] for r in con.execute("DESCRIBE usage_events").fetchall()]
+        assert sorted(cols) == sorted(EVENT_COLUMNS)
+    assert [r.getMessage() for r in caplog.records] == [
+        "meterline: the events table lacked reason, speed although its migrations are "
+        "recorded: added again"
+    ]
+
+
 def test_reader_waits_for_the_writer_to_let_go(tmp_path: Path) -> None:
     db = tmp_path / "m.duckdb"
     with store(db) as con:
