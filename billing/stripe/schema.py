@@ -19,7 +19,7 @@ point leaves a record of exactly what exists in Stripe; the next run resumes fro
 
 ``stripe_attempts`` numbers the tries of each create and finalize: Stripe replays a
 saved error (a 500 too) for the same idempotency key, so after an answered failure the
-next try uses a new key (``billing.stripe.sync``).
+next try uses a new key (:mod:`billing.stripe.idempotency`).
 """
 
 from meterline.store import Migration

@@ -26,28 +26,23 @@ too), and replays it for 24 hours. So when Stripe *answered* a create or finaliz
 an error, its attempt number is bumped in ``stripe_attempts``, and the next try, which
 always comes after a consistent lookup found nothing (listing; for customers, a full
 listing instead of the eventually consistent search), uses a new key
-(``<base>~<attempt>``). A call that got *no* answer keeps its key: its object may exist
-and only that key can replay it.
+(``<base>~<attempt>``, :mod:`billing.stripe.idempotency`). A call that got *no* answer
+keeps its key: its object may exist and only that key can replay it.
 
-Before any call for an invoice, :func:`check_sendable` refuses what Stripe would refuse
-(more than 250 items, a too-long customer name or metadata value); the other invoices
-of the run still go.
+Before any call for an invoice, :func:`~billing.stripe.params.check_sendable` refuses
+what Stripe would refuse (more than 250 items, a too-long customer name or metadata
+value); the other invoices of the run still go.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from decimal import ROUND_HALF_UP, Decimal
-from fractions import Fraction
 from typing import Any, TypeVar
 
-from billing.errors import UserError
-from billing.money import minor_unit_exponent, round_exact
-from billing.stripe.amounts import STRIPE_THREE_DECIMAL, AmountError, show_minor, to_minor
+from billing.stripe.amounts import AmountError, show_minor, to_minor
 from billing.stripe.client import (
     META_CUSTOMER,
     META_INVOICE,
@@ -58,6 +53,26 @@ from billing.stripe.client import (
     metadata,
     replayed,
 )
+from billing.stripe.errors import InvoiceRefused, RunStopped, SyncError
+from billing.stripe.idempotency import (
+    customer_key_idem,
+    customer_scope,
+    finalize_idem,
+    finalize_scope,
+    invoice_idem,
+    invoice_scope,
+    item_idem,
+    item_scope,
+)
+from billing.stripe.params import (
+    billable_lines,
+    check_sendable,
+    customer_params,
+    invoice_params,
+    item_params,
+    our_total_minor,
+    payment_rounding_note,
+)
 from billing.stripe.syncstate import Line, OurInvoice, SyncRow, SyncState
 from meterline.catalog import Catalog, Customer
 
@@ -65,35 +80,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 ProgressFn = Callable[[str], None]
-
-MAX_INVOICE_ITEMS = 250
-"""Stripe refuses a 251st invoice item on one invoice (API changelog 2016-02-22)."""
-MAX_IDEMPOTENCY_KEY = 255
-"""Stripe's idempotency keys are up to 255 characters."""
-MAX_METADATA_VALUE = 500
-"""Stripe's metadata values are up to 500 characters (https://docs.stripe.com/metadata)."""
-MAX_ITEM_DESCRIPTION = 500
-"""Stripe's limit on an invoice item's ``description`` (its changelog, 2018-10-31)."""
-MAX_CUSTOMER_NAME = 256
-"""Stripe's limit on a customer's ``name`` (the API refuses longer ones)."""
-MAX_ITEM_AMOUNT = 99_999_999
-"""Stripe's largest ``amount``, in the currency's minor unit: eight digits
-(https://docs.stripe.com/currencies#minimum-and-maximum-charge-amounts); an invoice item
-above it is refused (``amount_too_large``), by absolute value for a credit too."""
-
-
-class SyncError(UserError):
-    """A problem the user must resolve before this invoice can be synced; one line."""
-
-
-class InvoiceRefused(SyncError):
-    """An invoice Stripe would refuse, found before any call for it: it is not sent, and
-    the other invoices of the run still are."""
-
-
-class RunStopped(SyncError):
-    """A failure every later invoice would hit too (no answer from Stripe, the API key
-    refused): the run stops there instead of failing each invoice in turn."""
 
 
 def is_line_number(value: object) -> bool:
@@ -107,289 +93,6 @@ def is_line_number(value: object) -> bool:
 def stops_the_run(err: StripeFailure) -> bool:
     """No answer, or an answer about the key (401 unknown, 403 not allowed), not the invoice."""
     return err.no_answer or err.http_status in (401, 403)
-
-
-def idem(kind: str, *parts: object, attempt: int = 0) -> str:
-    """``meterline-<kind>-<parts>``, then ``~<attempt>`` from the second attempt on.
-
-    ``~`` is in no customer key or invoice number, so no two keys collide. A key that
-    would pass Stripe's 255 characters (a long customer key) carries the SHA-256 of its
-    parts instead: still derived from our ids only, so it is the same on every run.
-    """
-    body = "-".join(str(p) for p in parts)
-    key = f"meterline-{kind}-{body}"
-    suffix = f"~{attempt}" if attempt else ""
-    if len(key) + len(suffix) > MAX_IDEMPOTENCY_KEY or not key.isascii():
-        key = f"meterline-{kind}-sha256~{hashlib.sha256(body.encode()).hexdigest()}"
-    return key + suffix
-
-
-def customer_key_idem(customer_key: str, attempt: int = 0) -> str:
-    return idem("customer", customer_key, attempt=attempt)
-
-
-def invoice_idem(number: str, attempt: int = 0) -> str:
-    return idem("invoice", number, attempt=attempt)
-
-
-def item_idem(number: str, line_no: int, attempt: int = 0) -> str:
-    return idem("item", number, line_no, attempt=attempt)
-
-
-def finalize_idem(number: str, attempt: int = 0) -> str:
-    return idem("finalize", number, attempt=attempt)
-
-
-def customer_scope(customer_key: str) -> str:
-    return f"customer:{customer_key}"
-
-
-def invoice_scope(number: str) -> str:
-    return f"invoice:{number}"
-
-
-def item_scope(number: str, line_no: int) -> str:
-    return f"item:{number}:{line_no}"
-
-
-def finalize_scope(number: str) -> str:
-    return f"finalize:{number}"
-
-
-# --------------------------------------------------------------------------- descriptions
-
-
-def _plain(value: Decimal) -> str:
-    text = f"{value:f}"
-    return text.rstrip("0").rstrip(".") if "." in text else text
-
-
-# How many significant digits of an exact unit price the description shows as they are
-# (``0.000123456789012``); a longer one (``1/7`` as 50 digits) is rounded.
-_PRICE_DIGITS = 12
-# Pricing notes that change a line's amount without changing its unit price.
-_AMOUNT_NOTES = ("discount", "minimum spend applied", "maximum spend applied")
-
-
-def _price(value: Decimal, currency: str) -> str:
-    """A unit price with at least the currency's minor digits: ``49.00``, ``0.0000025``."""
-    text = _plain(value)
-    decimals = len(text.partition(".")[2])
-    exponent = minor_unit_exponent(currency)
-    return f"{value:.{exponent}f}" if decimals < exponent else text
-
-
-def shown_price(
-    quantity: Decimal, price: Decimal, amount: Decimal, currency: str
-) -> Decimal | None:
-    """The unit price to print beside ``quantity`` so that ``quantity x price``, rounded as
-    the line was, is ``amount``: the exact price when it is short (never a rounded one, which
-    would not be the rate card's), else the fewest decimals (at least the currency's) that
-    still give the amount; None when no price does (a discount, a minimum or maximum, or a
-    late line's increment over what was billed before made the amount)."""
-    exponent = minor_unit_exponent(currency)
-    if len(price.normalize().as_tuple().digits) <= _PRICE_DIGITS:
-        candidates = [price]
-    else:
-        places = max(exponent, -price.normalize().as_tuple().exponent)  # type: ignore[operator]
-        candidates = [
-            price.quantize(Decimal(1).scaleb(-d), rounding=ROUND_HALF_UP)
-            for d in range(exponent, min(places, 40) + 1)
-        ]
-    for shown in candidates:
-        if round_exact(Fraction(quantity) * Fraction(shown), currency) == amount:
-            return shown
-    return None
-
-
-def describe_line(line: Line, currency: str) -> str:
-    """The item description: our line's text, its quantity and, when it is the whole
-    story, the arithmetic that gives the item's amount.
-
-    ``Q × P`` is printed only when Q (the units billed after any included allowance) times
-    P, rounded like the line, is the line's amount; otherwise the quantity and what made
-    the amount (``prorated 14/31 days``, ``discount 10%``, ``minimum spend applied``): a
-    description never implies an amount the item does not charge."""
-    return _fit(line.description, _detail(line, currency))
-
-
-def _detail(line: Line, currency: str) -> str:
-    quantity = _plain(line.quantity)
-    billed = line.quantity if line.billable is None else line.billable
-    if line.unit_price is not None and not _amount_notes(line):
-        shown = shown_price(billed, line.unit_price, line.amount, currency)
-        if shown is not None:
-            arithmetic = f"{_plain(billed)} × {_price(shown, currency)} {currency}"
-            if billed == line.quantity:
-                return arithmetic
-            included = _plain(line.quantity - billed)
-            return f"{quantity} units, {included} included: {arithmetic}"
-    why = [n for n in line.notes if n.startswith(_AMOUNT_NOTES)]
-    if any(n.startswith(("flat fee", "minimum", "maximum")) for n in line.notes):
-        # the share scales a fee and the clamps; usage itself is never prorated
-        why[:0] = [n for n in line.notes if n.startswith("prorated")]
-    units = "1 unit" if line.quantity == 1 else f"{quantity} units"
-    return "; ".join([units, *why])
-
-
-def _fit(name: str, detail: str) -> str:
-    """``name (detail)`` in Stripe's 500 characters: a long name is shortened (``…``),
-    the figures kept (Stripe refuses a longer item description)."""
-    text = f"{name} ({detail})"
-    if len(text) <= MAX_ITEM_DESCRIPTION:
-        return text
-    room = MAX_ITEM_DESCRIPTION - len(detail) - 4  # " (", ")" and "…"
-    if room < 1:
-        return text[: MAX_ITEM_DESCRIPTION - 1] + "…"
-    return f"{name[:room]}… ({detail})"
-
-
-def _amount_notes(line: Line) -> bool:
-    return any(n.startswith(_AMOUNT_NOTES) for n in line.notes)
-
-
-# --------------------------------------------------------------------------- params
-
-
-def customer_params(customer: Customer) -> dict[str, Any]:
-    params: dict[str, Any] = {"name": customer.name, "metadata": {META_CUSTOMER: customer.key}}
-    if customer.email:
-        params["email"] = customer.email
-    return params
-
-
-def invoice_params(invoice: OurInvoice, customer: Customer, stripe_customer_id: str) -> dict:
-    params: dict[str, Any] = {
-        "customer": stripe_customer_id,
-        "currency": invoice.currency.lower(),
-        "collection_method": customer.invoicing.collection_method,
-        "auto_advance": False,
-        "pending_invoice_items_behavior": "exclude",
-        "description": (
-            f"Meterline invoice {invoice.number}, usage "
-            f"{invoice.period_start:%Y-%m-%d} to {invoice.period_end:%Y-%m-%d} (UTC)"
-        ),
-        "metadata": {META_INVOICE: invoice.number, META_CUSTOMER: invoice.customer_key},
-    }
-    if customer.invoicing.collection_method == "send_invoice":
-        params["days_until_due"] = customer.invoicing.days_until_due
-    return params
-
-
-def item_params(
-    invoice: OurInvoice, line: Line, stripe_customer_id: str, stripe_invoice_id: str
-) -> dict[str, Any]:
-    return {
-        "customer": stripe_customer_id,
-        "invoice": stripe_invoice_id,
-        "amount": to_minor(line.amount, invoice.currency),
-        "currency": invoice.currency.lower(),
-        "description": describe_line(line, invoice.currency),
-        "metadata": {META_INVOICE: invoice.number, META_LINE: str(line.line_no)},
-    }
-
-
-def billable_lines(invoice: OurInvoice) -> list[Line]:
-    """Lines Stripe gets an item for: every line with a non-zero amount."""
-    return [line for line in invoice.lines if to_minor(line.amount, invoice.currency) != 0]
-
-
-def our_total_minor(invoice: OurInvoice) -> int:
-    total = to_minor(invoice.total, invoice.currency)
-    lines = sum(to_minor(line.amount, invoice.currency) for line in invoice.lines)
-    if lines != total:
-        raise SyncError(
-            f"{invoice.number}: its lines add up to {show_minor(lines, invoice.currency)} but its "
-            f"total is {show_minor(total, invoice.currency)}; not sent"
-        )
-    return total
-
-
-def catalog_customer(catalog: Catalog, invoice: OurInvoice) -> Customer:
-    try:
-        return catalog.customer(invoice.customer_key)
-    except KeyError:
-        raise SyncError(
-            f"{invoice.number}: customer {invoice.customer_key!r} is not in the catalog"
-        ) from None
-
-
-def check_sendable(invoice: OurInvoice, catalog: Catalog) -> Customer:
-    """The invoice's catalog customer, or :class:`InvoiceRefused` for anything we or
-    Stripe would refuse; checked before any Stripe call for the invoice (dry run too)."""
-    try:
-        customer = catalog_customer(catalog, invoice)
-        our_total_minor(invoice)
-        items = len(billable_lines(invoice))
-    except (SyncError, AmountError) as err:
-        message = str(err)
-        if not message.startswith(invoice.number):
-            message = f"{invoice.number}: {message}"
-        raise InvoiceRefused(message) from err
-    too_large = _first_too_large(invoice)
-    if too_large is not None:
-        raise InvoiceRefused(
-            f"{invoice.number}: line {too_large.line_no} ({_short(too_large.description)}) is "
-            f"{show_minor(to_minor(too_large.amount, invoice.currency), invoice.currency)}, but "
-            f"Stripe allows at most {MAX_ITEM_AMOUNT} minor units "
-            f"({show_minor(MAX_ITEM_AMOUNT, invoice.currency)}) per invoice item"
-        )
-    if items > MAX_INVOICE_ITEMS:
-        raise InvoiceRefused(
-            f"{invoice.number}: {items} non-zero lines, but Stripe allows at most "
-            f"{MAX_INVOICE_ITEMS} invoice items per invoice"
-        )
-    if len(customer.name) > MAX_CUSTOMER_NAME:
-        raise InvoiceRefused(
-            f"{invoice.number}: customer {_short(customer.key)!r}: its name has "
-            f"{len(customer.name)} characters, Stripe allows at most {MAX_CUSTOMER_NAME}; "
-            "shorten it in the catalog"
-        )
-    if len(customer.key) > MAX_METADATA_VALUE:
-        raise InvoiceRefused(
-            f"{invoice.number}: customer key {_short(customer.key)!r} has {len(customer.key)} "
-            f"characters, but it goes into Stripe metadata ({META_CUSTOMER}), whose values "
-            f"are at most {MAX_METADATA_VALUE}"
-        )
-    return customer
-
-
-def payment_rounding_note(invoice: OurInvoice) -> str | None:
-    """The NOTE line for an invoice in a three-decimal currency whose total or items are
-    not whole tens of minor units, which Stripe may refuse to charge (see
-    :data:`STRIPE_THREE_DECIMAL`); None otherwise. The invoice is still sent as billed:
-    a finalized invoice is never rounded after the fact."""
-    currency = invoice.currency
-    if currency.upper() not in STRIPE_THREE_DECIMAL:
-        return None
-    odd = [
-        str(line.line_no)
-        for line in billable_lines(invoice)
-        if to_minor(line.amount, currency) % 10
-    ]
-    total = to_minor(invoice.total, currency)
-    if not odd and total % 10 == 0:
-        return None
-    what = [f"total {show_minor(total, currency)}"] if total % 10 else []
-    if odd:
-        what.append(f"line(s) {', '.join(odd)}")
-    return (
-        f"{invoice.number}  {invoice.customer_key}  NOTE: {', '.join(what)} not a multiple of "
-        f"10 minor units; Stripe wants {currency} amounts rounded to the nearest ten for "
-        "payments and may refuse to charge this invoice; sent as billed"
-    )
-
-
-def _first_too_large(invoice: OurInvoice) -> Line | None:
-    """The first line whose amount Stripe refuses as an invoice item (over 8 digits)."""
-    for line in billable_lines(invoice):
-        if abs(to_minor(line.amount, invoice.currency)) > MAX_ITEM_AMOUNT:
-            return line
-    return None
-
-
-def _short(text: str, keep: int = 40) -> str:
-    return text if len(text) <= keep else f"{text[:keep]}..."
 
 
 # --------------------------------------------------------------------------- outcome

@@ -16,7 +16,7 @@ from billing.errors import (
 from billing.schedule import ScheduleError
 from billing.stripe.amounts import AmountError
 from billing.stripe.client import StripeFailure
-from billing.stripe.sync import SyncError
+from billing.stripe.errors import SyncError
 from billing.usage import UsageError
 from meterline.catalog import parse_catalog
 

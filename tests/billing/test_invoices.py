@@ -924,7 +924,7 @@ def test_a_cancellation_after_the_fee_was_billed_in_advance_bills_nothing_again(
 def test_the_unit_price_shown_is_the_exact_price_billed(tmp_path: Path) -> None:
     """0.123456789012 per 1000 is 0.000123456789012 per token: more than the store's 12
     decimals, shown exactly on the invoice and in the Stripe item text."""
-    from billing.stripe.sync import describe_line
+    from billing.stripe.describe import describe_line
     from billing.stripe.syncstate import SyncState
 
     s = setup(

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from billing.stripe.amounts import to_minor
 from billing.stripe.client import StripeFailure, StripeGateway, metadata
-from billing.stripe.sync import Syncer, item_params, our_total_minor, to_minor
+from billing.stripe.params import item_params, our_total_minor
+from billing.stripe.sync import Syncer
 from billing.stripe.syncstate import SyncState
 from meterline.catalog import load_catalog
 from tests.billing.stripe.conftest import CATALOG, make_billed

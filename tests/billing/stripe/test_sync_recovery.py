@@ -15,7 +15,7 @@ from click.testing import CliRunner, Result
 from billing.cli import main as billing_cli
 from billing.store import billing_store
 from billing.stripe.client import StripeFailure, StripeGateway
-from billing.stripe.sync import MAX_IDEMPOTENCY_KEY, customer_key_idem, idem
+from billing.stripe.idempotency import MAX_IDEMPOTENCY_KEY, customer_key_idem, idem
 from tests.billing.stripe.conftest import CATALOG, Billed, CliFn, client_for, make_billed
 from tests.billing.stripe.test_sync import assert_stripe_matches_ours, our_invoices, sync_rows
 from tests.fakestripe import DEFAULT_API_KEY, FakeStripe
