@@ -37,7 +37,8 @@ sys.path.insert(0, str(ROOT))
 
 from addons.metering.spool import Spool  # noqa: E402
 from addons.metering.writer import SpoolWriter, insert_segments  # noqa: E402
-from meterline.store import EVENT_MIGRATIONS, migrate, store  # noqa: E402
+from meterline.migrations import EVENT_MIGRATIONS, migrate  # noqa: E402
+from meterline.store import store  # noqa: E402
 
 
 def _event(i: int) -> dict[str, object]:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import duckdb
 
 from billing.model import Invoice
-from meterline.store import Migration
+from meterline.migrations import Migration
 
 ColumnValues = Callable[[duckdb.DuckDBPyConnection, Sequence[str]], Mapping[str, object]]
 """Invoice numbers -> the column's value for each (missing numbers: no value)."""

@@ -4,7 +4,7 @@ Money columns are ``DECIMAL(38, 12)`` in the currency's major unit; rounded amou
 (line amounts, totals) carry the currency's minor unit and no more.
 """
 
-from meterline.store import Migration
+from meterline.migrations import Migration
 
 BILLING_MIGRATIONS: tuple[Migration, ...] = (
     Migration(

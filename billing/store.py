@@ -14,7 +14,7 @@ open (the tables billing reads must exist), or, when it cannot be written (a rea
 mount, another user's file), refused in one line saying what to run.
 
 A store a newer Meterline migrated (``schema_migrations`` names a migration this code
-does not know) is refused by commands that write (:class:`~meterline.store.NewerStore`),
+does not know) is refused by commands that write (:class:`~meterline.migrations.NewerStore`),
 and read with a warning by those that only read.
 """
 
@@ -30,20 +30,22 @@ from billing import extensions
 from billing.schema import BILLING_MIGRATIONS
 from meterline.conninfo import shown
 from meterline.entitlements.schema import GOVERNANCE_MIGRATIONS
-from meterline.store import (
+from meterline.migrations import (
     EVENT_MIGRATIONS,
     LAKE_LEASE_MIGRATION,
-    LAKE_PREFIX,
     Migration,
+    migrate,
+    newer_store,
+    unknown_migrations,
+)
+from meterline.store import (
+    LAKE_PREFIX,
     StoreError,
     StoreLocked,
     check_locator,
-    migrate,
-    newer_store,
     no_store_yet,
     no_such_database,
     store,
-    unknown_migrations,
 )
 
 # Credit grants and what invoices consume of them: the core writes both (credit lines).
@@ -61,7 +63,7 @@ def all_migrations() -> tuple[Migration, ...]:
 
 def known_migrations() -> set[str]:
     """Every migration name this code knows: a store recording another was migrated by a
-    newer Meterline (see :class:`meterline.store.NewerStore`)."""
+    newer Meterline (see :class:`meterline.migrations.NewerStore`)."""
     return {m.name for m in all_migrations()} | {LAKE_LEASE_MIGRATION}
 
 

@@ -47,7 +47,8 @@ from datetime import UTC, datetime, timedelta
 import duckdb
 
 from meterline import lakerepair, lakestorage
-from meterline.store import LAKE_LEASE_MIGRATION, Migration, StoreError, migrate, store
+from meterline.migrations import LAKE_LEASE_MIGRATION, Migration, migrate
+from meterline.store import StoreError, store
 
 LEASE_MIGRATIONS: tuple[Migration, ...] = (
     Migration(

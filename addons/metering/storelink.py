@@ -28,14 +28,8 @@ import duckdb
 
 from meterline import lakerepair, lakestorage
 from meterline.lakemaint import index_catalog
-from meterline.store import (
-    EVENT_MIGRATIONS,
-    LAKE_PREFIX,
-    attach_file,
-    attach_lake,
-    migrate,
-    reader_waiting_path,
-)
+from meterline.migrations import EVENT_MIGRATIONS, migrate
+from meterline.store import LAKE_PREFIX, attach_file, attach_lake, reader_waiting_path
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The alert outbox, beside the other tables of the store, as a named migration."""
 
-from meterline.store import Migration
+from meterline.migrations import Migration
 
 ALERT_MIGRATIONS: tuple[Migration, ...] = (
     Migration(

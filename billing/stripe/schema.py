@@ -22,7 +22,7 @@ saved error (a 500 too) for the same idempotency key, so after an answered failu
 next try uses a new key (:mod:`billing.stripe.idempotency`).
 """
 
-from meterline.store import Migration
+from meterline.migrations import Migration
 
 STRIPE_STATES: tuple[str, ...] = ("new", "customer", "invoice", "items", "flagged", "finalized")
 

@@ -7,7 +7,7 @@ reads them to know each prepaid customer's balance. Money is ``DECIMAL(38, 12)``
 currency's major unit.
 """
 
-from meterline.store import Migration
+from meterline.migrations import Migration
 
 GOVERNANCE_MIGRATIONS: tuple[Migration, ...] = (
     Migration(

@@ -19,7 +19,7 @@ from billing.invoices import generate_invoices
 from billing.model import Invoice
 from billing.store import billing_store
 from billing.usage import UsageQuery, usage_report
-from meterline.store import EVENT_MIGRATIONS, migrate
+from meterline.migrations import EVENT_MIGRATIONS, migrate
 from tests.billing.events import Event, Setup, add_events, setup, utc
 
 CATALOG = """

@@ -15,7 +15,8 @@ import pytest
 from addons.metering.spool import Spool
 from addons.metering.writer import SpoolWriter
 from billing.store import billing_store
-from meterline.store import EVENT_MIGRATIONS, NewerStore, migrate, store
+from meterline.migrations import EVENT_MIGRATIONS, NewerStore, migrate
+from meterline.store import store
 from tests.billing.cli.runner import run
 from tests.billing.events import Event, add_events, setup, utc
 

@@ -24,7 +24,7 @@ from billing.invoices import generate_invoices
 from billing.store import billing_store
 from billing.usage import UsageQuery, usage_report
 from meterline.catalog import CatalogError, FeatureMeter, parse_catalog
-from meterline.store import EVENT_MIGRATIONS, migrate
+from meterline.migrations import EVENT_MIGRATIONS, migrate
 from tests.billing.events import Event, add_events, setup, utc
 
 CATALOG = """

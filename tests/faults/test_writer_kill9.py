@@ -33,7 +33,8 @@ import json, sys, time
 from pathlib import Path
 from addons.metering.spool import Spool
 from addons.metering.writer import SpoolWriter
-from meterline.store import EVENT_MIGRATIONS, migrate, store
+from meterline.store import store
+from meterline.migrations import EVENT_MIGRATIONS, migrate
 
 spool_dir, locator, total = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 

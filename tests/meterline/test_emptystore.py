@@ -13,7 +13,8 @@ import pytest
 
 from billing.store import billing_store
 from meterline.emptystore import fill_if_empty
-from meterline.store import EVENT_MIGRATIONS, StoreError, migrate, open_store, store
+from meterline.migrations import EVENT_MIGRATIONS, migrate
+from meterline.store import StoreError, open_store, store
 
 
 def _an_hour_old(path: Path) -> None:

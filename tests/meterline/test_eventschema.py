@@ -18,7 +18,8 @@ from meterline.eventschema import (
     TOKEN_COLUMNS,
     create_table_sql,
 )
-from meterline.store import EVENT_MIGRATIONS, migrate, store
+from meterline.migrations import EVENT_MIGRATIONS, migrate
+from meterline.store import store
 
 ROOT = Path(__file__).resolve().parents[2]
 HEADING = re.compile(r"^#+ Event schema \(`usage_events`\)\s*$")

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from meterline.store import EVENT_COLUMNS, EVENT_MIGRATIONS, migrate, store
+from meterline.migrations import EVENT_MIGRATIONS, migrate
+from meterline.store import EVENT_COLUMNS, store
 from tests.support.postgres import create_database, postgres_server
 
 

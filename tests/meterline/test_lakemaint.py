@@ -34,8 +34,9 @@ from meterline.lakemaint import (
     release_lease,
     take_lease,
 )
+from meterline.migrations import EVENT_MIGRATIONS, migrate
 from meterline.periods import calendar_month
-from meterline.store import EVENT_MIGRATIONS, migrate, store
+from meterline.store import store
 from tests.support.postgres import create_database, postgres_server
 
 NOW = datetime(2026, 4, 1, 0, 0, 5, tzinfo=UTC)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from meterline.store import EVENT_COLUMNS, EVENT_MIGRATIONS, StoreError, migrate, open_store, store
+from meterline.migrations import EVENT_MIGRATIONS, migrate
+from meterline.store import EVENT_COLUMNS, StoreError, open_store, store
 
 
 def test_migrations_apply_once(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ import duckdb
 import pytest
 
 from billing.store import all_migrations
-from meterline.store import EVENT_MIGRATIONS, migrate
+from meterline.migrations import EVENT_MIGRATIONS, migrate
 from tests.billing.cli.runner import error, run
 from tests.billing.events import Event, Setup, add_events, setup, sql, utc
 from tests.faults.disks import tmpfs, unavailable
