@@ -2,12 +2,12 @@
 
 Runs a flush's statements one at a time on the writer's held connection
 (:class:`addons.metering.storelink.StoreLink`) and times each, three ways: before (every
-batch checked against the store: :func:`addons.metering.writer.insert_segments`: the
+batch checked against the store: :func:`addons.metering.batchsql.insert_segments`: the
 segment into a temp table, a survey, the insert with its anti-join against the events
 stored in the dedup window, the commit), then (the ids read from the segment for the
-in-memory check, then a plain append: :func:`addons.metering.writer.append_segments`,
+in-memory check, then a plain append: :func:`addons.metering.batchsql.append_segments`,
 still the way for segments a previous process left) and now (the spool knows the ids:
-one statement, :func:`addons.metering.writer.append_known`). The store first receives
+one statement, :func:`addons.metering.batchsql.append_known`). The store first receives
 ``--prefill`` flushes of recent events (what a store holds within the dedup window: one
 proxy's last minutes, or on a lake ten proxies' uncompacted files). On a lake, the
 PostgreSQL server's CPU per flush is counted (from ``/proc``), and the statements PostgreSQL ran per
@@ -40,10 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 import duckdb  # noqa: E402
 
-from addons.metering.recentids import RecentIds  # noqa: E402
-from addons.metering.spool import Spool  # noqa: E402
-from addons.metering.storelink import StoreLink  # noqa: E402
-from addons.metering.writer import (  # noqa: E402
+from addons.metering.batchsql import (  # noqa: E402
     _READ_OPTIONS,
     _SURVEY,
     APPEND_SQL,
@@ -54,6 +51,9 @@ from addons.metering.writer import (  # noqa: E402
     event_times,
     read_batch,
 )
+from addons.metering.recentids import RecentIds  # noqa: E402
+from addons.metering.spool import Spool  # noqa: E402
+from addons.metering.storelink import StoreLink  # noqa: E402
 from bench.writer_bench import _postgres_cpu_s  # noqa: E402
 
 

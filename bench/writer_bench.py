@@ -35,8 +35,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from addons.metering.batchsql import insert_segments  # noqa: E402
 from addons.metering.spool import Spool  # noqa: E402
-from addons.metering.writer import SpoolWriter, insert_segments  # noqa: E402
+from addons.metering.writer import SpoolWriter  # noqa: E402
 from meterline.migrations import EVENT_MIGRATIONS, migrate  # noqa: E402
 from meterline.store import store  # noqa: E402
 

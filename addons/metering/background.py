@@ -91,7 +91,7 @@ def event_time(created_at: float | None, read_at: float) -> float | None:
     ahead in one not begun, milliseconds (1767225600000) or 1e30 cannot be a date at all
     (they raised OverflowError on every read: the response was never stored). A read
     time differs from read to read, which the writer allows for: it looks the event's
-    id up in the whole store, whatever the ts (:func:`addons.metering.writer.keyed_lookup`).
+    id up in the whole store, whatever the ts (:func:`addons.metering.batchsql.keyed_lookup`).
     """
     if created_at is None:
         return None

@@ -3,8 +3,9 @@
 Every ``interval`` seconds (sooner when the spool holds ``batch_events`` events; later
 under load, see :func:`next_wait`) the writer seals the open segment and, in one
 transaction, inserts every sealed segment straight from its file (DuckDB's ``read_json``
-with explicit columns, parsed in C++ without the GIL). Only after the commit are the
-segments deleted, so a crash at any point either replays a segment or loses nothing.
+with explicit columns, parsed in C++ without the GIL: :mod:`addons.metering.batchsql`).
+Only after the commit are the segments deleted, so a crash at any point either replays a
+segment or loses nothing.
 
 Exactly once, cheaply: a batch is checked against the store (an anti-join on
 ``event_id``, which on a lake reads every file of the last minutes) only when it may
@@ -14,13 +15,14 @@ outcome is unknown), a batch holding an id twice or one this writer committed in
 last minutes (:mod:`addons.metering.recentids`), and a batch holding an event named
 after a provider's id (a background response, :mod:`addons.metering.background`: it is
 read again, by any proxy, at any time: such ids are looked up in the whole store, not
-only in the last minutes, see :func:`keyed_lookup`). Every other flush is a plain append:
-this process is the only one writing this spool's segments to the store, and it knows
-it has not committed them. Nor does a plain append read the ids first: the spool
-remembers the (event_id, ts) of every line it wrote whole (:meth:`Spool.known_events`),
-so each segment is parsed once, by the insert itself (a read of the ids was 3.7 of a
-flush's 12.6 ms of CPU on a lake at 100 events per flush). Segments a previous process
-left, or one a failed write tore, are read for their ids first.
+only in the last minutes, see :func:`~addons.metering.batchsql.keyed_lookup`). Every
+other flush is a plain append: this process is the only one writing this spool's
+segments to the store, and it knows it has not committed them. Nor does a plain append
+read the ids first: the spool remembers the (event_id, ts) of every line it wrote whole
+(:meth:`Spool.known_events`), so each segment is parsed once, by the insert itself (a
+read of the ids was 3.7 of a flush's 12.6 ms of CPU on a lake at 100 events per flush).
+Segments a previous process left, or one a failed write tore, are read for their ids
+first.
 
 The store stays attached to one DuckDB instance of the writer's between flushes
 (:class:`addons.metering.storelink.StoreLink`): a lake for good, a DuckDB file only while
@@ -38,14 +40,19 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
 import duckdb
 
 from addons.metering import eventid, oserrors
+from addons.metering.batchsql import (
+    append_known,
+    append_segments,
+    event_times,
+    insert_segments,
+    read_batch,
+)
 from addons.metering.lakejob import (
     LakeMaintainer,
     lease_holder_name,
@@ -57,7 +64,6 @@ from addons.metering.recentids import RecentIds
 from addons.metering.spool import Spool
 from addons.metering.storelink import StoreLink
 from meterline import lakerepair
-from meterline.eventschema import EVENT_COLUMNS, REQUIRED_SPOOLED, SPOOL_DEFAULTS, SPOOL_TYPES
 from meterline.lakestorage import StorageUnreachable
 from meterline.privatefiles import private_files
 from meterline.store import StoreError, io_hint
@@ -66,224 +72,12 @@ T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
-#: DuckDB type of each spooled field, and the ones a line must have to be an event.
-SPOOL_COLUMNS: dict[str, str] = SPOOL_TYPES
-REQUIRED_COLUMNS: tuple[str, ...] = REQUIRED_SPOOLED
-
-
-# No query parameters below: the DuckDB client tries ``import pandas`` for every bound
-# parameter, and where pandas is not installed that failed import searches sys.path each
-# time, holding the GIL the proxy's event loop needs. Values are inlined as SQL literals.
-#
-# A torn line (a crash mid-write) or a line of the wrong shape comes back as a row
-# of NULLs, or with NULL where a value had the wrong type: such rows are left out.
-def _sql_string(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-_COLUMNS_LITERAL = "{" + ", ".join(f"'{c}': '{t}'" for c, t in SPOOL_COLUMNS.items()) + "}"
-
-_READ_OPTIONS = (
-    f"format = 'newline_delimited', columns = {_COLUMNS_LITERAL}, "
-    "ignore_errors = true, maximum_object_size = 16777216"
-)
-_VALID = " AND ".join(f"{c} IS NOT NULL" for c in REQUIRED_COLUMNS)
-#: Unreadable lines, and the earliest ``ts`` of the readable ones (bounds the dedup below).
-_SURVEY = (
-    f"SELECT count(*) FILTER (WHERE NOT ({_VALID})), min(ts) FILTER (WHERE {_VALID}) "
-    "FROM spool_batch"
-)
-#: How far back a batch's event ids are compared with stored ones (when they are: see
-#: the module docstring; :mod:`addons.metering.recentids` applies the same window). A
-#: replayed segment keeps its events' original ``ts``, so its stored copies are never
-#: older than the batch's earliest event and a replay is always caught, whatever the
-#: window; the window only catches a provider response id seen again a little later (a
-#: second delivery of the same response). It is short because the check scans every
-#: ``event_id`` stored in it: one day of a proxy at 12 requests/s (1M events) cost
-#: 30-95 ms of CPU per flush; on a lake five minutes of ten proxies' files cost 20-30 ms.
-#: An event named after a provider's id (a background response, read again at any time)
-#: is looked up by its id in the whole store as well (:func:`keyed_lookup`): its ``ts``
-#: is the response's ``created_at`` only when that is plausible, else the time of the
-#: read that stored it, so a later read may bring another ``ts`` than the stored one.
-DEDUP_WINDOW = "INTERVAL 5 MINUTE"
-_COLS = ", ".join(EVENT_COLUMNS)
-_SELECT = ", ".join(
-    "$ingested_at"
-    if c == "ingested_at"
-    else f"coalesce({c}, {SPOOL_DEFAULTS[c]})"
-    if c in SPOOL_DEFAULTS
-    else c
-    for c in EVENT_COLUMNS
-)
-# The dedup compares with stored events from ``$since`` on only (a constant, so DuckDB's
-# zonemaps on ``ts`` skip older row groups, and a lake skips older files): the cost of a
-# flush does not grow with the table. An ANTI JOIN (hash table built on the batch, not on
-# the stored ids: 3x cheaper than NOT IN). Plain SQL (no index, no ON CONFLICT), so it
-# also runs on a DuckLake.
-INSERT_SQL = f"""
-    INSERT INTO usage_events ({_COLS})
-    SELECT {_SELECT}
-    FROM (SELECT * FROM spool_batch WHERE {_VALID}
-          QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY ts) = 1) AS batch
-    ANTI JOIN (SELECT event_id FROM usage_events WHERE ts >= $since - {DEDUP_WINDOW}$keyed)
-    AS stored USING (event_id)
-"""
-#: The batch's ids named after a provider's id (:func:`eventid.is_keyed`).
-_KEYED_SQL = (
-    "SELECT DISTINCT event_id FROM spool_batch "
-    f"WHERE starts_with(event_id, {_sql_string(eventid.KEYED_PREFIX)})"
-)
-#: A batch that cannot be in the store yet: a plain append, straight from the segments.
-APPEND_SQL = f"""
-    INSERT INTO usage_events ({_COLS})
-    SELECT {_SELECT} FROM read_json($files, {_READ_OPTIONS}) WHERE {_VALID}
-"""
-#: Each line of a batch: its event id, its ts in µs since the epoch, and whether it is an
-#: event. Only the required fields are read: a value of the wrong type comes back as NULL
-#: by itself, so a line is valid here exactly when the full read finds it valid.
-_REQUIRED_LITERAL = "{" + ", ".join(f"'{c}': '{SPOOL_COLUMNS[c]}'" for c in REQUIRED_COLUMNS) + "}"
-_LINES_SQL = (
-    f"SELECT event_id, epoch_us(ts), {_VALID} FROM read_json($files, "
-    f"format = 'newline_delimited', columns = {_REQUIRED_LITERAL}, "
-    "ignore_errors = true, maximum_object_size = 16777216)"
-)
-
-
-def _files_literal(segments: list[Path]) -> str:
-    return "[" + ", ".join(_sql_string(str(p)) for p in segments) + "]"
-
-
-def _ingested_at() -> str:
-    return "TIMESTAMP " + _sql_string(datetime.now(UTC).replace(tzinfo=None).isoformat(" "))
-
-
 #: Failed flushes remembered for the lost-acknowledgement check (a long outage fails
 #: many; the check covers the last ones, the one that may have committed among them).
 MAX_UNKNOWN = 20
 #: Where a spool keeps the times of its writer's failed lake flushes, so that a writer
 #: restarted after a crash still checks them (the batches are in the spool too).
 FAILED_FLUSHES_FILE = "failed-flushes.json"
-
-
-@dataclass(frozen=True)
-class Batch:
-    """What a flush will insert: its segments, and the (event_id, ts µs) of each event."""
-
-    segments: list[Path]
-    events: list[tuple[str, int]]
-    skipped: int
-    """Unreadable lines (torn by a crash, or of the wrong shape): left out."""
-
-
-def read_batch(con: duckdb.DuckDBPyConnection, segments: list[Path]) -> Batch:
-    """The event ids and times of ``segments`` (one scan; nothing is inserted)."""
-    rows = con.execute(_LINES_SQL.replace("$files", _files_literal(segments))).fetchall()
-    events = [(event_id, ts) for event_id, ts, valid in rows if valid]
-    return Batch(segments, events, len(rows) - len(events))
-
-
-def append_segments(
-    con: duckdb.DuckDBPyConnection, segments: list[Path], may_repeat: Callable[[Batch], bool]
-) -> tuple[int, Batch] | None:
-    """Append the events of ``segments``, unchecked, in one transaction.
-
-    Returns (rows added, the batch), or None, having written nothing, when
-    ``may_repeat(batch)`` says the batch may hold stored events (then
-    :func:`insert_segments` must insert it). The ids are read inside the transaction
-    that appends them: on a lake one snapshot lookup serves both.
-    """
-    con.execute("BEGIN TRANSACTION")
-    try:
-        batch = read_batch(con, segments)
-        if may_repeat(batch):
-            con.execute("ROLLBACK")
-            return None
-        inserted = 0
-        if batch.events:
-            sql = APPEND_SQL.replace("$files", _files_literal(segments))
-            row = con.execute(sql.replace("$ingested_at", _ingested_at())).fetchone()
-            inserted = int(row[0]) if row else 0
-        con.execute("COMMIT")
-    except BaseException:
-        with contextlib.suppress(Exception):  # see insert_segments
-            con.execute("ROLLBACK")
-        raise
-    return inserted, batch
-
-
-def append_known(con: duckdb.DuckDBPyConnection, segments: list[Path]) -> int:
-    """Append the events of ``segments``, unchecked: one statement (its own transaction).
-
-    For segments whose events the spool knows (:meth:`Spool.known_events`): no read of
-    the ids first, so each segment is parsed once. Returns the rows added.
-    """
-    sql = APPEND_SQL.replace("$files", _files_literal(segments))
-    row = con.execute(sql.replace("$ingested_at", _ingested_at())).fetchone()
-    return int(row[0]) if row else 0
-
-
-_EPOCH = datetime(1970, 1, 1)
-_MICROSECOND = timedelta(microseconds=1)
-
-
-def event_times(keys: list[tuple[str, str]]) -> list[tuple[str, int]] | None:
-    """(event_id, ts in µs since the epoch) of spooled keys; None if a ts is unreadable."""
-    out = []
-    try:
-        for event_id, ts in keys:
-            out.append((event_id, (datetime.fromisoformat(ts) - _EPOCH) // _MICROSECOND))
-    except (ValueError, TypeError):  # an aware or malformed ts: let DuckDB read the lines
-        return None
-    return out
-
-
-def insert_segments(con: duckdb.DuckDBPyConnection, segments: list[Path]) -> tuple[int, int]:
-    """Insert the events of ``segments`` in one transaction, skipping ids already stored.
-
-    Returns (rows added, unreadable lines skipped).
-    """
-    ingested_at = _ingested_at()
-    files = _files_literal(segments)
-    con.execute("BEGIN TRANSACTION")
-    try:
-        con.execute(
-            f"CREATE OR REPLACE TEMP TABLE spool_batch AS "
-            f"SELECT * FROM read_json({files}, {_READ_OPTIONS})"
-        )
-        survey = con.execute(_SURVEY).fetchone()
-        skipped, since = (int(survey[0]), survey[1]) if survey else (0, None)
-        inserted = None
-        if since is not None:  # else no readable line: nothing to insert
-            keyed = [r[0] for r in con.execute(_KEYED_SQL).fetchall()]
-            inserted = con.execute(
-                INSERT_SQL.replace("$ingested_at", ingested_at)
-                .replace("$since", f"TIMESTAMP {_sql_string(since.isoformat(' '))}")
-                .replace("$keyed", keyed_lookup(keyed))
-            ).fetchone()
-        con.execute("DROP TABLE spool_batch")
-        con.execute("COMMIT")
-    except BaseException:
-        # A failed COMMIT (disk full) has already ended the transaction: a ROLLBACK error
-        # ("no transaction is active") must not replace the real cause.
-        with contextlib.suppress(Exception):
-            con.execute("ROLLBACK")
-        raise
-    return (int(inserted[0]) if inserted else 0), skipped
-
-
-def keyed_lookup(keyed: list[str]) -> str:
-    """The stored events named ``keyed``, whatever their ``ts``: SQL added to the
-    dedup's scan of the window (empty for a batch without such ids).
-
-    A background response is read again at any time, and its stored copy's ``ts`` need
-    not be the new one's (a ``created_at`` the proxy could not use: the time of a read).
-    Only batches that hold such ids pay for it; the ids are literals, so the scan skips
-    row groups (and a lake's files) whose ``event_id`` range cannot hold them.
-    """
-    if not keyed:
-        return ""
-    ids = ", ".join(_sql_string(i) for i in keyed)
-    return f" UNION ALL SELECT event_id FROM usage_events WHERE event_id IN ({ids})"
 
 
 #: The writer waits at least this many times the CPU its last flush used before the next

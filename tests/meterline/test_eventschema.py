@@ -7,7 +7,7 @@ from pathlib import Path
 
 import duckdb
 
-from addons.metering import writer
+from addons.metering import batchsql
 from addons.metering.events import Exchange, build_event
 from addons.metering.usage import Usage
 from meterline.catalog import TOKEN_TYPES
@@ -54,7 +54,9 @@ def test_migrations_are_named_in_order() -> None:
 
 
 def test_the_writer_and_the_events_use_the_schema() -> None:
-    assert {f.name: f.type for f in EVENT_FIELDS if f.name != "ingested_at"} == writer.SPOOL_COLUMNS
+    assert {
+        f.name: f.type for f in EVENT_FIELDS if f.name != "ingested_at"
+    } == batchsql.SPOOL_COLUMNS
     ex = Exchange("openai", "openai", "POST", "api.openai.com", "/v1/x?key=k", "c", None)
     row = build_event(ex, Usage(input=1, output=2, model="m", response_id="r"), "p")
     assert list(row) == list(SPOOL_TYPES)
