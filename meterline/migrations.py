@@ -115,7 +115,7 @@ EVENT_MIGRATIONS: tuple[Migration, ...] = (
 )
 
 
-#: The lake's maintenance lease table (:mod:`meterline.lakemaint`, which names its
+#: The lake's maintenance lease table (:mod:`meterline.lakelease`, which names its
 #: migration with this): recorded in the same ``schema_migrations`` as the events'.
 LAKE_LEASE_MIGRATION = "0001_lake_leases"
 

@@ -3,7 +3,7 @@
 Each proxy writing to a DuckLake runs a :class:`LakeMaintainer` thread. Every
 ``METERLINE_LAKE_MAINTAIN_EVERY`` seconds (default 150; 0 turns it off, e.g. when a cron
 job runs ``billing lake maintain`` instead) it tries to take the lake's maintenance lease
-(:func:`meterline.lakemaint.take_lease`); the proxy that gets it runs one bounded pass
+(:func:`meterline.lakelease.take_lease`); the proxy that gets it runs one bounded pass
 (:func:`meterline.lakemaint.maintain`) on its own connection, so the writer keeps
 flushing meanwhile, and gives the lease back. A proxy killed mid-pass leaves a lease that
 lapses after its ttl (30 minutes), unless the proxy is restarted with the same
@@ -24,13 +24,8 @@ from collections.abc import Mapping
 from addons.metering.priority import MAINTENANCE_NICENESS, lower_thread_priority
 from meterline import lakerepair
 from meterline.lakeconfig import LakeConfigError
-from meterline.lakemaint import (
-    MAX_COMPACTED_FILES,
-    MaintenanceReport,
-    give_back_lease,
-    maintain,
-    take_lease,
-)
+from meterline.lakelease import give_back_lease, take_lease
+from meterline.lakemaint import MAX_COMPACTED_FILES, MaintenanceReport, maintain
 from meterline.store import store
 
 log = logging.getLogger(__name__)

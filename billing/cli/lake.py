@@ -16,15 +16,8 @@ from billing.cli.common import YEAR_S, Settings, format_option, pass_settings
 from billing.ledger import restore_invoice_sequence
 from meterline import lakerepair, lakestorage
 from meterline.conninfo import shown
-from meterline.lakemaint import (
-    DEFAULT_KEEP,
-    ORPHAN_AGE,
-    give_back_lease,
-    lease_holder,
-    maintain,
-    restore_lease_row,
-    take_lease,
-)
+from meterline.lakelease import give_back_lease, lease_holder, restore_lease_row, take_lease
+from meterline.lakemaint import DEFAULT_KEEP, ORPHAN_AGE, maintain
 from meterline.store import LAKE_PREFIX, StoreError, store
 
 

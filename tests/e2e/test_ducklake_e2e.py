@@ -17,7 +17,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from meterline.lakemaint import lease_holder
+from meterline.lakelease import lease_holder
 from meterline.store import store
 from tests.conftest import KEYS, ProxyFactory
 from tests.e2e.test_billing_e2e import billing, billing_catalog, money, usage

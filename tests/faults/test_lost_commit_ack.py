@@ -165,7 +165,7 @@ def test_a_lost_lease_update_is_undone_whole_and_maintenance_runs_again(
     failed on the missing file, for good (a probe: 6 of 6, and the proxies' own passes),
     and after a hand repair found no lease row at all. Taking the lease now repairs its
     table: the dangling file dropped, the row put back, free."""
-    from meterline.lakemaint import take_lease
+    from meterline.lakelease import take_lease
 
     monkeypatch.setenv("METERLINE_LAKE_DATA", str(tmp_path / "data"))
     conninfo = create_database(server, "lost_lease")

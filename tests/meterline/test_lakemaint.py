@@ -26,14 +26,8 @@ from billing.schedule import periods_ending_in
 from billing.store import billing_store
 from meterline import catalogconn
 from meterline.catalog import load_catalog
-from meterline.lakemaint import (
-    give_back_lease,
-    lake_counts,
-    lease_holder,
-    maintain,
-    release_lease,
-    take_lease,
-)
+from meterline.lakelease import give_back_lease, lease_holder, release_lease, take_lease
+from meterline.lakemaint import lake_counts, maintain
 from meterline.migrations import EVENT_MIGRATIONS, migrate
 from meterline.periods import calendar_month
 from meterline.store import store
