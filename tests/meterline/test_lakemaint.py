@@ -3,6 +3,7 @@ and maintenance running while writers flush."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -30,7 +31,7 @@ from meterline.lakelease import give_back_lease, lease_holder, release_lease, ta
 from meterline.lakemaint import lake_counts, maintain
 from meterline.migrations import EVENT_MIGRATIONS, migrate
 from meterline.periods import calendar_month
-from meterline.store import store
+from meterline.store import EVENT_COLUMNS, store
 from tests.support.postgres import create_database, postgres_server
 
 NOW = datetime(2026, 4, 1, 0, 0, 5, tzinfo=UTC)
@@ -357,6 +358,63 @@ def test_compaction_while_writers_flush_changes_no_invoice(
     for spool, writer in writers:
         writer.stop()
         spool.close()
+
+
+def test_writers_starting_together_on_a_new_lake_store_every_event_once(
+    server: str, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """Three writers and a maintenance loop start at once on a brand-new lake, each
+    writer migrating it on its first flush (the start CI once met with every first flush
+    failing). Whatever the race does, a writer's failed flush keeps its batch and a
+    later one stores it: every event is stored once, each writer flushes again, and the
+    table has the schema's columns."""
+    monkeypatch.setenv("METERLINE_LAKE_DATA", str(tmp_path / "data"))
+    lake = _lake(server, "together")
+    writers = []
+    for p in range(3):
+        spool = Spool(tmp_path / f"spool-{p}")
+        writers.append((spool, SpoolWriter(spool, lake)))
+    maintainer = LakeMaintainer(lake, every_s=0, holder="test")
+    start = threading.Barrier(4)
+    stop = threading.Event()
+    last_ok = [False, False, False]
+
+    def maintain_loop() -> None:
+        start.wait()
+        while not stop.is_set():
+            with contextlib.suppress(Exception):  # a pass racing the migrations may fail
+                maintainer.run_once()
+
+    def write(p: int) -> None:
+        spool, writer = writers[p]
+        for n in range(5):
+            spool.append(event(n, "agent-0000", f"p{p}"))
+        start.wait()
+        for _ in range(3):
+            writer.flush()
+        spool.append(event(5, "agent-0000", f"p{p}"))
+        for _ in range(10):  # recovered: a flush succeeds again (the first, as a rule)
+            if writer.flush():
+                last_ok[p] = True
+                break
+
+    threads = [threading.Thread(target=write, args=(p,)) for p in range(3)]
+    loop = threading.Thread(target=maintain_loop)
+    for t in (*threads, loop):
+        t.start()
+    for t in threads:
+        t.join()
+    stop.set()
+    loop.join()
+    for spool, writer in writers:
+        writer.stop()
+        spool.close()
+    assert last_ok == [True, True, True]
+    with store(lake) as con:
+        ids = [r[0] for r in con.execute("SELECT event_id FROM usage_events").fetchall()]
+        columns = {r[0] for r in con.execute("DESCRIBE usage_events").fetchall()}
+    assert sorted(ids) == sorted(f"openai:p{p}-{n}" for p in range(3) for n in range(6))
+    assert columns == set(EVENT_COLUMNS)
 
 
 def test_a_writer_adds_back_a_recorded_column_the_lake_table_lacks(
