@@ -124,7 +124,6 @@ class Governance:
         self.policy = build_policy(None, datetime.now(UTC))
         self.counters = Counters()
         self.reads = StoreReads(self.counters)
-        self.refresh_s = 2.0
         self.deny_when_blind = False
         self.ready = False
         """A snapshot of the store has been applied since start."""
@@ -161,6 +160,11 @@ class Governance:
     def locator(self) -> str | None:
         return self.reads.locator
 
+    @property
+    def refresh_s(self) -> float:
+        """Seconds between store reads (``meter_governance_refresh``)."""
+        return self.reads.refresh_s
+
     # ------------------------------------------------------------------ setup
 
     def configure(
@@ -173,7 +177,7 @@ class Governance:
     ) -> None:
         reads = self.reads
         reads.publisher = f"{proxy_id or socket.gethostname()}:{self._instance}"
-        self.refresh_s = reads.refresh_s = parse_refresh(refresh)
+        reads.refresh_s = parse_refresh(refresh)
         self.counters.share = share != "none"
         self.counters.share_even_part = Fraction(1) if share == "even" else fleet.EVEN_PART
         self.deny_when_blind = failure == "deny"

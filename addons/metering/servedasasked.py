@@ -116,15 +116,15 @@ class ServedAsAsked:
             if event.get("reason") is None and (
                 not isinstance(served, str) or canonical("service_tier", served.lower()) != tier
             ):
-                if asked not in self._tiers_not_kept:
-                    self._tiers_not_kept.add(asked)
-                    log.info(
-                        "meterline: %s served a call asking for tier %r at %r: such calls "
-                        "meet every limit of their model from now on",
-                        provider,
-                        tier,
-                        served,
-                    )
+                _found(
+                    self._tiers_not_kept,
+                    asked,
+                    "meterline: %s served a call asking for tier %r at %r: such calls meet "
+                    "every limit of their model from now on",
+                    provider,
+                    tier,
+                    served,
+                )
                 return
 
     def _check_speed_kept(self, provider: str, rows: list[dict[str, Any]]) -> None:
@@ -133,13 +133,13 @@ class ServedAsAsked:
         for event in rows:
             speed = event.get("speed")
             if isinstance(speed, str) and speed.lower() == "fast":
-                if provider not in self._speed_not_kept:
-                    self._speed_not_kept.add(provider)
-                    log.info(
-                        "meterline: %s ran a call fast that did not ask for fast mode: every "
-                        "call meets the fast features' limits from now on",
-                        provider,
-                    )
+                _found(
+                    self._speed_not_kept,
+                    provider,
+                    "meterline: %s ran a call fast that did not ask for fast mode: every call "
+                    "meets the fast features' limits from now on",
+                    provider,
+                )
                 return
 
     def _learn(self, asked: tuple[str, str], rows: list[dict[str, Any]], policy: Policy) -> None:
@@ -185,3 +185,10 @@ class ServedAsAsked:
                     billed,
                     billed,
                 )
+
+
+def _found[T](seen: set[T], finding: T, message: str, *args: object) -> None:
+    """Note ``finding`` in ``seen`` and log ``message`` the first time only."""
+    if finding not in seen:
+        seen.add(finding)
+        log.info(message, *args)
