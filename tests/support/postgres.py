@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -92,13 +93,30 @@ def postgres_server() -> Iterator[str]:
             time.sleep(0.1)
         yield f"dbname=postgres host=127.0.0.1 port={port} user=postgres"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc, data)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _stop(proc: subprocess.Popen[bytes], data: Path) -> None:
+    """Stop the server (a fast shutdown: open sessions are ended), killed if it has not
+    stopped in 20 s.
+
+    The postmaster is signalled by its own pid, not through ``runuser`` (the server's
+    parent as root): ``runuser`` stops itself when its child stops (job control) and is
+    not continued with it, so after a test that stopped the server to make it hang
+    (SIGSTOP, then SIGCONT to the server's processes) it never passed a SIGTERM on; the
+    fixture killed it 20 s later and the server ran on, orphaned. It is continued too,
+    so that it can see its child exit and exit itself."""
+    proc.send_signal(signal.SIGCONT)
+    try:
+        os.kill(int((data / "postmaster.pid").read_text().split()[0]), signal.SIGINT)
+    except (OSError, ValueError, IndexError):  # not started, or already gone
+        proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def create_database(conninfo: str, name: str) -> str:

@@ -1,0 +1,50 @@
+"""The suite's throwaway PostgreSQL server leaves no process behind, even one a test made hang.
+
+``tests/e2e/test_governance_outage.py`` stops the server's processes (SIGSTOP) to make
+the store hang, then continues them. As root the server runs under ``runuser``, which
+stopped itself with its child and stayed stopped: the fixture's SIGTERM never reached the
+server, the fixture killed ``runuser`` after 20 s, and the server ran on, orphaned.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from tests.support.postgres import _bin_dir, postgres_server
+
+
+def _postmaster(conninfo: str) -> tuple[int, list[int]]:
+    data = subprocess.run(
+        [str(_bin_dir() / "psql"), conninfo, "-Atc", "SHOW data_directory"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+    pid = int(Path(data, "postmaster.pid").read_text().split()[0])
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return pid, [int(c) for c in children.stdout.split()]
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie waiting to be reaped is not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+def test_a_server_that_was_stopped_and_continued_is_stopped_and_gone() -> None:
+    with postgres_server() as conninfo:
+        postmaster, children = _postmaster(conninfo)
+        for pid in (postmaster, *children):
+            os.kill(pid, signal.SIGSTOP)
+        time.sleep(0.2)  # runuser sees its child stop, and stops itself
+        for pid in (postmaster, *children):
+            os.kill(pid, signal.SIGCONT)
+        started = time.monotonic()
+    took = time.monotonic() - started
+    assert not _running(postmaster), "the server outlived its fixture"
+    assert took < 10, f"stopping the server took {took:.1f} s"
