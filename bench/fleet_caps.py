@@ -24,8 +24,10 @@ evenly split fleet) or over the limit.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -100,6 +102,7 @@ def main() -> None:
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="fleet-caps-"))
+    atexit.register(shutil.rmtree, work, True)
     with postgres_server() as conninfo, FakeProvider(work) as upstream:
         locator = f"ducklake:postgres:{conninfo}"
         data = work / "lake-data"

@@ -12,6 +12,8 @@ CPU time (``time.process_time``) is what counts; the machine's load adds noise.
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import sys
 import tempfile
 import time
@@ -107,6 +109,7 @@ def read_every_counter(gov: Governance, balances: dict[str, Decimal]) -> None:
 def check_alone(calls: int, *, prepaid: bool) -> tuple[float, float]:
     """µs of CPU per :meth:`Governance.check` and per :meth:`Governance.finish`."""
     work = Path(tempfile.mkdtemp())
+    atexit.register(shutil.rmtree, work, True)
     path = governed_catalog(work / "c.yaml", [], {"alice": ["sk-b"]}, prepaid=prepaid)
     gov = Governance()
     gov.use_catalog(load_catalog(path))

@@ -21,7 +21,9 @@ cost, which is what a metered proxy pays (see bench/README.md).
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -92,6 +94,7 @@ def measure(
     """(forwarding-path µs, deferred µs) per metered flow. ``prepare`` runs on the
     configured meter before the flows (bench/governance_hooks.py hands it a store read)."""
     work = Path(tempfile.mkdtemp())
+    atexit.register(shutil.rmtree, work, True)
     catalog = write_catalog(work / "catalog.yaml", [], {"alice": ["sk-bench"]})
     meter = Meter()
     with taddons.context(meter) as tctx:
