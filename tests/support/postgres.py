@@ -6,6 +6,7 @@ PostgreSQL refuses to run as root, so as root the cluster is owned by the ``post
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -101,22 +102,48 @@ def _stop(proc: subprocess.Popen[bytes], data: Path) -> None:
     """Stop the server (a fast shutdown: open sessions are ended), killed if it has not
     stopped in 20 s.
 
-    The postmaster is signalled by its own pid, not through ``runuser`` (the server's
-    parent as root): ``runuser`` stops itself when its child stops (job control) and is
-    not continued with it, so after a test that stopped the server to make it hang
-    (SIGSTOP, then SIGCONT to the server's processes) it never passed a SIGTERM on; the
-    fixture killed it 20 s later and the server ran on, orphaned. It is continued too,
-    so that it can see its child exit and exit itself."""
-    proc.send_signal(signal.SIGCONT)
+    A test may have stopped the server's processes to make it hang (SIGSTOP), and may
+    have failed before continuing them. As root the server also runs under ``runuser``,
+    which stops itself when its child stops (job control) and then waits to be continued:
+    a SIGTERM to it was never passed on, it was killed 20 s later, and the server ran on,
+    orphaned. So the postmaster is signalled by its own pid, and ``runuser``, the
+    postmaster and its children are continued until ``runuser`` has seen it exit."""
     try:
-        os.kill(int((data / "postmaster.pid").read_text().split()[0]), signal.SIGINT)
+        postmaster: int | None = int((data / "postmaster.pid").read_text().split()[0])
     except (OSError, ValueError, IndexError):  # not started, or already gone
-        proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        postmaster = None
+    deadline = time.monotonic() + 20
+    while True:
+        proc.send_signal(signal.SIGCONT)
+        if postmaster is None:
+            proc.terminate()
+        else:
+            for pid in (postmaster, *_children(postmaster)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(postmaster, signal.SIGINT)
+        try:
+            proc.wait(timeout=0.5)
+            return
+        except subprocess.TimeoutExpired:
+            if time.monotonic() > deadline:
+                break
+    proc.kill()
+    proc.wait()
+    if postmaster is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(postmaster, signal.SIGKILL)
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from ``/proc``)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if int(stat.read_text().rpartition(")")[2].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
 
 
 def create_database(conninfo: str, name: str) -> str:
