@@ -11,8 +11,6 @@ answering fails nothing), ``deny`` refuses governed calls (503) until a read suc
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
 import subprocess
 import time
@@ -26,7 +24,13 @@ from tests.conftest import KEYS, ProxyFactory
 from tests.e2e.test_governance import ALICE, chat
 from tests.support.clients import openai_client
 from tests.support.governance import governed_catalog
-from tests.support.postgres import _bin_dir, create_database, postgres_server
+from tests.support.postgres import (
+    _bin_dir,
+    create_database,
+    postgres_server,
+    server_pids,
+    signal_each,
+)
 from tests.support.proxy import MeterProxy
 from tests.support.upstream import FakeProvider
 
@@ -123,28 +127,6 @@ def test_deny_refuses_once_reads_have_failed_for_a_while(
         _until_admitted(client)
 
 
-def _signal(pids: list[int], sig: signal.Signals) -> None:
-    """Send ``sig`` to each of ``pids`` that still runs: a backend already exiting when
-    the server was stopped is gone once its postmaster, continued, reaps it (CI met a
-    ProcessLookupError there once)."""
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-
-
-def _server_pids(conninfo: str) -> list[int]:
-    """The PostgreSQL server's processes: the postmaster and its children."""
-    out = subprocess.run(
-        [str(_bin_dir() / "psql"), conninfo, "-Atc", "SHOW data_directory"],
-        check=True, capture_output=True, text=True,
-    ).stdout.strip()  # fmt: skip
-    postmaster = int(Path(out, "postmaster.pid").read_text().split()[0])
-    children = subprocess.run(
-        ["pgrep", "-P", str(postmaster)], capture_output=True, text=True
-    ).stdout.split()
-    return [postmaster, *map(int, children)]
-
-
 def test_deny_refuses_while_the_store_hangs(
     server: str, tmp_path: Path, start_proxy: ProxyFactory, fake_provider: FakeProvider
 ) -> None:
@@ -155,10 +137,10 @@ def test_deny_refuses_while_the_store_hangs(
     with openai_client(proxy, fake_provider, KEYS["alice"]) as client:
         chat(client, 10)
         proxy.wait_for_log(r"usage limits enforced from the store", timeout=60)
-        pids = _server_pids(server)
-        _signal(pids, signal.SIGSTOP)
+        pids = server_pids(server)
+        signal_each(pids, signal.SIGSTOP)
         try:
             _until_refused(client, "while the store hung")
         finally:
-            _signal(pids, signal.SIGCONT)
+            signal_each(pids, signal.SIGCONT)
         _until_admitted(client)

@@ -146,6 +146,25 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def server_pids(conninfo: str) -> list[int]:
+    """The server's processes: its postmaster first, then the postmaster's children."""
+    data = subprocess.run(
+        [str(_bin_dir() / "psql"), conninfo, "-Atc", "SHOW data_directory"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+    postmaster = int(Path(data, "postmaster.pid").read_text().split()[0])
+    return [postmaster, *_children(postmaster)]
+
+
+def signal_each(pids: list[int], sig: signal.Signals) -> None:
+    """Send ``sig`` to each of ``pids`` that still runs: a backend listed a moment ago
+    (the one that answered :func:`server_pids`' query) may be gone (CI met both a
+    ``ProcessLookupError`` there and one for a backend exiting as its server stopped)."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
 def create_database(conninfo: str, name: str) -> str:
     """Create database ``name`` on the server of ``conninfo``; returns its conninfo."""
     subprocess.run(
