@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 import duckdb  # noqa: E402
 
 from addons.metering.batchsql import APPEND_SQL, _files_literal  # noqa: E402
+from addons.metering.storelink import _INSTANCE_SETTINGS  # noqa: E402
 from bench.flush_profile import _event  # noqa: E402
 from bench.writer_bench import _postgres_cpu_s  # noqa: E402
 from meterline.eventschema import create_table_sql  # noqa: E402
@@ -63,6 +64,8 @@ def load_lake_extensions(con: duckdb.DuckDBPyConnection) -> None:
 def measure(conninfo: str, work: Path, events: int, flushes: int, gap_s: float) -> dict[str, float]:
     """``flushes`` appends (after 3 not counted), each a fresh segment ``gap_s`` after the last."""
     con = duckdb.connect()
+    for setting in _INSTANCE_SETTINGS:  # one thread, as the writer: all its CPU is counted
+        con.execute(setting)
     load_lake_extensions(con)
     locator = _sql_string(f"ducklake:postgres:{conninfo}")
     con.execute(f"ATTACH {locator} AS lake (DATA_PATH {_sql_string(str(work / 'data'))})")
