@@ -27,7 +27,6 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 import duckdb  # noqa: E402
 
-from addons.metering.batchsql import APPEND_SQL, _files_literal  # noqa: E402
+from addons.metering.batchsql import APPEND_SQL, _files_literal, _ingested_at  # noqa: E402
 from addons.metering.storelink import _INSTANCE_SETTINGS  # noqa: E402
 from bench.flush_profile import _event  # noqa: E402
 from bench.writer_bench import _postgres_cpu_s  # noqa: E402
@@ -81,9 +80,8 @@ def measure(conninfo: str, work: Path, events: int, flushes: int, gap_s: float) 
                 out.write(json.dumps(_event(serial)) + "\n")
                 serial += 1
         time.sleep(gap_s)
-        ingested = "TIMESTAMP '" + datetime.now(UTC).replace(tzinfo=None).isoformat(" ") + "'"
         sql = APPEND_SQL.replace("$files", _files_literal([segment]))
-        sql = sql.replace("$ingested_at", ingested)
+        sql = sql.replace("$ingested_at", _ingested_at())  # as the writer stamps a flush
         cpu0, postgres0 = time.thread_time(), _postgres_cpu_s()
         con.execute(sql).fetchone()
         cpu = time.thread_time() - cpu0

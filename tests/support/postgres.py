@@ -109,7 +109,7 @@ def _stop(proc: subprocess.Popen[bytes], data: Path) -> None:
     orphaned. So the postmaster is signalled by its own pid, and ``runuser``, the
     postmaster and its children are continued until ``runuser`` has seen it exit."""
     try:
-        postmaster: int | None = int((data / "postmaster.pid").read_text().split()[0])
+        postmaster: int | None = _postmaster(data)
     except (OSError, ValueError, IndexError):  # not started, or already gone
         postmaster = None
     deadline = time.monotonic() + 20
@@ -118,11 +118,8 @@ def _stop(proc: subprocess.Popen[bytes], data: Path) -> None:
         if postmaster is None:
             proc.terminate()
         else:
-            for pid in (postmaster, *_children(postmaster)):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGCONT)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(postmaster, signal.SIGINT)
+            signal_each([postmaster, *_children(postmaster)], signal.SIGCONT)
+            signal_each([postmaster], signal.SIGINT)
         try:
             proc.wait(timeout=0.5)
             return
@@ -132,8 +129,12 @@ def _stop(proc: subprocess.Popen[bytes], data: Path) -> None:
     proc.kill()
     proc.wait()
     if postmaster is not None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(postmaster, signal.SIGKILL)
+        signal_each([postmaster], signal.SIGKILL)
+
+
+def _postmaster(data: Path) -> int:
+    """The postmaster's pid, from the data directory's ``postmaster.pid``."""
+    return int((data / "postmaster.pid").read_text().split()[0])
 
 
 def _children(pid: int) -> list[int]:
@@ -152,7 +153,7 @@ def server_pids(conninfo: str) -> list[int]:
         [str(_bin_dir() / "psql"), conninfo, "-Atc", "SHOW data_directory"],
         check=True, capture_output=True, text=True,
     ).stdout.strip()  # fmt: skip
-    postmaster = int(Path(data, "postmaster.pid").read_text().split()[0])
+    postmaster = _postmaster(Path(data))
     return [postmaster, *_children(postmaster)]
 
 
