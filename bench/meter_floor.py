@@ -11,6 +11,9 @@ spare one started first and never measured; two plain ones, started second and l
   the proxy process;
 - ``after-reply``: ``meter_durable=false``, metered after the reply, nothing written
   before it;
+- ``minimal-durable``: the request side as shipped, then before the reply the body
+  parsed and a seven-field event appended to a file, no store
+  (``bench/floor/minimal_durable.py``): a lower bound on any durable in-process meter;
 - ``request-side``: provider, key and policy checks and the buffering decision, no
   metering at all (``bench/floor/request_side_only.py``): what identifying a call costs;
 - ``empty-hooks``: an addon with the meter's five flow hooks, each empty
@@ -58,6 +61,7 @@ def variants(work: Path, catalog: Path) -> dict[str, list[str]]:
         "meter": metered("meter", meter),
         "capture": metered("capture", FLOOR / "capture_then_meter.py", *lazy),
         "after-reply": metered("after-reply", meter, *lazy),
+        "minimal-durable": metered("minimal-durable", FLOOR / "minimal_durable.py"),
         "request-side": metered("request-side", FLOOR / "request_side_only.py"),
         "empty-hooks": ["-s", str(FLOOR / "empty_hooks.py")],
         "plain-late": [],
@@ -79,10 +83,10 @@ def main() -> None:
     median = {name: statistics.median(v) for name, v in lat.items()}
     plain_ms = (median["plain"] + median["plain-late"]) / 2
     plain_rps = (rps["plain"] + rps["plain-late"]) / 2
-    print(f"{'':14}{'JSON median':>12}{'vs plain':>10}{'keep-alive/s':>14}{'vs plain':>10}")
+    print(f"{'':16}{'JSON median':>12}{'vs plain':>10}{'keep-alive/s':>14}{'vs plain':>10}")
     for p in measured:
         print(
-            f"{p.name:14}{median[p.name]:10.3f} ms{median[p.name] / plain_ms:9.3f}x"
+            f"{p.name:16}{median[p.name]:10.3f} ms{median[p.name] / plain_ms:9.3f}x"
             f"{rps[p.name]:14.0f}{rps[p.name] / plain_rps:9.3f}x"
         )
 
