@@ -12,7 +12,7 @@ spare one started first and never measured; two plain ones, started second and l
 - ``after-reply``: ``meter_durable=false``, metered after the reply, nothing written
   before it;
 - ``minimal-durable``: the request side as shipped, then before the reply the body
-  parsed and a eight-field event appended to a file, no store
+  parsed and an eight-field event appended to a file, no store
   (``bench/floor/minimal_durable.py``): a lower bound on any durable in-process meter;
 - ``request-side``: provider, key and policy checks and the buffering decision, no
   metering at all (``bench/floor/request_side_only.py``): what identifying a call costs;
