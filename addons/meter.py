@@ -60,6 +60,7 @@ from addons.metering import (
     websocket,
 )
 from addons.metering.deferred import DeferredWork
+from addons.metering.dispatch import HookIndex
 from addons.metering.finish import Finisher
 from addons.metering.flowstate import FlowMeter, buffer_whole, pick_headers, rejection
 from addons.metering.gate import RequestGate
@@ -105,6 +106,7 @@ class Meter:
         self.proxy_id: str | None = None
         self._notice_filter = HideStreamingNotice()
         self._redact_filter: redact.RedactingFilter | None = None
+        self.hook_index: HookIndex | None = None
         self.rejections = RateLimitedLog(log)  # a stranger's requests: a few lines a minute
         self.unmetered = unmetered.UnmeteredLog(log)
         self.reloader = catalogwatch.Reloader(lambda: self.catalog, self._reload)
@@ -176,6 +178,21 @@ class Meter:
         if self.writer is not None:
             self.writer.locator = ctx.options.meter_db
             self.writer.interval = self.flush_interval
+        if self._running and "meter_fast_dispatch" in updated:
+            self._index_hooks(ctx.options.meter_fast_dispatch)
+
+    def _index_hooks(self, on: bool) -> None:
+        """Put mitmproxy's hook index (:mod:`.dispatch`) on the running master, or take it off."""
+        if self.hook_index is not None:
+            self.hook_index.uninstall()
+            self.hook_index = None
+        if not on:
+            return
+        index = HookIndex(ctx.master.addons)
+        if index.install():
+            self.hook_index = index
+        else:
+            log.info("meterline: another addon replaced mitmproxy's hook dispatch: left as is")
 
     @staticmethod
     def _streams_requests() -> bool:
@@ -276,6 +293,7 @@ class Meter:
             )
         if noreload.stop_watching(ctx.master, self):
             log.info("meterline: %s is not reloaded when it changes: restart to upgrade", __file__)
+        self._index_hooks(ctx.options.meter_fast_dispatch)
         if not redact.install(ctx.master.addons.get("dumper")):
             log.debug("meterline: no dumper addon: nothing to redact")
         self.reloader.start()
@@ -284,6 +302,7 @@ class Meter:
 
     def done(self) -> None:
         """Finish every queued and in-flight flow, then drain the spool into the store."""
+        self._index_hooks(False)
         self.reloader.stop()
         self.rejections.flush("rejections")
         self.governance.stop()

@@ -100,6 +100,15 @@ def add_options(loader: Any) -> None:
         "(a little less latency; a kill -9 can lose the last calls' events).",
     )
     loader.add_option(
+        "meter_fast_dispatch",
+        bool,
+        True,
+        "Hand each mitmproxy hook only to the addons that have it (an index of "
+        "mitmproxy's own dispatch, rebuilt when addons are loaded or removed). False: "
+        "mitmproxy's walk of every addon, for an addon that adds hooks without "
+        "mitmproxy's addon manager.",
+    )
+    loader.add_option(
         "meter_proxy_id",
         str,
         socket.gethostname(),
