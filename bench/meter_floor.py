@@ -6,6 +6,8 @@ mitmdumps with the same flags against one fake provider, as in bench/proxy_bench
 spare one started first and never measured; two plain ones, started second and last):
 
 - ``meter``: the addon as shipped (each answered call's event spooled before the reply);
+- ``meter-walk``: the same with ``meter_fast_dispatch=false``, mitmproxy's own hook
+  dispatch (the meter as shipped before the hook index);
 - ``capture``: the raw body written to a file before the reply and the call metered
   after it (``bench/floor/capture_then_meter.py``): the cheapest durable design inside
   the proxy process;
@@ -17,10 +19,13 @@ spare one started first and never measured; two plain ones, started second and l
 - ``request-side``: provider, key and policy checks and the buffering decision, no
   metering at all (``bench/floor/request_side_only.py``): what identifying a call costs;
 - ``empty-hooks``: an addon with the meter's five flow hooks, each empty
-  (``bench/floor/empty_hooks.py``): what mitmproxy charges for carrying it.
+  (``bench/floor/empty_hooks.py``): what mitmproxy charges for carrying it;
+- ``indexed``: plain mitmdump with only the meter's hook index
+  (``bench/floor/indexed_dispatch.py``), which every variant built on the meter has.
 
 Reported: the JSON median of sequential calls (rotated rounds) and keep-alive requests/s
-(three clients), each against the mean of the two plain mitmdumps.
+(three clients), each against the mean of the two plain mitmdumps and against
+``indexed`` (the variants' own cost once mitmproxy's dispatch is the same).
 """
 
 from __future__ import annotations
@@ -59,11 +64,13 @@ def variants(work: Path, catalog: Path) -> dict[str, list[str]]:
     return {
         "plain": [],
         "meter": metered("meter", meter),
+        "meter-walk": metered("meter-walk", meter, "--set", "meter_fast_dispatch=false"),
         "capture": metered("capture", FLOOR / "capture_then_meter.py", *lazy),
         "after-reply": metered("after-reply", meter, *lazy),
         "minimal-durable": metered("minimal-durable", FLOOR / "minimal_durable.py"),
         "request-side": metered("request-side", FLOOR / "request_side_only.py"),
         "empty-hooks": ["-s", str(FLOOR / "empty_hooks.py")],
+        "indexed": ["-s", str(FLOOR / "indexed_dispatch.py")],
         "plain-late": [],
     }
 
@@ -83,11 +90,16 @@ def main() -> None:
     median = {name: statistics.median(v) for name, v in lat.items()}
     plain_ms = (median["plain"] + median["plain-late"]) / 2
     plain_rps = (rps["plain"] + rps["plain-late"]) / 2
-    print(f"{'':16}{'JSON median':>12}{'vs plain':>10}{'keep-alive/s':>14}{'vs plain':>10}")
+    ix_ms, ix_rps = median["indexed"], rps["indexed"]
+    print(
+        f"{'':16}{'JSON median':>12}{'vs plain':>10}{'vs indexed':>11}"
+        f"{'keep-alive/s':>14}{'vs plain':>10}{'vs indexed':>11}"
+    )
     for p in measured:
+        ms, r = median[p.name], rps[p.name]
         print(
-            f"{p.name:16}{median[p.name]:10.3f} ms{median[p.name] / plain_ms:9.3f}x"
-            f"{rps[p.name]:14.0f}{rps[p.name] / plain_rps:9.3f}x"
+            f"{p.name:16}{ms:10.3f} ms{ms / plain_ms:9.3f}x{ms / ix_ms:10.3f}x"
+            f"{r:14.0f}{r / plain_rps:9.3f}x{r / ix_rps:10.3f}x"
         )
 
 

@@ -10,7 +10,8 @@ them, so drift in the machine's load hits all alike. Reported:
   and what the meter adds (absolute and as a ratio); a fourth mitmdump, metered with
   ``meter_durable=false`` (events spooled after the reply), shows what the guarantee
   "every answered call is spooled before its answer completes" costs (also in the
-  keep-alive requests/s);
+  keep-alive requests/s); a fifth, plain with only the meter's hook index
+  (``meter_fast_dispatch``), shows the meter's own cost apart from what the index saves;
 - requests per second with concurrent keep-alive clients, and with a new TLS connection
   (CONNECT + handshake with the proxy's CA) per request;
 - SSE streams with a pause between events: time to first byte and the gaps between
@@ -58,6 +59,9 @@ HEADERS = {"authorization": f"Bearer {API_KEY}"}
 AFTER_REPLY = "meter-after-reply"
 #: A second plain mitmdump, started after all the others: the noise floor of every ratio.
 PLAIN_LATE = "plain-late"
+#: Plain mitmdump with the meter's hook index only (``bench/floor/indexed_dispatch.py``):
+#: the meter's own cost once mitmproxy's dispatch costs what it does under the meter.
+INDEXED = "plain-indexed"
 
 
 @dataclass
@@ -242,8 +246,9 @@ def mitmdumps(work: Path, specs: dict[str, list[str]]) -> Iterator[list[Proxy]]:
 @contextmanager
 def bench_setup(*, after_reply: bool = False) -> Iterator[tuple[dict[str, Any], list[Proxy], Path]]:
     """The fake provider and mitmdumps with the same flags: plain, streaming every
-    response, metered (and metered after the reply), and plain again, started last
-    (:func:`mitmdumps`). Yields (ports, proxies, workdir)."""
+    response, metered (and metered after the reply, and plain with the meter's hook
+    index), and plain again, started last (:func:`mitmdumps`). Yields (ports, proxies,
+    workdir)."""
     with fake_provider() as ports, tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         catalog = write_catalog(work / "catalog.yaml", ports["providers"], {"bench": [API_KEY]})
@@ -261,6 +266,7 @@ def bench_setup(*, after_reply: bool = False) -> Iterator[tuple[dict[str, Any], 
             specs[AFTER_REPLY] = [*meter[:-4], "--set", f"meter_db={work / 'lazy.duckdb'}",
                                   "--set", f"meter_spool={work / 'lazy-spool'}",
                                   "--set", "meter_durable=false"]  # fmt: skip
+            specs[INDEXED] = ["-s", str(REPO / "bench" / "floor" / "indexed_dispatch.py")]
         specs[PLAIN_LATE] = []
         with mitmdumps(work, specs) as proxies:
             yield ports, proxies, work
@@ -276,7 +282,7 @@ def main() -> None:
     )
 
     with bench_setup(after_reply=True) as (ports, proxies, work):
-        plain, streaming, meter, after_reply, plain_late = proxies
+        plain, streaming, meter, after_reply, indexed, plain_late = proxies
         base = f"http://127.0.0.1:{ports['plain']['openai']}"
         tls_base = f"https://127.0.0.1:{ports['tls']['openai']}"
         results: dict[str, Any] = {"machine": f"{os.cpu_count()} cores", "counts": {}}
@@ -328,7 +334,7 @@ def main() -> None:
                 p.name: {"before": before[p.name], "after": p.rss_mib()} for p in proxies
             }
         finally:
-            for p in (*proxies, after_reply, plain_late):
+            for p in (*proxies, after_reply, indexed, plain_late):
                 p.stop()
         import duckdb
 
@@ -345,9 +351,9 @@ def report(r: dict[str, Any]) -> None:
     j = r["json_ms"]
     added = j["meter"]["median"] - j["plain"]["median"]
     print("\n== JSON chat completion, sequential keep-alive (ms)")
-    print(f"{'':10}{'median':>10}{'p99':>10}")
-    for name in ("direct", *names, PLAIN_LATE):
-        print(f"{name:10}{j[name]['median']:10.3f}{j[name]['p99']:10.3f}")
+    print(f"{'':14}{'median':>10}{'p99':>10}")
+    for name in ("direct", *names, INDEXED, PLAIN_LATE):
+        print(f"{name:14}{j[name]['median']:10.3f}{j[name]['p99']:10.3f}")
     print(
         f"meter adds {added:+.3f} ms at the median "
         f"({j['meter']['median'] / j['plain']['median']:.3f}x plain), "
@@ -358,6 +364,10 @@ def report(r: dict[str, Any]) -> None:
         f"noise floor: {PLAIN_LATE} (identical to plain, started last) "
         f"{j[PLAIN_LATE]['median'] / j['plain']['median']:.3f}x plain; "
         f"meter {j['meter']['median'] / both:.3f}x the mean of the two"
+    )
+    print(
+        f"meter against {INDEXED} (plain mitmdump with the meter's hook index): "
+        f"{j['meter']['median'] / j[INDEXED]['median']:.3f}x, the meter's own cost"
     )
     lazy = j[AFTER_REPLY]
     print(
@@ -373,6 +383,11 @@ def report(r: dict[str, Any]) -> None:
             f"meter {v['meter']:.0f} ({v['meter'] / v['plain']:.3f}x plain)"
             + (f", {AFTER_REPLY} {v[AFTER_REPLY]:.0f}" if AFTER_REPLY in v else "")
             + (f", {PLAIN_LATE} {v[PLAIN_LATE]:.0f}" if PLAIN_LATE in v else "")
+            + (
+                f", {INDEXED} {v[INDEXED]:.0f} (meter {v['meter'] / v[INDEXED]:.3f}x it)"
+                if INDEXED in v
+                else ""
+            )
         )
     s = r["sse_ms"]
     print("\n== SSE, 20 ms between events (ms); 'plain' mitmdump buffers, 'streaming' does not")
