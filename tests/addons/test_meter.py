@@ -593,3 +593,21 @@ def test_a_body_far_past_the_limit_is_one_estimated_event(
     m.done()
     [row] = _rows(tmp_path)
     assert row["estimated"] and row["status"] == 200
+
+
+def test_the_hook_index_follows_its_option_and_ends_with_the_meter(
+    meter: tuple[Meter, Any],
+) -> None:
+    """``meter_fast_dispatch`` on (the default): the running meter indexes its master's
+    hook dispatch; set off while running (mitmproxy's ``:set``), mitmproxy's own walk is
+    back; on again, indexed again; the meter's ``done`` takes the index off."""
+    m, tctx = meter
+    addons = tctx.master.addons
+    m.running()
+    assert m.hook_index is not None and "trigger_event" in vars(addons)
+    tctx.configure(m, meter_fast_dispatch=False)
+    assert m.hook_index is None and "trigger_event" not in vars(addons)
+    tctx.configure(m, meter_fast_dispatch=True)
+    assert m.hook_index is not None and addons.trigger_event == m.hook_index.trigger_event
+    m.done()
+    assert m.hook_index is None and "trigger_event" not in vars(addons)
