@@ -255,7 +255,7 @@ def test_options_error_still_propagates() -> None:
         asyncio.run(scenario())
 
 
-def test_module_scripts_without_hooks_cost_nothing() -> None:
+def test_a_hook_no_addon_has_is_no_walk_at_all() -> None:
     """An ``update`` (after every flow hook) that no addon has is no walk at all."""
 
     async def scenario() -> tuple[Any, ...] | None:
