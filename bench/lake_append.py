@@ -60,16 +60,23 @@ def load_lake_extensions(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"LOAD {_sql_string(str(path))}")
 
 
-def measure(conninfo: str, work: Path, events: int, flushes: int, gap_s: float) -> dict[str, float]:
-    """``flushes`` appends (after 3 not counted), each a fresh segment ``gap_s`` after the last."""
+def writer_lake(conninfo: str, work: Path) -> duckdb.DuckDBPyConnection:
+    """A fresh lake on ``conninfo``, its files under ``work``, attached as the writer's is
+    (one thread: all of DuckDB's CPU is the calling thread's), the events table made."""
     con = duckdb.connect()
-    for setting in _INSTANCE_SETTINGS:  # one thread, as the writer: all its CPU is counted
+    for setting in _INSTANCE_SETTINGS:
         con.execute(setting)
     load_lake_extensions(con)
     locator = _sql_string(f"ducklake:postgres:{conninfo}")
     con.execute(f"ATTACH {locator} AS lake (DATA_PATH {_sql_string(str(work / 'data'))})")
     con.execute("USE lake")
     con.execute(create_table_sql())
+    return con
+
+
+def measure(conninfo: str, work: Path, events: int, flushes: int, gap_s: float) -> dict[str, float]:
+    """``flushes`` appends (after 3 not counted), each a fresh segment ``gap_s`` after the last."""
+    con = writer_lake(conninfo, work)
     cpu_ms: list[float] = []
     postgres_ms: list[float] = []
     serial = 0

@@ -59,11 +59,9 @@ from addons.metering.batchsql import (  # noqa: E402
     _files_literal,
     _ingested_at,
 )
-from addons.metering.storelink import _INSTANCE_SETTINGS  # noqa: E402
 from bench.flush_profile import _event  # noqa: E402
-from bench.lake_append import load_lake_extensions  # noqa: E402
+from bench.lake_append import writer_lake  # noqa: E402
 from bench.writer_bench import _postgres_cpu_s  # noqa: E402
-from meterline.eventschema import create_table_sql  # noqa: E402
 from meterline.store import _sql_string  # noqa: E402
 
 #: DuckLake's own attachment of the catalog database (``__ducklake_metadata_<alias>``).
@@ -174,14 +172,7 @@ def measure(
     import psycopg  # a dev dependency: the proxy itself has no libpq connection
 
     pg = psycopg.connect(conninfo, autocommit=True)
-    con = duckdb.connect()
-    for setting in _INSTANCE_SETTINGS:  # one thread, as the writer: all its CPU is counted
-        con.execute(setting)
-    load_lake_extensions(con)
-    locator = _sql_string(f"ducklake:postgres:{conninfo}")
-    con.execute(f"ATTACH {locator} AS lake (DATA_PATH {_sql_string(str(work / 'data'))})")
-    con.execute("USE lake")
-    con.execute(create_table_sql())
+    con = writer_lake(conninfo, work)
     _pg(
         con,
         "CREATE TABLE meterline_staged (xact xid8 NOT NULL DEFAULT pg_current_xact_id(), "
