@@ -14,21 +14,19 @@ that both run as cold as the writer's loop):
   catalog database, no DuckLake commit; two ways, alternated with the append: through
   the attachment DuckLake already holds (``postgres_execute``: no second connection, no
   other credentials), and by libpq's ``COPY`` on a connection of the writer's own
-  (psycopg). Each line carries its PostgreSQL transaction id (``xid8``).
+  (psycopg: :func:`meterline.lakestage.stage`).
 - **move**, every ``--move-every`` staged flushes (a maintenance pass's job, under the
-  lease): the staged lines of transactions from the last bound up to PostgreSQL's
-  snapshot ``xmin`` (every transaction below it has ended, so no line below it can still
-  appear) are copied out to a file, read by the append's own ``read_json`` and appended
-  to ``usage_events``, and the new bound is written to a lake table **in the same
-  commit**: exact without an anti-join, and a move run again adds nothing.
+  lease): :func:`meterline.lakestage.move`, one DuckLake commit, exact by a transaction-id
+  bound written in that commit (the module says how).
 - **read**, every 10 flushes: what a reader would count, in one lake snapshot: the lake's
-  events plus the staged lines at or above the bound that snapshot holds. It must equal
-  the events appended so far, moves or not; the bench stops if any count is off.
+  events plus the staged lines at or above the bound that snapshot holds
+  (:func:`meterline.lakestage.staged_events_sql`). It must equal the events appended so
+  far, moves or not; the bench stops if any count is off.
 
 Reported per flush: writer CPU (the thread's) and PostgreSQL's (``/proc``), the move's
-cost per event, the reads' time, and the counts. It decides nothing for the proxy: the
-writer still appends (docs/fleet.md, "Staging in the catalog: the way to the target at a
-commit a second", says what building it would have to keep).
+cost per event, the reads' time, and the counts. The proxy's writer still appends
+(docs/fleet.md, "Staging in the catalog: the way to the target at a commit a second",
+says what wiring it in must keep).
 
 Usage::
 
@@ -52,16 +50,11 @@ sys.path.insert(0, str(ROOT))
 
 import duckdb  # noqa: E402
 
-from addons.metering.batchsql import (  # noqa: E402
-    _READ_OPTIONS,
-    _VALID,
-    APPEND_SQL,
-    _files_literal,
-    _ingested_at,
-)
+from addons.metering.batchsql import APPEND_SQL, _files_literal, _ingested_at  # noqa: E402
 from bench.flush_profile import _event  # noqa: E402
 from bench.lake_append import writer_lake  # noqa: E402
 from bench.writer_bench import _postgres_cpu_s  # noqa: E402
+from meterline import lakestage  # noqa: E402
 from meterline.store import _sql_string  # noqa: E402
 
 #: DuckLake's own attachment of the catalog database (``__ducklake_metadata_<alias>``).
@@ -79,72 +72,22 @@ def _pg_literal(line: str) -> str:
 def stage(con: duckdb.DuckDBPyConnection, segment: Path) -> None:
     """The flush that stages: the segment's lines into the catalog database, one statement."""
     values = ",".join(f"({_pg_literal(line)})" for line in segment.read_text().splitlines())
-    _pg(con, f"INSERT INTO meterline_staged (line) VALUES {values}")
+    _pg(con, f"INSERT INTO {lakestage.STAGED} (line) VALUES {values}")
 
 
 def stage_copy(pg: Any, segment: Path) -> None:
-    """The same, by libpq's COPY on a connection of the writer's own (psycopg)."""
-    body = segment.read_bytes().replace(b"\\", b"\\\\")  # COPY's text format escapes
-    with pg.cursor() as cur, cur.copy("COPY meterline_staged (line) FROM STDIN") as copy:
-        copy.write(body)
-
-
-def _staged_file(pg: Any, since: int, before: int | None, path: Path) -> Path:
-    """The staged lines of transactions ``since`` <= xid < ``before``, as a JSON-lines
-    file, for DuckDB's ``read_json`` (the append's own parser: 6 ms for 3,000 lines,
-    against 50-60 ms for ``json_transform`` of the same lines read as text)."""
-    bound = f" AND xact < '{before}'::xid8" if before is not None else ""
-    query = f"SELECT line FROM meterline_staged WHERE xact >= '{since}'::xid8{bound}"
-    with pg.cursor() as cur, cur.copy(f"COPY ({query}) TO STDOUT") as copy:
-        body = b"".join(bytes(block) for block in copy)
-    # JSON lines hold no raw tab, newline or carriage return: a backslash is the only
-    # character COPY's text format escapes in them
-    path.write_bytes(body.replace(b"\\\\", b"\\"))
-    return path
-
-
-def _moved_upto(con: duckdb.DuckDBPyConnection) -> int:
-    """The transaction id below which every staged line is in the lake (the lake's own
-    record, written in the commit that moved them)."""
-    row = con.execute("SELECT coalesce(max(upto), 0) FROM staged_moves").fetchone()
-    return int(row[0]) if row else 0
-
-
-def _appended(con: duckdb.DuckDBPyConnection, lines: Path) -> int:
-    sql = APPEND_SQL.replace("$files", _files_literal([lines]))
-    row = con.execute(sql.replace("$ingested_at", _ingested_at())).fetchone()
-    return int(row[0]) if row else 0
-
-
-def move(con: duckdb.DuckDBPyConnection, pg: Any, work: Path) -> int:
-    """Staged events of finished transactions -> ``usage_events``, in one DuckLake commit
-    that also records how far it moved: exact without an anti-join, and a move that runs
-    again adds nothing. Every transaction below PostgreSQL's snapshot xmin has ended, so
-    no line below the bound can still appear. (``ingested_at`` is the move's time here;
-    a product would carry each line's ``staged_at``.)"""
-    con.execute("BEGIN TRANSACTION")
-    try:
-        since = _moved_upto(con)
-        row = pg.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
-        before = int(row.fetchone()[0])
-        lines = _staged_file(pg, since, before, work / "moving.jsonl")
-        added = _appended(con, lines) if lines.stat().st_size else 0
-        con.execute(f"INSERT INTO staged_moves VALUES ({before}, now())")
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
-    return added
+    """The same by libpq's ``COPY`` (:func:`meterline.lakestage.stage`)."""
+    with segment.open("rb") as lines:
+        lakestage.stage(pg, lines)
 
 
 def read_count(con: duckdb.DuckDBPyConnection, pg: Any, work: Path) -> int:
     """What a reader counts: the lake's events plus the staged lines not yet moved."""
     con.execute("BEGIN TRANSACTION")  # one lake snapshot for both parts
     try:
-        lines = _staged_file(pg, _moved_upto(con), None, work / "reading.jsonl")
-        staged = f"SELECT count(*) FROM read_json({_sql_string(str(lines))}, {_READ_OPTIONS})"
+        staged = lakestage.staged_events_sql(con, pg, work / "reading.jsonl")
         row = con.execute(
-            f"SELECT (SELECT count(*) FROM usage_events) + ({staged} WHERE {_VALID})"
+            f"SELECT (SELECT count(*) FROM usage_events) + (SELECT count(*) FROM ({staged}))"
         ).fetchone()
     finally:
         con.execute("COMMIT")
@@ -173,13 +116,7 @@ def measure(
 
     pg = psycopg.connect(conninfo, autocommit=True)
     con = writer_lake(conninfo, work)
-    _pg(
-        con,
-        "CREATE TABLE meterline_staged (xact xid8 NOT NULL DEFAULT pg_current_xact_id(), "
-        "line text NOT NULL, staged_at timestamptz NOT NULL DEFAULT clock_timestamp())",
-    )
-    _pg(con, "CREATE INDEX ON meterline_staged (xact)")
-    con.execute("CREATE TABLE staged_moves (upto BIGINT NOT NULL, moved_at TIMESTAMPTZ)")
+    lakestage.create(con)
     figures: dict[str, list[tuple[float, float]]] = {
         "append": [], "stage": [], "stage_copy": [], "move": []
     }  # fmt: skip
@@ -204,7 +141,7 @@ def measure(
             staged_since_move += 1
             if staged_since_move == every:
                 time.sleep(gap_s)
-                cpu, postgres, added = _timed(lambda: move(con, pg, work))
+                cpu, postgres, added = _timed(lambda: lakestage.move(con, pg, work))
                 figures["move"].append((cpu, postgres))
                 moved.append(added)
                 staged_since_move = 0
@@ -212,9 +149,9 @@ def measure(
             t0 = time.perf_counter()
             count = read_count(con, pg, work)
             reads.append((time.perf_counter() - t0, count, serial))
-    final_moved = move(con, pg, work)
+    final_moved = lakestage.move(con, pg, work)
     stored = con.execute("SELECT count(*), count(DISTINCT event_id) FROM usage_events").fetchone()
-    again = move(con, pg, work)  # a move run twice adds nothing
+    again = lakestage.move(con, pg, work)  # a move run twice adds nothing
     wrong = [f"read {count} of {appended}" for _, count, appended in reads if count != appended]
     if stored != (serial, serial) or again or wrong:
         raise SystemExit(f"not exact: stored {stored} of {serial}, moved again {again}, {wrong}")

@@ -20,7 +20,8 @@ from pathlib import Path
 import duckdb
 
 from addons.metering import eventid
-from meterline.eventschema import EVENT_COLUMNS, REQUIRED_SPOOLED, SPOOL_DEFAULTS, SPOOL_TYPES
+from meterline import spoolsql
+from meterline.eventschema import REQUIRED_SPOOLED, SPOOL_TYPES
 
 #: DuckDB type of each spooled field, and the ones a line must have to be an event.
 SPOOL_COLUMNS: dict[str, str] = SPOOL_TYPES
@@ -30,20 +31,10 @@ REQUIRED_COLUMNS: tuple[str, ...] = REQUIRED_SPOOLED
 # No query parameters below: the DuckDB client tries ``import pandas`` for every bound
 # parameter, and where pandas is not installed that failed import searches sys.path each
 # time, holding the GIL the proxy's event loop needs. Values are inlined as SQL literals.
-#
-# A torn line (a crash mid-write) or a line of the wrong shape comes back as a row
-# of NULLs, or with NULL where a value had the wrong type: such rows are left out.
-def _sql_string(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-_COLUMNS_LITERAL = "{" + ", ".join(f"'{c}': '{t}'" for c, t in SPOOL_COLUMNS.items()) + "}"
-
-_READ_OPTIONS = (
-    f"format = 'newline_delimited', columns = {_COLUMNS_LITERAL}, "
-    "ignore_errors = true, maximum_object_size = 16777216"
-)
-_VALID = " AND ".join(f"{c} IS NOT NULL" for c in REQUIRED_COLUMNS)
+# How a line is read, and which lines are events: :mod:`meterline.spoolsql`.
+_sql_string = spoolsql.sql_string
+_READ_OPTIONS = spoolsql.READ_OPTIONS
+_VALID = spoolsql.VALID
 #: Unreadable lines, and the earliest ``ts`` of the readable ones (bounds the dedup below).
 _SURVEY = (
     f"SELECT count(*) FILTER (WHERE NOT ({_VALID})), min(ts) FILTER (WHERE {_VALID}) "
@@ -62,15 +53,8 @@ _SURVEY = (
 #: is the response's ``created_at`` only when that is plausible, else the time of the
 #: read that stored it, so a later read may bring another ``ts`` than the stored one.
 DEDUP_WINDOW = "INTERVAL 5 MINUTE"
-_COLS = ", ".join(EVENT_COLUMNS)
-_SELECT = ", ".join(
-    "$ingested_at"
-    if c == "ingested_at"
-    else f"coalesce({c}, {SPOOL_DEFAULTS[c]})"
-    if c in SPOOL_DEFAULTS
-    else c
-    for c in EVENT_COLUMNS
-)
+_COLS = spoolsql.COLUMNS
+_SELECT = spoolsql.SELECT
 # The dedup compares with stored events from ``$since`` on only (a constant, so DuckDB's
 # zonemaps on ``ts`` skip older row groups, and a lake skips older files): the cost of a
 # flush does not grow with the table. An ANTI JOIN (hash table built on the batch, not on
