@@ -59,15 +59,18 @@ _MOVES_COLUMNS = "(upto BIGINT NOT NULL, moved_at TIMESTAMP NOT NULL)"
 #: to one table commit side by side.
 _MOVE_LOCK = "hashtext('meterline.lakestage.move')"
 _UTC_NOW = "timezone('UTC', now())"
-#: A staged line as a reader reads it: the line with its ``ingested_at`` (when it was
-#: staged, UTC) added as its last field; a line that is not one JSON object stays
-#: unreadable either way.
+#: A staged line as a reader reads it: the line with the µs since the epoch at which it
+#: was staged added as its last field (a number: PostgreSQL writes dates as its
+#: ``DateStyle`` says); a line that is not one JSON object stays unreadable either way.
 _LINE_OUT = (
-    "left(line, -1) || ',\"ingested_at\":\"' || (staged_at AT TIME ZONE 'UTC')::text || '\"}'"
+    "left(line, -1) || ',\"staged_us\":' || "
+    "(extract(epoch FROM staged_at) * 1000000)::bigint || '}'"
 )
 #: Every control character but the newline (which separates the lines of a batch).
 _CONTROL = bytes(b for b in range(0x20) if b != 0x0A)
-_READ_OPTIONS = spoolsql.read_options({**SPOOL_TYPES, "ingested_at": "TIMESTAMP"})
+_READ_OPTIONS = spoolsql.read_options({**SPOOL_TYPES, "staged_us": "BIGINT"})
+#: The row a staged line makes: as the append's, ``ingested_at`` when it was staged.
+_SELECT = spoolsql.SELECT.replace("$ingested_at", "make_timestamp(staged_us)")
 
 
 class StageError(RuntimeError):
@@ -174,9 +177,8 @@ def staged_events_sql(
     it inside the reader's transaction): the lines are copied to ``path``, which must
     stay until the reader is done with the SQL."""
     _copy_out(pg, moved_upto(con, catalog), None, path)
-    select = spoolsql.SELECT.replace("$ingested_at", "ingested_at")
     return (
-        f"SELECT {select} FROM read_json({spoolsql.sql_string(str(path))}, {_READ_OPTIONS}) "
+        f"SELECT {_SELECT} FROM read_json({spoolsql.sql_string(str(path))}, {_READ_OPTIONS}) "
         f"WHERE {spoolsql.VALID}"
     )
 
@@ -203,9 +205,8 @@ def _move(con: duckdb.DuckDBPyConnection, pg: Any, path: Path, catalog: str) -> 
             return 0
         added = 0
         if _copy_out(pg, since, before, path):
-            select = spoolsql.SELECT.replace("$ingested_at", "ingested_at")
             row = con.execute(
-                f"INSERT INTO {catalog}.main.usage_events ({spoolsql.COLUMNS}) SELECT {select} "
+                f"INSERT INTO {catalog}.main.usage_events ({spoolsql.COLUMNS}) SELECT {_SELECT} "
                 f"FROM read_json({spoolsql.sql_string(str(path))}, {_READ_OPTIONS}) "
                 f"WHERE {spoolsql.VALID}"
             ).fetchone()

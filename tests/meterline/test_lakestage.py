@@ -125,6 +125,7 @@ def test_staged_events_read_as_the_append_stores_them_before_and_after_their_mov
     before = datetime.now(UTC).replace(tzinfo=None)
     assert lakestage.stage(pg, lines) == (4, 2)  # the torn line is staged, read as nothing
     after = datetime.now(UTC).replace(tzinfo=None)
+    pg.execute("SET datestyle = 'SQL, DMY'")  # a server that prints dates its own way
 
     # What the proxy's append stores from the same lines (in a DuckDB file of its own).
     segment = tmp_path / "segment.jsonl"
