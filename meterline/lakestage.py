@@ -19,6 +19,10 @@ the lake's events and the staged lines at or above the bound that snapshot holds
 line is counted once whether or not a move committed meanwhile. Staged lines are deleted
 only well after their move (:func:`forget`), for readers holding an older snapshot.
 
+``pg`` below is a psycopg connection to the catalog's database in autocommit mode (each
+step makes its own transaction; one left open would hold PostgreSQL's ``xmin``, and so
+every move, back).
+
 Not yet the proxy's path (docs/fleet.md, "Staging in the catalog"): the writer still
 appends, and readers of the store do not add staged lines yet.
 """
@@ -81,13 +85,15 @@ def create(con: duckdb.DuckDBPyConnection, catalog: str = "lake") -> None:
     """The staging table in ``catalog``'s PostgreSQL database, and the lake's record of
     moves (both made only where missing)."""
     alias = metadata_alias(catalog)
-    kind = con.execute(
-        "SELECT type FROM duckdb_databases() WHERE database_name = ?", [alias]
+    kind = con.execute(  # no bound parameters: see addons.metering.batchsql
+        f"SELECT type FROM duckdb_databases() WHERE database_name = {spoolsql.sql_string(alias)}"
     ).fetchone()
     if not kind or kind[0] != "postgres":
         raise StageError(f"{catalog}: staging needs a lake whose catalog is PostgreSQL")
     for sql in (_CREATE_STAGED, _INDEX_STAGED):
-        con.execute(f"CALL postgres_execute({spoolsql.sql_string(alias)}, ?)", [sql])
+        con.execute(
+            f"CALL postgres_execute({spoolsql.sql_string(alias)}, {spoolsql.sql_string(sql)})"
+        )
     con.execute(f"CREATE TABLE IF NOT EXISTS {catalog}.main.{MOVES} {_MOVES_COLUMNS}")
 
 
@@ -157,7 +163,7 @@ def unescaped(blocks: Iterable[bytes]) -> Iterator[bytes]:
 
 def _copy_out(pg: Any, since: int, before: int | None, path: Path) -> int:
     """The staged lines of transactions ``since`` <= id < ``before`` into ``path`` (0600),
-    each with its ``ingested_at``; returns how many. (libpq hands ``COPY``'s output over
+    each with the time it was staged; returns how many. (libpq hands ``COPY``'s output over
     a row at a time: ~3 µs a line here, most of it psycopg's.)"""
     bound = f" AND xact < '{before}'::xid8" if before is not None else ""
     query = f"SELECT {_LINE_OUT} FROM {STAGED} WHERE xact >= '{since}'::xid8{bound}"
@@ -187,6 +193,8 @@ def move(con: duckdb.DuckDBPyConnection, pg: Any, work: Path, catalog: str = "la
     """Append the staged lines below PostgreSQL's snapshot ``xmin`` to ``usage_events``,
     and record the bound, in one DuckLake commit. Returns the events added. ``work``: a
     private directory for the lines in transit."""
+    if not pg.autocommit:
+        raise StageError("lakestage needs a psycopg connection in autocommit mode")
     path = work / f"staged-moving-{os.getpid()}.jsonl"
     pg.execute(f"SELECT pg_advisory_lock({_MOVE_LOCK})")
     try:

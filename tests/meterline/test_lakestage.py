@@ -328,6 +328,15 @@ def test_forget_deletes_only_lines_moved_long_ago(lake: str, tmp_path: Path, con
         assert _count(con, pg, tmp_path / "read.jsonl") == 5
 
 
+def test_a_move_refuses_a_connection_that_would_hold_a_transaction_open(
+    lake: str, tmp_path: Path, connections: list[Any]
+) -> None:
+    pg = psycopg.connect(lake.removeprefix("ducklake:postgres:"))  # not in autocommit mode
+    connections.append(pg)
+    with store(lake) as con, pytest.raises(lakestage.StageError, match="autocommit"):
+        lakestage.move(con, pg, tmp_path)
+
+
 def test_a_lake_on_a_duckdb_catalog_cannot_stage(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("METERLINE_LAKE_DATA", str(tmp_path / "lake-data"))
     with (
