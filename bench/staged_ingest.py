@@ -55,10 +55,11 @@ from bench.flush_profile import _event  # noqa: E402
 from bench.lake_append import writer_lake  # noqa: E402
 from bench.writer_bench import _postgres_cpu_s  # noqa: E402
 from meterline import lakestage  # noqa: E402
+from meterline.lakerepair import metadata_alias  # noqa: E402
 from meterline.store import _sql_string  # noqa: E402
 
 #: DuckLake's own attachment of the catalog database (``__ducklake_metadata_<alias>``).
-CATALOG_DB = "__ducklake_metadata_lake"
+CATALOG_DB = metadata_alias("lake")
 
 
 def _pg(con: duckdb.DuckDBPyConnection, sql: str) -> None:

@@ -394,17 +394,6 @@ def _merge(
 DATA_FILE_ID_TABLES = (*lakerepair.PER_FILE_TABLES, "ducklake_files_scheduled_for_deletion")
 
 
-def _postgres_catalog(con: duckdb.DuckDBPyConnection, catalog: str) -> str | None:
-    """The name under which DuckLake attached ``catalog``'s PostgreSQL catalog, if it is
-    one (a DuckDB or SQLite catalog: None)."""
-    alias = lakerepair.metadata_alias(catalog)
-    attached = con.execute(
-        "SELECT count(*) FROM duckdb_databases() "
-        f"WHERE database_name = '{alias}' AND type = 'postgres'"
-    ).fetchall()
-    return alias if attached and attached[0][0] else None
-
-
 def index_catalog(con: duckdb.DuckDBPyConnection, catalog: str = "lake") -> int:
     """Index ``data_file_id`` in DuckLake's PostgreSQL tables that a pass deletes from.
 
@@ -419,7 +408,7 @@ def index_catalog(con: duckdb.DuckDBPyConnection, catalog: str = "lake") -> int:
     duration (once per lake). Two proxies that start together may both try; the
     loser's error is ignored. Returns the indexes created.
     """
-    alias = _postgres_catalog(con, catalog)
+    alias = lakerepair.postgres_catalog(con, catalog)
     if alias is None:
         return 0
     present = {
@@ -460,7 +449,7 @@ def vacuum_catalog(con: duckdb.DuckDBPyConnection, catalog: str = "lake") -> int
     blocks another's lock after ``deadlock_timeout``.) Returns the tables vacuumed (0 on
     a catalog that is not PostgreSQL's).
     """
-    alias = _postgres_catalog(con, catalog)
+    alias = lakerepair.postgres_catalog(con, catalog)
     if alias is None:
         return 0
     names = con.execute(

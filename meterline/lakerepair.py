@@ -54,6 +54,17 @@ def metadata_alias(catalog: str = "lake") -> str:
     return f"__ducklake_metadata_{catalog}"
 
 
+def postgres_catalog(con: duckdb.DuckDBPyConnection, catalog: str = "lake") -> str | None:
+    """The name under which DuckLake attached ``catalog``'s PostgreSQL catalog, if it is
+    one (a DuckDB or SQLite catalog: None)."""
+    alias = metadata_alias(catalog)
+    attached = con.execute(
+        "SELECT count(*) FROM duckdb_databases() "
+        f"WHERE database_name = '{alias}' AND type = 'postgres'"
+    ).fetchall()
+    return alias if attached and attached[0][0] else None
+
+
 _KINDS = {
     # kind: (catalog table, id column, record count column)
     "data": ("ducklake_data_file", "data_file_id", "record_count"),

@@ -39,7 +39,7 @@ import duckdb
 
 from meterline import spoolsql
 from meterline.eventschema import SPOOL_TYPES
-from meterline.lakerepair import metadata_alias
+from meterline.lakerepair import postgres_catalog
 from meterline.privatefiles import private_files
 
 #: The catalog database's table of staged lines.
@@ -84,11 +84,8 @@ class StageError(RuntimeError):
 def create(con: duckdb.DuckDBPyConnection, catalog: str = "lake") -> None:
     """The staging table in ``catalog``'s PostgreSQL database, and the lake's record of
     moves (both made only where missing)."""
-    alias = metadata_alias(catalog)
-    kind = con.execute(  # no bound parameters: see addons.metering.batchsql
-        f"SELECT type FROM duckdb_databases() WHERE database_name = {spoolsql.sql_string(alias)}"
-    ).fetchone()
-    if not kind or kind[0] != "postgres":
+    alias = postgres_catalog(con, catalog)
+    if alias is None:
         raise StageError(f"{catalog}: staging needs a lake whose catalog is PostgreSQL")
     for sql in (_CREATE_STAGED, _INDEX_STAGED):
         con.execute(
