@@ -57,6 +57,7 @@ from addons.metering.writer import SpoolWriter  # noqa: E402
 from bench.billing_bench import write_catalog  # noqa: E402
 from bench.writer_bench import _postgres_cpu_s  # noqa: E402
 from meterline.lakemaint import lake_counts  # noqa: E402
+from meterline.lakestage import staged_reads  # noqa: E402
 from meterline.store import store  # noqa: E402
 from tests.support.postgres import postgres_server  # noqa: E402
 
@@ -265,6 +266,11 @@ def month(args: argparse.Namespace, lake: str, pg: str, work: Path) -> dict[str,
     }
 
 
+def _moving_cpu_s(writers: list[tuple[Spool, SpoolWriter]]) -> float:
+    """CPU the writers' mover threads used on moves (staged ingest; else 0)."""
+    return sum(w.mover.cpu_s for _, w in writers if w.mover is not None)
+
+
 class TimedWriter(SpoolWriter):
     """The real writer, its flushes timed from outside (start, end, wrote something)."""
 
@@ -337,6 +343,7 @@ def rate(args: argparse.Namespace, lake: str, pg: str, work: Path) -> dict[str, 
         for _, w in writers
     ]
     cpu0 = [time.clock_gettime(c) for c in clocks]
+    moving0 = _moving_cpu_s(writers)
     pg0 = _postgres_cpu_s()
     producers = [
         threading.Thread(target=produce, args=(p,), daemon=True) for p in range(len(writers))
@@ -350,7 +357,9 @@ def rate(args: argparse.Namespace, lake: str, pg: str, work: Path) -> dict[str, 
         t.join()
     time.sleep(args.interval * 3)  # the last events committed by the writers' own loops
     cpu = sum(time.clock_gettime(c) - c0 for c, c0 in zip(clocks, cpu0, strict=True))
+    moving = _moving_cpu_s(writers) - moving0
     pg_cpu = _postgres_cpu_s() - pg0
+    moves = sum(w.mover.moves for _, w in writers if w.mover is not None)
     loop.join()
     lags: list[float] = []
     flush_ms: list[float] = []
@@ -372,7 +381,7 @@ def rate(args: argparse.Namespace, lake: str, pg: str, work: Path) -> dict[str, 
         writer.stop()
         spool.close()
     events = sum(len(t) for t in appended)
-    with store(lake) as con:
+    with store(lake) as con, staged_reads(con, lake):  # staged: the lines not moved too
         (stored,) = con.execute("SELECT count(*) FROM usage_events").fetchone() or (0,)
     stored -= len(writers)  # the warm-up events
     return {
@@ -393,7 +402,10 @@ def rate(args: argparse.Namespace, lake: str, pg: str, work: Path) -> dict[str, 
         "flush_ms_p99_during_passes": _pct(during, 0.99) if during else None,
         "flush_ms_p99_outside_passes": _pct(outside, 0.99) if outside else None,
         "events_per_flush": round(events / max(len(flush_ms), 1), 1),
-        "writer_cpu_us_per_event": round(cpu / max(events, 1) * 1e6, 1),
+        "ingest": args.ingest,
+        "writer_cpu_us_per_event": round((cpu + moving) / max(events, 1) * 1e6, 1),
+        "of_which_moves_us_per_event": round(moving / max(events, 1) * 1e6, 1),
+        "moves": moves,
         "postgres_cpu_us_per_event": round(pg_cpu / max(events, 1) * 1e6, 1),
         "maintenance_passes_s": passes,
     }
@@ -442,6 +454,13 @@ def main() -> None:
     r.add_argument("--seconds", type=float, default=60.0)
     r.add_argument("--interval", type=float, default=1.0, help="writer flush interval")
     r.add_argument("--maintain-every-s", type=float, default=30.0)
+    r.add_argument(
+        "--ingest",
+        choices=("append", "staged"),
+        default="append",
+        help="METERLINE_LAKE_INGEST: staged counts each writer's mover thread as its CPU",
+    )
+    r.add_argument("--move-every-s", type=float, default=30.0, help="with --ingest staged")
     for p in (m, r):
         p.add_argument("--proxies", type=int, default=10)
         p.add_argument("--keep-snapshots", type=int, default=6000)
@@ -453,6 +472,9 @@ def main() -> None:
         work = Path(tmp)
         os.environ["METERLINE_LAKE_DATA"] = str(work / "lake-data")
         os.environ["METERLINE_LAKE_MAINTAIN_EVERY"] = "0"  # passes driven below
+        if args.mode == "rate":
+            os.environ["METERLINE_LAKE_INGEST"] = args.ingest
+            os.environ["METERLINE_LAKE_MOVE_EVERY"] = str(args.move_every_s)
         lake = f"ducklake:postgres:{pg}"
         report = (month if args.mode == "month" else rate)(args, lake, pg, work)
         if args.mode == "month" and args.billing:

@@ -20,7 +20,7 @@ that both run as cold as the writer's loop):
   bound written in that commit (the module says how).
 - **read**, every 10 flushes: what a reader would count, in one lake snapshot: the lake's
   events plus the staged lines at or above the bound that snapshot holds
-  (:func:`meterline.lakestage.staged_events_sql`). It must equal the events appended so
+  (:class:`meterline.lakestage.StagedView`). It must equal the events appended so
   far, moves or not; the bench stops if any count is off.
 
 Reported per flush: writer CPU (the thread's) and PostgreSQL's (``/proc``), the move's
@@ -82,16 +82,11 @@ def stage_copy(pg: Any, segment: Path) -> None:
         lakestage.stage(pg, lines)
 
 
-def read_count(con: duckdb.DuckDBPyConnection, pg: Any, work: Path) -> int:
-    """What a reader counts: the lake's events plus the staged lines not yet moved."""
-    con.execute("BEGIN TRANSACTION")  # one lake snapshot for both parts
-    try:
-        staged = lakestage.staged_events_sql(con, pg, work / "reading.jsonl")
-        row = con.execute(
-            f"SELECT (SELECT count(*) FROM usage_events) + (SELECT count(*) FROM ({staged}))"
-        ).fetchone()
-    finally:
-        con.execute("COMMIT")
+def read_count(reader: duckdb.DuckDBPyConnection, view: lakestage.StagedView) -> int:
+    """What a reader counts: the lake's events plus the staged lines not yet moved (a
+    cursor of its own: the view shadows ``usage_events`` for its connection only)."""
+    view.refresh(reader)
+    row = reader.execute("SELECT count(*) FROM usage_events").fetchone()
     return int(row[0]) if row else 0
 
 
@@ -118,6 +113,9 @@ def measure(
     pg = psycopg.connect(conninfo, autocommit=True)
     con = writer_lake(conninfo, work)
     lakestage.create(con)
+    reader = con.cursor()
+    reader.execute("USE lake")
+    view = lakestage.StagedView(psycopg.connect(conninfo, autocommit=True))
     figures: dict[str, list[tuple[float, float]]] = {
         "append": [], "stage": [], "stage_copy": [], "move": []
     }  # fmt: skip
@@ -148,7 +146,7 @@ def measure(
                 staged_since_move = 0
         if flush % 10 == 9:  # a reader, now and then: exact whatever was moved
             t0 = time.perf_counter()
-            count = read_count(con, pg, work)
+            count = read_count(reader, view)
             reads.append((time.perf_counter() - t0, count, serial))
     final_moved = lakestage.move(con, pg, work)
     stored = con.execute("SELECT count(*), count(DISTINCT event_id) FROM usage_events").fetchone()

@@ -30,6 +30,7 @@ from billing import extensions
 from billing.schema import BILLING_MIGRATIONS
 from meterline.conninfo import shown
 from meterline.entitlements.schema import GOVERNANCE_MIGRATIONS
+from meterline.lakestage import staged_reads
 from meterline.migrations import (
     EVENT_MIGRATIONS,
     LAKE_LEASE_MIGRATION,
@@ -113,7 +114,8 @@ def billing_store(
         if newer:  # a command that writes would leave out what that version added
             raise newer_store(newer, shown(loc))
         apply_migrations(con)
-        yield con
+        with staged_reads(con, loc):
+            yield con
 
 
 def _refuse_foreign_file(
@@ -187,10 +189,14 @@ def billing_reader(
                 "without what that one added; upgrade Meterline"
             )
         if not pending:
-            yield con
+            with staged_reads(con, loc):
+                yield con
             return
     _migrate_for_reading(loc, pending, wait_s=wait_s, on_wait=on_wait)
-    with store(loc, read_only=True, wait_s=wait_s, create_lake=False, on_wait=on_wait) as con:
+    with (
+        store(loc, read_only=True, wait_s=wait_s, create_lake=False, on_wait=on_wait) as con,
+        staged_reads(con, loc),
+    ):
         yield con
 
 

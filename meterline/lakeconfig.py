@@ -21,6 +21,11 @@ settings come from the environment (one place to set them: the unit file, the co
 ``AWS_SESSION_TOKEN``              proxy's user), which DuckDB loads by itself.
 ``METERLINE_LAKE_INLINE_ROWS``     inserts of fewer rows than this are stored in the catalog,
                                    not as a Parquet file (default 0: never; see below).
+``METERLINE_LAKE_INGEST``          ``append`` (default: each flush is a DuckLake commit) or
+                                   ``staged`` (flushes go into a table of the catalog's
+                                   PostgreSQL database and a proxy moves them into the lake
+                                   now and then: :mod:`meterline.lakestage`).
+``METERLINE_LAKE_MOVE_EVERY``      with ``staged``: seconds between moves (default 30).
 =================================  ==========================================================
 
 When any ``METERLINE_S3_*`` or ``AWS_ACCESS_KEY_ID`` is set, a temporary DuckDB secret
@@ -30,6 +35,7 @@ path is given; the key is never logged or stored by Meterline.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -40,6 +46,10 @@ from dataclasses import dataclass
 #: (DuckDB 1.4.4): 4,300 rows for 2,000 events in a test, invoices would double. Without
 #: inlining each flush writes one file, and maintenance merges them (safe while writing).
 DEFAULT_INLINE_ROWS = 0
+INGEST_MODES = ("append", "staged")
+#: Seconds between two moves of staged events into the lake (any proxy of the fleet makes
+#: one when the last is older: a commit every 30 s, whatever the fleet's size).
+DEFAULT_MOVE_EVERY_S = 30.0
 REMOTE_SCHEMES = ("s3://", "s3a://", "s3n://", "r2://", "gcs://", "gs://")
 
 
@@ -71,6 +81,9 @@ class LakeSettings:
     key_id: str | None = None
     secret: str | None = None
     session_token: str | None = None
+    ingest: str = "append"
+    """``append`` or ``staged`` (:mod:`meterline.lakestage`)."""
+    move_every_s: float = 30.0
 
     @property
     def remote(self) -> bool:
@@ -152,8 +165,20 @@ def lake_settings(env: Mapping[str, str] | None = None) -> LakeSettings:
             f"METERLINE_S3_ENDPOINT={endpoint!r}: give host:port (no scheme; "
             "METERLINE_S3_USE_SSL=false for plain HTTP)"
         )
+    ingest = env.get("METERLINE_LAKE_INGEST") or "append"
+    if ingest not in INGEST_MODES:
+        raise LakeConfigError(f"METERLINE_LAKE_INGEST={ingest!r}: expected append or staged")
+    move_text = env.get("METERLINE_LAKE_MOVE_EVERY") or str(DEFAULT_MOVE_EVERY_S)
+    try:
+        move_every_s = float(move_text)
+    except ValueError:
+        move_every_s = math.nan
+    if not (math.isfinite(move_every_s) and move_every_s > 0):
+        raise LakeConfigError(f"METERLINE_LAKE_MOVE_EVERY={move_text!r}: expected seconds > 0")
     return LakeSettings(
         data_path=data_path,
+        ingest=ingest,
+        move_every_s=move_every_s,
         inline_rows=inline_rows,
         endpoint=endpoint,
         region=(

@@ -21,6 +21,7 @@ from addons.metering import govoptions
 from addons.metering.lakejob import maintain_every_s
 from meterline.conninfo import LAKE_PREFIX, locator_problem, shown
 from meterline.lakeconfig import LakeConfigError, lake_settings
+from meterline.lakestage import POSTGRES_LAKE_PREFIX
 from meterline.store import DEFAULT_CATALOG, DEFAULT_DB, looks_like_duckdb
 
 UNKNOWN_KEY_POLICIES = ("record", "reject")
@@ -154,10 +155,15 @@ def check_db(locator: str) -> None:
         raise exceptions.OptionsError(f"meter_db: {problem}")
     if locator.startswith(LAKE_PREFIX):
         try:  # a relative data path, a bad S3 setting: no flush would ever succeed
-            lake_settings()
+            settings = lake_settings()
             maintain_every_s()  # a negative one turned maintenance off unsaid
         except LakeConfigError as e:
             raise exceptions.OptionsError(f"meter_db: {e}") from e
+        if settings.ingest == "staged" and not locator.startswith(POSTGRES_LAKE_PREFIX):
+            raise exceptions.OptionsError(
+                "meter_db: METERLINE_LAKE_INGEST=staged needs a lake whose catalog is "
+                "PostgreSQL (ducklake:postgres:...)"
+            )
         return
     path = Path(locator).expanduser()
     shown_path = shown(str(path))

@@ -23,10 +23,12 @@ import contextlib
 import logging
 import os
 import time
+from typing import Any
 
 import duckdb
 
-from meterline import lakerepair, lakestorage
+from meterline import lakerepair, lakestage, lakestorage
+from meterline.lakeconfig import LakeConfigError, lake_settings
 from meterline.lakemaint import index_catalog
 from meterline.migrations import EVENT_MIGRATIONS, migrate
 from meterline.store import LAKE_PREFIX, attach_file, attach_lake, reader_waiting_path
@@ -63,6 +65,13 @@ REMOTE_MARKER_CHECK_S = 30.0
 LAKE_REATTACH_EVERY = 1800
 
 
+def _ingest() -> str:
+    try:
+        return lake_settings().ingest
+    except LakeConfigError:  # refused at the proxy's start, with its message
+        return "append"
+
+
 class StoreLink:
     """Hands the writer a connection with the store attached and migrated."""
 
@@ -87,6 +96,25 @@ class StoreLink:
         self._marker_seen = 0.0
         """When the marker was last found (monotonic seconds)."""
         self.marker_checks = 0
+        self.staged = self.is_lake and _ingest() == "staged"
+        """``METERLINE_LAKE_INGEST=staged``: flushes stage their lines in the catalog's
+        PostgreSQL (:mod:`meterline.lakestage`), and reads add the staged lines."""
+        self._view: lakestage.StagedView | None = None
+
+    @property
+    def pg(self) -> Any:
+        """The psycopg connection staged lines go through (after :meth:`connection`)."""
+        if self._view is None:
+            raise lakestage.StageError("the lake is not attached for staging")
+        return self._view.pg
+
+    def staged_view(self, con: duckdb.DuckDBPyConnection) -> lakestage.StagedView:
+        """The connection's ``usage_events`` with the staged lines, refreshed now."""
+        view = self._view
+        if view is None:
+            raise lakestage.StageError("the lake is not attached for staging")
+        view.refresh(con)
+        return view
 
     @property
     def holds_file(self) -> bool:
@@ -145,6 +173,10 @@ class StoreLink:
             migrate(con, EVENT_MIGRATIONS)
             if self.is_lake:
                 index_catalog(con)
+            if self.staged:
+                lakestage.create(con)
+                if self._view is None:
+                    self._view = lakestage.StagedView(lakestage.connect(self.locator))
             self._migrated = True
         self._uses += 1
         return con
@@ -195,6 +227,9 @@ class StoreLink:
         """Drop the instance after an error: the next flush attaches and migrates afresh."""
         con, self._con = self._con, None
         self._attached = self._migrated = False
+        view, self._view = self._view, None
+        if view is not None:
+            view.close()
         if con is not None:
             with contextlib.suppress(duckdb.Error):
                 con.close()

@@ -26,6 +26,7 @@ from typing import Any
 
 import duckdb
 
+from meterline import lakestage
 from meterline.entitlements import Counters, Policy, Snapshot, fleet, fleetsums, read_snapshot
 from meterline.entitlements.policy import counter_id
 from meterline.entitlements.windowsums import KeptSums
@@ -60,6 +61,8 @@ class StoreReads:
         self._restored: dict[str, Any] | None = None
         """The kept sums an earlier run saved, for the first read of the same store."""
         self._lake: tuple[str, duckdb.DuckDBPyConnection] | None = None
+        self._staged: lakestage.StagedView | None = None
+        """The lake's staged lines for the reads (a lake that stages)."""
         self._kept: tuple[tuple[str, int], KeptSums] | None = None
         self._sums_saved = 0.0
         self._sums_shared_at: float | None = None
@@ -104,6 +107,7 @@ class StoreReads:
                     self._lake = (locator, open_store(locator, wait_s=5))
                     self.shared = self._share(self._lake[1])
                 con = self._lake[1]
+                self._add_staged(locator, con)
                 peers = None
                 if self.shared:
                     self._publish(con)
@@ -291,7 +295,19 @@ class StoreReads:
                 log.debug("meterline: cannot withdraw from the fleet: %s", fleet.reason(e))
         self.close()
 
+    def _add_staged(self, locator: str, con: duckdb.DuckDBPyConnection) -> None:
+        """On a lake that stages (:mod:`meterline.lakestage`): the read counts the staged
+        lines not moved yet (copied since the last read only)."""
+        if self._staged is None:
+            if not lakestage.stages(con):  # checked each read: a fleet may start staging
+                return
+            self._staged = lakestage.StagedView(lakestage.connect(locator))
+        self._staged.refresh(con)
+
     def close(self) -> None:
+        if self._staged is not None:
+            self._staged.close()
+            self._staged = None
         if self._lake is not None:
             with contextlib.suppress(Exception):
                 self._lake[1].close()

@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import tempfile
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import click
 import duckdb
@@ -14,7 +17,7 @@ import duckdb
 from billing import render
 from billing.cli.common import YEAR_S, Settings, format_option, pass_settings
 from billing.ledger import restore_invoice_sequence
-from meterline import lakerepair, lakestorage
+from meterline import lakerepair, lakestage, lakestorage
 from meterline.conninfo import shown
 from meterline.lakelease import give_back_lease, lease_holder, restore_lease_row, take_lease
 from meterline.lakemaint import DEFAULT_KEEP, ORPHAN_AGE, maintain
@@ -101,6 +104,7 @@ def maintain_cmd(
                 err=True,
             )
         try:
+            _move_staged(con, settings.db)
             report = maintain(
                 con,
                 keep=timedelta(seconds=keep),
@@ -115,6 +119,21 @@ def maintain_cmd(
                     err=True,
                 )
     click.echo(render.rows([asdict(report)], fmt))
+
+
+def _move_staged(con: duckdb.DuckDBPyConnection, locator: str) -> None:
+    """On a lake that stages (``METERLINE_LAKE_INGEST=staged``): the staged lines go into
+    the lake before it is compacted, as a proxy's mover would (a fleet whose proxies are
+    all stopped leaves them staged; billing counts them either way)."""
+    if not lakestage.stages(con):
+        return
+    with (
+        contextlib.closing(lakestage.connect(locator)) as pg,
+        tempfile.TemporaryDirectory(prefix="meterline-move-") as work,
+    ):
+        moved = lakestage.move(con, pg, Path(work))
+        lakestage.forget(con, pg)
+    click.echo(f"moved {moved} staged event(s) into the lake", err=True)
 
 
 def _held_lease(con: duckdb.DuckDBPyConnection) -> tuple[str, datetime] | None:

@@ -19,6 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from billing.cli import main as billing_cli
+from meterline.lakestage import staged_reads
 from meterline.store import store
 from tests.conftest import KEYS, ProxyFactory
 from tests.e2e.test_governance import ALICE, chat
@@ -61,15 +62,17 @@ def fleet(lake: tuple[str, Path], start_proxy: ProxyFactory, catalog: Path) -> l
 
 
 def lake_output(lake: tuple[str, Path], consumer: str = "alice") -> int:
-    """Output tokens of ``consumer`` the lake holds (read with this process's connection)."""
+    """Output tokens of ``consumer`` the lake holds (read with this process's connection;
+    a lake that stages: with its staged lines, as billing reads it)."""
     with store(lake[0]) as con:
         tables = {r[0] for r in con.execute("SHOW TABLES").fetchall()}
         if "usage_events" not in tables:
             return 0
-        row = con.execute(
-            "SELECT coalesce(sum(output_tokens), 0) FROM usage_events WHERE consumer = ?",
-            [consumer],
-        ).fetchone()
+        with staged_reads(con, lake[0]):
+            row = con.execute(
+                "SELECT coalesce(sum(output_tokens), 0) FROM usage_events WHERE consumer = ?",
+                [consumer],
+            ).fetchone()
     return int(row[0]) if row else 0
 
 

@@ -85,9 +85,11 @@ def test_an_option_given_twice_is_one_line(
      # before: -5 turned the proxy's maintenance off without a word; abc was logged
      ("METERLINE_LAKE_MAINTAIN_EVERY", "-5", "expected seconds >= 0"),
      ("METERLINE_LAKE_MAINTAIN_EVERY", "abc", "expected seconds >= 0"),
-     ("METERLINE_LAKE_MAINTAIN_EVERY", "inf", "expected seconds >= 0")],
+     ("METERLINE_LAKE_MAINTAIN_EVERY", "inf", "expected seconds >= 0"),
+     ("METERLINE_LAKE_INGEST", "stage", "expected append or staged"),
+     ("METERLINE_LAKE_MOVE_EVERY", "0", "expected seconds > 0")],
     ids=["relative-data", "negative-maintain-every", "maintain-every-not-seconds",
-         "infinite-maintain-every"],
+         "infinite-maintain-every", "ingest-misspelt", "move-every-zero"],
 )  # fmt: skip
 def test_a_lake_setting_that_no_flush_could_use_is_one_line_at_start(
     tmp_path: Path, mitm_confdir: Path, test_catalog: Path, name: str, value: str, problem: str
@@ -111,6 +113,32 @@ def test_a_lake_setting_that_no_flush_could_use_is_one_line_at_start(
     line = f"meterline: meter_db: {name}={value!r}: {problem}"
     if name == "METERLINE_LAKE_DATA":
         line = f"meterline: meter_db: {name}={value!r} {problem}"
+    assert line in out and out.count("meterline: ") == 1, out
+    assert "Traceback" not in out and not proxy.spool.exists(), out
+
+
+def test_staged_ingest_on_a_lake_without_postgresql_is_one_line_at_start(
+    tmp_path: Path, mitm_confdir: Path, test_catalog: Path
+) -> None:
+    """Staging needs the catalog's PostgreSQL: on a DuckDB-catalog lake every flush
+    would fail, the events kept in the spool."""
+    proxy = MeterProxy(
+        tmp_path,
+        catalog=test_catalog,
+        confdir=mitm_confdir,
+        options={"meter_db": f"ducklake:{tmp_path / 'meta.ducklake'}"},
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("METERLINE_")}
+    env["METERLINE_LAKE_INGEST"] = "staged"
+    run = subprocess.run(
+        proxy.command(), capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env
+    )
+    out = run.stdout + run.stderr
+    assert run.returncode == 1, out
+    line = (
+        "meterline: meter_db: METERLINE_LAKE_INGEST=staged needs a lake whose catalog is "
+        "PostgreSQL (ducklake:postgres:...)"
+    )
     assert line in out and out.count("meterline: ") == 1, out
     assert "Traceback" not in out and not proxy.spool.exists(), out
 

@@ -16,10 +16,13 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
+from meterline import lakestage
+from meterline.lakestage import staged_reads
 from meterline.store import store
 from tests.support.postgres import postgres_server
 
@@ -27,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 EVENTS = 3000
 #: Seconds after the child is ready at which it is killed: spread over its flush cycle.
 KILL_AFTER_S = (0.05, 0.13, 0.21, 0.3, 0.42, 0.55)
+STAGED_KILL_AFTER_S = (0.4, 0.55, 0.7, 0.85, 1.0, 1.2)
 
 CHILD = """
 import json, sys, time
@@ -34,9 +38,11 @@ from pathlib import Path
 from addons.metering.spool import Spool
 from addons.metering.writer import SpoolWriter
 from meterline.store import store
+from meterline.lakestage import staged_reads
 from meterline.migrations import EVENT_MIGRATIONS, migrate
 
 spool_dir, locator, total = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+PACE_S = float(sys.argv[4])
 
 def number(event_id):
     return int(event_id.rsplit("-", 1)[1])
@@ -51,6 +57,7 @@ for path in spool_dir.glob("meterline-*"):
                 pass  # a line torn by the kill: appended again below
 with store(locator) as con:
     migrate(con, EVENT_MIGRATIONS)
+with store(locator) as con, staged_reads(con, locator):
     row = con.execute("SELECT max(event_id) FROM usage_events").fetchone()
     if row and row[0]:
         done = max(done, number(row[0]))
@@ -67,40 +74,46 @@ for n in range(done + 1, total):
         "path": "/v1/chat/completions", "status": 200, "streamed": False,
     })
     if n % 50 == 0:
-        time.sleep(0.003)  # a proxy's traffic, not one burst
+        time.sleep(PACE_S)  # a proxy's traffic, not one burst
 assert writer.stop()
 spool.close()
 print("done", flush=True)
 """
 
 
-def _child(spool: Path, locator: str) -> subprocess.Popen[str]:
+def _child(spool: Path, locator: str, pace_s: float) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(spool), locator, str(EVENTS)],
+        [sys.executable, "-c", CHILD, str(spool), locator, str(EVENTS), str(pace_s)],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
-        env={**os.environ, "METERLINE_LAKE_MAINTAIN_EVERY": "0"},
+        env={
+            **os.environ,
+            "METERLINE_LAKE_MAINTAIN_EVERY": "0",
+            "METERLINE_LAKE_MOVE_EVERY": "0.1",  # with METERLINE_LAKE_INGEST=staged
+        },
     )
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "ready"
     return proc
 
 
-def _kill_loop(spool: Path, locator: str) -> Counter[str]:
-    for delay in KILL_AFTER_S:
-        proc = _child(spool, locator)
+def _kill_loop(
+    spool: Path, locator: str, kill_after_s: tuple[float, ...] = KILL_AFTER_S, pace_s: float = 0.003
+) -> Counter[str]:
+    for delay in kill_after_s:
+        proc = _child(spool, locator, pace_s)
         time.sleep(delay)
         proc.kill()  # SIGKILL: the spool and the store are all that is left
         proc.wait(timeout=30)
         assert proc.stdout is not None
         proc.stdout.close()
-    proc = _child(spool, locator)
+    proc = _child(spool, locator, pace_s)
     assert proc.stdout is not None
     with proc.stdout:  # "done" may already sit in the buffer that held "ready"
         out = proc.stdout.read()
     assert proc.wait(timeout=120) == 0 and out.strip() == "done"
-    with store(locator) as con:
+    with store(locator) as con, staged_reads(con, locator):
         return Counter(r[0] for r in con.execute("SELECT event_id FROM usage_events").fetchall())
 
 
@@ -127,3 +140,33 @@ def test_kill_9_of_a_lake_writer_loses_and_doubles_nothing(
 ) -> None:
     monkeypatch.setenv("METERLINE_LAKE_DATA", str(tmp_path / "lake-data"))
     _check(_kill_loop(tmp_path / "spool", f"ducklake:postgres:{lake_server}"))
+
+
+def test_kill_9_of_a_staging_lake_writer_loses_and_doubles_nothing(
+    tmp_path: Path, lake_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``METERLINE_LAKE_INGEST=staged``: flushes stage their lines, a mover moves them
+    every ~0.1 s; the kills land in stages, in moves and between. Counted through the
+    staged view (lake + lines not moved yet), and once more after a last move."""
+    from tests.support.postgres import create_database
+
+    monkeypatch.setenv("METERLINE_LAKE_DATA", str(tmp_path / "lake-data"))
+    monkeypatch.setenv("METERLINE_LAKE_INGEST", "staged")
+    locator = "ducklake:postgres:" + create_database(lake_server, "kill_staged")
+    # Slower traffic, later kills: the writer and its mover attach first (~0.3 s each),
+    # so that kills land in stages and in moves.
+    _check(_kill_loop(tmp_path / "spool", locator, STAGED_KILL_AFTER_S, pace_s=0.02))
+    # Then one last move, here: the lake's own table holds every event once, and the
+    # view (lake + staged lines not moved) still counts each once.
+    with store(locator) as con, closing(lakestage.connect(locator)) as pg:
+        work = tmp_path / "move"
+        work.mkdir(mode=0o700)
+        lakestage.move(con, pg, work)
+        moved = Counter(
+            r[0] for r in con.execute("SELECT event_id FROM lake.main.usage_events").fetchall()
+        )
+        moves = con.execute("SELECT count(*) FROM staged_moves").fetchone()
+    print(f"staged: {moves} moves in all")
+    _check(moved)
+    with store(locator) as con, staged_reads(con, locator):
+        _check(Counter(r[0] for r in con.execute("SELECT event_id FROM usage_events").fetchall()))
