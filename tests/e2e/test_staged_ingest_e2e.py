@@ -40,6 +40,21 @@ def server() -> Iterator[str]:
         yield conninfo
 
 
+def _staged_lake(
+    server: str, name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, move_every: str
+) -> tuple[str, dict[str, str]]:
+    """A new lake that stages, and the environment of its proxies (set for this process's
+    reads and billing's too). ``move_every``: 3600 for no move by the proxies."""
+    env = {
+        "METERLINE_LAKE_DATA": str(tmp_path / "lake-data"),
+        "METERLINE_LAKE_INGEST": "staged",
+        "METERLINE_LAKE_MOVE_EVERY": move_every,
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return "ducklake:postgres:" + create_database(server, name), env
+
+
 def _request_ids(locator: str, table: str) -> Counter[str]:
     """request_id -> events, of the lake's own table (``lake.main.usage_events``) or of
     what readers see (``usage_events``: staged lines included)."""
@@ -82,15 +97,7 @@ def test_staged_events_are_billed_once_before_and_after_the_move(
     test_catalog: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    data = tmp_path / "lake-data"
-    lake = "ducklake:postgres:" + create_database(server, "staged_e2e")
-    env = {
-        "METERLINE_LAKE_DATA": str(data),
-        "METERLINE_LAKE_INGEST": "staged",
-        "METERLINE_LAKE_MOVE_EVERY": "3600",  # no move by the proxies in this test
-    }
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)  # this process's reads and billing's
+    lake, env = _staged_lake(server, "staged_e2e", tmp_path, monkeypatch, move_every="3600")
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=1)
     proxies = [
         start_proxy(options={"meter_db": lake, "meter_proxy_id": name}, env=env, name=name)
@@ -147,15 +154,7 @@ def test_a_staging_proxy_moves_its_events_into_the_lake(
     fake_provider: FakeProvider,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    data = tmp_path / "lake-data"
-    lake = "ducklake:postgres:" + create_database(server, "staged_mover")
-    env = {
-        "METERLINE_LAKE_DATA": str(data),
-        "METERLINE_LAKE_INGEST": "staged",
-        "METERLINE_LAKE_MOVE_EVERY": "0.5",
-    }
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
+    lake, env = _staged_lake(server, "staged_mover", tmp_path, monkeypatch, move_every="0.5")
     proxy = start_proxy(options={"meter_db": lake, "meter_proxy_id": "mover"}, env=env)
     exchanges: list[Exchange] = []
     made = Clients(proxy, fake_provider)
@@ -180,15 +179,7 @@ def test_two_staging_proxies_share_one_limit(
     """Governance on a lake that stages: each proxy learns the other's calls from the
     staged lines (no move in the test), and the limit holds for the fleet."""
     limit = 400
-    data = tmp_path / "lake-data"
-    lake = "ducklake:postgres:" + create_database(server, "staged_limit")
-    env = {
-        "METERLINE_LAKE_DATA": str(data),
-        "METERLINE_LAKE_INGEST": "staged",
-        "METERLINE_LAKE_MOVE_EVERY": "3600",
-    }
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
+    lake, env = _staged_lake(server, "staged_limit", tmp_path, monkeypatch, move_every="3600")
     catalog = governed_catalog(
         tmp_path / "catalog.yaml",
         fake_provider,
@@ -207,13 +198,13 @@ def test_two_staging_proxies_share_one_limit(
     with openai_client(a, fake_provider, KEYS["alice"]) as client:
         for _ in range(limit // PER_CALL // 2):
             chat_in_share(client, a, PER_CALL)
-    wait_until_known((lake, data), limit // 2, b)
+    wait_until_known((lake, tmp_path / "lake-data"), limit // 2, b)
     with openai_client(b, fake_provider, KEYS["alice"]) as client:
         for _ in range(limit // PER_CALL // 2):
             chat_in_share(client, b, PER_CALL)
         with pytest.raises(openai.RateLimitError, match="reached"):
             chat_in_share(client, b, PER_CALL)
-    wait_until_known((lake, data), limit, a)
+    wait_until_known((lake, tmp_path / "lake-data"), limit, a)
     with (
         openai_client(a, fake_provider, KEYS["alice"]) as client,
         pytest.raises(openai.RateLimitError),
