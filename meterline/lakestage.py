@@ -172,32 +172,28 @@ def _xmin(pg: Any) -> int:
     return int(row[0])
 
 
-def unescaped(blocks: Iterable[bytes]) -> Iterator[bytes]:
-    """``COPY``'s text output of staged lines, unescaped, however it is split into blocks.
-
-    A staged line holds no control character (:func:`stage`), so the only escape in the
-    output is ``\\\\`` for a backslash; a block that ends inside one keeps its last byte
-    for the next."""
-    carry = b""
-    for block in blocks:
-        data = carry + bytes(block)
-        trailing = len(data) - len(data.rstrip(b"\\"))
-        data, carry = (data[:-1], b"\\") if trailing % 2 else (data, b"")
-        yield data.replace(b"\\\\", b"\\")
-    if carry:  # a lone backslash at the very end: not an escape, kept as it came
-        yield carry
+#: Lines are fetched this many to a row: libpq hands a result over a row at a time, and
+#: at one line a row (``COPY ... TO STDOUT``) psycopg's per-row cost was most of a read:
+#: 105-129 ms of client CPU for 30,000 lines, against 21-31 ms in rows of 2,000 lines.
+_LINES_PER_ROW = 2000
 
 
-def _copy_out(pg: Any, since: int, before: int | None, path: Path) -> int:
+def _lines_out(pg: Any, since: int, before: int | None, path: Path) -> int:
     """The staged lines of transactions ``since`` <= id < ``before`` into ``path`` (0600),
-    each with the time it was staged; returns how many. (libpq hands ``COPY``'s output over
-    a row at a time: ~3 µs a line here, most of it psycopg's.)"""
+    each with the time it was staged and its transaction id; returns how many.
+
+    Fetched as ``bytea`` in rows of :data:`_LINES_PER_ROW` lines, in binary (the bytes as
+    stored, nothing to unescape), streamed (a backlog of millions of lines never sits in
+    memory whole)."""
     bound = f" AND xact < '{before}'::xid8" if before is not None else ""
-    query = f"SELECT {_LINE_OUT} FROM {STAGED} WHERE xact >= '{since}'::xid8{bound}"
+    query = (
+        "SELECT convert_to(string_agg(out, E'\\n'), 'UTF8') || '\\x0a'::bytea FROM ("
+        f"SELECT {_LINE_OUT} AS out, (row_number() OVER ()) / {_LINES_PER_ROW} AS part "
+        f"FROM {STAGED} WHERE xact >= '{since}'::xid8{bound}) AS lines GROUP BY part"
+    )
     rows = 0
-    copy_out = f"COPY ({query}) TO STDOUT"
-    with private_files(), path.open("wb") as out, pg.cursor() as cur, cur.copy(copy_out) as copy:
-        for data in unescaped(copy):
+    with private_files(), path.open("wb") as out, pg.cursor() as cur:
+        for (data,) in cur.stream(query, binary=True):  # a row at a time: bounded memory
             rows += data.count(b"\n")
             out.write(data)
     return rows
@@ -253,7 +249,7 @@ def _move(
             con.execute("ROLLBACK")
             return 0
         added = 0
-        if _copy_out(pg, since, before, path):
+        if _lines_out(pg, since, before, path):
             row = con.execute(
                 f"INSERT INTO {catalog}.main.usage_events ({spoolsql.COLUMNS}) SELECT {_SELECT} "
                 f"FROM read_json({spoolsql.sql_string(str(path))}, {_READ_OPTIONS}) "
@@ -352,7 +348,7 @@ class StagedView:
                 with self.pg.transaction():  # one snapshot for the bound and the copy
                     self.pg.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
                     final_below = _xmin(self.pg)
-                    self.copied = _copy_out(self.pg, since, None, path)
+                    self.copied = _lines_out(self.pg, since, None, path)
             except Exception as e:  # psycopg's errors: the server went away, ...
                 if isinstance(e, duckdb.Error | OSError):
                     raise

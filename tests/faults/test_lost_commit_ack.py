@@ -19,6 +19,7 @@ import pytest
 from addons.metering.spool import Spool
 from addons.metering.writer import SpoolWriter
 from meterline.lakerepair import dangling_files
+from meterline.lakestage import staged_reads
 from meterline.store import store
 from tests.meterline.test_lakemaint import event, write_batches
 from tests.support.pgrelay import AckLosingRelay
@@ -80,6 +81,51 @@ def test_a_lost_commit_acknowledgement_is_repaired_by_the_writer(
         spool.close()
         relay.close()
     print(f"FAULT lost commit ack: lost=0 doubled=0 repaired_files={writer.repaired_files}")
+
+
+def test_a_staged_flush_whose_copy_acknowledgement_was_lost_is_not_staged_twice(
+    server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``METERLINE_LAKE_INGEST=staged``: the ``COPY``'s transaction committed, the writer
+    saw its connection drop. The segment stays in the spool; the next flush is checked
+    against the staged lines and stages none of its events again."""
+    monkeypatch.setenv("METERLINE_LAKE_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("METERLINE_LAKE_MAINTAIN_EVERY", "0")
+    monkeypatch.setenv("METERLINE_LAKE_INGEST", "staged")
+    monkeypatch.setenv("METERLINE_LAKE_MOVE_EVERY", "3600")
+    conninfo = create_database(server, "lost_copy_ack")
+    direct = f"ducklake:postgres:{conninfo}"
+    relay = AckLosingRelay(int(conninfo.split("port=")[1].split()[0]))
+    spool = Spool(tmp_path / "spool")
+    writer = SpoolWriter(spool, f"ducklake:postgres:{_via(conninfo, relay.port)}")
+    try:
+        for n in range(3):
+            spool.append(event(n, "alice", "p"))
+        assert writer.flush()
+        for n in range(3, 7):
+            spool.append(event(n, "alice", "p"))
+        relay.lose_next_copy_commit()
+        assert not writer.flush()  # the connection dropped at COMMIT: outcome unknown
+        assert relay.lost == 1
+        assert _staged_events(direct) == (7, 7)  # it did commit
+        assert len(spool.sealed()) == 1  # and the segment is still here
+        spool.append(event(7, "alice", "p"))
+        assert writer.flush()  # checked: the 4 already staged are not staged again
+        assert writer.checked_batches == 2  # the first (a new writer's) and this one
+        assert spool.sealed() == []
+    finally:
+        writer.stop()
+        spool.close()
+        relay.close()
+    assert _staged_events(direct) == (8, 8)  # none lost, none doubled
+    print("FAULT lost COPY ack (staged): lost=0 doubled=0")
+
+
+def _staged_events(lake: str) -> tuple[Any, ...]:
+    with store(lake) as con, staged_reads(con, lake):
+        row = con.execute("SELECT count(*), count(DISTINCT event_id) FROM usage_events").fetchone()
+        assert row is not None
+        return tuple(row)
 
 
 def test_billing_lake_repair_lists_then_drops_dangling_files(

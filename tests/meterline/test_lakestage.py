@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import os
 import signal
@@ -19,8 +18,6 @@ from typing import Any
 import duckdb
 import psycopg
 import pytest
-from hypothesis import example, given
-from hypothesis import strategies as st
 
 from addons.metering.batchsql import APPEND_SQL, _files_literal
 from meterline import lakestage
@@ -416,15 +413,19 @@ def test_a_lake_on_a_duckdb_catalog_cannot_stage(tmp_path: Path, monkeypatch) ->
         lakestage.create(con)
 
 
-@given(
-    text=st.text(alphabet='\\a"é{}:', max_size=40).map(str.encode),
-    cuts=st.lists(st.integers(min_value=0, max_value=90), max_size=8),
-)
-@example(text=b"\\a", cuts=[1])  # a block that ends inside an escaped backslash
-def test_copy_output_is_unescaped_however_it_is_split(text: bytes, cuts: list[int]) -> None:
-    """What COPY's text format makes of a line without control characters (a backslash
-    doubled), cut anywhere, comes back as the line."""
-    escaped = text.replace(b"\\", b"\\\\") + b"\n"
-    points = sorted({min(c, len(escaped)) for c in cuts} | {0, len(escaped)})
-    blocks = [escaped[a:b] for a, b in itertools.pairwise(points)]
-    assert b"".join(lakestage.unescaped(blocks)) == text + b"\n"
+#: Values a line's text may hold (JSON escapes the rest): each read back as staged.
+_TRICKY = ["plain", "ends in a backslash \\", "\\\\", 'a "quote"', "é \u2603", "a\\nb", "{}:,"]
+
+
+def test_lines_read_back_byte_for_byte_across_fetch_rows(
+    lake: str, connect: Any, view: lakestage.StagedView
+) -> None:
+    """More lines than one fetched row holds (2,000 a row), each with a value of
+    :data:`_TRICKY`: every line read back once, its text as staged."""
+    pg = connect()
+    total = 2 * lakestage._LINES_PER_ROW + 500
+    lakestage.stage(pg, [_line(n, model=_TRICKY[n % len(_TRICKY)]) for n in range(total)])
+    with store(lake) as con:
+        assert _count(con, view) == total
+        rows = con.execute("SELECT request_id, model FROM usage_events").fetchall()
+    assert sorted(rows) == sorted((f"req-{n}", _TRICKY[n % len(_TRICKY)]) for n in range(total))

@@ -6,6 +6,9 @@ learn the outcome (a network blip, a failover, a restarted pooler). Armed with
 a transaction that registered a DuckLake data file, waits until PostgreSQL has
 committed it, and closes both sockets instead of passing the reply on.
 
+:meth:`AckLosingRelay.lose_next_copy_commit` does the same to the next transaction that
+ran a ``COPY`` (a staged flush, :mod:`meterline.lakestage`).
+
 Only the frontend side of the wire protocol is parsed: the untyped start-up messages
 (an SSL or GSS request first, then the protocol 3.0 start-up), then typed messages; a
 simple ``Q`` query of ``COMMIT`` is what is looked for.
@@ -30,12 +33,17 @@ class AckLosingRelay:
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self._armed = threading.Event()
+        self._armed_copy = threading.Event()
         self.lost = 0
         """Acknowledgements lost so far."""
         threading.Thread(target=self._accept, daemon=True).start()
 
     def lose_next_file_commit(self) -> None:
         self._armed.set()
+
+    def lose_next_copy_commit(self) -> None:
+        """The same for the next transaction that ran a ``COPY`` (a staged flush)."""
+        self._armed_copy.set()
 
     def close(self) -> None:
         self._listener.close()
@@ -52,7 +60,7 @@ class AckLosingRelay:
         server = socket.create_connection(("127.0.0.1", self.pg_port))
         cut = threading.Event()
         threading.Thread(target=_pump, args=(server, client, cut), daemon=True).start()
-        buffer, started, wrote_file = b"", False, False
+        buffer, started, wrote_file, copied = b"", False, False, False
         try:
             while data := client.recv(65536):
                 buffer += data
@@ -73,15 +81,18 @@ class AckLosingRelay:
                     out += message
                     if b"ducklake_data_file" in message and b"INSERT" in message.upper():
                         wrote_file = True
+                    if message[:1] in (b"Q", b"P") and b"COPY " in message.upper():
+                        copied = True
                     if message[:1] == b"Q" and message[5:].strip(b"\0 ;").upper() == b"COMMIT":
-                        if wrote_file and self._armed.is_set():
-                            self._armed.clear()
+                        armed = self._armed if wrote_file else self._armed_copy if copied else None
+                        if armed is not None and armed.is_set():
+                            armed.clear()
                             self.lost += 1
                             cut.set()  # the reply is not passed on
                             server.sendall(out)
                             time.sleep(_COMMITTED_AFTER_S)
                             return
-                        wrote_file = False
+                        wrote_file = copied = False
                 if out:
                     server.sendall(out)
         except OSError:
