@@ -31,6 +31,7 @@ from tests.e2e.test_governance_fleet import PER_CALL, chat_in_share, wait_until_
 from tests.support.clients import Clients, openai_client
 from tests.support.governance import governed_catalog
 from tests.support.postgres import create_database, postgres_server
+from tests.support.proxy import MeterProxy
 from tests.support.upstream import Exchange, FakeProvider
 
 
@@ -75,18 +76,27 @@ def _wait_for(locator: str, table: str, wanted: set[str]) -> Counter[str]:
         time.sleep(0.2)
 
 
-def _calls(proxy_clients: Clients, exchanges: list[Exchange], fake: FakeProvider) -> None:
-    gpt = proxy_clients.openai(KEYS["alice"])
-    claude = proxy_clients.anthropic(KEYS["bob"])
-    for _ in range(2):
-        gpt.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
-        exchanges.append(fake.last())
-        claude.messages.create(
-            model="claude-sonnet-4-5",
-            max_tokens=64,
-            messages=[{"role": "user", "content": "hi"}],
-        )
-        exchanges.append(fake.last())
+def _calls(proxy: MeterProxy, fake: FakeProvider) -> list[Exchange]:
+    """Four calls through ``proxy``: two by the OpenAI SDK, two by Anthropic's."""
+    exchanges: list[Exchange] = []
+    made = Clients(proxy, fake)
+    try:
+        gpt = made.openai(KEYS["alice"])
+        claude = made.anthropic(KEYS["bob"])
+        for _ in range(2):
+            gpt.chat.completions.create(
+                model="gpt-4o", messages=[{"role": "user", "content": "hi"}]
+            )
+            exchanges.append(fake.last())
+            claude.messages.create(
+                model="claude-sonnet-4-5",
+                max_tokens=64,
+                messages=[{"role": "user", "content": "hi"}],
+            )
+            exchanges.append(fake.last())
+    finally:
+        made.close()
+    return exchanges
 
 
 def test_staged_events_are_billed_once_before_and_after_the_move(
@@ -103,13 +113,7 @@ def test_staged_events_are_billed_once_before_and_after_the_move(
         start_proxy(options={"meter_db": lake, "meter_proxy_id": name}, env=env, name=name)
         for name in ("stage-a", "stage-b")
     ]
-    exchanges: list[Exchange] = []
-    for proxy in proxies:
-        made = Clients(proxy, fake_provider)
-        try:
-            _calls(made, exchanges, fake_provider)
-        finally:
-            made.close()
+    exchanges = [ex for proxy in proxies for ex in _calls(proxy, fake_provider)]
     wanted = {ex.request_id for ex in exchanges}
     assert len(wanted) == 8
 
@@ -156,12 +160,7 @@ def test_a_staging_proxy_moves_its_events_into_the_lake(
 ) -> None:
     lake, env = _staged_lake(server, "staged_mover", tmp_path, monkeypatch, move_every="0.5")
     proxy = start_proxy(options={"meter_db": lake, "meter_proxy_id": "mover"}, env=env)
-    exchanges: list[Exchange] = []
-    made = Clients(proxy, fake_provider)
-    try:
-        _calls(made, exchanges, fake_provider)
-    finally:
-        made.close()
+    exchanges = _calls(proxy, fake_provider)
     wanted = {ex.request_id for ex in exchanges}
     moved = _wait_for(lake, "lake.main.usage_events", wanted)
     assert {i: moved[i] for i in wanted} == dict.fromkeys(wanted, 1)

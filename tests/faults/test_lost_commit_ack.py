@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,13 +58,7 @@ def test_a_lost_commit_acknowledgement_is_repaired_by_the_writer(
     spool = Spool(tmp_path / "spool")
     writer = SpoolWriter(spool, f"ducklake:postgres:{_via(conninfo, relay.port)}")
     try:
-        for n in range(3):
-            spool.append(event(n, "alice", "p"))
-        assert writer.flush()
-        for n in range(3, 7):
-            spool.append(event(n, "alice", "p"))
-        relay.lose_next_file_commit()
-        assert not writer.flush()  # the connection dropped at COMMIT: outcome unknown
+        _lose_the_second_flush(spool, writer, relay.lose_next_file_commit)
         assert relay.lost == 1
         with store(direct) as con:
             [lost] = dangling_files(con)  # what DuckLake left: a committed, deleted file
@@ -99,13 +93,7 @@ def test_a_staged_flush_whose_copy_acknowledgement_was_lost_is_not_staged_twice(
     spool = Spool(tmp_path / "spool")
     writer = SpoolWriter(spool, f"ducklake:postgres:{_via(conninfo, relay.port)}")
     try:
-        for n in range(3):
-            spool.append(event(n, "alice", "p"))
-        assert writer.flush()
-        for n in range(3, 7):
-            spool.append(event(n, "alice", "p"))
-        relay.lose_next_copy_commit()
-        assert not writer.flush()  # the connection dropped at COMMIT: outcome unknown
+        _lose_the_second_flush(spool, writer, relay.lose_next_copy_commit)
         assert relay.lost == 1
         assert _staged_events(direct) == (7, 7)  # it did commit
         assert len(spool.sealed()) == 1  # and the segment is still here
@@ -119,6 +107,18 @@ def test_a_staged_flush_whose_copy_acknowledgement_was_lost_is_not_staged_twice(
         relay.close()
     assert _staged_events(direct) == (8, 8)  # none lost, none doubled
     print("FAULT lost COPY ack (staged): lost=0 doubled=0")
+
+
+def _lose_the_second_flush(spool: Spool, writer: SpoolWriter, lose: Callable[[], None]) -> None:
+    """Events 0-2 flushed; events 3-6 flushed with the acknowledgement of their commit
+    lost (``lose`` arms the relay): the writer sees the flush fail."""
+    for n in range(3):
+        spool.append(event(n, "alice", "p"))
+    assert writer.flush()
+    for n in range(3, 7):
+        spool.append(event(n, "alice", "p"))
+    lose()
+    assert not writer.flush()  # the connection dropped at COMMIT: outcome unknown
 
 
 def _staged_events(lake: str) -> tuple[Any, ...]:
