@@ -52,6 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from addons.metering.lakejob import LakeMaintainer  # noqa: E402
+from addons.metering.priority import MAINTENANCE_NICENESS, lower_thread_priority  # noqa: E402
 from addons.metering.spool import Spool  # noqa: E402
 from addons.metering.writer import SpoolWriter  # noqa: E402
 from bench.billing_bench import write_catalog  # noqa: E402
@@ -179,6 +180,7 @@ def month(args: argparse.Namespace, lake: str, pg: str, work: Path) -> dict[str,
     failed_passes: list[str] = []
 
     def maintain_loop() -> None:
+        lower_thread_priority(MAINTENANCE_NICENESS)  # as a proxy's maintainer thread
         next_at = args.maintain_every
         while not stop.is_set():
             if commits[0] >= next_at:
@@ -313,6 +315,7 @@ def rate(args: argparse.Namespace, lake: str, pg: str, work: Path) -> dict[str, 
     pass_spans: list[tuple[float, float]] = []
 
     def maintain_loop() -> None:
+        lower_thread_priority(MAINTENANCE_NICENESS)  # as a proxy's maintainer thread
         while not stop.wait(args.maintain_every_s):
             t0 = time.perf_counter()
             span_start = time.monotonic()  # the writers' timings are monotonic

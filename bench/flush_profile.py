@@ -46,7 +46,6 @@ from addons.metering.batchsql import (  # noqa: E402
     APPEND_SQL,
     INSERT_SQL,
     Batch,
-    _sql_string,
     append_known,
     event_times,
     read_batch,
@@ -55,6 +54,7 @@ from addons.metering.recentids import RecentIds  # noqa: E402
 from addons.metering.spool import Spool  # noqa: E402
 from addons.metering.storelink import StoreLink  # noqa: E402
 from bench.writer_bench import _postgres_cpu_s  # noqa: E402
+from meterline.sqltext import sql_string  # noqa: E402
 
 
 def _event(i: int) -> dict[str, object]:
@@ -104,7 +104,7 @@ def _before(con: duckdb.DuckDBPyConnection, segment: Path, steps: Steps) -> None
         "read segment -> temp table",
         lambda: con.execute(
             "CREATE OR REPLACE TEMP TABLE spool_batch AS SELECT * FROM "
-            f"read_json([{_sql_string(str(segment))}], {_READ_OPTIONS})"
+            f"read_json([{sql_string(str(segment))}], {_READ_OPTIONS})"
         ),
     )
     since: list[object] = []
@@ -123,7 +123,7 @@ def _ids_read(con: duckdb.DuckDBPyConnection, segment: Path, steps: Steps) -> No
     steps.run("begin", lambda: con.execute("BEGIN TRANSACTION"))
     steps.run("read ids + ts (in-memory check)", lambda: batch.append(read_batch(con, [segment])))
     steps.run("check against recent ids", lambda: RecentIds().repeats(batch[0].events))
-    sql = APPEND_SQL.replace("$files", f"[{_sql_string(str(segment))}]")
+    sql = APPEND_SQL.replace("$files", f"[{sql_string(str(segment))}]")
     sql = sql.replace("$ingested_at", _ingested())
     steps.run("insert: read segment + Parquet", lambda: con.execute(sql))
     steps.run("commit", lambda: con.execute("COMMIT"))

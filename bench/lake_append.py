@@ -39,7 +39,8 @@ from addons.metering.storelink import _INSTANCE_SETTINGS  # noqa: E402
 from bench.flush_profile import _event  # noqa: E402
 from bench.writer_bench import _postgres_cpu_s  # noqa: E402
 from meterline.eventschema import create_table_sql  # noqa: E402
-from meterline.store import _load_extensions, _sql_string  # noqa: E402
+from meterline.sqltext import sql_string  # noqa: E402
+from meterline.store import _load_extensions  # noqa: E402
 
 #: The extensions of the ``duckdb-extension-*`` wheels, by their package names.
 _LATER_LINE_PACKAGES = ("duckdb_extension_ducklake", "duckdb_extension_postgres_scanner")
@@ -57,7 +58,7 @@ def load_lake_extensions(con: duckdb.DuckDBPyConnection) -> None:
             raise SystemExit(f"duckdb {duckdb.__version__}: pip install {wheel}")
         base = Path(next(iter(spec.submodule_search_locations))) / "extensions"
         (path,) = base.glob(f"v{duckdb.__version__}/*.duckdb_extension")
-        con.execute(f"LOAD {_sql_string(str(path))}")
+        con.execute(f"LOAD {sql_string(str(path))}")
 
 
 def writer_lake(conninfo: str, work: Path) -> duckdb.DuckDBPyConnection:
@@ -67,8 +68,8 @@ def writer_lake(conninfo: str, work: Path) -> duckdb.DuckDBPyConnection:
     for setting in _INSTANCE_SETTINGS:
         con.execute(setting)
     load_lake_extensions(con)
-    locator = _sql_string(f"ducklake:postgres:{conninfo}")
-    con.execute(f"ATTACH {locator} AS lake (DATA_PATH {_sql_string(str(work / 'data'))})")
+    locator = sql_string(f"ducklake:postgres:{conninfo}")
+    con.execute(f"ATTACH {locator} AS lake (DATA_PATH {sql_string(str(work / 'data'))})")
     con.execute("USE lake")
     con.execute(create_table_sql())
     return con

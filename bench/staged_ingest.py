@@ -56,14 +56,14 @@ from bench.lake_append import writer_lake  # noqa: E402
 from bench.writer_bench import _postgres_cpu_s  # noqa: E402
 from meterline import lakestage  # noqa: E402
 from meterline.lakerepair import metadata_alias  # noqa: E402
-from meterline.store import _sql_string  # noqa: E402
+from meterline.sqltext import sql_string  # noqa: E402
 
 #: DuckLake's own attachment of the catalog database (``__ducklake_metadata_<alias>``).
 CATALOG_DB = metadata_alias("lake")
 
 
 def _pg(con: duckdb.DuckDBPyConnection, sql: str) -> None:
-    con.execute(f"CALL postgres_execute({_sql_string(CATALOG_DB)}, {_sql_string(sql)})")
+    con.execute(f"CALL postgres_execute({sql_string(CATALOG_DB)}, {sql_string(sql)})")
 
 
 def _pg_literal(line: str) -> str:

@@ -40,6 +40,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from meterline.sqltext import sql_string
+
 #: Default ``DATA_INLINING_ROW_LIMIT``: off. Inlining would keep a flush's rows in the
 #: catalog instead of a small Parquet file, but moving them to files later
 #: (``ducklake_flush_inlined_data``) while proxies write duplicated rows in DuckLake 0.3
@@ -55,10 +57,6 @@ REMOTE_SCHEMES = ("s3://", "s3a://", "s3n://", "r2://", "gcs://", "gs://")
 
 class LakeConfigError(ValueError):
     """A lake setting in the environment is wrong; the message names the variable."""
-
-
-def _sql_string(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def _boolean(name: str, text: str) -> bool:
@@ -101,7 +99,7 @@ class LakeSettings:
     def attach_options(self) -> str:
         options = [f"DATA_INLINING_ROW_LIMIT {self.inline_rows}"]
         if self.data_path is not None:
-            options.append(f"DATA_PATH {_sql_string(self.data_path)}")
+            options.append(f"DATA_PATH {sql_string(self.data_path)}")
         return ", ".join(options)
 
     def setup_sql(self) -> list[str]:
@@ -111,7 +109,7 @@ class LakeSettings:
         fields = {"TYPE": "s3"}
         if self.data_path is not None:  # else every s3:// path (the lake knows its own)
             scheme, _, rest = self.data_path.partition("://")
-            fields["SCOPE"] = _sql_string(f"{scheme}://{rest.split('/')[0]}")
+            fields["SCOPE"] = sql_string(f"{scheme}://{rest.split('/')[0]}")
         for name, value in (
             ("KEY_ID", self.key_id),
             ("SECRET", self.secret),
@@ -121,7 +119,7 @@ class LakeSettings:
             ("URL_STYLE", self.url_style),
         ):
             if value is not None:
-                fields[name] = _sql_string(value)
+                fields[name] = sql_string(value)
         if self.use_ssl is not None:
             fields["USE_SSL"] = "true" if self.use_ssl else "false"
         body = ", ".join(f"{k} {v}" for k, v in fields.items())

@@ -24,6 +24,8 @@ from collections.abc import Sequence
 
 import duckdb
 
+from meterline.sqltext import sql_string
+
 MARKER_NAME = ".meterline-lake"
 
 #: How a marker written before the identity was the ``main`` schema's UUID begins: when
@@ -53,16 +55,12 @@ def marker_path(data_path: str) -> str:
     return data_path.rstrip("/") + "/" + MARKER_NAME
 
 
-def _sql_string(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 def is_gone(con: duckdb.DuckDBPyConnection, path: str) -> bool:
     """Whether opening ``path`` the way a reader does finds no file there."""
     if not is_remote(path):
         return not os.path.exists(path)
     try:
-        con.execute(f"SELECT count(*) FROM parquet_metadata({_sql_string(path)})")
+        con.execute(f"SELECT count(*) FROM parquet_metadata({sql_string(path)})")
     except duckdb.Error as e:
         return says_not_found(str(e))
     return False
@@ -78,7 +76,7 @@ def read_marker(con: duckdb.DuckDBPyConnection, data_path: str) -> str | None:
         except FileNotFoundError:
             return None
     try:
-        row = con.execute(f"SELECT content FROM read_text({_sql_string(path)})").fetchone()
+        row = con.execute(f"SELECT content FROM read_text({sql_string(path)})").fetchone()
     except duckdb.Error as e:
         if says_not_found(str(e)):
             return None
@@ -92,7 +90,7 @@ def marker_exists(con: duckdb.DuckDBPyConnection, data_path: str) -> bool:
     if not is_remote(path):
         return os.path.exists(path)
     try:
-        con.execute(f"SELECT size FROM read_blob({_sql_string(path)})").fetchall()
+        con.execute(f"SELECT size FROM read_blob({sql_string(path)})").fetchall()
     except duckdb.Error as e:
         if says_not_found(str(e)):
             return False
@@ -112,7 +110,7 @@ def write_marker(con: duckdb.DuckDBPyConnection, data_path: str, identity: str) 
         os.replace(tmp, path)  # two proxies at once write the same text
         return
     con.execute(
-        f"COPY (SELECT {_sql_string(identity)} AS lake) TO {_sql_string(path)} "
+        f"COPY (SELECT {sql_string(identity)} AS lake) TO {sql_string(path)} "
         "(FORMAT csv, HEADER false, QUOTE '')"
     )
 
@@ -140,7 +138,7 @@ def check_writable(con: duckdb.DuckDBPyConnection, data_path: str) -> None:
         os.remove(tmp)
         return
     con.execute(
-        f"COPY (SELECT 'meterline' AS lake) TO {_sql_string(path)} "
+        f"COPY (SELECT 'meterline' AS lake) TO {sql_string(path)} "
         "(FORMAT csv, HEADER false, QUOTE '')"
     )
 

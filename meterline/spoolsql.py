@@ -12,10 +12,7 @@ way (:mod:`addons.metering.batchsql`); a lake's staged lines are read the same w
 from __future__ import annotations
 
 from meterline.eventschema import EVENT_COLUMNS, REQUIRED_SPOOLED, SPOOL_DEFAULTS, SPOOL_TYPES
-
-
-def sql_string(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
+from meterline.sqltext import sql_string as sql_string  # re-exported
 
 
 def read_options(columns: dict[str, str] = SPOOL_TYPES) -> str:

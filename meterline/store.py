@@ -29,6 +29,7 @@ from meterline.emptystore import FillError, fill_if_empty, is_empty_file
 from meterline.eventschema import EVENT_COLUMNS as EVENT_COLUMNS  # re-exported
 from meterline.lakeconfig import LakeConfigError, lake_settings
 from meterline.privatefiles import make_private, private_files
+from meterline.sqltext import sql_string
 
 DEFAULT_DB = "meterline.duckdb"
 DEFAULT_CATALOG = "catalog.yaml"
@@ -55,7 +56,7 @@ def _load_extensions(con: duckdb.DuckDBPyConnection, *names: str) -> None:
     except ImportError as e:
         raise StoreError("DuckLake needs: pip install 'meterline[ducklake]'") from e
     ext_dir = Path(next(iter(duckdb_ext.__path__))) / "extensions"
-    con.execute(f"SET extension_directory = {_sql_string(str(ext_dir))}")
+    con.execute(f"SET extension_directory = {sql_string(str(ext_dir))}")
     for name in names:
         con.execute(f"LOAD {name}")
 
@@ -97,7 +98,7 @@ def _attach_lake(con: duckdb.DuckDBPyConnection, locator: str, *, create: bool) 
         # made the metadata file (a 12 KB DuckDB file named after a typo): not opened.
         raise _no_lake(locator)
     try:
-        con.execute(f"ATTACH {_sql_string(locator)} AS lake ({options})")
+        con.execute(f"ATTACH {sql_string(locator)} AS lake ({options})")
     except duckdb.InvalidInputException as e:
         if "creating a new DuckLake is explicitly disabled" not in str(e):
             raise
@@ -114,10 +115,6 @@ def _no_lake(locator: str) -> NoLake:
         f"{shown(locator)}: this database holds no Meterline lake (nothing metered into "
         "it yet? a proxy creates it on its first flush; or check --db)"
     )
-
-
-def _sql_string(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 #: A process that finds the DuckDB file locked creates ``<file>.reader-waiting``: the
@@ -365,7 +362,7 @@ def attach_file(con: duckdb.DuckDBPyConnection, path: str, alias: str, wait_s: f
 
     def attach() -> None:
         _fill_empty(path)
-        con.execute(f"ATTACH {_sql_string(path)} AS {alias}")
+        con.execute(f"ATTACH {sql_string(path)} AS {alias}")
 
     with private_files():
         _retrying(path, wait_s, attach, ask=False)

@@ -22,6 +22,7 @@ import duckdb
 from addons.metering import eventid
 from meterline import spoolsql
 from meterline.eventschema import REQUIRED_SPOOLED, SPOOL_TYPES
+from meterline.sqltext import sql_string
 
 #: DuckDB type of each spooled field, and the ones a line must have to be an event.
 SPOOL_COLUMNS: dict[str, str] = SPOOL_TYPES
@@ -32,7 +33,6 @@ REQUIRED_COLUMNS: tuple[str, ...] = REQUIRED_SPOOLED
 # parameter, and where pandas is not installed that failed import searches sys.path each
 # time, holding the GIL the proxy's event loop needs. Values are inlined as SQL literals.
 # How a line is read, and which lines are events: :mod:`meterline.spoolsql`.
-_sql_string = spoolsql.sql_string
 _READ_OPTIONS = spoolsql.READ_OPTIONS
 _VALID = spoolsql.VALID
 #: Unreadable lines, and the earliest ``ts`` of the readable ones (bounds the dedup below).
@@ -71,7 +71,7 @@ INSERT_SQL = f"""
 #: The batch's ids named after a provider's id (:func:`eventid.is_keyed`).
 _KEYED_SQL = (
     "SELECT DISTINCT event_id FROM spool_batch "
-    f"WHERE starts_with(event_id, {_sql_string(eventid.KEYED_PREFIX)})"
+    f"WHERE starts_with(event_id, {sql_string(eventid.KEYED_PREFIX)})"
 )
 #: A batch that cannot be in the store yet: a plain append, straight from the segments.
 APPEND_SQL = f"""
@@ -90,11 +90,11 @@ _LINES_SQL = (
 
 
 def _files_literal(segments: list[Path]) -> str:
-    return "[" + ", ".join(_sql_string(str(p)) for p in segments) + "]"
+    return "[" + ", ".join(sql_string(str(p)) for p in segments) + "]"
 
 
 def _ingested_at() -> str:
-    return "TIMESTAMP " + _sql_string(datetime.now(UTC).replace(tzinfo=None).isoformat(" "))
+    return "TIMESTAMP " + sql_string(datetime.now(UTC).replace(tzinfo=None).isoformat(" "))
 
 
 @dataclass(frozen=True)
@@ -189,7 +189,7 @@ def insert_segments(con: duckdb.DuckDBPyConnection, segments: list[Path]) -> tup
             keyed = [r[0] for r in con.execute(_KEYED_SQL).fetchall()]
             inserted = con.execute(
                 INSERT_SQL.replace("$ingested_at", ingested_at)
-                .replace("$since", f"TIMESTAMP {_sql_string(since.isoformat(' '))}")
+                .replace("$since", f"TIMESTAMP {sql_string(since.isoformat(' '))}")
                 .replace("$keyed", keyed_lookup(keyed))
             ).fetchone()
         con.execute("DROP TABLE spool_batch")
@@ -214,5 +214,5 @@ def keyed_lookup(keyed: list[str]) -> str:
     """
     if not keyed:
         return ""
-    ids = ", ".join(_sql_string(i) for i in keyed)
+    ids = ", ".join(sql_string(i) for i in keyed)
     return f" UNION ALL SELECT event_id FROM usage_events WHERE event_id IN ({ids})"

@@ -102,6 +102,7 @@ class LakeMaintainer:
         self._thread.start()
 
     def _run(self) -> None:
+        lower_thread_priority(MAINTENANCE_NICENESS)
         # Start at a random point of the period: a fleet started together spreads out.
         while not self._stop.wait(self.every_s * (0.5 + random.random())):
             try:
@@ -115,9 +116,10 @@ class LakeMaintainer:
         """One pass if this proxy gets the lease; None if another holds it.
 
         ``keep_snapshots``: retention by commits instead of wall-clock age (a simulation's
-        compressed time, see :func:`meterline.lakemaint.retention_cutoff`). The calling
-        thread is left at :data:`MAINTENANCE_NICENESS`."""
-        lower_thread_priority(MAINTENANCE_NICENESS)
+        compressed time, see :func:`meterline.lakemaint.retention_cutoff`). The maintainer's
+        own thread runs at :data:`MAINTENANCE_NICENESS`; a direct call leaves its caller's
+        priority as it was (a test's main thread once stayed at nice 19 for the rest of
+        its worker's tests)."""
         with store(self.locator) as con:
             con.execute("SET threads = 1")  # the proxy's cores are for its traffic
             # Taking the lease writes a file: never into a mountpoint whose disk is gone.

@@ -43,6 +43,7 @@ from typing import Any
 import duckdb
 
 from meterline.entitlements.policy import Key, counter_id
+from meterline.sqltext import sql_string
 
 TABLE = "meterline_fleet_live"
 #: Pending events written one row each, at most; past it the rest go per counter (no id:
@@ -156,22 +157,17 @@ def _ts(value: datetime) -> str:
     return pg_text(value.astimezone(UTC).replace(tzinfo=None).isoformat(" "))
 
 
-def duck_text(text: str) -> str:
-    """``text`` as a DuckDB string literal (the PostgreSQL script is one)."""
-    return "'" + text.replace("'", "''") + "'"
-
-
 def pg_execute(con: duckdb.DuckDBPyConnection, alias: str, script: str) -> None:
     """Run ``script`` (statements separated by ``;``) on ``alias``'s PostgreSQL server."""
     con.execute(
-        f"CALL postgres_execute({duck_text(alias)}, {duck_text(script)}, use_transaction = false)"
+        f"CALL postgres_execute({sql_string(alias)}, {sql_string(script)}, use_transaction = false)"
     )
 
 
 def pg_query(con: duckdb.DuckDBPyConnection, alias: str, query: str) -> list[Any]:
     """The rows of ``query``, run as it is on ``alias``'s PostgreSQL server."""
     return con.execute(
-        f"SELECT * FROM postgres_query({duck_text(alias)}, {duck_text(query)})"
+        f"SELECT * FROM postgres_query({sql_string(alias)}, {sql_string(query)})"
     ).fetchall()
 
 
@@ -209,7 +205,7 @@ def _rows(publisher: str, held: Held, ttl_s: float, max_pending: int) -> Iterabl
 def is_shared(con: duckdb.DuckDBPyConnection, alias: str) -> bool:
     """Whether ``alias`` (a lake's catalog database) is PostgreSQL, which proxies share."""
     row = con.execute(
-        f"SELECT type FROM duckdb_databases() WHERE database_name = {duck_text(alias)}"
+        f"SELECT type FROM duckdb_databases() WHERE database_name = {sql_string(alias)}"
     ).fetchone()
     return row is not None and row[0] == "postgres"
 

@@ -23,8 +23,9 @@ import duckdb
 from meterline.entitlements import fleet
 from meterline.entitlements.counters import Snapshot
 from meterline.entitlements.policy import Key, Policy
-from meterline.entitlements.windowsums import KeptSums, Windows, sql_text, sql_ts
+from meterline.entitlements.windowsums import KeptSums, Windows, sql_ts
 from meterline.periods import periods_between
+from meterline.sqltext import sql_string
 
 _ID_CHUNK = 2000
 
@@ -62,7 +63,7 @@ def _invoiced_starts(con: duckdb.DuckDBPyConnection, customer: str) -> set[datet
     if not _has_table(con, "invoices"):
         return set()
     rows = con.execute(
-        f"SELECT DISTINCT period_start FROM invoices WHERE customer_key = {sql_text(customer)}"
+        f"SELECT DISTINCT period_start FROM invoices WHERE customer_key = {sql_string(customer)}"
     ).fetchall()
     return {r[0].replace(tzinfo=UTC) for r in rows}
 
@@ -103,7 +104,7 @@ def seen_event_ids(
     seen: set[str] = set()
     where = f"ts >= {sql_ts(since)} AND " if since is not None else ""
     for i in range(0, len(event_ids), _ID_CHUNK):
-        chunk = ", ".join(sql_text(e) for e in event_ids[i : i + _ID_CHUNK])
+        chunk = ", ".join(sql_string(e) for e in event_ids[i : i + _ID_CHUNK])
         rows = con.execute(
             f"SELECT event_id FROM usage_events WHERE {where}event_id IN ({chunk})"
         ).fetchall()

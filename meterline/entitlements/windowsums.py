@@ -45,6 +45,7 @@ from meterline.entitlements.policy import Account, Key
 from meterline.eventschema import TOKEN_COLUMNS
 from meterline.periods import Period
 from meterline.served import SERVED_COLUMNS, SERVED_SQL, Served
+from meterline.sqltext import sql_string
 
 #: How far the settled boundary trails a read (longer than any flush, any clock skew).
 SETTLE_MARGIN = timedelta(minutes=2)
@@ -58,12 +59,6 @@ RESYNC_COST_FACTOR = 100
 def resync_interval(whole_read_s: float, least: timedelta = RESYNC_EVERY) -> timedelta:
     """How long after a whole read that took ``whole_read_s`` seconds the next one is due."""
     return max(least, timedelta(seconds=whole_read_s * RESYNC_COST_FACTOR))
-
-
-def sql_text(text: str) -> str:
-    """``text`` as a SQL string literal (values are inlined: the DuckDB client would try
-    ``import pandas`` per bound parameter, holding the GIL the proxy's loop needs)."""
-    return "'" + text.replace("'", "''") + "'"
 
 
 def sql_ts(value: datetime) -> str:
@@ -193,7 +188,8 @@ class Windows:
             return []
         windows = list(self.by_window)
         values = ", ".join(
-            f"({n}, {sql_text(c)}, {sql_ts(s)}, {sql_ts(e)})" for n, (c, s, e) in enumerate(windows)
+            f"({n}, {sql_string(c)}, {sql_ts(s)}, {sql_ts(e)})"
+            for n, (c, s, e) in enumerate(windows)
         )
         # Only the columns some meter here tells apart are read (a scan of 10M events
         # costs per column): token columns no meter counts are summed as 0, and how a
