@@ -344,15 +344,7 @@ class StagedView:
         since = bound if self._final_below is None else max(bound, self._final_below)
         path = self._work / "staged-reading.jsonl"
         try:
-            try:
-                with self.pg.transaction():  # one snapshot for the bound and the copy
-                    self.pg.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                    final_below = _xmin(self.pg)
-                    self.copied = _lines_out(self.pg, since, None, path)
-            except Exception as e:  # psycopg's errors: the server went away, ...
-                if isinstance(e, duckdb.Error | OSError):
-                    raise
-                raise StageError(f"cannot read the staged events: {e}") from e
+            final_below = self._fetch(since, path)
             con.execute(
                 f"DELETE FROM temp.main.{ROWS} WHERE staged_xact >= {since} "
                 f"OR staged_xact < {bound}"
@@ -367,6 +359,20 @@ class StagedView:
         finally:
             path.unlink(missing_ok=True)
         self._final_below = final_below
+
+    def _fetch(self, since: int, path: Path) -> int:
+        """The staged lines from ``since`` on into ``path``; returns the ``xmin`` of the
+        snapshot they were read in (one snapshot for both)."""
+        try:
+            with self.pg.transaction():
+                self.pg.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                final_below = _xmin(self.pg)
+                self.copied = _lines_out(self.pg, since, None, path)
+        except OSError:
+            raise
+        except Exception as e:  # psycopg's errors (imported only where staging is used)
+            raise StageError(f"cannot read the staged events: {e}") from e
+        return final_below
 
     def _create(self, con: duckdb.DuckDBPyConnection) -> None:
         lake = f"{self.catalog}.main"
